@@ -1,0 +1,5 @@
+"""``python -m consumer`` is the same as the ``button-consumer`` command."""
+
+from consumer.cli import main
+
+raise SystemExit(main())

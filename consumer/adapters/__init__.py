@@ -1,0 +1,1 @@
+"""One module per technology: Kafka, Avro, Button HTTP, metrics, admin HTTP, logging."""

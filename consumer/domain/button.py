@@ -1,0 +1,58 @@
+"""What the service asks of Button: the request a commerce event becomes, or why it becomes none.
+
+The mapper (pure) returns a ``MapResult``; the dispatcher sends a ``ButtonRequest`` through the
+Button client and gets back a ``ButtonOutcome`` (see ``outcomes``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class Action(StrEnum):
+    """What the mapper decided for one event."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    CANCEL = "cancel"
+    SKIP = "skip"
+    REJECT = "reject"
+
+
+@dataclass(frozen=True, slots=True)
+class ButtonRequest:
+    """One call to Button's Order API: ``POST /v1/order``, ``POST /v1/order/{id}``, ``DELETE ...``."""
+
+    action: Action
+    method: str
+    path: str
+    order_id: str
+    body: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """The event becomes this request."""
+
+    request: ButtonRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """The event is not for Button (it may still have updated the profile). Finished on purpose."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """The event is invalid for Button; it goes to the dead-letter topic with this reason."""
+
+    reason: str
+    detail: str = ""
+
+
+MapResult = Send | Skip | Reject

@@ -1,0 +1,47 @@
+"""Typed outcomes of one Button API call. The client only tells; the failure policy decides."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class OutcomeKind(StrEnum):
+    """Every way a Button API call can end."""
+
+    SUCCESS = "success"  # any 2xx with meta.status == "ok" (202 included)
+    CONFLICT = "conflict"  # 409: order already exists
+    NOT_FOUND = "not_found"  # 404
+    INVALID = "invalid"  # 400, with Button's error.message
+    UNAUTHORIZED = "unauthorized"  # 401
+    FORBIDDEN = "forbidden"  # 403 (e.g. order finalized)
+    RATE_LIMITED = "rate_limited"  # 429, with Retry-After parsed
+    SERVER_ERROR = "server_error"  # 5xx
+    TIMEOUT = "timeout"  # connect/read/total timeout
+    CONNECTION_ERROR = "connection_error"  # refused, reset, DNS
+    UNREADABLE = "unreadable"  # body not JSON or not Button's envelope
+    CLIENT_ERROR = "client_error"  # any other 4xx
+
+
+@dataclass(frozen=True, slots=True)
+class ButtonOutcome:
+    """The result of one HTTP attempt against Button.
+
+    ``message`` is Button's ``error.message`` (or the transport error), ``excerpt`` a short,
+    PII-free prefix of the response body for the dead-letter headers, ``retry_after`` the parsed
+    ``Retry-After`` in seconds, ``elapsed`` the attempt's wall time in seconds.
+    """
+
+    kind: OutcomeKind
+    status: int | None = None
+    message: str = ""
+    excerpt: str = ""
+    retry_after: float | None = None
+    elapsed: float = 0.0
+    object: Mapping[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.kind is OutcomeKind.SUCCESS

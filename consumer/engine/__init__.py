@@ -1,0 +1,1 @@
+"""The delivery engine: offsets, key-ordered dispatch, retries, backpressure."""

@@ -1,0 +1,51 @@
+"""The exception tree of the service.
+
+Every error the service raises on purpose is a ``ConsumerError``; adapters translate foreign
+exceptions (confluent-kafka, fastavro, httpx, aiohttp) into one of these with ``raise ... from``::
+
+    ConsumerError
+    +-- ConfigError              settings invalid; names the variable (never the secret value)
+    +-- DecodeError              bytes that cannot become a commerce event (dead-letter)
+    |   +-- UnknownSchemaError   writer schema id or fingerprint not resolvable
+    +-- MappingError             an event that cannot become a valid Button request (dead-letter)
+    +-- DeadLetterError          the dead-letter topic cannot be written (stop consuming)
+    +-- BrokerError              Kafka is unusable beyond librdkafka's own retries
+"""
+
+from __future__ import annotations
+
+
+class ConsumerError(Exception):
+    """Root of every error the service raises on purpose."""
+
+
+class ConfigError(ConsumerError):
+    """A setting is missing or invalid. The message names the environment variable."""
+
+
+class DecodeError(ConsumerError):
+    """Record bytes could not be decoded into a commerce event."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class UnknownSchemaError(DecodeError):
+    """The writer schema of a record is not known (unknown id, registry says 404)."""
+
+
+class MappingError(ConsumerError):
+    """An event cannot be turned into a valid Button request."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class DeadLetterError(ConsumerError):
+    """Writing to the dead-letter topic failed; consuming must stop rather than drop."""
+
+
+class BrokerError(ConsumerError):
+    """Kafka reported a fatal error."""

@@ -1,0 +1,1 @@
+"""A local, contract-strict implementation of Button's Order API (Button offers no sandbox)."""
