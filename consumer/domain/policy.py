@@ -1,0 +1,240 @@
+"""The failure policy: what happens to a record after each attempt, in one table (DESIGN, 4).
+
+Scattered ``try/except`` blocks drift apart; a single table can be read, reviewed against Button's
+contract (``reference/button-api.md``) and tested row by row. The Button client never raises, it
+returns a ``ButtonOutcome``; ``decide`` turns (action, outcome, attempt, elapsed) into a
+``Decision``. Failures before any request (undecodable bytes, mapping rejects) and infrastructure
+failures go through ``decide_error`` and ``decide_map_result``.
+
+Verdicts:
+
+- ``DONE``: the record is finished (accepted, or already in the wanted state: 409 on create, 404 on
+  cancel, 403 "finalized" on update or cancel; the last is ``noteworthy`` and should be logged).
+- ``RETRY``: try again after ``delay`` seconds (429, 5xx, 408, timeouts, connection errors and
+  unreadable responses). Budget: ``max_attempts`` attempts *and* ``max_elapsed`` seconds since
+  the first attempt; when the next retry would exceed either, the verdict becomes
+  ``DEAD_LETTER`` with reason ``retries_exhausted`` or ``retry_deadline`` and ``cause`` naming the
+  last failure. An unreadable body is retried, not dead-lettered: it is usually a proxy's error
+  page, and every Button call we make is safe to repeat (a repeated create answers 409).
+- ``DEAD_LETTER``: send the record to the DLQ with ``reason`` (400 and other 4xx, 404 on create or
+  update, 409 on update or cancel, decode and mapping errors, records parked behind a dead letter).
+  The order is then parked (DESIGN, 5).
+- ``PAUSE``: the API key is refused (401, 403 outside update/cancel). Pause every partition, report
+  not ready, keep the record and retry it after the pause. Attempts answered ``PAUSE`` do not
+  count against the retry budget, and time spent paused should not count as elapsed.
+- ``STOP``: the dead-letter topic or Kafka itself is unusable, or an unexpected error occurred.
+  Stop consuming without storing the offset: never drop a record.
+
+Reasons are short machine strings (``ok``, ``order_exists``, ``http_400``, ``retries_exhausted``);
+they become DLQ headers and bounded metric labels.
+
+The delay math lives in ``consumer.engine.backoff``, a pure leaf module with no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from consumer.domain.button import Action, MapResult, Reject, Send, Skip
+from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
+from consumer.engine.backoff import Backoff, RandomSource
+from consumer.errors import (
+    BrokerError,
+    DeadLetterError,
+    DecodeError,
+    MappingError,
+    UnknownSchemaError,
+)
+
+
+class Verdict(StrEnum):
+    """What the engine does next with a record."""
+
+    DONE = "done"
+    RETRY = "retry"
+    DEAD_LETTER = "dead_letter"
+    PAUSE = "pause"
+    STOP = "stop"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One row of the failure table, applied.
+
+    Attributes:
+        verdict: what to do next.
+        reason: short machine string for logs, metrics and the DLQ ``reason`` header.
+        delay: seconds to wait before the retry (``RETRY`` only).
+        cause: for an exhausted retry budget, the reason of the last failure (``http_503``).
+        noteworthy: a ``DONE`` that is not a plain success and deserves a log line.
+    """
+
+    verdict: Verdict
+    reason: str
+    delay: float = 0.0
+    cause: str = ""
+    noteworthy: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Retry budget and backoff. Defaults match ``DeliverySettings``.
+
+    Attributes:
+        max_attempts: attempts in total, the first one included (paused attempts not counted).
+        max_elapsed: seconds from the first attempt after which no retry is scheduled.
+        base_delay: ceiling of the first retry's jittered delay, in seconds.
+        max_delay: largest ceiling of a jittered delay, in seconds (``Retry-After`` may exceed it).
+    """
+
+    max_attempts: int = 8
+    max_elapsed: float = 300.0
+    base_delay: float = 0.2
+    max_delay: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1 or self.max_elapsed <= 0:
+            raise ValueError("retry policy needs max_attempts >= 1 and max_elapsed > 0")
+
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(base=self.base_delay, cap=self.max_delay)
+
+
+PARKED = Decision(Verdict.DEAD_LETTER, "parked")
+"""The decision for a record whose order is parked behind an earlier dead letter (DESIGN, 5)."""
+
+_REQUESTS = (Action.CREATE, Action.UPDATE, Action.CANCEL)
+_AUTH_WORDS = ("key", "auth", "permission", "approval", "organization", "organisation")
+
+
+def classify(action: Action, outcome: ButtonOutcome) -> Decision:  # noqa: PLR0911, PLR0912 (one table)
+    """The table itself: the verdict for one outcome, before the retry budget is applied.
+
+    A ``RETRY`` returned here has no delay yet; ``decide`` adds it or turns it into a dead letter.
+
+    Raises:
+        ValueError: ``action`` is not a request (``skip`` and ``reject`` are never sent).
+    """
+    if action not in _REQUESTS:
+        raise ValueError(f"{action!r} is not sent to Button")
+    kind, status = outcome.kind, outcome.status
+    finalized = _says_finalized(outcome.message)
+    match kind, action:
+        case OutcomeKind.SUCCESS, _:
+            return Decision(Verdict.DONE, "ok")
+        case OutcomeKind.CONFLICT, Action.CREATE:
+            return Decision(Verdict.DONE, "order_exists")
+        case OutcomeKind.NOT_FOUND, Action.CANCEL:
+            return Decision(Verdict.DONE, "order_gone")
+        case OutcomeKind.FORBIDDEN, Action.UPDATE | Action.CANCEL if finalized or not (
+            _says_auth(outcome.message)
+        ):
+            # Button's wrappers read 403 on update/delete as "order finalized": final, not ours.
+            return Decision(Verdict.DONE, "order_finalized", noteworthy=True)
+        case OutcomeKind.INVALID | OutcomeKind.CLIENT_ERROR, Action.UPDATE | Action.CANCEL if (
+            finalized
+        ):
+            return Decision(Verdict.DONE, "order_finalized", noteworthy=True)
+        case OutcomeKind.UNAUTHORIZED | OutcomeKind.FORBIDDEN, _:
+            return Decision(Verdict.PAUSE, _http_reason("auth_rejected", status))
+        case OutcomeKind.RATE_LIMITED, _:
+            return Decision(Verdict.RETRY, "http_429")
+        case OutcomeKind.SERVER_ERROR, _:
+            return Decision(Verdict.RETRY, _http_reason("http_5xx", status))
+        case OutcomeKind.CLIENT_ERROR, _ if status == 408:
+            return Decision(Verdict.RETRY, "http_408")
+        case OutcomeKind.TIMEOUT, _:
+            return Decision(Verdict.RETRY, "timeout")
+        case OutcomeKind.CONNECTION_ERROR, _:
+            return Decision(Verdict.RETRY, "connection_error")
+        case OutcomeKind.UNREADABLE, _:
+            return Decision(Verdict.RETRY, "unreadable_response")
+        case OutcomeKind.INVALID, _:
+            return Decision(Verdict.DEAD_LETTER, _http_reason("http_400", status))
+        case OutcomeKind.NOT_FOUND, _:
+            return Decision(Verdict.DEAD_LETTER, "http_404")
+        case OutcomeKind.CONFLICT, _:
+            return Decision(Verdict.DEAD_LETTER, "http_409")
+        case _:  # CLIENT_ERROR: any other 4xx
+            return Decision(Verdict.DEAD_LETTER, _http_reason("http_4xx", status))
+
+
+def decide(
+    action: Action,
+    outcome: ButtonOutcome,
+    *,
+    attempt: int,
+    elapsed: float,
+    policy: RetryPolicy,
+    rng: RandomSource,
+) -> Decision:
+    """What to do after attempt number ``attempt`` (1-based) of ``action`` ended in ``outcome``.
+
+    Args:
+        action: the request's action (create, update or cancel).
+        outcome: what the Button client returned for this attempt.
+        attempt: attempts made so far, this one included; attempts answered ``PAUSE`` excluded.
+        elapsed: seconds since the first attempt, time spent paused excluded.
+        policy: the retry budget and backoff.
+        rng: source of the backoff jitter.
+
+    Returns:
+        The table's decision, with the retry delay filled in, or the dead letter that replaces
+        a retry when the budget is spent.
+    """
+    decision = classify(action, outcome)
+    if decision.verdict is not Verdict.RETRY:
+        return decision
+    if attempt >= policy.max_attempts:
+        return Decision(Verdict.DEAD_LETTER, "retries_exhausted", cause=decision.reason)
+    delay = policy.backoff.delay(attempt, rng, retry_after=outcome.retry_after)
+    if elapsed + delay > policy.max_elapsed:
+        return Decision(Verdict.DEAD_LETTER, "retry_deadline", cause=decision.reason)
+    return Decision(Verdict.RETRY, decision.reason, delay=delay)
+
+
+def decide_map_result(result: MapResult) -> Decision | None:
+    """The decision for a mapped event: ``None`` means "send it", otherwise done or dead letter."""
+    match result:
+        case Send():
+            return None
+        case Skip(reason=reason):
+            return Decision(Verdict.DONE, f"skipped_{reason}" if reason else "skipped")
+        case Reject(reason=reason):
+            return Decision(Verdict.DEAD_LETTER, reason or "mapping_rejected")
+
+
+def decide_error(error: BaseException) -> Decision:
+    """The decision for an error raised outside the Button call (decode, mapping, DLQ, Kafka).
+
+    Records that can never succeed go to the DLQ; when the DLQ or Kafka fails, or for any error
+    the service did not expect, consuming stops so that no record is dropped.
+    """
+    match error:
+        case UnknownSchemaError():
+            return Decision(Verdict.DEAD_LETTER, error.reason or "unknown_schema")
+        case DecodeError():
+            return Decision(Verdict.DEAD_LETTER, error.reason or "decode_error")
+        case MappingError():
+            return Decision(Verdict.DEAD_LETTER, error.reason or "mapping_error")
+        case DeadLetterError():
+            return Decision(Verdict.STOP, "dlq_unavailable")
+        case BrokerError():
+            return Decision(Verdict.STOP, "broker_error")
+        case _:
+            return Decision(Verdict.STOP, "unexpected_error", cause=type(error).__name__)
+
+
+def _http_reason(fallback: str, status: int | None) -> str:
+    return fallback if status is None else f"http_{status}"
+
+
+def _says_finalized(message: str) -> bool:
+    return "finaliz" in message.lower() or "finalis" in message.lower()
+
+
+def _says_auth(message: str) -> bool:
+    lowered = message.lower()
+    return any(word in lowered for word in _AUTH_WORDS)

@@ -1,0 +1,314 @@
+"""How many requests Button gets at once, and how fast: adaptive, not a fixed guess.
+
+Button documents no rate limit for the Order API, so a static concurrency is either too timid or
+too much. ``AdaptiveLimiter`` is an AIMD controller in the spirit of Vector's Adaptive Request
+Concurrency: it measures round-trip times and watches for back-pressure, and once per
+observation window (about one smoothed RTT long) it
+
+- cuts the limit multiplicatively (``limit * decrease_ratio``, default 0.9, at least -1) when any
+  request in the window was back-pressured (429, 5xx, timeout, connection error, unreadable body)
+  or the window's mean RTT rose above the baseline (smoothed RTT + ``rtt_deviation_scale`` x its
+  mean deviation, and at least ``min_rtt_rise`` x baseline above it);
+- otherwise adds one when the limit was actually reached in the window (a limit nobody uses is
+  not raised).
+
+The baseline is an EWMA (``ewma_alpha`` 0.4) of window mean RTTs, like TCP's smoothed RTT. The
+limit stays within ``[min_limit, max_limit]``. 0.9 rather than TCP's 0.5: a consumer backlog
+makes bursts of 429 common and halving would oscillate; Vector chose 0.9 for the same reason.
+
+``TokenBucket`` adds an optional requests-per-second ceiling (one bucket per API key), and
+``PauseGate`` holds every lane while Button refuses the API key (DESIGN, 4).
+
+Everything takes an injected monotonic clock; tests drive time by hand. All methods must be
+called from the one event-loop thread that owns the object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
+
+Clock = Callable[[], float]
+"""A monotonic clock in seconds (``time.monotonic`` in production, a fake in tests)."""
+
+BACKPRESSURE = frozenset(
+    {
+        OutcomeKind.RATE_LIMITED,
+        OutcomeKind.SERVER_ERROR,
+        OutcomeKind.TIMEOUT,
+        OutcomeKind.CONNECTION_ERROR,
+        OutcomeKind.UNREADABLE,
+    }
+)
+"""Outcomes that mean "Button (or the path to it) is overloaded": the limit goes down."""
+
+
+class Permit:
+    """The right to have one request in flight. Report how it went, then release it.
+
+    ``observe(outcome)`` feeds the limiter (an RTT sample or a back-pressure signal); a permit
+    released without an observation (error, cancellation) is neutral.
+    """
+
+    __slots__ = ("_limiter", "_released", "_signal", "_started")
+
+    def __init__(self, limiter: AdaptiveLimiter, started: float) -> None:
+        self._limiter = limiter
+        self._started = started
+        self._signal: bool | None = None  # None: nothing observed; True: back-pressure
+        self._released = False
+
+    def observe(self, outcome: ButtonOutcome) -> None:
+        """Record the attempt's outcome: back-pressure kinds lower the limit, others time RTT."""
+        self._signal = outcome.kind in BACKPRESSURE
+
+    def backpressure(self) -> None:
+        """Record a back-pressure signal that did not come as a ``ButtonOutcome``."""
+        self._signal = True
+
+    def release(self) -> None:
+        """Give the slot back (idempotent)."""
+        if not self._released:
+            self._released = True
+            self._limiter._release(self._started, self._signal)  # the limiter owns the accounting
+
+
+class AdaptiveLimiter:
+    """AIMD concurrency limit for requests to Button (see the module docstring).
+
+    Usage::
+
+        async with limiter.permit() as permit:
+            outcome = await client.send(request)
+            permit.observe(outcome)
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        min_limit: int = 4,
+        max_limit: int = 64,
+        initial_limit: int | None = None,
+        decrease_ratio: float = 0.9,
+        ewma_alpha: float = 0.4,
+        rtt_deviation_scale: float = 2.5,
+        min_rtt_rise: float = 0.1,
+        min_window: float = 0.05,
+    ) -> None:
+        if not 1 <= min_limit <= max_limit:
+            raise ValueError("limits need 1 <= min_limit <= max_limit")
+        if not 0 < decrease_ratio < 1 or not 0 < ewma_alpha <= 1:
+            raise ValueError("decrease_ratio must be in (0, 1) and ewma_alpha in (0, 1]")
+        start = min_limit if initial_limit is None else initial_limit
+        self._clock = clock
+        self._min = min_limit
+        self._max = max_limit
+        self._limit = min(max(start, min_limit), max_limit)
+        self._decrease_ratio = decrease_ratio
+        self._alpha = ewma_alpha
+        self._deviation_scale = rtt_deviation_scale
+        self._min_rise = min_rtt_rise
+        self._min_window = min_window
+        self._in_flight = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        # Smoothed RTT and its mean deviation across windows (None until the first sample).
+        self._srtt: float | None = None
+        self._rttvar = 0.0
+        # The current observation window.
+        self._window_end = clock() + min_window
+        self._rtt_sum = 0.0
+        self._rtt_count = 0
+        self._saw_backpressure = False
+        self._reached_limit = False
+
+    @property
+    def limit(self) -> int:
+        """The current concurrency limit."""
+        return self._limit
+
+    @property
+    def in_flight(self) -> int:
+        """Permits held right now (may exceed ``limit`` just after a decrease)."""
+        return self._in_flight
+
+    @property
+    def waiting(self) -> int:
+        """Callers waiting for a permit."""
+        return len(self._waiters)
+
+    @property
+    def smoothed_rtt(self) -> float | None:
+        """The RTT baseline in seconds, ``None`` before the first sample."""
+        return self._srtt
+
+    @asynccontextmanager
+    async def permit(self) -> AsyncIterator[Permit]:
+        """Wait for a permit, hold it for the body, release it on the way out."""
+        permit = await self.acquire_permit()
+        try:
+            yield permit
+        finally:
+            permit.release()
+
+    async def acquire_permit(self) -> Permit:
+        """Wait (FIFO) for a permit. The caller must ``release()`` it; prefer ``permit()``."""
+        if self._in_flight < self._limit and not self._waiters:
+            self._in_flight += 1
+            self._note_usage()
+            return Permit(self, self._clock())
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                # Granted and cancelled in the same tick: hand the slot back.
+                self._in_flight -= 1
+                self._wake()
+            else:
+                self._waiters.remove(waiter)
+            raise
+        return Permit(self, self._clock())
+
+    def _note_usage(self) -> None:
+        if self._in_flight >= self._limit:
+            self._reached_limit = True
+
+    def _wake(self) -> None:
+        while self._waiters and self._in_flight < self._limit:
+            waiter = self._waiters.popleft()
+            if waiter.done():
+                continue
+            waiter.set_result(None)
+            self._in_flight += 1
+            self._note_usage()
+        if self._waiters:
+            self._reached_limit = True
+
+    def _release(self, started: float, backpressure: bool | None) -> None:
+        self._in_flight -= 1
+        now = self._clock()
+        if backpressure:
+            self._saw_backpressure = True
+        elif backpressure is False:
+            self._rtt_sum += max(0.0, now - started)
+            self._rtt_count += 1
+        if now >= self._window_end:
+            self._end_window(now)
+        self._wake()
+
+    def _end_window(self, now: float) -> None:
+        """Apply AIMD once per window, then start the next window (about one RTT long)."""
+        if self._saw_backpressure:
+            self._decrease()
+        elif self._rtt_count:
+            mean = self._rtt_sum / self._rtt_count
+            if self._srtt is None:
+                self._srtt = mean
+                self._rttvar = mean / 2
+                if self._reached_limit:
+                    self._increase()
+            else:
+                threshold = self._srtt + max(
+                    self._deviation_scale * self._rttvar, self._min_rise * self._srtt
+                )
+                if mean > threshold:
+                    self._decrease()
+                elif self._reached_limit:
+                    self._increase()
+                self._rttvar += self._alpha * (abs(mean - self._srtt) - self._rttvar)
+                self._srtt += self._alpha * (mean - self._srtt)
+        self._window_end = now + max(self._srtt or 0.0, self._min_window)
+        self._rtt_sum = 0.0
+        self._rtt_count = 0
+        self._saw_backpressure = False
+        self._reached_limit = self._in_flight >= self._limit or bool(self._waiters)
+
+    def _increase(self) -> None:
+        self._limit = min(self._max, self._limit + 1)
+
+    def _decrease(self) -> None:
+        cut = min(math.floor(self._limit * self._decrease_ratio), self._limit - 1)
+        self._limit = max(self._min, cut)
+
+
+class TokenBucket:
+    """A requests-per-second ceiling: ``rate`` tokens per second, at most ``burst`` saved up.
+
+    ``reserve()`` always takes a token, going into debt if needed, and returns how long the
+    caller must wait before using it; callers are therefore served in reservation order and the
+    long-run rate never exceeds ``rate``. A reservation abandoned by a cancelled caller is lost
+    (the bucket errs on the slow side).
+    """
+
+    def __init__(self, *, rate: float, clock: Clock, burst: float | None = None) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self._rate = rate
+        self._burst = max(1.0, rate if burst is None else burst)
+        self._clock = clock
+        self._tokens = self._burst
+        self._updated = clock()
+
+    def reserve(self) -> float:
+        """Take one token; return the seconds to wait before sending (0.0 when one was ready)."""
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._updated) * self._rate)
+        self._updated = now
+        self._tokens -= 1.0
+        if self._tokens >= 0:
+            return 0.0
+        return -self._tokens / self._rate
+
+    async def take(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        """Reserve a token and sleep (with the injected ``sleep``) until it is due."""
+        wait = self.reserve()
+        if wait > 0:
+            await sleep(wait)
+
+
+class PauseGate:
+    """Open normally; closed while Button refuses the API key (401/403: DESIGN, 4).
+
+    Lanes ``await wait_open()`` before starting a record, so closing the gate holds all work
+    without dropping any. Whoever closed it decides when to reopen, typically after a probe
+    request succeeds.
+    """
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self._event.set()
+        self._reason = ""
+
+    @property
+    def is_open(self) -> bool:
+        return self._event.is_set()
+
+    @property
+    def reason(self) -> str:
+        """Why the gate is closed (empty when open)."""
+        return self._reason
+
+    def close(self, reason: str) -> bool:
+        """Close the gate. Returns ``True`` if it was open (so callers alert only once)."""
+        was_open = self._event.is_set()
+        self._event.clear()
+        self._reason = reason
+        return was_open
+
+    def open(self) -> bool:
+        """Open the gate and release every waiter. Returns ``True`` if it was closed."""
+        was_closed = not self._event.is_set()
+        self._event.set()
+        self._reason = ""
+        return was_closed
+
+    async def wait_open(self) -> None:
+        """Return at once when open, else when the gate opens."""
+        await self._event.wait()

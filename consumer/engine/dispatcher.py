@@ -1,0 +1,373 @@
+"""Key-ordered, bounded, concurrent delivery: one lane per busy key (DESIGN, 3).
+
+Events of one user must reach Button in offset order, but one slow or retrying user must not hold
+up everyone else. The dispatcher gives each Kafka key a *lane*: a FIFO of records run one at a
+time, while lanes of different keys run concurrently. Lanes are created when a key gets work and
+end when their queue is empty, so thousands of idle keys cost nothing. This is the Parallel
+Consumer model ("key order") on asyncio.
+
+Contract with the poll loop, which must never block:
+
+- ``submit(partition, offset, key, job)`` never blocks and never rejects for lack of room: the
+  bounds are signals, not walls, because a polled batch must go somewhere. It starts or extends
+  the key's lane. ``job`` is an async callable doing the record's whole delivery (map, send with
+  retries, DLQ) and returning once the record is *finished*.
+- Offsets: either the dispatcher owns them (pass ``watermarks=``: ``submit`` tracks the offset,
+  a returning job finishes it, and ``revoke`` reports and forgets the final positions), or the
+  caller does both itself (``watermarks=None``, the default). Never both: tracking twice raises.
+- After each poll, ``saturated_partitions(assigned)`` is the set of partitions to keep paused
+  (a state, not a delta; pause what is new in it, resume what left it): a partition is saturated
+  from ``max_in_flight_per_partition`` records in flight (queued or running) until it drains to
+  ``resume_ratio`` (default 0.5) of that bound, so the consumer does not flap; every partition is
+  saturated from ``max_in_flight`` in total (until the total drains likewise) and while the
+  ``PauseGate`` is closed.
+
+A job that raises is a bug or a "stop consuming" condition (DLQ unavailable: DESIGN, 4): the
+dispatcher records the first such error, starts nothing more, and the loop sees it through
+``failure`` or ``raise_if_failed()``. The record's offset is never finished, so nothing is lost.
+
+Keys: records with the same ``(partition, key)`` are ordered. A ``None`` key has no ordering
+contract in Kafka, so each such record gets its own lane.
+
+Shutdown and rebalance: ``drain(grace)`` waits for everything in flight, then cancels what is
+left; ``revoke(partitions, grace)`` drops queued records of those partitions, waits for running
+ones, cancels the rest, and returns each partition's final committable offset for the revoke
+callback to commit. Abandoned records are simply not finished: the next owner gets them again.
+Jobs must therefore be safe to cancel and to repeat (every Button call is: DESIGN, 2).
+
+All methods must be called from the event loop thread that runs the lanes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable
+from dataclasses import dataclass, field
+
+from consumer.engine.concurrency import PauseGate
+from consumer.engine.watermark import Watermarks
+
+Job = Callable[[], Awaitable[None]]
+"""Delivers one record and returns when it is finished. Must be cancellable and idempotent."""
+
+FinishedHook = Callable[[int, int], None]
+"""Called with (partition, offset) after a record finished and its offset was marked."""
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeReport:
+    """The outcome of a revocation.
+
+    Attributes:
+        committable: the final committable offset of each revoked partition (``None`` when
+            nothing was tracked there); commit these before giving the partitions up. Empty
+            when the dispatcher does not own the watermarks.
+        finished: records of those partitions that finished while the revocation waited.
+        abandoned: records dropped unstarted or cancelled; the next owner processes them again.
+    """
+
+    committable: dict[int, int | None]
+    finished: int
+    abandoned: int
+
+
+@dataclass(slots=True, eq=False)
+class _Item:
+    partition: int
+    offset: int
+    epoch: int
+    job: Job
+    retired: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _Lane:
+    queue: deque[_Item] = field(default_factory=deque)
+    task: asyncio.Task[None] | None = None
+    running: _Item | None = None  # the head, while its job runs
+    abandoned: bool = False  # cancelled by revoke or drain, detached from the lane table
+
+
+class Dispatcher:
+    """Runs jobs in per-key order, concurrently across keys, within in-flight bounds.
+
+    Args:
+        max_in_flight_per_partition: records of one partition queued or running before it pauses.
+        max_in_flight: records in total before every partition pauses.
+        resume_ratio: a paused partition resumes at or below this fraction of its bound.
+        watermarks: the commit positions to track and finish; ``None``: the caller does it.
+        on_finished: called after each finished record, e.g. for metrics.
+        gate: the global pause gate (401/403); lanes wait at it before starting each record.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_in_flight_per_partition: int = 500,
+        max_in_flight: int = 1000,
+        resume_ratio: float = 0.5,
+        watermarks: Watermarks | None = None,
+        on_finished: FinishedHook | None = None,
+        gate: PauseGate | None = None,
+    ) -> None:
+        if max_in_flight_per_partition < 1 or max_in_flight < 1:
+            raise ValueError("in-flight bounds must be at least 1")
+        if not 0 <= resume_ratio < 1:
+            raise ValueError("resume_ratio must be in [0, 1)")
+        self._high_partition = max_in_flight_per_partition
+        self._high_total = max_in_flight
+        self._low_partition = math.floor(max_in_flight_per_partition * resume_ratio)
+        self._low_total = math.floor(max_in_flight * resume_ratio)
+        self.watermarks = watermarks
+        self.gate = gate if gate is not None else PauseGate()
+        self._on_finished = on_finished
+        self._lanes: dict[tuple[int, Hashable], _Lane] = {}
+        self._counts: dict[int, int] = {}
+        self._total = 0
+        self._epochs: dict[int, int] = {}
+        self._revoking: set[int] = set()
+        self._saturated: set[int] = set()
+        self._full = False
+        self._closed = False
+        self._failure: BaseException | None = None
+        self._progress = asyncio.Event()
+        self._finished_count = 0
+
+    # -- submitting ------------------------------------------------------------------------
+
+    def submit(self, partition: int, offset: int, key: Hashable | None, job: Job) -> bool:
+        """Queue a record behind earlier records of its key and return at once.
+
+        Returns:
+            ``True`` when accepted. ``False`` when the partition is being revoked, or the
+            dispatcher is draining or has failed: the record is not tracked, so its offset is
+            never stored and it will be consumed again.
+
+        Raises:
+            ValueError: ``offset`` is not above the last offset submitted for ``partition``.
+        """
+        if self._closed or self._failure is not None or partition in self._revoking:
+            return False
+        if self.watermarks is not None:
+            self.watermarks.track(partition, offset)
+        item = _Item(partition, offset, self._epochs.get(partition, 0), job)
+        lane_id: tuple[int, Hashable] = (partition, object() if key is None else key)
+        lane = self._lanes.get(lane_id)
+        if lane is None:
+            lane = self._lanes[lane_id] = _Lane()
+        lane.queue.append(item)
+        self._counts[partition] = self._counts.get(partition, 0) + 1
+        self._total += 1
+        if lane.task is None:
+            lane.task = asyncio.get_running_loop().create_task(self._run_lane(lane_id, lane))
+        return True
+
+    # -- capacity and backpressure -----------------------------------------------------------
+
+    def in_flight(self, partition: int) -> int:
+        """Records of ``partition`` queued or running."""
+        return self._counts.get(partition, 0)
+
+    def total_in_flight(self) -> int:
+        """Records queued or running across every partition."""
+        return self._total
+
+    @property
+    def active_lanes(self) -> int:
+        """Keys with work queued or running (each has one task)."""
+        return len(self._lanes)
+
+    @property
+    def finished_count(self) -> int:
+        """Records finished since the dispatcher was created."""
+        return self._finished_count
+
+    def has_capacity(self, partition: int) -> bool:
+        """Whether another record of ``partition`` fits under every bound right now."""
+        return (
+            self.gate.is_open
+            and self._counts.get(partition, 0) < self._high_partition
+            and self._total < self._high_total
+        )
+
+    def saturated_partitions(self, assigned: Iterable[int] = ()) -> frozenset[int]:
+        """Partitions the poll loop should keep paused now (see the module docstring).
+
+        Args:
+            assigned: the loop's current assignment, so that partitions with nothing in flight
+                are paused too when the total bound is reached or the gate is closed.
+        """
+        if self._total >= self._high_total:
+            self._full = True
+        elif self._total <= self._low_total:
+            self._full = False
+        for partition, count in self._counts.items():
+            if partition in self._saturated:
+                if count <= self._low_partition:
+                    self._saturated.discard(partition)
+            elif count >= self._high_partition:
+                self._saturated.add(partition)
+        if self._full or not self.gate.is_open:
+            return frozenset(self._counts.keys() | set(assigned))
+        return frozenset(self._saturated)
+
+    # -- global pause (bad API key) ------------------------------------------------------------
+
+    def pause(self, reason: str) -> bool:
+        """Hold every lane before its next record (running records continue). ``True`` if new."""
+        return self.gate.close(reason)
+
+    def resume(self) -> bool:
+        """Let lanes start records again. ``True`` if the dispatcher was paused."""
+        return self.gate.open()
+
+    # -- failure -----------------------------------------------------------------------------
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The first exception a job raised; once set, no new record starts."""
+        return self._failure
+
+    def raise_if_failed(self) -> None:
+        """Re-raise the first job failure, if any (call it from the poll loop)."""
+        if self._failure is not None:
+            raise self._failure
+
+    # -- shutdown and rebalance ----------------------------------------------------------------
+
+    async def drain(self, grace: float) -> bool:
+        """Stop accepting work, wait up to ``grace`` seconds for everything in flight, then
+        cancel what is left. Returns ``True`` if every record finished.
+
+        ``grace`` is not a timeout on the call: after it, the remaining work is cancelled and
+        awaited, so the call returns only when no lane task is left.
+        """
+        self._closed = True
+        finished = await self._wait_until(lambda: self._total == 0, grace)
+        if not finished:
+            await self._abandon(lambda partition: True)
+        return finished
+
+    async def revoke(self, partitions: Collection[int], grace: float) -> RevokeReport:
+        """Give up ``partitions``: drop their queued records, wait up to ``grace`` seconds for
+        their running records, cancel the rest, and return their final committable offsets.
+        """
+        revoked = set(partitions)
+        self._revoking |= revoked
+        try:
+            abandoned = self._drop_queued(revoked)
+            running = sum(self._counts.get(p, 0) for p in revoked)
+            await self._wait_until(lambda: all(self._counts.get(p, 0) == 0 for p in revoked), grace)
+            # Nothing was added meanwhile (submit refuses revoking partitions), so the drop in
+            # the count is exactly what finished.
+            finished = running - sum(self._counts.get(p, 0) for p in revoked)
+            abandoned += await self._abandon(lambda partition: partition in revoked)
+            committable: dict[int, int | None] = {}
+            for partition in revoked:
+                if self.watermarks is not None:
+                    committable[partition] = self.watermarks.forget(partition)
+                self._epochs[partition] = self._epochs.get(partition, 0) + 1
+                self._counts.pop(partition, None)
+                self._saturated.discard(partition)
+        finally:
+            self._revoking -= revoked
+        return RevokeReport(committable, finished, abandoned)
+
+    # -- internals -------------------------------------------------------------------------------
+
+    async def _run_lane(self, lane_id: tuple[int, Hashable], lane: _Lane) -> None:
+        queue = lane.queue
+        try:
+            while queue and self._failure is None:
+                if not self.gate.is_open:
+                    await self.gate.wait_open()
+                    continue  # the lane may have been revoked or failed meanwhile
+                item = lane.running = queue[0]
+                await item.job()
+                lane.running = None
+                queue.popleft()
+                self._finish(item)
+        except asyncio.CancelledError:
+            if not lane.abandoned:
+                raise
+        except Exception as exc:  # noqa: BLE001 (a raising job stops all: never drop a record)
+            if self._failure is None:
+                self._failure = exc
+            self._progress.set()
+        finally:
+            lane.task = None
+            lane.running = None
+            # After a failure a lane keeps its unfinished records, for ``drain`` to account.
+            if not queue and self._lanes.get(lane_id) is lane:
+                del self._lanes[lane_id]
+
+    def _finish(self, item: _Item) -> None:
+        if item.retired:
+            return
+        self._retire(item)
+        if item.epoch != self._epochs.get(item.partition, 0):
+            return  # a record of an earlier assignment of this partition
+        self._finished_count += 1
+        if self.watermarks is not None:
+            self.watermarks.finish(item.partition, item.offset)
+        if self._on_finished is not None:
+            self._on_finished(item.partition, item.offset)
+
+    def _retire(self, item: _Item) -> None:
+        item.retired = True
+        self._counts[item.partition] = self._counts.get(item.partition, 0) - 1
+        self._total -= 1
+        self._progress.set()
+
+    def _drop_queued(self, partitions: set[int]) -> int:
+        """Retire every record of ``partitions`` that has not started. Returns how many."""
+        dropped = 0
+        for (partition, _), lane in self._lanes.items():
+            if partition not in partitions:
+                continue
+            running = lane.running
+            for item in lane.queue:
+                if item is not running:
+                    self._retire(item)
+                    dropped += 1
+            lane.queue.clear()
+            if running is not None:
+                lane.queue.append(running)
+        return dropped
+
+    async def _abandon(self, chosen: Callable[[int], bool]) -> int:
+        """Detach and cancel the lanes of chosen partitions; retire what they held."""
+        abandoned = 0
+        tasks: list[asyncio.Task[None]] = []
+        for lane_id, lane in list(self._lanes.items()):
+            if not chosen(lane_id[0]):
+                continue
+            del self._lanes[lane_id]
+            lane.abandoned = True
+            for item in lane.queue:
+                if not item.retired:
+                    self._retire(item)
+                    abandoned += 1
+            if lane.task is not None:
+                lane.task.cancel()
+                tasks.append(lane.task)
+        if tasks:
+            await asyncio.wait(tasks)
+        return abandoned
+
+    async def _wait_until(self, done: Callable[[], bool], grace: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while not done() and self._failure is None:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            self._progress.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._progress.wait()
+            except TimeoutError:
+                break
+        return done()

@@ -1,0 +1,151 @@
+"""Which offset of each partition is safe to commit when records finish out of order.
+
+Records of one partition are handed to the dispatcher in offset order but finish in any order
+(different keys run concurrently, some retry for minutes). Kafka stores one number per partition,
+so the only safe number is the *lowest unfinished offset*: committing it means "everything below
+is finished", and a crash replays the unfinished record and anything after it (at-least-once,
+DESIGN decision 1). This module computes that number.
+
+Offsets may have gaps (compacted topics, transaction markers), so the tracker never assumes
+``offset + 1``: it remembers the offsets it was given. Cost: O(1) amortised per ``track`` and
+``finish``; memory is O(records in flight) plus finished records still waiting behind an
+unfinished lower one.
+
+Every method is synchronous and does no I/O; one event-loop thread owns an instance.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+
+class PartitionWatermark:
+    """The commit position of one partition.
+
+    ``track`` each offset as it is handed out (strictly increasing, gaps allowed), ``finish`` it
+    when the record is finished (any order). ``committable()`` is the offset to commit: the lowest
+    unfinished offset, or ``last tracked + 1`` when everything is finished, or ``None`` before
+    anything was tracked.
+    """
+
+    __slots__ = ("_last", "_order", "_unfinished")
+
+    def __init__(self) -> None:
+        # Tracked offsets not yet passed by the watermark, increasing. Invariant: the head, if
+        # any, is unfinished, so it is the committable offset. Finished offsets behind an
+        # unfinished one wait here until the head finishes.
+        self._order: deque[int] = deque()
+        self._unfinished: set[int] = set()
+        self._last: int | None = None
+
+    def track(self, offset: int) -> None:
+        """Record that ``offset`` was handed out. Offsets must strictly increase.
+
+        Raises:
+            ValueError: ``offset`` is not above the last tracked offset.
+        """
+        if self._last is not None and offset <= self._last:
+            raise ValueError(f"offset {offset} tracked after {self._last}; offsets must increase")
+        self._last = offset
+        self._order.append(offset)
+        self._unfinished.add(offset)
+
+    def finish(self, offset: int) -> None:
+        """Record that the record at ``offset`` is finished (accepted, skipped or dead-lettered).
+
+        Raises:
+            ValueError: ``offset`` is not in flight (never tracked, or finished already).
+        """
+        try:
+            self._unfinished.remove(offset)
+        except KeyError:
+            raise ValueError(f"offset {offset} is not in flight") from None
+        order, unfinished = self._order, self._unfinished
+        # Each offset is popped once, so this loop is O(1) amortised per finish.
+        while order and order[0] not in unfinished:
+            order.popleft()
+
+    def committable(self) -> int | None:
+        """The offset to commit: no unfinished record lies below it. ``None`` if nothing tracked."""
+        if self._order:
+            return self._order[0]
+        return None if self._last is None else self._last + 1
+
+    @property
+    def in_flight(self) -> int:
+        """Tracked records not yet finished."""
+        return len(self._unfinished)
+
+    @property
+    def last_tracked(self) -> int | None:
+        """The highest offset tracked so far."""
+        return self._last
+
+
+class Watermarks:
+    """Commit positions of every partition this consumer owns.
+
+    Partitions appear on their first ``track``. ``forget`` drops a partition on revocation and
+    returns its final committable offset; late ``finish`` calls for a forgotten partition are
+    ignored (they return ``False``), so a record abandoned at revocation can never move the
+    position of a later assignment of the same partition.
+    """
+
+    __slots__ = ("_parts", "_reported")
+
+    def __init__(self) -> None:
+        self._parts: dict[int, PartitionWatermark] = {}
+        self._reported: dict[int, int] = {}
+
+    def track(self, partition: int, offset: int) -> None:
+        """Record that ``offset`` of ``partition`` was handed out (see ``PartitionWatermark``)."""
+        part = self._parts.get(partition)
+        if part is None:
+            part = self._parts[partition] = PartitionWatermark()
+        part.track(offset)
+
+    def finish(self, partition: int, offset: int) -> bool:
+        """Record a finished record. Returns ``False`` if the partition is not owned (revoked)."""
+        part = self._parts.get(partition)
+        if part is None:
+            return False
+        part.finish(offset)
+        return True
+
+    def committable(self, partition: int) -> int | None:
+        """The offset to commit for ``partition``, or ``None`` if nothing was tracked there."""
+        part = self._parts.get(partition)
+        return None if part is None else part.committable()
+
+    def in_flight(self, partition: int) -> int:
+        """Unfinished records of ``partition``."""
+        part = self._parts.get(partition)
+        return 0 if part is None else part.in_flight
+
+    def total_in_flight(self) -> int:
+        """Unfinished records across every partition. O(partitions)."""
+        return sum(part.in_flight for part in self._parts.values())
+
+    @property
+    def partitions(self) -> frozenset[int]:
+        """Partitions with a tracker."""
+        return frozenset(self._parts)
+
+    def take_advanced(self) -> dict[int, int]:
+        """Committable offsets that moved since the previous call: what the loop should store.
+
+        Cheap to call after every poll: O(partitions). Offsets only ever move forward.
+        """
+        advanced: dict[int, int] = {}
+        for partition, part in self._parts.items():
+            offset = part.committable()
+            if offset is not None and self._reported.get(partition) != offset:
+                advanced[partition] = offset
+                self._reported[partition] = offset
+        return advanced
+
+    def forget(self, partition: int) -> int | None:
+        """Drop ``partition`` (revoked) and return its final committable offset, if any."""
+        part = self._parts.pop(partition, None)
+        self._reported.pop(partition, None)
+        return None if part is None else part.committable()

@@ -1,0 +1,254 @@
+"""The adaptive limiter, token bucket and pause gate, driven by a hand-moved clock."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
+from consumer.engine.concurrency import AdaptiveLimiter, PauseGate, TokenBucket
+
+OK = ButtonOutcome(OutcomeKind.SUCCESS, 200)
+SLOW_DOWN = ButtonOutcome(OutcomeKind.RATE_LIMITED, 429, retry_after=1.0)
+
+
+class FakeClock:
+    """Time moves only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def _window(
+    limiter: AdaptiveLimiter, clock: FakeClock, rtt: float, outcome: ButtonOutcome = OK
+) -> None:
+    """Fill the limit with requests that all take ``rtt`` seconds, then release them."""
+    permits = [await limiter.acquire_permit() for _ in range(limiter.limit)]
+    clock.advance(rtt)
+    for permit in permits:
+        permit.observe(outcome)
+        permit.release()
+
+
+def _limiter(clock: FakeClock, **kwargs: int) -> AdaptiveLimiter:
+    return AdaptiveLimiter(clock=clock, min_window=0.01, **kwargs)
+
+
+def test_limit_grows_by_one_per_window_while_rtt_is_flat() -> None:
+    """Additive increase: a saturated limit with a steady RTT goes up one per window."""
+    clock = FakeClock()
+    limiter = _limiter(clock, min_limit=2, max_limit=10)
+
+    async def scenario() -> list[int]:
+        limits = []
+        for _ in range(5):
+            await _window(limiter, clock, rtt=0.1)
+            limits.append(limiter.limit)
+        return limits
+
+    assert asyncio.run(scenario()) == [3, 4, 5, 6, 7]
+
+
+def test_limit_never_exceeds_max() -> None:
+    """The limit stays at max_limit however long things go well."""
+    clock = FakeClock()
+    limiter = _limiter(clock, min_limit=1, max_limit=3)
+
+    async def scenario() -> None:
+        for _ in range(10):
+            await _window(limiter, clock, rtt=0.1)
+
+    asyncio.run(scenario())
+    assert limiter.limit == 3
+
+
+def test_backpressure_cuts_the_limit_multiplicatively() -> None:
+    """A 429 in the window multiplies the limit by 0.9 (at least one less), bounded by min."""
+    clock = FakeClock()
+    limiter = _limiter(clock, min_limit=2, max_limit=100, initial_limit=50)
+
+    async def scenario() -> list[int]:
+        limits = []
+        for _ in range(3):
+            await _window(limiter, clock, rtt=0.1, outcome=SLOW_DOWN)
+            limits.append(limiter.limit)
+        return limits
+
+    assert asyncio.run(scenario()) == [45, 40, 36]
+
+
+def test_backpressure_stops_at_min_limit() -> None:
+    """Decreases never go below min_limit."""
+    clock = FakeClock()
+    limiter = _limiter(clock, min_limit=3, max_limit=10, initial_limit=4)
+
+    async def scenario() -> None:
+        for _ in range(5):
+            await _window(limiter, clock, rtt=0.1, outcome=SLOW_DOWN)
+
+    asyncio.run(scenario())
+    assert limiter.limit == 3
+
+
+def test_rising_rtt_cuts_the_limit() -> None:
+    """When the window's RTT jumps well above the baseline, the limit goes down."""
+    clock = FakeClock()
+    limiter = _limiter(clock, min_limit=1, max_limit=100, initial_limit=20)
+
+    async def scenario() -> tuple[int, int]:
+        for _ in range(6):
+            await _window(limiter, clock, rtt=0.1)
+        before = limiter.limit
+        await _window(limiter, clock, rtt=0.5)
+        return before, limiter.limit
+
+    before, after = asyncio.run(scenario())
+    assert (before, after) == (26, 23)
+
+
+def test_unused_limit_is_not_raised() -> None:
+    """If requests never reach the limit, there is no evidence more would help."""
+    clock = FakeClock()
+    limiter = _limiter(clock, min_limit=2, max_limit=10, initial_limit=5)
+
+    async def scenario() -> None:
+        for _ in range(4):
+            permit = await limiter.acquire_permit()
+            clock.advance(0.1)
+            permit.observe(OK)
+            permit.release()
+
+    asyncio.run(scenario())
+    assert limiter.limit == 5
+
+
+def test_waiters_are_served_in_order_when_a_permit_frees() -> None:
+    """Beyond the limit, acquire waits; released permits go to waiters first come first served."""
+    clock = FakeClock()
+    limiter = _limiter(clock, min_limit=1, max_limit=1)
+
+    async def scenario() -> list[str]:
+        served: list[str] = []
+        first = await limiter.acquire_permit()
+
+        async def wait(name: str) -> None:
+            async with limiter.permit():
+                served.append(name)
+
+        tasks = [asyncio.create_task(wait(name)) for name in ("a", "b")]
+        await asyncio.sleep(0)  # let both queue up
+        assert (limiter.in_flight, limiter.waiting) == (1, 2)
+        first.release()
+        await asyncio.gather(*tasks)
+        return served
+
+    assert asyncio.run(scenario()) == ["a", "b"]
+    assert limiter.in_flight == 0
+
+
+def test_cancelled_waiter_leaks_no_permit() -> None:
+    """A caller cancelled while waiting leaves the count exactly as before."""
+    clock = FakeClock()
+    limiter = _limiter(clock, min_limit=1, max_limit=1)
+
+    async def scenario() -> None:
+        held = await limiter.acquire_permit()
+        task = asyncio.create_task(limiter.acquire_permit())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert limiter.waiting == 0
+        held.release()
+        again = await limiter.acquire_permit()
+        again.release()
+
+    asyncio.run(scenario())
+    assert limiter.in_flight == 0
+
+
+def test_unobserved_release_is_neutral() -> None:
+    """A permit released after an error (no outcome) neither raises nor lowers the limit."""
+    clock = FakeClock()
+    limiter = _limiter(clock, min_limit=2, max_limit=10, initial_limit=4)
+
+    async def scenario() -> None:
+        for _ in range(3):
+            permits = [await limiter.acquire_permit() for _ in range(4)]
+            clock.advance(0.1)
+            for permit in permits:
+                permit.release()
+
+    asyncio.run(scenario())
+    assert limiter.limit == 4
+
+
+def test_limiter_rejects_bad_bounds() -> None:
+    """min_limit above max_limit is a configuration error."""
+    with pytest.raises(ValueError, match="min_limit"):
+        AdaptiveLimiter(clock=FakeClock(), min_limit=5, max_limit=2)
+
+
+def test_token_bucket_spends_burst_then_spaces_requests() -> None:
+    """With rate 2/s and burst 2, two requests go now, the next wait 0.5 s, 1.0 s."""
+    clock = FakeClock()
+    bucket = TokenBucket(rate=2.0, burst=2.0, clock=clock)
+    assert [bucket.reserve() for _ in range(4)] == [0.0, 0.0, 0.5, 1.0]
+
+
+def test_token_bucket_refills_with_time_up_to_burst() -> None:
+    """Idle time refills tokens, but never beyond the burst."""
+    clock = FakeClock()
+    bucket = TokenBucket(rate=10.0, burst=3.0, clock=clock)
+    for _ in range(3):
+        bucket.reserve()
+    clock.advance(100.0)
+    assert [bucket.reserve() for _ in range(4)] == [0.0, 0.0, 0.0, pytest.approx(0.1)]
+
+
+def test_token_bucket_take_sleeps_the_reserved_time() -> None:
+    """take() sleeps through the injected sleep exactly as long as the reservation says."""
+    clock = FakeClock()
+    bucket = TokenBucket(rate=4.0, burst=1.0, clock=clock)
+    slept: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async def scenario() -> None:
+        await bucket.take(fake_sleep)
+        await bucket.take(fake_sleep)
+
+    asyncio.run(scenario())
+    assert slept == [0.25]
+
+
+def test_pause_gate_holds_waiters_until_opened() -> None:
+    """A closed gate holds lanes; opening releases all of them; close/open report changes."""
+
+    async def scenario() -> list[str]:
+        gate = PauseGate()
+        assert gate.close("http_401") is True
+        assert gate.close("http_401") is False
+        passed: list[str] = []
+
+        async def lane(name: str) -> None:
+            await gate.wait_open()
+            passed.append(name)
+
+        tasks = [asyncio.create_task(lane(name)) for name in ("x", "y")]
+        await asyncio.sleep(0)
+        assert (passed, gate.reason) == ([], "http_401")
+        assert gate.open() is True
+        await asyncio.gather(*tasks)
+        assert gate.is_open
+        return passed
+
+    assert asyncio.run(scenario()) == ["x", "y"]

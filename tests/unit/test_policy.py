@@ -1,0 +1,263 @@
+"""The failure table, row by row, and the retry budget around it."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from consumer.domain.button import Action, ButtonRequest, Reject, Send, Skip
+from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
+from consumer.domain.policy import (
+    PARKED,
+    Decision,
+    RetryPolicy,
+    Verdict,
+    classify,
+    decide,
+    decide_error,
+    decide_map_result,
+)
+from consumer.errors import (
+    BrokerError,
+    DeadLetterError,
+    DecodeError,
+    MappingError,
+    UnknownSchemaError,
+)
+
+K = OutcomeKind
+A = Action
+DONE, RETRY, DEAD, PAUSE = Verdict.DONE, Verdict.RETRY, Verdict.DEAD_LETTER, Verdict.PAUSE
+
+
+class FixedRandom:
+    """A random source that always returns the same draw."""
+
+    def __init__(self, value: float = 0.5) -> None:
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+def outcome(
+    kind: OutcomeKind,
+    status: int | None = None,
+    message: str = "",
+    retry_after: float | None = None,
+) -> ButtonOutcome:
+    return ButtonOutcome(kind, status, message=message, retry_after=retry_after)
+
+
+# (action, outcome, expected verdict, expected reason): the table of DESIGN decision 4.
+TABLE = [
+    (A.CREATE, outcome(K.SUCCESS, 200), DONE, "ok"),
+    (A.UPDATE, outcome(K.SUCCESS, 202), DONE, "ok"),
+    (A.CANCEL, outcome(K.SUCCESS, 200), DONE, "ok"),
+    (A.CREATE, outcome(K.CONFLICT, 409), DONE, "order_exists"),
+    (A.UPDATE, outcome(K.CONFLICT, 409), DEAD, "http_409"),
+    (A.CANCEL, outcome(K.NOT_FOUND, 404), DONE, "order_gone"),
+    (A.UPDATE, outcome(K.NOT_FOUND, 404), DEAD, "http_404"),
+    (A.CREATE, outcome(K.NOT_FOUND, 404), DEAD, "http_404"),
+    (A.UPDATE, outcome(K.FORBIDDEN, 403, message="Order is finalized"), DONE, "order_finalized"),
+    (A.CANCEL, outcome(K.FORBIDDEN, 403), DONE, "order_finalized"),
+    (A.UPDATE, outcome(K.INVALID, 400, message="order already finalized"), DONE, "order_finalized"),
+    (A.UPDATE, outcome(K.FORBIDDEN, 403, message="Invalid API key"), PAUSE, "http_403"),
+    (A.CREATE, outcome(K.FORBIDDEN, 403, message="NoMerchantApproval"), PAUSE, "http_403"),
+    (A.CREATE, outcome(K.UNAUTHORIZED, 401), PAUSE, "http_401"),
+    (A.CANCEL, outcome(K.UNAUTHORIZED, 401), PAUSE, "http_401"),
+    (A.CREATE, outcome(K.RATE_LIMITED, 429, retry_after=2.0), RETRY, "http_429"),
+    (A.CREATE, outcome(K.SERVER_ERROR, 503), RETRY, "http_503"),
+    (A.UPDATE, outcome(K.SERVER_ERROR, 500), RETRY, "http_500"),
+    (A.CREATE, outcome(K.CLIENT_ERROR, 408), RETRY, "http_408"),
+    (A.CREATE, outcome(K.TIMEOUT), RETRY, "timeout"),
+    (A.CANCEL, outcome(K.CONNECTION_ERROR), RETRY, "connection_error"),
+    (A.CREATE, outcome(K.UNREADABLE, 200), RETRY, "unreadable_response"),
+    (A.CREATE, outcome(K.INVALID, 400, message="total must be an integer"), DEAD, "http_400"),
+    (A.CANCEL, outcome(K.INVALID, 400), DEAD, "http_400"),
+    (A.CREATE, outcome(K.CLIENT_ERROR, 422), DEAD, "http_422"),
+    (A.UPDATE, outcome(K.CLIENT_ERROR, 410), DEAD, "http_410"),
+]
+
+
+@pytest.mark.parametrize(("action", "result", "verdict", "reason"), TABLE)
+def test_table_row(action: Action, result: ButtonOutcome, verdict: Verdict, reason: str) -> None:
+    """Each (action, outcome) pair maps to exactly the verdict and reason of the design."""
+    decision = classify(action, result)
+    assert (verdict, reason) == (decision.verdict, decision.reason)
+
+
+def test_finalized_is_noteworthy() -> None:
+    """A finalized order is done, but the operator should hear about it."""
+    assert classify(A.UPDATE, outcome(K.FORBIDDEN, 403)).noteworthy is True
+    assert classify(A.CREATE, outcome(K.SUCCESS, 200)).noteworthy is False
+
+
+@pytest.mark.parametrize("action", [A.SKIP, A.REJECT])
+def test_non_requests_are_refused(action: Action) -> None:
+    """Skip and reject never reach Button, so they have no row."""
+    with pytest.raises(ValueError, match="not sent"):
+        classify(action, outcome(K.SUCCESS, 200))
+
+
+POLICY = RetryPolicy(max_attempts=4, max_elapsed=60.0, base_delay=1.0, max_delay=8.0)
+
+
+def test_retry_delay_is_jittered_exponential() -> None:
+    """The third failed attempt waits draw * min(cap, base * 4)."""
+    decision = decide(
+        A.CREATE,
+        outcome(K.SERVER_ERROR, 503),
+        attempt=3,
+        elapsed=5.0,
+        policy=POLICY,
+        rng=FixedRandom(0.5),
+    )
+    assert Decision(RETRY, "http_503", delay=2.0) == decision
+
+
+def test_retry_after_is_honoured_as_a_minimum() -> None:
+    """A 429 waits at least Retry-After."""
+    decision = decide(
+        A.CREATE,
+        outcome(K.RATE_LIMITED, 429, retry_after=7.0),
+        attempt=1,
+        elapsed=0.0,
+        policy=POLICY,
+        rng=FixedRandom(0.5),
+    )
+    assert decision.delay == 7.0
+
+
+def test_attempt_budget_turns_retry_into_dead_letter() -> None:
+    """After max_attempts, a retryable failure is dead-lettered, naming the last cause."""
+    decision = decide(
+        A.CREATE,
+        outcome(K.TIMEOUT),
+        attempt=4,
+        elapsed=1.0,
+        policy=POLICY,
+        rng=FixedRandom(),
+    )
+    assert Decision(DEAD, "retries_exhausted", cause="timeout") == decision
+
+
+def test_elapsed_budget_turns_retry_into_dead_letter() -> None:
+    """A retry that would start after max_elapsed is not scheduled."""
+    decision = decide(
+        A.UPDATE,
+        outcome(K.RATE_LIMITED, 429, retry_after=30.0),
+        attempt=1,
+        elapsed=45.0,
+        policy=POLICY,
+        rng=FixedRandom(),
+    )
+    assert Decision(DEAD, "retry_deadline", cause="http_429") == decision
+
+
+def test_pause_ignores_the_budget() -> None:
+    """A refused key pauses even when the retry budget is spent: the record is kept."""
+    decision = decide(
+        A.CREATE,
+        outcome(K.UNAUTHORIZED, 401),
+        attempt=99,
+        elapsed=9_999.0,
+        policy=POLICY,
+        rng=FixedRandom(),
+    )
+    assert decision.verdict is PAUSE
+
+
+def test_done_and_dead_letter_ignore_the_budget() -> None:
+    """Non-retryable outcomes are returned as the table says, with no delay."""
+    for result, expected in [
+        (outcome(K.SUCCESS, 200), Decision(DONE, "ok")),
+        (outcome(K.INVALID, 400), Decision(DEAD, "http_400")),
+    ]:
+        actual = decide(A.CREATE, result, attempt=1, elapsed=0.0, policy=POLICY, rng=FixedRandom())
+        assert expected == actual
+
+
+def test_retry_policy_validates() -> None:
+    """Zero attempts is not a policy."""
+    with pytest.raises(ValueError, match="max_attempts"):
+        RetryPolicy(max_attempts=0)
+
+
+REQUEST = ButtonRequest(A.CREATE, "POST", "/v1/order", "o-1")
+
+
+@pytest.mark.parametrize(
+    ("result", "expected"),
+    [
+        (Send(REQUEST), None),
+        (Skip("not_an_order"), Decision(DONE, "skipped_not_an_order")),
+        (Reject("missing_order_id"), Decision(DEAD, "missing_order_id")),
+        (Reject(""), Decision(DEAD, "mapping_rejected")),
+    ],
+)
+def test_map_results(result: Send | Skip | Reject, expected: Decision | None) -> None:
+    """Skips finish the record, rejects dead-letter it, sends go to Button."""
+    assert expected == decide_map_result(result)
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (DecodeError("bad_magic_byte", "x"), Decision(DEAD, "bad_magic_byte")),
+        (UnknownSchemaError("unknown_schema_id", "x"), Decision(DEAD, "unknown_schema_id")),
+        (MappingError("bad_currency", "x"), Decision(DEAD, "bad_currency")),
+        (DeadLetterError("dlq down"), Decision(Verdict.STOP, "dlq_unavailable")),
+        (BrokerError("fatal"), Decision(Verdict.STOP, "broker_error")),
+        (KeyError("bug"), Decision(Verdict.STOP, "unexpected_error", cause="KeyError")),
+    ],
+)
+def test_errors_outside_the_call(error: BaseException, expected: Decision) -> None:
+    """Poison records go to the DLQ; a broken DLQ, Kafka or an unknown error stops consuming."""
+    assert expected == decide_error(error)
+
+
+def test_parked_records_are_dead_lettered_as_parked() -> None:
+    """A record parked behind an earlier dead letter goes to the DLQ, never to Button."""
+    assert (PARKED.verdict, PARKED.reason) == (DEAD, "parked")
+
+
+RETRYABLE = [K.RATE_LIMITED, K.SERVER_ERROR, K.TIMEOUT, K.CONNECTION_ERROR, K.UNREADABLE]
+
+
+@given(
+    kind=st.sampled_from(RETRYABLE),
+    action=st.sampled_from([A.CREATE, A.UPDATE, A.CANCEL]),
+    attempt=st.integers(min_value=1, max_value=20),
+    elapsed=st.floats(min_value=0, max_value=400, allow_nan=False),
+    retry_after=st.none() | st.floats(min_value=0, max_value=120, allow_nan=False),
+    seed=st.integers(min_value=0, max_value=2**32),
+)
+def test_retries_always_respect_both_budgets(
+    kind: OutcomeKind,
+    action: Action,
+    attempt: int,
+    elapsed: float,
+    retry_after: float | None,
+    seed: int,
+) -> None:
+    """A retry is only scheduled within max_attempts and max_elapsed, never before Retry-After."""
+    policy = RetryPolicy()
+    decision = decide(
+        action,
+        outcome(kind, 503 if kind is K.SERVER_ERROR else None, retry_after=retry_after),
+        attempt=attempt,
+        elapsed=elapsed,
+        policy=policy,
+        rng=random.Random(seed),
+    )
+    if decision.verdict is RETRY:
+        assert attempt < policy.max_attempts
+        assert elapsed + decision.delay <= policy.max_elapsed
+        assert decision.delay >= (retry_after or 0.0)
+    else:
+        assert decision.verdict is DEAD
+        assert decision.reason in {"retries_exhausted", "retry_deadline"}

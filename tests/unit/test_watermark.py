@@ -1,0 +1,162 @@
+"""The commit position never passes an unfinished record, whatever order records finish in."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from consumer.engine.watermark import PartitionWatermark, Watermarks
+
+
+def test_nothing_tracked_means_nothing_to_commit() -> None:
+    """A fresh partition has no committable offset."""
+    assert PartitionWatermark().committable() is None
+
+
+def test_committable_is_lowest_unfinished_offset() -> None:
+    """Finishing a higher offset first does not move the position past the lower one."""
+    mark = PartitionWatermark()
+    for offset in (10, 11, 12):
+        mark.track(offset)
+    mark.finish(11)
+    assert mark.committable() == 10
+    mark.finish(10)
+    assert mark.committable() == 12
+    mark.finish(12)
+    assert mark.committable() == 13
+
+
+def test_gaps_in_offsets_are_respected() -> None:
+    """Compacted topics skip offsets: the position jumps to the next tracked offset, not +1."""
+    mark = PartitionWatermark()
+    for offset in (5, 9, 40):
+        mark.track(offset)
+    mark.finish(5)
+    assert mark.committable() == 9
+    mark.finish(9)
+    assert mark.committable() == 40
+
+
+def test_in_flight_counts_unfinished_records() -> None:
+    """Finished records waiting behind an unfinished one are not in flight."""
+    mark = PartitionWatermark()
+    for offset in range(4):
+        mark.track(offset)
+    mark.finish(2)
+    mark.finish(3)
+    assert mark.in_flight == 2
+
+
+def test_offsets_must_increase() -> None:
+    """Tracking an offset at or below the last one is a bug in the caller."""
+    mark = PartitionWatermark()
+    mark.track(3)
+    with pytest.raises(ValueError, match="must increase"):
+        mark.track(3)
+
+
+@pytest.mark.parametrize("offset", [1, 2, 9])  # finished already, in a gap, never seen
+def test_finishing_an_offset_not_in_flight_is_an_error(offset: int) -> None:
+    """Unknown or already finished offsets are refused loudly, never silently."""
+    mark = PartitionWatermark()
+    mark.track(1)
+    mark.track(3)
+    mark.finish(1)
+    with pytest.raises(ValueError, match="not in flight"):
+        mark.finish(offset)
+
+
+def test_watermarks_take_advanced_reports_each_move_once() -> None:
+    """The loop stores only offsets that moved since it last asked."""
+    marks = Watermarks()
+    marks.track(0, 100)
+    marks.track(1, 7)
+    assert marks.take_advanced() == {0: 100, 1: 7}
+    assert marks.take_advanced() == {}
+    marks.finish(0, 100)
+    assert marks.take_advanced() == {0: 101}
+
+
+def test_late_finish_after_forget_is_ignored() -> None:
+    """A record abandoned at revocation cannot move a later assignment of its partition."""
+    marks = Watermarks()
+    marks.track(0, 5)
+    marks.track(0, 6)
+    marks.finish(0, 6)
+    assert marks.forget(0) == 5
+    assert marks.finish(0, 5) is False
+    marks.track(0, 5)
+    assert marks.committable(0) == 5
+    assert marks.in_flight(0) == 1
+
+
+def test_watermarks_count_in_flight_per_partition_and_total() -> None:
+    """Backpressure reads in-flight counts per partition and across partitions."""
+    marks = Watermarks()
+    for offset in range(3):
+        marks.track(0, offset)
+    marks.track(1, 0)
+    marks.finish(0, 1)
+    assert (marks.in_flight(0), marks.in_flight(1), marks.in_flight(2)) == (2, 1, 0)
+    assert marks.total_in_flight() == 3
+
+
+def test_hundred_thousand_in_flight_finish_in_reverse() -> None:
+    """The worst order for the head (reverse) still settles in one sweep."""
+    mark = PartitionWatermark()
+    for offset in range(100_000):
+        mark.track(offset)
+    for offset in range(99_999, 0, -1):
+        mark.finish(offset)
+    assert mark.committable() == 0
+    mark.finish(0)
+    assert mark.committable() == 100_000
+    assert mark.in_flight == 0
+
+
+@st.composite
+def _offsets_and_completion_order(draw: st.DrawFn) -> tuple[list[int], list[int]]:
+    gaps = draw(st.lists(st.integers(min_value=1, max_value=5), min_size=1, max_size=60))
+    start = draw(st.integers(min_value=0, max_value=1_000))
+    offsets: list[int] = []
+    position = start
+    for gap in gaps:
+        offsets.append(position)
+        position += gap
+    order = draw(st.permutations(range(len(offsets))))
+    return offsets, list(order)
+
+
+@given(_offsets_and_completion_order(), st.data())
+def test_committable_is_min_unfinished_and_monotone(
+    case: tuple[list[int], list[int]], data: st.DataObject
+) -> None:
+    """For any interleaving of tracking and completion, committable == min(unfinished)."""
+    offsets, order = case
+    mark = PartitionWatermark()
+    tracked: list[int] = []
+    unfinished: set[int] = set()
+    previous: int | None = None
+    to_track = list(offsets)
+    to_finish = [offsets[i] for i in order]
+    while to_track or to_finish:
+        # Only offsets already tracked can finish; interleave both steps at random.
+        finishable = [o for o in to_finish if o in unfinished]
+        if to_track and (not finishable or data.draw(st.booleans())):
+            offset = to_track.pop(0)
+            mark.track(offset)
+            tracked.append(offset)
+            unfinished.add(offset)
+        else:
+            offset = finishable[0]
+            to_finish.remove(offset)
+            mark.finish(offset)
+            unfinished.discard(offset)
+        expected = min(unfinished) if unfinished else tracked[-1] + 1
+        actual = mark.committable()
+        assert expected == actual
+        assert actual is not None
+        assert previous is None or actual >= previous
+        assert mark.in_flight == len(unfinished)
+        previous = actual
