@@ -1,0 +1,566 @@
+"""Avro bytes <-> commerce event records, with or without a schema registry.
+
+Kafka record values arrive in one of two encodings, and this module is the one place that knows
+them (the producer contract, see ``schemas/README.md``):
+
+* **Confluent wire format**: byte 0 is the magic byte ``0``, bytes 1-4 the writer schema id
+  (big-endian, signed 32-bit), the rest the Avro body written with that schema.
+* **Plain (schemaless) Avro**: the body alone, written with the current local schema.
+
+Two decoders read them, both resolving the writer schema against the local reader schema
+(``schemas/commerce_event.avsc``) with fastavro, so a reader sees defaults for fields older
+writers lacked and ignores fields newer writers added:
+
+* ``RegistryDecoder``: wire format only; writer schemas come from a Confluent-compatible schema
+  registry by id and are cached, parsed, per id (ids are immutable).
+* ``LocalDecoder`` (registry-free): a payload starting with the magic byte must carry an id of
+  the small local table ``LOCAL_SCHEMA_IDS`` (id 1 = ``schemas/commerce_event.avsc``); any other
+  payload is read as plain Avro written with the current local schema. This is unambiguous
+  because ``event_id``, the first field, is a non-empty string, whose Avro encoding never starts
+  with a zero byte. It is meant for development, demos and merchants without a registry: a real
+  registry's ids mean nothing to it.
+
+Every failure to turn bytes into a record is a typed ``DecodeError`` whose ``reason`` is a
+``CodecReason`` value (``UnknownSchemaError`` for ids that resolve to nothing); those records are
+dead-lettered. A registry that cannot be *reached* is different: the record is fine and must not
+be dead-lettered, so it raises ``SchemaRegistryUnavailableError`` (retryable), which is not a
+``DecodeError``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Protocol, Self
+
+import fastavro
+from fastavro.read import SchemaResolutionError
+from fastavro.types import Schema as ParsedSchema
+
+from consumer.domain.events import CommerceEvent, event_from_record, event_to_record
+from consumer.errors import ConfigError, ConsumerError, DecodeError, UnknownSchemaError
+
+__all__ = [
+    "CURRENT_SCHEMA_FILE",
+    "HEADER_SIZE",
+    "LOCAL_SCHEMA_IDS",
+    "MAGIC_BYTE",
+    "CodecReason",
+    "ConfluentSchemaSource",
+    "Decoder",
+    "Encoder",
+    "LocalDecoder",
+    "RegistryDecoder",
+    "SchemaRegistryUnavailableError",
+    "SchemaSource",
+    "build_decoder",
+    "build_encoder",
+    "encode_schemaless",
+    "encode_wire",
+    "load_schema",
+    "parse_schema_text",
+    "split_wire",
+    "subject_for",
+]
+
+MAGIC_BYTE = 0
+"""First byte of the Confluent wire format."""
+HEADER_SIZE = 5
+"""Magic byte plus the 4-byte schema id."""
+CURRENT_SCHEMA_FILE = "commerce_event.avsc"
+"""The reader schema (and the writer schema of plain Avro payloads) inside the schema folder."""
+LOCAL_SCHEMA_IDS: Mapping[int, str] = MappingProxyType({1: CURRENT_SCHEMA_FILE})
+"""Registry-free mode: wire-format schema id -> file in the schema folder."""
+
+_HEADER = struct.Struct(">bi")
+_REGISTRY_UNAVAILABLE_STATUSES = frozenset({401, 403, 408, 429})
+_DEFAULT_CACHE_SIZE = 1000
+
+# What fastavro and the logical-type converters raise on bytes that are not a valid body.
+_AVRO_ERRORS = (
+    EOFError,
+    ValueError,
+    TypeError,
+    IndexError,
+    KeyError,
+    ArithmeticError,
+    struct.error,
+    MemoryError,
+)
+
+
+class CodecReason(StrEnum):
+    """Machine reasons of the ``DecodeError`` raised by the decoders (dead-letter headers)."""
+
+    EMPTY = "empty"
+    BAD_MAGIC_BYTE = "bad_magic_byte"
+    TRUNCATED = "truncated"
+    UNKNOWN_SCHEMA = "unknown_schema"
+    UNSUPPORTED_SCHEMA = "unsupported_schema"
+    INCOMPATIBLE_SCHEMA = "incompatible_schema"
+    INVALID_AVRO = "invalid_avro"
+    TRAILING_BYTES = "trailing_bytes"
+
+
+class SchemaRegistryUnavailableError(ConsumerError):
+    """The schema registry could not be asked (connection, timeout, 5xx, 429, auth).
+
+    Retryable: the record itself may be fine, so it must not be dead-lettered. The caller retries
+    with backoff (or pauses) and decodes the same bytes again.
+    """
+
+    retryable = True
+
+
+class Decoder(Protocol):
+    """Bytes of a Kafka record value -> the decoded Avro record (reader schema applied)."""
+
+    def decode(self, value: bytes) -> dict[str, Any]:
+        """Decode one value. Raises ``DecodeError`` (or ``SchemaRegistryUnavailableError``)."""
+        ...
+
+    def decode_event(self, value: bytes) -> CommerceEvent:
+        """Decode one value into the event model; ``DecodeError`` also for invalid content."""
+        ...
+
+    def close(self) -> None:
+        """Release the registry connection, if any. Idempotent."""
+        ...
+
+
+class SchemaSource(Protocol):
+    """Where the registry decoder gets writer schemas by id (the port to the registry)."""
+
+    def get_schema_text(self, schema_id: int) -> str:
+        """The Avro schema JSON registered under ``schema_id``.
+
+        Raises:
+            UnknownSchemaError: the registry answered that the id is unknown or not Avro.
+            SchemaRegistryUnavailableError: the registry could not be asked.
+        """
+        ...
+
+
+def parse_schema_text(text: str, origin: str) -> ParsedSchema:
+    """Parse an Avro schema from JSON text; ``ValueError`` names ``origin`` when it is invalid."""
+    try:
+        parsed: ParsedSchema = fastavro.parse_schema(json.loads(text))
+    except (ValueError, TypeError, KeyError, fastavro.schema.SchemaParseException) as exc:
+        raise ValueError(f"{origin} is not a valid Avro schema: {exc}") from exc
+    return parsed
+
+
+def load_schema(path: Path) -> ParsedSchema:
+    """Read and parse one ``.avsc`` file. A missing or invalid file is a ``ConfigError``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read Avro schema {path}: {exc}") from exc
+    try:
+        return parse_schema_text(text, str(path))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def split_wire(value: bytes) -> tuple[int, memoryview]:
+    """Split a Confluent wire-format value into (schema id, Avro body).
+
+    Raises:
+        DecodeError: ``empty``, ``bad_magic_byte`` or ``truncated``.
+    """
+    if not value:
+        raise DecodeError(CodecReason.EMPTY, "empty record value (tombstone?)")
+    if value[0] != MAGIC_BYTE:
+        raise DecodeError(
+            CodecReason.BAD_MAGIC_BYTE,
+            f"first byte is 0x{value[0]:02x}, not the wire-format magic byte 0x00",
+        )
+    if len(value) < HEADER_SIZE:
+        raise DecodeError(
+            CodecReason.TRUNCATED, f"{len(value)} bytes: shorter than the 5-byte wire header"
+        )
+    _, schema_id = _HEADER.unpack_from(value)
+    return schema_id, memoryview(value)[HEADER_SIZE:]
+
+
+def _reader_for(writer: ParsedSchema, reader: ParsedSchema) -> ParsedSchema | None:
+    """The reader schema to resolve to, or None when the writer is the same schema.
+
+    Decided once per writer schema: fastavro otherwise compares the two schemas on every record,
+    and resolving a schema against itself costs a fifth of the decoding time.
+    """
+    return None if writer == reader else reader
+
+
+def _read_body(body: bytes | memoryview, writer: ParsedSchema, reader: ParsedSchema | None) -> Any:
+    """Read one Avro body, translating fastavro's exceptions into ``DecodeError``."""
+    buffer = io.BytesIO(body)
+    try:
+        record = fastavro.schemaless_reader(buffer, writer, reader)
+    except SchemaResolutionError as exc:
+        raise DecodeError(
+            CodecReason.INCOMPATIBLE_SCHEMA, f"writer schema does not resolve to reader: {exc}"
+        ) from exc
+    except EOFError as exc:
+        raise DecodeError(CodecReason.TRUNCATED, f"Avro body ends early: {exc}") from exc
+    except _AVRO_ERRORS as exc:
+        raise DecodeError(
+            CodecReason.INVALID_AVRO, f"not a valid Avro body: {type(exc).__name__}: {exc}"
+        ) from exc
+    if buffer.tell() != len(body):
+        raise DecodeError(
+            CodecReason.TRAILING_BYTES,
+            f"{len(body) - buffer.tell()} bytes left after the Avro record",
+        )
+    return record
+
+
+def _as_record(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise DecodeError(CodecReason.INVALID_AVRO, "the Avro body is not a record")
+    return value
+
+
+class _EventDecoding:
+    """``decode_event`` for every decoder: bytes -> record -> validated model."""
+
+    def decode(self, value: bytes) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def decode_event(self, value: bytes) -> CommerceEvent:
+        return event_from_record(self.decode(value))
+
+    def close(self) -> None:
+        """Nothing to release by default."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class RegistryDecoder(_EventDecoding):
+    """Confluent wire format with writer schemas from a schema registry.
+
+    One instance per consuming thread: the schema cache is not locked.
+
+    Args:
+        registry: where writer schemas come from (``ConfluentSchemaSource`` in production; its
+            client's retries and timeouts, ``max.retries`` and ``timeout``, apply per lookup).
+        reader_schema: the parsed local schema every record is resolved to.
+        cache_size: parsed writer schemas kept; the oldest is dropped beyond it.
+    """
+
+    def __init__(
+        self,
+        registry: SchemaSource,
+        reader_schema: ParsedSchema,
+        cache_size: int = _DEFAULT_CACHE_SIZE,
+    ) -> None:
+        self._registry = registry
+        self._reader = reader_schema
+        self._cache: dict[int, tuple[ParsedSchema, ParsedSchema | None]] = {}
+        self._cache_size = cache_size
+
+    def decode(self, value: bytes) -> dict[str, Any]:
+        """Decode one wire-format value.
+
+        Raises:
+            DecodeError: bad bytes (reasons in ``CodecReason``); ``UnknownSchemaError`` when the
+                registry does not know the id or its schema is not usable Avro.
+            SchemaRegistryUnavailableError: the registry could not be asked; retry later.
+        """
+        schema_id, body = split_wire(value)
+        writer, reader = self._schemas(schema_id)
+        return _as_record(_read_body(body, writer, reader))
+
+    def close(self) -> None:
+        """Close the registry source when it holds a connection."""
+        close = getattr(self._registry, "close", None)
+        if callable(close):
+            close()
+
+    def writer_schema(self, schema_id: int) -> ParsedSchema:
+        """The parsed writer schema of ``schema_id``, from the cache or the registry."""
+        return self._schemas(schema_id)[0]
+
+    def _schemas(self, schema_id: int) -> tuple[ParsedSchema, ParsedSchema | None]:
+        cached = self._cache.get(schema_id)
+        if cached is not None:
+            return cached
+        writer = self._fetch(schema_id)
+        if len(self._cache) >= self._cache_size:
+            del self._cache[next(iter(self._cache))]
+        pair = (writer, _reader_for(writer, self._reader))
+        self._cache[schema_id] = pair
+        return pair
+
+    def _fetch(self, schema_id: int) -> ParsedSchema:
+        if schema_id < 0:
+            raise UnknownSchemaError(
+                CodecReason.UNKNOWN_SCHEMA, f"schema id {schema_id} is negative"
+            )
+        text = self._registry.get_schema_text(schema_id)
+        try:
+            return parse_schema_text(text, f"schema id {schema_id}")
+        except ValueError as exc:
+            raise UnknownSchemaError(CodecReason.UNSUPPORTED_SCHEMA, str(exc)) from exc
+
+
+class LocalDecoder(_EventDecoding):
+    """Registry-free decoding with the local schema files (see the module docstring).
+
+    Args:
+        reader_schema: the parsed current schema; also the writer of plain Avro payloads.
+        writer_schemas: wire-format schema id -> parsed writer schema.
+    """
+
+    def __init__(
+        self, reader_schema: ParsedSchema, writer_schemas: Mapping[int, ParsedSchema]
+    ) -> None:
+        self._reader = reader_schema
+        self._writers = {
+            schema_id: (writer, _reader_for(writer, reader_schema))
+            for schema_id, writer in writer_schemas.items()
+        }
+
+    def decode(self, value: bytes) -> dict[str, Any]:
+        """Decode one value: wire format with a local id, else plain Avro.
+
+        Raises:
+            DecodeError: bad bytes (reasons in ``CodecReason``); ``UnknownSchemaError`` for a
+                wire-format id that is not in the local table.
+        """
+        if not value:
+            raise DecodeError(CodecReason.EMPTY, "empty record value (tombstone?)")
+        if value[0] != MAGIC_BYTE:
+            return _as_record(_read_body(value, self._reader, None))
+        schema_id, body = split_wire(value)
+        pair = self._writers.get(schema_id)
+        if pair is None:
+            raise UnknownSchemaError(
+                CodecReason.UNKNOWN_SCHEMA,
+                f"schema id {schema_id} is not in the local table {sorted(self._writers)}",
+            )
+        return _as_record(_read_body(body, *pair))
+
+
+def build_decoder(
+    schema_dir: Path,
+    registry_url: str | None = None,
+    registry_config: Mapping[str, Any] | None = None,
+    *,
+    local_ids: Mapping[int, str] = LOCAL_SCHEMA_IDS,
+) -> RegistryDecoder | LocalDecoder:
+    """The decoder for a deployment: with a registry URL, wire format via the registry; without
+    one, the registry-free ``LocalDecoder``. No network I/O happens here.
+
+    Args:
+        schema_dir: the folder holding ``commerce_event.avsc``.
+        registry_url: base URL of a Confluent-compatible registry (for Apicurio, ending in
+            ``/apis/ccompat/v7``), or None.
+        registry_config: further ``SchemaRegistryClient`` settings (``basic.auth.user.info``,
+            ``timeout``, ``max.retries``...).
+        local_ids: registry-free id table, id -> file name in ``schema_dir``.
+
+    Raises:
+        ConfigError: a schema file is missing or invalid.
+    """
+    reader = load_schema(schema_dir / CURRENT_SCHEMA_FILE)
+    if registry_url is not None:
+        config = {**(registry_config or {}), "url": registry_url}
+        return RegistryDecoder(ConfluentSchemaSource.from_config(config), reader)
+    writers = {schema_id: load_schema(schema_dir / name) for schema_id, name in local_ids.items()}
+    return LocalDecoder(reader, writers)
+
+
+# --- producing ---------------------------------------------------------------------------------
+
+
+def encode_schemaless(record: Mapping[str, Any], schema: ParsedSchema) -> bytes:
+    """Plain Avro body of ``record`` (the registry-free encoding).
+
+    Raises:
+        ValueError, TypeError: the record does not fit the schema (from fastavro).
+    """
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, schema, record, strict_allow_default=True)
+    return buffer.getvalue()
+
+
+def encode_wire(record: Mapping[str, Any], schema: ParsedSchema, schema_id: int) -> bytes:
+    """Confluent wire format: magic byte, big-endian schema id, Avro body."""
+    return _HEADER.pack(MAGIC_BYTE, schema_id) + encode_schemaless(record, schema)
+
+
+class Encoder:
+    """Encodes records with one schema, framed with ``schema_id`` or, when None, plain."""
+
+    def __init__(self, schema: ParsedSchema, schema_id: int | None = None) -> None:
+        self.schema = schema
+        self.schema_id = schema_id
+
+    def encode(self, record: Mapping[str, Any]) -> bytes:
+        """Bytes of one record value."""
+        if self.schema_id is None:
+            return encode_schemaless(record, self.schema)
+        return encode_wire(record, self.schema, self.schema_id)
+
+    def encode_event(self, event: CommerceEvent) -> bytes:
+        """Bytes of one event (``event_to_record`` then ``encode``)."""
+        return self.encode(event_to_record(event))
+
+
+def build_encoder(
+    schema_dir: Path,
+    registry_url: str | None = None,
+    registry_config: Mapping[str, Any] | None = None,
+    *,
+    topic: str,
+) -> Encoder:
+    """The encoder a producer of ``topic`` should use (the sample producer, tests).
+
+    With a registry URL the current schema is registered under ``<topic>-value`` (a network
+    call; registering the same schema again returns the same id) and records are framed with
+    its id. Without one, records are plain Avro, which the registry-free decoder reads.
+
+    Raises:
+        ConfigError: the schema file is invalid, or the registry refused the schema.
+        SchemaRegistryUnavailableError: the registry could not be reached.
+    """
+    path = schema_dir / CURRENT_SCHEMA_FILE
+    schema = load_schema(path)
+    if registry_url is None:
+        return Encoder(schema)
+    config = {**(registry_config or {}), "url": registry_url}
+    with ConfluentSchemaSource.from_config(config) as source:
+        schema_id = source.register_schema(subject_for(topic), path.read_text(encoding="utf-8"))
+    return Encoder(schema, schema_id)
+
+
+def subject_for(topic: str) -> str:
+    """Registry subject of a topic's values under the default TopicNameStrategy."""
+    return f"{topic}-value"
+
+
+# --- the registry adapter --------------------------------------------------------------------
+
+
+class ConfluentSchemaSource:
+    """``SchemaSource`` over confluent-kafka's ``SchemaRegistryClient`` (any Confluent-compatible
+    registry: Confluent, Apicurio's ``/apis/ccompat/v7``, Karapace...).
+
+    It translates the client's failures into this service's terms: the registry *answering* that
+    an id is unknown (404 or another 4xx) makes the record undecodable (``UnknownSchemaError``,
+    dead-letter); everything else (connection errors, timeouts, 5xx, 429, 401/403, garbled
+    answers) means the registry could not be asked (``SchemaRegistryUnavailableError``, retry).
+    The client is imported here, lazily, so that registry-free deployments and unit tests do not
+    need the ``schemaregistry`` extra of confluent-kafka. No network I/O in the constructor.
+
+    Args:
+        client: a ``SchemaRegistryClient`` (or anything with its ``get_schema``,
+            ``register_schema`` and ``set_compatibility``); ``from_config`` builds one.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ConfluentSchemaSource:
+        """A source over a new ``SchemaRegistryClient`` with ``config`` (``url`` included).
+
+        Raises:
+            ConfigError: the client cannot be imported (missing ``schemaregistry`` extra).
+        """
+        try:
+            from confluent_kafka.schema_registry import (  # noqa: PLC0415 -- optional extra
+                SchemaRegistryClient,
+            )
+        except ImportError as exc:
+            raise ConfigError(
+                "a schema registry URL is set but confluent-kafka's schema registry client "
+                f"cannot be imported (install confluent-kafka[schemaregistry]): {exc}"
+            ) from exc
+        return cls(SchemaRegistryClient(dict(config)))
+
+    def close(self) -> None:
+        """Close the client's HTTP session. Idempotent."""
+        close = getattr(self.client, "close", None)
+        if callable(close):
+            close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def get_schema_text(self, schema_id: int) -> str:
+        """The Avro schema JSON of ``schema_id`` (see ``SchemaSource``)."""
+        try:
+            schema = self.client.get_schema(schema_id)
+        except Exception as exc:  # every client failure is classified by _classify
+            raise _classify(exc, f"schema id {schema_id}") from exc
+        if schema.schema_type not in (None, "AVRO"):
+            raise UnknownSchemaError(
+                CodecReason.UNSUPPORTED_SCHEMA,
+                f"schema id {schema_id} is a {schema.schema_type} schema, not Avro",
+            )
+        if schema.references:
+            raise UnknownSchemaError(
+                CodecReason.UNSUPPORTED_SCHEMA,
+                f"schema id {schema_id} uses schema references, which are not supported",
+            )
+        return str(schema.schema_str or "")
+
+    def register_schema(self, subject: str, schema_text: str) -> int:
+        """Register an Avro schema under ``subject``; its id (the same id for the same content).
+
+        Raises:
+            SchemaRegistryUnavailableError: the registry could not be asked.
+            ConfigError: the registry refused the schema (409 incompatible, 422 invalid).
+        """
+        from confluent_kafka.schema_registry import Schema  # noqa: PLC0415 -- optional extra
+
+        try:
+            return int(self.client.register_schema(subject, Schema(schema_text, "AVRO")))
+        except Exception as exc:  # every client failure is classified by _classify
+            raise _classify(exc, f"registering subject {subject}", refused=ConfigError) from exc
+
+    def set_compatibility(self, subject: str, level: str) -> None:
+        """Set the compatibility level of ``subject`` (``BACKWARD_TRANSITIVE`` recommended)."""
+        try:
+            self.client.set_compatibility(subject_name=subject, level=level)
+        except Exception as exc:  # every client failure is classified by _classify
+            raise _classify(
+                exc, f"setting compatibility of {subject}", refused=ConfigError
+            ) from exc
+
+
+def _classify(
+    exc: Exception, what: str, refused: type[ConsumerError] | None = None
+) -> ConsumerError:
+    """A registry client failure -> refused (the registry answered no) or unavailable (retry).
+
+    A refusal of a schema lookup is an ``UnknownSchemaError``; of a write, ``refused``.
+    """
+    status = getattr(exc, "http_status_code", None)
+    if (
+        isinstance(status, int)
+        and 400 <= status < 500
+        and status not in _REGISTRY_UNAVAILABLE_STATUSES
+    ):
+        message = f"schema registry answered {status} for {what}: "
+        message += getattr(exc, "error_message", None) or str(exc)
+        if refused is None:
+            return UnknownSchemaError(CodecReason.UNKNOWN_SCHEMA, message)
+        return refused(message)
+    return SchemaRegistryUnavailableError(
+        f"schema registry unavailable for {what}: {type(exc).__name__}: {exc}"
+    )

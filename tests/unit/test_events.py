@@ -1,0 +1,372 @@
+"""The event model: conversions from decoded Avro and from JSON, and the invariants it enforces."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from consumer.domain.events import (
+    BUTTON_MODULE_ID,
+    BUTTON_SOURCE_TOKEN_KEY,
+    AttAuthorizationStatus,
+    CommerceData,
+    CommerceEvent,
+    DeviceInfo,
+    Environment,
+    EventReason,
+    EventType,
+    Platform,
+    Product,
+    ProductAction,
+    UserIdentities,
+    event_from_json,
+    event_from_record,
+    event_to_json,
+    event_to_record,
+)
+from consumer.errors import DecodeError
+
+T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+
+def purchase_json(**overrides: Any) -> dict[str, Any]:
+    """A valid purchase in the JSON form, with top-level fields replaced by ``overrides``."""
+    obj: dict[str, Any] = {
+        "event_id": "e-1",
+        "event_type": "PURCHASE",
+        "event_time": "2026-01-05T09:00:00Z",
+        "user_key": "u-1",
+        "platform": "SERVER",
+        "user_identities": {"customer_id": "c-1", "email": "Ada@Example.com"},
+        "commerce": {
+            "action": "PURCHASE",
+            "transaction_id": "ORD-1",
+            "currency_code": "USD",
+            "total_amount": "59.98",
+            "products": [{"id": "SKU-1", "price": "29.99", "quantity": 2}],
+        },
+    }
+    obj.update(overrides)
+    return obj
+
+
+def commerce_json(**overrides: Any) -> dict[str, Any]:
+    """A valid purchase whose commerce object has ``overrides`` applied."""
+    obj = purchase_json()
+    obj["commerce"].update(overrides)
+    return obj
+
+
+def test_full_record_becomes_the_model() -> None:
+    """Every field of a fastavro-decoded record lands in the model with its type."""
+    record = {
+        "event_id": "e-1",
+        "event_type": "APP_OPEN",
+        "event_time": datetime(2026, 1, 5, 9, 0, 0, 123000, tzinfo=UTC),
+        "platform": "IOS",
+        "environment": "DEVELOPMENT",
+        "user_key": "u-1",
+        "event_name": "launch",
+        "user_identities": {"customer_id": "c-1", "email": "a@b.c", "other": {"other_id_2": "x"}},
+        "device_info": {
+            "ios_advertising_id": "IDFA",
+            "android_advertising_id": None,
+            "ios_idfv": "IDFV",
+            "limit_ad_tracking": False,
+            "att_authorization_status": "AUTHORIZED",
+        },
+        "integration_attributes": {"1022": {"com.usebutton.source_token": "srctok-1"}},
+        "btn_ref": "srctok-2",
+        "launch_referral_url": "https://brand.example/p/1?btn_ref=srctok-3",
+        "page_url": None,
+        "commerce": None,
+        "custom_attributes": {"k": "v"},
+    }
+    expected = CommerceEvent(
+        event_id="e-1",
+        event_type=EventType.APP_OPEN,
+        event_time=datetime(2026, 1, 5, 9, 0, 0, 123000, tzinfo=UTC),
+        user_key="u-1",
+        platform=Platform.IOS,
+        environment=Environment.DEVELOPMENT,
+        event_name="launch",
+        user_identities=UserIdentities("c-1", "a@b.c", {"other_id_2": "x"}),
+        device_info=DeviceInfo(
+            ios_advertising_id="IDFA",
+            ios_idfv="IDFV",
+            limit_ad_tracking=False,
+            att_authorization_status=AttAuthorizationStatus.AUTHORIZED,
+        ),
+        integration_attributes={"1022": {"com.usebutton.source_token": "srctok-1"}},
+        btn_ref="srctok-2",
+        launch_referral_url="https://brand.example/p/1?btn_ref=srctok-3",
+        custom_attributes={"k": "v"},
+    )
+    assert expected == event_from_record(record)
+
+
+def test_record_round_trip_keeps_every_field() -> None:
+    """``event_from_record(event_to_record(e)) == e`` for an event using every field."""
+    event = event_from_json(purchase_json(device_info={"ios_idfv": "V"}, btn_ref="srctok-1"))
+    assert event == event_from_record(event_to_record(event))
+
+
+def test_source_token_reads_integration_attribute_1022() -> None:
+    """The Button token under module 1022 is exposed as ``source_token``."""
+    attrs = {BUTTON_MODULE_ID: {BUTTON_SOURCE_TOKEN_KEY: "srctok-abc"}}
+    event = event_from_json(purchase_json(integration_attributes=attrs))
+    assert event.source_token == "srctok-abc"
+    assert event_from_json(purchase_json()).source_token is None
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("2026-01-05T09:00:00Z", T0),
+        ("2026-01-05T10:00:00+01:00", T0),
+        ("2026-01-05T09:00:00.123456Z", T0 + timedelta(milliseconds=123)),
+        (1767603600000, T0),
+        (1767603600123, T0 + timedelta(milliseconds=123)),
+    ],
+)
+def test_json_event_time_forms(given: object, expected: datetime) -> None:
+    """ISO-8601 with an offset or Z, or epoch millis, become UTC truncated to milliseconds."""
+    event = event_from_json(purchase_json(event_time=given))
+    assert expected == event.event_time
+    assert event.event_time.tzinfo is UTC
+
+
+@pytest.mark.parametrize("given", ["2026-01-05T09:00:00", "yesterday", 1.5e12, True, None])
+def test_json_event_time_rejects_naive_or_odd_values(given: object) -> None:
+    """A time without an offset, or not a time at all, is refused with a named reason."""
+    with pytest.raises(DecodeError) as info:
+        event_from_json(purchase_json(event_time=given))
+    assert info.value.reason in {EventReason.INVALID_TIMESTAMP, EventReason.MISSING_FIELD}
+
+
+def test_model_stores_event_time_in_utc_milliseconds() -> None:
+    """A zoned datetime with microseconds is kept as the same instant, in UTC, to the ms."""
+    plus_two = timezone(timedelta(hours=2))
+    event = CommerceEvent(
+        "e", EventType.SESSION_START, datetime(2026, 1, 5, 11, 0, 0, 999999, plus_two), "u"
+    )
+    assert datetime(2026, 1, 5, 9, 0, 0, 999000, UTC) == event.event_time
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("12.34", Decimal("12.34")),
+        (" 12.340000 ", Decimal("12.34")),
+        (12, Decimal(12)),
+        (12.34, Decimal("12.34")),
+        (0.1, Decimal("0.1")),
+        (Decimal("1.234"), Decimal("1.234")),
+        ("1E+3", Decimal(1000)),
+    ],
+)
+def test_json_amount_forms(given: object, expected: Decimal) -> None:
+    """Amounts may be decimal strings, integers, floats (by shortest repr) or Decimals."""
+    event = event_from_json(commerce_json(total_amount=given))
+    assert event.commerce is not None
+    assert expected == event.commerce.total_amount
+
+
+def test_json_numbers_parsed_as_decimal_stay_exact() -> None:
+    """With ``parse_float=Decimal`` a JSON number keeps every digit."""
+    text = json.dumps(commerce_json(total_amount="__AMOUNT__")).replace(
+        '"__AMOUNT__"', "1234567890.123456"
+    )
+    event = event_from_json(json.loads(text, parse_float=Decimal))
+    assert event.commerce is not None
+    assert Decimal("1234567890.123456") == event.commerce.total_amount
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"total_amount": "twelve"}, EventReason.INVALID_AMOUNT),
+        ({"total_amount": "NaN"}, EventReason.INVALID_AMOUNT),
+        ({"total_amount": "Infinity"}, EventReason.INVALID_AMOUNT),
+        ({"total_amount": "1.0000001"}, EventReason.INVALID_AMOUNT),
+        ({"total_amount": "100000000000000"}, EventReason.INVALID_AMOUNT),
+        ({"total_amount": True}, EventReason.INVALID_FIELD),
+        ({"total_amount": "-1"}, EventReason.NEGATIVE_AMOUNT),
+        ({"tax_amount": "-0.01"}, EventReason.NEGATIVE_AMOUNT),
+        ({"shipping_amount": "-5"}, EventReason.NEGATIVE_AMOUNT),
+        ({"currency_code": "US"}, EventReason.INVALID_CURRENCY),
+        ({"currency_code": "U$D"}, EventReason.INVALID_CURRENCY),
+        ({"currency_code": None}, EventReason.MISSING_CURRENCY),
+        ({"transaction_id": None}, EventReason.MISSING_TRANSACTION_ID),
+        ({"transaction_id": ""}, EventReason.MISSING_TRANSACTION_ID),
+        ({"action": "REFUND"}, EventReason.ACTION_MISMATCH),
+        ({"action": "something_new"}, EventReason.ACTION_MISMATCH),
+        ({"products": [{"id": ""}]}, EventReason.EMPTY_FIELD),
+        ({"products": [{"price": "1"}]}, EventReason.MISSING_FIELD),
+        ({"products": [{"id": "p", "quantity": -1}]}, EventReason.INVALID_QUANTITY),
+        ({"products": [{"id": "p", "quantity": 1.5}]}, EventReason.INVALID_QUANTITY),
+        ({"products": [{"id": "p", "quantity": "two"}]}, EventReason.INVALID_QUANTITY),
+        ({"products": [{"id": "p", "quantity": 2**31}]}, EventReason.INVALID_QUANTITY),
+        ({"products": [{"id": "p", "price": "0.0000001"}]}, EventReason.INVALID_AMOUNT),
+        ({"products": "SKU-1"}, EventReason.INVALID_FIELD),
+    ],
+)
+def test_invalid_commerce_content_is_refused_with_its_reason(
+    overrides: dict[str, Any], reason: EventReason
+) -> None:
+    """Each broken commerce invariant raises ``DecodeError`` with its own reason."""
+    with pytest.raises(DecodeError) as info:
+        event_from_json(commerce_json(**overrides))
+    assert reason == info.value.reason
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"event_id": ""}, EventReason.EMPTY_FIELD),
+        ({"event_id": None}, EventReason.MISSING_FIELD),
+        ({"user_key": ""}, EventReason.EMPTY_FIELD),
+        ({"user_key": 42}, EventReason.INVALID_FIELD),
+        ({"event_type": None}, EventReason.MISSING_FIELD),
+        ({"event_type": 3}, EventReason.INVALID_FIELD),
+        ({"commerce": None}, EventReason.MISSING_COMMERCE),
+        ({"commerce": "ORD-1"}, EventReason.INVALID_FIELD),
+        ({"btn_ref": 7}, EventReason.INVALID_FIELD),
+        ({"device_info": {"limit_ad_tracking": "yes"}}, EventReason.INVALID_FIELD),
+        ({"custom_attributes": {"k": ["list"]}}, EventReason.INVALID_FIELD),
+        ({"event_type": "ADD_TO_CART"}, EventReason.ACTION_MISMATCH),
+    ],
+)
+def test_invalid_event_content_is_refused_with_its_reason(
+    overrides: dict[str, Any], reason: EventReason
+) -> None:
+    """Each broken event invariant raises ``DecodeError`` with its own reason."""
+    with pytest.raises(DecodeError) as info:
+        event_from_json(purchase_json(**overrides))
+    assert reason == info.value.reason
+
+
+def test_refund_needs_only_the_transaction_id() -> None:
+    """A refund without products, amount or currency is a valid full refund."""
+    event = event_from_json(
+        purchase_json(event_type="REFUND", commerce={"action": "REFUND", "transaction_id": "ORD-1"})
+    )
+    assert event.commerce == CommerceData(action=ProductAction.REFUND, transaction_id="ORD-1")
+
+
+def test_unknown_event_type_may_carry_a_purchase_action() -> None:
+    """An event type from a newer producer reads as UNKNOWN and is not refused for its action."""
+    event = event_from_json(purchase_json(event_type="SUBSCRIPTION_RENEWAL"))
+    assert event.event_type is EventType.UNKNOWN
+
+
+def test_json_enums_are_case_insensitive_and_unknown_symbols_read_as_unknown() -> None:
+    """``purchase`` is PURCHASE; an unknown platform is UNKNOWN, like an Avro enum default."""
+    event = event_from_json(
+        purchase_json(event_type="purchase", platform="smart_tv", environment="Development")
+    )
+    assert (event.event_type, event.platform, event.environment) == (
+        EventType.PURCHASE,
+        Platform.UNKNOWN,
+        Environment.DEVELOPMENT,
+    )
+
+
+def test_json_currency_is_trimmed_and_upper_cased() -> None:
+    """``" usd "`` is read as USD."""
+    event = event_from_json(commerce_json(currency_code=" usd "))
+    assert event.commerce is not None
+    assert event.commerce.currency_code == "USD"
+
+
+def test_json_defaults_for_missing_optional_fields() -> None:
+    """Missing platform, environment and maps take the schema defaults."""
+    event = event_from_json(
+        {"event_id": "e", "event_type": "SESSION_START", "event_time": 0, "user_key": "u"}
+    )
+    expected = CommerceEvent(
+        "e", EventType.SESSION_START, datetime(1970, 1, 1, tzinfo=UTC), "u", Platform.UNKNOWN
+    )
+    assert expected == event
+    assert event.environment is Environment.PRODUCTION
+
+
+def test_json_user_identities_array_form() -> None:
+    """mParticle's outbound identity array is accepted as well as the record form."""
+    identities = [
+        {"identity_type": "customer_id", "identity": "c-9"},
+        {"identity_type": "email", "identity": "a@b.c"},
+        {"identity_type": "other_id_2", "identity": "x"},
+    ]
+    event = event_from_json(purchase_json(user_identities=identities))
+    assert UserIdentities("c-9", "a@b.c", {"other_id_2": "x"}) == event.user_identities
+
+
+def test_json_map_values_become_strings() -> None:
+    """Numbers and booleans in attribute maps are stored as strings."""
+    event = event_from_json(purchase_json(custom_attributes={"n": 3, "f": 1.5, "b": True}))
+    assert event.custom_attributes == {"n": "3", "f": "1.5", "b": "true"}
+
+
+def test_json_quantity_accepts_integral_numbers() -> None:
+    """``2``, ``2.0`` and ``"2"`` are all two units."""
+    for quantity in (2, 2.0, "2", Decimal("2.000")):
+        event = event_from_json(commerce_json(products=[{"id": "p", "quantity": quantity}]))
+        assert event.commerce is not None
+        assert event.commerce.products[0].quantity == 2
+
+
+def test_to_json_writes_decimal_strings_and_utc_times() -> None:
+    """Amounts become plain decimal strings, time an ISO-8601 UTC string; nulls are omitted."""
+    event = CommerceEvent(
+        event_id="e",
+        event_type=EventType.PURCHASE,
+        event_time=T0,
+        user_key="u",
+        commerce=CommerceData(
+            action=ProductAction.PURCHASE,
+            transaction_id="o",
+            currency_code="JPY",
+            total_amount=Decimal("1500.000000"),
+            products=(Product(id="p", price=Decimal("1E+3")),),
+        ),
+    )
+    assert event_to_json(event) == {
+        "event_id": "e",
+        "event_type": "PURCHASE",
+        "event_time": "2026-01-05T09:00:00.000Z",
+        "platform": "UNKNOWN",
+        "environment": "PRODUCTION",
+        "user_key": "u",
+        "commerce": {
+            "action": "PURCHASE",
+            "transaction_id": "o",
+            "currency_code": "JPY",
+            "total_amount": "1500",
+            "products": [{"id": "p", "price": "1000", "quantity": 1}],
+        },
+    }
+
+
+def test_to_json_keeps_an_empty_identities_record() -> None:
+    """An empty identities record is not confused with null after a JSON round trip."""
+    event = CommerceEvent("e", EventType.APP_OPEN, T0, "u", user_identities=UserIdentities())
+    assert event == event_from_json(json.loads(json.dumps(event_to_json(event))))
+
+
+def test_to_record_writes_amounts_at_the_schema_scale() -> None:
+    """Amounts are quantized to 6 places so fastavro's decimal writer accepts them."""
+    event = event_from_json(commerce_json(total_amount="1.5000000000"))
+    record = event_to_record(event)
+    assert record["commerce"]["total_amount"].as_tuple().exponent == -6
+    assert Decimal("1.5") == record["commerce"]["total_amount"]
+
+
+def test_line_amount_is_price_times_quantity() -> None:
+    """``Product.line_amount`` multiplies exactly, and is None without a price."""
+    assert Decimal("89.97") == Product("p", price=Decimal("29.99"), quantity=3).line_amount
+    assert Product("p").line_amount is None
