@@ -1,0 +1,153 @@
+"""Which Button attribution token (``btn_ref``) an order carries, and where it came from.
+
+Attribution is what the merchant pays commission on, so a wrong token is as bad as none: the
+publisher link ``https://r.bttn.io?btn_ref=org-...`` carries the publisher's *organisation id*,
+not a token, and forwarding it would attribute the order to nobody (or to the wrong party).
+Resolution order, first valid value wins:
+
+1. the event's explicit ``btn_ref`` field (``TokenSource.EXPLICIT``);
+2. integration attribute module ``1022``, key ``com.usebutton.source_token``, where mParticle's
+   Button kits and web pages store it (``TokenSource.INTEGRATION_ATTRIBUTE``);
+3. the ``btn_ref`` query parameter of the event's URLs, in the order given by the caller (deep
+   link, launch referral, landing URL) (``TokenSource.URL``);
+4. the user's profile, if the token was seen within the attribution window
+   (``TokenSource.PROFILE``).
+
+A value is forwarded only if it is non-empty, at most 255 characters, made of URL-safe (RFC 3986
+unreserved) ASCII characters, and not an ``org-`` organisation id. Button manages the real
+validity window server-side, so the newest valid token is always preferred.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from urllib.parse import parse_qsl, urlsplit
+
+BUTTON_MODULE_ID = "1022"
+"""mParticle's integration-attribute module id of Button."""
+
+SOURCE_TOKEN_ATTRIBUTE = "com.usebutton.source_token"  # noqa: S105 (an attribute name, not a secret)
+"""The key Button's kits store the token under, inside module ``1022``."""
+
+BTN_REF_PARAM = "btn_ref"
+MAX_BTN_REF_LENGTH = 255
+
+_URL_SAFE = re.compile(r"[A-Za-z0-9._~-]+", re.ASCII)
+_MAX_URL_LENGTH = 8192  # longer "URLs" are not links; refuse to parse them
+
+
+class TokenSource(StrEnum):
+    """Where a ``btn_ref`` was found (recorded in the profile and exposed for observability)."""
+
+    EXPLICIT = "explicit"
+    INTEGRATION_ATTRIBUTE = "integration_attribute"
+    URL = "url"
+    PROFILE = "profile"
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedToken:
+    """A ``btn_ref`` to send, its source, and when it was seen (epoch milliseconds)."""
+
+    value: str
+    source: TokenSource
+    seen_at_ms: int
+
+
+def is_forwardable_btn_ref(value: str) -> bool:
+    """True if ``value`` may be sent to Button as ``btn_ref``.
+
+    Rejects empty, overlong (> 255), non-URL-safe values and publisher organisation ids
+    (``org-...``, in any letter case).
+    """
+    return (
+        0 < len(value) <= MAX_BTN_REF_LENGTH
+        and _URL_SAFE.fullmatch(value) is not None
+        and value[:4].lower() != "org-"
+    )
+
+
+def clean_btn_ref(value: str | None) -> str | None:
+    """``value`` stripped of surrounding whitespace if forwardable, else ``None``."""
+    if value is None:
+        return None
+    stripped = value.strip()
+    return stripped if is_forwardable_btn_ref(stripped) else None
+
+
+def btn_ref_from_url(url: str | None) -> str | None:
+    """The first forwardable ``btn_ref`` query parameter of a URL, else ``None``.
+
+    Works for web URLs, universal links and custom-scheme deep links (``myapp://p/1?btn_ref=``).
+    The parameter name matches case-insensitively, as Button's iOS library does. A publisher link
+    (``r.bttn.io?btn_ref=org-...``) yields ``None``: its value is an organisation id.
+    """
+    if not url or len(url) > _MAX_URL_LENGTH:
+        return None
+    try:
+        query = urlsplit(url.strip()).query
+    except ValueError:  # e.g. an invalid IPv6 netloc
+        return None
+    for name, value in parse_qsl(query, keep_blank_values=False):
+        if name.lower() == BTN_REF_PARAM:
+            token = clean_btn_ref(value)
+            if token is not None:
+                return token
+    return None
+
+
+def btn_ref_from_integration_attributes(
+    attributes: Mapping[str, Mapping[str, str]] | None,
+) -> str | None:
+    """The forwardable token under module ``1022`` / ``com.usebutton.source_token``, if any."""
+    if not attributes:
+        return None
+    module = attributes.get(BUTTON_MODULE_ID)
+    if not module:
+        return None
+    return clean_btn_ref(module.get(SOURCE_TOKEN_ATTRIBUTE))
+
+
+def token_from_event(
+    explicit: str | None,
+    integration_attributes: Mapping[str, Mapping[str, str]] | None,
+    urls: Iterable[str | None],
+    event_time_ms: int,
+) -> ResolvedToken | None:
+    """The token the event itself carries (sources 1-3), with its source, else ``None``."""
+    token = clean_btn_ref(explicit)
+    if token is not None:
+        return ResolvedToken(token, TokenSource.EXPLICIT, event_time_ms)
+    token = btn_ref_from_integration_attributes(integration_attributes)
+    if token is not None:
+        return ResolvedToken(token, TokenSource.INTEGRATION_ATTRIBUTE, event_time_ms)
+    for url in urls:
+        token = btn_ref_from_url(url)
+        if token is not None:
+            return ResolvedToken(token, TokenSource.URL, event_time_ms)
+    return None
+
+
+def resolve_btn_ref(
+    from_event: ResolvedToken | None,
+    remembered: ResolvedToken | None,
+    event_time_ms: int,
+    attribution_window_ms: int,
+) -> ResolvedToken | None:
+    """The token an order should carry: the event's own, else the profile's if still in window.
+
+    ``remembered`` is the profile's latest token (with its original source and time). It is used
+    only if it was seen at most ``attribution_window_ms`` before the order and not after it, and
+    is then reported with source ``PROFILE``.
+    """
+    if from_event is not None:
+        return from_event
+    if remembered is None or not is_forwardable_btn_ref(remembered.value):
+        return None
+    age = event_time_ms - remembered.seen_at_ms
+    if 0 <= age <= attribution_window_ms:
+        return ResolvedToken(remembered.value, TokenSource.PROFILE, remembered.seen_at_ms)
+    return None

@@ -1,0 +1,127 @@
+"""The logic of ``button-consumer map``: events as JSON lines in, the Button requests out.
+
+Merchants and support need to see what an event *will* become before it reaches Button (and
+why it is skipped or rejected), without Kafka or HTTP. This runs exactly the service's code path:
+the event model's ``event_from_json``, the pure ``mapping.process`` and the same ``ProfileStore``
+and codec, with profiles carried across lines by the event's ``user_key`` (what the service uses
+as the record key), so an install on line 1 lends its token to a purchase on line 5.
+
+Output: one JSON object per non-blank input line, in input order::
+
+    {"line": 3, "event_id": "evt-3", "action": "create",
+     "request": {"method": "POST", "path": "/v1/order", "body": {...}}, "reason": null}
+
+``action`` is ``create``, ``update``, ``cancel``, ``skip`` or ``reject``; ``request`` is null for
+skip and reject; ``reason`` names why for skip and reject (``detail`` adds a human sentence to a
+reject); a create also says where its ``btn_ref`` came from (``btn_ref_source``: ``explicit``,
+``integration_attribute``, ``url``, ``profile`` or null). A malformed line is a reject
+(``invalid_json``, ``not_an_object`` or the event model's reason such as ``missing_field``),
+never a crash.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, TextIO
+
+from consumer.domain.button import Action, MapResult, Reject, Send, Skip
+from consumer.domain.events import CommerceEvent, event_from_json
+from consumer.domain.mapping import MappingConfig, process
+from consumer.domain.profile import Profile, ProfileStore
+from consumer.errors import DecodeError
+
+_PARTITION = 0  # offline, every user lives in one partition
+
+
+def run_map(
+    lines: Iterable[str], out: TextIO, config: MappingConfig, now: datetime | None = None
+) -> int:
+    """Map every JSON line of ``lines`` and write one JSON result line per event to ``out``.
+
+    Args:
+        lines: the input, one event per line (blank lines are ignored).
+        out: where the result lines go.
+        config: the mapping settings (the same object the service uses).
+        now: the processing time used to expire profile parts; ``None`` (recommended for
+            files of past events) processes each event as if at its own ``event_time``, which
+            makes the output independent of when the command runs.
+
+    Returns:
+        The exit status: 0 if no line was rejected, 1 if at least one was.
+    """
+    store = ProfileStore(config.retention)
+    rejected = False
+    for number, raw in enumerate(lines, start=1):
+        text = raw.strip()
+        if not text:
+            continue
+        event, problem = _parse(text)
+        if event is None:
+            rejected = True
+            _write(out, number, problem.get("event_id"), problem)
+            continue
+        key = event.user_key.encode("utf-8")
+        before = store.get(_PARTITION, key)
+        result, profile = process(event, before, config, event.event_time if now is None else now)
+        if profile is not None:
+            store.put(_PARTITION, key, profile)
+        rejected = rejected or isinstance(result, Reject)
+        described = _describe(result)
+        if isinstance(result, Send) and result.request.action is Action.CREATE:
+            described["btn_ref_source"] = _btn_ref_source(
+                profile or before, result.request.order_id
+            )
+        _write(out, number, event.event_id, described)
+    return 1 if rejected else 0
+
+
+def _parse(text: str) -> tuple[CommerceEvent | None, dict[str, Any]]:
+    """The event of one line, or ``None`` and the reject describing why."""
+    try:
+        obj = json.loads(text, parse_float=Decimal)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        return None, _reject("invalid_json", f"line is not JSON: {exc}")
+    if not isinstance(obj, dict):
+        return None, _reject("not_an_object", "line is JSON but not an object")
+    event_id = obj.get("event_id") if isinstance(obj.get("event_id"), str) else None
+    try:
+        return event_from_json(obj), {}
+    except DecodeError as exc:
+        return None, {**_reject(exc.reason, str(exc)), "event_id": event_id}
+
+
+def _btn_ref_source(profile: Profile | None, order_id: str) -> str | None:
+    order = None if profile is None else profile.order(order_id)
+    if order is None or order.btn_ref_source is None:
+        return None
+    return str(order.btn_ref_source)
+
+
+def _reject(reason: str, detail: str) -> dict[str, Any]:
+    return {"action": "reject", "request": None, "reason": reason, "detail": detail}
+
+
+def _describe(result: MapResult) -> dict[str, Any]:
+    if isinstance(result, Send):
+        request = result.request
+        return {
+            "action": str(request.action),
+            "request": {
+                "method": request.method,
+                "path": request.path,
+                "body": None if request.body is None else dict(request.body),
+            },
+            "reason": None,
+        }
+    if isinstance(result, Skip):
+        return {"action": "skip", "request": None, "reason": result.reason}
+    return _reject(result.reason, result.detail)
+
+
+def _write(out: TextIO, number: int, event_id: str | None, described: dict[str, Any]) -> None:
+    described = {k: v for k, v in described.items() if k != "event_id"}
+    line = {"line": number, "event_id": event_id, **described}
+    out.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")

@@ -1,0 +1,113 @@
+"""The offline ``map`` command: JSON lines in, one decision per line out."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+from consumer.domain.mapping import MappingConfig
+from consumer.mapcmd import run_map
+
+TOKEN = "srctok-0123456789abcdef"
+
+
+def lines(*events: Any) -> list[str]:
+    return [e if isinstance(e, str) else json.dumps(e) for e in events]
+
+
+def run(*events: Any) -> tuple[int, list[dict[str, Any]]]:
+    out = io.StringIO()
+    status = run_map(lines(*events), out, MappingConfig())
+    return status, [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+INSTALL = {
+    "event_id": "e1",
+    "event_type": "APP_INSTALL",
+    "event_time": "2026-01-05T09:00:00Z",
+    "user_key": "u1",
+    "launch_referral_url": f"https://brand.bttn.io/p/1?btn_ref={TOKEN}",
+}
+PURCHASE: dict[str, Any] = {
+    "event_id": "e2",
+    "event_type": "PURCHASE",
+    "event_time": "2026-01-05T10:00:00Z",
+    "user_key": "u1",
+    "commerce": {
+        "action": "PURCHASE",
+        "transaction_id": "O-1",
+        "currency_code": "JPY",
+        "total_amount": "1200",
+        "products": [{"id": "A", "price": "600", "quantity": 2}],
+    },
+}
+REFUND = {
+    "event_id": "e3",
+    "event_type": "REFUND",
+    "event_time": "2026-01-06T10:00:00Z",
+    "user_key": "u1",
+    "commerce": {"action": "REFUND", "transaction_id": "O-1", "products": [{"id": "A"}]},
+}
+
+
+def test_profile_is_carried_across_lines_by_user_key() -> None:
+    """An install's token reaches the same user's later purchase; the refund updates it."""
+    status, results = run(INSTALL, PURCHASE, REFUND)
+    assert status == 0
+    assert [r["action"] for r in results] == ["skip", "create", "update"]
+    assert results[0]["reason"] == "profile_only"
+    create = results[1]["request"]
+    assert (create["method"], create["path"]) == ("POST", "/v1/order")
+    assert (create["body"]["btn_ref"], create["body"]["total"]) == (TOKEN, 1200)
+    assert results[1]["btn_ref_source"] == "profile"
+    update = results[2]["request"]
+    assert (
+        update["method"],
+        update["path"],
+        update["body"]["total"],
+    ) == ("POST", "/v1/order/O-1", 600)
+    assert [r["line"] for r in results] == [1, 2, 3]
+    assert [r["event_id"] for r in results] == ["e1", "e2", "e3"]
+
+
+def test_other_users_do_not_share_profiles() -> None:
+    """A token of user u1 is not attached to user u2's purchase."""
+    _, results = run(INSTALL, {**PURCHASE, "user_key": "u2"})
+    assert "btn_ref" not in results[1]["request"]["body"]
+
+
+def test_malformed_lines_become_rejects_not_crashes() -> None:
+    """Bad JSON, non-objects and invalid events each produce a reject line."""
+    bad_event = {**PURCHASE, "event_id": "e9", "commerce": {"action": "PURCHASE"}}
+    status, results = run("{not json", "[1, 2]", bad_event, "", PURCHASE)
+    assert status == 1
+    assert [r["reason"] for r in results[:3]] == [
+        "invalid_json",
+        "not_an_object",
+        "missing_transaction_id",
+    ]
+    assert [r["event_id"] for r in results[:3]] == [None, None, "e9"]
+    assert all(r["action"] == "reject" and r["request"] is None for r in results[:3])
+    assert (results[3]["action"], results[3]["line"]) == ("create", 5)
+
+
+def test_mapping_rejects_are_reported_with_reason_and_detail() -> None:
+    """A purchase in a currency without minor unit is rejected with a named reason."""
+    gold = {**PURCHASE, "commerce": {**PURCHASE["commerce"], "currency_code": "XAU"}}
+    status, results = run(gold)
+    assert status == 1
+    assert results[0]["reason"] == "currency_without_minor_unit"
+    assert results[0]["detail"]
+
+
+def test_cancel_has_no_body() -> None:
+    """A whole-order refund prints DELETE with a null body."""
+    full = {**REFUND, "commerce": {"action": "REFUND", "transaction_id": "O 1/2"}}
+    _, results = run(full)
+    assert results[0]["request"] == {
+        "method": "DELETE",
+        "path": "/v1/order/O%201%2F2",
+        "body": None,
+    }
+    assert results[0]["action"] == "cancel"

@@ -1,0 +1,658 @@
+"""The pure mapping: event + profile -> Button request + new profile."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, reject, settings
+from hypothesis import strategies as st
+
+from consumer.domain.attribution import TokenSource
+from consumer.domain.button import Action, Reject, Send, Skip
+from consumer.domain.events import CommerceEvent, event_from_json
+from consumer.domain.mapping import MappingConfig, order_path, process, purchase_date
+from consumer.domain.profile import OrderStatus, Profile, encode_profile
+from consumer.errors import DecodeError
+from consumer.sandbox.validation import validate_create, validate_order_id, validate_update
+
+NOW = datetime(2024, 5, 2, tzinfo=UTC)
+T0 = "2024-05-01T14:03:22Z"
+TOKEN = "srctok-0123456789abcdef"
+CONFIG = MappingConfig()
+
+
+def event(**fields: Any) -> CommerceEvent:
+    base: dict[str, Any] = {
+        "event_id": "evt-1",
+        "event_type": "PURCHASE",
+        "event_time": T0,
+        "user_key": "user-1",
+    }
+    base.update(fields)
+    return event_from_json(base)
+
+
+def purchase(**fields: Any) -> CommerceEvent:
+    commerce = {
+        "action": "PURCHASE",
+        "transaction_id": "ORD-100045",
+        "currency_code": "USD",
+        "total_amount": "65.98",
+        "tax_amount": "5.00",
+        "shipping_amount": "1.00",
+        "products": [
+            {
+                "id": "SKU-RED-M",
+                "name": "Red shirt, M",
+                "category": "Apparel",
+                "price": "29.99",
+                "quantity": 2,
+                "attributes": {"size": "M"},
+            }
+        ],
+    }
+    commerce.update(fields.pop("commerce", {}))
+    return event(commerce=commerce, **fields)
+
+
+def refund(event_id: str, products: list[dict[str, Any]] | None = None, **c: Any) -> CommerceEvent:
+    commerce: dict[str, Any] = {"action": "REFUND", "transaction_id": "ORD-100045"}
+    if products is not None:
+        commerce["products"] = products
+    commerce.update(c)
+    return event(event_id=event_id, event_type="REFUND", commerce=commerce)
+
+
+def send(result: object) -> Any:
+    assert isinstance(result, Send), result
+    return result.request
+
+
+def test_purchase_becomes_create_with_documented_fields() -> None:
+    """The button-api.md example order, field by field."""
+    result, profile = process(
+        purchase(
+            btn_ref=TOKEN,
+            user_identities={"customer_id": "cust-789", "email": " Jane@Example.com "},
+            device_info={"ios_advertising_id": "6D92078A-8246-4BA4-AE5B-76104861E7DC"},
+            platform="IOS",
+        ),
+        None,
+        CONFIG,
+        NOW,
+    )
+    request = send(result)
+    assert (
+        request.action,
+        request.method,
+        request.path,
+        request.order_id,
+    ) == (Action.CREATE, "POST", "/v1/order", "ORD-100045")
+    expected = {
+        "order_id": "ORD-100045",
+        "total": 5998,
+        "currency": "USD",
+        "purchase_date": "2024-05-01T14:03:22Z",
+        "btn_ref": TOKEN,
+        "customer": {
+            "id": "cust-789",
+            "email_sha256": hashlib.sha256(b"jane@example.com").hexdigest(),
+            "device_id": "6D92078A-8246-4BA4-AE5B-76104861E7DC",
+        },
+        "line_items": [
+            {
+                "identifier": "SKU-RED-M",
+                "sku": "SKU-RED-M",
+                "description": "Red shirt, M",
+                "category": ["Apparel"],
+                "quantity": 2,
+                "amount": 2999,
+                "total": 5998,
+                "attributes": {"size": "M"},
+            }
+        ],
+    }
+    assert expected == request.body
+    assert validate_create(request.body) == []
+    assert profile is not None
+    assert profile.order("ORD-100045") is not None
+
+
+def test_plaintext_email_is_never_emitted_or_stored() -> None:
+    """Only the hash leaves the mapper; the profile has no email."""
+    result, profile = process(
+        purchase(user_identities={"email": "jane@example.com"}), None, CONFIG, NOW
+    )
+    assert "jane@example.com" not in repr(send(result).body)
+    assert profile is not None
+    assert b"jane" not in encode_profile(profile, 0)
+
+
+@pytest.mark.parametrize(
+    ("currency", "total", "tax", "expected"),
+    [("JPY", "1234", "0", 1234), ("KWD", "1.234", "0.100", 1134), ("USD", "0.1", None, 10)],
+)
+def test_minor_units_per_currency(
+    currency: str, total: str, tax: str | None, expected: int
+) -> None:
+    """Totals use the currency's ISO 4217 exponent, net of tax and shipping."""
+    c: dict[str, Any] = {"currency_code": currency, "total_amount": total, "products": []}
+    c["tax_amount"] = tax
+    c["shipping_amount"] = None
+    result, _ = process(purchase(commerce=c), None, CONFIG, NOW)
+    assert expected == send(result).body["total"]
+
+
+def test_revenue_used_as_is_when_configured() -> None:
+    """revenue_includes_tax_and_shipping=False sends total_amount unchanged."""
+    config = MappingConfig(revenue_includes_tax_and_shipping=False)
+    result, _ = process(purchase(), None, config, NOW)
+    assert send(result).body["total"] == 6598
+
+
+def test_total_from_lines_when_event_has_none() -> None:
+    """Without total_amount, the lines' value is the total (it excludes tax and shipping)."""
+    result, _ = process(purchase(commerce={"total_amount": None}), None, CONFIG, NOW)
+    assert send(result).body["total"] == 5998
+
+
+def test_fractional_unit_price_line_total_rounded_once() -> None:
+    """3 x 3.333333 USD: line total 1000 (exact value rounded once), unit amount 333."""
+    c: dict[str, Any] = {
+        "products": [{"id": "P", "price": "3.333333", "quantity": 3}],
+        "total_amount": "10",
+        "tax_amount": None,
+        "shipping_amount": None,
+    }
+    result, _ = process(purchase(commerce=c), None, CONFIG, NOW)
+    (item,) = send(result).body["line_items"]
+    assert (item["amount"], item["total"]) == (333, 1000)
+
+
+@pytest.mark.parametrize(
+    ("commerce", "reason"),
+    [
+        ({"transaction_id": "ORDRE-é"}, "order_id_not_ascii"),
+        ({"transaction_id": "A\tB"}, "order_id_not_ascii"),
+        ({"transaction_id": "x" * 256}, "order_id_too_long"),
+        ({"transaction_id": "   "}, "missing_order_id"),
+        ({"currency_code": "ABC"}, "unknown_currency"),
+        ({"currency_code": "XAU"}, "currency_without_minor_unit"),
+        ({"total_amount": "1.00", "tax_amount": "5.00"}, "negative_total"),
+        ({"total_amount": "99999999999.00", "tax_amount": "0"}, "total_out_of_range"),
+        ({"total_amount": None, "products": [{"id": "P"}]}, "missing_total"),
+        ({"products": [{"id": "P" * 256, "price": "1"}]}, "line_item_identifier_too_long"),
+        (
+            {"products": [{"id": "P", "price": "99999999999", "quantity": 1}]},
+            "line_item_out_of_range",
+        ),
+    ],
+)
+def test_invalid_purchases_are_rejected_with_a_named_reason(
+    commerce: dict[str, Any], reason: str
+) -> None:
+    """Every invalid purchase becomes a Reject naming the problem."""
+    result, _ = process(purchase(commerce=commerce), None, CONFIG, NOW)
+    assert isinstance(result, Reject)
+    assert reason == result.reason
+
+
+def test_btn_ref_sources_in_order() -> None:
+    """Explicit, then integration attribute 1022, then URLs, then the profile."""
+    attrs = {"1022": {"com.usebutton.source_token": "srctok-attr"}}
+    url = "https://brand.example/p?btn_ref=srctok-url"
+    cases = [
+        (purchase(btn_ref=TOKEN, integration_attributes=attrs, page_url=url), TOKEN),
+        (purchase(btn_ref="org-123", integration_attributes=attrs, page_url=url), "srctok-attr"),
+        (purchase(page_url=url), "srctok-url"),
+        (purchase(page_url="https://r.bttn.io?btn_ref=org-abc"), None),
+    ]
+    for evt, expected in cases:
+        result, _ = process(evt, None, CONFIG, NOW)
+        assert expected == send(result).body.get("btn_ref")
+
+
+def test_install_feeds_the_profile_and_a_later_purchase_uses_it() -> None:
+    """A deep-link install is skipped but remembered; the purchase carries its token."""
+    install = event(
+        event_id="evt-0",
+        event_type="APP_INSTALL",
+        event_time="2024-04-28T10:00:00Z",
+        launch_referral_url=f"https://brand.bttn.io/p/1?btn_ref={TOKEN}",
+        device_info={"android_advertising_id": "38400000-8cf0-11bd-b23e-10b96e40000d"},
+    )
+    result, profile = process(install, None, CONFIG, NOW)
+    assert Skip("profile_only") == result
+    assert profile is not None
+    assert profile.btn_ref is not None
+    assert (profile.btn_ref.value, profile.btn_ref.source) == (TOKEN, TokenSource.URL)
+    result, after = process(purchase(platform="ANDROID"), profile, CONFIG, NOW)
+    assert after is not None
+    assert after.order("ORD-100045").btn_ref_source is TokenSource.PROFILE  # type: ignore[union-attr]
+    body = send(result).body
+    assert body["btn_ref"] == TOKEN
+    assert body["customer"]["device_id"] == "38400000-8cf0-11bd-b23e-10b96e40000d"
+
+
+def test_profile_token_outside_attribution_window_is_not_used() -> None:
+    """A token older than the window is not attached."""
+    install = event(
+        event_id="evt-0",
+        event_type="APP_OPEN",
+        event_time="2024-03-01T00:00:00Z",
+        launch_referral_url=f"myapp://p?btn_ref={TOKEN}",
+    )
+    _, profile = process(install, None, CONFIG, datetime(2024, 3, 2, tzinfo=UTC))
+    result, _ = process(purchase(), profile, CONFIG, NOW)
+    assert "btn_ref" not in send(result).body
+
+
+def test_zeroed_and_refused_advertising_ids_are_dropped() -> None:
+    """All-zero ids, limit-ad-tracking and ATT denied never reach Button."""
+    zero = {"ios_advertising_id": "00000000-0000-0000-0000-000000000000"}
+    lat = {"ios_advertising_id": "ABCD-1", "limit_ad_tracking": True}
+    att = {"ios_advertising_id": "ABCD-1", "att_authorization_status": "DENIED"}
+    for info in (zero, lat, att):
+        result, _ = process(purchase(device_info=info), None, CONFIG, NOW)
+        assert "customer" not in send(result).body
+
+
+def test_refusal_forgets_remembered_ids() -> None:
+    """An event with tracking refused removes the profile's ids, and the order has none."""
+    opened = event(
+        event_id="evt-0", event_type="APP_OPEN", device_info={"ios_advertising_id": "ABCD-1"}
+    )
+    _, profile = process(opened, None, CONFIG, NOW)
+    assert profile is not None
+    assert profile.idfa is not None
+    result, after = process(purchase(device_info={"limit_ad_tracking": True}), profile, CONFIG, NOW)
+    assert "customer" not in send(result).body
+    assert after is not None
+    assert after.idfa is None
+
+
+def test_full_refund_without_products_cancels() -> None:
+    """A refund naming no products cancels the order (DELETE)."""
+    _, profile = process(purchase(), None, CONFIG, NOW)
+    result, after = process(refund("evt-r1"), profile, CONFIG, NOW)
+    request = send(result)
+    assert (
+        request.action,
+        request.method,
+        request.path,
+        request.body,
+    ) == (Action.CANCEL, "DELETE", "/v1/order/ORD-100045", None)
+    assert after is not None
+    assert after.order("ORD-100045").status == OrderStatus.CANCELLED  # type: ignore[union-attr]
+
+
+def test_refund_of_unknown_order() -> None:
+    """Unknown order: a whole-order refund cancels, a partial one is rejected."""
+    result, _ = process(refund("evt-r1"), None, CONFIG, NOW)
+    assert send(result).action == Action.CANCEL
+    result, _ = process(refund("evt-r1", [{"id": "SKU-RED-M"}]), None, CONFIG, NOW)
+    assert isinstance(result, Reject)
+    assert result.reason == "refund_order_unknown"
+
+
+def test_partial_refund_updates_remaining_state() -> None:
+    """Refunding one of two shirts sends the remaining line and total."""
+    _, profile = process(purchase(), None, CONFIG, NOW)
+    result, after = process(refund("evt-r1", [{"id": "SKU-RED-M"}]), profile, CONFIG, NOW)
+    request = send(result)
+    assert (
+        request.action,
+        request.method,
+        request.path,
+    ) == (Action.UPDATE, "POST", "/v1/order/ORD-100045")
+    assert request.body["total"] == 2999
+    assert [i["quantity"] for i in request.body["line_items"]] == [1]
+    assert [i["total"] for i in request.body["line_items"]] == [2999]
+    assert validate_update(request.body, "ORD-100045") == []
+    assert after is not None
+
+
+def test_refund_of_every_unit_cancels() -> None:
+    """Refunding all units is a cancellation, not an update to zero."""
+    _, profile = process(purchase(), None, CONFIG, NOW)
+    result, _ = process(
+        refund("evt-r1", [{"id": "SKU-RED-M", "quantity": 2}]), profile, CONFIG, NOW
+    )
+    assert send(result).action == Action.CANCEL
+
+
+def test_refund_amount_wins_over_line_values() -> None:
+    """A refund carrying its amount reduces the total by that amount, net of tax."""
+    _, profile = process(purchase(), None, CONFIG, NOW)
+    evt = refund("evt-r1", [{"id": "SKU-RED-M"}], total_amount="27.50", tax_amount="2.50")
+    result, _ = process(evt, profile, CONFIG, NOW)
+    assert send(result).body["total"] == 5998 - 2500
+
+
+def test_amount_only_refund_of_known_order_is_an_update() -> None:
+    """A goodwill refund smaller than the order reduces the total; lines are unchanged."""
+    _, profile = process(purchase(), None, CONFIG, NOW)
+    result, _ = process(refund("evt-r1", total_amount="10.00"), profile, CONFIG, NOW)
+    request = send(result)
+    assert (request.action, request.body["total"]) == (Action.UPDATE, 4998)
+
+
+def test_order_level_discount_is_kept_proportionally() -> None:
+    """With a coupon (total < lines), the remaining total keeps the ratio."""
+    c = {
+        "total_amount": "50.00",
+        "tax_amount": None,
+        "shipping_amount": None,
+        "products": [{"id": "A", "price": "40", "quantity": 1}, {"id": "B", "price": "20"}],
+    }
+    _, profile = process(purchase(commerce=c), None, CONFIG, NOW)
+    result, _ = process(refund("evt-r1", [{"id": "B"}]), profile, CONFIG, NOW)
+    assert send(result).body["total"] == 3333  # 5000 * 4000 / 6000, half-even
+
+
+def test_refund_replay_changes_nothing() -> None:
+    """The same refund event again: same request, profile unchanged."""
+    _, profile = process(purchase(), None, CONFIG, NOW)
+    first, after = process(refund("evt-r1", [{"id": "SKU-RED-M"}]), profile, CONFIG, NOW)
+    again, unchanged = process(refund("evt-r1", [{"id": "SKU-RED-M"}]), after, CONFIG, NOW)
+    assert first == again
+    assert unchanged is None
+
+
+@pytest.mark.parametrize(
+    ("products", "reason"),
+    [
+        ([{"id": "NOPE"}], "refund_item_not_in_order"),
+        ([{"id": "SKU-RED-M", "quantity": 3}], "refund_exceeds_quantity"),
+    ],
+)
+def test_invalid_partial_refunds_are_rejected(products: list[dict[str, Any]], reason: str) -> None:
+    """Refunds that do not fit the stored order are rejected, not guessed."""
+    _, profile = process(purchase(), None, CONFIG, NOW)
+    result, _ = process(refund("evt-r1", products), profile, CONFIG, NOW)
+    assert isinstance(result, Reject)
+    assert reason == result.reason
+
+
+def test_purchase_replay_resends_stored_create() -> None:
+    """A replayed purchase re-sends its create; after a partial refund, the refunded state."""
+    _, profile = process(purchase(btn_ref=TOKEN), None, CONFIG, NOW)
+    _, after = process(refund("evt-r1", [{"id": "SKU-RED-M"}]), profile, CONFIG, NOW)
+    result, unchanged = process(purchase(), after, CONFIG, NOW)
+    body = send(result).body
+    assert (send(result).action, body["total"], body["btn_ref"]) == (Action.CREATE, 2999, TOKEN)
+    assert unchanged is None
+
+
+def test_purchase_of_cancelled_order_is_skipped() -> None:
+    """A cancelled order is never resurrected by a duplicate purchase."""
+    _, profile = process(purchase(), None, CONFIG, NOW)
+    _, after = process(refund("evt-r1"), profile, CONFIG, NOW)
+    result, _ = process(purchase(event_id="evt-9"), after, CONFIG, NOW)
+    assert Skip("order_already_cancelled") == result
+
+
+@pytest.mark.parametrize(
+    ("event_type", "reason"),
+    [
+        ("APP_OPEN", "profile_only"),
+        ("PAGE_VIEW", "profile_only"),
+        ("SESSION_START", "profile_only"),
+        ("CUSTOM", "not_an_order"),
+        ("SOMETHING_NEW", "unknown_event_type"),
+    ],
+)
+def test_other_events_are_skipped_with_a_reason(event_type: str, reason: str) -> None:
+    """Only purchases and refunds reach Button."""
+    result, _ = process(event(event_type=event_type), None, CONFIG, NOW)
+    assert Skip(reason) == result
+
+
+def test_development_events_are_skipped_entirely() -> None:
+    """Button has no test mode: DEVELOPMENT events are skipped and teach the profile nothing."""
+    result, profile = process(purchase(environment="DEVELOPMENT", btn_ref=TOKEN), None, CONFIG, NOW)
+    assert (Skip("development_event"), None) == (result, profile)
+
+
+def test_unchanged_profile_is_reported_as_none() -> None:
+    """An event that teaches nothing returns None for the profile."""
+    result, profile = process(event(event_type="CUSTOM"), None, CONFIG, NOW)
+    assert (Skip("not_an_order"), None) == (result, profile)
+
+
+def test_path_segments_are_quoted() -> None:
+    """Order ids with reserved characters stay one path segment."""
+    assert order_path("A/B?# %") == "/v1/order/A%2FB%3F%23%20%25"
+    assert order_path("..") == "/v1/order/%2E%2E"
+
+
+def test_purchase_date_is_utc_with_z() -> None:
+    """purchase_date is ISO-8601 UTC with Z."""
+    assert purchase_date(1_714_572_202_999) == "2024-05-01T14:03:22Z"
+
+
+def test_application_ids_are_validated() -> None:
+    """Only app-... ids for known platforms are accepted."""
+    config = MappingConfig(application_ids={"ios": "app-1234567890abcdef"})
+    assert config.application_id("IOS") == "app-1234567890abcdef"
+    with pytest.raises(ValueError, match="application id"):
+        MappingConfig(application_ids={"ios": "sk-secret"})
+    with pytest.raises(ValueError, match="platform"):
+        MappingConfig(application_ids={"tv": "app-1"})
+
+
+# --- properties --------------------------------------------------------------------------------
+
+PRINTABLE = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
+SHORT_IDS = st.text(PRINTABLE, min_size=1, max_size=20)
+ORDER_IDS = st.one_of(
+    SHORT_IDS,
+    SHORT_IDS,
+    SHORT_IDS,
+    st.text(PRINTABLE, min_size=250, max_size=260),
+    st.text(min_size=1, max_size=10),
+)
+AMOUNTS = st.decimals(min_value=0, max_value=10**12, places=6, allow_nan=False).map(str)
+PRICES = st.decimals(min_value=-(10**5), max_value=10**6, places=6, allow_nan=False).map(str)
+CURRENCIES = st.sampled_from(["USD", "JPY", "KWD", "CLF", "EUR", "XAU", "ABC", "BHD"])
+PRODUCTS = st.lists(
+    st.fixed_dictionaries(
+        {"id": st.text(min_size=1, max_size=8), "quantity": st.integers(0, 5)},
+        optional={
+            "price": PRICES,
+            "name": st.text(max_size=10),
+            "category": st.text(max_size=10),
+            "sku": st.text(max_size=10),
+            "attributes": st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2),
+        },
+    ),
+    max_size=4,
+)
+TIMES = st.integers(min_value=0, max_value=4_102_444_800_000)
+
+
+@st.composite
+def purchase_events(draw: st.DrawFn) -> CommerceEvent:
+    commerce = {
+        "action": "PURCHASE",
+        "transaction_id": draw(ORDER_IDS),
+        "currency_code": draw(CURRENCIES),
+        "total_amount": draw(st.none() | AMOUNTS | AMOUNTS),
+        "tax_amount": draw(st.none() | st.just("0") | AMOUNTS),
+        "shipping_amount": draw(st.none() | st.just("0") | AMOUNTS),
+        "products": draw(PRODUCTS),
+    }
+    try:
+        return event_from_json(raw_purchase(draw, commerce))
+    except DecodeError:  # the event model refuses it before the mapper sees it
+        reject()
+
+
+def raw_purchase(draw: st.DrawFn, commerce: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "event_id": draw(st.text(min_size=1, max_size=5)),
+        "event_type": "PURCHASE",
+        "event_time": draw(TIMES),
+        "user_key": "u",
+        "btn_ref": draw(st.none() | st.text(max_size=20) | st.just(TOKEN)),
+        "page_url": draw(st.none() | st.text(max_size=40)),
+        "user_identities": {
+            "customer_id": draw(st.none() | st.text(max_size=300)),
+            "email": draw(st.none() | st.emails() | st.text(max_size=20)),
+        },
+        "device_info": {
+            "ios_advertising_id": draw(st.none() | st.text(max_size=40)),
+            "android_advertising_id": draw(st.none() | st.text(max_size=40)),
+            "limit_ad_tracking": draw(st.none() | st.booleans()),
+        },
+        "commerce": commerce,
+    }
+
+
+def assert_valid(result: object) -> None:
+    if not isinstance(result, Send):
+        return
+    request = result.request
+    assert validate_order_id(request.order_id) == []
+    if request.action is Action.CREATE:
+        assert validate_create(request.body) == [], request.body
+    elif request.action is Action.UPDATE:
+        assert validate_update(request.body, request.order_id) == [], request.body
+    else:
+        assert request.body is None
+    if request.action is not Action.CREATE:
+        assert request.path == order_path(request.order_id)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(purchase_events())
+def test_every_create_passes_the_sandbox_validation(evt: CommerceEvent) -> None:
+    """Whatever the purchase, the mapper emits a valid create or a named Reject."""
+    result, _ = process(evt, None, CONFIG, NOW)
+    assert isinstance(result, Send | Reject)
+    assert_valid(result)
+
+
+REFUND_PRODUCTS = st.lists(
+    st.fixed_dictionaries({"id": st.sampled_from(["A", "B", "C"]), "quantity": st.integers(0, 3)}),
+    max_size=3,
+)
+
+
+@st.composite
+def order_histories(draw: st.DrawFn) -> tuple[CommerceEvent, list[CommerceEvent]]:
+    products = [
+        {"id": pid, "price": draw(PRICES.filter(lambda p: Decimal(p) >= 0)), "quantity": q}
+        for pid, q in (("A", draw(st.integers(1, 3))), ("B", draw(st.integers(1, 3))))
+    ]
+    total = draw(st.none() | st.decimals(min_value=0, max_value=10**6, places=2).map(str))
+    buy = purchase(
+        commerce={
+            "total_amount": total,
+            "products": products,
+            "tax_amount": None,
+            "shipping_amount": None,
+        }
+    )
+    refunds = []
+    for i in range(draw(st.integers(1, 4))):
+        amount = draw(st.none() | st.decimals(min_value=0, max_value=10**4, places=2).map(str))
+        commerce: dict[str, Any] = {
+            "action": "REFUND",
+            "transaction_id": "ORD-100045",
+            "products": draw(REFUND_PRODUCTS),
+            "total_amount": amount,
+        }
+        refunds.append(event(event_id=f"r{i}", event_type="REFUND", commerce=commerce))
+    return buy, refunds
+
+
+class FakeButton:
+    """Button's documented order semantics, just enough to compare final states."""
+
+    def __init__(self) -> None:
+        self.orders: dict[str, Any] = {}
+
+    def apply(self, result: object) -> None:
+        if not isinstance(result, Send):
+            return
+        request = result.request
+        if request.action is Action.CREATE:
+            self.orders.setdefault(request.order_id, request.body)  # a duplicate is a 409
+        elif request.action is Action.UPDATE:
+            if request.order_id in self.orders and self.orders[request.order_id] != "deleted":
+                self.orders[request.order_id] = request.body
+        else:
+            self.orders[request.order_id] = "deleted"
+
+
+def run(events: list[CommerceEvent]) -> tuple[FakeButton, Profile | None]:
+    profile: Profile | None = None
+    button = FakeButton()
+    for evt in events:
+        result, new = process(evt, profile, CONFIG, NOW)
+        assert_valid(result)
+        button.apply(result)
+        if new is not None:
+            profile = new
+    return button, profile
+
+
+def totals(button: FakeButton) -> object:
+    state = button.orders.get("ORD-100045")
+    if not isinstance(state, dict):
+        return state
+    return (state["total"], [(i["identifier"], i["quantity"]) for i in state.get("line_items", [])])
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(order_histories(), st.lists(st.tuples(st.integers(0, 3), st.integers(0, 8)), max_size=6))
+def test_replaying_refunds_gives_the_same_order(
+    history: tuple[CommerceEvent, list[CommerceEvent]], replays: list[tuple[int, int]]
+) -> None:
+    """However often and wherever refunds are replayed, the order ends in the same state."""
+    buy, refunds = history
+    once_button, once = run([buy, *refunds])
+    replayed: list[CommerceEvent] = [buy, *refunds]
+    for which, where in replays:
+        evt = refunds[which % len(refunds)]
+        first = replayed.index(evt)
+        replayed.insert(min(len(replayed), first + 1 + where), evt)
+    button, profile = run(replayed)
+    assert once is not None
+    assert profile is not None
+    assert once.order("ORD-100045") == profile.order("ORD-100045")
+    assert totals(once_button) == totals(button)
+
+
+def test_timestamps_in_the_future_or_far_past_still_format() -> None:
+    """purchase_date pads years to four digits."""
+    assert purchase_date(-62_135_596_800_000) == "0001-01-01T00:00:00Z"
+    assert timedelta(0) < timedelta(1)
+
+
+def test_zeroed_id_forgets_the_remembered_one() -> None:
+    """A device now reporting an all-zero IDFA withholds it: the remembered IDFA is not used."""
+    opened = event(
+        event_id="evt-0", event_type="APP_OPEN", device_info={"ios_advertising_id": "ABCD-1"}
+    )
+    _, profile = process(opened, None, CONFIG, NOW)
+    zero = {"ios_advertising_id": "00000000-0000-0000-0000-000000000000"}
+    result, after = process(purchase(device_info=zero), profile, CONFIG, NOW)
+    assert "customer" not in send(result).body
+    assert after is not None
+    assert after.idfa is None
+
+
+def test_device_id_falls_back_to_the_profile() -> None:
+    """A server-side purchase without device info uses the id remembered from the app."""
+    opened = event(
+        event_id="evt-0", event_type="APP_OPEN", device_info={"ios_advertising_id": "ABCD-1"}
+    )
+    _, profile = process(opened, None, CONFIG, NOW)
+    result, _ = process(purchase(platform="SERVER"), profile, CONFIG, NOW)
+    assert send(result).body["customer"] == {"device_id": "ABCD-1"}
