@@ -1,0 +1,12 @@
+"""``python -m consumer.sandbox``: run the Button sandbox without the service's main CLI."""
+
+import argparse
+
+from consumer.sandbox.cli import add_arguments, run_from_args
+
+parser = argparse.ArgumentParser(
+    prog="python -m consumer.sandbox",
+    description="A local, contract-strict Button Order API for tests, demos and benchmarks.",
+)
+add_arguments(parser)
+raise SystemExit(run_from_args(parser.parse_args()))
