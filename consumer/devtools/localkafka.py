@@ -1,0 +1,389 @@
+"""A real single-node Apache Kafka broker (KRaft) for tests, the demo and CI, without Docker.
+
+The broker comes from Maven Central: `infra/kafka/pom.xml` pins `kafka_2.13` and a logging
+backend, Maven resolves the runtime classpath once (cached under `.cache/kafka/`, keyed by the
+POM's hash; the jars stay in Maven's local repository), and each broker gets a freshly formatted
+KRaft log directory in a temp dir and free ports on 127.0.0.1.
+
+Python API: `LocalKafka` (a context manager). A broker it starts dies with its owner, even when
+the owner is SIGKILLed. CLI (`python -m consumer.devtools.localkafka`):
+
+    up       start a detached broker (state in .run/kafka/); last line KAFKA_BOOTSTRAP_SERVERS=...
+    down     stop it and remove its data
+    status   show it; exit 1 when none is running
+    run      a broker in the foreground until Ctrl-C or SIGTERM
+    fetch    resolve the classpath only (warms the cache)
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import base64
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+from consumer.devtools._proc import (
+    ServiceState,
+    ToolError,
+    cache_dir,
+    detached_down,
+    detached_status,
+    detached_up,
+    exit_on_signals,
+    file_lock,
+    free_port,
+    port_open,
+    repo_root,
+    require_tool,
+    run_maven,
+    serve_foreground,
+    sha256_of,
+    spawn,
+    stop_process,
+    tail,
+    wait_until,
+)
+
+KAFKA_POM = repo_root() / "infra" / "kafka" / "pom.xml"
+DEFAULT_STATE_DIR = repo_root() / ".run" / "kafka"
+ENV_VAR = "KAFKA_BOOTSTRAP_SERVERS"
+_LABEL = "local Kafka"
+_BIND_CLASH = re.compile(r"BindException|Address already in use")
+_START_ATTEMPTS = 3
+
+
+def kafka_classpath(pom: Path = KAFKA_POM) -> str:
+    """The broker's runtime classpath, resolved by Maven on first use and cached by POM hash."""
+    cache = cache_dir("kafka")
+    cached = cache / f"classpath-{sha256_of(pom)[:16]}.txt"
+    with file_lock(cache / ".lock"):
+        classpath = _read_classpath(cached)
+        if classpath is None:
+            partial = cached.with_suffix(f".{os.getpid()}.partial")
+            run_maven(
+                [
+                    "dependency:build-classpath",
+                    "-DincludeScope=runtime",
+                    f"-Dmdep.outputFile={partial}",
+                ],
+                pom=pom,
+            )
+            partial.replace(cached)
+            classpath = _read_classpath(cached)
+        if classpath is None:
+            raise ToolError(f"Maven produced an unusable classpath in {cached}")
+        return classpath
+
+
+def _read_classpath(path: Path) -> str | None:
+    """The cached classpath, or None when absent or when a jar has left the Maven repository."""
+    try:
+        classpath = path.read_text().strip()
+    except OSError:
+        return None
+    jars = classpath.split(os.pathsep)
+    if not classpath or not all(Path(jar).is_file() for jar in jars):
+        return None
+    return classpath
+
+
+def _cluster_id() -> str:
+    """A KRaft cluster id: a base64url UUID without padding, as `StorageTool random-uuid` gives."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _server_properties(data_dir: Path, broker_port: int, controller_port: int) -> str:
+    settings = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        # A static one-voter quorum: the storage is formatted without --standalone.
+        "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+        "listeners": (
+            f"PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}"
+        ),
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{broker_port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": str(data_dir / "kraft"),
+        "num.partitions": "1",
+        "default.replication.factor": "1",
+        "min.insync.replicas": "1",
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.num.partitions": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "share.coordinator.state.topic.num.partitions": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "num.network.threads": "2",
+        "num.io.threads": "4",
+    }
+    return "".join(f"{key}={value}\n" for key, value in settings.items())
+
+
+class LocalKafka:
+    """One combined broker+controller on 127.0.0.1, in a fresh temp directory.
+
+    Use as `with LocalKafka() as kafka: kafka.bootstrap_servers`. An owned broker (the default)
+    is killed when its owner exits, is interrupted, or is SIGKILLed. A `detached` broker runs
+    in its own session and outlives this process (the `up` command); stop it by pid.
+    """
+
+    def __init__(
+        self,
+        *,
+        heap_mb: int = 512,
+        jvm_options: Sequence[str] = (),
+        start_timeout: float = 120.0,
+        stop_timeout: float = 15.0,
+        detached: bool = False,
+    ) -> None:
+        self.heap_mb = heap_mb
+        self.jvm_options = tuple(jvm_options)
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.detached = detached
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._data_dir: Path | None = None
+        self._port: int | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        if self._port is None:
+            raise RuntimeError("LocalKafka is not started")
+        return f"127.0.0.1:{self._port}"
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("LocalKafka is not started")
+        return self._port
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise RuntimeError("LocalKafka is not started")
+        return self._proc.pid
+
+    @property
+    def data_dir(self) -> Path:
+        if self._data_dir is None:
+            raise RuntimeError("LocalKafka is not started")
+        return self._data_dir
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "broker.log"
+
+    def start(self) -> LocalKafka:
+        """Resolve, format, start, and return once the broker answers a metadata request."""
+        if self._proc is not None:
+            return self
+        java = require_tool("java")
+        classpath = kafka_classpath()
+        deadline = time.monotonic() + self.start_timeout
+        if not self.detached:
+            atexit.register(self.stop)
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            try:
+                self._launch(java, classpath)
+                self._wait_ready(deadline)
+                return self
+            except _PortClashError:
+                self._discard()
+                if attempt == _START_ATTEMPTS:
+                    atexit.unregister(self.stop)
+                    raise ToolError("Kafka broker: ports kept clashing") from None
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
+
+    def stop(self) -> None:
+        """SIGTERM the broker, SIGKILL it after `stop_timeout`, and remove its directory."""
+        atexit.unregister(self.stop)
+        self._discard()
+
+    def _discard(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            stop_process(proc, grace=self.stop_timeout)
+        data_dir, self._data_dir = self._data_dir, None
+        if data_dir is not None:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        self._port = None
+
+    def state(self) -> ServiceState:
+        """What `down` needs to find this broker again."""
+        return ServiceState(
+            pid=self.pid,
+            port=self.port,
+            data_dir=str(self.data_dir),
+            address=self.bootstrap_servers,
+        )
+
+    def __enter__(self) -> LocalKafka:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _launch(self, java: str, classpath: str) -> None:
+        data_dir = Path(tempfile.mkdtemp(prefix="localkafka-"))
+        self._data_dir = data_dir
+        self._port = free_port()
+        controller_port = free_port()
+        config = data_dir / "server.properties"
+        config.write_text(_server_properties(data_dir, self._port, controller_port))
+        formatted = subprocess.run(  # noqa: S603 - fixed executable, arguments built here
+            [
+                java,
+                "-Xmx256m",
+                "-XX:TieredStopAtLevel=1",
+                "-XX:+UseSerialGC",
+                "-cp",
+                classpath,
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                _cluster_id(),
+                "-c",
+                str(config),
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=max(30.0, self.start_timeout),
+            check=False,
+        )
+        if formatted.returncode != 0:
+            raise ToolError(
+                "formatting KRaft storage failed:\n" + (formatted.stdout + formatted.stderr)
+            )
+        command = [
+            java,
+            f"-Xmx{self.heap_mb}m",
+            f"-Xms{min(self.heap_mb, 256)}m",
+            # Tuned for start-up and a small footprint on shared CI machines, not throughput:
+            # C1 only and the serial collector use about a third less CPU to become ready.
+            "-XX:TieredStopAtLevel=1",
+            "-XX:+UseSerialGC",
+            *self.jvm_options,
+            "-Djava.awt.headless=true",
+            f"-Dkafka.logs.dir={data_dir}",
+            "-Dorg.slf4j.simpleLogger.showDateTime=true",
+            "-Dorg.slf4j.simpleLogger.dateTimeFormat=yyyy-MM-dd'T'HH:mm:ss.SSS",
+            "-cp",
+            classpath,
+            "kafka.Kafka",
+            str(config),
+        ]
+        self._proc = spawn(command, log_path=self.log_path, cwd=data_dir, detached=self.detached)
+
+    def _wait_ready(self, deadline: float) -> None:
+        proc = self._proc
+        if proc is None:
+            raise RuntimeError("_wait_ready before _launch")
+        port = self.port
+
+        def exited() -> bool:
+            return proc.poll() is not None
+
+        wait_until(lambda: exited() or port_open(port), timeout=deadline - time.monotonic())
+        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
+        while not exited() and time.monotonic() < deadline:
+            try:
+                metadata = admin.list_topics(timeout=2.0)
+            except KafkaException:
+                continue
+            if metadata.brokers:
+                return
+            time.sleep(0.1)
+        log = tail(self.log_path)
+        if exited():
+            if _BIND_CLASH.search(log):
+                raise _PortClashError
+            raise ToolError(
+                f"Kafka broker exited with code {proc.returncode} during start-up; "
+                f"log tail ({self.log_path}):\n{log}"
+            )
+        raise ToolError(
+            f"Kafka broker on {self.bootstrap_servers} did not answer a metadata request within "
+            f"{self.start_timeout:.0f}s; log tail ({self.log_path}):\n{log}"
+        )
+
+
+class _PortClashError(Exception):
+    """Another process took one of our ports between choosing and binding it."""
+
+
+# --- CLI -----------------------------------------------------------------------------------
+
+
+def _run() -> int:
+    with LocalKafka() as kafka:
+        return serve_foreground("local Kafka", f"{ENV_VAR}={kafka.bootstrap_servers}")
+
+
+def _fetch() -> int:
+    started = time.monotonic()
+    classpath = kafka_classpath()
+    jars = len(classpath.split(os.pathsep))
+    print(f"classpath ready: {jars} jars in {time.monotonic() - started:.1f}s", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m consumer.devtools.localkafka",
+        description="A local single-node Kafka broker from Maven Central jars.",
+    )
+    parser.add_argument("command", choices=["up", "down", "status", "run", "fetch"])
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help="where `up` records the detached broker (default: .run/kafka)",
+    )
+    args = parser.parse_args(argv)
+    state_dir: Path = args.state_dir
+    commands: dict[str, Callable[[], int]] = {
+        "up": lambda: detached_up(state_dir, _LABEL, ENV_VAR, lambda: LocalKafka(detached=True)),
+        "down": lambda: detached_down(state_dir, _LABEL),
+        "status": lambda: detached_status(state_dir, _LABEL, ENV_VAR),
+        "run": _run,
+        "fetch": _fetch,
+    }
+    exit_on_signals()
+    try:
+        return commands[args.command]()
+    except ToolError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
