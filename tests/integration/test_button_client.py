@@ -1,0 +1,419 @@
+"""The Button client over real loopback HTTP: every outcome, from real sockets.
+
+Button's behaviour comes from the project's contract-strict sandbox (``consumer.sandbox``) and its
+fault rules: success, 202, 409, 404, 400, 401, 403, 429 with both ``Retry-After`` forms, 5xx, hangs
+and resets. What a correct Button never does (201, a non-JSON or wrong-envelope 2xx, a server that
+accepts no connection) comes from a few-line aiohttp server and raw sockets inside this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, closing
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from consumer.adapters.button_client import (
+    MAX_BODY_BYTES,
+    AiohttpTransport,
+    ButtonClient,
+    Timeouts,
+    basic_authorization,
+)
+from consumer.domain.button import Action, ButtonRequest
+from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
+from consumer.sandbox.testing import SandboxHandle, run_sandbox
+
+KEY = "sk-integration"
+FAST = Timeouts(connect=2.0, read=0.5, total=5.0)
+
+
+def order(order_id: str, total: int = 5998) -> dict[str, Any]:
+    return {
+        "order_id": order_id,
+        "total": total,
+        "currency": "USD",
+        "purchase_date": "2024-05-01T14:03:22Z",
+        "btn_ref": "fakesrctok-abcdef0123456789",
+        "line_items": [{"identifier": "SKU-1", "quantity": 1, "amount": total, "total": total}],
+    }
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[SandboxHandle]:
+    with run_sandbox(api_keys=(KEY,)) as handle:
+        yield handle
+
+
+@pytest.fixture(autouse=True)
+def _fresh(request: pytest.FixtureRequest) -> None:
+    if "sandbox" in request.fixturenames:
+        request.getfixturevalue("sandbox").reset()
+
+
+def run(
+    base_url: str,
+    scenario: Callable[[ButtonClient], Awaitable[Any]],
+    *,
+    key: str = KEY,
+    timeouts: Timeouts = FAST,
+    max_connections: int = 10,
+) -> Any:
+    """Run ``scenario`` with a fresh client on a fresh event loop; close the client after."""
+
+    async def main() -> Any:
+        client = ButtonClient(
+            key, base_url=base_url, timeouts=timeouts, max_connections=max_connections
+        )
+        async with client:
+            return await scenario(client)
+
+    return asyncio.run(main())
+
+
+def with_rule(sandbox: SandboxHandle, order_id: str, **rule: Any) -> None:
+    sandbox.set_faults({"hang": {"seconds": 30}, "rules": [{"order_id": order_id, **rule}]})
+
+
+# --- against the sandbox ---------------------------------------------------------------------
+
+
+def test_create_is_success_with_buttons_object(sandbox: SandboxHandle) -> None:
+    """A valid create is 200 with the order and its button_order_id, and the sandbox has it."""
+    outcome: ButtonOutcome = run(sandbox.base_url, lambda c: c.create(order("ORD-1")))
+    assert (outcome.kind, outcome.status) == (OutcomeKind.SUCCESS, 200)
+    assert outcome.object is not None
+    assert outcome.object["order_id"] == "ORD-1"
+    assert str(outcome.object["button_order_id"]).startswith("btnorder-")
+    assert outcome.elapsed > 0
+    stored = sandbox.order("ORD-1")
+    assert stored is not None
+    assert stored["status"] == "open"
+
+
+def test_accepted_202_is_success_without_button_order_id(sandbox: SandboxHandle) -> None:
+    """Button's asynchronous 202 is success; its object has no button_order_id."""
+    sandbox.set_faults({"accepted_rate": 1.0})
+    outcome: ButtonOutcome = run(sandbox.base_url, lambda c: c.create(order("ORD-202")))
+    assert (outcome.kind, outcome.status) == (OutcomeKind.SUCCESS, 202)
+    assert outcome.object is not None
+    assert "button_order_id" not in outcome.object
+
+
+def test_duplicate_create_is_conflict(sandbox: SandboxHandle) -> None:
+    """Creating an order twice answers 409: conflict, with Button's message."""
+
+    async def twice(client: ButtonClient) -> tuple[ButtonOutcome, ButtonOutcome]:
+        return await client.create(order("ORD-dup")), await client.create(order("ORD-dup"))
+
+    first, second = run(sandbox.base_url, twice)
+    assert first.ok
+    assert (second.kind, second.status) == (OutcomeKind.CONFLICT, 409)
+    assert second.message
+    assert second.excerpt.startswith("{")
+
+
+def test_update_cancel_and_get_by_an_id_that_needs_encoding(sandbox: SandboxHandle) -> None:
+    """Update, get and cancel address the order by its merchant id, percent-encoded."""
+    order_id = "ORD/7 ?#%"
+
+    async def lifecycle(client: ButtonClient) -> list[ButtonOutcome]:
+        return [
+            await client.create(order(order_id)),
+            await client.update(order_id, order(order_id, total=2999)),
+            await client.get(order_id),
+            await client.cancel(order_id),
+        ]
+
+    created, updated, got, cancelled = run(sandbox.base_url, lifecycle)
+    assert [o.kind for o in (created, updated, got, cancelled)] == [OutcomeKind.SUCCESS] * 4
+    assert got.object is not None
+    assert got.object["total"] == 2999
+    assert cancelled.object is None
+    stored = sandbox.order(order_id)
+    assert stored is not None
+    assert stored["status"] == "deleted"
+
+
+@pytest.mark.parametrize("order_id", ["..", "."])
+def test_dot_segment_ids_reach_their_order(sandbox: SandboxHandle, order_id: str) -> None:
+    """An id of "." or ".." is not normalised away: the path still names the order."""
+
+    async def lifecycle(client: ButtonClient) -> list[ButtonOutcome]:
+        return [await client.create(order(order_id)), await client.get(order_id)]
+
+    created, got = run(sandbox.base_url, lifecycle)
+    assert (created.kind, got.kind) == (OutcomeKind.SUCCESS, OutcomeKind.SUCCESS)
+    assert got.object is not None
+    assert got.object["order_id"] == order_id
+
+
+def test_send_takes_a_mapped_request(sandbox: SandboxHandle) -> None:
+    """The generic send carries what the mapper decided."""
+    request = ButtonRequest(Action.CREATE, "POST", "/v1/order", "ORD-send", order("ORD-send"))
+    outcome: ButtonOutcome = run(sandbox.base_url, lambda c: c.send(request))
+    assert outcome.ok
+
+
+def test_cancel_of_an_unknown_order_is_not_found(sandbox: SandboxHandle) -> None:
+    """404 is not found (a cancel of an order Button never had)."""
+    outcome: ButtonOutcome = run(sandbox.base_url, lambda c: c.cancel("ORD-missing"))
+    assert (outcome.kind, outcome.status) == (OutcomeKind.NOT_FOUND, 404)
+
+
+def test_invalid_order_is_invalid_with_buttons_message(sandbox: SandboxHandle) -> None:
+    """400 is invalid and carries Button's error.message naming the problem."""
+    bad = order("ORD-bad") | {"total": -1}
+    outcome: ButtonOutcome = run(sandbox.base_url, lambda c: c.create(bad))
+    assert (outcome.kind, outcome.status) == (OutcomeKind.INVALID, 400)
+    assert "total" in outcome.message
+
+
+def test_wrong_key_is_unauthorized_and_never_echoed(sandbox: SandboxHandle) -> None:
+    """401 is unauthorized; the outcome carries neither the key nor its Basic token."""
+    wrong = "sk-wrong-key"
+    outcome: ButtonOutcome = run(sandbox.base_url, lambda c: c.get("ORD-1"), key=wrong)
+    assert (outcome.kind, outcome.status) == (OutcomeKind.UNAUTHORIZED, 401)
+    for secret in (wrong, basic_authorization(wrong).removeprefix("Basic ")):
+        assert secret not in repr(outcome)
+
+
+def test_update_of_a_finalized_order_is_forbidden(sandbox: SandboxHandle) -> None:
+    """403 is forbidden (Button refuses to change a finalized order)."""
+    assert run(sandbox.base_url, lambda c: c.create(order("ORD-final"))).ok
+    sandbox.finalize("ORD-final")
+    outcome: ButtonOutcome = run(
+        sandbox.base_url, lambda c: c.update("ORD-final", order("ORD-final", total=1))
+    )
+    assert (outcome.kind, outcome.status) == (OutcomeKind.FORBIDDEN, 403)
+
+
+def test_rate_limited_with_delta_seconds(sandbox: SandboxHandle) -> None:
+    """429 with Retry-After: 7 is rate limited for 7 seconds."""
+    with_rule(
+        sandbox,
+        "ORD-429",
+        fail_first=1,
+        status=429,
+        retry_after={"seconds": 7, "format": "seconds"},
+    )
+    outcome: ButtonOutcome = run(sandbox.base_url, lambda c: c.create(order("ORD-429")))
+    assert (outcome.kind, outcome.status, outcome.retry_after) == (
+        OutcomeKind.RATE_LIMITED,
+        429,
+        7.0,
+    )
+
+
+def test_rate_limited_with_an_http_date(sandbox: SandboxHandle) -> None:
+    """429 with Retry-After as an HTTP-date 7 s ahead is about 7 s (the date has whole seconds)."""
+    with_rule(
+        sandbox,
+        "ORD-429d",
+        fail_first=1,
+        status=429,
+        retry_after={"seconds": 7, "format": "http-date"},
+    )
+    outcome: ButtonOutcome = run(sandbox.base_url, lambda c: c.create(order("ORD-429d")))
+    assert outcome.kind == OutcomeKind.RATE_LIMITED
+    assert outcome.retry_after is not None
+    assert 5.0 <= outcome.retry_after <= 7.0
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_server_errors(sandbox: SandboxHandle, status: int) -> None:
+    """5xx is a server error, whether its body is Button's envelope or a proxy's HTML."""
+    with_rule(sandbox, f"ORD-{status}", fail_first=1, status=status)
+    outcome: ButtonOutcome = run(sandbox.base_url, lambda c: c.create(order(f"ORD-{status}")))
+    assert (outcome.kind, outcome.status) == (OutcomeKind.SERVER_ERROR, status)
+    assert outcome.excerpt
+
+
+def test_server_that_hangs_is_a_read_timeout(sandbox: SandboxHandle) -> None:
+    """A server that never answers ends in a timeout after the read limit, not a hang."""
+    with_rule(sandbox, "ORD-hang", fail_first=1, action="hang")
+    outcome: ButtonOutcome = run(sandbox.base_url, lambda c: c.create(order("ORD-hang")))
+    assert (outcome.kind, outcome.message) == (OutcomeKind.TIMEOUT, "read timeout")
+    assert FAST.read <= outcome.elapsed < FAST.total
+
+
+@pytest.mark.parametrize("action", ["reset", "lost_response"])
+def test_connection_reset_is_a_connection_error(sandbox: SandboxHandle, action: str) -> None:
+    """A reset before the answer (whether or not Button applied the request) is a connection
+    error."""
+    with_rule(sandbox, f"ORD-{action}", fail_first=1, action=action)
+    outcome: ButtonOutcome = run(sandbox.base_url, lambda c: c.create(order(f"ORD-{action}")))
+    assert (outcome.kind, outcome.status) == (OutcomeKind.CONNECTION_ERROR, None)
+    assert outcome.message
+
+
+def test_the_pool_is_shared_and_bounded(sandbox: SandboxHandle) -> None:
+    """Many concurrent calls on one client all succeed through at most max_connections."""
+
+    async def many(client: ButtonClient) -> list[ButtonOutcome]:
+        return list(await asyncio.gather(*(client.create(order(f"P-{i}")) for i in range(60))))
+
+    outcomes = run(sandbox.base_url, many, max_connections=4)
+    assert all(o.ok for o in outcomes)
+    assert len(sandbox.orders()) == 60
+
+
+# --- what Button never does: a small local server and raw sockets ----------------------------
+
+
+@asynccontextmanager
+async def odd_server() -> AsyncIterator[tuple[str, list[web.Request]]]:
+    """An aiohttp server answering ``GET /v1/order/{case}`` as ``case`` says; keeps requests."""
+    seen: list[web.Request] = []
+    release = asyncio.Event()
+    ok = {"meta": {"status": "ok"}, "object": {"order_id": "1", "button_order_id": "btnorder-1"}}
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        seen.append(request)
+        case = request.match_info["case"]
+        if case == "created":
+            return web.json_response(ok, status=201)
+        if case == "not-json":
+            return web.Response(text="<html>fine</html>", content_type="text/html")
+        if case == "wrong-envelope":
+            return web.json_response({"order": {"order_id": "1"}})
+        if case == "hang":
+            await release.wait()
+        if case.startswith("chunked-"):  # no Content-Length: the transport reads to the end
+            stream = web.StreamResponse(headers={"Content-Type": "application/json"})
+            stream.enable_chunked_encoding()
+            await stream.prepare(request)
+            padding = int(case.removeprefix("chunked-"))
+            await stream.write(b'{"meta": {"status": "ok"}, "object": {"pad": "')
+            for _ in range(padding // 1000):
+                await stream.write(b"x" * 1000)
+            await stream.write(b'"}}')
+            await stream.write_eof()
+            return stream
+        if case == "large":
+            return web.json_response(ok | {"pad": "x" * 5000})
+        return web.json_response(ok)
+
+    app = web.Application()
+    app.router.add_get("/v1/order/{case}", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}", seen
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
+def call_odd(
+    case: str, timeouts: Timeouts = FAST, max_body_bytes: int = MAX_BODY_BYTES
+) -> tuple[ButtonOutcome, list[web.Request]]:
+    async def main() -> tuple[ButtonOutcome, list[web.Request]]:
+        async with odd_server() as (base_url, seen):
+            transport = AiohttpTransport(timeouts=timeouts, max_body_bytes=max_body_bytes)
+            client = ButtonClient(KEY, base_url=base_url, transport=transport)
+            async with client:
+                return await client.get(case), seen
+
+    return asyncio.run(main())
+
+
+def test_created_201_is_success() -> None:
+    """201 with the ok envelope is success."""
+    outcome, _ = call_odd("created")
+    assert (outcome.kind, outcome.status) == (OutcomeKind.SUCCESS, 201)
+    assert outcome.object == {"order_id": "1", "button_order_id": "btnorder-1"}
+
+
+def test_headers_on_the_wire() -> None:
+    """The server receives Basic auth, the version header, JSON Accept and the User-Agent."""
+    outcome, seen = call_odd("plain")
+    assert outcome.ok
+    headers = seen[0].headers
+    assert headers["Authorization"] == basic_authorization(KEY)
+    assert headers["X-Button-API-Version"] == "2018-02-13"
+    assert headers["Accept"] == "application/json"
+    assert headers["User-Agent"].startswith("button-consumer/")
+
+
+def test_non_json_2xx_is_unreadable() -> None:
+    """A 200 whose body is not JSON is unreadable, with an excerpt of it."""
+    outcome, _ = call_odd("not-json")
+    assert (outcome.kind, outcome.status, outcome.message) == (
+        OutcomeKind.UNREADABLE,
+        200,
+        "body is not JSON",
+    )
+    assert outcome.excerpt == "<html>fine</html>"
+
+
+def test_wrong_envelope_2xx_is_unreadable() -> None:
+    """A 200 JSON body without Button's meta.status is unreadable."""
+    outcome, _ = call_odd("wrong-envelope")
+    assert (outcome.kind, outcome.status) == (OutcomeKind.UNREADABLE, 200)
+    assert json.loads(outcome.excerpt) == {"order": {"order_id": "1"}}
+
+
+def test_total_timeout_bounds_the_whole_request() -> None:
+    """With a long read limit, the total limit still ends a hanging request."""
+    outcome, _ = call_odd("hang", Timeouts(connect=2.0, read=30.0, total=0.3))
+    assert (outcome.kind, outcome.message) == (OutcomeKind.TIMEOUT, "total timeout")
+
+
+def test_connection_refused_is_a_connection_error() -> None:
+    """Nothing listening on the port: a connection error, at once."""
+    with closing(socket.socket()) as bound:  # bound, never listening: the port stays ours
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        outcome: ButtonOutcome = run(f"http://127.0.0.1:{port}", lambda c: c.get("1"))
+    assert (outcome.kind, outcome.status) == (OutcomeKind.CONNECTION_ERROR, None)
+    assert "Cannot connect" in outcome.message
+
+
+def test_connect_timeout_when_the_server_accepts_nothing() -> None:
+    """A server whose accept queue is full drops SYNs: the connect limit ends the attempt."""
+    with closing(socket.socket()) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        address = listener.getsockname()
+        fillers: list[socket.socket] = []
+        try:
+            for _ in range(16):  # fill the queue until a connect no longer completes
+                filler = socket.socket()
+                fillers.append(filler)
+                filler.settimeout(0.5)
+                try:
+                    filler.connect(address)
+                except TimeoutError:
+                    break
+            timeouts = Timeouts(connect=0.3, read=5.0, total=5.0)
+            outcome: ButtonOutcome = run(
+                f"http://{address[0]}:{address[1]}", lambda c: c.get("1"), timeouts=timeouts
+            )
+        finally:
+            for filler in fillers:
+                filler.close()
+    assert (outcome.kind, outcome.message) == (OutcomeKind.TIMEOUT, "connect timeout")
+
+
+@pytest.mark.parametrize("case", ["large", "chunked-5000"])
+def test_bodies_beyond_the_limit_are_cut_and_unreadable(case: str) -> None:
+    """The transport reads at most max_body_bytes, with or without Content-Length."""
+    outcome, _ = call_odd(case, max_body_bytes=1000)
+    assert (outcome.kind, outcome.status) == (OutcomeKind.UNREADABLE, 200)
+    assert outcome.message == "body longer than 1000 bytes"
+
+
+def test_chunked_bodies_within_the_limit_are_read_whole() -> None:
+    """A chunked answer (no Content-Length) under the limit is read to its end."""
+    outcome, _ = call_odd("chunked-3000", max_body_bytes=10_000)
+    assert outcome.kind == OutcomeKind.SUCCESS
+    assert outcome.object == {"pad": "x" * 3000}
