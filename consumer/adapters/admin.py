@@ -1,0 +1,131 @@
+"""The admin HTTP server: liveness, readiness, Prometheus metrics and the live delivery log.
+
+``/healthz`` reflects poll-loop progress (not lag), so a wedged loop gets the pod restarted;
+``/readyz`` is false until the consumer runs and while Button rejects the API key;
+``/deliveries`` shows the most recent outcomes, redacted (no email, no API key, no body).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One finished record, as the live log shows it."""
+
+    at: float
+    partition: int
+    offset: int
+    event_id: str
+    action: str
+    order_id: str
+    outcome: str
+    status: int | None
+    attempts: int
+    reason: str
+
+
+class DeliveryLog:
+    """A bounded ring of recent deliveries."""
+
+    def __init__(self, size: int) -> None:
+        self._items: deque[Delivery] = deque(maxlen=max(size, 1))
+        self._enabled = size > 0
+
+    def add(self, delivery: Delivery) -> None:
+        if self._enabled:
+            self._items.append(delivery)
+
+    def recent(self, limit: int) -> list[dict[str, Any]]:
+        items = list(self._items)[-limit:]
+        return [asdict(d) for d in reversed(items)]
+
+
+@dataclass(slots=True)
+class Health:
+    """What the probes read; the worker updates it."""
+
+    started: bool = False
+    stopping: bool = False
+    auth_paused: bool = False
+    last_poll: float = 0.0
+    poll_stall_seconds: float = 120.0
+
+    def live(self, now: float) -> bool:
+        return not self.started or (now - self.last_poll) < self.poll_stall_seconds
+
+    def ready(self) -> bool:
+        return self.started and not self.stopping and not self.auth_paused
+
+
+class AdminServer:
+    """Serves the admin endpoints on the event loop of the worker."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        health: Health,
+        deliveries: DeliveryLog,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._registry = registry
+        self._health = health
+        self._deliveries = deliveries
+        self._clock = clock
+        self._runner: web.AppRunner | None = None
+        self.port = port
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/deliveries", self._recent)
+        return app
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        if sockets:
+            self.port = int(sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        ok = self._health.live(self._clock())
+        return web.json_response({"live": ok}, status=200 if ok else 503)
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        ok = self._health.ready()
+        body = {"ready": ok, "auth_paused": self._health.auth_paused}
+        return web.json_response(body, status=200 if ok else 503)
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        payload = generate_latest(self._registry)
+        return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _recent(self, request: web.Request) -> web.Response:
+        try:
+            limit = max(1, min(int(request.query.get("limit", "50")), 1000))
+        except ValueError:
+            return web.json_response({"error": "limit must be an integer"}, status=400)
+        return web.json_response({"deliveries": self._deliveries.recent(limit)})

@@ -1,0 +1,329 @@
+"""confluent-kafka at the edge: the consumer-group source and an acknowledging producer.
+
+The consumer is used from one dedicated thread (librdkafka's poll, rebalance callbacks, offset
+store and commit all run there), so the asyncio loop never blocks on Kafka. The producer's
+delivery reports resolve asyncio futures: a DLQ or changelog write is *acknowledged* only when
+its future completes, and only then may the source offset be stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from consumer.errors import BrokerError
+
+Headers = list[tuple[str, bytes]]
+
+
+class ProduceError(BrokerError):
+    """A record could not be written (delivery report with an error, or a timeout)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed record, detached from librdkafka's message object."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None
+    headers: Headers
+
+
+def message_headers(message: Message) -> Headers:
+    """A message's headers as (name, bytes) pairs, in order."""
+    raw = message.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return [
+        (str(name), value.encode() if isinstance(value, str) else (value or b""))
+        for name, value in pairs
+    ]
+
+
+def _to_record(message: Message) -> Record:
+    ts: int = message.timestamp()[1]
+    headers = message_headers(message)
+    return Record(
+        topic=message.topic() or "",
+        partition=message.partition() or 0,
+        offset=message.offset() or 0,
+        key=message.key(),
+        value=message.value(),
+        timestamp_ms=ts if ts and ts > 0 else None,
+        headers=headers,
+    )
+
+
+class AckingProducer:
+    """An idempotent producer whose ``send`` returns when the broker acknowledged the record."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        base = {
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "message.timeout.ms": 120_000,
+        }
+        self._producer = Producer({**base, **config})
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="kafka-producer", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.1)
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> tuple[int, int]:
+        """Write one record; return its (partition, offset) once acknowledged."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[int, int]] = loop.create_future()
+
+        def report(err: KafkaError | None, msg: Message) -> None:
+            loop.call_soon_threadsafe(_settle, future, err, msg)
+
+        kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": report}
+        if headers:
+            kwargs["headers"] = headers
+        if partition is not None:
+            kwargs["partition"] = partition
+        if timestamp_ms is not None:
+            kwargs["timestamp"] = timestamp_ms
+        while True:
+            try:
+                self._producer.produce(topic, **kwargs)
+                break
+            except BufferError:
+                # The local queue is full: let delivery reports drain it, then try again.
+                await asyncio.sleep(0.05)
+            except KafkaException as exc:
+                raise ProduceError(f"produce to {topic} failed: {exc}") from exc
+        return await future
+
+    def flush(self, timeout: float) -> int:
+        """Wait for outstanding deliveries; return how many are still outstanding."""
+        return int(self._producer.flush(timeout))
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.flush(timeout)
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        self._producer.close()
+
+
+def _settle(future: asyncio.Future[tuple[int, int]], err: KafkaError | None, msg: Message) -> None:
+    if future.done():
+        return
+    if err is not None:
+        future.set_exception(ProduceError(f"delivery to {msg.topic()} failed: {err.str()}"))
+    else:
+        future.set_result((msg.partition() or 0, msg.offset() or 0))
+
+
+RebalanceCallback = Callable[[list[int]], None]
+
+
+class KafkaSource:
+    """The input topic, read by a consumer group, from one dedicated thread.
+
+    ``on_assign``, ``on_revoke`` and ``on_lost`` receive partition numbers and run on the Kafka
+    thread, inside ``poll``: they may block (to drain and commit) but not call this object's
+    async methods. ``commit_now`` is safe to call from them.
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        topic: str,
+        on_assign: RebalanceCallback,
+        on_revoke: RebalanceCallback,
+        on_lost: RebalanceCallback,
+    ) -> None:
+        self._config = {
+            **config,
+            "enable.auto.offset.store": False,
+            "enable.auto.commit": True,
+            "auto.commit.interval.ms": 1000,
+        }
+        self.topic = topic
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
+        self._on_lost = on_lost
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kafka")
+        self._consumer: Consumer | None = None
+
+    # -- lifecycle (all on the Kafka thread) -------------------------------------------------
+
+    async def start(self) -> None:
+        await self._call(self._start)
+
+    def _start(self) -> None:
+        self._consumer = Consumer(self._config)
+        self._consumer.subscribe(
+            [self.topic],
+            on_assign=lambda _c, parts: self._on_assign(_partitions(parts)),
+            on_revoke=lambda _c, parts: self._on_revoke(_partitions(parts)),
+            on_lost=lambda _c, parts: self._on_lost(_partitions(parts)),
+        )
+
+    async def close(self) -> None:
+        """Leave the group (revoking, hence committing, what is assigned) and close."""
+        await self._call(self._close)
+        self._executor.shutdown(wait=True)
+
+    def _close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    @property
+    def _c(self) -> Consumer:
+        if self._consumer is None:
+            raise BrokerError("the Kafka consumer is not started")
+        return self._consumer
+
+    # -- the poll loop ------------------------------------------------------------------------
+
+    async def poll(self, max_records: int, wait: float) -> list[Record]:
+        """Fetch up to ``max_records``, waiting at most ``wait`` seconds for the first one."""
+        return list(await self._call(self._poll, max_records, wait))
+
+    def _poll(self, max_records: int, timeout: float) -> list[Record]:
+        records: list[Record] = []
+        for message in self._c.consume(num_messages=max_records, timeout=timeout):
+            err = message.error()
+            if err is None:
+                records.append(_to_record(message))
+            elif err.fatal():
+                raise BrokerError(f"fatal Kafka error: {err.str()}")
+            # Other errors (partition EOF, transient broker errors) are retried by librdkafka.
+        return records
+
+    async def store(self, offsets: dict[int, int]) -> None:
+        """Store the next offsets to commit; the auto-committer and ``commit_now`` send them."""
+        if offsets:
+            await self._call(self.store_now, offsets)
+
+    def store_now(self, offsets: dict[int, int]) -> None:
+        """Store offsets (Kafka thread or rebalance callbacks only)."""
+        if not offsets:
+            return
+        parts = [TopicPartition(self.topic, p, o) for p, o in offsets.items()]
+        try:
+            self._c.store_offsets(offsets=parts)
+        except KafkaException as exc:
+            # Storing for a partition that was just revoked fails harmlessly.
+            if exc.args[0].code() != KafkaError._STATE:
+                raise
+
+    def commit_now(self, offsets: dict[int, int]) -> None:
+        """Synchronously commit these offsets (Kafka thread or rebalance callbacks only)."""
+        if not offsets:
+            return
+        parts = [TopicPartition(self.topic, p, o) for p, o in offsets.items()]
+        try:
+            self._c.commit(offsets=parts, asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                raise
+
+    async def commit(self, offsets: dict[int, int]) -> None:
+        await self._call(self.commit_now, offsets)
+
+    async def pause(self, partitions: Iterable[int]) -> None:
+        parts = [TopicPartition(self.topic, p) for p in partitions]
+        if parts:
+            await self._call(self._c.pause, parts)
+
+    async def resume(self, partitions: Iterable[int]) -> None:
+        parts = [TopicPartition(self.topic, p) for p in partitions]
+        if parts:
+            await self._call(self._c.resume, parts)
+
+    async def lag(self, partitions: Sequence[int]) -> dict[int, int]:
+        """High watermark minus the committed offset, per partition (cached watermarks)."""
+        return dict(await self._call(self._lag, list(partitions)))
+
+    def _lag(self, partitions: list[int]) -> dict[int, int]:
+        if not partitions:
+            return {}
+        committed = self._c.committed(
+            [TopicPartition(self.topic, p) for p in partitions], timeout=5.0
+        )
+        lag: dict[int, int] = {}
+        for tp in committed:
+            _low, high = self._c.get_watermark_offsets(tp, cached=True)
+            if high is None or high < 0:
+                continue
+            position = tp.offset if tp.offset != OFFSET_INVALID and tp.offset >= 0 else 0
+            lag[tp.partition] = max(high - position, 0)
+        return lag
+
+
+def _partitions(parts: list[TopicPartition]) -> list[int]:
+    return sorted(tp.partition for tp in parts)
+
+
+def ensure_topics(
+    config: dict[str, Any],
+    topics: dict[str, dict[str, str]],
+    partitions: int | None = None,
+    timeout: float = 30.0,
+) -> None:
+    """Create the topics that do not exist yet (the profile changelog is compacted).
+
+    ``partitions`` defaults to the partition count of the first existing topic of ``topics``.
+    """
+    admin = AdminClient({k: v for k, v in config.items() if not k.startswith("group.")})
+    metadata = admin.list_topics(timeout=timeout)
+    existing = metadata.topics
+    count = partitions
+    if count is None:
+        for name in topics:
+            if name in existing and existing[name].error is None:
+                count = len(existing[name].partitions)
+                break
+    count = count or 1
+    missing = [
+        NewTopic(name, num_partitions=count, config=cfg)
+        for name, cfg in topics.items()
+        if name not in existing
+    ]
+    if not missing:
+        return
+    for name, fut in admin.create_topics(missing, request_timeout=timeout).items():
+        try:
+            fut.result(timeout)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise BrokerError(f"cannot create topic {name}: {exc}") from exc

@@ -1,0 +1,101 @@
+"""``button-consumer``: the command line. Parses arguments and hands over; no logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from consumer import __version__
+from consumer.errors import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="button-consumer",
+        description="Consume commerce events from Kafka and report orders to Button.",
+        epilog="Settings come from environment variables; see the README's configuration table.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("run", help="consume the topic and report orders to Button (the service)")
+
+    p_map = sub.add_parser(
+        "map", help="offline: events as JSON lines in, the Button requests they become out"
+    )
+    p_map.add_argument("file", nargs="?", default="-", help="JSON lines file (default: stdin)")
+    p_map.add_argument(
+        "--now",
+        help="ISO-8601 processing time for retention (default: each event's own time, "
+        "so the output does not depend on when the command runs)",
+    )
+
+    p_replay = sub.add_parser("replay-dlq", help="re-deliver dead-lettered records, in order")
+    p_replay.add_argument("--reason", action="append", default=[], help="only this reason")
+    p_replay.add_argument("--order-id", action="append", default=[], help="only this order")
+    p_replay.add_argument("--since", help="only records dead-lettered at or after (ISO-8601)")
+    p_replay.add_argument("--until", help="only records dead-lettered before (ISO-8601)")
+    p_replay.add_argument("--rate", type=float, default=200.0, help="records per second")
+    p_replay.add_argument("--dry-run", action="store_true", help="list what would be replayed")
+    p_replay.add_argument("--group-id", help="consumer group that remembers replay progress")
+    p_replay.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p_sample = sub.add_parser("produce-sample", help="produce realistic sample events")
+    p_sample.add_argument("--users", type=int, default=200, help="number of users")
+    p_sample.add_argument("--seed", type=int, default=7, help="random seed")
+    p_sample.add_argument("--partitions", type=int, default=3, help="if the topic is created")
+
+    p_test = sub.add_parser("test-event", help="produce one purchase to check a deployment")
+    p_test.add_argument("--order-id", required=True)
+    p_test.add_argument("--total", default="12.34", help="revenue in major units")
+    p_test.add_argument("--currency", default="USD")
+    p_test.add_argument(
+        "--btn-ref", default="fakesrctok-0123456789abcdef", help="Button's test tokens work"
+    )
+    p_test.add_argument("--user", default="test-user", help="record key / user key")
+
+    sub.add_parser("check", help="validate the settings and reach Kafka, registry and Button")
+
+    p_sandbox = sub.add_parser("sandbox", help="run the local Button Order API sandbox")
+    from consumer.sandbox.cli import add_arguments
+
+    add_arguments(p_sandbox)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"button-consumer: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Import only what the chosen command needs (``map`` must not need Kafka to be reachable)."""
+    command: str = args.command
+    if command == "run":
+        from consumer.bootstrap import run_service
+
+        return run_service()
+    if command == "replay-dlq":
+        from consumer.replay import replay_command
+
+        return replay_command(args)
+    if command == "sandbox":
+        from consumer.sandbox.cli import run_from_args
+
+        return run_from_args(args)
+    from consumer import commands
+
+    handlers: dict[str, Callable[[], int]] = {
+        "map": lambda: commands.map_command(args.file, args.now),
+        "produce-sample": lambda: commands.produce_sample(args.users, args.seed, args.partitions),
+        "test-event": lambda: commands.test_event(args),
+        "check": commands.check,
+    }
+    return handlers[command]()

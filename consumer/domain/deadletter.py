@@ -1,0 +1,121 @@
+"""The dead-letter record: the source key and value untouched, the reason in headers.
+
+Headers follow Kafka Connect's ``__connect.errors.*`` names so existing tooling reads them, plus
+``button.*`` headers for what Connect has no name for. Nothing here may carry a plaintext email,
+the API key or a full response body: the response excerpt is capped and comes from Button's error
+envelope, which does not echo request data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+CONNECT = "__connect.errors."
+BUTTON = "button."
+CONNECTOR_NAME = "button-consumer"
+EXCERPT_LIMIT = 256
+MESSAGE_LIMIT = 512
+
+H_TOPIC = CONNECT + "topic"
+H_PARTITION = CONNECT + "partition"
+H_OFFSET = CONNECT + "offset"
+H_CONNECTOR = CONNECT + "connector.name"
+H_STAGE = CONNECT + "stage"
+H_CLASS = CONNECT + "class.name"
+H_EXC_CLASS = CONNECT + "exception.class.name"
+H_EXC_MESSAGE = CONNECT + "exception.message"
+H_REASON = BUTTON + "reason"
+H_ACTION = BUTTON + "action"
+H_ORDER_ID = BUTTON + "order.id"
+H_EVENT_ID = BUTTON + "event.id"
+H_STATUS = BUTTON + "http.status"
+H_EXCERPT = BUTTON + "response.excerpt"
+H_ATTEMPTS = BUTTON + "attempts"
+H_FIRST_ATTEMPT = BUTTON + "first.attempt.ms"
+H_LAST_ATTEMPT = BUTTON + "last.attempt.ms"
+H_PARKED = BUTTON + "parked"
+H_DEAD_LETTERED_AT = BUTTON + "dead.lettered.ms"
+H_REPLAYED = BUTTON + "replayed"
+H_REPLAYED_PARKED = BUTTON + "replayed.parked"
+
+#: Headers of ours that a replay strips before the record goes back to the input topic.
+OWN_PREFIXES = (CONNECT, BUTTON)
+
+
+class Stage(StrEnum):
+    """Where the record failed, in Kafka Connect's vocabulary where it has one."""
+
+    DECODE = "VALUE_CONVERTER"
+    MAP = "TRANSFORMATION"
+    DELIVER = "TASK_PUT"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Why a record could not be delivered, and the context to replay it."""
+
+    topic: str
+    partition: int
+    offset: int
+    stage: Stage
+    reason: str
+    error_class: str
+    message: str
+    dead_lettered_ms: int
+    action: str = ""
+    order_id: str = ""
+    event_id: str = ""
+    http_status: int | None = None
+    excerpt: str = ""
+    attempts: int = 0
+    first_attempt_ms: int | None = None
+    last_attempt_ms: int | None = None
+    parked: bool = False
+
+
+def dead_letter_headers(
+    letter: DeadLetter, source_headers: Iterable[tuple[str, bytes]] = ()
+) -> list[tuple[str, bytes]]:
+    """The headers of the DLQ record: the source's own headers first, then ours."""
+    kept = [(k, v) for k, v in source_headers if not k.startswith(OWN_PREFIXES)]
+    ours: list[tuple[str, str]] = [
+        (H_TOPIC, letter.topic),
+        (H_PARTITION, str(letter.partition)),
+        (H_OFFSET, str(letter.offset)),
+        (H_CONNECTOR, CONNECTOR_NAME),
+        (H_STAGE, letter.stage.value),
+        (H_CLASS, "consumer." + letter.stage.name.lower()),
+        (H_EXC_CLASS, letter.error_class),
+        (H_EXC_MESSAGE, letter.message[:MESSAGE_LIMIT]),
+        (H_REASON, letter.reason),
+        (H_PARKED, "true" if letter.parked else "false"),
+        (H_DEAD_LETTERED_AT, str(letter.dead_lettered_ms)),
+        (H_ATTEMPTS, str(letter.attempts)),
+    ]
+    optional = {
+        H_ACTION: letter.action,
+        H_ORDER_ID: letter.order_id,
+        H_EVENT_ID: letter.event_id,
+        H_STATUS: "" if letter.http_status is None else str(letter.http_status),
+        H_EXCERPT: letter.excerpt[:EXCERPT_LIMIT],
+        H_FIRST_ATTEMPT: "" if letter.first_attempt_ms is None else str(letter.first_attempt_ms),
+        H_LAST_ATTEMPT: "" if letter.last_attempt_ms is None else str(letter.last_attempt_ms),
+    }
+    ours.extend((k, v) for k, v in optional.items() if v)
+    return kept + [(k, v.encode("utf-8")) for k, v in ours]
+
+
+def header_map(headers: Iterable[tuple[str, bytes | None]]) -> dict[str, str]:
+    """Headers as text, the last value of a repeated name winning."""
+    return {k: (v or b"").decode("utf-8", "replace") for k, v in headers}
+
+
+def strip_own_headers(headers: Iterable[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """The source's headers, without the dead-letter context (for a replay)."""
+    return [(k, v) for k, v in headers if not k.startswith(OWN_PREFIXES)]
+
+
+def is_parked(headers: Mapping[str, str]) -> bool:
+    return headers.get(H_PARKED) == "true"

@@ -1,0 +1,60 @@
+"""Joins the pure mapping with the in-memory profile store for one record.
+
+The mapping (``consumer.domain.mapping.process``) is pure: event + profile in, decision + new
+profile out. This adapter looks the profile up by (partition, record key), stores the new one,
+and hands the pipeline the changelog value to write before the record's offset may be stored.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import structlog
+
+from consumer.domain import mapping
+from consumer.domain.events import CommerceEvent
+from consumer.domain.profile import Profile, ProfileDecodeError, ProfileStore
+from consumer.engine.pipeline import Processed
+
+log = structlog.get_logger("consumer.processor")
+
+
+class ProfileProcessor:
+    """Enrichment, profile state and mapping for the partitions this process owns."""
+
+    def __init__(self, store: ProfileStore, config: mapping.MappingConfig) -> None:
+        self._store = store
+        self._config = config
+
+    @property
+    def store(self) -> ProfileStore:
+        return self._store
+
+    def process(
+        self, partition: int, key: bytes | None, event: CommerceEvent, now: datetime
+    ) -> Processed:
+        profile = self._profile(partition, key)
+        result, updated = mapping.process(event, profile, self._config, now)
+        changed = updated is not None and key is not None
+        value: bytes | None = None
+        if changed and key is not None and updated is not None:
+            value = self._store.put(partition, key, updated)
+        commerce = event.commerce
+        return Processed(
+            result=result,
+            event_id=event.event_id,
+            event_time_ms=int(event.event_time.timestamp() * 1000),
+            order_id=(commerce.transaction_id or "") if commerce is not None else "",
+            profile_changed=changed,
+            profile_value=value,
+        )
+
+    def _profile(self, partition: int, key: bytes | None) -> Profile | None:
+        if key is None:
+            # Without a key the record has no partition affinity: no profile can be joined.
+            return None
+        try:
+            return self._store.get(partition, key)
+        except ProfileDecodeError as exc:
+            log.error("profile_unreadable", error=str(exc))
+            return None

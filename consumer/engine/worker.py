@@ -1,0 +1,262 @@
+"""The run loop: poll, hand records to key-ordered lanes, store finished offsets, never block.
+
+One asyncio loop runs everything but Kafka I/O, which runs on the source's own thread. The loop
+is short on purpose; each step is a named collaborator:
+
+- ``KafkaSource.poll`` fetches records (rebalance callbacks run inside it, on the Kafka thread);
+- every record is tracked in the ``Watermarks`` and submitted to the ``Dispatcher`` whose job is
+  ``Pipeline.handle``; the job finishing marks the offset finished;
+- the loop stores the committable offsets, pauses partitions whose lanes are full (and all of
+  them while Button rejects the API key), and resumes them when they drain;
+- on revoke, the revoked partitions' in-flight work is finished (or abandoned at the deadline)
+  and their finished offsets committed synchronously; on assign, the partitions' profiles are
+  restored from the changelog before any of their records is processed;
+- on stop (SIGTERM), fetching stops, in-flight work gets ``shutdown_timeout`` to finish, what
+  is finished is committed, and the consumer leaves the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import structlog
+
+from consumer.adapters.admin import Health
+from consumer.adapters.kafka import KafkaSource, Record
+from consumer.adapters.metrics import Metrics
+from consumer.engine.authgate import AuthGate
+from consumer.engine.dispatcher import Dispatcher, Job
+from consumer.engine.pipeline import Pipeline
+from consumer.engine.watermark import Watermarks
+from consumer.errors import ConsumerError
+
+log = structlog.get_logger("consumer.worker")
+T = TypeVar("T")
+
+RestoreFn = Callable[[list[int]], int]
+DropFn = Callable[[list[int]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    max_poll_records: int = 500
+    poll_timeout: float = 0.1
+    shutdown_timeout: float = 20.0
+    revoke_timeout: float = 15.0
+    stop_when_idle: float | None = None
+    lag_interval: float = 5.0
+    housekeeping_interval: float = 300.0
+
+
+@dataclass(slots=True)
+class RunStats:
+    """What one run did, for the demo summary and the tests."""
+
+    received: int = 0
+    started_at: float = 0.0
+    stopped_at: float = 0.0
+
+
+class Worker:
+    """Consumes the input topic until ``stop()``; see the module docstring."""
+
+    def __init__(
+        self,
+        source: KafkaSource,
+        pipeline: Pipeline,
+        dispatcher: Dispatcher,
+        watermarks: Watermarks,
+        gate: AuthGate,
+        restore: RestoreFn,
+        drop: DropFn,
+        metrics: Metrics,
+        health: Health,
+        options: WorkerOptions,
+        housekeeping: Callable[[], Coroutine[Any, Any, None]] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._housekeeping = housekeeping
+        self._source = source
+        self._pipeline = pipeline
+        self._dispatcher = dispatcher
+        self._watermarks = watermarks
+        self._gate = gate
+        self._restore = restore
+        self._drop = drop
+        self._metrics = metrics
+        self._health = health
+        self._opt = options
+        self._now = monotonic
+        self._stop = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._assigned: set[int] = set()
+        self._paused: set[int] = set()
+        self.stats = RunStats()
+
+    def stop(self) -> None:
+        """Ask the loop to stop (safe from a signal handler on the loop's thread)."""
+        self._stop.set()
+
+    # -- rebalance callbacks: Kafka thread --------------------------------------------------
+
+    def on_assign(self, partitions: list[int]) -> None:
+        started = self._now()
+        restored = self._restore(partitions)
+        self._call_in_loop(self._assigned_in_loop, partitions)
+        self._metrics.profile_restore_seconds.observe(self._now() - started)
+        self._metrics.rebalances.labels("assign").inc()
+        log.info("partitions_assigned", partitions=partitions, profiles_restored=restored)
+
+    def on_revoke(self, partitions: list[int]) -> None:
+        offsets = self._call_in_loop(self._revoke_in_loop, partitions, True)
+        self._source.commit_now(offsets)
+        self._drop(partitions)
+        self._metrics.rebalances.labels("revoke").inc()
+        log.info("partitions_revoked", partitions=partitions, committed=offsets)
+
+    def on_lost(self, partitions: list[int]) -> None:
+        self._call_in_loop(self._revoke_in_loop, partitions, False)
+        self._drop(partitions)
+        self._metrics.rebalances.labels("lost").inc()
+        log.warning("partitions_lost", partitions=partitions)
+
+    def _call_in_loop(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+        loop = self._loop
+        if loop is None:
+            raise ConsumerError("rebalance callback outside the run loop")
+        return asyncio.run_coroutine_threadsafe(fn(*args), loop).result()
+
+    async def _assigned_in_loop(self, partitions: list[int]) -> None:
+        self._assigned.update(partitions)
+        self._paused.difference_update(partitions)  # a new assignment is not paused
+        self._metrics.partitions_assigned.set(len(self._assigned))
+
+    async def _revoke_in_loop(self, partitions: list[int], commit: bool) -> dict[int, int]:
+        report = await self._dispatcher.revoke(partitions, self._opt.revoke_timeout)
+        offsets = {p: o for p, o in report.committable.items() if commit and o is not None}
+        if report.abandoned:
+            log.warning("revoke_abandoned", partitions=partitions, abandoned=report.abandoned)
+        self._assigned.difference_update(partitions)
+        self._paused.difference_update(partitions)
+        self._metrics.partitions_assigned.set(len(self._assigned))
+        self._metrics.partitions_paused.set(len(self._paused))
+        return offsets
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def run(self) -> RunStats:
+        """Run until stopped; raise if a record could not be finished (never drop one)."""
+        self._loop = asyncio.get_running_loop()
+        self.stats.started_at = self._now()
+        await self._source.start()
+        self._health.started = True
+        self._metrics.ready.set(1)
+        last_record = self._now()
+        last_lag = 0.0
+        last_housekeeping = self._now()
+        try:
+            while not self._stop.is_set() and self._dispatcher.failure is None:
+                records = await self._source.poll(
+                    self._opt.max_poll_records, self._opt.poll_timeout
+                )
+                now = self._now()
+                self._health.last_poll = now
+                if records:
+                    last_record = now
+                    self._submit(records)
+                await self._store_finished()
+                await self._apply_backpressure()
+                if now - last_lag >= self._opt.lag_interval:
+                    last_lag = now
+                    await self._report_lag()
+                if (
+                    self._housekeeping is not None
+                    and now - last_housekeeping >= self._opt.housekeeping_interval
+                ):
+                    last_housekeeping = now
+                    await self._housekeeping()
+                if self._idle_long_enough(now - last_record):
+                    log.info("idle_stop", idle_seconds=round(now - last_record, 1))
+                    break
+        finally:
+            await self._shutdown()
+        failure = self._dispatcher.failure
+        if failure is not None:
+            raise failure
+        return self.stats
+
+    def _submit(self, records: list[Record]) -> None:
+        self.stats.received += len(records)
+        self._metrics.records_received.labels(self._source.topic).inc(len(records))
+        self._metrics.in_flight.inc(len(records))
+        for record in records:
+            self._dispatcher.submit(record.partition, record.offset, record.key, self._job(record))
+
+    def _job(self, record: Record) -> Job:
+        async def job() -> None:
+            # An exception here (the DLQ cannot be written) leaves the offset unfinished; the
+            # dispatcher records it and the loop stops consuming.
+            await self._pipeline.handle(record)
+
+        return job
+
+    def _idle_long_enough(self, idle: float) -> bool:
+        limit = self._opt.stop_when_idle
+        return (
+            limit is not None
+            and idle >= limit
+            and bool(self._assigned)
+            and self._watermarks.total_in_flight() == 0
+        )
+
+    async def _store_finished(self) -> None:
+        advanced = self._watermarks.take_advanced()
+        if advanced:
+            await self._source.store(advanced)
+
+    async def _apply_backpressure(self) -> None:
+        if self._gate.closed:
+            wanted = set(self._assigned)
+        else:
+            wanted = set(self._dispatcher.saturated_partitions(self._assigned)) & self._assigned
+        self._health.auth_paused = self._gate.closed
+        self._metrics.auth_paused.set(1 if self._gate.closed else 0)
+        to_pause = wanted - self._paused
+        to_resume = self._paused - wanted
+        if to_pause:
+            await self._source.pause(sorted(to_pause))
+            self._paused |= to_pause
+        if to_resume:
+            await self._source.resume(sorted(to_resume))
+            self._paused -= to_resume
+        if to_pause or to_resume:
+            self._metrics.partitions_paused.set(len(self._paused))
+            log.info("partitions_paused", paused=sorted(self._paused), auth=self._gate.closed)
+
+    async def _report_lag(self) -> None:
+        try:
+            lag = await self._source.lag(sorted(self._assigned))
+        except ConsumerError:
+            return
+        for partition, value in lag.items():
+            self._metrics.consumer_lag.labels(str(partition)).set(value)
+
+    async def _shutdown(self) -> None:
+        self._health.stopping = True
+        self._metrics.ready.set(0)
+        if self._assigned:
+            await self._source.pause(sorted(self._assigned))
+        drained = await self._dispatcher.drain(self._opt.shutdown_timeout)
+        if not drained:
+            log.warning("shutdown_deadline", unfinished=self._watermarks.total_in_flight())
+        finished = self._watermarks.take_advanced()
+        if finished:
+            await self._source.store(finished)
+            await self._source.commit(finished)
+        await self._source.close()
+        self.stats.stopped_at = self._now()
+        log.info("stopped", received=self.stats.received)

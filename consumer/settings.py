@@ -1,0 +1,244 @@
+"""Typed settings, read once from the environment at start and validated (12-factor).
+
+Each section reads the variables with its own prefix (``KAFKA_``, ``BUTTON_``, ``DELIVERY_``,
+``MAPPING_``, ``ADMIN_``, ``LOG_``); the variable of a field is the prefix plus the field name in
+upper case (``DELIVERY_MAX_IN_FLIGHT`` -> ``DeliverySettings.max_in_flight``). Any librdkafka
+property passes through as ``KAFKA_CONFIG_<NAME>``: ``_`` becomes ``.`` and ``__`` becomes ``_``
+(``KAFKA_CONFIG_SASL_MECHANISM=PLAIN`` -> ``sasl.mechanism=PLAIN``). Invalid values raise
+``ConfigError`` naming the variable; secrets are ``SecretStr`` and never printed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from consumer.errors import ConfigError
+
+_APP_ID = re.compile(r"^app-[A-Za-z0-9]{8,64}$")
+_PASSTHROUGH_PREFIX = "KAFKA_CONFIG_"
+# librdkafka properties the service owns: overriding them would break at-least-once delivery.
+_RESERVED_KAFKA = frozenset(
+    {"enable.auto.offset.store", "enable.auto.commit", "group.id", "bootstrap.servers"}
+)
+
+
+class _Section(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
+
+
+class KafkaSettings(_Section):
+    """Where to read from and write to."""
+
+    model_config = SettingsConfigDict(env_prefix="KAFKA_")
+
+    bootstrap_servers: str = Field(min_length=1)
+    topic: str = "commerce-events"
+    group_id: str = "button-consumer"
+    dlq_topic: str = "commerce-events.button-dlq"
+    profile_topic: str = "button-consumer-profiles"
+    group_protocol: Literal["consumer", "classic"] = "consumer"
+    group_instance_id: str | None = None
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    session_timeout_ms: int = Field(default=45_000, ge=1_000)
+    create_topics: bool = True
+    # Extra librdkafka properties, from KAFKA_CONFIG_* (filled in by Settings.from_env).
+    config: dict[str, str] = Field(default_factory=dict)
+
+
+class SchemaSettings(_Section):
+    """How record values are decoded."""
+
+    model_config = SettingsConfigDict(env_prefix="SCHEMA_")
+
+    registry_url: str | None = None
+    registry_basic_auth_user_info: SecretStr | None = None
+    dir: str = "schemas"
+
+
+class ButtonSettings(_Section):
+    """Button's Order API."""
+
+    model_config = SettingsConfigDict(env_prefix="BUTTON_")
+
+    api_key: SecretStr | None = None
+    base_url: str = "https://api.usebutton.com"
+    api_version: str = "2018-02-13"
+    connect_timeout: float = Field(default=5.0, gt=0)
+    read_timeout: float = Field(default=15.0, gt=0)
+    total_timeout: float = Field(default=20.0, gt=0)
+    max_connections: int = Field(default=100, ge=1)
+    application_id_ios: str | None = None
+    application_id_android: str | None = None
+    application_id_web: str | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must start with https:// (or http:// for a local sandbox)")
+        return value.rstrip("/")
+
+    @field_validator("application_id_ios", "application_id_android", "application_id_web")
+    @classmethod
+    def _app_id(cls, value: str | None) -> str | None:
+        if value is not None and not _APP_ID.match(value):
+            raise ValueError("must look like app-<alphanumerics>, as shown in Button's dashboard")
+        return value
+
+
+class DeliverySettings(_Section):
+    """Concurrency, retries, dead letters and shutdown."""
+
+    model_config = SettingsConfigDict(env_prefix="DELIVERY_")
+
+    max_in_flight: int = Field(default=1000, ge=1)
+    max_in_flight_per_partition: int = Field(default=500, ge=1)
+    concurrency_min: int = Field(default=4, ge=1)
+    concurrency_max: int = Field(default=64, ge=1)
+    rate_limit_rps: float | None = Field(default=None, gt=0)
+    retry_max_attempts: int = Field(default=8, ge=1)
+    retry_max_elapsed_seconds: float = Field(default=300.0, gt=0)
+    retry_base_delay_seconds: float = Field(default=0.2, gt=0)
+    retry_max_delay_seconds: float = Field(default=30.0, gt=0)
+    auth_probe_interval_seconds: float = Field(default=5.0, gt=0)
+    dry_run: bool = False
+    shutdown_timeout_seconds: float = Field(default=20.0, gt=0)
+    stop_when_idle_seconds: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> DeliverySettings:
+        if self.concurrency_min > self.concurrency_max:
+            raise ValueError("concurrency_min must not exceed concurrency_max")
+        return self
+
+
+class MappingSettings(_Section):
+    """How events become Button orders."""
+
+    model_config = SettingsConfigDict(env_prefix="MAPPING_")
+
+    attribution_window_hours: float = Field(default=24.0 * 30, gt=0)
+    revenue_includes_tax_and_shipping: bool = True
+    drop_limited_ad_tracking_ids: bool = True
+    skip_development_events: bool = True
+    device_id_retention_days: float = Field(default=90.0, gt=0)
+    order_retention_days: float = Field(default=90.0, gt=0)
+    max_orders_per_profile: int = Field(default=100, ge=1)
+    lag_allowance_hours: float = Field(default=48.0, ge=0)
+    expire_interval_seconds: float = Field(default=300.0, gt=0)
+
+
+class AdminSettings(_Section):
+    """The admin HTTP server: probes, metrics, live log."""
+
+    model_config = SettingsConfigDict(env_prefix="ADMIN_")
+
+    host: str = "0.0.0.0"  # noqa: S104 - probes and scrapes come from outside the pod
+    port: int = Field(default=9400, ge=0, le=65535)
+    recent_deliveries: int = Field(default=200, ge=0)
+
+
+class LogSettings(_Section):
+    """Structured logging."""
+
+    model_config = SettingsConfigDict(env_prefix="LOG_")
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+_SECTIONS: dict[str, type[_Section]] = {
+    "kafka": KafkaSettings,
+    "schema": SchemaSettings,
+    "button": ButtonSettings,
+    "delivery": DeliverySettings,
+    "mapping": MappingSettings,
+    "admin": AdminSettings,
+    "log": LogSettings,
+}
+
+
+class Settings:
+    """All settings of one process. Build with ``Settings.from_env()``."""
+
+    __slots__ = ("admin", "button", "delivery", "kafka", "log", "mapping", "schema")
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        schema: SchemaSettings,
+        button: ButtonSettings,
+        delivery: DeliverySettings,
+        mapping: MappingSettings,
+        admin: AdminSettings,
+        log: LogSettings,
+    ) -> None:
+        self.kafka = kafka
+        self.schema = schema
+        self.button = button
+        self.delivery = delivery
+        self.mapping = mapping
+        self.admin = admin
+        self.log = log
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, require_api_key: bool = True
+    ) -> Settings:
+        """Read and validate every section; raise ``ConfigError`` naming the bad variable."""
+        env = dict(os.environ if environ is None else environ)
+        values: dict[str, Any] = {}
+        for name, section in _SECTIONS.items():
+            values[name] = _load(section, env)
+        kafka: KafkaSettings = values["kafka"]
+        values["kafka"] = kafka.model_copy(update={"config": kafka_passthrough(env)})
+        settings = cls(**values)
+        if require_api_key and not settings.delivery.dry_run and settings.button.api_key is None:
+            raise ConfigError("BUTTON_API_KEY is required (or set DELIVERY_DRY_RUN=true)")
+        return settings
+
+
+def _load(section: type[_Section], env: Mapping[str, str]) -> _Section:
+    prefix = str(section.model_config.get("env_prefix", ""))
+    fields = section.model_fields
+    raw = {
+        field: env[prefix + field.upper()]
+        for field in fields
+        if field != "config" and prefix + field.upper() in env
+    }
+    try:
+        return section.model_validate(_empty_as_unset(raw))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = first.get("loc") or ()
+        variable = prefix + str(loc[0]).upper() if loc else prefix.rstrip("_") + " settings"
+        if loc and raw.get(str(loc[0])) is None and first.get("type") == "missing":
+            raise ConfigError(f"{variable} is required") from None
+        raise ConfigError(f"{variable}: {first.get('msg', 'invalid value')}") from None
+
+
+def _empty_as_unset(raw: Mapping[str, str]) -> dict[str, str]:
+    """An empty variable means "use the default" (as Kubernetes leaves optional ones empty)."""
+    return {key: value for key, value in raw.items() if value != ""}
+
+
+def kafka_passthrough(env: Mapping[str, str]) -> dict[str, str]:
+    """librdkafka properties from ``KAFKA_CONFIG_*`` variables."""
+    config: dict[str, str] = {}
+    for variable, value in env.items():
+        if not variable.startswith(_PASSTHROUGH_PREFIX) or len(variable) == len(
+            _PASSTHROUGH_PREFIX
+        ):
+            continue
+        name = variable[len(_PASSTHROUGH_PREFIX) :].lower()
+        prop = ".".join(part.replace("\0", "_") for part in name.replace("__", "\0").split("_"))
+        if prop in _RESERVED_KAFKA:
+            raise ConfigError(f"{variable}: {prop} is managed by the service and cannot be set")
+        config[prop] = value
+    return config

@@ -1,0 +1,385 @@
+"""Helpers of the end-to-end tests: the service in a thread, offsets and topic contents."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from consumer.bootstrap import Service, build, mapping_config
+from consumer.domain import mapping
+from consumer.domain.button import Action, Send
+from consumer.domain.deadletter import header_map
+from consumer.domain.events import CommerceEvent
+from consumer.domain.profile import Profile
+from consumer.settings import Settings
+
+T = TypeVar("T")
+
+
+class ServiceRunner:
+    """Runs one ``Service`` on its own event loop in a thread; ``stop()`` is a clean SIGTERM."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.service: Service = build(settings, CollectorRegistry())
+        self._loop = asyncio.new_event_loop()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="service", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self._loop.run_until_complete(self.service.run())
+        except BaseException as exc:  # re-raised in stop()
+            self._error = exc
+        finally:
+            self._loop.close()
+
+    def start(self) -> ServiceRunner:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self.service.stop)
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the service did not stop"
+        if self._error is not None:
+            raise self._error
+
+    def metric(self, name: str, labels: Mapping[str, str] | None = None) -> float:
+        value = self.service.metrics.registry.get_sample_value(name, dict(labels or {}))
+        return 0.0 if value is None else value
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        parts = reader.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=30)
+        return {tp.partition: tp.offset for tp in parts}
+    finally:
+        reader.close()
+
+
+def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": "end-offsets"})
+    try:
+        return {
+            p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+            for p in range(partitions)
+        }
+    finally:
+        reader.close()
+
+
+def read_all(bootstrap: str, topic: str) -> list[Any]:
+    """Every record of ``topic`` now (an empty list when it has none)."""
+    reader = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "read-all",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        metadata = reader.list_topics(topic, timeout=30).topics[topic]
+        parts = [TopicPartition(topic, p, 0) for p in metadata.partitions]
+        ends = {tp.partition: reader.get_watermark_offsets(tp, timeout=30)[1] for tp in parts}
+        pending = {p for p, end in ends.items() if end > 0}
+        reader.assign(parts)
+        records = []
+        while pending:
+            for message in reader.consume(100, timeout=1.0):
+                err = message.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(message.partition() or 0)
+                    continue
+                records.append(message)
+                partition, offset = message.partition() or 0, message.offset() or 0
+                if offset + 1 >= ends[partition]:
+                    pending.discard(partition)
+        return records
+    finally:
+        reader.close()
+
+
+# --- helpers of the reliability tests (appended) -----------------------------------------------
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout: float, interval: float = 0.05, message: str = ""
+) -> T:
+    """Poll ``predicate`` until it returns something truthy and return it; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise TimeoutError(message or f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def produce_raw(
+    bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None, int]]
+) -> None:
+    """Produce ``(key, value, partition)`` records as they are (poison pills), acknowledged."""
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"})
+    for key, value, partition in records:
+        producer.produce(topic, key=key, value=value, partition=partition)
+    assert producer.flush(30.0) == 0, "not every raw record was acknowledged"
+
+
+def headers_of(message: Any) -> dict[str, str]:
+    """A Kafka message's headers as text (the last value of a repeated name wins)."""
+    return header_map(message.headers() or [])
+
+
+@dataclass
+class ExpectedOrder:
+    """What Button should hold for one order after the events: the requests, in order."""
+
+    order_id: str
+    actions: list[Action] = field(default_factory=list)
+    total: int | None = None
+
+    @property
+    def status(self) -> str:
+        return "deleted" if self.actions and self.actions[-1] is Action.CANCEL else "open"
+
+
+def expected_orders(
+    events: Iterable[CommerceEvent], settings: Settings, now: datetime | None = None
+) -> dict[str, ExpectedOrder]:
+    """The oracle: the requests the service must send, from the pure mapping, per user in order.
+
+    Only events the mapping turns into requests count (skips and rejects send nothing).
+    """
+    config = mapping_config(settings)
+    moment = now or datetime.now(UTC)
+    profiles: dict[str, Profile] = {}
+    orders: dict[str, ExpectedOrder] = {}
+    for event in events:
+        result, updated = mapping.process(event, profiles.get(event.user_key), config, moment)
+        if updated is not None:
+            profiles[event.user_key] = updated
+        if isinstance(result, Send):
+            request = result.request
+            order = orders.setdefault(request.order_id, ExpectedOrder(request.order_id))
+            order.actions.append(request.action)
+            if request.body is not None and "total" in request.body:
+                order.total = int(request.body["total"])
+    return orders
+
+
+def delivered_actions(order: Mapping[str, Any]) -> list[Action]:
+    """The requests a sandbox order's history shows Button *applied* (2xx, no injected fault)."""
+    actions = []
+    for entry in order["history"]:
+        if entry["fault"] is not None or not 200 <= (entry["status"] or 0) < 300:
+            continue
+        if entry["method"] == "DELETE":
+            actions.append(Action.CANCEL)
+        elif entry["method"] == "POST":
+            create = entry["path"] == "/v1/order"
+            actions.append(Action.CREATE if create else Action.UPDATE)
+    return actions
+
+
+def assert_sandbox_matches(sandbox: Any, expected: Mapping[str, ExpectedOrder]) -> None:
+    """Every expected order is in the sandbox in its expected state, reached by the expected
+    requests in the expected order (each applied once); no other order exists."""
+    held = {o["order_id"]: o for o in sandbox.orders()}
+    assert set(held) == set(expected), (
+        f"missing {sorted(set(expected) - set(held))[:5]}, "
+        f"unexpected {sorted(set(held) - set(expected))[:5]}"
+    )
+    for order_id, want in expected.items():
+        got = held[order_id]
+        assert got["status"] == want.status, (order_id, got["status"], want.status)
+        assert delivered_actions(got) == want.actions, (order_id, got["history"])
+        if want.status == "open" and want.total is not None:
+            assert got["object"]["total"] == want.total, (order_id, got["object"]["total"])
+
+
+def wait_for_committed(
+    bootstrap: str, group: str, topic: str, partitions: int, timeout: float = 30.0
+) -> dict[int, int]:
+    """Wait until the group's committed offsets equal the topic's end offsets; return them."""
+    ends = end_offsets(bootstrap, topic, partitions)
+    seen: list[dict[int, int]] = [{}]
+
+    def reached() -> bool:
+        seen[0] = committed_offsets(bootstrap, group, topic, partitions)
+        # A partition that never had a record has no committed offset (-1001): at its end.
+        return all(seen[0][p] == end or (end == 0 and seen[0][p] < 0) for p, end in ends.items())
+
+    try:
+        wait_until(reached, timeout, interval=0.5)
+    except TimeoutError:
+        raise TimeoutError(f"committed offsets of {group} are {seen[0]}, not {ends}") from None
+    return ends
+
+
+# --- helpers of the process-level reliability tests (appended) ---------------------------------
+
+_SERVICE_ENV_PREFIXES = (
+    "KAFKA_",
+    "BUTTON_",
+    "DELIVERY_",
+    "MAPPING_",
+    "ADMIN_",
+    "LOG_",
+    "SCHEMA_",
+)
+
+
+def _die_with_parent_preexec() -> Callable[[], None]:
+    """A preexec_fn: the child gets SIGKILL when the test process dies, even by SIGKILL."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork, not in the child
+    parent = os.getpid()
+
+    def preexec() -> None:
+        if prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+            os._exit(127)
+        if os.getppid() != parent:
+            os._exit(127)
+
+    return preexec
+
+
+class ServiceProcess:
+    """``button-consumer run`` as a child process, configured only by ``env``.
+
+    The service variables of the test process's own environment are not inherited. Output goes
+    to ``log_path``. ``kill()`` is SIGKILL (a crash); ``terminate()`` is SIGTERM (a clean stop).
+    The child dies with the test process.
+    """
+
+    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+        base = {k: v for k, v in os.environ.items() if not k.startswith(_SERVICE_ENV_PREFIXES)}
+        self.env = {**base, "PYTHONUNBUFFERED": "1", **env}
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServiceProcess:
+        executable = Path(sys.executable).parent / "button-consumer"
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                [str(executable), "run"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=Path(__file__).resolve().parents[2],
+                preexec_fn=_die_with_parent_preexec(),  # noqa: PLW1509 - no threads touched
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise RuntimeError("not started")
+        return self._proc.pid
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no commit, no flush."""
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.wait()
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM and wait for the exit code (SIGKILL and fail after ``timeout``)."""
+        proc = self._proc
+        if proc is None:
+            raise RuntimeError("not started")
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"the service did not stop within {timeout} s") from None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def sandbox_unknown_order_requests(sandbox: Any) -> dict[str, list[dict[str, Any]]]:
+    """Requests the sandbox got for orders that did not exist then (e.g. an update that
+    overtook its create): ``{order_id: [request, ...]}``."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(sandbox.url("/__sandbox/orders"), timeout=30) as response:
+        doc: dict[str, Any] = json.loads(response.read())
+    unknown: dict[str, list[dict[str, Any]]] = doc["unknown_order_requests"]
+    return unknown
+
+
+def _collapse(actions: Iterable[Action]) -> list[Action]:
+    collapsed: list[Action] = []
+    for action in actions:
+        if not collapsed or collapsed[-1] is not action:
+            collapsed.append(action)
+    return collapsed
+
+
+def assert_sandbox_converged(sandbox: Any, expected: Mapping[str, ExpectedOrder]) -> int:
+    """Like ``assert_sandbox_matches``, but tolerant of at-least-once replays.
+
+    Every expected order exists, no other does, each is in its expected final state (status,
+    total), the first request applied to it was its create, and the applied requests are the
+    expected ones in the expected order where a replay may repeat an update (a full-state
+    update sent again); a re-sent create (409) or cancel (404) is not applied, so it cannot
+    repeat. No request reached Button for an order before its create. Returns how many
+    requests were applied more than once (replays that reached Button).
+    """
+    held = {o["order_id"]: o for o in sandbox.orders()}
+    assert set(held) == set(expected), (
+        f"{len(set(expected) - set(held))} missing: {sorted(set(expected) - set(held))[:5]}, "
+        f"{len(set(held) - set(expected))} unexpected: {sorted(set(held) - set(expected))[:5]}"
+    )
+    repeats = 0
+    for order_id, want in expected.items():
+        got = held[order_id]
+        assert got["status"] == want.status, (order_id, got["status"], want.status)
+        if want.status == "open" and want.total is not None:
+            assert got["object"]["total"] == want.total, (order_id, got["object"]["total"])
+        applied = delivered_actions(got)
+        assert applied[:1] == [Action.CREATE], (order_id, got["history"])
+        assert applied.count(Action.CREATE) == 1, (order_id, got["history"])
+        assert _collapse(applied) == _collapse(want.actions), (order_id, want.actions, applied)
+        for action in set(want.actions):
+            assert applied.count(action) >= want.actions.count(action), (
+                order_id,
+                want.actions,
+                applied,
+            )
+        repeats += len(applied) - len(want.actions)
+    early = {k: v for k, v in sandbox_unknown_order_requests(sandbox).items() if k in expected}
+    assert not early, f"requests before the create: {dict(list(early.items())[:3])}"
+    return repeats

@@ -1,0 +1,45 @@
+"""The thin path end to end: topic, consumer group, Avro, Button sandbox, committed offsets."""
+
+from __future__ import annotations
+
+import pytest
+
+from consumer.commands import produce_events
+from consumer.domain.events import EventType
+from consumer.samples import generate_events
+from tests.e2e.harness import committed_offsets, end_offsets, read_all
+
+pytestmark = pytest.mark.broker
+
+
+def test_every_purchase_reaches_button_and_offsets_reach_the_end(
+    kafka_bootstrap, make_topic, service_settings, start_service, sandbox
+):
+    """Every sample purchase becomes an order in the sandbox; the group commits to the end."""
+    topic = make_topic(partitions=3, prefix="skeleton")
+    settings = service_settings(topic)
+    events = list(generate_events(40, seed=11))
+    purchases = {
+        e.commerce.transaction_id
+        for e in events
+        if e.event_type is EventType.PURCHASE and e.commerce is not None
+    }
+    assert purchases, "the sample set has purchases"
+    produce_events(settings, events, partitions=3)
+
+    runner = start_service(settings)
+    sandbox.wait_for(lambda: purchases <= {o["order_id"] for o in sandbox.orders()}, timeout=60)
+    ends = end_offsets(kafka_bootstrap, topic, 3)
+    # Finished records are stored as they finish; wait until all of them are before stopping.
+    sandbox.wait_for(lambda: runner.metric("button_consumer_in_flight_records") == 0, timeout=30)
+    runner.stop()
+
+    assert committed_offsets(kafka_bootstrap, settings.kafka.group_id, topic, 3) == ends
+    assert read_all(kafka_bootstrap, settings.kafka.dlq_topic) == []
+    created = [
+        r
+        for o in sandbox.orders()
+        for r in o["history"]
+        if r["method"] == "POST" and r["path"] == "/v1/order"
+    ]
+    assert {r["status"] for r in created} <= {200, 201}
