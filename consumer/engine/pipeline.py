@@ -258,7 +258,7 @@ class Pipeline:
                 Stage.DELIVER,
                 decision.reason,
                 f"Button{outcome.kind.value.title().replace('_', '')}",
-                outcome.message or outcome.kind.value,
+                _failure_message(decision, outcome),
                 processed=processed,
                 action=request.action.value,
                 attempts=attempts,
@@ -379,6 +379,12 @@ class Pipeline:
                 reason=reason,
             )
         )
+
+
+def _failure_message(decision: Decision, outcome: ButtonOutcome) -> str:
+    """``http_503 after retries: <Button's message>``: the last failure, not only the verdict."""
+    detail = outcome.message or outcome.kind.value
+    return f"{decision.cause} after retries: {detail}" if decision.cause else detail
 
 
 def _replay_of_first_dead_letter(record: Record) -> bool:
