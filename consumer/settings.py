@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from consumer.errors import ConfigError
 
@@ -30,6 +30,20 @@ _RESERVED_KAFKA = frozenset(
 
 class _Section(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # ``Settings.from_env`` reads the environment itself (one mapping, empty = default):
+        # pydantic-settings must not read ``os.environ`` again behind its back, or an empty
+        # variable fails validation and ``from_env(environ)`` is not limited to ``environ``.
+        return (init_settings,)
 
 
 class KafkaSettings(_Section):
@@ -47,8 +61,9 @@ class KafkaSettings(_Section):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     session_timeout_ms: int = Field(default=45_000, ge=1_000)
     create_topics: bool = True
-    # Extra librdkafka properties, from KAFKA_CONFIG_* (filled in by Settings.from_env).
-    config: dict[str, str] = Field(default_factory=dict)
+    # Extra librdkafka properties, from KAFKA_CONFIG_* (filled in by Settings.from_env). They may
+    # hold credentials (sasl.password, ssl.key.password): kept out of repr so they never print.
+    config: dict[str, str] = Field(default_factory=dict, repr=False)
 
 
 class SchemaSettings(_Section):
@@ -212,13 +227,14 @@ def _load(section: type[_Section], env: Mapping[str, str]) -> _Section:
         for field in fields
         if field != "config" and prefix + field.upper() in env
     }
+    given = _empty_as_unset(raw)
     try:
-        return section.model_validate(_empty_as_unset(raw))
+        return section.model_validate(given)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = first.get("loc") or ()
         variable = prefix + str(loc[0]).upper() if loc else prefix.rstrip("_") + " settings"
-        if loc and raw.get(str(loc[0])) is None and first.get("type") == "missing":
+        if loc and given.get(str(loc[0])) is None and first.get("type") == "missing":
             raise ConfigError(f"{variable} is required") from None
         raise ConfigError(f"{variable}: {first.get('msg', 'invalid value')}") from None
 

@@ -45,7 +45,8 @@ class DeliveryLog:
             self._items.append(delivery)
 
     def recent(self, limit: int) -> list[dict[str, Any]]:
-        items = list(self._items)[-limit:]
+        """The ``limit`` most recent deliveries, newest first (none for ``limit <= 0``)."""
+        items = list(self._items)[-limit:] if limit > 0 else []  # [-0:] would be everything
         return [asdict(d) for d in reversed(items)]
 
 

@@ -198,7 +198,7 @@ class Pipeline:
             else:
                 await d.gate.admit()
             if d.rate is not None:
-                await d.rate.take()
+                await d.rate.take(d.sleep)
             async with d.limiter.permit() as permit:
                 attempts.count += 1
                 now_ms = _ms(d.wall_clock())

@@ -1,0 +1,167 @@
+"""The auth gate: open passes at once; closed lets one caller probe per interval, others wait.
+
+``sleep`` is a fake the test releases by hand, so which caller is probing, and when, is chosen
+by the test; ``settle()`` only lets ready tasks run until they block again (no timing involved).
+The probe interval is an hour so the waiters' own re-check timeout never fires during a test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from consumer.engine.authgate import AuthGate
+
+INTERVAL = 3_600.0
+
+
+async def settle() -> None:
+    """Let every ready task run until it blocks (a fixed number of scheduler turns)."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+class HeldSleep:
+    """A ``sleep`` that records its delay and returns only when the test releases it."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+        self._pending: list[asyncio.Future[None]] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append(future)
+        await future
+
+    def release(self) -> None:
+        for future in self._pending:
+            if not future.done():
+                future.set_result(None)
+        self._pending.clear()
+
+
+def test_a_new_gate_is_open() -> None:
+    """A gate starts open: nothing has failed authentication yet."""
+    assert not AuthGate(INTERVAL).closed
+
+
+def test_close_and_open_toggle_the_closed_flag() -> None:
+    """close() closes the gate and open() opens it again."""
+    gate = AuthGate(INTERVAL)
+    gate.close()
+    closed = gate.closed
+    gate.open()
+
+    assert (closed, gate.closed) == (True, False)
+
+
+def test_open_gate_admits_at_once_without_sleeping() -> None:
+    """While open, admit() returns on its first turn and never calls sleep."""
+    sleep = HeldSleep()
+    gate = AuthGate(INTERVAL, sleep=sleep)
+
+    async def scenario() -> bool:
+        task = asyncio.create_task(gate.admit())
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return task.done()
+
+    assert (asyncio.run(scenario()), sleep.delays) == (True, [])
+
+
+def test_closed_gate_admits_one_probe_after_the_interval() -> None:
+    """The first caller at a closed gate waits one probe interval, then may send its probe."""
+    sleep = HeldSleep()
+    gate = AuthGate(INTERVAL, sleep=sleep)
+    gate.close()
+
+    async def scenario() -> tuple[bool, bool]:
+        probe = asyncio.create_task(gate.admit())
+        await settle()
+        before = probe.done()
+        sleep.release()
+        await settle()
+        return before, probe.done()
+
+    assert (asyncio.run(scenario()), sleep.delays) == ((False, True), [INTERVAL])
+
+
+def test_closed_gate_lets_exactly_one_caller_probe() -> None:
+    """Of three callers at a closed gate, only the first sleeps towards a probe."""
+    sleep = HeldSleep()
+    gate = AuthGate(INTERVAL, sleep=sleep)
+    gate.close()
+
+    async def scenario() -> None:
+        tasks = [asyncio.create_task(gate.admit()) for _ in range(3)]
+        await settle()
+        gate.open()
+        sleep.release()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(scenario())
+
+    assert sleep.delays == [INTERVAL]
+
+
+def test_other_callers_wait_until_the_gate_opens() -> None:
+    """While one caller probes, the others are held until open(), then pass together."""
+    sleep = HeldSleep()
+    gate = AuthGate(INTERVAL, sleep=sleep)
+    gate.close()
+
+    async def scenario() -> tuple[list[bool], list[bool]]:
+        probe = asyncio.create_task(gate.admit())
+        await settle()
+        waiters = [asyncio.create_task(gate.admit()) for _ in range(2)]
+        await settle()
+        held = [w.done() for w in waiters]
+        gate.open()
+        await settle()
+        passed = [w.done() for w in waiters]
+        sleep.release()
+        await probe
+        return held, passed
+
+    assert asyncio.run(scenario()) == ([False, False], [True, True])
+
+
+def test_a_failed_probe_is_followed_by_another_after_a_new_interval() -> None:
+    """If the gate is still closed after a probe, the next admit waits a full interval again."""
+    sleep = HeldSleep()
+    gate = AuthGate(INTERVAL, sleep=sleep)
+    gate.close()
+
+    async def scenario() -> None:
+        first = asyncio.create_task(gate.admit())
+        await settle()
+        sleep.release()
+        await first
+        second = asyncio.create_task(gate.admit())  # the probe was refused again
+        await settle()
+        sleep.release()
+        await second
+
+    asyncio.run(scenario())
+
+    assert sleep.delays == [INTERVAL, INTERVAL]
+
+
+def test_a_cancelled_probe_hands_probing_to_the_next_caller() -> None:
+    """Cancelling the prober while it waits frees the probe role for the next caller."""
+    sleep = HeldSleep()
+    gate = AuthGate(INTERVAL, sleep=sleep)
+    gate.close()
+
+    async def scenario() -> bool:
+        probe = asyncio.create_task(gate.admit())
+        await settle()
+        probe.cancel()
+        await settle()
+        successor = asyncio.create_task(gate.admit())
+        await settle()
+        sleep.release()
+        await settle()
+        return successor.done()
+
+    assert (asyncio.run(scenario()), sleep.delays) == (True, [INTERVAL, INTERVAL])

@@ -1,0 +1,900 @@
+"""One record from bytes to finished: delivery, retries, the auth gate, parking and dead letters.
+
+Every port is a hand-written fake (decoder, processor, changelog, Button, dead-letter sink); the
+retry policy, limiter, parking lot, auth gate, metrics and live log are the real ones, driven by
+a fake clock whose ``sleep`` records each delay and advances time instead of waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
+
+from consumer.adapters.admin import DeliveryLog
+from consumer.adapters.avro_codec import SchemaRegistryUnavailableError
+from consumer.adapters.kafka import Record
+from consumer.adapters.metrics import Metrics
+from consumer.domain.button import Action, ButtonRequest, Reject, Send, Skip
+from consumer.domain.deadletter import DeadLetter, dead_letter_headers, header_map
+from consumer.domain.events import CommerceData, CommerceEvent, EventType, ProductAction
+from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
+from consumer.domain.policy import RetryPolicy
+from consumer.engine.authgate import AuthGate
+from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
+from consumer.engine.parking import ParkingLot
+from consumer.engine.pipeline import Pipeline, PipelineDeps, Processed
+from consumer.errors import DeadLetterError, DecodeError, UnknownSchemaError
+
+T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+T0_MS = int(T0.timestamp() * 1000)
+SEED = 20260105
+PROBE_INTERVAL = 5.0
+ORDER = "ORD-1"
+
+EVENT = CommerceEvent(
+    event_id="evt-1",
+    event_type=EventType.PURCHASE,
+    event_time=T0 - timedelta(seconds=5),
+    user_key="user-1",
+    commerce=CommerceData(
+        action=ProductAction.PURCHASE,
+        transaction_id=ORDER,
+        currency_code="USD",
+        total_amount=Decimal("10.00"),
+    ),
+)
+
+OK = ButtonOutcome(OutcomeKind.SUCCESS, 200, elapsed=0.01)
+CONFLICT = ButtonOutcome(OutcomeKind.CONFLICT, 409, "Order already exists")
+INVALID = ButtonOutcome(
+    OutcomeKind.INVALID, 400, "order_id is invalid", excerpt='{"meta":{"status":"error"}}'
+)
+UNAVAILABLE = ButtonOutcome(OutcomeKind.SERVER_ERROR, 503, "Service Unavailable")
+UNAUTHORIZED = ButtonOutcome(OutcomeKind.UNAUTHORIZED, 401, "Invalid API key")
+TIMEOUT = ButtonOutcome(OutcomeKind.TIMEOUT, None, "read timeout")
+
+
+# --- fakes at the ports ------------------------------------------------------------------------
+
+
+class FakeClock:
+    """Monotonic and wall time that move only when the code under test sleeps."""
+
+    def __init__(self) -> None:
+        self.elapsed = 0.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return 1_000.0 + self.elapsed
+
+    def wall(self) -> datetime:
+        return T0 + timedelta(seconds=self.elapsed)
+
+    def wall_seconds(self) -> float:
+        return self.wall().timestamp()
+
+    async def sleep(self, delay: float) -> None:
+        self.sleeps.append(delay)
+        self.elapsed += delay
+
+
+class FakeDecoder:
+    """Returns the scripted events or raises the scripted errors, then ``EVENT``."""
+
+    def __init__(self, *script: CommerceEvent | Exception) -> None:
+        self.script = list(script)
+        self.calls = 0
+
+    def decode_event(self, value: bytes) -> CommerceEvent:
+        self.calls += 1
+        step = self.script.pop(0) if self.script else EVENT
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+
+class FakeProcessor:
+    """Returns the scripted ``Processed`` results in turn (the last one repeats)."""
+
+    def __init__(self, *script: Processed) -> None:
+        self.script = list(script)
+        self.calls: list[tuple[int, bytes | None, CommerceEvent]] = []
+
+    def process(
+        self, partition: int, key: bytes | None, event: CommerceEvent, now: datetime
+    ) -> Processed:
+        self.calls.append((partition, key, event))
+        return self.script.pop(0) if len(self.script) > 1 else self.script[0]
+
+
+class FakeChangelog:
+    def __init__(self, calls: list[tuple[Any, ...]]) -> None:
+        self.calls = calls
+
+    async def write(self, partition: int, key: bytes, value: bytes | None) -> None:
+        self.calls.append(("changelog", partition, key, value))
+
+
+class FakeButton:
+    """Answers with the scripted outcomes in order; records each request and the gate's state."""
+
+    def __init__(self, calls: list[tuple[Any, ...]], gate: AuthGate) -> None:
+        self.calls = calls
+        self.gate = gate
+        self.outcomes: list[ButtonOutcome] = []
+        self.sent: list[ButtonRequest] = []
+        self.gate_closed_at_send: list[bool] = []
+
+    async def send(self, request: ButtonRequest) -> ButtonOutcome:
+        if not self.outcomes:
+            raise AssertionError(f"unexpected request to Button: {request}")
+        self.sent.append(request)
+        self.gate_closed_at_send.append(self.gate.closed)
+        self.calls.append(("button", request.action.value, request.order_id))
+        return self.outcomes.pop(0)
+
+
+class FakeDeadLetters:
+    def __init__(self, calls: list[tuple[Any, ...]]) -> None:
+        self.calls = calls
+        self.written: list[tuple[Record, DeadLetter]] = []
+
+    async def write(self, record: Record, letter: DeadLetter) -> None:
+        self.calls.append(("dead_letter", letter.reason))
+        self.written.append((record, letter))
+
+
+class BrokenDeadLetters:
+    async def write(self, record: Record, letter: DeadLetter) -> None:
+        raise RuntimeError("broker down: message timed out")
+
+
+@dataclass
+class Harness:
+    """A pipeline wired to fakes, and the fakes to inspect afterwards."""
+
+    clock: FakeClock = field(default_factory=FakeClock)
+    calls: list[tuple[Any, ...]] = field(default_factory=list)
+    decoder: FakeDecoder = field(default_factory=FakeDecoder)
+    processor: FakeProcessor = field(default_factory=lambda: FakeProcessor(processed()))
+    retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(max_attempts=3))
+    rate: TokenBucket | None = None
+    dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        self.gate = AuthGate(PROBE_INTERVAL, sleep=self.clock.sleep)
+        self.button = FakeButton(self.calls, self.gate)
+        self.changelog = FakeChangelog(self.calls)
+        self.dead_letters: FakeDeadLetters | BrokenDeadLetters = FakeDeadLetters(self.calls)
+        self.parking = ParkingLot(clock=self.clock.wall_seconds)
+        self.metrics = Metrics.create(CollectorRegistry())
+        self.deliveries = DeliveryLog(10)
+
+    def deps(self) -> PipelineDeps:
+        return PipelineDeps(
+            decoder=self.decoder,
+            processor=self.processor,
+            changelog=self.changelog,
+            button=self.button,
+            dead_letters=self.dead_letters,
+            retry=self.retry,
+            rng=random.Random(SEED),
+            limiter=AdaptiveLimiter(clock=self.clock.monotonic),
+            rate=self.rate,
+            parking=self.parking,
+            gate=self.gate,
+            metrics=self.metrics,
+            deliveries=self.deliveries,
+            wall_clock=self.clock.wall,
+            monotonic=self.clock.monotonic,
+            sleep=self.clock.sleep,
+            dry_run=self.dry_run,
+        )
+
+    def answer(self, *outcomes: ButtonOutcome) -> Harness:
+        self.button.outcomes.extend(outcomes)
+        return self
+
+    def handle(self, *records: Record) -> list[str]:
+        pipeline = Pipeline(self.deps())
+
+        async def scenario() -> list[str]:
+            return [await pipeline.handle(r) for r in records]
+
+        return asyncio.run(scenario())
+
+    @property
+    def letters(self) -> list[DeadLetter]:
+        assert isinstance(self.dead_letters, FakeDeadLetters)
+        return [letter for _, letter in self.dead_letters.written]
+
+    def dlq_headers(self, index: int = 0) -> dict[str, str]:
+        """The headers the Kafka DLQ adapter writes for the index-th dead letter."""
+        assert isinstance(self.dead_letters, FakeDeadLetters)
+        record, letter = self.dead_letters.written[index]
+        return header_map(dead_letter_headers(letter, record.headers))
+
+    def sample(self, name: str, **labels: str) -> float:
+        value = self.metrics.registry.get_sample_value(f"button_consumer_{name}", labels)
+        return 0.0 if value is None else value
+
+    def last_delivery(self) -> dict[str, Any]:
+        return self.deliveries.recent(1)[0]
+
+
+def request(action: Action = Action.CREATE, order_id: str = ORDER) -> ButtonRequest:
+    if action is Action.CREATE:
+        return ButtonRequest(action, "POST", "/v1/order", order_id, {"order_id": order_id})
+    method = "DELETE" if action is Action.CANCEL else "POST"
+    return ButtonRequest(action, method, f"/v1/order/{order_id}", order_id, {})
+
+
+def processed(
+    result: Send | Skip | Reject | None = None,
+    *,
+    order_id: str = ORDER,
+    event_id: str = "evt-1",
+    profile_changed: bool = False,
+    profile_value: bytes | None = None,
+) -> Processed:
+    return Processed(
+        result=Send(request(order_id=order_id)) if result is None else result,
+        event_id=event_id,
+        event_time_ms=T0_MS - 5_000,
+        order_id=order_id,
+        profile_changed=profile_changed,
+        profile_value=profile_value,
+    )
+
+
+def record(
+    offset: int = 17,
+    *,
+    key: bytes | None = b"user-1",
+    value: bytes | None = b"\x00avro",
+    headers: list[tuple[str, bytes]] | None = None,
+) -> Record:
+    return Record(
+        topic="commerce-events",
+        partition=2,
+        offset=offset,
+        key=key,
+        value=value,
+        timestamp_ms=T0_MS,
+        headers=headers or [],
+    )
+
+
+def replayed(offset: int, *, parked: bool) -> Record:
+    flag = b"true" if parked else b"false"
+    return record(offset, headers=[("button.replayed", b"0:5"), ("button.replayed.parked", flag)])
+
+
+# --- delivered ---------------------------------------------------------------------------------
+
+
+def test_success_delivers_the_request_once() -> None:
+    """A 2xx answer finishes the record as delivered after exactly one request."""
+    h = Harness().answer(OK)
+
+    outcomes = h.handle(record())
+
+    assert (["delivered"], [request()], []) == (outcomes, h.button.sent, h.letters)
+
+
+def test_delivered_record_is_shown_in_the_live_log() -> None:
+    """The live log gets one redacted line with the action, order, status and attempts."""
+    h = Harness().answer(OK)
+
+    h.handle(record())
+
+    expected = {
+        "partition": 2,
+        "offset": 17,
+        "event_id": "evt-1",
+        "action": "create",
+        "order_id": ORDER,
+        "outcome": "delivered",
+        "status": 200,
+        "attempts": 1,
+        "reason": "ok",
+    }
+    actual = h.last_delivery()
+    assert expected == {k: actual[k] for k in expected}
+
+
+def test_delivered_record_is_counted_by_outcome_and_request() -> None:
+    """records_finished{delivered} and button_requests{create,success} both count the record."""
+    h = Harness().answer(OK)
+
+    h.handle(record())
+
+    expected = (1.0, 1.0)
+    actual = (
+        h.sample("records_finished_total", outcome="delivered"),
+        h.sample("button_requests_total", action="create", outcome="success"),
+    )
+    assert expected == actual
+
+
+def test_event_age_is_observed_when_the_record_finishes() -> None:
+    """The event-age histogram gets the time from event time to finish (5 s here)."""
+    h = Harness().answer(OK)
+
+    h.handle(record())
+
+    expected = (1.0, 5.0)
+    actual = (h.sample("event_age_seconds_count"), h.sample("event_age_seconds_sum"))
+    assert expected == actual
+
+
+def test_handle_releases_the_in_flight_gauge() -> None:
+    """The worker counts a record in flight; handle() takes it off when the record finishes."""
+    h = Harness().answer(OK)
+    h.metrics.in_flight.inc()
+
+    h.handle(record())
+
+    assert h.sample("in_flight_records") == 0.0
+
+
+def test_conflict_on_create_means_delivered() -> None:
+    """409 on a create: the order already exists at Button, so the record is done."""
+    h = Harness().answer(CONFLICT)
+
+    outcomes = h.handle(record())
+
+    assert (
+        outcomes,
+        h.last_delivery()["reason"],
+        h.letters,
+    ) == (["delivered"], "order_exists", [])
+
+
+@pytest.mark.parametrize(
+    ("action", "answer", "reason"),
+    [
+        (Action.CANCEL, ButtonOutcome(OutcomeKind.NOT_FOUND, 404, "Order not found"), "order_gone"),
+        (
+            Action.UPDATE,
+            ButtonOutcome(OutcomeKind.FORBIDDEN, 403, "Order is finalized"),
+            "order_finalized",
+        ),
+    ],
+)
+def test_answers_meaning_already_done_finish_the_record(action, answer, reason) -> None:
+    """404 on a cancel and 403 "finalized" on an update leave nothing to do: delivered."""
+    h = Harness(processor=FakeProcessor(processed(Send(request(action))))).answer(answer)
+
+    outcomes = h.handle(record())
+
+    assert (["delivered"], reason, []) == (outcomes, h.last_delivery()["reason"], h.letters)
+
+
+def test_a_finalized_order_is_logged_as_done_without_change() -> None:
+    """A done-but-unusual answer (order finalized) is worth one warning line."""
+    finalized = ButtonOutcome(OutcomeKind.FORBIDDEN, 403, "Order is finalized")
+    h = Harness(processor=FakeProcessor(processed(Send(request(Action.UPDATE))))).answer(finalized)
+
+    with capture_logs() as logs:
+        h.handle(record())
+
+    expected = [{"event": "done_without_change", "reason": "order_finalized", "status": 403}]
+    actual = [
+        {k: e[k] for k in ("event", "reason", "status")}
+        for e in logs
+        if e["event"] == "done_without_change"
+    ]
+    assert expected == actual
+
+
+# --- retries -----------------------------------------------------------------------------------
+
+
+def test_server_error_is_retried_after_a_jittered_delay_then_delivered() -> None:
+    """503 then 200: one retry after a full-jitter delay below the first ceiling, then done."""
+    h = Harness().answer(UNAVAILABLE, OK)
+
+    outcomes = h.handle(record())
+
+    expected_delay = random.Random(SEED).random() * RetryPolicy().base_delay
+    assert (["delivered"], [expected_delay], 2) == (outcomes, h.clock.sleeps, len(h.button.sent))
+
+
+def test_each_retry_is_counted_by_the_outcome_that_caused_it() -> None:
+    """Two 503s before success count two retries labelled server_error."""
+    h = Harness().answer(UNAVAILABLE, UNAVAILABLE, OK)
+
+    h.handle(record())
+
+    assert h.sample("retries_total", outcome="server_error") == 2.0
+
+
+def test_retry_after_is_honoured_as_the_minimum_delay() -> None:
+    """A 429 with Retry-After: 7 waits 7 s (above any jitter) before the next attempt."""
+    rate_limited = ButtonOutcome(OutcomeKind.RATE_LIMITED, 429, "slow down", retry_after=7.0)
+    h = Harness().answer(rate_limited, OK)
+
+    outcomes = h.handle(record())
+
+    assert (outcomes, h.clock.sleeps) == (["delivered"], [7.0])
+
+
+def test_retries_exhausted_dead_letters_the_record_with_attempt_context() -> None:
+    """Three 503s with max_attempts=3: DLQ reason retries_exhausted, with attempts and times."""
+    busy = replace(UNAVAILABLE, retry_after=1.0, excerpt="Service Unavailable")
+    h = Harness().answer(busy, busy, busy)
+
+    outcomes = h.handle(record())
+
+    headers = h.dlq_headers()
+    expected = {
+        "__connect.errors.stage": "TASK_PUT",
+        "__connect.errors.exception.class.name": "ButtonServerError",
+        "__connect.errors.exception.message": "http_503 after retries: Service Unavailable",
+        "__connect.errors.offset": "17",
+        "button.reason": "retries_exhausted",
+        "button.action": "create",
+        "button.order.id": ORDER,
+        "button.http.status": "503",
+        "button.response.excerpt": "Service Unavailable",
+        "button.attempts": "3",
+        "button.first.attempt.ms": str(T0_MS),
+        "button.last.attempt.ms": str(T0_MS + 2_000),
+        "button.parked": "false",
+    }
+    assert outcomes == ["dead_lettered"]
+    assert expected == {k: headers.get(k) for k in expected}
+
+
+def test_retries_exhausted_parks_the_order() -> None:
+    """After the dead letter, the order is parked with the reason retries_exhausted."""
+    h = Harness().answer(UNAVAILABLE, UNAVAILABLE, UNAVAILABLE)
+
+    h.handle(record())
+
+    entry = h.parking.get(ORDER)
+    assert entry is not None
+    assert entry.reason == "retries_exhausted"
+
+
+def test_retry_deadline_dead_letters_when_the_next_wait_would_exceed_it() -> None:
+    """A Retry-After longer than the elapsed-time budget ends retries at once: retry_deadline."""
+    h = Harness(retry=RetryPolicy(max_attempts=8, max_elapsed=10.0))
+    h.answer(replace(UNAVAILABLE, retry_after=20.0))
+
+    outcomes = h.handle(record())
+
+    assert (
+        outcomes,
+        h.letters[0].reason,
+        h.clock.sleeps,
+    ) == (["dead_lettered"], "retry_deadline", [])
+
+
+def test_dead_letter_is_counted_by_reason() -> None:
+    """dead_letters{reason} and records_finished{dead_lettered} count the dead letter."""
+    h = Harness().answer(UNAVAILABLE, UNAVAILABLE, UNAVAILABLE)
+
+    h.handle(record())
+
+    expected = (1.0, 1.0)
+    actual = (
+        h.sample("dead_letters_total", reason="retries_exhausted"),
+        h.sample("records_finished_total", outcome="dead_lettered"),
+    )
+    assert expected == actual
+
+
+# --- parking -----------------------------------------------------------------------------------
+
+
+def test_later_event_of_a_parked_order_is_parked_without_a_request() -> None:
+    """After the create was dead-lettered, the update goes to the DLQ marked parked, unsent."""
+    h = Harness(
+        processor=FakeProcessor(
+            processed(),
+            processed(Send(request(Action.UPDATE)), event_id="evt-2"),
+        )
+    ).answer(UNAVAILABLE, UNAVAILABLE, UNAVAILABLE)
+
+    outcomes = h.handle(record(17), record(18))
+
+    headers = h.dlq_headers(1)
+    expected = {
+        "button.reason": "parked",
+        "button.parked": "true",
+        "button.action": "update",
+        "button.event.id": "evt-2",
+        "__connect.errors.offset": "18",
+        "__connect.errors.exception.class.name": "Parked",
+    }
+    assert outcomes == ["dead_lettered", "parked"]
+    assert [r.action for r in h.button.sent] == [Action.CREATE] * 3
+    assert expected == {k: headers.get(k) for k in expected}
+
+
+def test_parked_record_message_names_the_first_reason() -> None:
+    """The parked dead letter says which dead letter it waits behind."""
+    h = Harness()
+    h.parking.park(ORDER, "http_400")
+
+    h.handle(record())
+
+    expected = f"order {ORDER} is parked behind a dead letter (http_400)"
+    assert expected == h.letters[0].message
+
+
+def test_parked_records_are_counted_as_parked() -> None:
+    """records_finished{parked} and dead_letters{parked} count a parked record."""
+    h = Harness()
+    h.parking.park(ORDER, "http_400")
+
+    h.handle(record())
+
+    expected = (1.0, 1.0, 0.0)
+    actual = (
+        h.sample("records_finished_total", outcome="parked"),
+        h.sample("dead_letters_total", reason="parked"),
+        h.sample("records_finished_total", outcome="dead_lettered"),
+    )
+    assert expected == actual
+
+
+def test_replay_of_the_first_dead_letter_releases_the_order_and_sends_it() -> None:
+    """A replayed record not itself parked unparks its order and reaches Button."""
+    h = Harness().answer(OK)
+    h.parking.park(ORDER, "retries_exhausted")
+
+    outcomes = h.handle(replayed(40, parked=False))
+
+    assert (outcomes, len(h.button.sent), h.parking.get(ORDER)) == (["delivered"], 1, None)
+
+
+def test_replay_of_a_parked_follower_stays_parked_while_its_order_is() -> None:
+    """A replayed record that was parked does not release its order on its own."""
+    h = Harness()
+    h.parking.park(ORDER, "retries_exhausted")
+
+    outcomes = h.handle(replayed(41, parked=True))
+
+    assert (outcomes, h.button.sent) == (["parked"], [])
+
+
+def test_replayed_head_then_follower_are_both_sent_in_order() -> None:
+    """Redriving the head and then its parked follower sends create, then update."""
+    h = Harness(
+        processor=FakeProcessor(
+            processed(), processed(Send(request(Action.UPDATE)), event_id="evt-2")
+        )
+    ).answer(OK, OK)
+    h.parking.park(ORDER, "retries_exhausted")
+
+    outcomes = h.handle(replayed(40, parked=False), replayed(41, parked=True))
+
+    assert outcomes == ["delivered", "delivered"]
+    assert [r.action for r in h.button.sent] == [Action.CREATE, Action.UPDATE]
+
+
+# --- dead letters without retries ---------------------------------------------------------------
+
+
+def test_bad_request_is_dead_lettered_at_once() -> None:
+    """400: one attempt, no retry, DLQ reason http_400 with Button's excerpt."""
+    h = Harness().answer(INVALID)
+
+    outcomes = h.handle(record())
+
+    headers = h.dlq_headers()
+    expected = {
+        "button.reason": "http_400",
+        "button.http.status": "400",
+        "button.attempts": "1",
+        "button.response.excerpt": '{"meta":{"status":"error"}}',
+        "__connect.errors.exception.class.name": "ButtonInvalid",
+        "__connect.errors.exception.message": "order_id is invalid",
+    }
+    assert (outcomes, h.clock.sleeps, len(h.button.sent)) == (["dead_lettered"], [], 1)
+    assert expected == {k: headers.get(k) for k in expected}
+
+
+def test_dead_letter_keeps_the_source_record_and_its_headers() -> None:
+    """The sink gets the source record itself (key, value, headers) to copy to the DLQ."""
+    h = Harness().answer(INVALID)
+    source = record(headers=[("trace-id", b"t-1")])
+
+    h.handle(source)
+
+    assert isinstance(h.dead_letters, FakeDeadLetters)
+    written, _ = h.dead_letters.written[0]
+    assert source == written
+    assert dead_letter_headers(h.letters[0], written.headers)[0] == ("trace-id", b"t-1")
+
+
+def test_decode_error_is_dead_lettered_at_the_value_converter_stage() -> None:
+    """Undecodable bytes: DLQ stage VALUE_CONVERTER with the decoder's reason, nothing mapped."""
+    h = Harness(decoder=FakeDecoder(DecodeError("invalid_field", "event_id must be a string")))
+
+    outcomes = h.handle(record())
+
+    headers = h.dlq_headers()
+    expected = {
+        "__connect.errors.stage": "VALUE_CONVERTER",
+        "__connect.errors.exception.class.name": "DecodeError",
+        "__connect.errors.exception.message": "event_id must be a string",
+        "button.reason": "invalid_field",
+        "button.attempts": "0",
+    }
+    assert (outcomes, h.processor.calls, h.button.sent) == (["dead_lettered"], [], [])
+    assert expected == {k: headers.get(k) for k in expected}
+
+
+def test_decode_failures_are_counted_by_reason() -> None:
+    """decode_failures{reason} counts an unknown schema under its own reason."""
+    h = Harness(decoder=FakeDecoder(UnknownSchemaError("unknown_schema_id", "schema id 99")))
+
+    h.handle(record())
+
+    assert h.sample("decode_failures_total", reason="unknown_schema_id") == 1.0
+
+
+def test_tombstone_value_is_dead_lettered_without_decoding() -> None:
+    """A record with no value is a decode failure (null_value), the decoder is not asked."""
+    h = Harness()
+
+    outcomes = h.handle(record(value=None))
+
+    assert (
+        outcomes,
+        h.letters[0].reason,
+        h.decoder.calls,
+    ) == (["dead_lettered"], "null_value", 0)
+
+
+def test_schema_registry_outage_is_retried_not_dead_lettered() -> None:
+    """While the registry is unreachable the decode waits (0.5 s, then 1 s) and tries again."""
+    outage = SchemaRegistryUnavailableError("registry: connection refused")
+    h = Harness(decoder=FakeDecoder(outage, outage)).answer(OK)
+
+    outcomes = h.handle(record())
+
+    assert (outcomes, h.clock.sleeps, h.letters) == (["delivered"], [0.5, 1.0], [])
+
+
+def test_reject_is_dead_lettered_at_the_transformation_stage() -> None:
+    """A mapping reject: DLQ stage TRANSFORMATION, class MappingError, its detail as message."""
+    rejected = Reject("unknown_currency", "currency 'XXX' has no minor unit")
+    h = Harness(processor=FakeProcessor(processed(rejected)))
+
+    outcomes = h.handle(record())
+
+    headers = h.dlq_headers()
+    expected = {
+        "__connect.errors.stage": "TRANSFORMATION",
+        "__connect.errors.exception.class.name": "MappingError",
+        "__connect.errors.exception.message": "currency 'XXX' has no minor unit",
+        "button.reason": "unknown_currency",
+        "button.action": "reject",
+        "button.order.id": ORDER,
+    }
+    assert (outcomes, h.button.sent) == (["dead_lettered"], [])
+    assert expected == {k: headers.get(k) for k in expected}
+
+
+def test_reject_parks_its_order() -> None:
+    """A rejected event of order X parks X, so X's later events cannot overtake it."""
+    h = Harness(processor=FakeProcessor(processed(Reject("negative_total"))))
+
+    h.handle(record())
+
+    entry = h.parking.get(ORDER)
+    assert entry is not None
+    assert entry.reason == "negative_total"
+
+
+def test_reject_without_an_order_id_parks_nothing() -> None:
+    """A reject for an event with no order id (missing_order_id) has no order to park."""
+    h = Harness(processor=FakeProcessor(processed(Reject("missing_order_id"), order_id="")))
+
+    h.handle(record())
+
+    assert len(h.parking) == 0
+
+
+def test_dead_letter_sink_failure_raises_dead_letter_error() -> None:
+    """When the DLQ write fails the record is not finished: DeadLetterError stops the worker."""
+    h = Harness().answer(INVALID)
+    h.dead_letters = BrokenDeadLetters()
+
+    with pytest.raises(DeadLetterError, match="broker down"):
+        h.handle(record())
+
+
+def test_dead_letter_sink_failure_does_not_count_the_record_as_finished() -> None:
+    """No finished-record metric and no live-log line for a dead letter that was not written."""
+    h = Harness().answer(INVALID)
+    h.dead_letters = BrokenDeadLetters()
+
+    with pytest.raises(DeadLetterError):
+        h.handle(record())
+
+    assert (
+        h.sample("records_finished_total", outcome="dead_lettered"),
+        h.deliveries.recent(10),
+    ) == (0.0, [])
+
+
+# --- skip, dry run, profile ---------------------------------------------------------------------
+
+
+def test_skip_finishes_the_record_without_a_request() -> None:
+    """An event that is not for Button is finished as skipped, with its reason in the live log."""
+    h = Harness(processor=FakeProcessor(processed(Skip("profile_only"), order_id="")))
+
+    outcomes = h.handle(record())
+
+    assert (
+        outcomes,
+        h.button.sent,
+        h.letters,
+        h.last_delivery()["reason"],
+    ) == (["skipped"], [], [], "profile_only")
+
+
+def test_dry_run_sends_nothing() -> None:
+    """With dry_run the request is built but never sent; the outcome is dry_run."""
+    h = Harness(dry_run=True)
+
+    outcomes = h.handle(record())
+
+    assert (outcomes, h.button.sent, h.letters) == (["dry_run"], [], [])
+
+
+def test_profile_change_is_written_to_the_changelog_before_the_button_call() -> None:
+    """The changelog write is acknowledged before Button is asked (the offset may follow it)."""
+    h = Harness(
+        processor=FakeProcessor(processed(profile_changed=True, profile_value=b"\x01profile"))
+    ).answer(OK)
+
+    h.handle(record())
+
+    expected = [("changelog", 2, b"user-1", b"\x01profile"), ("button", "create", ORDER)]
+    assert expected == h.calls
+
+
+def test_emptied_profile_writes_a_tombstone() -> None:
+    """A profile change to nothing writes None (a tombstone) under the record's key."""
+    h = Harness(
+        processor=FakeProcessor(
+            processed(Skip("profile_only"), profile_changed=True, profile_value=None)
+        )
+    )
+
+    h.handle(record())
+
+    assert h.calls == [("changelog", 2, b"user-1", None)]
+
+
+def test_unchanged_profile_writes_nothing_to_the_changelog() -> None:
+    """No profile change, no changelog write."""
+    h = Harness().answer(OK)
+
+    h.handle(record())
+
+    assert h.calls == [("button", "create", ORDER)]
+
+
+def test_record_without_key_writes_no_changelog() -> None:
+    """Without a key there is no profile to store, whatever the processor says."""
+    h = Harness(
+        processor=FakeProcessor(processed(profile_changed=True, profile_value=b"\x01profile"))
+    ).answer(OK)
+
+    h.handle(record(key=None))
+
+    assert h.calls == [("button", "create", ORDER)]
+
+
+def test_the_processor_gets_the_partition_key_and_decoded_event() -> None:
+    """The profile is looked up by (partition, key) of the record, with the decoded event."""
+    h = Harness().answer(OK)
+
+    h.handle(record())
+
+    assert h.processor.calls == [(2, b"user-1", EVENT)]
+
+
+# --- the auth gate ------------------------------------------------------------------------------
+
+
+def test_unauthorized_closes_the_gate_then_a_probe_succeeds_and_reopens_it() -> None:
+    """401: the gate closes, the next attempt waits one probe interval, its 200 reopens it."""
+    h = Harness().answer(UNAUTHORIZED, OK)
+
+    outcomes = h.handle(record())
+
+    assert (
+        outcomes,
+        h.clock.sleeps,
+        h.button.gate_closed_at_send,
+        h.gate.closed,
+    ) == (["delivered"], [PROBE_INTERVAL], [False, True], False)
+
+
+def test_an_unauthorized_attempt_does_not_use_up_the_retry_budget() -> None:
+    """With max_attempts=2, 401 then 503 then 200 is delivered in two counted attempts."""
+    h = Harness(retry=RetryPolicy(max_attempts=2)).answer(UNAUTHORIZED, UNAVAILABLE, OK)
+
+    outcomes = h.handle(record())
+
+    assert (outcomes, h.last_delivery()["attempts"], h.letters) == (["delivered"], 2, [])
+
+
+def test_time_paused_at_the_gate_does_not_count_toward_the_retry_deadline() -> None:
+    """A 60 s auth pause does not spend a 10 s elapsed budget: the 503 after it is retried."""
+    h = Harness(retry=RetryPolicy(max_attempts=8, max_elapsed=10.0))
+    h.gate = AuthGate(60.0, sleep=h.clock.sleep)
+    h.button.gate = h.gate
+    h.answer(UNAUTHORIZED, UNAVAILABLE, OK)
+
+    outcomes = h.handle(record())
+
+    assert (outcomes, h.letters) == (["delivered"], [])
+
+
+def test_a_timed_out_probe_keeps_the_gate_closed() -> None:
+    """A probe that times out proves nothing about the key: the next probe waits again."""
+    h = Harness().answer(UNAUTHORIZED, TIMEOUT, OK)
+
+    outcomes = h.handle(record())
+
+    assert outcomes == ["delivered"]
+    assert h.button.gate_closed_at_send == [False, True, True]
+    assert [h.clock.sleeps[0], h.clock.sleeps[2]] == [PROBE_INTERVAL, PROBE_INTERVAL]
+
+
+def test_auth_failure_and_recovery_are_logged_once_each() -> None:
+    """One button_auth_failed error when the gate closes, one button_auth_recovered on reopen."""
+    h = Harness().answer(UNAUTHORIZED, UNAUTHORIZED, OK)
+
+    with capture_logs() as logs:
+        h.handle(record())
+
+    events = [(e["event"], e["log_level"]) for e in logs if e["event"].startswith("button_auth")]
+    assert events == [("button_auth_failed", "error"), ("button_auth_recovered", "info")]
+
+
+def test_retry_is_logged_with_status_and_attempt() -> None:
+    """Each retry logs one "retrying" line with the status and the attempt number."""
+    h = Harness().answer(replace(UNAVAILABLE, retry_after=2.0), OK)
+
+    with capture_logs() as logs:
+        h.handle(record())
+
+    retrying = [e for e in logs if e["event"] == "retrying"]
+    expected = [{"status": 503, "outcome": "server_error", "attempt": 1, "delay": 2.0}]
+    assert expected == [
+        {k: e[k] for k in ("status", "outcome", "attempt", "delay")} for e in retrying
+    ]
+
+
+# --- rate limit ---------------------------------------------------------------------------------
+
+
+def test_rate_limit_waits_with_the_injected_sleep() -> None:
+    """At 1 request/s with no time passing, the second request waits 1 s on the injected sleep."""
+    h = Harness()
+    h.rate = TokenBucket(rate=1.0, clock=h.clock.monotonic, burst=1.0)
+    h.answer(OK, OK)
+
+    outcomes = h.handle(record(17), record(18))
+
+    assert (outcomes, h.clock.sleeps) == (["delivered", "delivered"], [1.0])

@@ -1,0 +1,198 @@
+"""The profile processor: the real ProfileStore and mapping, joined by (partition, record key)."""
+
+from __future__ import annotations
+
+import struct
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from structlog.testing import capture_logs
+
+from consumer.domain.button import Send, Skip
+from consumer.domain.events import CommerceData, CommerceEvent, EventType, ProductAction
+from consumer.domain.mapping import MappingConfig
+from consumer.domain.profile import ProfileStore, decode_profile
+from consumer.engine.pipeline import Processed
+from consumer.engine.processor import ProfileProcessor
+
+T_OPEN = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+T_BUY = T_OPEN + timedelta(hours=2)
+NOW = T_BUY + timedelta(minutes=1)
+TOKEN = "srctok-abc123def456"
+KEY = b"user-1"
+PARTITION = 3
+
+
+def processor() -> ProfileProcessor:
+    config = MappingConfig()
+    return ProfileProcessor(ProfileStore(config.retention), config)
+
+
+def app_open(btn_ref: str = TOKEN) -> CommerceEvent:
+    return CommerceEvent(
+        event_id="evt-open",
+        event_type=EventType.APP_OPEN,
+        event_time=T_OPEN,
+        user_key="user-1",
+        btn_ref=btn_ref,
+    )
+
+
+def purchase(order_id: str = "ORD-1") -> CommerceEvent:
+    return CommerceEvent(
+        event_id="evt-buy",
+        event_type=EventType.PURCHASE,
+        event_time=T_BUY,
+        user_key="user-1",
+        commerce=CommerceData(
+            action=ProductAction.PURCHASE,
+            transaction_id=order_id,
+            currency_code="USD",
+            total_amount=Decimal("25.00"),
+        ),
+    )
+
+
+def body_of(processed: Processed) -> dict[str, object]:
+    assert isinstance(processed.result, Send), processed.result
+    body = processed.result.request.body
+    assert body is not None
+    return dict(body)
+
+
+def test_app_open_feeds_the_profile_and_is_skipped() -> None:
+    """An app open is not an order: skipped, but its btn_ref is stored and must be written."""
+    opened = processor().process(PARTITION, KEY, app_open(), NOW)
+
+    assert (Skip("profile_only"), True) == (opened.result, opened.profile_changed)
+    assert opened.profile_value is not None
+    token = decode_profile(opened.profile_value).btn_ref
+    assert token is not None
+    assert token.value == TOKEN
+
+
+def test_purchase_after_an_app_open_carries_the_remembered_btn_ref() -> None:
+    """The token seen on the open is attached to the later purchase of the same user."""
+    proc = processor()
+    proc.process(PARTITION, KEY, app_open(), NOW)
+
+    bought = proc.process(PARTITION, KEY, purchase(), NOW)
+
+    assert body_of(bought)["btn_ref"] == TOKEN
+
+
+def test_purchase_changes_the_profile_and_returns_the_changelog_bytes() -> None:
+    """The purchase stores its order; the bytes to write are those now in the store."""
+    proc = processor()
+    proc.process(PARTITION, KEY, app_open(), NOW)
+
+    bought = proc.process(PARTITION, KEY, purchase(), NOW)
+
+    assert bought.profile_changed
+    assert bought.profile_value is not None
+    assert bought.profile_value == proc.store.get_encoded(PARTITION, KEY)
+    assert [o.order_id for o in decode_profile(bought.profile_value).orders] == ["ORD-1"]
+
+
+def test_processed_names_the_event_its_time_and_its_order() -> None:
+    """event_id, event time in epoch ms and the order id come from the event."""
+    bought = processor().process(PARTITION, KEY, purchase("ORD-77"), NOW)
+
+    expected = ("evt-buy", int(T_BUY.timestamp() * 1000), "ORD-77")
+    assert expected == (bought.event_id, bought.event_time_ms, bought.order_id)
+
+
+def test_event_without_commerce_has_no_order_id() -> None:
+    """An app open has no order: order_id is empty (nothing to park)."""
+    assert processor().process(PARTITION, KEY, app_open(), NOW).order_id == ""
+
+
+def test_unchanged_profile_is_not_written_again() -> None:
+    """Seeing the same token at the same time again changes nothing: no changelog write."""
+    proc = processor()
+    proc.process(PARTITION, KEY, app_open(), NOW)
+
+    again = proc.process(PARTITION, KEY, app_open(), NOW)
+
+    assert (again.profile_changed, again.profile_value) == (False, None)
+
+
+def test_record_without_key_stores_no_profile() -> None:
+    """Without a key there is no user to remember: nothing stored, nothing to write."""
+    proc = processor()
+
+    opened = proc.process(PARTITION, None, app_open(), NOW)
+
+    assert (opened.profile_changed, opened.profile_value, len(proc.store)) == (False, None, 0)
+
+
+def test_record_without_key_uses_no_stored_profile() -> None:
+    """A keyless purchase is not joined with any stored profile, so it has no btn_ref."""
+    proc = processor()
+    proc.process(PARTITION, KEY, app_open(), NOW)
+
+    bought = proc.process(PARTITION, None, purchase(), NOW)
+
+    assert "btn_ref" not in body_of(bought)
+
+
+def test_profiles_are_per_partition() -> None:
+    """The same key in another partition is another profile (co-partitioned changelog)."""
+    proc = processor()
+    proc.process(PARTITION, KEY, app_open(), NOW)
+
+    bought = proc.process(PARTITION + 1, KEY, purchase(), NOW)
+
+    assert "btn_ref" not in body_of(bought)
+
+
+def test_profiles_are_per_key() -> None:
+    """Another user's token is never attached to this user's order."""
+    proc = processor()
+    proc.process(PARTITION, b"user-2", app_open(), NOW)
+
+    bought = proc.process(PARTITION, KEY, purchase(), NOW)
+
+    assert "btn_ref" not in body_of(bought)
+
+
+def corrupt_profile() -> bytes:
+    """A version-1 header (accepted by restore) followed by a payload that is not JSON."""
+    return struct.pack(">Bq", 1, 2**62) + b"{not json"
+
+
+def test_corrupt_stored_profile_is_treated_as_none() -> None:
+    """Unreadable stored bytes do not fail the record: the purchase maps as if no profile."""
+    proc = processor()
+    proc.store.restore(PARTITION, KEY, corrupt_profile())
+
+    bought = proc.process(PARTITION, KEY, purchase(), NOW)
+
+    assert "btn_ref" not in body_of(bought)
+    assert bought.order_id == "ORD-1"
+
+
+def test_corrupt_stored_profile_is_replaced_by_a_readable_one() -> None:
+    """The new profile overwrites the corrupt bytes in the store and in the changelog."""
+    proc = processor()
+    proc.store.restore(PARTITION, KEY, corrupt_profile())
+
+    bought = proc.process(PARTITION, KEY, purchase(), NOW)
+
+    stored = proc.store.get(PARTITION, KEY)
+    assert bought.profile_changed
+    assert stored is not None
+    assert [o.order_id for o in stored.orders] == ["ORD-1"]
+
+
+def test_corrupt_stored_profile_is_logged() -> None:
+    """An unreadable profile is reported once, as an error, without the user's key."""
+    proc = processor()
+    proc.store.restore(PARTITION, KEY, corrupt_profile())
+
+    with capture_logs() as logs:
+        proc.process(PARTITION, KEY, purchase(), NOW)
+
+    unreadable = [e for e in logs if e["event"] == "profile_unreadable"]
+    assert [e["log_level"] for e in unreadable] == ["error"]
+    assert all(KEY.decode() not in str(e) for e in unreadable)

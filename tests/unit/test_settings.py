@@ -1,0 +1,271 @@
+"""Settings from the environment: defaults, prefixes, validation naming the variable, secrets."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from consumer.errors import ConfigError
+from consumer.settings import Settings, kafka_passthrough
+
+API_KEY = "sk-live-0123456789abcdef-TOPSECRET"
+BASE = {"KAFKA_BOOTSTRAP_SERVERS": "broker-1:9092", "BUTTON_API_KEY": API_KEY}
+PREFIXES = ("KAFKA_", "SCHEMA_", "BUTTON_", "DELIVERY_", "MAPPING_", "ADMIN_", "LOG_")
+
+
+def load(**overrides: str) -> Settings:
+    return Settings.from_env({**BASE, **overrides})
+
+
+def config_error(**overrides: str) -> str:
+    with pytest.raises(ConfigError) as raised:
+        load(**overrides)
+    return str(raised.value)
+
+
+@pytest.fixture
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """os.environ without any variable a settings section would read."""
+    for name in list(os.environ):
+        if name.startswith(PREFIXES):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_defaults_apply_when_only_required_variables_are_set() -> None:
+    """With just the broker and the API key, every other setting takes its documented default."""
+    settings = load()
+
+    expected: tuple[object, ...] = (
+        "commerce-events",
+        "button-consumer",
+        "commerce-events.button-dlq",
+        "https://api.usebutton.com",
+        1000,
+        8,
+        False,
+        24.0 * 30,
+        9400,
+        "info",
+        "schemas",
+        {},
+    )
+    actual = (
+        settings.kafka.topic,
+        settings.kafka.group_id,
+        settings.kafka.dlq_topic,
+        settings.button.base_url,
+        settings.delivery.max_in_flight,
+        settings.delivery.retry_max_attempts,
+        settings.delivery.dry_run,
+        settings.mapping.attribution_window_hours,
+        settings.admin.port,
+        settings.log.level,
+        settings.schema.dir,
+        settings.kafka.config,
+    )
+    assert expected == actual
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "read"),
+    [
+        ("KAFKA_TOPIC", "orders", lambda s: s.kafka.topic),
+        ("SCHEMA_REGISTRY_URL", "http://registry:8081", lambda s: s.schema.registry_url),
+        ("BUTTON_API_VERSION", "2020-01-01", lambda s: s.button.api_version),
+        ("DELIVERY_MAX_IN_FLIGHT", "7", lambda s: str(s.delivery.max_in_flight)),
+        (
+            "MAPPING_ATTRIBUTION_WINDOW_HOURS",
+            "12.5",
+            lambda s: str(s.mapping.attribution_window_hours),
+        ),
+        ("ADMIN_PORT", "9999", lambda s: str(s.admin.port)),
+        ("LOG_LEVEL", "debug", lambda s: s.log.level),
+    ],
+)
+def test_each_section_reads_its_own_prefix(variable, value, read) -> None:
+    """A variable named prefix + field sets that field of its section."""
+    assert value == read(load(**{variable: value}))
+
+
+def test_a_variable_without_the_section_prefix_is_ignored() -> None:
+    """MAX_IN_FLIGHT alone (no DELIVERY_ prefix) does not set DeliverySettings.max_in_flight."""
+    assert load(MAX_IN_FLIGHT="7").delivery.max_in_flight == 1000
+
+
+def test_base_url_loses_its_trailing_slash() -> None:
+    """BUTTON_BASE_URL is normalised so paths can be appended to it."""
+    assert load(BUTTON_BASE_URL="http://127.0.0.1:8089/").button.base_url == "http://127.0.0.1:8089"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DELIVERY_MAX_IN_FLIGHT", "0"),
+        ("DELIVERY_MAX_IN_FLIGHT", "many"),
+        ("BUTTON_BASE_URL", "ftp://x"),
+        ("BUTTON_APPLICATION_ID_IOS", "bad"),
+        ("BUTTON_CONNECT_TIMEOUT", "-1"),
+        ("KAFKA_AUTO_OFFSET_RESET", "middle"),
+        ("DELIVERY_DRY_RUN", "maybe"),
+        ("ADMIN_PORT", "70000"),
+        ("LOG_FORMAT", "xml"),
+    ],
+)
+def test_a_bad_value_raises_config_error_naming_the_variable(variable: str, value: str) -> None:
+    """The error message starts with the variable's name, so the operator knows what to fix."""
+    assert config_error(**{variable: value}).startswith(variable + ":")
+
+
+def test_a_cross_field_violation_names_the_section() -> None:
+    """DELIVERY_CONCURRENCY_MIN above _MAX is refused with the DELIVERY section named."""
+    message = config_error(DELIVERY_CONCURRENCY_MIN="9", DELIVERY_CONCURRENCY_MAX="3")
+
+    assert message.startswith("DELIVERY settings:")
+    assert "concurrency_min must not exceed concurrency_max" in message
+
+
+def test_missing_bootstrap_servers_is_required() -> None:
+    """Without KAFKA_BOOTSTRAP_SERVERS the service cannot start, and says so by name."""
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({"BUTTON_API_KEY": API_KEY})
+
+    assert str(raised.value) == "KAFKA_BOOTSTRAP_SERVERS is required"
+
+
+def test_missing_api_key_is_required() -> None:
+    """Without BUTTON_API_KEY (and not a dry run) the error names the variable and the way out."""
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "b:9092"})
+
+    assert str(raised.value) == "BUTTON_API_KEY is required (or set DELIVERY_DRY_RUN=true)"
+
+
+def test_dry_run_needs_no_api_key() -> None:
+    """DELIVERY_DRY_RUN=true sends nothing, so no key is needed."""
+    settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "b:9092", "DELIVERY_DRY_RUN": "true"})
+
+    assert (settings.delivery.dry_run, settings.button.api_key) == (True, None)
+
+
+def test_commands_that_never_call_button_may_skip_the_api_key() -> None:
+    """require_api_key=False (replay-dlq, check of Kafka only) loads without BUTTON_API_KEY."""
+    settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "b:9092"}, require_api_key=False)
+
+    assert settings.button.api_key is None
+
+
+def test_empty_variables_mean_default() -> None:
+    """Kubernetes leaves optional variables empty: an empty value takes the default."""
+    settings = load(
+        DELIVERY_MAX_IN_FLIGHT="", DELIVERY_RATE_LIMIT_RPS="", BUTTON_BASE_URL="", KAFKA_TOPIC=""
+    )
+
+    expected = (1000, None, "https://api.usebutton.com", "commerce-events")
+    actual = (
+        settings.delivery.max_in_flight,
+        settings.delivery.rate_limit_rps,
+        settings.button.base_url,
+        settings.kafka.topic,
+    )
+    assert expected == actual
+
+
+def test_an_empty_required_variable_is_missing() -> None:
+    """KAFKA_BOOTSTRAP_SERVERS="" counts as unset, so it is reported as required."""
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "", "BUTTON_API_KEY": API_KEY})
+
+    assert str(raised.value) == "KAFKA_BOOTSTRAP_SERVERS is required"
+
+
+def test_empty_variables_in_the_process_environment_mean_default(clean_environ) -> None:
+    """Read from os.environ itself, an empty optional variable still takes its default."""
+    for name, value in BASE.items():
+        clean_environ.setenv(name, value)
+    clean_environ.setenv("DELIVERY_MAX_IN_FLIGHT", "")
+    clean_environ.setenv("DELIVERY_RATE_LIMIT_RPS", "")
+
+    settings = Settings.from_env()
+
+    assert (settings.delivery.max_in_flight, settings.delivery.rate_limit_rps) == (1000, None)
+
+
+def test_an_explicit_environ_is_the_only_source(clean_environ) -> None:
+    """from_env(environ) reads nothing from os.environ: a bad variable there is not seen."""
+    clean_environ.setenv("DELIVERY_MAX_IN_FLIGHT", "0")
+    clean_environ.setenv("KAFKA_TOPIC", "from-os-environ")
+
+    settings = load()
+
+    assert (settings.delivery.max_in_flight, settings.kafka.topic) == (1000, "commerce-events")
+
+
+def test_kafka_config_variables_pass_through_as_librdkafka_properties() -> None:
+    """KAFKA_CONFIG_* becomes a property: "_" is ".", "__" is a literal "_", names lower-cased."""
+    settings = load(
+        KAFKA_CONFIG_SASL_MECHANISM="PLAIN",
+        KAFKA_CONFIG_SECURITY_PROTOCOL="SASL_SSL",
+        KAFKA_CONFIG_SSL_ENDPOINT__IDENTIFICATION__ALGORITHM="https",
+    )
+
+    expected = {
+        "sasl.mechanism": "PLAIN",
+        "security.protocol": "SASL_SSL",
+        "ssl.endpoint_identification_algorithm": "https",
+    }
+    assert expected == settings.kafka.config
+
+
+def test_the_bare_passthrough_prefix_is_ignored() -> None:
+    """A variable named exactly KAFKA_CONFIG_ names no property and is skipped."""
+    assert kafka_passthrough({"KAFKA_CONFIG_": "x", "KAFKA_TOPIC": "t"}) == {}
+
+
+@pytest.mark.parametrize(
+    ("variable", "prop"),
+    [
+        ("KAFKA_CONFIG_ENABLE_AUTO_OFFSET_STORE", "enable.auto.offset.store"),
+        ("KAFKA_CONFIG_ENABLE_AUTO_COMMIT", "enable.auto.commit"),
+        ("KAFKA_CONFIG_GROUP_ID", "group.id"),
+        ("KAFKA_CONFIG_BOOTSTRAP_SERVERS", "bootstrap.servers"),
+    ],
+)
+def test_reserved_kafka_properties_are_refused(variable: str, prop: str) -> None:
+    """Properties the service owns (at-least-once, group, brokers) cannot be overridden."""
+    message = config_error(**{variable: "true"})
+
+    assert f"{variable}: {prop} is managed by the service and cannot be set" == message
+
+
+def test_api_key_is_not_in_repr_or_str_of_the_settings() -> None:
+    """The key is a SecretStr: neither the section nor the whole settings object prints it."""
+    settings = load()
+    printed = [repr(settings), str(settings), repr(settings.button), str(settings.button)]
+
+    assert [text for text in printed if API_KEY in text] == []
+
+
+def test_api_key_value_is_still_available_to_the_client() -> None:
+    """Hiding the key from output does not lose it: the Button client can read it."""
+    key = load().button.api_key
+
+    assert key is not None
+    assert key.get_secret_value() == API_KEY
+
+
+def test_api_key_is_not_in_a_config_error_message() -> None:
+    """An invalid setting beside the key reports the variable, never the key's value."""
+    message = config_error(BUTTON_BASE_URL="ftp://x", BUTTON_CONNECT_TIMEOUT="nope")
+
+    assert API_KEY not in message
+
+
+def test_kafka_passthrough_values_are_not_in_repr() -> None:
+    """A credential passed as KAFKA_CONFIG_SASL_PASSWORD is not printed with the Kafka settings."""
+    settings = load(KAFKA_CONFIG_SASL_PASSWORD="hunter2-kafka-secret")
+    printed = [repr(settings.kafka), str(settings.kafka)]
+
+    assert [text for text in printed if "hunter2-kafka-secret" in text] == []
+    assert settings.kafka.config["sasl.password"] == "hunter2-kafka-secret"
