@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import queue
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -149,6 +150,62 @@ def _settle(future: asyncio.Future[tuple[int, int]], err: KafkaError | None, msg
 RebalanceCallback = Callable[[list[int]], None]
 
 
+class _KafkaThread:
+    """A one-thread executor whose thread is a daemon.
+
+    librdkafka calls can block for as long as the cluster is unreachable (a synchronous commit,
+    ``close``). The service bounds them with deadlines; a daemon thread guarantees a call that
+    never returns cannot keep the process alive after the deadline has passed.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._work: queue.SimpleQueue[
+            tuple[concurrent.futures.Future[Any], Callable[[], Any]] | None
+        ]
+        self._work = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._work.put((future, lambda: fn(*args)))
+        return future
+
+    def _serve(self) -> None:
+        while (item := self._work.get()) is not None:
+            future, call = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(call())
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                future.set_exception(exc)
+
+    def shutdown(self) -> None:
+        self._work.put(None)
+
+
+def call_with_deadline(fn: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Run ``fn`` on a daemon thread; raise ``BrokerError`` if it does not return in time."""
+    result: list[Any] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(fn())
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            error.append(exc)
+
+    thread = threading.Thread(target=run, name=what, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise BrokerError(f"{what} did not complete within {timeout:.0f}s")
+    if error:
+        raise error[0]
+    return result[0] if result else None
+
+
 class KafkaSource:
     """The input topic, read by a consumer group, from one dedicated thread.
 
@@ -175,8 +232,10 @@ class KafkaSource:
         self._on_assign = on_assign
         self._on_revoke = on_revoke
         self._on_lost = on_lost
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kafka")
+        self._executor = _KafkaThread("kafka")
         self._consumer: Consumer | None = None
+        self.commit_timeout = 15.0
+        self.close_timeout = 30.0
 
     # -- lifecycle (all on the Kafka thread) -------------------------------------------------
 
@@ -193,9 +252,17 @@ class KafkaSource:
         )
 
     async def close(self) -> None:
-        """Leave the group (revoking, hence committing, what is assigned) and close."""
-        await self._call(self._close)
-        self._executor.shutdown(wait=True)
+        """Leave the group (revoking, hence committing, what is assigned) and close.
+
+        Bounded by ``close_timeout``: with the cluster unreachable, librdkafka's close can wait
+        indefinitely; the process then exits anyway (what is not committed is replayed).
+        """
+        try:
+            await asyncio.wait_for(self._call(self._close), self.close_timeout)
+        except TimeoutError:
+            raise BrokerError(f"closing the consumer took over {self.close_timeout:.0f}s") from None
+        finally:
+            self._executor.shutdown()
 
     def _close(self) -> None:
         if self._consumer is not None:
@@ -203,8 +270,7 @@ class KafkaSource:
             self._consumer = None
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        return await asyncio.wrap_future(self._executor.submit(fn, *args))
 
     @property
     def _c(self) -> Consumer:
@@ -251,8 +317,13 @@ class KafkaSource:
         if not offsets:
             return
         parts = [TopicPartition(self.topic, p, o) for p, o in offsets.items()]
+        consumer = self._c
         try:
-            self._c.commit(offsets=parts, asynchronous=False)
+            call_with_deadline(
+                lambda: consumer.commit(offsets=parts, asynchronous=False),
+                self.commit_timeout,
+                "offset commit",
+            )
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError._NO_OFFSET:
                 raise
@@ -277,9 +348,13 @@ class KafkaSource:
     def _lag(self, partitions: list[int]) -> dict[int, int]:
         if not partitions:
             return {}
-        committed = self._c.committed(
-            [TopicPartition(self.topic, p) for p in partitions], timeout=5.0
-        )
+        try:
+            committed = self._c.committed(
+                [TopicPartition(self.topic, p) for p in partitions], timeout=5.0
+            )
+        except KafkaException as exc:
+            # E.g. NOT_COORDINATOR or a timeout while a broker restarts: no lag this time.
+            raise BrokerError(f"reading committed offsets failed: {exc}") from exc
         lag: dict[int, int] = {}
         for tp in committed:
             _low, high = self._c.get_watermark_offsets(tp, cached=True)

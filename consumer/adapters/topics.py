@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumer.adapters.kafka import AckingProducer, Record
 from consumer.domain.deadletter import DeadLetter, dead_letter_headers
@@ -69,10 +69,11 @@ def restore_partitions(
             "enable.partition.eof": True,
         }
     )
+    deadline = time.monotonic() + timeout
     try:
         ends: dict[int, int] = {}
         for p in partitions:
-            low, high = reader.get_watermark_offsets(TopicPartition(topic, p), timeout=30.0)
+            low, high = _watermarks(reader, TopicPartition(topic, p), deadline)
             if high > low:
                 ends[p] = high
         if not ends:
@@ -81,6 +82,31 @@ def restore_partitions(
         return _read_to_end(reader, topic, ends, apply, time.monotonic() + timeout)
     finally:
         reader.close()
+
+
+# A changelog created a moment ago (first start) may not have a leader yet: wait for it.
+_NO_LEADER_YET = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError._UNKNOWN_TOPIC,
+    }
+)
+
+
+def _watermarks(reader: Consumer, partition: TopicPartition, deadline: float) -> tuple[int, int]:
+    while True:
+        try:
+            low, high = reader.get_watermark_offsets(partition, timeout=30.0)
+            return low, high
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            code = error.code() if isinstance(error, KafkaError) else None
+            if code not in _NO_LEADER_YET or time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
 
 
 def _read_to_end(

@@ -23,9 +23,11 @@ from types import FrameType
 from prometheus_client import CollectorRegistry
 
 from consumer.adapters.logging import configure_logging
-from consumer.bootstrap import build
+from consumer.bootstrap import Service, build
 from consumer.commands import produce_events
 from consumer.domain.events import EventType
+from consumer.engine.worker import RunStats
+from consumer.errors import ConsumerError
 from consumer.samples import generate_events
 from consumer.sandbox.testing import run_sandbox
 from consumer.settings import Settings
@@ -53,6 +55,24 @@ def _broker() -> Iterator[str]:
         yield kafka.bootstrap_servers
 
 
+async def _serve(service: Service) -> RunStats:
+    """Run the consumer; SIGTERM or Ctrl-C stop it gracefully (commit, leave the group)."""
+    loop = asyncio.get_running_loop()
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        stopped = True
+        service.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    stats = await service.run()
+    if stopped:
+        raise KeyboardInterrupt
+    return stats
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="demo", description=__doc__)
     parser.add_argument("--users", type=int, default=300, help="sample users")
@@ -66,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("demo interrupted; everything it started is stopped")
         return 130
+    except ConsumerError as exc:
+        print(f"demo failed: {exc}")
+        return 1
 
 
 def _run(users: int, seed: int, partitions: int) -> int:
@@ -101,7 +124,8 @@ def _run(users: int, seed: int, partitions: int) -> int:
 
         service = build(settings, CollectorRegistry())
         started = time.monotonic()
-        stats = asyncio.run(service.run())
+        stats = asyncio.run(_serve(service))
+        _stop_on_sigterm()  # asyncio restored the default handlers
         elapsed = time.monotonic() - started - 3.0  # the idle wait is not work
 
         metric = service.metrics.registry.get_sample_value

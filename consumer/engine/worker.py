@@ -18,6 +18,7 @@ is short on purpose; each step is a named collaborator:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -112,27 +113,51 @@ class Worker:
         log.info("partitions_assigned", partitions=partitions, profiles_restored=restored)
 
     def on_revoke(self, partitions: list[int]) -> None:
-        offsets = self._call_in_loop(self._revoke_in_loop, partitions, True)
-        self._source.commit_now(offsets)
+        try:
+            offsets = self._call_in_loop(self._revoke_in_loop, partitions, True)
+        except ConsumerError as exc:
+            # The loop is gone (the process is being torn down): nothing to wait for; what is
+            # not committed is processed again by the next owner.
+            log.warning("revoke_without_loop", error=str(exc), partitions=partitions)
+            offsets = {}
+        try:
+            self._source.commit_now(offsets)
+        except Exception as exc:  # noqa: BLE001 - logged; the next owner replays (harmless)
+            # E.g. the revocation that close() triggers after the shutdown already committed
+            # (_DESTROY), or a coordinator that is away. Raising here would escape poll() or
+            # close() and crash the process for a commit whose only cost is replays.
+            log.warning("revoke_commit_failed", error=str(exc), offsets=offsets)
         self._drop(partitions)
         self._metrics.rebalances.labels("revoke").inc()
         log.info("partitions_revoked", partitions=partitions, committed=offsets)
 
     def on_lost(self, partitions: list[int]) -> None:
-        self._call_in_loop(self._revoke_in_loop, partitions, False)
+        try:
+            self._call_in_loop(self._revoke_in_loop, partitions, False)
+        except ConsumerError as exc:
+            log.warning("lost_without_loop", error=str(exc), partitions=partitions)
         self._drop(partitions)
         self._metrics.rebalances.labels("lost").inc()
         log.warning("partitions_lost", partitions=partitions)
 
     def _call_in_loop(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+        """Run ``fn`` on the event loop from the Kafka thread and wait for it (bounded)."""
         loop = self._loop
-        if loop is None:
+        if loop is None or loop.is_closed():
             raise ConsumerError("rebalance callback outside the run loop")
-        return asyncio.run_coroutine_threadsafe(fn(*args), loop).result()
+        future = asyncio.run_coroutine_threadsafe(fn(*args), loop)
+        try:
+            return future.result(timeout=self._opt.revoke_timeout + 10.0)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise ConsumerError("the event loop did not answer a rebalance callback") from None
 
     async def _assigned_in_loop(self, partitions: list[int]) -> None:
         self._assigned.update(partitions)
-        self._paused.difference_update(partitions)  # a new assignment is not paused
+        # librdkafka keeps a partition's pause flag across revoke and re-assign: a partition
+        # paused when it was revoked comes back paused. Count new partitions as paused, so the
+        # next backpressure pass (after the assignment is applied) resumes those not saturated.
+        self._paused.update(partitions)
         self._metrics.partitions_assigned.set(len(self._assigned))
 
     async def _revoke_in_loop(self, partitions: list[int], commit: bool) -> dict[int, int]:
@@ -144,6 +169,7 @@ class Worker:
         self._paused.difference_update(partitions)
         self._metrics.partitions_assigned.set(len(self._assigned))
         self._metrics.partitions_paused.set(len(self._paused))
+        self._update_in_flight()
         return offsets
 
     # -- the loop ---------------------------------------------------------------------------
@@ -217,6 +243,13 @@ class Worker:
         advanced = self._watermarks.take_advanced()
         if advanced:
             await self._source.store(advanced)
+        self._update_in_flight()
+
+    def _update_in_flight(self) -> None:
+        # The gauge counts up on submit and down when a record's job ends; records a revocation
+        # (or the shutdown deadline) drops before their job starts never end, so re-align it
+        # with the dispatcher's own count, which every path keeps exact.
+        self._metrics.in_flight.set(self._dispatcher.total_in_flight())
 
     async def _apply_backpressure(self) -> None:
         if self._gate.closed:
@@ -257,6 +290,7 @@ class Worker:
         if finished:
             await self._source.store(finished)
             await self._source.commit(finished)
+        self._update_in_flight()
         await self._source.close()
         self.stats.stopped_at = self._now()
         log.info("stopped", received=self.stats.received)
