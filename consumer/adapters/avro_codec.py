@@ -479,7 +479,7 @@ class ConfluentSchemaSource:
             ConfigError: the client cannot be imported (missing ``schemaregistry`` extra).
         """
         try:
-            from confluent_kafka.schema_registry import (  # noqa: PLC0415 -- optional extra
+            from confluent_kafka.schema_registry import (
                 SchemaRegistryClient,
             )
         except ImportError as exc:
@@ -526,7 +526,7 @@ class ConfluentSchemaSource:
             SchemaRegistryUnavailableError: the registry could not be asked.
             ConfigError: the registry refused the schema (409 incompatible, 422 invalid).
         """
-        from confluent_kafka.schema_registry import Schema  # noqa: PLC0415 -- optional extra
+        from confluent_kafka.schema_registry import Schema
 
         try:
             return int(self.client.register_schema(subject, Schema(schema_text, "AVRO")))

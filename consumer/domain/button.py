@@ -24,7 +24,7 @@ class Action(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ButtonRequest:
-    """One call to Button's Order API: ``POST /v1/order``, ``POST /v1/order/{id}``, ``DELETE ...``."""
+    """One call to Button's Order API (``POST /v1/order``, ``POST|DELETE /v1/order/{id}``)."""
 
     action: Action
     method: str
