@@ -312,11 +312,14 @@ def _purchase(
     event_ms = epoch_ms(event.event_time)
     existing = profile.order(order_id)
     if existing is not None:
+        if existing.created_by == event.event_id:
+            # A replay: re-send the create with the state and token stored the first time, also
+            # when the order was cancelled since. A redelivered create is answered 409 (done);
+            # a redriven one (its create was dead-lettered, its cancel parked behind it) must
+            # reach Button before the cancel that follows it in the replay.
+            return _create(existing, _customer(event, profile, config)), profile
         if existing.status is OrderStatus.CANCELLED:
             return Skip("order_already_cancelled"), profile
-        if existing.created_by == event.event_id:
-            # A replay: re-send the create with the state and token stored the first time.
-            return _create(existing, _customer(event, profile, config)), profile
         if existing.refunds:
             raise MappingError(
                 "purchase_after_refund",
