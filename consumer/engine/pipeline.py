@@ -136,6 +136,10 @@ class Pipeline:
         if processed.profile_changed and record.key is not None:
             await d.changelog.write(record.partition, record.key, processed.profile_value)
         result = processed.result
+        if processed.order_id and _replay_of_first_dead_letter(record):
+            # The record whose dead letter parked its order is back: release the order so it
+            # and the records parked behind it (replayed after it, in order) are sent again.
+            d.parking.release(processed.order_id)
         if isinstance(result, Skip):
             return self._finish(record, processed, "skipped", Action.SKIP, reason=result.reason)
         if isinstance(result, Reject):
@@ -151,10 +155,6 @@ class Pipeline:
                 action=Action.REJECT.value,
             )
         request = result.request
-        if _replay_of_first_dead_letter(record):
-            # The record whose dead letter parked its order is back: release the order so it
-            # and the records parked behind it (replayed after it, in order) are sent again.
-            d.parking.release(request.order_id)
         parked_reason = d.parking.reason(request.order_id)
         if parked_reason is not None:
             return await self._dead_letter(

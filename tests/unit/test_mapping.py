@@ -388,6 +388,14 @@ def test_purchase_replay_resends_stored_create() -> None:
     assert unchanged is None
 
 
+def test_purchase_replay_after_a_cancel_resends_the_create() -> None:
+    """Redriving a dead-lettered create must reach Button before the cancel replayed after it."""
+    _, profile = process(purchase(), None, CONFIG, NOW)
+    _, after = process(refund("evt-r1"), profile, CONFIG, NOW)
+    result, unchanged = process(purchase(), after, CONFIG, NOW)
+    assert (send(result).action, unchanged) == (Action.CREATE, None)
+
+
 def test_purchase_of_cancelled_order_is_skipped() -> None:
     """A cancelled order is never resurrected by a duplicate purchase."""
     _, profile = process(purchase(), None, CONFIG, NOW)

@@ -584,6 +584,22 @@ def test_replayed_head_then_follower_are_both_sent_in_order() -> None:
     assert [r.action for r in h.button.sent] == [Action.CREATE, Action.UPDATE]
 
 
+def test_replayed_first_dead_letter_that_is_now_skipped_still_releases_its_order() -> None:
+    """Releasing does not depend on the replayed record becoming a request again."""
+    h = Harness(
+        processor=FakeProcessor(
+            processed(Skip("order_already_cancelled")),
+            processed(Send(request(Action.CANCEL)), event_id="evt-2"),
+        )
+    ).answer(OK)
+    h.parking.park(ORDER, "http_400")
+
+    outcomes = h.handle(replayed(40, parked=False), replayed(41, parked=True))
+
+    assert outcomes == ["skipped", "delivered"]
+    assert [r.action for r in h.button.sent] == [Action.CANCEL]
+
+
 # --- dead letters without retries ---------------------------------------------------------------
 
 
