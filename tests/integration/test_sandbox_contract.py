@@ -7,7 +7,6 @@ status code, Button's envelope and the fields the reference lists.
 from __future__ import annotations
 
 import copy
-import hashlib
 import re
 from collections.abc import Iterator
 from datetime import datetime
@@ -17,6 +16,7 @@ import httpx
 import pytest
 
 from consumer.sandbox.testing import SandboxHandle, run_sandbox
+from tests.reference import example_create
 
 API_KEY = "sk-XXX"
 HEADERS = {
@@ -25,31 +25,7 @@ HEADERS = {
     "Content-Type": "application/json",
     "X-Button-API-Version": "2018-02-13",
 }
-CREATE: dict[str, Any] = {
-    "order_id": "ORD-100045",
-    "total": 5998,
-    "currency": "USD",
-    "purchase_date": "2024-05-01T14:03:22Z",
-    "btn_ref": "srctok-0123456789abcdef",
-    "customer_order_id": "100045",
-    "customer": {
-        "id": "cust-789",
-        "email_sha256": hashlib.sha256(b"shopper@example.com").hexdigest(),
-        "device_id": "6D92078A-8246-4BA4-AE5B-76104861E7DC",
-    },
-    "line_items": [
-        {
-            "identifier": "SKU-RED-M",
-            "sku": "SKU-RED-M",
-            "description": "Red shirt, M",
-            "category": ["Apparel"],
-            "quantity": 2,
-            "amount": 2999,
-            "total": 5998,
-            "attributes": {"size": "M"},
-        }
-    ],
-}
+CREATE: dict[str, Any] = example_create()
 PARTIAL_REFUND: dict[str, Any] = {
     "total": 2999,
     "currency": "USD",

@@ -30,38 +30,10 @@ from consumer.sandbox.validation import (
     validate_order_id,
     validate_update,
 )
+from tests.reference import example_create
 
 URL_SAFE = string.ascii_letters + string.digits + "-._~"
 PRINTABLE_ASCII = "".join(chr(c) for c in range(0x20, 0x7F))
-
-
-def example_create() -> dict[str, Any]:
-    """The create example of button-api.md section 11."""
-    return {
-        "order_id": "ORD-100045",
-        "total": 5998,
-        "currency": "USD",
-        "purchase_date": "2024-05-01T14:03:22Z",
-        "btn_ref": "srctok-0123456789abcdef",
-        "customer_order_id": "100045",
-        "customer": {
-            "id": "cust-789",
-            "email_sha256": hashlib.sha256(b"someone@example.com").hexdigest(),
-            "device_id": "6D92078A-8246-4BA4-AE5B-76104861E7DC",
-        },
-        "line_items": [
-            {
-                "identifier": "SKU-RED-M",
-                "sku": "SKU-RED-M",
-                "description": "Red shirt, M",
-                "category": ["Apparel"],
-                "quantity": 2,
-                "amount": 2999,
-                "total": 5998,
-                "attributes": {"size": "M"},
-            }
-        ],
-    }
 
 
 # --- strategies --------------------------------------------------------------------------------
