@@ -236,6 +236,7 @@ class KafkaSource:
         self._consumer: Consumer | None = None
         self.commit_timeout = 15.0
         self.close_timeout = 30.0
+        self._in_rebalance_callback = False
 
     # -- lifecycle (all on the Kafka thread) -------------------------------------------------
 
@@ -247,9 +248,16 @@ class KafkaSource:
         self._consumer.subscribe(
             [self.topic],
             on_assign=lambda _c, parts: self._on_assign(_partitions(parts)),
-            on_revoke=lambda _c, parts: self._on_revoke(_partitions(parts)),
+            on_revoke=lambda _c, parts: self._revoke_callback(parts),
             on_lost=lambda _c, parts: self._on_lost(_partitions(parts)),
         )
+
+    def _revoke_callback(self, parts: list[TopicPartition]) -> None:
+        self._in_rebalance_callback = True
+        try:
+            self._on_revoke(_partitions(parts))
+        finally:
+            self._in_rebalance_callback = False
 
     async def close(self) -> None:
         """Leave the group (revoking, hence committing, what is assigned) and close.
@@ -319,6 +327,12 @@ class KafkaSource:
         parts = [TopicPartition(self.topic, p, o) for p, o in offsets.items()]
         consumer = self._c
         try:
+            if self._in_rebalance_callback:
+                # Inside a rebalance callback only this thread can complete a synchronous
+                # commit: from a helper thread it waits until the callback returns, i.e. it
+                # always hits the deadline and the revoked partitions' offsets are lost.
+                consumer.commit(offsets=parts, asynchronous=False)
+                return
             call_with_deadline(
                 lambda: consumer.commit(offsets=parts, asynchronous=False),
                 self.commit_timeout,

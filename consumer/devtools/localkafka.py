@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
@@ -215,6 +216,43 @@ class LocalKafka:
                 raise
         raise AssertionError("unreachable")
 
+    def restart(self) -> LocalKafka:
+        """Stop the broker and start it again on the same ports with the same data.
+
+        The JVM gets SIGTERM (a controlled shutdown), SIGKILL after `stop_timeout`; the log
+        directory, the cluster id and both ports are kept, so clients reconnect to the same
+        `bootstrap_servers` and find their topics, records and committed offsets again. Returns
+        once the broker answers a metadata request (within `start_timeout`). On failure the
+        broker is stopped and its directory removed, as `start` does.
+        """
+        proc = self._proc
+        if proc is None:
+            raise RuntimeError("LocalKafka is not started")
+        self._proc = None
+        try:
+            stop_process(proc, grace=self.stop_timeout)
+            java = require_tool("java")
+            classpath = kafka_classpath()
+            deadline = time.monotonic() + self.start_timeout
+            for attempt in range(1, _START_ATTEMPTS + 1):
+                # The ports are fixed now: a clash (a socket still lingering) is waited out.
+                try:
+                    self._spawn(java, classpath)
+                    self._wait_ready(deadline)
+                    self._wait_for_leaders(deadline)
+                    return self
+                except _PortClashError:
+                    self._proc = None
+                    if attempt == _START_ATTEMPTS or time.monotonic() >= deadline:
+                        raise ToolError(
+                            f"Kafka broker: port {self.port} stayed busy after the restart"
+                        ) from None
+                    time.sleep(1.0)
+        except BaseException:
+            self.stop()
+            raise
+        raise AssertionError("unreachable")
+
     def stop(self) -> None:
         """SIGTERM the broker, SIGKILL it after `stop_timeout`, and remove its directory."""
         atexit.unregister(self.stop)
@@ -281,6 +319,12 @@ class LocalKafka:
             raise ToolError(
                 "formatting KRaft storage failed:\n" + (formatted.stdout + formatted.stderr)
             )
+        self._spawn(java, classpath)
+
+    def _spawn(self, java: str, classpath: str) -> None:
+        """Start the JVM on the formatted data directory and its `server.properties`."""
+        data_dir = self.data_dir
+        config = data_dir / "server.properties"
         command = [
             java,
             f"-Xmx{self.heap_mb}m",
@@ -300,6 +344,27 @@ class LocalKafka:
             str(config),
         ]
         self._proc = spawn(command, log_path=self.log_path, cwd=data_dir, detached=self.detached)
+
+    def _wait_for_leaders(self, deadline: float) -> None:
+        """After a restart: wait until every partition of every topic has a leader again.
+
+        The broker answers metadata requests before it has loaded its logs; until then clients
+        get NOT_LEADER_FOR_PARTITION. A restarted broker is ready when its old data is.
+        """
+        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
+        missing: list[str] = []
+        while time.monotonic() < deadline:
+            try:
+                missing = _leaderless(admin.list_topics(timeout=2.0))
+            except KafkaException:
+                continue
+            if not missing:
+                return
+            time.sleep(0.1)
+        raise ToolError(
+            f"Kafka broker on {self.bootstrap_servers}: topics without a leader "
+            f"{self.start_timeout:.0f}s after the restart: {sorted(missing)[:5]}"
+        )
 
     def _wait_ready(self, deadline: float) -> None:
         proc = self._proc
@@ -332,6 +397,15 @@ class LocalKafka:
             f"Kafka broker on {self.bootstrap_servers} did not answer a metadata request within "
             f"{self.start_timeout:.0f}s; log tail ({self.log_path}):\n{log}"
         )
+
+
+def _leaderless(metadata: Any) -> list[str]:  # confluent_kafka ClusterMetadata
+    """Topics (with a partition) that have no leader, or an error, in ``metadata``."""
+    return [
+        name
+        for name, topic in metadata.topics.items()
+        if topic.error is not None or any(p.leader < 0 for p in topic.partitions.values())
+    ]
 
 
 class _PortClashError(Exception):

@@ -1,0 +1,452 @@
+"""Reliability of the process around delivery: a crash, a rebalance, a broker restart, a restart.
+
+Each test runs the real service (a ``button-consumer run`` child process, or in-process
+``ServiceRunner``s) against a real broker and the Button sandbox over HTTP, and asserts on what
+Button ends up holding: every order of the oracle (the pure mapping over the same events,
+``expected_orders``) in its final state, reached by its requests in order, none lost. Replays
+are allowed (at-least-once): a re-sent create answers 409 and a re-sent cancel 404, so neither is
+applied twice; a re-sent full-state update may be (``assert_sandbox_converged``).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from consumer.commands import produce_events
+from consumer.devtools.localkafka import LocalKafka
+from consumer.domain.button import Action
+from consumer.domain.events import (
+    AttAuthorizationStatus,
+    CommerceData,
+    CommerceEvent,
+    DeviceInfo,
+    EventType,
+    Platform,
+    ProductAction,
+    UserIdentities,
+)
+from consumer.samples import generate_events
+from consumer.sandbox.testing import SandboxHandle, run_sandbox
+from consumer.settings import Settings
+from tests.e2e.harness import (
+    ExpectedOrder,
+    ServiceProcess,
+    ServiceRunner,
+    assert_sandbox_converged,
+    committed_offsets,
+    end_offsets,
+    expected_orders,
+    read_all,
+    wait_for_committed,
+    wait_until,
+)
+
+pytestmark = pytest.mark.broker
+
+API_KEY = "sk-e2e-process"
+IN_FLIGHT = "button_consumer_in_flight_records"
+ASSIGNED = "button_consumer_partitions_assigned"
+RECEIVED = "button_consumer_records_received_total"
+
+
+# --- fixtures and builders ------------------------------------------------------------------
+
+
+@pytest.fixture
+def process_sandbox() -> Iterator[SandboxHandle]:
+    """A sandbox in its own process: it does not compete for this process's GIL."""
+    with run_sandbox(api_keys=(API_KEY,), mode="process") as handle:
+        yield handle
+
+
+@pytest.fixture
+def service_processes() -> Iterator[list[ServiceProcess]]:
+    """Service child processes a test starts; any still running is killed afterwards."""
+    processes: list[ServiceProcess] = []
+    yield processes
+    for process in processes:
+        process.kill()
+
+
+def _env(
+    bootstrap: str, topic: str, group: str, sandbox: SandboxHandle, **overrides: str
+) -> dict[str, str]:
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "KAFKA_TOPIC": topic,
+        "KAFKA_GROUP_ID": group,
+        "KAFKA_DLQ_TOPIC": f"{topic}.dlq",
+        "KAFKA_PROFILE_TOPIC": f"{topic}.profiles",
+        "BUTTON_API_KEY": sandbox.api_key,
+        "BUTTON_BASE_URL": sandbox.base_url,
+        "ADMIN_HOST": "127.0.0.1",
+        "ADMIN_PORT": "0",
+        "DELIVERY_RETRY_BASE_DELAY_SECONDS": "0.05",
+        "DELIVERY_RETRY_MAX_DELAY_SECONDS": "1",
+        "DELIVERY_SHUTDOWN_TIMEOUT_SECONDS": "10",
+        "LOG_LEVEL": "warning",
+        "LOG_FORMAT": "json",
+        **overrides,
+    }
+
+
+def _recent_events(users: int, seed: int) -> list[CommerceEvent]:
+    """Sample journeys of the last hours (inside every retention window)."""
+    start = datetime.now(UTC) - timedelta(hours=7)
+    return list(generate_events(users, seed=seed, start=start))
+
+
+def _has_refunds(expected: Mapping[str, ExpectedOrder]) -> None:
+    actions = [a for o in expected.values() for a in o.actions]
+    assert Action.UPDATE in actions, "the sample set has partial refunds"
+    assert Action.CANCEL in actions, "and full refunds"
+
+
+# --- 1. kill -9 mid-run, then restart --------------------------------------------------------
+
+
+def test_kill_9_mid_run_then_restart_loses_nothing(
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    unique_name: Callable[[str], str],
+    process_sandbox: SandboxHandle,
+    service_processes: list[ServiceProcess],
+    tmp_path: Path,
+) -> None:
+    """SIGKILL the service while thousands of records are in flight, start it again: every
+    order reaches its final state (creates, partial-refund totals, cancels), none is lost,
+    replays are harmless, and the group's committed offsets reach the end.
+
+    Most of the run time is the broker's: with the default (KIP-848) group protocol the killed
+    member keeps its partitions until the broker's session timeout (45 s) fences it.
+    """
+    sandbox = process_sandbox
+    partitions = 4
+    topic = make_topic(partitions=partitions, prefix="kill9")
+    env = _env(kafka_bootstrap, topic, unique_name("group"), sandbox)
+    settings = Settings.from_env(env)
+    events = _recent_events(3100, seed=91)
+    assert len(events) >= 20_000
+    expected = expected_orders(events, settings)
+    _has_refunds(expected)
+    produce_events(settings, events, partitions=partitions)
+    ends = end_offsets(kafka_bootstrap, topic, partitions)
+    assert sum(ends.values()) == len(events)
+
+    started = time.monotonic()
+    first = ServiceProcess(env, tmp_path / "first.log").start()
+    service_processes.append(first)
+
+    def orders_held() -> int:
+        return sum(sandbox.stats()["orders"].values())
+
+    # Kill it once a good part, but far from all, of the orders reached Button.
+    wait_until(
+        lambda: orders_held() >= len(expected) // 4 or not first.alive(),
+        timeout=60,
+        interval=0.05,
+        message="the first service delivered too little",
+    )
+    assert first.alive(), first.log_tail()
+    first.kill()
+    at_kill = orders_held()
+    assert 0 < at_kill < len(expected), "the kill came mid-run"
+
+    killed_after = time.monotonic() - started
+    second = ServiceProcess(env, tmp_path / "second.log").start()
+    service_processes.append(second)
+    try:
+        wait_for_committed(kafka_bootstrap, env["KAFKA_GROUP_ID"], topic, partitions, timeout=150)
+    except TimeoutError:
+        raise AssertionError(second.log_tail()) from None
+    done_after = time.monotonic() - started
+    assert second.terminate() == 0, second.log_tail()
+
+    repeats = assert_sandbox_converged(sandbox, expected)
+    assert read_all(kafka_bootstrap, env["KAFKA_DLQ_TOPIC"]) == []
+    print(
+        f"killed after {killed_after:.1f} s with {at_kill}/{len(expected)} orders held; "
+        f"done after {done_after:.1f} s; updates applied again: {repeats}"
+    )
+
+
+# --- 2. rebalance 1 -> 3 -> 1 during a run -----------------------------------------------------
+
+
+def _app_open(user: str, token: str, idfa: str, when: datetime) -> CommerceEvent:
+    return CommerceEvent(
+        event_id=f"open-{uuid.uuid4()}",
+        event_type=EventType.APP_OPEN,
+        event_time=when,
+        user_key=user,
+        platform=Platform.IOS,
+        btn_ref=token,
+        device_info=DeviceInfo(
+            ios_advertising_id=idfa,
+            limit_ad_tracking=False,
+            att_authorization_status=AttAuthorizationStatus.AUTHORIZED,
+        ),
+    )
+
+
+def _server_purchase(user: str, order_id: str, when: datetime) -> CommerceEvent:
+    """A purchase as the merchant's server reports it: no token, no device id."""
+    return CommerceEvent(
+        event_id=f"buy-{uuid.uuid4()}",
+        event_type=EventType.PURCHASE,
+        event_time=when,
+        user_key=user,
+        platform=Platform.SERVER,
+        user_identities=UserIdentities(customer_id=f"c-{user}"),
+        commerce=CommerceData(
+            action=ProductAction.PURCHASE,
+            transaction_id=order_id,
+            currency_code="USD",
+            total_amount=Decimal("25.00"),
+        ),
+    )
+
+
+class _TokenUsers:
+    """Users whose only token and device id come from an app open (the profile)."""
+
+    def __init__(self, count: int) -> None:
+        run = uuid.uuid4().hex[:8]
+        self.users = [f"tok-{run}-{i}" for i in range(count)]
+        self.tokens = {u: f"srctok-{uuid.uuid4().hex[:16]}" for u in self.users}
+        self.idfas = {u: str(uuid.uuid4()).upper() for u in self.users}
+
+    def app_opens(self) -> list[CommerceEvent]:
+        when = datetime.now(UTC) - timedelta(minutes=30)
+        return [_app_open(u, self.tokens[u], self.idfas[u], when) for u in self.users]
+
+    def purchases(self, tag: str) -> tuple[list[CommerceEvent], dict[str, str]]:
+        """One purchase per user, and ``{order_id: user}``."""
+        when = datetime.now(UTC) - timedelta(minutes=5)
+        orders = {f"{u}-{tag}": u for u in self.users}
+        return [_server_purchase(u, o, when) for o, u in orders.items()], orders
+
+    def assert_enriched(self, sandbox: SandboxHandle, orders: dict[str, str]) -> None:
+        for order_id, user in orders.items():
+            held = sandbox.order(order_id)
+            assert held is not None, order_id
+            obj = held["object"]
+            assert obj["btn_ref"] == self.tokens[user], (order_id, obj)
+            assert obj["customer"]["device_id"] == self.idfas[user], (order_id, obj)
+
+
+def _unfinished(bootstrap: str, group: str, topic: str, partitions: int) -> bool:
+    """Whether the group has records left to finish (a committed offset below the end)."""
+    committed = committed_offsets(bootstrap, group, topic, partitions)
+    return any(committed[p] < end for p, end in end_offsets(bootstrap, topic, partitions).items())
+
+
+def _delivered_by(runner: ServiceRunner) -> dict[str, int]:
+    """``{order_id: partition}`` of the orders this runner delivered (its live log)."""
+    return {
+        d["order_id"]: d["partition"]
+        for d in runner.service.deliveries.recent(1_000_000)
+        if d["outcome"] == "delivered" and d["order_id"]
+    }
+
+
+@pytest.mark.parametrize("protocol", ["consumer", "classic"])
+def test_rebalance_1_3_1_keeps_order_and_profiles(
+    protocol: str,
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    unique_name: Callable[[str], str],
+    process_sandbox: SandboxHandle,
+    start_service: Callable[[Settings], ServiceRunner],
+) -> None:
+    """One consumer, then three, then one again, while records flow: none lost, each order's
+    requests in order (create first, no request before it), and profiles follow their
+    partitions: a purchase processed by another consumer than the app open that carried the
+    user's token and device id still gets both."""
+    sandbox = process_sandbox
+    partitions = 6
+    topic = make_topic(partitions=partitions, prefix="rebalance")
+    env = _env(
+        kafka_bootstrap,
+        topic,
+        unique_name("group"),
+        sandbox,
+        KAFKA_GROUP_PROTOCOL=protocol,
+        KAFKA_SESSION_TIMEOUT_MS="10000",
+        ADMIN_RECENT_DELIVERIES="1000000",
+    )
+    settings = Settings.from_env(env)
+    group = env["KAFKA_GROUP_ID"]
+    users = _TokenUsers(24)
+    bulk = _recent_events(3000, seed=92 if protocol == "consumer" else 93)
+    assert len(bulk) >= 19_000
+    first_half, second_half = bulk[: len(bulk) // 2], bulk[len(bulk) // 2 :]
+    opens = users.app_opens()
+    buys_1, orders_1 = users.purchases("during-3")
+    buys_2, orders_2 = users.purchases("after-1")
+    expected = expected_orders([*opens, *first_half, *buys_1, *second_half, *buys_2], settings)
+    _has_refunds(expected)
+
+    # Consumer A alone learns every token user's profile.
+    produce_events(settings, opens, partitions=partitions)
+    a = start_service(settings)
+    wait_for_committed(kafka_bootstrap, group, topic, partitions, timeout=60)
+    assert a.metric(ASSIGNED) == partitions
+
+    # 1 -> 3 while A works through a backlog.
+    produce_events(settings, first_half, partitions=partitions)
+    wait_until(lambda: a.metric(RECEIVED, {"topic": topic}) > len(opens), 30, message="A idle")
+    b = start_service(settings)
+    c = start_service(settings)
+    runners = (a, b, c)
+    wait_until(
+        lambda: (
+            all(r.metric(ASSIGNED) >= 1 for r in runners)
+            and sum(r.metric(ASSIGNED) for r in runners) == partitions
+        ),
+        timeout=60,
+        message="the three consumers did not share the partitions",
+    )
+    assert _unfinished(kafka_bootstrap, group, topic, partitions), "A's backlog is not done"
+    produce_events(settings, buys_1, partitions=partitions)
+    wait_until(
+        lambda: all(sandbox.order(o) is not None for o in orders_1),
+        timeout=90,
+        interval=0.5,
+        message="the purchases made while three consumers ran did not all arrive",
+    )
+    moved = {o: p for r in (b, c) for o, p in _delivered_by(r).items() if o in orders_1}
+    assert moved, "B and C delivered some token users' purchases (their profiles moved)"
+    partitions_of_b_c = {p for r in (b, c) for p in _delivered_by(r).values()}
+
+    # 3 -> 1 while the second half flows.
+    def received_by_b_c() -> float:
+        return b.metric(RECEIVED, {"topic": topic}) + c.metric(RECEIVED, {"topic": topic})
+
+    before = received_by_b_c()
+    produce_events(settings, second_half, partitions=partitions)
+    wait_until(lambda: received_by_b_c() > before, 30, message="B and C got none of it")
+    b.stop()
+    c.stop()
+    assert _unfinished(kafka_bootstrap, group, topic, partitions), "B and C left mid-run"
+    wait_until(lambda: a.metric(ASSIGNED) == partitions, 60, message="A did not get all back")
+    produce_events(settings, buys_2, partitions=partitions)
+    wait_for_committed(kafka_bootstrap, group, topic, partitions, timeout=150)
+    wait_until(lambda: a.metric(IN_FLIGHT) == 0, 30, message="records still in flight")
+
+    back = {o: p for o, p in _delivered_by(a).items() if o in orders_2}
+    assert set(back) == set(orders_2), "A delivered every purchase after the others left"
+    assert set(back.values()) & partitions_of_b_c, "including on partitions B and C had owned"
+    users.assert_enriched(sandbox, orders_1)
+    users.assert_enriched(sandbox, orders_2)
+    repeats = assert_sandbox_converged(sandbox, expected)
+    assert read_all(kafka_bootstrap, env["KAFKA_DLQ_TOPIC"]) == []
+    print(f"{protocol}: moved {len(moved)} token orders; updates applied again: {repeats}")
+
+
+# --- 3. broker restart mid-run ----------------------------------------------------------------
+
+
+@pytest.fixture
+def dedicated_kafka() -> Iterator[LocalKafka]:
+    """A broker of this test alone: it is restarted, which the session's broker must not be."""
+    with LocalKafka() as kafka:
+        yield kafka
+
+
+def test_broker_restart_mid_run_recovers_without_loss(
+    dedicated_kafka: LocalKafka,
+    unique_name: Callable[[str], str],
+    sandbox: SandboxHandle,
+    start_service: Callable[[Settings], ServiceRunner],
+) -> None:
+    """The only broker goes away and comes back (same address, same data) while the service
+    delivers: the service recovers by itself, loses nothing, and commits to the end."""
+    kafka = dedicated_kafka
+    bootstrap = kafka.bootstrap_servers
+    partitions = 3
+    topic = unique_name("restart")
+    env = _env(
+        bootstrap,
+        topic,
+        unique_name("group"),
+        sandbox,
+        # Slow enough that the restart falls in the middle of the run.
+        DELIVERY_RATE_LIMIT_RPS="120",
+    )
+    settings = Settings.from_env(env)
+    events = _recent_events(1000, seed=94)
+    expected = expected_orders(events, settings)
+    _has_refunds(expected)
+    produce_events(settings, events, partitions=partitions)
+    ends = end_offsets(bootstrap, topic, partitions)
+    runner = start_service(settings)
+
+    def orders_held() -> int:
+        return sum(sandbox.stats()["orders"].values())
+
+    wait_until(lambda: orders_held() >= len(expected) // 5, 60, message="no delivery at all")
+    old_pid = kafka.pid
+    kafka.restart()
+    assert kafka.pid != old_pid
+    assert kafka.bootstrap_servers == bootstrap
+    at_restart = orders_held()
+    assert at_restart < len(expected), "the restart came mid-run"
+
+    wait_for_committed(bootstrap, env["KAFKA_GROUP_ID"], topic, partitions, timeout=120)
+    assert end_offsets(bootstrap, topic, partitions) == ends, "the broker kept the records"
+    wait_until(lambda: runner.metric(IN_FLIGHT) == 0, 30, message="records still in flight")
+    runner.stop()  # raises if the service failed meanwhile
+
+    repeats = assert_sandbox_converged(sandbox, expected)
+    assert read_all(bootstrap, env["KAFKA_DLQ_TOPIC"]) == []
+    print(f"orders at restart: {at_restart}/{len(expected)}; updates applied again: {repeats}")
+
+
+# --- 4. a profile survives a consumer restart ------------------------------------------------
+
+
+def test_profile_survives_a_consumer_restart(
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    unique_name: Callable[[str], str],
+    sandbox: SandboxHandle,
+    start_service: Callable[[Settings], ServiceRunner],
+) -> None:
+    """App opens processed, the service stopped cleanly; a new instance of the same group
+    processes only the purchases, and each order carries the user's btn_ref and device id,
+    restored from the profile changelog."""
+    partitions = 3
+    topic = make_topic(partitions=partitions, prefix="profile")
+    env = _env(kafka_bootstrap, topic, unique_name("group"), sandbox)
+    settings = Settings.from_env(env)
+    group = env["KAFKA_GROUP_ID"]
+    users = _TokenUsers(9)
+    opens = users.app_opens()
+    buys, orders = users.purchases("after-restart")
+
+    produce_events(settings, opens, partitions=partitions)
+    first = start_service(settings)
+    wait_for_committed(kafka_bootstrap, group, topic, partitions, timeout=60)
+    first.stop()
+    assert sandbox.orders() == [], "app opens send nothing to Button"
+
+    produce_events(settings, buys, partitions=partitions)
+    second = start_service(settings)
+    wait_for_committed(kafka_bootstrap, group, topic, partitions, timeout=60)
+    wait_until(lambda: second.metric(IN_FLIGHT) == 0, 30, message="records still in flight")
+    assert second.metric(RECEIVED, {"topic": topic}) == len(buys), "it read only the purchases"
+    assert second.metric("button_consumer_profiles") >= len(users.users)
+    second.stop()
+
+    users.assert_enriched(sandbox, orders)
+    expected = expected_orders([*opens, *buys], settings)
+    assert set(expected) == set(orders)
+    assert assert_sandbox_converged(sandbox, expected) == 0
