@@ -8,6 +8,7 @@ here is about that lifecycle; nothing knows about Kafka or schemas.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import fcntl
@@ -342,3 +343,43 @@ def wait_forever() -> None:
     """Block the main thread until a signal ends it."""
     while True:
         signal.pause()
+
+
+def service_cli(
+    argv: list[str] | None,
+    *,
+    prog: str,
+    description: str,
+    label: str,
+    env_var: str,
+    default_state_dir: Path,
+    detached: Callable[[], DetachableService],
+    run: Callable[[], int],
+    fetch: Callable[[], int],
+) -> int:
+    """The ``up | down | status | run | fetch`` command line of a local JVM service."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("command", choices=["up", "down", "status", "run", "fetch"])
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=default_state_dir,
+        help=f"where `up` records the detached {label} (default: {default_state_dir.name})",
+    )
+    args = parser.parse_args(argv)
+    state_dir: Path = args.state_dir
+    commands: dict[str, Callable[[], int]] = {
+        "up": lambda: detached_up(state_dir, label, env_var, detached),
+        "down": lambda: detached_down(state_dir, label),
+        "status": lambda: detached_status(state_dir, label, env_var),
+        "run": run,
+        "fetch": fetch,
+    }
+    exit_on_signals()
+    try:
+        return commands[args.command]()
+    except ToolError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

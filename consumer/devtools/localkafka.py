@@ -17,7 +17,6 @@ the owner is SIGKILLed. CLI (`python -m consumer.devtools.localkafka`):
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import base64
 import os
@@ -28,7 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -40,10 +39,6 @@ from consumer.devtools._proc import (
     ServiceState,
     ToolError,
     cache_dir,
-    detached_down,
-    detached_status,
-    detached_up,
-    exit_on_signals,
     file_lock,
     free_port,
     port_open,
@@ -51,6 +46,7 @@ from consumer.devtools._proc import (
     require_tool,
     run_maven,
     serve_foreground,
+    service_cli,
     sha256_of,
     spawn,
     stop_process,
@@ -429,34 +425,17 @@ def _fetch() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    return service_cli(
+        argv,
         prog="python -m consumer.devtools.localkafka",
         description="A local single-node Kafka broker from Maven Central jars.",
+        label=_LABEL,
+        env_var=ENV_VAR,
+        default_state_dir=DEFAULT_STATE_DIR,
+        detached=lambda: LocalKafka(detached=True),
+        run=_run,
+        fetch=_fetch,
     )
-    parser.add_argument("command", choices=["up", "down", "status", "run", "fetch"])
-    parser.add_argument(
-        "--state-dir",
-        type=Path,
-        default=DEFAULT_STATE_DIR,
-        help="where `up` records the detached broker (default: .run/kafka)",
-    )
-    args = parser.parse_args(argv)
-    state_dir: Path = args.state_dir
-    commands: dict[str, Callable[[], int]] = {
-        "up": lambda: detached_up(state_dir, _LABEL, ENV_VAR, lambda: LocalKafka(detached=True)),
-        "down": lambda: detached_down(state_dir, _LABEL),
-        "status": lambda: detached_status(state_dir, _LABEL, ENV_VAR),
-        "run": _run,
-        "fetch": _fetch,
-    }
-    exit_on_signals()
-    try:
-        return commands[args.command]()
-    except ToolError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
 
 
 if __name__ == "__main__":

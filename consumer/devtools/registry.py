@@ -18,7 +18,6 @@ CLI (`python -m consumer.devtools.registry`): `up` / `down` / `status` (detached
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import hashlib
 import os
@@ -30,7 +29,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -38,15 +36,12 @@ from consumer.devtools._proc import (
     ServiceState,
     ToolError,
     cache_dir,
-    detached_down,
-    detached_status,
-    detached_up,
-    exit_on_signals,
     file_lock,
     free_port,
     repo_root,
     require_tool,
     serve_foreground,
+    service_cli,
     spawn,
     stop_process,
     tail,
@@ -257,34 +252,17 @@ def _fetch() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    return service_cli(
+        argv,
         prog="python -m consumer.devtools.registry",
         description="A local Confluent-compatible schema registry (Apicurio) from Maven Central.",
+        label=_LABEL,
+        env_var=ENV_VAR,
+        default_state_dir=DEFAULT_STATE_DIR,
+        detached=lambda: LocalRegistry(detached=True),
+        run=_run,
+        fetch=_fetch,
     )
-    parser.add_argument("command", choices=["up", "down", "status", "run", "fetch"])
-    parser.add_argument(
-        "--state-dir",
-        type=Path,
-        default=DEFAULT_STATE_DIR,
-        help="where `up` records the detached registry (default: .run/registry)",
-    )
-    args = parser.parse_args(argv)
-    state_dir: Path = args.state_dir
-    commands: dict[str, Callable[[], int]] = {
-        "up": lambda: detached_up(state_dir, _LABEL, ENV_VAR, lambda: LocalRegistry(detached=True)),
-        "down": lambda: detached_down(state_dir, _LABEL),
-        "status": lambda: detached_status(state_dir, _LABEL, ENV_VAR),
-        "run": _run,
-        "fetch": _fetch,
-    }
-    exit_on_signals()
-    try:
-        return commands[args.command]()
-    except ToolError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
 
 
 if __name__ == "__main__":
