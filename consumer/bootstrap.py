@@ -144,7 +144,6 @@ class Service:
             rate=None
             if d.rate_limit_rps is None
             else TokenBucket(rate=d.rate_limit_rps, clock=time.monotonic),
-            parking=ParkingLot(clock=time.time),
             gate=gate,
             metrics=self.metrics,
             deliveries=self.deliveries,
@@ -291,7 +290,11 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         producer_config=kafka_base_config(settings),
         admin=admin,
         button=button,
-        processor=ProfileProcessor(ProfileStore(config.retention), config),
+        processor=ProfileProcessor(
+            ProfileStore(config.retention),
+            config,
+            keyless_parking=ParkingLot(clock=time.time),
+        ),
     )
 
 

@@ -12,14 +12,22 @@ keeps each profile as the same compact bytes it writes to the compacted changelo
 the same profile as Python objects) and decodes one on ``get`` (tens of microseconds); restoring a
 partition stores the changelog values without decoding them.
 
-Changelog value format (version 1), all integers big-endian::
+The profile also holds the user's *parked* orders (DESIGN, 5): an order one of whose events was
+dead-lettered, so that its later events follow it to the DLQ instead of reaching Button. Kept
+here, parking survives restarts and rebalances with the rest of the profile (DESIGN, 7).
 
-    byte 0      format version (1)
+Changelog value format, all integers big-endian::
+
+    byte 0      format version (1 or 2)
     bytes 1-8   expires_at, epoch milliseconds, signed: when nothing in the profile is useful
     bytes 9-    UTF-8 JSON array (positional, no field names), see ``_to_json`` / ``_from_json``
 
-A reader refuses versions it does not know (``ProfileDecodeError``) rather than guessing. The
-plaintext email is never part of a profile.
+Version 1 is a 4-element array (token, IDFA, GAID, orders); version 2 appends a fifth, the parked
+orders. A profile with no parked order is still written as version 1, byte for byte as before,
+so the previous release reads every such profile; one with parked orders is version 2, which the
+previous release refuses loudly instead of misreading. A reader refuses versions it does not
+know (``ProfileDecodeError``) rather than guessing. The plaintext email is never part of a
+profile.
 """
 
 from __future__ import annotations
@@ -34,7 +42,10 @@ from typing import Any
 
 from consumer.domain.attribution import ResolvedToken, TokenSource
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The newest format version; profiles without parked orders are still written as version 1."""
+_VERSION_1 = 1
+_READABLE_VERSIONS = frozenset({_VERSION_1, FORMAT_VERSION})
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _HEADER = struct.Struct(">Bq")
 
@@ -113,6 +124,21 @@ class StoredOrder:
 
 
 @dataclass(frozen=True, slots=True)
+class ParkedOrder:
+    """An order parked behind a dead letter (DESIGN, 5).
+
+    ``reason`` is the first dead letter's reason (``http_400``, ``retries_exhausted``...);
+    ``touched_ms`` the processing time of the last dead letter of the order (the first, or one
+    parked behind it): retention counts from it, like an order's. The order may be absent from
+    ``Profile.orders`` (an event rejected by the mapping never stored its order).
+    """
+
+    order_id: str
+    reason: str
+    touched_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Profile:
     """Everything remembered about one user. Immutable: changes make a new ``Profile``."""
 
@@ -120,10 +146,17 @@ class Profile:
     idfa: Stamped | None = None
     gaid: Stamped | None = None
     orders: tuple[StoredOrder, ...] = ()
+    parked: tuple[ParkedOrder, ...] = ()
 
     @property
     def is_empty(self) -> bool:
-        return self.btn_ref is None and self.idfa is None and self.gaid is None and not self.orders
+        return (
+            self.btn_ref is None
+            and self.idfa is None
+            and self.gaid is None
+            and not self.orders
+            and not self.parked
+        )
 
     def order(self, order_id: str) -> StoredOrder | None:
         for stored in self.orders:
@@ -135,6 +168,32 @@ class Profile:
         """This profile with ``order`` added, or replacing the order of the same id."""
         others = tuple(o for o in self.orders if o.order_id != order.order_id)
         return replace(self, orders=(*others, order))
+
+    def parked_order(self, order_id: str) -> ParkedOrder | None:
+        """The parking entry of ``order_id``, ``None`` if the order is not parked."""
+        for entry in self.parked:
+            if entry.order_id == order_id:
+                return entry
+        return None
+
+    def with_parked(self, order_id: str, reason: str, now_ms: int, limit: int) -> Profile:
+        """This profile with ``order_id`` parked at ``now_ms``.
+
+        An order already parked keeps its first reason and has its time refreshed. ``parked``
+        stays in the order entries were touched, so beyond ``limit`` entries the least recently
+        touched are forgotten from the front (a user with that many orders dead-lettered at once
+        is not a shopper).
+        """
+        known = self.parked_order(order_id)
+        entry = ParkedOrder(order_id, known.reason if known else reason, now_ms)
+        others = tuple(p for p in self.parked if p.order_id != order_id)
+        return replace(self, parked=(*others[max(len(others) + 1 - limit, 0) :], entry))
+
+    def without_parked(self, order_id: str) -> Profile:
+        """This profile with ``order_id`` no longer parked (the same object if it was not)."""
+        if self.parked_order(order_id) is None:
+            return self
+        return replace(self, parked=tuple(p for p in self.parked if p.order_id != order_id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +213,7 @@ class Retention:
 def expires_at_ms(profile: Profile, retention: Retention) -> int:
     """When every part of ``profile`` has expired (epoch ms); ``-2**63`` for an empty profile."""
     candidates = [o.touched_ms + retention.order_ms for o in profile.orders]
+    candidates.extend(p.touched_ms + retention.order_ms for p in profile.parked)
     if profile.btn_ref is not None:
         candidates.append(profile.btn_ref.seen_at_ms + retention.btn_ref_ms)
     for device in (profile.idfa, profile.gaid):
@@ -172,14 +232,16 @@ def prune(profile: Profile, now_ms: int, retention: Retention) -> Profile:
         for d in (profile.idfa, profile.gaid)
     )
     orders = tuple(o for o in profile.orders if o.touched_ms + retention.order_ms >= now_ms)
+    parked = tuple(p for p in profile.parked if p.touched_ms + retention.order_ms >= now_ms)
     if (
         btn_ref is profile.btn_ref
         and idfa is profile.idfa
         and gaid is profile.gaid
         and len(orders) == len(profile.orders)
+        and len(parked) == len(profile.parked)
     ):
         return profile
-    return Profile(btn_ref, idfa, gaid, orders)
+    return Profile(btn_ref, idfa, gaid, orders, parked)
 
 
 # --- codec -------------------------------------------------------------------------------------
@@ -225,12 +287,15 @@ def _order_to_json(order: StoredOrder) -> list[Any]:
 
 def _to_json(profile: Profile) -> list[Any]:
     token = profile.btn_ref
-    return [
+    fields: list[Any] = [
         None if token is None else [token.value, _SOURCE_CODES[token.source], token.seen_at_ms],
         None if profile.idfa is None else [profile.idfa.value, profile.idfa.seen_at_ms],
         None if profile.gaid is None else [profile.gaid.value, profile.gaid.seen_at_ms],
         [_order_to_json(order) for order in profile.orders],
     ]
+    if profile.parked:  # version 2 only
+        fields.append([[p.order_id, p.reason, p.touched_ms] for p in profile.parked])
+    return fields
 
 
 def _str(value: Any) -> str:
@@ -302,8 +367,13 @@ def _source(value: Any) -> TokenSource:
     return source
 
 
-def _from_json(value: Any) -> Profile:
-    raw = _list(value, 4)
+def _parked_from_json(value: Any) -> ParkedOrder:
+    raw = _list(value, 3)
+    return ParkedOrder(_str(raw[0]), _str(raw[1]), _int(raw[2]))
+
+
+def _from_json(value: Any, version: int) -> Profile:
+    raw = _list(value, 4 if version == _VERSION_1 else 5)
     token: ResolvedToken | None = None
     if raw[0] is not None:
         tok = _list(raw[0], 3)
@@ -313,13 +383,18 @@ def _from_json(value: Any) -> Profile:
         idfa=_stamped(raw[1]),
         gaid=_stamped(raw[2]),
         orders=tuple(_order_from_json(o) for o in _list(raw[3])),
+        parked=() if version == _VERSION_1 else tuple(_parked_from_json(p) for p in _list(raw[4])),
     )
 
 
 def encode_profile(profile: Profile, expires_at: int) -> bytes:
-    """The changelog value of ``profile``; ``expires_at`` (epoch ms) goes in the header."""
+    """The changelog value of ``profile``; ``expires_at`` (epoch ms) goes in the header.
+
+    Version 1 when nothing is parked (readable by the previous release), else version 2.
+    """
     payload = json.dumps(_to_json(profile), ensure_ascii=False, separators=(",", ":"))
-    return _HEADER.pack(FORMAT_VERSION, expires_at) + payload.encode("utf-8")
+    version = FORMAT_VERSION if profile.parked else _VERSION_1
+    return _HEADER.pack(version, expires_at) + payload.encode("utf-8")
 
 
 def read_expires_at(value: bytes) -> int:
@@ -328,26 +403,30 @@ def read_expires_at(value: bytes) -> int:
     Raises:
         ProfileDecodeError: too short, or a format version this code does not know.
     """
+    return _read_header(value)[1]
+
+
+def _read_header(value: bytes) -> tuple[int, int]:
     if len(value) < _HEADER.size:
         raise ProfileDecodeError("profile value shorter than its header")
     version, expires_at = _HEADER.unpack_from(value)
-    if version != FORMAT_VERSION:
+    if version not in _READABLE_VERSIONS:
         raise ProfileDecodeError(f"unsupported profile format version {version}")
-    return int(expires_at)
+    return int(version), int(expires_at)
 
 
 def decode_profile(value: bytes) -> Profile:
     """The ``Profile`` encoded in a changelog value.
 
     Raises:
-        ProfileDecodeError: the bytes are not a version-1 profile.
+        ProfileDecodeError: the bytes are not a version-1 or version-2 profile.
     """
-    read_expires_at(value)
+    version, _ = _read_header(value)
     try:
         parsed = json.loads(value[_HEADER.size :].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProfileDecodeError(f"profile payload is not UTF-8 JSON: {exc}") from exc
-    return _from_json(parsed)
+    return _from_json(parsed, version)
 
 
 # --- store -------------------------------------------------------------------------------------

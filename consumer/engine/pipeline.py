@@ -2,8 +2,14 @@
 
 decode -> profile + mapping -> (parked? dry run?) -> send with the failure policy -> dead letter.
 A record is finished when Button accepted it, it was skipped on purpose, or its dead-letter write
-was acknowledged; ``handle`` returns only then, and raises only when the record must not be
-considered finished (the dead-letter topic cannot be written): the worker then stops consuming.
+was acknowledged (and, for an order's record, the order's parking written to the changelog);
+``handle`` returns only then, and raises only when the record must not be considered finished
+(the dead-letter or changelog topic cannot be written): the worker then stops consuming.
+
+Parking (DESIGN, 5) lives in the user's profile, behind the ``Processor`` port: after the dead
+letter of an order's record is acknowledged, the order is parked and the profile written to the
+changelog before the record counts as finished, so a parked order stays parked across restarts
+and rebalances (its offset is stored only once the park is durable).
 
 The collaborators are ports (small protocols) so the whole path is testable with fakes.
 """
@@ -28,10 +34,10 @@ from consumer.domain.deadletter import H_REPLAYED, H_REPLAYED_PARKED, DeadLetter
 from consumer.domain.events import CommerceEvent
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import Decision, RetryPolicy, Verdict, decide
+from consumer.domain.profile import ChangelogWrite
 from consumer.engine.authgate import AuthGate
 from consumer.engine.backoff import RandomSource
 from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
-from consumer.engine.parking import ParkingLot
 from consumer.errors import DeadLetterError, DecodeError
 
 log = structlog.get_logger("consumer.pipeline")
@@ -55,14 +61,30 @@ class Processed:
     order_id: str
     profile_changed: bool
     profile_value: bytes | None  # None with profile_changed = tombstone
+    parked: str | None = None
+    """The first dead letter's reason if the order is parked behind it, else ``None``."""
 
 
 class Processor(Protocol):
-    """Enrichment, profile state and mapping for one decoded record (pure but for the store)."""
+    """Enrichment, profile state, mapping and parking for one record (pure but for the store).
+
+    ``park`` and ``release`` return the changelog record to write (``None``: nothing to write,
+    e.g. a record without a key, whose parking is not durable).
+    """
 
     def process(
         self, partition: int, key: bytes | None, event: CommerceEvent, now: datetime
     ) -> Processed: ...
+
+    def park(
+        self, partition: int, key: bytes | None, order_id: str, reason: str, now: datetime
+    ) -> ChangelogWrite | None:
+        """Park ``order_id`` (first reason kept, time refreshed if already parked)."""
+        ...
+
+    def release(self, partition: int, key: bytes | None, order_id: str) -> ChangelogWrite | None:
+        """Unpark ``order_id``: its first dead letter is being replayed."""
+        ...
 
 
 class Changelog(Protocol):
@@ -86,7 +108,6 @@ class PipelineDeps:
     rng: RandomSource
     limiter: AdaptiveLimiter
     rate: TokenBucket | None
-    parking: ParkingLot
     gate: AuthGate
     metrics: Metrics
     deliveries: DeliveryLog
@@ -136,15 +157,15 @@ class Pipeline:
         if processed.profile_changed and record.key is not None:
             await d.changelog.write(record.partition, record.key, processed.profile_value)
         result = processed.result
+        parked_reason = processed.parked
         if processed.order_id and _replay_of_first_dead_letter(record):
             # The record whose dead letter parked its order is back: release the order so it
             # and the records parked behind it (replayed after it, in order) are sent again.
-            d.parking.release(processed.order_id)
+            await self._write(d.processor.release(record.partition, record.key, processed.order_id))
+            parked_reason = None
         if isinstance(result, Skip):
             return self._finish(record, processed, "skipped", Action.SKIP, reason=result.reason)
         if isinstance(result, Reject):
-            if processed.order_id:
-                d.parking.park(processed.order_id, result.reason)
             return await self._dead_letter(
                 record,
                 Stage.MAP,
@@ -155,7 +176,6 @@ class Pipeline:
                 action=Action.REJECT.value,
             )
         request = result.request
-        parked_reason = d.parking.reason(request.order_id)
         if parked_reason is not None:
             return await self._dead_letter(
                 record,
@@ -252,7 +272,6 @@ class Pipeline:
                 continue
             if decision.verdict is Verdict.STOP:
                 raise DeadLetterError(f"cannot continue: {decision.reason}")
-            d.parking.park(request.order_id, decision.reason)
             return await self._dead_letter(
                 record,
                 Stage.DELIVER,
@@ -332,6 +351,16 @@ class Pipeline:
             await d.dead_letters.write(record, letter)
         except Exception as exc:
             raise DeadLetterError(f"dead-letter write failed: {exc}") from exc
+        if letter.order_id:
+            # Park the order (or refresh its parking) once its dead letter is acknowledged, and
+            # before the record is finished: its offset is stored only after the park is durable.
+            # Parking first could mark this very record, retried after a crash, as parked
+            # behind itself.
+            await self._write(
+                d.processor.park(
+                    record.partition, record.key, letter.order_id, reason, d.wall_clock()
+                )
+            )
         outcome = "parked" if parked else "dead_lettered"
         d.metrics.dead_letters.labels(reason).inc()
         d.metrics.records_finished.labels(outcome).inc()
@@ -353,6 +382,10 @@ class Pipeline:
             attempts=letter.attempts,
         )
         return outcome
+
+    async def _write(self, write: ChangelogWrite | None) -> None:
+        if write is not None:
+            await self._d.changelog.write(write.partition, write.key, write.value)
 
     def _record(
         self,

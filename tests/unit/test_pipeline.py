@@ -1,8 +1,9 @@
 """One record from bytes to finished: delivery, retries, the auth gate, parking and dead letters.
 
 Every port is a hand-written fake (decoder, processor, changelog, Button, dead-letter sink); the
-retry policy, limiter, parking lot, auth gate, metrics and live log are the real ones, driven by
-a fake clock whose ``sleep`` records each delay and advances time instead of waiting.
+retry policy, limiter, auth gate, metrics and live log are the real ones, driven by a fake clock
+whose ``sleep`` records each delay and advances time instead of waiting. The restart tests use
+the real ``ProfileProcessor``, restored from what the first pipeline wrote to the changelog.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from consumer.adapters.metrics import Metrics
 from consumer.domain.button import Action, ButtonRequest, Reject, Send, Skip
 from consumer.domain.deadletter import DeadLetter, dead_letter_headers, header_map
 from consumer.domain.events import CommerceData, CommerceEvent, EventType, ProductAction
+from consumer.domain.mapping import MappingConfig
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import RetryPolicy
+from consumer.domain.profile import ChangelogWrite, ProfileStore
 from consumer.engine.authgate import AuthGate
 from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
-from consumer.engine.parking import ParkingLot
-from consumer.engine.pipeline import Pipeline, PipelineDeps, Processed
+from consumer.engine.pipeline import Pipeline, PipelineDeps, Processed, Processor
+from consumer.engine.processor import ProfileProcessor
 from consumer.errors import DeadLetterError, DecodeError, UnknownSchemaError
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -102,25 +105,57 @@ class FakeDecoder:
 
 
 class FakeProcessor:
-    """Returns the scripted ``Processed`` results in turn (the last one repeats)."""
+    """Returns the scripted ``Processed`` results in turn (the last one repeats).
+
+    Parking is a dict of order id -> first reason; ``park`` and ``release`` return a changelog
+    record ``parked:<order ids>`` for a keyed record, nothing for a keyless one.
+    """
 
     def __init__(self, *script: Processed) -> None:
         self.script = list(script)
         self.calls: list[tuple[int, bytes | None, CommerceEvent]] = []
+        self.parked: dict[str, str] = {}
+        self.parking_calls: list[tuple[str, bytes | None, str]] = []
 
     def process(
         self, partition: int, key: bytes | None, event: CommerceEvent, now: datetime
     ) -> Processed:
         self.calls.append((partition, key, event))
-        return self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        step = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        return replace(step, parked=self.parked.get(step.order_id))
+
+    def park(
+        self, partition: int, key: bytes | None, order_id: str, reason: str, now: datetime
+    ) -> ChangelogWrite | None:
+        self.parking_calls.append(("park", key, order_id))
+        self.parked.setdefault(order_id, reason)
+        return self._write(partition, key)
+
+    def release(self, partition: int, key: bytes | None, order_id: str) -> ChangelogWrite | None:
+        self.parking_calls.append(("release", key, order_id))
+        self.parked.pop(order_id, None)
+        return self._write(partition, key)
+
+    def _write(self, partition: int, key: bytes | None) -> ChangelogWrite | None:
+        if key is None:
+            return None
+        return ChangelogWrite(partition, key, ("parked:" + ",".join(self.parked)).encode())
 
 
 class FakeChangelog:
     def __init__(self, calls: list[tuple[Any, ...]]) -> None:
         self.calls = calls
+        self.written: list[ChangelogWrite] = []
+        self.on_write: Any = None
+        self.fail = False
 
     async def write(self, partition: int, key: bytes, value: bytes | None) -> None:
+        if self.on_write is not None:
+            self.on_write()
+        if self.fail:
+            raise RuntimeError("changelog: message timed out")
         self.calls.append(("changelog", partition, key, value))
+        self.written.append(ChangelogWrite(partition, key, value))
 
 
 class FakeButton:
@@ -168,20 +203,23 @@ class Harness:
     retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(max_attempts=3))
     rate: TokenBucket | None = None
     dry_run: bool = False
+    real_processor: ProfileProcessor | None = None
 
     def __post_init__(self) -> None:
         self.gate = AuthGate(PROBE_INTERVAL, sleep=self.clock.sleep)
         self.button = FakeButton(self.calls, self.gate)
         self.changelog = FakeChangelog(self.calls)
         self.dead_letters: FakeDeadLetters | BrokenDeadLetters = FakeDeadLetters(self.calls)
-        self.parking = ParkingLot(clock=self.clock.wall_seconds)
         self.metrics = Metrics.create(CollectorRegistry())
         self.deliveries = DeliveryLog(10)
 
     def deps(self) -> PipelineDeps:
+        processor: Processor = self.processor
+        if self.real_processor is not None:
+            processor = self.real_processor
         return PipelineDeps(
             decoder=self.decoder,
-            processor=self.processor,
+            processor=processor,
             changelog=self.changelog,
             button=self.button,
             dead_letters=self.dead_letters,
@@ -189,7 +227,6 @@ class Harness:
             rng=random.Random(SEED),
             limiter=AdaptiveLimiter(clock=self.clock.monotonic),
             rate=self.rate,
-            parking=self.parking,
             gate=self.gate,
             metrics=self.metrics,
             deliveries=self.deliveries,
@@ -461,9 +498,7 @@ def test_retries_exhausted_parks_the_order() -> None:
 
     h.handle(record())
 
-    entry = h.parking.get(ORDER)
-    assert entry is not None
-    assert entry.reason == "retries_exhausted"
+    assert h.processor.parked == {ORDER: "retries_exhausted"}
 
 
 def test_retry_deadline_dead_letters_when_the_next_wait_would_exceed_it() -> None:
@@ -525,7 +560,7 @@ def test_later_event_of_a_parked_order_is_parked_without_a_request() -> None:
 def test_parked_record_message_names_the_first_reason() -> None:
     """The parked dead letter says which dead letter it waits behind."""
     h = Harness()
-    h.parking.park(ORDER, "http_400")
+    h.processor.parked[ORDER] = "http_400"
 
     h.handle(record())
 
@@ -536,7 +571,7 @@ def test_parked_record_message_names_the_first_reason() -> None:
 def test_parked_records_are_counted_as_parked() -> None:
     """records_finished{parked} and dead_letters{parked} count a parked record."""
     h = Harness()
-    h.parking.park(ORDER, "http_400")
+    h.processor.parked[ORDER] = "http_400"
 
     h.handle(record())
 
@@ -552,17 +587,17 @@ def test_parked_records_are_counted_as_parked() -> None:
 def test_replay_of_the_first_dead_letter_releases_the_order_and_sends_it() -> None:
     """A replayed record not itself parked unparks its order and reaches Button."""
     h = Harness().answer(OK)
-    h.parking.park(ORDER, "retries_exhausted")
+    h.processor.parked[ORDER] = "retries_exhausted"
 
     outcomes = h.handle(replayed(40, parked=False))
 
-    assert (outcomes, len(h.button.sent), h.parking.get(ORDER)) == (["delivered"], 1, None)
+    assert (outcomes, len(h.button.sent), h.processor.parked.get(ORDER)) == (["delivered"], 1, None)
 
 
 def test_replay_of_a_parked_follower_stays_parked_while_its_order_is() -> None:
     """A replayed record that was parked does not release its order on its own."""
     h = Harness()
-    h.parking.park(ORDER, "retries_exhausted")
+    h.processor.parked[ORDER] = "retries_exhausted"
 
     outcomes = h.handle(replayed(41, parked=True))
 
@@ -576,7 +611,7 @@ def test_replayed_head_then_follower_are_both_sent_in_order() -> None:
             processed(), processed(Send(request(Action.UPDATE)), event_id="evt-2")
         )
     ).answer(OK, OK)
-    h.parking.park(ORDER, "retries_exhausted")
+    h.processor.parked[ORDER] = "retries_exhausted"
 
     outcomes = h.handle(replayed(40, parked=False), replayed(41, parked=True))
 
@@ -592,12 +627,133 @@ def test_replayed_first_dead_letter_that_is_now_skipped_still_releases_its_order
             processed(Send(request(Action.CANCEL)), event_id="evt-2"),
         )
     ).answer(OK)
-    h.parking.park(ORDER, "http_400")
+    h.processor.parked[ORDER] = "http_400"
 
     outcomes = h.handle(replayed(40, parked=False), replayed(41, parked=True))
 
     assert outcomes == ["skipped", "delivered"]
     assert [r.action for r in h.button.sent] == [Action.CANCEL]
+
+
+# --- parking is written to the profile changelog ------------------------------------------------
+
+
+def test_a_dead_letter_parks_its_order_in_the_changelog_before_the_record_finishes() -> None:
+    """Dead letter acknowledged, then the park written, and only then the record is finished."""
+    h = Harness().answer(INVALID)
+    at_park_write: list[tuple[float, int]] = []
+    h.changelog.on_write = lambda: at_park_write.append(
+        (h.sample("records_finished_total", outcome="dead_lettered"), len(h.deliveries.recent(10)))
+    )
+
+    outcomes = h.handle(record())
+
+    assert outcomes == ["dead_lettered"]
+    assert h.calls == [
+        ("button", "create", ORDER),
+        ("dead_letter", "http_400"),
+        ("changelog", 2, b"user-1", f"parked:{ORDER}".encode()),
+    ]
+    assert at_park_write == [(0.0, 0)], "the record counted as finished before its park"
+
+
+def test_a_park_that_cannot_be_written_leaves_the_record_unfinished() -> None:
+    """If the changelog refuses the park, handle raises: the offset is never stored."""
+    h = Harness().answer(INVALID)
+    h.changelog.fail = True
+
+    with pytest.raises(RuntimeError, match="changelog"):
+        h.handle(record())
+
+    assert (
+        h.sample("records_finished_total", outcome="dead_lettered"),
+        h.deliveries.recent(10),
+    ) == (0.0, [])
+
+
+def test_a_parked_record_refreshes_its_orders_parking_and_keeps_the_first_reason() -> None:
+    """A follower's dead letter parks the order again (its retention restarts), same reason."""
+    h = Harness()
+    h.processor.parked[ORDER] = "http_400"
+
+    h.handle(record())
+
+    assert h.calls == [
+        ("dead_letter", "parked"),
+        ("changelog", 2, b"user-1", f"parked:{ORDER}".encode()),
+    ]
+    assert h.processor.parked == {ORDER: "http_400"}
+
+
+def test_replay_of_the_first_dead_letter_writes_the_release_before_sending() -> None:
+    """The release is in the changelog before Button sees the replayed record."""
+    h = Harness().answer(OK)
+    h.processor.parked[ORDER] = "http_400"
+
+    h.handle(replayed(40, parked=False))
+
+    assert h.calls == [("changelog", 2, b"user-1", b"parked:"), ("button", "create", ORDER)]
+
+
+def test_a_keyless_record_is_parked_without_a_changelog_write() -> None:
+    """No key, no profile: the processor parks it in memory and there is nothing to write."""
+    h = Harness().answer(INVALID)
+
+    h.handle(record(key=None))
+
+    assert h.processor.parking_calls == [("park", None, ORDER)]
+    assert [c for c in h.calls if c[0] == "changelog"] == []
+
+
+REFUND = CommerceEvent(
+    event_id="evt-2",
+    event_type=EventType.REFUND,
+    event_time=T0 - timedelta(seconds=1),
+    user_key="user-1",
+    commerce=CommerceData(action=ProductAction.REFUND, transaction_id=ORDER),
+)
+
+
+def restored_processor(*earlier: Harness) -> ProfileProcessor:
+    """A new ``ProfileProcessor`` whose store is restored from the earlier changelog writes."""
+    config = MappingConfig()
+    store = ProfileStore(config.retention)
+    for harness in earlier:
+        for write in harness.changelog.written:
+            store.restore(write.partition, write.key, write.value)
+    return ProfileProcessor(store, config)
+
+
+def test_a_parked_order_stays_parked_after_a_restart() -> None:
+    """Create of X refused (400); after a restart the full refund of X is parked, not sent."""
+    first = Harness(decoder=FakeDecoder(EVENT), real_processor=restored_processor()).answer(INVALID)
+    assert first.handle(record(17)) == ["dead_lettered"]
+
+    restarted = Harness(decoder=FakeDecoder(REFUND), real_processor=restored_processor(first))
+    outcomes = restarted.handle(record(18))
+
+    assert (outcomes, restarted.button.sent) == (["parked"], [])
+    expected = f"order {ORDER} is parked behind a dead letter (http_400)"
+    assert restarted.letters[0].message == expected
+
+
+def test_a_replay_after_a_restart_sends_create_then_cancel() -> None:
+    """The replayed create releases X (durably) and its parked refund follows it, in order."""
+    first = Harness(decoder=FakeDecoder(EVENT), real_processor=restored_processor()).answer(INVALID)
+    first.handle(record(17))
+    second = Harness(decoder=FakeDecoder(REFUND), real_processor=restored_processor(first))
+    second.handle(record(18))
+
+    third = Harness(
+        decoder=FakeDecoder(EVENT, REFUND), real_processor=restored_processor(first, second)
+    ).answer(OK, OK)
+    outcomes = third.handle(replayed(40, parked=False), replayed(41, parked=True))
+
+    assert outcomes == ["delivered", "delivered"]
+    assert [r.action for r in third.button.sent] == [Action.CREATE, Action.CANCEL]
+    after = restored_processor(first, second, third).store.get(2, b"user-1")
+    assert after is not None
+    assert after.parked == ()
 
 
 # --- dead letters without retries ---------------------------------------------------------------
@@ -711,9 +867,7 @@ def test_reject_parks_its_order() -> None:
 
     h.handle(record())
 
-    entry = h.parking.get(ORDER)
-    assert entry is not None
-    assert entry.reason == "negative_total"
+    assert h.processor.parked == {ORDER: "negative_total"}
 
 
 def test_reject_without_an_order_id_parks_nothing() -> None:
@@ -722,7 +876,7 @@ def test_reject_without_an_order_id_parks_nothing() -> None:
 
     h.handle(record())
 
-    assert len(h.parking) == 0
+    assert (h.processor.parked, h.processor.parking_calls) == ({}, [])
 
 
 def test_dead_letter_sink_failure_raises_dead_letter_error() -> None:

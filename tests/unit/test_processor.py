@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 from consumer.domain.button import Send, Skip
 from consumer.domain.events import CommerceData, CommerceEvent, EventType, ProductAction
 from consumer.domain.mapping import MappingConfig
-from consumer.domain.profile import ProfileStore, decode_profile
+from consumer.domain.profile import ChangelogWrite, ProfileStore, decode_profile
 from consumer.engine.pipeline import Processed
 from consumer.engine.processor import ProfileProcessor
 
@@ -196,3 +196,126 @@ def test_corrupt_stored_profile_is_logged() -> None:
     unreadable = [e for e in logs if e["event"] == "profile_unreadable"]
     assert [e["log_level"] for e in unreadable] == ["error"]
     assert all(KEY.decode() not in str(e) for e in unreadable)
+
+
+# --- parking in the profile ---------------------------------------------------------------------
+
+
+def refund(order_id: str = "ORD-1", event_id: str = "evt-refund") -> CommerceEvent:
+    return CommerceEvent(
+        event_id=event_id,
+        event_type=EventType.REFUND,
+        event_time=T_BUY + timedelta(minutes=10),
+        user_key="user-1",
+        commerce=CommerceData(action=ProductAction.REFUND, transaction_id=order_id),
+    )
+
+
+def restarted(writes: list[ChangelogWrite]) -> ProfileProcessor:
+    """A new processor whose store is restored from the changelog records written so far."""
+    fresh = processor()
+    for write in writes:
+        fresh.store.restore(write.partition, write.key, write.value)
+    return fresh
+
+
+def test_an_order_is_not_parked_until_parked() -> None:
+    """A record of an order nothing was dead-lettered for says parked=None."""
+    assert processor().process(PARTITION, KEY, purchase(), NOW).parked is None
+
+
+def test_park_returns_the_changelog_record_and_later_records_see_the_reason() -> None:
+    """park stores the order in the user's profile; the next record of it carries the reason."""
+    proc = processor()
+    proc.process(PARTITION, KEY, purchase(), NOW)
+
+    write = proc.park(PARTITION, KEY, "ORD-1", "http_400", NOW)
+
+    assert write is not None
+    assert (write.partition, write.key, write.value) == (
+        PARTITION,
+        KEY,
+        proc.store.get_encoded(PARTITION, KEY),
+    )
+    assert write.value is not None
+    assert decode_profile(write.value).parked_order("ORD-1") is not None
+    assert proc.process(PARTITION, KEY, refund(), NOW).parked == "http_400"
+
+
+def test_parking_survives_a_restore_of_the_changelog() -> None:
+    """The restart case: a processor restored from the changelog still parks the refund."""
+    proc = processor()
+    writes: list[ChangelogWrite] = []
+    bought = proc.process(PARTITION, KEY, purchase(), NOW)
+    assert bought.profile_value is not None
+    writes.append(ChangelogWrite(PARTITION, KEY, bought.profile_value))
+    parked = proc.park(PARTITION, KEY, "ORD-1", "http_400", NOW)
+    assert parked is not None
+    writes.append(parked)
+
+    refunded = restarted(writes).process(PARTITION, KEY, refund(), NOW)
+
+    assert refunded.parked == "http_400"
+
+
+def test_an_order_rejected_by_the_mapping_of_a_new_user_is_parked_durably() -> None:
+    """Parking needs no stored order and no other profile content: the profile holds only it."""
+    proc = processor()
+
+    write = proc.park(PARTITION, KEY, "ORD-NEW", "negative_total", NOW)
+
+    assert write is not None
+    assert write.value is not None
+    stored = decode_profile(write.value)
+    assert (stored.orders, [p.order_id for p in stored.parked]) == ((), ["ORD-NEW"])
+
+
+def test_parking_is_per_user() -> None:
+    """An order id parked for one key does not park the same id of another key."""
+    proc = processor()
+    proc.park(PARTITION, KEY, "ORD-1", "http_400", NOW)
+
+    assert proc.process(PARTITION, b"user-2", refund(), NOW).parked is None
+
+
+def test_release_unparks_and_returns_the_changelog_record() -> None:
+    """release writes the profile without the order; releasing again writes nothing."""
+    proc = processor()
+    proc.process(PARTITION, KEY, purchase(), NOW)
+    proc.park(PARTITION, KEY, "ORD-1", "http_400", NOW)
+
+    write = proc.release(PARTITION, KEY, "ORD-1")
+
+    assert write is not None
+    assert write.value == proc.store.get_encoded(PARTITION, KEY)
+    assert proc.process(PARTITION, KEY, refund(), NOW).parked is None
+    assert proc.release(PARTITION, KEY, "ORD-1") is None
+
+
+def test_releasing_the_only_content_of_a_profile_writes_a_tombstone() -> None:
+    """A profile that held only the parked order is deleted: the write is a tombstone."""
+    proc = processor()
+    proc.park(PARTITION, KEY, "ORD-NEW", "negative_total", NOW)
+
+    assert proc.release(PARTITION, KEY, "ORD-NEW") == ChangelogWrite(PARTITION, KEY, None)
+    assert len(proc.store) == 0
+
+
+def test_a_parked_order_expires_with_the_order_retention() -> None:
+    """After the order retention, the order is no longer parked (and the profile is pruned)."""
+    proc = processor()
+    proc.park(PARTITION, KEY, "ORD-1", "http_400", NOW)
+    later = NOW + MappingConfig().order_retention + timedelta(seconds=1)
+
+    assert proc.process(PARTITION, KEY, refund(), later).parked is None
+
+
+def test_a_record_without_key_is_parked_in_memory_only() -> None:
+    """No key, no profile: park and release work in memory and return nothing to write."""
+    proc = processor()
+
+    assert proc.park(PARTITION, None, "ORD-1", "http_400", NOW) is None
+    assert proc.process(PARTITION, None, refund(), NOW).parked == "http_400"
+    assert proc.release(PARTITION, None, "ORD-1") is None
+    assert proc.process(PARTITION, None, refund(), NOW).parked is None
+    assert len(proc.store) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -14,6 +15,7 @@ from consumer.domain.profile import (
     FORMAT_VERSION,
     ChangelogWrite,
     OrderStatus,
+    ParkedOrder,
     Profile,
     ProfileDecodeError,
     ProfileStore,
@@ -65,6 +67,7 @@ profiles = st.builds(
     idfa=stamped,
     gaid=stamped,
     orders=st.lists(orders, max_size=3).map(tuple),
+    parked=st.lists(st.builds(ParkedOrder, texts, texts, ints), max_size=3).map(tuple),
 )
 
 
@@ -99,10 +102,59 @@ def test_encode_decode_round_trip(profile: Profile, expires: int) -> None:
 
 def test_format_is_versioned() -> None:
     """Byte 0 is the format version; unknown versions are refused, not guessed."""
-    value = encode_profile(typical_profile(), 0)
-    assert value[0] == FORMAT_VERSION
+    value = encode_profile(parked_profile(), 0)
+    assert value[0] == FORMAT_VERSION == 2
+    for unknown in (0, FORMAT_VERSION + 1):
+        with pytest.raises(ProfileDecodeError):
+            decode_profile(bytes([unknown]) + value[1:])
+        with pytest.raises(ProfileDecodeError):
+            read_expires_at(bytes([unknown]) + value[1:])
+
+
+# A profile exactly as the previous release (format version 1, no parking) wrote it.
+VERSION_1_VALUE = struct.pack(">Bq", 1, 1_719_756_202_000) + (
+    b'[["srctok-0123456789abcdef",2,1714500000000],'
+    b'["6D92078A-8246-4BA4-AE5B-76104861E7DC",1714500000000],null,'
+    b'[["ORD-100045","USD",1714572202000,5998,0,"evt-1",[],"srctok-0123456789abcdef",'
+    b'1714572202000,[["SKU-RED-M",2,"29.99","SKU-RED-M","Red shirt, M",["Apparel"],[]]],null]]]'
+)
+
+
+def parked_profile() -> Profile:
+    return replace(typical_profile(), parked=(ParkedOrder("ORD-9", "http_400", 1_714_600_000_000),))
+
+
+def test_a_version_1_profile_still_decodes() -> None:
+    """Changelog values written before parking existed decode, with nothing parked."""
+    assert decode_profile(VERSION_1_VALUE) == typical_profile()
+    assert read_expires_at(VERSION_1_VALUE) == 1_719_756_202_000
+
+
+def test_a_profile_without_parked_orders_is_still_written_as_version_1() -> None:
+    """Byte for byte what the previous release wrote, so a rollback can still read it."""
+    assert encode_profile(typical_profile(), 1_719_756_202_000) == VERSION_1_VALUE
+
+
+def test_a_profile_with_parked_orders_is_version_2_and_round_trips() -> None:
+    """Parked orders need the fifth element, hence version 2 (the previous release refuses it)."""
+    value = encode_profile(parked_profile(), 0)
+    assert value[0] == 2
+    assert decode_profile(value) == parked_profile()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        VERSION_1_VALUE[:9] + b'[null,null,null,[],[["o","r",1]]]',  # v1 with a fifth element
+        struct.pack(">Bq", 2, 0) + b"[null,null,null,[]]",  # v2 without one
+        struct.pack(">Bq", 2, 0) + b'[null,null,null,[],[["o","r"]]]',
+        struct.pack(">Bq", 2, 0) + b'[null,null,null,[],[["o",1,1]]]',
+    ],
+)
+def test_parked_orders_must_match_the_version(value: bytes) -> None:
+    """A version's array has exactly its elements; a malformed parked entry is refused."""
     with pytest.raises(ProfileDecodeError):
-        decode_profile(bytes([FORMAT_VERSION + 1]) + value[1:])
+        decode_profile(value)
 
 
 @pytest.mark.parametrize(
@@ -214,3 +266,46 @@ def test_expire_can_be_limited_to_partitions() -> None:
     later = datetime(2100, 1, 1, tzinfo=UTC)
     assert store.expire(later, [1]) == [ChangelogWrite(1, b"b", None)]
     assert store.count(0) == 1
+
+
+# --- parked orders -------------------------------------------------------------------------------
+
+
+def test_parking_keeps_the_first_reason_and_refreshes_the_time() -> None:
+    """A second dead letter of a parked order keeps the first reason, moves its time on."""
+    p = Profile().with_parked("o-1", "http_400", 1_000, limit=10)
+    again = p.with_parked("o-1", "parked", 2_000, limit=10)
+    assert again.parked == (ParkedOrder("o-1", "http_400", 2_000),)
+    assert again.parked_order("o-2") is None
+
+
+def test_parking_beyond_the_limit_forgets_the_least_recently_touched() -> None:
+    """At most ``limit`` parked orders per profile; the oldest touched one goes first."""
+    p = Profile().with_parked("a", "r", 1, limit=2).with_parked("b", "r", 2, limit=2)
+    p = p.with_parked("a", "r", 3, limit=2).with_parked("c", "r", 4, limit=2)
+    assert [e.order_id for e in p.parked] == ["a", "c"]
+
+
+def test_releasing_an_order_removes_only_it() -> None:
+    """without_parked drops one order; an order that is not parked leaves the same profile."""
+    p = Profile().with_parked("a", "r", 1, limit=5).with_parked("b", "r", 2, limit=5)
+    assert [e.order_id for e in p.without_parked("a").parked] == ["b"]
+    assert p.without_parked("zzz") is p
+
+
+def test_a_profile_with_only_a_parked_order_is_not_empty() -> None:
+    """A rejected order of an unknown user still has to be remembered (never a tombstone)."""
+    store = ProfileStore(RETENTION)
+    p = Profile().with_parked("o-1", "negative_total", 1_000, limit=5)
+    assert not p.is_empty
+    value = store.put(0, b"k", p)
+    assert value is not None
+    assert decode_profile(value) == p
+
+
+def test_parked_orders_expire_with_the_order_retention() -> None:
+    """A parked entry lives order_ms after it was last touched, and keeps the profile alive."""
+    p = Profile().with_parked("o-1", "http_400", 1_000, limit=5)
+    assert expires_at_ms(p, RETENTION) == 1_000 + RETENTION.order_ms
+    assert prune(p, 1_000 + RETENTION.order_ms, RETENTION) is p
+    assert prune(p, 1_001 + RETENTION.order_ms, RETENTION).parked == ()

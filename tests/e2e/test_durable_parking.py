@@ -1,0 +1,145 @@
+"""Parking survives a restart (DESIGN, 5 and 7): the parked set lives in the user's profile.
+
+Against the real broker and the Button sandbox over HTTP: the create of X is refused (400) and
+dead-lettered, which parks X in the user's profile and its changelog; the service stops cleanly
+and a new one (same group) restores the profile; the full refund of X that arrives then follows
+the create to the DLQ, marked parked, and never reaches Button. Once the cause is fixed, a DLQ
+replay sends the create, then the delete: X ends deleted, the refund is not lost.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from consumer.commands import produce_events
+from consumer.domain.deadletter import H_ORDER_ID, H_PARKED, H_REASON, H_STATUS
+from consumer.domain.events import (
+    CommerceData,
+    CommerceEvent,
+    EventType,
+    Platform,
+    ProductAction,
+)
+from consumer.domain.profile import Profile, decode_profile
+from consumer.replay import ReplayFilter, replay
+from tests.e2e.harness import headers_of, read_all, wait_for_committed, wait_until
+
+pytestmark = pytest.mark.broker
+
+IN_FLIGHT = "button_consumer_in_flight_records"
+USER, X = "durable-parking-user", "ORD-DURABLE-PARK-X"
+
+
+def _purchase() -> CommerceEvent:
+    return CommerceEvent(
+        event_id="evt-x-buy",
+        event_type=EventType.PURCHASE,
+        event_time=datetime.now(UTC) - timedelta(minutes=5),
+        user_key=USER,
+        platform=Platform.SERVER,
+        btn_ref="srctok-0123456789abcdef",
+        commerce=CommerceData(
+            action=ProductAction.PURCHASE,
+            transaction_id=X,
+            currency_code="USD",
+            total_amount=Decimal("42.50"),
+        ),
+    )
+
+
+def _full_refund() -> CommerceEvent:
+    return CommerceEvent(
+        event_id="evt-x-refund",
+        event_type=EventType.REFUND,
+        event_time=datetime.now(UTC) - timedelta(minutes=1),
+        user_key=USER,
+        platform=Platform.SERVER,
+        commerce=CommerceData(action=ProductAction.REFUND, transaction_id=X),
+    )
+
+
+def _stored_profile(bootstrap: str, changelog_topic: str) -> Profile | None:
+    """The user's latest profile in the changelog topic (None: none, or a tombstone)."""
+    values = [m.value() for m in read_all(bootstrap, changelog_topic) if m.key() == USER.encode()]
+    return decode_profile(values[-1]) if values and values[-1] is not None else None
+
+
+def _drain_and_stop(runner) -> None:
+    wait_until(lambda: runner.metric(IN_FLIGHT) == 0, 30, message="records still in flight")
+    runner.stop()
+
+
+def test_a_parked_order_stays_parked_across_a_restart_and_is_replayed_in_order(
+    kafka_bootstrap, make_topic, service_settings, start_service, sandbox
+):
+    topic = make_topic(partitions=2, prefix="durable-parking")
+    settings = service_settings(topic)
+    dlq, changelog = settings.kafka.dlq_topic, settings.kafka.profile_topic
+    sandbox.set_faults(
+        {"rules": [{"order_id": X, "operation": "create", "fail_first": 1000, "status": 400}]}
+    )
+
+    # 1. The create of X is refused (400): dead-lettered, and X parked in the user's profile.
+    produce_events(settings, [_purchase()], partitions=2)
+    first = start_service(settings)
+    wait_until(
+        lambda: len(read_all(kafka_bootstrap, dlq)) >= 1,
+        timeout=30,
+        message="the refused create of X was not dead-lettered",
+    )
+    _drain_and_stop(first)
+    wait_for_committed(kafka_bootstrap, settings.kafka.group_id, topic, 2)
+    stored = _stored_profile(kafka_bootstrap, changelog)
+    assert stored is not None
+    parked = stored.parked_order(X)
+    assert parked is not None, "the park of X was not written to the changelog"
+    assert parked.reason == "http_400"
+
+    # 2. A new service (same group) restores the profile; the full refund of X is parked.
+    second = start_service(settings)
+    produce_events(settings, [_full_refund()], partitions=2)
+    wait_until(
+        lambda: len(read_all(kafka_bootstrap, dlq)) >= 2,
+        timeout=30,
+        message="the refund of X was not dead-lettered behind the create",
+    )
+    letters = [headers_of(m) for m in read_all(kafka_bootstrap, dlq)]
+    assert [h[H_ORDER_ID] for h in letters] == [X, X]
+    assert (letters[0][H_REASON], letters[0][H_PARKED]) == ("http_400", "false")
+    assert (letters[1][H_REASON], letters[1][H_PARKED]) == ("parked", "true")
+    assert H_STATUS not in letters[1], "the parked refund was sent to Button"
+    assert [(r["method"], r["status"]) for r in sandbox.requests_for(X)] == [("POST", 400)]
+
+    # 3. The cause is fixed; a replay sends the create, then the delete.
+    sandbox.clear_faults()
+    report = replay(
+        settings,
+        ReplayFilter(),
+        group_id=f"{settings.kafka.group_id}-replay",
+        rate=1000,
+        dry_run=False,
+        out=io.StringIO(),
+        progress=False,
+    )
+    assert (report.read, report.replayed) == (2, 2)
+    sandbox.wait_for(
+        lambda: (sandbox.order(X) or {}).get("status") == "deleted",
+        timeout=30,
+        message="order X did not end deleted after the replay",
+    )
+    _drain_and_stop(second)
+    order_x = sandbox.order(X)
+    assert order_x is not None
+    assert [(r["method"], r["status"]) for r in order_x["history"]] == [
+        ("POST", 400),
+        ("POST", 200),
+        ("DELETE", 200),
+    ]
+    assert len(read_all(kafka_bootstrap, dlq)) == 2, "the replay dead-lettered again"
+    released = _stored_profile(kafka_bootstrap, changelog)
+    assert released is None or released.parked_order(X) is None, "X is still parked"
+    wait_for_committed(kafka_bootstrap, settings.kafka.group_id, topic, 2)
