@@ -9,6 +9,7 @@ here is about that lifecycle; nothing knows about Kafka or schemas.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import ctypes
 import fcntl
@@ -24,8 +25,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import FrameType
-from typing import Protocol
+from types import FrameType, TracebackType
+from typing import Protocol, Self
 
 _PR_SET_PDEATHSIG = 1
 
@@ -249,6 +250,92 @@ class DetachableService(Protocol):
     def start(self) -> object: ...
 
     def state(self) -> ServiceState: ...
+
+
+class LocalJvmService:
+    """What the local broker and the local registry share: a JVM in a temp directory.
+
+    Subclasses implement ``start()`` (setting ``_proc``, ``_data_dir`` and ``_port``) and
+    ``address``. An owned service (the default) is stopped when its owner exits; a ``detached``
+    one outlives this process (the ``up`` command) and is stopped by pid.
+    """
+
+    NAME = "service"
+    LOG_NAME = "service.log"
+
+    def __init__(
+        self, *, heap_mb: int, start_timeout: float, stop_timeout: float, detached: bool
+    ) -> None:
+        self.heap_mb = heap_mb
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.detached = detached
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._data_dir: Path | None = None
+        self._port: int | None = None
+
+    def _not_started(self) -> RuntimeError:
+        return RuntimeError(f"{type(self).__name__} is not started")
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise self._not_started()
+        return self._port
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise self._not_started()
+        return self._proc.pid
+
+    @property
+    def data_dir(self) -> Path:
+        if self._data_dir is None:
+            raise self._not_started()
+        return self._data_dir
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / self.LOG_NAME
+
+    @property
+    def address(self) -> str:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """SIGTERM the JVM, SIGKILL it after ``stop_timeout``, and remove its directory."""
+        atexit.unregister(self.stop)
+        self._discard()
+
+    def _discard(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            stop_process(proc, grace=self.stop_timeout)
+        data_dir, self._data_dir = self._data_dir, None
+        if data_dir is not None:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        self._port = None
+
+    def state(self) -> ServiceState:
+        """What ``down`` needs to find this service again."""
+        return ServiceState(
+            pid=self.pid, port=self.port, data_dir=str(self.data_dir), address=self.address
+        )
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 def detached_up(

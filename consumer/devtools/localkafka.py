@@ -21,7 +21,6 @@ import atexit
 import base64
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,14 +28,13 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from consumer.devtools._proc import (
-    ServiceState,
+    LocalJvmService,
     ToolError,
     cache_dir,
     file_lock,
@@ -134,13 +132,16 @@ def _server_properties(data_dir: Path, broker_port: int, controller_port: int) -
     return "".join(f"{key}={value}\n" for key, value in settings.items())
 
 
-class LocalKafka:
+class LocalKafka(LocalJvmService):
     """One combined broker+controller on 127.0.0.1, in a fresh temp directory.
 
     Use as `with LocalKafka() as kafka: kafka.bootstrap_servers`. An owned broker (the default)
     is killed when its owner exits, is interrupted, or is SIGKILLed. A `detached` broker runs
     in its own session and outlives this process (the `up` command); stop it by pid.
     """
+
+    NAME = "Kafka broker"
+    LOG_NAME = "broker.log"
 
     def __init__(
         self,
@@ -151,42 +152,21 @@ class LocalKafka:
         stop_timeout: float = 15.0,
         detached: bool = False,
     ) -> None:
-        self.heap_mb = heap_mb
+        super().__init__(
+            heap_mb=heap_mb,
+            start_timeout=start_timeout,
+            stop_timeout=stop_timeout,
+            detached=detached,
+        )
         self.jvm_options = tuple(jvm_options)
-        self.start_timeout = start_timeout
-        self.stop_timeout = stop_timeout
-        self.detached = detached
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._data_dir: Path | None = None
-        self._port: int | None = None
 
     @property
     def bootstrap_servers(self) -> str:
-        if self._port is None:
-            raise RuntimeError("LocalKafka is not started")
-        return f"127.0.0.1:{self._port}"
+        return f"127.0.0.1:{self.port}"
 
     @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("LocalKafka is not started")
-        return self._port
-
-    @property
-    def pid(self) -> int:
-        if self._proc is None:
-            raise RuntimeError("LocalKafka is not started")
-        return self._proc.pid
-
-    @property
-    def data_dir(self) -> Path:
-        if self._data_dir is None:
-            raise RuntimeError("LocalKafka is not started")
-        return self._data_dir
-
-    @property
-    def log_path(self) -> Path:
-        return self.data_dir / "broker.log"
+    def address(self) -> str:
+        return self.bootstrap_servers
 
     def start(self) -> LocalKafka:
         """Resolve, format, start, and return once the broker answers a metadata request."""
@@ -248,40 +228,6 @@ class LocalKafka:
             self.stop()
             raise
         raise AssertionError("unreachable")
-
-    def stop(self) -> None:
-        """SIGTERM the broker, SIGKILL it after `stop_timeout`, and remove its directory."""
-        atexit.unregister(self.stop)
-        self._discard()
-
-    def _discard(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            stop_process(proc, grace=self.stop_timeout)
-        data_dir, self._data_dir = self._data_dir, None
-        if data_dir is not None:
-            shutil.rmtree(data_dir, ignore_errors=True)
-        self._port = None
-
-    def state(self) -> ServiceState:
-        """What `down` needs to find this broker again."""
-        return ServiceState(
-            pid=self.pid,
-            port=self.port,
-            data_dir=str(self.data_dir),
-            address=self.bootstrap_servers,
-        )
-
-    def __enter__(self) -> LocalKafka:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _launch(self, java: str, classpath: str) -> None:
         data_dir = Path(tempfile.mkdtemp(prefix="localkafka-"))

@@ -30,10 +30,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 
 from consumer.devtools._proc import (
-    ServiceState,
+    LocalJvmService,
     ToolError,
     cache_dir,
     file_lock,
@@ -43,7 +42,6 @@ from consumer.devtools._proc import (
     serve_foreground,
     service_cli,
     spawn,
-    stop_process,
     tail,
 )
 
@@ -108,13 +106,16 @@ def _runner_jar(home: Path) -> Path:
     raise ToolError(f"no quarkus-run.jar or *-runner.jar in {home}")
 
 
-class LocalRegistry:
+class LocalRegistry(LocalJvmService):
     """Apicurio Registry on 127.0.0.1 with in-memory storage.
 
     `url` is the Confluent-compatible base URL to give `SchemaRegistryClient`. An owned registry
     (the default) dies with its owner, even when the owner is SIGKILLed; a `detached` one
     outlives it (the `up` command).
     """
+
+    NAME = "schema registry"
+    LOG_NAME = "registry.log"
 
     def __init__(
         self,
@@ -124,19 +125,12 @@ class LocalRegistry:
         stop_timeout: float = 10.0,
         detached: bool = False,
     ) -> None:
-        self.heap_mb = heap_mb
-        self.start_timeout = start_timeout
-        self.stop_timeout = stop_timeout
-        self.detached = detached
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._data_dir: Path | None = None
-        self._port: int | None = None
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("LocalRegistry is not started")
-        return self._port
+        super().__init__(
+            heap_mb=heap_mb,
+            start_timeout=start_timeout,
+            stop_timeout=stop_timeout,
+            detached=detached,
+        )
 
     @property
     def url(self) -> str:
@@ -144,20 +138,8 @@ class LocalRegistry:
         return f"http://127.0.0.1:{self.port}{CCOMPAT_PATH}"
 
     @property
-    def pid(self) -> int:
-        if self._proc is None:
-            raise RuntimeError("LocalRegistry is not started")
-        return self._proc.pid
-
-    @property
-    def data_dir(self) -> Path:
-        if self._data_dir is None:
-            raise RuntimeError("LocalRegistry is not started")
-        return self._data_dir
-
-    @property
-    def log_path(self) -> Path:
-        return self.data_dir / "registry.log"
+    def address(self) -> str:
+        return self.url
 
     def start(self) -> LocalRegistry:
         """Fetch if needed, start, and return once the ccompat API answers."""
@@ -190,33 +172,6 @@ class LocalRegistry:
             self.stop()
             raise
         return self
-
-    def stop(self) -> None:
-        """SIGTERM the registry, SIGKILL it after `stop_timeout`, and remove its directory."""
-        atexit.unregister(self.stop)
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            stop_process(proc, grace=self.stop_timeout)
-        data_dir, self._data_dir = self._data_dir, None
-        if data_dir is not None:
-            shutil.rmtree(data_dir, ignore_errors=True)
-        self._port = None
-
-    def state(self) -> ServiceState:
-        return ServiceState(
-            pid=self.pid, port=self.port, data_dir=str(self.data_dir), address=self.url
-        )
-
-    def __enter__(self) -> LocalRegistry:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], deadline: float) -> None:
         probe = f"{self.url}/subjects"
