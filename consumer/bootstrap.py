@@ -155,6 +155,8 @@ class Service:
         dispatcher = Dispatcher(
             max_in_flight_per_partition=d.max_in_flight_per_partition,
             max_in_flight=d.max_in_flight,
+            # No gate here: lanes must stay free to start records while Button refuses the key,
+            # so that a queued record can take over probing if the probing one is revoked.
             watermarks=watermarks,
         )
         worker_box: list[Worker] = []
