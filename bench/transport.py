@@ -1,6 +1,6 @@
 """Which HTTP transport carries the Button client: measured on loopback, not guessed.
 
-The Button client is the consumer's hot path (DESIGN decision 9). This benchmark sends Button's
+The Button client is the consumer's hot path (DESIGN, 9). This benchmark sends Button's
 create-order request (``POST /v1/order`` with a realistic JSON order, Basic auth and the version
 header) at several numbers of requests in flight through each candidate transport and reports
 requests per second and the client process's CPU time per request (steadier than throughput on

@@ -1,4 +1,4 @@
-"""Request examples of Button's reference (``button-api.md``, section 11), shared by tests."""
+"""Request examples of Button's Order API documentation, shared by tests."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 
 def example_create() -> dict[str, Any]:
-    """The create example of button-api.md section 11."""
+    """The create-order example of Button's documentation."""
     return {
         "order_id": "ORD-100045",
         "total": 5998,

@@ -1,7 +1,7 @@
 """The failure policy: what happens to a record after each attempt, in one table (DESIGN, 4).
 
-Scattered ``try/except`` blocks drift apart; a single table can be read, reviewed against Button's
-contract (``reference/button-api.md``) and tested row by row. The Button client never raises, it
+Scattered ``try/except`` blocks drift apart; a single table can be read, reviewed against
+Button's Order API documentation and tested row by row. The Button client never raises, it
 returns a ``ButtonOutcome``; ``decide`` turns (action, outcome, attempt, elapsed) into a
 ``Decision``. Failures before any request (undecodable bytes, mapping rejects) and infrastructure
 failures go through ``decide_error`` and ``decide_map_result``.

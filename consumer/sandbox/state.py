@@ -6,7 +6,7 @@ authentication, body parsing and faults around it. It also keeps, for observatio
 that named an order and per-route counters. Everything runs on the server's event loop, so there
 is no locking; the clock is injected so finalization can be tested without waiting.
 
-Decisions where Button is silent (see ``button-api.md`` section 12):
+Decisions where Button is silent (gaps in Button's public documentation):
 
 - ``{order_id}`` in a path may be the merchant ``order_id`` or the ``button_order_id``.
 - Creates answer 200 with the order; a duplicate ``order_id`` answers 409 (also after deletion:

@@ -1,9 +1,9 @@
 """Button's documented Order API request rules as pure functions, so the sandbox can be strict.
 
 The sandbox answers 400 with these messages; other tests use the same functions to assert that
-whatever the service sends would be accepted. The rules come from ``button-api.md`` (sections 3
-and 4) and are written here independently of the service's own mapper, so a mapping bug cannot be
-mirrored in the checker.
+whatever the service sends would be accepted. The rules come from Button's Order API
+documentation (order fields, update and cancel) and are written here independently of the
+service's own mapper, so a mapping bug cannot be mirrored in the checker.
 
 Public API (each function returns a list of problems; an empty list means valid)::
 

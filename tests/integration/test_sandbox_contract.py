@@ -1,4 +1,4 @@
-"""Button's documented examples (button-api.md section 11) against the sandbox, over real HTTP.
+"""Button's documented example payloads against the sandbox, over real HTTP.
 
 Each test sends a request exactly as the reference shows it and checks the documented response:
 status code, Button's envelope and the fields the reference lists.

@@ -73,7 +73,7 @@ def send(result: object) -> Any:
 
 
 def test_purchase_becomes_create_with_documented_fields() -> None:
-    """The button-api.md example order, field by field."""
+    """Button's documented example order, field by field."""
     result, profile = process(
         purchase(
             btn_ref=TOKEN,
