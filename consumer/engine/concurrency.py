@@ -17,7 +17,7 @@ limit stays within ``[min_limit, max_limit]``. 0.9 rather than TCP's 0.5: a cons
 makes bursts of 429 common and halving would oscillate; Vector chose 0.9 for the same reason.
 
 ``TokenBucket`` adds an optional requests-per-second ceiling (one bucket per API key), and
-``PauseGate`` holds every lane while Button refuses the API key (DESIGN, 4).
+``PauseGate`` is the open/closed gate behind the auth pause (``engine.authgate``, DESIGN, 4).
 
 Everything takes an injected monotonic clock; tests drive time by hand. All methods must be
 called from the one event-loop thread that owns the object.
@@ -276,9 +276,10 @@ class TokenBucket:
 class PauseGate:
     """Open normally; closed while Button refuses the API key (401/403: DESIGN, 4).
 
-    Lanes ``await wait_open()`` before starting a record, so closing the gate holds all work
-    without dropping any. Whoever closed it decides when to reopen, typically after a probe
-    request succeeds.
+    Waiters ``await wait_open()``; closing holds them without dropping work, and whoever closed
+    it decides when to reopen. ``AuthGate`` adds probing to it for the pipeline; a dispatcher
+    given a gate also holds its lanes between records (the service does not: a queued record
+    must be free to take over probing).
     """
 
     def __init__(self) -> None:
