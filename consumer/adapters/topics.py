@@ -73,7 +73,7 @@ def restore_partitions(
     try:
         ends: dict[int, int] = {}
         for p in partitions:
-            low, high = _watermarks(reader, TopicPartition(topic, p), deadline)
+            low, high = watermark_offsets(reader, TopicPartition(topic, p), deadline)
             if high > low:
                 ends[p] = high
         if not ends:
@@ -96,7 +96,10 @@ _NO_LEADER_YET = frozenset(
 )
 
 
-def _watermarks(reader: Consumer, partition: TopicPartition, deadline: float) -> tuple[int, int]:
+def watermark_offsets(
+    reader: Consumer, partition: TopicPartition, deadline: float
+) -> tuple[int, int]:
+    """(low, high) of a partition, waiting out a just-created topic's missing leader."""
     while True:
         try:
             low, high = reader.get_watermark_offsets(partition, timeout=30.0)

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from consumer.adapters.topics import watermark_offsets
 from consumer.bootstrap import Service, build, mapping_config
 from consumer.domain import mapping
 from consumer.domain.button import Action, Send
@@ -79,7 +80,7 @@ def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
     reader = Consumer({"bootstrap.servers": bootstrap, "group.id": "end-offsets"})
     try:
         return {
-            p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+            p: watermark_offsets(reader, TopicPartition(topic, p), time.monotonic() + 60)[1]
             for p in range(partitions)
         }
     finally:
@@ -99,7 +100,8 @@ def read_all(bootstrap: str, topic: str) -> list[Any]:
     try:
         metadata = reader.list_topics(topic, timeout=30).topics[topic]
         parts = [TopicPartition(topic, p, 0) for p in metadata.partitions]
-        ends = {tp.partition: reader.get_watermark_offsets(tp, timeout=30)[1] for tp in parts}
+        deadline = time.monotonic() + 60
+        ends = {tp.partition: watermark_offsets(reader, tp, deadline)[1] for tp in parts}
         pending = {p for p, end in ends.items() if end > 0}
         reader.assign(parts)
         records = []
