@@ -1,0 +1,55 @@
+"""Static membership (KAFKA_GROUP_INSTANCE_ID, the pod name on Kubernetes) on both protocols."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from consumer.commands import produce_events
+from consumer.domain.events import CommerceEvent, EventType
+from consumer.samples import generate_events
+from tests.e2e.harness import committed_offsets, end_offsets
+
+pytestmark = pytest.mark.broker
+
+
+def _purchases(events: list[CommerceEvent]) -> set[str | None]:
+    return {
+        e.commerce.transaction_id
+        for e in events
+        if e.event_type is EventType.PURCHASE and e.commerce is not None
+    }
+
+
+@pytest.mark.parametrize("protocol", ["consumer", "classic"])
+def test_a_restarted_static_member_resumes_where_it_stopped(
+    protocol, kafka_bootstrap, make_topic, service_settings, start_service, sandbox
+):
+    """A member that comes back with its instance id gets its partitions and loses nothing."""
+    topic = make_topic(partitions=2, prefix="static")
+    settings = service_settings(
+        topic, KAFKA_GROUP_INSTANCE_ID="pod-0", KAFKA_GROUP_PROTOCOL=protocol
+    )
+    start = datetime.now(UTC) - timedelta(hours=7)
+    first = list(generate_events(15, seed=21, start=start))
+    second = list(generate_events(15, seed=22, start=start + timedelta(minutes=1)))
+    produce_events(settings, first, partitions=2)
+
+    runner = start_service(settings)
+    sandbox.wait_for(
+        lambda: _purchases(first) <= {o["order_id"] for o in sandbox.orders()}, timeout=60
+    )
+    sandbox.wait_for(lambda: runner.metric("button_consumer_in_flight_records") == 0, timeout=30)
+    runner.stop()
+
+    produce_events(settings, second, partitions=2)
+    again = start_service(settings)
+    wanted = _purchases(first) | _purchases(second)
+    sandbox.wait_for(lambda: wanted <= {o["order_id"] for o in sandbox.orders()}, timeout=60)
+    sandbox.wait_for(lambda: again.metric("button_consumer_in_flight_records") == 0, timeout=30)
+    again.stop()
+
+    assert again.service.stats.received == len(second)
+    ends = end_offsets(kafka_bootstrap, topic, 2)
+    assert committed_offsets(kafka_bootstrap, settings.kafka.group_id, topic, 2) == ends
