@@ -198,13 +198,7 @@ def _validate_order(body: object, required: tuple[str, ...]) -> _Problems:
 
 
 def _check_order_id(value: Any, field: str, problems: _Problems) -> None:
-    if not isinstance(value, str):
-        problems.append(f"{field}: must be a string, got {_json_type(value)}")
-    elif not value:
-        problems.append(f"{field}: must not be empty")
-    elif len(value) > MAX_ID_LENGTH:
-        problems.append(f"{field}: must be at most 255 characters, got {len(value)}")
-    elif not _PRINTABLE_ASCII.fullmatch(value):
+    if _check_text(value, field, problems) and not _PRINTABLE_ASCII.fullmatch(value):
         problems.append(f"{field}: must be printable ASCII")
 
 
@@ -241,23 +235,21 @@ def _check_date(value: Any, field: str, problems: _Problems) -> None:
 
 
 def _check_btn_ref(value: Any, field: str, problems: _Problems) -> None:
-    if not isinstance(value, str):
-        problems.append(f"{field}: must be a string, got {_json_type(value)}")
-    elif not value:
-        problems.append(f"{field}: must not be empty")
-    elif len(value) > MAX_ID_LENGTH:
-        problems.append(f"{field}: must be at most 255 characters, got {len(value)}")
-    elif not _URL_SAFE.fullmatch(value):
+    if _check_text(value, field, problems) and not _URL_SAFE.fullmatch(value):
         problems.append(f"{field}: must be URL-safe (A-Z a-z 0-9 - . _ ~)")
 
 
-def _check_text(value: Any, field: str, problems: _Problems) -> None:
+def _check_text(value: Any, field: str, problems: _Problems) -> bool:
+    """A non-empty string of at most 255 characters; returns whether it is one."""
     if not isinstance(value, str):
         problems.append(f"{field}: must be a string, got {_json_type(value)}")
     elif not value:
         problems.append(f"{field}: must not be empty")
     elif len(value) > MAX_ID_LENGTH:
         problems.append(f"{field}: must be at most 255 characters, got {len(value)}")
+    else:
+        return True
+    return False
 
 
 def _check_string(value: Any, field: str, problems: _Problems) -> None:
