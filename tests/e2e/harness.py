@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import io
 import json
 import os
 import signal
@@ -28,6 +29,7 @@ from consumer.domain.button import Action, Send
 from consumer.domain.deadletter import header_map
 from consumer.domain.events import CommerceEvent
 from consumer.domain.profile import Profile
+from consumer.replay import ReplayFilter, ReplayReport, replay
 from consumer.settings import Settings
 
 T = TypeVar("T")
@@ -385,3 +387,16 @@ def assert_sandbox_converged(sandbox: Any, expected: Mapping[str, ExpectedOrder]
     early = {k: v for k, v in sandbox_unknown_order_requests(sandbox).items() if k in expected}
     assert not early, f"requests before the create: {dict(list(early.items())[:3])}"
     return repeats
+
+
+def replay_whole_dlq(settings: Settings, group_id: str) -> ReplayReport:
+    """``replay-dlq`` without filters, quickly and quietly, remembering progress in ``group_id``."""
+    return replay(
+        settings,
+        ReplayFilter(),
+        group_id=group_id,
+        rate=1000,
+        dry_run=False,
+        out=io.StringIO(),
+        progress=False,
+    )

@@ -9,7 +9,6 @@ replay sends the create, then the delete: X ends deleted, the refund is not lost
 
 from __future__ import annotations
 
-import io
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -25,8 +24,13 @@ from consumer.domain.events import (
     ProductAction,
 )
 from consumer.domain.profile import Profile, decode_profile
-from consumer.replay import ReplayFilter, replay
-from tests.e2e.harness import headers_of, read_all, wait_for_committed, wait_until
+from tests.e2e.harness import (
+    headers_of,
+    read_all,
+    replay_whole_dlq,
+    wait_for_committed,
+    wait_until,
+)
 
 pytestmark = pytest.mark.broker
 
@@ -116,15 +120,7 @@ def test_a_parked_order_stays_parked_across_a_restart_and_is_replayed_in_order(
 
     # 3. The cause is fixed; a replay sends the create, then the delete.
     sandbox.clear_faults()
-    report = replay(
-        settings,
-        ReplayFilter(),
-        group_id=f"{settings.kafka.group_id}-replay",
-        rate=1000,
-        dry_run=False,
-        out=io.StringIO(),
-        progress=False,
-    )
+    report = replay_whole_dlq(settings, f"{settings.kafka.group_id}-replay")
     assert (report.read, report.replayed) == (2, 2)
     sandbox.wait_for(
         lambda: (sandbox.order(X) or {}).get("status") == "deleted",

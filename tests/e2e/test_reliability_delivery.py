@@ -9,7 +9,6 @@ reordered request fails the test.
 
 from __future__ import annotations
 
-import io
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -44,7 +43,6 @@ from consumer.domain.events import (
     event_to_record,
 )
 from consumer.errors import DecodeError
-from consumer.replay import ReplayFilter, replay
 from consumer.samples import generate_events
 from consumer.sandbox.testing import run_sandbox
 from tests.e2e.harness import (
@@ -55,6 +53,7 @@ from tests.e2e.harness import (
     headers_of,
     produce_raw,
     read_all,
+    replay_whole_dlq,
     wait_for_committed,
     wait_until,
 )
@@ -380,15 +379,7 @@ def test_parked_order_is_replayed_in_order_once_the_cause_is_fixed(
     # The cause is fixed; replay the DLQ while the service runs.
     sandbox.clear_faults()
     replay_group = f"{settings.kafka.group_id}-replay"
-    report = replay(
-        settings,
-        ReplayFilter(),
-        group_id=replay_group,
-        rate=1000,
-        dry_run=False,
-        out=io.StringIO(),
-        progress=False,
-    )
+    report = replay_whole_dlq(settings, replay_group)
     assert (report.read, report.replayed) == (2, 2)
     sandbox.wait_for(
         lambda: (sandbox.order(x) or {}).get("status") == "deleted",
@@ -407,26 +398,10 @@ def test_parked_order_is_replayed_in_order_once_the_cause_is_fixed(
     assert len(read_all(kafka_bootstrap, dlq)) == 2, "the replay dead-lettered again"
 
     # The same replay group again: nothing new to replay.
-    again = replay(
-        settings,
-        ReplayFilter(),
-        group_id=replay_group,
-        rate=1000,
-        dry_run=False,
-        out=io.StringIO(),
-        progress=False,
-    )
+    again = replay_whole_dlq(settings, replay_group)
     assert again.replayed == 0
     # The whole DLQ again (a fresh group): duplicates Button absorbs (409 create, 404 delete).
-    twice = replay(
-        settings,
-        ReplayFilter(),
-        group_id=f"{replay_group}-2",
-        rate=1000,
-        dry_run=False,
-        out=io.StringIO(),
-        progress=False,
-    )
+    twice = replay_whole_dlq(settings, f"{replay_group}-2")
     assert twice.replayed == 2
     sandbox.wait_for(
         lambda: len((sandbox.order(x) or {}).get("history", [])) >= 5,
