@@ -1,6 +1,7 @@
 """The composition root: the one place that builds and wires every collaborator.
 
-``build(settings)`` constructs everything without network I/O; ``Service.run()`` connects,
+``build(settings)`` constructs and wires the whole object graph without network I/O;
+``Service.run()`` only starts it (topics, producer, admin server, the worker's consumer),
 consumes until stopped, and closes in order. ``run_service()`` is what ``button-consumer run``
 does: settings from the environment, logging, signal handlers, exit code.
 """
@@ -14,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -25,6 +26,7 @@ from consumer.adapters.button_client import ButtonClient
 from consumer.adapters.kafka import AckingProducer, KafkaSource, ensure_topics
 from consumer.adapters.logging import configure_logging
 from consumer.adapters.metrics import Metrics
+from consumer.adapters.telemetry import ServiceTelemetry
 from consumer.adapters.topics import KafkaChangelog, KafkaDeadLetters, restore_partitions
 from consumer.domain.button import ButtonRequest
 from consumer.domain.mapping import MappingConfig
@@ -85,139 +87,58 @@ class _DryRunButton:
 
 @dataclass
 class Service:
-    """Everything one process runs, wired; ``run()`` owns the lifecycle."""
+    """Everything one process runs, wired by ``build``; ``run()`` only starts and stops it."""
 
     settings: Settings
-    metrics: Metrics
-    health: Health
-    deliveries: DeliveryLog
-    producer_config: dict[str, Any]
+    telemetry: ServiceTelemetry
     admin: AdminServer | None
+    producer: AckingProducer
+    decoder: Closeable
     button: ButtonClient | _DryRunButton
-    processor: ProfileProcessor
+    worker: Worker
+    topics: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Topics to create before consuming (``KAFKA_CREATE_TOPICS``), name -> topic config."""
     stats: RunStats = field(default_factory=RunStats)
-    _worker: Worker | None = None
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.telemetry.metrics
+
+    @property
+    def health(self) -> Health:
+        return self.telemetry.health
+
+    @property
+    def deliveries(self) -> DeliveryLog:
+        return self.telemetry.deliveries
 
     def stop(self) -> None:
-        if self._worker is not None:
-            self._worker.stop()
+        """Ask the worker to stop (safe from a signal handler on the loop's thread)."""
+        self.worker.stop()
 
     async def run(self) -> RunStats:
+        """Start, consume until ``stop()``, then close everything in reverse order."""
         s = self.settings
-        consumer_config = kafka_consumer_config(s)
-        if s.kafka.create_topics:
-            await asyncio.to_thread(
-                ensure_topics,
-                self.producer_config,
-                {
-                    s.kafka.dlq_topic: {},
-                    s.kafka.profile_topic: {"cleanup.policy": "compact"},
-                },
-                partitions=await asyncio.to_thread(_partition_count, self.producer_config, s),
-            )
-        producer = AckingProducer(self.producer_config)
-        decoder = build_decoder(
-            Path(s.schema.dir),
-            s.schema.registry_url,
-            _registry_config(s),
-        )
-        store = self.processor.store
-        wall = _wall_clock
-        gate = AuthGate(s.delivery.auth_probe_interval_seconds)
-        d = s.delivery
-        deps = PipelineDeps(
-            decoder=decoder,
-            processor=self.processor,
-            changelog=KafkaChangelog(producer, s.kafka.profile_topic),
-            button=self.button,
-            dead_letters=KafkaDeadLetters(producer, s.kafka.dlq_topic),
-            retry=RetryPolicy(
-                max_attempts=d.retry_max_attempts,
-                max_elapsed=d.retry_max_elapsed_seconds,
-                base_delay=d.retry_base_delay_seconds,
-                max_delay=d.retry_max_delay_seconds,
-            ),
-            rng=random.Random(),  # noqa: S311 - jitter, not cryptography
-            limiter=AdaptiveLimiter(
-                clock=time.monotonic, min_limit=d.concurrency_min, max_limit=d.concurrency_max
-            ),
-            rate=None
-            if d.rate_limit_rps is None
-            else TokenBucket(rate=d.rate_limit_rps, clock=time.monotonic),
-            gate=gate,
-            metrics=self.metrics,
-            deliveries=self.deliveries,
-            wall_clock=wall,
-            monotonic=time.monotonic,
-            dry_run=d.dry_run,
-        )
-        watermarks = Watermarks()
-        dispatcher = Dispatcher(
-            max_in_flight_per_partition=d.max_in_flight_per_partition,
-            max_in_flight=d.max_in_flight,
-            # No gate here: lanes must stay free to start records while Button refuses the key,
-            # so that a queued record can take over probing if the probing one is revoked.
-            watermarks=watermarks,
-        )
-        worker_box: list[Worker] = []
-        changelog = deps.changelog
-
-        async def expire_profiles() -> None:
-            """Forget expired profiles and write their tombstones (compaction removes them)."""
-            tombstones = store.expire(wall())
-            for write in tombstones:
-                await changelog.write(write.partition, write.key, write.value)
-            self.metrics.profiles.set(len(store))
-
-        def restore(partitions: list[int]) -> int:
-            read = restore_partitions(
-                consumer_config, s.kafka.profile_topic, partitions, store.restore
-            )
-            self.metrics.profiles.set(len(store))
-            return read
-
-        def drop(partitions: list[int]) -> None:
-            for p in partitions:
-                store.drop_partition(p)
-            self.metrics.profiles.set(len(store))
-
-        source = KafkaSource(
-            consumer_config,
-            s.kafka.topic,
-            on_assign=lambda parts: worker_box[0].on_assign(parts),  # noqa: PLW0108 - late bound
-            on_revoke=lambda parts: worker_box[0].on_revoke(parts),  # noqa: PLW0108
-            on_lost=lambda parts: worker_box[0].on_lost(parts),  # noqa: PLW0108
-        )
-        worker = Worker(
-            source=source,
-            pipeline=Pipeline(deps),
-            dispatcher=dispatcher,
-            watermarks=watermarks,
-            gate=gate,
-            restore=restore,
-            drop=drop,
-            metrics=self.metrics,
-            health=self.health,
-            options=WorkerOptions(
-                shutdown_timeout=d.shutdown_timeout_seconds,
-                stop_when_idle=d.stop_when_idle_seconds,
-                housekeeping_interval=s.mapping.expire_interval_seconds,
-            ),
-            housekeeping=expire_profiles,
-        )
-        worker_box.append(worker)
-        self._worker = worker
+        if self.topics:
+            config = kafka_base_config(s)
+            count = await asyncio.to_thread(_partition_count, config, s)
+            await asyncio.to_thread(ensure_topics, config, self.topics, partitions=count)
+        self.producer.start()
         if self.admin is not None:
             await self.admin.start()
         try:
-            self.stats = await worker.run()
+            self.stats = await self.worker.run()
             return self.stats
         finally:
-            producer.close(timeout=d.shutdown_timeout_seconds)
-            decoder.close()
+            self.producer.close(timeout=s.delivery.shutdown_timeout_seconds)
+            self.decoder.close()
             await self.button.aclose()
             if self.admin is not None:
                 await self.admin.stop()
+
+
+class Closeable(Protocol):
+    def close(self) -> None: ...
 
 
 def _wall_clock() -> datetime:
@@ -271,32 +192,117 @@ def kafka_consumer_config(settings: Settings) -> dict[str, Any]:
 
 
 def build(settings: Settings, registry: CollectorRegistry | None = None) -> Service:
-    """Construct the service; no network I/O happens here."""
-    metrics = Metrics.create(registry)
-    health = Health()
-    deliveries = DeliveryLog(settings.admin.recent_deliveries)
-    admin = AdminServer(
-        settings.admin.host, settings.admin.port, metrics.registry, health, deliveries
+    """Construct and wire the whole service; no network I/O happens here.
+
+    Raises:
+        ConfigError: a setting is inconsistent (e.g. the mapping's) or a schema file is missing.
+    """
+    s, d = settings, settings.delivery
+    telemetry = ServiceTelemetry(
+        Metrics.create(registry), Health(), DeliveryLog(s.admin.recent_deliveries)
     )
-    config = mapping_config(settings)
+    admin = AdminServer(
+        s.admin.host,
+        s.admin.port,
+        telemetry.metrics.registry,
+        telemetry.health,
+        telemetry.deliveries,
+    )
+    config = mapping_config(s)
+    store = ProfileStore(config.retention)
+    processor = ProfileProcessor(store, config, keyless_parking=ParkingLot(clock=time.time))
     button: ButtonClient | _DryRunButton
-    if settings.delivery.dry_run or settings.button.api_key is None:
+    if d.dry_run or s.button.api_key is None:
         button = _DryRunButton()
     else:
-        button = ButtonClient.from_settings(settings.button)
-    return Service(
-        settings=settings,
-        metrics=metrics,
-        health=health,
-        deliveries=deliveries,
-        producer_config=kafka_base_config(settings),
-        admin=admin,
-        button=button,
-        processor=ProfileProcessor(
-            ProfileStore(config.retention),
-            config,
-            keyless_parking=ParkingLot(clock=time.time),
+        button = ButtonClient.from_settings(s.button)
+    producer = AckingProducer(kafka_base_config(s))
+    decoder = build_decoder(Path(s.schema.dir), s.schema.registry_url, _registry_config(s))
+    changelog = KafkaChangelog(producer, s.kafka.profile_topic)
+    gate = AuthGate(d.auth_probe_interval_seconds)
+    pipeline = Pipeline(
+        PipelineDeps(
+            decoder=decoder,
+            processor=processor,
+            changelog=changelog,
+            button=button,
+            dead_letters=KafkaDeadLetters(producer, s.kafka.dlq_topic),
+            retry=RetryPolicy(
+                max_attempts=d.retry_max_attempts,
+                max_elapsed=d.retry_max_elapsed_seconds,
+                base_delay=d.retry_base_delay_seconds,
+                max_delay=d.retry_max_delay_seconds,
+            ),
+            rng=random.Random(),  # noqa: S311 - jitter, not cryptography
+            limiter=AdaptiveLimiter(
+                clock=time.monotonic, min_limit=d.concurrency_min, max_limit=d.concurrency_max
+            ),
+            rate=None
+            if d.rate_limit_rps is None
+            else TokenBucket(rate=d.rate_limit_rps, clock=time.monotonic),
+            gate=gate,
+            telemetry=telemetry,
+            wall_clock=_wall_clock,
+            monotonic=time.monotonic,
+            dry_run=d.dry_run,
+        )
+    )
+    watermarks = Watermarks()
+    dispatcher = Dispatcher(
+        max_in_flight_per_partition=d.max_in_flight_per_partition,
+        max_in_flight=d.max_in_flight,
+        # No gate here: lanes must stay free to start records while Button refuses the key,
+        # so that a queued record can take over probing if the probing one is revoked.
+        watermarks=watermarks,
+    )
+    consumer_config = kafka_consumer_config(s)
+
+    async def expire_profiles() -> None:
+        """Forget expired profiles and write their tombstones (compaction removes them)."""
+        for write in store.expire(_wall_clock()):
+            await changelog.write(write.partition, write.key, write.value)
+        telemetry.profiles_held(len(store))
+
+    def restore(partitions: list[int]) -> int:
+        read = restore_partitions(consumer_config, s.kafka.profile_topic, partitions, store.restore)
+        telemetry.profiles_held(len(store))
+        return read
+
+    def drop(partitions: list[int]) -> None:
+        for p in partitions:
+            store.drop_partition(p)
+        telemetry.profiles_held(len(store))
+
+    worker = Worker(
+        source=KafkaSource(consumer_config, s.kafka.topic),
+        pipeline=pipeline,
+        dispatcher=dispatcher,
+        watermarks=watermarks,
+        gate=gate,
+        restore=restore,
+        drop=drop,
+        telemetry=telemetry,
+        options=WorkerOptions(
+            shutdown_timeout=d.shutdown_timeout_seconds,
+            stop_when_idle=d.stop_when_idle_seconds,
+            housekeeping_interval=s.mapping.expire_interval_seconds,
         ),
+        housekeeping=expire_profiles,
+    )
+    topics = (
+        {s.kafka.dlq_topic: {}, s.kafka.profile_topic: {"cleanup.policy": "compact"}}
+        if s.kafka.create_topics
+        else {}
+    )
+    return Service(
+        settings=s,
+        telemetry=telemetry,
+        admin=admin,
+        producer=producer,
+        decoder=decoder,
+        button=button,
+        worker=worker,
+        topics=topics,
     )
 
 

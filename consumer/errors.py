@@ -8,6 +8,7 @@ exceptions (confluent-kafka, fastavro, httpx, aiohttp) into one of these with ``
     +-- DecodeError              bytes that cannot become a commerce event (dead-letter)
     |   +-- UnknownSchemaError   writer schema id or fingerprint not resolvable
     +-- MappingError             an event that cannot become a valid Button request (dead-letter)
+    +-- SchemaRegistryUnavailableError  the registry cannot answer now (wait, decode again)
     +-- DeadLetterError          the dead-letter topic cannot be written (stop consuming)
     +-- BrokerError              Kafka is unusable beyond librdkafka's own retries
 """
@@ -49,3 +50,13 @@ class DeadLetterError(ConsumerError):
 
 class BrokerError(ConsumerError):
     """Kafka reported a fatal error."""
+
+
+class SchemaRegistryUnavailableError(ConsumerError):
+    """The schema registry could not be asked (connection, timeout, 5xx, 429, auth).
+
+    Retryable: the record itself may be fine, so it must not be dead-lettered. The caller retries
+    with backoff (or pauses) and decodes the same bytes again.
+    """
+
+    retryable = True

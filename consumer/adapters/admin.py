@@ -16,21 +16,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One finished record, as the live log shows it."""
-
-    at: float
-    partition: int
-    offset: int
-    event_id: str
-    action: str
-    order_id: str
-    outcome: str
-    status: int | None
-    attempts: int
-    reason: str
+from consumer.ports import Delivery
 
 
 class DeliveryLog:

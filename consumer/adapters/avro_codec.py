@@ -43,7 +43,13 @@ from fastavro.read import SchemaResolutionError
 from fastavro.types import Schema as ParsedSchema
 
 from consumer.domain.events import CommerceEvent, event_from_record, event_to_record
-from consumer.errors import ConfigError, ConsumerError, DecodeError, UnknownSchemaError
+from consumer.errors import (
+    ConfigError,
+    ConsumerError,
+    DecodeError,
+    SchemaRegistryUnavailableError,
+    UnknownSchemaError,
+)
 
 __all__ = [
     "CURRENT_SCHEMA_FILE",
@@ -105,16 +111,6 @@ class CodecReason(StrEnum):
     INCOMPATIBLE_SCHEMA = "incompatible_schema"
     INVALID_AVRO = "invalid_avro"
     TRAILING_BYTES = "trailing_bytes"
-
-
-class SchemaRegistryUnavailableError(ConsumerError):
-    """The schema registry could not be asked (connection, timeout, 5xx, 429, auth).
-
-    Retryable: the record itself may be fine, so it must not be dead-lettered. The caller retries
-    with backoff (or pauses) and decodes the same bytes again.
-    """
-
-    retryable = True
 
 
 class Decoder(Protocol):

@@ -13,7 +13,6 @@ import concurrent.futures
 import queue
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import (
@@ -29,25 +28,11 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from consumer.errors import BrokerError
-
-Headers = list[tuple[str, bytes]]
+from consumer.ports import Headers, RebalanceListener, Record
 
 
 class ProduceError(BrokerError):
     """A record could not be written (delivery report with an error, or a timeout)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One consumed record, detached from librdkafka's message object."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int | None
-    headers: Headers
 
 
 def message_headers(message: Message) -> Headers:
@@ -75,7 +60,11 @@ def _to_record(message: Message) -> Record:
 
 
 class AckingProducer:
-    """An idempotent producer whose ``send`` returns when the broker acknowledged the record."""
+    """An idempotent producer whose ``send`` returns when the broker acknowledged the record.
+
+    Constructing it connects nothing: ``start()`` creates the librdkafka producer and the thread
+    that serves its delivery reports; ``close()`` flushes and stops both.
+    """
 
     def __init__(self, config: dict[str, Any]) -> None:
         base = {
@@ -84,14 +73,27 @@ class AckingProducer:
             "linger.ms": 5,
             "message.timeout.ms": 120_000,
         }
-        self._producer = Producer({**base, **config})
+        self._config = {**base, **config}
+        self._client: Producer | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="kafka-producer", daemon=True)
-        self._thread.start()
+
+    def start(self) -> None:
+        """Create the producer (idempotent: a second call does nothing)."""
+        if self._client is None:
+            self._client = Producer(self._config)
+            self._thread.start()
+
+    @property
+    def _producer(self) -> Producer:
+        if self._client is None:
+            raise BrokerError("the Kafka producer is not started")
+        return self._client
 
     def _serve(self) -> None:
+        producer = self._producer
         while not self._stop.is_set():
-            self._producer.poll(0.1)
+            producer.poll(0.1)
 
     async def send(
         self,
@@ -132,10 +134,14 @@ class AckingProducer:
         return int(self._producer.flush(timeout))
 
     def close(self, timeout: float = 10.0) -> None:
+        """Wait up to ``timeout`` seconds for outstanding deliveries, then stop."""
+        if self._client is None:
+            return
         self.flush(timeout)
         self._stop.set()
         self._thread.join(timeout=2.0)
-        self._producer.close()
+        client, self._client = self._client, None
+        client.close()
 
 
 def _settle(future: asyncio.Future[tuple[int, int]], err: KafkaError | None, msg: Message) -> None:
@@ -145,9 +151,6 @@ def _settle(future: asyncio.Future[tuple[int, int]], err: KafkaError | None, msg
         future.set_exception(ProduceError(f"delivery to {msg.topic()} failed: {err.str()}"))
     else:
         future.set_result((msg.partition() or 0, msg.offset() or 0))
-
-
-RebalanceCallback = Callable[[list[int]], None]
 
 
 class _KafkaThread:
@@ -207,21 +210,14 @@ def call_with_deadline(fn: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 class KafkaSource:
-    """The input topic, read by a consumer group, from one dedicated thread.
+    """The input topic, read by a consumer group, from one dedicated thread (``ports.Source``).
 
-    ``on_assign``, ``on_revoke`` and ``on_lost`` receive partition numbers and run on the Kafka
-    thread, inside ``poll``: they may block (to drain and commit) but not call this object's
-    async methods. ``commit_now`` is safe to call from them.
+    The listener given to ``start`` receives partition numbers on the Kafka thread, inside
+    ``poll``: it may block (to drain and commit) but not call this object's async methods.
+    ``commit_now`` is safe to call from it.
     """
 
-    def __init__(
-        self,
-        config: dict[str, Any],
-        topic: str,
-        on_assign: RebalanceCallback,
-        on_revoke: RebalanceCallback,
-        on_lost: RebalanceCallback,
-    ) -> None:
+    def __init__(self, config: dict[str, Any], topic: str) -> None:
         self._config = {
             **config,
             "enable.auto.offset.store": False,
@@ -229,9 +225,6 @@ class KafkaSource:
             "auto.commit.interval.ms": 1000,
         }
         self.topic = topic
-        self._on_assign = on_assign
-        self._on_revoke = on_revoke
-        self._on_lost = on_lost
         self._executor = _KafkaThread("kafka")
         self._consumer: Consumer | None = None
         self.commit_timeout = 15.0
@@ -240,22 +233,23 @@ class KafkaSource:
 
     # -- lifecycle (all on the Kafka thread) -------------------------------------------------
 
-    async def start(self) -> None:
-        await self._call(self._start)
+    async def start(self, listener: RebalanceListener) -> None:
+        """Create the consumer and subscribe; ``listener`` gets every rebalance."""
+        await self._call(self._start, listener)
 
-    def _start(self) -> None:
+    def _start(self, listener: RebalanceListener) -> None:
         self._consumer = Consumer(self._config)
         self._consumer.subscribe(
             [self.topic],
-            on_assign=lambda _c, parts: self._on_assign(_partitions(parts)),
-            on_revoke=lambda _c, parts: self._revoke_callback(parts),
-            on_lost=lambda _c, parts: self._on_lost(_partitions(parts)),
+            on_assign=lambda _c, parts: listener.on_assign(_partitions(parts)),
+            on_revoke=lambda _c, parts: self._revoke_callback(listener, parts),
+            on_lost=lambda _c, parts: listener.on_lost(_partitions(parts)),
         )
 
-    def _revoke_callback(self, parts: list[TopicPartition]) -> None:
+    def _revoke_callback(self, listener: RebalanceListener, parts: list[TopicPartition]) -> None:
         self._in_rebalance_callback = True
         try:
-            self._on_revoke(_partitions(parts))
+            listener.on_revoke(_partitions(parts))
         finally:
             self._in_rebalance_callback = False
 

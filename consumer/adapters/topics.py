@@ -14,9 +14,10 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from consumer.adapters.kafka import AckingProducer, Record
+from consumer.adapters.kafka import AckingProducer
 from consumer.domain.deadletter import DeadLetter, dead_letter_headers
 from consumer.errors import BrokerError
+from consumer.ports import Record
 
 
 class KafkaDeadLetters:

@@ -25,10 +25,6 @@ from typing import Protocol
 
 import structlog
 
-from consumer.adapters.admin import Delivery, DeliveryLog
-from consumer.adapters.avro_codec import SchemaRegistryUnavailableError
-from consumer.adapters.kafka import Record
-from consumer.adapters.metrics import Metrics
 from consumer.domain.button import Action, ButtonRequest, Reject, Send, Skip
 from consumer.domain.deadletter import H_REPLAYED, H_REPLAYED_PARKED, DeadLetter, Stage
 from consumer.domain.events import CommerceEvent
@@ -38,17 +34,18 @@ from consumer.domain.profile import ChangelogWrite
 from consumer.engine.authgate import AuthGate
 from consumer.engine.backoff import RandomSource
 from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
-from consumer.errors import DeadLetterError, DecodeError
+from consumer.errors import DeadLetterError, DecodeError, SchemaRegistryUnavailableError
+from consumer.ports import (
+    ButtonPort,
+    Changelog,
+    DeadLetterSink,
+    Decoder,
+    Delivery,
+    Record,
+    Telemetry,
+)
 
 log = structlog.get_logger("consumer.pipeline")
-
-
-class Decoder(Protocol):
-    def decode_event(self, value: bytes) -> CommerceEvent: ...
-
-
-class ButtonPort(Protocol):
-    async def send(self, request: ButtonRequest) -> ButtonOutcome: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,14 +84,6 @@ class Processor(Protocol):
         ...
 
 
-class Changelog(Protocol):
-    async def write(self, partition: int, key: bytes, value: bytes | None) -> None: ...
-
-
-class DeadLetterSink(Protocol):
-    async def write(self, record: Record, letter: DeadLetter) -> None: ...
-
-
 @dataclass(slots=True)
 class PipelineDeps:
     """Everything the pipeline talks to; built by the composition root."""
@@ -109,8 +98,7 @@ class PipelineDeps:
     limiter: AdaptiveLimiter
     rate: TokenBucket | None
     gate: AuthGate
-    metrics: Metrics
-    deliveries: DeliveryLog
+    telemetry: Telemetry
     wall_clock: Callable[[], datetime]
     monotonic: Callable[[], float]
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
@@ -133,7 +121,6 @@ class Pipeline:
 
     async def handle(self, record: Record) -> str:
         """Process ``record`` until it is finished; return its outcome name."""
-        d = self._d
         structlog.contextvars.bind_contextvars(
             partition=record.partition, offset=record.offset, key=_key_hash(record.key)
         )
@@ -141,7 +128,6 @@ class Pipeline:
             return await self._handle(record)
         finally:
             structlog.contextvars.unbind_contextvars("partition", "offset", "key", "event_id")
-            d.metrics.in_flight.dec()
 
     async def _handle(self, record: Record) -> str:
         d = self._d
@@ -149,7 +135,7 @@ class Pipeline:
             event = await self._decode(record)
             processed = d.processor.process(record.partition, record.key, event, d.wall_clock())
         except DecodeError as exc:
-            d.metrics.decode_failures.labels(exc.reason).inc()
+            d.telemetry.decode_failed(exc.reason)
             return await self._dead_letter(
                 record, Stage.DECODE, exc.reason, type(exc).__name__, str(exc)
             )
@@ -227,9 +213,9 @@ class Pipeline:
                 outcome = await d.button.send(request)
                 permit.observe(outcome)
             attempts.last = outcome
-            d.metrics.concurrency_limit.set(d.limiter.limit)
-            d.metrics.button_requests.labels(request.action.value, outcome.kind.value).inc()
-            d.metrics.button_latency.labels(request.action.value).observe(outcome.elapsed)
+            d.telemetry.button_attempt(
+                request.action.value, outcome.kind.value, outcome.elapsed, d.limiter.limit
+            )
             decision = decide(
                 request.action,
                 outcome,
@@ -254,7 +240,7 @@ class Pipeline:
                     record, processed, "delivered", request.action, outcome, attempts, decision
                 )
             if decision.verdict is Verdict.RETRY:
-                d.metrics.retries.labels(outcome.kind.value).inc()
+                d.telemetry.retry_scheduled(outcome.kind.value)
                 log.info(
                     "retrying",
                     status=outcome.status,
@@ -295,10 +281,10 @@ class Pipeline:
         reason: str = "",
     ) -> str:
         d = self._d
-        d.metrics.records_finished.labels(outcome_name).inc()
+        age = None
         if processed.event_time_ms is not None:
-            age = _ms(d.wall_clock()) - processed.event_time_ms
-            d.metrics.event_age.observe(max(age, 0) / 1000.0)
+            age = (_ms(d.wall_clock()) - processed.event_time_ms) / 1000.0
+        d.telemetry.finished(outcome_name, age)
         why = reason or (decision.reason if decision is not None else "")
         self._record(
             record,
@@ -362,8 +348,8 @@ class Pipeline:
                 )
             )
         outcome = "parked" if parked else "dead_lettered"
-        d.metrics.dead_letters.labels(reason).inc()
-        d.metrics.records_finished.labels(outcome).inc()
+        d.telemetry.dead_lettered(reason)
+        d.telemetry.finished(outcome, None)
         self._record(
             record,
             letter.event_id,
@@ -398,7 +384,7 @@ class Pipeline:
         attempts: int,
         reason: str,
     ) -> None:
-        self._d.deliveries.add(
+        self._d.telemetry.delivery(
             Delivery(
                 at=self._d.wall_clock().timestamp(),
                 partition=record.partition,

@@ -3,7 +3,7 @@
 One asyncio loop runs everything but Kafka I/O, which runs on the source's own thread. The loop
 is short on purpose; each step is a named collaborator:
 
-- ``KafkaSource.poll`` fetches records (rebalance callbacks run inside it, on the Kafka thread);
+- ``Source.poll`` fetches records (rebalance callbacks run inside it, on the Kafka thread);
 - every record is tracked in the ``Watermarks`` and submitted to the ``Dispatcher`` whose job is
   ``Pipeline.handle``; the job finishing marks the offset finished;
 - the loop stores the committable offsets, pauses partitions whose lanes are full (and all of
@@ -26,14 +26,12 @@ from typing import Any, TypeVar
 
 import structlog
 
-from consumer.adapters.admin import Health
-from consumer.adapters.kafka import KafkaSource, Record
-from consumer.adapters.metrics import Metrics
 from consumer.engine.authgate import AuthGate
 from consumer.engine.dispatcher import Dispatcher, Job
 from consumer.engine.pipeline import Pipeline
 from consumer.engine.watermark import Watermarks
 from consumer.errors import ConsumerError
+from consumer.ports import Record, Source, Telemetry
 
 log = structlog.get_logger("consumer.worker")
 T = TypeVar("T")
@@ -63,19 +61,21 @@ class RunStats:
 
 
 class Worker:
-    """Consumes the input topic until ``stop()``; see the module docstring."""
+    """Consumes the input topic until ``stop()``; see the module docstring.
+
+    It is the source's ``RebalanceListener``: ``run`` starts the source with itself.
+    """
 
     def __init__(
         self,
-        source: KafkaSource,
+        source: Source,
         pipeline: Pipeline,
         dispatcher: Dispatcher,
         watermarks: Watermarks,
         gate: AuthGate,
         restore: RestoreFn,
         drop: DropFn,
-        metrics: Metrics,
-        health: Health,
+        telemetry: Telemetry,
         options: WorkerOptions,
         housekeeping: Callable[[], Coroutine[Any, Any, None]] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
@@ -88,8 +88,7 @@ class Worker:
         self._gate = gate
         self._restore = restore
         self._drop = drop
-        self._metrics = metrics
-        self._health = health
+        self._telemetry = telemetry
         self._opt = options
         self._now = monotonic
         self._stop = asyncio.Event()
@@ -108,8 +107,8 @@ class Worker:
         started = self._now()
         restored = self._restore(partitions)
         self._call_in_loop(self._assigned_in_loop, partitions)
-        self._metrics.profile_restore_seconds.observe(self._now() - started)
-        self._metrics.rebalances.labels("assign").inc()
+        self._telemetry.profiles_restored(self._now() - started)
+        self._telemetry.rebalance("assign")
         log.info("partitions_assigned", partitions=partitions, profiles_restored=restored)
 
     def on_revoke(self, partitions: list[int]) -> None:
@@ -128,7 +127,7 @@ class Worker:
             # close() and crash the process for a commit whose only cost is replays.
             log.warning("revoke_commit_failed", error=str(exc), offsets=offsets)
         self._drop(partitions)
-        self._metrics.rebalances.labels("revoke").inc()
+        self._telemetry.rebalance("revoke")
         log.info("partitions_revoked", partitions=partitions, committed=offsets)
 
     def on_lost(self, partitions: list[int]) -> None:
@@ -137,7 +136,7 @@ class Worker:
         except ConsumerError as exc:
             log.warning("lost_without_loop", error=str(exc), partitions=partitions)
         self._drop(partitions)
-        self._metrics.rebalances.labels("lost").inc()
+        self._telemetry.rebalance("lost")
         log.warning("partitions_lost", partitions=partitions)
 
     def _call_in_loop(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
@@ -158,7 +157,7 @@ class Worker:
         # paused when it was revoked comes back paused. Count new partitions as paused, so the
         # next backpressure pass (after the assignment is applied) resumes those not saturated.
         self._paused.update(partitions)
-        self._metrics.partitions_assigned.set(len(self._assigned))
+        self._report_partitions()
 
     async def _revoke_in_loop(self, partitions: list[int], commit: bool) -> dict[int, int]:
         report = await self._dispatcher.revoke(partitions, self._opt.revoke_timeout)
@@ -167,8 +166,7 @@ class Worker:
             log.warning("revoke_abandoned", partitions=partitions, abandoned=report.abandoned)
         self._assigned.difference_update(partitions)
         self._paused.difference_update(partitions)
-        self._metrics.partitions_assigned.set(len(self._assigned))
-        self._metrics.partitions_paused.set(len(self._paused))
+        self._report_partitions()
         self._update_in_flight()
         return offsets
 
@@ -178,9 +176,8 @@ class Worker:
         """Run until stopped; raise if a record could not be finished (never drop one)."""
         self._loop = asyncio.get_running_loop()
         self.stats.started_at = self._now()
-        await self._source.start()
-        self._health.started = True
-        self._metrics.ready.set(1)
+        await self._source.start(self)
+        self._telemetry.started()
         last_record = self._now()
         last_lag = 0.0
         last_housekeeping = self._now()
@@ -190,7 +187,7 @@ class Worker:
                     self._opt.max_poll_records, self._opt.poll_timeout
                 )
                 now = self._now()
-                self._health.last_poll = now
+                self._telemetry.polled(now)
                 if records:
                     last_record = now
                     self._submit(records)
@@ -217,10 +214,10 @@ class Worker:
 
     def _submit(self, records: list[Record]) -> None:
         self.stats.received += len(records)
-        self._metrics.records_received.labels(self._source.topic).inc(len(records))
-        self._metrics.in_flight.inc(len(records))
+        self._telemetry.records_received(self._source.topic, len(records))
         for record in records:
             self._dispatcher.submit(record.partition, record.offset, record.key, self._job(record))
+        self._update_in_flight()
 
     def _job(self, record: Record) -> Job:
         async def job() -> None:
@@ -246,18 +243,19 @@ class Worker:
         self._update_in_flight()
 
     def _update_in_flight(self) -> None:
-        # The gauge counts up on submit and down when a record's job ends; records a revocation
-        # (or the shutdown deadline) drops before their job starts never end, so re-align it
-        # with the dispatcher's own count, which every path keeps exact.
-        self._metrics.in_flight.set(self._dispatcher.total_in_flight())
+        # The dispatcher is the one owner of the count (records a revocation or the shutdown
+        # deadline drops are never "finished", so no other tally stays exact).
+        self._telemetry.in_flight(self._dispatcher.total_in_flight())
+
+    def _report_partitions(self) -> None:
+        self._telemetry.partitions(len(self._assigned), len(self._paused))
 
     async def _apply_backpressure(self) -> None:
         if self._gate.closed:
             wanted = set(self._assigned)
         else:
             wanted = set(self._dispatcher.saturated_partitions(self._assigned)) & self._assigned
-        self._health.auth_paused = self._gate.closed
-        self._metrics.auth_paused.set(1 if self._gate.closed else 0)
+        self._telemetry.auth_paused(self._gate.closed)
         to_pause = wanted - self._paused
         to_resume = self._paused - wanted
         if to_pause:
@@ -267,7 +265,7 @@ class Worker:
             await self._source.resume(sorted(to_resume))
             self._paused -= to_resume
         if to_pause or to_resume:
-            self._metrics.partitions_paused.set(len(self._paused))
+            self._report_partitions()
             log.info("partitions_paused", paused=sorted(self._paused), auth=self._gate.closed)
 
     async def _report_lag(self) -> None:
@@ -276,11 +274,10 @@ class Worker:
         except ConsumerError:
             return
         for partition, value in lag.items():
-            self._metrics.consumer_lag.labels(str(partition)).set(value)
+            self._telemetry.lag(partition, value)
 
     async def _shutdown(self) -> None:
-        self._health.stopping = True
-        self._metrics.ready.set(0)
+        self._telemetry.stopping()
         if self._assigned:
             await self._source.pause(sorted(self._assigned))
         drained = await self._dispatcher.drain(self._opt.shutdown_timeout)

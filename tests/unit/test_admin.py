@@ -10,8 +10,9 @@ import aiohttp
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
-from consumer.adapters.admin import AdminServer, Delivery, DeliveryLog, Health
+from consumer.adapters.admin import AdminServer, DeliveryLog, Health
 from consumer.adapters.metrics import Metrics
+from consumer.ports import Delivery
 
 STALL = 120.0
 LAST_POLL = 1_000.0

@@ -19,10 +19,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from consumer.adapters.admin import DeliveryLog
-from consumer.adapters.avro_codec import SchemaRegistryUnavailableError
-from consumer.adapters.kafka import Record
+from consumer.adapters.admin import DeliveryLog, Health
 from consumer.adapters.metrics import Metrics
+from consumer.adapters.telemetry import ServiceTelemetry
 from consumer.domain.button import Action, ButtonRequest, Reject, Send, Skip
 from consumer.domain.deadletter import DeadLetter, dead_letter_headers, header_map
 from consumer.domain.events import CommerceData, CommerceEvent, EventType, ProductAction
@@ -34,7 +33,13 @@ from consumer.engine.authgate import AuthGate
 from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
 from consumer.engine.pipeline import Pipeline, PipelineDeps, Processed, Processor
 from consumer.engine.processor import ProfileProcessor
-from consumer.errors import DeadLetterError, DecodeError, UnknownSchemaError
+from consumer.errors import (
+    DeadLetterError,
+    DecodeError,
+    SchemaRegistryUnavailableError,
+    UnknownSchemaError,
+)
+from consumer.ports import Record
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 T0_MS = int(T0.timestamp() * 1000)
@@ -228,8 +233,7 @@ class Harness:
             limiter=AdaptiveLimiter(clock=self.clock.monotonic),
             rate=self.rate,
             gate=self.gate,
-            metrics=self.metrics,
-            deliveries=self.deliveries,
+            telemetry=ServiceTelemetry(self.metrics, Health(), self.deliveries),
             wall_clock=self.clock.wall,
             monotonic=self.clock.monotonic,
             sleep=self.clock.sleep,
@@ -371,16 +375,6 @@ def test_event_age_is_observed_when_the_record_finishes() -> None:
     expected = (1.0, 5.0)
     actual = (h.sample("event_age_seconds_count"), h.sample("event_age_seconds_sum"))
     assert expected == actual
-
-
-def test_handle_releases_the_in_flight_gauge() -> None:
-    """The worker counts a record in flight; handle() takes it off when the record finishes."""
-    h = Harness().answer(OK)
-    h.metrics.in_flight.inc()
-
-    h.handle(record())
-
-    assert h.sample("in_flight_records") == 0.0
 
 
 def test_conflict_on_create_means_delivered() -> None:

@@ -1,0 +1,221 @@
+"""The ports: what the engine needs from the outside world, as small protocols.
+
+The engine (``consumer.engine``) talks to Kafka, the schema registry, Button, the dead-letter
+topic, the profile changelog, metrics, probes and the live delivery log only through these
+protocols; the adapters (``consumer.adapters``) implement them, and ``consumer.bootstrap`` plugs
+one into the other. Neither side imports the other: this module sits between them, above the
+domain, so that the values crossing the boundary (``Record``, ``Delivery``) have one definition
+both sides share. Unit tests of the engine use fakes of these protocols (``tests/fakes.py``).
+
+Layers (enforced by import-linter in ``make lint``)::
+
+    bootstrap, cli, commands, replay         composition root and commands
+        engine            adapters           siblings: neither imports the other
+                  ports                      this module
+                  domain                     pure: no I/O, no clock, no globals
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from consumer.domain.button import ButtonRequest
+from consumer.domain.deadletter import DeadLetter
+from consumer.domain.events import CommerceEvent
+from consumer.domain.outcomes import ButtonOutcome
+
+Headers = list[tuple[str, bytes]]
+"""Kafka record headers as (name, value) pairs, in order (names may repeat)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed record, detached from the Kafka client's message object.
+
+    Attributes:
+        topic: the topic it was read from.
+        partition: its partition number.
+        offset: its offset in that partition.
+        key: the key bytes (``None``: no key, hence no ordering and no profile).
+        value: the value bytes (``None``: a tombstone).
+        timestamp_ms: the record's timestamp in milliseconds since the epoch, if it has one.
+        headers: its headers.
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None
+    headers: Headers
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One finished record, as the live delivery log shows it (redacted: ids, no PII).
+
+    Attributes:
+        at: when it finished, seconds since the epoch.
+        partition, offset: where it was read.
+        event_id: the event's own id (empty when it could not be decoded).
+        action: ``create``, ``update``, ``cancel``, ``skip``, ``reject`` or ``none``.
+        order_id: the order it concerns (empty for non-order events).
+        outcome: ``delivered``, ``skipped``, ``dry_run``, ``dead_lettered`` or ``parked``.
+        status: Button's HTTP status of the last attempt, if a request was sent.
+        attempts: requests sent for it.
+        reason: the failure-policy reason (``ok``, ``http_400``, ``parked``...).
+    """
+
+    at: float
+    partition: int
+    offset: int
+    event_id: str
+    action: str
+    order_id: str
+    outcome: str
+    status: int | None
+    attempts: int
+    reason: str
+
+
+class RebalanceListener(Protocol):
+    """Receives a consumer group's rebalance callbacks, with partition numbers.
+
+    The callbacks run on the source's own thread, inside ``Source.poll``; they may block (to
+    drain in-flight work and commit) but must not call the source's async methods.
+    """
+
+    def on_assign(self, partitions: list[int]) -> None: ...
+
+    def on_revoke(self, partitions: list[int]) -> None: ...
+
+    def on_lost(self, partitions: list[int]) -> None: ...
+
+
+class Source(Protocol):
+    """The input topic, read by a consumer group, offsets stored by hand (DESIGN, 1).
+
+    ``store`` marks offsets for the periodic commit; ``commit``/``commit_now`` commit at once.
+    Offsets are *next* offsets (the last finished record's offset + 1), as Kafka commits them.
+    """
+
+    topic: str
+
+    async def start(self, listener: RebalanceListener) -> None:
+        """Join the group and subscribe; ``listener`` gets every rebalance from then on."""
+        ...
+
+    async def poll(self, max_records: int, wait: float) -> list[Record]:
+        """Up to ``max_records`` records, waiting at most ``wait`` seconds for the first."""
+        ...
+
+    async def store(self, offsets: dict[int, int]) -> None: ...
+
+    async def commit(self, offsets: dict[int, int]) -> None: ...
+
+    def commit_now(self, offsets: dict[int, int]) -> None:
+        """Commit synchronously; only from a rebalance callback (the source's own thread)."""
+        ...
+
+    async def pause(self, partitions: Sequence[int]) -> None: ...
+
+    async def resume(self, partitions: Sequence[int]) -> None: ...
+
+    async def lag(self, partitions: Sequence[int]) -> dict[int, int]:
+        """Records behind the end of each partition. Raises ``BrokerError`` when unknown."""
+        ...
+
+    async def close(self) -> None:
+        """Leave the group (its revocation commits what is finished) and release the client."""
+        ...
+
+
+class Decoder(Protocol):
+    """Record value bytes -> commerce event.
+
+    Raises ``DecodeError`` (dead letter) for bytes that can never decode, and
+    ``SchemaRegistryUnavailableError`` (wait and decode again) when the registry cannot answer.
+    """
+
+    def decode_event(self, value: bytes) -> CommerceEvent: ...
+
+
+class ButtonPort(Protocol):
+    """Button's Order API. Never raises for an HTTP or network failure: it returns an outcome."""
+
+    async def send(self, request: ButtonRequest) -> ButtonOutcome: ...
+
+
+class Changelog(Protocol):
+    """The compacted profile changelog; returns once the write is acknowledged."""
+
+    async def write(self, partition: int, key: bytes, value: bytes | None) -> None: ...
+
+
+class DeadLetterSink(Protocol):
+    """The dead-letter topic; returns once the write is acknowledged, raises if it cannot be."""
+
+    async def write(self, record: Record, letter: DeadLetter) -> None: ...
+
+
+class Telemetry(Protocol):
+    """Metrics, probe state and the live delivery log, in the engine's own words.
+
+    Every method is cheap and never raises; labels are bounded (never a key, order or event id).
+    Durations are in seconds.
+    """
+
+    def started(self) -> None:
+        """The consumer joined its group: live and ready."""
+        ...
+
+    def stopping(self) -> None:
+        """Shutdown began: not ready any more."""
+        ...
+
+    def polled(self, at: float) -> None:
+        """The loop polled at monotonic time ``at`` (liveness)."""
+        ...
+
+    def records_received(self, topic: str, count: int) -> None: ...
+
+    def in_flight(self, count: int) -> None:
+        """Records read but not yet finished."""
+        ...
+
+    def partitions(self, assigned: int, paused: int) -> None: ...
+
+    def auth_paused(self, paused: bool) -> None:
+        """Whether consumption is paused because Button refuses the API key."""
+        ...
+
+    def rebalance(self, kind: str) -> None:
+        """``assign``, ``revoke`` or ``lost``."""
+        ...
+
+    def profiles_restored(self, seconds: float) -> None: ...
+
+    def profiles_held(self, count: int) -> None: ...
+
+    def lag(self, partition: int, records: int) -> None: ...
+
+    def decode_failed(self, reason: str) -> None: ...
+
+    def button_attempt(self, action: str, outcome: str, seconds: float, limit: int) -> None:
+        """One request to Button ended in ``outcome``; ``limit`` is the concurrency limit now."""
+        ...
+
+    def retry_scheduled(self, outcome: str) -> None: ...
+
+    def dead_lettered(self, reason: str) -> None: ...
+
+    def finished(self, outcome: str, event_age: float | None) -> None:
+        """A record finished with ``outcome``; ``event_age``: event time to now, if known."""
+        ...
+
+    def delivery(self, delivery: Delivery) -> None:
+        """Add a finished record to the live delivery log."""
+        ...
