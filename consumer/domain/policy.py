@@ -1,21 +1,30 @@
-"""The failure policy: what happens to a record after each attempt, in one table (DESIGN, 4).
+"""The failure policy: what happens to a record at each step, in one table (DESIGN, 4).
 
 Scattered ``try/except`` blocks drift apart; a single table can be read, reviewed against
-Button's Order API documentation and tested row by row. The Button client never raises, it
-returns a ``ButtonOutcome``; ``decide`` turns (action, outcome, attempt, elapsed) into a
-``Decision``. Failures before any request (undecodable bytes, mapping rejects) and infrastructure
-failures go through ``decide_error`` and ``decide_map_result``.
+Button's Order API documentation and tested row by row. The pipeline executes the decisions of
+this module and decides nothing itself: every way a record can end, or wait, comes from here.
+
+- ``decide_error``: an error before any request (undecodable bytes, an unknown schema, an
+  unreachable schema registry) or one the service cannot continue after (the dead-letter topic
+  cannot be written, Kafka is unusable, anything unexpected).
+- ``decide_mapped``: the mapper's verdict on a decoded event (skip, reject, send), a record whose
+  order is parked behind a dead letter, and a dry run.
+- ``decide``: one of Button's answers to a request (``classify`` is the table itself), with the
+  retry budget applied. The Button client never raises, it returns a ``ButtonOutcome``.
 
 Verdicts:
 
+- ``SEND``: build nothing more; send the record's request to Button.
 - ``DONE``: the record is finished (accepted, or already in the wanted state: 409 on create, 404 on
-  cancel, 403 "finalized" on update or cancel; the last is ``noteworthy`` and should be logged).
-- ``RETRY``: try again after ``delay`` seconds (429, 5xx, 408, timeouts, connection errors and
-  unreadable responses). Budget: ``max_attempts`` attempts *and* ``max_elapsed`` seconds since
-  the first attempt; when the next retry would exceed either, the verdict becomes
-  ``DEAD_LETTER`` with reason ``retries_exhausted`` or ``retry_deadline`` and ``cause`` naming the
-  last failure. An unreadable body is retried, not dead-lettered: it is usually a proxy's error
-  page, and every Button call we make is safe to repeat (a repeated create answers 409).
+  cancel, 403 "finalized" on update or cancel; the last is ``noteworthy`` and should be logged;
+  skipped on purpose; a dry run).
+- ``RETRY``: try again after ``delay`` seconds. For Button (429, 5xx, 408, timeouts, connection
+  errors, unreadable responses) the budget is ``max_attempts`` attempts *and* ``max_elapsed``
+  seconds since the first attempt; when the next retry would exceed either, the verdict becomes
+  ``DEAD_LETTER`` with reason ``retries_exhausted`` or ``retry_deadline`` and ``cause`` naming
+  the last failure. An unreadable body is retried, not dead-lettered: it is usually a proxy's
+  error page, and every Button call we make is safe to repeat (a repeated create answers 409).
+  An unreachable schema registry is waited for without a budget: the record itself may be fine.
 - ``DEAD_LETTER``: send the record to the DLQ with ``reason`` (400 and other 4xx, 404 on create or
   update, 409 on update or cancel, decode and mapping errors, records parked behind a dead letter).
   The order is then parked (DESIGN, 5).
@@ -26,24 +35,27 @@ Verdicts:
   Stop consuming without storing the offset: never drop a record.
 
 Reasons are short machine strings (``ok``, ``order_exists``, ``http_400``, ``retries_exhausted``);
-they become DLQ headers and bounded metric labels.
+they become DLQ headers and bounded metric labels. The README's table is rendered from these
+functions (``python -m consumer.devtools.policy_table``) and a unit test keeps the two equal.
 
-The delay math lives in ``consumer.engine.backoff``, a pure leaf module with no I/O.
+The delay math lives in ``consumer.domain.backoff``, a pure leaf module.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from consumer.domain.backoff import Backoff, RandomSource
 from consumer.domain.button import Action, MapResult, Reject, Send, Skip
+from consumer.domain.deadletter import Stage
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
-from consumer.engine.backoff import Backoff, RandomSource
 from consumer.errors import (
     BrokerError,
     DeadLetterError,
     DecodeError,
     MappingError,
+    SchemaRegistryUnavailableError,
     UnknownSchemaError,
 )
 
@@ -51,6 +63,7 @@ from consumer.errors import (
 class Verdict(StrEnum):
     """What the engine does next with a record."""
 
+    SEND = "send"
     DONE = "done"
     RETRY = "retry"
     DEAD_LETTER = "dead_letter"
@@ -68,6 +81,12 @@ class Decision:
         delay: seconds to wait before the retry (``RETRY`` only).
         cause: for an exhausted retry budget, the reason of the last failure (``http_503``).
         noteworthy: a ``DONE`` that is not a plain success and deserves a log line.
+        outcome: how the record finishes, for metrics and the live log (``DONE``:
+            ``delivered``, ``skipped`` or ``dry_run``; ``DEAD_LETTER``: ``dead_lettered`` or
+            ``parked``).
+        stage: ``DEAD_LETTER`` only: where the record failed (decode, map, deliver).
+        error_class: ``DEAD_LETTER``: the exception class header; ``STOP``: the error's class.
+        detail: ``DEAD_LETTER``: the exception message header; ``STOP``: why consuming stops.
     """
 
     verdict: Verdict
@@ -75,6 +94,15 @@ class Decision:
     delay: float = 0.0
     cause: str = ""
     noteworthy: bool = False
+    outcome: str = ""
+    stage: Stage | None = None
+    error_class: str = ""
+    detail: str = ""
+
+    @property
+    def parked(self) -> bool:
+        """A dead letter of a record parked behind an earlier one of its order (DESIGN, 5)."""
+        return self.outcome == PARKED_OUTCOME
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +130,15 @@ class RetryPolicy:
         return Backoff(base=self.base_delay, cap=self.max_delay)
 
 
-PARKED = Decision(Verdict.DEAD_LETTER, "parked")
-"""The decision for a record whose order is parked behind an earlier dead letter (DESIGN, 5)."""
+DELIVERED = "delivered"
+SKIPPED = "skipped"
+DRY_RUN = "dry_run"
+DEAD_LETTERED = "dead_lettered"
+PARKED_OUTCOME = "parked"
+
+REGISTRY_BACKOFF_FIRST = 0.5
+REGISTRY_BACKOFF_CAP = 30.0
+"""Seconds between attempts to reach the schema registry: 0.5, 1, 2... up to 30 (no budget)."""
 
 _REQUESTS = (Action.CREATE, Action.UPDATE, Action.CANCEL)
 _AUTH_WORDS = ("key", "auth", "permission", "approval", "organization", "organisation")
@@ -123,20 +158,20 @@ def classify(action: Action, outcome: ButtonOutcome) -> Decision:  # noqa: PLR09
     finalized = _says_finalized(outcome.message)
     match kind, action:
         case OutcomeKind.SUCCESS, _:
-            return Decision(Verdict.DONE, "ok")
+            return Decision(Verdict.DONE, "ok", outcome=DELIVERED)
         case OutcomeKind.CONFLICT, Action.CREATE:
-            return Decision(Verdict.DONE, "order_exists")
+            return Decision(Verdict.DONE, "order_exists", outcome=DELIVERED)
         case OutcomeKind.NOT_FOUND, Action.CANCEL:
-            return Decision(Verdict.DONE, "order_gone")
+            return Decision(Verdict.DONE, "order_gone", outcome=DELIVERED)
         case OutcomeKind.FORBIDDEN, Action.UPDATE | Action.CANCEL if finalized or not (
             _says_auth(outcome.message)
         ):
             # Button's wrappers read 403 on update/delete as "order finalized": final, not ours.
-            return Decision(Verdict.DONE, "order_finalized", noteworthy=True)
+            return Decision(Verdict.DONE, "order_finalized", noteworthy=True, outcome=DELIVERED)
         case OutcomeKind.INVALID | OutcomeKind.CLIENT_ERROR, Action.UPDATE | Action.CANCEL if (
             finalized
         ):
-            return Decision(Verdict.DONE, "order_finalized", noteworthy=True)
+            return Decision(Verdict.DONE, "order_finalized", noteworthy=True, outcome=DELIVERED)
         case OutcomeKind.UNAUTHORIZED | OutcomeKind.FORBIDDEN, _:
             return Decision(Verdict.PAUSE, _http_reason("auth_rejected", status))
         case OutcomeKind.RATE_LIMITED, _:
@@ -182,49 +217,110 @@ def decide(
 
     Returns:
         The table's decision, with the retry delay filled in, or the dead letter that replaces
-        a retry when the budget is spent.
+        a retry when the budget is spent. A dead letter names the failure: ``error_class``
+        ``Button<OutcomeKind>`` and ``detail`` Button's message (after retries, with the cause).
     """
     decision = classify(action, outcome)
-    if decision.verdict is not Verdict.RETRY:
+    if decision.verdict is Verdict.RETRY:
+        if attempt >= policy.max_attempts:
+            decision = Decision(Verdict.DEAD_LETTER, "retries_exhausted", cause=decision.reason)
+        else:
+            delay = policy.backoff.delay(attempt, rng, retry_after=outcome.retry_after)
+            if elapsed + delay > policy.max_elapsed:
+                decision = Decision(Verdict.DEAD_LETTER, "retry_deadline", cause=decision.reason)
+            else:
+                return Decision(Verdict.RETRY, decision.reason, delay=delay)
+    if decision.verdict is not Verdict.DEAD_LETTER:
         return decision
-    if attempt >= policy.max_attempts:
-        return Decision(Verdict.DEAD_LETTER, "retries_exhausted", cause=decision.reason)
-    delay = policy.backoff.delay(attempt, rng, retry_after=outcome.retry_after)
-    if elapsed + delay > policy.max_elapsed:
-        return Decision(Verdict.DEAD_LETTER, "retry_deadline", cause=decision.reason)
-    return Decision(Verdict.RETRY, decision.reason, delay=delay)
+    detail = outcome.message or outcome.kind.value
+    return replace(
+        decision,
+        outcome=DEAD_LETTERED,
+        stage=Stage.DELIVER,
+        error_class=f"Button{outcome.kind.value.title().replace('_', '')}",
+        detail=f"{decision.cause} after retries: {detail}" if decision.cause else detail,
+    )
 
 
-def decide_map_result(result: MapResult) -> Decision | None:
-    """The decision for a mapped event: ``None`` means "send it", otherwise done or dead letter."""
+def decide_mapped(result: MapResult, *, parked: str | None, dry_run: bool) -> Decision:
+    """The decision for a decoded, mapped event, before anything is sent.
+
+    Args:
+        result: the mapper's verdict: send a request, skip (with a reason), or reject.
+        parked: the first dead letter's reason when the record's order is parked behind it
+            (DESIGN, 5), else ``None``.
+        dry_run: the service runs without sending anything to Button.
+
+    Returns:
+        ``DONE`` (skipped, dry run), ``DEAD_LETTER`` (rejected at the map stage, or parked) or
+        ``SEND``.
+    """
     match result:
-        case Send():
-            return None
         case Skip(reason=reason):
-            return Decision(Verdict.DONE, f"skipped_{reason}" if reason else "skipped")
-        case Reject(reason=reason):
-            return Decision(Verdict.DEAD_LETTER, reason or "mapping_rejected")
+            return Decision(Verdict.DONE, reason, outcome=SKIPPED)
+        case Reject(reason=reason, detail=detail):
+            return Decision(
+                Verdict.DEAD_LETTER,
+                reason or "mapping_rejected",
+                outcome=DEAD_LETTERED,
+                stage=Stage.MAP,
+                error_class="MappingError",
+                detail=detail or reason or "mapping_rejected",
+            )
+        case Send(request=request) if parked is not None:
+            return Decision(
+                Verdict.DEAD_LETTER,
+                "parked",
+                outcome=PARKED_OUTCOME,
+                stage=Stage.DELIVER,
+                error_class="Parked",
+                detail=f"order {request.order_id} is parked behind a dead letter ({parked})",
+            )
+        case Send() if dry_run:
+            return Decision(Verdict.DONE, DRY_RUN, outcome=DRY_RUN)
+        case _:
+            return Decision(Verdict.SEND, "send")
 
 
-def decide_error(error: BaseException) -> Decision:
+def decide_error(error: BaseException, *, attempt: int = 1) -> Decision:
     """The decision for an error raised outside the Button call (decode, mapping, DLQ, Kafka).
 
-    Records that can never succeed go to the DLQ; when the DLQ or Kafka fails, or for any error
-    the service did not expect, consuming stops so that no record is dropped.
+    Records that can never succeed go to the DLQ; an unreachable schema registry is waited for
+    (``RETRY`` after 0.5, 1, 2... up to 30 seconds, without a budget); when the DLQ or Kafka
+    fails, or for any error the service did not expect, consuming stops so that no record is
+    dropped.
+
+    Args:
+        error: what was raised.
+        attempt: attempts made so far at the step that raised it (1-based).
     """
     match error:
-        case UnknownSchemaError():
-            return Decision(Verdict.DEAD_LETTER, error.reason or "unknown_schema")
-        case DecodeError():
-            return Decision(Verdict.DEAD_LETTER, error.reason or "decode_error")
-        case MappingError():
-            return Decision(Verdict.DEAD_LETTER, error.reason or "mapping_error")
+        case SchemaRegistryUnavailableError():
+            exponent = min(max(attempt - 1, 0), 16)
+            delay = min(REGISTRY_BACKOFF_FIRST * float(2**exponent), REGISTRY_BACKOFF_CAP)
+            return Decision(Verdict.RETRY, "schema_registry_unavailable", delay=delay)
+        case UnknownSchemaError() | DecodeError() | MappingError():
+            fallback = {UnknownSchemaError: "unknown_schema", MappingError: "mapping_error"}
+            return Decision(
+                Verdict.DEAD_LETTER,
+                error.reason or fallback.get(type(error), "decode_error"),
+                outcome=DEAD_LETTERED,
+                stage=Stage.MAP if isinstance(error, MappingError) else Stage.DECODE,
+                error_class=type(error).__name__,
+                detail=str(error),
+            )
         case DeadLetterError():
-            return Decision(Verdict.STOP, "dlq_unavailable")
+            return Decision(Verdict.STOP, "dlq_unavailable", detail=str(error))
         case BrokerError():
-            return Decision(Verdict.STOP, "broker_error")
+            return Decision(Verdict.STOP, "broker_error", detail=str(error))
         case _:
-            return Decision(Verdict.STOP, "unexpected_error", cause=type(error).__name__)
+            return Decision(
+                Verdict.STOP,
+                "unexpected_error",
+                cause=type(error).__name__,
+                error_class=type(error).__name__,
+                detail=str(error),
+            )
 
 
 def _http_reason(fallback: str, status: int | None) -> str:

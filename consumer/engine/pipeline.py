@@ -19,20 +19,27 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
 import structlog
 
+from consumer.domain.backoff import RandomSource
 from consumer.domain.button import Action, ButtonRequest, Reject, Send, Skip
 from consumer.domain.deadletter import H_REPLAYED, H_REPLAYED_PARKED, DeadLetter, Stage
 from consumer.domain.events import CommerceEvent
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
-from consumer.domain.policy import Decision, RetryPolicy, Verdict, decide
+from consumer.domain.policy import (
+    Decision,
+    RetryPolicy,
+    Verdict,
+    decide,
+    decide_error,
+    decide_mapped,
+)
 from consumer.domain.profile import ChangelogWrite
 from consumer.engine.authgate import AuthGate
-from consumer.engine.backoff import RandomSource
 from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
 from consumer.errors import DeadLetterError, DecodeError, SchemaRegistryUnavailableError
 from consumer.ports import (
@@ -131,69 +138,53 @@ class Pipeline:
 
     async def _handle(self, record: Record) -> str:
         d = self._d
+        decoded = await self._decode(record)
+        if isinstance(decoded, Decision):
+            return await self._execute(record, decoded, _Context())
         try:
-            event = await self._decode(record)
-            processed = d.processor.process(record.partition, record.key, event, d.wall_clock())
+            processed = d.processor.process(record.partition, record.key, decoded, d.wall_clock())
         except DecodeError as exc:
             d.telemetry.decode_failed(exc.reason)
-            return await self._dead_letter(
-                record, Stage.DECODE, exc.reason, type(exc).__name__, str(exc)
-            )
+            return await self._execute(record, decide_error(exc), _Context())
         structlog.contextvars.bind_contextvars(event_id=processed.event_id)
         if processed.profile_changed and record.key is not None:
             await d.changelog.write(record.partition, record.key, processed.profile_value)
-        result = processed.result
-        parked_reason = processed.parked
+        parked = processed.parked
         if processed.order_id and _replay_of_first_dead_letter(record):
             # The record whose dead letter parked its order is back: release the order so it
             # and the records parked behind it (replayed after it, in order) are sent again.
             await self._write(d.processor.release(record.partition, record.key, processed.order_id))
-            parked_reason = None
-        if isinstance(result, Skip):
-            return self._finish(record, processed, "skipped", Action.SKIP, reason=result.reason)
-        if isinstance(result, Reject):
-            return await self._dead_letter(
-                record,
-                Stage.MAP,
-                result.reason,
-                "MappingError",
-                result.detail or result.reason,
-                processed=processed,
-                action=Action.REJECT.value,
-            )
-        request = result.request
-        if parked_reason is not None:
-            return await self._dead_letter(
-                record,
-                Stage.DELIVER,
-                "parked",
-                "Parked",
-                f"order {request.order_id} is parked behind a dead letter ({parked_reason})",
-                processed=processed,
-                action=request.action.value,
-                parked=True,
-            )
-        if d.dry_run:
-            log.info("dry_run", action=request.action.value, path=request.path)
-            return self._finish(record, processed, "dry_run", request.action)
-        return await self._deliver(record, processed, request)
+            parked = None
+        result = processed.result
+        context = _Context(processed, _action(result))
+        decision = decide_mapped(result, parked=parked, dry_run=d.dry_run)
+        if decision.verdict is Verdict.SEND and isinstance(result, Send):
+            return await self._deliver(record, context, result.request)
+        return await self._execute(record, decision, context)
 
-    async def _decode(self, record: Record) -> CommerceEvent:
-        """Decode the value; while the schema registry is unreachable, wait and try again."""
-        if record.value is None:
-            raise DecodeError("null_value", "the record has no value (tombstone)")
-        delay = 0.5
+    async def _decode(self, record: Record) -> CommerceEvent | Decision:
+        """Decode the value, waiting as the policy says while the schema registry is away."""
+        attempt = 0
         while True:
+            attempt += 1
             try:
+                if record.value is None:
+                    raise DecodeError("null_value", "the record has no value (tombstone)")
                 return self._d.decoder.decode_event(record.value)
+            except DecodeError as exc:
+                self._d.telemetry.decode_failed(exc.reason)
+                decision = decide_error(exc, attempt=attempt)
             except SchemaRegistryUnavailableError as exc:
-                log.warning("schema_registry_unavailable", error=str(exc), retry_in=delay)
-                await self._d.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                decision = decide_error(exc, attempt=attempt)
+                log.warning("schema_registry_unavailable", error=str(exc), retry_in=decision.delay)
+            if decision.verdict is not Verdict.RETRY:
+                return decision
+            await self._d.sleep(decision.delay)
 
-    async def _deliver(self, record: Record, processed: Processed, request: ButtonRequest) -> str:
+    async def _deliver(self, record: Record, context: _Context, request: ButtonRequest) -> str:
+        """Send ``request`` until the policy's decision is no longer retry or pause."""
         d = self._d
-        attempts = _Attempts()
+        attempts = context.attempts
         started = d.monotonic()
         paused_for = 0.0
         while True:
@@ -231,112 +222,86 @@ class Pipeline:
             ):
                 d.gate.open()
                 log.info("button_auth_recovered")
-            if decision.verdict is Verdict.DONE:
-                if decision.noteworthy:
-                    log.warning(
-                        "done_without_change", reason=decision.reason, status=outcome.status
+            match decision.verdict:
+                case Verdict.RETRY:
+                    d.telemetry.retry_scheduled(outcome.kind.value)
+                    log.info(
+                        "retrying",
+                        status=outcome.status,
+                        outcome=outcome.kind.value,
+                        attempt=attempts.count,
+                        delay=round(decision.delay, 3),
                     )
-                return self._finish(
-                    record, processed, "delivered", request.action, outcome, attempts, decision
-                )
-            if decision.verdict is Verdict.RETRY:
-                d.telemetry.retry_scheduled(outcome.kind.value)
-                log.info(
-                    "retrying",
-                    status=outcome.status,
-                    outcome=outcome.kind.value,
-                    attempt=attempts.count,
-                    delay=round(decision.delay, 3),
-                )
-                await d.sleep(decision.delay)
-                continue
-            if decision.verdict is Verdict.PAUSE:
-                if not d.gate.closed:
-                    log.error("button_auth_failed", status=outcome.status, message=outcome.message)
-                d.gate.close()
-                attempts.count -= 1  # a paused attempt does not use up the retry budget
-                continue
-            if decision.verdict is Verdict.STOP:
-                raise DeadLetterError(f"cannot continue: {decision.reason}")
-            return await self._dead_letter(
-                record,
-                Stage.DELIVER,
-                decision.reason,
-                f"Button{outcome.kind.value.title().replace('_', '')}",
-                _failure_message(decision, outcome),
-                processed=processed,
-                action=request.action.value,
-                attempts=attempts,
-            )
+                    await d.sleep(decision.delay)
+                case Verdict.PAUSE:
+                    if not d.gate.closed:
+                        log.error(
+                            "button_auth_failed", status=outcome.status, message=outcome.message
+                        )
+                    d.gate.close()
+                    attempts.count -= 1  # a paused attempt does not use up the retry budget
+                case _:
+                    return await self._execute(record, decision, context)
 
-    def _finish(
-        self,
-        record: Record,
-        processed: Processed,
-        outcome_name: str,
-        action: Action,
-        outcome: ButtonOutcome | None = None,
-        attempts: _Attempts | None = None,
-        decision: Decision | None = None,
-        reason: str = "",
-    ) -> str:
+    async def _execute(self, record: Record, decision: Decision, context: _Context) -> str:
+        """Carry out a final decision: finish the record, dead-letter it, or stop consuming."""
+        match decision.verdict:
+            case Verdict.DONE:
+                if decision.noteworthy:
+                    last = context.attempts.last
+                    log.warning(
+                        "done_without_change",
+                        reason=decision.reason,
+                        status=last.status if last else None,
+                    )
+                return self._finish(record, decision, context)
+            case Verdict.DEAD_LETTER:
+                return await self._dead_letter(record, decision, context)
+            case _:
+                # STOP (and a verdict that cannot end a record here): never finish the record.
+                raise DeadLetterError(f"cannot continue: {decision.reason}: {decision.detail}")
+
+    def _finish(self, record: Record, decision: Decision, context: _Context) -> str:
         d = self._d
+        processed = context.processed
         age = None
-        if processed.event_time_ms is not None:
+        if processed is not None and processed.event_time_ms is not None:
             age = (_ms(d.wall_clock()) - processed.event_time_ms) / 1000.0
-        d.telemetry.finished(outcome_name, age)
-        why = reason or (decision.reason if decision is not None else "")
-        self._record(
-            record,
-            processed.event_id,
-            action.value,
-            processed.order_id,
-            outcome_name,
-            outcome.status if outcome else None,
-            attempts.count if attempts else 0,
-            why,
+        d.telemetry.finished(decision.outcome, age)
+        self._record(record, decision, context, decision.reason)
+        log.debug(
+            "processed", outcome=decision.outcome, action=context.action, reason=decision.reason
         )
-        log.debug("processed", outcome=outcome_name, action=action.value, reason=why or None)
-        return outcome_name
+        return decision.outcome
 
-    async def _dead_letter(
-        self,
-        record: Record,
-        stage: Stage,
-        reason: str,
-        error_class: str,
-        message: str,
-        *,
-        processed: Processed | None = None,
-        action: str = "",
-        parked: bool = False,
-        attempts: _Attempts | None = None,
-    ) -> str:
+    async def _dead_letter(self, record: Record, decision: Decision, context: _Context) -> str:
         d = self._d
-        last = attempts.last if attempts else None
+        processed, attempts = context.processed, context.attempts
+        last = attempts.last
         letter = DeadLetter(
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
-            stage=stage,
-            reason=reason,
-            error_class=error_class,
-            message=message,
+            stage=decision.stage or Stage.DELIVER,
+            reason=decision.reason,
+            error_class=decision.error_class,
+            message=decision.detail,
             dead_lettered_ms=_ms(d.wall_clock()),
-            action=action,
+            action=context.letter_action,
             order_id=processed.order_id if processed else "",
             event_id=processed.event_id if processed else "",
             http_status=last.status if last else None,
             excerpt=last.excerpt if last else "",
-            attempts=attempts.count if attempts else 0,
-            first_attempt_ms=attempts.first_ms if attempts else None,
-            last_attempt_ms=attempts.last_ms if attempts else None,
-            parked=parked,
+            attempts=attempts.count,
+            first_attempt_ms=attempts.first_ms,
+            last_attempt_ms=attempts.last_ms,
+            parked=decision.parked,
         )
         try:
             await d.dead_letters.write(record, letter)
         except Exception as exc:
-            raise DeadLetterError(f"dead-letter write failed: {exc}") from exc
+            failure = decide_error(DeadLetterError(f"dead-letter write failed: {exc}"))
+            raise DeadLetterError(failure.detail) from exc
         if letter.order_id:
             # Park the order (or refresh its parking) once its dead letter is acknowledged, and
             # before the record is finished: its offset is stored only after the park is durable.
@@ -344,66 +309,66 @@ class Pipeline:
             # behind itself.
             await self._write(
                 d.processor.park(
-                    record.partition, record.key, letter.order_id, reason, d.wall_clock()
+                    record.partition, record.key, letter.order_id, decision.reason, d.wall_clock()
                 )
             )
-        outcome = "parked" if parked else "dead_lettered"
-        d.telemetry.dead_lettered(reason)
-        d.telemetry.finished(outcome, None)
-        self._record(
-            record,
-            letter.event_id,
-            action or "none",
-            letter.order_id,
-            outcome,
-            letter.http_status,
-            letter.attempts,
-            reason,
-        )
+        d.telemetry.dead_lettered(decision.reason)
+        d.telemetry.finished(decision.outcome, None)
+        self._record(record, decision, context, decision.reason)
         log.warning(
-            outcome,
-            reason=reason,
-            stage=stage.value,
+            decision.outcome,
+            reason=decision.reason,
+            stage=letter.stage.value,
             status=letter.http_status,
             attempts=letter.attempts,
         )
-        return outcome
+        return decision.outcome
 
     async def _write(self, write: ChangelogWrite | None) -> None:
         if write is not None:
             await self._d.changelog.write(write.partition, write.key, write.value)
 
-    def _record(
-        self,
-        record: Record,
-        event_id: str,
-        action: str,
-        order_id: str,
-        outcome: str,
-        status: int | None,
-        attempts: int,
-        reason: str,
-    ) -> None:
+    def _record(self, record: Record, decision: Decision, context: _Context, reason: str) -> None:
+        processed, attempts = context.processed, context.attempts
+        last = attempts.last
         self._d.telemetry.delivery(
             Delivery(
                 at=self._d.wall_clock().timestamp(),
                 partition=record.partition,
                 offset=record.offset,
-                event_id=event_id,
-                action=action,
-                order_id=order_id,
-                outcome=outcome,
-                status=status,
-                attempts=attempts,
+                event_id=processed.event_id if processed else "",
+                action=context.action,
+                order_id=processed.order_id if processed else "",
+                outcome=decision.outcome,
+                status=last.status if last else None,
+                attempts=attempts.count,
                 reason=reason,
             )
         )
 
 
-def _failure_message(decision: Decision, outcome: ButtonOutcome) -> str:
-    """``http_503 after retries: <Button's message>``: the last failure, not only the verdict."""
-    detail = outcome.message or outcome.kind.value
-    return f"{decision.cause} after retries: {detail}" if decision.cause else detail
+@dataclass(slots=True)
+class _Context:
+    """What is known of a record when its decision is carried out."""
+
+    processed: Processed | None = None
+    action: str = "none"
+    attempts: _Attempts = field(default_factory=_Attempts)
+
+    @property
+    def letter_action(self) -> str:
+        """The dead letter's action header: empty when nothing was mapped."""
+        return "" if self.action == "none" else self.action
+
+
+def _action(result: Send | Skip | Reject) -> str:
+    match result:
+        case Send(request=request):
+            return request.action.value
+        case Skip():
+            return Action.SKIP.value
+        case _:
+            return Action.REJECT.value
 
 
 def _replay_of_first_dead_letter(record: Record) -> bool:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumer.engine.backoff import Backoff
+from consumer.domain.backoff import Backoff
 
 
 class FixedRandom:

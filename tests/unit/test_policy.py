@@ -9,22 +9,23 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from consumer.domain.button import Action, ButtonRequest, Reject, Send, Skip
+from consumer.domain.deadletter import Stage
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import (
-    PARKED,
     Decision,
     RetryPolicy,
     Verdict,
     classify,
     decide,
     decide_error,
-    decide_map_result,
+    decide_mapped,
 )
 from consumer.errors import (
     BrokerError,
     DeadLetterError,
     DecodeError,
     MappingError,
+    SchemaRegistryUnavailableError,
     UnknownSchemaError,
 )
 
@@ -142,7 +143,16 @@ def test_attempt_budget_turns_retry_into_dead_letter() -> None:
         policy=POLICY,
         rng=FixedRandom(),
     )
-    assert Decision(DEAD, "retries_exhausted", cause="timeout") == decision
+    expected = Decision(
+        DEAD,
+        "retries_exhausted",
+        cause="timeout",
+        outcome="dead_lettered",
+        stage=Stage.DELIVER,
+        error_class="ButtonTimeout",
+        detail="timeout after retries: timeout",
+    )
+    assert expected == decision
 
 
 def test_elapsed_budget_turns_retry_into_dead_letter() -> None:
@@ -155,7 +165,11 @@ def test_elapsed_budget_turns_retry_into_dead_letter() -> None:
         policy=POLICY,
         rng=FixedRandom(),
     )
-    assert Decision(DEAD, "retry_deadline", cause="http_429") == decision
+    assert (
+        decision.verdict,
+        decision.reason,
+        decision.cause,
+    ) == (DEAD, "retry_deadline", "http_429")
 
 
 def test_pause_ignores_the_budget() -> None:
@@ -174,8 +188,18 @@ def test_pause_ignores_the_budget() -> None:
 def test_done_and_dead_letter_ignore_the_budget() -> None:
     """Non-retryable outcomes are returned as the table says, with no delay."""
     for result, expected in [
-        (outcome(K.SUCCESS, 200), Decision(DONE, "ok")),
-        (outcome(K.INVALID, 400), Decision(DEAD, "http_400")),
+        (outcome(K.SUCCESS, 200), Decision(DONE, "ok", outcome="delivered")),
+        (
+            outcome(K.INVALID, 400, message="total must be an integer"),
+            Decision(
+                DEAD,
+                "http_400",
+                outcome="dead_lettered",
+                stage=Stage.DELIVER,
+                error_class="ButtonInvalid",
+                detail="total must be an integer",
+            ),
+        ),
     ]:
         actual = decide(A.CREATE, result, attempt=1, elapsed=0.0, policy=POLICY, rng=FixedRandom())
         assert expected == actual
@@ -193,36 +217,106 @@ REQUEST = ButtonRequest(A.CREATE, "POST", "/v1/order", "o-1")
 @pytest.mark.parametrize(
     ("result", "expected"),
     [
-        (Send(REQUEST), None),
-        (Skip("not_an_order"), Decision(DONE, "skipped_not_an_order")),
-        (Reject("missing_order_id"), Decision(DEAD, "missing_order_id")),
-        (Reject(""), Decision(DEAD, "mapping_rejected")),
+        (Send(REQUEST), Decision(Verdict.SEND, "send")),
+        (Skip("not_an_order"), Decision(DONE, "not_an_order", outcome="skipped")),
+        (
+            Reject("missing_order_id", "no transaction_id"),
+            Decision(
+                DEAD,
+                "missing_order_id",
+                outcome="dead_lettered",
+                stage=Stage.MAP,
+                error_class="MappingError",
+                detail="no transaction_id",
+            ),
+        ),
+        (
+            Reject(""),
+            Decision(
+                DEAD,
+                "mapping_rejected",
+                outcome="dead_lettered",
+                stage=Stage.MAP,
+                error_class="MappingError",
+                detail="mapping_rejected",
+            ),
+        ),
     ],
 )
-def test_map_results(result: Send | Skip | Reject, expected: Decision | None) -> None:
+def test_map_results(result: Send | Skip | Reject, expected: Decision) -> None:
     """Skips finish the record, rejects dead-letter it, sends go to Button."""
-    assert expected == decide_map_result(result)
+    assert expected == decide_mapped(result, parked=None, dry_run=False)
+
+
+def test_dry_run_finishes_what_would_be_sent() -> None:
+    """In a dry run a request is finished as ``dry_run``; skips and rejects are unchanged."""
+    expected = (
+        Decision(DONE, "dry_run", outcome="dry_run"),
+        Decision(DONE, "not_an_order", outcome="skipped"),
+    )
+    actual = (
+        decide_mapped(Send(REQUEST), parked=None, dry_run=True),
+        decide_mapped(Skip("not_an_order"), parked=None, dry_run=True),
+    )
+    assert expected == actual
 
 
 @pytest.mark.parametrize(
     ("error", "expected"),
     [
-        (DecodeError("bad_magic_byte", "x"), Decision(DEAD, "bad_magic_byte")),
-        (UnknownSchemaError("unknown_schema_id", "x"), Decision(DEAD, "unknown_schema_id")),
-        (MappingError("bad_currency", "x"), Decision(DEAD, "bad_currency")),
-        (DeadLetterError("dlq down"), Decision(Verdict.STOP, "dlq_unavailable")),
-        (BrokerError("fatal"), Decision(Verdict.STOP, "broker_error")),
-        (KeyError("bug"), Decision(Verdict.STOP, "unexpected_error", cause="KeyError")),
+        (DecodeError("bad_magic_byte", "x"), (DEAD, "bad_magic_byte", Stage.DECODE)),
+        (UnknownSchemaError("unknown_schema_id", "x"), (DEAD, "unknown_schema_id", Stage.DECODE)),
+        (MappingError("bad_currency", "x"), (DEAD, "bad_currency", Stage.MAP)),
+        (DeadLetterError("dlq down"), (Verdict.STOP, "dlq_unavailable", None)),
+        (BrokerError("fatal"), (Verdict.STOP, "broker_error", None)),
+        (KeyError("bug"), (Verdict.STOP, "unexpected_error", None)),
     ],
 )
-def test_errors_outside_the_call(error: BaseException, expected: Decision) -> None:
+def test_errors_outside_the_call(
+    error: BaseException, expected: tuple[Verdict, str, Stage | None]
+) -> None:
     """Poison records go to the DLQ; a broken DLQ, Kafka or an unknown error stops consuming."""
-    assert expected == decide_error(error)
+    decision = decide_error(error)
+    assert expected == (decision.verdict, decision.reason, decision.stage)
+
+
+def test_poison_records_name_their_error() -> None:
+    """A dead letter for an error carries the exception's class and message."""
+    decision = decide_error(UnknownSchemaError("unknown_schema_id", "schema id 7 is unknown"))
+    expected = ("dead_lettered", "UnknownSchemaError", "schema id 7 is unknown")
+    assert expected == (decision.outcome, decision.error_class, decision.detail)
+
+
+def test_unexpected_errors_name_their_class() -> None:
+    """An error the service did not expect stops consuming and names its class."""
+    assert decide_error(KeyError("bug")).cause == "KeyError"
+
+
+def test_registry_outage_is_waited_for_without_a_budget() -> None:
+    """An unreachable schema registry is retried after 0.5, 1, 2... seconds, capped at 30."""
+    outage = SchemaRegistryUnavailableError("registry: connection refused")
+    delays = [decide_error(outage, attempt=n).delay for n in (1, 2, 3, 7, 8, 1000)]
+    verdicts = {decide_error(outage, attempt=n).verdict for n in (1, 1000)}
+    assert ([0.5, 1.0, 2.0, 30.0, 30.0, 30.0], {RETRY}) == (delays, verdicts)
 
 
 def test_parked_records_are_dead_lettered_as_parked() -> None:
     """A record parked behind an earlier dead letter goes to the DLQ, never to Button."""
-    assert (PARKED.verdict, PARKED.reason) == (DEAD, "parked")
+    decision = decide_mapped(Send(REQUEST), parked="http_400", dry_run=True)
+    expected = (
+        DEAD,
+        "parked",
+        True,
+        Stage.DELIVER,
+        "order o-1 is parked behind a dead letter (http_400)",
+    )
+    assert expected == (
+        decision.verdict,
+        decision.reason,
+        decision.parked,
+        decision.stage,
+        decision.detail,
+    )
 
 
 RETRYABLE = [K.RATE_LIMITED, K.SERVER_ERROR, K.TIMEOUT, K.CONNECTION_ERROR, K.UNREADABLE]
