@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from consumer.devtools import policy_table
 from consumer.domain.button import Action, ButtonRequest, Reject, Send, Skip
 from consumer.domain.deadletter import Stage
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
@@ -355,3 +357,9 @@ def test_retries_always_respect_both_budgets(
     else:
         assert decision.verdict is DEAD
         assert decision.reason in {"retries_exhausted", "retry_deadline"}
+
+
+def test_readme_table_is_rendered_from_the_policy() -> None:
+    """The README's failure table is exactly what the policy functions answer today."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert policy_table.render() in readme
