@@ -21,10 +21,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## Create the virtualenv and install the project with its development tools
 
-lint: venv ## ruff and mypy --strict
+lint: venv ## ruff, mypy --strict and the layer contracts (import-linter)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: venv ## Apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .
