@@ -28,7 +28,8 @@ from decimal import Decimal
 from typing import Any, TextIO
 
 from consumer.domain.button import Action, MapResult, Reject, Send, Skip
-from consumer.domain.events import CommerceEvent, event_from_json
+from consumer.domain.event_forms import event_from_json
+from consumer.domain.events import CommerceEvent
 from consumer.domain.mapping import MappingConfig, process
 from consumer.domain.profile import Profile, ProfileStore
 from consumer.errors import DecodeError

@@ -42,7 +42,8 @@ import fastavro
 from fastavro.read import SchemaResolutionError
 from fastavro.types import Schema as ParsedSchema
 
-from consumer.domain.events import CommerceEvent, event_from_record, event_to_record
+from consumer.domain.event_forms import event_from_record, event_to_record
+from consumer.domain.events import CommerceEvent
 from consumer.errors import ConfigError, ConsumerError, DecodeError, UnknownSchemaError
 
 __all__ = [

@@ -24,7 +24,8 @@ from consumer.adapters.avro_codec import (
     load_schema,
     subject_for,
 )
-from consumer.domain.events import EventType, event_to_record
+from consumer.domain.event_forms import event_to_record
+from consumer.domain.events import EventType
 from consumer.errors import ConfigError, UnknownSchemaError
 from consumer.samples import generate_events
 

@@ -27,6 +27,12 @@ from consumer.adapters.avro_codec import (
     split_wire,
     subject_for,
 )
+from consumer.domain.event_forms import (
+    event_from_json,
+    event_from_record,
+    event_to_json,
+    event_to_record,
+)
 from consumer.domain.events import (
     AttAuthorizationStatus,
     CommerceData,
@@ -38,10 +44,6 @@ from consumer.domain.events import (
     Product,
     ProductAction,
     UserIdentities,
-    event_from_json,
-    event_from_record,
-    event_to_json,
-    event_to_record,
 )
 from consumer.errors import ConfigError, DecodeError, UnknownSchemaError
 
