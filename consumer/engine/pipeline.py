@@ -34,10 +34,10 @@ from consumer.domain.deadletter import H_REPLAYED, H_REPLAYED_PARKED, DeadLetter
 from consumer.domain.events import CommerceEvent
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import Decision, RetryPolicy, Verdict, decide
-from consumer.domain.profile import ChangelogWrite
 from consumer.engine.authgate import AuthGate
 from consumer.engine.backoff import RandomSource
 from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
+from consumer.engine.profiles import ChangelogWrite
 from consumer.errors import DeadLetterError, DecodeError
 
 log = structlog.get_logger("consumer.pipeline")

@@ -16,7 +16,8 @@ from consumer.domain.button import Action, Reject, Send, Skip
 from consumer.domain.event_forms import event_from_json
 from consumer.domain.events import CommerceEvent
 from consumer.domain.mapping import MappingConfig, order_path, process, purchase_date
-from consumer.domain.profile import OrderStatus, Profile, encode_profile
+from consumer.domain.profile import OrderStatus, Profile
+from consumer.domain.profile_codec import encode_profile
 from consumer.errors import DecodeError
 from consumer.sandbox.validation import validate_create, validate_order_id, validate_update
 
