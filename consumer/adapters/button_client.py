@@ -42,8 +42,8 @@ import yarl
 from pydantic import SecretStr
 
 from consumer import __version__
-from consumer.domain.button import Action, ButtonRequest
-from consumer.domain.mapping import order_path
+from consumer.domain.button import ButtonRequest
+from consumer.domain.button_wire import cancel_request, create_request, order_path, update_request
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.errors import ConfigError, ConsumerError
 from consumer.settings import ButtonSettings
@@ -76,7 +76,6 @@ EXCERPT_LIMIT = 256  # characters of a response body kept for dead-letter header
 MESSAGE_LIMIT = 256  # characters of Button's error.message or of a transport error
 MAX_BODY_BYTES = 1 << 20  # Button's answers are small; a larger body is not Button's
 
-_ORDER_PATH = "/v1/order"
 _DELTA_SECONDS = re.compile(r"\d+(?:\.\d+)?")
 _API_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}")
 # An absolute path of RFC 3986 characters, percent-encoded: it is sent byte for byte.
@@ -553,7 +552,7 @@ class ButtonClient:
         """Send one request to Button and tell how it ended. Never raises for HTTP or network.
 
         ``request.path`` is sent byte for byte, so it must already be percent-encoded (the
-        mapper builds it with ``consumer.domain.mapping.order_path``).
+        mapper builds it with ``consumer.domain.button_wire.order_path``).
 
         Raises only for programming errors: a closed client, a path that is not absolute and
         percent-encoded, a body that is not JSON-serialisable (NaN and Infinity included).
@@ -562,18 +561,15 @@ class ButtonClient:
 
     async def create(self, order: Mapping[str, Any]) -> ButtonOutcome:
         """``POST /v1/order``: report a new order (``order["order_id"]`` names it)."""
-        order_id = str(order.get("order_id", ""))
-        return await self.send(ButtonRequest(Action.CREATE, "POST", _ORDER_PATH, order_id, order))
+        return await self.send(create_request(str(order.get("order_id", "")), order))
 
     async def update(self, order_id: str, order: Mapping[str, Any]) -> ButtonOutcome:
         """``POST /v1/order/{order_id}``: the new full state of the order."""
-        path = order_path(order_id)
-        return await self.send(ButtonRequest(Action.UPDATE, "POST", path, order_id, order))
+        return await self.send(update_request(order_id, order))
 
     async def cancel(self, order_id: str) -> ButtonOutcome:
         """``DELETE /v1/order/{order_id}``: the whole order was cancelled or refunded."""
-        path = order_path(order_id)
-        return await self.send(ButtonRequest(Action.CANCEL, "DELETE", path, order_id))
+        return await self.send(cancel_request(order_id))
 
     async def get(self, order_id: str) -> ButtonOutcome:
         """``GET /v1/order/{order_id}``: the order as Button holds it (in ``outcome.object``)."""

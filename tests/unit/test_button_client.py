@@ -35,7 +35,7 @@ from consumer.adapters.button_client import (
     parse_retry_after,
 )
 from consumer.domain.button import Action, ButtonRequest
-from consumer.domain.mapping import order_path
+from consumer.domain.button_wire import order_path
 from consumer.domain.outcomes import OutcomeKind
 from consumer.settings import ButtonSettings
 
