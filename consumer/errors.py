@@ -8,11 +8,17 @@ exceptions (confluent-kafka, fastavro, httpx, aiohttp) into one of these with ``
     +-- DecodeError              bytes that cannot become a commerce event (dead-letter)
     |   +-- UnknownSchemaError   writer schema id or fingerprint not resolvable
     +-- MappingError             an event that cannot become a valid Button request (dead-letter)
+    +-- SchemaRegistryUnavailableError  the registry cannot answer now (wait, decode again)
     +-- DeadLetterError          the dead-letter topic cannot be written (stop consuming)
     +-- BrokerError              Kafka is unusable beyond librdkafka's own retries
+
+``CodecReason`` lists the reasons a ``DecodeError`` carries when bytes cannot become a record,
+whether the Avro decoders or the schema registry client found out.
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
 
 
 class ConsumerError(Exception):
@@ -29,6 +35,19 @@ class DecodeError(ConsumerError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class CodecReason(StrEnum):
+    """Machine reasons of the ``DecodeError`` raised by the decoders (dead-letter headers)."""
+
+    EMPTY = "empty"
+    BAD_MAGIC_BYTE = "bad_magic_byte"
+    TRUNCATED = "truncated"
+    UNKNOWN_SCHEMA = "unknown_schema"
+    UNSUPPORTED_SCHEMA = "unsupported_schema"
+    INCOMPATIBLE_SCHEMA = "incompatible_schema"
+    INVALID_AVRO = "invalid_avro"
+    TRAILING_BYTES = "trailing_bytes"
 
 
 class UnknownSchemaError(DecodeError):
@@ -49,3 +68,13 @@ class DeadLetterError(ConsumerError):
 
 class BrokerError(ConsumerError):
     """Kafka reported a fatal error."""
+
+
+class SchemaRegistryUnavailableError(ConsumerError):
+    """The schema registry could not be asked (connection, timeout, 5xx, 429, auth).
+
+    Retryable: the record itself may be fine, so it must not be dead-lettered. The caller retries
+    with backoff (or pauses) and decodes the same bytes again.
+    """
+
+    retryable = True

@@ -26,7 +26,6 @@ from typing import Protocol
 import structlog
 
 from consumer.adapters.admin import Delivery, DeliveryLog
-from consumer.adapters.avro_codec import SchemaRegistryUnavailableError
 from consumer.adapters.kafka import Record
 from consumer.adapters.metrics import Metrics
 from consumer.domain.button import Action, ButtonRequest, Reject, Send, Skip
@@ -38,7 +37,7 @@ from consumer.engine.authgate import AuthGate
 from consumer.engine.backoff import RandomSource
 from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
 from consumer.engine.profiles import ChangelogWrite
-from consumer.errors import DeadLetterError, DecodeError
+from consumer.errors import DeadLetterError, DecodeError, SchemaRegistryUnavailableError
 
 log = structlog.get_logger("consumer.pipeline")
 

@@ -20,7 +20,6 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from consumer.adapters.admin import DeliveryLog
-from consumer.adapters.avro_codec import SchemaRegistryUnavailableError
 from consumer.adapters.kafka import Record
 from consumer.adapters.metrics import Metrics
 from consumer.domain.button import Action, ButtonRequest, Reject, Send, Skip
@@ -34,7 +33,12 @@ from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
 from consumer.engine.pipeline import Pipeline, PipelineDeps, Processed, Processor
 from consumer.engine.processor import ProfileProcessor
 from consumer.engine.profiles import ChangelogWrite, ProfileStore
-from consumer.errors import DeadLetterError, DecodeError, UnknownSchemaError
+from consumer.errors import (
+    DeadLetterError,
+    DecodeError,
+    SchemaRegistryUnavailableError,
+    UnknownSchemaError,
+)
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 T0_MS = int(T0.timestamp() * 1000)
