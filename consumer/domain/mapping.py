@@ -36,6 +36,10 @@ Reject reasons: ``missing_order_id``, ``order_id_not_ascii``, ``order_id_too_lon
 Skip reasons: ``profile_only`` (installs, opens, page and screen views, sessions),
 ``not_an_order`` (cart, checkout, product views, custom events), ``unknown_event_type``,
 ``development_event``, ``order_already_cancelled``.
+
+How Button wants each request written (paths, bodies, line items, id rules) is ``button_wire``'s
+job. Kept whole at about 560 lines: the state machine's cases share their helpers, and money
+decisions are checked in one place.
 """
 
 from __future__ import annotations
