@@ -32,13 +32,13 @@ from consumer.domain.button import ButtonRequest
 from consumer.domain.mapping import MappingConfig
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import RetryPolicy
-from consumer.domain.profile import ProfileStore
 from consumer.engine.authgate import AuthGate
 from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
 from consumer.engine.dispatcher import Dispatcher
 from consumer.engine.parking import ParkingLot
 from consumer.engine.pipeline import Pipeline, PipelineDeps
 from consumer.engine.processor import ProfileProcessor
+from consumer.engine.profiles import ProfileStore
 from consumer.engine.watermark import Watermarks
 from consumer.engine.worker import RunStats, Worker, WorkerOptions
 from consumer.errors import ConfigError, ConsumerError

@@ -11,9 +11,14 @@ exceptions (confluent-kafka, fastavro, httpx, aiohttp) into one of these with ``
     +-- SchemaRegistryUnavailableError  the registry cannot answer now (wait, decode again)
     +-- DeadLetterError          the dead-letter topic cannot be written (stop consuming)
     +-- BrokerError              Kafka is unusable beyond librdkafka's own retries
+
+``CodecReason`` lists the reasons a ``DecodeError`` carries when bytes cannot become a record,
+whether the Avro decoders or the schema registry client found out.
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
 
 
 class ConsumerError(Exception):
@@ -30,6 +35,19 @@ class DecodeError(ConsumerError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class CodecReason(StrEnum):
+    """Machine reasons of the ``DecodeError`` raised by the decoders (dead-letter headers)."""
+
+    EMPTY = "empty"
+    BAD_MAGIC_BYTE = "bad_magic_byte"
+    TRUNCATED = "truncated"
+    UNKNOWN_SCHEMA = "unknown_schema"
+    UNSUPPORTED_SCHEMA = "unsupported_schema"
+    INCOMPATIBLE_SCHEMA = "incompatible_schema"
+    INVALID_AVRO = "invalid_avro"
+    TRAILING_BYTES = "trailing_bytes"
 
 
 class UnknownSchemaError(DecodeError):

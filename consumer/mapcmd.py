@@ -2,7 +2,7 @@
 
 Merchants and support need to see what an event *will* become before it reaches Button (and
 why it is skipped or rejected), without Kafka or HTTP. This runs exactly the service's code path:
-the event model's ``event_from_json``, the pure ``mapping.process`` and the same ``ProfileStore``
+the event forms' ``event_from_json``, the pure ``mapping.process`` and the same ``ProfileStore``
 and codec, with profiles carried across lines by the event's ``user_key`` (what the service uses
 as the record key), so an install on line 1 lends its token to a purchase on line 5.
 
@@ -28,9 +28,11 @@ from decimal import Decimal
 from typing import Any, TextIO
 
 from consumer.domain.button import Action, MapResult, Reject, Send, Skip
-from consumer.domain.events import CommerceEvent, event_from_json
+from consumer.domain.event_forms import event_from_json
+from consumer.domain.events import CommerceEvent
 from consumer.domain.mapping import MappingConfig, process
-from consumer.domain.profile import Profile, ProfileStore
+from consumer.domain.profile import Profile
+from consumer.engine.profiles import ProfileStore
 from consumer.errors import DecodeError
 
 _PARTITION = 0  # offline, every user lives in one partition

@@ -43,6 +43,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, TextIO
 
+from consumer.domain.event_forms import event_from_json, event_to_json
 from consumer.domain.events import (
     BUTTON_MODULE_ID,
     BUTTON_SOURCE_TOKEN_KEY,
@@ -56,8 +57,6 @@ from consumer.domain.events import (
     Product,
     ProductAction,
     UserIdentities,
-    event_from_json,
-    event_to_json,
 )
 from consumer.errors import DecodeError
 

@@ -10,11 +10,8 @@ Layers, from pure to I/O (httpx's and h11's split, applied here):
 
 - ``classify``, ``parse_retry_after``, ``excerpt``: pure functions from a raw response to an
   outcome; most unit tests target them.
-- ``Transport``: the seam that moves bytes. ``AiohttpTransport`` is the production one: in the
-  transport benchmark, plain aiohttp used 1.6-3.4x less CPU per request than httpx over the
-  aiohttp transport, and 6-100x less than httpx's default transport (``bench/README.md``).
-  ``MockTransport`` answers from a function, so tests need no sockets. A transport raises only
-  ``TransportTimeoutError`` or ``TransportConnectionError``.
+- ``Transport`` (in ``http_transport``): the seam that moves bytes; ``AiohttpTransport`` in
+  production, ``MockTransport`` in tests.
 - ``ButtonClient``: builds requests (Basic auth, version header, User-Agent, JSON body), times
   them and classifies the answers. One per process: it owns one connection pool.
 """
@@ -23,46 +20,44 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import inspect
 import json
 import math
 import platform
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import aiohttp
-import yarl
 from pydantic import SecretStr
 
 from consumer import __version__
-from consumer.domain.button import Action, ButtonRequest
-from consumer.domain.mapping import order_path
+from consumer.adapters.http_transport import (
+    AiohttpTransport,
+    Timeouts,
+    Transport,
+    TransportConnectionError,
+    TransportError,
+    TransportRequest,
+    TransportResponse,
+    TransportTimeoutError,
+    one_line,
+)
+from consumer.domain.button import ButtonRequest
+from consumer.domain.button_wire import cancel_request, create_request, order_path, update_request
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
-from consumer.errors import ConfigError, ConsumerError
+from consumer.errors import ConfigError
 from consumer.settings import ButtonSettings
 
 __all__ = [
     "DEFAULT_API_VERSION",
     "DEFAULT_BASE_URL",
     "EXCERPT_LIMIT",
-    "MAX_BODY_BYTES",
-    "AiohttpTransport",
     "ButtonClient",
-    "MockTransport",
-    "Timeouts",
-    "Transport",
-    "TransportConnectionError",
-    "TransportError",
-    "TransportRequest",
-    "TransportResponse",
-    "TransportTimeoutError",
     "basic_authorization",
     "classify",
     "default_user_agent",
@@ -73,15 +68,12 @@ __all__ = [
 DEFAULT_BASE_URL = "https://api.usebutton.com"
 DEFAULT_API_VERSION = "2018-02-13"  # the latest version Button documents
 EXCERPT_LIMIT = 256  # characters of a response body kept for dead-letter headers
-MESSAGE_LIMIT = 256  # characters of Button's error.message or of a transport error
-MAX_BODY_BYTES = 1 << 20  # Button's answers are small; a larger body is not Button's
 
-_ORDER_PATH = "/v1/order"
+_DEFAULT_TIMEOUTS = Timeouts()
 _DELTA_SECONDS = re.compile(r"\d+(?:\.\d+)?")
 _API_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}")
 # An absolute path of RFC 3986 characters, percent-encoded: it is sent byte for byte.
 _ENCODED_PATH = re.compile(r"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*")
-_CONTROL = {code: " " for code in (*range(0x20), 0x7F)}
 _STATUS_KINDS = {
     400: OutcomeKind.INVALID,
     401: OutcomeKind.UNAUTHORIZED,
@@ -124,11 +116,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 
 def excerpt(body: bytes, limit: int = EXCERPT_LIMIT) -> str:
     """A short, single-line prefix of a response body, for dead-letter headers and logs."""
-    return body[: limit * 4].decode("utf-8", "replace")[:limit].translate(_CONTROL)
-
-
-def _cap(text: str, limit: int = MESSAGE_LIMIT) -> str:
-    return text[:limit].translate(_CONTROL)
+    return one_line(body[: limit * 4].decode("utf-8", "replace"), limit)
 
 
 def _json(body: bytes) -> Any:
@@ -145,7 +133,7 @@ def _error_message(document: Any) -> str:
         if isinstance(error, dict):
             message = error.get("message")
             if isinstance(message, str):
-                return _cap(message)
+                return one_line(message)
     return ""
 
 
@@ -155,16 +143,6 @@ def _meta_status(document: Any) -> object:
         if isinstance(meta, dict):
             return meta.get("status")
     return None
-
-
-@dataclass(frozen=True, slots=True)
-class TransportResponse:
-    """What a transport read: the status, headers (looked up case-insensitively) and body."""
-
-    status: int
-    headers: Mapping[str, str] = field(default_factory=dict)
-    body: bytes = b""
-    truncated: bool = False  # the body was longer than the transport's limit and was cut
 
 
 def classify(response: TransportResponse, *, now: float, elapsed: float = 0.0) -> ButtonOutcome:
@@ -239,171 +217,6 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------
-# The transport seam
-
-
-class TransportError(ConsumerError):
-    """A request got no HTTP response. Raised by transports, caught by ``ButtonClient``."""
-
-
-class TransportTimeoutError(TransportError):
-    """The connect, read or total timeout expired."""
-
-
-class TransportConnectionError(TransportError):
-    """Refused, reset, DNS failure, TLS failure, a malformed or truncated response."""
-
-
-@dataclass(frozen=True, slots=True)
-class TransportRequest:
-    """What the client asks a transport to send. ``headers`` hold the credentials: no repr.
-
-    ``url`` is already percent-encoded; a transport sends it as is, without normalising it.
-    """
-
-    method: str
-    url: str
-    headers: Mapping[str, str] = field(repr=False)
-    body: bytes | None = None
-
-
-class Transport(Protocol):
-    """Moves one request and reads its whole response; raises only ``TransportError``s."""
-
-    async def send(self, request: TransportRequest) -> TransportResponse: ...
-
-    async def aclose(self) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    """Explicit limits, in seconds: TCP/TLS connect, gap between reads, whole request."""
-
-    connect: float = 5.0
-    read: float = 15.0
-    total: float = 20.0
-
-    def __post_init__(self) -> None:
-        for name in ("connect", "read", "total"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} timeout must be a positive number of seconds")
-
-
-class AiohttpTransport:
-    """The production transport: one ``aiohttp.ClientSession`` and its pool, made lazily.
-
-    The session is created on the first request, inside the running event loop (aiohttp binds it
-    to the loop), so constructing the transport does no I/O. Redirects are not followed (they
-    would carry the credentials elsewhere) and cookies are not kept.
-    """
-
-    __slots__ = ("_closed", "_max_body_bytes", "_max_connections", "_session", "_timeouts")
-
-    def __init__(
-        self,
-        *,
-        timeouts: Timeouts = Timeouts(),
-        max_connections: int = 100,
-        max_body_bytes: int = MAX_BODY_BYTES,
-    ) -> None:
-        if max_connections < 1:
-            raise ValueError("max_connections must be at least 1")
-        self._timeouts = timeouts
-        self._max_connections = max_connections
-        self._max_body_bytes = max_body_bytes
-        self._session: aiohttp.ClientSession | None = None
-        self._closed = False
-
-    def __repr__(self) -> str:
-        return f"AiohttpTransport(max_connections={self._max_connections}, {self._timeouts})"
-
-    def _open(self) -> aiohttp.ClientSession:
-        if self._closed:
-            raise RuntimeError("the transport is closed")
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300),
-            timeout=aiohttp.ClientTimeout(
-                total=self._timeouts.total,
-                sock_connect=self._timeouts.connect,
-                sock_read=self._timeouts.read,
-            ),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            raise_for_status=False,
-        )
-        return self._session
-
-    async def send(self, request: TransportRequest) -> TransportResponse:
-        session = self._session or self._open()
-        try:
-            async with session.request(
-                request.method,
-                # encoded=True: sent as given. Otherwise yarl would decode %2E%2E and drop it
-                # with the segment before it, turning /v1/order/%2E%2E into /v1/.
-                yarl.URL(request.url, encoded=True),
-                headers=request.headers,
-                data=request.body,
-                allow_redirects=False,
-            ) as response:
-                body, truncated = await self._read(response)
-                return TransportResponse(response.status, response.headers, body, truncated)
-        except aiohttp.ConnectionTimeoutError:
-            raise TransportTimeoutError("connect timeout") from None
-        except aiohttp.SocketTimeoutError:
-            raise TransportTimeoutError("read timeout") from None
-        except TimeoutError:
-            raise TransportTimeoutError("total timeout") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            # ``from None``: aiohttp's exceptions can carry the request, headers included.
-            raise TransportConnectionError(_cap(f"{type(exc).__name__}: {exc}")) from None
-
-    async def _read(self, response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
-        limit = self._max_body_bytes
-        length = response.content_length
-        if length is not None and length <= limit:
-            return await response.read(), False
-        chunks: list[bytes] = []
-        size = 0
-        while size <= limit:
-            chunk = await response.content.read(limit + 1 - size)
-            if not chunk:
-                return b"".join(chunks), False
-            chunks.append(chunk)
-            size += len(chunk)
-        return b"".join(chunks)[:limit], True
-
-    async def aclose(self) -> None:
-        self._closed = True
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
-
-
-Handler = Callable[[TransportRequest], TransportResponse | Awaitable[TransportResponse]]
-
-
-class MockTransport:
-    """A transport that answers from a function (sync or async), for tests without sockets.
-
-    The handler may raise ``TransportTimeoutError`` or ``TransportConnectionError`` to stand for
-    network failures.
-    """
-
-    __slots__ = ("_handler", "closed")
-
-    def __init__(self, handler: Handler) -> None:
-        self._handler = handler
-        self.closed = False
-
-    async def send(self, request: TransportRequest) -> TransportResponse:
-        answer = self._handler(request)
-        return await answer if inspect.isawaitable(answer) else answer
-
-    async def aclose(self) -> None:
-        self.closed = True
-
-
-# --------------------------------------------------------------------------------------------
 # The client
 
 
@@ -469,7 +282,7 @@ class ButtonClient:
         *,
         base_url: str = DEFAULT_BASE_URL,
         api_version: str | None = DEFAULT_API_VERSION,
-        timeouts: Timeouts = Timeouts(),
+        timeouts: Timeouts = _DEFAULT_TIMEOUTS,
         max_connections: int = 100,
         transport: Transport | None = None,
         clock: Callable[[], float] = time.time,
@@ -553,7 +366,7 @@ class ButtonClient:
         """Send one request to Button and tell how it ended. Never raises for HTTP or network.
 
         ``request.path`` is sent byte for byte, so it must already be percent-encoded (the
-        mapper builds it with ``consumer.domain.mapping.order_path``).
+        mapper builds it with ``consumer.domain.button_wire.order_path``).
 
         Raises only for programming errors: a closed client, a path that is not absolute and
         percent-encoded, a body that is not JSON-serialisable (NaN and Infinity included).
@@ -562,18 +375,15 @@ class ButtonClient:
 
     async def create(self, order: Mapping[str, Any]) -> ButtonOutcome:
         """``POST /v1/order``: report a new order (``order["order_id"]`` names it)."""
-        order_id = str(order.get("order_id", ""))
-        return await self.send(ButtonRequest(Action.CREATE, "POST", _ORDER_PATH, order_id, order))
+        return await self.send(create_request(str(order.get("order_id", "")), order))
 
     async def update(self, order_id: str, order: Mapping[str, Any]) -> ButtonOutcome:
         """``POST /v1/order/{order_id}``: the new full state of the order."""
-        path = order_path(order_id)
-        return await self.send(ButtonRequest(Action.UPDATE, "POST", path, order_id, order))
+        return await self.send(update_request(order_id, order))
 
     async def cancel(self, order_id: str) -> ButtonOutcome:
         """``DELETE /v1/order/{order_id}``: the whole order was cancelled or refunded."""
-        path = order_path(order_id)
-        return await self.send(ButtonRequest(Action.CANCEL, "DELETE", path, order_id))
+        return await self.send(cancel_request(order_id))
 
     async def get(self, order_id: str) -> ButtonOutcome:
         """``GET /v1/order/{order_id}``: the order as Button holds it (in ``outcome.object``)."""

@@ -38,9 +38,9 @@ from consumer.domain.policy import (
     decide_error,
     decide_mapped,
 )
-from consumer.domain.profile import ChangelogWrite
 from consumer.engine.authgate import AuthGate
 from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
+from consumer.engine.profiles import ChangelogWrite
 from consumer.errors import DeadLetterError, DecodeError, SchemaRegistryUnavailableError
 from consumer.ports import (
     ButtonPort,

@@ -21,16 +21,11 @@ import structlog
 
 from consumer.domain import mapping
 from consumer.domain.events import CommerceEvent
-from consumer.domain.profile import (
-    ChangelogWrite,
-    Profile,
-    ProfileDecodeError,
-    ProfileStore,
-    epoch_ms,
-    prune,
-)
+from consumer.domain.profile import Profile, epoch_ms, prune
+from consumer.domain.profile_codec import ProfileDecodeError
 from consumer.engine.parking import ParkingLot
 from consumer.engine.pipeline import Processed
+from consumer.engine.profiles import ChangelogWrite, ProfileStore
 
 log = structlog.get_logger("consumer.processor")
 

@@ -23,7 +23,8 @@ from consumer.domain.events import (
     Platform,
     ProductAction,
 )
-from consumer.domain.profile import Profile, decode_profile
+from consumer.domain.profile import Profile
+from consumer.domain.profile_codec import decode_profile
 from tests.e2e.harness import (
     headers_of,
     read_all,

@@ -33,6 +33,7 @@ from consumer.domain.deadletter import (
     H_STATUS,
     H_TOPIC,
 )
+from consumer.domain.event_forms import event_to_record
 from consumer.domain.events import (
     CommerceData,
     CommerceEvent,
@@ -40,7 +41,6 @@ from consumer.domain.events import (
     Platform,
     ProductAction,
     UserIdentities,
-    event_to_record,
 )
 from consumer.errors import DecodeError
 from consumer.samples import generate_events

@@ -18,13 +18,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from consumer.adapters.button_client import (
-    MAX_BODY_BYTES,
-    AiohttpTransport,
-    ButtonClient,
-    Timeouts,
-    basic_authorization,
-)
+from consumer.adapters.button_client import ButtonClient, basic_authorization
+from consumer.adapters.http_transport import MAX_BODY_BYTES, AiohttpTransport, Timeouts
 from consumer.domain.button import Action, ButtonRequest
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.sandbox.testing import SandboxHandle, run_sandbox

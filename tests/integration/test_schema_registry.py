@@ -15,17 +15,16 @@ from pathlib import Path
 import pytest
 
 from consumer.adapters.avro_codec import (
-    ConfluentSchemaSource,
     RegistryDecoder,
-    SchemaRegistryUnavailableError,
     build_decoder,
     build_encoder,
     encode_wire,
     load_schema,
-    subject_for,
 )
-from consumer.domain.events import EventType, event_to_record
-from consumer.errors import ConfigError, UnknownSchemaError
+from consumer.adapters.schema_registry import ConfluentSchemaSource, subject_for
+from consumer.domain.event_forms import event_to_record
+from consumer.domain.events import EventType
+from consumer.errors import ConfigError, SchemaRegistryUnavailableError, UnknownSchemaError
 from consumer.samples import generate_events
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"

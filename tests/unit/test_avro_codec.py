@@ -13,19 +13,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consumer.adapters.avro_codec import (
-    CodecReason,
-    ConfluentSchemaSource,
     Encoder,
     LocalDecoder,
     RegistryDecoder,
-    SchemaRegistryUnavailableError,
     build_decoder,
     build_encoder,
     encode_schemaless,
     encode_wire,
     load_schema,
     split_wire,
-    subject_for,
+)
+from consumer.adapters.schema_registry import ConfluentSchemaSource, subject_for
+from consumer.domain.event_forms import (
+    event_from_json,
+    event_from_record,
+    event_to_json,
+    event_to_record,
 )
 from consumer.domain.events import (
     AttAuthorizationStatus,
@@ -38,12 +41,14 @@ from consumer.domain.events import (
     Product,
     ProductAction,
     UserIdentities,
-    event_from_json,
-    event_from_record,
-    event_to_json,
-    event_to_record,
 )
-from consumer.errors import ConfigError, DecodeError, UnknownSchemaError
+from consumer.errors import (
+    CodecReason,
+    ConfigError,
+    DecodeError,
+    SchemaRegistryUnavailableError,
+    UnknownSchemaError,
+)
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 SCHEMA_TEXT = (SCHEMA_DIR / "commerce_event.avsc").read_text(encoding="utf-8")

@@ -21,21 +21,23 @@ from pydantic import SecretStr
 from consumer import __version__
 from consumer.adapters.button_client import (
     EXCERPT_LIMIT,
-    AiohttpTransport,
     ButtonClient,
+    basic_authorization,
+    classify,
+    excerpt,
+    parse_retry_after,
+)
+from consumer.adapters.http_transport import (
+    AiohttpTransport,
     MockTransport,
     Timeouts,
     TransportConnectionError,
     TransportRequest,
     TransportResponse,
     TransportTimeoutError,
-    basic_authorization,
-    classify,
-    excerpt,
-    parse_retry_after,
 )
 from consumer.domain.button import Action, ButtonRequest
-from consumer.domain.mapping import order_path
+from consumer.domain.button_wire import order_path
 from consumer.domain.outcomes import OutcomeKind
 from consumer.settings import ButtonSettings
 

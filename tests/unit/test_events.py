@@ -9,6 +9,12 @@ from typing import Any
 
 import pytest
 
+from consumer.domain.event_forms import (
+    event_from_json,
+    event_from_record,
+    event_to_json,
+    event_to_record,
+)
 from consumer.domain.events import (
     BUTTON_MODULE_ID,
     BUTTON_SOURCE_TOKEN_KEY,
@@ -23,10 +29,6 @@ from consumer.domain.events import (
     Product,
     ProductAction,
     UserIdentities,
-    event_from_json,
-    event_from_record,
-    event_to_json,
-    event_to_record,
 )
 from consumer.errors import DecodeError
 

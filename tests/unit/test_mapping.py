@@ -13,9 +13,12 @@ from hypothesis import strategies as st
 
 from consumer.domain.attribution import TokenSource
 from consumer.domain.button import Action, Reject, Send, Skip
-from consumer.domain.events import CommerceEvent, event_from_json
-from consumer.domain.mapping import MappingConfig, order_path, process, purchase_date
-from consumer.domain.profile import OrderStatus, Profile, encode_profile
+from consumer.domain.button_wire import order_path, purchase_date
+from consumer.domain.event_forms import event_from_json
+from consumer.domain.events import CommerceEvent
+from consumer.domain.mapping import MappingConfig, process
+from consumer.domain.profile import OrderStatus, Profile
+from consumer.domain.profile_codec import encode_profile
 from consumer.errors import DecodeError
 from consumer.sandbox.validation import validate_create, validate_order_id, validate_update
 

@@ -28,11 +28,11 @@ from consumer.domain.events import CommerceData, CommerceEvent, EventType, Produ
 from consumer.domain.mapping import MappingConfig
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import RetryPolicy
-from consumer.domain.profile import ChangelogWrite, ProfileStore
 from consumer.engine.authgate import AuthGate
 from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
 from consumer.engine.pipeline import Pipeline, PipelineDeps, Processed, Processor
 from consumer.engine.processor import ProfileProcessor
+from consumer.engine.profiles import ChangelogWrite, ProfileStore
 from consumer.errors import (
     DeadLetterError,
     DecodeError,

@@ -11,9 +11,10 @@ from structlog.testing import capture_logs
 from consumer.domain.button import Send, Skip
 from consumer.domain.events import CommerceData, CommerceEvent, EventType, ProductAction
 from consumer.domain.mapping import MappingConfig
-from consumer.domain.profile import ChangelogWrite, ProfileStore, decode_profile
+from consumer.domain.profile_codec import decode_profile
 from consumer.engine.pipeline import Processed
 from consumer.engine.processor import ProfileProcessor
+from consumer.engine.profiles import ChangelogWrite, ProfileStore
 
 T_OPEN = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 T_BUY = T_OPEN + timedelta(hours=2)

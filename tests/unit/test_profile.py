@@ -12,24 +12,25 @@ from hypothesis import strategies as st
 
 from consumer.domain.attribution import ResolvedToken, TokenSource
 from consumer.domain.profile import (
-    FORMAT_VERSION,
-    ChangelogWrite,
     OrderStatus,
     ParkedOrder,
     Profile,
-    ProfileDecodeError,
-    ProfileStore,
     Retention,
     Stamped,
     StoredLine,
     StoredOrder,
-    decode_profile,
-    encode_profile,
     epoch_ms,
     expires_at_ms,
     prune,
+)
+from consumer.domain.profile_codec import (
+    FORMAT_VERSION,
+    ProfileDecodeError,
+    decode_profile,
+    encode_profile,
     read_expires_at,
 )
+from consumer.engine.profiles import ChangelogWrite, ProfileStore
 
 DAY = 86_400_000
 RETENTION = Retention(btn_ref_ms=7 * DAY, device_id_ms=30 * DAY, order_ms=60 * DAY)

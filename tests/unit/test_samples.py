@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from consumer.adapters.avro_codec import Encoder, build_decoder, load_schema
-from consumer.domain.events import CommerceEvent, EventType, Platform, event_to_record
+from consumer.domain.event_forms import event_to_record
+from consumer.domain.events import CommerceEvent, EventType, Platform
 from consumer.errors import DecodeError
 from consumer.samples import CURRENCIES, generate, generate_events, read_jsonl, write_jsonl
 

@@ -20,6 +20,7 @@ import fastavro
 import pytest
 
 from consumer.adapters.avro_codec import LocalDecoder, encode_wire, load_schema
+from consumer.domain.event_forms import event_from_record, event_to_record
 from consumer.domain.events import (
     AMOUNT_PRECISION,
     AMOUNT_SCALE,
@@ -31,8 +32,6 @@ from consumer.domain.events import (
     Platform,
     Product,
     ProductAction,
-    event_from_record,
-    event_to_record,
 )
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"

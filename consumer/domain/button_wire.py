@@ -1,0 +1,177 @@
+"""Button's Order API on the wire: its paths, the bodies it takes and the limits it documents.
+
+The mapping decides *what* Button must hold for an order; this module is the one place that
+knows *how* Button wants to be told, so that the mapper and the HTTP client build the same
+requests (the sandbox keeps its own, independent reading of the contract). Pure, like the rest
+of the domain: no clock, I/O or logging.
+
+Requests (DESIGN, 8)::
+
+    POST   /v1/order              create: the order, its btn_ref and customer
+    POST   /v1/order/{order_id}   update: the order's full new state (no btn_ref, no customer)
+    DELETE /v1/order/{order_id}   cancel: the whole order was cancelled or refunded
+
+Totals and line amounts are in minor units of the ISO 4217 currency and must fit a signed 32-bit
+integer; ``order_id`` and line identifiers are at most 255 characters; ``purchase_date`` is
+ISO-8601 UTC with ``Z``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from urllib.parse import quote
+
+from consumer.domain.button import Action, ButtonRequest
+from consumer.domain.currency import INT32_MAX, checked_total, minor_unit_exponent, to_minor_units
+from consumer.domain.profile import StoredLine, StoredOrder
+from consumer.errors import MappingError
+
+__all__ = [
+    "MAX_ID_LENGTH",
+    "ORDER_PATH",
+    "cancel_request",
+    "checked_order_id",
+    "create_body",
+    "create_request",
+    "line_total",
+    "order_body",
+    "order_path",
+    "purchase_date",
+    "update_request",
+]
+
+MAX_ID_LENGTH = 255
+"""Longest ``order_id``, line item ``identifier`` and customer ``id`` Button accepts."""
+ORDER_PATH = "/v1/order"
+"""The collection path: creates are posted here; an order's own path is ``order_path``."""
+
+_INT32_MIN = -(2**31)
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+", re.ASCII)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def checked_order_id(value: str | None) -> str:
+    """``value`` if it can be Button's ``order_id`` (1-255 printable ASCII characters).
+
+    Raises:
+        MappingError: ``missing_order_id``, ``order_id_not_ascii`` or ``order_id_too_long``.
+    """
+    if value is None or not value.strip():
+        raise MappingError("missing_order_id", "the event has no transaction_id")
+    if not _PRINTABLE_ASCII.fullmatch(value):
+        raise MappingError(
+            "order_id_not_ascii", "transaction_id must be printable ASCII (0x20-0x7e)"
+        )
+    if len(value) > MAX_ID_LENGTH:
+        raise MappingError(
+            "order_id_too_long",
+            f"transaction_id is {len(value)} characters; Button allows {MAX_ID_LENGTH}",
+        )
+    return value
+
+
+def order_path(order_id: str) -> str:
+    """``/v1/order/{order_id}`` with the id percent-encoded as one path segment.
+
+    ``/``, ``?``, ``#``, ``%`` and spaces are encoded; ``.`` and ``..`` are encoded too, so no
+    HTTP client can normalise them away as dot-segments.
+    """
+    segment = quote(order_id, safe="")
+    if segment in (".", ".."):
+        segment = segment.replace(".", "%2E")
+    return f"{ORDER_PATH}/{segment}"
+
+
+def purchase_date(moment_ms: int) -> str:
+    """ISO-8601 UTC with ``Z`` and whole seconds, e.g. ``2024-05-01T14:03:22Z``."""
+    moment = _EPOCH + timedelta(milliseconds=moment_ms)
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
+        f"T{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}Z"
+    )
+
+
+# --- bodies ------------------------------------------------------------------------------------
+
+
+def line_total(line: StoredLine, exponent: int) -> int:
+    """The line's ``total`` in minor units (unit price times quantity); 0 without a price."""
+    if line.price is None:
+        return 0
+    return to_minor_units(Decimal(line.price) * line.quantity, exponent)
+
+
+def _line_item(line: StoredLine, exponent: int) -> dict[str, Any]:
+    item: dict[str, Any] = {"identifier": line.identifier}
+    if line.sku is not None:
+        item["sku"] = line.sku
+    if line.description is not None:
+        item["description"] = line.description
+    if line.category:
+        item["category"] = list(line.category)
+    item["quantity"] = line.quantity
+    if line.price is not None:
+        item["amount"] = _int32(to_minor_units(Decimal(line.price), exponent), line)
+    item["total"] = _int32(line_total(line, exponent), line)
+    if line.attributes:
+        item["attributes"] = dict(line.attributes)
+    return item
+
+
+def _int32(value: int, line: StoredLine) -> int:
+    if not _INT32_MIN <= value <= INT32_MAX:
+        raise MappingError(
+            "line_item_out_of_range", f"line item {line.identifier!r}: {value} exceeds int32"
+        )
+    return value
+
+
+def order_body(order: StoredOrder) -> dict[str, Any]:
+    """The order's state as Button takes it: id, total, currency, purchase date, line items.
+
+    Raises:
+        MappingError: a total or line amount Button cannot take (``negative_total``,
+            ``total_out_of_range``, ``line_item_out_of_range``).
+    """
+    exponent = minor_unit_exponent(order.currency)
+    body: dict[str, Any] = {
+        "order_id": order.order_id,
+        "total": checked_total(order.total),
+        "currency": order.currency,
+        "purchase_date": purchase_date(order.purchase_ms),
+    }
+    if order.lines:
+        body["line_items"] = [_line_item(line, exponent) for line in order.lines]
+    return body
+
+
+def create_body(order: StoredOrder, customer: Mapping[str, str]) -> dict[str, Any]:
+    """The create body: ``order_body`` plus the order's ``btn_ref`` and the ``customer``."""
+    body = order_body(order)
+    if order.btn_ref is not None:
+        body["btn_ref"] = order.btn_ref
+    if customer:
+        body["customer"] = dict(customer)
+    return body
+
+
+# --- requests ----------------------------------------------------------------------------------
+
+
+def create_request(order_id: str, body: Mapping[str, Any]) -> ButtonRequest:
+    """``POST /v1/order``: report a new order."""
+    return ButtonRequest(Action.CREATE, "POST", ORDER_PATH, order_id, body)
+
+
+def update_request(order_id: str, body: Mapping[str, Any]) -> ButtonRequest:
+    """``POST /v1/order/{order_id}``: the new full state of the order."""
+    return ButtonRequest(Action.UPDATE, "POST", order_path(order_id), order_id, body)
+
+
+def cancel_request(order_id: str) -> ButtonRequest:
+    """``DELETE /v1/order/{order_id}``: the whole order was cancelled or refunded."""
+    return ButtonRequest(Action.CANCEL, "DELETE", order_path(order_id), order_id, None)

@@ -1,0 +1,228 @@
+"""The profile's changelog bytes: how a ``Profile`` is written to and read from its topic.
+
+Profiles live in a compacted changelog topic (DESIGN, 7) and, in memory, as the same bytes (see
+``consumer.engine.profiles``), so the format is compact and versioned, and a reader never guesses
+at bytes it does not understand.
+
+Changelog value format, all integers big-endian::
+
+    byte 0      format version (1 or 2)
+    bytes 1-8   expires_at, epoch milliseconds, signed: when nothing in the profile is useful
+    bytes 9-    UTF-8 JSON array (positional, no field names), see ``_to_json`` / ``_from_json``
+
+Version 1 is a 4-element array (token, IDFA, GAID, orders); version 2 appends a fifth, the parked
+orders. A profile with no parked order is still written as version 1, byte for byte as before,
+so the previous release reads every such profile; one with parked orders is version 2, which the
+previous release refuses loudly instead of misreading. A reader refuses versions it does not
+know (``ProfileDecodeError``) rather than guessing. The plaintext email is never part of a
+profile.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+from consumer.domain.attribution import ResolvedToken, TokenSource
+from consumer.domain.profile import (
+    OrderStatus,
+    ParkedOrder,
+    Profile,
+    Stamped,
+    StoredLine,
+    StoredOrder,
+)
+
+FORMAT_VERSION = 2
+"""The newest format version; profiles without parked orders are still written as version 1."""
+_VERSION_1 = 1
+_READABLE_VERSIONS = frozenset({_VERSION_1, FORMAT_VERSION})
+_HEADER = struct.Struct(">Bq")
+
+
+class ProfileDecodeError(ValueError):
+    """Changelog bytes that are not a profile this code understands."""
+
+
+_STATUS_CODES = {OrderStatus.OPEN: 0, OrderStatus.UPDATED: 1, OrderStatus.CANCELLED: 2}
+_STATUSES = {code: status for status, code in _STATUS_CODES.items()}
+_SOURCE_CODES = {
+    TokenSource.EXPLICIT: 0,
+    TokenSource.INTEGRATION_ATTRIBUTE: 1,
+    TokenSource.URL: 2,
+    TokenSource.PROFILE: 3,
+}
+_SOURCES = {code: source for source, code in _SOURCE_CODES.items()}
+
+
+def _line_to_json(line: StoredLine) -> list[Any]:
+    return [
+        line.identifier,
+        line.quantity,
+        line.price,
+        line.sku,
+        line.description,
+        list(line.category),
+        [list(pair) for pair in line.attributes],
+    ]
+
+
+def _order_to_json(order: StoredOrder) -> list[Any]:
+    return [
+        order.order_id,
+        order.currency,
+        order.purchase_ms,
+        order.total,
+        _STATUS_CODES[order.status],
+        order.created_by,
+        list(order.refunds),
+        order.btn_ref,
+        order.touched_ms,
+        [_line_to_json(line) for line in order.lines],
+        None if order.btn_ref_source is None else _SOURCE_CODES[order.btn_ref_source],
+    ]
+
+
+def _to_json(profile: Profile) -> list[Any]:
+    token = profile.btn_ref
+    fields: list[Any] = [
+        None if token is None else [token.value, _SOURCE_CODES[token.source], token.seen_at_ms],
+        None if profile.idfa is None else [profile.idfa.value, profile.idfa.seen_at_ms],
+        None if profile.gaid is None else [profile.gaid.value, profile.gaid.seen_at_ms],
+        [_order_to_json(order) for order in profile.orders],
+    ]
+    if profile.parked:  # version 2 only
+        fields.append([[p.order_id, p.reason, p.touched_ms] for p in profile.parked])
+    return fields
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ProfileDecodeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else _str(value)
+
+
+def _int(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ProfileDecodeError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _list(value: Any, length: int | None = None) -> list[Any]:
+    if not isinstance(value, list) or (length is not None and len(value) != length):
+        raise ProfileDecodeError("malformed profile structure")
+    return value
+
+
+def _stamped(value: Any) -> Stamped | None:
+    if value is None:
+        return None
+    raw = _list(value, 2)
+    return Stamped(_str(raw[0]), _int(raw[1]))
+
+
+def _line_from_json(value: Any) -> StoredLine:
+    raw = _list(value, 7)
+    return StoredLine(
+        identifier=_str(raw[0]),
+        quantity=_int(raw[1]),
+        price=_opt_str(raw[2]),
+        sku=_opt_str(raw[3]),
+        description=_opt_str(raw[4]),
+        category=tuple(_str(c) for c in _list(raw[5])),
+        attributes=tuple((_str(k), _str(v)) for k, v in (_list(p, 2) for p in _list(raw[6]))),
+    )
+
+
+def _order_from_json(value: Any) -> StoredOrder:
+    raw = _list(value, 11)
+    status = _STATUSES.get(_int(raw[4]))
+    if status is None:
+        raise ProfileDecodeError(f"unknown order status code {raw[4]}")
+    return StoredOrder(
+        order_id=_str(raw[0]),
+        currency=_str(raw[1]),
+        purchase_ms=_int(raw[2]),
+        total=_int(raw[3]),
+        status=status,
+        created_by=_str(raw[5]),
+        refunds=tuple(_str(r) for r in _list(raw[6])),
+        btn_ref=_opt_str(raw[7]),
+        touched_ms=_int(raw[8]),
+        lines=tuple(_line_from_json(line) for line in _list(raw[9])),
+        btn_ref_source=None if raw[10] is None else _source(raw[10]),
+    )
+
+
+def _source(value: Any) -> TokenSource:
+    source = _SOURCES.get(_int(value))
+    if source is None:
+        raise ProfileDecodeError(f"unknown token source code {value}")
+    return source
+
+
+def _parked_from_json(value: Any) -> ParkedOrder:
+    raw = _list(value, 3)
+    return ParkedOrder(_str(raw[0]), _str(raw[1]), _int(raw[2]))
+
+
+def _from_json(value: Any, version: int) -> Profile:
+    raw = _list(value, 4 if version == _VERSION_1 else 5)
+    token: ResolvedToken | None = None
+    if raw[0] is not None:
+        tok = _list(raw[0], 3)
+        token = ResolvedToken(_str(tok[0]), _source(tok[1]), _int(tok[2]))
+    return Profile(
+        btn_ref=token,
+        idfa=_stamped(raw[1]),
+        gaid=_stamped(raw[2]),
+        orders=tuple(_order_from_json(o) for o in _list(raw[3])),
+        parked=() if version == _VERSION_1 else tuple(_parked_from_json(p) for p in _list(raw[4])),
+    )
+
+
+def encode_profile(profile: Profile, expires_at: int) -> bytes:
+    """The changelog value of ``profile``; ``expires_at`` (epoch ms) goes in the header.
+
+    Version 1 when nothing is parked (readable by the previous release), else version 2.
+    """
+    payload = json.dumps(_to_json(profile), ensure_ascii=False, separators=(",", ":"))
+    version = FORMAT_VERSION if profile.parked else _VERSION_1
+    return _HEADER.pack(version, expires_at) + payload.encode("utf-8")
+
+
+def read_expires_at(value: bytes) -> int:
+    """The header's expiry time of an encoded profile, without decoding the rest.
+
+    Raises:
+        ProfileDecodeError: too short, or a format version this code does not know.
+    """
+    return _read_header(value)[1]
+
+
+def _read_header(value: bytes) -> tuple[int, int]:
+    if len(value) < _HEADER.size:
+        raise ProfileDecodeError("profile value shorter than its header")
+    version, expires_at = _HEADER.unpack_from(value)
+    if version not in _READABLE_VERSIONS:
+        raise ProfileDecodeError(f"unsupported profile format version {version}")
+    return int(version), int(expires_at)
+
+
+def decode_profile(value: bytes) -> Profile:
+    """The ``Profile`` encoded in a changelog value.
+
+    Raises:
+        ProfileDecodeError: the bytes are not a version-1 or version-2 profile.
+    """
+    version, _ = _read_header(value)
+    try:
+        parsed = json.loads(value[_HEADER.size :].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProfileDecodeError(f"profile payload is not UTF-8 JSON: {exc}") from exc
+    return _from_json(parsed, version)
