@@ -35,7 +35,7 @@ from consumer.domain.policy import RetryPolicy
 from consumer.engine.authgate import AuthGate
 from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
 from consumer.engine.dispatcher import Dispatcher
-from consumer.engine.parking import ParkingLot
+from consumer.engine.parking import Parking, ParkingLot
 from consumer.engine.pipeline import Pipeline, PipelineDeps
 from consumer.engine.processor import ProfileProcessor
 from consumer.engine.profiles import ProfileStore
@@ -210,7 +210,12 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
     )
     config = mapping_config(s)
     store = ProfileStore(config.retention)
-    processor = ProfileProcessor(store, config, keyless_parking=ParkingLot(clock=time.time))
+    processor = ProfileProcessor(store, config)
+    parking = Parking(
+        store,
+        max_orders_per_profile=config.max_orders_per_profile,
+        keyless=ParkingLot(clock=time.time),
+    )
     button: ButtonClient | _DryRunButton
     if d.dry_run or s.button.api_key is None:
         button = _DryRunButton()
@@ -224,6 +229,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         PipelineDeps(
             decoder=decoder,
             processor=processor,
+            parking=parking,
             changelog=changelog,
             button=button,
             dead_letters=KafkaDeadLetters(producer, s.kafka.dlq_topic),

@@ -119,3 +119,18 @@ def strip_own_headers(headers: Iterable[tuple[str, bytes]]) -> list[tuple[str, b
 
 def is_parked(headers: Mapping[str, str]) -> bool:
     return headers.get(H_PARKED) == "true"
+
+
+def replays_first_dead_letter(headers: Iterable[tuple[str, bytes]]) -> bool:
+    """Whether a record is a replay (``replay-dlq``) of a dead letter written for itself.
+
+    Such a record is the one whose dead letter parked its order (DESIGN, 5), as opposed to one
+    parked behind another (``button.replayed.parked: true``): replaying it releases the order.
+    """
+    replayed = parked = False
+    for name, value in headers:
+        if name == H_REPLAYED:
+            replayed = True
+        elif name == H_REPLAYED_PARKED:
+            parked = value == b"true"
+    return replayed and not parked

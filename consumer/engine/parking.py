@@ -1,21 +1,27 @@
-"""In-memory parking, for records without a key only (DESIGN, 5).
+"""Parking (DESIGN, 5), owned by one collaborator: ``Parking``.
 
 If the create of order X went to the DLQ, a later update or cancel of X must not reach Button
 first: Button would refuse it (404) or, worse, apply it to nothing, and a replay of the DLQ would
 then run the events out of order. So once any event of an order is dead-lettered, the order is
 *parked*: each later event of it goes to the DLQ too, in order, with the parked flag and reason
 ``parked``, and nothing of it is sent until the DLQ is redriven (the "sequenced dead letter
-queue" idea of Axon Framework, applied per order).
+queue" idea of Axon Framework, applied per order). Replaying the order's *first* dead letter
+releases it; the records parked behind it follow it in order.
 
-Parking of a keyed record lives in the user's profile (``consumer.domain.profile``), which is
-written to the compacted changelog and restored with its partition, so it survives restarts and
-rebalances (``consumer.engine.processor``). A record without a key has no profile: its orders are
-parked here, in memory, for the life of the process. That is all a keyless record can have:
-keyless records are not ordered among themselves (DESIGN, 3), so their parking is best effort.
+``Parking`` answers the three questions the pipeline asks: is this record's order parked
+(releasing it first when the record is the replay of its first dead letter), and park this
+order now that its dead letter is acknowledged. Everything else about parking is data: the
+parked orders of a keyed record live in the user's profile (``consumer.domain.profile``), which
+is written to the compacted changelog and restored with its partition, so parking survives
+restarts and rebalances; the changelog writes are returned to the caller, which acknowledges
+them before the record counts as finished.
 
-Bounds: an entry expires ``ttl`` seconds after it was last parked (default 45 days); at most
-``max_orders`` entries (default 100,000), beyond which the least recently parked is evicted and
-counted in ``evicted``.
+A record without a key has no profile: its orders are parked in memory, in a ``ParkingLot``, for
+the life of the process. That is all a keyless record can have: keyless records are not ordered
+among themselves (DESIGN, 3), so their parking is best effort. Bounds of the lot: an entry
+expires ``ttl`` seconds after it was last parked (default 45 days); at most ``max_orders``
+entries (default 100,000), beyond which the least recently parked is evicted and counted in
+``evicted``.
 """
 
 from __future__ import annotations
@@ -23,6 +29,17 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+
+from consumer.domain.deadletter import replays_first_dead_letter
+from consumer.domain.profile import Profile, epoch_ms, prune
+from consumer.domain.profile_codec import ProfileDecodeError
+from consumer.engine.profiles import ChangelogWrite, ProfileStore
+from consumer.ports import Record
+
+log = structlog.get_logger("consumer.parking")
 
 Clock = Callable[[], float]
 
@@ -84,3 +101,97 @@ class ParkingLot:
     def release(self, order_id: str) -> bool:
         """Unpark after its first dead letter is replayed. ``True`` if the order was parked."""
         return self._orders.pop(order_id, None) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ParkingCheck:
+    """Whether a record's order is parked, and the changelog write a release needs.
+
+    Attributes:
+        reason: the first dead letter's reason if the order is parked behind it, else ``None``.
+        write: the changelog record to write before the record is finished (a release of a
+            keyed record's order), else ``None``.
+    """
+
+    reason: str | None = None
+    write: ChangelogWrite | None = None
+
+
+class Parking:
+    """The one owner of parking decisions, for the partitions this process owns.
+
+    Args:
+        store: the profiles of the owned partitions (parked orders of keyed records live there).
+        max_orders_per_profile: how many parked orders one profile keeps (oldest forgotten).
+        keyless: the in-memory lot of records without a key.
+    """
+
+    def __init__(
+        self, store: ProfileStore, *, max_orders_per_profile: int, keyless: ParkingLot
+    ) -> None:
+        self._store = store
+        self._limit = max_orders_per_profile
+        self._keyless = keyless
+
+    def check(self, record: Record, order_id: str, now: datetime) -> ParkingCheck:
+        """Is ``record``'s order parked? Releases it first if ``record`` replays its first DLQ.
+
+        Call after the record's profile change is stored (the profile is read from the store);
+        an order parked longer ago than the order retention is no longer parked at ``now``.
+        """
+        if not order_id:
+            return ParkingCheck()
+        if replays_first_dead_letter(record.headers):
+            # The record whose dead letter parked its order is back: release the order so it
+            # and the records parked behind it (replayed after it, in order) are sent again.
+            return ParkingCheck(None, self._release(record.partition, record.key, order_id))
+        return ParkingCheck(self._reason(record.partition, record.key, order_id, now))
+
+    def park(
+        self, partition: int, key: bytes | None, order_id: str, reason: str, now: datetime
+    ) -> ChangelogWrite | None:
+        """Park ``order_id`` after one of its records was dead-lettered and acknowledged.
+
+        The first reason is kept and the time refreshed if it is parked already. Returns the
+        changelog record to write before the record counts as finished (``None`` for a record
+        without a key, whose parking is not durable).
+        """
+        if key is None:
+            self._keyless.park(order_id, reason)
+            return None
+        now_ms = epoch_ms(now)
+        before = prune(self._profile(partition, key) or Profile(), now_ms, self._store.retention)
+        after = before.with_parked(order_id, reason, now_ms, limit=self._limit)
+        if before.parked_order(order_id) is None and len(after.parked) <= len(before.parked):
+            log.warning("parked_order_forgotten", limit=self._limit)
+        return ChangelogWrite(partition, key, self._store.put(partition, key, after))
+
+    def _release(self, partition: int, key: bytes | None, order_id: str) -> ChangelogWrite | None:
+        if key is None:
+            self._keyless.release(order_id)
+            return None
+        before = self._profile(partition, key)
+        if before is None or before.parked_order(order_id) is None:
+            return None
+        return ChangelogWrite(
+            partition, key, self._store.put(partition, key, before.without_parked(order_id))
+        )
+
+    def _reason(
+        self, partition: int, key: bytes | None, order_id: str, now: datetime
+    ) -> str | None:
+        if key is None:
+            entry = self._keyless.get(order_id)
+            return None if entry is None else entry.reason
+        profile = self._profile(partition, key)
+        if profile is None:
+            return None
+        parked = prune(profile, epoch_ms(now), self._store.retention).parked_order(order_id)
+        return None if parked is None else parked.reason
+
+    def _profile(self, partition: int, key: bytes) -> Profile | None:
+        try:
+            return self._store.get(partition, key)
+        except ProfileDecodeError as exc:
+            log.error("profile_unreadable", error=str(exc))
+            return None

@@ -6,10 +6,10 @@ was acknowledged (and, for an order's record, the order's parking written to the
 ``handle`` returns only then, and raises only when the record must not be considered finished
 (the dead-letter or changelog topic cannot be written): the worker then stops consuming.
 
-Parking (DESIGN, 5) lives in the user's profile, behind the ``Processor`` port: after the dead
-letter of an order's record is acknowledged, the order is parked and the profile written to the
-changelog before the record counts as finished, so a parked order stays parked across restarts
-and rebalances (its offset is stored only once the park is durable).
+Parking (DESIGN, 5) is owned by the ``ParkingPort`` collaborator: after the dead letter of an
+order's record is acknowledged, the order is parked and the profile written to the changelog
+before the record counts as finished, so a parked order stays parked across restarts and
+rebalances (its offset is stored only once the park is durable).
 
 The collaborators are ports (small protocols) so the whole path is testable with fakes.
 """
@@ -27,7 +27,7 @@ import structlog
 
 from consumer.domain.backoff import RandomSource
 from consumer.domain.button import Action, ButtonRequest, Reject, Send, Skip
-from consumer.domain.deadletter import H_REPLAYED, H_REPLAYED_PARKED, DeadLetter, Stage
+from consumer.domain.deadletter import DeadLetter, Stage
 from consumer.domain.events import CommerceEvent
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import (
@@ -40,6 +40,7 @@ from consumer.domain.policy import (
 )
 from consumer.engine.authgate import AuthGate
 from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
+from consumer.engine.parking import ParkingCheck
 from consumer.engine.profiles import ChangelogWrite
 from consumer.errors import DeadLetterError, DecodeError, SchemaRegistryUnavailableError
 from consumer.ports import (
@@ -65,29 +66,27 @@ class Processed:
     order_id: str
     profile_changed: bool
     profile_value: bytes | None  # None with profile_changed = tombstone
-    parked: str | None = None
-    """The first dead letter's reason if the order is parked behind it, else ``None``."""
 
 
 class Processor(Protocol):
-    """Enrichment, profile state, mapping and parking for one record (pure but for the store).
-
-    ``park`` and ``release`` return the changelog record to write (``None``: nothing to write,
-    e.g. a record without a key, whose parking is not durable).
-    """
+    """Enrichment, profile state and mapping for one record (pure but for the profile store)."""
 
     def process(
         self, partition: int, key: bytes | None, event: CommerceEvent, now: datetime
     ) -> Processed: ...
 
+
+class ParkingPort(Protocol):
+    """Parking (DESIGN, 5): ``consumer.engine.parking.Parking``."""
+
+    def check(self, record: Record, order_id: str, now: datetime) -> ParkingCheck:
+        """Is the record's order parked? Releases it first if the record replays its first DLQ."""
+        ...
+
     def park(
         self, partition: int, key: bytes | None, order_id: str, reason: str, now: datetime
     ) -> ChangelogWrite | None:
-        """Park ``order_id`` (first reason kept, time refreshed if already parked)."""
-        ...
-
-    def release(self, partition: int, key: bytes | None, order_id: str) -> ChangelogWrite | None:
-        """Unpark ``order_id``: its first dead letter is being replayed."""
+        """Park ``order_id`` (first reason kept); the changelog record to write, if any."""
         ...
 
 
@@ -97,6 +96,7 @@ class PipelineDeps:
 
     decoder: Decoder
     processor: Processor
+    parking: ParkingPort
     changelog: Changelog
     button: ButtonPort
     dead_letters: DeadLetterSink
@@ -149,15 +149,11 @@ class Pipeline:
         structlog.contextvars.bind_contextvars(event_id=processed.event_id)
         if processed.profile_changed and record.key is not None:
             await d.changelog.write(record.partition, record.key, processed.profile_value)
-        parked = processed.parked
-        if processed.order_id and _replay_of_first_dead_letter(record):
-            # The record whose dead letter parked its order is back: release the order so it
-            # and the records parked behind it (replayed after it, in order) are sent again.
-            await self._write(d.processor.release(record.partition, record.key, processed.order_id))
-            parked = None
+        parking = d.parking.check(record, processed.order_id, d.wall_clock())
+        await self._write(parking.write)
         result = processed.result
         context = _Context(processed, _action(result))
-        decision = decide_mapped(result, parked=parked, dry_run=d.dry_run)
+        decision = decide_mapped(result, parked=parking.reason, dry_run=d.dry_run)
         if decision.verdict is Verdict.SEND and isinstance(result, Send):
             return await self._deliver(record, context, result.request)
         return await self._execute(record, decision, context)
@@ -308,7 +304,7 @@ class Pipeline:
             # Parking first could mark this very record, retried after a crash, as parked
             # behind itself.
             await self._write(
-                d.processor.park(
+                d.parking.park(
                     record.partition, record.key, letter.order_id, decision.reason, d.wall_clock()
                 )
             )
@@ -369,17 +365,6 @@ def _action(result: Send | Skip | Reject) -> str:
             return Action.SKIP.value
         case _:
             return Action.REJECT.value
-
-
-def _replay_of_first_dead_letter(record: Record) -> bool:
-    """A replayed record that was dead-lettered for itself, not parked behind another."""
-    replayed = parked = False
-    for name, value in record.headers:
-        if name == H_REPLAYED:
-            replayed = True
-        elif name == H_REPLAYED_PARKED:
-            parked = value == b"true"
-    return replayed and not parked
 
 
 def _ms(moment: datetime) -> int:

@@ -1,10 +1,22 @@
-"""The in-memory parking of keyless records: park, keep the first reason, expire, bound."""
+"""Parking (DESIGN, 5): the ``Parking`` collaborator over the real profile store, and the
+in-memory lot of keyless records (park, keep the first reason, expire, bound)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
 import pytest
 
-from consumer.engine.parking import ParkingLot
+from consumer.domain.deadletter import H_REPLAYED, H_REPLAYED_PARKED
+from consumer.domain.events import CommerceData, CommerceEvent, EventType, ProductAction
+from consumer.domain.mapping import MappingConfig
+from consumer.domain.profile_codec import decode_profile
+from consumer.engine.parking import Parking, ParkingLot
+from consumer.engine.processor import ProfileProcessor
+from consumer.engine.profiles import ChangelogWrite, ProfileStore
+from consumer.ports import Record
 
 DAY = 24 * 3600.0
 
@@ -82,3 +94,185 @@ def test_invalid_bounds_are_refused() -> None:
     """A zero ttl would park nothing."""
     with pytest.raises(ValueError, match="ttl"):
         ParkingLot(clock=FakeClock(), ttl=0)
+
+
+# --- the Parking collaborator: parked orders in the profile, keyless ones in the lot ------------
+
+T_BUY = datetime(2026, 1, 5, 11, 0, tzinfo=UTC)
+NOW = T_BUY + timedelta(minutes=1)
+KEY = b"user-1"
+PARTITION = 3
+
+
+def purchase(order_id: str = "ORD-1") -> CommerceEvent:
+    return CommerceEvent(
+        event_id="evt-buy",
+        event_type=EventType.PURCHASE,
+        event_time=T_BUY,
+        user_key="user-1",
+        commerce=CommerceData(
+            action=ProductAction.PURCHASE,
+            transaction_id=order_id,
+            currency_code="USD",
+            total_amount=Decimal("25.00"),
+        ),
+    )
+
+
+def refund(order_id: str = "ORD-1") -> CommerceEvent:
+    return CommerceEvent(
+        event_id="evt-refund",
+        event_type=EventType.REFUND,
+        event_time=T_BUY + timedelta(minutes=10),
+        user_key="user-1",
+        commerce=CommerceData(action=ProductAction.REFUND, transaction_id=order_id),
+    )
+
+
+def record(key: bytes | None = KEY, *, replayed: bool = False, parked: bool = False) -> Record:
+    headers = [(H_REPLAYED, b"dlq:0:7"), (H_REPLAYED_PARKED, b"true" if parked else b"false")]
+    return Record("events", PARTITION, 7, key, b"", None, headers if replayed else [])
+
+
+@dataclass
+class Rig:
+    """The real processor and parking over one profile store, as the service wires them."""
+
+    store: ProfileStore = field(default_factory=lambda: ProfileStore(MappingConfig().retention))
+
+    def __post_init__(self) -> None:
+        config = MappingConfig()
+        self.processor = ProfileProcessor(self.store, config)
+        self.parking = Parking(
+            self.store,
+            max_orders_per_profile=config.max_orders_per_profile,
+            keyless=ParkingLot(clock=FakeClock()),
+        )
+
+    def parked(
+        self, event: CommerceEvent, key: bytes | None = KEY, now: datetime = NOW
+    ) -> str | None:
+        """Process ``event``, then ask whether its order is parked."""
+        processed = self.processor.process(PARTITION, key, event, now)
+        return self.parking.check(record(key), processed.order_id, now).reason
+
+    def release(self, order_id: str, key: bytes | None = KEY) -> ChangelogWrite | None:
+        """What the replay of the order's first dead letter writes."""
+        check = self.parking.check(record(key, replayed=True), order_id, NOW)
+        assert check.reason is None
+        return check.write
+
+    def restarted(self, writes: list[ChangelogWrite]) -> Rig:
+        """A new rig whose store is restored from the changelog records written so far."""
+        fresh = Rig()
+        for write in writes:
+            fresh.store.restore(write.partition, write.key, write.value)
+        return fresh
+
+
+def test_an_order_is_not_parked_until_parked() -> None:
+    """A record of an order nothing was dead-lettered for is not parked."""
+    assert Rig().parked(purchase()) is None
+
+
+def test_park_returns_the_changelog_record_and_later_records_see_the_reason() -> None:
+    """park stores the order in the user's profile; the next record of it carries the reason."""
+    rig = Rig()
+    rig.parked(purchase())
+
+    write = rig.parking.park(PARTITION, KEY, "ORD-1", "http_400", NOW)
+
+    assert write is not None
+    assert (write.partition, write.key, write.value) == (
+        PARTITION,
+        KEY,
+        rig.store.get_encoded(PARTITION, KEY),
+    )
+    assert write.value is not None
+    assert decode_profile(write.value).parked_order("ORD-1") is not None
+    assert rig.parked(refund()) == "http_400"
+
+
+def test_parking_survives_a_restore_of_the_changelog() -> None:
+    """The restart case: parking restored from the changelog still parks the refund."""
+    rig = Rig()
+    writes: list[ChangelogWrite] = []
+    bought = rig.processor.process(PARTITION, KEY, purchase(), NOW)
+    assert bought.profile_value is not None
+    writes.append(ChangelogWrite(PARTITION, KEY, bought.profile_value))
+    parked = rig.parking.park(PARTITION, KEY, "ORD-1", "http_400", NOW)
+    assert parked is not None
+    writes.append(parked)
+
+    assert rig.restarted(writes).parked(refund()) == "http_400"
+
+
+def test_an_order_rejected_by_the_mapping_of_a_new_user_is_parked_durably() -> None:
+    """Parking needs no stored order and no other profile content: the profile holds only it."""
+    write = Rig().parking.park(PARTITION, KEY, "ORD-NEW", "negative_total", NOW)
+
+    assert write is not None
+    assert write.value is not None
+    stored = decode_profile(write.value)
+    assert (stored.orders, [p.order_id for p in stored.parked]) == ((), ["ORD-NEW"])
+
+
+def test_parking_is_per_user() -> None:
+    """An order id parked for one key does not park the same id of another key."""
+    rig = Rig()
+    rig.parking.park(PARTITION, KEY, "ORD-1", "http_400", NOW)
+
+    assert rig.parked(refund(), key=b"user-2") is None
+
+
+def test_replaying_the_first_dead_letter_releases_and_returns_the_changelog_record() -> None:
+    """The replay writes the profile without the order; a second replay writes nothing."""
+    rig = Rig()
+    rig.parked(purchase())
+    rig.parking.park(PARTITION, KEY, "ORD-1", "http_400", NOW)
+
+    write = rig.release("ORD-1")
+
+    assert write is not None
+    assert write.value == rig.store.get_encoded(PARTITION, KEY)
+    assert rig.parked(refund()) is None
+    assert rig.release("ORD-1") is None
+
+
+def test_a_replayed_record_parked_behind_another_does_not_release() -> None:
+    """Only the first dead letter releases its order; records parked behind it stay parked."""
+    rig = Rig()
+    rig.parking.park(PARTITION, KEY, "ORD-1", "http_400", NOW)
+
+    check = rig.parking.check(record(replayed=True, parked=True), "ORD-1", NOW)
+
+    assert (check.reason, check.write) == ("http_400", None)
+
+
+def test_releasing_the_only_content_of_a_profile_writes_a_tombstone() -> None:
+    """A profile that held only the parked order is deleted: the write is a tombstone."""
+    rig = Rig()
+    rig.parking.park(PARTITION, KEY, "ORD-NEW", "negative_total", NOW)
+
+    assert rig.release("ORD-NEW") == ChangelogWrite(PARTITION, KEY, None)
+    assert len(rig.store) == 0
+
+
+def test_a_parked_order_expires_with_the_order_retention() -> None:
+    """After the order retention, the order is no longer parked."""
+    rig = Rig()
+    rig.parking.park(PARTITION, KEY, "ORD-1", "http_400", NOW)
+    later = NOW + MappingConfig().order_retention + timedelta(seconds=1)
+
+    assert rig.parked(refund(), now=later) is None
+
+
+def test_a_record_without_key_is_parked_in_memory_only() -> None:
+    """No key, no profile: park and release work in memory and return nothing to write."""
+    rig = Rig()
+
+    assert rig.parking.park(PARTITION, None, "ORD-1", "http_400", NOW) is None
+    assert rig.parked(refund(), key=None) == "http_400"
+    assert rig.release("ORD-1", key=None) is None
+    assert rig.parked(refund(), key=None) is None
+    assert len(rig.store) == 0

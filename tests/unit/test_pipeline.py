@@ -23,14 +23,20 @@ from consumer.adapters.admin import DeliveryLog, Health
 from consumer.adapters.metrics import Metrics
 from consumer.adapters.telemetry import ServiceTelemetry
 from consumer.domain.button import Action, ButtonRequest, Reject, Send, Skip
-from consumer.domain.deadletter import DeadLetter, dead_letter_headers, header_map
+from consumer.domain.deadletter import (
+    DeadLetter,
+    dead_letter_headers,
+    header_map,
+    replays_first_dead_letter,
+)
 from consumer.domain.events import CommerceData, CommerceEvent, EventType, ProductAction
 from consumer.domain.mapping import MappingConfig
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import RetryPolicy
 from consumer.engine.authgate import AuthGate
 from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
-from consumer.engine.pipeline import Pipeline, PipelineDeps, Processed, Processor
+from consumer.engine.parking import Parking, ParkingCheck, ParkingLot
+from consumer.engine.pipeline import ParkingPort, Pipeline, PipelineDeps, Processed, Processor
 from consumer.engine.processor import ProfileProcessor
 from consumer.engine.profiles import ChangelogWrite, ProfileStore
 from consumer.errors import (
@@ -110,10 +116,11 @@ class FakeDecoder:
 
 
 class FakeProcessor:
-    """Returns the scripted ``Processed`` results in turn (the last one repeats).
+    """Returns the scripted ``Processed`` results in turn (the last one repeats); also parking.
 
-    Parking is a dict of order id -> first reason; ``park`` and ``release`` return a changelog
-    record ``parked:<order ids>`` for a keyed record, nothing for a keyless one.
+    Parking is a dict of order id -> first reason; ``park`` and a release (the replay of an
+    order's first dead letter, seen by ``check``) return a changelog record
+    ``parked:<order ids>`` for a keyed record, nothing for a keyless one.
     """
 
     def __init__(self, *script: Processed) -> None:
@@ -126,19 +133,22 @@ class FakeProcessor:
         self, partition: int, key: bytes | None, event: CommerceEvent, now: datetime
     ) -> Processed:
         self.calls.append((partition, key, event))
-        step = self.script.pop(0) if len(self.script) > 1 else self.script[0]
-        return replace(step, parked=self.parked.get(step.order_id))
+        return self.script.pop(0) if len(self.script) > 1 else self.script[0]
+
+    def check(self, record: Record, order_id: str, now: datetime) -> ParkingCheck:
+        if not order_id:
+            return ParkingCheck()
+        if replays_first_dead_letter(record.headers):
+            self.parking_calls.append(("release", record.key, order_id))
+            self.parked.pop(order_id, None)
+            return ParkingCheck(None, self._write(record.partition, record.key))
+        return ParkingCheck(self.parked.get(order_id))
 
     def park(
         self, partition: int, key: bytes | None, order_id: str, reason: str, now: datetime
     ) -> ChangelogWrite | None:
         self.parking_calls.append(("park", key, order_id))
         self.parked.setdefault(order_id, reason)
-        return self._write(partition, key)
-
-    def release(self, partition: int, key: bytes | None, order_id: str) -> ChangelogWrite | None:
-        self.parking_calls.append(("release", key, order_id))
-        self.parked.pop(order_id, None)
         return self._write(partition, key)
 
     def _write(self, partition: int, key: bytes | None) -> ChangelogWrite | None:
@@ -220,11 +230,18 @@ class Harness:
 
     def deps(self) -> PipelineDeps:
         processor: Processor = self.processor
+        parking: ParkingPort = self.processor
         if self.real_processor is not None:
             processor = self.real_processor
+            parking = Parking(
+                self.real_processor.store,
+                max_orders_per_profile=MappingConfig().max_orders_per_profile,
+                keyless=ParkingLot(clock=self.clock.monotonic),
+            )
         return PipelineDeps(
             decoder=self.decoder,
             processor=processor,
+            parking=parking,
             changelog=self.changelog,
             button=self.button,
             dead_letters=self.dead_letters,
