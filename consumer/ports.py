@@ -133,6 +133,16 @@ class Source(Protocol):
         ...
 
 
+class RecordHandler(Protocol):
+    """Takes one record to *finished* (DESIGN, 1): ``consumer.engine.pipeline.Pipeline``.
+
+    Returns the outcome's name once the record is finished; raises only when it must not be
+    considered finished (the dead-letter or changelog topic cannot be written).
+    """
+
+    async def handle(self, record: Record) -> str: ...
+
+
 class Decoder(Protocol):
     """Record value bytes -> commerce event.
 

@@ -28,10 +28,9 @@ import structlog
 
 from consumer.engine.authgate import AuthGate
 from consumer.engine.dispatcher import Dispatcher, Job
-from consumer.engine.pipeline import Pipeline
 from consumer.engine.watermark import Watermarks
 from consumer.errors import ConsumerError
-from consumer.ports import Record, Source, Telemetry
+from consumer.ports import Record, RecordHandler, Source, Telemetry
 
 log = structlog.get_logger("consumer.worker")
 T = TypeVar("T")
@@ -69,7 +68,7 @@ class Worker:
     def __init__(
         self,
         source: Source,
-        pipeline: Pipeline,
+        pipeline: RecordHandler,
         dispatcher: Dispatcher,
         watermarks: Watermarks,
         gate: AuthGate,
@@ -95,6 +94,8 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._assigned: set[int] = set()
         self._paused: set[int] = set()
+        self._last_record = 0.0
+        """Monotonic time of the last polled record or assignment (for ``stop_when_idle``)."""
         self.stats = RunStats()
 
     def stop(self) -> None:
@@ -153,6 +154,8 @@ class Worker:
 
     async def _assigned_in_loop(self, partitions: list[int]) -> None:
         self._assigned.update(partitions)
+        # Idle time counts from the assignment: new partitions have not been fetched yet.
+        self._last_record = self._now()
         # librdkafka keeps a partition's pause flag across revoke and re-assign: a partition
         # paused when it was revoked comes back paused. Count new partitions as paused, so the
         # next backpressure pass (after the assignment is applied) resumes those not saturated.
@@ -160,7 +163,11 @@ class Worker:
         self._report_partitions()
 
     async def _revoke_in_loop(self, partitions: list[int], commit: bool) -> dict[int, int]:
-        report = await self._dispatcher.revoke(partitions, self._opt.revoke_timeout)
+        # A revoked partition's running records get revoke_timeout to finish; a lost one's are
+        # abandoned at once: another member may own it already, so nothing more of it may reach
+        # Button or be committed from here.
+        grace = self._opt.revoke_timeout if commit else 0.0
+        report = await self._dispatcher.revoke(partitions, grace)
         offsets = {p: o for p, o in report.committable.items() if commit and o is not None}
         if report.abandoned:
             log.warning("revoke_abandoned", partitions=partitions, abandoned=report.abandoned)
@@ -178,7 +185,7 @@ class Worker:
         self.stats.started_at = self._now()
         await self._source.start(self)
         self._telemetry.started()
-        last_record = self._now()
+        self._last_record = self._now()
         last_lag = 0.0
         last_housekeeping = self._now()
         try:
@@ -189,7 +196,7 @@ class Worker:
                 now = self._now()
                 self._telemetry.polled(now)
                 if records:
-                    last_record = now
+                    self._last_record = now
                     self._submit(records)
                 await self._store_finished()
                 await self._apply_backpressure()
@@ -202,8 +209,8 @@ class Worker:
                 ):
                     last_housekeeping = now
                     await self._housekeeping()
-                if self._idle_long_enough(now - last_record):
-                    log.info("idle_stop", idle_seconds=round(now - last_record, 1))
+                if self._idle_long_enough(now - self._last_record):
+                    log.info("idle_stop", idle_seconds=round(now - self._last_record, 1))
                     break
         finally:
             await self._shutdown()

@@ -14,13 +14,12 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
 from consumer.engine.authgate import AuthGate
 from consumer.engine.dispatcher import Dispatcher
-from consumer.engine.pipeline import Pipeline
 from consumer.engine.watermark import Watermarks
 from consumer.engine.worker import RunStats, Worker, WorkerOptions
 from consumer.errors import DeadLetterError
@@ -76,8 +75,7 @@ class Harness:
         self.dropped: list[list[int]] = []
         self.worker = Worker(
             source=self.source,
-            # Worker takes the concrete Pipeline; the fake has the one method it calls.
-            pipeline=cast("Pipeline", self.pipeline),
+            pipeline=self.pipeline,
             dispatcher=self.dispatcher,
             watermarks=self.watermarks,
             gate=self.gate,
@@ -336,11 +334,6 @@ def test_lost_partitions_are_dropped_without_commit() -> None:
     run(scenario)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="on_lost waits up to revoke_timeout for the lost partitions' running records "
-    "(the revoke path with commit=False) instead of abandoning them at once",
-)
 def test_lost_partitions_abandon_in_flight_work_at_once() -> None:
     """A lost partition's running record is cancelled without waiting for revoke_timeout."""
 
@@ -418,12 +411,6 @@ def test_does_not_stop_when_idle_before_any_partition_is_assigned() -> None:
     run(scenario)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="idle time counts from run() start, not from the assignment: a worker that waited "
-    "longer than stop_when_idle for its partitions stops in the pass that applies the "
-    "assignment, before their first fetch",
-)
 def test_idle_time_counts_from_the_assignment() -> None:
     """A late assignment gets stop_when_idle seconds to deliver its first records."""
 
