@@ -119,7 +119,7 @@ class Service:
         decoder = build_decoder(
             Path(s.schema.dir),
             s.schema.registry_url,
-            _registry_config(s),
+            s.schema.registry_config(),
         )
         store = self.processor.store
         wall = _wall_clock
@@ -222,11 +222,6 @@ class Service:
 
 def _wall_clock() -> datetime:
     return datetime.now(UTC)
-
-
-def _registry_config(settings: Settings) -> dict[str, Any]:
-    auth = settings.schema.registry_basic_auth_user_info
-    return {} if auth is None else {"basic.auth.user.info": auth.get_secret_value()}
 
 
 def _partition_count(config: dict[str, Any], settings: Settings) -> int | None:

@@ -83,7 +83,10 @@ def produce_events(settings: Settings, events: Any, partitions: int = 3) -> int:
     base = kafka_base_config(settings)
     ensure_topics(base, {settings.kafka.topic: {}}, partitions=partitions)
     encoder = build_encoder(
-        Path(settings.schema.dir), settings.schema.registry_url, topic=settings.kafka.topic
+        Path(settings.schema.dir),
+        settings.schema.registry_url,
+        settings.schema.registry_config(),
+        topic=settings.kafka.topic,
     )
     producer = Producer({**base, "enable.idempotence": True, "acks": "all", "linger.ms": 20})
     count = 0
@@ -135,8 +138,9 @@ def check() -> int:
     settings = Settings.from_env()
     results: list[tuple[bool, str]] = [(True, "settings: valid")]
     results.extend(_check_kafka(settings))
-    if settings.schema.registry_url:
-        results.append(_check_registry(settings))
+    registry = settings.schema.registry_config()
+    if registry is not None:
+        results.append(_check_registry(registry))
     if not settings.delivery.dry_run:
         results.append(asyncio.run(_check_button(settings)))
     for ok, text in results:
@@ -166,12 +170,12 @@ def _check_kafka(settings: Settings) -> list[tuple[bool, str]]:
     return out
 
 
-def _check_registry(settings: Settings) -> tuple[bool, str]:
+def _check_registry(config: dict[str, Any]) -> tuple[bool, str]:
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
-    url = settings.schema.registry_url or ""
+    url = config["url"]
     try:
-        subjects = SchemaRegistryClient({"url": url}).get_subjects()
+        subjects = SchemaRegistryClient(dict(config)).get_subjects()
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         return False, f"schema registry {url}: {exc}"
     return True, f"schema registry {url}: {len(subjects)} subjects"

@@ -26,6 +26,26 @@ _PASSTHROUGH_PREFIX = "KAFKA_CONFIG_"
 _RESERVED_KAFKA = frozenset(
     {"enable.auto.offset.store", "enable.auto.commit", "group.id", "bootstrap.servers"}
 )
+# Parts of property names whose values are credentials (hidden by ClientConfig's repr).
+_SECRET_PARTS = ("password", "secret", "user.info", "ssl.key", "oauthbearer.config", "token")
+
+
+class ClientConfig(dict[str, Any]):
+    """A client configuration (a plain ``dict`` to the clients) that never prints credentials.
+
+    ``repr`` and ``str`` show ``**********`` for every value whose property name holds a
+    credential (``sasl.password``, ``ssl.key.password``, ``basic.auth.user.info``...), so a
+    configuration can be logged or end up in an error report without leaking them.
+    """
+
+    def __repr__(self) -> str:
+        shown = {
+            key: "**********" if any(part in key for part in _SECRET_PARTS) else value
+            for key, value in self.items()
+        }
+        return repr(shown)
+
+    __str__ = __repr__
 
 
 class _Section(BaseSettings):
@@ -74,6 +94,21 @@ class SchemaSettings(_Section):
     registry_url: str | None = None
     registry_basic_auth_user_info: SecretStr | None = None
     dir: str = "schemas"
+
+    def registry_config(self) -> ClientConfig | None:
+        """confluent-kafka ``SchemaRegistryClient`` configuration, for every registry client.
+
+        Returns:
+            None without SCHEMA_REGISTRY_URL (registry-free decoding), else ``url`` and, when
+            SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO is set, ``basic.auth.user.info`` (its repr
+            hides it).
+        """
+        if self.registry_url is None:
+            return None
+        config = ClientConfig({"url": self.registry_url})
+        if self.registry_basic_auth_user_info is not None:
+            config["basic.auth.user.info"] = self.registry_basic_auth_user_info.get_secret_value()
+        return config
 
 
 class ButtonSettings(_Section):
