@@ -25,7 +25,12 @@ from consumer.adapters.button_client import ButtonClient
 from consumer.adapters.kafka import AckingProducer, KafkaSource, ensure_topics
 from consumer.adapters.logging import configure_logging
 from consumer.adapters.metrics import Metrics
-from consumer.adapters.topics import KafkaChangelog, KafkaDeadLetters, restore_partitions
+from consumer.adapters.topics import (
+    RESTORE_GROUP_ID,
+    KafkaChangelog,
+    KafkaDeadLetters,
+    restore_partitions,
+)
 from consumer.domain.button import ButtonRequest
 from consumer.domain.mapping import MappingConfig
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
@@ -104,16 +109,17 @@ class Service:
 
     async def run(self) -> RunStats:
         s = self.settings
-        consumer_config = kafka_consumer_config(s)
+        consumer_config = s.kafka.consumer_config()
         if s.kafka.create_topics:
+            admin_config = s.kafka.admin_config()
             await asyncio.to_thread(
                 ensure_topics,
-                self.producer_config,
+                admin_config,
                 {
                     s.kafka.dlq_topic: {},
                     s.kafka.profile_topic: {"cleanup.policy": "compact"},
                 },
-                partitions=await asyncio.to_thread(_partition_count, self.producer_config, s),
+                partitions=await asyncio.to_thread(_partition_count, admin_config, s),
             )
         producer = AckingProducer(self.producer_config)
         decoder = build_decoder(
@@ -171,7 +177,10 @@ class Service:
 
         def restore(partitions: list[int]) -> int:
             read = restore_partitions(
-                consumer_config, s.kafka.profile_topic, partitions, store.restore
+                s.kafka.reader_config(RESTORE_GROUP_ID),
+                s.kafka.profile_topic,
+                partitions,
+                store.restore,
             )
             self.metrics.profiles.set(len(store))
             return read
@@ -243,28 +252,6 @@ def _partition_count(config: dict[str, Any], settings: Settings) -> int | None:
     return count
 
 
-def kafka_base_config(settings: Settings) -> dict[str, Any]:
-    return {"bootstrap.servers": settings.kafka.bootstrap_servers, **settings.kafka.config}
-
-
-def kafka_consumer_config(settings: Settings) -> dict[str, Any]:
-    k = settings.kafka
-    config: dict[str, Any] = {
-        "group.id": k.group_id,
-        "auto.offset.reset": k.auto_offset_reset,
-        "group.protocol": k.group_protocol,
-        **kafka_base_config(settings),
-    }
-    if k.group_protocol == "classic":
-        # KIP-848 moves assignment and session timeouts to the broker; the classic protocol
-        # needs them here. Cooperative-sticky keeps unaffected partitions during a rebalance.
-        config.setdefault("partition.assignment.strategy", "cooperative-sticky")
-        config.setdefault("session.timeout.ms", k.session_timeout_ms)
-    if k.group_instance_id:
-        config["group.instance.id"] = k.group_instance_id
-    return config
-
-
 def build(settings: Settings, registry: CollectorRegistry | None = None) -> Service:
     """Construct the service; no network I/O happens here."""
     metrics = Metrics.create(registry)
@@ -284,7 +271,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         metrics=metrics,
         health=health,
         deliveries=deliveries,
-        producer_config=kafka_base_config(settings),
+        producer_config=settings.kafka.producer_config(),
         admin=admin,
         button=button,
         processor=ProfileProcessor(

@@ -16,7 +16,7 @@ from confluent_kafka.admin import AdminClient
 from consumer.adapters.avro_codec import build_encoder
 from consumer.adapters.button_client import ButtonClient
 from consumer.adapters.kafka import ensure_topics
-from consumer.bootstrap import kafka_base_config, mapping_config
+from consumer.bootstrap import mapping_config
 from consumer.domain.events import (
     CommerceData,
     CommerceEvent,
@@ -80,15 +80,14 @@ def produce_sample(users: int, seed: int, partitions: int) -> int:
 
 def produce_events(settings: Settings, events: Any, partitions: int = 3) -> int:
     """Encode and produce events to the input topic (created if missing); returns the count."""
-    base = kafka_base_config(settings)
-    ensure_topics(base, {settings.kafka.topic: {}}, partitions=partitions)
+    ensure_topics(settings.kafka.admin_config(), {settings.kafka.topic: {}}, partitions=partitions)
     encoder = build_encoder(
         Path(settings.schema.dir),
         settings.schema.registry_url,
         settings.schema.registry_config(),
         topic=settings.kafka.topic,
     )
-    producer = Producer({**base, "enable.idempotence": True, "acks": "all", "linger.ms": 20})
+    producer = Producer(settings.kafka.producer_config())
     count = 0
     for event in events:
         value = encoder.encode_event(event)
@@ -151,7 +150,7 @@ def check() -> int:
 def _check_kafka(settings: Settings) -> list[tuple[bool, str]]:
     k = settings.kafka
     try:
-        metadata = AdminClient(kafka_base_config(settings)).list_topics(timeout=15.0)
+        metadata = AdminClient(settings.kafka.admin_config()).list_topics(timeout=15.0)
     except Exception as exc:  # noqa: BLE001 - reported, not raised: this is a diagnosis
         return [(False, f"kafka {k.bootstrap_servers}: {exc}")]
     out: list[tuple[bool, str]] = [(True, f"kafka {k.bootstrap_servers}: reachable")]

@@ -118,18 +118,9 @@ def replay(
     remember: bool = True,
 ) -> ReplayReport:
     """Replay the matching dead letters present when the command starts, then stop."""
-    base = {"bootstrap.servers": settings.kafka.bootstrap_servers, **settings.kafka.config}
     dlq = settings.kafka.dlq_topic
-    reader = Consumer(
-        {
-            **base,
-            "group.id": group_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": True,
-        }
-    )
-    producer = None if dry_run else Producer({**base, "enable.idempotence": True, "acks": "all"})
+    reader = Consumer(settings.kafka.reader_config(group_id))
+    producer = None if dry_run else Producer(settings.kafka.producer_config())
     report = ReplayReport()
     pacing = _Rate(rate)
     try:

@@ -4,6 +4,10 @@ The consumer is used from one dedicated thread (librdkafka's poll, rebalance cal
 store and commit all run there), so the asyncio loop never blocks on Kafka. The producer's
 delivery reports resolve asyncio futures: a DLQ or changelog write is *acknowledged* only when
 its future completes, and only then may the source offset be stored.
+
+Every class here takes a finished librdkafka configuration and adds nothing to it: the
+configurations, with the properties the guarantees rest on (offset store off, idempotent
+``acks=all`` producer), are assembled in one place, ``consumer.settings.KafkaSettings``.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import asyncio
 import concurrent.futures
 import queue
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,16 +79,15 @@ def _to_record(message: Message) -> Record:
 
 
 class AckingProducer:
-    """An idempotent producer whose ``send`` returns when the broker acknowledged the record."""
+    """A producer whose ``send`` returns when the broker acknowledged the record.
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        base = {
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-            "message.timeout.ms": 120_000,
-        }
-        self._producer = Producer({**base, **config})
+    Args:
+        config: librdkafka producer properties, ``KafkaSettings.producer_config()`` (idempotent,
+            ``acks=all``): used as given.
+    """
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self._producer = Producer(dict(config))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="kafka-producer", daemon=True)
         self._thread.start()
@@ -212,22 +215,20 @@ class KafkaSource:
     ``on_assign``, ``on_revoke`` and ``on_lost`` receive partition numbers and run on the Kafka
     thread, inside ``poll``: they may block (to drain and commit) but not call this object's
     async methods. ``commit_now`` is safe to call from them.
+
+    ``config`` is ``KafkaSettings.consumer_config()``, used as given: offsets are stored only by
+    ``store`` because it turns librdkafka's automatic offset store off.
     """
 
     def __init__(
         self,
-        config: dict[str, Any],
+        config: Mapping[str, Any],
         topic: str,
         on_assign: RebalanceCallback,
         on_revoke: RebalanceCallback,
         on_lost: RebalanceCallback,
     ) -> None:
-        self._config = {
-            **config,
-            "enable.auto.offset.store": False,
-            "enable.auto.commit": True,
-            "auto.commit.interval.ms": 1000,
-        }
+        self._config = dict(config)
         self.topic = topic
         self._on_assign = on_assign
         self._on_revoke = on_revoke
@@ -384,16 +385,24 @@ def _partitions(parts: list[TopicPartition]) -> list[int]:
 
 
 def ensure_topics(
-    config: dict[str, Any],
+    config: Mapping[str, Any],
     topics: dict[str, dict[str, str]],
     partitions: int | None = None,
     timeout: float = 30.0,
 ) -> None:
     """Create the topics that do not exist yet (the profile changelog is compacted).
 
-    ``partitions`` defaults to the partition count of the first existing topic of ``topics``.
+    Args:
+        config: admin client properties, ``KafkaSettings.admin_config()``.
+        topics: name -> topic configuration of each topic wanted.
+        partitions: partition count of created topics; defaults to the partition count of the
+            first existing topic of ``topics``, else 1.
+
+    Raises:
+        BrokerError: a topic could not be created.
+        KafkaException: the cluster's metadata could not be read.
     """
-    admin = AdminClient({k: v for k, v in config.items() if not k.startswith("group.")})
+    admin = AdminClient(dict(config))
     metadata = admin.list_topics(timeout=timeout)
     existing = metadata.topics
     count = partitions

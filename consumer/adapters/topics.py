@@ -9,7 +9,7 @@ explicitly (never through the producer's partitioner, which need not match the i
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
@@ -47,8 +47,12 @@ class KafkaChangelog:
         await self._producer.send(self.topic, key, value, partition=partition)
 
 
+# The group id of the changelog reader: librdkafka requires one; the reader never commits.
+RESTORE_GROUP_ID = "button-consumer-restore"
+
+
 def restore_partitions(
-    config: dict[str, Any],
+    config: Mapping[str, Any],
     topic: str,
     partitions: list[int],
     apply: Callable[[int, bytes, bytes | None], None],
@@ -58,17 +62,11 @@ def restore_partitions(
 
     Blocking: it runs on the Kafka thread inside the assignment callback, so a partition's
     records are processed only after its profiles are back. Returns the records read.
+    ``config`` is ``KafkaSettings.reader_config(RESTORE_GROUP_ID)``, used as given.
     """
     if not partitions:
         return 0
-    reader = Consumer(
-        {
-            **{k: v for k, v in config.items() if not k.startswith(("group.", "partition."))},
-            "group.id": "button-consumer-restore",  # required by librdkafka; never committed
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
+    reader = Consumer(dict(config))
     deadline = time.monotonic() + timeout
     try:
         ends: dict[int, int] = {}
