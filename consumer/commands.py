@@ -10,12 +10,11 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from consumer.adapters.avro_codec import build_encoder
 from consumer.adapters.button_client import ButtonClient
-from consumer.adapters.kafka import ensure_topics
+from consumer.adapters.kafka import AckingProducer, ensure_topics
 from consumer.bootstrap import mapping_config
 from consumer.domain.events import (
     CommerceData,
@@ -79,28 +78,32 @@ def produce_sample(users: int, seed: int, partitions: int) -> int:
 
 
 def produce_events(settings: Settings, events: Any, partitions: int = 3) -> int:
-    """Encode and produce events to the input topic (created if missing); returns the count."""
-    ensure_topics(settings.kafka.admin_config(), {settings.kafka.topic: {}}, partitions=partitions)
+    """Encode and produce events to the input topic (created if missing); returns the count.
+
+    With SCHEMA_REGISTRY_URL the schema is registered first (wire format), else plain Avro.
+
+    Raises:
+        ConsumerError: not every event was acknowledged by the broker.
+        ConfigError, SchemaRegistryUnavailableError: the registry refused the schema, or could
+            not be reached.
+    """
+    topic = settings.kafka.topic
+    ensure_topics(settings.kafka.admin_config(), {topic: {}}, partitions=partitions)
     encoder = build_encoder(
         Path(settings.schema.dir),
         settings.schema.registry_url,
         settings.schema.registry_config(),
-        topic=settings.kafka.topic,
+        topic=topic,
     )
-    producer = Producer(settings.kafka.producer_config())
+    producer = AckingProducer(settings.kafka.producer_config())
     count = 0
-    for event in events:
-        value = encoder.encode_event(event)
-        while True:
-            try:
-                producer.produce(settings.kafka.topic, key=event.user_key.encode(), value=value)
-                break
-            except BufferError:
-                producer.poll(0.1)
-        producer.poll(0)
-        count += 1
-    unacknowledged = producer.flush(60.0)
-    producer.close()
+    try:
+        for event in events:
+            producer.send_nowait(topic, event.user_key.encode(), encoder.encode_event(event))
+            count += 1
+        unacknowledged = producer.settle(60.0)
+    finally:
+        producer.close()
     if unacknowledged:
         raise ConsumerError("not every event was acknowledged by the broker")
     return count
