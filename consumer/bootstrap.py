@@ -27,7 +27,12 @@ from consumer.adapters.kafka import AckingProducer, KafkaSource, ensure_topics
 from consumer.adapters.logging import configure_logging
 from consumer.adapters.metrics import Metrics
 from consumer.adapters.telemetry import ServiceTelemetry
-from consumer.adapters.topics import KafkaChangelog, KafkaDeadLetters, restore_partitions
+from consumer.adapters.topics import (
+    RESTORE_GROUP_ID,
+    KafkaChangelog,
+    KafkaDeadLetters,
+    restore_partitions,
+)
 from consumer.domain.button import ButtonRequest
 from consumer.domain.mapping import MappingConfig
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
@@ -120,7 +125,7 @@ class Service:
         """Start, consume until ``stop()``, then close everything in reverse order."""
         s = self.settings
         if self.topics:
-            config = kafka_base_config(s)
+            config = s.kafka.admin_config()
             count = await asyncio.to_thread(_partition_count, config, s)
             await asyncio.to_thread(ensure_topics, config, self.topics, partitions=count)
         self.producer.start()
@@ -145,11 +150,6 @@ def _wall_clock() -> datetime:
     return datetime.now(UTC)
 
 
-def _registry_config(settings: Settings) -> dict[str, Any]:
-    auth = settings.schema.registry_basic_auth_user_info
-    return {} if auth is None else {"basic.auth.user.info": auth.get_secret_value()}
-
-
 def _partition_count(config: dict[str, Any], settings: Settings) -> int | None:
     """The input topic's partition count, which the changelog must share (co-partitioning)."""
     from confluent_kafka.admin import AdminClient
@@ -167,28 +167,6 @@ def _partition_count(config: dict[str, Any], settings: Settings) -> int | None:
             "the profile changelog must be co-partitioned with the input"
         )
     return count
-
-
-def kafka_base_config(settings: Settings) -> dict[str, Any]:
-    return {"bootstrap.servers": settings.kafka.bootstrap_servers, **settings.kafka.config}
-
-
-def kafka_consumer_config(settings: Settings) -> dict[str, Any]:
-    k = settings.kafka
-    config: dict[str, Any] = {
-        "group.id": k.group_id,
-        "auto.offset.reset": k.auto_offset_reset,
-        "group.protocol": k.group_protocol,
-        **kafka_base_config(settings),
-    }
-    if k.group_protocol == "classic":
-        # KIP-848 moves assignment and session timeouts to the broker; the classic protocol
-        # needs them here. Cooperative-sticky keeps unaffected partitions during a rebalance.
-        config.setdefault("partition.assignment.strategy", "cooperative-sticky")
-        config.setdefault("session.timeout.ms", k.session_timeout_ms)
-    if k.group_instance_id:
-        config["group.instance.id"] = k.group_instance_id
-    return config
 
 
 def build(settings: Settings, registry: CollectorRegistry | None = None) -> Service:
@@ -221,8 +199,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         button = _DryRunButton()
     else:
         button = ButtonClient.from_settings(s.button)
-    producer = AckingProducer(kafka_base_config(s))
-    decoder = build_decoder(Path(s.schema.dir), s.schema.registry_url, _registry_config(s))
+    producer = AckingProducer(s.kafka.producer_config())
+    decoder = build_decoder(Path(s.schema.dir), s.schema.registry_url, s.schema.registry_config())
     changelog = KafkaChangelog(producer, s.kafka.profile_topic)
     gate = AuthGate(d.auth_probe_interval_seconds)
     pipeline = Pipeline(
@@ -261,7 +239,6 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         # so that a queued record can take over probing if the probing one is revoked.
         watermarks=watermarks,
     )
-    consumer_config = kafka_consumer_config(s)
 
     async def expire_profiles() -> None:
         """Forget expired profiles and write their tombstones (compaction removes them)."""
@@ -270,7 +247,12 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         telemetry.profiles_held(len(store))
 
     def restore(partitions: list[int]) -> int:
-        read = restore_partitions(consumer_config, s.kafka.profile_topic, partitions, store.restore)
+        read = restore_partitions(
+            s.kafka.reader_config(RESTORE_GROUP_ID),
+            s.kafka.profile_topic,
+            partitions,
+            store.restore,
+        )
         telemetry.profiles_held(len(store))
         return read
 
@@ -280,7 +262,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         telemetry.profiles_held(len(store))
 
     worker = Worker(
-        source=KafkaSource(consumer_config, s.kafka.topic),
+        source=KafkaSource(s.kafka.consumer_config(), s.kafka.topic),
         pipeline=pipeline,
         dispatcher=dispatcher,
         watermarks=watermarks,

@@ -10,13 +10,12 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from consumer.adapters.avro_codec import build_encoder
 from consumer.adapters.button_client import ButtonClient
-from consumer.adapters.kafka import ensure_topics
-from consumer.bootstrap import kafka_base_config, mapping_config
+from consumer.adapters.kafka import AckingProducer, ensure_topics
+from consumer.bootstrap import mapping_config
 from consumer.domain.events import (
     CommerceData,
     CommerceEvent,
@@ -79,26 +78,33 @@ def produce_sample(users: int, seed: int, partitions: int) -> int:
 
 
 def produce_events(settings: Settings, events: Any, partitions: int = 3) -> int:
-    """Encode and produce events to the input topic (created if missing); returns the count."""
-    base = kafka_base_config(settings)
-    ensure_topics(base, {settings.kafka.topic: {}}, partitions=partitions)
+    """Encode and produce events to the input topic (created if missing); returns the count.
+
+    With SCHEMA_REGISTRY_URL the schema is registered first (wire format), else plain Avro.
+
+    Raises:
+        ConsumerError: not every event was acknowledged by the broker.
+        ConfigError, SchemaRegistryUnavailableError: the registry refused the schema, or could
+            not be reached.
+    """
+    topic = settings.kafka.topic
+    ensure_topics(settings.kafka.admin_config(), {topic: {}}, partitions=partitions)
     encoder = build_encoder(
-        Path(settings.schema.dir), settings.schema.registry_url, topic=settings.kafka.topic
+        Path(settings.schema.dir),
+        settings.schema.registry_url,
+        settings.schema.registry_config(),
+        topic=topic,
     )
-    producer = Producer({**base, "enable.idempotence": True, "acks": "all", "linger.ms": 20})
+    producer = AckingProducer(settings.kafka.producer_config())
+    producer.start()
     count = 0
-    for event in events:
-        value = encoder.encode_event(event)
-        while True:
-            try:
-                producer.produce(settings.kafka.topic, key=event.user_key.encode(), value=value)
-                break
-            except BufferError:
-                producer.poll(0.1)
-        producer.poll(0)
-        count += 1
-    unacknowledged = producer.flush(60.0)
-    producer.close()
+    try:
+        for event in events:
+            producer.send_nowait(topic, event.user_key.encode(), encoder.encode_event(event))
+            count += 1
+        unacknowledged = producer.settle(60.0)
+    finally:
+        producer.close()
     if unacknowledged:
         raise ConsumerError("not every event was acknowledged by the broker")
     return count
@@ -135,8 +141,9 @@ def check() -> int:
     settings = Settings.from_env()
     results: list[tuple[bool, str]] = [(True, "settings: valid")]
     results.extend(_check_kafka(settings))
-    if settings.schema.registry_url:
-        results.append(_check_registry(settings))
+    registry = settings.schema.registry_config()
+    if registry is not None:
+        results.append(_check_registry(registry))
     if not settings.delivery.dry_run:
         results.append(asyncio.run(_check_button(settings)))
     for ok, text in results:
@@ -147,7 +154,7 @@ def check() -> int:
 def _check_kafka(settings: Settings) -> list[tuple[bool, str]]:
     k = settings.kafka
     try:
-        metadata = AdminClient(kafka_base_config(settings)).list_topics(timeout=15.0)
+        metadata = AdminClient(settings.kafka.admin_config()).list_topics(timeout=15.0)
     except Exception as exc:  # noqa: BLE001 - reported, not raised: this is a diagnosis
         return [(False, f"kafka {k.bootstrap_servers}: {exc}")]
     out: list[tuple[bool, str]] = [(True, f"kafka {k.bootstrap_servers}: reachable")]
@@ -166,12 +173,12 @@ def _check_kafka(settings: Settings) -> list[tuple[bool, str]]:
     return out
 
 
-def _check_registry(settings: Settings) -> tuple[bool, str]:
+def _check_registry(config: dict[str, Any]) -> tuple[bool, str]:
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
-    url = settings.schema.registry_url or ""
+    url = config["url"]
     try:
-        subjects = SchemaRegistryClient({"url": url}).get_subjects()
+        subjects = SchemaRegistryClient(dict(config)).get_subjects()
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         return False, f"schema registry {url}: {exc}"
     return True, f"schema registry {url}: {len(subjects)} subjects"

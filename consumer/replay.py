@@ -21,14 +21,12 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TextIO
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
-
-from consumer.adapters.kafka import message_headers
+from consumer.adapters.kafka import AckingProducer, PartitionReader
 from consumer.domain.deadletter import (
     H_DEAD_LETTERED_AT,
     H_ORDER_ID,
@@ -42,6 +40,7 @@ from consumer.domain.deadletter import (
     strip_own_headers,
 )
 from consumer.errors import BrokerError, ConfigError
+from consumer.ports import Record
 from consumer.settings import Settings
 
 
@@ -117,53 +116,50 @@ def replay(
     progress: bool,
     remember: bool = True,
 ) -> ReplayReport:
-    """Replay the matching dead letters present when the command starts, then stop."""
-    base = {"bootstrap.servers": settings.kafka.bootstrap_servers, **settings.kafka.config}
+    """Replay the matching dead letters present when the command starts, then stop.
+
+    Raises:
+        BrokerError: the DLQ does not exist, reading it failed, or a replayed record was not
+            acknowledged (then no progress is committed).
+    """
     dlq = settings.kafka.dlq_topic
-    reader = Consumer(
-        {
-            **base,
-            "group.id": group_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": True,
-        }
-    )
-    producer = None if dry_run else Producer({**base, "enable.idempotence": True, "acks": "all"})
+    producer = None if dry_run else AckingProducer(settings.kafka.producer_config())
+    if producer is not None:
+        producer.start()
     report = ReplayReport()
     pacing = _Rate(rate)
     try:
-        ends = _ends(reader, dlq, from_group=remember)
-        total = sum(end - start for start, end in ends.values())
-        reader.assign([TopicPartition(dlq, p, start) for p, (start, _) in ends.items()])
-        for message in _until_end(reader, {p: end for p, (_, end) in ends.items()}):
-            report.read += 1
-            headers = message_headers(message)
-            text = header_map(headers)
-            if not selection.matches(text):
-                report.skipped += 1
-            else:
-                position = f"{message.partition()}:{message.offset()}"
-                target_topic = text.get(H_TOPIC) or settings.kafka.topic
-                target_partition = _int(text.get(H_PARTITION))
-                if dry_run:
-                    _describe(out, message, text, target_topic, target_partition)
+        with PartitionReader(settings.kafka.reader_config(group_id), dlq) as reader:
+            ranges = _ranges(reader, from_group=remember)
+            total = sum(end - start for start, end in ranges.values())
+            for record in reader.read(ranges):
+                report.read += 1
+                text = header_map(record.headers)
+                if not selection.matches(text):
+                    report.skipped += 1
                 else:
-                    assert producer is not None
-                    pacing.wait()
-                    _produce(producer, target_topic, target_partition, message, headers, position)
-                report.replayed += 1
-            if progress:
-                _progress(report.read, total)
-        if producer is not None and producer.flush(60.0):
-            raise BrokerError("replayed records were not all acknowledged; nothing committed")
-        if producer is not None and remember and ends:
-            reader.commit(
-                offsets=[TopicPartition(dlq, p, end) for p, (_, end) in ends.items()],
-                asynchronous=False,
-            )
+                    position = f"{record.partition}:{record.offset}"
+                    target_topic = text.get(H_TOPIC) or settings.kafka.topic
+                    target_partition = _int(text.get(H_PARTITION))
+                    if producer is None:
+                        _describe(out, record, text, target_topic, target_partition)
+                    else:
+                        pacing.wait()
+                        producer.send_nowait(
+                            target_topic,
+                            record.key,
+                            record.value,
+                            headers=replay_headers(record.headers, position),
+                            partition=target_partition,
+                        )
+                    report.replayed += 1
+                if progress:
+                    _progress(report.read, total)
+            if producer is not None and producer.settle(60.0):
+                raise BrokerError("replayed records were not all acknowledged; nothing committed")
+            if producer is not None and remember:
+                reader.commit({p: end for p, (_, end) in ranges.items()})
     finally:
-        reader.close()
         if producer is not None:
             producer.close()
         if progress:
@@ -171,71 +167,27 @@ def replay(
     return report
 
 
-def _ends(reader: Consumer, topic: str, *, from_group: bool) -> dict[int, tuple[int, int]]:
-    """Per DLQ partition: where this group stands and where the topic ends now."""
-    metadata = reader.list_topics(topic, timeout=30.0)
-    info = metadata.topics.get(topic)
-    if info is None or info.error is not None:
-        raise BrokerError(f"dead-letter topic {topic} not found")
-    partitions = sorted(info.partitions)
-    committed = reader.committed([TopicPartition(topic, p) for p in partitions], timeout=30.0)
-    ends: dict[int, tuple[int, int]] = {}
-    for tp in committed:
-        low, high = reader.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=30.0)
-        start = tp.offset if from_group and tp.offset >= 0 else low
+def _ranges(reader: PartitionReader, *, from_group: bool) -> dict[int, tuple[int, int]]:
+    """Per DLQ partition with records to read: where this group stands, where the topic ends."""
+    try:
+        partitions = reader.partitions()
+    except BrokerError:
+        raise BrokerError(f"dead-letter topic {reader.topic} not found") from None
+    committed = reader.committed(partitions)
+    ranges: dict[int, tuple[int, int]] = {}
+    for p, (low, high) in reader.watermarks(partitions, time.monotonic() + 30.0).items():
+        stand = committed.get(p)
+        start = stand if from_group and stand is not None else low
         if high > start:
-            ends[tp.partition] = (start, high)
-    return ends
-
-
-def _until_end(reader: Consumer, ends: dict[int, int]) -> Iterator[Message]:
-    pending = set(ends)
-    while pending:
-        for message in reader.consume(num_messages=500, timeout=1.0):
-            err = message.error()
-            partition = message.partition() or 0
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(partition)
-                elif err.fatal():
-                    raise BrokerError(err.str())
-                continue
-            offset = message.offset() or 0
-            if offset < ends[partition]:
-                yield message
-            if offset + 1 >= ends[partition]:
-                pending.discard(partition)
-
-
-def _produce(
-    producer: Producer,
-    topic: str,
-    partition: int | None,
-    message: Message,
-    headers: list[tuple[str, bytes]],
-    position: str,
-) -> None:
-    kwargs: dict[str, Any] = {
-        "key": message.key(),
-        "value": message.value(),
-        "headers": replay_headers(headers, position),
-    }
-    if partition is not None:
-        kwargs["partition"] = partition
-    while True:
-        try:
-            producer.produce(topic, **kwargs)
-            break
-        except BufferError:
-            producer.poll(0.1)
-    producer.poll(0)
+            ranges[p] = (start, high)
+    return ranges
 
 
 def _describe(
-    out: TextIO, message: Message, text: dict[str, str], topic: str, partition: int | None
+    out: TextIO, record: Record, text: dict[str, str], topic: str, partition: int | None
 ) -> None:
     line = {
-        "dlq": f"{message.partition()}:{message.offset()}",
+        "dlq": f"{record.partition}:{record.offset}",
         "to": f"{topic}:{partition}",
         "reason": text.get(H_REASON, ""),
         "order_id": text.get(H_ORDER_ID, ""),

@@ -6,6 +6,12 @@ upper case (``DELIVERY_MAX_IN_FLIGHT`` -> ``DeliverySettings.max_in_flight``). A
 property passes through as ``KAFKA_CONFIG_<NAME>``: ``_`` becomes ``.`` and ``__`` becomes ``_``
 (``KAFKA_CONFIG_SASL_MECHANISM=PLAIN`` -> ``sasl.mechanism=PLAIN``). Invalid values raise
 ``ConfigError`` naming the variable; secrets are ``SecretStr`` and never printed.
+
+This module is the one owner of client configuration: ``KafkaSettings`` assembles every
+librdkafka configuration the process uses (``consumer_config``, ``reader_config``,
+``producer_config``, ``admin_config``) and ``SchemaSettings.registry_config`` the schema registry
+client's, so every command (``run``, ``check``, ``produce-sample``, ``test-event``,
+``replay-dlq``) talks to Kafka and the registry with the same properties and credentials.
 """
 
 from __future__ import annotations
@@ -23,9 +29,33 @@ from consumer.errors import ConfigError
 _APP_ID = re.compile(r"^app-[A-Za-z0-9]{8,64}$")
 _PASSTHROUGH_PREFIX = "KAFKA_CONFIG_"
 # librdkafka properties the service owns: overriding them would break at-least-once delivery.
+# Their values are set below, in KafkaSettings, next to this refusal (DESIGN, 1).
 _RESERVED_KAFKA = frozenset(
     {"enable.auto.offset.store", "enable.auto.commit", "group.id", "bootstrap.servers"}
 )
+# Passed-through properties of group membership: they belong to the service's consumer group
+# only, never to a reader that assigns partitions itself or to an admin client.
+_GROUP_ONLY = ("group.", "partition.")
+# Parts of property names whose values are credentials (hidden by ClientConfig's repr).
+_SECRET_PARTS = ("password", "secret", "user.info", "ssl.key", "oauthbearer.config", "token")
+
+
+class ClientConfig(dict[str, Any]):
+    """A client configuration (a plain ``dict`` to the clients) that never prints credentials.
+
+    ``repr`` and ``str`` show ``**********`` for every value whose property name holds a
+    credential (``sasl.password``, ``ssl.key.password``, ``basic.auth.user.info``...), so a
+    configuration can be logged or end up in an error report without leaking them.
+    """
+
+    def __repr__(self) -> str:
+        shown = {
+            key: "**********" if any(part in key for part in _SECRET_PARTS) else value
+            for key, value in self.items()
+        }
+        return repr(shown)
+
+    __str__ = __repr__
 
 
 class _Section(BaseSettings):
@@ -65,6 +95,111 @@ class KafkaSettings(_Section):
     # hold credentials (sasl.password, ssl.key.password): kept out of repr so they never print.
     config: dict[str, str] = Field(default_factory=dict, repr=False)
 
+    # -- the librdkafka configurations ---------------------------------------------------------
+    #
+    # The one owner of Kafka configuration. The properties the service's guarantees rest on are
+    # set here, next to ``_RESERVED_KAFKA`` that refuses them from KAFKA_CONFIG_*, so the value
+    # of a property and the refusal to override it cannot drift apart; the adapters take the
+    # finished dictionaries and set nothing themselves.
+
+    def _common(self) -> dict[str, Any]:
+        """Every client: the brokers, then every KAFKA_CONFIG_* property (security, SASL...)."""
+        return {"bootstrap.servers": self.bootstrap_servers, **self.config}
+
+    def consumer_config(self) -> ClientConfig:
+        """The service's consumer-group member (``run``): librdkafka ``Consumer`` properties.
+
+        Invariants (DESIGN, 1 and 3), set after KAFKA_CONFIG_* so nothing overrides them:
+        ``enable.auto.offset.store=false`` (the worker stores an offset only when its record is
+        finished) and ``enable.auto.commit=true`` every second (it commits what was stored).
+        KAFKA_GROUP_*, KAFKA_AUTO_OFFSET_RESET and, for the classic protocol, cooperative-sticky
+        assignment and KAFKA_SESSION_TIMEOUT_MS are defaults that KAFKA_CONFIG_* may override.
+
+        Returns:
+            a dict of librdkafka properties (its repr hides credentials).
+        """
+        config: dict[str, Any] = {
+            "group.id": self.group_id,
+            "auto.offset.reset": self.auto_offset_reset,
+            "group.protocol": self.group_protocol,
+            **self._common(),
+        }
+        if self.group_protocol == "classic":
+            # KIP-848 moves assignment and session timeouts to the broker; the classic protocol
+            # needs them here. Cooperative-sticky keeps unaffected partitions during a rebalance.
+            config.setdefault("partition.assignment.strategy", "cooperative-sticky")
+            config.setdefault("session.timeout.ms", self.session_timeout_ms)
+        if self.group_instance_id:
+            config["group.instance.id"] = self.group_instance_id
+        config.update(
+            {
+                "enable.auto.offset.store": False,
+                "enable.auto.commit": True,
+                "auto.commit.interval.ms": 1000,
+            }
+        )
+        return ClientConfig(config)
+
+    def reader_config(self, group_id: str) -> ClientConfig:
+        """A consumer that assigns partitions itself and reads them to their end (the profile
+        restore, ``replay-dlq``): librdkafka ``Consumer`` properties.
+
+        It is not a member of the service's group: KAFKA_CONFIG_ properties of group membership
+        (``group.*``, ``partition.*``) are left out. It never commits by itself (``replay-dlq``
+        commits explicitly), reports partition ends, and starts at the earliest offset when a
+        start offset is out of range.
+
+        Args:
+            group_id: the group its offsets belong to (librdkafka requires one even when nothing
+                is committed).
+
+        Returns:
+            a dict of librdkafka properties (its repr hides credentials).
+        """
+        common = {k: v for k, v in self._common().items() if not k.startswith(_GROUP_ONLY)}
+        return ClientConfig(
+            {
+                **common,
+                "group.id": group_id,
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+            }
+        )
+
+    def producer_config(self) -> ClientConfig:
+        """Every producer (dead letters, changelog, samples, replays): librdkafka ``Producer``
+        properties.
+
+        Idempotent with ``acks=all`` (a write counts as acknowledged only when every in-sync
+        replica has it, without duplicates or reordering on retries), ``linger.ms=5`` and
+        ``message.timeout.ms=120000``. These are applied before KAFKA_CONFIG_*, which may
+        override them, as it always could.
+
+        Returns:
+            a dict of librdkafka properties (its repr hides credentials).
+        """
+        return ClientConfig(
+            {
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "message.timeout.ms": 120_000,
+                **self._common(),
+            }
+        )
+
+    def admin_config(self) -> ClientConfig:
+        """Admin clients (topic creation, metadata, ``check``): librdkafka ``AdminClient``
+        properties: the brokers and KAFKA_CONFIG_*, without group membership properties.
+
+        Returns:
+            a dict of librdkafka properties (its repr hides credentials).
+        """
+        return ClientConfig(
+            {k: v for k, v in self._common().items() if not k.startswith(_GROUP_ONLY)}
+        )
+
 
 class SchemaSettings(_Section):
     """How record values are decoded."""
@@ -74,6 +209,21 @@ class SchemaSettings(_Section):
     registry_url: str | None = None
     registry_basic_auth_user_info: SecretStr | None = None
     dir: str = "schemas"
+
+    def registry_config(self) -> ClientConfig | None:
+        """confluent-kafka ``SchemaRegistryClient`` configuration, for every registry client.
+
+        Returns:
+            None without SCHEMA_REGISTRY_URL (registry-free decoding), else ``url`` and, when
+            SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO is set, ``basic.auth.user.info`` (its repr
+            hides it).
+        """
+        if self.registry_url is None:
+            return None
+        config = ClientConfig({"url": self.registry_url})
+        if self.registry_basic_auth_user_info is not None:
+            config["basic.auth.user.info"] = self.registry_basic_auth_user_info.get_secret_value()
+        return config
 
 
 class ButtonSettings(_Section):

@@ -1,9 +1,14 @@
-"""confluent-kafka at the edge: the consumer-group source and an acknowledging producer.
+"""confluent-kafka at the edge: the consumer-group source, an acknowledging producer, and a
+reader of partitions to their end.
 
 The consumer is used from one dedicated thread (librdkafka's poll, rebalance callbacks, offset
 store and commit all run there), so the asyncio loop never blocks on Kafka. The producer's
-delivery reports resolve asyncio futures: a DLQ or changelog write is *acknowledged* only when
-its future completes, and only then may the source offset be stored.
+delivery reports resolve futures: a DLQ or changelog write is *acknowledged* only when its
+future completes, and only then may the source offset be stored.
+
+Every class here takes a finished librdkafka configuration and adds nothing to it: the
+configurations, with the properties the guarantees rest on (offset store off, idempotent
+``acks=all`` producer), are assembled in one place, ``consumer.settings.KafkaSettings``.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ import asyncio
 import concurrent.futures
 import queue
 import threading
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import (
@@ -60,21 +66,23 @@ def _to_record(message: Message) -> Record:
 
 
 class AckingProducer:
-    """An idempotent producer whose ``send`` returns when the broker acknowledged the record.
+    """A producer whose ``send`` returns when the broker acknowledged the record.
 
     Constructing it connects nothing: ``start()`` creates the librdkafka producer and the thread
     that serves its delivery reports; ``close()`` flushes and stops both.
+
+    Args:
+        config: librdkafka producer properties, ``KafkaSettings.producer_config()`` (idempotent,
+            ``acks=all``): used as given.
     """
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        base = {
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-            "message.timeout.ms": 120_000,
-        }
-        self._config = {**base, **config}
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self._config = dict(config)
         self._client: Producer | None = None
+        # Records of send_nowait: not yet reported, and reported as not written.
+        self._acks = threading.Condition()
+        self._outstanding = 0
+        self._failed = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="kafka-producer", daemon=True)
 
@@ -111,13 +119,7 @@ class AckingProducer:
         def report(err: KafkaError | None, msg: Message) -> None:
             loop.call_soon_threadsafe(_settle, future, err, msg)
 
-        kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": report}
-        if headers:
-            kwargs["headers"] = headers
-        if partition is not None:
-            kwargs["partition"] = partition
-        if timestamp_ms is not None:
-            kwargs["timestamp"] = timestamp_ms
+        kwargs = _produce_kwargs(report, key, value, headers, partition, timestamp_ms)
         while True:
             try:
                 self._producer.produce(topic, **kwargs)
@@ -128,6 +130,56 @@ class AckingProducer:
             except KafkaException as exc:
                 raise ProduceError(f"produce to {topic} failed: {exc}") from exc
         return await future
+
+    def send_nowait(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+    ) -> None:
+        """Queue one record from synchronous code (``replay-dlq``, the sample producer).
+
+        Records queued one after another are written in that order; this blocks while the local
+        queue is full. ``settle`` says whether every queued record was acknowledged.
+
+        Raises:
+            ProduceError: the record cannot be queued (unknown partition, too large...).
+        """
+        kwargs = _produce_kwargs(self._acknowledged, key, value, headers, partition, None)
+        while True:
+            try:
+                with self._acks:
+                    self._producer.produce(topic, **kwargs)
+                    self._outstanding += 1
+                return
+            except BufferError:
+                # The local queue is full: the serving thread's polls drain it.
+                time.sleep(0.05)
+            except KafkaException as exc:
+                raise ProduceError(f"produce to {topic} failed: {exc}") from exc
+
+    def _acknowledged(self, err: KafkaError | None, _msg: Message) -> None:
+        with self._acks:
+            self._outstanding -= 1
+            if err is not None:
+                self._failed += 1
+            self._acks.notify_all()
+
+    def settle(self, timeout: float) -> int:
+        """Wait until every record queued by ``send_nowait`` has its delivery report.
+
+        Returns:
+            how many of them were not acknowledged: failed, or still unreported at ``timeout``
+            seconds; 0 when all of them are safely written.
+        """
+        deadline = time.monotonic() + timeout
+        self._producer.flush(timeout)
+        with self._acks:
+            while self._outstanding > 0 and (left := deadline - time.monotonic()) > 0:
+                self._acks.wait(left)
+            return self._outstanding + self._failed
 
     def flush(self, timeout: float) -> int:
         """Wait for outstanding deliveries; return how many are still outstanding."""
@@ -142,6 +194,24 @@ class AckingProducer:
         self._thread.join(timeout=2.0)
         client, self._client = self._client, None
         client.close()
+
+
+def _produce_kwargs(
+    report: Callable[[KafkaError | None, Message], None],
+    key: bytes | None,
+    value: bytes | None,
+    headers: Headers | None,
+    partition: int | None,
+    timestamp_ms: int | None,
+) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": report}
+    if headers:
+        kwargs["headers"] = headers
+    if partition is not None:
+        kwargs["partition"] = partition
+    if timestamp_ms is not None:
+        kwargs["timestamp"] = timestamp_ms
+    return kwargs
 
 
 def _settle(future: asyncio.Future[tuple[int, int]], err: KafkaError | None, msg: Message) -> None:
@@ -215,15 +285,13 @@ class KafkaSource:
     The listener given to ``start`` receives partition numbers on the Kafka thread, inside
     ``poll``: it may block (to drain and commit) but not call this object's async methods.
     ``commit_now`` is safe to call from it.
+
+    ``config`` is ``KafkaSettings.consumer_config()``, used as given: offsets are stored only by
+    ``store`` because it turns librdkafka's automatic offset store off.
     """
 
-    def __init__(self, config: dict[str, Any], topic: str) -> None:
-        self._config = {
-            **config,
-            "enable.auto.offset.store": False,
-            "enable.auto.commit": True,
-            "auto.commit.interval.ms": 1000,
-        }
+    def __init__(self, config: Mapping[str, Any], topic: str) -> None:
+        self._config = dict(config)
         self.topic = topic
         self._executor = _KafkaThread("kafka")
         self._consumer: Consumer | None = None
@@ -378,16 +446,24 @@ def _partitions(parts: list[TopicPartition]) -> list[int]:
 
 
 def ensure_topics(
-    config: dict[str, Any],
+    config: Mapping[str, Any],
     topics: dict[str, dict[str, str]],
     partitions: int | None = None,
     timeout: float = 30.0,
 ) -> None:
     """Create the topics that do not exist yet (the profile changelog is compacted).
 
-    ``partitions`` defaults to the partition count of the first existing topic of ``topics``.
+    Args:
+        config: admin client properties, ``KafkaSettings.admin_config()``.
+        topics: name -> topic configuration of each topic wanted.
+        partitions: partition count of created topics; defaults to the partition count of the
+            first existing topic of ``topics``, else 1.
+
+    Raises:
+        BrokerError: a topic could not be created.
+        KafkaException: the cluster's metadata could not be read.
     """
-    admin = AdminClient({k: v for k, v in config.items() if not k.startswith("group.")})
+    admin = AdminClient(dict(config))
     metadata = admin.list_topics(timeout=timeout)
     existing = metadata.topics
     count = partitions
@@ -410,3 +486,140 @@ def ensure_topics(
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise BrokerError(f"cannot create topic {name}: {exc}") from exc
+
+
+# A topic created a moment ago (first start) may not have a leader yet: wait for it.
+_NO_LEADER_YET = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError._UNKNOWN_TOPIC,
+    }
+)
+
+
+def watermark_offsets(
+    reader: Consumer, partition: TopicPartition, deadline: float
+) -> tuple[int, int]:
+    """(low, high) of a partition, waiting out a just-created topic's missing leader.
+
+    Raises:
+        KafkaException: another error, or still no leader at ``deadline`` (monotonic time).
+    """
+    while True:
+        try:
+            low, high = reader.get_watermark_offsets(partition, timeout=30.0)
+            return low, high
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            code = error.code() if isinstance(error, KafkaError) else None
+            if code not in _NO_LEADER_YET or time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
+
+
+class PartitionReader:
+    """Reads partitions of one topic from chosen offsets to where they end (blocking).
+
+    A consumer that assigns partitions itself: it joins no group and sees no rebalance. For what
+    must be read completely before going on: the profile changelog on assignment, the dead
+    letters present when ``replay-dlq`` starts. No network I/O happens in the constructor.
+
+    Args:
+        config: reader properties, ``KafkaSettings.reader_config(group_id)`` (no automatic
+            commit, partition ends reported).
+        topic: the topic to read.
+    """
+
+    def __init__(self, config: Mapping[str, Any], topic: str) -> None:
+        self.topic = topic
+        self._consumer = Consumer(dict(config))
+        self._closed = False
+
+    def __enter__(self) -> PartitionReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def partitions(self, timeout: float = 30.0) -> list[int]:
+        """The topic's partition numbers, ascending.
+
+        Raises:
+            BrokerError: the topic does not exist (or its metadata has an error).
+        """
+        info = self._consumer.list_topics(self.topic, timeout=timeout).topics.get(self.topic)
+        if info is None or info.error is not None:
+            raise BrokerError(f"topic {self.topic} not found")
+        return sorted(info.partitions)
+
+    def watermarks(self, partitions: Iterable[int], deadline: float) -> dict[int, tuple[int, int]]:
+        """Per partition, (first offset, offset after the last record) now.
+
+        Raises:
+            KafkaException: not readable, or still without a leader at ``deadline`` (monotonic).
+        """
+        return {
+            p: watermark_offsets(self._consumer, TopicPartition(self.topic, p), deadline)
+            for p in partitions
+        }
+
+    def committed(self, partitions: Iterable[int], timeout: float = 30.0) -> dict[int, int | None]:
+        """Per partition, the offset committed by the reader's group (None: nothing committed)."""
+        parts = [TopicPartition(self.topic, p) for p in partitions]
+        return {
+            tp.partition: tp.offset if tp.offset >= 0 else None
+            for tp in self._consumer.committed(parts, timeout=timeout)
+        }
+
+    def read(
+        self, ranges: Mapping[int, tuple[int, int]], deadline: float | None = None
+    ) -> Iterator[Record]:
+        """The records of each partition ``p`` from ``ranges[p][0]`` up to (excluding)
+        ``ranges[p][1]``, in offset order per partition; partitions interleave.
+
+        Raises:
+            BrokerError: a fatal Kafka error, or not done by ``deadline`` (monotonic time).
+        """
+        ends = {p: end for p, (start, end) in ranges.items() if end > start}
+        if not ends:
+            return
+        self._consumer.assign([TopicPartition(self.topic, p, ranges[p][0]) for p in ends])
+        pending = set(ends)
+        while pending:
+            if deadline is not None and time.monotonic() > deadline:
+                raise BrokerError(f"reading {self.topic} partitions {sorted(pending)} timed out")
+            for message in self._consumer.consume(num_messages=500, timeout=0.5):
+                err = message.error()
+                partition = message.partition() or 0
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(partition)
+                    elif err.fatal():
+                        raise BrokerError(f"reading {self.topic}: {err.str()}")
+                    continue
+                offset = message.offset() or 0
+                if offset < ends[partition]:
+                    yield _to_record(message)
+                if offset + 1 >= ends[partition]:
+                    pending.discard(partition)
+
+    def commit(self, offsets: Mapping[int, int]) -> None:
+        """Commit ``offsets`` (partition -> next offset to read) for the reader's group, now.
+
+        Raises:
+            KafkaException: the commit failed.
+        """
+        if offsets:
+            self._consumer.commit(
+                offsets=[TopicPartition(self.topic, p, o) for p, o in offsets.items()],
+                asynchronous=False,
+            )
+
+    def close(self) -> None:
+        """Close the consumer (it commits nothing). Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._consumer.close()

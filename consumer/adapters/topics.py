@@ -9,15 +9,20 @@ explicitly (never through the producer's partitioner, which need not match the i
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
-
-from consumer.adapters.kafka import AckingProducer
+from consumer.adapters.kafka import AckingProducer, PartitionReader, watermark_offsets
 from consumer.domain.deadletter import DeadLetter, dead_letter_headers
-from consumer.errors import BrokerError
 from consumer.ports import Record
+
+__all__ = [
+    "RESTORE_GROUP_ID",
+    "KafkaChangelog",
+    "KafkaDeadLetters",
+    "restore_partitions",
+    "watermark_offsets",  # lives in adapters/kafka.py; still importable from here
+]
 
 
 class KafkaDeadLetters:
@@ -48,8 +53,12 @@ class KafkaChangelog:
         await self._producer.send(self.topic, key, value, partition=partition)
 
 
+# The group id of the changelog reader: librdkafka requires one; the reader never commits.
+RESTORE_GROUP_ID = "button-consumer-restore"
+
+
 def restore_partitions(
-    config: dict[str, Any],
+    config: Mapping[str, Any],
     topic: str,
     partitions: list[int],
     apply: Callable[[int, bytes, bytes | None], None],
@@ -58,86 +67,29 @@ def restore_partitions(
     """Read changelog partitions from the beginning to their end, calling ``apply`` per record.
 
     Blocking: it runs on the Kafka thread inside the assignment callback, so a partition's
-    records are processed only after its profiles are back. Returns the records read.
+    records are processed only after its profiles are back.
+
+    Args:
+        config: reader properties, ``KafkaSettings.reader_config(RESTORE_GROUP_ID)``.
+        topic: the changelog topic.
+        partitions: the partitions to restore.
+        apply: called with (partition, key, value or None for a tombstone) per keyed record.
+        timeout: seconds for finding the partitions' ends, and again for reading them.
+
+    Returns:
+        the number of records applied.
+
+    Raises:
+        BrokerError: reading failed or timed out.
+        KafkaException: a partition's end could not be read.
     """
     if not partitions:
         return 0
-    reader = Consumer(
-        {
-            **{k: v for k, v in config.items() if not k.startswith(("group.", "partition."))},
-            "group.id": "button-consumer-restore",  # required by librdkafka; never committed
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
-    deadline = time.monotonic() + timeout
-    try:
-        ends: dict[int, int] = {}
-        for p in partitions:
-            low, high = watermark_offsets(reader, TopicPartition(topic, p), deadline)
-            if high > low:
-                ends[p] = high
-        if not ends:
-            return 0
-        reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        return _read_to_end(reader, topic, ends, apply, time.monotonic() + timeout)
-    finally:
-        reader.close()
-
-
-# A changelog created a moment ago (first start) may not have a leader yet: wait for it.
-_NO_LEADER_YET = frozenset(
-    {
-        KafkaError.NOT_LEADER_FOR_PARTITION,
-        KafkaError.LEADER_NOT_AVAILABLE,
-        KafkaError.UNKNOWN_TOPIC_OR_PART,
-        KafkaError._UNKNOWN_PARTITION,
-        KafkaError._UNKNOWN_TOPIC,
-    }
-)
-
-
-def watermark_offsets(
-    reader: Consumer, partition: TopicPartition, deadline: float
-) -> tuple[int, int]:
-    """(low, high) of a partition, waiting out a just-created topic's missing leader."""
-    while True:
-        try:
-            low, high = reader.get_watermark_offsets(partition, timeout=30.0)
-            return low, high
-        except KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            code = error.code() if isinstance(error, KafkaError) else None
-            if code not in _NO_LEADER_YET or time.monotonic() > deadline:
-                raise
-        time.sleep(0.1)
-
-
-def _read_to_end(
-    reader: Consumer,
-    topic: str,
-    ends: dict[int, int],
-    apply: Callable[[int, bytes, bytes | None], None],
-    deadline: float,
-) -> int:
-    pending = set(ends)
-    read = 0
-    while pending:
-        if time.monotonic() > deadline:
-            raise BrokerError(f"restoring {topic} partitions {sorted(pending)} timed out")
-        for message in reader.consume(num_messages=1000, timeout=0.5):
-            err = message.error()
-            p = message.partition() or 0
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(p)
-                elif err.fatal():
-                    raise BrokerError(f"restoring {topic}: {err.str()}")
-                continue
-            key = message.key()
-            if key is not None:
-                apply(p, key, message.value())
+    with PartitionReader(config, topic) as reader:
+        marks = reader.watermarks(partitions, time.monotonic() + timeout)
+        read = 0
+        for record in reader.read(marks, time.monotonic() + timeout):
+            if record.key is not None:
+                apply(record.partition, record.key, record.value)
                 read += 1
-            if (message.offset() or 0) + 1 >= ends[p]:
-                pending.discard(p)
-    return read
+        return read

@@ -1,0 +1,84 @@
+"""The Kafka adapter's synchronous pieces against a real broker: ``AckingProducer.send_nowait``
+with ``settle``, and ``PartitionReader`` (what the profile restore and ``replay-dlq`` use)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from consumer.adapters.kafka import AckingProducer, PartitionReader
+from consumer.errors import BrokerError
+from consumer.settings import Settings
+
+pytestmark = pytest.mark.broker
+
+
+def settings_for(bootstrap: str) -> Settings:
+    return Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": bootstrap}, require_api_key=False)
+
+
+def produce(settings: Settings, topic: str, records: list[tuple[int, bytes]]) -> int:
+    """Write (partition, value) records in order; how many were not acknowledged."""
+    producer = AckingProducer(settings.kafka.producer_config())
+    producer.start()
+    try:
+        for partition, value in records:
+            producer.send_nowait(topic, b"k", value, [("h", b"1")], partition=partition)
+        return producer.settle(30.0)
+    finally:
+        producer.close()
+
+
+def test_send_nowait_writes_in_order_and_the_reader_reads_to_the_end(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """Every queued record is acknowledged; the reader returns each partition's records in
+    offset order, with key and headers, and stops at the end it saw."""
+    settings = settings_for(kafka_bootstrap)
+    topic = make_topic(partitions=2)
+    written = [(i % 2, f"v{i}".encode()) for i in range(10)]
+
+    assert produce(settings, topic, written) == 0
+    with PartitionReader(settings.kafka.reader_config(unique_name("reader")), topic) as reader:
+        marks = reader.watermarks(reader.partitions(), time.monotonic() + 30)
+        records = list(reader.read(marks, time.monotonic() + 30))
+
+    expected = {p: [v for q, v in written if q == p] for p in (0, 1)}
+    actual = {p: [r.value for r in records if r.partition == p] for p in (0, 1)}
+    assert expected == actual
+    assert {(r.key, tuple(r.headers)) for r in records} == {(b"k", (("h", b"1"),))}
+
+
+def test_the_reader_starts_where_its_group_committed(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """A commit by the reader's group is what ``committed`` returns next time (None before)."""
+    settings = settings_for(kafka_bootstrap)
+    topic = make_topic(partitions=1)
+    group = unique_name("reader")
+    assert produce(settings, topic, [(0, b"a"), (0, b"b"), (0, b"c")]) == 0
+
+    with PartitionReader(settings.kafka.reader_config(group), topic) as reader:
+        before = reader.committed([0])
+        reader.commit({0: 2})
+    with PartitionReader(settings.kafka.reader_config(group), topic) as reader:
+        after = reader.committed([0])
+        rest = [r.value for r in reader.read({0: (2, 3)}, time.monotonic() + 30)]
+
+    assert (before, after, rest) == ({0: None}, {0: 2}, [b"c"])
+
+
+def test_a_missing_topic_is_a_broker_error_naming_it(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
+    """``partitions`` of a topic that does not exist raises instead of reading nothing."""
+    settings = settings_for(kafka_bootstrap)
+    topic = unique_name("missing")
+
+    with (
+        PartitionReader(settings.kafka.reader_config(unique_name("reader")), topic) as reader,
+        pytest.raises(BrokerError, match=topic),
+    ):
+        reader.partitions()
