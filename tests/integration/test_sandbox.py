@@ -580,6 +580,100 @@ def get_quietly(url: str) -> None:
         httpx.get(url, timeout=30)
 
 
+# --- hold ---------------------------------------------------------------------------------------
+
+
+def _post_in_thread(
+    sandbox: SandboxHandle, body: dict[str, Any], timeout: float = 60
+) -> tuple[threading.Thread, list[object]]:
+    """POST /v1/order from a thread; the list gets the status code or the exception."""
+    result: list[object] = []
+
+    def post() -> None:
+        headers = sandbox.auth_header
+        try:
+            with httpx.Client(base_url=sandbox.base_url, headers=headers, timeout=timeout) as c:
+                result.append(c.post("/v1/order", json=body).status_code)
+        except httpx.HTTPError as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=post, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def test_a_held_order_gets_no_answer_until_released(
+    sandbox: SandboxHandle, client: httpx.Client
+) -> None:
+    """A hold parks the requests naming its orders (others pass); released, they are served."""
+    state = sandbox.set_hold(order_ids=["HELD"])
+    assert state["hold"] == {"all": False, "order_ids": ["HELD"]}
+    assert (state["parked"], state["parked_by_order"]) == (0, {})
+    thread, result = _post_in_thread(sandbox, order("HELD"))
+    assert sandbox.wait_parked("HELD", timeout=10) == 1
+    assert client.post("/v1/order", json=order("FREE")).status_code == 200
+    assert sandbox.order("HELD") is None, "a parked create is not applied"
+    assert result == [], "a parked request gets no answer"
+    assert sandbox.stats()["in_flight"] == 1
+
+    assert sandbox.release()["hold"] == {"all": False, "order_ids": []}
+    thread.join(30)
+    assert result == [200]
+    held = sandbox.order("HELD")
+    assert held is not None
+    assert [(e["status"], e["fault"]) for e in held["history"]] == [(200, None)]
+    assert sandbox.hold_state()["parked"] == 0
+
+
+def test_a_held_request_whose_client_left_is_never_applied(sandbox: SandboxHandle) -> None:
+    """The client gives up (its timeout) while parked: recorded as hold_abandoned, not applied,
+    also not once the hold ends."""
+    with sandbox.holding(hold_all=True):
+        thread, result = _post_in_thread(sandbox, order("GONE"), timeout=0.2)
+        thread.join(30)
+        assert len(result) == 1
+        assert isinstance(result[0], httpx.ReadTimeout), result
+        sandbox.wait_for(
+            lambda: [e["fault"] for e in sandbox.requests_for("GONE")] == ["hold_abandoned"],
+            timeout=10,
+            message="the abandoned request was not recorded",
+        )
+        assert sandbox.hold_state()["parked"] == 0
+    assert sandbox.order("GONE") is None
+    assert sandbox.stats()["by_status"] == {"hold_abandoned": 1}
+
+
+def test_reset_and_shutdown_drop_parked_requests() -> None:
+    """Reset ends the hold and drops what it parked (nothing applied or recorded); so does
+    leaving run_sandbox."""
+    with run_sandbox(api_keys=("sk-test",)) as sandbox:
+        sandbox.set_hold(hold_all=True)
+        first, first_result = _post_in_thread(sandbox, order("A"))
+        sandbox.wait_parked(timeout=10)
+        sandbox.reset()
+        first.join(30)
+        assert len(first_result) == 1
+        assert isinstance(first_result[0], httpx.TransportError), first_result
+        assert (sandbox.orders(), sandbox.stats()["requests"]) == ([], 0)
+        assert sandbox.hold_state()["hold"] == {"all": False, "order_ids": []}
+
+        sandbox.set_hold(order_ids=["B"])
+        second, second_result = _post_in_thread(sandbox, order("B"))
+        sandbox.wait_parked("B", timeout=10)
+    second.join(30)
+    assert len(second_result) == 1
+    assert isinstance(second_result[0], httpx.TransportError), second_result
+
+
+def test_a_bad_hold_is_refused_naming_the_key(sandbox: SandboxHandle) -> None:
+    """POST /__sandbox/hold validates like the faults document: 400 naming the key."""
+    for body, key in (({"order_ids": "X"}, "order_ids"), ({"every": True}, "every")):
+        response = httpx.post(sandbox.url("/__sandbox/hold"), json=body)
+        assert response.status_code == 400
+        assert key in response.json()["error"]
+    assert sandbox.hold_state()["hold"] == {"all": False, "order_ids": []}
+
+
 def test_reset_forgets_everything_and_restores_start_up_settings(
     sandbox: SandboxHandle, client: httpx.Client
 ) -> None:
