@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -397,39 +399,61 @@ def test_a_lost_response_applies_then_drops(sandbox: SandboxHandle, client: http
     assert [e["status"] for e in sandbox.requests_for("ORD-1")] == [200, 409]
 
 
-def test_a_hang_outlasts_the_client_timeout(sandbox: SandboxHandle) -> None:
-    """hang: no answer within the client's timeout; nothing is applied."""
-    sandbox.set_faults({"hang": {"rate": 1.0, "seconds": 0.5}})
-    with (
-        httpx.Client(base_url=sandbox.base_url, headers=sandbox.auth_header, timeout=0.1) as c,
-        pytest.raises(httpx.ReadTimeout),
-    ):
-        c.post("/v1/order", json=order())
-    sandbox.wait_for(lambda: sandbox.stats()["faults"].get("hang") == 1, timeout=5)
-    assert sandbox.orders() == []
+def test_a_hang_outlasts_the_client_timeout() -> None:
+    """hang: no answer within the client's timeout; nothing is applied.
+
+    The hang (an hour) outlasts the client's timeout by construction; its own sandbox drops it
+    when the test ends, so it cannot land in another test's counters."""
+    with run_sandbox(faults={"hang": {"rate": 1.0, "seconds": 3600}}) as sandbox:
+        with (
+            httpx.Client(base_url=sandbox.base_url, headers=sandbox.auth_header, timeout=0.1) as c,
+            pytest.raises(httpx.ReadTimeout),
+        ):
+            c.post("/v1/order", json=order())
+        sandbox.wait_for(
+            lambda: sandbox.stats()["in_flight"] == 1,
+            timeout=30,
+            message="the request is not hanging in the sandbox",
+        )
+        assert sandbox.orders() == []
 
 
 def test_shutdown_does_not_wait_for_hanging_requests() -> None:
-    """Leaving run_sandbox while a request hangs for a minute is quick and leaks no thread."""
+    """Leaving run_sandbox while a request hangs for an hour ends it and leaks no thread.
+
+    run_sandbox fails when its server thread does not stop within its own deadline (10 s), and
+    the caller is joined with a deadline: both far below the hang, so neither can pass by
+    waiting for it."""
     threads_before = set(threading.enumerate())
-    started = time.monotonic()
-    with run_sandbox(faults={"hang": {"rate": 1.0, "seconds": 60}}) as sandbox:
+    with run_sandbox(faults={"hang": {"rate": 1.0, "seconds": 3600}}) as sandbox:
         caller = threading.Thread(target=get_quietly, args=(sandbox.url("/v1/order/X"),))
         caller.start()
-        sandbox.wait_for(lambda: sandbox.stats()["in_flight"] == 1, timeout=5)
-    caller.join(10)
-    assert time.monotonic() - started < 10
-    assert not caller.is_alive()
+        sandbox.wait_for(
+            lambda: sandbox.stats()["in_flight"] == 1,
+            timeout=30,
+            message="the request did not reach the sandbox",
+        )
+    caller.join(60)
+    assert not caller.is_alive(), "the hanging request outlived the sandbox"
     assert set(threading.enumerate()) <= threads_before
 
 
 def test_an_outage_fails_everything_until_it_ends(
     sandbox: SandboxHandle, client: httpx.Client
 ) -> None:
-    """outage: 503 for the next N seconds, then normal service."""
-    sandbox.set_faults({"outage": {"seconds": 1.5}})
+    """outage: 503 for the next N seconds, then normal service.
+
+    Two outages: an hour long, so that the 503 is certain, and a short one, seen to end by
+    itself (the wait has a deadline, not a fixed sleep)."""
+    sandbox.set_faults({"outage": {"seconds": 3600}})
     assert client.post("/v1/order", json=order()).status_code == 503
-    sandbox.wait_for(lambda: client.post("/v1/order", json=order()).status_code == 200, timeout=10)
+    assert sandbox.order("ORD-1") is None
+    sandbox.set_faults({"outage": {"seconds": 0.5}})
+    sandbox.wait_for(
+        lambda: client.post("/v1/order", json=order()).status_code == 200,
+        timeout=30,
+        message="the outage did not end",
+    )
     assert sandbox.stats()["faults"]["outage_503"] >= 1
 
 
@@ -560,24 +584,28 @@ def test_stats_count_by_route_and_status(sandbox: SandboxHandle, client: httpx.C
 
 def test_stats_show_how_many_requests_were_in_flight_at_once() -> None:
     """in_flight and max_in_flight let a test check a client's concurrency bound."""
-    with run_sandbox(faults={"hang": {"rate": 1.0, "seconds": 60}}) as sandbox:
+    with run_sandbox(faults={"hang": {"rate": 1.0, "seconds": 3600}}) as sandbox:
         callers = [
             threading.Thread(target=get_quietly, args=(sandbox.url(f"/v1/order/{n}"),))
             for n in range(4)
         ]
         for caller in callers:
             caller.start()
-        sandbox.wait_for(lambda: sandbox.stats()["in_flight"] == 4, timeout=10)
+        sandbox.wait_for(
+            lambda: sandbox.stats()["in_flight"] == 4,
+            timeout=30,
+            message="the four requests were not all in flight",
+        )
         assert sandbox.stats()["max_in_flight"] == 4
     for caller in callers:  # leaving the block dropped the hanging requests
-        caller.join(10)
+        caller.join(60)
     assert not any(caller.is_alive() for caller in callers)
 
 
 def get_quietly(url: str) -> None:
     """GET, ignoring transport errors (for requests the sandbox is told to drop)."""
     with contextlib.suppress(httpx.HTTPError):
-        httpx.get(url, timeout=30)
+        httpx.get(url, timeout=120)
 
 
 # --- hold ---------------------------------------------------------------------------------------
@@ -626,13 +654,18 @@ def test_a_held_order_gets_no_answer_until_released(
 
 
 def test_a_held_request_whose_client_left_is_never_applied(sandbox: SandboxHandle) -> None:
-    """The client gives up (its timeout) while parked: recorded as hold_abandoned, not applied,
-    also not once the hold ends."""
+    """The client gives up while parked: recorded as hold_abandoned, not applied, also not
+    once the hold ends."""
+    host, port = httpx.URL(sandbox.base_url).host, httpx.URL(sandbox.base_url).port
+    body = json.dumps(order("GONE")).encode()
+    head = (
+        f"POST /v1/order HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Authorization: {basic_auth(sandbox.api_key)}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
     with sandbox.holding(hold_all=True):
-        thread, result = _post_in_thread(sandbox, order("GONE"), timeout=0.2)
-        thread.join(30)
-        assert len(result) == 1
-        assert isinstance(result[0], httpx.ReadTimeout), result
+        with socket.create_connection((host, port or 80), timeout=30) as raw:
+            raw.sendall(head.encode() + body)
+            sandbox.wait_parked("GONE", timeout=30)
         sandbox.wait_for(
             lambda: [e["fault"] for e in sandbox.requests_for("GONE")] == ["hold_abandoned"],
             timeout=10,
@@ -690,10 +723,10 @@ def test_healthz_and_the_fault_view(sandbox: SandboxHandle) -> None:
     """healthz answers without auth; GET /__sandbox/faults shows the config and its state."""
     health = httpx.get(sandbox.url("/__sandbox/healthz"))
     assert (health.status_code, health.json()["status"]) == (200, "ok")
-    sandbox.set_faults({"outage": {"seconds": 30}})
+    sandbox.set_faults({"outage": {"seconds": 3600}})
     view = httpx.get(sandbox.url("/__sandbox/faults")).json()
-    assert view["faults"]["outage"] == {"seconds": 30, "status": 503}
-    assert 0 < view["state"]["outage_remaining_s"] <= 30
+    assert view["faults"]["outage"] == {"seconds": 3600, "status": 503}
+    assert 0 < view["state"]["outage_remaining_s"] <= 3600
 
 
 def test_wait_for_raises_on_its_deadline(sandbox: SandboxHandle) -> None:
