@@ -186,7 +186,7 @@ def test_kill_9_mid_run_then_restart_loses_nothing(
     second = ServiceProcess(env, tmp_path / "second.log").start()
     service_processes.append(second)
     try:
-        wait_for_committed(kafka_bootstrap, env["KAFKA_GROUP_ID"], topic, partitions, timeout=150)
+        wait_for_committed(kafka_bootstrap, env["KAFKA_GROUP_ID"], topic, partitions, timeout=300)
     except TimeoutError:
         raise AssertionError(second.log_tail()) from None
     done_after = time.monotonic() - started
@@ -380,7 +380,7 @@ def test_rebalance_1_3_1_keeps_order_and_profiles(
         assert sandbox.order(held_2) is None, "the held order reached Button"
     wait_until(lambda: a.metric(ASSIGNED) == partitions, 60, message="A did not get all back")
     produce_events(settings, buys_2, partitions=partitions)
-    wait_for_committed(kafka_bootstrap, group, topic, partitions, timeout=150)
+    wait_for_committed(kafka_bootstrap, group, topic, partitions, timeout=300)
     wait_until(lambda: a.metric(IN_FLIGHT) == 0, 30, message="records still in flight")
 
     back = {o: p for o, p in _delivered_by(a).items() if o in orders_2}
@@ -454,7 +454,7 @@ def test_broker_restart_mid_run_recovers_without_loss(
         assert sandbox.order(last_order) is None, "the held order reached Button"
     assert at_restart < len(expected), "the restart came mid-run"
 
-    wait_for_committed(bootstrap, env["KAFKA_GROUP_ID"], topic, partitions, timeout=120)
+    wait_for_committed(bootstrap, env["KAFKA_GROUP_ID"], topic, partitions, timeout=240)
     assert end_offsets(bootstrap, topic, partitions) == ends, "the broker kept the records"
     wait_until(lambda: runner.metric(IN_FLIGHT) == 0, 30, message="records still in flight")
     runner.stop()  # raises if the service failed meanwhile
