@@ -39,8 +39,13 @@ Admin routes (no authentication; JSON in and out; errors are ``{"error": "<messa
     GET  /__sandbox/api-keys                 {"count": 1}
     POST /__sandbox/api-keys                 {"api_keys": ["sk-new"]}: the accepted keys from now
                                              on ([] rejects every request); answers {"count": 1}
+    GET  /__sandbox/hold                     HOLD
+    POST /__sandbox/hold                     body {"order_ids": [...]} | {"all": true} | {} (see
+                                             ``hold``): replaces the hold, wakes parked requests
+                                             it no longer covers; answers HOLD; 400 names the key
     POST /__sandbox/reset                    forget orders, history and counters; restore the
-                                             start-up keys and faults: {"status": "reset"}
+                                             start-up keys and faults; end the hold and drop the
+                                             parked requests: {"status": "reset"}
 
     ORDER   = {"order_id", "button_order_id", "status": "open|finalized|deleted", "version",
                "created_at", "updated_at", "object": <Button's object for GET /v1/order/{id}>,
@@ -52,10 +57,13 @@ Admin routes (no authentication; JSON in and out; errors are ``{"error": "<messa
                "by_status": {"200": 10, "409": 2}, "faults": {"503": 1},
                "orders": {"open": 9, "finalized": 0, "deleted": 1}, "since": ISO-8601,
                "in_flight": 0, "max_in_flight": 20}
+    HOLD    = {"hold": {"all": false, "order_ids": ["ORD-1"]}, "parked": 1,
+               "parked_by_order": {"ORD-1": 1}}
 
 ``requests`` counts answered (or dropped) Button requests; ``in_flight`` those being served now
-(delayed or hanging ones included) and ``max_in_flight`` the most at once since start or reset,
-which lets a test check a client's concurrency bound.
+(delayed, hanging and parked ones included) and ``max_in_flight`` the most at once since start or
+reset, which lets a test check a client's concurrency bound. In HOLD, ``parked`` counts the
+requests the hold parks now, ``parked_by_order`` those that name an order, by the name they used.
 
 Routes in STATS: ``POST /v1/order``, ``POST /v1/order/{order_id}``, ``DELETE
 /v1/order/{order_id}``, ``GET /v1/order/{order_id}``, ``GET /v1/order/btn-ref/{btn_ref}``,
@@ -75,6 +83,7 @@ import re
 import socket
 import struct
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -82,6 +91,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from consumer.sandbox.faults import Decision, FaultConfig, FaultConfigError, FaultInjector
+from consumer.sandbox.hold import Hold, HoldConfigError
 from consumer.sandbox.state import DEFAULT_FINALIZATION_WINDOW_S, OrderBook, Reply, error_envelope
 
 __all__ = ["Sandbox", "SandboxOptions", "SandboxServer"]
@@ -96,6 +106,7 @@ MAX_BODY_BYTES: Final = 1024 * 1024
 _API_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 _BUTTON_PATH = re.compile(r"/v1/order(?:/[^/]+|/btn-ref/[^/]+)?")
 _BAD_GATEWAY: Final = b"<html><body><h1>502 Bad Gateway</h1></body></html>\n"
+_CLIENT_CHECK_S: Final = 0.05  # how often a parked request looks whether its client left
 _AUTH_HELP: Final = "use HTTP Basic with the API key as user name and an empty password"
 
 
@@ -141,6 +152,10 @@ class Sandbox:
         self._closing: asyncio.Event | None = None
         self.in_flight = 0  # Button requests being served now
         self.max_in_flight = 0  # the most served at once since start or reset
+        self.hold = Hold()
+        self._hold_changed = asyncio.Event()  # set (and replaced) whenever the hold changes
+        self._hold_epoch = 0  # bumped by reset: requests parked before it are dropped
+        self._parked: Counter[str | None] = Counter()
 
     # --- control ------------------------------------------------------------------------------
 
@@ -151,8 +166,17 @@ class Sandbox:
             "Basic " + base64.b64encode(f"{key}:".encode()).decode() for key in self._keys
         )
 
+    def set_hold(self, hold: Hold) -> None:
+        """Park the requests ``hold`` covers from now on; wake the parked ones to re-check."""
+        self.hold = hold
+        changed, self._hold_changed = self._hold_changed, asyncio.Event()
+        changed.set()
+
     def reset(self) -> None:
-        """Forget all orders and counters; restore the start-up keys and faults."""
+        """Forget all orders and counters; restore the start-up keys and faults; drop parked
+        requests and end the hold."""
+        self._hold_epoch += 1
+        self.set_hold(Hold())
         self.book.clear()
         self.max_in_flight = self.in_flight
         self.set_api_keys(self.options.api_keys)
@@ -178,6 +202,8 @@ class Sandbox:
         add("POST", "/__sandbox/faults", self._admin_set_faults)
         add("GET", "/__sandbox/api-keys", self._admin_keys)
         add("POST", "/__sandbox/api-keys", self._admin_set_keys)
+        add("GET", "/__sandbox/hold", self._admin_hold)
+        add("POST", "/__sandbox/hold", self._admin_set_hold)
         add("POST", "/__sandbox/reset", self._admin_reset)
         add("*", "/{tail:.*}", self._unknown)
         return app
@@ -271,6 +297,13 @@ class Sandbox:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
+            if self.hold.covers(order_key):
+                parked = await self._park(request, order_key)
+                if parked == "dropped":  # a reset or shutdown: nothing applied, nothing recorded
+                    return _drop_connection(request)
+                if parked == "gone" or _client_gone(request):
+                    self._record(request, route, order_key, None, "hold_abandoned")
+                    return _drop_connection(request)
             decision = self.faults.decide(operation, order_key)
             if decision.delay_s:
                 await self._pause(decision.delay_s)
@@ -337,6 +370,36 @@ class Sandbox:
         self.book.record(
             route, order_key, method=request.method, path=request.path, status=status, fault=fault
         )
+
+    async def _park(self, request: web.Request, order_key: str | None) -> str:
+        """Wait while the hold covers ``order_key``. Returns ``"released"``; ``"gone"`` as soon
+        as the client closes the connection; ``"dropped"`` on a reset or server shutdown."""
+        epoch = self._hold_epoch
+        self._parked[order_key] += 1
+        try:
+            while self.hold.covers(order_key):
+                if _client_gone(request):
+                    return "gone"
+                closing = self._closing
+                waiters = [asyncio.ensure_future(self._hold_changed.wait())]
+                if closing is not None:
+                    waiters.append(asyncio.ensure_future(closing.wait()))
+                try:
+                    # Woken by a hold change or shutdown; every _CLIENT_CHECK_S to look at the
+                    # connection (aiohttp does not cancel a handler whose client left).
+                    await asyncio.wait(
+                        waiters, timeout=_CLIENT_CHECK_S, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    for waiter in waiters:
+                        waiter.cancel()
+                if (closing is not None and closing.is_set()) or self._hold_epoch != epoch:
+                    return "dropped"
+            return "released"
+        finally:
+            self._parked[order_key] -= 1
+            if self._parked[order_key] <= 0:
+                del self._parked[order_key]
 
     async def _pause(self, seconds: float) -> None:
         closing = self._closing
@@ -406,6 +469,24 @@ class Sandbox:
             return _json(400, {"error": "api_keys: must be an array of non-empty strings"})
         self.set_api_keys(keys)
         return _json(200, {"count": len(self._keys)})
+
+    def hold_json(self) -> dict[str, Any]:
+        """The hold and the requests it parks now (``GET /__sandbox/hold``)."""
+        return {
+            "hold": self.hold.to_json(),
+            "parked": sum(self._parked.values()),
+            "parked_by_order": dict(sorted((k, n) for k, n in self._parked.items() if k)),
+        }
+
+    async def _admin_hold(self, _request: web.Request) -> web.StreamResponse:
+        return _json(200, self.hold_json())
+
+    async def _admin_set_hold(self, request: web.Request) -> web.StreamResponse:
+        try:
+            self.set_hold(Hold.from_json(await _admin_body(request)))
+        except (_BodyError, HoldConfigError) as exc:
+            return _json(400, {"error": str(exc)})
+        return _json(200, self.hold_json())
 
     async def _admin_reset(self, _request: web.Request) -> web.StreamResponse:
         self.reset()
@@ -534,6 +615,12 @@ def _fault_response(decision: Decision) -> web.Response:
         504: "Gateway timeout",
     }.get(decision.status, "Injected error")
     return _json(decision.status, error_envelope(f"{message} (sandbox fault)"), headers)
+
+
+def _client_gone(request: web.Request) -> bool:
+    """Whether the client closed the connection (it will never read an answer)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _drop_connection(request: web.Request) -> web.StreamResponse:

@@ -11,6 +11,8 @@ Synchronous tests (no event loop of their own) use it like this::
         assert sandbox.order("ORD-1")["status"] == "open"
         sandbox.set_faults({"outage": {"seconds": 5}})
         sandbox.set_api_keys([])            # every request now answers 401
+        with sandbox.holding(order_ids=["ORD-2"]):   # requests for ORD-2 get no answer
+            ...                                      # until the block ends
         sandbox.reset()                     # back to how it started
 
 The server runs on its own event loop in a daemon thread (or, with ``mode="process"``, in a child
@@ -111,6 +113,50 @@ class SandboxHandle:
     def clear_faults(self) -> None:
         """No faults from now on."""
         self.set_faults({})
+
+    def set_hold(self, *, order_ids: Sequence[str] = (), hold_all: bool = False) -> dict[str, Any]:
+        """Park the Button requests naming one of ``order_ids`` (every request with
+        ``hold_all``) until the hold changes; replaces the hold (JSON of
+        ``consumer.sandbox.hold``). Answers the hold view (``hold_state``)."""
+        return self._admin("POST", "/__sandbox/hold", {"all": hold_all, "order_ids": [*order_ids]})
+
+    def release(self) -> dict[str, Any]:
+        """End the hold: every parked request goes on as if it had just arrived."""
+        return self._admin("POST", "/__sandbox/hold", {})
+
+    def hold_state(self) -> dict[str, Any]:
+        """``{"hold": {...}, "parked": n, "parked_by_order": {order_id: n}}``."""
+        return self._admin("GET", "/__sandbox/hold")
+
+    @contextmanager
+    def holding(
+        self, *, order_ids: Sequence[str] = (), hold_all: bool = False
+    ) -> Iterator[SandboxHandle]:
+        """``set_hold`` for the duration of the ``with`` block; released however it ends."""
+        self.set_hold(order_ids=order_ids, hold_all=hold_all)
+        try:
+            yield self
+        finally:
+            self.release()
+
+    def wait_parked(self, order_id: str | None = None, timeout: float = 60.0) -> int:
+        """Wait until a request naming ``order_id`` (any request, when None) is parked; return
+        how many are.
+
+        Raises:
+            TimeoutError: when none is parked within ``timeout`` seconds.
+        """
+
+        def parked() -> int:
+            state = self.hold_state()
+            return int(
+                state["parked"] if order_id is None else state["parked_by_order"].get(order_id, 0)
+            )
+
+        what = "any request" if order_id is None else f"a request for {order_id}"
+        return self.wait_for(
+            parked, timeout, interval=0.05, message=f"{what} was not parked within {timeout} s"
+        )
 
     def set_api_keys(self, keys: Sequence[str]) -> None:
         """Accept exactly ``keys`` from now on (``[]``: every Button request answers 401)."""

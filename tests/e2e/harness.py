@@ -89,8 +89,12 @@ def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
         reader.close()
 
 
-def read_all(bootstrap: str, topic: str) -> list[Any]:
-    """Every record of ``topic`` now (an empty list when it has none)."""
+def read_all(bootstrap: str, topic: str, timeout: float = 60.0) -> list[Any]:
+    """Every record of ``topic`` now (an empty list when it has none).
+
+    Raises:
+        TimeoutError: when the records up to the end offsets are not all read in ``timeout``.
+    """
     reader = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -102,12 +106,16 @@ def read_all(bootstrap: str, topic: str) -> list[Any]:
     try:
         metadata = reader.list_topics(topic, timeout=30).topics[topic]
         parts = [TopicPartition(topic, p, 0) for p in metadata.partitions]
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + timeout
         ends = {tp.partition: watermark_offsets(reader, tp, deadline)[1] for tp in parts}
         pending = {p for p, end in ends.items() if end > 0}
         reader.assign(parts)
         records = []
         while pending:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"{topic}: partitions {sorted(pending)} not read to {ends} in {timeout} s"
+                )
             for message in reader.consume(100, timeout=1.0):
                 err = message.error()
                 if err is not None:
@@ -237,7 +245,31 @@ def wait_for_committed(
     try:
         wait_until(reached, timeout, interval=0.5)
     except TimeoutError:
-        raise TimeoutError(f"committed offsets of {group} are {seen[0]}, not {ends}") from None
+        raise TimeoutError(
+            f"committed offsets of {group} are {seen[0]}, not {ends}, after {timeout} s"
+        ) from None
+    return ends
+
+
+IN_FLIGHT = "button_consumer_in_flight_records"
+
+
+def stop_when_done(
+    runner: ServiceRunner,
+    bootstrap: str,
+    group: str,
+    topic: str,
+    partitions: int,
+    timeout: float = 60.0,
+) -> dict[int, int]:
+    """Wait until the group has committed every record of ``topic`` (each one finished: its
+    requests answered or dead-lettered), then stop ``runner`` cleanly; return the end offsets.
+
+    "No record in flight" alone is not "done": a record not fetched yet is not in flight.
+    """
+    ends = wait_for_committed(bootstrap, group, topic, partitions, timeout)
+    wait_until(lambda: runner.metric(IN_FLIGHT) == 0, 30, message="records still in flight")
+    runner.stop()
     return ends
 
 
@@ -310,7 +342,10 @@ class ServiceProcess:
         if self._proc is not None:
             if self._proc.poll() is None:
                 self._proc.kill()
-            self._proc.wait()
+            try:
+                self._proc.wait(30)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"pid {self._proc.pid} outlived SIGKILL by 30 s") from None
 
     def terminate(self, timeout: float = 60.0) -> int:
         """SIGTERM and wait for the exit code (SIGKILL and fail after ``timeout``)."""

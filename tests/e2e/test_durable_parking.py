@@ -29,13 +29,12 @@ from tests.e2e.harness import (
     headers_of,
     read_all,
     replay_whole_dlq,
-    wait_for_committed,
+    stop_when_done,
     wait_until,
 )
 
 pytestmark = pytest.mark.broker
 
-IN_FLIGHT = "button_consumer_in_flight_records"
 USER, X = "durable-parking-user", "ORD-DURABLE-PARK-X"
 
 
@@ -73,9 +72,10 @@ def _stored_profile(bootstrap: str, changelog_topic: str) -> Profile | None:
     return decode_profile(values[-1]) if values and values[-1] is not None else None
 
 
-def _drain_and_stop(runner) -> None:
-    wait_until(lambda: runner.metric(IN_FLIGHT) == 0, 30, message="records still in flight")
-    runner.stop()
+def _finish_and_stop(runner, settings) -> None:
+    """Wait until the group committed every record (each finished), then stop cleanly."""
+    kafka = settings.kafka
+    stop_when_done(runner, kafka.bootstrap_servers, kafka.group_id, kafka.topic, 2)
 
 
 def test_a_parked_order_stays_parked_across_a_restart_and_is_replayed_in_order(
@@ -96,8 +96,7 @@ def test_a_parked_order_stays_parked_across_a_restart_and_is_replayed_in_order(
         timeout=30,
         message="the refused create of X was not dead-lettered",
     )
-    _drain_and_stop(first)
-    wait_for_committed(kafka_bootstrap, settings.kafka.group_id, topic, 2)
+    _finish_and_stop(first, settings)
     stored = _stored_profile(kafka_bootstrap, changelog)
     assert stored is not None
     parked = stored.parked_order(X)
@@ -128,7 +127,7 @@ def test_a_parked_order_stays_parked_across_a_restart_and_is_replayed_in_order(
         timeout=30,
         message="order X did not end deleted after the replay",
     )
-    _drain_and_stop(second)
+    _finish_and_stop(second, settings)
     order_x = sandbox.order(X)
     assert order_x is not None
     assert [(r["method"], r["status"]) for r in order_x["history"]] == [
@@ -139,4 +138,3 @@ def test_a_parked_order_stays_parked_across_a_restart_and_is_replayed_in_order(
     assert len(read_all(kafka_bootstrap, dlq)) == 2, "the replay dead-lettered again"
     released = _stored_profile(kafka_bootstrap, changelog)
     assert released is None or released.parked_order(X) is None, "X is still parked"
-    wait_for_committed(kafka_bootstrap, settings.kafka.group_id, topic, 2)

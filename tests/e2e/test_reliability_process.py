@@ -6,6 +6,11 @@ Button ends up holding: every order of the oracle (the pure mapping over the sam
 ``expected_orders``) in its final state, reached by its requests in order, none lost. Replays
 are allowed (at-least-once): a re-sent create answers 409 and a re-sent cancel 404, so neither is
 applied twice; a re-sent full-state update may be (``assert_sandbox_converged``).
+
+"Mid-run" is made, never hoped for: where a test needs work outstanding at some moment (a kill,
+a rebalance, a broker restart), the sandbox holds Button's answers for one order
+(``SandboxHandle.holding``), so that order's record cannot finish and its partition's committed
+offset stays below the end until the test releases it, however fast the machine is.
 """
 
 from __future__ import annotations
@@ -103,6 +108,18 @@ def _recent_events(users: int, seed: int) -> list[CommerceEvent]:
     return list(generate_events(users, seed=seed, start=start))
 
 
+# Button timeouts longer than any hold in these tests (each hold ends within the deadlines of the
+# waits inside it), so a held request is not retried into the dead-letter topic meanwhile.
+LONG_BUTTON_TIMEOUTS = {"BUTTON_READ_TIMEOUT": "900", "BUTTON_TOTAL_TIMEOUT": "900"}
+
+
+def _first_new_order(
+    before: Mapping[str, ExpectedOrder], after: Mapping[str, ExpectedOrder]
+) -> str:
+    """The first order the events between ``before`` and ``after`` create."""
+    return next(o for o in after if o not in before)
+
+
 def _has_refunds(expected: Mapping[str, ExpectedOrder]) -> None:
     actions = [a for o in expected.values() for a in o.actions]
     assert Action.UPDATE in actions, "the sample set has partial refunds"
@@ -126,6 +143,9 @@ def test_kill_9_mid_run_then_restart_loses_nothing(
 
     Most of the run time is the broker's: with the default (KIP-848) group protocol the killed
     member keeps its partitions until the broker's session timeout (45 s) fences it.
+
+    The sandbox holds the last order's requests until the kill: the kill comes before every
+    order reached Button by construction, not because the machine was slow enough.
     """
     sandbox = process_sandbox
     partitions = 4
@@ -139,6 +159,7 @@ def test_kill_9_mid_run_then_restart_loses_nothing(
     produce_events(settings, events, partitions=partitions)
     ends = end_offsets(kafka_bootstrap, topic, partitions)
     assert sum(ends.values()) == len(events)
+    last_order = list(expected)[-1]  # late in its partition: the others flow meanwhile
 
     started = time.monotonic()
     first = ServiceProcess(env, tmp_path / "first.log").start()
@@ -147,23 +168,25 @@ def test_kill_9_mid_run_then_restart_loses_nothing(
     def orders_held() -> int:
         return sum(sandbox.stats()["orders"].values())
 
-    # Kill it once a good part, but far from all, of the orders reached Button.
-    wait_until(
-        lambda: orders_held() >= len(expected) // 4 or not first.alive(),
-        timeout=60,
-        interval=0.05,
-        message="the first service delivered too little",
-    )
-    assert first.alive(), first.log_tail()
-    first.kill()
-    at_kill = orders_held()
+    # Kill it once a good part of the orders reached Button; the held one cannot have.
+    with sandbox.holding(order_ids=[last_order]):
+        wait_until(
+            lambda: orders_held() >= len(expected) // 4 or not first.alive(),
+            timeout=240,
+            interval=0.05,
+            message="the first service did not deliver a quarter of the orders in 240 s",
+        )
+        assert first.alive(), first.log_tail()
+        first.kill()
+        at_kill = orders_held()
+        assert sandbox.order(last_order) is None, "the held order reached Button"
     assert 0 < at_kill < len(expected), "the kill came mid-run"
 
     killed_after = time.monotonic() - started
     second = ServiceProcess(env, tmp_path / "second.log").start()
     service_processes.append(second)
     try:
-        wait_for_committed(kafka_bootstrap, env["KAFKA_GROUP_ID"], topic, partitions, timeout=150)
+        wait_for_committed(kafka_bootstrap, env["KAFKA_GROUP_ID"], topic, partitions, timeout=300)
     except TimeoutError:
         raise AssertionError(second.log_tail()) from None
     done_after = time.monotonic() - started
@@ -269,7 +292,11 @@ def test_rebalance_1_3_1_keeps_order_and_profiles(
     """One consumer, then three, then one again, while records flow: none lost, each order's
     requests in order (create first, no request before it), and profiles follow their
     partitions: a purchase processed by another consumer than the app open that carried the
-    user's token and device id still gets both."""
+    user's token and device id still gets both.
+
+    Each membership change happens while the sandbox holds one order's requests, so the group
+    has unfinished records at that moment by construction; the hold ends once it is checked.
+    """
     sandbox = process_sandbox
     partitions = 6
     topic = make_topic(partitions=partitions, prefix="rebalance")
@@ -281,6 +308,7 @@ def test_rebalance_1_3_1_keeps_order_and_profiles(
         KAFKA_GROUP_PROTOCOL=protocol,
         KAFKA_SESSION_TIMEOUT_MS="10000",
         ADMIN_RECENT_DELIVERIES="1000000",
+        **LONG_BUTTON_TIMEOUTS,
     )
     settings = Settings.from_env(env)
     group = env["KAFKA_GROUP_ID"]
@@ -293,6 +321,12 @@ def test_rebalance_1_3_1_keeps_order_and_profiles(
     buys_2, orders_2 = users.purchases("after-1")
     expected = expected_orders([*opens, *first_half, *buys_1, *second_half, *buys_2], settings)
     _has_refunds(expected)
+    before_1 = expected_orders([*opens], settings)
+    before_2 = expected_orders([*opens, *first_half, *buys_1], settings)
+    held_1 = _first_new_order(before_1, expected_orders([*opens, *first_half], settings))
+    held_2 = _first_new_order(
+        before_2, expected_orders([*opens, *first_half, *buys_1, *second_half], settings)
+    )
 
     # Consumer A alone learns every token user's profile.
     produce_events(settings, opens, partitions=partitions)
@@ -300,21 +334,26 @@ def test_rebalance_1_3_1_keeps_order_and_profiles(
     wait_for_committed(kafka_bootstrap, group, topic, partitions, timeout=60)
     assert a.metric(ASSIGNED) == partitions
 
-    # 1 -> 3 while A works through a backlog.
-    produce_events(settings, first_half, partitions=partitions)
-    wait_until(lambda: a.metric(RECEIVED, {"topic": topic}) > len(opens), 30, message="A idle")
-    b = start_service(settings)
-    c = start_service(settings)
-    runners = (a, b, c)
-    wait_until(
-        lambda: (
-            all(r.metric(ASSIGNED) >= 1 for r in runners)
-            and sum(r.metric(ASSIGNED) for r in runners) == partitions
-        ),
-        timeout=60,
-        message="the three consumers did not share the partitions",
-    )
-    assert _unfinished(kafka_bootstrap, group, topic, partitions), "A's backlog is not done"
+    # 1 -> 3 while A works through a backlog: A's request for held_1 gets no answer until the
+    # group has grown, so the backlog is unfinished then whatever the machine's speed.
+    with sandbox.holding(order_ids=[held_1]):
+        produce_events(settings, first_half, partitions=partitions)
+        sandbox.wait_parked(held_1, timeout=120)  # A reached it: A is inside the backlog
+        b = start_service(settings)
+        c = start_service(settings)
+        runners = (a, b, c)
+        # A partition that moves away from A waits for A's in-flight records (up to the
+        # revoke timeout, 15 s) before its new owner gets it: the held one makes it wait.
+        wait_until(
+            lambda: (
+                all(r.metric(ASSIGNED) >= 1 for r in runners)
+                and sum(r.metric(ASSIGNED) for r in runners) == partitions
+            ),
+            timeout=180,
+            message="the three consumers did not share the partitions within 180 s",
+        )
+        assert _unfinished(kafka_bootstrap, group, topic, partitions), "A's backlog is not done"
+        assert sandbox.order(held_1) is None, "the held order reached Button"
     produce_events(settings, buys_1, partitions=partitions)
     wait_until(
         lambda: all(sandbox.order(o) is not None for o in orders_1),
@@ -330,15 +369,18 @@ def test_rebalance_1_3_1_keeps_order_and_profiles(
     def received_by_b_c() -> float:
         return b.metric(RECEIVED, {"topic": topic}) + c.metric(RECEIVED, {"topic": topic})
 
+    # B and C leave while held_2's record (of the second half) cannot finish.
     before = received_by_b_c()
-    produce_events(settings, second_half, partitions=partitions)
-    wait_until(lambda: received_by_b_c() > before, 30, message="B and C got none of it")
-    b.stop()
-    c.stop()
-    assert _unfinished(kafka_bootstrap, group, topic, partitions), "B and C left mid-run"
+    with sandbox.holding(order_ids=[held_2]):
+        produce_events(settings, second_half, partitions=partitions)
+        wait_until(lambda: received_by_b_c() > before, 60, message="B and C got none of it")
+        b.stop()
+        c.stop()
+        assert _unfinished(kafka_bootstrap, group, topic, partitions), "B and C left mid-run"
+        assert sandbox.order(held_2) is None, "the held order reached Button"
     wait_until(lambda: a.metric(ASSIGNED) == partitions, 60, message="A did not get all back")
     produce_events(settings, buys_2, partitions=partitions)
-    wait_for_committed(kafka_bootstrap, group, topic, partitions, timeout=150)
+    wait_for_committed(kafka_bootstrap, group, topic, partitions, timeout=300)
     wait_until(lambda: a.metric(IN_FLIGHT) == 0, 30, message="records still in flight")
 
     back = {o: p for o, p in _delivered_by(a).items() if o in orders_2}
@@ -368,7 +410,10 @@ def test_broker_restart_mid_run_recovers_without_loss(
     start_service: Callable[[Settings], ServiceRunner],
 ) -> None:
     """The only broker goes away and comes back (same address, same data) while the service
-    delivers: the service recovers by itself, loses nothing, and commits to the end."""
+    delivers: the service recovers by itself, loses nothing, and commits to the end.
+
+    The sandbox holds the last order's requests until the broker is back, so the restart
+    comes before every order reached Button by construction."""
     kafka = dedicated_kafka
     bootstrap = kafka.bootstrap_servers
     partitions = 3
@@ -378,8 +423,10 @@ def test_broker_restart_mid_run_recovers_without_loss(
         topic,
         unique_name("group"),
         sandbox,
-        # Slow enough that the restart falls in the middle of the run.
+        # Deliveries still flow while the broker restarts (the hold guarantees only that the
+        # run is not over).
         DELIVERY_RATE_LIMIT_RPS="120",
+        **LONG_BUTTON_TIMEOUTS,
     )
     settings = Settings.from_env(env)
     events = _recent_events(1000, seed=94)
@@ -392,15 +439,22 @@ def test_broker_restart_mid_run_recovers_without_loss(
     def orders_held() -> int:
         return sum(sandbox.stats()["orders"].values())
 
-    wait_until(lambda: orders_held() >= len(expected) // 5, 60, message="no delivery at all")
-    old_pid = kafka.pid
-    kafka.restart()
-    assert kafka.pid != old_pid
-    assert kafka.bootstrap_servers == bootstrap
-    at_restart = orders_held()
+    last_order = list(expected)[-1]
+    with sandbox.holding(order_ids=[last_order]):
+        wait_until(
+            lambda: orders_held() >= len(expected) // 5,
+            120,
+            message="a fifth of the orders did not reach Button within 120 s",
+        )
+        old_pid = kafka.pid
+        kafka.restart()
+        assert kafka.pid != old_pid
+        assert kafka.bootstrap_servers == bootstrap
+        at_restart = orders_held()
+        assert sandbox.order(last_order) is None, "the held order reached Button"
     assert at_restart < len(expected), "the restart came mid-run"
 
-    wait_for_committed(bootstrap, env["KAFKA_GROUP_ID"], topic, partitions, timeout=120)
+    wait_for_committed(bootstrap, env["KAFKA_GROUP_ID"], topic, partitions, timeout=240)
     assert end_offsets(bootstrap, topic, partitions) == ends, "the broker kept the records"
     wait_until(lambda: runner.metric(IN_FLIGHT) == 0, 30, message="records still in flight")
     runner.stop()  # raises if the service failed meanwhile

@@ -229,12 +229,21 @@ def test_server_errors(sandbox: SandboxHandle, status: int) -> None:
     assert outcome.excerpt
 
 
-def test_server_that_hangs_is_a_read_timeout(sandbox: SandboxHandle) -> None:
-    """A server that never answers ends in a timeout after the read limit, not a hang."""
-    with_rule(sandbox, "ORD-hang", fail_first=1, action="hang")
-    outcome: ButtonOutcome = run(sandbox.base_url, lambda c: c.create(order("ORD-hang")))
+def test_server_that_hangs_is_a_read_timeout() -> None:
+    """A server that never answers ends in a timeout after the read limit, not a hang.
+
+    The read limit (0.5 s) is the only one that can end it: the total limit is ten minutes
+    and the hang an hour, so no scheduling delay can make another limit fire first. Its own
+    sandbox drops the hang when the test ends."""
+    hang = {"order_id": "ORD-hang", "fail_first": 1, "action": "hang"}
+    faults = {"hang": {"seconds": 3600}, "rules": [hang]}
+    timeouts = Timeouts(connect=FAST.connect, read=FAST.read, total=600.0)
+    with run_sandbox(api_keys=(KEY,), faults=faults) as sandbox:
+        outcome: ButtonOutcome = run(
+            sandbox.base_url, lambda c: c.create(order("ORD-hang")), timeouts=timeouts
+        )
     assert (outcome.kind, outcome.message) == (OutcomeKind.TIMEOUT, "read timeout")
-    assert FAST.read <= outcome.elapsed < FAST.total
+    assert FAST.read <= outcome.elapsed < timeouts.total
 
 
 @pytest.mark.parametrize("action", ["reset", "lost_response"])
@@ -389,7 +398,8 @@ def test_connect_timeout_when_the_server_accepts_nothing() -> None:
                     filler.connect(address)
                 except TimeoutError:
                     break
-            timeouts = Timeouts(connect=0.3, read=5.0, total=5.0)
+            # Read and total limits far above the connect limit: only it can fire first.
+            timeouts = Timeouts(connect=0.3, read=60.0, total=60.0)
             outcome: ButtonOutcome = run(
                 f"http://{address[0]}:{address[1]}", lambda c: c.get("1"), timeouts=timeouts
             )

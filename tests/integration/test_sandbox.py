@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -397,39 +399,61 @@ def test_a_lost_response_applies_then_drops(sandbox: SandboxHandle, client: http
     assert [e["status"] for e in sandbox.requests_for("ORD-1")] == [200, 409]
 
 
-def test_a_hang_outlasts_the_client_timeout(sandbox: SandboxHandle) -> None:
-    """hang: no answer within the client's timeout; nothing is applied."""
-    sandbox.set_faults({"hang": {"rate": 1.0, "seconds": 0.5}})
-    with (
-        httpx.Client(base_url=sandbox.base_url, headers=sandbox.auth_header, timeout=0.1) as c,
-        pytest.raises(httpx.ReadTimeout),
-    ):
-        c.post("/v1/order", json=order())
-    sandbox.wait_for(lambda: sandbox.stats()["faults"].get("hang") == 1, timeout=5)
-    assert sandbox.orders() == []
+def test_a_hang_outlasts_the_client_timeout() -> None:
+    """hang: no answer within the client's timeout; nothing is applied.
+
+    The hang (an hour) outlasts the client's timeout by construction; its own sandbox drops it
+    when the test ends, so it cannot land in another test's counters."""
+    with run_sandbox(faults={"hang": {"rate": 1.0, "seconds": 3600}}) as sandbox:
+        with (
+            httpx.Client(base_url=sandbox.base_url, headers=sandbox.auth_header, timeout=0.1) as c,
+            pytest.raises(httpx.ReadTimeout),
+        ):
+            c.post("/v1/order", json=order())
+        sandbox.wait_for(
+            lambda: sandbox.stats()["in_flight"] == 1,
+            timeout=30,
+            message="the request is not hanging in the sandbox",
+        )
+        assert sandbox.orders() == []
 
 
 def test_shutdown_does_not_wait_for_hanging_requests() -> None:
-    """Leaving run_sandbox while a request hangs for a minute is quick and leaks no thread."""
+    """Leaving run_sandbox while a request hangs for an hour ends it and leaks no thread.
+
+    run_sandbox fails when its server thread does not stop within its own deadline (10 s), and
+    the caller is joined with a deadline: both far below the hang, so neither can pass by
+    waiting for it."""
     threads_before = set(threading.enumerate())
-    started = time.monotonic()
-    with run_sandbox(faults={"hang": {"rate": 1.0, "seconds": 60}}) as sandbox:
+    with run_sandbox(faults={"hang": {"rate": 1.0, "seconds": 3600}}) as sandbox:
         caller = threading.Thread(target=get_quietly, args=(sandbox.url("/v1/order/X"),))
         caller.start()
-        sandbox.wait_for(lambda: sandbox.stats()["in_flight"] == 1, timeout=5)
-    caller.join(10)
-    assert time.monotonic() - started < 10
-    assert not caller.is_alive()
+        sandbox.wait_for(
+            lambda: sandbox.stats()["in_flight"] == 1,
+            timeout=30,
+            message="the request did not reach the sandbox",
+        )
+    caller.join(60)
+    assert not caller.is_alive(), "the hanging request outlived the sandbox"
     assert set(threading.enumerate()) <= threads_before
 
 
 def test_an_outage_fails_everything_until_it_ends(
     sandbox: SandboxHandle, client: httpx.Client
 ) -> None:
-    """outage: 503 for the next N seconds, then normal service."""
-    sandbox.set_faults({"outage": {"seconds": 1.5}})
+    """outage: 503 for the next N seconds, then normal service.
+
+    Two outages: an hour long, so that the 503 is certain, and a short one, seen to end by
+    itself (the wait has a deadline, not a fixed sleep)."""
+    sandbox.set_faults({"outage": {"seconds": 3600}})
     assert client.post("/v1/order", json=order()).status_code == 503
-    sandbox.wait_for(lambda: client.post("/v1/order", json=order()).status_code == 200, timeout=10)
+    assert sandbox.order("ORD-1") is None
+    sandbox.set_faults({"outage": {"seconds": 0.5}})
+    sandbox.wait_for(
+        lambda: client.post("/v1/order", json=order()).status_code == 200,
+        timeout=30,
+        message="the outage did not end",
+    )
     assert sandbox.stats()["faults"]["outage_503"] >= 1
 
 
@@ -560,24 +584,127 @@ def test_stats_count_by_route_and_status(sandbox: SandboxHandle, client: httpx.C
 
 def test_stats_show_how_many_requests_were_in_flight_at_once() -> None:
     """in_flight and max_in_flight let a test check a client's concurrency bound."""
-    with run_sandbox(faults={"hang": {"rate": 1.0, "seconds": 60}}) as sandbox:
+    with run_sandbox(faults={"hang": {"rate": 1.0, "seconds": 3600}}) as sandbox:
         callers = [
             threading.Thread(target=get_quietly, args=(sandbox.url(f"/v1/order/{n}"),))
             for n in range(4)
         ]
         for caller in callers:
             caller.start()
-        sandbox.wait_for(lambda: sandbox.stats()["in_flight"] == 4, timeout=10)
+        sandbox.wait_for(
+            lambda: sandbox.stats()["in_flight"] == 4,
+            timeout=30,
+            message="the four requests were not all in flight",
+        )
         assert sandbox.stats()["max_in_flight"] == 4
     for caller in callers:  # leaving the block dropped the hanging requests
-        caller.join(10)
+        caller.join(60)
     assert not any(caller.is_alive() for caller in callers)
 
 
 def get_quietly(url: str) -> None:
     """GET, ignoring transport errors (for requests the sandbox is told to drop)."""
     with contextlib.suppress(httpx.HTTPError):
-        httpx.get(url, timeout=30)
+        httpx.get(url, timeout=120)
+
+
+# --- hold ---------------------------------------------------------------------------------------
+
+
+def _post_in_thread(
+    sandbox: SandboxHandle, body: dict[str, Any], timeout: float = 60
+) -> tuple[threading.Thread, list[object]]:
+    """POST /v1/order from a thread; the list gets the status code or the exception."""
+    result: list[object] = []
+
+    def post() -> None:
+        headers = sandbox.auth_header
+        try:
+            with httpx.Client(base_url=sandbox.base_url, headers=headers, timeout=timeout) as c:
+                result.append(c.post("/v1/order", json=body).status_code)
+        except httpx.HTTPError as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=post, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def test_a_held_order_gets_no_answer_until_released(
+    sandbox: SandboxHandle, client: httpx.Client
+) -> None:
+    """A hold parks the requests naming its orders (others pass); released, they are served."""
+    state = sandbox.set_hold(order_ids=["HELD"])
+    assert state["hold"] == {"all": False, "order_ids": ["HELD"]}
+    assert (state["parked"], state["parked_by_order"]) == (0, {})
+    thread, result = _post_in_thread(sandbox, order("HELD"))
+    assert sandbox.wait_parked("HELD", timeout=10) == 1
+    assert client.post("/v1/order", json=order("FREE")).status_code == 200
+    assert sandbox.order("HELD") is None, "a parked create is not applied"
+    assert result == [], "a parked request gets no answer"
+    assert sandbox.stats()["in_flight"] == 1
+
+    assert sandbox.release()["hold"] == {"all": False, "order_ids": []}
+    thread.join(30)
+    assert result == [200]
+    held = sandbox.order("HELD")
+    assert held is not None
+    assert [(e["status"], e["fault"]) for e in held["history"]] == [(200, None)]
+    assert sandbox.hold_state()["parked"] == 0
+
+
+def test_a_held_request_whose_client_left_is_never_applied(sandbox: SandboxHandle) -> None:
+    """The client gives up while parked: recorded as hold_abandoned, not applied, also not
+    once the hold ends."""
+    host, port = httpx.URL(sandbox.base_url).host, httpx.URL(sandbox.base_url).port
+    body = json.dumps(order("GONE")).encode()
+    head = (
+        f"POST /v1/order HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Authorization: {basic_auth(sandbox.api_key)}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    with sandbox.holding(hold_all=True):
+        with socket.create_connection((host, port or 80), timeout=30) as raw:
+            raw.sendall(head.encode() + body)
+            sandbox.wait_parked("GONE", timeout=30)
+        sandbox.wait_for(
+            lambda: [e["fault"] for e in sandbox.requests_for("GONE")] == ["hold_abandoned"],
+            timeout=10,
+            message="the abandoned request was not recorded",
+        )
+        assert sandbox.hold_state()["parked"] == 0
+    assert sandbox.order("GONE") is None
+    assert sandbox.stats()["by_status"] == {"hold_abandoned": 1}
+
+
+def test_reset_and_shutdown_drop_parked_requests() -> None:
+    """Reset ends the hold and drops what it parked (nothing applied or recorded); so does
+    leaving run_sandbox."""
+    with run_sandbox(api_keys=("sk-test",)) as sandbox:
+        sandbox.set_hold(hold_all=True)
+        first, first_result = _post_in_thread(sandbox, order("A"))
+        sandbox.wait_parked(timeout=10)
+        sandbox.reset()
+        first.join(30)
+        assert len(first_result) == 1
+        assert isinstance(first_result[0], httpx.TransportError), first_result
+        assert (sandbox.orders(), sandbox.stats()["requests"]) == ([], 0)
+        assert sandbox.hold_state()["hold"] == {"all": False, "order_ids": []}
+
+        sandbox.set_hold(order_ids=["B"])
+        second, second_result = _post_in_thread(sandbox, order("B"))
+        sandbox.wait_parked("B", timeout=10)
+    second.join(30)
+    assert len(second_result) == 1
+    assert isinstance(second_result[0], httpx.TransportError), second_result
+
+
+def test_a_bad_hold_is_refused_naming_the_key(sandbox: SandboxHandle) -> None:
+    """POST /__sandbox/hold validates like the faults document: 400 naming the key."""
+    for body, key in (({"order_ids": "X"}, "order_ids"), ({"every": True}, "every")):
+        response = httpx.post(sandbox.url("/__sandbox/hold"), json=body)
+        assert response.status_code == 400
+        assert key in response.json()["error"]
+    assert sandbox.hold_state()["hold"] == {"all": False, "order_ids": []}
 
 
 def test_reset_forgets_everything_and_restores_start_up_settings(
@@ -596,10 +723,10 @@ def test_healthz_and_the_fault_view(sandbox: SandboxHandle) -> None:
     """healthz answers without auth; GET /__sandbox/faults shows the config and its state."""
     health = httpx.get(sandbox.url("/__sandbox/healthz"))
     assert (health.status_code, health.json()["status"]) == (200, "ok")
-    sandbox.set_faults({"outage": {"seconds": 30}})
+    sandbox.set_faults({"outage": {"seconds": 3600}})
     view = httpx.get(sandbox.url("/__sandbox/faults")).json()
-    assert view["faults"]["outage"] == {"seconds": 30, "status": 503}
-    assert 0 < view["state"]["outage_remaining_s"] <= 30
+    assert view["faults"]["outage"] == {"seconds": 3600, "status": 503}
+    assert 0 < view["state"]["outage_remaining_s"] <= 3600
 
 
 def test_wait_for_raises_on_its_deadline(sandbox: SandboxHandle) -> None:
