@@ -9,6 +9,9 @@ future completes, and only then may the source offset be stored.
 Every class here takes a finished librdkafka configuration and adds nothing to it: the
 configurations, with the properties the guarantees rest on (offset store off, idempotent
 ``acks=all`` producer), are assembled in one place, ``consumer.settings.KafkaSettings``.
+
+About 620 lines: the clients share the message conversion, the daemon-thread deadlines and the
+handling of librdkafka's error codes, which would otherwise be imported back and forth.
 """
 
 from __future__ import annotations
