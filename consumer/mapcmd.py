@@ -15,8 +15,9 @@ Output: one JSON object per non-blank input line, in input order::
 skip and reject; ``reason`` names why for skip and reject (``detail`` adds a human sentence to a
 reject); a create also says where its ``btn_ref`` came from (``btn_ref_source``: ``explicit``,
 ``integration_attribute``, ``url``, ``profile`` or null). A malformed line is a reject
-(``invalid_json``, ``not_an_object`` or the event model's reason such as ``missing_field``),
-never a crash.
+(``invalid_json``, ``not_an_object`` or the event model's reason such as ``missing_field`` or
+``invalid_timestamp``), never a crash; a line whose mapping fails unexpectedly is a reject with
+reason ``unprocessable`` (and the exception's class in ``detail``), and the next line runs.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, TextIO
 
-from consumer.domain.button import Action, MapResult, Reject, Send, Skip
+from consumer.domain.button import Action, MapResult, Send, Skip
 from consumer.domain.event_forms import event_from_json
 from consumer.domain.events import CommerceEvent
 from consumer.domain.mapping import MappingConfig, process
@@ -65,27 +66,35 @@ def run_map(
             rejected = True
             _write(out, number, problem.get("event_id"), problem)
             continue
-        key = event.user_key.encode("utf-8")
-        before = store.get(_PARTITION, key)
-        result, profile = process(event, before, config, event.event_time if now is None else now)
-        if profile is not None:
-            store.put(_PARTITION, key, profile)
-        rejected = rejected or isinstance(result, Reject)
-        described = _describe(result)
-        if isinstance(result, Send) and result.request.action is Action.CREATE:
-            described["btn_ref_source"] = _btn_ref_source(
-                profile or before, result.request.order_id
-            )
+        try:
+            described = _map_one(store, event, config, now)
+        except Exception as exc:  # noqa: BLE001 - one line never stops the others
+            described = _reject("unprocessable", f"{type(exc).__name__}: {str(exc)[:200]}")
+        rejected = rejected or described["action"] == "reject"
         _write(out, number, event.event_id, described)
     return 1 if rejected else 0
+
+
+def _map_one(
+    store: ProfileStore, event: CommerceEvent, config: MappingConfig, now: datetime | None
+) -> dict[str, Any]:
+    key = event.user_key.encode("utf-8")
+    before = store.get(_PARTITION, key)
+    result, profile = process(event, before, config, event.event_time if now is None else now)
+    if profile is not None:
+        store.put(_PARTITION, key, profile)
+    described = _describe(result)
+    if isinstance(result, Send) and result.request.action is Action.CREATE:
+        described["btn_ref_source"] = _btn_ref_source(profile or before, result.request.order_id)
+    return described
 
 
 def _parse(text: str) -> tuple[CommerceEvent | None, dict[str, Any]]:
     """The event of one line, or ``None`` and the reject describing why."""
     try:
         obj = json.loads(text, parse_float=Decimal)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        return None, _reject("invalid_json", f"line is not JSON: {exc}")
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, or an integer too long
+        return None, _reject("invalid_json", f"line is not JSON: {str(exc)[:200]}")
     if not isinstance(obj, dict):
         return None, _reject("not_an_object", "line is JSON but not an object")
     event_id = obj.get("event_id") if isinstance(obj.get("event_id"), str) else None
