@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TextIO
 
@@ -40,7 +40,11 @@ _PARTITION = 0  # offline, every user lives in one partition
 
 
 def run_map(
-    lines: Iterable[str], out: TextIO, config: MappingConfig, now: datetime | None = None
+    lines: Iterable[str],
+    out: TextIO,
+    config: MappingConfig,
+    now: datetime | None = None,
+    received: datetime | None = None,
 ) -> int:
     """Map every JSON line of ``lines`` and write one JSON result line per event to ``out``.
 
@@ -51,11 +55,15 @@ def run_map(
         now: the processing time used to expire profile parts; ``None`` (recommended for
             files of past events) processes each event as if at its own ``event_time``, which
             makes the output independent of when the command runs.
+        received: the time events are judged against for ``MAPPING_MAX_FUTURE_SKEW_HOURS``
+            (an event dated later than it plus the skew teaches nothing; such an order is
+            rejected); ``now`` if given, else the time the command starts.
 
     Returns:
         The exit status: 0 if no line was rejected, 1 if at least one was.
     """
     store = ProfileStore(config.retention)
+    received = received or now or datetime.now(UTC)
     rejected = False
     for number, raw in enumerate(lines, start=1):
         text = raw.strip()
@@ -67,7 +75,7 @@ def run_map(
             _write(out, number, problem.get("event_id"), problem)
             continue
         try:
-            described = _map_one(store, event, config, now)
+            described = _map_one(store, event, config, now, received)
         except Exception as exc:  # noqa: BLE001 - one line never stops the others
             described = _reject("unprocessable", f"{type(exc).__name__}: {str(exc)[:200]}")
         rejected = rejected or described["action"] == "reject"
@@ -76,11 +84,16 @@ def run_map(
 
 
 def _map_one(
-    store: ProfileStore, event: CommerceEvent, config: MappingConfig, now: datetime | None
+    store: ProfileStore,
+    event: CommerceEvent,
+    config: MappingConfig,
+    now: datetime | None,
+    received: datetime,
 ) -> dict[str, Any]:
     key = event.user_key.encode("utf-8")
     before = store.get(_PARTITION, key)
-    result, profile = process(event, before, config, event.event_time if now is None else now)
+    moment = event.event_time if now is None else now
+    result, profile = process(event, before, config, moment, received=received)
     if profile is not None:
         store.put(_PARTITION, key, profile)
     described = _describe(result)

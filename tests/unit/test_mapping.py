@@ -294,12 +294,13 @@ def test_full_refund_without_products_cancels() -> None:
 
 
 def test_refund_of_unknown_order() -> None:
-    """Unknown order: a whole-order refund cancels, a partial one is rejected."""
+    """Unknown order: a whole-order refund cancels, a partial one is held for the purchase."""
     result, _ = process(refund("evt-r1"), None, CONFIG, NOW)
     assert send(result).action == Action.CANCEL
-    result, _ = process(refund("evt-r1", [{"id": "SKU-RED-M"}]), None, CONFIG, NOW)
-    assert isinstance(result, Reject)
-    assert result.reason == "refund_order_unknown"
+    result, held = process(refund("evt-r1", [{"id": "SKU-RED-M"}]), None, CONFIG, NOW)
+    assert Skip("refund_held") == result
+    assert held is not None
+    assert held.order("ORD-100045").status is OrderStatus.PENDING  # type: ignore[union-attr]
 
 
 def test_partial_refund_updates_remaining_state() -> None:
