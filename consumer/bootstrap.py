@@ -74,6 +74,7 @@ def mapping_config(settings: Settings) -> MappingConfig:
             skip_development_events=m.skip_development_events,
             max_orders_per_profile=m.max_orders_per_profile,
             lag_allowance=timedelta(hours=m.lag_allowance_hours),
+            max_future_skew=timedelta(hours=m.max_future_skew_hours),
             application_ids=app_ids,
         )
     except ValueError as exc:

@@ -15,19 +15,20 @@ Output: one JSON object per non-blank input line, in input order::
 skip and reject; ``reason`` names why for skip and reject (``detail`` adds a human sentence to a
 reject); a create also says where its ``btn_ref`` came from (``btn_ref_source``: ``explicit``,
 ``integration_attribute``, ``url``, ``profile`` or null). A malformed line is a reject
-(``invalid_json``, ``not_an_object`` or the event model's reason such as ``missing_field``),
-never a crash.
+(``invalid_json``, ``not_an_object`` or the event model's reason such as ``missing_field`` or
+``invalid_timestamp``), never a crash; a line whose mapping fails unexpectedly is a reject with
+reason ``unprocessable`` (and the exception's class in ``detail``), and the next line runs.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TextIO
 
-from consumer.domain.button import Action, MapResult, Reject, Send, Skip
+from consumer.domain.button import Action, MapResult, Send, Skip
 from consumer.domain.event_forms import event_from_json
 from consumer.domain.events import CommerceEvent
 from consumer.domain.mapping import MappingConfig, process
@@ -39,7 +40,11 @@ _PARTITION = 0  # offline, every user lives in one partition
 
 
 def run_map(
-    lines: Iterable[str], out: TextIO, config: MappingConfig, now: datetime | None = None
+    lines: Iterable[str],
+    out: TextIO,
+    config: MappingConfig,
+    now: datetime | None = None,
+    received: datetime | None = None,
 ) -> int:
     """Map every JSON line of ``lines`` and write one JSON result line per event to ``out``.
 
@@ -50,11 +55,15 @@ def run_map(
         now: the processing time used to expire profile parts; ``None`` (recommended for
             files of past events) processes each event as if at its own ``event_time``, which
             makes the output independent of when the command runs.
+        received: the time events are judged against for ``MAPPING_MAX_FUTURE_SKEW_HOURS``
+            (an event dated later than it plus the skew teaches nothing; such an order is
+            rejected); ``now`` if given, else the time the command starts.
 
     Returns:
         The exit status: 0 if no line was rejected, 1 if at least one was.
     """
     store = ProfileStore(config.retention)
+    received = received or now or datetime.now(UTC)
     rejected = False
     for number, raw in enumerate(lines, start=1):
         text = raw.strip()
@@ -65,27 +74,40 @@ def run_map(
             rejected = True
             _write(out, number, problem.get("event_id"), problem)
             continue
-        key = event.user_key.encode("utf-8")
-        before = store.get(_PARTITION, key)
-        result, profile = process(event, before, config, event.event_time if now is None else now)
-        if profile is not None:
-            store.put(_PARTITION, key, profile)
-        rejected = rejected or isinstance(result, Reject)
-        described = _describe(result)
-        if isinstance(result, Send) and result.request.action is Action.CREATE:
-            described["btn_ref_source"] = _btn_ref_source(
-                profile or before, result.request.order_id
-            )
+        try:
+            described = _map_one(store, event, config, now, received)
+        except Exception as exc:  # noqa: BLE001 - one line never stops the others
+            described = _reject("unprocessable", f"{type(exc).__name__}: {str(exc)[:200]}")
+        rejected = rejected or described["action"] == "reject"
         _write(out, number, event.event_id, described)
     return 1 if rejected else 0
+
+
+def _map_one(
+    store: ProfileStore,
+    event: CommerceEvent,
+    config: MappingConfig,
+    now: datetime | None,
+    received: datetime,
+) -> dict[str, Any]:
+    key = event.user_key.encode("utf-8")
+    before = store.get(_PARTITION, key)
+    moment = event.event_time if now is None else now
+    result, profile = process(event, before, config, moment, received=received)
+    if profile is not None:
+        store.put(_PARTITION, key, profile)
+    described = _describe(result)
+    if isinstance(result, Send) and result.request.action is Action.CREATE:
+        described["btn_ref_source"] = _btn_ref_source(profile or before, result.request.order_id)
+    return described
 
 
 def _parse(text: str) -> tuple[CommerceEvent | None, dict[str, Any]]:
     """The event of one line, or ``None`` and the reject describing why."""
     try:
         obj = json.loads(text, parse_float=Decimal)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        return None, _reject("invalid_json", f"line is not JSON: {exc}")
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, or an integer too long
+        return None, _reject("invalid_json", f"line is not JSON: {str(exc)[:200]}")
     if not isinstance(obj, dict):
         return None, _reject("not_an_object", "line is JSON but not an object")
     event_id = obj.get("event_id") if isinstance(obj.get("event_id"), str) else None

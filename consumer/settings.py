@@ -296,6 +296,7 @@ class MappingSettings(_Section):
     order_retention_days: float = Field(default=90.0, gt=0)
     max_orders_per_profile: int = Field(default=100, ge=1)
     lag_allowance_hours: float = Field(default=48.0, ge=0)
+    max_future_skew_hours: float = Field(default=24.0, ge=0)
     expire_interval_seconds: float = Field(default=300.0, gt=0)
 
 

@@ -112,7 +112,7 @@ def _run(users: int, seed: int, partitions: int) -> int:
             }
         )
         # Recent events: profile retention (the attribution window) counts from now.
-        start = datetime.now(UTC) - timedelta(hours=7)
+        start = datetime.now(UTC) - timedelta(days=17)  # journeys span up to 16 days: all past
         events = list(generate_events(users, seed, start=start))
         purchases = {
             e.commerce.transaction_id

@@ -8,8 +8,9 @@ Resolution order, first valid value wins:
 1. the event's explicit ``btn_ref`` field (``TokenSource.EXPLICIT``);
 2. integration attribute module ``1022``, key ``com.usebutton.source_token``, where mParticle's
    Button kits and web pages store it (``TokenSource.INTEGRATION_ATTRIBUTE``);
-3. the ``btn_ref`` query parameter of the event's URLs, in the order given by the caller (deep
-   link, launch referral, landing URL) (``TokenSource.URL``);
+3. the ``btn_ref`` parameter of the event's token carriers, in the order given by the caller
+   (deep link, launch referral, landing URL): a URL's query or hash route, a bare install
+   referrer ``k=v&k=v``, encoded or wrapped (``btn_ref_from_url``) (``TokenSource.URL``);
 4. the user's profile, if the token was seen within the attribution window
    (``TokenSource.PROFILE``).
 
@@ -24,7 +25,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 BUTTON_MODULE_ID = "1022"
 """mParticle's integration-attribute module id of Button."""
@@ -79,24 +80,73 @@ def clean_btn_ref(value: str | None) -> str | None:
 
 
 def btn_ref_from_url(url: str | None) -> str | None:
-    """The first forwardable ``btn_ref`` query parameter of a URL, else ``None``.
+    """The first forwardable ``btn_ref`` a token carrier holds, else ``None``.
 
-    Works for web URLs, universal links and custom-scheme deep links (``myapp://p/1?btn_ref=``).
-    The parameter name matches case-insensitively, as Button's iOS library does. A publisher link
-    (``r.bttn.io?btn_ref=org-...``) yields ``None``: its value is an organisation id.
+    A carrier is any string users send where a token may sit (the README's "Token parsing
+    rules"), read in this order:
+
+    1. the query string of a URL (web URLs, universal links, custom-scheme deep links
+       ``myapp://p/1?btn_ref=``);
+    2. the query part of its fragment, as single-page apps route (``https://s/#/p/1?btn_ref=``),
+       or the whole fragment when it is itself ``k=v&k=v``;
+    3. a bare ``k=v&k=v`` string (an Android install referrer), with or without a leading ``?``;
+    4. the same, once more, inside a wrapping parameter's value: ``referrer=`` (the Play Store
+       link's install referrer) and ``link=`` (deep-link services); and inside the carrier
+       percent-decoded, when it was encoded as a whole (``utm_source%3Dx%26btn_ref%3D...``).
+
+    HTML-escaped ampersands (``&amp;``, ``&#38;``, ``&#x26;``, any case) count as ``&``; the
+    parameter name matches in any letter case (Button's iOS library does); the value keeps its
+    case (tokens are case-sensitive). Wrapping is followed at most ``_MAX_NESTING`` levels. A
+    publisher link (``r.bttn.io?btn_ref=org-...``) yields ``None`` in every form: its value is an
+    organisation id.
     """
     if not url or len(url) > _MAX_URL_LENGTH:
         return None
-    try:
-        query = urlsplit(url.strip()).query
-    except ValueError:  # e.g. an invalid IPv6 netloc
+    return _token_in(url, _MAX_NESTING)
+
+
+_MAX_NESTING = 3
+_WRAPPERS = frozenset({"referrer", "link"})
+_HTML_AMP = re.compile(r"&(?:amp|#38|#x26);", re.IGNORECASE)
+
+
+def _token_in(carrier: str, depth: int) -> str | None:
+    text = _HTML_AMP.sub("&", carrier.strip())
+    nested: list[str] = []
+    for query in _query_strings(text):
+        for name, value in parse_qsl(query, keep_blank_values=False):
+            key = name.strip().lower()
+            if key == BTN_REF_PARAM:
+                token = clean_btn_ref(value)
+                if token is not None:
+                    return token
+            elif key in _WRAPPERS:
+                nested.append(value)
+    if depth <= 0:
         return None
-    for name, value in parse_qsl(query, keep_blank_values=False):
-        if name.lower() == BTN_REF_PARAM:
-            token = clean_btn_ref(value)
+    if "%" in text:
+        nested.append(unquote(text))
+    for inner in nested:
+        if inner and inner != carrier:
+            token = _token_in(inner, depth - 1)
             if token is not None:
                 return token
     return None
+
+
+def _query_strings(text: str) -> list[str]:
+    """The query strings a carrier may hold: the URL's query, its fragment's, or itself."""
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # e.g. an invalid IPv6 netloc
+        return [text] if "=" in text else []
+    queries = [parts.query] if parts.query else []
+    fragment = parts.fragment
+    if fragment:
+        queries.append(fragment.partition("?")[2] if "?" in fragment else fragment)
+    if not parts.scheme and not parts.netloc and not parts.query:
+        queries.append(text.partition("#")[0].removeprefix("?"))
+    return [q for q in queries if "=" in q]
 
 
 def btn_ref_from_integration_attributes(

@@ -18,6 +18,8 @@ ISO-8601 UTC with ``Z``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -33,6 +35,7 @@ from consumer.errors import MappingError
 __all__ = [
     "MAX_ID_LENGTH",
     "ORDER_PATH",
+    "body_digest",
     "cancel_request",
     "checked_order_id",
     "create_body",
@@ -133,11 +136,15 @@ def _int32(value: int, line: StoredLine) -> int:
 def order_body(order: StoredOrder) -> dict[str, Any]:
     """The order's state as Button takes it: id, total, currency, purchase date, line items.
 
+    Amounts use the order's stored minor-unit exponent (fixed at the purchase), so an order whose
+    currency later left the ISO 4217 table can still be updated; the table is read only for
+    orders stored without one (older profile formats).
+
     Raises:
         MappingError: a total or line amount Button cannot take (``negative_total``,
             ``total_out_of_range``, ``line_item_out_of_range``).
     """
-    exponent = minor_unit_exponent(order.currency)
+    exponent = order.exponent if order.exponent is not None else minor_unit_exponent(order.currency)
     body: dict[str, Any] = {
         "order_id": order.order_id,
         "total": checked_total(order.total),
@@ -157,6 +164,13 @@ def create_body(order: StoredOrder, customer: Mapping[str, str]) -> dict[str, An
     if customer:
         body["customer"] = dict(customer)
     return body
+
+
+def body_digest(body: Mapping[str, Any]) -> int:
+    """A 63-bit digest of an order body (never 0, which means "unknown"): what Button was sent."""
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    digest = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") >> 1
+    return digest or 1
 
 
 # --- requests ----------------------------------------------------------------------------------

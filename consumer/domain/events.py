@@ -297,7 +297,12 @@ class CommerceEvent:
         _check_non_empty(self.user_key, "user_key")
         if self.event_time.tzinfo is None or self.event_time.utcoffset() is None:
             raise _invalid(EventReason.INVALID_TIMESTAMP, "event_time has no time zone")
-        utc = self.event_time.astimezone(UTC)
+        try:
+            utc = self.event_time.astimezone(UTC)
+        except OverflowError as exc:  # 0001-01-01T00:30+01:00 is before year 1 in UTC
+            raise _invalid(
+                EventReason.INVALID_TIMESTAMP, "event_time is out of range in UTC"
+            ) from exc
         # Avro's timestamp-millis keeps milliseconds; so does the model, so that encoding and
         # decoding an event gives back an equal event.
         utc = utc.replace(microsecond=utc.microsecond // 1000 * 1000)

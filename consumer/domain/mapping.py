@@ -32,7 +32,8 @@ Reject reasons: ``missing_order_id``, ``order_id_not_ascii``, ``order_id_too_lon
 ``negative_total``, ``total_out_of_range``, ``line_item_identifier_too_long``,
 ``line_item_out_of_range``, ``purchase_after_refund``, ``refund_order_unknown``,
 ``refund_item_not_in_order``, ``refund_exceeds_quantity``, ``refund_exceeds_total``,
-``refund_currency_mismatch``, ``refund_amount_unknown``, ``missing_commerce``.
+``refund_currency_mismatch``, ``refund_amount_unknown``, ``missing_commerce``,
+``event_time_in_future``.
 Skip reasons: ``profile_only`` (installs, opens, page and screen views, sessions),
 ``not_an_order`` (cart, checkout, product views, custom events), ``unknown_event_type``,
 ``development_event``, ``order_already_cancelled``.
@@ -54,6 +55,7 @@ from consumer.domain.attribution import resolve_btn_ref, token_from_event
 from consumer.domain.button import MapResult, Reject, Send, Skip
 from consumer.domain.button_wire import (
     MAX_ID_LENGTH,
+    body_digest,
     cancel_request,
     checked_order_id,
     create_body,
@@ -78,14 +80,20 @@ from consumer.domain.events import (
 )
 from consumer.domain.identity import DeviceIds, device_ids, email_sha256
 from consumer.domain.profile import (
+    MAX_DEVICE_IDS,
+    MAX_TOKENS,
     OrderStatus,
     Profile,
     Retention,
     Stamped,
     StoredLine,
     StoredOrder,
+    StoredRefund,
+    device_id_at,
     epoch_ms,
     prune,
+    with_device_id,
+    with_stamped,
 )
 from consumer.errors import MappingError
 
@@ -123,6 +131,10 @@ class MappingConfig:
             window, counted in processing time, so a consumer that lags (or replays) still
             attaches tokens that were in window at the order's own event time. Attribution itself
             is always judged by event times.
+        max_future_skew: how far after the processing time an event may be dated. A later event
+            (a device clock years off) teaches the profile nothing, and an order or refund so
+            dated is rejected (``event_time_in_future``): a future purchase date would make
+            Button finalize the order late, and a future token would win over every real one.
         application_ids: Button application ids (``app-...``) by platform (``ios``, ``android``,
             ``web``). The public Order API has no field for them; they are validated and exposed
             for the integration's configuration and checks only.
@@ -136,6 +148,7 @@ class MappingConfig:
     skip_development_events: bool = True
     max_orders_per_profile: int = 100
     lag_allowance: timedelta = timedelta(days=2)
+    max_future_skew: timedelta = timedelta(days=1)
     application_ids: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -144,6 +157,8 @@ class MappingConfig:
                 raise ValueError(f"{name} must be positive")
         if self.lag_allowance < timedelta(0):
             raise ValueError("lag_allowance must not be negative")
+        if self.max_future_skew < timedelta(0):
+            raise ValueError("max_future_skew must not be negative")
         if self.max_orders_per_profile < 1:
             raise ValueError("max_orders_per_profile must be at least 1")
         for platform, app_id in self.application_ids.items():
@@ -180,7 +195,12 @@ def _ms(delta: timedelta) -> int:
 
 
 def process(
-    event: CommerceEvent, profile: Profile | None, config: MappingConfig, now: datetime
+    event: CommerceEvent,
+    profile: Profile | None,
+    config: MappingConfig,
+    now: datetime,
+    *,
+    received: datetime | None = None,
 ) -> tuple[MapResult, Profile | None]:
     """Decide what Button receives for ``event`` and how the user's profile changes.
 
@@ -190,6 +210,9 @@ def process(
         config: the mapping settings.
         now: the processing time (timezone-aware); expires old profile parts. Attribution and
             ``purchase_date`` use the event's own time, so replays give the same requests.
+        received: the wall-clock time the event is judged against for ``max_future_skew``;
+            ``now`` when not given (the ``map`` command expires by event time but judges skew
+            by the time it runs).
 
     Returns:
         The decision (``Send``, ``Skip`` or ``Reject``) and the new profile, or ``None`` when
@@ -199,13 +222,20 @@ def process(
         return Skip("development_event"), None
     retention = config.retention
     before = profile if profile is not None else Profile()
-    current = _learn(event, prune(before, epoch_ms(now), retention), config)
+    current = prune(before, epoch_ms(now), retention)
+    future = event.event_time - (now if received is None else received) > config.max_future_skew
+    if not future:
+        current = _learn(event, current, config)
     result: MapResult
     try:
-        if event.event_type is EventType.PURCHASE:
-            result, current = _purchase(event, current, config, epoch_ms(now))
-        elif event.event_type is EventType.REFUND:
-            result, current = _refund(event, current, config, epoch_ms(now))
+        if future and event.event_type in (EventType.PURCHASE, EventType.REFUND):
+            raise MappingError(
+                "event_time_in_future",
+                f"event_time {event.event_time.isoformat()} is more than"
+                f" {config.max_future_skew} after the processing time",
+            )
+        if event.event_type in (EventType.PURCHASE, EventType.REFUND):
+            result, current = _order_event(event, current, config, epoch_ms(now))
         elif event.event_type in _PROFILE_ONLY:
             result = Skip("profile_only")
         elif event.event_type is EventType.UNKNOWN:
@@ -222,7 +252,7 @@ def process(
 
 
 def _learn(event: CommerceEvent, profile: Profile, config: MappingConfig) -> Profile:
-    """Remember the event's token and advertising ids (newest by event time wins)."""
+    """Add the event's token and advertising ids to the profile's histories, by event time."""
     event_ms = epoch_ms(event.event_time)
     token = token_from_event(
         event.btn_ref,
@@ -230,29 +260,26 @@ def _learn(event: CommerceEvent, profile: Profile, config: MappingConfig) -> Pro
         (event.launch_referral_url, event.page_url),
         event_ms,
     )
-    btn_ref = profile.btn_ref
-    if token is not None and (btn_ref is None or token.seen_at_ms >= btn_ref.seen_at_ms):
-        btn_ref = token
-    idfa, gaid = profile.idfa, profile.gaid
+    tokens = profile.tokens
+    if token is not None:
+        tokens = with_stamped(tokens, token, MAX_TOKENS)
+    idfas, gaids = profile.idfas, profile.gaids
     ids = _event_device_ids(event, config)
     if ids is not None:
         if ids.refused:
-            idfa = gaid = None
+            idfas = gaids = ()
         else:
-            idfa = None if ids.idfa_withheld else _newer(idfa, ids.idfa, event_ms)
-            gaid = None if ids.gaid_withheld else _newer(gaid, ids.gaid, event_ms)
-    if btn_ref is profile.btn_ref and idfa is profile.idfa and gaid is profile.gaid:
+            idfas = () if ids.idfa_withheld else _seen(idfas, ids.idfa, event_ms)
+            gaids = () if ids.gaid_withheld else _seen(gaids, ids.gaid, event_ms)
+    if tokens is profile.tokens and idfas is profile.idfas and gaids is profile.gaids:
         return profile
-    return replace(profile, btn_ref=btn_ref, idfa=idfa, gaid=gaid)
+    return replace(profile, tokens=tokens, idfas=idfas, gaids=gaids)
 
 
-def _newer(known: Stamped | None, value: str | None, event_ms: int) -> Stamped | None:
+def _seen(history: tuple[Stamped, ...], value: str | None, event_ms: int) -> tuple[Stamped, ...]:
     if value is None:
-        return known
-    if known is None or event_ms >= known.seen_at_ms:
-        candidate = Stamped(value, event_ms)
-        return known if candidate == known else candidate
-    return known
+        return history
+    return with_device_id(history, Stamped(value, event_ms), MAX_DEVICE_IDS)
 
 
 def _event_device_ids(event: CommerceEvent, config: MappingConfig) -> DeviceIds | None:
@@ -271,6 +298,9 @@ def _event_device_ids(event: CommerceEvent, config: MappingConfig) -> DeviceIds 
 def _device_id(event: CommerceEvent, profile: Profile, config: MappingConfig) -> str | None:
     """The order's advertising id: the event's own, else the profile's; never a refused one.
 
+    The profile's is the id in force at the order's event time (the newest seen at or before
+    it, else the first seen after it).
+
     The id of the event's platform comes first (GAID on Android, IDFA elsewhere). A kind the
     event reports all-zero (withheld) is not taken from the profile either.
     """
@@ -279,11 +309,14 @@ def _device_id(event: CommerceEvent, profile: Profile, config: MappingConfig) ->
         return None
     withheld_idfa = own is not None and own.idfa_withheld
     withheld_gaid = own is not None and own.gaid_withheld
+    event_ms = epoch_ms(event.event_time)
+    idfa = None if withheld_idfa else device_id_at(profile.idfas, event_ms)
+    gaid = None if withheld_gaid else device_id_at(profile.gaids, event_ms)
     candidates = (
         own.idfa if own else None,
         own.gaid if own else None,
-        profile.idfa.value if profile.idfa and not withheld_idfa else None,
-        profile.gaid.value if profile.gaid and not withheld_gaid else None,
+        idfa.value if idfa else None,
+        gaid.value if gaid else None,
     )
     if event.platform is Platform.ANDROID:
         candidates = (candidates[1], candidates[0], candidates[3], candidates[2])
@@ -305,36 +338,71 @@ def _customer(event: CommerceEvent, profile: Profile, config: MappingConfig) -> 
     return customer
 
 
-# --- purchase ----------------------------------------------------------------------------------
+# --- the order ledger ---------------------------------------------------------------------------
+
+MAX_REFUNDS_PER_ORDER = 64
+"""Refund events kept per order; a 65th is rejected (``too_many_refunds``)."""
 
 
-def _purchase(
+@dataclass(frozen=True, slots=True)
+class _State:
+    """The state Button should hold for an order: pending (nothing yet), cancelled, or live."""
+
+    status: OrderStatus  # PENDING, CANCELLED, or OPEN for a live order
+    total: int = 0
+    lines: tuple[StoredLine, ...] = ()
+
+
+def _order_event(
     event: CommerceEvent, profile: Profile, config: MappingConfig, now_ms: int
 ) -> tuple[MapResult, Profile]:
+    """Record a purchase or refund in the order's ledger and send what brings Button in step.
+
+    The state Button should hold is recomputed from the ledger as if its events had arrived in
+    event-time order (``_desired``); what is sent is the difference from what Button was last
+    sent. Nothing is recorded when the event is rejected, so the profile never records a state
+    Button was not sent.
+    """
     commerce = _commerce(event)
     order_id = checked_order_id(commerce.transaction_id)
+    known = profile.order(order_id)
+    if event.event_type is EventType.PURCHASE:
+        order = _with_purchase(event, commerce, order_id, known, profile, config, now_ms)
+    else:
+        order = _with_refund(event, commerce, order_id, known, config, now_ms)
+    desired = _desired(order, strict=event.event_id)
+    result, order = _reconcile(event, order, desired, profile, config)
+    if order == known:
+        return result, profile
+    return result, _keep_orders(profile.with_order(order), config.max_orders_per_profile)
+
+
+def _with_purchase(
+    event: CommerceEvent,
+    commerce: CommerceData,
+    order_id: str,
+    known: StoredOrder | None,
+    profile: Profile,
+    config: MappingConfig,
+    now_ms: int,
+) -> StoredOrder:
+    """The ledger with this purchase as the order's content, if it is the latest by event time.
+
+    A purchase published again (a correction) replaces the content when it is later in event
+    time than the one recorded (ties broken by event id); an earlier one changes nothing.
+    """
     currency = commerce.currency_code or ""
     exponent = minor_unit_exponent(currency)
     lines = tuple(_stored_line(p) for p in commerce.products)
     total = _purchase_total(commerce, lines, exponent, config)
     event_ms = epoch_ms(event.event_time)
-    existing = profile.order(order_id)
-    if existing is not None:
-        if existing.created_by == event.event_id:
-            # A replay: re-send the create with the state and token stored the first time, also
-            # when the order was cancelled since. A redelivered create is answered 409 (done);
-            # a redriven one (its create was dead-lettered, its cancel parked behind it) must
-            # reach Button before the cancel that follows it in the replay.
-            return _create(existing, _customer(event, profile, config)), profile
-        if existing.status is OrderStatus.CANCELLED:
-            return Skip("order_already_cancelled"), profile
-        if existing.refunds:
-            raise MappingError(
-                "purchase_after_refund",
-                f"order {order_id!r} was already refunded; a new purchase event for it is"
-                " ambiguous",
-            )
-    remembered = profile.btn_ref
+    recorded = None if known is None or not known.created_by else known
+    if recorded is not None and (
+        recorded.created_by == event.event_id
+        or recorded.status is OrderStatus.CANCELLED
+        or (recorded.purchase_ms, recorded.created_by) > (event_ms, event.event_id)
+    ):
+        return recorded  # a replay, an order cancelled for good, or an older publication
     token = resolve_btn_ref(
         token_from_event(
             event.btn_ref,
@@ -342,45 +410,199 @@ def _purchase(
             (event.launch_referral_url, event.page_url),
             event_ms,
         ),
-        remembered,
+        profile.token_at(event_ms, _ms(config.attribution_window)),
         event_ms,
         _ms(config.attribution_window),
     )
     btn_ref = token.value if token is not None else None
     source = token.source if token is not None else None
-    if btn_ref is None and existing is not None:
-        btn_ref, source = existing.btn_ref, existing.btn_ref_source
-    stored = StoredOrder(
+    if known is not None and known.status not in (OrderStatus.PENDING, OrderStatus.CANCELLED):
+        btn_ref, source = known.btn_ref, known.btn_ref_source  # Button keeps the create's token
+    elif btn_ref is None and known is not None:
+        btn_ref, source = known.btn_ref, known.btn_ref_source
+    return StoredOrder(
         order_id=order_id,
         currency=currency,
         purchase_ms=event_ms,
         total=total,
         lines=lines,
-        status=OrderStatus.OPEN,
+        status=OrderStatus.PENDING if known is None else known.status,
         created_by=event.event_id,
-        refunds=(),
+        refunds=() if known is None else known.refunds,
         btn_ref=btn_ref,
         touched_ms=now_ms,
         btn_ref_source=source,
+        exponent=exponent,
+        sent_digest=0 if known is None else known.sent_digest,
     )
-    request = _create(stored, _customer(event, profile, config))
-    return request, _keep_orders(profile.with_order(stored), config.max_orders_per_profile)
+
+
+def _with_refund(
+    event: CommerceEvent,
+    commerce: CommerceData,
+    order_id: str,
+    known: StoredOrder | None,
+    config: MappingConfig,
+    now_ms: int,
+) -> StoredOrder:
+    """The ledger with this refund added in event-time order.
+
+    Unchanged for a replay, and for an order already cancelled at Button: nothing is left to
+    refund (the cancel is sent again).
+    """
+    if known is not None and (
+        known.refund(event.event_id) is not None or known.status is OrderStatus.CANCELLED
+    ):
+        return known
+    refund = StoredRefund(
+        event_id=event.event_id,
+        event_ms=epoch_ms(event.event_time),
+        products=tuple((p.id, p.quantity) for p in commerce.products),
+        amount=_refund_amount(commerce, config),
+        currency=None if commerce.currency_code is None else commerce.currency_code.upper(),
+    )
+    if known is None:
+        return StoredOrder(
+            order_id=order_id,
+            currency=refund.currency or "",
+            purchase_ms=refund.event_ms,
+            total=0,
+            lines=(),
+            status=OrderStatus.PENDING,
+            created_by="",
+            refunds=(refund,),
+            btn_ref=None,
+            touched_ms=now_ms,
+        )
+    if len(known.refunds) >= MAX_REFUNDS_PER_ORDER:
+        raise MappingError(
+            "too_many_refunds", f"order {order_id!r} has {len(known.refunds)} refunds already"
+        )
+    refunds = sorted((*known.refunds, refund), key=lambda r: (r.event_ms, r.event_id))
+    return replace(known, refunds=tuple(refunds), touched_ms=now_ms)
+
+
+def _desired(order: StoredOrder, strict: str) -> _State:
+    """The state Button should hold: the purchase's content with every refund applied in
+    event-time order. A refund that cannot apply is ignored, except the event ``strict`` being
+    processed, whose problem is raised (it is rejected and not recorded)."""
+    if any(r.full for r in order.refunds):
+        return _State(OrderStatus.CANCELLED)
+    if not order.created_by:
+        return _State(OrderStatus.PENDING)
+    total, lines = order.total, order.lines
+    for refund in order.refunds:
+        if refund.folded:
+            continue
+        try:
+            applied = _apply_refund(order, total, lines, refund)
+        except MappingError:
+            if refund.event_id == strict:
+                raise
+            continue
+        if applied is None:
+            return _State(OrderStatus.CANCELLED)
+        total, lines = applied
+    return _State(OrderStatus.OPEN, total, lines)
+
+
+def _apply_refund(
+    order: StoredOrder, total: int, lines: tuple[StoredLine, ...], refund: StoredRefund
+) -> tuple[int, tuple[StoredLine, ...]] | None:
+    """The order's (total, lines) after ``refund``; ``None`` when nothing is left (cancelled)."""
+    if refund.currency is not None and refund.currency != order.currency:
+        raise MappingError(
+            "refund_currency_mismatch", f"refund in {refund.currency}, order in {order.currency}"
+        )
+    exponent = _exponent(order)
+    refund_minor = None
+    if refund.amount is not None:
+        try:
+            refund_minor = checked_total(to_minor_units(Decimal(refund.amount), exponent))
+        except MappingError as exc:
+            raise MappingError(exc.reason, f"refund amount: {exc}") from exc
+    if refund.products:
+        remaining = _remaining_lines(lines, refund.products)
+        if sum(line.quantity for line in remaining) == 0:
+            return None
+        return _remaining_total(total, lines, remaining, refund_minor, exponent), remaining
+    if refund_minor is not None and 0 < refund_minor < total:
+        return total - refund_minor, lines
+    return None
+
+
+def _exponent(order: StoredOrder) -> int:
+    return order.exponent if order.exponent is not None else minor_unit_exponent(order.currency)
+
+
+def _reconcile(  # noqa: PLR0911 - one return per row of the reconciliation table
+    event: CommerceEvent,
+    order: StoredOrder,
+    desired: _State,
+    profile: Profile,
+    config: MappingConfig,
+) -> tuple[MapResult, StoredOrder]:
+    """The request that brings Button from what it was last sent to ``desired``."""
+    is_purchase = event.event_type is EventType.PURCHASE
+    sent = order.status
+    if desired.status is OrderStatus.PENDING:
+        return Skip("refund_held"), order
+    if desired.status is OrderStatus.CANCELLED:
+        if sent is OrderStatus.PENDING and order.created_by:
+            # The purchase arrived after refunds that cancel it: never create it.
+            return Skip("order_already_cancelled"), replace(order, status=OrderStatus.CANCELLED)
+        if sent is OrderStatus.CANCELLED and is_purchase:
+            if order.created_by == event.event_id and order.sent_digest:
+                # A replayed purchase whose create was sent: re-send it, so that a redriven
+                # create reaches Button before the cancel that follows it in the replay.
+                return _create(order, _customer(event, profile, config)), order
+            return Skip("order_already_cancelled"), order
+        # Cancel (again: a replay, or Button may hold an order this profile never saw).
+        return _cancel(order.order_id), replace(order, status=OrderStatus.CANCELLED)
+    if sent is OrderStatus.CANCELLED:
+        return Skip("order_already_cancelled"), order
+    state = replace(order, total=desired.total, lines=desired.lines)
+    digest = body_digest(order_body(state))
+    if sent is OrderStatus.PENDING:
+        created = replace(order, status=OrderStatus.OPEN, sent_digest=digest)
+        return _create(state, _customer(event, profile, config)), created
+    if digest == order.sent_digest:
+        # Nothing new for Button (a replay, or a duplicate): re-send its state, idempotently.
+        if is_purchase:
+            return _create(state, _customer(event, profile, config)), order
+        return Send(update_request(order.order_id, order_body(state))), order
+    updated = replace(order, status=OrderStatus.UPDATED, sent_digest=digest)
+    return Send(update_request(order.order_id, order_body(state))), updated
 
 
 def _purchase_total(
     commerce: CommerceData, lines: tuple[StoredLine, ...], exponent: int, config: MappingConfig
 ) -> int:
     if commerce.total_amount is not None:
-        return order_total_minor(
+        total = order_total_minor(
             commerce.total_amount,
             commerce.tax_amount,
             commerce.shipping_amount,
             exponent,
             revenue_includes_tax_and_shipping=config.revenue_includes_tax_and_shipping,
         )
+        if total == 0 and _net_revenue(commerce, config) != 0:
+            raise MappingError(
+                "total_below_minor_unit",
+                f"revenue {commerce.total_amount} is not zero but rounds to a total of 0"
+                " minor units",
+            )
+        return total
     if lines and all(line.price is not None for line in lines):
         return checked_total(sum(line_total(line, exponent) for line in lines))
     raise MappingError("missing_total", "purchase has no total_amount and unpriced products")
+
+
+def _net_revenue(commerce: CommerceData, config: MappingConfig) -> Decimal:
+    net = commerce.total_amount or Decimal(0)
+    if config.revenue_includes_tax_and_shipping:
+        net = net - (commerce.tax_amount or 0) - (commerce.shipping_amount or 0)
+    return net
 
 
 def _keep_orders(profile: Profile, limit: int) -> Profile:
@@ -411,84 +633,27 @@ def _decimal_text(value: Decimal) -> str:
     return format(value, "f")
 
 
-# --- refund ------------------------------------------------------------------------------------
-
-
-def _refund(
-    event: CommerceEvent, profile: Profile, config: MappingConfig, now_ms: int
-) -> tuple[MapResult, Profile]:
-    commerce = _commerce(event)
-    order_id = checked_order_id(commerce.transaction_id)
-    order = profile.order(order_id)
-    if order is None:
-        if commerce.products:
-            raise MappingError(
-                "refund_order_unknown",
-                f"partial refund of order {order_id!r}, which is not in the profile: the"
-                " remaining state cannot be computed",
-            )
-        return _cancel(order_id), profile
-    if event.event_id in order.refunds or order.status is OrderStatus.CANCELLED:
-        # Already applied (a replay), or nothing is left to refund: the profile stays as it is
-        # and the order's current state is sent again (idempotent at Button).
-        return _current_state(order), profile
-    if commerce.currency_code is not None and commerce.currency_code != order.currency:
-        raise MappingError(
-            "refund_currency_mismatch",
-            f"refund in {commerce.currency_code}, order in {order.currency}",
-        )
-    exponent = minor_unit_exponent(order.currency)
-    refund_minor = _refund_amount(commerce, exponent, config)
-    if commerce.products:
-        lines = _remaining_lines(order.lines, commerce.products)
-        if sum(line.quantity for line in lines) == 0:
-            status, total = OrderStatus.CANCELLED, 0
-        else:
-            status = OrderStatus.UPDATED
-            total = _remaining_total(order, lines, refund_minor, exponent)
-    elif refund_minor is not None and 0 < refund_minor < order.total:
-        lines, status = order.lines, OrderStatus.UPDATED
-        total = order.total - refund_minor
-    else:
-        lines, status, total = order.lines, OrderStatus.CANCELLED, order.total
-    updated = replace(
-        order,
-        total=total,
-        lines=lines,
-        status=status,
-        refunds=(*order.refunds, event.event_id),
-        touched_ms=now_ms,
-    )
-    return _current_state(updated), profile.with_order(updated)
-
-
-def _refund_amount(commerce: CommerceData, exponent: int, config: MappingConfig) -> int | None:
-    """The refunded amount in minor units, net of tax and shipping; None if not given (or 0)."""
+def _refund_amount(commerce: CommerceData, config: MappingConfig) -> str | None:
+    """The refunded amount net of tax and shipping (major units); None if not given (or 0)."""
     if not commerce.total_amount:
         return None
-    try:
-        return order_total_minor(
-            commerce.total_amount,
-            commerce.tax_amount,
-            commerce.shipping_amount,
-            exponent,
-            revenue_includes_tax_and_shipping=config.revenue_includes_tax_and_shipping,
-        )
-    except MappingError as exc:
-        raise MappingError(exc.reason, f"refund amount: {exc}") from exc
+    net = _net_revenue(commerce, config)
+    if net < 0:
+        raise MappingError("negative_total", f"refund amount is negative: {net}")
+    return _decimal_text(net)
 
 
 def _remaining_lines(
-    lines: tuple[StoredLine, ...], refunded: tuple[Product, ...]
+    lines: tuple[StoredLine, ...], refunded: tuple[tuple[str, int], ...]
 ) -> tuple[StoredLine, ...]:
     quantities = [line.quantity for line in lines]
-    for product in refunded:
-        matching = [i for i, line in enumerate(lines) if line.identifier == product.id]
+    for product_id, quantity in refunded:
+        matching = [i for i, line in enumerate(lines) if line.identifier == product_id]
         if not matching:
             raise MappingError(
-                "refund_item_not_in_order", f"refunded product {product.id!r} is not in the order"
+                "refund_item_not_in_order", f"refunded product {product_id!r} is not in the order"
             )
-        left = product.quantity
+        left = quantity
         for i in matching:
             take = min(left, quantities[i])
             quantities[i] -= take
@@ -496,7 +661,7 @@ def _remaining_lines(
         if left:
             raise MappingError(
                 "refund_exceeds_quantity",
-                f"refund of {product.quantity} x {product.id!r} exceeds the remaining quantity",
+                f"refund of {quantity} x {product_id!r} exceeds the remaining quantity",
             )
     return tuple(
         line if q == line.quantity else replace(line, quantity=q)
@@ -506,30 +671,34 @@ def _remaining_lines(
 
 
 def _remaining_total(
-    order: StoredOrder, lines: tuple[StoredLine, ...], refund_minor: int | None, exponent: int
+    total: int,
+    lines: tuple[StoredLine, ...],
+    remaining: tuple[StoredLine, ...],
+    refund_minor: int | None,
+    exponent: int,
 ) -> int:
     if refund_minor is not None:
-        if refund_minor > order.total:
+        if refund_minor > total:
             raise MappingError(
                 "refund_exceeds_total",
-                f"refund of {refund_minor} exceeds the order's remaining total {order.total}",
+                f"refund of {refund_minor} exceeds the order's remaining total {total}",
             )
-        return order.total - refund_minor
-    if any(line.price is None for line in (*order.lines, *lines)):
+        return total - refund_minor
+    if any(line.price is None for line in (*lines, *remaining)):
         raise MappingError(
             "refund_amount_unknown",
             "refund carries no amount and the order's lines have no prices",
         )
-    before = sum(line_total(line, exponent) for line in order.lines)
-    after = sum(line_total(line, exponent) for line in lines)
-    if before == order.total:
+    before = sum(line_total(line, exponent) for line in lines)
+    after = sum(line_total(line, exponent) for line in remaining)
+    if before == total:
         return checked_total(after)
     if before <= 0:
         raise MappingError(
             "refund_amount_unknown", "refund carries no amount and the order's lines sum to 0"
         )
     # Order-level adjustments (coupons) make the total differ from the lines: keep the ratio.
-    scaled = Decimal(order.total) * Decimal(after) / Decimal(before)
+    scaled = Decimal(total) * Decimal(after) / Decimal(before)
     return checked_total(to_minor_units(scaled, 0))
 
 
@@ -542,13 +711,6 @@ def _create(order: StoredOrder, customer: Mapping[str, str]) -> Send:
 
 def _cancel(order_id: str) -> Send:
     return Send(cancel_request(order_id))
-
-
-def _current_state(order: StoredOrder) -> Send:
-    """The request that brings Button to the stored state of an order after a refund."""
-    if order.status is OrderStatus.CANCELLED:
-        return _cancel(order.order_id)
-    return Send(update_request(order.order_id, order_body(order)))
 
 
 def _commerce(event: CommerceEvent) -> CommerceData:

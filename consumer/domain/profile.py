@@ -2,8 +2,9 @@
 
 A purchase often arrives without its Button token (the token came with an install or a deep-link
 open days earlier), without its advertising id, and a partial refund arrives without the order it
-reduces. The profile remembers, per Kafka record key (the user): the latest ``btn_ref`` with its
-time and source, the advertising ids with their times, and the recent orders (line items, total,
+reduces. The profile remembers, per Kafka record key (the user): a short history of ``btn_ref``
+tokens with their event times and sources, of advertising ids with their times, and the recent
+orders (line items, total,
 status, refund events already applied) for as long as Button may still change them.
 
 The profile also holds the user's *parked* orders (DESIGN, 5): an order one of whose events was
@@ -41,9 +42,10 @@ def epoch_ms(moment: datetime) -> int:
 class OrderStatus(StrEnum):
     """What the service last told Button about an order."""
 
-    OPEN = "open"  # created, no refund applied
-    UPDATED = "updated"  # partially refunded: Button has the reduced state
-    CANCELLED = "cancelled"  # fully refunded: deleted at Button
+    OPEN = "open"  # created
+    UPDATED = "updated"  # updated since (refunded in part, or revised): Button has that state
+    CANCELLED = "cancelled"  # fully refunded or cancelled: deleted at Button, never re-created
+    PENDING = "pending"  # nothing sent yet: refunds held until the purchase arrives
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,13 +75,43 @@ class StoredLine:
 
 
 @dataclass(frozen=True, slots=True)
-class StoredOrder:
-    """The state of an order at Button, as far as this service made it.
+class StoredRefund:
+    """One refund event of an order, kept so the order's state can be recomputed in event time.
 
-    ``created_by`` is the purchase event id, ``refunds`` the refund event ids already applied (so
-    a replayed refund never reduces the order twice), ``btn_ref`` the token the create carried
-    (so a replayed purchase sends the same one) and ``btn_ref_source`` where it was found,
-    ``touched_ms`` the processing time of the last change (retention counts from it).
+    ``products`` are the refunded (product id, quantity) pairs, ``amount`` the refunded amount
+    net of tax and shipping in major units (a decimal string) or ``None``, ``currency`` the
+    refund's own currency code if it gave one. No products and no amount is a full refund.
+    ``folded`` marks a refund from an older profile format whose effect is already in the
+    order's stored state: it only makes a replay of that event recognisable.
+    """
+
+    event_id: str
+    event_ms: int
+    products: tuple[tuple[str, int], ...] = ()
+    amount: str | None = None
+    currency: str | None = None
+    folded: bool = False
+
+    @property
+    def full(self) -> bool:
+        return not self.folded and not self.products and self.amount is None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredOrder:
+    """An order's ledger: its purchase, its refunds, and what Button was last sent.
+
+    ``total``, ``lines``, ``currency`` and ``purchase_ms`` are the content of the purchase event
+    ``created_by`` (the latest by event time when a purchase was published more than once; ``""``
+    while only refunds are known), ``refunds`` every refund event of the order in event-time
+    order (so a replayed refund never reduces the order twice, and a late one is applied in its
+    place). The state Button should hold is recomputed from them (``mapping``); ``status`` and
+    ``sent_digest`` say what Button was last sent (a digest of the body), so an event that
+    changes nothing sends nothing new. ``exponent`` is the currency's minor-unit exponent fixed
+    at the purchase (a currency that later leaves the ISO 4217 table keeps working);
+    ``btn_ref`` is the token the create carried (so a replayed purchase sends the same one) and
+    ``btn_ref_source`` where it was found; ``touched_ms`` the processing time of the last
+    change (retention counts from it).
     """
 
     order_id: str
@@ -89,10 +121,15 @@ class StoredOrder:
     lines: tuple[StoredLine, ...]
     status: OrderStatus
     created_by: str
-    refunds: tuple[str, ...]
+    refunds: tuple[StoredRefund, ...]
     btn_ref: str | None
     touched_ms: int
     btn_ref_source: TokenSource | None = None
+    exponent: int | None = None
+    sent_digest: int = 0
+
+    def refund(self, event_id: str) -> StoredRefund | None:
+        return next((r for r in self.refunds if r.event_id == event_id), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,25 +147,59 @@ class ParkedOrder:
     touched_ms: int
 
 
+MAX_TOKENS = 8
+"""Tokens kept per user: the newest by event time; enough for every open and deep link of an
+attribution window in practice, and about 60 bytes each."""
+MAX_DEVICE_IDS = 3
+"""Advertising ids kept per kind (IDFA, GAID) per user: the newest by event time."""
+
+
 @dataclass(frozen=True, slots=True)
 class Profile:
-    """Everything remembered about one user. Immutable: changes make a new ``Profile``."""
+    """Everything remembered about one user. Immutable: changes make a new ``Profile``.
 
-    btn_ref: ResolvedToken | None = None
-    idfa: Stamped | None = None
-    gaid: Stamped | None = None
+    ``tokens``, ``idfas`` and ``gaids`` are histories in event-time order (oldest first),
+    bounded by ``MAX_TOKENS`` and ``MAX_DEVICE_IDS``: an order takes the value in force at its
+    own event time, however late it arrives (``token_at``, ``device_id_at``).
+    """
+
+    tokens: tuple[ResolvedToken, ...] = ()
+    idfas: tuple[Stamped, ...] = ()
+    gaids: tuple[Stamped, ...] = ()
     orders: tuple[StoredOrder, ...] = ()
     parked: tuple[ParkedOrder, ...] = ()
 
     @property
+    def btn_ref(self) -> ResolvedToken | None:
+        """The newest token by event time."""
+        return self.tokens[-1] if self.tokens else None
+
+    @property
+    def idfa(self) -> Stamped | None:
+        """The newest IDFA by event time."""
+        return self.idfas[-1] if self.idfas else None
+
+    @property
+    def gaid(self) -> Stamped | None:
+        """The newest GAID by event time."""
+        return self.gaids[-1] if self.gaids else None
+
+    @property
     def is_empty(self) -> bool:
         return (
-            self.btn_ref is None
-            and self.idfa is None
-            and self.gaid is None
+            not self.tokens
+            and not self.idfas
+            and not self.gaids
             and not self.orders
             and not self.parked
         )
+
+    def token_at(self, moment_ms: int, window_ms: int) -> ResolvedToken | None:
+        """The token in force at ``moment_ms``: the newest seen at or before it, within window."""
+        for token in reversed(self.tokens):
+            if token.seen_at_ms <= moment_ms:
+                return token if moment_ms - token.seen_at_ms <= window_ms else None
+        return None
 
     def order(self, order_id: str) -> StoredOrder | None:
         for stored in self.orders:
@@ -186,31 +257,67 @@ def expires_at_ms(profile: Profile, retention: Retention) -> int:
     """When every part of ``profile`` has expired (epoch ms); ``-2**63`` for an empty profile."""
     candidates = [o.touched_ms + retention.order_ms for o in profile.orders]
     candidates.extend(p.touched_ms + retention.order_ms for p in profile.parked)
-    if profile.btn_ref is not None:
-        candidates.append(profile.btn_ref.seen_at_ms + retention.btn_ref_ms)
-    for device in (profile.idfa, profile.gaid):
-        if device is not None:
-            candidates.append(device.seen_at_ms + retention.device_id_ms)
+    if profile.tokens:
+        candidates.append(profile.tokens[-1].seen_at_ms + retention.btn_ref_ms)
+    for history in (profile.idfas, profile.gaids):
+        if history:
+            candidates.append(history[-1].seen_at_ms + retention.device_id_ms)
     return max(candidates, default=-(2**63))
 
 
 def prune(profile: Profile, now_ms: int, retention: Retention) -> Profile:
     """``profile`` without its expired parts (the same object if nothing expired)."""
-    btn_ref = profile.btn_ref
-    if btn_ref is not None and btn_ref.seen_at_ms + retention.btn_ref_ms < now_ms:
-        btn_ref = None
-    idfa, gaid = (
-        d if d is not None and d.seen_at_ms + retention.device_id_ms >= now_ms else None
-        for d in (profile.idfa, profile.gaid)
+    tokens = tuple(t for t in profile.tokens if t.seen_at_ms + retention.btn_ref_ms >= now_ms)
+    idfas, gaids = (
+        tuple(d for d in history if d.seen_at_ms + retention.device_id_ms >= now_ms)
+        for history in (profile.idfas, profile.gaids)
     )
     orders = tuple(o for o in profile.orders if o.touched_ms + retention.order_ms >= now_ms)
     parked = tuple(p for p in profile.parked if p.touched_ms + retention.order_ms >= now_ms)
     if (
-        btn_ref is profile.btn_ref
-        and idfa is profile.idfa
-        and gaid is profile.gaid
+        len(tokens) == len(profile.tokens)
+        and len(idfas) == len(profile.idfas)
+        and len(gaids) == len(profile.gaids)
         and len(orders) == len(profile.orders)
         and len(parked) == len(profile.parked)
     ):
         return profile
-    return Profile(btn_ref, idfa, gaid, orders, parked)
+    return Profile(tokens, idfas, gaids, orders, parked)
+
+
+def with_stamped(
+    history: tuple[ResolvedToken, ...], item: ResolvedToken, limit: int
+) -> tuple[ResolvedToken, ...]:
+    """``history`` with ``item`` inserted in event-time order, the oldest beyond ``limit`` dropped.
+
+    Consecutive sightings of one value collapse into the latest (the window counts from it); a
+    value seen again after another token is a new entry, in force again from then on.
+    """
+    if item in history:
+        return history
+    merged = sorted((*history, item), key=lambda t: (t.seen_at_ms, t.value))
+    runs = [
+        t for i, t in enumerate(merged) if i + 1 == len(merged) or merged[i + 1].value != t.value
+    ]
+    result = tuple(runs[-limit:])
+    return history if result == history else result
+
+
+def with_device_id(history: tuple[Stamped, ...], item: Stamped, limit: int) -> tuple[Stamped, ...]:
+    """``history`` with ``item`` in event-time order; one entry per id (its latest sighting)."""
+    known = next((d for d in history if d.value == item.value), None)
+    if known is not None and known.seen_at_ms >= item.seen_at_ms:
+        return history
+    merged = sorted(
+        (*(d for d in history if d.value != item.value), item),
+        key=lambda d: (d.seen_at_ms, d.value),
+    )
+    return tuple(merged[-limit:])
+
+
+def device_id_at(history: tuple[Stamped, ...], moment_ms: int) -> Stamped | None:
+    """The id in force at ``moment_ms``: the newest seen at or before it, else the next one."""
+    for stamped in reversed(history):
+        if stamped.seen_at_ms <= moment_ms:
+            return stamped
+    return history[0] if history else None

@@ -6,16 +6,23 @@ at bytes it does not understand.
 
 Changelog value format, all integers big-endian::
 
-    byte 0      format version (1 or 2)
+    byte 0      format version (1, 2 or 3)
     bytes 1-8   expires_at, epoch milliseconds, signed: when nothing in the profile is useful
     bytes 9-    UTF-8 JSON array (positional, no field names), see ``_to_json`` / ``_from_json``
 
 Version 1 is a 4-element array (token, IDFA, GAID, orders); version 2 appends a fifth, the parked
-orders. A profile with no parked order is still written as version 1, byte for byte as before,
-so the previous release reads every such profile; one with parked orders is version 2, which the
-previous release refuses loudly instead of misreading. A reader refuses versions it does not
-know (``ProfileDecodeError``) rather than guessing. The plaintext email is never part of a
-profile.
+orders. Version 3 (written by this release, always) holds histories: ``[tokens, idfas, gaids,
+orders, parked]`` where each history is a list of entries in event-time order, and an order is
+its ledger: the version-1 order fields with refund *records* instead of refund event ids
+(``[event_id, event_ms, [[product_id, quantity], ...], amount, currency, folded]``), then the
+minor-unit exponent and the digest of what Button was last sent.
+
+Reading: versions 1 and 2 are still read (restore of an existing changelog works): the single
+token, IDFA and GAID become one-entry histories, and an order's refund event ids become
+``folded`` records (their effect is already in the stored state), with the sent digest ``1``
+("sent, body unknown": the next change of the order sends its full state as an update). A
+reader refuses versions it does not know (``ProfileDecodeError``) rather than guessing; the
+previous release refuses version 3 that way. The plaintext email is never part of a profile.
 """
 
 from __future__ import annotations
@@ -32,20 +39,28 @@ from consumer.domain.profile import (
     Stamped,
     StoredLine,
     StoredOrder,
+    StoredRefund,
 )
 
-FORMAT_VERSION = 2
-"""The newest format version; profiles without parked orders are still written as version 1."""
+FORMAT_VERSION = 3
+"""The format version written; versions 1 and 2 are still read."""
 _VERSION_1 = 1
-_READABLE_VERSIONS = frozenset({_VERSION_1, FORMAT_VERSION})
+_VERSION_2 = 2
+_READABLE_VERSIONS = frozenset({_VERSION_1, _VERSION_2, FORMAT_VERSION})
 _HEADER = struct.Struct(">Bq")
+_SENT_UNKNOWN = 1  # an order of an older format was sent to Button; its body digest is unknown
 
 
 class ProfileDecodeError(ValueError):
     """Changelog bytes that are not a profile this code understands."""
 
 
-_STATUS_CODES = {OrderStatus.OPEN: 0, OrderStatus.UPDATED: 1, OrderStatus.CANCELLED: 2}
+_STATUS_CODES = {
+    OrderStatus.OPEN: 0,
+    OrderStatus.UPDATED: 1,
+    OrderStatus.CANCELLED: 2,
+    OrderStatus.PENDING: 3,
+}
 _STATUSES = {code: status for status, code in _STATUS_CODES.items()}
 _SOURCE_CODES = {
     TokenSource.EXPLICIT: 0,
@@ -68,6 +83,17 @@ def _line_to_json(line: StoredLine) -> list[Any]:
     ]
 
 
+def _refund_to_json(refund: StoredRefund) -> list[Any]:
+    return [
+        refund.event_id,
+        refund.event_ms,
+        [[product, quantity] for product, quantity in refund.products],
+        refund.amount,
+        refund.currency,
+        1 if refund.folded else 0,
+    ]
+
+
 def _order_to_json(order: StoredOrder) -> list[Any]:
     return [
         order.order_id,
@@ -76,25 +102,24 @@ def _order_to_json(order: StoredOrder) -> list[Any]:
         order.total,
         _STATUS_CODES[order.status],
         order.created_by,
-        list(order.refunds),
+        [_refund_to_json(refund) for refund in order.refunds],
         order.btn_ref,
         order.touched_ms,
         [_line_to_json(line) for line in order.lines],
         None if order.btn_ref_source is None else _SOURCE_CODES[order.btn_ref_source],
+        order.exponent,
+        order.sent_digest,
     ]
 
 
 def _to_json(profile: Profile) -> list[Any]:
-    token = profile.btn_ref
-    fields: list[Any] = [
-        None if token is None else [token.value, _SOURCE_CODES[token.source], token.seen_at_ms],
-        None if profile.idfa is None else [profile.idfa.value, profile.idfa.seen_at_ms],
-        None if profile.gaid is None else [profile.gaid.value, profile.gaid.seen_at_ms],
+    return [
+        [[t.value, _SOURCE_CODES[t.source], t.seen_at_ms] for t in profile.tokens],
+        [[d.value, d.seen_at_ms] for d in profile.idfas],
+        [[d.value, d.seen_at_ms] for d in profile.gaids],
         [_order_to_json(order) for order in profile.orders],
+        [[p.order_id, p.reason, p.touched_ms] for p in profile.parked],
     ]
-    if profile.parked:  # version 2 only
-        fields.append([[p.order_id, p.reason, p.touched_ms] for p in profile.parked])
-    return fields
 
 
 def _str(value: Any) -> str:
@@ -139,23 +164,46 @@ def _line_from_json(value: Any) -> StoredLine:
     )
 
 
-def _order_from_json(value: Any) -> StoredOrder:
-    raw = _list(value, 11)
+def _refund_from_json(value: Any) -> StoredRefund:
+    raw = _list(value, 6)
+    return StoredRefund(
+        event_id=_str(raw[0]),
+        event_ms=_int(raw[1]),
+        products=tuple((_str(p), _int(q)) for p, q in (_list(x, 2) for x in _list(raw[2]))),
+        amount=_opt_str(raw[3]),
+        currency=_opt_str(raw[4]),
+        folded=bool(_int(raw[5])),
+    )
+
+
+def _order_from_json(value: Any, version: int) -> StoredOrder:
+    raw = _list(value, 11 if version < FORMAT_VERSION else 13)
     status = _STATUSES.get(_int(raw[4]))
     if status is None:
         raise ProfileDecodeError(f"unknown order status code {raw[4]}")
+    purchase_ms = _int(raw[2])
+    if version < FORMAT_VERSION:  # refund event ids whose effect is in the stored state
+        refunds = tuple(StoredRefund(_str(r), purchase_ms, folded=True) for r in _list(raw[6]))
+        exponent = None
+        digest = 0 if status is OrderStatus.PENDING else _SENT_UNKNOWN
+    else:
+        refunds = tuple(_refund_from_json(r) for r in _list(raw[6]))
+        exponent = None if raw[11] is None else _int(raw[11])
+        digest = _int(raw[12])
     return StoredOrder(
         order_id=_str(raw[0]),
         currency=_str(raw[1]),
-        purchase_ms=_int(raw[2]),
+        purchase_ms=purchase_ms,
         total=_int(raw[3]),
         status=status,
         created_by=_str(raw[5]),
-        refunds=tuple(_str(r) for r in _list(raw[6])),
+        refunds=refunds,
         btn_ref=_opt_str(raw[7]),
         touched_ms=_int(raw[8]),
         lines=tuple(_line_from_json(line) for line in _list(raw[9])),
         btn_ref_source=None if raw[10] is None else _source(raw[10]),
+        exponent=exponent,
+        sent_digest=digest,
     )
 
 
@@ -171,29 +219,39 @@ def _parked_from_json(value: Any) -> ParkedOrder:
     return ParkedOrder(_str(raw[0]), _str(raw[1]), _int(raw[2]))
 
 
+def _token(value: Any) -> ResolvedToken:
+    tok = _list(value, 3)
+    return ResolvedToken(_str(tok[0]), _source(tok[1]), _int(tok[2]))
+
+
 def _from_json(value: Any, version: int) -> Profile:
     raw = _list(value, 4 if version == _VERSION_1 else 5)
-    token: ResolvedToken | None = None
-    if raw[0] is not None:
-        tok = _list(raw[0], 3)
-        token = ResolvedToken(_str(tok[0]), _source(tok[1]), _int(tok[2]))
+    orders = tuple(_order_from_json(o, version) for o in _list(raw[3]))
+    parked = () if version == _VERSION_1 else tuple(_parked_from_json(p) for p in _list(raw[4]))
+    if version < FORMAT_VERSION:  # one token, IDFA and GAID: one-entry histories
+        idfa, gaid = _stamped(raw[1]), _stamped(raw[2])
+        return Profile(
+            tokens=() if raw[0] is None else (_token(raw[0]),),
+            idfas=() if idfa is None else (idfa,),
+            gaids=() if gaid is None else (gaid,),
+            orders=orders,
+            parked=parked,
+        )
+    histories = [tuple(_stamped(d) for d in _list(raw[i])) for i in (1, 2)]
     return Profile(
-        btn_ref=token,
-        idfa=_stamped(raw[1]),
-        gaid=_stamped(raw[2]),
-        orders=tuple(_order_from_json(o) for o in _list(raw[3])),
-        parked=() if version == _VERSION_1 else tuple(_parked_from_json(p) for p in _list(raw[4])),
+        tokens=tuple(_token(t) for t in _list(raw[0])),
+        idfas=tuple(d for d in histories[0] if d is not None),
+        gaids=tuple(d for d in histories[1] if d is not None),
+        orders=orders,
+        parked=parked,
     )
 
 
 def encode_profile(profile: Profile, expires_at: int) -> bytes:
-    """The changelog value of ``profile``; ``expires_at`` (epoch ms) goes in the header.
-
-    Version 1 when nothing is parked (readable by the previous release), else version 2.
-    """
+    """The changelog value of ``profile`` (format version 3); ``expires_at`` (epoch ms) goes in
+    the header."""
     payload = json.dumps(_to_json(profile), ensure_ascii=False, separators=(",", ":"))
-    version = FORMAT_VERSION if profile.parked else _VERSION_1
-    return _HEADER.pack(version, expires_at) + payload.encode("utf-8")
+    return _HEADER.pack(FORMAT_VERSION, expires_at) + payload.encode("utf-8")
 
 
 def read_expires_at(value: bytes) -> int:
@@ -218,7 +276,7 @@ def decode_profile(value: bytes) -> Profile:
     """The ``Profile`` encoded in a changelog value.
 
     Raises:
-        ProfileDecodeError: the bytes are not a version-1 or version-2 profile.
+        ProfileDecodeError: the bytes are not a version 1, 2 or 3 profile.
     """
     version, _ = _read_header(value)
     try:

@@ -103,8 +103,8 @@ def _env(
 
 
 def _recent_events(users: int, seed: int) -> list[CommerceEvent]:
-    """Sample journeys of the last hours (inside every retention window)."""
-    start = datetime.now(UTC) - timedelta(hours=7)
+    """Sample journeys of the last weeks (inside every retention window)."""
+    start = datetime.now(UTC) - timedelta(days=17)  # journeys span up to 16 days: all past
     return list(generate_events(users, seed=seed, start=start))
 
 

@@ -31,7 +31,7 @@ def test_a_restarted_static_member_resumes_where_it_stopped(
     settings = service_settings(
         topic, KAFKA_GROUP_INSTANCE_ID="pod-0", KAFKA_GROUP_PROTOCOL=protocol
     )
-    start = datetime.now(UTC) - timedelta(hours=7)
+    start = datetime.now(UTC) - timedelta(days=17)  # journeys span up to 16 days: all past
     first = list(generate_events(15, seed=21, start=start))
     second = list(generate_events(15, seed=22, start=start + timedelta(minutes=1)))
     produce_events(settings, first, partitions=2)

@@ -105,3 +105,67 @@ def test_event_token_wins_over_profile() -> None:
     remembered = ResolvedToken("srctok-old", TokenSource.URL, 0)
     own = ResolvedToken(TOKEN, TokenSource.EXPLICIT, 1)
     assert own == resolve_btn_ref(own, remembered, 1, DAY_MS)
+
+
+# --- every carrier form users send (issue 9, rows 6 and 7 and their kind) ----------------------
+
+CARRIERS = [
+    # row 6: a bare Android install referrer, not a URL
+    ("utm_source=partner&utm_medium=affiliate&btn_ref=srctok-aaa111", "srctok-aaa111"),
+    # row 7: a single-page app's hash route
+    ("https://shop.example/#/product/1?btn_ref=srctok-bbb222", "srctok-bbb222"),
+    # the same kind: a fragment that is itself a query string
+    ("https://shop.example/p#btn_ref=srctok-ccc333&x=1", "srctok-ccc333"),
+    # the install referrer percent-encoded as a whole
+    ("utm_source%3Dpartner%26btn_ref%3Dsrctok-ddd444", "srctok-ddd444"),
+    # the Play Store link wrapping one in its referrer= parameter
+    (
+        "https://play.google.com/store/apps/details?id=com.brand"
+        "&referrer=utm_source%3Dpartner%26btn_ref%3Dsrctok-eee555",
+        "srctok-eee555",
+    ),
+    # referrer= wrapping, twice encoded
+    ("referrer=utm_source%253Dx%2526btn_ref%253Dsrctok-fff666", "srctok-fff666"),
+    # HTML-escaped ampersands, pasted from a page's source
+    ("https://brand.example/p?utm_source=x&amp;btn_ref=srctok-ggg777", "srctok-ggg777"),
+    ("utm_source=x&AMP;btn_ref=srctok-hhh888", "srctok-hhh888"),
+    ("https://brand.example/p?a=1&#38;btn_ref=srctok-iii999", "srctok-iii999"),
+    # any letter case of the parameter name; the token's own case is kept
+    ("https://brand.example/p?BTN_REF=srctok-AbC123", "srctok-AbC123"),
+    ("Btn_Ref=srctok-jjj000", "srctok-jjj000"),
+    ("HTTPS://BRAND.EXAMPLE/#/P?Btn_Ref=srctok-kkk111", "srctok-kkk111"),
+    # a leading '?' on a bare query string, surrounding whitespace
+    ("  ?btn_ref=srctok-lll222  ", "srctok-lll222"),
+    # a deep-link wrapper's link= parameter (Firebase dynamic links, Branch)
+    (
+        "https://brand.page.link/?link=https%3A%2F%2Fbrand.example%2Fp%3Fbtn_ref%3Dsrctok-mmm333",
+        "srctok-mmm333",
+    ),
+]
+
+
+@pytest.mark.parametrize(("carrier", "expected"), CARRIERS)
+def test_every_carrier_form_yields_its_token(carrier: str, expected: str) -> None:
+    """Query, hash route, bare and encoded install referrers, `&amp;`, any case: one token."""
+    assert expected == btn_ref_from_url(carrier)
+
+
+@pytest.mark.parametrize(
+    "carrier",
+    [
+        "utm_source=partner&btn_ref=org-abc123",
+        "https://shop.example/#/p?btn_ref=ORG-abc123",
+        "btn_ref%3Dorg-abc123",
+        "referrer=utm_source%3Dx%26btn_ref%3DOrg-abc",
+        "https://r.bttn.io?btn_ref=org-123&amp;btn_url=https%3A%2F%2Fbrand.example",
+        "btn_ref=",
+        "btn_ref=not%20url%20safe",
+        "just some text",
+        "%",
+        "#?",
+        "referrer=" + "referrer%3D" * 40 + "btn_ref%3Dsrctok-deep",
+    ],
+)
+def test_carriers_without_a_forwardable_token(carrier: str) -> None:
+    """Publisher org ids stay refused in every form; junk and endless wrapping give nothing."""
+    assert btn_ref_from_url(carrier) is None

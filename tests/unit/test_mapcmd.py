@@ -6,6 +6,8 @@ import io
 import json
 from typing import Any
 
+import pytest
+
 from consumer.domain.mapping import MappingConfig
 from consumer.mapcmd import run_map
 
@@ -111,3 +113,66 @@ def test_cancel_has_no_body() -> None:
         "body": None,
     }
     assert results[0]["action"] == "cancel"
+
+
+def _raw_purchase(event_id: str, **overrides: Any) -> str:
+    """A purchase line as text, so that a field can hold what json.dumps would never write."""
+    fields = {**PURCHASE, "event_id": event_id, **overrides}
+    return json.dumps(fields)
+
+
+HUGE_INTEGER = _raw_purchase("e2").replace(
+    '"total_amount": "1200"', '"total_amount": 1' + "0" * 4400
+)
+HUGE_QUANTITY = _raw_purchase("e2").replace('"quantity": 2', '"quantity": 9' * 1 + "9" * 5000)
+OUT_OF_RANGE_LINES = [
+    # issue 9, row 9: a 4,400-digit total_amount; an event_time before year 1 in UTC
+    (HUGE_INTEGER, "invalid_json"),
+    (_raw_purchase("e2", event_time="0001-01-01T00:30:00+01:00"), "invalid_timestamp"),
+    # the same kind: after year 9999 in UTC, an epoch far out of range, a 5,000-digit quantity,
+    # an exponent no amount has, a number nested deeper than the parser goes
+    (_raw_purchase("e2", event_time="9999-12-31T23:30:00-01:00"), "invalid_timestamp"),
+    (_raw_purchase("e2", event_time=-(10**20)), "invalid_timestamp"),
+    (HUGE_QUANTITY, "invalid_json"),
+    (
+        _raw_purchase("e2").replace('"total_amount": "1200"', '"total_amount": 1e999999'),
+        "invalid_amount",
+    ),
+    ("[" * 100_000 + "]" * 100_000, "invalid_json"),
+]
+
+
+@pytest.mark.parametrize(("line", "reason"), OUT_OF_RANGE_LINES)
+def test_out_of_range_line_becomes_a_reject_and_later_lines_run(line: str, reason: str) -> None:
+    """A malformed or out-of-range second line is a reject line; the lines after it still run."""
+    later = {
+        **PURCHASE,
+        "event_id": "e3",
+        "commerce": {**PURCHASE["commerce"], "transaction_id": "O-2"},
+    }
+    status, results = run(PURCHASE, line, later)
+    assert status == 1
+    assert [r["action"] for r in results] == ["create", "reject", "create"]
+    assert results[1]["reason"] == reason
+    assert results[1]["line"] == 2
+
+
+def test_an_unexpected_failure_of_one_line_is_a_reject_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever goes wrong inside the mapping of a line, map writes a reject and goes on."""
+    from consumer.domain.mapping import process as real
+
+    calls = iter([True, False])
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        if next(calls):
+            raise ArithmeticError("boom")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("consumer.mapcmd.process", flaky)
+    status, results = run(PURCHASE, {**PURCHASE, "event_id": "e3"})
+    assert status == 1
+    assert (results[0]["action"], results[0]["reason"]) == ("reject", "unprocessable")
+    assert "ArithmeticError" in results[0]["detail"]
+    assert results[1]["action"] == "create"

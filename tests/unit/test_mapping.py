@@ -294,12 +294,13 @@ def test_full_refund_without_products_cancels() -> None:
 
 
 def test_refund_of_unknown_order() -> None:
-    """Unknown order: a whole-order refund cancels, a partial one is rejected."""
+    """Unknown order: a whole-order refund cancels, a partial one is held for the purchase."""
     result, _ = process(refund("evt-r1"), None, CONFIG, NOW)
     assert send(result).action == Action.CANCEL
-    result, _ = process(refund("evt-r1", [{"id": "SKU-RED-M"}]), None, CONFIG, NOW)
-    assert isinstance(result, Reject)
-    assert result.reason == "refund_order_unknown"
+    result, held = process(refund("evt-r1", [{"id": "SKU-RED-M"}]), None, CONFIG, NOW)
+    assert Skip("refund_held") == result
+    assert held is not None
+    assert held.order("ORD-100045").status is OrderStatus.PENDING  # type: ignore[union-attr]
 
 
 def test_partial_refund_updates_remaining_state() -> None:
@@ -667,3 +668,78 @@ def test_device_id_falls_back_to_the_profile() -> None:
     _, profile = process(opened, None, CONFIG, NOW)
     result, _ = process(purchase(platform="SERVER"), profile, CONFIG, NOW)
     assert send(result).body["customer"] == {"device_id": "ABCD-1"}
+
+
+# --- amounts that cannot be right (issue 9, row 8 and its kind) --------------------------------
+
+
+def _withdrawn_currency_profile(exponent: int | None) -> Profile:
+    from consumer.domain.profile import StoredLine, StoredOrder
+
+    order = StoredOrder(
+        order_id="ORD-100045",
+        currency="ANG",  # withdrawn from ISO 4217 and from the iso4217 table
+        purchase_ms=1_714_572_202_000,
+        total=5998,
+        lines=(StoredLine("SKU-RED-M", 2, "29.99"),),
+        status=OrderStatus.OPEN,
+        created_by="evt-1",
+        refunds=(),
+        btn_ref=TOKEN,
+        touched_ms=1_714_572_202_000,
+        exponent=exponent,
+        sent_digest=1,
+    )
+    return Profile(orders=(order,))
+
+
+def test_row_8_a_full_refund_of_an_order_whose_currency_left_the_table_cancels() -> None:
+    """A cancel needs no amount: DELETE /v1/order/O, never unknown_currency."""
+    result, _ = process(refund("evt-r1"), _withdrawn_currency_profile(None), CONFIG, NOW)
+    assert send(result).method == "DELETE"
+    assert send(result).path == order_path("ORD-100045")
+
+
+def test_a_partial_refund_uses_the_exponent_fixed_at_the_purchase() -> None:
+    """An order stored with its exponent is updated although its currency left the table."""
+    after_refund = refund("evt-r1", [{"id": "SKU-RED-M", "quantity": 1}])
+    result, _ = process(after_refund, _withdrawn_currency_profile(2), CONFIG, NOW)
+    assert (send(result).action, send(result).body["total"]) == (Action.UPDATE, 2999)
+
+
+def test_a_partial_refund_of_an_old_order_without_exponent_is_rejected_by_name() -> None:
+    """Without a stored exponent the remaining total cannot be computed: unknown_currency."""
+    after_refund = refund("evt-r1", [{"id": "SKU-RED-M", "quantity": 1}])
+    result, _ = process(after_refund, _withdrawn_currency_profile(None), CONFIG, NOW)
+    assert isinstance(result, Reject)
+    assert result.reason == "unknown_currency"
+
+
+def test_a_full_refund_in_an_unknown_currency_of_an_unknown_order_cancels() -> None:
+    """The currency table is not consulted for an action that needs no amount."""
+    result, _ = process(refund("evt-r1", currency_code="ZZZ"), None, CONFIG, NOW)
+    assert send(result).action == Action.CANCEL
+
+
+@pytest.mark.parametrize(
+    ("currency", "total", "tax"),
+    [("USD", "0.004", None), ("JPY", "0.4", None), ("KWD", "1.0004", "1")],
+)
+def test_a_non_zero_revenue_that_rounds_to_zero_is_rejected(
+    currency: str, total: str, tax: str | None
+) -> None:
+    """Never send a total of 0 for an order that had revenue: total_below_minor_unit."""
+    fields: dict[str, Any] = {"currency_code": currency, "total_amount": total, "products": []}
+    fields["tax_amount"] = tax
+    fields["shipping_amount"] = None
+    result, profile = process(purchase(commerce=fields), None, CONFIG, NOW)
+    assert isinstance(result, Reject)
+    assert result.reason == "total_below_minor_unit"
+    assert profile is None
+
+
+def test_a_zero_revenue_order_is_still_a_zero_total() -> None:
+    """A free order (revenue 0) is sent with total 0: nothing was lost in rounding."""
+    fields: dict[str, Any] = {"total_amount": "0", "tax_amount": None, "shipping_amount": None}
+    result, _ = process(purchase(commerce=fields), None, CONFIG, NOW)
+    assert send(result).body["total"] == 0

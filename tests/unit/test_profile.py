@@ -19,6 +19,7 @@ from consumer.domain.profile import (
     Stamped,
     StoredLine,
     StoredOrder,
+    StoredRefund,
     epoch_ms,
     expires_at_ms,
     prune,
@@ -56,17 +57,33 @@ orders = st.builds(
     lines=st.lists(lines, max_size=3).map(tuple),
     status=st.sampled_from(OrderStatus),
     created_by=texts,
-    refunds=st.lists(texts, max_size=3).map(tuple),
+    refunds=st.lists(
+        st.builds(
+            StoredRefund,
+            event_id=texts,
+            event_ms=ints,
+            products=st.lists(st.tuples(texts, ints), max_size=2).map(tuple),
+            amount=st.none()
+            | st.decimals(places=2, allow_nan=False, allow_infinity=False).map(str),
+            currency=st.none() | st.sampled_from(["USD", "ANG"]),
+            folded=st.booleans(),
+        ),
+        max_size=3,
+    ).map(tuple),
     btn_ref=st.none() | texts,
     touched_ms=ints,
     btn_ref_source=st.none() | st.sampled_from(TokenSource),
+    exponent=st.none() | st.integers(0, 4),
+    sent_digest=st.integers(0, 2**63 - 1),
 )
-stamped = st.none() | st.builds(Stamped, texts, ints)
+stamped = st.lists(st.builds(Stamped, texts, ints), max_size=3).map(tuple)
 profiles = st.builds(
     Profile,
-    btn_ref=st.none() | st.builds(ResolvedToken, texts, st.sampled_from(TokenSource), ints),
-    idfa=stamped,
-    gaid=stamped,
+    tokens=st.lists(
+        st.builds(ResolvedToken, texts, st.sampled_from(TokenSource), ints), max_size=3
+    ).map(tuple),
+    idfas=stamped,
+    gaids=stamped,
     orders=st.lists(orders, max_size=3).map(tuple),
     parked=st.lists(st.builds(ParkedOrder, texts, texts, ints), max_size=3).map(tuple),
 )
@@ -87,8 +104,8 @@ def typical_profile() -> Profile:
         1_714_572_202_000,
     )
     return Profile(
-        btn_ref=ResolvedToken("srctok-0123456789abcdef", TokenSource.URL, 1_714_500_000_000),
-        idfa=Stamped("6D92078A-8246-4BA4-AE5B-76104861E7DC", 1_714_500_000_000),
+        tokens=(ResolvedToken("srctok-0123456789abcdef", TokenSource.URL, 1_714_500_000_000),),
+        idfas=(Stamped("6D92078A-8246-4BA4-AE5B-76104861E7DC", 1_714_500_000_000),),
         orders=(order,),
     )
 
@@ -104,7 +121,7 @@ def test_encode_decode_round_trip(profile: Profile, expires: int) -> None:
 def test_format_is_versioned() -> None:
     """Byte 0 is the format version; unknown versions are refused, not guessed."""
     value = encode_profile(parked_profile(), 0)
-    assert value[0] == FORMAT_VERSION == 2
+    assert value[0] == FORMAT_VERSION == 3
     for unknown in (0, FORMAT_VERSION + 1):
         with pytest.raises(ProfileDecodeError):
             decode_profile(bytes([unknown]) + value[1:])
@@ -112,12 +129,18 @@ def test_format_is_versioned() -> None:
             read_expires_at(bytes([unknown]) + value[1:])
 
 
-# A profile exactly as the previous release (format version 1, no parking) wrote it.
+# A profile exactly as an earlier release (format version 1, no parking) wrote it.
 VERSION_1_VALUE = struct.pack(">Bq", 1, 1_719_756_202_000) + (
     b'[["srctok-0123456789abcdef",2,1714500000000],'
     b'["6D92078A-8246-4BA4-AE5B-76104861E7DC",1714500000000],null,'
-    b'[["ORD-100045","USD",1714572202000,5998,0,"evt-1",[],"srctok-0123456789abcdef",'
+    b'[["ORD-100045","USD",1714572202000,5998,0,"evt-1",["evt-r1"],"srctok-0123456789abcdef",'
     b'1714572202000,[["SKU-RED-M",2,"29.99","SKU-RED-M","Red shirt, M",["Apparel"],[]]],null]]]'
+)
+# The same with a parked order, as the previous release (format version 2) wrote it.
+VERSION_2_VALUE = (
+    struct.pack(">Bq", 2, 1_719_756_202_000)
+    + VERSION_1_VALUE[9:-1]
+    + b',[["ORD-9","http_400",1714600000000]]]'
 )
 
 
@@ -125,21 +148,57 @@ def parked_profile() -> Profile:
     return replace(typical_profile(), parked=(ParkedOrder("ORD-9", "http_400", 1_714_600_000_000),))
 
 
+def upgraded(profile: Profile) -> Profile:
+    """``profile`` as read from an older format: refund ids folded, sent body unknown."""
+    order = replace(
+        profile.orders[0],
+        refunds=(StoredRefund("evt-r1", 1_714_572_202_000, folded=True),),
+        sent_digest=1,
+    )
+    return replace(profile, orders=(order,))
+
+
 def test_a_version_1_profile_still_decodes() -> None:
     """Changelog values written before parking existed decode, with nothing parked."""
-    assert decode_profile(VERSION_1_VALUE) == typical_profile()
+    assert decode_profile(VERSION_1_VALUE) == upgraded(typical_profile())
     assert read_expires_at(VERSION_1_VALUE) == 1_719_756_202_000
 
 
-def test_a_profile_without_parked_orders_is_still_written_as_version_1() -> None:
-    """Byte for byte what the previous release wrote, so a rollback can still read it."""
-    assert encode_profile(typical_profile(), 1_719_756_202_000) == VERSION_1_VALUE
+def test_a_version_2_profile_still_decodes() -> None:
+    """The previous release's values decode: histories of one entry, refunds folded."""
+    assert decode_profile(VERSION_2_VALUE) == upgraded(parked_profile())
 
 
-def test_a_profile_with_parked_orders_is_version_2_and_round_trips() -> None:
-    """Parked orders need the fifth element, hence version 2 (the previous release refuses it)."""
+def test_a_restored_old_order_sends_its_full_state_on_the_next_change() -> None:
+    """An order read from version 1 is known as sent; its next change is an update."""
+    from consumer.domain.event_forms import event_from_json
+    from consumer.domain.mapping import MappingConfig, process
+
+    refund = event_from_json(
+        {
+            "event_id": "evt-r2",
+            "event_type": "REFUND",
+            "event_time": "2024-05-01T15:00:00Z",
+            "user_key": "u",
+            "commerce": {
+                "action": "REFUND",
+                "transaction_id": "ORD-100045",
+                "products": [{"id": "SKU-RED-M"}],
+            },
+        }
+    )
+    now = datetime(2024, 5, 2, tzinfo=UTC)
+    result, after = process(refund, decode_profile(VERSION_1_VALUE), MappingConfig(), now)
+    assert result.request.action == "update"  # type: ignore[union-attr]
+    assert result.request.body["total"] == 2999  # type: ignore[union-attr,index]
+    replayed, _ = process(refund, after, MappingConfig(), now)
+    assert replayed == result
+
+
+def test_profiles_are_written_as_version_3_and_round_trip() -> None:
+    """Histories and order ledgers need version 3 (the previous release refuses it)."""
     value = encode_profile(parked_profile(), 0)
-    assert value[0] == 2
+    assert value[0] == 3
     assert decode_profile(value) == parked_profile()
 
 
@@ -150,10 +209,15 @@ def test_a_profile_with_parked_orders_is_version_2_and_round_trips() -> None:
         struct.pack(">Bq", 2, 0) + b"[null,null,null,[]]",  # v2 without one
         struct.pack(">Bq", 2, 0) + b'[null,null,null,[],[["o","r"]]]',
         struct.pack(">Bq", 2, 0) + b'[null,null,null,[],[["o",1,1]]]',
+        struct.pack(">Bq", 3, 0) + b"[[],[],[],[]]",  # v3 without parked orders
+        struct.pack(">Bq", 3, 0) + b'[[],[],[],[["o","USD",1,1,0,"e",[],null,1,[],null]],[]]',
+        struct.pack(">Bq", 3, 0)
+        + b'[[],[],[],[["o","USD",1,1,0,"e",[["r"]],null,1,[],null,2,0]],[]]',
+        struct.pack(">Bq", 3, 0) + b'[[["t",9,1]],[],[],[],[]]',
     ],
 )
-def test_parked_orders_must_match_the_version(value: bytes) -> None:
-    """A version's array has exactly its elements; a malformed parked entry is refused."""
+def test_malformed_values_of_each_version_are_refused(value: bytes) -> None:
+    """A version's array has exactly its elements; a malformed entry is refused."""
     with pytest.raises(ProfileDecodeError):
         decode_profile(value)
 
@@ -178,6 +242,19 @@ def test_corrupt_values_raise_decode_error(value: bytes) -> None:
 def test_typical_profile_is_compact() -> None:
     """A typical profile (token, IDFA, one order with one line) encodes in well under 400 B."""
     assert len(encode_profile(typical_profile(), 0)) < 400
+
+
+def test_a_full_history_stays_compact() -> None:
+    """Eight tokens, three IDFAs and an order with two refunds stay under 1.2 KB."""
+    p = typical_profile()
+    tokens = tuple(
+        ResolvedToken(f"srctok-{i:016x}", TokenSource.URL, 1_714_500_000_000 + i) for i in range(8)
+    )
+    idfas = tuple(Stamped(f"6D92078A-8246-4BA4-AE5B-76104861E7D{i}", i) for i in range(3))
+    refunds = tuple(StoredRefund(f"evt-r{i}", i, (("SKU-RED-M", 1),)) for i in range(2))
+    order = replace(p.orders[0], refunds=refunds, exponent=2, sent_digest=2**62)
+    full = replace(p, tokens=tokens, idfas=idfas, orders=(order,))
+    assert len(encode_profile(full, 0)) < 1200
 
 
 def test_no_plaintext_email_can_be_stored() -> None:
@@ -250,7 +327,7 @@ def test_expire_returns_tombstones() -> None:
     store = ProfileStore(RETENTION)
     p = typical_profile()
     store.put(0, b"old", p)
-    fresh = Profile(idfa=Stamped("ABC", 1_900_000_000_000))
+    fresh = Profile(idfas=(Stamped("ABC", 1_900_000_000_000),))
     store.put(1, b"new", fresh)
     now = datetime.fromtimestamp((expires_at_ms(p, RETENTION) + 1) / 1000, tz=UTC)
     assert [ChangelogWrite(0, b"old", None)] == store.expire(now)

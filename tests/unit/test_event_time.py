@@ -1,0 +1,171 @@
+"""Issue 9's table, row by row, through ``button-consumer map``: arrival order is not event time.
+
+Each row is the issue's example with the value Button should end with; the other members of each
+kind are tested beside the code they exercise (``test_attribution``, ``test_mapcmd``,
+``test_mapping``, ``test_ledger_property``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from consumer.domain.mapping import MappingConfig
+from consumer.mapcmd import run_map
+
+T0 = datetime(2026, 1, 5, 10, tzinfo=UTC)
+RECEIVED = datetime(2026, 1, 6, tzinfo=UTC)
+
+
+def at(delta: timedelta) -> str:
+    return (T0 + delta).isoformat().replace("+00:00", "Z")
+
+
+def run(*events: dict[str, Any]) -> list[dict[str, Any]]:
+    out = io.StringIO()
+    run_map([json.dumps(e) for e in events], out, MappingConfig(), received=RECEIVED)
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def app_open(event_id: str, time: str, token: str) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "event_type": "APP_OPEN",
+        "event_time": time,
+        "user_key": "u1",
+        "launch_referral_url": f"https://brand.example/p?btn_ref={token}",
+    }
+
+
+def order_event(
+    event_id: str, kind: str, time: str, products: list[dict[str, Any]] | None = None, **c: Any
+) -> dict[str, Any]:
+    commerce: dict[str, Any] = {"action": kind, "transaction_id": "O", **c}
+    if products is not None:
+        commerce["products"] = products
+    return {
+        "event_id": event_id,
+        "event_type": kind,
+        "event_time": time,
+        "user_key": "u1",
+        "commerce": commerce,
+    }
+
+
+def purchase(
+    event_id: str, time: str, products: list[dict[str, Any]], total: str
+) -> dict[str, Any]:
+    return order_event(
+        event_id, "PURCHASE", time, products, currency_code="USD", total_amount=total
+    )
+
+
+def summary(results: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """(action, total or reason) per line: what Button is told."""
+    out: list[tuple[str, Any]] = []
+    for r in results:
+        body = (r["request"] or {}).get("body") or {}
+        out.append((r["action"], body.get("total", r["reason"])))
+    return out
+
+
+def test_row_1_the_token_in_force_at_purchase_time_is_attached() -> None:
+    """t1 at T0, t2 at T0+2h, a late server purchase at T0+1h: btn_ref t1."""
+    results = run(
+        app_open("o1", at(timedelta(0)), "srctok-t1"),
+        app_open("o2", at(timedelta(hours=2)), "srctok-t2"),
+        purchase("p", at(timedelta(hours=1)), [{"id": "A", "price": "10", "quantity": 1}], "10"),
+    )
+    assert results[2]["request"]["body"]["btn_ref"] == "srctok-t1"
+    assert results[2]["btn_ref_source"] == "profile"
+
+
+def test_row_2_a_far_future_token_teaches_nothing() -> None:
+    """A token dated 2100 is not learned; the token of T0 is attached to the purchase."""
+    results = run(
+        app_open("o1", "2100-01-01T00:00:00Z", "srctok-future"),
+        app_open("o2", at(timedelta(0)), "srctok-t2"),
+        purchase("p", at(timedelta(hours=1)), [{"id": "A", "price": "10", "quantity": 1}], "10"),
+    )
+    assert results[2]["request"]["body"]["btn_ref"] == "srctok-t2"
+
+
+def test_row_2_kind_an_order_dated_in_the_future_is_rejected() -> None:
+    """A purchase or refund dated beyond the skew is rejected with a named reason."""
+    results = run(
+        purchase("p", "2100-01-01T00:00:00Z", [{"id": "A", "price": "1", "quantity": 1}], "1"),
+        order_event("r", "REFUND", "2100-01-01T00:00:00Z"),
+    )
+    assert [r["reason"] for r in results] == ["event_time_in_future"] * 2
+
+
+def test_row_3_a_revised_purchase_updates_and_the_refund_applies_to_it() -> None:
+    """25.00, then a revised 30.00, then a refund of one B: Button holds 30.00, then 25.00."""
+    results = run(
+        purchase(
+            "p1",
+            at(timedelta(0)),
+            [{"id": "A", "price": "10", "quantity": 2}, {"id": "B", "price": "5", "quantity": 1}],
+            "25.00",
+        ),
+        purchase(
+            "p2",
+            at(timedelta(minutes=1)),
+            [{"id": "A", "price": "10", "quantity": 2}, {"id": "B", "price": "5", "quantity": 2}],
+            "30.00",
+        ),
+        order_event("r", "REFUND", at(timedelta(minutes=2)), [{"id": "B", "quantity": 1}]),
+    )
+    assert summary(results) == [("create", 2500), ("update", 3000), ("update", 2500)]
+
+
+def test_row_4_a_refund_arriving_before_its_purchase_keeps_the_order_cancelled() -> None:
+    """The full refund (T0+1h) arrives first: the later-arriving purchase (T0) is not created."""
+    results = run(
+        order_event("r", "REFUND", at(timedelta(hours=1))),
+        purchase("p", at(timedelta(0)), [{"id": "A", "price": "10", "quantity": 1}], "10"),
+    )
+    assert summary(results) == [("cancel", None), ("skip", "order_already_cancelled")]
+
+
+def test_row_5_a_partial_refund_of_an_unknown_order_is_not_a_cancellation() -> None:
+    """A refund with a partial amount and no products is held, then applied to the purchase."""
+    results = run(
+        order_event("r", "REFUND", at(timedelta(hours=1)), total_amount="5.00"),
+        purchase("p", at(timedelta(0)), [{"id": "A", "price": "10", "quantity": 2}], "20.00"),
+    )
+    assert summary(results) == [("skip", "refund_held"), ("create", 1500)]
+
+
+def test_row_6_an_install_referrer_is_a_token_carrier() -> None:
+    """A bare install referrer in launch_referral_url lends its token to the purchase."""
+    install = {
+        "event_id": "i",
+        "event_type": "APP_INSTALL",
+        "event_time": at(timedelta(0)),
+        "user_key": "u1",
+        "launch_referral_url": "utm_source=partner&utm_medium=affiliate&btn_ref=srctok-aaa111",
+    }
+    results = run(
+        install,
+        purchase("p", at(timedelta(hours=1)), [{"id": "A", "price": "1", "quantity": 1}], "1"),
+    )
+    assert results[1]["request"]["body"]["btn_ref"] == "srctok-aaa111"
+
+
+def test_row_7_a_hash_route_is_a_token_carrier() -> None:
+    """A single-page app's hash route in page_url lends its token to the purchase."""
+    view = {
+        "event_id": "v",
+        "event_type": "PAGE_VIEW",
+        "event_time": at(timedelta(0)),
+        "user_key": "u1",
+        "page_url": "https://shop.example/#/product/1?btn_ref=srctok-bbb222",
+    }
+    results = run(
+        view,
+        purchase("p", at(timedelta(hours=1)), [{"id": "A", "price": "1", "quantity": 1}], "1"),
+    )
+    assert results[1]["request"]["body"]["btn_ref"] == "srctok-bbb222"
