@@ -408,3 +408,16 @@ def kafka_passthrough(env: Mapping[str, str]) -> dict[str, str]:
             raise ConfigError(f"{variable}: {prop} is managed by the service and cannot be set")
         config[prop] = value
     return config
+
+
+def variable_names() -> frozenset[str]:
+    """Every environment variable a setting is read from (``KAFKA_CONFIG_*`` aside).
+
+    Deployment files (the Helm chart, docker-compose.yml) are tested against it, and ``check``
+    uses it to point out a variable that looks like a setting but is none (a typo).
+    """
+    names: set[str] = set()
+    for section in _SECTIONS.values():
+        prefix = str(section.model_config.get("env_prefix", ""))
+        names.update(prefix + field.upper() for field in section.model_fields if field != "config")
+    return frozenset(names)
