@@ -67,7 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p_test.add_argument("--user", default="test-user", help="record key / user key")
 
-    sub.add_parser("check", help="validate the settings and reach Kafka, registry and Button")
+    p_check = sub.add_parser(
+        "check", help="every configuration problem at once: settings, Kafka, registry, Button"
+    )
+    p_check.add_argument("--json", action="store_true", help="one JSON document, for automation")
+    p_check.add_argument("--timeout", type=float, default=10.0, help="seconds per connection")
 
     p_sandbox = sub.add_parser("sandbox", help="run the local Button Order API sandbox")
     from consumer.sandbox.cli import add_arguments
@@ -115,6 +119,6 @@ def _dispatch(args: argparse.Namespace) -> int:
             invalid_ratio=args.invalid_ratio,
         ),
         "test-event": lambda: commands.test_event(args),
-        "check": commands.check,
+        "check": lambda: commands.check(as_json=args.json, timeout=args.timeout),
     }
     return handlers[command]()
