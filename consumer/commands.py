@@ -145,7 +145,8 @@ def produce_sample(
         raise ConsumerError(
             f"{unacknowledged} of {sent} events were not acknowledged by the broker"
         )
-    print(f"produced {sent} events ({invalid} invalid) to {topic}")
+    whose = f"{users} users" if duration is None else f"batches of {users} users"
+    print(f"produced {sent} events ({invalid} invalid) of {whose} to {topic}")
     return 0
 
 

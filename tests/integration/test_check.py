@@ -65,8 +65,9 @@ def test_check_passes_against_the_local_broker_registry_and_sandbox(
         "KAFKA_PROFILE_TOPIC",
         "SCHEMA_REGISTRY_URL",
         "BUTTON_API_KEY",
-        "KAFKA_GROUP_ID",
     } <= settings
+    # No KAFKA_GROUP_ID here: on a fresh broker the group coordinator may still be loading, and
+    # the group check then warns (never fails).
 
 
 def test_check_names_every_problem_in_one_run(
