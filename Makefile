@@ -1,42 +1,76 @@
-# Every target installs what it needs: a fresh clone needs Python 3.11+, Java 17+ and Maven.
+# Every target installs what it needs: a fresh clone needs Python 3.11+, Go (for helm), Java 17+
+# and Maven.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements-dev.lock | sha1sum | cut -c1-12)
+# Pinned tools outside PyPI, built once into .cache/tools/ (go's module and build caches make a
+# rebuild after `make clean` quick).
+HELM_VERSION := v3.22.0
+HELM := .cache/tools/helm-$(HELM_VERSION)/helm
+UV_VERSION := 0.13.8
+KUBE_VERSION := 1.33.0
 
-.PHONY: help venv lint format typecheck test test-unit test-integration demo kafka-up kafka-down sandbox bench clean
+.PHONY: help venv lock lint lint-deploy format typecheck test test-unit test-deploy test-integration demo kafka-up kafka-down sandbox bench clean helm
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements-dev.lock
 	@command -v $(PYTHON) >/dev/null || { echo "python3 (3.11+) is required" >&2; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@rm -f $(VENV)/.installed-*; touch $@
 
-venv: $(STAMP) ## Create the virtualenv and install the project with its development tools
+venv: $(STAMP) ## Create the virtualenv and install the project with its development tools (from the lock)
+
+lock: ## Refresh requirements.lock (image) and requirements-dev.lock (make, CI) from pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet 'uv==$(UV_VERSION)'
+	$(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes --upgrade -q -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 --generate-hashes --upgrade -q -o requirements-dev.lock
+
+$(HELM):
+	@command -v go >/dev/null || { echo "go is required to build helm $(HELM_VERSION)" >&2; exit 1; }
+	GOBIN=$(CURDIR)/$(dir $(HELM)) GOFLAGS=-mod=mod go install \
+		-ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION)" \
+		helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+helm: $(HELM) ## Build the pinned helm into .cache/tools/ (only when missing)
 
 lint: venv ## ruff, mypy --strict and the layer contracts (import-linter)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	@$(MAKE) --no-print-directory lint-deploy
+
+lint-deploy: venv $(HELM) ## helm lint --strict on each CI values file; docker-compose.yml against the Compose schema
+	@for values in deploy/helm/button-consumer/ci/*.yaml; do \
+		echo "helm lint --strict -f $$values"; \
+		$(HELM) lint --strict deploy/helm/button-consumer --kube-version $(KUBE_VERSION) -f $$values 2>&1 \
+			| grep -v 'found symbolic link' ; test $${PIPESTATUS[0]} -eq 0 || exit 1; \
+	done
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
 format: venv ## Apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: venv ## Every test tier (unit, integration, e2e) against a real Kafka broker
+test: venv $(HELM) ## Every test tier (unit, deploy, integration, e2e) against a real Kafka broker
 	$(BIN)/python -m consumer.devtools.prereqs
-	$(BIN)/pytest tests
+	HELM=$(CURDIR)/$(HELM) $(BIN)/pytest tests
 
 test-unit: venv ## Unit tests only (no broker)
 	$(BIN)/pytest tests/unit
+
+test-deploy: venv $(HELM) ## The chart rendered and validated, the compose file checked (offline)
+	HELM=$(CURDIR)/$(HELM) $(BIN)/pytest tests/deploy
 
 test-integration: venv ## Integration and end-to-end tests (real broker)
 	$(BIN)/python -m consumer.devtools.prereqs

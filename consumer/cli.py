@@ -45,6 +45,18 @@ def _parser() -> argparse.ArgumentParser:
     p_sample.add_argument("--users", type=int, default=200, help="number of users")
     p_sample.add_argument("--seed", type=int, default=7, help="random seed")
     p_sample.add_argument("--partitions", type=int, default=3, help="if the topic is created")
+    p_sample.add_argument(
+        "--rate", type=float, help="events per second (default: as fast as possible)"
+    )
+    p_sample.add_argument(
+        "--duration", type=float, help="seconds to keep producing, new users coming (default: once)"
+    )
+    p_sample.add_argument(
+        "--invalid-ratio",
+        type=float,
+        default=0.0,
+        help="share of records made undecodable, to exercise the DLQ (0-1, default 0)",
+    )
 
     p_test = sub.add_parser("test-event", help="produce one purchase to check a deployment")
     p_test.add_argument("--order-id", required=True)
@@ -55,7 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p_test.add_argument("--user", default="test-user", help="record key / user key")
 
-    sub.add_parser("check", help="validate the settings and reach Kafka, registry and Button")
+    p_check = sub.add_parser(
+        "check", help="every configuration problem at once: settings, Kafka, registry, Button"
+    )
+    p_check.add_argument("--json", action="store_true", help="one JSON document, for automation")
+    p_check.add_argument("--timeout", type=float, default=10.0, help="seconds per connection")
 
     p_sandbox = sub.add_parser("sandbox", help="run the local Button Order API sandbox")
     from consumer.sandbox.cli import add_arguments
@@ -94,8 +110,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     handlers: dict[str, Callable[[], int]] = {
         "map": lambda: commands.map_command(args.file, args.now),
-        "produce-sample": lambda: commands.produce_sample(args.users, args.seed, args.partitions),
+        "produce-sample": lambda: commands.produce_sample(
+            args.users,
+            args.seed,
+            args.partitions,
+            rate=args.rate,
+            duration=args.duration,
+            invalid_ratio=args.invalid_ratio,
+        ),
         "test-event": lambda: commands.test_event(args),
-        "check": commands.check,
+        "check": lambda: commands.check(as_json=args.json, timeout=args.timeout),
     }
     return handlers[command]()

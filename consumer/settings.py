@@ -16,10 +16,11 @@ client's, so every command (``run``, ``check``, ``produce-sample``, ``test-event
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -409,3 +410,90 @@ def kafka_passthrough(env: Mapping[str, str]) -> dict[str, str]:
             raise ConfigError(f"{variable}: {prop} is managed by the service and cannot be set")
         config[prop] = value
     return config
+
+
+def variable_names() -> frozenset[str]:
+    """Every environment variable a setting is read from (``KAFKA_CONFIG_*`` aside).
+
+    Deployment files (the Helm chart, docker-compose.yml) are tested against it, and ``check``
+    uses it to point out a variable that looks like a setting but is none (a typo).
+    """
+    names: set[str] = set()
+    for section in _SECTIONS.values():
+        prefix = str(section.model_config.get("env_prefix", ""))
+        names.update(prefix + field.upper() for field in section.model_fields if field != "config")
+    return frozenset(names)
+
+
+class SettingProblem(NamedTuple):
+    """One invalid setting: the variable (or section) and what is wrong with it."""
+
+    variable: str
+    message: str
+    fatal: bool = True
+    """False for a warning: a variable that looks like a setting but is none (a typo?)."""
+
+
+def diagnose(
+    environ: Mapping[str, str] | None = None, *, require_api_key: bool = True
+) -> tuple[dict[str, _Section | None], list[SettingProblem]]:
+    """Validate every section and collect every problem, rather than stop at the first.
+
+    ``Settings.from_env`` refuses to start on the first invalid variable; ``check`` uses this to
+    name all of them in one run, and to run the connectivity checks whose sections are valid.
+
+    Returns:
+        each section by name (None when invalid) and the problems, each naming its variable.
+    """
+    env = dict(os.environ if environ is None else environ)
+    sections: dict[str, _Section | None] = {}
+    problems: list[SettingProblem] = []
+    for name, section in _SECTIONS.items():
+        prefix = str(section.model_config.get("env_prefix", ""))
+        given = _empty_as_unset(
+            {f: env[prefix + f.upper()] for f in section.model_fields if prefix + f.upper() in env}
+        )
+        given.pop("config", None)
+        try:
+            sections[name] = section.model_validate(given)
+        except ValidationError as exc:
+            sections[name] = None
+            for error in exc.errors():
+                loc = error.get("loc") or ()
+                variable = prefix + str(loc[0]).upper() if loc else prefix.rstrip("_") + " settings"
+                missing = error.get("type") == "missing"
+                message = str(error["msg"]).removeprefix("Value error, ")
+                problems.append(SettingProblem(variable, "is required" if missing else message))
+    try:
+        passthrough = kafka_passthrough(env)
+    except ConfigError as exc:
+        variable, _, message = str(exc).partition(": ")
+        problems.append(SettingProblem(variable, message))
+        sections["kafka"] = None
+    else:
+        kafka = sections.get("kafka")
+        if isinstance(kafka, KafkaSettings):
+            sections["kafka"] = kafka.model_copy(update={"config": passthrough})
+    delivery, button = sections.get("delivery"), sections.get("button")
+    if (
+        require_api_key
+        and isinstance(delivery, DeliverySettings)
+        and not delivery.dry_run
+        and isinstance(button, ButtonSettings)
+        and button.api_key is None
+    ):
+        problems.append(SettingProblem("BUTTON_API_KEY", "is required (or DELIVERY_DRY_RUN=true)"))
+    known = variable_names()
+    prefixes = tuple(str(s.model_config.get("env_prefix", "")) for s in _SECTIONS.values())
+    for variable in sorted(env):
+        if (
+            variable.startswith(prefixes)
+            and variable not in known
+            and not variable.startswith(_PASSTHROUGH_PREFIX)
+        ):
+            close = difflib.get_close_matches(variable, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            problems.append(
+                SettingProblem(variable, "is not a setting of this service" + hint, fatal=False)
+            )
+    return sections, problems

@@ -1,0 +1,93 @@
+{{/* Names, labels and the derived values every template shares. */}}
+
+{{- define "button-consumer.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "button-consumer.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "button-consumer.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "button-consumer.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "button-consumer.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "button-consumer.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "button-consumer.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "button-consumer.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "button-consumer.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "button-consumer.workloadKind" -}}
+{{- if .Values.staticMembership.enabled -}}StatefulSet{{- else -}}Deployment{{- end -}}
+{{- end -}}
+
+{{/*
+The pod's grace period, from the service's shutdown budget. On SIGTERM the service
+  1. drains in-flight work:                 DELIVERY_SHUTDOWN_TIMEOUT_SECONDS (S)
+  2. commits what finished:                 KafkaSource.commit_timeout  = 15 s
+  3. leaves the group and closes:           KafkaSource.close_timeout   = 30 s
+  4. flushes its producer (dead letters):   S, then joins its thread     =  2 s
+so it exits within 2*S + 47 seconds; the grace period adds shutdown.marginSeconds.
+tests/deploy/test_chart.py asserts this against the adapter's own bounds.
+*/}}
+{{- define "button-consumer.shutdownBudgetSeconds" -}}
+{{- $s := int .Values.shutdown.timeoutSeconds -}}
+{{- add (mul 2 $s) 15 30 2 -}}
+{{- end -}}
+
+{{- define "button-consumer.terminationGracePeriodSeconds" -}}
+{{- add (include "button-consumer.shutdownBudgetSeconds" . | int) (int .Values.shutdown.marginSeconds) -}}
+{{- end -}}
+
+{{- define "button-consumer.maxReplicas" -}}
+{{- $partitions := int .Values.kafka.partitions -}}
+{{- $max := int .Values.keda.maxReplicaCount -}}
+{{- if eq $max 0 -}}{{- $max = $partitions -}}{{- end -}}
+{{- if gt $max $partitions -}}
+{{- fail (printf "keda.maxReplicaCount (%d) exceeds kafka.partitions (%d): extra consumers would sit idle" $max $partitions) -}}
+{{- end -}}
+{{- if gt (int .Values.keda.minReplicaCount) $max -}}
+{{- fail (printf "keda.minReplicaCount (%d) exceeds the maximum replica count (%d)" (int .Values.keda.minReplicaCount) $max) -}}
+{{- end -}}
+{{- $max -}}
+{{- end -}}
+
+{{- define "button-consumer.validate" -}}
+{{- if not .Values.kafka.bootstrapServers -}}
+{{- fail "kafka.bootstrapServers is required" -}}
+{{- end -}}
+{{- if and (not .Values.button.existingSecret) (ne (toString (index .Values.config "DELIVERY_DRY_RUN" | default "false")) "true") -}}
+{{- fail "button.existingSecret is required (the name of a Secret holding the API key), unless config.DELIVERY_DRY_RUN is \"true\"" -}}
+{{- end -}}
+{{- if gt (int .Values.replicaCount) (int .Values.kafka.partitions) -}}
+{{- fail (printf "replicaCount (%d) exceeds kafka.partitions (%d): extra consumers would sit idle" (int .Values.replicaCount) (int .Values.kafka.partitions)) -}}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,246 @@
+"""The Helm chart, rendered offline: valid manifests, a strict values schema, rules kept."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from consumer.adapters.kafka import KafkaSource
+from consumer.settings import Settings, variable_names
+from tests.deploy.conftest import (
+    API_VERSIONS,
+    CHART,
+    KUBE_VERSION,
+    ROOT,
+    HelmFailedError,
+    by_kind,
+    helm_binary,
+    render,
+    validate_manifest,
+)
+
+CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.stem)
+def test_helm_lint_strict_passes(values: Path) -> None:
+    """`helm lint --strict` accepts the chart with each of its CI values files."""
+    done = subprocess.run(
+        [
+            helm_binary(),
+            "lint",
+            "--strict",
+            str(CHART),
+            "--kube-version",
+            KUBE_VERSION,
+            "-f",
+            str(values),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.stem)
+def test_every_rendered_manifest_is_valid(values: Path) -> None:
+    """Each manifest of each CI scenario passes its Kubernetes or custom resource schema."""
+    docs = render(values_files=[values])
+    assert docs
+    for doc in docs:
+        validate_manifest(doc)
+
+
+def test_the_default_values_render_valid_manifests(chart) -> None:
+    """With only the required values, the release renders and validates."""
+    for doc in chart():
+        validate_manifest(doc)
+
+
+def test_the_validation_catches_a_broken_manifest(chart) -> None:
+    """The validator is not a no-op: a wrong type inside a rendered manifest fails it."""
+    kinds = by_kind(chart("keda.enabled=true"))
+    kinds["StatefulSet"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = "soon"
+    kinds["ScaledObject"]["spec"]["maxReplicaCount"] = "many"
+    with pytest.raises(AssertionError):
+        validate_manifest(kinds["StatefulSet"])
+    with pytest.raises(AssertionError):
+        validate_manifest(kinds["ScaledObject"])
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["replicaCount=two"], "replicaCount"),
+        (["kafka.bogus=1"], "additional properties 'bogus' not allowed"),
+        (["keda.lagThreshold=lots"], "lagThreshold"),
+        (["image.digest=latest"], "digest"),
+        (["config.BUTTON_API_KEY=sk-live"], "invalid propertyName 'BUTTON_API_KEY'"),
+        (["config.DELIVERY_SHUTDOWN_TIMEOUT_SECONDS=99"], "DELIVERY_SHUTDOWN_TIMEOUT_SECONDS"),
+        (["config.DELIVERY_MAX_IN_FLIGHT=1000"], "config"),  # a number, not a string
+        (["kafka.groupProtocol=eager"], "groupProtocol"),
+        (["networkPolicy.kafka.ports[0]=kafka"], "ports"),
+        (
+            ["kafka.partitions=4", "keda.enabled=true", "keda.maxReplicaCount=8"],
+            "keda.maxReplicaCount (8) exceeds kafka.partitions (4)",
+        ),
+        (["kafka.partitions=2", "replicaCount=3"], "replicaCount (3) exceeds kafka.partitions (2)"),
+        (["kafka.bootstrapServers="], "kafka.bootstrapServers is required"),
+        (["button.existingSecret="], "button.existingSecret is required"),
+    ],
+)
+def test_a_broken_value_fails_the_render(chart, sets: list[str], message: str) -> None:
+    """values.schema.json and the templates' checks refuse wrong types, unknown keys, bad caps."""
+    with pytest.raises(HelmFailedError) as failed:
+        chart(*sets)
+    assert message in str(failed.value)
+
+
+def test_a_custom_resource_without_its_api_is_refused() -> None:
+    """KEDA on, but the cluster has no KEDA API: the render fails instead of dropping it."""
+    with pytest.raises(HelmFailedError, match=re.escape("keda.sh/v1alpha1")):
+        render(
+            "kafka.bootstrapServers=k:9092",
+            "button.existingSecret=s",
+            "keda.enabled=true",
+            api_versions=[a for a in API_VERSIONS if not a.startswith("keda")],
+        )
+
+
+def test_static_membership_is_a_statefulset_named_by_the_pod() -> None:
+    """Static membership renders a StatefulSet whose instance id is the stable pod name."""
+    kinds = by_kind(render("kafka.bootstrapServers=k:9092", "button.existingSecret=s"))
+    assert "Deployment" not in kinds
+    sts = kinds["StatefulSet"]
+    assert sts["spec"]["serviceName"] == kinds["Service"]["metadata"]["name"]
+    env = {e["name"]: e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KAFKA_GROUP_INSTANCE_ID"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.name"}
+    }
+
+
+def test_without_static_membership_a_deployment_sets_no_instance_id(chart) -> None:
+    """A Deployment's pod names change every rollout: no static membership there."""
+    kinds = by_kind(chart("staticMembership.enabled=false"))
+    assert "StatefulSet" not in kinds
+    assert "Service" not in kinds
+    container = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    names = {e["name"] for e in container["env"]}
+    assert "KAFKA_GROUP_INSTANCE_ID" not in names
+    assert "KAFKA_GROUP_INSTANCE_ID" not in kinds["ConfigMap"]["data"]
+
+
+def _shutdown_budget(timeout: float) -> float:
+    """How long the service may take to exit after SIGTERM, from the adapters' own bounds.
+
+    Drain (DELIVERY_SHUTDOWN_TIMEOUT_SECONDS), final commit, consumer close, then the producer's
+    flush (the same timeout) and the join of its thread (2 s, AckingProducer.close).
+    """
+    source = KafkaSource({}, "unused")
+    try:
+        return timeout + source.commit_timeout + source.close_timeout + timeout + 2.0
+    finally:
+        asyncio.run(source.close())
+
+
+@pytest.mark.parametrize("timeout", [1, 20, 300])
+def test_the_grace_period_outlasts_the_shutdown_budget(chart, timeout: int) -> None:
+    """terminationGracePeriodSeconds > the service's worst-case shutdown, for any timeout."""
+    kinds = by_kind(chart(f"shutdown.timeoutSeconds={timeout}", "shutdown.marginSeconds=1"))
+    pod = kinds["StatefulSet"]["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > _shutdown_budget(timeout)
+    assert kinds["ConfigMap"]["data"]["DELIVERY_SHUTDOWN_TIMEOUT_SECONDS"] == str(timeout)
+
+
+def test_the_configmap_holds_only_settings_the_service_reads(chart) -> None:
+    """Every ConfigMap key is a setting, and together they pass the service's validation."""
+    data = by_kind(chart("schemaRegistry.url=http://registry:8081"))["ConfigMap"]["data"]
+    assert set(data) <= variable_names()
+    settings = Settings.from_env({**data, "BUTTON_API_KEY": "from-the-secret"})
+    assert settings.admin.port == 9400
+    assert settings.delivery.shutdown_timeout_seconds == 20
+
+
+def test_the_api_key_comes_from_the_existing_secret_only(chart) -> None:
+    """The key is a secretKeyRef to the named Secret; the chart renders no Secret of its own."""
+    kinds = by_kind(chart("button.existingSecret=my-key", "button.existingSecretKey=token"))
+    assert "Secret" not in kinds
+    assert "BUTTON_API_KEY" not in kinds["ConfigMap"]["data"]
+    env = {
+        e["name"]: e
+        for e in kinds["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["BUTTON_API_KEY"]["valueFrom"] == {
+        "secretKeyRef": {"name": "my-key", "key": "token"}
+    }
+
+
+def test_the_pod_is_locked_down(chart) -> None:
+    """Non-root, read-only root filesystem, no capabilities, no service account token."""
+    pod = by_kind(chart())["StatefulSet"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert {c["topologyKey"] for c in pod["topologySpreadConstraints"]} == {
+        "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
+    }
+
+
+def test_keda_scales_on_lag_capped_at_the_partitions(chart) -> None:
+    """The ScaledObject targets the workload, caps at the partition count, skips stuck lag."""
+    kinds = by_kind(chart("keda.enabled=true", "kafka.partitions=6"))
+    spec = kinds["ScaledObject"]["spec"]
+    assert spec["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "name": kinds["StatefulSet"]["metadata"]["name"],
+    }
+    assert spec["maxReplicaCount"] == 6
+    trigger = spec["triggers"][0]
+    assert trigger["type"] == "kafka"
+    assert trigger["metadata"]["excludePersistentLag"] == "true"
+    assert trigger["metadata"]["consumerGroup"] == "button-consumer"
+    assert trigger["metadata"]["offsetResetPolicy"] == "earliest"
+    assert "replicas" not in kinds["StatefulSet"]["spec"]  # KEDA owns the count
+
+
+def test_the_prometheus_rule_is_the_shared_rules_file(chart) -> None:
+    """The PrometheusRule carries deploy/prometheus's rules, the file compose's Prometheus loads."""
+    rule = by_kind(chart("metrics.prometheusRule.enabled=true"))["PrometheusRule"]
+    shared = yaml.safe_load(
+        (ROOT / "deploy" / "prometheus" / "button-consumer.rules.yaml").read_text(encoding="utf-8")
+    )
+    assert rule["spec"]["groups"] == shared["groups"]
+
+
+def test_the_pod_monitor_scrapes_the_admin_port(chart) -> None:
+    """The PodMonitor selects this release's pods and scrapes /metrics on the admin port."""
+    kinds = by_kind(chart("metrics.podMonitor.enabled=true"))
+    endpoint = kinds["PodMonitor"]["spec"]["podMetricsEndpoints"][0]
+    assert (endpoint["port"], endpoint["path"]) == ("admin", "/metrics")
+    pod_labels = kinds["StatefulSet"]["spec"]["template"]["metadata"]["labels"]
+    assert kinds["PodMonitor"]["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+def test_the_network_policy_allows_only_kafka_registry_dns_and_button(chart) -> None:
+    """Egress: DNS, Kafka's ports, the registry's when one is set, HTTPS to Button."""
+
+    def egress_ports(*sets: str) -> set[int]:
+        policy = by_kind(chart(*sets))["NetworkPolicy"]
+        assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+        return {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
+
+    assert egress_ports() == {53, 9092, 443}
+    assert egress_ports("schemaRegistry.url=http://r:8081") == {53, 9092, 8081, 443}
