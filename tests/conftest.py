@@ -20,6 +20,20 @@ from collections.abc import Callable, Iterator
 import pytest
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
+from hypothesis import HealthCheck, settings
+
+# Property tests must not depend on the machine's speed: no per-example deadline and no "too
+# slow" health check (a loaded CI machine trips both). Under CI the examples are derived from
+# the test itself (derandomize), so a run is repeatable; locally they are random, to keep
+# searching.
+settings.register_profile("default", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "ci",
+    parent=settings.get_profile("default"),
+    derandomize=True,
+    database=None,
+)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 _TESTCONTAINERS_IMAGE = "confluentinc/cp-kafka:7.9.0"
 
