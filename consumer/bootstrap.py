@@ -173,9 +173,13 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
     """Construct and wire the whole service; no network I/O happens here.
 
     Raises:
-        ConfigError: a setting is inconsistent (e.g. the mapping's) or a schema file is missing.
+        ConfigError: a setting is inconsistent (e.g. the mapping's), a schema file is missing, or
+            BUTTON_API_KEY is missing outside a dry run (a live run never falls back to the
+            dry-run Button, which would report every outcome as delivered).
     """
     s, d = settings, settings.delivery
+    if not d.dry_run and s.button.api_key is None:
+        raise ConfigError("BUTTON_API_KEY is required (or set DELIVERY_DRY_RUN=true)")
     telemetry = ServiceTelemetry(
         Metrics.create(registry), Health(), DeliveryLog(s.admin.recent_deliveries)
     )
@@ -194,11 +198,9 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         max_orders_per_profile=config.max_orders_per_profile,
         keyless=ParkingLot(clock=time.time),
     )
-    button: ButtonClient | _DryRunButton
-    if d.dry_run or s.button.api_key is None:
-        button = _DryRunButton()
-    else:
-        button = ButtonClient.from_settings(s.button)
+    button: ButtonClient | _DryRunButton = (
+        _DryRunButton() if d.dry_run else ButtonClient.from_settings(s.button)
+    )
     producer = AckingProducer(s.kafka.producer_config())
     decoder = build_decoder(Path(s.schema.dir), s.schema.registry_url, s.schema.registry_config())
     changelog = KafkaChangelog(producer, s.kafka.profile_topic)

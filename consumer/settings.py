@@ -28,6 +28,8 @@ from consumer.errors import ConfigError
 
 _APP_ID = re.compile(r"^app-[A-Za-z0-9]{8,64}$")
 _PASSTHROUGH_PREFIX = "KAFKA_CONFIG_"
+DRY_RUN_SUFFIX = "-dry-run"
+"""Appended to the group, changelog and DLQ names when DELIVERY_DRY_RUN=true."""
 # librdkafka properties the service owns: overriding them would break at-least-once delivery.
 # Their values are set below, in KafkaSettings, next to this refusal (DESIGN, 1).
 _RESERVED_KAFKA = frozenset(
@@ -362,7 +364,17 @@ class Settings:
         for name, section in _SECTIONS.items():
             values[name] = _load(section, env)
         kafka: KafkaSettings = values["kafka"]
-        values["kafka"] = kafka.model_copy(update={"config": kafka_passthrough(env)})
+        update: dict[str, Any] = {"config": kafka_passthrough(env)}
+        if values["delivery"].dry_run:
+            # A dry run commits past every order and records it in the profiles as if sent: in
+            # the live group and changelog, switching to live would never send those orders.
+            # So a dry run always has its own group, changelog and DLQ (DRY_RUN_SUFFIX).
+            update.update(
+                group_id=kafka.group_id + DRY_RUN_SUFFIX,
+                profile_topic=kafka.profile_topic + DRY_RUN_SUFFIX,
+                dlq_topic=kafka.dlq_topic + DRY_RUN_SUFFIX,
+            )
+        values["kafka"] = kafka.model_copy(update=update)
         settings = cls(**values)
         if require_api_key and not settings.delivery.dry_run and settings.button.api_key is None:
             raise ConfigError("BUTTON_API_KEY is required (or set DELIVERY_DRY_RUN=true)")
