@@ -38,6 +38,7 @@ from consumer.domain.mapping import MappingConfig
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import RetryPolicy
 from consumer.engine.authgate import AuthGate
+from consumer.engine.breaker import CircuitBreaker
 from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
 from consumer.engine.dispatcher import Dispatcher
 from consumer.engine.parking import Parking, ParkingLot
@@ -50,6 +51,10 @@ from consumer.errors import ConfigError, ConsumerError
 from consumer.settings import Settings
 
 log = structlog.get_logger("consumer")
+
+PROBE_ORDER_ID = "button-consumer-probe-unknown-order"
+"""The order the gates' probe reads: it never exists, so Button answers 404 when it takes the
+key (the same harmless read ``check`` makes)."""
 
 
 def mapping_config(settings: Settings) -> MappingConfig:
@@ -84,7 +89,10 @@ class _DryRunButton:
     """Stands in for Button in dry-run mode: nothing leaves the process."""
 
     async def send(self, request: ButtonRequest) -> ButtonOutcome:
-        return ButtonOutcome(OutcomeKind.SUCCESS, status=200)
+        return ButtonOutcome(OutcomeKind.SUCCESS, status=200, from_button=True)
+
+    async def get(self, order_id: str) -> ButtonOutcome:
+        return ButtonOutcome(OutcomeKind.SUCCESS, status=200, from_button=True)
 
     async def aclose(self) -> None:
         return None
@@ -204,7 +212,25 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
     producer = AckingProducer(s.kafka.producer_config())
     decoder = build_decoder(Path(s.schema.dir), s.schema.registry_url, s.schema.registry_config())
     changelog = KafkaChangelog(producer, s.kafka.profile_topic)
-    gate = AuthGate(d.auth_probe_interval_seconds)
+    retry = RetryPolicy(
+        max_attempts=d.retry_max_attempts,
+        max_elapsed=d.retry_max_elapsed_seconds,
+        base_delay=d.retry_base_delay_seconds,
+        max_delay=d.retry_max_delay_seconds,
+        retry_after_cap=d.retry_after_max_seconds,
+    )
+
+    async def probe() -> ButtonOutcome:
+        """The record-independent request both gates probe with: read an unknown order."""
+        return await button.get(PROBE_ORDER_ID)
+
+    gate = AuthGate(d.auth_probe_interval_seconds, probe)
+    breaker = CircuitBreaker(
+        failure_threshold=d.breaker_failure_threshold,
+        probe_interval=d.breaker_probe_interval_seconds,
+        policy=retry,
+        probe=probe,
+    )
     pipeline = Pipeline(
         PipelineDeps(
             decoder=decoder,
@@ -213,12 +239,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
             changelog=changelog,
             button=button,
             dead_letters=KafkaDeadLetters(producer, s.kafka.dlq_topic),
-            retry=RetryPolicy(
-                max_attempts=d.retry_max_attempts,
-                max_elapsed=d.retry_max_elapsed_seconds,
-                base_delay=d.retry_base_delay_seconds,
-                max_delay=d.retry_max_delay_seconds,
-            ),
+            retry=retry,
             rng=random.Random(),  # noqa: S311 - jitter, not cryptography
             limiter=AdaptiveLimiter(
                 clock=time.monotonic, min_limit=d.concurrency_min, max_limit=d.concurrency_max
@@ -227,6 +248,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
             if d.rate_limit_rps is None
             else TokenBucket(rate=d.rate_limit_rps, clock=time.monotonic),
             gate=gate,
+            breaker=breaker,
             telemetry=telemetry,
             wall_clock=_wall_clock,
             monotonic=time.monotonic,
@@ -278,6 +300,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
             housekeeping_interval=s.mapping.expire_interval_seconds,
         ),
         housekeeping=expire_profiles,
+        breaker=breaker,
     )
     topics = (
         {s.kafka.dlq_topic: {}, s.kafka.profile_topic: {"cleanup.policy": "compact"}}

@@ -274,6 +274,9 @@ class DeliverySettings(_Section):
     retry_base_delay_seconds: float = Field(default=0.2, gt=0)
     retry_max_delay_seconds: float = Field(default=30.0, gt=0)
     auth_probe_interval_seconds: float = Field(default=5.0, gt=0)
+    retry_after_max_seconds: float = Field(default=60.0, gt=0)
+    breaker_failure_threshold: int = Field(default=10, ge=1)
+    breaker_probe_interval_seconds: float = Field(default=5.0, gt=0)
     dry_run: bool = False
     shutdown_timeout_seconds: float = Field(default=20.0, gt=0)
     stop_when_idle_seconds: float | None = Field(default=None, gt=0)
