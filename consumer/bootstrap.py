@@ -143,7 +143,7 @@ class Service:
             self.stats = await self.worker.run()
             return self.stats
         finally:
-            self.producer.close(timeout=s.delivery.shutdown_timeout_seconds)
+            self.producer.close(timeout=s.delivery.shutdown_budget().flush)
             self.decoder.close()
             await self.button.aclose()
             if self.admin is not None:
@@ -285,8 +285,14 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
             store.drop_partition(p)
         telemetry.profiles_held(len(store))
 
+    # One shutdown budget, split explicitly (DELIVERY_SHUTDOWN_TIMEOUT_SECONDS): drain, final
+    # commit, leaving the group, producer flush; together below the pod's grace period.
+    budget = d.shutdown_budget()
+    source = KafkaSource(s.kafka.consumer_config(), s.kafka.topic)
+    source.commit_timeout = budget.commit
+    source.close_timeout = budget.close
     worker = Worker(
-        source=KafkaSource(s.kafka.consumer_config(), s.kafka.topic),
+        source=source,
         pipeline=pipeline,
         dispatcher=dispatcher,
         watermarks=watermarks,
@@ -295,7 +301,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         drop=drop,
         telemetry=telemetry,
         options=WorkerOptions(
-            shutdown_timeout=d.shutdown_timeout_seconds,
+            shutdown_timeout=budget.drain,
             stop_when_idle=d.stop_when_idle_seconds,
             housekeeping_interval=s.mapping.expire_interval_seconds,
         ),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -259,6 +260,29 @@ class ButtonSettings(_Section):
         return value
 
 
+@dataclass(frozen=True, slots=True)
+class ShutdownBudget:
+    """One shutdown budget (DELIVERY_SHUTDOWN_TIMEOUT_SECONDS), split explicitly; the parts sum
+    to the whole, which must stay below the pod's termination grace period.
+
+    Attributes:
+        drain: seconds in-flight records get to finish (a record waiting out a backoff or a
+            ``Retry-After`` is abandoned at its end, unfinished and uncommitted).
+        commit: seconds for the final offset commit (and the commit of the revocation).
+        close: seconds for the consumer to leave its group.
+        flush: seconds for the producer's outstanding writes.
+    """
+
+    drain: float
+    commit: float
+    close: float
+    flush: float
+
+    @property
+    def total(self) -> float:
+        return self.drain + self.commit + self.close + self.flush
+
+
 class DeliverySettings(_Section):
     """Concurrency, retries, dead letters and shutdown."""
 
@@ -278,8 +302,15 @@ class DeliverySettings(_Section):
     breaker_failure_threshold: int = Field(default=10, ge=1)
     breaker_probe_interval_seconds: float = Field(default=5.0, gt=0)
     dry_run: bool = False
-    shutdown_timeout_seconds: float = Field(default=20.0, gt=0)
+    shutdown_timeout_seconds: float = Field(default=30.0, gt=0)
     stop_when_idle_seconds: float | None = Field(default=None, gt=0)
+
+    def shutdown_budget(self) -> ShutdownBudget:
+        """DELIVERY_SHUTDOWN_TIMEOUT_SECONDS split over the steps of a shutdown, in order."""
+        total = self.shutdown_timeout_seconds
+        return ShutdownBudget(
+            drain=total * 0.5, commit=total * 0.15, close=total * 0.2, flush=total * 0.15
+        )
 
     @model_validator(mode="after")
     def _bounds(self) -> DeliverySettings:
