@@ -38,6 +38,7 @@ from consumer.domain.mapping import MappingConfig
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import RetryPolicy
 from consumer.engine.authgate import AuthGate
+from consumer.engine.breaker import CircuitBreaker
 from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
 from consumer.engine.dispatcher import Dispatcher
 from consumer.engine.parking import Parking, ParkingLot
@@ -50,6 +51,10 @@ from consumer.errors import ConfigError, ConsumerError
 from consumer.settings import Settings
 
 log = structlog.get_logger("consumer")
+
+PROBE_ORDER_ID = "button-consumer-probe-unknown-order"
+"""The order the gates' probe reads: it never exists, so Button answers 404 when it takes the
+key (the same harmless read ``check`` makes)."""
 
 
 def mapping_config(settings: Settings) -> MappingConfig:
@@ -85,7 +90,10 @@ class _DryRunButton:
     """Stands in for Button in dry-run mode: nothing leaves the process."""
 
     async def send(self, request: ButtonRequest) -> ButtonOutcome:
-        return ButtonOutcome(OutcomeKind.SUCCESS, status=200)
+        return ButtonOutcome(OutcomeKind.SUCCESS, status=200, from_button=True)
+
+    async def get(self, order_id: str) -> ButtonOutcome:
+        return ButtonOutcome(OutcomeKind.SUCCESS, status=200, from_button=True)
 
     async def aclose(self) -> None:
         return None
@@ -136,7 +144,7 @@ class Service:
             self.stats = await self.worker.run()
             return self.stats
         finally:
-            self.producer.close(timeout=s.delivery.shutdown_timeout_seconds)
+            self.producer.close(timeout=s.delivery.shutdown_budget().flush)
             self.decoder.close()
             await self.button.aclose()
             if self.admin is not None:
@@ -174,9 +182,13 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
     """Construct and wire the whole service; no network I/O happens here.
 
     Raises:
-        ConfigError: a setting is inconsistent (e.g. the mapping's) or a schema file is missing.
+        ConfigError: a setting is inconsistent (e.g. the mapping's), a schema file is missing, or
+            BUTTON_API_KEY is missing outside a dry run (a live run never falls back to the
+            dry-run Button, which would report every outcome as delivered).
     """
     s, d = settings, settings.delivery
+    if not d.dry_run and s.button.api_key is None:
+        raise ConfigError("BUTTON_API_KEY is required (or set DELIVERY_DRY_RUN=true)")
     telemetry = ServiceTelemetry(
         Metrics.create(registry), Health(), DeliveryLog(s.admin.recent_deliveries)
     )
@@ -195,15 +207,31 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         max_orders_per_profile=config.max_orders_per_profile,
         keyless=ParkingLot(clock=time.time),
     )
-    button: ButtonClient | _DryRunButton
-    if d.dry_run or s.button.api_key is None:
-        button = _DryRunButton()
-    else:
-        button = ButtonClient.from_settings(s.button)
+    button: ButtonClient | _DryRunButton = (
+        _DryRunButton() if d.dry_run else ButtonClient.from_settings(s.button)
+    )
     producer = AckingProducer(s.kafka.producer_config())
     decoder = build_decoder(Path(s.schema.dir), s.schema.registry_url, s.schema.registry_config())
     changelog = KafkaChangelog(producer, s.kafka.profile_topic)
-    gate = AuthGate(d.auth_probe_interval_seconds)
+    retry = RetryPolicy(
+        max_attempts=d.retry_max_attempts,
+        max_elapsed=d.retry_max_elapsed_seconds,
+        base_delay=d.retry_base_delay_seconds,
+        max_delay=d.retry_max_delay_seconds,
+        retry_after_cap=d.retry_after_max_seconds,
+    )
+
+    async def probe() -> ButtonOutcome:
+        """The record-independent request both gates probe with: read an unknown order."""
+        return await button.get(PROBE_ORDER_ID)
+
+    gate = AuthGate(d.auth_probe_interval_seconds, probe)
+    breaker = CircuitBreaker(
+        failure_threshold=d.breaker_failure_threshold,
+        probe_interval=d.breaker_probe_interval_seconds,
+        policy=retry,
+        probe=probe,
+    )
     pipeline = Pipeline(
         PipelineDeps(
             decoder=decoder,
@@ -212,12 +240,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
             changelog=changelog,
             button=button,
             dead_letters=KafkaDeadLetters(producer, s.kafka.dlq_topic),
-            retry=RetryPolicy(
-                max_attempts=d.retry_max_attempts,
-                max_elapsed=d.retry_max_elapsed_seconds,
-                base_delay=d.retry_base_delay_seconds,
-                max_delay=d.retry_max_delay_seconds,
-            ),
+            retry=retry,
             rng=random.Random(),  # noqa: S311 - jitter, not cryptography
             limiter=AdaptiveLimiter(
                 clock=time.monotonic, min_limit=d.concurrency_min, max_limit=d.concurrency_max
@@ -226,6 +249,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
             if d.rate_limit_rps is None
             else TokenBucket(rate=d.rate_limit_rps, clock=time.monotonic),
             gate=gate,
+            breaker=breaker,
             telemetry=telemetry,
             wall_clock=_wall_clock,
             monotonic=time.monotonic,
@@ -262,8 +286,14 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
             store.drop_partition(p)
         telemetry.profiles_held(len(store))
 
+    # One shutdown budget, split explicitly (DELIVERY_SHUTDOWN_TIMEOUT_SECONDS): drain, final
+    # commit, leaving the group, producer flush; together below the pod's grace period.
+    budget = d.shutdown_budget()
+    source = KafkaSource(s.kafka.consumer_config(), s.kafka.topic)
+    source.commit_timeout = budget.commit
+    source.close_timeout = budget.close
     worker = Worker(
-        source=KafkaSource(s.kafka.consumer_config(), s.kafka.topic),
+        source=source,
         pipeline=pipeline,
         dispatcher=dispatcher,
         watermarks=watermarks,
@@ -272,11 +302,12 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         drop=drop,
         telemetry=telemetry,
         options=WorkerOptions(
-            shutdown_timeout=d.shutdown_timeout_seconds,
+            shutdown_timeout=budget.drain,
             stop_when_idle=d.stop_when_idle_seconds,
             housekeeping_interval=s.mapping.expire_interval_seconds,
         ),
         housekeeping=expire_profiles,
+        breaker=breaker,
     )
     topics = (
         {s.kafka.dlq_topic: {}, s.kafka.profile_topic: {"cleanup.policy": "compact"}}

@@ -202,6 +202,15 @@ class Telemetry(Protocol):
         """Whether consumption is paused because Button refuses the API key."""
         ...
 
+    def breaker(self, open_: bool, reason: str) -> None:
+        """Whether the circuit breaker holds all intake, and why (a policy reason, or empty)."""
+        ...
+
+    def breaker_opened(self, reason: str) -> None:
+        """The circuit breaker opened for ``reason`` (``http_429``, ``http_503``,
+        ``button_unavailable``)."""
+        ...
+
     def rebalance(self, kind: str) -> None:
         """``assign``, ``revoke`` or ``lost``."""
         ...

@@ -20,6 +20,7 @@ import difflib
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -29,6 +30,8 @@ from consumer.errors import ConfigError
 
 _APP_ID = re.compile(r"^app-[A-Za-z0-9]{8,64}$")
 _PASSTHROUGH_PREFIX = "KAFKA_CONFIG_"
+DRY_RUN_SUFFIX = "-dry-run"
+"""Appended to the group, changelog and DLQ names when DELIVERY_DRY_RUN=true."""
 # librdkafka properties the service owns: overriding them would break at-least-once delivery.
 # Their values are set below, in KafkaSettings, next to this refusal (DESIGN, 1).
 _RESERVED_KAFKA = frozenset(
@@ -258,6 +261,29 @@ class ButtonSettings(_Section):
         return value
 
 
+@dataclass(frozen=True, slots=True)
+class ShutdownBudget:
+    """One shutdown budget (DELIVERY_SHUTDOWN_TIMEOUT_SECONDS), split explicitly; the parts sum
+    to the whole, which must stay below the pod's termination grace period.
+
+    Attributes:
+        drain: seconds in-flight records get to finish (a record waiting out a backoff or a
+            ``Retry-After`` is abandoned at its end, unfinished and uncommitted).
+        commit: seconds for the final offset commit (and the commit of the revocation).
+        close: seconds for the consumer to leave its group.
+        flush: seconds for the producer's outstanding writes.
+    """
+
+    drain: float
+    commit: float
+    close: float
+    flush: float
+
+    @property
+    def total(self) -> float:
+        return self.drain + self.commit + self.close + self.flush
+
+
 class DeliverySettings(_Section):
     """Concurrency, retries, dead letters and shutdown."""
 
@@ -273,9 +299,19 @@ class DeliverySettings(_Section):
     retry_base_delay_seconds: float = Field(default=0.2, gt=0)
     retry_max_delay_seconds: float = Field(default=30.0, gt=0)
     auth_probe_interval_seconds: float = Field(default=5.0, gt=0)
+    retry_after_max_seconds: float = Field(default=60.0, gt=0)
+    breaker_failure_threshold: int = Field(default=10, ge=1)
+    breaker_probe_interval_seconds: float = Field(default=5.0, gt=0)
     dry_run: bool = False
-    shutdown_timeout_seconds: float = Field(default=20.0, gt=0)
+    shutdown_timeout_seconds: float = Field(default=30.0, gt=0)
     stop_when_idle_seconds: float | None = Field(default=None, gt=0)
+
+    def shutdown_budget(self) -> ShutdownBudget:
+        """DELIVERY_SHUTDOWN_TIMEOUT_SECONDS split over the steps of a shutdown, in order."""
+        total = self.shutdown_timeout_seconds
+        return ShutdownBudget(
+            drain=total * 0.5, commit=total * 0.15, close=total * 0.2, flush=total * 0.15
+        )
 
     @model_validator(mode="after")
     def _bounds(self) -> DeliverySettings:
@@ -364,7 +400,17 @@ class Settings:
         for name, section in _SECTIONS.items():
             values[name] = _load(section, env)
         kafka: KafkaSettings = values["kafka"]
-        values["kafka"] = kafka.model_copy(update={"config": kafka_passthrough(env)})
+        update: dict[str, Any] = {"config": kafka_passthrough(env)}
+        if values["delivery"].dry_run:
+            # A dry run commits past every order and records it in the profiles as if sent: in
+            # the live group and changelog, switching to live would never send those orders.
+            # So a dry run always has its own group, changelog and DLQ (DRY_RUN_SUFFIX).
+            update.update(
+                group_id=kafka.group_id + DRY_RUN_SUFFIX,
+                profile_topic=kafka.profile_topic + DRY_RUN_SUFFIX,
+                dlq_topic=kafka.dlq_topic + DRY_RUN_SUFFIX,
+            )
+        values["kafka"] = kafka.model_copy(update=update)
         settings = cls(**values)
         if require_api_key and not settings.delivery.dry_run and settings.button.api_key is None:
             raise ConfigError("BUTTON_API_KEY is required (or set DELIVERY_DRY_RUN=true)")

@@ -292,6 +292,12 @@ class RecordingTelemetry:
     def auth_paused(self, paused: bool) -> None:
         self._record("auth_paused", paused)
 
+    def breaker(self, open_: bool, reason: str) -> None:
+        self._record("breaker", open_, reason)
+
+    def breaker_opened(self, reason: str) -> None:
+        self._record("breaker_opened", reason)
+
     def rebalance(self, kind: str) -> None:
         self._record("rebalance", kind)
 

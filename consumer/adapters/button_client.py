@@ -62,6 +62,7 @@ __all__ = [
     "classify",
     "default_user_agent",
     "excerpt",
+    "parse_http_date",
     "parse_retry_after",
 ]
 
@@ -162,14 +163,43 @@ def classify(response: TransportResponse, *, now: float, elapsed: float = 0.0) -
     kind = _STATUS_KINDS.get(status)
     if kind is None:
         kind = OutcomeKind.SERVER_ERROR if status >= 500 else OutcomeKind.CLIENT_ERROR
-    retry_after = parse_retry_after(_header(response.headers, "Retry-After"), now)
+    # An HTTP-date Retry-After is read against the server's own Date when it sends one, so a
+    # skewed local clock neither inflates nor erases it (the policy caps it as well).
+    server_now = parse_http_date(_header(response.headers, "Date"))
+    retry_after = parse_retry_after(
+        _header(response.headers, "Retry-After"), now if server_now is None else server_now
+    )
+    document = _json(body)
     return ButtonOutcome(
         kind,
         status,
-        message=_error_message(_json(body)) or f"HTTP {status}",
+        message=_error_message(document) or f"HTTP {status}",
         excerpt=excerpt(body),
         retry_after=retry_after,
         elapsed=elapsed,
+        from_button=_is_error_envelope(document),
+    )
+
+
+def parse_http_date(value: str | None) -> float | None:
+    """Seconds since the epoch of an HTTP-date header (``Date``), or ``None``."""
+    if value is None:
+        return None
+    try:
+        when = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def _is_error_envelope(document: Any) -> bool:
+    """Button's error envelope: ``{"meta": {"status": "error"}, "error": {...}}``."""
+    return (
+        _meta_status(document) == "error"
+        and isinstance(document, dict)
+        and isinstance(document.get("error"), dict)
     )
 
 
@@ -188,6 +218,7 @@ def _classify_success(response: TransportResponse, elapsed: float) -> ButtonOutc
             status,
             elapsed=elapsed,
             object=obj if isinstance(obj, dict) else None,
+            from_button=True,
         )
     if document is None:
         return _unreadable(response, elapsed, "body is not JSON")

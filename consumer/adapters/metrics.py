@@ -33,6 +33,8 @@ class Metrics:
     partitions_assigned: Gauge
     partitions_paused: Gauge
     auth_paused: Gauge
+    breaker_open: Gauge
+    breaker_openings: Counter
     consumer_lag: Gauge
     rebalances: Counter
     profiles: Gauge
@@ -129,6 +131,21 @@ class Metrics:
             auth_paused=Gauge(
                 "auth_paused",
                 "1 while Button rejects the API key and consumption is paused.",
+                namespace=ns,
+                registry=reg,
+            ),
+            breaker_open=Gauge(
+                "breaker_open",
+                "1 for the reason the circuit breaker holds all intake (Button pushes back or "
+                "is down), 0 otherwise.",
+                ["reason"],
+                namespace=ns,
+                registry=reg,
+            ),
+            breaker_openings=Counter(
+                "breaker_openings",
+                "Times the circuit breaker opened, by reason.",
+                ["reason"],
                 namespace=ns,
                 registry=reg,
             ),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from consumer.adapters.admin import DeliveryLog, Health
 from consumer.adapters.metrics import Metrics
+from consumer.domain.policy import BREAKER_REASONS
 from consumer.ports import Delivery
 
 
@@ -44,6 +45,14 @@ class ServiceTelemetry:
     def auth_paused(self, paused: bool) -> None:
         self.health.auth_paused = paused
         self.metrics.auth_paused.set(1 if paused else 0)
+
+    def breaker(self, open_: bool, reason: str) -> None:
+        for known in BREAKER_REASONS:  # bounded: an unknown reason is not a new series
+            self.metrics.breaker_open.labels(known).set(1 if open_ and reason == known else 0)
+
+    def breaker_opened(self, reason: str) -> None:
+        if reason in BREAKER_REASONS:
+            self.metrics.breaker_openings.labels(reason).inc()
 
     def rebalance(self, kind: str) -> None:
         self.metrics.rebalances.labels(kind).inc()

@@ -55,10 +55,23 @@ def _button(
     *,
     attempt: int = 1,
     elapsed: float = 0.0,
+    from_button: bool = True,
+    retry_after: float | None = None,
+    key_accepted: bool = False,
+    outage: bool = False,
 ) -> Callable[[], Decision]:
-    outcome = ButtonOutcome(kind, status, message=message)
+    outcome = ButtonOutcome(
+        kind, status, message=message, from_button=from_button, retry_after=retry_after
+    )
     return lambda: decide(
-        action, outcome, attempt=attempt, elapsed=elapsed, policy=_POLICY, rng=_MidDraw()
+        action,
+        outcome,
+        attempt=attempt,
+        elapsed=elapsed,
+        policy=_POLICY,
+        rng=_MidDraw(),
+        key_accepted=key_accepted,
+        outage=outage,
     )
 
 
@@ -80,14 +93,22 @@ ROWS: tuple[Row, ...] = (
         "Button: 404 on cancel", _button(A.CANCEL, K.NOT_FOUND, 404), "already in the wanted state"
     ),
     Row(
-        "Button: 403 (or a 400 saying finalized) on update or cancel",
+        "Button: 403 (or a 400) on update or cancel, in Button's JSON envelope saying finalized",
         _button(A.UPDATE, K.FORBIDDEN, 403, "Order is finalized"),
         "logged: the order is finalized",
     ),
     Row(
+        "Button: 429 or 503 with `Retry-After`",
+        _button(A.CREATE, K.RATE_LIMITED, 429, retry_after=600.0),
+        "circuit breaker: every partition paused, nothing sent for the `Retry-After` (at most "
+        "`DELIVERY_RETRY_AFTER_MAX_SECONDS`), then a probe; not counted against the budget",
+    ),
+    Row(
         "Button: 429, 5xx, 408, timeout, connection error, unreadable body",
-        _button(A.CREATE, K.SERVER_ERROR, 503),
-        "capped exponential backoff with full jitter, `Retry-After` honoured as a minimum",
+        _button(A.CREATE, K.SERVER_ERROR, 502, from_button=False),
+        "capped exponential backoff with full jitter, `Retry-After` honoured as a minimum; "
+        "`DELIVERY_BREAKER_FAILURE_THRESHOLD` failures in a row (of two records or more) open "
+        "the circuit breaker",
     ),
     Row(
         "... after `DELIVERY_RETRY_MAX_ATTEMPTS` attempts",
@@ -100,15 +121,27 @@ ROWS: tuple[Row, ...] = (
         "the order is parked",
     ),
     Row(
+        "... either budget spent while the breaker counts an outage",
+        _button(A.CREATE, K.SERVER_ERROR, 503, attempt=_POLICY.max_attempts, outage=True),
+        "circuit breaker: paused until a probe is answered, then a fresh budget; nothing "
+        "dead-lettered",
+    ),
+    Row(
         "Button: 400, other 4xx, 404 on create/update, 409 on update/cancel",
         _button(A.CREATE, K.INVALID, 400, "total must be an integer"),
         "the order is parked",
     ),
     Row(
-        "Button: 401, or 403 on create",
-        _button(A.CREATE, K.UNAUTHORIZED, 401),
-        "every partition paused, `/readyz` false, nothing dead-lettered; one request probes "
-        "every `DELIVERY_AUTH_PROBE_INTERVAL_SECONDS`; resumes when Button answers again",
+        "Button: 401, or any other 403 (Button's, or a proxy's, WAF's or CDN's page)",
+        _button(A.UPDATE, K.FORBIDDEN, 403, "HTTP 403", from_button=False),
+        "auth gate: every partition paused, `/readyz` false, nothing dead-lettered; every "
+        "`DELIVERY_AUTH_PROBE_INTERVAL_SECONDS` a probe reads an unknown order; only its "
+        "accepted answer (Button's 404) or a 2xx resumes",
+    ),
+    Row(
+        "... Button's 403 again once the probe accepted the key",
+        _button(A.CREATE, K.FORBIDDEN, 403, "Forbidden", key_accepted=True),
+        "the record's own refusal; the order is parked (a proxy's page is retried instead)",
     ),
     Row("undecodable bytes", lambda: decide_error(DecodeError("bad_magic_byte", "x"))),
     Row("unknown writer schema", lambda: decide_error(UnknownSchemaError("unknown_schema", "x"))),
@@ -160,6 +193,7 @@ _VERDICTS = {
     Verdict.RETRY: "retry",
     Verdict.DEAD_LETTER: "dead letter",
     Verdict.PAUSE: "pause",
+    Verdict.BREAK: "pause (breaker)",
     Verdict.STOP: "stop consuming",
 }
 

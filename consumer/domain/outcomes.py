@@ -31,7 +31,9 @@ class ButtonOutcome:
 
     ``message`` is Button's ``error.message`` (or the transport error), ``excerpt`` a short,
     PII-free prefix of the response body for the dead-letter headers, ``retry_after`` the parsed
-    ``Retry-After`` in seconds, ``elapsed`` the attempt's wall time in seconds.
+    ``Retry-After`` in seconds, ``elapsed`` the attempt's wall time in seconds. ``from_button``
+    says the body was Button's own JSON envelope (``meta.status``): a proxy's, WAF's or CDN's
+    HTML error page in front of Button is not, whatever its status.
     """
 
     kind: OutcomeKind
@@ -41,6 +43,7 @@ class ButtonOutcome:
     retry_after: float | None = None
     elapsed: float = 0.0
     object: Mapping[str, Any] | None = None
+    from_button: bool = False
 
     @property
     def ok(self) -> bool:

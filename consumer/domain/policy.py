@@ -16,8 +16,9 @@ Verdicts:
 
 - ``SEND``: build nothing more; send the record's request to Button.
 - ``DONE``: the record is finished (accepted, or already in the wanted state: 409 on create, 404 on
-  cancel, 403 "finalized" on update or cancel; the last is ``noteworthy`` and should be logged;
-  skipped on purpose; a dry run).
+  cancel, Button's own 403 saying "finalized" on update or cancel; the last is ``noteworthy`` and
+  should be logged; skipped on purpose; a dry run). Only Button's JSON error envelope can say
+  "finalized": a 403 page from a proxy, WAF or CDN in front of Button never finishes a record.
 - ``RETRY``: try again after ``delay`` seconds. For Button (429, 5xx, 408, timeouts, connection
   errors, unreadable responses) the budget is ``max_attempts`` attempts *and* ``max_elapsed``
   seconds since the first attempt; when the next retry would exceed either, the verdict becomes
@@ -28,9 +29,21 @@ Verdicts:
 - ``DEAD_LETTER``: send the record to the DLQ with ``reason`` (400 and other 4xx, 404 on create or
   update, 409 on update or cancel, decode and mapping errors, records parked behind a dead letter).
   The order is then parked (DESIGN, 5).
-- ``PAUSE``: the API key is refused (401, 403 outside update/cancel). Pause every partition, report
-  not ready, keep the record and retry it after the pause. Attempts answered ``PAUSE`` do not
-  count against the retry budget, and time spent paused should not count as elapsed.
+- ``PAUSE``: the API key may be refused (401, or a 403 that does not say "finalized"). Close the
+  auth gate: pause every partition, report not ready, keep the record. A record-independent
+  probe (``judge_probe``: the harmless read of an unknown order) decides when the gate opens;
+  only an accepted probe or a 2xx opens it, never another non-2xx. When the probe shows the key
+  is accepted and the record is answered 403 again (``key_accepted``), the 403 is the record's
+  own: Button's envelope dead-letters it (``http_403``), a page from in front of Button is
+  retried within the budget. Attempts answered ``PAUSE`` do not count against the retry budget,
+  and time spent paused does not count as elapsed.
+- ``BREAK``: Button pushes back (429 or 503 with ``Retry-After``) or is down for everyone (an
+  exhausted budget while the breaker counts an outage, ``outage``). Open the circuit breaker
+  for ``delay`` seconds (``Retry-After`` capped at ``RetryPolicy.retry_after_cap``; 0: the
+  breaker's probe interval): intake pauses, no request is sent, then a probe decides whether it
+  closes. The attempt does not count against the budget, time spent open is not elapsed, and a
+  record that waited out an outage starts a fresh budget: only what fails while Button answers
+  others is dead-lettered. ``breaker_signal`` says which answers count towards an outage.
 - ``STOP``: the dead-letter topic or Kafka itself is unusable, or an unexpected error occurred.
   Stop consuming without storing the offset: never drop a record.
 
@@ -68,6 +81,7 @@ class Verdict(StrEnum):
     RETRY = "retry"
     DEAD_LETTER = "dead_letter"
     PAUSE = "pause"
+    BREAK = "break"
     STOP = "stop"
 
 
@@ -114,12 +128,15 @@ class RetryPolicy:
         max_elapsed: seconds from the first attempt after which no retry is scheduled.
         base_delay: ceiling of the first retry's jittered delay, in seconds.
         max_delay: largest ceiling of a jittered delay, in seconds (``Retry-After`` may exceed it).
+        retry_after_cap: the longest ``Retry-After`` honoured, in seconds (a longer one, or an
+            HTTP-date far ahead because of clock skew, is cut to it).
     """
 
     max_attempts: int = 8
     max_elapsed: float = 300.0
     base_delay: float = 0.2
     max_delay: float = 30.0
+    retry_after_cap: float = 60.0
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1 or self.max_elapsed <= 0:
@@ -141,13 +158,20 @@ REGISTRY_BACKOFF_CAP = 30.0
 """Seconds between attempts to reach the schema registry: 0.5, 1, 2... up to 30 (no budget)."""
 
 _REQUESTS = (Action.CREATE, Action.UPDATE, Action.CANCEL)
-_AUTH_WORDS = ("key", "auth", "permission", "approval", "organization", "organisation")
 
 
-def classify(action: Action, outcome: ButtonOutcome) -> Decision:  # noqa: PLR0911, PLR0912 (one table)
+def classify(  # noqa: PLR0911, PLR0912 (one table)
+    action: Action, outcome: ButtonOutcome, *, key_accepted: bool = False
+) -> Decision:
     """The table itself: the verdict for one outcome, before the retry budget is applied.
 
     A ``RETRY`` returned here has no delay yet; ``decide`` adds it or turns it into a dead letter.
+
+    Args:
+        action: the request's action.
+        outcome: how the attempt ended.
+        key_accepted: since this record's previous 403, a record-independent probe (or another
+            request) showed that Button accepts the key: a 403 now is about this record.
 
     Raises:
         ValueError: ``action`` is not a request (``skip`` and ``reject`` are never sent).
@@ -155,7 +179,7 @@ def classify(action: Action, outcome: ButtonOutcome) -> Decision:  # noqa: PLR09
     if action not in _REQUESTS:
         raise ValueError(f"{action!r} is not sent to Button")
     kind, status = outcome.kind, outcome.status
-    finalized = _says_finalized(outcome.message)
+    finalized = outcome.from_button and _says_finalized(outcome.message)
     match kind, action:
         case OutcomeKind.SUCCESS, _:
             return Decision(Verdict.DONE, "ok", outcome=DELIVERED)
@@ -163,15 +187,18 @@ def classify(action: Action, outcome: ButtonOutcome) -> Decision:  # noqa: PLR09
             return Decision(Verdict.DONE, "order_exists", outcome=DELIVERED)
         case OutcomeKind.NOT_FOUND, Action.CANCEL:
             return Decision(Verdict.DONE, "order_gone", outcome=DELIVERED)
-        case OutcomeKind.FORBIDDEN, Action.UPDATE | Action.CANCEL if finalized or not (
-            _says_auth(outcome.message)
-        ):
-            # Button's wrappers read 403 on update/delete as "order finalized": final, not ours.
+        case (
+            OutcomeKind.FORBIDDEN | OutcomeKind.INVALID | OutcomeKind.CLIENT_ERROR,
+            Action.UPDATE | Action.CANCEL,
+        ) if finalized:
+            # Button's own envelope says the order is finalized: final, and not ours to change.
             return Decision(Verdict.DONE, "order_finalized", noteworthy=True, outcome=DELIVERED)
-        case OutcomeKind.INVALID | OutcomeKind.CLIENT_ERROR, Action.UPDATE | Action.CANCEL if (
-            finalized
-        ):
-            return Decision(Verdict.DONE, "order_finalized", noteworthy=True, outcome=DELIVERED)
+        case OutcomeKind.FORBIDDEN, _ if key_accepted and outcome.from_button:
+            # The key works for a record-independent request: Button refuses this record.
+            return Decision(Verdict.DEAD_LETTER, "http_403")
+        case OutcomeKind.FORBIDDEN, _ if key_accepted:
+            # The key works, yet something in front of Button refuses this request: retried.
+            return Decision(Verdict.RETRY, "http_403")
         case OutcomeKind.UNAUTHORIZED | OutcomeKind.FORBIDDEN, _:
             return Decision(Verdict.PAUSE, _http_reason("auth_rejected", status))
         case OutcomeKind.RATE_LIMITED, _:
@@ -204,32 +231,45 @@ def decide(
     elapsed: float,
     policy: RetryPolicy,
     rng: RandomSource,
+    key_accepted: bool = False,
+    outage: bool = False,
 ) -> Decision:
     """What to do after attempt number ``attempt`` (1-based) of ``action`` ended in ``outcome``.
 
     Args:
         action: the request's action (create, update or cancel).
         outcome: what the Button client returned for this attempt.
-        attempt: attempts made so far, this one included; attempts answered ``PAUSE`` excluded.
+        attempt: attempts made so far, this one included; attempts answered ``PAUSE`` or
+            ``BREAK`` excluded.
         elapsed: seconds since the first attempt, time spent paused excluded.
         policy: the retry budget and backoff.
         rng: source of the backoff jitter.
+        key_accepted: see ``classify``.
+        outage: the circuit breaker counts an outage (Button fails for other requests too):
+            an exhausted budget then opens the breaker instead of dead-lettering.
 
     Returns:
-        The table's decision, with the retry delay filled in, or the dead letter that replaces
-        a retry when the budget is spent. A dead letter names the failure: ``error_class``
+        The table's decision, with the retry delay filled in, a ``BREAK`` for back-pressure
+        (429/503 with ``Retry-After``, capped) or an outage, or the dead letter that replaces a
+        retry when the budget is spent. A dead letter names the failure: ``error_class``
         ``Button<OutcomeKind>`` and ``detail`` Button's message (after retries, with the cause).
     """
-    decision = classify(action, outcome)
+    decision = classify(action, outcome, key_accepted=key_accepted)
     if decision.verdict is Verdict.RETRY:
+        retry_after = outcome.retry_after
+        if _pushes_back(outcome) and retry_after is not None and retry_after > 0:
+            delay = min(retry_after, policy.retry_after_cap)
+            return Decision(Verdict.BREAK, decision.reason, delay=delay)
         if attempt >= policy.max_attempts:
             decision = Decision(Verdict.DEAD_LETTER, "retries_exhausted", cause=decision.reason)
         else:
-            delay = policy.backoff.delay(attempt, rng, retry_after=outcome.retry_after)
+            delay = policy.backoff.delay(attempt, rng, retry_after=retry_after)
             if elapsed + delay > policy.max_elapsed:
                 decision = Decision(Verdict.DEAD_LETTER, "retry_deadline", cause=decision.reason)
             else:
                 return Decision(Verdict.RETRY, decision.reason, delay=delay)
+        if outage:
+            return Decision(Verdict.BREAK, BUTTON_UNAVAILABLE, cause=decision.cause)
     if decision.verdict is not Verdict.DEAD_LETTER:
         return decision
     detail = outcome.message or outcome.kind.value
@@ -323,14 +363,77 @@ def decide_error(error: BaseException, *, attempt: int = 1) -> Decision:
             )
 
 
+class Probe(StrEnum):
+    """What a record-independent probe of Button found (``judge_probe``)."""
+
+    ACCEPTED = "accepted"  # Button answered in its envelope and took the key
+    REFUSED = "refused"  # 401 or 403: the key (or something in front of Button) refuses us
+    UNAVAILABLE = "unavailable"  # no answer of Button's: 5xx, 429, timeout, unreadable...
+
+
+def judge_probe(outcome: ButtonOutcome) -> Probe:
+    """The verdict on a probe: the harmless read of an order that does not exist.
+
+    Only Button's own answer accepts: a 2xx, or an error in its JSON envelope that is neither an
+    authentication failure nor back-pressure (a 404 "not found" is the usual one). The auth gate
+    opens and the circuit breaker closes only on ``ACCEPTED``.
+    """
+    kind = outcome.kind
+    if kind in (OutcomeKind.UNAUTHORIZED, OutcomeKind.FORBIDDEN):
+        return Probe.REFUSED
+    if outcome.ok or (outcome.from_button and kind not in _FAILING):
+        return Probe.ACCEPTED
+    return Probe.UNAVAILABLE
+
+
+def breaker_signal(outcome: ButtonOutcome) -> bool | None:
+    """How one answer counts towards an outage: ``True`` a failure of Button or of the path to
+    it (5xx, 429, timeout, connection error, unreadable body), ``False`` an answer of Button's
+    (which ends the count), ``None`` neither (e.g. a proxy's 403 page)."""
+    if outcome.kind in _FAILING:
+        return True
+    if outcome.ok or outcome.from_button:
+        return False
+    return None
+
+
+def breaker_wait(outcome: ButtonOutcome, *, interval: float, policy: RetryPolicy) -> float | None:
+    """After a probe while the circuit breaker is open: ``None`` closes it (Button answered;
+    a refused key is the auth gate's business, not an outage), else the seconds it stays open:
+    the probe interval, or the answer's ``Retry-After`` capped at ``policy.retry_after_cap``."""
+    if judge_probe(outcome) is not Probe.UNAVAILABLE:
+        return None
+    retry_after = outcome.retry_after
+    if retry_after is not None and retry_after > 0:
+        return max(interval, min(retry_after, policy.retry_after_cap))
+    return interval
+
+
+BUTTON_UNAVAILABLE = "button_unavailable"
+"""The reason of a ``BREAK`` for an outage: a budget ran out while Button failed for others."""
+
+BREAKER_REASONS = ("http_429", "http_503", BUTTON_UNAVAILABLE)
+"""Every reason the circuit breaker opens for (a bounded metric label)."""
+
+_FAILING = frozenset(
+    {
+        OutcomeKind.RATE_LIMITED,
+        OutcomeKind.SERVER_ERROR,
+        OutcomeKind.TIMEOUT,
+        OutcomeKind.CONNECTION_ERROR,
+        OutcomeKind.UNREADABLE,
+    }
+)
+
+
+def _pushes_back(outcome: ButtonOutcome) -> bool:
+    """429, or 503 (Service Unavailable): the statuses whose ``Retry-After`` is back-pressure."""
+    return outcome.kind is OutcomeKind.RATE_LIMITED or outcome.status == 503
+
+
 def _http_reason(fallback: str, status: int | None) -> str:
     return fallback if status is None else f"http_{status}"
 
 
 def _says_finalized(message: str) -> bool:
     return "finaliz" in message.lower() or "finalis" in message.lower()
-
-
-def _says_auth(message: str) -> bool:
-    lowered = message.lower()
-    return any(word in lowered for word in _AUTH_WORDS)

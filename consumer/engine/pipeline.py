@@ -29,8 +29,9 @@ from consumer.domain.backoff import RandomSource
 from consumer.domain.button import Action, ButtonRequest, Reject, Send, Skip
 from consumer.domain.deadletter import DeadLetter, Stage
 from consumer.domain.events import CommerceEvent
-from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
+from consumer.domain.outcomes import ButtonOutcome
 from consumer.domain.policy import (
+    BUTTON_UNAVAILABLE,
     Decision,
     RetryPolicy,
     Verdict,
@@ -39,6 +40,7 @@ from consumer.domain.policy import (
     decide_mapped,
 )
 from consumer.engine.authgate import AuthGate
+from consumer.engine.breaker import CircuitBreaker
 from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
 from consumer.engine.parking import ParkingCheck
 from consumer.engine.profiles import ChangelogWrite
@@ -105,6 +107,7 @@ class PipelineDeps:
     limiter: AdaptiveLimiter
     rate: TokenBucket | None
     gate: AuthGate
+    breaker: CircuitBreaker
     telemetry: Telemetry
     wall_clock: Callable[[], datetime]
     monotonic: Callable[[], float]
@@ -178,31 +181,22 @@ class Pipeline:
             await self._d.sleep(decision.delay)
 
     async def _deliver(self, record: Record, context: _Context, request: ButtonRequest) -> str:
-        """Send ``request`` until the policy's decision is no longer retry or pause."""
+        """Send ``request`` until the policy's decision is no longer retry, pause or break."""
         d = self._d
         attempts = context.attempts
         started = d.monotonic()
         paused_for = 0.0
+        refused = False  # the last attempt was answered PAUSE (a 401 or 403)
         while True:
-            if d.gate.closed:
-                paused_since = d.monotonic()
-                await d.gate.admit()
-                paused_for += d.monotonic() - paused_since
-            else:
-                await d.gate.admit()
-            if d.rate is not None:
-                await d.rate.take(d.sleep)
-            async with d.limiter.permit() as permit:
-                attempts.count += 1
-                now_ms = _ms(d.wall_clock())
-                attempts.first_ms = attempts.first_ms or now_ms
-                attempts.last_ms = now_ms
-                outcome = await d.button.send(request)
-                permit.observe(outcome)
-            attempts.last = outcome
-            d.telemetry.button_attempt(
-                request.action.value, outcome.kind.value, outcome.elapsed, d.limiter.limit
-            )
+            waited, waited_for_key = await self._wait_at_gates()
+            paused_for += waited
+            # The gate opened on an accepted probe (or a 2xx): the key works, so a 403 of this
+            # record's next attempt is about the record itself.
+            key_accepted = refused and waited_for_key
+            outcome = await self._attempt(request, attempts)
+            source = (record.partition, record.offset)
+            if d.breaker.observe(outcome, source):
+                self._breaker_opened(BUTTON_UNAVAILABLE, outcome)
             decision = decide(
                 request.action,
                 outcome,
@@ -210,12 +204,12 @@ class Pipeline:
                 elapsed=d.monotonic() - started - paused_for,
                 policy=d.retry,
                 rng=d.rng,
+                key_accepted=key_accepted,
+                outage=d.breaker.failing(source),
             )
-            if (
-                decision.verdict is not Verdict.PAUSE
-                and d.gate.closed
-                and outcome.kind not in (OutcomeKind.TIMEOUT, OutcomeKind.CONNECTION_ERROR)
-            ):
+            refused = decision.verdict is Verdict.PAUSE
+            if outcome.ok and d.gate.closed:
+                # Only a 2xx (or an accepted probe) proves the key works; no other answer does.
                 d.gate.open()
                 log.info("button_auth_recovered")
             match decision.verdict:
@@ -236,8 +230,62 @@ class Pipeline:
                         )
                     d.gate.close()
                     attempts.count -= 1  # a paused attempt does not use up the retry budget
+                case Verdict.BREAK:
+                    d.telemetry.retry_scheduled(outcome.kind.value)
+                    if d.breaker.close(decision.reason, decision.delay or None):
+                        self._breaker_opened(decision.reason, outcome)
+                    attempts.count -= 1  # back-pressure does not use up the retry budget
+                    if decision.reason == BUTTON_UNAVAILABLE:
+                        # The budget ran out while Button failed for everyone: after the
+                        # outage the record starts a fresh budget (DESIGN, 4).
+                        attempts.count = 0
+                        started = d.monotonic()
+                        paused_for = 0.0
                 case _:
                     return await self._execute(record, decision, context)
+
+    async def _wait_at_gates(self) -> tuple[float, bool]:
+        """Wait while the auth gate or the circuit breaker holds requests back.
+
+        Returns:
+            the seconds waited, and whether the auth gate was closed when the wait began.
+        """
+        d = self._d
+        if not (d.gate.closed or d.breaker.closed):
+            return 0.0, False
+        since = d.monotonic()
+        waited_for_key = d.gate.closed
+        while d.gate.closed or d.breaker.closed:
+            await d.gate.admit()
+            await d.breaker.admit()
+        return d.monotonic() - since, waited_for_key
+
+    async def _attempt(self, request: ButtonRequest, attempts: _Attempts) -> ButtonOutcome:
+        """Send one attempt within the rate and concurrency limits; record and report it."""
+        d = self._d
+        if d.rate is not None:
+            await d.rate.take(d.sleep)
+        async with d.limiter.permit() as permit:
+            attempts.count += 1
+            now_ms = _ms(d.wall_clock())
+            attempts.first_ms = attempts.first_ms or now_ms
+            attempts.last_ms = now_ms
+            outcome = await d.button.send(request)
+            permit.observe(outcome)
+        attempts.last = outcome
+        d.telemetry.button_attempt(
+            request.action.value, outcome.kind.value, outcome.elapsed, d.limiter.limit
+        )
+        return outcome
+
+    def _breaker_opened(self, reason: str, outcome: ButtonOutcome) -> None:
+        self._d.telemetry.breaker_opened(reason)
+        log.warning(
+            "button_breaker_open",
+            reason=reason,
+            status=outcome.status,
+            retry_after=outcome.retry_after,
+        )
 
     async def _execute(self, record: Record, decision: Decision, context: _Context) -> str:
         """Carry out a final decision: finish the record, dead-letter it, or stop consuming."""

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import structlog
 
 from consumer.engine.authgate import AuthGate
+from consumer.engine.concurrency import PauseGate
 from consumer.engine.dispatcher import Dispatcher, Job
 from consumer.engine.watermark import Watermarks
 from consumer.errors import ConsumerError
@@ -78,8 +79,10 @@ class Worker:
         options: WorkerOptions,
         housekeeping: Callable[[], Coroutine[Any, Any, None]] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        breaker: PauseGate | None = None,
     ) -> None:
         self._housekeeping = housekeeping
+        self._breaker = breaker
         self._source = source
         self._pipeline = pipeline
         self._dispatcher = dispatcher
@@ -258,11 +261,17 @@ class Worker:
         self._telemetry.partitions(len(self._assigned), len(self._paused))
 
     async def _apply_backpressure(self) -> None:
-        if self._gate.closed:
+        # Every partition pauses while any gate is closed: the auth gate (Button refuses the
+        # key) or the circuit breaker (Button pushes back or is down).
+        breaker = self._breaker
+        held = breaker is not None and not breaker.is_open
+        if self._gate.closed or held:
             wanted = set(self._assigned)
         else:
             wanted = set(self._dispatcher.saturated_partitions(self._assigned)) & self._assigned
         self._telemetry.auth_paused(self._gate.closed)
+        if breaker is not None:
+            self._telemetry.breaker(held, breaker.reason)
         to_pause = wanted - self._paused
         to_resume = self._paused - wanted
         if to_pause:
@@ -273,7 +282,9 @@ class Worker:
             self._paused -= to_resume
         if to_pause or to_resume:
             self._report_partitions()
-            log.info("partitions_paused", paused=sorted(self._paused), auth=self._gate.closed)
+            log.info(
+                "partitions_paused", paused=sorted(self._paused), auth=self._gate.closed, held=held
+            )
 
     async def _report_lag(self) -> None:
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import subprocess
 from pathlib import Path
@@ -10,7 +9,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from consumer.adapters.kafka import KafkaSource
 from consumer.settings import Settings, variable_names
 from tests.deploy.conftest import (
     API_VERSIONS,
@@ -138,16 +136,17 @@ def test_without_static_membership_a_deployment_sets_no_instance_id(chart) -> No
 
 
 def _shutdown_budget(timeout: float) -> float:
-    """How long the service may take to exit after SIGTERM, from the adapters' own bounds.
-
-    Drain (DELIVERY_SHUTDOWN_TIMEOUT_SECONDS), final commit, consumer close, then the producer's
-    flush (the same timeout) and the join of its thread (2 s, AckingProducer.close).
-    """
-    source = KafkaSource({}, "unused")
-    try:
-        return timeout + source.commit_timeout + source.close_timeout + timeout + 2.0
-    finally:
-        asyncio.run(source.close())
+    """How long the service may take to exit after SIGTERM: the whole split budget (drain,
+    commit, close, flush: DeliverySettings.shutdown_budget), then the producer thread's join
+    (2 s, AckingProducer.close) and the process's exit (0.5 s)."""
+    settings = Settings.from_env(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": "b:9092",
+            "DELIVERY_SHUTDOWN_TIMEOUT_SECONDS": str(timeout),
+            "DELIVERY_DRY_RUN": "true",
+        }
+    )
+    return settings.delivery.shutdown_budget().total + 2.5
 
 
 @pytest.mark.parametrize("timeout", [1, 20, 300])

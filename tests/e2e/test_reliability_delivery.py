@@ -64,6 +64,7 @@ PAUSED = "button_consumer_partitions_paused"
 AUTH_PAUSED = "button_consumer_auth_paused"
 IN_FLIGHT = "button_consumer_in_flight_records"
 ASSIGNED = "button_consumer_partitions_assigned"
+BREAKER_OPEN = "button_consumer_breaker_open"
 
 
 def _recent_events(users: int, seed: int) -> list[CommerceEvent]:
@@ -151,14 +152,18 @@ def test_outage_shorter_than_the_retry_budget_pauses_then_delivers_everything(
     produce_events(settings, events, partitions=3)
     ends = end_offsets(kafka_bootstrap, topic, 3)
 
-    # While Button fails: the retries pile up, the lanes fill and the partitions are paused.
+    # While Button fails: the failures in a row open the circuit breaker (or, before it, the
+    # retries fill the lanes) and the partitions are paused.
     wait_until(
         lambda: (
             runner.metric(PAUSED) >= 1
-            and runner.metric("button_consumer_retries_total", {"outcome": "server_error"}) >= 20
+            and (
+                runner.metric(BREAKER_OPEN, {"reason": "button_unavailable"}) == 1
+                or runner.metric("button_consumer_retries_total", {"outcome": "server_error"}) >= 20
+            )
         ),
         timeout=60,
-        message="no partition paused / no retries during the outage",
+        message="no partition paused / no breaker or retries during the outage",
     )
     assert sandbox.orders() == [], "nothing is applied during the outage"
     committed = committed_offsets(kafka_bootstrap, settings.kafka.group_id, topic, 3)
@@ -176,7 +181,7 @@ def test_outage_shorter_than_the_retry_budget_pauses_then_delivers_everything(
     _finish_and_stop(runner, settings, 3)
 
     assert runner.metric(PAUSED) == 0
-    assert sandbox.stats()["faults"].get("outage_503", 0) >= 20
+    assert sandbox.stats()["faults"].get("outage_503", 0) >= 10
     assert read_all(kafka_bootstrap, settings.kafka.dlq_topic) == []
     assert committed_offsets(kafka_bootstrap, settings.kafka.group_id, topic, 3) == ends
     assert_sandbox_matches(sandbox, expected)

@@ -1,5 +1,8 @@
 """The auth gate: open passes at once; closed lets one caller probe per interval, others wait.
 
+The probe is a record-independent request (a fake here, answering scripted outcomes); only an
+accepted answer (Button's envelope, e.g. its 404 for an unknown order) opens the gate.
+
 ``sleep`` is a fake the test releases by hand, so which caller is probing, and when, is chosen
 by the test; ``settle()`` only lets ready tasks run until they block again (no timing involved).
 The probe interval is an hour so the waiters' own re-check timeout never fires during a test.
@@ -9,9 +12,25 @@ from __future__ import annotations
 
 import asyncio
 
+from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.engine.authgate import AuthGate
 
 INTERVAL = 3_600.0
+ACCEPTED = ButtonOutcome(OutcomeKind.NOT_FOUND, 404, "Order not found", from_button=True)
+REFUSED = ButtonOutcome(OutcomeKind.UNAUTHORIZED, 401, "Invalid api_key", from_button=True)
+PROXY_403 = ButtonOutcome(OutcomeKind.FORBIDDEN, 403, "HTTP 403")
+
+
+class FakeProbe:
+    """Answers the scripted outcomes in order, then ``ACCEPTED``; counts its calls."""
+
+    def __init__(self, *answers: ButtonOutcome) -> None:
+        self.answers = list(answers)
+        self.calls = 0
+
+    async def __call__(self) -> ButtonOutcome:
+        self.calls += 1
+        return self.answers.pop(0) if self.answers else ACCEPTED
 
 
 async def settle() -> None:
@@ -38,6 +57,11 @@ class HeldSleep:
             if not future.done():
                 future.set_result(None)
         self._pending.clear()
+
+
+def probing_gate(sleep: HeldSleep, probe: FakeProbe) -> AuthGate:
+    """A gate on a clock that stands still, so each wait is exactly one interval."""
+    return AuthGate(INTERVAL, probe, sleep, clock=lambda: 0.0)
 
 
 def test_a_new_gate_is_open() -> None:
@@ -69,39 +93,44 @@ def test_open_gate_admits_at_once_without_sleeping() -> None:
     assert (asyncio.run(scenario()), sleep.delays) == (True, [])
 
 
-def test_closed_gate_admits_one_probe_after_the_interval() -> None:
-    """The first caller at a closed gate waits one probe interval, then may send its probe."""
-    sleep = HeldSleep()
-    gate = AuthGate(INTERVAL, sleep=sleep)
+def test_closed_gate_probes_after_the_interval_and_opens_when_accepted() -> None:
+    """The first caller at a closed gate waits one probe interval, then sends the probe; its
+    accepted answer opens the gate and the caller passes."""
+    sleep, probe = HeldSleep(), FakeProbe()
+    gate = probing_gate(sleep, probe)
     gate.close()
 
     async def scenario() -> tuple[bool, bool]:
-        probe = asyncio.create_task(gate.admit())
+        caller = asyncio.create_task(gate.admit())
         await settle()
-        before = probe.done()
+        before = caller.done()
         sleep.release()
         await settle()
-        return before, probe.done()
+        return before, caller.done()
 
-    assert (asyncio.run(scenario()), sleep.delays) == ((False, True), [INTERVAL])
+    assert (asyncio.run(scenario()), sleep.delays, probe.calls, gate.closed) == (
+        (False, True),
+        [INTERVAL],
+        1,
+        False,
+    )
 
 
 def test_closed_gate_lets_exactly_one_caller_probe() -> None:
     """Of three callers at a closed gate, only the first sleeps towards a probe."""
-    sleep = HeldSleep()
-    gate = AuthGate(INTERVAL, sleep=sleep)
+    sleep, probe = HeldSleep(), FakeProbe()
+    gate = probing_gate(sleep, probe)
     gate.close()
 
     async def scenario() -> None:
         tasks = [asyncio.create_task(gate.admit()) for _ in range(3)]
         await settle()
-        gate.open()
         sleep.release()
         await asyncio.gather(*tasks)
 
     asyncio.run(scenario())
 
-    assert sleep.delays == [INTERVAL]
+    assert (sleep.delays, probe.calls) == ([INTERVAL], 1)
 
 
 def test_other_callers_wait_until_the_gate_opens() -> None:
@@ -126,37 +155,41 @@ def test_other_callers_wait_until_the_gate_opens() -> None:
     assert asyncio.run(scenario()) == ([False, False], [True, True])
 
 
-def test_a_failed_probe_is_followed_by_another_after_a_new_interval() -> None:
-    """If the gate is still closed after a probe, the next admit waits a full interval again."""
-    sleep = HeldSleep()
-    gate = AuthGate(INTERVAL, sleep=sleep)
+def test_a_refused_probe_is_followed_by_another_after_a_new_interval() -> None:
+    """A refused probe (401, or a proxy's 403 page) keeps the gate closed; the next probe comes
+    a full interval later, and only its accepted answer opens the gate."""
+    sleep, probe = HeldSleep(), FakeProbe(REFUSED, PROXY_403)
+    gate = probing_gate(sleep, probe)
     gate.close()
 
-    async def scenario() -> None:
-        first = asyncio.create_task(gate.admit())
-        await settle()
-        sleep.release()
-        await first
-        second = asyncio.create_task(gate.admit())  # the probe was refused again
-        await settle()
-        sleep.release()
-        await second
+    async def scenario() -> list[bool]:
+        caller = asyncio.create_task(gate.admit())
+        states = []
+        for _ in range(3):
+            await settle()
+            states.append(gate.closed)
+            sleep.release()
+        await caller
+        return states
 
-    asyncio.run(scenario())
-
-    assert sleep.delays == [INTERVAL, INTERVAL]
+    assert (asyncio.run(scenario()), sleep.delays, probe.calls, gate.closed) == (
+        [True, True, True],
+        [INTERVAL] * 3,
+        3,
+        False,
+    )
 
 
 def test_a_cancelled_probe_hands_probing_to_the_next_caller() -> None:
     """Cancelling the prober while it waits frees the probe role for the next caller."""
-    sleep = HeldSleep()
-    gate = AuthGate(INTERVAL, sleep=sleep)
+    sleep, probe = HeldSleep(), FakeProbe()
+    gate = probing_gate(sleep, probe)
     gate.close()
 
     async def scenario() -> bool:
-        probe = asyncio.create_task(gate.admit())
+        prober = asyncio.create_task(gate.admit())
         await settle()
-        probe.cancel()
+        prober.cancel()
         await settle()
         successor = asyncio.create_task(gate.admit())
         await settle()
@@ -164,4 +197,4 @@ def test_a_cancelled_probe_hands_probing_to_the_next_caller() -> None:
         await settle()
         return successor.done()
 
-    assert (asyncio.run(scenario()), sleep.delays) == (True, [INTERVAL, INTERVAL])
+    assert (asyncio.run(scenario()), sleep.delays, probe.calls) == (True, [INTERVAL, INTERVAL], 1)

@@ -554,3 +554,35 @@ def test_base_url_is_validated(base_url: str, match: str) -> None:
     with pytest.raises(ValueError, match=match) as caught:
         ButtonClient(KEY, base_url=base_url)
     assert "sk-1" not in str(caught.value)
+
+
+def test_only_buttons_json_envelope_is_from_button() -> None:
+    """A 403 in Button's error envelope is Button's answer; the same status with a proxy's HTML
+    page (or JSON that is not the envelope) is not, so it can never mean "finalized"."""
+    envelope = json.dumps(
+        {"meta": {"status": "error"}, "error": {"message": "Order is finalized"}}
+    ).encode()
+    button = classify(response(403, envelope), now=NOW)
+    proxy = classify(response(403, b"<html><h1>403 Forbidden</h1></html>"), now=NOW)
+    other = classify(response(403, b'{"message": "Order is finalized"}'), now=NOW)
+
+    assert (button.from_button, button.message) == (True, "Order is finalized")
+    assert (proxy.from_button, proxy.message) == (False, "HTTP 403")
+    assert other.from_button is False
+
+
+def test_an_http_date_retry_after_is_read_against_the_servers_date() -> None:
+    """Retry-After as an HTTP-date is measured from the response's Date, not the local clock,
+    so a local clock ten minutes behind does not turn 60 s into 11 minutes."""
+    server_now = datetime.fromtimestamp(NOW, UTC) + timedelta(minutes=10)
+    outcome = classify(
+        response(
+            429,
+            b"",
+            Date=format_datetime(server_now, usegmt=True),
+            Retry_After=format_datetime(server_now + timedelta(seconds=60), usegmt=True),
+        ),
+        now=NOW,
+    )
+
+    assert outcome.retry_after == 60.0

@@ -11,7 +11,7 @@ from consumer.settings import ClientConfig, Settings
 
 SASL_PASSWORD = "kafka-pa55word-TOPSECRET"
 REGISTRY_AUTH = "svc-registry:registry-pa55word-TOPSECRET"
-BASE = {"KAFKA_BOOTSTRAP_SERVERS": "broker-1:9092", "DELIVERY_DRY_RUN": "true"}
+BASE = {"KAFKA_BOOTSTRAP_SERVERS": "broker-1:9092", "BUTTON_API_KEY": "sk-config-test"}
 SASL = {
     "KAFKA_CONFIG_SECURITY_PROTOCOL": "SASL_SSL",
     "KAFKA_CONFIG_SASL_MECHANISM": "PLAIN",

@@ -34,6 +34,7 @@ from consumer.domain.mapping import MappingConfig
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import RetryPolicy
 from consumer.engine.authgate import AuthGate
+from consumer.engine.breaker import CircuitBreaker
 from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
 from consumer.engine.parking import Parking, ParkingCheck, ParkingLot
 from consumer.engine.pipeline import ParkingPort, Pipeline, PipelineDeps, Processed, Processor
@@ -66,7 +67,15 @@ EVENT = CommerceEvent(
     ),
 )
 
-OK = ButtonOutcome(OutcomeKind.SUCCESS, 200, elapsed=0.01)
+OK = ButtonOutcome(OutcomeKind.SUCCESS, 200, elapsed=0.01, from_button=True)
+NOT_FOUND = ButtonOutcome(OutcomeKind.NOT_FOUND, 404, "Order not found", from_button=True)
+"""Button's answer to the probe (a read of an unknown order) when it accepts the key."""
+FORBIDDEN_HTML = ButtonOutcome(OutcomeKind.FORBIDDEN, 403, "HTTP 403", excerpt="<html>Denied")
+"""A 403 page of a proxy, WAF or CDN in front of Button."""
+FORBIDDEN_BUTTON = ButtonOutcome(
+    OutcomeKind.FORBIDDEN, 403, "Forbidden", excerpt='{"meta":{"status":"error"}}', from_button=True
+)
+"""Button's own 403 that does not say "finalized"."""
 CONFLICT = ButtonOutcome(OutcomeKind.CONFLICT, 409, "Order already exists")
 INVALID = ButtonOutcome(
     OutcomeKind.INVALID, 400, "order_id is invalid", excerpt='{"meta":{"status":"error"}}'
@@ -98,6 +107,7 @@ class FakeClock:
     async def sleep(self, delay: float) -> None:
         self.sleeps.append(delay)
         self.elapsed += delay
+        await asyncio.sleep(0)  # a real sleep lets other records run: so does this one
 
 
 class FakeDecoder:
@@ -174,14 +184,25 @@ class FakeChangelog:
 
 
 class FakeButton:
-    """Answers with the scripted outcomes in order; records each request and the gate's state."""
+    """Answers with the scripted outcomes in order; records each request and the gate's state.
+
+    ``probe()`` is the record-independent probe: it answers the scripted ``probes`` in order,
+    then ``NOT_FOUND`` (Button accepts the key).
+    """
 
     def __init__(self, calls: list[tuple[Any, ...]], gate: AuthGate) -> None:
         self.calls = calls
         self.gate = gate
         self.outcomes: list[ButtonOutcome] = []
+        self.probes: list[ButtonOutcome] = []
+        self.probed = 0
         self.sent: list[ButtonRequest] = []
         self.gate_closed_at_send: list[bool] = []
+
+    async def probe(self) -> ButtonOutcome:
+        self.probed += 1
+        self.calls.append(("probe",))
+        return self.probes.pop(0) if self.probes else NOT_FOUND
 
     async def send(self, request: ButtonRequest) -> ButtonOutcome:
         if not self.outcomes:
@@ -220,13 +241,27 @@ class Harness:
     dry_run: bool = False
     real_processor: ProfileProcessor | None = None
 
+    breaker_threshold: int = 100
+
     def __post_init__(self) -> None:
-        self.gate = AuthGate(PROBE_INTERVAL, sleep=self.clock.sleep)
-        self.button = FakeButton(self.calls, self.gate)
+        self.button = FakeButton(self.calls, AuthGate(PROBE_INTERVAL))
+        self.gate = self.button.gate = self.auth_gate(PROBE_INTERVAL)
+        self.breaker = CircuitBreaker(
+            failure_threshold=self.breaker_threshold,
+            probe_interval=PROBE_INTERVAL,
+            policy=self.retry,
+            probe=self.button.probe,
+            sleep=self.clock.sleep,
+            clock=self.clock.monotonic,
+        )
         self.changelog = FakeChangelog(self.calls)
         self.dead_letters: FakeDeadLetters | BrokenDeadLetters = FakeDeadLetters(self.calls)
         self.metrics = Metrics.create(CollectorRegistry())
         self.deliveries = DeliveryLog(10)
+
+    def auth_gate(self, interval: float) -> AuthGate:
+        """An auth gate probing with the fake Button, on the fake clock."""
+        return AuthGate(interval, self.button.probe, self.clock.sleep, self.clock.monotonic)
 
     def deps(self) -> PipelineDeps:
         processor: Processor = self.processor
@@ -250,6 +285,7 @@ class Harness:
             limiter=AdaptiveLimiter(clock=self.clock.monotonic),
             rate=self.rate,
             gate=self.gate,
+            breaker=self.breaker,
             telemetry=ServiceTelemetry(self.metrics, Health(), self.deliveries),
             wall_clock=self.clock.wall,
             monotonic=self.clock.monotonic,
@@ -413,7 +449,7 @@ def test_conflict_on_create_means_delivered() -> None:
         (Action.CANCEL, ButtonOutcome(OutcomeKind.NOT_FOUND, 404, "Order not found"), "order_gone"),
         (
             Action.UPDATE,
-            ButtonOutcome(OutcomeKind.FORBIDDEN, 403, "Order is finalized"),
+            ButtonOutcome(OutcomeKind.FORBIDDEN, 403, "Order is finalized", from_button=True),
             "order_finalized",
         ),
     ],
@@ -429,7 +465,7 @@ def test_answers_meaning_already_done_finish_the_record(action, answer, reason) 
 
 def test_a_finalized_order_is_logged_as_done_without_change() -> None:
     """A done-but-unusual answer (order finalized) is worth one warning line."""
-    finalized = ButtonOutcome(OutcomeKind.FORBIDDEN, 403, "Order is finalized")
+    finalized = ButtonOutcome(OutcomeKind.FORBIDDEN, 403, "Order is finalized", from_button=True)
     h = Harness(processor=FakeProcessor(processed(Send(request(Action.UPDATE))))).answer(finalized)
 
     with capture_logs() as logs:
@@ -477,8 +513,8 @@ def test_retry_after_is_honoured_as_the_minimum_delay() -> None:
 
 
 def test_retries_exhausted_dead_letters_the_record_with_attempt_context() -> None:
-    """Three 503s with max_attempts=3: DLQ reason retries_exhausted, with attempts and times."""
-    busy = replace(UNAVAILABLE, retry_after=1.0, excerpt="Service Unavailable")
+    """Three 500s with max_attempts=3: DLQ reason retries_exhausted, with attempts and times."""
+    busy = replace(UNAVAILABLE, status=500, retry_after=1.0, excerpt="Service Unavailable")
     h = Harness().answer(busy, busy, busy)
 
     outcomes = h.handle(record())
@@ -487,12 +523,12 @@ def test_retries_exhausted_dead_letters_the_record_with_attempt_context() -> Non
     expected = {
         "__connect.errors.stage": "TASK_PUT",
         "__connect.errors.exception.class.name": "ButtonServerError",
-        "__connect.errors.exception.message": "http_503 after retries: Service Unavailable",
+        "__connect.errors.exception.message": "http_500 after retries: Service Unavailable",
         "__connect.errors.offset": "17",
         "button.reason": "retries_exhausted",
         "button.action": "create",
         "button.order.id": ORDER,
-        "button.http.status": "503",
+        "button.http.status": "500",
         "button.response.excerpt": "Service Unavailable",
         "button.attempts": "3",
         "button.first.attempt.ms": str(T0_MS),
@@ -513,9 +549,10 @@ def test_retries_exhausted_parks_the_order() -> None:
 
 
 def test_retry_deadline_dead_letters_when_the_next_wait_would_exceed_it() -> None:
-    """A Retry-After longer than the elapsed-time budget ends retries at once: retry_deadline."""
+    """A 500 whose next wait (its Retry-After a minimum) would pass the elapsed-time budget
+    ends retries at once: retry_deadline. (A 429 or 503 with Retry-After opens the breaker.)"""
     h = Harness(retry=RetryPolicy(max_attempts=8, max_elapsed=10.0))
-    h.answer(replace(UNAVAILABLE, retry_after=20.0))
+    h.answer(replace(UNAVAILABLE, status=500, retry_after=20.0))
 
     outcomes = h.handle(record())
 
@@ -997,7 +1034,8 @@ def test_the_processor_gets_the_partition_key_and_decoded_event() -> None:
 
 
 def test_unauthorized_closes_the_gate_then_a_probe_succeeds_and_reopens_it() -> None:
-    """401: the gate closes, the next attempt waits one probe interval, its 200 reopens it."""
+    """401: the gate closes; after one probe interval the record-independent probe is accepted
+    (Button's 404 for an unknown order), the gate opens and the record is sent again."""
     h = Harness().answer(UNAUTHORIZED, OK)
 
     outcomes = h.handle(record())
@@ -1005,9 +1043,10 @@ def test_unauthorized_closes_the_gate_then_a_probe_succeeds_and_reopens_it() -> 
     assert (
         outcomes,
         h.clock.sleeps,
+        h.button.probed,
         h.button.gate_closed_at_send,
         h.gate.closed,
-    ) == (["delivered"], [PROBE_INTERVAL], [False, True], False)
+    ) == (["delivered"], [PROBE_INTERVAL], 1, [False, False], False)
 
 
 def test_an_unauthorized_attempt_does_not_use_up_the_retry_budget() -> None:
@@ -1022,8 +1061,7 @@ def test_an_unauthorized_attempt_does_not_use_up_the_retry_budget() -> None:
 def test_time_paused_at_the_gate_does_not_count_toward_the_retry_deadline() -> None:
     """A 60 s auth pause does not spend a 10 s elapsed budget: the 503 after it is retried."""
     h = Harness(retry=RetryPolicy(max_attempts=8, max_elapsed=10.0))
-    h.gate = AuthGate(60.0, sleep=h.clock.sleep)
-    h.button.gate = h.gate
+    h.gate = h.button.gate = h.auth_gate(60.0)
     h.answer(UNAUTHORIZED, UNAVAILABLE, OK)
 
     outcomes = h.handle(record())
@@ -1033,18 +1071,20 @@ def test_time_paused_at_the_gate_does_not_count_toward_the_retry_deadline() -> N
 
 def test_a_timed_out_probe_keeps_the_gate_closed() -> None:
     """A probe that times out proves nothing about the key: the next probe waits again."""
-    h = Harness().answer(UNAUTHORIZED, TIMEOUT, OK)
+    h = Harness().answer(UNAUTHORIZED, OK)
+    h.button.probes = [TIMEOUT]
 
     outcomes = h.handle(record())
 
     assert outcomes == ["delivered"]
-    assert h.button.gate_closed_at_send == [False, True, True]
-    assert [h.clock.sleeps[0], h.clock.sleeps[2]] == [PROBE_INTERVAL, PROBE_INTERVAL]
+    assert (h.button.probed, h.button.gate_closed_at_send) == (2, [False, False])
+    assert h.clock.sleeps == [PROBE_INTERVAL, PROBE_INTERVAL]
 
 
 def test_auth_failure_and_recovery_are_logged_once_each() -> None:
     """One button_auth_failed error when the gate closes, one button_auth_recovered on reopen."""
-    h = Harness().answer(UNAUTHORIZED, UNAUTHORIZED, OK)
+    h = Harness().answer(UNAUTHORIZED, OK)
+    h.button.probes = [UNAUTHORIZED]
 
     with capture_logs() as logs:
         h.handle(record())
@@ -1055,13 +1095,13 @@ def test_auth_failure_and_recovery_are_logged_once_each() -> None:
 
 def test_retry_is_logged_with_status_and_attempt() -> None:
     """Each retry logs one "retrying" line with the status and the attempt number."""
-    h = Harness().answer(replace(UNAVAILABLE, retry_after=2.0), OK)
+    h = Harness().answer(replace(UNAVAILABLE, status=500, retry_after=2.0), OK)
 
     with capture_logs() as logs:
         h.handle(record())
 
     retrying = [e for e in logs if e["event"] == "retrying"]
-    expected = [{"status": 503, "outcome": "server_error", "attempt": 1, "delay": 2.0}]
+    expected = [{"status": 500, "outcome": "server_error", "attempt": 1, "delay": 2.0}]
     assert expected == [
         {k: e[k] for k in ("status", "outcome", "attempt", "delay")} for e in retrying
     ]
@@ -1079,3 +1119,99 @@ def test_rate_limit_waits_with_the_injected_sleep() -> None:
     outcomes = h.handle(record(17), record(18))
 
     assert (outcomes, h.clock.sleeps) == (["delivered", "delivered"], [1.0])
+
+
+# --- faults on Button's side: 403s that are not Button's, back-pressure, outages ---------------
+
+
+def test_a_proxy_403_page_on_an_update_is_never_done_and_waits_for_the_probe() -> None:
+    """A 403 HTML page (proxy, WAF, CDN) on a refund's update is not "finalized": the gate
+    closes, probes answered by the same page keep it closed, and once the probe is accepted the
+    update is sent again and delivered."""
+    h = Harness(processor=FakeProcessor(processed(Send(request(Action.UPDATE)))))
+    h.answer(FORBIDDEN_HTML, OK)
+    h.button.probes = [FORBIDDEN_HTML, FORBIDDEN_HTML]
+
+    outcomes = h.handle(record())
+
+    assert (outcomes, h.last_delivery()["reason"], h.button.probed, h.letters) == (
+        ["delivered"],
+        "ok",
+        3,
+        [],
+    )
+    assert h.button.gate_closed_at_send == [False, False]
+
+
+def test_a_non_2xx_answer_never_reopens_the_auth_gate() -> None:
+    """While the gate is closed, a probe answered 503 or a proxy's 403 leaves it closed; only
+    an accepted probe opens it, so the record is sent only after that."""
+    h = Harness().answer(UNAUTHORIZED, OK)
+    h.button.probes = [UNAVAILABLE, FORBIDDEN_HTML]
+
+    outcomes = h.handle(record())
+
+    assert (outcomes, h.button.probed, h.clock.sleeps) == (["delivered"], 3, [PROBE_INTERVAL] * 3)
+
+
+def test_a_records_own_403_is_dead_lettered_once_the_probe_accepts_the_key() -> None:
+    """Button's 403 on one create: the gate closes, the record-independent probe shows the key
+    is accepted, and the record's second 403 is its own: dead letter http_403, gate open."""
+    h = Harness().answer(FORBIDDEN_BUTTON, FORBIDDEN_BUTTON)
+
+    outcomes = h.handle(record())
+
+    assert (outcomes, h.letters[0].reason, h.letters[0].http_status, h.gate.closed) == (
+        ["dead_lettered"],
+        "http_403",
+        403,
+        False,
+    )
+    assert h.processor.parked == {ORDER: "http_403"}
+
+
+def test_retry_after_opens_the_breaker_capped_without_spending_the_budget() -> None:
+    """A 429 with Retry-After far beyond the budget (an HTTP-date ten minutes ahead) is
+    back-pressure: the breaker opens for the capped delay, the attempts do not count, and the
+    record is delivered instead of dead-lettered (retry_deadline)."""
+    h = Harness(retry=RetryPolicy(max_attempts=2, max_elapsed=30.0, retry_after_cap=45.0))
+    limited = ButtonOutcome(OutcomeKind.RATE_LIMITED, 429, "Too many requests", retry_after=600.0)
+    h.answer(limited, limited, limited, OK)
+
+    outcomes = h.handle(record())
+
+    assert (outcomes, h.letters, h.clock.sleeps) == (["delivered"], [], [45.0, 45.0, 45.0])
+    assert h.sample("breaker_openings_total", reason="http_429") == 3.0
+
+
+def test_an_outage_longer_than_the_budget_pauses_instead_of_dead_lettering() -> None:
+    """503 without Retry-After for two records, longer than their budget: the failure streak
+    of both opens the breaker, their exhausted budgets become a pause, probes keep it open
+    while Button fails, and once it answers both are delivered with nothing dead-lettered."""
+    h = Harness(retry=RetryPolicy(max_attempts=2), breaker_threshold=3)
+    h.answer(UNAVAILABLE, UNAVAILABLE, UNAVAILABLE, OK, OK)
+    h.button.probes = [UNAVAILABLE, UNAVAILABLE]
+    h.processor = FakeProcessor(processed(), processed(order_id="ORD-2"))
+    pipeline = Pipeline(h.deps())
+
+    async def scenario() -> list[str]:
+        return list(await asyncio.gather(pipeline.handle(record(17)), pipeline.handle(record(18))))
+
+    outcomes = asyncio.run(scenario())
+
+    assert (outcomes, h.letters, h.button.probed) == (["delivered", "delivered"], [], 3)
+    assert h.sample("breaker_openings_total", reason="button_unavailable") == 1.0
+
+
+def test_one_records_failures_alone_are_not_an_outage() -> None:
+    """A record that Button answers 500 while nothing else fails exhausts its budget and is
+    dead-lettered: one record cannot open the breaker (threshold 2 < 3 attempts)."""
+    h = Harness(breaker_threshold=2).answer(UNAVAILABLE, UNAVAILABLE, UNAVAILABLE)
+
+    outcomes = h.handle(record())
+
+    assert (outcomes, h.letters[0].reason, h.button.probed) == (
+        ["dead_lettered"],
+        "retries_exhausted",
+        0,
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,16 @@ from consumer.domain.deadletter import Stage
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import (
     Decision,
+    Probe,
     RetryPolicy,
     Verdict,
+    breaker_signal,
+    breaker_wait,
     classify,
     decide,
     decide_error,
     decide_mapped,
+    judge_probe,
 )
 from consumer.errors import (
     BrokerError,
@@ -34,6 +39,7 @@ from consumer.errors import (
 K = OutcomeKind
 A = Action
 DONE, RETRY, DEAD, PAUSE = Verdict.DONE, Verdict.RETRY, Verdict.DEAD_LETTER, Verdict.PAUSE
+BREAK = Verdict.BREAK
 
 
 class FixedRandom:
@@ -51,8 +57,11 @@ def outcome(
     status: int | None = None,
     message: str = "",
     retry_after: float | None = None,
+    *,
+    button: bool = False,
 ) -> ButtonOutcome:
-    return ButtonOutcome(kind, status, message=message, retry_after=retry_after)
+    """An outcome; ``button``: its body was Button's own JSON envelope."""
+    return ButtonOutcome(kind, status, message=message, retry_after=retry_after, from_button=button)
 
 
 # (action, outcome, expected verdict, expected reason): the table of DESIGN decision 4.
@@ -65,9 +74,24 @@ TABLE = [
     (A.CANCEL, outcome(K.NOT_FOUND, 404), DONE, "order_gone"),
     (A.UPDATE, outcome(K.NOT_FOUND, 404), DEAD, "http_404"),
     (A.CREATE, outcome(K.NOT_FOUND, 404), DEAD, "http_404"),
-    (A.UPDATE, outcome(K.FORBIDDEN, 403, message="Order is finalized"), DONE, "order_finalized"),
-    (A.CANCEL, outcome(K.FORBIDDEN, 403), DONE, "order_finalized"),
-    (A.UPDATE, outcome(K.INVALID, 400, message="order already finalized"), DONE, "order_finalized"),
+    (
+        A.UPDATE,
+        outcome(K.FORBIDDEN, 403, "Order is finalized", button=True),
+        DONE,
+        "order_finalized",
+    ),
+    (A.CANCEL, outcome(K.FORBIDDEN, 403, "Order finalised", button=True), DONE, "order_finalized"),
+    (
+        A.UPDATE,
+        outcome(K.INVALID, 400, "order already finalized", button=True),
+        DONE,
+        "order_finalized",
+    ),
+    # A 403 that is not Button's envelope saying "finalized" never finishes a record.
+    (A.UPDATE, outcome(K.FORBIDDEN, 403, "HTTP 403"), PAUSE, "http_403"),
+    (A.CANCEL, outcome(K.FORBIDDEN, 403, "HTTP 403"), PAUSE, "http_403"),
+    (A.CANCEL, outcome(K.FORBIDDEN, 403, "Forbidden", button=True), PAUSE, "http_403"),
+    (A.UPDATE, outcome(K.FORBIDDEN, 403, "Order is finalized"), PAUSE, "http_403"),
     (A.UPDATE, outcome(K.FORBIDDEN, 403, message="Invalid API key"), PAUSE, "http_403"),
     (A.CREATE, outcome(K.FORBIDDEN, 403, message="NoMerchantApproval"), PAUSE, "http_403"),
     (A.CREATE, outcome(K.UNAUTHORIZED, 401), PAUSE, "http_401"),
@@ -95,7 +119,8 @@ def test_table_row(action: Action, result: ButtonOutcome, verdict: Verdict, reas
 
 def test_finalized_is_noteworthy() -> None:
     """A finalized order is done, but the operator should hear about it."""
-    assert classify(A.UPDATE, outcome(K.FORBIDDEN, 403)).noteworthy is True
+    finalized = outcome(K.FORBIDDEN, 403, "Order is finalized", button=True)
+    assert classify(A.UPDATE, finalized).noteworthy is True
     assert classify(A.CREATE, outcome(K.SUCCESS, 200)).noteworthy is False
 
 
@@ -161,9 +186,9 @@ def test_elapsed_budget_turns_retry_into_dead_letter() -> None:
     """A retry that would start after max_elapsed is not scheduled."""
     decision = decide(
         A.UPDATE,
-        outcome(K.RATE_LIMITED, 429, retry_after=30.0),
+        outcome(K.RATE_LIMITED, 429),
         attempt=1,
-        elapsed=45.0,
+        elapsed=59.9,
         policy=POLICY,
         rng=FixedRandom(),
     )
@@ -350,7 +375,11 @@ def test_retries_always_respect_both_budgets(
         policy=policy,
         rng=random.Random(seed),
     )
-    if decision.verdict is RETRY:
+    if decision.verdict is BREAK:
+        # 429/503 with Retry-After: back-pressure, the budget does not apply; capped.
+        assert retry_after is not None
+        assert decision.delay == min(retry_after, policy.retry_after_cap)
+    elif decision.verdict is RETRY:
         assert attempt < policy.max_attempts
         assert elapsed + decision.delay <= policy.max_elapsed
         assert decision.delay >= (retry_after or 0.0)
@@ -363,3 +392,100 @@ def test_readme_table_is_rendered_from_the_policy() -> None:
     """The README's failure table is exactly what the policy functions answer today."""
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     assert policy_table.render() in readme
+
+
+# --- faults on Button's side: 403s, the probe, back-pressure and outages -------------------------
+
+
+def test_a_403_after_the_probe_accepted_the_key_is_the_records_own() -> None:
+    """Once a record-independent probe showed the key works, Button's own 403 dead-letters the
+    record (http_403); a 403 page from in front of Button is retried within the budget."""
+    button = classify(
+        A.CREATE, outcome(K.FORBIDDEN, 403, "Forbidden", button=True), key_accepted=True
+    )
+    proxy = classify(A.UPDATE, outcome(K.FORBIDDEN, 403, "HTTP 403"), key_accepted=True)
+
+    assert (button.verdict, button.reason, proxy.verdict, proxy.reason) == (
+        DEAD,
+        "http_403",
+        RETRY,
+        "http_403",
+    )
+
+
+@pytest.mark.parametrize(
+    ("result", "expected"),
+    [
+        (outcome(K.NOT_FOUND, 404, "Order not found", button=True), Probe.ACCEPTED),
+        (outcome(K.SUCCESS, 200, button=True), Probe.ACCEPTED),
+        (outcome(K.NOT_FOUND, 404, "HTTP 404"), Probe.UNAVAILABLE),  # not Button's answer
+        (outcome(K.UNAUTHORIZED, 401, "Invalid api_key", button=True), Probe.REFUSED),
+        (outcome(K.FORBIDDEN, 403, "HTTP 403"), Probe.REFUSED),
+        (outcome(K.SERVER_ERROR, 503, "Service unavailable", button=True), Probe.UNAVAILABLE),
+        (outcome(K.RATE_LIMITED, 429, button=True, retry_after=5.0), Probe.UNAVAILABLE),
+        (outcome(K.TIMEOUT), Probe.UNAVAILABLE),
+    ],
+)
+def test_only_buttons_own_answer_accepts_a_probe(result: ButtonOutcome, expected: Probe) -> None:
+    """The probe (a read of an unknown order) is accepted on Button's envelope only."""
+    assert expected == judge_probe(result)
+
+
+@pytest.mark.parametrize(
+    ("result", "retry_after"),
+    [
+        (outcome(K.RATE_LIMITED, 429), 60.0),
+        (outcome(K.SERVER_ERROR, 503), 600.0),  # an HTTP-date ten minutes ahead
+    ],
+)
+def test_retry_after_on_429_and_503_opens_the_breaker_capped(
+    result: ButtonOutcome, retry_after: float
+) -> None:
+    """429 or 503 with Retry-After is back-pressure, whatever the budget left: BREAK for the
+    Retry-After, capped (never retry_deadline, never a dead letter)."""
+    policy = RetryPolicy(max_attempts=1, max_elapsed=30.0, retry_after_cap=45.0)
+    decision = decide(
+        A.CREATE,
+        replace(result, retry_after=retry_after),
+        attempt=5,
+        elapsed=29.0,
+        policy=policy,
+        rng=FixedRandom(),
+    )
+    assert (decision.verdict, decision.delay) == (BREAK, min(retry_after, 45.0))
+
+
+def test_an_exhausted_budget_during_an_outage_opens_the_breaker() -> None:
+    """When the breaker counts an outage, a spent budget pauses (button_unavailable) with the
+    last failure as the cause; without an outage it is a dead letter."""
+    args = {"attempt": 4, "elapsed": 1.0, "policy": POLICY, "rng": FixedRandom()}
+    during = decide(A.CREATE, outcome(K.TIMEOUT), outage=True, **args)  # type: ignore[arg-type]
+    alone = decide(A.CREATE, outcome(K.TIMEOUT), outage=False, **args)  # type: ignore[arg-type]
+
+    assert (during.verdict, during.reason, during.cause) == (BREAK, "button_unavailable", "timeout")
+    assert (alone.verdict, alone.reason) == (DEAD, "retries_exhausted")
+
+
+def test_breaker_signal_counts_failures_and_buttons_answers() -> None:
+    """Failures of Button or the path count; Button's envelope ends the count; a proxy's 403
+    page is neither."""
+    assert [
+        breaker_signal(outcome(K.SERVER_ERROR, 502)),
+        breaker_signal(outcome(K.CONNECTION_ERROR)),
+        breaker_signal(outcome(K.INVALID, 400, "bad", button=True)),
+        breaker_signal(outcome(K.SUCCESS, 200)),
+        breaker_signal(outcome(K.FORBIDDEN, 403, "HTTP 403")),
+    ] == [True, True, False, False, None]
+
+
+def test_breaker_wait_after_a_probe() -> None:
+    """After a probe: None (close) when Button answered; else the interval or the capped
+    Retry-After."""
+    policy = RetryPolicy(retry_after_cap=30.0)
+    waits = [
+        breaker_wait(outcome(K.NOT_FOUND, 404, button=True), interval=5.0, policy=policy),
+        breaker_wait(outcome(K.UNAUTHORIZED, 401, button=True), interval=5.0, policy=policy),
+        breaker_wait(outcome(K.SERVER_ERROR, 503), interval=5.0, policy=policy),
+        breaker_wait(outcome(K.RATE_LIMITED, 429, retry_after=600.0), interval=5.0, policy=policy),
+    ]
+    assert waits == [None, None, 5.0, 30.0]

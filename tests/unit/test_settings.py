@@ -149,6 +149,32 @@ def test_dry_run_needs_no_api_key() -> None:
     assert (settings.delivery.dry_run, settings.button.api_key) == (True, None)
 
 
+def test_a_dry_run_has_its_own_group_changelog_and_dlq() -> None:
+    """The same settings with DELIVERY_DRY_RUN=true never share the live group, changelog or
+    DLQ: a dry run commits past every order, so in the live group a later live run would never
+    send them."""
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": "b:9092",
+        "KAFKA_GROUP_ID": "shop-button",
+        "BUTTON_API_KEY": API_KEY,
+    }
+    live = Settings.from_env(env).kafka
+    dry = Settings.from_env({**env, "DELIVERY_DRY_RUN": "true"}).kafka
+
+    assert (live.group_id, live.profile_topic, live.dlq_topic) == (
+        "shop-button",
+        "button-consumer-profiles",
+        "commerce-events.button-dlq",
+    )
+    assert (dry.group_id, dry.profile_topic, dry.dlq_topic) == (
+        "shop-button-dry-run",
+        "button-consumer-profiles-dry-run",
+        "commerce-events.button-dlq-dry-run",
+    )
+    assert dry.topic == live.topic
+    assert dry.consumer_config()["group.id"] == "shop-button-dry-run"
+
+
 def test_commands_that_never_call_button_may_skip_the_api_key() -> None:
     """require_api_key=False (replay-dlq, check of Kafka only) loads without BUTTON_API_KEY."""
     settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "b:9092"}, require_api_key=False)

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from consumer.engine.authgate import AuthGate
+from consumer.engine.concurrency import PauseGate
 from consumer.engine.dispatcher import Dispatcher
 from consumer.engine.watermark import Watermarks
 from consumer.engine.worker import RunStats, Worker, WorkerOptions
@@ -70,6 +71,7 @@ class Harness:
             watermarks=self.watermarks,
         )
         self.gate = AuthGate(probe_interval=NEVER)
+        self.breaker = PauseGate()
         self.telemetry = RecordingTelemetry()
         self.restored: list[list[int]] = []
         self.dropped: list[list[int]] = []
@@ -84,6 +86,7 @@ class Harness:
             telemetry=self.telemetry,
             options=self.opts,
             monotonic=time.monotonic if self.clock is None else self.clock.monotonic,
+            breaker=self.breaker,
         )
 
     @property
@@ -182,6 +185,28 @@ def test_everything_pauses_while_the_auth_gate_is_closed() -> None:
                 h.telemetry.named("auth_paused")[-1],
             )
             assert expected == actual
+
+    run(scenario)
+
+
+def test_everything_pauses_while_the_circuit_breaker_holds_requests() -> None:
+    """While the breaker is open (Button pushes back or is down) every partition pauses and
+    nothing new is fetched; the breaker's state and reason are reported; when it closes the
+    partitions resume."""
+
+    async def scenario() -> None:
+        h = Harness(assign=(0, 1))
+        async with h.running():
+            h.breaker.close("http_429")
+            await h.source.until(lambda: h.source.paused == {0, 1})
+            h.records(0, 0)
+            await h.source.passes(2)
+            held = (h.held.started, h.source.pending(0), h.telemetry.named("breaker")[-1])
+            assert held == ([], 1, (True, "http_429"))
+            h.breaker.open()
+            await h.source.until(lambda: len(h.held.started) == 1)
+            await h.source.passes()
+            assert (h.source.paused, h.telemetry.named("breaker")[-1]) == (set(), (False, ""))
 
     run(scenario)
 

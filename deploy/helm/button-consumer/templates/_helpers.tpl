@@ -50,17 +50,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{/*
-The pod's grace period, from the service's shutdown budget. On SIGTERM the service
-  1. drains in-flight work:                 DELIVERY_SHUTDOWN_TIMEOUT_SECONDS (S)
-  2. commits what finished:                 KafkaSource.commit_timeout  = 15 s
-  3. leaves the group and closes:           KafkaSource.close_timeout   = 30 s
-  4. flushes its producer (dead letters):   S, then joins its thread     =  2 s
-so it exits within 2*S + 47 seconds; the grace period adds shutdown.marginSeconds.
-tests/deploy/test_chart.py asserts this against the adapter's own bounds.
+The pod's grace period, from the service's shutdown budget. DELIVERY_SHUTDOWN_TIMEOUT_SECONDS (S)
+bounds the whole stop, split by the service itself (DeliverySettings.shutdown_budget): drain
+in-flight work 50 %, commit what finished 15 %, leave the group 20 %, flush the producer 15 %;
+then the producer's thread is joined (2 s) and the process exits. So it exits within S + 3
+seconds; the grace period adds shutdown.marginSeconds. tests/deploy/test_chart.py asserts it.
 */}}
 {{- define "button-consumer.shutdownBudgetSeconds" -}}
-{{- $s := int .Values.shutdown.timeoutSeconds -}}
-{{- add (mul 2 $s) 15 30 2 -}}
+{{- add (int .Values.shutdown.timeoutSeconds) 3 -}}
 {{- end -}}
 
 {{- define "button-consumer.terminationGracePeriodSeconds" -}}

@@ -1,0 +1,31 @@
+"""The composition root refuses settings it cannot run safely."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from consumer.bootstrap import build
+from consumer.errors import ConfigError
+from consumer.settings import Settings
+
+
+def test_a_live_run_without_an_api_key_is_a_configuration_error() -> None:
+    """Settings read without requiring the key (as replay-dlq reads them) cannot build a live
+    service: build() never falls back to the dry-run Button, which reports every outcome as
+    delivered."""
+    settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "b:9092"}, require_api_key=False)
+
+    with pytest.raises(ConfigError) as raised:
+        build(settings, CollectorRegistry())
+
+    assert str(raised.value) == "BUTTON_API_KEY is required (or set DELIVERY_DRY_RUN=true)"
+
+
+def test_a_dry_run_needs_no_api_key() -> None:
+    """DELIVERY_DRY_RUN=true builds without a key: nothing is sent to Button."""
+    settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "b:9092", "DELIVERY_DRY_RUN": "true"})
+
+    service = build(settings, CollectorRegistry())
+
+    assert type(service.button).__name__ == "_DryRunButton"
