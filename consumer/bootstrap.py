@@ -26,7 +26,7 @@ from consumer.adapters.button_client import ButtonClient
 from consumer.adapters.kafka import AckingProducer, KafkaSource, ensure_topics
 from consumer.adapters.logging import configure_logging
 from consumer.adapters.metrics import Metrics
-from consumer.adapters.telemetry import ServiceTelemetry
+from consumer.adapters.telemetry import ServiceTelemetry, TimedChangelog
 from consumer.adapters.topics import (
     RESTORE_GROUP_ID,
     KafkaChangelog,
@@ -177,7 +177,10 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
     """
     s, d = settings, settings.delivery
     telemetry = ServiceTelemetry(
-        Metrics.create(registry), Health(), DeliveryLog(s.admin.recent_deliveries)
+        Metrics.create(registry),
+        Health(),
+        DeliveryLog(s.admin.recent_deliveries),
+        success_sample_rate=s.log.success_sample_rate,
     )
     admin = AdminServer(
         s.admin.host,
@@ -201,7 +204,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         button = ButtonClient.from_settings(s.button)
     producer = AckingProducer(s.kafka.producer_config())
     decoder = build_decoder(Path(s.schema.dir), s.schema.registry_url, s.schema.registry_config())
-    changelog = KafkaChangelog(producer, s.kafka.profile_topic)
+    changelog = TimedChangelog(KafkaChangelog(producer, s.kafka.profile_topic), telemetry)
     gate = AuthGate(d.auth_probe_interval_seconds)
     pipeline = Pipeline(
         PipelineDeps(
@@ -247,12 +250,20 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         telemetry.profiles_held(len(store))
 
     def restore(partitions: list[int]) -> int:
-        read = restore_partitions(
-            s.kafka.reader_config(RESTORE_GROUP_ID),
-            s.kafka.profile_topic,
-            partitions,
-            store.restore,
-        )
+        def restore_one(partition: int, key: bytes, value: bytes | None) -> None:
+            store.restore(partition, key, value)
+            telemetry.restore_progress()
+
+        telemetry.restore_started(len(partitions))
+        try:
+            read = restore_partitions(
+                s.kafka.reader_config(RESTORE_GROUP_ID),
+                s.kafka.profile_topic,
+                partitions,
+                restore_one,
+            )
+        finally:
+            telemetry.restore_finished(len(partitions))
         telemetry.profiles_held(len(store))
         return read
 

@@ -316,6 +316,9 @@ class LogSettings(_Section):
 
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
+    success_sample_rate: float = Field(default=0.01, ge=0, le=1)
+    """Share of successful records (delivered, skipped, dry run) that get a summary line; dead
+    letters and parked records always do."""
 
 
 _SECTIONS: dict[str, type[_Section]] = {

@@ -43,6 +43,10 @@ class Health:
     started: bool = False
     stopping: bool = False
     auth_paused: bool = False
+    assigned: bool = False
+    """The group gave this member an assignment (its first rebalance completed)."""
+    broker_reachable: bool = True
+    """The last question to the broker (the lag, every few seconds) was answered."""
     last_poll: float = 0.0
     poll_stall_seconds: float = 120.0
 
@@ -50,7 +54,13 @@ class Health:
         return not self.started or (now - self.last_poll) < self.poll_stall_seconds
 
     def ready(self) -> bool:
-        return self.started and not self.stopping and not self.auth_paused
+        return (
+            self.started
+            and not self.stopping
+            and not self.auth_paused
+            and self.assigned
+            and self.broker_reachable
+        )
 
 
 class AdminServer:
@@ -103,7 +113,13 @@ class AdminServer:
 
     async def _readyz(self, _request: web.Request) -> web.Response:
         ok = self._health.ready()
-        body = {"ready": ok, "auth_paused": self._health.auth_paused}
+        h = self._health
+        body = {
+            "ready": ok,
+            "auth_paused": h.auth_paused,
+            "assigned": h.assigned,
+            "broker_reachable": h.broker_reachable,
+        }
         return web.json_response(body, status=200 if ok else 503)
 
     async def _metrics(self, _request: web.Request) -> web.Response:

@@ -263,6 +263,7 @@ class Worker:
         else:
             wanted = set(self._dispatcher.saturated_partitions(self._assigned)) & self._assigned
         self._telemetry.auth_paused(self._gate.closed)
+        self._telemetry.paused("backpressure", bool(wanted) and not self._gate.closed)
         to_pause = wanted - self._paused
         to_resume = self._paused - wanted
         if to_pause:
@@ -279,9 +280,10 @@ class Worker:
         try:
             lag = await self._source.lag(sorted(self._assigned))
         except ConsumerError:
+            self._telemetry.broker_reachable(False)
             return
-        for partition, value in lag.items():
-            self._telemetry.lag(partition, value)
+        self._telemetry.broker_reachable(True)
+        self._telemetry.lags(lag)
 
     async def _shutdown(self) -> None:
         self._telemetry.stopping()
