@@ -15,6 +15,7 @@ from confluent_kafka.admin import AdminClient
 from consumer.adapters.avro_codec import build_encoder
 from consumer.adapters.button_client import ButtonClient
 from consumer.adapters.kafka import AckingProducer, ensure_topics
+from consumer.adapters.logging import configure_logging
 from consumer.bootstrap import mapping_config
 from consumer.domain.events import (
     CommerceData,
@@ -139,6 +140,9 @@ def test_event(args: Any) -> int:
 def check() -> int:
     """``check``: settings valid, topics reachable and co-partitioned, registry and Button up."""
     settings = Settings.from_env()
+    # librdkafka's complaints (e.g. connection refused) as structured lines on stderr, apart
+    # from the report on stdout.
+    configure_logging(settings.log.level, settings.log.format, stream=sys.stderr)
     results: list[tuple[bool, str]] = [(True, "settings: valid")]
     results.extend(_check_kafka(settings))
     registry = settings.schema.registry_config()

@@ -16,6 +16,7 @@ client's, so every command (``run``, ``check``, ``produce-sample``, ``test-event
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -26,6 +27,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from consumer.errors import ConfigError
 
+KAFKA_LOGGER = "consumer.librdkafka"
+"""The stdlib logger every Kafka client configuration names as confluent-kafka's ``logger``."""
 _APP_ID = re.compile(r"^app-[A-Za-z0-9]{8,64}$")
 _PASSTHROUGH_PREFIX = "KAFKA_CONFIG_"
 # librdkafka properties the service owns: overriding them would break at-least-once delivery.
@@ -103,8 +106,14 @@ class KafkaSettings(_Section):
     # finished dictionaries and set nothing themselves.
 
     def _common(self) -> dict[str, Any]:
-        """Every client: the brokers, then every KAFKA_CONFIG_* property (security, SASL...)."""
-        return {"bootstrap.servers": self.bootstrap_servers, **self.config}
+        """Every client: the brokers, then every KAFKA_CONFIG_* property (security, SASL...),
+        and the stdlib logger that takes librdkafka's log lines (routed into structlog by
+        ``consumer.adapters.logging``)."""
+        return {
+            "bootstrap.servers": self.bootstrap_servers,
+            **self.config,
+            "logger": logging.getLogger(KAFKA_LOGGER),
+        }
 
     def consumer_config(self) -> ClientConfig:
         """The service's consumer-group member (``run``): librdkafka ``Consumer`` properties.
