@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import structlog
 from prometheus_client import CollectorRegistry
 
-from consumer.adapters.admin import AdminServer, DeliveryLog, Health
+from consumer.adapters.admin import AdminServer, DeliveryLog, Health, TestEventFn
 from consumer.adapters.avro_codec import build_decoder
 from consumer.adapters.button_client import ButtonClient
 from consumer.adapters.kafka import AckingProducer, KafkaSource, ensure_topics
@@ -47,6 +47,8 @@ from consumer.engine.profiles import ProfileStore
 from consumer.engine.watermark import Watermarks
 from consumer.engine.worker import RunStats, Worker, WorkerOptions
 from consumer.errors import ConfigError, ConsumerError
+from consumer.mapcmd import map_one
+from consumer.ports import ButtonPort
 from consumer.settings import Settings
 
 log = structlog.get_logger("consumer")
@@ -169,6 +171,32 @@ def _partition_count(config: dict[str, Any], settings: Settings) -> int | None:
     return count
 
 
+def _test_event(config: MappingConfig, button: ButtonPort, *, dry_run: bool) -> TestEventFn:
+    """``POST /test-event``: one event (``map``'s input form) through decode, enrichment and
+    mapping, without a profile and without touching the service's state; with ``send``, its
+    request goes to Button (nothing leaves the process in dry-run mode) and Button's answer is
+    returned. Nothing of it is logged: the caller sees the request, including what it carries."""
+
+    async def run(text: str, send: bool) -> tuple[int, dict[str, Any]]:
+        result, request = map_one(text, config)
+        answer: dict[str, Any] = {"result": result, "sent": False, "dry_run": dry_run}
+        if request is None:
+            return (422 if result.get("action") == "reject" else 200), answer
+        if send:
+            outcome = await button.send(request)
+            answer["sent"] = True
+            answer["button"] = {
+                "outcome": outcome.kind.value,
+                "status": outcome.status,
+                "message": outcome.message,
+                "object": None if outcome.object is None else dict(outcome.object),
+                "elapsed_seconds": round(outcome.elapsed, 4),
+            }
+        return 200, answer
+
+    return run
+
+
 def build(settings: Settings, registry: CollectorRegistry | None = None) -> Service:
     """Construct and wire the whole service; no network I/O happens here.
 
@@ -181,13 +209,6 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         Health(),
         DeliveryLog(s.admin.recent_deliveries),
         success_sample_rate=s.log.success_sample_rate,
-    )
-    admin = AdminServer(
-        s.admin.host,
-        s.admin.port,
-        telemetry.metrics.registry,
-        telemetry.health,
-        telemetry.deliveries,
     )
     config = mapping_config(s)
     store = ProfileStore(config.retention)
@@ -202,6 +223,18 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         button = _DryRunButton()
     else:
         button = ButtonClient.from_settings(s.button)
+    token = s.admin.test_event_token
+    admin = AdminServer(
+        s.admin.host,
+        s.admin.port,
+        telemetry.metrics.registry,
+        telemetry.health,
+        telemetry.deliveries,
+        test_event=_test_event(config, button, dry_run=d.dry_run),
+        test_event_token=token.get_secret_value()
+        if s.admin.test_event_enabled and token is not None
+        else None,
+    )
     producer = AckingProducer(s.kafka.producer_config())
     decoder = build_decoder(Path(s.schema.dir), s.schema.registry_url, s.schema.registry_config())
     changelog = TimedChangelog(KafkaChangelog(producer, s.kafka.profile_topic), telemetry)

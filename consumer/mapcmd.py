@@ -27,7 +27,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, TextIO
 
-from consumer.domain.button import Action, MapResult, Reject, Send, Skip
+from consumer.domain.button import Action, ButtonRequest, MapResult, Reject, Send, Skip
 from consumer.domain.event_forms import event_from_json
 from consumer.domain.events import CommerceEvent
 from consumer.domain.mapping import MappingConfig, process
@@ -78,6 +78,27 @@ def run_map(
             )
         _write(out, number, event.event_id, described)
     return 1 if rejected else 0
+
+
+def map_one(
+    text: str, config: MappingConfig, now: datetime | None = None
+) -> tuple[dict[str, Any], ButtonRequest | None]:
+    """One event (a JSON object in the input form above) without any profile: its result as
+    ``run_map`` writes it (without ``line``), and the Button request it becomes, if any.
+
+    ``POST /test-event`` of the admin server runs this: decode, enrichment and mapping, exactly
+    as ``map`` does for a first line.
+    """
+    event, problem = _parse(text)
+    if event is None:
+        return problem, None
+    result, profile = process(event, None, config, event.event_time if now is None else now)
+    described = {"event_id": event.event_id, **_describe(result)}
+    if isinstance(result, Send):
+        if result.request.action is Action.CREATE:
+            described["btn_ref_source"] = _btn_ref_source(profile, result.request.order_id)
+        return described, result.request
+    return described, None
 
 
 def _parse(text: str) -> tuple[CommerceEvent | None, dict[str, Any]]:

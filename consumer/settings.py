@@ -316,6 +316,24 @@ class AdminSettings(_Section):
     host: str = "0.0.0.0"  # noqa: S104 - probes and scrapes come from outside the pod
     port: int = Field(default=9400, ge=0, le=65535)
     recent_deliveries: int = Field(default=200, ge=0)
+    test_event_enabled: bool = False
+    test_event_token: SecretStr | None = None
+    """Bearer token that ``POST /test-event`` requires (at least 16 characters)."""
+
+    @field_validator("test_event_token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _token_when_enabled(self) -> AdminSettings:
+        if self.test_event_enabled and self.test_event_token is None:
+            raise ValueError(
+                "ADMIN_TEST_EVENT_TOKEN is required when ADMIN_TEST_EVENT_ENABLED is true"
+            )
+        return self
 
 
 class LogSettings(_Section):
