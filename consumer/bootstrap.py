@@ -20,13 +20,13 @@ from typing import Any, Protocol
 import structlog
 from prometheus_client import CollectorRegistry
 
-from consumer.adapters.admin import AdminServer, DeliveryLog, Health
+from consumer.adapters.admin import AdminServer, DeliveryLog, Health, TestEventFn
 from consumer.adapters.avro_codec import build_decoder
 from consumer.adapters.button_client import ButtonClient
 from consumer.adapters.kafka import AckingProducer, KafkaSource, ensure_topics
 from consumer.adapters.logging import configure_logging
 from consumer.adapters.metrics import Metrics
-from consumer.adapters.telemetry import ServiceTelemetry
+from consumer.adapters.telemetry import ServiceTelemetry, TimedChangelog
 from consumer.adapters.topics import (
     RESTORE_GROUP_ID,
     KafkaChangelog,
@@ -48,6 +48,8 @@ from consumer.engine.profiles import ProfileStore
 from consumer.engine.watermark import Watermarks
 from consumer.engine.worker import RunStats, Worker, WorkerOptions
 from consumer.errors import ConfigError, ConsumerError
+from consumer.mapcmd import map_one
+from consumer.ports import ButtonPort
 from consumer.settings import Settings
 
 log = structlog.get_logger("consumer")
@@ -178,6 +180,32 @@ def _partition_count(config: dict[str, Any], settings: Settings) -> int | None:
     return count
 
 
+def _test_event(config: MappingConfig, button: ButtonPort, *, dry_run: bool) -> TestEventFn:
+    """``POST /test-event``: one event (``map``'s input form) through decode, enrichment and
+    mapping, without a profile and without touching the service's state; with ``send``, its
+    request goes to Button (nothing leaves the process in dry-run mode) and Button's answer is
+    returned. Nothing of it is logged: the caller sees the request, including what it carries."""
+
+    async def run(text: str, send: bool) -> tuple[int, dict[str, Any]]:
+        result, request = map_one(text, config)
+        answer: dict[str, Any] = {"result": result, "sent": False, "dry_run": dry_run}
+        if request is None:
+            return (422 if result.get("action") == "reject" else 200), answer
+        if send:
+            outcome = await button.send(request)
+            answer["sent"] = True
+            answer["button"] = {
+                "outcome": outcome.kind.value,
+                "status": outcome.status,
+                "message": outcome.message,
+                "object": None if outcome.object is None else dict(outcome.object),
+                "elapsed_seconds": round(outcome.elapsed, 4),
+            }
+        return 200, answer
+
+    return run
+
+
 def build(settings: Settings, registry: CollectorRegistry | None = None) -> Service:
     """Construct and wire the whole service; no network I/O happens here.
 
@@ -190,14 +218,10 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
     if not d.dry_run and s.button.api_key is None:
         raise ConfigError("BUTTON_API_KEY is required (or set DELIVERY_DRY_RUN=true)")
     telemetry = ServiceTelemetry(
-        Metrics.create(registry), Health(), DeliveryLog(s.admin.recent_deliveries)
-    )
-    admin = AdminServer(
-        s.admin.host,
-        s.admin.port,
-        telemetry.metrics.registry,
-        telemetry.health,
-        telemetry.deliveries,
+        Metrics.create(registry),
+        Health(),
+        DeliveryLog(s.admin.recent_deliveries),
+        success_sample_rate=s.log.success_sample_rate,
     )
     config = mapping_config(s)
     store = ProfileStore(config.retention)
@@ -210,9 +234,21 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
     button: ButtonClient | _DryRunButton = (
         _DryRunButton() if d.dry_run else ButtonClient.from_settings(s.button)
     )
+    token = s.admin.test_event_token
+    admin = AdminServer(
+        s.admin.host,
+        s.admin.port,
+        telemetry.metrics.registry,
+        telemetry.health,
+        telemetry.deliveries,
+        test_event=_test_event(config, button, dry_run=d.dry_run),
+        test_event_token=token.get_secret_value()
+        if s.admin.test_event_enabled and token is not None
+        else None,
+    )
     producer = AckingProducer(s.kafka.producer_config())
     decoder = build_decoder(Path(s.schema.dir), s.schema.registry_url, s.schema.registry_config())
-    changelog = KafkaChangelog(producer, s.kafka.profile_topic)
+    changelog = TimedChangelog(KafkaChangelog(producer, s.kafka.profile_topic), telemetry)
     retry = RetryPolicy(
         max_attempts=d.retry_max_attempts,
         max_elapsed=d.retry_max_elapsed_seconds,
@@ -272,12 +308,20 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         telemetry.profiles_held(len(store))
 
     def restore(partitions: list[int]) -> int:
-        read = restore_partitions(
-            s.kafka.reader_config(RESTORE_GROUP_ID),
-            s.kafka.profile_topic,
-            partitions,
-            store.restore,
-        )
+        def restore_one(partition: int, key: bytes, value: bytes | None) -> None:
+            store.restore(partition, key, value)
+            telemetry.restore_progress()
+
+        telemetry.restore_started(len(partitions))
+        try:
+            read = restore_partitions(
+                s.kafka.reader_config(RESTORE_GROUP_ID),
+                s.kafka.profile_topic,
+                partitions,
+                restore_one,
+            )
+        finally:
+            telemetry.restore_finished(len(partitions))
         telemetry.profiles_held(len(store))
         return read
 

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TextIO
 
-from consumer.domain.button import Action, MapResult, Send, Skip
+from consumer.domain.button import Action, ButtonRequest, MapResult, Send, Skip
 from consumer.domain.event_forms import event_from_json
 from consumer.domain.events import CommerceEvent
 from consumer.domain.mapping import MappingConfig, process
@@ -100,6 +100,27 @@ def _map_one(
     if isinstance(result, Send) and result.request.action is Action.CREATE:
         described["btn_ref_source"] = _btn_ref_source(profile or before, result.request.order_id)
     return described
+
+
+def map_one(
+    text: str, config: MappingConfig, now: datetime | None = None
+) -> tuple[dict[str, Any], ButtonRequest | None]:
+    """One event (a JSON object in the input form above) without any profile: its result as
+    ``run_map`` writes it (without ``line``), and the Button request it becomes, if any.
+
+    ``POST /test-event`` of the admin server runs this: decode, enrichment and mapping, exactly
+    as ``map`` does for a first line.
+    """
+    event, problem = _parse(text)
+    if event is None:
+        return problem, None
+    result, profile = process(event, None, config, event.event_time if now is None else now)
+    described = {"event_id": event.event_id, **_describe(result)}
+    if isinstance(result, Send):
+        if result.request.action is Action.CREATE:
+            described["btn_ref_source"] = _btn_ref_source(profile, result.request.order_id)
+        return described, result.request
+    return described, None
 
 
 def _parse(text: str) -> tuple[CommerceEvent | None, dict[str, Any]]:

@@ -17,7 +17,7 @@ Layers (enforced by import-linter in ``make lint``)::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -67,6 +67,7 @@ class Delivery:
         status: Button's HTTP status of the last attempt, if a request was sent.
         attempts: requests sent for it.
         reason: the failure-policy reason (``ok``, ``http_400``, ``parked``...).
+        event_type: the event's type (``PURCHASE``, ``REFUND``...; empty when not decoded).
     """
 
     at: float
@@ -79,6 +80,7 @@ class Delivery:
     status: int | None
     attempts: int
     reason: str
+    event_type: str = ""
 
 
 class RebalanceListener(Protocol):
@@ -211,6 +213,14 @@ class Telemetry(Protocol):
         ``button_unavailable``)."""
         ...
 
+    def paused(self, reason: str, active: bool) -> None:
+        """Whether consumption is paused for ``reason`` (``backpressure``, ``breaker``...)."""
+        ...
+
+    def broker_reachable(self, reachable: bool) -> None:
+        """Whether the last question to the broker (the lag) was answered."""
+        ...
+
     def rebalance(self, kind: str) -> None:
         """``assign``, ``revoke`` or ``lost``."""
         ...
@@ -219,17 +229,30 @@ class Telemetry(Protocol):
 
     def profiles_held(self, count: int) -> None: ...
 
-    def lag(self, partition: int, records: int) -> None: ...
+    def lags(self, records: Mapping[int, int]) -> None:
+        """The lag of every assigned partition (partitions not named have none any more)."""
+        ...
 
     def decode_failed(self, reason: str) -> None: ...
 
-    def button_attempt(self, action: str, outcome: str, seconds: float, limit: int) -> None:
-        """One request to Button ended in ``outcome``; ``limit`` is the concurrency limit now."""
+    def button_attempt(
+        self, action: str, outcome: str, seconds: float, limit: int, status: int | None = None
+    ) -> None:
+        """One request to Button ended in ``outcome`` with HTTP ``status`` (``None``: no
+        answer); ``limit`` is the concurrency limit now."""
         ...
 
     def retry_scheduled(self, outcome: str) -> None: ...
 
     def dead_lettered(self, reason: str) -> None: ...
+
+    def dead_letter_failed(self) -> None:
+        """A dead-letter write failed (consumption stops)."""
+        ...
+
+    def order_parked(self) -> None:
+        """An order was parked behind its first dead letter."""
+        ...
 
     def finished(self, outcome: str, event_age: float | None) -> None:
         """A record finished with ``outcome``; ``event_age``: event time to now, if known."""

@@ -17,6 +17,7 @@ client's, so every command (``run``, ``check``, ``produce-sample``, ``test-event
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -28,6 +29,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from consumer.errors import ConfigError
 
+KAFKA_LOGGER = "consumer.librdkafka"
+"""The stdlib logger every Kafka client configuration names as confluent-kafka's ``logger``."""
 _APP_ID = re.compile(r"^app-[A-Za-z0-9]{8,64}$")
 _PASSTHROUGH_PREFIX = "KAFKA_CONFIG_"
 DRY_RUN_SUFFIX = "-dry-run"
@@ -107,8 +110,14 @@ class KafkaSettings(_Section):
     # finished dictionaries and set nothing themselves.
 
     def _common(self) -> dict[str, Any]:
-        """Every client: the brokers, then every KAFKA_CONFIG_* property (security, SASL...)."""
-        return {"bootstrap.servers": self.bootstrap_servers, **self.config}
+        """Every client: the brokers, then every KAFKA_CONFIG_* property (security, SASL...),
+        and the stdlib logger that takes librdkafka's log lines (routed into structlog by
+        ``consumer.adapters.logging``)."""
+        return {
+            "bootstrap.servers": self.bootstrap_servers,
+            **self.config,
+            "logger": logging.getLogger(KAFKA_LOGGER),
+        }
 
     def consumer_config(self) -> ClientConfig:
         """The service's consumer-group member (``run``): librdkafka ``Consumer`` properties.
@@ -345,6 +354,24 @@ class AdminSettings(_Section):
     host: str = "0.0.0.0"  # noqa: S104 - probes and scrapes come from outside the pod
     port: int = Field(default=9400, ge=0, le=65535)
     recent_deliveries: int = Field(default=200, ge=0)
+    test_event_enabled: bool = False
+    test_event_token: SecretStr | None = None
+    """Bearer token that ``POST /test-event`` requires (at least 16 characters)."""
+
+    @field_validator("test_event_token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _token_when_enabled(self) -> AdminSettings:
+        if self.test_event_enabled and self.test_event_token is None:
+            raise ValueError(
+                "ADMIN_TEST_EVENT_TOKEN is required when ADMIN_TEST_EVENT_ENABLED is true"
+            )
+        return self
 
 
 class LogSettings(_Section):
@@ -354,6 +381,9 @@ class LogSettings(_Section):
 
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
+    success_sample_rate: float = Field(default=0.01, ge=0, le=1)
+    """Share of successful records (delivered, skipped, dry run) that get a summary line; dead
+    letters and parked records always do."""
 
 
 _SECTIONS: dict[str, type[_Section]] = {

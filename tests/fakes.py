@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from consumer.ports import Delivery, Headers, RebalanceListener, Record
@@ -307,14 +307,28 @@ class RecordingTelemetry:
     def profiles_held(self, count: int) -> None:
         self._record("profiles_held", count)
 
-    def lag(self, partition: int, records: int) -> None:
-        self._record("lag", partition, records)
+    def lags(self, records: Mapping[int, int]) -> None:
+        self._record("lags", dict(records))
+
+    def paused(self, reason: str, active: bool) -> None:
+        self._record("paused", reason, active)
+
+    def broker_reachable(self, reachable: bool) -> None:
+        self._record("broker_reachable", reachable)
+
+    def dead_letter_failed(self) -> None:
+        self._record("dead_letter_failed")
+
+    def order_parked(self) -> None:
+        self._record("order_parked")
 
     def decode_failed(self, reason: str) -> None:
         self._record("decode_failed", reason)
 
-    def button_attempt(self, action: str, outcome: str, seconds: float, limit: int) -> None:
-        self._record("button_attempt", action, outcome, seconds, limit)
+    def button_attempt(
+        self, action: str, outcome: str, seconds: float, limit: int, status: int | None = None
+    ) -> None:
+        self._record("button_attempt", action, outcome, seconds, limit, status)
 
     def retry_scheduled(self, outcome: str) -> None:
         self._record("retry_scheduled", outcome)

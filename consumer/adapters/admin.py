@@ -2,14 +2,18 @@
 
 ``/healthz`` reflects poll-loop progress (not lag), so a wedged loop gets the pod restarted;
 ``/readyz`` is false until the consumer runs and while Button rejects the API key;
-``/deliveries`` shows the most recent outcomes, redacted (no email, no API key, no body).
+``/deliveries`` shows the most recent outcomes, redacted (no email, no API key, no body);
+``POST /test-event`` (off unless enabled, then behind a bearer token) runs one event through
+decode, enrichment and mapping and, with ``?send=true``, sends it to Button: the CDPs' "test
+event" button. What it runs is injected (``TestEventFn``), so this adapter knows no mapping.
 """
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,6 +21,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from consumer.ports import Delivery
+
+TestEventFn = Callable[[str, bool], Awaitable[tuple[int, dict[str, Any]]]]
+"""``(event JSON text, send?) -> (HTTP status, answer)`` for ``POST /test-event``."""
 
 
 class DeliveryLog:
@@ -43,6 +50,10 @@ class Health:
     started: bool = False
     stopping: bool = False
     auth_paused: bool = False
+    assigned: bool = False
+    """The group gave this member an assignment (its first rebalance completed)."""
+    broker_reachable: bool = True
+    """The last question to the broker (the lag, every few seconds) was answered."""
     last_poll: float = 0.0
     poll_stall_seconds: float = 120.0
 
@@ -50,7 +61,13 @@ class Health:
         return not self.started or (now - self.last_poll) < self.poll_stall_seconds
 
     def ready(self) -> bool:
-        return self.started and not self.stopping and not self.auth_paused
+        return (
+            self.started
+            and not self.stopping
+            and not self.auth_paused
+            and self.assigned
+            and self.broker_reachable
+        )
 
 
 class AdminServer:
@@ -64,7 +81,11 @@ class AdminServer:
         health: Health,
         deliveries: DeliveryLog,
         clock: Callable[[], float] = time.monotonic,
+        test_event: TestEventFn | None = None,
+        test_event_token: str | None = None,
     ) -> None:
+        self._test_event = test_event if test_event_token else None
+        self._token = (test_event_token or "").encode()
         self._host = host
         self._port = port
         self._registry = registry
@@ -80,6 +101,7 @@ class AdminServer:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/deliveries", self._recent)
+        app.router.add_post("/test-event", self._test_event_handler)
         return app
 
     async def start(self) -> None:
@@ -103,7 +125,13 @@ class AdminServer:
 
     async def _readyz(self, _request: web.Request) -> web.Response:
         ok = self._health.ready()
-        body = {"ready": ok, "auth_paused": self._health.auth_paused}
+        h = self._health
+        body = {
+            "ready": ok,
+            "auth_paused": h.auth_paused,
+            "assigned": h.assigned,
+            "broker_reachable": h.broker_reachable,
+        }
         return web.json_response(body, status=200 if ok else 503)
 
     async def _metrics(self, _request: web.Request) -> web.Response:
@@ -116,3 +144,20 @@ class AdminServer:
         except ValueError:
             return web.json_response({"error": "limit must be an integer"}, status=400)
         return web.json_response({"deliveries": self._deliveries.recent(limit)})
+
+    async def _test_event_handler(self, request: web.Request) -> web.Response:
+        if self._test_event is None:
+            return web.json_response(
+                {"error": "test events are disabled (ADMIN_TEST_EVENT_ENABLED)"}, status=404
+            )
+        given = request.headers.get("Authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), self._token):
+            return web.json_response(
+                {"error": "a bearer token is required"},
+                status=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        send = request.query.get("send", "false").lower() in ("1", "true", "yes")
+        status, body = await self._test_event(await request.text(), send)
+        return web.json_response(body, status=status)

@@ -1,26 +1,61 @@
 """structlog configuration: JSON lines in production, console rendering on a terminal.
 
-Configured once by the composition root. Context (topic, partition, offset, key hash, event id) is
-bound per record with ``structlog.contextvars``; every record ends with one outcome line.
+Configured once by the composition root (or a command). Context (partition, offset, key hash,
+event id) is bound per record with ``structlog.contextvars``; every record ends with one
+``record`` summary line (``consumer.adapters.telemetry``). librdkafka's own log lines reach
+Python through confluent-kafka's ``logger`` property (every client configuration names the
+stdlib logger ``KAFKA_LOGGER``, see ``consumer.settings``); ``configure_logging`` routes that
+logger into structlog, so they come out as structured ``librdkafka`` events instead of raw
+``%3|...|FAIL|rdkafka#producer-1|`` lines on stderr.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from typing import Literal, TextIO
 
 import structlog
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+from consumer.settings import KAFKA_LOGGER
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+class LibrdkafkaHandler(logging.Handler):
+    """Forwards confluent-kafka's log records to structlog as ``librdkafka`` events.
+
+    confluent-kafka logs ``"%s [%s] %s"`` with (facility, client name, message).
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            args = record.args if isinstance(record.args, tuple) else ()
+            if len(args) == 3:
+                facility, client, message = (str(a) for a in args)
+            else:
+                facility, client, message = "", "", record.getMessage()
+            structlog.get_logger("librdkafka").log(
+                record.levelno, "librdkafka", facility=facility, client=client, message=message
+            )
+        except Exception:  # noqa: BLE001 - a log line must never break the client's thread
+            self.handleError(record)
 
 
 def configure_logging(
-    level: str = "info", fmt: Literal["auto", "json", "console"] = "auto"
+    level: str = "info",
+    fmt: Literal["auto", "json", "console"] = "auto",
+    stream: TextIO | None = None,
 ) -> None:
-    """Set up structlog for this process (stdout, one event per line)."""
+    """Set up structlog for this process (one event per line on ``stream``, stdout by default)."""
+    out = stream if stream is not None else sys.stdout
     numeric = _LEVELS.get(level, logging.ERROR)
-    use_console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
+    use_console = fmt == "console" or (fmt == "auto" and out.isatty())
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
     )
@@ -34,6 +69,13 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+    kafka = logging.getLogger(KAFKA_LOGGER)
+    for handler in list(kafka.handlers):
+        if isinstance(handler, LibrdkafkaHandler):
+            kafka.removeHandler(handler)
+    kafka.addHandler(LibrdkafkaHandler())
+    kafka.setLevel(numeric)
+    kafka.propagate = False

@@ -1,18 +1,32 @@
 """Prometheus metrics of the service, created against an injected registry.
 
-Labels stay bounded: topic, partition, action, outcome, reason. Never a key, order or event id.
+Labels stay bounded: topic, partition, action, outcome, status class, event type, reason (each
+from a fixed set in the code). Never a key, order or event id. The README's metric table lists
+every metric here; ``tests/unit/test_metrics.py`` checks that it does.
 """
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+import consumer
 
 NAMESPACE = "button_consumer"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _AGE_BUCKETS = (0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0)
+_WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+FINISHED_OUTCOMES = ("delivered", "skipped", "dry_run", "dead_lettered", "parked")
+"""Every outcome a record can finish with; their counters exist from the start (at 0), so a
+rate or an alert over them has a series before the first record of that outcome."""
+
+PAUSE_REASONS = ("auth", "backpressure", "breaker")
+"""Why consumption can be paused: Button refuses the key, too much in flight, a circuit breaker
+(``paused{reason="breaker"}`` is for a breaker gate to report into; 0 until one does)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,160 +34,193 @@ class Metrics:
     """Every metric the service exports. Build with ``Metrics.create(registry)``."""
 
     registry: CollectorRegistry
+    build_info: Gauge
     records_received: Counter
     records_finished: Counter
+    outcomes: Counter
     decode_failures: Counter
     button_requests: Counter
     button_latency: Histogram
+    button_last_success: Gauge
     retries: Counter
     dead_letters: Counter
+    dead_letter_failures: Counter
+    orders_parked: Counter
     event_age: Histogram
     in_flight: Gauge
     concurrency_limit: Gauge
     partitions_assigned: Gauge
     partitions_paused: Gauge
+    paused: Gauge
     auth_paused: Gauge
     breaker_open: Gauge
     breaker_openings: Counter
     consumer_lag: Gauge
+    consumer_lag_sum: Gauge
     rebalances: Counter
     profiles: Gauge
     profile_restore_seconds: Histogram
+    restoring_partitions: Gauge
+    restored_records: Counter
+    changelog_write_seconds: Histogram
     ready: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
         reg = registry if registry is not None else CollectorRegistry()
         ns = NAMESPACE
-        return cls(
-            registry=reg,
-            records_received=Counter(
-                "records_received",
-                "Records read from the input topic.",
-                ["topic"],
+
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, doc, list(labels), namespace=ns, registry=reg)
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(name, doc, list(labels), namespace=ns, registry=reg)
+
+        def histogram(
+            name: str, doc: str, labels: tuple[str, ...] = (), buckets: tuple[float, ...] = ()
+        ) -> Histogram:
+            return Histogram(
+                name,
+                doc,
+                list(labels),
                 namespace=ns,
                 registry=reg,
+                buckets=buckets or Histogram.DEFAULT_BUCKETS,
+            )
+
+        metrics = cls(
+            registry=reg,
+            build_info=gauge(
+                "build_info",
+                "Always 1; the labels say what runs: service version, Python, librdkafka.",
+                ("version", "python", "librdkafka"),
             ),
-            records_finished=Counter(
+            records_received=counter(
+                "records_received", "Records read from the input topic.", ("topic",)
+            ),
+            records_finished=counter(
                 "records_finished",
                 "Records finished, by outcome: delivered, skipped, dead_lettered, parked, dry_run.",
-                ["outcome"],
-                namespace=ns,
-                registry=reg,
+                ("outcome",),
             ),
-            decode_failures=Counter(
-                "decode_failures",
-                "Records that could not be decoded, by reason.",
-                ["reason"],
-                namespace=ns,
-                registry=reg,
+            outcomes=counter(
+                "outcomes",
+                "Records finished, by outcome, event type and the failure policy's reason.",
+                ("outcome", "event_type", "reason"),
             ),
-            button_requests=Counter(
+            decode_failures=counter(
+                "decode_failures", "Records that could not be decoded, by reason.", ("reason",)
+            ),
+            button_requests=counter(
                 "button_requests",
-                "Attempts against Button's Order API, by action and outcome.",
-                ["action", "outcome"],
-                namespace=ns,
-                registry=reg,
+                "Attempts against Button's Order API, by action, outcome and HTTP status class "
+                "(2xx, 4xx, 5xx, none when no answer came).",
+                ("action", "outcome", "status_class"),
             ),
-            button_latency=Histogram(
+            button_latency=histogram(
                 "button_request_duration_seconds",
                 "Duration of one attempt against Button.",
-                ["action"],
-                namespace=ns,
-                registry=reg,
-                buckets=_LATENCY_BUCKETS,
+                ("action",),
+                _LATENCY_BUCKETS,
             ),
-            retries=Counter(
-                "retries",
-                "Attempts scheduled again, by outcome that caused them.",
-                ["outcome"],
-                namespace=ns,
-                registry=reg,
+            button_last_success=gauge(
+                "button_last_success_timestamp_seconds",
+                "Unix time of the last request Button answered as expected (2xx, or 409 on a "
+                "create, 404 on a cancel); 0 before the first.",
             ),
-            dead_letters=Counter(
+            retries=counter(
+                "retries", "Attempts scheduled again, by outcome that caused them.", ("outcome",)
+            ),
+            dead_letters=counter(
                 "dead_letters",
-                "Records written to the dead-letter topic, by reason.",
-                ["reason"],
-                namespace=ns,
-                registry=reg,
+                "Records written to the dead-letter topic (write acknowledged), by reason.",
+                ("reason",),
             ),
-            event_age=Histogram(
+            dead_letter_failures=counter(
+                "dead_letter_write_failures",
+                "Dead-letter writes that failed; consumption stops at the first.",
+            ),
+            orders_parked=counter(
+                "orders_parked",
+                "Orders parked behind a dead letter (their later records follow it to the DLQ).",
+            ),
+            event_age=histogram(
                 "event_age_seconds",
-                "From event time to its record being finished.",
-                namespace=ns,
-                registry=reg,
+                "From event time to its record being finished (freshness).",
                 buckets=_AGE_BUCKETS,
             ),
-            in_flight=Gauge(
-                "in_flight_records",
-                "Records read but not yet finished.",
-                namespace=ns,
-                registry=reg,
+            in_flight=gauge("in_flight_records", "Records read but not yet finished."),
+            concurrency_limit=gauge(
+                "concurrency_limit", "Current adaptive limit of requests in flight to Button."
             ),
-            concurrency_limit=Gauge(
-                "concurrency_limit",
-                "Current adaptive limit of requests in flight to Button.",
-                namespace=ns,
-                registry=reg,
+            partitions_assigned=gauge(
+                "partitions_assigned", "Input partitions assigned to this consumer."
             ),
-            partitions_assigned=Gauge(
-                "partitions_assigned",
-                "Input partitions assigned to this consumer.",
-                namespace=ns,
-                registry=reg,
+            partitions_paused=gauge(
+                "partitions_paused", "Input partitions paused for backpressure or auth failure."
             ),
-            partitions_paused=Gauge(
-                "partitions_paused",
-                "Input partitions paused for backpressure or auth failure.",
-                namespace=ns,
-                registry=reg,
+            paused=gauge(
+                "paused",
+                "1 while consumption is paused for the reason: auth (Button refuses the key), "
+                "backpressure (too much in flight), breaker (a circuit breaker is open).",
+                ("reason",),
             ),
-            auth_paused=Gauge(
+            auth_paused=gauge(
                 "auth_paused",
-                "1 while Button rejects the API key and consumption is paused.",
-                namespace=ns,
-                registry=reg,
+                "1 while Button rejects the API key and consumption is paused "
+                '(same as paused{reason="auth"}).',
             ),
-            breaker_open=Gauge(
+            breaker_open=gauge(
                 "breaker_open",
                 "1 for the reason the circuit breaker holds all intake (Button pushes back or "
                 "is down), 0 otherwise.",
-                ["reason"],
-                namespace=ns,
-                registry=reg,
+                ("reason",),
             ),
-            breaker_openings=Counter(
-                "breaker_openings",
-                "Times the circuit breaker opened, by reason.",
-                ["reason"],
-                namespace=ns,
-                registry=reg,
+            breaker_openings=counter(
+                "breaker_openings", "Times the circuit breaker opened, by reason.", ("reason",)
             ),
-            consumer_lag=Gauge(
+            consumer_lag=gauge(
                 "consumer_lag_records",
-                "High watermark minus committed position, per partition.",
-                ["partition"],
-                namespace=ns,
-                registry=reg,
+                "High watermark minus committed position, per assigned partition.",
+                ("partition",),
             ),
-            rebalances=Counter(
-                "rebalances",
-                "Partition assignments and revocations.",
-                ["kind"],
-                namespace=ns,
-                registry=reg,
+            consumer_lag_sum=gauge(
+                "consumer_lag_sum_records",
+                "Consumer lag summed over this consumer's assigned partitions.",
             ),
-            profiles=Gauge(
-                "profiles",
-                "User profiles held in memory.",
-                namespace=ns,
-                registry=reg,
+            rebalances=counter("rebalances", "Partition assignments and revocations.", ("kind",)),
+            profiles=gauge("profiles", "User profiles held in memory."),
+            profile_restore_seconds=histogram(
+                "profile_restore_seconds", "Time to restore a partition's profiles."
             ),
-            profile_restore_seconds=Histogram(
-                "profile_restore_seconds",
-                "Time to restore a partition's profiles.",
-                namespace=ns,
-                registry=reg,
+            restoring_partitions=gauge(
+                "restoring_partitions",
+                "Partitions whose profiles are being restored now (their records wait).",
             ),
-            ready=Gauge("ready", "1 when the consumer is ready.", namespace=ns, registry=reg),
+            restored_records=counter(
+                "restored_records", "Changelog records read while restoring profiles."
+            ),
+            changelog_write_seconds=histogram(
+                "changelog_write_seconds",
+                "From a profile changelog write to its acknowledgement.",
+                buckets=_WRITE_BUCKETS,
+            ),
+            ready=gauge("ready", "1 when the consumer is ready."),
         )
+        metrics.build_info.labels(
+            consumer.__version__, platform.python_version(), _librdkafka()
+        ).set(1)
+        for outcome in FINISHED_OUTCOMES:
+            metrics.records_finished.labels(outcome)
+        for reason in PAUSE_REASONS:
+            metrics.paused.labels(reason).set(0)
+        return metrics
+
+
+def _librdkafka() -> str:
+    try:
+        from confluent_kafka import libversion
+    except ImportError:  # pragma: no cover - a dependency of the service
+        return "unknown"
+    version: str = libversion()[0]
+    return version

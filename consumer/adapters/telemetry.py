@@ -1,25 +1,85 @@
-"""The engine's telemetry port on Prometheus metrics, the probes' state and the delivery log.
+"""The engine's telemetry port on Prometheus metrics, the probes' state, the delivery log and
+the one summary log line per record.
 
 The engine reports what happened in its own words (``ports.Telemetry``); this adapter turns each
-report into metric updates (``Metrics``), the state ``/healthz`` and ``/readyz`` read (``Health``)
-and the ``/deliveries`` ring (``DeliveryLog``), so the engine knows nothing of Prometheus.
+report into metric updates (``Metrics``), the state ``/healthz`` and ``/readyz`` read (``Health``),
+the ``/deliveries`` ring (``DeliveryLog``) and the ``record`` log line, so the engine knows
+nothing of Prometheus or of sampling. ``TimedChangelog`` measures changelog writes around the
+real changelog without the engine knowing.
 """
 
 from __future__ import annotations
 
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+
+import structlog
+
 from consumer.adapters.admin import DeliveryLog, Health
 from consumer.adapters.metrics import Metrics
 from consumer.domain.policy import BREAKER_REASONS
-from consumer.ports import Delivery
+from consumer.ports import Changelog, Delivery
+
+log = structlog.get_logger("consumer.record")
+
+SUCCESSES = frozenset({"delivered", "skipped", "dry_run"})
+"""Outcomes whose summary lines are sampled (``LOG_SUCCESS_SAMPLE_RATE``); the others always log."""
+
+_ANSWERED = frozenset({"success", "conflict", "not_found"})
+"""Button outcomes that show Button working: 2xx, and 409/404 that the policy counts as done."""
+
+_LABEL = re.compile(r"[A-Za-z0-9_]{1,48}")
+
+
+def _label(value: str, empty: str = "none") -> str:
+    """A label value from the engine's vocabulary; anything else collapses to ``other``, so a
+    label can never carry an id or free text."""
+    if not value:
+        return empty
+    return value if _LABEL.fullmatch(value) else "other"
+
+
+def status_class(status: int | None) -> str:
+    """``2xx``, ``4xx``, ``5xx``... of an HTTP status; ``none`` when no answer came."""
+    if status is None or not 100 <= status <= 599:
+        return "none"
+    return f"{status // 100}xx"
+
+
+class Sampler:
+    """Keeps a deterministic share ``rate`` (0..1) of the calls: every 1/rate-th one."""
+
+    def __init__(self, rate: float) -> None:
+        self._rate = min(max(rate, 0.0), 1.0)
+        self._credit = 1.0 - self._rate if self._rate > 0 else 0.0  # the first call is kept
+
+    def keep(self) -> bool:
+        self._credit += self._rate
+        if self._credit >= 1.0:
+            self._credit -= 1.0
+            return True
+        return False
 
 
 class ServiceTelemetry:
     """Implements ``consumer.ports.Telemetry``."""
 
-    def __init__(self, metrics: Metrics, health: Health, deliveries: DeliveryLog) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        health: Health,
+        deliveries: DeliveryLog,
+        success_sample_rate: float = 1.0,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self.metrics = metrics
         self.health = health
         self.deliveries = deliveries
+        self._successes = Sampler(success_sample_rate)
+        self._wall_clock = wall_clock
+        self._lag_partitions: set[str] = set()
 
     def started(self) -> None:
         self.health.started = True
@@ -39,14 +99,23 @@ class ServiceTelemetry:
         self.metrics.in_flight.set(count)
 
     def partitions(self, assigned: int, paused: int) -> None:
+        self.health.assigned = True
         self.metrics.partitions_assigned.set(assigned)
         self.metrics.partitions_paused.set(paused)
 
     def auth_paused(self, paused: bool) -> None:
         self.health.auth_paused = paused
         self.metrics.auth_paused.set(1 if paused else 0)
+        self.metrics.paused.labels("auth").set(1 if paused else 0)
+
+    def paused(self, reason: str, active: bool) -> None:
+        self.metrics.paused.labels(_label(reason)).set(1 if active else 0)
+
+    def broker_reachable(self, reachable: bool) -> None:
+        self.health.broker_reachable = reachable
 
     def breaker(self, open_: bool, reason: str) -> None:
+        self.paused("breaker", open_)
         for known in BREAKER_REASONS:  # bounded: an unknown reason is not a new series
             self.metrics.breaker_open.labels(known).set(1 if open_ and reason == known else 0)
 
@@ -63,22 +132,38 @@ class ServiceTelemetry:
     def profiles_held(self, count: int) -> None:
         self.metrics.profiles.set(count)
 
-    def lag(self, partition: int, records: int) -> None:
-        self.metrics.consumer_lag.labels(str(partition)).set(records)
+    def lags(self, records: Mapping[int, int]) -> None:
+        current = {str(p): value for p, value in records.items()}
+        for gone in self._lag_partitions - current.keys():
+            self.metrics.consumer_lag.remove(gone)
+        for partition, value in current.items():
+            self.metrics.consumer_lag.labels(partition).set(value)
+        self._lag_partitions = set(current)
+        self.metrics.consumer_lag_sum.set(sum(current.values()))
 
     def decode_failed(self, reason: str) -> None:
-        self.metrics.decode_failures.labels(reason).inc()
+        self.metrics.decode_failures.labels(_label(reason)).inc()
 
-    def button_attempt(self, action: str, outcome: str, seconds: float, limit: int) -> None:
-        self.metrics.button_requests.labels(action, outcome).inc()
+    def button_attempt(
+        self, action: str, outcome: str, seconds: float, limit: int, status: int | None = None
+    ) -> None:
+        self.metrics.button_requests.labels(action, outcome, status_class(status)).inc()
         self.metrics.button_latency.labels(action).observe(seconds)
         self.metrics.concurrency_limit.set(limit)
+        if outcome in _ANSWERED:
+            self.metrics.button_last_success.set(self._wall_clock())
 
     def retry_scheduled(self, outcome: str) -> None:
         self.metrics.retries.labels(outcome).inc()
 
     def dead_lettered(self, reason: str) -> None:
-        self.metrics.dead_letters.labels(reason).inc()
+        self.metrics.dead_letters.labels(_label(reason)).inc()
+
+    def dead_letter_failed(self) -> None:
+        self.metrics.dead_letter_failures.inc()
+
+    def order_parked(self) -> None:
+        self.metrics.orders_parked.inc()
 
     def finished(self, outcome: str, event_age: float | None) -> None:
         self.metrics.records_finished.labels(outcome).inc()
@@ -86,4 +171,51 @@ class ServiceTelemetry:
             self.metrics.event_age.observe(max(event_age, 0.0))
 
     def delivery(self, delivery: Delivery) -> None:
+        """The live log, the outcome counter and the record's one summary line."""
         self.deliveries.add(delivery)
+        self.metrics.outcomes.labels(
+            _label(delivery.outcome),
+            _label(delivery.event_type, "undecoded"),
+            _label(delivery.reason),
+        ).inc()
+        if delivery.outcome in SUCCESSES and not self._successes.keep():
+            return
+        fields = asdict(delivery)
+        del fields["at"], fields["partition"], fields["offset"]  # bound per record already
+        if delivery.outcome in SUCCESSES:
+            log.info("record", **fields)
+        else:
+            log.warning("record", **fields)
+
+    # -- reported by the composition root, not the engine ----------------------------------
+
+    def restore_started(self, partitions: int) -> None:
+        self.metrics.restoring_partitions.inc(partitions)
+
+    def restore_progress(self, records: int = 1) -> None:
+        self.metrics.restored_records.inc(records)
+
+    def restore_finished(self, partitions: int) -> None:
+        self.metrics.restoring_partitions.dec(partitions)
+
+    def changelog_written(self, seconds: float) -> None:
+        self.metrics.changelog_write_seconds.observe(seconds)
+
+
+class TimedChangelog:
+    """A ``Changelog`` that reports how long each acknowledged write took."""
+
+    def __init__(
+        self,
+        inner: Changelog,
+        telemetry: ServiceTelemetry,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._inner = inner
+        self._telemetry = telemetry
+        self._monotonic = monotonic
+
+    async def write(self, partition: int, key: bytes, value: bytes | None) -> None:
+        started = self._monotonic()
+        await self._inner.write(partition, key, value)
+        self._telemetry.changelog_written(self._monotonic() - started)

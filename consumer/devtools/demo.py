@@ -137,7 +137,7 @@ def _run(users: int, seed: int, partitions: int) -> int:
             action: int(
                 metric(
                     "button_consumer_button_requests_total",
-                    {"action": action, "outcome": "success"},
+                    {"action": action, "outcome": "success", "status_class": "2xx"},
                 )
                 or 0
             )

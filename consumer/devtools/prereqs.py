@@ -1,7 +1,8 @@
-"""Check for Java 17+ and Maven, the local broker's needs; install them with apt-get as root.
+"""Check for Java 17+ and Maven (the local broker's needs) and Prometheus with promtool (the
+alert-rule tests and the live monitoring test); install them with apt-get as root.
 
 `make test`, `make demo` and `make kafka-up` run this first so a missing JDK fails in one clear
-line instead of deep inside a fixture. When both tools are present it only runs `java -version`.
+line instead of deep inside a fixture. When every tool is present it only runs `java -version`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import subprocess
 import sys
 
 MIN_JAVA = 17
-APT_PACKAGES = ("openjdk-17-jre-headless", "maven")
+JAVA_PACKAGES = ("openjdk-17-jre-headless", "maven")
+PROMETHEUS_PACKAGES = ("prometheus",)  # Debian's package ships prometheus and promtool
+APT_PACKAGES = JAVA_PACKAGES + PROMETHEUS_PACKAGES
 _VERSION = re.compile(r'version "(\d+)(?:\.(\d+))?')
 
 
@@ -52,6 +55,9 @@ def problems() -> list[str]:
         found.append(f"`java` on PATH is version {major}; Kafka 4 needs {MIN_JAVA}+")
     if shutil.which("mvn") is None:
         found.append("`mvn` (Apache Maven) is not on PATH")
+    for tool in ("prometheus", "promtool"):
+        if shutil.which(tool) is None:
+            found.append(f"`{tool}` (Prometheus) is not on PATH")
     return found
 
 
@@ -78,7 +84,8 @@ def main() -> int:
         print(f"prereqs: {problem}", file=sys.stderr)
     if not _can_install():
         print(
-            f"prereqs: install Java {MIN_JAVA}+ and Maven (Debian/Ubuntu: `sudo apt-get install "
+            f"prereqs: install Java {MIN_JAVA}+, Maven and Prometheus (Debian/Ubuntu: "
+            "`sudo apt-get install "
             f"{' '.join(APT_PACKAGES)}`), then re-run",
             file=sys.stderr,
         )

@@ -148,14 +148,15 @@ class Pipeline:
             processed = d.processor.process(record.partition, record.key, decoded, d.wall_clock())
         except DecodeError as exc:
             d.telemetry.decode_failed(exc.reason)
-            return await self._execute(record, decide_error(exc), _Context())
+            context = _Context(event_type=decoded.event_type.value)
+            return await self._execute(record, decide_error(exc), context)
         structlog.contextvars.bind_contextvars(event_id=processed.event_id)
         if processed.profile_changed and record.key is not None:
             await d.changelog.write(record.partition, record.key, processed.profile_value)
         parking = d.parking.check(record, processed.order_id, d.wall_clock())
         await self._write(parking.write)
         result = processed.result
-        context = _Context(processed, _action(result))
+        context = _Context(processed, _action(result), event_type=decoded.event_type.value)
         decision = decide_mapped(result, parked=parking.reason, dry_run=d.dry_run)
         if decision.verdict is Verdict.SEND and isinstance(result, Send):
             return await self._deliver(record, context, result.request)
@@ -274,7 +275,11 @@ class Pipeline:
             permit.observe(outcome)
         attempts.last = outcome
         d.telemetry.button_attempt(
-            request.action.value, outcome.kind.value, outcome.elapsed, d.limiter.limit
+            request.action.value,
+            outcome.kind.value,
+            outcome.elapsed,
+            d.limiter.limit,
+            outcome.status,
         )
         return outcome
 
@@ -344,6 +349,7 @@ class Pipeline:
         try:
             await d.dead_letters.write(record, letter)
         except Exception as exc:
+            d.telemetry.dead_letter_failed()
             failure = decide_error(DeadLetterError(f"dead-letter write failed: {exc}"))
             raise DeadLetterError(failure.detail) from exc
         if letter.order_id:
@@ -356,6 +362,8 @@ class Pipeline:
                     record.partition, record.key, letter.order_id, decision.reason, d.wall_clock()
                 )
             )
+            if not decision.parked:
+                d.telemetry.order_parked()
         d.telemetry.dead_lettered(decision.reason)
         d.telemetry.finished(decision.outcome, None)
         self._record(record, decision, context, decision.reason)
@@ -387,6 +395,7 @@ class Pipeline:
                 status=last.status if last else None,
                 attempts=attempts.count,
                 reason=reason,
+                event_type=context.event_type,
             )
         )
 
@@ -398,6 +407,7 @@ class _Context:
     processed: Processed | None = None
     action: str = "none"
     attempts: _Attempts = field(default_factory=_Attempts)
+    event_type: str = ""
 
     @property
     def letter_action(self) -> str:

@@ -272,6 +272,7 @@ class Worker:
         self._telemetry.auth_paused(self._gate.closed)
         if breaker is not None:
             self._telemetry.breaker(held, breaker.reason)
+        self._telemetry.paused("backpressure", bool(wanted) and not (self._gate.closed or held))
         to_pause = wanted - self._paused
         to_resume = self._paused - wanted
         if to_pause:
@@ -290,9 +291,10 @@ class Worker:
         try:
             lag = await self._source.lag(sorted(self._assigned))
         except ConsumerError:
+            self._telemetry.broker_reachable(False)
             return
-        for partition, value in lag.items():
-            self._telemetry.lag(partition, value)
+        self._telemetry.broker_reachable(True)
+        self._telemetry.lags(lag)
 
     async def _shutdown(self) -> None:
         self._telemetry.stopping()

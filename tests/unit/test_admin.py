@@ -63,6 +63,7 @@ def fetch(
 
 
 def running(**fields: Any) -> Health:
+    fields = {"assigned": True, **fields}
     return Health(started=True, last_poll=LAST_POLL, poll_stall_seconds=STALL, **fields)
 
 
@@ -130,21 +131,30 @@ def test_readyz_is_not_ready_until_started() -> None:
     """Before the consumer runs, /readyz answers 503."""
     response = fetch("/readyz", health=Health())
 
-    assert (response.status, response.json()) == (503, {"ready": False, "auth_paused": False})
+    assert (response.status, response.json()) == (
+        503,
+        {"ready": False, "auth_paused": False, "assigned": False, "broker_reachable": True},
+    )
 
 
 def test_readyz_is_ready_once_started() -> None:
     """A started consumer, not stopping and not paused, is ready."""
     response = fetch("/readyz", health=running())
 
-    assert (response.status, response.json()) == (200, {"ready": True, "auth_paused": False})
+    assert (response.status, response.json()) == (
+        200,
+        {"ready": True, "auth_paused": False, "assigned": True, "broker_reachable": True},
+    )
 
 
 def test_readyz_is_not_ready_while_button_rejects_the_key() -> None:
     """While auth is paused, /readyz answers 503 and says why."""
     response = fetch("/readyz", health=running(auth_paused=True))
 
-    assert (response.status, response.json()) == (503, {"ready": False, "auth_paused": True})
+    assert (response.status, response.json()) == (
+        503,
+        {"ready": False, "auth_paused": True, "assigned": True, "broker_reachable": True},
+    )
 
 
 def test_readyz_is_not_ready_while_stopping() -> None:
@@ -152,6 +162,20 @@ def test_readyz_is_not_ready_while_stopping() -> None:
     response = fetch("/readyz", health=running(stopping=True))
 
     assert (response.status, response.json()["ready"]) == (503, False)
+
+
+def test_readyz_is_not_ready_before_the_group_assigns_partitions() -> None:
+    """Started but not yet part of the group's assignment: not ready."""
+    response = fetch("/readyz", health=running(assigned=False))
+
+    assert (response.status, response.json()["ready"]) == (503, False)
+
+
+def test_readyz_is_not_ready_while_the_broker_does_not_answer() -> None:
+    """The last question to the broker went unanswered: not ready, and the body says so."""
+    response = fetch("/readyz", health=running(broker_reachable=False))
+
+    assert (response.status, response.json()["broker_reachable"]) == (503, False)
 
 
 def test_metrics_are_served_in_prometheus_text_format() -> None:
@@ -188,6 +212,7 @@ def test_deliveries_show_every_field_of_a_delivery() -> None:
         "status": 200,
         "attempts": 1,
         "reason": "ok",
+        "event_type": "",
     }
     assert [expected] == response.json()["deliveries"]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from consumer.settings import ClientConfig, Settings
+from consumer.settings import KAFKA_LOGGER, ClientConfig, Settings
 
 SASL_PASSWORD = "kafka-pa55word-TOPSECRET"
 REGISTRY_AUTH = "svc-registry:registry-pa55word-TOPSECRET"
@@ -176,12 +176,25 @@ def test_producer_tuning_may_be_overridden_by_the_pass_through() -> None:
     assert load(KAFKA_CONFIG_LINGER_MS="50").kafka.producer_config()["linger.ms"] == "50"
 
 
+def test_every_kafka_client_logs_through_the_librdkafka_logger() -> None:
+    """Consumer, reader, producer and admin configurations all name the same stdlib logger."""
+    kafka = load().kafka
+    configs = [
+        kafka.consumer_config(),
+        kafka.reader_config("r"),
+        kafka.producer_config(),
+        kafka.admin_config(),
+    ]
+
+    assert [c["logger"].name for c in configs] == [KAFKA_LOGGER] * 4
+
+
 def test_admin_config_leaves_out_group_membership_properties() -> None:
     """An admin client gets the brokers and the pass-through, not consumer-group properties."""
     config = load(**SASL, KAFKA_CONFIG_GROUP_REMOTE_ASSIGNOR="uniform").kafka.admin_config()
 
     expected = {"bootstrap.servers": "broker-1:9092", **SASL_PROPERTIES}
-    assert expected == dict(config)
+    assert expected == {k: v for k, v in config.items() if k != "logger"}
 
 
 # --- the schema registry ---------------------------------------------------------------------

@@ -406,7 +406,7 @@ def test_delivered_record_is_shown_in_the_live_log() -> None:
 
 
 def test_delivered_record_is_counted_by_outcome_and_request() -> None:
-    """records_finished{delivered} and button_requests{create,success} both count the record."""
+    """records_finished{delivered} and button_requests{create,success,2xx} count the record."""
     h = Harness().answer(OK)
 
     h.handle(record())
@@ -414,7 +414,7 @@ def test_delivered_record_is_counted_by_outcome_and_request() -> None:
     expected = (1.0, 1.0)
     actual = (
         h.sample("records_finished_total", outcome="delivered"),
-        h.sample("button_requests_total", action="create", outcome="success"),
+        h.sample("button_requests_total", action="create", outcome="success", status_class="2xx"),
     )
     assert expected == actual
 

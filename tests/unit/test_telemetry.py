@@ -1,0 +1,193 @@
+"""The telemetry adapter: what each engine report does to the metrics, probes and logs."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
+
+from consumer.adapters.admin import DeliveryLog, Health
+from consumer.adapters.metrics import NAMESPACE, Metrics
+from consumer.adapters.telemetry import Sampler, ServiceTelemetry, TimedChangelog, status_class
+from consumer.ports import Delivery
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def telemetry(rate: float = 1.0, now: float = 1_700_000_000.0) -> ServiceTelemetry:
+    return ServiceTelemetry(
+        Metrics.create(CollectorRegistry()),
+        Health(),
+        DeliveryLog(10),
+        success_sample_rate=rate,
+        wall_clock=lambda: now,
+    )
+
+
+def sample(t: ServiceTelemetry, name: str, **labels: str) -> float | None:
+    return t.metrics.registry.get_sample_value(f"{NAMESPACE}_{name}", labels)
+
+
+def delivery(outcome: str = "delivered", reason: str = "ok", event_type: str = "PURCHASE"):
+    return Delivery(
+        at=1.0,
+        partition=0,
+        offset=1,
+        event_id="evt-1",
+        action="create",
+        order_id="ORD-1",
+        outcome=outcome,
+        status=200,
+        attempts=1,
+        reason=reason,
+        event_type=event_type,
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"), [(200, "2xx"), (202, "2xx"), (409, "4xx"), (503, "5xx"), (None, "none")]
+)
+def test_status_class_groups_http_statuses(status, expected) -> None:
+    """Button's answers are counted by status class; no answer is ``none``."""
+    assert expected == status_class(status)
+
+
+def test_build_info_names_version_python_and_librdkafka() -> None:
+    """build_info is 1 with the three versions as labels."""
+    samples = [
+        s
+        for metric in telemetry().metrics.registry.collect()
+        for s in metric.samples
+        if s.name == f"{NAMESPACE}_build_info"
+    ]
+    assert [s.value for s in samples] == [1.0]
+    assert {"version", "python", "librdkafka"} == set(samples[0].labels)
+
+
+def test_finished_outcomes_and_pause_reasons_exist_from_the_start() -> None:
+    """Alerts and rates over them have a series before the first event of each kind."""
+    t = telemetry()
+
+    assert sample(t, "records_finished_total", outcome="dead_lettered") == 0.0
+    assert sample(t, "paused", reason="breaker") == 0.0
+
+
+def test_button_attempt_counts_by_action_outcome_and_status_class() -> None:
+    """A 503 counts under 5xx; a success also stamps the last-success time."""
+    t = telemetry(now=1234.0)
+    t.button_attempt("create", "server_error", 0.1, 4, 503)
+    assert sample(t, "button_last_success_timestamp_seconds") == 0.0
+
+    t.button_attempt("create", "success", 0.1, 4, 201)
+
+    assert (
+        sample(
+            t, "button_requests_total", action="create", outcome="server_error", status_class="5xx"
+        )
+        == 1.0
+    )
+    assert sample(t, "button_last_success_timestamp_seconds") == 1234.0
+
+
+def test_lags_set_every_partition_and_the_sum_and_forget_revoked_partitions() -> None:
+    """A partition no longer reported has no lag series; the sum covers the reported ones."""
+    t = telemetry()
+    t.lags({0: 5, 1: 7})
+
+    t.lags({1: 3})
+
+    assert (
+        sample(t, "consumer_lag_records", partition="0"),
+        sample(t, "consumer_lag_records", partition="1"),
+        sample(t, "consumer_lag_sum_records"),
+    ) == (None, 3.0, 3.0)
+
+
+def test_auth_pause_sets_the_generic_pause_gauge_and_readiness() -> None:
+    """paused{reason="auth"} follows the auth gate, and /readyz reads the same state."""
+    t = telemetry()
+
+    t.auth_paused(True)
+
+    assert (sample(t, "paused", reason="auth"), t.health.auth_paused) == (1.0, True)
+
+
+def test_delivery_counts_outcomes_by_event_type_and_reason() -> None:
+    """outcomes_total carries the event type and the policy's reason."""
+    t = telemetry()
+
+    t.delivery(delivery("dead_lettered", "http_400", "REFUND"))
+
+    assert (
+        sample(t, "outcomes_total", outcome="dead_lettered", event_type="REFUND", reason="http_400")
+        == 1.0
+    )
+
+
+def test_label_values_outside_the_vocabulary_collapse_to_other() -> None:
+    """A reason that is not a plain identifier can never become a label value."""
+    t = telemetry()
+
+    t.delivery(delivery("dead_lettered", "user@example.com", ""))
+
+    assert (
+        sample(t, "outcomes_total", outcome="dead_lettered", event_type="undecoded", reason="other")
+        == 1.0
+    )
+
+
+def test_successes_are_sampled_and_failures_always_logged() -> None:
+    """At a 25% rate, 1 of 4 delivered records logs a line; every dead letter does."""
+    t = telemetry(rate=0.25)
+    with capture_logs() as logs:
+        for _ in range(4):
+            t.delivery(delivery())
+        t.delivery(delivery("dead_lettered", "http_400"))
+
+    outcomes = [(e["event"], e["log_level"], e["outcome"]) for e in logs]
+    assert outcomes == [("record", "info", "delivered"), ("record", "warning", "dead_lettered")]
+
+
+@pytest.mark.parametrize(("rate", "kept"), [(0.0, 0), (0.01, 1), (0.5, 50), (1.0, 100)])
+def test_sampler_keeps_its_share_deterministically(rate, kept) -> None:
+    """Out of 100 calls the sampler keeps rate x 100 of them."""
+    sampler = Sampler(rate)
+
+    assert kept == sum(sampler.keep() for _ in range(100))
+
+
+def test_restore_progress_and_changelog_latency_are_reported() -> None:
+    """Restoring partitions shows as in progress, then done; changelog writes are timed."""
+    t = telemetry()
+    t.restore_started(2)
+    t.restore_progress()
+    during = sample(t, "restoring_partitions")
+    t.restore_finished(2)
+
+    class Inner:
+        async def write(self, partition: int, key: bytes, value: bytes | None) -> None:
+            return None
+
+    clock = iter([10.0, 10.25])
+    asyncio.run(TimedChangelog(Inner(), t, monotonic=lambda: next(clock)).write(0, b"k", b"v"))
+
+    assert (
+        during,
+        sample(t, "restoring_partitions"),
+        sample(t, "restored_records_total"),
+    ) == (2.0, 0.0, 1.0)
+    assert sample(t, "changelog_write_seconds_sum") == 0.25
+
+
+def test_the_readme_lists_every_metric() -> None:
+    """Each exported metric family has a row in the README's metric table, and no row is stale."""
+    exported = {
+        f"{m.name}_total" if m.type == "counter" else m.name
+        for m in Metrics.create(CollectorRegistry()).registry.collect()
+    }
+    rows = set(re.findall(r"^\| `(button_consumer_[a-z_]+)`", README.read_text(), re.MULTILINE))
+    assert exported == rows

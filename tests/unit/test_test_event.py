@@ -1,0 +1,159 @@
+"""``POST /test-event``: off by default, bearer token, one event through decode, enrichment and
+mapping, and optionally to Button."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry
+
+from consumer.adapters.admin import AdminServer, DeliveryLog, Health
+from consumer.bootstrap import _test_event, build
+from consumer.domain.button import ButtonRequest
+from consumer.domain.mapping import MappingConfig
+from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
+from consumer.errors import ConfigError
+from consumer.settings import Settings
+
+TOKEN = "t0k3n-for-the-test-event"
+PURCHASE: dict[str, Any] = {
+    "event_id": "e-1",
+    "event_type": "PURCHASE",
+    "event_time": "2026-01-05T10:00:00Z",
+    "user_key": "u1",
+    "btn_ref": "srctok-0123456789abcdef",
+    "commerce": {
+        "action": "PURCHASE",
+        "transaction_id": "O-1",
+        "currency_code": "USD",
+        "total_amount": "12.34",
+    },
+}
+
+
+class FakeButton:
+    def __init__(self) -> None:
+        self.sent: list[ButtonRequest] = []
+
+    async def send(self, request: ButtonRequest) -> ButtonOutcome:
+        self.sent.append(request)
+        return ButtonOutcome(OutcomeKind.SUCCESS, status=200, object={"order_id": "O-1"})
+
+
+def post(
+    body: str,
+    *,
+    token: str | None = TOKEN,
+    enabled_token: str | None = TOKEN,
+    query: str = "",
+    button: FakeButton | None = None,
+) -> tuple[int, Any]:
+    """Start an admin server on loopback with the real test-event runner, POST, stop."""
+
+    async def scenario() -> tuple[int, Any]:
+        server = AdminServer(
+            "127.0.0.1",
+            0,
+            CollectorRegistry(),
+            Health(),
+            DeliveryLog(1),
+            test_event=_test_event(MappingConfig(), button or FakeButton(), dry_run=False),
+            test_event_token=enabled_token,
+        )
+        await server.start()
+        headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(
+                    f"http://127.0.0.1:{server.port}/test-event{query}", data=body, headers=headers
+                ) as response,
+            ):
+                return response.status, json.loads(await response.text())
+        finally:
+            await server.stop()
+
+    return asyncio.run(scenario())
+
+
+def test_test_event_is_off_unless_enabled() -> None:
+    """Without a configured token the endpoint does not exist (404)."""
+    status, _ = post(json.dumps(PURCHASE), enabled_token=None)
+
+    assert status == 404
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token-of-some-length"])
+def test_test_event_requires_the_bearer_token(token) -> None:
+    """No token or a wrong one: 401, and nothing is mapped or sent."""
+    button = FakeButton()
+    status, _ = post(json.dumps(PURCHASE), token=token, button=button)
+
+    assert (status, button.sent) == (401, [])
+
+
+def test_test_event_maps_without_sending_by_default() -> None:
+    """The answer is the request the event becomes; Button is not called."""
+    button = FakeButton()
+    status, body = post(json.dumps(PURCHASE), button=button)
+
+    assert (status, body["sent"], button.sent) == (200, False, [])
+    assert (
+        body["result"]["action"],
+        body["result"]["request"]["path"],
+        body["result"]["request"]["body"]["total"],
+    ) == ("create", "/v1/order", 1234)
+
+
+def test_test_event_sends_when_asked_and_returns_buttons_answer() -> None:
+    """?send=true sends the request and returns Button's outcome, status and object."""
+    button = FakeButton()
+    status, body = post(json.dumps(PURCHASE), query="?send=true", button=button)
+
+    assert (status, body["sent"], [r.order_id for r in button.sent]) == (200, True, ["O-1"])
+    assert (
+        body["button"]["outcome"],
+        body["button"]["status"],
+        body["button"]["object"],
+    ) == ("success", 200, {"order_id": "O-1"})
+
+
+def test_test_event_reports_a_reject_with_its_reason() -> None:
+    """Invalid JSON is a reject (422) with the same reason ``map`` gives."""
+    status, body = post("{not json", query="?send=true")
+
+    assert (
+        status,
+        body["result"]["action"],
+        body["result"]["reason"],
+        body["sent"],
+    ) == (422, "reject", "invalid_json", False)
+
+
+def test_enabling_test_events_requires_a_token() -> None:
+    """ADMIN_TEST_EVENT_ENABLED without ADMIN_TEST_EVENT_TOKEN stops the start, naming both."""
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "b:9092", "DELIVERY_DRY_RUN": "true"}
+    with pytest.raises(ConfigError, match="ADMIN_TEST_EVENT_TOKEN"):
+        Settings.from_env({**env, "ADMIN_TEST_EVENT_ENABLED": "true"})
+    with pytest.raises(ConfigError, match="ADMIN_TEST_EVENT_TOKEN"):
+        Settings.from_env({**env, "ADMIN_TEST_EVENT_TOKEN": "short"})
+
+
+def test_the_service_wires_test_events_only_when_enabled() -> None:
+    """build() leaves /test-event off by default and on with the setting and a token."""
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "b:9092", "DELIVERY_DRY_RUN": "true"}
+    off = build(Settings.from_env(env), CollectorRegistry())
+    on = build(
+        Settings.from_env(
+            {**env, "ADMIN_TEST_EVENT_ENABLED": "true", "ADMIN_TEST_EVENT_TOKEN": TOKEN}
+        ),
+        CollectorRegistry(),
+    )
+
+    assert off.admin is not None
+    assert on.admin is not None
+    assert (off.admin._test_event, on.admin._test_event is not None) == (None, True)
