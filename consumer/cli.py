@@ -66,6 +66,15 @@ def _parser() -> argparse.ArgumentParser:
         "--btn-ref", default="fakesrctok-0123456789abcdef", help="Button's test tokens work"
     )
     p_test.add_argument("--user", default="test-user", help="record key / user key")
+    p_test.add_argument(
+        "--admin",
+        metavar="URL",
+        help="post the event to a running instance's POST /test-event (e.g. http://POD:9400) "
+        "instead of producing it; the bearer token is read from ADMIN_TEST_EVENT_TOKEN",
+    )
+    p_test.add_argument(
+        "--send", action="store_true", help="with --admin: also send the request to Button"
+    )
 
     p_check = sub.add_parser(
         "check", help="every configuration problem at once: settings, Kafka, registry, Button"
@@ -118,7 +127,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             duration=args.duration,
             invalid_ratio=args.invalid_ratio,
         ),
-        "test-event": lambda: commands.test_event(args),
+        "test-event": lambda: commands.run_test_event(args),
         "check": lambda: commands.check(as_json=args.json, timeout=args.timeout),
     }
     return handlers[command]()

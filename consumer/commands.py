@@ -6,10 +6,13 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import random
 import re
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ from consumer.adapters.avro_codec import build_encoder
 from consumer.adapters.button_client import ButtonClient
 from consumer.adapters.kafka import AckingProducer, ensure_topics
 from consumer.bootstrap import mapping_config
+from consumer.domain.event_forms import event_to_json
 from consumer.domain.events import (
     CommerceData,
     CommerceEvent,
@@ -240,14 +244,40 @@ def produce_events(settings: Settings, events: Any, partitions: int = 3) -> int:
     return count
 
 
-def test_event(args: Any) -> int:
-    """``test-event``: one purchase, to see it reach Button through a deployment."""
-    settings = Settings.from_env(require_api_key=False)
+def run_test_event(args: Any, environ: Mapping[str, str] | None = None) -> int:
+    """``test-event``: one purchase, to see it reach Button through a deployment.
+
+    Without ``--admin`` the purchase is produced to the input topic (the whole path: Kafka, the
+    consumer, Button). With ``--admin URL`` it is posted to that instance's ``POST /test-event``
+    (decode, enrichment and mapping there; with ``--send`` also Button), and the answer printed.
+
+    Returns:
+        0 on success; 1 when the instance answers with an error status or cannot be reached.
+
+    Raises:
+        ConfigError: ``--total`` is not a decimal amount, or ``--admin`` without a token in
+            ``ADMIN_TEST_EVENT_TOKEN``.
+    """
     try:
         total = Decimal(args.total)
     except InvalidOperation:
         raise ConfigError(f"--total: not a decimal amount: {args.total!r}") from None
-    event = CommerceEvent(
+    if getattr(args, "admin", None):
+        env = os.environ if environ is None else environ
+        token = env.get("ADMIN_TEST_EVENT_TOKEN", "")
+        if not token:
+            raise ConfigError("ADMIN_TEST_EVENT_TOKEN: required with --admin (the bearer token)")
+        event = _test_purchase(args, total)
+        return _post_test_event(args.admin, token, event_to_json(event), send=args.send)
+    settings = Settings.from_env(require_api_key=False)
+    event = _test_purchase(args, total)
+    produce_events(settings, [event], partitions=1)
+    print(f"produced purchase {args.order_id} ({total} {args.currency}) for user {args.user}")
+    return 0
+
+
+def _test_purchase(args: Any, total: Decimal) -> CommerceEvent:
+    return CommerceEvent(
         event_id=f"test-{uuid.uuid4()}",
         event_type=EventType.PURCHASE,
         event_time=datetime.now(UTC),
@@ -261,8 +291,29 @@ def test_event(args: Any) -> int:
             total_amount=total,
         ),
     )
-    produce_events(settings, [event], partitions=1)
-    print(f"produced purchase {args.order_id} ({total} {args.currency}) for user {args.user}")
+
+
+def _post_test_event(admin: str, token: str, event: dict[str, Any], *, send: bool) -> int:
+    """POST ``event`` to ``admin``/test-event; print the answer; 0 unless it is an error."""
+    url = admin.rstrip("/") + "/test-event" + ("?send=true" if send else "")
+    request = urllib.request.Request(  # noqa: S310 - an operator-given http(s) URL
+        url,
+        data=json.dumps(event).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30.0) as response:  # noqa: S310
+            status, body = response.status, response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"FAIL  {url}: {exc}", file=sys.stderr)
+        return 1
+    print(body)
+    if status >= 400:
+        print(f"FAIL  {url} answered {status}", file=sys.stderr)
+        return 1
     return 0
 
 

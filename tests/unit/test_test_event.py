@@ -157,3 +157,83 @@ def test_the_service_wires_test_events_only_when_enabled() -> None:
     assert off.admin is not None
     assert on.admin is not None
     assert (off.admin._test_event, on.admin._test_event is not None) == (None, True)
+
+
+def test_the_test_event_command_posts_to_a_running_instance() -> None:
+    """``button-consumer test-event --admin URL`` posts a purchase to the instance's
+    /test-event with the bearer token from ADMIN_TEST_EVENT_TOKEN and prints its answer."""
+    import argparse
+    import contextlib
+    import io
+    import threading
+
+    from consumer.commands import run_test_event
+
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    def serve() -> None:
+        async def main() -> None:
+            server = AdminServer(
+                "127.0.0.1",
+                0,
+                CollectorRegistry(),
+                Health(),
+                DeliveryLog(1),
+                test_event=_test_event(MappingConfig(), FakeButton(), dry_run=False),
+                test_event_token=TOKEN,
+            )
+            await server.start()
+            box["port"], box["stop"] = server.port, asyncio.Event()
+            box["loop"] = asyncio.get_running_loop()
+            ready.set()
+            await box["stop"].wait()
+            await server.stop()
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert ready.wait(10.0), "the admin server did not start within 10 s"
+    args = argparse.Namespace(
+        order_id="O-CLI",
+        total="12.34",
+        currency="usd",
+        btn_ref="fakesrctok-0123456789abcdef",
+        user="u-cli",
+        admin=f"http://127.0.0.1:{box['port']}",
+        send=False,
+    )
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            status = run_test_event(args, environ={"ADMIN_TEST_EVENT_TOKEN": TOKEN})
+        wrong = run_test_event(args, environ={"ADMIN_TEST_EVENT_TOKEN": "not-the-token-at-all"})
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set)
+        thread.join(10.0)
+    answer = json.loads(out.getvalue())
+
+    assert (status, wrong) == (0, 1)
+    assert (
+        answer["sent"],
+        answer["result"]["action"],
+        answer["result"]["request"]["body"]["order_id"],
+    ) == (
+        False,
+        "create",
+        "O-CLI",
+    )
+
+
+def test_the_test_event_command_needs_the_token_with_admin() -> None:
+    """--admin without ADMIN_TEST_EVENT_TOKEN is a configuration error naming the variable."""
+    import argparse
+
+    from consumer.commands import run_test_event
+
+    args = argparse.Namespace(
+        order_id="O", total="1", currency="USD", btn_ref="", user="u", admin="http://x", send=False
+    )
+    with pytest.raises(ConfigError, match="ADMIN_TEST_EVENT_TOKEN"):
+        run_test_event(args, environ={})
