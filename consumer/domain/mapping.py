@@ -323,11 +323,21 @@ def _device_id(event: CommerceEvent, profile: Profile, config: MappingConfig) ->
     return next((c for c in candidates if c is not None), None)
 
 
+def _usable_customer_id(value: str) -> bool:
+    """``customer.id`` is sent as given when it has 1-255 characters and is not blank.
+
+    Button documents no limit for it; 255 characters is the one it documents for the merchant's
+    other strings (``order_id``, ``btn_ref``, ``customer_order_id``). A longer id is omitted and
+    the order still sent: truncating or hashing it would name a customer no other channel knows.
+    """
+    return not value.isspace() and 0 < len(value) <= MAX_ID_LENGTH
+
+
 def _customer(event: CommerceEvent, profile: Profile, config: MappingConfig) -> dict[str, str]:
     customer: dict[str, str] = {}
     ids = event.user_identities
     if ids is not None:
-        if ids.customer_id and len(ids.customer_id) <= MAX_ID_LENGTH:
+        if ids.customer_id is not None and _usable_customer_id(ids.customer_id):
             customer["id"] = ids.customer_id
         hashed = email_sha256(ids.email)
         if hashed is not None:

@@ -768,3 +768,23 @@ def test_a_pasted_email_and_a_braced_idfa_reach_button_canonical() -> None:
         "email_sha256": hashlib.sha256(b"jane@example.com").hexdigest(),
         "device_id": "6D92078A-8246-4BA4-AE5B-76104861E7DC",
     } == send(result).body["customer"]
+
+
+@pytest.mark.parametrize(
+    ("customer_id", "sent"),
+    [
+        ("c" * 255, True),  # Button's limit for its merchant strings, at the edge
+        ("\u00e9" * 255, True),  # counted in characters, not UTF-8 bytes
+        ("c" * 256, False),  # over it: omitted, never truncated into another customer's id
+        ("c" * 10_000, False),
+        ("", False),
+        ("   ", False),  # whitespace only is no id
+        ("\u00a0\t", False),
+        (" cust-1 ", True),  # otherwise sent exactly as given
+    ],
+)
+def test_customer_id_rule(customer_id: str, sent: bool) -> None:
+    """customer.id: 1-255 characters, not blank, sent as given; else omitted, order still sent."""
+    result, _ = process(purchase(user_identities={"customer_id": customer_id}), None, CONFIG, NOW)
+    body = send(result).body
+    assert ({"id": customer_id} if sent else None) == body.get("customer")
