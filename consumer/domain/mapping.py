@@ -10,8 +10,9 @@ Decisions worth knowing (the README's mapping table has the field-by-field rules
 * REFUND -> cancel (``DELETE /v1/order/{id}``) when it covers the whole order (no products and no
   smaller refund amount, or every remaining unit); otherwise update (``POST /v1/order/{id}``)
   with the order's remaining line items and total, computed from the order stored in the
-  profile. A refund of an order the profile does not know is a cancel when it names no products,
-  else rejected (``refund_order_unknown``): the remaining state cannot be computed.
+  profile. A refund of an order the profile does not know is a cancel when it names no products
+  and no amount (remembered, so a later purchase is not created), else held in the profile
+  (``refund_held``) and applied when the purchase arrives.
 * Replays. The caller writes the new profile to the changelog before the Button call finishes,
   so after a crash the event is processed again against a profile that already contains its
   effect. Such an event is therefore never skipped: a replayed refund (its event id is already
@@ -27,16 +28,8 @@ Decisions worth knowing (the README's mapping table has the field-by-field rules
 * Events from mParticle's DEVELOPMENT environment are skipped by default: Button has no test
   mode, and a test order would bill the merchant.
 
-Reject reasons: ``missing_order_id``, ``order_id_not_ascii``, ``order_id_too_long``,
-``unknown_currency``, ``currency_without_minor_unit``, ``invalid_amount``, ``missing_total``,
-``negative_total``, ``total_out_of_range``, ``line_item_identifier_too_long``,
-``line_item_out_of_range``, ``purchase_after_refund``, ``refund_order_unknown``,
-``refund_item_not_in_order``, ``refund_exceeds_quantity``, ``refund_exceeds_total``,
-``refund_currency_mismatch``, ``refund_amount_unknown``, ``missing_commerce``,
-``event_time_in_future``.
-Skip reasons: ``profile_only`` (installs, opens, page and screen views, sessions),
-``not_an_order`` (cart, checkout, product views, custom events), ``unknown_event_type``,
-``development_event``, ``order_already_cancelled``.
+Every skip and reject reason is listed, with its meaning, in the README's reason table, which a
+unit test (``tests/unit/test_readme_in_step.py``) keeps equal to the reasons this code emits.
 
 How Button wants each request written (paths, bodies, line items, id rules) is ``button_wire``'s
 job. Kept whole at about 560 lines: the state machine's cases share their helpers, and money
@@ -323,11 +316,21 @@ def _device_id(event: CommerceEvent, profile: Profile, config: MappingConfig) ->
     return next((c for c in candidates if c is not None), None)
 
 
+def _usable_customer_id(value: str) -> bool:
+    """``customer.id`` is sent as given when it has 1-255 characters and is not blank.
+
+    Button documents no limit for it; 255 characters is the one it documents for the merchant's
+    other strings (``order_id``, ``btn_ref``, ``customer_order_id``). A longer id is omitted and
+    the order still sent: truncating or hashing it would name a customer no other channel knows.
+    """
+    return not value.isspace() and 0 < len(value) <= MAX_ID_LENGTH
+
+
 def _customer(event: CommerceEvent, profile: Profile, config: MappingConfig) -> dict[str, str]:
     customer: dict[str, str] = {}
     ids = event.user_identities
     if ids is not None:
-        if ids.customer_id and len(ids.customer_id) <= MAX_ID_LENGTH:
+        if ids.customer_id is not None and _usable_customer_id(ids.customer_id):
             customer["id"] = ids.customer_id
         hashed = email_sha256(ids.email)
         if hashed is not None:

@@ -12,11 +12,14 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from consumer.domain.mapping import MappingConfig
+from consumer.domain.event_forms import event_from_json
+from consumer.domain.mapping import MappingConfig, process
+from consumer.domain.profile import Profile, epoch_ms, expires_at_ms, prune
 from consumer.mapcmd import run_map
 
 T0 = datetime(2026, 1, 5, 10, tzinfo=UTC)
 RECEIVED = datetime(2026, 1, 6, tzinfo=UTC)
+CONFIG = MappingConfig()
 
 
 def at(delta: timedelta) -> str:
@@ -169,3 +172,65 @@ def test_row_7_a_hash_route_is_a_token_carrier() -> None:
         purchase("p", at(timedelta(hours=1)), [{"id": "A", "price": "1", "quantity": 1}], "1"),
     )
     assert results[1]["request"]["body"]["btn_ref"] == "srctok-bbb222"
+
+
+# --- row 2: the profile still expires on schedule ----------------------------------------------
+
+
+def _profile_after(*events: dict[str, Any], now: datetime) -> Profile | None:
+    """The profile ``process`` leaves after ``events``, each processed at ``now``."""
+    profile: Profile | None = None
+    for obj in events:
+        _, changed = process(event_from_json(obj), profile, CONFIG, now)
+        if changed is not None:
+            profile = changed
+    return profile
+
+
+def _far_future_open(event_id: str, **device: str) -> dict[str, Any]:
+    return {
+        **app_open(event_id, "2100-01-01T00:00:00Z", "srctok-future"),
+        "device_info": device,
+    }
+
+
+_IDFA = "6D92078A-8246-4BA4-AE5B-76104861E7DC"
+_GAID = "38400000-8cf0-11bd-b23e-10b96e40000d"
+
+
+def test_row_2_a_far_future_event_does_not_keep_the_profile_alive() -> None:
+    """After a token and ids dated 2100, the profile expires when T0's token and ids do."""
+    now = T0 + timedelta(hours=1)
+    profile = _profile_after(
+        _far_future_open("o1", ios_advertising_id=_IDFA, android_advertising_id=_GAID),
+        {
+            **app_open("o2", at(timedelta()), "srctok-t2"),
+            "device_info": {"ios_advertising_id": _IDFA},
+        },
+        now=now,
+    )
+    assert profile is not None
+    retention = CONFIG.retention
+    t0_ms = epoch_ms(T0)
+    assert expires_at_ms(profile, retention) == max(
+        t0_ms + retention.btn_ref_ms, t0_ms + retention.device_id_ms
+    )
+    later = T0 + timedelta(milliseconds=max(retention.btn_ref_ms, retention.device_id_ms) + 1)
+    assert prune(profile, epoch_ms(later), retention) == Profile()
+
+
+def test_row_2_kind_a_far_future_event_alone_leaves_no_profile() -> None:
+    """A token, IDFA or GAID dated 2100 on a user's first event stores nothing that could live."""
+    for device in ({}, {"ios_advertising_id": _IDFA}, {"android_advertising_id": _GAID}):
+        profile = _profile_after(_far_future_open("o1", **device), now=T0)
+        assert profile is None or expires_at_ms(profile, CONFIG.retention) < epoch_ms(T0)
+
+
+def test_row_2_kind_an_event_within_the_skew_expires_from_its_own_time() -> None:
+    """An event dated just inside the allowed skew is learned, and expires from that time."""
+    skew = CONFIG.max_future_skew
+    profile = _profile_after(app_open("o1", at(skew), "srctok-edge"), now=T0)
+    assert profile is not None
+    assert expires_at_ms(profile, CONFIG.retention) == epoch_ms(T0 + skew) + (
+        CONFIG.retention.btn_ref_ms
+    )

@@ -743,3 +743,48 @@ def test_a_zero_revenue_order_is_still_a_zero_total() -> None:
     fields: dict[str, Any] = {"total_amount": "0", "tax_amount": None, "shipping_amount": None}
     result, _ = process(purchase(commerce=fields), None, CONFIG, NOW)
     assert send(result).body["total"] == 0
+
+
+def test_an_email_given_as_a_digest_reaches_button_once_hashed() -> None:
+    """A SHA-256 digest in the email field is sent lower-cased, not dropped or hashed again."""
+    digest = hashlib.sha256(b"jane@example.com").hexdigest()
+    for given_as in (digest, digest.upper()):
+        result, _ = process(purchase(user_identities={"email": given_as}), None, CONFIG, NOW)
+        assert {"email_sha256": digest} == send(result).body["customer"]
+
+
+def test_a_pasted_email_and_a_braced_idfa_reach_button_canonical() -> None:
+    """The canonical forms are what the create body carries (item 4 of issue 9)."""
+    result, _ = process(
+        purchase(
+            user_identities={"email": "\ufeffJane <mailto:Jane@Example.com>\u200b"},
+            device_info={"ios_advertising_id": "{6d92078a-8246-4ba4-ae5b-76104861e7dc}"},
+        ),
+        None,
+        CONFIG,
+        NOW,
+    )
+    assert {
+        "email_sha256": hashlib.sha256(b"jane@example.com").hexdigest(),
+        "device_id": "6D92078A-8246-4BA4-AE5B-76104861E7DC",
+    } == send(result).body["customer"]
+
+
+@pytest.mark.parametrize(
+    ("customer_id", "sent"),
+    [
+        ("c" * 255, True),  # Button's limit for its merchant strings, at the edge
+        ("\u00e9" * 255, True),  # counted in characters, not UTF-8 bytes
+        ("c" * 256, False),  # over it: omitted, never truncated into another customer's id
+        ("c" * 10_000, False),
+        ("", False),
+        ("   ", False),  # whitespace only is no id
+        ("\u00a0\t", False),
+        (" cust-1 ", True),  # otherwise sent exactly as given
+    ],
+)
+def test_customer_id_rule(customer_id: str, sent: bool) -> None:
+    """customer.id: 1-255 characters, not blank, sent as given; else omitted, order still sent."""
+    result, _ = process(purchase(user_identities={"customer_id": customer_id}), None, CONFIG, NOW)
+    body = send(result).body
+    assert ({"id": customer_id} if sent else None) == body.get("customer")
