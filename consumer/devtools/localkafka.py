@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,9 +95,16 @@ def _read_classpath(path: Path) -> str | None:
     return classpath
 
 
-def _cluster_id() -> str:
-    """A KRaft cluster id: a base64url UUID without padding, as `StorageTool random-uuid` gives."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+def _cluster_id(random_uuid: Callable[[], uuid.UUID] = uuid.uuid4) -> str:
+    """A KRaft cluster id: a base64url UUID without padding, as `StorageTool random-uuid` gives.
+
+    Like Kafka's own ``Uuid.randomUuid``, an id starting with ``-`` is drawn again: the storage
+    tool's command line would read it as an option (one id in 64 did, failing the format).
+    """
+    while True:
+        text = base64.urlsafe_b64encode(random_uuid().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
 
 
 def _server_properties(data_dir: Path, broker_port: int, controller_port: int) -> str:
