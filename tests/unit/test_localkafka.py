@@ -14,7 +14,7 @@ def test_a_cluster_id_never_starts_with_a_dash() -> None:
 
     cluster_id = _cluster_id(lambda: next(draws))
 
-    assert ("AQAAAAAAAAAAAAAAAAAAAA", False) == (cluster_id, cluster_id.startswith("-"))
+    assert (cluster_id, cluster_id.startswith("-")) == ("AQAAAAAAAAAAAAAAAAAAAA", False)
 
 
 def test_a_cluster_id_is_a_base64url_uuid_without_padding() -> None:
