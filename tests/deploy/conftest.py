@@ -29,6 +29,7 @@ API_VERSIONS = (
     "keda.sh/v1alpha1/ScaledObject",
     "monitoring.coreos.com/v1/PodMonitor",
     "monitoring.coreos.com/v1/PrometheusRule",
+    "monitoring.coreos.com/v1/ServiceMonitor",
 )
 # The minimum a release needs: brokers and the Secret holding Button's API key.
 REQUIRED = ("kafka.bootstrapServers=kafka:9092", "button.existingSecret=button-api-key")

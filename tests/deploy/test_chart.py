@@ -14,6 +14,7 @@ from tests.deploy.conftest import (
     API_VERSIONS,
     CHART,
     KUBE_VERSION,
+    REQUIRED,
     ROOT,
     HelmFailedError,
     by_kind,
@@ -79,6 +80,7 @@ def test_the_validation_catches_a_broken_manifest(chart) -> None:
         (["replicaCount=two"], "replicaCount"),
         (["kafka.bogus=1"], "additional properties 'bogus' not allowed"),
         (["keda.lagThreshold=lots"], "lagThreshold"),
+        (["metrics.serviceMonitor.interval=often"], "interval"),
         (["image.digest=latest"], "digest"),
         (["config.BUTTON_API_KEY=sk-live"], "invalid propertyName 'BUTTON_API_KEY'"),
         (["config.DELIVERY_SHUTDOWN_TIMEOUT_SECONDS=99"], "DELIVERY_SHUTDOWN_TIMEOUT_SECONDS"),
@@ -231,6 +233,48 @@ def test_the_pod_monitor_scrapes_the_admin_port(chart) -> None:
     assert (endpoint["port"], endpoint["path"]) == ("admin", "/metrics")
     pod_labels = kinds["StatefulSet"]["spec"]["template"]["metadata"]["labels"]
     assert kinds["PodMonitor"]["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+@pytest.mark.parametrize("static", [True, False], ids=["statefulset", "deployment"])
+def test_the_service_monitor_scrapes_the_admin_port_of_every_pod(chart, static: bool) -> None:
+    """ServiceMonitor -> the headless Service (also without static membership) -> the pods'
+    admin port, not-ready pods included (a pod paused on a refused key keeps its metrics)."""
+    kinds = by_kind(
+        chart("metrics.serviceMonitor.enabled=true", f"staticMembership.enabled={static}")
+    )
+    workload = kinds["StatefulSet" if static else "Deployment"]
+    monitor, service = kinds["ServiceMonitor"], kinds["Service"]
+    for doc in (monitor, service):
+        validate_manifest(doc)
+    endpoint = monitor["spec"]["endpoints"][0]
+    assert (endpoint["port"], endpoint["path"]) == ("admin", "/metrics")
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    pod_labels = workload["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    (port,) = service["spec"]["ports"]
+    assert (port["name"], port["targetPort"]) == ("admin", "admin")
+    container = workload["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "admin", "containerPort": 9400, "protocol": "TCP"} in container["ports"]
+    assert "PodMonitor" not in kinds
+
+
+def test_a_pod_monitor_and_a_service_monitor_together_are_refused(chart) -> None:
+    """Both would scrape every pod twice (every alert's series doubled): the render fails."""
+    with pytest.raises(HelmFailedError, match="enable one"):
+        chart("metrics.podMonitor.enabled=true", "metrics.serviceMonitor.enabled=true")
+
+
+def test_a_service_monitor_without_its_api_is_refused() -> None:
+    """ServiceMonitor on, no Prometheus Operator API: a message, not a silently missing object."""
+    with pytest.raises(HelmFailedError, match=re.escape("monitoring.coreos.com/v1/ServiceMonitor")):
+        render(
+            *REQUIRED,
+            "metrics.serviceMonitor.enabled=true",
+            api_versions=[a for a in API_VERSIONS if not a.endswith("ServiceMonitor")],
+        )
 
 
 def test_the_network_policy_allows_only_kafka_registry_dns_and_button(chart) -> None:
