@@ -83,6 +83,14 @@ def test_the_validation_catches_a_broken_manifest(chart) -> None:
         (["metrics.serviceMonitor.interval=often"], "interval"),
         (["image.digest=latest"], "digest"),
         (["config.BUTTON_API_KEY=sk-live"], "invalid propertyName 'BUTTON_API_KEY'"),
+        (
+            ["config.ADMIN_TEST_EVENT_TOKEN=a-token-of-16-chars"],
+            "invalid propertyName 'ADMIN_TEST_EVENT_TOKEN'",
+        ),
+        (
+            ["config.KAFKA_CONFIG_SASL_PASSWORD=p"],
+            "invalid propertyName 'KAFKA_CONFIG_SASL_PASSWORD'",
+        ),
         (["config.DELIVERY_SHUTDOWN_TIMEOUT_SECONDS=99"], "DELIVERY_SHUTDOWN_TIMEOUT_SECONDS"),
         (["config.DELIVERY_MAX_IN_FLIGHT=1000"], "config"),  # a number, not a string
         (["kafka.groupProtocol=eager"], "groupProtocol"),
