@@ -120,6 +120,19 @@ class Source(Protocol):
         """Commit synchronously; only from a rebalance callback (the source's own thread)."""
         ...
 
+    def store_now(self, offsets: dict[int, int]) -> None:
+        """Store offsets synchronously; only from a rebalance callback (the source's thread)."""
+        ...
+
+    def pause_now(self, partitions: Sequence[int]) -> None:
+        """Pause synchronously; only from a rebalance callback (the source's own thread).
+
+        In ``on_assign`` the new partitions are already assigned, and not paused: Kafka does not
+        carry a pause to a partition this member did not own, so the listener pauses what it
+        does not want fetched yet.
+        """
+        ...
+
     async def pause(self, partitions: Sequence[int]) -> None: ...
 
     async def resume(self, partitions: Sequence[int]) -> None: ...

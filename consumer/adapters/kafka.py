@@ -298,6 +298,11 @@ class KafkaSource:
         self.commit_timeout = 15.0
         self.close_timeout = 30.0
         self._in_rebalance_callback = False
+        # KIP-848's protocol and cooperative-sticky assignment hand out increments; an eager
+        # (classic, range or round-robin) assignment replaces the whole assignment.
+        self._incremental = self._config.get("group.protocol", "classic") == "consumer" or (
+            "cooperative" in str(self._config.get("partition.assignment.strategy", ""))
+        )
 
     # -- lifecycle (all on the Kafka thread) -------------------------------------------------
 
@@ -309,10 +314,26 @@ class KafkaSource:
         self._consumer = Consumer(self._config)
         self._consumer.subscribe(
             [self.topic],
-            on_assign=lambda _c, parts: listener.on_assign(_partitions(parts)),
+            on_assign=lambda c, parts: self._assign_callback(c, listener, parts),
             on_revoke=lambda _c, parts: self._revoke_callback(listener, parts),
             on_lost=lambda _c, parts: listener.on_lost(_partitions(parts)),
         )
+
+    def _assign_callback(
+        self, consumer: Consumer, listener: RebalanceListener, parts: list[TopicPartition]
+    ) -> None:
+        # Apply the assignment first (confluent-kafka then does not apply it again), so that
+        # the listener can pause the new partitions before they are ever fetched: librdkafka
+        # does not carry a pause to a partition this member did not own.
+        if self._incremental:
+            consumer.incremental_assign(parts)
+        else:
+            consumer.assign(parts)
+        self._in_rebalance_callback = True
+        try:
+            listener.on_assign(_partitions(parts))
+        finally:
+            self._in_rebalance_callback = False
 
     def _revoke_callback(self, listener: RebalanceListener, parts: list[TopicPartition]) -> None:
         self._in_rebalance_callback = True
@@ -381,6 +402,12 @@ class KafkaSource:
             # Storing for a partition that was just revoked fails harmlessly.
             if exc.args[0].code() != KafkaError._STATE:
                 raise
+
+    def pause_now(self, partitions: Sequence[int]) -> None:
+        """Pause partitions (Kafka thread or rebalance callbacks only)."""
+        parts = [TopicPartition(self.topic, p) for p in partitions]
+        if parts:
+            self._c.pause(parts)
 
     def commit_now(self, offsets: dict[int, int]) -> None:
         """Synchronously commit these offsets (Kafka thread or rebalance callbacks only)."""

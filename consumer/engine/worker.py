@@ -9,8 +9,9 @@ is short on purpose; each step is a named collaborator:
 - the loop stores the committable offsets, pauses partitions whose lanes are full (and all of
   them while Button rejects the API key), and resumes them when they drain;
 - on revoke, the revoked partitions' in-flight work is finished (or abandoned at the deadline)
-  and their finished offsets committed synchronously; on assign, the partitions' profiles are
-  restored from the changelog before any of their records is processed;
+  and their finished offsets committed synchronously; on assign, the new partitions are paused
+  before their first fetch and their profiles restored from the changelog, and the next
+  back-pressure pass resumes those not wanted paused;
 - on stop (SIGTERM), fetching stops, in-flight work gets ``shutdown_timeout`` to finish, what
   is finished is committed, and the consumer leaves the group.
 """
@@ -105,6 +106,11 @@ class Worker:
     # -- rebalance callbacks: Kafka thread --------------------------------------------------
 
     def on_assign(self, partitions: list[int]) -> None:
+        # Force the state: a new partition is paused before it is ever fetched (librdkafka
+        # starts a partition this member never owned unpaused, whatever the loop believes), so
+        # nothing is read during the restore, during an auth pause or while the total bound is
+        # reached; the next back-pressure pass resumes what is not wanted paused.
+        self._source.pause_now(partitions)
         started = self._now()
         restored = self._restore(partitions)
         self._call_in_loop(self._assigned_in_loop, partitions)
@@ -156,9 +162,8 @@ class Worker:
         self._assigned.update(partitions)
         # Idle time counts from the assignment: new partitions have not been fetched yet.
         self._last_record = self._now()
-        # librdkafka keeps a partition's pause flag across revoke and re-assign: a partition
-        # paused when it was revoked comes back paused. Count new partitions as paused, so the
-        # next backpressure pass (after the assignment is applied) resumes those not saturated.
+        # on_assign paused them on the Kafka thread: the next back-pressure pass resumes those
+        # not saturated (and keeps every one paused while the auth gate is closed).
         self._paused.update(partitions)
         self._report_partitions()
 

@@ -56,6 +56,7 @@ class Harness:
     assign: tuple[int, ...] = (0,)
     opts: WorkerOptions = field(default_factory=options)
     max_in_flight_per_partition: int = 500
+    max_in_flight: int = 1_000
     pipeline: Any = None
     clock: FakeClock | None = None
 
@@ -66,7 +67,7 @@ class Harness:
         self.watermarks = Watermarks()
         self.dispatcher = Dispatcher(
             max_in_flight_per_partition=self.max_in_flight_per_partition,
-            max_in_flight=1_000,
+            max_in_flight=self.max_in_flight,
             watermarks=self.watermarks,
         )
         self.gate = AuthGate(probe_interval=NEVER)
@@ -182,6 +183,49 @@ def test_everything_pauses_while_the_auth_gate_is_closed() -> None:
                 h.telemetry.named("auth_paused")[-1],
             )
             assert expected == actual
+
+    run(scenario)
+
+
+def test_a_partition_assigned_while_the_auth_gate_is_closed_receives_nothing() -> None:
+    """A partition newly assigned during the auth pause is paused before its first fetch."""
+
+    async def scenario() -> None:
+        h = Harness(assign=(0,))
+        async with h.running():
+            h.gate.close()
+            await h.source.until(lambda: h.source.paused == {0})
+            h.records(1, 0, 1, 2)
+            await asyncio.wait_for(h.source.assign([1]), DEADLINE)
+            await h.source.passes(3)
+            expected: object = (0, [], {0, 1})
+            actual: object = (h.source.handed.get(1, 0), h.held.started, h.source.paused)
+            assert expected == actual
+            h.gate.open()
+            await h.source.until(lambda: len(h.held.started) == 3)
+            assert h.source.handed[1] == 3
+
+    run(scenario)
+
+
+def test_a_partition_assigned_while_the_total_bound_is_reached_receives_nothing() -> None:
+    """With max_in_flight records in flight, a newly assigned partition stays paused."""
+
+    async def scenario() -> None:
+        h = Harness(assign=(0,), max_in_flight_per_partition=10, max_in_flight=2)
+        async with h.running():
+            h.records(0, 0, 1)
+            await h.source.until(lambda: len(h.held.started) == 2)
+            await h.source.until(lambda: h.source.paused == {0})
+            h.records(1, 0, 1, 2)
+            await asyncio.wait_for(h.source.assign([1]), DEADLINE)
+            await h.source.passes(3)
+            expected: object = (0, {0, 1})
+            actual: object = (h.source.handed.get(1, 0), h.source.paused)
+            assert expected == actual
+            h.held.finish(0, 0)
+            h.held.finish(0, 1)
+            await h.source.until(lambda: h.source.handed.get(1, 0) == 3)
 
     run(scenario)
 
