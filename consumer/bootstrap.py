@@ -276,6 +276,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
             housekeeping_interval=s.mapping.expire_interval_seconds,
         ),
         housekeeping=expire_profiles,
+        flush=producer.flush,
     )
     topics = (
         {s.kafka.dlq_topic: {}, s.kafka.profile_topic: {"cleanup.policy": "compact"}}

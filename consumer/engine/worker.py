@@ -38,6 +38,8 @@ T = TypeVar("T")
 
 RestoreFn = Callable[[list[int]], int]
 DropFn = Callable[[list[int]], None]
+FlushFn = Callable[[float], int]
+"""Waits up to the given seconds for the producer's queued writes; returns how many remain."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,7 @@ class WorkerOptions:
     stop_when_idle: float | None = None
     lag_interval: float = 5.0
     housekeeping_interval: float = 300.0
+    flush_timeout: float = 10.0
 
 
 @dataclass(slots=True)
@@ -78,9 +81,11 @@ class Worker:
         telemetry: Telemetry,
         options: WorkerOptions,
         housekeeping: Callable[[], Coroutine[Any, Any, None]] | None = None,
+        flush: FlushFn | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._housekeeping = housekeeping
+        self._flush = flush
         self._source = source
         self._pipeline = pipeline
         self._dispatcher = dispatcher
@@ -126,7 +131,13 @@ class Worker:
             # not committed is processed again by the next owner.
             log.warning("revoke_without_loop", error=str(exc), partitions=partitions)
             offsets = {}
+        # Abandoned jobs may have left changelog or dead-letter writes queued in the producer:
+        # push them out now, not up to message.timeout.ms after the next owner started. Then
+        # store the final offsets before committing them: librdkafka commits a removed
+        # partition's stored offset after this callback, which must not be an older one.
+        self._flush_producer(partitions)
         try:
+            self._source.store_now(offsets)
             self._source.commit_now(offsets)
         except Exception as exc:  # noqa: BLE001 - logged; the next owner replays (harmless)
             # E.g. the revocation that close() triggers after the shutdown already committed
@@ -142,9 +153,17 @@ class Worker:
             self._call_in_loop(self._revoke_in_loop, partitions, False)
         except ConsumerError as exc:
             log.warning("lost_without_loop", error=str(exc), partitions=partitions)
+        self._flush_producer(partitions)
         self._drop(partitions)
         self._telemetry.rebalance("lost")
         log.warning("partitions_lost", partitions=partitions)
+
+    def _flush_producer(self, partitions: list[int]) -> None:
+        if self._flush is None:
+            return
+        left = self._flush(self._opt.flush_timeout)
+        if left:
+            log.warning("revoke_flush_incomplete", partitions=partitions, outstanding=left)
 
     def _call_in_loop(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
         """Run ``fn`` on the event loop from the Kafka thread and wait for it (bounded)."""

@@ -84,6 +84,7 @@ class Harness:
             drop=self.dropped.append,
             telemetry=self.telemetry,
             options=self.opts,
+            flush=self._flush,
             monotonic=time.monotonic if self.clock is None else self.clock.monotonic,
         )
 
@@ -91,6 +92,10 @@ class Harness:
     def held(self) -> HeldPipeline:
         assert isinstance(self.pipeline, HeldPipeline)
         return self.pipeline
+
+    def _flush(self, timeout: float) -> int:
+        self.source.actions.append(("flush", timeout))
+        return 0
 
     def _restore(self, partitions: list[int]) -> int:
         self.restored.append(partitions)
@@ -334,6 +339,45 @@ def test_revoke_waits_for_in_flight_work_then_commits_and_drops() -> None:
     run(scenario)
 
 
+def test_revoke_flushes_the_producer_then_stores_then_commits_the_final_offsets() -> None:
+    """Abandoned jobs' queued writes are flushed, and the final offsets stored before the commit
+    (librdkafka commits a removed partition's stored offset afterwards: it must not be older)."""
+
+    async def scenario() -> None:
+        h = Harness(opts=options(revoke_timeout=0.05))
+        async with h.running():
+            h.records(0, 0, 1, 2)
+            await h.source.until(lambda: len(h.held.started) == 3)
+            h.held.finish(0, 0)
+            await h.source.until(lambda: h.source.last_stored(0) == 1)
+            h.held.finish(0, 1)  # finished, but the loop may not have stored 2 yet
+            await asyncio.wait_for(h.source.revoke([0]), DEADLINE)
+            tail = h.source.actions_named("flush", "store_now", "commit_now")
+            expected: object = [("flush", 10.0), ("store_now", {0: 2}), ("commit_now", {0: 2})]
+            assert expected == tail[-3:]
+
+    run(scenario)
+
+
+def test_lost_partitions_flush_the_producer() -> None:
+    """A lost partition's cancelled writes are flushed at once, not left queued for minutes."""
+
+    async def scenario() -> None:
+        h = Harness()
+        async with h.running():
+            h.records(0, 0)
+            await h.source.until(lambda: h.held.started == [(0, 0)])
+            await asyncio.wait_for(h.source.lose([0]), DEADLINE)
+            expected: object = ([("flush", 10.0)], [])
+            actual: object = (
+                h.source.actions_named("flush"),
+                h.source.actions_named("store_now", "commit_now"),
+            )
+            assert expected == actual
+
+    run(scenario)
+
+
 def test_revoke_at_the_deadline_abandons_and_commits_below_the_unfinished() -> None:
     """Past revoke_timeout unfinished work is cancelled; the commit stops at the lowest one."""
 
@@ -569,7 +613,9 @@ def test_stop_pauses_drains_then_stores_commits_and_closes() -> None:
                 ("pause", [0]),
                 ("store", {0: 3}),
                 ("commit", {0: 3}),
-                ("commit_now", {0: 3}),  # close() leaves the group: its revocation commits
+                ("flush", 10.0),  # close() leaves the group: its revocation flushes,
+                ("store_now", {0: 3}),  # stores and commits
+                ("commit_now", {0: 3}),
                 ("close", None),
             ]
             expected = (expected, 3)
