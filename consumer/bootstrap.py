@@ -235,6 +235,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
     dispatcher = Dispatcher(
         max_in_flight_per_partition=d.max_in_flight_per_partition,
         max_in_flight=d.max_in_flight,
+        max_commit_distance=d.max_commit_distance,
         # No gate here: lanes must stay free to start records while Button refuses the key,
         # so that a queued record can take over probing if the probing one is revoked.
         watermarks=watermarks,

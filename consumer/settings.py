@@ -264,6 +264,7 @@ class DeliverySettings(_Section):
 
     max_in_flight: int = Field(default=1000, ge=1)
     max_in_flight_per_partition: int = Field(default=500, ge=1)
+    max_commit_distance: int = Field(default=10_000, ge=1)
     concurrency_min: int = Field(default=4, ge=1)
     concurrency_max: int = Field(default=64, ge=1)
     rate_limit_rps: float | None = Field(default=None, gt=0)

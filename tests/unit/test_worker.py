@@ -57,6 +57,7 @@ class Harness:
     opts: WorkerOptions = field(default_factory=options)
     max_in_flight_per_partition: int = 500
     max_in_flight: int = 1_000
+    max_commit_distance: int = 100_000
     pipeline: Any = None
     clock: FakeClock | None = None
 
@@ -68,6 +69,7 @@ class Harness:
         self.dispatcher = Dispatcher(
             max_in_flight_per_partition=self.max_in_flight_per_partition,
             max_in_flight=self.max_in_flight,
+            max_commit_distance=self.max_commit_distance,
             watermarks=self.watermarks,
         )
         self.gate = AuthGate(probe_interval=NEVER)
@@ -156,6 +158,28 @@ def test_a_partition_with_full_lanes_pauses_and_resumes_at_half() -> None:
             await h.source.passes()
             expected = [("pause", [0]), ("resume", [0])]
             assert expected == [a for a in h.source.actions[mark:] if a[0] in {"pause", "resume"}]
+
+    run(scenario)
+
+
+def test_a_stuck_record_pauses_its_partition_at_the_commit_distance_bound() -> None:
+    """Finished records behind one unfinished record count: at max_commit_distance the
+    partition pauses although little is in flight, and resumes once the record finishes."""
+
+    async def scenario() -> None:
+        h = Harness(opts=options(max_poll_records=4), max_commit_distance=4)
+        async with h.running():
+            h.records(0, 0, 1, 2, 3, 4, 5)
+            await h.source.until(lambda: len(h.held.started) == 4)
+            for offset in (1, 2, 3):
+                h.held.finish(0, offset)
+            await h.source.until(lambda: h.dispatcher.in_flight(0) == 1)
+            await h.source.passes(3)
+            expected: object = (4, {0}, 0)
+            actual: object = (h.source.handed[0], h.source.paused, h.source.highest_position(0))
+            assert expected == actual
+            h.held.finish(0, 0)
+            await h.source.until(lambda: h.source.handed[0] == 6)
 
     run(scenario)
 
