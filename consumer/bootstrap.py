@@ -43,7 +43,7 @@ from consumer.engine.dispatcher import Dispatcher
 from consumer.engine.parking import Parking, ParkingLot
 from consumer.engine.pipeline import Pipeline, PipelineDeps
 from consumer.engine.processor import ProfileProcessor
-from consumer.engine.profiles import ProfileStore
+from consumer.engine.profiles import ProfileExpiry, ProfileStore
 from consumer.engine.watermark import Watermarks
 from consumer.engine.worker import RunStats, Worker, WorkerOptions
 from consumer.errors import ConfigError, ConsumerError
@@ -241,10 +241,11 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         watermarks=watermarks,
     )
 
+    expiry = ProfileExpiry(store, changelog, clock=_wall_clock)
+
     async def expire_profiles() -> None:
         """Forget expired profiles and write their tombstones (compaction removes them)."""
-        for write in store.expire(_wall_clock()):
-            await changelog.write(write.partition, write.key, write.value)
+        await expiry.run()
         telemetry.profiles_held(len(store))
 
     def restore(partitions: list[int]) -> int:

@@ -173,7 +173,11 @@ class ButtonPort(Protocol):
 
 
 class Changelog(Protocol):
-    """The compacted profile changelog; returns once the write is acknowledged."""
+    """The compacted profile changelog; returns once the write is acknowledged.
+
+    ``write`` queues its record before it first suspends, and the writes of one partition are
+    written in the order they were queued (an idempotent producer keeps that order).
+    """
 
     async def write(self, partition: int, key: bytes, value: bytes | None) -> None: ...
 

@@ -13,12 +13,14 @@ are assigned and revoked. The model and its byte format are in ``consumer.domain
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import asyncio
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
 from consumer.domain.profile import Profile, Retention, epoch_ms, expires_at_ms
 from consumer.domain.profile_codec import decode_profile, encode_profile, read_expires_at
+from consumer.ports import Changelog
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +116,69 @@ class ProfileStore:
     def partitions(self) -> Iterator[int]:
         return iter(tuple(self._partitions))
 
+    def absent(self, partition: int, key: bytes) -> bool:
+        """Whether ``partition`` is held and has no profile for ``key`` (a tombstone is due)."""
+        profiles = self._partitions.get(partition)
+        return profiles is not None and key not in profiles
+
     def __len__(self) -> int:
         return sum(len(p) for p in self._partitions.values())
 
     def count(self, partition: int) -> int:
         return len(self._partitions.get(partition, {}))
+
+
+class ProfileExpiry:
+    """Removes expired profiles and writes their tombstones, a batch at a time, beside polling.
+
+    One ``run`` scans the held partitions one by one (only the 9-byte headers) and writes each
+    partition's tombstones in batches of ``batch`` concurrent writes, yielding to the event loop
+    between batches and partitions, so a storm of expired profiles never stops the poll loop.
+
+    A tombstone is never written for a key whose profile was written since the scan (the user
+    came back), nor for a partition dropped since (another member owns it): the check and the
+    queuing of the write happen in one step of the event loop, without a suspension between
+    them, and the changelog keeps writes of a partition in the order they were queued
+    (``consumer.ports.Changelog``), so a later profile always follows the tombstone.
+
+    Args:
+        store: the profiles of the owned partitions.
+        changelog: where tombstones go.
+        clock: the wall clock (expiry is in event time).
+        batch: tombstones written concurrently before yielding.
+    """
+
+    def __init__(
+        self,
+        store: ProfileStore,
+        changelog: Changelog,
+        *,
+        clock: Callable[[], datetime],
+        batch: int = 500,
+    ) -> None:
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
+        self._store = store
+        self._changelog = changelog
+        self._clock = clock
+        self._batch = batch
+
+    async def run(self) -> int:
+        """Expire every held partition once; return the tombstones written."""
+        written = 0
+        for partition in self._store.partitions():
+            writes = self._store.expire(self._clock(), [partition])
+            for start in range(0, len(writes), self._batch):
+                chunk = writes[start : start + self._batch]
+                results = await asyncio.gather(*(self._tombstone(w) for w in chunk))
+                written += sum(results)
+                await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        return written
+
+    async def _tombstone(self, write: ChangelogWrite) -> bool:
+        # No await between the check and the write being queued (see the class docstring).
+        if not self._store.absent(write.partition, write.key):
+            return False
+        await self._changelog.write(write.partition, write.key, None)
+        return True

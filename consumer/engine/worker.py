@@ -85,6 +85,7 @@ class Worker:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._housekeeping = housekeeping
+        self._housekeeping_task: asyncio.Task[None] | None = None
         self._flush = flush
         self._source = source
         self._pipeline = pipeline
@@ -230,9 +231,14 @@ class Worker:
                 if (
                     self._housekeeping is not None
                     and now - last_housekeeping >= self._opt.housekeeping_interval
+                    and (self._housekeeping_task is None or self._housekeeping_task.done())
                 ):
+                    # Beside the loop, never awaited by it: a storm of expired profiles must not
+                    # stop polling (the group would drop the member, liveness kill the pod).
                     last_housekeeping = now
-                    await self._housekeeping()
+                    self._housekeeping_task = asyncio.create_task(
+                        self._run_housekeeping(self._housekeeping)
+                    )
                 if self._idle_long_enough(now - self._last_record):
                     log.info("idle_stop", idle_seconds=round(now - self._last_record, 1))
                     break
@@ -242,6 +248,13 @@ class Worker:
         if failure is not None:
             raise failure
         return self.stats
+
+    @staticmethod
+    async def _run_housekeeping(job: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        try:
+            await job()
+        except Exception as exc:  # noqa: BLE001 - retried at the next interval
+            log.warning("housekeeping_failed", error=str(exc), exc_type=type(exc).__name__)
 
     def _submit(self, records: list[Record]) -> None:
         self.stats.received += len(records)
@@ -309,6 +322,10 @@ class Worker:
 
     async def _shutdown(self) -> None:
         self._telemetry.stopping()
+        task, self._housekeeping_task = self._housekeeping_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])
         if self._assigned:
             await self._source.pause(sorted(self._assigned))
         drained = await self._dispatcher.drain(self._opt.shutdown_timeout)

@@ -60,6 +60,7 @@ class Harness:
     max_commit_distance: int = 100_000
     pipeline: Any = None
     clock: FakeClock | None = None
+    housekeeping: Callable[[], Coroutine[Any, Any, None]] | None = None
 
     def __post_init__(self) -> None:
         self.source = FakeSource(assign=self.assign)
@@ -87,6 +88,7 @@ class Harness:
             telemetry=self.telemetry,
             options=self.opts,
             flush=self._flush,
+            housekeeping=self.housekeeping,
             monotonic=time.monotonic if self.clock is None else self.clock.monotonic,
         )
 
@@ -458,6 +460,42 @@ def test_lost_partitions_abandon_in_flight_work_at_once() -> None:
             expected = ([(0, 0)], [[0]])
             actual = (h.held.cancelled, h.dropped)
             assert expected == actual
+
+    run(scenario)
+
+
+# --- housekeeping --------------------------------------------------------------------------------
+
+
+def test_housekeeping_runs_beside_the_poll_loop_and_is_cancelled_at_stop() -> None:
+    """Profile expiry that takes long (a storm of tombstones) never stops polling."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        started = asyncio.Event()
+        cancelled: list[bool] = []
+
+        async def slow_housekeeping() -> None:
+            started.set()
+            try:
+                await asyncio.Event().wait()  # never ends by itself
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
+
+        h = Harness(
+            opts=options(housekeeping_interval=60.0), clock=clock, housekeeping=slow_housekeeping
+        )
+        async with h.running():
+            clock.advance(61.0)
+            await asyncio.wait_for(started.wait(), DEADLINE)
+            h.records(0, 0)
+            await h.source.until(lambda: h.held.started == [(0, 0)])
+            h.held.finish(0, 0)
+            await h.source.until(lambda: h.source.last_stored(0) == 1)
+            clock.advance(61.0)
+            await h.source.passes(2)  # still running: not started a second time
+        assert cancelled == [True]
 
     run(scenario)
 
