@@ -187,7 +187,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         telemetry.deliveries,
     )
     config = mapping_config(s)
-    store = ProfileStore(config.retention)
+    store = ProfileStore(config.retention, max_bytes=s.mapping.max_profile_bytes)
     processor = ProfileProcessor(store, config)
     parking = Parking(
         store,
@@ -281,7 +281,13 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         flush=producer.flush,
     )
     topics = (
-        {s.kafka.dlq_topic: {}, s.kafka.profile_topic: {"cleanup.policy": "compact"}}
+        {
+            s.kafka.dlq_topic: {"max.message.bytes": str(s.kafka.max_message_bytes)},
+            s.kafka.profile_topic: {
+                "cleanup.policy": "compact",
+                "max.message.bytes": str(s.kafka.max_message_bytes),
+            },
+        }
         if s.kafka.create_topics
         else {}
     )

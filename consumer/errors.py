@@ -11,6 +11,7 @@ exceptions (confluent-kafka, fastavro, httpx, aiohttp) into one of these with ``
     +-- SchemaRegistryUnavailableError  the registry cannot answer now (wait, decode again)
     +-- DeadLetterError          the dead-letter topic cannot be written (stop consuming)
     +-- BrokerError              Kafka is unusable beyond librdkafka's own retries
+        +-- RecordTooLargeError  a record over the producer's or the topic's size limit (certain)
 
 ``CodecReason`` lists the reasons a ``DecodeError`` carries when bytes cannot become a record,
 whether the Avro decoders or the schema registry client found out.
@@ -78,3 +79,16 @@ class SchemaRegistryUnavailableError(ConsumerError):
     """
 
     retryable = True
+
+
+class RecordTooLargeError(BrokerError):
+    """A record is larger than the producer or the topic accepts: a certain, per-record failure,
+    not an outage (writing it again fails again).
+
+    Attributes:
+        size: the record's size in bytes as written (value, key and headers), if known.
+    """
+
+    def __init__(self, size: int, message: str) -> None:
+        super().__init__(message)
+        self.size = size

@@ -28,6 +28,8 @@ from consumer.errors import ConfigError
 
 _APP_ID = re.compile(r"^app-[A-Za-z0-9]{8,64}$")
 _PASSTHROUGH_PREFIX = "KAFKA_CONFIG_"
+_RECORD_MARGIN = 4_096
+"""Bytes a changelog record needs beside its profile value (key, record and batch overhead)."""
 # librdkafka properties the service owns: overriding them would break at-least-once delivery.
 # Their values are set below, in KafkaSettings, next to this refusal (DESIGN, 1).
 _RESERVED_KAFKA = frozenset(
@@ -91,6 +93,7 @@ class KafkaSettings(_Section):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     session_timeout_ms: int = Field(default=45_000, ge=1_000)
     create_topics: bool = True
+    max_message_bytes: int = Field(default=1_048_588, ge=65_536)
     # Extra librdkafka properties, from KAFKA_CONFIG_* (filled in by Settings.from_env). They may
     # hold credentials (sasl.password, ssl.key.password): kept out of repr so they never print.
     config: dict[str, str] = Field(default_factory=dict, repr=False)
@@ -172,9 +175,11 @@ class KafkaSettings(_Section):
         properties.
 
         Idempotent with ``acks=all`` (a write counts as acknowledged only when every in-sync
-        replica has it, without duplicates or reordering on retries), ``linger.ms=5`` and
-        ``message.timeout.ms=120000``. These are applied before KAFKA_CONFIG_*, which may
-        override them, as it always could.
+        replica has it, without duplicates or reordering on retries), ``linger.ms=5``,
+        ``message.timeout.ms=120000`` and ``message.max.bytes`` = KAFKA_MAX_MESSAGE_BYTES, the
+        ``max.message.bytes`` of the topics the service creates, so what the producer accepts
+        the topics accept. These are applied before KAFKA_CONFIG_*, which may override them, as
+        it always could.
 
         Returns:
             a dict of librdkafka properties (its repr hides credentials).
@@ -185,6 +190,7 @@ class KafkaSettings(_Section):
                 "acks": "all",
                 "linger.ms": 5,
                 "message.timeout.ms": 120_000,
+                "message.max.bytes": self.max_message_bytes,
                 **self._common(),
             }
         )
@@ -298,6 +304,7 @@ class MappingSettings(_Section):
     max_orders_per_profile: int = Field(default=100, ge=1)
     lag_allowance_hours: float = Field(default=48.0, ge=0)
     expire_interval_seconds: float = Field(default=300.0, gt=0)
+    max_profile_bytes: int = Field(default=262_144, ge=4_096)
 
 
 class AdminSettings(_Section):
@@ -365,6 +372,11 @@ class Settings:
         kafka: KafkaSettings = values["kafka"]
         values["kafka"] = kafka.model_copy(update={"config": kafka_passthrough(env)})
         settings = cls(**values)
+        if settings.mapping.max_profile_bytes > settings.kafka.max_message_bytes - _RECORD_MARGIN:
+            raise ConfigError(
+                "MAPPING_MAX_PROFILE_BYTES: must stay below KAFKA_MAX_MESSAGE_BYTES minus "
+                f"{_RECORD_MARGIN} (key and record overhead), or a profile can become unwritable"
+            )
         if require_api_key and not settings.delivery.dry_run and settings.button.api_key is None:
             raise ConfigError("BUTTON_API_KEY is required (or set DELIVERY_DRY_RUN=true)")
         return settings

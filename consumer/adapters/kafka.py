@@ -33,12 +33,25 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from consumer.errors import BrokerError
+from consumer.errors import BrokerError, RecordTooLargeError
 from consumer.ports import Headers, RebalanceListener, Record
 
 
 class ProduceError(BrokerError):
     """A record could not be written (delivery report with an error, or a timeout)."""
+
+
+# The producer's own check (message.max.bytes) and the broker's (the topic's max.message.bytes)
+# report a record too large with these codes: certain for that record, not an outage.
+_TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
+
+
+def _record_size(key: bytes | None, value: bytes | None, headers: Headers | None) -> int:
+    return (
+        len(key or b"")
+        + len(value or b"")
+        + sum(len(name) + len(data or b"") for name, data in headers or [])
+    )
 
 
 def message_headers(message: Message) -> Headers:
@@ -128,8 +141,14 @@ class AckingProducer:
                 # The local queue is full: let delivery reports drain it, then try again.
                 await asyncio.sleep(0.05)
             except KafkaException as exc:
+                if _code(exc) in _TOO_LARGE:
+                    size = _record_size(key, value, headers)
+                    raise RecordTooLargeError(size, f"produce to {topic}: {exc}") from exc
                 raise ProduceError(f"produce to {topic} failed: {exc}") from exc
-        return await future
+        try:
+            return await future
+        except _DeliveryTooLargeError as exc:
+            raise RecordTooLargeError(_record_size(key, value, headers), str(exc)) from None
 
     def send_nowait(
         self,
@@ -214,11 +233,21 @@ def _produce_kwargs(
     return kwargs
 
 
+class _DeliveryTooLargeError(ProduceError):
+    """The broker refused a record for its size (translated by ``send``, which knows it)."""
+
+
+def _code(exc: KafkaException) -> int | None:
+    error = exc.args[0] if exc.args else None
+    return error.code() if isinstance(error, KafkaError) else None
+
+
 def _settle(future: asyncio.Future[tuple[int, int]], err: KafkaError | None, msg: Message) -> None:
     if future.done():
         return
     if err is not None:
-        future.set_exception(ProduceError(f"delivery to {msg.topic()} failed: {err.str()}"))
+        error = _DeliveryTooLargeError if err.code() in _TOO_LARGE else ProduceError
+        future.set_exception(error(f"delivery to {msg.topic()} failed: {err.str()}"))
     else:
         future.set_result((msg.partition() or 0, msg.offset() or 0))
 

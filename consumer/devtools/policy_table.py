@@ -31,6 +31,7 @@ from consumer.errors import (
     DeadLetterError,
     DecodeError,
     MappingError,
+    RecordTooLargeError,
     SchemaRegistryUnavailableError,
     UnknownSchemaError,
 )
@@ -144,6 +145,12 @@ ROWS: tuple[Row, ...] = (
         "otherwise",
         lambda: decide_mapped(Send(_REQUEST), parked=None, dry_run=False),
         "the request goes to Button",
+    ),
+    Row(
+        "a dead letter too large for the DLQ (producer or topic size limit)",
+        lambda: decide_error(RecordTooLargeError(2_000_000, "x")),
+        "a reference is dead-lettered instead: key and headers (source topic, partition, "
+        "offset, `button.original.size`), no value; the order is parked",
     ),
     Row(
         "the dead-letter topic cannot be written",

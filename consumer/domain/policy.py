@@ -27,7 +27,8 @@ Verdicts:
   An unreachable schema registry is waited for without a budget: the record itself may be fine.
 - ``DEAD_LETTER``: send the record to the DLQ with ``reason`` (400 and other 4xx, 404 on create or
   update, 409 on update or cancel, decode and mapping errors, records parked behind a dead letter).
-  The order is then parked (DESIGN, 5).
+  The order is then parked (DESIGN, 5). A dead letter too large for the DLQ is replaced by a
+  reference (``too_large``: the key and the headers, with the original size, no value).
 - ``PAUSE``: the API key is refused (401, 403 outside update/cancel). Pause every partition, report
   not ready, keep the record and retry it after the pause. Attempts answered ``PAUSE`` do not
   count against the retry budget, and time spent paused should not count as elapsed.
@@ -55,6 +56,7 @@ from consumer.errors import (
     DeadLetterError,
     DecodeError,
     MappingError,
+    RecordTooLargeError,
     SchemaRegistryUnavailableError,
     UnknownSchemaError,
 )
@@ -306,6 +308,16 @@ def decide_error(error: BaseException, *, attempt: int = 1) -> Decision:
                 error.reason or fallback.get(type(error), "decode_error"),
                 outcome=DEAD_LETTERED,
                 stage=Stage.MAP if isinstance(error, MappingError) else Stage.DECODE,
+                error_class=type(error).__name__,
+                detail=str(error),
+            )
+        case RecordTooLargeError():
+            # Certain and per record, not an outage: a reference to the record takes its place
+            # in the DLQ (key and our headers, no value), instead of stopping on every start.
+            return Decision(
+                Verdict.DEAD_LETTER,
+                "too_large",
+                outcome=DEAD_LETTERED,
                 error_class=type(error).__name__,
                 detail=str(error),
             )

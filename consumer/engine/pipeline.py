@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
 
@@ -27,7 +27,7 @@ import structlog
 
 from consumer.domain.backoff import RandomSource
 from consumer.domain.button import Action, ButtonRequest, Reject, Send, Skip
-from consumer.domain.deadletter import DeadLetter, Stage
+from consumer.domain.deadletter import DeadLetter, Stage, as_reference
 from consumer.domain.events import CommerceEvent
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import (
@@ -42,7 +42,12 @@ from consumer.engine.authgate import AuthGate
 from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
 from consumer.engine.parking import ParkingCheck
 from consumer.engine.profiles import ChangelogWrite
-from consumer.errors import DeadLetterError, DecodeError, SchemaRegistryUnavailableError
+from consumer.errors import (
+    DeadLetterError,
+    DecodeError,
+    RecordTooLargeError,
+    SchemaRegistryUnavailableError,
+)
 from consumer.ports import (
     ButtonPort,
     Changelog,
@@ -294,7 +299,12 @@ class Pipeline:
             parked=decision.parked,
         )
         try:
-            await d.dead_letters.write(record, letter)
+            try:
+                await d.dead_letters.write(record, letter)
+            except RecordTooLargeError as exc:
+                # Certain, not an outage: a reference (no value, no source headers) instead.
+                letter = as_reference(letter, decide_error(exc).reason, exc.size)
+                await d.dead_letters.write(replace(record, value=None, headers=[]), letter)
         except Exception as exc:
             failure = decide_error(DeadLetterError(f"dead-letter write failed: {exc}"))
             raise DeadLetterError(failure.detail) from exc
@@ -305,15 +315,15 @@ class Pipeline:
             # behind itself.
             await self._write(
                 d.parking.park(
-                    record.partition, record.key, letter.order_id, decision.reason, d.wall_clock()
+                    record.partition, record.key, letter.order_id, letter.reason, d.wall_clock()
                 )
             )
-        d.telemetry.dead_lettered(decision.reason)
+        d.telemetry.dead_lettered(letter.reason)
         d.telemetry.finished(decision.outcome, None)
-        self._record(record, decision, context, decision.reason)
+        self._record(record, decision, context, letter.reason)
         log.warning(
             decision.outcome,
-            reason=decision.reason,
+            reason=letter.reason,
             stage=letter.stage.value,
             status=letter.http_status,
             attempts=letter.attempts,

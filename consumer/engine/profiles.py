@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+
+import structlog
 
 from consumer.domain.profile import Profile, Retention, epoch_ms, expires_at_ms
 from consumer.domain.profile_codec import decode_profile, encode_profile, read_expires_at
 from consumer.ports import Changelog
+
+log = structlog.get_logger("consumer.profiles")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,15 +40,20 @@ class ProfileStore:
     """All profiles of the partitions this process owns, in their encoded (compact) form.
 
     Grouped by partition so a revoked partition is dropped at once and a newly assigned one is
-    restored from the same partition of the changelog. Pure: the caller does the Kafka I/O with
-    the bytes ``put`` returns and the writes ``expire`` returns.
+    restored from the same partition of the changelog. An encoded profile never exceeds
+    ``max_bytes``: the orders touched longest ago are forgotten first (logged, counted). Pure:
+    the caller does the Kafka I/O with the bytes ``put`` returns and the writes ``expire``
+    returns.
     """
 
-    __slots__ = ("_partitions", "_retention")
+    __slots__ = ("_max_bytes", "_partitions", "_retention", "capped")
 
-    def __init__(self, retention: Retention) -> None:
+    def __init__(self, retention: Retention, *, max_bytes: int = 512 * 1024) -> None:
         self._retention = retention
+        self._max_bytes = max_bytes
         self._partitions: dict[int, dict[bytes, bytes]] = {}
+        self.capped = 0
+        """Profiles that lost orders to ``max_bytes``."""
 
     @property
     def retention(self) -> Retention:
@@ -70,8 +79,25 @@ class ProfileStore:
         if profile.is_empty:
             self._partitions.get(partition, {}).pop(key, None)
             return None
-        value = encode_profile(profile, expires_at_ms(profile, self._retention))
+        value = self._encode_capped(profile)
         self._partitions.setdefault(partition, {})[key] = value
+        return value
+
+    def _encode_capped(self, profile: Profile) -> bytes:
+        """Encode; over ``max_bytes`` (the changelog's record limit), forget the orders touched
+        longest ago until it fits: a heavy user's profile must never become unwritable."""
+        value = encode_profile(profile, expires_at_ms(profile, self._retention))
+        if len(value) <= self._max_bytes or not profile.orders:
+            return value
+        oldest_first = sorted(profile.orders, key=lambda o: o.touched_ms)
+        while len(value) > self._max_bytes and oldest_first:
+            forgotten = oldest_first.pop(0)
+            profile = replace(
+                profile, orders=tuple(o for o in profile.orders if o is not forgotten)
+            )
+            value = encode_profile(profile, expires_at_ms(profile, self._retention))
+        self.capped += 1
+        log.warning("profile_capped", bytes=len(value), orders_kept=len(profile.orders))
         return value
 
     def restore(self, partition: int, key: bytes, value: bytes | None) -> None:

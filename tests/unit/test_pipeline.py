@@ -42,6 +42,7 @@ from consumer.engine.profiles import ChangelogWrite, ProfileStore
 from consumer.errors import (
     DeadLetterError,
     DecodeError,
+    RecordTooLargeError,
     SchemaRegistryUnavailableError,
     UnknownSchemaError,
 )
@@ -200,6 +201,20 @@ class FakeDeadLetters:
     async def write(self, record: Record, letter: DeadLetter) -> None:
         self.calls.append(("dead_letter", letter.reason))
         self.written.append((record, letter))
+
+
+class SizeLimitedDeadLetters(FakeDeadLetters):
+    """Refuses records over ``limit`` value bytes as the producer does (too large: certain)."""
+
+    def __init__(self, calls: list[tuple[Any, ...]], limit: int) -> None:
+        super().__init__(calls)
+        self.limit = limit
+
+    async def write(self, record: Record, letter: DeadLetter) -> None:
+        size = len(record.value or b"")
+        if size > self.limit:
+            raise RecordTooLargeError(size, "Broker: Message size too large")
+        await super().write(record, letter)
 
 
 class BrokenDeadLetters:
@@ -1079,3 +1094,40 @@ def test_rate_limit_waits_with_the_injected_sleep() -> None:
     outcomes = h.handle(record(17), record(18))
 
     assert (outcomes, h.clock.sleeps) == (["delivered", "delivered"], [1.0])
+
+
+# --- records too large for the dead-letter topic -------------------------------------------------
+
+
+def test_a_record_too_large_for_the_dlq_is_dead_lettered_as_a_reference() -> None:
+    """A dead letter the DLQ refuses for its size becomes a reference (key, headers, no value)
+    with reason too_large, the original reason and size; the order is parked; nothing stops."""
+    h = Harness().answer(ButtonOutcome(OutcomeKind.INVALID, 400, "bad total"))
+    h.dead_letters = SizeLimitedDeadLetters(h.calls, limit=1_000)
+    big = record(value=b"\x00" + b"x" * 5_000, headers=[("trace", b"t" * 100)])
+
+    outcomes = h.handle(big)
+
+    written, letter = h.dead_letters.written[0]
+    headers = header_map(dead_letter_headers(letter, written.headers))
+    expected: object = (
+        ["dead_lettered"],
+        (b"user-1", None, []),
+        ("too_large", "5001", "commerce-events", "17"),
+        {ORDER: "too_large"},
+        1.0,
+    )
+    actual: object = (
+        outcomes,
+        (written.key, written.value, written.headers),
+        (
+            headers["button.reason"],
+            headers["button.original.size"],
+            headers["__connect.errors.topic"],
+            headers["__connect.errors.offset"],
+        ),
+        h.processor.parked,
+        h.sample("dead_letters_total", reason="too_large"),
+    )
+    assert expected == actual
+    assert "http_400" in headers["__connect.errors.exception.message"]

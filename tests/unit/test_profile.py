@@ -310,3 +310,31 @@ def test_parked_orders_expire_with_the_order_retention() -> None:
     assert expires_at_ms(p, RETENTION) == 1_000 + RETENTION.order_ms
     assert prune(p, 1_000 + RETENTION.order_ms, RETENTION) is p
     assert prune(p, 1_001 + RETENTION.order_ms, RETENTION).parked == ()
+
+
+# --- size cap ------------------------------------------------------------------------------------
+
+
+def test_a_profile_over_the_size_cap_forgets_its_least_recently_touched_orders() -> None:
+    """A heavy user's profile stays under max_bytes (the changelog's record limit): the orders
+    touched longest ago are forgotten first; the newest order and the token are kept."""
+    base = typical_profile()
+    order = base.orders[0]
+    orders = tuple(
+        replace(order, order_id=f"order-{i}", touched_ms=order.touched_ms + i) for i in range(40)
+    )
+    heavy = replace(base, orders=orders)
+    store = ProfileStore(RETENTION, max_bytes=2_000)
+
+    value = store.put(0, b"k", heavy)
+
+    assert value is not None
+    kept = store.get(0, b"k")
+    assert kept is not None
+    assert len(value) <= 2_000
+    assert 0 < len(kept.orders) < 40
+    assert kept.orders[-1].order_id == "order-39"
+    assert {o.order_id for o in kept.orders} == {
+        f"order-{i}" for i in range(40 - len(kept.orders), 40)
+    }
+    assert kept.btn_ref == base.btn_ref

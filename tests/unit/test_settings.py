@@ -269,3 +269,15 @@ def test_kafka_passthrough_values_are_not_in_repr() -> None:
 
     assert [text for text in printed if "hunter2-kafka-secret" in text] == []
     assert settings.kafka.config["sasl.password"] == "hunter2-kafka-secret"
+
+
+def test_producers_and_created_topics_share_one_record_size_limit() -> None:
+    """KAFKA_MAX_MESSAGE_BYTES is the producer's message.max.bytes."""
+    settings = load(KAFKA_MAX_MESSAGE_BYTES="2000000")
+    assert settings.kafka.producer_config()["message.max.bytes"] == 2_000_000
+
+
+def test_a_profile_cap_the_changelog_cannot_take_is_refused() -> None:
+    """A profile cap above the record limit (minus the record's overhead) names the variable."""
+    message = config_error(KAFKA_MAX_MESSAGE_BYTES="100000", MAPPING_MAX_PROFILE_BYTES="99000")
+    assert message.startswith("MAPPING_MAX_PROFILE_BYTES")
