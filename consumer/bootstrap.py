@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from consumer.adapters.admin import AdminServer, DeliveryLog, Health
 from consumer.adapters.avro_codec import build_decoder
 from consumer.adapters.button_client import ButtonClient
-from consumer.adapters.kafka import AckingProducer, KafkaSource, ensure_topics
+from consumer.adapters.kafka import AckingProducer, KafkaSource, describe_topics, ensure_topics
 from consumer.adapters.logging import configure_logging
 from consumer.adapters.metrics import Metrics
 from consumer.adapters.telemetry import ServiceTelemetry
@@ -37,6 +37,7 @@ from consumer.domain.button import ButtonRequest
 from consumer.domain.mapping import MappingConfig
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import RetryPolicy
+from consumer.domain.topics import TopicPlan, TopicProblem, created_topic_configs, topic_problems
 from consumer.engine.authgate import AuthGate
 from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
 from consumer.engine.dispatcher import Dispatcher
@@ -101,8 +102,8 @@ class Service:
     decoder: Closeable
     button: ButtonClient | _DryRunButton
     worker: Worker
-    topics: dict[str, dict[str, str]] = field(default_factory=dict)
-    """Topics to create before consuming (``KAFKA_CREATE_TOPICS``), name -> topic config."""
+    create_topics: bool = False
+    """Create the DLQ and the changelog before consuming when missing (``KAFKA_CREATE_TOPICS``)."""
     stats: RunStats = field(default_factory=RunStats)
 
     @property
@@ -124,10 +125,18 @@ class Service:
     async def run(self) -> RunStats:
         """Start, consume until ``stop()``, then close everything in reverse order."""
         s = self.settings
-        if self.topics:
+        if self.create_topics:
             config = s.kafka.admin_config()
             count = await asyncio.to_thread(_partition_count, config, s)
-            await asyncio.to_thread(ensure_topics, config, self.topics, partitions=count)
+            source = (await asyncio.to_thread(describe_topics, config, [s.kafka.topic]))[
+                s.kafka.topic
+            ]
+            dlq, changelog = created_topic_configs(topic_plan(s), source.replication)
+            topics = {s.kafka.dlq_topic: dlq, s.kafka.profile_topic: changelog}
+            await asyncio.to_thread(
+                ensure_topics, config, topics, partitions=count, replication=source.replication
+            )
+        await asyncio.to_thread(refuse_unfit_topics, s)
         self.producer.start()
         if self.admin is not None:
             await self.admin.start()
@@ -167,6 +176,46 @@ def _partition_count(config: dict[str, Any], settings: Settings) -> int | None:
             "the profile changelog must be co-partitioned with the input"
         )
     return count
+
+
+def topic_plan(settings: Settings) -> TopicPlan:
+    """The settings of the topics the service creates, from ``KAFKA_*``."""
+    k = settings.kafka
+    return TopicPlan(
+        max_message_bytes=k.max_message_bytes,
+        dlq_retention_ms=k.dlq_retention_ms,
+        profile_max_compaction_lag_ms=k.profile_max_compaction_lag_ms,
+    )
+
+
+def validate_topics(settings: Settings) -> list[TopicProblem]:
+    """What is wrong with the input, changelog and dead-letter topics (for ``run`` and ``check``).
+
+    Blocking (admin requests). Fatal problems make ``run`` refuse to start.
+
+    Raises:
+        BrokerError: the topics could not be described.
+    """
+    k = settings.kafka
+    states = describe_topics(k.admin_config(), [k.topic, k.profile_topic, k.dlq_topic])
+    return topic_problems(
+        states[k.topic], states[k.profile_topic], states[k.dlq_topic], topic_plan(settings)
+    )
+
+
+def refuse_unfit_topics(settings: Settings) -> None:
+    """Log the topics' warnings; raise if the service cannot keep its guarantees with them.
+
+    Raises:
+        ConfigError: every fatal problem, in one message.
+    """
+    problems = validate_topics(settings)
+    for problem in problems:
+        if not problem.fatal:
+            log.warning("topic_unfit", topic=problem.topic, problem=problem.message)
+    fatal = [str(p) for p in problems if p.fatal]
+    if fatal:
+        raise ConfigError("topics unfit for the service: " + "; ".join(fatal))
 
 
 def build(settings: Settings, registry: CollectorRegistry | None = None) -> Service:
@@ -280,17 +329,6 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         housekeeping=expire_profiles,
         flush=producer.flush,
     )
-    topics = (
-        {
-            s.kafka.dlq_topic: {"max.message.bytes": str(s.kafka.max_message_bytes)},
-            s.kafka.profile_topic: {
-                "cleanup.policy": "compact",
-                "max.message.bytes": str(s.kafka.max_message_bytes),
-            },
-        }
-        if s.kafka.create_topics
-        else {}
-    )
     return Service(
         settings=s,
         telemetry=telemetry,
@@ -299,7 +337,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         decoder=decoder,
         button=button,
         worker=worker,
-        topics=topics,
+        create_topics=s.kafka.create_topics,
     )
 
 

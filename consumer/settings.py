@@ -94,6 +94,8 @@ class KafkaSettings(_Section):
     session_timeout_ms: int = Field(default=45_000, ge=1_000)
     create_topics: bool = True
     max_message_bytes: int = Field(default=1_048_588, ge=65_536)
+    dlq_retention_ms: int = Field(default=30 * 86_400_000, ge=-1)
+    profile_max_compaction_lag_ms: int = Field(default=7 * 86_400_000, ge=60_000)
     # Extra librdkafka properties, from KAFKA_CONFIG_* (filled in by Settings.from_env). They may
     # hold credentials (sasl.password, ssl.key.password): kept out of repr so they never print.
     config: dict[str, str] = Field(default_factory=dict, repr=False)

@@ -31,8 +31,10 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import ConfigResource
 from confluent_kafka.cimpl import NewTopic
 
+from consumer.domain.topics import TopicState
 from consumer.errors import BrokerError, RecordTooLargeError
 from consumer.ports import Headers, RebalanceListener, Record
 
@@ -501,11 +503,46 @@ def _partitions(parts: list[TopicPartition]) -> list[int]:
     return sorted(tp.partition for tp in parts)
 
 
+def describe_topics(
+    config: Mapping[str, Any], names: Sequence[str], timeout: float = 30.0
+) -> dict[str, TopicState]:
+    """Partition count, replica count and effective configuration of each topic.
+
+    Args:
+        config: admin client properties, ``KafkaSettings.admin_config()``.
+        names: the topics; one that does not exist is described with 0 partitions.
+
+    Raises:
+        BrokerError: the cluster's metadata or a topic's configuration could not be read.
+    """
+    admin = AdminClient(dict(config))
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise BrokerError(f"cannot read the cluster's topics: {exc}") from exc
+    states: dict[str, TopicState] = {}
+    for name in names:
+        topic = metadata.topics.get(name)
+        if topic is None or topic.error is not None or not topic.partitions:
+            states[name] = TopicState(name)
+            continue
+        first = topic.partitions[min(topic.partitions)]
+        resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+        try:
+            entries = admin.describe_configs([resource])[resource].result(timeout)
+        except KafkaException as exc:
+            raise BrokerError(f"cannot read the configuration of {name}: {exc}") from exc
+        settings = {key: str(entry.value) for key, entry in entries.items()}
+        states[name] = TopicState(name, len(topic.partitions), len(first.replicas), settings)
+    return states
+
+
 def ensure_topics(
     config: Mapping[str, Any],
     topics: dict[str, dict[str, str]],
     partitions: int | None = None,
     timeout: float = 30.0,
+    replication: int = -1,
 ) -> None:
     """Create the topics that do not exist yet (the profile changelog is compacted).
 
@@ -514,6 +551,7 @@ def ensure_topics(
         topics: name -> topic configuration of each topic wanted.
         partitions: partition count of created topics; defaults to the partition count of the
             first existing topic of ``topics``, else 1.
+        replication: replica count of created topics (-1: the broker's default).
 
     Raises:
         BrokerError: a topic could not be created.
@@ -530,7 +568,7 @@ def ensure_topics(
                 break
     count = count or 1
     missing = [
-        NewTopic(name, num_partitions=count, config=cfg)
+        NewTopic(name, num_partitions=count, replication_factor=replication, config=cfg)
         for name, cfg in topics.items()
         if name not in existing
     ]
