@@ -7,6 +7,7 @@ exceptions (confluent-kafka, fastavro, httpx, aiohttp) into one of these with ``
     +-- ConfigError              settings invalid; names the variable (never the secret value)
     +-- DecodeError              bytes that cannot become a commerce event (dead-letter)
     |   +-- UnknownSchemaError   writer schema id or fingerprint not resolvable
+    |       +-- SchemaNotFoundYetError  the registry answered 404: maybe not replicated yet
     +-- MappingError             an event that cannot become a valid Button request (dead-letter)
     +-- SchemaRegistryUnavailableError  the registry cannot answer now (wait, decode again)
     +-- DeadLetterError          the dead-letter topic cannot be written (stop consuming)
@@ -53,6 +54,12 @@ class CodecReason(StrEnum):
 
 class UnknownSchemaError(DecodeError):
     """The writer schema of a record is not known (unknown id, registry says 404)."""
+
+
+class SchemaNotFoundYetError(UnknownSchemaError):
+    """The registry answered 404 for a schema id: a registry node that has not yet replicated a
+    newly registered schema answers so too, hence retried for a bounded time before it counts
+    as unknown (DESIGN, 4)."""
 
 
 class MappingError(ConsumerError):

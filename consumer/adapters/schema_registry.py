@@ -16,6 +16,7 @@ from consumer.errors import (
     CodecReason,
     ConfigError,
     ConsumerError,
+    SchemaNotFoundYetError,
     SchemaRegistryUnavailableError,
     UnknownSchemaError,
 )
@@ -139,6 +140,10 @@ def _classify(
     ):
         message = f"schema registry answered {status} for {what}: "
         message += getattr(exc, "error_message", None) or str(exc)
+        if refused is None and status == 404:
+            # Also what a registry follower answers before it replicated a new id: retryable
+            # for a bounded time (the policy's), not dead-lettered at once.
+            return SchemaNotFoundYetError(CodecReason.UNKNOWN_SCHEMA, message)
         if refused is None:
             return UnknownSchemaError(CodecReason.UNKNOWN_SCHEMA, message)
         return refused(message)

@@ -19,6 +19,7 @@ from pathlib import Path
 from consumer.domain.button import Action, ButtonRequest, Reject, Send, Skip
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import (
+    SCHEMA_NOT_FOUND_ATTEMPTS,
     Decision,
     RetryPolicy,
     Verdict,
@@ -32,6 +33,7 @@ from consumer.errors import (
     DecodeError,
     MappingError,
     RecordTooLargeError,
+    SchemaNotFoundYetError,
     SchemaRegistryUnavailableError,
     UnknownSchemaError,
 )
@@ -111,8 +113,22 @@ ROWS: tuple[Row, ...] = (
         "every partition paused, `/readyz` false, nothing dead-lettered; one request probes "
         "every `DELIVERY_AUTH_PROBE_INTERVAL_SECONDS`; resumes when Button answers again",
     ),
-    Row("undecodable bytes", lambda: decide_error(DecodeError("bad_magic_byte", "x"))),
-    Row("unknown writer schema", lambda: decide_error(UnknownSchemaError("unknown_schema", "x"))),
+    Row(
+        "undecodable bytes",
+        lambda: decide_error(DecodeError("bad_magic_byte", "x")),
+        "the key is parked (its order is unknown); a record without a value parks nothing",
+    ),
+    Row(
+        "unknown writer schema",
+        lambda: decide_error(UnknownSchemaError("unknown_schema", "x")),
+        "the key is parked: its later order records follow it to the DLQ until it is replayed",
+    ),
+    Row(
+        "schema id the registry answers 404 for (a follower may not have it yet)",
+        lambda: decide_error(SchemaNotFoundYetError("unknown_schema", "x")),
+        "waits 0.5 s, doubling, for about 30 s "
+        f"({SCHEMA_NOT_FOUND_ATTEMPTS} attempts); then an unknown writer schema",
+    ),
     Row(
         "schema registry unreachable",
         lambda: decide_error(SchemaRegistryUnavailableError("x")),

@@ -37,10 +37,11 @@ from consumer.domain.policy import (
     decide,
     decide_error,
     decide_mapped,
+    parks_key,
 )
 from consumer.engine.authgate import AuthGate
 from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
-from consumer.engine.parking import ParkingCheck
+from consumer.engine.parking import KEY_PARKED, ParkingCheck
 from consumer.engine.profiles import ChangelogWrite
 from consumer.errors import (
     DeadLetterError,
@@ -316,6 +317,14 @@ class Pipeline:
             await self._write(
                 d.parking.park(
                     record.partition, record.key, letter.order_id, letter.reason, d.wall_clock()
+                )
+            )
+        elif record.key is not None and parks_key(decision):
+            # Its order is unknown (not decoded): park the key, so no later order record of
+            # the key overtakes it (released when this record is replayed).
+            await self._write(
+                d.parking.park(
+                    record.partition, record.key, KEY_PARKED, letter.reason, d.wall_clock()
                 )
             )
         d.telemetry.dead_lettered(letter.reason)

@@ -46,6 +46,7 @@ from consumer.errors import (
     CodecReason,
     ConfigError,
     DecodeError,
+    SchemaNotFoundYetError,
     SchemaRegistryUnavailableError,
     UnknownSchemaError,
 )
@@ -482,6 +483,15 @@ def test_registry_refusals_are_unknown_schema(status: int) -> None:
     source = ConfluentSchemaSource(FakeClient(StatusError(status)))
     with pytest.raises(UnknownSchemaError):
         source.get_schema_text(1)
+
+
+def test_a_registry_404_may_be_a_follower_that_has_not_replicated_the_id_yet() -> None:
+    """404 (only) is the retryable kind of unknown schema; other 4xx are not."""
+    with pytest.raises(SchemaNotFoundYetError):
+        ConfluentSchemaSource(FakeClient(StatusError(404))).get_schema_text(1)
+    with pytest.raises(UnknownSchemaError) as info:
+        ConfluentSchemaSource(FakeClient(StatusError(422))).get_schema_text(1)
+    assert not isinstance(info.value, SchemaNotFoundYetError)
 
 
 @pytest.mark.parametrize(

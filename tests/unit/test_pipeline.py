@@ -43,6 +43,7 @@ from consumer.errors import (
     DeadLetterError,
     DecodeError,
     RecordTooLargeError,
+    SchemaNotFoundYetError,
     SchemaRegistryUnavailableError,
     UnknownSchemaError,
 )
@@ -1131,3 +1132,72 @@ def test_a_record_too_large_for_the_dlq_is_dead_lettered_as_a_reference() -> Non
     )
     assert expected == actual
     assert "http_400" in headers["__connect.errors.exception.message"]
+
+
+# --- an unknown schema id: transient at first, and the key is parked behind it -------------------
+
+
+def not_found_yet() -> SchemaNotFoundYetError:
+    return SchemaNotFoundYetError("unknown_schema", "schema registry answered 404 for schema id 7")
+
+
+def test_a_schema_id_the_registry_does_not_know_yet_is_retried() -> None:
+    """A registry node that has not replicated a new id answers 404: retried, then decoded."""
+    h = Harness(decoder=FakeDecoder(not_found_yet(), not_found_yet())).answer(OK)
+
+    outcomes = h.handle(record())
+
+    assert (outcomes, h.clock.sleeps, h.letters) == (["delivered"], [0.5, 1.0], [])
+
+
+def test_a_schema_id_still_unknown_after_the_bounded_wait_is_dead_lettered() -> None:
+    """The 404 is retried for a bounded time only, then the record goes to the DLQ."""
+    h = Harness(decoder=FakeDecoder(*(not_found_yet() for _ in range(20))))
+
+    outcomes = h.handle(record())
+
+    assert outcomes == ["dead_lettered"]
+    assert h.letters[0].reason == "unknown_schema"
+    assert 0 < sum(h.clock.sleeps) <= 60.0
+
+
+def test_an_order_record_behind_an_undecodable_record_of_its_key_is_parked() -> None:
+    """A key's record dead-lettered before its order is known parks the key: the refund behind
+    it follows it to the DLQ instead of reaching Button first."""
+    first = Harness(
+        decoder=FakeDecoder(UnknownSchemaError("unknown_schema", "schema id 99"), REFUND),
+        real_processor=restored_processor(),
+    )
+
+    outcomes = first.handle(record(17), record(18))
+
+    assert (outcomes, first.button.sent) == (["dead_lettered", "parked"], [])
+    restarted = Harness(decoder=FakeDecoder(REFUND), real_processor=restored_processor(first))
+    assert restarted.handle(record(19)) == ["parked"]
+
+
+def test_replaying_the_undecodable_record_releases_its_key() -> None:
+    """Once the first dead letter decodes on replay, it and the records parked behind it are
+    sent in order."""
+    first = Harness(
+        decoder=FakeDecoder(UnknownSchemaError("unknown_schema", "schema id 99"), REFUND),
+        real_processor=restored_processor(),
+    )
+    first.handle(record(17), record(18))
+
+    replay = Harness(
+        decoder=FakeDecoder(EVENT, REFUND), real_processor=restored_processor(first)
+    ).answer(OK, OK)
+    outcomes = replay.handle(replayed(40, parked=False), replayed(41, parked=True))
+
+    assert outcomes == ["delivered", "delivered"]
+    assert [r.action for r in replay.button.sent] == [Action.CREATE, Action.CANCEL]
+
+
+def test_a_tombstone_in_the_input_does_not_park_its_key() -> None:
+    """A record without a value is dead-lettered (null_value) but parks nothing."""
+    h = Harness(decoder=FakeDecoder(REFUND), real_processor=restored_processor()).answer(OK)
+
+    outcomes = h.handle(record(17, value=None), record(18))
+
+    assert outcomes == ["dead_lettered", "delivered"]
