@@ -37,6 +37,7 @@ from consumer.domain.button import ButtonRequest
 from consumer.domain.mapping import MappingConfig
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import RetryPolicy
+from consumer.domain.profile_epoch import FENCE_KEY, fence_value
 from consumer.domain.topics import TopicPlan, TopicProblem, created_topic_configs, topic_problems
 from consumer.engine.authgate import AuthGate
 from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
@@ -47,7 +48,7 @@ from consumer.engine.processor import ProfileProcessor
 from consumer.engine.profiles import ProfileExpiry, ProfileStore
 from consumer.engine.watermark import Watermarks
 from consumer.engine.worker import RunStats, Worker, WorkerOptions
-from consumer.errors import ConfigError, ConsumerError
+from consumer.errors import BrokerError, ConfigError, ConsumerError
 from consumer.settings import Settings
 
 log = structlog.get_logger("consumer")
@@ -304,6 +305,16 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
             partitions,
             store.restore,
         )
+        # Fence former owners (DESIGN, 7): claim an epoch above every one in the partition and
+        # write it before any record is processed; a late write of a former owner now carries a
+        # lower epoch than this owner's values and is ignored by every later restore.
+        for partition in partitions:
+            epoch = store.claim_epoch(partition)
+            producer.send_nowait(
+                s.kafka.profile_topic, FENCE_KEY, fence_value(epoch), partition=partition
+            )
+        if partitions and producer.settle(s.delivery.shutdown_timeout_seconds):
+            raise BrokerError(f"the changelog fence of partitions {partitions} was not written")
         telemetry.profiles_held(len(store))
         return read
 

@@ -15,7 +15,8 @@ orders. A profile with no parked order is still written as version 1, byte for b
 so the previous release reads every such profile; one with parked orders is version 2, which the
 previous release refuses loudly instead of misreading. A reader refuses versions it does not
 know (``ProfileDecodeError``) rather than guessing. The plaintext email is never part of a
-profile.
+profile. A value may be wrapped in the owner-epoch envelope of ``consumer.domain.profile_epoch``;
+the readers here unwrap it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from consumer.domain.profile import (
     StoredLine,
     StoredOrder,
 )
+from consumer.domain.profile_epoch import unstamp
 
 FORMAT_VERSION = 2
 """The newest format version; profiles without parked orders are still written as version 1."""
@@ -202,7 +204,7 @@ def read_expires_at(value: bytes) -> int:
     Raises:
         ProfileDecodeError: too short, or a format version this code does not know.
     """
-    return _read_header(value)[1]
+    return _read_header(unstamp(value))[1]
 
 
 def _read_header(value: bytes) -> tuple[int, int]:
@@ -220,6 +222,7 @@ def decode_profile(value: bytes) -> Profile:
     Raises:
         ProfileDecodeError: the bytes are not a version-1 or version-2 profile.
     """
+    value = unstamp(value)  # the owner-epoch envelope, if any (consumer.domain.profile_epoch)
     version, _ = _read_header(value)
     try:
         parsed = json.loads(value[_HEADER.size :].decode("utf-8"))

@@ -22,6 +22,7 @@ import structlog
 
 from consumer.domain.profile import Profile, Retention, epoch_ms, expires_at_ms
 from consumer.domain.profile_codec import decode_profile, encode_profile, read_expires_at
+from consumer.domain.profile_epoch import FENCE_KEY, epoch_of, read_fence, stamp
 from consumer.ports import Changelog
 
 log = structlog.get_logger("consumer.profiles")
@@ -46,7 +47,7 @@ class ProfileStore:
     returns.
     """
 
-    __slots__ = ("_max_bytes", "_partitions", "_retention", "capped")
+    __slots__ = ("_epochs", "_max_bytes", "_partitions", "_retention", "capped", "fenced")
 
     def __init__(self, retention: Retention, *, max_bytes: int = 512 * 1024) -> None:
         self._retention = retention
@@ -54,6 +55,9 @@ class ProfileStore:
         self._partitions: dict[int, dict[bytes, bytes]] = {}
         self.capped = 0
         """Profiles that lost orders to ``max_bytes``."""
+        self._epochs: dict[int, int] = {}
+        self.fenced = 0
+        """Changelog values ignored on restore: late writes of a former owner."""
 
     @property
     def retention(self) -> Retention:
@@ -79,7 +83,7 @@ class ProfileStore:
         if profile.is_empty:
             self._partitions.get(partition, {}).pop(key, None)
             return None
-        value = self._encode_capped(profile)
+        value = stamp(self._encode_capped(profile), self._epochs.get(partition, 0))
         self._partitions.setdefault(partition, {})[key] = value
         return value
 
@@ -110,15 +114,34 @@ class ProfileStore:
             ProfileDecodeError: unknown format version or truncated header.
         """
         profiles = self._partitions.setdefault(partition, {})
+        if key == FENCE_KEY:
+            self._epochs[partition] = max(self._epochs.get(partition, 0), read_fence(value))
+            return
         if value is None:
             profiles.pop(key, None)
             return
         read_expires_at(value)
+        epoch = epoch_of(value)
+        held = profiles.get(key)
+        if held is not None and epoch < epoch_of(held):
+            # A former owner's late write, after the new owner's value: ignore it.
+            self.fenced += 1
+            return
+        self._epochs[partition] = max(self._epochs.get(partition, 0), epoch)
         profiles[key] = bytes(value)
+
+    def claim_epoch(self, partition: int) -> int:
+        """After the restore of ``partition``: this owner's epoch, one above every epoch seen
+        there. Write ``FENCE_KEY`` with ``fence_value(epoch)`` to the partition before
+        processing its records; every value ``put`` returns from now on carries it."""
+        epoch = self._epochs.get(partition, 0) + 1
+        self._epochs[partition] = epoch
+        return epoch
 
     def drop_partition(self, partition: int) -> None:
         """Forget every profile of a revoked partition."""
         self._partitions.pop(partition, None)
+        self._epochs.pop(partition, None)
 
     def expire(
         self, now: datetime, partitions: Iterable[int] | None = None

@@ -30,6 +30,7 @@ from consumer.domain.profile_codec import (
     encode_profile,
     read_expires_at,
 )
+from consumer.domain.profile_epoch import FENCE_KEY, epoch_of, fence_value
 from consumer.engine.profiles import ChangelogWrite, ProfileStore
 
 DAY = 86_400_000
@@ -338,3 +339,49 @@ def test_a_profile_over_the_size_cap_forgets_its_least_recently_touched_orders()
         f"order-{i}" for i in range(40 - len(kept.orders), 40)
     }
     assert kept.btn_ref == base.btn_ref
+
+
+# --- owner epochs: a former owner's late writes -----------------------------------------------
+
+
+def test_a_former_owners_late_write_after_the_new_owners_value_is_ignored_on_restore() -> None:
+    """Owner 1 writes, owner 2 fences and writes, owner 1's late write lands last: a restore
+    keeps owner 2's value (a stale profile would re-apply refunds or drop a parking)."""
+    first = ProfileStore(RETENTION)
+    first.restore(0, FENCE_KEY, fence_value(1))
+    assert first.claim_epoch(0) == 2
+    old = first.put(0, b"k", typical_profile())
+    second = ProfileStore(RETENTION)
+    for key, value in ((b"k", old), (FENCE_KEY, fence_value(2))):
+        second.restore(0, key, value)
+    assert second.claim_epoch(0) == 3
+    newer = replace(typical_profile(), idfa=Stamped("NEWER", 1_800_000_000_000))
+    new = second.put(0, b"k", newer)
+    late = first.put(0, b"k", replace(typical_profile(), idfa=Stamped("LATE", 1)))
+
+    restored = ProfileStore(RETENTION)
+    changelog = [
+        (FENCE_KEY, fence_value(2)),
+        (b"k", old),
+        (FENCE_KEY, fence_value(3)),
+        (b"k", new),
+        (b"k", late),
+    ]
+    for key, value in changelog:
+        restored.restore(0, key, value)
+
+    assert (restored.get(0, b"k"), restored.fenced, restored.claim_epoch(0)) == (newer, 1, 4)
+
+
+def test_stamped_values_decode_and_unstamped_ones_still_restore() -> None:
+    """The epoch envelope is transparent to the readers; a value without it has epoch 0."""
+    store = ProfileStore(RETENTION)
+    store.restore(0, b"legacy", encode_profile(typical_profile(), 1))
+    store.claim_epoch(0)
+    value = store.put(0, b"k", typical_profile())
+    assert value is not None
+    assert (epoch_of(value), decode_profile(value), store.get(0, b"legacy")) == (
+        1,
+        typical_profile(),
+        typical_profile(),
+    )
