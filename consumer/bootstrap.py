@@ -250,7 +250,19 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
     else:
         button = ButtonClient.from_settings(s.button)
     producer = AckingProducer(s.kafka.producer_config())
-    decoder = build_decoder(Path(s.schema.dir), s.schema.registry_url, s.schema.registry_config())
+
+    def missing_fields(schema_id: int, fields: tuple[str, ...]) -> None:
+        # Reading fills them with their defaults: a renamed btn_ref would go unattributed.
+        log.warning("writer_schema_missing_fields", schema_id=schema_id, fields=list(fields))
+        for name in fields:
+            telemetry.writer_schema_missing_field(name)
+
+    decoder = build_decoder(
+        Path(s.schema.dir),
+        s.schema.registry_url,
+        s.schema.registry_config(),
+        on_missing_fields=missing_fields,
+    )
     changelog = KafkaChangelog(producer, s.kafka.profile_topic)
     gate = AuthGate(d.auth_probe_interval_seconds)
     pipeline = Pipeline(

@@ -231,6 +231,10 @@ class Telemetry(Protocol):
 
     def decode_failed(self, reason: str) -> None: ...
 
+    def writer_schema_missing_field(self, field: str) -> None:
+        """A writer schema was first seen without this reader field (a reader schema's name)."""
+        ...
+
     def button_attempt(self, action: str, outcome: str, seconds: float, limit: int) -> None:
         """One request to Button ended in ``outcome``; ``limit`` is the concurrency limit now."""
         ...

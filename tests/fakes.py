@@ -329,6 +329,9 @@ class RecordingTelemetry:
     def decode_failed(self, reason: str) -> None:
         self._record("decode_failed", reason)
 
+    def writer_schema_missing_field(self, field: str) -> None:
+        self._record("writer_schema_missing_field", field)
+
     def button_attempt(self, action: str, outcome: str, seconds: float, limit: int) -> None:
         self._record("button_attempt", action, outcome, seconds, limit)
 

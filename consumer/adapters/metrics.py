@@ -23,6 +23,7 @@ class Metrics:
     records_received: Counter
     records_finished: Counter
     decode_failures: Counter
+    writer_schema_missing_fields: Counter
     button_requests: Counter
     button_latency: Histogram
     retries: Counter
@@ -63,6 +64,13 @@ class Metrics:
                 "decode_failures",
                 "Records that could not be decoded, by reason.",
                 ["reason"],
+                namespace=ns,
+                registry=reg,
+            ),
+            writer_schema_missing_fields=Counter(
+                "writer_schema_missing_fields",
+                "Writer schemas first seen without a field the reader schema has, by field.",
+                ["field"],
                 namespace=ns,
                 registry=reg,
             ),

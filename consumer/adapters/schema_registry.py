@@ -116,7 +116,7 @@ class ConfluentSchemaSource:
             raise _classify(exc, f"registering subject {subject}", refused=ConfigError) from exc
 
     def set_compatibility(self, subject: str, level: str) -> None:
-        """Set the compatibility level of ``subject`` (``BACKWARD_TRANSITIVE`` recommended)."""
+        """Set the compatibility level of ``subject`` (``FULL_TRANSITIVE`` recommended)."""
         try:
             self.client.set_compatibility(subject_name=subject, level=level)
         except Exception as exc:  # every client failure is classified by _classify

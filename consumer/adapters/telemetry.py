@@ -60,6 +60,9 @@ class ServiceTelemetry:
     def decode_failed(self, reason: str) -> None:
         self.metrics.decode_failures.labels(reason).inc()
 
+    def writer_schema_missing_field(self, field: str) -> None:
+        self.metrics.writer_schema_missing_fields.labels(field).inc()
+
     def button_attempt(self, action: str, outcome: str, seconds: float, limit: int) -> None:
         self.metrics.button_requests.labels(action, outcome).inc()
         self.metrics.button_latency.labels(action).observe(seconds)
