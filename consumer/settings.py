@@ -35,6 +35,19 @@ _RECORD_MARGIN = 4_096
 _RESERVED_KAFKA = frozenset(
     {"enable.auto.offset.store", "enable.auto.commit", "group.id", "bootstrap.servers"}
 )
+# Properties with a typed variable of their own: the pass-through would silently win over it.
+_TYPED_KAFKA = {
+    "auto.offset.reset": "KAFKA_AUTO_OFFSET_RESET",
+    "group.protocol": "KAFKA_GROUP_PROTOCOL",
+    "group.instance.id": "KAFKA_GROUP_INSTANCE_ID",
+    "message.max.bytes": "KAFKA_MAX_MESSAGE_BYTES",
+}
+# Values that weaken at-least-once delivery: property -> the values accepted.
+_GUARANTEED_KAFKA = {
+    "acks": frozenset({"all", "-1"}),
+    "enable.idempotence": frozenset({"true"}),
+    "isolation.level": frozenset({"read_committed"}),
+}
 # Passed-through properties of group membership: they belong to the service's consumer group
 # only, never to a reader that assigns partitions itself or to an admin client.
 _GROUP_ONLY = ("group.", "partition.")
@@ -421,5 +434,13 @@ def kafka_passthrough(env: Mapping[str, str]) -> dict[str, str]:
         prop = ".".join(part.replace("\0", "_") for part in name.replace("__", "\0").split("_"))
         if prop in _RESERVED_KAFKA:
             raise ConfigError(f"{variable}: {prop} is managed by the service and cannot be set")
+        if prop in _TYPED_KAFKA:
+            raise ConfigError(f"{variable}: {prop} is set with {_TYPED_KAFKA[prop]}")
+        accepted = _GUARANTEED_KAFKA.get(prop)
+        if accepted is not None and value.strip().lower() not in accepted:
+            raise ConfigError(
+                f"{variable}: {prop}={value} would break at-least-once delivery; "
+                f"accepted: {', '.join(sorted(accepted))}"
+            )
         config[prop] = value
     return config
