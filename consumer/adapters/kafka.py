@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import structlog
 from confluent_kafka import (
     OFFSET_INVALID,
     Consumer,
@@ -37,6 +38,16 @@ from confluent_kafka.cimpl import NewTopic
 from consumer.domain.topics import TopicState
 from consumer.errors import BrokerError, RecordTooLargeError
 from consumer.ports import Headers, RebalanceListener, Record
+
+log = structlog.get_logger("consumer.kafka")
+
+_UNAUTHORIZED = frozenset(
+    {
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    }
+)
 
 
 class ProduceError(BrokerError):
@@ -414,7 +425,13 @@ class KafkaSource:
                 records.append(_to_record(message))
             elif err.fatal():
                 raise BrokerError(f"fatal Kafka error: {err.str()}")
-            # Other errors (partition EOF, transient broker errors) are retried by librdkafka.
+            elif err.code() in _UNAUTHORIZED:
+                # Not fatal to librdkafka, but nothing is read until the ACLs change: stop with
+                # a clear error instead of looking healthy while consuming nothing.
+                raise BrokerError(f"Kafka refused access: {err.name()}: {err.str()}")
+            elif err.code() != KafkaError._PARTITION_EOF:
+                # Retried by librdkafka; logged so that it is seen.
+                log.warning("kafka_consumer_error", code=err.name(), error=err.str())
         return records
 
     async def store(self, offsets: dict[int, int]) -> None:
