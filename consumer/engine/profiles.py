@@ -47,7 +47,15 @@ class ProfileStore:
     returns.
     """
 
-    __slots__ = ("_epochs", "_max_bytes", "_partitions", "_retention", "capped", "fenced")
+    __slots__ = (
+        "_count",
+        "_epochs",
+        "_max_bytes",
+        "_partitions",
+        "_retention",
+        "capped",
+        "fenced",
+    )
 
     def __init__(self, retention: Retention, *, max_bytes: int = 512 * 1024) -> None:
         self._retention = retention
@@ -56,6 +64,7 @@ class ProfileStore:
         self.capped = 0
         """Profiles that lost orders to ``max_bytes``."""
         self._epochs: dict[int, int] = {}
+        self._count = 0
         self.fenced = 0
         """Changelog values ignored on restore: late writes of a former owner."""
 
@@ -81,10 +90,14 @@ class ProfileStore:
         An empty profile is deleted rather than stored.
         """
         if profile.is_empty:
-            self._partitions.get(partition, {}).pop(key, None)
+            if self._partitions.get(partition, {}).pop(key, None) is not None:
+                self._count -= 1
             return None
         value = stamp(self._encode_capped(profile), self._epochs.get(partition, 0))
-        self._partitions.setdefault(partition, {})[key] = value
+        profiles = self._partitions.setdefault(partition, {})
+        if key not in profiles:
+            self._count += 1
+        profiles[key] = value
         return value
 
     def _encode_capped(self, profile: Profile) -> bytes:
@@ -118,7 +131,8 @@ class ProfileStore:
             self._epochs[partition] = max(self._epochs.get(partition, 0), read_fence(value))
             return
         if value is None:
-            profiles.pop(key, None)
+            if profiles.pop(key, None) is not None:
+                self._count -= 1
             return
         read_expires_at(value)
         epoch = epoch_of(value)
@@ -128,6 +142,8 @@ class ProfileStore:
             self.fenced += 1
             return
         self._epochs[partition] = max(self._epochs.get(partition, 0), epoch)
+        if key not in profiles:
+            self._count += 1
         profiles[key] = bytes(value)
 
     def claim_epoch(self, partition: int) -> int:
@@ -140,7 +156,7 @@ class ProfileStore:
 
     def drop_partition(self, partition: int) -> None:
         """Forget every profile of a revoked partition."""
-        self._partitions.pop(partition, None)
+        self._count -= len(self._partitions.pop(partition, {}))
         self._epochs.pop(partition, None)
 
     def expire(
@@ -159,6 +175,7 @@ class ProfileStore:
             expired = [k for k, v in profiles.items() if read_expires_at(v) < now_ms]
             for key in expired:
                 del profiles[key]
+                self._count -= 1
                 tombstones.append(ChangelogWrite(partition, key, None))
         return tombstones
 
@@ -171,7 +188,10 @@ class ProfileStore:
         return profiles is not None and key not in profiles
 
     def __len__(self) -> int:
-        return sum(len(p) for p in self._partitions.values())
+        # A running count: O(1), and safe to read from the Kafka thread (rebalance callbacks
+        # report it) while lanes on the loop thread add profiles, where iterating the dicts
+        # could raise "dictionary changed size during iteration".
+        return self._count
 
     def count(self, partition: int) -> int:
         return len(self._partitions.get(partition, {}))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -385,3 +386,27 @@ def test_stamped_values_decode_and_unstamped_ones_still_restore() -> None:
         typical_profile(),
         typical_profile(),
     )
+
+
+def test_the_profile_count_stays_exact_without_iterating_the_partitions() -> None:
+    """len(store) is a running count (read from the Kafka thread while lanes write)."""
+    store = ProfileStore(RETENTION)
+    store.put(0, b"a", typical_profile())
+    store.put(0, b"a", typical_profile())
+    store.put(1, b"b", typical_profile())
+    store.restore(2, b"c", encode_profile(typical_profile(), 1))
+    store.restore(2, b"c", None)
+    store.restore(2, b"d", encode_profile(typical_profile(), 1))
+    store.put(0, b"a", Profile())
+    counts = [len(store)]
+    store.drop_partition(2)
+    counts.append(len(store))
+    store.expire(datetime(2100, 1, 1, tzinfo=UTC))
+    counts.append(len(store))
+
+    class NotIterable(dict[int, dict[bytes, bytes]]):
+        def values(self) -> Any:
+            raise AssertionError("iterated")
+
+    store._partitions = NotIterable(store._partitions)
+    assert (counts, len(store)) == ([2, 1, 0], 0)
