@@ -304,7 +304,8 @@ class Pipeline:
                 await d.dead_letters.write(record, letter)
             except RecordTooLargeError as exc:
                 # Certain, not an outage: a reference (no value, no source headers) instead.
-                letter = as_reference(letter, decide_error(exc).reason, exc.size)
+                size = len(record.value or b"")  # the source value's size
+                letter = as_reference(letter, decide_error(exc).reason, size)
                 await d.dead_letters.write(replace(record, value=None, headers=[]), letter)
         except Exception as exc:
             failure = decide_error(DeadLetterError(f"dead-letter write failed: {exc}"))
