@@ -297,6 +297,10 @@ class Worker:
     async def _apply_backpressure(self) -> None:
         if self._gate.closed:
             wanted = set(self._assigned)
+            if self._dispatcher.total_in_flight() == 0:
+                # Only a record in flight probes whether Button accepts the key again; with none
+                # left (revoked with its partition), fetch one batch to probe with, then pause.
+                wanted = set()
         else:
             wanted = set(self._dispatcher.saturated_partitions(self._assigned)) & self._assigned
         self._telemetry.auth_paused(self._gate.closed)

@@ -187,18 +187,21 @@ def test_a_stuck_record_pauses_its_partition_at_the_commit_distance_bound() -> N
 
 
 def test_everything_pauses_while_the_auth_gate_is_closed() -> None:
-    """A closed auth gate pauses every assigned partition; opening it resumes them."""
+    """A closed auth gate pauses every assigned partition while a record (the prober) is in
+    flight; opening it resumes them."""
 
     async def scenario() -> None:
         h = Harness(assign=(0, 1))
         async with h.running():
+            h.records(0, 0)
+            await h.source.until(lambda: h.held.started == [(0, 0)])
             mark = len(h.source.actions)
             h.gate.close()
             await h.source.until(lambda: h.source.paused == {0, 1})
-            h.records(0, 0)
+            h.records(0, 1)
             h.records(1, 0)
             await h.source.passes(2)
-            expected: object = ([], (1, 1), (True,))
+            expected: object = ([(0, 0)], (1, 1), (True,))
             actual: object = (
                 h.held.started,
                 (h.source.pending(0), h.source.pending(1)),
@@ -206,7 +209,7 @@ def test_everything_pauses_while_the_auth_gate_is_closed() -> None:
             )
             assert expected == actual
             h.gate.open()
-            await h.source.until(lambda: len(h.held.started) == 2)
+            await h.source.until(lambda: len(h.held.started) == 3)
             await h.source.passes()
             expected = ([("pause", [0, 1]), ("resume", [0, 1])], (False,))
             actual = (
@@ -218,22 +221,44 @@ def test_everything_pauses_while_the_auth_gate_is_closed() -> None:
     run(scenario)
 
 
+def test_with_the_auth_gate_closed_and_nothing_in_flight_one_batch_is_fetched_to_probe() -> None:
+    """Only a record in flight probes whether Button accepts the key again: when none is left
+    (its partition was revoked), one poll batch is fetched, then everything pauses again."""
+
+    async def scenario() -> None:
+        h = Harness(assign=(0, 1), opts=options(max_poll_records=2))
+        async with h.running():
+            h.gate.close()
+            await h.source.until(lambda: h.telemetry.named("auth_paused")[-1] == (True,))
+            await h.source.passes()
+            h.records(0, 0, 1, 2)
+            h.records(1, 0, 1, 2)
+            await h.source.until(lambda: len(h.held.started) == 2)
+            await h.source.until(lambda: h.source.paused == {0, 1})
+            await h.source.passes(3)
+            assert sum(h.source.handed.values()) == 2
+
+    run(scenario)
+
+
 def test_a_partition_assigned_while_the_auth_gate_is_closed_receives_nothing() -> None:
     """A partition newly assigned during the auth pause is paused before its first fetch."""
 
     async def scenario() -> None:
         h = Harness(assign=(0,))
         async with h.running():
+            h.records(0, 0)  # in flight: it probes Button while the gate is closed
+            await h.source.until(lambda: h.held.started == [(0, 0)])
             h.gate.close()
             await h.source.until(lambda: h.source.paused == {0})
             h.records(1, 0, 1, 2)
             await asyncio.wait_for(h.source.assign([1]), DEADLINE)
             await h.source.passes(3)
-            expected: object = (0, [], {0, 1})
+            expected: object = (0, [(0, 0)], {0, 1})
             actual: object = (h.source.handed.get(1, 0), h.held.started, h.source.paused)
             assert expected == actual
             h.gate.open()
-            await h.source.until(lambda: len(h.held.started) == 3)
+            await h.source.until(lambda: len(h.held.started) == 4)
             assert h.source.handed[1] == 3
 
     run(scenario)
