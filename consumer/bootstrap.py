@@ -21,9 +21,9 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from consumer.adapters.admin import AdminServer, DeliveryLog, Health, TestEventFn
-from consumer.adapters.avro_codec import build_decoder
+from consumer.adapters.avro_codec import LocalDecoder, RegistryDecoder, build_decoder
 from consumer.adapters.button_client import ButtonClient
-from consumer.adapters.kafka import AckingProducer, KafkaSource, ensure_topics
+from consumer.adapters.kafka import AckingProducer, KafkaSource, describe_topics, ensure_topics
 from consumer.adapters.logging import configure_logging
 from consumer.adapters.metrics import Metrics
 from consumer.adapters.telemetry import ServiceTelemetry, TimedChangelog
@@ -37,6 +37,8 @@ from consumer.domain.button import ButtonRequest
 from consumer.domain.mapping import MappingConfig
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import RetryPolicy
+from consumer.domain.profile_epoch import FENCE_KEY, fence_value
+from consumer.domain.topics import TopicPlan, TopicProblem, created_topic_configs, topic_problems
 from consumer.engine.authgate import AuthGate
 from consumer.engine.breaker import CircuitBreaker
 from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
@@ -44,13 +46,13 @@ from consumer.engine.dispatcher import Dispatcher
 from consumer.engine.parking import Parking, ParkingLot
 from consumer.engine.pipeline import Pipeline, PipelineDeps
 from consumer.engine.processor import ProfileProcessor
-from consumer.engine.profiles import ProfileStore
+from consumer.engine.profiles import ProfileExpiry, ProfileStore
 from consumer.engine.watermark import Watermarks
 from consumer.engine.worker import RunStats, Worker, WorkerOptions
-from consumer.errors import ConfigError, ConsumerError
+from consumer.errors import BrokerError, ConfigError, ConsumerError
 from consumer.mapcmd import map_one
 from consumer.ports import ButtonPort
-from consumer.settings import Settings
+from consumer.settings import DeliverySettings, Settings
 
 log = structlog.get_logger("consumer")
 
@@ -112,8 +114,8 @@ class Service:
     decoder: Closeable
     button: ButtonClient | _DryRunButton
     worker: Worker
-    topics: dict[str, dict[str, str]] = field(default_factory=dict)
-    """Topics to create before consuming (``KAFKA_CREATE_TOPICS``), name -> topic config."""
+    create_topics: bool = False
+    """Create the DLQ and the changelog before consuming when missing (``KAFKA_CREATE_TOPICS``)."""
     stats: RunStats = field(default_factory=RunStats)
 
     @property
@@ -135,10 +137,18 @@ class Service:
     async def run(self) -> RunStats:
         """Start, consume until ``stop()``, then close everything in reverse order."""
         s = self.settings
-        if self.topics:
+        if self.create_topics:
             config = s.kafka.admin_config()
             count = await asyncio.to_thread(_partition_count, config, s)
-            await asyncio.to_thread(ensure_topics, config, self.topics, partitions=count)
+            source = (await asyncio.to_thread(describe_topics, config, [s.kafka.topic]))[
+                s.kafka.topic
+            ]
+            dlq, changelog = created_topic_configs(topic_plan(s), source.replication)
+            topics = {s.kafka.dlq_topic: dlq, s.kafka.profile_topic: changelog}
+            await asyncio.to_thread(
+                ensure_topics, config, topics, partitions=count, replication=source.replication
+            )
+        await asyncio.to_thread(refuse_unfit_topics, s)
         self.producer.start()
         if self.admin is not None:
             await self.admin.start()
@@ -206,6 +216,89 @@ def _test_event(config: MappingConfig, button: ButtonPort, *, dry_run: bool) -> 
     return run
 
 
+def topic_plan(settings: Settings) -> TopicPlan:
+    """The settings of the topics the service creates, from ``KAFKA_*``."""
+    k = settings.kafka
+    return TopicPlan(
+        max_message_bytes=k.max_message_bytes,
+        dlq_retention_ms=k.dlq_retention_ms,
+        profile_max_compaction_lag_ms=k.profile_max_compaction_lag_ms,
+    )
+
+
+def validate_topics(settings: Settings) -> list[TopicProblem]:
+    """What is wrong with the input, changelog and dead-letter topics (for ``run`` and ``check``).
+
+    Blocking (admin requests). Fatal problems make ``run`` refuse to start.
+
+    Raises:
+        BrokerError: the topics could not be described.
+    """
+    k = settings.kafka
+    states = describe_topics(k.admin_config(), [k.topic, k.profile_topic, k.dlq_topic])
+    return topic_problems(
+        states[k.topic], states[k.profile_topic], states[k.dlq_topic], topic_plan(settings)
+    )
+
+
+def refuse_unfit_topics(settings: Settings) -> None:
+    """Log the topics' warnings; raise if the service cannot keep its guarantees with them.
+
+    Raises:
+        ConfigError: every fatal problem, in one message.
+    """
+    problems = validate_topics(settings)
+    for problem in problems:
+        if not problem.fatal:
+            log.warning("topic_unfit", topic=problem.topic, problem=problem.message)
+    fatal = [str(p) for p in problems if p.fatal]
+    if fatal:
+        raise ConfigError("topics unfit for the service: " + "; ".join(fatal))
+
+
+def _admin_server(s: Settings, telemetry: ServiceTelemetry, test_event: TestEventFn) -> AdminServer:
+    """The admin HTTP server; ``POST /test-event`` only when enabled (and then with its token)."""
+    token = s.admin.test_event_token
+    return AdminServer(
+        s.admin.host,
+        s.admin.port,
+        telemetry.metrics.registry,
+        telemetry.health,
+        telemetry.deliveries,
+        test_event=test_event,
+        test_event_token=token.get_secret_value()
+        if s.admin.test_event_enabled and token is not None
+        else None,
+    )
+
+
+def _decoder(s: Settings, telemetry: ServiceTelemetry) -> RegistryDecoder | LocalDecoder:
+    """The record decoder; a writer schema lacking a reader field is logged and counted."""
+
+    def missing_fields(schema_id: int, fields: tuple[str, ...]) -> None:
+        # Reading fills them with their defaults: a renamed btn_ref would go unattributed.
+        log.warning("writer_schema_missing_fields", schema_id=schema_id, fields=list(fields))
+        for name in fields:
+            telemetry.writer_schema_missing_field(name)
+
+    return build_decoder(
+        Path(s.schema.dir),
+        s.schema.registry_url,
+        s.schema.registry_config(),
+        on_missing_fields=missing_fields,
+    )
+
+
+def _retry_policy(d: DeliverySettings) -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=d.retry_max_attempts,
+        max_elapsed=d.retry_max_elapsed_seconds,
+        base_delay=d.retry_base_delay_seconds,
+        max_delay=d.retry_max_delay_seconds,
+        retry_after_cap=d.retry_after_max_seconds,
+    )
+
+
 def build(settings: Settings, registry: CollectorRegistry | None = None) -> Service:
     """Construct and wire the whole service; no network I/O happens here.
 
@@ -224,7 +317,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         success_sample_rate=s.log.success_sample_rate,
     )
     config = mapping_config(s)
-    store = ProfileStore(config.retention)
+    store = ProfileStore(config.retention, max_bytes=s.mapping.max_profile_bytes)
     processor = ProfileProcessor(store, config)
     parking = Parking(
         store,
@@ -234,28 +327,11 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
     button: ButtonClient | _DryRunButton = (
         _DryRunButton() if d.dry_run else ButtonClient.from_settings(s.button)
     )
-    token = s.admin.test_event_token
-    admin = AdminServer(
-        s.admin.host,
-        s.admin.port,
-        telemetry.metrics.registry,
-        telemetry.health,
-        telemetry.deliveries,
-        test_event=_test_event(config, button, dry_run=d.dry_run),
-        test_event_token=token.get_secret_value()
-        if s.admin.test_event_enabled and token is not None
-        else None,
-    )
+    admin = _admin_server(s, telemetry, _test_event(config, button, dry_run=d.dry_run))
     producer = AckingProducer(s.kafka.producer_config())
-    decoder = build_decoder(Path(s.schema.dir), s.schema.registry_url, s.schema.registry_config())
+    decoder = _decoder(s, telemetry)
     changelog = TimedChangelog(KafkaChangelog(producer, s.kafka.profile_topic), telemetry)
-    retry = RetryPolicy(
-        max_attempts=d.retry_max_attempts,
-        max_elapsed=d.retry_max_elapsed_seconds,
-        base_delay=d.retry_base_delay_seconds,
-        max_delay=d.retry_max_delay_seconds,
-        retry_after_cap=d.retry_after_max_seconds,
-    )
+    retry = _retry_policy(d)
 
     async def probe() -> ButtonOutcome:
         """The record-independent request both gates probe with: read an unknown order."""
@@ -296,15 +372,17 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
     dispatcher = Dispatcher(
         max_in_flight_per_partition=d.max_in_flight_per_partition,
         max_in_flight=d.max_in_flight,
+        max_commit_distance=d.max_commit_distance,
         # No gate here: lanes must stay free to start records while Button refuses the key,
         # so that a queued record can take over probing if the probing one is revoked.
         watermarks=watermarks,
     )
 
+    expiry = ProfileExpiry(store, changelog, clock=_wall_clock)
+
     async def expire_profiles() -> None:
         """Forget expired profiles and write their tombstones (compaction removes them)."""
-        for write in store.expire(_wall_clock()):
-            await changelog.write(write.partition, write.key, write.value)
+        await expiry.run()
         telemetry.profiles_held(len(store))
 
     def restore(partitions: list[int]) -> int:
@@ -322,6 +400,16 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
             )
         finally:
             telemetry.restore_finished(len(partitions))
+        # Fence former owners (DESIGN, 7): claim an epoch above every one in the partition and
+        # write it before any record is processed; a late write of a former owner now carries a
+        # lower epoch than this owner's values and is ignored by every later restore.
+        for partition in partitions:
+            epoch = store.claim_epoch(partition)
+            producer.send_nowait(
+                s.kafka.profile_topic, FENCE_KEY, fence_value(epoch), partition=partition
+            )
+        if partitions and producer.settle(s.delivery.shutdown_timeout_seconds):
+            raise BrokerError(f"the changelog fence of partitions {partitions} was not written")
         telemetry.profiles_held(len(store))
         return read
 
@@ -352,11 +440,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         ),
         housekeeping=expire_profiles,
         breaker=breaker,
-    )
-    topics = (
-        {s.kafka.dlq_topic: {}, s.kafka.profile_topic: {"cleanup.policy": "compact"}}
-        if s.kafka.create_topics
-        else {}
+        flush=producer.flush,
     )
     return Service(
         settings=s,
@@ -366,7 +450,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         decoder=decoder,
         button=button,
         worker=worker,
-        topics=topics,
+        create_topics=s.kafka.create_topics,
     )
 
 

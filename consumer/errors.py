@@ -7,10 +7,12 @@ exceptions (confluent-kafka, fastavro, httpx, aiohttp) into one of these with ``
     +-- ConfigError              settings invalid; names the variable (never the secret value)
     +-- DecodeError              bytes that cannot become a commerce event (dead-letter)
     |   +-- UnknownSchemaError   writer schema id or fingerprint not resolvable
+    |       +-- SchemaNotFoundYetError  the registry answered 404: maybe not replicated yet
     +-- MappingError             an event that cannot become a valid Button request (dead-letter)
     +-- SchemaRegistryUnavailableError  the registry cannot answer now (wait, decode again)
     +-- DeadLetterError          the dead-letter topic cannot be written (stop consuming)
     +-- BrokerError              Kafka is unusable beyond librdkafka's own retries
+        +-- RecordTooLargeError  a record over the producer's or the topic's size limit (certain)
 
 ``CodecReason`` lists the reasons a ``DecodeError`` carries when bytes cannot become a record,
 whether the Avro decoders or the schema registry client found out.
@@ -54,6 +56,12 @@ class UnknownSchemaError(DecodeError):
     """The writer schema of a record is not known (unknown id, registry says 404)."""
 
 
+class SchemaNotFoundYetError(UnknownSchemaError):
+    """The registry answered 404 for a schema id: a registry node that has not yet replicated a
+    newly registered schema answers so too, hence retried for a bounded time before it counts
+    as unknown (DESIGN, 4)."""
+
+
 class MappingError(ConsumerError):
     """An event cannot be turned into a valid Button request."""
 
@@ -78,3 +86,16 @@ class SchemaRegistryUnavailableError(ConsumerError):
     """
 
     retryable = True
+
+
+class RecordTooLargeError(BrokerError):
+    """A record is larger than the producer or the topic accepts: a certain, per-record failure,
+    not an outage (writing it again fails again).
+
+    Attributes:
+        size: the record's size in bytes as written (value, key and headers), if known.
+    """
+
+    def __init__(self, size: int, message: str) -> None:
+        super().__init__(message)
+        self.size = size

@@ -122,6 +122,19 @@ class Source(Protocol):
         """Commit synchronously; only from a rebalance callback (the source's own thread)."""
         ...
 
+    def store_now(self, offsets: dict[int, int]) -> None:
+        """Store offsets synchronously; only from a rebalance callback (the source's thread)."""
+        ...
+
+    def pause_now(self, partitions: Sequence[int]) -> None:
+        """Pause synchronously; only from a rebalance callback (the source's own thread).
+
+        In ``on_assign`` the new partitions are already assigned, and not paused: Kafka does not
+        carry a pause to a partition this member did not own, so the listener pauses what it
+        does not want fetched yet.
+        """
+        ...
+
     async def pause(self, partitions: Sequence[int]) -> None: ...
 
     async def resume(self, partitions: Sequence[int]) -> None: ...
@@ -162,7 +175,11 @@ class ButtonPort(Protocol):
 
 
 class Changelog(Protocol):
-    """The compacted profile changelog; returns once the write is acknowledged."""
+    """The compacted profile changelog; returns once the write is acknowledged.
+
+    ``write`` queues its record before it first suspends, and the writes of one partition are
+    written in the order they were queued (an idempotent producer keeps that order).
+    """
 
     async def write(self, partition: int, key: bytes, value: bytes | None) -> None: ...
 
@@ -234,6 +251,10 @@ class Telemetry(Protocol):
         ...
 
     def decode_failed(self, reason: str) -> None: ...
+
+    def writer_schema_missing_field(self, field: str) -> None:
+        """A writer schema was first seen without this reader field (a reader schema's name)."""
+        ...
 
     def button_attempt(
         self, action: str, outcome: str, seconds: float, limit: int, status: int | None = None

@@ -35,11 +35,27 @@ _APP_ID = re.compile(r"^app-[A-Za-z0-9]{8,64}$")
 _PASSTHROUGH_PREFIX = "KAFKA_CONFIG_"
 DRY_RUN_SUFFIX = "-dry-run"
 """Appended to the group, changelog and DLQ names when DELIVERY_DRY_RUN=true."""
+
+_RECORD_MARGIN = 4_096
+"""Bytes a changelog record needs beside its profile value (key, record and batch overhead)."""
 # librdkafka properties the service owns: overriding them would break at-least-once delivery.
 # Their values are set below, in KafkaSettings, next to this refusal (DESIGN, 1).
 _RESERVED_KAFKA = frozenset(
     {"enable.auto.offset.store", "enable.auto.commit", "group.id", "bootstrap.servers"}
 )
+# Properties with a typed variable of their own: the pass-through would silently win over it.
+_TYPED_KAFKA = {
+    "auto.offset.reset": "KAFKA_AUTO_OFFSET_RESET",
+    "group.protocol": "KAFKA_GROUP_PROTOCOL",
+    "group.instance.id": "KAFKA_GROUP_INSTANCE_ID",
+    "message.max.bytes": "KAFKA_MAX_MESSAGE_BYTES",
+}
+# Values that weaken at-least-once delivery: property -> the values accepted.
+_GUARANTEED_KAFKA = {
+    "acks": frozenset({"all", "-1"}),
+    "enable.idempotence": frozenset({"true"}),
+    "isolation.level": frozenset({"read_committed"}),
+}
 # Passed-through properties of group membership: they belong to the service's consumer group
 # only, never to a reader that assigns partitions itself or to an admin client.
 _GROUP_ONLY = ("group.", "partition.")
@@ -98,6 +114,9 @@ class KafkaSettings(_Section):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     session_timeout_ms: int = Field(default=45_000, ge=1_000)
     create_topics: bool = True
+    max_message_bytes: int = Field(default=1_048_588, ge=65_536)
+    dlq_retention_ms: int = Field(default=30 * 86_400_000, ge=-1)
+    profile_max_compaction_lag_ms: int = Field(default=7 * 86_400_000, ge=60_000)
     # Extra librdkafka properties, from KAFKA_CONFIG_* (filled in by Settings.from_env). They may
     # hold credentials (sasl.password, ssl.key.password): kept out of repr so they never print.
     config: dict[str, str] = Field(default_factory=dict, repr=False)
@@ -185,9 +204,11 @@ class KafkaSettings(_Section):
         properties.
 
         Idempotent with ``acks=all`` (a write counts as acknowledged only when every in-sync
-        replica has it, without duplicates or reordering on retries), ``linger.ms=5`` and
-        ``message.timeout.ms=120000``. These are applied before KAFKA_CONFIG_*, which may
-        override them, as it always could.
+        replica has it, without duplicates or reordering on retries), ``linger.ms=5``,
+        ``message.timeout.ms=120000`` and ``message.max.bytes`` = KAFKA_MAX_MESSAGE_BYTES, the
+        ``max.message.bytes`` of the topics the service creates, so what the producer accepts
+        the topics accept. These are applied before KAFKA_CONFIG_*, which may override them, as
+        it always could.
 
         Returns:
             a dict of librdkafka properties (its repr hides credentials).
@@ -198,6 +219,7 @@ class KafkaSettings(_Section):
                 "acks": "all",
                 "linger.ms": 5,
                 "message.timeout.ms": 120_000,
+                "message.max.bytes": self.max_message_bytes,
                 **self._common(),
             }
         )
@@ -300,6 +322,7 @@ class DeliverySettings(_Section):
 
     max_in_flight: int = Field(default=1000, ge=1)
     max_in_flight_per_partition: int = Field(default=500, ge=1)
+    max_commit_distance: int = Field(default=10_000, ge=1)
     concurrency_min: int = Field(default=4, ge=1)
     concurrency_max: int = Field(default=64, ge=1)
     rate_limit_rps: float | None = Field(default=None, gt=0)
@@ -344,6 +367,7 @@ class MappingSettings(_Section):
     lag_allowance_hours: float = Field(default=48.0, ge=0)
     max_future_skew_hours: float = Field(default=24.0, ge=0)
     expire_interval_seconds: float = Field(default=300.0, gt=0)
+    max_profile_bytes: int = Field(default=262_144, ge=4_096)
 
 
 class AdminSettings(_Section):
@@ -442,6 +466,11 @@ class Settings:
             )
         values["kafka"] = kafka.model_copy(update=update)
         settings = cls(**values)
+        if settings.mapping.max_profile_bytes > settings.kafka.max_message_bytes - _RECORD_MARGIN:
+            raise ConfigError(
+                "MAPPING_MAX_PROFILE_BYTES: must stay below KAFKA_MAX_MESSAGE_BYTES minus "
+                f"{_RECORD_MARGIN} (key and record overhead), or a profile can become unwritable"
+            )
         if require_api_key and not settings.delivery.dry_run and settings.button.api_key is None:
             raise ConfigError("BUTTON_API_KEY is required (or set DELIVERY_DRY_RUN=true)")
         return settings
@@ -484,6 +513,14 @@ def kafka_passthrough(env: Mapping[str, str]) -> dict[str, str]:
         prop = ".".join(part.replace("\0", "_") for part in name.replace("__", "\0").split("_"))
         if prop in _RESERVED_KAFKA:
             raise ConfigError(f"{variable}: {prop} is managed by the service and cannot be set")
+        if prop in _TYPED_KAFKA:
+            raise ConfigError(f"{variable}: {prop} is set with {_TYPED_KAFKA[prop]}")
+        accepted = _GUARANTEED_KAFKA.get(prop)
+        if accepted is not None and value.strip().lower() not in accepted:
+            raise ConfigError(
+                f"{variable}: {prop}={value} would break at-least-once delivery; "
+                f"accepted: {', '.join(sorted(accepted))}"
+            )
         config[prop] = value
     return config
 

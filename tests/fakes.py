@@ -66,6 +66,10 @@ class FakeSource:
     the returned future is done once the callback returned. A poll that served a rebalance
     returns no records (the fetch of newly assigned partitions has not happened yet).
     ``close`` leaves the group: the partitions still assigned are revoked through the listener.
+
+    Like the Kafka adapter, an assignment is applied before the listener's ``on_assign`` runs,
+    and like librdkafka it does not carry an application's pause to a newly assigned partition:
+    it starts fetching unless the listener pauses it (``pause_now``).
     """
 
     def __init__(self, assign: Sequence[int] = (0,), topic: str = TOPIC) -> None:
@@ -79,6 +83,8 @@ class FakeSource:
         """Each partition's stored offsets, in order."""
         self.committed: dict[int, list[int]] = {}
         """Each partition's committed offsets (``commit`` and ``commit_now``), in order."""
+        self.handed: dict[int, int] = {}
+        """Records handed out by ``poll``, per partition: what the consumer actually received."""
         self.polls = 0
         self.closed = False
         self._listener: RebalanceListener | None = None
@@ -178,6 +184,17 @@ class FakeSource:
     def commit_now(self, offsets: dict[int, int]) -> None:
         self._commit("commit_now", offsets)
 
+    def store_now(self, offsets: dict[int, int]) -> None:
+        with self._lock:
+            for partition, offset in offsets.items():
+                self.stored.setdefault(partition, []).append(offset)
+            self.actions.append(("store_now", dict(offsets)))
+
+    def pause_now(self, partitions: Sequence[int]) -> None:
+        with self._lock:
+            self.paused.update(partitions)
+            self.actions.append(("pause_now", list(partitions)))
+
     async def pause(self, partitions: Sequence[int]) -> None:
         self.paused.update(partitions)
         self._note("pause", list(partitions))
@@ -217,6 +234,10 @@ class FakeSource:
                 "revoke": listener.on_revoke,
                 "lost": listener.on_lost,
             }[kind]
+            if kind == "assign":
+                # Applied before the callback (as the adapter does), and not paused.
+                self.assigned.update(partitions)
+                self.paused.difference_update(partitions)
             try:
                 await asyncio.to_thread(callback, partitions)
             except BaseException as exc:
@@ -238,6 +259,7 @@ class FakeSource:
             queue = self.queues.get(partition)
             while queue and len(records) < max_records:
                 records.append(queue.popleft())
+                self.handed[partition] = self.handed.get(partition, 0) + 1
         return records
 
     def _commit(self, name: str, offsets: dict[int, int]) -> None:
@@ -324,6 +346,9 @@ class RecordingTelemetry:
 
     def decode_failed(self, reason: str) -> None:
         self._record("decode_failed", reason)
+
+    def writer_schema_missing_field(self, field: str) -> None:
+        self._record("writer_schema_missing_field", field)
 
     def button_attempt(
         self, action: str, outcome: str, seconds: float, limit: int, status: int | None = None

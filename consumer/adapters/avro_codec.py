@@ -32,7 +32,7 @@ from __future__ import annotations
 import io
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol, Self
@@ -161,6 +161,32 @@ def split_wire(value: bytes) -> tuple[int, memoryview]:
     return schema_id, memoryview(value)[HEADER_SIZE:]
 
 
+MissingFieldsHook = Callable[[int, tuple[str, ...]], None]
+"""Called with (writer schema id, reader fields it lacks) when a writer schema is first seen."""
+
+
+def missing_reader_fields(writer: ParsedSchema, reader: ParsedSchema) -> tuple[str, ...]:
+    """Top-level reader fields the writer schema has neither by name nor by a reader alias.
+
+    Avro resolution fills such a field with its default, silently: a producer that renamed or
+    removed an optional field (``btn_ref``) sends every event without it. Only top-level fields
+    are compared: the mapping's inputs are top-level fields or records in them.
+    """
+    names = {str(f.get("name", "")).rsplit(".", 1)[-1] for f in _fields(writer)}
+    missing: list[str] = []
+    for field in _fields(reader):
+        name = str(field.get("name", "")).rsplit(".", 1)[-1]
+        aliases = {str(a).rsplit(".", 1)[-1] for a in field.get("aliases", ())}
+        if name not in names and not aliases & names:
+            missing.append(name)
+    return tuple(missing)
+
+
+def _fields(schema: ParsedSchema) -> list[dict[str, Any]]:
+    fields = schema.get("fields", []) if isinstance(schema, dict) else []
+    return [f for f in fields if isinstance(f, dict)]
+
+
 def _reader_for(writer: ParsedSchema, reader: ParsedSchema) -> ParsedSchema | None:
     """The reader schema to resolve to, or None when the writer is the same schema.
 
@@ -228,6 +254,8 @@ class RegistryDecoder(_EventDecoding):
             client's retries and timeouts, ``max.retries`` and ``timeout``, apply per lookup).
         reader_schema: the parsed local schema every record is resolved to.
         cache_size: parsed writer schemas kept; the oldest is dropped beyond it.
+        on_missing_fields: told once per writer schema id that lacks reader fields
+            (``missing_reader_fields``), for a metric and a log line.
     """
 
     def __init__(
@@ -235,11 +263,14 @@ class RegistryDecoder(_EventDecoding):
         registry: SchemaSource,
         reader_schema: ParsedSchema,
         cache_size: int = _DEFAULT_CACHE_SIZE,
+        on_missing_fields: MissingFieldsHook | None = None,
     ) -> None:
         self._registry = registry
         self._reader = reader_schema
         self._cache: dict[int, tuple[ParsedSchema, ParsedSchema | None]] = {}
         self._cache_size = cache_size
+        self._on_missing = on_missing_fields
+        self._reported: set[int] = set()
 
     def decode(self, value: bytes) -> dict[str, Any]:
         """Decode one wire-format value.
@@ -268,6 +299,11 @@ class RegistryDecoder(_EventDecoding):
         if cached is not None:
             return cached
         writer = self._fetch(schema_id)
+        if self._on_missing is not None and schema_id not in self._reported:
+            self._reported.add(schema_id)
+            missing = missing_reader_fields(writer, self._reader)
+            if missing:
+                self._on_missing(schema_id, missing)
         if len(self._cache) >= self._cache_size:
             del self._cache[next(iter(self._cache))]
         pair = (writer, _reader_for(writer, self._reader))
@@ -330,6 +366,7 @@ def build_decoder(
     registry_config: Mapping[str, Any] | None = None,
     *,
     local_ids: Mapping[int, str] = LOCAL_SCHEMA_IDS,
+    on_missing_fields: MissingFieldsHook | None = None,
 ) -> RegistryDecoder | LocalDecoder:
     """The decoder for a deployment: with a registry URL, wire format via the registry; without
     one, the registry-free ``LocalDecoder``. No network I/O happens here.
@@ -341,6 +378,7 @@ def build_decoder(
         registry_config: further ``SchemaRegistryClient`` settings (``basic.auth.user.info``,
             ``timeout``, ``max.retries``...).
         local_ids: registry-free id table, id -> file name in ``schema_dir``.
+        on_missing_fields: see ``RegistryDecoder``.
 
     Raises:
         ConfigError: a schema file is missing or invalid.
@@ -348,7 +386,9 @@ def build_decoder(
     reader = load_schema(schema_dir / CURRENT_SCHEMA_FILE)
     if registry_url is not None:
         config = {**(registry_config or {}), "url": registry_url}
-        return RegistryDecoder(ConfluentSchemaSource.from_config(config), reader)
+        return RegistryDecoder(
+            ConfluentSchemaSource.from_config(config), reader, on_missing_fields=on_missing_fields
+        )
     writers = {schema_id: load_schema(schema_dir / name) for schema_id, name in local_ids.items()}
     return LocalDecoder(reader, writers)
 

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import structlog
 from confluent_kafka import (
     OFFSET_INVALID,
     Consumer,
@@ -34,14 +35,39 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import ConfigResource
 from confluent_kafka.cimpl import NewTopic
 
-from consumer.errors import BrokerError
+from consumer.domain.topics import TopicState
+from consumer.errors import BrokerError, RecordTooLargeError
 from consumer.ports import Headers, RebalanceListener, Record
+
+log = structlog.get_logger("consumer.kafka")
+
+_UNAUTHORIZED = frozenset(
+    {
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    }
+)
 
 
 class ProduceError(BrokerError):
     """A record could not be written (delivery report with an error, or a timeout)."""
+
+
+# The producer's own check (message.max.bytes) and the broker's (the topic's max.message.bytes)
+# report a record too large with these codes: certain for that record, not an outage.
+_TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
+
+
+def _record_size(key: bytes | None, value: bytes | None, headers: Headers | None) -> int:
+    return (
+        len(key or b"")
+        + len(value or b"")
+        + sum(len(name) + len(data or b"") for name, data in headers or [])
+    )
 
 
 def message_headers(message: Message) -> Headers:
@@ -131,8 +157,14 @@ class AckingProducer:
                 # The local queue is full: let delivery reports drain it, then try again.
                 await asyncio.sleep(0.05)
             except KafkaException as exc:
+                if _code(exc) in _TOO_LARGE:
+                    size = _record_size(key, value, headers)
+                    raise RecordTooLargeError(size, f"produce to {topic}: {exc}") from exc
                 raise ProduceError(f"produce to {topic} failed: {exc}") from exc
-        return await future
+        try:
+            return await future
+        except _DeliveryTooLargeError as exc:
+            raise RecordTooLargeError(_record_size(key, value, headers), str(exc)) from None
 
     def send_nowait(
         self,
@@ -217,11 +249,21 @@ def _produce_kwargs(
     return kwargs
 
 
+class _DeliveryTooLargeError(ProduceError):
+    """The broker refused a record for its size (translated by ``send``, which knows it)."""
+
+
+def _code(exc: KafkaException) -> int | None:
+    error = exc.args[0] if exc.args else None
+    return error.code() if isinstance(error, KafkaError) else None
+
+
 def _settle(future: asyncio.Future[tuple[int, int]], err: KafkaError | None, msg: Message) -> None:
     if future.done():
         return
     if err is not None:
-        future.set_exception(ProduceError(f"delivery to {msg.topic()} failed: {err.str()}"))
+        error = _DeliveryTooLargeError if err.code() in _TOO_LARGE else ProduceError
+        future.set_exception(error(f"delivery to {msg.topic()} failed: {err.str()}"))
     else:
         future.set_result((msg.partition() or 0, msg.offset() or 0))
 
@@ -301,6 +343,11 @@ class KafkaSource:
         self.commit_timeout = 15.0
         self.close_timeout = 30.0
         self._in_rebalance_callback = False
+        # KIP-848's protocol and cooperative-sticky assignment hand out increments; an eager
+        # (classic, range or round-robin) assignment replaces the whole assignment.
+        self._incremental = self._config.get("group.protocol", "classic") == "consumer" or (
+            "cooperative" in str(self._config.get("partition.assignment.strategy", ""))
+        )
 
     # -- lifecycle (all on the Kafka thread) -------------------------------------------------
 
@@ -312,10 +359,26 @@ class KafkaSource:
         self._consumer = Consumer(self._config)
         self._consumer.subscribe(
             [self.topic],
-            on_assign=lambda _c, parts: listener.on_assign(_partitions(parts)),
+            on_assign=lambda c, parts: self._assign_callback(c, listener, parts),
             on_revoke=lambda _c, parts: self._revoke_callback(listener, parts),
             on_lost=lambda _c, parts: listener.on_lost(_partitions(parts)),
         )
+
+    def _assign_callback(
+        self, consumer: Consumer, listener: RebalanceListener, parts: list[TopicPartition]
+    ) -> None:
+        # Apply the assignment first (confluent-kafka then does not apply it again), so that
+        # the listener can pause the new partitions before they are ever fetched: librdkafka
+        # does not carry a pause to a partition this member did not own.
+        if self._incremental:
+            consumer.incremental_assign(parts)
+        else:
+            consumer.assign(parts)
+        self._in_rebalance_callback = True
+        try:
+            listener.on_assign(_partitions(parts))
+        finally:
+            self._in_rebalance_callback = False
 
     def _revoke_callback(self, listener: RebalanceListener, parts: list[TopicPartition]) -> None:
         self._in_rebalance_callback = True
@@ -365,7 +428,13 @@ class KafkaSource:
                 records.append(_to_record(message))
             elif err.fatal():
                 raise BrokerError(f"fatal Kafka error: {err.str()}")
-            # Other errors (partition EOF, transient broker errors) are retried by librdkafka.
+            elif err.code() in _UNAUTHORIZED:
+                # Not fatal to librdkafka, but nothing is read until the ACLs change: stop with
+                # a clear error instead of looking healthy while consuming nothing.
+                raise BrokerError(f"Kafka refused access: {err.name()}: {err.str()}")
+            elif err.code() != KafkaError._PARTITION_EOF:
+                # Retried by librdkafka; logged so that it is seen.
+                log.warning("kafka_consumer_error", code=err.name(), error=err.str())
         return records
 
     async def store(self, offsets: dict[int, int]) -> None:
@@ -384,6 +453,12 @@ class KafkaSource:
             # Storing for a partition that was just revoked fails harmlessly.
             if exc.args[0].code() != KafkaError._STATE:
                 raise
+
+    def pause_now(self, partitions: Sequence[int]) -> None:
+        """Pause partitions (Kafka thread or rebalance callbacks only)."""
+        parts = [TopicPartition(self.topic, p) for p in partitions]
+        if parts:
+            self._c.pause(parts)
 
     def commit_now(self, offsets: dict[int, int]) -> None:
         """Synchronously commit these offsets (Kafka thread or rebalance callbacks only)."""
@@ -448,11 +523,46 @@ def _partitions(parts: list[TopicPartition]) -> list[int]:
     return sorted(tp.partition for tp in parts)
 
 
+def describe_topics(
+    config: Mapping[str, Any], names: Sequence[str], timeout: float = 30.0
+) -> dict[str, TopicState]:
+    """Partition count, replica count and effective configuration of each topic.
+
+    Args:
+        config: admin client properties, ``KafkaSettings.admin_config()``.
+        names: the topics; one that does not exist is described with 0 partitions.
+
+    Raises:
+        BrokerError: the cluster's metadata or a topic's configuration could not be read.
+    """
+    admin = AdminClient(dict(config))
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise BrokerError(f"cannot read the cluster's topics: {exc}") from exc
+    states: dict[str, TopicState] = {}
+    for name in names:
+        topic = metadata.topics.get(name)
+        if topic is None or topic.error is not None or not topic.partitions:
+            states[name] = TopicState(name)
+            continue
+        first = topic.partitions[min(topic.partitions)]
+        resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+        try:
+            entries = admin.describe_configs([resource])[resource].result(timeout)
+        except KafkaException as exc:
+            raise BrokerError(f"cannot read the configuration of {name}: {exc}") from exc
+        settings = {key: str(entry.value) for key, entry in entries.items()}
+        states[name] = TopicState(name, len(topic.partitions), len(first.replicas), settings)
+    return states
+
+
 def ensure_topics(
     config: Mapping[str, Any],
     topics: dict[str, dict[str, str]],
     partitions: int | None = None,
     timeout: float = 30.0,
+    replication: int = -1,
 ) -> None:
     """Create the topics that do not exist yet (the profile changelog is compacted).
 
@@ -461,6 +571,7 @@ def ensure_topics(
         topics: name -> topic configuration of each topic wanted.
         partitions: partition count of created topics; defaults to the partition count of the
             first existing topic of ``topics``, else 1.
+        replication: replica count of created topics (-1: the broker's default).
 
     Raises:
         BrokerError: a topic could not be created.
@@ -477,7 +588,7 @@ def ensure_topics(
                 break
     count = count or 1
     missing = [
-        NewTopic(name, num_partitions=count, config=cfg)
+        NewTopic(name, num_partitions=count, replication_factor=replication, config=cfg)
         for name, cfg in topics.items()
         if name not in existing
     ]

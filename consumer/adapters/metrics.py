@@ -39,6 +39,7 @@ class Metrics:
     records_finished: Counter
     outcomes: Counter
     decode_failures: Counter
+    writer_schema_missing_fields: Counter
     button_requests: Counter
     button_latency: Histogram
     button_last_success: Gauge
@@ -107,6 +108,11 @@ class Metrics:
                 "outcomes",
                 "Records finished, by outcome, event type and the failure policy's reason.",
                 ("outcome", "event_type", "reason"),
+            ),
+            writer_schema_missing_fields=counter(
+                "writer_schema_missing_fields",
+                "Writer schemas first seen without a field the reader schema has, by field.",
+                ("field",),
             ),
             decode_failures=counter(
                 "decode_failures", "Records that could not be decoded, by reason.", ("reason",)

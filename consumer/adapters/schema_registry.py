@@ -16,6 +16,7 @@ from consumer.errors import (
     CodecReason,
     ConfigError,
     ConsumerError,
+    SchemaNotFoundYetError,
     SchemaRegistryUnavailableError,
     UnknownSchemaError,
 )
@@ -115,7 +116,7 @@ class ConfluentSchemaSource:
             raise _classify(exc, f"registering subject {subject}", refused=ConfigError) from exc
 
     def set_compatibility(self, subject: str, level: str) -> None:
-        """Set the compatibility level of ``subject`` (``BACKWARD_TRANSITIVE`` recommended)."""
+        """Set the compatibility level of ``subject`` (``FULL_TRANSITIVE`` recommended)."""
         try:
             self.client.set_compatibility(subject_name=subject, level=level)
         except Exception as exc:  # every client failure is classified by _classify
@@ -139,6 +140,10 @@ def _classify(
     ):
         message = f"schema registry answered {status} for {what}: "
         message += getattr(exc, "error_message", None) or str(exc)
+        if refused is None and status == 404:
+            # Also what a registry follower answers before it replicated a new id: retryable
+            # for a bounded time (the policy's), not dead-lettered at once.
+            return SchemaNotFoundYetError(CodecReason.UNKNOWN_SCHEMA, message)
         if refused is None:
             return UnknownSchemaError(CodecReason.UNKNOWN_SCHEMA, message)
         return refused(message)

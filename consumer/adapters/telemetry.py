@@ -144,6 +144,9 @@ class ServiceTelemetry:
     def decode_failed(self, reason: str) -> None:
         self.metrics.decode_failures.labels(_label(reason)).inc()
 
+    def writer_schema_missing_field(self, field: str) -> None:
+        self.metrics.writer_schema_missing_fields.labels(_label(field)).inc()
+
     def button_attempt(
         self, action: str, outcome: str, seconds: float, limit: int, status: int | None = None
     ) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from consumer.domain.button import Action, ButtonRequest, Reject, Send, Skip
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import (
+    SCHEMA_NOT_FOUND_ATTEMPTS,
     Decision,
     RetryPolicy,
     Verdict,
@@ -31,6 +32,8 @@ from consumer.errors import (
     DeadLetterError,
     DecodeError,
     MappingError,
+    RecordTooLargeError,
+    SchemaNotFoundYetError,
     SchemaRegistryUnavailableError,
     UnknownSchemaError,
 )
@@ -143,8 +146,22 @@ ROWS: tuple[Row, ...] = (
         _button(A.CREATE, K.FORBIDDEN, 403, "Forbidden", key_accepted=True),
         "the record's own refusal; the order is parked (a proxy's page is retried instead)",
     ),
-    Row("undecodable bytes", lambda: decide_error(DecodeError("bad_magic_byte", "x"))),
-    Row("unknown writer schema", lambda: decide_error(UnknownSchemaError("unknown_schema", "x"))),
+    Row(
+        "undecodable bytes",
+        lambda: decide_error(DecodeError("bad_magic_byte", "x")),
+        "the key is parked (its order is unknown); a record without a value parks nothing",
+    ),
+    Row(
+        "unknown writer schema",
+        lambda: decide_error(UnknownSchemaError("unknown_schema", "x")),
+        "the key is parked: its later order records follow it to the DLQ until it is replayed",
+    ),
+    Row(
+        "schema id the registry answers 404 for (a follower may not have it yet)",
+        lambda: decide_error(SchemaNotFoundYetError("unknown_schema", "x")),
+        "waits 0.5 s, doubling, for about 30 s "
+        f"({SCHEMA_NOT_FOUND_ATTEMPTS} attempts); then an unknown writer schema",
+    ),
     Row(
         "schema registry unreachable",
         lambda: decide_error(SchemaRegistryUnavailableError("x")),
@@ -177,6 +194,12 @@ ROWS: tuple[Row, ...] = (
         "otherwise",
         lambda: decide_mapped(Send(_REQUEST), parked=None, dry_run=False),
         "the request goes to Button",
+    ),
+    Row(
+        "a dead letter too large for the DLQ (producer or topic size limit)",
+        lambda: decide_error(RecordTooLargeError(2_000_000, "x")),
+        "a reference is dead-lettered instead: key and headers (source topic, partition, "
+        "offset, `button.original.size`), no value; the order is parked",
     ),
     Row(
         "the dead-letter topic cannot be written",

@@ -9,7 +9,7 @@ envelope, which does not echo request data.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 CONNECT = "__connect.errors."
@@ -37,6 +37,7 @@ H_FIRST_ATTEMPT = BUTTON + "first.attempt.ms"
 H_LAST_ATTEMPT = BUTTON + "last.attempt.ms"
 H_PARKED = BUTTON + "parked"
 H_DEAD_LETTERED_AT = BUTTON + "dead.lettered.ms"
+H_ORIGINAL_SIZE = BUTTON + "original.size"
 H_REPLAYED = BUTTON + "replayed"
 H_REPLAYED_PARKED = BUTTON + "replayed.parked"
 
@@ -73,6 +74,22 @@ class DeadLetter:
     first_attempt_ms: int | None = None
     last_attempt_ms: int | None = None
     parked: bool = False
+    original_size: int | None = None
+
+
+def as_reference(letter: DeadLetter, reason: str, size: int) -> DeadLetter:
+    """The dead letter of a record too large for the dead-letter topic: written without the
+    source value and headers, it points at the source record (topic, partition, offset, the
+    ``__connect.errors.*`` headers) and keeps the first reason in its message."""
+    return replace(
+        letter,
+        reason=reason,
+        original_size=size,
+        message=(
+            f"{letter.reason}: record of {size} bytes too large for the dead-letter topic; "
+            f"read it at {letter.topic}/{letter.partition}@{letter.offset}: {letter.message}"
+        ),
+    )
 
 
 def dead_letter_headers(
@@ -102,6 +119,7 @@ def dead_letter_headers(
         H_EXCERPT: letter.excerpt[:EXCERPT_LIMIT],
         H_FIRST_ATTEMPT: "" if letter.first_attempt_ms is None else str(letter.first_attempt_ms),
         H_LAST_ATTEMPT: "" if letter.last_attempt_ms is None else str(letter.last_attempt_ms),
+        H_ORIGINAL_SIZE: "" if letter.original_size is None else str(letter.original_size),
     }
     ours.extend((k, v) for k, v in optional.items() if v)
     return kept + [(k, v.encode("utf-8")) for k, v in ours]

@@ -491,15 +491,21 @@ def _json_time_text(value: datetime) -> str:
 _COLLECTION_FIELDS = frozenset(
     {"other", "integration_attributes", "products", "attributes", "custom_attributes"}
 )
+_MAP_FIELDS = _COLLECTION_FIELDS - {"products"}
+"""Fields whose value is a map with keys of the user's (``other``, ``attributes``...)."""
 
 
-def _to_json_value(value: object) -> object:
+def _to_json_value(value: object, *, user_keys: bool = False) -> object:
+    """``value`` in JSON's types. Empty collection fields of a record are left out; the keys of
+    a map field (attributes, integration attributes) are the user's, so none of them is."""
     if isinstance(value, Decimal):
         return _json_decimal(value)
     if isinstance(value, datetime):
         return _json_time_text(value)
     if isinstance(value, Mapping):
-        out = {k: _to_json_value(v) for k, v in value.items()}
+        if user_keys:
+            return {k: _to_json_value(v, user_keys=True) for k, v in value.items()}
+        out = {k: _to_json_value(v, user_keys=k in _MAP_FIELDS) for k, v in value.items()}
         return {
             k: v
             for k, v in out.items()

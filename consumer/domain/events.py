@@ -340,6 +340,12 @@ class CommerceEvent:
             )
 
     @property
+    def order_id(self) -> str:
+        """The order this event concerns (``commerce.transaction_id``), ``""`` if none."""
+        commerce = self.commerce
+        return (commerce.transaction_id or "") if commerce is not None else ""
+
+    @property
     def source_token(self) -> str | None:
         """The token under integration attribute 1022 / ``com.usebutton.source_token``."""
         return self.integration_attributes.get(BUTTON_MODULE_ID, {}).get(BUTTON_SOURCE_TOKEN_KEY)

@@ -26,9 +26,13 @@ Verdicts:
   the last failure. An unreadable body is retried, not dead-lettered: it is usually a proxy's
   error page, and every Button call we make is safe to repeat (a repeated create answers 409).
   An unreachable schema registry is waited for without a budget: the record itself may be fine.
+  A schema id the registry answers 404 for is retried for about 30 s (a follower may not have
+  replicated it yet), then dead-lettered as ``unknown_schema``.
 - ``DEAD_LETTER``: send the record to the DLQ with ``reason`` (400 and other 4xx, 404 on create or
   update, 409 on update or cancel, decode and mapping errors, records parked behind a dead letter).
-  The order is then parked (DESIGN, 5).
+  The order is then parked (DESIGN, 5); a record that could not be decoded parks its whole key
+  (``parks_key``), as its order is not known. A dead letter too large for the DLQ is replaced by a
+  reference (``too_large``: the key and the headers, with the original size, no value).
 - ``PAUSE``: the API key may be refused (401, or a 403 that does not say "finalized"). Close the
   auth gate: pause every partition, report not ready, keep the record. A record-independent
   probe (``judge_probe``: the harmless read of an unknown order) decides when the gate opens;
@@ -68,6 +72,8 @@ from consumer.errors import (
     DeadLetterError,
     DecodeError,
     MappingError,
+    RecordTooLargeError,
+    SchemaNotFoundYetError,
     SchemaRegistryUnavailableError,
     UnknownSchemaError,
 )
@@ -156,6 +162,9 @@ PARKED_OUTCOME = "parked"
 REGISTRY_BACKOFF_FIRST = 0.5
 REGISTRY_BACKOFF_CAP = 30.0
 """Seconds between attempts to reach the schema registry: 0.5, 1, 2... up to 30 (no budget)."""
+SCHEMA_NOT_FOUND_ATTEMPTS = 7
+"""Decodes of a schema id the registry answered 404 for: 6 waits of 0.5, 1... 16 s (31.5 s)."""
+_NO_PARKING_REASONS = frozenset({"null_value", "empty"})
 
 _REQUESTS = (Action.CREATE, Action.UPDATE, Action.CANCEL)
 
@@ -322,7 +331,7 @@ def decide_mapped(result: MapResult, *, parked: str | None, dry_run: bool) -> De
             return Decision(Verdict.SEND, "send")
 
 
-def decide_error(error: BaseException, *, attempt: int = 1) -> Decision:
+def decide_error(error: BaseException, *, attempt: int = 1) -> Decision:  # noqa: PLR0911 (one table)
     """The decision for an error raised outside the Button call (decode, mapping, DLQ, Kafka).
 
     Records that can never succeed go to the DLQ; an unreachable schema registry is waited for
@@ -336,9 +345,12 @@ def decide_error(error: BaseException, *, attempt: int = 1) -> Decision:
     """
     match error:
         case SchemaRegistryUnavailableError():
-            exponent = min(max(attempt - 1, 0), 16)
-            delay = min(REGISTRY_BACKOFF_FIRST * float(2**exponent), REGISTRY_BACKOFF_CAP)
-            return Decision(Verdict.RETRY, "schema_registry_unavailable", delay=delay)
+            return Decision(
+                Verdict.RETRY, "schema_registry_unavailable", delay=_registry_delay(attempt)
+            )
+        case SchemaNotFoundYetError() if attempt < SCHEMA_NOT_FOUND_ATTEMPTS:
+            # A registry follower that has not replicated a new id answers 404 too.
+            return Decision(Verdict.RETRY, "schema_not_found_yet", delay=_registry_delay(attempt))
         case UnknownSchemaError() | DecodeError() | MappingError():
             fallback = {UnknownSchemaError: "unknown_schema", MappingError: "mapping_error"}
             return Decision(
@@ -346,6 +358,16 @@ def decide_error(error: BaseException, *, attempt: int = 1) -> Decision:
                 error.reason or fallback.get(type(error), "decode_error"),
                 outcome=DEAD_LETTERED,
                 stage=Stage.MAP if isinstance(error, MappingError) else Stage.DECODE,
+                error_class=type(error).__name__,
+                detail=str(error),
+            )
+        case RecordTooLargeError():
+            # Certain and per record, not an outage: a reference to the record takes its place
+            # in the DLQ (key and our headers, no value), instead of stopping on every start.
+            return Decision(
+                Verdict.DEAD_LETTER,
+                "too_large",
+                outcome=DEAD_LETTERED,
                 error_class=type(error).__name__,
                 detail=str(error),
             )
@@ -429,6 +451,22 @@ _FAILING = frozenset(
 def _pushes_back(outcome: ButtonOutcome) -> bool:
     """429, or 503 (Service Unavailable): the statuses whose ``Retry-After`` is back-pressure."""
     return outcome.kind is OutcomeKind.RATE_LIMITED or outcome.status == 503
+
+
+def parks_key(decision: Decision) -> bool:
+    """Whether a dead letter parks its record's whole key (DESIGN, 5): a record that could not
+    be decoded may have been any order of the key, so the key's later order records must not
+    overtake it. A record without a value (a tombstone) is no order and parks nothing."""
+    return (
+        decision.verdict is Verdict.DEAD_LETTER
+        and decision.stage is Stage.DECODE
+        and decision.reason not in _NO_PARKING_REASONS
+    )
+
+
+def _registry_delay(attempt: int) -> float:
+    exponent = min(max(attempt - 1, 0), 16)
+    return min(REGISTRY_BACKOFF_FIRST * float(2**exponent), REGISTRY_BACKOFF_CAP)
 
 
 def _http_reason(fallback: str, status: int | None) -> str:

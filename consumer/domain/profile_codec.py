@@ -23,6 +23,9 @@ token, IDFA and GAID become one-entry histories, and an order's refund event ids
 ("sent, body unknown": the next change of the order sends its full state as an update). A
 reader refuses versions it does not know (``ProfileDecodeError``) rather than guessing; the
 previous release refuses version 3 that way. The plaintext email is never part of a profile.
+A value may be wrapped in the owner-epoch envelope of ``consumer.domain.profile_epoch`` (an
+epoch stamped by the partition's owner, so a restore can ignore a former owner's late write);
+the readers here unwrap it.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from consumer.domain.profile import (
     StoredOrder,
     StoredRefund,
 )
+from consumer.domain.profile_epoch import unstamp
 
 FORMAT_VERSION = 3
 """The format version written; versions 1 and 2 are still read."""
@@ -260,7 +264,7 @@ def read_expires_at(value: bytes) -> int:
     Raises:
         ProfileDecodeError: too short, or a format version this code does not know.
     """
-    return _read_header(value)[1]
+    return _read_header(unstamp(value))[1]
 
 
 def _read_header(value: bytes) -> tuple[int, int]:
@@ -278,6 +282,7 @@ def decode_profile(value: bytes) -> Profile:
     Raises:
         ProfileDecodeError: the bytes are not a version 1, 2 or 3 profile.
     """
+    value = unstamp(value)  # the owner-epoch envelope, if any (consumer.domain.profile_epoch)
     version, _ = _read_header(value)
     try:
         parsed = json.loads(value[_HEADER.size :].decode("utf-8"))

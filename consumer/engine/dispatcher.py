@@ -20,7 +20,10 @@ Contract with the poll loop, which must never block:
   from ``max_in_flight_per_partition`` records in flight (queued or running) until it drains to
   ``resume_ratio`` (default 0.5) of that bound, so the consumer does not flap; every partition is
   saturated from ``max_in_flight`` in total (until the total drains likewise) and while the
-  ``PauseGate`` is closed.
+  ``PauseGate`` is closed. With ``watermarks``, a partition is also saturated while the distance
+  from its committable offset to its newest tracked offset reaches ``max_commit_distance`` (until
+  it falls to ``resume_ratio`` of it): one stuck record then bounds what a crash replays,
+  although the records behind it finished.
 
 A job that raises is a bug or a "stop consuming" condition (DLQ unavailable: DESIGN, 4): the
 dispatcher records the first such error, starts nothing more, and the loop sees it through
@@ -96,6 +99,8 @@ class Dispatcher:
     Args:
         max_in_flight_per_partition: records of one partition queued or running before it pauses.
         max_in_flight: records in total before every partition pauses.
+        max_commit_distance: offsets from a partition's committable offset to its newest
+            tracked one before it pauses (only with ``watermarks``).
         resume_ratio: a paused partition resumes at or below this fraction of its bound.
         watermarks: the commit positions to track and finish; ``None``: the caller does it.
         on_finished: called after each finished record, e.g. for metrics.
@@ -107,12 +112,13 @@ class Dispatcher:
         *,
         max_in_flight_per_partition: int = 500,
         max_in_flight: int = 1000,
+        max_commit_distance: int = 100_000,
         resume_ratio: float = 0.5,
         watermarks: Watermarks | None = None,
         on_finished: FinishedHook | None = None,
         gate: PauseGate | None = None,
     ) -> None:
-        if max_in_flight_per_partition < 1 or max_in_flight < 1:
+        if max_in_flight_per_partition < 1 or max_in_flight < 1 or max_commit_distance < 1:
             raise ValueError("in-flight bounds must be at least 1")
         if not 0 <= resume_ratio < 1:
             raise ValueError("resume_ratio must be in [0, 1)")
@@ -120,6 +126,9 @@ class Dispatcher:
         self._high_total = max_in_flight
         self._low_partition = math.floor(max_in_flight_per_partition * resume_ratio)
         self._low_total = math.floor(max_in_flight * resume_ratio)
+        self._high_distance = max_commit_distance
+        self._low_distance = math.floor(max_commit_distance * resume_ratio)
+        self._far: set[int] = set()
         self.watermarks = watermarks
         self.gate = gate if gate is not None else PauseGate()
         self._on_finished = on_finished
@@ -209,9 +218,18 @@ class Dispatcher:
                     self._saturated.discard(partition)
             elif count >= self._high_partition:
                 self._saturated.add(partition)
+        if self.watermarks is not None:
+            for partition in self.watermarks.partitions:
+                span = self.watermarks.span(partition)
+                if partition in self._far:
+                    if span <= self._low_distance:
+                        self._far.discard(partition)
+                elif span >= self._high_distance:
+                    self._far.add(partition)
+            self._far &= self.watermarks.partitions
         if self._full or not self.gate.is_open:
             return frozenset(self._counts.keys() | set(assigned))
-        return frozenset(self._saturated)
+        return frozenset(self._saturated | self._far)
 
     # -- global pause (bad API key) ------------------------------------------------------------
 
@@ -271,6 +289,7 @@ class Dispatcher:
                 self._epochs[partition] = self._epochs.get(partition, 0) + 1
                 self._counts.pop(partition, None)
                 self._saturated.discard(partition)
+                self._far.discard(partition)
         finally:
             self._revoking -= revoked
         return RevokeReport(committable, finished, abandoned)

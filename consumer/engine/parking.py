@@ -41,6 +41,11 @@ from consumer.ports import Record
 
 log = structlog.get_logger("consumer.parking")
 
+KEY_PARKED = ""
+"""The parked "order id" of a whole key: a record of the key was dead-lettered before its order
+was known (it could not be decoded), so every later order record of the key is parked behind it
+until that record is replayed. No real order id is empty."""
+
 Clock = Callable[[], float]
 
 
@@ -139,12 +144,12 @@ class Parking:
         Call after the record's profile change is stored (the profile is read from the store);
         an order parked longer ago than the order retention is no longer parked at ``now``.
         """
+        if replays_first_dead_letter(record.headers):
+            # The record whose dead letter parked its order (or its key) is back: release it
+            # so it and the records parked behind it (replayed after it, in order) are sent.
+            return ParkingCheck(None, self._release(record.partition, record.key, order_id))
         if not order_id:
             return ParkingCheck()
-        if replays_first_dead_letter(record.headers):
-            # The record whose dead letter parked its order is back: release the order so it
-            # and the records parked behind it (replayed after it, in order) are sent again.
-            return ParkingCheck(None, self._release(record.partition, record.key, order_id))
         return ParkingCheck(self._reason(record.partition, record.key, order_id, now))
 
     def park(
@@ -171,11 +176,15 @@ class Parking:
             self._keyless.release(order_id)
             return None
         before = self._profile(partition, key)
-        if before is None or before.parked_order(order_id) is None:
+        if before is None:
             return None
-        return ChangelogWrite(
-            partition, key, self._store.put(partition, key, before.without_parked(order_id))
-        )
+        after = before
+        for parked_id in {order_id, KEY_PARKED}:
+            if after.parked_order(parked_id) is not None:
+                after = after.without_parked(parked_id)
+        if after is before:
+            return None
+        return ChangelogWrite(partition, key, self._store.put(partition, key, after))
 
     def _reason(
         self, partition: int, key: bytes | None, order_id: str, now: datetime
@@ -186,7 +195,8 @@ class Parking:
         profile = self._profile(partition, key)
         if profile is None:
             return None
-        parked = prune(profile, epoch_ms(now), self._store.retention).parked_order(order_id)
+        pruned = prune(profile, epoch_ms(now), self._store.retention)
+        parked = pruned.parked_order(order_id) or pruned.parked_order(KEY_PARKED)
         return None if parked is None else parked.reason
 
     def _profile(self, partition: int, key: bytes) -> Profile | None:

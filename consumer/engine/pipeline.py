@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
 
@@ -27,7 +27,7 @@ import structlog
 
 from consumer.domain.backoff import RandomSource
 from consumer.domain.button import Action, ButtonRequest, Reject, Send, Skip
-from consumer.domain.deadletter import DeadLetter, Stage
+from consumer.domain.deadletter import DeadLetter, Stage, as_reference
 from consumer.domain.events import CommerceEvent
 from consumer.domain.outcomes import ButtonOutcome
 from consumer.domain.policy import (
@@ -38,13 +38,19 @@ from consumer.domain.policy import (
     decide,
     decide_error,
     decide_mapped,
+    parks_key,
 )
 from consumer.engine.authgate import AuthGate
 from consumer.engine.breaker import CircuitBreaker
 from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
-from consumer.engine.parking import ParkingCheck
+from consumer.engine.parking import KEY_PARKED, ParkingCheck
 from consumer.engine.profiles import ChangelogWrite
-from consumer.errors import DeadLetterError, DecodeError, SchemaRegistryUnavailableError
+from consumer.errors import (
+    DeadLetterError,
+    DecodeError,
+    RecordTooLargeError,
+    SchemaRegistryUnavailableError,
+)
 from consumer.ports import (
     ButtonPort,
     Changelog,
@@ -67,15 +73,24 @@ class Processed:
     event_time_ms: int | None
     order_id: str
     profile_changed: bool
-    profile_value: bytes | None  # None with profile_changed = tombstone
+    updated: object = None
+    """The new profile, in the processor's own form; only its ``apply`` reads it."""
 
 
 class Processor(Protocol):
-    """Enrichment, profile state and mapping for one record (pure but for the profile store)."""
+    """Enrichment, profile state and mapping for one record.
+
+    ``process`` is pure (it reads the profile store, changes nothing); ``apply`` stores the
+    profile change it computed and returns the changelog record to write (``None``: nothing to
+    write). The pipeline applies a change only for a record that is not parked: a record that
+    follows a dead letter to the DLQ must not move the user's order ledger (DESIGN, 5).
+    """
 
     def process(
         self, partition: int, key: bytes | None, event: CommerceEvent, now: datetime
     ) -> Processed: ...
+
+    def apply(self, partition: int, key: bytes, processed: Processed) -> ChangelogWrite | None: ...
 
 
 class ParkingPort(Protocol):
@@ -144,6 +159,11 @@ class Pipeline:
         decoded = await self._decode(record)
         if isinstance(decoded, Decision):
             return await self._execute(record, decoded, _Context())
+        # Parking first, against the profile before this record: a record parked behind a dead
+        # letter must not move the order ledger, and the replay of an order's first dead letter
+        # releases it before the record is mapped (DESIGN, 5).
+        parking = d.parking.check(record, decoded.order_id, d.wall_clock())
+        await self._write(parking.write)
         try:
             processed = d.processor.process(record.partition, record.key, decoded, d.wall_clock())
         except DecodeError as exc:
@@ -151,10 +171,9 @@ class Pipeline:
             context = _Context(event_type=decoded.event_type.value)
             return await self._execute(record, decide_error(exc), context)
         structlog.contextvars.bind_contextvars(event_id=processed.event_id)
-        if processed.profile_changed and record.key is not None:
-            await d.changelog.write(record.partition, record.key, processed.profile_value)
-        parking = d.parking.check(record, processed.order_id, d.wall_clock())
-        await self._write(parking.write)
+        if parking.reason is None and record.key is not None:
+            # Acknowledged before the request is sent, so before the offset may be stored.
+            await self._write(d.processor.apply(record.partition, record.key, processed))
         result = processed.result
         context = _Context(processed, _action(result), event_type=decoded.event_type.value)
         decision = decide_mapped(result, parked=parking.reason, dry_run=d.dry_run)
@@ -347,7 +366,13 @@ class Pipeline:
             parked=decision.parked,
         )
         try:
-            await d.dead_letters.write(record, letter)
+            try:
+                await d.dead_letters.write(record, letter)
+            except RecordTooLargeError as exc:
+                # Certain, not an outage: a reference (no value, no source headers) instead.
+                size = len(record.value or b"")  # the source value's size
+                letter = as_reference(letter, decide_error(exc).reason, size)
+                await d.dead_letters.write(replace(record, value=None, headers=[]), letter)
         except Exception as exc:
             d.telemetry.dead_letter_failed()
             failure = decide_error(DeadLetterError(f"dead-letter write failed: {exc}"))
@@ -359,17 +384,25 @@ class Pipeline:
             # behind itself.
             await self._write(
                 d.parking.park(
-                    record.partition, record.key, letter.order_id, decision.reason, d.wall_clock()
+                    record.partition, record.key, letter.order_id, letter.reason, d.wall_clock()
                 )
             )
             if not decision.parked:
                 d.telemetry.order_parked()
-        d.telemetry.dead_lettered(decision.reason)
+        elif record.key is not None and parks_key(decision):
+            # Its order is unknown (not decoded): park the key, so no later order record of
+            # the key overtakes it (released when this record is replayed).
+            await self._write(
+                d.parking.park(
+                    record.partition, record.key, KEY_PARKED, letter.reason, d.wall_clock()
+                )
+            )
+        d.telemetry.dead_lettered(letter.reason)
         d.telemetry.finished(decision.outcome, None)
-        self._record(record, decision, context, decision.reason)
+        self._record(record, decision, context, letter.reason)
         log.warning(
             decision.outcome,
-            reason=decision.reason,
+            reason=letter.reason,
             stage=letter.stage.value,
             status=letter.http_status,
             attempts=letter.attempts,

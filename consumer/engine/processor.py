@@ -1,8 +1,9 @@
 """Joins the pure mapping with the in-memory profile store for one record.
 
 The mapping (``consumer.domain.mapping.process``) is pure: event + profile in, decision + new
-profile out. This adapter looks the profile up by (partition, record key), stores the new one,
-and hands the pipeline the changelog value to write before the record's offset may be stored.
+profile out. This adapter looks the profile up by (partition, record key) and, when the
+pipeline applies the change (``apply``), stores the new one and hands back the changelog record
+to write before the record's offset may be stored.
 Parking is not its business: ``consumer.engine.parking.Parking`` reads the stored profile.
 """
 
@@ -17,7 +18,7 @@ from consumer.domain.events import CommerceEvent
 from consumer.domain.profile import Profile
 from consumer.domain.profile_codec import ProfileDecodeError
 from consumer.engine.pipeline import Processed
-from consumer.engine.profiles import ProfileStore
+from consumer.engine.profiles import ChangelogWrite, ProfileStore
 
 log = structlog.get_logger("consumer.processor")
 
@@ -36,22 +37,25 @@ class ProfileProcessor:
     def process(
         self, partition: int, key: bytes | None, event: CommerceEvent, now: datetime
     ) -> Processed:
+        """Map ``event`` against the user's stored profile; store nothing (see ``apply``)."""
         profile = self._profile(partition, key)
         result, updated = mapping.process(event, profile, self._config, now)
-        changed = updated is not None and key is not None
-        value: bytes | None = None
-        if changed and key is not None and updated is not None:
-            value = self._store.put(partition, key, updated)
-        commerce = event.commerce
-        order_id = (commerce.transaction_id or "") if commerce is not None else ""
         return Processed(
             result=result,
             event_id=event.event_id,
             event_time_ms=int(event.event_time.timestamp() * 1000),
-            order_id=order_id,
-            profile_changed=changed,
-            profile_value=value,
+            order_id=event.order_id,
+            profile_changed=updated is not None and key is not None,
+            updated=updated,
         )
+
+    def apply(self, partition: int, key: bytes, processed: Processed) -> ChangelogWrite | None:
+        """Store the profile change ``process`` computed; the changelog record to write
+        (a tombstone when the profile became empty), ``None`` when nothing changed."""
+        updated = processed.updated
+        if not processed.profile_changed or not isinstance(updated, Profile):
+            return None
+        return ChangelogWrite(partition, key, self._store.put(partition, key, updated))
 
     def _profile(self, partition: int, key: bytes | None) -> Profile | None:
         if key is None:

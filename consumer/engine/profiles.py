@@ -13,12 +13,19 @@ are assigned and revoked. The model and its byte format are in ``consumer.domain
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime
+
+import structlog
 
 from consumer.domain.profile import Profile, Retention, epoch_ms, expires_at_ms
 from consumer.domain.profile_codec import decode_profile, encode_profile, read_expires_at
+from consumer.domain.profile_epoch import FENCE_KEY, epoch_of, read_fence, stamp
+from consumer.ports import Changelog
+
+log = structlog.get_logger("consumer.profiles")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,15 +41,32 @@ class ProfileStore:
     """All profiles of the partitions this process owns, in their encoded (compact) form.
 
     Grouped by partition so a revoked partition is dropped at once and a newly assigned one is
-    restored from the same partition of the changelog. Pure: the caller does the Kafka I/O with
-    the bytes ``put`` returns and the writes ``expire`` returns.
+    restored from the same partition of the changelog. An encoded profile never exceeds
+    ``max_bytes``: the orders touched longest ago are forgotten first (logged, counted). Pure:
+    the caller does the Kafka I/O with the bytes ``put`` returns and the writes ``expire``
+    returns.
     """
 
-    __slots__ = ("_partitions", "_retention")
+    __slots__ = (
+        "_count",
+        "_epochs",
+        "_max_bytes",
+        "_partitions",
+        "_retention",
+        "capped",
+        "fenced",
+    )
 
-    def __init__(self, retention: Retention) -> None:
+    def __init__(self, retention: Retention, *, max_bytes: int = 512 * 1024) -> None:
         self._retention = retention
+        self._max_bytes = max_bytes
         self._partitions: dict[int, dict[bytes, bytes]] = {}
+        self.capped = 0
+        """Profiles that lost orders to ``max_bytes``."""
+        self._epochs: dict[int, int] = {}
+        self._count = 0
+        self.fenced = 0
+        """Changelog values ignored on restore: late writes of a former owner."""
 
     @property
     def retention(self) -> Retention:
@@ -66,10 +90,31 @@ class ProfileStore:
         An empty profile is deleted rather than stored.
         """
         if profile.is_empty:
-            self._partitions.get(partition, {}).pop(key, None)
+            if self._partitions.get(partition, {}).pop(key, None) is not None:
+                self._count -= 1
             return None
+        value = stamp(self._encode_capped(profile), self._epochs.get(partition, 0))
+        profiles = self._partitions.setdefault(partition, {})
+        if key not in profiles:
+            self._count += 1
+        profiles[key] = value
+        return value
+
+    def _encode_capped(self, profile: Profile) -> bytes:
+        """Encode; over ``max_bytes`` (the changelog's record limit), forget the orders touched
+        longest ago until it fits: a heavy user's profile must never become unwritable."""
         value = encode_profile(profile, expires_at_ms(profile, self._retention))
-        self._partitions.setdefault(partition, {})[key] = value
+        if len(value) <= self._max_bytes or not profile.orders:
+            return value
+        oldest_first = sorted(profile.orders, key=lambda o: o.touched_ms)
+        while len(value) > self._max_bytes and oldest_first:
+            forgotten = oldest_first.pop(0)
+            profile = replace(
+                profile, orders=tuple(o for o in profile.orders if o is not forgotten)
+            )
+            value = encode_profile(profile, expires_at_ms(profile, self._retention))
+        self.capped += 1
+        log.warning("profile_capped", bytes=len(value), orders_kept=len(profile.orders))
         return value
 
     def restore(self, partition: int, key: bytes, value: bytes | None) -> None:
@@ -82,15 +127,37 @@ class ProfileStore:
             ProfileDecodeError: unknown format version or truncated header.
         """
         profiles = self._partitions.setdefault(partition, {})
+        if key == FENCE_KEY:
+            self._epochs[partition] = max(self._epochs.get(partition, 0), read_fence(value))
+            return
         if value is None:
-            profiles.pop(key, None)
+            if profiles.pop(key, None) is not None:
+                self._count -= 1
             return
         read_expires_at(value)
+        epoch = epoch_of(value)
+        held = profiles.get(key)
+        if held is not None and epoch < epoch_of(held):
+            # A former owner's late write, after the new owner's value: ignore it.
+            self.fenced += 1
+            return
+        self._epochs[partition] = max(self._epochs.get(partition, 0), epoch)
+        if key not in profiles:
+            self._count += 1
         profiles[key] = bytes(value)
+
+    def claim_epoch(self, partition: int) -> int:
+        """After the restore of ``partition``: this owner's epoch, one above every epoch seen
+        there. Write ``FENCE_KEY`` with ``fence_value(epoch)`` to the partition before
+        processing its records; every value ``put`` returns from now on carries it."""
+        epoch = self._epochs.get(partition, 0) + 1
+        self._epochs[partition] = epoch
+        return epoch
 
     def drop_partition(self, partition: int) -> None:
         """Forget every profile of a revoked partition."""
-        self._partitions.pop(partition, None)
+        self._count -= len(self._partitions.pop(partition, {}))
+        self._epochs.pop(partition, None)
 
     def expire(
         self, now: datetime, partitions: Iterable[int] | None = None
@@ -108,14 +175,79 @@ class ProfileStore:
             expired = [k for k, v in profiles.items() if read_expires_at(v) < now_ms]
             for key in expired:
                 del profiles[key]
+                self._count -= 1
                 tombstones.append(ChangelogWrite(partition, key, None))
         return tombstones
 
     def partitions(self) -> Iterator[int]:
         return iter(tuple(self._partitions))
 
+    def absent(self, partition: int, key: bytes) -> bool:
+        """Whether ``partition`` is held and has no profile for ``key`` (a tombstone is due)."""
+        profiles = self._partitions.get(partition)
+        return profiles is not None and key not in profiles
+
     def __len__(self) -> int:
-        return sum(len(p) for p in self._partitions.values())
+        # A running count: O(1), and safe to read from the Kafka thread (rebalance callbacks
+        # report it) while lanes on the loop thread add profiles, where iterating the dicts
+        # could raise "dictionary changed size during iteration".
+        return self._count
 
     def count(self, partition: int) -> int:
         return len(self._partitions.get(partition, {}))
+
+
+class ProfileExpiry:
+    """Removes expired profiles and writes their tombstones, a batch at a time, beside polling.
+
+    One ``run`` scans the held partitions one by one (only the 9-byte headers) and writes each
+    partition's tombstones in batches of ``batch`` concurrent writes, yielding to the event loop
+    between batches and partitions, so a storm of expired profiles never stops the poll loop.
+
+    A tombstone is never written for a key whose profile was written since the scan (the user
+    came back), nor for a partition dropped since (another member owns it): the check and the
+    queuing of the write happen in one step of the event loop, without a suspension between
+    them, and the changelog keeps writes of a partition in the order they were queued
+    (``consumer.ports.Changelog``), so a later profile always follows the tombstone.
+
+    Args:
+        store: the profiles of the owned partitions.
+        changelog: where tombstones go.
+        clock: the wall clock (expiry is in event time).
+        batch: tombstones written concurrently before yielding.
+    """
+
+    def __init__(
+        self,
+        store: ProfileStore,
+        changelog: Changelog,
+        *,
+        clock: Callable[[], datetime],
+        batch: int = 500,
+    ) -> None:
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
+        self._store = store
+        self._changelog = changelog
+        self._clock = clock
+        self._batch = batch
+
+    async def run(self) -> int:
+        """Expire every held partition once; return the tombstones written."""
+        written = 0
+        for partition in self._store.partitions():
+            writes = self._store.expire(self._clock(), [partition])
+            for start in range(0, len(writes), self._batch):
+                chunk = writes[start : start + self._batch]
+                results = await asyncio.gather(*(self._tombstone(w) for w in chunk))
+                written += sum(results)
+                await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        return written
+
+    async def _tombstone(self, write: ChangelogWrite) -> bool:
+        # No await between the check and the write being queued (see the class docstring).
+        if not self._store.absent(write.partition, write.key):
+            return False
+        await self._changelog.write(write.partition, write.key, None)
+        return True

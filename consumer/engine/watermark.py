@@ -81,6 +81,14 @@ class PartitionWatermark:
         """The highest offset tracked so far."""
         return self._last
 
+    @property
+    def span(self) -> int:
+        """Offsets from the committable one to the newest tracked, both included (0: none
+        unfinished): what a crash would replay, finished records behind the head included."""
+        if not self._order or self._last is None:
+            return 0
+        return self._last - self._order[0] + 1
+
 
 class Watermarks:
     """Commit positions of every partition this consumer owns.
@@ -121,6 +129,11 @@ class Watermarks:
         """Unfinished records of ``partition``."""
         part = self._parts.get(partition)
         return 0 if part is None else part.in_flight
+
+    def span(self, partition: int) -> int:
+        """See ``PartitionWatermark.span``; 0 for a partition without a tracker."""
+        part = self._parts.get(partition)
+        return 0 if part is None else part.span
 
     def total_in_flight(self) -> int:
         """Unfinished records across every partition. O(partitions)."""

@@ -9,8 +9,9 @@ is short on purpose; each step is a named collaborator:
 - the loop stores the committable offsets, pauses partitions whose lanes are full (and all of
   them while Button rejects the API key), and resumes them when they drain;
 - on revoke, the revoked partitions' in-flight work is finished (or abandoned at the deadline)
-  and their finished offsets committed synchronously; on assign, the partitions' profiles are
-  restored from the changelog before any of their records is processed;
+  and their finished offsets committed synchronously; on assign, the new partitions are paused
+  before their first fetch and their profiles restored from the changelog, and the next
+  back-pressure pass resumes those not wanted paused;
 - on stop (SIGTERM), fetching stops, in-flight work gets ``shutdown_timeout`` to finish, what
   is finished is committed, and the consumer leaves the group.
 """
@@ -38,6 +39,8 @@ T = TypeVar("T")
 
 RestoreFn = Callable[[list[int]], int]
 DropFn = Callable[[list[int]], None]
+FlushFn = Callable[[float], int]
+"""Waits up to the given seconds for the producer's queued writes; returns how many remain."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,7 @@ class WorkerOptions:
     stop_when_idle: float | None = None
     lag_interval: float = 5.0
     housekeeping_interval: float = 300.0
+    flush_timeout: float = 10.0
 
 
 @dataclass(slots=True)
@@ -78,11 +82,14 @@ class Worker:
         telemetry: Telemetry,
         options: WorkerOptions,
         housekeeping: Callable[[], Coroutine[Any, Any, None]] | None = None,
+        flush: FlushFn | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         breaker: PauseGate | None = None,
     ) -> None:
         self._housekeeping = housekeeping
         self._breaker = breaker
+        self._housekeeping_task: asyncio.Task[None] | None = None
+        self._flush = flush
         self._source = source
         self._pipeline = pipeline
         self._dispatcher = dispatcher
@@ -108,6 +115,11 @@ class Worker:
     # -- rebalance callbacks: Kafka thread --------------------------------------------------
 
     def on_assign(self, partitions: list[int]) -> None:
+        # Force the state: a new partition is paused before it is ever fetched (librdkafka
+        # starts a partition this member never owned unpaused, whatever the loop believes), so
+        # nothing is read during the restore, during an auth pause or while the total bound is
+        # reached; the next back-pressure pass resumes what is not wanted paused.
+        self._source.pause_now(partitions)
         started = self._now()
         restored = self._restore(partitions)
         self._call_in_loop(self._assigned_in_loop, partitions)
@@ -123,7 +135,13 @@ class Worker:
             # not committed is processed again by the next owner.
             log.warning("revoke_without_loop", error=str(exc), partitions=partitions)
             offsets = {}
+        # Abandoned jobs may have left changelog or dead-letter writes queued in the producer:
+        # push them out now, not up to message.timeout.ms after the next owner started. Then
+        # store the final offsets before committing them: librdkafka commits a removed
+        # partition's stored offset after this callback, which must not be an older one.
+        self._flush_producer(partitions)
         try:
+            self._source.store_now(offsets)
             self._source.commit_now(offsets)
         except Exception as exc:  # noqa: BLE001 - logged; the next owner replays (harmless)
             # E.g. the revocation that close() triggers after the shutdown already committed
@@ -139,9 +157,17 @@ class Worker:
             self._call_in_loop(self._revoke_in_loop, partitions, False)
         except ConsumerError as exc:
             log.warning("lost_without_loop", error=str(exc), partitions=partitions)
+        self._flush_producer(partitions)
         self._drop(partitions)
         self._telemetry.rebalance("lost")
         log.warning("partitions_lost", partitions=partitions)
+
+    def _flush_producer(self, partitions: list[int]) -> None:
+        if self._flush is None:
+            return
+        left = self._flush(self._opt.flush_timeout)
+        if left:
+            log.warning("revoke_flush_incomplete", partitions=partitions, outstanding=left)
 
     def _call_in_loop(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
         """Run ``fn`` on the event loop from the Kafka thread and wait for it (bounded)."""
@@ -159,9 +185,8 @@ class Worker:
         self._assigned.update(partitions)
         # Idle time counts from the assignment: new partitions have not been fetched yet.
         self._last_record = self._now()
-        # librdkafka keeps a partition's pause flag across revoke and re-assign: a partition
-        # paused when it was revoked comes back paused. Count new partitions as paused, so the
-        # next backpressure pass (after the assignment is applied) resumes those not saturated.
+        # on_assign paused them on the Kafka thread: the next back-pressure pass resumes those
+        # not saturated (and keeps every one paused while the auth gate is closed).
         self._paused.update(partitions)
         self._report_partitions()
 
@@ -209,9 +234,14 @@ class Worker:
                 if (
                     self._housekeeping is not None
                     and now - last_housekeeping >= self._opt.housekeeping_interval
+                    and (self._housekeeping_task is None or self._housekeeping_task.done())
                 ):
+                    # Beside the loop, never awaited by it: a storm of expired profiles must not
+                    # stop polling (the group would drop the member, liveness kill the pod).
                     last_housekeeping = now
-                    await self._housekeeping()
+                    self._housekeeping_task = asyncio.create_task(
+                        self._run_housekeeping(self._housekeeping)
+                    )
                 if self._idle_long_enough(now - self._last_record):
                     log.info("idle_stop", idle_seconds=round(now - self._last_record, 1))
                     break
@@ -221,6 +251,13 @@ class Worker:
         if failure is not None:
             raise failure
         return self.stats
+
+    @staticmethod
+    async def _run_housekeeping(job: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        try:
+            await job()
+        except Exception as exc:  # noqa: BLE001 - retried at the next interval
+            log.warning("housekeeping_failed", error=str(exc), exc_type=type(exc).__name__)
 
     def _submit(self, records: list[Record]) -> None:
         self.stats.received += len(records)
@@ -267,6 +304,10 @@ class Worker:
         held = breaker is not None and not breaker.is_open
         if self._gate.closed or held:
             wanted = set(self._assigned)
+            if self._dispatcher.total_in_flight() == 0:
+                # Only a record in flight probes whether Button accepts the key again; with none
+                # left (revoked with its partition), fetch one batch to probe with, then pause.
+                wanted = set()
         else:
             wanted = set(self._dispatcher.saturated_partitions(self._assigned)) & self._assigned
         self._telemetry.auth_paused(self._gate.closed)
@@ -298,6 +339,10 @@ class Worker:
 
     async def _shutdown(self) -> None:
         self._telemetry.stopping()
+        task, self._housekeeping_task = self._housekeeping_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])
         if self._assigned:
             await self._source.pause(sorted(self._assigned))
         drained = await self._dispatcher.drain(self._opt.shutdown_timeout)

@@ -21,6 +21,8 @@ from consumer.adapters.avro_codec import (
     encode_schemaless,
     encode_wire,
     load_schema,
+    missing_reader_fields,
+    parse_schema_text,
     split_wire,
 )
 from consumer.adapters.schema_registry import ConfluentSchemaSource, subject_for
@@ -46,6 +48,7 @@ from consumer.errors import (
     CodecReason,
     ConfigError,
     DecodeError,
+    SchemaNotFoundYetError,
     SchemaRegistryUnavailableError,
     UnknownSchemaError,
 )
@@ -484,6 +487,15 @@ def test_registry_refusals_are_unknown_schema(status: int) -> None:
         source.get_schema_text(1)
 
 
+def test_a_registry_404_may_be_a_follower_that_has_not_replicated_the_id_yet() -> None:
+    """404 (only) is the retryable kind of unknown schema; other 4xx are not."""
+    with pytest.raises(SchemaNotFoundYetError):
+        ConfluentSchemaSource(FakeClient(StatusError(404))).get_schema_text(1)
+    with pytest.raises(UnknownSchemaError) as info:
+        ConfluentSchemaSource(FakeClient(StatusError(422))).get_schema_text(1)
+    assert not isinstance(info.value, SchemaNotFoundYetError)
+
+
 @pytest.mark.parametrize(
     "error",
     [
@@ -559,3 +571,49 @@ def test_build_encoder_without_registry_writes_plain_avro() -> None:
     encoder = build_encoder(SCHEMA_DIR, topic="commerce-events")
     assert encoder.schema_id is None
     assert encoder.encode_event(APP_OPEN) == APP_OPEN_BYTES
+
+
+# --- writer schemas that lack a field the mapping reads ------------------------------------------
+
+
+def test_a_writer_schema_without_a_field_the_mapping_reads_is_reported_once() -> None:
+    """A producer that renamed btn_ref (reading resolves it to its default, silently) is
+    noticed: the decoder reports the writer schema's missing reader fields on first sight."""
+    renamed = json.loads(SCHEMA_TEXT)
+    for field in renamed["fields"]:
+        if field["name"] == "btn_ref":
+            field["name"] = "button_ref"
+    reports: list[tuple[int, tuple[str, ...]]] = []
+    registry = FakeRegistry({7: SCHEMA_TEXT, 8: json.dumps(renamed)})
+    decoder = RegistryDecoder(
+        registry, SCHEMA, on_missing_fields=lambda sid, names: reports.append((sid, names))
+    )
+    writer = parse_schema_text(json.dumps(renamed), "renamed")
+    event = event_to_record(PURCHASE)
+    renamed_record = {k: v for k, v in event.items() if k != "btn_ref"}
+    body = Encoder(writer, 8).encode({**renamed_record, "button_ref": event.get("btn_ref")})
+
+    decoder.decode_event(Encoder(SCHEMA, 7).encode(event))
+    decoder.decode_event(body)
+    decoder.decode_event(body)
+
+    assert reports == [(8, ("btn_ref",))]
+
+
+def test_missing_reader_fields_follow_aliases() -> None:
+    """A field renamed with an alias in the reader is not missing."""
+    reader = json.loads(SCHEMA_TEXT)
+    writer = json.loads(SCHEMA_TEXT)
+    for field in writer["fields"]:
+        if field["name"] == "btn_ref":
+            field["name"] = "old_btn_ref"
+    for field in reader["fields"]:
+        if field["name"] == "btn_ref":
+            field["aliases"] = ["old_btn_ref"]
+    parsed_reader = parse_schema_text(json.dumps(reader), "reader")
+    assert (
+        missing_reader_fields(parse_schema_text(json.dumps(writer), "writer"), parsed_reader) == ()
+    )
+    assert missing_reader_fields(parse_schema_text(json.dumps(writer), "writer"), SCHEMA) == (
+        "btn_ref",
+    )

@@ -372,3 +372,20 @@ def test_line_amount_is_price_times_quantity() -> None:
     """``Product.line_amount`` multiplies exactly, and is None without a price."""
     assert Decimal("89.97") == Product("p", price=Decimal("29.99"), quantity=3).line_amount
     assert Product("p").line_amount is None
+
+
+def test_a_map_key_named_like_a_field_survives_the_json_form() -> None:
+    """A user's map key that happens to be a field name ("other", "products") with an empty
+    value is the user's data, not an empty field: the JSON form keeps it (Hypothesis found
+    ``integration_attributes={"other": {}}`` coming back as ``{}``)."""
+    from consumer.domain.event_forms import event_from_json, event_to_json
+
+    event = CommerceEvent(
+        event_id="e-map",
+        event_type=EventType.APP_OPEN,
+        event_time=datetime(2026, 1, 5, 10, 0, tzinfo=UTC),
+        user_key="u",
+        integration_attributes={"other": {}, "products": {}, "1022": {"k": "v"}},
+    )
+
+    assert event == event_from_json(json.loads(json.dumps(event_to_json(event))))

@@ -152,9 +152,13 @@ class Rig:
     def parked(
         self, event: CommerceEvent, key: bytes | None = KEY, now: datetime = NOW
     ) -> str | None:
-        """Process ``event``, then ask whether its order is parked."""
+        """Ask whether ``event``'s order is parked, then process it, applying its profile change
+        unless parked (as the pipeline does)."""
+        check = self.parking.check(record(key), event.order_id, now)
         processed = self.processor.process(PARTITION, key, event, now)
-        return self.parking.check(record(key), processed.order_id, now).reason
+        if check.reason is None and key is not None:
+            self.processor.apply(PARTITION, key, processed)
+        return check.reason
 
     def release(self, order_id: str, key: bytes | None = KEY) -> ChangelogWrite | None:
         """What the replay of the order's first dead letter writes."""
@@ -197,9 +201,11 @@ def test_parking_survives_a_restore_of_the_changelog() -> None:
     """The restart case: parking restored from the changelog still parks the refund."""
     rig = Rig()
     writes: list[ChangelogWrite] = []
-    bought = rig.processor.process(PARTITION, KEY, purchase(), NOW)
-    assert bought.profile_value is not None
-    writes.append(ChangelogWrite(PARTITION, KEY, bought.profile_value))
+    bought = rig.processor.apply(
+        PARTITION, KEY, rig.processor.process(PARTITION, KEY, purchase(), NOW)
+    )
+    assert bought is not None
+    writes.append(bought)
     parked = rig.parking.park(PARTITION, KEY, "ORD-1", "http_400", NOW)
     assert parked is not None
     writes.append(parked)

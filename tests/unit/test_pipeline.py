@@ -43,6 +43,8 @@ from consumer.engine.profiles import ChangelogWrite, ProfileStore
 from consumer.errors import (
     DeadLetterError,
     DecodeError,
+    RecordTooLargeError,
+    SchemaNotFoundYetError,
     SchemaRegistryUnavailableError,
     UnknownSchemaError,
 )
@@ -145,6 +147,14 @@ class FakeProcessor:
         self.calls.append((partition, key, event))
         return self.script.pop(0) if len(self.script) > 1 else self.script[0]
 
+    def apply(self, partition: int, key: bytes, processed: Processed) -> ChangelogWrite | None:
+        """The scripted profile bytes (``updated``) as the changelog record, if it changed."""
+        if not processed.profile_changed:
+            return None
+        value = processed.updated
+        assert value is None or isinstance(value, bytes)
+        return ChangelogWrite(partition, key, value)
+
     def check(self, record: Record, order_id: str, now: datetime) -> ParkingCheck:
         if not order_id:
             return ParkingCheck()
@@ -221,6 +231,20 @@ class FakeDeadLetters:
     async def write(self, record: Record, letter: DeadLetter) -> None:
         self.calls.append(("dead_letter", letter.reason))
         self.written.append((record, letter))
+
+
+class SizeLimitedDeadLetters(FakeDeadLetters):
+    """Refuses records over ``limit`` value bytes as the producer does (too large: certain)."""
+
+    def __init__(self, calls: list[tuple[Any, ...]], limit: int) -> None:
+        super().__init__(calls)
+        self.limit = limit
+
+    async def write(self, record: Record, letter: DeadLetter) -> None:
+        size = len(record.value or b"")
+        if size > self.limit:
+            raise RecordTooLargeError(size, "Broker: Message size too large")
+        await super().write(record, letter)
 
 
 class BrokenDeadLetters:
@@ -345,7 +369,7 @@ def processed(
         event_time_ms=T0_MS - 5_000,
         order_id=order_id,
         profile_changed=profile_changed,
-        profile_value=profile_value,
+        updated=profile_value,
     )
 
 
@@ -1215,3 +1239,109 @@ def test_one_records_failures_alone_are_not_an_outage() -> None:
         "retries_exhausted",
         0,
     )
+
+
+# --- records too large for the dead-letter topic -------------------------------------------------
+
+
+def test_a_record_too_large_for_the_dlq_is_dead_lettered_as_a_reference() -> None:
+    """A dead letter the DLQ refuses for its size becomes a reference (key, headers, no value)
+    with reason too_large, the original reason and size; the order is parked; nothing stops."""
+    h = Harness().answer(ButtonOutcome(OutcomeKind.INVALID, 400, "bad total"))
+    h.dead_letters = SizeLimitedDeadLetters(h.calls, limit=1_000)
+    big = record(value=b"\x00" + b"x" * 5_000, headers=[("trace", b"t" * 100)])
+
+    outcomes = h.handle(big)
+
+    written, letter = h.dead_letters.written[0]
+    headers = header_map(dead_letter_headers(letter, written.headers))
+    expected: object = (
+        ["dead_lettered"],
+        (b"user-1", None, []),
+        ("too_large", "5001", "commerce-events", "17"),
+        {ORDER: "too_large"},
+        1.0,
+    )
+    actual: object = (
+        outcomes,
+        (written.key, written.value, written.headers),
+        (
+            headers["button.reason"],
+            headers["button.original.size"],
+            headers["__connect.errors.topic"],
+            headers["__connect.errors.offset"],
+        ),
+        h.processor.parked,
+        h.sample("dead_letters_total", reason="too_large"),
+    )
+    assert expected == actual
+    assert "http_400" in headers["__connect.errors.exception.message"]
+
+
+# --- an unknown schema id: transient at first, and the key is parked behind it -------------------
+
+
+def not_found_yet() -> SchemaNotFoundYetError:
+    return SchemaNotFoundYetError("unknown_schema", "schema registry answered 404 for schema id 7")
+
+
+def test_a_schema_id_the_registry_does_not_know_yet_is_retried() -> None:
+    """A registry node that has not replicated a new id answers 404: retried, then decoded."""
+    h = Harness(decoder=FakeDecoder(not_found_yet(), not_found_yet())).answer(OK)
+
+    outcomes = h.handle(record())
+
+    assert (outcomes, h.clock.sleeps, h.letters) == (["delivered"], [0.5, 1.0], [])
+
+
+def test_a_schema_id_still_unknown_after_the_bounded_wait_is_dead_lettered() -> None:
+    """The 404 is retried for a bounded time only, then the record goes to the DLQ."""
+    h = Harness(decoder=FakeDecoder(*(not_found_yet() for _ in range(20))))
+
+    outcomes = h.handle(record())
+
+    assert outcomes == ["dead_lettered"]
+    assert h.letters[0].reason == "unknown_schema"
+    assert 0 < sum(h.clock.sleeps) <= 60.0
+
+
+def test_an_order_record_behind_an_undecodable_record_of_its_key_is_parked() -> None:
+    """A key's record dead-lettered before its order is known parks the key: the refund behind
+    it follows it to the DLQ instead of reaching Button first."""
+    first = Harness(
+        decoder=FakeDecoder(UnknownSchemaError("unknown_schema", "schema id 99"), REFUND),
+        real_processor=restored_processor(),
+    )
+
+    outcomes = first.handle(record(17), record(18))
+
+    assert (outcomes, first.button.sent) == (["dead_lettered", "parked"], [])
+    restarted = Harness(decoder=FakeDecoder(REFUND), real_processor=restored_processor(first))
+    assert restarted.handle(record(19)) == ["parked"]
+
+
+def test_replaying_the_undecodable_record_releases_its_key() -> None:
+    """Once the first dead letter decodes on replay, it and the records parked behind it are
+    sent in order."""
+    first = Harness(
+        decoder=FakeDecoder(UnknownSchemaError("unknown_schema", "schema id 99"), REFUND),
+        real_processor=restored_processor(),
+    )
+    first.handle(record(17), record(18))
+
+    replay = Harness(
+        decoder=FakeDecoder(EVENT, REFUND), real_processor=restored_processor(first)
+    ).answer(OK, OK)
+    outcomes = replay.handle(replayed(40, parked=False), replayed(41, parked=True))
+
+    assert outcomes == ["delivered", "delivered"]
+    assert [r.action for r in replay.button.sent] == [Action.CREATE, Action.CANCEL]
+
+
+def test_a_tombstone_in_the_input_does_not_park_its_key() -> None:
+    """A record without a value is dead-lettered (null_value) but parks nothing."""
+    h = Harness(decoder=FakeDecoder(REFUND), real_processor=restored_processor()).answer(OK)
+
+    outcomes = h.handle(record(17, value=None), record(18))
+
+    assert outcomes == ["dead_lettered", "delivered"]

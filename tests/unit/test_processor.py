@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from structlog.testing import capture_logs
 
@@ -14,7 +16,7 @@ from consumer.domain.mapping import MappingConfig
 from consumer.domain.profile_codec import decode_profile
 from consumer.engine.pipeline import Processed
 from consumer.engine.processor import ProfileProcessor
-from consumer.engine.profiles import ProfileStore
+from consumer.engine.profiles import ChangelogWrite, ProfileStore
 
 T_OPEN = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 T_BUY = T_OPEN + timedelta(hours=2)
@@ -27,6 +29,36 @@ PARTITION = 3
 def processor() -> ProfileProcessor:
     config = MappingConfig()
     return ProfileProcessor(ProfileStore(config.retention), config)
+
+
+@dataclass(frozen=True)
+class Step:
+    """A processed record and what applying it (as the pipeline does) wrote."""
+
+    processed: Processed
+    write: ChangelogWrite | None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.processed, name)
+
+    @property
+    def profile_value_written(self) -> bytes | None:
+        return None if self.write is None else self.write.value
+
+
+def step(
+    proc: ProfileProcessor,
+    key: bytes | None,
+    event: CommerceEvent,
+    now: datetime,
+    *,
+    partition: int = PARTITION,
+) -> Step:
+    """Process ``event`` and apply its profile change, as the pipeline does for a record that
+    is not parked."""
+    processed = proc.process(partition, key, event, now)
+    write = None if key is None else proc.apply(partition, key, processed)
+    return Step(processed, write)
 
 
 def app_open(btn_ref: str = TOKEN) -> CommerceEvent:
@@ -54,7 +86,8 @@ def purchase(order_id: str = "ORD-1") -> CommerceEvent:
     )
 
 
-def body_of(processed: Processed) -> dict[str, object]:
+def body_of(done: Step | Processed) -> dict[str, object]:
+    processed = done.processed if isinstance(done, Step) else done
     assert isinstance(processed.result, Send), processed.result
     body = processed.result.request.body
     assert body is not None
@@ -63,11 +96,11 @@ def body_of(processed: Processed) -> dict[str, object]:
 
 def test_app_open_feeds_the_profile_and_is_skipped() -> None:
     """An app open is not an order: skipped, but its btn_ref is stored and must be written."""
-    opened = processor().process(PARTITION, KEY, app_open(), NOW)
+    opened = step(processor(), KEY, app_open(), NOW)
 
     assert (Skip("profile_only"), True) == (opened.result, opened.profile_changed)
-    assert opened.profile_value is not None
-    token = decode_profile(opened.profile_value).btn_ref
+    assert opened.profile_value_written is not None
+    token = decode_profile(opened.profile_value_written).btn_ref
     assert token is not None
     assert token.value == TOKEN
 
@@ -75,9 +108,9 @@ def test_app_open_feeds_the_profile_and_is_skipped() -> None:
 def test_purchase_after_an_app_open_carries_the_remembered_btn_ref() -> None:
     """The token seen on the open is attached to the later purchase of the same user."""
     proc = processor()
-    proc.process(PARTITION, KEY, app_open(), NOW)
+    step(proc, KEY, app_open(), NOW)
 
-    bought = proc.process(PARTITION, KEY, purchase(), NOW)
+    bought = step(proc, KEY, purchase(), NOW)
 
     assert body_of(bought)["btn_ref"] == TOKEN
 
@@ -85,19 +118,19 @@ def test_purchase_after_an_app_open_carries_the_remembered_btn_ref() -> None:
 def test_purchase_changes_the_profile_and_returns_the_changelog_bytes() -> None:
     """The purchase stores its order; the bytes to write are those now in the store."""
     proc = processor()
-    proc.process(PARTITION, KEY, app_open(), NOW)
+    step(proc, KEY, app_open(), NOW)
 
-    bought = proc.process(PARTITION, KEY, purchase(), NOW)
+    bought = step(proc, KEY, purchase(), NOW)
 
     assert bought.profile_changed
-    assert bought.profile_value is not None
-    assert bought.profile_value == proc.store.get_encoded(PARTITION, KEY)
-    assert [o.order_id for o in decode_profile(bought.profile_value).orders] == ["ORD-1"]
+    assert bought.profile_value_written is not None
+    assert bought.profile_value_written == proc.store.get_encoded(PARTITION, KEY)
+    assert [o.order_id for o in decode_profile(bought.profile_value_written).orders] == ["ORD-1"]
 
 
 def test_processed_names_the_event_its_time_and_its_order() -> None:
     """event_id, event time in epoch ms and the order id come from the event."""
-    bought = processor().process(PARTITION, KEY, purchase("ORD-77"), NOW)
+    bought = step(processor(), KEY, purchase("ORD-77"), NOW)
 
     expected = ("evt-buy", int(T_BUY.timestamp() * 1000), "ORD-77")
     assert expected == (bought.event_id, bought.event_time_ms, bought.order_id)
@@ -105,34 +138,38 @@ def test_processed_names_the_event_its_time_and_its_order() -> None:
 
 def test_event_without_commerce_has_no_order_id() -> None:
     """An app open has no order: order_id is empty (nothing to park)."""
-    assert processor().process(PARTITION, KEY, app_open(), NOW).order_id == ""
+    assert step(processor(), KEY, app_open(), NOW).order_id == ""
 
 
 def test_unchanged_profile_is_not_written_again() -> None:
     """Seeing the same token at the same time again changes nothing: no changelog write."""
     proc = processor()
-    proc.process(PARTITION, KEY, app_open(), NOW)
+    step(proc, KEY, app_open(), NOW)
 
-    again = proc.process(PARTITION, KEY, app_open(), NOW)
+    again = step(proc, KEY, app_open(), NOW)
 
-    assert (again.profile_changed, again.profile_value) == (False, None)
+    assert (again.profile_changed, again.profile_value_written) == (False, None)
 
 
 def test_record_without_key_stores_no_profile() -> None:
     """Without a key there is no user to remember: nothing stored, nothing to write."""
     proc = processor()
 
-    opened = proc.process(PARTITION, None, app_open(), NOW)
+    opened = step(proc, None, app_open(), NOW)
 
-    assert (opened.profile_changed, opened.profile_value, len(proc.store)) == (False, None, 0)
+    assert (opened.profile_changed, opened.profile_value_written, len(proc.store)) == (
+        False,
+        None,
+        0,
+    )
 
 
 def test_record_without_key_uses_no_stored_profile() -> None:
     """A keyless purchase is not joined with any stored profile, so it has no btn_ref."""
     proc = processor()
-    proc.process(PARTITION, KEY, app_open(), NOW)
+    step(proc, KEY, app_open(), NOW)
 
-    bought = proc.process(PARTITION, None, purchase(), NOW)
+    bought = step(proc, None, purchase(), NOW)
 
     assert "btn_ref" not in body_of(bought)
 
@@ -140,9 +177,9 @@ def test_record_without_key_uses_no_stored_profile() -> None:
 def test_profiles_are_per_partition() -> None:
     """The same key in another partition is another profile (co-partitioned changelog)."""
     proc = processor()
-    proc.process(PARTITION, KEY, app_open(), NOW)
+    step(proc, KEY, app_open(), NOW)
 
-    bought = proc.process(PARTITION + 1, KEY, purchase(), NOW)
+    bought = step(proc, KEY, purchase(), NOW, partition=PARTITION + 1)
 
     assert "btn_ref" not in body_of(bought)
 
@@ -150,9 +187,9 @@ def test_profiles_are_per_partition() -> None:
 def test_profiles_are_per_key() -> None:
     """Another user's token is never attached to this user's order."""
     proc = processor()
-    proc.process(PARTITION, b"user-2", app_open(), NOW)
+    step(proc, b"user-2", app_open(), NOW)
 
-    bought = proc.process(PARTITION, KEY, purchase(), NOW)
+    bought = step(proc, KEY, purchase(), NOW)
 
     assert "btn_ref" not in body_of(bought)
 
@@ -167,7 +204,7 @@ def test_corrupt_stored_profile_is_treated_as_none() -> None:
     proc = processor()
     proc.store.restore(PARTITION, KEY, corrupt_profile())
 
-    bought = proc.process(PARTITION, KEY, purchase(), NOW)
+    bought = step(proc, KEY, purchase(), NOW)
 
     assert "btn_ref" not in body_of(bought)
     assert bought.order_id == "ORD-1"
@@ -178,7 +215,7 @@ def test_corrupt_stored_profile_is_replaced_by_a_readable_one() -> None:
     proc = processor()
     proc.store.restore(PARTITION, KEY, corrupt_profile())
 
-    bought = proc.process(PARTITION, KEY, purchase(), NOW)
+    bought = step(proc, KEY, purchase(), NOW)
 
     stored = proc.store.get(PARTITION, KEY)
     assert bought.profile_changed
@@ -192,7 +229,7 @@ def test_corrupt_stored_profile_is_logged() -> None:
     proc.store.restore(PARTITION, KEY, corrupt_profile())
 
     with capture_logs() as logs:
-        proc.process(PARTITION, KEY, purchase(), NOW)
+        step(proc, KEY, purchase(), NOW)
 
     unreadable = [e for e in logs if e["event"] == "profile_unreadable"]
     assert [e["log_level"] for e in unreadable] == ["error"]

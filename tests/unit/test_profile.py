@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -31,6 +32,7 @@ from consumer.domain.profile_codec import (
     encode_profile,
     read_expires_at,
 )
+from consumer.domain.profile_epoch import FENCE_KEY, epoch_of, fence_value
 from consumer.engine.profiles import ChangelogWrite, ProfileStore
 
 DAY = 86_400_000
@@ -387,3 +389,101 @@ def test_parked_orders_expire_with_the_order_retention() -> None:
     assert expires_at_ms(p, RETENTION) == 1_000 + RETENTION.order_ms
     assert prune(p, 1_000 + RETENTION.order_ms, RETENTION) is p
     assert prune(p, 1_001 + RETENTION.order_ms, RETENTION).parked == ()
+
+
+# --- size cap ------------------------------------------------------------------------------------
+
+
+def test_a_profile_over_the_size_cap_forgets_its_least_recently_touched_orders() -> None:
+    """A heavy user's profile stays under max_bytes (the changelog's record limit): the orders
+    touched longest ago are forgotten first; the newest order and the token are kept."""
+    base = typical_profile()
+    order = base.orders[0]
+    orders = tuple(
+        replace(order, order_id=f"order-{i}", touched_ms=order.touched_ms + i) for i in range(40)
+    )
+    heavy = replace(base, orders=orders)
+    store = ProfileStore(RETENTION, max_bytes=2_000)
+
+    value = store.put(0, b"k", heavy)
+
+    assert value is not None
+    kept = store.get(0, b"k")
+    assert kept is not None
+    assert len(value) <= 2_000
+    assert 0 < len(kept.orders) < 40
+    assert kept.orders[-1].order_id == "order-39"
+    assert {o.order_id for o in kept.orders} == {
+        f"order-{i}" for i in range(40 - len(kept.orders), 40)
+    }
+    assert kept.btn_ref == base.btn_ref
+
+
+# --- owner epochs: a former owner's late writes -----------------------------------------------
+
+
+def test_a_former_owners_late_write_after_the_new_owners_value_is_ignored_on_restore() -> None:
+    """Owner 1 writes, owner 2 fences and writes, owner 1's late write lands last: a restore
+    keeps owner 2's value (a stale profile would re-apply refunds or drop a parking)."""
+    first = ProfileStore(RETENTION)
+    first.restore(0, FENCE_KEY, fence_value(1))
+    assert first.claim_epoch(0) == 2
+    old = first.put(0, b"k", typical_profile())
+    second = ProfileStore(RETENTION)
+    for key, value in ((b"k", old), (FENCE_KEY, fence_value(2))):
+        second.restore(0, key, value)
+    assert second.claim_epoch(0) == 3
+    newer = replace(typical_profile(), idfas=(Stamped("NEWER", 1_800_000_000_000),))
+    new = second.put(0, b"k", newer)
+    late = first.put(0, b"k", replace(typical_profile(), idfas=(Stamped("LATE", 1),)))
+
+    restored = ProfileStore(RETENTION)
+    changelog = [
+        (FENCE_KEY, fence_value(2)),
+        (b"k", old),
+        (FENCE_KEY, fence_value(3)),
+        (b"k", new),
+        (b"k", late),
+    ]
+    for key, value in changelog:
+        restored.restore(0, key, value)
+
+    assert (restored.get(0, b"k"), restored.fenced, restored.claim_epoch(0)) == (newer, 1, 4)
+
+
+def test_stamped_values_decode_and_unstamped_ones_still_restore() -> None:
+    """The epoch envelope is transparent to the readers; a value without it has epoch 0."""
+    store = ProfileStore(RETENTION)
+    store.restore(0, b"legacy", encode_profile(typical_profile(), 1))
+    store.claim_epoch(0)
+    value = store.put(0, b"k", typical_profile())
+    assert value is not None
+    assert (epoch_of(value), decode_profile(value), store.get(0, b"legacy")) == (
+        1,
+        typical_profile(),
+        typical_profile(),
+    )
+
+
+def test_the_profile_count_stays_exact_without_iterating_the_partitions() -> None:
+    """len(store) is a running count (read from the Kafka thread while lanes write)."""
+    store = ProfileStore(RETENTION)
+    store.put(0, b"a", typical_profile())
+    store.put(0, b"a", typical_profile())
+    store.put(1, b"b", typical_profile())
+    store.restore(2, b"c", encode_profile(typical_profile(), 1))
+    store.restore(2, b"c", None)
+    store.restore(2, b"d", encode_profile(typical_profile(), 1))
+    store.put(0, b"a", Profile())
+    counts = [len(store)]
+    store.drop_partition(2)
+    counts.append(len(store))
+    store.expire(datetime(2100, 1, 1, tzinfo=UTC))
+    counts.append(len(store))
+
+    class NotIterable(dict[int, dict[bytes, bytes]]):
+        def values(self) -> Any:
+            raise AssertionError("iterated")
+
+    store._partitions = NotIterable(store._partitions)
+    assert (counts, len(store)) == ([2, 1, 0], 0)

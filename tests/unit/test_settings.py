@@ -295,3 +295,54 @@ def test_kafka_passthrough_values_are_not_in_repr() -> None:
 
     assert [text for text in printed if "hunter2-kafka-secret" in text] == []
     assert settings.kafka.config["sasl.password"] == "hunter2-kafka-secret"
+
+
+def test_producers_and_created_topics_share_one_record_size_limit() -> None:
+    """KAFKA_MAX_MESSAGE_BYTES is the producer's message.max.bytes."""
+    settings = load(KAFKA_MAX_MESSAGE_BYTES="2000000")
+    assert settings.kafka.producer_config()["message.max.bytes"] == 2_000_000
+
+
+def test_a_profile_cap_the_changelog_cannot_take_is_refused() -> None:
+    """A profile cap above the record limit (minus the record's overhead) names the variable."""
+    message = config_error(KAFKA_MAX_MESSAGE_BYTES="100000", MAPPING_MAX_PROFILE_BYTES="99000")
+    assert message.startswith("MAPPING_MAX_PROFILE_BYTES")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("KAFKA_CONFIG_ACKS", "1"),
+        ("KAFKA_CONFIG_ACKS", "0"),
+        ("KAFKA_CONFIG_ENABLE_IDEMPOTENCE", "false"),
+        ("KAFKA_CONFIG_ISOLATION_LEVEL", "read_uncommitted"),
+    ],
+)
+def test_passthrough_values_that_weaken_the_guarantees_are_refused(
+    variable: str, value: str
+) -> None:
+    """acks below all, a non-idempotent producer or reading aborted records: refused."""
+    message = config_error(**{variable: value})
+    assert message.startswith(f"{variable}: ")
+    assert "at-least-once" in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "typed"),
+    [
+        ("KAFKA_CONFIG_AUTO_OFFSET_RESET", "KAFKA_AUTO_OFFSET_RESET"),
+        ("KAFKA_CONFIG_GROUP_PROTOCOL", "KAFKA_GROUP_PROTOCOL"),
+    ],
+)
+def test_passthrough_of_a_typed_setting_is_refused_naming_the_typed_variable(
+    variable: str, typed: str
+) -> None:
+    """Two sources for one property would let the pass-through silently win."""
+    message = config_error(**{variable: "latest"})
+    assert message.startswith(f"{variable}: ")
+    assert typed in message
+
+
+def test_passthrough_values_that_keep_the_guarantees_are_accepted() -> None:
+    settings = load(KAFKA_CONFIG_ACKS="all", KAFKA_CONFIG_ENABLE_IDEMPOTENCE="true")
+    assert settings.kafka.producer_config()["acks"] == "all"

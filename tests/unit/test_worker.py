@@ -57,8 +57,11 @@ class Harness:
     assign: tuple[int, ...] = (0,)
     opts: WorkerOptions = field(default_factory=options)
     max_in_flight_per_partition: int = 500
+    max_in_flight: int = 1_000
+    max_commit_distance: int = 100_000
     pipeline: Any = None
     clock: FakeClock | None = None
+    housekeeping: Callable[[], Coroutine[Any, Any, None]] | None = None
 
     def __post_init__(self) -> None:
         self.source = FakeSource(assign=self.assign)
@@ -67,7 +70,8 @@ class Harness:
         self.watermarks = Watermarks()
         self.dispatcher = Dispatcher(
             max_in_flight_per_partition=self.max_in_flight_per_partition,
-            max_in_flight=1_000,
+            max_in_flight=self.max_in_flight,
+            max_commit_distance=self.max_commit_distance,
             watermarks=self.watermarks,
         )
         self.gate = AuthGate(probe_interval=NEVER)
@@ -85,6 +89,8 @@ class Harness:
             drop=self.dropped.append,
             telemetry=self.telemetry,
             options=self.opts,
+            flush=self._flush,
+            housekeeping=self.housekeeping,
             monotonic=time.monotonic if self.clock is None else self.clock.monotonic,
             breaker=self.breaker,
         )
@@ -93,6 +99,10 @@ class Harness:
     def held(self) -> HeldPipeline:
         assert isinstance(self.pipeline, HeldPipeline)
         return self.pipeline
+
+    def _flush(self, timeout: float) -> int:
+        self.source.actions.append(("flush", timeout))
+        return 0
 
     def _restore(self, partitions: list[int]) -> int:
         self.restored.append(partitions)
@@ -157,19 +167,44 @@ def test_a_partition_with_full_lanes_pauses_and_resumes_at_half() -> None:
     run(scenario)
 
 
+def test_a_stuck_record_pauses_its_partition_at_the_commit_distance_bound() -> None:
+    """Finished records behind one unfinished record count: at max_commit_distance the
+    partition pauses although little is in flight, and resumes once the record finishes."""
+
+    async def scenario() -> None:
+        h = Harness(opts=options(max_poll_records=4), max_commit_distance=4)
+        async with h.running():
+            h.records(0, 0, 1, 2, 3, 4, 5)
+            await h.source.until(lambda: len(h.held.started) == 4)
+            for offset in (1, 2, 3):
+                h.held.finish(0, offset)
+            await h.source.until(lambda: h.dispatcher.in_flight(0) == 1)
+            await h.source.passes(3)
+            expected: object = (4, {0}, 0)
+            actual: object = (h.source.handed[0], h.source.paused, h.source.highest_position(0))
+            assert expected == actual
+            h.held.finish(0, 0)
+            await h.source.until(lambda: h.source.handed[0] == 6)
+
+    run(scenario)
+
+
 def test_everything_pauses_while_the_auth_gate_is_closed() -> None:
-    """A closed auth gate pauses every assigned partition; opening it resumes them."""
+    """A closed auth gate pauses every assigned partition while a record (the prober) is in
+    flight; opening it resumes them."""
 
     async def scenario() -> None:
         h = Harness(assign=(0, 1))
         async with h.running():
+            h.records(0, 0)
+            await h.source.until(lambda: h.held.started == [(0, 0)])
             mark = len(h.source.actions)
             h.gate.close()
             await h.source.until(lambda: h.source.paused == {0, 1})
-            h.records(0, 0)
+            h.records(0, 1)
             h.records(1, 0)
             await h.source.passes(2)
-            expected: object = ([], (1, 1), (True,))
+            expected: object = ([(0, 0)], (1, 1), (True,))
             actual: object = (
                 h.held.started,
                 (h.source.pending(0), h.source.pending(1)),
@@ -177,7 +212,7 @@ def test_everything_pauses_while_the_auth_gate_is_closed() -> None:
             )
             assert expected == actual
             h.gate.open()
-            await h.source.until(lambda: len(h.held.started) == 2)
+            await h.source.until(lambda: len(h.held.started) == 3)
             await h.source.passes()
             expected = ([("pause", [0, 1]), ("resume", [0, 1])], (False,))
             actual = (
@@ -191,22 +226,89 @@ def test_everything_pauses_while_the_auth_gate_is_closed() -> None:
 
 def test_everything_pauses_while_the_circuit_breaker_holds_requests() -> None:
     """While the breaker is open (Button pushes back or is down) every partition pauses and
-    nothing new is fetched; the breaker's state and reason are reported; when it closes the
-    partitions resume."""
+    nothing new is fetched while a record waits at it (that record probes Button); the
+    breaker's state and reason are reported; when it closes the partitions resume."""
 
     async def scenario() -> None:
         h = Harness(assign=(0, 1))
         async with h.running():
+            h.records(1, 0)  # in flight: it waits at the breaker and probes Button
+            await h.source.until(lambda: h.held.started == [(1, 0)])
             h.breaker.close("http_429")
             await h.source.until(lambda: h.source.paused == {0, 1})
             h.records(0, 0)
             await h.source.passes(2)
             held = (h.held.started, h.source.pending(0), h.telemetry.named("breaker")[-1])
-            assert held == ([], 1, (True, "http_429"))
+            assert held == ([(1, 0)], 1, (True, "http_429"))
             h.breaker.open()
-            await h.source.until(lambda: len(h.held.started) == 1)
+            await h.source.until(lambda: len(h.held.started) == 2)
             await h.source.passes()
             assert (h.source.paused, h.telemetry.named("breaker")[-1]) == (set(), (False, ""))
+
+    run(scenario)
+
+
+def test_with_the_auth_gate_closed_and_nothing_in_flight_one_batch_is_fetched_to_probe() -> None:
+    """Only a record in flight probes whether Button accepts the key again: when none is left
+    (its partition was revoked), one poll batch is fetched, then everything pauses again."""
+
+    async def scenario() -> None:
+        h = Harness(assign=(0, 1), opts=options(max_poll_records=2))
+        async with h.running():
+            h.gate.close()
+            await h.source.until(lambda: h.telemetry.named("auth_paused")[-1] == (True,))
+            await h.source.passes()
+            h.records(0, 0, 1, 2)
+            h.records(1, 0, 1, 2)
+            await h.source.until(lambda: len(h.held.started) == 2)
+            await h.source.until(lambda: h.source.paused == {0, 1})
+            await h.source.passes(3)
+            assert sum(h.source.handed.values()) == 2
+
+    run(scenario)
+
+
+def test_a_partition_assigned_while_the_auth_gate_is_closed_receives_nothing() -> None:
+    """A partition newly assigned during the auth pause is paused before its first fetch."""
+
+    async def scenario() -> None:
+        h = Harness(assign=(0,))
+        async with h.running():
+            h.records(0, 0)  # in flight: it probes Button while the gate is closed
+            await h.source.until(lambda: h.held.started == [(0, 0)])
+            h.gate.close()
+            await h.source.until(lambda: h.source.paused == {0})
+            h.records(1, 0, 1, 2)
+            await asyncio.wait_for(h.source.assign([1]), DEADLINE)
+            await h.source.passes(3)
+            expected: object = (0, [(0, 0)], {0, 1})
+            actual: object = (h.source.handed.get(1, 0), h.held.started, h.source.paused)
+            assert expected == actual
+            h.gate.open()
+            await h.source.until(lambda: len(h.held.started) == 4)
+            assert h.source.handed[1] == 3
+
+    run(scenario)
+
+
+def test_a_partition_assigned_while_the_total_bound_is_reached_receives_nothing() -> None:
+    """With max_in_flight records in flight, a newly assigned partition stays paused."""
+
+    async def scenario() -> None:
+        h = Harness(assign=(0,), max_in_flight_per_partition=10, max_in_flight=2)
+        async with h.running():
+            h.records(0, 0, 1)
+            await h.source.until(lambda: len(h.held.started) == 2)
+            await h.source.until(lambda: h.source.paused == {0})
+            h.records(1, 0, 1, 2)
+            await asyncio.wait_for(h.source.assign([1]), DEADLINE)
+            await h.source.passes(3)
+            expected: object = (0, {0, 1})
+            actual: object = (h.source.handed.get(1, 0), h.source.paused)
+            assert expected == actual
+            h.held.finish(0, 0)
+            h.held.finish(0, 1)
+            await h.source.until(lambda: h.source.handed.get(1, 0) == 3)
 
     run(scenario)
 
@@ -315,6 +417,45 @@ def test_revoke_waits_for_in_flight_work_then_commits_and_drops() -> None:
     run(scenario)
 
 
+def test_revoke_flushes_the_producer_then_stores_then_commits_the_final_offsets() -> None:
+    """Abandoned jobs' queued writes are flushed, and the final offsets stored before the commit
+    (librdkafka commits a removed partition's stored offset afterwards: it must not be older)."""
+
+    async def scenario() -> None:
+        h = Harness(opts=options(revoke_timeout=0.05))
+        async with h.running():
+            h.records(0, 0, 1, 2)
+            await h.source.until(lambda: len(h.held.started) == 3)
+            h.held.finish(0, 0)
+            await h.source.until(lambda: h.source.last_stored(0) == 1)
+            h.held.finish(0, 1)  # finished, but the loop may not have stored 2 yet
+            await asyncio.wait_for(h.source.revoke([0]), DEADLINE)
+            tail = h.source.actions_named("flush", "store_now", "commit_now")
+            expected: object = [("flush", 10.0), ("store_now", {0: 2}), ("commit_now", {0: 2})]
+            assert expected == tail[-3:]
+
+    run(scenario)
+
+
+def test_lost_partitions_flush_the_producer() -> None:
+    """A lost partition's cancelled writes are flushed at once, not left queued for minutes."""
+
+    async def scenario() -> None:
+        h = Harness()
+        async with h.running():
+            h.records(0, 0)
+            await h.source.until(lambda: h.held.started == [(0, 0)])
+            await asyncio.wait_for(h.source.lose([0]), DEADLINE)
+            expected: object = ([("flush", 10.0)], [])
+            actual: object = (
+                h.source.actions_named("flush"),
+                h.source.actions_named("store_now", "commit_now"),
+            )
+            assert expected == actual
+
+    run(scenario)
+
+
 def test_revoke_at_the_deadline_abandons_and_commits_below_the_unfinished() -> None:
     """Past revoke_timeout unfinished work is cancelled; the commit stops at the lowest one."""
 
@@ -371,6 +512,42 @@ def test_lost_partitions_abandon_in_flight_work_at_once() -> None:
             expected = ([(0, 0)], [[0]])
             actual = (h.held.cancelled, h.dropped)
             assert expected == actual
+
+    run(scenario)
+
+
+# --- housekeeping --------------------------------------------------------------------------------
+
+
+def test_housekeeping_runs_beside_the_poll_loop_and_is_cancelled_at_stop() -> None:
+    """Profile expiry that takes long (a storm of tombstones) never stops polling."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        started = asyncio.Event()
+        cancelled: list[bool] = []
+
+        async def slow_housekeeping() -> None:
+            started.set()
+            try:
+                await asyncio.Event().wait()  # never ends by itself
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
+
+        h = Harness(
+            opts=options(housekeeping_interval=60.0), clock=clock, housekeeping=slow_housekeeping
+        )
+        async with h.running():
+            clock.advance(61.0)
+            await asyncio.wait_for(started.wait(), DEADLINE)
+            h.records(0, 0)
+            await h.source.until(lambda: h.held.started == [(0, 0)])
+            h.held.finish(0, 0)
+            await h.source.until(lambda: h.source.last_stored(0) == 1)
+            clock.advance(61.0)
+            await h.source.passes(2)  # still running: not started a second time
+        assert cancelled == [True]
 
     run(scenario)
 
@@ -550,7 +727,9 @@ def test_stop_pauses_drains_then_stores_commits_and_closes() -> None:
                 ("pause", [0]),
                 ("store", {0: 3}),
                 ("commit", {0: 3}),
-                ("commit_now", {0: 3}),  # close() leaves the group: its revocation commits
+                ("flush", 10.0),  # close() leaves the group: its revocation flushes,
+                ("store_now", {0: 3}),  # stores and commits
+                ("commit_now", {0: 3}),
                 ("close", None),
             ]
             expected = (expected, 3)

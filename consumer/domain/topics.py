@@ -1,0 +1,172 @@
+"""The topics the service needs, and what makes an existing topic unfit (DESIGN, 1 and 7).
+
+Pure: the Kafka adapter describes the topics (``TopicState``), this module says what the service
+creates (``created_topic_configs``) and what is wrong with what exists (``topic_problems``). A
+*fatal* problem means the service cannot keep its guarantees (a changelog that deletes profiles or
+is not co-partitioned, a topic that is missing): ``run`` refuses to start with every fatal
+problem in its message. Others are warnings: logged at start and reported by ``check``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+NO_LIMIT_MS = 9_223_372_036_854_775_807
+"""Kafka's "never" for ``max.compaction.lag.ms`` (its default)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TopicState:
+    """What the cluster says about one topic.
+
+    Attributes:
+        name: the topic.
+        partitions: its partition count; 0 when the topic does not exist.
+        replication: the replica count of its first partition (0 when it does not exist).
+        config: its effective configuration (topic overrides and broker defaults).
+    """
+
+    name: str
+    partitions: int = 0
+    replication: int = 0
+    config: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def exists(self) -> bool:
+        return self.partitions > 0
+
+
+@dataclass(frozen=True, slots=True)
+class TopicPlan:
+    """The settings the service's own topics get (from ``KAFKA_*``)."""
+
+    max_message_bytes: int
+    dlq_retention_ms: int
+    profile_max_compaction_lag_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TopicProblem:
+    """One thing wrong with a topic; ``fatal``: the service must not run with it."""
+
+    topic: str
+    fatal: bool
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.topic}: {self.message}"
+
+
+def created_topic_configs(plan: TopicPlan, replication: int) -> tuple[dict[str, str], ...]:
+    """The configurations of the dead-letter topic and the profile changelog, in that order.
+
+    Args:
+        plan: the service's topic settings.
+        replication: the replica count they are created with (the input topic's), which sets
+            ``min.insync.replicas`` to 2 from 3 replicas, so ``acks=all`` means two copies.
+    """
+    common = {"max.message.bytes": str(plan.max_message_bytes)}
+    if replication >= 3:
+        common["min.insync.replicas"] = "2"
+    dlq = {
+        **common,
+        "cleanup.policy": "delete",
+        "retention.ms": str(plan.dlq_retention_ms),
+        # Dead letters keep the source timestamp; retention must count from the dead-lettering,
+        # or a dead letter of an old record could be deleted at once.
+        "message.timestamp.type": "LogAppendTime",
+    }
+    changelog = {
+        **common,
+        "cleanup.policy": "compact",
+        # Superseded profile values (raw advertising IDs) are compacted away within this bound.
+        "max.compaction.lag.ms": str(plan.profile_max_compaction_lag_ms),
+        "segment.ms": str(min(plan.profile_max_compaction_lag_ms, 86_400_000)),
+    }
+    return dlq, changelog
+
+
+def topic_problems(
+    source: TopicState, changelog: TopicState, dlq: TopicState, plan: TopicPlan
+) -> list[TopicProblem]:
+    """What is wrong with the input topic, the profile changelog and the dead-letter topic.
+
+    Fatal: a missing topic; a changelog whose ``cleanup.policy`` is not exactly ``compact``
+    (``delete`` loses profiles, parked orders and applied refunds after the retention) or whose
+    partition count differs from the input's (co-partitioning, DESIGN 7). Warnings: a record
+    limit below the producers', fewer replicas than the input, a dead-letter topic whose
+    retention counts from the source timestamp, and a changelog that keeps superseded values
+    without a bound.
+    """
+    problems: list[TopicProblem] = []
+    for state, role in ((source, "input"), (changelog, "profile changelog"), (dlq, "DLQ")):
+        if not state.exists:
+            problems.append(TopicProblem(state.name, True, f"the {role} topic does not exist"))
+    if changelog.exists:
+        policy = changelog.config.get("cleanup.policy", "delete")
+        if {p.strip() for p in policy.split(",")} != {"compact"}:
+            problems.append(
+                TopicProblem(
+                    changelog.name,
+                    True,
+                    f"cleanup.policy is {policy!r}; the profile changelog must be 'compact' "
+                    "only, or profiles (parked orders, applied refunds) are deleted and cannot "
+                    "be restored",
+                )
+            )
+        if source.exists and changelog.partitions != source.partitions:
+            problems.append(
+                TopicProblem(
+                    changelog.name,
+                    True,
+                    f"has {changelog.partitions} partitions but {source.name} has "
+                    f"{source.partitions}; the profile changelog must be co-partitioned with "
+                    "the input",
+                )
+            )
+        lag = int(changelog.config.get("max.compaction.lag.ms", NO_LIMIT_MS))
+        if lag >= NO_LIMIT_MS:
+            problems.append(
+                TopicProblem(
+                    changelog.name,
+                    False,
+                    "max.compaction.lag.ms is unbounded: superseded profile values (advertising "
+                    "IDs) may stay in the log indefinitely",
+                )
+            )
+    if dlq.exists:
+        retention = int(dlq.config.get("retention.ms", "-1"))
+        if retention >= 0 and dlq.config.get("message.timestamp.type") != "LogAppendTime":
+            problems.append(
+                TopicProblem(
+                    dlq.name,
+                    False,
+                    "message.timestamp.type is not LogAppendTime: dead letters keep the source "
+                    "timestamp, so retention.ms counts from the event and an old record's dead "
+                    "letter may be deleted at once",
+                )
+            )
+    for state in (changelog, dlq):
+        if not state.exists:
+            continue
+        limit = int(state.config.get("max.message.bytes", str(plan.max_message_bytes)))
+        if limit < plan.max_message_bytes:
+            problems.append(
+                TopicProblem(
+                    state.name,
+                    False,
+                    f"max.message.bytes is {limit}, below KAFKA_MAX_MESSAGE_BYTES "
+                    f"({plan.max_message_bytes}): larger records are refused by the broker",
+                )
+            )
+        if source.exists and state.replication < source.replication:
+            problems.append(
+                TopicProblem(
+                    state.name,
+                    False,
+                    f"has {state.replication} replicas, fewer than {source.name} "
+                    f"({source.replication})",
+                )
+            )
+    return problems

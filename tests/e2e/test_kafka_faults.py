@@ -1,0 +1,146 @@
+"""Faults on the Kafka side, end to end against the real broker and the Button sandbox.
+
+- a member that takes over partitions it never owned while Button refuses the key fetches
+  nothing from them (intake measured by records received, not by the paused gauge);
+- records too large for the dead-letter topic are dead-lettered as references, and every record
+  before and after them is delivered.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from confluent_kafka import Producer
+
+from consumer.commands import produce_events
+from consumer.domain.deadletter import H_ORIGINAL_SIZE, H_REASON
+from consumer.domain.events import CommerceEvent
+from consumer.samples import generate_events
+from tests.e2e.harness import (
+    ServiceRunner,
+    assert_sandbox_matches,
+    committed_offsets,
+    end_offsets,
+    expected_orders,
+    headers_of,
+    read_all,
+    stop_when_done,
+    wait_until,
+)
+
+pytestmark = pytest.mark.broker
+
+RECEIVED = "button_consumer_records_received_total"
+ASSIGNED = "button_consumer_partitions_assigned"
+PAUSED = "button_consumer_partitions_paused"
+AUTH_PAUSED = "button_consumer_auth_paused"
+MAX_IN_FLIGHT = 20
+POLL_BATCH = 500  # WorkerOptions.max_poll_records
+
+
+def _recent_events(users: int, seed: int) -> list[CommerceEvent]:
+    start = datetime.now(UTC) - timedelta(hours=7)
+    return list(generate_events(users, seed=seed, start=start))
+
+
+def test_partitions_taken_over_during_an_auth_pause_are_not_fetched(
+    kafka_bootstrap, make_topic, service_settings, sandbox, unique_name
+):
+    """Two members, both paused on a refused key; one leaves, the other takes partitions it never
+    owned: it receives none of their records while paused (at most MAX_IN_FLIGHT plus one poll
+    batch in all), then delivers everything, in order, once the key works again."""
+    partitions = 4
+    topic = make_topic(partitions=partitions, prefix="takeover")
+    group = unique_name("group")
+    overrides = {
+        "KAFKA_GROUP_ID": group,
+        "DELIVERY_MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
+        "DELIVERY_AUTH_PROBE_INTERVAL_SECONDS": "0.2",
+    }
+    settings = service_settings(topic, **overrides)
+    events = _recent_events(250, seed=21)
+    expected = expected_orders(events, settings)
+    produce_events(settings, events, partitions=partitions)
+    ends = end_offsets(kafka_bootstrap, topic, partitions)
+    assert sum(ends.values()) > 2 * (MAX_IN_FLIGHT + POLL_BATCH), "backlog too small to tell"
+    sandbox.set_api_keys([])
+
+    stays = ServiceRunner(service_settings(topic, **overrides)).start()
+    leaves = ServiceRunner(service_settings(topic, **overrides)).start()
+    try:
+        wait_until(
+            lambda: all(
+                r.metric(AUTH_PAUSED) == 1 and r.metric(ASSIGNED) == 2 for r in (stays, leaves)
+            ),
+            timeout=60,
+            message="a member did not get its half and pause on the refused key",
+        )
+        leaves.stop()
+        wait_until(
+            lambda: stays.metric(ASSIGNED) == partitions,
+            timeout=60,
+            message="the remaining member did not take over the partitions",
+        )
+        # Let it run paused: at least three more probes of the refused key.
+        probes = sandbox.stats()["by_status"].get("401", 0)
+        sandbox.wait_for(
+            lambda: sandbox.stats()["by_status"].get("401", 0) >= probes + 3,
+            timeout=30,
+            interval=0.1,
+            message="the member stopped probing the refused key",
+        )
+        received = stays.metric(RECEIVED, {"topic": topic})
+        assert received <= MAX_IN_FLIGHT + POLL_BATCH, received
+        assert stays.metric(PAUSED) == partitions
+
+        sandbox.set_api_keys([sandbox.api_key])
+        sandbox.wait_for(
+            lambda: set(expected) <= {o["order_id"] for o in sandbox.orders()},
+            timeout=90,
+            message="not every order reached Button after the key was accepted again",
+        )
+        stop_when_done(stays, kafka_bootstrap, group, topic, partitions, 90)
+    finally:
+        for runner in (stays, leaves):
+            runner.stop()
+    assert committed_offsets(kafka_bootstrap, group, topic, partitions) == ends
+    assert_sandbox_matches(sandbox, expected)
+
+
+def test_records_too_large_are_dead_lettered_and_everything_around_them_delivered(
+    kafka_bootstrap, make_topic, service_settings, start_service, sandbox
+):
+    """A 990 KiB record (over librdkafka's default limit, under the broker's) is dead-lettered
+    whole; a 1.5 MB one (accepted by its topic, over KAFKA_MAX_MESSAGE_BYTES) as a too_large
+    reference; the service never stops and delivers the records before and after them."""
+    topic = make_topic(partitions=1, prefix="toolarge", config={"max.message.bytes": "2000000"})
+    settings = service_settings(topic)
+    before, after = _recent_events(6, seed=31), _recent_events(6, seed=32)
+    expected = expected_orders(before + after, settings)
+    produce_events(settings, before, partitions=1)
+    big = Producer({"bootstrap.servers": kafka_bootstrap, "message.max.bytes": 2_000_000})
+    for key, size in ((b"big-990k", 990 * 1024), (b"big-1500k", 1_500_000)):
+        big.produce(topic, key=key, value=b"\x07" * size, partition=0)
+    assert big.flush(30) == 0
+    produce_events(settings, after, partitions=1)
+    ends = end_offsets(kafka_bootstrap, topic, 1)
+
+    runner = start_service(settings)
+    stop_when_done(runner, kafka_bootstrap, settings.kafka.group_id, topic, 1, 90)
+
+    letters = read_all(kafka_bootstrap, settings.kafka.dlq_topic)
+    shapes = sorted(
+        (
+            m.key(),
+            len(m.value() or b""),
+            headers_of(m)[H_REASON],
+            headers_of(m).get(H_ORIGINAL_SIZE),
+        )
+        for m in letters
+    )
+    assert [s[0] for s in shapes] == [b"big-1500k", b"big-990k"]
+    assert shapes[0][1:] == (0, "too_large", str(1_500_000))
+    assert shapes[1][1] == 990 * 1024
+    assert committed_offsets(kafka_bootstrap, settings.kafka.group_id, topic, 1) == ends
+    assert_sandbox_matches(sandbox, expected)

@@ -1,0 +1,58 @@
+"""The Kafka source's poll: what it does with the errors librdkafka reports as messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError
+from structlog.testing import capture_logs
+
+from consumer.adapters.kafka import KafkaSource
+from consumer.errors import BrokerError
+
+
+class ErrorMessage:
+    def __init__(self, code: int) -> None:
+        self._error = KafkaError(code)
+
+    def error(self) -> KafkaError:
+        return self._error
+
+
+class FakeConsumer:
+    def __init__(self, *messages: Any) -> None:
+        self.messages = list(messages)
+
+    def consume(self, num_messages: int, timeout: float) -> list[Any]:
+        return self.messages
+
+
+def source_with(*messages: Any) -> KafkaSource:
+    source = KafkaSource({}, "events")
+    source._consumer = FakeConsumer(*messages)  # type: ignore[assignment]
+    return source
+
+
+@pytest.mark.parametrize(
+    "code", [KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED]
+)
+def test_an_authorization_error_stops_the_service(code: int) -> None:
+    """Not fatal to librdkafka, but nothing is consumed until an operator fixes the ACLs: the
+    service must not look healthy while it reads nothing."""
+    with pytest.raises(BrokerError, match="AUTHORIZATION"):
+        source_with(ErrorMessage(code))._poll(10, 0.01)
+
+
+def test_other_consumer_errors_are_logged_not_swallowed() -> None:
+    """A transient error is retried by librdkafka, and logged with its code."""
+    with capture_logs() as logs:
+        records = source_with(ErrorMessage(KafkaError._TRANSPORT))._poll(10, 0.01)
+    assert records == []
+    assert [e["code"] for e in logs if e["event"] == "kafka_consumer_error"] == ["_TRANSPORT"]
+
+
+def test_partition_ends_are_not_errors() -> None:
+    with capture_logs() as logs:
+        source_with(ErrorMessage(KafkaError._PARTITION_EOF))._poll(10, 0.01)
+    assert logs == []

@@ -1,0 +1,95 @@
+"""The service's topics: what it creates, and which existing topics it refuses or warns about."""
+
+from __future__ import annotations
+
+from consumer.domain.topics import (
+    TopicPlan,
+    TopicProblem,
+    TopicState,
+    created_topic_configs,
+    topic_problems,
+)
+
+PLAN = TopicPlan(
+    max_message_bytes=1_048_588,
+    dlq_retention_ms=30 * 86_400_000,
+    profile_max_compaction_lag_ms=7 * 86_400_000,
+)
+SOURCE = TopicState("events", 6, 3, {})
+
+
+def fit() -> tuple[TopicState, TopicState]:
+    dlq_config, changelog_config = created_topic_configs(PLAN, replication=3)
+    return (
+        TopicState("events.profiles", 6, 3, changelog_config),
+        TopicState("events.dlq", 6, 3, dlq_config),
+    )
+
+
+def fatal(problems: list[TopicProblem]) -> list[str]:
+    return [str(p) for p in problems if p.fatal]
+
+
+def test_the_topics_the_service_creates_pass_its_own_checks() -> None:
+    """Created with explicit settings, the DLQ and changelog raise no problem at all."""
+    changelog, dlq = fit()
+    assert topic_problems(SOURCE, changelog, dlq, PLAN) == []
+
+
+def test_created_topics_have_explicit_settings() -> None:
+    """Retention, timestamps, compaction bound, size limit and min.insync.replicas are set."""
+    dlq, changelog = created_topic_configs(PLAN, replication=3)
+    expected = (
+        ("LogAppendTime", str(30 * 86_400_000), "delete", "1048588", "2"),
+        ("compact", str(7 * 86_400_000), "1048588", "2"),
+    )
+    actual = (
+        (
+            dlq["message.timestamp.type"],
+            dlq["retention.ms"],
+            dlq["cleanup.policy"],
+            dlq["max.message.bytes"],
+            dlq["min.insync.replicas"],
+        ),
+        (
+            changelog["cleanup.policy"],
+            changelog["max.compaction.lag.ms"],
+            changelog["max.message.bytes"],
+            changelog["min.insync.replicas"],
+        ),
+    )
+    assert expected == actual
+
+
+def test_a_changelog_that_deletes_cannot_keep_state() -> None:
+    """cleanup.policy=delete (or compact,delete) on the changelog is fatal."""
+    changelog, dlq = fit()
+    for policy in ("delete", "compact,delete"):
+        bad = TopicState(changelog.name, 6, 3, {**changelog.config, "cleanup.policy": policy})
+        assert len(fatal(topic_problems(SOURCE, bad, dlq, PLAN))) == 1
+
+
+def test_a_changelog_not_co_partitioned_with_the_input_is_fatal() -> None:
+    changelog, dlq = fit()
+    bad = TopicState(changelog.name, 3, 3, changelog.config)
+    expected = [
+        "events.profiles: has 3 partitions but events has 6; the profile changelog must "
+        "be co-partitioned with the input"
+    ]
+    assert expected == fatal(topic_problems(SOURCE, bad, dlq, PLAN))
+
+
+def test_missing_topics_are_fatal() -> None:
+    problems = topic_problems(
+        TopicState("events"), TopicState("events.profiles"), TopicState("events.dlq"), PLAN
+    )
+    assert len(fatal(problems)) == 3
+
+
+def test_broker_defaults_only_warn() -> None:
+    """Topics with broker defaults and one replica: warnings, nothing fatal but the policy."""
+    changelog = TopicState("events.profiles", 6, 1, {"cleanup.policy": "compact"})
+    dlq = TopicState("events.dlq", 6, 1, {"retention.ms": "604800000"})
+    problems = topic_problems(SOURCE, changelog, dlq, PLAN)
+    assert fatal(problems) == []
+    assert len(problems) == 4  # compaction bound, DLQ timestamps, replicas x2
