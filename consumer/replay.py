@@ -13,6 +13,10 @@ Progress is remembered by a consumer group on the DLQ when the whole DLQ is repl
 ``--group-id`` is given): the next run starts after the last replayed record. A filtered replay
 without ``--group-id`` reads the whole DLQ and remembers nothing, so records it filtered out stay
 available to a later replay. ``--dry-run`` lists what would be replayed and writes nothing.
+
+Only acknowledged records are remembered: the group is committed, per DLQ partition, up to the
+first dead letter whose write failed, and the command exits 1 naming each failed one, so a rerun
+(once the cause is fixed) starts at it.
 """
 
 from __future__ import annotations
@@ -21,10 +25,10 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Protocol, TextIO, cast
 
 from consumer.adapters.kafka import AckingProducer, PartitionReader
 from consumer.domain.deadletter import (
@@ -40,7 +44,7 @@ from consumer.domain.deadletter import (
     strip_own_headers,
 )
 from consumer.errors import BrokerError, ConfigError
-from consumer.ports import Record
+from consumer.ports import Headers, Record
 from consumer.settings import Settings
 
 
@@ -64,11 +68,69 @@ class ReplayFilter:
         return not (self.until_ms is not None and (at is None or at >= self.until_ms))
 
 
+@dataclass(frozen=True, slots=True)
+class ReplayFailure:
+    """A dead letter that was not replayed: its DLQ partition and offset, and why."""
+
+    partition: int
+    offset: int
+    error: str
+
+    def __str__(self) -> str:
+        return f"dead letter {self.partition}:{self.offset} not replayed: {self.error}"
+
+
 @dataclass(slots=True)
 class ReplayReport:
+    """What one run did. ``replayed`` counts acknowledged records; ``failures`` are sorted by
+    DLQ partition and offset; ``committed`` is what the DLQ group now stands at (partition ->
+    next offset), empty when nothing was committed."""
+
     read: int = 0
     replayed: int = 0
     skipped: int = 0
+    failures: list[ReplayFailure] = field(default_factory=list)
+    committed: dict[int, int] = field(default_factory=dict)
+
+
+class DeadLetterReader(Protocol):
+    """What a replay reads the DLQ with (``PartitionReader``)."""
+
+    topic: str
+
+    def partitions(self, timeout: float = ...) -> list[int]: ...
+
+    def watermarks(
+        self, partitions: Iterable[int], deadline: float
+    ) -> dict[int, tuple[int, int]]: ...
+
+    def committed(
+        self, partitions: Iterable[int], timeout: float = ...
+    ) -> dict[int, int | None]: ...
+
+    def read(
+        self, ranges: Mapping[int, tuple[int, int]], deadline: float | None = None
+    ) -> Iterator[Record]: ...
+
+    def commit(self, offsets: Mapping[int, int]) -> None: ...
+
+
+class ReplayProducer(Protocol):
+    """What a replay writes with (``AckingProducer``)."""
+
+    def send_nowait(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        tag: Hashable | None = None,
+    ) -> None: ...
+
+    def settle(self, timeout: float) -> int: ...
+
+    def undelivered(self) -> dict[Hashable, str]: ...
 
 
 def replay_headers(
@@ -118,56 +180,112 @@ def replay(
 ) -> ReplayReport:
     """Replay the matching dead letters present when the command starts, then stop.
 
+    See ``replay_from`` for what is committed when some records are not acknowledged.
+
     Raises:
-        BrokerError: the DLQ does not exist, reading it failed, or a replayed record was not
-            acknowledged (then no progress is committed).
+        BrokerError: the DLQ does not exist or reading it failed.
     """
-    dlq = settings.kafka.dlq_topic
     producer = None if dry_run else AckingProducer(settings.kafka.producer_config())
     if producer is not None:
         producer.start()
-    report = ReplayReport()
-    pacing = _Rate(rate)
     try:
-        with PartitionReader(settings.kafka.reader_config(group_id), dlq) as reader:
-            ranges = _ranges(reader, from_group=remember)
-            total = sum(end - start for start, end in ranges.values())
-            for record in reader.read(ranges):
-                report.read += 1
-                text = header_map(record.headers)
-                if not selection.matches(text):
-                    report.skipped += 1
-                else:
-                    position = f"{record.partition}:{record.offset}"
-                    target_topic = text.get(H_TOPIC) or settings.kafka.topic
-                    target_partition = _int(text.get(H_PARTITION))
-                    if producer is None:
-                        _describe(out, record, text, target_topic, target_partition)
-                    else:
-                        pacing.wait()
-                        producer.send_nowait(
-                            target_topic,
-                            record.key,
-                            record.value,
-                            headers=replay_headers(record.headers, position),
-                            partition=target_partition,
-                        )
-                    report.replayed += 1
-                if progress:
-                    _progress(report.read, total)
-            if producer is not None and producer.settle(60.0):
-                raise BrokerError("replayed records were not all acknowledged; nothing committed")
-            if producer is not None and remember:
-                reader.commit({p: end for p, (_, end) in ranges.items()})
+        with PartitionReader(
+            settings.kafka.reader_config(group_id), settings.kafka.dlq_topic
+        ) as reader:
+            return replay_from(
+                reader,
+                producer,
+                selection,
+                default_topic=settings.kafka.topic,
+                pacing=_Rate(rate),
+                out=out,
+                progress=progress,
+                remember=remember,
+            )
     finally:
         if producer is not None:
             producer.close()
         if progress:
             sys.stderr.write("\n")
+
+
+def replay_from(
+    reader: DeadLetterReader,
+    producer: ReplayProducer | None,
+    selection: ReplayFilter,
+    *,
+    default_topic: str,
+    pacing: _Rate,
+    out: TextIO,
+    progress: bool = False,
+    remember: bool = True,
+    settle_timeout: float = 60.0,
+) -> ReplayReport:
+    """Replay from ``reader`` with ``producer`` (``None``: describe to ``out`` instead).
+
+    The DLQ group is committed, per DLQ partition, up to the first dead letter that was not
+    acknowledged (it and everything after it are read again by the next run), and to the end of
+    the partition when all were: a failure never loses a dead letter from a later replay. After
+    a record of a DLQ partition cannot even be queued, the rest of that partition is not sent
+    (the next run sends them, in order); records already queued after a failed one may have
+    been written, and the next run sends them again (harmless, DESIGN, 2). The failures are in
+    the report, for the caller to exit non-zero.
+    """
+    report = ReplayReport()
+    ranges = _ranges(reader, from_group=remember)
+    total = sum(end - start for start, end in ranges.values())
+    first_failed: dict[int, int] = {}
+    failed: list[ReplayFailure] = []
+    for record in reader.read(ranges):
+        report.read += 1
+        if progress:
+            _progress(report.read, total)
+        if record.partition in first_failed:
+            continue  # an earlier record of this partition could not be queued: left for later
+        text = header_map(record.headers)
+        if not selection.matches(text):
+            report.skipped += 1
+            continue
+        target_topic = text.get(H_TOPIC) or default_topic
+        target_partition = _int(text.get(H_PARTITION))
+        if producer is None:
+            _describe(out, record, text, target_topic, target_partition)
+            report.replayed += 1
+            continue
+        pacing.wait()
+        try:
+            producer.send_nowait(
+                target_topic,
+                record.key,
+                record.value,
+                headers=replay_headers(record.headers, f"{record.partition}:{record.offset}"),
+                partition=target_partition,
+                tag=(record.partition, record.offset),
+            )
+        except BrokerError as exc:
+            failed.append(ReplayFailure(record.partition, record.offset, str(exc)))
+            first_failed[record.partition] = record.offset
+        else:
+            report.replayed += 1
+    if producer is None:
+        return report
+    producer.settle(settle_timeout)
+    for tag, error in producer.undelivered().items():
+        partition, offset = cast("tuple[int, int]", tag)  # the tags queued above
+        failed.append(ReplayFailure(partition, offset, error))
+        report.replayed -= 1
+    report.failures = sorted(failed, key=lambda f: (f.partition, f.offset))
+    stands = {p: end for p, (_, end) in ranges.items()}
+    for failure in report.failures:
+        stands[failure.partition] = min(stands[failure.partition], failure.offset)
+    if remember:
+        offsets = {p: o for p, o in stands.items() if o > ranges[p][0]}
+        reader.commit(offsets)
+        report.committed = offsets
     return report
 
 
-def _ranges(reader: PartitionReader, *, from_group: bool) -> dict[int, tuple[int, int]]:
+def _ranges(reader: DeadLetterReader, *, from_group: bool) -> dict[int, tuple[int, int]]:
     """Per DLQ partition with records to read: where this group stands, where the topic ends."""
     try:
         partitions = reader.partitions()
@@ -249,4 +367,14 @@ def replay_command(args: argparse.Namespace) -> int:
         f"left {report.skipped} (filtered out)",
         file=sys.stderr,
     )
-    return 0
+    if not report.failures:
+        return 0
+    for failure in report.failures:
+        print(f"button-consumer: {settings.kafka.dlq_topic} {failure}", file=sys.stderr)
+    stands = ", ".join(f"{p}:{o}" for p, o in sorted(report.committed.items())) or "nothing"
+    print(
+        f"button-consumer: {len(report.failures)} dead letter(s) not replayed; committed "
+        f"{stands}; run replay-dlq again once the cause is fixed",
+        file=sys.stderr,
+    )
+    return 1

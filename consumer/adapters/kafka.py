@@ -21,8 +21,8 @@ import concurrent.futures
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Final
 
 import structlog
 from confluent_kafka import (
@@ -108,10 +108,13 @@ class AckingProducer:
     def __init__(self, config: Mapping[str, Any]) -> None:
         self._config = dict(config)
         self._client: Producer | None = None
-        # Records of send_nowait: not yet reported, and reported as not written.
+        # Records of send_nowait: not yet reported, and reported as not written; by tag, those
+        # queued with one (not yet reported, and failed with their error).
         self._acks = threading.Condition()
         self._outstanding = 0
         self._failed = 0
+        self._unreported: set[Hashable] = set()
+        self._errors: dict[Hashable, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="kafka-producer", daemon=True)
 
@@ -173,21 +176,29 @@ class AckingProducer:
         value: bytes | None,
         headers: Headers | None = None,
         partition: int | None = None,
+        tag: Hashable | None = None,
     ) -> None:
         """Queue one record from synchronous code (``replay-dlq``, the sample producer).
 
         Records queued one after another are written in that order; this blocks while the local
-        queue is full. ``settle`` says whether every queued record was acknowledged.
+        queue is full. ``settle`` says whether every queued record was acknowledged, and
+        ``undelivered`` which of the records queued with a ``tag`` (unique) were not.
 
         Raises:
             ProduceError: the record cannot be queued (unknown partition, too large...).
         """
-        kwargs = _produce_kwargs(self._acknowledged, key, value, headers, partition, None)
+
+        def report(err: KafkaError | None, _msg: Message) -> None:
+            self._acknowledged(tag, err)
+
+        kwargs = _produce_kwargs(report, key, value, headers, partition, None)
         while True:
             try:
                 with self._acks:
                     self._producer.produce(topic, **kwargs)
                     self._outstanding += 1
+                    if tag is not None:
+                        self._unreported.add(tag)
                 return
             except BufferError:
                 # The local queue is full: the serving thread's polls drain it.
@@ -195,11 +206,15 @@ class AckingProducer:
             except KafkaException as exc:
                 raise ProduceError(f"produce to {topic} failed: {exc}") from exc
 
-    def _acknowledged(self, err: KafkaError | None, _msg: Message) -> None:
+    def _acknowledged(self, tag: Hashable | None, err: KafkaError | None) -> None:
         with self._acks:
             self._outstanding -= 1
+            if tag is not None:
+                self._unreported.discard(tag)
             if err is not None:
                 self._failed += 1
+                if tag is not None:
+                    self._errors[tag] = err.str()
             self._acks.notify_all()
 
     def settle(self, timeout: float) -> int:
@@ -215,6 +230,13 @@ class AckingProducer:
             while self._outstanding > 0 and (left := deadline - time.monotonic()) > 0:
                 self._acks.wait(left)
             return self._outstanding + self._failed
+
+    def undelivered(self) -> dict[Hashable, str]:
+        """The tagged records not acknowledged (so far): tag -> the broker's error, or
+        ``"no delivery report"`` for one still unreported. Call it after ``settle``."""
+        with self._acks:
+            missing = dict.fromkeys(self._unreported, "no delivery report")
+            return {**missing, **self._errors}
 
     def flush(self, timeout: float) -> int:
         """Wait for outstanding deliveries; return how many are still outstanding."""
@@ -634,6 +656,17 @@ def watermark_offsets(
         time.sleep(0.1)
 
 
+# Answers of a group coordinator that is moving or still loading (a fresh or restarting
+# cluster): asking again shortly succeeds.
+_COORDINATOR_MOVING: Final = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+    }
+)
+
+
 class PartitionReader:
     """Reads partitions of one topic from chosen offsets to where they end (blocking).
 
@@ -681,12 +714,28 @@ class PartitionReader:
         }
 
     def committed(self, partitions: Iterable[int], timeout: float = 30.0) -> dict[int, int | None]:
-        """Per partition, the offset committed by the reader's group (None: nothing committed)."""
+        """Per partition, the offset committed by the reader's group (None: nothing committed).
+
+        A retriable error (the group's coordinator moving or still loading, as on a fresh
+        cluster) is retried until ``timeout``.
+        """
         parts = [TopicPartition(self.topic, p) for p in partitions]
-        return {
-            tp.partition: tp.offset if tp.offset >= 0 else None
-            for tp in self._consumer.committed(parts, timeout=timeout)
-        }
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                answer = self._consumer.committed(
+                    parts, timeout=max(0.1, deadline - time.monotonic())
+                )
+                break
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                retriable = isinstance(error, KafkaError) and (
+                    error.retriable() or error.code() in _COORDINATOR_MOVING
+                )
+                if not retriable or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+        return {tp.partition: tp.offset if tp.offset >= 0 else None for tp in answer}
 
     def read(
         self, ranges: Mapping[int, tuple[int, int]], deadline: float | None = None

@@ -22,14 +22,16 @@ Faults JSON (every key optional)::
       "lost_response_rate": 0.01,                       # applied, then the connection is reset
       "accepted_rate": 0.0,                             # creates answered 202 without
                                                         #   button_order_id (order still created)
-      "outage": {"seconds": 10, "status": 503},         # every request fails for the next 10 s
+      "outage": {"seconds": 10, "status": 503,          # every request fails for the next 10 s
+                 "body": "json"},                       #   with Button's JSON error, or "html"
       "rules": [                                        # deterministic, checked first:
         {"order_id": "ORD-1",                           #   the first `fail_first` matching
          "operation": "create",                         #   attempts for this order (optionally
          "fail_first": 2,                               #   of one operation: create, update,
          "action": "status", "status": 503,             #   cancel, get, list) fail with:
-         "retry_after": {"seconds": 1, "format": "http-date"}}   # status | reset | hang |
-      ]                                                          # lost_response
+         "retry_after": {"seconds": 1, "format": "http-date"},   # status | reset | hang |
+         "body": "json"}                                         # lost_response; body as
+      ]                                                          # the outage's
     }
 
 The random faults share one draw: their rates must sum to at most 1. Precedence per request:
@@ -37,6 +39,11 @@ rules, then the outage, then the random faults. Latency applies on top of any of
 whose action is ``hang`` waits ``hang.seconds``; a rule's ``retry_after`` is sent whatever its
 status, the global one only on 429 and 503. Posting a document restarts the outage clock and
 the rules' attempt counters (``GET /__sandbox/faults`` shows both).
+
+An injected status answers with Button's JSON error envelope (``"body": "json"``, the default)
+or, with ``"body": "html"``, with an HTML page as a corporate proxy, WAF or CDN in front of
+Button sends it (``text/html``; a 403 this way is a refusal that is not Button's own). A 502 is
+always HTML.
 """
 
 from __future__ import annotations
@@ -64,6 +71,8 @@ __all__ = [
 Operation = Literal["create", "update", "cancel", "get", "list"]
 OPERATIONS: Final[frozenset[str]] = frozenset({"create", "update", "cancel", "get", "list"})
 Action = Literal["status", "reset", "hang", "lost_response"]
+Body = Literal["json", "html"]
+_BODIES: Final = frozenset({"json", "html"})
 _ACTIONS: Final = frozenset({"status", "reset", "hang", "lost_response"})
 RANDOM_STATUSES: Final = (429, 500, 502, 503, 504)
 _Z99: Final = 2.3263478740408408  # the standard normal's 99th percentile
@@ -124,6 +133,7 @@ class Rule:
     status: int = 503
     operation: Operation | None = None
     retry_after: RetryAfter | None = None
+    body: Body = "json"
 
     def matches(self, operation: str, order_id: str | None) -> bool:
         return order_id == self.order_id and self.operation in (None, operation)
@@ -136,6 +146,7 @@ class Rule:
             "action": self.action,
             "status": self.status,
             "retry_after": None if self.retry_after is None else self.retry_after.to_json(),
+            "body": self.body,
         }
 
 
@@ -154,6 +165,7 @@ class FaultConfig:
     accepted_rate: float = 0.0
     outage_seconds: float = 0.0
     outage_status: int = 503
+    outage_body: Body = "json"
     rules: tuple[Rule, ...] = ()
 
     @classmethod
@@ -179,7 +191,7 @@ class FaultConfig:
         hang = _object(doc.get("hang", {}), "hang")
         _known(hang, "hang", {"rate", "seconds"})
         outage = _object(doc.get("outage", {}), "outage")
-        _known(outage, "outage", {"seconds", "status"})
+        _known(outage, "outage", {"seconds", "status", "body"})
         rules_doc = doc.get("rules", [])
         if not isinstance(rules_doc, list):
             raise FaultConfigError("rules: must be an array")
@@ -196,6 +208,7 @@ class FaultConfig:
             accepted_rate=_rate(doc.get("accepted_rate", 0.0), "accepted_rate"),
             outage_seconds=_seconds(outage.get("seconds", 0.0), "outage.seconds"),
             outage_status=_status(outage.get("status", 503), "outage.status"),
+            outage_body=_body(outage.get("body", "json"), "outage.body"),
             rules=tuple(_rule(item, f"rules[{i}]") for i, item in enumerate(rules_doc)),
         )
         total = (
@@ -222,7 +235,11 @@ class FaultConfig:
             "hang": {"rate": self.hang_rate, "seconds": self.hang_seconds},
             "lost_response_rate": self.lost_response_rate,
             "accepted_rate": self.accepted_rate,
-            "outage": {"seconds": self.outage_seconds, "status": self.outage_status},
+            "outage": {
+                "seconds": self.outage_seconds,
+                "status": self.outage_status,
+                "body": self.outage_body,
+            },
             "rules": [rule.to_json() for rule in self.rules],
         }
 
@@ -234,7 +251,8 @@ class Decision:
     ``kind``: ``none`` (serve normally), ``status`` (answer ``status`` without applying),
     ``reset`` (drop the connection without applying), ``hang`` (wait ``hang_seconds`` then
     drop), ``lost_response`` (apply, then drop), ``accepted`` (apply, answer 202).
-    ``label`` names the fault in statistics and history (``None`` when there is none).
+    ``label`` names the fault in statistics and history (``None`` when there is none);
+    ``body`` is the form of an injected status's body (JSON envelope or HTML page).
     """
 
     kind: Literal["none", "status", "reset", "hang", "lost_response", "accepted"] = "none"
@@ -243,6 +261,7 @@ class Decision:
     retry_after: str | None = None
     hang_seconds: float = 0.0
     label: str | None = None
+    body: Body = "json"
 
 
 _NO_FAULT: Final = Decision()
@@ -307,6 +326,7 @@ class FaultInjector:
                 config.outage_status,
                 self._retry_after(config.outage_status, config.retry_after),
                 label=f"outage_{config.outage_status}",
+                body=config.outage_body,
             )
         return self._random_decision(operation, delay)
 
@@ -319,7 +339,7 @@ class FaultInjector:
                 retry_after: str | None = rule.retry_after.header(self._wall())
             else:
                 retry_after = self._retry_after(rule.status, config.retry_after)
-            return Decision("status", delay, rule.status, retry_after, label=label)
+            return Decision("status", delay, rule.status, retry_after, label=label, body=rule.body)
         return Decision(rule.action, delay, hang_seconds=config.hang_seconds, label=label)
 
     def _random_decision(self, operation: str, delay: float) -> Decision:
@@ -454,7 +474,11 @@ def _retry_after(value: object, name: str) -> RetryAfter | None:
 
 def _rule(value: object, name: str) -> Rule:
     doc = _object(value, name)
-    _known(doc, name, {"order_id", "operation", "fail_first", "action", "status", "retry_after"})
+    _known(
+        doc,
+        name,
+        {"order_id", "operation", "fail_first", "action", "status", "retry_after", "body"},
+    )
     order_id = doc.get("order_id")
     if not isinstance(order_id, str) or not order_id:
         raise FaultConfigError(f"{name}.order_id: must be a non-empty string")
@@ -474,4 +498,13 @@ def _rule(value: object, name: str) -> Rule:
         status=_status(doc.get("status", 503), f"{name}.status"),
         operation=operation,
         retry_after=_retry_after(doc.get("retry_after"), f"{name}.retry_after"),
+        body=_body(doc.get("body", "json"), f"{name}.body"),
     )
+
+
+def _body(value: object, name: str) -> Body:
+    if value == "json":
+        return "json"
+    if value == "html":
+        return "html"
+    raise FaultConfigError(f"{name}: must be one of {sorted(_BODIES)}")

@@ -608,6 +608,13 @@ def _fault_response(decision: Decision) -> web.Response:
         return web.Response(
             status=502, body=_BAD_GATEWAY, content_type="text/html", headers=headers
         )
+    if decision.body == "html":
+        return web.Response(
+            status=decision.status,
+            body=_proxy_page(decision.status),
+            content_type="text/html",
+            headers=headers,
+        )
     message = {
         429: "Too many requests",
         500: "Internal server error",
@@ -615,6 +622,17 @@ def _fault_response(decision: Decision) -> web.Response:
         504: "Gateway timeout",
     }.get(decision.status, "Injected error")
     return _json(decision.status, error_envelope(f"{message} (sandbox fault)"), headers)
+
+
+def _proxy_page(status: int) -> bytes:
+    """The HTML page a proxy, WAF or CDN in front of Button answers with (not Button's JSON)."""
+    reason = {403: "Forbidden", 429: "Too Many Requests", 503: "Service Unavailable"}.get(
+        status, "Error"
+    )
+    return (
+        f"<html><head><title>{status} {reason}</title></head><body><h1>{status} {reason}</h1>"
+        "<p>Request blocked by the gateway (sandbox fault).</p></body></html>\n"
+    ).encode()
 
 
 def _client_gone(request: web.Request) -> bool:

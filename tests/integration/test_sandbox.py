@@ -725,7 +725,7 @@ def test_healthz_and_the_fault_view(sandbox: SandboxHandle) -> None:
     assert (health.status_code, health.json()["status"]) == (200, "ok")
     sandbox.set_faults({"outage": {"seconds": 3600}})
     view = httpx.get(sandbox.url("/__sandbox/faults")).json()
-    assert view["faults"]["outage"] == {"seconds": 3600, "status": 503}
+    assert view["faults"]["outage"] == {"seconds": 3600, "status": 503, "body": "json"}
     assert 0 < view["state"]["outage_remaining_s"] <= 3600
 
 

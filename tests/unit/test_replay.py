@@ -1,12 +1,26 @@
-"""replay-dlq without a broker: the filter, the replayed headers, time flags and pacing."""
+"""replay-dlq without a broker: the filter, the replayed headers, time flags, pacing, and what
+is committed when some deliveries fail (fakes of the DLQ reader and the producer)."""
 
 from __future__ import annotations
 
+import io
+from collections.abc import Hashable, Iterable, Iterator, Mapping
+
 import pytest
 
+from consumer.adapters.kafka import ProduceError
 from consumer.domain.deadletter import header_map
 from consumer.errors import ConfigError
-from consumer.replay import ReplayFilter, _parse_time, _Rate, replay_headers
+from consumer.ports import Headers, Record
+from consumer.replay import (
+    ReplayFailure,
+    ReplayFilter,
+    ReplayReport,
+    _parse_time,
+    _Rate,
+    replay_from,
+    replay_headers,
+)
 
 AT = 1_714_572_202_000
 
@@ -253,3 +267,178 @@ def test_rate_of_zero_does_not_pace() -> None:
         pacing.wait()
 
     assert fake.sleeps == []
+
+
+# --- replay_from: what is committed when deliveries fail ----------------------------------------
+
+
+class FakeDeadLetters:
+    """A DLQ of ``records[p]`` values per partition, read like ``PartitionReader`` reads it;
+    ``commits`` records every commit of the replay group."""
+
+    topic = "events.dlq"
+
+    def __init__(
+        self, records: Mapping[int, int], committed: Mapping[int, int] | None = None
+    ) -> None:
+        self._ends = dict(records)
+        self._committed = dict(committed or {})
+        self.commits: list[dict[int, int]] = []
+
+    def partitions(self, timeout: float = 30.0) -> list[int]:
+        return sorted(self._ends)
+
+    def watermarks(self, partitions: Iterable[int], deadline: float) -> dict[int, tuple[int, int]]:
+        return {p: (0, self._ends[p]) for p in partitions}
+
+    def committed(self, partitions: Iterable[int], timeout: float = 30.0) -> dict[int, int | None]:
+        return {p: self._committed.get(p) for p in partitions}
+
+    def read(
+        self, ranges: Mapping[int, tuple[int, int]], deadline: float | None = None
+    ) -> Iterator[Record]:
+        for p, (start, end) in sorted(ranges.items()):
+            for offset in range(start, end):
+                headers = [
+                    ("__connect.errors.topic", b"events"),
+                    ("__connect.errors.partition", str(p).encode()),
+                    ("button.reason", b"http_400"),
+                ]
+                yield Record("events.dlq", p, offset, b"k", f"{p}:{offset}".encode(), None, headers)
+
+    def commit(self, offsets: Mapping[int, int]) -> None:
+        self.commits.append(dict(offsets))
+        self._committed.update(offsets)
+
+
+class FakeProducer:
+    """Acknowledges every record except those tagged in ``refuse`` (cannot be queued: raises)
+    and ``fail`` (queued, then a failed delivery report)."""
+
+    def __init__(
+        self, refuse: Iterable[tuple[int, int]] = (), fail: Iterable[tuple[int, int]] = ()
+    ) -> None:
+        self._refuse = set(refuse)
+        self._fail = set(fail)
+        self.sent: list[tuple[int, int]] = []
+        self._errors: dict[Hashable, str] = {}
+
+    def send_nowait(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        tag: Hashable | None = None,
+    ) -> None:
+        assert isinstance(tag, tuple)
+        if tag in self._refuse:
+            raise ProduceError(f"produce to {topic} failed: Local: Unknown partition")
+        self.sent.append(tag)
+        if tag in self._fail:
+            self._errors[tag] = "Broker: Topic authorization failed"
+
+    def settle(self, timeout: float) -> int:
+        return len(self._errors)
+
+    def undelivered(self) -> dict[Hashable, str]:
+        return dict(self._errors)
+
+
+def run_replay(reader: FakeDeadLetters, producer: FakeProducer) -> ReplayReport:
+    return replay_from(
+        reader,
+        producer,
+        ReplayFilter(),
+        default_topic="events",
+        pacing=_Rate(0.0),
+        out=io.StringIO(),
+    )
+
+
+def test_replay_commits_every_partition_to_its_end_when_all_are_acknowledged() -> None:
+    """No failure: the group stands at each partition's end, the report lists no failure."""
+    reader = FakeDeadLetters({0: 3, 1: 2})
+
+    report = run_replay(reader, FakeProducer())
+
+    assert reader.commits == [{0: 3, 1: 2}]
+    assert (report.replayed, report.failures, report.committed) == (5, [], {0: 3, 1: 2})
+
+
+def test_a_failed_delivery_stops_the_commit_of_its_partition_at_that_record() -> None:
+    """A delivery report with an error at 0:1: partition 0 is committed up to 1 (0:1 and what
+    follows are read again next time), partition 1 to its end; the failure is reported."""
+    reader = FakeDeadLetters({0: 4, 1: 2})
+
+    report = run_replay(reader, FakeProducer(fail=[(0, 1)]))
+
+    assert reader.commits == [{0: 1, 1: 2}]
+    assert [ReplayFailure(0, 1, "Broker: Topic authorization failed")] == report.failures
+    assert report.replayed == 5
+
+
+def test_a_record_that_cannot_be_queued_holds_back_the_rest_of_its_partition() -> None:
+    """A produce refused at once at 1:0: nothing of partition 1 is sent or committed; the
+    other partition is replayed and committed to its end."""
+    reader = FakeDeadLetters({0: 2, 1: 3})
+    producer = FakeProducer(refuse=[(1, 0)])
+
+    report = run_replay(reader, producer)
+
+    assert producer.sent == [(0, 0), (0, 1)]
+    assert reader.commits == [{0: 2}]
+    assert [(f.partition, f.offset) for f in report.failures] == [(1, 0)]
+    assert "Unknown partition" in report.failures[0].error
+
+
+def test_the_first_failure_of_a_partition_bounds_its_commit() -> None:
+    """Two failed deliveries in one partition (2:3 and 2:1): committed up to the first, 1;
+    both are reported, in offset order."""
+    reader = FakeDeadLetters({2: 5})
+
+    report = run_replay(reader, FakeProducer(fail=[(2, 3), (2, 1)]))
+
+    assert reader.commits == [{2: 1}]
+    assert [(f.partition, f.offset) for f in report.failures] == [(2, 1), (2, 3)]
+
+
+def test_a_rerun_starts_at_the_failed_record_and_completes() -> None:
+    """The next run reads from the failed record on, delivers it and commits to the end."""
+    reader = FakeDeadLetters({0: 4})
+    run_replay(reader, FakeProducer(fail=[(0, 2)]))
+    producer = FakeProducer()
+
+    report = run_replay(reader, producer)
+
+    assert producer.sent == [(0, 2), (0, 3)]
+    assert reader.commits == [{0: 2}, {0: 4}]
+    assert report.failures == []
+
+
+def test_a_failure_in_the_first_record_of_a_partition_commits_nothing_for_it() -> None:
+    """Where the group already stands on the failed record, its partition is not committed."""
+    reader = FakeDeadLetters({0: 2, 1: 1}, committed={0: 1})
+
+    report = run_replay(reader, FakeProducer(fail=[(0, 1)]))
+
+    assert reader.commits == [{1: 1}]
+    assert report.committed == {1: 1}
+
+
+def test_a_filtered_replay_commits_nothing_even_without_failures() -> None:
+    """remember=False (a filtered replay): the group is never committed."""
+    reader = FakeDeadLetters({0: 2})
+
+    report = replay_from(
+        reader,
+        FakeProducer(),
+        ReplayFilter(reasons=frozenset({"http_400"})),
+        default_topic="events",
+        pacing=_Rate(0.0),
+        out=io.StringIO(),
+        remember=False,
+    )
+
+    assert (reader.commits, report.committed, report.replayed) == ([], {}, 2)

@@ -1,0 +1,95 @@
+"""``button-consumer replay-dlq`` against a real broker when some deliveries fail.
+
+Dead letters that name a partition the input topic does not have (yet) cannot be written: the
+command exits non-zero naming them, the DLQ group is committed in each DLQ partition only up to
+the first of them, and once the partitions exist a rerun replays the rest and completes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewPartitions
+
+from consumer.domain.deadletter import H_PARTITION, H_REPLAYED, H_TOPIC
+from tests.conftest import _wait_for_leaders
+from tests.e2e.harness import committed_offsets, headers_of, read_all
+
+pytestmark = pytest.mark.broker
+
+# Dead letters as (DLQ partition, the input partition they came from); the input topic has
+# one partition, so the record at DLQ 0:2 names one that does not exist.
+DEAD_LETTERS = [(0, 0), (0, 0), (0, 3), (0, 0), (1, 0), (1, 0)]
+
+
+def _write_dead_letters(bootstrap: str, dlq: str, source: str) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for i, (dlq_partition, partition) in enumerate(DEAD_LETTERS):
+        headers: list[tuple[str, str | bytes | None]] = [
+            (H_TOPIC, source.encode()),
+            (H_PARTITION, str(partition).encode()),
+        ]
+        producer.produce(
+            dlq,
+            key=f"user-{i}".encode(),
+            value=f"v{i}".encode(),
+            partition=dlq_partition,
+            headers=headers,
+        )
+    assert producer.flush(30.0) == 0, "the dead letters were not all written"
+
+
+def _replay_dlq(
+    bootstrap: str, topic: str, dlq: str, group: str
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "BUTTON_"))}
+    env |= {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_TOPIC": topic, "KAFKA_DLQ_TOPIC": dlq}
+    executable = Path(sys.executable).parent / "button-consumer"
+    return subprocess.run(
+        [str(executable), "replay-dlq", "--group-id", group, "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_replay_commits_only_up_to_the_first_failed_delivery_and_a_rerun_completes(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """A dead letter for a missing partition: exit 1 naming it, DLQ partition 0 committed up to
+    it (1 to its end); after the partition is added a rerun replays from it and exits 0."""
+    topic = make_topic(partitions=1, prefix="replay-in")
+    dlq = make_topic(partitions=2, prefix="replay-dlq")
+    group = unique_name("replay")
+    _write_dead_letters(kafka_bootstrap, dlq, topic)
+
+    first = _replay_dlq(kafka_bootstrap, topic, dlq, group)
+
+    assert first.returncode == 1, first.stderr
+    assert f"{dlq} dead letter 0:2 not replayed" in first.stderr, first.stderr
+    assert committed_offsets(kafka_bootstrap, group, dlq, 2) == {0: 2, 1: 2}
+    replayed = {headers_of(m)[H_REPLAYED] for m in read_all(kafka_bootstrap, topic)}
+    assert {"0:0", "0:1", "1:0", "1:1"} <= replayed, replayed
+    assert "0:2" not in replayed
+
+    # The cause is fixed: the partition the dead letter names now exists.
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin.create_partitions([NewPartitions(topic, 4)])[topic].result(timeout=60)
+    _wait_for_leaders(admin, topic, 4, timeout=30.0)
+    second = _replay_dlq(kafka_bootstrap, topic, dlq, group)
+
+    assert second.returncode == 0, second.stderr
+    assert committed_offsets(kafka_bootstrap, group, dlq, 2) == {0: 4, 1: 2}
+    on_three = [
+        headers_of(m)[H_REPLAYED] for m in read_all(kafka_bootstrap, topic) if m.partition() == 3
+    ]
+    assert on_three == ["0:2"]
