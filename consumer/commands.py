@@ -16,7 +16,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal, TextIO
@@ -40,7 +40,7 @@ from consumer.domain.events import (
 from consumer.domain.outcomes import OutcomeKind
 from consumer.errors import ConfigError, ConsumerError
 from consumer.mapcmd import run_map
-from consumer.samples import generate
+from consumer.samples import generate, past_start
 from consumer.settings import (
     ButtonSettings,
     DeliverySettings,
@@ -158,8 +158,8 @@ def _sample_events(users: int, seed: int, *, endless: bool) -> Iterator[Commerce
     """The events of ``users`` users; when ``endless``, then those of the next seeds, forever."""
     batch = 0
     while True:
-        # Recent events: profile retention (the attribution window) counts from now.
-        start = datetime.now(UTC) - timedelta(hours=7)
+        # Recent events, all in the past: retention counts from now, future ones teach nothing.
+        start = past_start(datetime.now(UTC))
         yield from (e for _, e in generate(users, seed + batch, start=start))
         if not endless:
             return

@@ -66,12 +66,25 @@ __all__ = [
     "DEFAULT_START",
     "generate",
     "generate_events",
+    "past_start",
     "read_jsonl",
     "write_jsonl",
 ]
 
 DEFAULT_START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 """When the first journey may start; every event time is this plus a seeded offset."""
+
+JOURNEY_SPAN = timedelta(days=17)
+"""Longer than any journey (at most 6 hours of start offset plus 16 days of events): journeys
+started this long ago lie wholly in the past, so none is dated after the processing time (an
+event dated past MAPPING_MAX_FUTURE_SKEW_HOURS teaches the profile nothing)."""
+
+
+def past_start(now: datetime) -> datetime:
+    """A ``start`` for ``generate``/``generate_events`` whose journeys all end before ``now``,
+    within the last weeks (inside every retention window)."""
+    return now - JOURNEY_SPAN
+
 
 CHANNELS: tuple[tuple[str, int], ...] = (
     ("ios_install", 25),

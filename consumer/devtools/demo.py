@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from types import FrameType
 
 from prometheus_client import CollectorRegistry
@@ -28,7 +28,7 @@ from consumer.commands import produce_events
 from consumer.domain.events import EventType
 from consumer.engine.worker import RunStats
 from consumer.errors import ConsumerError
-from consumer.samples import generate_events
+from consumer.samples import generate_events, past_start
 from consumer.sandbox.testing import run_sandbox
 from consumer.settings import Settings
 
@@ -111,8 +111,8 @@ def _run(users: int, seed: int, partitions: int) -> int:
                 "LOG_LEVEL": "warning",
             }
         )
-        # Recent events: profile retention (the attribution window) counts from now.
-        start = datetime.now(UTC) - timedelta(days=17)  # journeys span up to 16 days: all past
+        # Recent events, all in the past: retention counts from now, future ones teach nothing.
+        start = past_start(datetime.now(UTC))
         events = list(generate_events(users, seed, start=start))
         purchases = {
             e.commerce.transaction_id

@@ -30,6 +30,7 @@ from consumer.domain.deadletter import header_map
 from consumer.domain.events import CommerceEvent
 from consumer.domain.profile import Profile
 from consumer.replay import ReplayFilter, ReplayReport, replay
+from consumer.samples import generate_events, past_start
 from consumer.settings import Settings
 
 T = TypeVar("T")
@@ -435,3 +436,9 @@ def replay_whole_dlq(settings: Settings, group_id: str) -> ReplayReport:
         out=io.StringIO(),
         progress=False,
     )
+
+
+def past_events(users: int, seed: int) -> list[CommerceEvent]:
+    """Sample journeys of ``users`` users that all happened in the last weeks (inside every
+    retention window, none in the future)."""
+    return list(generate_events(users, seed=seed, start=past_start(datetime.now(UTC))))

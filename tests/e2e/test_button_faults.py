@@ -11,15 +11,13 @@ and caps are small settings, so each phase holds by construction and the tests s
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from consumer.commands import produce_events
 from consumer.domain.deadletter import H_ORDER_ID, H_REASON, H_STATUS
-from consumer.domain.events import CommerceEvent, EventType
-from consumer.samples import generate_events
+from consumer.domain.events import EventType
 from tests.e2e.harness import (
     ServiceProcess,
     assert_sandbox_matches,
@@ -27,6 +25,7 @@ from tests.e2e.harness import (
     end_offsets,
     expected_orders,
     headers_of,
+    past_events,
     read_all,
     stop_when_done,
     wait_for_committed,
@@ -42,11 +41,6 @@ BREAKER_OPEN = "button_consumer_breaker_open"
 ASSIGNED = "button_consumer_partitions_assigned"
 RECEIVED = "button_consumer_records_received_total"
 HOUR = 3600
-
-
-def _events(users: int, seed: int) -> list[CommerceEvent]:
-    start = datetime.now(UTC) - timedelta(days=17)  # journeys span up to 16 days: all past
-    return list(generate_events(users, seed=seed, start=start))
 
 
 def _done(runner, settings) -> None:
@@ -75,7 +69,7 @@ def test_a_proxy_answering_403_html_to_everything_holds_refunds_until_button_is_
     right state."""
     topic = make_topic(partitions=PARTITIONS, prefix="proxy403")
     settings = service_settings(topic, DELIVERY_AUTH_PROBE_INTERVAL_SECONDS="0.2")
-    events = _events(20, seed=31)
+    events = past_events(20, seed=31)
     buys = [e for e in events if e.event_type is not EventType.REFUND]
     refunds = [e for e in events if e.event_type is EventType.REFUND]
     expected = expected_orders(buys + refunds, settings)
@@ -128,7 +122,7 @@ def test_a_403_on_one_orders_create_dead_letters_it_and_the_rest_flows(
     its end."""
     topic = make_topic(partitions=PARTITIONS, prefix="one403")
     settings = service_settings(topic, DELIVERY_AUTH_PROBE_INTERVAL_SECONDS="0.2")
-    events = _events(15, seed=32)
+    events = past_events(15, seed=32)
     expected = expected_orders(events, settings)
     refused = sorted(expected)[0]
     sandbox.set_faults(
@@ -168,7 +162,7 @@ def test_a_rate_limit_with_a_long_retry_after_pauses_intake_and_dead_letters_not
         DELIVERY_RETRY_AFTER_MAX_SECONDS="0.3",
         DELIVERY_BREAKER_PROBE_INTERVAL_SECONDS="0.3",
     )
-    first, meanwhile = _events(12, seed=33), _events(8, seed=133)
+    first, meanwhile = past_events(12, seed=33), past_events(8, seed=133)
     expected = expected_orders(first + meanwhile, settings)
     seconds = 60 if form == "seconds" else 600
     runner = start_service(settings)
@@ -230,7 +224,7 @@ def test_an_outage_longer_than_the_retry_budget_pauses_then_delivers_everything(
         DELIVERY_BREAKER_FAILURE_THRESHOLD="5",
         DELIVERY_BREAKER_PROBE_INTERVAL_SECONDS="0.2",
     )
-    events = _events(20, seed=34)
+    events = past_events(20, seed=34)
     expected = expected_orders(events, settings)
     runner = start_service(settings)
     wait_until(lambda: runner.metric(ASSIGNED) == PARTITIONS, 30, message="no assignment")
@@ -268,7 +262,7 @@ def test_a_dry_run_then_live_on_the_default_settings_delivers_every_order(
     topic = make_topic(partitions=PARTITIONS, prefix="dryrun")
     live = service_settings(topic)
     dry = service_settings(topic, KAFKA_GROUP_ID=live.kafka.group_id, DELIVERY_DRY_RUN="true")
-    events = _events(15, seed=35)
+    events = past_events(15, seed=35)
     expected = expected_orders(events, live)
     produce_events(live, events, partitions=PARTITIONS)
 
@@ -294,7 +288,7 @@ def test_sigterm_while_records_wait_out_a_60_s_retry_after_exits_in_time_and_los
     topic = make_topic(partitions=PARTITIONS, prefix="sigterm429")
     settings = service_settings(topic, DELIVERY_SHUTDOWN_TIMEOUT_SECONDS="10")
     kafka = settings.kafka
-    events = _events(15, seed=36)
+    events = past_events(15, seed=36)
     expected = expected_orders(events, settings)
     sandbox.set_faults(
         {

@@ -43,7 +43,6 @@ from consumer.domain.events import (
     UserIdentities,
 )
 from consumer.errors import DecodeError
-from consumer.samples import generate_events
 from consumer.sandbox.testing import run_sandbox
 from tests.e2e.harness import (
     assert_sandbox_matches,
@@ -51,6 +50,7 @@ from tests.e2e.harness import (
     end_offsets,
     expected_orders,
     headers_of,
+    past_events,
     produce_raw,
     read_all,
     replay_whole_dlq,
@@ -65,12 +65,6 @@ AUTH_PAUSED = "button_consumer_auth_paused"
 IN_FLIGHT = "button_consumer_in_flight_records"
 ASSIGNED = "button_consumer_partitions_assigned"
 BREAKER_OPEN = "button_consumer_breaker_open"
-
-
-def _recent_events(users: int, seed: int) -> list[CommerceEvent]:
-    """Sample journeys that happened in the last weeks (inside every retention window)."""
-    start = datetime.now(UTC) - timedelta(days=17)  # journeys span up to 16 days: all past
-    return list(generate_events(users, seed=seed, start=start))
 
 
 def _purchase(
@@ -141,7 +135,7 @@ def test_outage_shorter_than_the_retry_budget_pauses_then_delivers_everything(
         DELIVERY_RETRY_BASE_DELAY_SECONDS="0.05",
         DELIVERY_RETRY_MAX_DELAY_SECONDS="0.5",
     )
-    events = _recent_events(30, seed=21)
+    events = past_events(30, seed=21)
     expected = expected_orders(events, settings)
     assert len(expected) >= 20, "the sample set has orders"
     assert any(Action.CANCEL in o.actions for o in expected.values()), "and cancels"
@@ -199,7 +193,7 @@ def test_poison_pills_are_dead_lettered_with_reasons_and_good_events_flow(
     partitions = 2
     topic = make_topic(partitions=partitions, prefix="poison")
     settings = service_settings(topic)
-    good = _recent_events(12, seed=5)
+    good = past_events(12, seed=5)
     expected = expected_orders(good, settings)
     encoder = build_encoder(Path(settings.schema.dir), topic=topic)
     valid = encoder.encode_event(_purchase("ORD-POISON-BASE", "poison-user", "evt-base"))
@@ -307,7 +301,7 @@ def test_refused_api_key_pauses_everything_until_the_key_works_again(
     partitions = 3
     topic = make_topic(partitions=partitions, prefix="authkey")
     settings = service_settings(topic, DELIVERY_AUTH_PROBE_INTERVAL_SECONDS="0.2")
-    events = _recent_events(15, seed=8)
+    events = past_events(15, seed=8)
     expected = expected_orders(events, settings)
     produce_events(settings, events, partitions=partitions)
     ends = end_offsets(kafka_bootstrap, topic, partitions)
@@ -472,7 +466,7 @@ def test_outage_at_volume_loses_nothing_and_duplicates_nothing(
             DELIVERY_RETRY_MAX_ELAPSED_SECONDS=str(OUTAGE_RETRY_BUDGET_S),
             DELIVERY_RETRY_MAX_DELAY_SECONDS="1",
         )
-        events = _recent_events(3100, seed=20_000)[:20_000]
+        events = past_events(3100, seed=20_000)[:20_000]
         assert len(events) == 20_000
         expected = expected_orders(events, settings)
         runner = start_service(settings)

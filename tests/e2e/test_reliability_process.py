@@ -37,7 +37,6 @@ from consumer.domain.events import (
     ProductAction,
     UserIdentities,
 )
-from consumer.samples import generate_events
 from consumer.sandbox.testing import SandboxHandle, run_sandbox
 from consumer.settings import Settings
 from tests.e2e.harness import (
@@ -48,6 +47,7 @@ from tests.e2e.harness import (
     committed_offsets,
     end_offsets,
     expected_orders,
+    past_events,
     read_all,
     wait_for_committed,
     wait_until,
@@ -102,12 +102,6 @@ def _env(
     }
 
 
-def _recent_events(users: int, seed: int) -> list[CommerceEvent]:
-    """Sample journeys of the last weeks (inside every retention window)."""
-    start = datetime.now(UTC) - timedelta(days=17)  # journeys span up to 16 days: all past
-    return list(generate_events(users, seed=seed, start=start))
-
-
 # Button timeouts longer than any hold in these tests (each hold ends within the deadlines of the
 # waits inside it), so a held request is not retried into the dead-letter topic meanwhile.
 LONG_BUTTON_TIMEOUTS = {"BUTTON_READ_TIMEOUT": "900", "BUTTON_TOTAL_TIMEOUT": "900"}
@@ -152,7 +146,7 @@ def test_kill_9_mid_run_then_restart_loses_nothing(
     topic = make_topic(partitions=partitions, prefix="kill9")
     env = _env(kafka_bootstrap, topic, unique_name("group"), sandbox)
     settings = Settings.from_env(env)
-    events = _recent_events(3100, seed=91)
+    events = past_events(3100, seed=91)
     assert len(events) >= 20_000
     expected = expected_orders(events, settings)
     _has_refunds(expected)
@@ -313,7 +307,7 @@ def test_rebalance_1_3_1_keeps_order_and_profiles(
     settings = Settings.from_env(env)
     group = env["KAFKA_GROUP_ID"]
     users = _TokenUsers(24)
-    bulk = _recent_events(3000, seed=92 if protocol == "consumer" else 93)
+    bulk = past_events(3000, seed=92 if protocol == "consumer" else 93)
     assert len(bulk) >= 19_000
     first_half, second_half = bulk[: len(bulk) // 2], bulk[len(bulk) // 2 :]
     opens = users.app_opens()
@@ -429,7 +423,7 @@ def test_broker_restart_mid_run_recovers_without_loss(
         **LONG_BUTTON_TIMEOUTS,
     )
     settings = Settings.from_env(env)
-    events = _recent_events(1000, seed=94)
+    events = past_events(1000, seed=94)
     expected = expected_orders(events, settings)
     _has_refunds(expected)
     produce_events(settings, events, partitions=partitions)

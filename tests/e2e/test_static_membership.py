@@ -8,7 +8,7 @@ import pytest
 
 from consumer.commands import produce_events
 from consumer.domain.events import CommerceEvent, EventType
-from consumer.samples import generate_events
+from consumer.samples import generate_events, past_start
 from tests.e2e.harness import committed_offsets, end_offsets, stop_when_done
 
 pytestmark = pytest.mark.broker
@@ -31,7 +31,7 @@ def test_a_restarted_static_member_resumes_where_it_stopped(
     settings = service_settings(
         topic, KAFKA_GROUP_INSTANCE_ID="pod-0", KAFKA_GROUP_PROTOCOL=protocol
     )
-    start = datetime.now(UTC) - timedelta(days=17)  # journeys span up to 16 days: all past
+    start = past_start(datetime.now(UTC))
     first = list(generate_events(15, seed=21, start=start))
     second = list(generate_events(15, seed=22, start=start + timedelta(minutes=1)))
     produce_events(settings, first, partitions=2)

@@ -150,3 +150,16 @@ def test_read_jsonl_skips_blank_lines_and_names_bad_lines() -> None:
     with pytest.raises(DecodeError, match=r"^line 1: ") as info:
         list(read_jsonl(['{"event_id": "e"}']))
     assert info.value.reason == "missing_field"
+
+
+def test_sample_events_to_produce_all_lie_in_the_past() -> None:
+    """produce-sample's journeys end before now: an event dated after the processing time plus
+    MAPPING_MAX_FUTURE_SKEW_HOURS teaches nothing, so future-dated samples would be rejected."""
+    from datetime import UTC, datetime
+
+    from consumer.commands import _sample_events
+
+    before = datetime.now(UTC)
+    latest = max(e.event_time for e in _sample_events(200, 3, endless=False))
+
+    assert latest < before
