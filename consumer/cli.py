@@ -115,7 +115,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from consumer.sandbox.cli import run_from_args
 
         return run_from_args(args)
-    from consumer import commands
+    from consumer import checks, commands
 
     handlers: dict[str, Callable[[], int]] = {
         "map": lambda: commands.map_command(args.file, args.now),
@@ -128,6 +128,6 @@ def _dispatch(args: argparse.Namespace) -> int:
             invalid_ratio=args.invalid_ratio,
         ),
         "test-event": lambda: commands.run_test_event(args),
-        "check": lambda: commands.check(as_json=args.json, timeout=args.timeout),
+        "check": lambda: checks.check(as_json=args.json, timeout=args.timeout),
     }
     return handlers[command]()

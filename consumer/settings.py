@@ -12,6 +12,9 @@ librdkafka configuration the process uses (``consumer_config``, ``reader_config`
 ``producer_config``, ``admin_config``) and ``SchemaSettings.registry_config`` the schema registry
 client's, so every command (``run``, ``check``, ``produce-sample``, ``test-event``,
 ``replay-dlq``) talks to Kafka and the registry with the same properties and credentials.
+
+About 610 lines: every variable, its validation and the client configurations built from it
+stay in one place, which is the point of a single settings object.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Every class here takes a finished librdkafka configuration and adds nothing to i
 configurations, with the properties the guarantees rest on (offset store off, idempotent
 ``acks=all`` producer), are assembled in one place, ``consumer.settings.KafkaSettings``.
 
-About 620 lines: the clients share the message conversion, the daemon-thread deadlines and the
+About 790 lines: the clients share the message conversion, the daemon-thread deadlines and the
 handling of librdkafka's error codes, which would otherwise be imported back and forth.
 """
 

@@ -32,7 +32,7 @@ Every skip and reject reason is listed, with its meaning, in the README's reason
 unit test (``tests/unit/test_readme_in_step.py``) keeps equal to the reasons this code emits.
 
 How Button wants each request written (paths, bodies, line items, id rules) is ``button_wire``'s
-job. Kept whole at about 560 lines: the state machine's cases share their helpers, and money
+job. Kept whole at about 730 lines: the ledger's cases share their helpers, and money
 decisions are checked in one place.
 """
 

@@ -69,7 +69,7 @@ Routes in STATS: ``POST /v1/order``, ``POST /v1/order/{order_id}``, ``DELETE
 /v1/order/{order_id}``, ``GET /v1/order/{order_id}``, ``GET /v1/order/btn-ref/{btn_ref}``,
 ``other``. A status key is the HTTP status, or the fault's name when no response was delivered.
 
-About 640 lines, 80 of them this contract: the routes stay next to the table that documents them.
+About 650 lines, 80 of them this contract: the routes stay next to the table that documents them.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from consumer import commands
+from consumer import checks
 from consumer.sandbox.testing import SandboxHandle, run_sandbox
 
 pytestmark = pytest.mark.broker
@@ -45,7 +45,7 @@ def good_env(
 
 
 def _run(env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
-    code = commands.check(as_json=True, timeout=5.0, environ=env)
+    code = checks.check(as_json=True, timeout=5.0, environ=env)
     return code, json.loads(capsys.readouterr().out)
 
 
@@ -108,7 +108,7 @@ def test_unreachable_services_are_named_without_raw_librdkafka_lines(
         "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
         "SCHEMA_REGISTRY_URL": "http://127.0.0.1:1",
     }
-    code = commands.check(timeout=2.0, environ=env)
+    code = checks.check(timeout=2.0, environ=env)
     out, err = capfd.readouterr()
     assert code == 1
     assert "FAIL  KAFKA_BOOTSTRAP_SERVERS: cannot reach Kafka at 127.0.0.1:1" in out

@@ -1,0 +1,390 @@
+"""``button-consumer check``: every configuration problem at once, each naming its setting.
+
+Apart from the other operator commands because it is the largest (settings, Kafka with topics,
+their configuration and the group, the registry with its compatibility check, and Button), and
+operators read it on its own: it is what they run before ``run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from confluent_kafka import KafkaError
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import ConfigResource
+
+from consumer.adapters.button_client import ButtonClient
+from consumer.domain.outcomes import OutcomeKind
+from consumer.settings import (
+    ButtonSettings,
+    DeliverySettings,
+    KafkaSettings,
+    SchemaSettings,
+    diagnose,
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of ``check``: its status, the setting it is about, and what was found."""
+
+    status: Literal["ok", "fail", "warn", "skip"]
+    setting: str
+    message: str
+
+
+def check(
+    *, as_json: bool = False, timeout: float = 10.0, environ: Mapping[str, str] | None = None
+) -> int:
+    """``check``: every problem of the configuration at once, each naming its setting.
+
+    Settings (all invalid variables, not just the first), Kafka (reachable, authorized, topics,
+    their partitions, co-partitioning, cleanup policy and retention, the group), the schema
+    registry (credentials, the writer schema's compatibility with the reader) and Button (a
+    harmless read of an unknown order: 404 means the key is accepted, 401 not). Connectivity is
+    checked for every section whose settings are valid. librdkafka's own log lines are captured,
+    never printed raw.
+
+    Returns:
+        0 when nothing failed (warnings allowed), else 1.
+    """
+    sections, problems = diagnose(environ)
+    findings = [Finding("fail" if p.fatal else "warn", p.variable, p.message) for p in problems]
+    if not any(p.fatal for p in problems):
+        findings.insert(0, Finding("ok", "settings", "every setting is valid"))
+    kafka, schema = sections["kafka"], sections["schema"]
+    button, delivery = sections["button"], sections["delivery"]
+    if isinstance(kafka, KafkaSettings):
+        findings.extend(_check_kafka(kafka, timeout))
+    else:
+        findings.append(
+            Finding("skip", "KAFKA_BOOTSTRAP_SERVERS", "Kafka not checked: fix the settings above")
+        )
+    if isinstance(schema, SchemaSettings) and schema.registry_url is not None:
+        topic = kafka.topic if isinstance(kafka, KafkaSettings) else "commerce-events"
+        findings.extend(_check_registry(schema, topic, timeout))
+    if isinstance(delivery, DeliverySettings) and delivery.dry_run:
+        findings.append(Finding("skip", "BUTTON_API_KEY", "Button not checked: DELIVERY_DRY_RUN"))
+    elif isinstance(button, ButtonSettings) and button.api_key is not None:
+        findings.append(asyncio.run(_check_button(button)))
+    else:
+        findings.append(
+            Finding("skip", "BUTTON_API_KEY", "Button not checked: fix the settings above")
+        )
+    failed = any(f.status == "fail" for f in findings)
+    if as_json:
+        document = {"ok": not failed, "checks": [dataclasses.asdict(f) for f in findings]}
+        print(json.dumps(document, indent=2))
+    else:
+        for f in findings:
+            print(f"{f.status.upper():<5} {f.setting}: {f.message}")
+    return 1 if failed else 0
+
+
+class _LibrdkafkaLog(logging.Handler):
+    """Keeps librdkafka's log lines (handed over through the client's ``logger``) for the
+    report instead of letting them reach the terminal."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def last(self) -> str:
+        """The last line, without librdkafka's ``[thrd:...]:`` prefix."""
+        return re.sub(r"^\[thrd:[^\]]*\]: ", "", self.lines[-1]) if self.lines else ""
+
+
+def _quiet_admin(kafka: KafkaSettings) -> tuple[AdminClient, _LibrdkafkaLog]:
+    log = _LibrdkafkaLog()
+    logger = logging.getLogger(f"button_consumer.check.librdkafka.{id(log)}")
+    logger.propagate = False
+    logger.handlers = [log]
+    logger.setLevel(logging.DEBUG)
+    config = dict(kafka.admin_config())
+    config["logger"] = logger
+    config.setdefault("error_cb", lambda err: log.lines.append(str(err.str())))
+    return AdminClient(config), log
+
+
+def _check_kafka(k: KafkaSettings, timeout: float) -> list[Finding]:
+    admin, log = _quiet_admin(k)
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - reported, not raised: this is a diagnosis
+        admin.poll(0)
+        detail = log.last() or _kafka_error_text(exc)
+        return [
+            Finding(
+                "fail",
+                "KAFKA_BOOTSTRAP_SERVERS",
+                f"cannot reach Kafka at {k.bootstrap_servers} within {timeout:.0f} s ({detail}); "
+                "check the address, and KAFKA_CONFIG_SECURITY_PROTOCOL / SASL settings",
+            )
+        ]
+    out = [
+        Finding(
+            "ok", "KAFKA_BOOTSTRAP_SERVERS", f"Kafka reachable ({len(metadata.brokers)} brokers)"
+        )
+    ]
+    counts: dict[str, int] = {}
+    variables = {
+        k.topic: "KAFKA_TOPIC",
+        k.dlq_topic: "KAFKA_DLQ_TOPIC",
+        k.profile_topic: "KAFKA_PROFILE_TOPIC",
+    }
+    for name, variable in variables.items():
+        topic = metadata.topics.get(name)
+        error = None if topic is None else topic.error
+        if error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            out.append(
+                Finding("fail", variable, f"topic {name}: not authorized (ACLs for this principal)")
+            )
+        elif topic is None or error is not None:
+            will = k.create_topics and name != k.topic
+            status: Literal["ok", "fail"] = "ok" if will else "fail"
+            out.append(
+                Finding(
+                    status,
+                    variable,
+                    f"topic {name}: missing" + (" (created at start)" if will else ""),
+                )
+            )
+        else:
+            counts[name] = len(topic.partitions)
+            out.append(Finding("ok", variable, f"topic {name}: {counts[name]} partitions"))
+    if k.topic in counts and k.profile_topic in counts:
+        if counts[k.topic] == counts[k.profile_topic]:
+            out.append(Finding("ok", "KAFKA_PROFILE_TOPIC", "co-partitioned with the input topic"))
+        else:
+            out.append(
+                Finding(
+                    "fail",
+                    "KAFKA_PROFILE_TOPIC",
+                    f"{counts[k.profile_topic]} partitions, the input topic {counts[k.topic]}: "
+                    "profiles must be co-partitioned with the input",
+                )
+            )
+    out.extend(_check_topic_configs(admin, k, [n for n in variables if n in counts], timeout))
+    out.append(_check_group(admin, k, timeout))
+    return out
+
+
+def _kafka_error_text(exc: Exception) -> str:
+    if exc.args and isinstance(exc.args[0], KafkaError):
+        return str(exc.args[0].str())
+    return f"{type(exc).__name__}: {exc}"
+
+
+_WEEK_MS = 7 * 24 * 3600 * 1000
+
+
+def _check_topic_configs(
+    admin: AdminClient, k: KafkaSettings, names: list[str], timeout: float
+) -> list[Finding]:
+    """Cleanup policy and retention: the changelog compacted, the DLQ and input deleted."""
+    if not names:
+        return []
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in names]
+    out: list[Finding] = []
+    for resource, future in admin.describe_configs(resources, request_timeout=timeout).items():
+        name = resource.name
+        variable = {k.topic: "KAFKA_TOPIC", k.dlq_topic: "KAFKA_DLQ_TOPIC"}.get(
+            name, "KAFKA_PROFILE_TOPIC"
+        )
+        try:
+            entries = future.result(timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            out.append(
+                Finding(
+                    "warn",
+                    variable,
+                    f"topic {name}: configuration not readable ({_kafka_error_text(exc)})",
+                )
+            )
+            continue
+        policy = str(entries["cleanup.policy"].value) if "cleanup.policy" in entries else "delete"
+        retention = int(entries["retention.ms"].value) if "retention.ms" in entries else -1
+        kept = "forever" if retention < 0 else f"{retention / 86_400_000:g} days"
+        if name == k.profile_topic:
+            ok = "compact" in policy
+            out.append(
+                Finding(
+                    "ok" if ok else "fail",
+                    variable,
+                    f"topic {name}: cleanup.policy={policy}"
+                    + ("" if ok else ": the profile changelog must be compacted"),
+                )
+            )
+        elif name == k.dlq_topic:
+            if "compact" in policy:
+                out.append(
+                    Finding(
+                        "fail",
+                        variable,
+                        f"topic {name}: cleanup.policy={policy}: compaction would drop "
+                        "dead letters of the same key",
+                    )
+                )
+            elif 0 <= retention < _WEEK_MS:
+                out.append(
+                    Finding(
+                        "warn",
+                        variable,
+                        f"topic {name}: dead letters kept {kept}: less than a week to replay them",
+                    )
+                )
+            else:
+                out.append(
+                    Finding(
+                        "ok", variable, f"topic {name}: cleanup.policy={policy}, retention {kept}"
+                    )
+                )
+        else:
+            status: Literal["ok", "warn"] = "warn" if "compact" in policy else "ok"
+            note = ": compaction keeps one event per user" if status == "warn" else ""
+            out.append(
+                Finding(
+                    status,
+                    variable,
+                    f"topic {name}: cleanup.policy={policy}, retention {kept}{note}",
+                )
+            )
+    return out
+
+
+def _check_group(admin: AdminClient, k: KafkaSettings, timeout: float) -> Finding:
+    """The consumer group can be described (authorized); its state."""
+    try:
+        description = admin.describe_consumer_groups([k.group_id], request_timeout=timeout)[
+            k.group_id
+        ].result(timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+        if error is not None and error.code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
+            return Finding(
+                "fail",
+                "KAFKA_GROUP_ID",
+                f"group {k.group_id}: not authorized (ACLs for this principal)",
+            )
+        if error is not None and error.code() == KafkaError.GROUP_ID_NOT_FOUND:
+            return Finding(
+                "ok", "KAFKA_GROUP_ID", f"group {k.group_id}: new (starts at {k.auto_offset_reset})"
+            )
+        return Finding(
+            "warn",
+            "KAFKA_GROUP_ID",
+            f"group {k.group_id}: not described ({_kafka_error_text(exc)})",
+        )
+    state = str(getattr(description.state, "name", description.state)).lower()
+    return Finding(
+        "ok", "KAFKA_GROUP_ID", f"group {k.group_id}: {state}, {len(description.members)} members"
+    )
+
+
+def _check_registry(schema: SchemaSettings, topic: str, timeout: float) -> list[Finding]:
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    config = schema.registry_config()
+    assert config is not None  # guarded by the caller: registry_url is set
+    client = SchemaRegistryClient({**config, "timeout": int(timeout), "max.retries": 0})
+    try:
+        return _check_registry_with(client, config["url"], topic, Path(schema.dir))
+    finally:
+        client.close()
+
+
+def _check_registry_with(client: Any, url: str, topic: str, schema_dir: Path) -> list[Finding]:
+    from confluent_kafka.schema_registry import Schema
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    try:
+        subjects = client.get_subjects()
+    except SchemaRegistryError as exc:
+        if exc.http_status_code in (401, 403):
+            return [
+                Finding(
+                    "fail",
+                    "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO",
+                    f"registry {url} refused the credentials (HTTP {exc.http_status_code})",
+                )
+            ]
+        return [
+            Finding(
+                "fail",
+                "SCHEMA_REGISTRY_URL",
+                f"registry {url}: HTTP {exc.http_status_code} {exc.error_message}",
+            )
+        ]
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        return [
+            Finding(
+                "fail",
+                "SCHEMA_REGISTRY_URL",
+                f"registry {url} unreachable ({type(exc).__name__}: {exc})",
+            )
+        ]
+    out = [
+        Finding("ok", "SCHEMA_REGISTRY_URL", f"registry {url} reachable ({len(subjects)} subjects)")
+    ]
+    subject = f"{topic}-value"
+    if subject not in subjects:
+        out.append(
+            Finding(
+                "warn",
+                "SCHEMA_REGISTRY_URL",
+                f"subject {subject} not registered yet (producers register it)",
+            )
+        )
+        return out
+    reader = (schema_dir / "commerce_event.avsc").read_text(encoding="utf-8")
+    try:
+        compatible = client.test_compatibility(subject, Schema(reader, "AVRO"))
+    except SchemaRegistryError as exc:
+        out.append(
+            Finding(
+                "warn",
+                "SCHEMA_DIR",
+                f"compatibility of {subject} not tested "
+                f"(HTTP {exc.http_status_code} {exc.error_message})",
+            )
+        )
+        return out
+    if compatible:
+        out.append(
+            Finding("ok", "SCHEMA_DIR", f"the reader schema reads {subject}'s latest writer schema")
+        )
+    else:
+        out.append(
+            Finding(
+                "fail",
+                "SCHEMA_DIR",
+                f"the reader schema is not compatible with {subject}'s latest writer schema",
+            )
+        )
+    return out
+
+
+async def _check_button(button: ButtonSettings) -> Finding:
+    base = button.base_url
+    async with ButtonClient.from_settings(button) as client:
+        outcome = await client.get(f"button-consumer-check-{uuid.uuid4().hex[:12]}")
+    if outcome.kind in (OutcomeKind.NOT_FOUND, OutcomeKind.SUCCESS):
+        return Finding("ok", "BUTTON_API_KEY", f"Button {base} accepts the API key")
+    if outcome.kind in (OutcomeKind.UNAUTHORIZED, OutcomeKind.FORBIDDEN):
+        return Finding(
+            "fail", "BUTTON_API_KEY", f"Button {base} refused the API key (HTTP {outcome.status})"
+        )
+    detail = f"{outcome.kind.value} {outcome.message}".rstrip()
+    return Finding("fail", "BUTTON_BASE_URL", f"Button {base}: {detail}")
