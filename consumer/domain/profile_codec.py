@@ -45,6 +45,7 @@ from consumer.domain.profile import (
     StoredRefund,
 )
 from consumer.domain.profile_epoch import unstamp
+from consumer.errors import ConsumerError
 
 FORMAT_VERSION = 3
 """The format version written; versions 1 and 2 are still read."""
@@ -55,8 +56,12 @@ _HEADER = struct.Struct(">Bq")
 _SENT_UNKNOWN = 1  # an order of an older format was sent to Button; its body digest is unknown
 
 
-class ProfileDecodeError(ValueError):
-    """Changelog bytes that are not a profile this code understands."""
+class ProfileDecodeError(ConsumerError, ValueError):
+    """Changelog bytes that are not a profile this code understands.
+
+    A ``ConsumerError``, so a restore that meets a format version this release does not know
+    (after a rollback) stops the service with a clear line, not a traceback.
+    """
 
 
 _STATUS_CODES = {
@@ -272,7 +277,10 @@ def _read_header(value: bytes) -> tuple[int, int]:
         raise ProfileDecodeError("profile value shorter than its header")
     version, expires_at = _HEADER.unpack_from(value)
     if version not in _READABLE_VERSIONS:
-        raise ProfileDecodeError(f"unsupported profile format version {version}")
+        raise ProfileDecodeError(
+            f"unsupported profile format version {version}: a changelog written by a newer "
+            "release (see the README's upgrades and rollback)"
+        )
     return int(version), int(expires_at)
 
 

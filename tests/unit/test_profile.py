@@ -487,3 +487,13 @@ def test_the_profile_count_stays_exact_without_iterating_the_partitions() -> Non
 
     store._partitions = NotIterable(store._partitions)
     assert (counts, len(store)) == ([2, 1, 0], 0)
+
+
+def test_an_unknown_profile_format_stops_the_service_with_a_clear_error() -> None:
+    """A version this release does not know (a rollback) raises a ConsumerError naming the
+    version, which the service reports as stopped_on_error rather than a traceback."""
+    from consumer.domain.profile_codec import read_expires_at
+    from consumer.errors import ConsumerError
+
+    with pytest.raises(ConsumerError, match="unsupported profile format version 99"):
+        read_expires_at(bytes([99]) + bytes(8))
