@@ -443,6 +443,32 @@ class KafkaSource:
             lag[tp.partition] = max(high - position, 0)
         return lag
 
+    async def backlog(self, partitions: Sequence[int]) -> dict[int, int]:
+        """Records not handed out yet: the known high watermark minus the position."""
+        return dict(await self._call(self._backlog, list(partitions)))
+
+    def _backlog(self, partitions: list[int]) -> dict[int, int]:
+        if not partitions:
+            return {}
+        consumer = self._c
+        try:
+            tps = consumer.position([TopicPartition(self.topic, p) for p in partitions])
+            unknown = [tp for tp in tps if tp.offset < 0]
+            if unknown:
+                # Nothing consumed from these since the assignment: start at the committed one.
+                committed = {tp.partition: tp for tp in consumer.committed(unknown, timeout=5.0)}
+                tps = [committed.get(tp.partition, tp) for tp in tps]
+            backlog: dict[int, int] = {}
+            for tp in tps:
+                low, high = consumer.get_watermark_offsets(tp, cached=True)
+                if high is None or high < 0:
+                    low, high = consumer.get_watermark_offsets(tp, timeout=5.0, cached=False)
+                position = tp.offset if tp.offset >= 0 else max(low, 0)
+                backlog[tp.partition] = max(high - position, 0)
+        except KafkaException as exc:
+            raise BrokerError(f"reading positions or watermarks failed: {exc}") from exc
+        return backlog
+
 
 def _partitions(parts: list[TopicPartition]) -> list[int]:
     return sorted(tp.partition for tp in parts)
