@@ -463,7 +463,12 @@ class KafkaSource:
                 low, high = consumer.get_watermark_offsets(tp, cached=True)
                 if high is None or high < 0:
                     low, high = consumer.get_watermark_offsets(tp, timeout=5.0, cached=False)
-                position = tp.offset if tp.offset >= 0 else max(low, 0)
+                if tp.offset >= 0:
+                    position = tp.offset
+                elif self._config.get("auto.offset.reset") == "latest":
+                    position = high  # a new group starting at the end: nothing waits
+                else:
+                    position = max(low, 0)
                 backlog[tp.partition] = max(high - position, 0)
         except KafkaException as exc:
             raise BrokerError(f"reading positions or watermarks failed: {exc}") from exc
