@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.suite import markdown, summarise
+from bench.report import markdown, summarise
 
 
 def _run(count: int, seconds: float, cpu_s: float = 1.0) -> dict[str, Any]:
