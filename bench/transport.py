@@ -338,7 +338,9 @@ def table(
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench transport", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--target", choices=("local", "sandbox"), default="local")
     parser.add_argument("--transports", default=",".join(TRANSPORTS))
     parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))

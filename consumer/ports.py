@@ -143,6 +143,12 @@ class Source(Protocol):
         """Records behind the end of each partition. Raises ``BrokerError`` when unknown."""
         ...
 
+    async def backlog(self, partitions: Sequence[int]) -> dict[int, int]:
+        """Records of each partition not handed out yet: the high watermark the source knows
+        minus its position (the committed offset before the first record). Raises
+        ``BrokerError`` when unknown."""
+        ...
+
     async def close(self) -> None:
         """Leave the group (its revocation commits what is finished) and release the client."""
         ...

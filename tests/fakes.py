@@ -87,6 +87,8 @@ class FakeSource:
         """Records handed out by ``poll``, per partition: what the consumer actually received."""
         self.polls = 0
         self.closed = False
+        self.unfetched: dict[int, int] = {}
+        """Records a test says are in Kafka beyond those queued (not fetchable yet)."""
         self._listener: RebalanceListener | None = None
         self._rebalances: deque[tuple[str, list[int], asyncio.Future[None]]] = deque()
         self._wake = asyncio.Event()
@@ -206,6 +208,9 @@ class FakeSource:
 
     async def lag(self, partitions: Sequence[int]) -> dict[int, int]:
         return {p: self.pending(p) for p in partitions}
+
+    async def backlog(self, partitions: Sequence[int]) -> dict[int, int]:
+        return {p: self.pending(p) + self.unfetched.get(p, 0) for p in partitions}
 
     async def close(self) -> None:
         if self._listener is not None and self.assigned:

@@ -10,7 +10,7 @@ Every class here takes a finished librdkafka configuration and adds nothing to i
 configurations, with the properties the guarantees rest on (offset store off, idempotent
 ``acks=all`` producer), are assembled in one place, ``consumer.settings.KafkaSettings``.
 
-About 790 lines: the clients share the message conversion, the daemon-thread deadlines and the
+About 820 lines: the clients share the message conversion, the daemon-thread deadlines and the
 handling of librdkafka's error codes, which would otherwise be imported back and forth.
 """
 
@@ -539,6 +539,37 @@ class KafkaSource:
             position = tp.offset if tp.offset != OFFSET_INVALID and tp.offset >= 0 else 0
             lag[tp.partition] = max(high - position, 0)
         return lag
+
+    async def backlog(self, partitions: Sequence[int]) -> dict[int, int]:
+        """Records not handed out yet: the known high watermark minus the position."""
+        return dict(await self._call(self._backlog, list(partitions)))
+
+    def _backlog(self, partitions: list[int]) -> dict[int, int]:
+        if not partitions:
+            return {}
+        consumer = self._c
+        try:
+            tps = consumer.position([TopicPartition(self.topic, p) for p in partitions])
+            unknown = [tp for tp in tps if tp.offset < 0]
+            if unknown:
+                # Nothing consumed from these since the assignment: start at the committed one.
+                committed = {tp.partition: tp for tp in consumer.committed(unknown, timeout=5.0)}
+                tps = [committed.get(tp.partition, tp) for tp in tps]
+            backlog: dict[int, int] = {}
+            for tp in tps:
+                low, high = consumer.get_watermark_offsets(tp, cached=True)
+                if high is None or high < 0:
+                    low, high = consumer.get_watermark_offsets(tp, timeout=5.0, cached=False)
+                if tp.offset >= 0:
+                    position = tp.offset
+                elif self._config.get("auto.offset.reset") == "latest":
+                    position = high  # a new group starting at the end: nothing waits
+                else:
+                    position = max(low, 0)
+                backlog[tp.partition] = max(high - position, 0)
+        except KafkaException as exc:
+            raise BrokerError(f"reading positions or watermarks failed: {exc}") from exc
+        return backlog
 
 
 def _partitions(parts: list[TopicPartition]) -> list[int]:

@@ -242,7 +242,7 @@ class Worker:
                     self._housekeeping_task = asyncio.create_task(
                         self._run_housekeeping(self._housekeeping)
                     )
-                if self._idle_long_enough(now - self._last_record):
+                if await self._idle_long_enough(now):
                     log.info("idle_stop", idle_seconds=round(now - self._last_record, 1))
                     break
         finally:
@@ -274,14 +274,29 @@ class Worker:
 
         return job
 
-    def _idle_long_enough(self, idle: float) -> bool:
+    async def _idle_long_enough(self, now: float) -> bool:
+        """``stop_when_idle`` reached: the idle clock counts only while nothing waits.
+
+        A paused partition, or records still in Kafka (behind the source's known high
+        watermark: a restore that just ended has not fetched yet), restart the clock; records in
+        flight hold the stop. So a run never stops with records left to deliver.
+        """
         limit = self._opt.stop_when_idle
-        return (
-            limit is not None
-            and idle >= limit
-            and bool(self._assigned)
-            and self._watermarks.total_in_flight() == 0
-        )
+        if limit is None or not self._assigned:
+            return False
+        if self._paused:
+            self._last_record = now
+            return False
+        if now - self._last_record < limit or self._watermarks.total_in_flight() > 0:
+            return False
+        try:
+            backlog = await self._source.backlog(sorted(self._assigned))
+        except ConsumerError:
+            backlog = {-1: 1}  # unknown: not provably drained
+        if any(count > 0 for count in backlog.values()):
+            self._last_record = now
+            return False
+        return True
 
     async def _store_finished(self) -> None:
         advanced = self._watermarks.take_advanced()

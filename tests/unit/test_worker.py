@@ -632,6 +632,55 @@ def test_idle_time_counts_from_the_assignment() -> None:
     run(scenario)
 
 
+def test_does_not_stop_when_idle_while_a_paused_partition_holds_records() -> None:
+    """A partition held paused (nothing in flight, records waiting in Kafka) longer than
+    stop_when_idle does not stop the run: once resumed, everything drains, then it stops."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        h = Harness(opts=options(stop_when_idle=30.0), clock=clock)
+        async with h.running() as task:
+            h.breaker.close("http_503")
+            await h.source.passes()
+            h.records(0, *range(10))
+            await h.source.passes(2)
+            assert h.source.paused == {0}
+            clock.advance(300.0)
+            await h.source.passes(2)
+            assert not task.done(), "stopped with records waiting"
+            h.breaker.open()
+            await h.source.until(lambda: len(h.held.started) == 10)
+            for offset in range(10):
+                h.held.finish(0, offset)
+            await h.source.until(lambda: h.source.last_stored(0) == 10)
+            clock.advance(30.0)
+            stats = await asyncio.wait_for(task, DEADLINE)
+            expected = (10, 0, 10)
+            actual = (stats.received, h.source.pending(0), h.source.highest_position(0))
+            assert expected == actual
+
+    run(scenario)
+
+
+def test_does_not_stop_when_idle_while_records_wait_in_kafka() -> None:
+    """Records behind the source's position (the high watermark it knows is ahead) keep the
+    run going, e.g. just after a long restore, before the first fetch returned them."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        h = Harness(opts=options(stop_when_idle=30.0), clock=clock)
+        async with h.running() as task:
+            h.source.unfetched[0] = 5
+            clock.advance(300.0)
+            await h.source.passes(2)
+            assert not task.done()
+            h.source.unfetched[0] = 0
+            clock.advance(30.0)
+            await asyncio.wait_for(task, DEADLINE)
+
+    run(scenario)
+
+
 # --- failures ----------------------------------------------------------------------------------
 
 

@@ -1,0 +1,204 @@
+"""``python -m bench.profile_forward``: a py-spy profile of the service's forward path.
+
+Starts the broker and the sandbox as ``make bench`` does, loads ``--forward`` purchases, runs
+``button-consumer run`` and attaches ``py-spy record`` (from PyPI, in its own virtualenv under
+``.cache/py-spy/``) to it until every offset is committed. Writes the collapsed stacks
+(``--out``, one ``frame;frame;... count`` line per stack) and prints the functions with the most
+samples, self and inclusive. Only threads that run are sampled (py-spy's default, no ``--idle``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import suite, workload
+from consumer.devtools._proc import free_port
+
+PY_SPY_VENV = suite.ROOT / ".cache" / "py-spy"
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
+
+
+def py_spy() -> Path:
+    binary = PY_SPY_VENV / "bin" / "py-spy"
+    if not binary.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(PY_SPY_VENV)], check=True)
+        pip = PY_SPY_VENV / "bin" / "pip"
+        subprocess.run([str(pip), "install", "--quiet", "py-spy"], check=True)
+    return binary
+
+
+GAUGES = (
+    "button_consumer_in_flight_records",
+    "button_consumer_concurrency_limit",
+    "button_consumer_partitions_paused",
+)
+SUMS = (
+    "button_consumer_changelog_write_seconds",
+    "button_consumer_button_request_duration_seconds",
+)
+
+
+class Sampler:
+    """Every 0.5 s: the service's gauges (``/metrics``) and the sandbox's requests in flight."""
+
+    def __init__(self, metrics_url: str, bench: suite.Bench) -> None:
+        self._url = metrics_url
+        self._bench = bench
+        self.samples: list[dict[str, float]] = []
+        self.last: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _scrape(self) -> dict[str, float]:
+        values: dict[str, float] = {}
+        with _DIRECT.open(self._url, timeout=2.0) as response:
+            for line in response.read().decode().splitlines():
+                name, _, value = line.partition(" ")
+                base = name.split("{")[0]
+                if base in GAUGES or base.removesuffix("_sum") in SUMS or base.endswith("_count"):
+                    values[base] = values.get(base, 0.0) + float(value)
+                elif base.removesuffix("_bucket") in SUMS:
+                    le = name.split('le="')[1].split('"')[0]
+                    key = f"{base}:{le}"
+                    values[key] = values.get(key, 0.0) + float(value)
+        values["sandbox_in_flight"] = float(self._bench.sandbox.stats()["in_flight"])
+        return values
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                sample = self._scrape()
+            except OSError:
+                continue  # not listening yet
+            self.samples.append(sample)
+            self.last = sample
+
+    def _quantile(self, name: str, q: float, count: float) -> str:
+        """The upper bound of the histogram bucket holding quantile ``q`` (cumulative buckets)."""
+        prefix = f"{name}_bucket:"
+        buckets = sorted(
+            (float(key.removeprefix(prefix)), value)
+            for key, value in self.last.items()
+            if key.startswith(prefix)
+        )
+        for bound, cumulative in buckets:
+            if cumulative >= q * count:
+                return f"{bound:g}"
+        return "inf"
+
+    def stop(self) -> str:
+        self._stop.set()
+        self._thread.join(5.0)
+        if not self.samples:
+            return "no metrics sampled"
+        out = [f"{len(self.samples)} metric samples (every 0.5 s):"]
+        for name in (*GAUGES, "sandbox_in_flight"):
+            values = [s.get(name, 0.0) for s in self.samples]
+            zero = sum(1 for v in values if v == 0) / len(values)
+            out.append(
+                f"  {name}: median {statistics.median(values):.0f}, max {max(values):.0f},"
+                f" zero in {100 * zero:.0f}% of samples"
+            )
+        for name in SUMS:
+            total, count = self.last.get(f"{name}_sum", 0.0), self.last.get(f"{name}_count", 0.0)
+            if count:
+                out.append(
+                    f"  {name}: mean {1000 * total / count:.1f} ms over {count:.0f},"
+                    f" p50 <= {self._quantile(name, 0.5, count)},"
+                    f" p99 <= {self._quantile(name, 0.99, count)} s"
+                )
+        return "\n".join(out)
+
+
+def top(collapsed: Path, count: int) -> str:
+    """The functions with the most samples: self (leaf) and inclusive (anywhere on the stack)."""
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, samples = line.rpartition(" ")
+        n = int(samples)
+        total += n
+        frames = stack.split(";")
+        own[frames[-1]] += n
+        for frame in set(frames):
+            inclusive[frame] += n
+    out = [f"{total} samples", "", "self:"]
+    out += [f"  {100 * n / total:5.1f}%  {name}" for name, n in own.most_common(count)]
+    out += ["", "inclusive:"]
+    out += [f"  {100 * n / total:5.1f}%  {name}" for name, n in inclusive.most_common(count)]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.profile_forward", description=__doc__)
+    parser.add_argument("--forward", type=int, default=20_000)
+    parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--out", type=Path, default=Path("forward-profile.txt"))
+    parser.add_argument("--latency-p50-ms", type=float, default=20.0)
+    parser.add_argument("--latency-p99-ms", type=float, default=120.0)
+    parser.add_argument("--run-timeout", type=float, default=900.0)
+    args = parser.parse_args(argv)
+    spy = py_spy()
+    with suite.infrastructure(args) as (bootstrap, sandbox):
+        work = args.out.parent
+        bench = suite.Bench(args, bootstrap, sandbox, work, None)
+        tag = uuid.uuid4().hex[:6]
+        loaded = workload.load(
+            bootstrap,
+            f"bench-profile-{tag}",
+            workload.forward_events(f"p{tag}", args.forward, datetime.now(UTC)),
+            args.partitions,
+        )
+        group = f"bench-profile-{tag}"
+        port = free_port()
+        env = suite.service_env(bench, loaded.topic, group, ADMIN_PORT=str(port))
+        sampler = Sampler(f"http://127.0.0.1:{port}/metrics", bench)
+        cmd = [str(Path(sys.executable).with_name("button-consumer")), "run"]
+        committed = suite.Committed(bench, loaded, group)
+        service = subprocess.Popen(cmd, env=env, cwd=suite.ROOT, stdout=subprocess.DEVNULL)
+        spy_cmd = [str(spy), "record", "--pid", str(service.pid), "--rate", str(args.rate)]
+        spy_cmd += ["--format", "raw", "--output", str(args.out), "--nonblocking"]
+        recorder = subprocess.Popen(spy_cmd, stdout=subprocess.DEVNULL)
+        started = time.monotonic()
+        try:
+            suite._wait(
+                lambda: (
+                    suite._orders_at_sandbox(bench) >= len(loaded.order_ids)
+                    and committed.all_committed()
+                ),
+                args.run_timeout,
+                "profiled service",
+                service,
+            )
+            seconds = time.monotonic() - started
+            cpu = suite._proc_cpu_s(service.pid)
+            metrics = sampler.stop()
+        finally:
+            suite._stop(service)
+            committed.close()
+            recorder.wait(30.0)
+    print(
+        f"{args.forward} orders in {seconds:.1f}s ({args.forward / seconds:,.0f}/s),"
+        f" CPU {cpu:.1f}s ({1000 * cpu / args.forward:.3f}s per 1,000), profile: {args.out}"
+    )
+    print(metrics)
+    print(top(args.out, args.top))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,181 @@
+"""The bench's report: ``latest.json`` (the shape tools read), Markdown, and the in-flight chart.
+
+Pure functions of the raw results that ``bench.suite`` collects (every run of every round).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+
+def rate(result: dict[str, Any]) -> float:
+    return float(result["count"]) / float(result["seconds"])
+
+
+def median(runs: list[dict[str, Any]], value: Callable[[dict[str, Any]], float]) -> float:
+    return float(statistics.median(value(run) for run in runs))
+
+
+def summarise(raw: dict[str, Any]) -> dict[str, Any]:
+    """``latest.json``: the issue's shape, medians of the rounds."""
+    fwd, flt = raw["forward"], raw["filter"]
+
+    def med(runs: dict[str, Any], kind: str) -> float:
+        return round(median(runs[kind], rate), 1) if runs.get(kind) else 0
+
+    service = fwd["service"]
+    cpu = median(service, lambda run: 1000 * run["cpu_s"] / run["count"])
+    return {
+        "machine": f"{os.cpu_count()} cores, shared with other work; {platform.system()}, "
+        f"Python {platform.python_version()}",
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "paths": {
+            "forward": {
+                "unit": "orders/s",
+                "service": med(fwd, "service"),
+                "yardsticks": {
+                    "http_ceiling": med(fwd, "http_ceiling"),
+                    "quix_stateless": med(fwd, "quix_stateless"),
+                    "quix_stateful": med(fwd, "quix_stateful"),
+                    "naive": med(fwd, "naive"),
+                },
+                "cpu_s_per_1000": round(cpu, 3),
+            },
+            "filter": {
+                "unit": "events/s",
+                "service": med(flt, "service"),
+                "yardsticks": {"decode_ceiling": med(flt, "decode_ceiling")},
+            },
+            "state": {
+                "profiles": raw["state"]["profiles"],
+                "peak_rss_mb": round(raw["state"]["peak_rss_mb"], 1),
+                "restart_to_first_delivery_s": round(
+                    raw["state"]["restart_to_first_delivery_s"], 2
+                ),
+            },
+        },
+    }
+
+
+def markdown(raw: dict[str, Any], latest: dict[str, Any]) -> str:
+    a = raw["args"]
+    fwd = latest["paths"]["forward"]
+    flt = latest["paths"]["filter"]
+    st = latest["paths"]["state"]
+    svc = fwd["service"]
+
+    def ratio(value: float, base: float) -> str:
+        return f"{value / base:.2f}x" if base else "n/a"
+
+    def cpu_per_1000(kind: str) -> str:
+        runs = raw["forward"].get(kind)
+        if not runs:
+            return "n/a"
+        return f"{median(runs, lambda run: 1000 * run['cpu_s'] / run['count']):.3f} s"
+
+    lines = [
+        "# Bench results",
+        "",
+        f"Machine: {latest['machine']}. Date: {latest['date']}. Medians of {a['rounds']} rounds,",
+        "the candidates alternating (the order rotates each round); each run checked at the",
+        "sandbox that every order arrived. Other work shared the machine: only the ratios carry",
+        "over.",
+        "",
+        f"Sizes: forward {a['forward']:,} purchases; filter {a['filter']:,} events"
+        " (90 % views/opens);"
+        f" naive loop capped at {a['naive_limit']:,} records; state {a['profiles']:,} profiles;"
+        f" {a['partitions']} partitions; sandbox latency log-normal {a['latency_p50_ms']:g} ms"
+        f" median / {a['latency_p99_ms']:g} ms p99; {a['in_flight']} in flight for the peers"
+        " (the service at its defaults).",
+        "",
+        "| path | this service | yardstick | service / yardstick |",
+        "|---|--:|--:|--:|",
+    ]
+    names = {
+        "http_ceiling": f"bare aiohttp, {a['in_flight']} in flight (HTTP ceiling)",
+        "quix_stateless": "quixstreams, stateless (BatchingSink + aiohttp)",
+        "quix_stateful": "quixstreams, per-user state in RocksDB + changelog",
+        "naive": "naive loop (poll, decode, one blocking POST)",
+    }
+    for kind, label in names.items():
+        value = fwd["yardsticks"][kind]
+        lines.append(
+            f"| forward (orders/s) | {svc:,.0f} | {label}: {value:,.0f} | {ratio(svc, value)} |"
+        )
+    dec = flt["yardsticks"]["decode_ceiling"]
+    lines.append(
+        f"| filter (events/s) | {flt['service']:,.0f} | consume + fastavro alone: {dec:,.0f}"
+        f" | {ratio(flt['service'], dec)} |"
+    )
+    lines.append(
+        f"| CPU per 1,000 orders | {cpu_per_1000('service')} | quix stateless"
+        f" {cpu_per_1000('quix_stateless')}; quix stateful {cpu_per_1000('quix_stateful')};"
+        f" bare client {cpu_per_1000('http_ceiling')} | |"
+    )
+    empty = raw["state_empty"]
+    lat = raw.get("latency")
+    if lat:
+        lines.append(
+            f"| event to Button at {lat['rate_per_s']:,.0f} orders/s (half the forward median)"
+            f" | p50 {lat['p50_ms']:,.0f} ms, p99 {lat['p99_ms']:,.0f} ms | sandbox alone:"
+            f" {a['latency_p50_ms']:g} ms / {a['latency_p99_ms']:g} ms | |"
+        )
+    lines += [
+        f"| peak RSS, {st['profiles']:,} profiles restored | {st['peak_rss_mb']:,.0f} MB"
+        f" (empty changelog: {empty['peak_rss_mb']:,.0f} MB) | | |",
+        f"| restart to first delivery, {st['profiles']:,} profiles | "
+        f"{st['restart_to_first_delivery_s']:.1f} s (empty changelog:"
+        f" {empty['restart_to_first_delivery_s']:.1f} s) | | |",
+        "",
+        "Every round:",
+        "",
+        "| path | candidate | rounds (per second) |",
+        "|---|---|---|",
+    ]
+    for path in ("forward", "filter"):
+        for kind, runs in raw[path].items():
+            rates = ", ".join(f"{rate(run):,.0f}" for run in runs)
+            lines.append(f"| {path} | {kind} | {rates} |")
+    if raw["sweep"]["service"]:
+        lines += [
+            "",
+            "Throughput against the in-flight limit (one round; the service with",
+            "`DELIVERY_CONCURRENCY_MIN` = `DELIVERY_CONCURRENCY_MAX` = the limit):"
+            " [chart](inflight.png)",
+            "",
+            "| in flight | service (orders/s) | bare aiohttp (orders/s) | ratio |",
+            "|--:|--:|--:|--:|",
+        ]
+        for limit, value in raw["sweep"]["service"].items():
+            http = raw["sweep"]["http_ceiling"][limit]
+            lines.append(f"| {limit} | {value:,.0f} | {http:,.0f} | {ratio(value, http)} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(raw: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for kind, label in (("service", "this service"), ("http_ceiling", "bare aiohttp")):
+        points = sorted((int(k), v) for k, v in raw["sweep"][kind].items())
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    limits = sorted(int(k) for k in raw["sweep"]["service"])
+    ax.set_xticks(limits, [str(limit) for limit in limits])
+    ax.set_xlabel("requests in flight to Button (limit)")
+    ax.set_ylabel("orders/s")
+    ax.set_title("Throughput against the in-flight limit")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

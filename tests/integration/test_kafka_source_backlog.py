@@ -1,0 +1,109 @@
+"""``KafkaSource.backlog`` against a real broker: records not handed out yet, per partition.
+
+The worker's idle stop (``DELIVERY_STOP_WHEN_IDLE_SECONDS``) asks it before stopping, so it must
+count what waits in Kafka before the first record is consumed, while consuming, and nothing for
+a new group that starts at the end of the topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+
+from consumer.adapters.kafka import AckingProducer, KafkaSource
+from consumer.settings import Settings
+
+pytestmark = pytest.mark.broker
+
+DEADLINE = 30.0
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.assigned: list[int] = []
+
+    def on_assign(self, partitions: list[int]) -> None:
+        self.assigned.extend(partitions)
+
+    def on_revoke(self, partitions: list[int]) -> None:
+        pass
+
+    def on_lost(self, partitions: list[int]) -> None:
+        pass
+
+
+def _settings(bootstrap: str, topic: str, group: str, reset: str) -> Settings:
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "KAFKA_TOPIC": topic,
+        "KAFKA_GROUP_ID": group,
+        "KAFKA_AUTO_OFFSET_RESET": reset,
+    }
+    return Settings.from_env(env, require_api_key=False)
+
+
+def _produce(settings: Settings, topic: str, count: int) -> None:
+    producer = AckingProducer(settings.kafka.producer_config())
+    producer.start()
+    try:
+        for i in range(count):
+            producer.send_nowait(topic, b"k", str(i).encode(), partition=0)
+        assert producer.settle(30.0) == 0
+    finally:
+        producer.close()
+
+
+async def _take(source: KafkaSource, listener: Listener, count: int) -> None:
+    """Poll until the partition is assigned and ``count`` records were handed out."""
+    taken = 0
+    deadline = time.monotonic() + DEADLINE
+    while not listener.assigned or taken < count:
+        assert time.monotonic() < deadline, f"assigned {listener.assigned}, {taken} of {count}"
+        taken += len(await source.poll(max(count - taken, 1), 0.2))
+    assert (listener.assigned, taken) == ([0], count)
+
+
+def test_backlog_counts_what_waits_in_kafka_before_and_while_consuming(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    topic = make_topic(partitions=1)
+    settings = _settings(kafka_bootstrap, topic, unique_name("group"), "earliest")
+    _produce(settings, topic, 5)
+
+    async def scenario() -> list[dict[int, int]]:
+        source = KafkaSource(settings.kafka.consumer_config(), topic)
+        listener = Listener()
+        await source.start(listener)
+        try:
+            await _take(source, listener, 2)
+            partway = await source.backlog([0])
+            await _take(source, listener, 3)
+            drained = await source.backlog([0])
+            return [partway, drained]
+        finally:
+            await source.close()
+
+    assert asyncio.run(scenario()) == [{0: 3}, {0: 0}]
+
+
+def test_backlog_is_empty_for_a_new_group_that_starts_at_the_end(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    topic = make_topic(partitions=1)
+    settings = _settings(kafka_bootstrap, topic, unique_name("group"), "latest")
+    _produce(settings, topic, 5)
+
+    async def scenario() -> dict[int, int]:
+        source = KafkaSource(settings.kafka.consumer_config(), topic)
+        listener = Listener()
+        await source.start(listener)
+        try:
+            await _take(source, listener, 0)
+            return await source.backlog([0])
+        finally:
+            await source.close()
+
+    assert asyncio.run(scenario()) == {0: 0}

@@ -1,0 +1,76 @@
+"""The bench's ``latest.json`` keeps the shape tools read (issue 14), from the rounds' medians.
+
+No timing is asserted: the figures are made up; only the shape and the median are checked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.report import markdown, summarise
+
+
+def _run(count: int, seconds: float, cpu_s: float = 1.0) -> dict[str, Any]:
+    return {"count": count, "seconds": seconds, "cpu_s": cpu_s}
+
+
+def _raw() -> dict[str, Any]:
+    forward = {
+        kind: [_run(1000, 1.0), _run(1000, 2.0), _run(1000, 4.0)]
+        for kind in ("service", "http_ceiling", "quix_stateless", "quix_stateful")
+    }
+    forward["naive"] = [_run(100, 4.0)]
+    state = {"profiles": 1000, "peak_rss_mb": 80.0, "restart_to_first_delivery_s": 1.5}
+    return {
+        "args": {
+            "rounds": 3,
+            "forward": 1000,
+            "filter": 100,
+            "naive_limit": 100,
+            "profiles": 1000,
+            "partitions": 3,
+            "latency_p50_ms": 20.0,
+            "latency_p99_ms": 120.0,
+            "in_flight": 64,
+        },
+        "forward": forward,
+        "filter": {"service": [_run(100, 1.0)], "decode_ceiling": [_run(100, 0.1)]},
+        "sweep": {"service": {64: 500.0}, "http_ceiling": {64: 1000.0}},
+        "state": state,
+        "state_empty": state | {"profiles": 0},
+    }
+
+
+def test_latest_json_has_the_issue_shape_with_medians() -> None:
+    latest = summarise(_raw())
+    shape = {
+        "machine": str,
+        "date": str,
+        "paths": {
+            "forward": {
+                "unit": "orders/s",
+                "service": 500.0,
+                "yardsticks": {
+                    "http_ceiling": 500.0,
+                    "quix_stateless": 500.0,
+                    "quix_stateful": 500.0,
+                    "naive": 25.0,
+                },
+                "cpu_s_per_1000": 1.0,
+            },
+            "filter": {
+                "unit": "events/s",
+                "service": 100.0,
+                "yardsticks": {"decode_ceiling": 1000.0},
+            },
+            "state": {"profiles": 1000, "peak_rss_mb": 80.0, "restart_to_first_delivery_s": 1.5},
+        },
+    }
+    actual = {**latest, "machine": str, "date": str}
+    assert shape == actual
+
+
+def test_the_markdown_names_every_yardstick_with_its_ratio() -> None:
+    text = markdown(_raw(), summarise(_raw()))
+    assert "| filter (events/s) | 100 | consume + fastavro alone: 1,000 | 0.10x |" in text
+    assert "naive loop (poll, decode, one blocking POST): 25 | 20.00x |" in text
