@@ -62,6 +62,7 @@ def _button(
     retry_after: float | None = None,
     key_accepted: bool = False,
     outage: bool = False,
+    follow_up: bool = False,
 ) -> Callable[[], Decision]:
     outcome = ButtonOutcome(
         kind, status, message=message, from_button=from_button, retry_after=retry_after
@@ -75,6 +76,7 @@ def _button(
         rng=_MidDraw(),
         key_accepted=key_accepted,
         outage=outage,
+        follow_up=follow_up,
     )
 
 
@@ -91,7 +93,18 @@ A, K = Action, OutcomeKind
 
 ROWS: tuple[Row, ...] = (
     Row("Button: 2xx", _button(A.CREATE, K.SUCCESS, 200)),
-    Row("Button: 409 on create", _button(A.CREATE, K.CONFLICT, 409), "already in the wanted state"),
+    Row(
+        "Button: 409 on create (carrying the update of its state: every create of an open order)",
+        _button(A.CREATE, K.CONFLICT, 409, follow_up=True),
+        "Button may hold another state of the order: the update with the create's full state is "
+        "sent the same way (limits, retries, gates; its own budget) and its answer decides the "
+        "record; the live log and metrics count it as an update",
+    ),
+    Row(
+        "Button: 409 on create (no follow-up: the create re-sent before its cancel)",
+        _button(A.CREATE, K.CONFLICT, 409),
+        "already in the wanted state",
+    ),
     Row(
         "Button: 404 on cancel", _button(A.CANCEL, K.NOT_FOUND, 404), "already in the wanted state"
     ),
@@ -213,6 +226,7 @@ ROWS: tuple[Row, ...] = (
 _VERDICTS = {
     Verdict.SEND: "send",
     Verdict.DONE: "done",
+    Verdict.FOLLOW_UP: "send the follow-up",
     Verdict.RETRY: "retry",
     Verdict.DEAD_LETTER: "dead letter",
     Verdict.PAUSE: "pause",

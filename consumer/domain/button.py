@@ -35,9 +35,15 @@ class ButtonRequest:
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """The event becomes this request."""
+    """The event becomes this request.
+
+    ``follow_up``: for a create, the update of the same order with the same full state, sent
+    only when the create is answered 409: Button already holds the order, perhaps in another
+    state (the failure policy decides, ``policy.classify``). Idempotent: it sends the whole state.
+    """
 
     request: ButtonRequest
+    follow_up: ButtonRequest | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -558,7 +558,8 @@ def _reconcile(  # noqa: PLR0911 - one return per row of the reconciliation tabl
             if order.created_by == event.event_id and order.sent_digest:
                 # A replayed purchase whose create was sent: re-send it, so that a redriven
                 # create reaches Button before the cancel that follows it in the replay.
-                return _create(order, _customer(event, profile, config)), order
+                # No follow-up: the order is meant to end cancelled, not in this state.
+                return _create(order, _customer(event, profile, config), converge=False), order
             return Skip("order_already_cancelled"), order
         # Cancel (again: a replay, or Button may hold an order this profile never saw).
         return _cancel(order.order_id), replace(order, status=OrderStatus.CANCELLED)
@@ -708,8 +709,13 @@ def _remaining_total(
 # --- requests ----------------------------------------------------------------------------------
 
 
-def _create(order: StoredOrder, customer: Mapping[str, str]) -> Send:
-    return Send(create_request(order.order_id, create_body(order, customer)))
+def _create(order: StoredOrder, customer: Mapping[str, str], *, converge: bool = True) -> Send:
+    """The create; with ``converge``, carrying the update of the same state that the pipeline
+    sends when the create is answered 409 (Button may hold another state of the order)."""
+    request = create_request(order.order_id, create_body(order, customer))
+    if not converge:
+        return Send(request)
+    return Send(request, follow_up=update_request(order.order_id, order_body(order)))
 
 
 def _cancel(order_id: str) -> Send:

@@ -15,10 +15,16 @@ this module and decides nothing itself: every way a record can end, or wait, com
 Verdicts:
 
 - ``SEND``: build nothing more; send the record's request to Button.
-- ``DONE``: the record is finished (accepted, or already in the wanted state: 409 on create, 404 on
-  cancel, Button's own 403 saying "finalized" on update or cancel; the last is ``noteworthy`` and
-  should be logged; skipped on purpose; a dry run). Only Button's JSON error envelope can say
-  "finalized": a 403 page from a proxy, WAF or CDN in front of Button never finishes a record.
+- ``DONE``: the record is finished (accepted, or already in the wanted state: 409 on a create
+  without a follow-up, 404 on cancel, Button's own 403 saying "finalized" on update or cancel;
+  the last is ``noteworthy`` and should be logged; skipped on purpose; a dry run). Only
+  Button's JSON error envelope can say "finalized": a 403 page from a proxy, WAF or CDN in
+  front of Button never finishes a record.
+- ``FOLLOW_UP``: a create answered 409 that carries a follow-up (``Send.follow_up``, the update
+  of the same order with the same full state): Button holds the order, perhaps in another state
+  (a profile lost or expired, a revised purchase created first). Send the follow-up through the
+  same path (limits, retries, gates); its answer decides the record (``order_exists_update``).
+  Idempotent: the update carries the whole state, so a repeated one changes nothing.
 - ``RETRY``: try again after ``delay`` seconds. For Button (429, 5xx, 408, timeouts, connection
   errors, unreadable responses) the budget is ``max_attempts`` attempts *and* ``max_elapsed``
   seconds since the first attempt; when the next retry would exceed either, the verdict becomes
@@ -84,6 +90,7 @@ class Verdict(StrEnum):
 
     SEND = "send"
     DONE = "done"
+    FOLLOW_UP = "follow_up"
     RETRY = "retry"
     DEAD_LETTER = "dead_letter"
     PAUSE = "pause"
@@ -170,7 +177,7 @@ _REQUESTS = (Action.CREATE, Action.UPDATE, Action.CANCEL)
 
 
 def classify(  # noqa: PLR0911, PLR0912 (one table)
-    action: Action, outcome: ButtonOutcome, *, key_accepted: bool = False
+    action: Action, outcome: ButtonOutcome, *, key_accepted: bool = False, follow_up: bool = False
 ) -> Decision:
     """The table itself: the verdict for one outcome, before the retry budget is applied.
 
@@ -181,6 +188,8 @@ def classify(  # noqa: PLR0911, PLR0912 (one table)
         outcome: how the attempt ended.
         key_accepted: since this record's previous 403, a record-independent probe (or another
             request) showed that Button accepts the key: a 403 now is about this record.
+        follow_up: the request carries a follow-up update (``Send.follow_up``), sent when a
+            create is answered 409.
 
     Raises:
         ValueError: ``action`` is not a request (``skip`` and ``reject`` are never sent).
@@ -192,6 +201,9 @@ def classify(  # noqa: PLR0911, PLR0912 (one table)
     match kind, action:
         case OutcomeKind.SUCCESS, _:
             return Decision(Verdict.DONE, "ok", outcome=DELIVERED)
+        case OutcomeKind.CONFLICT, Action.CREATE if follow_up:
+            # Button holds the order, maybe in another state: its update decides the record.
+            return Decision(Verdict.FOLLOW_UP, ORDER_EXISTS_UPDATE)
         case OutcomeKind.CONFLICT, Action.CREATE:
             return Decision(Verdict.DONE, "order_exists", outcome=DELIVERED)
         case OutcomeKind.NOT_FOUND, Action.CANCEL:
@@ -242,6 +254,7 @@ def decide(
     rng: RandomSource,
     key_accepted: bool = False,
     outage: bool = False,
+    follow_up: bool = False,
 ) -> Decision:
     """What to do after attempt number ``attempt`` (1-based) of ``action`` ended in ``outcome``.
 
@@ -256,6 +269,7 @@ def decide(
         key_accepted: see ``classify``.
         outage: the circuit breaker counts an outage (Button fails for other requests too):
             an exhausted budget then opens the breaker instead of dead-lettering.
+        follow_up: see ``classify``.
 
     Returns:
         The table's decision, with the retry delay filled in, a ``BREAK`` for back-pressure
@@ -263,7 +277,7 @@ def decide(
         retry when the budget is spent. A dead letter names the failure: ``error_class``
         ``Button<OutcomeKind>`` and ``detail`` Button's message (after retries, with the cause).
     """
-    decision = classify(action, outcome, key_accepted=key_accepted)
+    decision = classify(action, outcome, key_accepted=key_accepted, follow_up=follow_up)
     if decision.verdict is Verdict.RETRY:
         retry_after = outcome.retry_after
         if _pushes_back(outcome) and retry_after is not None and retry_after > 0:
@@ -430,6 +444,9 @@ def breaker_wait(outcome: ButtonOutcome, *, interval: float, policy: RetryPolicy
         return max(interval, min(retry_after, policy.retry_after_cap))
     return interval
 
+
+ORDER_EXISTS_UPDATE = "order_exists_update"
+"""The reason of a ``FOLLOW_UP``: the create was answered 409, its update is sent next."""
 
 BUTTON_UNAVAILABLE = "button_unavailable"
 """The reason of a ``BREAK`` for an outage: a budget ran out while Button failed for others."""

@@ -178,7 +178,7 @@ class Pipeline:
         context = _Context(processed, _action(result), event_type=decoded.event_type.value)
         decision = decide_mapped(result, parked=parking.reason, dry_run=d.dry_run)
         if decision.verdict is Verdict.SEND and isinstance(result, Send):
-            return await self._deliver(record, context, result.request)
+            return await self._deliver(record, context, result.request, result.follow_up)
         return await self._execute(record, decision, context)
 
     async def _decode(self, record: Record) -> CommerceEvent | Decision:
@@ -200,8 +200,19 @@ class Pipeline:
                 return decision
             await self._d.sleep(decision.delay)
 
-    async def _deliver(self, record: Record, context: _Context, request: ButtonRequest) -> str:
-        """Send ``request`` until the policy's decision is no longer retry, pause or break."""
+    async def _deliver(
+        self,
+        record: Record,
+        context: _Context,
+        request: ButtonRequest,
+        follow_up: ButtonRequest | None = None,
+    ) -> str:
+        """Send ``request`` until the policy's decision is no longer retry, pause or break.
+
+        When the policy says ``FOLLOW_UP`` (a create answered 409 that carries the update of the
+        same state), the follow-up is delivered the same way, with its own retry budget, and its
+        decision finishes the record (the live log shows the update, with its attempts).
+        """
         d = self._d
         attempts = context.attempts
         started = d.monotonic()
@@ -226,6 +237,7 @@ class Pipeline:
                 rng=d.rng,
                 key_accepted=key_accepted,
                 outage=d.breaker.failing(source),
+                follow_up=follow_up is not None,
             )
             refused = decision.verdict is Verdict.PAUSE
             if outcome.ok and d.gate.closed:
@@ -261,6 +273,10 @@ class Pipeline:
                         attempts.count = 0
                         started = d.monotonic()
                         paused_for = 0.0
+                case Verdict.FOLLOW_UP if follow_up is not None:
+                    log.info("order_exists_update", status=outcome.status)
+                    then = replace(context, action=follow_up.action.value, attempts=_Attempts())
+                    return await self._deliver(record, then, follow_up)
                 case _:
                     return await self._execute(record, decision, context)
 

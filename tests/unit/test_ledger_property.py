@@ -7,12 +7,26 @@ model of Button: the sandbox's ``OrderBook`` state machine (a 409 on create and 
 count as done, as the failure policy says). The live orders Button ends with must equal those of
 the same events processed in event-time order.
 
-Scope, and why: token events arrive before the order events (a token that reaches the service
-after the order's create cannot be attached: Button's update carries no ``btn_ref``), and
-``btn_ref`` is compared for orders published once (a revised purchase arriving first is created
-with the token in force at its own time). Refunds never take away every unit, and never more
-than the smallest publication holds: those would be rejected in one arrival order and applied in
-another. Runs about 1,500 examples in a few seconds.
+Three properties:
+
+- Tokens first: token events arrive before the order events, in any order among themselves, and
+  ``btn_ref`` is compared too, for orders published once (a revised purchase arriving first is
+  created with the token in force at its own time).
+- Tokens anywhere: token events are interleaved with the order events. The orders' state (live
+  or not, total, lines) converges; ``btn_ref`` cannot: a token that reaches the service after
+  the order's create is never attached, because Button takes ``btn_ref`` only on the create (the
+  update carries none, and Button keeps the create's), so the token in force at purchase time
+  may still be unknown when the create leaves. What holds instead: an attached token is one of
+  the user's, dated no later than a publication of the order.
+- Button already holds a stale state: the order book is seeded with every order in another
+  state before the events arrive (a profile lost or expired, a create sent by an earlier
+  deployment). Each create is then answered 409, and the update it carries
+  (``Send.follow_up``, sent as the failure policy says) brings Button to the event-time state.
+  ``btn_ref`` is not compared: Button keeps the seeded create's.
+
+Refunds never take away every unit, and never more than the smallest publication holds: those
+would be rejected in one arrival order and applied in another. Each property runs 500 to 1,500
+examples; the three take about ten seconds together.
 """
 
 from __future__ import annotations
@@ -27,6 +41,8 @@ from consumer.domain.button import Action, Reject, Send
 from consumer.domain.event_forms import event_from_json
 from consumer.domain.events import CommerceEvent
 from consumer.domain.mapping import MappingConfig, process
+from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
+from consumer.domain.policy import Verdict, classify
 from consumer.domain.profile import Profile
 from consumer.sandbox.state import OrderBook
 
@@ -104,6 +120,21 @@ class Button:
     def __init__(self) -> None:
         self.book = OrderBook(clock=NOW.timestamp, seed=1)
 
+    def seed(self, order_ids: set[str]) -> None:
+        """Button already holds each order, in a state no event of the history gives it."""
+        for order_id in sorted(order_ids):
+            stale = {"identifier": "A", "sku": "A", "quantity": 9, "amount": 1000, "total": 9000}
+            status, _ = self.book.create(
+                {
+                    "order_id": order_id,
+                    "total": 9000,
+                    "currency": "USD",
+                    "purchase_date": "2026-01-01T00:00:00Z",
+                    "line_items": [stale],
+                }
+            )
+            assert status == 200
+
     def apply(self, result: object) -> None:
         if isinstance(result, Reject):
             raise AssertionError(f"unexpected reject: {result}")
@@ -113,6 +144,11 @@ class Button:
         if request.action is Action.CREATE:
             status, _ = self.book.create(dict(request.body or {}))
             assert status in (200, 409), (status, request)
+            conflict = ButtonOutcome(OutcomeKind.CONFLICT, 409, from_button=True)
+            verdict = classify(request.action, conflict, follow_up=result.follow_up is not None)
+            if status == 409 and verdict.verdict is Verdict.FOLLOW_UP:
+                assert result.follow_up is not None
+                self.apply(Send(result.follow_up))  # as the pipeline does: the policy says so
         elif request.action is Action.UPDATE:
             status, _ = self.book.update(request.order_id, dict(request.body or {}))
             assert status == 200, (status, request)
@@ -133,8 +169,11 @@ class Button:
         }
 
 
-def run(events: list[CommerceEvent], single: set[str]) -> dict[str, Any]:
+def run(
+    events: list[CommerceEvent], single: set[str], *, seeded: set[str] | None = None
+) -> dict[str, Any]:
     button, profile = Button(), None
+    button.seed(seeded or set())
     for event in events:
         result, changed = process(event, profile, CONFIG, NOW)
         button.apply(result)
@@ -156,4 +195,52 @@ def test_any_arrival_order_converges_to_the_event_time_result(
     rng.shuffle(arrival_opens)
     rng.shuffle(arrival_orders)
     arrived = run([event_from_json(e) for e in arrival_opens + arrival_orders], single)
+    assert expected == arrived
+
+
+def _order_ids(orders: list[dict[str, Any]]) -> set[str]:
+    return {e["commerce"]["transaction_id"] for e in orders}
+
+
+def _without_btn_ref(live: dict[str, Any]) -> dict[str, Any]:
+    return {order_id: (total, lines) for order_id, (total, lines, _) in live.items()}
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(user_histories(), st.randoms(use_true_random=False))
+def test_tokens_arriving_after_the_orders_leave_the_order_state_converged(
+    history: tuple[list[dict[str, Any]], list[dict[str, Any]], set[str]], rng: Any
+) -> None:
+    """Opens interleaved anywhere with the order events: the orders' state converges, and a
+    ``btn_ref`` Button holds is a token of the user's dated no later than a publication of its
+    order (never a later one; which one depends on what had arrived when the create left)."""
+    opens, orders, _ = history
+    by_time = sorted(opens + orders, key=lambda e: e["event_time"])
+    everyone = _order_ids(orders)
+    expected = run([event_from_json(e) for e in by_time], everyone)
+    arrival = opens + orders
+    rng.shuffle(arrival)
+    arrived = run([event_from_json(e) for e in arrival], everyone)
+    assert _without_btn_ref(expected) == _without_btn_ref(arrived)
+    token_times = {e["btn_ref"]: e["event_time"] for e in opens}
+    for order_id, (_, _, btn_ref) in arrived.items():
+        latest = max(e["event_time"] for e in orders if e["commerce"]["transaction_id"] == order_id)
+        assert btn_ref is None or token_times[btn_ref] <= latest, (order_id, btn_ref)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(user_histories(), st.randoms(use_true_random=False))
+def test_a_create_answered_409_is_followed_by_the_update_that_converges(
+    history: tuple[list[dict[str, Any]], list[dict[str, Any]], set[str]], rng: Any
+) -> None:
+    """Button already holds every order in a stale state: each create is answered 409, its
+    follow-up update is sent, and Button ends in the event-time state (issue 9, item 1)."""
+    opens, orders, _ = history
+    by_time = sorted(opens + orders, key=lambda e: e["event_time"])
+    expected = run([event_from_json(e) for e in by_time], set())
+    arrival_orders = list(orders)
+    rng.shuffle(arrival_orders)
+    arrived = run(
+        [event_from_json(e) for e in opens + arrival_orders], set(), seeded=_order_ids(orders)
+    )
     assert expected == arrived

@@ -788,3 +788,54 @@ def test_customer_id_rule(customer_id: str, sent: bool) -> None:
     result, _ = process(purchase(user_identities={"customer_id": customer_id}), None, CONFIG, NOW)
     body = send(result).body
     assert ({"id": customer_id} if sent else None) == body.get("customer")
+
+
+def test_a_create_carries_the_update_that_converges_after_a_409() -> None:
+    """Issue 9: a create answered 409 may find Button holding another state of the order (a
+    profile lost or expired, a revised purchase created elsewhere first): the create carries the
+    idempotent update of the same full state, sent only when the create is answered 409."""
+    result, _ = process(purchase(btn_ref=TOKEN), None, CONFIG, NOW)
+    assert isinstance(result, Send)
+    create, follow_up = result.request, result.follow_up
+    assert follow_up is not None
+    assert create.body is not None
+    expected_body = {k: v for k, v in create.body.items() if k not in ("btn_ref", "customer")}
+    assert (follow_up.action, follow_up.method, follow_up.path, follow_up.order_id) == (
+        Action.UPDATE,
+        "POST",
+        order_path("ORD-100045"),
+        "ORD-100045",
+    )
+    assert expected_body == follow_up.body
+    assert validate_update(follow_up.body) == []
+
+
+def test_a_replayed_create_carries_the_current_state_as_its_follow_up() -> None:
+    """A replayed purchase after a partial refund: the create and its follow-up both carry the
+    refunded state, so a 409 still brings Button to it."""
+    _, profile = process(purchase(btn_ref=TOKEN), None, CONFIG, NOW)
+    _, after = process(refund("evt-r1", [{"id": "SKU-RED-M"}]), profile, CONFIG, NOW)
+    result, _ = process(purchase(), after, CONFIG, NOW)
+    assert isinstance(result, Send)
+    follow_up = result.follow_up
+    assert follow_up is not None
+    assert (send(result).body["total"], dict(follow_up.body or {})["total"]) == (2999, 2999)
+
+
+def test_a_create_re_sent_before_a_cancel_carries_no_follow_up() -> None:
+    """The create re-sent so a redriven cancel finds its order is not meant to converge to an
+    open state: the cancel that follows it does."""
+    _, profile = process(purchase(), None, CONFIG, NOW)
+    _, after = process(refund("evt-r1"), profile, CONFIG, NOW)
+    result, _ = process(purchase(), after, CONFIG, NOW)
+    assert isinstance(result, Send)
+    assert (result.request.action, result.follow_up) == (Action.CREATE, None)
+
+
+def test_updates_and_cancels_carry_no_follow_up() -> None:
+    _, profile = process(purchase(), None, CONFIG, NOW)
+    updated, after = process(refund("evt-r1", [{"id": "SKU-RED-M"}]), profile, CONFIG, NOW)
+    cancelled, _ = process(refund("evt-r2"), after, CONFIG, NOW)
+    assert isinstance(updated, Send)
+    assert isinstance(cancelled, Send)
+    assert (updated.follow_up, cancelled.follow_up) == (None, None)

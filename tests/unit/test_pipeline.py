@@ -467,6 +467,73 @@ def test_conflict_on_create_means_delivered() -> None:
     ) == (["delivered"], "order_exists", [])
 
 
+def follow_up_send(order_id: str = ORDER) -> Send:
+    """A create carrying the update of the same state, sent when the create is answered 409."""
+    return Send(request(order_id=order_id), follow_up=request(Action.UPDATE, order_id))
+
+
+def test_conflict_on_create_sends_its_follow_up_update() -> None:
+    """Issue 9: 409 on a create carrying a follow-up: the update of the same full state is sent
+    next, and its answer (200) finishes the record; metrics and the live log count it."""
+    h = Harness(processor=FakeProcessor(processed(follow_up_send()))).answer(CONFLICT, OK)
+
+    outcomes = h.handle(record())
+
+    delivery = h.last_delivery()
+    assert (outcomes, h.button.sent, h.letters) == (
+        ["delivered"],
+        [request(), request(Action.UPDATE)],
+        [],
+    )
+    assert (delivery["action"], delivery["reason"], delivery["status"]) == ("update", "ok", 200)
+    counted = (
+        h.sample("button_requests_total", action="create", outcome="conflict", status_class="4xx"),
+        h.sample("button_requests_total", action="update", outcome="success", status_class="2xx"),
+        h.sample("records_finished_total", outcome="delivered"),
+    )
+    assert counted == (1.0, 1.0, 1.0)
+
+
+def test_follow_up_update_is_retried_within_its_budget() -> None:
+    """The follow-up goes through the same retry path: a 503 is retried, then accepted."""
+    h = Harness(processor=FakeProcessor(processed(follow_up_send()))).answer(
+        CONFLICT, UNAVAILABLE, OK
+    )
+
+    outcomes = h.handle(record())
+
+    assert (outcomes, [r.action for r in h.button.sent], len(h.clock.sleeps)) == (
+        ["delivered"],
+        [Action.CREATE, Action.UPDATE, Action.UPDATE],
+        1,
+    )
+
+
+def test_follow_up_update_refused_dead_letters_the_record() -> None:
+    """The follow-up's answer decides the record: a 400 on the update dead-letters it as an
+    update (the order is parked), never as a create counted done."""
+    h = Harness(processor=FakeProcessor(processed(follow_up_send()))).answer(CONFLICT, INVALID)
+
+    outcomes = h.handle(record())
+
+    letter = h.letters[0]
+    assert (outcomes, letter.reason, letter.action, letter.http_status) == (
+        ["dead_lettered"],
+        "http_400",
+        "update",
+        400,
+    )
+
+
+def test_created_order_sends_no_follow_up() -> None:
+    """A create answered 200 is done: the follow-up is sent only after a 409."""
+    h = Harness(processor=FakeProcessor(processed(follow_up_send()))).answer(OK)
+
+    outcomes = h.handle(record())
+
+    assert (outcomes, h.button.sent) == (["delivered"], [request()])
+
+
 @pytest.mark.parametrize(
     ("action", "answer", "reason"),
     [

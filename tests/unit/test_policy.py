@@ -117,6 +117,31 @@ def test_table_row(action: Action, result: ButtonOutcome, verdict: Verdict, reas
     assert (verdict, reason) == (decision.verdict, decision.reason)
 
 
+def test_conflict_on_a_create_with_a_follow_up_sends_the_update() -> None:
+    """Issue 9: a create answered 409 that carries the update of its full state sends it (Button
+    may hold another state of the order); without one, a 409 on create is done."""
+    conflict = outcome(K.CONFLICT, 409, "Order already exists", button=True)
+    with_follow_up = classify(A.CREATE, conflict, follow_up=True)
+    decided = decide(
+        A.CREATE,
+        conflict,
+        attempt=1,
+        elapsed=0.0,
+        policy=RetryPolicy(),
+        rng=FixedRandom(),
+        follow_up=True,
+    )
+    assert (with_follow_up.verdict, with_follow_up.reason) == (
+        Verdict.FOLLOW_UP,
+        "order_exists_update",
+    )
+    assert decided == with_follow_up
+    assert classify(A.CREATE, conflict).verdict is DONE
+    # Only a 409 on a create sends the follow-up: every other answer keeps its row.
+    assert classify(A.CREATE, outcome(K.SUCCESS, 200), follow_up=True).reason == "ok"
+    assert classify(A.UPDATE, conflict, follow_up=True).reason == "http_409"
+
+
 def test_finalized_is_noteworthy() -> None:
     """A finalized order is done, but the operator should hear about it."""
     finalized = outcome(K.FORBIDDEN, 403, "Order is finalized", button=True)
