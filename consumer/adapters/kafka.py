@@ -160,10 +160,7 @@ class AckingProducer:
                 # The local queue is full: let delivery reports drain it, then try again.
                 await asyncio.sleep(0.05)
             except KafkaException as exc:
-                if _code(exc) in _TOO_LARGE:
-                    size = _record_size(key, value, headers)
-                    raise RecordTooLargeError(size, f"produce to {topic}: {exc}") from exc
-                raise ProduceError(f"produce to {topic} failed: {exc}") from exc
+                raise _produce_error(topic, exc, key, value, headers) from exc
         try:
             return await future
         except _DeliveryTooLargeError as exc:
@@ -185,7 +182,8 @@ class AckingProducer:
         ``undelivered`` which of the records queued with a ``tag`` (unique) were not.
 
         Raises:
-            ProduceError: the record cannot be queued (unknown partition, too large...).
+            RecordTooLargeError: the record is over the producer's size limit.
+            ProduceError: the record cannot be queued (unknown partition...).
         """
 
         def report(err: KafkaError | None, _msg: Message) -> None:
@@ -204,7 +202,7 @@ class AckingProducer:
                 # The local queue is full: the serving thread's polls drain it.
                 time.sleep(0.05)
             except KafkaException as exc:
-                raise ProduceError(f"produce to {topic} failed: {exc}") from exc
+                raise _produce_error(topic, exc, key, value, headers) from exc
 
     def _acknowledged(self, tag: Hashable | None, err: KafkaError | None) -> None:
         with self._acks:
@@ -251,6 +249,16 @@ class AckingProducer:
         self._thread.join(timeout=2.0)
         client, self._client = self._client, None
         client.close()
+
+
+def _produce_error(
+    topic: str, exc: KafkaException, key: bytes | None, value: bytes | None, headers: Headers | None
+) -> BrokerError:
+    """What a refused ``produce()`` means: too large for the producer's limit (certain, not an
+    outage: ``RecordTooLargeError``), or the topic cannot be written (``ProduceError``)."""
+    if _code(exc) in _TOO_LARGE:
+        return RecordTooLargeError(_record_size(key, value, headers), f"produce to {topic}: {exc}")
+    return ProduceError(f"produce to {topic} failed: {exc}")
 
 
 def _produce_kwargs(

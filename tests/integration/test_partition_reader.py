@@ -82,3 +82,28 @@ def test_a_missing_topic_is_a_broker_error_naming_it(
         pytest.raises(BrokerError, match=topic),
     ):
         reader.partitions()
+
+
+def test_send_nowait_names_a_record_too_large_for_the_producer(
+    kafka_bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    """A record over KAFKA_MAX_MESSAGE_BYTES is refused as RecordTooLargeError (certain, not
+    an outage), the same answer ``send`` gives, with the record's size."""
+    from consumer.errors import RecordTooLargeError
+
+    settings = Settings.from_env(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "KAFKA_MAX_MESSAGE_BYTES": "100000",
+            "MAPPING_MAX_PROFILE_BYTES": "50000",
+        },
+        require_api_key=False,
+    )
+    topic = make_topic(partitions=1)
+    producer = AckingProducer(settings.kafka.producer_config())
+    producer.start()
+    try:
+        with pytest.raises(RecordTooLargeError):
+            producer.send_nowait(topic, b"k", b"\x07" * 200_000, partition=0)
+    finally:
+        producer.close()
