@@ -390,9 +390,9 @@ class Pipeline:
                 letter = as_reference(letter, decide_error(exc).reason, size)
                 await d.dead_letters.write(replace(record, value=None, headers=[]), letter)
         except Exception as exc:
+            # The table's row for a DeadLetterError is STOP: never finish the record.
             d.telemetry.dead_letter_failed()
-            failure = decide_error(DeadLetterError(f"dead-letter write failed: {exc}"))
-            raise DeadLetterError(failure.detail) from exc
+            raise DeadLetterError(f"dead-letter write failed: {exc}") from exc
         if letter.order_id:
             # Park the order (or refresh its parking) once its dead letter is acknowledged, and
             # before the record is finished: its offset is stored only after the park is durable.
