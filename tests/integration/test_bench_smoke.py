@@ -44,6 +44,7 @@ def test_a_tiny_bench_run_measures_every_path_and_writes_the_results(
         "--latency-seconds=2",
         "--run-timeout=120",
         "--skip-quix",
+        "--skip-connect",
         f"--out={out}",
     ]
     env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap)
@@ -60,6 +61,7 @@ def test_a_tiny_bench_run_measures_every_path_and_writes_the_results(
         "quix_stateless",
         "quix_stateful",
         "naive",
+        "kafka_connect",
     }
     measured = ("http_ceiling", "naive")
     assert all(forward["yardsticks"][k] > 0 for k in measured), forward
