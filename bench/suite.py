@@ -7,6 +7,7 @@ topics once, then runs alternating rounds (the order rotates each round) of:
 - ``http_ceiling``: bare aiohttp posting the service's bodies, same in-flight (``bench.peers``);
 - ``quix_stateless`` / ``quix_stateful``: quixstreams jobs (``bench/quix_peer.py``, own venv);
 - ``naive``: poll, decode, one blocking POST per record (a capped number of records);
+- ``kafka_connect``: Kafka Connect standalone with an HTTP sink connector (``bench.connect_peer``);
 - the filter path (90 % views/opens): ``service`` against ``decode_ceiling`` (consume + fastavro);
 
 then the in-flight sweep (chart) and the state test (restart to first delivery, peak RSS, with
