@@ -90,7 +90,7 @@ kafka-down: venv ## Stop the broker started by kafka-up
 sandbox: venv ## Run the Button sandbox on 127.0.0.1:8089 with API key sk-sandbox
 	$(BIN)/button-consumer sandbox --host 127.0.0.1 --port 8089 --api-key sk-sandbox
 
-bench: venv ## The service against its ceilings and quixstreams peers, side by side (bench/README.md; about 15 minutes)
+bench: venv ## The service against its ceilings and peers (quixstreams, Kafka Connect), side by side (bench/README.md; about 15 minutes)
 	$(BIN)/python -m bench
 
 clean: ## Remove the virtualenv and caches

@@ -44,6 +44,7 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
                     "quix_stateless": med(fwd, "quix_stateless"),
                     "quix_stateful": med(fwd, "quix_stateful"),
                     "naive": med(fwd, "naive"),
+                    "kafka_connect": med(fwd, "kafka_connect"),
                 },
                 "cpu_s_per_1000": round(cpu, 3),
             },
@@ -102,6 +103,8 @@ def markdown(raw: dict[str, Any], latest: dict[str, Any]) -> str:
         "quix_stateless": "quixstreams, stateless (BatchingSink + aiohttp)",
         "quix_stateful": "quixstreams, per-user state in RocksDB + changelog",
         "naive": "naive loop (poll, decode, one blocking POST)",
+        "kafka_connect": f"Kafka Connect standalone, HTTP sink (okhttp), {a['in_flight']}"
+        " in flight",
     }
     for kind, label in names.items():
         value = fwd["yardsticks"][kind]
@@ -116,6 +119,7 @@ def markdown(raw: dict[str, Any], latest: dict[str, Any]) -> str:
     lines.append(
         f"| CPU per 1,000 orders | {cpu_per_1000('service')} | quix stateless"
         f" {cpu_per_1000('quix_stateless')}; quix stateful {cpu_per_1000('quix_stateful')};"
+        f" Kafka Connect {cpu_per_1000('kafka_connect')};"
         f" bare client {cpu_per_1000('http_ceiling')} | |"
     )
     empty = raw["state_empty"]

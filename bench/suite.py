@@ -7,6 +7,7 @@ topics once, then runs alternating rounds (the order rotates each round) of:
 - ``http_ceiling``: bare aiohttp posting the service's bodies, same in-flight (``bench.peers``);
 - ``quix_stateless`` / ``quix_stateful``: quixstreams jobs (``bench/quix_peer.py``, own venv);
 - ``naive``: poll, decode, one blocking POST per record (a capped number of records);
+- ``kafka_connect``: Kafka Connect standalone with an HTTP sink connector (``bench.connect_peer``);
 - the filter path (90 % views/opens): ``service`` against ``decode_ceiling`` (consume + fastavro);
 
 then the in-flight sweep (chart) and the state test (restart to first delivery, peak RSS, with
@@ -41,7 +42,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from bench import workload
+from bench import connect_peer, workload
 from bench.report import chart, markdown, rate, summarise
 from bench.report import median as _median
 from bench.workload import Loaded
@@ -53,7 +54,14 @@ RESULTS = ROOT / "bench" / "results"
 QUIX_VENV = ROOT / ".cache" / "bench-quix"
 QUIX_REQUIREMENTS = ("quixstreams==3.28.1", "aiohttp", "fastavro")
 API_KEY = "sk-bench"
-FORWARD_KINDS = ("service", "http_ceiling", "quix_stateless", "quix_stateful", "naive")
+FORWARD_KINDS = (
+    "service",
+    "http_ceiling",
+    "quix_stateless",
+    "quix_stateful",
+    "naive",
+    "kafka_connect",
+)
 
 
 @dataclass
@@ -63,6 +71,7 @@ class Bench:
     sandbox: SandboxHandle
     work: Path
     quix_python: Path | None
+    connect: connect_peer.Prepared | None = None
     log: list[str] = field(default_factory=list)
 
     def say(self, text: str) -> None:
@@ -226,6 +235,26 @@ def run_quix(bench: Bench, loaded: Loaded, *, stateful: bool) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     kind = "quix_stateful" if stateful else "quix_stateless"
     return _consumer_process(bench, cmd, env, loaded, group, kind)
+
+
+def run_connect(bench: Bench, loaded: Loaded) -> dict[str, Any]:
+    """Kafka Connect standalone, the HTTP sink (``bench.connect_peer``), one task a partition."""
+    assert bench.connect is not None
+    name = f"bench-connect-{uuid.uuid4().hex[:8]}"
+    cmd = connect_peer.command(
+        bench.connect,
+        bench.work,
+        bootstrap=bench.bootstrap,
+        topic=loaded.topic,
+        name=name,
+        base_url=bench.sandbox.base_url,
+        api_key=API_KEY,
+        tasks=loaded.partitions,
+        in_flight=bench.args.in_flight,
+    )
+    return _consumer_process(
+        bench, cmd, dict(os.environ), loaded, f"connect-{name}", "kafka_connect"
+    )
 
 
 def run_peer(bench: Bench, kind: str, *args: str) -> dict[str, Any]:
@@ -444,8 +473,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = ROOT / ".cache" / "bench" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     work.mkdir(parents=True, exist_ok=True)
     python = quix_python(args)
+    connect = None if args.skip_connect else connect_peer.prepare()
     with infrastructure(args) as (bootstrap, sandbox):
-        bench = Bench(args, bootstrap, sandbox, work, python)
+        bench = Bench(args, bootstrap, sandbox, work, python, connect)
         tag = uuid.uuid4().hex[:6]
         now = datetime.now(UTC)
         bench.say(f"loading {args.forward:,} purchases and {args.filter:,} filter events ...")
@@ -470,8 +500,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "quix_stateless": lambda: run_quix(bench, forward, stateful=False),
             "quix_stateful": lambda: run_quix(bench, forward, stateful=True),
             "naive": lambda: run_naive(bench, forward),
+            "kafka_connect": lambda: run_connect(bench, forward),
         }
-        kinds = [k for k in FORWARD_KINDS if python is not None or not k.startswith("quix")]
+        skipped = {"quix_stateless", "quix_stateful"} if python is None else set()
+        skipped |= {"kafka_connect"} if args.skip_connect else set()
+        kinds = [k for k in FORWARD_KINDS if k not in skipped]
         bench.say(f"forward path: {args.forward:,} purchases, {args.rounds} rounds")
         fwd = _rounds(bench, kinds, lambda kind: forward_runs[kind]())
         bench.say(f"filter path: {args.filter:,} events (90 % views/opens)")
@@ -559,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-p99-ms", type=float, default=120.0)
     parser.add_argument("--run-timeout", type=float, default=900.0, help="bound of one run")
     parser.add_argument("--skip-quix", action="store_true", help="no quixstreams peers")
+    parser.add_argument("--skip-connect", action="store_true", help="no Kafka Connect peer")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     parser.add_argument("--keep-work", action="store_true", help="keep logs in .cache/bench/")
     args = parser.parse_args(argv)

@@ -17,7 +17,7 @@ def _run(count: int, seconds: float, cpu_s: float = 1.0) -> dict[str, Any]:
 def _raw() -> dict[str, Any]:
     forward = {
         kind: [_run(1000, 1.0), _run(1000, 2.0), _run(1000, 4.0)]
-        for kind in ("service", "http_ceiling", "quix_stateless", "quix_stateful")
+        for kind in ("service", "http_ceiling", "quix_stateless", "quix_stateful", "kafka_connect")
     }
     forward["naive"] = [_run(100, 4.0)]
     state = {"profiles": 1000, "peak_rss_mb": 80.0, "restart_to_first_delivery_s": 1.5}
@@ -55,6 +55,7 @@ def test_latest_json_has_the_issue_shape_with_medians() -> None:
                     "quix_stateless": 500.0,
                     "quix_stateful": 500.0,
                     "naive": 25.0,
+                    "kafka_connect": 500.0,
                 },
                 "cpu_s_per_1000": 1.0,
             },
@@ -74,3 +75,13 @@ def test_the_markdown_names_every_yardstick_with_its_ratio() -> None:
     text = markdown(_raw(), summarise(_raw()))
     assert "| filter (events/s) | 100 | consume + fastavro alone: 1,000 | 0.10x |" in text
     assert "naive loop (poll, decode, one blocking POST): 25 | 20.00x |" in text
+    assert "Kafka Connect standalone, HTTP sink (okhttp), 64 in flight: 500 | 1.00x |" in text
+    assert "Kafka Connect 1.000 s" in text
+
+
+def test_a_run_without_the_connect_peer_reports_zero_for_it() -> None:
+    raw = _raw()
+    del raw["forward"]["kafka_connect"]
+    latest = summarise(raw)
+    assert latest["paths"]["forward"]["yardsticks"]["kafka_connect"] == 0
+    assert "HTTP sink (okhttp), 64 in flight: 0 | n/a |" in markdown(raw, latest)
