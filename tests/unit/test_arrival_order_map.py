@@ -1,5 +1,5 @@
 """Property, through ``button-consumer map``: whatever the arrival order of a user's events, Button
-ends where the events' meaning puts it.
+ends where the events' meaning puts it, after every event.
 
 A user's events are generated (opens with tokens, purchases, revised purchases, partial refunds
 by product or amount, full refunds, which are the cancels), their arrival order is drawn, and
@@ -8,9 +8,9 @@ out, the interface every version of the service has). Each request is answered b
 ``OrderBook`` in process, the way Button would; a create answered 409 and a cancel answered 404
 change nothing there, as at Button. (``map`` does not print the update the service sends after a
 409; Button holds no state here that the events did not give it, so that update would repeat
-the state already sent.) The orders Button ends with are compared with an independent
-oracle, ``meaning``, computed from the events alone (not by running the service in event-time
-order, which would share the service's faults):
+the state already sent.) After each event, the orders Button holds are compared with an
+independent oracle, ``meaning`` of the events arrived so far, computed from the events alone (not
+by running the service in event-time order, which would share the service's faults):
 
 - an order with a full refund (no products, no amount) is cancelled, whatever the event times;
 - otherwise it holds its latest purchase by event time (total, lines, ``purchase_date``) with
@@ -256,14 +256,19 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MapDriver]:
         driver.close()
 
 
-def button_after(service: MapDriver, case: Case) -> Button:
-    """Button after ``map``'s requests for the case's events, in arrival order."""
+def button_steps(
+    service: MapDriver, case: Case
+) -> list[tuple[dict[str, Held], dict[str, str | None]]]:
+    """What Button holds after each of ``map``'s answers to the case's events, in arrival order."""
     results = service.run([json.dumps(e.to_json()) for e in case.arrival], _iso(NOW))
-    note(f"map of {service.consumer_path}")
+    assert len(results) == len(case.arrival), results
     button = Button()
+    steps = []
     for result in results:
         if result.get("request"):
             button.send(result["request"])
+        steps.append(button.live())
+    note(f"map of {service.consumer_path}")
     note(
         "map: "
         + "; ".join(
@@ -271,27 +276,33 @@ def button_after(service: MapDriver, case: Case) -> Button:
         )
     )
     note("Button: " + "; ".join(button.answers))
-    return button
+    return steps
 
 
 def check(service: MapDriver, case: Case, *, judge_btn_ref: bool) -> None:
-    """Button's live orders, their content and (if judged) tokens are the events' meaning."""
-    expected, expected_tokens = meaning(case.arrival)
-    held, tokens = button_after(service, case).live()
-    # Three assertions, three kinds of divergence (Hypothesis shrinks each on its own):
-    assert sorted(held) == sorted(expected), f"live orders {sorted(held)} != {sorted(expected)}"
-    assert held == expected, f"content {held} != {expected}"
-    if judge_btn_ref:
-        wanted = {o: t for o, t in expected_tokens.items() if o in expected}
-        actual = {order_id: tokens.get(order_id) for order_id in wanted}
-        assert actual == wanted, f"btn_ref {actual} != {wanted}"
-    else:  # a token attached at all is the user's, dated no later than a publication of the order
-        dated = {e.token: e.minutes for e in case.arrival if e.kind == "OPEN"}
+    """After each event, Button's live orders, their content and (if judged) tokens are the
+    meaning of the events arrived so far."""
+    for n, (held, tokens) in enumerate(button_steps(service, case), start=1):
+        arrived = case.arrival[:n]
+        expected, expected_tokens = meaning(arrived)
+        # Three assertions, three kinds of divergence (Hypothesis shrinks each on its own):
+        assert sorted(held) == sorted(expected), (
+            f"after event {n}: live orders {sorted(held)} != {sorted(expected)}"
+        )
+        assert held == expected, f"after event {n}: content {held} != {expected}"
+        if judge_btn_ref:
+            wanted = {o: t for o, t in expected_tokens.items() if o in expected}
+            actual = {order_id: tokens.get(order_id) for order_id in wanted}
+            assert actual == wanted, f"after event {n}: btn_ref {actual} != {wanted}"
+            continue
+        # A token attached at all is one that arrived, dated no later than a publication.
+        dated = {e.token: e.minutes for e in arrived if e.kind == "OPEN"}
         for order_id, token in tokens.items():
             published = [
-                e.minutes for e in case.arrival if e.order_id == order_id and e.kind == "PURCHASE"
+                e.minutes for e in arrived if e.order_id == order_id and e.kind == "PURCHASE"
             ]
-            assert token is None or dated[token] <= max(published), (order_id, token)
+            latest = max(published, default=-1)
+            assert token is None or dated.get(token, latest + 1) <= latest, (order_id, token)
 
 
 # --- strategies ---------------------------------------------------------------------------------
