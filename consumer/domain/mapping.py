@@ -19,8 +19,8 @@ Decisions worth knowing (the README's mapping table has the field-by-field rules
   in the order's ``refunds``) changes nothing in the profile and re-sends the order's current
   state (update, or cancel); a replayed purchase re-sends the create with the stored state and
   token. Full-state updates and deletes are idempotent at Button, and a duplicate create is
-  answered 409, which the dispatcher treats as done: the order's final state is the same however
-  many times an event is replayed.
+  answered 409, which the pipeline follows with the update of the same state (``Send.follow_up``,
+  DESIGN 2): the order's final state is the same however many times an event is replayed.
 * Remaining total after a partial refund: ``current total - refunded amount`` when the refund
   carries an amount (net of tax and shipping like a purchase), else the value of the remaining
   lines, scaled by ``current total / current lines value`` when order-level discounts make the
