@@ -3,13 +3,16 @@
 - a member that takes over partitions it never owned while Button refuses the key fetches
   nothing from them (intake measured by records received, not by the paused gauge);
 - records too large for the dead-letter topic are dead-lettered as references, and every record
-  before and after them is delivered.
+  before and after them is delivered;
+- a committed offset that fell out of retention is reset visibly (log line, counter).
 """
 
 from __future__ import annotations
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from structlog.testing import capture_logs
 
 from consumer.commands import produce_events
 from consumer.domain.deadletter import H_ORIGINAL_SIZE, H_REASON
@@ -32,6 +35,7 @@ RECEIVED = "button_consumer_records_received_total"
 ASSIGNED = "button_consumer_partitions_assigned"
 PAUSED = "button_consumer_partitions_paused"
 AUTH_PAUSED = "button_consumer_auth_paused"
+OFFSET_RESETS = "button_consumer_offset_resets_total"
 MAX_IN_FLIGHT = 20
 POLL_BATCH = 500  # WorkerOptions.max_poll_records
 
@@ -140,4 +144,42 @@ def test_records_too_large_are_dead_lettered_and_everything_around_them_delivere
     assert shapes[0][1:] == (0, "too_large", str(1_500_000))
     assert shapes[1][1] == 990 * 1024
     assert committed_offsets(kafka_bootstrap, settings.kafka.group_id, topic, 1) == ends
+    assert_sandbox_matches(sandbox, expected)
+
+
+def test_a_committed_offset_below_the_log_start_is_reset_visibly(
+    kafka_bootstrap, make_topic, service_settings, start_service, sandbox
+):
+    """The group's committed offset fell out of retention (the records behind it are deleted):
+    auto.offset.reset starts the partition at the log start, which is logged as a warning with
+    the topic, partition and offset, and counted; the records from the log start on are all
+    delivered."""
+    topic = make_topic(partitions=2, prefix="offreset")
+    settings = service_settings(topic)
+    group = settings.kafka.group_id
+    lost, kept = past_events(8, seed=41), past_events(8, seed=42)
+    produce_events(settings, lost, partitions=2)
+    log_start = end_offsets(kafka_bootstrap, topic, 2)
+    assert all(end > 1 for end in log_start.values()), log_start
+    committer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group})
+    committer.commit(offsets=[TopicPartition(topic, 0, 1)], asynchronous=False)
+    committer.close()
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    for future in admin.delete_records([TopicPartition(topic, 0, log_start[0])]).values():
+        future.result(30)
+    for future in admin.delete_records([TopicPartition(topic, 1, log_start[1])]).values():
+        future.result(30)
+    produce_events(settings, kept, partitions=2)
+    expected = expected_orders(kept, settings)
+
+    with capture_logs() as logs:
+        runner = start_service(settings)
+        ends = stop_when_done(runner, kafka_bootstrap, group, topic, 2, 90)
+
+    resets = [e for e in logs if e["event"] == "kafka_offset_reset"]
+    assert [
+        (e["log_level"], e["topic"], e["partition"], e["offset"], e["reset_to"]) for e in resets
+    ] == [("warning", topic, 0, 1, "earliest")]
+    assert runner.metric(OFFSET_RESETS, {"reset_to": "earliest"}) == 1
+    assert committed_offsets(kafka_bootstrap, group, topic, 2) == ends
     assert_sandbox_matches(sandbox, expected)
