@@ -1,7 +1,8 @@
 """Faults on the Kafka side, end to end against the real broker and the Button sandbox.
 
-- a member that takes over partitions it never owned while Button refuses the key fetches
-  nothing from them (intake measured by records received, not by the paused gauge);
+- a member that takes over partitions it never owned while Button refuses the key (401) or is
+  down (503), after a member left or joined, fetches nothing from them (intake measured by
+  records received, not by the paused gauge);
 - records too large for the dead-letter topic are dead-lettered as references, and every record
   before and after them is delivered;
 - a committed offset that fell out of retention is reset visibly (log line, counter).
@@ -17,15 +18,18 @@ from structlog.testing import capture_logs
 from consumer.commands import produce_events
 from consumer.domain.deadletter import H_ORIGINAL_SIZE, H_REASON
 from tests.e2e.harness import (
+    IN_FLIGHT,
     ServiceRunner,
     assert_sandbox_matches,
     committed_offsets,
     end_offsets,
     expected_orders,
+    first_request_offsets,
     headers_of,
     past_events,
     read_all,
     stop_when_done,
+    wait_for_committed,
     wait_until,
 )
 
@@ -34,38 +38,60 @@ pytestmark = pytest.mark.broker
 RECEIVED = "button_consumer_records_received_total"
 ASSIGNED = "button_consumer_partitions_assigned"
 PAUSED = "button_consumer_partitions_paused"
-AUTH_PAUSED = "button_consumer_auth_paused"
+PAUSED_BY = "button_consumer_paused"
 OFFSET_RESETS = "button_consumer_offset_resets_total"
 MAX_IN_FLIGHT = 20
 POLL_BATCH = 500  # WorkerOptions.max_poll_records
+HOUR = 3600
 
 
-def test_partitions_taken_over_during_an_auth_pause_are_not_fetched(
-    kafka_bootstrap, make_topic, service_settings, sandbox, unique_name
+def _paused_on(cause: str, runner: ServiceRunner) -> bool:
+    reason = "auth" if cause == "401" else "breaker"
+    return runner.metric(PAUSED_BY, {"reason": reason}) == 1
+
+
+@pytest.mark.parametrize("change", ["leaves", "joins"])
+@pytest.mark.parametrize("cause", ["401", "503"])
+def test_partitions_taken_over_while_button_refuses_are_not_fetched(
+    cause, change, kafka_bootstrap, make_topic, service_settings, sandbox, unique_name
 ):
-    """Two members, both paused on a refused key; one leaves, the other takes partitions it never
-    owned: it receives none of their records while paused (at most MAX_IN_FLIGHT plus one poll
-    batch in all), then delivers everything, in order, once the key works again."""
+    """Every member full and paused because Button refuses the key (401) or is down (503, the
+    circuit breaker open); then a member leaves (the other takes partitions it never owned) or
+    joins (it gets partitions another member held): no member receives more than MAX_IN_FLIGHT
+    plus one poll batch while paused, nothing is committed past a record that waits for Button,
+    and once Button answers again everything is delivered, once, in order."""
     partitions = 4
-    topic = make_topic(partitions=partitions, prefix="takeover")
+    topic = make_topic(partitions=partitions, prefix=f"takeover{cause}{change}")
     group = unique_name("group")
     overrides = {
         "KAFKA_GROUP_ID": group,
         "DELIVERY_MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
         "DELIVERY_AUTH_PROBE_INTERVAL_SECONDS": "0.2",
+        # 503 without Retry-After: retried, and the breaker opens on the outage.
+        "DELIVERY_RETRY_MAX_ATTEMPTS": "1000",
+        "DELIVERY_RETRY_MAX_ELAPSED_SECONDS": "3600",
+        "DELIVERY_RETRY_MAX_DELAY_SECONDS": "0.2",
+        "DELIVERY_BREAKER_FAILURE_THRESHOLD": "5",
+        "DELIVERY_BREAKER_PROBE_INTERVAL_SECONDS": "0.2",
     }
     settings = service_settings(topic, **overrides)
     events = past_events(250, seed=21)
     expected = expected_orders(events, settings)
-    sandbox.set_api_keys([])
+    if cause == "401":
+        sandbox.set_api_keys([])
+    else:
+        sandbox.set_faults({"outage": {"seconds": HOUR, "status": 503}})
 
-    stays = ServiceRunner(service_settings(topic, **overrides)).start()
-    leaves = ServiceRunner(service_settings(topic, **overrides)).start()
+    first = ServiceRunner(service_settings(topic, **overrides)).start()
+    runners = [first]
     try:
-        # The group settles before any record exists, so neither member fetches a batch for
+        if change == "leaves":
+            runners.append(ServiceRunner(service_settings(topic, **overrides)).start())
+        # The group settles before any record exists, so no member fetches a batch for
         # partitions it then gives up (whose abandoned work would let it fetch again to probe).
+        share = partitions // len(runners)
         wait_until(
-            lambda: all(r.metric(ASSIGNED) == 2 for r in (stays, leaves)),
+            lambda: all(r.metric(ASSIGNED) == share for r in runners),
             timeout=60,
             message="the members did not share the partitions",
         )
@@ -73,39 +99,67 @@ def test_partitions_taken_over_during_an_auth_pause_are_not_fetched(
         ends = end_offsets(kafka_bootstrap, topic, partitions)
         assert sum(ends.values()) > 2 * (MAX_IN_FLIGHT + POLL_BATCH), "backlog too small to tell"
         wait_until(
-            lambda: all(r.metric(AUTH_PAUSED) == 1 for r in (stays, leaves)),
+            lambda: all(_paused_on(cause, r) for r in runners),
             timeout=60,
-            message="a member did not pause on the refused key",
+            message="a member did not pause while Button refused",
         )
-        leaves.stop()
+        # Each member got full (one batch, over MAX_IN_FLIGHT) before it paused.
+        before = [r.metric(RECEIVED, {"topic": topic}) for r in runners]
+        assert all(received <= MAX_IN_FLIGHT + POLL_BATCH for received in before), before
+        if change == "leaves":
+            runners[1].stop()
+            members = [first]
+        else:
+            runners.append(ServiceRunner(service_settings(topic, **overrides)).start())
+            members = runners
         wait_until(
-            lambda: stays.metric(ASSIGNED) == partitions,
+            lambda: all(r.metric(ASSIGNED) == partitions // len(members) for r in members),
             timeout=60,
-            message="the remaining member did not take over the partitions",
+            message="the partitions did not move",
         )
-        # Let it run paused: at least three more probes of the refused key.
-        probes = sandbox.stats()["by_status"].get("401", 0)
+        wait_until(
+            lambda: all(_paused_on(cause, r) for r in members),
+            timeout=60,
+            message="a member did not pause after the rebalance",
+        )
+        # Let them run paused: at least three more requests (probes) that Button refuses.
+        requests = sandbox.stats()["requests"]
         sandbox.wait_for(
-            lambda: sandbox.stats()["by_status"].get("401", 0) >= probes + 3,
+            lambda: sandbox.stats()["requests"] >= requests + 3,
             timeout=30,
             interval=0.1,
-            message="the member stopped probing the refused key",
+            message="the members stopped probing Button",
         )
-        received = stays.metric(RECEIVED, {"topic": topic})
-        assert received <= MAX_IN_FLIGHT + POLL_BATCH, received
-        assert stays.metric(PAUSED) == partitions
+        # Received while the group was paused (a joiner: all it received). A member whose
+        # in-flight records all went with revoked partitions fetches one batch to probe with.
+        during = [
+            r.metric(RECEIVED, {"topic": topic}) - (before[i] if i < len(before) else 0)
+            for i, r in enumerate(runners)
+        ]
+        assert all(received <= MAX_IN_FLIGHT + POLL_BATCH for received in during), during
+        assert all(r.metric(PAUSED) == r.metric(ASSIGNED) for r in members)
+        assert sandbox.orders() == []
+        limits = first_request_offsets(kafka_bootstrap, settings, events, partitions)
+        committed = committed_offsets(kafka_bootstrap, group, topic, partitions)
+        assert all(committed[p] <= limits[p] for p in range(partitions)), (committed, limits)
 
-        sandbox.set_api_keys([sandbox.api_key])
+        if cause == "401":
+            sandbox.set_api_keys([sandbox.api_key])
+        else:
+            sandbox.clear_faults()
         sandbox.wait_for(
             lambda: set(expected) <= {o["order_id"] for o in sandbox.orders()},
             timeout=90,
-            message="not every order reached Button after the key was accepted again",
+            message="not every order reached Button once it answered again",
         )
-        stop_when_done(stays, kafka_bootstrap, group, topic, partitions, 90)
+        wait_for_committed(kafka_bootstrap, group, topic, partitions, 90)
+        for runner in members:
+            wait_until(lambda r=runner: r.metric(IN_FLIGHT) == 0, 30, message="still in flight")
     finally:
-        for runner in (stays, leaves):
+        for runner in runners:
             runner.stop()
     assert committed_offsets(kafka_bootstrap, group, topic, partitions) == ends
+    assert read_all(kafka_bootstrap, settings.kafka.dlq_topic) == []
     assert_sandbox_matches(sandbox, expected)
 
 
