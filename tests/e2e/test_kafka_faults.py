@@ -10,18 +10,36 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import urllib.error
+import urllib.request
+import uuid
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from structlog.testing import capture_logs
 
+from consumer.adapters.kafka import ensure_topics
+from consumer.bootstrap import topic_plan
 from consumer.commands import produce_events
+from consumer.domain.button import Action
 from consumer.domain.deadletter import H_ORIGINAL_SIZE, H_REASON
+from consumer.domain.profile import Profile, Stamped, epoch_ms
+from consumer.domain.profile_codec import encode_profile
+from consumer.domain.topics import created_topic_configs
+from consumer.settings import Settings
 from tests.e2e.harness import (
     IN_FLIGHT,
+    ServiceProcess,
     ServiceRunner,
+    assert_sandbox_converged,
     assert_sandbox_matches,
     committed_offsets,
+    delivered_actions,
     end_offsets,
     expected_orders,
     first_request_offsets,
@@ -32,6 +50,7 @@ from tests.e2e.harness import (
     wait_for_committed,
     wait_until,
 )
+from tests.e2e.test_reliability_process import _TokenUsers
 
 pytestmark = pytest.mark.broker
 
@@ -39,6 +58,9 @@ RECEIVED = "button_consumer_records_received_total"
 ASSIGNED = "button_consumer_partitions_assigned"
 PAUSED = "button_consumer_partitions_paused"
 PAUSED_BY = "button_consumer_paused"
+PROFILES = "button_consumer_profiles"
+REBALANCES = "button_consumer_rebalances_total"
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 OFFSET_RESETS = "button_consumer_offset_resets_total"
 MAX_IN_FLIGHT = 20
 POLL_BATCH = 500  # WorkerOptions.max_poll_records
@@ -237,3 +259,209 @@ def test_a_committed_offset_below_the_log_start_is_reset_visibly(
     assert runner.metric(OFFSET_RESETS, {"reset_to": "earliest"}) == 1
     assert committed_offsets(kafka_bootstrap, group, topic, 2) == ends
     assert_sandbox_matches(sandbox, expected)
+
+
+def test_a_member_stopped_past_its_session_timeout_writes_nothing_stale_when_continued(
+    kafka_bootstrap, make_topic, sandbox, unique_name, tmp_path
+):
+    """Member A (classic protocol, 6 s session) waits on Button for one order X whose refunds
+    are behind its create (the sandbox holds X's requests) and is stopped (SIGSTOP) past its
+    session timeout; B takes the partition over and replays X's create (held too). A is
+    continued: it learns it lost the partition and gives up its request (the sandbox records it
+    abandoned, never applied) before anything is released, so nothing of A's lands after B's
+    newer requests. Then, after a restart (profiles restored from the changelog), the rest of
+    the refunds: every order ends in its expected state, no refund applied twice."""
+    topic = make_topic(partitions=1, prefix="zombie")
+    group = unique_name("group")
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_TOPIC": topic,
+        "KAFKA_GROUP_ID": group,
+        "KAFKA_DLQ_TOPIC": f"{topic}.dlq",
+        "KAFKA_PROFILE_TOPIC": f"{topic}.profiles",
+        "KAFKA_GROUP_PROTOCOL": "classic",
+        "KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "KAFKA_CONFIG_HEARTBEAT_INTERVAL_MS": "500",
+        "BUTTON_API_KEY": sandbox.api_key,
+        "BUTTON_BASE_URL": sandbox.base_url,
+        # Longer than any hold here: a held request is not timed out and retried meanwhile.
+        "BUTTON_READ_TIMEOUT": "900",
+        "BUTTON_TOTAL_TIMEOUT": "900",
+        "ADMIN_HOST": "127.0.0.1",
+        "ADMIN_PORT": "0",
+        "DELIVERY_RETRY_BASE_DELAY_SECONDS": "0.05",
+        "DELIVERY_RETRY_MAX_DELAY_SECONDS": "1",
+        "DELIVERY_SHUTDOWN_TIMEOUT_SECONDS": "10",
+        "LOG_LEVEL": "info",
+        "LOG_FORMAT": "json",
+    }
+    settings = Settings.from_env(env)
+    events = past_events(40, seed=51)
+    expected = expected_orders(events, settings)
+    refunded = [o for o, want in expected.items() if len(want.actions) >= 2]
+    assert any(Action.UPDATE in expected[o].actions for o in refunded), "partial refunds"
+    assert any(Action.CANCEL in expected[o].actions for o in refunded), "full refunds"
+    # X: the order whose refunds come first; the first batch ends with its last event.
+    last_event = {
+        e.commerce.transaction_id: i for i, e in enumerate(events) if e.commerce is not None
+    }
+    held = min(refunded, key=lambda o: last_event[o])
+    first, rest = events[: last_event[held] + 1], events[last_event[held] + 1 :]
+    expected_first = expected_orders(first, settings)
+    assert expected_first[held].actions == expected[held].actions
+    later = [o for o in refunded if o in expected_first and o != held]
+    assert later, "refunds of the first batch's orders come after the restart"
+    produce_events(settings, first, partitions=1)
+    ends = end_offsets(kafka_bootstrap, topic, 1)
+
+    processes: list[ServiceProcess] = []
+    try:
+        with sandbox.holding(order_ids=[held]):
+            a = ServiceProcess(env, tmp_path / "a.log").start()
+            processes.append(a)
+            sandbox.wait_parked(held, timeout=60)
+            os.kill(a.pid, signal.SIGSTOP)
+            b = ServiceProcess(env, tmp_path / "b.log").start()
+            processes.append(b)
+            # B owns the partition (A's session expired) and replays X's create: held too.
+            wait_until(
+                lambda: sandbox.hold_state()["parked_by_order"].get(held, 0) >= 2,
+                timeout=90,
+                interval=0.1,
+                message=f"B did not take the partition over: {b.log_tail()}",
+            )
+            os.kill(a.pid, signal.SIGCONT)
+            # A learns it lost the partition and abandons its request, which is never applied.
+            wait_until(
+                lambda: sandbox.hold_state()["parked_by_order"].get(held, 0) == 1,
+                timeout=60,
+                interval=0.1,
+                message=f"A kept waiting on Button for a lost partition: {a.log_tail()}",
+            )
+            assert '"partitions_lost"' in a.log_path.read_text(encoding="utf-8")
+        wait_for_committed(kafka_bootstrap, group, topic, 1, timeout=90)
+        assert all(p.terminate() == 0 for p in processes), b.log_tail()
+
+        history = sandbox.order(held)["history"]
+        assert [e["fault"] for e in history].count("hold_abandoned") == 1, history
+        assert not [e for e in history if e["status"] == 409], history  # no second create
+        assert delivered_actions(sandbox.order(held)) == expected_first[held].actions, history
+        assert committed_offsets(kafka_bootstrap, group, topic, 1) == ends
+        assert_sandbox_converged(sandbox, expected_first)
+
+        # A restart restores the profiles from the changelog; the rest of the refunds apply
+        # to the state B left, once each.
+        produce_events(settings, rest, partitions=1)
+        c = ServiceProcess(env, tmp_path / "c.log").start()
+        processes.append(c)
+        wait_for_committed(kafka_bootstrap, group, topic, 1, timeout=90)
+        assert c.terminate() == 0, c.log_tail()
+    finally:
+        for process in processes:
+            process.kill()
+    assert_sandbox_converged(sandbox, expected)
+    assert read_all(kafka_bootstrap, f"{topic}.dlq") == []
+
+
+STORM = 100_000
+
+
+def _expired_profile(idfa: str) -> bytes:
+    """A changelog value whose every part expired a day ago (epoch 0, unstamped)."""
+    long_ago = datetime.now(UTC) - timedelta(days=400)
+    profile = Profile(idfas=(Stamped(idfa, epoch_ms(long_ago)),))
+    return encode_profile(profile, epoch_ms(datetime.now(UTC) - timedelta(days=1)))
+
+
+def test_an_expiry_storm_keeps_the_member_live_and_erases_no_new_profile(
+    kafka_bootstrap, make_topic, service_settings, sandbox
+):
+    """100,000 profiles in the changelog expired a day ago (downtime, a retention change); some
+    of their users come back (an app open with a new token and device id) while the member
+    expires the rest: /healthz answers live throughout (polled over HTTP, with a 5 s stall
+    limit), the member keeps its partitions (one assignment, no revocation or loss), every
+    expired profile gets its tombstone but a returning user's new value is the last of its key,
+    and after a restart their purchases carry the new token and device id."""
+    partitions = 2
+    topic = make_topic(partitions=partitions, prefix="storm")
+    settings = service_settings(topic, MAPPING_EXPIRE_INTERVAL_SECONDS="1")
+    changelog = settings.kafka.profile_topic
+    dlq_config, changelog_config = created_topic_configs(topic_plan(settings), 1)
+    ensure_topics(
+        settings.kafka.admin_config(),
+        {changelog: changelog_config, settings.kafka.dlq_topic: dlq_config},
+        partitions=partitions,
+        replication=1,
+    )
+    users = _TokenUsers(20)
+    others = [f"storm-{uuid.uuid4().hex[:8]}-{i}" for i in range(STORM - len(users.users))]
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 50})
+    for i, user in enumerate([*users.users, *others]):
+        # The default partitioner, as the input's producer: a user's changelog partition is
+        # the partition of their records.
+        producer.produce(changelog, key=user.encode(), value=_expired_profile(f"old-{i}"))
+        if i % 10_000 == 0:
+            producer.poll(0)
+    assert producer.flush(60) == 0
+
+    runner = ServiceRunner(settings).start()
+    runner.service.health.poll_stall_seconds = 5.0
+    live: list[int] = []
+    storm_over = threading.Event()
+
+    def probe_health() -> None:
+        while not storm_over.is_set():
+            url = f"http://127.0.0.1:{runner.service.admin.port}/healthz"
+            try:
+                with _DIRECT.open(url, timeout=10) as response:
+                    live.append(response.status)
+            except urllib.error.HTTPError as exc:
+                live.append(exc.code)
+            except OSError:
+                pass  # not listening yet
+            storm_over.wait(0.05)
+
+    prober = threading.Thread(target=probe_health, daemon=True)
+    try:
+        wait_until(lambda: runner.metric(ASSIGNED) == partitions, 120, message="no assignment")
+        prober.start()
+        produce_events(settings, users.app_opens(), partitions=partitions)
+        # The storm is over when only the returning users' profiles are held, and their app
+        # opens are committed.
+        wait_until(
+            lambda: runner.metric(PROFILES) == len(users.users),
+            timeout=120,
+            interval=0.2,
+            message="the expired profiles were not all removed",
+        )
+        wait_for_committed(kafka_bootstrap, settings.kafka.group_id, topic, partitions, 60)
+        storm_over.set()
+        prober.join(30)
+        assert live, "/healthz never answered"
+        assert set(live) == {200}, sorted(set(live))
+        print(f"storm: {len(live)} /healthz answers, all live")
+        assert runner.metric(ASSIGNED) == partitions
+        assert runner.metric(REBALANCES, {"kind": "assign"}) == 1
+        assert runner.metric(REBALANCES, {"kind": "revoke"}) == 0
+        assert runner.metric(REBALANCES, {"kind": "lost"}) == 0
+        runner.stop()
+    finally:
+        storm_over.set()
+        runner.stop()
+
+    last: dict[bytes, bytes | None] = {}
+    for message in read_all(kafka_bootstrap, changelog, timeout=120):
+        last[message.key()] = message.value()
+    returning = {u.encode() for u in users.users}
+    assert all(last[key] is not None for key in returning), "a new profile was erased"
+    erased = [k for k, v in last.items() if v is None]
+    assert len(erased) == len(others), (len(erased), len(others))
+
+    buys, orders = users.purchases("after-storm")
+    produce_events(settings, buys, partitions=partitions)
+    again = ServiceRunner(settings).start()
+    try:
+        stop_when_done(again, kafka_bootstrap, settings.kafka.group_id, topic, partitions, 120)
+    finally:
+        again.stop()
+    users.assert_enriched(sandbox, orders)
