@@ -175,8 +175,11 @@ def test_partitions_taken_over_while_button_refuses_are_not_fetched(
             message="not every order reached Button once it answered again",
         )
         wait_for_committed(kafka_bootstrap, group, topic, partitions, 90)
-        for runner in members:
-            wait_until(lambda r=runner: r.metric(IN_FLIGHT) == 0, 30, message="still in flight")
+        wait_until(
+            lambda: all(r.metric(IN_FLIGHT) == 0 for r in members),
+            timeout=30,
+            message="records still in flight",
+        )
     finally:
         for runner in runners:
             runner.stop()
@@ -408,10 +411,12 @@ def test_an_expiry_storm_keeps_the_member_live_and_erases_no_new_profile(
     runner.service.health.poll_stall_seconds = 5.0
     live: list[int] = []
     storm_over = threading.Event()
+    admin = runner.service.admin
+    assert admin is not None
 
     def probe_health() -> None:
         while not storm_over.is_set():
-            url = f"http://127.0.0.1:{runner.service.admin.port}/healthz"
+            url = f"http://127.0.0.1:{admin.port}/healthz"
             try:
                 with _DIRECT.open(url, timeout=10) as response:
                     live.append(response.status)
