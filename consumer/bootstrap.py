@@ -421,7 +421,9 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
     # One shutdown budget, split explicitly (DELIVERY_SHUTDOWN_TIMEOUT_SECONDS): drain, final
     # commit, leaving the group, producer flush; together below the pod's grace period.
     budget = d.shutdown_budget()
-    source = KafkaSource(s.kafka.consumer_config(), s.kafka.topic)
+    source = KafkaSource(
+        s.kafka.consumer_config(), s.kafka.topic, on_offset_reset=telemetry.offset_reset
+    )
     source.commit_timeout = budget.commit
     source.close_timeout = budget.close
     worker = Worker(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
@@ -354,6 +355,57 @@ def call_with_deadline(fn: Callable[[], Any], timeout: float, what: str) -> Any:
     return result[0] if result else None
 
 
+# librdkafka's line when auto.offset.reset moves a partition whose offset is out of range, e.g.
+# "orders [0]: offset reset (at offset 3 (leader epoch -1), broker 1) to offset BEGINNING
+# (leader epoch -1): fetch failed due to requested offset not available on the broker: ...".
+_OFFSET_RESET = re.compile(
+    r"(?P<topic>[^\s\[\]]+) \[(?P<partition>\d+)\]: offset reset "
+    r"\(at (?:offset )?(?P<offset>-?\d+|[A-Z]+)[^:]*? to (?:offset )?(?P<to>-?\d+|[A-Z]+)"
+)
+_RESET_TO = {"BEGINNING": "earliest", "END": "latest"}
+
+OffsetResetCallback = Callable[[int, str], None]
+"""``(partition, reset_to)``: ``reset_to`` is ``earliest``, ``latest`` or ``offset``."""
+
+
+class _OffsetResetWatch:
+    """confluent-kafka's ``logger`` for the consumer: passes every line on to the configured
+    logger, and turns librdkafka's offset-reset line for ``topic`` into a ``kafka_offset_reset``
+    warning and a call of ``on_reset`` (on the Kafka thread, inside ``consume``).
+
+    librdkafka reports an offset reset by ``auto.offset.reset`` (the committed offset fell out of
+    retention, or lies past the end) only as a log line: the records skipped are never read.
+    """
+
+    def __init__(self, inner: Any, topic: str, on_reset: OffsetResetCallback) -> None:
+        self._inner = inner
+        self._topic = topic
+        self._on_reset = on_reset
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        if self._inner is not None:
+            self._inner.log(level, fmt, *args)
+        try:
+            facility, message = str(args[0]), str(args[-1])
+        except IndexError:
+            return
+        match = _OFFSET_RESET.search(message) if facility == "OFFSET" else None
+        if match is None or match["topic"] != self._topic:
+            return
+        offset, to = match["offset"], match["to"]
+        reset_to = _RESET_TO.get(to, "offset" if to.lstrip("-").isdigit() else "other")
+        partition = int(match["partition"])
+        log.warning(
+            "kafka_offset_reset",
+            topic=self._topic,
+            partition=partition,
+            offset=int(offset) if offset.lstrip("-").isdigit() else offset,
+            reset_to=reset_to,
+            detail=message,
+        )
+        self._on_reset(partition, reset_to)
+
+
 class KafkaSource:
     """The input topic, read by a consumer group, from one dedicated thread (``ports.Source``).
 
@@ -362,11 +414,22 @@ class KafkaSource:
     ``commit_now`` is safe to call from it.
 
     ``config`` is ``KafkaSettings.consumer_config()``, used as given: offsets are stored only by
-    ``store`` because it turns librdkafka's automatic offset store off.
+    ``store`` because it turns librdkafka's automatic offset store off. Only its ``logger`` is
+    wrapped: an offset reset by ``auto.offset.reset`` (records skipped, e.g. because the committed
+    offset fell out of retention) is logged as ``kafka_offset_reset`` (topic, partition, the
+    offset it was at, ``reset_to``) and reported to ``on_offset_reset(partition, reset_to)``.
     """
 
-    def __init__(self, config: Mapping[str, Any], topic: str) -> None:
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        topic: str,
+        on_offset_reset: OffsetResetCallback | None = None,
+    ) -> None:
         self._config = dict(config)
+        self._config["logger"] = _OffsetResetWatch(
+            self._config.get("logger"), topic, on_offset_reset or (lambda _p, _to: None)
+        )
         self.topic = topic
         self._executor = _KafkaThread("kafka")
         self._consumer: Consumer | None = None

@@ -28,6 +28,10 @@ PAUSE_REASONS = ("auth", "backpressure", "breaker")
 """Why consumption can be paused: Button refuses the key, too much in flight, a circuit breaker
 (``paused{reason="breaker"}`` is for a breaker gate to report into; 0 until one does)."""
 
+OFFSET_RESET_TARGETS = ("earliest", "latest", "offset", "other")
+"""Where ``auto.offset.reset`` moved a partition; the counters exist from the start (at 0), so
+``increase()`` sees the first reset."""
+
 
 @dataclass(frozen=True, slots=True)
 class Metrics:
@@ -59,6 +63,7 @@ class Metrics:
     consumer_lag: Gauge
     consumer_lag_sum: Gauge
     rebalances: Counter
+    offset_resets: Counter
     profiles: Gauge
     profile_restore_seconds: Histogram
     restoring_partitions: Gauge
@@ -195,6 +200,12 @@ class Metrics:
                 "Consumer lag summed over this consumer's assigned partitions.",
             ),
             rebalances=counter("rebalances", "Partition assignments and revocations.", ("kind",)),
+            offset_resets=counter(
+                "offset_resets",
+                "Partitions moved by auto.offset.reset because their committed offset was out of "
+                "range (fell out of retention): the records between were never read.",
+                ("reset_to",),
+            ),
             profiles=gauge("profiles", "User profiles held in memory."),
             profile_restore_seconds=histogram(
                 "profile_restore_seconds", "Time to restore a partition's profiles."
@@ -220,6 +231,8 @@ class Metrics:
             metrics.records_finished.labels(outcome)
         for reason in PAUSE_REASONS:
             metrics.paused.labels(reason).set(0)
+        for reset_to in OFFSET_RESET_TARGETS:
+            metrics.offset_resets.labels(reset_to)
         return metrics
 
 

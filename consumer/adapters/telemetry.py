@@ -18,7 +18,7 @@ from dataclasses import asdict
 import structlog
 
 from consumer.adapters.admin import DeliveryLog, Health
-from consumer.adapters.metrics import Metrics
+from consumer.adapters.metrics import OFFSET_RESET_TARGETS, Metrics
 from consumer.domain.policy import BREAKER_REASONS
 from consumer.ports import Changelog, Delivery
 
@@ -197,6 +197,12 @@ class ServiceTelemetry:
 
     def restore_progress(self, records: int = 1) -> None:
         self.metrics.restored_records.inc(records)
+
+    def offset_reset(self, partition: int, reset_to: str) -> None:
+        """A partition was moved by ``auto.offset.reset`` (``reset_to``: earliest, latest,
+        offset): counted by where it went, never by partition."""
+        known = reset_to if reset_to in OFFSET_RESET_TARGETS else "other"
+        self.metrics.offset_resets.labels(known).inc()
 
     def restore_finished(self, partitions: int) -> None:
         self.metrics.restoring_partitions.dec(partitions)

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from consumer.adapters.avro_codec import build_encoder
 from consumer.adapters.topics import watermark_offsets
 from consumer.bootstrap import Service, build, mapping_config
 from consumer.domain import mapping
@@ -450,3 +451,33 @@ def past_events(users: int, seed: int) -> list[CommerceEvent]:
     """Sample journeys of ``users`` users that all happened in the last weeks (inside every
     retention window, none in the future)."""
     return list(generate_events(users, seed=seed, start=past_start(datetime.now(UTC))))
+
+
+def first_request_offsets(
+    bootstrap: str, settings: Settings, events: Iterable[CommerceEvent], partitions: int
+) -> dict[int, int]:
+    """Per partition of the input topic, the offset of its first record that sends a request to
+    Button (the topic's end offset when none does): while nothing has been applied at Button,
+    the group may commit up to it and no further.
+
+    The records must have been produced by ``produce_events`` (plain Avro, no registry): a
+    record is matched to its event by its encoded bytes.
+    """
+    events = list(events)
+    encoder = build_encoder(Path(settings.schema.dir), None, None, topic=settings.kafka.topic)
+    config = mapping_config(settings)
+    moment = datetime.now(UTC)
+    profiles: dict[str, Profile] = {}
+    sends: dict[bytes, bool] = {}
+    for event in events:
+        result, updated = mapping.process(event, profiles.get(event.user_key), config, moment)
+        if updated is not None:
+            profiles[event.user_key] = updated
+        value = encoder.encode_event(event)
+        sends[value] = sends.get(value, False) or isinstance(result, Send)
+    first = end_offsets(bootstrap, settings.kafka.topic, partitions)
+    for message in read_all(bootstrap, settings.kafka.topic):
+        partition, offset = message.partition() or 0, message.offset() or 0
+        if sends.get(message.value() or b"", False) and offset < first[partition]:
+            first[partition] = offset
+    return first

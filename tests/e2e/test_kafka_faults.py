@@ -1,67 +1,119 @@
 """Faults on the Kafka side, end to end against the real broker and the Button sandbox.
 
-- a member that takes over partitions it never owned while Button refuses the key fetches
-  nothing from them (intake measured by records received, not by the paused gauge);
+- a member that takes over partitions it never owned while Button refuses the key (401) or is
+  down (503), after a member left or joined, fetches nothing from them (intake measured by
+  records received, not by the paused gauge);
 - records too large for the dead-letter topic are dead-lettered as references, and every record
-  before and after them is delivered.
+  before and after them is delivered;
+- a committed offset that fell out of retention is reset visibly (log line, counter).
 """
 
 from __future__ import annotations
 
-import pytest
-from confluent_kafka import Producer
+import os
+import signal
+import threading
+import urllib.error
+import urllib.request
+import uuid
+from datetime import UTC, datetime, timedelta
 
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from structlog.testing import capture_logs
+
+from consumer.adapters.kafka import ensure_topics
+from consumer.bootstrap import topic_plan
 from consumer.commands import produce_events
+from consumer.domain.button import Action
 from consumer.domain.deadletter import H_ORIGINAL_SIZE, H_REASON
+from consumer.domain.profile import Profile, Stamped, epoch_ms
+from consumer.domain.profile_codec import encode_profile
+from consumer.domain.topics import created_topic_configs
+from consumer.settings import Settings
 from tests.e2e.harness import (
+    IN_FLIGHT,
+    ServiceProcess,
     ServiceRunner,
+    assert_sandbox_converged,
     assert_sandbox_matches,
     committed_offsets,
+    delivered_actions,
     end_offsets,
     expected_orders,
+    first_request_offsets,
     headers_of,
     past_events,
     read_all,
     stop_when_done,
+    wait_for_committed,
     wait_until,
 )
+from tests.e2e.test_reliability_process import _TokenUsers
 
 pytestmark = pytest.mark.broker
 
 RECEIVED = "button_consumer_records_received_total"
 ASSIGNED = "button_consumer_partitions_assigned"
 PAUSED = "button_consumer_partitions_paused"
-AUTH_PAUSED = "button_consumer_auth_paused"
+PAUSED_BY = "button_consumer_paused"
+PROFILES = "button_consumer_profiles"
+REBALANCES = "button_consumer_rebalances_total"
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+OFFSET_RESETS = "button_consumer_offset_resets_total"
 MAX_IN_FLIGHT = 20
 POLL_BATCH = 500  # WorkerOptions.max_poll_records
+HOUR = 3600
 
 
-def test_partitions_taken_over_during_an_auth_pause_are_not_fetched(
-    kafka_bootstrap, make_topic, service_settings, sandbox, unique_name
+def _paused_on(cause: str, runner: ServiceRunner) -> bool:
+    reason = "auth" if cause == "401" else "breaker"
+    return runner.metric(PAUSED_BY, {"reason": reason}) == 1
+
+
+@pytest.mark.parametrize("change", ["leaves", "joins"])
+@pytest.mark.parametrize("cause", ["401", "503"])
+def test_partitions_taken_over_while_button_refuses_are_not_fetched(
+    cause, change, kafka_bootstrap, make_topic, service_settings, sandbox, unique_name
 ):
-    """Two members, both paused on a refused key; one leaves, the other takes partitions it never
-    owned: it receives none of their records while paused (at most MAX_IN_FLIGHT plus one poll
-    batch in all), then delivers everything, in order, once the key works again."""
+    """Every member full and paused because Button refuses the key (401) or is down (503, the
+    circuit breaker open); then a member leaves (the other takes partitions it never owned) or
+    joins (it gets partitions another member held): no member receives more than MAX_IN_FLIGHT
+    plus one poll batch while paused, nothing is committed past a record that waits for Button,
+    and once Button answers again everything is delivered, once, in order."""
     partitions = 4
-    topic = make_topic(partitions=partitions, prefix="takeover")
+    topic = make_topic(partitions=partitions, prefix=f"takeover{cause}{change}")
     group = unique_name("group")
     overrides = {
         "KAFKA_GROUP_ID": group,
         "DELIVERY_MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
         "DELIVERY_AUTH_PROBE_INTERVAL_SECONDS": "0.2",
+        # 503 without Retry-After: retried, and the breaker opens on the outage.
+        "DELIVERY_RETRY_MAX_ATTEMPTS": "1000",
+        "DELIVERY_RETRY_MAX_ELAPSED_SECONDS": "3600",
+        "DELIVERY_RETRY_MAX_DELAY_SECONDS": "0.2",
+        "DELIVERY_BREAKER_FAILURE_THRESHOLD": "5",
+        "DELIVERY_BREAKER_PROBE_INTERVAL_SECONDS": "0.2",
     }
     settings = service_settings(topic, **overrides)
     events = past_events(250, seed=21)
     expected = expected_orders(events, settings)
-    sandbox.set_api_keys([])
+    if cause == "401":
+        sandbox.set_api_keys([])
+    else:
+        sandbox.set_faults({"outage": {"seconds": HOUR, "status": 503}})
 
-    stays = ServiceRunner(service_settings(topic, **overrides)).start()
-    leaves = ServiceRunner(service_settings(topic, **overrides)).start()
+    first = ServiceRunner(service_settings(topic, **overrides)).start()
+    runners = [first]
     try:
-        # The group settles before any record exists, so neither member fetches a batch for
+        if change == "leaves":
+            runners.append(ServiceRunner(service_settings(topic, **overrides)).start())
+        # The group settles before any record exists, so no member fetches a batch for
         # partitions it then gives up (whose abandoned work would let it fetch again to probe).
+        share = partitions // len(runners)
         wait_until(
-            lambda: all(r.metric(ASSIGNED) == 2 for r in (stays, leaves)),
+            lambda: all(r.metric(ASSIGNED) == share for r in runners),
             timeout=60,
             message="the members did not share the partitions",
         )
@@ -69,39 +121,70 @@ def test_partitions_taken_over_during_an_auth_pause_are_not_fetched(
         ends = end_offsets(kafka_bootstrap, topic, partitions)
         assert sum(ends.values()) > 2 * (MAX_IN_FLIGHT + POLL_BATCH), "backlog too small to tell"
         wait_until(
-            lambda: all(r.metric(AUTH_PAUSED) == 1 for r in (stays, leaves)),
+            lambda: all(_paused_on(cause, r) for r in runners),
             timeout=60,
-            message="a member did not pause on the refused key",
+            message="a member did not pause while Button refused",
         )
-        leaves.stop()
+        # Each member got full (one batch, over MAX_IN_FLIGHT) before it paused.
+        before = [r.metric(RECEIVED, {"topic": topic}) for r in runners]
+        assert all(received <= MAX_IN_FLIGHT + POLL_BATCH for received in before), before
+        if change == "leaves":
+            runners[1].stop()
+            members = [first]
+        else:
+            runners.append(ServiceRunner(service_settings(topic, **overrides)).start())
+            members = runners
         wait_until(
-            lambda: stays.metric(ASSIGNED) == partitions,
+            lambda: all(r.metric(ASSIGNED) == partitions // len(members) for r in members),
             timeout=60,
-            message="the remaining member did not take over the partitions",
+            message="the partitions did not move",
         )
-        # Let it run paused: at least three more probes of the refused key.
-        probes = sandbox.stats()["by_status"].get("401", 0)
+        wait_until(
+            lambda: all(_paused_on(cause, r) for r in members),
+            timeout=60,
+            message="a member did not pause after the rebalance",
+        )
+        # Let them run paused: at least three more requests (probes) that Button refuses.
+        requests = sandbox.stats()["requests"]
         sandbox.wait_for(
-            lambda: sandbox.stats()["by_status"].get("401", 0) >= probes + 3,
+            lambda: sandbox.stats()["requests"] >= requests + 3,
             timeout=30,
             interval=0.1,
-            message="the member stopped probing the refused key",
+            message="the members stopped probing Button",
         )
-        received = stays.metric(RECEIVED, {"topic": topic})
-        assert received <= MAX_IN_FLIGHT + POLL_BATCH, received
-        assert stays.metric(PAUSED) == partitions
+        # Received while the group was paused (a joiner: all it received). A member whose
+        # in-flight records all went with revoked partitions fetches one batch to probe with.
+        during = [
+            r.metric(RECEIVED, {"topic": topic}) - (before[i] if i < len(before) else 0)
+            for i, r in enumerate(runners)
+        ]
+        assert all(received <= MAX_IN_FLIGHT + POLL_BATCH for received in during), during
+        assert all(r.metric(PAUSED) == r.metric(ASSIGNED) for r in members)
+        assert sandbox.orders() == []
+        limits = first_request_offsets(kafka_bootstrap, settings, events, partitions)
+        committed = committed_offsets(kafka_bootstrap, group, topic, partitions)
+        assert all(committed[p] <= limits[p] for p in range(partitions)), (committed, limits)
 
-        sandbox.set_api_keys([sandbox.api_key])
+        if cause == "401":
+            sandbox.set_api_keys([sandbox.api_key])
+        else:
+            sandbox.clear_faults()
         sandbox.wait_for(
             lambda: set(expected) <= {o["order_id"] for o in sandbox.orders()},
             timeout=90,
-            message="not every order reached Button after the key was accepted again",
+            message="not every order reached Button once it answered again",
         )
-        stop_when_done(stays, kafka_bootstrap, group, topic, partitions, 90)
+        wait_for_committed(kafka_bootstrap, group, topic, partitions, 90)
+        wait_until(
+            lambda: all(r.metric(IN_FLIGHT) == 0 for r in members),
+            timeout=30,
+            message="records still in flight",
+        )
     finally:
-        for runner in (stays, leaves):
+        for runner in runners:
             runner.stop()
     assert committed_offsets(kafka_bootstrap, group, topic, partitions) == ends
+    assert read_all(kafka_bootstrap, settings.kafka.dlq_topic) == []
     assert_sandbox_matches(sandbox, expected)
 
 
@@ -141,3 +224,249 @@ def test_records_too_large_are_dead_lettered_and_everything_around_them_delivere
     assert shapes[1][1] == 990 * 1024
     assert committed_offsets(kafka_bootstrap, settings.kafka.group_id, topic, 1) == ends
     assert_sandbox_matches(sandbox, expected)
+
+
+def test_a_committed_offset_below_the_log_start_is_reset_visibly(
+    kafka_bootstrap, make_topic, service_settings, start_service, sandbox
+):
+    """The group's committed offset fell out of retention (the records behind it are deleted):
+    auto.offset.reset starts the partition at the log start, which is logged as a warning with
+    the topic, partition and offset, and counted; the records from the log start on are all
+    delivered."""
+    topic = make_topic(partitions=2, prefix="offreset")
+    settings = service_settings(topic)
+    group = settings.kafka.group_id
+    lost, kept = past_events(8, seed=41), past_events(8, seed=42)
+    produce_events(settings, lost, partitions=2)
+    log_start = end_offsets(kafka_bootstrap, topic, 2)
+    assert all(end > 1 for end in log_start.values()), log_start
+    committer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group})
+    committer.commit(offsets=[TopicPartition(topic, 0, 1)], asynchronous=False)
+    committer.close()
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    for future in admin.delete_records([TopicPartition(topic, 0, log_start[0])]).values():
+        future.result(30)
+    for future in admin.delete_records([TopicPartition(topic, 1, log_start[1])]).values():
+        future.result(30)
+    produce_events(settings, kept, partitions=2)
+    expected = expected_orders(kept, settings)
+
+    with capture_logs() as logs:
+        runner = start_service(settings)
+        ends = stop_when_done(runner, kafka_bootstrap, group, topic, 2, 90)
+
+    resets = [e for e in logs if e["event"] == "kafka_offset_reset"]
+    assert [
+        (e["log_level"], e["topic"], e["partition"], e["offset"], e["reset_to"]) for e in resets
+    ] == [("warning", topic, 0, 1, "earliest")]
+    assert runner.metric(OFFSET_RESETS, {"reset_to": "earliest"}) == 1
+    assert committed_offsets(kafka_bootstrap, group, topic, 2) == ends
+    assert_sandbox_matches(sandbox, expected)
+
+
+def test_a_member_stopped_past_its_session_timeout_writes_nothing_stale_when_continued(
+    kafka_bootstrap, make_topic, sandbox, unique_name, tmp_path
+):
+    """Member A (classic protocol, 6 s session) waits on Button for one order X whose refunds
+    are behind its create (the sandbox holds X's requests) and is stopped (SIGSTOP) past its
+    session timeout; B takes the partition over and replays X's create (held too). A is
+    continued: it learns it lost the partition and gives up its request (the sandbox records it
+    abandoned, never applied) before anything is released, so nothing of A's lands after B's
+    newer requests. Then, after a restart (profiles restored from the changelog), the rest of
+    the refunds: every order ends in its expected state, no refund applied twice."""
+    topic = make_topic(partitions=1, prefix="zombie")
+    group = unique_name("group")
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_TOPIC": topic,
+        "KAFKA_GROUP_ID": group,
+        "KAFKA_DLQ_TOPIC": f"{topic}.dlq",
+        "KAFKA_PROFILE_TOPIC": f"{topic}.profiles",
+        "KAFKA_GROUP_PROTOCOL": "classic",
+        "KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "KAFKA_CONFIG_HEARTBEAT_INTERVAL_MS": "500",
+        "BUTTON_API_KEY": sandbox.api_key,
+        "BUTTON_BASE_URL": sandbox.base_url,
+        # Longer than any hold here: a held request is not timed out and retried meanwhile.
+        "BUTTON_READ_TIMEOUT": "900",
+        "BUTTON_TOTAL_TIMEOUT": "900",
+        "ADMIN_HOST": "127.0.0.1",
+        "ADMIN_PORT": "0",
+        "DELIVERY_RETRY_BASE_DELAY_SECONDS": "0.05",
+        "DELIVERY_RETRY_MAX_DELAY_SECONDS": "1",
+        "DELIVERY_SHUTDOWN_TIMEOUT_SECONDS": "10",
+        "LOG_LEVEL": "info",
+        "LOG_FORMAT": "json",
+    }
+    settings = Settings.from_env(env)
+    events = past_events(40, seed=51)
+    expected = expected_orders(events, settings)
+    refunded = [o for o, want in expected.items() if len(want.actions) >= 2]
+    assert any(Action.UPDATE in expected[o].actions for o in refunded), "partial refunds"
+    assert any(Action.CANCEL in expected[o].actions for o in refunded), "full refunds"
+    # X: the order whose refunds come first; the first batch ends with its last event.
+    last_event = {
+        e.commerce.transaction_id: i for i, e in enumerate(events) if e.commerce is not None
+    }
+    held = min(refunded, key=lambda o: last_event[o])
+    first, rest = events[: last_event[held] + 1], events[last_event[held] + 1 :]
+    expected_first = expected_orders(first, settings)
+    assert expected_first[held].actions == expected[held].actions
+    later = [o for o in refunded if o in expected_first and o != held]
+    assert later, "refunds of the first batch's orders come after the restart"
+    produce_events(settings, first, partitions=1)
+    ends = end_offsets(kafka_bootstrap, topic, 1)
+
+    processes: list[ServiceProcess] = []
+    try:
+        with sandbox.holding(order_ids=[held]):
+            a = ServiceProcess(env, tmp_path / "a.log").start()
+            processes.append(a)
+            sandbox.wait_parked(held, timeout=60)
+            os.kill(a.pid, signal.SIGSTOP)
+            b = ServiceProcess(env, tmp_path / "b.log").start()
+            processes.append(b)
+            # B owns the partition (A's session expired) and replays X's create: held too.
+            wait_until(
+                lambda: sandbox.hold_state()["parked_by_order"].get(held, 0) >= 2,
+                timeout=90,
+                interval=0.1,
+                message=f"B did not take the partition over: {b.log_tail()}",
+            )
+            os.kill(a.pid, signal.SIGCONT)
+            # A learns it lost the partition and abandons its request, which is never applied.
+            wait_until(
+                lambda: sandbox.hold_state()["parked_by_order"].get(held, 0) == 1,
+                timeout=60,
+                interval=0.1,
+                message=f"A kept waiting on Button for a lost partition: {a.log_tail()}",
+            )
+            assert '"partitions_lost"' in a.log_path.read_text(encoding="utf-8")
+        wait_for_committed(kafka_bootstrap, group, topic, 1, timeout=90)
+        assert all(p.terminate() == 0 for p in processes), b.log_tail()
+
+        history = sandbox.order(held)["history"]
+        assert [e["fault"] for e in history].count("hold_abandoned") == 1, history
+        assert not [e for e in history if e["status"] == 409], history  # no second create
+        assert delivered_actions(sandbox.order(held)) == expected_first[held].actions, history
+        assert committed_offsets(kafka_bootstrap, group, topic, 1) == ends
+        assert_sandbox_converged(sandbox, expected_first)
+
+        # A restart restores the profiles from the changelog; the rest of the refunds apply
+        # to the state B left, once each.
+        produce_events(settings, rest, partitions=1)
+        c = ServiceProcess(env, tmp_path / "c.log").start()
+        processes.append(c)
+        wait_for_committed(kafka_bootstrap, group, topic, 1, timeout=90)
+        assert c.terminate() == 0, c.log_tail()
+    finally:
+        for process in processes:
+            process.kill()
+    assert_sandbox_converged(sandbox, expected)
+    assert read_all(kafka_bootstrap, f"{topic}.dlq") == []
+
+
+STORM = 100_000
+
+
+def _expired_profile(idfa: str) -> bytes:
+    """A changelog value whose every part expired a day ago (epoch 0, unstamped)."""
+    long_ago = datetime.now(UTC) - timedelta(days=400)
+    profile = Profile(idfas=(Stamped(idfa, epoch_ms(long_ago)),))
+    return encode_profile(profile, epoch_ms(datetime.now(UTC) - timedelta(days=1)))
+
+
+def test_an_expiry_storm_keeps_the_member_live_and_erases_no_new_profile(
+    kafka_bootstrap, make_topic, service_settings, sandbox
+):
+    """100,000 profiles in the changelog expired a day ago (downtime, a retention change); some
+    of their users come back (an app open with a new token and device id) while the member
+    expires the rest: /healthz answers live throughout (polled over HTTP, with a 5 s stall
+    limit), the member keeps its partitions (one assignment, no revocation or loss), every
+    expired profile gets its tombstone but a returning user's new value is the last of its key,
+    and after a restart their purchases carry the new token and device id."""
+    partitions = 2
+    topic = make_topic(partitions=partitions, prefix="storm")
+    settings = service_settings(topic, MAPPING_EXPIRE_INTERVAL_SECONDS="1")
+    changelog = settings.kafka.profile_topic
+    dlq_config, changelog_config = created_topic_configs(topic_plan(settings), 1)
+    ensure_topics(
+        settings.kafka.admin_config(),
+        {changelog: changelog_config, settings.kafka.dlq_topic: dlq_config},
+        partitions=partitions,
+        replication=1,
+    )
+    users = _TokenUsers(20)
+    others = [f"storm-{uuid.uuid4().hex[:8]}-{i}" for i in range(STORM - len(users.users))]
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 50})
+    for i, user in enumerate([*users.users, *others]):
+        # The default partitioner, as the input's producer: a user's changelog partition is
+        # the partition of their records.
+        producer.produce(changelog, key=user.encode(), value=_expired_profile(f"old-{i}"))
+        if i % 10_000 == 0:
+            producer.poll(0)
+    assert producer.flush(60) == 0
+
+    runner = ServiceRunner(settings).start()
+    runner.service.health.poll_stall_seconds = 5.0
+    live: list[int] = []
+    storm_over = threading.Event()
+    admin = runner.service.admin
+    assert admin is not None
+
+    def probe_health() -> None:
+        while not storm_over.is_set():
+            url = f"http://127.0.0.1:{admin.port}/healthz"
+            try:
+                with _DIRECT.open(url, timeout=10) as response:
+                    live.append(response.status)
+            except urllib.error.HTTPError as exc:
+                live.append(exc.code)
+            except OSError:
+                pass  # not listening yet
+            storm_over.wait(0.05)
+
+    prober = threading.Thread(target=probe_health, daemon=True)
+    try:
+        wait_until(lambda: runner.metric(ASSIGNED) == partitions, 120, message="no assignment")
+        prober.start()
+        produce_events(settings, users.app_opens(), partitions=partitions)
+        # The storm is over when only the returning users' profiles are held, and their app
+        # opens are committed.
+        wait_until(
+            lambda: runner.metric(PROFILES) == len(users.users),
+            timeout=120,
+            interval=0.2,
+            message="the expired profiles were not all removed",
+        )
+        wait_for_committed(kafka_bootstrap, settings.kafka.group_id, topic, partitions, 60)
+        storm_over.set()
+        prober.join(30)
+        assert live, "/healthz never answered"
+        assert set(live) == {200}, sorted(set(live))
+        print(f"storm: {len(live)} /healthz answers, all live")
+        assert runner.metric(ASSIGNED) == partitions
+        assert runner.metric(REBALANCES, {"kind": "assign"}) == 1
+        assert runner.metric(REBALANCES, {"kind": "revoke"}) == 0
+        assert runner.metric(REBALANCES, {"kind": "lost"}) == 0
+        runner.stop()
+    finally:
+        storm_over.set()
+        runner.stop()
+
+    last: dict[bytes, bytes | None] = {}
+    for message in read_all(kafka_bootstrap, changelog, timeout=120):
+        last[message.key()] = message.value()
+    returning = {u.encode() for u in users.users}
+    assert all(last[key] is not None for key in returning), "a new profile was erased"
+    erased = [k for k, v in last.items() if v is None]
+    assert len(erased) == len(others), (len(erased), len(others))
+
+    buys, orders = users.purchases("after-storm")
+    produce_events(settings, buys, partitions=partitions)
+    again = ServiceRunner(settings).start()
+    try:
+        stop_when_done(again, kafka_bootstrap, settings.kafka.group_id, topic, partitions, 120)
+    finally:
+        again.stop()
+    users.assert_enriched(sandbox, orders)

@@ -56,3 +56,50 @@ def test_partition_ends_are_not_errors() -> None:
     with capture_logs() as logs:
         source_with(ErrorMessage(KafkaError._PARTITION_EOF))._poll(10, 0.01)
     assert logs == []
+
+
+class RecordingLogger:
+    def __init__(self) -> None:
+        self.lines: list[tuple[Any, ...]] = []
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        self.lines.append((level, fmt, *args))
+
+
+@pytest.mark.parametrize(
+    ("message", "partition", "offset", "reset_to"),
+    [
+        (  # librdkafka 2.x
+            "[thrd:main]: events [3]: offset reset (at offset 17 (leader epoch -1), broker 1) to "
+            "offset BEGINNING (leader epoch -1): fetch failed due to requested offset not "
+            "available on the broker: Broker: Offset out of range",
+            3,
+            17,
+            "earliest",
+        ),
+        (  # librdkafka 1.x
+            "[thrd:main]: events [0]: offset reset (at offset 5, broker 2) to END: "
+            "fetch failed due to requested offset not available on the broker: "
+            "Broker: Offset out of range",
+            0,
+            5,
+            "latest",
+        ),
+    ],
+)
+def test_an_offset_reset_is_logged_and_reported(
+    message: str, partition: int, offset: int, reset_to: str
+) -> None:
+    inner = RecordingLogger()
+    resets: list[tuple[int, str]] = []
+    source = KafkaSource({"logger": inner}, "events", on_offset_reset=lambda *a: resets.append(a))
+    watch = source._config["logger"]
+    with capture_logs() as logs:
+        watch.log(4, "%s [%s] %s", "OFFSET", "rdkafka#consumer-1", message)
+        watch.log(4, "%s [%s] %s", "OFFSET", "rdkafka#consumer-1", message.replace("events", "x"))
+        watch.log(7, "%s [%s] %s", "FETCH", "rdkafka#consumer-1", "events [1]: fetch")
+    assert resets == [(partition, reset_to)]
+    assert [(e["event"], e["topic"], e["partition"], e["offset"], e["reset_to"]) for e in logs] == [
+        ("kafka_offset_reset", "events", partition, offset, reset_to)
+    ]
+    assert len(inner.lines) == 3  # every line still reaches the configured logger
