@@ -376,6 +376,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         # No gate here: lanes must stay free to start records while Button refuses the key,
         # so that a queued record can take over probing if the probing one is revoked.
         watermarks=watermarks,
+        clock=time.monotonic,  # low marks that cover a refill at the measured drain rate
     )
 
     expiry = ProfileExpiry(store, changelog, clock=_wall_clock)

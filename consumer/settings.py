@@ -148,7 +148,9 @@ class KafkaSettings(_Section):
         ``enable.auto.offset.store=false`` (the worker stores an offset only when its record is
         finished) and ``enable.auto.commit=true`` every second (it commits what was stored).
         KAFKA_GROUP_*, KAFKA_AUTO_OFFSET_RESET and, for the classic protocol, cooperative-sticky
-        assignment and KAFKA_SESSION_TIMEOUT_MS are defaults that KAFKA_CONFIG_* may override.
+        assignment and KAFKA_SESSION_TIMEOUT_MS are defaults that KAFKA_CONFIG_* may override;
+        so is ``fetch.wait.max.ms=100`` (librdkafka's 500: a partition resumed after a pause
+        fetches only once the broker answers the long poll of the other partitions).
 
         Returns:
             a dict of librdkafka properties (its repr hides credentials).
@@ -164,6 +166,7 @@ class KafkaSettings(_Section):
             # needs them here. Cooperative-sticky keeps unaffected partitions during a rebalance.
             config.setdefault("partition.assignment.strategy", "cooperative-sticky")
             config.setdefault("session.timeout.ms", self.session_timeout_ms)
+        config.setdefault("fetch.wait.max.ms", 100)
         if self.group_instance_id:
             config["group.instance.id"] = self.group_instance_id
         config.update(

@@ -61,6 +61,8 @@ class ProduceError(BrokerError):
 # The producer's own check (message.max.bytes) and the broker's (the topic's max.message.bytes)
 # report a record too large with these codes: certain for that record, not an outage.
 _TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
+WAKE_TIMEOUT = 0.5
+"""Seconds the request that wakes the fetcher after a resume may take (``KafkaSource``)."""
 
 
 def _record_size(key: bytes | None, value: bytes | None, headers: Headers | None) -> int:
@@ -584,9 +586,25 @@ class KafkaSource:
             await self._call(self._c.pause, parts)
 
     async def resume(self, partitions: Iterable[int]) -> None:
+        """Resume fetching ``partitions``, and wake the fetcher so that it does so at once."""
         parts = [TopicPartition(self.topic, p) for p in partitions]
         if parts:
-            await self._call(self._c.resume, parts)
+            await self._call(self._resume, parts)
+
+    def _resume(self, parts: list[TopicPartition]) -> None:
+        consumer = self._c
+        consumer.resume(parts)
+        # librdkafka's fetcher for a broker none of whose partitions is fetchable sleeps in
+        # steps of a second, and a resume does not wake it: the records of a resume came up to
+        # a second later (bench/README.md, "What limits the forward path"). Any request to the
+        # partition's leader wakes it; a fresh high watermark is a cheap one. One try per call:
+        # with a broker away, the loop must not wait for it once per partition.
+        for tp in parts:
+            try:
+                consumer.get_watermark_offsets(tp, timeout=WAKE_TIMEOUT, cached=False)
+            except KafkaException as exc:
+                log.debug("resume_wake_failed", partition=tp.partition, error=str(exc))
+                return
 
     async def lag(self, partitions: Sequence[int]) -> dict[int, int]:
         """High watermark minus the committed offset, per partition (cached watermarks)."""

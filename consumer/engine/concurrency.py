@@ -1,16 +1,18 @@
 """How many requests Button gets at once, and how fast: adaptive, not a fixed guess.
 
 Button documents no rate limit for the Order API, so a static concurrency is either too timid or
-too much. ``AdaptiveLimiter`` is an AIMD controller in the spirit of Vector's Adaptive Request
-Concurrency: it measures round-trip times and watches for back-pressure, and once per
+too much. ``AdaptiveLimiter`` is a TCP-style controller in the spirit of Vector's Adaptive
+Request Concurrency: it measures round-trip times and watches for back-pressure, and once per
 observation window (about one smoothed RTT long) it
 
 - cuts the limit multiplicatively (``limit * decrease_ratio``, default 0.9, at least -1) when any
   request in the window was back-pressured (429, 5xx, timeout, connection error, unreadable body)
   or the window's mean RTT rose above the baseline (smoothed RTT + ``rtt_deviation_scale`` x its
   mean deviation, and at least ``min_rtt_rise`` x baseline above it);
-- otherwise adds one when the limit was actually reached in the window (a limit nobody uses is
-  not raised).
+- otherwise raises it when the limit was actually reached in the window (a limit nobody uses is
+  not raised): in *slow start*, from the first window until the first sign of congestion (a
+  cut), it doubles (``slow_start_factor``), so from 4 it reaches 64 in four windows, a fraction
+  of a second; after the first cut it adds one (AIMD), for good.
 
 The baseline is an EWMA (``ewma_alpha`` 0.4) of window mean RTTs, like TCP's smoothed RTT. The
 limit stays within ``[min_limit, max_limit]``. 0.9 rather than TCP's 0.5: a consumer backlog
@@ -100,11 +102,14 @@ class AdaptiveLimiter:
         rtt_deviation_scale: float = 2.5,
         min_rtt_rise: float = 0.1,
         min_window: float = 0.05,
+        slow_start_factor: float = 2.0,
     ) -> None:
         if not 1 <= min_limit <= max_limit:
             raise ValueError("limits need 1 <= min_limit <= max_limit")
         if not 0 < decrease_ratio < 1 or not 0 < ewma_alpha <= 1:
             raise ValueError("decrease_ratio must be in (0, 1) and ewma_alpha in (0, 1]")
+        if slow_start_factor < 1:
+            raise ValueError("slow_start_factor must be at least 1 (1: additive from the start)")
         start = min_limit if initial_limit is None else initial_limit
         self._clock = clock
         self._min = min_limit
@@ -115,6 +120,8 @@ class AdaptiveLimiter:
         self._deviation_scale = rtt_deviation_scale
         self._min_rise = min_rtt_rise
         self._min_window = min_window
+        self._growth = slow_start_factor
+        self._slow_start = slow_start_factor > 1
         self._in_flight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         # Smoothed RTT and its mean deviation across windows (None until the first sample).
@@ -126,11 +133,19 @@ class AdaptiveLimiter:
         self._rtt_count = 0
         self._saw_backpressure = False
         self._reached_limit = False
+        # Requests started before the last cut say nothing about the new limit (TCP's "one cut
+        # per round trip"): their signals are ignored, so one congestion episode cuts once.
+        self._cut_at = -math.inf
 
     @property
     def limit(self) -> int:
         """The current concurrency limit."""
         return self._limit
+
+    @property
+    def slow_start(self) -> bool:
+        """Whether the limit still grows multiplicatively (no congestion seen yet)."""
+        return self._slow_start
 
     @property
     def in_flight(self) -> int:
@@ -192,19 +207,24 @@ class AdaptiveLimiter:
             self._reached_limit = True
 
     def _release(self, started: float, backpressure: bool | None) -> None:
-        self._in_flight -= 1
         now = self._clock()
+        # A request that ends after the window's end belongs to the next window: close the
+        # window first, so each decision rests on the requests that ended inside it (this one
+        # still counts as in flight for whether the next window starts at the limit).
+        if now >= self._window_end:
+            self._end_window(now)
+        self._in_flight -= 1
+        if started < self._cut_at:
+            backpressure = None
         if backpressure:
             self._saw_backpressure = True
         elif backpressure is False:
             self._rtt_sum += max(0.0, now - started)
             self._rtt_count += 1
-        if now >= self._window_end:
-            self._end_window(now)
         self._wake()
 
     def _end_window(self, now: float) -> None:
-        """Apply AIMD once per window, then start the next window (about one RTT long)."""
+        """Apply slow start or AIMD once per window, then start the next (about one RTT long)."""
         if self._saw_backpressure:
             self._decrease()
         elif self._rtt_count:
@@ -231,9 +251,16 @@ class AdaptiveLimiter:
         self._reached_limit = self._in_flight >= self._limit or bool(self._waiters)
 
     def _increase(self) -> None:
-        self._limit = min(self._max, self._limit + 1)
+        if self._slow_start:
+            grown = max(self._limit + 1, math.floor(self._limit * self._growth))
+        else:
+            grown = self._limit + 1
+        self._limit = min(self._max, grown)
 
     def _decrease(self) -> None:
+        # The first sign of congestion ends slow start: from here on, AIMD.
+        self._slow_start = False
+        self._cut_at = self._clock()
         cut = min(math.floor(self._limit * self._decrease_ratio), self._limit - 1)
         self._limit = max(self._min, cut)
 

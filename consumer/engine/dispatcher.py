@@ -16,14 +16,20 @@ Contract with the poll loop, which must never block:
   a returning job finishes it, and ``revoke`` reports and forgets the final positions), or the
   caller does both itself (``watermarks=None``, the default). Never both: tracking twice raises.
 - After each poll, ``saturated_partitions(assigned)`` is the set of partitions to keep paused
-  (a state, not a delta; pause what is new in it, resume what left it): a partition is saturated
-  from ``max_in_flight_per_partition`` records in flight (queued or running) until it drains to
-  ``resume_ratio`` (default 0.5) of that bound, so the consumer does not flap; every partition is
-  saturated from ``max_in_flight`` in total (until the total drains likewise) and while the
-  ``PauseGate`` is closed. With ``watermarks``, a partition is also saturated while the distance
-  from its committable offset to its newest tracked offset reaches ``max_commit_distance`` (until
-  it falls to ``resume_ratio`` of it): one stuck record then bounds what a crash replays,
-  although the records behind it finished.
+  (a state, not a delta; pause what is new in it, resume what left it). Each bound has a high
+  and a low mark: a partition is saturated from ``max_in_flight_per_partition`` records in
+  flight (queued or running) until it drains to its low mark, so the consumer does not flap;
+  every partition is saturated from ``max_in_flight`` in total (until the total drains to its
+  low mark) and while the ``PauseGate`` is closed. With ``watermarks``, a partition is also
+  saturated while the distance from its committable offset to its newest tracked offset
+  reaches ``max_commit_distance`` (until it falls to ``resume_ratio`` of it): one stuck record
+  then bounds what a crash replays, although the records behind it finished.
+- The low marks keep the pipeline fed: a resumed partition's records arrive only after a
+  fetch's round trip (the *refill* time), so the low mark must still hold what drains
+  meanwhile. Given a ``clock``, the dispatcher measures both: the drain rate (records finished
+  per second, per partition and in total) and the refill time (from a partition's resume to its
+  next submitted record). A low mark is then ``max(resume_ratio x high, 2 x rate x refill)``,
+  at most ``high - 1``. Without a clock it is ``resume_ratio x high``.
 
 A job that raises is a bug or a "stop consuming" condition (DLQ unavailable: DESIGN, 4): the
 dispatcher records the first such error, starts nothing more, and the loop sees it through
@@ -57,6 +63,18 @@ Job = Callable[[], Awaitable[None]]
 
 FinishedHook = Callable[[int, int], None]
 """Called with (partition, offset) after a record finished and its offset was marked."""
+
+Clock = Callable[[], float]
+"""A monotonic clock in seconds (``time.monotonic`` in production, a fake in tests)."""
+
+COVER_FACTOR = 2.0
+"""A low mark holds this many refill times' worth of draining (margin for a slower fetch)."""
+RATE_INTERVAL = 0.1
+"""Seconds between drain-rate samples (taken in ``saturated_partitions``)."""
+SMOOTHING = 0.3
+"""EWMA weight of a new drain-rate or refill sample."""
+MAX_REFILL = 2.0
+"""A record later than this after a resume is new traffic, not a refill: not sampled."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,10 +119,13 @@ class Dispatcher:
         max_in_flight: records in total before every partition pauses.
         max_commit_distance: offsets from a partition's committable offset to its newest
             tracked one before it pauses (only with ``watermarks``).
-        resume_ratio: a paused partition resumes at or below this fraction of its bound.
+        resume_ratio: a paused partition resumes at or below this fraction of its bound (the
+            least the low marks are; with ``clock`` they rise to cover a refill).
         watermarks: the commit positions to track and finish; ``None``: the caller does it.
         on_finished: called after each finished record, e.g. for metrics.
         gate: the global pause gate (401/403); lanes wait at it before starting each record.
+        clock: measures drain rate and refill time for the low marks; ``None``: static marks.
+        refill_seconds: the refill time assumed until one is measured.
     """
 
     def __init__(
@@ -117,6 +138,8 @@ class Dispatcher:
         watermarks: Watermarks | None = None,
         on_finished: FinishedHook | None = None,
         gate: PauseGate | None = None,
+        clock: Clock | None = None,
+        refill_seconds: float = 0.5,
     ) -> None:
         if max_in_flight_per_partition < 1 or max_in_flight < 1 or max_commit_distance < 1:
             raise ValueError("in-flight bounds must be at least 1")
@@ -143,6 +166,16 @@ class Dispatcher:
         self._failure: BaseException | None = None
         self._progress = asyncio.Event()
         self._finished_count = 0
+        # Flow measurements for the low marks (only with a clock).
+        self._clock = clock
+        self._refill = refill_seconds
+        self._rate_at = clock() if clock is not None else 0.0
+        self._rate_total = 0.0
+        self._rates: dict[int, float] = {}
+        self._done: dict[int, int] = {}  # records finished per partition since the last sample
+        self._done_total = 0
+        self._held: frozenset[int] = frozenset()  # what the previous call kept paused
+        self._resumed_at: dict[int, float] = {}
 
     # -- submitting ------------------------------------------------------------------------
 
@@ -161,6 +194,8 @@ class Dispatcher:
             return False
         if self.watermarks is not None:
             self.watermarks.track(partition, offset)
+        if self._resumed_at:
+            self._note_refill(partition)
         item = _Item(partition, offset, self._epochs.get(partition, 0), job)
         lane_id: tuple[int, Hashable] = (partition, object() if key is None else key)
         lane = self._lanes.get(lane_id)
@@ -201,6 +236,18 @@ class Dispatcher:
             and self._total < self._high_total
         )
 
+    @property
+    def refill_seconds(self) -> float:
+        """The refill time the low marks cover: measured (EWMA), or the assumed one."""
+        return self._refill
+
+    def low_marks(self, partition: int) -> tuple[int, int]:
+        """The current low marks: (of ``partition``, of the total), in records."""
+        return (
+            self._low_mark(self._low_partition, self._high_partition, self._rates.get(partition)),
+            self._low_mark(self._low_total, self._high_total, self._rate_total),
+        )
+
     def saturated_partitions(self, assigned: Iterable[int] = ()) -> frozenset[int]:
         """Partitions the poll loop should keep paused now (see the module docstring).
 
@@ -208,28 +255,87 @@ class Dispatcher:
             assigned: the loop's current assignment, so that partitions with nothing in flight
                 are paused too when the total bound is reached or the gate is closed.
         """
+        self._sample_rates()
         if self._total >= self._high_total:
             self._full = True
-        elif self._total <= self._low_total:
+        elif self._total <= self._low_mark(self._low_total, self._high_total, self._rate_total):
             self._full = False
+        self._update_saturated()
+        self._update_far()
+        if self._full or not self.gate.is_open:
+            held = frozenset(self._counts.keys() | set(assigned))
+        else:
+            held = frozenset(self._saturated | self._far)
+        self._note_resumed(held)
+        return held
+
+    def _update_saturated(self) -> None:
         for partition, count in self._counts.items():
             if partition in self._saturated:
-                if count <= self._low_partition:
+                low = self._low_mark(
+                    self._low_partition, self._high_partition, self._rates.get(partition)
+                )
+                if count <= low:
                     self._saturated.discard(partition)
             elif count >= self._high_partition:
                 self._saturated.add(partition)
-        if self.watermarks is not None:
-            for partition in self.watermarks.partitions:
-                span = self.watermarks.span(partition)
-                if partition in self._far:
-                    if span <= self._low_distance:
-                        self._far.discard(partition)
-                elif span >= self._high_distance:
-                    self._far.add(partition)
-            self._far &= self.watermarks.partitions
-        if self._full or not self.gate.is_open:
-            return frozenset(self._counts.keys() | set(assigned))
-        return frozenset(self._saturated | self._far)
+
+    def _update_far(self) -> None:
+        if self.watermarks is None:
+            return
+        for partition in self.watermarks.partitions:
+            span = self.watermarks.span(partition)
+            if partition in self._far:
+                if span <= self._low_distance:
+                    self._far.discard(partition)
+            elif span >= self._high_distance:
+                self._far.add(partition)
+        self._far &= self.watermarks.partitions
+
+    # -- flow measurements (low marks) ---------------------------------------------------------
+
+    def _low_mark(self, floor: int, high: int, rate: float | None) -> int:
+        """``max(floor, COVER_FACTOR x rate x refill)``, at most ``high - 1``."""
+        if self._clock is None or not rate:
+            return floor
+        cover = math.ceil(rate * self._refill * COVER_FACTOR)
+        return max(floor, min(high - 1, cover))
+
+    def _sample_rates(self) -> None:
+        """Every ``RATE_INTERVAL``: records finished per second, per partition and in total."""
+        if self._clock is None:
+            return
+        now = self._clock()
+        elapsed = now - self._rate_at
+        if elapsed < RATE_INTERVAL:
+            return
+        self._rate_at = now
+        self._rate_total = _smooth(self._rate_total, self._done_total / elapsed)
+        for partition in self._rates.keys() | self._done.keys():
+            rate = self._done.get(partition, 0) / elapsed
+            self._rates[partition] = _smooth(self._rates.get(partition, 0.0), rate)
+        self._done.clear()
+        self._done_total = 0
+
+    def _note_resumed(self, held: frozenset[int]) -> None:
+        if self._clock is not None and self._held != held:
+            resumed = self._held - held
+            if resumed:
+                now = self._clock()
+                for partition in resumed:
+                    self._resumed_at[partition] = now
+            for partition in held:
+                self._resumed_at.pop(partition, None)
+        self._held = held
+
+    def _note_refill(self, partition: int) -> None:
+        """The first record of ``partition`` since its resume: a refill-time sample."""
+        resumed = self._resumed_at.pop(partition, None)
+        if resumed is None or self._clock is None:
+            return
+        seconds = self._clock() - resumed
+        if seconds <= MAX_REFILL:
+            self._refill = _smooth(self._refill, seconds)
 
     # -- global pause (bad API key) ------------------------------------------------------------
 
@@ -290,6 +396,9 @@ class Dispatcher:
                 self._counts.pop(partition, None)
                 self._saturated.discard(partition)
                 self._far.discard(partition)
+                self._rates.pop(partition, None)
+                self._done.pop(partition, None)
+                self._resumed_at.pop(partition, None)
         finally:
             self._revoking -= revoked
         return RevokeReport(committable, finished, abandoned)
@@ -329,6 +438,9 @@ class Dispatcher:
         if item.epoch != self._epochs.get(item.partition, 0):
             return  # a record of an earlier assignment of this partition
         self._finished_count += 1
+        if self._clock is not None:
+            self._done[item.partition] = self._done.get(item.partition, 0) + 1
+            self._done_total += 1
         if self.watermarks is not None:
             self.watermarks.finish(item.partition, item.offset)
         if self._on_finished is not None:
@@ -390,3 +502,8 @@ class Dispatcher:
             except TimeoutError:
                 break
         return done()
+
+
+def _smooth(previous: float, sample: float) -> float:
+    """EWMA step (``SMOOTHING``); the first sample (previous 0) is taken as it is."""
+    return sample if previous <= 0 else previous + SMOOTHING * (sample - previous)

@@ -94,6 +94,14 @@ def test_consumer_invariants_win_over_the_pass_through() -> None:
     assert config["auto.commit.interval.ms"] == 1000
 
 
+def test_consumer_fetches_with_a_short_long_poll_that_the_pass_through_may_change() -> None:
+    """fetch.wait.max.ms is 100 by default (a resumed partition's first fetch waits behind
+    the broker's long poll of the others); KAFKA_CONFIG_FETCH_WAIT_MAX_MS replaces it."""
+    assert load().kafka.consumer_config()["fetch.wait.max.ms"] == 100
+    config = load(KAFKA_CONFIG_FETCH_WAIT_MAX_MS="500").kafka.consumer_config()
+    assert config["fetch.wait.max.ms"] == "500"
+
+
 def test_consumer_config_carries_the_group_settings() -> None:
     """Group id, protocol, instance id and offset reset come from their KAFKA_ variables."""
     settings = load(

@@ -29,22 +29,77 @@ class FakeClock:
 async def _window(
     limiter: AdaptiveLimiter, clock: FakeClock, rtt: float, outcome: ButtonOutcome = OK
 ) -> None:
-    """Fill the limit with requests that all take ``rtt`` seconds, then release them."""
+    """Fill the limit with requests that all take ``rtt`` seconds, release them, then close the
+    observation window: a second later one request ends without an outcome (neutral), and a
+    request ending after the window's end closes it first. The limit then reflects this
+    window."""
     permits = [await limiter.acquire_permit() for _ in range(limiter.limit)]
     clock.advance(rtt)
     for permit in permits:
         permit.observe(outcome)
         permit.release()
+    clock.advance(1.0)
+    (await limiter.acquire_permit()).release()
 
 
-def _limiter(clock: FakeClock, **kwargs: int) -> AdaptiveLimiter:
-    return AdaptiveLimiter(clock=clock, min_window=0.01, **kwargs)
+def _limiter(clock: FakeClock, **kwargs: float) -> AdaptiveLimiter:
+    return AdaptiveLimiter(clock=clock, min_window=0.01, **kwargs)  # type: ignore[arg-type]
+
+
+def test_slow_start_doubles_the_limit_per_window_up_to_max() -> None:
+    """Slow start: a saturated limit with a steady RTT doubles each window, from 4 to 64 in four
+    windows (a fraction of a second at Button's RTT), and stops at max_limit."""
+    clock = FakeClock()
+    limiter = _limiter(clock, min_limit=4, max_limit=64)
+
+    async def scenario() -> list[int]:
+        limits = []
+        for _ in range(6):
+            await _window(limiter, clock, rtt=0.05)
+            limits.append(limiter.limit)
+        return limits
+
+    assert asyncio.run(scenario()) == [8, 16, 32, 64, 64, 64]
+    assert limiter.slow_start
+
+
+def test_first_backpressure_ends_slow_start_then_growth_is_additive() -> None:
+    """A 429 ends slow start with a multiplicative cut; from then on +1 per window (AIMD)."""
+    clock = FakeClock()
+    limiter = _limiter(clock, min_limit=4, max_limit=100)
+
+    async def scenario() -> list[int]:
+        limits = []
+        for outcome in (OK, OK, SLOW_DOWN, OK, OK, OK):
+            await _window(limiter, clock, rtt=0.1, outcome=outcome)
+            limits.append(limiter.limit)
+        return limits
+
+    assert asyncio.run(scenario()) == [8, 16, 14, 15, 16, 17]
+    assert not limiter.slow_start
+
+
+def test_first_latency_rise_ends_slow_start_then_growth_is_additive() -> None:
+    """A window whose RTT rises well above the baseline ends slow start like a 429 does."""
+    clock = FakeClock()
+    limiter = _limiter(clock, min_limit=4, max_limit=100)
+
+    async def scenario() -> list[int]:
+        limits = []
+        for rtt in (0.1, 0.1, 0.1, 0.5, 0.1, 0.1):
+            await _window(limiter, clock, rtt=rtt)
+            limits.append(limiter.limit)
+        return limits
+
+    assert asyncio.run(scenario()) == [8, 16, 32, 28, 29, 30]
+    assert not limiter.slow_start
 
 
 def test_limit_grows_by_one_per_window_while_rtt_is_flat() -> None:
-    """Additive increase: a saturated limit with a steady RTT goes up one per window."""
+    """Additive increase: without slow start, a saturated limit with a steady RTT goes up one
+    per window."""
     clock = FakeClock()
-    limiter = _limiter(clock, min_limit=2, max_limit=10)
+    limiter = _limiter(clock, min_limit=2, max_limit=10, slow_start_factor=1.0)
 
     async def scenario() -> list[int]:
         limits = []
@@ -70,7 +125,8 @@ def test_limit_never_exceeds_max() -> None:
 
 
 def test_backpressure_cuts_the_limit_multiplicatively() -> None:
-    """A 429 in the window multiplies the limit by 0.9 (at least one less), bounded by min."""
+    """A 429 in the window multiplies the limit by 0.9 (at least one less), bounded by min;
+    429s of requests sent before a cut do not cut again (one cut per congestion episode)."""
     clock = FakeClock()
     limiter = _limiter(clock, min_limit=2, max_limit=100, initial_limit=50)
 
@@ -100,7 +156,7 @@ def test_backpressure_stops_at_min_limit() -> None:
 def test_rising_rtt_cuts_the_limit() -> None:
     """When the window's RTT jumps well above the baseline, the limit goes down."""
     clock = FakeClock()
-    limiter = _limiter(clock, min_limit=1, max_limit=100, initial_limit=20)
+    limiter = _limiter(clock, min_limit=1, max_limit=100, initial_limit=20, slow_start_factor=1)
 
     async def scenario() -> tuple[int, int]:
         for _ in range(6):
@@ -191,9 +247,11 @@ def test_unobserved_release_is_neutral() -> None:
 
 
 def test_limiter_rejects_bad_bounds() -> None:
-    """min_limit above max_limit is a configuration error."""
+    """min_limit above max_limit, or a slow start that shrinks, is a configuration error."""
     with pytest.raises(ValueError, match="min_limit"):
         AdaptiveLimiter(clock=FakeClock(), min_limit=5, max_limit=2)
+    with pytest.raises(ValueError, match="slow_start_factor"):
+        AdaptiveLimiter(clock=FakeClock(), slow_start_factor=0.5)
 
 
 def test_token_bucket_spends_burst_then_spaces_requests() -> None:

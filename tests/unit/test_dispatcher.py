@@ -15,6 +15,7 @@ import pytest
 
 from consumer.engine.dispatcher import Dispatcher, Job
 from consumer.engine.watermark import Watermarks
+from tests.fakes import FakeClock
 
 GRACE_NEVER_REACHED = 3_600.0
 
@@ -174,6 +175,92 @@ def test_partition_pauses_at_its_bound_and_resumes_below_half() -> None:
         jobs.complete(0, 1)
         await settle()
         assert dispatcher.saturated_partitions({0, 1}) == frozenset()
+
+    run(scenario)
+
+
+def test_a_draining_partition_resumes_while_it_still_holds_a_refills_worth() -> None:
+    """The low mark covers a refill: draining at 20 records/s with a 0.5 s refill, a partition
+    paused at 10 resumes at 8 in flight (static marks would hold it until 5), so its next
+    records arrive before its lanes run dry."""
+
+    async def scenario() -> None:
+        jobs, clock = Jobs(), FakeClock()
+        dispatcher = Dispatcher(
+            max_in_flight_per_partition=10,
+            max_in_flight=100,
+            clock=clock.monotonic,
+            refill_seconds=0.5,
+        )
+        for offset in range(10):
+            dispatcher.submit(0, offset, f"k{offset}", jobs.job(0, offset))
+        assert dispatcher.saturated_partitions({0}) == {0}
+        await settle()
+        jobs.complete(0, 0)
+        jobs.complete(0, 1)
+        await settle()
+        clock.advance(0.1)
+        assert dispatcher.saturated_partitions({0}) == frozenset()
+        assert (dispatcher.in_flight(0), dispatcher.low_marks(0)) == (8, (9, 50))
+
+    run(scenario)
+
+
+def test_the_total_low_mark_covers_a_refill_too() -> None:
+    """Every partition paused at the total bound resumes once the total drains to a refill's
+    worth at the measured rate, not at half."""
+
+    async def scenario() -> None:
+        jobs, clock = Jobs(), FakeClock()
+        dispatcher = Dispatcher(
+            max_in_flight_per_partition=100, max_in_flight=10, clock=clock.monotonic
+        )
+        for offset in range(10):
+            dispatcher.submit(offset % 2, offset, f"k{offset}", jobs.job(offset % 2, offset))
+        assert dispatcher.saturated_partitions([0, 1]) == {0, 1}
+        await settle()
+        jobs.complete(0, 0)
+        await settle()
+        clock.advance(0.1)
+        assert dispatcher.saturated_partitions([0, 1]) == frozenset()
+        assert dispatcher.total_in_flight() == 9
+
+    run(scenario)
+
+
+def test_the_refill_time_is_measured_from_resume_to_the_next_record() -> None:
+    """A partition's first record after its resume samples the refill time (EWMA); a record
+    much later is new traffic, not a refill, and is not sampled."""
+
+    async def scenario() -> None:
+        jobs, clock = Jobs(), FakeClock()
+        dispatcher = Dispatcher(
+            max_in_flight_per_partition=2, max_in_flight=100, clock=clock.monotonic
+        )
+        dispatcher.submit(0, 0, "a", jobs.job(0, 0))
+        dispatcher.submit(0, 1, "b", jobs.job(0, 1))
+        assert dispatcher.saturated_partitions({0}) == {0}
+        await settle()
+        jobs.complete(0, 0)
+        jobs.complete(0, 1)
+        await settle()
+        assert dispatcher.saturated_partitions({0}) == frozenset()  # resumed now
+        clock.advance(0.05)
+        dispatcher.submit(0, 2, "c", jobs.job(0, 2))
+        assert dispatcher.refill_seconds == pytest.approx(0.5 + 0.3 * (0.05 - 0.5))
+        dispatcher.submit(0, 3, "d", jobs.job(0, 3))
+        assert dispatcher.saturated_partitions({0}) == {0}
+        await settle()
+        jobs.complete(0, 2)
+        jobs.complete(0, 3)
+        await settle()
+        before = dispatcher.refill_seconds
+        assert dispatcher.saturated_partitions({0}) == frozenset()
+        clock.advance(30.0)
+        dispatcher.submit(0, 4, "e", jobs.job(0, 4))
+        assert dispatcher.refill_seconds == before
+        jobs.complete(0, 4)
+        await settle()
 
     run(scenario)
 

@@ -1,11 +1,13 @@
-"""The Kafka source's poll: what it does with the errors librdkafka reports as messages."""
+"""The Kafka source's poll (what it does with the errors librdkafka reports as messages) and
+its resume (how it wakes librdkafka's fetcher), over a stand-in for the librdkafka handle."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 from structlog.testing import capture_logs
 
 from consumer.adapters.kafka import KafkaSource
@@ -103,3 +105,45 @@ def test_an_offset_reset_is_logged_and_reported(
         ("kafka_offset_reset", "events", partition, offset, reset_to)
     ]
     assert len(inner.lines) == 3  # every line still reaches the configured logger
+
+
+class ResumingConsumer:
+    """Records resume and watermark calls; the watermark request fails for ``failing``."""
+
+    def __init__(self, failing: frozenset[int] = frozenset()) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self._failing = failing
+
+    def resume(self, parts: list[Any]) -> None:
+        self.calls.append(("resume", [tp.partition for tp in parts]))
+
+    def get_watermark_offsets(
+        self, tp: Any, timeout: float | None = None, cached: bool = False
+    ) -> tuple[int, int]:
+        self.calls.append(("watermarks", (tp.partition, cached)))
+        if tp.partition in self._failing:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+        return 0, 10
+
+
+def resumed(consumer: ResumingConsumer, partitions: list[int]) -> list[tuple[str, Any]]:
+    source = KafkaSource({}, "events")
+    source._consumer = consumer  # type: ignore[assignment]
+    try:
+        asyncio.run(source.resume(partitions))
+    finally:
+        source._executor.shutdown()
+    return consumer.calls
+
+
+def test_resume_wakes_the_fetcher_with_a_request_to_each_partitions_leader() -> None:
+    """librdkafka's fetcher with every partition paused notices a resume only within a second;
+    a request to the partition's leader (an uncached high watermark) wakes it at once."""
+    calls = resumed(ResumingConsumer(), [0, 2])
+    assert calls == [("resume", [0, 2]), ("watermarks", (0, False)), ("watermarks", (2, False))]
+
+
+def test_a_failed_wake_up_is_not_retried_for_the_other_partitions() -> None:
+    """With the leader away, the loop must not wait once per partition: one try per resume."""
+    calls = resumed(ResumingConsumer(failing=frozenset({0})), [0, 1])
+    assert calls == [("resume", [0, 1]), ("watermarks", (0, False))]

@@ -61,6 +61,8 @@ class Harness:
     max_commit_distance: int = 100_000
     pipeline: Any = None
     clock: FakeClock | None = None
+    flow_clock: FakeClock | None = None
+    """The dispatcher's clock for its flow measurements (``None``: static low marks)."""
     housekeeping: Callable[[], Coroutine[Any, Any, None]] | None = None
 
     def __post_init__(self) -> None:
@@ -73,6 +75,7 @@ class Harness:
             max_in_flight=self.max_in_flight,
             max_commit_distance=self.max_commit_distance,
             watermarks=self.watermarks,
+            clock=None if self.flow_clock is None else self.flow_clock.monotonic,
         )
         self.gate = AuthGate(probe_interval=NEVER)
         self.breaker = PauseGate()
@@ -163,6 +166,74 @@ def test_a_partition_with_full_lanes_pauses_and_resumes_at_half() -> None:
             await h.source.passes()
             expected = [("pause", [0]), ("resume", [0])]
             assert expected == [a for a in h.source.actions[mark:] if a[0] in {"pause", "resume"}]
+
+    run(scenario)
+
+
+def test_intake_resumes_before_the_pipeline_runs_dry() -> None:
+    """Draining at 20 records/s with a 0.5 s refill, a partition paused at 10 in flight resumes
+    at 8 (not at half), and its next records are fetched before its lanes are empty."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        h = Harness(
+            opts=options(max_poll_records=10), max_in_flight_per_partition=10, flow_clock=clock
+        )
+        async with h.running():
+            h.records(0, *range(30))
+            await h.source.until(lambda: 0 in h.source.paused)
+            await h.source.passes()
+            assert len(h.held.started) == 10
+            h.held.finish(0, 0)
+            h.held.finish(0, 1)
+            await h.source.until(lambda: h.dispatcher.in_flight(0) == 8)
+            clock.advance(0.1)
+            await h.source.until(lambda: h.source.handed[0] > 10)
+            assert h.held.finished == [(0, 0), (0, 1)], "fetched again with 8 still in flight"
+
+    run(scenario)
+
+
+def test_a_partition_below_its_mark_keeps_fetching_while_a_full_one_is_paused() -> None:
+    """Per-partition pause: partition 0 full and paused, partition 1 still receives records."""
+
+    async def scenario() -> None:
+        h = Harness(assign=(0, 1), opts=options(max_poll_records=4), max_in_flight_per_partition=4)
+        async with h.running():
+            h.records(0, *range(6))
+            await h.source.until(lambda: h.source.paused == {0})
+            h.records(1, 0, 1, 2)
+            await h.source.until(lambda: h.source.handed.get(1, 0) == 3)
+            assert (h.source.paused, h.source.handed[0]) == ({0}, 4)
+
+    run(scenario)
+
+
+def test_records_received_while_paused_stay_within_the_bound_plus_one_poll_batch() -> None:
+    """With low marks just under the high ones (fast drain), intake flaps at the bound, yet
+    the records in flight never exceed max_in_flight plus one poll batch."""
+
+    async def scenario() -> None:
+        clock, batch, bound = FakeClock(), 4, 6
+        h = Harness(
+            assign=(0, 1),
+            opts=options(max_poll_records=batch),
+            max_in_flight=bound,
+            max_in_flight_per_partition=100,
+            flow_clock=clock,
+        )
+        async with h.running():
+            h.records(0, *range(40))
+            h.records(1, *range(40))
+            await h.source.until(lambda: h.source.paused == {0, 1})
+            for _ in range(30):
+                running = h.held.running()
+                h.held.finish(*running[0])
+                clock.advance(0.1)
+                await h.source.passes()
+            received = sum(h.source.handed.values())
+            assert received > bound + batch, "intake went on"
+            assert max(h.telemetry.in_flight_counts) <= bound + batch
 
     run(scenario)
 
