@@ -32,7 +32,7 @@ from consumer.domain.profile_codec import (
     encode_profile,
     read_expires_at,
 )
-from consumer.domain.profile_epoch import FENCE_KEY, epoch_of, fence_value
+from consumer.domain.profile_epoch import FENCE_KEY, epoch_of, fence_value, stamp
 from consumer.engine.profiles import ChangelogWrite, ProfileStore
 
 DAY = 86_400_000
@@ -497,3 +497,34 @@ def test_an_unknown_profile_format_stops_the_service_with_a_clear_error() -> Non
 
     with pytest.raises(ConsumerError, match="unsupported profile format version 99"):
         read_expires_at(bytes([99]) + bytes(8))
+
+
+def test_a_partition_restored_off_the_store_is_installed_whole_with_its_fencing() -> None:
+    """A restore fills a ``PartitionRestore`` (the restore's own thread) with the same fencing
+    rules; the store holds nothing of the partition until ``install``, then every profile at
+    once, the highest epoch seen and the count; a restore cancelled before ``install`` leaves
+    nothing behind."""
+    store = ProfileStore(RETENTION)
+    store.put(0, b"live", typical_profile())
+    writer = ProfileStore(RETENTION)
+    writer.restore(1, FENCE_KEY, fence_value(4))
+    writer.claim_epoch(1)
+    newer = writer.put(1, b"k", typical_profile())
+    late = stamp(encode_profile(typical_profile(), 1), 2)
+
+    restore = store.restoring(1)
+    restore.apply([(FENCE_KEY, fence_value(5)), (b"k", newer), (b"k", late), (b"gone", newer)])
+    restore.apply([(b"gone", None)])
+    held_before = (len(store), store.count(1), store.get(1, b"k"))
+    store.install(restore)
+    assert held_before == (1, 0, None)
+    assert (len(store), store.get(1, b"k"), store.fenced, store.claim_epoch(1)) == (
+        2,
+        typical_profile(),
+        1,
+        6,
+    )
+    abandoned = store.restoring(2)
+    abandoned.apply([(b"x", newer)])
+    store.drop_partition(2)
+    assert (len(store), store.count(2)) == (2, 0)
