@@ -194,6 +194,10 @@ class KafkaSettings(_Section):
         common = {k: v for k, v in self._common().items() if not k.startswith(_GROUP_ONLY)}
         return ClientConfig(
             {
+                # Prefetch at most 16 MB (librdkafka's default is 64 MB): the restore of a large
+                # changelog is read as fast as it is applied, and the pod's peak memory is the
+                # profiles plus this queue. A KAFKA_CONFIG_ property overrides it.
+                "queued.max.messages.kbytes": 16384,
                 **common,
                 "group.id": group_id,
                 "auto.offset.reset": "earliest",
