@@ -1,10 +1,11 @@
 """The profiles of the partitions this process owns, held in memory as their changelog bytes.
 
 Memory is the constraint: a pod must hold about a million profiles. So the ``ProfileStore``
-keeps each profile as the same compact bytes it writes to the compacted changelog topic (format
-version 4: about 75 bytes for a token and a device id, about 250 with one two-line order, several
-times less than the same profile as Python objects) and decodes one on ``get`` (tens of microseconds); restoring a
-partition stores the changelog values without decoding them.
+keeps each profile as the same compact bytes it writes to the compacted changelog topic
+(format version 4: about 75 bytes for a token and a device id, about 250 with one two-line
+order, several times less than the same profile as Python objects) and decodes one on ``get``
+(tens of microseconds); restoring a partition stores the changelog values without decoding
+them.
 
 A partition is restored off the store (``PartitionRestore``, on the restore's own thread,
 beside the poll loop) and installed whole when its changelog has been read, so a revoke during

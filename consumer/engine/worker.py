@@ -191,8 +191,9 @@ class Worker:
     async def _assigned_in_loop(self, partitions: list[int]) -> None:
         # Idle time counts from the assignment: new partitions have not been fetched yet.
         self._last_record = self._now()
+        # Not reported yet: the first report makes the service ready (``/readyz``), which it
+        # is once a partition's profiles are back, as before the restore left this callback.
         self._restores.start(partitions)
-        self._report_partitions()
 
     def _restored(self, partitions: list[int], records: int, seconds: float) -> None:
         """On the loop: the restore of ``partitions`` is complete (their fence written)."""
