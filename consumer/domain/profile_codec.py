@@ -53,7 +53,7 @@ from consumer.domain.profile import (
     StoredOrder,
     StoredRefund,
 )
-from consumer.domain.profile_epoch import unstamp
+from consumer.domain.profile_epoch import STAMP_MARKER, epoch_of, unstamp
 from consumer.errors import ConsumerError
 
 FORMAT_VERSION = 4
@@ -64,6 +64,7 @@ _VERSION_3 = 3
 """The tree of version 3 (histories, order ledgers) is version 4's, as JSON."""
 _READABLE_VERSIONS = frozenset({_VERSION_1, _VERSION_2, _VERSION_3, FORMAT_VERSION})
 _HEADER = struct.Struct(">Bq")
+_STAMPED_HEADER = 5 + _HEADER.size  # the epoch envelope's marker and epoch, then the header
 _SENT_UNKNOWN = 1  # an order of an older format was sent to Button; its body digest is unknown
 
 
@@ -426,6 +427,22 @@ def read_expires_at(value: bytes) -> int:
         ProfileDecodeError: too short, or a format version this code does not know.
     """
     return _read_header(unstamp(value))[1]
+
+
+def restored_epoch(value: bytes) -> int:
+    """The owner epoch of a changelog value (``consumer.domain.profile_epoch``), once its
+    format version is checked: what the restore needs of each of a million values, in one call.
+
+    Raises:
+        ProfileDecodeError: too short, or a format version this code does not know.
+    """
+    if value and value[0] == STAMP_MARKER:
+        if len(value) >= _STAMPED_HEADER and value[5] in _READABLE_VERSIONS:
+            return int.from_bytes(value[1:5])
+    elif len(value) >= _HEADER.size and value[0] in _READABLE_VERSIONS:
+        return 0
+    read_expires_at(value)  # raises with the reason
+    return epoch_of(value)
 
 
 def _read_header(value: bytes) -> tuple[int, int]:

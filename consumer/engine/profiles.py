@@ -29,7 +29,12 @@ from datetime import datetime
 import structlog
 
 from consumer.domain.profile import Profile, Retention, epoch_ms, expires_at_ms
-from consumer.domain.profile_codec import decode_profile, encode_profile, read_expires_at
+from consumer.domain.profile_codec import (
+    decode_profile,
+    encode_profile,
+    read_expires_at,
+    restored_epoch,
+)
 from consumer.domain.profile_epoch import FENCE_KEY, epoch_of, read_fence, stamp
 from consumer.ports import Changelog
 
@@ -251,8 +256,7 @@ class PartitionRestore:
             if value is None:
                 profiles.pop(key, None)
                 continue
-            read_expires_at(value)
-            written = epoch_of(value)
+            written = restored_epoch(value)
             held = profiles.get(key)
             if held is not None and written < epoch_of(held):
                 # A former owner's late write, after the new owner's value: ignore it.

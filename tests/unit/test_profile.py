@@ -35,6 +35,7 @@ from consumer.domain.profile_codec import (
     decode_profile,
     encode_profile,
     read_expires_at,
+    restored_epoch,
 )
 from consumer.domain.profile_epoch import FENCE_KEY, epoch_of, fence_value, stamp
 from consumer.engine.profiles import ChangelogWrite, ProfileStore
@@ -581,3 +582,14 @@ def test_a_partition_restored_off_the_store_is_installed_whole_with_its_fencing(
     abandoned.apply([(b"x", newer)])
     store.drop_partition(2)
     assert (len(store), store.count(2)) == (2, 0)
+
+
+def test_the_restore_reads_the_epoch_and_checks_the_version_in_one_step() -> None:
+    """``restored_epoch``: the owner epoch of a value (0 without the envelope); a value of an
+    unknown format version, or too short for its header, is refused, stamped or not."""
+    value = encode_profile(typical_profile(), 1)
+    assert (restored_epoch(value), restored_epoch(stamp(value, 70_000))) == (0, 70_000)
+    assert restored_epoch(VERSION_1_VALUE) == 0
+    for bad in (b"", value[:5], bytes([9]) + value[1:], stamp(bytes([9]) + value[1:], 3)):
+        with pytest.raises(ProfileDecodeError):
+            restored_epoch(bad)
