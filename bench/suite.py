@@ -469,13 +469,36 @@ def infrastructure(args: argparse.Namespace) -> Iterator[tuple[str, SandboxHandl
             yield kafka.bootstrap_servers, sandbox
 
 
+def _args_json(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: (v.name if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
+def _state_pair(bench: Bench) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The state test with ``--profiles`` profiles, then with an empty changelog."""
+    bench.say(f"state: {bench.args.profiles:,} profiles")
+    state = run_state(bench, bench.args.profiles)
+    empty = run_state(bench, 0)
+    bench.say(
+        f"  restart to first delivery {state['restart_to_first_delivery_s']:.1f}s"
+        f" (empty changelog {empty['restart_to_first_delivery_s']:.1f}s),"
+        f" peak RSS {state['peak_rss_mb']:.0f} MB (empty {empty['peak_rss_mb']:.0f} MB)"
+    )
+    return state, empty
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = ROOT / ".cache" / "bench" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     work.mkdir(parents=True, exist_ok=True)
-    python = quix_python(args)
-    connect = None if args.skip_connect else connect_peer.prepare()
+    state_only = args.only == "state"
+    python = None if state_only else quix_python(args)
+    connect = None if state_only or args.skip_connect else connect_peer.prepare()
     with infrastructure(args) as (bootstrap, sandbox):
         bench = Bench(args, bootstrap, sandbox, work, python, connect)
+        if state_only:
+            state, empty = _state_pair(bench)
+            if args.keep_work is False:
+                shutil.rmtree(work, ignore_errors=True)
+            return {"args": _args_json(args), "state": state, "state_empty": empty}
         tag = uuid.uuid4().hex[:6]
         now = datetime.now(UTC)
         bench.say(f"loading {args.forward:,} purchases and {args.filter:,} filter events ...")
@@ -544,18 +567,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 bench.say(
                     f"  {limit} in flight: service {rate(svc):,.0f}/s, http {rate(http):,.0f}/s"
                 )
-        bench.say(f"state: {args.profiles:,} profiles")
-        state = run_state(bench, args.profiles)
-        empty = run_state(bench, 0)
-        bench.say(
-            f"  restart to first delivery {state['restart_to_first_delivery_s']:.1f}s"
-            f" (empty changelog {empty['restart_to_first_delivery_s']:.1f}s),"
-            f" peak RSS {state['peak_rss_mb']:.0f} MB (empty {empty['peak_rss_mb']:.0f} MB)"
-        )
+        state, empty = _state_pair(bench)
     if args.keep_work is False:
         shutil.rmtree(work, ignore_errors=True)
     return {
-        "args": {k: (v.name if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "args": _args_json(args),
         "forward": fwd,
         "filter": flt,
         "sweep": sweep,
@@ -595,10 +611,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-connect", action="store_true", help="no Kafka Connect peer")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     parser.add_argument("--keep-work", action="store_true", help="keep logs in .cache/bench/")
+    parser.add_argument(
+        "--only",
+        choices=("all", "state"),
+        default="all",
+        help="state: only the state test, its result in OUT/state.json (latest.* untouched)",
+    )
     args = parser.parse_args(argv)
     raw = run(args)
-    latest = summarise(raw)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.only == "state":
+        (args.out / "state.json").write_text(json.dumps(raw, indent=2, default=str) + "\n")
+        return 0
+    latest = summarise(raw)
     (args.out / "latest.json").write_text(json.dumps(latest, indent=2) + "\n")
     (args.out / "latest-rounds.json").write_text(json.dumps(raw, indent=2, default=str) + "\n")
     (args.out / "latest.md").write_text(markdown(raw, latest))

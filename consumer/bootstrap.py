@@ -26,7 +26,7 @@ from consumer.adapters.button_client import ButtonClient
 from consumer.adapters.kafka import AckingProducer, KafkaSource, describe_topics, ensure_topics
 from consumer.adapters.logging import configure_logging
 from consumer.adapters.metrics import Metrics
-from consumer.adapters.telemetry import ServiceTelemetry, TimedChangelog
+from consumer.adapters.telemetry import RestoreReport, ServiceTelemetry, TimedChangelog
 from consumer.adapters.topics import (
     RESTORE_GROUP_ID,
     KafkaChangelog,
@@ -47,6 +47,7 @@ from consumer.engine.parking import Parking, ParkingLot
 from consumer.engine.pipeline import Pipeline, PipelineDeps
 from consumer.engine.processor import ProfileProcessor
 from consumer.engine.profiles import ProfileExpiry, ProfileStore
+from consumer.engine.restore import RestoreCancel, RestoreFn
 from consumer.engine.watermark import Watermarks
 from consumer.engine.worker import RunStats, Worker, WorkerOptions
 from consumer.errors import BrokerError, ConfigError, ConsumerError
@@ -299,6 +300,52 @@ def _retry_policy(d: DeliverySettings) -> RetryPolicy:
     )
 
 
+def _restorer(
+    s: Settings, store: ProfileStore, producer: AckingProducer, telemetry: ServiceTelemetry
+) -> RestoreFn:
+    """The worker's restore: read the changelog partitions into ``store``, then fence them."""
+
+    def restore(partitions: list[int], cancel: RestoreCancel) -> int:
+        """On a thread of its own, beside the poll loop (``consumer.engine.restore``)."""
+        restores = {p: store.restoring(p) for p in partitions}
+        progress = RestoreReport(partitions, telemetry)
+
+        def apply(partition: int, records: list[tuple[bytes, bytes | None]]) -> None:
+            restores[partition].apply(records)
+
+        telemetry.restore_started(len(partitions))
+        try:
+            read = restore_partitions(
+                s.kafka.reader_config(RESTORE_GROUP_ID),
+                s.kafka.profile_topic,
+                partitions,
+                apply,
+                cancelled=cancel.cancelled,
+                progress=progress.batch,
+            )
+        finally:
+            telemetry.restore_finished(partitions)
+        # Install what was read whole; a partition revoked meanwhile is left out (its job
+        # drops whatever it holds of it).
+        partitions = [p for p in partitions if not cancel.cancelled(p)]
+        for partition in partitions:
+            store.install(restores.pop(partition))
+        # Fence former owners (DESIGN, 7): claim an epoch above every one in the partition and
+        # write it before any record is processed; a late write of a former owner now carries a
+        # lower epoch than this owner's values and is ignored by every later restore.
+        for partition in partitions:
+            epoch = store.claim_epoch(partition)
+            producer.send_nowait(
+                s.kafka.profile_topic, FENCE_KEY, fence_value(epoch), partition=partition
+            )
+        if partitions and producer.settle(s.delivery.shutdown_timeout_seconds):
+            raise BrokerError(f"the changelog fence of partitions {partitions} was not written")
+        telemetry.profiles_held(len(store))
+        return read
+
+    return restore
+
+
 def build(settings: Settings, registry: CollectorRegistry | None = None) -> Service:
     """Construct and wire the whole service; no network I/O happens here.
 
@@ -386,33 +433,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         await expiry.run()
         telemetry.profiles_held(len(store))
 
-    def restore(partitions: list[int]) -> int:
-        def restore_one(partition: int, key: bytes, value: bytes | None) -> None:
-            store.restore(partition, key, value)
-            telemetry.restore_progress()
-
-        telemetry.restore_started(len(partitions))
-        try:
-            read = restore_partitions(
-                s.kafka.reader_config(RESTORE_GROUP_ID),
-                s.kafka.profile_topic,
-                partitions,
-                restore_one,
-            )
-        finally:
-            telemetry.restore_finished(len(partitions))
-        # Fence former owners (DESIGN, 7): claim an epoch above every one in the partition and
-        # write it before any record is processed; a late write of a former owner now carries a
-        # lower epoch than this owner's values and is ignored by every later restore.
-        for partition in partitions:
-            epoch = store.claim_epoch(partition)
-            producer.send_nowait(
-                s.kafka.profile_topic, FENCE_KEY, fence_value(epoch), partition=partition
-            )
-        if partitions and producer.settle(s.delivery.shutdown_timeout_seconds):
-            raise BrokerError(f"the changelog fence of partitions {partitions} was not written")
-        telemetry.profiles_held(len(store))
-        return read
+    restore = _restorer(s, store, producer, telemetry)
 
     def drop(partitions: list[int]) -> None:
         for p in partitions:

@@ -197,6 +197,13 @@ class KafkaSettings(_Section):
         common = {k: v for k, v in self._common().items() if not k.startswith(_GROUP_ONLY)}
         return ClientConfig(
             {
+                # Prefetch at most 16 MB (librdkafka's default is 64 MB): the restore of a large
+                # changelog is read as fast as it is applied, and the pod's peak memory is the
+                # profiles plus this queue. When the queue is full librdkafka postpones the next
+                # fetch by fetch.queue.backoff.ms (default 1 s): 10 ms halved the read time of a
+                # million profiles. A KAFKA_CONFIG_ property overrides either.
+                "queued.max.messages.kbytes": 16384,
+                "fetch.queue.backoff.ms": 10,
                 **common,
                 "group.id": group_id,
                 "auto.offset.reset": "earliest",

@@ -68,6 +68,7 @@ class Metrics:
     profile_restore_seconds: Histogram
     restoring_partitions: Gauge
     restored_records: Counter
+    restore_remaining: Gauge
     changelog_write_seconds: Histogram
     ready: Gauge
 
@@ -216,6 +217,11 @@ class Metrics:
             ),
             restored_records=counter(
                 "restored_records", "Changelog records read while restoring profiles."
+            ),
+            restore_remaining=gauge(
+                "restore_remaining_records",
+                "Changelog records left to read before a restoring partition's records flow.",
+                ("partition",),
             ),
             changelog_write_seconds=histogram(
                 "changelog_write_seconds",

@@ -10,6 +10,7 @@ real changelog without the engine knowing.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -23,6 +24,7 @@ from consumer.domain.policy import BREAKER_REASONS
 from consumer.ports import Changelog, Delivery
 
 log = structlog.get_logger("consumer.record")
+progress_log = structlog.get_logger("consumer.restore")
 
 SUCCESSES = frozenset({"delivered", "skipped", "dry_run"})
 """Outcomes whose summary lines are sampled (``LOG_SUCCESS_SAMPLE_RATE``); the others always log."""
@@ -195,8 +197,13 @@ class ServiceTelemetry:
     def restore_started(self, partitions: int) -> None:
         self.metrics.restoring_partitions.inc(partitions)
 
-    def restore_progress(self, records: int = 1) -> None:
+    def restore_progress(
+        self, records: int = 1, partition: int | None = None, remaining: int | None = None
+    ) -> None:
+        """``records`` more changelog records read; ``remaining`` left in ``partition``."""
         self.metrics.restored_records.inc(records)
+        if partition is not None and remaining is not None:
+            self.metrics.restore_remaining.labels(str(partition)).set(remaining)
 
     def offset_reset(self, partition: int, reset_to: str) -> None:
         """A partition was moved by ``auto.offset.reset`` (``reset_to``: earliest, latest,
@@ -204,11 +211,46 @@ class ServiceTelemetry:
         known = reset_to if reset_to in OFFSET_RESET_TARGETS else "other"
         self.metrics.offset_resets.labels(known).inc()
 
-    def restore_finished(self, partitions: int) -> None:
-        self.metrics.restoring_partitions.dec(partitions)
+    def restore_finished(self, partitions: list[int]) -> None:
+        """The restore of ``partitions`` ended (completed, cancelled or failed)."""
+        self.metrics.restoring_partitions.dec(len(partitions))
+        for partition in partitions:
+            with contextlib.suppress(KeyError):  # nothing was read (an empty partition)
+                self.metrics.restore_remaining.remove(str(partition))
 
     def changelog_written(self, seconds: float) -> None:
         self.metrics.changelog_write_seconds.observe(seconds)
+
+
+class RestoreReport:
+    """Restore progress of one assignment: metrics per batch, a ``restore_progress`` log line
+    per partition at most every ``interval`` seconds (called from the restore's thread)."""
+
+    def __init__(
+        self,
+        partitions: list[int],
+        telemetry: ServiceTelemetry,
+        interval: float = 5.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._telemetry = telemetry
+        self._interval = interval
+        self._now = monotonic
+        self._read = dict.fromkeys(partitions, 0)
+        self._logged = dict.fromkeys(partitions, monotonic())
+
+    def batch(self, partition: int, records: int, remaining: int) -> None:
+        self._telemetry.restore_progress(records, partition, remaining)
+        self._read[partition] = self._read.get(partition, 0) + records
+        now = self._now()
+        if now - self._logged.get(partition, now) >= self._interval:
+            self._logged[partition] = now
+            progress_log.info(
+                "restore_progress",
+                partition=partition,
+                restored=self._read[partition],
+                remaining=remaining,
+            )
 
 
 class TimedChangelog:

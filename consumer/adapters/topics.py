@@ -57,30 +57,41 @@ class KafkaChangelog:
 RESTORE_GROUP_ID = "button-consumer-restore"
 
 
+RestoreProgress = Callable[[int, int, int], None]
+"""Called per batch with (partition, records read in the batch, records left to its end)."""
+
+
 def restore_partitions(
     config: Mapping[str, Any],
     topic: str,
     partitions: list[int],
-    apply: Callable[[int, bytes, bytes | None], None],
+    apply: Callable[[int, list[tuple[bytes, bytes | None]]], None],
+    *,
+    cancelled: Callable[[int], bool] = lambda _partition: False,
+    progress: RestoreProgress | None = None,
     timeout: float = 120.0,
 ) -> int:
-    """Read changelog partitions from the beginning to their end, calling ``apply`` per record.
+    """Read changelog partitions from the beginning to their end, a batch at a time.
 
-    Blocking: it runs on the Kafka thread inside the assignment callback, so a partition's
-    records are processed only after its profiles are back.
+    Blocking: the worker runs it on a thread of its own, beside the poll loop, while the
+    partitions stay paused; their records are processed only after it returned.
 
     Args:
         config: reader properties, ``KafkaSettings.reader_config(RESTORE_GROUP_ID)``.
         topic: the changelog topic.
         partitions: the partitions to restore.
-        apply: called with (partition, key, value or None for a tombstone) per keyed record.
-        timeout: seconds for finding the partitions' ends, and again for reading them.
+        apply: called with (partition, [(key, value or None for a tombstone), ...]) per batch
+            of keyed records, in offset order.
+        cancelled: asked between batches; a partition it names is read no further.
+        progress: told after each batch how far a partition got (``RestoreProgress``).
+        timeout: seconds for finding the partitions' ends, and seconds without progress
+            before the read gives up (a long restore that progresses is never cut short).
 
     Returns:
         the number of records applied.
 
     Raises:
-        BrokerError: reading failed or timed out.
+        BrokerError: reading failed or stalled.
         KafkaException: a partition's end could not be read.
     """
     if not partitions:
@@ -88,8 +99,10 @@ def restore_partitions(
     with PartitionReader(config, topic) as reader:
         marks = reader.watermarks(partitions, time.monotonic() + timeout)
         read = 0
-        for record in reader.read(marks, time.monotonic() + timeout):
-            if record.key is not None:
-                apply(record.partition, record.key, record.value)
-                read += 1
+        for partition, pairs, next_offset in reader.read_batches(marks, timeout, cancelled):
+            keyed = [(k, v) for k, v in pairs if k is not None]
+            apply(partition, keyed)
+            read += len(keyed)
+            if progress is not None:
+                progress(partition, len(pairs), max(marks[partition][1] - next_offset, 0))
         return read

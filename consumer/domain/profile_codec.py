@@ -6,9 +6,18 @@ at bytes it does not understand.
 
 Changelog value format, all integers big-endian::
 
-    byte 0      format version (1, 2 or 3)
+    byte 0      format version (1, 2, 3 or 4)
     bytes 1-8   expires_at, epoch milliseconds, signed: when nothing in the profile is useful
-    bytes 9-    UTF-8 JSON array (positional, no field names), see ``_to_json`` / ``_from_json``
+    bytes 9-    versions 1-3: UTF-8 JSON array (positional, no field names), see ``_to_json`` /
+                ``_from_json``; version 4: the same version-3 tree in a compact binary form
+
+Version 4 (written by this release, always) is version 3's tree of lists, strings, integers and
+nulls, each item a tag byte (``_pack``/``_unpack``): 0x00-0x7F the integer itself; 0x80-0x9F a
+UTF-8 string of 0-31 bytes; 0xA0-0xAF a list of 0-15 items; 0xC0 null; 0xC1 a varint length
+then a longer string; 0xC2 a varint length then a longer list; 0xC3 a zigzag varint integer;
+0xC4 / 0xC5 a lower- / upper-case canonical UUID string as its 16 bytes. About 40 % smaller
+than version 3 (133 bytes against 222 for a user after one purchase): the profiles of a pod are
+held in memory in this form.
 
 Version 1 is a 4-element array (token, IDFA, GAID, orders); version 2 appends a fifth, the parked
 orders. Version 3 (written by this release, always) holds histories: ``[tokens, idfas, gaids,
@@ -44,15 +53,18 @@ from consumer.domain.profile import (
     StoredOrder,
     StoredRefund,
 )
-from consumer.domain.profile_epoch import unstamp
+from consumer.domain.profile_epoch import STAMP_MARKER, epoch_of, unstamp
 from consumer.errors import ConsumerError
 
-FORMAT_VERSION = 3
-"""The format version written; versions 1 and 2 are still read."""
+FORMAT_VERSION = 4
+"""The format version written; versions 1, 2 and 3 are still read."""
 _VERSION_1 = 1
 _VERSION_2 = 2
-_READABLE_VERSIONS = frozenset({_VERSION_1, _VERSION_2, FORMAT_VERSION})
+_VERSION_3 = 3
+"""The tree of version 3 (histories, order ledgers) is version 4's, as JSON."""
+_READABLE_VERSIONS = frozenset({_VERSION_1, _VERSION_2, _VERSION_3, FORMAT_VERSION})
 _HEADER = struct.Struct(">Bq")
+_STAMPED_HEADER = 5 + _HEADER.size  # the epoch envelope's marker and epoch, then the header
 _SENT_UNKNOWN = 1  # an order of an older format was sent to Button; its body digest is unknown
 
 
@@ -186,12 +198,12 @@ def _refund_from_json(value: Any) -> StoredRefund:
 
 
 def _order_from_json(value: Any, version: int) -> StoredOrder:
-    raw = _list(value, 11 if version < FORMAT_VERSION else 13)
+    raw = _list(value, 11 if version < _VERSION_3 else 13)
     status = _STATUSES.get(_int(raw[4]))
     if status is None:
         raise ProfileDecodeError(f"unknown order status code {raw[4]}")
     purchase_ms = _int(raw[2])
-    if version < FORMAT_VERSION:  # refund event ids whose effect is in the stored state
+    if version < _VERSION_3:  # refund event ids whose effect is in the stored state
         refunds = tuple(StoredRefund(_str(r), purchase_ms, folded=True) for r in _list(raw[6]))
         exponent = None
         digest = 0 if status is OrderStatus.PENDING else _SENT_UNKNOWN
@@ -237,7 +249,7 @@ def _from_json(value: Any, version: int) -> Profile:
     raw = _list(value, 4 if version == _VERSION_1 else 5)
     orders = tuple(_order_from_json(o, version) for o in _list(raw[3]))
     parked = () if version == _VERSION_1 else tuple(_parked_from_json(p) for p in _list(raw[4]))
-    if version < FORMAT_VERSION:  # one token, IDFA and GAID: one-entry histories
+    if version < _VERSION_3:  # one token, IDFA and GAID: one-entry histories
         idfa, gaid = _stamped(raw[1]), _stamped(raw[2])
         return Profile(
             tokens=() if raw[0] is None else (_token(raw[0]),),
@@ -256,11 +268,156 @@ def _from_json(value: Any, version: int) -> Profile:
     )
 
 
+# -- version 4: the version-3 tree, packed ---------------------------------------------------
+
+_NULL = 0xC0
+_LONG_STR = 0xC1
+_LONG_LIST = 0xC2
+_INT = 0xC3
+_UUID_LOWER = 0xC4
+_UUID_UPPER = 0xC5
+_SHORT_STR = 0x80  # + length 0-31
+_SHORT_LIST = 0xA0  # + length 0-15
+_HEX = frozenset("0123456789abcdef")
+
+
+def _varint(out: bytearray, value: int) -> None:
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def _uuid_bytes(text: str) -> bytes | None:
+    """The 16 bytes of a canonical (8-4-4-4-12, one case) UUID string, else None."""
+    if len(text) != 36 or text[8] != "-" or text[13] != "-" or text[18] != "-" or text[23] != "-":
+        return None
+    digits = text.replace("-", "")
+    if len(digits) != 32 or not set(digits.lower()) <= _HEX:
+        return None
+    if digits != digits.lower() and digits != digits.upper():
+        return None
+    return bytes.fromhex(digits)
+
+
+def _pack_str(out: bytearray, item: str) -> None:
+    raw = _uuid_bytes(item) if len(item) == 36 else None
+    if raw is not None:
+        out.append(_UUID_LOWER if item == item.lower() else _UUID_UPPER)
+        out += raw
+        return
+    data = item.encode("utf-8")
+    if len(data) < 32:
+        out.append(_SHORT_STR | len(data))
+    else:
+        out.append(_LONG_STR)
+        _varint(out, len(data))
+    out += data
+
+
+def _pack(out: bytearray, item: Any) -> None:
+    if item is None:
+        out.append(_NULL)
+    elif isinstance(item, str):
+        _pack_str(out, item)
+    elif isinstance(item, bool):  # never in the tree; refused rather than read back as int
+        raise TypeError("a profile tree holds no booleans")
+    elif isinstance(item, int):
+        if 0 <= item < 0x80:
+            out.append(item)
+        else:
+            out.append(_INT)
+            _varint(out, item << 1 if item >= 0 else ((-item) << 1) - 1)
+    elif isinstance(item, list):
+        if len(item) < 16:
+            out.append(_SHORT_LIST | len(item))
+        else:
+            out.append(_LONG_LIST)
+            _varint(out, len(item))
+        for child in item:
+            _pack(out, child)
+    else:
+        raise TypeError(f"a profile tree holds no {type(item).__name__}")
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 70:
+            raise ProfileDecodeError("truncated or overlong varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _unpack(data: bytes, pos: int) -> tuple[Any, int]:
+    """The item at ``pos`` and the position after it."""
+    if pos >= len(data):
+        raise ProfileDecodeError("truncated profile")
+    tag = data[pos]
+    pos += 1
+    if tag < 0x80:
+        return tag, pos
+    if tag < _SHORT_LIST:
+        end = pos + (tag & 0x1F)
+        return _text(data, pos, end), end
+    if tag < _NULL:
+        if tag > _SHORT_LIST | 0x0F:
+            raise ProfileDecodeError(f"unknown tag {tag:#x}")
+        return _items(data, pos, tag & 0x0F)
+    if tag == _NULL:
+        return None, pos
+    return _unpack_tagged(tag, data, pos)
+
+
+def _unpack_tagged(tag: int, data: bytes, pos: int) -> tuple[Any, int]:
+    """An item of a tag from 0xC1 on (see ``_unpack``)."""
+    if tag == _INT:
+        raw, pos = _read_varint(data, pos)
+        return (raw >> 1) if not raw & 1 else -((raw + 1) >> 1), pos
+    if tag == _LONG_STR:
+        length, pos = _read_varint(data, pos)
+        return _text(data, pos, pos + length), pos + length
+    if tag == _LONG_LIST:
+        length, pos = _read_varint(data, pos)
+        return _items(data, pos, length)
+    if tag in (_UUID_LOWER, _UUID_UPPER):
+        if pos + 16 > len(data):
+            raise ProfileDecodeError("truncated profile")
+        h = data[pos : pos + 16].hex()
+        text = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        return (text if tag == _UUID_LOWER else text.upper()), pos + 16
+    raise ProfileDecodeError(f"unknown tag {tag:#x}")
+
+
+def _text(data: bytes, start: int, end: int) -> str:
+    if end > len(data):
+        raise ProfileDecodeError("truncated profile")
+    try:
+        return data[start:end].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProfileDecodeError(f"profile string is not UTF-8: {exc}") from exc
+
+
+def _items(data: bytes, pos: int, count: int) -> tuple[list[Any], int]:
+    if count > len(data) - pos:  # every item takes at least one byte
+        raise ProfileDecodeError("truncated profile")
+    items = []
+    for _ in range(count):
+        item, pos = _unpack(data, pos)
+        items.append(item)
+    return items, pos
+
+
 def encode_profile(profile: Profile, expires_at: int) -> bytes:
-    """The changelog value of ``profile`` (format version 3); ``expires_at`` (epoch ms) goes in
+    """The changelog value of ``profile`` (format version 4); ``expires_at`` (epoch ms) goes in
     the header."""
-    payload = json.dumps(_to_json(profile), ensure_ascii=False, separators=(",", ":"))
-    return _HEADER.pack(FORMAT_VERSION, expires_at) + payload.encode("utf-8")
+    out = bytearray(_HEADER.pack(FORMAT_VERSION, expires_at))
+    _pack(out, _to_json(profile))
+    return bytes(out)
 
 
 def read_expires_at(value: bytes) -> int:
@@ -270,6 +427,22 @@ def read_expires_at(value: bytes) -> int:
         ProfileDecodeError: too short, or a format version this code does not know.
     """
     return _read_header(unstamp(value))[1]
+
+
+def restored_epoch(value: bytes) -> int:
+    """The owner epoch of a changelog value (``consumer.domain.profile_epoch``), once its
+    format version is checked: what the restore needs of each of a million values, in one call.
+
+    Raises:
+        ProfileDecodeError: too short, or a format version this code does not know.
+    """
+    if value and value[0] == STAMP_MARKER:
+        if len(value) >= _STAMPED_HEADER and value[5] in _READABLE_VERSIONS:
+            return int.from_bytes(value[1:5])
+    elif len(value) >= _HEADER.size and value[0] in _READABLE_VERSIONS:
+        return 0
+    read_expires_at(value)  # raises with the reason
+    return epoch_of(value)
 
 
 def _read_header(value: bytes) -> tuple[int, int]:
@@ -288,10 +461,15 @@ def decode_profile(value: bytes) -> Profile:
     """The ``Profile`` encoded in a changelog value.
 
     Raises:
-        ProfileDecodeError: the bytes are not a version 1, 2 or 3 profile.
+        ProfileDecodeError: the bytes are not a version 1, 2, 3 or 4 profile.
     """
     value = unstamp(value)  # the owner-epoch envelope, if any (consumer.domain.profile_epoch)
     version, _ = _read_header(value)
+    if version == FORMAT_VERSION:
+        tree, end = _unpack(value, _HEADER.size)
+        if end != len(value):
+            raise ProfileDecodeError("trailing bytes after the profile")
+        return _from_json(tree, _VERSION_3)
     try:
         parsed = json.loads(value[_HEADER.size :].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

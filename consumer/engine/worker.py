@@ -10,8 +10,10 @@ is short on purpose; each step is a named collaborator:
   them while Button rejects the API key), and resumes them when they drain;
 - on revoke, the revoked partitions' in-flight work is finished (or abandoned at the deadline)
   and their finished offsets committed synchronously; on assign, the new partitions are paused
-  before their first fetch and their profiles restored from the changelog, and the next
-  back-pressure pass resumes those not wanted paused;
+  before their first fetch and their profiles restored from the changelog beside the loop
+  (``consumer.engine.restore``: polling goes on, a revoke cancels the restore); once restored,
+  a partition joins the assigned ones and the next back-pressure pass resumes it unless it is
+  wanted paused;
 - on stop (SIGTERM), fetching stops, in-flight work gets ``shutdown_timeout`` to finish, what
   is finished is committed, and the consumer leaves the group.
 """
@@ -30,6 +32,7 @@ import structlog
 from consumer.engine.authgate import AuthGate
 from consumer.engine.concurrency import PauseGate
 from consumer.engine.dispatcher import Dispatcher, Job
+from consumer.engine.restore import RestoreFn, Restores
 from consumer.engine.watermark import Watermarks
 from consumer.errors import ConsumerError
 from consumer.ports import Record, RecordHandler, Source, Telemetry
@@ -37,7 +40,6 @@ from consumer.ports import Record, RecordHandler, Source, Telemetry
 log = structlog.get_logger("consumer.worker")
 T = TypeVar("T")
 
-RestoreFn = Callable[[list[int]], int]
 DropFn = Callable[[list[int]], None]
 FlushFn = Callable[[float], int]
 """Waits up to the given seconds for the producer's queued writes; returns how many remain."""
@@ -103,7 +105,9 @@ class Worker:
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._assigned: set[int] = set()
+        """Partitions owned and restored (a restoring one is in ``_restores``)."""
         self._paused: set[int] = set()
+        self._restores = Restores(restore, drop, self._restored, monotonic)
         self._last_record = 0.0
         """Monotonic time of the last polled record or assignment (for ``stop_when_idle``)."""
         self.stats = RunStats()
@@ -112,20 +116,23 @@ class Worker:
         """Ask the loop to stop (safe from a signal handler on the loop's thread)."""
         self._stop.set()
 
+    @property
+    def restoring(self) -> frozenset[int]:
+        """Partitions assigned whose profiles are being restored (their records wait)."""
+        return self._restores.restoring
+
     # -- rebalance callbacks: Kafka thread --------------------------------------------------
 
     def on_assign(self, partitions: list[int]) -> None:
         # Force the state: a new partition is paused before it is ever fetched (librdkafka
         # starts a partition this member never owned unpaused, whatever the loop believes), so
         # nothing is read during the restore, during an auth pause or while the total bound is
-        # reached; the next back-pressure pass resumes what is not wanted paused.
+        # reached. Only scheduled here: the restore runs beside the poll loop, which must keep
+        # polling (a restore inside this callback would stop it for as long as it reads).
         self._source.pause_now(partitions)
-        started = self._now()
-        restored = self._restore(partitions)
         self._call_in_loop(self._assigned_in_loop, partitions)
-        self._telemetry.profiles_restored(self._now() - started)
         self._telemetry.rebalance("assign")
-        log.info("partitions_assigned", partitions=partitions, profiles_restored=restored)
+        log.info("partitions_assigned", partitions=partitions, restoring=partitions)
 
     def on_revoke(self, partitions: list[int]) -> None:
         try:
@@ -182,19 +189,32 @@ class Worker:
             raise ConsumerError("the event loop did not answer a rebalance callback") from None
 
     async def _assigned_in_loop(self, partitions: list[int]) -> None:
-        self._assigned.update(partitions)
         # Idle time counts from the assignment: new partitions have not been fetched yet.
+        self._last_record = self._now()
+        # Not reported yet: the first report makes the service ready (``/readyz``), which it
+        # is once a partition's profiles are back, as before the restore left this callback.
+        self._restores.start(partitions)
+
+    def _restored(self, partitions: list[int], records: int, seconds: float) -> None:
+        """On the loop: the restore of ``partitions`` is complete (their fence written)."""
+        self._assigned.update(partitions)
         self._last_record = self._now()
         # on_assign paused them on the Kafka thread: the next back-pressure pass resumes those
         # not saturated (and keeps every one paused while the auth gate is closed).
         self._paused.update(partitions)
         self._report_partitions()
+        self._telemetry.profiles_restored(seconds)
+        log.info(
+            "partitions_restored", partitions=partitions, records=records, seconds=round(seconds, 3)
+        )
 
     async def _revoke_in_loop(self, partitions: list[int], commit: bool) -> dict[int, int]:
         # A revoked partition's running records get revoke_timeout to finish; a lost one's are
         # abandoned at once: another member may own it already, so nothing more of it may reach
         # Button or be committed from here.
         grace = self._opt.revoke_timeout if commit else 0.0
+        # A partition still restoring has nothing to finish or commit: stop its restore.
+        await self._restores.cancel(partitions, self._opt.revoke_timeout)
         report = await self._dispatcher.revoke(partitions, grace)
         offsets = {p: o for p, o in report.committable.items() if commit and o is not None}
         if report.abandoned:
@@ -217,7 +237,11 @@ class Worker:
         last_lag = 0.0
         last_housekeeping = self._now()
         try:
-            while not self._stop.is_set() and self._dispatcher.failure is None:
+            while (
+                not self._stop.is_set()
+                and self._dispatcher.failure is None
+                and self._restores.failure is None
+            ):
                 records = await self._source.poll(
                     self._opt.max_poll_records, self._opt.poll_timeout
                 )
@@ -247,7 +271,7 @@ class Worker:
                     break
         finally:
             await self._shutdown()
-        failure = self._dispatcher.failure
+        failure = self._dispatcher.failure or self._restores.failure
         if failure is not None:
             raise failure
         return self.stats
@@ -284,7 +308,7 @@ class Worker:
         limit = self._opt.stop_when_idle
         if limit is None or not self._assigned:
             return False
-        if self._paused:
+        if self._paused or self._restores.restoring:
             self._last_record = now
             return False
         if now - self._last_record < limit or self._watermarks.total_in_flight() > 0:
@@ -310,7 +334,9 @@ class Worker:
         self._telemetry.in_flight(self._dispatcher.total_in_flight())
 
     def _report_partitions(self) -> None:
-        self._telemetry.partitions(len(self._assigned), len(self._paused))
+        # A restoring partition is assigned and paused (it is not fetched until restored).
+        restoring = self._restores.restoring
+        self._telemetry.partitions(len(self._assigned | restoring), len(self._paused | restoring))
 
     async def _apply_backpressure(self) -> None:
         # Every partition pauses while any gate is closed: the auth gate (Button refuses the
@@ -358,6 +384,7 @@ class Worker:
         if task is not None and not task.done():
             task.cancel()
             await asyncio.wait([task])
+        await self._restores.close(self._opt.revoke_timeout)
         if self._assigned:
             await self._source.pause(sorted(self._assigned))
         drained = await self._dispatcher.drain(self._opt.shutdown_timeout)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from consumer.adapters.kafka import AckingProducer, PartitionReader
+from consumer.adapters.topics import restore_partitions
 from consumer.errors import BrokerError
 from consumer.settings import Settings
 
@@ -107,3 +108,36 @@ def test_send_nowait_names_a_record_too_large_for_the_producer(
             producer.send_nowait(topic, b"k", b"\x07" * 200_000, partition=0)
     finally:
         producer.close()
+
+
+def test_the_restore_reads_batches_to_the_end_reports_progress_and_skips_cancelled(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """``restore_partitions`` hands each partition's (key, value) pairs in offset order, says
+    after each batch how many records are left, and stops reading a partition once it is
+    cancelled (here: before the first batch)."""
+    settings = settings_for(kafka_bootstrap)
+    topic = make_topic(partitions=3)
+    written = [(i % 3, f"v{i}".encode()) for i in range(3_000)]
+    assert produce(settings, topic, written) == 0
+    applied: dict[int, list[bytes | None]] = {}
+    left: dict[int, list[int]] = {}
+
+    def apply(partition: int, pairs: list[tuple[bytes, bytes | None]]) -> None:
+        applied.setdefault(partition, []).extend(v for _k, v in pairs)
+
+    def progress(partition: int, _records: int, remaining: int) -> None:
+        left.setdefault(partition, []).append(remaining)
+
+    read = restore_partitions(
+        settings.kafka.reader_config(unique_name("restore")),
+        topic,
+        [0, 1, 2],
+        apply,
+        cancelled=lambda partition: partition == 2,
+        progress=progress,
+    )
+
+    expected = {p: [v for q, v in written if q == p] for p in (0, 1)}
+    assert (applied, read) == (expected, 2_000)
+    assert {p: remaining[-1] for p, remaining in left.items()} == {0: 0, 1: 0}

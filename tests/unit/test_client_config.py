@@ -242,3 +242,22 @@ def test_registry_credentials_are_in_no_repr() -> None:
 
     printed = [repr(config), str(config), repr(settings.schema), repr(settings), str(settings)]
     assert [text for text in printed if "registry-pa55word" in text] == []
+
+
+def test_reader_config_prefetches_little_and_fetches_again_at_once_unless_overridden() -> None:
+    """The restore reader's queue is 16 MB (peak memory) and a full queue delays the next
+    fetch by 10 ms, not librdkafka's 1 s (restore time); KAFKA_CONFIG_ properties win."""
+    defaults = load().kafka.reader_config("a-reader")
+    overridden = load(
+        KAFKA_CONFIG_QUEUED_MAX_MESSAGES_KBYTES="65536", KAFKA_CONFIG_FETCH_QUEUE_BACKOFF_MS="1000"
+    ).kafka.reader_config("a-reader")
+
+    keys = {"queued.max.messages.kbytes": None, "fetch.queue.backoff.ms": None}
+    assert subset(defaults, keys) == {
+        "queued.max.messages.kbytes": 16384,
+        "fetch.queue.backoff.ms": 10,
+    }
+    assert subset(overridden, keys) == {
+        "queued.max.messages.kbytes": "65536",
+        "fetch.queue.backoff.ms": "1000",
+    }

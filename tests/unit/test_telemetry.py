@@ -12,7 +12,13 @@ from structlog.testing import capture_logs
 
 from consumer.adapters.admin import DeliveryLog, Health
 from consumer.adapters.metrics import NAMESPACE, Metrics
-from consumer.adapters.telemetry import Sampler, ServiceTelemetry, TimedChangelog, status_class
+from consumer.adapters.telemetry import (
+    RestoreReport,
+    Sampler,
+    ServiceTelemetry,
+    TimedChangelog,
+    status_class,
+)
 from consumer.ports import Delivery
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -161,12 +167,16 @@ def test_sampler_keeps_its_share_deterministically(rate, kept) -> None:
 
 
 def test_restore_progress_and_changelog_latency_are_reported() -> None:
-    """Restoring partitions shows as in progress, then done; changelog writes are timed."""
+    """Restoring partitions shows as in progress with the records left per partition, then
+    done; changelog writes are timed."""
     t = telemetry()
     t.restore_started(2)
-    t.restore_progress()
-    during = sample(t, "restoring_partitions")
-    t.restore_finished(2)
+    RestoreReport([3, 4], t).batch(3, 500, 1_200)
+    during = (
+        sample(t, "restoring_partitions"),
+        sample(t, "restore_remaining_records", partition="3"),
+    )
+    t.restore_finished([3, 4])
 
     class Inner:
         async def write(self, partition: int, key: bytes, value: bytes | None) -> None:
@@ -179,7 +189,8 @@ def test_restore_progress_and_changelog_latency_are_reported() -> None:
         during,
         sample(t, "restoring_partitions"),
         sample(t, "restored_records_total"),
-    ) == (2.0, 0.0, 1.0)
+    ) == ((2.0, 1_200.0), 0.0, 500.0)
+    assert sample(t, "restore_remaining_records", partition="3") is None
     assert sample(t, "changelog_write_seconds_sum") == 0.25
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -21,9 +22,10 @@ import pytest
 from consumer.engine.authgate import AuthGate
 from consumer.engine.concurrency import PauseGate
 from consumer.engine.dispatcher import Dispatcher
+from consumer.engine.restore import RestoreCancel
 from consumer.engine.watermark import Watermarks
 from consumer.engine.worker import RunStats, Worker, WorkerOptions
-from consumer.errors import DeadLetterError
+from consumer.errors import ConsumerError, DeadLetterError
 from consumer.ports import Record
 from tests.fakes import (
     DEADLINE,
@@ -81,7 +83,12 @@ class Harness:
         self.breaker = PauseGate()
         self.telemetry = RecordingTelemetry()
         self.restored: list[list[int]] = []
+        self.restores_ended: list[list[int]] = []
         self.dropped: list[list[int]] = []
+        self.held_restores: set[int] = set()
+        """Partitions whose restore waits until ``release_restore`` (or its cancellation)."""
+        self._restore_released = threading.Event()
+        self.restore_error: BaseException | None = None
         self.worker = Worker(
             source=self.source,
             pipeline=self.pipeline,
@@ -107,9 +114,22 @@ class Harness:
         self.source.actions.append(("flush", timeout))
         return 0
 
-    def _restore(self, partitions: list[int]) -> int:
+    def _restore(self, partitions: list[int], cancel: RestoreCancel) -> int:
+        # Runs on a thread of its own, as the changelog read does.
         self.restored.append(partitions)
+        if self.held_restores & set(partitions):
+            deadline = time.monotonic() + DEADLINE
+            while not self._restore_released.wait(0.005):
+                if all(cancel.cancelled(p) for p in partitions):
+                    break
+                assert time.monotonic() < deadline, "a held restore was never released"
+        self.restores_ended.append(partitions)
+        if self.restore_error is not None:
+            raise self.restore_error
         return 0
+
+    def release_restore(self) -> None:
+        self._restore_released.set()
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[asyncio.Task[RunStats]]:
@@ -121,12 +141,14 @@ class Harness:
         task = asyncio.create_task(self.worker.run())
         try:
             await self.source.until(lambda: self.source.assigned == set(self.assign))
+            await self.source.until(lambda: not self.worker.restoring)
             await self.source.passes()
             yield task
         finally:
             self.worker.stop()
             if isinstance(self.pipeline, HeldPipeline):
                 self.pipeline.release_all()
+            self.release_restore()
             if not task.done():
                 await asyncio.wait_for(task, DEADLINE)
 
@@ -453,6 +475,104 @@ def test_a_record_waiting_for_the_schema_registry_holds_only_its_key_and_offset(
 
 
 # --- rebalances --------------------------------------------------------------------------------
+
+
+# --- restore beside the loop ------------------------------------------------------------------
+
+
+def test_the_loop_keeps_polling_while_a_restore_runs_and_its_partition_waits_for_it() -> None:
+    """A partition's restore runs beside the poll loop: polling (hence liveness and the other
+    partitions' records) goes on, and none of the partition's records is fetched or processed
+    before its restore has completed."""
+
+    async def scenario() -> None:
+        h = Harness(assign=(0,))
+        async with h.running():
+            h.held_restores.add(1)
+            h.records(1, 0, 1)
+            assigned = h.source.assign([1])
+            await h.source.until(lambda: [1] in h.restored)
+            await asyncio.wait_for(assigned, DEADLINE)  # the callback does not wait for it
+            await h.source.passes(3)  # the loop polls while the restore is held
+            h.records(0, 0)
+            await h.source.until(lambda: h.held.started == [(0, 0)])
+            await h.source.passes(2)
+            expected: object = ({1}, 0, [(0, 0)], {1}, [[0]])
+            actual: object = (
+                h.worker.restoring,
+                h.source.handed.get(1, 0),
+                h.held.started,
+                h.source.paused,
+                h.restores_ended,
+            )
+            assert expected == actual
+            h.release_restore()
+            await h.source.until(lambda: len(h.held.started) == 3)
+            assert sorted(h.held.started) == [(0, 0), (1, 0), (1, 1)]
+            assert h.worker.restoring == frozenset()
+
+    run(scenario)
+
+
+def test_a_partition_revoked_while_its_restore_runs_is_cancelled_and_never_processed() -> None:
+    """Revoke (or loss) during the restore cancels it: the revoke does not wait for the whole
+    restore, nothing of the partition is processed or committed, and its profiles are
+    dropped."""
+
+    async def scenario() -> None:
+        h = Harness(assign=(0,))
+        async with h.running():
+            h.held_restores.add(1)
+            h.records(1, 0)
+            await asyncio.wait_for(h.source.assign([1]), DEADLINE)
+            await h.source.until(lambda: [1] in h.restored)
+            await asyncio.wait_for(h.source.revoke([1]), DEADLINE)
+            await h.source.passes(2)
+            expected: object = ([[0], [1]], [[1], [1]], 0, [], frozenset(), [])
+            actual: object = (
+                h.restores_ended,
+                h.dropped,
+                h.source.handed.get(1, 0),
+                h.held.started,
+                h.worker.restoring,
+                [a for a in h.source.actions_named("commit_now") if 1 in a[1]],
+            )
+            assert expected == actual
+            h.records(0, 0)
+            await h.source.until(lambda: h.held.started == [(0, 0)])
+
+    run(scenario)
+
+
+def test_a_partition_lost_while_its_restore_runs_is_cancelled() -> None:
+    async def scenario() -> None:
+        h = Harness(assign=(0,))
+        async with h.running():
+            h.held_restores.add(1)
+            await asyncio.wait_for(h.source.assign([1]), DEADLINE)
+            await h.source.until(lambda: [1] in h.restored)
+            await asyncio.wait_for(h.source.lose([1]), DEADLINE)
+            expected: object = ([[0], [1]], [[1], [1]], frozenset())
+            assert expected == (h.restores_ended, h.dropped, h.worker.restoring)
+
+    run(scenario)
+
+
+def test_a_failed_restore_stops_the_loop_with_its_error() -> None:
+    """A restore that fails (the changelog cannot be read) stops the service, as an error in
+    the assignment callback did: a partition is never processed without its profiles."""
+
+    async def scenario() -> None:
+        h = Harness(assign=(0,))
+        async with h.running() as task:
+            h.restore_error = ConsumerError("changelog unreadable")
+            h.records(1, 0)
+            await asyncio.wait_for(h.source.assign([1]), DEADLINE)
+            with pytest.raises(ConsumerError, match="changelog unreadable"):
+                await asyncio.wait_for(task, DEADLINE)
+            assert h.source.handed.get(1, 0) == 0
+
+    run(scenario)
 
 
 def test_revoke_waits_for_in_flight_work_then_commits_and_drops() -> None:
