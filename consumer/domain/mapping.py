@@ -13,9 +13,10 @@ Decisions worth knowing (the README's mapping table has the field-by-field rules
   profile. A refund of an order the profile does not know is a cancel when it names no products
   and no amount (remembered, so a later purchase is not created), else held in the profile
   (``refund_held``) and applied when the purchase arrives.
-* Replays. The caller writes the new profile to the changelog before the Button call finishes,
-  so after a crash the event is processed again against a profile that already contains its
-  effect. Such an event is therefore never skipped: a replayed refund (its event id is already
+* Replays. The caller queues the new profile to the changelog before the Button call and
+  finishes the record only once the write is acknowledged, so after a crash the event is
+  processed again against a profile that may already contain its effect. Such an event is
+  therefore never skipped: a replayed refund (its event id is already
   in the order's ``refunds``) changes nothing in the profile and re-sends the order's current
   state (update, or cancel); a replayed purchase re-sends the create with the stored state and
   token. Full-state updates and deletes are idempotent at Button, and a duplicate create is

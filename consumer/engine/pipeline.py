@@ -6,6 +6,11 @@ was acknowledged (and, for an order's record, the order's parking written to the
 ``handle`` returns only then, and raises only when the record must not be considered finished
 (the dead-letter or changelog topic cannot be written): the worker then stops consuming.
 
+The profile change a record causes is queued to the changelog before its request to Button and
+acknowledged before the record is finished, so before its offset may be stored (DESIGN, 7); the
+request does not wait for the acknowledgement. A write refused after Button accepted the request
+leaves the record unfinished: a restart replays it and sends the same state again (DESIGN, 2).
+
 Parking (DESIGN, 5) is owned by the ``ParkingPort`` collaborator: after the dead letter of an
 order's record is acknowledged, the order is parked and the profile written to the changelog
 before the record counts as finished, so a parked order stays parked across restarts and
@@ -18,10 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -171,15 +176,24 @@ class Pipeline:
             context = _Context(event_type=decoded.event_type.value)
             return await self._execute(record, decide_error(exc), context)
         structlog.contextvars.bind_contextvars(event_id=processed.event_id)
-        if parking.reason is None and record.key is not None:
-            # Acknowledged before the request is sent, so before the offset may be stored.
-            await self._write(d.processor.apply(record.partition, record.key, processed))
         result = processed.result
         context = _Context(processed, _action(result), event_type=decoded.event_type.value)
+        if parking.reason is None and record.key is not None:
+            # Queued now, before the request is sent (the key's writes keep their order), and
+            # acknowledged before the record is finished, so before its offset may be stored;
+            # the send does not wait for the acknowledgement.
+            context.pending = self._start_write(
+                d.processor.apply(record.partition, record.key, processed)
+            )
         decision = decide_mapped(result, parked=parking.reason, dry_run=d.dry_run)
-        if decision.verdict is Verdict.SEND and isinstance(result, Send):
-            return await self._deliver(record, context, result.request, result.follow_up)
-        return await self._execute(record, decision, context)
+        try:
+            if decision.verdict is Verdict.SEND and isinstance(result, Send):
+                return await self._deliver(record, context, result.request, result.follow_up)
+            return await self._execute(record, decision, context)
+        finally:
+            # Raised or cancelled before the acknowledgement was awaited: the record is not
+            # finished (its offset is never stored), so the write's fate no longer matters.
+            _abandon(context.pending)
 
     async def _decode(self, record: Record) -> CommerceEvent | Decision:
         """Decode the value, waiting as the policy says while the schema registry is away."""
@@ -331,6 +345,7 @@ class Pipeline:
         """Carry out a final decision: finish the record, dead-letter it, or stop consuming."""
         match decision.verdict:
             case Verdict.DONE:
+                await self._acknowledged(context)
                 if decision.noteworthy:
                     last = context.attempts.last
                     log.warning(
@@ -393,6 +408,8 @@ class Pipeline:
             # The table's row for a DeadLetterError is STOP: never finish the record.
             d.telemetry.dead_letter_failed()
             raise DeadLetterError(f"dead-letter write failed: {exc}") from exc
+        # The profile's own write first: a park written after it is the key's latest value.
+        await self._acknowledged(context)
         if letter.order_id:
             # Park the order (or refresh its parking) once its dead letter is acknowledged, and
             # before the record is finished: its offset is stored only after the park is durable.
@@ -429,6 +446,25 @@ class Pipeline:
         if write is not None:
             await self._d.changelog.write(write.partition, write.key, write.value)
 
+    def _start_write(self, write: ChangelogWrite | None) -> asyncio.Future[None] | None:
+        """Queue ``write`` now and return its acknowledgement to await later (``None``: none).
+
+        The changelog queues a record before it first suspends (``consumer.ports.Changelog``):
+        stepping the coroutine once here queues it before anything else of this record is
+        written or sent, without a task per write.
+        """
+        if write is None:
+            return None
+        return _started(self._d.changelog.write(write.partition, write.key, write.value))
+
+    @staticmethod
+    async def _acknowledged(context: _Context) -> None:
+        """Wait for the profile's changelog write of this record, if any; raise if it failed
+        (the record must not be finished: the worker stops, as for any unwritable changelog)."""
+        pending, context.pending = context.pending, None
+        if pending is not None:
+            await pending
+
     def _record(self, record: Record, decision: Decision, context: _Context, reason: str) -> None:
         processed, attempts = context.processed, context.attempts
         last = attempts.last
@@ -457,11 +493,64 @@ class _Context:
     action: str = "none"
     attempts: _Attempts = field(default_factory=_Attempts)
     event_type: str = ""
+    pending: asyncio.Future[None] | None = None
+    """The profile's changelog write, queued but not yet awaited (``_acknowledged``)."""
 
     @property
     def letter_action(self) -> str:
         """The dead letter's action header: empty when nothing was mapped."""
         return "" if self.action == "none" else self.action
+
+
+def _started(step: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
+    """Run ``step`` up to its first suspension now; the rest runs on as a task.
+
+    Python 3.11 has no eagerly started tasks: a plain task would only begin at the next turn of
+    the event loop, after the request to Button may already be on its way. Exceptions raised
+    before the first suspension propagate here.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        waiting_on = step.send(None)
+    except StopIteration:
+        done: asyncio.Future[None] = loop.create_future()
+        done.set_result(None)
+        return done
+    return loop.create_task(_resume(step, waiting_on))
+
+
+async def _resume(step: Coroutine[Any, Any, None], waiting_on: object) -> None:
+    """Drive a coroutine that ``_started`` stepped once, as its task would have."""
+    while True:
+        if not (waiting_on is None or isinstance(waiting_on, asyncio.Future)):
+            step.close()
+            raise RuntimeError(f"a changelog write yielded {waiting_on!r}, not a future")
+        try:
+            if waiting_on is None:
+                await asyncio.sleep(0)  # a bare yield
+            else:
+                waiting_on._asyncio_future_blocking = False  # what a task does, too
+                await asyncio.wait((waiting_on,))
+        except asyncio.CancelledError as exc:  # the coroutine gets the cancellation
+            try:
+                waiting_on = step.throw(exc)
+            except StopIteration:
+                return
+            continue
+        try:
+            waiting_on = step.send(None)
+        except StopIteration:
+            return
+
+
+def _abandon(pending: asyncio.Future[None] | None) -> None:
+    """Let go of a changelog write whose record will not be finished."""
+    if pending is None:
+        return
+    if not pending.done():
+        pending.cancel()
+    elif not pending.cancelled():
+        pending.exception()  # retrieved: its failure is moot (no "never retrieved" warning)
 
 
 def _action(result: Send | Skip | Reject) -> str:
