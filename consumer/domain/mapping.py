@@ -230,16 +230,21 @@ def process(
             )
         if event.event_type in (EventType.PURCHASE, EventType.REFUND):
             result, current = _order_event(event, current, config, epoch_ms(now))
-        elif event.event_type in _PROFILE_ONLY:
-            result = Skip("profile_only")
-        elif event.event_type is EventType.UNKNOWN:
-            result = Skip("unknown_event_type")
         else:
-            result = Skip("not_an_order")
+            result = skip_for(event.event_type)
     except MappingError as exc:
         result = Reject(exc.reason, str(exc))
     changed = current != before
     return result, (current if changed else None)
+
+
+def skip_for(event_type: EventType) -> Skip:
+    """The decision for an event of a type that is not an order's (not PURCHASE or REFUND)."""
+    if event_type in _PROFILE_ONLY:
+        return Skip("profile_only")
+    if event_type is EventType.UNKNOWN:
+        return Skip("unknown_event_type")
+    return Skip("not_an_order")
 
 
 # --- the profile learns from every event --------------------------------------------------------

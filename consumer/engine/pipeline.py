@@ -45,6 +45,7 @@ from consumer.domain.policy import (
     decide_mapped,
     parks_key,
 )
+from consumer.domain.triage import InertEvent
 from consumer.engine.authgate import AuthGate
 from consumer.engine.breaker import CircuitBreaker
 from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
@@ -164,6 +165,9 @@ class Pipeline:
         decoded = await self._decode(record)
         if isinstance(decoded, Decision):
             return await self._execute(record, decoded, _Context())
+        if isinstance(decoded, InertEvent):
+            # Can change nothing (no order, token or device id): no profile, no changelog.
+            return self._skip_inert(record, decoded)
         # Parking first, against the profile before this record: a record parked behind a dead
         # letter must not move the order ledger, and the replay of an order's first dead letter
         # releases it before the record is mapped (DESIGN, 5).
@@ -195,7 +199,13 @@ class Pipeline:
             # finished (its offset is never stored), so the write's fate no longer matters.
             _abandon(context.pending)
 
-    async def _decode(self, record: Record) -> CommerceEvent | Decision:
+    def _skip_inert(self, record: Record, event: InertEvent) -> str:
+        skip = event.result
+        processed = Processed(skip, event.event_id, event.event_time_ms, "", False)
+        context = _Context(processed, Action.SKIP.value, event_type=event.event_type.value)
+        return self._finish(record, decide_mapped(skip, parked=None, dry_run=False), context)
+
+    async def _decode(self, record: Record) -> CommerceEvent | InertEvent | Decision:
         """Decode the value, waiting as the policy says while the schema registry is away."""
         attempt = 0
         while True:
@@ -203,7 +213,7 @@ class Pipeline:
             try:
                 if record.value is None:
                     raise DecodeError("null_value", "the record has no value (tombstone)")
-                return self._d.decoder.decode_event(record.value)
+                return self._d.decoder.decode_triaged(record.value)
             except DecodeError as exc:
                 self._d.telemetry.decode_failed(exc.reason)
                 decision = decide_error(exc, attempt=attempt)

@@ -33,6 +33,7 @@ from consumer.domain.events import CommerceData, CommerceEvent, EventType, Produ
 from consumer.domain.mapping import MappingConfig
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import RetryPolicy
+from consumer.domain.triage import InertEvent
 from consumer.engine.authgate import AuthGate
 from consumer.engine.breaker import CircuitBreaker
 from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
@@ -117,11 +118,16 @@ class FakeClock:
 class FakeDecoder:
     """Returns the scripted events or raises the scripted errors, then ``EVENT``."""
 
-    def __init__(self, *script: CommerceEvent | Exception) -> None:
+    def __init__(self, *script: CommerceEvent | InertEvent | Exception) -> None:
         self.script = list(script)
         self.calls = 0
 
     def decode_event(self, value: bytes) -> CommerceEvent:
+        step = self.decode_triaged(value)
+        assert isinstance(step, CommerceEvent)
+        return step
+
+    def decode_triaged(self, value: bytes) -> CommerceEvent | InertEvent:
         self.calls += 1
         step = self.script.pop(0) if self.script else EVENT
         if isinstance(step, Exception):
@@ -1204,6 +1210,35 @@ def test_record_without_key_writes_no_changelog() -> None:
     h.handle(record(key=None))
 
     assert h.calls == [("button", "create", ORDER)]
+
+
+def test_an_inert_event_is_skipped_without_the_profile_or_a_changelog_write() -> None:
+    """A view that can change nothing (triaged by the decoder) is finished as skipped at once:
+    no profile read, no changelog write, nothing sent; the live log shows it."""
+    view = InertEvent("evt-view", EventType.PAGE_VIEW, T0_MS - 5_000, Skip("profile_only"))
+    h = Harness(decoder=FakeDecoder(view))
+
+    outcomes = h.handle(record())
+
+    assert (outcomes, h.processor.calls, h.calls) == (["skipped"], [], [])
+    shown = h.last_delivery()
+    assert (shown["event_id"], shown["reason"], shown["action"]) == (
+        "evt-view",
+        "profile_only",
+        "skip",
+    )
+
+
+def test_a_view_that_teaches_nothing_writes_nothing_with_the_real_processor() -> None:
+    """The full path too: a page view without a token or device id leaves the profile as it
+    is, so nothing is written to the changelog."""
+    view = replace(
+        EVENT, event_type=EventType.PAGE_VIEW, commerce=None, page_url="https://x.example/p"
+    )
+    store = ProfileStore(MappingConfig().retention)
+    h = Harness(decoder=FakeDecoder(view), real_processor=ProfileProcessor(store, MappingConfig()))
+
+    assert (h.handle(record()), h.calls) == (["skipped"], [])
 
 
 def test_the_processor_gets_the_partition_key_and_decoded_event() -> None:
