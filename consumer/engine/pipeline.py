@@ -22,6 +22,7 @@ The collaborators are ports (small protocols) so the whole path is testable with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
@@ -197,7 +198,8 @@ class Pipeline:
         finally:
             # Raised or cancelled before the acknowledgement was awaited: the record is not
             # finished (its offset is never stored), so the write's fate no longer matters.
-            _abandon(context.pending)
+            if context.pending is not None:
+                context.pending.abandon()
 
     def _skip_inert(self, record: Record, event: InertEvent) -> str:
         skip = event.result
@@ -456,7 +458,7 @@ class Pipeline:
         if write is not None:
             await self._d.changelog.write(write.partition, write.key, write.value)
 
-    def _start_write(self, write: ChangelogWrite | None) -> asyncio.Future[None] | None:
+    def _start_write(self, write: ChangelogWrite | None) -> _Started | None:
         """Queue ``write`` now and return its acknowledgement to await later (``None``: none).
 
         The changelog queues a record before it first suspends (``consumer.ports.Changelog``):
@@ -465,7 +467,7 @@ class Pipeline:
         """
         if write is None:
             return None
-        return _started(self._d.changelog.write(write.partition, write.key, write.value))
+        return _Started(self._d.changelog.write(write.partition, write.key, write.value))
 
     @staticmethod
     async def _acknowledged(context: _Context) -> None:
@@ -473,7 +475,7 @@ class Pipeline:
         (the record must not be finished: the worker stops, as for any unwritable changelog)."""
         pending, context.pending = context.pending, None
         if pending is not None:
-            await pending
+            await pending.acknowledged()
 
     def _record(self, record: Record, decision: Decision, context: _Context, reason: str) -> None:
         processed, attempts = context.processed, context.attempts
@@ -503,7 +505,7 @@ class _Context:
     action: str = "none"
     attempts: _Attempts = field(default_factory=_Attempts)
     event_type: str = ""
-    pending: asyncio.Future[None] | None = None
+    pending: _Started | None = None
     """The profile's changelog write, queued but not yet awaited (``_acknowledged``)."""
 
     @property
@@ -512,55 +514,56 @@ class _Context:
         return "" if self.action == "none" else self.action
 
 
-def _started(step: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
-    """Run ``step`` up to its first suspension now; the rest runs on as a task.
+class _Started:
+    """A changelog write run up to its first suspension (so its record is queued), whose rest
+    runs later in the record's own task (``acknowledged``): no task of its own per write.
 
-    Python 3.11 has no eagerly started tasks: a plain task would only begin at the next turn of
-    the event loop, after the request to Button may already be on its way. Exceptions raised
-    before the first suspension propagate here.
+    Python 3.11 has no eagerly started tasks, and a plain task would begin only at the next
+    turn of the event loop, after the request to Button may already be on its way.
     """
-    loop = asyncio.get_running_loop()
-    try:
-        waiting_on = step.send(None)
-    except StopIteration:
-        done: asyncio.Future[None] = loop.create_future()
-        done.set_result(None)
-        return done
-    return loop.create_task(_resume(step, waiting_on))
 
+    __slots__ = ("_step", "_waiting_on")
 
-async def _resume(step: Coroutine[Any, Any, None], waiting_on: object) -> None:
-    """Drive a coroutine that ``_started`` stepped once, as its task would have."""
-    while True:
-        if not (waiting_on is None or isinstance(waiting_on, asyncio.Future)):
-            step.close()
-            raise RuntimeError(f"a changelog write yielded {waiting_on!r}, not a future")
+    def __init__(self, step: Coroutine[Any, Any, None]) -> None:
+        self._step: Coroutine[Any, Any, None] | None = step
+        self._waiting_on: object = None
         try:
-            if waiting_on is None:
-                await asyncio.sleep(0)  # a bare yield
-            else:
-                waiting_on._asyncio_future_blocking = False  # what a task does, too
-                await asyncio.wait((waiting_on,))
-        except asyncio.CancelledError as exc:  # the coroutine gets the cancellation
+            self._waiting_on = step.send(None)  # raises what the write raises before queuing
+        except StopIteration:
+            self._step = None
+
+    async def acknowledged(self) -> None:
+        """Run the rest of the write, as its task would have; raise what it raises."""
+        step, self._step = self._step, None
+        waiting_on = self._waiting_on
+        while step is not None:
             try:
-                waiting_on = step.throw(exc)
+                if isinstance(waiting_on, asyncio.Future):
+                    waiting_on._asyncio_future_blocking = False  # what a task does, too
+                    with contextlib.suppress(Exception):  # the write sees it when resumed
+                        await waiting_on
+                elif waiting_on is None:
+                    await asyncio.sleep(0)  # a bare yield
+                else:
+                    raise TypeError(f"a changelog write yielded {waiting_on!r}, not a future")
+            except asyncio.CancelledError as exc:  # the write is cancelled with the record
+                try:
+                    waiting_on = step.throw(exc)
+                except StopIteration:
+                    return
+                continue
+            try:
+                waiting_on = step.send(None)
             except StopIteration:
                 return
-            continue
-        try:
-            waiting_on = step.send(None)
-        except StopIteration:
-            return
 
-
-def _abandon(pending: asyncio.Future[None] | None) -> None:
-    """Let go of a changelog write whose record will not be finished."""
-    if pending is None:
-        return
-    if not pending.done():
-        pending.cancel()
-    elif not pending.cancelled():
-        pending.exception()  # retrieved: its failure is moot (no "never retrieved" warning)
+    def abandon(self) -> None:
+        """Stop waiting: the record will not be finished, so the write's fate does not matter."""
+        step, self._step = self._step, None
+        if step is not None:
+            if isinstance(self._waiting_on, asyncio.Future):
+                self._waiting_on.cancel()
+            step.close()
 
 
 def _action(result: Send | Skip | Reject) -> str:
