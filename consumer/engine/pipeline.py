@@ -22,7 +22,6 @@ The collaborators are ports (small protocols) so the whole path is testable with
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
@@ -515,55 +514,81 @@ class _Context:
 
 
 class _Started:
-    """A changelog write run up to its first suspension (so its record is queued), whose rest
-    runs later in the record's own task (``acknowledged``): no task of its own per write.
+    """A changelog write run up to its first suspension now (so its record is queued), and on
+    from there by the completion of what it waits for (the broker's acknowledgement), as its
+    task would run it, without a task of its own per write.
 
     Python 3.11 has no eagerly started tasks, and a plain task would begin only at the next
     turn of the event loop, after the request to Button may already be on its way.
     """
 
-    __slots__ = ("_step", "_waiting_on")
+    __slots__ = ("_outcome", "_step", "_waiting_on")
 
     def __init__(self, step: Coroutine[Any, Any, None]) -> None:
         self._step: Coroutine[Any, Any, None] | None = step
-        self._waiting_on: object = None
+        self._waiting_on: asyncio.Future[Any] | None = None
+        self._outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         try:
-            self._waiting_on = step.send(None)  # raises what the write raises before queuing
+            waiting_on = step.send(None)  # raises what the write raises before queuing
         except StopIteration:
             self._step = None
+            self._outcome.set_result(None)
+            return
+        self._wait_on(waiting_on)
 
     async def acknowledged(self) -> None:
-        """Run the rest of the write, as its task would have; raise what it raises."""
-        step, self._step = self._step, None
-        waiting_on = self._waiting_on
-        while step is not None:
-            try:
-                if isinstance(waiting_on, asyncio.Future):
-                    waiting_on._asyncio_future_blocking = False  # what a task does, too
-                    with contextlib.suppress(Exception):  # the write sees it when resumed
-                        await waiting_on
-                elif waiting_on is None:
-                    await asyncio.sleep(0)  # a bare yield
-                else:
-                    raise TypeError(f"a changelog write yielded {waiting_on!r}, not a future")
-            except asyncio.CancelledError as exc:  # the write is cancelled with the record
-                try:
-                    waiting_on = step.throw(exc)
-                except StopIteration:
-                    return
-                continue
-            try:
-                waiting_on = step.send(None)
-            except StopIteration:
-                return
+        """Wait until the write has returned; raise what it raised."""
+        await self._outcome
 
     def abandon(self) -> None:
-        """Stop waiting: the record will not be finished, so the write's fate does not matter."""
+        """Stop the write's waiting: the record will not be finished, so its fate is moot."""
         step, self._step = self._step, None
+        waiting_on, self._waiting_on = self._waiting_on, None
         if step is not None:
-            if isinstance(self._waiting_on, asyncio.Future):
-                self._waiting_on.cancel()
+            if waiting_on is not None:
+                waiting_on.remove_done_callback(self._advance)
+                waiting_on.cancel()
             step.close()
+        if not self._outcome.done():
+            self._outcome.cancel()
+        elif not self._outcome.cancelled():
+            self._outcome.exception()  # retrieved: no "exception was never retrieved" warning
+
+    def _wait_on(self, waiting_on: object) -> None:
+        if waiting_on is None:  # a bare yield
+            asyncio.get_running_loop().call_soon(self._advance)
+        elif isinstance(waiting_on, asyncio.Future):
+            waiting_on._asyncio_future_blocking = False  # what a task does, too
+            self._waiting_on = waiting_on
+            waiting_on.add_done_callback(self._advance)
+        else:
+            self._finish(TypeError(f"a changelog write yielded {waiting_on!r}, not a future"))
+
+    def _advance(self, _done: object = None) -> None:
+        step, self._waiting_on = self._step, None
+        if step is None:
+            return
+        try:
+            waiting_on = step.send(None)
+        except StopIteration:
+            self._finish(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the record that awaits it
+            self._finish(exc)
+        else:
+            self._wait_on(waiting_on)
+
+    def _finish(self, error: BaseException | None) -> None:
+        step, self._step = self._step, None
+        if step is not None and error is not None:
+            step.close()
+        if self._outcome.done():
+            return
+        if error is None:
+            self._outcome.set_result(None)
+        elif isinstance(error, asyncio.CancelledError):
+            self._outcome.cancel()
+        else:
+            self._outcome.set_exception(error)
 
 
 def _action(result: Send | Skip | Reject) -> str:
