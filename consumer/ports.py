@@ -25,6 +25,7 @@ from consumer.domain.button import ButtonRequest
 from consumer.domain.deadletter import DeadLetter
 from consumer.domain.events import CommerceEvent
 from consumer.domain.outcomes import ButtonOutcome
+from consumer.domain.triage import InertEvent
 
 Headers = list[tuple[str, bytes]]
 """Kafka record headers as (name, value) pairs, in order (names may repeat)."""
@@ -172,6 +173,11 @@ class Decoder(Protocol):
     """
 
     def decode_event(self, value: bytes) -> CommerceEvent: ...
+
+    def decode_triaged(self, value: bytes) -> CommerceEvent | InertEvent:
+        """``decode_event``, except that an event that can change nothing (a plain view or
+        open: ``consumer.domain.triage``) comes back as an ``InertEvent``, unvalidated."""
+        ...
 
 
 class ButtonPort(Protocol):

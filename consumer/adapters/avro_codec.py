@@ -44,6 +44,7 @@ from fastavro.types import Schema as ParsedSchema
 from consumer.adapters.schema_registry import ConfluentSchemaSource, subject_for
 from consumer.domain.event_forms import event_from_record, event_to_record
 from consumer.domain.events import CommerceEvent
+from consumer.domain.triage import InertEvent, inert_record
 from consumer.errors import CodecReason, ConfigError, DecodeError, UnknownSchemaError
 
 __all__ = [
@@ -99,6 +100,11 @@ class Decoder(Protocol):
 
     def decode_event(self, value: bytes) -> CommerceEvent:
         """Decode one value into the event model; ``DecodeError`` also for invalid content."""
+        ...
+
+    def decode_triaged(self, value: bytes) -> CommerceEvent | InertEvent:
+        """``decode_event``, or an ``InertEvent`` (no model) for an event that can change
+        nothing (``consumer.domain.triage``)."""
         ...
 
     def close(self) -> None:
@@ -233,6 +239,11 @@ class _EventDecoding:
 
     def decode_event(self, value: bytes) -> CommerceEvent:
         return event_from_record(self.decode(value))
+
+    def decode_triaged(self, value: bytes) -> CommerceEvent | InertEvent:
+        """The model, or an ``InertEvent`` for an event that can change nothing (no model)."""
+        record = self.decode(value)
+        return inert_record(record) or event_from_record(record)
 
     def close(self) -> None:
         """Nothing to release by default."""

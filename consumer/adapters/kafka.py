@@ -17,7 +17,9 @@ handling of librdkafka's error codes, which would otherwise be imported back and
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
+import contextlib
 import queue
 import re
 import threading
@@ -120,6 +122,9 @@ class AckingProducer:
         self._errors: dict[Hashable, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="kafka-producer", daemon=True)
+        # Delivery reports of ``send``, handed to their event loops a batch at a time: one
+        # wake-up of a loop per poll, not one per record.
+        self._reports: collections.deque[_Report] = collections.deque()
 
     def start(self) -> None:
         """Create the producer (idempotent: a second call does nothing)."""
@@ -137,6 +142,18 @@ class AckingProducer:
         producer = self._producer
         while not self._stop.is_set():
             producer.poll(0.1)
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Settle the reported ``send`` futures on their loops, one call per loop and batch."""
+        reports = self._reports
+        batches: dict[asyncio.AbstractEventLoop, list[_Report]] = {}
+        while reports:
+            report = reports.popleft()
+            batches.setdefault(report[0], []).append(report)
+        for loop, batch in batches.items():
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(_settle_all, batch)
 
     async def send(
         self,
@@ -152,7 +169,7 @@ class AckingProducer:
         future: asyncio.Future[tuple[int, int]] = loop.create_future()
 
         def report(err: KafkaError | None, msg: Message) -> None:
-            loop.call_soon_threadsafe(_settle, future, err, msg)
+            self._reports.append((loop, future, err, msg))
 
         kwargs = _produce_kwargs(report, key, value, headers, partition, timestamp_ms)
         while True:
@@ -226,7 +243,7 @@ class AckingProducer:
             seconds; 0 when all of them are safely written.
         """
         deadline = time.monotonic() + timeout
-        self._producer.flush(timeout)
+        self.flush(timeout)
         with self._acks:
             while self._outstanding > 0 and (left := deadline - time.monotonic()) > 0:
                 self._acks.wait(left)
@@ -241,7 +258,9 @@ class AckingProducer:
 
     def flush(self, timeout: float) -> int:
         """Wait for outstanding deliveries; return how many are still outstanding."""
-        return int(self._producer.flush(timeout))
+        left = int(self._producer.flush(timeout))
+        self._hand_over()
+        return left
 
     def close(self, timeout: float = 10.0) -> None:
         """Wait up to ``timeout`` seconds for outstanding deliveries, then stop."""
@@ -289,6 +308,17 @@ class _DeliveryTooLargeError(ProduceError):
 def _code(exc: KafkaException) -> int | None:
     error = exc.args[0] if exc.args else None
     return error.code() if isinstance(error, KafkaError) else None
+
+
+_Report = tuple[
+    asyncio.AbstractEventLoop, "asyncio.Future[tuple[int, int]]", KafkaError | None, Message
+]
+"""A delivery report of ``AckingProducer.send``: the loop and future waiting for it."""
+
+
+def _settle_all(batch: list[_Report]) -> None:
+    for _loop, future, err, msg in batch:
+        _settle(future, err, msg)
 
 
 def _settle(future: asyncio.Future[tuple[int, int]], err: KafkaError | None, msg: Message) -> None:

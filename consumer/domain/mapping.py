@@ -13,9 +13,10 @@ Decisions worth knowing (the README's mapping table has the field-by-field rules
   profile. A refund of an order the profile does not know is a cancel when it names no products
   and no amount (remembered, so a later purchase is not created), else held in the profile
   (``refund_held``) and applied when the purchase arrives.
-* Replays. The caller writes the new profile to the changelog before the Button call finishes,
-  so after a crash the event is processed again against a profile that already contains its
-  effect. Such an event is therefore never skipped: a replayed refund (its event id is already
+* Replays. The caller queues the new profile to the changelog before the Button call and
+  finishes the record only once the write is acknowledged, so after a crash the event is
+  processed again against a profile that may already contain its effect. Such an event is
+  therefore never skipped: a replayed refund (its event id is already
   in the order's ``refunds``) changes nothing in the profile and re-sends the order's current
   state (update, or cancel); a replayed purchase re-sends the create with the stored state and
   token. Full-state updates and deletes are idempotent at Button, and a duplicate create is
@@ -229,16 +230,21 @@ def process(
             )
         if event.event_type in (EventType.PURCHASE, EventType.REFUND):
             result, current = _order_event(event, current, config, epoch_ms(now))
-        elif event.event_type in _PROFILE_ONLY:
-            result = Skip("profile_only")
-        elif event.event_type is EventType.UNKNOWN:
-            result = Skip("unknown_event_type")
         else:
-            result = Skip("not_an_order")
+            result = skip_for(event.event_type)
     except MappingError as exc:
         result = Reject(exc.reason, str(exc))
     changed = current != before
     return result, (current if changed else None)
+
+
+def skip_for(event_type: EventType) -> Skip:
+    """The decision for an event of a type that is not an order's (not PURCHASE or REFUND)."""
+    if event_type in _PROFILE_ONLY:
+        return Skip("profile_only")
+    if event_type is EventType.UNKNOWN:
+        return Skip("unknown_event_type")
+    return Skip("not_an_order")
 
 
 # --- the profile learns from every event --------------------------------------------------------

@@ -186,7 +186,7 @@ class AdaptiveLimiter:
                 # Granted and cancelled in the same tick: hand the slot back.
                 self._in_flight -= 1
                 self._wake()
-            else:
+            elif waiter in self._waiters:  # ``_wake`` may have skipped it already
                 self._waiters.remove(waiter)
             raise
         return Permit(self, self._clock())

@@ -6,6 +6,11 @@ was acknowledged (and, for an order's record, the order's parking written to the
 ``handle`` returns only then, and raises only when the record must not be considered finished
 (the dead-letter or changelog topic cannot be written): the worker then stops consuming.
 
+The profile change a record causes is queued to the changelog before its request to Button and
+acknowledged before the record is finished, so before its offset may be stored (DESIGN, 7); the
+request does not wait for the acknowledgement. A write refused after Button accepted the request
+leaves the record unfinished: a restart replays it and sends the same state again (DESIGN, 2).
+
 Parking (DESIGN, 5) is owned by the ``ParkingPort`` collaborator: after the dead letter of an
 order's record is acknowledged, the order is parked and the profile written to the changelog
 before the record counts as finished, so a parked order stays parked across restarts and
@@ -18,10 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -40,6 +45,7 @@ from consumer.domain.policy import (
     decide_mapped,
     parks_key,
 )
+from consumer.domain.triage import InertEvent
 from consumer.engine.authgate import AuthGate
 from consumer.engine.breaker import CircuitBreaker
 from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
@@ -159,6 +165,9 @@ class Pipeline:
         decoded = await self._decode(record)
         if isinstance(decoded, Decision):
             return await self._execute(record, decoded, _Context())
+        if isinstance(decoded, InertEvent):
+            # Can change nothing (no order, token or device id): no profile, no changelog.
+            return self._skip_inert(record, decoded)
         # Parking first, against the profile before this record: a record parked behind a dead
         # letter must not move the order ledger, and the replay of an order's first dead letter
         # releases it before the record is mapped (DESIGN, 5).
@@ -171,17 +180,33 @@ class Pipeline:
             context = _Context(event_type=decoded.event_type.value)
             return await self._execute(record, decide_error(exc), context)
         structlog.contextvars.bind_contextvars(event_id=processed.event_id)
-        if parking.reason is None and record.key is not None:
-            # Acknowledged before the request is sent, so before the offset may be stored.
-            await self._write(d.processor.apply(record.partition, record.key, processed))
         result = processed.result
         context = _Context(processed, _action(result), event_type=decoded.event_type.value)
+        if parking.reason is None and record.key is not None:
+            # Queued now, before the request is sent (the key's writes keep their order), and
+            # acknowledged before the record is finished, so before its offset may be stored;
+            # the send does not wait for the acknowledgement.
+            context.pending = self._start_write(
+                d.processor.apply(record.partition, record.key, processed)
+            )
         decision = decide_mapped(result, parked=parking.reason, dry_run=d.dry_run)
-        if decision.verdict is Verdict.SEND and isinstance(result, Send):
-            return await self._deliver(record, context, result.request, result.follow_up)
-        return await self._execute(record, decision, context)
+        try:
+            if decision.verdict is Verdict.SEND and isinstance(result, Send):
+                return await self._deliver(record, context, result.request, result.follow_up)
+            return await self._execute(record, decision, context)
+        finally:
+            # Raised or cancelled before the acknowledgement was awaited: the record is not
+            # finished (its offset is never stored), so the write's fate no longer matters.
+            if context.pending is not None:
+                context.pending.abandon()
 
-    async def _decode(self, record: Record) -> CommerceEvent | Decision:
+    def _skip_inert(self, record: Record, event: InertEvent) -> str:
+        skip = event.result
+        processed = Processed(skip, event.event_id, event.event_time_ms, "", False)
+        context = _Context(processed, Action.SKIP.value, event_type=event.event_type.value)
+        return self._finish(record, decide_mapped(skip, parked=None, dry_run=False), context)
+
+    async def _decode(self, record: Record) -> CommerceEvent | InertEvent | Decision:
         """Decode the value, waiting as the policy says while the schema registry is away."""
         attempt = 0
         while True:
@@ -189,7 +214,7 @@ class Pipeline:
             try:
                 if record.value is None:
                     raise DecodeError("null_value", "the record has no value (tombstone)")
-                return self._d.decoder.decode_event(record.value)
+                return self._d.decoder.decode_triaged(record.value)
             except DecodeError as exc:
                 self._d.telemetry.decode_failed(exc.reason)
                 decision = decide_error(exc, attempt=attempt)
@@ -331,6 +356,7 @@ class Pipeline:
         """Carry out a final decision: finish the record, dead-letter it, or stop consuming."""
         match decision.verdict:
             case Verdict.DONE:
+                await self._acknowledged(context)
                 if decision.noteworthy:
                     last = context.attempts.last
                     log.warning(
@@ -393,6 +419,8 @@ class Pipeline:
             # The table's row for a DeadLetterError is STOP: never finish the record.
             d.telemetry.dead_letter_failed()
             raise DeadLetterError(f"dead-letter write failed: {exc}") from exc
+        # The profile's own write first: a park written after it is the key's latest value.
+        await self._acknowledged(context)
         if letter.order_id:
             # Park the order (or refresh its parking) once its dead letter is acknowledged, and
             # before the record is finished: its offset is stored only after the park is durable.
@@ -429,6 +457,25 @@ class Pipeline:
         if write is not None:
             await self._d.changelog.write(write.partition, write.key, write.value)
 
+    def _start_write(self, write: ChangelogWrite | None) -> _Started | None:
+        """Queue ``write`` now and return its acknowledgement to await later (``None``: none).
+
+        The changelog queues a record before it first suspends (``consumer.ports.Changelog``):
+        stepping the coroutine once here queues it before anything else of this record is
+        written or sent, without a task per write.
+        """
+        if write is None:
+            return None
+        return _Started(self._d.changelog.write(write.partition, write.key, write.value))
+
+    @staticmethod
+    async def _acknowledged(context: _Context) -> None:
+        """Wait for the profile's changelog write of this record, if any; raise if it failed
+        (the record must not be finished: the worker stops, as for any unwritable changelog)."""
+        pending, context.pending = context.pending, None
+        if pending is not None:
+            await pending.acknowledged()
+
     def _record(self, record: Record, decision: Decision, context: _Context, reason: str) -> None:
         processed, attempts = context.processed, context.attempts
         last = attempts.last
@@ -457,11 +504,91 @@ class _Context:
     action: str = "none"
     attempts: _Attempts = field(default_factory=_Attempts)
     event_type: str = ""
+    pending: _Started | None = None
+    """The profile's changelog write, queued but not yet awaited (``_acknowledged``)."""
 
     @property
     def letter_action(self) -> str:
         """The dead letter's action header: empty when nothing was mapped."""
         return "" if self.action == "none" else self.action
+
+
+class _Started:
+    """A changelog write run up to its first suspension now (so its record is queued), and on
+    from there by the completion of what it waits for (the broker's acknowledgement), as its
+    task would run it, without a task of its own per write.
+
+    Python 3.11 has no eagerly started tasks, and a plain task would begin only at the next
+    turn of the event loop, after the request to Button may already be on its way.
+    """
+
+    __slots__ = ("_outcome", "_step", "_waiting_on")
+
+    def __init__(self, step: Coroutine[Any, Any, None]) -> None:
+        self._step: Coroutine[Any, Any, None] | None = step
+        self._waiting_on: asyncio.Future[Any] | None = None
+        self._outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        try:
+            waiting_on = step.send(None)  # raises what the write raises before queuing
+        except StopIteration:
+            self._step = None
+            self._outcome.set_result(None)
+            return
+        self._wait_on(waiting_on)
+
+    async def acknowledged(self) -> None:
+        """Wait until the write has returned; raise what it raised."""
+        await self._outcome
+
+    def abandon(self) -> None:
+        """Stop the write's waiting: the record will not be finished, so its fate is moot."""
+        step, self._step = self._step, None
+        waiting_on, self._waiting_on = self._waiting_on, None
+        if step is not None:
+            if waiting_on is not None:
+                waiting_on.remove_done_callback(self._advance)
+                waiting_on.cancel()
+            step.close()
+        if not self._outcome.done():
+            self._outcome.cancel()
+        elif not self._outcome.cancelled():
+            self._outcome.exception()  # retrieved: no "exception was never retrieved" warning
+
+    def _wait_on(self, waiting_on: object) -> None:
+        if waiting_on is None:  # a bare yield
+            asyncio.get_running_loop().call_soon(self._advance)
+        elif isinstance(waiting_on, asyncio.Future):
+            waiting_on._asyncio_future_blocking = False  # what a task does, too
+            self._waiting_on = waiting_on
+            waiting_on.add_done_callback(self._advance)
+        else:
+            self._finish(TypeError(f"a changelog write yielded {waiting_on!r}, not a future"))
+
+    def _advance(self, _done: object = None) -> None:
+        step, self._waiting_on = self._step, None
+        if step is None:
+            return
+        try:
+            waiting_on = step.send(None)
+        except StopIteration:
+            self._finish(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the record that awaits it
+            self._finish(exc)
+        else:
+            self._wait_on(waiting_on)
+
+    def _finish(self, error: BaseException | None) -> None:
+        step, self._step = self._step, None
+        if step is not None and error is not None:
+            step.close()
+        if self._outcome.done():
+            return
+        if error is None:
+            self._outcome.set_result(None)
+        elif isinstance(error, asyncio.CancelledError):
+            self._outcome.cancel()
+        else:
+            self._outcome.set_exception(error)
 
 
 def _action(result: Send | Skip | Reject) -> str:

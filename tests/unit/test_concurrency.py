@@ -230,6 +230,29 @@ def test_cancelled_waiter_leaks_no_permit() -> None:
     assert limiter.in_flight == 0
 
 
+def test_a_waiter_cancelled_just_before_a_permit_frees_is_skipped_cleanly() -> None:
+    """A revoke cancels a waiting caller, and a permit frees before the caller's task runs
+    again: the freed permit goes to the next waiter, and the cancelled caller leaves with its
+    cancellation (not a ValueError from a waiter already taken off the queue)."""
+    clock = FakeClock()
+    limiter = _limiter(clock, min_limit=1, max_limit=1)
+
+    async def scenario() -> bool:
+        held = await limiter.acquire_permit()
+        first = asyncio.create_task(limiter.acquire_permit())
+        second = asyncio.create_task(limiter.acquire_permit())
+        await asyncio.sleep(0)
+        first.cancel()  # its waiter is cancelled; the task has not run its except clause yet
+        held.release()  # _wake skips the cancelled waiter and grants the second one
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        (await second).release()
+        return limiter.waiting == 0
+
+    assert asyncio.run(scenario())
+    assert limiter.in_flight == 0
+
+
 def test_unobserved_release_is_neutral() -> None:
     """A permit released after an error (no outcome) neither raises nor lowers the limit."""
     clock = FakeClock()

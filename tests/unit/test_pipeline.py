@@ -33,6 +33,7 @@ from consumer.domain.events import CommerceData, CommerceEvent, EventType, Produ
 from consumer.domain.mapping import MappingConfig
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import RetryPolicy
+from consumer.domain.triage import InertEvent
 from consumer.engine.authgate import AuthGate
 from consumer.engine.breaker import CircuitBreaker
 from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
@@ -55,6 +56,8 @@ T0_MS = int(T0.timestamp() * 1000)
 SEED = 20260105
 PROBE_INTERVAL = 5.0
 ORDER = "ORD-1"
+DEADLINE = 30.0
+"""Seconds a test waits for a state that holds by construction (a bound, not a timing)."""
 
 EVENT = CommerceEvent(
     event_id="evt-1",
@@ -115,11 +118,16 @@ class FakeClock:
 class FakeDecoder:
     """Returns the scripted events or raises the scripted errors, then ``EVENT``."""
 
-    def __init__(self, *script: CommerceEvent | Exception) -> None:
+    def __init__(self, *script: CommerceEvent | InertEvent | Exception) -> None:
         self.script = list(script)
         self.calls = 0
 
     def decode_event(self, value: bytes) -> CommerceEvent:
+        step = self.decode_triaged(value)
+        assert isinstance(step, CommerceEvent)
+        return step
+
+    def decode_triaged(self, value: bytes) -> CommerceEvent | InertEvent:
         self.calls += 1
         step = self.script.pop(0) if self.script else EVENT
         if isinstance(step, Exception):
@@ -178,19 +186,28 @@ class FakeProcessor:
 
 
 class FakeChangelog:
+    """Queues each write before it first suspends (as the port says); ``hold`` keeps the
+    acknowledgement back until it is set; ``fail`` refuses the write when it is acknowledged."""
+
     def __init__(self, calls: list[tuple[Any, ...]]) -> None:
         self.calls = calls
         self.written: list[ChangelogWrite] = []
         self.on_write: Any = None
         self.fail = False
+        self.hold: asyncio.Event | None = None
+        self.acknowledged: list[ChangelogWrite] = []
 
     async def write(self, partition: int, key: bytes, value: bytes | None) -> None:
         if self.on_write is not None:
             self.on_write()
         if self.fail:
+            await asyncio.sleep(0)  # queued, then refused by its delivery report
             raise RuntimeError("changelog: message timed out")
         self.calls.append(("changelog", partition, key, value))
         self.written.append(ChangelogWrite(partition, key, value))
+        if self.hold is not None:
+            await self.hold.wait()
+        self.acknowledged.append(ChangelogWrite(partition, key, value))
 
 
 class FakeButton:
@@ -208,6 +225,7 @@ class FakeButton:
         self.probed = 0
         self.sent: list[ButtonRequest] = []
         self.gate_closed_at_send: list[bool] = []
+        self.on_send: Any = None
 
     async def probe(self) -> ButtonOutcome:
         self.probed += 1
@@ -218,6 +236,8 @@ class FakeButton:
         if not self.outcomes:
             raise AssertionError(f"unexpected request to Button: {request}")
         self.sent.append(request)
+        if self.on_send is not None:
+            self.on_send()
         self.gate_closed_at_send.append(self.gate.closed)
         self.calls.append(("button", request.action.value, request.order_id))
         return self.outcomes.pop(0)
@@ -1067,8 +1087,8 @@ def test_dry_run_sends_nothing() -> None:
     assert (outcomes, h.button.sent, h.letters) == (["dry_run"], [], [])
 
 
-def test_profile_change_is_written_to_the_changelog_before_the_button_call() -> None:
-    """The changelog write is acknowledged before Button is asked (the offset may follow it)."""
+def test_profile_change_is_queued_to_the_changelog_before_the_button_call() -> None:
+    """The changelog record is queued before Button is asked (writes keep their order)."""
     h = Harness(
         processor=FakeProcessor(processed(profile_changed=True, profile_value=b"\x01profile"))
     ).answer(OK)
@@ -1077,6 +1097,86 @@ def test_profile_change_is_written_to_the_changelog_before_the_button_call() -> 
 
     expected = [("changelog", 2, b"user-1", b"\x01profile"), ("button", "create", ORDER)]
     assert expected == h.calls
+
+
+def test_the_button_call_does_not_wait_for_the_changelog_acknowledgement() -> None:
+    """Button is asked while the profile's changelog write is still unacknowledged, and the
+    record is finished (its offset may be stored) only once the acknowledgement arrives."""
+    h = Harness(
+        processor=FakeProcessor(processed(profile_changed=True, profile_value=b"\x01profile"))
+    ).answer(OK)
+    sent = asyncio.Event()
+    h.button.on_send = sent.set
+
+    async def scenario() -> tuple[bool, list[ChangelogWrite], str]:
+        h.changelog.hold = asyncio.Event()
+        handling = asyncio.create_task(Pipeline(h.deps()).handle(record()))
+        await asyncio.wait_for(sent.wait(), timeout=DEADLINE)
+        for _ in range(20):  # let the record run as far as it can without the acknowledgement
+            await asyncio.sleep(0)
+        finished_early = handling.done()
+        acknowledged_at_send = list(h.changelog.acknowledged)
+        h.changelog.hold.set()
+        return finished_early, acknowledged_at_send, await handling
+
+    assert asyncio.run(scenario()) == (False, [], "delivered")
+    assert h.changelog.acknowledged == [ChangelogWrite(2, b"user-1", b"\x01profile")]
+
+
+def test_a_record_cancelled_while_its_changelog_write_is_unacknowledged_leaves_nothing() -> None:
+    """A revoke cancels the record while it waits for the acknowledgement: the record is not
+    finished and the write's waiting is cancelled with it (no task is left behind)."""
+    h = Harness(
+        processor=FakeProcessor(processed(profile_changed=True, profile_value=b"\x01profile"))
+    ).answer(OK)
+
+    async def scenario() -> tuple[bool, int]:
+        h.changelog.hold = asyncio.Event()
+        handling = asyncio.create_task(Pipeline(h.deps()).handle(record()))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        handling.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await handling
+        for _ in range(5):
+            await asyncio.sleep(0)
+        return handling.cancelled(), len(asyncio.all_tasks()) - 1
+
+    assert asyncio.run(scenario()) == (True, 0)
+    assert (len(h.button.sent), h.changelog.acknowledged) == (1, [])
+
+
+def test_a_changelog_write_refused_after_button_accepted_leaves_the_record_unfinished() -> None:
+    """The send went out (Button accepted it) but the profile's changelog write failed: handle
+    raises, so the offset is never stored and the worker stops; a restart replays the record
+    and sends the same state again (idempotent, DESIGN 2)."""
+    h = Harness(
+        processor=FakeProcessor(processed(profile_changed=True, profile_value=b"\x01profile"))
+    ).answer(OK)
+    h.changelog.fail = True
+
+    with pytest.raises(RuntimeError, match="changelog"):
+        h.handle(record())
+
+    assert (h.button.sent, h.sample("records_finished_total", outcome="delivered")) == (
+        [request()],
+        0.0,
+    )
+
+
+def test_the_park_write_follows_the_acknowledged_profile_write() -> None:
+    """A record that changed the profile and is then dead-lettered: the park is written only
+    after the profile's own write is acknowledged, so the park is the key's last value."""
+    h = Harness(
+        processor=FakeProcessor(processed(profile_changed=True, profile_value=b"\x01profile"))
+    ).answer(INVALID)
+    acknowledged_at_park: list[list[ChangelogWrite]] = []
+    h.changelog.on_write = lambda: acknowledged_at_park.append(list(h.changelog.acknowledged))
+
+    assert h.handle(record()) == ["dead_lettered"]
+
+    assert [w.value for w in h.changelog.written] == [b"\x01profile", f"parked:{ORDER}".encode()]
+    assert acknowledged_at_park[1] == [ChangelogWrite(2, b"user-1", b"\x01profile")]
 
 
 def test_emptied_profile_writes_a_tombstone() -> None:
@@ -1110,6 +1210,35 @@ def test_record_without_key_writes_no_changelog() -> None:
     h.handle(record(key=None))
 
     assert h.calls == [("button", "create", ORDER)]
+
+
+def test_an_inert_event_is_skipped_without_the_profile_or_a_changelog_write() -> None:
+    """A view that can change nothing (triaged by the decoder) is finished as skipped at once:
+    no profile read, no changelog write, nothing sent; the live log shows it."""
+    view = InertEvent("evt-view", EventType.PAGE_VIEW, T0_MS - 5_000, Skip("profile_only"))
+    h = Harness(decoder=FakeDecoder(view))
+
+    outcomes = h.handle(record())
+
+    assert (outcomes, h.processor.calls, h.calls) == (["skipped"], [], [])
+    shown = h.last_delivery()
+    assert (shown["event_id"], shown["reason"], shown["action"]) == (
+        "evt-view",
+        "profile_only",
+        "skip",
+    )
+
+
+def test_a_view_that_teaches_nothing_writes_nothing_with_the_real_processor() -> None:
+    """The full path too: a page view without a token or device id leaves the profile as it
+    is, so nothing is written to the changelog."""
+    view = replace(
+        EVENT, event_type=EventType.PAGE_VIEW, commerce=None, page_url="https://x.example/p"
+    )
+    store = ProfileStore(MappingConfig().retention)
+    h = Harness(decoder=FakeDecoder(view), real_processor=ProfileProcessor(store, MappingConfig()))
+
+    assert (h.handle(record()), h.calls) == (["skipped"], [])
 
 
 def test_the_processor_gets_the_partition_key_and_decoded_event() -> None:
