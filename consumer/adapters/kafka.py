@@ -125,6 +125,10 @@ class AckingProducer:
         # Delivery reports of ``send``, handed to their event loops a batch at a time: one
         # wake-up of a loop per poll, not one per record.
         self._reports: collections.deque[_Report] = collections.deque()
+        # Records of ``queue`` that found librdkafka's local queue full, oldest first, and the
+        # task that hands them over as it drains.
+        self._waiting: collections.deque[_Waiting] = collections.deque()
+        self._waiting_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """Create the producer (idempotent: a second call does nothing)."""
@@ -155,6 +159,40 @@ class AckingProducer:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
                 loop.call_soon_threadsafe(_settle_all, batch)
 
+    def queue(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> asyncio.Future[tuple[int, int]]:
+        """Queue one record before returning (on the running event loop's thread); the future
+        is its (partition, offset) once the broker acknowledged it.
+
+        Records queued one after another are written in that order (the idempotent producer
+        keeps it per partition). While librdkafka's local queue is full, records wait here, in
+        order, and are handed over as it drains.
+
+        The future raises ``RecordTooLargeError`` (over the producer's or the topic's size
+        limit: certain for that record) or ``ProduceError`` (the topic cannot be written).
+        Raises ``ProduceError``/``RecordTooLargeError`` at once when librdkafka refuses the
+        record outright (unknown partition, over ``message.max.bytes``).
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[int, int]] = loop.create_future()
+
+        def report(err: KafkaError | None, msg: Message) -> None:
+            self._reports.append((loop, future, err, msg))
+
+        kwargs = _produce_kwargs(report, key, value, headers, partition, timestamp_ms)
+        if self._waiting or not self._produce(topic, kwargs, key, value, headers):
+            self._waiting.append((topic, kwargs, future, key, value, headers))
+            if self._waiting_task is None:
+                self._waiting_task = loop.create_task(self._hand_over_waiting())
+        return future
+
     async def send(
         self,
         topic: str,
@@ -164,27 +202,45 @@ class AckingProducer:
         partition: int | None = None,
         timestamp_ms: int | None = None,
     ) -> tuple[int, int]:
-        """Write one record; return its (partition, offset) once acknowledged."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[tuple[int, int]] = loop.create_future()
+        """Write one record; return its (partition, offset) once acknowledged (``queue``)."""
+        return await self.queue(topic, key, value, headers, partition, timestamp_ms)
 
-        def report(err: KafkaError | None, msg: Message) -> None:
-            self._reports.append((loop, future, err, msg))
-
-        kwargs = _produce_kwargs(report, key, value, headers, partition, timestamp_ms)
-        while True:
-            try:
-                self._producer.produce(topic, **kwargs)
-                break
-            except BufferError:
-                # The local queue is full: let delivery reports drain it, then try again.
-                await asyncio.sleep(0.05)
-            except KafkaException as exc:
-                raise _produce_error(topic, exc, key, value, headers) from exc
+    def _produce(
+        self,
+        topic: str,
+        kwargs: dict[str, Any],
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers | None,
+    ) -> bool:
+        """Hand one record to librdkafka; ``False`` while its local queue is full."""
         try:
-            return await future
-        except _DeliveryTooLargeError as exc:
-            raise RecordTooLargeError(_record_size(key, value, headers), str(exc)) from None
+            self._producer.produce(topic, **kwargs)
+        except BufferError:
+            return False
+        except KafkaException as exc:
+            raise _produce_error(topic, exc, key, value, headers) from exc
+        return True
+
+    async def _hand_over_waiting(self) -> None:
+        """Hand the records that found the local queue full to librdkafka, in order, as the
+        serving thread's polls drain it."""
+        try:
+            while self._waiting:
+                topic, kwargs, future, key, value, headers = self._waiting[0]
+                try:
+                    produced = self._produce(topic, kwargs, key, value, headers)
+                except BrokerError as exc:
+                    self._waiting.popleft()
+                    if not future.done():
+                        future.set_exception(exc)
+                    continue
+                if produced:
+                    self._waiting.popleft()
+                else:
+                    await asyncio.sleep(0.05)
+        finally:
+            self._waiting_task = None
 
     def send_nowait(
         self,
@@ -301,10 +357,6 @@ def _produce_kwargs(
     return kwargs
 
 
-class _DeliveryTooLargeError(ProduceError):
-    """The broker refused a record for its size (translated by ``send``, which knows it)."""
-
-
 def _code(exc: KafkaException) -> int | None:
     error = exc.args[0] if exc.args else None
     return error.code() if isinstance(error, KafkaError) else None
@@ -313,7 +365,18 @@ def _code(exc: KafkaException) -> int | None:
 _Report = tuple[
     asyncio.AbstractEventLoop, "asyncio.Future[tuple[int, int]]", KafkaError | None, Message
 ]
-"""A delivery report of ``AckingProducer.send``: the loop and future waiting for it."""
+"""A delivery report of ``AckingProducer.queue``: the loop and future waiting for it."""
+
+_Waiting = tuple[
+    str,
+    dict[str, Any],
+    "asyncio.Future[tuple[int, int]]",
+    bytes | None,
+    bytes | None,
+    Headers | None,
+]
+"""A record of ``AckingProducer.queue`` waiting for room: topic, produce arguments, its future,
+and the key, value and headers (to name a refused record)."""
 
 
 def _settle_all(batch: list[_Report]) -> None:
@@ -324,11 +387,13 @@ def _settle_all(batch: list[_Report]) -> None:
 def _settle(future: asyncio.Future[tuple[int, int]], err: KafkaError | None, msg: Message) -> None:
     if future.done():
         return
-    if err is not None:
-        error = _DeliveryTooLargeError if err.code() in _TOO_LARGE else ProduceError
-        future.set_exception(error(f"delivery to {msg.topic()} failed: {err.str()}"))
-    else:
+    if err is None:
         future.set_result((msg.partition() or 0, msg.offset() or 0))
+    elif err.code() in _TOO_LARGE:
+        size = _record_size(msg.key(), msg.value(), message_headers(msg))
+        future.set_exception(RecordTooLargeError(size, f"delivery to {msg.topic()}: {err.str()}"))
+    else:
+        future.set_exception(ProduceError(f"delivery to {msg.topic()} failed: {err.str()}"))
 
 
 class _KafkaThread:

@@ -8,6 +8,7 @@ explicitly (never through the producer's partitioner, which need not match the i
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -49,8 +50,9 @@ class KafkaChangelog:
         self._producer = producer
         self.topic = topic
 
-    async def write(self, partition: int, key: bytes, value: bytes | None) -> None:
-        await self._producer.send(self.topic, key, value, partition=partition)
+    def write(self, partition: int, key: bytes, value: bytes | None) -> asyncio.Future[Any]:
+        """Queue the write now; the future is its acknowledgement (``ports.Changelog``)."""
+        return self._producer.queue(self.topic, key, value, partition=partition)
 
 
 # The group id of the changelog reader: librdkafka requires one; the reader never commits.
