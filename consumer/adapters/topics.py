@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from consumer.adapters.kafka import AckingProducer, PartitionReader, watermark_offsets
+from consumer.adapters.kafka_producer import AckingProducer
+from consumer.adapters.kafka_reader import PartitionReader
 from consumer.domain.deadletter import DeadLetter, dead_letter_headers
 from consumer.ports import Record
 
@@ -22,7 +23,6 @@ __all__ = [
     "KafkaChangelog",
     "KafkaDeadLetters",
     "restore_partitions",
-    "watermark_offsets",  # lives in adapters/kafka.py; still importable from here
 ]
 
 

@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from consumer.adapters.kafka import AckingProducer, PartitionReader
+from consumer.adapters.kafka_producer import AckingProducer
+from consumer.adapters.kafka_reader import PartitionReader
 from consumer.adapters.topics import restore_partitions
 from consumer.errors import BrokerError
 from consumer.settings import Settings
