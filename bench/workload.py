@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from consumer.adapters.avro_codec import build_encoder
-from consumer.adapters.kafka import AckingProducer, ensure_topics
+from consumer.adapters.kafka_admin import ensure_topics
+from consumer.adapters.kafka_producer import AckingProducer
 from consumer.domain.button import Send
 from consumer.domain.events import (
     CommerceData,

@@ -23,7 +23,9 @@ from prometheus_client import CollectorRegistry
 from consumer.adapters.admin import AdminServer, DeliveryLog, Health, TestEventFn
 from consumer.adapters.avro_codec import LocalDecoder, RegistryDecoder, build_decoder
 from consumer.adapters.button_client import ButtonClient
-from consumer.adapters.kafka import AckingProducer, KafkaSource, describe_topics, ensure_topics
+from consumer.adapters.kafka import KafkaSource
+from consumer.adapters.kafka_admin import describe_topics, ensure_topics
+from consumer.adapters.kafka_producer import AckingProducer
 from consumer.adapters.logging import configure_logging
 from consumer.adapters.metrics import Metrics
 from consumer.adapters.telemetry import RestoreReport, ServiceTelemetry, TimedChangelog

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from consumer.adapters.avro_codec import build_encoder
-from consumer.adapters.kafka import AckingProducer, ensure_topics
+from consumer.adapters.kafka_admin import ensure_topics
+from consumer.adapters.kafka_producer import AckingProducer
 from consumer.bootstrap import mapping_config
 from consumer.domain.event_forms import event_to_json
 from consumer.domain.events import (

@@ -17,7 +17,7 @@ Layers (enforced by import-linter in ``make lint``)::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -187,13 +187,16 @@ class ButtonPort(Protocol):
 
 
 class Changelog(Protocol):
-    """The compacted profile changelog; returns once the write is acknowledged.
+    """The compacted profile changelog.
 
-    ``write`` queues its record before it first suspends, and the writes of one partition are
-    written in the order they were queued (an idempotent producer keeps that order).
+    ``write`` queues its record (``None``: a tombstone) before it returns and returns the
+    broker's acknowledgement to await, which raises ``BrokerError`` when the write is refused.
+    The writes of one partition are written in the order they were queued (an idempotent
+    producer keeps that order), so a caller may send a record's request to Button before the
+    acknowledgement arrives and await it afterwards (DESIGN, 7).
     """
 
-    async def write(self, partition: int, key: bytes, value: bytes | None) -> None: ...
+    def write(self, partition: int, key: bytes, value: bytes | None) -> Awaitable[object]: ...
 
 
 class DeadLetterSink(Protocol):

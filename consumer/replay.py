@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, TextIO, cast
 
-from consumer.adapters.kafka import AckingProducer, PartitionReader
+from consumer.adapters.kafka_producer import AckingProducer
+from consumer.adapters.kafka_reader import PartitionReader
 from consumer.domain.deadletter import (
     H_DEAD_LETTERED_AT,
     H_ORDER_ID,

@@ -1,31 +1,25 @@
-"""confluent-kafka at the edge: the consumer-group source, an acknowledging producer, and a
-reader of partitions to their end.
+"""confluent-kafka at the edge: the consumer-group source (``KafkaSource``) and what the other
+Kafka adapters share with it (message conversion, the one-thread executor, deadlines).
 
 The consumer is used from one dedicated thread (librdkafka's poll, rebalance callbacks, offset
-store and commit all run there), so the asyncio loop never blocks on Kafka. The producer's
-delivery reports resolve futures: a DLQ or changelog write is *acknowledged* only when its
-future completes, and only then may the source offset be stored.
+store and commit all run there), so the asyncio loop never blocks on Kafka. The producer is in
+``kafka_producer``, the reader of partitions to their end in ``kafka_reader``, topic
+administration in ``kafka_admin``.
 
 Every class here takes a finished librdkafka configuration and adds nothing to it: the
 configurations, with the properties the guarantees rest on (offset store off, idempotent
 ``acks=all`` producer), are assembled in one place, ``consumer.settings.KafkaSettings``.
-
-About 820 lines: the clients share the message conversion, the daemon-thread deadlines and the
-handling of librdkafka's error codes, which would otherwise be imported back and forth.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
-import contextlib
 import queue
 import re
 import threading
-import time
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import structlog
 from confluent_kafka import (
@@ -34,15 +28,10 @@ from confluent_kafka import (
     KafkaError,
     KafkaException,
     Message,
-    Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.admin._config import ConfigResource
-from confluent_kafka.cimpl import NewTopic
 
-from consumer.domain.topics import TopicState
-from consumer.errors import BrokerError, RecordTooLargeError
+from consumer.errors import BrokerError
 from consumer.ports import Headers, RebalanceListener, Record
 
 log = structlog.get_logger("consumer.kafka")
@@ -56,23 +45,8 @@ _UNAUTHORIZED = frozenset(
 )
 
 
-class ProduceError(BrokerError):
-    """A record could not be written (delivery report with an error, or a timeout)."""
-
-
-# The producer's own check (message.max.bytes) and the broker's (the topic's max.message.bytes)
-# report a record too large with these codes: certain for that record, not an outage.
-_TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
 WAKE_TIMEOUT = 0.5
 """Seconds the request that wakes the fetcher after a resume may take (``KafkaSource``)."""
-
-
-def _record_size(key: bytes | None, value: bytes | None, headers: Headers | None) -> int:
-    return (
-        len(key or b"")
-        + len(value or b"")
-        + sum(len(name) + len(data or b"") for name, data in headers or [])
-    )
 
 
 def message_headers(message: Message) -> Headers:
@@ -85,7 +59,7 @@ def message_headers(message: Message) -> Headers:
     ]
 
 
-def _to_record(message: Message) -> Record:
+def to_record(message: Message) -> Record:
     ts: int = message.timestamp()[1]
     headers = message_headers(message)
     return Record(
@@ -97,238 +71,6 @@ def _to_record(message: Message) -> Record:
         timestamp_ms=ts if ts and ts > 0 else None,
         headers=headers,
     )
-
-
-class AckingProducer:
-    """A producer whose ``send`` returns when the broker acknowledged the record.
-
-    Constructing it connects nothing: ``start()`` creates the librdkafka producer and the thread
-    that serves its delivery reports; ``close()`` flushes and stops both.
-
-    Args:
-        config: librdkafka producer properties, ``KafkaSettings.producer_config()`` (idempotent,
-            ``acks=all``): used as given.
-    """
-
-    def __init__(self, config: Mapping[str, Any]) -> None:
-        self._config = dict(config)
-        self._client: Producer | None = None
-        # Records of send_nowait: not yet reported, and reported as not written; by tag, those
-        # queued with one (not yet reported, and failed with their error).
-        self._acks = threading.Condition()
-        self._outstanding = 0
-        self._failed = 0
-        self._unreported: set[Hashable] = set()
-        self._errors: dict[Hashable, str] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="kafka-producer", daemon=True)
-        # Delivery reports of ``send``, handed to their event loops a batch at a time: one
-        # wake-up of a loop per poll, not one per record.
-        self._reports: collections.deque[_Report] = collections.deque()
-
-    def start(self) -> None:
-        """Create the producer (idempotent: a second call does nothing)."""
-        if self._client is None:
-            self._client = Producer(self._config)
-            self._thread.start()
-
-    @property
-    def _producer(self) -> Producer:
-        if self._client is None:
-            raise BrokerError("the Kafka producer is not started")
-        return self._client
-
-    def _serve(self) -> None:
-        producer = self._producer
-        while not self._stop.is_set():
-            producer.poll(0.1)
-            self._hand_over()
-
-    def _hand_over(self) -> None:
-        """Settle the reported ``send`` futures on their loops, one call per loop and batch."""
-        reports = self._reports
-        batches: dict[asyncio.AbstractEventLoop, list[_Report]] = {}
-        while reports:
-            report = reports.popleft()
-            batches.setdefault(report[0], []).append(report)
-        for loop, batch in batches.items():
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-                loop.call_soon_threadsafe(_settle_all, batch)
-
-    async def send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: Headers | None = None,
-        partition: int | None = None,
-        timestamp_ms: int | None = None,
-    ) -> tuple[int, int]:
-        """Write one record; return its (partition, offset) once acknowledged."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[tuple[int, int]] = loop.create_future()
-
-        def report(err: KafkaError | None, msg: Message) -> None:
-            self._reports.append((loop, future, err, msg))
-
-        kwargs = _produce_kwargs(report, key, value, headers, partition, timestamp_ms)
-        while True:
-            try:
-                self._producer.produce(topic, **kwargs)
-                break
-            except BufferError:
-                # The local queue is full: let delivery reports drain it, then try again.
-                await asyncio.sleep(0.05)
-            except KafkaException as exc:
-                raise _produce_error(topic, exc, key, value, headers) from exc
-        try:
-            return await future
-        except _DeliveryTooLargeError as exc:
-            raise RecordTooLargeError(_record_size(key, value, headers), str(exc)) from None
-
-    def send_nowait(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: Headers | None = None,
-        partition: int | None = None,
-        tag: Hashable | None = None,
-    ) -> None:
-        """Queue one record from synchronous code (``replay-dlq``, the sample producer).
-
-        Records queued one after another are written in that order; this blocks while the local
-        queue is full. ``settle`` says whether every queued record was acknowledged, and
-        ``undelivered`` which of the records queued with a ``tag`` (unique) were not.
-
-        Raises:
-            RecordTooLargeError: the record is over the producer's size limit.
-            ProduceError: the record cannot be queued (unknown partition...).
-        """
-
-        def report(err: KafkaError | None, _msg: Message) -> None:
-            self._acknowledged(tag, err)
-
-        kwargs = _produce_kwargs(report, key, value, headers, partition, None)
-        while True:
-            try:
-                with self._acks:
-                    self._producer.produce(topic, **kwargs)
-                    self._outstanding += 1
-                    if tag is not None:
-                        self._unreported.add(tag)
-                return
-            except BufferError:
-                # The local queue is full: the serving thread's polls drain it.
-                time.sleep(0.05)
-            except KafkaException as exc:
-                raise _produce_error(topic, exc, key, value, headers) from exc
-
-    def _acknowledged(self, tag: Hashable | None, err: KafkaError | None) -> None:
-        with self._acks:
-            self._outstanding -= 1
-            if tag is not None:
-                self._unreported.discard(tag)
-            if err is not None:
-                self._failed += 1
-                if tag is not None:
-                    self._errors[tag] = err.str()
-            self._acks.notify_all()
-
-    def settle(self, timeout: float) -> int:
-        """Wait until every record queued by ``send_nowait`` has its delivery report.
-
-        Returns:
-            how many of them were not acknowledged: failed, or still unreported at ``timeout``
-            seconds; 0 when all of them are safely written.
-        """
-        deadline = time.monotonic() + timeout
-        self.flush(timeout)
-        with self._acks:
-            while self._outstanding > 0 and (left := deadline - time.monotonic()) > 0:
-                self._acks.wait(left)
-            return self._outstanding + self._failed
-
-    def undelivered(self) -> dict[Hashable, str]:
-        """The tagged records not acknowledged (so far): tag -> the broker's error, or
-        ``"no delivery report"`` for one still unreported. Call it after ``settle``."""
-        with self._acks:
-            missing = dict.fromkeys(self._unreported, "no delivery report")
-            return {**missing, **self._errors}
-
-    def flush(self, timeout: float) -> int:
-        """Wait for outstanding deliveries; return how many are still outstanding."""
-        left = int(self._producer.flush(timeout))
-        self._hand_over()
-        return left
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Wait up to ``timeout`` seconds for outstanding deliveries, then stop."""
-        if self._client is None:
-            return
-        self.flush(timeout)
-        self._stop.set()
-        self._thread.join(timeout=2.0)
-        client, self._client = self._client, None
-        client.close()
-
-
-def _produce_error(
-    topic: str, exc: KafkaException, key: bytes | None, value: bytes | None, headers: Headers | None
-) -> BrokerError:
-    """What a refused ``produce()`` means: too large for the producer's limit (certain, not an
-    outage: ``RecordTooLargeError``), or the topic cannot be written (``ProduceError``)."""
-    if _code(exc) in _TOO_LARGE:
-        return RecordTooLargeError(_record_size(key, value, headers), f"produce to {topic}: {exc}")
-    return ProduceError(f"produce to {topic} failed: {exc}")
-
-
-def _produce_kwargs(
-    report: Callable[[KafkaError | None, Message], None],
-    key: bytes | None,
-    value: bytes | None,
-    headers: Headers | None,
-    partition: int | None,
-    timestamp_ms: int | None,
-) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": report}
-    if headers:
-        kwargs["headers"] = headers
-    if partition is not None:
-        kwargs["partition"] = partition
-    if timestamp_ms is not None:
-        kwargs["timestamp"] = timestamp_ms
-    return kwargs
-
-
-class _DeliveryTooLargeError(ProduceError):
-    """The broker refused a record for its size (translated by ``send``, which knows it)."""
-
-
-def _code(exc: KafkaException) -> int | None:
-    error = exc.args[0] if exc.args else None
-    return error.code() if isinstance(error, KafkaError) else None
-
-
-_Report = tuple[
-    asyncio.AbstractEventLoop, "asyncio.Future[tuple[int, int]]", KafkaError | None, Message
-]
-"""A delivery report of ``AckingProducer.send``: the loop and future waiting for it."""
-
-
-def _settle_all(batch: list[_Report]) -> None:
-    for _loop, future, err, msg in batch:
-        _settle(future, err, msg)
-
-
-def _settle(future: asyncio.Future[tuple[int, int]], err: KafkaError | None, msg: Message) -> None:
-    if future.done():
-        return
-    if err is not None:
-        error = _DeliveryTooLargeError if err.code() in _TOO_LARGE else ProduceError
-        future.set_exception(error(f"delivery to {msg.topic()} failed: {err.str()}"))
-    else:
-        future.set_result((msg.partition() or 0, msg.offset() or 0))
 
 
 class _KafkaThread:
@@ -550,7 +292,7 @@ class KafkaSource:
         for message in self._c.consume(num_messages=max_records, timeout=timeout):
             err = message.error()
             if err is None:
-                records.append(_to_record(message))
+                records.append(to_record(message))
             elif err.fatal():
                 raise BrokerError(f"fatal Kafka error: {err.str()}")
             elif err.code() in _UNAUTHORIZED:
@@ -693,323 +435,3 @@ class KafkaSource:
 
 def _partitions(parts: list[TopicPartition]) -> list[int]:
     return sorted(tp.partition for tp in parts)
-
-
-def describe_topics(
-    config: Mapping[str, Any], names: Sequence[str], timeout: float = 30.0
-) -> dict[str, TopicState]:
-    """Partition count, replica count and effective configuration of each topic.
-
-    Args:
-        config: admin client properties, ``KafkaSettings.admin_config()``.
-        names: the topics; one that does not exist is described with 0 partitions.
-
-    Raises:
-        BrokerError: the cluster's metadata or a topic's configuration could not be read.
-    """
-    admin = AdminClient(dict(config))
-    try:
-        metadata = admin.list_topics(timeout=timeout)
-    except KafkaException as exc:
-        raise BrokerError(f"cannot read the cluster's topics: {exc}") from exc
-    states: dict[str, TopicState] = {}
-    for name in names:
-        topic = metadata.topics.get(name)
-        if topic is None or topic.error is not None or not topic.partitions:
-            states[name] = TopicState(name)
-            continue
-        first = topic.partitions[min(topic.partitions)]
-        resource = ConfigResource(ConfigResource.Type.TOPIC, name)
-        try:
-            entries = admin.describe_configs([resource])[resource].result(timeout)
-        except KafkaException as exc:
-            raise BrokerError(f"cannot read the configuration of {name}: {exc}") from exc
-        settings = {key: str(entry.value) for key, entry in entries.items()}
-        states[name] = TopicState(name, len(topic.partitions), len(first.replicas), settings)
-    return states
-
-
-def ensure_topics(
-    config: Mapping[str, Any],
-    topics: dict[str, dict[str, str]],
-    partitions: int | None = None,
-    timeout: float = 30.0,
-    replication: int = -1,
-) -> None:
-    """Create the topics that do not exist yet (the profile changelog is compacted).
-
-    Args:
-        config: admin client properties, ``KafkaSettings.admin_config()``.
-        topics: name -> topic configuration of each topic wanted.
-        partitions: partition count of created topics; defaults to the partition count of the
-            first existing topic of ``topics``, else 1.
-        replication: replica count of created topics (-1: the broker's default).
-
-    Raises:
-        BrokerError: a topic could not be created.
-        KafkaException: the cluster's metadata could not be read.
-    """
-    admin = AdminClient(dict(config))
-    metadata = admin.list_topics(timeout=timeout)
-    existing = metadata.topics
-    count = partitions
-    if count is None:
-        for name in topics:
-            if name in existing and existing[name].error is None:
-                count = len(existing[name].partitions)
-                break
-    count = count or 1
-    missing = [
-        NewTopic(name, num_partitions=count, replication_factor=replication, config=cfg)
-        for name, cfg in topics.items()
-        if name not in existing
-    ]
-    if not missing:
-        return
-    for name, fut in admin.create_topics(missing, request_timeout=timeout).items():
-        try:
-            fut.result(timeout)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise BrokerError(f"cannot create topic {name}: {exc}") from exc
-
-
-# A topic created a moment ago (first start) may not have a leader yet: wait for it.
-_NO_LEADER_YET = frozenset(
-    {
-        KafkaError.NOT_LEADER_FOR_PARTITION,
-        KafkaError.LEADER_NOT_AVAILABLE,
-        KafkaError.UNKNOWN_TOPIC_OR_PART,
-        KafkaError._UNKNOWN_PARTITION,
-        KafkaError._UNKNOWN_TOPIC,
-    }
-)
-
-
-def watermark_offsets(
-    reader: Consumer, partition: TopicPartition, deadline: float
-) -> tuple[int, int]:
-    """(low, high) of a partition, waiting out a just-created topic's missing leader.
-
-    Raises:
-        KafkaException: another error, or still no leader at ``deadline`` (monotonic time).
-    """
-    while True:
-        try:
-            low, high = reader.get_watermark_offsets(partition, timeout=30.0)
-            return low, high
-        except KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            code = error.code() if isinstance(error, KafkaError) else None
-            if code not in _NO_LEADER_YET or time.monotonic() > deadline:
-                raise
-        time.sleep(0.1)
-
-
-# Answers of a group coordinator that is moving or still loading (a fresh or restarting
-# cluster): asking again shortly succeeds.
-_COORDINATOR_MOVING: Final = frozenset(
-    {
-        KafkaError.NOT_COORDINATOR,
-        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-        KafkaError.COORDINATOR_NOT_AVAILABLE,
-    }
-)
-
-
-class PartitionReader:
-    """Reads partitions of one topic from chosen offsets to where they end (blocking).
-
-    A consumer that assigns partitions itself: it joins no group and sees no rebalance. For what
-    must be read completely before going on: the profile changelog on assignment, the dead
-    letters present when ``replay-dlq`` starts. No network I/O happens in the constructor.
-
-    Args:
-        config: reader properties, ``KafkaSettings.reader_config(group_id)`` (no automatic
-            commit, partition ends reported).
-        topic: the topic to read.
-    """
-
-    def __init__(self, config: Mapping[str, Any], topic: str) -> None:
-        self.topic = topic
-        self._consumer = Consumer(dict(config))
-        self._closed = False
-
-    def __enter__(self) -> PartitionReader:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def partitions(self, timeout: float = 30.0) -> list[int]:
-        """The topic's partition numbers, ascending.
-
-        Raises:
-            BrokerError: the topic does not exist (or its metadata has an error).
-        """
-        info = self._consumer.list_topics(self.topic, timeout=timeout).topics.get(self.topic)
-        if info is None or info.error is not None:
-            raise BrokerError(f"topic {self.topic} not found")
-        return sorted(info.partitions)
-
-    def watermarks(self, partitions: Iterable[int], deadline: float) -> dict[int, tuple[int, int]]:
-        """Per partition, (first offset, offset after the last record) now.
-
-        Raises:
-            KafkaException: not readable, or still without a leader at ``deadline`` (monotonic).
-        """
-        return {
-            p: watermark_offsets(self._consumer, TopicPartition(self.topic, p), deadline)
-            for p in partitions
-        }
-
-    def committed(self, partitions: Iterable[int], timeout: float = 30.0) -> dict[int, int | None]:
-        """Per partition, the offset committed by the reader's group (None: nothing committed).
-
-        A retriable error (the group's coordinator moving or still loading, as on a fresh
-        cluster) is retried until ``timeout``.
-        """
-        parts = [TopicPartition(self.topic, p) for p in partitions]
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                answer = self._consumer.committed(
-                    parts, timeout=max(0.1, deadline - time.monotonic())
-                )
-                break
-            except KafkaException as exc:
-                error = exc.args[0] if exc.args else None
-                retriable = isinstance(error, KafkaError) and (
-                    error.retriable() or error.code() in _COORDINATOR_MOVING
-                )
-                if not retriable or time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.2)
-        return {tp.partition: tp.offset if tp.offset >= 0 else None for tp in answer}
-
-    def read(
-        self, ranges: Mapping[int, tuple[int, int]], deadline: float | None = None
-    ) -> Iterator[Record]:
-        """The records of each partition ``p`` from ``ranges[p][0]`` up to (excluding)
-        ``ranges[p][1]``, in offset order per partition; partitions interleave.
-
-        Raises:
-            BrokerError: a fatal Kafka error, or not done by ``deadline`` (monotonic time).
-        """
-        ends = {p: end for p, (start, end) in ranges.items() if end > start}
-        if not ends:
-            return
-        self._consumer.assign([TopicPartition(self.topic, p, ranges[p][0]) for p in ends])
-        pending = set(ends)
-        while pending:
-            if deadline is not None and time.monotonic() > deadline:
-                raise BrokerError(f"reading {self.topic} partitions {sorted(pending)} timed out")
-            for message in self._consumer.consume(num_messages=500, timeout=0.5):
-                err = message.error()
-                partition = message.partition() or 0
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(partition)
-                    elif err.fatal():
-                        raise BrokerError(f"reading {self.topic}: {err.str()}")
-                    continue
-                offset = message.offset() or 0
-                if offset < ends[partition]:
-                    yield _to_record(message)
-                if offset + 1 >= ends[partition]:
-                    pending.discard(partition)
-
-    def read_batches(
-        self,
-        ranges: Mapping[int, tuple[int, int]],
-        stall: float,
-        skip: Callable[[int], bool] = lambda _partition: False,
-        batch: int = 10_000,
-    ) -> Iterator[tuple[int, list[tuple[bytes | None, bytes | None]], int]]:
-        """The (key, value) pairs of each partition ``p`` from ``ranges[p][0]`` up to (excluding)
-        ``ranges[p][1]``, a consumed batch at a time: ``(partition, pairs, next offset)``, in
-        offset order per partition. The fast path of the profile restore: no ``Record`` per
-        message.
-
-        Args:
-            stall: seconds without a record or a partition end before giving up (a long read
-                that makes progress is never cut short).
-            skip: asked per partition between batches; a partition it names is no longer read.
-            batch: messages consumed at once.
-
-        Raises:
-            BrokerError: a fatal Kafka error, or no progress for ``stall`` seconds.
-        """
-        ends = {p: end for p, (start, end) in ranges.items() if end > start}
-        if not ends:
-            return
-        self._consumer.assign([TopicPartition(self.topic, p, ranges[p][0]) for p in ends])
-        pending = set(ends)
-        progress = time.monotonic()
-        while pending:
-            skipped = {p for p in pending if skip(p)}
-            if skipped:
-                pending -= skipped
-                self._consumer.incremental_unassign(
-                    [TopicPartition(self.topic, p) for p in skipped]
-                )
-                if not pending:
-                    return
-            messages = self._consumer.consume(num_messages=batch, timeout=0.5)
-            if not messages:
-                if time.monotonic() - progress > stall:
-                    raise BrokerError(
-                        f"reading {self.topic} partitions {sorted(pending)}: no progress for "
-                        f"{stall:.0f}s"
-                    )
-                continue
-            progress = time.monotonic()
-            yield from self._group(messages, ends, pending)
-
-    def _group(
-        self, messages: list[Message], ends: Mapping[int, int], pending: set[int]
-    ) -> Iterator[tuple[int, list[tuple[bytes | None, bytes | None]], int]]:
-        """A consumed batch per partition (see ``read_batches``); ends reached leave
-        ``pending``."""
-        by_partition: dict[int, list[tuple[bytes | None, bytes | None]]] = {}
-        last: dict[int, int] = {}
-        for message in messages:
-            err = message.error()
-            partition = message.partition() or 0
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(partition)
-                elif err.fatal():
-                    raise BrokerError(f"reading {self.topic}: {err.str()}")
-                continue
-            if partition not in pending:
-                continue
-            offset = message.offset() or 0
-            if offset < ends[partition]:
-                pairs = by_partition.get(partition)
-                if pairs is None:
-                    pairs = by_partition[partition] = []
-                pairs.append((message.key(), message.value()))
-                last[partition] = offset
-            if offset + 1 >= ends[partition]:
-                pending.discard(partition)
-        for partition, pairs in by_partition.items():
-            yield partition, pairs, last[partition] + 1
-
-    def commit(self, offsets: Mapping[int, int]) -> None:
-        """Commit ``offsets`` (partition -> next offset to read) for the reader's group, now.
-
-        Raises:
-            KafkaException: the commit failed.
-        """
-        if offsets:
-            self._consumer.commit(
-                offsets=[TopicPartition(self.topic, p, o) for p, o in offsets.items()],
-                asynchronous=False,
-            )
-
-    def close(self) -> None:
-        """Close the consumer (it commits nothing). Idempotent."""
-        if not self._closed:
-            self._closed = True
-            self._consumer.close()

@@ -10,11 +10,13 @@ real changelog without the engine knowing.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
+from typing import Any
 
 import structlog
 
@@ -266,7 +268,13 @@ class TimedChangelog:
         self._telemetry = telemetry
         self._monotonic = monotonic
 
-    async def write(self, partition: int, key: bytes, value: bytes | None) -> None:
+    def write(self, partition: int, key: bytes, value: bytes | None) -> asyncio.Future[Any]:
         started = self._monotonic()
-        await self._inner.write(partition, key, value)
-        self._telemetry.changelog_written(self._monotonic() - started)
+        ack = asyncio.ensure_future(self._inner.write(partition, key, value))
+
+        def written(done: asyncio.Future[Any]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                self._telemetry.changelog_written(self._monotonic() - started)
+
+        ack.add_done_callback(written)
+        return ack

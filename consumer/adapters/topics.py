@@ -8,11 +8,13 @@ explicitly (never through the producer's partitioner, which need not match the i
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from consumer.adapters.kafka import AckingProducer, PartitionReader, watermark_offsets
+from consumer.adapters.kafka_producer import AckingProducer
+from consumer.adapters.kafka_reader import PartitionReader
 from consumer.domain.deadletter import DeadLetter, dead_letter_headers
 from consumer.ports import Record
 
@@ -21,7 +23,6 @@ __all__ = [
     "KafkaChangelog",
     "KafkaDeadLetters",
     "restore_partitions",
-    "watermark_offsets",  # lives in adapters/kafka.py; still importable from here
 ]
 
 
@@ -49,8 +50,9 @@ class KafkaChangelog:
         self._producer = producer
         self.topic = topic
 
-    async def write(self, partition: int, key: bytes, value: bytes | None) -> None:
-        await self._producer.send(self.topic, key, value, partition=partition)
+    def write(self, partition: int, key: bytes, value: bytes | None) -> asyncio.Future[Any]:
+        """Queue the write now; the future is its acknowledgement (``ports.Changelog``)."""
+        return self._producer.queue(self.topic, key, value, partition=partition)
 
 
 # The group id of the changelog reader: librdkafka requires one; the reader never commits.

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
@@ -197,8 +197,7 @@ class Pipeline:
         finally:
             # Raised or cancelled before the acknowledgement was awaited: the record is not
             # finished (its offset is never stored), so the write's fate no longer matters.
-            if context.pending is not None:
-                context.pending.abandon()
+            _abandon(context.pending)
 
     def _skip_inert(self, record: Record, event: InertEvent) -> str:
         skip = event.result
@@ -457,16 +456,17 @@ class Pipeline:
         if write is not None:
             await self._d.changelog.write(write.partition, write.key, write.value)
 
-    def _start_write(self, write: ChangelogWrite | None) -> _Started | None:
+    def _start_write(self, write: ChangelogWrite | None) -> asyncio.Future[Any] | None:
         """Queue ``write`` now and return its acknowledgement to await later (``None``: none).
 
-        The changelog queues a record before it first suspends (``consumer.ports.Changelog``):
-        stepping the coroutine once here queues it before anything else of this record is
-        written or sent, without a task per write.
+        The changelog queues a record before ``write`` returns (``consumer.ports.Changelog``),
+        so it is queued before anything else of this record is written or sent.
         """
         if write is None:
             return None
-        return _Started(self._d.changelog.write(write.partition, write.key, write.value))
+        return asyncio.ensure_future(
+            self._d.changelog.write(write.partition, write.key, write.value)
+        )
 
     @staticmethod
     async def _acknowledged(context: _Context) -> None:
@@ -474,7 +474,7 @@ class Pipeline:
         (the record must not be finished: the worker stops, as for any unwritable changelog)."""
         pending, context.pending = context.pending, None
         if pending is not None:
-            await pending.acknowledged()
+            await pending
 
     def _record(self, record: Record, decision: Decision, context: _Context, reason: str) -> None:
         processed, attempts = context.processed, context.attempts
@@ -504,7 +504,7 @@ class _Context:
     action: str = "none"
     attempts: _Attempts = field(default_factory=_Attempts)
     event_type: str = ""
-    pending: _Started | None = None
+    pending: asyncio.Future[Any] | None = None
     """The profile's changelog write, queued but not yet awaited (``_acknowledged``)."""
 
     @property
@@ -513,82 +513,16 @@ class _Context:
         return "" if self.action == "none" else self.action
 
 
-class _Started:
-    """A changelog write run up to its first suspension now (so its record is queued), and on
-    from there by the completion of what it waits for (the broker's acknowledgement), as its
-    task would run it, without a task of its own per write.
-
-    Python 3.11 has no eagerly started tasks, and a plain task would begin only at the next
-    turn of the event loop, after the request to Button may already be on its way.
-    """
-
-    __slots__ = ("_outcome", "_step", "_waiting_on")
-
-    def __init__(self, step: Coroutine[Any, Any, None]) -> None:
-        self._step: Coroutine[Any, Any, None] | None = step
-        self._waiting_on: asyncio.Future[Any] | None = None
-        self._outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        try:
-            waiting_on = step.send(None)  # raises what the write raises before queuing
-        except StopIteration:
-            self._step = None
-            self._outcome.set_result(None)
-            return
-        self._wait_on(waiting_on)
-
-    async def acknowledged(self) -> None:
-        """Wait until the write has returned; raise what it raised."""
-        await self._outcome
-
-    def abandon(self) -> None:
-        """Stop the write's waiting: the record will not be finished, so its fate is moot."""
-        step, self._step = self._step, None
-        waiting_on, self._waiting_on = self._waiting_on, None
-        if step is not None:
-            if waiting_on is not None:
-                waiting_on.remove_done_callback(self._advance)
-                waiting_on.cancel()
-            step.close()
-        if not self._outcome.done():
-            self._outcome.cancel()
-        elif not self._outcome.cancelled():
-            self._outcome.exception()  # retrieved: no "exception was never retrieved" warning
-
-    def _wait_on(self, waiting_on: object) -> None:
-        if waiting_on is None:  # a bare yield
-            asyncio.get_running_loop().call_soon(self._advance)
-        elif isinstance(waiting_on, asyncio.Future):
-            waiting_on._asyncio_future_blocking = False  # what a task does, too
-            self._waiting_on = waiting_on
-            waiting_on.add_done_callback(self._advance)
-        else:
-            self._finish(TypeError(f"a changelog write yielded {waiting_on!r}, not a future"))
-
-    def _advance(self, _done: object = None) -> None:
-        step, self._waiting_on = self._step, None
-        if step is None:
-            return
-        try:
-            waiting_on = step.send(None)
-        except StopIteration:
-            self._finish(None)
-        except BaseException as exc:  # noqa: BLE001 - handed to the record that awaits it
-            self._finish(exc)
-        else:
-            self._wait_on(waiting_on)
-
-    def _finish(self, error: BaseException | None) -> None:
-        step, self._step = self._step, None
-        if step is not None and error is not None:
-            step.close()
-        if self._outcome.done():
-            return
-        if error is None:
-            self._outcome.set_result(None)
-        elif isinstance(error, asyncio.CancelledError):
-            self._outcome.cancel()
-        else:
-            self._outcome.set_exception(error)
+def _abandon(pending: asyncio.Future[Any] | None) -> None:
+    """Stop waiting for a changelog acknowledgement: its record will not be finished (its
+    offset is never stored), so the write's fate no longer matters; an error it already has
+    counts as seen."""
+    if pending is None:
+        return
+    if not pending.done():
+        pending.cancel()
+    elif not pending.cancelled():
+        pending.exception()
 
 
 def _action(result: Send | Skip | Reject) -> str:

@@ -23,7 +23,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from consumer.adapters.avro_codec import build_encoder
-from consumer.adapters.topics import watermark_offsets
+from consumer.adapters.kafka_reader import watermark_offsets
 from consumer.bootstrap import Service, build, mapping_config
 from consumer.domain import mapping
 from consumer.domain.button import Action, Send

@@ -23,7 +23,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from structlog.testing import capture_logs
 
-from consumer.adapters.kafka import ensure_topics
+from consumer.adapters.kafka_admin import ensure_topics
 from consumer.bootstrap import topic_plan
 from consumer.commands import produce_events
 from consumer.domain.button import Action

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from consumer.adapters.kafka import AckingProducer
+from consumer.adapters.kafka_producer import AckingProducer
 from consumer.bootstrap import mapping_config
 from consumer.commands import produce_events
 from consumer.domain import mapping

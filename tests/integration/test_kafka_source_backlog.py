@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 import pytest
 
-from consumer.adapters.kafka import AckingProducer, KafkaSource
+from consumer.adapters.kafka import KafkaSource
+from consumer.adapters.kafka_producer import AckingProducer
 from consumer.settings import Settings
 
 pytestmark = pytest.mark.broker

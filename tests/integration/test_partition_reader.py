@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from consumer.adapters.kafka import AckingProducer, PartitionReader
+from consumer.adapters.kafka_producer import AckingProducer
+from consumer.adapters.kafka_reader import PartitionReader
 from consumer.adapters.topics import restore_partitions
 from consumer.errors import BrokerError
 from consumer.settings import Settings
@@ -141,3 +142,38 @@ def test_the_restore_reads_batches_to_the_end_reports_progress_and_skips_cancell
     expected = {p: [v for q, v in written if q == p] for p in (0, 1)}
     assert (applied, read) == (expected, 2_000)
     assert {p: remaining[-1] for p, remaining in left.items()} == {0: 0, 1: 0}
+
+
+def test_queue_hands_records_over_before_returning_and_in_order_when_the_local_queue_is_full(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """``queue`` hands a record to librdkafka before it returns (a flush without awaiting
+    anything writes it), and records that find the local queue full (two records here) wait
+    and are written after it drains, in the order they were queued, each future acknowledged."""
+    import asyncio
+
+    settings = settings_for(kafka_bootstrap)
+    topic = make_topic(partitions=1)
+    config = {**settings.kafka.producer_config(), "queue.buffering.max.messages": 2}
+
+    async def scenario() -> tuple[int, list[tuple[int, int]]]:
+        producer = AckingProducer(config)
+        producer.start()
+        try:
+            first = producer.queue(topic, b"k", b"v0", partition=0)
+            left = producer.flush(30.0)  # nothing awaited: v0 was already handed over
+            futures = [first] + [
+                producer.queue(topic, b"k", f"v{i}".encode(), partition=0) for i in range(1, 40)
+            ]
+            return left, list(await asyncio.gather(*futures))
+        finally:
+            producer.close()
+
+    left, acknowledged = asyncio.run(scenario())
+    with PartitionReader(settings.kafka.reader_config(unique_name("reader")), topic) as reader:
+        marks = reader.watermarks([0], time.monotonic() + 30)
+        values = [r.value for r in reader.read(marks, time.monotonic() + 30)]
+
+    assert left == 0
+    assert values == [f"v{i}".encode() for i in range(40)]
+    assert [offset for _partition, offset in acknowledged] == list(range(40))

@@ -186,8 +186,8 @@ class FakeProcessor:
 
 
 class FakeChangelog:
-    """Queues each write before it first suspends (as the port says); ``hold`` keeps the
-    acknowledgement back until it is set; ``fail`` refuses the write when it is acknowledged."""
+    """Queues each write when ``write`` is called (as the port says) and returns its
+    acknowledgement: ``hold`` keeps it back until set; ``fail`` makes the broker refuse it."""
 
     def __init__(self, calls: list[tuple[Any, ...]]) -> None:
         self.calls = calls
@@ -197,17 +197,30 @@ class FakeChangelog:
         self.hold: asyncio.Event | None = None
         self.acknowledged: list[ChangelogWrite] = []
 
-    async def write(self, partition: int, key: bytes, value: bytes | None) -> None:
+    def write(self, partition: int, key: bytes, value: bytes | None) -> asyncio.Future[None]:
         if self.on_write is not None:
             self.on_write()
-        if self.fail:
-            await asyncio.sleep(0)  # queued, then refused by its delivery report
-            raise RuntimeError("changelog: message timed out")
-        self.calls.append(("changelog", partition, key, value))
-        self.written.append(ChangelogWrite(partition, key, value))
+        write = ChangelogWrite(partition, key, value)
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self.fail:
+            self.calls.append(("changelog", partition, key, value))
+            self.written.append(write)
+        report = asyncio.get_running_loop().create_task(self._acknowledge(write, ack))
+        # An abandoned acknowledgement is never reported (as the producer's future is skipped).
+        ack.add_done_callback(lambda done: report.cancel() if done.cancelled() else None)
+        return ack
+
+    async def _acknowledge(self, write: ChangelogWrite, ack: asyncio.Future[None]) -> None:
+        await asyncio.sleep(0)  # the delivery report comes later, from the producer's thread
         if self.hold is not None:
             await self.hold.wait()
-        self.acknowledged.append(ChangelogWrite(partition, key, value))
+        if ack.done():  # abandoned by its record
+            return
+        if self.fail:
+            ack.set_exception(RuntimeError("changelog: message timed out"))
+            return
+        self.acknowledged.append(write)
+        ack.set_result(None)
 
 
 class FakeButton:

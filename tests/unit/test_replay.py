@@ -8,7 +8,7 @@ from collections.abc import Hashable, Iterable, Iterator, Mapping
 
 import pytest
 
-from consumer.adapters.kafka import ProduceError
+from consumer.adapters.kafka_producer import ProduceError
 from consumer.domain.deadletter import header_map
 from consumer.errors import ConfigError
 from consumer.ports import Headers, Record

@@ -183,7 +183,11 @@ def test_restore_progress_and_changelog_latency_are_reported() -> None:
             return None
 
     clock = iter([10.0, 10.25])
-    asyncio.run(TimedChangelog(Inner(), t, monotonic=lambda: next(clock)).write(0, b"k", b"v"))
+
+    async def write_one() -> None:
+        await TimedChangelog(Inner(), t, monotonic=lambda: next(clock)).write(0, b"k", b"v")
+
+    asyncio.run(write_one())
 
     assert (
         during,

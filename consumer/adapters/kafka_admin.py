@@ -1,0 +1,100 @@
+"""Topics as the admin API sees them: their partition counts, replication and settings
+(``describe_topics``), and their creation with explicit settings (``ensure_topics``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import structlog
+from confluent_kafka import (
+    KafkaError,
+    KafkaException,
+)
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import ConfigResource
+from confluent_kafka.cimpl import NewTopic
+
+from consumer.domain.topics import TopicState
+from consumer.errors import BrokerError
+
+log = structlog.get_logger("consumer.kafka")
+
+
+def describe_topics(
+    config: Mapping[str, Any], names: Sequence[str], timeout: float = 30.0
+) -> dict[str, TopicState]:
+    """Partition count, replica count and effective configuration of each topic.
+
+    Args:
+        config: admin client properties, ``KafkaSettings.admin_config()``.
+        names: the topics; one that does not exist is described with 0 partitions.
+
+    Raises:
+        BrokerError: the cluster's metadata or a topic's configuration could not be read.
+    """
+    admin = AdminClient(dict(config))
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise BrokerError(f"cannot read the cluster's topics: {exc}") from exc
+    states: dict[str, TopicState] = {}
+    for name in names:
+        topic = metadata.topics.get(name)
+        if topic is None or topic.error is not None or not topic.partitions:
+            states[name] = TopicState(name)
+            continue
+        first = topic.partitions[min(topic.partitions)]
+        resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+        try:
+            entries = admin.describe_configs([resource])[resource].result(timeout)
+        except KafkaException as exc:
+            raise BrokerError(f"cannot read the configuration of {name}: {exc}") from exc
+        settings = {key: str(entry.value) for key, entry in entries.items()}
+        states[name] = TopicState(name, len(topic.partitions), len(first.replicas), settings)
+    return states
+
+
+def ensure_topics(
+    config: Mapping[str, Any],
+    topics: dict[str, dict[str, str]],
+    partitions: int | None = None,
+    timeout: float = 30.0,
+    replication: int = -1,
+) -> None:
+    """Create the topics that do not exist yet (the profile changelog is compacted).
+
+    Args:
+        config: admin client properties, ``KafkaSettings.admin_config()``.
+        topics: name -> topic configuration of each topic wanted.
+        partitions: partition count of created topics; defaults to the partition count of the
+            first existing topic of ``topics``, else 1.
+        replication: replica count of created topics (-1: the broker's default).
+
+    Raises:
+        BrokerError: a topic could not be created.
+        KafkaException: the cluster's metadata could not be read.
+    """
+    admin = AdminClient(dict(config))
+    metadata = admin.list_topics(timeout=timeout)
+    existing = metadata.topics
+    count = partitions
+    if count is None:
+        for name in topics:
+            if name in existing and existing[name].error is None:
+                count = len(existing[name].partitions)
+                break
+    count = count or 1
+    missing = [
+        NewTopic(name, num_partitions=count, replication_factor=replication, config=cfg)
+        for name, cfg in topics.items()
+        if name not in existing
+    ]
+    if not missing:
+        return
+    for name, fut in admin.create_topics(missing, request_timeout=timeout).items():
+        try:
+            fut.result(timeout)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise BrokerError(f"cannot create topic {name}: {exc}") from exc

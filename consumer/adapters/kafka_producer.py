@@ -1,0 +1,345 @@
+"""An acknowledging producer: ``queue`` hands a record to librdkafka at once and returns a
+future that its delivery report settles; a DLQ or changelog write is *acknowledged* only when
+that future completes, and only then may the source offset be stored (DESIGN, 1).
+
+The configuration is ``consumer.settings.KafkaSettings.producer_config()`` (idempotent,
+``acks=all``), used as given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any
+
+import structlog
+from confluent_kafka import (
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+)
+
+from consumer.adapters.kafka import message_headers
+from consumer.errors import BrokerError, RecordTooLargeError
+from consumer.ports import Headers
+
+log = structlog.get_logger("consumer.kafka")
+
+
+class ProduceError(BrokerError):
+    """A record could not be written (delivery report with an error, or a timeout)."""
+
+
+# The producer's own check (message.max.bytes) and the broker's (the topic's max.message.bytes)
+# report a record too large with these codes: certain for that record, not an outage.
+_TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
+
+
+def _record_size(key: bytes | None, value: bytes | None, headers: Headers | None) -> int:
+    return (
+        len(key or b"")
+        + len(value or b"")
+        + sum(len(name) + len(data or b"") for name, data in headers or [])
+    )
+
+
+class AckingProducer:
+    """A producer whose ``send`` returns when the broker acknowledged the record.
+
+    Constructing it connects nothing: ``start()`` creates the librdkafka producer and the thread
+    that serves its delivery reports; ``close()`` flushes and stops both.
+
+    Args:
+        config: librdkafka producer properties, ``KafkaSettings.producer_config()`` (idempotent,
+            ``acks=all``): used as given.
+    """
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self._config = dict(config)
+        self._client: Producer | None = None
+        # Records of send_nowait: not yet reported, and reported as not written; by tag, those
+        # queued with one (not yet reported, and failed with their error).
+        self._acks = threading.Condition()
+        self._outstanding = 0
+        self._failed = 0
+        self._unreported: set[Hashable] = set()
+        self._errors: dict[Hashable, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="kafka-producer", daemon=True)
+        # Delivery reports of ``send``, handed to their event loops a batch at a time: one
+        # wake-up of a loop per poll, not one per record.
+        self._reports: collections.deque[_Report] = collections.deque()
+        # Records of ``queue`` that found librdkafka's local queue full, oldest first, and the
+        # task that hands them over as it drains.
+        self._waiting: collections.deque[_Waiting] = collections.deque()
+        self._waiting_task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Create the producer (idempotent: a second call does nothing)."""
+        if self._client is None:
+            self._client = Producer(self._config)
+            self._thread.start()
+
+    @property
+    def _producer(self) -> Producer:
+        if self._client is None:
+            raise BrokerError("the Kafka producer is not started")
+        return self._client
+
+    def _serve(self) -> None:
+        producer = self._producer
+        while not self._stop.is_set():
+            producer.poll(0.1)
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Settle the reported ``send`` futures on their loops, one call per loop and batch."""
+        reports = self._reports
+        batches: dict[asyncio.AbstractEventLoop, list[_Report]] = {}
+        while reports:
+            report = reports.popleft()
+            batches.setdefault(report[0], []).append(report)
+        for loop, batch in batches.items():
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(_settle_all, batch)
+
+    def queue(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> asyncio.Future[tuple[int, int]]:
+        """Queue one record before returning (on the running event loop's thread); the future
+        is its (partition, offset) once the broker acknowledged it.
+
+        Records queued one after another are written in that order (the idempotent producer
+        keeps it per partition). While librdkafka's local queue is full, records wait here, in
+        order, and are handed over as it drains.
+
+        The future raises ``RecordTooLargeError`` (over the producer's or the topic's size
+        limit: certain for that record) or ``ProduceError`` (the topic cannot be written).
+        Raises ``ProduceError``/``RecordTooLargeError`` at once when librdkafka refuses the
+        record outright (unknown partition, over ``message.max.bytes``).
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[int, int]] = loop.create_future()
+
+        def report(err: KafkaError | None, msg: Message) -> None:
+            self._reports.append((loop, future, err, msg))
+
+        kwargs = _produce_kwargs(report, key, value, headers, partition, timestamp_ms)
+        if self._waiting or not self._produce(topic, kwargs, key, value, headers):
+            self._waiting.append((topic, kwargs, future, key, value, headers))
+            if self._waiting_task is None:
+                self._waiting_task = loop.create_task(self._hand_over_waiting())
+        return future
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> tuple[int, int]:
+        """Write one record; return its (partition, offset) once acknowledged (``queue``)."""
+        return await self.queue(topic, key, value, headers, partition, timestamp_ms)
+
+    def _produce(
+        self,
+        topic: str,
+        kwargs: dict[str, Any],
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers | None,
+    ) -> bool:
+        """Hand one record to librdkafka; ``False`` while its local queue is full."""
+        try:
+            self._producer.produce(topic, **kwargs)
+        except BufferError:
+            return False
+        except KafkaException as exc:
+            raise _produce_error(topic, exc, key, value, headers) from exc
+        return True
+
+    async def _hand_over_waiting(self) -> None:
+        """Hand the records that found the local queue full to librdkafka, in order, as the
+        serving thread's polls drain it."""
+        try:
+            while self._waiting:
+                topic, kwargs, future, key, value, headers = self._waiting[0]
+                try:
+                    produced = self._produce(topic, kwargs, key, value, headers)
+                except BrokerError as exc:
+                    self._waiting.popleft()
+                    if not future.done():
+                        future.set_exception(exc)
+                    continue
+                if produced:
+                    self._waiting.popleft()
+                else:
+                    await asyncio.sleep(0.05)
+        finally:
+            self._waiting_task = None
+
+    def send_nowait(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        tag: Hashable | None = None,
+    ) -> None:
+        """Queue one record from synchronous code (``replay-dlq``, the sample producer).
+
+        Records queued one after another are written in that order; this blocks while the local
+        queue is full. ``settle`` says whether every queued record was acknowledged, and
+        ``undelivered`` which of the records queued with a ``tag`` (unique) were not.
+
+        Raises:
+            RecordTooLargeError: the record is over the producer's size limit.
+            ProduceError: the record cannot be queued (unknown partition...).
+        """
+
+        def report(err: KafkaError | None, _msg: Message) -> None:
+            self._acknowledged(tag, err)
+
+        kwargs = _produce_kwargs(report, key, value, headers, partition, None)
+        while True:
+            try:
+                with self._acks:
+                    self._producer.produce(topic, **kwargs)
+                    self._outstanding += 1
+                    if tag is not None:
+                        self._unreported.add(tag)
+                return
+            except BufferError:
+                # The local queue is full: the serving thread's polls drain it.
+                time.sleep(0.05)
+            except KafkaException as exc:
+                raise _produce_error(topic, exc, key, value, headers) from exc
+
+    def _acknowledged(self, tag: Hashable | None, err: KafkaError | None) -> None:
+        with self._acks:
+            self._outstanding -= 1
+            if tag is not None:
+                self._unreported.discard(tag)
+            if err is not None:
+                self._failed += 1
+                if tag is not None:
+                    self._errors[tag] = err.str()
+            self._acks.notify_all()
+
+    def settle(self, timeout: float) -> int:
+        """Wait until every record queued by ``send_nowait`` has its delivery report.
+
+        Returns:
+            how many of them were not acknowledged: failed, or still unreported at ``timeout``
+            seconds; 0 when all of them are safely written.
+        """
+        deadline = time.monotonic() + timeout
+        self.flush(timeout)
+        with self._acks:
+            while self._outstanding > 0 and (left := deadline - time.monotonic()) > 0:
+                self._acks.wait(left)
+            return self._outstanding + self._failed
+
+    def undelivered(self) -> dict[Hashable, str]:
+        """The tagged records not acknowledged (so far): tag -> the broker's error, or
+        ``"no delivery report"`` for one still unreported. Call it after ``settle``."""
+        with self._acks:
+            missing = dict.fromkeys(self._unreported, "no delivery report")
+            return {**missing, **self._errors}
+
+    def flush(self, timeout: float) -> int:
+        """Wait for outstanding deliveries; return how many are still outstanding."""
+        left = int(self._producer.flush(timeout))
+        self._hand_over()
+        return left
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Wait up to ``timeout`` seconds for outstanding deliveries, then stop."""
+        if self._client is None:
+            return
+        self.flush(timeout)
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        client, self._client = self._client, None
+        client.close()
+
+
+def _produce_error(
+    topic: str, exc: KafkaException, key: bytes | None, value: bytes | None, headers: Headers | None
+) -> BrokerError:
+    """What a refused ``produce()`` means: too large for the producer's limit (certain, not an
+    outage: ``RecordTooLargeError``), or the topic cannot be written (``ProduceError``)."""
+    if _code(exc) in _TOO_LARGE:
+        return RecordTooLargeError(_record_size(key, value, headers), f"produce to {topic}: {exc}")
+    return ProduceError(f"produce to {topic} failed: {exc}")
+
+
+def _produce_kwargs(
+    report: Callable[[KafkaError | None, Message], None],
+    key: bytes | None,
+    value: bytes | None,
+    headers: Headers | None,
+    partition: int | None,
+    timestamp_ms: int | None,
+) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": report}
+    if headers:
+        kwargs["headers"] = headers
+    if partition is not None:
+        kwargs["partition"] = partition
+    if timestamp_ms is not None:
+        kwargs["timestamp"] = timestamp_ms
+    return kwargs
+
+
+def _code(exc: KafkaException) -> int | None:
+    error = exc.args[0] if exc.args else None
+    return error.code() if isinstance(error, KafkaError) else None
+
+
+_Report = tuple[
+    asyncio.AbstractEventLoop, "asyncio.Future[tuple[int, int]]", KafkaError | None, Message
+]
+"""A delivery report of ``AckingProducer.queue``: the loop and future waiting for it."""
+
+_Waiting = tuple[
+    str,
+    dict[str, Any],
+    "asyncio.Future[tuple[int, int]]",
+    bytes | None,
+    bytes | None,
+    Headers | None,
+]
+"""A record of ``AckingProducer.queue`` waiting for room: topic, produce arguments, its future,
+and the key, value and headers (to name a refused record)."""
+
+
+def _settle_all(batch: list[_Report]) -> None:
+    for _loop, future, err, msg in batch:
+        _settle(future, err, msg)
+
+
+def _settle(future: asyncio.Future[tuple[int, int]], err: KafkaError | None, msg: Message) -> None:
+    if future.done():
+        return
+    if err is None:
+        future.set_result((msg.partition() or 0, msg.offset() or 0))
+    elif err.code() in _TOO_LARGE:
+        size = _record_size(msg.key(), msg.value(), message_headers(msg))
+        future.set_exception(RecordTooLargeError(size, f"delivery to {msg.topic()}: {err.str()}"))
+    else:
+        future.set_exception(ProduceError(f"delivery to {msg.topic()} failed: {err.str()}"))

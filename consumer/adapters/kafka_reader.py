@@ -1,0 +1,264 @@
+"""Reading partitions to their end outside the consumer group: ``PartitionReader`` (what the
+profile restore and ``replay-dlq`` use) and ``watermark_offsets`` (a partition's low and high
+watermarks, waiting for the leader of a topic created a moment ago)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Final
+
+import structlog
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+
+from consumer.adapters.kafka import to_record
+from consumer.errors import BrokerError
+from consumer.ports import Record
+
+log = structlog.get_logger("consumer.kafka")
+
+# A topic created a moment ago (first start) may not have a leader yet: wait for it.
+_NO_LEADER_YET = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError._UNKNOWN_TOPIC,
+    }
+)
+
+
+def watermark_offsets(
+    reader: Consumer, partition: TopicPartition, deadline: float
+) -> tuple[int, int]:
+    """(low, high) of a partition, waiting out a just-created topic's missing leader.
+
+    Raises:
+        KafkaException: another error, or still no leader at ``deadline`` (monotonic time).
+    """
+    while True:
+        try:
+            low, high = reader.get_watermark_offsets(partition, timeout=30.0)
+            return low, high
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            code = error.code() if isinstance(error, KafkaError) else None
+            if code not in _NO_LEADER_YET or time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
+
+
+# Answers of a group coordinator that is moving or still loading (a fresh or restarting
+# cluster): asking again shortly succeeds.
+_COORDINATOR_MOVING: Final = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+    }
+)
+
+
+class PartitionReader:
+    """Reads partitions of one topic from chosen offsets to where they end (blocking).
+
+    A consumer that assigns partitions itself: it joins no group and sees no rebalance. For what
+    must be read completely before going on: the profile changelog on assignment, the dead
+    letters present when ``replay-dlq`` starts. No network I/O happens in the constructor.
+
+    Args:
+        config: reader properties, ``KafkaSettings.reader_config(group_id)`` (no automatic
+            commit, partition ends reported).
+        topic: the topic to read.
+    """
+
+    def __init__(self, config: Mapping[str, Any], topic: str) -> None:
+        self.topic = topic
+        self._consumer = Consumer(dict(config))
+        self._closed = False
+
+    def __enter__(self) -> PartitionReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def partitions(self, timeout: float = 30.0) -> list[int]:
+        """The topic's partition numbers, ascending.
+
+        Raises:
+            BrokerError: the topic does not exist (or its metadata has an error).
+        """
+        info = self._consumer.list_topics(self.topic, timeout=timeout).topics.get(self.topic)
+        if info is None or info.error is not None:
+            raise BrokerError(f"topic {self.topic} not found")
+        return sorted(info.partitions)
+
+    def watermarks(self, partitions: Iterable[int], deadline: float) -> dict[int, tuple[int, int]]:
+        """Per partition, (first offset, offset after the last record) now.
+
+        Raises:
+            KafkaException: not readable, or still without a leader at ``deadline`` (monotonic).
+        """
+        return {
+            p: watermark_offsets(self._consumer, TopicPartition(self.topic, p), deadline)
+            for p in partitions
+        }
+
+    def committed(self, partitions: Iterable[int], timeout: float = 30.0) -> dict[int, int | None]:
+        """Per partition, the offset committed by the reader's group (None: nothing committed).
+
+        A retriable error (the group's coordinator moving or still loading, as on a fresh
+        cluster) is retried until ``timeout``.
+        """
+        parts = [TopicPartition(self.topic, p) for p in partitions]
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                answer = self._consumer.committed(
+                    parts, timeout=max(0.1, deadline - time.monotonic())
+                )
+                break
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                retriable = isinstance(error, KafkaError) and (
+                    error.retriable() or error.code() in _COORDINATOR_MOVING
+                )
+                if not retriable or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+        return {tp.partition: tp.offset if tp.offset >= 0 else None for tp in answer}
+
+    def read(
+        self, ranges: Mapping[int, tuple[int, int]], deadline: float | None = None
+    ) -> Iterator[Record]:
+        """The records of each partition ``p`` from ``ranges[p][0]`` up to (excluding)
+        ``ranges[p][1]``, in offset order per partition; partitions interleave.
+
+        Raises:
+            BrokerError: a fatal Kafka error, or not done by ``deadline`` (monotonic time).
+        """
+        ends = {p: end for p, (start, end) in ranges.items() if end > start}
+        if not ends:
+            return
+        self._consumer.assign([TopicPartition(self.topic, p, ranges[p][0]) for p in ends])
+        pending = set(ends)
+        while pending:
+            if deadline is not None and time.monotonic() > deadline:
+                raise BrokerError(f"reading {self.topic} partitions {sorted(pending)} timed out")
+            for message in self._consumer.consume(num_messages=500, timeout=0.5):
+                err = message.error()
+                partition = message.partition() or 0
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(partition)
+                    elif err.fatal():
+                        raise BrokerError(f"reading {self.topic}: {err.str()}")
+                    continue
+                offset = message.offset() or 0
+                if offset < ends[partition]:
+                    yield to_record(message)
+                if offset + 1 >= ends[partition]:
+                    pending.discard(partition)
+
+    def read_batches(
+        self,
+        ranges: Mapping[int, tuple[int, int]],
+        stall: float,
+        skip: Callable[[int], bool] = lambda _partition: False,
+        batch: int = 10_000,
+    ) -> Iterator[tuple[int, list[tuple[bytes | None, bytes | None]], int]]:
+        """The (key, value) pairs of each partition ``p`` from ``ranges[p][0]`` up to (excluding)
+        ``ranges[p][1]``, a consumed batch at a time: ``(partition, pairs, next offset)``, in
+        offset order per partition. The fast path of the profile restore: no ``Record`` per
+        message.
+
+        Args:
+            stall: seconds without a record or a partition end before giving up (a long read
+                that makes progress is never cut short).
+            skip: asked per partition between batches; a partition it names is no longer read.
+            batch: messages consumed at once.
+
+        Raises:
+            BrokerError: a fatal Kafka error, or no progress for ``stall`` seconds.
+        """
+        ends = {p: end for p, (start, end) in ranges.items() if end > start}
+        if not ends:
+            return
+        self._consumer.assign([TopicPartition(self.topic, p, ranges[p][0]) for p in ends])
+        pending = set(ends)
+        progress = time.monotonic()
+        while pending:
+            skipped = {p for p in pending if skip(p)}
+            if skipped:
+                pending -= skipped
+                self._consumer.incremental_unassign(
+                    [TopicPartition(self.topic, p) for p in skipped]
+                )
+                if not pending:
+                    return
+            messages = self._consumer.consume(num_messages=batch, timeout=0.5)
+            if not messages:
+                if time.monotonic() - progress > stall:
+                    raise BrokerError(
+                        f"reading {self.topic} partitions {sorted(pending)}: no progress for "
+                        f"{stall:.0f}s"
+                    )
+                continue
+            progress = time.monotonic()
+            yield from self._group(messages, ends, pending)
+
+    def _group(
+        self, messages: list[Message], ends: Mapping[int, int], pending: set[int]
+    ) -> Iterator[tuple[int, list[tuple[bytes | None, bytes | None]], int]]:
+        """A consumed batch per partition (see ``read_batches``); ends reached leave
+        ``pending``."""
+        by_partition: dict[int, list[tuple[bytes | None, bytes | None]]] = {}
+        last: dict[int, int] = {}
+        for message in messages:
+            err = message.error()
+            partition = message.partition() or 0
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(partition)
+                elif err.fatal():
+                    raise BrokerError(f"reading {self.topic}: {err.str()}")
+                continue
+            if partition not in pending:
+                continue
+            offset = message.offset() or 0
+            if offset < ends[partition]:
+                pairs = by_partition.get(partition)
+                if pairs is None:
+                    pairs = by_partition[partition] = []
+                pairs.append((message.key(), message.value()))
+                last[partition] = offset
+            if offset + 1 >= ends[partition]:
+                pending.discard(partition)
+        for partition, pairs in by_partition.items():
+            yield partition, pairs, last[partition] + 1
+
+    def commit(self, offsets: Mapping[int, int]) -> None:
+        """Commit ``offsets`` (partition -> next offset to read) for the reader's group, now.
+
+        Raises:
+            KafkaException: the commit failed.
+        """
+        if offsets:
+            self._consumer.commit(
+                offsets=[TopicPartition(self.topic, p, o) for p, o in offsets.items()],
+                asynchronous=False,
+            )
+
+    def close(self) -> None:
+        """Close the consumer (it commits nothing). Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._consumer.close()
