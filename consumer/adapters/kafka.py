@@ -29,6 +29,8 @@ from typing import Any, Final
 
 import structlog
 from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
     OFFSET_INVALID,
     Consumer,
     KafkaError,
@@ -466,6 +468,8 @@ class KafkaSource:
         self._executor = _KafkaThread("kafka")
         self._consumer: Consumer | None = None
         self.commit_timeout = 15.0
+        self.assign_timeout = 10.0
+        """Seconds the assignment callback may wait for the committed offsets."""
         self.close_timeout = 30.0
         self._in_rebalance_callback = False
         # KIP-848's protocol and cooperative-sticky assignment hand out increments; an eager
@@ -495,6 +499,7 @@ class KafkaSource:
         # Apply the assignment first (confluent-kafka then does not apply it again), so that
         # the listener can pause the new partitions before they are ever fetched: librdkafka
         # does not carry a pause to a partition this member did not own.
+        parts = self._with_starts(consumer, parts)
         if self._incremental:
             consumer.incremental_assign(parts)
         else:
@@ -504,6 +509,37 @@ class KafkaSource:
             listener.on_assign(_partitions(parts))
         finally:
             self._in_rebalance_callback = False
+
+    def _with_starts(self, consumer: Consumer, parts: list[TopicPartition]) -> list[TopicPartition]:
+        """``parts`` with each start made explicit: the committed offset, else ``auto.offset.
+        reset``'s logical offset (``OFFSET_BEGINNING`` or ``OFFSET_END``) instead of none.
+
+        A partition assigned without a start has librdkafka look up auto.offset.reset's offset
+        asynchronously. A resume that lands during that lookup (the listener pauses the
+        partition here and resumes it once restored, at once for an empty changelog) starts a
+        second lookup; the first one's late answer then re-arms librdkafka's offset-query timer,
+        which fires about half a second later and resets the fetch position to the start again:
+        after the next pause and resume, the records from the start are fetched a second time.
+        Given a logical start, a resume never starts a second lookup. If the committed offsets
+        cannot be read in ``assign_timeout`` seconds, ``parts`` are returned unchanged
+        (librdkafka reads them itself, as without this).
+        """
+        try:
+            committed = consumer.committed(parts, timeout=self.assign_timeout)
+        except KafkaException as exc:
+            log.warning("assignment_starts_unknown", error=str(exc))
+            return parts
+        reset = str(self._config.get("auto.offset.reset", "latest"))
+        logical = OFFSET_END if reset in {"latest", "end", "largest"} else OFFSET_BEGINNING
+        starts: list[TopicPartition] = []
+        for tp in committed:
+            if tp.error is not None:
+                starts.append(TopicPartition(self.topic, tp.partition))  # librdkafka decides
+            elif tp.offset >= 0:
+                starts.append(tp)
+            else:
+                starts.append(TopicPartition(self.topic, tp.partition, logical))
+        return starts
 
     def _revoke_callback(self, listener: RebalanceListener, parts: list[TopicPartition]) -> None:
         self._in_rebalance_callback = True

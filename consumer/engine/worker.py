@@ -294,11 +294,12 @@ class Worker:
         """``records`` without those at or below the highest offset already received from their
         partition since it was assigned.
 
-        librdkafka can hand such records out again: a pause saves the application's position
-        as where a resume fetches from, but when that position is unset or stale, the fetch
-        restarts where the assignment started (the committed offset). Handling them again would
-        break the per-partition offset order the commit position rests on (``Watermarks``), so
-        they are dropped, counted and logged once per partition and batch.
+        librdkafka can hand such records out again: a stale lookup of a partition's start offset
+        can reset its fetch to where the assignment started after the application received
+        records (the Kafka adapter gives every assignment an explicit start to avoid the one
+        case known). Handling them again would break the per-partition offset order the commit
+        position rests on (``Watermarks``), so they are dropped, counted and logged once per
+        partition and batch.
         """
         highest: dict[int, int | None] = {}
         dropped: dict[int, list[int]] = {}
