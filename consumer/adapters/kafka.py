@@ -499,7 +499,8 @@ class KafkaSource:
         # Apply the assignment first (confluent-kafka then does not apply it again), so that
         # the listener can pause the new partitions before they are ever fetched: librdkafka
         # does not carry a pause to a partition this member did not own.
-        parts = self._with_starts(consumer, parts)
+        if self._config.get("group.protocol", "classic") == "consumer":
+            parts = self._with_starts(consumer, parts)
         if self._incremental:
             consumer.incremental_assign(parts)
         else:
@@ -511,8 +512,10 @@ class KafkaSource:
             self._in_rebalance_callback = False
 
     def _with_starts(self, consumer: Consumer, parts: list[TopicPartition]) -> list[TopicPartition]:
-        """``parts`` with each start made explicit: the committed offset, else ``auto.offset.
-        reset``'s logical offset (``OFFSET_BEGINNING`` or ``OFFSET_END``) instead of none.
+        """``parts`` with the start of each partition the group has no committed offset for made
+        explicit: ``auto.offset.reset``'s logical offset (``OFFSET_BEGINNING`` or
+        ``OFFSET_END``) instead of none. The others stay unset (librdkafka reads their committed
+        offsets, as without this).
 
         A partition assigned without a start has librdkafka look up auto.offset.reset's offset
         asynchronously. A resume that lands during that lookup (the listener pauses the
@@ -520,9 +523,11 @@ class KafkaSource:
         second lookup; the first one's late answer then re-arms librdkafka's offset-query timer,
         which fires about half a second later and resets the fetch position to the start again:
         after the next pause and resume, the records from the start are fetched a second time.
-        Given a logical start, a resume never starts a second lookup. If the committed offsets
-        cannot be read in ``assign_timeout`` seconds, ``parts`` are returned unchanged
-        (librdkafka reads them itself, as without this).
+        Given a logical start, a resume never starts a second lookup. Used with KIP-848's
+        protocol only: with the classic protocol, the lookup inside the rebalance callback made
+        a member that left during a rebalance overrun its close budget (the worker drops a
+        rewound record with either protocol). If the committed offsets cannot be read in
+        ``assign_timeout`` seconds, ``parts`` are returned unchanged (librdkafka reads them).
         """
         try:
             committed = consumer.committed(parts, timeout=self.assign_timeout)
@@ -531,15 +536,13 @@ class KafkaSource:
             return parts
         reset = str(self._config.get("auto.offset.reset", "latest"))
         logical = OFFSET_END if reset in {"latest", "end", "largest"} else OFFSET_BEGINNING
-        starts: list[TopicPartition] = []
-        for tp in committed:
-            if tp.error is not None:
-                starts.append(TopicPartition(self.topic, tp.partition))  # librdkafka decides
-            elif tp.offset >= 0:
-                starts.append(tp)
-            else:
-                starts.append(TopicPartition(self.topic, tp.partition, logical))
-        return starts
+        # A committed start stays unset: librdkafka reads it again itself, as it always did.
+        return [
+            TopicPartition(self.topic, tp.partition, logical)
+            if tp.error is None and tp.offset < 0
+            else TopicPartition(self.topic, tp.partition)
+            for tp in committed
+        ]
 
     def _revoke_callback(self, listener: RebalanceListener, parts: list[TopicPartition]) -> None:
         self._in_rebalance_callback = True

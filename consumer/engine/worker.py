@@ -296,10 +296,10 @@ class Worker:
 
         librdkafka can hand such records out again: a stale lookup of a partition's start offset
         can reset its fetch to where the assignment started after the application received
-        records (the Kafka adapter gives every assignment an explicit start to avoid the one
-        case known). Handling them again would break the per-partition offset order the commit
-        position rests on (``Watermarks``), so they are dropped, counted and logged once per
-        partition and batch.
+        records (with KIP-848's protocol the Kafka adapter avoids the one case known by giving
+        such partitions an explicit start). Handling them again would break the per-partition
+        offset order the commit position rests on (``Watermarks``), so they are dropped,
+        counted and logged once per partition and batch.
         """
         highest: dict[int, int | None] = {}
         dropped: dict[int, list[int]] = {}
