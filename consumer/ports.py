@@ -226,6 +226,11 @@ class Telemetry(Protocol):
 
     def records_received(self, topic: str, count: int) -> None: ...
 
+    def records_redelivered(self, partition: int, count: int) -> None:
+        """The Kafka client handed out ``count`` records of ``partition`` again, at offsets
+        below the highest one received since the assignment: dropped, not processed twice."""
+        ...
+
     def in_flight(self, count: int) -> None:
         """Records read but not yet finished."""
         ...

@@ -310,6 +310,9 @@ class RecordingTelemetry:
     def records_received(self, topic: str, count: int) -> None:
         self._record("records_received", topic, count)
 
+    def records_redelivered(self, partition: int, count: int) -> None:
+        self._record("records_redelivered", partition, count)
+
     def in_flight(self, count: int) -> None:
         self._record("in_flight", count)
 

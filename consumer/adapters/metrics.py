@@ -40,6 +40,7 @@ class Metrics:
     registry: CollectorRegistry
     build_info: Gauge
     records_received: Counter
+    records_redelivered: Counter
     records_finished: Counter
     outcomes: Counter
     decode_failures: Counter
@@ -104,6 +105,12 @@ class Metrics:
             ),
             records_received=counter(
                 "records_received", "Records read from the input topic.", ("topic",)
+            ),
+            records_redelivered=counter(
+                "records_redelivered",
+                "Records the Kafka client handed out again below the offset already received "
+                "from their partition since its assignment (a rewound fetch): dropped, not "
+                "processed twice.",
             ),
             records_finished=counter(
                 "records_finished",

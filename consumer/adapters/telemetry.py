@@ -99,6 +99,10 @@ class ServiceTelemetry:
     def records_received(self, topic: str, count: int) -> None:
         self.metrics.records_received.labels(topic).inc(count)
 
+    def records_redelivered(self, partition: int, count: int) -> None:
+        """Counted, never by partition (the ``records_redelivered`` log line names it)."""
+        self.metrics.records_redelivered.inc(count)
+
     def in_flight(self, count: int) -> None:
         self.metrics.in_flight.set(count)
 

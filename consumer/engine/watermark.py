@@ -125,6 +125,12 @@ class Watermarks:
         part = self._parts.get(partition)
         return None if part is None else part.committable()
 
+    def last_tracked(self, partition: int) -> int | None:
+        """The highest offset of ``partition`` handed out since it was assigned (``None``:
+        none, or the partition is not owned)."""
+        part = self._parts.get(partition)
+        return None if part is None else part.last_tracked
+
     def in_flight(self, partition: int) -> int:
         """Unfinished records of ``partition``."""
         part = self._parts.get(partition)

@@ -286,9 +286,45 @@ class Worker:
     def _submit(self, records: list[Record]) -> None:
         self.stats.received += len(records)
         self._telemetry.records_received(self._source.topic, len(records))
-        for record in records:
+        for record in self._drop_redelivered(records):
             self._dispatcher.submit(record.partition, record.offset, record.key, self._job(record))
         self._update_in_flight()
+
+    def _drop_redelivered(self, records: list[Record]) -> list[Record]:
+        """``records`` without those at or below the highest offset already received from their
+        partition since it was assigned.
+
+        librdkafka can hand such records out again: a stale lookup of a partition's start offset
+        can reset its fetch to where the assignment started after the application received
+        records (with KIP-848's protocol the Kafka adapter avoids the one case known by giving
+        such partitions an explicit start). Handling them again would break the per-partition
+        offset order the commit position rests on (``Watermarks``), so they are dropped,
+        counted and logged once per partition and batch.
+        """
+        highest: dict[int, int | None] = {}
+        dropped: dict[int, list[int]] = {}
+        kept: list[Record] = []
+        for record in records:
+            partition = record.partition
+            if partition not in highest:
+                highest[partition] = self._watermarks.last_tracked(partition)
+            last = highest[partition]
+            if last is not None and record.offset <= last:
+                dropped.setdefault(partition, []).append(record.offset)
+                continue
+            highest[partition] = record.offset
+            kept.append(record)
+        for partition, offsets in dropped.items():
+            self._telemetry.records_redelivered(partition, len(offsets))
+            log.warning(
+                "records_redelivered",
+                partition=partition,
+                first=offsets[0],
+                last=offsets[-1],
+                count=len(offsets),
+                received_up_to=self._watermarks.last_tracked(partition),
+            )
+        return kept
 
     def _job(self, record: Record) -> Job:
         async def job() -> None:

@@ -91,6 +91,19 @@ def test_late_finish_after_forget_is_ignored() -> None:
     assert marks.in_flight(0) == 1
 
 
+def test_last_tracked_is_the_highest_offset_received_since_the_assignment() -> None:
+    """The worker drops records the Kafka client hands out again at or below it."""
+    marks = Watermarks()
+    assert marks.last_tracked(0) is None
+    marks.track(0, 3)
+    marks.track(0, 7)
+    marks.finish(0, 3)
+    marks.finish(0, 7)
+    assert (marks.last_tracked(0), marks.last_tracked(1)) == (7, None)
+    marks.forget(0)  # revoked: a new assignment starts from its committed offset
+    assert marks.last_tracked(0) is None
+
+
 def test_watermarks_count_in_flight_per_partition_and_total() -> None:
     """Backpressure reads in-flight counts per partition and across partitions."""
     marks = Watermarks()

@@ -474,6 +474,35 @@ def test_a_record_waiting_for_the_schema_registry_holds_only_its_key_and_offset(
     run(scenario)
 
 
+def test_records_handed_out_again_below_the_received_position_are_dropped() -> None:
+    """The Kafka client can rewind a partition after a pause and resume (librdkafka restarts the
+    fetch where the assignment started) and hand out offsets this assignment already received:
+    those are dropped and counted, never handled twice; the loop goes on and the records after
+    them flow and are committed once."""
+
+    async def scenario() -> None:
+        h = Harness()
+        async with h.running() as task:
+            h.records(0, 0, 1, 2)
+            await h.source.until(lambda: len(h.held.started) == 3)
+            h.held.finish(0, 0)
+            h.records(0, 0, 1, 2, 3)  # rewound to 0: 0, 1 and 2 again, then the new 3
+            await h.source.until(lambda: len(h.held.started) == 4 or task.done())
+            await h.source.passes()
+            assert not task.done(), "the loop stopped on a redelivered offset"
+            expected: object = ([(0, 0), (0, 1), (0, 2), (0, 3)], [(0, 3)])
+            actual: object = (h.held.started, h.telemetry.named("records_redelivered"))
+            assert expected == actual
+            for offset in (1, 2, 3):
+                h.held.finish(0, offset)
+            await h.source.until(lambda: h.source.last_stored(0) == 4)
+            expected = [0, 1, 4]
+            actual = h.source.stored[0]
+            assert expected == actual
+
+    run(scenario)
+
+
 # --- rebalances --------------------------------------------------------------------------------
 
 
