@@ -461,6 +461,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         telemetry=telemetry,
         options=WorkerOptions(
             shutdown_timeout=budget.drain,
+            revoke_timeout=d.revoke_timeout_seconds,
             stop_when_idle=d.stop_when_idle_seconds,
             housekeeping_interval=s.mapping.expire_interval_seconds,
         ),

@@ -349,6 +349,10 @@ class DeliverySettings(_Section):
     breaker_probe_interval_seconds: float = Field(default=5.0, gt=0)
     dry_run: bool = False
     shutdown_timeout_seconds: float = Field(default=30.0, gt=0)
+    revoke_timeout_seconds: float = Field(default=15.0, gt=0, le=240)
+    """How long a revoked partition's running records may finish before they are abandoned
+    (the rebalance waits for it; at most 240 s, below librdkafka's default 300 s
+    ``max.poll.interval.ms``). A lost partition's are abandoned at once."""
     stop_when_idle_seconds: float | None = Field(default=None, gt=0)
 
     def shutdown_budget(self) -> ShutdownBudget:

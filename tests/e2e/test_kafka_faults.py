@@ -295,6 +295,9 @@ def test_a_member_stopped_past_its_session_timeout_writes_nothing_stale_when_con
         "DELIVERY_RETRY_BASE_DELAY_SECONDS": "0.05",
         "DELIVERY_RETRY_MAX_DELAY_SECONDS": "1",
         "DELIVERY_SHUTDOWN_TIMEOUT_SECONDS": "10",
+        # Far longer than any wait here: a lost partition's request kept for the revoke grace
+        # (instead of abandoned at once) would still be waiting when the test gives up on A.
+        "DELIVERY_REVOKE_TIMEOUT_SECONDS": "200",
         "LOG_LEVEL": "info",
         "LOG_FORMAT": "json",
     }
