@@ -52,7 +52,8 @@ Admin routes (no authentication; JSON in and out; errors are ``{"error": "<messa
                "history": [REQUEST...]}
     REQUEST = {"method", "path", "status": 200 | null (no response sent), "time": ISO-8601,
                "fault": null | "503" | "429" | "reset" | "hang" | "lost_response" |
-                        "accepted_202" | "outage_503" | "rule_503" | "rule_reset" | ...}
+                        "accepted_202" | "outage_503" | "rule_503" | "rule_reset" | ...,
+               "total": the body's total in minor units (create, update) | null}
     STATS   = {"requests": 12, "by_route": {"POST /v1/order": {"200": 10, "409": 2}, ...},
                "by_status": {"200": 10, "409": 2}, "faults": {"503": 1},
                "orders": {"open": 9, "finalized": 0, "deleted": 1}, "since": ISO-8601,
@@ -78,6 +79,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import json
 import re
 import socket
@@ -229,6 +231,7 @@ class Sandbox:
             order_key=key,
             problem=problem,
             apply=lambda: self.book.create(body),
+            total=_body_total(body),
         )
 
     async def _update(self, request: web.Request) -> web.StreamResponse:
@@ -241,6 +244,7 @@ class Sandbox:
             order_key=path_id,
             problem=problem,
             apply=lambda: self.book.update(path_id, body),
+            total=_body_total(body),
         )
 
     async def _cancel(self, request: web.Request) -> web.StreamResponse:
@@ -293,7 +297,11 @@ class Sandbox:
         order_key: str | None,
         problem: _BodyError | None,
         apply: Callable[[], Reply],
+        total: int | None = None,
     ) -> web.StreamResponse:
+        """Serve one Button request; ``total`` is its body's ``total`` (minor units), recorded in
+        the order's history with the answer."""
+        record = functools.partial(self._record, request, route, order_key, total=total)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -302,22 +310,22 @@ class Sandbox:
                 if parked == "dropped":  # a reset or shutdown: nothing applied, nothing recorded
                     return _drop_connection(request)
                 if parked == "gone" or _client_gone(request):
-                    self._record(request, route, order_key, None, "hold_abandoned")
+                    record(None, "hold_abandoned")
                     return _drop_connection(request)
             decision = self.faults.decide(operation, order_key)
             if decision.delay_s:
                 await self._pause(decision.delay_s)
             if decision.kind == "status":
-                self._record(request, route, order_key, decision.status, decision.label)
+                record(decision.status, decision.label)
                 return _fault_response(decision)
             if decision.kind in ("reset", "hang"):
                 if decision.kind == "hang":
                     await self._pause(decision.hang_seconds)
-                self._record(request, route, order_key, None, decision.label)
+                record(None, decision.label)
                 return _drop_connection(request)
             status, envelope = self._check_request(request, problem) or apply()
             if decision.kind == "lost_response":
-                self._record(request, route, order_key, status, decision.label)
+                record(status, decision.label)
                 return _drop_connection(request)
             fault = None
             if decision.kind == "accepted" and status == 200:
@@ -325,7 +333,7 @@ class Sandbox:
                 obj = dict(envelope["object"])
                 obj.pop("button_order_id", None)
                 envelope = {"meta": envelope["meta"], "object": obj}
-            self._record(request, route, order_key, status, fault)
+            record(status, fault)
             return _json(status, envelope)
         finally:
             self.in_flight -= 1
@@ -366,9 +374,17 @@ class Sandbox:
         order_key: str | None,
         status: int | None,
         fault: str | None,
+        *,
+        total: int | None = None,
     ) -> None:
         self.book.record(
-            route, order_key, method=request.method, path=request.path, status=status, fault=fault
+            route,
+            order_key,
+            method=request.method,
+            path=request.path,
+            status=status,
+            fault=fault,
+            total=total,
         )
 
     async def _park(self, request: web.Request, order_key: str | None) -> str:
@@ -651,3 +667,9 @@ def _drop_connection(request: web.Request) -> web.StreamResponse:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         transport.abort()
     return web.Response(status=500)
+
+
+def _body_total(body: object) -> int | None:
+    """A create or update body's ``total`` when it is an integer (minor units), else None."""
+    total = body.get("total") if isinstance(body, dict) else None
+    return total if isinstance(total, int) and not isinstance(total, bool) else None

@@ -76,6 +76,8 @@ class HistoryEntry:
     status: int | None
     time: float
     fault: str | None = None
+    total: int | None = None
+    """The request body's ``total`` (minor units) for a create or update, else None."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -84,6 +86,7 @@ class HistoryEntry:
             "status": self.status,
             "time": iso_time(self.time),
             "fault": self.fault,
+            "total": self.total,
         }
 
 
@@ -252,8 +255,10 @@ class OrderBook:
         path: str,
         status: int | None,
         fault: str | None = None,
+        total: int | None = None,
     ) -> None:
-        """Count one Button API request and, if it named an order, add it to that history."""
+        """Count one Button API request and, if it named an order, add it to that history
+        (with the body's ``total`` in minor units, for a create or update)."""
         # A response that was never delivered counts under its fault's name, not its status.
         label = str(status) if status is not None and fault != "lost_response" else str(fault)
         self._counts[(route, label)] += 1
@@ -261,7 +266,7 @@ class OrderBook:
             self._counts[("fault", fault)] += 1
         if order_key is None:
             return
-        entry = HistoryEntry(method, path, status, self._clock(), fault)
+        entry = HistoryEntry(method, path, status, self._clock(), fault, total)
         order = self.find(order_key)
         if order is not None:
             order.history.append(entry)

@@ -206,14 +206,18 @@ def delivered_actions(order: Mapping[str, Any]) -> list[Action]:
     """The requests a sandbox order's history shows Button *applied* (2xx, no injected fault).
 
     The update that follows a create answered 409 (a replayed purchase: the service re-sends
-    the order's full state so Button converges) is not a new action: the order's state and
-    total are checked separately.
+    the order's full state so Button converges) is not a new action: it is the update right
+    after the 409 that carries the same total as the refused create. A 409 without its update
+    (a former owner that learnt it lost the partition in between) leaves the next update a new
+    action. The order's state and total are checked separately.
     """
     actions = []
-    after_conflict = False
+    conflict_total: int | None = None  # the total of a create just answered 409
     for entry in order["history"]:
-        follow_up = after_conflict and entry["method"] == "POST" and entry["path"] != "/v1/order"
-        after_conflict = entry["path"] == "/v1/order" and entry["status"] == 409
+        update = entry["method"] == "POST" and entry["path"] != "/v1/order"
+        follow_up = update and conflict_total is not None and entry["total"] == conflict_total
+        refused_create = entry["path"] == "/v1/order" and entry["status"] == 409
+        conflict_total = entry["total"] if refused_create else None
         if follow_up or entry["fault"] is not None or not 200 <= (entry["status"] or 0) < 300:
             continue
         if entry["method"] == "DELETE":
