@@ -23,8 +23,6 @@ from typing import Any
 
 import structlog
 from confluent_kafka import (
-    OFFSET_BEGINNING,
-    OFFSET_END,
     OFFSET_INVALID,
     Consumer,
     KafkaError,
@@ -210,8 +208,6 @@ class KafkaSource:
         self._executor = _KafkaThread("kafka")
         self._consumer: Consumer | None = None
         self.commit_timeout = 15.0
-        self.assign_timeout = 10.0
-        """Seconds the assignment callback may wait for the committed offsets."""
         self.close_timeout = 30.0
         self._in_rebalance_callback = False
         # KIP-848's protocol and cooperative-sticky assignment hand out increments; an eager
@@ -241,8 +237,6 @@ class KafkaSource:
         # Apply the assignment first (confluent-kafka then does not apply it again), so that
         # the listener can pause the new partitions before they are ever fetched: librdkafka
         # does not carry a pause to a partition this member did not own.
-        if self._config.get("group.protocol", "classic") == "consumer":
-            parts = self._with_starts(consumer, parts)
         if self._incremental:
             consumer.incremental_assign(parts)
         else:
@@ -252,39 +246,6 @@ class KafkaSource:
             listener.on_assign(_partitions(parts))
         finally:
             self._in_rebalance_callback = False
-
-    def _with_starts(self, consumer: Consumer, parts: list[TopicPartition]) -> list[TopicPartition]:
-        """``parts`` with the start of each partition the group has no committed offset for made
-        explicit: ``auto.offset.reset``'s logical offset (``OFFSET_BEGINNING`` or
-        ``OFFSET_END``) instead of none. The others stay unset (librdkafka reads their committed
-        offsets, as without this).
-
-        A partition assigned without a start has librdkafka look up auto.offset.reset's offset
-        asynchronously. A resume that lands during that lookup (the listener pauses the
-        partition here and resumes it once restored, at once for an empty changelog) starts a
-        second lookup; the first one's late answer then re-arms librdkafka's offset-query timer,
-        which fires about half a second later and resets the fetch position to the start again:
-        after the next pause and resume, the records from the start are fetched a second time.
-        Given a logical start, a resume never starts a second lookup. Used with KIP-848's
-        protocol only: with the classic protocol, the lookup inside the rebalance callback made
-        a member that left during a rebalance overrun its close budget (the worker drops a
-        rewound record with either protocol). If the committed offsets cannot be read in
-        ``assign_timeout`` seconds, ``parts`` are returned unchanged (librdkafka reads them).
-        """
-        try:
-            committed = consumer.committed(parts, timeout=self.assign_timeout)
-        except KafkaException as exc:
-            log.warning("assignment_starts_unknown", error=str(exc))
-            return parts
-        reset = str(self._config.get("auto.offset.reset", "latest"))
-        logical = OFFSET_END if reset in {"latest", "end", "largest"} else OFFSET_BEGINNING
-        # A committed start stays unset: librdkafka reads it again itself, as it always did.
-        return [
-            TopicPartition(self.topic, tp.partition, logical)
-            if tp.error is None and tp.offset < 0
-            else TopicPartition(self.topic, tp.partition)
-            for tp in committed
-        ]
 
     def _revoke_callback(self, listener: RebalanceListener, parts: list[TopicPartition]) -> None:
         self._in_rebalance_callback = True

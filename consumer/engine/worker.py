@@ -294,12 +294,14 @@ class Worker:
         """``records`` without those at or below the highest offset already received from their
         partition since it was assigned.
 
-        librdkafka can hand such records out again: a stale lookup of a partition's start offset
-        can reset its fetch to where the assignment started after the application received
-        records (with KIP-848's protocol the Kafka adapter avoids the one case known by giving
-        such partitions an explicit start). Handling them again would break the per-partition
+        librdkafka (2.16) can hand such records out again: for a partition without a committed
+        offset it looks up ``auto.offset.reset``'s offset; a resume during that lookup starts a
+        second one, and the first one's late, outdated answer re-arms a timer that later resets
+        the fetch to the partition's start. Handling them again would break the per-partition
         offset order the commit position rests on (``Watermarks``), so they are dropped,
-        counted and logged once per partition and batch.
+        counted and logged once per partition and batch. (Giving such partitions an explicit
+        start at assignment avoids the lookup, but needs a call to the group coordinator inside
+        the rebalance callback, which made a leaving member overrun its close budget.)
         """
         highest: dict[int, int | None] = {}
         dropped: dict[int, list[int]] = {}

@@ -7,14 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    OFFSET_END,
-    OFFSET_INVALID,
-    KafkaError,
-    KafkaException,
-    TopicPartition,
-)
+from confluent_kafka import KafkaError, KafkaException
 from structlog.testing import capture_logs
 
 from consumer.adapters.kafka import KafkaSource
@@ -154,90 +147,3 @@ def test_a_failed_wake_up_is_not_retried_for_the_other_partitions() -> None:
     """With the leader away, the loop must not wait once per partition: one try per resume."""
     calls = resumed(ResumingConsumer(failing=frozenset({0})), [0, 1])
     assert calls == [("resume", [0, 1]), ("watermarks", (0, False))]
-
-
-class AssigningConsumer:
-    """Records what the assignment callback hands librdkafka; ``committed`` as the group has."""
-
-    def __init__(self, committed: dict[int, int], fail: bool = False) -> None:
-        self._committed = committed
-        self._fail = fail
-        self.calls: list[tuple[str, Any]] = []
-
-    def committed(self, parts: list[TopicPartition], timeout: float) -> list[TopicPartition]:
-        if self._fail:
-            raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
-        return [
-            TopicPartition(tp.topic, tp.partition, self._committed.get(tp.partition, -1001))
-            for tp in parts
-        ]
-
-    def incremental_assign(self, parts: list[TopicPartition]) -> None:
-        self.calls.append(("assign", [(tp.partition, tp.offset) for tp in parts]))
-
-    def pause(self, parts: list[TopicPartition]) -> None:
-        self.calls.append(("pause", [tp.partition for tp in parts]))
-
-
-class PausingListener:
-    def __init__(self, source: KafkaSource) -> None:
-        self.source = source
-
-    def on_assign(self, partitions: list[int]) -> None:
-        self.source.pause_now(partitions)
-
-    def on_revoke(self, partitions: list[int]) -> None:
-        pass
-
-    def on_lost(self, partitions: list[int]) -> None:
-        pass
-
-
-def assigned(
-    consumer: AssigningConsumer, reset: str, protocol: str = "consumer"
-) -> list[tuple[str, Any]]:
-    config = {"group.protocol": protocol, "auto.offset.reset": reset}
-    if protocol == "classic":
-        config["partition.assignment.strategy"] = "cooperative-sticky"
-    source = KafkaSource(config, "events")
-    source._consumer = consumer  # type: ignore[assignment]
-    try:
-        parts = [TopicPartition("events", p) for p in (0, 1, 2)]
-        source._assign_callback(consumer, PausingListener(source), parts)  # type: ignore[arg-type]
-    finally:
-        source._executor.shutdown()
-    return consumer.calls
-
-
-@pytest.mark.parametrize(
-    ("reset", "start"), [("earliest", OFFSET_BEGINNING), ("latest", OFFSET_END)]
-)
-def test_a_partition_without_a_committed_offset_is_assigned_at_its_reset_position(
-    reset: str, start: int
-) -> None:
-    """An unset start makes librdkafka look up auto.offset.reset's offset asynchronously; a
-    resume during that lookup starts a second one, whose stale twin later resets the fetch to the
-    start again (offsets handed out twice). A logical start never starts a second lookup."""
-    calls = assigned(AssigningConsumer({1: 42}), reset)
-    committed_start = OFFSET_INVALID  # unset: librdkafka reads the committed offset itself
-    assert calls == [
-        ("assign", [(0, start), (1, committed_start), (2, start)]),
-        ("pause", [0, 1, 2]),
-    ]
-
-
-def test_the_assignment_is_applied_unchanged_when_committed_offsets_cannot_be_read() -> None:
-    """librdkafka then reads the committed offsets itself, as before."""
-    calls = assigned(AssigningConsumer({}, fail=True), "earliest")
-    assert calls == [
-        ("assign", [(0, OFFSET_INVALID), (1, OFFSET_INVALID), (2, OFFSET_INVALID)]),
-        ("pause", [0, 1, 2]),
-    ]
-
-
-def test_with_the_classic_protocol_the_assignment_is_applied_unchanged() -> None:
-    """Inside a classic rebalance callback the committed-offset lookup delays leaving the group;
-    the worker's drop of rewound records covers that protocol."""
-    calls = assigned(AssigningConsumer({1: 42}), "earliest", protocol="classic")
-    unset = [(0, OFFSET_INVALID), (1, OFFSET_INVALID), (2, OFFSET_INVALID)]
-    assert calls == [("assign", unset), ("pause", [0, 1, 2])]
