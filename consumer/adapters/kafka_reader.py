@@ -154,14 +154,9 @@ class PartitionReader:
             if deadline is not None and time.monotonic() > deadline:
                 raise BrokerError(f"reading {self.topic} partitions {sorted(pending)} timed out")
             for message in self._consumer.consume(num_messages=500, timeout=0.5):
-                err = message.error()
-                partition = message.partition() or 0
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(partition)
-                    elif err.fatal():
-                        raise BrokerError(f"reading {self.topic}: {err.str()}")
+                if self._is_event(message, pending):
                     continue
+                partition = message.partition() or 0
                 offset = message.offset() or 0
                 if offset < ends[partition]:
                     yield to_record(message)
@@ -215,6 +210,18 @@ class PartitionReader:
             progress = time.monotonic()
             yield from self._group(messages, ends, pending)
 
+    def _is_event(self, message: Message, pending: set[int]) -> bool:
+        """Whether ``message`` is an event, not a record: a partition's end (it leaves
+        ``pending``) or a non-fatal error are passed over; a fatal error raises ``BrokerError``."""
+        err = message.error()
+        if err is None:
+            return False
+        if err.code() == KafkaError._PARTITION_EOF:
+            pending.discard(message.partition() or 0)
+        elif err.fatal():
+            raise BrokerError(f"reading {self.topic}: {err.str()}")
+        return True
+
     def _group(
         self, messages: list[Message], ends: Mapping[int, int], pending: set[int]
     ) -> Iterator[tuple[int, list[tuple[bytes | None, bytes | None]], int]]:
@@ -223,14 +230,9 @@ class PartitionReader:
         by_partition: dict[int, list[tuple[bytes | None, bytes | None]]] = {}
         last: dict[int, int] = {}
         for message in messages:
-            err = message.error()
-            partition = message.partition() or 0
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(partition)
-                elif err.fatal():
-                    raise BrokerError(f"reading {self.topic}: {err.str()}")
+            if self._is_event(message, pending):
                 continue
+            partition = message.partition() or 0
             if partition not in pending:
                 continue
             offset = message.offset() or 0
