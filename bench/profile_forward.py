@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import statistics
 import subprocess
 import sys
@@ -121,6 +122,29 @@ class Sampler:
         return "\n".join(out)
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of the process's threads, user and system apart, summed by kind: the event
+    loop (the main thread), librdkafka's own threads (named ``rdk:...``) and the other Python
+    threads (the Kafka calls' thread, the producer's delivery-report thread, executors)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    by_kind: dict[str, float] = collections.defaultdict(float)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        if task.name == str(pid):
+            kind = "event loop"
+        elif name.startswith("rdk:"):
+            kind = "librdkafka"
+        else:
+            kind = "other Python threads"
+        by_kind[f"{kind}, user"] += int(fields[11]) / ticks
+        by_kind[f"{kind}, system"] += int(fields[12]) / ticks
+    return dict(by_kind)
+
+
 def top(collapsed: Path, count: int) -> str:
     """The functions with the most samples: self (leaf) and inclusive (anywhere on the stack)."""
     own: collections.Counter[str] = collections.Counter()
@@ -151,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-p50-ms", type=float, default=20.0)
     parser.add_argument("--latency-p99-ms", type=float, default=120.0)
     parser.add_argument("--run-timeout", type=float, default=900.0)
+    parser.add_argument(
+        "--gil", action="store_true", help="sample only the thread holding the GIL (py-spy --gil)"
+    )
     args = parser.parse_args(argv)
     spy = py_spy()
     with suite.infrastructure(args) as (bootstrap, sandbox):
@@ -172,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         service = subprocess.Popen(cmd, env=env, cwd=suite.ROOT, stdout=subprocess.DEVNULL)
         spy_cmd = [str(spy), "record", "--pid", str(service.pid), "--rate", str(args.rate)]
         spy_cmd += ["--format", "raw", "--output", str(args.out), "--nonblocking"]
+        spy_cmd += ["--gil"] if args.gil else []
         recorder = subprocess.Popen(spy_cmd, stdout=subprocess.DEVNULL)
         started = time.monotonic()
         try:
@@ -186,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             seconds = time.monotonic() - started
             cpu = suite._proc_cpu_s(service.pid)
+            threads = thread_cpu(service.pid)
             metrics = sampler.stop()
         finally:
             suite._stop(service)
@@ -195,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.forward} orders in {seconds:.1f}s ({args.forward / seconds:,.0f}/s),"
         f" CPU {cpu:.1f}s ({1000 * cpu / args.forward:.3f}s per 1,000), profile: {args.out}"
     )
+    print("CPU by thread (s per 1,000 orders):")
+    for name, seconds in sorted(threads.items(), key=lambda item: -item[1]):
+        print(f"  {name}: {1000 * seconds / args.forward:.3f}")
     print(metrics)
     print(top(args.out, args.top))
     return 0

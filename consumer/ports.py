@@ -18,6 +18,7 @@ Layers (enforced by import-linter in ``make lint``)::
 from __future__ import annotations
 
 from collections.abc import Awaitable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,6 +30,28 @@ from consumer.domain.triage import InertEvent
 
 Headers = list[tuple[str, bytes]]
 """Kafka record headers as (name, value) pairs, in order (names may repeat)."""
+
+
+@dataclass(slots=True)
+class RecordScope:
+    """The record a task is handling, for the lines it logs (``CURRENT_RECORD``).
+
+    Set by the engine once per record; the logging adapter adds ``partition``, ``offset``,
+    ``key`` (a short hash, never the user id) and ``event_id`` to each line written while it is
+    set. A field of the same name passed to the log call wins.
+    """
+
+    partition: int
+    offset: int
+    key: bytes | None
+    event_id: str | None = None
+    """Set once the record is decoded and mapped."""
+
+
+CURRENT_RECORD: ContextVar[RecordScope | None] = ContextVar("current_record", default=None)
+"""The record the running task handles, or ``None``. One ``set`` per record costs less than
+binding each field to structlog's context variables, and the key is hashed only when a line is
+written."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """structlog configuration: JSON lines in production, console rendering on a terminal.
 
 Configured once by the composition root (or a command). Context (partition, offset, key hash,
-event id) is bound per record with ``structlog.contextvars``; every record ends with one
+event id) comes from the record being handled (``consumer.ports.CURRENT_RECORD``), added to each
+line by ``add_record_scope``; every record ends with one
 ``record`` summary line (``consumer.adapters.telemetry``). librdkafka's own log lines reach
 Python through confluent-kafka's ``logger`` property (every client configuration names the
 stdlib logger ``KAFKA_LOGGER``, see ``consumer.settings``); ``configure_logging`` routes that
@@ -11,12 +12,14 @@ logger into structlog, so they come out as structured ``librdkafka`` events inst
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 from typing import Literal, TextIO
 
 import structlog
 
+from consumer.ports import CURRENT_RECORD
 from consumer.settings import KAFKA_LOGGER
 
 _LEVELS = {
@@ -47,6 +50,26 @@ class LibrdkafkaHandler(logging.Handler):
             self.handleError(record)
 
 
+def add_record_scope(
+    _logger: object, _name: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """A structlog processor: the handled record's partition, offset, key hash and event id.
+
+    The key is logged as the first 12 hex digits of its SHA-256, never as the user id itself.
+    Fields the log call passed itself are kept.
+    """
+    scope = CURRENT_RECORD.get()
+    if scope is None:
+        return event
+    event.setdefault("partition", scope.partition)
+    event.setdefault("offset", scope.offset)
+    if scope.key is not None:
+        event.setdefault("key", hashlib.sha256(scope.key).hexdigest()[:12])
+    if scope.event_id is not None:
+        event.setdefault("event_id", scope.event_id)
+    return event
+
+
 def configure_logging(
     level: str = "info",
     fmt: Literal["auto", "json", "console"] = "auto",
@@ -62,6 +85,7 @@ def configure_logging(
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_record_scope,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),

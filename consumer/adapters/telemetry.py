@@ -84,6 +84,16 @@ class ServiceTelemetry:
         self._successes = Sampler(success_sample_rate)
         self._wall_clock = wall_clock
         self._lag_partitions: set[str] = set()
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once: several run per record, and each
+        ``labels`` call takes a lock and builds its key. Bounded, as the label values are."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def started(self) -> None:
         self.health.started = True
@@ -97,7 +107,7 @@ class ServiceTelemetry:
         self.health.last_poll = at
 
     def records_received(self, topic: str, count: int) -> None:
-        self.metrics.records_received.labels(topic).inc(count)
+        self._child(self.metrics.records_received, topic).inc(count)
 
     def records_redelivered(self, partition: int, count: int) -> None:
         """Counted, never by partition (the ``records_redelivered`` log line names it)."""
@@ -114,10 +124,10 @@ class ServiceTelemetry:
     def auth_paused(self, paused: bool) -> None:
         self.health.auth_paused = paused
         self.metrics.auth_paused.set(1 if paused else 0)
-        self.metrics.paused.labels("auth").set(1 if paused else 0)
+        self._child(self.metrics.paused, "auth").set(1 if paused else 0)
 
     def paused(self, reason: str, active: bool) -> None:
-        self.metrics.paused.labels(_label(reason)).set(1 if active else 0)
+        self._child(self.metrics.paused, _label(reason)).set(1 if active else 0)
 
     def broker_reachable(self, reachable: bool) -> None:
         self.health.broker_reachable = reachable
@@ -125,7 +135,7 @@ class ServiceTelemetry:
     def breaker(self, open_: bool, reason: str) -> None:
         self.paused("breaker", open_)
         for known in BREAKER_REASONS:  # bounded: an unknown reason is not a new series
-            self.metrics.breaker_open.labels(known).set(1 if open_ and reason == known else 0)
+            self._child(self.metrics.breaker_open, known).set(1 if open_ and reason == known else 0)
 
     def breaker_opened(self, reason: str) -> None:
         if reason in BREAKER_REASONS:
@@ -150,7 +160,7 @@ class ServiceTelemetry:
         self.metrics.consumer_lag_sum.set(sum(current.values()))
 
     def decode_failed(self, reason: str) -> None:
-        self.metrics.decode_failures.labels(_label(reason)).inc()
+        self._child(self.metrics.decode_failures, _label(reason)).inc()
 
     def writer_schema_missing_field(self, field: str) -> None:
         self.metrics.writer_schema_missing_fields.labels(_label(field)).inc()
@@ -158,8 +168,8 @@ class ServiceTelemetry:
     def button_attempt(
         self, action: str, outcome: str, seconds: float, limit: int, status: int | None = None
     ) -> None:
-        self.metrics.button_requests.labels(action, outcome, status_class(status)).inc()
-        self.metrics.button_latency.labels(action).observe(seconds)
+        self._child(self.metrics.button_requests, action, outcome, status_class(status)).inc()
+        self._child(self.metrics.button_latency, action).observe(seconds)
         self.metrics.concurrency_limit.set(limit)
         if outcome in _ANSWERED:
             self.metrics.button_last_success.set(self._wall_clock())
@@ -177,14 +187,15 @@ class ServiceTelemetry:
         self.metrics.orders_parked.inc()
 
     def finished(self, outcome: str, event_age: float | None) -> None:
-        self.metrics.records_finished.labels(outcome).inc()
+        self._child(self.metrics.records_finished, outcome).inc()
         if event_age is not None:
             self.metrics.event_age.observe(max(event_age, 0.0))
 
     def delivery(self, delivery: Delivery) -> None:
         """The live log, the outcome counter and the record's one summary line."""
         self.deliveries.add(delivery)
-        self.metrics.outcomes.labels(
+        self._child(
+            self.metrics.outcomes,
             _label(delivery.outcome),
             _label(delivery.event_type, "undecoded"),
             _label(delivery.reason),

@@ -156,9 +156,15 @@ def order_body(order: StoredOrder) -> dict[str, Any]:
     return body
 
 
-def create_body(order: StoredOrder, customer: Mapping[str, str]) -> dict[str, Any]:
-    """The create body: ``order_body`` plus the order's ``btn_ref`` and the ``customer``."""
-    body = order_body(order)
+def create_body(
+    order: StoredOrder, customer: Mapping[str, str], state: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The create body: ``order_body`` plus the order's ``btn_ref`` and the ``customer``.
+
+    ``state``: ``order_body(order)`` when the caller has it already (a new dict is returned,
+    ``state`` is not changed).
+    """
+    body = order_body(order) if state is None else dict(state)
     if order.btn_ref is not None:
         body["btn_ref"] = order.btn_ref
     if customer:

@@ -44,6 +44,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from consumer.domain.attribution import resolve_btn_ref, token_from_event
 from consumer.domain.button import MapResult, Reject, Send, Skip
@@ -572,17 +573,18 @@ def _reconcile(  # noqa: PLR0911 - one return per row of the reconciliation tabl
     if sent is OrderStatus.CANCELLED:
         return Skip("order_already_cancelled"), order
     state = replace(order, total=desired.total, lines=desired.lines)
-    digest = body_digest(order_body(state))
+    body = order_body(state)  # built once: the digest, the create and the update share it
+    digest = body_digest(body)
     if sent is OrderStatus.PENDING:
         created = replace(order, status=OrderStatus.OPEN, sent_digest=digest)
-        return _create(state, _customer(event, profile, config)), created
+        return _create(state, _customer(event, profile, config), body=body), created
     if digest == order.sent_digest:
         # Nothing new for Button (a replay, or a duplicate): re-send its state, idempotently.
         if is_purchase:
-            return _create(state, _customer(event, profile, config)), order
-        return Send(update_request(order.order_id, order_body(state))), order
+            return _create(state, _customer(event, profile, config), body=body), order
+        return Send(update_request(order.order_id, body)), order
     updated = replace(order, status=OrderStatus.UPDATED, sent_digest=digest)
-    return Send(update_request(order.order_id, order_body(state))), updated
+    return Send(update_request(order.order_id, body)), updated
 
 
 def _purchase_total(
@@ -715,13 +717,21 @@ def _remaining_total(
 # --- requests ----------------------------------------------------------------------------------
 
 
-def _create(order: StoredOrder, customer: Mapping[str, str], *, converge: bool = True) -> Send:
+def _create(
+    order: StoredOrder,
+    customer: Mapping[str, str],
+    *,
+    converge: bool = True,
+    body: Mapping[str, Any] | None = None,
+) -> Send:
     """The create; with ``converge``, carrying the update of the same state that the pipeline
-    sends when the create is answered 409 (Button may hold another state of the order)."""
-    request = create_request(order.order_id, create_body(order, customer))
+    sends when the create is answered 409 (Button may hold another state of the order).
+    ``body``: ``order_body(order)`` when the caller built it already."""
+    state = order_body(order) if body is None else body
+    request = create_request(order.order_id, create_body(order, customer, state))
     if not converge:
         return Send(request)
-    return Send(request, follow_up=update_request(order.order_id, order_body(order)))
+    return Send(request, follow_up=update_request(order.order_id, state))
 
 
 def _cancel(order_id: str) -> Send:

@@ -316,26 +316,42 @@ def _pack_str(out: bytearray, item: str) -> None:
 
 
 def _pack(out: bytearray, item: Any) -> None:
-    if item is None:
-        out.append(_NULL)
-    elif isinstance(item, str):
+    # Dispatch on the exact type first: this runs for every item of every profile written.
+    kind = type(item)
+    if kind is str:
         _pack_str(out, item)
-    elif isinstance(item, bool):  # never in the tree; refused rather than read back as int
-        raise TypeError("a profile tree holds no booleans")
-    elif isinstance(item, int):
+    elif kind is int:
         if 0 <= item < 0x80:
             out.append(item)
         else:
             out.append(_INT)
             _varint(out, item << 1 if item >= 0 else ((-item) << 1) - 1)
-    elif isinstance(item, list):
-        if len(item) < 16:
-            out.append(_SHORT_LIST | len(item))
+    elif kind is list:
+        count = len(item)
+        if count < 16:
+            out.append(_SHORT_LIST | count)
         else:
             out.append(_LONG_LIST)
-            _varint(out, len(item))
+            _varint(out, count)
         for child in item:
             _pack(out, child)
+    elif item is None:
+        out.append(_NULL)
+    else:
+        _pack_other(out, item)
+
+
+def _pack_other(out: bytearray, item: Any) -> None:
+    """Subclasses of the tree's types (an ``IntEnum``, a ``str`` enum) by their base type's
+    rule; anything else is refused."""
+    if isinstance(item, bool):  # never in the tree; refused rather than read back as int
+        raise TypeError("a profile tree holds no booleans")
+    if isinstance(item, str):
+        _pack_str(out, item)
+    elif isinstance(item, int):
+        _pack(out, int(item))
+    elif isinstance(item, list):
+        _pack(out, list(item))
     else:
         raise TypeError(f"a profile tree holds no {type(item).__name__}")
 

@@ -22,7 +22,6 @@ The collaborators are ports (small protocols) so the whole path is testable with
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -58,12 +57,14 @@ from consumer.errors import (
     SchemaRegistryUnavailableError,
 )
 from consumer.ports import (
+    CURRENT_RECORD,
     ButtonPort,
     Changelog,
     DeadLetterSink,
     Decoder,
     Delivery,
     Record,
+    RecordScope,
     Telemetry,
 )
 
@@ -152,13 +153,11 @@ class Pipeline:
 
     async def handle(self, record: Record) -> str:
         """Process ``record`` until it is finished; return its outcome name."""
-        structlog.contextvars.bind_contextvars(
-            partition=record.partition, offset=record.offset, key=_key_hash(record.key)
-        )
+        scope = CURRENT_RECORD.set(RecordScope(record.partition, record.offset, record.key))
         try:
             return await self._handle(record)
         finally:
-            structlog.contextvars.unbind_contextvars("partition", "offset", "key", "event_id")
+            CURRENT_RECORD.reset(scope)
 
     async def _handle(self, record: Record) -> str:
         d = self._d
@@ -179,7 +178,9 @@ class Pipeline:
             d.telemetry.decode_failed(exc.reason)
             context = _Context(event_type=decoded.event_type.value)
             return await self._execute(record, decide_error(exc), context)
-        structlog.contextvars.bind_contextvars(event_id=processed.event_id)
+        current = CURRENT_RECORD.get()
+        if current is not None:
+            current.event_id = processed.event_id
         result = processed.result
         context = _Context(processed, _action(result), event_type=decoded.event_type.value)
         if parking.reason is None and record.key is not None:
@@ -537,8 +538,3 @@ def _action(result: Send | Skip | Reject) -> str:
 
 def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
-
-
-def _key_hash(key: bytes | None) -> str | None:
-    """Log a stable short hash of the key, never the user id itself."""
-    return None if key is None else hashlib.sha256(key).hexdigest()[:12]

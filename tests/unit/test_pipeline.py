@@ -9,6 +9,9 @@ the real ``ProfileProcessor``, restored from what the first pipeline wrote to th
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import io
+import json
 import random
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -16,10 +19,12 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+import structlog
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from consumer.adapters.admin import DeliveryLog, Health
+from consumer.adapters.logging import configure_logging
 from consumer.adapters.metrics import Metrics
 from consumer.adapters.telemetry import ServiceTelemetry
 from consumer.domain.button import Action, ButtonRequest, Reject, Send, Skip
@@ -1554,3 +1559,30 @@ def test_a_tombstone_in_the_input_does_not_park_its_key() -> None:
     outcomes = h.handle(record(17, value=None), record(18))
 
     assert outcomes == ["dead_lettered", "delivered"]
+
+
+# --- log context -------------------------------------------------------------------------------
+
+
+def test_log_lines_of_a_record_carry_its_partition_offset_key_hash_and_event_id() -> None:
+    """Every line logged while a record is handled names it (the key only as a short hash), and
+    a line logged after it names none of it: the context ends with the record."""
+    finalized = ButtonOutcome(OutcomeKind.FORBIDDEN, 403, "Order is finalized", from_button=True)
+    h = Harness(processor=FakeProcessor(processed(Send(request(Action.UPDATE))))).answer(finalized)
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)
+    try:
+        h.handle(record(offset=41))
+        structlog.get_logger("t").info("after")
+    finally:
+        structlog.reset_defaults()
+
+    lines = {line["event"]: line for line in map(json.loads, out.getvalue().splitlines())}
+    expected = {
+        "partition": 2,
+        "offset": 41,
+        "key": hashlib.sha256(b"user-1").hexdigest()[:12],
+        "event_id": "evt-1",
+    }
+    assert expected == {k: lines["done_without_change"].get(k) for k in expected}
+    assert not set(expected) & set(lines["after"])
