@@ -152,6 +152,8 @@ def top(collapsed: Path, count: int) -> str:
     total = 0
     for line in collapsed.read_text().splitlines():
         stack, _, samples = line.rpartition(" ")
+        if not samples.isdigit():
+            continue  # py-spy wrote a torn line (it reads a running process's memory)
         n = int(samples)
         total += n
         frames = stack.split(";")
