@@ -185,7 +185,19 @@ class RecordHandler(Protocol):
     considered finished (the dead-letter or changelog topic cannot be written).
     """
 
-    async def handle(self, record: Record) -> str: ...
+    async def handle(self, record: Record, event: CommerceEvent | None = None) -> str:
+        """``event``: the record's value, already decoded by ``triage`` (not decoded again)."""
+        ...
+
+    def triage(self, record: Record) -> CommerceEvent | InertEvent | None:
+        """Decode the value at once if that needs no I/O: the event, an ``InertEvent`` (finish
+        it with ``finish_inert``: it needs no task), or ``None`` (``handle`` decodes it, waits
+        for the registry or dead-letters it). Changes nothing and reports nothing."""
+        ...
+
+    def finish_inert(self, record: Record, event: InertEvent) -> str:
+        """Finish an inert record as skipped (its telemetry and live-log line); its outcome."""
+        ...
 
 
 class Decoder(Protocol):
@@ -200,6 +212,11 @@ class Decoder(Protocol):
     def decode_triaged(self, value: bytes) -> CommerceEvent | InertEvent:
         """``decode_event``, except that an event that can change nothing (a plain view or
         open: ``consumer.domain.triage``) comes back as an ``InertEvent``, unvalidated."""
+        ...
+
+    def decode_triaged_at_hand(self, value: bytes) -> CommerceEvent | InertEvent | None:
+        """``decode_triaged`` without asking the schema registry: ``None`` when the value's
+        writer schema is not already known. Never blocks on I/O (the poll loop calls it)."""
         ...
 
 

@@ -15,9 +15,12 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from consumer.domain.events import CommerceEvent, EventType
+from consumer.domain.mapping import skip_for
+from consumer.domain.triage import InertEvent
 from consumer.ports import Delivery, Headers, RebalanceListener, Record
 
 DEADLINE = 5.0
@@ -383,14 +386,28 @@ class HeldPipeline:
     test decides. ``finish``/``fail`` resolve it; ``release_all`` finishes everything (teardown).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, inert: Iterable[tuple[int, int]] = ()) -> None:
         self.started: list[tuple[int, int]] = []
         self.finished: list[tuple[int, int]] = []
         self.cancelled: list[tuple[int, int]] = []
+        self.inert = set(inert)
+        """Positions ``triage`` reports inert: finished by ``finish_inert``, never started."""
+        self.finished_inert: list[tuple[int, int]] = []
         self._results: dict[tuple[int, int], asyncio.Future[str]] = {}
         self._released = False
 
-    async def handle(self, record: Record) -> str:
+    def triage(self, record: Record) -> InertEvent | None:
+        if (record.partition, record.offset) not in self.inert:
+            return None
+        return InertEvent(
+            f"view-{record.offset}", EventType.PAGE_VIEW, 0, skip_for(EventType.PAGE_VIEW)
+        )
+
+    def finish_inert(self, record: Record, event: InertEvent) -> str:
+        self.finished_inert.append((record.partition, record.offset))
+        return "skipped"
+
+    async def handle(self, record: Record, event: CommerceEvent | None = None) -> str:
         position = (record.partition, record.offset)
         self.started.append(position)
         try:

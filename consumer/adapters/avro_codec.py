@@ -107,6 +107,10 @@ class Decoder(Protocol):
         nothing (``consumer.domain.triage``)."""
         ...
 
+    def decode_triaged_at_hand(self, value: bytes) -> CommerceEvent | InertEvent | None:
+        """``decode_triaged`` without a schema lookup: ``None`` when one would be needed."""
+        ...
+
     def close(self) -> None:
         """Release the registry connection, if any. Idempotent."""
         ...
@@ -245,6 +249,17 @@ class _EventDecoding:
         record = self.decode(value)
         return inert_record(record) or event_from_record(record)
 
+    def decode_at_hand(self, value: bytes) -> dict[str, Any] | None:
+        """``decode`` when it needs no schema lookup, else ``None`` (no lookup by default)."""
+        return self.decode(value)
+
+    def decode_triaged_at_hand(self, value: bytes) -> CommerceEvent | InertEvent | None:
+        """``decode_triaged`` when the writer schema is known already, else ``None``."""
+        record = self.decode_at_hand(value)
+        if record is None:
+            return None
+        return inert_record(record) or event_from_record(record)
+
     def close(self) -> None:
         """Nothing to release by default."""
 
@@ -294,6 +309,14 @@ class RegistryDecoder(_EventDecoding):
         schema_id, body = split_wire(value)
         writer, reader = self._schemas(schema_id)
         return _as_record(_read_body(body, writer, reader))
+
+    def decode_at_hand(self, value: bytes) -> dict[str, Any] | None:
+        """``decode`` when the writer schema is cached, else ``None`` (no registry call)."""
+        schema_id, body = split_wire(value)
+        cached = self._cache.get(schema_id)
+        if cached is None:
+            return None
+        return _as_record(_read_body(body, *cached))
 
     def close(self) -> None:
         """Close the registry source when it holds a connection."""

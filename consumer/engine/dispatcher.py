@@ -208,6 +208,24 @@ class Dispatcher:
             lane.task = asyncio.get_running_loop().create_task(self._run_lane(lane_id, lane))
         return True
 
+    def finish_now(self, partition: int, offset: int) -> bool:
+        """Track a record that needs no job and finish it at once (an inert record).
+
+        Returns ``False``, like ``submit``, when the partition is being revoked or the
+        dispatcher is draining or has failed: the record is then not tracked (consumed again).
+
+        Raises:
+            ValueError: ``offset`` is not above the last offset submitted for ``partition``.
+        """
+        if self._closed or self._failure is not None or partition in self._revoking:
+            return False
+        if self.watermarks is not None:
+            self.watermarks.track(partition, offset)
+        if self._resumed_at:
+            self._note_refill(partition)
+        self._count_finished(partition, offset)
+        return True
+
     # -- capacity and backpressure -----------------------------------------------------------
 
     def in_flight(self, partition: int) -> int:
@@ -437,14 +455,17 @@ class Dispatcher:
         self._retire(item)
         if item.epoch != self._epochs.get(item.partition, 0):
             return  # a record of an earlier assignment of this partition
+        self._count_finished(item.partition, item.offset)
+
+    def _count_finished(self, partition: int, offset: int) -> None:
         self._finished_count += 1
         if self._clock is not None:
-            self._done[item.partition] = self._done.get(item.partition, 0) + 1
+            self._done[partition] = self._done.get(partition, 0) + 1
             self._done_total += 1
         if self.watermarks is not None:
-            self.watermarks.finish(item.partition, item.offset)
+            self.watermarks.finish(partition, offset)
         if self._on_finished is not None:
-            self._on_finished(item.partition, item.offset)
+            self._on_finished(partition, offset)
 
     def _retire(self, item: _Item) -> None:
         item.retired = True

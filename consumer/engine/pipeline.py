@@ -151,17 +151,41 @@ class Pipeline:
     def __init__(self, deps: PipelineDeps) -> None:
         self._d = deps
 
-    async def handle(self, record: Record) -> str:
-        """Process ``record`` until it is finished; return its outcome name."""
+    async def handle(self, record: Record, event: CommerceEvent | None = None) -> str:
+        """Process ``record`` until it is finished; return its outcome name.
+
+        ``event``: its value decoded already (``triage``); ``None``: decoded here.
+        """
         scope = CURRENT_RECORD.set(RecordScope(record.partition, record.offset, record.key))
         try:
-            return await self._handle(record)
+            return await self._handle(record, event)
         finally:
             CURRENT_RECORD.reset(scope)
 
-    async def _handle(self, record: Record) -> str:
+    def triage(self, record: Record) -> CommerceEvent | InertEvent | None:
+        """Decode ``record`` at once when that needs no I/O (``RecordHandler.triage``).
+
+        ``None`` for a value that needs a schema lookup, has no value or does not decode:
+        ``handle`` decodes it again, with the waits, counts and dead letters of the full path.
+        """
+        if record.value is None:
+            return None
+        try:
+            return self._d.decoder.decode_triaged_at_hand(record.value)
+        except (DecodeError, SchemaRegistryUnavailableError):
+            return None
+
+    def finish_inert(self, record: Record, event: InertEvent) -> str:
+        """Finish an inert record as skipped, at once (``RecordHandler.finish_inert``)."""
+        scope = CURRENT_RECORD.set(RecordScope(record.partition, record.offset, record.key))
+        try:
+            return self._skip_inert(record, event)
+        finally:
+            CURRENT_RECORD.reset(scope)
+
+    async def _handle(self, record: Record, event: CommerceEvent | None) -> str:
         d = self._d
-        decoded = await self._decode(record)
+        decoded = event if event is not None else await self._decode(record)
         if isinstance(decoded, Decision):
             return await self._execute(record, decoded, _Context())
         if isinstance(decoded, InertEvent):

@@ -29,6 +29,8 @@ from typing import Any, TypeVar
 
 import structlog
 
+from consumer.domain.events import CommerceEvent
+from consumer.domain.triage import InertEvent
 from consumer.engine.authgate import AuthGate
 from consumer.engine.concurrency import PauseGate
 from consumer.engine.dispatcher import Dispatcher, Job
@@ -284,10 +286,26 @@ class Worker:
             log.warning("housekeeping_failed", error=str(exc), exc_type=type(exc).__name__)
 
     def _submit(self, records: list[Record]) -> None:
+        """Hand each record to its key's lane, except inert ones (a view or open that can
+        change nothing: ``consumer.domain.triage``), finished here at once, without a task.
+
+        Each value is decoded here when that needs no I/O, and the lane's job gets the result.
+        An inert record needs neither its key's order nor Button: finishing it before earlier
+        records of its key changes nothing they do, and its offset is committed only once every
+        offset below it is finished (``Watermarks``).
+        """
         self.stats.received += len(records)
         self._telemetry.records_received(self._source.topic, len(records))
+        pipeline, dispatcher = self._pipeline, self._dispatcher
         for record in self._drop_redelivered(records):
-            self._dispatcher.submit(record.partition, record.offset, record.key, self._job(record))
+            decoded = pipeline.triage(record)
+            if isinstance(decoded, InertEvent):
+                if dispatcher.finish_now(record.partition, record.offset):
+                    pipeline.finish_inert(record, decoded)
+                continue
+            dispatcher.submit(
+                record.partition, record.offset, record.key, self._job(record, decoded)
+            )
         self._update_in_flight()
 
     def _drop_redelivered(self, records: list[Record]) -> list[Record]:
@@ -328,11 +346,11 @@ class Worker:
             )
         return kept
 
-    def _job(self, record: Record) -> Job:
+    def _job(self, record: Record, event: CommerceEvent | None = None) -> Job:
         async def job() -> None:
             # An exception here (the DLQ cannot be written) leaves the offset unfinished; the
             # dispatcher records it and the loop stops consuming.
-            await self._pipeline.handle(record)
+            await self._pipeline.handle(record, event)
 
         return job
 

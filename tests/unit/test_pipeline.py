@@ -132,6 +132,9 @@ class FakeDecoder:
         assert isinstance(step, CommerceEvent)
         return step
 
+    def decode_triaged_at_hand(self, value: bytes) -> CommerceEvent | InertEvent | None:
+        return self.decode_triaged(value)
+
     def decode_triaged(self, value: bytes) -> CommerceEvent | InertEvent:
         self.calls += 1
         step = self.script.pop(0) if self.script else EVENT

@@ -434,6 +434,43 @@ def test_only_finished_offsets_are_stored() -> None:
     run(scenario)
 
 
+def test_inert_records_are_finished_as_they_arrive_without_a_task() -> None:
+    """A view or open that can change nothing needs neither its key's lane nor Button: it is
+    finished in the poll loop as it arrives, also behind a held record of its own key, and its
+    offset is stored once every offset below it is finished."""
+
+    async def scenario() -> None:
+        pipeline = HeldPipeline(inert={(0, 1), (0, 2), (0, 4)})
+        h = Harness(pipeline=pipeline)
+        async with h.running():
+            h.source.add(
+                make_record(0, 0, b"user-a"),
+                make_record(0, 1, b"user-a"),  # inert, behind the held offset 0 of its key
+                make_record(0, 2, b"user-b"),  # inert
+                make_record(0, 3, b"user-c"),
+                make_record(0, 4, b"user-a"),  # inert
+            )
+            await h.source.until(lambda: len(pipeline.finished_inert) == 3)
+            await h.source.passes()
+            expected: object = ([(0, 0), (0, 3)], [(0, 1), (0, 2), (0, 4)], 2, 2)
+            actual: object = (
+                pipeline.started,
+                pipeline.finished_inert,
+                h.dispatcher.active_lanes,
+                h.dispatcher.total_in_flight(),
+            )
+            assert expected == actual
+            pipeline.finish(0, 0)
+            await h.source.until(lambda: h.source.last_stored(0) == 3)
+            pipeline.finish(0, 3)
+            await h.source.until(lambda: h.source.last_stored(0) == 5)
+            expected = [0, 3, 5]
+            actual = h.source.stored[0]
+            assert expected == actual
+
+    run(scenario)
+
+
 def test_a_record_waiting_for_the_schema_registry_holds_only_its_key_and_offset() -> None:
     """While the registry is away its record waits; other keys flow, the stored offset holds."""
 
@@ -444,7 +481,10 @@ def test_a_record_waiting_for_the_schema_registry_holds_only_its_key_and_offset(
             self.registry_up = asyncio.Event()
             self.handled: list[int] = []
 
-        async def handle(self, record: Record) -> str:
+        def triage(self, record: Record) -> None:
+            return None  # everything takes the full path
+
+        async def handle(self, record: Record, event: object = None) -> str:
             if record.value == UNKNOWN_SCHEMA:
                 await self.registry_up.wait()
             self.handled.append(record.offset)
