@@ -73,6 +73,10 @@ class Permit:
         """Record a back-pressure signal that did not come as a ``ButtonOutcome``."""
         self._signal = True
 
+    def restart(self) -> None:
+        """Start the round-trip clock now: for a permit taken before its request was ready."""
+        self._started = self._limiter._clock()  # the limiter's own clock
+
     def release(self) -> None:
         """Give the slot back (idempotent)."""
         if not self._released:

@@ -1,6 +1,8 @@
 """What happens to one record, from bytes to *finished*.
 
-decode -> profile + mapping -> (parked? dry run?) -> send with the failure policy -> dead letter.
+decode -> (permit) -> profile + mapping -> (parked? dry run?) -> send with the failure policy ->
+dead letter. The concurrency permit of a record's first request is taken before it is mapped (see
+``_handle``), so records are prepared as fast as Button takes them, not a poll batch at a time.
 A record is finished when Button accepted it, it was skipped on purpose, or its dead-letter write
 was acknowledged (and, for an order's record, the order's parking written to the changelog);
 ``handle`` returns only then, and raises only when the record must not be considered finished
@@ -47,7 +49,7 @@ from consumer.domain.policy import (
 from consumer.domain.triage import InertEvent
 from consumer.engine.authgate import AuthGate
 from consumer.engine.breaker import CircuitBreaker
-from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
+from consumer.engine.concurrency import AdaptiveLimiter, Permit, TokenBucket
 from consumer.engine.parking import KEY_PARKED, ParkingCheck
 from consumer.engine.profiles import ChangelogWrite
 from consumer.errors import (
@@ -184,13 +186,27 @@ class Pipeline:
             CURRENT_RECORD.reset(scope)
 
     async def _handle(self, record: Record, event: CommerceEvent | None) -> str:
-        d = self._d
         decoded = event if event is not None else await self._decode(record)
         if isinstance(decoded, Decision):
             return await self._execute(record, decoded, _Context())
         if isinstance(decoded, InertEvent):
             # Can change nothing (no order, token or device id): no profile, no changelog.
             return self._skip_inert(record, decoded)
+        # The concurrency permit for its first request is taken before the record is mapped:
+        # so the loop prepares about as many records as Button can take at once, not a whole
+        # poll batch in one go while the answers of those in flight wait behind it. (With a
+        # rate limit, the token comes first and the permit after it, at the send.)
+        ahead = None if self._d.rate is not None else await self._d.limiter.acquire_permit()
+        try:
+            return await self._map_and_deliver(record, decoded, ahead)
+        finally:
+            if ahead is not None:
+                ahead.release()  # unused (no request): neutral for the limit
+
+    async def _map_and_deliver(
+        self, record: Record, decoded: CommerceEvent, ahead: Permit | None
+    ) -> str:
+        d = self._d
         # Parking first, against the profile before this record: a record parked behind a dead
         # letter must not move the order ledger, and the replay of an order's first dead letter
         # releases it before the record is mapped (DESIGN, 5).
@@ -199,6 +215,7 @@ class Pipeline:
         try:
             processed = d.processor.process(record.partition, record.key, decoded, d.wall_clock())
         except DecodeError as exc:
+            _release(ahead)
             d.telemetry.decode_failed(exc.reason)
             context = _Context(event_type=decoded.event_type.value)
             return await self._execute(record, decide_error(exc), context)
@@ -217,7 +234,10 @@ class Pipeline:
         decision = decide_mapped(result, parked=parking.reason, dry_run=d.dry_run)
         try:
             if decision.verdict is Verdict.SEND and isinstance(result, Send):
-                return await self._deliver(record, context, result.request, result.follow_up)
+                return await self._deliver(
+                    record, context, result.request, result.follow_up, ahead=ahead
+                )
+            _release(ahead)
             return await self._execute(record, decision, context)
         finally:
             # Raised or cancelled before the acknowledgement was awaited: the record is not
@@ -255,8 +275,13 @@ class Pipeline:
         context: _Context,
         request: ButtonRequest,
         follow_up: ButtonRequest | None = None,
+        *,
+        ahead: Permit | None = None,
     ) -> str:
         """Send ``request`` until the policy's decision is no longer retry, pause or break.
+
+        ``ahead``: a concurrency permit taken before the record was prepared, for the first
+        attempt (given back unused if a gate holds requests back first).
 
         When the policy says ``FOLLOW_UP`` (a create answered 409 that carries the update of the
         same state), the follow-up is delivered the same way, with its own retry budget, and its
@@ -268,12 +293,16 @@ class Pipeline:
         paused_for = 0.0
         refused = False  # the last attempt was answered PAUSE (a 401 or 403)
         while True:
+            if ahead is not None and (d.gate.closed or d.breaker.closed):
+                ahead.release()  # not held while waiting at a gate
+                ahead = None
             waited, waited_for_key = await self._wait_at_gates()
             paused_for += waited
             # The gate opened on an accepted probe (or a 2xx): the key works, so a 403 of this
             # record's next attempt is about the record itself.
             key_accepted = refused and waited_for_key
-            outcome = await self._attempt(request, attempts)
+            outcome = await self._attempt(request, attempts, ahead)
+            ahead = None  # used (and released) by the first attempt
             source = (record.partition, record.offset)
             if d.breaker.observe(outcome, source):
                 self._breaker_opened(BUTTON_UNAVAILABLE, outcome)
@@ -345,18 +374,30 @@ class Pipeline:
             await d.breaker.admit()
         return d.monotonic() - since, waited_for_key
 
-    async def _attempt(self, request: ButtonRequest, attempts: _Attempts) -> ButtonOutcome:
-        """Send one attempt within the rate and concurrency limits; record and report it."""
+    async def _attempt(
+        self, request: ButtonRequest, attempts: _Attempts, ahead: Permit | None = None
+    ) -> ButtonOutcome:
+        """Send one attempt within the rate and concurrency limits; record and report it.
+
+        ``ahead``: a permit already held for it (its round-trip clock restarts now).
+        """
         d = self._d
         if d.rate is not None:
             await d.rate.take(d.sleep)
-        async with d.limiter.permit() as permit:
+        if ahead is not None:
+            permit = ahead
+            permit.restart()
+        else:
+            permit = await d.limiter.acquire_permit()
+        try:
             attempts.count += 1
             now_ms = _ms(d.wall_clock())
             attempts.first_ms = attempts.first_ms or now_ms
             attempts.last_ms = now_ms
             outcome = await d.button.send(request)
             permit.observe(outcome)
+        finally:
+            permit.release()
         attempts.last = outcome
         d.telemetry.button_attempt(
             request.action.value,
@@ -536,6 +577,12 @@ class _Context:
     def letter_action(self) -> str:
         """The dead letter's action header: empty when nothing was mapped."""
         return "" if self.action == "none" else self.action
+
+
+def _release(permit: Permit | None) -> None:
+    """Give back a concurrency permit taken ahead and not used (``None``: nothing held)."""
+    if permit is not None:
+        permit.release()
 
 
 def _abandon(pending: asyncio.Future[Any] | None) -> None:

@@ -1589,3 +1589,46 @@ def test_log_lines_of_a_record_carry_its_partition_offset_key_hash_and_event_id(
     }
     assert expected == {k: lines["done_without_change"].get(k) for k in expected}
     assert not set(expected) & set(lines["after"])
+
+
+# --- concurrency permits -------------------------------------------------------------------------
+
+
+class HeldButton:
+    """Button whose answers wait until ``answer`` is set: requests stay in flight meanwhile."""
+
+    def __init__(self) -> None:
+        self.answer = asyncio.Event()
+        self.in_flight = 0
+
+    async def send(self, request: ButtonRequest) -> ButtonOutcome:
+        self.in_flight += 1
+        await self.answer.wait()
+        self.in_flight -= 1
+        return OK
+
+
+def test_records_are_mapped_only_as_concurrency_permits_free_up() -> None:
+    """A record takes the permit for its first request before it is mapped: while every permit
+    is held by a request in flight, the records behind them wait unmapped, so the event loop
+    does not prepare a whole poll batch at once while the answers in flight wait behind it."""
+    h = Harness()
+    deps = h.deps()
+    button = deps.button = HeldButton()
+    pipeline = Pipeline(deps)
+    limit = deps.limiter.limit
+    records = [record(offset, key=f"user-{offset}".encode()) for offset in range(limit + 3)]
+
+    async def scenario() -> tuple[int, int, list[str]]:
+        running = asyncio.gather(*(pipeline.handle(r) for r in records))
+        for _ in range(100):  # a bound, not a timing: each pass lets every task take a step
+            await asyncio.sleep(0)
+        mapped_while_full = len(h.processor.calls)
+        in_flight = button.in_flight
+        button.answer.set()
+        return mapped_while_full, in_flight, await running
+
+    mapped, in_flight, outcomes = asyncio.run(scenario())
+
+    assert (limit, limit, ["delivered"] * len(records)) == (mapped, in_flight, outcomes)
+    assert len(records) == len(h.processor.calls)
