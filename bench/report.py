@@ -32,7 +32,8 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
     service = fwd["service"]
     cpu = median(service, lambda run: 1000 * run["cpu_s"] / run["count"])
     return {
-        "machine": f"{os.cpu_count()} cores, shared with other work; {platform.system()}, "
+        "machine": f"{os.cpu_count()} cores, shared by the broker, the sandbox and every candidate;"
+        f" {platform.system()}, "
         f"Python {platform.python_version()}",
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "paths": {
@@ -85,8 +86,8 @@ def markdown(raw: dict[str, Any], latest: dict[str, Any]) -> str:
         "",
         f"Machine: {latest['machine']}. Date: {latest['date']}. Medians of {a['rounds']} rounds,",
         "the candidates alternating (the order rotates each round); each run checked at the",
-        "sandbox that every order arrived. Other work shared the machine: only the ratios carry",
-        "over.",
+        "sandbox that every order arrived. The broker, the sandbox and the candidates share one",
+        "machine: only the ratios carry over.",
         "",
         f"Sizes: forward {a['forward']:,} purchases; filter {a['filter']:,} events"
         " (90 % views/opens);"
