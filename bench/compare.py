@@ -1,0 +1,92 @@
+"""``python -m bench.compare CHECKOUT[:VAR=VALUE,...] ...``: versions of the service, side by side.
+
+How one change moves the service, measured as ``make bench`` measures the service: one local
+broker and one Button sandbox (log-normal latency), the topics loaded once, then alternating
+rounds (the order rotates each round) of ``button-consumer run`` from each candidate, timed from
+spawn to every offset committed and every order at the sandbox, CPU from ``/proc/<pid>/stat``.
+
+A candidate is a directory holding a checkout of this repository (``git worktree add DIR REV``),
+run with ``PYTHONPATH=DIR`` in this virtualenv (the dependencies must match), optionally with
+settings after a colon: ``.:DELIVERY_CONCURRENCY_MAX=128`` is the working tree with that setting.
+Prints each run and the medians: orders (or events) per second and CPU seconds per 1,000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import suite, workload
+
+
+def _candidate(text: str) -> tuple[str, dict[str, str]]:
+    """``DIR[:VAR=VALUE,...]`` -> (the checkout's absolute path, the settings)."""
+    path, _, extra = text.partition(":")
+    settings = dict(item.split("=", 1) for item in extra.split(",") if item)
+    return str(Path(path).resolve()), settings
+
+
+def _run(bench: suite.Bench, loaded: workload.Loaded, candidate: str) -> dict[str, Any]:
+    path, settings = _candidate(candidate)
+    group = f"bench-compare-{uuid.uuid4().hex[:8]}"
+    env = suite.service_env(bench, loaded.topic, group, PYTHONPATH=path, **settings)
+    cmd = [str(Path(sys.executable).with_name("button-consumer")), "run"]
+    return suite._consumer_process(bench, cmd, env, loaded, group, "compare")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__)
+    parser.add_argument("candidates", nargs="+", help="DIR[:VAR=VALUE,...]")
+    parser.add_argument("--forward", type=int, default=20_000, help="purchases (0: none)")
+    parser.add_argument("--filter", type=int, default=0, help="filter events (0: none)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument("--latency-p50-ms", type=float, default=20.0)
+    parser.add_argument("--latency-p99-ms", type=float, default=120.0)
+    parser.add_argument("--run-timeout", type=float, default=900.0, help="bound of one run")
+    args = parser.parse_args(argv)
+    work = suite.ROOT / ".cache" / "bench-compare"
+    work.mkdir(parents=True, exist_ok=True)
+    with suite.infrastructure(args) as (bootstrap, sandbox):
+        bench = suite.Bench(args, bootstrap, sandbox, work, None)
+        tag, now = uuid.uuid4().hex[:6], datetime.now(UTC)
+        loads: dict[str, workload.Loaded] = {}
+        if args.forward:
+            events = workload.forward_events(f"c{tag}", args.forward, now)
+            loads["forward"] = workload.load(
+                bootstrap, f"bench-compare-f-{tag}", events, args.partitions
+            )
+        if args.filter:
+            events = workload.filter_events(f"d{tag}", args.filter, now)
+            loads["filter"] = workload.load(
+                bootstrap, f"bench-compare-v-{tag}", events, args.partitions
+            )
+        runs: dict[tuple[str, str], list[dict[str, Any]]] = {
+            (path, c): [] for path in loads for c in args.candidates
+        }
+        for r in range(args.rounds):
+            shift = r % len(args.candidates)
+            order = args.candidates[shift:] + args.candidates[:shift]
+            for path, loaded in loads.items():
+                for candidate in order:
+                    result = _run(bench, loaded, candidate)
+                    runs[(path, candidate)].append(result)
+                    bench.say(f"round {r + 1} {path} {candidate}: {_summary([result])}")
+        for (path, candidate), results in runs.items():
+            bench.say(f"median {path} {candidate}: {_summary(results)}")
+    return 0
+
+
+def _summary(results: list[dict[str, Any]]) -> str:
+    rate = statistics.median(r["count"] / r["seconds"] for r in results)
+    cpu = statistics.median(1000 * r["cpu_s"] / r["count"] for r in results)
+    return f"{rate:,.0f}/s, {cpu:.3f} s CPU per 1,000"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
