@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     spy = py_spy()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     with suite.infrastructure(args) as (bootstrap, sandbox):
         work = args.out.parent
         bench = suite.Bench(args, bootstrap, sandbox, work, None)
