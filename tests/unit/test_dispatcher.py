@@ -479,3 +479,37 @@ def test_invalid_bounds_are_refused() -> None:
     """Zero in flight would never start anything."""
     with pytest.raises(ValueError, match="at least 1"):
         Dispatcher(max_in_flight=0)
+
+
+def test_a_record_finished_at_once_is_committable_when_the_offsets_below_it_are() -> None:
+    """``finish_now`` (an inert record: no job) finishes its offset without a lane; it counts
+    as finished, and it is refused, like ``submit``, while its partition is revoked."""
+
+    async def scenario() -> None:
+        jobs = Jobs()
+        dispatcher, marks = owning()
+        dispatcher.submit(0, 0, "a", jobs.job(0, 0))
+        assert dispatcher.finish_now(0, 1) is True
+        assert dispatcher.finish_now(1, 0) is True
+        await settle()
+        expected: object = (0, 1, 1, 1, 2)
+        actual: object = (
+            marks.committable(0),
+            marks.committable(1),
+            dispatcher.active_lanes,
+            dispatcher.total_in_flight(),
+            dispatcher.finished_count,
+        )
+        assert expected == actual
+        jobs.complete(0, 0)
+        await settle()
+        assert marks.committable(0) == 2
+        dispatcher.submit(0, 2, "a", jobs.job(0, 2))
+        revoke = asyncio.create_task(dispatcher.revoke([0], GRACE_NEVER_REACHED))
+        await settle()
+        refused = dispatcher.finish_now(0, 3)  # the revoke waits for offset 2
+        jobs.complete(0, 2)
+        report = await revoke
+        assert (refused, report.committable) == (False, {0: 3})
+
+    run(scenario)

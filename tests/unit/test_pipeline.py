@@ -1632,3 +1632,32 @@ def test_records_are_mapped_only_as_concurrency_permits_free_up() -> None:
 
     assert (limit, limit, ["delivered"] * len(records)) == (mapped, in_flight, outcomes)
     assert len(records) == len(h.processor.calls)
+
+
+def test_a_record_waiting_at_a_closed_gate_holds_no_concurrency_permit() -> None:
+    """The permit taken before mapping is given back before the record waits at a gate: records
+    held while Button refuses the key do not hold the slots the probe's record needs after."""
+    h = Harness().answer(OK)
+    probe_answered = asyncio.Event()
+
+    async def held_probe() -> ButtonOutcome:
+        await probe_answered.wait()
+        return NOT_FOUND  # Button accepts the key again
+
+    h.gate = h.button.gate = AuthGate(PROBE_INTERVAL, held_probe, h.clock.sleep, h.clock.monotonic)
+    h.gate.close()
+    deps = h.deps()
+    pipeline = Pipeline(deps)
+
+    async def scenario() -> tuple[tuple[int, int, int], str]:
+        handling = asyncio.create_task(pipeline.handle(record()))
+        for _ in range(100):  # a bound, not a timing: each pass lets the task take a step
+            await asyncio.sleep(0)
+        held = (deps.limiter.in_flight, len(h.processor.calls), len(h.button.sent))
+        probe_answered.set()
+        return held, await handling
+
+    held, outcome = asyncio.run(scenario())
+
+    assert (held, outcome) == ((0, 1, 0), "delivered")
+    assert deps.limiter.in_flight == 0
