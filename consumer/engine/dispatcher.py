@@ -26,10 +26,11 @@ Contract with the poll loop, which must never block:
   then bounds what a crash replays, although the records behind it finished.
 - The low marks keep the pipeline fed: a resumed partition's records arrive only after a
   fetch's round trip (the *refill* time), so the low mark must still hold what drains
-  meanwhile. Given a ``clock``, the dispatcher measures both: the drain rate (records finished
-  per second, per partition and in total) and the refill time (from a partition's resume to its
-  next submitted record). A low mark is then ``max(resume_ratio x high, 2 x rate x refill)``,
-  at most ``high - 1``. Without a clock it is ``resume_ratio x high``.
+  meanwhile. Given a ``clock``, the dispatcher measures both: the drain rate (records in flight
+  finished per second, per partition and in total; not those of ``finish_now``, which never
+  were in flight) and the refill time (from a partition's resume to its next record). A low mark
+  is then ``max(resume_ratio x high, 2 x rate x refill)``, at most ``high - 1``. Without a
+  clock it is ``resume_ratio x high``.
 
 A job that raises is a bug or a "stop consuming" condition (DLQ unavailable: DESIGN, 4): the
 dispatcher records the first such error, starts nothing more, and the loop sees it through
@@ -223,7 +224,8 @@ class Dispatcher:
             self.watermarks.track(partition, offset)
         if self._resumed_at:
             self._note_refill(partition)
-        self._count_finished(partition, offset)
+        # Not in the drain rate: the low marks cover the records in flight, which it never was.
+        self._count_finished(partition, offset, in_flight=False)
         return True
 
     # -- capacity and backpressure -----------------------------------------------------------
@@ -457,9 +459,9 @@ class Dispatcher:
             return  # a record of an earlier assignment of this partition
         self._count_finished(item.partition, item.offset)
 
-    def _count_finished(self, partition: int, offset: int) -> None:
+    def _count_finished(self, partition: int, offset: int, *, in_flight: bool = True) -> None:
         self._finished_count += 1
-        if self._clock is not None:
+        if in_flight and self._clock is not None:
             self._done[partition] = self._done.get(partition, 0) + 1
             self._done_total += 1
         if self.watermarks is not None:

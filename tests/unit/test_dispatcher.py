@@ -513,3 +513,25 @@ def test_a_record_finished_at_once_is_committable_when_the_offsets_below_it_are(
         assert (refused, report.committable) == (False, {0: 3})
 
     run(scenario)
+
+
+def test_records_finished_at_once_do_not_raise_the_low_marks() -> None:
+    """The low marks cover a refill at the rate records *in flight* drain. Records finished at
+    once never were in flight: a stream of inert views must not lift a partition's low mark to
+    its high mark, which would resume it at once after every pause."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        dispatcher = Dispatcher(
+            max_in_flight_per_partition=10,
+            max_in_flight=100,
+            clock=clock.monotonic,
+            refill_seconds=0.5,
+        )
+        for offset in range(1_000):
+            dispatcher.finish_now(0, offset)
+        clock.advance(0.1)
+        dispatcher.saturated_partitions({0})
+        assert (dispatcher.low_marks(0), dispatcher.finished_count) == ((5, 50), 1_000)
+
+    run(scenario)
