@@ -191,12 +191,8 @@ class Dispatcher:
         Raises:
             ValueError: ``offset`` is not above the last offset submitted for ``partition``.
         """
-        if self._closed or self._failure is not None or partition in self._revoking:
+        if not self._admit(partition, offset):
             return False
-        if self.watermarks is not None:
-            self.watermarks.track(partition, offset)
-        if self._resumed_at:
-            self._note_refill(partition)
         item = _Item(partition, offset, self._epochs.get(partition, 0), job)
         lane_id: tuple[int, Hashable] = (partition, object() if key is None else key)
         lane = self._lanes.get(lane_id)
@@ -218,14 +214,22 @@ class Dispatcher:
         Raises:
             ValueError: ``offset`` is not above the last offset submitted for ``partition``.
         """
+        if not self._admit(partition, offset):
+            return False
+        # Not in the drain rate: the low marks cover the records in flight, which it never was.
+        self._count_finished(partition, offset, in_flight=False)
+        return True
+
+    def _admit(self, partition: int, offset: int) -> bool:
+        """Accept a record of ``partition`` (``submit``, ``finish_now``): track its offset and
+        note a refill; ``False`` while the partition is revoked or the dispatcher is closed or
+        has failed."""
         if self._closed or self._failure is not None or partition in self._revoking:
             return False
         if self.watermarks is not None:
             self.watermarks.track(partition, offset)
         if self._resumed_at:
             self._note_refill(partition)
-        # Not in the drain rate: the low marks cover the records in flight, which it never was.
-        self._count_finished(partition, offset, in_flight=False)
         return True
 
     # -- capacity and backpressure -----------------------------------------------------------
