@@ -1,0 +1,26 @@
+"""``python -m bench.compare``: how a candidate is named on the command line, and its summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.compare import _candidate, _summary
+
+
+def test_a_candidate_is_a_checkout_with_optional_settings() -> None:
+    """``DIR[:VAR=VALUE,...]``: the directory made absolute, the settings as given (a value may
+    hold ``=``)."""
+    assert _candidate(".") == (str(Path.cwd()), {})
+    assert _candidate("/x:DELIVERY_CONCURRENCY_MAX=128,KAFKA_CONFIG_CLIENT_ID=a=b") == (
+        "/x",
+        {"DELIVERY_CONCURRENCY_MAX": "128", "KAFKA_CONFIG_CLIENT_ID": "a=b"},
+    )
+
+
+def test_the_summary_is_the_median_rate_and_cpu_per_thousand() -> None:
+    runs = [
+        {"count": 1000, "seconds": 1.0, "cpu_s": 0.5},
+        {"count": 1000, "seconds": 2.0, "cpu_s": 0.7},
+        {"count": 1000, "seconds": 4.0, "cpu_s": 0.6},
+    ]
+    assert _summary(runs) == "500/s, 0.600 s CPU per 1,000"
