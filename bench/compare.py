@@ -1,4 +1,4 @@
-"""``python -m bench.compare CHECKOUT[:VAR=VALUE,...] ...``: versions of the service, side by side.
+"""``python -m bench.compare CHECKOUT[:VAR=VALUE,...][@PYTHON] ...``: the service, side by side.
 
 How one change moves the service, measured as ``make bench`` measures the service: one local
 broker and one Button sandbox (log-normal latency), the topics loaded once, then alternating
@@ -8,6 +8,9 @@ spawn to every offset committed and every order at the sandbox, CPU from ``/proc
 A candidate is a directory holding a checkout of this repository (``git worktree add DIR REV``),
 run with ``PYTHONPATH=DIR`` in this virtualenv (the dependencies must match), optionally with
 settings after a colon: ``.:DELIVERY_CONCURRENCY_MAX=128`` is the working tree with that setting.
+After an ``@``, another interpreter runs it (``python -m consumer run``), with the same locked
+dependencies installed in its own virtualenv: ``.@/tmp/py313/bin/python`` is the working tree on
+that Python.
 Prints each run and the medians: orders (or events) per second and CPU seconds per 1,000.
 """
 
@@ -24,24 +27,29 @@ from typing import Any
 from bench import suite, workload
 
 
-def _candidate(text: str) -> tuple[str, dict[str, str]]:
-    """``DIR[:VAR=VALUE,...]`` -> (the checkout's absolute path, the settings)."""
+def _candidate(text: str) -> tuple[str, dict[str, str], str | None]:
+    """``DIR[:VAR=VALUE,...][@PYTHON]`` -> (the checkout's absolute path, the settings, the
+    interpreter; ``None``: this virtualenv's ``button-consumer``)."""
+    text, _, python = text.partition("@")
     path, _, extra = text.partition(":")
     settings = dict(item.split("=", 1) for item in extra.split(",") if item)
-    return str(Path(path).resolve()), settings
+    return str(Path(path).resolve()), settings, python or None
 
 
 def _run(bench: suite.Bench, loaded: workload.Loaded, candidate: str) -> dict[str, Any]:
-    path, settings = _candidate(candidate)
+    path, settings, python = _candidate(candidate)
     group = f"bench-compare-{uuid.uuid4().hex[:8]}"
     env = suite.service_env(bench, loaded.topic, group, PYTHONPATH=path, **settings)
-    cmd = [str(Path(sys.executable).with_name("button-consumer")), "run"]
+    if python is None:
+        cmd = [str(Path(sys.executable).with_name("button-consumer")), "run"]
+    else:
+        cmd = [python, "-m", "consumer", "run"]
     return suite._consumer_process(bench, cmd, env, loaded, group, "compare")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__)
-    parser.add_argument("candidates", nargs="+", help="DIR[:VAR=VALUE,...]")
+    parser.add_argument("candidates", nargs="+", help="DIR[:VAR=VALUE,...][@PYTHON]")
     parser.add_argument("--forward", type=int, default=20_000, help="purchases (0: none)")
     parser.add_argument("--filter", type=int, default=0, help="filter events (0: none)")
     parser.add_argument("--rounds", type=int, default=3)

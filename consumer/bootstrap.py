@@ -484,7 +484,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
 def run_service() -> int:
     """``button-consumer run``: the service until SIGTERM/SIGINT; 0 on a clean stop."""
     settings = Settings.from_env()
-    configure_logging(settings.log.level, settings.log.format)
+    configure_logging(settings.log.level, settings.log.format, cache=True)
     service = build(settings)
     log.info(
         "starting",

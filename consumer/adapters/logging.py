@@ -74,8 +74,17 @@ def configure_logging(
     level: str = "info",
     fmt: Literal["auto", "json", "console"] = "auto",
     stream: TextIO | None = None,
+    *,
+    cache: bool = False,
 ) -> None:
-    """Set up structlog for this process (one event per line on ``stream``, stdout by default)."""
+    """Set up structlog for this process (one event per line on ``stream``, stdout by default).
+
+    ``cache``: each logger keeps the configuration of its first use (structlog's
+    ``cache_logger_on_first_use``), so a call skips the lookup of the configured processors and
+    logger (about 2 microseconds, for every line, including a filtered-out ``debug``). For a
+    process configured once, before it logs (the service); not for a process that configures
+    again later (tests), whose loggers would keep the first configuration.
+    """
     out = stream if stream is not None else sys.stdout
     numeric = _LEVELS.get(level, logging.ERROR)
     use_console = fmt == "console" or (fmt == "auto" and out.isatty())
@@ -94,7 +103,7 @@ def configure_logging(
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=out),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=cache,
     )
     kafka = logging.getLogger(KAFKA_LOGGER)
     for handler in list(kafka.handlers):

@@ -7,14 +7,21 @@ from pathlib import Path
 from bench.compare import _candidate, _summary
 
 
-def test_a_candidate_is_a_checkout_with_optional_settings() -> None:
-    """``DIR[:VAR=VALUE,...]``: the directory made absolute, the settings as given (a value may
-    hold ``=``)."""
-    assert _candidate(".") == (str(Path.cwd()), {})
+def test_a_candidate_is_a_checkout_with_optional_settings_and_interpreter() -> None:
+    """``DIR[:VAR=VALUE,...][@PYTHON]``: the directory made absolute, the settings as given (a
+    value may hold ``=``), the interpreter (``None``: this virtualenv's)."""
+    assert _candidate(".") == (str(Path.cwd()), {}, None)
     assert _candidate("/x:DELIVERY_CONCURRENCY_MAX=128,KAFKA_CONFIG_CLIENT_ID=a=b") == (
         "/x",
         {"DELIVERY_CONCURRENCY_MAX": "128", "KAFKA_CONFIG_CLIENT_ID": "a=b"},
+        None,
     )
+    assert _candidate("/x:LOG_LEVEL=info@/opt/py313/bin/python") == (
+        "/x",
+        {"LOG_LEVEL": "info"},
+        "/opt/py313/bin/python",
+    )
+    assert _candidate("/x@python3.12") == ("/x", {}, "python3.12")
 
 
 def test_the_summary_is_the_median_rate_and_cpu_per_thousand() -> None:

@@ -10,6 +10,7 @@ import structlog
 from confluent_kafka import Producer
 
 from consumer.adapters.logging import configure_logging
+from consumer.ports import CURRENT_RECORD, RecordScope
 from consumer.settings import Settings
 
 
@@ -50,3 +51,32 @@ def test_console_format_renders_key_values_not_json() -> None:
     assert "record" in text
     assert "outcome" in text
     assert not text.lstrip().startswith("{")
+
+
+def test_a_cached_logger_keeps_its_level_and_context() -> None:
+    """With ``cache`` (the service), a logger bound once still filters by level and still adds
+    the handled record's context to each line."""
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out, cache=True)
+    try:
+        logger = structlog.get_logger("t-cached")
+        scope = CURRENT_RECORD.set(RecordScope(2, 41, None))
+        try:
+            logger.debug("dropped")
+            logger.info("first")
+            logger.info("second", outcome="delivered")
+        finally:
+            CURRENT_RECORD.reset(scope)
+        logger.info("after")
+        assert structlog.get_config()["cache_logger_on_first_use"] is True
+    finally:
+        structlog.reset_defaults()
+
+    lines = [json.loads(text) for text in out.getvalue().splitlines()]
+    assert [line["event"] for line in lines] == ["first", "second", "after"]
+    assert [(line.get("partition"), line.get("offset")) for line in lines] == [
+        (2, 41),
+        (2, 41),
+        (None, None),
+    ]
+    assert lines[1]["outcome"] == "delivered"
