@@ -389,3 +389,157 @@ def test_a_map_key_named_like_a_field_survives_the_json_form() -> None:
     )
 
     assert event == event_from_json(json.loads(json.dumps(event_to_json(event))))
+
+
+_PRODUCT_0 = "commerce.products[0]."
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason", "message"),
+    [
+        (
+            {"products": [{"id": "p"}, {"id": "q", "price": "1.0000001"}]},
+            EventReason.INVALID_AMOUNT,
+            "price of product 'q' has more than 6 decimal places",
+        ),
+        (
+            {"products": [{"id": "p"}, {"id": "q", "price": "abc"}]},
+            EventReason.INVALID_AMOUNT,
+            "commerce.products[1].price 'abc' is not a decimal",
+        ),
+        (
+            {"products": [{"id": "p", "price": True}]},
+            EventReason.INVALID_FIELD,
+            f"{_PRODUCT_0}price must be a decimal string or number, not bool",
+        ),
+        (
+            {"products": [{"id": "p", "quantity": "two"}]},
+            EventReason.INVALID_QUANTITY,
+            f"{_PRODUCT_0}quantity is not a whole number",
+        ),
+        (
+            {"products": [{"id": "p", "quantity": 1.5}]},
+            EventReason.INVALID_QUANTITY,
+            f"{_PRODUCT_0}quantity 1.5 is not a whole number",
+        ),
+        (
+            {"products": [{"id": "p", "attributes": {"size": "M", "tags": ["a"]}}]},
+            EventReason.INVALID_FIELD,
+            f"{_PRODUCT_0}attributes['tags'] must be a string, number or boolean, not list",
+        ),
+        (
+            {"products": [{"id": "p", "sku": 5}]},
+            EventReason.INVALID_FIELD,
+            f"{_PRODUCT_0}sku must be a string, not int",
+        ),
+        ({"products": [{"sku": "x"}]}, EventReason.MISSING_FIELD, f"{_PRODUCT_0}id is missing"),
+        (
+            {"products": ["x"]},
+            EventReason.INVALID_FIELD,
+            f"{_PRODUCT_0} must be an object, not str",
+        ),
+        (
+            {"total_amount": "NaN"},
+            EventReason.INVALID_AMOUNT,
+            "commerce.total_amount is not a finite number",
+        ),
+        (
+            {"tax_amount": "x"},
+            EventReason.INVALID_AMOUNT,
+            "commerce.tax_amount 'x' is not a decimal",
+        ),
+        ({"shipping_amount": "-5"}, EventReason.NEGATIVE_AMOUNT, "shipping_amount is negative"),
+        (
+            {"action": 5},
+            EventReason.INVALID_FIELD,
+            "commerce.action must be an enum symbol string, not int",
+        ),
+    ],
+)
+def test_a_bad_commerce_value_is_named_by_its_location(
+    overrides: dict[str, Any], reason: EventReason, message: str
+) -> None:
+    """The message names where the bad value is, down to a product's field or map entry."""
+    with pytest.raises(DecodeError) as info:
+        event_from_json(commerce_json(**overrides))
+    assert (reason, message) == (info.value.reason, str(info.value))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"custom_attributes": {"k": "v", "n": ["list"]}},
+            "custom_attributes['n'] must be a string, number or boolean, not list",
+        ),
+        (
+            {"integration_attributes": {"1022": {"a": None}}},
+            "integration_attributes['1022']['a'] must be a string, number or boolean, not NoneType",
+        ),
+        (
+            {"user_identities": {"other": {"x": [1]}}},
+            "user_identities.other['x'] must be a string, number or boolean, not list",
+        ),
+        (
+            {"user_identities": [{"identity_type": "email", "identity": []}]},
+            "user_identities[0].identity must be a string, number or boolean, not list",
+        ),
+        (
+            {"device_info": {"att_authorization_status": 3}},
+            "device_info.att_authorization_status must be an enum symbol string, not int",
+        ),
+    ],
+)
+def test_a_bad_json_map_entry_is_named_by_its_location(
+    overrides: dict[str, Any], message: str
+) -> None:
+    """A bad value inside a map of the JSON form is named by its map and key."""
+    with pytest.raises(DecodeError) as info:
+        event_from_json(purchase_json(**overrides))
+    assert (EventReason.INVALID_FIELD, message) == (info.value.reason, str(info.value))
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (
+            ("commerce", "products", 0, "price"),
+            "9.00",
+            f"{_PRODUCT_0}price must be a Decimal, not str",
+        ),
+        (
+            ("commerce", "products", 0, "quantity"),
+            2.0,
+            f"{_PRODUCT_0}quantity must be an int, not float",
+        ),
+        (
+            ("commerce", "products", 0, "attributes"),
+            {"size": "M", "n": 3},
+            f"{_PRODUCT_0}attributes['n'] must be a string, not int",
+        ),
+        (("commerce", "total_amount"), 18.0, "commerce.total_amount must be a Decimal, not float"),
+        (("custom_attributes",), {"a": 1}, "custom_attributes['a'] must be a string, not int"),
+        (
+            ("integration_attributes",),
+            {"1022": {"k": None}},
+            "integration_attributes['1022']['k'] must be a string, not NoneType",
+        ),
+        (
+            ("user_identities", "other"),
+            {"x": 1},
+            "user_identities.other['x'] must be a string, not int",
+        ),
+    ],
+)
+def test_a_bad_record_value_is_named_by_its_location(
+    path: tuple[str | int, ...], value: object, message: str
+) -> None:
+    """A decoded record with a value of the wrong type deep inside names where it is."""
+    record = event_to_record(event_from_json(purchase_json()))
+    parent: Any = record
+    for step in path[:-1]:
+        parent = parent[step]
+    parent[path[-1]] = value
+    with pytest.raises(DecodeError) as info:
+        event_from_record(record)
+    assert (EventReason.INVALID_FIELD, message) == (info.value.reason, str(info.value))
