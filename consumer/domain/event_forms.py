@@ -83,11 +83,16 @@ _E = TypeVar("_E", bound=StrEnum)
 
 @dataclass(frozen=True, slots=True)
 class _Dialect:
-    """How leaves are read: decoded Avro values are typed; JSON values need interpreting."""
+    """How leaves are read: decoded Avro values are typed; JSON values need interpreting.
+
+    ``amount`` and ``quantity`` take the value's location as ``where`` and ``key``: a message
+    names it as ``where + key``, built only when one is needed. ``string_value`` takes it whole
+    (it is called only for a value that is not a string already).
+    """
 
     time: Callable[[object], datetime]
-    amount: Callable[[object, str], Decimal]
-    quantity: Callable[[object, str], int]
+    amount: Callable[[object, str, str], Decimal]
+    quantity: Callable[[object, str, str], int]
     string_value: Callable[[object, str], str]
     json: bool
 
@@ -136,15 +141,25 @@ def _enum(enum: type[_E], value: object, where: str, d: _Dialect) -> _E:
         return enum("UNKNOWN")
 
 
-def _str_map(value: object, where: str, d: _Dialect) -> dict[str, str]:
+def _str_map(value: object, where: str, d: _Dialect, key: str = "") -> dict[str, str]:
+    """The map ``value`` (``None``: empty) with string values; ``where + key`` names it.
+
+    Both dialects take a string value as it is; any other value is the dialect's to convert or
+    refuse, and only then is the entry's location built.
+    """
     if value is None:
         return {}
-    return {str(k): d.string_value(v, f"{where}[{k!r}]") for k, v in _mapping(value, where).items()}
+    if not isinstance(value, Mapping):
+        raise _type_error(where + key, "an object", value)
+    return {
+        str(k): v if isinstance(v, str) else d.string_value(v, f"{where}{key}[{k!r}]")
+        for k, v in value.items()
+    }
 
 
 def _opt_amount(obj: Mapping[str, Any], key: str, where: str, d: _Dialect) -> Decimal | None:
     value = obj.get(key)
-    return None if value is None else d.amount(value, where + key)
+    return None if value is None else d.amount(value, where, key)
 
 
 def _record_time(value: object) -> datetime:
@@ -153,16 +168,16 @@ def _record_time(value: object) -> datetime:
     raise _type_error("event_time", "a datetime", value)
 
 
-def _record_amount(value: object, where: str) -> Decimal:
+def _record_amount(value: object, where: str, key: str) -> Decimal:
     if isinstance(value, Decimal):
         return value
-    raise _type_error(where, "a Decimal", value)
+    raise _type_error(where + key, "a Decimal", value)
 
 
-def _record_quantity(value: object, where: str) -> int:
+def _record_quantity(value: object, where: str, key: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    raise _type_error(where, "an int", value)
+    raise _type_error(where + key, "an int", value)
 
 
 def _record_string(value: object, where: str) -> str:
@@ -197,7 +212,8 @@ def _json_time(value: object) -> datetime:
     )
 
 
-def _json_amount(value: object, where: str) -> Decimal:
+def _json_amount(value: object, where: str, key: str) -> Decimal:
+    where += key  # the JSON form is read by the offline tools: not worth deferring
     if isinstance(value, bool):
         raise _type_error(where, "a decimal string or number", value)
     if isinstance(value, Decimal):
@@ -222,13 +238,15 @@ def _json_amount(value: object, where: str) -> Decimal:
     return amount
 
 
-def _json_quantity(value: object, where: str) -> int:
+def _json_quantity(value: object, where: str, key: str) -> int:
     try:
-        amount = _json_amount(value, where)
+        amount = _json_amount(value, where, key)
     except DecodeError as exc:
-        raise _invalid(EventReason.INVALID_QUANTITY, f"{where} is not a whole number") from exc
+        raise _invalid(EventReason.INVALID_QUANTITY, f"{where}{key} is not a whole number") from exc
     if amount != amount.to_integral_value():
-        raise _invalid(EventReason.INVALID_QUANTITY, f"{where} {value!r} is not a whole number")
+        raise _invalid(
+            EventReason.INVALID_QUANTITY, f"{where}{key} {value!r} is not a whole number"
+        )
     return int(amount)
 
 
@@ -311,8 +329,8 @@ def _product(value: object, index: int, d: _Dialect) -> Product:
         category=_opt_str(obj, "category", where),
         variant=_opt_str(obj, "variant", where),
         price=_opt_amount(obj, "price", where, d),
-        quantity=1 if quantity is None else d.quantity(quantity, where + "quantity"),
-        attributes=_str_map(obj.get("attributes"), where + "attributes", d),
+        quantity=1 if quantity is None else d.quantity(quantity, where, "quantity"),
+        attributes=_str_map(obj.get("attributes"), where, d, "attributes"),
     )
 
 
