@@ -304,8 +304,10 @@ class CommerceEvent:
                 EventReason.INVALID_TIMESTAMP, "event_time is out of range in UTC"
             ) from exc
         # Avro's timestamp-millis keeps milliseconds; so does the model, so that encoding and
-        # decoding an event gives back an equal event.
-        utc = utc.replace(microsecond=utc.microsecond // 1000 * 1000)
+        # decoding an event gives back an equal event. (A decoded time has whole milliseconds
+        # already, and ``replace`` is dear.)
+        if utc.microsecond % 1000:
+            utc = utc.replace(microsecond=utc.microsecond // 1000 * 1000)
         object.__setattr__(self, "event_time", utc)
         self._check_commerce()
 
