@@ -131,6 +131,28 @@ class StoredOrder:
     def refund(self, event_id: str) -> StoredRefund | None:
         return next((r for r in self.refunds if r.event_id == event_id), None)
 
+    def with_sent(self, status: OrderStatus, digest: int) -> StoredOrder:
+        """This order once Button was sent it: ``status``, and the ``digest`` of the body sent.
+
+        ``replace(self, status=status, sent_digest=digest)`` with each field spelled out: it
+        runs for every order sent, and ``dataclasses.replace`` costs twice the construction.
+        """
+        return StoredOrder(
+            order_id=self.order_id,
+            currency=self.currency,
+            purchase_ms=self.purchase_ms,
+            total=self.total,
+            lines=self.lines,
+            status=status,
+            created_by=self.created_by,
+            refunds=self.refunds,
+            btn_ref=self.btn_ref,
+            touched_ms=self.touched_ms,
+            btn_ref_source=self.btn_ref_source,
+            exponent=self.exponent,
+            sent_digest=digest,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ParkedOrder:
@@ -210,7 +232,8 @@ class Profile:
     def with_order(self, order: StoredOrder) -> Profile:
         """This profile with ``order`` added, or replacing the order of the same id."""
         others = tuple(o for o in self.orders if o.order_id != order.order_id)
-        return replace(self, orders=(*others, order))
+        # Constructed rather than ``replace``d: this runs for every order event.
+        return Profile(self.tokens, self.idfas, self.gaids, (*others, order), self.parked)
 
     def parked_order(self, order_id: str) -> ParkedOrder | None:
         """The parking entry of ``order_id``, ``None`` if the order is not parked."""

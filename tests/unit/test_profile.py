@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -593,3 +593,41 @@ def test_the_restore_reads_the_epoch_and_checks_the_version_in_one_step() -> Non
     for bad in (b"", value[:5], bytes([9]) + value[1:], stamp(bytes([9]) + value[1:], 3)):
         with pytest.raises(ProfileDecodeError):
             restored_epoch(bad)
+
+
+def test_the_hand_written_copies_keep_every_field() -> None:
+    """``StoredOrder.with_sent`` and ``Profile.with_order`` spell their fields out (for speed):
+    a field added to either class must be added to them too."""
+    assert [f.name for f in fields(StoredOrder)] == [
+        "order_id",
+        "currency",
+        "purchase_ms",
+        "total",
+        "lines",
+        "status",
+        "created_by",
+        "refunds",
+        "btn_ref",
+        "touched_ms",
+        "btn_ref_source",
+        "exponent",
+        "sent_digest",
+    ]
+    assert [f.name for f in fields(Profile)] == ["tokens", "idfas", "gaids", "orders", "parked"]
+
+
+@given(orders, st.sampled_from(OrderStatus), st.integers(0, 2**63 - 1))
+def test_with_sent_is_replace_of_status_and_digest(
+    order: StoredOrder, status: OrderStatus, digest: int
+) -> None:
+    """``with_sent`` changes the status and the sent digest, and nothing else."""
+    assert replace(order, status=status, sent_digest=digest) == order.with_sent(status, digest)
+
+
+@given(profiles, orders)
+def test_with_order_adds_or_replaces_the_order_and_keeps_the_rest(
+    profile: Profile, order: StoredOrder
+) -> None:
+    """``with_order`` puts the order last, drops the one of the same id, keeps the rest."""
+    others = tuple(o for o in profile.orders if o.order_id != order.order_id)
+    assert replace(profile, orders=(*others, order)) == profile.with_order(order)
