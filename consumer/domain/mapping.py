@@ -572,18 +572,20 @@ def _reconcile(  # noqa: PLR0911 - one return per row of the reconciliation tabl
         return _cancel(order.order_id), replace(order, status=OrderStatus.CANCELLED)
     if sent is OrderStatus.CANCELLED:
         return Skip("order_already_cancelled"), order
-    state = replace(order, total=desired.total, lines=desired.lines)
+    state = order
+    if desired.total != order.total or desired.lines != order.lines:  # refunds changed them
+        state = replace(order, total=desired.total, lines=desired.lines)
     body = order_body(state)  # built once: the digest, the create and the update share it
     digest = body_digest(body)
     if sent is OrderStatus.PENDING:
-        created = replace(order, status=OrderStatus.OPEN, sent_digest=digest)
+        created = order.with_sent(OrderStatus.OPEN, digest)
         return _create(state, _customer(event, profile, config), body=body), created
     if digest == order.sent_digest:
         # Nothing new for Button (a replay, or a duplicate): re-send its state, idempotently.
         if is_purchase:
             return _create(state, _customer(event, profile, config), body=body), order
         return Send(update_request(order.order_id, body)), order
-    updated = replace(order, status=OrderStatus.UPDATED, sent_digest=digest)
+    updated = order.with_sent(OrderStatus.UPDATED, digest)
     return Send(update_request(order.order_id, body)), updated
 
 
