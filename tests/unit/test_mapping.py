@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from consumer.domain.attribution import TokenSource
 from consumer.domain.button import Action, Reject, Send, Skip
-from consumer.domain.button_wire import order_path, purchase_date
+from consumer.domain.button_wire import body_digest, order_path, purchase_date
 from consumer.domain.event_forms import event_from_json
 from consumer.domain.events import CommerceEvent
 from consumer.domain.mapping import MappingConfig, process
@@ -839,3 +839,27 @@ def test_updates_and_cancels_carry_no_follow_up() -> None:
     assert isinstance(updated, Send)
     assert isinstance(cancelled, Send)
     assert (updated.follow_up, cancelled.follow_up) == (None, None)
+
+
+def test_the_body_digest_is_stable() -> None:
+    """Profiles store the digest of the body Button was sent: the same body must keep its
+    digest across releases (key order, separators and non-ASCII text included), or every stored
+    order would be sent again as an update."""
+    body = {
+        "order_id": "ORD-1",
+        "total": 1800,
+        "currency": "USD",
+        "purchase_date": "2026-01-05T09:00:00Z",
+        "line_items": [
+            {
+                "identifier": "SKU-1",
+                "quantity": 2,
+                "amount": 900,
+                "total": 1800,
+                "description": "Tasse à café",
+                "attributes": {"b": "2", "a": "1"},
+            }
+        ],
+        "customer": {"id": "c-1"},
+    }
+    assert body_digest(body) == 7862342752312458214
