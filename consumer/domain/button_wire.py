@@ -172,9 +172,13 @@ def create_body(
     return body
 
 
+_DIGEST_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+"""The canonical JSON of a body for its digest; one encoder, not one per ``json.dumps`` call."""
+
+
 def body_digest(body: Mapping[str, Any]) -> int:
     """A 63-bit digest of an order body (never 0, which means "unknown"): what Button was sent."""
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = _DIGEST_JSON.encode(body)
     digest = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") >> 1
     return digest or 1
 
