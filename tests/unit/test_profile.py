@@ -6,6 +6,7 @@ import json
 import struct
 from dataclasses import fields, replace
 from datetime import UTC, datetime
+from enum import IntEnum, StrEnum
 from typing import Any
 
 import pytest
@@ -631,3 +632,46 @@ def test_with_order_adds_or_replaces_the_order_and_keeps_the_rest(
     """``with_order`` puts the order last, drops the one of the same id, keeps the rest."""
     others = tuple(o for o in profile.orders if o.order_id != order.order_id)
     assert replace(profile, orders=(*others, order)) == profile.with_order(order)
+
+
+class _Code(IntEnum):
+    BIG = 200
+
+
+class _Symbol(StrEnum):
+    X = "x-sym"
+
+
+def test_the_version_4_packing_is_byte_for_byte_stable() -> None:
+    """Every tag of the format, written as the format says: changelogs hold these bytes."""
+    tree = [
+        *(0, 127, 128, -1, -(2**40), 2**63 - 1, None),
+        *("", "abc", "a" * 31, "b" * 32, "café" * 10),
+        "6d92078a-8246-4ba4-ae5b-76104861e7dc",
+        "6D92078A-8246-4BA4-AE5B-76104861E7DC",
+        "6D92078A-8246-4ba4-AE5B-76104861E7DC",  # mixed case: kept as text
+        "not-a-uuid-but-36-characters-long!!!",
+        list(range(15)),
+        list(range(16)),
+        [[], [None, [1]]],
+        _Code.BIG,
+        _Symbol.X,
+    ]
+    out = bytearray()
+    _pack(out, tree)
+    assert out.hex() == (
+        "c215007fc38002c301c3ffffffffff3fc3feffffffffffffffff01c08083616263"
+        "9f61616161616161616161616161616161616161616161616161616161616161"
+        "c1206262626262626262626262626262626262626262626262626262626262626262"
+        "c132636166c3a9636166c3a9636166c3a9636166c3a9636166c3a9636166c3a9"
+        "636166c3a9636166c3a9636166c3a9636166c3a9"
+        "c46d92078a82464ba4ae5b76104861e7dc"
+        "c56d92078a82464ba4ae5b76104861e7dc"
+        "c12436443932303738412d383234362d346261342d414535422d373631303438363145374443"
+        "c1246e6f742d612d757569642d6275742d33362d636861726163746572732d6c6f6e67212121"
+        "af000102030405060708090a0b0c0d0e"
+        "c210000102030405060708090a0b0c0d0e0f"
+        "a2a0a2c0a101"
+        "c39003"
+        "85782d73796d"
+    )
