@@ -40,6 +40,7 @@ the readers here unwrap it.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from typing import Any
 
@@ -278,7 +279,11 @@ _UUID_LOWER = 0xC4
 _UUID_UPPER = 0xC5
 _SHORT_STR = 0x80  # + length 0-31
 _SHORT_LIST = 0xA0  # + length 0-15
-_HEX = frozenset("0123456789abcdef")
+_CANONICAL_UUID = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+    r"|[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}"
+)
+"""8-4-4-4-12 hex digits, all lower- or all upper-case (digits alone are both)."""
 
 
 def _varint(out: bytearray, value: int) -> None:
@@ -290,14 +295,9 @@ def _varint(out: bytearray, value: int) -> None:
 
 def _uuid_bytes(text: str) -> bytes | None:
     """The 16 bytes of a canonical (8-4-4-4-12, one case) UUID string, else None."""
-    if len(text) != 36 or text[8] != "-" or text[13] != "-" or text[18] != "-" or text[23] != "-":
+    if _CANONICAL_UUID.fullmatch(text) is None:
         return None
-    digits = text.replace("-", "")
-    if len(digits) != 32 or not set(digits.lower()) <= _HEX:
-        return None
-    if digits != digits.lower() and digits != digits.upper():
-        return None
-    return bytes.fromhex(digits)
+    return bytes.fromhex(text.replace("-", ""))
 
 
 def _pack_str(out: bytearray, item: str) -> None:
