@@ -22,7 +22,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
@@ -54,7 +54,7 @@ ORDER_PATH = "/v1/order"
 
 _INT32_MIN = -(2**31)
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+", re.ASCII)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH = datetime(1970, 1, 1)  # UTC, naive so that isoformat writes no offset
 
 
 def checked_order_id(value: str | None) -> str:
@@ -91,11 +91,8 @@ def order_path(order_id: str) -> str:
 
 def purchase_date(moment_ms: int) -> str:
     """ISO-8601 UTC with ``Z`` and whole seconds, e.g. ``2024-05-01T14:03:22Z``."""
-    moment = _EPOCH + timedelta(milliseconds=moment_ms)
-    return (
-        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
-        f"T{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}Z"
-    )
+    # The second the moment falls in, written without an offset (naive) and with a 4-digit year.
+    return (_NAIVE_EPOCH + timedelta(seconds=moment_ms // 1000)).isoformat() + "Z"
 
 
 # --- bodies ------------------------------------------------------------------------------------

@@ -644,6 +644,13 @@ def test_replaying_refunds_gives_the_same_order(
 def test_timestamps_in_the_future_or_far_past_still_format() -> None:
     """purchase_date pads years to four digits."""
     assert purchase_date(-62_135_596_800_000) == "0001-01-01T00:00:00Z"
+
+
+def test_purchase_date_is_the_second_the_moment_falls_in() -> None:
+    """Milliseconds are dropped, before the epoch too (the second that contains the moment)."""
+    assert purchase_date(-1) == "1969-12-31T23:59:59Z"
+    assert purchase_date(0) == "1970-01-01T00:00:00Z"
+    assert purchase_date(253_402_300_799_999) == "9999-12-31T23:59:59Z"
     assert timedelta(0) < timedelta(1)
 
 
