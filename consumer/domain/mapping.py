@@ -145,6 +145,8 @@ class MappingConfig:
     lag_allowance: timedelta = timedelta(days=2)
     max_future_skew: timedelta = timedelta(days=1)
     application_ids: Mapping[str, str] = field(default_factory=dict)
+    _retention: Retention = field(init=False, repr=False, compare=False)
+    """``retention``, computed once: every event's mapping reads it."""
 
     def __post_init__(self) -> None:
         for name in ("attribution_window", "device_id_retention", "order_retention"):
@@ -167,15 +169,17 @@ class MappingConfig:
                     f"application_ids[{platform!r}]: {app_id!r} is not a Button application id"
                     " (app-...)"
                 )
-
-    @property
-    def retention(self) -> Retention:
-        """The profile retention these settings imply (for ``ProfileStore``)."""
-        return Retention(
+        retention = Retention(
             btn_ref_ms=_ms(self.attribution_window + self.lag_allowance),
             device_id_ms=_ms(self.device_id_retention),
             order_ms=_ms(self.order_retention),
         )
+        object.__setattr__(self, "_retention", retention)
+
+    @property
+    def retention(self) -> Retention:
+        """The profile retention these settings imply (for ``ProfileStore``)."""
+        return self._retention
 
     def application_id(self, platform: str) -> str | None:
         """The Button application id configured for ``platform`` (``ios``, ``android``, ``web``)."""
