@@ -290,6 +290,8 @@ def expires_at_ms(profile: Profile, retention: Retention) -> int:
 
 def prune(profile: Profile, now_ms: int, retention: Retention) -> Profile:
     """``profile`` without its expired parts (the same object if nothing expired)."""
+    if profile.is_empty:  # a new user's: nothing to look at
+        return profile
     tokens = tuple(t for t in profile.tokens if t.seen_at_ms + retention.btn_ref_ms >= now_ms)
     idfas, gaids = (
         tuple(d for d in history if d.seen_at_ms + retention.device_id_ms >= now_ms)
