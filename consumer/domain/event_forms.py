@@ -37,6 +37,7 @@ Just over 500 lines: one walker reads both input forms, so their rules cannot dr
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -135,15 +136,22 @@ def _opt_str(obj: Mapping[str, Any], key: str, where: str) -> str | None:
     raise _type_error(where + key, "a string", value)
 
 
+@functools.cache
+def _members(enum: type[StrEnum]) -> dict[str, StrEnum]:
+    """The enum's members by symbol: a dict lookup costs a tenth of ``enum(symbol)``."""
+    return {member.value: member for member in enum}
+
+
 def _enum(enum: type[_E], value: object, where: str, d: _Dialect) -> _E:
     if not isinstance(value, str):
         raise _type_error(where, "an enum symbol string", value)
     symbol = value.strip().upper() if d.json else value
-    try:
-        return enum(symbol)
-    except ValueError:
+    members = _members(enum)
+    member = members.get(symbol)
+    if member is None:
         # Same rule as an Avro reader whose enum has a default: unknown symbols read as UNKNOWN.
-        return enum("UNKNOWN")
+        member = members["UNKNOWN"]
+    return cast("_E", member)
 
 
 def _str_map(value: object, where: str, d: _Dialect, key: str = "") -> dict[str, str]:
