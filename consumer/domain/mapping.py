@@ -219,9 +219,9 @@ def process(
     """
     if config.skip_development_events and event.environment is Environment.DEVELOPMENT:
         return Skip("development_event"), None
-    retention = config.retention
+    now_ms = epoch_ms(now)
     before = profile if profile is not None else Profile()
-    current = prune(before, epoch_ms(now), retention)
+    current = prune(before, now_ms, config.retention)
     future = event.event_time - (now if received is None else received) > config.max_future_skew
     if not future:
         current = _learn(event, current, config)
@@ -234,7 +234,7 @@ def process(
                 f" {config.max_future_skew} after the processing time",
             )
         if event.event_type in (EventType.PURCHASE, EventType.REFUND):
-            result, current = _order_event(event, current, config, epoch_ms(now))
+            result, current = _order_event(event, current, config, now_ms)
         else:
             result = skip_for(event.event_type)
     except MappingError as exc:
@@ -417,6 +417,7 @@ def _with_purchase(
         or (recorded.purchase_ms, recorded.created_by) > (event_ms, event.event_id)
     ):
         return recorded  # a replay, an order cancelled for good, or an older publication
+    window_ms = _ms(config.attribution_window)
     token = resolve_btn_ref(
         token_from_event(
             event.btn_ref,
@@ -424,9 +425,9 @@ def _with_purchase(
             (event.launch_referral_url, event.page_url),
             event_ms,
         ),
-        profile.token_at(event_ms, _ms(config.attribution_window)),
+        profile.token_at(event_ms, window_ms),
         event_ms,
-        _ms(config.attribution_window),
+        window_ms,
     )
     btn_ref = token.value if token is not None else None
     source = token.source if token is not None else None
