@@ -87,8 +87,8 @@ class _Dialect:
     """How leaves are read: decoded Avro values are typed; JSON values need interpreting.
 
     ``amount`` and ``quantity`` take the value's location as ``where`` and ``key``: a message
-    names it as ``where + key``, built only when one is needed. ``string_value`` takes it whole
-    (it is called only for a value that is not a string already).
+    names it as ``where + key``, built only when one is needed. ``string_value`` takes it whole:
+    a map entry calls it only for a value that is not a string already.
     """
 
     time: Callable[[object], datetime]
