@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 from prometheus_client import CollectorRegistry
 
-from consumer.bootstrap import build
+from consumer.bootstrap import build, freeze_startup_heap
 from consumer.errors import ConfigError
 from consumer.settings import Settings
 
@@ -29,3 +31,21 @@ def test_a_dry_run_needs_no_api_key() -> None:
     service = build(settings, CollectorRegistry())
 
     assert type(service.button).__name__ == "_DryRunButton"
+
+
+def test_the_startup_heap_is_frozen_and_later_objects_are_still_collected() -> None:
+    """What exists when the service is built is out of the collector's scans; garbage made
+    afterwards (a reference cycle) is still collected."""
+    before = gc.get_freeze_count()
+    try:
+        built = [object() for _ in range(10)]
+        frozen = freeze_startup_heap()
+        assert frozen >= before + len(built)
+        assert frozen == gc.get_freeze_count()
+
+        cycle: list[object] = []
+        cycle.append(cycle)
+        del cycle
+        assert gc.collect() >= 1
+    finally:
+        gc.unfreeze()
