@@ -3,8 +3,9 @@
 Starts the broker and the sandbox as ``make bench`` does, loads ``--forward`` purchases, runs
 ``button-consumer run`` and attaches ``py-spy record`` (from PyPI, in its own virtualenv under
 ``.cache/py-spy/``) to it until every offset is committed. Writes the collapsed stacks
-(``--out``, one ``frame;frame;... count`` line per stack) and prints the functions with the most
-samples, self and inclusive. Only threads that run are sampled (py-spy's default, no ``--idle``).
+(``--out``, one ``frame;frame;... count`` line per stack) and prints the samples by part of the
+process (``PARTS``: HTTP, decode, mapping, asyncio...) and the functions with the most samples,
+self and inclusive. Only threads that run are sampled (py-spy's default, no ``--idle``).
 """
 
 from __future__ import annotations
@@ -145,6 +146,73 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return dict(by_kind)
 
 
+PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("start-up imports", ("importlib", "_call_with_frames_removed")),
+    ("HTTP: aiohttp, yarl, multidict", ("aiohttp/", "yarl/", "multidict/", "propcache/")),
+    ("Avro decode: fastavro, avro_codec", ("fastavro", "adapters/avro_codec.py")),
+    (
+        "event model: event_forms, events, triage",
+        ("domain/event_forms.py", "domain/events.py", "domain/triage.py"),
+    ),
+    (
+        "Button client: button_client, transport, wire",
+        ("adapters/button_client.py", "adapters/http_transport.py", "domain/button_wire.py"),
+    ),
+    ("mapping and profile: the rest of the domain", ("consumer/domain/",)),
+    (
+        "profile store, processor, parking",
+        ("engine/profiles.py", "engine/processor.py", "engine/parking.py"),
+    ),
+    (
+        "telemetry: metrics, health, live log",
+        ("adapters/telemetry.py", "adapters/metrics.py", "prometheus_client/"),
+    ),
+    ("logging: structlog", ("structlog/", "adapters/logging.py")),
+    (
+        "Kafka: poll, produce, commit",
+        (
+            "adapters/kafka.py",
+            "adapters/kafka_producer.py",
+            "adapters/topics.py",
+            "confluent_kafka/",
+        ),
+    ),
+    ("pipeline", ("engine/pipeline.py",)),
+    ("dispatcher, worker, limiter, watermarks", ("consumer/engine/",)),
+    ("asyncio's machinery", ("asyncio/",)),
+    ("json", ("json/",)),
+)
+"""Parts of the process by the file of a frame (the first rule that matches wins)."""
+
+
+def part_of(frame: str) -> str | None:
+    """The ``PARTS`` name of one collapsed-stack frame, ``None`` when no rule matches."""
+    for name, patterns in PARTS:
+        if any(pattern in frame for pattern in patterns):
+            return name
+    return None
+
+
+def by_part(collapsed: Path) -> str:
+    """Samples by part: each sample counts for the innermost frame that belongs to a part, so a
+    C call made from aiohttp counts for HTTP and a callback run by asyncio for its own part."""
+    parts: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, samples = line.rpartition(" ")
+        if not samples.isdigit():
+            continue
+        n = int(samples)
+        total += n
+        named = (part_of(frame) for frame in reversed(stack.split(";")))
+        parts[next((name for name in named if name is not None), "other")] += n
+    if not total:
+        return "no samples"
+    out = ["by part (innermost frame):"]
+    out += [f"  {100 * n / total:5.1f}%  {name}" for name, n in parts.most_common()]
+    return "\n".join(out)
+
+
 def top(collapsed: Path, count: int) -> str:
     """The functions with the most samples: self (leaf) and inclusive (anywhere on the stack)."""
     own: collections.Counter[str] = collections.Counter()
@@ -231,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, seconds in sorted(threads.items(), key=lambda item: -item[1]):
         print(f"  {name}: {1000 * seconds / args.forward:.3f}")
     print(metrics)
+    print(by_part(args.out))
     print(top(args.out, args.top))
     return 0
 
