@@ -15,10 +15,7 @@ then the in-flight sweep (chart) and the state test (restart to first delivery, 
 every order arrived, else the bench fails. Results: ``bench/results/`` (see bench/README.md),
 written by ``bench.report``.
 
-About 570 lines: each path's run sits beside the others so the rounds stay comparable (same
-setup, same checks at the sandbox, same timing).
-
-About 570 lines: every candidate's run is here, each short and next to the others, because they
+About 630 lines: every candidate's run is here, each short and next to the others, because they
 must be timed and checked the same way (spawn, committed offsets, the sandbox's orders).
 """
 
