@@ -149,6 +149,7 @@ def thread_cpu(pid: int) -> dict[str, float]:
 PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("start-up imports", ("importlib", "_call_with_frames_removed")),
     ("HTTP: aiohttp, yarl, multidict", ("aiohttp/", "yarl/", "multidict/", "propcache/")),
+    ("HTTP: the libcurl transport and its thread", ("adapters/curl_transport.py", "pycurl")),
     ("Avro decode: fastavro, avro_codec", ("fastavro", "adapters/avro_codec.py")),
     (
         "event model: event_forms, events, triage",

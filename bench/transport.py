@@ -9,8 +9,11 @@ a machine shared with other work):
 - ``httpx``: ``httpx.AsyncClient`` with its default transport (httpcore);
 - ``httpx-aiohttp``: ``httpx.AsyncClient`` over ``httpx_aiohttp.AiohttpTransport``;
 - ``aiohttp``: a plain ``aiohttp.ClientSession``;
-- ``button-client``: the project's ``ButtonClient`` (the chosen transport plus request building
-  and response classification), to show what the client itself costs on top of its transport.
+- ``curl``: the project's ``CurlTransport`` alone (libcurl through pycurl, in a thread of its
+  own), with the same prepared headers;
+- ``button-client-aiohttp`` and ``button-client-curl``: the project's ``ButtonClient`` on each
+  production transport (``BUTTON_HTTP_CLIENT``), request building and response classification
+  included, to show what the client itself costs on top of its transport.
 
 Every cell (one transport at one concurrency) runs in a fresh child process against one server
 process, with the same pool size, a warm-up and a bound on both request count and duration.
@@ -45,9 +48,18 @@ from aiohttp import web
 from httpx_aiohttp import AiohttpTransport
 
 from consumer.adapters.button_client import ButtonClient
+from consumer.adapters.curl_transport import CurlTransport
+from consumer.adapters.http_transport import TransportRequest
 from consumer.sandbox.testing import run_sandbox
 
-TRANSPORTS = ("httpx", "httpx-aiohttp", "aiohttp", "button-client")
+TRANSPORTS = (
+    "httpx",
+    "httpx-aiohttp",
+    "aiohttp",
+    "curl",
+    "button-client-aiohttp",
+    "button-client-curl",
+)
 CONCURRENCY = (1, 20, 100, 200)
 API_KEY = "sk-bench"
 _SUCCESS = b'{"meta":{"status":"ok"},"object":{"button_order_id":"btnorder-0000000000000000"}}'
@@ -173,8 +185,22 @@ async def _aiohttp_sender(cell: Cell) -> tuple[Sender, Callable[[], Any]]:
     return send, session.close
 
 
-async def _button_client_sender(cell: Cell) -> tuple[Sender, Callable[[], Any]]:
-    client = ButtonClient(cell.api_key, base_url=cell.base_url, max_connections=cell.pool)
+async def _curl_sender(cell: Cell) -> tuple[Sender, Callable[[], Any]]:
+    transport = CurlTransport(max_connections=cell.pool)
+    url = f"{cell.base_url}/v1/order"
+    headers = _headers(cell.api_key)
+
+    async def send(index: int) -> bool:
+        response = await transport.send(TransportRequest("POST", url, headers, _encode(index)))
+        return _accepted(response.status, response.body)
+
+    return send, transport.aclose
+
+
+async def _button_client_sender(cell: Cell, http_client: str) -> tuple[Sender, Callable[[], Any]]:
+    client = ButtonClient(
+        cell.api_key, base_url=cell.base_url, max_connections=cell.pool, http_client=http_client
+    )
 
     async def send(index: int) -> bool:
         outcome = await client.create(order_body(index))
@@ -190,8 +216,10 @@ async def _sender(cell: Cell) -> tuple[Sender, Callable[[], Any]]:
         return await _httpx_sender(cell, over_aiohttp=True)
     if cell.transport == "aiohttp":
         return await _aiohttp_sender(cell)
-    if cell.transport == "button-client":
-        return await _button_client_sender(cell)
+    if cell.transport == "curl":
+        return await _curl_sender(cell)
+    if cell.transport.startswith("button-client-"):
+        return await _button_client_sender(cell, cell.transport.removeprefix("button-client-"))
     raise ValueError(f"unknown transport {cell.transport!r}")
 
 

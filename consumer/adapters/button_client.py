@@ -10,8 +10,9 @@ Layers, from pure to I/O (httpx's and h11's split, applied here):
 
 - ``classify``, ``parse_retry_after``, ``excerpt``: pure functions from a raw response to an
   outcome; most unit tests target them.
-- ``Transport`` (in ``http_transport``): the seam that moves bytes; ``AiohttpTransport`` in
-  production, ``MockTransport`` in tests.
+- ``Transport`` (in ``http_transport``): the seam that moves bytes; in production
+  ``CurlTransport`` (libcurl, ``curl_transport``) or ``AiohttpTransport``, as
+  ``BUTTON_HTTP_CLIENT`` says; ``MockTransport`` in tests.
 - ``ButtonClient``: builds requests (Basic auth, version header, User-Agent, JSON body), times
   them and classifies the answers. One per process: it owns one connection pool.
 """
@@ -36,6 +37,7 @@ import aiohttp
 from pydantic import SecretStr
 
 from consumer import __version__
+from consumer.adapters.curl_transport import CurlTransport, curl_version
 from consumer.adapters.http_transport import (
     AiohttpTransport,
     Timeouts,
@@ -57,6 +59,7 @@ __all__ = [
     "DEFAULT_API_VERSION",
     "DEFAULT_BASE_URL",
     "EXCERPT_LIMIT",
+    "HTTP_CLIENTS",
     "ButtonClient",
     "basic_authorization",
     "classify",
@@ -67,6 +70,7 @@ __all__ = [
 ]
 
 DEFAULT_BASE_URL = "https://api.usebutton.com"
+HTTP_CLIENTS = ("curl", "aiohttp")  # BUTTON_HTTP_CLIENT; the first is the default
 DEFAULT_API_VERSION = "2018-02-13"  # the latest version Button documents
 EXCERPT_LIMIT = 256  # characters of a response body kept for dead-letter headers
 
@@ -256,11 +260,16 @@ def basic_authorization(api_key: str) -> str:
     return "Basic " + base64.b64encode(f"{api_key}:".encode()).decode("ascii")
 
 
-def default_user_agent() -> str:
-    return (
-        f"button-consumer/{__version__} python/{platform.python_version()}"
-        f" aiohttp/{aiohttp.__version__}"
-    )
+def default_user_agent(http_client: str = "curl") -> str:
+    """``button-consumer/<version> python/<version>`` and the HTTP library that sends it."""
+    library = curl_version() if http_client == "curl" else f"aiohttp/{aiohttp.__version__}"
+    return f"button-consumer/{__version__} python/{platform.python_version()} {library}"
+
+
+def _transport(http_client: str, timeouts: Timeouts, max_connections: int) -> Transport:
+    if http_client == "aiohttp":
+        return AiohttpTransport(timeouts=timeouts, max_connections=max_connections)
+    return CurlTransport(timeouts=timeouts, max_connections=max_connections)
 
 
 class _Headers(dict[str, str]):
@@ -288,10 +297,13 @@ class ButtonClient:
             then uses the version the organisation is pinned to).
         timeouts: connect, read and total limits for the default transport.
         max_connections: size of the default transport's connection pool.
-        transport: replaces the default ``AiohttpTransport`` (tests pass ``MockTransport``).
+        http_client: the default transport: ``"curl"`` (``CurlTransport``, libcurl in a thread
+            of its own) or ``"aiohttp"`` (``AiohttpTransport``); ``ValueError`` otherwise.
+        transport: replaces the default transport (tests pass ``MockTransport``).
         clock: wall-clock seconds since the epoch, to turn a ``Retry-After`` date into seconds.
         timer: a monotonic clock, to measure each attempt's ``elapsed``.
-        user_agent: replaces ``button-consumer/<version> python/<v> aiohttp/<v>``.
+        user_agent: replaces ``button-consumer/<version> python/<v> libcurl/<v>`` (or
+            ``aiohttp/<v>``).
     """
 
     __slots__ = (
@@ -315,6 +327,7 @@ class ButtonClient:
         api_version: str | None = DEFAULT_API_VERSION,
         timeouts: Timeouts = _DEFAULT_TIMEOUTS,
         max_connections: int = 100,
+        http_client: str = HTTP_CLIENTS[0],
         transport: Transport | None = None,
         clock: Callable[[], float] = time.time,
         timer: Callable[[], float] = time.perf_counter,
@@ -322,6 +335,9 @@ class ButtonClient:
     ) -> None:
         key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         _check_api_key(key)
+        if http_client not in HTTP_CLIENTS:
+            choices = ", ".join(HTTP_CLIENTS)
+            raise ValueError(f"http_client must be one of {choices}: {http_client!r}")
         self._base_url = _check_base_url(base_url)
         if api_version is not None and not _API_VERSION.fullmatch(api_version):
             raise ValueError(f"api_version must be a date YYYY-MM-DD: {api_version!r}")
@@ -333,7 +349,7 @@ class ButtonClient:
         bare = _Headers(
             {
                 "Authorization": authorization,
-                "User-Agent": user_agent or default_user_agent(),
+                "User-Agent": user_agent or default_user_agent(http_client),
                 "Accept": "application/json",
             }
         )
@@ -341,9 +357,7 @@ class ButtonClient:
             bare["X-Button-API-Version"] = api_version
         self._headers_bare = bare
         self._headers_json = _Headers(bare, **{"Content-Type": "application/json"})
-        self._transport: Transport = transport or AiohttpTransport(
-            timeouts=timeouts, max_connections=max_connections
-        )
+        self._transport: Transport = transport or _transport(http_client, timeouts, max_connections)
         self._clock = clock
         self._timer = timer
         self._closed = False
@@ -362,6 +376,7 @@ class ButtonClient:
                 total=settings.total_timeout,
             ),
             "max_connections": settings.max_connections,
+            "http_client": settings.http_client,
         }
         arguments.update(overrides)
         return cls(settings.api_key, **arguments)

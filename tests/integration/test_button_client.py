@@ -1,31 +1,60 @@
-"""The Button client over real loopback HTTP: every outcome, from real sockets.
+"""The Button client over real loopback HTTP: every outcome, from real sockets, on each transport.
 
 Button's behaviour comes from the project's contract-strict sandbox (``consumer.sandbox``) and its
 fault rules: success, 202, 409, 404, 400, 401, 403, 429 with both ``Retry-After`` forms, 5xx, hangs
 and resets. What a correct Button never does (201, a non-JSON or wrong-envelope 2xx, a server that
 accepts no connection) comes from a few-line aiohttp server and raw sockets inside this module.
+Every test runs once per production transport (``BUTTON_HTTP_CLIENT``: libcurl and aiohttp), so
+both keep one contract.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import json
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, closing
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-from consumer.adapters.button_client import ButtonClient, basic_authorization
-from consumer.adapters.http_transport import MAX_BODY_BYTES, AiohttpTransport, Timeouts
+from consumer.adapters.button_client import HTTP_CLIENTS, ButtonClient, basic_authorization
+from consumer.adapters.curl_transport import CurlTransport
+from consumer.adapters.http_transport import (
+    MAX_BODY_BYTES,
+    AiohttpTransport,
+    Timeouts,
+    Transport,
+)
 from consumer.domain.button import Action, ButtonRequest
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.sandbox.testing import SandboxHandle, run_sandbox
 
 KEY = "sk-integration"
 FAST = Timeouts(connect=2.0, read=0.5, total=5.0)
+HTTP_CLIENT = HTTP_CLIENTS[0]  # the transport of the running test; set by ``_each_transport``
+
+
+@pytest.fixture(autouse=True, params=HTTP_CLIENTS)
+def _each_transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(f"{__name__}.HTTP_CLIENT", request.param)
+
+
+def transport_for(timeouts: Timeouts = FAST, **options: Any) -> Transport:
+    """The running test's transport, built directly (to pass options the client does not)."""
+    if HTTP_CLIENT == "aiohttp":
+        return AiohttpTransport(timeouts=timeouts, **options)
+    return CurlTransport(timeouts=timeouts, **options)
 
 
 def order(order_id: str, total: int = 5998) -> dict[str, Any]:
@@ -63,7 +92,11 @@ def run(
 
     async def main() -> Any:
         client = ButtonClient(
-            key, base_url=base_url, timeouts=timeouts, max_connections=max_connections
+            key,
+            base_url=base_url,
+            timeouts=timeouts,
+            max_connections=max_connections,
+            http_client=HTTP_CLIENT,
         )
         async with client:
             return await scenario(client)
@@ -271,8 +304,13 @@ def test_the_pool_is_shared_and_bounded(sandbox: SandboxHandle) -> None:
 
 
 @asynccontextmanager
-async def odd_server() -> AsyncIterator[tuple[str, list[web.Request]]]:
-    """An aiohttp server answering ``GET /v1/order/{case}`` as ``case`` says; keeps requests."""
+async def odd_server(
+    arrivals: asyncio.Queue[str] | None = None, ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[tuple[str, list[web.Request]]]:
+    """An aiohttp server answering ``GET /v1/order/{case}`` as ``case`` says; keeps requests.
+
+    ``arrivals`` receives each request's case as it arrives; with ``ssl_context`` it serves
+    https."""
     seen: list[web.Request] = []
     release = asyncio.Event()
     ok = {"meta": {"status": "ok"}, "object": {"order_id": "1", "button_order_id": "btnorder-1"}}
@@ -280,6 +318,14 @@ async def odd_server() -> AsyncIterator[tuple[str, list[web.Request]]]:
     async def answer(request: web.Request) -> web.StreamResponse:
         seen.append(request)
         case = request.match_info["case"]
+        if arrivals is not None:
+            arrivals.put_nowait(case)
+        if case == "redirect":
+            raise web.HTTPFound("/v1/order/plain")
+        if case == "cookie":
+            response = web.json_response(ok)
+            response.set_cookie("session", "s3cr3t")
+            return response
         if case == "created":
             return web.json_response(ok, status=201)
         if case == "not-json":
@@ -307,11 +353,12 @@ async def odd_server() -> AsyncIterator[tuple[str, list[web.Request]]]:
     app.router.add_get("/v1/order/{case}", answer)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
     await site.start()
     host, port = runner.addresses[0][:2]
+    scheme = "http" if ssl_context is None else "https"
     try:
-        yield f"http://{host}:{port}", seen
+        yield f"{scheme}://{host}:{port}", seen
     finally:
         release.set()
         await runner.cleanup()
@@ -322,7 +369,7 @@ def call_odd(
 ) -> tuple[ButtonOutcome, list[web.Request]]:
     async def main() -> tuple[ButtonOutcome, list[web.Request]]:
         async with odd_server() as (base_url, seen):
-            transport = AiohttpTransport(timeouts=timeouts, max_body_bytes=max_body_bytes)
+            transport = transport_for(timeouts, max_body_bytes=max_body_bytes)
             client = ButtonClient(KEY, base_url=base_url, transport=transport)
             async with client:
                 return await client.get(case), seen
@@ -379,7 +426,7 @@ def test_connection_refused_is_a_connection_error() -> None:
         port = bound.getsockname()[1]
         outcome: ButtonOutcome = run(f"http://127.0.0.1:{port}", lambda c: c.get("1"))
     assert (outcome.kind, outcome.status) == (OutcomeKind.CONNECTION_ERROR, None)
-    assert "Cannot connect" in outcome.message
+    assert "connect" in outcome.message.lower()  # aiohttp: Cannot connect; libcurl: Failed to
 
 
 def test_connect_timeout_when_the_server_accepts_nothing() -> None:
@@ -422,3 +469,110 @@ def test_chunked_bodies_within_the_limit_are_read_whole() -> None:
     outcome, _ = call_odd("chunked-3000", max_body_bytes=10_000)
     assert outcome.kind == OutcomeKind.SUCCESS
     assert outcome.object == {"pad": "x" * 3000}
+
+
+def test_redirects_are_not_followed() -> None:
+    """A 3xx is the answer (unexpected, unreadable): the client never follows it elsewhere."""
+    outcome, seen = call_odd("redirect")
+    assert (outcome.kind, outcome.status) == (OutcomeKind.UNREADABLE, 302)
+    assert [request.match_info["case"] for request in seen] == ["redirect"]
+
+
+def test_cookies_are_not_kept() -> None:
+    """A cookie Button (or a proxy) sets is not sent back with the next request."""
+
+    async def main() -> list[web.Request]:
+        async with odd_server() as (base_url, seen):
+            async with ButtonClient(KEY, base_url=base_url, transport=transport_for()) as client:
+                assert (await client.get("cookie")).ok
+                assert (await client.get("plain")).ok
+            return seen
+
+    first, second = asyncio.run(main())
+    assert "Set-Cookie" not in first.headers
+    assert "Cookie" not in second.headers
+
+
+def test_proxies_named_in_the_environment_are_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """http_proxy and the like are ignored: requests go straight to Button's address."""
+    with closing(socket.socket()) as bound:  # bound, never listening: a proxy there refuses
+        bound.bind(("127.0.0.1", 0))
+        proxy = f"http://127.0.0.1:{bound.getsockname()[1]}"
+        for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
+            monkeypatch.setenv(name, proxy)
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        outcome, seen = call_odd("plain")
+    assert outcome.ok
+    assert len(seen) == 1
+
+
+def test_a_cancelled_request_gives_its_connection_back() -> None:
+    """A caller cancelled while its request hangs frees the pool's only connection at once."""
+
+    async def main() -> ButtonOutcome:
+        arrivals: asyncio.Queue[str] = asyncio.Queue()
+        async with odd_server(arrivals) as (base_url, _):
+            transport = transport_for(
+                Timeouts(connect=2.0, read=60.0, total=60.0), max_connections=1
+            )
+            async with ButtonClient(KEY, base_url=base_url, transport=transport) as client:
+                hanging = asyncio.create_task(client.get("hang"))
+                assert await asyncio.wait_for(arrivals.get(), 10) == "hang"
+                hanging.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await hanging
+                # The read and total limits are a minute: only a freed connection answers this.
+                return await asyncio.wait_for(client.get("plain"), 10)
+
+    assert asyncio.run(main()).ok
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by its own key: (certificate, key) as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "button-sandbox.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_tls_certificates_nobody_trusts_are_refused(tmp_path: Path) -> None:
+    """An https server whose certificate is in no trust store: a connection error."""
+    cert_path, key_path = self_signed(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert_path, key_path)
+
+    async def main() -> ButtonOutcome:
+        async with (
+            odd_server(ssl_context=server_context) as (base_url, _),
+            ButtonClient(KEY, base_url=base_url, transport=transport_for()) as client,
+        ):
+            return await client.get("plain")
+
+    outcome = asyncio.run(main())
+    assert (outcome.kind, outcome.status) == (OutcomeKind.CONNECTION_ERROR, None)
+    assert "certificate" in outcome.message.lower()

@@ -12,6 +12,9 @@ def test_a_frame_belongs_to_the_first_part_whose_file_it_names() -> None:
         part_of("ClientSession._request (aiohttp/client.py:819)")
         == "HTTP: aiohttp, yarl, multidict"
     )
+    assert part_of("_Driver.run (consumer/adapters/curl_transport.py:331)") == (
+        "HTTP: the libcurl transport and its thread"
+    )
     assert part_of("_event (consumer/domain/event_forms.py:376)") == (
         "event model: event_forms, events, triage"
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import warnings
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -24,6 +25,7 @@ from consumer.adapters.button_client import (
     ButtonClient,
     basic_authorization,
     classify,
+    default_user_agent,
     excerpt,
     parse_retry_after,
 )
@@ -421,11 +423,34 @@ def test_async_handlers_are_awaited() -> None:
 
 def test_constructor_does_no_io_and_needs_no_event_loop() -> None:
     """Built outside any event loop without warnings; no session exists until a request."""
+    threads = threading.active_count()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         client = ButtonClient(KEY)
-    assert "AiohttpTransport" in repr(client)
+    assert "CurlTransport" in repr(client)
+    assert threading.active_count() == threads  # the transport's thread starts on a request
     asyncio.run(client.aclose())
+
+
+@pytest.mark.parametrize(
+    ("http_client", "transport", "library"),
+    [("curl", "CurlTransport", "libcurl/"), ("aiohttp", "AiohttpTransport", "aiohttp/")],
+)
+def test_the_http_client_setting_picks_the_transport_and_names_it(
+    http_client: str, transport: str, library: str
+) -> None:
+    """BUTTON_HTTP_CLIENT: the transport, and the library the User-Agent names."""
+    client = ButtonClient.from_settings(
+        ButtonSettings(api_key=SecretStr(KEY), http_client=http_client)  # type: ignore[arg-type]
+    )
+    assert transport in repr(client)
+    assert default_user_agent(http_client).split()[-1].startswith(library)
+    asyncio.run(client.aclose())
+
+
+def test_an_unknown_http_client_is_refused() -> None:
+    with pytest.raises(ValueError, match="http_client must be one of curl, aiohttp: 'httpx'"):
+        ButtonClient(KEY, http_client="httpx")
 
 
 def test_aclose_is_idempotent_and_closes_the_transport() -> None:

@@ -82,6 +82,7 @@ def test_defaults_apply_when_only_required_variables_are_set() -> None:
         ),
         ("ADMIN_PORT", "9999", lambda s: str(s.admin.port)),
         ("LOG_LEVEL", "debug", lambda s: s.log.level),
+        ("BUTTON_HTTP_CLIENT", "aiohttp", lambda s: s.button.http_client),
     ],
 )
 def test_each_section_reads_its_own_prefix(variable, value, read) -> None:
@@ -111,6 +112,7 @@ def test_base_url_loses_its_trailing_slash() -> None:
         ("DELIVERY_DRY_RUN", "maybe"),
         ("ADMIN_PORT", "70000"),
         ("LOG_FORMAT", "xml"),
+        ("BUTTON_HTTP_CLIENT", "httpx"),
     ],
 )
 def test_a_bad_value_raises_config_error_naming_the_variable(variable: str, value: str) -> None:

@@ -1,0 +1,553 @@
+"""The Button client's default transport: libcurl (pycurl), driven from a thread of its own.
+
+Why: on the forward path the HTTP client was the largest part of the event loop's work (a
+quarter of its samples with aiohttp, and asyncio's machinery around it). Here the event loop
+only hands a request over and takes the finished response back; connecting, writing, reading
+and parsing HTTP/1.1 happen in libcurl, in C, without the GIL, on another thread. Measured side
+by side (``bench/README.md``, "The HTTP transport"), the Button client on this transport used
+about half of aiohttp's CPU per request at 64 in flight, and the service forwarded more orders
+with less CPU. ``AiohttpTransport`` stays available (``BUTTON_HTTP_CLIENT=aiohttp``).
+
+How: one daemon thread owns a libcurl multi handle (its connection pool and DNS cache) and
+drives it with ``curl_multi_socket_action`` over a ``selectors`` selector. The selector also
+watches one end of a socket pair, which the event loop writes to when it hands a request over
+(at most one byte per batch of requests). Finished responses go back to their event loop in
+batches, with ``loop.call_soon_threadsafe``.
+
+The contract is ``AiohttpTransport``'s:
+
+- only ``TransportTimeoutError`` (``connect timeout``, ``read timeout``, ``total timeout``) or
+  ``TransportConnectionError`` (refused, reset, DNS, TLS, a malformed or truncated response)
+  is raised for a request that got no response;
+- ``connect`` bounds connecting (TCP and TLS), ``read`` the gap between bytes read once the
+  request is sent (checked about every ``read / 10`` seconds, within 10 ms to 1 s), ``total``
+  the whole request;
+- at most ``max_body_bytes`` of a body are read: a longer one ends the transfer and is returned
+  cut, with ``truncated=True``;
+- redirects are not followed, cookies are not kept, proxies named in the environment are not
+  used (as aiohttp without ``trust_env``), and the URL is sent as given (``PATH_AS_IS``);
+- HTTP/1.1 over a pool of at most ``max_connections`` connections, kept alive (a request
+  waiting for a free connection counts toward its connect limit, as libcurl counts it); TLS verified
+  against the certificates Python's ``ssl`` module trusts (``ssl.get_default_verify_paths``,
+  which honours ``SSL_CERT_FILE`` and ``SSL_CERT_DIR``), the store aiohttp uses too;
+- a request whose caller is cancelled is removed from libcurl (its connection closed);
+- ``aclose`` fails the requests still waiting (``TransportConnectionError``) and stops the
+  thread. Should the thread ever stop on an unexpected error, the requests it held fail the
+  same way, and the next request starts a new thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import selectors
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from typing import Final
+
+import pycurl
+import structlog
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from consumer.adapters.http_transport import (
+    MAX_BODY_BYTES,
+    Timeouts,
+    TransportConnectionError,
+    TransportError,
+    TransportRequest,
+    TransportResponse,
+    TransportTimeoutError,
+    one_line,
+)
+
+__all__ = ["CurlTransport", "curl_version", "parse_response_head"]
+
+log = structlog.get_logger("consumer.http")
+
+_BODYLESS: Final = frozenset({"GET", "HEAD", "DELETE"})
+_READ_CHECKS: Final = 10  # read-timeout checks per read timeout
+_CLOSED: Final = "the transport is closed"
+_DEFAULT_TIMEOUTS: Final = Timeouts()
+
+
+def curl_version() -> str:
+    """``libcurl/<version>``, for the User-Agent."""
+    return f"libcurl/{pycurl.version_info()[1]}"
+
+
+def parse_response_head(lines: list[bytes]) -> CIMultiDictProxy[str]:
+    """The headers of the final response, from the raw header lines libcurl handed over.
+
+    ``lines`` hold every status and header line as received, CRLF included, of every response
+    to the request (a ``100 Continue`` comes before the final one): only the lines after the
+    last status line count. Names and values are decoded as ISO-8859-1 (RFC 9110, 5.5) and
+    stripped; a folded continuation line (RFC 9112, 5.2) is appended to the value before it.
+    """
+    start = 0
+    for index, line in enumerate(lines):
+        if line.startswith(b"HTTP/"):
+            start = index + 1
+    headers: CIMultiDict[str] = CIMultiDict()
+    last: str | None = None
+    for raw in lines[start:]:
+        text = raw.decode("latin-1").rstrip("\r\n")
+        if not text:
+            continue
+        if text[0] in " \t" and last is not None:
+            values = headers.popall(last)
+            for earlier in values[:-1]:
+                headers.add(last, earlier)
+            headers.add(last, f"{values[-1]} {text.strip()}")
+            continue
+        name, separator, value = text.partition(":")
+        if separator:
+            last = name.strip()
+            headers.add(last, value.strip())
+    return CIMultiDictProxy(headers)
+
+
+class _Transfer:
+    """One request on its way: written by the loop once, then owned by the curl thread."""
+
+    __slots__ = (
+        "chunks",
+        "curl",
+        "future",
+        "head",
+        "last_read",
+        "limit",
+        "loop",
+        "request",
+        "size",
+        "started",
+        "truncated",
+        "withdrawn",
+    )
+
+    def __init__(
+        self,
+        request: TransportRequest,
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[TransportResponse],
+        limit: int,
+    ) -> None:
+        self.request = request
+        self.loop = loop
+        self.future = future
+        self.limit = limit
+        self.curl: pycurl.Curl | None = None
+        self.head: list[bytes] = []
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.truncated = False
+        self.withdrawn = False  # the caller was cancelled: drop it
+        self.started = 0.0
+        self.last_read = 0.0
+
+    def header(self, line: bytes) -> None:
+        """libcurl's HEADERFUNCTION: one status or header line."""
+        self.last_read = time.monotonic()
+        self.head.append(line)
+
+    def write(self, data: bytes) -> int | None:
+        """libcurl's WRITEFUNCTION: keep at most ``limit`` bytes of the body.
+
+        Returns 0 (libcurl then ends the transfer with ``CURLE_WRITE_ERROR``) once the body is
+        longer than the limit; ``None`` takes the whole chunk.
+        """
+        self.last_read = time.monotonic()
+        room = self.limit - self.size
+        if len(data) > room:
+            self.chunks.append(data[:room])
+            self.size = self.limit
+            self.truncated = True
+            return 0
+        self.chunks.append(data)
+        self.size += len(data)
+        return None
+
+
+Outcome = TransportResponse | TransportError
+Finished = list[tuple[_Transfer, Outcome]]
+
+
+class CurlTransport:
+    """The production transport: libcurl's multi interface in a thread of its own.
+
+    Construct it anywhere: the thread, its socket pair and the libcurl handles are created on
+    the first request. Use it from one event loop at a time (each request is answered on the
+    loop that sent it). See the module docstring for the contract.
+    """
+
+    __slots__ = (
+        "_cancels",
+        "_closed",
+        "_inbox",
+        "_max_body_bytes",
+        "_max_connections",
+        "_reader",
+        "_stop",
+        "_thread",
+        "_timeouts",
+        "_woken",
+        "_writer",
+    )
+
+    def __init__(
+        self,
+        *,
+        timeouts: Timeouts = _DEFAULT_TIMEOUTS,
+        max_connections: int = 100,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self._timeouts = timeouts
+        self._max_connections = max_connections
+        self._max_body_bytes = max_body_bytes
+        self._inbox: deque[_Transfer] = deque()
+        self._cancels: deque[_Transfer] = deque()
+        self._woken = False
+        self._closed = False
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._reader: socket.socket | None = None
+        self._writer: socket.socket | None = None
+
+    def __repr__(self) -> str:
+        return f"CurlTransport(max_connections={self._max_connections}, {self._timeouts})"
+
+    # -- the event loop's side --------------------------------------------------------------
+
+    async def send(self, request: TransportRequest) -> TransportResponse:
+        if self._closed:
+            raise RuntimeError(_CLOSED)
+        loop = asyncio.get_running_loop()
+        transfer = _Transfer(request, loop, loop.create_future(), self._max_body_bytes)
+        self._inbox.append(transfer)
+        self._wake()
+        try:
+            return await transfer.future
+        except asyncio.CancelledError:
+            transfer.withdrawn = True
+            self._cancels.append(transfer)
+            self._wake()
+            raise
+
+    async def aclose(self) -> None:
+        """Fail what is still waiting, stop the thread and close its sockets. Idempotent."""
+        self._closed = True
+        thread = self._thread
+        if thread is not None:
+            self._stop = True
+            self._wake()
+            await asyncio.to_thread(thread.join)
+        for end in (self._reader, self._writer):
+            if end is not None:
+                end.close()
+        self._reader = self._writer = None
+
+    def _wake(self) -> None:
+        # The thread clears the flag before it drains the inbox, so an append made after its
+        # drain always finds the flag clear and writes a byte.
+        if self._thread is None:
+            self._start()
+        if not self._woken:
+            self._woken = True
+            with contextlib.suppress(BlockingIOError, InterruptedError):
+                assert self._writer is not None
+                self._writer.send(b"\0")
+
+    def _start(self) -> None:
+        if self._writer is None:
+            self._reader, self._writer = socket.socketpair()
+            self._reader.setblocking(False)
+            self._writer.setblocking(False)
+        self._woken = False
+        self._thread = threading.Thread(target=self._serve, name="button-http", daemon=True)
+        self._thread.start()
+
+    # -- the curl thread ----------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        driver: _Driver | None = None
+        try:
+            driver = _Driver(self)
+            driver.run()
+        except BaseException as exc:  # noqa: BLE001 - no request may wait for a dead thread
+            error = one_line(f"{type(exc).__name__}: {exc}")
+            log.error("http_thread_failed", error=error)
+            self._thread = None  # the next request starts a new thread
+            _fail_all(self, driver, f"the HTTP thread failed: {error}")
+        else:
+            _fail_all(self, driver, _CLOSED)
+        finally:
+            if driver is not None:
+                driver.close()
+
+
+class _Driver:
+    """The curl thread's state: the multi handle, its sockets and timer, the transfers."""
+
+    def __init__(self, transport: CurlTransport) -> None:
+        self.transport = transport
+        self.timeouts = transport._timeouts
+        self.read_check = min(max(self.timeouts.read / _READ_CHECKS, 0.01), 1.0)
+        self.selector = selectors.DefaultSelector()
+        self.watched: dict[int, int] = {}
+        self.curl_due: float | None = None
+        self.next_read_check = 0.0
+        self.running: dict[pycurl.Curl, _Transfer] = {}
+        self.idle: list[pycurl.Curl] = []
+        self.finished: dict[asyncio.AbstractEventLoop, Finished] = {}
+        self.multi = pycurl.CurlMulti()
+        self.multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
+        self.multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
+        self.multi.setopt(pycurl.M_MAX_TOTAL_CONNECTIONS, transport._max_connections)
+        self.multi.setopt(pycurl.M_MAXCONNECTS, transport._max_connections)
+        verify = ssl.get_default_verify_paths()
+        self.cafile = verify.cafile if verify.cafile and os.path.isfile(verify.cafile) else None
+        self.capath = verify.capath if verify.capath and os.path.isdir(verify.capath) else None
+        assert transport._reader is not None
+        self.wake = transport._reader
+        self.selector.register(self.wake, selectors.EVENT_READ, None)
+
+    def run(self) -> None:
+        transport = self.transport
+        while not transport._stop:
+            for key, mask in self.selector.select(self._timeout()):
+                if key.data is None:
+                    self._drain_wake()
+                else:
+                    flags = 0
+                    if mask & selectors.EVENT_READ:
+                        flags |= pycurl.CSELECT_IN
+                    if mask & selectors.EVENT_WRITE:
+                        flags |= pycurl.CSELECT_OUT
+                    self.multi.socket_action(key.fd, flags)
+            self._take_cancels()
+            self._take_inbox()
+            now = time.monotonic()
+            if self.curl_due is not None and now >= self.curl_due:
+                self.curl_due = None
+                self.multi.socket_action(pycurl.SOCKET_TIMEOUT, 0)
+            if self.running and now >= self.next_read_check:
+                self._check_reads(now)
+            self._collect()
+            self._hand_back()
+
+    # libcurl's callbacks
+
+    def _on_socket(self, what: int, fd: int, _multi: object, _socketp: object) -> None:
+        if what == pycurl.POLL_REMOVE:
+            if self.watched.pop(fd, None) is not None:
+                self.selector.unregister(fd)
+            return
+        events = (selectors.EVENT_READ if what & pycurl.POLL_IN else 0) | (
+            selectors.EVENT_WRITE if what & pycurl.POLL_OUT else 0
+        )
+        if fd in self.watched:
+            self.selector.modify(fd, events, fd)
+        else:
+            self.selector.register(fd, events, fd)
+        self.watched[fd] = events
+
+    def _on_timer(self, milliseconds: int) -> None:
+        self.curl_due = None if milliseconds < 0 else time.monotonic() + milliseconds / 1000
+
+    # the loop's hand-overs
+
+    def _timeout(self) -> float | None:
+        due = self.curl_due
+        if self.running:
+            due = self.next_read_check if due is None else min(due, self.next_read_check)
+        return None if due is None else max(0.0, due - time.monotonic())
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            self.wake.recv(4096)
+        self.transport._woken = False
+
+    def _take_inbox(self) -> None:
+        inbox = self.transport._inbox
+        while inbox:
+            transfer = inbox.popleft()
+            if transfer.withdrawn:
+                continue
+            try:
+                curl = self.idle.pop() if self.idle else self._new_handle()
+                _prepare(curl, transfer)
+                transfer.curl = curl
+                transfer.started = transfer.last_read = time.monotonic()
+                self.multi.add_handle(curl)
+            except pycurl.error as exc:
+                self._finish(transfer, TransportConnectionError(one_line(f"libcurl: {exc}")))
+                continue
+            if not self.running:
+                self.next_read_check = transfer.started + self.read_check
+            self.running[curl] = transfer
+
+    def _take_cancels(self) -> None:
+        cancels = self.transport._cancels
+        while cancels:
+            transfer = cancels.popleft()
+            curl = transfer.curl
+            if curl is not None and self.running.pop(curl, None) is transfer:
+                self._release(curl)
+
+    def _new_handle(self) -> pycurl.Curl:
+        timeouts = self.timeouts
+        curl = pycurl.Curl()
+        curl.setopt(pycurl.NOSIGNAL, 1)
+        curl.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+        curl.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
+        curl.setopt(pycurl.PROXY, "")  # ignore http_proxy / https_proxy, as aiohttp does
+        curl.setopt(pycurl.FOLLOWLOCATION, 0)
+        curl.setopt(pycurl.PATH_AS_IS, 1)
+        curl.setopt(pycurl.DNS_CACHE_TIMEOUT, 300)
+        curl.setopt(pycurl.CONNECTTIMEOUT_MS, _milliseconds(timeouts.connect))
+        curl.setopt(pycurl.TIMEOUT_MS, _milliseconds(timeouts.total))
+        if self.cafile is not None:
+            curl.setopt(pycurl.CAINFO, self.cafile)
+        if self.capath is not None:
+            curl.setopt(pycurl.CAPATH, self.capath)
+        return curl
+
+    # finished transfers
+
+    def _check_reads(self, now: float) -> None:
+        """End the transfers that read nothing for ``read`` seconds after their request."""
+        self.next_read_check = now + self.read_check
+        read = self.timeouts.read
+        for curl, transfer in list(self.running.items()):
+            if now - transfer.last_read < read:
+                continue
+            sent = curl.getinfo(pycurl.PRETRANSFER_TIME)  # 0 until the request is being sent
+            if sent <= 0:  # still connecting: the connect limit governs
+                continue
+            if now - max(transfer.last_read, transfer.started + sent) >= read:
+                del self.running[curl]
+                self._release(curl)
+                self._finish(transfer, TransportTimeoutError("read timeout"))
+
+    def _collect(self) -> None:
+        while True:
+            queued, succeeded, failed = self.multi.info_read()
+            for curl in succeeded:
+                transfer = self.running.pop(curl)
+                status = curl.getinfo(pycurl.RESPONSE_CODE)
+                self._release(curl)
+                self._finish(transfer, _response(transfer, status))
+            for curl, errno, message in failed:
+                transfer = self.running.pop(curl)
+                outcome = self._failure(curl, transfer, errno, message)
+                self._release(curl)
+                self._finish(transfer, outcome)
+            if not queued:
+                return
+
+    def _failure(self, curl: pycurl.Curl, transfer: _Transfer, errno: int, message: str) -> Outcome:
+        if errno == pycurl.E_WRITE_ERROR and transfer.truncated:
+            return _response(transfer, curl.getinfo(pycurl.RESPONSE_CODE))
+        if errno == pycurl.E_OPERATION_TIMEDOUT:
+            # After a failure libcurl fills PRETRANSFER_TIME in; the connect times stay 0 when
+            # the TCP (or, for https, TLS) connection never completed.
+            connecting = curl.getinfo(pycurl.CONNECT_TIME) <= 0 or (
+                transfer.request.url.startswith("https:")
+                and curl.getinfo(pycurl.APPCONNECT_TIME) <= 0
+            )
+            if connecting and self.timeouts.connect <= self.timeouts.total:
+                return TransportTimeoutError("connect timeout")
+            return TransportTimeoutError("total timeout")
+        return TransportConnectionError(one_line(f"libcurl error {errno}: {message}"))
+
+    def _release(self, curl: pycurl.Curl) -> None:
+        self.multi.remove_handle(curl)
+        self.idle.append(curl)
+
+    def _finish(self, transfer: _Transfer, outcome: Outcome) -> None:
+        self.finished.setdefault(transfer.loop, []).append((transfer, outcome))
+
+    def _hand_back(self) -> None:
+        if not self.finished:
+            return
+        finished, self.finished = self.finished, {}
+        for loop, batch in finished.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                loop.call_soon_threadsafe(_settle, batch)
+
+    def close(self) -> None:
+        for curl in (*self.running, *self.idle):
+            with contextlib.suppress(pycurl.error):
+                self.multi.remove_handle(curl)
+            curl.close()
+        self.running.clear()
+        self.idle.clear()
+        self.multi.close()
+        self.selector.close()
+
+
+def _fail_all(transport: CurlTransport, driver: _Driver | None, message: str) -> None:
+    """Fail every transfer the ending thread held or that still waits in the inbox."""
+    if driver is not None:
+        with contextlib.suppress(Exception):
+            driver._hand_back()  # what finished before the thread ended
+    transfers = list(driver.running.values()) if driver is not None else []
+    if driver is not None:
+        driver.running.clear()
+    inbox = transport._inbox
+    while inbox:
+        transfers.append(inbox.popleft())
+    finished: dict[asyncio.AbstractEventLoop, Finished] = {}
+    for transfer in transfers:
+        if not transfer.withdrawn:
+            error = TransportConnectionError(message)
+            finished.setdefault(transfer.loop, []).append((transfer, error))
+    for loop, batch in finished.items():
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle, batch)
+
+
+def _prepare(curl: pycurl.Curl, transfer: _Transfer) -> None:
+    """Set one request's options on a pooled handle (each overrides the previous request's)."""
+    request = transfer.request
+    method = request.method.upper()
+    curl.setopt(pycurl.URL, request.url)
+    curl.setopt(pycurl.NOBODY, method == "HEAD")
+    if request.body is None and method in _BODYLESS:
+        curl.setopt(pycurl.HTTPGET, 1)
+    else:
+        curl.setopt(pycurl.POSTFIELDS, request.body or b"")
+    curl.setopt(pycurl.CUSTOMREQUEST, method)
+    headers = [f"{name}: {value}" for name, value in request.headers.items()]
+    headers.append("Expect:")  # no 100-continue round trip
+    if not any(name.lower() == "content-type" for name in request.headers):
+        headers.append("Content-Type:")  # not libcurl's form-urlencoded default
+    curl.setopt(pycurl.HTTPHEADER, headers)
+    curl.setopt(pycurl.HEADERFUNCTION, transfer.header)
+    curl.setopt(pycurl.WRITEFUNCTION, transfer.write)
+
+
+def _response(transfer: _Transfer, status: int) -> TransportResponse:
+    body = transfer.chunks[0] if len(transfer.chunks) == 1 else b"".join(transfer.chunks)
+    return TransportResponse(status, parse_response_head(transfer.head), body, transfer.truncated)
+
+
+def _settle(batch: Finished) -> None:
+    """On the event loop: answer each transfer's caller (unless it was cancelled meanwhile)."""
+    for transfer, outcome in batch:
+        future = transfer.future
+        if future.done():
+            continue
+        if isinstance(outcome, TransportError):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
