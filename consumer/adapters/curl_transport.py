@@ -255,12 +255,15 @@ class CurlTransport:
         # The thread clears the flag before it drains the inbox, so an append made after its
         # drain always finds the flag clear and writes a byte.
         if self._thread is None:
+            if self._closed:
+                return
             self._start()
         if not self._woken:
             self._woken = True
-            with contextlib.suppress(BlockingIOError, InterruptedError):
-                assert self._writer is not None
-                self._writer.send(b"\0")
+            writer = self._writer
+            if writer is not None:  # None once closed
+                with contextlib.suppress(OSError):  # full (a byte is waiting anyway), or closed
+                    writer.send(b"\0")
 
     def _start(self) -> None:
         if self._writer is None:
@@ -343,13 +346,13 @@ class _Driver:
     # libcurl's callbacks
 
     def _on_socket(self, what: int, fd: int, _multi: object, _socketp: object) -> None:
-        if what == pycurl.POLL_REMOVE:
-            if self.watched.pop(fd, None) is not None:
-                self.selector.unregister(fd)
-            return
         events = (selectors.EVENT_READ if what & pycurl.POLL_IN else 0) | (
             selectors.EVENT_WRITE if what & pycurl.POLL_OUT else 0
         )
+        if not events:  # POLL_REMOVE, or POLL_NONE: nothing to wait for on this socket
+            if self.watched.pop(fd, None) is not None:
+                self.selector.unregister(fd)
+            return
         if fd in self.watched:
             self.selector.modify(fd, events, fd)
         else:
