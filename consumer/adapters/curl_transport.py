@@ -19,9 +19,12 @@ The contract is ``AiohttpTransport``'s:
 - only ``TransportTimeoutError`` (``connect timeout``, ``read timeout``, ``total timeout``) or
   ``TransportConnectionError`` (refused, reset, DNS, TLS, a malformed or truncated response)
   is raised for a request that got no response;
-- ``connect`` bounds connecting (TCP and TLS), ``read`` the gap between bytes read once the
-  request is sent (checked about every ``read / 10`` seconds, within 10 ms to 1 s), ``total``
-  the whole request;
+- ``connect`` bounds connecting (TCP and TLS), ``read`` the time without a byte arriving on
+  the connection once the request is sent (checked about every ``read / 10`` seconds, within
+  10 ms to 1 s), ``total`` the whole request;
+- a request is sent at most once: libcurl's own resend, when a reused connection closes before
+  any answer, is refused (``PREREQFUNCTION``) and the request ends as a connection error, as on
+  aiohttp, so the failure policy (not the transport) decides whether to send it again;
 - at most ``max_body_bytes`` of a body are read: a longer one ends the transfer and is returned
   cut, with ``truncated=True``;
 - redirects are not followed, cookies are not kept, proxies named in the environment are not
@@ -31,9 +34,10 @@ The contract is ``AiohttpTransport``'s:
   against the certificates Python's ``ssl`` module trusts (``ssl.get_default_verify_paths``,
   which honours ``SSL_CERT_FILE`` and ``SSL_CERT_DIR``), the store aiohttp uses too;
 - a request whose caller is cancelled is removed from libcurl (its connection closed);
+- a request libcurl cannot take (a character it refuses in the URL or a header) fails alone;
 - ``aclose`` fails the requests still waiting (``TransportConnectionError``) and stops the
-  thread. Should the thread ever stop on an unexpected error, the requests it held fail the
-  same way, and the next request starts a new thread.
+  thread. Should the thread ever stop on an unexpected error, the requests it was carrying fail
+  the same way, and a new thread takes the ones still waiting to be handed over.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Final
 
 import pycurl
@@ -118,10 +123,10 @@ class _Transfer:
         "curl",
         "future",
         "head",
-        "last_read",
         "limit",
         "loop",
         "request",
+        "sends",
         "size",
         "started",
         "truncated",
@@ -143,15 +148,17 @@ class _Transfer:
         self.head: list[bytes] = []
         self.chunks: list[bytes] = []
         self.size = 0
+        self.sends = 0
         self.truncated = False
         self.withdrawn = False  # the caller was cancelled: drop it
         self.started = 0.0
-        self.last_read = 0.0
 
-    def header(self, line: bytes) -> None:
-        """libcurl's HEADERFUNCTION: one status or header line."""
-        self.last_read = time.monotonic()
-        self.head.append(line)
+    def prereq(self, *_: object) -> int:
+        """libcurl's PREREQFUNCTION, called each time the request is about to go out on a
+        connection: the first time it goes; again (libcurl resending it on a new connection
+        after a reused one closed unanswered) it is refused, so it is never sent twice."""
+        self.sends += 1
+        return pycurl.PREREQFUNC_OK if self.sends == 1 else pycurl.PREREQFUNC_ABORT
 
     def write(self, data: bytes) -> int | None:
         """libcurl's WRITEFUNCTION: keep at most ``limit`` bytes of the body.
@@ -159,7 +166,6 @@ class _Transfer:
         Returns 0 (libcurl then ends the transfer with ``CURLE_WRITE_ERROR``) once the body is
         longer than the limit; ``None`` takes the whole chunk.
         """
-        self.last_read = time.monotonic()
         room = self.limit - self.size
         if len(data) > room:
             self.chunks.append(data[:room])
@@ -187,6 +193,7 @@ class CurlTransport:
         "_cancels",
         "_closed",
         "_inbox",
+        "_lock",
         "_max_body_bytes",
         "_max_connections",
         "_reader",
@@ -211,6 +218,9 @@ class CurlTransport:
         self._max_body_bytes = max_body_bytes
         self._inbox: deque[_Transfer] = deque()
         self._cancels: deque[_Transfer] = deque()
+        # Guards _inbox against a thread that ends, _thread and _closed: a request handed over
+        # is always taken by a running thread, or failed as closed.
+        self._lock = threading.Lock()
         self._woken = False
         self._closed = False
         self._stop = False
@@ -224,11 +234,14 @@ class CurlTransport:
     # -- the event loop's side --------------------------------------------------------------
 
     async def send(self, request: TransportRequest) -> TransportResponse:
-        if self._closed:
-            raise RuntimeError(_CLOSED)
         loop = asyncio.get_running_loop()
         transfer = _Transfer(request, loop, loop.create_future(), self._max_body_bytes)
-        self._inbox.append(transfer)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(_CLOSED)
+            self._inbox.append(transfer)
+            if self._thread is None:
+                self._start()
         self._wake()
         try:
             return await transfer.future
@@ -240,10 +253,11 @@ class CurlTransport:
 
     async def aclose(self) -> None:
         """Fail what is still waiting, stop the thread and close its sockets. Idempotent."""
-        self._closed = True
-        thread = self._thread
-        if thread is not None:
+        with self._lock:
+            self._closed = True
             self._stop = True
+            thread = self._thread
+        if thread is not None:
             self._wake()
             await asyncio.to_thread(thread.join)
         for end in (self._reader, self._writer):
@@ -254,10 +268,6 @@ class CurlTransport:
     def _wake(self) -> None:
         # The thread clears the flag before it drains the inbox, so an append made after its
         # drain always finds the flag clear and writes a byte.
-        if self._thread is None:
-            if self._closed:
-                return
-            self._start()
         if not self._woken:
             self._woken = True
             writer = self._writer
@@ -266,6 +276,7 @@ class CurlTransport:
                     writer.send(b"\0")
 
     def _start(self) -> None:
+        """Start a thread (under ``_lock``); it takes what waits in the inbox at once."""
         if self._writer is None:
             self._reader, self._writer = socket.socketpair()
             self._reader.setblocking(False)
@@ -284,10 +295,17 @@ class CurlTransport:
         except BaseException as exc:  # noqa: BLE001 - no request may wait for a dead thread
             error = one_line(f"{type(exc).__name__}: {exc}")
             log.error("http_thread_failed", error=error)
-            self._thread = None  # the next request starts a new thread
-            _fail_all(self, driver, f"the HTTP thread failed: {error}")
+            if driver is not None:
+                driver.fail_running(f"the HTTP thread failed: {error}")
+            with self._lock:
+                self._thread = None
+                if self._inbox and not self._closed:
+                    self._start()  # a new thread takes the requests still waiting
         else:
-            _fail_all(self, driver, _CLOSED)
+            with self._lock:  # closed: nothing is added to the inbox any more
+                waiting = [*self._inbox]
+                self._inbox.clear()
+            driver.fail_running(_CLOSED, waiting)
         finally:
             if driver is not None:
                 driver.close()
@@ -302,6 +320,7 @@ class _Driver:
         self.read_check = min(max(self.timeouts.read / _READ_CHECKS, 0.01), 1.0)
         self.selector = selectors.DefaultSelector()
         self.watched: dict[int, int] = {}
+        self.arrived: dict[int, float] = {}  # socket -> when bytes last arrived on it
         self.curl_due: float | None = None
         self.next_read_check = 0.0
         self.running: dict[pycurl.Curl, _Transfer] = {}
@@ -321,17 +340,21 @@ class _Driver:
 
     def run(self) -> None:
         transport = self.transport
+        self._take_inbox()  # a thread started after another failed has requests waiting
         while not transport._stop:
-            for key, mask in self.selector.select(self._timeout()):
+            ready = self.selector.select(self._timeout())
+            now = time.monotonic()
+            for key, mask in ready:
                 if key.data is None:
                     self._drain_wake()
-                else:
-                    flags = 0
-                    if mask & selectors.EVENT_READ:
-                        flags |= pycurl.CSELECT_IN
-                    if mask & selectors.EVENT_WRITE:
-                        flags |= pycurl.CSELECT_OUT
-                    self.multi.socket_action(key.fd, flags)
+                    continue
+                flags = 0
+                if mask & selectors.EVENT_READ:
+                    flags |= pycurl.CSELECT_IN
+                    self.arrived[key.fd] = now
+                if mask & selectors.EVENT_WRITE:
+                    flags |= pycurl.CSELECT_OUT
+                self.multi.socket_action(key.fd, flags)
             self._take_cancels()
             self._take_inbox()
             now = time.monotonic()
@@ -381,14 +404,18 @@ class _Driver:
             transfer = inbox.popleft()
             if transfer.withdrawn:
                 continue
+            curl = self.idle.pop() if self.idle else self._new_handle()
             try:
-                curl = self.idle.pop() if self.idle else self._new_handle()
                 _prepare(curl, transfer)
                 transfer.curl = curl
-                transfer.started = transfer.last_read = time.monotonic()
+                transfer.started = time.monotonic()
                 self.multi.add_handle(curl)
-            except pycurl.error as exc:
-                self._finish(transfer, TransportConnectionError(one_line(f"libcurl: {exc}")))
+            except Exception as exc:  # noqa: BLE001 - only this request fails
+                with contextlib.suppress(pycurl.error):
+                    self.multi.remove_handle(curl)
+                curl.close()  # half set up: not reused
+                message = one_line(f"libcurl refused the request: {type(exc).__name__}: {exc}")
+                self._finish(transfer, TransportConnectionError(message))
                 continue
             if not self.running:
                 self.next_read_check = transfer.started + self.read_check
@@ -399,7 +426,9 @@ class _Driver:
         while cancels:
             transfer = cancels.popleft()
             curl = transfer.curl
-            if curl is not None and self.running.pop(curl, None) is transfer:
+            # The handle may already be free again, or carry another request by now.
+            if curl is not None and self.running.get(curl) is transfer:
+                del self.running[curl]
                 self._release(curl)
 
     def _new_handle(self) -> pycurl.Curl:
@@ -423,16 +452,19 @@ class _Driver:
     # finished transfers
 
     def _check_reads(self, now: float) -> None:
-        """End the transfers that read nothing for ``read`` seconds after their request."""
+        """End the transfers whose connection received nothing for ``read`` seconds since
+        their request was sent (libcurl hands lines and chunks over only once complete, so
+        the bytes are watched on the socket)."""
         self.next_read_check = now + self.read_check
         read = self.timeouts.read
         for curl, transfer in list(self.running.items()):
-            if now - transfer.last_read < read:
+            if now - transfer.started < read:
                 continue
             sent = curl.getinfo(pycurl.PRETRANSFER_TIME)  # 0 until the request is being sent
             if sent <= 0:  # still connecting: the connect limit governs
                 continue
-            if now - max(transfer.last_read, transfer.started + sent) >= read:
+            arrived = self.arrived.get(curl.getinfo(pycurl.ACTIVESOCKET), 0.0)
+            if now - max(transfer.started + sent, arrived) >= read:
                 del self.running[curl]
                 self._release(curl)
                 self._finish(transfer, TransportTimeoutError("read timeout"))
@@ -456,6 +488,10 @@ class _Driver:
     def _failure(self, curl: pycurl.Curl, transfer: _Transfer, errno: int, message: str) -> Outcome:
         if errno == pycurl.E_WRITE_ERROR and transfer.truncated:
             return _response(transfer, curl.getinfo(pycurl.RESPONSE_CODE))
+        if errno == pycurl.E_ABORTED_BY_CALLBACK and transfer.sends > 1:
+            return TransportConnectionError(
+                "the connection closed before any answer (the request is not sent again)"
+            )
         if errno == pycurl.E_OPERATION_TIMEDOUT:
             # After a failure libcurl fills PRETRANSFER_TIME in; the connect times stay 0 when
             # the TCP (or, for https, TLS) connection never completed.
@@ -469,7 +505,15 @@ class _Driver:
         return TransportConnectionError(one_line(f"libcurl error {errno}: {message}"))
 
     def _release(self, curl: pycurl.Curl) -> None:
+        """Take the handle out of libcurl; keep it for a later request (at most as many as
+        the pool's connections), its callbacks no longer holding the finished request."""
         self.multi.remove_handle(curl)
+        if len(self.idle) >= self.transport._max_connections:
+            curl.close()
+            return
+        curl.setopt(pycurl.HEADERFUNCTION, _ignore)
+        curl.setopt(pycurl.WRITEFUNCTION, _ignore)
+        curl.setopt(pycurl.PREREQFUNCTION, _ignore)
         self.idle.append(curl)
 
     def _finish(self, transfer: _Transfer, outcome: Outcome) -> None:
@@ -483,6 +527,17 @@ class _Driver:
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
                 loop.call_soon_threadsafe(_settle, batch)
 
+    def fail_running(self, message: str, waiting: Sequence[_Transfer] = ()) -> None:
+        """Answer what finished, and fail what this thread carried (and ``waiting``)."""
+        with contextlib.suppress(Exception):
+            self._hand_back()
+        transfers = [*self.running.values(), *waiting]
+        self.running.clear()
+        for transfer in transfers:
+            if not transfer.withdrawn:
+                self._finish(transfer, TransportConnectionError(message))
+        self._hand_back()
+
     def close(self) -> None:
         for curl in (*self.running, *self.idle):
             with contextlib.suppress(pycurl.error):
@@ -494,25 +549,8 @@ class _Driver:
         self.selector.close()
 
 
-def _fail_all(transport: CurlTransport, driver: _Driver | None, message: str) -> None:
-    """Fail every transfer the ending thread held or that still waits in the inbox."""
-    if driver is not None:
-        with contextlib.suppress(Exception):
-            driver._hand_back()  # what finished before the thread ended
-    transfers = list(driver.running.values()) if driver is not None else []
-    if driver is not None:
-        driver.running.clear()
-    inbox = transport._inbox
-    while inbox:
-        transfers.append(inbox.popleft())
-    finished: dict[asyncio.AbstractEventLoop, Finished] = {}
-    for transfer in transfers:
-        if not transfer.withdrawn:
-            error = TransportConnectionError(message)
-            finished.setdefault(transfer.loop, []).append((transfer, error))
-    for loop, batch in finished.items():
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_settle, batch)
+def _ignore(*_: object) -> None:
+    """The callback of an idle handle: it holds no finished request."""
 
 
 def _prepare(curl: pycurl.Curl, transfer: _Transfer) -> None:
@@ -531,8 +569,9 @@ def _prepare(curl: pycurl.Curl, transfer: _Transfer) -> None:
     if not any(name.lower() == "content-type" for name in request.headers):
         headers.append("Content-Type:")  # not libcurl's form-urlencoded default
     curl.setopt(pycurl.HTTPHEADER, headers)
-    curl.setopt(pycurl.HEADERFUNCTION, transfer.header)
+    curl.setopt(pycurl.HEADERFUNCTION, transfer.head.append)
     curl.setopt(pycurl.WRITEFUNCTION, transfer.write)
+    curl.setopt(pycurl.PREREQFUNCTION, transfer.prereq)
 
 
 def _response(transfer: _Transfer, status: int) -> TransportResponse:

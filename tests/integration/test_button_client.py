@@ -289,6 +289,25 @@ def test_connection_reset_is_a_connection_error(sandbox: SandboxHandle, action: 
     assert outcome.message
 
 
+@pytest.mark.parametrize("action", ["reset", "lost_response"])
+def test_a_request_is_sent_once_when_its_kept_alive_connection_closes_unanswered(
+    sandbox: SandboxHandle, action: str
+) -> None:
+    """The one connection of the pool carried an order; the next create on it is read, then the
+    connection closes without an answer: a connection error, and Button saw the create once.
+    (libcurl would resend it by itself on a new connection; the policy decides, not it.)"""
+    order_id = f"ORD-kept-{action}"
+    with_rule(sandbox, order_id, fail_first=1, action=action)
+
+    async def second_on_the_connection(client: ButtonClient) -> ButtonOutcome:
+        assert (await client.create(order(f"ORD-before-{action}"))).ok
+        return await client.create(order(order_id))
+
+    outcome: ButtonOutcome = run(sandbox.base_url, second_on_the_connection, max_connections=1)
+    assert (outcome.kind, outcome.status) == (OutcomeKind.CONNECTION_ERROR, None)
+    assert len(sandbox.requests_for(order_id)) == 1  # reset: not applied; lost: applied once
+
+
 def test_the_pool_is_shared_and_bounded(sandbox: SandboxHandle) -> None:
     """Many concurrent calls on one client all succeed through at most max_connections."""
 
@@ -576,3 +595,40 @@ def test_tls_certificates_nobody_trusts_are_refused(tmp_path: Path) -> None:
     outcome = asyncio.run(main())
     assert (outcome.kind, outcome.status) == (OutcomeKind.CONNECTION_ERROR, None)
     assert "certificate" in outcome.message.lower()
+
+
+def test_bytes_arriving_slowly_are_no_read_timeout() -> None:
+    """The read limit is the time without a byte: a header line that arrives one byte every
+    0.1 s for 2 s (libcurl hands a line over only once it is complete) is read in full."""
+    envelope = json.dumps({"meta": {"status": "ok"}, "object": {"order_id": "1"}}).encode()
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+            for byte in b"X-Slow: " + b"s" * 12 + b"\r\n":
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.1)
+            writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(envelope), envelope))
+            await writer.drain()
+        except ConnectionError:
+            pass  # the client gave up: the test's assertion says so
+        finally:
+            writer.close()
+
+    async def main() -> ButtonOutcome:
+        server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        timeouts = Timeouts(connect=2.0, read=1.0, total=60.0)
+        try:
+            async with ButtonClient(
+                KEY, base_url=f"http://127.0.0.1:{port}", transport=transport_for(timeouts)
+            ) as client:
+                return await client.get("1")
+        finally:
+            server.close()
+
+    outcome = asyncio.run(main())
+    assert (outcome.kind, outcome.status) == (OutcomeKind.SUCCESS, 200)
+    assert outcome.elapsed >= 2.0

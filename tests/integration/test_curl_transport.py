@@ -8,6 +8,7 @@ thread the libcurl transport drives its transfers from, over real loopback HTTP.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ssl
 import threading
 from pathlib import Path
@@ -65,36 +66,86 @@ def test_a_closed_transport_refuses_requests() -> None:
     asyncio.run(main())
 
 
-def test_a_failed_thread_fails_what_it_held_and_the_next_request_starts_another(
+def test_a_failed_thread_fails_what_it_carried_and_a_new_one_takes_what_waits(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Should the thread ever stop on an unexpected error, no request waits for it forever."""
+    """Should the thread ever stop on an unexpected error, the request it was carrying fails at
+    once, the one waiting to be handed over goes to a new thread, and later ones work."""
     real = curl_transport._Driver._take_inbox
     failures = [RuntimeError("boom")]
 
     def take_inbox(driver: curl_transport._Driver) -> None:
-        if failures:
-            raise failures.pop()
+        inbox = driver.transport._inbox
+        if failures and inbox and inbox[0].request.url.endswith("/boom"):
+            raise failures.pop()  # while the hanging request is carried
         real(driver)
 
     monkeypatch.setattr(curl_transport._Driver, "_take_inbox", take_inbox)
 
-    async def main() -> tuple[BaseException | None, int]:
-        async with odd_server() as (base_url, _):
+    async def main() -> tuple[BaseException | None, int, int, int]:
+        arrivals: asyncio.Queue[str] = asyncio.Queue()
+        async with odd_server(arrivals) as (base_url, _):
             transport = CurlTransport(timeouts=SLOW)
             try:
-                first = asyncio.create_task(transport.send(request(base_url, "plain")))
-                await asyncio.wait([first], timeout=10)
-                assert first.done(), "the request of the failed thread was not answered"
-                second = await asyncio.wait_for(transport.send(request(base_url, "plain")), 10)
-                return first.exception(), second.status
+                carried = asyncio.create_task(transport.send(request(base_url, "hang")))
+                assert await asyncio.wait_for(arrivals.get(), 10) == "hang"
+                waiting = await asyncio.wait_for(transport.send(request(base_url, "boom")), 10)
+                await asyncio.wait([carried], timeout=10)
+                assert carried.done(), "the carried request was not answered"
+                later = await asyncio.wait_for(transport.send(request(base_url, "plain")), 10)
+                return carried.exception(), waiting.status, later.status, len(http_threads())
             finally:
                 await transport.aclose()
 
-    error, status = asyncio.run(main())
+    error, waiting, later, threads = asyncio.run(main())
     assert isinstance(error, TransportConnectionError)
     assert str(error) == "the HTTP thread failed: RuntimeError: boom"
-    assert status == 200
+    assert (waiting, later, threads) == (200, 200, 1)
+    assert http_threads() == []
+
+
+def test_a_request_libcurl_refuses_fails_alone() -> None:
+    """A URL libcurl cannot take (a NUL byte) fails that request only; the others are answered
+    and the thread goes on."""
+
+    async def main() -> tuple[BaseException | None, list[int], int]:
+        async with odd_server() as (base_url, _):
+            transport = CurlTransport()
+            try:
+                bad = asyncio.create_task(transport.send(request(base_url, "bad\x00")))
+                others = [transport.send(request(base_url, f"n{i}")) for i in range(20)]
+                answered = await asyncio.wait_for(asyncio.gather(*others), 10)
+                await asyncio.wait([bad], timeout=10)
+                assert bad.done(), "the refused request was not answered"
+                after = await asyncio.wait_for(transport.send(request(base_url, "plain")), 10)
+                return bad.exception(), [r.status for r in answered], after.status
+            finally:
+                await transport.aclose()
+
+    error, statuses, after = asyncio.run(main())
+    assert isinstance(error, TransportConnectionError)
+    assert str(error).startswith("libcurl refused the request: ValueError")
+    assert (statuses, after) == ([200] * 20, 200)
+
+
+def test_finished_requests_are_not_kept_by_idle_handles() -> None:
+    """Once answered, a request (its body, its headers) is no longer referenced by the pooled
+    libcurl handles, however many ran at once."""
+
+    async def main() -> int:
+        async with odd_server() as (base_url, _):
+            transport = CurlTransport(max_connections=5)
+            try:
+                requests = (transport.send(request(base_url, "large")) for _ in range(50))
+                responses = await asyncio.wait_for(asyncio.gather(*requests), 30)
+                assert all(response.status == 200 for response in responses)
+                del responses
+                gc.collect()
+                return sum(type(o) is curl_transport._Transfer for o in gc.get_objects())
+            finally:
+                await transport.aclose()
+
+    assert asyncio.run(main()) == 0
 
 
 def test_tls_trusts_the_store_python_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,10 +7,12 @@ whole transport contract on it, ``test_curl_transport.py`` its thread).
 from __future__ import annotations
 
 import asyncio
+import socket
 
+import pycurl
 import pytest
 
-from consumer.adapters.curl_transport import _Transfer, parse_response_head
+from consumer.adapters.curl_transport import CurlTransport, _Driver, _Transfer, parse_response_head
 from consumer.adapters.http_transport import TransportRequest
 
 
@@ -77,3 +79,23 @@ def test_the_body_is_kept_up_to_its_limit(
     transfer = _transfer(limit=5)
     assert [transfer.write(chunk) for chunk in chunks] == answers
     assert (b"".join(transfer.chunks), transfer.truncated) == (kept, truncated)
+
+
+def test_a_late_cancel_leaves_the_request_now_on_its_handle_alone() -> None:
+    """A caller cancelled after its request finished, when its pooled handle already carries
+    another request: the other request keeps running (it was removed in its place)."""
+    transport = CurlTransport()
+    transport._reader, transport._writer = socket.socketpair()
+    driver = _Driver(transport)
+    try:
+        handle = pycurl.Curl()
+        finished, carried = _transfer(limit=5), _transfer(limit=5)
+        finished.curl = carried.curl = handle
+        driver.running[handle] = carried
+        transport._cancels.append(finished)
+        driver._take_cancels()
+        assert driver.running == {handle: carried}
+    finally:
+        driver.close()
+        transport._reader.close()
+        transport._writer.close()
