@@ -51,6 +51,7 @@ from consumer.adapters.button_client import ButtonClient
 from consumer.adapters.curl_transport import CurlTransport
 from consumer.adapters.http_transport import TransportRequest
 from consumer.sandbox.testing import run_sandbox
+from consumer.settings import HttpClient
 
 TRANSPORTS = (
     "httpx",
@@ -197,7 +198,9 @@ async def _curl_sender(cell: Cell) -> tuple[Sender, Callable[[], Any]]:
     return send, transport.aclose
 
 
-async def _button_client_sender(cell: Cell, http_client: str) -> tuple[Sender, Callable[[], Any]]:
+async def _button_client_sender(
+    cell: Cell, http_client: HttpClient
+) -> tuple[Sender, Callable[[], Any]]:
     client = ButtonClient(
         cell.api_key, base_url=cell.base_url, max_connections=cell.pool, http_client=http_client
     )
@@ -218,8 +221,10 @@ async def _sender(cell: Cell) -> tuple[Sender, Callable[[], Any]]:
         return await _aiohttp_sender(cell)
     if cell.transport == "curl":
         return await _curl_sender(cell)
-    if cell.transport.startswith("button-client-"):
-        return await _button_client_sender(cell, cell.transport.removeprefix("button-client-"))
+    if cell.transport == "button-client-aiohttp":
+        return await _button_client_sender(cell, "aiohttp")
+    if cell.transport == "button-client-curl":
+        return await _button_client_sender(cell, "curl")
     raise ValueError(f"unknown transport {cell.transport!r}")
 
 

@@ -274,6 +274,10 @@ class SchemaSettings(_Section):
         return config
 
 
+HttpClient = Literal["curl", "aiohttp"]
+"""The Button client's HTTP library (``BUTTON_HTTP_CLIENT``): libcurl (the default) or aiohttp."""
+
+
 class ButtonSettings(_Section):
     """Button's Order API."""
 
@@ -286,7 +290,7 @@ class ButtonSettings(_Section):
     read_timeout: float = Field(default=15.0, gt=0)
     total_timeout: float = Field(default=20.0, gt=0)
     max_connections: int = Field(default=100, ge=1)
-    http_client: Literal["curl", "aiohttp"] = "curl"
+    http_client: HttpClient = "curl"
     application_id_ios: str | None = None
     application_id_android: str | None = None
     application_id_web: str | None = None

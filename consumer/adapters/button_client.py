@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, get_args
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -53,7 +53,7 @@ from consumer.domain.button import ButtonRequest
 from consumer.domain.button_wire import cancel_request, create_request, order_path, update_request
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.errors import ConfigError
-from consumer.settings import ButtonSettings
+from consumer.settings import ButtonSettings, HttpClient
 
 __all__ = [
     "DEFAULT_API_VERSION",
@@ -70,7 +70,7 @@ __all__ = [
 ]
 
 DEFAULT_BASE_URL = "https://api.usebutton.com"
-HTTP_CLIENTS = ("curl", "aiohttp")  # BUTTON_HTTP_CLIENT; the first is the default
+HTTP_CLIENTS: tuple[HttpClient, ...] = get_args(HttpClient)  # the first is the default
 DEFAULT_API_VERSION = "2018-02-13"  # the latest version Button documents
 EXCERPT_LIMIT = 256  # characters of a response body kept for dead-letter headers
 
@@ -260,13 +260,13 @@ def basic_authorization(api_key: str) -> str:
     return "Basic " + base64.b64encode(f"{api_key}:".encode()).decode("ascii")
 
 
-def default_user_agent(http_client: str = "curl") -> str:
+def default_user_agent(http_client: HttpClient = "curl") -> str:
     """``button-consumer/<version> python/<version>`` and the HTTP library that sends it."""
     library = curl_version() if http_client == "curl" else f"aiohttp/{aiohttp.__version__}"
     return f"button-consumer/{__version__} python/{platform.python_version()} {library}"
 
 
-def _transport(http_client: str, timeouts: Timeouts, max_connections: int) -> Transport:
+def _transport(http_client: HttpClient, timeouts: Timeouts, max_connections: int) -> Transport:
     if http_client == "aiohttp":
         return AiohttpTransport(timeouts=timeouts, max_connections=max_connections)
     return CurlTransport(timeouts=timeouts, max_connections=max_connections)
@@ -327,7 +327,7 @@ class ButtonClient:
         api_version: str | None = DEFAULT_API_VERSION,
         timeouts: Timeouts = _DEFAULT_TIMEOUTS,
         max_connections: int = 100,
-        http_client: str = HTTP_CLIENTS[0],
+        http_client: HttpClient = "curl",
         transport: Transport | None = None,
         clock: Callable[[], float] = time.time,
         timer: Callable[[], float] = time.perf_counter,

@@ -41,7 +41,7 @@ from consumer.adapters.http_transport import (
 from consumer.domain.button import Action, ButtonRequest
 from consumer.domain.button_wire import order_path
 from consumer.domain.outcomes import OutcomeKind
-from consumer.settings import ButtonSettings
+from consumer.settings import ButtonSettings, HttpClient
 
 KEY = "sk-XXX"
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()
@@ -437,11 +437,11 @@ def test_constructor_does_no_io_and_needs_no_event_loop() -> None:
     [("curl", "CurlTransport", "libcurl/"), ("aiohttp", "AiohttpTransport", "aiohttp/")],
 )
 def test_the_http_client_setting_picks_the_transport_and_names_it(
-    http_client: str, transport: str, library: str
+    http_client: HttpClient, transport: str, library: str
 ) -> None:
     """BUTTON_HTTP_CLIENT: the transport, and the library the User-Agent names."""
     client = ButtonClient.from_settings(
-        ButtonSettings(api_key=SecretStr(KEY), http_client=http_client)  # type: ignore[arg-type]
+        ButtonSettings(api_key=SecretStr(KEY), http_client=http_client)
     )
     assert transport in repr(client)
     assert default_user_agent(http_client).split()[-1].startswith(library)
@@ -450,7 +450,7 @@ def test_the_http_client_setting_picks_the_transport_and_names_it(
 
 def test_an_unknown_http_client_is_refused() -> None:
     with pytest.raises(ValueError, match="http_client must be one of curl, aiohttp: 'httpx'"):
-        ButtonClient(KEY, http_client="httpx")
+        ButtonClient(KEY, http_client="httpx")  # type: ignore[arg-type]
 
 
 def test_aclose_is_idempotent_and_closes_the_transport() -> None:
