@@ -28,6 +28,7 @@ from consumer.adapters.kafka import KafkaSource
 from consumer.adapters.kafka_admin import describe_topics, ensure_topics
 from consumer.adapters.kafka_producer import AckingProducer
 from consumer.adapters.logging import configure_logging
+from consumer.adapters.malloc import fix_mmap_threshold
 from consumer.adapters.metrics import Metrics
 from consumer.adapters.telemetry import RestoreReport, ServiceTelemetry, TimedChangelog
 from consumer.adapters.topics import (
@@ -504,6 +505,9 @@ def freeze_startup_heap() -> int:
 def run_service() -> int:
     """``button-consumer run``: the service until SIGTERM/SIGINT; 0 on a clean stop."""
     settings = Settings.from_env()
+    # Before the service allocates anything large: a restore's freed tables go back to the
+    # system instead of staying resident (``consumer.adapters.malloc``).
+    fix_mmap_threshold()
     configure_logging(settings.log.level, settings.log.format, cache=True)
     service = build(settings)
     freeze_startup_heap()

@@ -1,0 +1,60 @@
+"""glibc's mmap threshold, fixed: a large block freed goes back to the system, also the second
+time (``consumer.adapters.malloc``). Each case runs in a fresh interpreter, whose allocator has
+not yet adjusted its threshold."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from consumer.adapters.malloc import fix_mmap_threshold
+
+SCRIPT = """
+import sys
+from consumer.adapters.malloc import fix_mmap_threshold
+
+def rss_kib():
+    with open("/proc/self/status") as status:
+        return int(status.read().split("VmRSS:")[1].split()[0])
+
+if sys.argv[1] == "fixed":
+    assert fix_mmap_threshold({})
+size = 8 * 1024 * 1024
+block = bytearray(size)  # mapped (above the starting threshold); freeing it raises the threshold
+del block
+before = rss_kib()
+block = bytearray(size)  # unfixed: now from the heap
+del block
+print(rss_kib() - before)
+"""
+
+
+def _retained_kib(mode: str) -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return int(done.stdout.strip())
+
+
+GLIBC = os.confstr("CS_GNU_LIBC_VERSION") is not None if hasattr(os, "confstr") else False
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's allocator only")
+def test_a_large_block_freed_the_second_time_stays_resident_unless_the_threshold_is_fixed() -> None:
+    """Without the fix, glibc serves the second 8 MiB block from its heap and keeps it after
+    the free; with it, the block is mapped and unmapped again."""
+    assert _retained_kib("dynamic") >= 6 * 1024
+    assert _retained_kib("fixed") <= 1024
+
+
+def test_an_operators_setting_wins() -> None:
+    """A threshold chosen in the environment is left alone."""
+    assert not fix_mmap_threshold({"MALLOC_MMAP_THRESHOLD_": "65536"})
+    assert not fix_mmap_threshold({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"})
