@@ -729,6 +729,15 @@ def test_healthz_and_the_fault_view(sandbox: SandboxHandle) -> None:
     assert 0 < view["state"]["outage_remaining_s"] <= 3600
 
 
+def test_order_count_counts_every_order_held(sandbox: SandboxHandle, client: httpx.Client) -> None:
+    """order_count: the orders held, deleted ones included, as the stats' statuses add up."""
+    for order_id in ("ORD-1", "ORD-2"):
+        assert client.post("/v1/order", json=order(order_id)).status_code == 200
+    assert client.delete("/v1/order/ORD-2").status_code == 200
+    statuses = sandbox.stats()["orders"]
+    assert (sandbox.order_count(), sum(statuses.values()), statuses["deleted"]) == (2, 2, 1)
+
+
 def test_wait_for_raises_on_its_deadline(sandbox: SandboxHandle) -> None:
     """wait_for polls until its timeout, then raises TimeoutError with the message."""
     with pytest.raises(TimeoutError, match="never"):
