@@ -23,10 +23,17 @@ def rss_kib():
 if sys.argv[1] == "fixed":
     assert fix_mmap_threshold({})
 size = 8 * 1024 * 1024
-block = bytearray(size)  # mapped (above the starting threshold); freeing it raises the threshold
+pages = bytes(size // 4096)
+
+def touched():
+    block = bytearray(size)
+    block[::4096] = pages  # every page written: resident, whatever the allocator zeroed
+    return block
+
+block = touched()  # mapped (above the starting threshold); freeing it raises the threshold
 del block
 before = rss_kib()
-block = bytearray(size)  # unfixed: now from the heap
+block = touched()  # unfixed: now from the heap
 del block
 print(rss_kib() - before)
 """
