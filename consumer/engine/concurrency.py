@@ -11,7 +11,10 @@ observation window (about one smoothed RTT long) it
   ``rtt_deviation_scale`` x its mean deviation, and at least ``min_rtt_rise`` x baseline above
   it). A lone slow window neither cuts nor moves the baseline (nor raises the limit): it is more
   often a pause at either end than a queue, and in the bench such pauses cut the limit about
-  twice a second, costing about 4 % of the orders per second;
+  twice a second, costing about 4 % of the orders per second. So are slow windows that never
+  come two in a row (slow, normal, slow...: periodic pauses, not a queue, which would slow
+  every window). One window without RTT samples may separate the two; more make the first
+  one stale;
 - otherwise raises it when the limit was actually reached in the window (a limit nobody uses is
   not raised): in *slow start*, from the first window until the first sign of congestion (a
   cut), it doubles (``slow_start_factor``), so from 4 it reaches 64 in four windows, a fraction
@@ -143,9 +146,11 @@ class AdaptiveLimiter:
         # Requests started before the last cut say nothing about the new limit (TCP's "one cut
         # per round trip"): their signals are ignored, so one congestion episode cuts once.
         self._cut_at = -math.inf
-        # The mean RTT of a first window above the threshold, until the next window tells
-        # whether the rise lasts (``_end_window``).
+        # The mean RTT of a first window above the threshold, until the next window with RTT
+        # samples tells whether the rise lasts (``_end_window``), and the windows without
+        # samples since then.
         self._held: float | None = None
+        self._held_gap = 0
 
     @property
     def limit(self) -> int:
@@ -260,11 +265,18 @@ class AdaptiveLimiter:
                     # more often a pause (a garbage collection at either end, a descheduled
                     # process) than a queue our own requests built.
                     self._held = mean
+                    self._held_gap = 0
                 else:
                     self._decrease()
                     self._fold(self._held)
                     self._fold(mean)
                     self._held = None
+        elif self._held is not None:
+            # A window without an RTT sample (only requests that ended without an outcome).
+            # One may separate two slow windows; after more, the held one is stale: dropped.
+            self._held_gap += 1
+            if self._held_gap > 1:
+                self._held = None
         self._window_end = now + max(self._srtt or 0.0, self._min_window)
         self._rtt_sum = 0.0
         self._rtt_count = 0

@@ -197,6 +197,69 @@ def test_a_lone_slow_window_neither_cuts_nor_moves_the_baseline() -> None:
     assert baselines == pytest.approx([0.1] * 5)
 
 
+async def _window_without_samples(limiter: AdaptiveLimiter, clock: FakeClock) -> None:
+    """Fill the limit with requests that end without an outcome (records that sent nothing)."""
+    permits = [await limiter.acquire_permit() for _ in range(limiter.limit)]
+    clock.advance(1.0)
+    for permit in permits:
+        permit.release()
+
+
+def test_a_held_slow_window_goes_stale_after_windows_without_samples() -> None:
+    """A slow window, then a stretch of windows with no RTT sample, then another slow window:
+    not two in a row, so no cut."""
+    clock = FakeClock()
+    limiter = _limiter(clock, min_limit=1, max_limit=100, initial_limit=20, slow_start_factor=1)
+
+    async def scenario() -> list[int]:
+        for _ in range(6):
+            await _window(limiter, clock, rtt=0.1)
+        limits = [limiter.limit]
+        await _window(limiter, clock, rtt=0.5)
+        limits.append(limiter.limit)
+        for _ in range(3):
+            await _window_without_samples(limiter, clock)
+        await _window(limiter, clock, rtt=0.5)
+        limits.append(limiter.limit)
+        return limits
+
+    assert asyncio.run(scenario()) == [26, 26, 26]
+
+
+def test_backpressure_after_a_held_window_cuts_once_and_clears_it() -> None:
+    """A 429 in the window after a held slow one cuts (once) and ends the hold: the next slow
+    window is a first one again, not the second of a pair."""
+    clock = FakeClock()
+    limiter = _limiter(clock, min_limit=1, max_limit=100, initial_limit=20, slow_start_factor=1)
+
+    async def scenario() -> list[int]:
+        for _ in range(6):
+            await _window(limiter, clock, rtt=0.1)
+        limits = [limiter.limit]
+        for rtt, outcome in ((0.5, OK), (0.1, SLOW_DOWN), (0.5, OK)):
+            await _window(limiter, clock, rtt=rtt, outcome=outcome)
+            limits.append(limiter.limit)
+        return limits
+
+    assert asyncio.run(scenario()) == [26, 26, 23, 23]
+
+
+def test_a_lasting_rise_moves_the_baseline_by_both_slow_windows() -> None:
+    """The cut for two slow windows folds both into the baseline (EWMA, alpha 0.4):
+    0.1 -> 0.26 -> 0.356 seconds."""
+    clock = FakeClock()
+    limiter = _limiter(clock, min_limit=1, max_limit=100, initial_limit=20, slow_start_factor=1)
+
+    async def scenario() -> float | None:
+        for _ in range(6):
+            await _window(limiter, clock, rtt=0.1)
+        for _ in range(2):
+            await _window(limiter, clock, rtt=0.5)
+        return limiter.smoothed_rtt
+
+    assert asyncio.run(scenario()) == pytest.approx(0.356)
+
+
 def test_heavy_tailed_rtts_with_pauses_keep_the_limit_near_its_maximum() -> None:
     """A service whose latency does not grow with the load keeps its limit: RTTs log-normal
     (median 20 ms, p99 120 ms, as the bench's sandbox), and every 0.25 s a 50 ms pause holds
