@@ -507,7 +507,7 @@ def run_service() -> int:
     settings = Settings.from_env()
     # Before the service allocates anything large: a restore's freed tables go back to the
     # system instead of staying resident (``consumer.adapters.malloc``).
-    fix_mmap_threshold()
+    mmap_threshold = fix_mmap_threshold()
     configure_logging(settings.log.level, settings.log.format, cache=True)
     service = build(settings)
     freeze_startup_heap()
@@ -517,6 +517,7 @@ def run_service() -> int:
         group=settings.kafka.group_id,
         button=settings.button.base_url,
         dry_run=settings.delivery.dry_run,
+        mmap_threshold_fixed=mmap_threshold,
     )
 
     async def main() -> RunStats:

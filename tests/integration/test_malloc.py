@@ -7,10 +7,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from consumer.adapters.malloc import fix_mmap_threshold
+from consumer.adapters.malloc import fix_mmap_threshold, is_glibc
 
 SCRIPT = """
 import sys
@@ -39,21 +40,29 @@ print(rss_kib() - before)
 """
 
 
+ROOT = Path(__file__).resolve().parents[2]
+"""The checkout under test: the child imports ``consumer`` from it."""
+ALLOCATOR_SETTINGS = ("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD", "PYTHONMALLOC")
+"""Environment variables that change the allocator (several turn glibc's dynamic threshold off
+on their own): the child runs without them."""
+
+
 def _retained_kib(mode: str) -> int:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ALLOCATOR_SETTINGS)}
+    env["PYTHONPATH"] = str(ROOT)
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, mode],
         capture_output=True,
         text=True,
         check=True,
         timeout=60,
+        env=env,
+        cwd=ROOT,
     )
     return int(done.stdout.strip())
 
 
-GLIBC = os.confstr("CS_GNU_LIBC_VERSION") is not None if hasattr(os, "confstr") else False
-
-
-@pytest.mark.skipif(not GLIBC, reason="glibc's allocator only")
+@pytest.mark.skipif(not is_glibc(), reason="glibc's allocator only")
 def test_a_large_block_freed_the_second_time_stays_resident_unless_the_threshold_is_fixed() -> None:
     """Without the fix, glibc serves the second 8 MiB block from its heap and keeps it after
     the free; with it, the block is mapped and unmapped again."""
