@@ -11,10 +11,10 @@ observation window (about one smoothed RTT long) it
   ``rtt_deviation_scale`` x its mean deviation, and at least ``min_rtt_rise`` x baseline above
   it). A lone slow window neither cuts nor moves the baseline (nor raises the limit): it is more
   often a pause at either end than a queue, and in the bench such pauses cut the limit about
-  twice a second, costing about 4 % of the orders per second. So are slow windows that never
-  come two in a row (slow, normal, slow...: periodic pauses, not a queue, which would slow
-  every window). One window without RTT samples may separate the two; more make the first
-  one stale;
+  twice a second, costing about 4 % of the orders per second. Slow windows that never come two
+  in a row (slow, normal, slow...) are treated the same way: periodic pauses, not a queue, which
+  would slow every window. One window without RTT samples may separate the two slow ones; more
+  make the first one stale;
 - otherwise raises it when the limit was actually reached in the window (a limit nobody uses is
   not raised): in *slow start*, from the first window until the first sign of congestion (a
   cut), it doubles (``slow_start_factor``), so from 4 it reaches 64 in four windows, a fraction
