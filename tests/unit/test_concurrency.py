@@ -158,14 +158,24 @@ def test_backpressure_stops_at_min_limit() -> None:
     assert limiter.limit == 3
 
 
+def _aimd_limiter(clock: FakeClock) -> AdaptiveLimiter:
+    """Additive increase from 20 (no slow start), between 1 and 100."""
+    return _limiter(clock, min_limit=1, max_limit=100, initial_limit=20, slow_start_factor=1)
+
+
+async def _steady(limiter: AdaptiveLimiter, clock: FakeClock) -> None:
+    """Six windows at a steady 0.1 s RTT: an AIMD limit from 20 ends at 26, baseline 0.1 s."""
+    for _ in range(6):
+        await _window(limiter, clock, rtt=0.1)
+
+
 def test_rising_rtt_cuts_the_limit() -> None:
     """When the window's RTT jumps well above the baseline, the limit goes down."""
     clock = FakeClock()
-    limiter = _limiter(clock, min_limit=1, max_limit=100, initial_limit=20, slow_start_factor=1)
+    limiter = _aimd_limiter(clock)
 
     async def scenario() -> list[int]:
-        for _ in range(6):
-            await _window(limiter, clock, rtt=0.1)
+        await _steady(limiter, clock)
         limits = [limiter.limit]
         for _ in range(2):
             await _window(limiter, clock, rtt=0.5)
@@ -180,11 +190,10 @@ def test_a_lone_slow_window_neither_cuts_nor_moves_the_baseline() -> None:
     descheduled process), not a queue: the limit holds for that window and then grows again,
     and the baseline RTT does not move."""
     clock = FakeClock()
-    limiter = _limiter(clock, min_limit=1, max_limit=100, initial_limit=20, slow_start_factor=1)
+    limiter = _aimd_limiter(clock)
 
     async def scenario() -> tuple[list[int], list[float | None]]:
-        for _ in range(6):
-            await _window(limiter, clock, rtt=0.1)
+        await _steady(limiter, clock)
         limits, baselines = [limiter.limit], [limiter.smoothed_rtt]
         for rtt in (0.5, 0.1, 0.5, 0.1):
             await _window(limiter, clock, rtt=rtt)
@@ -209,11 +218,10 @@ def test_a_held_slow_window_goes_stale_after_windows_without_samples() -> None:
     """A slow window, then a stretch of windows with no RTT sample, then another slow window:
     not two in a row, so no cut."""
     clock = FakeClock()
-    limiter = _limiter(clock, min_limit=1, max_limit=100, initial_limit=20, slow_start_factor=1)
+    limiter = _aimd_limiter(clock)
 
     async def scenario() -> list[int]:
-        for _ in range(6):
-            await _window(limiter, clock, rtt=0.1)
+        await _steady(limiter, clock)
         limits = [limiter.limit]
         await _window(limiter, clock, rtt=0.5)
         limits.append(limiter.limit)
@@ -230,11 +238,10 @@ def test_backpressure_after_a_held_window_cuts_once_and_clears_it() -> None:
     """A 429 in the window after a held slow one cuts (once) and ends the hold: the next slow
     window is a first one again, not the second of a pair."""
     clock = FakeClock()
-    limiter = _limiter(clock, min_limit=1, max_limit=100, initial_limit=20, slow_start_factor=1)
+    limiter = _aimd_limiter(clock)
 
     async def scenario() -> list[int]:
-        for _ in range(6):
-            await _window(limiter, clock, rtt=0.1)
+        await _steady(limiter, clock)
         limits = [limiter.limit]
         for rtt, outcome in ((0.5, OK), (0.1, SLOW_DOWN), (0.5, OK)):
             await _window(limiter, clock, rtt=rtt, outcome=outcome)
@@ -248,11 +255,10 @@ def test_a_lasting_rise_moves_the_baseline_by_both_slow_windows() -> None:
     """The cut for two slow windows folds both into the baseline (EWMA, alpha 0.4):
     0.1 -> 0.26 -> 0.356 seconds."""
     clock = FakeClock()
-    limiter = _limiter(clock, min_limit=1, max_limit=100, initial_limit=20, slow_start_factor=1)
+    limiter = _aimd_limiter(clock)
 
     async def scenario() -> float | None:
-        for _ in range(6):
-            await _window(limiter, clock, rtt=0.1)
+        await _steady(limiter, clock)
         for _ in range(2):
             await _window(limiter, clock, rtt=0.5)
         return limiter.smoothed_rtt
