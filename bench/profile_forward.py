@@ -1,6 +1,7 @@
 """``python -m bench.profile_forward``: a py-spy profile of the service's forward path.
 
-Starts the broker and the sandbox as ``make bench`` does, loads ``--forward`` purchases, runs
+Starts the broker and the sandbox as ``make bench`` does, loads ``--forward`` purchases (or, with
+``--filter N``, the filter path's N events, 90 % views/opens), runs
 ``button-consumer run`` and attaches ``py-spy record`` (from PyPI, in its own virtualenv under
 ``.cache/py-spy/``) to it until every offset is committed. Writes the collapsed stacks
 (``--out``, one ``frame;frame;... count`` line per stack) and prints the samples by part of the
@@ -239,6 +240,12 @@ def top(collapsed: Path, count: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile_forward", description=__doc__)
     parser.add_argument("--forward", type=int, default=20_000)
+    parser.add_argument(
+        "--filter",
+        type=int,
+        default=0,
+        help="profile the filter path instead: this many events, 90 %% views/opens",
+    )
     parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=25)
@@ -259,7 +266,11 @@ def main(argv: list[str] | None = None) -> int:
         loaded = workload.load(
             bootstrap,
             f"bench-profile-{tag}",
-            workload.forward_events(f"p{tag}", args.forward, datetime.now(UTC)),
+            (
+                workload.filter_events(f"p{tag}", args.filter, datetime.now(UTC))
+                if args.filter
+                else workload.forward_events(f"p{tag}", args.forward, datetime.now(UTC))
+            ),
             args.partitions,
         )
         group = f"bench-profile-{tag}"
@@ -292,13 +303,14 @@ def main(argv: list[str] | None = None) -> int:
             suite._stop(service)
             committed.close()
             recorder.wait(30.0)
+    count, unit = (loaded.records, "events") if args.filter else (args.forward, "orders")
     print(
-        f"{args.forward} orders in {seconds:.1f}s ({args.forward / seconds:,.0f}/s),"
-        f" CPU {cpu:.1f}s ({1000 * cpu / args.forward:.3f}s per 1,000), profile: {args.out}"
+        f"{count} {unit} in {seconds:.1f}s ({count / seconds:,.0f}/s),"
+        f" CPU {cpu:.1f}s ({1000 * cpu / count:.3f}s per 1,000), profile: {args.out}"
     )
-    print("CPU by thread (s per 1,000 orders):")
+    print(f"CPU by thread (s per 1,000 {unit}):")
     for name, seconds in sorted(threads.items(), key=lambda item: -item[1]):
-        print(f"  {name}: {1000 * seconds / args.forward:.3f}")
+        print(f"  {name}: {1000 * seconds / count:.3f}")
     print(metrics)
     print(by_part(args.out))
     print(top(args.out, args.top))
