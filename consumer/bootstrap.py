@@ -45,7 +45,7 @@ from consumer.domain.profile_epoch import FENCE_KEY, fence_value
 from consumer.domain.topics import TopicPlan, TopicProblem, created_topic_configs, topic_problems
 from consumer.engine.authgate import AuthGate
 from consumer.engine.breaker import CircuitBreaker
-from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
+from consumer.engine.concurrency import QUEUE_RATIO, AdaptiveLimiter, TokenBucket
 from consumer.engine.dispatcher import Dispatcher
 from consumer.engine.parking import Parking, ParkingLot
 from consumer.engine.pipeline import Pipeline, PipelineDeps
@@ -350,6 +350,23 @@ def _restorer(
     return restore
 
 
+def concurrency_limiter(
+    d: DeliverySettings, button: ButtonClient | _DryRunButton
+) -> AdaptiveLimiter:
+    """The adaptive concurrency limit; with a transport that caps its own requests (libcurl's),
+    a quarter of the limit more are prepared and wait in it for a slot (``QUEUE_RATIO``)."""
+    low, high = d.concurrency_min, d.concurrency_max
+    if isinstance(button, ButtonClient) and button.set_concurrency(low):
+        return AdaptiveLimiter(
+            clock=time.monotonic,
+            min_limit=low,
+            max_limit=high,
+            queue_ratio=QUEUE_RATIO,
+            on_limit=button.set_concurrency,
+        )
+    return AdaptiveLimiter(clock=time.monotonic, min_limit=low, max_limit=high)
+
+
 def build(settings: Settings, registry: CollectorRegistry | None = None) -> Service:
     """Construct and wire the whole service; no network I/O happens here.
 
@@ -405,9 +422,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
             dead_letters=KafkaDeadLetters(producer, s.kafka.dlq_topic),
             retry=retry,
             rng=random.Random(),  # noqa: S311 - jitter, not cryptography
-            limiter=AdaptiveLimiter(
-                clock=time.monotonic, min_limit=d.concurrency_min, max_limit=d.concurrency_max
-            ),
+            limiter=concurrency_limiter(d, button),
             rate=None
             if d.rate_limit_rps is None
             else TokenBucket(rate=d.rate_limit_rps, clock=time.monotonic),

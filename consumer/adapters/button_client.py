@@ -182,6 +182,7 @@ def classify(response: TransportResponse, *, now: float, elapsed: float = 0.0) -
         retry_after=retry_after,
         elapsed=elapsed,
         from_button=_is_error_envelope(document),
+        queued=response.queued,
     )
 
 
@@ -210,7 +211,7 @@ def _is_error_envelope(document: Any) -> bool:
 def _classify_success(response: TransportResponse, elapsed: float) -> ButtonOutcome:
     status = response.status
     if not response.body and status in (202, 204):
-        return ButtonOutcome(OutcomeKind.SUCCESS, status, elapsed=elapsed)
+        return ButtonOutcome(OutcomeKind.SUCCESS, status, elapsed=elapsed, queued=response.queued)
     if response.truncated:
         return _unreadable(response, elapsed, f"body longer than {len(response.body)} bytes")
     document = _json(response.body)
@@ -223,6 +224,7 @@ def _classify_success(response: TransportResponse, elapsed: float) -> ButtonOutc
             elapsed=elapsed,
             object=obj if isinstance(obj, dict) else None,
             from_button=True,
+            queued=response.queued,
         )
     if document is None:
         return _unreadable(response, elapsed, "body is not JSON")
@@ -239,6 +241,7 @@ def _unreadable(response: TransportResponse, elapsed: float, message: str) -> Bu
         message=message,
         excerpt=excerpt(response.body),
         elapsed=elapsed,
+        queued=response.queued,
     )
 
 
@@ -459,7 +462,8 @@ class ButtonClient:
             return self._failed(OutcomeKind.TIMEOUT, exc, started)
         except TransportConnectionError as exc:
             return self._failed(OutcomeKind.CONNECTION_ERROR, exc, started)
-        outcome = classify(response, now=self._clock(), elapsed=self._timer() - started)
+        elapsed = max(0.0, self._timer() - started - response.queued)
+        outcome = classify(response, now=self._clock(), elapsed=elapsed)
         if outcome.excerpt and any(secret in response.body for secret in self._secret_bytes):
             # Something echoed the credentials (a misbehaving proxy?): keep none of the body.
             return _with_text(outcome, message=self._redact(outcome.message), excerpt="<redacted>")
@@ -467,7 +471,14 @@ class ButtonClient:
 
     def _failed(self, kind: OutcomeKind, exc: TransportError, started: float) -> ButtonOutcome:
         message = self._redact(str(exc)) or kind.value
-        return ButtonOutcome(kind, message=message, elapsed=self._timer() - started)
+        elapsed = max(0.0, self._timer() - started - exc.queued)
+        return ButtonOutcome(kind, message=message, elapsed=elapsed, queued=exc.queued)
+
+    def set_concurrency(self, limit: int | None) -> bool:
+        """Have the transport send at most ``limit`` requests at once (``None``: no cap), the
+        others waiting in it in order (``Transport.set_concurrency``). Returns ``False`` when
+        the transport cannot (aiohttp's): the caller must bound its requests itself."""
+        return self._transport.set_concurrency(limit)
 
     def _redact(self, text: str) -> str:
         for secret in self._secrets:

@@ -33,7 +33,13 @@ The contract is ``AiohttpTransport``'s:
   waiting for a free connection counts toward its connect limit, as libcurl counts it); TLS verified
   against the certificates Python's ``ssl`` module trusts (``ssl.get_default_verify_paths``,
   which honours ``SSL_CERT_FILE`` and ``SSL_CERT_DIR``), the store aiohttp uses too;
-- a request whose caller is cancelled is removed from libcurl (its connection closed);
+- ``set_concurrency(n)`` caps the requests in flight at ``n``: the others wait in order, and
+  the thread starts the next one as soon as one ends, without a round trip through the event
+  loop. The wait is reported as ``TransportResponse.queued`` (and ``TransportError.queued``)
+  and is not counted in any timeout; a request waits at most as long as the ones ahead of it
+  take;
+- a request whose caller is cancelled is removed from libcurl (its connection closed), or from
+  the waiting ones;
 - a request libcurl cannot take (a character it refuses in the URL or a header) fails alone;
 - ``aclose`` fails the requests still waiting (``TransportConnectionError``) and stops the
   thread. Should the thread ever stop on an unexpected error, the requests it was carrying fail
@@ -121,10 +127,12 @@ class _Transfer:
     __slots__ = (
         "chunks",
         "curl",
+        "enqueued",
         "future",
         "head",
         "limit",
         "loop",
+        "queued",
         "request",
         "sends",
         "size",
@@ -151,7 +159,9 @@ class _Transfer:
         self.sends = 0
         self.truncated = False
         self.withdrawn = False  # the caller was cancelled: drop it
-        self.started = 0.0
+        self.enqueued = time.monotonic()  # handed over (on the loop's thread)
+        self.started = 0.0  # taken by the curl thread (and sent)
+        self.queued = 0.0  # seconds between the two: waiting for a slot (set_concurrency)
 
     def prereq(self, *_: object) -> int:
         """libcurl's PREREQFUNCTION, called each time the request is about to go out on a
@@ -192,6 +202,7 @@ class CurlTransport:
     __slots__ = (
         "_cancels",
         "_closed",
+        "_concurrency",
         "_inbox",
         "_lock",
         "_max_body_bytes",
@@ -224,6 +235,9 @@ class CurlTransport:
         self._woken = False
         self._closed = False
         self._stop = False
+        # Requests in flight at most (None: only the pool's size bounds them). Written by the
+        # loop's thread, read by the curl thread: an int, so each read sees a whole value.
+        self._concurrency: int | None = None
         self._thread: threading.Thread | None = None
         self._reader: socket.socket | None = None
         self._writer: socket.socket | None = None
@@ -250,6 +264,24 @@ class CurlTransport:
             self._cancels.append(transfer)
             self._wake()
             raise
+
+    def set_concurrency(self, limit: int | None) -> bool:
+        """Send at most ``limit`` requests at once (``None``: no cap but the pool's size); the
+        others wait in the order they came, and the next starts on this transport's thread as
+        soon as one ends. A lower cap ends no request in flight: it holds the next ones until
+        fewer than ``limit`` are. Call it from the event loop's thread. Returns ``True``: this
+        transport enforces the cap (``Transport.set_concurrency``).
+
+        Raises:
+            ValueError: ``limit`` is below 1.
+        """
+        if limit is not None and limit < 1:
+            raise ValueError(f"the concurrency cap must be at least 1: {limit}")
+        raised = limit is None or self._concurrency is None or limit > self._concurrency
+        self._concurrency = limit
+        if raised and self._inbox:
+            self._wake()  # requests waiting for a slot may start now
+        return True
 
     async def aclose(self) -> None:
         """Fail what is still waiting, stop the thread and close its sockets. Idempotent."""
@@ -364,6 +396,10 @@ class _Driver:
             if self.running and now >= self.next_read_check:
                 self._check_reads(now)
             self._collect()
+            if self.transport._inbox:
+                # Slots that just freed take the requests waiting for one, here and now (libcurl
+                # starts them at the next pass, its timer set to 0 by ``add_handle``).
+                self._take_inbox()
             self._hand_back()
 
     # libcurl's callbacks
@@ -399,16 +435,22 @@ class _Driver:
         self.transport._woken = False
 
     def _take_inbox(self) -> None:
-        inbox = self.transport._inbox
+        transport = self.transport
+        inbox = transport._inbox
+        running = self.running
         while inbox:
+            cap = transport._concurrency
+            if cap is not None and len(running) >= cap:
+                return  # the rest wait for a slot
             transfer = inbox.popleft()
             if transfer.withdrawn:
                 continue
+            transfer.started = time.monotonic()
+            transfer.queued = max(0.0, transfer.started - transfer.enqueued)
             curl = self.idle.pop() if self.idle else self._new_handle()
             try:
                 _prepare(curl, transfer)
                 transfer.curl = curl
-                transfer.started = time.monotonic()
                 self.multi.add_handle(curl)
             except Exception as exc:  # noqa: BLE001 - only this request fails
                 with contextlib.suppress(pycurl.error):
@@ -517,6 +559,8 @@ class _Driver:
         self.idle.append(curl)
 
     def _finish(self, transfer: _Transfer, outcome: Outcome) -> None:
+        if isinstance(outcome, TransportError):
+            outcome.queued = transfer.queued
         self.finished.setdefault(transfer.loop, []).append((transfer, outcome))
 
     def _hand_back(self) -> None:
@@ -576,7 +620,9 @@ def _prepare(curl: pycurl.Curl, transfer: _Transfer) -> None:
 
 def _response(transfer: _Transfer, status: int) -> TransportResponse:
     body = transfer.chunks[0] if len(transfer.chunks) == 1 else b"".join(transfer.chunks)
-    return TransportResponse(status, parse_response_head(transfer.head), body, transfer.truncated)
+    return TransportResponse(
+        status, parse_response_head(transfer.head), body, transfer.truncated, transfer.queued
+    )
 
 
 def _settle(batch: Finished) -> None:

@@ -50,16 +50,26 @@ def one_line(text: str, limit: int = MESSAGE_LIMIT) -> str:
 
 @dataclass(frozen=True, slots=True)
 class TransportResponse:
-    """What a transport read: the status, headers (looked up case-insensitively) and body."""
+    """What a transport read: the status, headers (looked up case-insensitively) and body.
+
+    ``queued``: seconds the request waited in the transport for a slot under its concurrency cap
+    (``Transport.set_concurrency``) before it was sent; 0.0 without a cap.
+    """
 
     status: int
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
     truncated: bool = False  # the body was longer than the transport's limit and was cut
+    queued: float = 0.0
 
 
 class TransportError(ConsumerError):
-    """A request got no HTTP response. Raised by transports, caught by ``ButtonClient``."""
+    """A request got no HTTP response. Raised by transports, caught by ``ButtonClient``.
+
+    ``queued``: as ``TransportResponse.queued``, the seconds it waited for a slot first.
+    """
+
+    queued: float = 0.0
 
 
 class TransportTimeoutError(TransportError):
@@ -87,6 +97,12 @@ class Transport(Protocol):
     """Moves one request and reads its whole response; raises only ``TransportError``s."""
 
     async def send(self, request: TransportRequest) -> TransportResponse: ...
+
+    def set_concurrency(self, limit: int | None) -> bool:
+        """Cap the requests in flight at ``limit`` (``None``: no cap), the others waiting in the
+        transport in order. Returns ``False`` when the transport cannot: the caller must then
+        bound its requests itself."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -173,6 +189,10 @@ class AiohttpTransport:
             # ``from None``: aiohttp's exceptions can carry the request, headers included.
             raise TransportConnectionError(one_line(f"{type(exc).__name__}: {exc}")) from None
 
+    def set_concurrency(self, limit: int | None) -> bool:
+        """Not supported: the caller bounds its requests (``Transport.set_concurrency``)."""
+        return False
+
     async def _read(self, response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
         limit = self._max_body_bytes
         length = response.content_length
@@ -214,6 +234,10 @@ class MockTransport:
     async def send(self, request: TransportRequest) -> TransportResponse:
         answer = self._handler(request)
         return await answer if inspect.isawaitable(answer) else answer
+
+    def set_concurrency(self, limit: int | None) -> bool:
+        """Not supported: the caller bounds its requests (``Transport.set_concurrency``)."""
+        return False
 
     async def aclose(self) -> None:
         self.closed = True

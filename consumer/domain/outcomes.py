@@ -31,7 +31,9 @@ class ButtonOutcome:
 
     ``message`` is Button's ``error.message`` (or the transport error), ``excerpt`` a short,
     PII-free prefix of the response body for the dead-letter headers, ``retry_after`` the parsed
-    ``Retry-After`` in seconds, ``elapsed`` the attempt's wall time in seconds. ``from_button``
+    ``Retry-After`` in seconds, ``elapsed`` the attempt's wall time in seconds, without
+    ``queued``, the seconds it waited in this process for a slot under the HTTP transport's
+    concurrency cap before it was sent. ``from_button``
     says the body was Button's own JSON envelope (``meta.status``): a proxy's, WAF's or CDN's
     HTML error page in front of Button is not, whatever its status.
     """
@@ -44,6 +46,7 @@ class ButtonOutcome:
     elapsed: float = 0.0
     object: Mapping[str, Any] | None = None
     from_button: bool = False
+    queued: float = 0.0
 
     @property
     def ok(self) -> bool:

@@ -8,12 +8,15 @@ thread the libcurl transport drives its transfers from, over real loopback HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import ssl
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from consumer.adapters import curl_transport
 from consumer.adapters.button_client import ButtonClient
@@ -184,3 +187,155 @@ def test_many_requests_on_few_connections_all_arrive() -> None:
             return [response.status for response in responses]
 
     assert asyncio.run(main()) == [200] * 200
+
+
+class HeldServer:
+    """Loopback HTTP that holds every ``GET /v1/order/{case}`` until the test releases it.
+
+    ``held`` are the cases held now, in arrival order; ``most_held`` the most held at once (each
+    arrival counts itself), so it is the most requests the server ever had in flight."""
+
+    def __init__(self) -> None:
+        self.arrivals: asyncio.Queue[str] = asyncio.Queue()
+        self.held: dict[str, asyncio.Event] = {}
+        self.most_held = 0
+        self.base_url = ""
+
+    async def answer(self, request: web.Request) -> web.Response:
+        case = request.match_info["case"]
+        release = self.held[case] = asyncio.Event()
+        self.most_held = max(self.most_held, len(self.held))
+        self.arrivals.put_nowait(case)
+        await release.wait()
+        del self.held[case]
+        return web.json_response({"meta": {"status": "ok"}, "object": {"case": case}})
+
+    async def arrival(self) -> str:
+        return await asyncio.wait_for(self.arrivals.get(), 10)
+
+    def release(self, case: str) -> None:
+        self.held[case].set()
+
+    def release_all(self) -> None:
+        for release in self.held.values():
+            release.set()
+
+
+@contextlib.asynccontextmanager
+async def held_server() -> AsyncIterator[HeldServer]:
+    server = HeldServer()
+    app = web.Application()
+    app.router.add_get("/v1/order/{case}", server.answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    server.base_url = f"http://{host}:{port}"
+    try:
+        yield server
+    finally:
+        server.release_all()
+        await runner.cleanup()
+
+
+def test_a_cap_holds_the_requests_beyond_it_and_starts_each_as_a_slot_frees() -> None:
+    """With ``set_concurrency(2)`` and every answer held, two of five requests reach the server;
+    each answer lets the next waiting one in, in the order they were sent, and the waiting ones
+    report how long they waited (``queued``), each longer than the one before it."""
+
+    async def main() -> tuple[list[str], list[int], int, list[float], list[int]]:
+        async with held_server() as server:
+            transport = CurlTransport(timeouts=SLOW)
+            try:
+                assert transport.set_concurrency(2) is True
+                sends = [
+                    asyncio.create_task(transport.send(request(server.base_url, f"r{i}")))
+                    for i in range(5)
+                ]
+                arrived = sorted([await server.arrival(), await server.arrival()])
+                # All five were handed over in one turn of the loop, before any arrival.
+                waiting = [len(transport._inbox)]
+                for _ in range(3):
+                    oldest = next(iter(server.held))
+                    server.release(oldest)
+                    arrived.append(await server.arrival())
+                    waiting.append(len(transport._inbox))
+                server.release_all()
+                responses = await asyncio.wait_for(asyncio.gather(*sends), 10)
+                queued = [response.queued for response in responses]
+                statuses = [response.status for response in responses]
+                return arrived, waiting, server.most_held, queued, statuses
+            finally:
+                await transport.aclose()
+
+    arrived, waiting, most_held, queued, statuses = asyncio.run(main())
+    assert arrived == ["r0", "r1", "r2", "r3", "r4"]
+    assert waiting == [3, 2, 1, 0]
+    assert most_held == 2
+    assert statuses == [200] * 5
+    assert 0 < queued[2] < queued[3] < queued[4]
+
+
+def test_a_lower_cap_holds_new_requests_until_fewer_run_and_a_higher_one_starts_them() -> None:
+    """Lowering the cap ends nothing in flight; the next request starts only once fewer than
+    the new cap run. Raising it starts the waiting ones at once, without another answer."""
+
+    async def main() -> tuple[list[str], int, int]:
+        async with held_server() as server:
+            transport = CurlTransport(timeouts=SLOW)
+            try:
+                transport.set_concurrency(2)
+                sends = [
+                    asyncio.create_task(transport.send(request(server.base_url, f"r{i}")))
+                    for i in range(5)
+                ]
+                arrived = sorted([await server.arrival(), await server.arrival()])
+                transport.set_concurrency(1)
+                server.release("r0")
+                # The thread hands r0's answer back only after the pass that would have started
+                # r2 in its slot: r2 to r4 still waiting means the lower cap held r2 back.
+                await asyncio.wait_for(sends[0], 10)
+                waiting = len(transport._inbox)
+                server.release("r1")
+                arrived.append(await server.arrival())  # only now: r2
+                transport.set_concurrency(3)  # r2 still held: r3 and r4 start now
+                arrived += sorted([await server.arrival(), await server.arrival()])
+                server.release_all()
+                await asyncio.wait_for(asyncio.gather(*sends), 10)
+                return arrived, waiting, server.most_held
+            finally:
+                await transport.aclose()
+
+    arrived, waiting, most_held = asyncio.run(main())
+    assert arrived == ["r0", "r1", "r2", "r3", "r4"]
+    assert waiting == 3
+    assert most_held == 3  # r2, r3 and r4 together, after the raise
+
+
+def test_a_request_cancelled_while_it_waits_for_a_slot_is_never_sent() -> None:
+    async def main() -> tuple[list[str], bool]:
+        async with held_server() as server:
+            transport = CurlTransport(timeouts=SLOW)
+            try:
+                transport.set_concurrency(1)
+                first = asyncio.create_task(transport.send(request(server.base_url, "first")))
+                assert await server.arrival() == "first"
+                withdrawn = asyncio.create_task(transport.send(request(server.base_url, "gone")))
+                last = asyncio.create_task(transport.send(request(server.base_url, "last")))
+                await asyncio.sleep(0)  # both handed over (each send appends, then awaits)
+                withdrawn.cancel()
+                server.release("first")
+                arrived = [await server.arrival()]
+                server.release_all()
+                await asyncio.wait_for(asyncio.gather(first, last), 10)
+                return arrived, withdrawn.cancelled()
+            finally:
+                await transport.aclose()
+
+    assert asyncio.run(main()) == (["last"], True)
+
+
+def test_the_cap_must_be_at_least_one() -> None:
+    with pytest.raises(ValueError, match="at least 1: 0"):
+        CurlTransport().set_concurrency(0)

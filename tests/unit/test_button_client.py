@@ -34,6 +34,7 @@ from consumer.adapters.http_transport import (
     MockTransport,
     Timeouts,
     TransportConnectionError,
+    TransportError,
     TransportRequest,
     TransportResponse,
     TransportTimeoutError,
@@ -406,6 +407,37 @@ def test_elapsed_and_retry_after_use_the_injected_clocks() -> None:
         outcome.retry_after,
         outcome.elapsed,
     ) == (OutcomeKind.RATE_LIMITED, 20.0, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind"),
+    [
+        (TransportResponse(200, {}, envelope(OK_ORDER), queued=0.25), OutcomeKind.SUCCESS),
+        (TransportResponse(204, {}, b"", queued=0.25), OutcomeKind.SUCCESS),
+        (TransportResponse(200, {}, b"<html>", queued=0.25), OutcomeKind.UNREADABLE),
+        (TransportResponse(503, {}, b"", queued=0.25), OutcomeKind.SERVER_ERROR),
+        (TransportTimeoutError("read timeout"), OutcomeKind.TIMEOUT),
+        (TransportConnectionError("reset"), OutcomeKind.CONNECTION_ERROR),
+    ],
+)
+def test_the_wait_for_a_transport_slot_is_reported_apart_from_elapsed(
+    answer: TransportResponse | Exception, kind: OutcomeKind
+) -> None:
+    """A request that waited 0.25 s of its 0.75 s for a slot under the transport's cap took
+    0.5 s at Button: ``elapsed`` leaves the wait out and ``queued`` carries it, whatever the
+    outcome (a failed request's wait rides on its error)."""
+    if isinstance(answer, TransportError):
+        answer.queued = 0.25
+    ticks = iter([10.0, 10.75])
+    outcome = call(client_for(Recorder(answer), timer=lambda: next(ticks)), "get", "1")
+    assert (outcome.kind, outcome.elapsed, outcome.queued) == (kind, 0.5, 0.25)
+
+
+def test_the_concurrency_cap_is_the_transports_to_take() -> None:
+    """``set_concurrency`` asks the transport; one that cannot cap (a mock, aiohttp) says no."""
+    assert ButtonClient(KEY, transport=MockTransport(Recorder())).set_concurrency(8) is False
+    assert ButtonClient(KEY, http_client="aiohttp").set_concurrency(8) is False
+    assert ButtonClient(KEY, http_client="curl").set_concurrency(8) is True
 
 
 def test_async_handlers_are_awaited() -> None:

@@ -416,6 +416,103 @@ def test_unobserved_release_is_neutral() -> None:
     assert limiter.limit == 4
 
 
+def _queueing_limiter(clock: FakeClock, told: list[int], **kwargs: float) -> AdaptiveLimiter:
+    """A limiter for a transport that caps its requests: a quarter of the limit ready beyond."""
+    return _limiter(clock, queue_ratio=0.25, on_limit=told.append, **kwargs)  # type: ignore[arg-type]
+
+
+def test_requests_ready_beyond_the_limit_take_permits_up_to_the_capacity() -> None:
+    """At a limit of 8 with a quarter ready beyond it, 10 permits are granted at once (the
+    transport sends 8 and holds 2); the 11th caller waits for a release."""
+    clock, told = FakeClock(), list[int]()
+    limiter = _queueing_limiter(clock, told, min_limit=8, max_limit=8)
+
+    async def scenario() -> tuple[int, int, int]:
+        held = [await limiter.acquire_permit() for _ in range(10)]
+        waiting = asyncio.create_task(limiter.acquire_permit())
+        await asyncio.sleep(0)
+        queued = limiter.waiting
+        held.pop().release()
+        (await waiting).release()
+        for permit in held:
+            permit.release()
+        return limiter.capacity, queued, limiter.in_flight
+
+    assert asyncio.run(scenario()) == (10, 1, 0)
+    assert told == [8]
+
+
+def test_the_transport_is_told_every_new_limit_and_only_then() -> None:
+    """Slow start from 4 to 64, a back-pressure cut, additive growth: each new limit reaches
+    the transport once; windows that keep the limit tell it nothing. The capacity follows."""
+    clock, told = FakeClock(), list[int]()
+    limiter = _queueing_limiter(clock, told, min_limit=4, max_limit=64)
+
+    async def scenario() -> list[int]:
+        capacities = []
+        for outcome in (OK, OK, OK, OK, OK, SLOW_DOWN, OK):
+            await _window(limiter, clock, rtt=0.05, outcome=outcome)
+            capacities.append(limiter.capacity)
+        return capacities
+
+    assert asyncio.run(scenario()) == [10, 20, 40, 80, 80, 72, 73]
+    assert told == [4, 8, 16, 32, 64, 57, 58]
+
+
+def test_a_wait_for_a_transport_slot_is_not_read_as_a_slower_button() -> None:
+    """Requests that took 0.5 s, 0.4 s of it waiting for a slot at the transport
+    (``ButtonOutcome.queued``), answered in Button's usual 0.1 s: no rise, the limit grows.
+    The same 0.5 s without the wait is a rise and cuts (``test_rising_rtt_cuts_the_limit``)."""
+    clock, told = FakeClock(), list[int]()
+    limiter = _queueing_limiter(
+        clock, told, min_limit=1, max_limit=100, initial_limit=20, slow_start_factor=1
+    )
+    waited = ButtonOutcome(OutcomeKind.SUCCESS, 200, queued=0.4)
+
+    async def scenario() -> list[int]:
+        await _steady(limiter, clock)
+        limits = [limiter.limit]
+        for _ in range(2):
+            await _window(limiter, clock, rtt=0.5, outcome=waited)
+            limits.append(limiter.limit)
+        return limits
+
+    assert asyncio.run(scenario()) == [26, 27, 28]
+    assert limiter.smoothed_rtt == pytest.approx(0.1)
+
+
+def test_with_requests_ready_the_limit_is_reached_at_the_limit_not_the_capacity() -> None:
+    """Growth needs every slot at the transport busy: permits up to the limit, not beyond it.
+    Below the limit (7 of 8) the limit stays; at it (8, none ready) it grows."""
+    clock, told = FakeClock(), list[int]()
+    limiter = _queueing_limiter(
+        clock, told, min_limit=1, max_limit=100, initial_limit=8, slow_start_factor=1
+    )
+
+    async def held_window(count: int) -> int:
+        permits = [await limiter.acquire_permit() for _ in range(count)]
+        clock.advance(0.1)
+        for permit in permits:
+            permit.observe(OK)
+            permit.release()
+        clock.advance(1.0)
+        (await limiter.acquire_permit()).release()  # closes the window
+        return limiter.limit
+
+    async def scenario() -> list[int]:
+        return [await held_window(7), await held_window(7), await held_window(8)]
+
+    assert asyncio.run(scenario()) == [8, 8, 9]
+
+
+def test_limiter_rejects_a_queue_it_cannot_bound() -> None:
+    """Requests ready beyond the limit need a transport that caps its own (``on_limit``)."""
+    with pytest.raises(ValueError, match="queue_ratio needs on_limit"):
+        AdaptiveLimiter(clock=FakeClock(), queue_ratio=0.25)
+    with pytest.raises(ValueError, match="queue_ratio must be"):
+        AdaptiveLimiter(clock=FakeClock(), queue_ratio=-1, on_limit=print)
+
+
 def test_limiter_rejects_bad_bounds() -> None:
     """min_limit above max_limit, or a slow start that shrinks, is a configuration error."""
     with pytest.raises(ValueError, match="min_limit"):
