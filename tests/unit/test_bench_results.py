@@ -79,6 +79,20 @@ def test_the_markdown_names_every_yardstick_with_its_ratio() -> None:
     assert "Kafka Connect 1.000 s" in text
 
 
+def test_the_rate_to_the_last_order_at_the_sandbox_is_reported_beside_it() -> None:
+    """A consumer's run also says when its last order reached the sandbox (before the last
+    commit); the HTTP ceiling, which commits nothing, counts its whole run."""
+    raw = _raw()
+    for kind in ("service", "quix_stateless", "quix_stateful", "kafka_connect"):
+        for run in raw["forward"][kind]:
+            run["to_button_s"] = run["seconds"] / 2
+    text = markdown(raw, summarise(raw))
+    assert (
+        "| forward, to the last order at the sandbox (orders/s) | 1,000 | HTTP ceiling 500;"
+        " quix stateless 1,000, stateful 1,000; Kafka Connect 1,000 | 2.00x |"
+    ) in text
+
+
 def test_a_run_without_the_connect_peer_reports_zero_for_it() -> None:
     raw = _raw()
     del raw["forward"]["kafka_connect"]
