@@ -45,7 +45,7 @@ from consumer.domain.profile_epoch import FENCE_KEY, fence_value
 from consumer.domain.topics import TopicPlan, TopicProblem, created_topic_configs, topic_problems
 from consumer.engine.authgate import AuthGate
 from consumer.engine.breaker import CircuitBreaker
-from consumer.engine.concurrency import QUEUE_RATIO, AdaptiveLimiter, TokenBucket
+from consumer.engine.concurrency import QUEUE_RATIO, AdaptiveLimiter, PauseGate, TokenBucket
 from consumer.engine.dispatcher import Dispatcher
 from consumer.engine.parking import Parking, ParkingLot
 from consumer.engine.pipeline import Pipeline, PipelineDeps
@@ -93,6 +93,29 @@ def mapping_config(settings: Settings) -> MappingConfig:
         )
     except ValueError as exc:
         raise ConfigError(f"MAPPING_ settings: {exc}") from exc
+
+
+class _Priority:
+    """A ``ButtonPort`` whose requests go out at once, ahead of the pipeline's requests that
+    wait in the transport and whatever holds them (``ButtonClient.send``'s ``priority``)."""
+
+    def __init__(self, button: ButtonClient) -> None:
+        self._button = button
+
+    async def send(self, request: ButtonRequest) -> ButtonOutcome:
+        return await self._button.send(request, priority=True)
+
+
+def hold_while_closed(button: ButtonClient, *gates: PauseGate) -> None:
+    """Hold the requests waiting in ``button``'s transport while any of ``gates`` is closed:
+    requests prepared before Button refused the key or asked to slow down wait with the
+    others instead of going out (their probes are sent with priority)."""
+
+    def update() -> None:
+        button.hold(any(not gate.is_open for gate in gates))
+
+    for gate in gates:
+        gate.watch(update)
 
 
 class _DryRunButton:
@@ -395,7 +418,9 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
     button: ButtonClient | _DryRunButton = (
         _DryRunButton() if d.dry_run else ButtonClient.from_settings(s.button)
     )
-    admin = _admin_server(s, telemetry, _test_event(config, button, dry_run=d.dry_run))
+    # An operator's test event skips the requests waiting in the transport, and its gates.
+    tester: ButtonPort = _Priority(button) if isinstance(button, ButtonClient) else button
+    admin = _admin_server(s, telemetry, _test_event(config, tester, dry_run=d.dry_run))
     producer = AckingProducer(s.kafka.producer_config())
     decoder = _decoder(s, telemetry)
     changelog = TimedChangelog(KafkaChangelog(producer, s.kafka.profile_topic), telemetry)
@@ -412,6 +437,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         policy=retry,
         probe=probe,
     )
+    if isinstance(button, ButtonClient):
+        hold_while_closed(button, gate, breaker)
     pipeline = Pipeline(
         PipelineDeps(
             decoder=decoder,

@@ -411,16 +411,18 @@ class ButtonClient:
             self._closed = True
             await self._transport.aclose()
 
-    async def send(self, request: ButtonRequest) -> ButtonOutcome:
+    async def send(self, request: ButtonRequest, *, priority: bool = False) -> ButtonOutcome:
         """Send one request to Button and tell how it ended. Never raises for HTTP or network.
 
         ``request.path`` is sent byte for byte, so it must already be percent-encoded (the
-        mapper builds it with ``consumer.domain.button_wire.order_path``).
+        mapper builds it with ``consumer.domain.button_wire.order_path``). ``priority``: a
+        request no concurrency permit covers (an operator's test event), sent at once, ahead of
+        those waiting under the transport's cap and whatever holds them.
 
         Raises only for programming errors: a closed client, a path that is not absolute and
         percent-encoded, a body that is not JSON-serialisable (NaN and Infinity included).
         """
-        return await self._call(request.method, request.path, request.body)
+        return await self._call(request.method, request.path, request.body, priority)
 
     async def create(self, order: Mapping[str, Any]) -> ButtonOutcome:
         """``POST /v1/order``: report a new order (``order["order_id"]`` names it)."""
@@ -435,12 +437,15 @@ class ButtonClient:
         return await self.send(cancel_request(order_id))
 
     async def get(self, order_id: str) -> ButtonOutcome:
-        """``GET /v1/order/{order_id}``: the order as Button holds it (in ``outcome.object``)."""
+        """``GET /v1/order/{order_id}``: the order as Button holds it (in ``outcome.object``).
+
+        Sent with priority (``send``): the gates probe with it while they hold everything else.
+        """
         # Not a ButtonRequest: reading an order is not something the mapper ever decides.
-        return await self._call("GET", order_path(order_id), None)
+        return await self._call("GET", order_path(order_id), None, True)
 
     async def _call(
-        self, method: str, path: str, payload: Mapping[str, Any] | None
+        self, method: str, path: str, payload: Mapping[str, Any] | None, priority: bool = False
     ) -> ButtonOutcome:
         if self._closed:
             raise RuntimeError("the Button client is closed")
@@ -454,7 +459,7 @@ class ButtonClient:
                 payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False
             ).encode()
             headers = self._headers_json
-        request = TransportRequest(method, self._base_url + path, headers, body)
+        request = TransportRequest(method, self._base_url + path, headers, body, priority)
         started = self._timer()
         try:
             response = await self._transport.send(request)
@@ -479,6 +484,11 @@ class ButtonClient:
         others waiting in it in order (``Transport.set_concurrency``). Returns ``False`` when
         the transport cannot (aiohttp's): the caller must bound its requests itself."""
         return self._transport.set_concurrency(limit)
+
+    def hold(self, held: bool) -> bool:
+        """Hold the requests waiting under the transport's cap while ``held`` (the caller's
+        gates are closed), so that none of them is sent meanwhile (``Transport.hold``)."""
+        return self._transport.hold(held)
 
     def _redact(self, text: str) -> str:
         for secret in self._secrets:

@@ -35,9 +35,14 @@ The contract is ``AiohttpTransport``'s:
   which honours ``SSL_CERT_FILE`` and ``SSL_CERT_DIR``), the store aiohttp uses too;
 - ``set_concurrency(n)`` caps the requests in flight at ``n``: the others wait in order, and
   the thread starts the next one as soon as one ends, without a round trip through the event
-  loop. The wait is reported as ``TransportResponse.queued`` (and ``TransportError.queued``)
+  loop. The time from ``send`` to the thread sending it (the wait for a slot, and the hand-over
+  to the thread) is reported as ``TransportResponse.queued`` (and ``TransportError.queued``)
   and is not counted in any timeout; a request waits at most as long as the ones ahead of it
-  take;
+  take. A waiting request does not start while ``hold(True)`` holds them (the caller's gates
+  are closed), nor while an answer that is not a 2xx, or a failure, has not yet been handed
+  to its caller on the event loop: the caller decides first whether the others may go. A
+  ``priority`` request (a gate's probe, an operator's test) skips the wait: it is sent at once,
+  whatever the cap or a hold;
 - a request whose caller is cancelled is removed from libcurl (its connection closed), or from
   the waiting ones;
 - a request libcurl cannot take (a character it refuses in the URL or a header) fails alone;
@@ -203,10 +208,14 @@ class CurlTransport:
         "_cancels",
         "_closed",
         "_concurrency",
+        "_digested",
+        "_failures",
+        "_held",
         "_inbox",
         "_lock",
         "_max_body_bytes",
         "_max_connections",
+        "_priority",
         "_reader",
         "_stop",
         "_thread",
@@ -228,6 +237,7 @@ class CurlTransport:
         self._max_connections = max_connections
         self._max_body_bytes = max_body_bytes
         self._inbox: deque[_Transfer] = deque()
+        self._priority: deque[_Transfer] = deque()  # sent at once, whatever the cap or a hold
         self._cancels: deque[_Transfer] = deque()
         # Guards _inbox against a thread that ends, _thread and _closed: a request handed over
         # is always taken by a running thread, or failed as closed.
@@ -238,6 +248,12 @@ class CurlTransport:
         # Requests in flight at most (None: only the pool's size bounds them). Written by the
         # loop's thread, read by the curl thread: an int, so each read sees a whole value.
         self._concurrency: int | None = None
+        self._held = False  # hold(True): the caller's gates are closed (written by the loop)
+        # Answers that are not a 2xx (or failures) of capped requests: handed back by the curl
+        # thread (it writes _failures) and seen by their callers (the loop writes _digested).
+        # A waiting request starts only when the two are equal.
+        self._failures = 0
+        self._digested = 0
         self._thread: threading.Thread | None = None
         self._reader: socket.socket | None = None
         self._writer: socket.socket | None = None
@@ -253,7 +269,7 @@ class CurlTransport:
         with self._lock:
             if self._closed:
                 raise RuntimeError(_CLOSED)
-            self._inbox.append(transfer)
+            (self._priority if request.priority else self._inbox).append(transfer)
             if self._thread is None:
                 self._start()
         self._wake()
@@ -282,6 +298,22 @@ class CurlTransport:
         if raised and self._inbox:
             self._wake()  # requests waiting for a slot may start now
         return True
+
+    def hold(self, held: bool) -> bool:
+        """Hold the requests waiting for a slot (``True``), or let them go again (``False``):
+        for callers whose gates close (Button refuses the key, or asks to slow down), so that
+        what already waits here is not sent meanwhile. ``priority`` requests are never held.
+        Call it from the event loop's thread. Returns ``True`` (``Transport.hold``)."""
+        self._held = held
+        if not held and self._inbox:
+            self._wake()
+        return True
+
+    def _digest(self, failures: int) -> None:
+        """On the loop, once the callers of ``failures`` such answers have seen them."""
+        self._digested += failures
+        if self._inbox and not self._held:
+            self._wake()
 
     async def aclose(self) -> None:
         """Fail what is still waiting, stop the thread and close its sockets. Idempotent."""
@@ -331,11 +363,12 @@ class CurlTransport:
                 driver.fail_running(f"the HTTP thread failed: {error}")
             with self._lock:
                 self._thread = None
-                if self._inbox and not self._closed:
+                if (self._inbox or self._priority) and not self._closed:
                     self._start()  # a new thread takes the requests still waiting
         else:
             with self._lock:  # closed: nothing is added to the inbox any more
-                waiting = [*self._inbox]
+                waiting = [*self._priority, *self._inbox]
+                self._priority.clear()
                 self._inbox.clear()
             driver.fail_running(_CLOSED, waiting)
         finally:
@@ -396,7 +429,7 @@ class _Driver:
             if self.running and now >= self.next_read_check:
                 self._check_reads(now)
             self._collect()
-            if self.transport._inbox:
+            if self.transport._inbox or self.transport._priority:
                 # Slots that just freed take the requests waiting for one, here and now (libcurl
                 # starts them at the next pass, its timer set to 0 by ``add_handle``).
                 self._take_inbox()
@@ -436,32 +469,39 @@ class _Driver:
 
     def _take_inbox(self) -> None:
         transport = self.transport
+        priority = transport._priority
+        while priority:
+            self._start_transfer(priority.popleft())
         inbox = transport._inbox
         running = self.running
         while inbox:
+            if transport._held or transport._failures != transport._digested:
+                return  # the caller decides first whether they may go
             cap = transport._concurrency
             if cap is not None and len(running) >= cap:
                 return  # the rest wait for a slot
-            transfer = inbox.popleft()
-            if transfer.withdrawn:
-                continue
-            transfer.started = time.monotonic()
-            transfer.queued = max(0.0, transfer.started - transfer.enqueued)
-            curl = self.idle.pop() if self.idle else self._new_handle()
-            try:
-                _prepare(curl, transfer)
-                transfer.curl = curl
-                self.multi.add_handle(curl)
-            except Exception as exc:  # noqa: BLE001 - only this request fails
-                with contextlib.suppress(pycurl.error):
-                    self.multi.remove_handle(curl)
-                curl.close()  # half set up: not reused
-                message = one_line(f"libcurl refused the request: {type(exc).__name__}: {exc}")
-                self._finish(transfer, TransportConnectionError(message))
-                continue
-            if not self.running:
-                self.next_read_check = transfer.started + self.read_check
-            self.running[curl] = transfer
+            self._start_transfer(inbox.popleft())
+
+    def _start_transfer(self, transfer: _Transfer) -> None:
+        if transfer.withdrawn:
+            return
+        transfer.started = time.monotonic()
+        transfer.queued = max(0.0, transfer.started - transfer.enqueued)
+        curl = self.idle.pop() if self.idle else self._new_handle()
+        try:
+            _prepare(curl, transfer)
+            transfer.curl = curl
+            self.multi.add_handle(curl)
+        except Exception as exc:  # noqa: BLE001 - only this request fails
+            with contextlib.suppress(pycurl.error):
+                self.multi.remove_handle(curl)
+            curl.close()  # half set up: not reused
+            message = one_line(f"libcurl refused the request: {type(exc).__name__}: {exc}")
+            self._finish(transfer, TransportConnectionError(message))
+            return
+        if not self.running:
+            self.next_read_check = transfer.started + self.read_check
+        self.running[curl] = transfer
 
     def _take_cancels(self) -> None:
         cancels = self.transport._cancels
@@ -561,15 +601,21 @@ class _Driver:
     def _finish(self, transfer: _Transfer, outcome: Outcome) -> None:
         if isinstance(outcome, TransportError):
             outcome.queued = transfer.queued
+        if _holds(transfer, outcome):
+            # Counted at once: no waiting request starts in the slot this one frees before its
+            # caller has seen the answer (this thread is the counter's one writer).
+            self.transport._failures += 1
         self.finished.setdefault(transfer.loop, []).append((transfer, outcome))
 
     def _hand_back(self) -> None:
         if not self.finished:
             return
         finished, self.finished = self.finished, {}
+        transport = self.transport
         for loop, batch in finished.items():
+            failures = sum(1 for transfer, outcome in batch if _holds(transfer, outcome))
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
-                loop.call_soon_threadsafe(_settle, batch)
+                loop.call_soon_threadsafe(_settle, batch, transport, failures)
 
     def fail_running(self, message: str, waiting: Sequence[_Transfer] = ()) -> None:
         """Answer what finished, and fail what this thread carried (and ``waiting``)."""
@@ -625,8 +671,20 @@ def _response(transfer: _Transfer, status: int) -> TransportResponse:
     )
 
 
-def _settle(batch: Finished) -> None:
-    """On the event loop: answer each transfer's caller (unless it was cancelled meanwhile)."""
+def _holds(transfer: _Transfer, outcome: Outcome) -> bool:
+    """A capped request's answer that is not a 2xx, or its failure: the waiting requests stay
+    until its caller has seen it (``CurlTransport._digest``)."""
+    if transfer.request.priority:
+        return False
+    return not (isinstance(outcome, TransportResponse) and 200 <= outcome.status < 300)
+
+
+def _settle(batch: Finished, transport: CurlTransport, failures: int) -> None:
+    """On the event loop: answer each transfer's caller (unless it was cancelled meanwhile).
+
+    Then, after the callers have run on these answers (their tasks were woken first, and a
+    caller's gates close in the same step as it reads its answer), the waiting requests may go
+    again, unless a gate holds them (``CurlTransport.hold``)."""
     for transfer, outcome in batch:
         future = transfer.future
         if future.done():
@@ -635,6 +693,8 @@ def _settle(batch: Finished) -> None:
             future.set_exception(outcome)
         else:
             future.set_result(outcome)
+    if failures:
+        batch[0][0].loop.call_soon(transport._digest, failures)
 
 
 def _milliseconds(seconds: float) -> int:

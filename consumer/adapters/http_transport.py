@@ -52,8 +52,9 @@ def one_line(text: str, limit: int = MESSAGE_LIMIT) -> str:
 class TransportResponse:
     """What a transport read: the status, headers (looked up case-insensitively) and body.
 
-    ``queued``: seconds the request waited in the transport for a slot under its concurrency cap
-    (``Transport.set_concurrency``) before it was sent; 0.0 without a cap.
+    ``queued``: seconds from the request's hand-over to the transport until it was sent: the
+    wait for a slot under the transport's concurrency cap (``Transport.set_concurrency``), and
+    the hand-over to its thread (microseconds); 0.0 for a transport without a cap.
     """
 
     status: int
@@ -85,12 +86,15 @@ class TransportRequest:
     """What the client asks a transport to send. ``headers`` hold the credentials: no repr.
 
     ``url`` is already percent-encoded; a transport sends it as is, without normalising it.
+    ``priority``: sent at once, ahead of the requests waiting under a concurrency cap and
+    whatever holds them (a gate's probe, an operator's test: requests no permit covers).
     """
 
     method: str
     url: str
     headers: Mapping[str, str] = field(repr=False)
     body: bytes | None = None
+    priority: bool = False
 
 
 class Transport(Protocol):
@@ -102,6 +106,11 @@ class Transport(Protocol):
         """Cap the requests in flight at ``limit`` (``None``: no cap), the others waiting in the
         transport in order. Returns ``False`` when the transport cannot: the caller must then
         bound its requests itself."""
+        ...
+
+    def hold(self, held: bool) -> bool:
+        """Hold the requests waiting under the cap (``True``) or let them go (``False``).
+        Returns ``False`` when the transport keeps no waiting requests (no cap)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -193,6 +202,10 @@ class AiohttpTransport:
         """Not supported: the caller bounds its requests (``Transport.set_concurrency``)."""
         return False
 
+    def hold(self, held: bool) -> bool:
+        """Nothing waits here to hold (``Transport.hold``)."""
+        return False
+
     async def _read(self, response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
         limit = self._max_body_bytes
         length = response.content_length
@@ -237,6 +250,10 @@ class MockTransport:
 
     def set_concurrency(self, limit: int | None) -> bool:
         """Not supported: the caller bounds its requests (``Transport.set_concurrency``)."""
+        return False
+
+    def hold(self, held: bool) -> bool:
+        """Nothing waits here to hold (``Transport.hold``)."""
         return False
 
     async def aclose(self) -> None:

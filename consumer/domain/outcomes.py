@@ -32,10 +32,10 @@ class ButtonOutcome:
     ``message`` is Button's ``error.message`` (or the transport error), ``excerpt`` a short,
     PII-free prefix of the response body for the dead-letter headers, ``retry_after`` the parsed
     ``Retry-After`` in seconds, ``elapsed`` the attempt's wall time in seconds, without
-    ``queued``, the seconds it waited in this process for a slot under the HTTP transport's
-    concurrency cap before it was sent. ``from_button``
-    says the body was Button's own JSON envelope (``meta.status``): a proxy's, WAF's or CDN's
-    HTML error page in front of Button is not, whatever its status.
+    ``queued``: the seconds from handing it to the HTTP transport until the transport sent it
+    (the wait for a slot under its concurrency cap, and the hand-over to its thread).
+    ``from_button`` says the body was Button's own JSON envelope (``meta.status``): a proxy's,
+    WAF's or CDN's HTML error page in front of Button is not, whatever its status.
     """
 
     kind: OutcomeKind

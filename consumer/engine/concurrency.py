@@ -394,6 +394,15 @@ class PauseGate:
         self._event = asyncio.Event()
         self._event.set()
         self._reason = ""
+        self._watchers: list[Callable[[], None]] = []
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` each time the gate closes or opens (on the loop, synchronously)."""
+        self._watchers.append(callback)
+
+    def _changed(self) -> None:
+        for callback in self._watchers:
+            callback()
 
     @property
     def is_open(self) -> bool:
@@ -409,6 +418,8 @@ class PauseGate:
         was_open = self._event.is_set()
         self._event.clear()
         self._reason = reason
+        if was_open:
+            self._changed()
         return was_open
 
     def open(self) -> bool:
@@ -416,6 +427,8 @@ class PauseGate:
         was_closed = not self._event.is_set()
         self._event.set()
         self._reason = ""
+        if was_closed:
+            self._changed()
         return was_closed
 
     async def wait_open(self) -> None:

@@ -9,10 +9,12 @@ the requests it serves at once, independently of the client.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from consumer.adapters.button_client import ButtonClient
-from consumer.bootstrap import concurrency_limiter
-from consumer.domain.outcomes import ButtonOutcome
+from consumer.bootstrap import concurrency_limiter, hold_while_closed
+from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
+from consumer.engine.concurrency import PauseGate
 from consumer.sandbox.testing import SandboxHandle, run_sandbox
 from consumer.settings import Settings
 from tests.integration.test_sandbox import order
@@ -65,3 +67,46 @@ def test_button_sees_at_most_the_limit_while_requests_wait_ready_beyond_it() -> 
     assert all(outcome.ok for outcome in outcomes)
     assert stats["by_route"] == {"POST /v1/order": {"200": 12}}
     assert stats["max_in_flight"] == 4
+
+
+def test_after_a_429_the_requests_waiting_in_the_transport_stay_until_the_gate_opens() -> None:
+    """The sandbox answers every request 429 with a Retry-After of 30 s. At a limit of 4, five
+    permits are taken: four creates reach it, and each caller closes the circuit breaker on its
+    429 (as the pipeline's policy does). The fifth create, waiting in the transport, is not
+    sent, not even in a slot a 429 freed before its caller had read it; a probe, sent with
+    priority, still goes. Once the breaker opens, the fifth goes too."""
+    faults = {"error_rates": {"429": 1.0}, "retry_after": {"seconds": 30}}
+    with run_sandbox(faults=faults) as sandbox:
+        settings = _settings(sandbox)
+
+        async def main() -> tuple[dict[str, Any], dict[str, Any]]:
+            async with ButtonClient.from_settings(settings.button) as button:
+                limiter = concurrency_limiter(settings.delivery, button)
+                breaker = PauseGate()
+                hold_while_closed(button, breaker)
+
+                async def deliver(n: int) -> ButtonOutcome:
+                    async with limiter.permit() as permit:
+                        outcome = await button.create(order(f"ORD-{n}"))
+                        permit.observe(outcome)
+                        if outcome.kind is OutcomeKind.RATE_LIMITED:
+                            breaker.close("http_429")  # the policy's BREAK, in the same step
+                        return outcome
+
+                sends = [asyncio.create_task(deliver(n)) for n in range(5)]
+                while sum(send.done() for send in sends) < 4:
+                    pending = [send for send in sends if not send.done()]
+                    await asyncio.wait(pending, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+                probe = await button.get("probe")
+                assert probe.kind is OutcomeKind.RATE_LIMITED
+                held = sandbox.stats()["by_route"]
+                breaker.open()
+                await asyncio.wait_for(asyncio.gather(*sends), 30)
+                return held, sandbox.stats()["by_route"]
+
+        held, after = asyncio.run(main())
+    assert held == {
+        "POST /v1/order": {"429": 4},
+        "GET /v1/order/{order_id}": {"429": 1},
+    }
+    assert after["POST /v1/order"] == {"429": 5}

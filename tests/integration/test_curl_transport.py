@@ -193,7 +193,8 @@ class HeldServer:
     """Loopback HTTP that holds every ``GET /v1/order/{case}`` until the test releases it.
 
     ``held`` are the cases held now, in arrival order; ``most_held`` the most held at once (each
-    arrival counts itself), so it is the most requests the server ever had in flight."""
+    arrival counts itself), so it is the most requests the server ever had in flight. A case
+    named ``s<status>-...`` is answered with that status (``s429-a``: 429); others with 200."""
 
     def __init__(self) -> None:
         self.arrivals: asyncio.Queue[str] = asyncio.Queue()
@@ -208,7 +209,10 @@ class HeldServer:
         self.arrivals.put_nowait(case)
         await release.wait()
         del self.held[case]
-        return web.json_response({"meta": {"status": "ok"}, "object": {"case": case}})
+        status = int(case[1:4]) if case[:1] == "s" and case[1:4].isdigit() else 200
+        return web.json_response(
+            {"meta": {"status": "ok"}, "object": {"case": case}}, status=status
+        )
 
     async def arrival(self) -> str:
         return await asyncio.wait_for(self.arrivals.get(), 10)
@@ -339,3 +343,89 @@ def test_a_request_cancelled_while_it_waits_for_a_slot_is_never_sent() -> None:
 def test_the_cap_must_be_at_least_one() -> None:
     with pytest.raises(ValueError, match="at least 1: 0"):
         CurlTransport().set_concurrency(0)
+
+
+def priority(base_url: str, case: str) -> TransportRequest:
+    return TransportRequest(
+        "GET", f"{base_url}/v1/order/{case}", {"Accept": "application/json"}, priority=True
+    )
+
+
+def test_a_hold_keeps_the_waiting_requests_while_a_priority_request_goes_at_once() -> None:
+    """While held (the caller's gates are closed), a slot that frees starts no waiting request;
+    a priority request (a gate's probe) goes at once, and releasing the hold starts the rest."""
+
+    async def main() -> tuple[int, list[str]]:
+        async with held_server() as server:
+            transport = CurlTransport(timeouts=SLOW)
+            try:
+                transport.set_concurrency(1)
+                sends = [
+                    asyncio.create_task(transport.send(request(server.base_url, f"r{i}")))
+                    for i in range(2)
+                ]
+                assert await server.arrival() == "r0"
+                assert transport.hold(True) is True
+                server.release("r0")
+                await asyncio.wait_for(sends[0], 10)
+                probe = asyncio.create_task(transport.send(priority(server.base_url, "probe")))
+                # The thread took the probe in a pass that found r1 held (r1 would have gone
+                # first, in r0's slot, without the hold).
+                arrived = [await server.arrival()]
+                waiting = len(transport._inbox)
+                server.release("probe")
+                await asyncio.wait_for(probe, 10)
+                transport.hold(False)
+                arrived.append(await server.arrival())
+                server.release_all()
+                await asyncio.wait_for(asyncio.gather(*sends), 10)
+                return waiting, arrived
+            finally:
+                await transport.aclose()
+
+    assert asyncio.run(main()) == (1, ["probe", "r1"])
+
+
+@pytest.mark.parametrize(("holds", "expected"), [(True, ["probe"]), (False, ["r1", "probe"])])
+def test_a_waiting_request_starts_only_once_its_caller_has_seen_a_failed_answer(
+    holds: bool, expected: list[str]
+) -> None:
+    """A 429 frees a slot, but the request waiting for it does not start in that slot at once:
+    first the 429's caller reads it, and may close its gates (``hold(True)``, as the circuit
+    breaker does). Then nothing more goes out. A caller that does not hold lets it go."""
+
+    async def main() -> tuple[int, list[str]]:
+        async with held_server() as server:
+            transport = CurlTransport(timeouts=SLOW)
+            try:
+                transport.set_concurrency(1)
+
+                async def first() -> int:
+                    response = await transport.send(request(server.base_url, "s429-r0"))
+                    if holds:
+                        transport.hold(True)  # in the step that reads the answer
+                    return response.status
+
+                sends = [
+                    asyncio.create_task(first()),
+                    asyncio.create_task(transport.send(request(server.base_url, "r1"))),
+                ]
+                assert await server.arrival() == "s429-r0"
+                server.release("s429-r0")
+                assert await asyncio.wait_for(sends[0], 10) == 429
+                arrived = [] if holds else [await server.arrival()]
+                probe = asyncio.create_task(transport.send(priority(server.base_url, "probe")))
+                arrived.append(await server.arrival())
+                waiting = len(transport._inbox)
+                server.release("probe")
+                await asyncio.wait_for(probe, 10)  # the probe's slot is free again
+                transport.hold(False)
+                if holds:
+                    assert await server.arrival() == "r1"  # let go by the caller
+                server.release_all()
+                await asyncio.wait_for(asyncio.gather(*sends), 10)
+                return waiting, arrived
+            finally:
+                await transport.aclose()
+
+    assert asyncio.run(main()) == (1 if holds else 0, expected)

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from consumer.bootstrap import build, concurrency_limiter, freeze_startup_heap
+from consumer.adapters.button_client import ButtonClient
+from consumer.adapters.http_transport import TransportRequest, TransportResponse
+from consumer.bootstrap import (
+    _Priority,
+    build,
+    concurrency_limiter,
+    freeze_startup_heap,
+    hold_while_closed,
+)
+from consumer.domain.button_wire import create_request
+from consumer.engine.concurrency import PauseGate
 from consumer.errors import ConfigError
 from consumer.settings import Settings
 
@@ -52,6 +63,55 @@ def test_requests_are_ready_beyond_the_limit_only_for_a_transport_that_caps_them
     limiter = concurrency_limiter(settings.delivery, build(settings, CollectorRegistry()).button)
 
     assert (limiter.limit, limiter.capacity) == (8, capacity)
+
+
+class CappingTransport:
+    """A transport that says it caps its requests, and keeps what it is asked to do."""
+
+    def __init__(self) -> None:
+        self.holds: list[bool] = []
+        self.sent: list[TransportRequest] = []
+
+    async def send(self, request: TransportRequest) -> TransportResponse:
+        self.sent.append(request)
+        return TransportResponse(200, {}, b'{"meta": {"status": "ok"}}')
+
+    def set_concurrency(self, limit: int | None) -> bool:
+        return True
+
+    def hold(self, held: bool) -> bool:
+        self.holds.append(held)
+        return True
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_the_waiting_requests_are_held_while_either_gate_is_closed() -> None:
+    """The auth gate and the circuit breaker each hold what waits in the transport; it goes
+    again only once both are open."""
+    transport = CappingTransport()
+    gate, breaker = PauseGate(), PauseGate()
+    hold_while_closed(ButtonClient("sk-x", transport=transport), gate, breaker)
+
+    gate.close("http_401")
+    breaker.close("http_429")
+    gate.open()
+    breaker.open()
+
+    assert transport.holds == [True, True, True, False]
+
+
+def test_an_operators_test_event_is_sent_with_priority() -> None:
+    """``POST /test-event`` with send goes out at once, ahead of the requests waiting in the
+    transport and whatever holds them (the gates may be closed: that is when one tests)."""
+    transport = CappingTransport()
+    tester = _Priority(ButtonClient("sk-x", transport=transport))
+
+    outcome = asyncio.run(tester.send(create_request("ORD-1", {"order_id": "ORD-1"})))
+
+    assert outcome.ok
+    assert [request.priority for request in transport.sent] == [True]
 
 
 def test_the_startup_heap_is_frozen_and_later_objects_are_still_collected() -> None:

@@ -40,7 +40,7 @@ from consumer.adapters.http_transport import (
     TransportTimeoutError,
 )
 from consumer.domain.button import Action, ButtonRequest
-from consumer.domain.button_wire import order_path
+from consumer.domain.button_wire import create_request, order_path
 from consumer.domain.outcomes import OutcomeKind
 from consumer.settings import ButtonSettings, HttpClient
 
@@ -434,10 +434,32 @@ def test_the_wait_for_a_transport_slot_is_reported_apart_from_elapsed(
 
 
 def test_the_concurrency_cap_is_the_transports_to_take() -> None:
-    """``set_concurrency`` asks the transport; one that cannot cap (a mock, aiohttp) says no."""
-    assert ButtonClient(KEY, transport=MockTransport(Recorder())).set_concurrency(8) is False
-    assert ButtonClient(KEY, http_client="aiohttp").set_concurrency(8) is False
-    assert ButtonClient(KEY, http_client="curl").set_concurrency(8) is True
+    """``set_concurrency`` and ``hold`` ask the transport; one that cannot cap (a mock,
+    aiohttp) says no."""
+    for client in (
+        ButtonClient(KEY, transport=MockTransport(Recorder())),
+        ButtonClient(KEY, http_client="aiohttp"),
+    ):
+        assert (client.set_concurrency(8), client.hold(True)) == (False, False)
+    curl = ButtonClient(KEY, http_client="curl")
+    assert (curl.set_concurrency(8), curl.hold(True)) == (True, True)
+
+
+def test_reads_and_priority_sends_skip_the_requests_waiting_under_the_cap() -> None:
+    """A read (the gates' probe) and a send with ``priority`` (an operator's test event) are
+    marked for the transport to send at once; the pipeline's sends are not."""
+    recorder = Recorder()
+    client = client_for(recorder)
+    request = create_request("ORD-1", {"order_id": "ORD-1"})
+
+    async def scenario() -> list[bool]:
+        async with client:
+            await client.send(request)
+            await client.send(request, priority=True)
+            await client.get("ORD-1")
+        return [sent.priority for sent in recorder.requests]
+
+    assert asyncio.run(scenario()) == [False, True, True]
 
 
 def test_async_handlers_are_awaited() -> None:

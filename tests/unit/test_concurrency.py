@@ -577,3 +577,15 @@ def test_pause_gate_holds_waiters_until_opened() -> None:
         return passed
 
     assert asyncio.run(scenario()) == ["x", "y"]
+
+
+def test_a_gate_tells_its_watchers_each_time_it_closes_or_opens() -> None:
+    """Watchers hear of changes only: a second close, or an open gate opened, says nothing."""
+    gate = PauseGate()
+    heard: list[bool] = []
+    gate.watch(lambda: heard.append(gate.is_open))
+    gate.close("http_429")
+    gate.close("http_503")
+    gate.open()
+    gate.open()
+    assert heard == [False, True]
