@@ -61,9 +61,14 @@ class WorkerOptions:
 
 @dataclass(slots=True)
 class RunStats:
-    """What one run did, for the demo summary and the tests."""
+    """What one run did, for the demo summary and the tests.
+
+    ``received``: records the Kafka client handed out, ``redelivered`` among them those it handed
+    out again (at or below an offset this assignment already received) and the worker dropped.
+    """
 
     received: int = 0
+    redelivered: int = 0
     started_at: float = 0.0
     stopped_at: float = 0.0
 
@@ -335,6 +340,7 @@ class Worker:
             highest[partition] = record.offset
             kept.append(record)
         for partition, offsets in dropped.items():
+            self.stats.redelivered += len(offsets)
             self._telemetry.records_redelivered(partition, len(offsets))
             log.warning(
                 "records_redelivered",

@@ -530,8 +530,12 @@ def test_records_handed_out_again_below_the_received_position_are_dropped() -> N
             await h.source.until(lambda: len(h.held.started) == 4 or task.done())
             await h.source.passes()
             assert not task.done(), "the loop stopped on a redelivered offset"
-            expected: object = ([(0, 0), (0, 1), (0, 2), (0, 3)], [(0, 3)])
-            actual: object = (h.held.started, h.telemetry.named("records_redelivered"))
+            expected: object = ([(0, 0), (0, 1), (0, 2), (0, 3)], [(0, 3)], (7, 3))
+            actual: object = (
+                h.held.started,
+                h.telemetry.named("records_redelivered"),
+                (h.worker.stats.received, h.worker.stats.redelivered),
+            )
             assert expected == actual
             for offset in (1, 2, 3):
                 h.held.finish(0, offset)
