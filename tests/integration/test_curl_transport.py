@@ -25,6 +25,7 @@ from consumer.adapters.http_transport import (
     Timeouts,
     TransportConnectionError,
     TransportRequest,
+    TransportResponse,
 )
 from tests.integration.test_button_client import KEY, odd_server, self_signed
 
@@ -243,6 +244,15 @@ async def held_server() -> AsyncIterator[HeldServer]:
         await runner.cleanup()
 
 
+def send_each(
+    transport: CurlTransport, server: HeldServer, count: int
+) -> list[asyncio.Task[TransportResponse]]:
+    """Hand ``r0`` .. ``r<count-1>`` to ``transport`` in that order, each in a task of its own."""
+    return [
+        asyncio.create_task(transport.send(request(server.base_url, f"r{i}"))) for i in range(count)
+    ]
+
+
 def test_a_cap_holds_the_requests_beyond_it_and_starts_each_as_a_slot_frees() -> None:
     """With ``set_concurrency(2)`` and every answer held, two of five requests reach the server;
     each answer lets the next waiting one in, in the order they were sent, and the waiting ones
@@ -253,10 +263,7 @@ def test_a_cap_holds_the_requests_beyond_it_and_starts_each_as_a_slot_frees() ->
             transport = CurlTransport(timeouts=SLOW)
             try:
                 assert transport.set_concurrency(2) is True
-                sends = [
-                    asyncio.create_task(transport.send(request(server.base_url, f"r{i}")))
-                    for i in range(5)
-                ]
+                sends = send_each(transport, server, 5)
                 arrived = sorted([await server.arrival(), await server.arrival()])
                 # All five were handed over in one turn of the loop, before any arrival.
                 waiting = [len(transport._inbox)]
@@ -290,10 +297,7 @@ def test_a_lower_cap_holds_new_requests_until_fewer_run_and_a_higher_one_starts_
             transport = CurlTransport(timeouts=SLOW)
             try:
                 transport.set_concurrency(2)
-                sends = [
-                    asyncio.create_task(transport.send(request(server.base_url, f"r{i}")))
-                    for i in range(5)
-                ]
+                sends = send_each(transport, server, 5)
                 arrived = sorted([await server.arrival(), await server.arrival()])
                 transport.set_concurrency(1)
                 server.release("r0")
@@ -360,10 +364,7 @@ def test_a_hold_keeps_the_waiting_requests_while_a_priority_request_goes_at_once
             transport = CurlTransport(timeouts=SLOW)
             try:
                 transport.set_concurrency(1)
-                sends = [
-                    asyncio.create_task(transport.send(request(server.base_url, f"r{i}")))
-                    for i in range(2)
-                ]
+                sends = send_each(transport, server, 2)
                 assert await server.arrival() == "r0"
                 assert transport.hold(True) is True
                 server.release("r0")
