@@ -105,6 +105,9 @@ class _Priority:
     async def send(self, request: ButtonRequest) -> ButtonOutcome:
         return await self._button.send(request, priority=True)
 
+    async def get(self, order_id: str) -> ButtonOutcome:
+        return await self._button.get(order_id)
+
 
 def hold_while_closed(button: ButtonClient, *gates: PauseGate) -> None:
     """Hold the requests waiting in ``button``'s transport while any of ``gates`` is closed:

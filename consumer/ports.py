@@ -225,6 +225,11 @@ class ButtonPort(Protocol):
 
     async def send(self, request: ButtonRequest) -> ButtonOutcome: ...
 
+    async def get(self, order_id: str) -> ButtonOutcome:
+        """``GET /v1/order/{order_id}``: the order as Button holds it (``outcome.object``,
+        with its ``status``: ``open``, ``finalized`` or ``deleted``)."""
+        ...
+
 
 class Changelog(Protocol):
     """The compacted profile changelog.

@@ -26,6 +26,7 @@ from consumer.domain.policy import (
     decide,
     decide_error,
     decide_mapped,
+    judge_read,
 )
 from consumer.errors import (
     BrokerError,
@@ -43,6 +44,14 @@ END = "<!-- policy-table:end -->"
 
 _POLICY = RetryPolicy()
 _REQUEST = ButtonRequest(Action.CREATE, "POST", "/v1/order", "o-1")
+
+
+_NOT_FOUND = ButtonOutcome(OutcomeKind.NOT_FOUND, 404, "Order is deleted", from_button=True)
+
+
+def _read(status: str) -> ButtonOutcome:
+    """Button's answer to ``GET /v1/order/{id}`` for an order in ``status``."""
+    return ButtonOutcome(OutcomeKind.SUCCESS, 200, object={"status": status}, from_button=True)
 
 
 class _MidDraw:
@@ -109,6 +118,22 @@ ROWS: tuple[Row, ...] = (
         "Button: 404 on cancel", _button(A.CANCEL, K.NOT_FOUND, 404), "already in the wanted state"
     ),
     Row(
+        "Button: 404 on update, in Button's JSON envelope",
+        _button(A.UPDATE, K.NOT_FOUND, 404, "Order is deleted"),
+        "the order is read (`GET /v1/order/{id}`): deleted at Button (a cancel that reached "
+        "Button before a crash, replayed in front of it), or unknown to it",
+    ),
+    Row(
+        "... the order reads as deleted",
+        lambda: judge_read(_NOT_FOUND, _read("deleted")),
+        "logged: the order is deleted, nothing is left to change",
+    ),
+    Row(
+        "... anything else (unknown to Button, another status, the read failed)",
+        lambda: judge_read(_NOT_FOUND, _read("open")),
+        "the order is parked",
+    ),
+    Row(
         "Button: 403 (or a 400) on update or cancel, in Button's JSON envelope saying finalized",
         _button(A.UPDATE, K.FORBIDDEN, 403, "Order is finalized"),
         "logged: the order is finalized",
@@ -143,7 +168,7 @@ ROWS: tuple[Row, ...] = (
         "dead-lettered",
     ),
     Row(
-        "Button: 400, other 4xx, 404 on create/update, 409 on update/cancel",
+        "Button: 400, other 4xx, 404 on create or from in front of Button, 409 on update/cancel",
         _button(A.CREATE, K.INVALID, 400, "total must be an integer"),
         "the order is parked",
     ),
@@ -227,6 +252,7 @@ _VERDICTS = {
     Verdict.SEND: "send",
     Verdict.DONE: "done",
     Verdict.FOLLOW_UP: "send the follow-up",
+    Verdict.VERIFY: "read the order",
     Verdict.RETRY: "retry",
     Verdict.DEAD_LETTER: "dead letter",
     Verdict.PAUSE: "pause",

@@ -51,3 +51,10 @@ class ButtonOutcome:
     @property
     def ok(self) -> bool:
         return self.kind is OutcomeKind.SUCCESS
+
+    @property
+    def order_status(self) -> str | None:
+        """The ``status`` of the order a 2xx answer carries (``open``, ``finalized`` or
+        ``deleted``, Button's order life cycle); ``None`` when it carries none."""
+        status = (self.object or {}).get("status") if self.ok else None
+        return status if isinstance(status, str) else None

@@ -16,15 +16,20 @@ Verdicts:
 
 - ``SEND``: build nothing more; send the record's request to Button.
 - ``DONE``: the record is finished (accepted, or already in the wanted state: 409 on a create
-  without a follow-up, 404 on cancel, Button's own 403 saying "finalized" on update or cancel;
-  the last is ``noteworthy`` and should be logged; skipped on purpose; a dry run). Only
-  Button's JSON error envelope can say "finalized": a 403 page from a proxy, WAF or CDN in
-  front of Button never finishes a record.
+  without a follow-up, 404 on cancel, Button's own 403 saying "finalized" on update or cancel,
+  an update answered 404 for an order that reads as deleted; the last two are ``noteworthy``
+  and should be logged; skipped on purpose; a dry run). Only Button's JSON error envelope can
+  finish a record this way: a 403 or 404 page from a proxy, WAF or CDN in front of Button
+  never does (its 404 is a dead letter, ``http_404``).
 - ``FOLLOW_UP``: a create answered 409 that carries a follow-up (``Send.follow_up``, the update
   of the same order with the same full state): Button holds the order, perhaps in another state
   (a profile lost or expired, a revised purchase created first). Send the follow-up through the
   same path (limits, retries, gates); its answer decides the record (``order_exists_update``).
   Idempotent: the update carries the whole state, so a repeated one changes nothing.
+- ``VERIFY``: an update answered 404 in Button's envelope: the order was deleted at Button (a
+  cancel that reached Button before a crash, replayed in front of it) or Button never knew it.
+  Read the order (``GET /v1/order/{id}``); ``judge_read`` decides: ``DONE`` when it reads as
+  deleted, else the dead letter ``http_404``.
 - ``RETRY``: try again after ``delay`` seconds. For Button (429, 5xx, 408, timeouts, connection
   errors, unreadable responses) the budget is ``max_attempts`` attempts *and* ``max_elapsed``
   seconds since the first attempt; when the next retry would exceed either, the verdict becomes
@@ -34,8 +39,9 @@ Verdicts:
   An unreachable schema registry is waited for without a budget: the record itself may be fine.
   A schema id the registry answers 404 for is retried for about 30 s (a follower may not have
   replicated it yet), then dead-lettered as ``unknown_schema``.
-- ``DEAD_LETTER``: send the record to the DLQ with ``reason`` (400 and other 4xx, 404 on create or
-  update, 409 on update or cancel, decode and mapping errors, records parked behind a dead letter).
+- ``DEAD_LETTER``: send the record to the DLQ with ``reason`` (400 and other 4xx, 404 on create,
+  on an update whose order Button does not hold deleted, or from in front of Button, 409 on
+  update or cancel, decode and mapping errors, records parked behind a dead letter).
   The order is then parked (DESIGN, 5); a record that could not be decoded parks its whole key
   (``parks_key``), as its order is not known. A dead letter too large for the DLQ is replaced by a
   reference (``too_large``: the key and the headers, with the original size, no value).
@@ -91,6 +97,7 @@ class Verdict(StrEnum):
     SEND = "send"
     DONE = "done"
     FOLLOW_UP = "follow_up"
+    VERIFY = "verify"
     RETRY = "retry"
     DEAD_LETTER = "dead_letter"
     PAUSE = "pause"
@@ -206,8 +213,11 @@ def classify(  # noqa: PLR0911, PLR0912 (one table)
             return Decision(Verdict.FOLLOW_UP, ORDER_EXISTS_UPDATE)
         case OutcomeKind.CONFLICT, Action.CREATE:
             return Decision(Verdict.DONE, "order_exists", outcome=DELIVERED)
-        case OutcomeKind.NOT_FOUND, Action.CANCEL:
+        case OutcomeKind.NOT_FOUND, Action.CANCEL if outcome.from_button:
             return Decision(Verdict.DONE, "order_gone", outcome=DELIVERED)
+        case OutcomeKind.NOT_FOUND, Action.UPDATE if outcome.from_button:
+            # Deleted, or never known: only reading the order tells (``judge_read``).
+            return Decision(Verdict.VERIFY, "http_404")
         case (
             OutcomeKind.FORBIDDEN | OutcomeKind.INVALID | OutcomeKind.CLIENT_ERROR,
             Action.UPDATE | Action.CANCEL,
@@ -295,6 +305,34 @@ def decide(
             return Decision(Verdict.BREAK, BUTTON_UNAVAILABLE, cause=decision.cause)
     if decision.verdict is not Verdict.DEAD_LETTER:
         return decision
+    return _delivery_letter(decision, outcome)
+
+
+def judge_read(update: ButtonOutcome, read: ButtonOutcome) -> Decision:
+    """The decision for an update Button answered 404 (``VERIFY``), once the order is read.
+
+    A 404 on an update is ambiguous: Button never knew the order, or it holds the order
+    ``deleted`` (cancelled for good: update and cancel answer 404, a create 409, a read shows
+    ``status: "deleted"``; Button's order life cycle, ``open`` / ``finalized`` / ``deleted``).
+    A deleted order is final, so the update has nothing left to change: ``DONE``
+    (``order_deleted``, noteworthy). This is what a replay meets after a cancel reached Button
+    but its profile write did not survive a crash. Anything else (Button does not know the
+    order, or the read failed) is the update's dead letter, ``http_404``, as before the read.
+
+    Args:
+        update: the update's outcome, the 404 in Button's envelope.
+        read: the outcome of ``GET /v1/order/{order_id}`` sent after it.
+    """
+    status = read.order_status
+    if status == "deleted":
+        return Decision(Verdict.DONE, ORDER_DELETED, noteworthy=True, outcome=DELIVERED)
+    letter = _delivery_letter(Decision(Verdict.DEAD_LETTER, "http_404"), update)
+    seen = f"status {status}" if status else read.message or read.kind.value
+    return replace(letter, detail=f"{letter.detail} (the order read: {seen})")
+
+
+def _delivery_letter(decision: Decision, outcome: ButtonOutcome) -> Decision:
+    """``decision`` (a ``DEAD_LETTER`` of a Button answer) with its dead-letter headers."""
     detail = outcome.message or outcome.kind.value
     return replace(
         decision,
@@ -444,6 +482,9 @@ def breaker_wait(outcome: ButtonOutcome, *, interval: float, policy: RetryPolicy
         return max(interval, min(retry_after, policy.retry_after_cap))
     return interval
 
+
+ORDER_DELETED = "order_deleted"
+"""The reason of a ``DONE`` for an update answered 404 whose order reads as deleted."""
 
 ORDER_EXISTS_UPDATE = "order_exists_update"
 """The reason of a ``FOLLOW_UP``: the create was answered 409, its update is sent next."""

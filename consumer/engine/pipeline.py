@@ -44,6 +44,7 @@ from consumer.domain.policy import (
     decide,
     decide_error,
     decide_mapped,
+    judge_read,
     parks_key,
 )
 from consumer.domain.triage import InertEvent
@@ -304,8 +305,7 @@ class Pipeline:
             outcome = await self._attempt(request, attempts, ahead)
             ahead = None  # used (and released) by the first attempt
             source = (record.partition, record.offset)
-            if d.breaker.observe(outcome, source):
-                self._breaker_opened(BUTTON_UNAVAILABLE, outcome)
+            self._observe(outcome, source)
             decision = decide(
                 request.action,
                 outcome,
@@ -318,10 +318,6 @@ class Pipeline:
                 follow_up=follow_up is not None,
             )
             refused = decision.verdict is Verdict.PAUSE
-            if outcome.ok and d.gate.closed:
-                # Only a 2xx (or an accepted probe) proves the key works; no other answer does.
-                d.gate.open()
-                log.info("button_auth_recovered")
             match decision.verdict:
                 case Verdict.RETRY:
                     d.telemetry.retry_scheduled(outcome.kind.value)
@@ -355,8 +351,23 @@ class Pipeline:
                     log.info("order_exists_update", status=outcome.status)
                     then = replace(context, action=follow_up.action.value, attempts=_Attempts())
                     return await self._deliver(record, then, follow_up)
+                case Verdict.VERIFY:
+                    # An update answered 404: the order, read, tells deleted from unknown.
+                    read = await self._read(request.order_id)
+                    return await self._execute(record, judge_read(outcome, read), context)
                 case _:
                     return await self._execute(record, decision, context)
+
+    def _observe(self, outcome: ButtonOutcome, source: tuple[int, int]) -> None:
+        """Let the gates see an answer: the circuit breaker counts it towards an outage, and
+        a 2xx opens a closed auth gate (only a 2xx, or an accepted probe, proves the key works;
+        no other answer does)."""
+        d = self._d
+        if d.breaker.observe(outcome, source):
+            self._breaker_opened(BUTTON_UNAVAILABLE, outcome)
+        if outcome.ok and d.gate.closed:
+            d.gate.open()
+            log.info("button_auth_recovered")
 
     async def _wait_at_gates(self) -> tuple[float, bool]:
         """Wait while the auth gate or the circuit breaker holds requests back.
@@ -406,6 +417,19 @@ class Pipeline:
             d.limiter.limit,
             outcome.status,
         )
+        return outcome
+
+    async def _read(self, order_id: str) -> ButtonOutcome:
+        """Read an order from Button (``VERIFY``), within the rate limit; reported as a
+        ``read`` request. Sent at once, without a concurrency permit: it is rare."""
+        d = self._d
+        if d.rate is not None:
+            await d.rate.take(d.sleep)
+        outcome = await d.button.get(order_id)
+        d.telemetry.button_attempt(
+            "read", outcome.kind.value, outcome.elapsed, d.limiter.limit, outcome.status
+        )
+        log.info("order_read", status=outcome.status, order_status=outcome.order_status)
         return outcome
 
     def _breaker_opened(self, reason: str, outcome: ButtonOutcome) -> None:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pytest
 
 from consumer.adapters.avro_codec import build_decoder, build_encoder, encode_wire
@@ -442,6 +443,66 @@ def test_parked_order_is_replayed_in_order_once_the_cause_is_fixed(
     assert order_y is not None
     assert order_y["status"] == "open"
     assert [(r["method"], r["status"]) for r in order_y["history"]] == [("POST", 200)]
+
+
+# --- 4b. An order Button deleted before the profile knew ----------------------------------------
+
+
+def test_order_deleted_at_button_before_its_replay_is_not_dead_lettered(
+    kafka_bootstrap, make_topic, service_settings, start_service, sandbox
+):
+    """The situation a kill -9 leaves when a cancel reached Button but its changelog write did
+    not: Button holds the order deleted, the profile knows nothing, and the purchase, a partial
+    refund and the cancel are read again. The create is answered 409 and its update 404, the
+    refund's update 404: each reads the order, finds it deleted and is done (``order_deleted``);
+    the cancel is answered 404 (``order_gone``). Nothing is dead-lettered or parked."""
+    topic = make_topic(partitions=1, prefix="deleted")
+    settings = service_settings(topic)
+    user, x = "deleted-user", "ORD-DELETED-X"
+    purchase = _purchase(x, user, "evt-x-buy")
+    partial = CommerceEvent(
+        event_id="evt-x-partial",
+        event_type=EventType.REFUND,
+        event_time=datetime.now(UTC) - timedelta(minutes=3),
+        user_key=user,
+        platform=Platform.SERVER,
+        commerce=CommerceData(
+            action=ProductAction.REFUND, transaction_id=x, total_amount=Decimal("10.00")
+        ),
+    )
+    events = [purchase, partial, _full_refund(x, user, "evt-x-refund")]
+    # Button already holds the order, deleted: created and cancelled by an earlier run.
+    with httpx.Client(base_url=sandbox.base_url, headers=sandbox.auth_header) as button:
+        created = button.post(
+            "/v1/order",
+            json={
+                "order_id": x,
+                "total": 4250,
+                "currency": "USD",
+                "purchase_date": "2026-01-01T00:00:00Z",
+            },
+        )
+        assert created.status_code == 200, created.text
+        assert button.delete(f"/v1/order/{x}").status_code == 200
+    produce_events(settings, events, partitions=1)
+    runner = start_service(settings)
+
+    _finish_and_stop(runner, settings, 1)
+
+    assert read_all(kafka_bootstrap, settings.kafka.dlq_topic) == []
+    order_x = sandbox.order(x)
+    assert order_x is not None
+    assert order_x["status"] == "deleted"
+    assert [(r["method"], r["status"]) for r in sandbox.requests_for(x)] == [
+        ("POST", 200),
+        ("DELETE", 200),
+        ("POST", 409),  # the purchase's create
+        ("POST", 404),  # its follow-up update
+        ("GET", 200),  # the order, read: deleted
+        ("POST", 404),  # the partial refund's update
+        ("GET", 200),
+        ("DELETE", 404),  # the cancel
+    ]
 
 
 # --- 5. Volume: the outage with 20,000 events -----------------------------------------------

@@ -247,6 +247,8 @@ class FakeButton:
         self.sent: list[ButtonRequest] = []
         self.gate_closed_at_send: list[bool] = []
         self.on_send: Any = None
+        self.reads: list[ButtonOutcome] = []
+        self.read_ids: list[str] = []
 
     async def probe(self) -> ButtonOutcome:
         self.probed += 1
@@ -262,6 +264,13 @@ class FakeButton:
         self.gate_closed_at_send.append(self.gate.closed)
         self.calls.append(("button", request.action.value, request.order_id))
         return self.outcomes.pop(0)
+
+    async def get(self, order_id: str) -> ButtonOutcome:
+        if not self.reads:
+            raise AssertionError(f"unexpected read of order {order_id}")
+        self.read_ids.append(order_id)
+        self.calls.append(("read", order_id))
+        return self.reads.pop(0)
 
 
 class FakeDeadLetters:
@@ -566,6 +575,79 @@ def test_follow_up_update_refused_dead_letters_the_record() -> None:
     )
 
 
+DELETED = ButtonOutcome(
+    OutcomeKind.SUCCESS, 200, object={"order_id": ORDER, "status": "deleted"}, from_button=True
+)
+"""Button's answer to a read of an order it holds deleted (cancelled for good)."""
+
+
+def test_follow_up_update_of_a_deleted_order_reads_it_and_is_done() -> None:
+    """Create 409, its update 404: Button holds the order deleted (a cancel that reached Button
+    before a crash, replayed in front of it). The order is read, found deleted, and the record
+    is done (``order_deleted``): nothing is dead-lettered, nothing parked, one warning logged."""
+    h = Harness(processor=FakeProcessor(processed(follow_up_send()))).answer(CONFLICT, NOT_FOUND)
+    h.button.reads.append(DELETED)
+
+    with capture_logs() as logs:
+        outcomes = h.handle(record())
+
+    delivery = h.last_delivery()
+    assert (outcomes, h.button.read_ids, h.letters) == (["delivered"], [ORDER], [])
+    assert (delivery["action"], delivery["reason"], delivery["status"]) == (
+        "update",
+        "order_deleted",
+        404,
+    )
+    assert [e["reason"] for e in logs if e["event"] == "done_without_change"] == ["order_deleted"]
+    read = h.sample("button_requests_total", action="read", outcome="success", status_class="2xx")
+    assert read == 1.0
+
+
+@pytest.mark.parametrize(
+    ("read", "seen"),
+    [
+        (NOT_FOUND, "Order not found"),
+        (
+            ButtonOutcome(OutcomeKind.SUCCESS, 200, object={"status": "open"}, from_button=True),
+            "status open",
+        ),
+        (ButtonOutcome(OutcomeKind.TIMEOUT, message="timed out"), "timed out"),
+    ],
+)
+def test_update_answered_404_of_an_order_not_deleted_is_dead_lettered(read, seen) -> None:
+    """An update answered 404 whose order does not read as deleted (unknown to Button, another
+    status, or the read failed) is dead-lettered as the update's 404, the read named."""
+    h = Harness(processor=FakeProcessor(processed(Send(request(Action.UPDATE))))).answer(NOT_FOUND)
+    h.button.reads.append(read)
+
+    outcomes = h.handle(record())
+
+    letter = h.letters[0]
+    assert (outcomes, letter.reason, letter.action, letter.http_status) == (
+        ["dead_lettered"],
+        "http_404",
+        "update",
+        404,
+    )
+    assert letter.message == f"Order not found (the order read: {seen})"
+
+
+def test_a_404_page_from_in_front_of_button_reads_nothing_and_finishes_nothing() -> None:
+    """A 404 that is not Button's envelope (a proxy's or ingress's page) says nothing about
+    the order: an update or a cancel answered with it is dead-lettered, nothing read."""
+    page = ButtonOutcome(OutcomeKind.NOT_FOUND, 404, "HTTP 404", excerpt="<html>Not Found")
+    for action in (Action.UPDATE, Action.CANCEL):
+        h = Harness(processor=FakeProcessor(processed(Send(request(action))))).answer(page)
+
+        outcomes = h.handle(record())
+
+        assert (outcomes, h.letters[0].reason, h.button.read_ids) == (
+            ["dead_lettered"],
+            "http_404",
+            [],
+        )
+
+
 def test_created_order_sends_no_follow_up() -> None:
     """A create answered 200 is done: the follow-up is sent only after a 409."""
     h = Harness(processor=FakeProcessor(processed(follow_up_send()))).answer(OK)
@@ -578,7 +660,7 @@ def test_created_order_sends_no_follow_up() -> None:
 @pytest.mark.parametrize(
     ("action", "answer", "reason"),
     [
-        (Action.CANCEL, ButtonOutcome(OutcomeKind.NOT_FOUND, 404, "Order not found"), "order_gone"),
+        (Action.CANCEL, NOT_FOUND, "order_gone"),
         (
             Action.UPDATE,
             ButtonOutcome(OutcomeKind.FORBIDDEN, 403, "Order is finalized", from_button=True),
@@ -1606,6 +1688,9 @@ class HeldButton:
         await self.answer.wait()
         self.in_flight -= 1
         return OK
+
+    async def get(self, order_id: str) -> ButtonOutcome:
+        raise AssertionError(f"unexpected read of order {order_id}")
 
 
 def test_records_are_mapped_only_as_concurrency_permits_free_up() -> None:

@@ -26,6 +26,7 @@ from consumer.domain.policy import (
     decide_error,
     decide_mapped,
     judge_probe,
+    judge_read,
 )
 from consumer.errors import (
     BrokerError,
@@ -71,7 +72,11 @@ TABLE = [
     (A.CANCEL, outcome(K.SUCCESS, 200), DONE, "ok"),
     (A.CREATE, outcome(K.CONFLICT, 409), DONE, "order_exists"),
     (A.UPDATE, outcome(K.CONFLICT, 409), DEAD, "http_409"),
-    (A.CANCEL, outcome(K.NOT_FOUND, 404), DONE, "order_gone"),
+    (A.CANCEL, outcome(K.NOT_FOUND, 404, button=True), DONE, "order_gone"),
+    (A.UPDATE, outcome(K.NOT_FOUND, 404, button=True), Verdict.VERIFY, "http_404"),
+    (A.CREATE, outcome(K.NOT_FOUND, 404, button=True), DEAD, "http_404"),
+    # A 404 page from in front of Button says nothing about the order: never done, never read.
+    (A.CANCEL, outcome(K.NOT_FOUND, 404), DEAD, "http_404"),
     (A.UPDATE, outcome(K.NOT_FOUND, 404), DEAD, "http_404"),
     (A.CREATE, outcome(K.NOT_FOUND, 404), DEAD, "http_404"),
     (
@@ -514,3 +519,46 @@ def test_breaker_wait_after_a_probe() -> None:
         breaker_wait(outcome(K.RATE_LIMITED, 429, retry_after=600.0), interval=5.0, policy=policy),
     ]
     assert waits == [None, None, 5.0, 30.0]
+
+
+UPDATE_404 = outcome(K.NOT_FOUND, 404, "Order is deleted: O-1", button=True)
+
+
+def read(status: str) -> ButtonOutcome:
+    """Button's answer to ``GET /v1/order/{id}`` for an order in ``status``."""
+    return ButtonOutcome(K.SUCCESS, 200, object={"status": status}, from_button=True)
+
+
+def test_an_update_answered_404_of_a_deleted_order_is_done() -> None:
+    """Button holds the order deleted (final): the update has nothing left to change."""
+    decision = judge_read(UPDATE_404, read("deleted"))
+
+    assert (decision.verdict, decision.reason, decision.noteworthy, decision.outcome) == (
+        DONE,
+        "order_deleted",
+        True,
+        "delivered",
+    )
+
+
+@pytest.mark.parametrize(
+    ("answer", "seen"),
+    [
+        (outcome(K.NOT_FOUND, 404, "Order not found: O-1", button=True), "Order not found: O-1"),
+        (read("open"), "status open"),
+        (read("finalized"), "status finalized"),
+        (outcome(K.SERVER_ERROR, 503), "server_error"),
+        (ButtonOutcome(K.SUCCESS, 200, object={"status": 3}, from_button=True), "success"),
+    ],
+)
+def test_an_update_answered_404_of_an_order_not_deleted_is_its_dead_letter(answer, seen) -> None:
+    """Unknown to Button, in another status, or not read at all: the update's 404 stands, and
+    the dead letter says what the read found."""
+    decision = judge_read(UPDATE_404, answer)
+
+    assert (decision.verdict, decision.reason, decision.error_class, decision.detail) == (
+        DEAD,
+        "http_404",
+        "ButtonNotFound",
+        f"Order is deleted: O-1 (the order read: {seen})",
+    )

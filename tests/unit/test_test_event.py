@@ -43,6 +43,9 @@ class FakeButton:
         self.sent.append(request)
         return ButtonOutcome(OutcomeKind.SUCCESS, status=200, object={"order_id": "O-1"})
 
+    async def get(self, order_id: str) -> ButtonOutcome:
+        raise AssertionError(f"the test event reads no order ({order_id})")
+
 
 def post(
     body: str,
