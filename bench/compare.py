@@ -13,7 +13,9 @@ dependencies installed in its own virtualenv: ``.@/tmp/py313/bin/python`` is the
 that Python.
 Prints each run and the medians: orders (or events) per second to every offset committed and to
 the last order at the sandbox (finer: the first moves in steps of the service's one-second
-commit interval), and CPU seconds per 1,000.
+commit interval), and CPU seconds per 1,000. With ``--latency-rate R``, each round also runs
+each candidate at a steady R purchases/s for ``--latency-seconds`` and prints its event-to-Button
+latency (p50 and p99, milliseconds), as ``make bench`` measures it.
 """
 
 from __future__ import annotations
@@ -59,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-p50-ms", type=float, default=20.0)
     parser.add_argument("--latency-p99-ms", type=float, default=120.0)
     parser.add_argument("--run-timeout", type=float, default=900.0, help="bound of one run")
+    parser.add_argument(
+        "--latency-rate", type=float, default=0.0, help="purchases/s of a latency run (0: none)"
+    )
+    parser.add_argument("--latency-seconds", type=float, default=10.0)
     args = parser.parse_args(argv)
     work = suite.ROOT / ".cache" / "bench-compare"
     work.mkdir(parents=True, exist_ok=True)
@@ -79,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         runs: dict[tuple[str, str], list[dict[str, Any]]] = {
             (path, c): [] for path in loads for c in args.candidates
         }
+        latencies: dict[str, list[dict[str, Any]]] = {c: [] for c in args.candidates}
         for r in range(args.rounds):
             shift = r % len(args.candidates)
             order = args.candidates[shift:] + args.candidates[:shift]
@@ -87,9 +94,29 @@ def main(argv: list[str] | None = None) -> int:
                     result = _run(bench, loaded, candidate)
                     runs[(path, candidate)].append(result)
                     bench.say(f"round {r + 1} {path} {candidate}: {_summary([result])}")
+            for candidate in order if args.latency_rate else ():
+                latency = _latency(bench, candidate, args.latency_rate, args.latency_seconds)
+                latencies[candidate].append(latency)
+                bench.say(f"round {r + 1} latency {candidate}: {_latency_summary([latency])}")
         for (path, candidate), results in runs.items():
             bench.say(f"median {path} {candidate}: {_summary(results)}")
+        for candidate, results in latencies.items():
+            if results:
+                bench.say(f"median latency {candidate}: {_latency_summary(results)}")
     return 0
+
+
+def _latency(bench: suite.Bench, candidate: str, rate: float, seconds: float) -> dict[str, Any]:
+    path, settings, python = _candidate(candidate)
+    if python is not None:
+        raise SystemExit("--latency-rate runs this virtualenv's service only (no @PYTHON)")
+    return suite.run_latency(bench, rate, seconds, PYTHONPATH=path, **settings)
+
+
+def _latency_summary(results: list[dict[str, Any]]) -> str:
+    p50 = statistics.median(r["p50_ms"] for r in results)
+    p99 = statistics.median(r["p99_ms"] for r in results)
+    return f"event to Button p50 {p50:.0f} ms, p99 {p99:.0f} ms at {results[0]['rate_per_s']:g}/s"
 
 
 def _summary(results: list[dict[str, Any]]) -> str:

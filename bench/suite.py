@@ -326,10 +326,13 @@ def _iso_seconds(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def run_latency(bench: Bench, rate_per_s: float, seconds: float) -> dict[str, Any]:
+def run_latency(
+    bench: Bench, rate_per_s: float, seconds: float, **env_extra: str
+) -> dict[str, Any]:
     """Event-to-Button latency at a steady ``rate_per_s``: purchases produced, paced, to a
     running service; each one's latency is the sandbox's time of its answered create minus the
-    wall-clock time it was produced (same machine, same clock)."""
+    wall-clock time it was produced (same machine, same clock). ``env_extra``: more environment
+    for the service (``PYTHONPATH`` of a checkout, settings)."""
     tag = f"lat{uuid.uuid4().hex[:6]}"
     group = f"bench-{tag}"
     topic = f"bench-{tag}-in"
@@ -338,7 +341,7 @@ def run_latency(bench: Bench, rate_per_s: float, seconds: float) -> dict[str, An
         bench.bootstrap, topic, workload.forward_events(f"w{tag}", 1, datetime.now(UTC)), partitions
     )
     bench.sandbox.reset()
-    env = service_env(bench, topic, group)
+    env = service_env(bench, topic, group, **env_extra)
     cmd = [str(Path(sys.executable).with_name("button-consumer")), "run"]
     total = max(int(rate_per_s * seconds), 1)
     produced_at: dict[str, float] = {}
