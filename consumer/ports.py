@@ -135,7 +135,8 @@ class Source(Protocol):
         ...
 
     async def poll(self, max_records: int, wait: float) -> list[Record]:
-        """Up to ``max_records`` records, waiting at most ``wait`` seconds for the first."""
+        """Up to ``max_records`` records: those ready, at once; only when none is ready, the
+        first to arrive within ``wait`` seconds (and what came with it), else none."""
         ...
 
     async def store(self, offsets: dict[int, int]) -> None: ...

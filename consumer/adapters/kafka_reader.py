@@ -17,7 +17,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from consumer.adapters.kafka import to_record
+from consumer.adapters.kafka import consume_ready, to_record
 from consumer.errors import BrokerError
 from consumer.ports import Record
 
@@ -153,7 +153,7 @@ class PartitionReader:
         while pending:
             if deadline is not None and time.monotonic() > deadline:
                 raise BrokerError(f"reading {self.topic} partitions {sorted(pending)} timed out")
-            for message in self._consumer.consume(num_messages=500, timeout=0.5):
+            for message in consume_ready(self._consumer, 500, 0.5):
                 if self._is_event(message, pending):
                     continue
                 partition = message.partition() or 0
@@ -199,7 +199,7 @@ class PartitionReader:
                 )
                 if not pending:
                     return
-            messages = self._consumer.consume(num_messages=batch, timeout=0.5)
+            messages = consume_ready(self._consumer, batch, 0.5)
             if not messages:
                 if time.monotonic() - progress > stall:
                     raise BrokerError(
