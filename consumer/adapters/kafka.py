@@ -120,7 +120,7 @@ def consume_ready(consumer: Consumer, max_messages: int, timeout: float) -> list
     waited on, for its first message, then topped up with what came with it.
     """
     messages = consumer.consume(num_messages=max_messages, timeout=0)
-    if messages or timeout <= 0:
+    if messages:
         return messages
     messages = consumer.consume(num_messages=1, timeout=timeout)
     if messages and max_messages > 1:
