@@ -323,10 +323,18 @@ class Telemetry(Protocol):
         ...
 
     def button_attempt(
-        self, action: str, outcome: str, seconds: float, limit: int, status: int | None = None
+        self,
+        action: str,
+        outcome: str,
+        seconds: float,
+        limit: int,
+        status: int | None = None,
+        *,
+        from_button: bool = False,
     ) -> None:
         """One request to Button ended in ``outcome`` with HTTP ``status`` (``None``: no
-        answer); ``limit`` is the concurrency limit now."""
+        answer); ``limit`` is the concurrency limit now; ``from_button``: the body was Button's
+        own JSON envelope (not a page of something in front of it)."""
         ...
 
     def retry_scheduled(self, outcome: str) -> None: ...

@@ -362,7 +362,14 @@ class RecordingTelemetry:
         self._record("writer_schema_missing_field", field)
 
     def button_attempt(
-        self, action: str, outcome: str, seconds: float, limit: int, status: int | None = None
+        self,
+        action: str,
+        outcome: str,
+        seconds: float,
+        limit: int,
+        status: int | None = None,
+        *,
+        from_button: bool = False,
     ) -> None:
         self._record("button_attempt", action, outcome, seconds, limit, status)
 

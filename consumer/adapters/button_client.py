@@ -439,7 +439,9 @@ class ButtonClient:
     async def get(self, order_id: str) -> ButtonOutcome:
         """``GET /v1/order/{order_id}``: the order as Button holds it (in ``outcome.object``).
 
-        Sent with priority (``send``): the gates probe with it while they hold everything else.
+        Sent with priority (``send``): the gates probe with it while they hold everything else,
+        and the pipeline reads an order after an update's 404 with it (after waiting at the
+        gates itself), without a concurrency permit.
         """
         # Not a ButtonRequest: reading an order is not something the mapper ever decides.
         return await self._call("GET", order_path(order_id), None, True)

@@ -144,8 +144,8 @@ class Metrics:
             ),
             button_last_success=gauge(
                 "button_last_success_timestamp_seconds",
-                "Unix time of the last request Button answered as expected (2xx, or 409 on a "
-                "create, 404 on a cancel); 0 before the first.",
+                "Unix time of the last request Button answered as expected (a 2xx, or a 409 or "
+                "404 in Button's own JSON envelope); 0 before the first.",
             ),
             retries=counter(
                 "retries", "Attempts scheduled again, by outcome that caused them.", ("outcome",)

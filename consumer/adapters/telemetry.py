@@ -32,7 +32,8 @@ SUCCESSES = frozenset({"delivered", "skipped", "dry_run"})
 """Outcomes whose summary lines are sampled (``LOG_SUCCESS_SAMPLE_RATE``); the others always log."""
 
 _ANSWERED = frozenset({"success", "conflict", "not_found"})
-"""Button outcomes that show Button working: 2xx, and 409/404 that the policy counts as done."""
+"""Button outcomes that show Button working: a 2xx, and a 409 or 404 in Button's own JSON
+envelope (a 404 page of a proxy or an ingress in front of Button shows nothing of the kind)."""
 
 _LABEL = re.compile(r"[A-Za-z0-9_]{1,48}")
 
@@ -166,12 +167,19 @@ class ServiceTelemetry:
         self.metrics.writer_schema_missing_fields.labels(_label(field)).inc()
 
     def button_attempt(
-        self, action: str, outcome: str, seconds: float, limit: int, status: int | None = None
+        self,
+        action: str,
+        outcome: str,
+        seconds: float,
+        limit: int,
+        status: int | None = None,
+        *,
+        from_button: bool = False,
     ) -> None:
         self._child(self.metrics.button_requests, action, outcome, status_class(status)).inc()
         self._child(self.metrics.button_latency, action).observe(seconds)
         self.metrics.concurrency_limit.set(limit)
-        if outcome in _ANSWERED:
+        if outcome == "success" or (outcome in _ANSWERED and from_button):
             self.metrics.button_last_success.set(self._wall_clock())
 
     def retry_scheduled(self, outcome: str) -> None:

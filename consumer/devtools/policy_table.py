@@ -54,6 +54,12 @@ def _read(status: str) -> ButtonOutcome:
     return ButtonOutcome(OutcomeKind.SUCCESS, 200, object={"status": status}, from_button=True)
 
 
+def _judge_read(read: ButtonOutcome) -> Callable[[], Decision]:
+    return lambda: judge_read(
+        _NOT_FOUND, read, attempt=1, elapsed=0.0, policy=_POLICY, rng=_MidDraw()
+    )
+
+
 class _MidDraw:
     def random(self) -> float:
         return 0.5
@@ -125,13 +131,19 @@ ROWS: tuple[Row, ...] = (
     ),
     Row(
         "... the order reads as deleted",
-        lambda: judge_read(_NOT_FOUND, _read("deleted")),
+        _judge_read(_read("deleted")),
         "logged: the order is deleted, nothing is left to change",
     ),
     Row(
-        "... anything else (unknown to Button, another status, the read failed)",
-        lambda: judge_read(_NOT_FOUND, _read("open")),
-        "the order is parked",
+        "... Button answers otherwise (it does not know the order, or holds it in another status)",
+        _judge_read(_read("open")),
+        "the order is parked; the dead letter's message says what the read found",
+    ),
+    Row(
+        "... the read fails or is refused (timeout, 5xx, 429, 401...)",
+        _judge_read(ButtonOutcome(OutcomeKind.SERVER_ERROR, 503)),
+        "decided as a failed attempt of the update (retry within the budget, pause, breaker); "
+        "the next attempt sends the update again and reads again",
     ),
     Row(
         "Button: 403 (or a 400) on update or cancel, in Button's JSON envelope saying finalized",

@@ -28,8 +28,9 @@ Verdicts:
   Idempotent: the update carries the whole state, so a repeated one changes nothing.
 - ``VERIFY``: an update answered 404 in Button's envelope: the order was deleted at Button (a
   cancel that reached Button before a crash, replayed in front of it) or Button never knew it.
-  Read the order (``GET /v1/order/{id}``); ``judge_read`` decides: ``DONE`` when it reads as
-  deleted, else the dead letter ``http_404``.
+  Read the order (``GET /v1/order/{id}``, after the same gates); ``judge_read`` decides:
+  ``DONE`` when it reads as deleted, the dead letter ``http_404`` when Button answers otherwise,
+  and for a read that fails, what a failed attempt of the update gets (retry, pause, breaker).
 - ``RETRY``: try again after ``delay`` seconds. For Button (429, 5xx, 408, timeouts, connection
   errors, unreadable responses) the budget is ``max_attempts`` attempts *and* ``max_elapsed``
   seconds since the first attempt; when the next retry would exceed either, the verdict becomes
@@ -308,7 +309,17 @@ def decide(
     return _delivery_letter(decision, outcome)
 
 
-def judge_read(update: ButtonOutcome, read: ButtonOutcome) -> Decision:
+def judge_read(
+    update: ButtonOutcome,
+    read: ButtonOutcome,
+    *,
+    attempt: int,
+    elapsed: float,
+    policy: RetryPolicy,
+    rng: RandomSource,
+    key_accepted: bool = False,
+    outage: bool = False,
+) -> Decision:
     """The decision for an update Button answered 404 (``VERIFY``), once the order is read.
 
     A 404 on an update is ambiguous: Button never knew the order, or it holds the order
@@ -316,19 +327,38 @@ def judge_read(update: ButtonOutcome, read: ButtonOutcome) -> Decision:
     ``status: "deleted"``; Button's order life cycle, ``open`` / ``finalized`` / ``deleted``).
     A deleted order is final, so the update has nothing left to change: ``DONE``
     (``order_deleted``, noteworthy). This is what a replay meets after a cancel reached Button
-    but its profile write did not survive a crash. Anything else (Button does not know the
-    order, or the read failed) is the update's dead letter, ``http_404``, as before the read.
+    but its profile write did not survive a crash. When Button answers otherwise (it does not
+    know the order, or holds it in another status), the update's 404 stands: its dead letter,
+    ``http_404``, as before the read, the read's answer in its message.
+
+    A read that fails or is refused (a timeout, 5xx, 429, 401...) tells nothing: it is decided
+    as a failed attempt of the update would be (``decide``: retried within the budget, a pause,
+    the circuit breaker), and the next attempt sends the update again (a full state: harmless)
+    and reads again.
 
     Args:
         update: the update's outcome, the 404 in Button's envelope.
         read: the outcome of ``GET /v1/order/{order_id}`` sent after it.
+        attempt, elapsed, policy, rng, key_accepted, outage: the update's budget and state,
+            as for ``decide``.
     """
     status = read.order_status
     if status == "deleted":
         return Decision(Verdict.DONE, ORDER_DELETED, noteworthy=True, outcome=DELIVERED)
-    letter = _delivery_letter(Decision(Verdict.DEAD_LETTER, "http_404"), update)
-    seen = f"status {status}" if status else read.message or read.kind.value
-    return replace(letter, detail=f"{letter.detail} (the order read: {seen})")
+    if read.ok or (read.from_button and read.kind is OutcomeKind.NOT_FOUND):
+        letter = _delivery_letter(Decision(Verdict.DEAD_LETTER, "http_404"), update)
+        seen = f"status {status}" if status else read.message or read.kind.value
+        return replace(letter, detail=f"{letter.detail} (the order read: {seen})")
+    return decide(
+        Action.UPDATE,
+        read,
+        attempt=attempt,
+        elapsed=elapsed,
+        policy=policy,
+        rng=rng,
+        key_accepted=key_accepted,
+        outage=outage,
+    )
 
 
 def _delivery_letter(decision: Decision, outcome: ButtonOutcome) -> Decision:

@@ -306,17 +306,21 @@ class Pipeline:
             ahead = None  # used (and released) by the first attempt
             source = (record.partition, record.offset)
             self._observe(outcome, source)
+            budget = _Budget(attempts.count, started + paused_for, key_accepted, source)
             decision = decide(
                 request.action,
                 outcome,
-                attempt=attempts.count,
-                elapsed=d.monotonic() - started - paused_for,
+                attempt=budget.attempt,
+                elapsed=d.monotonic() - budget.since,
                 policy=d.retry,
                 rng=d.rng,
                 key_accepted=key_accepted,
                 outage=d.breaker.failing(source),
                 follow_up=follow_up is not None,
             )
+            if decision.verdict is Verdict.VERIFY:
+                outcome, decision, waited = await self._verify(request, outcome, budget)
+                paused_for += waited
             refused = decision.verdict is Verdict.PAUSE
             match decision.verdict:
                 case Verdict.RETRY:
@@ -351,10 +355,6 @@ class Pipeline:
                     log.info("order_exists_update", status=outcome.status)
                     then = replace(context, action=follow_up.action.value, attempts=_Attempts())
                     return await self._deliver(record, then, follow_up)
-                case Verdict.VERIFY:
-                    # An update answered 404: the order, read, tells deleted from unknown.
-                    read = await self._read(request.order_id)
-                    return await self._execute(record, judge_read(outcome, read), context)
                 case _:
                     return await self._execute(record, decision, context)
 
@@ -416,8 +416,31 @@ class Pipeline:
             outcome.elapsed,
             d.limiter.limit,
             outcome.status,
+            from_button=outcome.from_button,
         )
         return outcome
+
+    async def _verify(
+        self, request: ButtonRequest, update: ButtonOutcome, budget: _Budget
+    ) -> tuple[ButtonOutcome, Decision, float]:
+        """An update answered 404 (``VERIFY``): read its order, after the gates, and decide
+        (``judge_read``). Returns the read's outcome (what a retry, a pause or the breaker
+        is then about), the decision, and the seconds waited at the gates."""
+        d = self._d
+        waited, _ = await self._wait_at_gates()
+        read = await self._read(request.order_id)
+        self._observe(read, budget.source)
+        decision = judge_read(
+            update,
+            read,
+            attempt=budget.attempt,
+            elapsed=d.monotonic() - budget.since - waited,
+            policy=d.retry,
+            rng=d.rng,
+            key_accepted=budget.key_accepted,
+            outage=d.breaker.failing(budget.source),
+        )
+        return read, decision, waited
 
     async def _read(self, order_id: str) -> ButtonOutcome:
         """Read an order from Button (``VERIFY``), within the rate limit; reported as a
@@ -427,7 +450,12 @@ class Pipeline:
             await d.rate.take(d.sleep)
         outcome = await d.button.get(order_id)
         d.telemetry.button_attempt(
-            "read", outcome.kind.value, outcome.elapsed, d.limiter.limit, outcome.status
+            "read",
+            outcome.kind.value,
+            outcome.elapsed,
+            d.limiter.limit,
+            outcome.status,
+            from_button=outcome.from_button,
         )
         log.info("order_read", status=outcome.status, order_status=outcome.order_status)
         return outcome
@@ -584,6 +612,18 @@ class Pipeline:
                 event_type=context.event_type,
             )
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Budget:
+    """Where a record's delivery stands after an attempt, for the policy's decision."""
+
+    attempt: int
+    since: float
+    """Monotonic seconds the elapsed budget counts from (the start, moved by paused time)."""
+    key_accepted: bool
+    source: tuple[int, int]
+    """The record's (partition, offset), for the circuit breaker."""
 
 
 @dataclass(slots=True)

@@ -611,12 +611,11 @@ def test_follow_up_update_of_a_deleted_order_reads_it_and_is_done() -> None:
             ButtonOutcome(OutcomeKind.SUCCESS, 200, object={"status": "open"}, from_button=True),
             "status open",
         ),
-        (ButtonOutcome(OutcomeKind.TIMEOUT, message="timed out"), "timed out"),
     ],
 )
 def test_update_answered_404_of_an_order_not_deleted_is_dead_lettered(read, seen) -> None:
-    """An update answered 404 whose order does not read as deleted (unknown to Button, another
-    status, or the read failed) is dead-lettered as the update's 404, the read named."""
+    """An update answered 404 whose order Button does not hold deleted (unknown to it, or in
+    another status) is dead-lettered as the update's 404, what the read found named."""
     h = Harness(processor=FakeProcessor(processed(Send(request(Action.UPDATE))))).answer(NOT_FOUND)
     h.button.reads.append(read)
 
@@ -630,6 +629,71 @@ def test_update_answered_404_of_an_order_not_deleted_is_dead_lettered(read, seen
         404,
     )
     assert letter.message == f"Order not found (the order read: {seen})"
+
+
+def test_a_read_that_fails_is_retried_with_the_update_within_its_budget() -> None:
+    """A read that times out tells nothing about the order: it is retried like a failed
+    attempt of the update (one backoff), which is sent again and its order read again."""
+    h = Harness(processor=FakeProcessor(processed(Send(request(Action.UPDATE))))).answer(
+        NOT_FOUND, NOT_FOUND
+    )
+    h.button.reads.extend([TIMEOUT, DELETED])
+
+    outcomes = h.handle(record())
+
+    assert (outcomes, h.last_delivery()["reason"], len(h.clock.sleeps), h.letters) == (
+        ["delivered"],
+        "order_deleted",
+        1,
+        [],
+    )
+    assert [c for c in h.calls if c[0] in ("button", "read")] == [
+        ("button", "update", ORDER),
+        ("read", ORDER),
+        ("button", "update", ORDER),
+        ("read", ORDER),
+    ]
+
+
+def test_a_read_refused_closes_the_auth_gate_and_nothing_is_dead_lettered() -> None:
+    """A read answered 401 is the key's refusal, as for any request: the auth gate closes (a
+    probe decides when it opens), then the update is sent again and its order read again."""
+    h = Harness(processor=FakeProcessor(processed(Send(request(Action.UPDATE))))).answer(
+        NOT_FOUND, NOT_FOUND
+    )
+    h.button.reads.extend([UNAUTHORIZED, DELETED])
+
+    outcomes = h.handle(record())
+
+    assert (outcomes, h.last_delivery()["reason"], h.letters) == (
+        ["delivered"],
+        "order_deleted",
+        [],
+    )
+    assert [c for c in h.calls if c[0] in ("button", "read", "probe")] == [
+        ("button", "update", ORDER),
+        ("read", ORDER),
+        ("probe",),
+        ("button", "update", ORDER),
+        ("read", ORDER),
+    ]
+
+
+def test_the_read_waits_while_the_auth_gate_is_closed() -> None:
+    """The gate closes while the update is out (another record's 401): the read is sent only
+    once a probe has opened it again, like any request."""
+    h = Harness(processor=FakeProcessor(processed(Send(request(Action.UPDATE))))).answer(NOT_FOUND)
+    h.button.reads.append(DELETED)
+    h.button.on_send = h.gate.close
+
+    outcomes = h.handle(record())
+
+    assert outcomes == ["delivered"]
+    assert [c for c in h.calls if c[0] in ("button", "read", "probe")] == [
+        ("button", "update", ORDER),
+        ("probe",),
+        ("read", ORDER),
+    ]
 
 
 def test_a_404_page_from_in_front_of_button_reads_nothing_and_finishes_nothing() -> None:

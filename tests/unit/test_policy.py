@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -529,9 +530,15 @@ def read(status: str) -> ButtonOutcome:
     return ButtonOutcome(K.SUCCESS, 200, object={"status": status}, from_button=True)
 
 
+def judged(read: ButtonOutcome, **state: Any) -> Decision:
+    """``judge_read`` of an update's 404 and ``read``, first attempt, nothing elapsed."""
+    budget: dict[str, Any] = {"attempt": 1, "elapsed": 0.0} | state
+    return judge_read(UPDATE_404, read, policy=RetryPolicy(), rng=FixedRandom(), **budget)
+
+
 def test_an_update_answered_404_of_a_deleted_order_is_done() -> None:
     """Button holds the order deleted (final): the update has nothing left to change."""
-    decision = judge_read(UPDATE_404, read("deleted"))
+    decision = judged(read("deleted"))
 
     assert (decision.verdict, decision.reason, decision.noteworthy, decision.outcome) == (
         DONE,
@@ -547,14 +554,13 @@ def test_an_update_answered_404_of_a_deleted_order_is_done() -> None:
         (outcome(K.NOT_FOUND, 404, "Order not found: O-1", button=True), "Order not found: O-1"),
         (read("open"), "status open"),
         (read("finalized"), "status finalized"),
-        (outcome(K.SERVER_ERROR, 503), "server_error"),
         (ButtonOutcome(K.SUCCESS, 200, object={"status": 3}, from_button=True), "success"),
     ],
 )
 def test_an_update_answered_404_of_an_order_not_deleted_is_its_dead_letter(answer, seen) -> None:
-    """Unknown to Button, in another status, or not read at all: the update's 404 stands, and
-    the dead letter says what the read found."""
-    decision = judge_read(UPDATE_404, answer)
+    """Button answers that it does not know the order, or holds it in another status: the
+    update's 404 stands, and the dead letter says what the read found."""
+    decision = judged(answer)
 
     assert (decision.verdict, decision.reason, decision.error_class, decision.detail) == (
         DEAD,
@@ -562,3 +568,24 @@ def test_an_update_answered_404_of_an_order_not_deleted_is_its_dead_letter(answe
         "ButtonNotFound",
         f"Order is deleted: O-1 (the order read: {seen})",
     )
+
+
+@pytest.mark.parametrize(
+    ("answer", "state", "expected"),
+    [
+        (outcome(K.SERVER_ERROR, 503), {}, (RETRY, "http_503")),
+        (outcome(K.TIMEOUT), {}, (RETRY, "timeout")),
+        (outcome(K.UNAUTHORIZED, 401, button=True), {}, (PAUSE, "http_401")),
+        (outcome(K.RATE_LIMITED, 429, retry_after=30.0), {}, (BREAK, "http_429")),
+        (outcome(K.NOT_FOUND, 404), {}, (DEAD, "http_404")),  # a proxy's page
+        (outcome(K.SERVER_ERROR, 503), {"attempt": 8}, (DEAD, "retries_exhausted")),
+    ],
+)
+def test_a_read_that_fails_is_decided_as_a_failed_attempt_of_the_update(
+    answer, state, expected
+) -> None:
+    """A read that fails or is refused tells nothing about the order: the update's own policy
+    applies to it (retry within the same budget, pause on a refused key, the breaker)."""
+    decision = judged(answer, **state)
+
+    assert (decision.verdict, decision.reason) == expected

@@ -82,6 +82,18 @@ def test_finished_outcomes_and_pause_reasons_exist_from_the_start() -> None:
     assert sample(t, "paused", reason="breaker") == 0.0
 
 
+def test_only_buttons_own_404_shows_button_working() -> None:
+    """A 404 page of a proxy or an ingress in front of Button leaves the last-success time
+    alone; Button's own 404 (its JSON envelope) stamps it."""
+    t = telemetry(now=1234.0)
+    t.button_attempt("cancel", "not_found", 0.1, 4, 404)
+    assert sample(t, "button_last_success_timestamp_seconds") == 0.0
+
+    t.button_attempt("cancel", "not_found", 0.1, 4, 404, from_button=True)
+
+    assert sample(t, "button_last_success_timestamp_seconds") == 1234.0
+
+
 def test_button_attempt_counts_by_action_outcome_and_status_class() -> None:
     """A 503 counts under 5xx; a success also stamps the last-success time."""
     t = telemetry(now=1234.0)
