@@ -125,9 +125,12 @@ def test_partitions_taken_over_while_button_refuses_are_not_fetched(
             timeout=60,
             message="a member did not pause while Button refused",
         )
-        # Each member got full (one batch, over MAX_IN_FLIGHT) before it paused.
+        # Each member got full (over MAX_IN_FLIGHT) before it paused. How much it fetched
+        # before then is not bounded by the pause: until the breaker counts an outage, a
+        # member whose records drain (views finish at once) resumes and fetches again, as it
+        # should; what the test bounds is what arrives once the gate or the breaker holds.
         before = [r.metric(RECEIVED, {"topic": topic}) for r in runners]
-        assert all(received <= MAX_IN_FLIGHT + POLL_BATCH for received in before), before
+        assert all(received > MAX_IN_FLIGHT for received in before), before
         if change == "leaves":
             runners[1].stop()
             members = [first]
