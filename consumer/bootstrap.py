@@ -493,7 +493,10 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
     # commit, leaving the group, producer flush; together below the pod's grace period.
     budget = d.shutdown_budget()
     source = KafkaSource(
-        s.kafka.consumer_config(), s.kafka.topic, on_offset_reset=telemetry.offset_reset
+        s.kafka.consumer_config(),
+        s.kafka.topic,
+        on_offset_reset=telemetry.offset_reset,
+        admin_config=s.kafka.admin_config(),
     )
     source.commit_timeout = budget.commit
     source.close_timeout = budget.close

@@ -19,17 +19,20 @@ import queue
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 import structlog
 from confluent_kafka import (
     OFFSET_INVALID,
     Consumer,
+    IsolationLevel,
     KafkaError,
     KafkaException,
     Message,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._listoffsets import OffsetSpec
 
 from consumer.errors import BrokerError
 from consumer.ports import Headers, RebalanceListener, Record
@@ -46,6 +49,7 @@ _UNAUTHORIZED = frozenset(
 
 
 WAKE_TIMEOUT = 0.5
+_LATEST: Final[OffsetSpec] = OffsetSpec.latest()  # type: ignore[no-untyped-call]
 """Seconds the request that wakes the fetcher after a resume may take (``KafkaSource``)."""
 
 
@@ -212,6 +216,10 @@ class KafkaSource:
     wrapped: an offset reset by ``auto.offset.reset`` (records skipped, e.g. because the committed
     offset fell out of retention) is logged as ``kafka_offset_reset`` (topic, partition, the
     offset it was at, ``reset_to``) and reported to ``on_offset_reset(partition, reset_to)``.
+
+    ``admin_config`` (``KafkaSettings.admin_config()``) gives ``lag`` an admin client, which asks
+    the brokers for every partition's end offset in one request, away from the Kafka thread;
+    without it, ``lag`` asks the consumer, one partition after the other, on the Kafka thread.
     """
 
     def __init__(
@@ -219,8 +227,19 @@ class KafkaSource:
         config: Mapping[str, Any],
         topic: str,
         on_offset_reset: OffsetResetCallback | None = None,
+        *,
+        admin_config: Mapping[str, Any] | None = None,
     ) -> None:
         self._config = dict(config)
+        self._admin_config = None if admin_config is None else dict(admin_config)
+        self._admin: AdminClient | None = None
+        # The end the consumer reads to: the last stable offset under read_committed
+        # (librdkafka's default), the high watermark under read_uncommitted.
+        self._isolation = (
+            IsolationLevel.READ_UNCOMMITTED
+            if self._config.get("isolation.level") == "read_uncommitted"
+            else IsolationLevel.READ_COMMITTED
+        )
         self._config["logger"] = _OffsetResetWatch(
             self._config.get("logger"), topic, on_offset_reset or (lambda _p, _to: None)
         )
@@ -400,12 +419,27 @@ class KafkaSource:
                 return
 
     async def lag(self, partitions: Sequence[int]) -> dict[int, int]:
-        """High watermark minus the committed offset, per partition (cached watermarks)."""
-        return dict(await self._call(self._lag, list(partitions)))
+        """Records not committed yet, per partition: the partition's end offset now (the last
+        stable offset under read_committed) minus the group's committed offset (0 when none).
 
-    def _lag(self, partitions: list[int]) -> dict[int, int]:
-        if not partitions:
+        The end offset is asked of the brokers (ListOffsets), not taken from librdkafka's cached
+        high watermark: that one comes with fetch responses, and a paused partition is not
+        fetched, so it stays where the pause left it (measured with librdkafka 2.16: 10 while
+        the log end was 110). An auth pause or an open circuit breaker pauses every partition,
+        and back-pressure one that a retrying key holds up: their lag must grow meanwhile.
+
+        Raises:
+            BrokerError: the committed offsets or the end offsets could not be read (a
+                coordinator or broker away, a timeout).
+        """
+        parts = list(partitions)
+        if not parts:
             return {}
+        committed = await self._call(self._committed, parts)
+        ends = await self._end_offsets(parts)
+        return {p: max(end - committed.get(p, 0), 0) for p, end in ends.items()}
+
+    def _committed(self, partitions: list[int]) -> dict[int, int]:
         try:
             committed = self._c.committed(
                 [TopicPartition(self.topic, p) for p in partitions], timeout=5.0
@@ -413,14 +447,40 @@ class KafkaSource:
         except KafkaException as exc:
             # E.g. NOT_COORDINATOR or a timeout while a broker restarts: no lag this time.
             raise BrokerError(f"reading committed offsets failed: {exc}") from exc
-        lag: dict[int, int] = {}
-        for tp in committed:
-            _low, high = self._c.get_watermark_offsets(tp, cached=True)
-            if high is None or high < 0:
-                continue
-            position = tp.offset if tp.offset != OFFSET_INVALID and tp.offset >= 0 else 0
-            lag[tp.partition] = max(high - position, 0)
-        return lag
+        return {
+            tp.partition: tp.offset if tp.offset != OFFSET_INVALID and tp.offset >= 0 else 0
+            for tp in committed
+        }
+
+    async def _end_offsets(self, partitions: list[int]) -> dict[int, int]:
+        if self._admin_config is None:
+            return dict(await self._call(self._end_offsets_from_consumer, partitions))
+        if self._admin is None:
+            self._admin = AdminClient(self._admin_config)
+        try:
+            futures = self._admin.list_offsets(
+                {TopicPartition(self.topic, p): _LATEST for p in partitions},
+                isolation_level=self._isolation,
+                request_timeout=5.0,
+            )
+            results = await asyncio.wait_for(
+                asyncio.gather(*(asyncio.wrap_future(f) for f in futures.values())), 6.0
+            )
+        except (KafkaException, TimeoutError) as exc:
+            raise BrokerError(f"reading end offsets failed: {exc or 'timed out'}") from exc
+        return {tp.partition: result.offset for tp, result in zip(futures, results, strict=True)}
+
+    def _end_offsets_from_consumer(self, partitions: list[int]) -> dict[int, int]:
+        ends: dict[int, int] = {}
+        try:
+            for p in partitions:
+                _low, high = self._c.get_watermark_offsets(
+                    TopicPartition(self.topic, p), timeout=5.0, cached=False
+                )
+                ends[p] = high
+        except KafkaException as exc:
+            raise BrokerError(f"reading end offsets failed: {exc}") from exc
+        return ends
 
     async def backlog(self, partitions: Sequence[int]) -> dict[int, int]:
         """Records not handed out yet: the known high watermark minus the position."""

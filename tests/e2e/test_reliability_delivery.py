@@ -63,6 +63,7 @@ pytestmark = pytest.mark.broker
 
 PAUSED = "button_consumer_partitions_paused"
 AUTH_PAUSED = "button_consumer_auth_paused"
+LAG_SUM = "button_consumer_consumer_lag_sum_records"
 IN_FLIGHT = "button_consumer_in_flight_records"
 ASSIGNED = "button_consumer_partitions_assigned"
 BREAKER_OPEN = "button_consumer_breaker_open"
@@ -334,6 +335,24 @@ def test_refused_api_key_pauses_everything_until_the_key_works_again(
     assert read_all(kafka_bootstrap, settings.kafka.dlq_topic) == []
     committed = committed_offsets(kafka_bootstrap, settings.kafka.group_id, topic, partitions)
     assert all(committed[p] < ends[p] for p in ends if ends[p]), committed
+
+    # The lag gauge counts what waits, what arrives during the pause included: the paused
+    # partitions are not fetched, so their end offsets are read from the broker.
+    def waiting() -> int:
+        group = settings.kafka.group_id
+        done = committed_offsets(kafka_bootstrap, group, topic, partitions)
+        return sum(end_offsets(kafka_bootstrap, topic, partitions).values()) - sum(done.values())
+
+    wait_until(lambda: runner.metric(LAG_SUM) == waiting(), 30, message="lag before the arrivals")
+    later = past_events(5, seed=81)
+    produce_events(settings, later, partitions=partitions)
+    expected = expected_orders([*events, *later], settings)
+    ends = end_offsets(kafka_bootstrap, topic, partitions)
+    wait_until(
+        lambda: runner.metric(LAG_SUM) == waiting(),
+        timeout=30,
+        message=f"the lag did not count the {len(later)} records produced during the pause",
+    )
 
     sandbox.set_api_keys([sandbox.api_key])
     sandbox.wait_for(

@@ -1,4 +1,5 @@
-"""``KafkaSource.backlog`` against a real broker: records not handed out yet, per partition.
+"""``KafkaSource.backlog`` and ``KafkaSource.lag`` against a real broker: records not handed out
+yet, and records not committed yet, per partition.
 
 The worker's idle stop (``DELIVERY_STOP_WHEN_IDLE_SECONDS``) asks it before stopping, so it must
 count what waits in Kafka before the first record is consumed, while consuming, and nothing for
@@ -108,3 +109,44 @@ def test_backlog_is_empty_for_a_new_group_that_starts_at_the_end(
             await source.close()
 
     assert asyncio.run(scenario()) == {0: 0}
+
+
+@pytest.mark.parametrize("ends_from", ["admin", "consumer"])
+def test_lag_counts_the_records_that_arrive_while_the_partition_is_paused(
+    ends_from: str,
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    unique_name: Callable[[str], str],
+) -> None:
+    """A paused partition's lag grows with what is produced during the pause: an auth pause or
+    an open circuit breaker pauses every partition, and the lag is what tells how much waits.
+
+    librdkafka's cached high watermark comes with fetch responses, and a paused partition is
+    not fetched: it stays where the pause left it. The lag reads the end offset from the
+    broker (with an admin client, as the service does, or else with the consumer)."""
+    topic = make_topic(partitions=1)
+    settings = _settings(kafka_bootstrap, topic, unique_name("group"), "earliest")
+    _produce(settings, topic, 5)
+    admin = settings.kafka.admin_config() if ends_from == "admin" else None
+
+    async def scenario() -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
+        source = KafkaSource(settings.kafka.consumer_config(), topic, admin_config=admin)
+        listener = Listener()
+        await source.start(listener)
+        try:
+            await _take(source, listener, 5)
+            await source.commit({0: 5})
+            caught_up = await source.lag([0])
+            await source.pause([0])
+            for _ in range(5):  # the fetch in flight at the pause comes back; nothing is handed out
+                assert await source.poll(10, 0.2) == []
+            await asyncio.to_thread(_produce, settings, topic, 7)
+            paused = await source.lag([0])
+            await source.resume([0])
+            await _take(source, listener, 7)
+            await source.commit({0: 12})
+            return caught_up, paused, await source.lag([0])
+        finally:
+            await source.close()
+
+    assert asyncio.run(scenario()) == ({0: 0}, {0: 7}, {0: 0})
