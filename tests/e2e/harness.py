@@ -287,6 +287,61 @@ def stop_when_done(
     return ends
 
 
+_REPORT_SKIPS = tuple(
+    f"button_consumer_{name}"
+    for name in ("outcomes", "build_info", "restored", "button_last_success", "rebalances")
+)
+
+
+def stall_report(
+    runners: Mapping[str, ServiceRunner],
+    sandbox: Any,
+    bootstrap: str,
+    group: str,
+    topic: str,
+    partitions: int,
+) -> str:
+    """Where a run that stopped making progress stands, for a failure message: each runner's
+    non-zero ``button_consumer_*`` counters and gauges (records received and finished, in
+    flight, paused, requests to Button...), its consumer's positions, the partitions its loop
+    holds paused and how long ago it polled; the sandbox's requests in flight and hold; the
+    group's committed offsets against the end offsets."""
+    lines = []
+    for name, runner in runners.items():
+        samples = []
+        for metric in runner.service.metrics.registry.collect():
+            for sample in metric.samples:
+                if (
+                    sample.name.startswith("button_consumer_")
+                    and not sample.name.endswith(("_bucket", "_created", "_sum", "_count"))
+                    and not sample.name.startswith(_REPORT_SKIPS)
+                    and sample.value
+                ):
+                    labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                    samples.append(f"{sample.name}{{{labels}}}={sample.value:g}")
+        lines.append(f"{name}: {' '.join(samples)}")
+        # What the loop believes and what librdkafka says (private, read for diagnosis only).
+        worker = runner.service.worker
+        consumer = getattr(getattr(worker, "_source", None), "_consumer", None)
+        if consumer is not None:
+            try:
+                positions = {
+                    tp.partition: tp.offset for tp in consumer.position(consumer.assignment())
+                }
+            except Exception as exc:  # a diagnosis must not hide the failure
+                positions = {"error": str(exc)}
+            lines.append(
+                f"{name}: positions={positions} paused={sorted(getattr(worker, '_paused', ()))}"
+                f" restoring={sorted(worker.restoring)}"
+                f" last_poll={time.monotonic() - runner.service.health.last_poll:.1f}s_ago"
+            )
+    stats = sandbox.stats()
+    lines.append(f"sandbox: in_flight={stats.get('in_flight')} hold={sandbox.hold_state()}")
+    lines.append(f"committed: {committed_offsets(bootstrap, group, topic, partitions)}")
+    lines.append(f"end: {end_offsets(bootstrap, topic, partitions)}")
+    return "\n".join(lines)
+
+
 # --- helpers of the process-level reliability tests (appended) ---------------------------------
 
 _SERVICE_ENV_PREFIXES = (

@@ -15,9 +15,10 @@ offset stays below the end until the test releases it, however fast the machine 
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -38,7 +39,7 @@ from consumer.domain.events import (
     UserIdentities,
 )
 from consumer.sandbox.testing import SandboxHandle, run_sandbox
-from consumer.settings import Settings
+from consumer.settings import KAFKA_LOGGER, Settings
 from tests.e2e.harness import (
     ExpectedOrder,
     ServiceProcess,
@@ -49,6 +50,7 @@ from tests.e2e.harness import (
     expected_orders,
     past_events,
     read_all,
+    stall_report,
     wait_for_committed,
     wait_until,
 )
@@ -78,6 +80,36 @@ def service_processes() -> Iterator[list[ServiceProcess]]:
     yield processes
     for process in processes:
         process.kill()
+
+
+@pytest.fixture
+def librdkafka_log(tmp_path: Path) -> Iterator[Path]:
+    """The librdkafka log lines of this test's in-process services (with ``KAFKA_CONFIG_DEBUG``
+    their debug lines too), in a file: read back when the test fails."""
+    path = tmp_path / "librdkafka.log"
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    logger = logging.getLogger(KAFKA_LOGGER)
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False  # thousands of lines: not into pytest's captured log
+    try:
+        yield path
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+        handler.close()
+
+
+def _log_of_partitions(path: Path, topic: str, partitions: Iterable[int], lines: int) -> str:
+    """The last ``lines`` librdkafka log lines that name one of ``topic``'s ``partitions``."""
+    names = tuple(f"{topic} [{p}]" for p in partitions)
+    matching = [
+        line for line in path.read_text().splitlines() if line and any(n in line for n in names)
+    ]
+    return "\n".join(matching[-lines:])
 
 
 def _env(
@@ -282,6 +314,7 @@ def test_rebalance_1_3_1_keeps_order_and_profiles(
     unique_name: Callable[[str], str],
     process_sandbox: SandboxHandle,
     start_service: Callable[[Settings], ServiceRunner],
+    librdkafka_log: Path,
 ) -> None:
     """One consumer, then three, then one again, while records flow: none lost, each order's
     requests in order (create first, no request before it), and profiles follow their
@@ -302,6 +335,9 @@ def test_rebalance_1_3_1_keeps_order_and_profiles(
         KAFKA_GROUP_PROTOCOL=protocol,
         KAFKA_SESSION_TIMEOUT_MS="10000",
         ADMIN_RECENT_DELIVERIES="1000000",
+        # The group's and the fetchers' debug lines: a failure shows what librdkafka did with
+        # the partitions that fell behind (librdkafka_log).
+        KAFKA_CONFIG_DEBUG="cgrp,fetch",
         **LONG_BUTTON_TIMEOUTS,
     )
     settings = Settings.from_env(env)
@@ -349,12 +385,24 @@ def test_rebalance_1_3_1_keeps_order_and_profiles(
         assert _unfinished(kafka_bootstrap, group, topic, partitions), "A's backlog is not done"
         assert sandbox.order(held_1) is None, "the held order reached Button"
     produce_events(settings, buys_1, partitions=partitions)
-    wait_until(
-        lambda: all(sandbox.order(o) is not None for o in orders_1),
-        timeout=90,
-        interval=0.5,
-        message="the purchases made while three consumers ran did not all arrive",
-    )
+
+    def missing_1() -> list[str]:
+        return [o for o in orders_1 if sandbox.order(o) is None]
+
+    try:
+        wait_until(lambda: not missing_1(), timeout=90, interval=0.5)
+    except TimeoutError:
+        state = stall_report(
+            {"A": a, "B": b, "C": c}, sandbox, kafka_bootstrap, group, topic, partitions
+        )
+        committed = committed_offsets(kafka_bootstrap, group, topic, partitions)
+        ends = end_offsets(kafka_bootstrap, topic, partitions)
+        behind = [p for p in range(partitions) if committed[p] < ends[p]]
+        raise AssertionError(
+            f"the purchases made while three consumers ran did not all arrive within 90 s: "
+            f"{missing_1()} are missing\n{state}\nlibrdkafka on partitions {behind}:\n"
+            + _log_of_partitions(librdkafka_log, topic, behind, 400)
+        ) from None
     moved = {o: p for r in (b, c) for o, p in _delivered_by(r).items() if o in orders_1}
     assert moved, "B and C delivered some token users' purchases (their profiles moved)"
     partitions_of_b_c = {p for r in (b, c) for p in _delivered_by(r).values()}
@@ -374,7 +422,13 @@ def test_rebalance_1_3_1_keeps_order_and_profiles(
         assert sandbox.order(held_2) is None, "the held order reached Button"
     wait_until(lambda: a.metric(ASSIGNED) == partitions, 60, message="A did not get all back")
     produce_events(settings, buys_2, partitions=partitions)
-    wait_for_committed(kafka_bootstrap, group, topic, partitions, timeout=300)
+    try:
+        wait_for_committed(kafka_bootstrap, group, topic, partitions, timeout=300)
+    except TimeoutError as exc:
+        raise AssertionError(
+            f"{exc}\n{stall_report({'A': a}, sandbox, kafka_bootstrap, group, topic, partitions)}"
+            f"\nlibrdkafka:\n" + _log_of_partitions(librdkafka_log, topic, range(partitions), 400)
+        ) from None
     wait_until(lambda: a.metric(IN_FLIGHT) == 0, 30, message="records still in flight")
 
     back = {o: p for o, p in _delivered_by(a).items() if o in orders_2}
@@ -385,6 +439,9 @@ def test_rebalance_1_3_1_keeps_order_and_profiles(
     repeats = assert_sandbox_converged(sandbox, expected)
     assert read_all(kafka_bootstrap, env["KAFKA_DLQ_TOPIC"]) == []
     print(f"{protocol}: moved {len(moved)} token orders; updates applied again: {repeats}")
+    print(
+        stall_report({"A": a, "B": b, "C": c}, sandbox, kafka_bootstrap, group, topic, partitions)
+    )
 
 
 # --- 3. broker restart mid-run ----------------------------------------------------------------
