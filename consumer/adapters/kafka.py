@@ -455,9 +455,9 @@ class KafkaSource:
     async def _end_offsets(self, partitions: list[int]) -> dict[int, int]:
         if self._admin_config is None:
             return dict(await self._call(self._end_offsets_from_consumer, partitions))
-        if self._admin is None:
-            self._admin = AdminClient(self._admin_config)
         try:
+            if self._admin is None:
+                self._admin = AdminClient(self._admin_config)
             futures = self._admin.list_offsets(
                 {TopicPartition(self.topic, p): _LATEST for p in partitions},
                 isolation_level=self._isolation,
