@@ -78,6 +78,25 @@ class Record:
 
 
 @dataclass(frozen=True, slots=True)
+class PartitionLag:
+    """Where the group stands on one partition (``Source.lag``).
+
+    Attributes:
+        committed: the group's committed offset, the next record to process (0 when none).
+        end: the partition's end offset at the broker (the last stable offset under
+            read_committed).
+    """
+
+    committed: int
+    end: int
+
+    @property
+    def records(self) -> int:
+        """Records not committed yet (never below 0)."""
+        return max(self.end - self.committed, 0)
+
+
+@dataclass(frozen=True, slots=True)
 class Delivery:
     """One finished record, as the live delivery log shows it (redacted: ids, no PII).
 
@@ -164,8 +183,9 @@ class Source(Protocol):
 
     async def resume(self, partitions: Sequence[int]) -> None: ...
 
-    async def lag(self, partitions: Sequence[int]) -> dict[int, int]:
-        """Records behind the end of each partition. Raises ``BrokerError`` when unknown."""
+    async def lag(self, partitions: Sequence[int]) -> dict[int, PartitionLag]:
+        """Each partition's committed offset and end offset, both asked of the brokers (a
+        paused partition's end too). Raises ``BrokerError`` when unknown."""
         ...
 
     async def backlog(self, partitions: Sequence[int]) -> dict[int, int]:
@@ -312,8 +332,9 @@ class Telemetry(Protocol):
 
     def profiles_held(self, count: int) -> None: ...
 
-    def lags(self, records: Mapping[int, int]) -> None:
-        """The lag of every assigned partition (partitions not named have none any more)."""
+    def lags(self, lags: Mapping[int, PartitionLag]) -> None:
+        """The lag and committed offset of every assigned partition (partitions not named have
+        none any more)."""
         ...
 
     def decode_failed(self, reason: str) -> None: ...

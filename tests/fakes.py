@@ -21,7 +21,7 @@ from typing import Any
 from consumer.domain.events import CommerceEvent, EventType
 from consumer.domain.mapping import skip_for
 from consumer.domain.triage import InertEvent
-from consumer.ports import Delivery, Headers, RebalanceListener, Record
+from consumer.ports import Delivery, Headers, PartitionLag, RebalanceListener, Record
 
 DEADLINE = 5.0
 """Seconds any single wait in a test may take before the test fails."""
@@ -209,8 +209,9 @@ class FakeSource:
         self._note("resume", list(partitions))
         self._wake.set()
 
-    async def lag(self, partitions: Sequence[int]) -> dict[int, int]:
-        return {p: self.pending(p) for p in partitions}
+    async def lag(self, partitions: Sequence[int]) -> dict[int, PartitionLag]:
+        committed = {p: (self.last_stored(p) or 0) for p in partitions}
+        return {p: PartitionLag(committed[p], committed[p] + self.pending(p)) for p in partitions}
 
     async def backlog(self, partitions: Sequence[int]) -> dict[int, int]:
         return {p: self.pending(p) + self.unfetched.get(p, 0) for p in partitions}
@@ -340,8 +341,8 @@ class RecordingTelemetry:
     def profiles_held(self, count: int) -> None:
         self._record("profiles_held", count)
 
-    def lags(self, records: Mapping[int, int]) -> None:
-        self._record("lags", dict(records))
+    def lags(self, lags: Mapping[int, PartitionLag]) -> None:
+        self._record("lags", {p: lag.records for p, lag in lags.items()})
 
     def paused(self, reason: str, active: bool) -> None:
         self._record("paused", reason, active)

@@ -35,7 +35,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._listoffsets import OffsetSpec
 
 from consumer.errors import BrokerError
-from consumer.ports import Headers, RebalanceListener, Record
+from consumer.ports import Headers, PartitionLag, RebalanceListener, Record
 
 log = structlog.get_logger("consumer.kafka")
 
@@ -418,9 +418,9 @@ class KafkaSource:
                 log.debug("resume_wake_failed", partition=tp.partition, error=str(exc))
                 return
 
-    async def lag(self, partitions: Sequence[int]) -> dict[int, int]:
-        """Records not committed yet, per partition: the partition's end offset now (the last
-        stable offset under read_committed) minus the group's committed offset (0 when none).
+    async def lag(self, partitions: Sequence[int]) -> dict[int, PartitionLag]:
+        """Per partition, the group's committed offset (0 when none) and the partition's end
+        offset now (the last stable offset under read_committed): their difference is the lag.
 
         The end offset is asked of the brokers (ListOffsets), not taken from librdkafka's cached
         high watermark: that one comes with fetch responses, and a paused partition is not
@@ -437,7 +437,7 @@ class KafkaSource:
             return {}
         committed = await self._call(self._committed, parts)
         ends = await self._end_offsets(parts)
-        return {p: max(end - committed.get(p, 0), 0) for p, end in ends.items()}
+        return {p: PartitionLag(committed.get(p, 0), end) for p, end in ends.items()}
 
     def _committed(self, partitions: list[int]) -> dict[int, int]:
         try:

@@ -63,6 +63,7 @@ class Metrics:
     breaker_openings: Counter
     consumer_lag: Gauge
     consumer_lag_sum: Gauge
+    committed_offset: Gauge
     rebalances: Counter
     offset_resets: Counter
     profiles: Gauge
@@ -200,12 +201,19 @@ class Metrics:
             ),
             consumer_lag=gauge(
                 "consumer_lag_records",
-                "High watermark minus committed position, per assigned partition.",
+                "End offset (asked of the brokers) minus the group's committed offset, per "
+                "assigned partition.",
                 ("partition",),
             ),
             consumer_lag_sum=gauge(
                 "consumer_lag_sum_records",
                 "Consumer lag summed over this consumer's assigned partitions.",
+            ),
+            committed_offset=gauge(
+                "committed_offset",
+                "The group's committed offset, per assigned partition (read with the lag): "
+                "unchanged while the lag is above 0, the partition makes no progress.",
+                ("partition",),
             ),
             rebalances=counter("rebalances", "Partition assignments and revocations.", ("kind",)),
             offset_resets=counter(

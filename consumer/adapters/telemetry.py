@@ -23,7 +23,7 @@ import structlog
 from consumer.adapters.admin import DeliveryLog, Health
 from consumer.adapters.metrics import OFFSET_RESET_TARGETS, Metrics
 from consumer.domain.policy import BREAKER_REASONS
-from consumer.ports import Changelog, Delivery
+from consumer.ports import Changelog, Delivery, PartitionLag
 
 log = structlog.get_logger("consumer.record")
 progress_log = structlog.get_logger("consumer.restore")
@@ -151,14 +151,16 @@ class ServiceTelemetry:
     def profiles_held(self, count: int) -> None:
         self.metrics.profiles.set(count)
 
-    def lags(self, records: Mapping[int, int]) -> None:
-        current = {str(p): value for p, value in records.items()}
+    def lags(self, lags: Mapping[int, PartitionLag]) -> None:
+        current = {str(p): lag for p, lag in lags.items()}
         for gone in self._lag_partitions - current.keys():
             self.metrics.consumer_lag.remove(gone)
-        for partition, value in current.items():
-            self.metrics.consumer_lag.labels(partition).set(value)
+            self.metrics.committed_offset.remove(gone)
+        for partition, lag in current.items():
+            self.metrics.consumer_lag.labels(partition).set(lag.records)
+            self.metrics.committed_offset.labels(partition).set(lag.committed)
         self._lag_partitions = set(current)
-        self.metrics.consumer_lag_sum.set(sum(current.values()))
+        self.metrics.consumer_lag_sum.set(sum(lag.records for lag in current.values()))
 
     def decode_failed(self, reason: str) -> None:
         self._child(self.metrics.decode_failures, _label(reason)).inc()

@@ -16,6 +16,7 @@ import pytest
 
 from consumer.adapters.kafka import KafkaSource
 from consumer.adapters.kafka_producer import AckingProducer
+from consumer.ports import PartitionLag
 from consumer.settings import Settings
 
 pytestmark = pytest.mark.broker
@@ -129,7 +130,7 @@ def test_lag_counts_the_records_that_arrive_while_the_partition_is_paused(
     _produce(settings, topic, 5)
     admin = settings.kafka.admin_config() if ends_from == "admin" else None
 
-    async def scenario() -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
+    async def scenario() -> tuple[dict[int, PartitionLag], ...]:
         source = KafkaSource(settings.kafka.consumer_config(), topic, admin_config=admin)
         listener = Listener()
         await source.start(listener)
@@ -149,4 +150,8 @@ def test_lag_counts_the_records_that_arrive_while_the_partition_is_paused(
         finally:
             await source.close()
 
-    assert asyncio.run(scenario()) == ({0: 0}, {0: 7}, {0: 0})
+    assert asyncio.run(scenario()) == (
+        {0: PartitionLag(5, 5)},
+        {0: PartitionLag(5, 12)},
+        {0: PartitionLag(12, 12)},
+    )

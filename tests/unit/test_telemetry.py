@@ -19,7 +19,7 @@ from consumer.adapters.telemetry import (
     TimedChangelog,
     status_class,
 )
-from consumer.ports import Delivery
+from consumer.ports import Delivery, PartitionLag
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -112,17 +112,20 @@ def test_button_attempt_counts_by_action_outcome_and_status_class() -> None:
 
 
 def test_lags_set_every_partition_and_the_sum_and_forget_revoked_partitions() -> None:
-    """A partition no longer reported has no lag series; the sum covers the reported ones."""
+    """A partition no longer reported has no lag or committed-offset series; the sum covers
+    the reported ones."""
     t = telemetry()
-    t.lags({0: 5, 1: 7})
+    t.lags({0: PartitionLag(10, 15), 1: PartitionLag(20, 27)})
 
-    t.lags({1: 3})
+    t.lags({1: PartitionLag(24, 27)})
 
     assert (
         sample(t, "consumer_lag_records", partition="0"),
+        sample(t, "committed_offset", partition="0"),
         sample(t, "consumer_lag_records", partition="1"),
+        sample(t, "committed_offset", partition="1"),
         sample(t, "consumer_lag_sum_records"),
-    ) == (None, 3.0, 3.0)
+    ) == (None, None, 3.0, 24.0, 3.0)
 
 
 def test_auth_pause_sets_the_generic_pause_gauge_and_readiness() -> None:
