@@ -49,8 +49,9 @@ _UNAUTHORIZED = frozenset(
 
 
 WAKE_TIMEOUT = 0.5
-_LATEST: Final[OffsetSpec] = OffsetSpec.latest()  # type: ignore[no-untyped-call]
 """Seconds the request that wakes the fetcher after a resume may take (``KafkaSource``)."""
+
+_LATEST: Final[OffsetSpec] = OffsetSpec.latest()  # type: ignore[no-untyped-call]
 
 
 def message_headers(message: Message) -> Headers:
@@ -467,7 +468,7 @@ class KafkaSource:
                 asyncio.gather(*(asyncio.wrap_future(f) for f in futures.values())), 6.0
             )
         except (KafkaException, TimeoutError) as exc:
-            raise BrokerError(f"reading end offsets failed: {exc or 'timed out'}") from exc
+            raise BrokerError(f"reading end offsets failed: {str(exc) or 'timed out'}") from exc
         return {tp.partition: result.offset for tp, result in zip(futures, results, strict=True)}
 
     def _end_offsets_from_consumer(self, partitions: list[int]) -> dict[int, int]:
