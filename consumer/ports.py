@@ -189,9 +189,9 @@ class Source(Protocol):
         ...
 
     async def backlog(self, partitions: Sequence[int]) -> dict[int, int]:
-        """Records of each partition not handed out yet: the high watermark the source knows
-        minus its position (the committed offset before the first record). Raises
-        ``BrokerError`` when unknown."""
+        """Records of each partition not handed out yet: its end offset at the broker minus
+        the position (the committed offset before the first record). Raises ``BrokerError``
+        when unknown."""
         ...
 
     async def close(self) -> None:

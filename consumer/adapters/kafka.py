@@ -484,12 +484,28 @@ class KafkaSource:
         return ends
 
     async def backlog(self, partitions: Sequence[int]) -> dict[int, int]:
-        """Records not handed out yet: the known high watermark minus the position."""
-        return dict(await self._call(self._backlog, list(partitions)))
+        """Records not handed out yet, per partition: the partition's end offset at the broker
+        (read as ``lag`` reads it, not librdkafka's cached high watermark) minus the position
+        (the committed offset before the first record; for a group without one, the start of
+        the partition, or its end under ``auto.offset.reset=latest``).
 
-    def _backlog(self, partitions: list[int]) -> dict[int, int]:
-        if not partitions:
+        Raises:
+            BrokerError: the positions, committed offsets or end offsets could not be read.
+        """
+        parts = list(partitions)
+        if not parts:
             return {}
+        positions = await self._call(self._positions, parts)
+        ends = await self._end_offsets(parts)
+        backlog: dict[int, int] = {}
+        for p, end in ends.items():
+            start = positions[p]
+            backlog[p] = 0 if start is None else max(end - start, 0)
+        return backlog
+
+    def _positions(self, partitions: list[int]) -> dict[int, int | None]:
+        """The next offset handed out per partition; ``None`` for a group that starts at the
+        end (``auto.offset.reset=latest``, nothing committed): nothing waits there."""
         consumer = self._c
         try:
             tps = consumer.position([TopicPartition(self.topic, p) for p in partitions])
@@ -498,21 +514,18 @@ class KafkaSource:
                 # Nothing consumed from these since the assignment: start at the committed one.
                 committed = {tp.partition: tp for tp in consumer.committed(unknown, timeout=5.0)}
                 tps = [committed.get(tp.partition, tp) for tp in tps]
-            backlog: dict[int, int] = {}
+            positions: dict[int, int | None] = {}
             for tp in tps:
-                low, high = consumer.get_watermark_offsets(tp, cached=True)
-                if high is None or high < 0:
-                    low, high = consumer.get_watermark_offsets(tp, timeout=5.0, cached=False)
                 if tp.offset >= 0:
-                    position = tp.offset
+                    positions[tp.partition] = tp.offset
                 elif self._config.get("auto.offset.reset") == "latest":
-                    position = high  # a new group starting at the end: nothing waits
+                    positions[tp.partition] = None
                 else:
-                    position = max(low, 0)
-                backlog[tp.partition] = max(high - position, 0)
+                    low, _high = consumer.get_watermark_offsets(tp, timeout=5.0, cached=False)
+                    positions[tp.partition] = max(low, 0)
         except KafkaException as exc:
             raise BrokerError(f"reading positions or watermarks failed: {exc}") from exc
-        return backlog
+        return positions
 
 
 def _partitions(parts: list[TopicPartition]) -> list[int]:

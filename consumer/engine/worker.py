@@ -363,8 +363,8 @@ class Worker:
     async def _idle_long_enough(self, now: float) -> bool:
         """``stop_when_idle`` reached: the idle clock counts only while nothing waits.
 
-        A paused partition, or records still in Kafka (behind the source's known high
-        watermark: a restore that just ended has not fetched yet), restart the clock; records in
+        A paused partition, or records still in Kafka (behind the partition's end offset at the
+        broker: a restore that just ended has not fetched yet), restart the clock; records in
         flight hold the stop. So a run never stops with records left to deliver.
         """
         limit = self._opt.stop_when_idle

@@ -155,3 +155,32 @@ def test_lag_counts_the_records_that_arrive_while_the_partition_is_paused(
         {0: PartitionLag(5, 12)},
         {0: PartitionLag(12, 12)},
     )
+
+
+def test_backlog_counts_what_arrives_while_the_partition_is_paused(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """The backlog reads the end offset from the broker, as the lag does: the high watermark
+    librdkafka cached stays where the partition's last fetch left it."""
+    topic = make_topic(partitions=1)
+    settings = _settings(kafka_bootstrap, topic, unique_name("group"), "earliest")
+    _produce(settings, topic, 5)
+
+    async def scenario() -> tuple[dict[int, int], dict[int, int]]:
+        source = KafkaSource(
+            settings.kafka.consumer_config(), topic, admin_config=settings.kafka.admin_config()
+        )
+        listener = Listener()
+        await source.start(listener)
+        try:
+            await _take(source, listener, 5)
+            drained = await source.backlog([0])
+            await source.pause([0])
+            for _ in range(5):  # the fetch in flight at the pause comes back; nothing is handed out
+                assert await source.poll(10, 0.2) == []
+            await asyncio.to_thread(_produce, settings, topic, 4)
+            return drained, await source.backlog([0])
+        finally:
+            await source.close()
+
+    assert asyncio.run(scenario()) == ({0: 0}, {0: 4})
