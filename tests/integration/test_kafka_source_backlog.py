@@ -69,6 +69,18 @@ async def _take(source: KafkaSource, listener: Listener, count: int) -> None:
     assert (listener.assigned, taken) == ([0], count)
 
 
+async def _pause_then_produce(
+    source: KafkaSource, settings: Settings, topic: str, count: int
+) -> None:
+    """Pause partition 0, poll until the fetch in flight at the pause has come back (nothing is
+    handed out meanwhile), then produce ``count`` records to it: the source's cached high
+    watermark is then behind the end by ``count``."""
+    await source.pause([0])
+    for _ in range(5):
+        assert await source.poll(10, 0.2) == []
+    await asyncio.to_thread(_produce, settings, topic, count)
+
+
 def test_backlog_counts_what_waits_in_kafka_before_and_while_consuming(
     kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
 ) -> None:
@@ -138,10 +150,7 @@ def test_lag_counts_the_records_that_arrive_while_the_partition_is_paused(
             await _take(source, listener, 5)
             await source.commit({0: 5})
             caught_up = await source.lag([0])
-            await source.pause([0])
-            for _ in range(5):  # the fetch in flight at the pause comes back; nothing is handed out
-                assert await source.poll(10, 0.2) == []
-            await asyncio.to_thread(_produce, settings, topic, 7)
+            await _pause_then_produce(source, settings, topic, 7)
             paused = await source.lag([0])
             await source.resume([0])
             await _take(source, listener, 7)
@@ -175,10 +184,7 @@ def test_backlog_counts_what_arrives_while_the_partition_is_paused(
         try:
             await _take(source, listener, 5)
             drained = await source.backlog([0])
-            await source.pause([0])
-            for _ in range(5):  # the fetch in flight at the pause comes back; nothing is handed out
-                assert await source.poll(10, 0.2) == []
-            await asyncio.to_thread(_produce, settings, topic, 4)
+            await _pause_then_produce(source, settings, topic, 4)
             return drained, await source.backlog([0])
         finally:
             await source.close()
