@@ -22,6 +22,35 @@ def median(runs: list[dict[str, Any]], value: Callable[[dict[str, Any]], float])
     return float(statistics.median(value(run) for run in runs))
 
 
+SUSTAINED_SPAN = (0.1, 0.9)
+"""The part of a run's orders the sustained rate is measured over: from the 10th to the 90th
+percentile of their arrivals at the sandbox."""
+
+
+def sustained_rate(arrivals: list[float]) -> float:
+    """Orders per second while the run was in full flow: the orders that reached the sandbox
+    between the 10th and the 90th percentile of their arrival times, over that time.
+
+    Every candidate is measured the same way, at the sandbox, so a consumer's start-up (its
+    imports, the group join, the changelog restore) and its last commit, which the whole-run
+    figures include and the HTTP ceiling's does not, are left out. This is the rate a pod
+    keeps while records wait, what a deployment is sized by.
+
+    Args:
+        arrivals: each order's first answered create, in seconds (any epoch), in any order.
+
+    Returns:
+        orders per second; 0.0 for fewer than 10 orders or a span of no time.
+    """
+    if len(arrivals) < 10:
+        return 0.0
+    times = sorted(arrivals)
+    first = int(len(times) * SUSTAINED_SPAN[0])
+    last = int(len(times) * SUSTAINED_SPAN[1]) - 1
+    span = times[last] - times[first]
+    return (last - first) / span if span > 0 else 0.0
+
+
 def summarise(raw: dict[str, Any]) -> dict[str, Any]:
     """``latest.json``: the issue's shape, medians of the rounds."""
     fwd, flt = raw["forward"], raw["filter"]
@@ -31,6 +60,11 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
 
     service = fwd["service"]
     cpu = median(service, lambda run: 1000 * run["cpu_s"] / run["count"])
+
+    def sustained(kind: str) -> float:
+        runs = [run for run in fwd.get(kind, []) if run.get("sustained_per_s")]
+        return round(median(runs, lambda run: run["sustained_per_s"]), 1) if runs else 0
+
     return {
         "machine": f"{os.cpu_count()} cores, shared by the broker, the sandbox and every candidate;"
         f" {platform.system()}, "
@@ -48,6 +82,16 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
                     "kafka_connect": med(fwd, "kafka_connect"),
                 },
                 "cpu_s_per_1000": round(cpu, 3),
+                "sustained": {
+                    kind: sustained(kind)
+                    for kind in (
+                        "service",
+                        "http_ceiling",
+                        "quix_stateless",
+                        "quix_stateful",
+                        "kafka_connect",
+                    )
+                },
             },
             "filter": {
                 "unit": "events/s",
@@ -127,6 +171,16 @@ def markdown(raw: dict[str, Any], latest: dict[str, Any]) -> str:
         f" stateful {to_sandbox('quix_stateful'):,.0f}; Kafka Connect"
         f" {to_sandbox('kafka_connect'):,.0f} | {ratio(reached, to_sandbox('http_ceiling'))} |"
     )
+    held = fwd.get("sustained", {})
+    if held.get("service"):
+        ceiling = held.get("http_ceiling", 0)
+        lines.append(
+            "| forward, sustained: the middle 80 % of the orders at the sandbox (orders/s) |"
+            f" {held['service']:,.0f} | HTTP ceiling {ceiling:,.0f}; quix stateless"
+            f" {held.get('quix_stateless', 0):,.0f}, stateful {held.get('quix_stateful', 0):,.0f};"
+            f" Kafka Connect {held.get('kafka_connect', 0):,.0f}"
+            f" | {ratio(held['service'], ceiling)} |"
+        )
     dec = flt["yardsticks"]["decode_ceiling"]
     lines.append(
         f"| filter (events/s) | {flt['service']:,.0f} | consume + fastavro alone: {dec:,.0f}"
@@ -156,6 +210,9 @@ def markdown(raw: dict[str, Any], latest: dict[str, Any]) -> str:
         "The consumers are timed from spawn to every offset committed. They all commit once a",
         'second, so their figures move in steps; "to the last order at the sandbox" stops at the',
         "last order's arrival instead (the HTTP ceiling commits nothing: its figure is the same).",
+        '"Sustained" leaves out the start-up and the tail of every candidate alike: the orders',
+        "that reached the sandbox between the 10th and the 90th percentile of their arrivals,",
+        "over that time (the rate a pod keeps while records wait).",
         "",
         "Every round:",
         "",

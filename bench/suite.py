@@ -40,7 +40,7 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 
 from bench import connect_peer, workload
-from bench.report import chart, markdown, rate, summarise
+from bench.report import chart, markdown, rate, summarise, sustained_rate
 from bench.report import median as _median
 from bench.workload import Loaded
 from consumer.devtools._proc import repo_root
@@ -129,11 +129,20 @@ class Committed:
         self._consumer.close()
 
 
-def _check_orders(bench: Bench, expected: tuple[str, ...], what: str) -> None:
-    seen = {order["order_id"] for order in bench.sandbox.orders()}
+def _check_orders(bench: Bench, expected: tuple[str, ...], what: str) -> float:
+    """Fail unless every expected order is at the sandbox; return the run's sustained rate
+    (``report.sustained_rate`` of the orders' first answered creates)."""
+    orders = bench.sandbox.orders()
+    seen = {order["order_id"] for order in orders}
     missing = [order_id for order_id in expected if order_id not in seen]
     if missing:
         raise RuntimeError(f"{what}: {len(missing)} orders missing at the sandbox: {missing[:3]}")
+    arrivals = []
+    for order in orders:
+        answered = [h for h in order["history"] if h["method"] == "POST" and h["status"] == 200]
+        if answered:
+            arrivals.append(_iso_seconds(answered[0]["time"]))
+    return sustained_rate(arrivals)
 
 
 def _orders_at_sandbox(bench: Bench) -> int:
@@ -181,13 +190,14 @@ def _consumer_process(
         finally:
             _stop(proc)
             committed.close()
-    _check_orders(bench, loaded.order_ids, what)
+    sustained = _check_orders(bench, loaded.order_ids, what)
     return {
         "count": loaded.records,
         "seconds": seconds,
         "to_button_s": to_button,
         "cpu_s": cpu,
         "peak_rss_mb": rss,
+        "sustained_per_s": sustained,
     }
 
 
@@ -286,7 +296,7 @@ def run_http(bench: Bench, bodies: Path, loaded: Loaded, in_flight: int) -> dict
         f"--bodies={bodies}",
         f"--in-flight={in_flight}",
     )
-    _check_orders(bench, loaded.order_ids, "http_ceiling")
+    result["sustained_per_s"] = _check_orders(bench, loaded.order_ids, "http_ceiling")
     return result
 
 

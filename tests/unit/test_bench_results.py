@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.report import markdown, summarise
+import pytest
+
+from bench.report import markdown, summarise, sustained_rate
 
 
 def _run(count: int, seconds: float, cpu_s: float = 1.0) -> dict[str, Any]:
@@ -58,6 +60,13 @@ def test_latest_json_has_the_issue_shape_with_medians() -> None:
                     "kafka_connect": 500.0,
                 },
                 "cpu_s_per_1000": 1.0,
+                "sustained": {
+                    "service": 0,
+                    "http_ceiling": 0,
+                    "quix_stateless": 0,
+                    "quix_stateful": 0,
+                    "kafka_connect": 0,
+                },
             },
             "filter": {
                 "unit": "events/s",
@@ -99,3 +108,34 @@ def test_a_run_without_the_connect_peer_reports_zero_for_it() -> None:
     latest = summarise(raw)
     assert latest["paths"]["forward"]["yardsticks"]["kafka_connect"] == 0
     assert "HTTP sink (okhttp), 64 in flight: 0 | n/a |" in markdown(raw, latest)
+
+
+def test_the_sustained_rate_leaves_out_the_start_and_the_tail() -> None:
+    """A run that starts late and ends slowly is measured over its middle 80 %."""
+    # 100 orders: the first 10 over 5 s (start-up), 80 at 100/s, the last 10 over 5 s (tail).
+    start = [i * 0.5 for i in range(10)]
+    flow = [5.0 + i * 0.01 for i in range(80)]
+    tail = [5.8 + i * 0.5 for i in range(10)]
+    arrivals = list(reversed(start + flow + tail))  # the order given does not matter
+    assert sustained_rate(arrivals) == pytest.approx(100.0)
+    assert sustained_rate(arrivals[:9]) == 0.0
+    assert sustained_rate([1.0] * 20) == 0.0
+
+
+def test_the_sustained_rate_is_reported_for_every_candidate_measured() -> None:
+    raw = _raw()
+    for kind, value in (("service", 800.0), ("http_ceiling", 1000.0)):
+        for run in raw["forward"][kind]:
+            run["sustained_per_s"] = value
+    latest = summarise(raw)
+    assert latest["paths"]["forward"]["sustained"] == {
+        "service": 800.0,
+        "http_ceiling": 1000.0,
+        "quix_stateless": 0,
+        "quix_stateful": 0,
+        "kafka_connect": 0,
+    }
+    assert (
+        "| forward, sustained: the middle 80 % of the orders at the sandbox (orders/s) | 800 |"
+        " HTTP ceiling 1,000; quix stateless 0, stateful 0; Kafka Connect 0 | 0.80x |"
+    ) in markdown(raw, latest)
