@@ -25,10 +25,12 @@ def test_a_candidate_is_a_checkout_with_optional_settings_and_interpreter() -> N
 
 
 def test_the_summary_is_the_median_rates_and_cpu_per_thousand() -> None:
-    """To every offset committed, to the last order at the sandbox, and CPU per 1,000."""
+    """To every offset committed, to the last order at the sandbox, sustained, and CPU per
+    1,000."""
     runs = [
-        {"count": 1000, "seconds": 1.0, "to_button_s": 0.5, "cpu_s": 0.5},
-        {"count": 1000, "seconds": 2.0, "to_button_s": 1.25, "cpu_s": 0.7},
-        {"count": 1000, "seconds": 4.0, "to_button_s": 3.5, "cpu_s": 0.6},
+        {"count": 1000, "seconds": 1.0, "to_button_s": 0.5, "cpu_s": 0.5, "sustained_per_s": 900},
+        {"count": 1000, "seconds": 2.0, "to_button_s": 1.25, "cpu_s": 0.7, "sustained_per_s": 1100},
+        {"count": 1000, "seconds": 4.0, "to_button_s": 3.5, "cpu_s": 0.6, "sustained_per_s": 1000},
     ]
-    assert _summary(runs) == "500/s (800/s to Button), 0.600 s CPU per 1,000"
+    expected = "500/s (800/s to Button, 1,000 orders/s sustained), 0.600 s CPU per 1,000"
+    assert _summary(runs) == expected
