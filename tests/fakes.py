@@ -92,6 +92,10 @@ class FakeSource:
         self.closed = False
         self.unfetched: dict[int, int] = {}
         """Records a test says are in Kafka beyond those queued (not fetchable yet)."""
+        self.lag_reads = 0
+        """Calls of ``lag`` so far (counted as they start)."""
+        self.lag_hold: asyncio.Event | None = None
+        """When set to an event, ``lag`` waits for it (a coordinator that does not answer)."""
         self._listener: RebalanceListener | None = None
         self._rebalances: deque[tuple[str, list[int], asyncio.Future[None]]] = deque()
         self._wake = asyncio.Event()
@@ -210,6 +214,10 @@ class FakeSource:
         self._wake.set()
 
     async def lag(self, partitions: Sequence[int]) -> dict[int, PartitionLag]:
+        self.lag_reads += 1
+        self._note_activity()
+        if self.lag_hold is not None:
+            await self.lag_hold.wait()
         committed = {p: (self.last_stored(p) or 0) for p in partitions}
         return {p: PartitionLag(committed[p], committed[p] + self.pending(p)) for p in partitions}
 

@@ -98,6 +98,7 @@ class Worker:
         self._housekeeping = housekeeping
         self._breaker = breaker
         self._housekeeping_task: asyncio.Task[None] | None = None
+        self._lag_task: asyncio.Task[None] | None = None
         self._flush = flush
         self._source = source
         self._pipeline = pipeline
@@ -259,9 +260,14 @@ class Worker:
                     self._submit(records)
                 await self._store_finished()
                 await self._apply_backpressure()
-                if now - last_lag >= self._opt.lag_interval:
+                if now - last_lag >= self._opt.lag_interval and (
+                    self._lag_task is None or self._lag_task.done()
+                ):
+                    # Beside the loop, never awaited by it: while a coordinator or a leader
+                    # does not answer, the read waits out its timeouts (seconds), and polling,
+                    # storing finished offsets and pausing must go on meanwhile.
                     last_lag = now
-                    await self._report_lag()
+                    self._lag_task = asyncio.create_task(self._report_lag())
                 if (
                     self._housekeeping is not None
                     and now - last_housekeeping >= self._opt.housekeeping_interval
@@ -432,20 +438,30 @@ class Worker:
             )
 
     async def _report_lag(self) -> None:
+        """Read and report the lag (a task beside the loop; the next one starts only after)."""
         try:
             lag = await self._source.lag(sorted(self._assigned))
         except ConsumerError:
             self._telemetry.broker_reachable(False)
+            return
+        except Exception as exc:  # noqa: BLE001 - a task nobody awaits: say it, read again later
+            log.warning("lag_read_failed", error=str(exc), exc_type=type(exc).__name__)
             return
         self._telemetry.broker_reachable(True)
         self._telemetry.lags(lag)
 
     async def _shutdown(self) -> None:
         self._telemetry.stopping()
-        task, self._housekeeping_task = self._housekeeping_task, None
-        if task is not None and not task.done():
+        running = [
+            task
+            for task in (self._housekeeping_task, self._lag_task)
+            if task is not None and not task.done()
+        ]
+        self._housekeeping_task = self._lag_task = None
+        for task in running:
             task.cancel()
-            await asyncio.wait([task])
+        if running:
+            await asyncio.wait(running)
         await self._restores.close(self._opt.revoke_timeout)
         if self._assigned:
             await self._source.pause(sorted(self._assigned))

@@ -816,6 +816,42 @@ def test_housekeeping_runs_beside_the_poll_loop_and_is_cancelled_at_stop() -> No
     run(scenario)
 
 
+# --- the lag read --------------------------------------------------------------------------------
+
+
+def test_a_lag_read_that_does_not_answer_never_stops_polling() -> None:
+    """The lag read (committed and end offsets from the brokers, every ``lag_interval``) runs
+    beside the poll loop: while its group coordinator or a partition leader does not answer,
+    records are still fetched and finished offsets stored; one read at a time; cancelled at
+    stop."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        h = Harness(opts=options(lag_interval=5.0), clock=clock)
+        h.source.lag_hold = asyncio.Event()
+        async with h.running():
+            clock.advance(5.0)
+            await h.source.until(lambda: h.source.lag_reads == 1)
+            h.records(0, 0)
+            await h.source.until(lambda: h.held.started == [(0, 0)])
+            h.held.finish(0, 0)
+            await h.source.until(lambda: h.source.last_stored(0) == 1)
+            clock.advance(5.0)
+            await h.source.passes(2)
+            assert h.source.lag_reads == 1, "a second read started while the first waits"
+            h.source.lag_hold.set()
+            await h.source.until(lambda: len(h.telemetry.named("lags")) == 1)
+            clock.advance(5.0)
+            await h.source.until(lambda: h.source.lag_reads == 2)
+            h.source.lag_hold.clear()
+            clock.advance(5.0)
+            await h.source.until(lambda: h.source.lag_reads == 3)
+        # The third read was still waiting at stop: cancelled, the worker stopped.
+        assert h.source.closed
+
+    run(scenario)
+
+
 # --- stop when idle ----------------------------------------------------------------------------
 
 
