@@ -448,7 +448,8 @@ class Worker:
             log.warning("lag_read_failed", error=str(exc), exc_type=type(exc).__name__)
             return
         self._telemetry.broker_reachable(True)
-        self._telemetry.lags(lag)
+        # A rebalance may have revoked partitions while the read waited: not theirs to report.
+        self._telemetry.lags({p: lag[p] for p in lag if p in self._assigned})
 
     async def _shutdown(self) -> None:
         self._telemetry.stopping()

@@ -852,6 +852,25 @@ def test_a_lag_read_that_does_not_answer_never_stops_polling() -> None:
     run(scenario)
 
 
+def test_a_lag_read_that_ends_after_a_revoke_reports_only_what_is_still_assigned() -> None:
+    """The read runs beside the loop, so a rebalance may revoke a partition meanwhile: its lag
+    is not reported again (its gauge would come back for a partition another member owns)."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        h = Harness(assign=(0, 1), opts=options(lag_interval=5.0), clock=clock)
+        h.source.lag_hold = asyncio.Event()
+        async with h.running():
+            clock.advance(5.0)
+            await h.source.until(lambda: h.source.lag_reads == 1)
+            await asyncio.wait_for(h.source.revoke([1]), DEADLINE)
+            h.source.lag_hold.set()
+            await h.source.until(lambda: len(h.telemetry.named("lags")) == 1)
+        assert set(h.telemetry.named("lags")[0][0]) == {0}
+
+    run(scenario)
+
+
 # --- stop when idle ----------------------------------------------------------------------------
 
 
