@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
+from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
 from consumer.adapters.admin import AdminServer, DeliveryLog, Health, TestEventFn
 from consumer.adapters.avro_codec import LocalDecoder, RegistryDecoder, build_decoder
 from consumer.adapters.button_client import ButtonClient
 from consumer.adapters.kafka import KafkaSource
-from consumer.adapters.kafka_admin import describe_topics, ensure_topics
+from consumer.adapters.kafka_admin import admin_client, describe_topics, ensure_topics
 from consumer.adapters.kafka_producer import AckingProducer
 from consumer.adapters.logging import configure_logging
 from consumer.adapters.malloc import fix_mmap_threshold
@@ -168,18 +169,7 @@ class Service:
     async def run(self) -> RunStats:
         """Start, consume until ``stop()``, then close everything in reverse order."""
         s = self.settings
-        if self.create_topics:
-            config = s.kafka.admin_config()
-            count = await asyncio.to_thread(_partition_count, config, s)
-            source = (await asyncio.to_thread(describe_topics, config, [s.kafka.topic]))[
-                s.kafka.topic
-            ]
-            dlq, changelog = created_topic_configs(topic_plan(s), source.replication)
-            topics = {s.kafka.dlq_topic: dlq, s.kafka.profile_topic: changelog}
-            await asyncio.to_thread(
-                ensure_topics, config, topics, partitions=count, replication=source.replication
-            )
-        await asyncio.to_thread(refuse_unfit_topics, s)
+        await asyncio.to_thread(prepare_topics, s, create=self.create_topics)
         self.producer.start()
         if self.admin is not None:
             await self.admin.start()
@@ -202,11 +192,31 @@ def _wall_clock() -> datetime:
     return datetime.now(UTC)
 
 
-def _partition_count(config: dict[str, Any], settings: Settings) -> int | None:
-    """The input topic's partition count, which the changelog must share (co-partitioning)."""
-    from confluent_kafka.admin import AdminClient
+def prepare_topics(settings: Settings, *, create: bool) -> None:
+    """Before consuming (blocking): create the DLQ and the changelog when missing (``create``,
+    ``KAFKA_CREATE_TOPICS``), co-partitioned with the input and with its replication, then
+    refuse topics the service cannot keep its guarantees with. One admin client serves every
+    request (one connection to wait for, not one per step).
 
-    metadata = AdminClient(config).list_topics(timeout=30.0)
+    Raises:
+        ConfigError: the input topic is missing, the changelog is not co-partitioned with it,
+            or the topics are unfit (``refuse_unfit_topics``).
+        BrokerError: the topics could not be described or created.
+    """
+    s = settings
+    admin = admin_client(s.kafka.admin_config())
+    if create:
+        count = _partition_count(admin, s)
+        source = describe_topics(admin, [s.kafka.topic])[s.kafka.topic]
+        dlq, changelog = created_topic_configs(topic_plan(s), source.replication)
+        topics = {s.kafka.dlq_topic: dlq, s.kafka.profile_topic: changelog}
+        ensure_topics(admin, topics, partitions=count, replication=source.replication)
+    refuse_unfit_topics(s, admin)
+
+
+def _partition_count(admin: AdminClient, settings: Settings) -> int | None:
+    """The input topic's partition count, which the changelog must share (co-partitioning)."""
+    metadata = admin.list_topics(timeout=30.0)
     topic = metadata.topics.get(settings.kafka.topic)
     if topic is None or topic.error is not None:
         raise ConfigError(f"KAFKA_TOPIC: topic {settings.kafka.topic!r} does not exist")
@@ -257,28 +267,30 @@ def topic_plan(settings: Settings) -> TopicPlan:
     )
 
 
-def validate_topics(settings: Settings) -> list[TopicProblem]:
+def validate_topics(settings: Settings, admin: AdminClient | None = None) -> list[TopicProblem]:
     """What is wrong with the input, changelog and dead-letter topics (for ``run`` and ``check``).
 
-    Blocking (admin requests). Fatal problems make ``run`` refuse to start.
+    Blocking (admin requests). Fatal problems make ``run`` refuse to start. ``admin``: a client
+    to reuse (``None``: one made of ``KAFKA_*`` settings).
 
     Raises:
         BrokerError: the topics could not be described.
     """
     k = settings.kafka
-    states = describe_topics(k.admin_config(), [k.topic, k.profile_topic, k.dlq_topic])
+    states = describe_topics(admin or k.admin_config(), [k.topic, k.profile_topic, k.dlq_topic])
     return topic_problems(
         states[k.topic], states[k.profile_topic], states[k.dlq_topic], topic_plan(settings)
     )
 
 
-def refuse_unfit_topics(settings: Settings) -> None:
+def refuse_unfit_topics(settings: Settings, admin: AdminClient | None = None) -> None:
     """Log the topics' warnings; raise if the service cannot keep its guarantees with them.
 
     Raises:
         ConfigError: every fatal problem, in one message.
+        BrokerError: the topics could not be described.
     """
-    problems = validate_topics(settings)
+    problems = validate_topics(settings, admin)
     for problem in problems:
         if not problem.fatal:
             log.warning("topic_unfit", topic=problem.topic, problem=problem.message)

@@ -93,3 +93,15 @@ def test_broker_defaults_only_warn() -> None:
     problems = topic_problems(SOURCE, changelog, dlq, PLAN)
     assert fatal(problems) == []
     assert len(problems) == 4  # compaction bound, DLQ timestamps, replicas x2
+
+
+def test_the_start_up_checks_share_one_admin_client() -> None:
+    """``admin_client`` keeps a client it is given (one connection for a series of admin
+    calls) and makes one of properties; making one does no network I/O."""
+    from confluent_kafka.admin import AdminClient
+
+    from consumer.adapters.kafka_admin import admin_client
+
+    client = admin_client({"bootstrap.servers": "127.0.0.1:9"})
+    assert isinstance(client, AdminClient)
+    assert admin_client(client) is client
