@@ -134,9 +134,17 @@ class KafkaSettings(_Section):
     def _common(self) -> dict[str, Any]:
         """Every client: the brokers, then every KAFKA_CONFIG_* property (security, SASL...),
         and the stdlib logger that takes librdkafka's log lines (routed into structlog by
-        ``consumer.adapters.logging``)."""
+        ``consumer.adapters.logging``).
+
+        ``reconnect.backoff.ms=50`` is a default KAFKA_CONFIG_* may override: the Java client's
+        default, where librdkafka's is 100. librdkafka (2.16) drops the bootstrap connection
+        once it knows the brokers and connects again after half this backoff, so every new
+        client's first request waited about 50 ms (measured against a local broker: 54 ms,
+        28 ms with 50); the backoff still grows exponentially to ``reconnect.backoff.max.ms``
+        (10 s) while a broker stays away."""
         return {
             "bootstrap.servers": self.bootstrap_servers,
+            "reconnect.backoff.ms": 50,
             **self.config,
             "logger": logging.getLogger(KAFKA_LOGGER),
         }

@@ -201,8 +201,25 @@ def test_admin_config_leaves_out_group_membership_properties() -> None:
     """An admin client gets the brokers and the pass-through, not consumer-group properties."""
     config = load(**SASL, KAFKA_CONFIG_GROUP_REMOTE_ASSIGNOR="uniform").kafka.admin_config()
 
-    expected = {"bootstrap.servers": "broker-1:9092", **SASL_PROPERTIES}
+    expected = {"bootstrap.servers": "broker-1:9092", "reconnect.backoff.ms": 50, **SASL_PROPERTIES}
     assert expected == {k: v for k, v in config.items() if k != "logger"}
+
+
+def test_every_client_reconnects_after_50_ms_unless_kafka_config_says_otherwise() -> None:
+    """The Java client's reconnect.backoff.ms, not librdkafka's 100 ms, which every new client
+    waited half of for its first request; KAFKA_CONFIG_RECONNECT_BACKOFF_MS overrides it."""
+    for settings, expected in (
+        (load(), 50),
+        (load(KAFKA_CONFIG_RECONNECT_BACKOFF_MS="200"), "200"),
+    ):
+        k = settings.kafka
+        configs = (
+            k.consumer_config(),
+            k.producer_config(),
+            k.admin_config(),
+            k.reader_config("restore"),
+        )
+        assert [c["reconnect.backoff.ms"] for c in configs] == [expected] * 4
 
 
 # --- the schema registry ---------------------------------------------------------------------
