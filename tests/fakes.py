@@ -182,10 +182,12 @@ class FakeSource:
             return []
         return self._take(max_records)
 
-    async def store(self, offsets: dict[int, int]) -> None:
+    async def store(self, offsets: dict[int, int], *, commit: bool = False) -> None:
         for partition, offset in offsets.items():
             self.stored.setdefault(partition, []).append(offset)
         self._note("store", dict(offsets))
+        if commit:
+            self._commit("commit_stored", offsets)
 
     async def commit(self, offsets: dict[int, int]) -> None:
         self._commit("commit", offsets)

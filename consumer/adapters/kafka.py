@@ -345,10 +345,25 @@ class KafkaSource:
                 log.warning("kafka_consumer_error", code=err.name(), error=err.str())
         return records
 
-    async def store(self, offsets: dict[int, int]) -> None:
-        """Store the next offsets to commit; the auto-committer and ``commit_now`` send them."""
+    async def store(self, offsets: dict[int, int], *, commit: bool = False) -> None:
+        """Store the next offsets to commit; the auto-committer and ``commit_now`` send them.
+
+        ``commit``: also commit every stored offset now, asynchronously (librdkafka's
+        ``commit(asynchronous=True)``: the Kafka thread does not wait for the broker; an error
+        is logged, and the next periodic commit sends the same offsets again).
+        """
         if offsets:
-            await self._call(self.store_now, offsets)
+            await self._call(self._store_and_commit if commit else self.store_now, offsets)
+
+    def _store_and_commit(self, offsets: dict[int, int]) -> None:
+        self.store_now(offsets)
+        try:
+            self._c.commit(asynchronous=True)
+        except KafkaException as exc:
+            # _NO_OFFSET: nothing stored (a partition revoked meanwhile); any other error: the
+            # periodic commit tries again within a second.
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                log.warning("offset_commit_failed", error=str(exc))
 
     def store_now(self, offsets: dict[int, int]) -> None:
         """Store offsets (Kafka thread or rebalance callbacks only)."""

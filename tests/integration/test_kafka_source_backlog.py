@@ -190,3 +190,33 @@ def test_backlog_counts_what_arrives_while_the_partition_is_paused(
             await source.close()
 
     assert asyncio.run(scenario()) == ({0: 0}, {0: 4})
+
+
+def test_store_with_commit_commits_the_stored_offsets_without_the_periodic_commit(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """``store(..., commit=True)`` (the worker's, once nothing is left in flight) commits at
+    once: the periodic commit is switched off here, so only that commit can reach the group."""
+    topic = make_topic(partitions=1)
+    settings = _settings(kafka_bootstrap, topic, unique_name("group"), "earliest")
+    _produce(settings, topic, 5)
+    config = settings.kafka.consumer_config()
+    config["enable.auto.commit"] = False
+
+    async def scenario() -> tuple[int, int]:
+        source = KafkaSource(config, topic)
+        listener = Listener()
+        await source.start(listener)
+        try:
+            await _take(source, listener, 5)
+            await source.store({0: 3})
+            await source.store({0: 5}, commit=True)
+            deadline = time.monotonic() + DEADLINE
+            while (lag := (await source.lag([0]))[0]).committed != 5:
+                assert time.monotonic() < deadline, f"committed {lag.committed}, not 5"
+                await asyncio.sleep(0.05)  # polling the group's committed offset, bounded
+            return lag.committed, lag.end
+        finally:
+            await source.close()
+
+    assert asyncio.run(scenario()) == (5, 5)

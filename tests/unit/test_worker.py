@@ -816,6 +816,30 @@ def test_housekeeping_runs_beside_the_poll_loop_and_is_cancelled_at_stop() -> No
     run(scenario)
 
 
+# --- committing when drained ---------------------------------------------------------------------
+
+
+def test_finished_offsets_are_committed_at_once_when_nothing_is_left_in_flight() -> None:
+    """The periodic commit (every second) would leave the last offsets of a burst uncommitted
+    for up to a second: once nothing is in flight, what was stored is committed at once (without
+    waiting for the broker). While records are still in flight, storing is enough."""
+
+    async def scenario() -> None:
+        h = Harness()
+        async with h.running():
+            h.records(0, 0, 1)
+            await h.source.until(lambda: h.held.started == [(0, 0), (0, 1)])
+            h.held.finish(0, 0)
+            await h.source.until(lambda: h.source.last_stored(0) == 1)
+            await h.source.passes(2)
+            assert h.source.actions_named("commit_stored") == [], "one record is in flight"
+            h.held.finish(0, 1)
+            await h.source.until(lambda: h.source.last_stored(0) == 2)
+            assert h.source.actions_named("commit_stored") == [("commit_stored", {0: 2})]
+
+    run(scenario)
+
+
 # --- the lag read --------------------------------------------------------------------------------
 
 
@@ -890,7 +914,8 @@ def test_stops_after_stop_when_idle_seconds_without_records() -> None:
             assert not task.done(), "29.5 s idle: below the limit"
             clock.advance(0.5)
             stats = await asyncio.wait_for(task, DEADLINE)
-            expected = (1, True, [1])
+            # Committed when the record finished (nothing left in flight), and at the stop.
+            expected = (1, True, [1, 1])
             actual = (stats.received, h.source.closed, h.source.committed[0])
             assert expected == actual
 
