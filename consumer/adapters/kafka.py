@@ -25,6 +25,7 @@ import structlog
 from confluent_kafka import (
     OFFSET_INVALID,
     Consumer,
+    ConsumerGroupTopicPartitions,
     IsolationLevel,
     KafkaError,
     KafkaException,
@@ -219,8 +220,9 @@ class KafkaSource:
     offset it was at, ``reset_to``) and reported to ``on_offset_reset(partition, reset_to)``.
 
     ``admin_config`` (``KafkaSettings.admin_config()``) gives ``lag`` an admin client, which asks
-    the brokers for every partition's end offset in one request, away from the Kafka thread;
-    without it, ``lag`` asks the consumer, one partition after the other, on the Kafka thread.
+    the group coordinator for the committed offsets and the brokers for every partition's end
+    offset in one request each, away from the Kafka thread (a coordinator or broker that does
+    not answer then holds no poll); without it, ``lag`` asks the consumer, on the Kafka thread.
     """
 
     def __init__(
@@ -451,9 +453,41 @@ class KafkaSource:
         parts = list(partitions)
         if not parts:
             return {}
-        committed = await self._call(self._committed, parts)
+        committed = await self._committed_offsets(parts)
         ends = await self._end_offsets(parts)
         return {p: PartitionLag(committed.get(p, 0), end) for p, end in ends.items()}
+
+    async def _committed_offsets(self, partitions: list[int]) -> dict[int, int]:
+        """The group's committed offsets (0 where none). With an admin client, asked of the
+        group coordinator away from the Kafka thread: while the coordinator does not answer,
+        the read waits out its timeout, and the poll loop's calls must not wait behind it."""
+        if self._admin_config is None:
+            return dict(await self._call(self._committed, partitions))
+        group = str(self._config.get("group.id", ""))
+        request = ConsumerGroupTopicPartitions(
+            group, [TopicPartition(self.topic, p) for p in partitions]
+        )
+        try:
+            futures = self._admin_client().list_consumer_group_offsets(
+                [request], request_timeout=5.0
+            )
+            result = await asyncio.wait_for(asyncio.wrap_future(futures[group]), 6.0)
+        except (KafkaException, TimeoutError) as exc:
+            raise BrokerError(
+                f"reading committed offsets failed: {str(exc) or 'timed out'}"
+            ) from exc
+        offsets: dict[int, int] = {}
+        for tp in result.topic_partitions or ():
+            if tp.error is not None:
+                raise BrokerError(f"reading committed offsets failed: {tp.error}")
+            offsets[tp.partition] = tp.offset if tp.offset >= 0 else 0
+        return offsets
+
+    def _admin_client(self) -> AdminClient:
+        if self._admin is None:
+            assert self._admin_config is not None
+            self._admin = AdminClient(self._admin_config)
+        return self._admin
 
     def _committed(self, partitions: list[int]) -> dict[int, int]:
         try:
@@ -472,9 +506,7 @@ class KafkaSource:
         if self._admin_config is None:
             return dict(await self._call(self._end_offsets_from_consumer, partitions))
         try:
-            if self._admin is None:
-                self._admin = AdminClient(self._admin_config)
-            futures = self._admin.list_offsets(
+            futures = self._admin_client().list_offsets(
                 {TopicPartition(self.topic, p): _LATEST for p in partitions},
                 isolation_level=self._isolation,
                 request_timeout=5.0,

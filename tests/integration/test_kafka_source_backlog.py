@@ -9,13 +9,18 @@ a new group that starts at the end of the topic.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from consumer.adapters.kafka import KafkaSource
+from consumer.adapters.kafka_admin import ensure_topics
 from consumer.adapters.kafka_producer import AckingProducer
+from consumer.devtools.localkafka import LocalKafka
+from consumer.errors import BrokerError
 from consumer.ports import PartitionLag
 from consumer.settings import Settings
 
@@ -148,6 +153,7 @@ def test_lag_counts_the_records_that_arrive_while_the_partition_is_paused(
         await source.start(listener)
         try:
             await _take(source, listener, 5)
+            uncommitted = await source.lag([0])  # the group has committed nothing yet
             await source.commit({0: 5})
             caught_up = await source.lag([0])
             await _pause_then_produce(source, settings, topic, 7)
@@ -155,11 +161,12 @@ def test_lag_counts_the_records_that_arrive_while_the_partition_is_paused(
             await source.resume([0])
             await _take(source, listener, 7)
             await source.commit({0: 12})
-            return caught_up, paused, await source.lag([0])
+            return uncommitted, caught_up, paused, await source.lag([0])
         finally:
             await source.close()
 
     assert asyncio.run(scenario()) == (
+        {0: PartitionLag(0, 5)},
         {0: PartitionLag(5, 5)},
         {0: PartitionLag(5, 12)},
         {0: PartitionLag(12, 12)},
@@ -220,3 +227,55 @@ def test_store_with_commit_commits_the_stored_offsets_without_the_periodic_commi
             await source.close()
 
     assert asyncio.run(scenario()) == (5, 5)
+
+
+@pytest.fixture(scope="module")
+def stoppable_kafka() -> Iterator[LocalKafka]:
+    """A broker of this module alone: it is stopped (SIGSTOP), which the session's must not be."""
+    with LocalKafka() as kafka:
+        yield kafka
+
+
+def test_a_lag_read_waiting_for_a_broker_leaves_the_consumers_thread_to_the_poll_loop(
+    stoppable_kafka: LocalKafka, unique_name: Callable[[str], str]
+) -> None:
+    """While the group coordinator does not answer (a broker restarting or away), a lag read
+    waits out its timeout (5 s). Every other call of the consumer (poll, store, pause, resume)
+    runs on the one Kafka thread: a lag read that waited there held them all that long, once
+    per lag interval (5 s), while the partitions' leaders may well be up. The read goes through
+    the admin client, off that thread: a pause asked for meanwhile returns while the read still
+    waits. (The broker is stopped with SIGSTOP: its connections stay open and silent, so the read
+    can only end by its own timeout, not before the pause is answered.)"""
+    bootstrap = stoppable_kafka.bootstrap_servers
+    topic = unique_name("topic")
+    settings = _settings(bootstrap, topic, unique_name("group"), "earliest")
+    ensure_topics(settings.kafka.admin_config(), {topic: {}}, partitions=1)
+    _produce(settings, topic, 3)
+
+    async def scenario() -> tuple[bool, str]:
+        source = KafkaSource(
+            settings.kafka.consumer_config(), topic, admin_config=settings.kafka.admin_config()
+        )
+        listener = Listener()
+        await source.start(listener)
+        try:
+            await _take(source, listener, 3)
+            await source.commit({0: 3})
+            os.kill(stoppable_kafka.pid, signal.SIGSTOP)
+            try:
+                lag = asyncio.create_task(source.lag([0]))
+                await asyncio.sleep(0)  # the read starts: its first step asks for the offsets
+                await source.pause([0])  # librdkafka pauses locally: no broker involved
+                waiting = not lag.done()
+            finally:
+                os.kill(stoppable_kafka.pid, signal.SIGCONT)
+            try:
+                outcome = repr(await lag)
+            except BrokerError as exc:
+                outcome = f"BrokerError: {exc}"
+            return waiting, outcome
+        finally:
+            await source.close()
+
+    waiting, outcome = asyncio.run(scenario())
+    assert waiting, f"the pause waited for the lag read to end ({outcome})"
