@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pytest
@@ -836,6 +838,39 @@ def test_finished_offsets_are_committed_at_once_when_nothing_is_left_in_flight()
             h.held.finish(0, 1)
             await h.source.until(lambda: h.source.last_stored(0) == 2)
             assert h.source.actions_named("commit_stored") == [("commit_stored", {0: 2})]
+
+    run(scenario)
+
+
+def stored_up_to(h: Harness, offset: int) -> bool:
+    return h.source.last_stored(0) == offset
+
+
+def test_a_drained_commit_comes_at_most_once_per_drain_commit_interval() -> None:
+    """At low traffic every record drains the pipeline: a commit per record would write to
+    ``__consumer_offsets`` at the rate records arrive. A drain within ``drain_commit_interval``
+    (0.1 s, Kafka Streams' commit interval under exactly-once) of the last drained commit only
+    stores its offsets; the periodic commit (every second) sends them."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        h = Harness(opts=options(drain_commit_interval=0.1), clock=clock)
+        async with h.running():
+            for offset in range(3):
+                h.records(0, offset)
+                await h.source.until(partial(operator.contains, h.held.started, (0, offset)))
+                h.held.finish(0, offset)
+                await h.source.until(partial(stored_up_to, h, offset + 1))
+            assert h.source.actions_named("commit_stored") == [("commit_stored", {0: 1})]
+            clock.advance(0.1)
+            h.records(0, 3)
+            await h.source.until(lambda: (0, 3) in h.held.started)
+            h.held.finish(0, 3)
+            await h.source.until(lambda: h.source.last_stored(0) == 4)
+            assert h.source.actions_named("commit_stored") == [
+                ("commit_stored", {0: 1}),
+                ("commit_stored", {0: 4}),
+            ]
 
     run(scenario)
 
