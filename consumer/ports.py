@@ -160,7 +160,8 @@ class Source(Protocol):
 
     async def store(self, offsets: dict[int, int], *, commit: bool = False) -> None:
         """Store ``offsets`` for the periodic commit; with ``commit``, also commit every stored
-        offset now, without waiting for the broker (a failed commit is left to the next)."""
+        offset now (those stored earlier too: ``offsets`` may be empty), without waiting for the
+        broker (a failed commit is left to the next)."""
         ...
 
     async def commit(self, offsets: dict[int, int]) -> None: ...

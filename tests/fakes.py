@@ -187,7 +187,13 @@ class FakeSource:
             self.stored.setdefault(partition, []).append(offset)
         self._note("store", dict(offsets))
         if commit:
-            self._commit("commit_stored", offsets)
+            # As librdkafka's commit() without offsets: every stored offset not committed yet.
+            pending = {
+                partition: positions[-1]
+                for partition, positions in self.stored.items()
+                if positions and positions[-1] not in self.committed.get(partition, [])[-1:]
+            }
+            self._commit("commit_stored", pending)
 
     async def commit(self, offsets: dict[int, int]) -> None:
         self._commit("commit", offsets)

@@ -350,12 +350,15 @@ class KafkaSource:
     async def store(self, offsets: dict[int, int], *, commit: bool = False) -> None:
         """Store the next offsets to commit; the auto-committer and ``commit_now`` send them.
 
-        ``commit``: also commit every stored offset now, asynchronously (librdkafka's
-        ``commit(asynchronous=True)``: the Kafka thread does not wait for the broker; an error
-        is logged, and the next periodic commit sends the same offsets again).
+        ``commit``: also commit every stored offset now, those stored before included
+        (``offsets`` may be empty), asynchronously (librdkafka's ``commit(asynchronous=True)``:
+        the Kafka thread does not wait for the broker; an error is logged, and the next periodic
+        commit sends the same offsets again).
         """
-        if offsets:
-            await self._call(self._store_and_commit if commit else self.store_now, offsets)
+        if commit:
+            await self._call(self._store_and_commit, offsets)
+        elif offsets:
+            await self._call(self.store_now, offsets)
 
     def _store_and_commit(self, offsets: dict[int, int]) -> None:
         self.store_now(offsets)

@@ -124,6 +124,8 @@ class Worker:
         """Monotonic time of the last polled record or assignment (for ``stop_when_idle``)."""
         self._drain_committed = -math.inf
         """Monotonic time of the last commit on drain (``_store_finished``)."""
+        self._commit_owed = False
+        """Offsets were stored since the last commit on drain (``_store_finished``)."""
         self.stats = RunStats()
 
     def stop(self) -> None:
@@ -402,15 +404,19 @@ class Worker:
         uncommitted (lag that is not there, a longer replay after a crash) for up to a second.
         Under load records stay in flight, and the periodic commit alone sends offsets. At low
         traffic every record drains the pipeline: at most one such commit per
-        ``drain_commit_interval``, so that commits do not follow the records' rate."""
+        ``drain_commit_interval``, so that commits do not follow the records' rate; a drain
+        within it is committed by the first loop pass after it (a pass comes at least every
+        ``poll_timeout``), unless records are in flight again by then."""
         advanced = self._watermarks.take_advanced()
-        if advanced:
-            commit = False
-            if self._dispatcher.total_in_flight() == 0:
-                now = self._now()
-                if now - self._drain_committed >= self._opt.drain_commit_interval:
-                    self._drain_committed = now
-                    commit = True
+        self._commit_owed = self._commit_owed or bool(advanced)
+        commit = False
+        if self._commit_owed and self._dispatcher.total_in_flight() == 0:
+            now = self._now()
+            if now - self._drain_committed >= self._opt.drain_commit_interval:
+                self._drain_committed = now
+                self._commit_owed = False
+                commit = True
+        if advanced or commit:
             await self._source.store(advanced, commit=commit)
         self._update_in_flight()
 
