@@ -2,7 +2,10 @@
 Kafka adapters share with it (message conversion, the one-thread executor, deadlines).
 
 The consumer is used from one dedicated thread (librdkafka's poll, rebalance callbacks, offset
-store and commit all run there), so the asyncio loop never blocks on Kafka. The producer is in
+store and commit all run there), so the asyncio loop never blocks on Kafka. The offset reads of
+``lag`` and ``backlog`` wait on the group coordinator and the partitions' leaders: they go
+through clients of their own, on a thread of their own, so that a broker that does not answer
+holds no poll. The producer is in
 ``kafka_producer``, the reader of partitions to their end in ``kafka_reader``, topic
 administration in ``kafka_admin``.
 
@@ -25,7 +28,6 @@ import structlog
 from confluent_kafka import (
     OFFSET_INVALID,
     Consumer,
-    ConsumerGroupTopicPartitions,
     IsolationLevel,
     KafkaError,
     KafkaException,
@@ -51,6 +53,9 @@ _UNAUTHORIZED = frozenset(
 
 WAKE_TIMEOUT = 0.5
 """Seconds the request that wakes the fetcher after a resume may take (``KafkaSource``)."""
+
+READ_TIMEOUT = 5.0
+"""Seconds an offset read of ``lag`` or ``backlog`` may wait for a broker (``KafkaSource``)."""
 
 _LATEST: Final[OffsetSpec] = OffsetSpec.latest()  # type: ignore[no-untyped-call]
 
@@ -92,12 +97,17 @@ class _KafkaThread:
             tuple[concurrent.futures.Future[Any], Callable[[], Any]] | None
         ]
         self._work = queue.SimpleQueue()
+        self._stopped = False
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
+        """``fn(*args)``, run on the thread; once it is stopped, a ``BrokerError`` at once."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._work.put((future, lambda: fn(*args)))
+        if self._stopped:
+            future.set_exception(BrokerError("the Kafka consumer is closed"))
+        else:
+            self._work.put((future, lambda: fn(*args)))
         return future
 
     def _serve(self) -> None:
@@ -111,7 +121,27 @@ class _KafkaThread:
                 future.set_exception(exc)
 
     def shutdown(self) -> None:
+        self._stopped = True
         self._work.put(None)
+
+    def stop(self, error: BaseException, timeout: float) -> bool:
+        """Fail the calls not started yet with ``error``, let the one running end, and stop.
+
+        Returns:
+            Whether the thread ended within ``timeout`` seconds (a call that is still running
+            may still use what it was given).
+        """
+        self._stopped = True
+        while True:
+            try:
+                item = self._work.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None and item[0].set_running_or_notify_cancel():
+                item[0].set_exception(error)
+        self._work.put(None)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
 
 def consume_ready(consumer: Consumer, max_messages: int, timeout: float) -> list[Message]:
@@ -219,10 +249,19 @@ class KafkaSource:
     offset fell out of retention) is logged as ``kafka_offset_reset`` (topic, partition, the
     offset it was at, ``reset_to``) and reported to ``on_offset_reset(partition, reset_to)``.
 
-    ``admin_config`` (``KafkaSettings.admin_config()``) gives ``lag`` an admin client, which asks
-    the group coordinator for the committed offsets and the brokers for every partition's end
-    offset in one request each, away from the Kafka thread (a coordinator or broker that does
-    not answer then holds no poll); without it, ``lag`` asks the consumer, on the Kafka thread.
+    ``lag`` and ``backlog`` read offsets on a thread of their own (``kafka-reads``), through
+    clients of their own: a coordinator or leader that does not answer makes a read wait out
+    its timeout (``READ_TIMEOUT``), and the poll loop's consumer must not wait with it
+    (confluent-kafka 2.16 lets one thread at a time into a ``Consumer``: a pause waited behind
+    another thread's ``committed``). The committed offsets and the partitions' start offsets
+    are read by a second consumer, of the same group id but never a member of the group (it
+    does not subscribe; group membership properties are left out of its configuration).
+    ``admin_config`` (``KafkaSettings.admin_config()``) gives the reads an admin client, which
+    asks for every partition's end offset in one request per leader; without it, the second
+    consumer asks partition by partition. The admin client does not read committed offsets: its
+    coordinator-bound requests (ListConsumerGroupOffsets) abort the process when one times out
+    while the coordinator does not answer and it then comes back (librdkafka #4605, unfixed in
+    2.16).
     """
 
     def __init__(
@@ -249,6 +288,19 @@ class KafkaSource:
         self.topic = topic
         self._executor = _KafkaThread("kafka")
         self._consumer: Consumer | None = None
+        # The reads' consumer: the group's offsets without being a member of the group.
+        self._reader_config = {
+            k: v for k, v in config.items() if not k.startswith(("group.", "partition."))
+        }
+        self._reader_config.update(
+            {
+                "group.id": self._config.get("group.id", ""),
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+            }
+        )
+        self._reads = _KafkaThread("kafka-reads")
+        self._reader: Consumer | None = None
         self.commit_timeout = 15.0
         self.close_timeout = 30.0
         self._in_rebalance_callback = False
@@ -299,8 +351,16 @@ class KafkaSource:
     async def close(self) -> None:
         """Leave the group (revoking, hence committing, what is assigned) and close.
 
+        Offset reads not started yet fail with ``BrokerError``; their consumer is closed once
+        the one running has ended (bounded by ``READ_TIMEOUT``): librdkafka must not destroy a
+        client another thread is inside of.
+
         Bounded by ``close_timeout``: with the cluster unreachable, librdkafka's close can wait
         indefinitely; the process then exits anyway (what is not committed is replayed).
+
+        Raises:
+            BrokerError: the close took longer than ``close_timeout``, or a read did not end
+                within its timeout (the consumer is then left open).
         """
         try:
             await asyncio.wait_for(self._call(self._close), self.close_timeout)
@@ -310,12 +370,27 @@ class KafkaSource:
             self._executor.shutdown()
 
     def _close(self) -> None:
+        if not self._reads.stop(BrokerError("the Kafka consumer is closing"), READ_TIMEOUT + 1.0):
+            raise BrokerError("a Kafka offset read did not end within its timeout")
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.wrap_future(self._executor.submit(fn, *args))
+
+    async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the reads thread (``fn`` uses ``_offsets_reader``, not ``_c``)."""
+        return await asyncio.wrap_future(self._reads.submit(fn, *args))
+
+    def _offsets_reader(self) -> Consumer:
+        """The reads' consumer, created on first use (on the reads thread)."""
+        if self._reader is None:
+            self._reader = Consumer(self._reader_config)
+        return self._reader
 
     @property
     def _c(self) -> Consumer:
@@ -431,7 +506,8 @@ class KafkaSource:
         # steps of a second, and a resume does not wake it: the records of a resume came up to
         # a second later (bench/README.md, "What limits the forward path"). Any request to the
         # partition's leader wakes it; a fresh high watermark is a cheap one. One try per call:
-        # with a broker away, the loop must not wait for it once per partition.
+        # with a broker away, the loop must not wait for it once per partition. (It cannot be
+        # sent from another thread: confluent-kafka lets one thread at a time into a Consumer.)
         for tp in parts:
             try:
                 consumer.get_watermark_offsets(tp, timeout=WAKE_TIMEOUT, cached=False)
@@ -461,30 +537,9 @@ class KafkaSource:
         return {p: PartitionLag(committed.get(p, 0), end) for p, end in ends.items()}
 
     async def _committed_offsets(self, partitions: list[int]) -> dict[int, int]:
-        """The group's committed offsets (0 where none). With an admin client, asked of the
-        group coordinator away from the Kafka thread: while the coordinator does not answer,
-        the read waits out its timeout, and the poll loop's calls must not wait behind it."""
-        if self._admin_config is None:
-            return dict(await self._call(self._committed, partitions))
-        group = str(self._config.get("group.id", ""))
-        request = ConsumerGroupTopicPartitions(
-            group, [TopicPartition(self.topic, p) for p in partitions]
-        )
-        try:
-            futures = self._admin_client().list_consumer_group_offsets(
-                [request], request_timeout=5.0
-            )
-            result = await asyncio.wait_for(asyncio.wrap_future(futures[group]), 6.0)
-        except (KafkaException, TimeoutError) as exc:
-            raise BrokerError(
-                f"reading committed offsets failed: {str(exc) or 'timed out'}"
-            ) from exc
-        offsets: dict[int, int] = {}
-        for tp in result.topic_partitions or ():
-            if tp.error is not None:
-                raise BrokerError(f"reading committed offsets failed: {tp.error}")
-            offsets[tp.partition] = tp.offset if tp.offset >= 0 else 0
-        return offsets
+        """The group's committed offsets (0 where none), asked of the group coordinator
+        (OffsetFetch) by the reads' consumer."""
+        return dict(await self._read(self._committed, partitions))
 
     def _admin_client(self) -> AdminClient:
         if self._admin is None:
@@ -494,8 +549,8 @@ class KafkaSource:
 
     def _committed(self, partitions: list[int]) -> dict[int, int]:
         try:
-            committed = self._c.committed(
-                [TopicPartition(self.topic, p) for p in partitions], timeout=5.0
+            committed = self._offsets_reader().committed(
+                [TopicPartition(self.topic, p) for p in partitions], timeout=READ_TIMEOUT
             )
         except KafkaException as exc:
             # E.g. NOT_COORDINATOR or a timeout while a broker restarts: no lag this time.
@@ -507,15 +562,16 @@ class KafkaSource:
 
     async def _end_offsets(self, partitions: list[int]) -> dict[int, int]:
         if self._admin_config is None:
-            return dict(await self._call(self._end_offsets_from_consumer, partitions))
+            return dict(await self._read(self._end_offsets_from_consumer, partitions))
         try:
             futures = self._admin_client().list_offsets(
                 {TopicPartition(self.topic, p): _LATEST for p in partitions},
                 isolation_level=self._isolation,
-                request_timeout=5.0,
+                request_timeout=READ_TIMEOUT,
             )
             results = await asyncio.wait_for(
-                asyncio.gather(*(asyncio.wrap_future(f) for f in futures.values())), 6.0
+                asyncio.gather(*(asyncio.wrap_future(f) for f in futures.values())),
+                READ_TIMEOUT + 1.0,
             )
         except (KafkaException, TimeoutError) as exc:
             raise BrokerError(f"reading end offsets failed: {str(exc) or 'timed out'}") from exc
@@ -525,8 +581,8 @@ class KafkaSource:
         ends: dict[int, int] = {}
         try:
             for p in partitions:
-                _low, high = self._c.get_watermark_offsets(
-                    TopicPartition(self.topic, p), timeout=5.0, cached=False
+                _low, high = self._offsets_reader().get_watermark_offsets(
+                    TopicPartition(self.topic, p), timeout=READ_TIMEOUT, cached=False
                 )
                 ends[p] = high
         except KafkaException as exc:
@@ -546,6 +602,9 @@ class KafkaSource:
         if not parts:
             return {}
         positions = await self._call(self._positions, parts)
+        unknown = [p for p, offset in positions.items() if offset is None]
+        if unknown:
+            positions.update(await self._read(self._starts, unknown))
         ends = await self._end_offsets(parts)
         backlog: dict[int, int] = {}
         for p, end in ends.items():
@@ -554,28 +613,37 @@ class KafkaSource:
         return backlog
 
     def _positions(self, partitions: list[int]) -> dict[int, int | None]:
-        """The next offset handed out per partition; ``None`` for a group that starts at the
-        end (``auto.offset.reset=latest``, nothing committed): nothing waits there."""
-        consumer = self._c
+        """The next offset handed out per partition (librdkafka's, a local read); ``None``
+        where nothing was handed out since the assignment."""
         try:
-            tps = consumer.position([TopicPartition(self.topic, p) for p in partitions])
-            unknown = [tp for tp in tps if tp.offset < 0]
-            if unknown:
-                # Nothing consumed from these since the assignment: start at the committed one.
-                committed = {tp.partition: tp for tp in consumer.committed(unknown, timeout=5.0)}
-                tps = [committed.get(tp.partition, tp) for tp in tps]
-            positions: dict[int, int | None] = {}
-            for tp in tps:
-                if tp.offset >= 0:
-                    positions[tp.partition] = tp.offset
-                elif self._config.get("auto.offset.reset") == "latest":
-                    positions[tp.partition] = None
-                else:
-                    low, _high = consumer.get_watermark_offsets(tp, timeout=5.0, cached=False)
-                    positions[tp.partition] = max(low, 0)
+            tps = self._c.position([TopicPartition(self.topic, p) for p in partitions])
         except KafkaException as exc:
-            raise BrokerError(f"reading positions or watermarks failed: {exc}") from exc
-        return positions
+            raise BrokerError(f"reading positions failed: {exc}") from exc
+        return {tp.partition: tp.offset if tp.offset >= 0 else None for tp in tps}
+
+    def _starts(self, partitions: list[int]) -> dict[int, int | None]:
+        """Where the group starts in partitions it has consumed nothing of: the committed
+        offset, else the start of the partition; ``None`` for a group that starts at the end
+        (``auto.offset.reset=latest``, nothing committed): nothing waits there."""
+        reader = self._offsets_reader()
+        try:
+            committed = reader.committed(
+                [TopicPartition(self.topic, p) for p in partitions], timeout=READ_TIMEOUT
+            )
+            starts: dict[int, int | None] = {}
+            for tp in committed:
+                if tp.offset >= 0:
+                    starts[tp.partition] = tp.offset
+                elif self._config.get("auto.offset.reset") == "latest":
+                    starts[tp.partition] = None
+                else:
+                    low, _high = reader.get_watermark_offsets(
+                        tp, timeout=READ_TIMEOUT, cached=False
+                    )
+                    starts[tp.partition] = max(low, 0)
+        except KafkaException as exc:
+            raise BrokerError(f"reading committed offsets or watermarks failed: {exc}") from exc
+        return starts
 
 
 def _partitions(parts: list[TopicPartition]) -> list[int]:

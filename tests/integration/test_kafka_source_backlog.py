@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -279,3 +281,118 @@ def test_a_lag_read_waiting_for_a_broker_leaves_the_consumers_thread_to_the_poll
 
     waiting, outcome = asyncio.run(scenario())
     assert waiting, f"the pause waited for the lag read to end ({outcome})"
+
+
+def test_a_backlog_read_waiting_for_a_broker_leaves_the_consumers_thread_to_the_poll_loop(
+    stoppable_kafka: LocalKafka, unique_name: Callable[[str], str]
+) -> None:
+    """The backlog (asked by the idle stop) of a group that has consumed nothing yet starts at
+    its committed offsets, which only the group coordinator knows: while it does not answer, the
+    read waits out its timeout (5 s), and on the Kafka thread it held every poll and pause
+    behind it. It runs on a thread of its own: a pause asked for meanwhile returns while the
+    read still waits."""
+    bootstrap = stoppable_kafka.bootstrap_servers
+    topic = unique_name("topic")
+    settings = _settings(bootstrap, topic, unique_name("group"), "earliest")
+    ensure_topics(settings.kafka.admin_config(), {topic: {}}, partitions=1)
+
+    async def scenario() -> tuple[bool, str]:
+        source = KafkaSource(
+            settings.kafka.consumer_config(), topic, admin_config=settings.kafka.admin_config()
+        )
+        listener = Listener()
+        await source.start(listener)
+        try:
+            await _take(source, listener, 0)
+            os.kill(stoppable_kafka.pid, signal.SIGSTOP)
+            try:
+                backlog = asyncio.create_task(source.backlog([0]))
+                await asyncio.sleep(0)
+                await source.pause([0])
+                waiting = not backlog.done()
+            finally:
+                os.kill(stoppable_kafka.pid, signal.SIGCONT)
+            try:
+                outcome = repr(await backlog)
+            except BrokerError as exc:
+                outcome = f"BrokerError: {exc}"
+            return waiting, outcome
+        finally:
+            await source.close()
+
+    waiting, outcome = asyncio.run(scenario())
+    assert waiting, f"the pause waited for the backlog read to end ({outcome})"
+
+
+LAG_ACROSS_A_STOP = """
+import asyncio, os, signal, sys, time
+from consumer.adapters.kafka import KafkaSource
+from consumer.errors import BrokerError
+from tests.integration.test_kafka_source_backlog import Listener, _settings, _take
+
+bootstrap, topic, group, broker = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+settings = _settings(bootstrap, topic, group, "earliest")
+
+async def main() -> None:
+    source = KafkaSource(
+        settings.kafka.consumer_config(), topic, admin_config=settings.kafka.admin_config()
+    )
+    listener = Listener()
+    await source.start(listener)
+    try:
+        await _take(source, listener, 3)
+        await source.commit({0: 3})
+        os.kill(broker, signal.SIGSTOP)
+        try:
+            await source.lag([0])
+            print("stopped: read", flush=True)
+        except BrokerError as exc:
+            print("stopped: BrokerError", flush=True)
+            print(exc, file=sys.stderr)
+        finally:
+            os.kill(broker, signal.SIGCONT)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                lag = (await source.lag([0]))[0]
+                break
+            except BrokerError:
+                assert time.monotonic() < deadline, "no lag read after the broker came back"
+        print(f"resumed: {lag.committed} {lag.end}", flush=True)
+    finally:
+        await source.close()
+
+asyncio.run(main())
+"""
+
+
+def test_a_lag_read_that_times_out_on_a_stopped_broker_leaves_the_process_running(
+    stoppable_kafka: LocalKafka, unique_name: Callable[[str], str]
+) -> None:
+    """A lag read is asked while the broker does not answer, and waits out its timeout; the
+    broker comes back and the next read answers. librdkafka's coordinator-bound admin requests
+    (ListConsumerGroupOffsets, DescribeConsumerGroups) abort the process on this path
+    (``rd_kafka_enq_once_del_source_return: Assertion `eonce->refcnt > 0' failed``, librdkafka
+    #4605, unfixed in 2.16): the committed offsets are read by the consumer instead. In a child
+    process, so that an abort is this test's failure and not the end of the test run."""
+    bootstrap = stoppable_kafka.bootstrap_servers
+    topic = unique_name("topic")
+    settings = _settings(bootstrap, topic, unique_name("group"), "earliest")
+    ensure_topics(settings.kafka.admin_config(), {topic: {}}, partitions=1)
+    _produce(settings, topic, 3)
+    args = [bootstrap, topic, unique_name("group"), str(stoppable_kafka.pid)]
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", LAG_ACROSS_A_STOP, *args],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+    finally:
+        os.kill(stoppable_kafka.pid, signal.SIGCONT)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("stopped", "resumed"))]
+    assert (done.returncode, lines) == (
+        0,
+        ["stopped: BrokerError", "resumed: 3 3"],
+    ), done.stderr[-2000:]
