@@ -539,7 +539,8 @@ class KafkaSource:
     async def _committed_offsets(self, partitions: list[int]) -> dict[int, int]:
         """The group's committed offsets (0 where none), asked of the group coordinator
         (OffsetFetch) by the reads' consumer."""
-        return dict(await self._read(self._committed, partitions))
+        committed = await self._read(self._committed, partitions)
+        return {p: 0 if offset is None else offset for p, offset in committed.items()}
 
     def _admin_client(self) -> AdminClient:
         if self._admin is None:
@@ -547,7 +548,8 @@ class KafkaSource:
             self._admin = AdminClient(self._admin_config)
         return self._admin
 
-    def _committed(self, partitions: list[int]) -> dict[int, int]:
+    def _committed(self, partitions: list[int]) -> dict[int, int | None]:
+        """The group's committed offset per partition, ``None`` where none (reads thread)."""
         try:
             committed = self._offsets_reader().committed(
                 [TopicPartition(self.topic, p) for p in partitions], timeout=READ_TIMEOUT
@@ -556,7 +558,7 @@ class KafkaSource:
             # E.g. NOT_COORDINATOR or a timeout while a broker restarts: no lag this time.
             raise BrokerError(f"reading committed offsets failed: {exc}") from exc
         return {
-            tp.partition: tp.offset if tp.offset != OFFSET_INVALID and tp.offset >= 0 else 0
+            tp.partition: tp.offset if tp.offset != OFFSET_INVALID and tp.offset >= 0 else None
             for tp in committed
         }
 
@@ -625,24 +627,16 @@ class KafkaSource:
         """Where the group starts in partitions it has consumed nothing of: the committed
         offset, else the start of the partition; ``None`` for a group that starts at the end
         (``auto.offset.reset=latest``, nothing committed): nothing waits there."""
-        reader = self._offsets_reader()
+        starts = self._committed(partitions)
         try:
-            committed = reader.committed(
-                [TopicPartition(self.topic, p) for p in partitions], timeout=READ_TIMEOUT
-            )
-            starts: dict[int, int | None] = {}
-            for tp in committed:
-                if tp.offset >= 0:
-                    starts[tp.partition] = tp.offset
-                elif self._config.get("auto.offset.reset") == "latest":
-                    starts[tp.partition] = None
-                else:
-                    low, _high = reader.get_watermark_offsets(
-                        tp, timeout=READ_TIMEOUT, cached=False
+            for p, offset in starts.items():
+                if offset is None and self._config.get("auto.offset.reset") != "latest":
+                    low, _high = self._offsets_reader().get_watermark_offsets(
+                        TopicPartition(self.topic, p), timeout=READ_TIMEOUT, cached=False
                     )
-                    starts[tp.partition] = max(low, 0)
+                    starts[p] = max(low, 0)
         except KafkaException as exc:
-            raise BrokerError(f"reading committed offsets or watermarks failed: {exc}") from exc
+            raise BrokerError(f"reading start offsets failed: {exc}") from exc
         return starts
 
 
