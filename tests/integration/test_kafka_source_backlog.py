@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 
@@ -238,21 +238,17 @@ def stoppable_kafka() -> Iterator[LocalKafka]:
         yield kafka
 
 
-def test_a_lag_read_waiting_for_a_broker_leaves_the_consumers_thread_to_the_poll_loop(
-    stoppable_kafka: LocalKafka, unique_name: Callable[[str], str]
-) -> None:
-    """While the group coordinator does not answer (a broker restarting or away), a lag read
-    waits out its timeout (5 s). Every other call of the consumer (poll, store, pause, resume)
-    runs on the one Kafka thread: a lag read that waited there held them all that long, once
-    per lag interval (5 s), while the partitions' leaders may well be up. The read goes through
-    the admin client, off that thread: a pause asked for meanwhile returns while the read still
-    waits. (The broker is stopped with SIGSTOP: its connections stay open and silent, so the read
-    can only end by its own timeout, not before the pause is answered.)"""
-    bootstrap = stoppable_kafka.bootstrap_servers
-    topic = unique_name("topic")
-    settings = _settings(bootstrap, topic, unique_name("group"), "earliest")
-    ensure_topics(settings.kafka.admin_config(), {topic: {}}, partitions=1)
-    _produce(settings, topic, 3)
+def _pause_during_a_read(
+    kafka: LocalKafka,
+    settings: Settings,
+    topic: str,
+    consumed: int,
+    read: Callable[[KafkaSource], Awaitable[object]],
+) -> tuple[bool, str]:
+    """Consume (and commit) ``consumed`` records of partition 0, stop the broker (SIGSTOP: its
+    connections stay open and silent, so a read can only end by its own timeout), start
+    ``read``, ask for a pause, and tell whether the read was still waiting when the pause
+    returned, with the read's outcome once the broker is back."""
 
     async def scenario() -> tuple[bool, str]:
         source = KafkaSource(
@@ -261,25 +257,44 @@ def test_a_lag_read_waiting_for_a_broker_leaves_the_consumers_thread_to_the_poll
         listener = Listener()
         await source.start(listener)
         try:
-            await _take(source, listener, 3)
-            await source.commit({0: 3})
-            os.kill(stoppable_kafka.pid, signal.SIGSTOP)
+            await _take(source, listener, consumed)
+            if consumed:
+                await source.commit({0: consumed})
+            os.kill(kafka.pid, signal.SIGSTOP)
             try:
-                lag = asyncio.create_task(source.lag([0]))
+                task = asyncio.ensure_future(read(source))
                 await asyncio.sleep(0)  # the read starts: its first step asks for the offsets
                 await source.pause([0])  # librdkafka pauses locally: no broker involved
-                waiting = not lag.done()
+                waiting = not task.done()
             finally:
-                os.kill(stoppable_kafka.pid, signal.SIGCONT)
+                os.kill(kafka.pid, signal.SIGCONT)
             try:
-                outcome = repr(await lag)
+                outcome = repr(await task)
             except BrokerError as exc:
                 outcome = f"BrokerError: {exc}"
             return waiting, outcome
         finally:
             await source.close()
 
-    waiting, outcome = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_a_lag_read_waiting_for_a_broker_leaves_the_consumers_thread_to_the_poll_loop(
+    stoppable_kafka: LocalKafka, unique_name: Callable[[str], str]
+) -> None:
+    """While the group coordinator does not answer (a broker restarting or away), a lag read
+    waits out its timeout (5 s). Every other call of the consumer (poll, store, pause, resume)
+    runs on the one Kafka thread: a lag read that waited there held them all that long, once
+    per lag interval (5 s), while the partitions' leaders may well be up. The read goes through
+    clients of its own, on a thread of its own: a pause asked for meanwhile returns while the
+    read still waits."""
+    topic = unique_name("topic")
+    settings = _settings(stoppable_kafka.bootstrap_servers, topic, unique_name("group"), "earliest")
+    ensure_topics(settings.kafka.admin_config(), {topic: {}}, partitions=1)
+    _produce(settings, topic, 3)
+    waiting, outcome = _pause_during_a_read(
+        stoppable_kafka, settings, topic, 3, lambda source: source.lag([0])
+    )
     assert waiting, f"the pause waited for the lag read to end ({outcome})"
 
 
@@ -291,36 +306,12 @@ def test_a_backlog_read_waiting_for_a_broker_leaves_the_consumers_thread_to_the_
     read waits out its timeout (5 s), and on the Kafka thread it held every poll and pause
     behind it. It runs on a thread of its own: a pause asked for meanwhile returns while the
     read still waits."""
-    bootstrap = stoppable_kafka.bootstrap_servers
     topic = unique_name("topic")
-    settings = _settings(bootstrap, topic, unique_name("group"), "earliest")
+    settings = _settings(stoppable_kafka.bootstrap_servers, topic, unique_name("group"), "earliest")
     ensure_topics(settings.kafka.admin_config(), {topic: {}}, partitions=1)
-
-    async def scenario() -> tuple[bool, str]:
-        source = KafkaSource(
-            settings.kafka.consumer_config(), topic, admin_config=settings.kafka.admin_config()
-        )
-        listener = Listener()
-        await source.start(listener)
-        try:
-            await _take(source, listener, 0)
-            os.kill(stoppable_kafka.pid, signal.SIGSTOP)
-            try:
-                backlog = asyncio.create_task(source.backlog([0]))
-                await asyncio.sleep(0)
-                await source.pause([0])
-                waiting = not backlog.done()
-            finally:
-                os.kill(stoppable_kafka.pid, signal.SIGCONT)
-            try:
-                outcome = repr(await backlog)
-            except BrokerError as exc:
-                outcome = f"BrokerError: {exc}"
-            return waiting, outcome
-        finally:
-            await source.close()
-
-    waiting, outcome = asyncio.run(scenario())
+    waiting, outcome = _pause_during_a_read(
+        stoppable_kafka, settings, topic, 0, lambda source: source.backlog([0])
+    )
     assert waiting, f"the pause waited for the backlog read to end ({outcome})"
 
 
