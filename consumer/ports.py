@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from consumer.domain.button import ButtonRequest
 from consumer.domain.deadletter import DeadLetter
@@ -126,6 +126,20 @@ class Delivery:
     event_type: str = ""
 
 
+class FinishedRecord(NamedTuple):
+    """A record finished without a task (an inert view or open), for ``finished_together``.
+
+    Attributes:
+        delivery: its live-log entry (``outcome``, ``reason``, where it was read...).
+        key: its Kafka key, for the scope of the line it may log (hashed there, never logged).
+        event_age: seconds from its event time to when it finished, if known.
+    """
+
+    delivery: Delivery
+    key: bytes | None
+    event_age: float | None
+
+
 class RebalanceListener(Protocol):
     """Receives a consumer group's rebalance callbacks, with partition numbers.
 
@@ -220,8 +234,9 @@ class RecordHandler(Protocol):
         for the registry or dead-letters it). Changes nothing and reports nothing."""
         ...
 
-    def finish_inert(self, record: Record, event: InertEvent) -> str:
-        """Finish an inert record as skipped (its telemetry and live-log line); its outcome."""
+    def finish_inert(self, inert: Sequence[tuple[Record, InertEvent]]) -> None:
+        """Finish inert records (``triage``: each record with its ``InertEvent``) as skipped,
+        together: their telemetry and live-log lines, in one report for the batch."""
         ...
 
 
@@ -380,4 +395,10 @@ class Telemetry(Protocol):
 
     def delivery(self, delivery: Delivery) -> None:
         """Add a finished record to the live delivery log."""
+        ...
+
+    def finished_together(self, records: Sequence[FinishedRecord]) -> None:
+        """Records finished at once (a poll batch's inert records), in offset order: for each,
+        what ``finished`` and ``delivery`` report for one record, any line it logs under its
+        own record's scope (``CURRENT_RECORD``)."""
         ...

@@ -21,7 +21,14 @@ from typing import Any
 from consumer.domain.events import CommerceEvent, EventType
 from consumer.domain.mapping import skip_for
 from consumer.domain.triage import InertEvent
-from consumer.ports import Delivery, Headers, PartitionLag, RebalanceListener, Record
+from consumer.ports import (
+    Delivery,
+    FinishedRecord,
+    Headers,
+    PartitionLag,
+    RebalanceListener,
+    Record,
+)
 
 DEADLINE = 5.0
 """Seconds any single wait in a test may take before the test fails."""
@@ -402,6 +409,9 @@ class RecordingTelemetry:
     def delivery(self, delivery: Delivery) -> None:
         self._record("delivery", delivery)
 
+    def finished_together(self, records: Sequence[FinishedRecord]) -> None:
+        self._record("finished_together", tuple(records))
+
 
 class HeldPipeline:
     """Stands in for ``Pipeline``: ``handle(record)`` returns when the test finishes the record.
@@ -417,6 +427,8 @@ class HeldPipeline:
         self.inert = set(inert)
         """Positions ``triage`` reports inert: finished by ``finish_inert``, never started."""
         self.finished_inert: list[tuple[int, int]] = []
+        self.inert_batches: list[int] = []
+        """The size of each ``finish_inert`` call's batch (calls with none are not kept)."""
         self._results: dict[tuple[int, int], asyncio.Future[str]] = {}
         self._released = False
 
@@ -427,9 +439,10 @@ class HeldPipeline:
             f"view-{record.offset}", EventType.PAGE_VIEW, 0, skip_for(EventType.PAGE_VIEW)
         )
 
-    def finish_inert(self, record: Record, event: InertEvent) -> str:
-        self.finished_inert.append((record.partition, record.offset))
-        return "skipped"
+    def finish_inert(self, inert: Sequence[tuple[Record, InertEvent]]) -> None:
+        self.finished_inert.extend((record.partition, record.offset) for record, _ in inert)
+        if inert:
+            self.inert_batches.append(len(inert))
 
     async def handle(self, record: Record, event: CommerceEvent | None = None) -> str:
         position = (record.partition, record.offset)

@@ -62,7 +62,9 @@ _LATEST: Final[OffsetSpec] = OffsetSpec.latest()  # type: ignore[no-untyped-call
 
 def message_headers(message: Message) -> Headers:
     """A message's headers as (name, bytes) pairs, in order."""
-    raw = message.headers() or []
+    raw = message.headers()
+    if not raw:
+        return []
     pairs = raw.items() if isinstance(raw, dict) else raw
     return [
         (str(name), value.encode() if isinstance(value, str) else (value or b""))

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -23,7 +23,14 @@ import structlog
 from consumer.adapters.admin import DeliveryLog, Health
 from consumer.adapters.metrics import OFFSET_RESET_TARGETS, Metrics
 from consumer.domain.policy import BREAKER_REASONS
-from consumer.ports import Changelog, Delivery, PartitionLag
+from consumer.ports import (
+    CURRENT_RECORD,
+    Changelog,
+    Delivery,
+    FinishedRecord,
+    PartitionLag,
+    RecordScope,
+)
 
 log = structlog.get_logger("consumer.record")
 progress_log = structlog.get_logger("consumer.restore")
@@ -210,8 +217,43 @@ class ServiceTelemetry:
             _label(delivery.event_type, "undecoded"),
             _label(delivery.reason),
         ).inc()
-        if delivery.outcome in SUCCESSES and not self._successes.keep():
-            return
+        if delivery.outcome not in SUCCESSES or self._successes.keep():
+            self._summary(delivery)
+
+    def finished_together(self, records: Sequence[FinishedRecord]) -> None:
+        """``finished`` and ``delivery`` for each record, with one counter update per outcome
+        and label set; the summary lines sampled as one by one, each under its record's scope."""
+        finished: dict[str, int] = {}
+        outcomes: dict[tuple[str, str, str], int] = {}
+        observe = self.metrics.event_age.observe
+        for delivery, key, age in records:
+            finished[delivery.outcome] = finished.get(delivery.outcome, 0) + 1
+            labels = (delivery.outcome, delivery.event_type, delivery.reason)
+            outcomes[labels] = outcomes.get(labels, 0) + 1
+            if age is not None:
+                observe(max(age, 0.0))
+            self.deliveries.add(delivery)
+            if delivery.outcome not in SUCCESSES or self._successes.keep():
+                scope = CURRENT_RECORD.set(
+                    RecordScope(delivery.partition, delivery.offset, key, delivery.event_id)
+                )
+                try:
+                    self._summary(delivery)
+                finally:
+                    CURRENT_RECORD.reset(scope)
+        for outcome, count in finished.items():
+            self._child(self.metrics.records_finished, outcome).inc(count)
+        for (outcome, event_type, reason), count in outcomes.items():
+            self._child(
+                self.metrics.outcomes,
+                _label(outcome),
+                _label(event_type, "undecoded"),
+                _label(reason),
+            ).inc(count)
+
+    @staticmethod
+    def _summary(delivery: Delivery) -> None:
+        """The record's one summary line (``partition`` and ``offset`` come from its scope)."""
         fields = asdict(delivery)
         del fields["at"], fields["partition"], fields["offset"]  # bound per record already
         if delivery.outcome in SUCCESSES:

@@ -102,6 +102,10 @@ def btn_ref_from_url(url: str | None) -> str | None:
     """
     if not url or len(url) > _MAX_URL_LENGTH:
         return None
+    if "=" not in url and "%" not in url:
+        # Every form above needs a "k=v" pair, or a percent-encoded one: none here (most page
+        # URLs), so the URL need not be split.
+        return None
     return _token_in(url, _MAX_NESTING)
 
 

@@ -33,6 +33,8 @@ _INERT_TYPES: dict[str, EventType] = {
     for t in EventType
     if t not in (EventType.PURCHASE, EventType.REFUND, EventType.UNKNOWN)
 }
+_SKIPS: dict[EventType, Skip] = {t: skip_for(t) for t in _INERT_TYPES.values()}
+"""The mapping's decision for each inert type, made once (``Skip`` is immutable)."""
 _DEVICE_FIELDS = (
     "ios_advertising_id",
     "android_advertising_id",
@@ -73,12 +75,16 @@ def inert_record(record: Mapping[str, Any]) -> InertEvent | None:
         event_time_ms = int(record["event_time"].timestamp() * 1000)
     except (OverflowError, ValueError):
         return None
-    return InertEvent(record["event_id"], event_type, event_time_ms, skip_for(event_type))
+    return InertEvent(record["event_id"], event_type, event_time_ms, _SKIPS[event_type])
 
 
 def _well_formed(record: Mapping[str, Any]) -> bool:
     """The fields the model requires are there, and it is not a development event."""
-    event_id, user_key, event_time = (record.get(f) for f in ("event_id", "user_key", "event_time"))
+    event_id, user_key, event_time = (
+        record.get("event_id"),
+        record.get("user_key"),
+        record.get("event_time"),
+    )
     environment = record.get("environment")
     return (
         isinstance(event_id, str)
@@ -107,7 +113,9 @@ def _teaches_nothing(record: Mapping[str, Any]) -> bool:
         or btn_ref_from_integration_attributes(attributes) is not None
     ):
         return False
-    urls = (record.get("launch_referral_url"), record.get("page_url"))
-    return all(
-        url is None or (isinstance(url, str) and btn_ref_from_url(url) is None) for url in urls
-    )
+    return _no_token(record.get("launch_referral_url")) and _no_token(record.get("page_url"))
+
+
+def _no_token(url: object) -> bool:
+    """No URL, or one that carries no ``btn_ref`` (``attribution.btn_ref_from_url``)."""
+    return url is None or (isinstance(url, str) and btn_ref_from_url(url) is None)

@@ -306,7 +306,8 @@ class Worker:
 
     def _submit(self, records: list[Record]) -> None:
         """Hand each record to its key's lane, except inert ones (a view or open that can
-        change nothing: ``consumer.domain.triage``), finished here at once, without a task.
+        change nothing: ``consumer.domain.triage``), finished here at once, without a task, and
+        reported together once the batch is handed out (``RecordHandler.finish_inert``).
 
         Each value is decoded here when that needs no I/O, and the lane's job gets the result.
         An inert record needs neither its key's order nor Button: finishing it before earlier
@@ -316,15 +317,18 @@ class Worker:
         self.stats.received += len(records)
         self._telemetry.records_received(self._source.topic, len(records))
         pipeline, dispatcher = self._pipeline, self._dispatcher
+        inert: list[tuple[Record, InertEvent]] = []
         for record in self._drop_redelivered(records):
             decoded = pipeline.triage(record)
             if isinstance(decoded, InertEvent):
                 if dispatcher.finish_now(record.partition, record.offset):
-                    pipeline.finish_inert(record, decoded)
+                    inert.append((record, decoded))
                 continue
             dispatcher.submit(
                 record.partition, record.offset, record.key, self._job(record, decoded)
             )
+        if inert:  # reported together, before any offset of theirs can be stored
+            pipeline.finish_inert(inert)
         self._update_in_flight()
 
     def _drop_redelivered(self, records: list[Record]) -> list[Record]:

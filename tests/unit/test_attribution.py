@@ -7,8 +7,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from consumer.domain.attribution import (
+    _MAX_NESTING,
     ResolvedToken,
     TokenSource,
+    _token_in,
     btn_ref_from_integration_attributes,
     btn_ref_from_url,
     is_forwardable_btn_ref,
@@ -67,6 +69,19 @@ def test_url_parsing_never_crashes_and_never_returns_org_ids(url: str) -> None:
     """Arbitrary text yields either None or a forwardable token."""
     token = btn_ref_from_url(url)
     assert token is None or is_forwardable_btn_ref(token)
+
+
+@given(
+    st.text(
+        alphabet=st.sampled_from("btn_refBTN_REF&#;?/:.-x1srctok[]"),
+        max_size=80,
+    )
+)
+def test_a_carrier_without_a_pair_or_a_percent_sign_is_not_split(carrier: str) -> None:
+    """``btn_ref_from_url`` answers ``None`` at once for text without "=" and "%" (most page
+    URLs): the full search over every carrier form finds nothing in such text either."""
+    assert _token_in(carrier, _MAX_NESTING) is None
+    assert btn_ref_from_url(carrier) is None
 
 
 def test_integration_attribute_1022() -> None:

@@ -1396,6 +1396,46 @@ def test_an_inert_event_is_skipped_without_the_profile_or_a_changelog_write() ->
     )
 
 
+def test_a_poll_batchs_inert_records_are_finished_in_one_report() -> None:
+    """``finish_inert`` finishes a batch of inert records together: each is skipped with its
+    own event id, type, reason and position in the live log, counted, and its event age
+    observed, with nothing read, written or sent."""
+    views = [
+        (
+            record(5, key=b"user-a"),
+            InertEvent("evt-5", EventType.PAGE_VIEW, T0_MS - 2_000, Skip("profile_only")),
+        ),
+        (
+            record(6, key=b"user-b"),
+            InertEvent("evt-6", EventType.APP_OPEN, T0_MS - 500, Skip("profile_only")),
+        ),
+        (
+            record(7, key=None),
+            InertEvent("evt-7", EventType.SCREEN_VIEW, T0_MS, Skip("not_an_order")),
+        ),
+    ]
+    h = Harness()
+
+    Pipeline(h.deps()).finish_inert(views)
+
+    shown = [
+        (d["offset"], d["event_id"], d["event_type"], d["reason"], d["action"], d["outcome"])
+        for d in reversed(h.deliveries.recent(10))
+    ]
+    assert shown == [
+        (5, "evt-5", "PAGE_VIEW", "profile_only", "skip", "skipped"),
+        (6, "evt-6", "APP_OPEN", "profile_only", "skip", "skipped"),
+        (7, "evt-7", "SCREEN_VIEW", "not_an_order", "skip", "skipped"),
+    ]
+    assert (
+        h.sample("records_finished_total", outcome="skipped"),
+        h.sample("event_age_seconds_count"),
+        h.sample("event_age_seconds_sum"),
+        h.processor.calls,
+        h.calls,
+    ) == (3.0, 3.0, 2.5, [], [])
+
+
 def test_a_view_that_teaches_nothing_writes_nothing_with_the_real_processor() -> None:
     """The full path too: a page view without a token or device id leaves the profile as it
     is, so nothing is written to the changelog."""

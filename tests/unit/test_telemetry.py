@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from hashlib import sha256
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from consumer.adapters.admin import DeliveryLog, Health
+from consumer.adapters.logging import add_record_scope
 from consumer.adapters.metrics import NAMESPACE, Metrics
 from consumer.adapters.telemetry import (
     RestoreReport,
@@ -19,7 +21,7 @@ from consumer.adapters.telemetry import (
     TimedChangelog,
     status_class,
 )
-from consumer.ports import Delivery, PartitionLag
+from consumer.ports import CURRENT_RECORD, Delivery, FinishedRecord, PartitionLag, RecordScope
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -171,6 +173,62 @@ def test_successes_are_sampled_and_failures_always_logged() -> None:
 
     outcomes = [(e["event"], e["log_level"], e["outcome"]) for e in logs]
     assert outcomes == [("record", "info", "delivered"), ("record", "warning", "dead_lettered")]
+
+
+def _inert(offset: int, event_type: str = "PAGE_VIEW", reason: str = "profile_only"):
+    return Delivery(
+        at=2.0,
+        partition=3,
+        offset=offset,
+        event_id=f"view-{offset}",
+        action="skip",
+        order_id="",
+        outcome="skipped",
+        status=None,
+        attempts=0,
+        reason=reason,
+        event_type=event_type,
+    )
+
+
+def _exposition(t: ServiceTelemetry) -> list[tuple[str, list[tuple[str, str]], float]]:
+    return sorted(
+        (s.name, sorted(s.labels.items()), s.value)
+        for metric in t.metrics.registry.collect()
+        for s in metric.samples
+        if not s.name.endswith("_created")
+    )
+
+
+def test_records_finished_together_report_as_one_by_one() -> None:
+    """A batch of inert records (``finished_together``) leaves the metrics, the live log and
+    the sampled summary lines as ``finished`` and ``delivery`` for each would, and each line
+    names its own record: partition, offset, key hash and event id from the record's scope."""
+    batch = [
+        FinishedRecord(_inert(10), b"user-a", 0.5),
+        FinishedRecord(_inert(11, "APP_OPEN"), b"user-b", 7.0),
+        FinishedRecord(_inert(12, "SCREEN_VIEW", "not_an_order"), None, None),
+        FinishedRecord(_inert(13), b"user-c", -1.0),
+    ]
+    one_by_one, together = telemetry(rate=0.5), telemetry(rate=0.5)
+    with capture_logs(processors=[add_record_scope]) as expected_lines:
+        for item in batch:
+            scope = CURRENT_RECORD.set(
+                RecordScope(3, item.delivery.offset, item.key, item.delivery.event_id)
+            )
+            one_by_one.finished(item.delivery.outcome, item.event_age)
+            one_by_one.delivery(item.delivery)
+            CURRENT_RECORD.reset(scope)
+    with capture_logs(processors=[add_record_scope]) as lines:
+        together.finished_together(batch)
+
+    assert _exposition(together) == _exposition(one_by_one)
+    assert together.deliveries.recent(10) == one_by_one.deliveries.recent(10)
+    assert lines == expected_lines
+    assert [(e["offset"], e.get("key"), e["event_id"]) for e in lines] == [
+        (10, sha256(b"user-a").hexdigest()[:12], "view-10"),
+        (12, None, "view-12"),
+    ]
 
 
 @pytest.mark.parametrize(("rate", "kept"), [(0.0, 0), (0.01, 1), (0.5, 50), (1.0, 100)])

@@ -439,7 +439,8 @@ def test_only_finished_offsets_are_stored() -> None:
 def test_inert_records_are_finished_as_they_arrive_without_a_task() -> None:
     """A view or open that can change nothing needs neither its key's lane nor Button: it is
     finished in the poll loop as it arrives, also behind a held record of its own key, and its
-    offset is stored once every offset below it is finished."""
+    offset is stored once every offset below it is finished. A poll batch's inert records are
+    reported together, in one call."""
 
     async def scenario() -> None:
         pipeline = HeldPipeline(inert={(0, 1), (0, 2), (0, 4)})
@@ -454,10 +455,11 @@ def test_inert_records_are_finished_as_they_arrive_without_a_task() -> None:
             )
             await h.source.until(lambda: len(pipeline.finished_inert) == 3)
             await h.source.passes()
-            expected: object = ([(0, 0), (0, 3)], [(0, 1), (0, 2), (0, 4)], 2, 2)
+            expected: object = ([(0, 0), (0, 3)], [(0, 1), (0, 2), (0, 4)], [3], 2, 2)
             actual: object = (
                 pipeline.started,
                 pipeline.finished_inert,
+                pipeline.inert_batches,
                 h.dispatcher.active_lanes,
                 h.dispatcher.total_in_flight(),
             )
