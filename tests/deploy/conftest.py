@@ -51,9 +51,13 @@ class HelmFailedError(Exception):
 
 
 def render(
-    *sets: str, values_files: Sequence[Path] = (), api_versions: Sequence[str] = API_VERSIONS
+    *sets: str,
+    values_files: Sequence[Path] = (),
+    api_versions: Sequence[str] = API_VERSIONS,
+    set_strings: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """`helm template` the chart with `--set` pairs and values files; the parsed documents."""
+    """`helm template` the chart with `--set` (and `--set-string`) pairs and values files; the
+    parsed documents."""
     args = [helm_binary(), "template", "release", str(CHART), "--kube-version", KUBE_VERSION]
     for api in api_versions:
         args += ["--api-versions", api]
@@ -61,6 +65,8 @@ def render(
         args += ["-f", str(path)]
     for pair in sets:
         args += ["--set", pair]
+    for pair in set_strings:
+        args += ["--set-string", pair]
     done = subprocess.run(args, capture_output=True, text=True, check=False, timeout=60)
     if done.returncode != 0:
         raise HelmFailedError(done.stderr.strip())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 from pathlib import Path
@@ -61,6 +62,28 @@ def test_the_default_values_render_valid_manifests(chart) -> None:
     """With only the required values, the release renders and validates."""
     for doc in chart():
         validate_manifest(doc)
+
+
+def test_the_readmes_helm_install_renders_valid_manifests() -> None:
+    """The README's quick-start `helm install` line, with its `--set` and `--set-string` values,
+    is one the chart accepts (helm's `--set` makes `true` a boolean: a setting must be a
+    string), and it renders a dry run."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("helm install "))
+    command = [lines[first]]
+    while command[-1].endswith("\\"):
+        command.append(lines[first + len(command)])
+    words = " ".join(line.removesuffix("\\") for line in command).split()
+    pairs: dict[str, list[str]] = {"--set": [], "--set-string": []}
+    for flag, value in itertools.pairwise(words):
+        if flag in pairs:
+            pairs[flag].append(value)
+
+    docs = render(*pairs["--set"], set_strings=pairs["--set-string"])
+
+    for doc in docs:
+        validate_manifest(doc)
+    assert by_kind(docs)["ConfigMap"]["data"]["DELIVERY_DRY_RUN"] == "true"
 
 
 def test_the_validation_catches_a_broken_manifest(chart) -> None:
