@@ -484,26 +484,46 @@ class Settings:
         for name, section in _SECTIONS.items():
             values[name] = _load(section, env)
         kafka: KafkaSettings = values["kafka"]
-        update: dict[str, Any] = {"config": kafka_passthrough(env)}
-        if values["delivery"].dry_run:
-            # A dry run commits past every order and records it in the profiles as if sent: in
-            # the live group and changelog, switching to live would never send those orders.
-            # So a dry run always has its own group, changelog and DLQ (DRY_RUN_SUFFIX).
-            update.update(
-                group_id=kafka.group_id + DRY_RUN_SUFFIX,
-                profile_topic=kafka.profile_topic + DRY_RUN_SUFFIX,
-                dlq_topic=kafka.dlq_topic + DRY_RUN_SUFFIX,
-            )
-        values["kafka"] = kafka.model_copy(update=update)
+        values["kafka"] = _as_run(
+            kafka.model_copy(update={"config": kafka_passthrough(env)}), values["delivery"]
+        )
         settings = cls(**values)
-        if settings.mapping.max_profile_bytes > settings.kafka.max_message_bytes - _RECORD_MARGIN:
-            raise ConfigError(
-                "MAPPING_MAX_PROFILE_BYTES: must stay below KAFKA_MAX_MESSAGE_BYTES minus "
-                f"{_RECORD_MARGIN} (key and record overhead), or a profile can become unwritable"
-            )
+        problem = _profile_bound_problem(settings.kafka, settings.mapping)
+        if problem is not None:
+            raise ConfigError(f"{problem.variable}: {problem.message}")
         if require_api_key and not settings.delivery.dry_run and settings.button.api_key is None:
             raise ConfigError("BUTTON_API_KEY is required (or set DELIVERY_DRY_RUN=true)")
         return settings
+
+
+def _as_run(kafka: KafkaSettings, delivery: DeliverySettings) -> KafkaSettings:
+    """The Kafka settings a run uses: under ``DELIVERY_DRY_RUN`` its own group, changelog and
+    DLQ (the configured names with ``DRY_RUN_SUFFIX``).
+
+    A dry run commits past every order and records it in the profiles as if sent: in the live
+    group and changelog, switching to live would never send those orders.
+    """
+    if not delivery.dry_run:
+        return kafka
+    return kafka.model_copy(
+        update={
+            "group_id": kafka.group_id + DRY_RUN_SUFFIX,
+            "profile_topic": kafka.profile_topic + DRY_RUN_SUFFIX,
+            "dlq_topic": kafka.dlq_topic + DRY_RUN_SUFFIX,
+        }
+    )
+
+
+def _profile_bound_problem(kafka: KafkaSettings, mapping: MappingSettings) -> SettingProblem | None:
+    """A profile bound the changelog cannot hold (records over ``message.max.bytes``), or
+    ``None``."""
+    if mapping.max_profile_bytes <= kafka.max_message_bytes - _RECORD_MARGIN:
+        return None
+    return SettingProblem(
+        "MAPPING_MAX_PROFILE_BYTES",
+        f"must stay below KAFKA_MAX_MESSAGE_BYTES minus {_RECORD_MARGIN} (key and record "
+        "overhead), or a profile can become unwritable",
+    )
 
 
 def _load(section: type[_Section], env: Mapping[str, str]) -> _Section:
@@ -617,7 +637,19 @@ def diagnose(
         kafka = sections.get("kafka")
         if isinstance(kafka, KafkaSettings):
             sections["kafka"] = kafka.model_copy(update={"config": passthrough})
-    delivery, button = sections.get("delivery"), sections.get("button")
+    kafka, delivery, button = (
+        sections.get("kafka"),
+        sections.get("delivery"),
+        sections.get("button"),
+    )
+    if isinstance(kafka, KafkaSettings) and isinstance(delivery, DeliverySettings):
+        # What a run would use: the dry run's own group and topics.
+        sections["kafka"] = kafka = _as_run(kafka, delivery)
+    mapping = sections.get("mapping")
+    if isinstance(kafka, KafkaSettings) and isinstance(mapping, MappingSettings):
+        problem = _profile_bound_problem(kafka, mapping)
+        if problem is not None:
+            problems.append(problem)
     if (
         require_api_key
         and isinstance(delivery, DeliverySettings)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consumer.settings import SettingProblem, diagnose
+from consumer.settings import KafkaSettings, SettingProblem, diagnose
 
 
 def test_every_invalid_variable_is_reported_by_name() -> None:
@@ -42,3 +42,48 @@ def test_a_misspelt_variable_is_a_warning_with_a_suggestion() -> None:
             "KAFKA_TOPICS", "is not a setting of this service (did you mean KAFKA_TOPIC?)", False
         )
     ]
+
+
+def test_a_dry_run_is_diagnosed_with_its_own_group_changelog_and_dlq() -> None:
+    """``check`` under DELIVERY_DRY_RUN=true looks at what a dry ``run`` uses: the group,
+    changelog and DLQ named with ``-dry-run``, never the live ones (``Settings.from_env``)."""
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "KAFKA_GROUP_ID": "shop-button"}
+    live, _ = diagnose({**env, "BUTTON_API_KEY": "sk-1"})
+    dry, _ = diagnose({**env, "DELIVERY_DRY_RUN": "true"})
+
+    names = [
+        (k.group_id, k.profile_topic, k.dlq_topic, k.topic)
+        for k in (live["kafka"], dry["kafka"])
+        if isinstance(k, KafkaSettings)
+    ]
+    assert names == [
+        (
+            "shop-button",
+            "button-consumer-profiles",
+            "commerce-events.button-dlq",
+            "commerce-events",
+        ),
+        (
+            "shop-button-dry-run",
+            "button-consumer-profiles-dry-run",
+            "commerce-events.button-dlq-dry-run",
+            "commerce-events",
+        ),
+    ]
+
+
+def test_a_profile_bound_the_changelog_cannot_hold_is_a_problem() -> None:
+    """The cross-field rule ``run`` refuses to start on is a ``check`` failure too, naming
+    the variable."""
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "DELIVERY_DRY_RUN": "true"}
+
+    _, too_large = diagnose({**env, "MAPPING_MAX_PROFILE_BYTES": "2000000"})
+    _, too_small = diagnose({**env, "KAFKA_MAX_MESSAGE_BYTES": "100000"})
+    _, fine = diagnose(env)
+
+    assert [(p.variable, p.fatal) for p in too_large + too_small] == [
+        ("MAPPING_MAX_PROFILE_BYTES", True),
+        ("MAPPING_MAX_PROFILE_BYTES", True),
+    ]
+    assert "KAFKA_MAX_MESSAGE_BYTES" in too_large[0].message
+    assert fine == []
