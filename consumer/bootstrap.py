@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
 from consumer.adapters.admin import AdminServer, DeliveryLog, Health, TestEventFn
 from consumer.adapters.avro_codec import LocalDecoder, RegistryDecoder, build_decoder
 from consumer.adapters.button_client import ButtonClient
-from consumer.adapters.kafka import KafkaSource
+from consumer.adapters.kafka import KafkaSource, kafka_error_text
 from consumer.adapters.kafka_admin import admin_client, describe_topics, ensure_topics
 from consumer.adapters.kafka_producer import AckingProducer
 from consumer.adapters.logging import configure_logging
@@ -192,6 +193,10 @@ def _wall_clock() -> datetime:
     return datetime.now(UTC)
 
 
+METADATA_TIMEOUT = 30.0
+"""Seconds the start-up's first metadata request may wait for the brokers."""
+
+
 def prepare_topics(settings: Settings, *, create: bool) -> None:
     """Before consuming (blocking): create the DLQ and the changelog when missing (``create``,
     ``KAFKA_CREATE_TOPICS``), co-partitioned with the input and with its replication, then
@@ -215,8 +220,19 @@ def prepare_topics(settings: Settings, *, create: bool) -> None:
 
 
 def _partition_count(admin: AdminClient, settings: Settings) -> int | None:
-    """The input topic's partition count, which the changelog must share (co-partitioning)."""
-    metadata = admin.list_topics(timeout=30.0)
+    """The input topic's partition count, which the changelog must share (co-partitioning).
+
+    Raises:
+        BrokerError: the brokers did not answer within ``METADATA_TIMEOUT`` (named by their
+            setting).
+    """
+    try:
+        metadata = admin.list_topics(timeout=METADATA_TIMEOUT)
+    except KafkaException as exc:
+        raise BrokerError(
+            f"cannot reach Kafka at {settings.kafka.bootstrap_servers} (KAFKA_BOOTSTRAP_SERVERS) "
+            f"within {METADATA_TIMEOUT:g} s: {kafka_error_text(exc)}"
+        ) from exc
     topic = metadata.topics.get(settings.kafka.topic)
     if topic is None or topic.error is not None:
         raise ConfigError(f"KAFKA_TOPIC: topic {settings.kafka.topic!r} does not exist")

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource
 
 from consumer.adapters.button_client import ButtonClient
+from consumer.adapters.kafka import kafka_error_text
 from consumer.domain.outcomes import OutcomeKind
 from consumer.settings import (
     ButtonSettings,
@@ -30,6 +31,7 @@ from consumer.settings import (
     KafkaSettings,
     SchemaSettings,
     diagnose,
+    kafka_property_problem,
 )
 
 
@@ -64,7 +66,7 @@ def check(
     kafka, schema = sections["kafka"], sections["schema"]
     button, delivery = sections["button"], sections["delivery"]
     if isinstance(kafka, KafkaSettings):
-        findings.extend(_check_kafka(kafka, timeout))
+        findings.extend(_check_kafka(kafka, timeout, environ))
     else:
         findings.append(
             Finding("skip", "KAFKA_BOOTSTRAP_SERVERS", "Kafka not checked: fix the settings above")
@@ -118,13 +120,23 @@ def _quiet_admin(kafka: KafkaSettings) -> tuple[AdminClient, _LibrdkafkaLog]:
     return AdminClient(config), log
 
 
-def _check_kafka(k: KafkaSettings, timeout: float) -> list[Finding]:
-    admin, log = _quiet_admin(k)
+def _check_kafka(
+    k: KafkaSettings, timeout: float, environ: Mapping[str, str] | None = None
+) -> list[Finding]:
+    try:
+        admin, log = _quiet_admin(k)
+    except KafkaException as exc:
+        # librdkafka checks the properties only now: a misspelt or refused KAFKA_CONFIG_*.
+        text = kafka_error_text(exc)
+        problem = kafka_property_problem(text, environ)
+        if problem is None:
+            return [Finding("fail", "KAFKA_BOOTSTRAP_SERVERS", f"no Kafka client: {text}")]
+        return [Finding("fail", problem.variable, problem.message)]
     try:
         metadata = admin.list_topics(timeout=timeout)
     except Exception as exc:  # noqa: BLE001 - reported, not raised: this is a diagnosis
         admin.poll(0)
-        detail = log.last() or _kafka_error_text(exc)
+        detail = log.last() or kafka_error_text(exc)
         return [
             Finding(
                 "fail",
@@ -181,12 +193,6 @@ def _check_kafka(k: KafkaSettings, timeout: float) -> list[Finding]:
     return out
 
 
-def _kafka_error_text(exc: Exception) -> str:
-    if exc.args and isinstance(exc.args[0], KafkaError):
-        return str(exc.args[0].str())
-    return f"{type(exc).__name__}: {exc}"
-
-
 _WEEK_MS = 7 * 24 * 3600 * 1000
 
 
@@ -210,7 +216,7 @@ def _check_topic_configs(
                 Finding(
                     "warn",
                     variable,
-                    f"topic {name}: configuration not readable ({_kafka_error_text(exc)})",
+                    f"topic {name}: configuration not readable ({kafka_error_text(exc)})",
                 )
             )
             continue
@@ -285,7 +291,7 @@ def _check_group(admin: AdminClient, k: KafkaSettings, timeout: float) -> Findin
         return Finding(
             "warn",
             "KAFKA_GROUP_ID",
-            f"group {k.group_id}: not described ({_kafka_error_text(exc)})",
+            f"group {k.group_id}: not described ({kafka_error_text(exc)})",
         )
     state = str(getattr(description.state, "name", description.state)).lower()
     return Finding(

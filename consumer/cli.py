@@ -98,6 +98,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        status = _kafka_failure(exc)
+        if status is None:
+            raise
+        return status
+
+
+def _kafka_failure(exc: Exception) -> int | None:
+    """Report a ``KafkaException`` the commands did not translate (e.g. a ``KAFKA_CONFIG_*``
+    property librdkafka refuses when a client is created) by the setting it names, instead of
+    a traceback: 2 for a configuration error, 1 for another Kafka error; ``None`` for any
+    other exception. (confluent-kafka is imported only by the commands that use it.)"""
+    kafka = sys.modules.get("confluent_kafka")
+    if kafka is None or not isinstance(exc, kafka.KafkaException):
+        return None
+    from consumer.settings import kafka_property_problem
+
+    error = exc.args[0] if exc.args else None
+    text = str(error.str()) if isinstance(error, kafka.KafkaError) else str(exc)
+    problem = kafka_property_problem(text)
+    if problem is not None:
+        print(
+            f"button-consumer: configuration error: {problem.variable}: {problem.message}",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"button-consumer: Kafka error: {text}", file=sys.stderr)
+    return 1
 
 
 def _dispatch(args: argparse.Namespace) -> int:

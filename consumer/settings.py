@@ -559,8 +559,7 @@ def kafka_passthrough(env: Mapping[str, str]) -> dict[str, str]:
             _PASSTHROUGH_PREFIX
         ):
             continue
-        name = variable[len(_PASSTHROUGH_PREFIX) :].lower()
-        prop = ".".join(part.replace("\0", "_") for part in name.replace("__", "\0").split("_"))
+        prop = _property_of(variable)
         if prop in _RESERVED_KAFKA:
             raise ConfigError(f"{variable}: {prop} is managed by the service and cannot be set")
         if prop in _TYPED_KAFKA:
@@ -573,6 +572,45 @@ def kafka_passthrough(env: Mapping[str, str]) -> dict[str, str]:
             )
         config[prop] = value
     return config
+
+
+_REFUSED_PROPERTY = re.compile(r'configuration property:? "(?P<property>[^"]+)"')
+
+
+def kafka_property_problem(
+    error_text: str, environ: Mapping[str, str] | None = None
+) -> SettingProblem | None:
+    """The setting behind a librdkafka property refused when a client is created, or ``None``
+    when ``error_text`` is not such a refusal.
+
+    librdkafka checks every property only then: 'No such configuration property: "x.y"' or
+    'Invalid value "v" for configuration property "x.y"'. It names its canonical property,
+    also for an alias (``linger.ms`` is ``queue.buffering.max.ms``): the variable is the
+    ``KAFKA_CONFIG_*`` one that sets that property, else the only one set, else all of them as
+    ``KAFKA_CONFIG_*``.
+    """
+    match = _REFUSED_PROPERTY.search(error_text)
+    if match is None:
+        return None
+    refused = match["property"]
+    env = os.environ if environ is None else environ
+    passthrough = sorted(
+        v for v in env if v.startswith(_PASSTHROUGH_PREFIX) and v != _PASSTHROUGH_PREFIX
+    )
+    exact = [v for v in passthrough if _property_of(v) == refused]
+    candidates = exact or passthrough
+    if len(candidates) == 1:
+        variable = candidates[0]
+    else:
+        variable = _TYPED_KAFKA.get(refused, _PASSTHROUGH_PREFIX + "*")
+    return SettingProblem(variable, f"librdkafka refuses it: {error_text}")
+
+
+def _property_of(variable: str) -> str:
+    """The librdkafka property a ``KAFKA_CONFIG_*`` variable sets: ``_`` is ``.``, ``__`` is
+    ``_`` (``KAFKA_CONFIG_SASL_OAUTHBEARER_CLIENT__ID`` is ``sasl.oauthbearer.client_id``)."""
+    name = variable[len(_PASSTHROUGH_PREFIX) :].lower()
+    return ".".join(part.replace("\0", "_") for part in name.replace("__", "\0").split("_"))
 
 
 def variable_names() -> frozenset[str]:

@@ -60,6 +60,14 @@ READ_TIMEOUT = 5.0
 _LATEST: Final[OffsetSpec] = OffsetSpec.latest()  # type: ignore[no-untyped-call]
 
 
+def kafka_error_text(exc: BaseException) -> str:
+    """librdkafka's own text of a ``KafkaException`` ("Local: Broker transport failure"...);
+    the type and message of any other exception."""
+    if exc.args and isinstance(exc.args[0], KafkaError):
+        return str(exc.args[0].str())
+    return f"{type(exc).__name__}: {exc}"
+
+
 def message_headers(message: Message) -> Headers:
     """A message's headers as (name, bytes) pairs, in order."""
     raw = message.headers()

@@ -115,3 +115,29 @@ def test_unreachable_services_are_named_without_raw_librdkafka_lines(
     assert "FAIL  SCHEMA_REGISTRY_URL" in out
     assert "rdkafka" not in out + err
     assert "%3|" not in out + err
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("KAFKA_CONFIG_SECURITY_PROTOCAL", "SASL_SSL", "No such configuration property"),
+        ("KAFKA_CONFIG_SECURITY_PROTOCOL", "SASL_SLL", 'Invalid value "SASL_SLL"'),
+        ("KAFKA_CONFIG_LINGER_MS", "soon", "Invalid value"),
+    ],
+)
+def test_a_property_librdkafka_refuses_is_a_failure_naming_its_variable(
+    good_env: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    variable: str,
+    value: str,
+    message: str,
+) -> None:
+    """A misspelt ``KAFKA_CONFIG_*`` property, or a value librdkafka does not accept, fails by
+    its variable (an alias such as ``linger.ms`` too) and the other sections are still
+    checked, instead of a traceback."""
+    code, document = _run({**good_env, variable: value}, capsys)
+
+    failed = _failed(document)
+    assert (code, list(failed)) == (1, [variable])
+    assert message in failed[variable]
+    assert any(c["setting"] == "BUTTON_API_KEY" and c["status"] == "ok" for c in document["checks"])

@@ -8,6 +8,7 @@ import gc
 import pytest
 from prometheus_client import CollectorRegistry
 
+from consumer import bootstrap
 from consumer.adapters.button_client import ButtonClient
 from consumer.adapters.http_transport import TransportRequest, TransportResponse
 from consumer.bootstrap import (
@@ -19,7 +20,7 @@ from consumer.bootstrap import (
 )
 from consumer.domain.button_wire import create_request
 from consumer.engine.concurrency import PauseGate
-from consumer.errors import ConfigError
+from consumer.errors import BrokerError, ConfigError
 from consumer.settings import Settings
 
 
@@ -130,3 +131,22 @@ def test_the_startup_heap_is_frozen_and_later_objects_are_still_collected() -> N
         assert gc.collect() >= 1
     finally:
         gc.unfreeze()
+
+
+def test_brokers_that_do_not_answer_at_start_are_named_by_their_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``run`` against a closed port stops with a ``BrokerError`` (logged as
+    ``stopped_on_error``) naming the address and KAFKA_BOOTSTRAP_SERVERS, not with
+    librdkafka's raw exception."""
+    monkeypatch.setattr(bootstrap, "METADATA_TIMEOUT", 1.0)
+    settings = Settings.from_env(
+        {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "DELIVERY_DRY_RUN": "true"}
+    )
+
+    with pytest.raises(BrokerError) as raised:
+        bootstrap.prepare_topics(settings, create=True)
+
+    assert str(raised.value).startswith(
+        "cannot reach Kafka at 127.0.0.1:1 (KAFKA_BOOTSTRAP_SERVERS) within 1 s: "
+    )

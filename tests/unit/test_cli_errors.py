@@ -1,0 +1,82 @@
+"""The command line names the setting behind a Kafka client's refusal instead of a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from consumer.settings import SettingProblem, kafka_property_problem
+
+ROOT = Path(__file__).resolve().parents[2]
+MISSPELT = 'No such configuration property: "security.protocal"'
+BAD_VALUE = 'Invalid value "SASL_SLL" for configuration property "security.protocol"'
+ALIAS = 'Invalid value for configuration property "queue.buffering.max.ms"'
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "variable"),
+    [
+        (
+            MISSPELT,
+            {"KAFKA_CONFIG_SECURITY_PROTOCAL": "SASL_SSL"},
+            "KAFKA_CONFIG_SECURITY_PROTOCAL",
+        ),
+        (
+            BAD_VALUE,
+            {"KAFKA_CONFIG_SECURITY_PROTOCOL": "SASL_SLL", "KAFKA_CONFIG_SASL_MECHANISM": "PLAIN"},
+            "KAFKA_CONFIG_SECURITY_PROTOCOL",
+        ),
+        # linger.ms is librdkafka's alias of queue.buffering.max.ms: the only one set is named.
+        (ALIAS, {"KAFKA_CONFIG_LINGER_MS": "soon"}, "KAFKA_CONFIG_LINGER_MS"),
+        (ALIAS, {"KAFKA_CONFIG_LINGER_MS": "soon", "KAFKA_CONFIG_ACKS": "all"}, "KAFKA_CONFIG_*"),
+        (
+            'No such configuration property: "sasl.oauthbearer.client_idd"',
+            {"KAFKA_CONFIG_SASL_OAUTHBEARER_CLIENT__IDD": "x", "KAFKA_CONFIG_ACKS": "all"},
+            "KAFKA_CONFIG_SASL_OAUTHBEARER_CLIENT__IDD",
+        ),
+    ],
+)
+def test_a_refused_property_is_named_by_its_variable(
+    text: str, environ: dict[str, str], variable: str
+) -> None:
+    """librdkafka names the property; the problem names the variable that set it."""
+    assert kafka_property_problem(text, environ) == SettingProblem(
+        variable, f"librdkafka refuses it: {text}"
+    )
+
+
+def test_other_kafka_errors_are_no_setting_problem() -> None:
+    assert kafka_property_problem("Local: Broker transport failure", {}) is None
+
+
+def _command(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``button-consumer ARGS`` in a process of its own, with only ``env`` as settings."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "DELIVERY_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "consumer", *args],
+        env={**base, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "DELIVERY_DRY_RUN": "true", **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("command", [("run",), ("produce-sample", "--users", "1")])
+def test_a_refused_property_stops_a_command_with_a_configuration_error(
+    command: tuple[str, ...],
+) -> None:
+    """``run`` and ``produce-sample`` with a misspelt ``KAFKA_CONFIG_*`` property exit 2 with
+    one line naming the variable, as for any invalid setting, not a Python traceback."""
+    done = _command(*command, KAFKA_CONFIG_SECURITY_PROTOCAL="SASL_SSL")
+
+    assert (done.returncode, "Traceback" in done.stderr) == (2, False)
+    assert (
+        "button-consumer: configuration error: KAFKA_CONFIG_SECURITY_PROTOCAL: librdkafka "
+        f"refuses it: {MISSPELT}"
+    ) in done.stderr
