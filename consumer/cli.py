@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     p_replay.add_argument("--dry-run", action="store_true", help="list what would be replayed")
     p_replay.add_argument("--group-id", help="consumer group that remembers replay progress")
     p_replay.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p_replay.add_argument(
+        "--release-keys",
+        action="store_true",
+        help="a replayed record that still does not decode releases its key (the orders "
+        "parked behind it go on) instead of parking it again",
+    )
 
     p_sample = sub.add_parser("produce-sample", help="produce realistic sample events")
     p_sample.add_argument("--users", type=int, default=200, help="number of users")

@@ -7,7 +7,10 @@ the original producer used), with its original key, value and headers, plus
 processes it like any record: Button treats a repeated create as a conflict (done) and the
 profile remembers applied refunds, so replaying twice is harmless. A replayed record that was
 *not* itself parked releases its order from parking; the records parked behind it follow it in
-the same order they were dead-lettered, because the DLQ is keyed like the input.
+the same order they were dead-lettered, because the DLQ is keyed like the input. With
+``--release-keys``, a replayed record that still cannot be decoded releases its key instead of
+parking it again (``button.replayed.release``): bytes that never decode must not hold the
+user's orders for good.
 
 Progress is remembered by a consumer group on the DLQ when the whole DLQ is replayed (or when
 ``--group-id`` is given): the next run starts after the last replayed record. A filtered replay
@@ -40,6 +43,7 @@ from consumer.domain.deadletter import (
     H_REASON,
     H_REPLAYED,
     H_REPLAYED_PARKED,
+    H_REPLAYED_RELEASE,
     H_TOPIC,
     header_map,
     strip_own_headers,
@@ -135,16 +139,21 @@ class ReplayProducer(Protocol):
 
 
 def replay_headers(
-    message_headers: list[tuple[str, bytes]], dlq_position: str
+    message_headers: list[tuple[str, bytes]], dlq_position: str, *, release_keys: bool = False
 ) -> list[tuple[str, bytes]]:
-    """The headers a replayed record carries: the source's own, plus where it came from."""
+    """The headers a replayed record carries: the source's own, plus where it came from.
+
+    ``release_keys`` (``--release-keys``): a first dead letter (not parked) also carries
+    ``button.replayed.release: true``: if it still does not decode, the service releases its
+    key instead of parking it again (``deadletter.releases_key_if_undecodable``).
+    """
     text = header_map(message_headers)
     kept = strip_own_headers(message_headers)
-    return [
-        *kept,
-        (H_REPLAYED, dlq_position.encode()),
-        (H_REPLAYED_PARKED, (text.get(H_PARKED) or "false").encode()),
-    ]
+    parked = text.get(H_PARKED) or "false"
+    headers = [*kept, (H_REPLAYED, dlq_position.encode()), (H_REPLAYED_PARKED, parked.encode())]
+    if release_keys and parked != "true":
+        headers.append((H_REPLAYED_RELEASE, b"true"))
+    return headers
 
 
 class _Rate:
@@ -178,8 +187,11 @@ def replay(
     out: TextIO,
     progress: bool,
     remember: bool = True,
+    release_keys: bool = False,
 ) -> ReplayReport:
     """Replay the matching dead letters present when the command starts, then stop.
+
+    ``release_keys``: see ``replay_headers``.
 
     See ``replay_from`` for what is committed when some records are not acknowledged.
 
@@ -202,6 +214,7 @@ def replay(
                 out=out,
                 progress=progress,
                 remember=remember,
+                release_keys=release_keys,
             )
     finally:
         if producer is not None:
@@ -221,6 +234,7 @@ def replay_from(
     progress: bool = False,
     remember: bool = True,
     settle_timeout: float = 60.0,
+    release_keys: bool = False,
 ) -> ReplayReport:
     """Replay from ``reader`` with ``producer`` (``None``: describe to ``out`` instead).
 
@@ -259,7 +273,11 @@ def replay_from(
                 target_topic,
                 record.key,
                 record.value,
-                headers=replay_headers(record.headers, f"{record.partition}:{record.offset}"),
+                headers=replay_headers(
+                    record.headers,
+                    f"{record.partition}:{record.offset}",
+                    release_keys=release_keys,
+                ),
                 partition=target_partition,
                 tag=(record.partition, record.offset),
             )
@@ -361,6 +379,7 @@ def replay_command(args: argparse.Namespace) -> int:
         progress=not args.no_progress and sys.stderr.isatty(),
         remember=bool(args.group_id)
         or not (args.reason or args.order_id or args.since or args.until),
+        release_keys=args.release_keys,
     )
     verb = "would replay" if args.dry_run else "replayed"
     print(

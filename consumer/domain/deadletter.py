@@ -40,6 +40,7 @@ H_DEAD_LETTERED_AT = BUTTON + "dead.lettered.ms"
 H_ORIGINAL_SIZE = BUTTON + "original.size"
 H_REPLAYED = BUTTON + "replayed"
 H_REPLAYED_PARKED = BUTTON + "replayed.parked"
+H_REPLAYED_RELEASE = BUTTON + "replayed.release"
 
 #: Headers of ours that a replay strips before the record goes back to the input topic.
 OWN_PREFIXES = (CONNECT, BUTTON)
@@ -137,6 +138,23 @@ def strip_own_headers(headers: Iterable[tuple[str, bytes]]) -> list[tuple[str, b
 
 def is_parked(headers: Mapping[str, str]) -> bool:
     return headers.get(H_PARKED) == "true"
+
+
+def releases_key_if_undecodable(headers: Iterable[tuple[str, bytes]]) -> bool:
+    """Whether a replayed first dead letter asks to release its key if it still does not
+    decode (``replay-dlq --release-keys``: ``button.replayed.release: true``).
+
+    By default such a record parks its key again (DESIGN, 5), which keeps the key's order
+    records parked behind it until it decodes: for bytes that never will (truncated, not
+    Avro...), the operator gives it up this way, and the key's orders go on.
+    """
+    pairs = list(headers)
+    return replays_first_dead_letter(pairs) and (H_REPLAYED_RELEASE, b"true") in pairs
+
+
+def is_replay(headers: Iterable[tuple[str, bytes]]) -> bool:
+    """Whether a record was sent back by ``replay-dlq`` (it carries ``button.replayed``)."""
+    return any(name == H_REPLAYED for name, _ in headers)
 
 
 def replays_first_dead_letter(headers: Iterable[tuple[str, bytes]]) -> bool:

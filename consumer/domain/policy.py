@@ -173,6 +173,8 @@ SKIPPED = "skipped"
 DRY_RUN = "dry_run"
 DEAD_LETTERED = "dead_lettered"
 PARKED_OUTCOME = "parked"
+PARKED_REASON = "parked"
+"""The dead-letter reason of a record parked behind an earlier dead letter (DESIGN, 5)."""
 
 REGISTRY_BACKOFF_FIRST = 0.5
 REGISTRY_BACKOFF_CAP = 30.0
@@ -401,7 +403,7 @@ def decide_mapped(result: MapResult, *, parked: str | None, dry_run: bool) -> De
         case Send(request=request) if parked is not None:
             return Decision(
                 Verdict.DEAD_LETTER,
-                "parked",
+                PARKED_REASON,
                 outcome=PARKED_OUTCOME,
                 stage=Stage.DELIVER,
                 error_class="Parked",

@@ -33,7 +33,8 @@ from datetime import datetime
 
 import structlog
 
-from consumer.domain.deadletter import replays_first_dead_letter
+from consumer.domain.deadletter import is_replay, replays_first_dead_letter
+from consumer.domain.policy import PARKED_REASON
 from consumer.domain.profile import Profile, epoch_ms, prune
 from consumer.domain.profile_codec import ProfileDecodeError
 from consumer.engine.profiles import ChangelogWrite, ProfileStore
@@ -150,6 +151,13 @@ class Parking:
             return ParkingCheck(None, self._release(record.partition, record.key, order_id))
         if not order_id:
             return ParkingCheck()
+        if is_replay(record.headers) and self._parked_behind_key_only(
+            record.partition, record.key, order_id, now
+        ):
+            # Its order was parked only because its key was (its dead letter was the order's
+            # first): the key is free now, so its replay releases the order, as a first dead
+            # letter's does.
+            return ParkingCheck(None, self._release(record.partition, record.key, order_id))
         return ParkingCheck(self._reason(record.partition, record.key, order_id, now))
 
     def park(
@@ -171,6 +179,12 @@ class Parking:
             log.warning("parked_order_forgotten", limit=self._limit)
         return ChangelogWrite(partition, key, self._store.put(partition, key, after))
 
+    def release_key(self, partition: int, key: bytes) -> ChangelogWrite | None:
+        """Release ``key``'s parking behind an undecodable record (``KEY_PARKED``), for good:
+        the operator gave that record up (``releases_key_if_undecodable``). The changelog
+        record to write before the record counts as finished, if the key was parked."""
+        return self._release(partition, key, KEY_PARKED)
+
     def _release(self, partition: int, key: bytes | None, order_id: str) -> ChangelogWrite | None:
         if key is None:
             self._keyless.release(order_id)
@@ -185,6 +199,25 @@ class Parking:
         if after is before:
             return None
         return ChangelogWrite(partition, key, self._store.put(partition, key, after))
+
+    def _parked_behind_key_only(
+        self, partition: int, key: bytes | None, order_id: str, now: datetime
+    ) -> bool:
+        """``order_id`` is parked with the reason ``parked`` (its first dead letter was parked
+        behind another: its key's, as one behind its own order would have found it parked
+        with that one's reason) and its key is not parked (any more)."""
+        if key is None:
+            return False
+        profile = self._profile(partition, key)
+        if profile is None:
+            return False
+        pruned = prune(profile, epoch_ms(now), self._store.retention)
+        entry = pruned.parked_order(order_id)
+        return (
+            entry is not None
+            and entry.reason == PARKED_REASON
+            and pruned.parked_order(KEY_PARKED) is None
+        )
 
     def _reason(
         self, partition: int, key: bytes | None, order_id: str, now: datetime

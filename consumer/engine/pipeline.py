@@ -34,7 +34,12 @@ import structlog
 
 from consumer.domain.backoff import RandomSource
 from consumer.domain.button import Action, ButtonRequest, Reject, Send, Skip
-from consumer.domain.deadletter import DeadLetter, Stage, as_reference
+from consumer.domain.deadletter import (
+    DeadLetter,
+    Stage,
+    as_reference,
+    releases_key_if_undecodable,
+)
 from consumer.domain.events import CommerceEvent
 from consumer.domain.outcomes import ButtonOutcome
 from consumer.domain.policy import (
@@ -118,6 +123,10 @@ class ParkingPort(Protocol):
         self, partition: int, key: bytes | None, order_id: str, reason: str, now: datetime
     ) -> ChangelogWrite | None:
         """Park ``order_id`` (first reason kept); the changelog record to write, if any."""
+        ...
+
+    def release_key(self, partition: int, key: bytes) -> ChangelogWrite | None:
+        """Release ``key`` parked behind an undecodable record; the changelog record, if any."""
         ...
 
 
@@ -600,13 +609,19 @@ class Pipeline:
             if not decision.parked:
                 d.telemetry.order_parked()
         elif record.key is not None and parks_key(decision):
-            # Its order is unknown (not decoded): park the key, so no later order record of
-            # the key overtakes it (released when this record is replayed).
-            await self._write(
-                d.parking.park(
-                    record.partition, record.key, KEY_PARKED, letter.reason, d.wall_clock()
+            if releases_key_if_undecodable(record.headers):
+                # Replayed with --release-keys and still not decodable: given up, so the
+                # key's order records parked behind it (replayed after it) go on.
+                await self._write(d.parking.release_key(record.partition, record.key))
+                log.warning("key_released", reason=letter.reason)
+            else:
+                # Its order is unknown (not decoded): park the key, so no later order record
+                # of the key overtakes it (released when this record is replayed).
+                await self._write(
+                    d.parking.park(
+                        record.partition, record.key, KEY_PARKED, letter.reason, d.wall_clock()
+                    )
                 )
-            )
         d.telemetry.dead_lettered(letter.reason)
         d.telemetry.finished(decision.outcome, None)
         self._record(record, decision, context, letter.reason)

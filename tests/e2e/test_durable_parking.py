@@ -4,11 +4,14 @@ Against the real broker and the Button sandbox over HTTP: the create of X is ref
 dead-lettered, which parks X in the user's profile and its changelog; the service stops cleanly
 and a new one (same group) restores the profile; the full refund of X that arrives then follows
 the create to the DLQ, marked parked, and never reaches Button. Once the cause is fixed, a DLQ
-replay sends the create, then the delete: X ends deleted, the refund is not lost.
+replay sends the create, then the delete: X ends deleted, the refund is not lost. And a key
+parked behind bytes that never decode is released by a replay that gives them up
+(``--release-keys``): the order parked behind them reaches Button.
 """
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -25,8 +28,10 @@ from consumer.domain.events import (
 )
 from consumer.domain.profile import Profile
 from consumer.domain.profile_codec import decode_profile
+from consumer.replay import ReplayFilter, replay
 from tests.e2e.harness import (
     headers_of,
+    produce_raw,
     read_all,
     replay_whole_dlq,
     stop_when_done,
@@ -72,10 +77,10 @@ def _stored_profile(bootstrap: str, changelog_topic: str) -> Profile | None:
     return decode_profile(values[-1]) if values and values[-1] is not None else None
 
 
-def _finish_and_stop(runner, settings) -> None:
+def _finish_and_stop(runner, settings, partitions: int = 2) -> None:
     """Wait until the group committed every record (each finished), then stop cleanly."""
     kafka = settings.kafka
-    stop_when_done(runner, kafka.bootstrap_servers, kafka.group_id, kafka.topic, 2)
+    stop_when_done(runner, kafka.bootstrap_servers, kafka.group_id, kafka.topic, partitions)
 
 
 def test_a_parked_order_stays_parked_across_a_restart_and_is_replayed_in_order(
@@ -138,3 +143,68 @@ def test_a_parked_order_stays_parked_across_a_restart_and_is_replayed_in_order(
     assert len(read_all(kafka_bootstrap, dlq)) == 2, "the replay dead-lettered again"
     released = _stored_profile(kafka_bootstrap, changelog)
     assert released is None or released.parked_order(X) is None, "X is still parked"
+
+
+def test_a_key_parked_behind_bytes_that_never_decode_is_released_by_a_replay_that_gives_up(
+    kafka_bootstrap, make_topic, service_settings, start_service, sandbox
+):
+    """Truncated bytes of a user park the user's key, and the user's order Y behind them. A
+    replay with ``--release-keys`` cannot decode them either: they go back to the DLQ with
+    their reason, the key is released, and Y, replayed after them, reaches Button."""
+    user, order = "parked-key-user", "ORD-PARKED-KEY-Y"
+    topic = make_topic(partitions=1, prefix="parked-key")
+    settings = service_settings(topic)
+    dlq = settings.kafka.dlq_topic
+    purchase = _purchase()
+    purchase = CommerceEvent(
+        event_id="evt-y-buy",
+        event_type=purchase.event_type,
+        event_time=purchase.event_time,
+        user_key=user,
+        platform=purchase.platform,
+        btn_ref=purchase.btn_ref,
+        commerce=CommerceData(
+            action=ProductAction.PURCHASE,
+            transaction_id=order,
+            currency_code="USD",
+            total_amount=Decimal("19.99"),
+        ),
+    )
+
+    # 1. The bytes are dead-lettered and park the key; Y follows them to the DLQ, parked.
+    produce_raw(kafka_bootstrap, topic, [(user.encode(), b"\x00\x00\x00\x00\x01\x02", 0)])
+    produce_events(settings, [purchase], partitions=1)
+    first = start_service(settings)
+    wait_until(
+        lambda: len(read_all(kafka_bootstrap, dlq)) >= 2,
+        timeout=30,
+        message="the bytes and Y were not dead-lettered",
+    )
+    _finish_and_stop(first, settings, 1)
+    letters = [headers_of(m) for m in read_all(kafka_bootstrap, dlq)]
+    reason = letters[0][H_REASON]
+    assert reason != "parked"
+    assert [(h[H_REASON], h[H_PARKED]) for h in letters[1:]] == [("parked", "true")]
+    assert sandbox.order(order) is None
+
+    # 2. Replayed with --release-keys: the bytes fail again and release the key; Y is sent.
+    second = start_service(settings)
+    report = replay(
+        settings,
+        ReplayFilter(),
+        group_id=f"{settings.kafka.group_id}-replay",
+        rate=1000,
+        dry_run=False,
+        out=io.StringIO(),
+        progress=False,
+        release_keys=True,
+    )
+    assert (report.read, report.replayed) == (2, 2)
+    sandbox.wait_for(
+        lambda: sandbox.order(order) is not None,
+        timeout=30,
+        message="order Y did not reach Button after the replay",
+    )
+    _finish_and_stop(second, settings, 1)
+    again = [headers_of(m) for m in read_all(kafka_bootstrap, dlq)][2:]
+    assert [(h[H_REASON], h[H_PARKED]) for h in again] == [(reason, "false")]

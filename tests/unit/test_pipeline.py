@@ -187,6 +187,11 @@ class FakeProcessor:
         self.parked.setdefault(order_id, reason)
         return self._write(partition, key)
 
+    def release_key(self, partition: int, key: bytes) -> ChangelogWrite | None:
+        self.parking_calls.append(("release_key", key, ""))
+        self.parked.pop("", None)
+        return self._write(partition, key)
+
     def _write(self, partition: int, key: bytes | None) -> ChangelogWrite | None:
         if key is None:
             return None
@@ -441,9 +446,12 @@ def record(
     )
 
 
-def replayed(offset: int, *, parked: bool) -> Record:
+def replayed(offset: int, *, parked: bool, release: bool = False) -> Record:
     flag = b"true" if parked else b"false"
-    return record(offset, headers=[("button.replayed", b"0:5"), ("button.replayed.parked", flag)])
+    headers = [("button.replayed", b"0:5"), ("button.replayed.parked", flag)]
+    if release:
+        headers.append(("button.replayed.release", b"true"))
+    return record(offset, headers=headers)
 
 
 # --- delivered ---------------------------------------------------------------------------------
@@ -1739,6 +1747,109 @@ def test_replaying_the_undecodable_record_releases_its_key() -> None:
 
     assert outcomes == ["delivered", "delivered"]
     assert [r.action for r in replay.button.sent] == [Action.CREATE, Action.CANCEL]
+
+
+def test_replaying_the_undecodable_record_releases_the_orders_parked_behind_its_key() -> None:
+    """The orders of a key parked behind an undecodable record are parked because of the key,
+    not of their own: the record that parked each is its order's first dead letter. Replayed
+    after the key's head, whatever order the head turns out to be, each is released and sent;
+    a record of the order parked behind it follows."""
+    other = replace(
+        EVENT,
+        event_id="evt-9",
+        commerce=replace(EVENT.commerce, transaction_id="ORD-9") if EVENT.commerce else None,
+    )
+    first = Harness(
+        decoder=FakeDecoder(UnknownSchemaError("unknown_schema", "schema id 99"), EVENT, REFUND),
+        real_processor=restored_processor(),
+    )
+    assert first.handle(record(17), record(18), record(19)) == [
+        "dead_lettered",
+        "parked",
+        "parked",
+    ]
+
+    replay = Harness(
+        decoder=FakeDecoder(other, EVENT, REFUND), real_processor=restored_processor(first)
+    ).answer(OK, OK, OK)
+    outcomes = replay.handle(
+        replayed(40, parked=False), replayed(41, parked=True), replayed(42, parked=True)
+    )
+
+    assert outcomes == ["delivered", "delivered", "delivered"]
+    assert [(r.action, r.order_id) for r in replay.button.sent] == [
+        (Action.CREATE, "ORD-9"),
+        (Action.CREATE, ORDER),
+        (Action.CANCEL, ORDER),
+    ]
+
+
+def test_a_live_record_of_an_order_parked_behind_the_key_waits_for_its_replay() -> None:
+    """Once the key is released, an order parked behind it stays parked until its own first
+    dead letter is replayed: a live record of it meanwhile is parked too."""
+    first = Harness(
+        decoder=FakeDecoder(UnknownSchemaError("unknown_schema", "schema id 99"), EVENT),
+        real_processor=restored_processor(),
+    )
+    first.handle(record(17), record(18))
+    other = replace(
+        EVENT,
+        event_id="evt-9",
+        commerce=replace(EVENT.commerce, transaction_id="ORD-9") if EVENT.commerce else None,
+    )
+    replay = Harness(
+        decoder=FakeDecoder(other, REFUND), real_processor=restored_processor(first)
+    ).answer(OK)
+
+    outcomes = replay.handle(replayed(40, parked=False), record(43))
+
+    assert outcomes == ["delivered", "parked"]
+
+
+def _parked_behind_truncated_bytes() -> Harness:
+    """A key parked behind a record that can never decode (truncated), a refund behind it."""
+    first = Harness(
+        decoder=FakeDecoder(DecodeError("truncated", "Avro body ends early"), REFUND),
+        real_processor=restored_processor(),
+    )
+    assert first.handle(record(17), record(18)) == ["dead_lettered", "parked"]
+    return first
+
+
+def test_a_replayed_undecodable_record_that_fails_again_parks_its_key_again() -> None:
+    """Replayed as usual, a first dead letter that still does not decode parks its key again,
+    and the records parked behind it stay parked (in order, for a replay once it is fixed)."""
+    first = _parked_behind_truncated_bytes()
+    replay = Harness(
+        decoder=FakeDecoder(DecodeError("truncated", "Avro body ends early"), REFUND),
+        real_processor=restored_processor(first),
+    )
+
+    outcomes = replay.handle(replayed(40, parked=False), replayed(41, parked=True))
+
+    assert (outcomes, replay.button.sent) == (["dead_lettered", "parked"], [])
+
+
+def test_a_replayed_undecodable_record_asked_to_release_its_key_lets_the_key_go_on() -> None:
+    """``replay-dlq --release-keys``: a first dead letter that still does not decode goes back
+    to the DLQ with its reason, but its key is released instead of parked again, so the order
+    records parked behind it reach Button, and so do the key's later ones."""
+    first = _parked_behind_truncated_bytes()
+    replay = Harness(
+        decoder=FakeDecoder(DecodeError("truncated", "Avro body ends early"), REFUND, REFUND),
+        real_processor=restored_processor(first),
+    ).answer(OK, OK)
+
+    outcomes = replay.handle(
+        replayed(40, parked=False, release=True), replayed(41, parked=True), record(42)
+    )
+
+    assert outcomes == ["dead_lettered", "delivered", "delivered"]
+    assert (replay.letters[0].reason, replay.letters[0].parked) == ("truncated", False)
+    restarted = Harness(
+        decoder=FakeDecoder(REFUND), real_processor=restored_processor(replay)
+    ).answer(OK)
+    assert restarted.handle(record(43)) == ["delivered"]
 
 
 def test_a_tombstone_in_the_input_does_not_park_its_key() -> None:

@@ -153,6 +153,21 @@ def test_replay_headers_carry_the_parked_flag_of_the_dead_letter() -> None:
     assert header_map(replay_headers(headers, "0:7"))["button.replayed.parked"] == "true"
 
 
+def test_replay_headers_ask_a_first_dead_letter_to_release_its_key_with_release_keys() -> None:
+    """``--release-keys``: a first dead letter carries button.replayed.release=true (if it fails
+    to decode again, its key is released, not parked again); a parked one never does."""
+    first = replay_headers([("button.parked", b"false")], "0:7", release_keys=True)
+    parked = replay_headers([("button.parked", b"true")], "0:8", release_keys=True)
+
+    assert first == [
+        ("button.replayed", b"0:7"),
+        ("button.replayed.parked", b"false"),
+        ("button.replayed.release", b"true"),
+    ]
+    assert "button.replayed.release" not in header_map(parked)
+    assert "button.replayed.release" not in header_map(replay_headers([], "0:9"))
+
+
 def test_replay_headers_default_to_not_parked_without_the_flag() -> None:
     """A dead letter with no parked header is replayed as not parked (it releases its order)."""
     assert replay_headers([], "0:7") == [
