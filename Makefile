@@ -63,7 +63,7 @@ format: venv ## Apply ruff's formatting and safe fixes
 	$(BIN)/ruff check --fix .
 
 test: venv $(HELM) ## Every test tier (unit, deploy, integration, e2e) against a real Kafka broker
-	$(BIN)/python -m consumer.devtools.prereqs
+	$(BIN)/python -m consumer.devtools.prereqs --monitoring
 	HELM=$(CURDIR)/$(HELM) $(BIN)/pytest tests
 
 test-unit: venv ## Unit tests only (no broker)
@@ -73,7 +73,7 @@ test-deploy: venv $(HELM) ## The chart rendered and validated, the compose file 
 	HELM=$(CURDIR)/$(HELM) $(BIN)/pytest tests/deploy
 
 test-integration: venv ## Integration and end-to-end tests (real broker)
-	$(BIN)/python -m consumer.devtools.prereqs
+	$(BIN)/python -m consumer.devtools.prereqs --monitoring
 	$(BIN)/pytest tests/integration tests/e2e
 
 demo: venv ## Local broker + Button sandbox + sample events + the consumer, then a summary

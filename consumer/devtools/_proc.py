@@ -94,8 +94,8 @@ def require_tool(name: str) -> str:
     found = shutil.which(name)
     if found is None:
         raise ToolError(
-            f"`{name}` is not on PATH; run `python -m consumer.devtools.prereqs` "
-            "(it installs Java 17 and Maven on Debian/Ubuntu when run as root)"
+            f"`{name}` is not on PATH; run `python -m consumer.devtools.prereqs --monitoring` "
+            "(it installs Java 17, Maven and Prometheus on Debian/Ubuntu when run as root)"
         )
     return found
 

@@ -91,7 +91,9 @@ class Prometheus:
 
     def __init__(self, workdir: Path, target: str) -> None:
         binary = shutil.which("prometheus")
-        assert binary, "prometheus is not on PATH: run `python -m consumer.devtools.prereqs`"
+        assert binary, (
+            "prometheus is not on PATH: run `python -m consumer.devtools.prereqs --monitoring`"
+        )
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         (workdir / "rules.yaml").write_text(shorten(RULES.read_text()))

@@ -17,7 +17,9 @@ RULE_TESTS = sorted((ROOT / "deploy" / "prometheus" / "tests").glob("*.yaml"))
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     tool = shutil.which("promtool")
-    assert tool is not None, "promtool is not on PATH: run `python -m consumer.devtools.prereqs`"
+    assert tool is not None, (
+        "promtool is not on PATH: run `python -m consumer.devtools.prereqs --monitoring`"
+    )
     return subprocess.run(
         [tool, *args], capture_output=True, text=True, timeout=120, check=False, cwd=ROOT
     )
