@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from consumer.adapters.avro_codec import build_encoder
-from consumer.adapters.kafka_admin import ensure_topics
+from consumer.adapters.kafka_admin import describe_topics, ensure_topics
 from consumer.adapters.kafka_producer import AckingProducer
 from consumer.bootstrap import mapping_config
 from consumer.domain.event_forms import event_to_json
@@ -197,18 +197,29 @@ class Progress:
             print(self.line(sent, invalid, elapsed), file=self._out, flush=True)
 
 
-def produce_events(settings: Settings, events: Any, partitions: int = 3) -> int:
-    """Encode and produce events to the input topic (created if missing); returns the count.
+def produce_events(
+    settings: Settings, events: Any, partitions: int = 3, *, create: bool = True
+) -> int:
+    """Encode and produce events to the input topic; returns the count.
+
+    ``create``: create the topic (``partitions``) if missing (the samples, the demo); else a
+    missing topic is refused, so a misspelt ``KAFKA_TOPIC`` is named instead of created by a
+    broker that creates topics on first use (``test-event`` against a deployment).
 
     With SCHEMA_REGISTRY_URL the schema is registered first (wire format), else plain Avro.
 
     Raises:
-        ConsumerError: not every event was acknowledged by the broker.
-        ConfigError, SchemaRegistryUnavailableError: the registry refused the schema, or could
-            not be reached.
+        ConfigError: ``create`` is false and the topic does not exist; or the registry refused
+            the schema.
+        ConsumerError: not every event was acknowledged by the broker (``BrokerError``: the
+            topics could not be read).
+        SchemaRegistryUnavailableError: the registry could not be reached.
     """
     topic = settings.kafka.topic
-    ensure_topics(settings.kafka.admin_config(), {topic: {}}, partitions=partitions)
+    if create:
+        ensure_topics(settings.kafka.admin_config(), {topic: {}}, partitions=partitions)
+    elif not describe_topics(settings.kafka.admin_config(), [topic])[topic].exists:
+        raise ConfigError(f"KAFKA_TOPIC: topic {topic!r} does not exist")
     encoder = build_encoder(
         Path(settings.schema.dir),
         settings.schema.registry_url,
@@ -257,7 +268,7 @@ def run_test_event(args: Any, environ: Mapping[str, str] | None = None) -> int:
         return _post_test_event(args.admin, token, event_to_json(event), send=args.send)
     settings = Settings.from_env(require_api_key=False)
     event = _test_purchase(args, total)
-    produce_events(settings, [event], partitions=1)
+    produce_events(settings, [event], create=False)
     print(f"produced purchase {args.order_id} ({total} {args.currency}) for user {args.user}")
     return 0
 
