@@ -40,9 +40,11 @@ class DecodeError(ConsumerError):
 
 
 class CodecReason(StrEnum):
-    """Machine reasons of the ``DecodeError`` raised by the decoders (dead-letter headers)."""
+    """Machine reasons of the ``DecodeError`` raised by the decoders, and by the pipeline for a
+    record without value (dead-letter headers)."""
 
     EMPTY = "empty"
+    NULL_VALUE = "null_value"
     BAD_MAGIC_BYTE = "bad_magic_byte"
     TRUNCATED = "truncated"
     UNKNOWN_SCHEMA = "unknown_schema"

@@ -378,7 +378,10 @@ class DeliverySettings(_Section):
     @model_validator(mode="after")
     def _bounds(self) -> DeliverySettings:
         if self.concurrency_min > self.concurrency_max:
-            raise ValueError("concurrency_min must not exceed concurrency_max")
+            raise ValueError(
+                f"DELIVERY_CONCURRENCY_MIN ({self.concurrency_min}) must not exceed "
+                f"DELIVERY_CONCURRENCY_MAX ({self.concurrency_max})"
+            )
         return self
 
 

@@ -82,6 +82,7 @@ from consumer.domain.deadletter import Stage
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.errors import (
     BrokerError,
+    CodecReason,
     DeadLetterError,
     DecodeError,
     MappingError,
@@ -181,7 +182,7 @@ REGISTRY_BACKOFF_CAP = 30.0
 """Seconds between attempts to reach the schema registry: 0.5, 1, 2... up to 30 (no budget)."""
 SCHEMA_NOT_FOUND_ATTEMPTS = 7
 """Decodes of a schema id the registry answered 404 for: 6 waits of 0.5, 1... 16 s (31.5 s)."""
-_NO_PARKING_REASONS = frozenset({"null_value", "empty"})
+_NO_PARKING_REASONS = frozenset({CodecReason.NULL_VALUE, CodecReason.EMPTY})
 
 _REQUESTS = (Action.CREATE, Action.UPDATE, Action.CANCEL)
 

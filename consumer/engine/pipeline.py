@@ -60,6 +60,7 @@ from consumer.engine.concurrency import AdaptiveLimiter, Permit, TokenBucket
 from consumer.engine.parking import KEY_PARKED, ParkingCheck
 from consumer.engine.profiles import ChangelogWrite
 from consumer.errors import (
+    CodecReason,
     DeadLetterError,
     DecodeError,
     RecordTooLargeError,
@@ -316,7 +317,7 @@ class Pipeline:
             attempt += 1
             try:
                 if record.value is None:
-                    raise DecodeError("null_value", "the record has no value (tombstone)")
+                    raise DecodeError(CodecReason.NULL_VALUE, "the record has no value (tombstone)")
                 return self._d.decoder.decode_triaged(record.value)
             except DecodeError as exc:
                 self._d.telemetry.decode_failed(exc.reason)

@@ -120,12 +120,13 @@ def test_a_bad_value_raises_config_error_naming_the_variable(variable: str, valu
     assert config_error(**{variable: value}).startswith(variable + ":")
 
 
-def test_a_cross_field_violation_names_the_section() -> None:
-    """DELIVERY_CONCURRENCY_MIN above _MAX is refused with the DELIVERY section named."""
+def test_a_cross_field_violation_names_the_section_and_both_variables() -> None:
+    """DELIVERY_CONCURRENCY_MIN above _MAX is refused with the DELIVERY section named and both
+    variables (with their values) in the message, as an operator sets them."""
     message = config_error(DELIVERY_CONCURRENCY_MIN="9", DELIVERY_CONCURRENCY_MAX="3")
 
     assert message.startswith("DELIVERY settings:")
-    assert "concurrency_min must not exceed concurrency_max" in message
+    assert "DELIVERY_CONCURRENCY_MIN (9) must not exceed DELIVERY_CONCURRENCY_MAX (3)" in message
 
 
 def test_missing_bootstrap_servers_is_required() -> None:
