@@ -96,6 +96,17 @@ class ReplayReport:
     skipped: int = 0
     failures: list[ReplayFailure] = field(default_factory=list)
     committed: dict[int, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
+    """Every dead letter read, by its ``button.reason`` (filtered out or not)."""
+
+    def unmatched(self, selection: ReplayFilter) -> list[str]:
+        """A line for each ``--reason`` that no dead letter read has (a typo?), naming the
+        reasons there are."""
+        present = ", ".join(f"{r} ({n})" for r, n in sorted(self.reasons.items())) or "none"
+        return [
+            f"--reason {reason}: no dead letter has it; the reasons read: {present}"
+            for reason in sorted(selection.reasons - self.reasons.keys())
+        ]
 
 
 class DeadLetterReader(Protocol):
@@ -258,6 +269,8 @@ def replay_from(
         if record.partition in first_failed:
             continue  # an earlier record of this partition could not be queued: left for later
         text = header_map(record.headers)
+        reason = text.get(H_REASON, "")
+        report.reasons[reason] = report.reasons.get(reason, 0) + 1
         if not selection.matches(text):
             report.skipped += 1
             continue
@@ -387,6 +400,8 @@ def replay_command(args: argparse.Namespace) -> int:
         f"left {report.skipped} (filtered out)",
         file=sys.stderr,
     )
+    for line in report.unmatched(selection):
+        print(f"button-consumer: {line}", file=sys.stderr)
     if not report.failures:
         return 0
     for failure in report.failures:

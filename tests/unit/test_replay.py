@@ -457,3 +457,24 @@ def test_a_filtered_replay_commits_nothing_even_without_failures() -> None:
     )
 
     assert (reader.commits, report.committed, report.replayed) == ([], {}, 2)
+
+
+def test_a_reason_no_dead_letter_has_is_named_with_the_reasons_there_are() -> None:
+    """``--reason unknown_schemas`` (a typo) matches nothing: the report counts every reason
+    read, and names the requested one no dead letter has, with the reasons present."""
+    reader = FakeDeadLetters({0: 3})
+    selection = ReplayFilter(reasons=frozenset({"http_400", "unknown_schemas"}))
+
+    report = replay_from(
+        reader,
+        FakeProducer(),
+        selection,
+        default_topic="events",
+        pacing=_Rate(0.0),
+        out=io.StringIO(),
+    )
+
+    assert (report.replayed, report.reasons) == (3, {"http_400": 3})
+    assert report.unmatched(selection) == [
+        "--reason unknown_schemas: no dead letter has it; the reasons read: http_400 (3)"
+    ]
