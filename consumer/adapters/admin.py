@@ -152,11 +152,15 @@ class AdminServer:
             )
         given = request.headers.get("Authorization", "")
         scheme, _, token = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), self._token):
+        if scheme.lower() != "bearer" or not token:
+            error = "a bearer token is required (ADMIN_TEST_EVENT_TOKEN)"
+        elif not hmac.compare_digest(token.encode(), self._token):
+            error = "the bearer token is not ADMIN_TEST_EVENT_TOKEN"
+        else:
+            error = ""
+        if error:
             return web.json_response(
-                {"error": "a bearer token is required"},
-                status=401,
-                headers={"WWW-Authenticate": "Bearer"},
+                {"error": error}, status=401, headers={"WWW-Authenticate": "Bearer"}
             )
         send = request.query.get("send", "false").lower() in ("1", "true", "yes")
         status, body = await self._test_event(await request.text(), send)

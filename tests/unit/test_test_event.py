@@ -90,13 +90,19 @@ def test_test_event_is_off_unless_enabled() -> None:
     assert status == 404
 
 
-@pytest.mark.parametrize("token", [None, "wrong-token-of-some-length"])
-def test_test_event_requires_the_bearer_token(token) -> None:
-    """No token or a wrong one: 401, and nothing is mapped or sent."""
+@pytest.mark.parametrize(
+    ("token", "error"),
+    [
+        (None, "a bearer token is required (ADMIN_TEST_EVENT_TOKEN)"),
+        ("wrong-token-of-some-length", "the bearer token is not ADMIN_TEST_EVENT_TOKEN"),
+    ],
+)
+def test_test_event_requires_the_bearer_token(token, error) -> None:
+    """No token or a wrong one: 401, saying which, and nothing is mapped or sent."""
     button = FakeButton()
-    status, _ = post(json.dumps(PURCHASE), token=token, button=button)
+    status, body = post(json.dumps(PURCHASE), token=token, button=button)
 
-    assert (status, button.sent) == (401, [])
+    assert (status, body, button.sent) == (401, {"error": error}, [])
 
 
 def test_test_event_maps_without_sending_by_default() -> None:
