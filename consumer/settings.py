@@ -484,8 +484,12 @@ class Settings:
         """Read and validate every section; raise ``ConfigError`` naming the bad variable."""
         env = dict(os.environ if environ is None else environ)
         values: dict[str, Any] = {}
-        for name, section in _SECTIONS.items():
-            values[name] = _load(section, env)
+        try:
+            for name, section in _SECTIONS.items():
+                values[name] = _load(section, env)
+        except ConfigError as first:
+            # Every invalid variable at once, as ``check`` names them, not one per restart.
+            raise ConfigError(_every_problem(env, require_api_key) or str(first)) from None
         kafka: KafkaSettings = values["kafka"]
         values["kafka"] = _as_run(
             kafka.model_copy(update={"config": kafka_passthrough(env)}), values["delivery"]
@@ -497,6 +501,19 @@ class Settings:
         if require_api_key and not settings.delivery.dry_run and settings.button.api_key is None:
             raise ConfigError("BUTTON_API_KEY is required (or set DELIVERY_DRY_RUN=true)")
         return settings
+
+
+def _every_problem(env: Mapping[str, str], require_api_key: bool) -> str | None:
+    """``diagnose``'s fatal problems, and its hints at misspelt variables, as one message (in
+    the order of the sections); ``None`` when it finds nothing fatal."""
+    problems = diagnose(env, require_api_key=require_api_key)[1]
+    if not any(p.fatal for p in problems):
+        return None
+    shown = [p for p in problems if p.fatal or "did you mean" in p.message]
+    return "; ".join(
+        f"{p.variable} {p.message}" if p.message == "is required" else f"{p.variable}: {p.message}"
+        for p in shown
+    )
 
 
 def _as_run(kafka: KafkaSettings, delivery: DeliverySettings) -> KafkaSettings:
@@ -643,8 +660,8 @@ def diagnose(
 ) -> tuple[dict[str, _Section | None], list[SettingProblem]]:
     """Validate every section and collect every problem, rather than stop at the first.
 
-    ``Settings.from_env`` refuses to start on the first invalid variable; ``check`` uses this to
-    name all of them in one run, and to run the connectivity checks whose sections are valid.
+    ``check`` uses this to name all of them in one run, and to run the connectivity checks
+    whose sections are valid; ``Settings.from_env`` names them all too when it refuses to start.
 
     Returns:
         each section by name (None when invalid) and the problems, each naming its variable.

@@ -137,6 +137,36 @@ def test_missing_bootstrap_servers_is_required() -> None:
     assert str(raised.value) == "KAFKA_BOOTSTRAP_SERVERS is required"
 
 
+def test_every_invalid_variable_is_named_at_once_as_check_names_them() -> None:
+    """Three bad values in three sections: ``run`` refuses to start naming all three, in the
+    order of the sections, not only the first (one restart per typo otherwise)."""
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env(
+            {
+                "KAFKA_BOOTSTRAP_SERVERS": "b:9092",
+                "KAFKA_AUTO_OFFSET_RESET": "middle",
+                "BUTTON_BASE_URL": "ftp://button",
+                "DELIVERY_MAX_IN_FLIGHT": "lots",
+                "BUTTON_API_KEY": API_KEY,
+            }
+        )
+
+    named = [part.split(":")[0] for part in str(raised.value).split("; ")]
+    assert named == ["KAFKA_AUTO_OFFSET_RESET", "BUTTON_BASE_URL", "DELIVERY_MAX_IN_FLIGHT"]
+
+
+def test_a_missing_setting_with_a_misspelt_variable_says_which() -> None:
+    """KAFKA_BOOTSTRAP_SERVER (one letter short) is no setting: the error for the missing
+    KAFKA_BOOTSTRAP_SERVERS points at it, as ``check`` does."""
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({"KAFKA_BOOTSTRAP_SERVER": "b:9092", "BUTTON_API_KEY": API_KEY})
+
+    assert str(raised.value) == (
+        "KAFKA_BOOTSTRAP_SERVERS is required; KAFKA_BOOTSTRAP_SERVER: is not a setting of this "
+        "service (did you mean KAFKA_BOOTSTRAP_SERVERS?)"
+    )
+
+
 def test_missing_api_key_is_required() -> None:
     """Without BUTTON_API_KEY (and not a dry run) the error names the variable and the way out."""
     with pytest.raises(ConfigError) as raised:
