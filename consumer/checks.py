@@ -285,18 +285,27 @@ def _check_group(admin: AdminClient, k: KafkaSettings, timeout: float) -> Findin
                 f"group {k.group_id}: not authorized (ACLs for this principal)",
             )
         if error is not None and error.code() == KafkaError.GROUP_ID_NOT_FOUND:
-            return Finding(
-                "ok", "KAFKA_GROUP_ID", f"group {k.group_id}: new (starts at {k.auto_offset_reset})"
-            )
+            return _group_finding(k, "dead", 0)
         return Finding(
             "warn",
             "KAFKA_GROUP_ID",
             f"group {k.group_id}: not described ({kafka_error_text(exc)})",
         )
     state = str(getattr(description.state, "name", description.state)).lower()
-    return Finding(
-        "ok", "KAFKA_GROUP_ID", f"group {k.group_id}: {state}, {len(description.members)} members"
-    )
+    return _group_finding(k, state, len(description.members))
+
+
+def _group_finding(k: KafkaSettings, state: str, members: int) -> Finding:
+    """The group's line: ``state`` as Kafka names it (lower case), ``members`` in it.
+
+    Kafka describes a group that does not exist (or no longer does: no members, no committed
+    offsets) as ``dead``; for the service that is a new group.
+    """
+    if state == "dead" and members == 0:
+        return Finding(
+            "ok", "KAFKA_GROUP_ID", f"group {k.group_id}: new (starts at {k.auto_offset_reset})"
+        )
+    return Finding("ok", "KAFKA_GROUP_ID", f"group {k.group_id}: {state}, {members} members")
 
 
 def _check_registry(schema: SchemaSettings, topic: str, timeout: float) -> list[Finding]:
