@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from consumer import __version__
-from consumer.errors import ConfigError
+from consumer.errors import ConfigError, ConsumerError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"button-consumer: configuration error: {exc}", file=sys.stderr)
         return 2
+    except ConsumerError as exc:
+        # A broker, registry or topic failure a command could not get past: one line, no trace.
+        print(f"button-consumer: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except Exception as exc:

@@ -207,7 +207,8 @@ def replay(
     See ``replay_from`` for what is committed when some records are not acknowledged.
 
     Raises:
-        BrokerError: the DLQ does not exist or reading it failed.
+        ConfigError: the DLQ (``KAFKA_DLQ_TOPIC``) does not exist.
+        BrokerError: reading it failed.
     """
     producer = None if dry_run else AckingProducer(settings.kafka.producer_config())
     if producer is not None:
@@ -322,7 +323,10 @@ def _ranges(reader: DeadLetterReader, *, from_group: bool) -> dict[int, tuple[in
     try:
         partitions = reader.partitions()
     except BrokerError:
-        raise BrokerError(f"dead-letter topic {reader.topic} not found") from None
+        raise ConfigError(
+            f"KAFKA_DLQ_TOPIC: dead-letter topic {reader.topic!r} does not exist (a misspelt "
+            "name, or nothing was ever dead-lettered)"
+        ) from None
     committed = reader.committed(partitions)
     ranges: dict[int, tuple[int, int]] = {}
     for p, (low, high) in reader.watermarks(partitions, time.monotonic() + 30.0).items():

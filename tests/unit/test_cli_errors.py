@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from consumer import cli
+from consumer.errors import BrokerError
 from consumer.settings import SettingProblem, kafka_property_problem
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,3 +82,20 @@ def test_a_refused_property_stops_a_command_with_a_configuration_error(
         "button-consumer: configuration error: KAFKA_CONFIG_SECURITY_PROTOCAL: librdkafka "
         f"refuses it: {MISSPELT}"
     ) in done.stderr
+
+
+def test_a_failure_a_command_cannot_get_past_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ``ConsumerError`` out of a command (a broker or registry failure) is its message on
+    stderr and exit status 1, not a traceback."""
+
+    def fail(_args: object) -> int:
+        raise BrokerError("cannot read the cluster's topics: Local: Broker transport failure")
+
+    monkeypatch.setattr(cli, "_dispatch", fail)
+
+    assert cli.main(["check"]) == 1
+    assert capsys.readouterr().err == (
+        "button-consumer: cannot read the cluster's topics: Local: Broker transport failure\n"
+    )

@@ -10,7 +10,7 @@ import pytest
 
 from consumer.adapters.kafka_producer import ProduceError
 from consumer.domain.deadletter import header_map
-from consumer.errors import ConfigError
+from consumer.errors import BrokerError, ConfigError
 from consumer.ports import Headers, Record
 from consumer.replay import (
     ReplayFailure,
@@ -478,3 +478,15 @@ def test_a_reason_no_dead_letter_has_is_named_with_the_reasons_there_are() -> No
     assert report.unmatched(selection) == [
         "--reason unknown_schemas: no dead letter has it; the reasons read: http_400 (3)"
     ]
+
+
+def test_a_dead_letter_topic_that_does_not_exist_is_named_by_its_setting() -> None:
+    """``KAFKA_DLQ_TOPIC`` misspelt (or no DLQ yet): a configuration error naming it, not a
+    broker error with a traceback."""
+
+    class NoTopic(FakeDeadLetters):
+        def partitions(self, timeout: float = 30.0) -> list[int]:
+            raise BrokerError("topic events.dlq not found")
+
+    with pytest.raises(ConfigError, match=r"KAFKA_DLQ_TOPIC: dead-letter topic 'events\.dlq'"):
+        run_replay(NoTopic({}), FakeProducer())
