@@ -461,9 +461,16 @@ class Worker:
             self._paused -= to_resume
         if to_pause or to_resume:
             self._report_partitions()
-            log.info(
-                "partitions_paused", paused=sorted(self._paused), auth=self._gate.closed, held=held
-            )
+        # What changed, and every partition paused after it (``paused``).
+        for event, changed in (("partitions_paused", to_pause), ("partitions_resumed", to_resume)):
+            if changed:
+                log.info(
+                    event,
+                    partitions=sorted(changed),
+                    paused=sorted(self._paused),
+                    auth=self._gate.closed,
+                    held=held,
+                )
 
     async def _report_lag(self) -> None:
         """Read and report the lag (a task beside the loop; the next one starts only after)."""

@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from consumer.engine.authgate import AuthGate
 from consumer.engine.concurrency import PauseGate
@@ -169,10 +170,26 @@ def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
 
 
 def test_a_partition_with_full_lanes_pauses_and_resumes_at_half() -> None:
-    """At max_in_flight_per_partition in flight the partition pauses; at half it resumes."""
+    """At max_in_flight_per_partition in flight the partition pauses; at half it resumes. The
+    log says which partitions each change paused and resumed (the first: the restored
+    partition starts fetching)."""
 
     async def scenario() -> None:
         h = Harness(opts=options(max_poll_records=4), max_in_flight_per_partition=4)
+        with capture_logs() as logs:
+            await _pause_and_resume(h)
+        changes = [
+            (e["event"], e["partitions"], e["paused"])
+            for e in logs
+            if e["event"] in {"partitions_paused", "partitions_resumed"}
+        ]
+        assert changes == [
+            ("partitions_resumed", [0], []),  # restored: fetching starts
+            ("partitions_paused", [0], [0]),
+            ("partitions_resumed", [0], []),
+        ]
+
+    async def _pause_and_resume(h: Harness) -> None:
         async with h.running():
             mark = len(h.source.actions)
             h.records(0, 0, 1, 2, 3, 4)
