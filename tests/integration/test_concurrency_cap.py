@@ -71,10 +71,12 @@ def test_button_sees_at_most_the_limit_while_requests_wait_ready_beyond_it() -> 
 
 def test_after_a_429_the_requests_waiting_in_the_transport_stay_until_the_gate_opens() -> None:
     """The sandbox answers every request 429 with a Retry-After of 30 s. At a limit of 4, five
-    permits are taken: four creates reach it, and each caller closes the circuit breaker on its
-    429 (as the pipeline's policy does). The fifth create, waiting in the transport, is not
-    sent, not even in a slot a 429 freed before its caller had read it; a probe, sent with
-    priority, still goes. Once the breaker opens, the fifth goes too."""
+    permits are taken: four creates reach it (its answers are held until they all have, so no
+    429 can close the breaker before the fourth is sent, however slow the machine), and each
+    caller closes the circuit breaker on its 429 (as the pipeline's policy does). The fifth
+    create, waiting in the transport, is not sent, not even in a slot a 429 freed before its
+    caller had read it; a probe, sent with priority, still goes. Once the breaker opens, the
+    fifth goes too."""
     faults = {"error_rates": {"429": 1.0}, "retry_after": {"seconds": 30}}
     with run_sandbox(faults=faults) as sandbox:
         settings = _settings(sandbox)
@@ -93,10 +95,20 @@ def test_after_a_429_the_requests_waiting_in_the_transport_stay_until_the_gate_o
                             breaker.close("http_429")  # the policy's BREAK, in the same step
                         return outcome
 
-                sends = [asyncio.create_task(deliver(n)) for n in range(5)]
+                with sandbox.holding(hold_all=True):
+                    sends = [asyncio.create_task(deliver(n)) for n in range(5)]
+                    await asyncio.to_thread(
+                        sandbox.wait_for,
+                        lambda: sandbox.hold_state()["parked"] == 4,
+                        30,
+                        message="four creates were not parked",
+                    )
+                deadline = asyncio.get_running_loop().time() + 30
                 while sum(send.done() for send in sends) < 4:
+                    left = deadline - asyncio.get_running_loop().time()
+                    assert left > 0, "the four 429s did not come back within 30 s"
                     pending = [send for send in sends if not send.done()]
-                    await asyncio.wait(pending, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_COMPLETED)
                 probe = await button.get("probe")
                 assert probe.kind is OutcomeKind.RATE_LIMITED
                 held = sandbox.stats()["by_route"]
