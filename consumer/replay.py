@@ -37,6 +37,7 @@ from consumer.adapters.kafka_producer import AckingProducer
 from consumer.adapters.kafka_reader import PartitionReader
 from consumer.domain.deadletter import (
     H_DEAD_LETTERED_AT,
+    H_KEY_RELEASED,
     H_ORDER_ID,
     H_PARKED,
     H_PARTITION,
@@ -44,6 +45,8 @@ from consumer.domain.deadletter import (
     H_REPLAYED,
     H_REPLAYED_PARKED,
     H_REPLAYED_RELEASE,
+    H_REPLAYED_STAGE,
+    H_STAGE,
     H_TOPIC,
     header_map,
     strip_own_headers,
@@ -154,15 +157,23 @@ def replay_headers(
 ) -> list[tuple[str, bytes]]:
     """The headers a replayed record carries: the source's own, plus where it came from.
 
+    ``button.replayed.stage`` carries the stage it failed at: only a record that failed to
+    decode releases its key's parking when it decodes now (``deadletter.releases_parked_key``).
+
     ``release_keys`` (``--release-keys``): a first dead letter (not parked) also carries
     ``button.replayed.release: true``: if it still does not decode, the service releases its
-    key instead of parking it again (``deadletter.releases_key_if_undecodable``).
+    key instead of parking it again (``deadletter.releases_key_if_undecodable``). A dead
+    letter written when that happened (``button.key.released``) always does, so a later
+    replay without the flag does not park the user's key again.
     """
     text = header_map(message_headers)
     kept = strip_own_headers(message_headers)
     parked = text.get(H_PARKED) or "false"
     headers = [*kept, (H_REPLAYED, dlq_position.encode()), (H_REPLAYED_PARKED, parked.encode())]
-    if release_keys and parked != "true":
+    stage = text.get(H_STAGE)
+    if stage:
+        headers.append((H_REPLAYED_STAGE, stage.encode()))
+    if (release_keys or text.get(H_KEY_RELEASED) == "true") and parked != "true":
         headers.append((H_REPLAYED_RELEASE, b"true"))
     return headers
 

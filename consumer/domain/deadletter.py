@@ -41,6 +41,8 @@ H_ORIGINAL_SIZE = BUTTON + "original.size"
 H_REPLAYED = BUTTON + "replayed"
 H_REPLAYED_PARKED = BUTTON + "replayed.parked"
 H_REPLAYED_RELEASE = BUTTON + "replayed.release"
+H_REPLAYED_STAGE = BUTTON + "replayed.stage"
+H_KEY_RELEASED = BUTTON + "key.released"
 
 #: Headers of ours that a replay strips before the record goes back to the input topic.
 OWN_PREFIXES = (CONNECT, BUTTON)
@@ -76,6 +78,9 @@ class DeadLetter:
     last_attempt_ms: int | None = None
     parked: bool = False
     original_size: int | None = None
+    key_released: bool = False
+    """The record was given up (``replay-dlq --release-keys``) and released its key: any later
+    replay of this dead letter asks the same (``button.key.released``)."""
 
 
 def as_reference(letter: DeadLetter, reason: str, size: int) -> DeadLetter:
@@ -121,6 +126,7 @@ def dead_letter_headers(
         H_FIRST_ATTEMPT: "" if letter.first_attempt_ms is None else str(letter.first_attempt_ms),
         H_LAST_ATTEMPT: "" if letter.last_attempt_ms is None else str(letter.last_attempt_ms),
         H_ORIGINAL_SIZE: "" if letter.original_size is None else str(letter.original_size),
+        H_KEY_RELEASED: "true" if letter.key_released else "",
     }
     ours.extend((k, v) for k, v in optional.items() if v)
     return kept + [(k, v.encode("utf-8")) for k, v in ours]
@@ -150,6 +156,18 @@ def releases_key_if_undecodable(headers: Iterable[tuple[str, bytes]]) -> bool:
     """
     pairs = list(headers)
     return replays_first_dead_letter(pairs) and (H_REPLAYED_RELEASE, b"true") in pairs
+
+
+def releases_parked_key(headers: Iterable[tuple[str, bytes]]) -> bool:
+    """Whether a replayed first dead letter, decoded now, also releases its key's parking: only
+    a record that failed to decode parked the key (``button.replayed.stage`` is the decode
+    stage; without the header, from an older replay, it is taken to be).
+
+    A user's other orders' first dead letters (refused by the mapping or by Button) release
+    only their own orders: the record that parked the key may still not decode.
+    """
+    stage = dict(headers).get(H_REPLAYED_STAGE)
+    return stage is None or stage == Stage.DECODE.value.encode()
 
 
 def is_replay(headers: Iterable[tuple[str, bytes]]) -> bool:

@@ -33,7 +33,7 @@ from datetime import datetime
 
 import structlog
 
-from consumer.domain.deadletter import is_replay, replays_first_dead_letter
+from consumer.domain.deadletter import is_replay, releases_parked_key, replays_first_dead_letter
 from consumer.domain.policy import PARKED_REASON
 from consumer.domain.profile import Profile, epoch_ms, prune
 from consumer.domain.profile_codec import ProfileDecodeError
@@ -146,9 +146,13 @@ class Parking:
         an order parked longer ago than the order retention is no longer parked at ``now``.
         """
         if replays_first_dead_letter(record.headers):
-            # The record whose dead letter parked its order (or its key) is back: release it
-            # so it and the records parked behind it (replayed after it, in order) are sent.
-            return ParkingCheck(None, self._release(record.partition, record.key, order_id))
+            # The record whose dead letter parked its order (or, undecodable then, its key) is
+            # back: release it so it and the records parked behind it (replayed after it, in
+            # order) are sent. Another order's first dead letter leaves the key parked.
+            key_too = releases_parked_key(record.headers)
+            return ParkingCheck(
+                None, self._release(record.partition, record.key, order_id, key_too=key_too)
+            )
         if not order_id:
             return ParkingCheck()
         if is_replay(record.headers) and self._parked_behind_key_only(
@@ -185,7 +189,11 @@ class Parking:
         record to write before the record counts as finished, if the key was parked."""
         return self._release(partition, key, KEY_PARKED)
 
-    def _release(self, partition: int, key: bytes | None, order_id: str) -> ChangelogWrite | None:
+    def _release(
+        self, partition: int, key: bytes | None, order_id: str, *, key_too: bool = False
+    ) -> ChangelogWrite | None:
+        """Release ``order_id`` (and, ``key_too``, the key's parking behind an undecodable
+        record); the changelog record to write, if anything changed."""
         if key is None:
             self._keyless.release(order_id)
             return None
@@ -193,7 +201,7 @@ class Parking:
         if before is None:
             return None
         after = before
-        for parked_id in {order_id, KEY_PARKED}:
+        for parked_id in {order_id, KEY_PARKED} if key_too else {order_id}:
             if after.parked_order(parked_id) is not None:
                 after = after.without_parked(parked_id)
         if after is before:

@@ -564,6 +564,10 @@ class Pipeline:
         d = self._d
         processed, attempts = context.processed, context.attempts
         last = attempts.last
+        # Replayed with --release-keys and still not decodable: given up, so the key's order
+        # records parked behind it (replayed after it) go on, and its dead letter says so.
+        parks = record.key is not None and parks_key(decision)
+        gives_up = parks and releases_key_if_undecodable(record.headers)
         letter = DeadLetter(
             topic=record.topic,
             partition=record.partition,
@@ -582,6 +586,7 @@ class Pipeline:
             first_attempt_ms=attempts.first_ms,
             last_attempt_ms=attempts.last_ms,
             parked=decision.parked,
+            key_released=gives_up,
         )
         try:
             try:
@@ -609,10 +614,8 @@ class Pipeline:
             )
             if not decision.parked:
                 d.telemetry.order_parked()
-        elif record.key is not None and parks_key(decision):
-            if releases_key_if_undecodable(record.headers):
-                # Replayed with --release-keys and still not decodable: given up, so the
-                # key's order records parked behind it (replayed after it) go on.
+        elif record.key is not None and parks:
+            if gives_up:
                 await self._write(d.parking.release_key(record.partition, record.key))
                 log.warning("key_released", reason=letter.reason)
             else:

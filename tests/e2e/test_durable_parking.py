@@ -18,7 +18,7 @@ from decimal import Decimal
 import pytest
 
 from consumer.commands import produce_events
-from consumer.domain.deadletter import H_ORDER_ID, H_PARKED, H_REASON, H_STATUS
+from consumer.domain.deadletter import H_KEY_RELEASED, H_ORDER_ID, H_PARKED, H_REASON, H_STATUS
 from consumer.domain.events import (
     CommerceData,
     CommerceEvent,
@@ -150,7 +150,8 @@ def test_a_key_parked_behind_bytes_that_never_decode_is_released_by_a_replay_tha
 ):
     """Truncated bytes of a user park the user's key, and the user's order Y behind them. A
     replay with ``--release-keys`` cannot decode them either: they go back to the DLQ with
-    their reason, the key is released, and Y, replayed after them, reaches Button."""
+    their reason, marked as given up, the key is released, and Y, replayed after them, reaches
+    Button. A later replay without the flag does not park the user again."""
     user, order = "parked-key-user", "ORD-PARKED-KEY-Y"
     topic = make_topic(partitions=1, prefix="parked-key")
     settings = service_settings(topic)
@@ -205,6 +206,37 @@ def test_a_key_parked_behind_bytes_that_never_decode_is_released_by_a_replay_tha
         timeout=30,
         message="order Y did not reach Button after the replay",
     )
-    _finish_and_stop(second, settings, 1)
     again = [headers_of(m) for m in read_all(kafka_bootstrap, dlq)][2:]
-    assert [(h[H_REASON], h[H_PARKED]) for h in again] == [(reason, "false")]
+    assert [(h[H_REASON], h[H_PARKED], h[H_KEY_RELEASED]) for h in again] == [
+        (reason, "false", "true")
+    ]
+
+    # 3. A later replay without the flag (its group reads on from there: only the bytes'
+    # new dead letter) gives them up again instead of parking the user: a new order is sent.
+    later = replay_whole_dlq(settings, f"{settings.kafka.group_id}-replay")
+    assert (later.read, later.replayed) == (1, 1)
+    wait_until(
+        lambda: len(read_all(kafka_bootstrap, dlq)) >= 4,
+        timeout=30,
+        message="the bytes were not dead-lettered again",
+    )
+    follow_up = CommerceEvent(
+        event_id="evt-z-buy",
+        event_type=purchase.event_type,
+        event_time=purchase.event_time,
+        user_key=user,
+        platform=purchase.platform,
+        commerce=CommerceData(
+            action=ProductAction.PURCHASE,
+            transaction_id=order + "-Z",
+            currency_code="USD",
+            total_amount=Decimal("5.00"),
+        ),
+    )
+    produce_events(settings, [follow_up], partitions=1)
+    sandbox.wait_for(
+        lambda: sandbox.order(order + "-Z") is not None,
+        timeout=30,
+        message="the user's next order was parked again after a plain replay",
+    )
+    _finish_and_stop(second, settings, 1)

@@ -9,11 +9,11 @@ from decimal import Decimal
 
 import pytest
 
-from consumer.domain.deadletter import H_REPLAYED, H_REPLAYED_PARKED
+from consumer.domain.deadletter import H_REPLAYED, H_REPLAYED_PARKED, H_REPLAYED_STAGE, Stage
 from consumer.domain.events import CommerceData, CommerceEvent, EventType, ProductAction
 from consumer.domain.mapping import MappingConfig
 from consumer.domain.profile_codec import decode_profile
-from consumer.engine.parking import Parking, ParkingLot
+from consumer.engine.parking import KEY_PARKED, Parking, ParkingLot
 from consumer.engine.processor import ProfileProcessor
 from consumer.engine.profiles import ChangelogWrite, ProfileStore
 from consumer.ports import Record
@@ -129,8 +129,12 @@ def refund(order_id: str = "ORD-1") -> CommerceEvent:
     )
 
 
-def record(key: bytes | None = KEY, *, replayed: bool = False, parked: bool = False) -> Record:
+def record(
+    key: bytes | None = KEY, *, replayed: bool = False, parked: bool = False, stage: str = ""
+) -> Record:
     headers = [(H_REPLAYED, b"dlq:0:7"), (H_REPLAYED_PARKED, b"true" if parked else b"false")]
+    if stage:
+        headers.append((H_REPLAYED_STAGE, stage.encode()))
     return Record("events", PARTITION, 7, key, b"", None, headers if replayed else [])
 
 
@@ -253,6 +257,34 @@ def test_a_replayed_record_parked_behind_another_does_not_release() -> None:
     check = rig.parking.check(record(replayed=True, parked=True), "ORD-1", NOW)
 
     assert (check.reason, check.write) == ("http_400", None)
+
+
+@pytest.mark.parametrize("stage", [Stage.MAP, Stage.DELIVER])
+def test_the_replay_of_another_orders_first_dead_letter_leaves_the_key_parked(
+    stage: Stage,
+) -> None:
+    """A key parked behind an undecodable record stays parked when the first dead letter of
+    another order of the user (refused by the mapping or by Button, not undecodable) is
+    replayed: that releases its own order only. Only the replay of a record that failed to
+    decode (the one that parked the key) releases the key."""
+    rig = Rig()
+    rig.parking.park(PARTITION, KEY, "E-Q", "total_out_of_range", NOW)
+    rig.parking.park(PARTITION, KEY, KEY_PARKED, "truncated", NOW)
+
+    check = rig.parking.check(record(replayed=True, stage=stage.value), "E-Q", NOW)
+
+    assert check.reason is None
+    assert rig.parked(purchase("E-S")) == "truncated"
+
+
+def test_the_replay_of_the_record_that_parked_the_key_releases_it() -> None:
+    """Decoded on replay (its stage was the decode stage), it releases its order and the key."""
+    rig = Rig()
+    rig.parking.park(PARTITION, KEY, KEY_PARKED, "unknown_schema", NOW)
+
+    check = rig.parking.check(record(replayed=True, stage=Stage.DECODE.value), "ORD-1", NOW)
+
+    assert (check.reason, rig.parked(purchase("E-S"))) == (None, None)
 
 
 def test_releasing_the_only_content_of_a_profile_writes_a_tombstone() -> None:

@@ -1828,6 +1828,7 @@ def test_a_replayed_undecodable_record_that_fails_again_parks_its_key_again() ->
     outcomes = replay.handle(replayed(40, parked=False), replayed(41, parked=True))
 
     assert (outcomes, replay.button.sent) == (["dead_lettered", "parked"], [])
+    assert "button.key.released" not in replay.dlq_headers(0)
 
 
 def test_a_replayed_undecodable_record_asked_to_release_its_key_lets_the_key_go_on() -> None:
@@ -1846,6 +1847,8 @@ def test_a_replayed_undecodable_record_asked_to_release_its_key_lets_the_key_go_
 
     assert outcomes == ["dead_lettered", "delivered", "delivered"]
     assert (replay.letters[0].reason, replay.letters[0].parked) == ("truncated", False)
+    # Its new dead letter says it was given up: any later replay of it asks the same.
+    assert replay.dlq_headers(0)["button.key.released"] == "true"
     restarted = Harness(
         decoder=FakeDecoder(REFUND), real_processor=restored_processor(replay)
     ).answer(OK)

@@ -490,3 +490,21 @@ def test_a_dead_letter_topic_that_does_not_exist_is_named_by_its_setting() -> No
 
     with pytest.raises(ConfigError, match=r"KAFKA_DLQ_TOPIC: dead-letter topic 'events\.dlq'"):
         run_replay(NoTopic({}), FakeProducer())
+
+
+def test_replay_headers_carry_the_stage_the_dead_letter_failed_at() -> None:
+    """The service releases a parked key only for the replay of a record that failed to
+    decode (the one that parked it): the stage travels with the replay."""
+    headers = [("__connect.errors.stage", b"TRANSFORMATION"), ("button.parked", b"false")]
+
+    assert header_map(replay_headers(headers, "0:3"))["button.replayed.stage"] == "TRANSFORMATION"
+    assert "button.replayed.stage" not in header_map(replay_headers([], "0:4"))
+
+
+def test_a_record_whose_key_was_released_is_replayed_asking_to_release_it_again() -> None:
+    """A dead letter written when ``--release-keys`` gave its record up carries
+    ``button.key.released``: any later replay of it asks the same (it must not park the
+    user's key again because a later, plain replay happened to include it)."""
+    released = [("button.parked", b"false"), ("button.key.released", b"true")]
+
+    assert header_map(replay_headers(released, "0:5"))["button.replayed.release"] == "true"
