@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -134,8 +135,15 @@ def _kafka_failure(exc: Exception) -> int | None:
             file=sys.stderr,
         )
         return 2
-    print(f"button-consumer: Kafka error: {text}", file=sys.stderr)
+    servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
+    where = f" at {servers} (KAFKA_BOOTSTRAP_SERVERS)" if servers else ""
+    print(f"button-consumer: Kafka error{where}: {text}", file=sys.stderr)
     return 1
+
+
+_KAFKA_COMMANDS = frozenset({"replay-dlq", "produce-sample", "test-event"})
+"""Operator commands with Kafka clients of their own (``run`` logs through structlog, ``check``
+keeps librdkafka's lines for its report)."""
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -145,6 +153,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from consumer.bootstrap import run_service
 
         return run_service()
+    if command in _KAFKA_COMMANDS:
+        # Each distinct librdkafka complaint once on stderr, not one raw line per retry.
+        from consumer.adapters.logging import quiet_librdkafka
+
+        quiet_librdkafka()
     if command == "replay-dlq":
         from consumer.replay import replay_command
 

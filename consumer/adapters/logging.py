@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import sys
 from typing import Literal, TextIO
 
@@ -48,6 +49,45 @@ class LibrdkafkaHandler(logging.Handler):
             )
         except Exception:  # noqa: BLE001 - a log line must never break the client's thread
             self.handleError(record)
+
+
+class _OnceHandler(logging.Handler):
+    """Writes each distinct librdkafka complaint once (``quiet_librdkafka``)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(logging.WARNING)
+        self._stream = stream
+        self._seen: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            args = record.args if isinstance(record.args, tuple) else ()
+            line = f"{args[0]} {args[2]}" if len(args) == 3 else record.getMessage()
+            complaint = _DIGITS.sub("#", line)
+            if complaint in self._seen:
+                return
+            self._seen.add(complaint)
+            self._stream.write(f"librdkafka: {line}\n")
+        except Exception:  # noqa: BLE001 - a log line must never break the client's thread
+            self.handleError(record)
+
+
+_DIGITS = re.compile(r"\d+")
+
+
+def quiet_librdkafka(stream: TextIO | None = None) -> None:
+    """For an operator command (``replay-dlq``, ``produce-sample``, ``test-event``): each
+    distinct warning or error of librdkafka on ``stream`` (stderr) once, as
+    ``librdkafka: FACILITY message``, instead of one raw line per attempt (a broker that
+    refuses connections is retried many times a second). Text that differs only in its
+    numbers is the same complaint."""
+    kafka = logging.getLogger(KAFKA_LOGGER)
+    for handler in list(kafka.handlers):
+        if isinstance(handler, (LibrdkafkaHandler, _OnceHandler)):
+            kafka.removeHandler(handler)
+    kafka.addHandler(_OnceHandler(stream if stream is not None else sys.stderr))
+    kafka.setLevel(logging.WARNING)
+    kafka.propagate = False
 
 
 def add_record_scope(
@@ -107,7 +147,7 @@ def configure_logging(
     )
     kafka = logging.getLogger(KAFKA_LOGGER)
     for handler in list(kafka.handlers):
-        if isinstance(handler, LibrdkafkaHandler):
+        if isinstance(handler, (LibrdkafkaHandler, _OnceHandler)):
             kafka.removeHandler(handler)
     kafka.addHandler(LibrdkafkaHandler())
     kafka.setLevel(numeric)

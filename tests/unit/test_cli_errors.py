@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from consumer import cli
 from consumer.errors import BrokerError
@@ -98,4 +99,26 @@ def test_a_failure_a_command_cannot_get_past_is_one_line(
     assert cli.main(["check"]) == 1
     assert capsys.readouterr().err == (
         "button-consumer: cannot read the cluster's topics: Local: Broker transport failure\n"
+    )
+
+
+def test_a_kafka_failure_names_the_brokers_it_was_about(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """librdkafka's "Failed to get metadata" out of a command, brokers unreachable: one line
+    naming them and KAFKA_BOOTSTRAP_SERVERS, exit status 1."""
+
+    def fail(_args: object) -> int:
+        error = KafkaError(
+            KafkaError._TRANSPORT, "Failed to get metadata: Local: Broker transport failure"
+        )
+        raise KafkaException(error)
+
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    monkeypatch.setattr(cli, "_dispatch", fail)
+
+    assert cli.main(["check"]) == 1
+    assert capsys.readouterr().err == (
+        "button-consumer: Kafka error at 127.0.0.1:1 (KAFKA_BOOTSTRAP_SERVERS): Failed to get "
+        "metadata: Local: Broker transport failure\n"
     )

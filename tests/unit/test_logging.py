@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import time
+from collections.abc import Iterator
 
+import pytest
 import structlog
 from confluent_kafka import Producer
 
-from consumer.adapters.logging import configure_logging
+from consumer.adapters.logging import configure_logging, quiet_librdkafka
 from consumer.ports import CURRENT_RECORD, RecordScope
-from consumer.settings import Settings
+from consumer.settings import KAFKA_LOGGER, Settings
 
 
 def test_librdkafka_log_lines_become_structured_json_lines() -> None:
@@ -80,3 +83,34 @@ def test_a_cached_logger_keeps_its_level_and_context() -> None:
         (None, None),
     ]
     assert lines[1]["outcome"] == "delivered"
+
+
+@pytest.fixture
+def kafka_logger() -> Iterator[logging.Logger]:
+    """The librdkafka logger, put back as it was after the test."""
+    kafka = logging.getLogger(KAFKA_LOGGER)
+    handlers, level, propagate = list(kafka.handlers), kafka.level, kafka.propagate
+    yield kafka
+    kafka.handlers[:] = handlers
+    kafka.setLevel(level)
+    kafka.propagate = propagate
+
+
+def test_an_operator_command_shows_each_librdkafka_complaint_once(
+    kafka_logger: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``replay-dlq`` against brokers that refuse connections got one raw line per attempt
+    (over a thousand in 30 s). Through ``quiet_librdkafka`` each distinct complaint reaches
+    stderr once (the same text with other numbers is the same complaint); debug lines none."""
+    quiet_librdkafka()
+    kafka = kafka_logger
+    refused = "127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: Connection refused"
+    for after in (0, 1, 0, 3):
+        kafka.error("%s [%s] %s", "FAIL", "rdkafka#consumer-2", f"{refused} (after {after}ms)")
+    kafka.warning("%s [%s] %s", "GETPID", "rdkafka#producer-1", "Coordinator load in progress")
+    kafka.debug("%s [%s] %s", "BROKER", "rdkafka#consumer-2", "chatter")
+
+    assert capsys.readouterr().err.splitlines() == [
+        f"librdkafka: FAIL {refused} (after 0ms)",
+        "librdkafka: GETPID Coordinator load in progress",
+    ]
