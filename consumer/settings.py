@@ -572,26 +572,43 @@ def _empty_as_unset(raw: Mapping[str, str]) -> dict[str, str]:
 
 
 def kafka_passthrough(env: Mapping[str, str]) -> dict[str, str]:
-    """librdkafka properties from ``KAFKA_CONFIG_*`` variables."""
+    """librdkafka properties from ``KAFKA_CONFIG_*`` variables.
+
+    Raises:
+        ConfigError: naming every variable that sets a property the service owns, one set
+            with a typed setting, or a value that weakens at-least-once delivery.
+    """
+    config, problems = _passthrough(env)
+    if problems:
+        raise ConfigError("; ".join(f"{p.variable}: {p.message}" for p in problems))
+    return config
+
+
+def _passthrough(env: Mapping[str, str]) -> tuple[dict[str, str], list[SettingProblem]]:
+    """``kafka_passthrough``'s properties, and every refused variable (in name order)."""
     config: dict[str, str] = {}
-    for variable, value in env.items():
+    problems: list[SettingProblem] = []
+    for variable, value in sorted(env.items()):
         if not variable.startswith(_PASSTHROUGH_PREFIX) or len(variable) == len(
             _PASSTHROUGH_PREFIX
         ):
             continue
         prop = _property_of(variable)
-        if prop in _RESERVED_KAFKA:
-            raise ConfigError(f"{variable}: {prop} is managed by the service and cannot be set")
-        if prop in _TYPED_KAFKA:
-            raise ConfigError(f"{variable}: {prop} is set with {_TYPED_KAFKA[prop]}")
         accepted = _GUARANTEED_KAFKA.get(prop)
-        if accepted is not None and value.strip().lower() not in accepted:
-            raise ConfigError(
-                f"{variable}: {prop}={value} would break at-least-once delivery; "
+        if prop in _RESERVED_KAFKA:
+            message = f"{prop} is managed by the service and cannot be set"
+        elif prop in _TYPED_KAFKA:
+            message = f"{prop} is set with {_TYPED_KAFKA[prop]}"
+        elif accepted is not None and value.strip().lower() not in accepted:
+            message = (
+                f"{prop}={value} would break at-least-once delivery; "
                 f"accepted: {', '.join(sorted(accepted))}"
             )
-        config[prop] = value
-    return config
+        else:
+            config[prop] = value
+            continue
+        problems.append(SettingProblem(variable, message))
+    return config, problems
 
 
 _REFUSED_PROPERTY = re.compile(r'configuration property:? "(?P<property>[^"]+)"')
@@ -685,11 +702,9 @@ def diagnose(
                 missing = error.get("type") == "missing"
                 message = str(error["msg"]).removeprefix("Value error, ")
                 problems.append(SettingProblem(variable, "is required" if missing else message))
-    try:
-        passthrough = kafka_passthrough(env)
-    except ConfigError as exc:
-        variable, _, message = str(exc).partition(": ")
-        problems.append(SettingProblem(variable, message))
+    passthrough, refused = _passthrough(env)
+    if refused:
+        problems.extend(refused)
         sections["kafka"] = None
     else:
         kafka = sections.get("kafka")

@@ -87,3 +87,21 @@ def test_a_profile_bound_the_changelog_cannot_hold_is_a_problem() -> None:
     ]
     assert "KAFKA_MAX_MESSAGE_BYTES" in too_large[0].message
     assert fine == []
+
+
+def test_every_refused_kafka_property_is_a_problem_of_its_own() -> None:
+    """Two refused ``KAFKA_CONFIG_*`` variables (a reserved property and a weakened guarantee):
+    both named, not only the first one met."""
+    _, problems = diagnose(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": "k:9092",
+            "DELIVERY_DRY_RUN": "true",
+            "KAFKA_CONFIG_GROUP_ID": "x",
+            "KAFKA_CONFIG_ACKS": "1",
+        }
+    )
+
+    assert sorted(p.variable for p in problems if p.fatal) == [
+        "KAFKA_CONFIG_ACKS",
+        "KAFKA_CONFIG_GROUP_ID",
+    ]
