@@ -560,10 +560,26 @@ def _load(section: type[_Section], env: Mapping[str, str]) -> _Section:
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = first.get("loc") or ()
-        variable = prefix + str(loc[0]).upper() if loc else prefix.rstrip("_") + " settings"
+        variable = _variable_of(prefix, first)
         if loc and given.get(str(loc[0])) is None and first.get("type") == "missing":
             raise ConfigError(f"{variable} is required") from None
         raise ConfigError(f"{variable}: {first.get('msg', 'invalid value')}") from None
+
+
+_LEADING_VARIABLE = re.compile(r"(?:Value error, )?([A-Z][A-Z0-9_]*)\b")
+
+
+def _variable_of(prefix: str, error: Any) -> str:
+    """The variable a validation error is about: its field's, or, for a rule across fields
+    (no field), the variable its message starts with (the one to fix, e.g.
+    ``ADMIN_TEST_EVENT_TOKEN is required when ...``), else the section (``ADMIN settings``)."""
+    loc = error.get("loc") or ()
+    if loc:
+        return prefix + str(loc[0]).upper()
+    named = _LEADING_VARIABLE.match(str(error.get("msg", "")))
+    if named is not None and named.group(1) in variable_names():
+        return named.group(1)
+    return prefix.rstrip("_") + " settings"
 
 
 def _empty_as_unset(raw: Mapping[str, str]) -> dict[str, str]:
@@ -697,8 +713,7 @@ def diagnose(
         except ValidationError as exc:
             sections[name] = None
             for error in exc.errors():
-                loc = error.get("loc") or ()
-                variable = prefix + str(loc[0]).upper() if loc else prefix.rstrip("_") + " settings"
+                variable = _variable_of(prefix, error)
                 missing = error.get("type") == "missing"
                 message = str(error["msg"]).removeprefix("Value error, ")
                 problems.append(SettingProblem(variable, "is required" if missing else message))

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from consumer.errors import ConfigError
-from consumer.settings import Settings, kafka_passthrough
+from consumer.settings import Settings, diagnose, kafka_passthrough
 
 API_KEY = "sk-live-0123456789abcdef-TOPSECRET"
 BASE = {"KAFKA_BOOTSTRAP_SERVERS": "broker-1:9092", "BUTTON_API_KEY": API_KEY}
@@ -120,13 +120,29 @@ def test_a_bad_value_raises_config_error_naming_the_variable(variable: str, valu
     assert config_error(**{variable: value}).startswith(variable + ":")
 
 
-def test_a_cross_field_violation_names_the_section_and_both_variables() -> None:
-    """DELIVERY_CONCURRENCY_MIN above _MAX is refused with the DELIVERY section named and both
-    variables (with their values) in the message, as an operator sets them."""
+def test_a_cross_field_violation_names_both_variables() -> None:
+    """DELIVERY_CONCURRENCY_MIN above _MAX is refused naming the variable its rule starts with
+    and both variables (with their values) in the message, as an operator sets them."""
     message = config_error(DELIVERY_CONCURRENCY_MIN="9", DELIVERY_CONCURRENCY_MAX="3")
 
-    assert message.startswith("DELIVERY settings:")
-    assert "DELIVERY_CONCURRENCY_MIN (9) must not exceed DELIVERY_CONCURRENCY_MAX (3)" in message
+    assert message == (
+        "DELIVERY_CONCURRENCY_MIN: DELIVERY_CONCURRENCY_MIN (9) must not exceed "
+        "DELIVERY_CONCURRENCY_MAX (3)"
+    )
+
+
+def test_a_test_event_endpoint_without_its_token_names_the_token() -> None:
+    """ADMIN_TEST_EVENT_ENABLED without ADMIN_TEST_EVENT_TOKEN: the token is the setting named
+    (``check --json``'s ``setting``), not the ADMIN section."""
+    _, problems = diagnose(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": "b:9092",
+            "DELIVERY_DRY_RUN": "true",
+            "ADMIN_TEST_EVENT_ENABLED": "true",
+        }
+    )
+
+    assert [p.variable for p in problems] == ["ADMIN_TEST_EVENT_TOKEN"]
 
 
 def test_missing_bootstrap_servers_is_required() -> None:
