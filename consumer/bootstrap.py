@@ -13,6 +13,7 @@ import gc
 import random
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -59,7 +60,7 @@ from consumer.engine.worker import RunStats, Worker, WorkerOptions
 from consumer.errors import BrokerError, ConfigError, ConsumerError
 from consumer.mapcmd import map_one
 from consumer.ports import ButtonPort
-from consumer.settings import DeliverySettings, Settings
+from consumer.settings import DeliverySettings, Settings, unknown_variables
 
 log = structlog.get_logger("consumer")
 
@@ -578,6 +579,13 @@ def freeze_startup_heap() -> int:
     return gc.get_freeze_count()
 
 
+def warn_unknown_variables(environ: Mapping[str, str] | None = None) -> None:
+    """Log each variable with a setting's prefix that is no setting (``unknown_setting``,
+    with check's hint): a misspelt optional setting silently keeps its default otherwise."""
+    for problem in unknown_variables(environ):
+        log.warning("unknown_setting", variable=problem.variable, problem=problem.message)
+
+
 def run_service() -> int:
     """``button-consumer run``: the service until SIGTERM/SIGINT; 0 on a clean stop."""
     settings = Settings.from_env()
@@ -585,6 +593,7 @@ def run_service() -> int:
     # system instead of staying resident (``consumer.adapters.malloc``).
     mmap_threshold = fix_mmap_threshold()
     configure_logging(settings.log.level, settings.log.format, cache=True)
+    warn_unknown_variables()
     service = build(settings)
     freeze_startup_heap()
     log.info(

@@ -746,8 +746,17 @@ def diagnose(
         and button.api_key is None
     ):
         problems.append(SettingProblem("BUTTON_API_KEY", "is required (or DELIVERY_DRY_RUN=true)"))
+    problems.extend(unknown_variables(env))
+    return sections, problems
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[SettingProblem]:
+    """Variables with a setting's prefix that are no setting (a typo?), each a warning with
+    the closest setting as a hint; in name order. ``KAFKA_CONFIG_*`` are librdkafka's."""
+    env = os.environ if environ is None else environ
     known = variable_names()
     prefixes = tuple(str(s.model_config.get("env_prefix", "")) for s in _SECTIONS.values())
+    problems: list[SettingProblem] = []
     for variable in sorted(env):
         if (
             variable.startswith(prefixes)
@@ -759,4 +768,4 @@ def diagnose(
             problems.append(
                 SettingProblem(variable, "is not a setting of this service" + hint, fatal=False)
             )
-    return sections, problems
+    return problems

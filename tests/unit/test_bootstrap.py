@@ -7,6 +7,7 @@ import gc
 
 import pytest
 from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 
 from consumer import bootstrap
 from consumer.adapters.button_client import ButtonClient
@@ -150,3 +151,20 @@ def test_brokers_that_do_not_answer_at_start_are_named_by_their_setting(
     assert str(raised.value).startswith(
         "cannot reach Kafka at 127.0.0.1:1 (KAFKA_BOOTSTRAP_SERVERS) within 1 s: "
     )
+
+
+def test_a_misspelt_setting_is_a_warning_when_the_service_starts() -> None:
+    """``run`` with KAFKA_TOPICS (no setting) logs it, with check's hint, rather than quietly
+    keeping KAFKA_TOPIC's default."""
+    with capture_logs() as logs:
+        bootstrap.warn_unknown_variables(
+            {"KAFKA_BOOTSTRAP_SERVERS": "b:9092", "KAFKA_TOPICS": "orders", "HOME": "/root"}
+        )
+
+    assert [(e["event"], e["variable"], e["problem"]) for e in logs] == [
+        (
+            "unknown_setting",
+            "KAFKA_TOPICS",
+            "is not a setting of this service (did you mean KAFKA_TOPIC?)",
+        )
+    ]
