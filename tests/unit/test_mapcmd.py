@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -176,3 +177,31 @@ def test_an_unexpected_failure_of_one_line_is_a_reject_line(
     assert (results[0]["action"], results[0]["reason"]) == ("reject", "unprocessable")
     assert "ArithmeticError" in results[0]["detail"]
     assert results[1]["action"] == "create"
+
+
+def test_the_example_journey_in_docs_maps_as_the_readme_says() -> None:
+    """``button-consumer map docs/examples/events.jsonl`` (the README's example input): an
+    install's token and advertising id reach the purchase; a partial refund updates it, a
+    full one cancels it; another user's view is skipped and an unknown currency rejected."""
+    path = Path(__file__).resolve().parents[2] / "docs" / "examples" / "events.jsonl"
+    out = io.StringIO()
+
+    status = run_map(path.read_text(encoding="utf-8").splitlines(), out, MappingConfig())
+
+    results = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert status == 1
+    assert [(r["action"], r["reason"]) for r in results] == [
+        ("skip", "profile_only"),
+        ("create", None),
+        ("update", None),
+        ("cancel", None),
+        ("skip", "profile_only"),
+        ("reject", "unknown_currency"),
+    ]
+    create = results[1]["request"]["body"]
+    assert (create["btn_ref"], create["total"], create["customer"]["device_id"]) == (
+        TOKEN,
+        5998,
+        "6D92078A-8246-4BA4-AE5B-76104861E7DC",
+    )
+    assert results[2]["request"]["body"]["total"] == 2999
