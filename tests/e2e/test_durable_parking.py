@@ -43,19 +43,21 @@ pytestmark = pytest.mark.broker
 USER, X = "durable-parking-user", "ORD-DURABLE-PARK-X"
 
 
-def _purchase() -> CommerceEvent:
+def _purchase(
+    user: str = USER, order: str = X, event_id: str = "evt-x-buy", total: str = "42.50"
+) -> CommerceEvent:
     return CommerceEvent(
-        event_id="evt-x-buy",
+        event_id=event_id,
         event_type=EventType.PURCHASE,
         event_time=datetime.now(UTC) - timedelta(minutes=5),
-        user_key=USER,
+        user_key=user,
         platform=Platform.SERVER,
         btn_ref="srctok-0123456789abcdef",
         commerce=CommerceData(
             action=ProductAction.PURCHASE,
-            transaction_id=X,
+            transaction_id=order,
             currency_code="USD",
-            total_amount=Decimal("42.50"),
+            total_amount=Decimal(total),
         ),
     )
 
@@ -156,21 +158,7 @@ def test_a_key_parked_behind_bytes_that_never_decode_is_released_by_a_replay_tha
     topic = make_topic(partitions=1, prefix="parked-key")
     settings = service_settings(topic)
     dlq = settings.kafka.dlq_topic
-    purchase = _purchase()
-    purchase = CommerceEvent(
-        event_id="evt-y-buy",
-        event_type=purchase.event_type,
-        event_time=purchase.event_time,
-        user_key=user,
-        platform=purchase.platform,
-        btn_ref=purchase.btn_ref,
-        commerce=CommerceData(
-            action=ProductAction.PURCHASE,
-            transaction_id=order,
-            currency_code="USD",
-            total_amount=Decimal("19.99"),
-        ),
-    )
+    purchase = _purchase(user, order, "evt-y-buy", "19.99")
 
     # 1. The bytes are dead-lettered and park the key; Y follows them to the DLQ, parked.
     produce_raw(kafka_bootstrap, topic, [(user.encode(), b"\x00\x00\x00\x00\x01\x02", 0)])
@@ -220,19 +208,7 @@ def test_a_key_parked_behind_bytes_that_never_decode_is_released_by_a_replay_tha
         timeout=30,
         message="the bytes were not dead-lettered again",
     )
-    follow_up = CommerceEvent(
-        event_id="evt-z-buy",
-        event_type=purchase.event_type,
-        event_time=purchase.event_time,
-        user_key=user,
-        platform=purchase.platform,
-        commerce=CommerceData(
-            action=ProductAction.PURCHASE,
-            transaction_id=order + "-Z",
-            currency_code="USD",
-            total_amount=Decimal("5.00"),
-        ),
-    )
+    follow_up = _purchase(user, order + "-Z", "evt-z-buy", "5.00")
     produce_events(settings, [follow_up], partitions=1)
     sandbox.wait_for(
         lambda: sandbox.order(order + "-Z") is not None,

@@ -32,6 +32,16 @@ def _settings(sandbox: SandboxHandle) -> Settings:
     )
 
 
+async def _until_parked(sandbox: SandboxHandle, count: int) -> None:
+    """Wait (at most 30 s, off the event loop) until the holding sandbox parks ``count``."""
+    await asyncio.to_thread(
+        sandbox.wait_for,
+        lambda: sandbox.hold_state()["parked"] == count,
+        30,
+        message=f"{count} requests were not parked",
+    )
+
+
 def test_button_sees_at_most_the_limit_while_requests_wait_ready_beyond_it() -> None:
     """At a limit of 4, five permits are taken at once while the sandbox holds every answer:
     four requests reach it and the fifth waits in the transport. Once answers flow, all twelve
@@ -51,12 +61,7 @@ def test_button_sees_at_most_the_limit_while_requests_wait_ready_beyond_it() -> 
 
                 with sandbox.holding(hold_all=True):
                     sends = [asyncio.create_task(deliver(n)) for n in range(12)]
-                    await asyncio.to_thread(
-                        sandbox.wait_for,
-                        lambda: sandbox.hold_state()["parked"] == 4,
-                        30,
-                        message="four requests were not parked",
-                    )
+                    await _until_parked(sandbox, 4)
                     taken = limiter.in_flight
                 outcomes = await asyncio.wait_for(asyncio.gather(*sends), 30)
                 return taken, outcomes
@@ -97,12 +102,7 @@ def test_after_a_429_the_requests_waiting_in_the_transport_stay_until_the_gate_o
 
                 with sandbox.holding(hold_all=True):
                     sends = [asyncio.create_task(deliver(n)) for n in range(5)]
-                    await asyncio.to_thread(
-                        sandbox.wait_for,
-                        lambda: sandbox.hold_state()["parked"] == 4,
-                        30,
-                        message="four creates were not parked",
-                    )
+                    await _until_parked(sandbox, 4)
                 deadline = asyncio.get_running_loop().time() + 30
                 while sum(send.done() for send in sends) < 4:
                     left = deadline - asyncio.get_running_loop().time()
