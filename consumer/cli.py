@@ -124,10 +124,10 @@ def _kafka_failure(exc: Exception) -> int | None:
     kafka = sys.modules.get("confluent_kafka")
     if kafka is None or not isinstance(exc, kafka.KafkaException):
         return None
+    from consumer.adapters.kafka import kafka_error_text
     from consumer.settings import kafka_property_problem
 
-    error = exc.args[0] if exc.args else None
-    text = str(error.str()) if isinstance(error, kafka.KafkaError) else str(exc)
+    text = kafka_error_text(exc)
     problem = kafka_property_problem(text)
     if problem is not None:
         print(

@@ -504,15 +504,14 @@ class Settings:
 
 
 def _every_problem(env: Mapping[str, str], require_api_key: bool) -> str | None:
-    """``diagnose``'s fatal problems, and its hints at misspelt variables, as one message (in
-    the order of the sections); ``None`` when it finds nothing fatal."""
+    """``diagnose``'s problems (the fatal ones, then the variables that are no setting, with
+    their hints) as one message; ``None`` when it finds nothing fatal."""
     problems = diagnose(env, require_api_key=require_api_key)[1]
     if not any(p.fatal for p in problems):
         return None
-    shown = [p for p in problems if p.fatal or "did you mean" in p.message]
     return "; ".join(
         f"{p.variable} {p.message}" if p.message == "is required" else f"{p.variable}: {p.message}"
-        for p in shown
+        for p in problems
     )
 
 

@@ -214,12 +214,9 @@ class Parking:
         """``order_id`` is parked with the reason ``parked`` (its first dead letter was parked
         behind another: its key's, as one behind its own order would have found it parked
         with that one's reason) and its key is not parked (any more)."""
-        if key is None:
+        pruned = None if key is None else self._pruned(partition, key, now)
+        if pruned is None:
             return False
-        profile = self._profile(partition, key)
-        if profile is None:
-            return False
-        pruned = prune(profile, epoch_ms(now), self._store.retention)
         entry = pruned.parked_order(order_id)
         return (
             entry is not None
@@ -233,12 +230,16 @@ class Parking:
         if key is None:
             entry = self._keyless.get(order_id)
             return None if entry is None else entry.reason
-        profile = self._profile(partition, key)
-        if profile is None:
+        pruned = self._pruned(partition, key, now)
+        if pruned is None:
             return None
-        pruned = prune(profile, epoch_ms(now), self._store.retention)
         parked = pruned.parked_order(order_id) or pruned.parked_order(KEY_PARKED)
         return None if parked is None else parked.reason
+
+    def _pruned(self, partition: int, key: bytes, now: datetime) -> Profile | None:
+        """The key's profile as of ``now`` (parkings older than the retention gone), if any."""
+        profile = self._profile(partition, key)
+        return None if profile is None else prune(profile, epoch_ms(now), self._store.retention)
 
     def _profile(self, partition: int, key: bytes) -> Profile | None:
         try:

@@ -44,6 +44,7 @@ from consumer.domain.events import CommerceEvent
 from consumer.domain.outcomes import ButtonOutcome
 from consumer.domain.policy import (
     BUTTON_UNAVAILABLE,
+    SKIPPED,
     Decision,
     RetryPolicy,
     Verdict,
@@ -292,7 +293,7 @@ class Pipeline:
 
     def _skip_inert(self, record: Record, event: InertEvent) -> str:
         self.finish_inert([(record, event)])
-        return decide_mapped(event.result, parked=None, dry_run=False).outcome
+        return SKIPPED
 
     @staticmethod
     def _log_processed(delivery: Delivery, key: bytes | None) -> None:
