@@ -40,10 +40,12 @@ from consumer.domain.deadletter import (
     H_KEY_RELEASED,
     H_ORDER_ID,
     H_PARKED,
+    H_PARKS_ORDER,
     H_PARTITION,
     H_REASON,
     H_REPLAYED,
     H_REPLAYED_PARKED,
+    H_REPLAYED_PARKS_ORDER,
     H_REPLAYED_RELEASE,
     H_REPLAYED_STAGE,
     H_STAGE,
@@ -159,6 +161,9 @@ def replay_headers(
 
     ``button.replayed.stage`` carries the stage it failed at: only a record that failed to
     decode releases its key's parking when it decodes now (``deadletter.releases_parked_key``).
+    ``button.replayed.parks.order`` carries a parked dead letter's ``button.parks.order``: of
+    an order parked behind its key, only the record that parked it releases it
+    (``deadletter.replayed_parks_order``).
 
     ``release_keys`` (``--release-keys``): a first dead letter (not parked) also carries
     ``button.replayed.release: true``: if it still does not decode, the service releases its
@@ -173,6 +178,9 @@ def replay_headers(
     stage = text.get(H_STAGE)
     if stage:
         headers.append((H_REPLAYED_STAGE, stage.encode()))
+    parks_order = text.get(H_PARKS_ORDER)
+    if parks_order:
+        headers.append((H_REPLAYED_PARKS_ORDER, parks_order.encode()))
     if (release_keys or text.get(H_KEY_RELEASED) == "true") and parked != "true":
         headers.append((H_REPLAYED_RELEASE, b"true"))
     return headers

@@ -43,6 +43,8 @@ H_REPLAYED_PARKED = BUTTON + "replayed.parked"
 H_REPLAYED_RELEASE = BUTTON + "replayed.release"
 H_REPLAYED_STAGE = BUTTON + "replayed.stage"
 H_KEY_RELEASED = BUTTON + "key.released"
+H_PARKS_ORDER = BUTTON + "parks.order"
+H_REPLAYED_PARKS_ORDER = BUTTON + "replayed.parks.order"
 
 #: Headers of ours that a replay strips before the record goes back to the input topic.
 OWN_PREFIXES = (CONNECT, BUTTON)
@@ -81,6 +83,11 @@ class DeadLetter:
     key_released: bool = False
     """The record was given up (``replay-dlq --release-keys``) and released its key: any later
     replay of this dead letter asks the same (``button.key.released``)."""
+    parks_order: bool | None = None
+    """Of a parked dead letter: whether it is the one that parked its order (the order was
+    parked only because its key was, behind an undecodable record), so its replay, once the key
+    is free, releases the order (``button.parks.order``: ``true``/``false``; ``None``: not
+    known, written by nothing but an older version's replay, and left out)."""
 
 
 def as_reference(letter: DeadLetter, reason: str, size: int) -> DeadLetter:
@@ -127,6 +134,7 @@ def dead_letter_headers(
         H_LAST_ATTEMPT: "" if letter.last_attempt_ms is None else str(letter.last_attempt_ms),
         H_ORIGINAL_SIZE: "" if letter.original_size is None else str(letter.original_size),
         H_KEY_RELEASED: "true" if letter.key_released else "",
+        H_PARKS_ORDER: "" if letter.parks_order is None else str(letter.parks_order).lower(),
     }
     ours.extend((k, v) for k, v in optional.items() if v)
     return kept + [(k, v.encode("utf-8")) for k, v in ours]
@@ -168,6 +176,36 @@ def releases_parked_key(headers: Iterable[tuple[str, bytes]]) -> bool:
     """
     stage = dict(headers).get(H_REPLAYED_STAGE)
     return stage is None or stage == Stage.DECODE.value.encode()
+
+
+def replayed_parks_order(headers: Iterable[tuple[str, bytes]]) -> bool | None:
+    """Whether a replayed parked record is the one whose dead letter parked its order
+    (``button.replayed.parks.order``, from its dead letter's ``button.parks.order``); ``None``
+    when its dead letter did not say (written by an older version)."""
+    value = dict(headers).get(H_REPLAYED_PARKS_ORDER)
+    return None if value is None else value == b"true"
+
+
+def parks_its_order(
+    headers: Iterable[tuple[str, bytes]], *, parked: bool, behind_key_only: bool
+) -> bool | None:
+    """The ``parks_order`` of a record's dead letter (``DeadLetter.parks_order``).
+
+    ``None`` for a record that is not parked (its own failure parks its order, and its replay
+    says so by ``button.replayed.parked: false``). A parked record parks its order when the
+    order was parked only because its key was (``behind_key_only``), and keeps that role when
+    its replay is parked again; the replay of an older version's parked dead letter, which
+    did not say, says nothing either.
+    """
+    if not parked:
+        return None
+    pairs = list(headers)
+    replayed = replayed_parks_order(pairs)
+    if behind_key_only or replayed:
+        return True
+    if replayed is None and is_replay(pairs):
+        return None
+    return False
 
 
 def is_replay(headers: Iterable[tuple[str, bytes]]) -> bool:

@@ -33,7 +33,12 @@ from datetime import datetime
 
 import structlog
 
-from consumer.domain.deadletter import is_replay, releases_parked_key, replays_first_dead_letter
+from consumer.domain.deadletter import (
+    is_replay,
+    releases_parked_key,
+    replayed_parks_order,
+    replays_first_dead_letter,
+)
 from consumer.domain.policy import PARKED_REASON
 from consumer.domain.profile import Profile, epoch_ms, prune
 from consumer.domain.profile_codec import ProfileDecodeError
@@ -117,10 +122,14 @@ class ParkingCheck:
         reason: the first dead letter's reason if the order is parked behind it, else ``None``.
         write: the changelog record to write before the record is finished (a release of a
             keyed record's order), else ``None``.
+        behind_key_only: parked only because its key is (behind an undecodable record), its
+            order not parked of its own: this record's dead letter is the one that parks the
+            order (``DeadLetter.parks_order``).
     """
 
     reason: str | None = None
     write: ChangelogWrite | None = None
+    behind_key_only: bool = False
 
 
 class Parking:
@@ -155,14 +164,17 @@ class Parking:
             )
         if not order_id:
             return ParkingCheck()
-        if is_replay(record.headers) and self._parked_behind_key_only(
-            record.partition, record.key, order_id, now
+        if (
+            is_replay(record.headers)
+            and replayed_parks_order(record.headers) is not False
+            and self._parked_behind_key_only(record.partition, record.key, order_id, now)
         ):
-            # Its order was parked only because its key was (its dead letter was the order's
-            # first): the key is free now, so its replay releases the order, as a first dead
-            # letter's does.
+            # Its order was parked only because its key was, and its dead letter is the one
+            # that parked the order (or, from an older version, did not say): the key is free
+            # now, so its replay releases the order, as a first dead letter's does. A later
+            # record of the order replayed first stays parked behind it.
             return ParkingCheck(None, self._release(record.partition, record.key, order_id))
-        return ParkingCheck(self._reason(record.partition, record.key, order_id, now))
+        return self._parked(record.partition, record.key, order_id, now)
 
     def park(
         self, partition: int, key: bytes | None, order_id: str, reason: str, now: datetime
@@ -224,17 +236,20 @@ class Parking:
             and pruned.parked_order(KEY_PARKED) is None
         )
 
-    def _reason(
+    def _parked(
         self, partition: int, key: bytes | None, order_id: str, now: datetime
-    ) -> str | None:
+    ) -> ParkingCheck:
         if key is None:
             entry = self._keyless.get(order_id)
-            return None if entry is None else entry.reason
+            return ParkingCheck(None if entry is None else entry.reason)
         pruned = self._pruned(partition, key, now)
         if pruned is None:
-            return None
-        parked = pruned.parked_order(order_id) or pruned.parked_order(KEY_PARKED)
-        return None if parked is None else parked.reason
+            return ParkingCheck()
+        own = pruned.parked_order(order_id)
+        if own is not None:
+            return ParkingCheck(own.reason)
+        behind = pruned.parked_order(KEY_PARKED)
+        return ParkingCheck() if behind is None else ParkingCheck(behind.reason, None, True)
 
     def _pruned(self, partition: int, key: bytes, now: datetime) -> Profile | None:
         """The key's profile as of ``now`` (parkings older than the retention gone), if any."""

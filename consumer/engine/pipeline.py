@@ -38,6 +38,7 @@ from consumer.domain.deadletter import (
     DeadLetter,
     Stage,
     as_reference,
+    parks_its_order,
     releases_key_if_undecodable,
 )
 from consumer.domain.events import CommerceEvent
@@ -270,7 +271,12 @@ class Pipeline:
         if current is not None:
             current.event_id = processed.event_id
         result = processed.result
-        context = _Context(processed, _action(result), event_type=decoded.event_type.value)
+        context = _Context(
+            processed,
+            _action(result),
+            event_type=decoded.event_type.value,
+            behind_key_only=parking.behind_key_only,
+        )
         if parking.reason is None and record.key is not None:
             # Queued now, before the request is sent (the key's writes keep their order), and
             # acknowledged before the record is finished, so before its offset may be stored;
@@ -588,6 +594,9 @@ class Pipeline:
             last_attempt_ms=attempts.last_ms,
             parked=decision.parked,
             key_released=gives_up,
+            parks_order=parks_its_order(
+                record.headers, parked=decision.parked, behind_key_only=context.behind_key_only
+            ),
         )
         try:
             try:
@@ -705,6 +714,8 @@ class _Context:
     event_type: str = ""
     pending: asyncio.Future[Any] | None = None
     """The profile's changelog write, queued but not yet awaited (``_acknowledged``)."""
+    behind_key_only: bool = False
+    """Parked only because its key is (``ParkingCheck.behind_key_only``)."""
 
     @property
     def letter_action(self) -> str:

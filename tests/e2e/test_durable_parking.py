@@ -18,7 +18,14 @@ from decimal import Decimal
 import pytest
 
 from consumer.commands import produce_events
-from consumer.domain.deadletter import H_KEY_RELEASED, H_ORDER_ID, H_PARKED, H_REASON, H_STATUS
+from consumer.domain.deadletter import (
+    H_KEY_RELEASED,
+    H_ORDER_ID,
+    H_PARKED,
+    H_PARKS_ORDER,
+    H_REASON,
+    H_STATUS,
+)
 from consumer.domain.events import (
     CommerceData,
     CommerceEvent,
@@ -174,6 +181,8 @@ def test_a_key_parked_behind_bytes_that_never_decode_is_released_by_a_replay_tha
     reason = letters[0][H_REASON]
     assert reason != "parked"
     assert [(h[H_REASON], h[H_PARKED]) for h in letters[1:]] == [("parked", "true")]
+    # Y was parked only because the key was: its dead letter is the one that parked Y.
+    assert letters[1][H_PARKS_ORDER] == "true"
     assert sandbox.order(order) is None
 
     # 2. Replayed with --release-keys: the bytes fail again and release the key; Y is sent.

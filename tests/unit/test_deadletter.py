@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
+
 from consumer.domain.deadletter import (
     EXCERPT_LIMIT,
+    H_REPLAYED,
+    H_REPLAYED_PARKED,
+    H_REPLAYED_PARKS_ORDER,
     MESSAGE_LIMIT,
     DeadLetter,
     Stage,
     dead_letter_headers,
     header_map,
     is_parked,
+    parks_its_order,
     strip_own_headers,
 )
 
@@ -168,3 +174,31 @@ def test_is_parked_reads_the_parked_header() -> None:
 def test_round_trip_of_a_parked_letter_is_parked() -> None:
     """The headers written for a parked letter read back as parked."""
     assert is_parked(header_map(dead_letter_headers(letter(parked=True))))
+
+
+@pytest.mark.parametrize(
+    ("headers", "parked", "behind_key_only", "expected"),
+    [
+        ([], False, False, None),
+        ([], True, True, True),
+        ([], True, False, False),
+        ([(H_REPLAYED, b"0:1"), (H_REPLAYED_PARKS_ORDER, b"true")], True, False, True),
+        ([(H_REPLAYED, b"0:1"), (H_REPLAYED_PARKS_ORDER, b"false")], True, False, False),
+        ([(H_REPLAYED, b"0:1"), (H_REPLAYED_PARKED, b"true")], True, False, None),
+    ],
+    ids=[
+        "not-parked",
+        "behind-key",
+        "behind-order",
+        "replayed-parker",
+        "replayed-follower",
+        "older-version-replay",
+    ],
+)
+def test_a_parked_dead_letter_says_whether_it_parked_its_order(
+    headers: list[tuple[str, bytes]], parked: bool, behind_key_only: bool, expected: bool | None
+) -> None:
+    """``button.parks.order``: a record parked only behind its key parks its order, and its
+    replay parked again keeps that role; a follower does not; an older version's replay, which
+    did not say, says nothing."""
+    assert parks_its_order(headers, parked=parked, behind_key_only=behind_key_only) is expected

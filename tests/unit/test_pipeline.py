@@ -55,6 +55,7 @@ from consumer.errors import (
     UnknownSchemaError,
 )
 from consumer.ports import Record
+from consumer.replay import replay_headers
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 T0_MS = int(T0.timestamp() * 1000)
@@ -1753,7 +1754,9 @@ def test_replaying_the_undecodable_record_releases_the_orders_parked_behind_its_
     """The orders of a key parked behind an undecodable record are parked because of the key,
     not of their own: the record that parked each is its order's first dead letter. Replayed
     after the key's head, whatever order the head turns out to be, each is released and sent;
-    a record of the order parked behind it follows."""
+    a record of the order parked behind it follows. (These replays carry no
+    ``button.replayed.parks.order``, as an older version's dead letters: each is taken to be
+    the one that parked its order, as that version did.)"""
     other = replace(
         EVENT,
         event_id="evt-9",
@@ -1804,6 +1807,98 @@ def test_a_live_record_of_an_order_parked_behind_the_key_waits_for_its_replay() 
     outcomes = replay.handle(replayed(40, parked=False), record(43))
 
     assert outcomes == ["delivered", "parked"]
+
+
+def replay_of(harness: Harness, index: int, offset: int) -> Record:
+    """The record ``replay-dlq`` writes back for ``harness``'s index-th dead letter: the headers
+    the DLQ adapter wrote for it, turned into a replay's by ``consumer.replay``."""
+    assert isinstance(harness.dead_letters, FakeDeadLetters)
+    source, letter = harness.dead_letters.written[index]
+    headers = dead_letter_headers(letter, source.headers)
+    return record(offset, headers=replay_headers(headers, f"0:{index}"))
+
+
+def _order_parked_behind_an_undecodable_head() -> Harness:
+    """A key parked behind an undecodable record (offset 17), then the create (18) and the full
+    refund (19) of ``ORDER`` parked behind it: three dead letters, in that order."""
+    first = Harness(
+        decoder=FakeDecoder(UnknownSchemaError("unknown_schema", "schema id 99"), EVENT, REFUND),
+        real_processor=restored_processor(),
+    )
+    assert first.handle(record(17), record(18), record(19)) == ["dead_lettered", "parked", "parked"]
+    return first
+
+
+def test_the_dead_letter_of_the_record_that_parked_its_order_behind_the_key_says_so() -> None:
+    """``button.parks.order``: ``true`` on the order's first record parked behind the key,
+    ``false`` on the record of the order parked behind that one, absent on the undecodable
+    record's own dead letter (not parked)."""
+    first = _order_parked_behind_an_undecodable_head()
+
+    marks = [first.dlq_headers(i).get("button.parks.order") for i in range(3)]
+
+    assert marks == [None, "true", "false"]
+
+
+OTHER_ORDER = replace(
+    EVENT,
+    event_id="evt-9",
+    commerce=replace(EVENT.commerce, transaction_id="ORD-9") if EVENT.commerce else None,
+)
+
+
+def test_a_later_record_of_an_order_parked_behind_the_key_replayed_first_stays_parked() -> None:
+    """Once the key is free, an order parked behind it is released by the replay of the record
+    whose dead letter parked it (its create), not by a later record of it replayed alone
+    first (its refund): that one is parked again, so the cancel never reaches Button before
+    the create; replayed after the create, it is sent."""
+    first = _order_parked_behind_an_undecodable_head()
+    replay = Harness(
+        decoder=FakeDecoder(OTHER_ORDER, REFUND, EVENT, REFUND),
+        real_processor=restored_processor(first),
+    ).answer(OK, OK, OK)
+
+    assert replay.handle(replay_of(first, 0, 40), replay_of(first, 2, 42)) == [
+        "delivered",
+        "parked",
+    ]
+    assert replay.handle(replay_of(first, 1, 41), replay_of(replay, 0, 43)) == [
+        "delivered",
+        "delivered",
+    ]
+    assert [(r.action, r.order_id) for r in replay.button.sent] == [
+        (Action.CREATE, "ORD-9"),
+        (Action.CREATE, ORDER),
+        (Action.CANCEL, ORDER),
+    ]
+
+
+def test_the_record_that_parked_its_order_behind_the_key_keeps_that_role_when_parked_again() -> (
+    None
+):
+    """Replayed while the key is still parked, the create parked behind it goes back to the
+    DLQ; its new dead letter still releases the order once the key is free, and the refund
+    behind it is not the one that does."""
+    first = _order_parked_behind_an_undecodable_head()
+    replay = Harness(
+        decoder=FakeDecoder(EVENT, OTHER_ORDER, REFUND, EVENT, REFUND),
+        real_processor=restored_processor(first),
+    ).answer(OK, OK, OK)
+
+    assert replay.handle(replay_of(first, 1, 41)) == ["parked"]
+    assert replay.handle(replay_of(first, 0, 40), replay_of(first, 2, 42)) == [
+        "delivered",
+        "parked",
+    ]
+    assert replay.handle(replay_of(replay, 0, 43), replay_of(replay, 1, 44)) == [
+        "delivered",
+        "delivered",
+    ]
+    assert [(r.action, r.order_id) for r in replay.button.sent] == [
+        (Action.CREATE, "ORD-9"),
+        (Action.CREATE, ORDER),
+        (Action.CANCEL, ORDER),
+    ]
 
 
 def _parked_behind_truncated_bytes() -> Harness:

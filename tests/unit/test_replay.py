@@ -508,3 +508,16 @@ def test_a_record_whose_key_was_released_is_replayed_asking_to_release_it_again(
     released = [("button.parked", b"false"), ("button.key.released", b"true")]
 
     assert header_map(replay_headers(released, "0:5"))["button.replayed.release"] == "true"
+
+
+def test_replay_headers_carry_whether_a_parked_dead_letter_parked_its_order() -> None:
+    """Of an order parked behind its key, only the record that parked it releases it: the
+    dead letter's ``button.parks.order`` travels with the replay, and a dead letter without
+    it (an older version's) adds nothing."""
+    parker = [("button.parked", b"true"), ("button.parks.order", b"true")]
+    follower = [("button.parked", b"true"), ("button.parks.order", b"false")]
+
+    assert header_map(replay_headers(parker, "0:1"))["button.replayed.parks.order"] == "true"
+    assert header_map(replay_headers(follower, "0:2"))["button.replayed.parks.order"] == "false"
+    older = header_map(replay_headers([("button.parked", b"true")], "0:3"))
+    assert "button.replayed.parks.order" not in older
