@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 from collections.abc import Callable, Sequence
 
@@ -109,11 +110,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        if not _stdout_is_pipe():
+            raise
+        # The reader of the output went away (``check --json | head``): nothing more can be
+        # written. Pointed at /dev/null, stdout's last flush at exit finds no broken pipe again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE: what a shell reports for a program its pipe ended
     except Exception as exc:
         status = _kafka_failure(exc)
         if status is None:
             raise
         return status
+
+
+def _stdout_is_pipe() -> bool:
+    """Whether stdout is a pipe or a socket (a reader that can go away), not a file or tty."""
+    try:
+        mode = os.fstat(sys.stdout.fileno()).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 def _kafka_failure(exc: Exception) -> int | None:

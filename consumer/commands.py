@@ -49,19 +49,14 @@ def map_command(path: str, now: str | None) -> int:
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
     config = mapping_config(settings)
+    if path == "-":
+        return run_map(sys.stdin, sys.stdout, config, moment)
     try:
-        if path == "-":
-            return run_map(sys.stdin, sys.stdout, config, moment)
-        try:
-            lines = Path(path).open(encoding="utf-8")  # noqa: SIM115 - closed below
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-        with lines:
-            return run_map(lines, sys.stdout, config, moment)
-    except BrokenPipeError:
-        # The reader of our output went away (``| head``): not an error of ours.
-        sys.stderr.close()
-        return 0
+        lines = Path(path).open(encoding="utf-8")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    with lines:
+        return run_map(lines, sys.stdout, config, moment)
 
 
 def _offline_env() -> dict[str, str]:

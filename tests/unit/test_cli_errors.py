@@ -122,3 +122,32 @@ def test_a_kafka_failure_names_the_brokers_it_was_about(
         "button-consumer: Kafka error at 127.0.0.1:1 (KAFKA_BOOTSTRAP_SERVERS): Failed to get "
         "metadata: Local: Broker transport failure\n"
     )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("check", "--json", "--timeout", "1"), ("map", "docs/examples/events.jsonl")],
+    ids=["check", "map"],
+)
+def test_a_reader_that_went_away_ends_a_command_quietly(args: tuple[str, ...]) -> None:
+    """``button-consumer check --json | head``: once the reader of the output is gone, the
+    command ends without a traceback, with 141 (128 + SIGPIPE, as a shell reports a program
+    its pipe ended), not 0 as if everything had been read. The read end is closed before the
+    command writes anything, so its first write finds no reader."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "DELIVERY_"))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "consumer", *args],
+        env={**base, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "DELIVERY_DRY_RUN": "true"},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+
+    assert (proc.returncode, stderr) == (141, "")
