@@ -172,6 +172,12 @@ class Source(Protocol):
         first to arrive within ``wait`` seconds (and what came with it), else none."""
         ...
 
+    def ends_reached(self) -> dict[int, int]:
+        """The partitions whose end the fetcher reached in the polls since the last call, each
+        with the next offset it would fetch there (past transaction markers and aborted
+        records, which are never handed out under read_committed); taken once."""
+        ...
+
     async def store(self, offsets: dict[int, int], *, commit: bool = False) -> None:
         """Store ``offsets`` for the periodic commit; with ``commit``, also commit every stored
         offset now (those stored earlier too: ``offsets`` may be empty), without waiting for the

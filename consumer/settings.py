@@ -44,7 +44,13 @@ _RECORD_MARGIN = 4_096
 # librdkafka properties the service owns: overriding them would break at-least-once delivery.
 # Their values are set below, in KafkaSettings, next to this refusal (DESIGN, 1).
 _RESERVED_KAFKA = frozenset(
-    {"enable.auto.offset.store", "enable.auto.commit", "group.id", "bootstrap.servers"}
+    {
+        "enable.auto.offset.store",
+        "enable.auto.commit",
+        "enable.partition.eof",
+        "group.id",
+        "bootstrap.servers",
+    }
 )
 # Properties with a typed variable of their own: the pass-through would silently win over it.
 _TYPED_KAFKA = {
@@ -154,7 +160,9 @@ class KafkaSettings(_Section):
 
         Invariants (DESIGN, 1 and 3), set after KAFKA_CONFIG_* so nothing overrides them:
         ``enable.auto.offset.store=false`` (the worker stores an offset only when its record is
-        finished) and ``enable.auto.commit=true`` every second (it commits what was stored).
+        finished), ``enable.auto.commit=true`` every second (it commits what was stored) and
+        ``enable.partition.eof=true`` (a partition's end, past transaction markers and aborted
+        records, is committed once its records are finished: ``Source.ends_reached``).
         KAFKA_GROUP_*, KAFKA_AUTO_OFFSET_RESET and, for the classic protocol, cooperative-sticky
         assignment and KAFKA_SESSION_TIMEOUT_MS are defaults that KAFKA_CONFIG_* may override;
         so is ``fetch.wait.max.ms=100`` (librdkafka's 500: a partition resumed after a pause
@@ -182,6 +190,7 @@ class KafkaSettings(_Section):
                 "enable.auto.offset.store": False,
                 "enable.auto.commit": True,
                 "auto.commit.interval.ms": 1000,
+                "enable.partition.eof": True,
             }
         )
         return ClientConfig(config)

@@ -103,6 +103,11 @@ class FakeSource:
         """Calls of ``lag`` so far (counted as they start)."""
         self.lag_hold: asyncio.Event | None = None
         """When set to an event, ``lag`` waits for it (a coordinator that does not answer)."""
+        self.log_ends: dict[int, int] = {}
+        """Where a test says a partition's log ends, past its last queued record (transaction
+        markers): a poll that empties the partition's queue reports it (``ends_reached``)."""
+        self._ends: dict[int, int] = {}
+        self._ends_met: dict[int, set[int]] = {}
         self._listener: RebalanceListener | None = None
         self._rebalances: deque[tuple[str, list[int], asyncio.Future[None]]] = deque()
         self._wake = asyncio.Event()
@@ -188,6 +193,10 @@ class FakeSource:
         if await self._run_rebalances():
             return []
         return self._take(max_records)
+
+    def ends_reached(self) -> dict[int, int]:
+        ends, self._ends = self._ends, {}
+        return ends
 
     async def store(self, offsets: dict[int, int], *, commit: bool = False) -> None:
         for partition, offset in offsets.items():
@@ -292,6 +301,11 @@ class FakeSource:
             while queue and len(records) < max_records:
                 records.append(queue.popleft())
                 self.handed[partition] = self.handed.get(partition, 0) + 1
+            end = self.log_ends.get(partition)
+            if not queue and end is not None and end not in self._ends_met.get(partition, ()):
+                # As librdkafka's partition EOF: once, after the partition's last record.
+                self._ends_met.setdefault(partition, set()).add(end)
+                self._ends[partition] = end
         return records
 
     def _commit(self, name: str, offsets: dict[int, int]) -> None:

@@ -298,6 +298,8 @@ class KafkaSource:
         self.topic = topic
         self._executor = _KafkaThread("kafka")
         self._consumer: Consumer | None = None
+        # Partition ends met by polls and not yet taken (``ends_reached``; event loop only).
+        self._ends: dict[int, int] = {}
         # The reads' consumer: the group's offsets without being a member of the group.
         self._reader_config = {
             k: v for k, v in config.items() if not k.startswith(("group.", "partition."))
@@ -412,25 +414,43 @@ class KafkaSource:
 
     async def poll(self, max_records: int, wait: float) -> list[Record]:
         """Up to ``max_records`` records: those ready at once, else the first within ``wait``
-        seconds and what came with it (``consume_ready``)."""
-        return list(await self._call(self._poll, max_records, wait))
+        seconds and what came with it (``consume_ready``). The partition ends it met are kept
+        for ``ends_reached``."""
+        records: list[Record]
+        ends: dict[int, int]
+        records, ends = await self._call(self._poll, max_records, wait)
+        if ends:
+            self._ends.update(ends)
+        return records
 
-    def _poll(self, max_records: int, timeout: float) -> list[Record]:
+    def ends_reached(self) -> dict[int, int]:
+        """See ``consumer.ports.Source.ends_reached``: librdkafka's partition-EOF events
+        (``enable.partition.eof``), whose offset is the fetch position there, past control
+        records."""
+        ends, self._ends = self._ends, {}
+        return ends
+
+    def _poll(self, max_records: int, timeout: float) -> tuple[list[Record], dict[int, int]]:
         records: list[Record] = []
+        ends: dict[int, int] = {}
         for message in consume_ready(self._c, max_records, timeout):
             err = message.error()
             if err is None:
                 records.append(to_record(message))
+            elif err.code() == KafkaError._PARTITION_EOF:
+                partition, offset = message.partition(), message.offset()
+                if partition is not None and offset is not None and offset >= 0:
+                    ends[partition] = offset
             elif err.fatal():
                 raise BrokerError(f"fatal Kafka error: {err.str()}")
             elif err.code() in _UNAUTHORIZED:
                 # Not fatal to librdkafka, but nothing is read until the ACLs change: stop with
                 # a clear error instead of looking healthy while consuming nothing.
                 raise BrokerError(f"Kafka refused access: {err.name()}: {err.str()}")
-            elif err.code() != KafkaError._PARTITION_EOF:
+            else:
                 # Retried by librdkafka; logged so that it is seen.
                 log.warning("kafka_consumer_error", code=err.name(), error=err.str())
-        return records
+        return records, ends
 
     async def store(self, offsets: dict[int, int], *, commit: bool = False) -> None:
         """Store the next offsets to commit; the auto-committer and ``commit_now`` send them.

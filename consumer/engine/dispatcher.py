@@ -220,11 +220,26 @@ class Dispatcher:
         self._count_finished(partition, offset, in_flight=False)
         return True
 
+    def reach_end(self, partition: int, end: int) -> bool:
+        """The fetcher reached ``partition``'s end at ``end``, past every record it handed out
+        (``Source.ends_reached``): once they are finished, ``end`` is committable
+        (``PartitionWatermark.reach``). Refused (``False``), like ``submit``, when the
+        partition is being revoked or the dispatcher is draining or has failed: records it
+        refused lie below that end, and must be consumed again."""
+        if not self._accepting(partition):
+            return False
+        if self.watermarks is not None:
+            self.watermarks.reach(partition, end)
+        return True
+
+    def _accepting(self, partition: int) -> bool:
+        return not self._closed and self._failure is None and partition not in self._revoking
+
     def _admit(self, partition: int, offset: int) -> bool:
         """Accept a record of ``partition`` (``submit``, ``finish_now``): track its offset and
         note a refill; ``False`` while the partition is revoked or the dispatcher is closed or
         has failed."""
-        if self._closed or self._failure is not None or partition in self._revoking:
+        if not self._accepting(partition):
             return False
         if self.watermarks is not None:
             self.watermarks.track(partition, offset)

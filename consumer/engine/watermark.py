@@ -7,7 +7,12 @@ is finished", and a crash replays the unfinished record and anything after it (a
 DESIGN decision 1). This module computes that number.
 
 Offsets may have gaps (compacted topics, transaction markers), so the tracker never assumes
-``offset + 1``: it remembers the offsets it was given. Cost: O(1) amortised per ``track`` and
+``offset + 1``: it remembers the offsets it was given. The gap after a partition's last record
+(a transaction's commit marker, an aborted transaction's records and marker, none of them handed
+out under read_committed) is closed by ``reach``: the fetcher reached the partition's end there,
+so once every record is finished that end is committable, as the Java consumer's position steps
+over markers (KAFKA-6607); otherwise a partition written by a transactional producer never
+shows lag 0. Cost: O(1) amortised per ``track`` and
 ``finish``; memory is O(records in flight) plus finished records still waiting behind an
 unfinished lower one.
 
@@ -28,7 +33,7 @@ class PartitionWatermark:
     anything was tracked.
     """
 
-    __slots__ = ("_last", "_order", "_unfinished")
+    __slots__ = ("_end", "_last", "_order", "_unfinished")
 
     def __init__(self) -> None:
         # Tracked offsets not yet passed by the watermark, increasing. Invariant: the head, if
@@ -37,6 +42,8 @@ class PartitionWatermark:
         self._order: deque[int] = deque()
         self._unfinished: set[int] = set()
         self._last: int | None = None
+        # Where the fetcher reached the partition's end, beyond the last tracked offset + 1.
+        self._end: int | None = None
 
     def track(self, offset: int) -> None:
         """Record that ``offset`` was handed out. Offsets must strictly increase.
@@ -46,6 +53,7 @@ class PartitionWatermark:
         """
         if self._last is not None and offset <= self._last:
             raise ValueError(f"offset {offset} tracked after {self._last}; offsets must increase")
+        self._end = None  # a record after an end reached supersedes it (or, below it, belies it)
         self._last = offset
         self._order.append(offset)
         self._unfinished.add(offset)
@@ -65,10 +73,22 @@ class PartitionWatermark:
         while order and order[0] not in unfinished:
             order.popleft()
 
+    def reach(self, end: int) -> None:
+        """The fetcher reached the partition's end at ``end`` (the next offset it would fetch,
+        librdkafka's partition-EOF offset): the offsets from the last tracked one + 1 up to it
+        hold nothing to hand out (transaction markers, aborted records), so once every tracked
+        record is finished, ``committable()`` is ``end``. An end not beyond the last tracked
+        offset says nothing and is ignored."""
+        if self._last is None or end > self._last + 1:
+            self._end = end if self._end is None else max(self._end, end)
+
     def committable(self) -> int | None:
-        """The offset to commit: no unfinished record lies below it. ``None`` if nothing tracked."""
+        """The offset to commit: no unfinished record lies below it. ``None`` if nothing was
+        tracked and no end reached."""
         if self._order:
             return self._order[0]
+        if self._end is not None:
+            return self._end
         return None if self._last is None else self._last + 1
 
     @property
@@ -119,6 +139,14 @@ class Watermarks:
             return False
         part.finish(offset)
         return True
+
+    def reach(self, partition: int, end: int) -> None:
+        """The fetcher reached ``partition``'s end at ``end`` (see ``PartitionWatermark.reach``);
+        only for a partition this consumer owns (a tracker is made for it if needed)."""
+        part = self._parts.get(partition)
+        if part is None:
+            part = self._parts[partition] = PartitionWatermark()
+        part.reach(end)
 
     def committable(self, partition: int) -> int | None:
         """The offset to commit for ``partition``, or ``None`` if nothing was tracked there."""

@@ -266,6 +266,7 @@ class Worker:
                 if records:
                     self._last_record = now
                     self._submit(records)
+                self._reach_ends()
                 await self._store_finished()
                 await self._apply_backpressure()
                 if now - last_lag >= self._opt.lag_interval and (
@@ -330,6 +331,16 @@ class Worker:
         if inert:  # reported together, before any offset of theirs can be stored
             pipeline.finish_inert(inert)
         self._update_in_flight()
+
+    def _reach_ends(self) -> None:
+        """Partition ends the fetcher reached (after the records of the same polls, which are
+        tracked by now, with nothing awaited in between): the offsets between a partition's
+        last record and its end are transaction markers or aborted records, never handed out,
+        and the end is committed once the records before it are finished
+        (``Dispatcher.reach_end``)."""
+        for partition, end in self._source.ends_reached().items():
+            if partition in self._assigned:
+                self._dispatcher.reach_end(partition, end)
 
     def _drop_redelivered(self, records: list[Record]) -> list[Record]:
         """``records`` without those at or below the highest offset already received from their

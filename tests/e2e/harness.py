@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from consumer.adapters.avro_codec import build_encoder
@@ -71,11 +71,25 @@ class ServiceRunner:
         return 0.0 if value is None else value
 
 
-def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+def committed_offsets(
+    bootstrap: str, group: str, topic: str, partitions: int, timeout: float = 30.0
+) -> dict[int, int]:
+    """The group's committed offsets (-1001 where none). A retriable refusal (NOT_COORDINATOR
+    while the group's coordinator moves or loads) is asked again, up to ``timeout`` seconds."""
     reader = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    deadline = time.monotonic() + timeout
     try:
-        parts = reader.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=30)
-        return {tp.partition: tp.offset for tp in parts}
+        while True:
+            try:
+                parts = reader.committed(
+                    [TopicPartition(topic, p) for p in range(partitions)], timeout=timeout
+                )
+            except KafkaException as exc:
+                if not exc.args[0].retriable() or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+                continue
+            return {tp.partition: tp.offset for tp in parts}
     finally:
         reader.close()
 

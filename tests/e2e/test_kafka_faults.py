@@ -17,12 +17,14 @@ import urllib.error
 import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from structlog.testing import capture_logs
 
+from consumer.adapters.avro_codec import build_encoder
 from consumer.adapters.kafka_admin import ensure_topics
 from consumer.bootstrap import topic_plan
 from consumer.commands import produce_events
@@ -227,6 +229,52 @@ def test_records_too_large_are_dead_lettered_and_everything_around_them_delivere
     assert shapes[1][1] == 990 * 1024
     assert committed_offsets(kafka_bootstrap, settings.kafka.group_id, topic, 1) == ends
     assert_sandbox_matches(sandbox, expected)
+
+
+def test_a_transactional_input_is_committed_to_its_end_past_markers_and_aborted_records(
+    kafka_bootstrap, make_topic, service_settings, start_service, sandbox
+):
+    """A producer with transactions (Kafka Streams or Connect exactly-once, Debezium...)
+    leaves a commit marker after each transaction, and an aborted transaction leaves its
+    records and an abort marker: none is a record the service receives (read_committed). Once
+    every record is finished, the group is committed to the partition's end, past them, as
+    the Java consumer's position steps over them: no lag of one per partition that never
+    drains (false stuck-partition alerts, KEDA counting it). Nothing aborted reaches Button."""
+    topic = make_topic(partitions=1, prefix="transactional")
+    settings = service_settings(topic)
+    kept, aborted = past_events(6, seed=41), past_events(2, seed=42)
+    encoder = build_encoder(
+        Path(settings.schema.dir),
+        settings.schema.registry_url,
+        settings.schema.registry_config(),
+        topic=topic,
+    )
+    producer = Producer(
+        {"bootstrap.servers": kafka_bootstrap, "transactional.id": f"tx-{uuid.uuid4().hex}"}
+    )
+    producer.init_transactions(60)
+    for events in (kept[: len(kept) // 2], kept[len(kept) // 2 :]):
+        producer.begin_transaction()
+        for event in events:
+            producer.produce(topic, key=event.user_key.encode(), value=encoder.encode_event(event))
+        producer.commit_transaction(60)
+    producer.begin_transaction()
+    for event in aborted:
+        producer.produce(topic, key=event.user_key.encode(), value=encoder.encode_event(event))
+    assert producer.flush(30) == 0
+    producer.abort_transaction(60)
+    ends = end_offsets(kafka_bootstrap, topic, 1)
+    assert ends[0] == len(kept) + len(aborted) + 3  # two commit markers, one abort marker
+
+    runner = start_service(settings)
+    stop_when_done(runner, kafka_bootstrap, settings.kafka.group_id, topic, 1, 60)
+
+    assert committed_offsets(kafka_bootstrap, settings.kafka.group_id, topic, 1) == ends
+    expected = expected_orders(kept, settings)
+    assert_sandbox_matches(sandbox, expected)
+    never = {e.order_id for e in aborted if e.order_id} - set(expected)
+    assert never
+    assert all(sandbox.order(order_id) is None for order_id in never)
 
 
 def test_a_committed_offset_below_the_log_start_is_reset_visibly(

@@ -515,6 +515,31 @@ def test_a_record_finished_at_once_is_committable_when_the_offsets_below_it_are(
     run(scenario)
 
 
+def test_an_end_reached_is_committable_after_the_records_but_refused_while_revoking() -> None:
+    """``reach_end`` (a partition's end past transaction markers) is committable once the
+    records below it are finished; while its partition is revoked it is refused, like
+    ``submit``: a record refused then lies below it and must be consumed again."""
+
+    async def scenario() -> None:
+        jobs = Jobs()
+        dispatcher, marks = owning()
+        dispatcher.submit(0, 0, "a", jobs.job(0, 0))
+        assert dispatcher.reach_end(0, 2) is True
+        assert marks.committable(0) == 0
+        jobs.complete(0, 0)
+        await settle()
+        assert marks.committable(0) == 2
+        dispatcher.submit(0, 2, "a", jobs.job(0, 2))
+        revoke = asyncio.create_task(dispatcher.revoke([0], GRACE_NEVER_REACHED))
+        await settle()
+        refused = (dispatcher.submit(0, 3, "b", jobs.job(0, 3)), dispatcher.reach_end(0, 5))
+        jobs.complete(0, 2)
+        report = await revoke
+        assert (refused, report.committable) == ((False, False), {0: 3})
+
+    run(scenario)
+
+
 def test_records_finished_at_once_do_not_raise_the_low_marks() -> None:
     """The low marks cover a refill at the rate records *in flight* drain. Records finished at
     once never were in flight: a stream of inert views must not lift a partition's low mark to

@@ -15,11 +15,19 @@ from consumer.errors import BrokerError
 
 
 class ErrorMessage:
-    def __init__(self, code: int) -> None:
+    def __init__(self, code: int, *, partition: int = 0, offset: int = -1) -> None:
         self._error = KafkaError(code)
+        self._partition = partition
+        self._offset = offset
 
     def error(self) -> KafkaError:
         return self._error
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
 
 
 class FakeConsumer:
@@ -49,15 +57,23 @@ def test_an_authorization_error_stops_the_service(code: int) -> None:
 def test_other_consumer_errors_are_logged_not_swallowed() -> None:
     """A transient error is retried by librdkafka, and logged with its code."""
     with capture_logs() as logs:
-        records = source_with(ErrorMessage(KafkaError._TRANSPORT))._poll(10, 0.01)
-    assert records == []
+        records, ends = source_with(ErrorMessage(KafkaError._TRANSPORT))._poll(10, 0.01)
+    assert (records, ends) == ([], {})
     assert [e["code"] for e in logs if e["event"] == "kafka_consumer_error"] == ["_TRANSPORT"]
 
 
-def test_partition_ends_are_not_errors() -> None:
+def test_partition_ends_are_not_errors_but_the_offsets_reached() -> None:
+    """librdkafka's partition EOF carries the fetch position, past transaction markers: the
+    poll keeps it for ``ends_reached`` (taken once) and logs nothing."""
+    source = source_with(
+        ErrorMessage(KafkaError._PARTITION_EOF, partition=2, offset=48),
+        ErrorMessage(KafkaError._PARTITION_EOF, partition=0, offset=7),
+    )
     with capture_logs() as logs:
-        source_with(ErrorMessage(KafkaError._PARTITION_EOF))._poll(10, 0.01)
-    assert logs == []
+        records = asyncio.run(source.poll(10, 0.01))
+    assert (records, logs) == ([], [])
+    assert source.ends_reached() == {2: 48, 0: 7}
+    assert source.ends_reached() == {}
 
 
 class RecordingLogger:

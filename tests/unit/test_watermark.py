@@ -173,3 +173,99 @@ def test_committable_is_min_unfinished_and_monotone(
         assert previous is None or actual >= previous
         assert mark.in_flight == len(unfinished)
         previous = actual
+
+
+def test_an_end_reached_past_the_last_record_is_committable_once_everything_finished() -> None:
+    """A transactional producer's commit marker (and an aborted transaction's records and
+    marker) follow the last record: none is handed out under read_committed. The end the
+    fetcher reached is committable once the records before it are finished, not before."""
+    mark = PartitionWatermark()
+    for offset in (10, 11, 12):
+        mark.track(offset)
+    mark.reach(16)
+    mark.finish(12)
+    mark.finish(11)
+    assert mark.committable() == 10
+    mark.finish(10)
+    assert mark.committable() == 16
+
+
+def test_an_end_reached_before_anything_was_handed_out_is_committable() -> None:
+    """A group whose committed offset rests on a commit marker: the partition's end is at once
+    committable."""
+    mark = PartitionWatermark()
+    mark.reach(33)
+    assert mark.committable() == 33
+
+
+@pytest.mark.parametrize("end", [12, 13])
+def test_an_end_at_or_below_the_next_offset_changes_nothing(end: int) -> None:
+    mark = PartitionWatermark()
+    for offset in (10, 11, 12):
+        mark.track(offset)
+        mark.finish(offset)
+    mark.reach(end)
+    assert mark.committable() == 13
+
+
+def test_a_record_after_an_end_reached_supersedes_it() -> None:
+    """Records written after the end was reached: the position follows them, unfinished or
+    finished, and never falls back to the old end."""
+    mark = PartitionWatermark()
+    mark.track(10)
+    mark.finish(10)
+    mark.reach(14)
+    mark.track(14)
+    assert mark.committable() == 14
+    mark.track(15)
+    mark.finish(14)
+    mark.finish(15)
+    assert mark.committable() == 16
+
+
+def test_watermarks_reach_makes_a_tracker_for_an_owned_partition() -> None:
+    """``take_advanced`` reports an end reached in a partition nothing was handed out of."""
+    marks = Watermarks()
+    marks.reach(3, 33)
+    assert marks.take_advanced() == {3: 33}
+    assert marks.take_advanced() == {}
+
+
+@given(_offsets_and_completion_order(), st.data())
+def test_an_end_reached_never_passes_an_unfinished_record(
+    case: tuple[list[int], list[int]], data: st.DataObject
+) -> None:
+    """Ends reached anywhere between the records (each beyond the last one handed out, as
+    librdkafka reports them) leave committable at the lowest unfinished offset, and monotone."""
+    offsets, order = case
+    mark = PartitionWatermark()
+    unfinished: set[int] = set()
+    previous: int | None = None
+    last: int | None = None
+    to_track = list(offsets)
+    to_finish = [offsets[i] for i in order]
+    while to_track or to_finish:
+        step = data.draw(st.sampled_from(["track", "finish", "reach"]))
+        finishable = [o for o in to_finish if o in unfinished]
+        if step == "reach":
+            floor = 0 if last is None else last + 1
+            ceiling = to_track[0] if to_track else floor + 5
+            if ceiling < floor:
+                continue
+            mark.reach(data.draw(st.integers(floor, ceiling)))
+        elif to_track and (step == "track" or not finishable):
+            last = to_track.pop(0)
+            mark.track(last)
+            unfinished.add(last)
+        elif finishable:
+            offset = finishable[0]
+            to_finish.remove(offset)
+            mark.finish(offset)
+            unfinished.discard(offset)
+        actual = mark.committable()
+        if unfinished:
+            assert actual == min(unfinished)
+        if actual is not None:
+            assert previous is None or actual >= previous
+            assert not to_track or actual <= to_track[0]
+            previous = actual

@@ -453,6 +453,28 @@ def test_only_finished_offsets_are_stored() -> None:
     run(scenario)
 
 
+def test_the_end_of_a_partition_past_its_last_record_is_stored_once_every_record_finished() -> None:
+    """A transactional producer's commit marker (offset 2 here, after records 0 and 1) is never
+    handed out: once both records are finished, the partition's end (3) is stored and
+    committed, not the last record's offset + 1, so the group's lag drains to 0. Not before:
+    an unfinished record holds it."""
+
+    async def scenario() -> None:
+        h = Harness()
+        async with h.running():
+            h.records(0, 0, 1)
+            h.source.log_ends[0] = 3
+            await h.source.until(lambda: h.held.started == [(0, 0), (0, 1)])
+            h.held.finish(0, 1)
+            await h.source.passes(2)
+            assert h.source.highest_position(0) == 0
+            h.held.finish(0, 0)
+            await h.source.until(lambda: h.source.last_stored(0) == 3)
+            assert h.source.actions_named("commit_stored") == [("commit_stored", {0: 3})]
+
+    run(scenario)
+
+
 def test_inert_records_are_finished_as_they_arrive_without_a_task() -> None:
     """A view or open that can change nothing needs neither its key's lane nor Button: it is
     finished in the poll loop as it arrives, also behind a held record of its own key, and its
