@@ -69,7 +69,16 @@ _GUARANTEED_KAFKA = {
 # only, never to a reader that assigns partitions itself or to an admin client.
 _GROUP_ONLY = ("group.", "partition.")
 # Parts of property names whose values are credentials (hidden by ClientConfig's repr).
-_SECRET_PARTS = ("password", "secret", "user.info", "ssl.key", "oauthbearer.config", "token")
+_SECRET_PARTS = (
+    "password",
+    "passphrase",
+    "secret",
+    "user.info",
+    "ssl.key",
+    "private.key.pem",
+    "oauthbearer.config",
+    "token",
+)
 
 
 class ClientConfig(dict[str, Any]):

@@ -18,6 +18,9 @@ NAMESPACE = "button_consumer"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _AGE_BUCKETS = (0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0)
+_RESTORE_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+"""A restore reads a partition's changelog from its start: seconds for a small one, many
+minutes for a large one (the troubleshooting table reads them apart)."""
 _WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 FINISHED_OUTCOMES = ("delivered", "skipped", "dry_run", "dead_lettered", "parked")
@@ -166,7 +169,7 @@ class Metrics:
             ),
             event_age=histogram(
                 "event_age_seconds",
-                "From event time to its record being finished (freshness).",
+                "From event time to Button accepting its request (freshness of orders).",
                 buckets=_AGE_BUCKETS,
             ),
             in_flight=gauge("in_flight_records", "Records read but not yet finished."),
@@ -224,7 +227,9 @@ class Metrics:
             ),
             profiles=gauge("profiles", "User profiles held in memory."),
             profile_restore_seconds=histogram(
-                "profile_restore_seconds", "Time to restore a partition's profiles."
+                "profile_restore_seconds",
+                "Time to restore a partition's profiles.",
+                buckets=_RESTORE_BUCKETS,
             ),
             restoring_partitions=gauge(
                 "restoring_partitions",

@@ -38,6 +38,11 @@ progress_log = structlog.get_logger("consumer.restore")
 SUCCESSES = frozenset({"delivered", "skipped", "dry_run"})
 """Outcomes whose summary lines are sampled (``LOG_SUCCESS_SAMPLE_RATE``); the others always log."""
 
+AGED = frozenset({"delivered", "dry_run"})
+"""Outcomes whose event age is observed (``button_consumer_event_age_seconds``): what reached
+Button (or, in a dry run, would have). Skipped views and opens are most of the traffic and would
+hide orders stuck in retries; a dead letter's age says when it gave up, not when it arrived."""
+
 _ANSWERED = frozenset({"success", "conflict", "not_found"})
 """Button outcomes that show Button working: a 2xx, and a 409 or 404 in Button's own JSON
 envelope (a 404 page of a proxy or an ingress in front of Button shows nothing of the kind)."""
@@ -205,7 +210,7 @@ class ServiceTelemetry:
 
     def finished(self, outcome: str, event_age: float | None) -> None:
         self._child(self.metrics.records_finished, outcome).inc()
-        if event_age is not None:
+        if event_age is not None and outcome in AGED:
             self.metrics.event_age.observe(max(event_age, 0.0))
 
     def delivery(self, delivery: Delivery) -> None:
@@ -230,7 +235,7 @@ class ServiceTelemetry:
             finished[delivery.outcome] = finished.get(delivery.outcome, 0) + 1
             labels = (delivery.outcome, delivery.event_type, delivery.reason)
             outcomes[labels] = outcomes.get(labels, 0) + 1
-            if age is not None:
+            if age is not None and delivery.outcome in AGED:
                 observe(max(age, 0.0))
             self.deliveries.add(delivery)
             if delivery.outcome not in SUCCESSES or self._successes.keep():

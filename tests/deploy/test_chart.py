@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from consumer.settings import Settings, variable_names
+from consumer.settings import ClientConfig, Settings, variable_names
 from tests.deploy.conftest import (
     API_VERSIONS,
     CHART,
@@ -132,6 +132,34 @@ def test_a_broken_value_fails_the_render(chart, sets: list[str], message: str) -
     with pytest.raises(HelmFailedError) as failed:
         chart(*sets)
     assert message in str(failed.value)
+
+
+# librdkafka's properties whose values are credentials: the chart refuses them in ``config``
+# (a ConfigMap), and the service hides them when it prints its client configuration.
+CREDENTIAL_PROPERTIES = (
+    "sasl.password",
+    "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.config",
+    "sasl.oauthbearer.assertion.private.key.pem",
+    "sasl.oauthbearer.assertion.private.key.passphrase",
+    "ssl.key.pem",
+    "ssl.key.password",
+    "ssl.keystore.password",
+)
+
+
+@pytest.mark.parametrize("prop", CREDENTIAL_PROPERTIES)
+def test_a_credential_is_refused_in_the_configmap_and_hidden_by_the_service(
+    chart, prop: str
+) -> None:
+    """Every librdkafka credential property: ``config.KAFKA_CONFIG_*`` refuses it (it would
+    land in a ConfigMap: use ``kafka.existingSecret``), and the service's configuration repr
+    hides its value."""
+    variable = "KAFKA_CONFIG_" + prop.upper().replace(".", "_")
+    with pytest.raises(HelmFailedError) as failed:
+        chart(f"config.{variable}=s3cr3t")
+    assert f"invalid propertyName '{variable}'" in str(failed.value)
+    assert "s3cr3t" not in repr(ClientConfig({prop: "s3cr3t"}))
 
 
 def test_a_custom_resource_without_its_api_is_refused() -> None:

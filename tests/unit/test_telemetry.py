@@ -279,3 +279,43 @@ def test_the_readme_lists_every_metric() -> None:
     }
     rows = set(re.findall(r"^\| `(button_consumer_[a-z_]+)`", README.read_text(), re.MULTILINE))
     assert exported == rows
+
+
+def test_event_age_measures_only_what_reached_button() -> None:
+    """Freshness is how late orders reach Button: a skipped view (most of a merchant's
+    traffic) or a dead letter would hide orders stuck in retries behind ages of records that
+    are never sent. Only delivered records (and, in a dry run, those that would have been
+    sent) are observed."""
+    t = telemetry(rate=1.0)
+
+    for outcome, age in [
+        ("skipped", 5.0),
+        ("dead_lettered", 600.0),
+        ("parked", 60.0),
+        ("delivered", 2.0),
+        ("dry_run", 1.0),
+    ]:
+        t.finished(outcome, age)
+    t.finished_together([FinishedRecord(_inert(20), b"user-d", 9.0)])
+
+    registry = t.metrics.registry
+    assert (
+        registry.get_sample_value("button_consumer_event_age_seconds_count"),
+        registry.get_sample_value("button_consumer_event_age_seconds_sum"),
+    ) == (2.0, 3.0)
+
+
+def test_a_long_restore_lands_in_a_bucket_of_its_own() -> None:
+    """Restores of a large changelog take minutes (the troubleshooting table reads this
+    histogram): a 4-minute one is told apart from a 20-minute one, not both in +Inf."""
+    t = telemetry(rate=1.0)
+    observe = t.metrics.profile_restore_seconds.observe
+    observe(240.0)
+    observe(1200.0)
+
+    def at_most(bound: str) -> float | None:
+        return t.metrics.registry.get_sample_value(
+            "button_consumer_profile_restore_seconds_bucket", {"le": bound}
+        )
+
+    assert (at_most("300.0"), at_most("1800.0"), at_most("+Inf")) == (1.0, 2.0, 2.0)
