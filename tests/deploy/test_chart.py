@@ -6,6 +6,7 @@ import itertools
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -255,6 +256,35 @@ def test_the_prometheus_rule_is_the_shared_rules_file(chart) -> None:
         (ROOT / "deploy" / "prometheus" / "button-consumer.rules.yaml").read_text(encoding="utf-8")
     )
     assert rule["spec"]["groups"] == shared["groups"]
+
+
+def _alerts(rule: dict[str, Any]) -> list[str]:
+    return [r["alert"] for group in rule["spec"]["groups"] for r in group["rules"] if "alert" in r]
+
+
+@pytest.mark.parametrize(
+    ("sets", "absent_kept"),
+    [
+        ([], True),
+        (["keda.enabled=true", "keda.minReplicaCount=1"], True),
+        (["keda.minReplicaCount=0"], True),  # KEDA off: replicaCount pods always run
+        (["keda.enabled=true", "keda.minReplicaCount=0"], False),
+    ],
+)
+def test_no_consumer_up_alerts_unless_keda_may_scale_to_zero(
+    chart, sets: list[str], absent_kept: bool
+) -> None:
+    """ButtonConsumerAbsent (no consumer target up) is in the PrometheusRule, except where KEDA
+    may scale the workload to zero: there no consumer is the normal idle state. Every other
+    rule is the shared file's."""
+    rule = by_kind(chart("metrics.prometheusRule.enabled=true", *sets))["PrometheusRule"]
+    shared = yaml.safe_load(
+        (ROOT / "deploy" / "prometheus" / "button-consumer.rules.yaml").read_text(encoding="utf-8")
+    )
+    expected = [a for a in _alerts({"spec": shared}) if absent_kept or a != "ButtonConsumerAbsent"]
+
+    assert "ButtonConsumerAbsent" in _alerts({"spec": shared})
+    assert _alerts(rule) == expected
 
 
 def test_the_pod_monitor_scrapes_the_admin_port(chart) -> None:
