@@ -249,6 +249,19 @@ def test_keda_scales_on_lag_capped_at_the_partitions(chart) -> None:
     assert "replicas" not in kinds["StatefulSet"]["spec"]  # KEDA owns the count
 
 
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "live"])
+def test_keda_watches_the_consumer_group_the_pods_consume_in(chart, dry_run: bool) -> None:
+    """KEDA's scaler reads the lag of the group the service joins: under DELIVERY_DRY_RUN that
+    is `<groupId>-dry-run` (consumer/settings.py), whose lag the live group's does not show."""
+    dry = ["config.DELIVERY_DRY_RUN=true"] if dry_run else []
+    kinds = by_kind(chart("keda.enabled=true", "kafka.groupId=orders", set_strings=dry))
+    service = Settings.from_env({**kinds["ConfigMap"]["data"], "BUTTON_API_KEY": "k"})
+
+    group = kinds["ScaledObject"]["spec"]["triggers"][0]["metadata"]["consumerGroup"]
+    assert group == service.kafka.group_id
+    assert group == ("orders-dry-run" if dry_run else "orders")
+
+
 def test_the_prometheus_rule_is_the_shared_rules_file(chart) -> None:
     """The PrometheusRule carries deploy/prometheus's rules, the file compose's Prometheus loads."""
     rule = by_kind(chart("metrics.prometheusRule.enabled=true"))["PrometheusRule"]

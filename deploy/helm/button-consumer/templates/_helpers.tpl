@@ -77,11 +77,24 @@ seconds; the grace period adds shutdown.marginSeconds. tests/deploy/test_chart.p
 {{- $max -}}
 {{- end -}}
 
+{{/*
+"true" when the service runs a dry run (config.DELIVERY_DRY_RUN), else "". The service then
+consumes in its own group, <groupId> + "-dry-run" (consumer/settings.py, _as_run).
+*/}}
+{{- define "button-consumer.dryRun" -}}
+{{- if eq (toString (index .Values.config "DELIVERY_DRY_RUN" | default "false")) "true" -}}true{{- end -}}
+{{- end -}}
+
+{{/* The consumer group the pods join: the dry run's own under DELIVERY_DRY_RUN. */}}
+{{- define "button-consumer.consumerGroup" -}}
+{{- .Values.kafka.groupId -}}{{- if include "button-consumer.dryRun" . -}}-dry-run{{- end -}}
+{{- end -}}
+
 {{- define "button-consumer.validate" -}}
 {{- if not .Values.kafka.bootstrapServers -}}
 {{- fail "kafka.bootstrapServers is required" -}}
 {{- end -}}
-{{- if and (not .Values.button.existingSecret) (ne (toString (index .Values.config "DELIVERY_DRY_RUN" | default "false")) "true") -}}
+{{- if and (not .Values.button.existingSecret) (not (include "button-consumer.dryRun" .)) -}}
 {{- fail "button.existingSecret is required (the name of a Secret holding the API key), unless config.DELIVERY_DRY_RUN is \"true\"" -}}
 {{- end -}}
 {{- if gt (int .Values.replicaCount) (int .Values.kafka.partitions) -}}
