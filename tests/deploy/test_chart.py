@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from consumer.errors import ConfigError
 from consumer.settings import Settings, variable_names
 from tests.deploy.conftest import (
     API_VERSIONS,
@@ -260,6 +261,45 @@ def test_keda_watches_the_consumer_group_the_pods_consume_in(chart, dry_run: boo
     group = kinds["ScaledObject"]["spec"]["triggers"][0]["metadata"]["consumerGroup"]
     assert group == service.kafka.group_id
     assert group == ("orders-dry-run" if dry_run else "orders")
+
+
+DRY_RUN_SPELLINGS = [
+    *("true", "True", "TRUE", "tRuE", "1", "yes", "YES", "on", "On", "y", "Y", "t", "T"),
+    *("false", "False", "0", "no", "off", "OFF", "n", "f", "F", ""),
+    *(" true", "true ", "2", "01", "truee", "enabled"),
+]
+
+
+def _service_dry_run(value: str) -> bool | None:
+    """The service's reading of DELIVERY_DRY_RUN=value: on, off, or refused (None)."""
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "BUTTON_API_KEY": "k", "DELIVERY_DRY_RUN": value}
+    try:
+        return Settings.from_env(env).delivery.dry_run
+    except ConfigError:
+        return None
+
+
+@pytest.mark.parametrize("value", DRY_RUN_SPELLINGS, ids=repr)
+def test_the_chart_reads_delivery_dry_run_as_the_service_does(value: str) -> None:
+    """Every spelling the service takes as on (pydantic's bool: true/1/yes/on/y/t in any case)
+    is a dry run for the chart too (no API key needed, KEDA on the -dry-run group); every one it
+    takes as off needs the key; one the service refuses, the chart refuses."""
+    dry = [f"config.DELIVERY_DRY_RUN={value}"]
+    base = ("kafka.bootstrapServers=k:9092", "keda.enabled=true")
+    expected = _service_dry_run(value)
+
+    if expected is None:
+        with pytest.raises(HelmFailedError, match=r"config\.DELIVERY_DRY_RUN .* is not a boolean"):
+            render(*base, "button.existingSecret=s", set_strings=dry)
+        return
+    if expected:
+        kinds = by_kind(render(*base, set_strings=dry))  # no API key needed
+    else:
+        with pytest.raises(HelmFailedError, match=re.escape("button.existingSecret is required")):
+            render(*base, set_strings=dry)
+        kinds = by_kind(render(*base, "button.existingSecret=s", set_strings=dry))
+    group = kinds["ScaledObject"]["spec"]["triggers"][0]["metadata"]["consumerGroup"]
+    assert group == ("button-consumer-dry-run" if expected else "button-consumer")
 
 
 def test_the_prometheus_rule_is_the_shared_rules_file(chart) -> None:

@@ -79,10 +79,19 @@ seconds; the grace period adds shutdown.marginSeconds. tests/deploy/test_chart.p
 
 {{/*
 "true" when the service runs a dry run (config.DELIVERY_DRY_RUN), else "". The service then
-consumes in its own group, <groupId> + "-dry-run" (consumer/settings.py, _as_run).
+consumes in its own group, <groupId> + "-dry-run" (consumer/settings.py, _as_run). Read as the
+service reads it (pydantic's bool): true, 1, yes, on, y, t are on and false, 0, no, off, n, f
+off, in any case; empty is unset (off); anything else the service refuses, so the render fails.
+tests/deploy/test_chart.py compares the two on every spelling.
 */}}
 {{- define "button-consumer.dryRun" -}}
-{{- if eq (toString (index .Values.config "DELIVERY_DRY_RUN" | default "false")) "true" -}}true{{- end -}}
+{{- $raw := toString (index .Values.config "DELIVERY_DRY_RUN" | default "") -}}
+{{- $value := lower $raw -}}
+{{- if has $value (list "true" "1" "yes" "on" "y" "t") -}}
+true
+{{- else if not (has $value (list "" "false" "0" "no" "off" "n" "f")) -}}
+{{- fail (printf "config.DELIVERY_DRY_RUN %q is not a boolean the service accepts: true, 1, yes, on, y, t or false, 0, no, off, n, f (any case)" $raw) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The consumer group the pods join: the dry run's own under DELIVERY_DRY_RUN. */}}
@@ -95,7 +104,7 @@ consumes in its own group, <groupId> + "-dry-run" (consumer/settings.py, _as_run
 {{- fail "kafka.bootstrapServers is required" -}}
 {{- end -}}
 {{- if and (not .Values.button.existingSecret) (not (include "button-consumer.dryRun" .)) -}}
-{{- fail "button.existingSecret is required (the name of a Secret holding the API key), unless config.DELIVERY_DRY_RUN is \"true\"" -}}
+{{- fail "button.existingSecret is required (the name of a Secret holding the API key), unless config.DELIVERY_DRY_RUN is on (\"true\")" -}}
 {{- end -}}
 {{- if gt (int .Values.replicaCount) (int .Values.kafka.partitions) -}}
 {{- fail (printf "replicaCount (%d) exceeds kafka.partitions (%d): extra consumers would sit idle" (int .Values.replicaCount) (int .Values.kafka.partitions)) -}}
