@@ -230,6 +230,15 @@ def test_the_api_key_comes_from_the_existing_secret_only(chart) -> None:
     }
 
 
+def test_the_kafka_secret_is_loaded_whole(chart) -> None:
+    """kafka.existingSecret is an envFrom: every key of it (KAFKA_CONFIG_*, and
+    ADMIN_TEST_EVENT_TOKEN, which the README puts there) becomes a variable of the same name."""
+    pod = by_kind(chart("kafka.existingSecret=kafka-sasl"))["StatefulSet"]["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert {"secretRef": {"name": "kafka-sasl"}} in container["envFrom"]
+    assert all("prefix" not in source for source in container["envFrom"])
+
+
 def test_the_pod_is_locked_down(chart) -> None:
     """Non-root, read-only root filesystem, no capabilities, no service account token."""
     pod = by_kind(chart())["StatefulSet"]["spec"]["template"]["spec"]
