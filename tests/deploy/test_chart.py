@@ -424,3 +424,37 @@ def test_the_network_policy_allows_only_kafka_registry_dns_and_button(chart) -> 
 
     assert egress_ports() == {53, 9092, 443}
     assert egress_ports("schemaRegistry.url=http://r:8081") == {53, 9092, 8081, 443}
+
+
+def test_dns_egress_reaches_kube_dns_and_nodelocal_dns_and_can_be_widened(chart) -> None:
+    """DNS egress by default: kube-dns' pods and NodeLocal DNSCache's link-local address
+    (169.254.20.10), port 53; networkPolicy.dns.to/ports open another resolver, such as
+    OpenShift's (namespace openshift-dns, port 5353 behind the Service's 53)."""
+
+    def dns_rule(*sets: str) -> dict[str, Any]:
+        policy = by_kind(chart(*sets))["NetworkPolicy"]
+        validate_manifest(policy)
+        rules: list[dict[str, Any]] = [
+            r
+            for r in policy["spec"]["egress"]
+            if {"port": 53, "protocol": "UDP"} in r["ports"]
+            or {"port": 5353, "protocol": "UDP"} in r["ports"]
+        ]
+        assert len(rules) == 1, policy["spec"]["egress"]
+        return rules[0]
+
+    default = dns_rule()
+    assert {"ipBlock": {"cidr": "169.254.20.10/32"}} in default["to"]
+    assert any(
+        peer.get("podSelector", {}).get("matchLabels") == {"k8s-app": "kube-dns"}
+        for peer in default["to"]
+    )
+    openshift = dns_rule(
+        "networkPolicy.dns.to[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=openshift-dns",
+        "networkPolicy.dns.ports={53,5353}",
+    )
+    assert {p["port"] for p in openshift["ports"]} == {53, 5353}
+    assert {p["protocol"] for p in openshift["ports"]} == {"UDP", "TCP"}
+    assert openshift["to"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "openshift-dns"}}}
+    ]
