@@ -458,3 +458,39 @@ def test_dns_egress_reaches_kube_dns_and_nodelocal_dns_and_can_be_widened(chart)
     assert openshift["to"] == [
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "openshift-dns"}}}
     ]
+
+
+@pytest.mark.parametrize(
+    ("sets", "set_strings", "refused"),
+    [
+        (["kafka.existingSecret=kafka-sasl"], [], True),
+        ([], ["config.KAFKA_CONFIG_SECURITY_PROTOCOL=SASL_SSL"], True),
+        ([], ["config.KAFKA_CONFIG_SECURITY_PROTOCOL=ssl"], True),
+        ([], ["config.KAFKA_CONFIG_SECURITY_PROTOCOL=PLAINTEXT"], False),
+        ([], [], False),
+        (["kafka.existingSecret=kafka-sasl", "keda.authenticationRef=kafka-keda"], [], False),
+    ],
+)
+def test_keda_without_authentication_is_refused_when_the_pods_authenticate(
+    chart, sets: list[str], set_strings: list[str], refused: bool
+) -> None:
+    """The pods take SASL/TLS from kafka.existingSecret or KAFKA_CONFIG_SECURITY_PROTOCOL, but
+    KEDA's scaler has a Kafka client of its own: without keda.authenticationRef (a
+    TriggerAuthentication) it connects unauthenticated and never reads the lag."""
+    if refused:
+        with pytest.raises(HelmFailedError, match=re.escape("keda.authenticationRef")):
+            chart("keda.enabled=true", *sets, set_strings=set_strings)
+        return
+    kinds = by_kind(chart("keda.enabled=true", *sets, set_strings=set_strings))
+    trigger = kinds["ScaledObject"]["spec"]["triggers"][0]
+    assert ("authenticationRef" in trigger) == any("authenticationRef" in s for s in sets)
+
+
+def test_the_everything_on_example_authenticates_keda() -> None:
+    """ci/statefulset-keda-values.yaml takes SASL from a Secret: KEDA names its authentication."""
+    values = yaml.safe_load((CHART / "ci" / "statefulset-keda-values.yaml").read_text())
+    assert values["kafka"]["existingSecret"]
+    trigger = by_kind(render(values_files=[CHART / "ci" / "statefulset-keda-values.yaml"]))[
+        "ScaledObject"
+    ]["spec"]["triggers"][0]
+    assert trigger["authenticationRef"] == {"name": values["keda"]["authenticationRef"]}
