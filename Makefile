@@ -13,6 +13,16 @@ HELM_VERSION := v3.22.0
 HELM := .cache/tools/helm-$(HELM_VERSION)/helm
 UV_VERSION := 0.13.8
 KUBE_VERSION := 1.33.0
+# helm's default Kubernetes version (helm template, helm lint without --kube-version) is set at
+# link time, as helm's own Makefile does from its client-go; `go install` alone leaves v1.20.0,
+# below the chart's kubeVersion. Ours is KUBE_VERSION, the version the chart is tested against.
+# The stamp names it, so a helm built with other flags (or none) is rebuilt.
+HELM_STAMP := $(dir $(HELM)).kube-$(KUBE_VERSION)
+KUBE_MAJOR := $(word 1,$(subst ., ,$(KUBE_VERSION)))
+KUBE_MINOR := $(word 2,$(subst ., ,$(KUBE_VERSION)))
+HELM_LDFLAGS := -s -w -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
+	$(foreach pkg,pkg/chartutil pkg/lint/rules,-X helm.sh/helm/v3/$(pkg).k8sVersionMajor=$(KUBE_MAJOR) \
+	-X helm.sh/helm/v3/$(pkg).k8sVersionMinor=$(KUBE_MINOR))
 
 .PHONY: help venv lock lint lint-deploy format typecheck test test-unit test-deploy test-integration demo kafka-up kafka-down sandbox bench clean helm
 
@@ -35,13 +45,17 @@ lock: ## Refresh requirements.lock (image) and requirements-dev.lock (make, CI) 
 	$(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes --upgrade -q -o requirements.lock
 	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 --generate-hashes --upgrade -q -o requirements-dev.lock
 
-$(HELM):
+$(HELM_STAMP):
+	@mkdir -p $(dir $@) && rm -f $(dir $@).kube-* && touch $@
+
+$(HELM): $(HELM_STAMP)
 	@command -v go >/dev/null || { echo "go is required to build helm $(HELM_VERSION)" >&2; exit 1; }
 	GOBIN=$(CURDIR)/$(dir $(HELM)) GOFLAGS=-mod=mod go install \
-		-ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION)" \
+		-ldflags "$(HELM_LDFLAGS)" \
 		helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	@touch $@
 
-helm: $(HELM) ## Build the pinned helm into .cache/tools/ (only when missing)
+helm: $(HELM) ## Build the pinned helm into .cache/tools/ (only when missing), defaulting to Kubernetes KUBE_VERSION
 
 lint: venv ## ruff, mypy --strict, the layer contracts (import-linter), then lint-deploy (builds helm with Go the first time)
 	$(BIN)/ruff check .

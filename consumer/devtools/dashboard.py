@@ -42,6 +42,8 @@ class PanelSpec:
     preview: bool = False
     """Drawn in the README's preview picture."""
     extra: dict[str, str] = field(default_factory=dict)
+    no_value: str = ""
+    """What a stat panel shows when its query returns no series (Grafana's "No data")."""
 
 
 def _q(expr: str, legend: str) -> Query:
@@ -129,12 +131,17 @@ PANELS: tuple[PanelSpec, ...] = (
         "stat",
         "s",
         (
+            # The gauge is 0 before the first success and in a dry run: `> 0` drops it, so
+            # the panel reads "never" instead of time() - 0 (about 56 years).
             _q(
-                f"time() - max(button_consumer_button_last_success_timestamp_seconds{{{SEL}}})",
+                f"time() - max(button_consumer_button_last_success_timestamp_seconds{{{SEL}}} > 0)",
                 "seconds",
             ),
         ),
         runbook="buttonconsumerbuttonerrors",
+        description="Seconds since Button's last expected answer; never: no success yet (or a "
+        "dry run, which sends nothing).",
+        no_value="never",
     ),
     PanelSpec(
         "In flight and concurrency limit",
@@ -302,6 +309,8 @@ def build_dashboard() -> object:
         )
         if spec.description:
             builder = builder.description(spec.description)
+        if spec.no_value:
+            builder = builder.no_value(spec.no_value)
         if spec.runbook:
             builder = builder.links(
                 [dashboard.DashboardLink("Runbook").url(f"${{runbook_url}}#{spec.runbook}")]

@@ -6,10 +6,12 @@ import itertools
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from consumer.errors import ConfigError
 from consumer.settings import ClientConfig, Settings, variable_names
 from tests.deploy.conftest import (
     API_VERSIONS,
@@ -47,6 +49,20 @@ def test_helm_lint_strict_passes(values: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_pinned_helm_renders_the_chart_without_kube_version() -> None:
+    """`make helm` builds helm with its default Kubernetes version set to KUBE_VERSION (helm's own
+    release build sets it with -ldflags; `go install` alone leaves v1.20.0, below the chart's
+    kubeVersion, so a plain `helm template` would fail)."""
+    done = subprocess.run(
+        [helm_binary(), "template", "release", str(CHART), *(f"--set={s}" for s in REQUIRED)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.stem)
@@ -242,6 +258,15 @@ def test_the_api_key_comes_from_the_existing_secret_only(chart) -> None:
     }
 
 
+def test_the_kafka_secret_is_loaded_whole(chart) -> None:
+    """kafka.existingSecret is an envFrom: every key of it (KAFKA_CONFIG_*, and
+    ADMIN_TEST_EVENT_TOKEN, which the README puts there) becomes a variable of the same name."""
+    pod = by_kind(chart("kafka.existingSecret=kafka-sasl"))["StatefulSet"]["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert {"secretRef": {"name": "kafka-sasl"}} in container["envFrom"]
+    assert all("prefix" not in source for source in container["envFrom"])
+
+
 def test_the_pod_is_locked_down(chart) -> None:
     """Non-root, read-only root filesystem, no capabilities, no service account token."""
     pod = by_kind(chart())["StatefulSet"]["spec"]["template"]["spec"]
@@ -276,6 +301,58 @@ def test_keda_scales_on_lag_capped_at_the_partitions(chart) -> None:
     assert "replicas" not in kinds["StatefulSet"]["spec"]  # KEDA owns the count
 
 
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "live"])
+def test_keda_watches_the_consumer_group_the_pods_consume_in(chart, dry_run: bool) -> None:
+    """KEDA's scaler reads the lag of the group the service joins: under DELIVERY_DRY_RUN that
+    is `<groupId>-dry-run` (consumer/settings.py), whose lag the live group's does not show."""
+    dry = ["config.DELIVERY_DRY_RUN=true"] if dry_run else []
+    kinds = by_kind(chart("keda.enabled=true", "kafka.groupId=orders", set_strings=dry))
+    service = Settings.from_env({**kinds["ConfigMap"]["data"], "BUTTON_API_KEY": "k"})
+
+    group = kinds["ScaledObject"]["spec"]["triggers"][0]["metadata"]["consumerGroup"]
+    assert group == service.kafka.group_id
+    assert group == ("orders-dry-run" if dry_run else "orders")
+
+
+DRY_RUN_SPELLINGS = [
+    *("true", "True", "TRUE", "tRuE", "1", "yes", "YES", "on", "On", "y", "Y", "t", "T"),
+    *("false", "False", "0", "no", "off", "OFF", "n", "f", "F", ""),
+    *(" true", "true ", "2", "01", "truee", "enabled"),
+]
+
+
+def _service_dry_run(value: str) -> bool | None:
+    """The service's reading of DELIVERY_DRY_RUN=value: on, off, or refused (None)."""
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "BUTTON_API_KEY": "k", "DELIVERY_DRY_RUN": value}
+    try:
+        return Settings.from_env(env).delivery.dry_run
+    except ConfigError:
+        return None
+
+
+@pytest.mark.parametrize("value", DRY_RUN_SPELLINGS, ids=repr)
+def test_the_chart_reads_delivery_dry_run_as_the_service_does(value: str) -> None:
+    """Every spelling the service takes as on (pydantic's bool: true/1/yes/on/y/t in any case)
+    is a dry run for the chart too (no API key needed, KEDA on the -dry-run group); every one it
+    takes as off needs the key; one the service refuses, the chart refuses."""
+    dry = [f"config.DELIVERY_DRY_RUN={value}"]
+    base = ("kafka.bootstrapServers=k:9092", "keda.enabled=true")
+    expected = _service_dry_run(value)
+
+    if expected is None:
+        with pytest.raises(HelmFailedError, match=r"config\.DELIVERY_DRY_RUN .* is not a boolean"):
+            render(*base, "button.existingSecret=s", set_strings=dry)
+        return
+    if expected:
+        kinds = by_kind(render(*base, set_strings=dry))  # no API key needed
+    else:
+        with pytest.raises(HelmFailedError, match=re.escape("button.existingSecret is required")):
+            render(*base, set_strings=dry)
+        kinds = by_kind(render(*base, "button.existingSecret=s", set_strings=dry))
+    group = kinds["ScaledObject"]["spec"]["triggers"][0]["metadata"]["consumerGroup"]
+    assert group == ("button-consumer-dry-run" if expected else "button-consumer")
+
+
 def test_the_prometheus_rule_is_the_shared_rules_file(chart) -> None:
     """The PrometheusRule carries deploy/prometheus's rules, the file compose's Prometheus loads."""
     rule = by_kind(chart("metrics.prometheusRule.enabled=true"))["PrometheusRule"]
@@ -283,6 +360,35 @@ def test_the_prometheus_rule_is_the_shared_rules_file(chart) -> None:
         (ROOT / "deploy" / "prometheus" / "button-consumer.rules.yaml").read_text(encoding="utf-8")
     )
     assert rule["spec"]["groups"] == shared["groups"]
+
+
+def _alerts(rule: dict[str, Any]) -> list[str]:
+    return [r["alert"] for group in rule["spec"]["groups"] for r in group["rules"] if "alert" in r]
+
+
+@pytest.mark.parametrize(
+    ("sets", "absent_kept"),
+    [
+        ([], True),
+        (["keda.enabled=true", "keda.minReplicaCount=1"], True),
+        (["keda.minReplicaCount=0"], True),  # KEDA off: replicaCount pods always run
+        (["keda.enabled=true", "keda.minReplicaCount=0"], False),
+    ],
+)
+def test_no_consumer_up_alerts_unless_keda_may_scale_to_zero(
+    chart, sets: list[str], absent_kept: bool
+) -> None:
+    """ButtonConsumerAbsent (no consumer target up) is in the PrometheusRule, except where KEDA
+    may scale the workload to zero: there no consumer is the normal idle state. Every other
+    rule is the shared file's."""
+    rule = by_kind(chart("metrics.prometheusRule.enabled=true", *sets))["PrometheusRule"]
+    shared = yaml.safe_load(
+        (ROOT / "deploy" / "prometheus" / "button-consumer.rules.yaml").read_text(encoding="utf-8")
+    )
+    expected = [a for a in _alerts({"spec": shared}) if absent_kept or a != "ButtonConsumerAbsent"]
+
+    assert "ButtonConsumerAbsent" in _alerts({"spec": shared})
+    assert _alerts(rule) == expected
 
 
 def test_the_pod_monitor_scrapes_the_admin_port(chart) -> None:
@@ -346,3 +452,73 @@ def test_the_network_policy_allows_only_kafka_registry_dns_and_button(chart) -> 
 
     assert egress_ports() == {53, 9092, 443}
     assert egress_ports("schemaRegistry.url=http://r:8081") == {53, 9092, 8081, 443}
+
+
+def test_dns_egress_reaches_kube_dns_and_nodelocal_dns_and_can_be_widened(chart) -> None:
+    """DNS egress by default: kube-dns' pods and NodeLocal DNSCache's link-local address
+    (169.254.20.10), port 53; networkPolicy.dns.to/ports open another resolver, such as
+    OpenShift's (namespace openshift-dns, port 5353 behind the Service's 53)."""
+
+    def dns_rule(*sets: str) -> dict[str, Any]:
+        policy = by_kind(chart(*sets))["NetworkPolicy"]
+        validate_manifest(policy)
+        rules: list[dict[str, Any]] = [
+            r
+            for r in policy["spec"]["egress"]
+            if {"port": 53, "protocol": "UDP"} in r["ports"]
+            or {"port": 5353, "protocol": "UDP"} in r["ports"]
+        ]
+        assert len(rules) == 1, policy["spec"]["egress"]
+        return rules[0]
+
+    default = dns_rule()
+    assert {"ipBlock": {"cidr": "169.254.20.10/32"}} in default["to"]
+    assert any(
+        peer.get("podSelector", {}).get("matchLabels") == {"k8s-app": "kube-dns"}
+        for peer in default["to"]
+    )
+    openshift = dns_rule(
+        "networkPolicy.dns.to[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=openshift-dns",
+        "networkPolicy.dns.ports={53,5353}",
+    )
+    assert {p["port"] for p in openshift["ports"]} == {53, 5353}
+    assert {p["protocol"] for p in openshift["ports"]} == {"UDP", "TCP"}
+    assert openshift["to"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "openshift-dns"}}}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("sets", "set_strings", "refused"),
+    [
+        (["kafka.existingSecret=kafka-sasl"], [], True),
+        ([], ["config.KAFKA_CONFIG_SECURITY_PROTOCOL=SASL_SSL"], True),
+        ([], ["config.KAFKA_CONFIG_SECURITY_PROTOCOL=ssl"], True),
+        ([], ["config.KAFKA_CONFIG_SECURITY_PROTOCOL=PLAINTEXT"], False),
+        ([], [], False),
+        (["kafka.existingSecret=kafka-sasl", "keda.authenticationRef=kafka-keda"], [], False),
+    ],
+)
+def test_keda_without_authentication_is_refused_when_the_pods_authenticate(
+    chart, sets: list[str], set_strings: list[str], refused: bool
+) -> None:
+    """The pods take SASL/TLS from kafka.existingSecret or KAFKA_CONFIG_SECURITY_PROTOCOL, but
+    KEDA's scaler has a Kafka client of its own: without keda.authenticationRef (a
+    TriggerAuthentication) it connects unauthenticated and never reads the lag."""
+    if refused:
+        with pytest.raises(HelmFailedError, match=re.escape("keda.authenticationRef")):
+            chart("keda.enabled=true", *sets, set_strings=set_strings)
+        return
+    kinds = by_kind(chart("keda.enabled=true", *sets, set_strings=set_strings))
+    trigger = kinds["ScaledObject"]["spec"]["triggers"][0]
+    assert ("authenticationRef" in trigger) == any("authenticationRef" in s for s in sets)
+
+
+def test_the_everything_on_example_authenticates_keda() -> None:
+    """ci/statefulset-keda-values.yaml takes SASL from a Secret: KEDA names its authentication."""
+    values = yaml.safe_load((CHART / "ci" / "statefulset-keda-values.yaml").read_text())
+    assert values["kafka"]["existingSecret"]
+    trigger = by_kind(render(values_files=[CHART / "ci" / "statefulset-keda-values.yaml"]))[
+        "ScaledObject"
+    ]["spec"]["triggers"][0]
+    assert trigger["authenticationRef"] == {"name": values["keda"]["authenticationRef"]}

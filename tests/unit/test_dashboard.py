@@ -45,3 +45,18 @@ def test_dashboard_has_the_variables_and_runbook_links() -> None:
     assert names == ["datasource", "namespace", "pod", "runbook_url"]
     assert all(p["links"][0]["url"].startswith("${runbook_url}#") for p in board["panels"])
     assert len(PANELS) == len(board["panels"])
+
+
+def test_time_since_button_answered_shows_never_while_the_gauge_is_zero() -> None:
+    """Before the first success and in a dry run the last-success gauge is 0: the panel must not
+    show time() - 0 (about 56 years). Its query drops a 0 gauge (no series), and the panel reads
+    "never" when there is no value. tests/integration/test_alert_rules.py evaluates the query."""
+    board = json.loads(render())
+    (panel,) = [p for p in board["panels"] if p["title"] == "Time since Button last answered"]
+    (target,) = panel["targets"]
+
+    assert "button_consumer_button_last_success_timestamp_seconds" in target["expr"]
+    assert re.search(
+        r"max\(button_consumer_button_last_success_timestamp_seconds\{.*\} > 0\)", target["expr"]
+    ), target["expr"]
+    assert panel["fieldConfig"]["defaults"]["noValue"] == "never"

@@ -77,12 +77,34 @@ seconds; the grace period adds shutdown.marginSeconds. tests/deploy/test_chart.p
 {{- $max -}}
 {{- end -}}
 
+{{/*
+"true" when the service runs a dry run (config.DELIVERY_DRY_RUN), else "". The service then
+consumes in its own group, <groupId> + "-dry-run" (consumer/settings.py, _as_run). Read as the
+service reads it (pydantic's bool): true, 1, yes, on, y, t are on and false, 0, no, off, n, f
+off, in any case; empty is unset (off); anything else the service refuses, so the render fails.
+tests/deploy/test_chart.py compares the two on every spelling.
+*/}}
+{{- define "button-consumer.dryRun" -}}
+{{- $raw := toString (index .Values.config "DELIVERY_DRY_RUN" | default "") -}}
+{{- $value := lower $raw -}}
+{{- if has $value (list "true" "1" "yes" "on" "y" "t") -}}
+true
+{{- else if not (has $value (list "" "false" "0" "no" "off" "n" "f")) -}}
+{{- fail (printf "config.DELIVERY_DRY_RUN %q is not a boolean the service accepts: true, 1, yes, on, y, t or false, 0, no, off, n, f (any case)" $raw) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The consumer group the pods join: the dry run's own under DELIVERY_DRY_RUN. */}}
+{{- define "button-consumer.consumerGroup" -}}
+{{- .Values.kafka.groupId -}}{{- if include "button-consumer.dryRun" . -}}-dry-run{{- end -}}
+{{- end -}}
+
 {{- define "button-consumer.validate" -}}
 {{- if not .Values.kafka.bootstrapServers -}}
 {{- fail "kafka.bootstrapServers is required" -}}
 {{- end -}}
-{{- if and (not .Values.button.existingSecret) (ne (toString (index .Values.config "DELIVERY_DRY_RUN" | default "false")) "true") -}}
-{{- fail "button.existingSecret is required (the name of a Secret holding the API key), unless config.DELIVERY_DRY_RUN is \"true\"" -}}
+{{- if and (not .Values.button.existingSecret) (not (include "button-consumer.dryRun" .)) -}}
+{{- fail "button.existingSecret is required (the name of a Secret holding the API key), unless config.DELIVERY_DRY_RUN is on (\"true\")" -}}
 {{- end -}}
 {{- if gt (int .Values.replicaCount) (int .Values.kafka.partitions) -}}
 {{- fail (printf "replicaCount (%d) exceeds kafka.partitions (%d): extra consumers would sit idle" (int .Values.replicaCount) (int .Values.kafka.partitions)) -}}
