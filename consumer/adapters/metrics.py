@@ -10,7 +10,7 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 import consumer
 
@@ -80,6 +80,9 @@ class Metrics:
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
         reg = registry if registry is not None else CollectorRegistry()
+        # process_start_time_seconds (a crash loop's signal: it changes at every start),
+        # process_cpu_seconds_total, process_resident_memory_bytes...: prometheus_client's own.
+        ProcessCollector(registry=reg)
         ns = NAMESPACE
 
         def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:

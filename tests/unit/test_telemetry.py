@@ -277,7 +277,9 @@ def test_the_readme_lists_every_metric() -> None:
         f"{m.name}_total" if m.type == "counter" else m.name
         for m in Metrics.create(CollectorRegistry()).registry.collect()
     }
-    rows = set(re.findall(r"^\| `(button_consumer_[a-z_]+)`", README.read_text(), re.MULTILINE))
+    rows = set(
+        re.findall(r"^\| `((?:button_consumer|process)_[a-z_]+)`", README.read_text(), re.MULTILINE)
+    )
     assert exported == rows
 
 
