@@ -154,9 +154,21 @@ class _KafkaThread:
         return not self._thread.is_alive()
 
 
-def consume_ready(consumer: Consumer, max_messages: int, timeout: float) -> list[Message]:
+def consume_ready(
+    consumer: Consumer,
+    max_messages: int,
+    timeout: float,
+    revoked: Callable[[], set[int]] = set,
+) -> list[Message]:
     """Up to ``max_messages`` messages (and events), waiting at most ``timeout`` seconds only
     while none is ready.
+
+    ``revoked()``: the partitions revoked or lost (by the rebalance callbacks, which
+    librdkafka serves inside ``consume``) since it was last called. librdkafka purges a
+    revoked partition's messages from the ``consume`` call that served the revocation (its
+    barrier op), not from an earlier call: those are dropped here, as if never fetched (the
+    partition's next owner, or this member on its next assignment, reads them again from the
+    committed offset).
 
     ``Consumer.consume(n, timeout)`` returns early only once it holds ``n`` messages: with
     fewer ready it waits out the whole ``timeout`` (librdkafka's
@@ -170,7 +182,12 @@ def consume_ready(consumer: Consumer, max_messages: int, timeout: float) -> list
         return messages
     messages = consumer.consume(num_messages=1, timeout=timeout)
     if messages and max_messages > 1:
-        messages.extend(consumer.consume(num_messages=max_messages - 1, timeout=0))
+        revoked()  # a revocation served in the call above purged that call's own messages
+        more = consumer.consume(num_messages=max_messages - 1, timeout=0)
+        gone = revoked()
+        if gone:
+            messages = [m for m in messages if m.partition() not in gone]
+        messages.extend(more)
     return messages
 
 
@@ -300,6 +317,9 @@ class KafkaSource:
         self._consumer: Consumer | None = None
         # Partition ends met by polls and not yet taken (``ends_reached``; event loop only).
         self._ends: dict[int, int] = {}
+        # Partitions revoked or lost by rebalance callbacks, not yet seen by a poll (Kafka
+        # thread only: ``consume_ready`` drops records fetched before their revocation).
+        self._revoked: set[int] = set()
         # The reads' consumer: the group's offsets without being a member of the group.
         self._reader_config = {
             k: v for k, v in config.items() if not k.startswith(("group.", "partition."))
@@ -334,7 +354,7 @@ class KafkaSource:
             [self.topic],
             on_assign=lambda c, parts: self._assign_callback(c, listener, parts),
             on_revoke=lambda _c, parts: self._revoke_callback(listener, parts),
-            on_lost=lambda _c, parts: listener.on_lost(_partitions(parts)),
+            on_lost=lambda _c, parts: self._lost_callback(listener, parts),
         )
 
     def _assign_callback(
@@ -354,11 +374,21 @@ class KafkaSource:
             self._in_rebalance_callback = False
 
     def _revoke_callback(self, listener: RebalanceListener, parts: list[TopicPartition]) -> None:
+        self._revoked.update(tp.partition for tp in parts)
         self._in_rebalance_callback = True
         try:
             listener.on_revoke(_partitions(parts))
         finally:
             self._in_rebalance_callback = False
+
+    def _lost_callback(self, listener: RebalanceListener, parts: list[TopicPartition]) -> None:
+        self._revoked.update(tp.partition for tp in parts)
+        listener.on_lost(_partitions(parts))
+
+    def _revoked_since(self) -> set[int]:
+        """Partitions revoked or lost since the last call (Kafka thread: ``consume_ready``)."""
+        revoked, self._revoked = self._revoked, set()
+        return revoked
 
     async def close(self) -> None:
         """Leave the group (revoking, hence committing, what is assigned) and close.
@@ -433,7 +463,7 @@ class KafkaSource:
     def _poll(self, max_records: int, timeout: float) -> tuple[list[Record], dict[int, int]]:
         records: list[Record] = []
         ends: dict[int, int] = {}
-        for message in consume_ready(self._c, max_records, timeout):
+        for message in consume_ready(self._c, max_records, timeout, self._revoked_since):
             err = message.error()
             if err is None:
                 records.append(to_record(message))

@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from structlog.testing import capture_logs
 
 from consumer.adapters.kafka import KafkaSource
@@ -163,3 +163,95 @@ def test_a_failed_wake_up_is_not_retried_for_the_other_partitions() -> None:
     """With the leader away, the loop must not wait once per partition: one try per resume."""
     calls = resumed(ResumingConsumer(failing=frozenset({0})), [0, 1])
     assert calls == [("resume", [0, 1]), ("watermarks", (0, False))]
+
+
+class DataMessage:
+    """A fetched record of ``partition`` at ``offset``."""
+
+    def __init__(self, partition: int, offset: int) -> None:
+        self._partition, self._offset = partition, offset
+
+    def error(self) -> None:
+        return None
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def topic(self) -> str:
+        return "events"
+
+    def key(self) -> bytes:
+        return b"user-1"
+
+    def value(self) -> bytes:
+        return b"\x00"
+
+    def headers(self) -> None:
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 1_700_000_000_000)
+
+
+class ScriptedConsumer:
+    """Each ``consume`` call returns the next scripted batch after running its hook (a
+    rebalance callback, as librdkafka serves them inside ``consume``)."""
+
+    def __init__(self, *calls: tuple[Any, list[Any]]) -> None:
+        self.calls = list(calls)
+
+    def consume(self, num_messages: int, timeout: float) -> list[Any]:
+        hook, batch = self.calls.pop(0) if self.calls else (None, [])
+        if hook is not None:
+            hook()
+        return list(batch)
+
+
+class RecordingListener:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, list[int]]] = []
+
+    def on_assign(self, partitions: list[int]) -> None:
+        self.events.append(("assign", partitions))
+
+    def on_revoke(self, partitions: list[int]) -> None:
+        self.events.append(("revoke", partitions))
+
+    def on_lost(self, partitions: list[int]) -> None:
+        self.events.append(("lost", partitions))
+
+
+@pytest.mark.parametrize("how", ["revoke", "lost"])
+def test_records_of_a_partition_revoked_later_in_the_same_poll_are_not_handed_out(
+    how: str,
+) -> None:
+    """A poll takes what is ready, else waits for a first record and tops the batch up with a
+    second ``consume``. A rebalance served in that second call revokes (or loses) partition 0:
+    librdkafka purges the revoked partition's records of that call, not those the first call
+    already returned. Handed out, they would be processed by a member that no longer owns the
+    partition, on a tracker made after its revocation (the new owner, or this member on a
+    later assignment, reads them again from the committed offset). Partition 1 stays."""
+    listener = RecordingListener()
+    source = KafkaSource({}, "events")
+    lose = how == "lost"
+
+    def rebalance() -> None:
+        parts = [TopicPartition("events", 0)]
+        if lose:
+            source._lost_callback(listener, parts)
+        else:
+            source._revoke_callback(listener, parts)
+
+    source._consumer = ScriptedConsumer(  # type: ignore[assignment]
+        (None, []),
+        (None, [DataMessage(0, 5), DataMessage(1, 9)]),
+        (rebalance, [DataMessage(1, 10)]),
+    )
+
+    records, _ends = source._poll(500, 0.01)
+
+    assert [(r.partition, r.offset) for r in records] == [(1, 9), (1, 10)]
+    assert listener.events == [(how, [0])]
