@@ -622,13 +622,18 @@ class KafkaSource:
             for tp in committed
         }
 
-    async def _end_offsets(self, partitions: list[int]) -> dict[int, int]:
+    async def _end_offsets(
+        self, partitions: list[int], isolation: IsolationLevel | None = None
+    ) -> dict[int, int]:
+        """Each partition's end at the broker (ListOffsets): under ``isolation`` (default the
+        consumer's own: the last stable offset under read_committed). Without an admin
+        configuration, the reads' consumer asks, under the consumer's isolation."""
         if self._admin_config is None:
             return dict(await self._read(self._end_offsets_from_consumer, partitions))
         try:
             futures = self._admin_client().list_offsets(
                 {TopicPartition(self.topic, p): _LATEST for p in partitions},
-                isolation_level=self._isolation,
+                isolation_level=isolation or self._isolation,
                 request_timeout=READ_TIMEOUT,
             )
             results = await asyncio.wait_for(
@@ -652,8 +657,9 @@ class KafkaSource:
         return ends
 
     async def backlog(self, partitions: Sequence[int]) -> dict[int, int]:
-        """Records not handed out yet, per partition: the partition's end offset at the broker
-        (read as ``lag`` reads it, not librdkafka's cached high watermark) minus the position
+        """Records not handed out yet, per partition: the partition's high watermark at the
+        broker (not librdkafka's cached one; records behind an open transaction count: they
+        wait) minus the position
         (the committed offset before the first record; for a group without one, the start of
         the partition, or its end under ``auto.offset.reset=latest``).
 
@@ -667,7 +673,9 @@ class KafkaSource:
         unknown = [p for p, offset in positions.items() if offset is None]
         if unknown:
             positions.update(await self._read(self._starts, unknown))
-        ends = await self._end_offsets(parts)
+        # To the high watermark, not the last stable offset: records behind another producer's
+        # open transaction cannot be read yet, but they wait, and will be read (or aborted).
+        ends = await self._end_offsets(parts, IsolationLevel.READ_UNCOMMITTED)
         backlog: dict[int, int] = {}
         for p, end in ends.items():
             start = positions[p]

@@ -387,3 +387,42 @@ def test_a_lag_read_that_times_out_on_a_stopped_broker_leaves_the_process_runnin
         0,
         ["stopped: BrokerError", "resumed: 3 3"],
     ), done.stderr[-2000:]
+
+
+def test_backlog_counts_records_behind_a_transaction_still_open(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """Another producer's transaction is open: under read_committed nothing past its first
+    record can be read (the last stable offset stops there), yet records wait behind it and
+    will be readable once it commits (or is aborted, at the latest after its timeout). The
+    idle stop must not take them for drained: the backlog runs to the high watermark."""
+    from confluent_kafka import Producer
+
+    topic = make_topic(partitions=1)
+    settings = _settings(kafka_bootstrap, topic, unique_name("group"), "earliest")
+    _produce(settings, topic, 3)
+    open_txn = Producer(
+        {"bootstrap.servers": kafka_bootstrap, "transactional.id": unique_name("txn")}
+    )
+    open_txn.init_transactions(30)
+    open_txn.begin_transaction()
+    open_txn.produce(topic, key=b"k", value=b"in-flight", partition=0)
+    assert open_txn.flush(30) == 0
+    _produce(settings, topic, 4)
+
+    async def scenario() -> dict[int, int]:
+        source = KafkaSource(
+            settings.kafka.consumer_config(), topic, admin_config=settings.kafka.admin_config()
+        )
+        listener = Listener()
+        await source.start(listener)
+        try:
+            await _take(source, listener, 3)
+            return await source.backlog([0])
+        finally:
+            await source.close()
+
+    try:
+        assert asyncio.run(scenario()) == {0: 5}
+    finally:
+        open_txn.abort_transaction(30)
