@@ -60,7 +60,7 @@ from consumer.engine.worker import RunStats, Worker, WorkerOptions
 from consumer.errors import BrokerError, ConfigError, ConsumerError
 from consumer.mapcmd import map_one
 from consumer.ports import ButtonPort
-from consumer.settings import DeliverySettings, Settings, unknown_variables
+from consumer.settings import DeliverySettings, Settings, setting_warnings, unknown_variables
 
 log = structlog.get_logger("consumer")
 
@@ -586,6 +586,13 @@ def warn_unknown_variables(environ: Mapping[str, str] | None = None) -> None:
         log.warning("unknown_setting", variable=problem.variable, problem=problem.message)
 
 
+def warn_risky_settings(settings: Settings) -> None:
+    """Log each setting that works but risks something (``setting_warning``, as ``check``
+    warns about it): a revoke deadline shorter than a request."""
+    for problem in setting_warnings(settings):
+        log.warning("setting_warning", variable=problem.variable, problem=problem.message)
+
+
 def run_service() -> int:
     """``button-consumer run``: the service until SIGTERM/SIGINT; 0 on a clean stop."""
     settings = Settings.from_env()
@@ -594,6 +601,7 @@ def run_service() -> int:
     mmap_threshold = fix_mmap_threshold()
     configure_logging(settings.log.level, settings.log.format, cache=True)
     warn_unknown_variables()
+    warn_risky_settings(settings)
     service = build(settings)
     freeze_startup_heap()
     log.info(

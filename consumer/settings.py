@@ -380,10 +380,11 @@ class DeliverySettings(_Section):
     breaker_probe_interval_seconds: float = Field(default=5.0, gt=0)
     dry_run: bool = False
     shutdown_timeout_seconds: float = Field(default=30.0, gt=0)
-    revoke_timeout_seconds: float = Field(default=15.0, gt=0, le=240)
+    revoke_timeout_seconds: float = Field(default=25.0, gt=0, le=240)
     """How long a revoked partition's running records may finish before they are abandoned
     (the rebalance waits for it; at most 240 s, below librdkafka's default 300 s
-    ``max.poll.interval.ms``). A lost partition's are abandoned at once."""
+    ``max.poll.interval.ms``; at least ``BUTTON_TOTAL_TIMEOUT``, so a request in flight ends
+    before its record is abandoned). A lost partition's are abandoned at once."""
     stop_when_idle_seconds: float | None = Field(default=None, gt=0)
 
     def shutdown_budget(self) -> ShutdownBudget:
@@ -561,6 +562,34 @@ def _profile_bound_problem(kafka: KafkaSettings, mapping: MappingSettings) -> Se
         f"must stay below KAFKA_MAX_MESSAGE_BYTES minus {_RECORD_MARGIN} (key and record "
         "overhead), or a profile can become unwritable",
     )
+
+
+def _revoke_bound_problem(
+    delivery: DeliverySettings, button: ButtonSettings
+) -> SettingProblem | None:
+    """A revoke deadline shorter than a request may take (a warning), or ``None``.
+
+    A request still in flight when a revoked partition's deadline passes is abandoned, yet
+    Button may still apply it, after the next owner's newer requests for the same order: an
+    update carries the order's whole state (Button's contract has no version to refuse an
+    older one), so the older state would win. A warning, not an error: a deployment may hold
+    requests longer on purpose (long timeouts) and accept that.
+    """
+    if delivery.revoke_timeout_seconds >= button.total_timeout:
+        return None
+    return SettingProblem(
+        "DELIVERY_REVOKE_TIMEOUT_SECONDS",
+        f"should be at least BUTTON_TOTAL_TIMEOUT ({button.total_timeout:g} s): a request still "
+        "in flight when a revoked partition's deadline passes is abandoned while Button may "
+        "still apply it, after the next owner's newer requests for the same order",
+        fatal=False,
+    )
+
+
+def setting_warnings(settings: Settings) -> list[SettingProblem]:
+    """Settings that work but risk something (``run`` logs them, ``check`` warns)."""
+    problem = _revoke_bound_problem(settings.delivery, settings.button)
+    return [] if problem is None else [problem]
 
 
 def _load(section: type[_Section], env: Mapping[str, str]) -> _Section:
@@ -753,6 +782,10 @@ def diagnose(
     mapping = sections.get("mapping")
     if isinstance(kafka, KafkaSettings) and isinstance(mapping, MappingSettings):
         problem = _profile_bound_problem(kafka, mapping)
+        if problem is not None:
+            problems.append(problem)
+    if isinstance(delivery, DeliverySettings) and isinstance(button, ButtonSettings):
+        problem = _revoke_bound_problem(delivery, button)
         if problem is not None:
             problems.append(problem)
     if (

@@ -168,3 +168,17 @@ def test_a_misspelt_setting_is_a_warning_when_the_service_starts() -> None:
             "is not a setting of this service (did you mean KAFKA_TOPIC?)",
         )
     ]
+
+
+def test_a_revoke_deadline_shorter_than_a_request_is_logged_when_the_service_starts() -> None:
+    """``run`` logs what ``check`` warns about (``setting_warning``), and goes on."""
+    settings = Settings.from_env(
+        {"KAFKA_BOOTSTRAP_SERVERS": "b:9092", "DELIVERY_REVOKE_TIMEOUT_SECONDS": "10"},
+        require_api_key=False,
+    )
+    with capture_logs() as logs:
+        bootstrap.warn_risky_settings(settings)
+
+    assert [(e["event"], e["variable"]) for e in logs] == [
+        ("setting_warning", "DELIVERY_REVOKE_TIMEOUT_SECONDS")
+    ]

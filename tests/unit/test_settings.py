@@ -7,7 +7,7 @@ import os
 import pytest
 
 from consumer.errors import ConfigError
-from consumer.settings import Settings, diagnose, kafka_passthrough
+from consumer.settings import Settings, diagnose, kafka_passthrough, setting_warnings
 
 API_KEY = "sk-live-0123456789abcdef-TOPSECRET"
 BASE = {"KAFKA_BOOTSTRAP_SERVERS": "broker-1:9092", "BUTTON_API_KEY": API_KEY}
@@ -396,3 +396,33 @@ def test_passthrough_of_a_typed_setting_is_refused_naming_the_typed_variable(
 def test_passthrough_values_that_keep_the_guarantees_are_accepted() -> None:
     settings = load(KAFKA_CONFIG_ACKS="all", KAFKA_CONFIG_ENABLE_IDEMPOTENCE="true")
     assert settings.kafka.producer_config()["acks"] == "all"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"DELIVERY_REVOKE_TIMEOUT_SECONDS": "15"},
+        {"BUTTON_TOTAL_TIMEOUT": "40"},
+    ],
+)
+def test_a_revoke_deadline_shorter_than_a_request_is_warned_about(
+    overrides: dict[str, str],
+) -> None:
+    """A request still in flight when a revoked partition's deadline passes is abandoned, yet
+    Button may still apply it, after the next owner's newer requests for the same order (an
+    update carries the order's whole state: the older one would win). The deadline should
+    cover a whole request (``BUTTON_TOTAL_TIMEOUT``): ``check`` warns, ``run`` logs it, and
+    both go on (long holds on purpose stay possible)."""
+    settings = load(**overrides)
+    warnings = setting_warnings(settings)
+
+    assert [(w.variable, w.fatal) for w in warnings] == [("DELIVERY_REVOKE_TIMEOUT_SECONDS", False)]
+    assert "BUTTON_TOTAL_TIMEOUT" in warnings[0].message
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "BUTTON_API_KEY": "k", **overrides}
+    assert warnings[0] in diagnose(env)[1]
+    assert setting_warnings(load()) == []
+
+
+def test_the_default_revoke_deadline_covers_a_whole_request() -> None:
+    settings = load()
+    assert settings.delivery.revoke_timeout_seconds > settings.button.total_timeout
