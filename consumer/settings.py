@@ -379,7 +379,9 @@ class DeliverySettings(_Section):
     breaker_failure_threshold: int = Field(default=10, ge=1)
     breaker_probe_interval_seconds: float = Field(default=5.0, gt=0)
     dry_run: bool = False
-    shutdown_timeout_seconds: float = Field(default=30.0, gt=0)
+    shutdown_timeout_seconds: float = Field(default=50.0, gt=0)
+    """The whole stop on SIGTERM; half of it drains in-flight work (``shutdown_budget``), which
+    should cover a whole request (``BUTTON_TOTAL_TIMEOUT``), as the revoke deadline does."""
     revoke_timeout_seconds: float = Field(default=25.0, gt=0, le=240)
     """How long a revoked partition's running records may finish before they are abandoned
     (the rebalance waits for it; at most 240 s, below librdkafka's default 300 s
@@ -586,10 +588,44 @@ def _revoke_bound_problem(
     )
 
 
+def _drain_bound_problem(
+    delivery: DeliverySettings, button: ButtonSettings
+) -> SettingProblem | None:
+    """A shutdown whose drain (half the budget) is shorter than a request (a warning), or
+    ``None``: as at a revoke deadline (``_revoke_bound_problem``), a request abandoned in flight
+    may be applied after the next owner's newer requests."""
+    drain = delivery.shutdown_budget().drain
+    if drain >= button.total_timeout:
+        return None
+    return SettingProblem(
+        "DELIVERY_SHUTDOWN_TIMEOUT_SECONDS",
+        f"should be at least twice BUTTON_TOTAL_TIMEOUT ({2 * button.total_timeout:g} s): half "
+        f"of it ({drain:g} s) drains in-flight work, and a request still in flight at its end "
+        "is abandoned while Button may still apply it, after the next owner's newer requests",
+        fatal=False,
+    )
+
+
+def _bound_problems(
+    kafka: object, mapping: object, delivery: object, button: object
+) -> list[SettingProblem]:
+    """The rules across sections, for the sections that are valid (``diagnose``)."""
+    found: list[SettingProblem | None] = []
+    if isinstance(kafka, KafkaSettings) and isinstance(mapping, MappingSettings):
+        found.append(_profile_bound_problem(kafka, mapping))
+    if isinstance(delivery, DeliverySettings) and isinstance(button, ButtonSettings):
+        found.append(_revoke_bound_problem(delivery, button))
+        found.append(_drain_bound_problem(delivery, button))
+    return [p for p in found if p is not None]
+
+
 def setting_warnings(settings: Settings) -> list[SettingProblem]:
     """Settings that work but risk something (``run`` logs them, ``check`` warns)."""
-    problem = _revoke_bound_problem(settings.delivery, settings.button)
-    return [] if problem is None else [problem]
+    problems = (
+        _revoke_bound_problem(settings.delivery, settings.button),
+        _drain_bound_problem(settings.delivery, settings.button),
+    )
+    return [p for p in problems if p is not None]
 
 
 def _load(section: type[_Section], env: Mapping[str, str]) -> _Section:
@@ -779,15 +815,7 @@ def diagnose(
     if isinstance(kafka, KafkaSettings) and isinstance(delivery, DeliverySettings):
         # What a run would use: the dry run's own group and topics.
         sections["kafka"] = kafka = _as_run(kafka, delivery)
-    mapping = sections.get("mapping")
-    if isinstance(kafka, KafkaSettings) and isinstance(mapping, MappingSettings):
-        problem = _profile_bound_problem(kafka, mapping)
-        if problem is not None:
-            problems.append(problem)
-    if isinstance(delivery, DeliverySettings) and isinstance(button, ButtonSettings):
-        problem = _revoke_bound_problem(delivery, button)
-        if problem is not None:
-            problems.append(problem)
+    problems.extend(_bound_problems(kafka, sections.get("mapping"), delivery, button))
     if (
         require_api_key
         and isinstance(delivery, DeliverySettings)

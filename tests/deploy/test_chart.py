@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from consumer.errors import ConfigError
-from consumer.settings import ClientConfig, Settings, variable_names
+from consumer.settings import ClientConfig, Settings, setting_warnings, variable_names
 from tests.deploy.conftest import (
     API_VERSIONS,
     CHART,
@@ -241,7 +241,8 @@ def test_the_configmap_holds_only_settings_the_service_reads(chart) -> None:
     assert set(data) <= variable_names()
     settings = Settings.from_env({**data, "BUTTON_API_KEY": "from-the-secret"})
     assert settings.admin.port == 9400
-    assert settings.delivery.shutdown_timeout_seconds == 20
+    assert settings.delivery.shutdown_timeout_seconds == 50
+    assert setting_warnings(settings) == []  # the chart's defaults cover a whole request
 
 
 def test_the_api_key_comes_from_the_existing_secret_only(chart) -> None:

@@ -416,11 +416,25 @@ def test_a_revoke_deadline_shorter_than_a_request_is_warned_about(
     settings = load(**overrides)
     warnings = setting_warnings(settings)
 
-    assert [(w.variable, w.fatal) for w in warnings] == [("DELIVERY_REVOKE_TIMEOUT_SECONDS", False)]
+    assert ("DELIVERY_REVOKE_TIMEOUT_SECONDS", False) in [(w.variable, w.fatal) for w in warnings]
     assert "BUTTON_TOTAL_TIMEOUT" in warnings[0].message
     env = {"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "BUTTON_API_KEY": "k", **overrides}
     assert warnings[0] in diagnose(env)[1]
     assert setting_warnings(load()) == []
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"DELIVERY_SHUTDOWN_TIMEOUT_SECONDS": "30"}, {"BUTTON_TOTAL_TIMEOUT": "30"}],
+)
+def test_a_shutdown_drain_shorter_than_a_request_is_warned_about(
+    overrides: dict[str, str],
+) -> None:
+    """Half the shutdown budget drains in-flight work: below a whole request, a rollout
+    abandons requests in flight as a short revoke deadline does."""
+    warnings = setting_warnings(load(**overrides))
+
+    assert ("DELIVERY_SHUTDOWN_TIMEOUT_SECONDS", False) in [(w.variable, w.fatal) for w in warnings]
 
 
 def test_the_default_revoke_deadline_covers_a_whole_request() -> None:
