@@ -119,6 +119,16 @@ class ReplayReport:
     letter of their order (or key) was read and not selected, so they would be parked again."""
     held_behind: dict[str, int] = field(default_factory=dict)
     """``held`` by the reason of the first dead letter they are parked behind."""
+    targets: set[tuple[str, int | None]] = field(default_factory=set)
+    """The topics and partitions replayed records were written (or, dry, would be written) to;
+    ``None``: the producer's partitioner chose."""
+    lagging: dict[int, int] = field(default_factory=dict)
+    """Partitions of the input topic written to, with the records the service's group had not
+    consumed when the replay started (``input_lag``): it reads those first."""
+    lag_group: str = ""
+    """The service's group whose lag ``lagging`` is."""
+    lag_error: str | None = None
+    """Why that lag could not be read, if it could not."""
 
     def unmatched(self, selection: ReplayFilter) -> list[str]:
         """A line for each ``--reason`` that no dead letter read has (a typo?), naming the
@@ -150,6 +160,58 @@ class DeadLetterReader(Protocol):
     ) -> Iterator[Record]: ...
 
     def commit(self, offsets: Mapping[int, int]) -> None: ...
+
+
+class GroupOffsets(Protocol):
+    """Where a group stands in a topic (``PartitionReader``, in that group)."""
+
+    def partitions(self, timeout: float = ...) -> list[int]: ...
+
+    def watermarks(
+        self, partitions: Iterable[int], deadline: float
+    ) -> dict[int, tuple[int, int]]: ...
+
+    def committed(
+        self, partitions: Iterable[int], timeout: float = ...
+    ) -> dict[int, int | None]: ...
+
+
+def input_lag(reader: GroupOffsets) -> dict[int, int]:
+    """Per partition, the records after the reader's group's committed offset (every record
+    when it committed nothing: it will read them all); partitions without any are left out."""
+    partitions = reader.partitions()
+    committed = reader.committed(partitions)
+    lag = {}
+    for p, (low, high) in reader.watermarks(partitions, time.monotonic() + 30.0).items():
+        stand = committed.get(p)
+        behind = high - (low if stand is None else max(stand, low))
+        if behind > 0:
+            lag[p] = behind
+    return lag
+
+
+def lagging(
+    lag: Mapping[int, int], targets: Iterable[tuple[str, int | None]], topic: str
+) -> dict[int, int]:
+    """The partitions of ``topic`` among ``targets`` that had ``lag`` (a target without a
+    partition may be any of them)."""
+    written = {p for t, p in targets if t == topic}
+    if None in written:
+        return dict(lag)
+    return {p: n for p, n in lag.items() if p in written}
+
+
+def _service_lag(settings: Settings) -> tuple[dict[int, int], str | None]:
+    """The lag of the service's group (``KAFKA_GROUP_ID``) on the input topic, or why it could
+    not be read. Read with a reader that only asks the group's committed offsets: it joins no
+    group and commits nothing."""
+    try:
+        with PartitionReader(
+            settings.kafka.reader_config(settings.kafka.group_id), settings.kafka.topic
+        ) as reader:
+            return input_lag(reader), None
+    except Exception as exc:  # noqa: BLE001 - reported, not raised: it only feeds a warning
+        return {}, str(exc) or type(exc).__name__
 
 
 class ReplayProducer(Protocol):
@@ -320,12 +382,19 @@ def replay(
 
     ``release_keys``: see ``replay_headers``.
 
+    The lag of the service's group on the input topic is read first: a record of a replayed
+    order that the service has not consumed yet is read before the replayed one, and parked
+    again behind it; the report names the lagging partitions written to (``lagging``), so the
+    operator can replay the whole DLQ again once the lag is 0.
+
     See ``replay_from`` for what is committed when some records are not acknowledged.
 
     Raises:
         ConfigError: the DLQ (``KAFKA_DLQ_TOPIC``) does not exist.
         BrokerError: reading it failed.
     """
+    # Measured before anything is written: what the service reads before the replayed records.
+    lag, lag_error = _service_lag(settings)
     producer = None if dry_run else AckingProducer(settings.kafka.producer_config())
     if producer is not None:
         producer.start()
@@ -333,7 +402,7 @@ def replay(
         with PartitionReader(
             settings.kafka.reader_config(group_id), settings.kafka.dlq_topic
         ) as reader:
-            return replay_from(
+            report = replay_from(
                 reader,
                 producer,
                 selection,
@@ -349,6 +418,9 @@ def replay(
             producer.close()
         if progress:
             sys.stderr.write("\n")
+    report.lag_group, report.lag_error = settings.kafka.group_id, lag_error
+    report.lagging = lagging(lag, report.targets, settings.kafka.topic)
+    return report
 
 
 def replay_from(
@@ -403,6 +475,7 @@ def replay_from(
         added = choice.follows is not None and not choice.selected
         target_topic = text.get(H_TOPIC) or default_topic
         target_partition = _int(text.get(H_PARTITION))
+        report.targets.add((target_topic, target_partition))
         if producer is None:
             _describe(out, record, text, target_topic, target_partition, choice.follows)
             report.replayed += 1
@@ -550,6 +623,21 @@ def summary_lines(report: ReplayReport, selection: ReplayFilter, *, dry_run: boo
             "whole DLQ"
         )
     lines.extend(f"button-consumer: {line}" for line in report.unmatched(selection))
+    if report.lagging:
+        behind = ", ".join(f"{p}: {n}" for p, n in sorted(report.lagging.items()))
+        lines.append(
+            f"button-consumer: warning: group {report.lag_group} had not consumed "
+            f"{sum(report.lagging.values())} record(s) of the partitions written to ({behind}); "
+            "it reads them before the replayed ones, so a later record of a replayed order "
+            "among them is dead-lettered again, parked; once the group's lag is 0, run "
+            "replay-dlq without filters again (it replays only what was dead-lettered since its "
+            "last run)"
+        )
+    elif report.lag_error is not None and report.replayed:
+        lines.append(
+            f"button-consumer: could not read the service group's lag ({report.lag_error}): "
+            "replay when it is 0, and run replay-dlq without filters again afterwards"
+        )
     return lines
 
 

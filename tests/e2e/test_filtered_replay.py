@@ -6,6 +6,10 @@ refund of Y follow them to the DLQ, parked (reason ``parked``). Once the cause i
 troubleshooting table's ``replay-dlq --reason http_400`` replays the two creates and, after each,
 the refund parked behind it: every order at the sandbox ends as the events say (X open at its
 refunded total, Y deleted), and nothing is dead-lettered again.
+
+And a replay written while the service lags: the refund of V, produced while the service is
+stopped, is read before the replayed create and parked again; ``replay-dlq`` says the group had
+not consumed it, and the whole-DLQ replay it asks for once the lag is 0 applies the refund.
 """
 
 from __future__ import annotations
@@ -26,13 +30,15 @@ from consumer.domain.events import (
     Product,
     ProductAction,
 )
-from consumer.replay import ReplayFilter, replay
+from consumer.replay import ReplayFilter, replay, summary_lines
 from tests.e2e.harness import (
     assert_sandbox_matches,
     expected_orders,
     headers_of,
     read_all,
+    replay_whole_dlq,
     stop_when_done,
+    wait_for_committed,
     wait_until,
 )
 
@@ -131,3 +137,56 @@ def test_a_reason_filtered_replay_brings_the_parked_refunds_along(
     assert_sandbox_matches(sandbox, expected)
     assert (report.read, report.replayed, report.followers, report.held) == (4, 4, 2, 0)
     assert len(read_all(kafka_bootstrap, dlq)) == 4, "the replay dead-lettered again"
+
+
+def test_a_replay_while_the_service_lags_warns_and_a_second_one_applies_what_it_parked(
+    kafka_bootstrap, make_topic, service_settings, start_service, sandbox
+):
+    topic = make_topic(partitions=1, prefix="lagging-replay")
+    settings = service_settings(topic)
+    kafka = settings.kafka
+    dlq, group, replay_group = kafka.dlq_topic, kafka.group_id, f"{kafka.group_id}-replay"
+    v = "ORD-LAGGING-V"
+    purchase = _event("lagging-u1", v, EventType.PURCHASE, 1, SHIRT, SOCKS)
+    refund = _event("lagging-u1", v, EventType.REFUND, 2, SOCKS)
+
+    # 1. The create of V is refused and dead-lettered; the service stops; the cause is fixed
+    # and the refund of V is produced while the service is down.
+    sandbox.set_faults(
+        {"rules": [{"order_id": v, "operation": "create", "fail_first": 1000, "status": 400}]}
+    )
+    produce_events(settings, [purchase], partitions=1)
+    first = start_service(settings)
+    wait_until(
+        lambda: read_all(kafka_bootstrap, dlq), timeout=30, message="the create was not refused"
+    )
+    stop_when_done(first, kafka_bootstrap, group, topic, 1)
+    sandbox.clear_faults()
+    produce_events(settings, [refund], partitions=1)
+
+    # 2. The whole-DLQ replay writes the create after the refund: it says the group lags there.
+    report = replay_whole_dlq(settings, replay_group)
+    assert (report.replayed, report.lagging, report.lag_group) == (1, {0: 1}, group)
+    assert (
+        "run replay-dlq without filters again"
+        in summary_lines(report, ReplayFilter(), dry_run=False)[-1]
+    )
+
+    # 3. The service reads the refund first (V still parked: dead-lettered again, parked), then
+    # the create (V released and sent at its full total).
+    second = start_service(settings)
+    wait_for_committed(kafka_bootstrap, group, topic, 1)
+    letters = [headers_of(m) for m in read_all(kafka_bootstrap, dlq)]
+    assert [(h[H_ORDER_ID], h[H_REASON]) for h in letters] == [(v, "http_400"), (v, "parked")]
+    assert ((sandbox.order(v) or {}).get("object") or {}).get("total") == 4250
+
+    # 4. Once the lag is 0, the whole-DLQ replay the warning asks for replays only the parked
+    # refund, without a warning, and V ends at its refunded total.
+    again = replay_whole_dlq(settings, replay_group)
+    assert (again.read, again.replayed, again.lagging, again.lag_error) == (1, 1, {}, None)
+    sandbox.wait_for(
+        lambda: ((sandbox.order(v) or {}).get("object") or {}).get("total") == 3000,
+        timeout=30,
+        message="the refund parked again was not applied by the second replay",
+    )
+    stop_when_done(second, kafka_bootstrap, group, topic, 1)

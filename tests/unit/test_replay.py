@@ -19,6 +19,8 @@ from consumer.replay import (
     ReplayReport,
     _parse_time,
     _Rate,
+    input_lag,
+    lagging,
     replay_from,
     replay_headers,
     summary_lines,
@@ -808,4 +810,75 @@ def test_the_summary_says_how_many_followers_were_added_and_what_was_held() -> N
     plain = ReplayReport(read=3, replayed=3)
     assert summary_lines(plain, ReplayFilter(), dry_run=True) == [
         "read 3 dead letters, would replay 3, left 0 (filtered out)"
+    ]
+
+
+# --- the service's lag when the replay writes ---------------------------------------------------
+
+
+class FakeInput(FakeDeadLetters):
+    """The input topic as the service's group sees it: ``(low, high)`` and the committed offset
+    (``None``: nothing committed) per partition."""
+
+    topic = "events"
+
+    def __init__(self, partitions: Mapping[int, tuple[int, int, int | None]]) -> None:
+        super().__init__({p: high for p, (_, high, _) in partitions.items()})
+        self._input = dict(partitions)
+
+    def watermarks(self, partitions: Iterable[int], deadline: float) -> dict[int, tuple[int, int]]:
+        return {p: self._input[p][:2] for p in partitions}
+
+    def committed(self, partitions: Iterable[int], timeout: float = 30.0) -> dict[int, int | None]:
+        return {p: self._input[p][2] for p in partitions}
+
+
+def test_the_input_lag_is_what_the_group_has_not_consumed_per_partition() -> None:
+    """Per partition of the input topic, the records after the group's committed offset (all
+    of them from the first when it committed nothing); partitions without lag are left out."""
+    reader = FakeInput({0: (0, 7, 5), 1: (2, 4, None), 2: (0, 7, 7), 3: (0, 0, None)})
+
+    assert input_lag(reader) == {0: 2, 1: 2}
+
+
+def test_the_report_names_the_input_partitions_the_replay_wrote_to() -> None:
+    """Where the replayed records went (topic and partition, from their headers), so the lag
+    of the partitions written to, and no other, can be told."""
+    reader = ListedDeadLetters([(0, b"u1", first("X")), (1, b"u2", first("Y"))])
+
+    report, _, _ = filtered(reader, ReplayFilter())
+
+    assert report.targets == {("events", 0), ("events", 1)}
+
+
+def test_only_the_lag_of_the_partitions_written_to_matters() -> None:
+    """A lagging partition the replay did not write to cannot run a replayed record's order
+    out of order: left out. A record written without a partition (the producer chose) may be
+    behind any of them."""
+    lag = {0: 3, 2: 1}
+
+    assert lagging(lag, {("events", 0), ("events", 1), ("other", 2)}, "events") == {0: 3}
+    assert lagging(lag, {("events", None)}, "events") == {0: 3, 2: 1}
+    assert lagging({}, {("events", 0)}, "events") == {}
+
+
+def test_the_summary_warns_when_the_service_had_not_consumed_what_is_ahead_of_the_replay() -> None:
+    """The group lagged on a partition written to: a later record of a replayed order among
+    the records it had not consumed is read first and parked again; the operator is told to
+    replay the whole DLQ again once the lag is 0."""
+    report = ReplayReport(
+        read=1, replayed=1, reasons={"http_400": 1}, lagging={0: 3, 4: 1}, lag_group="svc"
+    )
+
+    assert summary_lines(report, ReplayFilter(), dry_run=False)[1:] == [
+        "button-consumer: warning: group svc had not consumed 4 record(s) of the partitions "
+        "written to (0: 3, 4: 1); it reads them before the replayed ones, so a later record of "
+        "a replayed order among them is dead-lettered again, parked; once the group's lag is "
+        "0, run replay-dlq without filters again (it replays only what was dead-lettered since "
+        "its last run)"
+    ]
+    unknown = ReplayReport(read=1, replayed=1, reasons={"http_400": 1}, lag_error="denied")
+    assert summary_lines(unknown, ReplayFilter(), dry_run=False)[1:] == [
+        "button-consumer: could not read the service group's lag (denied): replay when it is "
+        "0, and run replay-dlq without filters again afterwards"
     ]
