@@ -287,8 +287,8 @@ class _Leaders:
         order_id = text.get(H_ORDER_ID, "")
         if order_id:
             self.orders[(scope, record.key, order_id)] = leader
-        elif text.get(H_STAGE, Stage.DECODE.value) == Stage.DECODE.value:
-            self.keys[(scope, record.key)] = leader
+        elif record.key is not None and text.get(H_STAGE) == Stage.DECODE.value:
+            self.keys[(scope, record.key)] = leader  # no key, no key parking
 
     def choose(self, record: Record, text: Mapping[str, str], *, selected: bool) -> _Choice:
         """Whether ``record`` is replayed, ``selected`` by the filter or not (see the class).

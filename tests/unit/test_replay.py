@@ -682,6 +682,20 @@ def test_a_key_parked_behind_an_undecodable_record_brings_every_later_parked_rec
     assert report.followers == 3
 
 
+def test_an_undecodable_record_without_a_key_parks_no_key_and_brings_nothing_along() -> None:
+    """Without a key there is no key to park (the service parks keyless records by order id
+    only): a keyless undecodable dead letter is followed by no parked record, and holds none
+    back."""
+    reader = ListedDeadLetters(
+        [(0, None, undecodable()), (0, None, parked("K")), (0, b"u1", undecodable())]
+    )
+
+    report, sent, _ = filtered(reader, ReplayFilter(reasons=frozenset({"bad_magic_byte"})))
+    assert (sent, report.followers) == ([(0, 0), (0, 2)], 0)
+    report, sent, _ = filtered(reader, ReplayFilter(reasons=frozenset({"parked"})))
+    assert (sent, report.held) == ([(0, 1)], 0)
+
+
 def test_a_selected_parked_record_behind_an_unselected_first_dead_letter_is_held_back() -> None:
     """``--reason parked`` alone: each parked record's order is parked behind a first dead
     letter the filter does not select, so replaying it alone would only park it again (and
