@@ -12,6 +12,13 @@ the same order they were dead-lettered, because the DLQ is keyed like the input.
 parking it again (``button.replayed.release``): bytes that never decode must not hold the
 user's orders for good.
 
+A filter (``--reason``, ``--order-id``, ``--since``/``--until``) never releases an order
+without the records parked behind it: a parked dead letter that follows a first dead letter the
+run replays is replayed after it, selected or not (``ReplayReport.followers`` counts those the
+filter did not select); one the filter selects whose first dead letter the run read but does not
+replay is *held* (left in the DLQ, counted in ``ReplayReport.held``), since replayed alone it
+would only be parked again (``_Leaders``).
+
 Progress is remembered by a consumer group on the DLQ when the whole DLQ is replayed (or when
 ``--group-id`` is given): the next run starts after the last replayed record. A filtered replay
 without ``--group-id`` reads the whole DLQ and remembers nothing, so records it filtered out stay
@@ -50,6 +57,7 @@ from consumer.domain.deadletter import (
     H_REPLAYED_STAGE,
     H_STAGE,
     H_TOPIC,
+    Stage,
     header_map,
     strip_own_headers,
 )
@@ -103,6 +111,24 @@ class ReplayReport:
     committed: dict[int, int] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)
     """Every dead letter read, by its ``button.reason`` (filtered out or not)."""
+    followers: int = 0
+    """Of ``replayed``: parked dead letters the filter did not select, replayed because they
+    follow a first dead letter it did (``_Leaders``)."""
+    held: int = 0
+    """Parked dead letters the filter selected but that were not replayed: the first dead
+    letter of their order (or key) was read and not selected, so they would be parked again."""
+    held_behind: dict[str, int] = field(default_factory=dict)
+    """``held`` by the reason of the first dead letter they are parked behind."""
+    targets: set[tuple[str, int | None]] = field(default_factory=set)
+    """The topics and partitions replayed records were written (or, dry, would be written) to;
+    ``None``: the producer's partitioner chose."""
+    lagging: dict[int, int] = field(default_factory=dict)
+    """Partitions of the input topic written to, with the records the service's group had not
+    consumed when the replay started (``input_lag``): it reads those first."""
+    lag_group: str = ""
+    """The service's group whose lag ``lagging`` is."""
+    lag_error: str | None = None
+    """Why that lag could not be read, if it could not."""
 
     def unmatched(self, selection: ReplayFilter) -> list[str]:
         """A line for each ``--reason`` that no dead letter read has (a typo?), naming the
@@ -136,6 +162,58 @@ class DeadLetterReader(Protocol):
     def commit(self, offsets: Mapping[int, int]) -> None: ...
 
 
+class GroupOffsets(Protocol):
+    """Where a group stands in a topic (``PartitionReader``, in that group)."""
+
+    def partitions(self, timeout: float = ...) -> list[int]: ...
+
+    def watermarks(
+        self, partitions: Iterable[int], deadline: float
+    ) -> dict[int, tuple[int, int]]: ...
+
+    def committed(
+        self, partitions: Iterable[int], timeout: float = ...
+    ) -> dict[int, int | None]: ...
+
+
+def input_lag(reader: GroupOffsets) -> dict[int, int]:
+    """Per partition, the records after the reader's group's committed offset (every record
+    when it committed nothing: it will read them all); partitions without any are left out."""
+    partitions = reader.partitions()
+    committed = reader.committed(partitions)
+    lag = {}
+    for p, (low, high) in reader.watermarks(partitions, time.monotonic() + 30.0).items():
+        stand = committed.get(p)
+        behind = high - (low if stand is None else max(stand, low))
+        if behind > 0:
+            lag[p] = behind
+    return lag
+
+
+def lagging(
+    lag: Mapping[int, int], targets: Iterable[tuple[str, int | None]], topic: str
+) -> dict[int, int]:
+    """The partitions of ``topic`` among ``targets`` that had ``lag`` (a target without a
+    partition may be any of them)."""
+    written = {p for t, p in targets if t == topic}
+    if None in written:
+        return dict(lag)
+    return {p: n for p, n in lag.items() if p in written}
+
+
+def _service_lag(settings: Settings) -> tuple[dict[int, int], str | None]:
+    """The lag of the service's group (``KAFKA_GROUP_ID``) on the input topic, or why it could
+    not be read. Read with a reader that only asks the group's committed offsets: it joins no
+    group and commits nothing."""
+    try:
+        with PartitionReader(
+            settings.kafka.reader_config(settings.kafka.group_id), settings.kafka.topic
+        ) as reader:
+            return input_lag(reader), None
+    except Exception as exc:  # noqa: BLE001 - reported, not raised: it only feeds a warning
+        return {}, str(exc) or type(exc).__name__
+
+
 class ReplayProducer(Protocol):
     """What a replay writes with (``AckingProducer``)."""
 
@@ -152,6 +230,87 @@ class ReplayProducer(Protocol):
     def settle(self, timeout: float) -> int: ...
 
     def undelivered(self) -> dict[Hashable, str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Leader:
+    """A first dead letter read (not parked): where it is, its reason, whether it is replayed."""
+
+    position: str
+    reason: str
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Choice:
+    """What a replay does with one dead letter (``_Leaders.choose``)."""
+
+    replay: bool
+    selected: bool
+    """The filter selected it."""
+    follows: str | None = None
+    """The DLQ position of the replayed first dead letter it is parked behind."""
+    held_behind: str | None = None
+    """Held back (not replayed although selected): the reason of the first dead letter it
+    is parked behind, read and not replayed."""
+
+
+@dataclass(slots=True)
+class _Leaders:
+    """The first dead letters read so far, to tell a parked dead letter's fate (DESIGN, 5).
+
+    A dead letter that is not parked parks its order (``button.order.id``) or, when it could not
+    be decoded (decode stage, no order), its whole key; each later record of that order (of that
+    key) is dead-lettered parked behind it, with the same key, so in the same DLQ partition. A
+    parked dead letter *follows* the latest first dead letter of its order under its key, and
+    the latest one of its key: when this run replays either, it is replayed too, after it (a
+    filter must not release an order without what is parked behind it). When the run read
+    some and replays none, it is *held*: replayed alone it would only be parked again. When the
+    run read none (an earlier run replayed it, or it is gone), it is replayed if selected.
+
+    Records without a key are parked by order id alone and spread over the DLQ's partitions:
+    theirs are tracked across partitions, best effort (they are not ordered anyway).
+    """
+
+    orders: dict[tuple[int | None, bytes | None, str], _Leader] = field(default_factory=dict)
+    keys: dict[tuple[int | None, bytes | None], _Leader] = field(default_factory=dict)
+
+    @staticmethod
+    def _scope(record: Record) -> int | None:
+        return None if record.key is None else record.partition
+
+    def note(self, record: Record, text: Mapping[str, str], *, replayed: bool) -> None:
+        """Remember ``record``, a dead letter that is not parked, as the latest first one of its
+        order (or, undecodable, of its key)."""
+        leader = _Leader(f"{record.partition}:{record.offset}", text.get(H_REASON, ""), replayed)
+        scope = self._scope(record)
+        order_id = text.get(H_ORDER_ID, "")
+        if order_id:
+            self.orders[(scope, record.key, order_id)] = leader
+        elif record.key is not None and text.get(H_STAGE) == Stage.DECODE.value:
+            self.keys[(scope, record.key)] = leader  # no key, no key parking
+
+    def choose(self, record: Record, text: Mapping[str, str], *, selected: bool) -> _Choice:
+        """Whether ``record`` is replayed, ``selected`` by the filter or not (see the class).
+        A first dead letter is remembered as replayed when selected."""
+        if text.get(H_PARKED) != "true":
+            self.note(record, text, replayed=selected)
+            return _Choice(replay=selected, selected=selected)
+        behind = self.of(record, text)
+        replayed = [leader.position for leader in behind if leader.replayed]
+        if replayed:
+            return _Choice(replay=True, selected=selected, follows=replayed[0])
+        if behind and selected:
+            return _Choice(replay=False, selected=True, held_behind=behind[0].reason)
+        return _Choice(replay=selected, selected=selected)
+
+    def of(self, record: Record, text: Mapping[str, str]) -> list[_Leader]:
+        """The first dead letters read that the parked ``record`` is parked behind."""
+        scope = self._scope(record)
+        order_id = text.get(H_ORDER_ID, "")
+        found = [self.orders.get((scope, record.key, order_id)) if order_id else None]
+        found.append(self.keys.get((scope, record.key)))
+        return [leader for leader in found if leader is not None]
 
 
 def replay_headers(
@@ -223,12 +382,19 @@ def replay(
 
     ``release_keys``: see ``replay_headers``.
 
+    The lag of the service's group on the input topic is read first: a record of a replayed
+    order that the service has not consumed yet is read before the replayed one, and parked
+    again behind it; the report names the lagging partitions written to (``lagging``), so the
+    operator can replay the whole DLQ again once the lag is 0.
+
     See ``replay_from`` for what is committed when some records are not acknowledged.
 
     Raises:
         ConfigError: the DLQ (``KAFKA_DLQ_TOPIC``) does not exist.
         BrokerError: reading it failed.
     """
+    # Measured before anything is written: what the service reads before the replayed records.
+    lag, lag_error = _service_lag(settings)
     producer = None if dry_run else AckingProducer(settings.kafka.producer_config())
     if producer is not None:
         producer.start()
@@ -236,7 +402,7 @@ def replay(
         with PartitionReader(
             settings.kafka.reader_config(group_id), settings.kafka.dlq_topic
         ) as reader:
-            return replay_from(
+            report = replay_from(
                 reader,
                 producer,
                 selection,
@@ -252,6 +418,9 @@ def replay(
             producer.close()
         if progress:
             sys.stderr.write("\n")
+    report.lag_group, report.lag_error = settings.kafka.group_id, lag_error
+    report.lagging = lagging(lag, report.targets, settings.kafka.topic)
+    return report
 
 
 def replay_from(
@@ -282,6 +451,8 @@ def replay_from(
     total = sum(end - start for start, end in ranges.values())
     first_failed: dict[int, int] = {}
     failed: list[ReplayFailure] = []
+    leaders = _Leaders()
+    added_tags: set[tuple[int, int]] = set()
     for record in reader.read(ranges):
         report.read += 1
         if progress:
@@ -291,14 +462,24 @@ def replay_from(
         text = header_map(record.headers)
         reason = text.get(H_REASON, "")
         report.reasons[reason] = report.reasons.get(reason, 0) + 1
-        if not selection.matches(text):
+        choice = leaders.choose(record, text, selected=selection.matches(text))
+        if choice.held_behind is not None:
+            report.held += 1
+            report.held_behind[choice.held_behind] = (
+                report.held_behind.get(choice.held_behind, 0) + 1
+            )
+            continue
+        if not choice.replay:
             report.skipped += 1
             continue
+        added = choice.follows is not None and not choice.selected
         target_topic = text.get(H_TOPIC) or default_topic
         target_partition = _int(text.get(H_PARTITION))
+        report.targets.add((target_topic, target_partition))
         if producer is None:
-            _describe(out, record, text, target_topic, target_partition)
+            _describe(out, record, text, target_topic, target_partition, choice.follows)
             report.replayed += 1
+            report.followers += added
             continue
         pacing.wait()
         try:
@@ -319,13 +500,32 @@ def replay_from(
             first_failed[record.partition] = record.offset
         else:
             report.replayed += 1
+            if added:
+                report.followers += 1
+                added_tags.add((record.partition, record.offset))
     if producer is None:
         return report
+    _settle(reader, producer, report, failed, ranges, added_tags, settle_timeout, remember)
+    return report
+
+
+def _settle(
+    reader: DeadLetterReader,
+    producer: ReplayProducer,
+    report: ReplayReport,
+    failed: list[ReplayFailure],
+    ranges: Mapping[int, tuple[int, int]],
+    added_tags: set[tuple[int, int]],
+    settle_timeout: float,
+    remember: bool,
+) -> None:
+    """Wait for the delivery reports, count the failures, commit what was acknowledged."""
     producer.settle(settle_timeout)
     for tag, error in producer.undelivered().items():
         partition, offset = cast("tuple[int, int]", tag)  # the tags queued above
         failed.append(ReplayFailure(partition, offset, error))
         report.replayed -= 1
+        report.followers -= tag in added_tags
     report.failures = sorted(failed, key=lambda f: (f.partition, f.offset))
     stands = {p: end for p, (_, end) in ranges.items()}
     for failure in report.failures:
@@ -334,7 +534,6 @@ def replay_from(
         offsets = {p: o for p, o in stands.items() if o > ranges[p][0]}
         reader.commit(offsets)
         report.committed = offsets
-    return report
 
 
 def _ranges(reader: DeadLetterReader, *, from_group: bool) -> dict[int, tuple[int, int]]:
@@ -357,15 +556,22 @@ def _ranges(reader: DeadLetterReader, *, from_group: bool) -> dict[int, tuple[in
 
 
 def _describe(
-    out: TextIO, record: Record, text: dict[str, str], topic: str, partition: int | None
+    out: TextIO,
+    record: Record,
+    text: dict[str, str],
+    topic: str,
+    partition: int | None,
+    follows: str | None = None,
 ) -> None:
-    line = {
+    line: dict[str, object] = {
         "dlq": f"{record.partition}:{record.offset}",
         "to": f"{topic}:{partition}",
         "reason": text.get(H_REASON, ""),
         "order_id": text.get(H_ORDER_ID, ""),
         "parked": text.get(H_PARKED) == "true",
     }
+    if follows is not None:
+        line["follows"] = follows
     out.write(json.dumps(line) + "\n")
 
 
@@ -395,6 +601,46 @@ def _parse_time(value: str | None, flag: str) -> int | None:
     return int(moment.timestamp() * 1000)
 
 
+def summary_lines(report: ReplayReport, selection: ReplayFilter, *, dry_run: bool) -> list[str]:
+    """What ``replay-dlq`` tells the operator once it is done (failures apart)."""
+    verb = "would replay" if dry_run else "replayed"
+    followers = (
+        f" ({report.followers} of them parked behind the first dead letter of their order or "
+        "key, replayed after it)"
+        if report.followers
+        else ""
+    )
+    lines = [
+        f"read {report.read} dead letters, {verb} {report.replayed}{followers}, "
+        f"left {report.skipped} (filtered out)"
+    ]
+    if report.held:
+        behind = ", ".join(f"{r} ({n})" for r, n in sorted(report.held_behind.items()))
+        lines.append(
+            f"button-consumer: left {report.held} selected parked dead letter(s): the first "
+            f"dead letter of their order (or key) is in the DLQ and not selected ({behind}), so "
+            "they would be parked again; select it too (it brings them along) or replay the "
+            "whole DLQ"
+        )
+    lines.extend(f"button-consumer: {line}" for line in report.unmatched(selection))
+    if report.lagging:
+        behind = ", ".join(f"{p}: {n}" for p, n in sorted(report.lagging.items()))
+        lines.append(
+            f"button-consumer: warning: group {report.lag_group} had not consumed "
+            f"{sum(report.lagging.values())} record(s) of the partitions written to ({behind}); "
+            "it reads them before the replayed ones, so a later record of a replayed order "
+            "among them is dead-lettered again, parked; once the group's lag is 0, run "
+            "replay-dlq without filters again (it replays only what was dead-lettered since its "
+            "last run)"
+        )
+    elif report.lag_error is not None and report.replayed:
+        lines.append(
+            f"button-consumer: could not read the service group's lag ({report.lag_error}): "
+            "replay when it is 0, and run replay-dlq without filters again afterwards"
+        )
+    return lines
+
+
 def replay_command(args: argparse.Namespace) -> int:
     settings = Settings.from_env(require_api_key=False)
     selection = ReplayFilter(
@@ -417,14 +663,8 @@ def replay_command(args: argparse.Namespace) -> int:
         or not (args.reason or args.order_id or args.since or args.until),
         release_keys=args.release_keys,
     )
-    verb = "would replay" if args.dry_run else "replayed"
-    print(
-        f"read {report.read} dead letters, {verb} {report.replayed}, "
-        f"left {report.skipped} (filtered out)",
-        file=sys.stderr,
-    )
-    for line in report.unmatched(selection):
-        print(f"button-consumer: {line}", file=sys.stderr)
+    for line in summary_lines(report, selection, dry_run=args.dry_run):
+        print(line, file=sys.stderr)
     if not report.failures:
         return 0
     for failure in report.failures:

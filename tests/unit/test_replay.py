@@ -4,6 +4,7 @@ is committed when some deliveries fail (fakes of the DLQ reader and the producer
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 
 import pytest
@@ -18,8 +19,11 @@ from consumer.replay import (
     ReplayReport,
     _parse_time,
     _Rate,
+    input_lag,
+    lagging,
     replay_from,
     replay_headers,
+    summary_lines,
 )
 
 AT = 1_714_572_202_000
@@ -521,3 +525,374 @@ def test_replay_headers_carry_whether_a_parked_dead_letter_parked_its_order() ->
     assert header_map(replay_headers(follower, "0:2"))["button.replayed.parks.order"] == "false"
     older = header_map(replay_headers([("button.parked", b"true")], "0:3"))
     assert "button.replayed.parks.order" not in older
+
+
+# --- replay_from: a filtered replay takes the records parked behind what it releases -----------
+
+
+class ListedDeadLetters(FakeDeadLetters):
+    """A DLQ of the given records: ``(partition, key, headers)`` each, in DLQ order."""
+
+    def __init__(
+        self,
+        letters: Iterable[tuple[int, bytes | None, Mapping[str, str]]],
+        committed: Mapping[int, int] | None = None,
+    ) -> None:
+        self._letters: dict[int, list[tuple[bytes | None, dict[str, str]]]] = {}
+        for partition, key, headers in letters:
+            self._letters.setdefault(partition, []).append((key, dict(headers)))
+        super().__init__({p: len(rs) for p, rs in self._letters.items()}, committed)
+
+    def read(
+        self, ranges: Mapping[int, tuple[int, int]], deadline: float | None = None
+    ) -> Iterator[Record]:
+        # Partitions interleave, as PartitionReader's do: one record of each in turn.
+        cursors = {p: start for p, (start, _) in ranges.items()}
+        while cursors:
+            for p in sorted(cursors):
+                offset = cursors[p]
+                if offset >= ranges[p][1]:
+                    del cursors[p]
+                    continue
+                key, text = self._letters[p][offset]
+                headers = [
+                    ("__connect.errors.topic", b"events"),
+                    ("__connect.errors.partition", str(p).encode()),
+                    *((k, v.encode()) for k, v in text.items()),
+                ]
+                yield Record("events.dlq", p, offset, key, b"v", None, headers)
+                cursors[p] = offset + 1
+
+
+def first(order: str, reason: str = "http_400", stage: str = "TASK_PUT") -> dict[str, str]:
+    """The first dead letter of ``order`` (not parked): it parks the order."""
+    return dead_letter(
+        **{
+            "button.reason": reason,
+            "button.order.id": order,
+            "button.parked": "false",
+            "__connect.errors.stage": stage,
+        }
+    )
+
+
+def undecodable(reason: str = "bad_magic_byte") -> dict[str, str]:
+    """The dead letter of a record that could not be decoded: it parks its whole key."""
+    return {
+        "button.reason": reason,
+        "button.parked": "false",
+        "__connect.errors.stage": "VALUE_CONVERTER",
+        "button.dead.lettered.ms": str(AT),
+    }
+
+
+def parked(order: str, *, parks_order: bool = False) -> dict[str, str]:
+    """A record of ``order`` parked behind an earlier dead letter (its order's or its key's)."""
+    return dead_letter(
+        **{
+            "button.reason": "parked",
+            "button.order.id": order,
+            "button.parked": "true",
+            "button.parks.order": "true" if parks_order else "false",
+            "__connect.errors.stage": "TASK_PUT",
+        }
+    )
+
+
+def filtered(
+    reader: FakeDeadLetters, selection: ReplayFilter, *, dry_run: bool = False
+) -> tuple[ReplayReport, list[tuple[int, int]], str]:
+    """A filtered replay (nothing remembered): the report, what was sent, the dry run's lines."""
+    producer = FakeProducer()
+    out = io.StringIO()
+    report = replay_from(
+        reader,
+        None if dry_run else producer,
+        selection,
+        default_topic="events",
+        pacing=_Rate(0.0),
+        out=out,
+        remember=False,
+    )
+    return report, producer.sent, out.getvalue()
+
+
+HTTP_400 = ReplayFilter(reasons=frozenset({"http_400"}))
+
+
+def test_a_reason_filter_replays_the_records_parked_behind_each_order_it_releases() -> None:
+    """``--reason http_400`` (the troubleshooting table's command): the refused creates of X
+    and Y release their orders, so their refunds, parked behind them (reason ``parked``,
+    filtered out by the reason), are replayed after them, in DLQ order; the report counts
+    them. A parked record of another order, and a dead letter of another reason, stay."""
+    reader = ListedDeadLetters(
+        [
+            (0, b"u1", first("X")),
+            (0, b"u2", first("Y")),
+            (0, b"u3", first("Z", reason="unknown_currency", stage="TRANSFORMATION")),
+            (0, b"u1", parked("X")),
+            (0, b"u3", parked("Z")),
+            (0, b"u2", parked("Y")),
+            (0, b"u1", parked("X")),
+        ]
+    )
+
+    report, sent, _ = filtered(reader, HTTP_400)
+
+    assert sent == [(0, 0), (0, 1), (0, 3), (0, 5), (0, 6)]
+    assert (report.replayed, report.followers, report.skipped, report.held) == (5, 3, 2, 0)
+
+
+def test_followers_are_the_same_key_and_order_in_the_same_dlq_partition() -> None:
+    """A parked record follows the first dead letter of its own order under its own key
+    (the service parks per user): the same order id under another key, or in another DLQ
+    partition, does not follow it."""
+    reader = ListedDeadLetters(
+        [
+            (0, b"u1", first("X")),
+            (0, b"u9", parked("X")),
+            (1, b"u1", parked("X")),
+            (0, b"u1", parked("X")),
+        ]
+    )
+
+    report, sent, _ = filtered(reader, HTTP_400)
+
+    assert sent == [(0, 0), (0, 2)]
+    assert (report.followers, report.skipped) == (1, 2)
+
+
+def test_a_key_parked_behind_an_undecodable_record_brings_every_later_parked_record_of_it() -> None:
+    """``--reason bad_magic_byte`` replays the record that parked its user's key: every later
+    parked record of that key (whatever the order) follows it; another key's do not."""
+    reader = ListedDeadLetters(
+        [
+            (0, b"u1", parked("W")),
+            (0, b"u1", undecodable()),
+            (0, b"u1", parked("A", parks_order=True)),
+            (0, b"u2", parked("B", parks_order=True)),
+            (0, b"u1", parked("A")),
+            (0, b"u1", parked("C", parks_order=True)),
+        ]
+    )
+
+    report, sent, _ = filtered(reader, ReplayFilter(reasons=frozenset({"bad_magic_byte"})))
+
+    assert sent == [(0, 1), (0, 2), (0, 4), (0, 5)]
+    assert report.followers == 3
+
+
+def test_an_undecodable_record_without_a_key_parks_no_key_and_brings_nothing_along() -> None:
+    """Without a key there is no key to park (the service parks keyless records by order id
+    only): a keyless undecodable dead letter is followed by no parked record, and holds none
+    back."""
+    reader = ListedDeadLetters(
+        [(0, None, undecodable()), (0, None, parked("K")), (0, b"u1", undecodable())]
+    )
+
+    report, sent, _ = filtered(reader, ReplayFilter(reasons=frozenset({"bad_magic_byte"})))
+    assert (sent, report.followers) == ([(0, 0), (0, 2)], 0)
+    report, sent, _ = filtered(reader, ReplayFilter(reasons=frozenset({"parked"})))
+    assert (sent, report.held) == ([(0, 1)], 0)
+
+
+def test_a_selected_parked_record_behind_an_unselected_first_dead_letter_is_held_back() -> None:
+    """``--reason parked`` alone: each parked record's order is parked behind a first dead
+    letter the filter does not select, so replaying it alone would only park it again (and
+    it would then sit in the DLQ after its first dead letter, twice): it is left, and
+    counted apart from what was filtered out, with the reasons of those first dead letters."""
+    reader = ListedDeadLetters(
+        [
+            (0, b"u1", first("X")),
+            (0, b"u2", undecodable()),
+            (0, b"u1", parked("X")),
+            (0, b"u2", parked("B", parks_order=True)),
+        ]
+    )
+
+    report, sent, _ = filtered(reader, ReplayFilter(reasons=frozenset({"parked"})))
+
+    assert sent == []
+    assert (report.replayed, report.held, report.skipped) == (0, 2, 2)
+    assert report.held_behind == {"http_400": 1, "bad_magic_byte": 1}
+
+
+def test_the_latest_first_dead_letter_of_an_order_is_the_one_its_parked_records_follow() -> None:
+    """X released by an earlier replay and refused again later: the records parked after the
+    later first dead letter follow that one, not the earlier one the filter selects."""
+    later = first("X") | {"button.dead.lettered.ms": str(AT + 60_000)}
+    reader = ListedDeadLetters(
+        [
+            (0, b"u1", first("X")),
+            (0, b"u1", parked("X")),
+            (0, b"u1", later),
+            (0, b"u1", parked("X")),
+        ]
+    )
+
+    report, sent, _ = filtered(
+        reader, ReplayFilter(reasons=frozenset({"http_400"}), until_ms=AT + 1)
+    )
+
+    assert sent == [(0, 0), (0, 1)]
+    assert (report.followers, report.held, report.skipped) == (1, 0, 2)
+
+
+def test_an_order_id_filter_replays_the_order_in_order_and_counts_no_follower() -> None:
+    """``--order-id X`` selects X's first dead letter and its parked records itself: all are
+    replayed, in DLQ order, none counted as added."""
+    reader = ListedDeadLetters(
+        [(0, b"u1", first("X")), (0, b"u2", first("Y")), (0, b"u1", parked("X"))]
+    )
+
+    report, sent, _ = filtered(reader, ReplayFilter(order_ids=frozenset({"X"})))
+
+    assert sent == [(0, 0), (0, 2)]
+    assert (report.replayed, report.followers, report.skipped) == (2, 0, 1)
+
+
+def test_a_selected_parked_record_whose_first_dead_letter_is_not_read_is_replayed() -> None:
+    """A filtered replay with ``--group-id`` starts where that group stands: a parked record
+    whose first dead letter an earlier run replayed (no longer read) is replayed when
+    selected, as a whole-DLQ replay would."""
+    reader = ListedDeadLetters(
+        [(0, b"u1", first("X")), (0, b"u1", parked("X")), (0, b"u2", parked("Y"))],
+        committed={0: 1},
+    )
+    producer = FakeProducer()
+
+    report = replay_from(
+        reader,
+        producer,
+        ReplayFilter(order_ids=frozenset({"X"})),
+        default_topic="events",
+        pacing=_Rate(0.0),
+        out=io.StringIO(),
+    )
+
+    assert producer.sent == [(0, 1)]
+    assert (report.replayed, report.followers, report.held, report.skipped) == (1, 0, 0, 1)
+
+
+def test_a_dry_run_lists_the_followers_with_the_dead_letter_they_follow() -> None:
+    """``--dry-run --reason http_400``: each added parked record is listed after its order's
+    first dead letter, naming it (``follows``)."""
+    reader = ListedDeadLetters([(0, b"u1", first("X")), (0, b"u1", parked("X"))])
+
+    report, _, out = filtered(reader, HTTP_400, dry_run=True)
+
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [(line["dlq"], line["reason"], line.get("follows")) for line in lines] == [
+        ("0:0", "http_400", None),
+        ("0:1", "parked", "0:0"),
+    ]
+    assert (report.replayed, report.followers) == (2, 1)
+
+
+def test_a_whole_dlq_replay_is_unchanged() -> None:
+    """No filter: every dead letter is replayed in DLQ order, none counted as added or held."""
+    reader = ListedDeadLetters(
+        [(0, b"u1", first("X")), (0, b"u2", parked("Y")), (0, b"u1", parked("X"))]
+    )
+
+    report, sent, _ = filtered(reader, ReplayFilter())
+
+    assert sent == [(0, 0), (0, 1), (0, 2)]
+    assert (report.replayed, report.followers, report.held, report.skipped) == (3, 0, 0, 0)
+
+
+def test_the_summary_says_how_many_followers_were_added_and_what_was_held() -> None:
+    """What ``replay-dlq`` prints: the followers in the replayed count, the held parked
+    records apart from what was filtered out, with what to do about them."""
+    report = ReplayReport(
+        read=30,
+        replayed=24,
+        skipped=4,
+        followers=12,
+        held=2,
+        held_behind={"http_404": 2},
+        reasons={"http_400": 12, "parked": 14, "http_404": 4},
+    )
+
+    assert summary_lines(report, HTTP_400, dry_run=False) == [
+        "read 30 dead letters, replayed 24 (12 of them parked behind the first dead letter of "
+        "their order or key, replayed after it), left 4 (filtered out)",
+        "button-consumer: left 2 selected parked dead letter(s): the first dead letter of "
+        "their order (or key) is in the DLQ and not selected (http_404 (2)), so they would be "
+        "parked again; select it too (it brings them along) or replay the whole DLQ",
+    ]
+    plain = ReplayReport(read=3, replayed=3)
+    assert summary_lines(plain, ReplayFilter(), dry_run=True) == [
+        "read 3 dead letters, would replay 3, left 0 (filtered out)"
+    ]
+
+
+# --- the service's lag when the replay writes ---------------------------------------------------
+
+
+class FakeInput(FakeDeadLetters):
+    """The input topic as the service's group sees it: ``(low, high)`` and the committed offset
+    (``None``: nothing committed) per partition."""
+
+    topic = "events"
+
+    def __init__(self, partitions: Mapping[int, tuple[int, int, int | None]]) -> None:
+        super().__init__({p: high for p, (_, high, _) in partitions.items()})
+        self._input = dict(partitions)
+
+    def watermarks(self, partitions: Iterable[int], deadline: float) -> dict[int, tuple[int, int]]:
+        return {p: self._input[p][:2] for p in partitions}
+
+    def committed(self, partitions: Iterable[int], timeout: float = 30.0) -> dict[int, int | None]:
+        return {p: self._input[p][2] for p in partitions}
+
+
+def test_the_input_lag_is_what_the_group_has_not_consumed_per_partition() -> None:
+    """Per partition of the input topic, the records after the group's committed offset (all
+    of them from the first when it committed nothing); partitions without lag are left out."""
+    reader = FakeInput({0: (0, 7, 5), 1: (2, 4, None), 2: (0, 7, 7), 3: (0, 0, None)})
+
+    assert input_lag(reader) == {0: 2, 1: 2}
+
+
+def test_the_report_names_the_input_partitions_the_replay_wrote_to() -> None:
+    """Where the replayed records went (topic and partition, from their headers), so the lag
+    of the partitions written to, and no other, can be told."""
+    reader = ListedDeadLetters([(0, b"u1", first("X")), (1, b"u2", first("Y"))])
+
+    report, _, _ = filtered(reader, ReplayFilter())
+
+    assert report.targets == {("events", 0), ("events", 1)}
+
+
+def test_only_the_lag_of_the_partitions_written_to_matters() -> None:
+    """A lagging partition the replay did not write to cannot run a replayed record's order
+    out of order: left out. A record written without a partition (the producer chose) may be
+    behind any of them."""
+    lag = {0: 3, 2: 1}
+
+    assert lagging(lag, {("events", 0), ("events", 1), ("other", 2)}, "events") == {0: 3}
+    assert lagging(lag, {("events", None)}, "events") == {0: 3, 2: 1}
+    assert lagging({}, {("events", 0)}, "events") == {}
+
+
+def test_the_summary_warns_when_the_service_had_not_consumed_what_is_ahead_of_the_replay() -> None:
+    """The group lagged on a partition written to: a later record of a replayed order among
+    the records it had not consumed is read first and parked again; the operator is told to
+    replay the whole DLQ again once the lag is 0."""
+    report = ReplayReport(
+        read=1, replayed=1, reasons={"http_400": 1}, lagging={0: 3, 4: 1}, lag_group="svc"
+    )
+
+    assert summary_lines(report, ReplayFilter(), dry_run=False)[1:] == [
+        "button-consumer: warning: group svc had not consumed 4 record(s) of the partitions "
+        "written to (0: 3, 4: 1); it reads them before the replayed ones, so a later record of "
+        "a replayed order among them is dead-lettered again, parked; once the group's lag is "
+        "0, run replay-dlq without filters again (it replays only what was dead-lettered since "
+        "its last run)"
+    ]
+    unknown = ReplayReport(read=1, replayed=1, reasons={"http_400": 1}, lag_error="denied")
+    assert summary_lines(unknown, ReplayFilter(), dry_run=False)[1:] == [
+        "button-consumer: could not read the service group's lag (denied): replay when it is "
+        "0, and run replay-dlq without filters again afterwards"
+    ]
