@@ -310,7 +310,12 @@ def refuse_unfit_topics(settings: Settings, admin: AdminClient | None = None) ->
     problems = validate_topics(settings, admin)
     for problem in problems:
         if not problem.fatal:
-            log.warning("topic_unfit", topic=problem.topic, problem=problem.message)
+            log.warning(
+                "topic_unfit",
+                topic=problem.topic,
+                setting=problem.setting,
+                problem=problem.message,
+            )
     fatal = [str(p) for p in problems if p.fatal]
     if fatal:
         raise ConfigError("topics unfit for the service: " + "; ".join(fatal))

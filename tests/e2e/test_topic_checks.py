@@ -51,6 +51,20 @@ def test_a_changelog_with_another_partition_count_is_refused_without_topic_creat
         runner.stop(timeout=60)
 
 
+def test_a_compacted_dlq_is_refused_at_start(make_topic, service_settings, extra_topics):
+    """A pre-created DLQ with cleanup.policy=compact stops the service before it consumes:
+    dead letters carry the user's key, so compaction would keep only a user's last one."""
+    topic = make_topic(partitions=2, prefix="fit")
+    settings = service_settings(topic)
+    extra_topics(
+        settings, settings.kafka.dlq_topic, partitions=2, config={"cleanup.policy": "compact"}
+    )
+
+    runner = ServiceRunner(settings).start()
+    with pytest.raises(ConfigError, match=r"KAFKA_DLQ_TOPIC.*cleanup.policy is 'compact'"):
+        runner.stop(timeout=60)
+
+
 @pytest.fixture
 def extra_topics() -> Iterator[Callable[..., None]]:
     """``extra_topics(settings, name, partitions=, config=)``: create a topic, deleted after."""
