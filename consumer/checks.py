@@ -25,6 +25,7 @@ from confluent_kafka.admin._config import ConfigResource
 from consumer.adapters.button_client import ButtonClient
 from consumer.adapters.kafka import kafka_error_text
 from consumer.domain.outcomes import OutcomeKind
+from consumer.domain.topics import changelog_policy_problem, dlq_policy_problem
 from consumer.settings import (
     ButtonSettings,
     DeliverySettings,
@@ -199,7 +200,8 @@ _WEEK_MS = 7 * 24 * 3600 * 1000
 def _check_topic_configs(
     admin: AdminClient, k: KafkaSettings, names: list[str], timeout: float
 ) -> list[Finding]:
-    """Cleanup policy and retention: the changelog compacted, the DLQ and input deleted."""
+    """Cleanup policy and retention: the changelog compacted only and the DLQ not compacted,
+    by the rules ``run`` refuses them with (``consumer.domain.topics``); the input deleted."""
     if not names:
         return []
     resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in names]
@@ -224,25 +226,18 @@ def _check_topic_configs(
         retention = int(entries["retention.ms"].value) if "retention.ms" in entries else -1
         kept = "forever" if retention < 0 else f"{retention / 86_400_000:g} days"
         if name == k.profile_topic:
-            ok = "compact" in policy
+            unfit = changelog_policy_problem(policy)
             out.append(
                 Finding(
-                    "ok" if ok else "fail",
+                    "ok" if unfit is None else "fail",
                     variable,
-                    f"topic {name}: cleanup.policy={policy}"
-                    + ("" if ok else ": the profile changelog must be compacted"),
+                    f"topic {name}: " + (f"cleanup.policy={policy}" if unfit is None else unfit),
                 )
             )
         elif name == k.dlq_topic:
-            if "compact" in policy:
-                out.append(
-                    Finding(
-                        "fail",
-                        variable,
-                        f"topic {name}: cleanup.policy={policy}: compaction would drop "
-                        "dead letters of the same key",
-                    )
-                )
+            unfit = dlq_policy_problem(policy)
+            if unfit is not None:
+                out.append(Finding("fail", variable, f"topic {name}: {unfit}"))
             elif 0 <= retention < _WEEK_MS:
                 out.append(
                     Finding(

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Iterator
 
 import pytest
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from consumer import checks
 from consumer.bootstrap import validate_topics
 from consumer.errors import ConfigError
+from consumer.sandbox.testing import SandboxHandle
 from consumer.settings import Settings
 from tests.e2e.harness import ServiceRunner
 
@@ -63,6 +66,46 @@ def test_a_compacted_dlq_is_refused_at_start(make_topic, service_settings, extra
     runner = ServiceRunner(settings).start()
     with pytest.raises(ConfigError, match=r"KAFKA_DLQ_TOPIC.*cleanup.policy is 'compact'"):
         runner.stop(timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("changelog_policy", "dlq_policy"),
+    [
+        ("compact", "delete"),
+        ("compact,delete", "delete"),
+        ("delete", "delete"),
+        ("compact", "compact"),
+        ("compact", "compact,delete"),
+    ],
+)
+def test_check_and_run_agree_on_cleanup_policies(
+    changelog_policy: str,
+    dlq_policy: str,
+    make_topic: Callable[..., str],
+    kafka_bootstrap: str,
+    sandbox: SandboxHandle,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``check`` fails a topic's setting exactly when ``run`` refuses that topic (one rule)."""
+    topic = make_topic(partitions=2, prefix="agree")
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_TOPIC": topic,
+        "KAFKA_GROUP_ID": f"{topic}-group",
+        "KAFKA_PROFILE_TOPIC": make_topic(2, {"cleanup.policy": changelog_policy}, prefix="cl"),
+        "KAFKA_DLQ_TOPIC": make_topic(2, {"cleanup.policy": dlq_policy}, prefix="dlq"),
+        "BUTTON_API_KEY": sandbox.api_key,
+        "BUTTON_BASE_URL": sandbox.base_url,
+    }
+    checks.check(as_json=True, timeout=10.0, environ=env)
+    document = json.loads(capsys.readouterr().out)
+    check_fails = {c["setting"] for c in document["checks"] if c["status"] == "fail"}
+    run_refuses = {p.setting for p in validate_topics(Settings.from_env(env)) if p.fatal}
+    topic_settings = {"KAFKA_TOPIC", "KAFKA_PROFILE_TOPIC", "KAFKA_DLQ_TOPIC"}
+    assert check_fails & topic_settings == run_refuses
+    expected = {"KAFKA_PROFILE_TOPIC"} if changelog_policy != "compact" else set()
+    expected |= {"KAFKA_DLQ_TOPIC"} if "compact" in dlq_policy else set()
+    assert run_refuses == expected
 
 
 @pytest.fixture
