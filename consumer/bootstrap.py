@@ -28,7 +28,12 @@ from consumer.adapters.admin import AdminServer, DeliveryLog, Health, TestEventF
 from consumer.adapters.avro_codec import LocalDecoder, RegistryDecoder, build_decoder
 from consumer.adapters.button_client import ButtonClient
 from consumer.adapters.kafka import KafkaSource, kafka_error_text
-from consumer.adapters.kafka_admin import admin_client, describe_topics, ensure_topics
+from consumer.adapters.kafka_admin import (
+    admin_client,
+    committed_partitions,
+    describe_topics,
+    ensure_topics,
+)
 from consumer.adapters.kafka_producer import AckingProducer
 from consumer.adapters.logging import configure_logging
 from consumer.adapters.malloc import fix_mmap_threshold
@@ -204,20 +209,57 @@ def prepare_topics(settings: Settings, *, create: bool) -> None:
     refuse topics the service cannot keep its guarantees with. One admin client serves every
     request (one connection to wait for, not one per step).
 
+    A missing changelog is created only for a group that has committed no offset on the input
+    (``refuse_a_lost_changelog``). Each creation is logged at info (``topic_created``).
+
     Raises:
         ConfigError: the input topic is missing, the changelog is not co-partitioned with it,
-            or the topics are unfit (``refuse_unfit_topics``).
+            it is missing while the group has committed offsets on the input, or the topics are
+            unfit (``refuse_unfit_topics``).
         BrokerError: the topics could not be described or created.
     """
     s = settings
     admin = admin_client(s.kafka.admin_config())
     if create:
         count = _partition_count(admin, s)
-        source = describe_topics(admin, [s.kafka.topic])[s.kafka.topic]
+        k = s.kafka
+        states = describe_topics(admin, [k.topic, k.profile_topic])
+        source = states[k.topic]
+        if not states[k.profile_topic].exists:
+            refuse_a_lost_changelog(admin, s, source.partitions)
         dlq, changelog = created_topic_configs(topic_plan(s), source.replication)
         topics = {s.kafka.dlq_topic: dlq, s.kafka.profile_topic: changelog}
         ensure_topics(admin, topics, partitions=count, replication=source.replication)
     refuse_unfit_topics(s, admin)
+
+
+def refuse_a_lost_changelog(admin: AdminClient, settings: Settings, partitions: int) -> None:
+    """Refuse to create a missing changelog for a group that has committed offsets on the input.
+
+    Its profiles (remembered tokens, order ledgers with applied refunds, parked orders) were in
+    a changelog that is gone (deleted, or ``KAFKA_PROFILE_TOPIC`` changed): an empty one would
+    restore nothing while the group goes on past the records that built them, so every later
+    partial refund of a known order would be held as unknown (``refund_held``) and Button keep
+    the total from before it. A new group (nothing committed) gets its changelog created.
+
+    Raises:
+        ConfigError: the group has committed offsets on the input topic.
+        BrokerError: the group's offsets could not be read.
+    """
+    k = settings.kafka
+    committed = committed_partitions(admin, k.group_id, k.topic, partitions)
+    if not committed:
+        return
+    raise ConfigError(
+        f"KAFKA_PROFILE_TOPIC: the profile changelog {k.profile_topic!r} does not exist, but "
+        f"consumer group {k.group_id!r} (KAFKA_GROUP_ID) has committed offsets on "
+        f"{k.topic!r} (partitions {sorted(committed)}): its profiles were in that changelog, "
+        "and starting with an empty one would treat every later refund of an order it already "
+        "sent as unknown. It is not created automatically for a group that has consumed. To "
+        f"go on on purpose, either create {k.profile_topic!r} yourself (cleanup.policy=compact, "
+        f"{partitions} partitions, as README 'Topics' lists), accepting that every profile "
+        "starts empty, or use a new KAFKA_GROUP_ID (it starts at KAFKA_AUTO_OFFSET_RESET)"
+    )
 
 
 def _partition_count(admin: AdminClient, settings: Settings) -> int | None:

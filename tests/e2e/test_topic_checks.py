@@ -7,15 +7,17 @@ import json
 from collections.abc import Callable, Iterator
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
+from structlog.testing import capture_logs
 
 from consumer import checks
-from consumer.bootstrap import validate_topics
+from consumer.bootstrap import prepare_topics, validate_topics
 from consumer.errors import ConfigError
 from consumer.sandbox.testing import SandboxHandle
 from consumer.settings import Settings
-from tests.e2e.harness import ServiceRunner
+from tests.e2e.harness import ServiceRunner, produce_raw
 
 pytestmark = pytest.mark.broker
 
@@ -106,6 +108,63 @@ def test_check_and_run_agree_on_cleanup_policies(
     expected = {"KAFKA_PROFILE_TOPIC"} if changelog_policy != "compact" else set()
     expected |= {"KAFKA_DLQ_TOPIC"} if "compact" in dlq_policy else set()
     assert run_refuses == expected
+
+
+def test_a_lost_changelog_is_not_recreated_for_a_group_with_committed_offsets(
+    make_topic, service_settings, kafka_bootstrap
+):
+    """The changelog is gone (deleted while the service was stopped) but the group has
+    committed offsets on the input: an empty changelog would restore no profile and skip every
+    later refund as ``refund_held``. ``run`` refuses, naming KAFKA_PROFILE_TOPIC and the group,
+    and creates nothing."""
+    topic = make_topic(partitions=2, prefix="lost")
+    settings = service_settings(topic)
+    group = settings.kafka.group_id
+    produce_raw(kafka_bootstrap, topic, [(b"user-1", b"\x07", 0)])
+    committer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group})
+    try:
+        committer.commit(offsets=[TopicPartition(topic, 0, 1)], asynchronous=False)
+    finally:
+        committer.close()
+
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    runner = ServiceRunner(settings).start()
+    try:
+        with pytest.raises(ConfigError) as refused:
+            runner.stop(timeout=60)
+        message = str(refused.value)
+        assert "KAFKA_PROFILE_TOPIC" in message
+        assert group in message
+        assert "create" in message  # how to proceed on purpose
+        assert settings.kafka.profile_topic not in admin.list_topics(timeout=10).topics
+    finally:
+        names = [settings.kafka.profile_topic, settings.kafka.dlq_topic]
+        for future in admin.delete_topics(names, operation_timeout=30).values():
+            with contextlib.suppress(Exception):
+                future.result(timeout=30)
+
+
+def test_a_new_groups_changelog_and_dlq_are_created_and_logged(
+    make_topic, service_settings, kafka_bootstrap
+):
+    """A group without committed offsets gets its changelog and DLQ created at start, each
+    creation logged at info."""
+    topic = make_topic(partitions=2, prefix="new")
+    settings = service_settings(topic)
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    created = (settings.kafka.profile_topic, settings.kafka.dlq_topic)
+    try:
+        with capture_logs() as logs:
+            prepare_topics(settings, create=True)
+        listed = admin.list_topics(timeout=10).topics
+        assert all(name in listed for name in created)
+        logged = {e["topic"] for e in logs if e["event"] == "topic_created"}
+        assert logged == set(created)
+        assert {e["log_level"] for e in logs if e["event"] == "topic_created"} == {"info"}
+    finally:
+        for future in admin.delete_topics(list(created), operation_timeout=30).values():
+            with contextlib.suppress(Exception):
+                future.result(timeout=30)
 
 
 @pytest.fixture
