@@ -50,7 +50,13 @@ from consumer.domain.mapping import MappingConfig
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import RetryPolicy
 from consumer.domain.profile_epoch import FENCE_KEY, fence_value
-from consumer.domain.topics import TopicPlan, TopicProblem, created_topic_configs, topic_problems
+from consumer.domain.topics import (
+    TopicPlan,
+    TopicProblem,
+    created_topic_configs,
+    lost_changelog_problem,
+    topic_problems,
+)
 from consumer.engine.authgate import AuthGate
 from consumer.engine.breaker import CircuitBreaker
 from consumer.engine.concurrency import QUEUE_RATIO, AdaptiveLimiter, PauseGate, TokenBucket
@@ -248,18 +254,11 @@ def refuse_a_lost_changelog(admin: AdminClient, settings: Settings, partitions: 
     """
     k = settings.kafka
     committed = committed_partitions(admin, k.group_id, k.topic, partitions)
-    if not committed:
-        return
-    raise ConfigError(
-        f"KAFKA_PROFILE_TOPIC: the profile changelog {k.profile_topic!r} does not exist, but "
-        f"consumer group {k.group_id!r} (KAFKA_GROUP_ID) has committed offsets on "
-        f"{k.topic!r} (partitions {sorted(committed)}): its profiles were in that changelog, "
-        "and starting with an empty one would treat every later refund of an order it already "
-        "sent as unknown. It is not created automatically for a group that has consumed. To "
-        f"go on on purpose, either create {k.profile_topic!r} yourself (cleanup.policy=compact, "
-        f"{partitions} partitions, as README 'Topics' lists), accepting that every profile "
-        "starts empty, or use a new KAFKA_GROUP_ID (it starts at KAFKA_AUTO_OFFSET_RESET)"
+    problem = lost_changelog_problem(
+        k.profile_topic, k.group_id, k.topic, sorted(committed), partitions
     )
+    if problem is not None:
+        raise ConfigError(f"KAFKA_PROFILE_TOPIC: {problem}")
 
 
 def _partition_count(admin: AdminClient, settings: Settings) -> int | None:

@@ -24,8 +24,14 @@ from confluent_kafka.admin._config import ConfigResource
 
 from consumer.adapters.button_client import ButtonClient
 from consumer.adapters.kafka import kafka_error_text
+from consumer.adapters.kafka_admin import committed_partitions
 from consumer.domain.outcomes import OutcomeKind
-from consumer.domain.topics import changelog_policy_problem, dlq_policy_problem
+from consumer.domain.topics import (
+    changelog_policy_problem,
+    dlq_policy_problem,
+    lost_changelog_problem,
+)
+from consumer.errors import BrokerError
 from consumer.settings import (
     ButtonSettings,
     DeliverySettings,
@@ -166,6 +172,11 @@ def _check_kafka(
             )
         elif topic is None or error is not None:
             will = k.create_topics and name != k.topic
+            changelog = will and name == k.profile_topic
+            lost = _lost_changelog(admin, k, metadata, timeout) if changelog else None
+            if lost is not None:
+                out.append(lost)
+                continue
             status: Literal["ok", "fail"] = "ok" if will else "fail"
             out.append(
                 Finding(
@@ -192,6 +203,26 @@ def _check_kafka(
     out.extend(_check_topic_configs(admin, k, [n for n in variables if n in counts], timeout))
     out.append(_check_group(admin, k, timeout))
     return out
+
+
+def _lost_changelog(
+    admin: AdminClient, k: KafkaSettings, metadata: Any, timeout: float
+) -> Finding | None:
+    """The missing changelog's line when ``run`` would refuse to create it: the group has
+    committed offsets on the input (``consumer.domain.topics.lost_changelog_problem``, the rule
+    ``run`` applies); None when it would be created."""
+    source = metadata.topics.get(k.topic)
+    if source is None or source.error is not None or not source.partitions:
+        return None
+    partitions = len(source.partitions)
+    try:
+        committed = committed_partitions(admin, k.group_id, k.topic, partitions, timeout)
+    except BrokerError as exc:
+        return Finding("warn", "KAFKA_PROFILE_TOPIC", f"topic {k.profile_topic}: missing; {exc}")
+    problem = lost_changelog_problem(
+        k.profile_topic, k.group_id, k.topic, sorted(committed), partitions
+    )
+    return None if problem is None else Finding("fail", "KAFKA_PROFILE_TOPIC", problem)
 
 
 _WEEK_MS = 7 * 24 * 3600 * 1000

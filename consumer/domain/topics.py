@@ -11,7 +11,7 @@ reported by ``check``. The cleanup-policy rules (``changelog_policy_problem``,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 NO_LIMIT_MS = 9_223_372_036_854_775_807
@@ -124,6 +124,32 @@ def created_topic_configs(plan: TopicPlan, replication: int) -> tuple[dict[str, 
         "segment.ms": str(min(plan.profile_max_compaction_lag_ms, 86_400_000)),
     }
     return dlq, changelog
+
+
+def lost_changelog_problem(
+    changelog: str, group: str, topic: str, committed: Sequence[int], partitions: int
+) -> str | None:
+    """Why a missing changelog must not be created for this group (None: it may be).
+
+    ``committed``: the partitions of the input ``topic`` on which ``group`` has committed an
+    offset. A group that has consumed kept its profiles (remembered tokens, order ledgers with
+    applied refunds, parked orders) in a changelog that is gone (deleted, or
+    ``KAFKA_PROFILE_TOPIC`` changed): an empty one would restore nothing while the group goes on
+    after the records that built them, so every later partial refund of an order it sent would
+    be held as unknown (``refund_held``) and Button keep the total from before it.
+    """
+    if not committed:
+        return None
+    return (
+        f"the profile changelog {changelog!r} does not exist, but consumer group {group!r} "
+        f"(KAFKA_GROUP_ID) has committed offsets on {topic!r} (partitions {sorted(committed)}): "
+        "its profiles were in that changelog, and starting with an empty one would treat every "
+        "later refund of an order it already sent as unknown. It is not created automatically "
+        f"for a group that has consumed. To go on on purpose, either create {changelog!r} "
+        f"yourself (cleanup.policy=compact, {partitions} partitions, as README 'Topics' lists), "
+        "accepting that every profile starts empty, or use a new KAFKA_GROUP_ID (it starts at "
+        "KAFKA_AUTO_OFFSET_RESET)"
+    )
 
 
 def topic_problems(
