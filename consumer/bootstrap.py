@@ -28,7 +28,12 @@ from consumer.adapters.admin import AdminServer, DeliveryLog, Health, TestEventF
 from consumer.adapters.avro_codec import LocalDecoder, RegistryDecoder, build_decoder
 from consumer.adapters.button_client import ButtonClient
 from consumer.adapters.kafka import KafkaSource, kafka_error_text
-from consumer.adapters.kafka_admin import admin_client, describe_topics, ensure_topics
+from consumer.adapters.kafka_admin import (
+    admin_client,
+    committed_partitions,
+    describe_topics,
+    ensure_topics,
+)
 from consumer.adapters.kafka_producer import AckingProducer
 from consumer.adapters.logging import configure_logging
 from consumer.adapters.malloc import fix_mmap_threshold
@@ -45,7 +50,13 @@ from consumer.domain.mapping import MappingConfig
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import RetryPolicy
 from consumer.domain.profile_epoch import FENCE_KEY, fence_value
-from consumer.domain.topics import TopicPlan, TopicProblem, created_topic_configs, topic_problems
+from consumer.domain.topics import (
+    TopicPlan,
+    TopicProblem,
+    created_topic_configs,
+    lost_changelog_problem,
+    topic_problems,
+)
 from consumer.engine.authgate import AuthGate
 from consumer.engine.breaker import CircuitBreaker
 from consumer.engine.concurrency import QUEUE_RATIO, AdaptiveLimiter, PauseGate, TokenBucket
@@ -204,20 +215,50 @@ def prepare_topics(settings: Settings, *, create: bool) -> None:
     refuse topics the service cannot keep its guarantees with. One admin client serves every
     request (one connection to wait for, not one per step).
 
+    A missing changelog is created only for a group that has committed no offset on the input
+    (``refuse_a_lost_changelog``). Each creation is logged at info (``topic_created``).
+
     Raises:
         ConfigError: the input topic is missing, the changelog is not co-partitioned with it,
-            or the topics are unfit (``refuse_unfit_topics``).
+            it is missing while the group has committed offsets on the input, or the topics are
+            unfit (``refuse_unfit_topics``).
         BrokerError: the topics could not be described or created.
     """
     s = settings
     admin = admin_client(s.kafka.admin_config())
     if create:
         count = _partition_count(admin, s)
-        source = describe_topics(admin, [s.kafka.topic])[s.kafka.topic]
+        k = s.kafka
+        states = describe_topics(admin, [k.topic, k.profile_topic])
+        source = states[k.topic]
+        if not states[k.profile_topic].exists:
+            refuse_a_lost_changelog(admin, s, source.partitions)
         dlq, changelog = created_topic_configs(topic_plan(s), source.replication)
         topics = {s.kafka.dlq_topic: dlq, s.kafka.profile_topic: changelog}
         ensure_topics(admin, topics, partitions=count, replication=source.replication)
     refuse_unfit_topics(s, admin)
+
+
+def refuse_a_lost_changelog(admin: AdminClient, settings: Settings, partitions: int) -> None:
+    """Refuse to create a missing changelog for a group that has committed offsets on the input.
+
+    Its profiles (remembered tokens, order ledgers with applied refunds, parked orders) were in
+    a changelog that is gone (deleted, or ``KAFKA_PROFILE_TOPIC`` changed): an empty one would
+    restore nothing while the group goes on past the records that built them, so every later
+    partial refund of a known order would be held as unknown (``refund_held``) and Button keep
+    the total from before it. A new group (nothing committed) gets its changelog created.
+
+    Raises:
+        ConfigError: the group has committed offsets on the input topic.
+        BrokerError: the group's offsets could not be read.
+    """
+    k = settings.kafka
+    committed = committed_partitions(admin, k.group_id, k.topic, partitions)
+    problem = lost_changelog_problem(
+        k.profile_topic, k.group_id, k.topic, sorted(committed), partitions
+    )
+    if problem is not None:
+        raise ConfigError(f"KAFKA_PROFILE_TOPIC: {problem}")
 
 
 def _partition_count(admin: AdminClient, settings: Settings) -> int | None:
@@ -310,7 +351,12 @@ def refuse_unfit_topics(settings: Settings, admin: AdminClient | None = None) ->
     problems = validate_topics(settings, admin)
     for problem in problems:
         if not problem.fatal:
-            log.warning("topic_unfit", topic=problem.topic, problem=problem.message)
+            log.warning(
+                "topic_unfit",
+                topic=problem.topic,
+                setting=problem.setting,
+                problem=problem.message,
+            )
     fatal = [str(p) for p in problems if p.fatal]
     if fatal:
         raise ConfigError("topics unfit for the service: " + "; ".join(fatal))

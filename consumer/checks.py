@@ -24,7 +24,14 @@ from confluent_kafka.admin._config import ConfigResource
 
 from consumer.adapters.button_client import ButtonClient
 from consumer.adapters.kafka import kafka_error_text
+from consumer.adapters.kafka_admin import committed_partitions
 from consumer.domain.outcomes import OutcomeKind
+from consumer.domain.topics import (
+    changelog_policy_problem,
+    dlq_policy_problem,
+    lost_changelog_problem,
+)
+from consumer.errors import BrokerError
 from consumer.settings import (
     ButtonSettings,
     DeliverySettings,
@@ -165,6 +172,11 @@ def _check_kafka(
             )
         elif topic is None or error is not None:
             will = k.create_topics and name != k.topic
+            changelog = will and name == k.profile_topic
+            lost = _lost_changelog(admin, k, metadata, timeout) if changelog else None
+            if lost is not None:
+                out.append(lost)
+                continue
             status: Literal["ok", "fail"] = "ok" if will else "fail"
             out.append(
                 Finding(
@@ -193,13 +205,34 @@ def _check_kafka(
     return out
 
 
+def _lost_changelog(
+    admin: AdminClient, k: KafkaSettings, metadata: Any, timeout: float
+) -> Finding | None:
+    """The missing changelog's line when ``run`` would refuse to create it: the group has
+    committed offsets on the input (``consumer.domain.topics.lost_changelog_problem``, the rule
+    ``run`` applies); None when it would be created."""
+    source = metadata.topics.get(k.topic)
+    if source is None or source.error is not None or not source.partitions:
+        return None
+    partitions = len(source.partitions)
+    try:
+        committed = committed_partitions(admin, k.group_id, k.topic, partitions, timeout)
+    except BrokerError as exc:
+        return Finding("warn", "KAFKA_PROFILE_TOPIC", f"topic {k.profile_topic}: missing; {exc}")
+    problem = lost_changelog_problem(
+        k.profile_topic, k.group_id, k.topic, sorted(committed), partitions
+    )
+    return None if problem is None else Finding("fail", "KAFKA_PROFILE_TOPIC", problem)
+
+
 _WEEK_MS = 7 * 24 * 3600 * 1000
 
 
 def _check_topic_configs(
     admin: AdminClient, k: KafkaSettings, names: list[str], timeout: float
 ) -> list[Finding]:
-    """Cleanup policy and retention: the changelog compacted, the DLQ and input deleted."""
+    """Cleanup policy and retention: the changelog compacted only and the DLQ not compacted,
+    by the rules ``run`` refuses them with (``consumer.domain.topics``); the input deleted."""
     if not names:
         return []
     resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in names]
@@ -224,25 +257,18 @@ def _check_topic_configs(
         retention = int(entries["retention.ms"].value) if "retention.ms" in entries else -1
         kept = "forever" if retention < 0 else f"{retention / 86_400_000:g} days"
         if name == k.profile_topic:
-            ok = "compact" in policy
+            unfit = changelog_policy_problem(policy)
             out.append(
                 Finding(
-                    "ok" if ok else "fail",
+                    "ok" if unfit is None else "fail",
                     variable,
-                    f"topic {name}: cleanup.policy={policy}"
-                    + ("" if ok else ": the profile changelog must be compacted"),
+                    f"topic {name}: " + (f"cleanup.policy={policy}" if unfit is None else unfit),
                 )
             )
         elif name == k.dlq_topic:
-            if "compact" in policy:
-                out.append(
-                    Finding(
-                        "fail",
-                        variable,
-                        f"topic {name}: cleanup.policy={policy}: compaction would drop "
-                        "dead letters of the same key",
-                    )
-                )
+            unfit = dlq_policy_problem(policy)
+            if unfit is not None:
+                out.append(Finding("fail", variable, f"topic {name}: {unfit}"))
             elif 0 <= retention < _WEEK_MS:
                 out.append(
                     Finding(

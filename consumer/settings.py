@@ -246,8 +246,13 @@ class KafkaSettings(_Section):
         replica has it, without duplicates or reordering on retries), ``linger.ms=5``,
         ``message.timeout.ms=120000`` and ``message.max.bytes`` = KAFKA_MAX_MESSAGE_BYTES, the
         ``max.message.bytes`` of the topics the service creates, so what the producer accepts
-        the topics accept. These are applied before KAFKA_CONFIG_*, which may override them, as
-        it always could.
+        the topics accept, and ``allow.auto.create.topics=false``: librdkafka's producer asks
+        the broker to create a topic it writes to that does not exist (its default, unlike its
+        consumer's), and a broker with ``auto.create.topics.enable`` (Kafka's default) creates
+        it with its own defaults (one partition, ``cleanup.policy=delete``); a deleted
+        changelog or DLQ then silently takes the writes. Without it such a write fails and the
+        service stops with an error. These are applied before KAFKA_CONFIG_*, which may override
+        them, as it always could.
 
         Returns:
             a dict of librdkafka properties (its repr hides credentials).
@@ -259,6 +264,7 @@ class KafkaSettings(_Section):
                 "linger.ms": 5,
                 "message.timeout.ms": 120_000,
                 "message.max.bytes": self.max_message_bytes,
+                "allow.auto.create.topics": False,
                 **self._common(),
             }
         )

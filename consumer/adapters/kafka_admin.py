@@ -1,5 +1,6 @@
 """Topics as the admin API sees them: their partition counts, replication and settings
-(``describe_topics``), and their creation with explicit settings (``ensure_topics``)."""
+(``describe_topics``), their creation with explicit settings (``ensure_topics``), and a group's
+committed offsets on one (``committed_partitions``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from typing import Any
 
 import structlog
 from confluent_kafka import (
+    ConsumerGroupTopicPartitions,
     KafkaError,
     KafkaException,
+    TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource
@@ -75,8 +78,9 @@ def ensure_topics(
     partitions: int | None = None,
     timeout: float = 30.0,
     replication: int = -1,
-) -> None:
-    """Create the topics that do not exist yet (the profile changelog is compacted).
+) -> list[str]:
+    """Create the topics that do not exist yet (the profile changelog is compacted), each
+    creation logged at info (``topic_created``); return the names created.
 
     Args:
         config: admin client properties, ``KafkaSettings.admin_config()``, or a client.
@@ -105,10 +109,51 @@ def ensure_topics(
         if name not in existing
     ]
     if not missing:
-        return
+        return []
+    created: list[str] = []
     for name, fut in admin.create_topics(missing, request_timeout=timeout).items():
         try:
             fut.result(timeout)
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise BrokerError(f"cannot create topic {name}: {exc}") from exc
+            continue
+        created.append(name)
+        log.info(
+            "topic_created",
+            topic=name,
+            partitions=count,
+            replication=replication,
+            config=dict(topics[name]),
+        )
+    return created
+
+
+def committed_partitions(
+    config: AdminSource, group: str, topic: str, partitions: int, timeout: float = 30.0
+) -> dict[int, int]:
+    """The partitions of ``topic`` on which ``group`` has committed an offset, with it.
+
+    A group that does not exist (or never committed on ``topic``) gives an empty dict.
+
+    Raises:
+        BrokerError: the group's offsets could not be read (not authorized, no coordinator).
+    """
+    admin = admin_client(config)
+    request = ConsumerGroupTopicPartitions(
+        group, [TopicPartition(topic, p) for p in range(partitions)]
+    )
+    try:
+        future = admin.list_consumer_group_offsets([request], request_timeout=timeout)[group]
+        answer = future.result(timeout)
+    except KafkaException as exc:
+        if exc.args[0].code() == KafkaError.GROUP_ID_NOT_FOUND:
+            return {}
+        raise BrokerError(
+            f"cannot read the committed offsets of group {group} (KAFKA_GROUP_ID): {exc}"
+        ) from exc
+    return {
+        tp.partition: tp.offset
+        for tp in answer.topic_partitions or []
+        if tp.error is None and tp.offset >= 0
+    }

@@ -3,13 +3,15 @@
 Pure: the Kafka adapter describes the topics (``TopicState``), this module says what the service
 creates (``created_topic_configs``) and what is wrong with what exists (``topic_problems``). A
 *fatal* problem means the service cannot keep its guarantees (a changelog that deletes profiles or
-is not co-partitioned, a topic that is missing): ``run`` refuses to start with every fatal
-problem in its message. Others are warnings: logged at start and reported by ``check``.
+is not co-partitioned, a compacted dead-letter topic, a topic that is missing): ``run`` refuses
+to start with every fatal problem in its message. Others are warnings: logged at start and
+reported by ``check``. The cleanup-policy rules (``changelog_policy_problem``,
+``dlq_policy_problem``) are the one rule ``run`` and ``check`` both apply.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 NO_LIMIT_MS = 9_223_372_036_854_775_807
@@ -53,9 +55,46 @@ class TopicProblem:
     topic: str
     fatal: bool
     message: str
+    setting: str = ""
+    """The variable that names the topic (``KAFKA_DLQ_TOPIC``, ...)."""
 
     def __str__(self) -> str:
-        return f"{self.topic}: {self.message}"
+        where = f"{self.topic} ({self.setting})" if self.setting else self.topic
+        return f"{where}: {self.message}"
+
+
+def _policies(policy: str) -> frozenset[str]:
+    return frozenset(p.strip() for p in policy.split(",") if p.strip())
+
+
+def changelog_policy_problem(policy: str) -> str | None:
+    """Why a profile changelog with this ``cleanup.policy`` cannot keep state (None: it can).
+
+    Only ``compact`` alone keeps every user's latest profile; ``delete`` (alone or beside
+    ``compact``) deletes profiles, parked orders and applied refunds after the retention.
+    """
+    if _policies(policy) == {"compact"}:
+        return None
+    return (
+        f"cleanup.policy is {policy!r}; the profile changelog must be 'compact' only, or "
+        "profiles (parked orders, applied refunds) are deleted and cannot be restored"
+    )
+
+
+def dlq_policy_problem(policy: str) -> str | None:
+    """Why a dead-letter topic with this ``cleanup.policy`` loses dead letters (None: fit).
+
+    Dead letters carry their source record's key, the user's: compaction keeps only a user's
+    last one, so a dead-lettered order behind a later dead letter of its user (its parked
+    refund) is lost, and ``replay-dlq`` can never deliver it.
+    """
+    if "compact" not in _policies(policy):
+        return None
+    return (
+        f"cleanup.policy is {policy!r}; the dead-letter topic must not be compacted: dead "
+        "letters carry their user's key, so compaction keeps only each user's last one and "
+        "replay-dlq cannot deliver the others; use cleanup.policy=delete"
+    )
 
 
 def created_topic_configs(plan: TopicPlan, replication: int) -> tuple[dict[str, str], ...]:
@@ -87,6 +126,32 @@ def created_topic_configs(plan: TopicPlan, replication: int) -> tuple[dict[str, 
     return dlq, changelog
 
 
+def lost_changelog_problem(
+    changelog: str, group: str, topic: str, committed: Sequence[int], partitions: int
+) -> str | None:
+    """Why a missing changelog must not be created for this group (None: it may be).
+
+    ``committed``: the partitions of the input ``topic`` on which ``group`` has committed an
+    offset. A group that has consumed kept its profiles (remembered tokens, order ledgers with
+    applied refunds, parked orders) in a changelog that is gone (deleted, or
+    ``KAFKA_PROFILE_TOPIC`` changed): an empty one would restore nothing while the group goes on
+    after the records that built them, so every later partial refund of an order it sent would
+    be held as unknown (``refund_held``) and Button keep the total from before it.
+    """
+    if not committed:
+        return None
+    return (
+        f"the profile changelog {changelog!r} does not exist, but consumer group {group!r} "
+        f"(KAFKA_GROUP_ID) has committed offsets on {topic!r} (partitions {sorted(committed)}): "
+        "its profiles were in that changelog, and starting with an empty one would treat every "
+        "later refund of an order it already sent as unknown. It is not created automatically "
+        f"for a group that has consumed. To go on on purpose, either create {changelog!r} "
+        f"yourself (cleanup.policy=compact, {partitions} partitions, as README 'Topics' lists), "
+        "accepting that every profile starts empty, or use a new KAFKA_GROUP_ID (it starts at "
+        "KAFKA_AUTO_OFFSET_RESET)"
+    )
+
+
 def topic_problems(
     source: TopicState, changelog: TopicState, dlq: TopicState, plan: TopicPlan
 ) -> list[TopicProblem]:
@@ -94,27 +159,27 @@ def topic_problems(
 
     Fatal: a missing topic; a changelog whose ``cleanup.policy`` is not exactly ``compact``
     (``delete`` loses profiles, parked orders and applied refunds after the retention) or whose
-    partition count differs from the input's (co-partitioning, DESIGN 7). Warnings: a record
-    limit below the producers', fewer replicas than the input, a dead-letter topic whose
-    retention counts from the source timestamp, and a changelog that keeps superseded values
+    partition count differs from the input's (co-partitioning, DESIGN 7); a dead-letter topic
+    whose ``cleanup.policy`` includes ``compact`` (it keeps one dead letter per user).
+    Warnings: a record limit below the producers', fewer replicas than the input, a dead-letter
+    topic whose retention counts from the source timestamp, and a changelog that keeps
+    superseded values
     without a bound.
     """
     problems: list[TopicProblem] = []
-    for state, role in ((source, "input"), (changelog, "profile changelog"), (dlq, "DLQ")):
+    for state, role, setting in (
+        (source, "input", "KAFKA_TOPIC"),
+        (changelog, "profile changelog", "KAFKA_PROFILE_TOPIC"),
+        (dlq, "DLQ", "KAFKA_DLQ_TOPIC"),
+    ):
         if not state.exists:
-            problems.append(TopicProblem(state.name, True, f"the {role} topic does not exist"))
-    if changelog.exists:
-        policy = changelog.config.get("cleanup.policy", "delete")
-        if {p.strip() for p in policy.split(",")} != {"compact"}:
             problems.append(
-                TopicProblem(
-                    changelog.name,
-                    True,
-                    f"cleanup.policy is {policy!r}; the profile changelog must be 'compact' "
-                    "only, or profiles (parked orders, applied refunds) are deleted and cannot "
-                    "be restored",
-                )
+                TopicProblem(state.name, True, f"the {role} topic does not exist", setting)
             )
+    if changelog.exists:
+        unfit = changelog_policy_problem(changelog.config.get("cleanup.policy", "delete"))
+        if unfit is not None:
+            problems.append(TopicProblem(changelog.name, True, unfit, "KAFKA_PROFILE_TOPIC"))
         if source.exists and changelog.partitions != source.partitions:
             problems.append(
                 TopicProblem(
@@ -123,6 +188,7 @@ def topic_problems(
                     f"has {changelog.partitions} partitions but {source.name} has "
                     f"{source.partitions}; the profile changelog must be co-partitioned with "
                     "the input",
+                    "KAFKA_PROFILE_TOPIC",
                 )
             )
         lag = int(changelog.config.get("max.compaction.lag.ms", NO_LIMIT_MS))
@@ -133,21 +199,11 @@ def topic_problems(
                     False,
                     "max.compaction.lag.ms is unbounded: superseded profile values (advertising "
                     "IDs) may stay in the log indefinitely",
+                    "KAFKA_PROFILE_TOPIC",
                 )
             )
-    if dlq.exists:
-        retention = int(dlq.config.get("retention.ms", "-1"))
-        if retention >= 0 and dlq.config.get("message.timestamp.type") != "LogAppendTime":
-            problems.append(
-                TopicProblem(
-                    dlq.name,
-                    False,
-                    "message.timestamp.type is not LogAppendTime: dead letters keep the source "
-                    "timestamp, so retention.ms counts from the event and an old record's dead "
-                    "letter may be deleted at once",
-                )
-            )
-    for state in (changelog, dlq):
+    problems.extend(_dlq_problems(dlq))
+    for state, setting in ((changelog, "KAFKA_PROFILE_TOPIC"), (dlq, "KAFKA_DLQ_TOPIC")):
         if not state.exists:
             continue
         limit = int(state.config.get("max.message.bytes", str(plan.max_message_bytes)))
@@ -158,6 +214,7 @@ def topic_problems(
                     False,
                     f"max.message.bytes is {limit}, below KAFKA_MAX_MESSAGE_BYTES "
                     f"({plan.max_message_bytes}): larger records are refused by the broker",
+                    setting,
                 )
             )
         if source.exists and state.replication < source.replication:
@@ -167,6 +224,30 @@ def topic_problems(
                     False,
                     f"has {state.replication} replicas, fewer than {source.name} "
                     f"({source.replication})",
+                    setting,
                 )
             )
+    return problems
+
+
+def _dlq_problems(dlq: TopicState) -> list[TopicProblem]:
+    """An existing dead-letter topic's cleanup policy and timestamps (``topic_problems``)."""
+    problems: list[TopicProblem] = []
+    if not dlq.exists:
+        return problems
+    unfit = dlq_policy_problem(dlq.config.get("cleanup.policy", "delete"))
+    if unfit is not None:
+        problems.append(TopicProblem(dlq.name, True, unfit, "KAFKA_DLQ_TOPIC"))
+    retention = int(dlq.config.get("retention.ms", "-1"))
+    if retention >= 0 and dlq.config.get("message.timestamp.type") != "LogAppendTime":
+        problems.append(
+            TopicProblem(
+                dlq.name,
+                False,
+                "message.timestamp.type is not LogAppendTime: dead letters keep the source "
+                "timestamp, so retention.ms counts from the event and an old record's dead "
+                "letter may be deleted at once",
+                "KAFKA_DLQ_TOPIC",
+            )
+        )
     return problems

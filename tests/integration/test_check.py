@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from consumer import checks
 from consumer.sandbox.testing import SandboxHandle, run_sandbox
@@ -141,3 +142,26 @@ def test_a_property_librdkafka_refuses_is_a_failure_naming_its_variable(
     assert (code, list(failed)) == (1, [variable])
     assert message in failed[variable]
     assert any(c["setting"] == "BUTTON_API_KEY" and c["status"] == "ok" for c in document["checks"])
+
+
+def test_a_lost_changelog_fails_as_run_refuses_it(
+    good_env: dict[str, str], kafka_bootstrap: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing changelog is "created at start" only for a group without committed offsets on
+    the input; for one that has them, ``check`` fails it as ``run`` refuses to create it."""
+    env = {**good_env, "KAFKA_PROFILE_TOPIC": f"{good_env['KAFKA_TOPIC']}.lost-profiles"}
+    code, document = _run(env, capsys)
+    lines = {c["setting"]: c for c in document["checks"] if "lost-profiles" in c["message"]}
+    assert lines["KAFKA_PROFILE_TOPIC"]["status"] == "ok"
+    assert "created at start" in lines["KAFKA_PROFILE_TOPIC"]["message"]
+
+    committer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": env["KAFKA_GROUP_ID"]})
+    try:
+        committer.commit(offsets=[TopicPartition(env["KAFKA_TOPIC"], 1, 0)], asynchronous=False)
+    finally:
+        committer.close()
+    code, document = _run(env, capsys)
+    failed = _failed(document)
+    assert code == 1
+    assert env["KAFKA_GROUP_ID"] in failed["KAFKA_PROFILE_TOPIC"]
+    assert "does not exist" in failed["KAFKA_PROFILE_TOPIC"]

@@ -278,3 +278,9 @@ def test_reader_config_prefetches_little_and_fetches_again_at_once_unless_overri
         "queued.max.messages.kbytes": "65536",
         "fetch.queue.backoff.ms": "1000",
     }
+
+
+def test_producers_never_ask_the_broker_to_create_a_topic() -> None:
+    """librdkafka's producer default is to have the broker auto-create a missing topic; a
+    deleted changelog would come back with the broker's defaults and take the writes."""
+    assert load().kafka.producer_config()["allow.auto.create.topics"] is False

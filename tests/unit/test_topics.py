@@ -73,8 +73,8 @@ def test_a_changelog_not_co_partitioned_with_the_input_is_fatal() -> None:
     changelog, dlq = fit()
     bad = TopicState(changelog.name, 3, 3, changelog.config)
     expected = [
-        "events.profiles: has 3 partitions but events has 6; the profile changelog must "
-        "be co-partitioned with the input"
+        "events.profiles (KAFKA_PROFILE_TOPIC): has 3 partitions but events has 6; the profile "
+        "changelog must be co-partitioned with the input"
     ]
     assert expected == fatal(topic_problems(SOURCE, bad, dlq, PLAN))
 
@@ -105,3 +105,15 @@ def test_the_start_up_checks_share_one_admin_client() -> None:
     client = admin_client({"bootstrap.servers": "127.0.0.1:9"})
     assert isinstance(client, AdminClient)
     assert admin_client(client) is client
+
+
+def test_a_compacted_dlq_is_fatal() -> None:
+    """cleanup.policy=compact (alone or with delete) on the DLQ is fatal and names
+    KAFKA_DLQ_TOPIC: dead letters share their user's key, compaction keeps only the last."""
+    changelog, dlq = fit()
+    for policy in ("compact", "compact,delete", "delete, compact"):
+        bad = TopicState(dlq.name, 6, 3, {**dlq.config, "cleanup.policy": policy})
+        problems = fatal(topic_problems(SOURCE, changelog, bad, PLAN))
+        assert len(problems) == 1, policy
+        assert "KAFKA_DLQ_TOPIC" in problems[0]
+        assert f"cleanup.policy is {policy!r}" in problems[0]
