@@ -48,6 +48,7 @@ _RESERVED_KAFKA = frozenset(
         "enable.auto.offset.store",
         "enable.auto.commit",
         "enable.partition.eof",
+        "allow.auto.create.topics",
         "group.id",
         "bootstrap.servers",
     }

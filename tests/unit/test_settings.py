@@ -304,6 +304,7 @@ def test_the_bare_passthrough_prefix_is_ignored() -> None:
         ("KAFKA_CONFIG_ENABLE_AUTO_OFFSET_STORE", "enable.auto.offset.store"),
         ("KAFKA_CONFIG_ENABLE_AUTO_COMMIT", "enable.auto.commit"),
         ("KAFKA_CONFIG_ENABLE_PARTITION_EOF", "enable.partition.eof"),
+        ("KAFKA_CONFIG_ALLOW_AUTO_CREATE_TOPICS", "allow.auto.create.topics"),
         ("KAFKA_CONFIG_GROUP_ID", "group.id"),
         ("KAFKA_CONFIG_BOOTSTRAP_SERVERS", "bootstrap.servers"),
     ],

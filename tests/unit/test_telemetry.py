@@ -192,11 +192,13 @@ def _inert(offset: int, event_type: str = "PAGE_VIEW", reason: str = "profile_on
 
 
 def _exposition(t: ServiceTelemetry) -> list[tuple[str, list[tuple[str, str]], float]]:
+    """The service's own samples: not their creation times, nor the process's (CPU, memory),
+    which move between two reads."""
     return sorted(
         (s.name, sorted(s.labels.items()), s.value)
         for metric in t.metrics.registry.collect()
         for s in metric.samples
-        if not s.name.endswith("_created")
+        if not s.name.endswith("_created") and not s.name.startswith("process_")
     )
 
 
