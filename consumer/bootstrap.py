@@ -28,13 +28,9 @@ from consumer.adapters.admin import AdminServer, DeliveryLog, Health, TestEventF
 from consumer.adapters.avro_codec import LocalDecoder, RegistryDecoder, build_decoder
 from consumer.adapters.button_client import ButtonClient
 from consumer.adapters.kafka import KafkaSource, kafka_error_text
-from consumer.adapters.kafka_admin import (
-    admin_client,
-    committed_partitions,
-    describe_topics,
-    ensure_topics,
-)
+from consumer.adapters.kafka_admin import admin_client, describe_topics, ensure_topics
 from consumer.adapters.kafka_producer import AckingProducer
+from consumer.adapters.kafka_reader import committed_partitions
 from consumer.adapters.logging import configure_logging
 from consumer.adapters.malloc import fix_mmap_threshold
 from consumer.adapters.metrics import Metrics
@@ -253,7 +249,7 @@ def refuse_a_lost_changelog(admin: AdminClient, settings: Settings, partitions: 
         BrokerError: the group's offsets could not be read.
     """
     k = settings.kafka
-    committed = committed_partitions(admin, k.group_id, k.topic, partitions)
+    committed = committed_partitions(k.reader_config(k.group_id), k.topic, partitions)
     problem = lost_changelog_problem(
         k.profile_topic, k.group_id, k.topic, sorted(committed), partitions
     )

@@ -24,7 +24,7 @@ from confluent_kafka.admin._config import ConfigResource
 
 from consumer.adapters.button_client import ButtonClient
 from consumer.adapters.kafka import kafka_error_text
-from consumer.adapters.kafka_admin import committed_partitions
+from consumer.adapters.kafka_reader import committed_partitions
 from consumer.domain.outcomes import OutcomeKind
 from consumer.domain.topics import (
     changelog_policy_problem,
@@ -216,7 +216,7 @@ def _lost_changelog(
         return None
     partitions = len(source.partitions)
     try:
-        committed = committed_partitions(admin, k.group_id, k.topic, partitions, timeout)
+        committed = committed_partitions(k.reader_config(k.group_id), k.topic, partitions, timeout)
     except BrokerError as exc:
         return Finding("warn", "KAFKA_PROFILE_TOPIC", f"topic {k.profile_topic}: missing; {exc}")
     problem = lost_changelog_problem(

@@ -1,6 +1,5 @@
 """Topics as the admin API sees them: their partition counts, replication and settings
-(``describe_topics``), their creation with explicit settings (``ensure_topics``), and a group's
-committed offsets on one (``committed_partitions``)."""
+(``describe_topics``) and their creation with explicit settings (``ensure_topics``)."""
 
 from __future__ import annotations
 
@@ -9,10 +8,8 @@ from typing import Any
 
 import structlog
 from confluent_kafka import (
-    ConsumerGroupTopicPartitions,
     KafkaError,
     KafkaException,
-    TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource
@@ -127,33 +124,3 @@ def ensure_topics(
             config=dict(topics[name]),
         )
     return created
-
-
-def committed_partitions(
-    config: AdminSource, group: str, topic: str, partitions: int, timeout: float = 30.0
-) -> dict[int, int]:
-    """The partitions of ``topic`` on which ``group`` has committed an offset, with it.
-
-    A group that does not exist (or never committed on ``topic``) gives an empty dict.
-
-    Raises:
-        BrokerError: the group's offsets could not be read (not authorized, no coordinator).
-    """
-    admin = admin_client(config)
-    request = ConsumerGroupTopicPartitions(
-        group, [TopicPartition(topic, p) for p in range(partitions)]
-    )
-    try:
-        future = admin.list_consumer_group_offsets([request], request_timeout=timeout)[group]
-        answer = future.result(timeout)
-    except KafkaException as exc:
-        if exc.args[0].code() == KafkaError.GROUP_ID_NOT_FOUND:
-            return {}
-        raise BrokerError(
-            f"cannot read the committed offsets of group {group} (KAFKA_GROUP_ID): {exc}"
-        ) from exc
-    return {
-        tp.partition: tp.offset
-        for tp in answer.topic_partitions or []
-        if tp.error is None and tp.offset >= 0
-    }

@@ -264,3 +264,28 @@ class PartitionReader:
         if not self._closed:
             self._closed = True
             self._consumer.close()
+
+
+def committed_partitions(
+    config: Mapping[str, Any], topic: str, partitions: int, timeout: float = 30.0
+) -> dict[int, int]:
+    """The partitions of ``topic`` on which the group of ``config`` (a reader's configuration:
+    ``KafkaSettings.reader_config(group)``) has committed an offset, with it; empty for a group
+    that never committed there (or does not exist).
+
+    Asked with the consumer's own OffsetFetch, which joins no group and commits nothing, not
+    the admin API's ListConsumerGroupOffsets: that one can abort the process when it times out
+    and the coordinator answers later (librdkafka #4605).
+
+    Raises:
+        BrokerError: the group's offsets could not be read (not authorized, no coordinator).
+    """
+    try:
+        with PartitionReader(config, topic) as reader:
+            committed = reader.committed(range(partitions), timeout)
+    except KafkaException as exc:
+        raise BrokerError(
+            f"cannot read the committed offsets of group {config.get('group.id')} "
+            f"(KAFKA_GROUP_ID): {exc}"
+        ) from exc
+    return {p: offset for p, offset in committed.items() if offset is not None}
