@@ -513,6 +513,16 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
     )
     if isinstance(button, ButtonClient):
         hold_while_closed(button, gate, breaker)
+    watermarks = Watermarks()
+    dispatcher = Dispatcher(
+        max_in_flight_per_partition=d.max_in_flight_per_partition,
+        max_in_flight=d.max_in_flight,
+        max_commit_distance=d.max_commit_distance,
+        # No gate here: lanes must stay free to start records while Button refuses the key,
+        # so that a queued record can take over probing if the probing one is revoked.
+        watermarks=watermarks,
+        clock=time.monotonic,  # low marks that cover a refill at the measured drain rate
+    )
     pipeline = Pipeline(
         PipelineDeps(
             decoder=decoder,
@@ -533,17 +543,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
             wall_clock=_wall_clock,
             monotonic=time.monotonic,
             dry_run=d.dry_run,
+            stop_gate=dispatcher,
         )
-    )
-    watermarks = Watermarks()
-    dispatcher = Dispatcher(
-        max_in_flight_per_partition=d.max_in_flight_per_partition,
-        max_in_flight=d.max_in_flight,
-        max_commit_distance=d.max_commit_distance,
-        # No gate here: lanes must stay free to start records while Button refuses the key,
-        # so that a queued record can take over probing if the probing one is revoked.
-        watermarks=watermarks,
-        clock=time.monotonic,  # low marks that cover a refill at the measured drain rate
     )
 
     expiry = ProfileExpiry(store, changelog, clock=_wall_clock)

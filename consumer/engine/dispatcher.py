@@ -161,6 +161,9 @@ class Dispatcher:
         self._total = 0
         self._epochs: dict[int, int] = {}
         self._revoking: set[int] = set()
+        # Running records of each stopping partition held at ``hold_if_stopping`` (no request
+        # in flight): a revoke or a drain does not wait for them.
+        self._stopped: dict[int, int] = {}
         self._saturated: set[int] = set()
         self._full = False
         self._closed = False
@@ -408,21 +411,50 @@ class Dispatcher:
         awaited, so the call returns only when no lane task is left.
         """
         self._closed = True
-        finished = await self._wait_until(lambda: self._total == 0, grace)
+        await self._wait_until(lambda: self._total <= sum(self._stopped.values()), grace)
+        finished = self._total == 0
         if not finished:
             await self._abandon(lambda partition: True)
         return finished
 
+    def stopping(self, partition: int) -> bool:
+        """``partition`` is being revoked, or the dispatcher drains (``hold_if_stopping``)."""
+        return self._closed or partition in self._revoking
+
+    async def hold_if_stopping(self, partition: int) -> None:
+        """Called by a record before it sends a request to Button: while its partition is
+        revoked, or the dispatcher drains, it waits here until it is abandoned (cancelled), and
+        the revoke or drain no longer waits for it. Returns at once otherwise.
+
+        The grace of a revoke or a drain is for requests already in flight. One started during
+        it could still be in flight at its end and be abandoned, while Button may apply it
+        after the next owner's newer requests for the same order (an update carries the whole
+        state of the order): the record is left unfinished instead, for the next owner.
+        """
+        if not self.stopping(partition):
+            return
+        self._stopped[partition] = self._stopped.get(partition, 0) + 1
+        self._progress.set()
+        try:
+            await asyncio.get_running_loop().create_future()  # never set: only cancelled
+        finally:
+            self._stopped[partition] = self._stopped.get(partition, 1) - 1
+
+    def _settled(self, partition: int) -> bool:
+        """Every running record of ``partition`` finished or held (``hold_if_stopping``)."""
+        return self._counts.get(partition, 0) <= self._stopped.get(partition, 0)
+
     async def revoke(self, partitions: Collection[int], grace: float) -> RevokeReport:
         """Give up ``partitions``: drop their queued records, wait up to ``grace`` seconds for
-        their running records, cancel the rest, and return their final committable offsets.
+        their running records (not for those held before a request: ``hold_if_stopping``),
+        cancel the rest, and return their final committable offsets.
         """
         revoked = set(partitions)
         self._revoking |= revoked
         try:
             abandoned = self._drop_queued(revoked)
             running = sum(self._counts.get(p, 0) for p in revoked)
-            await self._wait_until(lambda: all(self._counts.get(p, 0) == 0 for p in revoked), grace)
+            await self._wait_until(lambda: all(self._settled(p) for p in revoked), grace)
             # Nothing was added meanwhile (submit refuses revoking partitions), so the drop in
             # the count is exactly what finished.
             finished = running - sum(self._counts.get(p, 0) for p in revoked)
@@ -438,6 +470,7 @@ class Dispatcher:
                 self._rates.pop(partition, None)
                 self._done.pop(partition, None)
                 self._resumed_at.pop(partition, None)
+                self._stopped.pop(partition, None)
         finally:
             self._revoking -= revoked
         return RevokeReport(committable, finished, abandoned)

@@ -133,6 +133,27 @@ class ParkingPort(Protocol):
         ...
 
 
+class StopGate(Protocol):
+    """Whether a partition's records are being given up (revoked, or the service drains):
+    ``consumer.engine.dispatcher.Dispatcher``. A record sends no new request then: it waits at
+    ``hold_if_stopping`` until it is abandoned, for the next owner (a request started now
+    could be abandoned in flight and applied by Button after the next owner's newer ones)."""
+
+    def stopping(self, partition: int) -> bool: ...
+
+    async def hold_if_stopping(self, partition: int) -> None: ...
+
+
+class _NeverStopping:
+    """The ``StopGate`` of a pipeline without a dispatcher (tests, ``map``)."""
+
+    def stopping(self, partition: int) -> bool:
+        return False
+
+    async def hold_if_stopping(self, partition: int) -> None:
+        return None
+
+
 @dataclass(slots=True)
 class PipelineDeps:
     """Everything the pipeline talks to; built by the composition root."""
@@ -154,6 +175,7 @@ class PipelineDeps:
     monotonic: Callable[[], float]
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     dry_run: bool = False
+    stop_gate: StopGate = field(default_factory=_NeverStopping)
 
 
 @dataclass(slots=True)
@@ -368,6 +390,10 @@ class Pipeline:
             # The gate opened on an accepted probe (or a 2xx): the key works, so a 403 of this
             # record's next attempt is about the record itself.
             key_accepted = refused and waited_for_key
+            if d.stop_gate.stopping(record.partition):
+                _release(ahead)  # not held while it waits to be abandoned
+                ahead = None
+                await d.stop_gate.hold_if_stopping(record.partition)
             outcome = await self._attempt(request, attempts, ahead)
             ahead = None  # used (and released) by the first attempt
             source = (record.partition, record.offset)

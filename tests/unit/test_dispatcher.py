@@ -540,6 +540,50 @@ def test_an_end_reached_is_committable_after_the_records_but_refused_while_revok
     run(scenario)
 
 
+def test_a_revoke_waits_for_requests_in_flight_but_not_for_records_about_to_send_one() -> None:
+    """Once its partition is revoked, a record about to send a request waits at
+    ``hold_if_stopping`` instead, and the revoke does not wait for it: it is abandoned (not
+    finished, its offset not committed) as soon as the records with a request in flight are
+    done, long before the deadline. A request started during the grace could still be in
+    flight at its end, abandoned while Button may apply it after the next owner's newer ones.
+    Another partition's records are not held."""
+
+    async def scenario() -> None:
+        jobs = Jobs()
+        dispatcher, marks = owning()
+        backoffs: dict[tuple[int, int], asyncio.Future[None]] = {}
+
+        def retrying(partition: int, offset: int) -> Job:
+            """Backs off until the test ends it, then sends its next request."""
+
+            async def run() -> None:
+                backoff = asyncio.get_running_loop().create_future()
+                backoffs[(partition, offset)] = backoff
+                await backoff
+                await dispatcher.hold_if_stopping(partition)
+                sent.append((partition, offset))  # the retry's request goes out here
+
+            return run
+
+        sent: list[tuple[int, int]] = []
+        dispatcher.submit(0, 0, "a", jobs.job(0, 0))  # a request in flight
+        dispatcher.submit(0, 1, "b", retrying(0, 1))
+        dispatcher.submit(1, 0, "c", retrying(1, 0))
+        await settle()
+        revoke = asyncio.create_task(dispatcher.revoke([0], GRACE_NEVER_REACHED))
+        await settle()
+        for backoff in backoffs.values():
+            backoff.set_result(None)
+        await settle()
+        assert (revoke.done(), sent) == (False, [(1, 0)])
+        jobs.complete(0, 0)
+        report = await asyncio.wait_for(revoke, 5.0)
+        assert (report.finished, report.abandoned, report.committable) == (1, 1, {0: 1})
+        assert (sent, marks.committable(1)) == ([(1, 0)], 1)
+
+    run(scenario)
+
+
 def test_records_finished_at_once_do_not_raise_the_low_marks() -> None:
     """The low marks cover a refill at the rate records *in flight* drain. Records finished at
     once never were in flight: a stream of inert views must not lift a partition's low mark to

@@ -322,6 +322,7 @@ class Harness:
     real_processor: ProfileProcessor | None = None
 
     breaker_threshold: int = 100
+    stop_gate: Any = None
 
     def __post_init__(self) -> None:
         self.button = FakeButton(self.calls, AuthGate(PROBE_INTERVAL))
@@ -371,6 +372,7 @@ class Harness:
             monotonic=self.clock.monotonic,
             sleep=self.clock.sleep,
             dry_run=self.dry_run,
+            **({} if self.stop_gate is None else {"stop_gate": self.stop_gate}),
         )
 
     def answer(self, *outcomes: ButtonOutcome) -> Harness:
@@ -511,6 +513,53 @@ def test_event_age_is_observed_when_the_record_finishes() -> None:
     expected = (1.0, 5.0)
     actual = (h.sample("event_age_seconds_count"), h.sample("event_age_seconds_sum"))
     assert expected == actual
+
+
+class StoppingAfter:
+    """A ``StopGate`` whose partition is revoked once ``sent`` requests went out; records
+    held at it wait until the test abandons them."""
+
+    def __init__(self, sent: list[ButtonRequest], after: int) -> None:
+        self._sent, self._after = sent, after
+        self.held = asyncio.Event()
+
+    def stopping(self, partition: int) -> bool:
+        return len(self._sent) >= self._after
+
+    async def hold_if_stopping(self, partition: int) -> None:
+        if self.stopping(partition):
+            self.held.set()
+            await asyncio.get_running_loop().create_future()
+
+
+def test_a_record_of_a_revoked_partition_sends_no_new_request() -> None:
+    """Its first request answered 503, the record would retry; its partition is revoked
+    meanwhile: the retry is not sent (it could still be in flight at the revoke deadline, be
+    abandoned, and be applied by Button after the next owner's newer requests). The record
+    waits, unfinished, until it is abandoned; its concurrency permit is not held meanwhile."""
+    h = Harness().answer(UNAVAILABLE, OK)
+    gate = h.stop_gate = StoppingAfter(h.button.sent, 1)
+    deps = h.deps()
+
+    async def scenario() -> None:
+        task = asyncio.create_task(Pipeline(deps).handle(record()))
+        await asyncio.wait_for(gate.held.wait(), 5.0)
+        assert deps.limiter.in_flight == 0
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+
+    assert (
+        len(h.button.sent),
+        h.letters,
+        h.sample("records_finished_total", outcome="delivered"),
+    ) == (
+        1,
+        [],
+        0.0,
+    )
 
 
 def test_conflict_on_create_means_delivered() -> None:
