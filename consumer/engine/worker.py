@@ -228,9 +228,14 @@ class Worker:
         # A revoked partition's running records get revoke_timeout to finish; a lost one's are
         # abandoned at once: another member may own it already, so nothing more of it may reach
         # Button or be committed from here.
-        grace = self._opt.revoke_timeout if commit else 0.0
+        # One deadline for both steps: the Kafka thread waits for this callback only so long
+        # (``_call_in_loop``), and giving up on it midway would leave the partitions' records
+        # running on a member that no longer owns them.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._opt.revoke_timeout
         # A partition still restoring has nothing to finish or commit: stop its restore.
         await self._restores.cancel(partitions, self._opt.revoke_timeout)
+        grace = max(deadline - loop.time(), 0.0) if commit else 0.0
         report = await self._dispatcher.revoke(partitions, grace)
         offsets = {p: o for p, o in report.committable.items() if commit and o is not None}
         if report.abandoned:
