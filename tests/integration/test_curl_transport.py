@@ -93,10 +93,15 @@ def test_a_failed_thread_fails_what_it_carried_and_a_new_one_takes_what_waits(
             try:
                 carried = asyncio.create_task(transport.send(request(base_url, "hang")))
                 assert await asyncio.wait_for(arrivals.get(), 10) == "hang"
+                (failing,) = http_threads()
                 waiting = await asyncio.wait_for(transport.send(request(base_url, "boom")), 10)
                 await asyncio.wait([carried], timeout=10)
                 assert carried.done(), "the carried request was not answered"
                 later = await asyncio.wait_for(transport.send(request(base_url, "plain")), 10)
+                # The failed thread hands over, then closes its handles and ends: only then
+                # is the new one alone (bounded: it does not wait for anything).
+                await asyncio.to_thread(failing.join, 10)
+                assert not failing.is_alive(), "the failed HTTP thread did not end"
                 return carried.exception(), waiting.status, later.status, len(http_threads())
             finally:
                 await transport.aclose()
