@@ -140,28 +140,6 @@ class ReplayReport:
         ]
 
 
-class DeadLetterReader(Protocol):
-    """What a replay reads the DLQ with (``PartitionReader``)."""
-
-    topic: str
-
-    def partitions(self, timeout: float = ...) -> list[int]: ...
-
-    def watermarks(
-        self, partitions: Iterable[int], deadline: float
-    ) -> dict[int, tuple[int, int]]: ...
-
-    def committed(
-        self, partitions: Iterable[int], timeout: float = ...
-    ) -> dict[int, int | None]: ...
-
-    def read(
-        self, ranges: Mapping[int, tuple[int, int]], deadline: float | None = None
-    ) -> Iterator[Record]: ...
-
-    def commit(self, offsets: Mapping[int, int]) -> None: ...
-
-
 class GroupOffsets(Protocol):
     """Where a group stands in a topic (``PartitionReader``, in that group)."""
 
@@ -174,6 +152,18 @@ class GroupOffsets(Protocol):
     def committed(
         self, partitions: Iterable[int], timeout: float = ...
     ) -> dict[int, int | None]: ...
+
+
+class DeadLetterReader(GroupOffsets, Protocol):
+    """What a replay reads the DLQ with (``PartitionReader``, in the replay's group)."""
+
+    topic: str
+
+    def read(
+        self, ranges: Mapping[int, tuple[int, int]], deadline: float | None = None
+    ) -> Iterator[Record]: ...
+
+    def commit(self, offsets: Mapping[int, int]) -> None: ...
 
 
 def input_lag(reader: GroupOffsets) -> dict[int, int]:

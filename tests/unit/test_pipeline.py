@@ -457,6 +457,11 @@ def replayed(offset: int, *, parked: bool, release: bool = False) -> Record:
     return record(offset, headers=headers)
 
 
+RELEASED_IN_ORDER = [(Action.CREATE, "ORD-9"), (Action.CREATE, ORDER), (Action.CANCEL, ORDER)]
+"""What reaches Button once a key's head (another order, ORD-9) and then the order parked behind
+the key are replayed: the head's create, then the order's create before its cancel."""
+
+
 # --- delivered ---------------------------------------------------------------------------------
 
 
@@ -1829,11 +1834,7 @@ def test_replaying_the_undecodable_record_releases_the_orders_parked_behind_its_
     )
 
     assert outcomes == ["delivered", "delivered", "delivered"]
-    assert [(r.action, r.order_id) for r in replay.button.sent] == [
-        (Action.CREATE, "ORD-9"),
-        (Action.CREATE, ORDER),
-        (Action.CANCEL, ORDER),
-    ]
+    assert [(r.action, r.order_id) for r in replay.button.sent] == RELEASED_IN_ORDER
 
 
 def test_a_live_record_of_an_order_parked_behind_the_key_waits_for_its_replay() -> None:
@@ -1915,11 +1916,7 @@ def test_a_later_record_of_an_order_parked_behind_the_key_replayed_first_stays_p
         "delivered",
         "delivered",
     ]
-    assert [(r.action, r.order_id) for r in replay.button.sent] == [
-        (Action.CREATE, "ORD-9"),
-        (Action.CREATE, ORDER),
-        (Action.CANCEL, ORDER),
-    ]
+    assert [(r.action, r.order_id) for r in replay.button.sent] == RELEASED_IN_ORDER
 
 
 def test_the_record_that_parked_its_order_behind_the_key_keeps_that_role_when_parked_again() -> (
@@ -1943,11 +1940,7 @@ def test_the_record_that_parked_its_order_behind_the_key_keeps_that_role_when_pa
         "delivered",
         "delivered",
     ]
-    assert [(r.action, r.order_id) for r in replay.button.sent] == [
-        (Action.CREATE, "ORD-9"),
-        (Action.CREATE, ORDER),
-        (Action.CANCEL, ORDER),
-    ]
+    assert [(r.action, r.order_id) for r in replay.button.sent] == RELEASED_IN_ORDER
 
 
 def _parked_behind_truncated_bytes() -> Harness:
