@@ -90,6 +90,8 @@ class Harness:
         self.dropped: list[list[int]] = []
         self.held_restores: set[int] = set()
         """Partitions whose restore waits until ``release_restore`` (or its cancellation)."""
+        self.cancel_ignored = False
+        """Held restores ignore their cancellation too (a changelog read stuck in a call)."""
         self._restore_released = threading.Event()
         self.restore_error: BaseException | None = None
         self.worker = Worker(
@@ -123,7 +125,7 @@ class Harness:
         if self.held_restores & set(partitions):
             deadline = time.monotonic() + DEADLINE
             while not self._restore_released.wait(0.005):
-                if all(cancel.cancelled(p) for p in partitions):
+                if not self.cancel_ignored and all(cancel.cancelled(p) for p in partitions):
                     break
                 assert time.monotonic() < deadline, "a held restore was never released"
         self.restores_ended.append(partitions)
@@ -778,6 +780,40 @@ def test_revoke_at_the_deadline_abandons_and_commits_below_the_unfinished() -> N
             expected = ([("commit_now", {0: 1})], [(0, 1)], [[0]])
             actual = (h.source.actions_named("commit_now"), h.held.cancelled, h.dropped)
             assert expected == actual
+
+    run(scenario)
+
+
+def test_a_restore_that_ignores_its_cancel_uses_up_the_revoke_deadline_not_a_second_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The restore cancel and the running records' grace share one ``revoke_timeout``: the Kafka
+    thread waits for the callback only ``revoke_timeout`` + 10 s, and giving up midway would
+    leave the partition's records running on a member that no longer owns it. A restore stuck
+    past the deadline leaves the records no grace: they are abandoned at once."""
+
+    async def scenario() -> None:
+        timeout = 0.2
+        h = Harness(opts=options(revoke_timeout=timeout))
+        graces: list[float] = []
+        revoke = h.dispatcher.revoke
+
+        async def recording_revoke(partitions: Any, grace: float) -> Any:
+            graces.append(grace)
+            return await revoke(partitions, grace)
+
+        monkeypatch.setattr(h.dispatcher, "revoke", recording_revoke)
+        async with h.running():
+            h.records(0, 0)
+            await h.source.until(lambda: h.held.started == [(0, 0)])
+            h.held_restores.add(1)
+            h.cancel_ignored = True
+            await asyncio.wait_for(h.source.assign([1]), DEADLINE)
+            await h.source.until(lambda: [1] in h.restored)
+            await asyncio.wait_for(h.source.revoke([0, 1]), DEADLINE)
+            assert len(graces) == 1
+            assert graces[0] < timeout / 2, f"grace {graces[0]} s after the restore used it up"
+            assert h.held.cancelled == [(0, 0)]
 
     run(scenario)
 
