@@ -8,11 +8,15 @@ Decisions worth knowing (the README's mapping table has the field-by-field rules
 
 * PURCHASE -> create (``POST /v1/order``). Every event feeds the profile (token, device ids).
 * REFUND -> cancel (``DELETE /v1/order/{id}``) when it covers the whole order (no products and no
-  smaller refund amount, or every remaining unit); otherwise update (``POST /v1/order/{id}``)
-  with the order's remaining line items and total, computed from the order stored in the
-  profile. A refund of an order the profile does not know is a cancel when it names no products
-  and no amount (remembered, so a later purchase is not created), else held in the profile
-  (``refund_held``) and applied when the purchase arrives.
+  amount, an amount of at least the remaining total, or every remaining unit); otherwise update
+  (``POST /v1/order/{id}``) with the order's remaining line items and total, computed from the
+  order stored in the profile. An amount that is nothing net of tax and shipping in the
+  currency's minor unit (the tax or shipping alone, a fraction of a cent) changes no total: an
+  update of the same state, never a cancel. A ``total_amount`` of 0 counts as none given (CDPs
+  send 0 on a refund that names only its transaction). A refund of an order the profile does
+  not know is a cancel when it names no products and no amount (remembered, so a later
+  purchase is not created), else held in the profile (``refund_held``) and applied when the
+  purchase arrives.
 * Replays. The caller queues the new profile to the changelog before the Button call and
   finishes the record only once the write is acknowledged, so after a crash the event is
   processed again against a profile that may already contain its effect. Such an event is
@@ -541,8 +545,14 @@ def _apply_refund(
         if sum(line.quantity for line in remaining) == 0:
             return None
         return _remaining_total(total, lines, remaining, refund_minor, exponent), remaining
-    if refund_minor is not None and 0 < refund_minor < total:
-        return total - refund_minor, lines
+    if refund_minor is not None:
+        if refund_minor <= 0:
+            # Only tax or shipping, or less than one minor unit: nothing Button's total counts.
+            # Not a cancel: an order is cancelled only when all of it is (Button's order API
+            # best practices).
+            return total, lines
+        if refund_minor < total:
+            return total - refund_minor, lines
     return None
 
 
@@ -653,7 +663,8 @@ def _decimal_text(value: Decimal) -> str:
 
 
 def _refund_amount(commerce: CommerceData, config: MappingConfig) -> str | None:
-    """The refunded amount net of tax and shipping (major units); None if not given (or 0)."""
+    """The refunded amount net of tax and shipping (major units); None if not given, or 0: CDPs
+    fill a refund that names only its transaction with revenue 0 (a whole-order refund)."""
     if not commerce.total_amount:
         return None
     net = _net_revenue(commerce, config)

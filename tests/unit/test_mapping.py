@@ -345,6 +345,52 @@ def test_amount_only_refund_of_known_order_is_an_update() -> None:
     assert (request.action, request.body["total"]) == (Action.UPDATE, 4998)
 
 
+@pytest.mark.parametrize(
+    ("currency", "total", "refunded"),
+    [
+        ("USD", "59.98", {"total_amount": "2.50", "tax_amount": "2.50"}),  # the tax alone
+        ("USD", "59.98", {"total_amount": "4.00", "shipping_amount": "4.00"}),  # the shipping
+        ("USD", "59.98", {"total_amount": "6.50", "tax_amount": "2.50", "shipping_amount": "4"}),
+        ("USD", "59.98", {"total_amount": "0.004"}),  # below one cent
+        ("JPY", "5998", {"total_amount": "0.4"}),  # below one yen (no minor unit)
+        ("KWD", "5.998", {"total_amount": "0.0005"}),  # below one fils (three digits)
+    ],
+)
+def test_a_refund_of_nothing_button_counts_changes_nothing(
+    currency: str, total: str, refunded: dict[str, str]
+) -> None:
+    """A refund whose amount, net of tax and shipping, is nothing in the currency's minor unit
+    (only the tax or the shipping refunded, or less than one cent) leaves Button's total as it
+    is: Button's ``total`` excludes tax and shipping, and an order is cancelled only when every
+    line item is (Button's order API best practices). It used to cancel the whole order."""
+    bought = {
+        "currency_code": currency,
+        "total_amount": total,
+        "tax_amount": None,
+        "shipping_amount": None,
+    }
+    _, profile = process(purchase(commerce=bought), None, CONFIG, NOW)
+    fields: dict[str, Any] = {
+        "tax_amount": None,
+        "shipping_amount": None,
+        "currency_code": currency,
+    }
+    fields |= refunded
+    result, after = process(refund("evt-r1", **fields), profile, CONFIG, NOW)
+    request = send(result)
+    assert (request.action, request.body["total"]) == (Action.UPDATE, 5998)
+    assert after is not None
+    assert after.order("ORD-100045").status is not OrderStatus.CANCELLED  # type: ignore[union-attr]
+
+
+def test_a_refund_of_the_whole_remaining_amount_cancels() -> None:
+    """An amount-only refund of at least what remains is the whole order: a cancel."""
+    _, profile = process(purchase(), None, CONFIG, NOW)
+    whole = refund("evt-r1", total_amount="59.98", tax_amount=None)
+    result, _ = process(whole, profile, CONFIG, NOW)
+    assert send(result).action == Action.CANCEL
+
+
 def test_order_level_discount_is_kept_proportionally() -> None:
     """With a coupon (total < lines), the remaining total keeps the ratio."""
     c = {
