@@ -63,11 +63,16 @@ def checked_order_id(value: str | None) -> str:
     Raises:
         MappingError: ``missing_order_id``, ``order_id_not_ascii`` or ``order_id_too_long``.
     """
-    if value is None or not value.strip():
+    if value is None:
         raise MappingError("missing_order_id", "the event has no transaction_id")
+    if not value.strip():
+        raise MappingError("missing_order_id", f"the transaction_id is blank: {value!r}")
     if not _PRINTABLE_ASCII.fullmatch(value):
+        bad = next(c for c in value if not _PRINTABLE_ASCII.fullmatch(c))
         raise MappingError(
-            "order_id_not_ascii", "transaction_id must be printable ASCII (0x20-0x7e)"
+            "order_id_not_ascii",
+            f"transaction_id {value[:80]!r} has {bad!r} (U+{ord(bad):04X}); Button takes printable"
+            " ASCII (0x20-0x7e)",
         )
     if len(value) > MAX_ID_LENGTH:
         raise MappingError(

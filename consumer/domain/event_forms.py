@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -199,6 +200,11 @@ def _record_string(value: object, where: str) -> str:
     raise _type_error(where, "a string", value)
 
 
+_EPOCH_MS_TEXT = re.compile(r"-?[0-9]{1,19}", re.ASCII)
+"""``event_time`` as epoch milliseconds in a string (``"1733140800000"``), as some senders write
+every value."""
+
+
 def _json_time(value: object) -> datetime:
     if isinstance(value, int) and not isinstance(value, bool):
         try:
@@ -207,6 +213,8 @@ def _json_time(value: object) -> datetime:
             raise _invalid(
                 EventReason.INVALID_TIMESTAMP, f"event_time {value} is out of range"
             ) from exc
+    if isinstance(value, str) and _EPOCH_MS_TEXT.fullmatch(value.strip()):
+        return _json_time(int(value.strip()))  # epoch milliseconds written as a string
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.strip())
@@ -255,7 +263,9 @@ def _json_quantity(value: object, where: str, key: str) -> int:
     try:
         amount = _json_amount(value, where, key)
     except DecodeError as exc:
-        raise _invalid(EventReason.INVALID_QUANTITY, f"{where}{key} is not a whole number") from exc
+        raise _invalid(
+            EventReason.INVALID_QUANTITY, f"{where}{key} {value!r} is not a whole number"
+        ) from exc
     if amount != amount.to_integral_value():
         raise _invalid(
             EventReason.INVALID_QUANTITY, f"{where}{key} {value!r} is not a whole number"

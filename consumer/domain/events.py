@@ -176,7 +176,7 @@ def _check_amount(value: Decimal | None, where: str, *, signed: bool = False) ->
             EventReason.INVALID_AMOUNT, f"{where} has more than {AMOUNT_SCALE} decimal places"
         )
     if value < 0 and not signed:
-        raise _invalid(EventReason.NEGATIVE_AMOUNT, f"{where} is negative")
+        raise _invalid(EventReason.NEGATIVE_AMOUNT, f"{where} is negative: {value}")
 
 
 def _check_non_empty(value: str, where: str) -> None:

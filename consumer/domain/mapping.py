@@ -2,7 +2,8 @@
 
 This is where merchants' money is decided, so it is one pure function (``process``) with no
 clock, I/O or logging: the same event and profile always give the same request, which is what
-makes replays safe and the ``map`` command an exact preview of the service.
+makes replays safe and the ``map`` command an exact preview of the service's mapping (not of
+what the pipeline adds around it: parking behind a dead letter, the profile's cap in bytes).
 
 Decisions worth knowing (the README's mapping table has the field-by-field rules):
 

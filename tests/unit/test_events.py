@@ -133,6 +133,8 @@ def test_source_token_reads_integration_attribute_1022() -> None:
         ("2026-01-05T09:00:00.123456Z", T0 + timedelta(milliseconds=123)),
         (1767603600000, T0),
         (1767603600123, T0 + timedelta(milliseconds=123)),
+        ("1767603600000", T0),  # epoch milliseconds written as a string
+        (" 1767603600123 ", T0 + timedelta(milliseconds=123)),
     ],
 )
 def test_json_event_time_forms(given: object, expected: datetime) -> None:
@@ -415,7 +417,7 @@ _PRODUCT_0 = "commerce.products[0]."
         (
             {"products": [{"id": "p", "quantity": "two"}]},
             EventReason.INVALID_QUANTITY,
-            f"{_PRODUCT_0}quantity is not a whole number",
+            f"{_PRODUCT_0}quantity 'two' is not a whole number",
         ),
         (
             {"products": [{"id": "p", "quantity": 1.5}]},
@@ -448,7 +450,11 @@ _PRODUCT_0 = "commerce.products[0]."
             EventReason.INVALID_AMOUNT,
             "commerce.tax_amount 'x' is not a decimal",
         ),
-        ({"shipping_amount": "-5"}, EventReason.NEGATIVE_AMOUNT, "shipping_amount is negative"),
+        (
+            {"shipping_amount": "-5"},
+            EventReason.NEGATIVE_AMOUNT,
+            "shipping_amount is negative: -5",
+        ),
         (
             {"action": 5},
             EventReason.INVALID_FIELD,

@@ -177,6 +177,28 @@ def test_fractional_unit_price_line_total_rounded_once() -> None:
 
 
 @pytest.mark.parametrize(
+    ("order_id", "reason", "detail"),
+    [
+        ("   ", "missing_order_id", "the transaction_id is blank: '   '"),
+        (
+            "ORDRE-é",
+            "order_id_not_ascii",
+            "transaction_id 'ORDRE-é' has 'é' (U+00E9); Button takes printable ASCII (0x20-0x7e)",
+        ),
+        (
+            "A\tB",
+            "order_id_not_ascii",
+            "transaction_id 'A\\tB' has '\\t' (U+0009); Button takes printable ASCII (0x20-0x7e)",
+        ),
+    ],
+)
+def test_a_bad_order_id_is_named_in_the_rejection(order_id: str, reason: str, detail: str) -> None:
+    """The rejection says what the transaction_id was and which character Button refuses."""
+    result, _ = process(purchase(commerce={"transaction_id": order_id}), None, CONFIG, NOW)
+    assert Reject(reason, detail) == result
+
+
+@pytest.mark.parametrize(
     ("commerce", "reason"),
     [
         ({"transaction_id": "ORDRE-é"}, "order_id_not_ascii"),
