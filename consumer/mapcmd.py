@@ -11,9 +11,12 @@ Output: one JSON object per non-blank input line, in input order::
     {"line": 3, "event_id": "evt-3", "action": "create",
      "request": {"method": "POST", "path": "/v1/order", "body": {...}}, "reason": null}
 
-``action`` is ``create``, ``update``, ``cancel``, ``skip`` or ``reject``; ``request`` is null for
-skip and reject; ``reason`` names why for skip and reject (``detail`` adds a human sentence to a
-reject); a create also says where its ``btn_ref`` came from (``btn_ref_source``: ``explicit``,
+``action`` is ``create``, ``update``, ``cancel``, ``read``, ``skip`` or ``reject``; ``request`` is
+null for skip and reject; ``reason`` names why for skip and reject (``detail`` adds a human
+sentence to a reject); ``read`` is a partial refund of an order the profile does not know: ``map``
+cannot read, so it says the service would read the order from Button first (``request``, the
+``GET``), ``reason`` the decision without a read (``refund_held``) and ``detail`` what follows;
+a create also says where its ``btn_ref`` came from (``btn_ref_source``: ``explicit``,
 ``integration_attribute``, ``url``, ``profile`` or null). A malformed line is a reject
 (``invalid_json``, ``not_an_object`` or the event model's reason such as ``missing_field`` or
 ``invalid_timestamp``), never a crash; a line whose mapping fails unexpectedly is a reject with
@@ -28,7 +31,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TextIO
 
-from consumer.domain.button import Action, ButtonRequest, MapResult, Send, Skip
+from consumer.domain.button import Action, ButtonRequest, MapResult, Read, Send, Skip
 from consumer.domain.event_forms import event_from_json
 from consumer.domain.events import CommerceEvent
 from consumer.domain.mapping import MappingConfig, process
@@ -163,6 +166,17 @@ def _describe(result: MapResult) -> dict[str, Any]:
         }
     if isinstance(result, Skip):
         return {"action": "skip", "request": None, "reason": result.reason}
+    if isinstance(result, Read):
+        request = result.request
+        return {
+            "action": str(request.action),
+            "request": {"method": request.method, "path": request.path, "body": None},
+            "reason": result.held.reason,
+            "detail": "the profile does not know the order: the service reads it from Button"
+            " first and applies the refund to Button's order (an update, or a cancel when"
+            f" nothing is left); {result.held.reason} when Button does not know it either, and"
+            " in a dry run",
+        }
     return _reject(result.reason, result.detail)
 
 

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from consumer.domain.button import Action, ButtonRequest, Reject, Send, Skip
+from consumer.domain.button import Action, ButtonRequest, Read, Reject, Send, Skip
+from consumer.domain.button_wire import read_request
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import (
     SCHEMA_NOT_FOUND_ATTEMPTS,
@@ -26,6 +27,7 @@ from consumer.domain.policy import (
     decide,
     decide_error,
     decide_mapped,
+    judge_lookup,
     judge_read,
 )
 from consumer.errors import (
@@ -58,6 +60,13 @@ def _judge_read(read: ButtonOutcome) -> Callable[[], Decision]:
     return lambda: judge_read(
         _NOT_FOUND, read, attempt=1, elapsed=0.0, policy=_POLICY, rng=_MidDraw()
     )
+
+
+def _judge_lookup(read: ButtonOutcome, attempt: int = 1) -> Callable[[], Decision]:
+    return lambda: judge_lookup(read, attempt=attempt, elapsed=0.0, policy=_POLICY, rng=_MidDraw())
+
+
+_READ = Read(read_request("o-1"), Skip("refund_held"))
 
 
 class _MidDraw:
@@ -144,6 +153,39 @@ ROWS: tuple[Row, ...] = (
         _judge_read(ButtonOutcome(OutcomeKind.SERVER_ERROR, 503)),
         "decided as a failed attempt of the update (retry within the budget, pause, breaker); "
         "the next attempt sends the update again and reads again",
+    ),
+    Row(
+        "a partial refund (products or an amount) of an order the profile does not know",
+        lambda: decide_mapped(_READ, parked=None, dry_run=False),
+        "the order is read (`GET /v1/order/{id}`) before anything is written or sent, through "
+        "the gates and the rate limit, with the record's budget",
+    ),
+    Row(
+        "... Button answers with the order",
+        _judge_lookup(_read("open")),
+        "the event is mapped again with it: adopted (open: the refund's update, or the cancel "
+        "when nothing is left; deleted: skip `order_already_cancelled`, remembered) or, when it "
+        "has a shape the service cannot send back, the dead letter `order_not_adoptable`",
+    ),
+    Row(
+        "... Button answers 404 in its JSON envelope (it does not know the order)",
+        _judge_lookup(
+            ButtonOutcome(OutcomeKind.NOT_FOUND, 404, "Order not found", from_button=True)
+        ),
+        "the event is mapped again: held in the profile (skip `refund_held`), applied when the "
+        "purchase arrives",
+    ),
+    Row(
+        "... the read fails or is refused (timeout, 5xx, 429, 401...)",
+        _judge_lookup(ButtonOutcome(OutcomeKind.SERVER_ERROR, 503)),
+        "as any request (retry within the record's budget, pause, breaker); the dead letter "
+        "when the budget is spent (or for a 4xx) says `reading the order:` and the read's "
+        "answer; the order is parked",
+    ),
+    Row(
+        "... in a dry run",
+        lambda: decide_mapped(_READ, parked=None, dry_run=True),
+        "nothing is read: held as without a read (logged `order_not_read`)",
     ),
     Row(
         "Button: 403 (or a 400) on update or cancel, in Button's JSON envelope saying finalized",
@@ -265,6 +307,8 @@ _VERDICTS = {
     Verdict.DONE: "done",
     Verdict.FOLLOW_UP: "send the follow-up",
     Verdict.VERIFY: "read the order",
+    Verdict.READ: "read the order",
+    Verdict.MAP: "map again",
     Verdict.RETRY: "retry",
     Verdict.DEAD_LETTER: "dead letter",
     Verdict.PAUSE: "pause",

@@ -18,13 +18,15 @@ class Action(StrEnum):
     CREATE = "create"
     UPDATE = "update"
     CANCEL = "cancel"
+    READ = "read"
     SKIP = "skip"
     REJECT = "reject"
 
 
 @dataclass(frozen=True, slots=True)
 class ButtonRequest:
-    """One call to Button's Order API (``POST /v1/order``, ``POST|DELETE /v1/order/{id}``)."""
+    """One call to Button's Order API (``POST /v1/order``, ``POST|DELETE /v1/order/{id}``; a
+    ``Read``'s ``GET /v1/order/{id}``)."""
 
     action: Action
     method: str
@@ -61,4 +63,19 @@ class Reject:
     detail: str = ""
 
 
-MapResult = Send | Skip | Reject
+@dataclass(frozen=True, slots=True)
+class Read:
+    """The event cannot be mapped without the order as Button holds it: read it (``request``,
+    ``GET /v1/order/{id}``), then map the event again with Button's answer
+    (``consumer.domain.adoption.Lookup``).
+
+    A partial refund of an order the profile does not know (a previous integration created it,
+    or the profile forgot it). ``held`` is the decision when the order is not read (a dry run,
+    the ``map`` command): the profile returned with a ``Read`` is that decision's.
+    """
+
+    request: ButtonRequest
+    held: Skip
+
+
+MapResult = Send | Skip | Reject | Read

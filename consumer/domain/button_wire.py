@@ -10,6 +10,7 @@ Requests (DESIGN, 8)::
     POST   /v1/order              create: the order, its btn_ref and customer
     POST   /v1/order/{order_id}   update: the order's full new state (no btn_ref, no customer)
     DELETE /v1/order/{order_id}   cancel: the whole order was cancelled or refunded
+    GET    /v1/order/{order_id}   read: the order as Button holds it (``adoption``)
 
 Totals and line amounts are in minor units of the ISO 4217 currency and must fit a signed 32-bit
 integer; ``order_id`` and line identifiers are at most 255 characters; ``purchase_date`` is
@@ -44,6 +45,7 @@ __all__ = [
     "order_body",
     "order_path",
     "purchase_date",
+    "read_request",
     "update_request",
 ]
 
@@ -201,3 +203,8 @@ def update_request(order_id: str, body: Mapping[str, Any]) -> ButtonRequest:
 def cancel_request(order_id: str) -> ButtonRequest:
     """``DELETE /v1/order/{order_id}``: the whole order was cancelled or refunded."""
     return ButtonRequest(Action.CANCEL, "DELETE", order_path(order_id), order_id, None)
+
+
+def read_request(order_id: str) -> ButtonRequest:
+    """``GET /v1/order/{order_id}``: the order as Button holds it (a ``Read``)."""
+    return ButtonRequest(Action.READ, "GET", order_path(order_id), order_id, None)

@@ -16,7 +16,11 @@ Decisions worth knowing (the README's mapping table has the field-by-field rules
   update of the same state, never a cancel. A ``total_amount`` of 0 counts as none given (CDPs
   send 0 on a refund that names only its transaction). A refund of an order the profile does
   not know is a cancel when it names no products and no amount (remembered, so a later
-  purchase is not created), else held in the profile (``refund_held``) and applied when the
+  purchase is not created). Else it needs the order: the mapping asks for it to be read from
+  Button (``Read``) and, given the answer (``lookup``, ``adoption``), adopts Button's order as
+  the base the refund applies to (an update, or a cancel when nothing is left), remembers an
+  order Button holds deleted as cancelled (skip ``order_already_cancelled``), or, when Button
+  does not know the order either, holds the refund in the profile (``refund_held``) until the
   purchase arrives.
 * Replays. The caller queues the new profile to the changelog before the Button call and
   finishes the record only once the write is acknowledged, so after a crash the event is
@@ -51,8 +55,9 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from consumer.domain.adoption import ButtonOrder, Lookup, button_order
 from consumer.domain.attribution import resolve_btn_ref, token_from_event
-from consumer.domain.button import MapResult, Reject, Send, Skip
+from consumer.domain.button import MapResult, Read, Reject, Send, Skip
 from consumer.domain.button_wire import (
     MAX_ID_LENGTH,
     body_digest,
@@ -62,6 +67,7 @@ from consumer.domain.button_wire import (
     create_request,
     line_total,
     order_body,
+    read_request,
     update_request,
 )
 from consumer.domain.currency import (
@@ -205,6 +211,7 @@ def process(
     now: datetime,
     *,
     received: datetime | None = None,
+    lookup: Lookup | None = None,
 ) -> tuple[MapResult, Profile | None]:
     """Decide what Button receives for ``event`` and how the user's profile changes.
 
@@ -217,10 +224,13 @@ def process(
         received: the wall-clock time the event is judged against for ``max_future_skew``;
             ``now`` when not given (the ``map`` command expires by event time but judges skew
             by the time it runs).
+        lookup: Button's answer to the read a first pass asked for (``Read``), for the same
+            event and profile; ``None``: nothing was read.
 
     Returns:
-        The decision (``Send``, ``Skip`` or ``Reject``) and the new profile, or ``None`` when
-        the profile did not change. An empty returned profile means: delete it (tombstone).
+        The decision (``Send``, ``Skip``, ``Reject``, or ``Read`` without a ``lookup``) and the
+        new profile, or ``None`` when the profile did not change. An empty returned profile
+        means: delete it (tombstone).
     """
     if config.skip_development_events and event.environment is Environment.DEVELOPMENT:
         return Skip("development_event"), None
@@ -239,7 +249,7 @@ def process(
                 f" {config.max_future_skew} after the processing time",
             )
         if event.event_type in (EventType.PURCHASE, EventType.REFUND):
-            result, current = _order_event(event, current, config, now_ms)
+            result, current = _order_event(event, current, config, now_ms, lookup)
         else:
             result = skip_for(event.event_type)
     except MappingError as exc:
@@ -373,7 +383,11 @@ class _State:
 
 
 def _order_event(
-    event: CommerceEvent, profile: Profile, config: MappingConfig, now_ms: int
+    event: CommerceEvent,
+    profile: Profile,
+    config: MappingConfig,
+    now_ms: int,
+    lookup: Lookup | None,
 ) -> tuple[MapResult, Profile]:
     """Record a purchase or refund in the order's ledger and send what brings Button in step.
 
@@ -381,6 +395,11 @@ def _order_event(
     event-time order (``_desired``); what is sent is the difference from what Button was last
     sent. Nothing is recorded when the event is rejected, so the profile never records a state
     Button was not sent.
+
+    A refund that needs an order the ledger knows no purchase of (pending) is a ``Read`` of the
+    order, whose profile holds the refund; with Button's answer (``lookup``) the order is
+    adopted from Button, remembered cancelled (Button holds it deleted) or held (Button does
+    not know it: ``refund_held``).
     """
     commerce = _commerce(event)
     order_id = checked_order_id(commerce.transaction_id)
@@ -390,10 +409,52 @@ def _order_event(
     else:
         order = _with_refund(event, commerce, order_id, known, config, now_ms)
     desired = _desired(order, strict=event.event_id)
-    result, order = _reconcile(event, order, desired, profile, config)
+    looked = lookup if lookup is not None and lookup.order_id == order_id else None
+    result: MapResult
+    if desired.status is OrderStatus.PENDING and looked is not None and looked.found:
+        at_button = button_order(looked.order, order_id)
+        if at_button.deleted:  # cancelled for good: nothing left to refund, never created
+            result, order = (
+                Skip("order_already_cancelled"),
+                replace(order, status=OrderStatus.CANCELLED),
+            )
+        else:
+            order = _adopted(order, at_button)
+            desired = _desired(order, strict=event.event_id)
+            result, order = _reconcile(event, order, desired, profile, config)
+    else:
+        result, order = _reconcile(event, order, desired, profile, config)
+        if isinstance(result, Skip) and desired.status is OrderStatus.PENDING and looked is None:
+            # Held until now; whether Button knows the order decides (``Read.held`` otherwise).
+            result = Read(read_request(order_id), result)
     if order == known:
         return result, profile
     return result, _keep_orders(profile.with_order(order), config.max_orders_per_profile)
+
+
+ADOPTED = "button:adopted"
+"""``StoredOrder.created_by`` of an order adopted from Button (``adoption``): its content is
+Button's, not a purchase event's (a purchase event of it arriving later, later in event time,
+replaces it as for any revised purchase)."""
+
+
+def _adopted(order: StoredOrder, at_button: ButtonOrder) -> StoredOrder:
+    """``order`` (its refunds, none applied at Button) with Button's state as its content, and
+    that state as what Button was last sent: the refunds apply to what Button holds."""
+    adopted = StoredOrder(
+        order_id=order.order_id,
+        currency=at_button.currency,
+        purchase_ms=at_button.purchase_ms,
+        total=at_button.total,
+        lines=at_button.lines,
+        status=OrderStatus.OPEN,
+        created_by=ADOPTED,
+        refunds=order.refunds,
+        btn_ref=at_button.btn_ref,
+        touched_ms=order.touched_ms,
+        exponent=at_button.exponent,
+    )
+    return adopted.with_sent(OrderStatus.OPEN, body_digest(order_body(adopted)))
 
 
 def _with_purchase(

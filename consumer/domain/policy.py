@@ -31,6 +31,13 @@ Verdicts:
   Read the order (``GET /v1/order/{id}``, after the same gates); ``judge_read`` decides:
   ``DONE`` when it reads as deleted, the dead letter ``http_404`` when Button answers otherwise,
   and for a read that fails, what a failed attempt of the update gets (retry, pause, breaker).
+- ``READ``: the mapping needs the order as Button holds it (``Read``: a partial refund of an
+  order the profile does not know). Read it (``GET /v1/order/{id}``, after the same gates, within
+  the rate limit); ``judge_lookup`` decides: ``MAP`` when Button answered (the order, or its 404
+  in its envelope), and for a read that fails, what a failed attempt gets (retry within the
+  record's budget, pause, breaker; the dead letter at the end names the read and its answer).
+- ``MAP``: Button answered the read: map the event again with the answer (``Lookup``), whose
+  decision is then carried out as any mapped event's.
 - ``RETRY``: try again after ``delay`` seconds. For Button (429, 5xx, 408, timeouts, connection
   errors, unreadable responses) the budget is ``max_attempts`` attempts *and* ``max_elapsed``
   seconds since the first attempt; when the next retry would exceed either, the verdict becomes
@@ -77,7 +84,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from consumer.domain.backoff import Backoff, RandomSource
-from consumer.domain.button import Action, MapResult, Reject, Send, Skip
+from consumer.domain.button import Action, MapResult, Read, Reject, Send, Skip
 from consumer.domain.deadletter import Stage
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.errors import (
@@ -100,6 +107,8 @@ class Verdict(StrEnum):
     DONE = "done"
     FOLLOW_UP = "follow_up"
     VERIFY = "verify"
+    READ = "read"
+    MAP = "map"
     RETRY = "retry"
     DEAD_LETTER = "dead_letter"
     PAUSE = "pause"
@@ -364,6 +373,54 @@ def judge_read(
     )
 
 
+def judge_lookup(
+    read: ButtonOutcome,
+    *,
+    attempt: int,
+    elapsed: float,
+    policy: RetryPolicy,
+    rng: RandomSource,
+    key_accepted: bool = False,
+    outage: bool = False,
+) -> Decision:
+    """The decision on the read of an order a refund needs (``READ``).
+
+    Button answered: with the order (a 2xx: ``MAP``, ``order_read``: the mapping adopts it, or
+    remembers it cancelled when it reads as deleted), or with its 404 in its JSON envelope
+    (``MAP``, ``order_unknown``: the refund is held until the purchase arrives). Any other
+    answer tells nothing about the order: it is decided as the read of ``VERIFY`` is
+    (``judge_read``): retried within the budget, a pause, the circuit breaker; a dead letter,
+    once the budget is spent or for a 4xx (a 404 page from in front of Button too), names the
+    read and its answer in its message.
+
+    Args:
+        read: the outcome of ``GET /v1/order/{order_id}``.
+        attempt: reads made so far, this one included (paused ones excluded).
+        elapsed, policy, rng, key_accepted, outage: as for ``decide``.
+    """
+    if read.ok:
+        return Decision(Verdict.MAP, ORDER_READ)
+    if read.from_button and read.kind is OutcomeKind.NOT_FOUND:
+        return Decision(Verdict.MAP, ORDER_UNKNOWN)
+    decision = decide(
+        Action.UPDATE,
+        read,
+        attempt=attempt,
+        elapsed=elapsed,
+        policy=policy,
+        rng=rng,
+        key_accepted=key_accepted,
+        outage=outage,
+    )
+    if decision.verdict not in (Verdict.RETRY, Verdict.PAUSE, Verdict.BREAK):
+        # A read can finish nothing: whatever is not a wait is the read's dead letter.
+        if decision.verdict is not Verdict.DEAD_LETTER:
+            reason = _http_reason("http_4xx", read.status)
+            decision = _delivery_letter(Decision(Verdict.DEAD_LETTER, reason), read)
+        decision = replace(decision, detail=f"reading the order: {decision.detail}")
+    return decision
+
+
 def _delivery_letter(decision: Decision, outcome: ButtonOutcome) -> Decision:
     """``decision`` (a ``DEAD_LETTER`` of a Button answer) with its dead-letter headers."""
     detail = outcome.message or outcome.kind.value
@@ -376,7 +433,9 @@ def _delivery_letter(decision: Decision, outcome: ButtonOutcome) -> Decision:
     )
 
 
-def decide_mapped(result: MapResult, *, parked: str | None, dry_run: bool) -> Decision:
+def decide_mapped(  # noqa: PLR0911 (one table)
+    result: MapResult, *, parked: str | None, dry_run: bool
+) -> Decision:
     """The decision for a decoded, mapped event, before anything is sent.
 
     Args:
@@ -386,8 +445,9 @@ def decide_mapped(result: MapResult, *, parked: str | None, dry_run: bool) -> De
         dry_run: the service runs without sending anything to Button.
 
     Returns:
-        ``DONE`` (skipped, dry run), ``DEAD_LETTER`` (rejected at the map stage, or parked) or
-        ``SEND``.
+        ``DONE`` (skipped, dry run), ``DEAD_LETTER`` (rejected at the map stage, or parked),
+        ``READ`` (the order is read from Button first; a dry run reads nothing and keeps the
+        mapping's ``Read.held``, the refund held as without a read) or ``SEND``.
     """
     match result:
         case Skip(reason=reason):
@@ -401,7 +461,7 @@ def decide_mapped(result: MapResult, *, parked: str | None, dry_run: bool) -> De
                 error_class="MappingError",
                 detail=detail or reason or "mapping_rejected",
             )
-        case Send(request=request) if parked is not None:
+        case Send(request=request) | Read(request=request) if parked is not None:
             return Decision(
                 Verdict.DEAD_LETTER,
                 PARKED_REASON,
@@ -412,6 +472,10 @@ def decide_mapped(result: MapResult, *, parked: str | None, dry_run: bool) -> De
             )
         case Send() if dry_run:
             return Decision(Verdict.DONE, DRY_RUN, outcome=DRY_RUN)
+        case Read(held=held) if dry_run:
+            return Decision(Verdict.DONE, held.reason, outcome=SKIPPED)
+        case Read():
+            return Decision(Verdict.READ, "read")
         case _:
             return Decision(Verdict.SEND, "send")
 
@@ -518,6 +582,12 @@ def breaker_wait(outcome: ButtonOutcome, *, interval: float, policy: RetryPolicy
 
 ORDER_DELETED = "order_deleted"
 """The reason of a ``DONE`` for an update answered 404 whose order reads as deleted."""
+
+ORDER_READ = "order_read"
+"""The reason of a ``MAP``: Button answered the read of a refund's order with the order."""
+
+ORDER_UNKNOWN = "order_unknown"
+"""The reason of a ``MAP``: Button answered the read of a refund's order with its 404."""
 
 ORDER_EXISTS_UPDATE = "order_exists_update"
 """The reason of a ``FOLLOW_UP``: the create was answered 409, its update is sent next."""

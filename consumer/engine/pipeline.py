@@ -32,8 +32,9 @@ from typing import Any, Protocol
 
 import structlog
 
+from consumer.domain.adoption import Lookup
 from consumer.domain.backoff import RandomSource
-from consumer.domain.button import Action, ButtonRequest, Reject, Send, Skip
+from consumer.domain.button import Action, ButtonRequest, MapResult, Read, Send, Skip
 from consumer.domain.deadletter import (
     DeadLetter,
     Stage,
@@ -52,6 +53,7 @@ from consumer.domain.policy import (
     decide,
     decide_error,
     decide_mapped,
+    judge_lookup,
     judge_read,
     parks_key,
 )
@@ -90,7 +92,7 @@ _SKIP = Action.SKIP.value
 class Processed:
     """The mapper's verdict on one event and the profile change it caused."""
 
-    result: Send | Skip | Reject
+    result: MapResult
     event_id: str
     event_time_ms: int | None
     order_id: str
@@ -104,12 +106,19 @@ class Processor(Protocol):
 
     ``process`` is pure (it reads the profile store, changes nothing); ``apply`` stores the
     profile change it computed and returns the changelog record to write (``None``: nothing to
-    write). The pipeline applies a change only for a record that is not parked: a record that
-    follows a dead letter to the DLQ must not move the user's order ledger (DESIGN, 5).
+    write). ``lookup`` is Button's answer to the read a ``Read`` result asked for: the same
+    event is processed again with it. The pipeline applies a change only for a record that is
+    not parked: a record that follows a dead letter to the DLQ must not move the user's order
+    ledger (DESIGN, 5).
     """
 
     def process(
-        self, partition: int, key: bytes | None, event: CommerceEvent, now: datetime
+        self,
+        partition: int,
+        key: bytes | None,
+        event: CommerceEvent,
+        now: datetime,
+        lookup: Lookup | None = None,
     ) -> Processed: ...
 
     def apply(self, partition: int, key: bytes, processed: Processed) -> ChangelogWrite | None: ...
@@ -282,23 +291,42 @@ class Pipeline:
         # releases it before the record is mapped (DESIGN, 5).
         parking = d.parking.check(record, decoded.order_id, d.wall_clock())
         await self._write(parking.write)
-        try:
-            processed = d.processor.process(record.partition, record.key, decoded, d.wall_clock())
-        except DecodeError as exc:
+        lookup: Lookup | None = None
+        while True:
+            try:
+                processed = d.processor.process(
+                    record.partition, record.key, decoded, d.wall_clock(), lookup
+                )
+            except DecodeError as exc:
+                _release(ahead)
+                d.telemetry.decode_failed(exc.reason)
+                context = _Context(event_type=decoded.event_type.value)
+                return await self._execute(record, decide_error(exc), context)
+            current = CURRENT_RECORD.get()
+            if current is not None:
+                current.event_id = processed.event_id
+            result = processed.result
+            context = _Context(
+                processed,
+                _action(result),
+                event_type=decoded.event_type.value,
+                behind_key_only=parking.behind_key_only,
+            )
+            decision = decide_mapped(result, parked=parking.reason, dry_run=d.dry_run)
+            if not isinstance(result, Read):
+                break
+            if decision.verdict is not Verdict.READ or lookup is not None:
+                if d.dry_run:  # a dry run reads nothing: the refund is held, as without a read
+                    log.info("order_not_read", reason="dry_run")
+                break  # (or parked: it follows its first dead letter, unread)
+            # The order as Button holds it decides; nothing of this record is written or sent
+            # before the answer (the key's later records wait in its lane meanwhile).
             _release(ahead)
-            d.telemetry.decode_failed(exc.reason)
-            context = _Context(event_type=decoded.event_type.value)
-            return await self._execute(record, decide_error(exc), context)
-        current = CURRENT_RECORD.get()
-        if current is not None:
-            current.event_id = processed.event_id
-        result = processed.result
-        context = _Context(
-            processed,
-            _action(result),
-            event_type=decoded.event_type.value,
-            behind_key_only=parking.behind_key_only,
-        )
+            ahead = None
+            answered = await self._look_up(record, context, result.request)
+            if isinstance(answered, Decision):
+                return await self._execute(record, answered, context)
+            lookup = answered
         if parking.reason is None and record.key is not None:
             # Queued now, before the request is sent (the key's writes keep their order), and
             # acknowledged before the record is finished, so before its offset may be stored;
@@ -306,7 +334,6 @@ class Pipeline:
             context.pending = self._start_write(
                 d.processor.apply(record.partition, record.key, processed)
             )
-        decision = decide_mapped(result, parked=parking.reason, dry_run=d.dry_run)
         try:
             if decision.verdict is Verdict.SEND and isinstance(result, Send):
                 return await self._deliver(
@@ -415,32 +442,8 @@ class Pipeline:
                 paused_for += waited
             refused = decision.verdict is Verdict.PAUSE
             match decision.verdict:
-                case Verdict.RETRY:
-                    d.telemetry.retry_scheduled(outcome.kind.value)
-                    log.info(
-                        "retrying",
-                        status=outcome.status,
-                        outcome=outcome.kind.value,
-                        attempt=attempts.count,
-                        delay=round(decision.delay, 3),
-                    )
-                    await d.sleep(decision.delay)
-                case Verdict.PAUSE:
-                    if not d.gate.closed:
-                        log.error(
-                            "button_auth_failed", status=outcome.status, message=outcome.message
-                        )
-                    d.gate.close()
-                    attempts.count -= 1  # a paused attempt does not use up the retry budget
-                case Verdict.BREAK:
-                    d.telemetry.retry_scheduled(outcome.kind.value)
-                    if d.breaker.close(decision.reason, decision.delay or None):
-                        self._breaker_opened(decision.reason, outcome)
-                    attempts.count -= 1  # back-pressure does not use up the retry budget
-                    if decision.reason == BUTTON_UNAVAILABLE:
-                        # The budget ran out while Button failed for everyone: after the
-                        # outage the record starts a fresh budget (DESIGN, 4).
-                        attempts.count = 0
+                case Verdict.RETRY | Verdict.PAUSE | Verdict.BREAK:
+                    if await self._wait_out(decision, outcome, attempts):
                         started = d.monotonic()
                         paused_for = 0.0
                 case Verdict.FOLLOW_UP if follow_up is not None:
@@ -449,6 +452,82 @@ class Pipeline:
                     return await self._deliver(record, then, follow_up)
                 case _:
                     return await self._execute(record, decision, context)
+
+    async def _wait_out(
+        self, decision: Decision, outcome: ButtonOutcome, attempts: _Attempts
+    ) -> bool:
+        """Carry out a ``RETRY`` (wait its delay), ``PAUSE`` (close the auth gate) or ``BREAK``
+        (open the circuit breaker) after ``outcome``; a paused or broken attempt does not count
+        against the budget. Returns whether the record starts a fresh budget: it waited out an
+        outage (DESIGN, 4)."""
+        d = self._d
+        match decision.verdict:
+            case Verdict.RETRY:
+                d.telemetry.retry_scheduled(outcome.kind.value)
+                log.info(
+                    "retrying",
+                    status=outcome.status,
+                    outcome=outcome.kind.value,
+                    attempt=attempts.count,
+                    delay=round(decision.delay, 3),
+                )
+                await d.sleep(decision.delay)
+            case Verdict.PAUSE:
+                if not d.gate.closed:
+                    log.error("button_auth_failed", status=outcome.status, message=outcome.message)
+                d.gate.close()
+                attempts.count -= 1  # a paused attempt does not use up the retry budget
+            case Verdict.BREAK:
+                d.telemetry.retry_scheduled(outcome.kind.value)
+                if d.breaker.close(decision.reason, decision.delay or None):
+                    self._breaker_opened(decision.reason, outcome)
+                attempts.count -= 1  # back-pressure does not use up the retry budget
+                if decision.reason == BUTTON_UNAVAILABLE:
+                    # The budget ran out while Button failed for everyone: after the outage
+                    # the record starts a fresh budget (DESIGN, 4).
+                    attempts.count = 0
+                    return True
+        return False
+
+    async def _look_up(
+        self, record: Record, context: _Context, request: ButtonRequest
+    ) -> Lookup | Decision:
+        """Read the order a refund needs (``READ``) until Button answers: its ``Lookup`` for
+        the mapping's second pass, or the final decision (a dead letter) when the read cannot be
+        had. The reads pass the gates, the rate limit and the breaker as any request, and use the
+        record's budget (``context.attempts``): a failed read is retried, pauses or breaks as
+        the ``VERIFY`` read does (``judge_lookup``)."""
+        d = self._d
+        attempts = context.attempts
+        started = d.monotonic()
+        paused_for = 0.0
+        refused = False
+        source = (record.partition, record.offset)
+        while True:
+            waited, waited_for_key = await self._wait_at_gates()
+            paused_for += waited
+            key_accepted = refused and waited_for_key
+            if d.stop_gate.stopping(record.partition):
+                await d.stop_gate.hold_if_stopping(record.partition)
+            read = await self._read(request.order_id, attempts)
+            self._observe(read, source)
+            decision = judge_lookup(
+                read,
+                attempt=attempts.count,
+                elapsed=d.monotonic() - started - paused_for,
+                policy=d.retry,
+                rng=d.rng,
+                key_accepted=key_accepted,
+                outage=d.breaker.failing(source),
+            )
+            refused = decision.verdict is Verdict.PAUSE
+            if decision.verdict is Verdict.MAP:
+                return Lookup(request.order_id, found=read.ok, order=read.object)
+            if decision.verdict not in (Verdict.RETRY, Verdict.PAUSE, Verdict.BREAK):
+                return decision
+            if await self._wait_out(decision, read, attempts):
+                started = d.monotonic()
+                paused_for = 0.0
 
     def _observe(self, outcome: ButtonOutcome, source: tuple[int, int]) -> None:
         """Let the gates see an answer: the circuit breaker counts it towards an outage, and
@@ -534,13 +613,21 @@ class Pipeline:
         )
         return read, decision, waited
 
-    async def _read(self, order_id: str) -> ButtonOutcome:
-        """Read an order from Button (``VERIFY``), within the rate limit; reported as a
-        ``read`` request. Sent at once, without a concurrency permit: it is rare."""
+    async def _read(self, order_id: str, attempts: _Attempts | None = None) -> ButtonOutcome:
+        """Read an order from Button (``VERIFY``, ``READ``), within the rate limit; reported as
+        a ``read`` request. Sent at once, without a concurrency permit: it is rare.
+        ``attempts``: the record's attempts, when the read is one (``READ``)."""
         d = self._d
         if d.rate is not None:
             await d.rate.take(d.sleep)
+        if attempts is not None:
+            attempts.count += 1
+            now_ms = _ms(d.wall_clock())
+            attempts.first_ms = attempts.first_ms or now_ms
+            attempts.last_ms = now_ms
         outcome = await d.button.get(order_id)
+        if attempts is not None:
+            attempts.last = outcome
         d.telemetry.button_attempt(
             "read",
             outcome.kind.value,
@@ -767,9 +854,9 @@ def _abandon(pending: asyncio.Future[Any] | None) -> None:
         pending.exception()
 
 
-def _action(result: Send | Skip | Reject) -> str:
+def _action(result: MapResult) -> str:
     match result:
-        case Send(request=request):
+        case Send(request=request) | Read(request=request):
             return request.action.value
         case Skip():
             return Action.SKIP.value

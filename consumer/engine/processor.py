@@ -14,6 +14,7 @@ from datetime import datetime
 import structlog
 
 from consumer.domain import mapping
+from consumer.domain.adoption import Lookup
 from consumer.domain.events import CommerceEvent
 from consumer.domain.profile import Profile
 from consumer.domain.profile_codec import ProfileDecodeError
@@ -35,11 +36,17 @@ class ProfileProcessor:
         return self._store
 
     def process(
-        self, partition: int, key: bytes | None, event: CommerceEvent, now: datetime
+        self,
+        partition: int,
+        key: bytes | None,
+        event: CommerceEvent,
+        now: datetime,
+        lookup: Lookup | None = None,
     ) -> Processed:
-        """Map ``event`` against the user's stored profile; store nothing (see ``apply``)."""
+        """Map ``event`` against the user's stored profile; store nothing (see ``apply``).
+        ``lookup``: Button's answer to the read a first pass asked for (``Read``)."""
         profile = self._profile(partition, key)
-        result, updated = mapping.process(event, profile, self._config, now)
+        result, updated = mapping.process(event, profile, self._config, now, lookup=lookup)
         return Processed(
             result=result,
             event_id=event.event_id,

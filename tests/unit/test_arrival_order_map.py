@@ -224,6 +224,8 @@ class Button:
             status, _ = self.book.update(order_id, body)
         elif method == "DELETE":
             status, _ = self.book.cancel(order_id)
+        elif method == "GET":  # a refund's read of its order (``map`` holds the refund)
+            status, _ = self.book.get(order_id)
         else:
             raise AssertionError(f"not an Order API request: {method} {path}")
         summary = f" total={body.get('total')}" if isinstance(body, dict) else ""

@@ -159,7 +159,12 @@ class FakeProcessor:
         self.parking_calls: list[tuple[str, bytes | None, str]] = []
 
     def process(
-        self, partition: int, key: bytes | None, event: CommerceEvent, now: datetime
+        self,
+        partition: int,
+        key: bytes | None,
+        event: CommerceEvent,
+        now: datetime,
+        lookup: Any = None,
     ) -> Processed:
         self.calls.append((partition, key, event))
         return self.script.pop(0) if len(self.script) > 1 else self.script[0]
@@ -1143,6 +1148,236 @@ def test_a_replay_after_a_restart_sends_create_then_cancel() -> None:
     after = restored_processor(first, second, third).store.get(2, b"user-1")
     assert after is not None
     assert after.parked == ()
+
+
+# --- a partial refund of an order the profile does not know: read from Button --------------------
+
+PARTIAL = CommerceEvent(
+    event_id="evt-3",
+    event_type=EventType.REFUND,
+    event_time=T0 - timedelta(seconds=2),
+    user_key="user-1",
+    commerce=CommerceData(
+        action=ProductAction.REFUND,
+        transaction_id=ORDER,
+        currency_code="USD",
+        total_amount=Decimal("2.50"),
+    ),
+)
+"""A refund of 2.50 of an order this service never saw (a previous integration created it)."""
+
+
+def at_button(**changes: Any) -> ButtonOutcome:
+    """Button's answer to the read of ``ORDER``, as the sandbox gives it (open, 10.00)."""
+    obj: dict[str, Any] = {
+        "button_order_id": "btnorder-0123456789abcdef",
+        "order_id": ORDER,
+        "btn_ref": None,
+        "line_items": [],
+        "total": 1000,
+        "currency": "USD",
+        "purchase_date": "2026-01-04T08:00:00Z",
+        "status": "open",
+        "finalization_date": "2026-02-04T08:00:00Z",
+    }
+    obj.update(changes)
+    return ButtonOutcome(OutcomeKind.SUCCESS, 200, object=obj, from_button=True)
+
+
+def unknown_order_harness(*earlier: Harness, event: CommerceEvent = PARTIAL, **kw: Any) -> Harness:
+    """A pipeline with the real mapping and profile store, restored from ``earlier``."""
+    return Harness(decoder=FakeDecoder(event), real_processor=restored_processor(*earlier), **kw)
+
+
+def test_a_partial_refund_of_an_order_the_profile_does_not_know_updates_buttons_order() -> None:
+    """The order is read from Button (open, 10.00), adopted, and the refund's update (7.50)
+    sent; the adopted order is queued to the changelog before the update."""
+    h = unknown_order_harness().answer(OK)
+    h.button.reads.append(at_button())
+
+    outcomes = h.handle(record())
+
+    assert outcomes == ["delivered"]
+    assert [c[0] for c in h.calls if c[0] in ("read", "changelog", "button")] == [
+        "read",
+        "changelog",
+        "button",
+    ]
+    sent = h.button.sent[0]
+    assert (sent.action, sent.body) == (
+        Action.UPDATE,
+        {
+            "order_id": ORDER,
+            "total": 750,
+            "currency": "USD",
+            "purchase_date": "2026-01-04T08:00:00Z",
+        },
+    )
+    assert h.sample("button_requests_total", action="read", outcome="success", status_class="2xx")
+
+
+def test_a_replay_of_an_adopted_refund_reads_nothing_and_sends_the_same_state() -> None:
+    """The changelog holds the adopted order: the refund replayed after a restart maps without
+    a read (the fake Button refuses one) to the same update."""
+    first = unknown_order_harness().answer(OK)
+    first.button.reads.append(at_button())
+    first.handle(record(17))
+
+    again = unknown_order_harness(first).answer(OK)
+    outcomes = again.handle(record(17))
+
+    assert (outcomes, again.button.read_ids) == (["delivered"], [])
+    assert again.button.sent[0].body == first.button.sent[0].body
+
+
+def test_a_refund_of_an_order_button_does_not_know_is_held_then_applied_to_its_purchase() -> None:
+    """Button answers 404 in its envelope: the refund is held (``refund_held``), nothing sent;
+    the purchase arriving later is created with the refund applied."""
+    first = unknown_order_harness()
+    first.button.reads.append(NOT_FOUND)
+
+    outcomes = first.handle(record(17))
+
+    assert (outcomes, first.button.read_ids, first.button.sent) == (["skipped"], [ORDER], [])
+    assert first.last_delivery()["reason"] == "refund_held"
+    later = unknown_order_harness(first, event=EVENT).answer(OK)
+    assert later.handle(record(18)) == ["delivered"]
+    created = later.button.sent[0]
+    assert created.body is not None
+    assert (created.action, created.body["total"]) == (Action.CREATE, 750)
+
+
+def test_a_refund_of_an_order_button_holds_deleted_is_skipped_as_already_cancelled() -> None:
+    """Button holds the order deleted: nothing to change, nothing sent, remembered cancelled."""
+    h = unknown_order_harness()
+    h.button.reads.append(DELETED)
+
+    outcomes = h.handle(record())
+
+    assert (outcomes, h.button.sent, h.last_delivery()["reason"]) == (
+        ["skipped"],
+        [],
+        "order_already_cancelled",
+    )
+    stored = restored_processor(h).store.get(2, b"user-1")
+    assert stored is not None
+    assert stored.order(ORDER).status.value == "cancelled"  # type: ignore[union-attr]
+
+
+def test_a_read_of_the_refunds_order_that_times_out_is_retried_within_the_budget() -> None:
+    """A timed-out read tells nothing: retried after a backoff, then the update is sent."""
+    h = unknown_order_harness().answer(OK)
+    h.button.reads.extend([TIMEOUT, at_button()])
+
+    outcomes = h.handle(record())
+
+    assert (outcomes, len(h.clock.sleeps), h.letters) == (["delivered"], 1, [])
+    assert [c for c in h.calls if c[0] in ("button", "read")] == [
+        ("read", ORDER),
+        ("read", ORDER),
+        ("button", "update", ORDER),
+    ]
+
+
+def test_a_read_of_the_refunds_order_refused_closes_the_auth_gate_then_reads_again() -> None:
+    """A 401 on the read is the key's refusal: the gate closes, a probe reopens it, and the
+    order is read again; nothing is dead-lettered."""
+    h = unknown_order_harness().answer(OK)
+    h.button.reads.extend([UNAUTHORIZED, at_button()])
+
+    outcomes = h.handle(record())
+
+    assert (outcomes, h.letters) == (["delivered"], [])
+    assert [c for c in h.calls if c[0] in ("button", "read", "probe")] == [
+        ("read", ORDER),
+        ("probe",),
+        ("read", ORDER),
+        ("button", "update", ORDER),
+    ]
+
+
+def test_a_read_of_the_refunds_order_failing_past_the_budget_is_dead_lettered_naming_it() -> None:
+    """Every read answered 503: after the budget (3 attempts) the refund is dead-lettered
+    (``retries_exhausted``), its message naming the read and Button's answer, and its order
+    parked; no change of the profile but the parking."""
+    h = unknown_order_harness()
+    h.button.reads.extend([UNAVAILABLE] * 3)
+
+    outcomes = h.handle(record())
+
+    letter = h.letters[0]
+    assert (outcomes, letter.reason, letter.action, letter.http_status, letter.attempts) == (
+        ["dead_lettered"],
+        "retries_exhausted",
+        "read",
+        503,
+        3,
+    )
+    assert letter.message == "reading the order: http_503 after retries: Service Unavailable"
+    stored = restored_processor(h).store.get(2, b"user-1")
+    assert stored is not None
+    assert ([p.order_id for p in stored.parked], stored.order(ORDER)) == ([ORDER], None)
+
+
+def test_an_order_button_holds_in_a_shape_it_cannot_adopt_is_dead_lettered_naming_the_field() -> (
+    None
+):
+    """Button's order has a line the service cannot carry: the refund is dead-lettered
+    (``order_not_adoptable``, map stage) with the field named, and its order parked."""
+    h = unknown_order_harness()
+    lines = [{"identifier": "SKU-A", "total": 1000, "upc": "0123456789012"}]
+    h.button.reads.append(at_button(line_items=lines))
+
+    outcomes = h.handle(record())
+
+    letter = h.letters[0]
+    assert (outcomes, letter.reason, letter.stage.name, h.button.sent) == (
+        ["dead_lettered"],
+        "order_not_adoptable",
+        "MAP",
+        [],
+    )
+    assert letter.message.startswith("line_items[0].upc: ")
+    stored = restored_processor(h).store.get(2, b"user-1")
+    assert stored is not None
+    assert [p.order_id for p in stored.parked] == [ORDER]
+
+
+def test_a_partial_refund_of_a_parked_order_follows_its_dead_letter_without_a_read() -> None:
+    """The purchase was rejected (its order parked, never stored): the partial refund of the
+    order is parked behind it, nothing read, so the replay of the purchase brings it along."""
+    assert EVENT.commerce is not None
+    bad = replace(EVENT, commerce=replace(EVENT.commerce, currency_code="ZZZ"))
+    first = unknown_order_harness(event=bad)
+    assert first.handle(record(17)) == ["dead_lettered"]
+
+    h = unknown_order_harness(first)
+    outcomes = h.handle(record(18))
+
+    assert (outcomes, h.button.read_ids, h.letters[0].reason, h.letters[0].action) == (
+        ["parked"],
+        [],
+        "parked",
+        "read",
+    )
+
+
+def test_a_dry_run_holds_the_refund_without_reading_the_order() -> None:
+    """A dry run sends nothing to Button, not even the read: the refund is held as before."""
+    h = unknown_order_harness(dry_run=True)
+
+    with capture_logs() as logs:
+        outcomes = h.handle(record())
+
+    assert (outcomes, h.button.read_ids, h.last_delivery()["reason"]) == (
+        ["skipped"],
+        [],
+        "refund_held",
+    )
+    assert [e["event"] for e in logs if e.get("reason") == "dry_run"] == ["order_not_read"]
+    stored = restored_processor(h).store.get(2, b"user-1")
+    assert stored is not None
+    assert stored.order(ORDER).status.value == "pending"  # type: ignore[union-attr]
 
 
 # --- dead letters without retries ---------------------------------------------------------------

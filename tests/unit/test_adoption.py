@@ -1,0 +1,374 @@
+"""A partial refund of an order the profile does not know: read from Button, then adopted.
+
+The mapping stays pure: without Button's answer it asks for the read (``Read``); given the
+answer (``Lookup``) it adopts Button's order as the base the refund applies to, holds the refund
+when Button does not know the order, remembers an order Button holds deleted as cancelled, and
+rejects (``order_not_adoptable``, naming the field) an object it cannot take as its base.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from consumer.domain.adoption import Lookup
+from consumer.domain.button import Action, Read, Reject, Send, Skip
+from consumer.domain.button_wire import order_path
+from consumer.domain.event_forms import event_from_json
+from consumer.domain.events import CommerceEvent
+from consumer.domain.mapping import MappingConfig, process
+from consumer.domain.profile import OrderStatus, Profile
+from consumer.sandbox.validation import validate_update
+
+NOW = datetime(2024, 5, 2, tzinfo=UTC)
+ORDER = "ORD-MIGRATED-1"
+TOKEN = "srctok-0123456789abcdef"
+CONFIG = MappingConfig()
+
+
+def event(**fields: Any) -> CommerceEvent:
+    base: dict[str, Any] = {
+        "event_id": "evt-1",
+        "event_type": "PURCHASE",
+        "event_time": "2024-05-01T14:03:22Z",
+        "user_key": "user-1",
+    }
+    base.update(fields)
+    return event_from_json(base)
+
+
+def refund(event_id: str = "evt-r1", products: list[dict[str, Any]] | None = None, **c: Any) -> Any:
+    commerce: dict[str, Any] = {"action": "REFUND", "transaction_id": ORDER}
+    if products is not None:
+        commerce["products"] = products
+    commerce.update(c)
+    return event(event_id=event_id, event_type="REFUND", commerce=commerce)
+
+
+def purchase(event_id: str = "evt-p1", total: str = "80.00") -> CommerceEvent:
+    commerce = {
+        "action": "PURCHASE",
+        "transaction_id": ORDER,
+        "currency_code": "USD",
+        "total_amount": total,
+    }
+    return event(event_id=event_id, event_time="2024-05-01T15:00:00Z", commerce=commerce)
+
+
+def at_button(**changes: Any) -> dict[str, Any]:
+    """The order as a previous integration left it at Button (``GET /v1/order/{id}``)."""
+    obj: dict[str, Any] = {
+        "button_order_id": "btnorder-1a2b3c4d5e6f7a8b",
+        "order_id": ORDER,
+        "total": 8000,
+        "currency": "USD",
+        "btn_ref": TOKEN,
+        "status": "open",
+        "purchase_date": "2024-04-28T10:00:00Z",
+        "finalization_date": "2024-05-28T10:00:00Z",
+        "line_items": [
+            {
+                "identifier": "SKU-A",
+                "sku": "SKU-A",
+                "description": "Shirt",
+                "category": ["Apparel"],
+                "quantity": 2,
+                "amount": 2500,
+                "total": 5000,
+                "attributes": {"size": "M"},
+            },
+            {"identifier": "SKU-B", "quantity": 1, "amount": 3000, "total": 3000},
+        ],
+    }
+    obj.update(changes)
+    return obj
+
+
+def found(obj: dict[str, Any] | None = None) -> Lookup:
+    return Lookup(ORDER, found=True, order=at_button() if obj is None else obj)
+
+
+NOT_AT_BUTTON = Lookup(ORDER, found=False)
+
+
+def request_of(result: object) -> Any:
+    assert isinstance(result, Send), result
+    return result.request
+
+
+# --- without Button's answer: read first -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "partial",
+    [refund(products=[{"id": "SKU-A"}]), refund(total_amount="10.00")],
+    ids=["products", "amount"],
+)
+def test_a_partial_refund_of_an_unknown_order_asks_for_the_order_to_be_read(partial) -> None:
+    """With products or an amount, the refund cannot be applied without the order: the
+    mapping asks for ``GET /v1/order/{id}``; the profile it returns holds the refund (what a
+    run that cannot read keeps)."""
+    result, held = process(partial, None, CONFIG, NOW)
+
+    assert isinstance(result, Read)
+    assert (result.request.action, result.request.method, result.request.path) == (
+        Action.READ,
+        "GET",
+        order_path(ORDER),
+    )
+    assert result.held == Skip("refund_held")
+    assert held is not None
+    order = held.order(ORDER)
+    assert order is not None
+    assert (order.status, [r.event_id for r in order.refunds]) == (OrderStatus.PENDING, ["evt-r1"])
+
+
+def test_a_whole_order_refund_of_an_unknown_order_still_cancels_without_a_read() -> None:
+    """No products and no amount: a cancel needs nothing of the order, as before."""
+    result, _ = process(refund(), None, CONFIG, NOW)
+
+    assert request_of(result).action is Action.CANCEL
+
+
+def test_a_refund_of_a_known_order_reads_nothing() -> None:
+    """The profile knows the purchase: the refund is applied to it, no read."""
+    _, profile = process(purchase(), None, CONFIG, NOW)
+
+    result, _ = process(refund(total_amount="10.00"), profile, CONFIG, NOW)
+
+    assert request_of(result).action is Action.UPDATE
+
+
+# --- Button does not know the order: held as before ----------------------------------------------
+
+
+def test_a_refund_of_an_order_button_does_not_know_is_held_for_its_purchase() -> None:
+    """Button answers 404: the refund is held (``refund_held``) and applied when the purchase
+    arrives, out of order."""
+    result, held = process(refund(total_amount="10.00"), None, CONFIG, NOW, lookup=NOT_AT_BUTTON)
+    assert result == Skip("refund_held")
+
+    created, _ = process(purchase(), held, CONFIG, NOW)
+
+    assert (request_of(created).action, request_of(created).body["total"]) == (Action.CREATE, 7000)
+
+
+# --- Button holds it open: adopted, the refund applied to Button's state -------------------------
+
+
+def test_a_product_refund_updates_buttons_order_without_the_refunded_units() -> None:
+    """One of two SKU-A refunded: the update carries Button's lines, SKU-A down to one unit,
+    and Button's total less its value; the other line exactly as Button holds it."""
+    result, adopted = process(
+        refund(products=[{"id": "SKU-A", "quantity": 1}]), None, CONFIG, NOW, lookup=found()
+    )
+
+    request = request_of(result)
+    assert (request.action, request.method, request.path) == (
+        Action.UPDATE,
+        "POST",
+        order_path(ORDER),
+    )
+    assert request.body == {
+        "order_id": ORDER,
+        "total": 5500,
+        "currency": "USD",
+        "purchase_date": "2024-04-28T10:00:00Z",
+        "line_items": [
+            {
+                "identifier": "SKU-A",
+                "sku": "SKU-A",
+                "description": "Shirt",
+                "category": ["Apparel"],
+                "quantity": 1,
+                "amount": 2500,
+                "total": 2500,
+                "attributes": {"size": "M"},
+            },
+            {"identifier": "SKU-B", "quantity": 1, "amount": 3000, "total": 3000},
+        ],
+    }
+    assert validate_update(request.body, ORDER) == []
+    assert adopted is not None
+    order = adopted.order(ORDER)
+    assert order is not None
+    assert (order.status, order.btn_ref, order.currency) == (OrderStatus.UPDATED, TOKEN, "USD")
+
+
+def test_an_amount_refund_reduces_buttons_total_and_keeps_its_lines() -> None:
+    """An amount refund takes the amount off Button's total; the lines stay as Button holds them
+    (the total then differs from the lines, as after any amount refund)."""
+    result, _ = process(refund(total_amount="12.34"), None, CONFIG, NOW, lookup=found())
+
+    body = request_of(result).body
+    assert (body["total"], [i["quantity"] for i in body["line_items"]]) == (8000 - 1234, [2, 1])
+
+
+def test_a_refund_of_what_is_left_of_buttons_order_cancels_it() -> None:
+    """Every unit Button holds refunded (or an amount of at least its total): the cancel."""
+    every_unit = refund(products=[{"id": "SKU-A", "quantity": 2}, {"id": "SKU-B"}])
+    for partial in (every_unit, refund(total_amount="80.00")):
+        result, adopted = process(partial, None, CONFIG, NOW, lookup=found())
+
+        assert request_of(result).action is Action.CANCEL
+        assert adopted is not None
+        assert adopted.order(ORDER).status is OrderStatus.CANCELLED  # type: ignore[union-attr]
+
+
+def test_an_adopted_order_is_recorded_so_a_replay_reads_nothing_and_sends_the_same_state() -> None:
+    """The profile records the adopted order: the refund replayed against it maps without a
+    read to the same update."""
+    partial = refund(products=[{"id": "SKU-B"}])
+    first, adopted = process(partial, None, CONFIG, NOW, lookup=found())
+
+    again, unchanged = process(partial, adopted, CONFIG, NOW)
+
+    assert (again, unchanged) == (first, None)
+
+
+def test_a_later_refund_of_an_adopted_order_applies_to_the_adopted_state() -> None:
+    """A second partial refund of the adopted order needs no read: it reduces what is left."""
+    _, adopted = process(refund(products=[{"id": "SKU-B"}]), None, CONFIG, NOW, lookup=found())
+
+    result, _ = process(refund("evt-r2", total_amount="5.00"), adopted, CONFIG, NOW)
+
+    assert request_of(result).body["total"] == 5000 - 500
+
+
+def test_refunds_held_before_are_applied_with_the_one_that_read_the_order() -> None:
+    """A refund held while Button did not know the order, then one after it learnt it: both
+    apply to Button's state."""
+    _, held = process(refund(total_amount="10.00"), None, CONFIG, NOW, lookup=NOT_AT_BUTTON)
+
+    result, _ = process(refund("evt-r2", total_amount="30.00"), held, CONFIG, NOW, lookup=found())
+
+    assert request_of(result).body["total"] == 8000 - 1000 - 3000
+
+
+def test_a_refund_button_cannot_apply_to_its_order_is_rejected_and_records_nothing() -> None:
+    """A refunded product Button's order does not have: rejected as for a known order."""
+    result, profile = process(refund(products=[{"id": "SKU-Z"}]), None, CONFIG, NOW, lookup=found())
+
+    assert (result, profile) == (
+        Reject("refund_item_not_in_order", "refunded product 'SKU-Z' is not in the order"),
+        None,
+    )
+
+
+def test_an_order_button_holds_without_line_items_takes_an_amount_refund() -> None:
+    """Button's order without lines (a total only): an amount refund reduces the total."""
+    result, _ = process(
+        refund(total_amount="20.00"), None, CONFIG, NOW, lookup=found(at_button(line_items=[]))
+    )
+
+    assert request_of(result).body == {
+        "order_id": ORDER,
+        "total": 6000,
+        "currency": "USD",
+        "purchase_date": "2024-04-28T10:00:00Z",
+    }
+
+
+def test_a_line_without_amount_takes_its_unit_price_from_its_total() -> None:
+    """A previous integration's line without ``amount``: the unit price is total / quantity."""
+    lines = [{"identifier": "SKU-A", "quantity": 4, "total": 8000}]
+    result, _ = process(
+        refund(products=[{"id": "SKU-A"}]),
+        None,
+        CONFIG,
+        NOW,
+        lookup=found(at_button(line_items=lines)),
+    )
+
+    body = request_of(result).body
+    assert (body["total"], body["line_items"][0]["quantity"]) == (6000, 3)
+
+
+# --- Button holds it deleted -------------------------------------------------------------------
+
+
+def test_a_refund_of_an_order_button_holds_deleted_is_skipped_and_remembered_cancelled() -> None:
+    """Nothing is left to change: skipped as an order already cancelled, and a purchase of it
+    arriving later is not created."""
+    deleted = found({"order_id": ORDER, "status": "deleted"})
+    result, profile = process(refund(total_amount="10.00"), None, CONFIG, NOW, lookup=deleted)
+
+    assert result == Skip("order_already_cancelled")
+    assert profile is not None
+    assert profile.order(ORDER).status is OrderStatus.CANCELLED  # type: ignore[union-attr]
+    later, _ = process(purchase(), profile, CONFIG, NOW)
+    assert later == Skip("order_already_cancelled")
+
+
+# --- Button's object is not what the service can take as its base -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("obj", "field"),
+    [
+        (at_button(status=None), "status"),
+        (at_button(total=None), "total"),
+        (at_button(total="80.00"), "total"),
+        (at_button(total=True), "total"),
+        (at_button(total=-1), "total"),
+        (at_button(currency="XAU"), "currency"),
+        (at_button(currency=None), "currency"),
+        (at_button(purchase_date=None), "purchase_date"),
+        (at_button(purchase_date="yesterday"), "purchase_date"),
+        (at_button(purchase_date="2024-04-28T10:00:00"), "purchase_date"),
+        (at_button(order_id="ORD-OTHER"), "order_id"),
+        (at_button(btn_ref=42), "btn_ref"),
+        (at_button(line_items={"identifier": "SKU-A"}), "line_items"),
+        (at_button(line_items=["SKU-A"]), "line_items[0]"),
+        (at_button(line_items=[{"quantity": 1, "total": 100}]), "line_items[0].identifier"),
+        (at_button(line_items=[{"identifier": "SKU-A", "quantity": 1}]), "line_items[0].total"),
+        (
+            at_button(line_items=[{"identifier": "A", "quantity": -1, "total": 0}]),
+            "line_items[0].quantity",
+        ),
+        (
+            at_button(line_items=[{"identifier": "A", "quantity": 2, "amount": 10, "total": 25}]),
+            "line_items[0].total",
+        ),
+        (
+            at_button(line_items=[{"identifier": "A", "quantity": 3, "total": 100}]),
+            "line_items[0].total",
+        ),
+        (
+            at_button(line_items=[{"identifier": "A", "total": 100, "upc": "0123"}]),
+            "line_items[0].upc",
+        ),
+        (
+            at_button(line_items=[{"identifier": "A", "total": 100, "category": "shirts"}]),
+            "line_items[0].category",
+        ),
+        (
+            at_button(line_items=[{"identifier": "A", "total": 100, "attributes": {"n": 1}}]),
+            "line_items[0].attributes.n",
+        ),
+        (at_button(line_items=[{"identifier": "x" * 256, "total": 1}]), "line_items[0].identifier"),
+    ],
+)
+def test_an_order_that_cannot_be_adopted_is_rejected_naming_the_field(obj, field: str) -> None:
+    """Button's object may not have the shape the service sends (a previous integration's line
+    items, a missing field): the refund is rejected (``order_not_adoptable``), the message
+    starting with the field, and nothing is recorded."""
+    result, profile = process(refund(total_amount="10.00"), None, CONFIG, NOW, lookup=found(obj))
+
+    assert isinstance(result, Reject)
+    assert (result.reason, result.detail.split(":")[0], profile) == (
+        "order_not_adoptable",
+        field,
+        None,
+    )
+
+
+def test_a_found_lookup_without_an_object_is_not_adoptable() -> None:
+    """A 2xx read that carries no order object is no base either."""
+    lookup = Lookup(ORDER, found=True, order=None)
+    result, _ = process(refund(total_amount="10.00"), Profile(), CONFIG, NOW, lookup=lookup)
+
+    assert isinstance(result, Reject)
+    assert result.reason == "order_not_adoptable"
