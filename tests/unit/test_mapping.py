@@ -254,6 +254,30 @@ def test_profile_token_outside_attribution_window_is_not_used() -> None:
     assert "btn_ref" not in send(result).body
 
 
+def test_a_late_purchase_takes_the_token_of_its_time_when_it_was_seen_again_since() -> None:
+    """An install with ``?btn_ref=srctok-B`` 5 days ago, an app open with the same token 1 day
+    ago, then a purchase dated 3 days ago arrives: it carries srctok-B (seen at the install)."""
+    install = event(
+        event_id="evt-install",
+        event_type="APP_INSTALL",
+        event_time="2024-04-27T00:00:00Z",
+        launch_referral_url="https://brand.bttn.io/p/1?btn_ref=srctok-B",
+    )
+    reopen = event(
+        event_id="evt-open",
+        event_type="APP_OPEN",
+        event_time="2024-05-01T00:00:00Z",
+        launch_referral_url="myapp://p/1?btn_ref=srctok-B",
+    )
+    _, profile = process(install, None, CONFIG, NOW)
+    _, profile = process(reopen, profile, CONFIG, NOW)
+    late = purchase(event_time="2024-04-29T00:00:00Z")
+    result, after = process(late, profile, CONFIG, NOW)
+    assert send(result).body.get("btn_ref") == "srctok-B"
+    assert after is not None
+    assert after.order("ORD-100045").btn_ref_source is TokenSource.PROFILE  # type: ignore[union-attr]
+
+
 def test_zeroed_and_refused_advertising_ids_are_dropped() -> None:
     """All-zero ids, limit-ad-tracking and ATT denied never reach Button."""
     zero = {"ios_advertising_id": "00000000-0000-0000-0000-000000000000"}
