@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from consumer.domain.attribution import ResolvedToken, TokenSource
+from consumer.domain.attribution import ResolvedToken, TokenSource, is_forwardable_btn_ref
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -220,9 +220,12 @@ class Profile:
 
     def token_at(self, moment_ms: int, window_ms: int) -> ResolvedToken | None:
         """The token in force at ``moment_ms``: its latest sighting at or before it, if that
-        sighting is at most ``window_ms`` old (a token seen again is fresh again)."""
+        sighting is at most ``window_ms`` old (a token seen again is fresh again). Entries that
+        are no token (``attribution.is_forwardable_btn_ref``) are skipped."""
         for token in reversed(self.tokens):
-            if token.seen_at_ms <= moment_ms:
+            if token.seen_at_ms <= moment_ms and is_forwardable_btn_ref(token.value):
+                # (A value that is no token, a placeholder the previous release remembered,
+                # is passed over as if never seen.)
                 return token if moment_ms - token.seen_at_ms <= window_ms else None
         return None
 
@@ -327,7 +330,9 @@ def with_stamped(
     latest of consecutive sightings of one value) loses the time it was first in force, and an
     order dated between two sightings of one token found nothing before it.
 
-    A sighting already held (same value, same time; whatever its source) changes nothing. Beyond
+    A sighting already held (same value, same time; whatever its source) changes nothing; an
+    entry that is no token (``attribution.is_forwardable_btn_ref``: a placeholder remembered by an
+    older release) is dropped with the next sighting added. Beyond
     ``limit`` entries, the least useful one goes (``_least_useful``): first a sighting between
     two sightings of its own token (the token in force at every moment stays the same, only the
     freshness between its neighbours is counted from the earlier one), else the oldest.
@@ -335,7 +340,9 @@ def with_stamped(
     key = (item.seen_at_ms, item.value)
     if any((t.seen_at_ms, t.value) == key for t in history):
         return history
-    merged = sorted((*history, item), key=_event_time_order)
+    # Entries that are no token (placeholders an older release remembered) go at once.
+    kept = (t for t in history if is_forwardable_btn_ref(t.value))
+    merged = sorted((*kept, item), key=_event_time_order)
     while len(merged) > limit:
         del merged[_least_useful(merged)]
     result = tuple(merged)

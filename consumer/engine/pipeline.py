@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from consumer.domain.attribution import DroppedToken
 from consumer.domain.backoff import RandomSource
 from consumer.domain.button import Action, ButtonRequest, Reject, Send, Skip
 from consumer.domain.deadletter import (
@@ -97,6 +98,9 @@ class Processed:
     profile_changed: bool
     updated: object = None
     """The new profile, in the processor's own form; only its ``apply`` reads it."""
+    dropped_tokens: tuple[DroppedToken, ...] = ()
+    """Junk the event carried where a token goes (``attribution.dropped_tokens``): counted and
+    logged, so a merchant sees that the app sends it."""
 
 
 class Processor(Protocol):
@@ -292,6 +296,14 @@ class Pipeline:
         current = CURRENT_RECORD.get()
         if current is not None:
             current.event_id = processed.event_id
+        for dropped in processed.dropped_tokens:
+            d.telemetry.btn_ref_dropped(dropped.source.value, dropped.problem.value)
+            log.info(
+                "btn_ref_dropped",
+                source=dropped.source.value,
+                problem=dropped.problem.value,
+                value=dropped.value,
+            )
         result = processed.result
         context = _Context(
             processed,

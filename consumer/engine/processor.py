@@ -14,6 +14,7 @@ from datetime import datetime
 import structlog
 
 from consumer.domain import mapping
+from consumer.domain.attribution import dropped_tokens
 from consumer.domain.events import CommerceEvent
 from consumer.domain.profile import Profile
 from consumer.domain.profile_codec import ProfileDecodeError
@@ -47,6 +48,11 @@ class ProfileProcessor:
             order_id=event.order_id,
             profile_changed=updated is not None and key is not None,
             updated=updated,
+            dropped_tokens=dropped_tokens(
+                event.btn_ref,
+                event.integration_attributes,
+                (event.launch_referral_url, event.page_url),
+            ),
         )
 
     def apply(self, partition: int, key: bytes, processed: Processed) -> ChangelogWrite | None:

@@ -121,6 +121,15 @@ def test_a_sighting_arriving_twice_changes_nothing() -> None:
     assert again is profile.tokens
 
 
+def test_a_placeholder_left_in_a_history_by_an_older_release_is_never_in_force() -> None:
+    """``undefined`` remembered by the previous release (it took it for a token) is skipped:
+    the real token before it is in force; and it is dropped at the next sighting."""
+    profile = Profile(tokens=(seen("srctok-real", 1 * DAY_MS), seen("undefined", 2 * DAY_MS)))
+    assert in_force(profile, 3 * DAY_MS) == "srctok-real"
+    later = with_stamped(profile.tokens, seen("srctok-real", 4 * DAY_MS), MAX_TOKENS)
+    assert [t.value for t in later] == ["srctok-real", "srctok-real"]
+
+
 PREVIOUS_RELEASE_VALUE = bytes.fromhex(
     "040000019c090d6a00a5a2a388737263746f6b2d4102c380a8f8b0e766a388737263746f6b2d4200c380a88fc4"
     "ec66a0a0a0a0"
