@@ -364,6 +364,12 @@ class Telemetry(Protocol):
 
     def decode_failed(self, reason: str) -> None: ...
 
+    def btn_ref_dropped(self, source: str, problem: str) -> None:
+        """An event carried junk where a token goes (``source``: ``explicit``,
+        ``integration_attribute``, ``url``; ``problem``: ``empty``, ``placeholder``,
+        ``too_long``, ``not_url_safe``): dropped, never sent nor remembered."""
+        ...
+
     def writer_schema_missing_field(self, field: str) -> None:
         """A writer schema was first seen without this reader field (a reader schema's name)."""
         ...

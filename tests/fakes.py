@@ -399,6 +399,9 @@ class RecordingTelemetry:
     def writer_schema_missing_field(self, field: str) -> None:
         self._record("writer_schema_missing_field", field)
 
+    def btn_ref_dropped(self, source: str, problem: str) -> None:
+        self._record("btn_ref_dropped", source, problem)
+
     def button_attempt(
         self,
         action: str,

@@ -48,6 +48,7 @@ class Metrics:
     outcomes: Counter
     decode_failures: Counter
     writer_schema_missing_fields: Counter
+    btn_ref_dropped: Counter
     button_requests: Counter
     button_latency: Histogram
     button_last_success: Gauge
@@ -133,6 +134,13 @@ class Metrics:
                 "writer_schema_missing_fields",
                 "Writer schemas first seen without a field the reader schema has, by field.",
                 ("field",),
+            ),
+            btn_ref_dropped=counter(
+                "btn_ref_dropped",
+                "Values an event carried where a Button token goes that cannot be one (empty, "
+                "a placeholder such as undefined or null, over 255 characters, not URL-safe): "
+                "dropped, never sent nor remembered. By source and problem.",
+                ("source", "problem"),
             ),
             decode_failures=counter(
                 "decode_failures", "Records that could not be decoded, by reason.", ("reason",)

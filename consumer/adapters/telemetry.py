@@ -180,6 +180,9 @@ class ServiceTelemetry:
     def writer_schema_missing_field(self, field: str) -> None:
         self.metrics.writer_schema_missing_fields.labels(_label(field)).inc()
 
+    def btn_ref_dropped(self, source: str, problem: str) -> None:
+        self.metrics.btn_ref_dropped.labels(_label(source), _label(problem)).inc()
+
     def button_attempt(
         self,
         action: str,

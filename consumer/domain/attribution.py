@@ -15,8 +15,14 @@ Resolution order, first valid value wins:
    (``TokenSource.PROFILE``).
 
 A value is forwarded only if it is non-empty, at most 255 characters, made of URL-safe (RFC 3986
-unreserved) ASCII characters, and not an ``org-`` organisation id. Button manages the real
-validity window server-side, so the newest valid token is always preferred.
+unreserved) ASCII characters, not a placeholder an SDK or template prints for a missing value
+(``undefined``, ``null``, ``NaN``... ``TOKEN_PLACEHOLDERS``) and not an ``org-`` organisation id
+(``btn_ref_problem`` says which rule a value breaks). A value that is dropped is as if absent: the
+next source is looked at, and the profile never remembers it, so a placeholder never hides the
+real token remembered before it. ``dropped_tokens`` lists an event's dropped values (but
+organisation ids, which are publisher links, not faults) for the service to count and log.
+Button manages the real validity window server-side, so the newest valid token is always
+preferred.
 """
 
 from __future__ import annotations
@@ -36,6 +42,17 @@ SOURCE_TOKEN_ATTRIBUTE = "com.usebutton.source_token"  # noqa: S105 (an attribut
 BTN_REF_PARAM = "btn_ref"
 MAX_BTN_REF_LENGTH = 255
 
+TOKEN_PLACEHOLDERS = frozenset(
+    {
+        # what ``identity`` drops as advertising-id placeholders...
+        *("null", "(null)", "nil", "none", "undefined", "unknown", "n/a", "na", "-"),
+        # ...and what JavaScript and templates print for a missing or coerced value
+        *("nan", "false", "true", "0", "[object object]"),
+    }
+)
+"""Values (compared lower-cased) that stand for "no token": never forwarded nor remembered."""
+_LONGEST_PLACEHOLDER = max(len(p) for p in TOKEN_PLACEHOLDERS)
+
 _URL_SAFE = re.compile(r"[A-Za-z0-9._~-]+", re.ASCII)
 _MAX_URL_LENGTH = 8192  # longer "URLs" are not links; refuse to parse them
 
@@ -49,6 +66,29 @@ class TokenSource(StrEnum):
     PROFILE = "profile"
 
 
+class TokenProblem(StrEnum):
+    """Why a value found where a token goes cannot be sent as ``btn_ref``."""
+
+    EMPTY = "empty"  # empty or whitespace only
+    PLACEHOLDER = "placeholder"  # TOKEN_PLACEHOLDERS
+    TOO_LONG = "too_long"  # over 255 characters
+    NOT_URL_SAFE = "not_url_safe"  # a character outside A-Z a-z 0-9 . _ ~ -
+    ORGANISATION_ID = "organisation_id"  # org-...: a publisher link's organisation id
+
+
+@dataclass(frozen=True, slots=True)
+class DroppedToken:
+    """A value an event carried where a token goes, dropped.
+
+    ``value`` is the value itself only for a placeholder (one of a fixed list, safe to log);
+    other junk may be anything, and is not kept.
+    """
+
+    source: TokenSource
+    problem: TokenProblem
+    value: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class ResolvedToken:
     """A ``btn_ref`` to send, its source, and when it was seen (epoch milliseconds)."""
@@ -58,17 +98,28 @@ class ResolvedToken:
     seen_at_ms: int
 
 
-def is_forwardable_btn_ref(value: str) -> bool:
-    """True if ``value`` may be sent to Button as ``btn_ref``.
+def btn_ref_problem(value: str) -> TokenProblem | None:
+    """Why ``value`` may not be sent to Button as ``btn_ref``; ``None`` when it may.
 
-    Rejects empty, overlong (> 255), non-URL-safe values and publisher organisation ids
-    (``org-...``, in any letter case).
+    Rejects empty values, placeholders (``TOKEN_PLACEHOLDERS``, any letter case), overlong
+    (> 255), non-URL-safe values and publisher organisation ids (``org-...``, any letter case).
     """
-    return (
-        0 < len(value) <= MAX_BTN_REF_LENGTH
-        and _URL_SAFE.fullmatch(value) is not None
-        and value[:4].lower() != "org-"
-    )
+    if not value:
+        return TokenProblem.EMPTY
+    if len(value) <= _LONGEST_PLACEHOLDER and value.lower() in TOKEN_PLACEHOLDERS:
+        return TokenProblem.PLACEHOLDER
+    if len(value) > MAX_BTN_REF_LENGTH:
+        return TokenProblem.TOO_LONG
+    if _URL_SAFE.fullmatch(value) is None:
+        return TokenProblem.NOT_URL_SAFE
+    if value[:4].lower() == "org-":
+        return TokenProblem.ORGANISATION_ID
+    return None
+
+
+def is_forwardable_btn_ref(value: str) -> bool:
+    """True if ``value`` may be sent to Button as ``btn_ref`` (``btn_ref_problem``)."""
+    return btn_ref_problem(value) is None
 
 
 def clean_btn_ref(value: str | None) -> str | None:
@@ -79,7 +130,20 @@ def clean_btn_ref(value: str | None) -> str | None:
     return stripped if is_forwardable_btn_ref(stripped) else None
 
 
-def btn_ref_from_url(url: str | None) -> str | None:
+def is_junk_btn_ref(value: str) -> bool:
+    """True if ``value``, stripped, is no token and no organisation id: a fault of the sender."""
+    return btn_ref_problem(value.strip()) not in (None, TokenProblem.ORGANISATION_ID)
+
+
+def _dropped(source: TokenSource, value: str) -> DroppedToken | None:
+    stripped = value.strip()
+    problem = btn_ref_problem(stripped)
+    if problem is None or problem is TokenProblem.ORGANISATION_ID:
+        return None
+    return DroppedToken(source, problem, stripped if problem is TokenProblem.PLACEHOLDER else None)
+
+
+def btn_ref_from_url(url: str | None, rejected: list[str] | None = None) -> str | None:
     """The first forwardable ``btn_ref`` a token carrier holds, else ``None``.
 
     A carrier is any string users send where a token may sit (the README's "Token parsing
@@ -98,7 +162,8 @@ def btn_ref_from_url(url: str | None) -> str | None:
     parameter name matches in any letter case (Button's iOS library does); the value keeps its
     case (tokens are case-sensitive). Wrapping is followed at most ``_MAX_NESTING`` levels. A
     publisher link (``r.bttn.io?btn_ref=org-...``) yields ``None`` in every form: its value is an
-    organisation id.
+    organisation id. ``rejected``, when given, receives the ``btn_ref`` values met before the
+    token (or in the whole carrier, if none) that could not be one.
     """
     if not url or len(url) > _MAX_URL_LENGTH:
         return None
@@ -106,7 +171,7 @@ def btn_ref_from_url(url: str | None) -> str | None:
         # Every form above needs a "k=v" pair, or a percent-encoded one: none here (most page
         # URLs), so the URL need not be split.
         return None
-    return _token_in(url, _MAX_NESTING)
+    return _token_in(url, _MAX_NESTING, rejected)
 
 
 _MAX_NESTING = 3
@@ -114,7 +179,7 @@ _WRAPPERS = frozenset({"referrer", "link"})
 _HTML_AMP = re.compile(r"&(?:amp|#38|#x26);", re.IGNORECASE)
 
 
-def _token_in(carrier: str, depth: int) -> str | None:
+def _token_in(carrier: str, depth: int, rejected: list[str] | None = None) -> str | None:
     text = _HTML_AMP.sub("&", carrier.strip())
     nested: list[str] = []
     for query in _query_strings(text):
@@ -124,6 +189,8 @@ def _token_in(carrier: str, depth: int) -> str | None:
                 token = clean_btn_ref(value)
                 if token is not None:
                     return token
+                if rejected is not None:
+                    rejected.append(value)
             elif key in _WRAPPERS:
                 nested.append(value)
     if depth <= 0:
@@ -132,7 +199,7 @@ def _token_in(carrier: str, depth: int) -> str | None:
         nested.append(unquote(text))
     for inner in nested:
         if inner and inner != carrier:
-            token = _token_in(inner, depth - 1)
+            token = _token_in(inner, depth - 1, rejected)
             if token is not None:
                 return token
     return None
@@ -183,6 +250,31 @@ def token_from_event(
         if token is not None:
             return ResolvedToken(token, TokenSource.URL, event_time_ms)
     return None
+
+
+def dropped_tokens(
+    explicit: str | None,
+    integration_attributes: Mapping[str, Mapping[str, str]] | None,
+    urls: Iterable[str | None],
+) -> tuple[DroppedToken, ...]:
+    """The values the event carries where a token goes (sources 1-3) that are junk: empty,
+    placeholders, overlong or not URL-safe; organisation ids are not listed (``is_junk_btn_ref``).
+
+    A URL's values are those met up to its first forwardable token. Empty for most events.
+    """
+    found: list[DroppedToken | None] = []
+    if explicit is not None:
+        found.append(_dropped(TokenSource.EXPLICIT, explicit))
+    module = integration_attributes.get(BUTTON_MODULE_ID) if integration_attributes else None
+    attribute = module.get(SOURCE_TOKEN_ATTRIBUTE) if module else None
+    if attribute is not None:
+        found.append(_dropped(TokenSource.INTEGRATION_ATTRIBUTE, attribute))
+    for url in urls:
+        rejected: list[str] = []
+        btn_ref_from_url(url, rejected)
+        # A value met again in the carrier percent-decoded is one value.
+        found.extend(_dropped(TokenSource.URL, value) for value in dict.fromkeys(rejected))
+    return tuple(d for d in found if d is not None)
 
 
 def resolve_btn_ref(

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from consumer.domain.attribution import ResolvedToken, TokenSource
+from consumer.domain.attribution import ResolvedToken, TokenSource, is_forwardable_btn_ref
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -170,8 +170,9 @@ class ParkedOrder:
 
 
 MAX_TOKENS = 8
-"""Tokens kept per user: the newest by event time; enough for every open and deep link of an
-attribution window in practice, and about 60 bytes each."""
+"""Token sightings kept per user (``with_stamped``): a token's first and latest sightings and
+each change of token are kept before repeated sightings in between; enough for the opens and
+deep links of an attribution window in practice, and about 60 bytes each."""
 MAX_DEVICE_IDS = 3
 """Advertising ids kept per kind (IDFA, GAID) per user: the newest by event time."""
 
@@ -182,7 +183,8 @@ class Profile:
 
     ``tokens``, ``idfas`` and ``gaids`` are histories in event-time order (oldest first),
     bounded by ``MAX_TOKENS`` and ``MAX_DEVICE_IDS``: an order takes the value in force at its
-    own event time, however late it arrives (``token_at``, ``device_id_at``).
+    own event time, however late it arrives (``token_at``, ``device_id_at``). ``tokens`` holds
+    sightings (``with_stamped``): one token seen several times has an entry per sighting kept.
     """
 
     tokens: tuple[ResolvedToken, ...] = ()
@@ -217,9 +219,13 @@ class Profile:
         )
 
     def token_at(self, moment_ms: int, window_ms: int) -> ResolvedToken | None:
-        """The token in force at ``moment_ms``: the newest seen at or before it, within window."""
+        """The token in force at ``moment_ms``: its latest sighting at or before it, if that
+        sighting is at most ``window_ms`` old (a token seen again is fresh again). Entries that
+        are no token (``attribution.is_forwardable_btn_ref``) are skipped."""
         for token in reversed(self.tokens):
-            if token.seen_at_ms <= moment_ms:
+            if token.seen_at_ms <= moment_ms and is_forwardable_btn_ref(token.value):
+                # (A value that is no token, a placeholder the previous release remembered,
+                # is passed over as if never seen.)
                 return token if moment_ms - token.seen_at_ms <= window_ms else None
         return None
 
@@ -266,7 +272,9 @@ class Profile:
 class Retention:
     """How long each part of a profile stays useful (milliseconds).
 
-    ``btn_ref_ms`` is the attribution window (counted from the token's event time),
+    ``btn_ref_ms`` is the attribution window plus the lag allowance, counted from each token
+    sighting's event time: a sighting older than that is forgotten, and a token seen again
+    lives on in its newer sightings (the profile expires with its newest one);
     ``device_id_ms`` counts from the id's event time, ``order_ms`` from the last change of the
     order and should be Button's finalization window plus a safety margin.
     """
@@ -313,19 +321,56 @@ def prune(profile: Profile, now_ms: int, retention: Retention) -> Profile:
 def with_stamped(
     history: tuple[ResolvedToken, ...], item: ResolvedToken, limit: int
 ) -> tuple[ResolvedToken, ...]:
-    """``history`` with ``item`` inserted in event-time order, the oldest beyond ``limit`` dropped.
+    """``history`` with the sighting ``item`` in event-time order, within ``limit`` entries.
 
-    Consecutive sightings of one value collapse into the latest (the window counts from it); a
-    value seen again after another token is a new entry, in force again from then on.
+    The history is a list of *sightings*: each entry is a token with an event time it was
+    really seen at, so ``Profile.token_at`` is the latest sighting at or before a moment, and
+    the window counts from that sighting, whatever order the sightings arrived in. A token seen
+    again is another entry: merging it into one (as the previous release did, keeping only the
+    latest of consecutive sightings of one value) loses the time it was first in force, and an
+    order dated between two sightings of one token found nothing before it.
+
+    A sighting already held (same value, same time; whatever its source) changes nothing; an
+    entry that is no token (``attribution.is_forwardable_btn_ref``: a placeholder remembered by an
+    older release) is dropped with the next sighting added. Beyond
+    ``limit`` entries, the least useful one goes (``_least_useful``): first a sighting between
+    two sightings of its own token (the token in force at every moment stays the same, only the
+    freshness between its neighbours is counted from the earlier one), else the oldest.
     """
-    if item in history:
+    key = (item.seen_at_ms, item.value)
+    if any((t.seen_at_ms, t.value) == key for t in history):
         return history
-    merged = sorted((*history, item), key=lambda t: (t.seen_at_ms, t.value))
-    runs = [
-        t for i, t in enumerate(merged) if i + 1 == len(merged) or merged[i + 1].value != t.value
-    ]
-    result = tuple(runs[-limit:])
+    # Entries that are no token (placeholders an older release remembered) go at once.
+    kept = (t for t in history if is_forwardable_btn_ref(t.value))
+    merged = sorted((*kept, item), key=_event_time_order)
+    while len(merged) > limit:
+        del merged[_least_useful(merged)]
+    result = tuple(merged)
     return history if result == history else result
+
+
+def _event_time_order(token: ResolvedToken) -> tuple[int, str]:
+    """Event time, then value: of two tokens seen at one millisecond, the greater is in force."""
+    return token.seen_at_ms, token.value
+
+
+def _least_useful(history: list[ResolvedToken]) -> int:
+    """The index of the sighting a full history gives up.
+
+    A sighting whose neighbours are sightings of the same token decides nothing about which
+    token is in force; of those, the one whose neighbours are closest in time (its absence
+    ages the token least). The first and last sightings of a run of one token are kept: the
+    first is when it came into force, the last how fresh it is. With no such sighting, the
+    oldest goes: only orders dated before the history's start lose their token.
+    """
+    best, best_gap = 0, None
+    for i in range(1, len(history) - 1):
+        value = history[i].value
+        if history[i - 1].value == value == history[i + 1].value:
+            gap = history[i + 1].seen_at_ms - history[i - 1].seen_at_ms
+            if best_gap is None or gap < best_gap:
+                best, best_gap = i, gap
+    return best
 
 
 def with_device_id(history: tuple[Stamped, ...], item: Stamped, limit: int) -> tuple[Stamped, ...]:

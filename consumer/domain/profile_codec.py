@@ -32,6 +32,13 @@ token, IDFA and GAID become one-entry histories, and an order's refund event ids
 ("sent, body unknown": the next change of the order sends its full state as an update). A
 reader refuses versions it does not know (``ProfileDecodeError``) rather than guessing; the
 previous release refuses version 3 that way. The plaintext email is never part of a profile.
+Token histories: each entry ``[token, source, seen_at]`` is one *sighting* of a token
+(``profile.with_stamped``); one token seen several times has several entries. The previous
+release wrote the same shape but kept only the latest of consecutive sightings of one token, so
+its entries are sightings too and are read unchanged, with no format version of their own: for a
+run it merged, only the run's latest sighting is known, and an order dated inside such a run
+before that sighting finds the token before it until the token is seen again. The previous release
+reads this release's histories as well (it merges the repeated entries at its next sighting).
 A value may be wrapped in the owner-epoch envelope of ``consumer.domain.profile_epoch`` (an
 epoch stamped by the partition's owner, so a restore can ignore a former owner's late write);
 the readers here unwrap it.

@@ -4,10 +4,10 @@ Most events are views and opens (90 % in the bench's filter workload). Such an e
 Button never, and changes the user's profile only through what ``mapping`` learns from every
 event: a token (``btn_ref``, integration attribute 1022, a ``btn_ref`` in ``launch_referral_url``
 or ``page_url``) and the advertising ids and tracking consent in ``device_info``. An event that
-carries none of those, no order (``commerce``) and is not a development event changes nothing,
-whatever the stored profile holds: ``inert_record`` recognises it on the record fastavro
-decoded, so the pipeline finishes it as skipped without the model, the profile read or a
-changelog write.
+carries none of those (nor a junk value where a token goes: the full path counts it), no order
+(``commerce``) and is not a development event changes nothing, whatever the stored profile
+holds: ``inert_record`` recognises it on the record fastavro decoded, so the pipeline finishes
+it as skipped without the model, the profile read or a changelog write.
 
 It is conservative: any doubt (a field of an unexpected type, an empty required field, an
 unknown event type) answers ``None``, and the record takes the full path, which validates it
@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from consumer.domain.attribution import btn_ref_from_integration_attributes, btn_ref_from_url
+from consumer.domain.attribution import (
+    BUTTON_MODULE_ID,
+    SOURCE_TOKEN_ATTRIBUTE,
+    btn_ref_from_integration_attributes,
+    btn_ref_from_url,
+    is_junk_btn_ref,
+)
 from consumer.domain.button import Skip
 from consumer.domain.events import EventType
 from consumer.domain.mapping import skip_for
@@ -110,12 +116,26 @@ def _teaches_nothing(record: Mapping[str, Any]) -> bool:
     if attributes and (
         not isinstance(attributes, Mapping)
         or not all(isinstance(m, Mapping) for m in attributes.values())
-        or btn_ref_from_integration_attributes(attributes) is not None
+        or _attribute_token(attributes)
     ):
         return False
     return _no_token(record.get("launch_referral_url")) and _no_token(record.get("page_url"))
 
 
+def _attribute_token(attributes: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Module 1022 holds a token, or junk where the token goes (the full path counts it)."""
+    if btn_ref_from_integration_attributes(attributes) is not None:
+        return True
+    value = attributes.get(BUTTON_MODULE_ID, {}).get(SOURCE_TOKEN_ATTRIBUTE)
+    return isinstance(value, str) and is_junk_btn_ref(value)
+
+
 def _no_token(url: object) -> bool:
-    """No URL, or one that carries no ``btn_ref`` (``attribution.btn_ref_from_url``)."""
-    return url is None or (isinstance(url, str) and btn_ref_from_url(url) is None)
+    """No URL, or one that carries no ``btn_ref`` (``attribution.btn_ref_from_url``) and no
+    junk value where one goes (the full path counts and logs it, ``dropped_tokens``)."""
+    if url is None:
+        return True
+    if not isinstance(url, str):
+        return False
+    rejected: list[str] = []
+    return btn_ref_from_url(url, rejected) is None and not any(map(is_junk_btn_ref, rejected))

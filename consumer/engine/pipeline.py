@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import structlog
 
 from consumer.domain.adoption import Lookup
+from consumer.domain.attribution import DroppedToken
 from consumer.domain.backoff import RandomSource
 from consumer.domain.button import Action, ButtonRequest, MapResult, Read, Send, Skip
 from consumer.domain.deadletter import (
@@ -99,6 +100,9 @@ class Processed:
     profile_changed: bool
     updated: object = None
     """The new profile, in the processor's own form; only its ``apply`` reads it."""
+    dropped_tokens: tuple[DroppedToken, ...] = ()
+    """Junk the event carried where a token goes (``attribution.dropped_tokens``): counted and
+    logged, so a merchant sees that the app sends it."""
 
 
 class Processor(Protocol):
@@ -327,6 +331,14 @@ class Pipeline:
             if isinstance(answered, Decision):
                 return await self._execute(record, answered, context)
             lookup = answered
+        for dropped in processed.dropped_tokens:  # once, for the mapping that counts
+            d.telemetry.btn_ref_dropped(dropped.source.value, dropped.problem.value)
+            log.info(
+                "btn_ref_dropped",
+                source=dropped.source.value,
+                problem=dropped.problem.value,
+                value=dropped.value,
+            )
         if parking.reason is None and record.key is not None:
             # Queued now, before the request is sent (the key's writes keep their order), and
             # acknowledged before the record is finished, so before its offset may be stored;

@@ -15,6 +15,7 @@ import structlog
 
 from consumer.domain import mapping
 from consumer.domain.adoption import Lookup
+from consumer.domain.attribution import dropped_tokens
 from consumer.domain.events import CommerceEvent
 from consumer.domain.profile import Profile
 from consumer.domain.profile_codec import ProfileDecodeError
@@ -54,6 +55,11 @@ class ProfileProcessor:
             order_id=event.order_id,
             profile_changed=updated is not None and key is not None,
             updated=updated,
+            dropped_tokens=dropped_tokens(
+                event.btn_ref,
+                event.integration_attributes,
+                (event.launch_referral_url, event.page_url),
+            ),
         )
 
     def apply(self, partition: int, key: bytes, processed: Processed) -> ChangelogWrite | None:

@@ -405,6 +405,24 @@ def late_purchases(draw: st.DrawFn) -> Case:
 
 
 @st.composite
+def repeated_tokens(draw: st.DrawFn) -> Case:
+    """The trial's kind: tokens seen more than once (an install, then opens with the same
+    token), a purchase dated strictly between the first and the last sighting."""
+    count = draw(st.integers(2, 4))
+    moments = sorted(
+        draw(st.lists(st.sampled_from(_SLOTS), min_size=count + 1, max_size=count + 1, unique=True))
+    )
+    purchase_time = moments.pop(draw(st.integers(1, count - 1)))
+    names = draw(st.lists(st.sampled_from(["srctok-0000", "srctok-0001"]), min_size=count))
+    opens = [
+        Event(f"o{i}", "OPEN", minutes, token=name)
+        for i, (minutes, name) in enumerate(zip(moments, names[:count], strict=True))
+    ]
+    orders = _order(draw, iter([purchase_time]), 0, [draw(_QUANTITIES)], partial=0, full=0)
+    return draw(_arrivals(opens, orders, True))
+
+
+@st.composite
 def revised_purchases(draw: st.DrawFn) -> Case:
     """Row 3's kind: an order published again with other content, then refunded in part."""
     times = _times(draw)
@@ -449,6 +467,35 @@ def test_tokens_arriving_anywhere_leave_the_orders_where_the_events_put_them(
 @given(late_purchases())
 def test_row_1_kind_the_token_in_force_at_purchase_time(service: MapDriver, case: Case) -> None:
     """A purchase published after newer tokens arrived carries the token of its own time."""
+    check(service, case, judge_btn_ref=True)
+
+
+TRIAL_ROW = Case(
+    (
+        Event("o0", "OPEN", 0, token="srctok-0000"),
+        Event("o1", "OPEN", 100, token="srctok-0000"),
+        Event("p00", "PURCHASE", 50, "O0", quantities=(1, 1)),
+    )
+)
+
+
+@settings(max_examples=1)
+@given(st.just(TRIAL_ROW))
+def test_the_trials_row_a_token_seen_again_after_the_late_purchases_time(
+    service: MapDriver, case: Case
+) -> None:
+    """An install with srctok-0000 at T0, an open with it again at T0+100m, then a purchase
+    dated T0+50m: the order carries srctok-0000 (the user trial got none)."""
+    check(service, case, judge_btn_ref=True)
+
+
+@settings(max_examples=50)
+@given(repeated_tokens())
+def test_repeated_tokens_kind_the_token_in_force_at_purchase_time(
+    service: MapDriver, case: Case
+) -> None:
+    """Tokens seen again later (in any arrival order, before the purchase arrives): the order
+    carries the token in force at its own time."""
     check(service, case, judge_btn_ref=True)
 
 

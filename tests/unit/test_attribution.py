@@ -8,11 +8,15 @@ from hypothesis import strategies as st
 
 from consumer.domain.attribution import (
     _MAX_NESTING,
+    DroppedToken,
     ResolvedToken,
+    TokenProblem,
     TokenSource,
     _token_in,
     btn_ref_from_integration_attributes,
     btn_ref_from_url,
+    btn_ref_problem,
+    dropped_tokens,
     is_forwardable_btn_ref,
     resolve_btn_ref,
     token_from_event,
@@ -184,3 +188,96 @@ def test_every_carrier_form_yields_its_token(carrier: str, expected: str) -> Non
 def test_carriers_without_a_forwardable_token(carrier: str) -> None:
     """Publisher org ids stay refused in every form; junk and endless wrapping give nothing."""
     assert btn_ref_from_url(carrier) is None
+
+
+# --- placeholders and junk: dropped from every source, counted (the user trial's fault 1) -----
+
+PLACEHOLDERS = [
+    "undefined",
+    "null",
+    "NULL",
+    "(null)",
+    "nil",
+    "None",
+    "none",
+    "unknown",
+    "n/a",
+    "na",
+    "-",
+    "NaN",
+    "false",
+    "true",
+    "0",
+]
+
+
+@pytest.mark.parametrize("value", PLACEHOLDERS)
+def test_sdk_placeholders_are_not_tokens(value: str) -> None:
+    """What SDKs and templates print for a missing value is never forwarded, in any case."""
+    assert not is_forwardable_btn_ref(value)
+    assert btn_ref_problem(value) is TokenProblem.PLACEHOLDER
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("", TokenProblem.EMPTY),
+        ("x" * 256, TokenProblem.TOO_LONG),
+        ("srctok abc", TokenProblem.NOT_URL_SAFE),
+        ("srctok-\u200babc", TokenProblem.NOT_URL_SAFE),
+        ("{{btn_ref}}", TokenProblem.NOT_URL_SAFE),
+        ("org-1234", TokenProblem.ORGANISATION_ID),
+        (TOKEN, None),
+        ("nullable-srctok", None),
+    ],
+)
+def test_each_value_that_cannot_be_a_token_says_why(value: str, problem: TokenProblem) -> None:
+    """The contract's rules (1-255 URL-safe characters), placeholders and organisation ids."""
+    assert problem is btn_ref_problem(value)
+
+
+@pytest.mark.parametrize("blank", ["", "   ", "\t\n"])
+def test_blank_values_are_no_token(blank: str) -> None:
+    """Empty and whitespace-only values from every source give nothing."""
+    attrs = {"1022": {"com.usebutton.source_token": blank}}
+    assert token_from_event(blank, attrs, [f"https://b.example/?btn_ref={blank}"], 5) is None
+
+
+def test_a_placeholder_falls_back_to_the_next_source() -> None:
+    """``btn_ref: "undefined"``, attribute 1022 ``"null"`` and ``?btn_ref=undefined`` are
+    passed over: the next source's real token is the event's."""
+    attrs = {"1022": {"com.usebutton.source_token": "null"}}
+    urls = ["https://b.example/landing?btn_ref=undefined", f"https://b.example/p?btn_ref={TOKEN}"]
+    assert ResolvedToken(TOKEN, TokenSource.URL, 5) == token_from_event("undefined", attrs, urls, 5)
+    real = {"1022": {"com.usebutton.source_token": TOKEN}}
+    expected = ResolvedToken(TOKEN, TokenSource.INTEGRATION_ATTRIBUTE, 5)
+    assert expected == token_from_event("undefined", real, [], 5)
+    assert token_from_event("undefined", attrs, urls[:1], 5) is None
+
+
+def test_a_placeholder_in_a_url_is_passed_over() -> None:
+    """``?btn_ref=undefined`` gives nothing; a real token further in the carrier still wins."""
+    assert btn_ref_from_url("https://b.example/landing?btn_ref=undefined") is None
+    wrapped = f"https://b.example/?btn_ref=null&link=https%3A%2F%2Fb.example%2F%3Fbtn_ref%3D{TOKEN}"
+    assert btn_ref_from_url(wrapped) == TOKEN
+
+
+def test_the_junk_an_event_carries_is_listed_by_source_and_problem() -> None:
+    """Every value found where a token goes that cannot be one, but an organisation id (a
+    publisher link, not a fault of the app); a placeholder is named, other junk is not."""
+    attrs = {"1022": {"com.usebutton.source_token": " NULL "}}
+    urls = [
+        "https://r.bttn.io?btn_ref=org-1",
+        "myapp://p?btn_ref=srctok%20x",
+        None,
+        "https://b.example/?btn_ref=undefined",
+    ]
+    expected = (
+        DroppedToken(TokenSource.EXPLICIT, TokenProblem.TOO_LONG, None),
+        DroppedToken(TokenSource.INTEGRATION_ATTRIBUTE, TokenProblem.PLACEHOLDER, "NULL"),
+        DroppedToken(TokenSource.URL, TokenProblem.NOT_URL_SAFE, None),
+        DroppedToken(TokenSource.URL, TokenProblem.PLACEHOLDER, "undefined"),
+    )
+    assert expected == dropped_tokens("s" * 300, attrs, urls)
+    assert dropped_tokens(TOKEN, None, [f"https://b.example/?btn_ref={TOKEN}"]) == ()
+    assert dropped_tokens(None, None, [None, "https://b.example/p?x=1"]) == ()

@@ -276,6 +276,68 @@ def test_profile_token_outside_attribution_window_is_not_used() -> None:
     assert "btn_ref" not in send(result).body
 
 
+def test_a_late_purchase_takes_the_token_of_its_time_when_it_was_seen_again_since() -> None:
+    """An install with ``?btn_ref=srctok-B`` 5 days ago, an app open with the same token 1 day
+    ago, then a purchase dated 3 days ago arrives: it carries srctok-B (seen at the install)."""
+    install = event(
+        event_id="evt-install",
+        event_type="APP_INSTALL",
+        event_time="2024-04-27T00:00:00Z",
+        launch_referral_url="https://brand.bttn.io/p/1?btn_ref=srctok-B",
+    )
+    reopen = event(
+        event_id="evt-open",
+        event_type="APP_OPEN",
+        event_time="2024-05-01T00:00:00Z",
+        launch_referral_url="myapp://p/1?btn_ref=srctok-B",
+    )
+    _, profile = process(install, None, CONFIG, NOW)
+    _, profile = process(reopen, profile, CONFIG, NOW)
+    late = purchase(event_time="2024-04-29T00:00:00Z")
+    result, after = process(late, profile, CONFIG, NOW)
+    assert send(result).body.get("btn_ref") == "srctok-B"
+    assert after is not None
+    assert after.order("ORD-100045").btn_ref_source is TokenSource.PROFILE  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        {"btn_ref": "undefined"},
+        {"integration_attributes": {"1022": {"com.usebutton.source_token": "null"}}},
+        {"page_url": "https://brand.example/checkout?btn_ref=undefined"},
+        {"btn_ref": "   "},
+        {"btn_ref": "NaN"},
+    ],
+    ids=["explicit", "attribute-1022", "url", "blank", "nan"],
+)
+def test_a_placeholder_token_never_reaches_button_nor_replaces_the_remembered_one(
+    junk: dict[str, Any],
+) -> None:
+    """The user trial: a landing page view with a real token, a purchase carrying a placeholder,
+    then a purchase with no token: both orders carry the real token, and the profile's newest
+    token is still the real one."""
+    view = event(
+        event_id="evt-view",
+        event_type="PAGE_VIEW",
+        event_time="2024-05-01T10:00:00Z",
+        page_url="https://brand.example/landing?btn_ref=srctok-realtoken1",
+    )
+    _, profile = process(view, None, CONFIG, NOW)
+    first, profile = process(purchase(event_id="evt-1", **junk), profile, CONFIG, NOW)
+    second_order = {"transaction_id": "ORD-2"}
+    second, profile = process(
+        purchase(event_id="evt-2", commerce=second_order, event_time="2024-05-01T15:00:00Z"),
+        profile,
+        CONFIG,
+        NOW,
+    )
+    tokens = [send(r).body.get("btn_ref") for r in (first, second)]
+    assert tokens == ["srctok-realtoken1", "srctok-realtoken1"]
+    assert profile is not None
+    assert [t.value for t in profile.tokens] == ["srctok-realtoken1"]
+
+
 def test_zeroed_and_refused_advertising_ids_are_dropped() -> None:
     """All-zero ids, limit-ad-tracking and ATT denied never reach Button."""
     zero = {"ios_advertising_id": "00000000-0000-0000-0000-000000000000"}

@@ -27,6 +27,7 @@ from consumer.adapters.admin import DeliveryLog, Health
 from consumer.adapters.logging import configure_logging
 from consumer.adapters.metrics import Metrics
 from consumer.adapters.telemetry import ServiceTelemetry
+from consumer.domain.attribution import DroppedToken, TokenProblem, TokenSource
 from consumer.domain.button import Action, ButtonRequest, Reject, Send, Skip
 from consumer.domain.deadletter import (
     DeadLetter,
@@ -669,6 +670,31 @@ def test_follow_up_update_of_a_deleted_order_reads_it_and_is_done() -> None:
     assert [e["reason"] for e in logs if e["event"] == "done_without_change"] == ["order_deleted"]
     read = h.sample("button_requests_total", action="read", outcome="success", status_class="2xx")
     assert read == 1.0
+
+
+def test_a_junk_token_the_event_carried_is_counted_and_logged() -> None:
+    """Each value dropped where a token goes (``Processed.dropped_tokens``) is counted by source
+    and problem and logged (a placeholder by value), so a merchant sees that the app sends junk;
+    the record itself goes on as mapped."""
+    dropped = (
+        DroppedToken(TokenSource.EXPLICIT, TokenProblem.PLACEHOLDER, "undefined"),
+        DroppedToken(TokenSource.URL, TokenProblem.NOT_URL_SAFE),
+    )
+    h = Harness(processor=FakeProcessor(replace(processed(), dropped_tokens=dropped))).answer(OK)
+
+    with capture_logs() as logs:
+        outcomes = h.handle(record())
+
+    assert outcomes == ["delivered"]
+    lines = [
+        (e["source"], e["problem"], e.get("value")) for e in logs if e["event"] == "btn_ref_dropped"
+    ]
+    assert lines == [("explicit", "placeholder", "undefined"), ("url", "not_url_safe", None)]
+    counted = [
+        h.sample("btn_ref_dropped_total", source="explicit", problem="placeholder"),
+        h.sample("btn_ref_dropped_total", source="url", problem="not_url_safe"),
+    ]
+    assert counted == [1.0, 1.0]
 
 
 @pytest.mark.parametrize(

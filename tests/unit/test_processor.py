@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -234,3 +234,15 @@ def test_corrupt_stored_profile_is_logged() -> None:
     unreadable = [e for e in logs if e["event"] == "profile_unreadable"]
     assert [e["log_level"] for e in unreadable] == ["error"]
     assert all(KEY.decode() not in str(e) for e in unreadable)
+
+
+def test_the_junk_an_event_carries_where_a_token_goes_is_handed_to_the_pipeline() -> None:
+    """A purchase with ``btn_ref: "undefined"`` names it (source, problem, value) so the
+    pipeline counts and logs it; an event with a real token or none names nothing."""
+    from consumer.domain.attribution import DroppedToken, TokenProblem, TokenSource
+
+    proc = processor()
+    junk = step(proc, KEY, replace(purchase(), btn_ref="undefined"), NOW)
+    expected = (DroppedToken(TokenSource.EXPLICIT, TokenProblem.PLACEHOLDER, "undefined"),)
+    assert expected == junk.dropped_tokens
+    assert step(proc, KEY, app_open(), NOW).dropped_tokens == ()

@@ -116,6 +116,27 @@ def test_every_field_the_mapping_learns_from_keeps_an_event_off_the_fast_path() 
     } == dict.fromkeys(variants)
 
 
+def test_a_view_carrying_only_a_junk_token_takes_the_full_path_to_be_counted() -> None:
+    """A placeholder or a value that cannot be a token teaches nothing, but the full path
+    counts and logs it (``btn_ref_dropped``); a publisher link's organisation id stays inert."""
+    junk = {
+        "placeholder in page_url": replace(
+            VIEW, page_url="https://shop.example.com/p?btn_ref=null"
+        ),
+        "not URL-safe in launch_referral_url": replace(
+            VIEW, launch_referral_url="myapp://p?btn_ref=srctok%20x"
+        ),
+        "placeholder in attribute 1022": replace(
+            VIEW, integration_attributes={"1022": {"com.usebutton.source_token": "undefined"}}
+        ),
+    }
+    assert {name: inert_record(event_to_record(e)) for name, e in junk.items()} == dict.fromkeys(
+        junk
+    )
+    publisher = replace(VIEW, page_url="https://r.bttn.io?btn_ref=org-1234")
+    assert inert_record(event_to_record(publisher)) is not None
+
+
 def test_an_event_missing_a_required_field_takes_the_full_path() -> None:
     """The full path refuses it (dead letter); triage never skips what the model would refuse."""
     record = event_to_record(VIEW)
