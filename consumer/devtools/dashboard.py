@@ -188,6 +188,24 @@ PANELS: tuple[PanelSpec, ...] = (
         runbook="buttonconsumerdeadletters",
     ),
     PanelSpec(
+        "Attribution tokens dropped",
+        "timeseries",
+        "ops",
+        (
+            _q(
+                "sum by (source, problem) (rate(button_consumer_btn_ref_dropped_total"
+                f"{{{SEL}}}[{RATE}]))",
+                "{{source}} {{problem}}",
+            ),
+        ),
+        runbook="from-events-to-button-requests",
+        description=(
+            "Values events carried where a Button token goes that cannot be one (a placeholder"
+            " such as undefined or null, empty, too long, not URL-safe): dropped, never sent."
+            " Rising: the app or tag sends junk for a missing token, and orders go unattributed."
+        ),
+    ),
+    PanelSpec(
         "Paused (auth, backpressure, breaker)",
         "state",
         "short",

@@ -178,7 +178,8 @@ def prometheus_for(tmp_path: Path) -> Iterator[Callable[[str], Prometheus]]:
 
 def pii_events(prefix: str) -> list[Any]:
     """Purchases carrying an email, raw advertising IDs and an API key in custom attributes;
-    one of them has an unknown currency, so it is dead-lettered with all of that inside."""
+    one of them has an unknown currency, so it is dead-lettered with all of that inside, and
+    one a placeholder token (``undefined``)."""
     events = []
     for n, currency in enumerate(("USD", "USD", "ZZZ")):
         events.append(
@@ -191,7 +192,9 @@ def pii_events(prefix: str) -> list[Any]:
                     "user_identities": {"email": EMAIL, "customer_id": f"cust-{n}"},
                     "device_info": {"ios_advertising_id": IDFA, "android_advertising_id": GAID},
                     "custom_attributes": {"api_key": LEAKED_KEY, "note": EMAIL},
-                    "btn_ref": "srctok-0123456789abcdef",
+                    # The second one's app sends a placeholder for a missing token (dropped,
+                    # counted: the attribution panel's series).
+                    "btn_ref": "undefined" if n == 1 else "srctok-0123456789abcdef",
                     "commerce": {
                         "action": "PURCHASE",
                         "transaction_id": f"{prefix}-PII-{n}",
