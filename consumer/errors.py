@@ -6,6 +6,7 @@ exceptions (confluent-kafka, fastavro, httpx, aiohttp) into one of these with ``
     ConsumerError
     +-- ConfigError              settings invalid; names the variable (never the secret value)
     +-- DecodeError              bytes that cannot become a commerce event (dead-letter)
+    |   +-- InvalidEventError    a record that decoded but breaks the event model's rules
     |   +-- UnknownSchemaError   writer schema id or fingerprint not resolvable
     |       +-- SchemaNotFoundYetError  the registry answered 404: maybe not replicated yet
     +-- MappingError             an event that cannot become a valid Button request (dead-letter)
@@ -52,6 +53,24 @@ class CodecReason(StrEnum):
     INCOMPATIBLE_SCHEMA = "incompatible_schema"
     INVALID_AVRO = "invalid_avro"
     TRAILING_BYTES = "trailing_bytes"
+
+
+class InvalidEventError(DecodeError):
+    """A record that decoded (its bytes are a record of the schema) but is not a valid commerce
+    event (``consumer.domain.events``: a negative amount, a purchase without an order id...).
+
+    Decided by the record's own data, the same way every time: it changed nothing, so it parks
+    neither its order nor its key (DESIGN, 5). ``event_id`` and ``order_id`` are the record's
+    ``event_id`` and ``commerce.transaction_id`` when it has them as strings (``""`` else), for
+    the dead letter's headers.
+    """
+
+    def __init__(
+        self, reason: str, message: str, *, event_id: str = "", order_id: str = ""
+    ) -> None:
+        super().__init__(reason, message)
+        self.event_id = event_id
+        self.order_id = order_id
 
 
 class UnknownSchemaError(DecodeError):

@@ -250,7 +250,9 @@ class _Leaders:
     """The first dead letters read so far, to tell a parked dead letter's fate (DESIGN, 5).
 
     A dead letter that is not parked parks its order (``button.order.id``) or, when it could not
-    be decoded (decode stage, no order), its whole key; each later record of that order (of that
+    be decoded (decode stage, no order), its whole key, unless it says it parked nothing
+    (``button.parks.order: false``: a mapping rejection, an invalid event), when it is no first
+    dead letter for anything to follow; each later record of that order (of that
     key) is dead-lettered parked behind it, with the same key, so in the same DLQ partition. A
     parked dead letter *follows* the latest first dead letter of its order under its key, and
     the latest one of its key: when this run replays either, it is replayed too, after it (a
@@ -284,7 +286,9 @@ class _Leaders:
         """Whether ``record`` is replayed, ``selected`` by the filter or not (see the class).
         A first dead letter is remembered as replayed when selected."""
         if text.get(H_PARKED) != "true":
-            self.note(record, text, replayed=selected)
+            if text.get(H_PARKS_ORDER) != "false":
+                self.note(record, text, replayed=selected)
+            # else it parked nothing (a rejection, an invalid event): nothing follows it.
             return _Choice(replay=selected, selected=selected)
         behind = self.of(record, text)
         replayed = [leader.position for leader in behind if leader.replayed]

@@ -22,6 +22,7 @@ from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import (
     SCHEMA_NOT_FOUND_ATTEMPTS,
     Decision,
+    Parks,
     RetryPolicy,
     Verdict,
     decide,
@@ -34,7 +35,7 @@ from consumer.errors import (
     BrokerError,
     DeadLetterError,
     DecodeError,
-    MappingError,
+    InvalidEventError,
     RecordTooLargeError,
     SchemaNotFoundYetError,
     SchemaRegistryUnavailableError,
@@ -106,11 +107,16 @@ def _button(
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One situation of the table and the call that decides it."""
+    """One situation of the table and the call that decides it.
+
+    ``parks``: the parks column's text when the decision alone does not say it (a reference
+    to a dead letter too large for the DLQ parks what that dead letter parks).
+    """
 
     situation: str
     decision: Callable[[], Decision]
     then: str = ""
+    parks: str | None = None
 
 
 A, K = Action, OutcomeKind
@@ -146,7 +152,7 @@ ROWS: tuple[Row, ...] = (
     Row(
         "... Button answers otherwise (it does not know the order, or holds it in another status)",
         _judge_read(_read("open")),
-        "the order is parked; the dead letter's message says what the read found",
+        "the dead letter's message says what the read found",
     ),
     Row(
         "... the read fails or is refused (timeout, 5xx, 429, 401...)",
@@ -208,12 +214,10 @@ ROWS: tuple[Row, ...] = (
     Row(
         "... after `DELIVERY_RETRY_MAX_ATTEMPTS` attempts",
         _button(A.CREATE, K.TIMEOUT, attempt=_POLICY.max_attempts),
-        "the order is parked",
     ),
     Row(
         "... when the next retry would pass `DELIVERY_RETRY_MAX_ELAPSED_SECONDS`",
         _button(A.CREATE, K.SERVER_ERROR, 503, elapsed=_POLICY.max_elapsed),
-        "the order is parked",
     ),
     Row(
         "... either budget spent while the breaker counts an outage",
@@ -224,7 +228,7 @@ ROWS: tuple[Row, ...] = (
     Row(
         "Button: 400, other 4xx, 404 on create or from in front of Button, 409 on update/cancel",
         _button(A.CREATE, K.INVALID, 400, "total must be an integer"),
-        "the order is parked",
+        "its request may still have to reach Button before the order's later ones",
     ),
     Row(
         "Button: 401, or any other 403 (Button's, or a proxy's, WAF's or CDN's page)",
@@ -236,17 +240,23 @@ ROWS: tuple[Row, ...] = (
     Row(
         "... Button's 403 again once the probe accepted the key",
         _button(A.CREATE, K.FORBIDDEN, 403, "Forbidden", key_accepted=True),
-        "the record's own refusal; the order is parked (a proxy's page is retried instead)",
+        "the record's own refusal (a proxy's page is retried instead)",
     ),
     Row(
         "undecodable bytes",
         lambda: decide_error(DecodeError("bad_magic_byte", "x")),
-        "the key is parked (its order is unknown); a record without a value parks nothing",
+        "its order is unknown: the key's later order records follow it to the DLQ until it is "
+        "replayed (or given up, `--release-keys`)",
+    ),
+    Row(
+        "a record without a value (a tombstone), or of zero bytes",
+        lambda: decide_error(DecodeError("null_value", "x")),
+        "no order",
     ),
     Row(
         "unknown writer schema",
         lambda: decide_error(UnknownSchemaError("unknown_schema", "x")),
-        "the key is parked: its later order records follow it to the DLQ until it is replayed",
+        "as undecodable bytes",
     ),
     Row(
         "schema id the registry answers 404 for (a follower may not have it yet)",
@@ -262,11 +272,13 @@ ROWS: tuple[Row, ...] = (
     Row(
         "event the mapping rejects (here: unknown currency)",
         lambda: decide_mapped(Reject("unknown_currency"), parked=None, dry_run=False),
-        "the order is parked",
+        "decided by the event's own data, it changed nothing (profile, Button): the order's "
+        "later events are processed as usual; the merchant fixes it at the source",
     ),
     Row(
-        "invalid event (a mapping error raised while decoding)",
-        lambda: decide_error(MappingError("invalid_amount", "x")),
+        "a record that decodes but is not a valid event (here: a negative amount)",
+        lambda: decide_error(InvalidEventError("negative_amount", "x")),
+        "as a rejection; the dead letter carries its event and order ids when it has them",
     ),
     Row(
         "event not for Button (here: an app open feeding the profile)",
@@ -275,7 +287,8 @@ ROWS: tuple[Row, ...] = (
     Row(
         "record of an order parked behind a dead letter",
         lambda: decide_mapped(Send(_REQUEST), parked="http_400", dry_run=False),
-        "follows its first dead letter to the DLQ, marked parked, never sent",
+        "follows its first dead letter to the DLQ, marked parked, never sent; whatever the "
+        "mapping says (a rejection, a refund held for its purchase), decided when replayed",
     ),
     Row(
         "dry run (`DELIVERY_DRY_RUN`)",
@@ -291,7 +304,8 @@ ROWS: tuple[Row, ...] = (
         "a dead letter too large for the DLQ (producer or topic size limit)",
         lambda: decide_error(RecordTooLargeError(2_000_000, "x")),
         "a reference is dead-lettered instead: key and headers (source topic, partition, "
-        "offset, `button.original.size`), no value; the order is parked",
+        "offset, `button.original.size`), no value",
+        parks="what the dead letter it replaces parks",
     ),
     Row(
         "the dead-letter topic cannot be written",
@@ -317,14 +331,28 @@ _VERDICTS = {
 }
 
 
+_PARKS = {
+    Parks.ORDER: "its order",
+    Parks.KEY: "its key",
+    Parks.NOTHING: "nothing",
+}
+
+
 def render() -> str:
     """The markdown table, between its start and end markers."""
-    lines = [START, "| situation | verdict | reason | then |", "|---|---|---|---|"]
+    lines = [
+        START,
+        "| situation | verdict | reason | parks (DESIGN, 5) | then |",
+        "|---|---|---|---|---|",
+    ]
     for row in ROWS:
         decision = row.decision()
+        parks = row.parks
+        if parks is None:
+            parks = _PARKS[decision.parks] if decision.verdict is Verdict.DEAD_LETTER else ""
         lines.append(
             f"| {row.situation} | {_VERDICTS[decision.verdict]} | `{decision.reason}` "
-            f"| {row.then} |"
+            f"| {parks} | {row.then} |"
         )
     lines.append(END)
     return "\n".join(lines)

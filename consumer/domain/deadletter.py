@@ -84,10 +84,15 @@ class DeadLetter:
     """The record was given up (``replay-dlq --release-keys``) and released its key: any later
     replay of this dead letter asks the same (``button.key.released``)."""
     parks_order: bool | None = None
-    """Of a parked dead letter: whether it is the one that parked its order (the order was
-    parked only because its key was, behind an undecodable record), so its replay, once the key
-    is free, releases the order (``button.parks.order``: ``true``/``false``; ``None``: not
-    known, written by nothing but an older version's replay, and left out)."""
+    """Whether later records of its order wait behind this dead letter, so that its replay
+    releases the order (``button.parks.order``: ``true``/``false``; ``None``: left out).
+
+    Of a parked dead letter: ``True`` for the one that parked its order (the order was parked
+    only because its key was, behind an undecodable record), ``False`` for those that followed
+    it, ``None`` when not known (the replay of an older version's parked dead letter). Of a
+    first dead letter: ``False`` when it parked nothing (decided by the event's own data: a
+    mapping rejection, an invalid event; DESIGN, 5), so its replay releases nothing; ``None``
+    when it parked its order or its key, as every first dead letter of older versions did."""
 
 
 def as_reference(letter: DeadLetter, reason: str, size: int) -> DeadLetter:
@@ -163,7 +168,7 @@ def releases_key_if_undecodable(headers: Iterable[tuple[str, bytes]]) -> bool:
     Avro...), the operator gives it up this way, and the key's orders go on.
     """
     pairs = list(headers)
-    return replays_first_dead_letter(pairs) and (H_REPLAYED_RELEASE, b"true") in pairs
+    return replays_parking_letter(pairs) and (H_REPLAYED_RELEASE, b"true") in pairs
 
 
 def releases_parked_key(headers: Iterable[tuple[str, bytes]]) -> bool:
@@ -187,18 +192,23 @@ def replayed_parks_order(headers: Iterable[tuple[str, bytes]]) -> bool | None:
 
 
 def parks_its_order(
-    headers: Iterable[tuple[str, bytes]], *, parked: bool, behind_key_only: bool
+    headers: Iterable[tuple[str, bytes]],
+    *,
+    parked: bool,
+    behind_key_only: bool,
+    parks_nothing: bool = False,
 ) -> bool | None:
     """The ``parks_order`` of a record's dead letter (``DeadLetter.parks_order``).
 
-    ``None`` for a record that is not parked (its own failure parks its order, and its replay
+    A record that is not parked: ``False`` when its dead letter parks nothing
+    (``parks_nothing``), else ``None`` (its own failure parks its order or key, and its replay
     says so by ``button.replayed.parked: false``). A parked record parks its order when the
     order was parked only because its key was (``behind_key_only``), and keeps that role when
     its replay is parked again; the replay of an older version's parked dead letter, which
     did not say, says nothing either.
     """
     if not parked:
-        return None
+        return False if parks_nothing else None
     pairs = list(headers)
     replayed = replayed_parks_order(pairs)
     if behind_key_only or replayed:
@@ -211,6 +221,16 @@ def parks_its_order(
 def is_replay(headers: Iterable[tuple[str, bytes]]) -> bool:
     """Whether a record was sent back by ``replay-dlq`` (it carries ``button.replayed``)."""
     return any(name == H_REPLAYED for name, _ in headers)
+
+
+def replays_parking_letter(headers: Iterable[tuple[str, bytes]]) -> bool:
+    """Whether a record is the replay of a first dead letter that parked its order (or, not
+    decoded then, its key): its replay releases what it parked (DESIGN, 5). A first dead letter
+    that says it parked nothing (``button.replayed.parks.order: false``: a mapping rejection,
+    an invalid event) releases nothing, so that it cannot free an order parked since behind
+    another dead letter, or a key parked behind an undecodable record."""
+    pairs = list(headers)
+    return replays_first_dead_letter(pairs) and replayed_parks_order(pairs) is not False
 
 
 def replays_first_dead_letter(headers: Iterable[tuple[str, bytes]]) -> bool:

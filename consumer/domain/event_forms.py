@@ -61,7 +61,7 @@ from consumer.domain.events import (
     ProductAction,
     UserIdentities,
 )
-from consumer.errors import DecodeError
+from consumer.errors import DecodeError, InvalidEventError
 
 __all__ = [
     "event_from_json",
@@ -74,8 +74,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _QUANTUM = Decimal(1).scaleb(-AMOUNT_SCALE)
 
 
-def _invalid(reason: EventReason, message: str) -> DecodeError:
-    return DecodeError(str(reason), message)
+def _invalid(reason: EventReason, message: str) -> InvalidEventError:
+    return InvalidEventError(str(reason), message)
 
 
 # --- parsing: one walker, two leaf dialects (decoded Avro, plain JSON) -----------------------
@@ -99,7 +99,7 @@ class _Dialect:
     json: bool
 
 
-def _type_error(where: str, expected: str, value: object) -> DecodeError:
+def _type_error(where: str, expected: str, value: object) -> InvalidEventError:
     return _invalid(
         EventReason.INVALID_FIELD, f"{where} must be {expected}, not {type(value).__name__}"
     )
@@ -394,6 +394,23 @@ def _integration_attributes(value: object, d: _Dialect) -> dict[str, Mapping[str
 
 
 def _event(obj: Mapping[str, Any], d: _Dialect) -> CommerceEvent:
+    """The validated model of ``obj``; an ``InvalidEventError`` names the event and order ids
+    ``obj`` has, so that its dead letter says which order's event was refused."""
+    try:
+        return _validated(obj, d)
+    except InvalidEventError as exc:
+        commerce = obj.get("commerce")
+        order_id = commerce.get("transaction_id") if _is_mapping(commerce) else None
+        event_id = obj.get("event_id")
+        raise InvalidEventError(
+            exc.reason,
+            str(exc),
+            event_id=event_id if isinstance(event_id, str) else "",
+            order_id=order_id if isinstance(order_id, str) else "",
+        ) from exc
+
+
+def _validated(obj: Mapping[str, Any], d: _Dialect) -> CommerceEvent:
     platform = obj.get("platform")
     environment = obj.get("environment")
     return CommerceEvent(
@@ -425,7 +442,8 @@ def event_from_record(record: Mapping[str, Any]) -> CommerceEvent:
     """Build the model from a record decoded by fastavro with the current reader schema.
 
     Raises:
-        DecodeError: the record is not a valid commerce event (``reason`` from ``EventReason``).
+        InvalidEventError: the record is not a valid commerce event (a ``DecodeError``,
+            ``reason`` from ``EventReason``, with the record's event and order ids).
     """
     return _event(_mapping(record, "record"), _RECORD)
 
@@ -434,7 +452,8 @@ def event_from_json(obj: Mapping[str, Any]) -> CommerceEvent:
     """Build the model from the record's plain-JSON form (rules in the module docstring).
 
     Raises:
-        DecodeError: the object is not a valid commerce event (``reason`` from ``EventReason``).
+        InvalidEventError: the object is not a valid commerce event (as for
+            ``event_from_record``).
     """
     return _event(_mapping(obj, "event"), _JSON)
 

@@ -8,8 +8,9 @@ well-formed Avro but meaningless (a purchase without an order id, a negative tot
 once, here, with a named reason. Its conversions to and from the decoded Avro record and the
 plain-JSON form are in ``consumer.domain.event_forms``.
 
-Invariants enforced on every ``CommerceEvent`` (violations raise ``DecodeError`` with a reason
-from ``EventReason``):
+Invariants enforced on every ``CommerceEvent`` (violations raise ``InvalidEventError``, a
+``DecodeError``, with a reason from ``EventReason`` and a message naming the field and its value
+where it has one):
 
 * ``event_id``, ``user_key`` and product ids are non-empty;
 * ``event_time`` is timezone-aware; it is stored in UTC, truncated to milliseconds;
@@ -35,7 +36,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from consumer.errors import DecodeError
+from consumer.errors import InvalidEventError
 
 __all__ = [
     "AMOUNT_INTEGER_DIGITS",
@@ -157,8 +158,8 @@ class ProductAction(StrEnum):
     REMOVE_FROM_WISHLIST = "REMOVE_FROM_WISHLIST"
 
 
-def _invalid(reason: EventReason, message: str) -> DecodeError:
-    return DecodeError(str(reason), message)
+def _invalid(reason: EventReason, message: str) -> InvalidEventError:
+    return InvalidEventError(str(reason), message)
 
 
 def _check_amount(value: Decimal | None, where: str, *, signed: bool = False) -> None:
@@ -168,12 +169,14 @@ def _check_amount(value: Decimal | None, where: str, *, signed: bool = False) ->
         raise _invalid(EventReason.INVALID_AMOUNT, f"{where} is not a finite number")
     if abs(value) >= _MAX_AMOUNT:
         raise _invalid(
-            EventReason.INVALID_AMOUNT, f"{where} has more than {AMOUNT_INTEGER_DIGITS} digits"
+            EventReason.INVALID_AMOUNT,
+            f"{where} has more than {AMOUNT_INTEGER_DIGITS} digits: {value}",
         )
     # Trailing zeros beyond the scale are harmless (Decimal("1.5000000") is 1.5); digits are not.
     if value != value.quantize(_QUANTUM):
         raise _invalid(
-            EventReason.INVALID_AMOUNT, f"{where} has more than {AMOUNT_SCALE} decimal places"
+            EventReason.INVALID_AMOUNT,
+            f"{where} has more than {AMOUNT_SCALE} decimal places: {value}",
         )
     if value < 0 and not signed:
         raise _invalid(EventReason.NEGATIVE_AMOUNT, f"{where} is negative: {value}")
@@ -224,7 +227,7 @@ class Product:
         if isinstance(self.quantity, bool) or not 0 <= self.quantity <= _INT_MAX:
             raise _invalid(
                 EventReason.INVALID_QUANTITY,
-                f"quantity of product {self.id!r} must be a whole number >= 0",
+                f"quantity of product {self.id!r} must be a whole number >= 0: {self.quantity!r}",
             )
 
     @property

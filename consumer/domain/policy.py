@@ -50,8 +50,12 @@ Verdicts:
 - ``DEAD_LETTER``: send the record to the DLQ with ``reason`` (400 and other 4xx, 404 on create,
   on an update whose order Button does not hold deleted, or from in front of Button, 409 on
   update or cancel, decode and mapping errors, records parked behind a dead letter).
-  The order is then parked (DESIGN, 5); a record that could not be decoded parks its whole key
-  (``parks_key``), as its order is not known. A dead letter too large for the DLQ is replaced by a
+  ``Decision.parks`` says what the dead letter parks (DESIGN, 5): a delivery failure, whose
+  request may still have to reach Button before the order's later ones, parks its order (and a
+  parked record keeps it parked); a record that could not be decoded parks its whole key, as its
+  order is not known; a dead letter decided by the event's own data, the same way each time (a
+  mapping rejection, a record that decoded but is not a valid event), changed nothing in the
+  profile or at Button and parks nothing. A dead letter too large for the DLQ is replaced by a
   reference (``too_large``: the key and the headers, with the original size, no value).
 - ``PAUSE``: the API key may be refused (401, or a 403 that does not say "finalized"). Close the
   auth gate: pause every partition, report not ready, keep the record. A record-independent
@@ -92,6 +96,7 @@ from consumer.errors import (
     CodecReason,
     DeadLetterError,
     DecodeError,
+    InvalidEventError,
     MappingError,
     RecordTooLargeError,
     SchemaNotFoundYetError,
@@ -116,6 +121,20 @@ class Verdict(StrEnum):
     STOP = "stop"
 
 
+class Parks(StrEnum):
+    """What a dead letter parks (DESIGN, 5): the later records of what wait behind it."""
+
+    NOTHING = "nothing"
+    """Decided by the event's own data (a mapping rejection, an invalid event), or no order at
+    all (a record without a value): it changed nothing, nothing needs to wait for it."""
+    ORDER = "order"
+    """Its request may still have to reach Button first (a delivery failure), or its order is
+    parked already (a parked record): the order's later records follow it to the DLQ."""
+    KEY = "key"
+    """It could not be decoded: its order is unknown, so every later order record of its key
+    follows it."""
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """One row of the failure table, applied.
@@ -132,6 +151,7 @@ class Decision:
         stage: ``DEAD_LETTER`` only: where the record failed (decode, map, deliver).
         error_class: ``DEAD_LETTER``: the exception class header; ``STOP``: the error's class.
         detail: ``DEAD_LETTER``: the exception message header; ``STOP``: why consuming stops.
+        parks: ``DEAD_LETTER`` only: what the dead letter parks (``Parks``).
     """
 
     verdict: Verdict
@@ -143,6 +163,7 @@ class Decision:
     stage: Stage | None = None
     error_class: str = ""
     detail: str = ""
+    parks: Parks = Parks.NOTHING
 
     @property
     def parked(self) -> bool:
@@ -428,30 +449,62 @@ def _delivery_letter(decision: Decision, outcome: ButtonOutcome) -> Decision:
         decision,
         outcome=DEAD_LETTERED,
         stage=Stage.DELIVER,
+        parks=Parks.ORDER,
         error_class=f"Button{outcome.kind.value.title().replace('_', '')}",
         detail=f"{decision.cause} after retries: {detail}" if decision.cause else detail,
     )
 
 
 def decide_mapped(  # noqa: PLR0911 (one table)
-    result: MapResult, *, parked: str | None, dry_run: bool
+    result: MapResult,
+    *,
+    parked: str | None,
+    dry_run: bool,
+    order_id: str = "",
+    changes: bool = False,
+    behind_key: bool = False,
 ) -> Decision:
     """The decision for a decoded, mapped event, before anything is sent.
+
+    A record of a parked order waits behind the order's first dead letter whatever the mapping
+    says (DESIGN, 5): the mapping read a profile without the records parked ahead of it, so its
+    verdict may change once they are replayed (a refund rejected now may fit the corrected
+    purchase parked ahead of it), and a parked record must not move the profile. Only a skip
+    that changes nothing finishes it.
 
     Args:
         result: the mapper's verdict: send a request, skip (with a reason), or reject.
         parked: the first dead letter's reason when the record's order is parked behind it
             (DESIGN, 5), else ``None``.
         dry_run: the service runs without sending anything to Button.
+        order_id: the record's order (named in a parked dead letter; a request names its own).
+        changes: the record would change the user's profile (``Processed.profile_changed``):
+            a skip that does (a refund held for its purchase) is parked too, not lost.
+        behind_key: the order is parked only because its key is, behind a record that could
+            not be decoded (``parked`` is that record's reason): the message says so, not
+            that the order has a dead letter of its own.
 
     Returns:
-        ``DONE`` (skipped, dry run), ``DEAD_LETTER`` (rejected at the map stage, or parked),
-        ``READ`` (the order is read from Button first; a dry run reads nothing and keeps the
-        mapping's ``Read.held``, the refund held as without a read) or ``SEND``.
+        ``DONE`` (skipped, dry run), ``DEAD_LETTER`` (rejected at the map stage, parking
+        nothing, or parked), ``READ`` (the order is read from Button first; a dry run reads
+        nothing and keeps the mapping's ``Read.held``, the refund held as without a read) or
+        ``SEND``.
     """
     match result:
-        case Skip(reason=reason):
+        case Skip(reason=reason) if parked is None or not changes:
             return Decision(Verdict.DONE, reason, outcome=SKIPPED)
+        case _ if parked is not None:
+            order = result.request.order_id if isinstance(result, Send | Read) else order_id
+            behind = "an undecodable record of its key" if behind_key else "a dead letter"
+            return Decision(
+                Verdict.DEAD_LETTER,
+                PARKED_REASON,
+                outcome=PARKED_OUTCOME,
+                stage=Stage.DELIVER,
+                error_class="Parked",
+                detail=f"order {order} is parked behind {behind} ({parked})",
+                parks=Parks.ORDER,
+            )
         case Reject(reason=reason, detail=detail):
             return Decision(
                 Verdict.DEAD_LETTER,
@@ -460,15 +513,6 @@ def decide_mapped(  # noqa: PLR0911 (one table)
                 stage=Stage.MAP,
                 error_class="MappingError",
                 detail=detail or reason or "mapping_rejected",
-            )
-        case Send(request=request) | Read(request=request) if parked is not None:
-            return Decision(
-                Verdict.DEAD_LETTER,
-                PARKED_REASON,
-                outcome=PARKED_OUTCOME,
-                stage=Stage.DELIVER,
-                error_class="Parked",
-                detail=f"order {request.order_id} is parked behind a dead letter ({parked})",
             )
         case Send() if dry_run:
             return Decision(Verdict.DONE, DRY_RUN, outcome=DRY_RUN)
@@ -502,13 +546,15 @@ def decide_error(error: BaseException, *, attempt: int = 1) -> Decision:  # noqa
             return Decision(Verdict.RETRY, "schema_not_found_yet", delay=_registry_delay(attempt))
         case UnknownSchemaError() | DecodeError() | MappingError():
             fallback = {UnknownSchemaError: "unknown_schema", MappingError: "mapping_error"}
+            reason = error.reason or fallback.get(type(error), "decode_error")
             return Decision(
                 Verdict.DEAD_LETTER,
-                error.reason or fallback.get(type(error), "decode_error"),
+                reason,
                 outcome=DEAD_LETTERED,
                 stage=Stage.MAP if isinstance(error, MappingError) else Stage.DECODE,
                 error_class=type(error).__name__,
                 detail=str(error),
+                parks=_parks_of(error, reason),
             )
         case RecordTooLargeError():
             # Certain and per record, not an outage: a reference to the record takes its place
@@ -614,15 +660,18 @@ def _pushes_back(outcome: ButtonOutcome) -> bool:
     return outcome.kind is OutcomeKind.RATE_LIMITED or outcome.status == 503
 
 
-def parks_key(decision: Decision) -> bool:
-    """Whether a dead letter parks its record's whole key (DESIGN, 5): a record that could not
-    be decoded may have been any order of the key, so the key's later order records must not
-    overtake it. A record without a value (a tombstone) is no order and parks nothing."""
-    return (
-        decision.verdict is Verdict.DEAD_LETTER
-        and decision.stage is Stage.DECODE
-        and decision.reason not in _NO_PARKING_REASONS
-    )
+def _parks_of(error: DecodeError | MappingError, reason: str) -> Parks:
+    """What the dead letter of a record that failed before any request parks (DESIGN, 5).
+
+    Bytes that could not be decoded may have been any order of the key: the key's later order
+    records must not overtake them. A record that decoded but is not a valid event
+    (``InvalidEventError``), or that the mapping refused, is refused by its own data, the same
+    way each time, and changed nothing: it parks nothing. Nor does a record without a value (a
+    tombstone), which is no order.
+    """
+    if isinstance(error, InvalidEventError | MappingError) or reason in _NO_PARKING_REASONS:
+        return Parks.NOTHING
+    return Parks.KEY
 
 
 def _registry_delay(attempt: int) -> float:

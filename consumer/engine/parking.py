@@ -2,11 +2,13 @@
 
 If the create of order X went to the DLQ, a later update or cancel of X must not reach Button
 first: Button would refuse it (404) or, worse, apply it to nothing, and a replay of the DLQ would
-then run the events out of order. So once any event of an order is dead-lettered, the order is
-*parked*: each later event of it goes to the DLQ too, in order, with the parked flag and reason
-``parked``, and nothing of it is sent until the DLQ is redriven (the "sequenced dead letter
-queue" idea of Axon Framework, applied per order). Replaying the order's *first* dead letter
-releases it; the records parked behind it follow it in order.
+then run the events out of order. So once Button could not be given an event of an order (a
+delivery failure), the order is *parked*: each later event of it goes to the DLQ too, in order,
+with the parked flag and reason ``parked``, and nothing of it is sent until the DLQ is redriven
+(the "sequenced dead letter queue" idea of Axon Framework, applied per order). Replaying the
+order's *first* dead letter releases it; the records parked behind it follow it in order. What
+each dead letter parks (its order, its key, or nothing: a rejection changed nothing, so nothing
+waits for it) is the policy's ``Decision.parks``; the pipeline asks this module to park it.
 
 ``Parking`` answers the three questions the pipeline asks: is this record's order parked
 (releasing it first when the record is the replay of its first dead letter), and park this
@@ -37,7 +39,7 @@ from consumer.domain.deadletter import (
     is_replay,
     releases_parked_key,
     replayed_parks_order,
-    replays_first_dead_letter,
+    replays_parking_letter,
 )
 from consumer.domain.policy import PARKED_REASON
 from consumer.domain.profile import Profile, epoch_ms, prune
@@ -154,10 +156,12 @@ class Parking:
         Call after the record's profile change is stored (the profile is read from the store);
         an order parked longer ago than the order retention is no longer parked at ``now``.
         """
-        if replays_first_dead_letter(record.headers):
+        if replays_parking_letter(record.headers):
             # The record whose dead letter parked its order (or, undecodable then, its key) is
             # back: release it so it and the records parked behind it (replayed after it, in
-            # order) are sent. Another order's first dead letter leaves the key parked.
+            # order) are sent. Another order's first dead letter leaves the key parked. A dead
+            # letter that parked nothing (a rejection) releases nothing: it is checked below
+            # like any record, and waits if its order (or key) was parked since.
             key_too = releases_parked_key(record.headers)
             return ParkingCheck(
                 None, self._release(record.partition, record.key, order_id, key_too=key_too)

@@ -13,10 +13,11 @@ acknowledged before the record is finished, so before its offset may be stored (
 request does not wait for the acknowledgement. A write refused after Button accepted the request
 leaves the record unfinished: a restart replays it and sends the same state again (DESIGN, 2).
 
-Parking (DESIGN, 5) is owned by the ``ParkingPort`` collaborator: after the dead letter of an
-order's record is acknowledged, the order is parked and the profile written to the changelog
-before the record counts as finished, so a parked order stays parked across restarts and
-rebalances (its offset is stored only once the park is durable).
+Parking (DESIGN, 5) is owned by the ``ParkingPort`` collaborator: after a dead letter that parks
+its order (or key, ``Decision.parks``) is acknowledged, the order is parked and the profile
+written to the changelog before the record counts as finished, so a parked order stays parked
+across restarts and rebalances (its offset is stored only once the park is durable). A dead
+letter decided by the event's own data (a rejection, an invalid event) parks nothing.
 
 The collaborators are ports (small protocols) so the whole path is testable with fakes.
 """
@@ -42,6 +43,8 @@ from consumer.domain.deadletter import (
     as_reference,
     parks_its_order,
     releases_key_if_undecodable,
+    releases_parked_key,
+    replays_parking_letter,
 )
 from consumer.domain.events import CommerceEvent
 from consumer.domain.outcomes import ButtonOutcome
@@ -49,6 +52,7 @@ from consumer.domain.policy import (
     BUTTON_UNAVAILABLE,
     SKIPPED,
     Decision,
+    Parks,
     RetryPolicy,
     Verdict,
     decide,
@@ -56,7 +60,6 @@ from consumer.domain.policy import (
     decide_mapped,
     judge_lookup,
     judge_read,
-    parks_key,
 )
 from consumer.domain.triage import InertEvent
 from consumer.engine.authgate import AuthGate
@@ -68,6 +71,7 @@ from consumer.errors import (
     CodecReason,
     DeadLetterError,
     DecodeError,
+    InvalidEventError,
     RecordTooLargeError,
     SchemaRegistryUnavailableError,
 )
@@ -270,8 +274,8 @@ class Pipeline:
 
     async def _handle(self, record: Record, event: CommerceEvent | None) -> str:
         decoded = event if event is not None else await self._decode(record)
-        if isinstance(decoded, Decision):
-            return await self._execute(record, decoded, _Context())
+        if isinstance(decoded, tuple):
+            return await self._execute(record, *decoded)
         if isinstance(decoded, InertEvent):
             # Can change nothing (no order, token or device id): no profile, no changelog.
             return self._skip_inert(record, decoded)
@@ -304,7 +308,11 @@ class Pipeline:
             except DecodeError as exc:
                 _release(ahead)
                 d.telemetry.decode_failed(exc.reason)
-                context = _Context(event_type=decoded.event_type.value)
+                context = _Context(
+                    event_type=decoded.event_type.value,
+                    event_id=decoded.event_id,
+                    order_id=decoded.order_id,
+                )
                 return await self._execute(record, decide_error(exc), context)
             current = CURRENT_RECORD.get()
             if current is not None:
@@ -316,7 +324,14 @@ class Pipeline:
                 event_type=decoded.event_type.value,
                 behind_key_only=parking.behind_key_only,
             )
-            decision = decide_mapped(result, parked=parking.reason, dry_run=d.dry_run)
+            decision = decide_mapped(
+                result,
+                parked=parking.reason,
+                dry_run=d.dry_run,
+                order_id=processed.order_id,
+                changes=processed.profile_changed,
+                behind_key=parking.behind_key_only,
+            )
             if not isinstance(result, Read):
                 break
             if decision.verdict is not Verdict.READ or lookup is not None:
@@ -378,9 +393,16 @@ class Pipeline:
         finally:
             CURRENT_RECORD.reset(scope)
 
-    async def _decode(self, record: Record) -> CommerceEvent | InertEvent | Decision:
-        """Decode the value, waiting as the policy says while the schema registry is away."""
+    async def _decode(
+        self, record: Record
+    ) -> CommerceEvent | InertEvent | tuple[Decision, _Context]:
+        """Decode the value, waiting as the policy says while the schema registry is away.
+
+        A value that does not become an event ends in a final decision, with what is known of
+        the record (the event and order ids of one that decoded but is not a valid event).
+        """
         attempt = 0
+        context = _Context()
         while True:
             attempt += 1
             try:
@@ -390,11 +412,16 @@ class Pipeline:
             except DecodeError as exc:
                 self._d.telemetry.decode_failed(exc.reason)
                 decision = decide_error(exc, attempt=attempt)
+                if isinstance(exc, InvalidEventError):
+                    context = _Context(event_id=exc.event_id, order_id=exc.order_id)
+                    current = CURRENT_RECORD.get()
+                    if current is not None:
+                        current.event_id = exc.event_id
             except SchemaRegistryUnavailableError as exc:
                 decision = decide_error(exc, attempt=attempt)
                 log.warning("schema_registry_unavailable", error=str(exc), retry_in=decision.delay)
             if decision.verdict is not Verdict.RETRY:
-                return decision
+                return decision, context
             await self._d.sleep(decision.delay)
 
     async def _deliver(
@@ -694,12 +721,15 @@ class Pipeline:
 
     async def _dead_letter(self, record: Record, decision: Decision, context: _Context) -> str:
         d = self._d
-        processed, attempts = context.processed, context.attempts
+        attempts = context.attempts
         last = attempts.last
-        # Replayed with --release-keys and still not decodable: given up, so the key's order
-        # records parked behind it (replayed after it) go on, and its dead letter says so.
-        parks = record.key is not None and parks_key(decision)
-        gives_up = parks and releases_key_if_undecodable(record.headers)
+        event_id, order_id = context.ids
+        # What the dead letter parks (DESIGN, 5). Replayed with --release-keys and still not
+        # decodable: given up, so the key's order records parked behind it (replayed after it)
+        # go on, and its dead letter says so.
+        parks = decision.parks
+        key_parks = record.key is not None and parks is Parks.KEY
+        gives_up = key_parks and releases_key_if_undecodable(record.headers)
         letter = DeadLetter(
             topic=record.topic,
             partition=record.partition,
@@ -710,8 +740,8 @@ class Pipeline:
             message=decision.detail,
             dead_lettered_ms=_ms(d.wall_clock()),
             action=context.letter_action,
-            order_id=processed.order_id if processed else "",
-            event_id=processed.event_id if processed else "",
+            order_id=order_id,
+            event_id=event_id,
             http_status=last.status if last else None,
             excerpt=last.excerpt if last else "",
             attempts=attempts.count,
@@ -720,7 +750,10 @@ class Pipeline:
             parked=decision.parked,
             key_released=gives_up,
             parks_order=parks_its_order(
-                record.headers, parked=decision.parked, behind_key_only=context.behind_key_only
+                record.headers,
+                parked=decision.parked,
+                behind_key_only=context.behind_key_only,
+                parks_nothing=parks is Parks.NOTHING,
             ),
         )
         try:
@@ -737,30 +770,29 @@ class Pipeline:
             raise DeadLetterError(f"dead-letter write failed: {exc}") from exc
         # The profile's own write first: a park written after it is the key's latest value.
         await self._acknowledged(context)
-        if letter.order_id:
+        if parks is Parks.ORDER and order_id:
             # Park the order (or refresh its parking) once its dead letter is acknowledged, and
             # before the record is finished: its offset is stored only after the park is durable.
             # Parking first could mark this very record, retried after a crash, as parked
             # behind itself.
             await self._write(
                 d.parking.park(
-                    record.partition, record.key, letter.order_id, letter.reason, d.wall_clock()
+                    record.partition, record.key, order_id, letter.reason, d.wall_clock()
                 )
             )
             if not decision.parked:
                 d.telemetry.order_parked()
-        elif record.key is not None and parks:
-            if gives_up:
-                await self._write(d.parking.release_key(record.partition, record.key))
-                log.warning("key_released", reason=letter.reason)
-            else:
-                # Its order is unknown (not decoded): park the key, so no later order record
-                # of the key overtakes it (released when this record is replayed).
-                await self._write(
-                    d.parking.park(
-                        record.partition, record.key, KEY_PARKED, letter.reason, d.wall_clock()
-                    )
+        elif record.key is not None and (gives_up or _unparks_its_key(record, decision)):
+            await self._write(d.parking.release_key(record.partition, record.key))
+            log.warning("key_released", reason=letter.reason)
+        elif record.key is not None and key_parks:
+            # Its order is unknown (not decoded): park the key, so no later order record
+            # of the key overtakes it (released when this record is replayed).
+            await self._write(
+                d.parking.park(
+                    record.partition, record.key, KEY_PARKED, letter.reason, d.wall_clock()
                 )
+            )
         d.telemetry.dead_lettered(letter.reason)
         d.telemetry.finished(decision.outcome, None)
         self._record(record, decision, context, letter.reason)
@@ -798,16 +830,17 @@ class Pipeline:
             await pending
 
     def _record(self, record: Record, decision: Decision, context: _Context, reason: str) -> None:
-        processed, attempts = context.processed, context.attempts
+        attempts = context.attempts
+        event_id, order_id = context.ids
         last = attempts.last
         self._d.telemetry.delivery(
             Delivery(
                 at=self._d.wall_clock().timestamp(),
                 partition=record.partition,
                 offset=record.offset,
-                event_id=processed.event_id if processed else "",
+                event_id=event_id,
                 action=context.action,
-                order_id=processed.order_id if processed else "",
+                order_id=order_id,
                 outcome=decision.outcome,
                 status=last.status if last else None,
                 attempts=attempts.count,
@@ -841,11 +874,36 @@ class _Context:
     """The profile's changelog write, queued but not yet awaited (``_acknowledged``)."""
     behind_key_only: bool = False
     """Parked only because its key is (``ParkingCheck.behind_key_only``)."""
+    event_id: str = ""
+    order_id: str = ""
+    """The ids of a record known without ``processed`` (one that decoded but is not a valid
+    event: ``InvalidEventError``)."""
+
+    @property
+    def ids(self) -> tuple[str, str]:
+        """The record's event id and order id, as far as they are known."""
+        processed = self.processed
+        if processed is not None:
+            return processed.event_id, processed.order_id
+        return self.event_id, self.order_id
 
     @property
     def letter_action(self) -> str:
         """The dead letter's action header: empty when nothing was mapped."""
         return "" if self.action == "none" else self.action
+
+
+def _unparks_its_key(record: Record, decision: Decision) -> bool:
+    """Whether a dead letter releases its key's parking: the replay of a dead letter that
+    parked the key (an older version parked it behind a record that decoded but was not a
+    valid event) fails validation again, and now parks nothing (DESIGN, 5). Its replay
+    releases the key as the replay of a record that decodes now does."""
+    return (
+        decision.parks is Parks.NOTHING
+        and decision.error_class == InvalidEventError.__name__
+        and replays_parking_letter(record.headers)
+        and releases_parked_key(record.headers)
+    )
 
 
 def _release(permit: Permit | None) -> None:

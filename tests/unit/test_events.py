@@ -30,7 +30,7 @@ from consumer.domain.events import (
     ProductAction,
     UserIdentities,
 )
-from consumer.errors import DecodeError
+from consumer.errors import DecodeError, InvalidEventError
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
@@ -396,13 +396,38 @@ def test_a_map_key_named_like_a_field_survives_the_json_form() -> None:
 _PRODUCT_0 = "commerce.products[0]."
 
 
+def test_an_invalid_decoded_record_names_its_event_order_and_value() -> None:
+    """A record that decodes but breaks a rule is an ``InvalidEventError`` (a ``DecodeError``)
+    carrying the record's event and order ids, and its message names the bad value."""
+    record = event_to_record(event_from_json(purchase_json()))
+    record["commerce"]["total_amount"] = Decimal("-10.00")
+
+    with pytest.raises(InvalidEventError) as info:
+        event_from_record(record)
+
+    expected = ("negative_amount", "e-1", "ORD-1", "total_amount is negative: -10.00")
+    error = info.value
+    assert expected == (error.reason, error.event_id, error.order_id, str(error))
+
+
+def test_an_invalid_record_without_ids_names_none() -> None:
+    """Ids that are missing or not strings are left empty, not guessed."""
+    obj = purchase_json(event_id=7)
+    del obj["commerce"]["transaction_id"]
+
+    with pytest.raises(InvalidEventError) as info:
+        event_from_json(obj)
+
+    assert (info.value.event_id, info.value.order_id) == ("", "")
+
+
 @pytest.mark.parametrize(
     ("overrides", "reason", "message"),
     [
         (
             {"products": [{"id": "p"}, {"id": "q", "price": "1.0000001"}]},
             EventReason.INVALID_AMOUNT,
-            "price of product 'q' has more than 6 decimal places",
+            "price of product 'q' has more than 6 decimal places: 1.0000001",
         ),
         (
             {"products": [{"id": "p"}, {"id": "q", "price": "abc"}]},

@@ -3,13 +3,19 @@ in-memory lot of keyless records (park, keep the first reason, expire, bound).""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 
-from consumer.domain.deadletter import H_REPLAYED, H_REPLAYED_PARKED, H_REPLAYED_STAGE, Stage
+from consumer.domain.deadletter import (
+    H_REPLAYED,
+    H_REPLAYED_PARKED,
+    H_REPLAYED_PARKS_ORDER,
+    H_REPLAYED_STAGE,
+    Stage,
+)
 from consumer.domain.events import CommerceData, CommerceEvent, EventType, ProductAction
 from consumer.domain.mapping import MappingConfig
 from consumer.domain.profile_codec import decode_profile
@@ -274,6 +280,22 @@ def test_the_replay_of_another_orders_first_dead_letter_leaves_the_key_parked(
     check = rig.parking.check(record(replayed=True, stage=stage.value), "E-Q", NOW)
 
     assert check.reason is None
+    assert rig.parked(purchase("E-S")) == "truncated"
+
+
+def test_the_replay_of_a_dead_letter_that_parked_nothing_releases_nothing() -> None:
+    """A rejection's dead letter parked nothing (``button.parks.order: false``): its replay
+    leaves its order parked behind another dead letter, and the user's key behind an
+    undecodable record, parked."""
+    rig = Rig()
+    rig.parking.park(PARTITION, KEY, "ORD-1", "http_400", NOW)
+    rig.parking.park(PARTITION, KEY, KEY_PARKED, "truncated", NOW)
+    replay = record(replayed=True, stage=Stage.DECODE.value)
+    replay = replace(replay, headers=[*replay.headers, (H_REPLAYED_PARKS_ORDER, b"false")])
+
+    check = rig.parking.check(replay, "ORD-1", NOW)
+
+    assert (check.reason, check.write) == ("http_400", None)
     assert rig.parked(purchase("E-S")) == "truncated"
 
 

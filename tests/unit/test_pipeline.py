@@ -33,9 +33,16 @@ from consumer.domain.deadletter import (
     DeadLetter,
     dead_letter_headers,
     header_map,
-    replays_first_dead_letter,
+    replays_parking_letter,
 )
-from consumer.domain.events import CommerceData, CommerceEvent, EventType, ProductAction
+from consumer.domain.event_forms import event_from_record, event_to_record
+from consumer.domain.events import (
+    CommerceData,
+    CommerceEvent,
+    EventType,
+    Product,
+    ProductAction,
+)
 from consumer.domain.mapping import MappingConfig
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import RetryPolicy
@@ -43,7 +50,7 @@ from consumer.domain.triage import InertEvent
 from consumer.engine.authgate import AuthGate
 from consumer.engine.breaker import CircuitBreaker
 from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
-from consumer.engine.parking import Parking, ParkingCheck, ParkingLot
+from consumer.engine.parking import KEY_PARKED, Parking, ParkingCheck, ParkingLot
 from consumer.engine.pipeline import ParkingPort, Pipeline, PipelineDeps, Processed, Processor
 from consumer.engine.processor import ProfileProcessor
 from consumer.engine.profiles import ChangelogWrite, ProfileStore
@@ -181,7 +188,7 @@ class FakeProcessor:
     def check(self, record: Record, order_id: str, now: datetime) -> ParkingCheck:
         if not order_id:
             return ParkingCheck()
-        if replays_first_dead_letter(record.headers):
+        if replays_parking_letter(record.headers):
             self.parking_calls.append(("release", record.key, order_id))
             self.parked.pop(order_id, None)
             return ParkingCheck(None, self._write(record.partition, record.key))
@@ -1349,7 +1356,8 @@ def test_an_order_button_holds_in_a_shape_it_cannot_adopt_is_dead_lettered_namin
     None
 ):
     """Button's order has a line the service cannot carry: the refund is dead-lettered
-    (``order_not_adoptable``, map stage) with the field named, and its order parked."""
+    (``order_not_adoptable``, map stage) with the field named. Decided by Button's order and the
+    event alone, it changed nothing: it parks nothing, and nothing of the user is stored."""
     h = unknown_order_harness()
     lines = [{"identifier": "SKU-A", "total": 1000, "upc": "0123456789012"}]
     h.button.reads.append(at_button(line_items=lines))
@@ -1364,17 +1372,14 @@ def test_an_order_button_holds_in_a_shape_it_cannot_adopt_is_dead_lettered_namin
         [],
     )
     assert letter.message.startswith("line_items[0].upc: ")
-    stored = restored_processor(h).store.get(2, b"user-1")
-    assert stored is not None
-    assert [p.order_id for p in stored.parked] == [ORDER]
+    assert restored_processor(h).store.get(2, b"user-1") is None
 
 
 def test_a_partial_refund_of_a_parked_order_follows_its_dead_letter_without_a_read() -> None:
-    """The purchase was rejected (its order parked, never stored): the partial refund of the
-    order is parked behind it, nothing read, so the replay of the purchase brings it along."""
-    assert EVENT.commerce is not None
-    bad = replace(EVENT, commerce=replace(EVENT.commerce, currency_code="ZZZ"))
-    first = unknown_order_harness(event=bad)
+    """Button refused the purchase's create (its order parked): the partial refund of the order
+    is parked behind it (as the update it maps to), nothing read, so the replay of the create
+    brings it along."""
+    first = unknown_order_harness(event=EVENT).answer(INVALID)
     assert first.handle(record(17)) == ["dead_lettered"]
 
     h = unknown_order_harness(first)
@@ -1384,7 +1389,7 @@ def test_a_partial_refund_of_a_parked_order_follows_its_dead_letter_without_a_re
         ["parked"],
         [],
         "parked",
-        "read",
+        "update",
     )
 
 
@@ -1511,13 +1516,14 @@ def test_reject_is_dead_lettered_at_the_transformation_stage() -> None:
     assert expected == {k: headers.get(k) for k in expected}
 
 
-def test_reject_parks_its_order() -> None:
-    """A rejected event of order X parks X, so X's later events cannot overtake it."""
+def test_reject_parks_nothing() -> None:
+    """A rejected event of order X changed nothing (profile, Button): X is not parked, and its
+    dead letter says it parked nothing (DESIGN, 5)."""
     h = Harness(processor=FakeProcessor(processed(Reject("negative_total"))))
 
     h.handle(record())
 
-    assert h.processor.parked == {ORDER: "negative_total"}
+    assert (h.processor.parking_calls, h.letters[0].parks_order) == ([], False)
 
 
 def test_reject_without_an_order_id_parks_nothing() -> None:
@@ -2043,6 +2049,8 @@ def test_an_order_record_behind_an_undecodable_record_of_its_key_is_parked() -> 
     outcomes = first.handle(record(17), record(18))
 
     assert (outcomes, first.button.sent) == (["dead_lettered", "parked"], [])
+    expected = f"order {ORDER} is parked behind an undecodable record of its key (unknown_schema)"
+    assert first.letters[1].message == expected
     restarted = Harness(decoder=FakeDecoder(REFUND), real_processor=restored_processor(first))
     assert restarted.handle(record(19)) == ["parked"]
 
@@ -2260,6 +2268,208 @@ def test_a_tombstone_in_the_input_does_not_park_its_key() -> None:
     outcomes = h.handle(record(17, value=None), record(18))
 
     assert outcomes == ["dead_lettered", "delivered"]
+
+
+# --- dead letters that come from the event's own data park nothing -----------------------------
+
+THREE_A = CommerceEvent(
+    event_id="evt-rp-buy",
+    event_type=EventType.PURCHASE,
+    event_time=T0 - timedelta(minutes=10),
+    user_key="user-1",
+    commerce=CommerceData(
+        action=ProductAction.PURCHASE,
+        transaction_id=ORDER,
+        currency_code="USD",
+        total_amount=Decimal("30.00"),
+        products=(Product(id="A", price=Decimal("10.00"), quantity=3),),
+    ),
+)
+
+
+def refund_of_a(event_id: str, minutes: int, quantity: int | None) -> CommerceEvent:
+    """A refund of ``ORDER``: ``quantity`` units of product A, or the whole order (``None``)."""
+    products = () if quantity is None else (Product(id="A", quantity=quantity),)
+    return CommerceEvent(
+        event_id=event_id,
+        event_type=EventType.REFUND,
+        event_time=T0 - timedelta(minutes=10 - minutes),
+        user_key="user-1",
+        commerce=CommerceData(action=ProductAction.REFUND, transaction_id=ORDER, products=products),
+    )
+
+
+def purchase_in(currency: str, event_id: str, order_id: str = ORDER) -> CommerceEvent:
+    """A purchase of ``order_id`` in ``currency`` (``XYZ``: the mapping rejects it)."""
+    assert THREE_A.commerce is not None
+    commerce = replace(THREE_A.commerce, transaction_id=order_id, currency_code=currency)
+    return replace(THREE_A, event_id=event_id, commerce=commerce)
+
+
+def invalid_refund_error() -> DecodeError:
+    """What decoding a refund of ``ORDER`` with ``total_amount`` -10.00 raises: its Avro record
+    decodes, the event model refuses it (``negative_amount``)."""
+    raw = event_to_record(refund_of_a("evt-rp-bad", 2, 1))
+    raw["commerce"]["total_amount"] = Decimal("-10.00")
+    with pytest.raises(DecodeError) as caught:
+        event_from_record(raw)
+    return caught.value
+
+
+def test_a_rejected_refund_does_not_park_the_valid_refunds_after_it() -> None:
+    """A refund of 9 units of an order of 3 is rejected by the mapping (it changed nothing, in
+    the profile or at Button): the valid refund of 1 unit and the full refund after it are
+    sent, and the rejection's dead letter says it parks nothing."""
+    h = Harness(
+        decoder=FakeDecoder(
+            THREE_A,
+            refund_of_a("evt-rp-9", 1, 9),
+            refund_of_a("evt-rp-1", 2, 1),
+            refund_of_a("evt-rp-all", 3, None),
+        ),
+        real_processor=restored_processor(),
+    ).answer(OK, OK, OK)
+
+    outcomes = h.handle(record(17), record(18), record(19), record(20))
+
+    assert outcomes == ["delivered", "dead_lettered", "delivered", "delivered"]
+    assert [r.action for r in h.button.sent] == [Action.CREATE, Action.UPDATE, Action.CANCEL]
+    assert (h.letters[0].reason, h.letters[0].parked) == ("refund_exceeds_quantity", False)
+    assert h.dlq_headers(0).get("button.parks.order") == "false"
+
+
+def test_a_corrected_purchase_after_a_rejected_one_is_sent() -> None:
+    """A purchase in an unknown currency is rejected; the merchant's correction (a new event
+    id, in USD) is created at Button instead of waiting behind the rejection."""
+    h = Harness(
+        decoder=FakeDecoder(purchase_in("XYZ", "evt-rp-xyz"), purchase_in("USD", "evt-rp-usd")),
+        real_processor=restored_processor(),
+    ).answer(OK)
+
+    outcomes = h.handle(record(17), record(18))
+
+    assert outcomes == ["dead_lettered", "delivered"]
+    assert [(r.action, r.order_id) for r in h.button.sent] == [(Action.CREATE, ORDER)]
+    assert h.letters[0].reason == "unknown_currency"
+
+
+def test_the_replay_of_a_rejection_releases_no_order_parked_behind_another_dead_letter() -> None:
+    """A rejection parked nothing, so its replay releases nothing: the order, parked since
+    (its corrected create refused by Button), stays parked; the replayed rejection waits
+    behind that create, parked, and so does a refund of the order."""
+    first = Harness(
+        decoder=FakeDecoder(purchase_in("XYZ", "evt-rp-xyz"), purchase_in("USD", "evt-rp-usd")),
+        real_processor=restored_processor(),
+    ).answer(INVALID)
+    assert first.handle(record(17), record(18)) == ["dead_lettered", "dead_lettered"]
+
+    again = Harness(
+        decoder=FakeDecoder(purchase_in("XYZ", "evt-rp-xyz"), refund_of_a("evt-rp-1", 2, 1)),
+        real_processor=restored_processor(first),
+    )
+    outcomes = again.handle(replay_of(first, 0, 40), record(41))
+
+    assert (outcomes, again.button.sent) == (["parked", "parked"], [])
+
+
+def test_a_record_of_a_parked_order_is_parked_whatever_the_mapping_says() -> None:
+    """While its order is parked, a record's verdict waits for the records ahead of it: a
+    refund the mapping would reject now follows the refused create to the DLQ, parked, and
+    is decided when it is replayed after it."""
+    first = Harness(
+        decoder=FakeDecoder(THREE_A, refund_of_a("evt-rp-9", 1, 9)),
+        real_processor=restored_processor(),
+    ).answer(INVALID)
+
+    outcomes = first.handle(record(17), record(18))
+
+    assert outcomes == ["dead_lettered", "parked"]
+    assert (first.letters[1].reason, first.letters[1].parked) == ("parked", True)
+
+
+def test_an_invalid_event_parks_neither_its_key_nor_its_order() -> None:
+    """A refund whose Avro decodes but whose total_amount is negative is dead-lettered at
+    decode with its order's and event's ids and the bad value; the user's next order is sent,
+    not parked behind the key."""
+    other = purchase_in("USD", "evt-rp-w2", order_id="ORD-W2")
+    h = Harness(
+        decoder=FakeDecoder(THREE_A, invalid_refund_error(), other),
+        real_processor=restored_processor(),
+    ).answer(OK, OK)
+
+    outcomes = h.handle(record(17), record(18), record(19))
+
+    assert outcomes == ["delivered", "dead_lettered", "delivered"]
+    assert [(r.action, r.order_id) for r in h.button.sent] == [
+        (Action.CREATE, ORDER),
+        (Action.CREATE, "ORD-W2"),
+    ]
+    headers = h.dlq_headers(0)
+    expected = {
+        "__connect.errors.stage": "VALUE_CONVERTER",
+        "button.reason": "negative_amount",
+        "button.order.id": ORDER,
+        "button.event.id": "evt-rp-bad",
+        "button.parks.order": "false",
+    }
+    assert expected == {k: headers.get(k) for k in expected}
+    assert "-10.00" in headers["__connect.errors.exception.message"]
+
+
+def test_the_replay_of_an_invalid_event_that_parked_its_key_releases_the_key() -> None:
+    """An older version parked the key behind a record that failed validation at decode (its
+    dead letter has no ``button.parks.order``). Replayed, it fails again and parks nothing:
+    the key it parked is released, so the user's next order is sent."""
+    h = Harness(
+        decoder=FakeDecoder(invalid_refund_error(), THREE_A),
+        real_processor=restored_processor(),
+    ).answer(OK)
+    assert h.real_processor is not None
+    older = Parking(
+        h.real_processor.store,
+        max_orders_per_profile=MappingConfig().max_orders_per_profile,
+        keyless=ParkingLot(clock=h.clock.monotonic),
+    )
+    older.park(2, b"user-1", KEY_PARKED, "negative_amount", T0)
+    headers = [
+        ("button.replayed", b"0:5"),
+        ("button.replayed.parked", b"false"),
+        ("button.replayed.stage", b"VALUE_CONVERTER"),
+    ]
+
+    outcomes = h.handle(record(40, headers=headers), record(41))
+
+    assert outcomes == ["dead_lettered", "delivered"]
+
+
+def test_a_refund_held_for_its_purchase_behind_a_parked_key_is_parked_not_lost() -> None:
+    """A partial refund of an order not seen yet is held in the profile; behind a parked key
+    it cannot be recorded, so it is parked (not finished as skipped and forgotten). Replayed
+    once the key is given up, it is held, and the purchase is created at the refunded
+    total."""
+    first = Harness(
+        decoder=FakeDecoder(
+            DecodeError("truncated", "Avro body ends early"), refund_of_a("evt-rp-1", 2, 1)
+        ),
+        real_processor=restored_processor(),
+    )
+    assert first.handle(record(17), record(18)) == ["dead_lettered", "parked"]
+
+    replay = Harness(
+        decoder=FakeDecoder(
+            DecodeError("truncated", "Avro body ends early"), refund_of_a("evt-rp-1", 2, 1), THREE_A
+        ),
+        real_processor=restored_processor(first),
+    ).answer(OK)
+    replay.button.reads.append(NOT_FOUND)  # the refund's order, read first: Button lacks it too
+    outcomes = replay.handle(
+        replayed(40, parked=False, release=True), replayed(41, parked=True), record(42)
+    )
+
+    assert outcomes == ["dead_lettered", "skipped", "delivered"]
+    body = replay.button.sent[0].body
+    assert body is not None
+    assert (replay.button.sent[0].action, body["total"]) == (Action.CREATE, 2000)
 
 
 # --- log context -------------------------------------------------------------------------------

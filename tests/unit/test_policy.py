@@ -17,6 +17,7 @@ from consumer.domain.deadletter import Stage
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import (
     Decision,
+    Parks,
     Probe,
     RetryPolicy,
     Verdict,
@@ -33,6 +34,7 @@ from consumer.errors import (
     BrokerError,
     DeadLetterError,
     DecodeError,
+    InvalidEventError,
     MappingError,
     SchemaRegistryUnavailableError,
     UnknownSchemaError,
@@ -209,6 +211,7 @@ def test_attempt_budget_turns_retry_into_dead_letter() -> None:
         stage=Stage.DELIVER,
         error_class="ButtonTimeout",
         detail="timeout after retries: timeout",
+        parks=Parks.ORDER,
     )
     assert expected == decision
 
@@ -256,6 +259,7 @@ def test_done_and_dead_letter_ignore_the_budget() -> None:
                 stage=Stage.DELIVER,
                 error_class="ButtonInvalid",
                 detail="total must be an integer",
+                parks=Parks.ORDER,
             ),
         ),
     ]:
@@ -375,6 +379,75 @@ def test_parked_records_are_dead_lettered_as_parked() -> None:
         decision.stage,
         decision.detail,
     )
+
+
+@pytest.mark.parametrize(
+    ("decision", "expected"),
+    [
+        (decide_error(DecodeError("truncated", "x")), (DEAD, Parks.KEY)),
+        (decide_error(UnknownSchemaError("unknown_schema", "x")), (DEAD, Parks.KEY)),
+        (decide_error(DecodeError("null_value", "x")), (DEAD, Parks.NOTHING)),
+        (decide_error(DecodeError("empty", "x")), (DEAD, Parks.NOTHING)),
+        (decide_error(InvalidEventError("negative_amount", "x")), (DEAD, Parks.NOTHING)),
+        (decide_error(MappingError("invalid_amount", "x")), (DEAD, Parks.NOTHING)),
+        (
+            decide_mapped(Reject("unknown_currency"), parked=None, dry_run=False),
+            (DEAD, Parks.NOTHING),
+        ),
+        (
+            decide(
+                A.CREATE,
+                outcome(K.INVALID, 400),
+                attempt=1,
+                elapsed=0.0,
+                policy=POLICY,
+                rng=FixedRandom(),
+            ),
+            (DEAD, Parks.ORDER),
+        ),
+        (
+            decide(
+                A.UPDATE,
+                outcome(K.TIMEOUT),
+                attempt=4,
+                elapsed=1.0,
+                policy=POLICY,
+                rng=FixedRandom(),
+            ),
+            (DEAD, Parks.ORDER),
+        ),
+        (decide_mapped(Send(REQUEST), parked="http_400", dry_run=False), (DEAD, Parks.ORDER)),
+    ],
+)
+def test_what_each_kind_of_dead_letter_parks(
+    decision: Decision, expected: tuple[Verdict, Parks]
+) -> None:
+    """A delivery failure parks its order, undecodable bytes their key; a dead letter decided
+    by the event's own data (a rejection, an invalid event) and a tombstone park nothing."""
+    assert expected == (decision.verdict, decision.parks)
+
+
+def test_a_record_of_a_parked_order_is_parked_whatever_the_mapping_says() -> None:
+    """Rejected or skipped with a profile change (a refund held for its purchase), a record of
+    a parked order is parked; a skip that changes nothing is finished."""
+
+    def decided(result: Skip | Reject, *, changes: bool = False) -> tuple[str, str]:
+        decision = decide_mapped(
+            result, parked="http_400", dry_run=False, order_id="o-1", changes=changes
+        )
+        return decision.outcome, decision.detail
+
+    expected = [
+        ("parked", "order o-1 is parked behind a dead letter (http_400)"),
+        ("parked", "order o-1 is parked behind a dead letter (http_400)"),
+        ("skipped", ""),
+    ]
+    actual = [
+        decided(Reject("refund_exceeds_quantity")),
+        decided(Skip("refund_held"), changes=True),
+        decided(Skip("development_event")),
+    ]
+    assert expected == actual
 
 
 RETRYABLE = [K.RATE_LIMITED, K.SERVER_ERROR, K.TIMEOUT, K.CONNECTION_ERROR, K.UNREADABLE]

@@ -696,6 +696,27 @@ def test_an_undecodable_record_without_a_key_parks_no_key_and_brings_nothing_alo
     assert (sent, report.held) == ([(0, 1)], 0)
 
 
+def rejected(order: str, reason: str = "refund_exceeds_quantity") -> dict[str, str]:
+    """The dead letter of a record of ``order`` the mapping rejected: it parked nothing."""
+    return first(order, reason=reason, stage="TRANSFORMATION") | {"button.parks.order": "false"}
+
+
+def test_a_dead_letter_that_parked_nothing_is_no_first_dead_letter_to_follow() -> None:
+    """A rejection between an order's refused create and the records parked behind that
+    create parked nothing: ``--reason http_400`` still brings those records along (they follow
+    the create), and ``--reason parked`` does not hold them back behind the rejection."""
+    reader = ListedDeadLetters(
+        [(0, b"u1", first("X")), (0, b"u1", rejected("X")), (0, b"u1", parked("X"))]
+    )
+
+    report, sent, _ = filtered(reader, HTTP_400)
+    assert (sent, report.followers, report.held) == ([(0, 0), (0, 2)], 1, 0)
+
+    alone = ListedDeadLetters([(0, b"u1", rejected("X")), (0, b"u1", parked("X"))])
+    report, sent, _ = filtered(alone, ReplayFilter(reasons=frozenset({"parked"})))
+    assert (sent, report.held) == ([(0, 1)], 0)
+
+
 def test_a_selected_parked_record_behind_an_unselected_first_dead_letter_is_held_back() -> None:
     """``--reason parked`` alone: each parked record's order is parked behind a first dead
     letter the filter does not select, so replaying it alone would only park it again (and
