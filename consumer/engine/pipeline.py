@@ -362,6 +362,12 @@ class Pipeline:
                 d.processor.apply(record.partition, record.key, processed)
             )
         try:
+            if lookup is not None and lookup.found:
+                # An order adopted from Button: Button's state is the refund's base, and holds
+                # the refund once the update is applied. Sent before the profile recording the
+                # refund is written, a failed write (or a crash) would replay the record
+                # against Button's reduced state and refund it twice: the write comes first.
+                await self._acknowledged(context)
             if decision.verdict is Verdict.SEND and isinstance(result, Send):
                 return await self._deliver(
                     record, context, result.request, result.follow_up, ahead=ahead

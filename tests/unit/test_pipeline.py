@@ -1249,6 +1249,22 @@ def test_a_partial_refund_of_an_order_the_profile_does_not_know_updates_buttons_
     assert h.sample("button_requests_total", action="read", outcome="success", status_class="2xx")
 
 
+def test_an_adopted_order_is_sent_only_once_its_changelog_write_is_acknowledged() -> None:
+    """Button's state is the adopted order's base, and it already holds the refund once the
+    update is applied: sent before the profile (which records the refund) is written, a write
+    that fails or a crash replays the record against Button's reduced state and refunds it
+    again. So the write is acknowledged first; refused, nothing is sent and the record stays
+    unfinished (the worker stops, as for any unwritable changelog)."""
+    h = unknown_order_harness().answer(OK)
+    h.button.reads.append(at_button())
+    h.changelog.fail = True
+
+    with pytest.raises(RuntimeError, match="changelog"):
+        h.handle(record())
+
+    assert (h.button.read_ids, h.button.sent) == ([ORDER], [])
+
+
 def test_a_replay_of_an_adopted_refund_reads_nothing_and_sends_the_same_state() -> None:
     """The changelog holds the adopted order: the refund replayed after a restart maps without
     a read (the fake Button refuses one) to the same update."""
