@@ -67,7 +67,13 @@ from consumer.engine.worker import RunStats, Worker, WorkerOptions
 from consumer.errors import BrokerError, ConfigError, ConsumerError
 from consumer.mapcmd import map_one
 from consumer.ports import ButtonPort
-from consumer.settings import DeliverySettings, Settings, setting_warnings, unknown_variables
+from consumer.settings import (
+    RECORD_MARGIN,
+    DeliverySettings,
+    Settings,
+    setting_warnings,
+    unknown_variables,
+)
 
 log = structlog.get_logger("consumer")
 
@@ -318,6 +324,7 @@ def topic_plan(settings: Settings) -> TopicPlan:
         max_message_bytes=k.max_message_bytes,
         dlq_retention_ms=k.dlq_retention_ms,
         profile_max_compaction_lag_ms=k.profile_max_compaction_lag_ms,
+        profile_record_bytes=settings.mapping.max_profile_bytes + RECORD_MARGIN,
     )
 
 

@@ -39,7 +39,7 @@ _PASSTHROUGH_PREFIX = "KAFKA_CONFIG_"
 DRY_RUN_SUFFIX = "-dry-run"
 """Appended to the group, changelog and DLQ names when DELIVERY_DRY_RUN=true."""
 
-_RECORD_MARGIN = 4_096
+RECORD_MARGIN = 4_096
 """Bytes a changelog record needs beside its profile value (key, record and batch overhead)."""
 # librdkafka properties the service owns: overriding them would break at-least-once delivery.
 # Their values are set below, in KafkaSettings, next to this refusal (DESIGN, 1).
@@ -564,11 +564,11 @@ def _as_run(kafka: KafkaSettings, delivery: DeliverySettings) -> KafkaSettings:
 def _profile_bound_problem(kafka: KafkaSettings, mapping: MappingSettings) -> SettingProblem | None:
     """A profile bound the changelog cannot hold (records over ``message.max.bytes``), or
     ``None``."""
-    if mapping.max_profile_bytes <= kafka.max_message_bytes - _RECORD_MARGIN:
+    if mapping.max_profile_bytes <= kafka.max_message_bytes - RECORD_MARGIN:
         return None
     return SettingProblem(
         "MAPPING_MAX_PROFILE_BYTES",
-        f"must stay below KAFKA_MAX_MESSAGE_BYTES minus {_RECORD_MARGIN} (key and record "
+        f"must stay below KAFKA_MAX_MESSAGE_BYTES minus {RECORD_MARGIN} (key and record "
         "overhead), or a profile can become unwritable",
     )
 

@@ -46,6 +46,9 @@ class TopicPlan:
     max_message_bytes: int
     dlq_retention_ms: int
     profile_max_compaction_lag_ms: int
+    profile_record_bytes: int = 0
+    """The largest changelog record: ``MAPPING_MAX_PROFILE_BYTES`` and the record's margin for
+    its key and headers (0: not checked)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +191,20 @@ def topic_problems(
                     f"has {changelog.partitions} partitions but {source.name} has "
                     f"{source.partitions}; the profile changelog must be co-partitioned with "
                     "the input",
+                    "KAFKA_PROFILE_TOPIC",
+                )
+            )
+        limit = int(changelog.config.get("max.message.bytes", str(plan.max_message_bytes)))
+        if limit < plan.profile_record_bytes:
+            problems.append(
+                TopicProblem(
+                    changelog.name,
+                    True,
+                    f"max.message.bytes is {limit}, below the largest profile record "
+                    f"({plan.profile_record_bytes} bytes: MAPPING_MAX_PROFILE_BYTES and a margin "
+                    "for the key and headers): a profile that grows to its cap could not be "
+                    "written and the service would stop on it; raise the topic's "
+                    "max.message.bytes or lower MAPPING_MAX_PROFILE_BYTES",
                     "KAFKA_PROFILE_TOPIC",
                 )
             )

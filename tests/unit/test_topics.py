@@ -14,6 +14,7 @@ PLAN = TopicPlan(
     max_message_bytes=1_048_588,
     dlq_retention_ms=30 * 86_400_000,
     profile_max_compaction_lag_ms=7 * 86_400_000,
+    profile_record_bytes=262_144 + 4_096,
 )
 SOURCE = TopicState("events", 6, 3, {})
 
@@ -77,6 +78,23 @@ def test_a_changelog_not_co_partitioned_with_the_input_is_fatal() -> None:
         "changelog must be co-partitioned with the input"
     ]
     assert expected == fatal(topic_problems(SOURCE, bad, dlq, PLAN))
+
+
+def test_a_changelog_too_small_for_a_profile_at_its_cap_is_fatal() -> None:
+    """A profile that grows to MAPPING_MAX_PROFILE_BYTES could not be written: the service
+    would stop on that user's record at every start. Refused at start instead, naming both
+    numbers (a user trial ran with max.message.bytes 1500 and crash-looped)."""
+    changelog, dlq = fit()
+    small = TopicState(changelog.name, 6, 3, {**changelog.config, "max.message.bytes": "1500"})
+    expected = [
+        "events.profiles (KAFKA_PROFILE_TOPIC): max.message.bytes is 1500, below the largest "
+        "profile record (266240 bytes: MAPPING_MAX_PROFILE_BYTES and a margin for the key and "
+        "headers): a profile that grows to its cap could not be written and the service would "
+        "stop on it; raise the topic's max.message.bytes or lower MAPPING_MAX_PROFILE_BYTES"
+    ]
+    assert expected == fatal(topic_problems(SOURCE, small, dlq, PLAN))
+    enough = TopicState(changelog.name, 6, 3, {**changelog.config, "max.message.bytes": "266240"})
+    assert fatal(topic_problems(SOURCE, enough, dlq, PLAN)) == []
 
 
 def test_missing_topics_are_fatal() -> None:
