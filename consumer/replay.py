@@ -53,6 +53,7 @@ from consumer.domain.deadletter import (
     H_REPLAYED,
     H_REPLAYED_PARKED,
     H_REPLAYED_PARKS_ORDER,
+    H_REPLAYED_REASON,
     H_REPLAYED_RELEASE,
     H_REPLAYED_STAGE,
     H_STAGE,
@@ -316,7 +317,10 @@ def replay_headers(
     decode releases its key's parking when it decodes now (``deadletter.releases_parked_key``).
     ``button.replayed.parks.order`` carries a parked dead letter's ``button.parks.order``: of
     an order parked behind its key, only the record that parked it releases it
-    (``deadletter.replayed_parks_order``).
+    (``deadletter.replayed_parks_order``). ``button.replayed.reason`` carries its
+    ``button.reason``: a replay releases only a parking with that reason, the one its dead
+    letter made (``deadletter.replayed_reason``; an older version wrote a rejection of an
+    order already parked behind another dead letter as a first dead letter of its own).
 
     ``release_keys`` (``--release-keys``): a first dead letter (not parked) also carries
     ``button.replayed.release: true``: if it still does not decode, the service releases its
@@ -334,6 +338,9 @@ def replay_headers(
     parks_order = text.get(H_PARKS_ORDER)
     if parks_order:
         headers.append((H_REPLAYED_PARKS_ORDER, parks_order.encode()))
+    reason = text.get(H_REASON)
+    if reason:
+        headers.append((H_REPLAYED_REASON, reason.encode()))
     if (release_keys or text.get(H_KEY_RELEASED) == "true") and parked != "true":
         headers.append((H_REPLAYED_RELEASE, b"true"))
     return headers

@@ -45,6 +45,7 @@ H_REPLAYED_STAGE = BUTTON + "replayed.stage"
 H_KEY_RELEASED = BUTTON + "key.released"
 H_PARKS_ORDER = BUTTON + "parks.order"
 H_REPLAYED_PARKS_ORDER = BUTTON + "replayed.parks.order"
+H_REPLAYED_REASON = BUTTON + "replayed.reason"
 
 #: Headers of ours that a replay strips before the record goes back to the input topic.
 OWN_PREFIXES = (CONNECT, BUTTON)
@@ -216,6 +217,14 @@ def parks_its_order(
     if replayed is None and is_replay(pairs):
         return None
     return False
+
+
+def replayed_reason(headers: Iterable[tuple[str, bytes]]) -> str | None:
+    """The reason of the dead letter a record is the replay of (``button.replayed.reason``, from
+    its ``button.reason``); ``None`` when the replay did not say (an older ``replay-dlq``).
+    A replay releases only a parking with this reason: the parking its dead letter made."""
+    value = dict(headers).get(H_REPLAYED_REASON)
+    return None if value is None else value.decode("utf-8", "replace")
 
 
 def is_replay(headers: Iterable[tuple[str, bytes]]) -> bool:

@@ -39,6 +39,7 @@ from consumer.domain.deadletter import (
     is_replay,
     releases_parked_key,
     replayed_parks_order,
+    replayed_reason,
     replays_parking_letter,
 )
 from consumer.domain.policy import PARKED_REASON
@@ -162,10 +163,16 @@ class Parking:
             # order) are sent. Another order's first dead letter leaves the key parked. A dead
             # letter that parked nothing (a rejection) releases nothing: it is checked below
             # like any record, and waits if its order (or key) was parked since.
+            # Only a parking with its dead letter's reason is its own: an older version wrote a
+            # rejection of an order already parked behind a refused create as a first dead
+            # letter, and its replay must leave the order parked behind the create.
             key_too = releases_parked_key(record.headers)
-            return ParkingCheck(
-                None, self._release(record.partition, record.key, order_id, key_too=key_too)
+            reason = replayed_reason(record.headers)
+            write = self._release(
+                record.partition, record.key, order_id, key_too=key_too, reason=reason
             )
+            still = self._own_parking(record.partition, record.key, order_id, now)
+            return ParkingCheck(still, write)
         if not order_id:
             return ParkingCheck()
         if (
@@ -199,26 +206,40 @@ class Parking:
             log.warning("parked_order_forgotten", limit=self._limit)
         return ChangelogWrite(partition, key, self._store.put(partition, key, after))
 
-    def release_key(self, partition: int, key: bytes) -> ChangelogWrite | None:
+    def release_key(
+        self, partition: int, key: bytes, *, reason: str | None = None
+    ) -> ChangelogWrite | None:
         """Release ``key``'s parking behind an undecodable record (``KEY_PARKED``), for good:
-        the operator gave that record up (``releases_key_if_undecodable``). The changelog
-        record to write before the record counts as finished, if the key was parked."""
-        return self._release(partition, key, KEY_PARKED)
+        the operator gave that record up (``releases_key_if_undecodable``), or the replay of
+        the record that parked it no longer does. ``reason``: only a parking with that reason
+        (the replayed dead letter's: the one it made; ``None``: any). The changelog record to
+        write before the record counts as finished, if the key was released."""
+        return self._release(partition, key, KEY_PARKED, reason=reason)
 
     def _release(
-        self, partition: int, key: bytes | None, order_id: str, *, key_too: bool = False
+        self,
+        partition: int,
+        key: bytes | None,
+        order_id: str,
+        *,
+        key_too: bool = False,
+        reason: str | None = None,
     ) -> ChangelogWrite | None:
         """Release ``order_id`` (and, ``key_too``, the key's parking behind an undecodable
-        record); the changelog record to write, if anything changed."""
+        record), each only if parked with ``reason`` (``None``: whatever the reason); the
+        changelog record to write, if anything changed."""
         if key is None:
-            self._keyless.release(order_id)
+            entry = self._keyless.get(order_id)
+            if entry is not None and (reason is None or entry.reason == reason):
+                self._keyless.release(order_id)
             return None
         before = self._profile(partition, key)
         if before is None:
             return None
         after = before
         for parked_id in {order_id, KEY_PARKED} if key_too else {order_id}:
-            if after.parked_order(parked_id) is not None:
+            parked = after.parked_order(parked_id)
+            if parked is not None and (reason is None or parked.reason == reason):
                 after = after.without_parked(parked_id)
         if after is before:
             return None
@@ -239,6 +260,19 @@ class Parking:
             and entry.reason == PARKED_REASON
             and pruned.parked_order(KEY_PARKED) is None
         )
+
+    def _own_parking(
+        self, partition: int, key: bytes | None, order_id: str, now: datetime
+    ) -> str | None:
+        """The reason ``order_id`` itself is parked for (not its key), if it is."""
+        if not order_id:
+            return None
+        if key is None:
+            entry = self._keyless.get(order_id)
+            return None if entry is None else entry.reason
+        pruned = self._pruned(partition, key, now)
+        own = None if pruned is None else pruned.parked_order(order_id)
+        return None if own is None else own.reason
 
     def _parked(
         self, partition: int, key: bytes | None, order_id: str, now: datetime

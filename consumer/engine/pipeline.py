@@ -44,6 +44,7 @@ from consumer.domain.deadletter import (
     parks_its_order,
     releases_key_if_undecodable,
     releases_parked_key,
+    replayed_reason,
     replays_parking_letter,
 )
 from consumer.domain.events import CommerceEvent
@@ -145,8 +146,11 @@ class ParkingPort(Protocol):
         """Park ``order_id`` (first reason kept); the changelog record to write, if any."""
         ...
 
-    def release_key(self, partition: int, key: bytes) -> ChangelogWrite | None:
-        """Release ``key`` parked behind an undecodable record; the changelog record, if any."""
+    def release_key(
+        self, partition: int, key: bytes, *, reason: str | None = None
+    ) -> ChangelogWrite | None:
+        """Release ``key`` parked behind an undecodable record (only if parked with ``reason``,
+        when given); the changelog record, if the key was released."""
         ...
 
 
@@ -789,8 +793,13 @@ class Pipeline:
             if not decision.parked:
                 d.telemetry.order_parked()
         elif record.key is not None and (gives_up or _unparks_its_key(record, decision)):
-            await self._write(d.parking.release_key(record.partition, record.key))
-            log.warning("key_released", reason=letter.reason)
+            # Given up by the operator: whatever parked the key. Replayed: only the parking its
+            # own dead letter made (another undecodable record may have parked the key).
+            reason = None if gives_up else replayed_reason(record.headers)
+            released = d.parking.release_key(record.partition, record.key, reason=reason)
+            if released is not None:
+                await self._write(released)
+                log.warning("key_released", reason=letter.reason)
         elif record.key is not None and key_parks:
             # Its order is unknown (not decoded): park the key, so no later order record
             # of the key overtakes it (released when this record is replayed).

@@ -13,6 +13,7 @@ from consumer.domain.deadletter import (
     H_REPLAYED,
     H_REPLAYED_PARKED,
     H_REPLAYED_PARKS_ORDER,
+    H_REPLAYED_REASON,
     H_REPLAYED_STAGE,
     Stage,
 )
@@ -297,6 +298,43 @@ def test_the_replay_of_a_dead_letter_that_parked_nothing_releases_nothing() -> N
 
     assert (check.reason, check.write) == ("http_400", None)
     assert rig.parked(purchase("E-S")) == "truncated"
+
+
+def replay_of(reason: str, stage: Stage) -> Record:
+    """The replay of a first dead letter written by the previous version (no
+    ``button.parks.order``), with its reason (``button.replayed.reason``)."""
+    replay = record(replayed=True, stage=stage.value)
+    return replace(replay, headers=[*replay.headers, (H_REPLAYED_REASON, reason.encode())])
+
+
+def test_the_replay_of_an_older_rejection_leaves_its_order_parked_behind_another_reason() -> None:
+    """The previous version dead-lettered a rejection of an order already parked behind a
+    refused create as a first dead letter of its own. Replayed (``--reason``, a time window),
+    it must not release the order: the create has not been replayed, and the refunds behind it
+    would reach Button before it. It is parked again; only a dead letter with the order's
+    parking reason releases it (a user trial: the refund was sent, Button answered 404)."""
+    rig = Rig()
+    rig.parking.park(PARTITION, KEY, "ON", "http_400", NOW)
+
+    check = rig.parking.check(replay_of("refund_exceeds_quantity", Stage.MAP), "ON", NOW)
+
+    assert (check.reason, check.write) == ("http_400", None)
+    released = rig.parking.check(replay_of("http_400", Stage.DELIVER), "ON", NOW)
+    assert (released.reason, released.write is not None) == (None, True)
+
+
+def test_the_replay_of_an_older_invalid_event_leaves_a_key_parked_behind_another_reason() -> None:
+    """A key parked behind an undecodable record (``unknown_schema``) stays parked when the
+    previous version's invalid-event dead letter of that key (``negative_amount``) is replayed:
+    that record did not park the key (a user trial: the key was released with the
+    undecodable record never replayed)."""
+    rig = Rig()
+    rig.parking.park(PARTITION, KEY, KEY_PARKED, "unknown_schema", NOW)
+
+    assert rig.parking.release_key(PARTITION, KEY, reason="negative_amount") is None
+    assert rig.parked(purchase("E-S")) == "unknown_schema"
+    assert rig.parking.release_key(PARTITION, KEY, reason="unknown_schema") is not None
+    assert rig.parked(purchase("E-T")) is None
 
 
 def test_the_replay_of_the_record_that_parked_the_key_releases_it() -> None:

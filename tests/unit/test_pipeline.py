@@ -201,8 +201,12 @@ class FakeProcessor:
         self.parked.setdefault(order_id, reason)
         return self._write(partition, key)
 
-    def release_key(self, partition: int, key: bytes) -> ChangelogWrite | None:
+    def release_key(
+        self, partition: int, key: bytes, *, reason: str | None = None
+    ) -> ChangelogWrite | None:
         self.parking_calls.append(("release_key", key, ""))
+        if reason is not None and self.parked.get("") not in (None, reason):
+            return None  # parked behind another record's reason: not this one's to release
         self.parked.pop("", None)
         return self._write(partition, key)
 

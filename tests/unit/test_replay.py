@@ -132,7 +132,8 @@ def test_every_criterion_must_match() -> None:
 
 
 def test_replay_headers_keep_the_source_headers_and_add_where_it_came_from() -> None:
-    """Own headers are stripped; button.replayed and button.replayed.parked are appended."""
+    """Own headers are stripped; button.replayed, button.replayed.parked and the dead letter's
+    reason (button.replayed.reason: a replay releases only the parking it made) are appended."""
     headers = [
         ("trace-id", b"t-1"),
         ("__connect.errors.topic", b"commerce-events"),
@@ -146,6 +147,7 @@ def test_replay_headers_keep_the_source_headers_and_add_where_it_came_from() -> 
         ("content-type", b"avro"),
         ("button.replayed", b"1:42"),
         ("button.replayed.parked", b"false"),
+        ("button.replayed.reason", b"http_400"),
     ]
     assert expected == replay_headers(headers, "1:42")
 
