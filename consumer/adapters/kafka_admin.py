@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -86,8 +87,11 @@ def ensure_topics(
             first existing topic of ``topics``, else 1.
         replication: replica count of created topics (-1: the broker's default).
 
+    Returns once the cluster's metadata lists the created topics, so a check that follows
+    finds them.
+
     Raises:
-        BrokerError: a topic could not be created.
+        BrokerError: a topic could not be created, or is not listed within ``timeout``.
         KafkaException: the cluster's metadata could not be read.
     """
     admin = admin_client(config)
@@ -123,4 +127,38 @@ def ensure_topics(
             replication=replication,
             config=dict(topics[name]),
         )
+    _wait_listed(admin, created, timeout)
     return created
+
+
+def _wait_listed(admin: AdminClient, names: Sequence[str], timeout: float) -> None:
+    """Return once the cluster's metadata lists every topic of ``names`` with its partitions.
+
+    A broker answers CreateTopics once the controller committed the topics; its metadata cache
+    catches up a moment later, and a check made in between (the start-up's, right after the
+    creation) would find them missing.
+
+    Raises:
+        BrokerError: a topic is still not listed after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    missing = list(names)
+    while missing:
+        metadata = admin.list_topics(timeout=max(deadline - time.monotonic(), 0.1))
+        missing = [
+            name
+            for name in missing
+            if (topic := metadata.topics.get(name)) is None
+            or topic.error is not None
+            or not topic.partitions
+        ]
+        if not missing:
+            return
+        if time.monotonic() + delay > deadline:
+            raise BrokerError(
+                f"created {', '.join(missing)}, but the brokers' metadata does not list "
+                f"it after {timeout:g} s"
+            )
+        time.sleep(delay)  # the brokers' metadata catching up: a bounded, backed-off poll
+        delay = min(delay * 2, 0.5)
