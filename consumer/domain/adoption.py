@@ -26,7 +26,7 @@ from decimal import Decimal
 from typing import Any, NoReturn
 
 from consumer.domain.button_wire import MAX_ID_LENGTH
-from consumer.domain.currency import INT32_MAX, minor_unit_exponent
+from consumer.domain.currency import INT32_MAX, INT32_MIN, minor_unit_exponent
 from consumer.domain.profile import StoredLine, epoch_ms
 from consumer.errors import MappingError
 
@@ -39,8 +39,6 @@ LINE_ITEM_FIELDS = frozenset(
     {"identifier", "sku", "description", "category", "quantity", "amount", "total", "attributes"}
 )
 """The line item fields the service carries (``StoredLine``); an update sends only these."""
-
-_INT32_MIN = -(2**31)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +76,11 @@ def button_order(obj: Mapping[str, Any] | None, order_id: str) -> ButtonOrder:
     """Button's object of ``order_id`` (``GET /v1/order/{id}``), checked and converted.
 
     Any status but ``deleted`` is taken as is (``open``; a ``finalized`` order's update is
-    answered as Button answers it). Button's own fields (``button_order_id``,
-    ``finalization_date``, ``customer``...) are not the order's content and are not read: an
-    update leaves them to Button.
+    answered as Button answers it). Fields beyond the service's order body (``button_order_id``,
+    ``finalization_date``, ``customer``, ``customer_order_id``...) are not read, and the update
+    does not send them back, as no update the service sends does; whether Button keeps them on
+    an update is not documented (the project's sandbox keeps only ``btn_ref``, ``purchase_date``
+    and ``finalization_date``).
 
     Raises:
         MappingError: ``order_not_adoptable``, the message starting with the field.
@@ -152,10 +152,10 @@ def _unit_amount(item: Mapping[str, Any], field: str, quantity: int) -> int | No
     """The line's unit amount in minor units, such that it times ``quantity`` is its ``total``
     (the service derives a line's total from its unit price); ``None`` for an empty line
     without one."""
-    total = _int(item.get("total"), f"{field}.total", minimum=_INT32_MIN)
+    total = _int(item.get("total"), f"{field}.total", minimum=INT32_MIN)
     amount = item.get("amount")
     if amount is not None:
-        unit = _int(amount, f"{field}.amount", minimum=_INT32_MIN)
+        unit = _int(amount, f"{field}.amount", minimum=INT32_MIN)
         if unit * quantity != total:
             _fail(f"{field}.total", f"{total} is not amount x quantity ({unit} x {quantity})")
         return unit

@@ -29,7 +29,13 @@ from typing import Any
 from urllib.parse import quote
 
 from consumer.domain.button import Action, ButtonRequest
-from consumer.domain.currency import INT32_MAX, checked_total, minor_unit_exponent, to_minor_units
+from consumer.domain.currency import (
+    INT32_MAX,
+    INT32_MIN,
+    checked_total,
+    minor_unit_exponent,
+    to_minor_units,
+)
 from consumer.domain.profile import StoredLine, StoredOrder
 from consumer.errors import MappingError
 
@@ -54,7 +60,6 @@ MAX_ID_LENGTH = 255
 ORDER_PATH = "/v1/order"
 """The collection path: creates are posted here; an order's own path is ``order_path``."""
 
-_INT32_MIN = -(2**31)
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+", re.ASCII)
 _NAIVE_EPOCH = datetime(1970, 1, 1)  # UTC, naive so that isoformat writes no offset
 
@@ -130,7 +135,7 @@ def _line_item(line: StoredLine, exponent: int) -> dict[str, Any]:
 
 
 def _int32(value: int, line: StoredLine) -> int:
-    if not _INT32_MIN <= value <= INT32_MAX:
+    if not INT32_MIN <= value <= INT32_MAX:
         raise MappingError(
             "line_item_out_of_range", f"line item {line.identifier!r}: {value} exceeds int32"
         )

@@ -28,6 +28,7 @@ from consumer.errors import MappingError
 ROUNDING = ROUND_HALF_EVEN
 """The one rounding rule used for every amount sent to Button (see the module docstring)."""
 
+INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
 """Button's ``total`` is an int32 >= 0."""
 

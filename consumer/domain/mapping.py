@@ -441,17 +441,15 @@ replaces it as for any revised purchase)."""
 def _adopted(order: StoredOrder, at_button: ButtonOrder) -> StoredOrder:
     """``order`` (its refunds, none applied at Button) with Button's state as its content, and
     that state as what Button was last sent: the refunds apply to what Button holds."""
-    adopted = StoredOrder(
-        order_id=order.order_id,
+    adopted = replace(
+        order,
         currency=at_button.currency,
         purchase_ms=at_button.purchase_ms,
         total=at_button.total,
         lines=at_button.lines,
-        status=OrderStatus.OPEN,
         created_by=ADOPTED,
-        refunds=order.refunds,
         btn_ref=at_button.btn_ref,
-        touched_ms=order.touched_ms,
+        btn_ref_source=None,
         exponent=at_button.exponent,
     )
     return adopted.with_sent(OrderStatus.OPEN, body_digest(order_body(adopted)))

@@ -267,12 +267,8 @@ class Parking:
         """The reason ``order_id`` itself is parked for (not its key), if it is."""
         if not order_id:
             return None
-        if key is None:
-            entry = self._keyless.get(order_id)
-            return None if entry is None else entry.reason
-        pruned = self._pruned(partition, key, now)
-        own = None if pruned is None else pruned.parked_order(order_id)
-        return None if own is None else own.reason
+        parked = self._parked(partition, key, order_id, now)
+        return None if parked.behind_key_only else parked.reason
 
     def _parked(
         self, partition: int, key: bytes | None, order_id: str, now: datetime

@@ -206,6 +206,12 @@ class _Attempts:
     last_ms: int | None = None
     last: ButtonOutcome | None = None
 
+    def start(self, now_ms: int) -> None:
+        """One more attempt (a request, or a ``READ``'s read), made at ``now_ms``."""
+        self.count += 1
+        self.first_ms = self.first_ms or now_ms
+        self.last_ms = now_ms
+
 
 class Pipeline:
     """Turns one record into a finished record."""
@@ -621,10 +627,7 @@ class Pipeline:
         else:
             permit = await d.limiter.acquire_permit()
         try:
-            attempts.count += 1
-            now_ms = _ms(d.wall_clock())
-            attempts.first_ms = attempts.first_ms or now_ms
-            attempts.last_ms = now_ms
+            attempts.start(_ms(d.wall_clock()))
             outcome = await d.button.send(request)
             permit.observe(outcome)
         finally:
@@ -670,10 +673,7 @@ class Pipeline:
         if d.rate is not None:
             await d.rate.take(d.sleep)
         if attempts is not None:
-            attempts.count += 1
-            now_ms = _ms(d.wall_clock())
-            attempts.first_ms = attempts.first_ms or now_ms
-            attempts.last_ms = now_ms
+            attempts.start(_ms(d.wall_clock()))
         outcome = await d.button.get(order_id)
         if attempts is not None:
             attempts.last = outcome
