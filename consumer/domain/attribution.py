@@ -16,13 +16,13 @@ Resolution order, first valid value wins:
 
 A value is forwarded only if it is non-empty, at most 255 characters, made of URL-safe (RFC 3986
 unreserved) ASCII characters, not a placeholder an SDK or template prints for a missing value
-(``undefined``, ``null``, ``NaN``... ``TOKEN_PLACEHOLDERS``) and not an ``org-`` organisation id
-(``btn_ref_problem`` says which rule a value breaks). A value that is dropped is as if absent: the
-next source is looked at, and the profile never remembers it, so a placeholder never hides the
-real token remembered before it. ``dropped_tokens`` lists an event's dropped values (but
-organisation ids, which are publisher links, not faults) for the service to count and log.
-Button manages the real validity window server-side, so the newest valid token is always
-preferred.
+(``undefined``, ``null``, ``NaN``, ``btn_ref`` itself... ``TOKEN_PLACEHOLDERS``) and not an
+``org-`` organisation id (``btn_ref_problem`` says which rule a value breaks). A value that is
+dropped is as if absent: the next source is looked at, and the profile never remembers it, so a
+placeholder never hides the real token remembered before it. ``dropped_tokens`` lists an event's
+dropped values (but organisation ids, which are publisher links, not faults) for the service to
+count and log. Button manages the real validity window server-side, so the newest valid token is
+always preferred.
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ TOKEN_PLACEHOLDERS = frozenset(
         *("null", "(null)", "nil", "none", "undefined", "unknown", "n/a", "na", "-"),
         # ...and what JavaScript and templates print for a missing or coerced value
         *("nan", "false", "true", "0", "[object object]"),
+        # ...and the parameter's own name, which a template or tag writes for a missing value
+        BTN_REF_PARAM,
     }
 )
 """Values (compared lower-cased) that stand for "no token": never forwarded nor remembered."""

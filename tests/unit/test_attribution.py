@@ -208,6 +208,10 @@ PLACEHOLDERS = [
     "false",
     "true",
     "0",
+    "[object Object]",
+    # the parameter's own name: a template or tag that writes the key for its missing value
+    "btn_ref",
+    "BTN_REF",
 ]
 
 
