@@ -57,7 +57,7 @@ from typing import Any
 
 from consumer.domain.adoption import ButtonOrder, Lookup, button_order
 from consumer.domain.attribution import resolve_btn_ref, token_from_event
-from consumer.domain.button import MapResult, Read, Reject, Send, Skip
+from consumer.domain.button import Action, MapResult, Read, Reject, Send, Skip
 from consumer.domain.button_wire import (
     MAX_ID_LENGTH,
     body_digest,
@@ -434,8 +434,10 @@ def _order_event(
 
 ADOPTED = "button:adopted"
 """``StoredOrder.created_by`` of an order adopted from Button (``adoption``): its content is
-Button's, not a purchase event's (a purchase event of it arriving later, later in event time,
-replaces it as for any revised purchase)."""
+Button's, not a purchase event's. Button's state is the base from then on: a purchase event of
+the order arriving later (the original one, late or duplicated, or one published again) changes
+nothing, since Button held the order before and may have applied refunds the purchase does not
+carry; it re-sends the order's current state, as a replayed purchase does."""
 
 
 def _adopted(order: StoredOrder, at_button: ButtonOrder) -> StoredOrder:
@@ -467,7 +469,8 @@ def _with_purchase(
     """The ledger with this purchase as the order's content, if it is the latest by event time.
 
     A purchase published again (a correction) replaces the content when it is later in event
-    time than the one recorded (ties broken by event id); an earlier one changes nothing.
+    time than the one recorded (ties broken by event id); an earlier one changes nothing, nor
+    does any purchase of an order adopted from Button (``ADOPTED``).
     """
     currency = commerce.currency_code or ""
     exponent = minor_unit_exponent(currency)
@@ -476,11 +479,13 @@ def _with_purchase(
     event_ms = epoch_ms(event.event_time)
     recorded = None if known is None or not known.created_by else known
     if recorded is not None and (
-        recorded.created_by == event.event_id
+        recorded.created_by in (event.event_id, ADOPTED)
         or recorded.status is OrderStatus.CANCELLED
         or (recorded.purchase_ms, recorded.created_by) > (event_ms, event.event_id)
     ):
-        return recorded  # a replay, an order cancelled for good, or an older publication
+        # A replay, an order adopted from Button (its state is the base), an order cancelled
+        # for good, or an older publication.
+        return recorded
     window_ms = _ms(config.attribution_window)
     token = resolve_btn_ref(
         token_from_event(
@@ -641,7 +646,7 @@ def _reconcile(  # noqa: PLR0911 - one return per row of the reconciliation tabl
                 # A replayed purchase whose create was sent: re-send it, so that a redriven
                 # create reaches Button before the cancel that follows it in the replay.
                 # No follow-up: the order is meant to end cancelled, not in this state.
-                return _create(order, _customer(event, profile, config), converge=False), order
+                return _create(order, _customer(event, profile, config), converge=None), order
             return Skip("order_already_cancelled"), order
         # Cancel (again: a replay, or Button may hold an order this profile never saw).
         return _cancel(order.order_id), replace(order, status=OrderStatus.CANCELLED)
@@ -799,16 +804,19 @@ def _create(
     order: StoredOrder,
     customer: Mapping[str, str],
     *,
-    converge: bool = True,
+    converge: Action | None = Action.UPDATE,
     body: Mapping[str, Any] | None = None,
 ) -> Send:
-    """The create; with ``converge``, carrying the update of the same state that the pipeline
-    sends when the create is answered 409 (Button may hold another state of the order).
+    """The create, carrying what the pipeline does when it is answered 409 (``Send.follow_up``):
+    ``UPDATE``, the update of the same state (Button may hold another state of an order the
+    profile knows); ``READ``, the read of the order, to adopt it; ``None``, nothing (done).
     ``body``: ``order_body(order)`` when the caller built it already."""
     state = order_body(order) if body is None else body
     request = create_request(order.order_id, create_body(order, customer, state))
-    if not converge:
+    if converge is None:
         return Send(request)
+    if converge is Action.READ:
+        return Send(request, follow_up=read_request(order.order_id))
     return Send(request, follow_up=update_request(order.order_id, state))
 
 

@@ -139,3 +139,63 @@ def test_a_refund_before_its_purchase_stays_held_and_is_applied_when_the_purchas
         ("GET", 404),
         ("POST", 200),
     ]
+
+
+def test_the_original_purchase_arriving_after_an_adoption_leaves_buttons_state(
+    kafka_bootstrap, make_topic, service_settings, start_service, sandbox
+):
+    """The previous integration created the order (100.00) and refunded one shirt (70.00). A
+    refund of the hat through the topic adopts Button's 70.00 and sends 30.00; the original
+    purchase, arriving after it (published late, or again), must not put 100.00 less the hat
+    (60.00) back: Button already applied the shirt's refund. (A break trial saw 60.00.)"""
+    topic = make_topic(partitions=1, prefix="adopt-late")
+    settings = service_settings(topic)
+    order_id = "ORD-MIGRATED-2"
+    shirt = {"identifier": "SKU-A", "quantity": 2, "amount": 3000, "total": 6000}
+    hat = {"identifier": "SKU-B", "quantity": 1, "amount": 4000, "total": 4000}
+    with httpx.Client(base_url=sandbox.base_url, headers=sandbox.auth_header) as button:
+        common = {"currency": "USD", "purchase_date": "2026-01-02T10:00:00Z"}
+        created = button.post(
+            "/v1/order",
+            json={"order_id": order_id, "total": 10000, "line_items": [shirt, hat], **common},
+        )
+        assert created.status_code == 200, created.text
+        refunded = button.post(
+            f"/v1/order/{order_id}",
+            json={
+                "total": 7000,
+                "line_items": [{**shirt, "quantity": 1, "total": 3000}, hat],
+                **common,
+            },
+        )
+        assert refunded.status_code == 200, refunded.text
+    original = CommerceEvent(
+        event_id="evt-original-purchase",
+        event_type=EventType.PURCHASE,
+        event_time=datetime(2026, 1, 2, 10, 0, 0, 400_000, tzinfo=UTC),
+        user_key=USER,
+        platform=Platform.SERVER,
+        commerce=CommerceData(
+            action=ProductAction.PURCHASE,
+            transaction_id=order_id,
+            currency_code="USD",
+            total_amount=Decimal("100.00"),
+            products=(
+                Product(id="SKU-A", price=Decimal("30.00"), quantity=2),
+                Product(id="SKU-B", price=Decimal("40.00")),
+            ),
+        ),
+    )
+    produce_events(
+        settings, [_refund(order_id, "evt-refund-hat", Product(id="SKU-B")), original], partitions=1
+    )
+
+    runner = start_service(settings)
+    stop_when_done(runner, kafka_bootstrap, settings.kafka.group_id, topic, 1)
+
+    assert read_all(kafka_bootstrap, settings.kafka.dlq_topic) == []
+    order = sandbox.order(order_id)
+    assert order is not None
+    held = order["object"]
+    assert (order["status"], held["total"]) == ("open", 3000)
+    assert held["line_items"] == [{**shirt, "quantity": 1, "total": 3000}]

@@ -372,3 +372,53 @@ def test_a_found_lookup_without_an_object_is_not_adoptable() -> None:
 
     assert isinstance(result, Reject)
     assert result.reason == "order_not_adoptable"
+
+
+# --- a purchase of an order Button already holds ------------------------------------------------
+#
+# Button's state is the base once Button holds the order: a purchase processed again after the
+# profile forgot its order (a duplicate record, a filtered replay of its old dead letter) or the
+# original purchase arriving after a refund adopted the order must not put the purchase's full
+# state back over refunds Button already applied (a break trial saw 7000 become 10000).
+
+
+def original_purchase(event_id: str, event_time: str) -> CommerceEvent:
+    """The purchase the previous integration reported: 100.00, before its own refund of SKU-C."""
+    commerce = {
+        "action": "PURCHASE",
+        "transaction_id": ORDER,
+        "currency_code": "USD",
+        "total_amount": "100.00",
+        "products": [
+            {"id": "SKU-A", "price": "25.00", "quantity": 2},
+            {"id": "SKU-B", "price": "30.00"},
+            {"id": "SKU-C", "price": "20.00"},
+        ],
+    }
+    return event(event_id=event_id, event_time=event_time, commerce=commerce)
+
+
+@pytest.mark.parametrize(
+    ("event_id", "event_time"),
+    [
+        ("a9b", "2024-04-28T10:00:00Z"),  # Button's purchase date, an id sorting first
+        ("z9c", "2024-04-28T10:00:00Z"),  # ... an id sorting last
+        ("evt-p1", "2024-04-28T10:00:00.400Z"),  # milliseconds Button's date does not carry
+        ("evt-p1", "2024-04-29T08:00:00Z"),  # published again a day later
+    ],
+)
+def test_a_purchase_of_an_adopted_order_leaves_buttons_state(event_id, event_time) -> None:
+    """The refund adopted Button's order (80.00, SKU-C already refunded by the previous
+    integration) and took SKU-B off: 50.00. The original purchase arriving afterwards changes
+    nothing: whatever it sends carries 50.00, and the profile keeps the adopted order."""
+    _, adopted = process(refund(products=[{"id": "SKU-B"}]), None, CONFIG, NOW, lookup=found())
+
+    result, profile = process(original_purchase(event_id, event_time), adopted, CONFIG, NOW)
+
+    assert profile is None  # nothing changed
+    assert isinstance(result, Send), result
+    for request in (result.request, result.follow_up):
+        assert request is not None
+        assert request.body is not None
+        assert request.body["total"] == 5000
+        assert [line["identifier"] for line in request.body["line_items"]] == ["SKU-A"]
