@@ -13,7 +13,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -21,7 +21,7 @@ from consumer.adapters.avro_codec import build_encoder
 from consumer.adapters.kafka_admin import describe_topics, ensure_topics
 from consumer.adapters.kafka_producer import AckingProducer
 from consumer.bootstrap import mapping_config
-from consumer.domain.event_forms import event_to_json
+from consumer.domain.event_forms import amount_from_text, event_to_json
 from consumer.domain.events import (
     CommerceData,
     CommerceEvent,
@@ -247,13 +247,16 @@ def run_test_event(args: Any, environ: Mapping[str, str] | None = None) -> int:
         0 on success; 1 when the instance answers with an error status or cannot be reached.
 
     Raises:
-        ConfigError: ``--total`` is not a decimal amount, or ``--admin`` without a token in
-            ``ADMIN_TEST_EVENT_TOKEN``.
+        ConfigError: ``--total`` is not an amount in plain decimal notation (``"12.34"``; see
+            ``amount_from_text``: no ``12_50``, ``1E+2`` or other scripts' digits), or
+            ``--admin`` without a token in ``ADMIN_TEST_EVENT_TOKEN``.
     """
     try:
-        total = Decimal(args.total)
-    except InvalidOperation:
-        raise ConfigError(f"--total: not a decimal amount: {args.total!r}") from None
+        total = amount_from_text(args.total)
+    except ValueError:
+        raise ConfigError(
+            f"--total: not a plain decimal amount like '12.34': {args.total!r}"
+        ) from None
     if getattr(args, "admin", None):
         env = os.environ if environ is None else environ
         token = env.get("ADMIN_TEST_EVENT_TOKEN", "")

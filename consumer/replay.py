@@ -591,6 +591,11 @@ def _int(value: str | None) -> int | None:
 
 
 def _parse_time(value: str | None, flag: str) -> int | None:
+    """``value`` (ISO-8601; no offset means UTC) as epoch milliseconds; ``None`` for no bound.
+
+    Raises:
+        ConfigError: ``value`` is not ISO-8601 (the message names ``flag`` and the value).
+    """
     if value is None:
         return None
     try:
@@ -642,16 +647,43 @@ def summary_lines(report: ReplayReport, selection: ReplayFilter, *, dry_run: boo
     return lines
 
 
+def _time_window(since: str | None, until: str | None) -> tuple[int | None, int | None]:
+    """``--since`` and ``--until`` as epoch milliseconds (``since`` inclusive, ``until``
+    exclusive); ``None`` for an absent bound.
+
+    Raises:
+        ConfigError: a value is not ISO-8601, or both are given and ``since`` is not before
+            ``until``: that window selects no dead letter, a mistake to name rather than a
+            replay that quietly selects nothing (the message names both options and values).
+    """
+    since_ms = _parse_time(since, "--since")
+    until_ms = _parse_time(until, "--until")
+    if since_ms is not None and until_ms is not None and since_ms >= until_ms:
+        raise ConfigError(
+            f"--since must be before --until ({since!r} is not before {until!r}): "
+            "the window selects no dead letter"
+        )
+    return since_ms, until_ms
+
+
 def replay_command(args: argparse.Namespace) -> int:
+    """``replay-dlq``: re-deliver the selected dead letters; 0 when all were, else 1.
+
+    Raises:
+        ConfigError: a bad argument (``--since``/``--until`` not ISO-8601 or an empty or
+            inverted window, ``--rate`` not positive), checked before anything else; or a bad
+            setting.
+    """
+    since_ms, until_ms = _time_window(args.since, args.until)
+    if args.rate <= 0:
+        raise ConfigError("--rate must be positive")
     settings = Settings.from_env(require_api_key=False)
     selection = ReplayFilter(
         reasons=frozenset(args.reason),
         order_ids=frozenset(args.order_id),
-        since_ms=_parse_time(args.since, "--since"),
-        until_ms=_parse_time(args.until, "--until"),
+        since_ms=since_ms,
+        until_ms=until_ms,
     )
-    if args.rate <= 0:
-        raise ConfigError("--rate must be positive")
     report = replay(
         settings,
         selection,

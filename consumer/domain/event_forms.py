@@ -19,10 +19,13 @@ Four conversions live here, all pure:
   - amounts (``total_amount``, ``tax_amount``, ``shipping_amount``, ``price``) are decimal
     strings in major units (``"12.34"``, recommended), integers, or JSON numbers; a JSON number
     parsed as a float is taken by its shortest repr (``12.34`` -> ``Decimal("12.34")``), so pass
-    ``parse_float=decimal.Decimal`` to ``json.loads`` when exactness matters;
+    ``parse_float=decimal.Decimal`` to ``json.loads`` when exactness matters; a string is plain
+    decimal notation only (``amount_from_text``): ``"12_50"``, ``"1E+2"`` or other scripts'
+    digits, which ``Decimal()`` would read, are refused ``invalid_amount``;
   - enum symbols are matched case-insensitively (``"purchase"`` == ``"PURCHASE"``); a symbol
     the model does not know becomes ``UNKNOWN``, like an Avro reader with the enum default;
-  - ``quantity`` is an integer, or an integral number or string (``2``, ``2.0``, ``"2"``);
+  - ``quantity`` is an integer, or an integral number or string (``2``, ``2.0``, ``"2"``; a
+    string in the amounts' plain notation);
   - ``user_identities`` is the record form (``{"customer_id": ..., "email": ..., "other":
     {...}}``) or mParticle's outbound array form (``[{"identity_type": "customer_id",
     "identity": "c-1"}, ...]``);
@@ -31,6 +34,9 @@ Four conversions live here, all pure:
 
 * ``event_to_record`` (for fastavro writers) and ``event_to_json`` (the JSON form above, with
   decimal strings and ISO-8601 UTC times, ``null`` and empty fields omitted).
+
+``amount_from_text`` is the one reading of an amount written as text, shared with the command
+line (``test-event --total``).
 
 Just over 500 lines: one walker reads both input forms, so their rules cannot drift apart.
 """
@@ -43,7 +49,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any, TypeGuard, TypeVar, cast
 
@@ -64,6 +70,7 @@ from consumer.domain.events import (
 from consumer.errors import DecodeError, InvalidEventError
 
 __all__ = [
+    "amount_from_text",
     "event_from_json",
     "event_from_record",
     "event_to_json",
@@ -233,6 +240,31 @@ def _json_time(value: object) -> datetime:
     )
 
 
+_PLAIN_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+"""Plain decimal notation: an optional sign, ASCII digits and at most one point with a digit on
+at least one side of it."""
+
+
+def amount_from_text(text: str) -> Decimal:
+    """The amount ``text`` writes in plain decimal notation, in major units, exactly.
+
+    Surrounding whitespace is ignored; what is left must be an optional sign, ASCII digits and at
+    most one ``.`` with a digit on at least one side (``"12.34"``, ``"-5"``, ``"+0.5"``,
+    ``".5"``, ``"12."``). Refused, although ``Decimal()`` reads each as a number: underscores
+    between digits (``"12_50"`` is 1250 to it), digits of other scripts (``"١٢"`` is 12),
+    exponent notation (``"1E+2"``, ``"12.5e1"``: a producer writing it for 100 or 125 has most
+    likely turned a float into text, so the value is not guessed), and ``NaN``/``Infinity``.
+    The range, scale and sign of the amount are the model's to check (``events``).
+
+    Raises:
+        ValueError: ``text`` is not in plain decimal notation (the message names the text).
+    """
+    stripped = text.strip()
+    if _PLAIN_DECIMAL.fullmatch(stripped) is None:
+        raise ValueError(f"not a plain decimal like '12.34': {text!r}")
+    return Decimal(stripped)
+
+
 def _json_amount(value: object, where: str, key: str) -> Decimal:
     where += key  # the JSON form is read by the offline tools: not worth deferring
     if isinstance(value, bool):
@@ -247,10 +279,10 @@ def _json_amount(value: object, where: str, key: str) -> Decimal:
         amount = Decimal(repr(value))
     elif isinstance(value, str):
         try:
-            amount = Decimal(value.strip())
-        except InvalidOperation as exc:
+            amount = amount_from_text(value)
+        except ValueError as exc:
             raise _invalid(
-                EventReason.INVALID_AMOUNT, f"{where} {value!r} is not a decimal"
+                EventReason.INVALID_AMOUNT, f"{where} {value!r} is not a plain decimal like '12.34'"
             ) from exc
     else:
         raise _type_error(where, "a decimal string or number", value)

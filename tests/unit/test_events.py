@@ -170,14 +170,86 @@ def test_model_stores_event_time_in_utc_milliseconds() -> None:
         (12.34, Decimal("12.34")),
         (0.1, Decimal("0.1")),
         (Decimal("1.234"), Decimal("1.234")),
-        ("1E+3", Decimal(1000)),
+        (Decimal("1E+3"), Decimal(1000)),
+        (1e-05, Decimal("0.00001")),  # a float by its repr, "1e-05": not text to refuse
+        ("+12.50", Decimal("12.5")),
+        ("-0.00", Decimal(0)),
+        (".5", Decimal("0.5")),
+        ("12.", Decimal(12)),
+        ("\t12.50\n", Decimal("12.5")),
     ],
 )
 def test_json_amount_forms(given: object, expected: Decimal) -> None:
-    """Amounts may be decimal strings, integers, floats (by shortest repr) or Decimals."""
+    """Amounts may be decimal strings, integers, floats (by shortest repr) or Decimals.
+
+    A string is plain decimal notation (surrounding whitespace ignored); a number already
+    parsed (an int, a float, a Decimal from ``parse_float=Decimal``) is taken by its value,
+    whatever notation the JSON text used for it.
+    """
     event = event_from_json(commerce_json(total_amount=given))
     assert event.commerce is not None
     assert expected == event.commerce.total_amount
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "12_50",  # Decimal() reads 1250: underscores between digits
+        "1_000.00",
+        "\u0661\u0662",  # Arabic-Indic digits: Decimal() reads 12
+        "\uff11\uff12.50",  # full-width digits
+        "12.5e1",  # exponent notation: Decimal() reads 125
+        "1E+2",
+        "1e-2",
+        "1,299.00",
+        "12 .50",
+        "1.2.3",
+        "--1",
+        "+",
+        ".",
+        "",
+        "  ",
+        "0x10",
+        "NaN",
+        "-Infinity",
+        "sNaN",
+    ],
+)
+@pytest.mark.parametrize("key", ["total_amount", "tax_amount", "shipping_amount"])
+def test_an_amount_string_not_in_plain_decimal_notation_is_refused(key: str, given: str) -> None:
+    """Only ASCII digits, an optional sign and one point: no separators, exponents, other
+    scripts' digits or special values, each refused ``invalid_amount`` naming field and value."""
+    with pytest.raises(DecodeError) as info:
+        event_from_json(commerce_json(**{key: given}))
+
+    assert (info.value.reason, str(info.value)) == (
+        EventReason.INVALID_AMOUNT,
+        f"commerce.{key} {given!r} is not a plain decimal like '12.34'",
+    )
+
+
+@pytest.mark.parametrize("given", ["12_50", "\u0661\u0662", "12.5e1", "1E+2"])
+def test_a_price_string_not_in_plain_decimal_notation_is_refused(given: str) -> None:
+    """A product's price follows the same rule as the commerce amounts."""
+    with pytest.raises(DecodeError) as info:
+        event_from_json(commerce_json(products=[{"id": "p", "price": given}]))
+
+    assert (info.value.reason, str(info.value)) == (
+        EventReason.INVALID_AMOUNT,
+        f"commerce.products[0].price {given!r} is not a plain decimal like '12.34'",
+    )
+
+
+@pytest.mark.parametrize("given", ["2_0", "\u0662", "2e0", "1E+1"])
+def test_a_quantity_string_not_in_plain_decimal_notation_is_refused(given: str) -> None:
+    """A quantity written as text follows the amount rule: ``"2e0"`` is not read as 2."""
+    with pytest.raises(DecodeError) as info:
+        event_from_json(commerce_json(products=[{"id": "p", "quantity": given}]))
+
+    assert (info.value.reason, str(info.value)) == (
+        EventReason.INVALID_QUANTITY,
+        f"commerce.products[0].quantity {given!r} is not a whole number",
+    )
 
 
 def test_json_numbers_parsed_as_decimal_stay_exact() -> None:
@@ -432,7 +504,7 @@ def test_an_invalid_record_without_ids_names_none() -> None:
         (
             {"products": [{"id": "p"}, {"id": "q", "price": "abc"}]},
             EventReason.INVALID_AMOUNT,
-            "commerce.products[1].price 'abc' is not a decimal",
+            "commerce.products[1].price 'abc' is not a plain decimal like '12.34'",
         ),
         (
             {"products": [{"id": "p", "price": True}]},
@@ -466,14 +538,14 @@ def test_an_invalid_record_without_ids_names_none() -> None:
             f"{_PRODUCT_0} must be an object, not str",
         ),
         (
-            {"total_amount": "NaN"},
+            {"total_amount": float("nan")},
             EventReason.INVALID_AMOUNT,
             "commerce.total_amount is not a finite number",
         ),
         (
             {"tax_amount": "x"},
             EventReason.INVALID_AMOUNT,
-            "commerce.tax_amount 'x' is not a decimal",
+            "commerce.tax_amount 'x' is not a plain decimal like '12.34'",
         ),
         (
             {"shipping_amount": "-5"},

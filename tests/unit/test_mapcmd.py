@@ -205,3 +205,42 @@ def test_the_example_journey_in_docs_maps_as_the_readme_says() -> None:
         "6D92078A-8246-4BA4-AE5B-76104861E7DC",
     )
     assert results[2]["request"]["body"]["total"] == 2999
+
+
+def _usd_purchase_line(total: str) -> str:
+    """A USD purchase line whose ``total_amount`` is the JSON text ``total`` as written."""
+    return _raw_purchase(
+        "e2",
+        commerce={"action": "PURCHASE", "transaction_id": "O-1", "currency_code": "USD"},
+    ).replace('"currency_code": "USD"', f'"currency_code": "USD", "total_amount": {total}')
+
+
+@pytest.mark.parametrize(
+    ("total", "action", "reason", "button_total"),
+    [
+        # amounts written as JSON strings: plain decimal notation only
+        ('" 12.50 "', "create", None, 1250),
+        ('"12_50"', "reject", "invalid_amount", None),  # was created with total 125000
+        ('"\\u0661\\u0662"', "reject", "invalid_amount", None),  # was created with total 1200
+        ('"12.5e1"', "reject", "invalid_amount", None),  # was created with total 12500
+        ('"1E+2"', "reject", "invalid_amount", None),  # was created with total 10000
+        ('"1,299.00"', "reject", "invalid_amount", None),
+        # amounts written as JSON numbers are numbers, whatever their notation
+        ("12.5", "create", None, 1250),
+        ("1e2", "create", None, 10000),
+    ],
+)
+def test_a_text_amount_is_read_only_in_plain_decimal_notation(
+    total: str, action: str, reason: str | None, button_total: int | None
+) -> None:
+    """The tester's ``map`` lines: an amount string with an underscore, other digits or an
+    exponent is rejected ``invalid_amount``, not sent as another total; numbers are kept."""
+    status, results = run(_usd_purchase_line(total))
+
+    body = results[0]["request"] and results[0]["request"]["body"]
+    assert (status, results[0]["action"], results[0]["reason"]) == (
+        0 if reason is None else 1,
+        action,
+        reason,
+    )
+    assert (None if body is None else body["total"]) == button_total

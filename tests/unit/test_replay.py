@@ -9,6 +9,7 @@ from collections.abc import Hashable, Iterable, Iterator, Mapping
 
 import pytest
 
+from consumer import cli
 from consumer.adapters.kafka_producer import ProduceError
 from consumer.domain.deadletter import header_map
 from consumer.errors import BrokerError, ConfigError
@@ -228,6 +229,59 @@ def test_parse_time_error_names_the_flag(flag: str) -> None:
         _parse_time("last tuesday", flag)
 
     assert f"{flag}: not an ISO-8601 time: 'last tuesday'" == str(raised.value)
+
+
+class _ReplayedError(Exception):
+    """Raised by the fake ``replay``: the command got past its argument checks."""
+
+
+@pytest.fixture
+def replay_reached(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``replay`` replaced by one that raises ``_ReplayedError``; settings to load."""
+
+    def fake_replay(*_args: object, **_kwargs: object) -> ReplayReport:
+        raise _ReplayedError
+
+    monkeypatch.setattr("consumer.replay.replay", fake_replay)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+
+
+@pytest.mark.parametrize(
+    ("since", "until"),
+    [
+        ("2026-12-03T00:00:00Z", "2026-12-01T00:00:00Z"),  # inverted
+        ("2026-12-01T00:00:00Z", "2026-12-01T00:00:00Z"),  # empty: until is exclusive
+        ("2026-12-01T01:00:00+01:00", "2026-12-01T00:00:00"),  # the same instant, written apart
+    ],
+)
+@pytest.mark.usefixtures("replay_reached")
+def test_an_empty_or_inverted_time_window_is_a_usage_error_naming_both_options(
+    capsys: pytest.CaptureFixture[str], since: str, until: str
+) -> None:
+    """``--since`` not before ``--until`` selects nothing: refused up front (exit 2, one line
+    naming both options and their values), never a replay that quietly selects nothing."""
+    assert cli.main(["replay-dlq", "--since", since, "--until", until]) == 2
+
+    assert capsys.readouterr().err == (
+        f"button-consumer: configuration error: --since must be before --until "
+        f"({since!r} is not before {until!r}): the window selects no dead letter\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "window",
+    [
+        ["--since", "2026-12-01T00:00:00Z", "--until", "2026-12-01T00:00:00.001Z"],
+        ["--since", "2026-12-03T00:00:00Z"],
+        ["--until", "2026-12-01T00:00:00Z"],
+        [],
+    ],
+)
+@pytest.mark.usefixtures("replay_reached")
+def test_a_time_window_that_can_select_something_is_replayed(window: list[str]) -> None:
+    """A window of at least a millisecond, or open on one side, goes on to the replay."""
+    with pytest.raises(_ReplayedError):
+        cli.main(["replay-dlq", *window])
 
 
 # --- _Rate -------------------------------------------------------------------------------------
