@@ -199,3 +199,56 @@ def test_the_original_purchase_arriving_after_an_adoption_leaves_buttons_state(
     held = order["object"]
     assert (order["status"], held["total"]) == ("open", 3000)
     assert held["line_items"] == [{**shirt, "quantity": 1, "total": 3000}]
+
+
+def _purchase(order_id: str, event_id: str, minutes_ago: int, *products: Product) -> Any:
+    return CommerceEvent(
+        event_id=event_id,
+        event_type=EventType.PURCHASE,
+        event_time=datetime.now(UTC) - timedelta(minutes=minutes_ago),
+        user_key=USER,
+        platform=Platform.SERVER,
+        commerce=CommerceData(
+            action=ProductAction.PURCHASE,
+            transaction_id=order_id,
+            currency_code="USD",
+            total_amount=sum(((p.price or Decimal(0)) * p.quantity for p in products), Decimal(0)),
+            products=products,
+        ),
+    )
+
+
+def test_a_purchase_processed_again_after_its_order_was_forgotten_leaves_the_refunds(
+    kafka_bootstrap, make_topic, service_settings, start_service, sandbox
+):
+    """One order per profile: the purchase is refunded one shirt (70.00), then the user's next
+    order evicts it from the profile, then the first purchase's record comes again (a duplicate).
+    Its create meets Button's order (409): read and adopted, not overwritten with 100.00."""
+    topic = make_topic(partitions=1, prefix="forgot")
+    settings = service_settings(topic, MAPPING_MAX_ORDERS_PER_PROFILE="1")
+    shirt, hat = (
+        Product(id="SKU-A", price=Decimal("30.00"), quantity=2),
+        Product(id="SKU-B", price=Decimal("40.00")),
+    )
+    first = _purchase("ORD-FORGOT-1", "evt-first", 30, shirt, hat)
+    events = [
+        first,
+        _refund("ORD-FORGOT-1", "evt-refund-shirt", Product(id="SKU-A")),
+        _purchase("ORD-FORGOT-2", "evt-next", 1, hat),
+        first,
+    ]
+    produce_events(settings, events, partitions=1)
+
+    runner = start_service(settings)
+    stop_when_done(runner, kafka_bootstrap, settings.kafka.group_id, topic, 1)
+
+    assert read_all(kafka_bootstrap, settings.kafka.dlq_topic) == []
+    order = sandbox.order("ORD-FORGOT-1")
+    assert order is not None
+    assert (order["status"], order["object"]["total"]) == ("open", 7000)
+    assert [(r["method"], r["status"]) for r in sandbox.requests_for("ORD-FORGOT-1")] == [
+        ("POST", 200),  # created
+        ("POST", 200),  # the shirt's refund
+        ("POST", 409),  # the duplicate's create, the order forgotten by the profile
+        ("GET", 200),  # read: adopted
+    ]

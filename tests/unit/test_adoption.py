@@ -422,3 +422,122 @@ def test_a_purchase_of_an_adopted_order_leaves_buttons_state(event_id, event_tim
         assert request.body is not None
         assert request.body["total"] == 5000
         assert [line["identifier"] for line in request.body["line_items"]] == ["SKU-A"]
+
+
+def test_the_create_of_an_order_the_profile_does_not_know_reads_it_on_a_409() -> None:
+    """A purchase of an order the profile does not know is created; when Button answers 409
+    (it holds the order already) the follow-up is the read of the order, not an update with the
+    purchase's state: Button's state may hold refunds the profile forgot."""
+    result, _ = process(purchase(), None, CONFIG, NOW)
+
+    assert isinstance(result, Send)
+    assert result.request.action is Action.CREATE
+    assert result.follow_up is not None
+    assert (result.follow_up.action, result.follow_up.method, result.follow_up.path) == (
+        Action.READ,
+        "GET",
+        order_path(ORDER),
+    )
+
+
+def test_the_create_of_an_order_with_held_refunds_keeps_its_update_follow_up() -> None:
+    """Refunds held for the purchase are applied in the create: on a 409 the update carries
+    them (reading and adopting Button's state could apply them twice)."""
+    _, held = process(refund(total_amount="10.00"), None, CONFIG, NOW, lookup=NOT_AT_BUTTON)
+
+    result, _ = process(purchase(), held, CONFIG, NOW)
+
+    assert isinstance(result, Send)
+    assert result.follow_up is not None
+    assert result.follow_up.action is Action.UPDATE
+    assert result.follow_up.body is not None
+    assert result.follow_up.body["total"] == 8000 - 1000
+
+
+def test_a_purchase_whose_create_met_buttons_order_adopts_it_and_sends_nothing() -> None:
+    """Mapped again with Button's answer to the read (after the 409), the purchase adopts
+    Button's order: nothing is sent, and a later refund applies to Button's state (80.00), not
+    to the purchase's (100.00)."""
+    _, created = process(original_purchase("evt-p1", "2024-04-28T10:00:00Z"), None, CONFIG, NOW)
+
+    result, adopted = process(
+        original_purchase("evt-p1", "2024-04-28T10:00:00Z"), created, CONFIG, NOW, lookup=found()
+    )
+
+    assert result == Skip("order_adopted")
+    assert adopted is not None
+    order = adopted.order(ORDER)
+    assert order is not None
+    assert (order.total, order.status) == (8000, OrderStatus.OPEN)
+    after, _ = process(refund("evt-r2", products=[{"id": "SKU-B"}]), adopted, CONFIG, NOW)
+    assert request_of(after).body["total"] == 5000
+
+
+def test_a_purchase_whose_create_met_an_order_button_holds_deleted_is_remembered_cancelled() -> (
+    None
+):
+    """Button answered the create 409 and reads the order as deleted: cancelled for good."""
+    _, created = process(purchase(), None, CONFIG, NOW)
+    deleted = found({"order_id": ORDER, "status": "deleted"})
+
+    result, profile = process(purchase(), created, CONFIG, NOW, lookup=deleted)
+
+    assert result == Skip("order_already_cancelled")
+    assert profile is not None
+    assert profile.order(ORDER).status is OrderStatus.CANCELLED  # type: ignore[union-attr]
+
+
+def test_a_purchase_whose_create_met_409_but_whose_read_met_404_is_rejected() -> None:
+    """Button said the order exists, then that it does not know it: nothing to adopt, nothing
+    sent again; a dead letter says so (replayable once Button is consistent)."""
+    _, created = process(purchase(), None, CONFIG, NOW)
+
+    result, profile = process(purchase(), created, CONFIG, NOW, lookup=NOT_AT_BUTTON)
+
+    assert isinstance(result, Reject)
+    assert result.reason == "order_not_adoptable"
+    assert "404" in result.detail
+    assert profile is None
+
+
+def test_a_purchase_whose_create_met_its_own_state_at_button_adopts_it() -> None:
+    """Button holds exactly the purchase's state (the create's answer was lost, the record
+    processed again): adopted, nothing sent."""
+    _, created = process(purchase(), None, CONFIG, NOW)
+    same = at_button(total=8000, line_items=[], purchase_date="2024-05-01T15:00:00Z")
+
+    result, _ = process(purchase(), created, CONFIG, NOW, lookup=found(same))
+
+    assert result == Skip("order_adopted")
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        at_button(total=12000),  # more than the purchase
+        at_button(currency="EUR", total=5000),  # another currency
+        at_button(  # a unit price the purchase does not have
+            total=5000, line_items=[{"identifier": "SKU-A", "quantity": 1, "total": 5000}]
+        ),
+        at_button(  # a line the purchase does not have
+            total=2000, line_items=[{"identifier": "SKU-Z", "quantity": 1, "total": 2000}]
+        ),
+        at_button(  # more units than the purchase
+            total=7500, line_items=[{"identifier": "SKU-A", "quantity": 3, "total": 7500}]
+        ),
+    ],
+    ids=["total", "currency", "price", "line", "units"],
+)
+def test_a_purchase_whose_create_met_another_version_at_button_sends_its_update(other) -> None:
+    """Button holds a state no refund of this purchase gives (another version of the order,
+    created elsewhere first): the update with the purchase's state is sent, so that Button
+    converges to the events (issue 9)."""
+    first = original_purchase("evt-p1", "2024-04-28T10:00:00Z")
+    _, created = process(first, None, CONFIG, NOW)
+
+    result, profile = process(first, created, CONFIG, NOW, lookup=found(other))
+
+    assert profile is None  # the profile holds the purchase's state already
+    body = request_of(result).body
+    assert request_of(result).action is Action.UPDATE
+    assert (body["total"], len(body["line_items"])) == (10000, 3)

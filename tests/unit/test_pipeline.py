@@ -1317,6 +1317,78 @@ def test_a_refund_of_an_order_button_holds_deleted_is_skipped_as_already_cancell
     assert stored.order(ORDER).status.value == "cancelled"  # type: ignore[union-attr]
 
 
+def purchase_harness(*earlier: Harness) -> Harness:
+    """A pipeline with the real mapping, handling ``EVENT`` (a purchase of 10.00)."""
+    return Harness(decoder=FakeDecoder(EVENT), real_processor=restored_processor(*earlier))
+
+
+def test_a_first_create_answered_409_reads_the_order_and_adopts_buttons_state() -> None:
+    """The profile did not know the order, Button did (7.50: refunds the profile forgot). The
+    create's 409 is followed by the read, not by an update with the purchase's 10.00: Button's
+    state is adopted, the profile written again (after the first write), nothing else sent."""
+    h = purchase_harness().answer(CONFLICT)
+    h.button.reads.append(at_button(total=750))
+
+    outcomes = h.handle(record())
+
+    assert outcomes == ["delivered"]
+    assert [c[0] for c in h.calls if c[0] in ("read", "changelog", "button")] == [
+        "changelog",
+        "button",
+        "read",
+        "changelog",
+    ]
+    assert [r.action for r in h.button.sent] == [Action.CREATE]
+    assert (h.last_delivery()["action"], h.last_delivery()["reason"]) == ("read", "order_adopted")
+    stored = restored_processor(h).store.get(2, b"user-1")
+    assert stored is not None
+    assert stored.order(ORDER).total == 750  # type: ignore[union-attr]
+
+
+def test_a_purchase_of_the_adopted_order_again_sends_buttons_state_not_its_own() -> None:
+    """After the adoption a replay of the purchase reads nothing: its create (409) is followed
+    by the update of the adopted state, 7.50."""
+    first = purchase_harness().answer(CONFLICT)
+    first.button.reads.append(at_button(total=750))
+    first.handle(record(17))
+
+    again = purchase_harness(first).answer(CONFLICT, OK)
+    outcomes = again.handle(record(17))
+
+    assert (outcomes, again.button.read_ids) == (["delivered"], [])
+    update = again.button.sent[-1]
+    assert update.body is not None
+    assert (update.action, update.body["total"]) == (Action.UPDATE, 750)
+
+
+def test_a_first_create_answered_409_by_another_version_of_the_order_sends_its_update() -> None:
+    """Button holds 12.00, which no refund of this 10.00 purchase gives: another version of the
+    order, so the update with the purchase's state follows the read (issue 9: converge)."""
+    h = purchase_harness().answer(CONFLICT, OK)
+    h.button.reads.append(at_button(total=1200))
+
+    outcomes = h.handle(record())
+
+    assert (outcomes, h.button.read_ids) == (["delivered"], [ORDER])
+    update = h.button.sent[-1]
+    assert update.body is not None
+    assert (update.action, update.body["total"]) == (Action.UPDATE, 1000)
+    assert (h.last_delivery()["action"], h.last_delivery()["reason"]) == ("update", "ok")
+
+
+def test_a_read_after_a_409_that_fails_past_the_budget_is_dead_lettered_naming_it() -> None:
+    """The read after the 409 is decided as a refund's read is: a 400 dead-letters the record,
+    naming the read."""
+    h = purchase_harness().answer(CONFLICT)
+    h.button.reads.append(INVALID)
+
+    outcomes = h.handle(record())
+
+    assert outcomes == ["dead_lettered"]
+    assert h.letters[0].reason == "http_400"
+    assert h.button.read_ids == [ORDER]
+
+
 def test_a_read_of_the_refunds_order_that_times_out_is_retried_within_the_budget() -> None:
     """A timed-out read tells nothing: retried after a backoff, then the update is sent."""
     h = unknown_order_harness().answer(OK)
