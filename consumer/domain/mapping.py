@@ -370,7 +370,10 @@ def _customer(event: CommerceEvent, profile: Profile, config: MappingConfig) -> 
 # --- the order ledger ---------------------------------------------------------------------------
 
 MAX_REFUNDS_PER_ORDER = 64
-"""Refund events kept per order; a 65th is rejected (``too_many_refunds``)."""
+"""Refund events kept per live order: a 65th that leaves the order live (or held for its
+purchase) is rejected (``too_many_refunds``). A refund that cancels the order is always taken:
+a cancelled order records no later refund, so an order keeps at most 65 (``_within_refund_cap``).
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,9 +430,37 @@ def _order_event(
         if isinstance(result, Skip) and desired.status is OrderStatus.PENDING and looked is None:
             # Held until now; whether Button knows the order decides (``Read.held`` otherwise).
             result = Read(read_request(order_id), result)
+    _within_refund_cap(known, order)
     if order == known:
         return result, profile
     return result, _keep_orders(profile.with_order(order), config.max_orders_per_profile)
+
+
+def _within_refund_cap(known: StoredOrder | None, order: StoredOrder) -> None:
+    """Refuse a refund recorded beyond ``MAX_REFUNDS_PER_ORDER`` unless it ends in a cancel.
+
+    ``known`` is the order's ledger before the event, ``order`` after it was decided. The cap
+    bounds the size of the profile (every refund of a live order is kept, so the state can be
+    recomputed in event-time order); a refund after which the order is cancelled (a
+    whole-order refund, every remaining unit, an amount of at least the remaining total,
+    whatever ``_apply_refund`` finds leaves nothing) is recorded:
+    it is what makes a replay of it send the cancel again, and a cancelled order records no
+    refund after it. A partial refund of an order whose purchase the ledger does not know yet
+    (held, ``refund_held``) cannot be told to cancel before Button is read: beyond the cap it
+    is refused before the read.
+
+    Raises:
+        MappingError: ``too_many_refunds``.
+    """
+    if (
+        known is not None
+        and len(known.refunds) >= MAX_REFUNDS_PER_ORDER
+        and len(order.refunds) > len(known.refunds)
+        and order.status is not OrderStatus.CANCELLED
+    ):
+        raise MappingError(
+            "too_many_refunds", f"order {known.order_id!r} has {len(known.refunds)} refunds already"
+        )
 
 
 ADOPTED = "button:adopted"
@@ -527,7 +558,9 @@ def _with_refund(
     """The ledger with this refund added in event-time order.
 
     Unchanged for a replay, and for an order already cancelled at Button: nothing is left to
-    refund (the cancel is sent again).
+    refund (the cancel is sent again). The refund cap (``MAX_REFUNDS_PER_ORDER``) is checked
+    once the refund's effect is known (``_within_refund_cap``): a refund that cancels the order
+    is never refused for it.
     """
     if known is not None and (
         known.refund(event.event_id) is not None or known.status is OrderStatus.CANCELLED
@@ -552,10 +585,6 @@ def _with_refund(
             refunds=(refund,),
             btn_ref=None,
             touched_ms=now_ms,
-        )
-    if len(known.refunds) >= MAX_REFUNDS_PER_ORDER:
-        raise MappingError(
-            "too_many_refunds", f"order {order_id!r} has {len(known.refunds)} refunds already"
         )
     refunds = sorted((*known.refunds, refund), key=lambda r: (r.event_ms, r.event_id))
     return replace(known, refunds=tuple(refunds), touched_ms=now_ms)

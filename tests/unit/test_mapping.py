@@ -16,7 +16,7 @@ from consumer.domain.button import Action, Read, Reject, Send, Skip
 from consumer.domain.button_wire import body_digest, order_path, purchase_date
 from consumer.domain.event_forms import event_from_json
 from consumer.domain.events import CommerceEvent
-from consumer.domain.mapping import MappingConfig, process
+from consumer.domain.mapping import MAX_REFUNDS_PER_ORDER, MappingConfig, process
 from consumer.domain.profile import OrderStatus, Profile
 from consumer.domain.profile_codec import encode_profile
 from consumer.errors import DecodeError
@@ -512,6 +512,95 @@ def test_invalid_partial_refunds_are_rejected(products: list[dict[str, Any]], re
     result, _ = process(refund("evt-r1", products), profile, CONFIG, NOW)
     assert isinstance(result, Reject)
     assert reason == result.reason
+
+
+# --- the refund cap (MAX_REFUNDS_PER_ORDER) never blocks a refund that ends in a cancel ---------
+
+E15 = "E15-F1"
+"""The sandbox order of the fault: 1000.00 (A x100 at 10.00), then 64 refunds of 0.10."""
+
+
+def _e15_after_64_refunds() -> Profile:
+    """E15-F1 bought, then refunded 0.10 at a time 64 times: Button holds 99360 (the cap)."""
+    bought = {
+        "transaction_id": E15,
+        "total_amount": "1000.00",
+        "tax_amount": None,
+        "shipping_amount": None,
+        "products": [{"id": "A", "price": "10.00", "quantity": 100}],
+    }
+    result, profile = process(purchase(commerce=bought), None, CONFIG, NOW)
+    assert send(result).body["total"] == 100000
+    for n in range(1, MAX_REFUNDS_PER_ORDER + 1):
+        partial = refund(f"evt-r{n:02d}", transaction_id=E15, total_amount="0.10")
+        result, profile = process(partial, profile, CONFIG, NOW)
+        assert send(result).action == Action.UPDATE
+    assert send(result).body["total"] == 99360
+    assert profile is not None
+    assert len(profile.order(E15).refunds) == 64  # type: ignore[union-attr]
+    return profile
+
+
+@pytest.mark.parametrize(
+    "whole",
+    [
+        {},  # no products and no amount: the whole order
+        {"total_amount": "0"},  # revenue 0: a refund that names only its transaction
+        {"products": [{"id": "A", "quantity": 100}]},  # every remaining unit
+        {"total_amount": "993.60"},  # an amount of the remaining total
+        {"total_amount": "1000.00"},  # an amount above it
+    ],
+    ids=["whole-order", "revenue-0", "every-unit", "remaining-amount", "above-remaining"],
+)
+def test_a_refund_beyond_the_cap_that_cancels_is_a_cancel(whole: dict[str, Any]) -> None:
+    """Fault A, seen at the sandbox: after 64 partial refunds the whole-order refund (and one of
+    all 100 remaining units) was dead-lettered ``too_many_refunds``, Button stayed at 99360, and
+    a replay was rejected again. The cap bounds the refunds a live order remembers; a cancel ends
+    the order (no later refund is recorded), so it is never blocked by it."""
+    profile = _e15_after_64_refunds()
+    result, after = process(refund("evt-r65", transaction_id=E15, **whole), profile, CONFIG, NOW)
+    request = send(result)
+    assert (request.action, request.method, request.path) == (
+        Action.CANCEL,
+        "DELETE",
+        "/v1/order/E15-F1",
+    )
+    assert after is not None
+    order = after.order(E15)
+    assert order is not None
+    assert order.status is OrderStatus.CANCELLED
+    assert len(order.refunds) == MAX_REFUNDS_PER_ORDER + 1  # the cancel's own, and no more
+
+    # A replay of the cancel (a crash before its offset was stored) sends it again.
+    again, unchanged = process(refund("evt-r65", transaction_id=E15, **whole), after, CONFIG, NOW)
+    assert again == result
+    assert unchanged is None
+    # A later refund of the cancelled order is the cancel again and records nothing.
+    later, unchanged = process(refund("evt-r66", transaction_id=E15), after, CONFIG, NOW)
+    assert send(later).action == Action.CANCEL
+    assert unchanged is None
+
+
+@pytest.mark.parametrize(
+    "partial",
+    [
+        {"total_amount": "0.10"},
+        {"products": [{"id": "A", "quantity": 1}]},
+        {"products": [{"id": "A", "quantity": 99}]},  # one unit stays
+    ],
+    ids=["amount", "one-unit", "all-but-one-unit"],
+)
+def test_a_partial_refund_beyond_the_cap_is_still_rejected(partial: dict[str, Any]) -> None:
+    """A 65th refund that leaves the order open would be one more refund remembered: it is
+    dead-lettered ``too_many_refunds`` (nothing recorded, Button keeps 99360)."""
+    profile = _e15_after_64_refunds()
+    result, after = process(refund("evt-r65", transaction_id=E15, **partial), profile, CONFIG, NOW)
+    assert isinstance(result, Reject)
+    assert (result.reason, result.detail) == (
+        "too_many_refunds",
+        "order 'E15-F1' has 64 refunds already",
+    )
+    assert after is None
 
 
 def test_purchase_replay_resends_stored_create() -> None:
