@@ -9,7 +9,8 @@ Decisions worth knowing (the README's mapping table has the field-by-field rules
 
 * PURCHASE -> create (``POST /v1/order``). Every event feeds the profile (token, device ids).
 * REFUND -> cancel (``DELETE /v1/order/{id}``) when it covers the whole order (no products and no
-  amount, an amount of at least the remaining total, or every remaining unit); otherwise update
+  amount, an amount of at least the remaining total, every remaining unit, or, naming products,
+  leaving no line with a positive amount or a remaining total of 0 or below); otherwise update
   (``POST /v1/order/{id}``) with the order's remaining line items and total, computed from the
   order stored in the profile. An amount that is nothing net of tax and shipping in the
   currency's minor unit (the tax or shipping alone, a fraction of a cent) changes no total: an
@@ -46,7 +47,7 @@ Every skip and reject reason is listed, with its meaning, in the README's reason
 unit test (``tests/unit/test_readme_in_step.py``) keeps equal to the reasons this code emits.
 
 How Button wants each request written (paths, bodies, line items, id rules) is ``button_wire``'s
-job. Kept whole at about 730 lines: the ledger's cases share their helpers, and money
+job. Kept whole at about 900 lines: the ledger's cases share their helpers, and money
 decisions are checked in one place.
 """
 
@@ -374,7 +375,10 @@ def _customer(event: CommerceEvent, profile: Profile, config: MappingConfig) -> 
 # --- the order ledger ---------------------------------------------------------------------------
 
 MAX_REFUNDS_PER_ORDER = 64
-"""Refund events kept per order; a 65th is rejected (``too_many_refunds``)."""
+"""Refund events kept per live order: a 65th that leaves the order live (or held for its
+purchase) is rejected (``too_many_refunds``). A refund that cancels the order is always taken:
+a cancelled order records no later refund, so an order keeps at most 65 (``_within_refund_cap``).
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,9 +440,37 @@ def _order_event(
         if isinstance(result, Skip) and desired.status is OrderStatus.PENDING and looked is None:
             # Held until now; whether Button knows the order decides (``Read.held`` otherwise).
             result = Read(read_request(order_id), result)
+    _within_refund_cap(known, order)
     if order == known:
         return result, profile
     return result, _keep_orders(profile.with_order(order), config.max_orders_per_profile)
+
+
+def _within_refund_cap(known: StoredOrder | None, order: StoredOrder) -> None:
+    """Refuse a refund recorded beyond ``MAX_REFUNDS_PER_ORDER`` unless it ends in a cancel.
+
+    ``known`` is the order's ledger before the event, ``order`` after it was decided. The cap
+    bounds the size of the profile (every refund of a live order is kept, so the state can be
+    recomputed in event-time order); a refund after which the order is cancelled (a
+    whole-order refund, every remaining unit, an amount of at least the remaining total,
+    whatever ``_apply_refund`` finds leaves nothing) is recorded:
+    it is what makes a replay of it send the cancel again, and a cancelled order records no
+    refund after it. A partial refund of an order whose purchase the ledger does not know yet
+    (held, ``refund_held``) cannot be told to cancel before Button is read: beyond the cap it
+    is refused before the read.
+
+    Raises:
+        MappingError: ``too_many_refunds``.
+    """
+    if (
+        known is not None
+        and len(known.refunds) >= MAX_REFUNDS_PER_ORDER
+        and len(order.refunds) > len(known.refunds)
+        and order.status is not OrderStatus.CANCELLED
+    ):
+        raise MappingError(
+            "too_many_refunds", f"order {known.order_id!r} has {len(known.refunds)} refunds already"
+        )
 
 
 ADOPTED = "button:adopted"
@@ -594,7 +626,9 @@ def _with_refund(
     """The ledger with this refund added in event-time order.
 
     Unchanged for a replay, and for an order already cancelled at Button: nothing is left to
-    refund (the cancel is sent again).
+    refund (the cancel is sent again). The refund cap (``MAX_REFUNDS_PER_ORDER``) is checked
+    once the refund's effect is known (``_within_refund_cap``): a refund that cancels the order
+    is never refused for it.
     """
     if known is not None and (
         known.refund(event.event_id) is not None or known.status is OrderStatus.CANCELLED
@@ -619,10 +653,6 @@ def _with_refund(
             refunds=(refund,),
             btn_ref=None,
             touched_ms=now_ms,
-        )
-    if len(known.refunds) >= MAX_REFUNDS_PER_ORDER:
-        raise MappingError(
-            "too_many_refunds", f"order {order_id!r} has {len(known.refunds)} refunds already"
         )
     refunds = sorted((*known.refunds, refund), key=lambda r: (r.event_ms, r.event_id))
     return replace(known, refunds=tuple(refunds), touched_ms=now_ms)
@@ -655,7 +685,23 @@ def _desired(order: StoredOrder, strict: str) -> _State:
 def _apply_refund(
     order: StoredOrder, total: int, lines: tuple[StoredLine, ...], refund: StoredRefund
 ) -> tuple[int, tuple[StoredLine, ...]] | None:
-    """The order's (total, lines) after ``refund``; ``None`` when nothing is left (cancelled)."""
+    """The order's (total, lines) after ``refund``; ``None`` when nothing is left (cancelled).
+
+    ``total`` is the order's total before the refund (minor units), ``lines`` its lines.
+    Nothing is left (a whole-order refund) when the refund names no products and no amount;
+    when its amount (net of tax and shipping, minor units) is at least ``total`` and it names
+    no products; or, when it names products, when no unit is left, no line with a positive
+    amount is left (only discount lines, or lines of 0: ``_nothing_of_value_left``), or the
+    remaining total is below 0, or 0 while ``total`` was not. An amount that is nothing in
+    minor units (the tax or the shipping alone) and names no products changes nothing.
+
+    Raises:
+        MappingError: ``refund_currency_mismatch``; ``unknown_currency`` (an order stored
+            without its exponent, in a currency no longer in ISO 4217); ``invalid_amount`` or
+            ``total_out_of_range`` for the refund's amount; ``refund_item_not_in_order``,
+            ``refund_exceeds_quantity``, ``refund_exceeds_total``, ``refund_amount_unknown``
+            or ``total_out_of_range`` for a refund naming products.
+    """
     if refund.currency is not None and refund.currency != order.currency:
         raise MappingError(
             "refund_currency_mismatch", f"refund in {refund.currency}, order in {order.currency}"
@@ -669,9 +715,15 @@ def _apply_refund(
             raise MappingError(exc.reason, f"refund amount: {exc}") from exc
     if refund.products:
         remaining = _remaining_lines(lines, refund.products)
-        if sum(line.quantity for line in remaining) == 0:
+        if _nothing_of_value_left(lines, remaining, exponent):
             return None
-        return _remaining_total(total, lines, remaining, refund_minor, exponent), remaining
+        left = _remaining_total(total, lines, remaining, refund_minor, exponent)
+        if left < 0 or left == 0 < total:
+            # All of Button's total refunded, or lines left worth less than nothing: nothing is
+            # left, as for an amount-only refund of at least the total. (A free order, total 0,
+            # keeps its total of 0 and the lines left: the refund took nothing from it.)
+            return None
+        return checked_total(left), remaining
     if refund_minor is not None:
         if refund_minor <= 0:
             # Only tax or shipping, or less than one minor unit: nothing Button's total counts.
@@ -833,6 +885,26 @@ def _remaining_lines(
     )
 
 
+def _nothing_of_value_left(
+    lines: tuple[StoredLine, ...], remaining: tuple[StoredLine, ...], exponent: int
+) -> bool:
+    """Whether a refund that took ``lines`` to ``remaining`` leaves nothing the customer paid
+    for: no unit at all, or no line with a positive amount (``line_total`` in minor units)
+    where there was one (every unit bought is returned, only discount lines or lines of 0 are
+    left). A line without a price may be worth something: it counts as one with a positive
+    amount. An order none of whose lines had a positive amount (prices of 0, a total given
+    alone) is left to its total (``_remaining_total``)."""
+    if not remaining:
+        return True
+
+    def valued(line: StoredLine) -> bool:
+        return line.price is None or line_total(line, exponent) > 0
+
+    if any(valued(line) for line in remaining):  # the usual case: decided by the first line
+        return False
+    return any(valued(line) for line in lines)
+
+
 def _remaining_total(
     total: int,
     lines: tuple[StoredLine, ...],
@@ -840,6 +912,19 @@ def _remaining_total(
     refund_minor: int | None,
     exponent: int,
 ) -> int:
+    """The order's total after a refund that names products (minor units), not yet checked:
+    below 0 when the lines left are worth less than nothing (a discount line left beside a
+    cheaper one); the caller decides that nothing is left (``_apply_refund``).
+
+    ``total`` is the total before the refund, ``lines`` and ``remaining`` the lines before and
+    after it, ``refund_minor`` the refund's amount net of tax and shipping (or ``None``: the
+    total follows the value of the lines left, scaled by ``total`` / the lines' value when an
+    order-level discount makes them differ).
+
+    Raises:
+        MappingError: ``refund_exceeds_total`` (an amount above ``total``),
+            ``refund_amount_unknown`` (no amount, and lines without prices or worth 0).
+    """
     if refund_minor is not None:
         if refund_minor > total:
             raise MappingError(
@@ -855,14 +940,14 @@ def _remaining_total(
     before = sum(line_total(line, exponent) for line in lines)
     after = sum(line_total(line, exponent) for line in remaining)
     if before == total:
-        return checked_total(after)
+        return after
     if before <= 0:
         raise MappingError(
             "refund_amount_unknown", "refund carries no amount and the order's lines sum to 0"
         )
     # Order-level adjustments (coupons) make the total differ from the lines: keep the ratio.
     scaled = Decimal(total) * Decimal(after) / Decimal(before)
-    return checked_total(to_minor_units(scaled, 0))
+    return to_minor_units(scaled, 0)
 
 
 # --- requests ----------------------------------------------------------------------------------

@@ -217,6 +217,25 @@ def test_a_refund_of_what_is_left_of_buttons_order_cancels_it() -> None:
         assert adopted.order(ORDER).status is OrderStatus.CANCELLED  # type: ignore[union-attr]
 
 
+def test_a_refund_of_every_unit_of_buttons_order_but_its_discount_line_cancels_it() -> None:
+    """Button holds 10.00 with a discount line (DISC at -5.00, Y at 15.00): refunding Y leaves
+    only the discount, nothing with a positive amount: the cancel (not ``negative_total``)."""
+    discounted = at_button(
+        total=1000,
+        line_items=[
+            {"identifier": "DISC", "quantity": 1, "amount": -500, "total": -500},
+            {"identifier": "Y", "quantity": 1, "amount": 1500, "total": 1500},
+        ],
+    )
+    result, adopted = process(
+        refund(products=[{"id": "Y"}]), None, CONFIG, NOW, lookup=found(discounted)
+    )
+
+    assert request_of(result).action is Action.CANCEL
+    assert adopted is not None
+    assert adopted.order(ORDER).status is OrderStatus.CANCELLED  # type: ignore[union-attr]
+
+
 def test_an_adopted_order_is_recorded_so_a_replay_reads_nothing_and_sends_the_same_state() -> None:
     """The profile records the adopted order: the refund replayed against it maps without a
     read to the same update."""

@@ -16,7 +16,7 @@ from consumer.domain.button import Action, Read, Reject, Send, Skip
 from consumer.domain.button_wire import body_digest, order_path, purchase_date
 from consumer.domain.event_forms import event_from_json
 from consumer.domain.events import CommerceEvent
-from consumer.domain.mapping import MappingConfig, process
+from consumer.domain.mapping import MAX_REFUNDS_PER_ORDER, MappingConfig, process
 from consumer.domain.profile import OrderStatus, Profile
 from consumer.domain.profile_codec import encode_profile
 from consumer.errors import DecodeError
@@ -512,6 +512,283 @@ def test_invalid_partial_refunds_are_rejected(products: list[dict[str, Any]], re
     result, _ = process(refund("evt-r1", products), profile, CONFIG, NOW)
     assert isinstance(result, Reject)
     assert reason == result.reason
+
+
+# --- the refund cap (MAX_REFUNDS_PER_ORDER) never blocks a refund that ends in a cancel ---------
+
+E15 = "E15-F1"
+"""The sandbox order of the fault: 1000.00 (A x100 at 10.00), then 64 refunds of 0.10."""
+
+
+def _e15_after_64_refunds() -> Profile:
+    """E15-F1 bought, then refunded 0.10 at a time 64 times: Button holds 99360 (the cap)."""
+    bought = {
+        "transaction_id": E15,
+        "total_amount": "1000.00",
+        "tax_amount": None,
+        "shipping_amount": None,
+        "products": [{"id": "A", "price": "10.00", "quantity": 100}],
+    }
+    result, profile = process(purchase(commerce=bought), None, CONFIG, NOW)
+    assert send(result).body["total"] == 100000
+    for n in range(1, MAX_REFUNDS_PER_ORDER + 1):
+        partial = refund(f"evt-r{n:02d}", transaction_id=E15, total_amount="0.10")
+        result, profile = process(partial, profile, CONFIG, NOW)
+        assert send(result).action == Action.UPDATE
+    assert send(result).body["total"] == 99360
+    assert profile is not None
+    assert len(profile.order(E15).refunds) == 64  # type: ignore[union-attr]
+    return profile
+
+
+@pytest.mark.parametrize(
+    "whole",
+    [
+        {},  # no products and no amount: the whole order
+        {"total_amount": "0"},  # revenue 0: a refund that names only its transaction
+        {"products": [{"id": "A", "quantity": 100}]},  # every remaining unit
+        {"total_amount": "993.60"},  # an amount of the remaining total
+        {"total_amount": "1000.00"},  # an amount above it
+    ],
+    ids=["whole-order", "revenue-0", "every-unit", "remaining-amount", "above-remaining"],
+)
+def test_a_refund_beyond_the_cap_that_cancels_is_a_cancel(whole: dict[str, Any]) -> None:
+    """Fault A, seen at the sandbox: after 64 partial refunds the whole-order refund (and one of
+    all 100 remaining units) was dead-lettered ``too_many_refunds``, Button stayed at 99360, and
+    a replay was rejected again. The cap bounds the refunds a live order remembers; a cancel ends
+    the order (no later refund is recorded), so it is never blocked by it."""
+    profile = _e15_after_64_refunds()
+    result, after = process(refund("evt-r65", transaction_id=E15, **whole), profile, CONFIG, NOW)
+    request = send(result)
+    assert (request.action, request.method, request.path) == (
+        Action.CANCEL,
+        "DELETE",
+        "/v1/order/E15-F1",
+    )
+    assert after is not None
+    order = after.order(E15)
+    assert order is not None
+    assert order.status is OrderStatus.CANCELLED
+    assert len(order.refunds) == MAX_REFUNDS_PER_ORDER + 1  # the cancel's own, and no more
+
+    # A replay of the cancel (a crash before its offset was stored) sends it again.
+    again, unchanged = process(refund("evt-r65", transaction_id=E15, **whole), after, CONFIG, NOW)
+    assert again == result
+    assert unchanged is None
+    # A later refund of the cancelled order is the cancel again and records nothing.
+    later, unchanged = process(refund("evt-r66", transaction_id=E15), after, CONFIG, NOW)
+    assert send(later).action == Action.CANCEL
+    assert unchanged is None
+
+
+@pytest.mark.parametrize(
+    "partial",
+    [
+        {"total_amount": "0.10"},
+        {"products": [{"id": "A", "quantity": 1}]},
+        {"products": [{"id": "A", "quantity": 99}]},  # one unit stays
+    ],
+    ids=["amount", "one-unit", "all-but-one-unit"],
+)
+def test_a_partial_refund_beyond_the_cap_is_still_rejected(partial: dict[str, Any]) -> None:
+    """A 65th refund that leaves the order open would be one more refund remembered: it is
+    dead-lettered ``too_many_refunds`` (nothing recorded, Button keeps 99360)."""
+    profile = _e15_after_64_refunds()
+    result, after = process(refund("evt-r65", transaction_id=E15, **partial), profile, CONFIG, NOW)
+    assert isinstance(result, Reject)
+    assert (result.reason, result.detail) == (
+        "too_many_refunds",
+        "order 'E15-F1' has 64 refunds already",
+    )
+    assert after is None
+
+
+# --- a refund that leaves nothing is a whole-order refund: a cancel -----------------------------
+
+DISCOUNTED = {
+    "total_amount": "10.00",
+    "tax_amount": None,
+    "shipping_amount": None,
+    "products": [
+        {"id": "DISC", "price": "-5.00", "quantity": 1},
+        {"id": "Y", "price": "15.00", "quantity": 1},
+    ],
+}
+"""The sandbox order of fault B: 10.00, a discount line DISC at -5.00 and Y at 15.00."""
+
+
+def _bought(commerce: dict[str, Any], total: int) -> Profile:
+    result, profile = process(purchase(commerce=commerce), None, CONFIG, NOW)
+    assert send(result).body["total"] == total
+    assert profile is not None
+    return profile
+
+
+def _with(products: list[dict[str, Any]], total: str) -> dict[str, Any]:
+    return {
+        "total_amount": total,
+        "tax_amount": None,
+        "shipping_amount": None,
+        "products": products,
+    }
+
+
+@pytest.mark.parametrize(
+    ("commerce", "total", "refunded"),
+    [
+        # Fault B: every unit bought is returned, only the discount line is left.
+        (DISCOUNTED, 1000, {"products": [{"id": "Y"}]}),
+        # ... and a free line beside it: no line with a positive amount is left.
+        (
+            _with(
+                [
+                    {"id": "DISC", "price": "-5.00", "quantity": 1},
+                    {"id": "GIFT", "price": "0", "quantity": 1},
+                    {"id": "Y", "price": "15.00", "quantity": 1},
+                ],
+                "10.00",
+            ),
+            1000,
+            {"products": [{"id": "Y"}]},
+        ),
+        # The same refund carrying its amount: the whole total, or less of it.
+        (DISCOUNTED, 1000, {"products": [{"id": "Y"}], "total_amount": "10.00"}),
+        (DISCOUNTED, 1000, {"products": [{"id": "Y"}], "total_amount": "8.00"}),
+        # A line with a positive amount is left, worth less than the discount: the lines'
+        # remaining value is -2.00.
+        (
+            _with(
+                [
+                    {"id": "DISC", "price": "-5.00", "quantity": 1},
+                    {"id": "Y", "price": "15.00", "quantity": 1},
+                    {"id": "Z", "price": "3.00", "quantity": 1},
+                ],
+                "13.00",
+            ),
+            1300,
+            {"products": [{"id": "Y"}]},
+        ),
+        # ... with an order-level coupon besides (the total scaled to the lines left: below 0).
+        (
+            _with(
+                [
+                    {"id": "DISC", "price": "-5.00", "quantity": 1},
+                    {"id": "Y", "price": "15.00", "quantity": 1},
+                    {"id": "Z", "price": "3.00", "quantity": 1},
+                ],
+                "9.00",
+            ),
+            900,
+            {"products": [{"id": "Y"}]},
+        ),
+        # Products refunded with an amount of exactly the remaining total, a unit left.
+        (
+            _with([{"id": "SKU-RED-M", "price": "29.99", "quantity": 2}], "59.98"),
+            5998,
+            {"products": [{"id": "SKU-RED-M"}], "total_amount": "59.98"},
+        ),
+        # An order-level coupon: the total scaled to the line left rounds to 0.
+        (
+            _with(
+                [{"id": "A", "price": "10.00", "quantity": 1}, {"id": "B", "price": "40.00"}],
+                "0.01",
+            ),
+            1,
+            {"products": [{"id": "B"}]},
+        ),
+    ],
+    ids=[
+        "only-a-discount-left",
+        "only-a-discount-and-a-free-line-left",
+        "only-a-discount-left-amount-of-the-total",
+        "only-a-discount-left-amount-below-the-total",
+        "lines-left-worth-below-zero",
+        "lines-left-worth-below-zero-with-a-coupon",
+        "amount-of-the-remaining-total-a-unit-left",
+        "coupon-total-scaled-to-zero",
+    ],
+)
+def test_a_refund_that_leaves_nothing_cancels(
+    commerce: dict[str, Any], total: int, refunded: dict[str, Any]
+) -> None:
+    """Fault B, seen at the sandbox: refunding Y, the only product of an order with a discount
+    line, was dead-lettered ``negative_total`` ("order total is negative: -500 minor units") and
+    Button stayed at 1000. A refund after which no line with a positive amount is left, or
+    whose remaining total (from its amount, or the lines left) is 0 or below, leaves nothing:
+    like a refund of every remaining unit, it cancels the order."""
+    profile = _bought(commerce, total)
+    fields: dict[str, Any] = {"tax_amount": None, "shipping_amount": None, **refunded}
+    result, after = process(refund("evt-r1", **fields), profile, CONFIG, NOW)
+    request = send(result)
+    assert (request.action, request.method, request.path) == (
+        Action.CANCEL,
+        "DELETE",
+        "/v1/order/ORD-100045",
+    )
+    assert after is not None
+    assert after.order("ORD-100045").status is OrderStatus.CANCELLED  # type: ignore[union-attr]
+
+
+def test_a_refund_that_leaves_nothing_arriving_first_never_creates_the_order() -> None:
+    """The refund of Y held before its purchase (Button does not know the order): once the
+    purchase arrives the order is cancelled, never created, as for every unit refunded."""
+    held, profile = process(refund("evt-r1", [{"id": "Y"}]), None, CONFIG, NOW)
+    assert isinstance(held, Read)
+    result, after = process(purchase(commerce=DISCOUNTED), profile, CONFIG, NOW)
+    assert result == Skip("order_already_cancelled")
+    assert after is not None
+    assert after.order("ORD-100045").status is OrderStatus.CANCELLED  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("commerce", "total", "refunded", "left"),
+    [
+        # A free order (a 100 % coupon): the refund takes nothing from Button's total (0), a
+        # unit with a positive amount stays: an update, as before.
+        (
+            _with(
+                [{"id": "A", "price": "40.00", "quantity": 1}, {"id": "B", "price": "20.00"}],
+                "0",
+            ),
+            0,
+            {"products": [{"id": "B"}]},
+            (0, [("A", 1)]),
+        ),
+        # Lines without value (prices of 0): leaving them is not "nothing left"; the amount
+        # decides, as before.
+        (
+            _with([{"id": "A", "price": "0", "quantity": 2}], "50.00"),
+            5000,
+            {"products": [{"id": "A"}], "total_amount": "20.00"},
+            (3000, [("A", 1)]),
+        ),
+        # The amount-only rules are unchanged: less than the total is an update.
+        (DISCOUNTED, 1000, {"total_amount": "9.99"}, (1, [("DISC", 1), ("Y", 1)])),
+    ],
+    ids=["free-order", "lines-without-value", "amount-below-the-total"],
+)
+def test_a_refund_that_leaves_something_is_still_an_update(
+    commerce: dict[str, Any], total: int, refunded: dict[str, Any], left: tuple[int, Any]
+) -> None:
+    """What the cancel rule does not reach: the remaining total and lines are sent."""
+    profile = _bought(commerce, total)
+    fields: dict[str, Any] = {"tax_amount": None, "shipping_amount": None, **refunded}
+    result, _ = process(refund("evt-r1", **fields), profile, CONFIG, NOW)
+    request = send(result)
+    assert request.action == Action.UPDATE
+    items = [(i["identifier"], i["quantity"]) for i in request.body["line_items"]]
+    assert (request.body["total"], items) == left
+
+
+def test_products_refunded_with_an_amount_above_the_remaining_total_are_rejected() -> None:
+    """Unchanged: a refund naming products with an amount above what remains is not guessed
+    into a cancel (``refund_exceeds_total``); an amount-only one is the whole order."""
+    _, profile = process(purchase(), None, CONFIG, NOW)
+    fields = {"tax_amount": None, "shipping_amount": None, "total_amount": "60.00"}
+    result, after = process(refund("evt-r1", [{"id": "SKU-RED-M"}], **fields), profile, CONFIG, NOW)
+    assert isinstance(result, Reject)
+    assert result.reason == "refund_exceeds_total"
+    assert after is None
 
 
 def test_purchase_replay_resends_stored_create() -> None:
