@@ -160,37 +160,37 @@ def _line(item: Any, field: str, exponent: int) -> StoredLine:
 
 def _price(item: Mapping[str, Any], field: str, quantity: int, exponent: int) -> str | None:
     """The line's unit price in major units (``StoredLine.price``, decimal text) from which the
-    service sends the line's ``amount`` and ``total`` (minor units) exactly as Button holds
-    them; ``None`` for a line without ``amount`` with a quantity of 0 (a total of 0).
+    service sends the line's ``total`` (minor units) exactly as Button holds it, and its
+    ``amount`` when it has one; ``None`` for a line without ``amount`` with a quantity of 0 (a
+    total of 0).
 
-    With an ``amount``: a unit price that rounds to it and whose product with ``quantity``
-    rounds to the ``total`` (``_unit_price``). Without one: ``total`` / ``quantity`` when it is
-    a whole number of minor units (the update then carries that ``amount``).
+    A unit price that rounds to the ``amount`` and whose product with ``quantity`` rounds to the
+    ``total`` (``_unit_price``). Without an ``amount``, any price whose product rounds to the
+    ``total``: ``total`` / ``quantity`` when that is a whole number of minor units, else the
+    shortest decimal that gives the total (3 units totalling 100: 33.3); the update then carries
+    the price's ``amount`` (100 / 3: 33), as the service sends its own lines.
     """
     total = _int(item.get("total"), f"{field}.total", minimum=INT32_MIN)
     amount = item.get("amount")
-    if amount is not None:
-        unit = _int(amount, f"{field}.amount", minimum=INT32_MIN)
-        minor = _unit_price(_Span.rounding_to(unit), _total_span(total, quantity))
-        if minor is None:
-            _fail(
-                f"{field}.total",
-                f"{total} is not the total of any unit price that rounds to amount {unit}, at"
-                f" quantity {quantity} ({unit} x {quantity} = {unit * quantity}; the service"
-                " sends round(price) and round(price x quantity), half-even, in minor units)",
-            )
-        return _checked(minor, unit, total, quantity, exponent, field)
-    if quantity == 0:
-        if total != 0:
-            _fail(f"{field}.total", f"{total} for a quantity of 0")
-        return None
-    if total % quantity:
+    if amount is None:
+        if quantity == 0:
+            if total != 0:
+                _fail(f"{field}.total", f"{total} for a quantity of 0")
+            return None
+        minor = _unit_price(_ANY_PRICE, _total_span(total, quantity))
+        if minor is None:  # pragma: no cover - a quantity above 0 always has a price
+            _fail(f"{field}.total", f"{total} is not the total of any unit price at {quantity}")
+        return _checked(minor, None, total, quantity, exponent, field)
+    unit = _int(amount, f"{field}.amount", minimum=INT32_MIN)
+    minor = _unit_price(_Span.rounding_to(unit), _total_span(total, quantity))
+    if minor is None:
         _fail(
             f"{field}.total",
-            f"{total} is not a whole number of minor units per unit ({quantity}) and the line"
-            " has no amount",
+            f"{total} is not the total of any unit price that rounds to amount {unit}, at"
+            f" quantity {quantity} ({unit} x {quantity} = {unit * quantity}; the service"
+            " sends round(price) and round(price x quantity), half-even, in minor units)",
         )
-    return _checked(Fraction(total // quantity), None, total, quantity, exponent, field)
+    return _checked(minor, unit, total, quantity, exponent, field)
 
 
 @dataclass(frozen=True, slots=True)

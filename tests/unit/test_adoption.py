@@ -291,6 +291,26 @@ def test_a_line_without_amount_takes_its_unit_price_from_its_total() -> None:
     assert (body["total"], body["line_items"][0]["quantity"]) == (6000, 3)
 
 
+def test_a_line_without_amount_whose_total_is_no_whole_unit_price_takes_one_that_gives_it() -> None:
+    """3 units totalling 100 (no ``amount``): stored at 33.3 minor units, the shortest price
+    whose triple rounds to 100; the update keeps the line's total and, refunding one unit,
+    sends 66.6 rounded (67) with the amount 33, as the service sends a 0.333 x 3 line."""
+    lines = [{"identifier": "SKU-A", "quantity": 3, "total": 100}]
+    obj = at_button(total=100, line_items=lines)
+
+    result, adopted = process(
+        refund(products=[{"id": "SKU-A"}]), None, CONFIG, NOW, lookup=found(obj)
+    )
+
+    body = request_of(result).body
+    assert (body["total"], body["line_items"]) == (
+        67,
+        [{"identifier": "SKU-A", "quantity": 2, "amount": 33, "total": 67}],
+    )
+    assert adopted is not None
+    assert adopted.order(ORDER).lines[0].price == "0.333"  # type: ignore[union-attr]
+
+
 # --- Button holds it deleted -------------------------------------------------------------------
 
 
@@ -335,10 +355,6 @@ def test_a_refund_of_an_order_button_holds_deleted_is_skipped_and_remembered_can
         ),
         (
             at_button(line_items=[{"identifier": "A", "quantity": 2, "amount": 10, "total": 25}]),
-            "line_items[0].total",
-        ),
-        (
-            at_button(line_items=[{"identifier": "A", "quantity": 3, "total": 100}]),
             "line_items[0].total",
         ),
         (
@@ -586,6 +602,30 @@ def test_a_later_refund_of_an_adopted_line_is_within_one_minor_unit_of_the_remem
 
     remembered = line_total(StoredLine("A", left, line.price), exponent)
     assert abs(line_total(StoredLine("A", left, adopted.price), exponent) - remembered) <= 1
+
+
+@settings(max_examples=300)
+@given(
+    currency=_CURRENCIES,
+    total=st.integers(-(2**31), 2**31 - 1),
+    quantity=st.one_of(st.integers(1, 12), st.integers(13, 2**31 - 1)),
+)
+def test_every_line_without_amount_is_adoptable_at_a_price_that_gives_its_total(
+    currency: tuple[str, int], total: int, quantity: int
+) -> None:
+    """Property: a line without ``amount`` (a previous integration's) is stored at a unit price
+    whose product with its quantity the service rounds to its ``total``, which the update then
+    sends unchanged (with that price's ``amount``)."""
+    code, exponent = currency
+    item = {"identifier": "A", "quantity": quantity, "total": total}
+    obj = {"status": "open", "total": 0, "currency": code, "purchase_date": "2024-05-01T10:00:00Z"}
+
+    (adopted,) = button_order({**obj, "line_items": [item]}, ORDER).lines
+
+    assert adopted.price is not None
+    assert line_total(adopted, exponent) == total
+    if total % quantity == 0:
+        assert Decimal(adopted.price).scaleb(exponent) == total // quantity
 
 
 @pytest.mark.parametrize(
