@@ -11,22 +11,32 @@ of the domain.
 
 Button's object is taken only when the service can send it back unchanged but for the refund:
 an update carries the order's whole state, so a line item field the service cannot carry
-(``upc``, anything unknown), or a line whose ``total`` is not its ``amount`` times its
-``quantity``, would be dropped or changed by it. Such an order, or one missing a field the
-update needs (``total``, ``currency``, ``purchase_date``), is not adoptable: ``MappingError``
-``order_not_adoptable``, its message starting with the field (``line_items[1].upc: ...``).
+(``upc``, anything unknown), or a line no unit price of the service's reproduces, would be
+dropped or changed by it. Such an order, or one missing a field the update needs (``total``,
+``currency``, ``purchase_date``), is not adoptable: ``MappingError`` ``order_not_adoptable``,
+its message starting with the field (``line_items[1].upc: ...``).
+
+A line is stored as a unit price (``StoredLine.price``, major units) and sent as ``amount`` =
+the price in minor units rounded, and ``total`` = price x quantity in minor units rounded
+(``button_wire._line_item`` and ``line_total``; one rounding each, ``currency.ROUNDING``,
+half-even). A price finer than the minor unit with a quantity above 1 makes a ``total`` that is
+not ``amount`` x ``quantity`` (0.333 USD x 3: amount 33, total 100), so a line of Button's is
+adoptable when *some* unit price gives both its ``amount`` and its ``total`` (``_unit_price``):
+the price chosen is the shortest decimal that does, and re-sending it reproduces the line.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any, NoReturn
 
-from consumer.domain.button_wire import MAX_ID_LENGTH
-from consumer.domain.currency import INT32_MAX, INT32_MIN, minor_unit_exponent
+from consumer.domain.button_wire import MAX_ID_LENGTH, line_total
+from consumer.domain.currency import INT32_MAX, INT32_MIN, minor_unit_exponent, to_minor_units
 from consumer.domain.profile import StoredLine, epoch_ms
 from consumer.errors import MappingError
 
@@ -127,7 +137,7 @@ def _line(item: Any, field: str, exponent: int) -> StoredLine:
     if not isinstance(identifier, str) or not identifier or len(identifier) > MAX_ID_LENGTH:
         _fail(f"{field}.identifier", f"must be a string of 1-{MAX_ID_LENGTH} characters")
     quantity = _int(item.get("quantity", 1), f"{field}.quantity", minimum=0)
-    unit = _unit_amount(item, field, quantity)
+    price = _price(item, field, quantity, exponent)
     category = item.get("category", [])
     if not isinstance(category, list) or not all(isinstance(c, str) for c in category):
         _fail(f"{field}.category", f"must be an array of strings, got {_kind(category)}")
@@ -140,7 +150,7 @@ def _line(item: Any, field: str, exponent: int) -> StoredLine:
     return StoredLine(
         identifier=identifier,
         quantity=quantity,
-        price=None if unit is None else format(Decimal(unit).scaleb(-exponent), "f"),
+        price=price,
         sku=_optional_string(item, "sku", field),
         description=_optional_string(item, "description", field),
         category=tuple(category),
@@ -148,28 +158,142 @@ def _line(item: Any, field: str, exponent: int) -> StoredLine:
     )
 
 
-def _unit_amount(item: Mapping[str, Any], field: str, quantity: int) -> int | None:
-    """The line's unit amount in minor units, such that it times ``quantity`` is its ``total``
-    (the service derives a line's total from its unit price); ``None`` for an empty line
-    without one."""
+def _price(item: Mapping[str, Any], field: str, quantity: int, exponent: int) -> str | None:
+    """The line's unit price in major units (``StoredLine.price``, decimal text) from which the
+    service sends the line's ``total`` (minor units) exactly as Button holds it, and its
+    ``amount`` when it has one; ``None`` for a line without ``amount`` with a quantity of 0 (a
+    total of 0).
+
+    A unit price that rounds to the ``amount`` and whose product with ``quantity`` rounds to the
+    ``total`` (``_unit_price``). Without an ``amount``, any price whose product rounds to the
+    ``total``: ``total`` / ``quantity`` when that is a whole number of minor units, else the
+    shortest decimal that gives the total (3 units totalling 100: 33.3); the update then carries
+    the price's ``amount`` (100 / 3: 33), as the service sends its own lines.
+    """
     total = _int(item.get("total"), f"{field}.total", minimum=INT32_MIN)
     amount = item.get("amount")
-    if amount is not None:
-        unit = _int(amount, f"{field}.amount", minimum=INT32_MIN)
-        if unit * quantity != total:
-            _fail(f"{field}.total", f"{total} is not amount x quantity ({unit} x {quantity})")
-        return unit
-    if quantity == 0:
-        if total != 0:
-            _fail(f"{field}.total", f"{total} for a quantity of 0")
-        return None
-    if total % quantity:
+    if amount is None:
+        if quantity == 0:
+            if total != 0:
+                _fail(f"{field}.total", f"{total} for a quantity of 0")
+            return None
+        minor = _unit_price(_ANY_PRICE, _total_span(total, quantity))
+        if minor is None:  # pragma: no cover - a quantity above 0 always has a price
+            _fail(f"{field}.total", f"{total} is not the total of any unit price at {quantity}")
+        return _checked(minor, None, total, quantity, exponent, field)
+    unit = _int(amount, f"{field}.amount", minimum=INT32_MIN)
+    minor = _unit_price(_Span.rounding_to(unit), _total_span(total, quantity))
+    if minor is None:
         _fail(
             f"{field}.total",
-            f"{total} is not a whole number of minor units per unit ({quantity}) and the line"
-            " has no amount",
+            f"{total} is not the total of any unit price that rounds to amount {unit}, at"
+            f" quantity {quantity} ({unit} x {quantity} = {unit * quantity}; the service"
+            " sends round(price) and round(price x quantity), half-even, in minor units)",
         )
-    return total // quantity
+    return _checked(minor, unit, total, quantity, exponent, field)
+
+
+@dataclass(frozen=True, slots=True)
+class _Span:
+    """The unit prices ``lo``..``hi`` (minor units, exact), each end in the span or not."""
+
+    lo: Fraction
+    hi: Fraction
+    lo_in: bool
+    hi_in: bool
+
+    @classmethod
+    def rounding_to(cls, minor: int, times: int = 1) -> _Span:
+        """The unit prices ``p`` whose ``p x times`` the service rounds to ``minor``.
+
+        Round-to-nearest: ``minor - 1/2 .. minor + 1/2`` over ``times``; an end (a tie) is in
+        the span when the service's own rounding (``currency.to_minor_units``, half-even: an
+        even ``minor``) takes it to ``minor``.
+        """
+        half = Decimal("0.5")
+        return cls(
+            lo=(minor - Fraction(1, 2)) / times,
+            hi=(minor + Fraction(1, 2)) / times,
+            lo_in=to_minor_units(minor - half, 0) == minor,
+            hi_in=to_minor_units(minor + half, 0) == minor,
+        )
+
+    def meet(self, other: _Span) -> _Span:
+        """The prices in both spans (empty when ``lo > hi``, or ``lo == hi`` with an end out)."""
+        lo = max(self.lo, other.lo)
+        hi = min(self.hi, other.hi)
+        return _Span(
+            lo=lo,
+            hi=hi,
+            lo_in=(self.lo_in or self.lo < lo) and (other.lo_in or other.lo < lo),
+            hi_in=(self.hi_in or self.hi > hi) and (other.hi_in or other.hi > hi),
+        )
+
+
+_ANY_PRICE = _Span(Fraction(-(2**64)), Fraction(2**64), lo_in=True, hi_in=True)
+"""Every price (far beyond int32 minor units): the total of a quantity of 0 is 0 whatever it is."""
+_MAX_PLACES = 40
+"""Decimal places tried for a price inside a span (``_unit_price``); a span of Button's int32
+amounts is at least 1 / (2 x 2**31) wide, so about 11 places always suffice."""
+
+
+def _total_span(total: int, quantity: int) -> _Span | None:
+    """The unit prices (minor units) whose product with ``quantity`` the service rounds to
+    ``total``; ``None`` when there is none (a quantity of 0 with a total other than 0)."""
+    if quantity == 0:
+        return _ANY_PRICE if total == 0 else None
+    return _Span.rounding_to(total, quantity)
+
+
+def _unit_price(amount: _Span, total: _Span | None) -> Fraction | None:
+    """A unit price (minor units, exact) in both spans, or ``None`` when none is.
+
+    Strictly inside both when they overlap by more than a point (so neither rounding meets a
+    tie): the decimal with the fewest places there, nearest the middle (for ``amount`` x
+    ``quantity`` == ``total`` that is the ``amount`` itself). When the spans only touch, the
+    point itself if both roundings take it (a tie each: JPY 99.5 x 3 is amount 100, total 298).
+    """
+    if total is None:
+        return None
+    both = amount.meet(total)
+    if both.lo == both.hi:
+        return both.lo if both.lo_in and both.hi_in else None
+    if both.lo > both.hi:
+        return None
+    middle = (both.lo + both.hi) / 2
+    for places in range(_MAX_PLACES + 1):
+        scale = 10**places
+        first = math.floor(both.lo * scale) + 1  # the first multiple of 1/scale above lo
+        last = math.ceil(both.hi * scale) - 1  # and the last below hi
+        if first <= last:
+            return Fraction(min(max(round(middle * scale), first), last), scale)
+    return None  # pragma: no cover - a span of int32 amounts is never this narrow
+
+
+def _checked(
+    minor: Fraction, amount: int | None, total: int, quantity: int, exponent: int, field: str
+) -> str:
+    """``minor`` (a unit price in minor units) as the major-unit text ``StoredLine.price``
+    holds, once the service's own encoding (``to_minor_units``, ``line_total``) is seen to
+    send ``amount`` and ``total`` from it unchanged."""
+    price = format(_decimal(minor).scaleb(-exponent), "f")
+    sent_amount = to_minor_units(Decimal(price), exponent)
+    sent_total = line_total(StoredLine("", quantity, price), exponent)
+    if (amount is not None and sent_amount != amount) or sent_total != total:
+        _fail(  # pragma: no cover - _unit_price's spans are the encoding's own rounding
+            f"{field}.total",
+            f"unit price {price} would be sent as amount {sent_amount}, total {sent_total}",
+        )
+    return price
+
+
+def _decimal(value: Fraction) -> Decimal:
+    """``value`` exactly, for a fraction whose denominator divides a power of 10."""
+    for places in range(_MAX_PLACES + 1):
+        scaled = value * 10**places
+        if scaled.denominator == 1:
+            return Decimal(scaled.numerator).scaleb(-places)
+    raise ValueError(f"{value} has no short decimal form")  # pragma: no cover
 
 
 def _optional_string(item: Mapping[str, Any], name: str, field: str) -> str | None:

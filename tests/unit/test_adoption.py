@@ -8,18 +8,23 @@ rejects (``order_not_adoptable``, naming the field) an object it cannot take as 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
-from consumer.domain.adoption import Lookup
+from consumer.domain.adoption import ButtonOrder, Lookup, button_order
 from consumer.domain.button import Action, Read, Reject, Send, Skip
-from consumer.domain.button_wire import order_path
+from consumer.domain.button_wire import line_total, order_body, order_path
 from consumer.domain.event_forms import event_from_json
 from consumer.domain.events import CommerceEvent
 from consumer.domain.mapping import MappingConfig, process
-from consumer.domain.profile import OrderStatus, Profile
+from consumer.domain.profile import OrderStatus, Profile, StoredLine, StoredOrder
+from consumer.domain.profile_codec import decode_profile, encode_profile
+from consumer.sandbox.state import OrderBook
 from consumer.sandbox.validation import validate_update
 
 NOW = datetime(2024, 5, 2, tzinfo=UTC)
@@ -305,6 +310,26 @@ def test_a_line_without_amount_takes_its_unit_price_from_its_total() -> None:
     assert (body["total"], body["line_items"][0]["quantity"]) == (6000, 3)
 
 
+def test_a_line_without_amount_whose_total_is_no_whole_unit_price_takes_one_that_gives_it() -> None:
+    """3 units totalling 100 (no ``amount``): stored at 33.3 minor units, the shortest price
+    whose triple rounds to 100; the update keeps the line's total and, refunding one unit,
+    sends 66.6 rounded (67) with the amount 33, as the service sends a 0.333 x 3 line."""
+    lines = [{"identifier": "SKU-A", "quantity": 3, "total": 100}]
+    obj = at_button(total=100, line_items=lines)
+
+    result, adopted = process(
+        refund(products=[{"id": "SKU-A"}]), None, CONFIG, NOW, lookup=found(obj)
+    )
+
+    body = request_of(result).body
+    assert (body["total"], body["line_items"]) == (
+        67,
+        [{"identifier": "SKU-A", "quantity": 2, "amount": 33, "total": 67}],
+    )
+    assert adopted is not None
+    assert adopted.order(ORDER).lines[0].price == "0.333"  # type: ignore[union-attr]
+
+
 # --- Button holds it deleted -------------------------------------------------------------------
 
 
@@ -349,10 +374,6 @@ def test_a_refund_of_an_order_button_holds_deleted_is_skipped_and_remembered_can
         ),
         (
             at_button(line_items=[{"identifier": "A", "quantity": 2, "amount": 10, "total": 25}]),
-            "line_items[0].total",
-        ),
-        (
-            at_button(line_items=[{"identifier": "A", "quantity": 3, "total": 100}]),
             "line_items[0].total",
         ),
         (
@@ -560,3 +581,318 @@ def test_a_purchase_whose_create_met_another_version_at_button_sends_its_update(
     body = request_of(result).body
     assert request_of(result).action is Action.UPDATE
     assert (body["total"], len(body["line_items"])) == (10000, 3)
+
+
+# --- the service's own lines: a unit price finer than the minor unit ----------------------------
+#
+# The service stores a line's unit price (``StoredLine.price``) and sends ``amount`` = the price
+# rounded to minor units and ``total`` = price x quantity rounded (half-even, ``currency``): a
+# price finer than the minor unit with a quantity above 1 gives a ``total`` that is not
+# ``amount`` x ``quantity`` (0.333 x 3 USD: amount 33, total 100). Adoption must take every line
+# the service sends, and send it back unchanged but for the refund.
+
+EVICTING = MappingConfig(max_orders_per_profile=1)
+
+
+def priced_purchase(
+    order_id: str, products: list[dict[str, Any]], currency: str = "USD", event_id: str = "evt-p1"
+) -> CommerceEvent:
+    commerce = {
+        "action": "PURCHASE",
+        "transaction_id": order_id,
+        "currency_code": currency,
+        "products": products,
+    }
+    return event(event_id=event_id, event_time="2024-05-01T10:00:00Z", commerce=commerce)
+
+
+def _button() -> OrderBook:
+    return OrderBook(clock=NOW.timestamp, seed=1)
+
+
+def _forgotten(
+    products: list[dict[str, Any]], currency: str, book: OrderBook
+) -> tuple[Profile, Profile]:
+    """The order created at ``book`` (the sandbox's Button), then evicted from the profile by a
+    second purchase (one order per profile): the profile that remembers it, and the one that
+    forgot it."""
+    created, remembers = process(priced_purchase(ORDER, products, currency), None, EVICTING, NOW)
+    assert book.create(request_of(created).body)[0] == 200
+    other = priced_purchase("ORD-OTHER", [{"id": "X", "price": "1", "quantity": 1}], currency)
+    _, forgot = process(other, remembers, EVICTING, NOW + timedelta(minutes=1))
+    assert remembers is not None
+    assert forgot is not None
+    assert (remembers.order(ORDER) is not None, forgot.order(ORDER)) == (True, None)
+    return remembers, forgot
+
+
+def test_an_order_the_service_created_at_a_sub_minor_unit_price_is_refunded_once_forgotten() -> (
+    None
+):
+    """The sandbox fault: 0.333 x 3 USD is created as amount 33, total 100; evicted from the
+    profile, a refund of one unit reads Button's order and must update it to two units (66.6
+    rounds to 67), not dead-letter it ``order_not_adoptable`` and leave Button at 1.00."""
+    book = _button()
+    _, forgot = _forgotten([{"id": "SKU-A", "price": "0.333", "quantity": 3}], "USD", book)
+    one_unit = refund(products=[{"id": "SKU-A", "quantity": 1}])
+
+    read, _ = process(one_unit, forgot, EVICTING, NOW + timedelta(minutes=2))
+    assert isinstance(read, Read)
+    status, answer = book.get(ORDER)
+    assert status == 200
+    assert answer["object"]["line_items"][0] == {
+        "identifier": "SKU-A",
+        "sku": "SKU-A",
+        "quantity": 3,
+        "amount": 33,
+        "total": 100,
+    }
+    result, adopted = process(
+        one_unit, forgot, EVICTING, NOW + timedelta(minutes=2), lookup=found(answer["object"])
+    )
+
+    request = request_of(result)
+    assert request.action is Action.UPDATE
+    assert book.update(ORDER, request.body)[0] == 200
+    held = book.get(ORDER)[1]["object"]
+    assert (held["total"], held["line_items"][0]["quantity"], held["line_items"][0]["total"]) == (
+        67,
+        2,
+        67,
+    )
+    assert adopted is not None
+    assert adopted.order(ORDER).lines[0].price == "0.333"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("currency", "price", "quantity", "refunded"),
+    [
+        ("USD", "0.333", 3, 1),  # amount 33, total 100: 66.6 -> 67 either way
+        ("USD", "0.3333", 3, 1),  # amount 33, total 100: adopted at 0.333, 66.66 / 66.6 -> 67
+        ("JPY", "99.5", 3, 1),  # amount 100, total 298: only 99.5 gives both (a tie each)
+        ("JPY", "99.5", 3, 2),
+        ("USD", "0.005", 3, 1),  # amount 0, total 2: only 0.005 gives both
+        ("KWD", "1.2345", 7, 3),  # amount 1234, total 8642: only 1.2345 gives both
+        ("KWD", "0.0004", 5, 2),  # amount 0, total 2
+        ("USD", "-0.125", 3, 1),  # a discount line: amount -12, total -38
+        ("USD", "2.50", 4, 1),  # the exact case: amount x quantity == total
+    ],
+)
+def test_a_refund_of_a_forgotten_order_sends_what_the_remembered_order_would(
+    currency: str, price: str, quantity: int, refunded: int
+) -> None:
+    """The same partial refund, mapped with the profile that remembers the order and with the
+    one that forgot it (Button's order read and adopted): the same update, so the refunded
+    line's total is round(p x q') for the units left in both."""
+    book = _button()
+    products = [
+        {"id": "SKU-A", "price": price, "quantity": quantity},
+        {"id": "SKU-B", "price": "7", "quantity": 1},
+    ]
+    remembers, forgot = _forgotten(products, currency, book)
+    partial = refund(products=[{"id": "SKU-A", "quantity": refunded}])
+    later = NOW + timedelta(minutes=2)
+
+    expected, _ = process(partial, remembers, EVICTING, later)
+    adopted, _ = process(
+        partial, forgot, EVICTING, later, lookup=found(book.get(ORDER)[1]["object"])
+    )
+
+    assert request_of(adopted).body == request_of(expected).body
+    assert request_of(expected).body["line_items"][0]["quantity"] == quantity - refunded
+
+
+def test_where_several_prices_fit_buttons_line_a_later_refund_is_within_one_minor_unit() -> None:
+    """Button's object cannot tell 0.332 from 0.333 x 3 USD (both amount 33, total 100): the
+    adopted price is the shortest that fits, nearest the middle (0.333), and two units of it
+    round to 67 where 0.332 would give 66. The difference is bounded by one minor unit: every
+    price that fits lies within 1/quantity of another."""
+    book = _button()
+    remembers, forgot = _forgotten([{"id": "SKU-A", "price": "0.332", "quantity": 3}], "USD", book)
+    partial = refund(products=[{"id": "SKU-A", "quantity": 1}])
+    later = NOW + timedelta(minutes=2)
+
+    expected, _ = process(partial, remembers, EVICTING, later)
+    adopted, _ = process(
+        partial, forgot, EVICTING, later, lookup=found(book.get(ORDER)[1]["object"])
+    )
+
+    assert request_of(expected).body["line_items"][0]["total"] == 66
+    assert request_of(adopted).body["line_items"][0]["total"] == 67
+
+
+_CURRENCIES = st.sampled_from([("JPY", 0), ("USD", 2), ("BHD", 3), ("KWD", 3)])
+_QUANTITIES = st.one_of(st.integers(0, 12), st.integers(13, 10_000), st.integers(10**6, 2**31 - 1))
+
+
+@st.composite
+def _prices(draw: st.DrawFn) -> Decimal:
+    """A unit price as the event schema allows it: up to 6 decimal places (``events``)."""
+    places = draw(st.integers(0, 6))
+    digits = draw(st.one_of(st.integers(-(10**6), 10**6), st.integers(-(10**9), 10**9)))
+    return Decimal(digits).scaleb(-places)
+
+
+@settings(max_examples=600)
+@given(currency=_CURRENCIES, price=_prices(), quantity=_QUANTITIES, other=_prices())
+def test_every_line_the_service_sends_is_adoptable_and_sent_back_unchanged(
+    currency: tuple[str, int], price: Decimal, quantity: int, other: Decimal
+) -> None:
+    """Property: a purchase line the service sends (its create body, from the event's unit price
+    and quantity, in a 0-, 2- or 3-decimal currency) is adoptable, and the adopted order's body
+    is the body sent, line for line."""
+    code, exponent = currency
+    products = [
+        {"id": "A", "price": format(price, "f"), "quantity": quantity},
+        {"id": "B", "price": format(other, "f"), "quantity": 2},
+    ]
+    commerce = {
+        "action": "PURCHASE",
+        "transaction_id": ORDER,
+        "currency_code": code,
+        "total_amount": "1",
+        "products": products,
+    }
+    created, _ = process(event(commerce=commerce), None, CONFIG, NOW)
+    assume(isinstance(created, Send))  # a line beyond int32 is rejected, not sent
+    sent = {k: v for k, v in request_of(created).body.items() if k != "btn_ref"}
+
+    at_button_now = button_order({**sent, "status": "open"}, ORDER)
+
+    assert at_button_now.exponent == exponent
+    again = order_body(_order_of(at_button_now))
+    assert again == sent
+
+
+@settings(max_examples=400)
+@given(currency=_CURRENCIES, price=_prices(), quantity=st.integers(2, 10_000), data=st.data())
+def test_a_later_refund_of_an_adopted_line_is_within_one_minor_unit_of_the_remembered(
+    currency: tuple[str, int], price: Decimal, quantity: int, data: st.DataObject
+) -> None:
+    """Property: what is left of an adopted line after a refund of some units (q' < q) totals
+    round(p x q') for the adopted price p, within one minor unit of round(P x q') for the price
+    P the purchase gave (equal when Button's amount and total fix it: any two prices that fit
+    the line lie within 1/q minor units of each other)."""
+    _, exponent = currency
+    line = StoredLine("A", quantity, format(price, "f"))
+    amount = round(price.scaleb(exponent))  # half-even, as ``currency.to_minor_units``
+    total = line_total(line, exponent)
+    assume(abs(amount) < 2**31 and abs(total) < 2**31)
+    item = {"identifier": "A", "quantity": quantity, "amount": amount, "total": total}
+    obj = {
+        "status": "open",
+        "total": 0,
+        "currency": currency[0],
+        "purchase_date": "2024-05-01T10:00:00Z",
+    }
+    (adopted,) = button_order({**obj, "line_items": [item]}, ORDER).lines
+    left = data.draw(st.integers(0, quantity - 1))
+
+    remembered = line_total(StoredLine("A", left, line.price), exponent)
+    assert abs(line_total(StoredLine("A", left, adopted.price), exponent) - remembered) <= 1
+
+
+@settings(max_examples=300)
+@given(
+    currency=_CURRENCIES,
+    total=st.integers(-(2**31), 2**31 - 1),
+    quantity=st.one_of(st.integers(1, 12), st.integers(13, 2**31 - 1)),
+)
+def test_every_line_without_amount_is_adoptable_at_a_price_that_gives_its_total(
+    currency: tuple[str, int], total: int, quantity: int
+) -> None:
+    """Property: a line without ``amount`` (a previous integration's) is stored at a unit price
+    whose product with its quantity the service rounds to its ``total``, which the update then
+    sends unchanged (with that price's ``amount``)."""
+    code, exponent = currency
+    item = {"identifier": "A", "quantity": quantity, "total": total}
+    obj = {"status": "open", "total": 0, "currency": code, "purchase_date": "2024-05-01T10:00:00Z"}
+
+    (adopted,) = button_order({**obj, "line_items": [item]}, ORDER).lines
+
+    assert adopted.price is not None
+    assert line_total(adopted, exponent) == total
+    if total % quantity == 0:
+        assert Decimal(adopted.price).scaleb(exponent) == total // quantity
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        (
+            {"identifier": "A", "quantity": 2, "amount": 10, "total": 25},
+            "line_items[0].total: 25",
+        ),
+        (
+            {"identifier": "A", "quantity": 3, "amount": 33, "total": 101},
+            "line_items[0].total: 101",
+        ),
+        (
+            {"identifier": "A", "quantity": 0, "amount": 33, "total": 1},
+            "line_items[0].total: 1",
+        ),
+    ],
+)
+def test_a_line_no_unit_price_reproduces_is_not_adoptable_and_the_message_names_its_values(
+    item: dict[str, Any], message: str
+) -> None:
+    """No unit price rounds to both the amount and, times the quantity, to the total (10 x 2
+    cannot total 25; 33 x 3 totals 98.5 to 101.5 exclusive...): rejected, the message naming
+    the field and the values."""
+    result, _ = process(
+        refund(total_amount="0.10"), None, CONFIG, NOW, lookup=found(at_button(line_items=[item]))
+    )
+
+    assert isinstance(result, Reject)
+    assert result.reason == "order_not_adoptable"
+    assert result.detail.startswith(message)
+    for value in (item["amount"], item["quantity"]):
+        assert str(value) in result.detail
+
+
+@pytest.mark.parametrize(
+    ("item", "currency", "price"),
+    [
+        ({"quantity": 3, "amount": 33, "total": 100}, "USD", "0.333"),
+        ({"quantity": 3, "amount": 100, "total": 298}, "JPY", "99.5"),
+        ({"quantity": 3, "amount": 0, "total": 2}, "USD", "0.005"),
+        ({"quantity": 2, "amount": 2500, "total": 5000}, "USD", "25.00"),
+        ({"quantity": 2**31 - 1, "amount": 0, "total": 1}, "USD", "0.000000000005"),
+    ],
+)
+def test_the_adopted_price_survives_the_profile_changelog(
+    item: dict[str, Any], currency: str, price: str
+) -> None:
+    """The chosen unit price is stored as its decimal text; the changelog encoding keeps it
+    exactly (a string of any length), so a replay or a restore sends the same line."""
+    obj = {
+        "status": "open",
+        "total": 0,
+        "currency": currency,
+        "purchase_date": "2024-05-01T10:00:00Z",
+        "line_items": [{"identifier": "A", **item}],
+    }
+    result, profile = process(refund(total_amount="0.00001"), None, CONFIG, NOW, lookup=found(obj))
+    assert profile is not None, result
+    stored = profile.order(ORDER)
+    assert stored is not None
+    assert stored.lines[0].price == price
+
+    assert decode_profile(encode_profile(profile, 0)) == profile
+
+
+def _order_of(adopted: ButtonOrder) -> StoredOrder:
+    """The adopted order as the mapping stores it: Button's content in a ``StoredOrder``."""
+    return StoredOrder(
+        order_id=ORDER,
+        currency=adopted.currency,
+        purchase_ms=adopted.purchase_ms,
+        total=adopted.total,
+        lines=adopted.lines,
+        status=OrderStatus.OPEN,
+        created_by="button:adopted",
+        refunds=(),
+        btn_ref=adopted.btn_ref,
+        touched_ms=0,
+        exponent=adopted.exponent,
+    )
