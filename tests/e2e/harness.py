@@ -71,6 +71,15 @@ class ServiceRunner:
         return 0.0 if value is None else value
 
 
+_COORDINATOR_MOVING = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+    }
+)
+
+
 def committed_offsets(
     bootstrap: str, group: str, topic: str, partitions: int, timeout: float = 30.0
 ) -> dict[int, int]:
@@ -85,7 +94,9 @@ def committed_offsets(
                     [TopicPartition(topic, p) for p in range(partitions)], timeout=timeout
                 )
             except KafkaException as exc:
-                if not exc.args[0].retriable() or time.monotonic() >= deadline:
+                error = exc.args[0]
+                moving = error.code() in _COORDINATOR_MOVING  # not flagged retriable by librdkafka
+                if not (error.retriable() or moving) or time.monotonic() >= deadline:
                     raise
                 time.sleep(0.2)
                 continue
