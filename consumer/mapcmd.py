@@ -17,7 +17,10 @@ sentence to a reject); ``read`` is a partial refund of an order the profile does
 cannot read, so it says the service would read the order from Button first (``request``, the
 ``GET``), ``reason`` the decision without a read (``refund_held``) and ``detail`` what follows;
 a create also says where its ``btn_ref`` came from (``btn_ref_source``: ``explicit``,
-``integration_attribute``, ``url``, ``profile`` or null). A malformed line is a reject
+``integration_attribute``, ``url``, ``profile`` or null). A create, update or skip that made
+refunds held in the order's ledger stop applying (a purchase they do not fit) lists them in
+``discarded`` (``event_id``, ``reason``, ``detail``: what the service logs as
+``held_refund_discarded``); the key is absent otherwise. A malformed line is a reject
 (``invalid_json``, ``not_an_object`` or the event model's reason such as ``missing_field`` or
 ``invalid_timestamp``), never a crash; a line whose mapping fails unexpectedly is a reject with
 reason ``unprocessable`` (and the exception's class in ``detail``), and the next line runs.
@@ -163,9 +166,10 @@ def _describe(result: MapResult) -> dict[str, Any]:
                 "body": None if request.body is None else dict(request.body),
             },
             "reason": None,
+            **_discarded(result),
         }
     if isinstance(result, Skip):
-        return {"action": "skip", "request": None, "reason": result.reason}
+        return {"action": "skip", "request": None, "reason": result.reason, **_discarded(result)}
     if isinstance(result, Read):
         request = result.request
         return {
@@ -178,6 +182,18 @@ def _describe(result: MapResult) -> dict[str, Any]:
             " in a dry run",
         }
     return _reject(result.reason, result.detail)
+
+
+def _discarded(result: Send | Skip) -> dict[str, Any]:
+    """``discarded``: the held refunds the event made stop applying, when there are any."""
+    if not result.discarded:
+        return {}
+    return {
+        "discarded": [
+            {"event_id": r.event_id, "reason": r.reason, "detail": r.detail}
+            for r in result.discarded
+        ]
+    }
 
 
 def _write(out: TextIO, number: int, event_id: str | None, described: dict[str, Any]) -> None:

@@ -370,6 +370,17 @@ class Telemetry(Protocol):
         ``too_long``, ``not_url_safe``): dropped, never sent nor remembered."""
         ...
 
+    def refund_held(self) -> None:
+        """A partial refund of an order neither the profile nor Button knows was held in the
+        profile for its purchase (skip ``refund_held``)."""
+        ...
+
+    def held_refund_discarded(self, reason: str) -> None:
+        """A refund the order's ledger held cannot apply to the order as it now stands (its
+        purchase arrived, or Button's order was adopted): the order does not carry it.
+        ``reason``: what it would be rejected with (``refund_currency_mismatch``, ...)."""
+        ...
+
     def writer_schema_missing_field(self, field: str) -> None:
         """A writer schema was first seen without this reader field (a reader schema's name)."""
         ...

@@ -402,6 +402,12 @@ class RecordingTelemetry:
     def btn_ref_dropped(self, source: str, problem: str) -> None:
         self._record("btn_ref_dropped", source, problem)
 
+    def refund_held(self) -> None:
+        self._record("refund_held")
+
+    def held_refund_discarded(self, reason: str) -> None:
+        self._record("held_refund_discarded", reason)
+
     def button_attempt(
         self,
         action: str,

@@ -31,6 +31,18 @@ PAUSE_REASONS = ("auth", "backpressure", "breaker")
 """Why consumption can be paused: Button refuses the key, too much in flight, a circuit breaker
 (``paused{reason="breaker"}`` is for a breaker gate to report into; 0 until one does)."""
 
+DISCARD_REASONS = (
+    "refund_item_not_in_order",
+    "refund_exceeds_quantity",
+    "refund_exceeds_total",
+    "refund_currency_mismatch",
+    "refund_amount_unknown",
+)
+"""Why a held refund is discarded (``held_refunds_discarded_total{reason}``), the common ones;
+their counters exist from the start (at 0), so the alert over them has a series before the
+first discard. Another reason the mapping gives (``invalid_amount``, ``total_out_of_range``)
+gets its series when it first happens."""
+
 OFFSET_RESET_TARGETS = ("earliest", "latest", "offset", "other")
 """Where ``auto.offset.reset`` moved a partition; the counters exist from the start (at 0), so
 ``increase()`` sees the first reset."""
@@ -49,6 +61,8 @@ class Metrics:
     decode_failures: Counter
     writer_schema_missing_fields: Counter
     btn_ref_dropped: Counter
+    refunds_held: Counter
+    held_refunds_discarded: Counter
     button_requests: Counter
     button_latency: Histogram
     button_last_success: Gauge
@@ -141,6 +155,18 @@ class Metrics:
                 "a placeholder such as undefined or null, over 255 characters, not URL-safe): "
                 "dropped, never sent nor remembered. By source and problem.",
                 ("source", "problem"),
+            ),
+            refunds_held=counter(
+                "refunds_held",
+                "Partial refunds of an order neither the profile nor Button knows, held in the "
+                "profile until their purchase arrives (skip refund_held).",
+            ),
+            held_refunds_discarded=counter(
+                "held_refunds_discarded",
+                "Refunds an order's ledger held that cannot apply to the order once its purchase "
+                "(or Button's order) arrived: the order does not carry them. By the reason the "
+                "refund would be rejected with.",
+                ("reason",),
             ),
             decode_failures=counter(
                 "decode_failures", "Records that could not be decoded, by reason.", ("reason",)
@@ -270,6 +296,8 @@ class Metrics:
             metrics.paused.labels(reason).set(0)
         for reset_to in OFFSET_RESET_TARGETS:
             metrics.offset_resets.labels(reset_to)
+        for reason in DISCARD_REASONS:
+            metrics.held_refunds_discarded.labels(reason)
         return metrics
 
 

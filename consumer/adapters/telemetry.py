@@ -183,6 +183,12 @@ class ServiceTelemetry:
     def btn_ref_dropped(self, source: str, problem: str) -> None:
         self.metrics.btn_ref_dropped.labels(_label(source), _label(problem)).inc()
 
+    def refund_held(self) -> None:
+        self.metrics.refunds_held.inc()
+
+    def held_refund_discarded(self, reason: str) -> None:
+        self.metrics.held_refunds_discarded.labels(_label(reason)).inc()
+
     def button_attempt(
         self,
         action: str,

@@ -170,6 +170,10 @@ PANELS: tuple[PanelSpec, ...] = (
                 f"sum(increase(button_consumer_orders_parked_total{{{SEL}}}[{RATE}]))",
                 "orders parked",
             ),
+            _q(
+                f"sum(increase(button_consumer_held_refunds_discarded_total{{{SEL}}}[{RATE}]))",
+                "held refunds discarded",
+            ),
         ),
         runbook="buttonconsumerdeadletters",
         preview=True,

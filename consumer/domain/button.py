@@ -36,6 +36,18 @@ class ButtonRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class DiscardedRefund:
+    """A refund the order's ledger holds that the event being mapped made it stop applying:
+    held for its purchase (or recorded earlier) and unable to apply to the order's content as
+    it now stands (a product the order does not have, another currency, more than the total).
+    ``reason`` and ``detail`` are what the refund would be rejected with, arriving now."""
+
+    event_id: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Send:
     """The event becomes this request.
 
@@ -48,6 +60,8 @@ class Send:
 
     request: ButtonRequest
     follow_up: ButtonRequest | None = None
+    discarded: tuple[DiscardedRefund, ...] = ()
+    """Refunds this event made the order stop applying (``DiscardedRefund``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +69,8 @@ class Skip:
     """The event is not for Button (it may still have updated the profile). Finished on purpose."""
 
     reason: str
+    discarded: tuple[DiscardedRefund, ...] = ()
+    """Refunds this event made the order stop applying (``DiscardedRefund``)."""
 
 
 @dataclass(frozen=True, slots=True)

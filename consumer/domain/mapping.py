@@ -62,7 +62,7 @@ from typing import Any
 
 from consumer.domain.adoption import ButtonOrder, Lookup, button_order
 from consumer.domain.attribution import resolve_btn_ref, token_from_event
-from consumer.domain.button import Action, MapResult, Read, Reject, Send, Skip
+from consumer.domain.button import Action, DiscardedRefund, MapResult, Read, Reject, Send, Skip
 from consumer.domain.button_wire import (
     MAX_ID_LENGTH,
     body_digest,
@@ -388,6 +388,8 @@ class _State:
     status: OrderStatus  # PENDING, CANCELLED, or OPEN for a live order
     total: int = 0
     lines: tuple[StoredLine, ...] = ()
+    ignored: tuple[DiscardedRefund, ...] = ()
+    """Refunds of the ledger that could not apply, in the order they were tried."""
 
 
 def _order_event(
@@ -441,9 +443,29 @@ def _order_event(
             # Held until now; whether Button knows the order decides (``Read.held`` otherwise).
             result = Read(read_request(order_id), result)
     _within_refund_cap(known, order)
+    if desired.ignored and order.status is not OrderStatus.CANCELLED:
+        result = _reporting_discarded(result, desired.ignored, known)
     if order == known:
         return result, profile
     return result, _keep_orders(profile.with_order(order), config.max_orders_per_profile)
+
+
+def _reporting_discarded(
+    result: MapResult, ignored: tuple[DiscardedRefund, ...], known: StoredOrder | None
+) -> MapResult:
+    """``result`` naming the refunds this event made stop applying (``Send.discarded``,
+    ``Skip.discarded``): those of ``ignored`` (the refunds the order's new state could not
+    take) that the ledger before the event (``known``) did not ignore already. A refund held
+    for its purchase is judged once the purchase (or Button's order, adopted) arrives, and one
+    that cannot apply to it is ignored, as in event-time order it would have been rejected: the
+    order's state does not carry it, and the caller makes that visible (it has no record to
+    dead-letter: the refund's was finished when it was held). Reported by the event that
+    discarded it, once: a replay, or a later event of the order, finds it ignored already."""
+    if not isinstance(result, Send | Skip):
+        return result
+    before = set() if known is None else {r.event_id for r in _desired(known, strict="").ignored}
+    discarded = tuple(r for r in ignored if r.event_id not in before)
+    return replace(result, discarded=discarded) if discarded else result
 
 
 def _within_refund_cap(known: StoredOrder | None, order: StoredOrder) -> None:
@@ -661,25 +683,29 @@ def _with_refund(
 def _desired(order: StoredOrder, strict: str) -> _State:
     """The state Button should hold: the purchase's content with every refund applied in
     event-time order. A refund that cannot apply is ignored, except the event ``strict`` being
-    processed, whose problem is raised (it is rejected and not recorded)."""
+    processed, whose problem is raised (it is rejected and not recorded). The ignored ones
+    are listed (``_State.ignored``), for a live state only: a cancelled order has nothing left
+    for them to reduce."""
     if any(r.full for r in order.refunds):
         return _State(OrderStatus.CANCELLED)
     if not order.created_by:
         return _State(OrderStatus.PENDING)
     total, lines = order.total, order.lines
+    ignored: list[DiscardedRefund] = []
     for refund in order.refunds:
         if refund.folded:
             continue
         try:
             applied = _apply_refund(order, total, lines, refund)
-        except MappingError:
+        except MappingError as exc:
             if refund.event_id == strict:
                 raise
+            ignored.append(DiscardedRefund(refund.event_id, exc.reason, str(exc)))
             continue
         if applied is None:
             return _State(OrderStatus.CANCELLED)
         total, lines = applied
-    return _State(OrderStatus.OPEN, total, lines)
+    return _State(OrderStatus.OPEN, total, lines, tuple(ignored))
 
 
 def _apply_refund(

@@ -36,7 +36,15 @@ import structlog
 from consumer.domain.adoption import Lookup
 from consumer.domain.attribution import DroppedToken
 from consumer.domain.backoff import RandomSource
-from consumer.domain.button import Action, ButtonRequest, MapResult, Read, Send, Skip
+from consumer.domain.button import (
+    Action,
+    ButtonRequest,
+    DiscardedRefund,
+    MapResult,
+    Read,
+    Send,
+    Skip,
+)
 from consumer.domain.deadletter import (
     DeadLetter,
     Stage,
@@ -93,6 +101,8 @@ from consumer.ports import (
 log = structlog.get_logger("consumer.pipeline")
 
 _SKIP = Action.SKIP.value
+REFUND_HELD = "refund_held"
+"""The mapping's skip of a refund held in the profile for its purchase (``Read.held``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +119,9 @@ class Processed:
     dropped_tokens: tuple[DroppedToken, ...] = ()
     """Junk the event carried where a token goes (``attribution.dropped_tokens``): counted and
     logged, so a merchant sees that the app sends it."""
+    discarded_refunds: tuple[DiscardedRefund, ...] = ()
+    """Refunds the order's ledger held that this event made stop applying (the mapping's
+    ``Send.discarded`` or ``Skip.discarded``): counted and logged when the change is applied."""
 
 
 class Processor(Protocol):
@@ -357,14 +370,7 @@ class Pipeline:
             if isinstance(answered, Decision):
                 return await self._execute(record, answered, context)
             lookup = answered
-        for dropped in processed.dropped_tokens:  # once, for the mapping that counts
-            d.telemetry.btn_ref_dropped(dropped.source.value, dropped.problem.value)
-            log.info(
-                "btn_ref_dropped",
-                source=dropped.source.value,
-                problem=dropped.problem.value,
-                value=dropped.value,
-            )
+        self._report_mapping(processed, parked=parking.reason is not None)
         if parking.reason is None and record.key is not None:
             # Queued now, before the request is sent (the key's writes keep their order), and
             # acknowledged before the record is finished, so before its offset may be stored;
@@ -382,11 +388,53 @@ class Pipeline:
             if decision.verdict is Verdict.SEND and isinstance(result, Send):
                 return await self._send(record, decoded, context, result, ahead)
             _release(ahead)
-            return await self._execute(record, decision, context)
+            outcome = await self._execute(record, decision, context)
+            self._report_held(decision, processed)
+            return outcome
         finally:
             # Raised or cancelled before the acknowledgement was awaited: the record is not
             # finished (its offset is never stored), so the write's fate no longer matters.
             _abandon(context.pending)
+
+    def _report_mapping(self, processed: Processed, *, parked: bool) -> None:
+        """Count and log what the mapping that counts (the last pass) found beside its decision.
+
+        Junk where a token goes (``Processed.dropped_tokens``), at info. Each refund the
+        order's ledger held that this record made stop applying (``discarded_refunds``), at
+        warning: the order Button gets does not carry it, and there is no record of it to
+        dead-letter (the refund's own was finished when it was held), so this line and the
+        counter are where an operator learns of it. Not for a ``parked`` record: it moves no
+        ledger, so nothing is discarded yet (its replay maps it again and reports then).
+        """
+        d = self._d
+        for dropped in processed.dropped_tokens:
+            d.telemetry.btn_ref_dropped(dropped.source.value, dropped.problem.value)
+            log.info(
+                "btn_ref_dropped",
+                source=dropped.source.value,
+                problem=dropped.problem.value,
+                value=dropped.value,
+            )
+        if parked:
+            return
+        for refund in processed.discarded_refunds:
+            self._d.telemetry.held_refund_discarded(refund.reason)
+            log.warning(
+                "held_refund_discarded",
+                order_id=processed.order_id,
+                refund_event_id=refund.event_id,
+                reason=refund.reason,
+                detail=refund.detail,
+            )
+
+    def _report_held(self, decision: Decision, processed: Processed) -> None:
+        """A record finished as skipped ``refund_held`` (its profile write acknowledged): the
+        refund waits in the profile for its purchase. Counted and logged with its order and
+        event ids, so that an operator can find the refunds waiting."""
+        if decision.reason != REFUND_HELD:
+            return
+        self._d.telemetry.refund_held()
+        log.info("refund_held", order_id=processed.order_id, event_id=processed.event_id)
 
     async def _send(
         self,

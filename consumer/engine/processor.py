@@ -16,6 +16,7 @@ import structlog
 from consumer.domain import mapping
 from consumer.domain.adoption import Lookup
 from consumer.domain.attribution import dropped_tokens
+from consumer.domain.button import Send, Skip
 from consumer.domain.events import CommerceEvent
 from consumer.domain.profile import Profile
 from consumer.domain.profile_codec import ProfileDecodeError
@@ -60,6 +61,7 @@ class ProfileProcessor:
                 event.integration_attributes,
                 (event.launch_referral_url, event.page_url),
             ),
+            discarded_refunds=result.discarded if isinstance(result, Send | Skip) else (),
         )
 
     def apply(self, partition: int, key: bytes, processed: Processed) -> ChangelogWrite | None:

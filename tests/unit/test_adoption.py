@@ -8,6 +8,7 @@ rejects (``order_not_adoptable``, naming the field) an object it cannot take as 
 
 from __future__ import annotations
 
+from dataclasses import replace as dataclass_replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -17,7 +18,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from consumer.domain.adoption import ButtonOrder, Lookup, button_order
-from consumer.domain.button import Action, Read, Reject, Send, Skip
+from consumer.domain.button import Action, DiscardedRefund, Read, Reject, Send, Skip
 from consumer.domain.button_wire import line_total, order_body, order_path
 from consumer.domain.event_forms import event_from_json
 from consumer.domain.events import CommerceEvent
@@ -158,6 +159,155 @@ def test_a_refund_of_an_order_button_does_not_know_is_held_for_its_purchase() ->
     created, _ = process(purchase(), held, CONFIG, NOW)
 
     assert (request_of(created).action, request_of(created).body["total"]) == (Action.CREATE, 7000)
+
+
+def sixty(event_id: str = "evt-p1") -> CommerceEvent:
+    """The purchase of 60.00: two SKU-A at 30.00, USD."""
+    commerce = {
+        "action": "PURCHASE",
+        "transaction_id": ORDER,
+        "currency_code": "USD",
+        "total_amount": "60.00",
+        "products": [{"id": "SKU-A", "price": "30.00", "quantity": 2}],
+    }
+    return event(event_id=event_id, event_time="2024-05-01T15:00:00Z", commerce=commerce)
+
+
+UNFIT = {
+    "refund_item_not_in_order": (
+        refund(products=[{"id": "SKU-Z"}], total_amount="5.00"),
+        "refunded product 'SKU-Z' is not in the order",
+    ),
+    "refund_currency_mismatch": (
+        refund(total_amount="5.00", currency_code="EUR"),
+        "refund in EUR, order in USD",
+    ),
+    "refund_exceeds_total": (
+        refund(products=[{"id": "SKU-A", "quantity": 1}], total_amount="100.00"),
+        "refund of 10000 exceeds the order's remaining total 6000",
+    ),
+}
+
+
+def held(*refunds: CommerceEvent) -> Profile | None:
+    """The profile once each refund was held (Button answered its read 404)."""
+    profile = None
+    for each in refunds:
+        result, changed = process(each, profile, CONFIG, NOW, lookup=NOT_AT_BUTTON)
+        assert result == Skip("refund_held")
+        profile = changed if changed is not None else profile
+    return profile
+
+
+@pytest.mark.parametrize("reason", sorted(UNFIT))
+def test_a_held_refund_the_purchase_cannot_take_is_reported_discarded_with_its_reason(
+    reason: str,
+) -> None:
+    """A refund held for its purchase that does not fit it (a product the order lacks, another
+    currency, more than the total) cannot apply: the order is created at its full total, and
+    the result says which held refund was discarded and why, the reason and message the same
+    refund gets as a dead letter when it arrives after the purchase."""
+    unfit, detail = UNFIT[reason]
+
+    created, _ = process(sixty(), held(unfit), CONFIG, NOW)
+
+    assert (request_of(created).action, request_of(created).body["total"]) == (Action.CREATE, 6000)
+    assert isinstance(created, Send)
+    assert created.discarded == (DiscardedRefund("evt-r1", reason, detail),)
+    after, _ = process(unfit, process(sixty(), None, CONFIG, NOW)[1], CONFIG, NOW)
+    assert after == Reject(reason, detail)
+
+
+def test_every_held_refund_that_does_not_fit_is_reported_and_those_that_fit_are_applied() -> None:
+    """Three unfit held refunds and one that fits: the create carries the one (60.00 - 10.00),
+    and the result names the three, in the event-time order they were tried."""
+    unfit = [replace_id(UNFIT[reason][0], f"evt-r{n}") for n, reason in enumerate(sorted(UNFIT), 1)]
+    fits = refund("evt-r9", total_amount="10.00")
+
+    created, _ = process(sixty(), held(*unfit, fits), CONFIG, NOW)
+
+    assert isinstance(created, Send)
+    assert request_of(created).body["total"] == 5000
+    assert [(d.event_id, d.reason) for d in created.discarded] == [
+        ("evt-r1", "refund_currency_mismatch"),
+        ("evt-r2", "refund_exceeds_total"),
+        ("evt-r3", "refund_item_not_in_order"),
+    ]
+
+
+def test_held_refunds_that_fit_the_purchase_report_nothing() -> None:
+    """Held refunds the purchase takes (10.00, then one of the two SKU-A: half of what is left)
+    are applied: nothing is reported discarded."""
+    fit = (refund(total_amount="10.00"), refund("evt-r2", products=[{"id": "SKU-A"}]))
+
+    created, _ = process(sixty(), held(*fit), CONFIG, NOW)
+
+    assert isinstance(created, Send)
+    assert (request_of(created).body["total"], created.discarded) == (2500, ())
+
+
+def test_a_discarded_refund_is_reported_once_not_again_by_a_replayed_purchase() -> None:
+    """The purchase replayed (or any later event of the order) discards nothing new: the report
+    is made by the event that discarded the refund, once."""
+    unfit, _ = UNFIT["refund_currency_mismatch"]
+    _, created = process(sixty(), held(unfit), CONFIG, NOW)
+
+    again, _ = process(sixty(), created, CONFIG, NOW)
+    later, _ = process(refund("evt-r2", total_amount="1.00"), created, CONFIG, NOW)
+
+    assert isinstance(again, Send)
+    assert isinstance(later, Send)
+    assert (again.discarded, later.discarded) == ((), ())
+
+
+def test_a_held_refund_of_an_order_a_held_refund_cancels_is_not_reported() -> None:
+    """A held refund that cancels the order leaves nothing at Button for an unfit one to
+    reduce: the purchase is skipped (``order_already_cancelled``) and nothing is reported."""
+    unfit, _ = UNFIT["refund_currency_mismatch"]
+    everything = refund("evt-r2", total_amount="60.00")
+
+    result, _ = process(sixty(), held(unfit, everything), CONFIG, NOW)
+
+    assert result == Skip("order_already_cancelled")
+
+
+def test_a_held_refund_buttons_order_cannot_take_is_reported_when_a_refund_adopts_it() -> None:
+    """Held while Button did not know the order; a later refund's read finds it (another
+    integration created it): the update applies what fits Button's order and reports the held
+    refund that does not (EUR against Button's USD)."""
+    unfit = refund(total_amount="5.00", currency_code="EUR")
+
+    result, _ = process(
+        refund("evt-r2", total_amount="10.00"), held(unfit), CONFIG, NOW, lookup=found()
+    )
+
+    assert isinstance(result, Send)
+    assert request_of(result).body["total"] == 8000 - 1000
+    assert result.discarded == (
+        DiscardedRefund("evt-r1", "refund_currency_mismatch", "refund in EUR, order in USD"),
+    )
+
+
+def test_a_held_refund_sent_again_reads_the_order_again_and_applies_once_button_holds_it() -> None:
+    """The operator's remedy for a refund held while its order was created at Button by another
+    path (the purchase never comes through this consumer): the refund's event sent again (same
+    event id) is not a new refund, yet it reads the order again, and once Button holds it the
+    held refund is applied to Button's state (once: its event id is recorded)."""
+    five = refund(total_amount="5.00")
+    profile = held(five)
+
+    again, _ = process(five, profile, CONFIG, NOW)
+    assert isinstance(again, Read)
+
+    result, adopted = process(five, profile, CONFIG, NOW, lookup=found())
+
+    assert request_of(result).body["total"] == 8000 - 500
+    replayed, unchanged = process(five, adopted, CONFIG, NOW)
+    assert (replayed, unchanged) == (result, None)
+
+
+def replace_id(refund_event: CommerceEvent, event_id: str) -> CommerceEvent:
+    return dataclass_replace(refund_event, event_id=event_id)
 
 
 # --- Button holds it open: adopted, the refund applied to Button's state -------------------------

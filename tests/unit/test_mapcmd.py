@@ -104,6 +104,29 @@ def test_mapping_rejects_are_reported_with_reason_and_detail() -> None:
     assert results[0]["detail"]
 
 
+def test_a_held_refund_the_purchase_cannot_take_is_listed_on_the_purchase_line() -> None:
+    """A refund of a product the order lacks, held (``map`` reads nothing), then the purchase:
+    its line is the create at the full total, and ``discarded`` names the refund and why."""
+    held = {
+        **REFUND,
+        "event_time": "2026-01-05T09:30:00Z",
+        "commerce": {"action": "REFUND", "transaction_id": "O-1", "products": [{"id": "Z"}]},
+    }
+
+    status, results = run(held, PURCHASE)
+
+    assert status == 0
+    assert (results[0]["reason"], "discarded" in results[0]) == ("refund_held", False)
+    assert (results[1]["action"], results[1]["request"]["body"]["total"]) == ("create", 1200)
+    assert results[1]["discarded"] == [
+        {
+            "event_id": "e3",
+            "reason": "refund_item_not_in_order",
+            "detail": "refunded product 'Z' is not in the order",
+        }
+    ]
+
+
 def test_cancel_has_no_body() -> None:
     """A whole-order refund prints DELETE with a null body."""
     full = {**REFUND, "commerce": {"action": "REFUND", "transaction_id": "O 1/2"}}

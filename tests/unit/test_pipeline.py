@@ -28,7 +28,7 @@ from consumer.adapters.logging import configure_logging
 from consumer.adapters.metrics import Metrics
 from consumer.adapters.telemetry import ServiceTelemetry
 from consumer.domain.attribution import DroppedToken, TokenProblem, TokenSource
-from consumer.domain.button import Action, ButtonRequest, Reject, Send, Skip
+from consumer.domain.button import Action, ButtonRequest, DiscardedRefund, Reject, Send, Skip
 from consumer.domain.deadletter import (
     DeadLetter,
     dead_letter_headers,
@@ -1298,6 +1298,107 @@ def test_a_refund_of_an_order_button_does_not_know_is_held_then_applied_to_its_p
     created = later.button.sent[0]
     assert created.body is not None
     assert (created.action, created.body["total"]) == (Action.CREATE, 750)
+
+
+def test_a_held_refund_is_logged_with_its_order_and_event_and_counted() -> None:
+    """A refund held for its purchase is visible: ``refund_held`` at info with the order id and
+    the event id, and ``refunds_held_total`` counts it (the ``order_read`` line before it says
+    only that Button answered 404)."""
+    h = unknown_order_harness()
+    h.button.reads.append(NOT_FOUND)
+
+    with capture_logs() as logs:
+        outcomes = h.handle(record(17))
+
+    assert outcomes == ["skipped"]
+    held = [
+        (e["log_level"], e["order_id"], e["event_id"]) for e in logs if e["event"] == "refund_held"
+    ]
+    assert held == [("info", ORDER, PARTIAL.event_id)]
+    assert h.sample("refunds_held_total") == 1.0
+
+
+def test_a_dry_run_counts_and_logs_the_refund_it_holds_without_a_read() -> None:
+    """A dry run holds the refund without reading the order: it is held all the same."""
+    h = unknown_order_harness(dry_run=True)
+
+    with capture_logs() as logs:
+        h.handle(record())
+
+    assert [e["order_id"] for e in logs if e["event"] == "refund_held"] == [ORDER]
+    assert h.sample("refunds_held_total") == 1.0
+
+
+EUR_PARTIAL = replace(
+    PARTIAL,
+    commerce=CommerceData(
+        action=ProductAction.REFUND,
+        transaction_id=ORDER,
+        currency_code="EUR",
+        total_amount=Decimal("2.50"),
+    ),
+)
+"""``PARTIAL`` in EUR: it cannot apply to ``EVENT``, a purchase in USD."""
+
+
+def test_a_held_refund_the_purchase_cannot_take_is_a_warning_and_counted_by_reason() -> None:
+    """The purchase arrives after a held refund that does not fit it (EUR against USD): the
+    order is created at its full total, and the discarded refund is not silent: a warning
+    ``held_refund_discarded`` names the order, the refund's event id and the reason, and
+    ``held_refunds_discarded_total{reason}`` counts it."""
+    first = unknown_order_harness(event=EUR_PARTIAL)
+    first.button.reads.append(NOT_FOUND)
+    assert first.handle(record(17)) == ["skipped"]
+    later = unknown_order_harness(first, event=EVENT).answer(OK)
+
+    with capture_logs() as logs:
+        outcomes = later.handle(record(18))
+
+    assert outcomes == ["delivered"]
+    created = later.button.sent[0]
+    assert created.body is not None
+    assert (created.action, created.body["total"]) == (Action.CREATE, 1000)
+    warnings = [
+        (e["log_level"], e["order_id"], e["refund_event_id"], e["reason"], e["detail"])
+        for e in logs
+        if e["event"] == "held_refund_discarded"
+    ]
+    assert warnings == [
+        ("warning", ORDER, "evt-3", "refund_currency_mismatch", "refund in EUR, order in USD")
+    ]
+    assert later.sample("held_refunds_discarded_total", reason="refund_currency_mismatch") == 1.0
+    assert later.sample("refunds_held_total") == 0.0
+
+
+def test_a_held_refund_that_fits_its_purchase_is_neither_a_warning_nor_counted() -> None:
+    """The held 2.50 fits the 10.00 purchase: applied (7.50), nothing discarded."""
+    first = unknown_order_harness()
+    first.button.reads.append(NOT_FOUND)
+    first.handle(record(17))
+    later = unknown_order_harness(first, event=EVENT).answer(OK)
+
+    with capture_logs() as logs:
+        later.handle(record(18))
+
+    assert [e for e in logs if e["event"] == "held_refund_discarded"] == []
+    assert later.sample("held_refunds_discarded_total", reason="refund_currency_mismatch") == 0.0
+
+
+def test_a_parked_purchase_reports_no_discarded_refund() -> None:
+    """A parked record moves no ledger: what its mapping would discard is not discarded (its
+    replay maps it again and reports then)."""
+    discarded = (DiscardedRefund("evt-3", "refund_currency_mismatch", "refund in EUR"),)
+    h = Harness(
+        processor=FakeProcessor(replace(processed(), discarded_refunds=discarded)),
+    )
+    h.processor.parked[ORDER] = "http_400"
+
+    with capture_logs() as logs:
+        outcomes = h.handle(record())
+
+    assert outcomes == ["parked"]
+    assert [e for e in logs if e["event"] == "held_refund_discarded"] == []
+    assert h.sample("held_refunds_discarded_total", reason="refund_currency_mismatch") == 0.0
 
 
 def test_a_refund_of_an_order_button_holds_deleted_is_skipped_as_already_cancelled() -> None:
