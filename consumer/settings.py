@@ -25,7 +25,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -766,6 +766,45 @@ def variable_names() -> frozenset[str]:
         prefix = str(section.model_config.get("env_prefix", ""))
         names.update(prefix + field.upper() for field in section.model_fields if field != "config")
     return frozenset(names)
+
+
+def secret_variable_names() -> frozenset[str]:
+    """The variables whose values are credentials (``SecretStr`` settings, never printed): they
+    belong in a Secret, never in a ConfigMap (the Helm chart refuses them in ``config:``)."""
+    names: set[str] = set()
+    for section in _SECTIONS.values():
+        prefix = str(section.model_config.get("env_prefix", ""))
+        names.update(
+            prefix + field.upper()
+            for field, info in section.model_fields.items()
+            if info.annotation is SecretStr or SecretStr in get_args(info.annotation)
+        )
+    return frozenset(names)
+
+
+def refused_kafka_properties() -> dict[str, str]:
+    """Every librdkafka property ``KAFKA_CONFIG_*`` may not set, with the service's reason:
+    those it owns (at-least-once delivery rests on them) and those with a typed variable.
+
+    The Helm chart's ``config:`` schema is generated from it
+    (``python -m consumer.devtools.chart_schema``), so the chart refuses what ``run`` refuses.
+    """
+    refused = {prop: "is managed by the service and cannot be set" for prop in _RESERVED_KAFKA}
+    refused.update({prop: f"is set with {variable}" for prop, variable in _TYPED_KAFKA.items()})
+    return dict(sorted(refused.items()))
+
+
+def guaranteed_kafka_values() -> dict[str, frozenset[str]]:
+    """The properties ``KAFKA_CONFIG_*`` may set only to values that keep at-least-once
+    delivery, and those values (compared stripped and in lower case)."""
+    return dict(sorted(_GUARANTEED_KAFKA.items()))
+
+
+def passthrough_variable(prop: str) -> str:
+    """The ``KAFKA_CONFIG_*`` variable that sets librdkafka property ``prop``: the inverse of
+    ``_property_of`` (``_`` is ``__``, ``.`` is ``_``; ``sasl.oauthbearer.client_id`` is
+    ``KAFKA_CONFIG_SASL_OAUTHBEARER_CLIENT__ID``)."""
+    return _PASSTHROUGH_PREFIX + prop.replace("_", "__").replace(".", "_").upper()
 
 
 class SettingProblem(NamedTuple):
