@@ -25,9 +25,16 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from consumer.errors import ConfigError
@@ -518,6 +525,10 @@ class Settings:
         except ConfigError as first:
             # Every invalid variable at once, as ``check`` names them, not one per restart.
             raise ConfigError(_every_problem(env, require_api_key) or str(first)) from None
+        # A near-miss of DELIVERY_DRY_RUN asking for the dry run this run would not be.
+        unwanted = [p for p in unknown_variables(env) if p.fatal]
+        if unwanted:
+            raise ConfigError("; ".join(f"{p.variable}: {p.message}" for p in unwanted))
         kafka: KafkaSettings = values["kafka"]
         values["kafka"] = _as_run(
             kafka.model_copy(update={"config": kafka_passthrough(env)}), values["delivery"]
@@ -768,6 +779,45 @@ def variable_names() -> frozenset[str]:
     return frozenset(names)
 
 
+def secret_variable_names() -> frozenset[str]:
+    """The variables whose values are credentials (``SecretStr`` settings, never printed): they
+    belong in a Secret, never in a ConfigMap (the Helm chart refuses them in ``config:``)."""
+    names: set[str] = set()
+    for section in _SECTIONS.values():
+        prefix = str(section.model_config.get("env_prefix", ""))
+        names.update(
+            prefix + field.upper()
+            for field, info in section.model_fields.items()
+            if info.annotation is SecretStr or SecretStr in get_args(info.annotation)
+        )
+    return frozenset(names)
+
+
+def refused_kafka_properties() -> dict[str, str]:
+    """Every librdkafka property ``KAFKA_CONFIG_*`` may not set, with the service's reason:
+    those it owns (at-least-once delivery rests on them) and those with a typed variable.
+
+    The Helm chart's ``config:`` schema is generated from it
+    (``python -m consumer.devtools.chart_schema``), so the chart refuses what ``run`` refuses.
+    """
+    refused = {prop: "is managed by the service and cannot be set" for prop in _RESERVED_KAFKA}
+    refused.update({prop: f"is set with {variable}" for prop, variable in _TYPED_KAFKA.items()})
+    return dict(sorted(refused.items()))
+
+
+def guaranteed_kafka_values() -> dict[str, frozenset[str]]:
+    """The properties ``KAFKA_CONFIG_*`` may set only to values that keep at-least-once
+    delivery, and those values (compared stripped and in lower case)."""
+    return dict(sorted(_GUARANTEED_KAFKA.items()))
+
+
+def passthrough_variable(prop: str) -> str:
+    """The ``KAFKA_CONFIG_*`` variable that sets librdkafka property ``prop``: the inverse of
+    ``_property_of`` (``_`` is ``__``, ``.`` is ``_``; ``sasl.oauthbearer.client_id`` is
+    ``KAFKA_CONFIG_SASL_OAUTHBEARER_CLIENT__ID``)."""
+    return _PASSTHROUGH_PREFIX + prop.replace("_", "__").replace(".", "_").upper()
+
+
 class SettingProblem(NamedTuple):
     """One invalid setting: the variable (or section) and what is wrong with it."""
 
@@ -835,9 +885,38 @@ def diagnose(
     return sections, problems
 
 
+_DRY_RUN = "DELIVERY_DRY_RUN"
+_BOOL: TypeAdapter[bool] = TypeAdapter(bool)
+
+
+def _reads_as(value: str) -> bool | None:
+    """``value`` read as the service reads a boolean setting (pydantic's: true/1/yes/on/y/t,
+    false/0/no/off/n/f, any case), ``None`` when it is none of them."""
+    try:
+        return _BOOL.validate_python(value)
+    except ValidationError:
+        return None
+
+
+def _unwanted_live_run(variable: str, env: Mapping[str, str]) -> bool:
+    """Whether ``variable``, a near-miss of DELIVERY_DRY_RUN, asks for a dry run (any value
+    but empty or one read as false: ``DELIVERY_DRYRUN=enabled`` is no "off" either) while the
+    run would be live (DELIVERY_DRY_RUN not on)."""
+    value = env[variable]
+    asks = value != "" and _reads_as(value) is not False
+    return asks and _reads_as(env.get(_DRY_RUN, "")) is not True
+
+
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[SettingProblem]:
     """Variables with a setting's prefix that are no setting (a typo?), each a warning with
-    the closest setting as a hint; in name order. ``KAFKA_CONFIG_*`` are librdkafka's."""
+    the closest setting as a hint; in name order. ``KAFKA_CONFIG_*`` are librdkafka's.
+
+    The service runs beside variables it does not own (Kubernetes' service variables, such as
+    ``KAFKA_PORT``), so an unknown name is no error, with one exception: a near-miss of
+    DELIVERY_DRY_RUN that asks for a dry run while the run would be live (``DELIVERY_DRYRUN=true``)
+    is fatal, since the run the operator did not want sends real orders
+    (``Settings.from_env`` refuses it, ``check`` fails it).
+    """
     env = os.environ if environ is None else environ
     known = variable_names()
     prefixes = tuple(str(s.model_config.get("env_prefix", "")) for s in _SECTIONS.values())
@@ -850,7 +929,13 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[SettingP
         ):
             close = difflib.get_close_matches(variable, known, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
-            problems.append(
-                SettingProblem(variable, "is not a setting of this service" + hint, fatal=False)
-            )
+            message = "is not a setting of this service" + hint
+            if close == [_DRY_RUN] and _unwanted_live_run(variable, env):
+                message += (
+                    f": it asks for a dry run, but {_DRY_RUN} is not on, so this run would be "
+                    "live and send real orders"
+                )
+                problems.append(SettingProblem(variable, message))
+                continue
+            problems.append(SettingProblem(variable, message, fatal=False))
     return problems

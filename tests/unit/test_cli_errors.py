@@ -85,6 +85,18 @@ def test_a_refused_property_stops_a_command_with_a_configuration_error(
     ) in done.stderr
 
 
+def test_run_refuses_a_live_start_asked_for_a_dry_run_by_a_near_miss() -> None:
+    """``run`` with DELIVERY_DRYRUN=true (no setting) and an API key: exit 2 naming the
+    variable and DELIVERY_DRY_RUN, before anything is consumed or sent."""
+    done = _command("run", DELIVERY_DRY_RUN="", DELIVERY_DRYRUN="true", BUTTON_API_KEY="sk-1")
+
+    assert (done.returncode, "Traceback" in done.stderr) == (2, False)
+    assert (
+        "button-consumer: configuration error: DELIVERY_DRYRUN: is not a setting of this "
+        "service (did you mean DELIVERY_DRY_RUN?)"
+    ) in done.stderr
+
+
 def test_a_failure_a_command_cannot_get_past_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

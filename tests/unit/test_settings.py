@@ -183,6 +183,63 @@ def test_a_missing_setting_with_a_misspelt_variable_says_which() -> None:
     )
 
 
+LIVE = {"KAFKA_BOOTSTRAP_SERVERS": "b:9092", "BUTTON_API_KEY": API_KEY}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DELIVERY_DRYRUN", "true"),
+        ("DELIVERY_DRYRUN", "1"),
+        ("DELIVERY_DRY_RUNS", "yes"),
+        ("DELIVERY_DRY_RUN_", "True"),
+        ("DELIVERY_DRYRUN", "enabled"),  # not a boolean: DELIVERY_DRY_RUN would refuse it too
+    ],
+)
+def test_a_near_miss_of_delivery_dry_run_asking_for_a_dry_run_refuses_a_live_start(
+    variable: str, value: str
+) -> None:
+    """DELIVERY_DRYRUN=true is no setting: the operator wanted a dry run and would get a live
+    one, sending real orders. The start is refused, naming the variable and the suggestion
+    (``run`` exits 2), instead of a warning next to a live run."""
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({**LIVE, variable: value})
+
+    assert str(raised.value) == (
+        f"{variable}: is not a setting of this service (did you mean DELIVERY_DRY_RUN?): it "
+        "asks for a dry run, but DELIVERY_DRY_RUN is not on, so this run would be live and "
+        "send real orders"
+    )
+    problems = diagnose({**LIVE, variable: value})[1]
+    assert [(p.variable, p.fatal) for p in problems] == [(variable, True)]
+
+
+def test_a_near_miss_against_an_explicit_live_setting_is_refused_too() -> None:
+    """DELIVERY_DRY_RUN=false beside DELIVERY_DRYRUN=true contradict each other: refused."""
+    with pytest.raises(ConfigError, match=r"DELIVERY_DRYRUN: .* would be live"):
+        Settings.from_env({**LIVE, "DELIVERY_DRY_RUN": "false", "DELIVERY_DRYRUN": "true"})
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"DELIVERY_DRYRUN": "false"},  # asks for the live run it gets
+        {"DELIVERY_DRYRUN": "0"},
+        {"DELIVERY_DRYRUN": ""},  # empty: unset, as Kubernetes leaves optional variables
+        {"DELIVERY_DRYRUN": "true", "DELIVERY_DRY_RUN": "true"},  # a dry run anyway
+        {"DELIVERY_MAX_IN_FLIGHTS": "true"},  # another near-miss: its default, a warning
+    ],
+    ids=repr,
+)
+def test_a_near_miss_that_gets_what_it_asks_for_stays_a_warning(env: dict[str, str]) -> None:
+    """A near-miss that does not ask for a dry run, or one under a dry run anyway, starts
+    (``run`` logs ``unknown_setting``; ``check`` warns)."""
+    Settings.from_env({**LIVE, **env})
+
+    problems = diagnose({**LIVE, **env})[1]
+    assert [p.fatal for p in problems] == [False]
+
+
 def test_missing_api_key_is_required() -> None:
     """Without BUTTON_API_KEY (and not a dry run) the error names the variable and the way out."""
     with pytest.raises(ConfigError) as raised:
