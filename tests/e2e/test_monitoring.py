@@ -104,8 +104,12 @@ class Prometheus:
             "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
             "rule_files: [rules.yaml]\n"
             "scrape_configs:\n"
-            "  - job_name: button-consumer\n"
+            # A job named as a user might (the rules select the target by the relabelled
+            # monitored_service label, the one line the README asks a scrape config to add).
+            "  - job_name: orders\n"
             f"    static_configs: [{{targets: ['{target}']}}]\n"
+            "    relabel_configs:\n"
+            "      - {target_label: monitored_service, replacement: button-consumer}\n"
         )
         self.log_path = workdir / "prometheus.log"
         with self.log_path.open("wb") as log:
@@ -274,7 +278,7 @@ def test_dashboard_and_alerts_work_against_the_live_service(
     started = time.time()
     try:
         wait_until(
-            lambda: prom.query('up{job="button-consumer"} == 1'),
+            lambda: prom.query('up{monitored_service="button-consumer"} == 1'),
             60,
             interval=0.25,
             message=f"Prometheus never scraped the consumer: {service.log_tail()}",
@@ -329,6 +333,10 @@ def test_dashboard_and_alerts_work_against_the_live_service(
             prom.query(expr)
             for name in set(re.findall(r"\b(?:button_consumer_[a-z_]+|up)\b(?=[{\[ )])", expr)):
                 assert prom.query(f"count({name})"), f"alert reads {name}, which has no series"
+
+        # The target is found by its relabelled monitored_service label, not the job's name.
+        assert "ButtonConsumerAbsent" not in prom.firing()
+        assert prom.query('up{job="orders", monitored_service="button-consumer"} == 1')
 
         draw_preview(prom, started, time.time(), tmp_path / "preview.png")
 
