@@ -52,7 +52,7 @@ def _q(expr: str, legend: str) -> Query:
 
 PANELS: tuple[PanelSpec, ...] = (
     PanelSpec(
-        "Orders per second by outcome",
+        "Records finished per second by outcome",
         "timeseries",
         "ops",
         (
@@ -62,8 +62,9 @@ PANELS: tuple[PanelSpec, ...] = (
             ),
         ),
         runbook="buttonconsumerdeadletters",
-        description="Records finished per second: delivered, skipped, dry run, dead-lettered, "
-        "parked.",
+        description="Records finished per second, every record read, orders or not: delivered "
+        "to Button, skipped on purpose (a view, a development event, an order already "
+        "cancelled), dry run, dead-lettered, parked.",
         preview=True,
     ),
     PanelSpec(

@@ -427,6 +427,65 @@ def test_the_service_monitor_scrapes_the_admin_port_of_every_pod(chart, static: 
     assert "PodMonitor" not in kinds
 
 
+TARGET_LABEL = ("monitored_service", "button-consumer")
+"""The label the alert rules select the service's targets by (not the job, which the release's
+name makes: the Prometheus Operator names it <namespace>/<monitor name>)."""
+
+
+def _target_label_relabelings(endpoint: dict[str, Any]) -> list[dict[str, Any]]:
+    name, value = TARGET_LABEL
+    return [
+        r
+        for r in endpoint.get("relabelings", [])
+        if r.get("targetLabel") == name
+        and r.get("replacement") == value
+        and r.get("action", "replace").lower() == "replace"
+        and not r.get("sourceLabels")
+    ]
+
+
+def test_the_alert_rules_select_targets_by_the_fixed_label_not_the_job() -> None:
+    """The rules that read `up` or process metrics select `monitored_service="button-consumer"`
+    and never the job's name, which a user picks (fullnameOverride, nameOverride, a release)."""
+    name, value = TARGET_LABEL
+    shared = yaml.safe_load(
+        (ROOT / "deploy" / "prometheus" / "button-consumer.rules.yaml").read_text(encoding="utf-8")
+    )
+    exprs = {r["alert"]: r["expr"] for group in shared["groups"] for r in group["rules"]}
+    for alert in ("ButtonConsumerDown", "ButtonConsumerAbsent", "ButtonConsumerCrashLooping"):
+        assert f'{name}="{value}"' in exprs[alert], (alert, exprs[alert])
+    for alert, expr in exprs.items():
+        assert "job=" not in expr.replace(" ", ""), (alert, expr)
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        [],
+        ["fullnameOverride=orders"],
+        ["nameOverride=payments"],
+        ["fullnameOverride=x", "nameOverride=y"],
+    ],
+    ids=["default", "fullnameOverride", "nameOverride", "both"],
+)
+@pytest.mark.parametrize("kind", ["PodMonitor", "ServiceMonitor"])
+def test_the_monitors_give_every_target_the_label_the_rules_select(
+    chart, kind: str, names: list[str]
+) -> None:
+    """Whatever the release is named (the operator's job is <namespace>/<name>), the PodMonitor or
+    ServiceMonitor sets the fixed target label the alert rules select, on every endpoint."""
+    key = "podMonitor" if kind == "PodMonitor" else "serviceMonitor"
+    kinds = by_kind(chart(f"metrics.{key}.enabled=true", *names))
+    monitor = kinds[kind]
+    validate_manifest(monitor)
+    endpoints = monitor["spec"]["podMetricsEndpoints" if kind == "PodMonitor" else "endpoints"]
+    assert endpoints
+    for endpoint in endpoints:
+        assert len(_target_label_relabelings(endpoint)) == 1, endpoint
+    if "fullnameOverride=orders" in names:
+        assert monitor["metadata"]["name"] == "orders"
+
+
 def test_a_pod_monitor_and_a_service_monitor_together_are_refused(chart) -> None:
     """Both would scrape every pod twice (every alert's series doubled): the render fails."""
     with pytest.raises(HelmFailedError, match="enable one"):

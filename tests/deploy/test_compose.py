@@ -153,3 +153,18 @@ def test_prometheus_loads_the_rules_file_the_chart_ships() -> None:
 def test_the_commands_are_ones_the_cli_accepts(service: str) -> None:
     """Each command of the service image parses with the CLI's own parser."""
     _parser().parse_args(SERVICES[service]["command"])
+
+
+def test_prometheus_gives_the_consumer_the_label_the_alert_rules_select() -> None:
+    """The scrape config sets monitored_service="button-consumer" on the consumer's target: the
+    alert rules select it by that label, not by the job's name."""
+    scrape = yaml.safe_load((ROOT / "deploy" / "compose" / "prometheus.yml").read_text("utf-8"))
+    (job,) = scrape["scrape_configs"]
+    relabel = [
+        r
+        for r in job.get("relabel_configs", [])
+        if r.get("target_label") == "monitored_service" and not r.get("source_labels")
+    ]
+    assert relabel == [{"target_label": "monitored_service", "replacement": "button-consumer"}]
+    rules = (ROOT / "deploy" / "prometheus" / "button-consumer.rules.yaml").read_text("utf-8")
+    assert 'up{monitored_service="button-consumer"}' in rules

@@ -8,10 +8,11 @@ the dead-letter and outage (circuit breaker) alerts are seen to fire and to reso
 of the dashboard is drawn from ``query_range``, and every output (logs, /metrics, /deliveries,
 DLQ headers) is searched for the secrets and personal data.
 
-The alert rules are the deployed file with its windows shortened (``[10m]`` -> ``[20s]``,
-``for: 5m`` -> ``for: 2s``), and Prometheus scrapes and evaluates every second, so the alerts
-change state within seconds. Each state is made by the test (the poison record, the sandbox's
-outage switched on and off), and every wait has a deadline and a message.
+The alert rules are the deployed file with its windows shortened (``[10m]`` -> ``[20s]``, a
+process age ``< 600`` -> ``< 20``, ``for: 5m`` -> ``for: 2s``), and Prometheus scrapes and
+evaluates every second, so the alerts change state within seconds. Each state is made by the
+test (the poison record, the sandbox's outage switched on and off), and every wait has a
+deadline and a message.
 """
 
 from __future__ import annotations
@@ -73,8 +74,10 @@ def get_text(url: str) -> str:
 
 
 def shorten(text: str) -> str:
-    """The deployed rules with test-sized windows and pending periods."""
+    """The deployed rules with test-sized windows and pending periods (the event alerts' age
+    of a process, ``time() - process_start_time_seconds < 600``, is a window too)."""
     text = re.sub(r"\[\d+[smh]\]", f"[{WINDOW}]", text)
+    text = re.sub(r"(time\(\) - process_start_time_seconds < )\d+", rf"\g<1>{WINDOW[:-1]}", text)
     return re.sub(r"^(\s+)for: \S+$", r"\1for: 2s", text, flags=re.MULTILINE)
 
 
@@ -101,8 +104,12 @@ class Prometheus:
             "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
             "rule_files: [rules.yaml]\n"
             "scrape_configs:\n"
-            "  - job_name: button-consumer\n"
+            # A job named as a user might (the rules select the target by the relabelled
+            # monitored_service label, the one line the README asks a scrape config to add).
+            "  - job_name: orders\n"
             f"    static_configs: [{{targets: ['{target}']}}]\n"
+            "    relabel_configs:\n"
+            "      - {target_label: monitored_service, replacement: button-consumer}\n"
         )
         self.log_path = workdir / "prometheus.log"
         with self.log_path.open("wb") as log:
@@ -271,7 +278,7 @@ def test_dashboard_and_alerts_work_against_the_live_service(
     started = time.time()
     try:
         wait_until(
-            lambda: prom.query('up{job="button-consumer"} == 1'),
+            lambda: prom.query('up{monitored_service="button-consumer"} == 1'),
             60,
             interval=0.25,
             message=f"Prometheus never scraped the consumer: {service.log_tail()}",
@@ -282,6 +289,13 @@ def test_dashboard_and_alerts_work_against_the_live_service(
         produce_events(settings, sample + pii_events("m"), partitions=3)
         produce_raw(kafka_bootstrap, topic, [(b"poison", b"\x07not avro at all", 0)])
         wait_alert(prom, "ButtonConsumerDeadLetters", firing=True)
+        # The event alerts' second arm (a counter above 0 of a process started within the
+        # window: an event before the first scrape) joins the counter to the target's
+        # process_start_time_seconds on (job, instance): that join matches on a real scrape.
+        assert prom.query(
+            'button_consumer_records_finished_total{outcome="dead_lettered"} > 0'
+            " and on (job, instance) (time() - process_start_time_seconds < 600)"
+        ), "the dead-letter counter does not join its target's process_start_time_seconds"
 
         # A Button outage while orders keep coming: their failures open the circuit breaker,
         # which pauses intake until a probe is answered; nothing is dead-lettered. The breaker
@@ -319,6 +333,10 @@ def test_dashboard_and_alerts_work_against_the_live_service(
             prom.query(expr)
             for name in set(re.findall(r"\b(?:button_consumer_[a-z_]+|up)\b(?=[{\[ )])", expr)):
                 assert prom.query(f"count({name})"), f"alert reads {name}, which has no series"
+
+        # The target is found by its relabelled monitored_service label, not the job's name.
+        assert "ButtonConsumerAbsent" not in prom.firing()
+        assert prom.query('up{job="orders", monitored_service="button-consumer"} == 1')
 
         draw_preview(prom, started, time.time(), tmp_path / "preview.png")
 
