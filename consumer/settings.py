@@ -58,6 +58,9 @@ _RESERVED_KAFKA = frozenset(
         "allow.auto.create.topics",
         "group.id",
         "bootstrap.servers",
+        # librdkafka's aliases of the above (CONFIGURATION.md, "Alias for"): the same property
+        "metadata.broker.list",
+        "auto.commit.enable",
     }
 )
 # Properties with a typed variable of their own: the pass-through would silently win over it.
@@ -70,6 +73,7 @@ _TYPED_KAFKA = {
 # Values that weaken at-least-once delivery: property -> the values accepted.
 _GUARANTEED_KAFKA = {
     "acks": frozenset({"all", "-1"}),
+    "request.required.acks": frozenset({"all", "-1"}),  # librdkafka's alias of acks
     "enable.idempotence": frozenset({"true"}),
     "isolation.level": frozenset({"read_committed"}),
 }

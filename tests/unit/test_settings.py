@@ -364,6 +364,9 @@ def test_the_bare_passthrough_prefix_is_ignored() -> None:
         ("KAFKA_CONFIG_ALLOW_AUTO_CREATE_TOPICS", "allow.auto.create.topics"),
         ("KAFKA_CONFIG_GROUP_ID", "group.id"),
         ("KAFKA_CONFIG_BOOTSTRAP_SERVERS", "bootstrap.servers"),
+        # librdkafka's aliases of the same properties (CONFIGURATION.md: "Alias for")
+        ("KAFKA_CONFIG_METADATA_BROKER_LIST", "metadata.broker.list"),
+        ("KAFKA_CONFIG_AUTO_COMMIT_ENABLE", "auto.commit.enable"),
     ],
 )
 def test_reserved_kafka_properties_are_refused(variable: str, prop: str) -> None:
@@ -424,6 +427,7 @@ def test_a_profile_cap_the_changelog_cannot_take_is_refused() -> None:
         ("KAFKA_CONFIG_ACKS", "0"),
         ("KAFKA_CONFIG_ENABLE_IDEMPOTENCE", "false"),
         ("KAFKA_CONFIG_ISOLATION_LEVEL", "read_uncommitted"),
+        ("KAFKA_CONFIG_REQUEST_REQUIRED_ACKS", "1"),  # librdkafka's alias of acks
     ],
 )
 def test_passthrough_values_that_weaken_the_guarantees_are_refused(
