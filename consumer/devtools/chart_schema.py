@@ -56,6 +56,8 @@ container's ``env``), with the value that sets each."""
 POD_REFUSED: dict[str, str] = {
     "ADMIN_HOST": "the kubelet's probes and Prometheus reach the admin server at the pod's "
     "address: it listens on every interface (0.0.0.0)",
+    "DELIVERY_STOP_WHEN_IDLE_SECONDS": "a batch run's setting (demo, bench): a pod that stops when "
+    "idle is restarted by Kubernetes, again and again",
 }
 """Settings the service accepts but a pod of the chart cannot run with, and why."""
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from consumer.devtools.chart_schema import CHART_OWNED
+from consumer.devtools.chart_schema import CHART_OWNED, POD_REFUSED
 from consumer.errors import ConfigError
 from consumer.settings import (
     _SECTIONS,
@@ -78,11 +78,11 @@ def _defaults() -> dict[str, str]:
 def _pod_runs_with(name: str, value: str) -> bool:
     """Whether a pod of the chart runs with ``config.<name>: <value>``, by the service's rules:
     not a variable the chart sets itself, nor a secret or a credential property (a ConfigMap is
-    no place for them), nor
-    ADMIN_HOST (the probes reach the admin server on the pod's address); a setting the service
+    no place for them), nor one a pod cannot run with (``POD_REFUSED``: ADMIN_HOST, a batch
+    run's idle stop); a setting the service
     reads, or a ``KAFKA_CONFIG_*`` property it passes through (upper case, as the chart's keys
     are)."""
-    if name in chart_owned() or name in secret_variable_names() or name == "ADMIN_HOST":
+    if name in chart_owned() or name in secret_variable_names() or name in POD_REFUSED:
         return False
     if name.startswith(PASSTHROUGH) and len(name) > len(PASSTHROUGH) and name.isupper():
         prop = name[len(PASSTHROUGH) :].lower().replace("__", "\0").replace("_", ".")
@@ -119,6 +119,8 @@ def _render_config(tmp_path: Path, config: dict[str, str], *sets: str) -> list[d
         ("KAFKA_CONFIG_GROUP_ID", "orders"),
         # The service answers on loopback only: the kubelet's probes fail.
         ("ADMIN_HOST", "127.0.0.1"),
+        # The service stops when idle: Kubernetes restarts it, again and again.
+        ("DELIVERY_STOP_WHEN_IDLE_SECONDS", "30"),
     ],
 )
 def test_a_config_key_the_pod_cannot_run_with_fails_the_render_naming_it(
@@ -145,7 +147,7 @@ def test_every_setting_the_pod_runs_with_is_accepted_together(tmp_path: Path) ->
         for name, value in _defaults().items()
         if name not in chart_owned()
         and name not in secret_variable_names()
-        and name != "ADMIN_HOST"
+        and name not in POD_REFUSED
     }
     passthrough = {
         "KAFKA_CONFIG_SECURITY_PROTOCOL": "PLAINTEXT",
