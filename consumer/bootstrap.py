@@ -70,6 +70,7 @@ from consumer.ports import ButtonPort
 from consumer.settings import (
     RECORD_MARGIN,
     DeliverySettings,
+    KafkaSettings,
     Settings,
     setting_warnings,
     unknown_variables,
@@ -267,6 +268,7 @@ def _partition_count(admin: AdminClient, settings: Settings) -> int | None:
     """The input topic's partition count, which the changelog must share (co-partitioning).
 
     Raises:
+        ConfigError: the input topic is missing, or the changelog not co-partitioned with it.
         BrokerError: the brokers did not answer within ``METADATA_TIMEOUT`` (named by their
             setting).
     """
@@ -319,29 +321,53 @@ def _test_event(config: MappingConfig, button: ButtonPort, *, dry_run: bool) -> 
 
 def topic_plan(settings: Settings) -> TopicPlan:
     """The settings of the topics the service creates, from ``KAFKA_*``."""
-    k = settings.kafka
+    return kafka_topic_plan(settings.kafka, settings.mapping.max_profile_bytes)
+
+
+def kafka_topic_plan(kafka: KafkaSettings, max_profile_bytes: int) -> TopicPlan:
+    """``topic_plan`` from the Kafka settings and ``MAPPING_MAX_PROFILE_BYTES`` alone (``check``
+    has them when another section is invalid)."""
     return TopicPlan(
-        max_message_bytes=k.max_message_bytes,
-        dlq_retention_ms=k.dlq_retention_ms,
-        profile_max_compaction_lag_ms=k.profile_max_compaction_lag_ms,
-        profile_record_bytes=settings.mapping.max_profile_bytes + RECORD_MARGIN,
+        max_message_bytes=kafka.max_message_bytes,
+        dlq_retention_ms=kafka.dlq_retention_ms,
+        profile_max_compaction_lag_ms=kafka.profile_max_compaction_lag_ms,
+        profile_record_bytes=max_profile_bytes + RECORD_MARGIN,
     )
 
 
-def validate_topics(settings: Settings, admin: AdminClient | None = None) -> list[TopicProblem]:
-    """What is wrong with the input, changelog and dead-letter topics (for ``run`` and ``check``).
+def judge_topics(
+    kafka: KafkaSettings, plan: TopicPlan, admin: AdminClient | None = None, timeout: float = 30.0
+) -> list[TopicProblem]:
+    """The one judge of the input, changelog and dead-letter topics, for ``run`` and ``check``.
 
-    Blocking (admin requests). Fatal problems make ``run`` refuse to start. ``admin``: a client
-    to reuse (``None``: one made of ``KAFKA_*`` settings).
+    Blocking (admin requests): describes the three topics (their effective configuration,
+    topic overrides and broker defaults) and applies ``consumer.domain.topics.topic_problems``,
+    judging a DLQ or changelog that ``KAFKA_CREATE_TOPICS`` creates at start as created. Fatal
+    problems make ``run`` refuse to start and ``check`` fail; the others are ``run``'s
+    ``topic_unfit`` warnings and ``check``'s warnings. ``admin``: a client to reuse (``None``:
+    one made of ``KAFKA_*`` settings); ``timeout``: seconds per request.
 
     Raises:
         BrokerError: the topics could not be described.
     """
-    k = settings.kafka
-    states = describe_topics(admin or k.admin_config(), [k.topic, k.profile_topic, k.dlq_topic])
+    names = [kafka.topic, kafka.profile_topic, kafka.dlq_topic]
+    states = describe_topics(admin or kafka.admin_config(), names, timeout)
     return topic_problems(
-        states[k.topic], states[k.profile_topic], states[k.dlq_topic], topic_plan(settings)
+        states[kafka.topic],
+        states[kafka.profile_topic],
+        states[kafka.dlq_topic],
+        plan,
+        create=kafka.create_topics,
     )
+
+
+def validate_topics(settings: Settings, admin: AdminClient | None = None) -> list[TopicProblem]:
+    """What is wrong with the input, changelog and dead-letter topics (``judge_topics``).
+
+    Raises:
+        BrokerError: the topics could not be described.
+    """
+    return judge_topics(settings.kafka, topic_plan(settings), admin)
 
 
 def refuse_unfit_topics(settings: Settings, admin: AdminClient | None = None) -> None:
