@@ -64,7 +64,7 @@ from consumer.engine.profiles import ProfileExpiry, ProfileStore
 from consumer.engine.restore import RestoreCancel, RestoreFn
 from consumer.engine.watermark import Watermarks
 from consumer.engine.worker import RunStats, Worker, WorkerOptions
-from consumer.errors import BrokerError, ConfigError, ConsumerError
+from consumer.errors import BrokerError, ConfigError, ConsumerError, TopicError
 from consumer.mapcmd import map_one
 from consumer.ports import ButtonPort
 from consumer.settings import (
@@ -222,7 +222,7 @@ def prepare_topics(settings: Settings, *, create: bool) -> None:
     (``refuse_a_lost_changelog``). Each creation is logged at info (``topic_created``).
 
     Raises:
-        ConfigError: the input topic is missing, the changelog is not co-partitioned with it,
+        TopicError: the input topic is missing, the changelog is not co-partitioned with it,
             it is missing while the group has committed offsets on the input, or the topics are
             unfit (``refuse_unfit_topics``).
         BrokerError: the topics could not be described or created.
@@ -252,7 +252,7 @@ def refuse_a_lost_changelog(admin: AdminClient, settings: Settings, partitions: 
     the total from before it. A new group (nothing committed) gets its changelog created.
 
     Raises:
-        ConfigError: the group has committed offsets on the input topic.
+        TopicError: the group has committed offsets on the input topic.
         BrokerError: the group's offsets could not be read.
     """
     k = settings.kafka
@@ -261,14 +261,14 @@ def refuse_a_lost_changelog(admin: AdminClient, settings: Settings, partitions: 
         k.profile_topic, k.group_id, k.topic, sorted(committed), partitions
     )
     if problem is not None:
-        raise ConfigError(f"KAFKA_PROFILE_TOPIC: {problem}")
+        raise TopicError(f"KAFKA_PROFILE_TOPIC: {problem}")
 
 
 def _partition_count(admin: AdminClient, settings: Settings) -> int | None:
     """The input topic's partition count, which the changelog must share (co-partitioning).
 
     Raises:
-        ConfigError: the input topic is missing, or the changelog not co-partitioned with it.
+        TopicError: the input topic is missing, or the changelog not co-partitioned with it.
         BrokerError: the brokers did not answer within ``METADATA_TIMEOUT`` (named by their
             setting).
     """
@@ -281,11 +281,11 @@ def _partition_count(admin: AdminClient, settings: Settings) -> int | None:
         ) from exc
     topic = metadata.topics.get(settings.kafka.topic)
     if topic is None or topic.error is not None:
-        raise ConfigError(f"KAFKA_TOPIC: topic {settings.kafka.topic!r} does not exist")
+        raise TopicError(f"KAFKA_TOPIC: topic {settings.kafka.topic!r} does not exist")
     count = len(topic.partitions)
     changelog = metadata.topics.get(settings.kafka.profile_topic)
     if changelog is not None and changelog.error is None and len(changelog.partitions) != count:
-        raise ConfigError(
+        raise TopicError(
             f"KAFKA_PROFILE_TOPIC: {settings.kafka.profile_topic!r} has "
             f"{len(changelog.partitions)} partitions but {settings.kafka.topic!r} has {count}; "
             "the profile changelog must be co-partitioned with the input"
@@ -374,7 +374,7 @@ def refuse_unfit_topics(settings: Settings, admin: AdminClient | None = None) ->
     """Log the topics' warnings; raise if the service cannot keep its guarantees with them.
 
     Raises:
-        ConfigError: every fatal problem, in one message.
+        TopicError: every fatal problem, in one message.
         BrokerError: the topics could not be described.
     """
     problems = validate_topics(settings, admin)
@@ -388,7 +388,7 @@ def refuse_unfit_topics(settings: Settings, admin: AdminClient | None = None) ->
             )
     fatal = [str(p) for p in problems if p.fatal]
     if fatal:
-        raise ConfigError("topics unfit for the service: " + "; ".join(fatal))
+        raise TopicError("topics unfit for the service: " + "; ".join(fatal))
 
 
 def _admin_server(s: Settings, telemetry: ServiceTelemetry, test_event: TestEventFn) -> AdminServer:

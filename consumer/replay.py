@@ -62,7 +62,7 @@ from consumer.domain.deadletter import (
     header_map,
     strip_own_headers,
 )
-from consumer.errors import BrokerError, ConfigError
+from consumer.errors import BrokerError, ConfigError, TopicError
 from consumer.ports import Headers, Record
 from consumer.settings import Settings
 
@@ -391,7 +391,7 @@ def replay(
     See ``replay_from`` for what is committed when some records are not acknowledged.
 
     Raises:
-        ConfigError: the DLQ (``KAFKA_DLQ_TOPIC``) does not exist.
+        TopicError: the DLQ (``KAFKA_DLQ_TOPIC``) does not exist.
         BrokerError: reading it failed.
     """
     # Measured before anything is written: what the service reads before the replayed records.
@@ -542,7 +542,7 @@ def _ranges(reader: DeadLetterReader, *, from_group: bool) -> dict[int, tuple[in
     try:
         partitions = reader.partitions()
     except BrokerError:
-        raise ConfigError(
+        raise TopicError(
             f"KAFKA_DLQ_TOPIC: dead-letter topic {reader.topic!r} does not exist (a misspelt "
             "name, or nothing was ever dead-lettered)"
         ) from None

@@ -12,7 +12,7 @@ import pytest
 from consumer import cli
 from consumer.adapters.kafka_producer import ProduceError
 from consumer.domain.deadletter import header_map
-from consumer.errors import BrokerError, ConfigError
+from consumer.errors import BrokerError, ConfigError, TopicError
 from consumer.ports import Headers, Record
 from consumer.replay import (
     ReplayFailure,
@@ -548,7 +548,7 @@ def test_a_dead_letter_topic_that_does_not_exist_is_named_by_its_setting() -> No
         def partitions(self, timeout: float = 30.0) -> list[int]:
             raise BrokerError("topic events.dlq not found")
 
-    with pytest.raises(ConfigError, match=r"KAFKA_DLQ_TOPIC: dead-letter topic 'events\.dlq'"):
+    with pytest.raises(TopicError, match=r"KAFKA_DLQ_TOPIC: dead-letter topic 'events\.dlq'"):
         run_replay(NoTopic({}), FakeProducer())
 
 
@@ -973,3 +973,21 @@ def test_the_summary_warns_when_the_service_had_not_consumed_what_is_ahead_of_th
         "button-consumer: could not read the service group's lag (denied): replay when it is "
         "0, and run replay-dlq without filters again afterwards"
     ]
+
+
+def test_a_missing_dead_letter_topic_exits_1_as_a_topic_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A DLQ that does not exist is a topic error (exit 1, README "Commands"), not a
+    configuration error (2): the settings are valid, the cluster lacks the topic."""
+
+    def no_dlq(*_args: object, **_kwargs: object) -> ReplayReport:
+        raise TopicError("KAFKA_DLQ_TOPIC: dead-letter topic 'events.dlq' does not exist")
+
+    monkeypatch.setattr("consumer.replay.replay", no_dlq)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+
+    assert cli.main(["replay-dlq", "--no-progress"]) == 1
+    assert capsys.readouterr().err == (
+        "button-consumer: KAFKA_DLQ_TOPIC: dead-letter topic 'events.dlq' does not exist\n"
+    )
