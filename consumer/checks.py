@@ -54,8 +54,9 @@ def check(
 ) -> int:
     """``check``: every problem of the configuration at once, each naming its setting.
 
-    Settings (all invalid variables, not just the first), Kafka (reachable, authorized, topics,
-    their partitions, co-partitioning, cleanup policy and retention, the group), the schema
+    Settings (all invalid variables, not just the first), Kafka (reachable, authorized, topics
+    and their partitions, every problem of the topics as ``run`` judges them at start with
+    ``consumer.bootstrap.judge_topics``: a refusal fails, a warning warns; the group), the schema
     registry (credentials, the writer schema's compatibility with the reader) and Button (a
     harmless read of an unknown order: 404 means the key is accepted, 401 not). Connectivity is
     checked for every section whose settings are valid. librdkafka's own log lines are captured,
