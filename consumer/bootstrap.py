@@ -64,12 +64,13 @@ from consumer.engine.profiles import ProfileExpiry, ProfileStore
 from consumer.engine.restore import RestoreCancel, RestoreFn
 from consumer.engine.watermark import Watermarks
 from consumer.engine.worker import RunStats, Worker, WorkerOptions
-from consumer.errors import BrokerError, ConfigError, ConsumerError
+from consumer.errors import BrokerError, ConfigError, ConsumerError, TopicError
 from consumer.mapcmd import map_one
 from consumer.ports import ButtonPort
 from consumer.settings import (
     RECORD_MARGIN,
     DeliverySettings,
+    KafkaSettings,
     Settings,
     setting_warnings,
     unknown_variables,
@@ -221,7 +222,7 @@ def prepare_topics(settings: Settings, *, create: bool) -> None:
     (``refuse_a_lost_changelog``). Each creation is logged at info (``topic_created``).
 
     Raises:
-        ConfigError: the input topic is missing, the changelog is not co-partitioned with it,
+        TopicError: the input topic is missing, the changelog is not co-partitioned with it,
             it is missing while the group has committed offsets on the input, or the topics are
             unfit (``refuse_unfit_topics``).
         BrokerError: the topics could not be described or created.
@@ -251,7 +252,7 @@ def refuse_a_lost_changelog(admin: AdminClient, settings: Settings, partitions: 
     the total from before it. A new group (nothing committed) gets its changelog created.
 
     Raises:
-        ConfigError: the group has committed offsets on the input topic.
+        TopicError: the group has committed offsets on the input topic.
         BrokerError: the group's offsets could not be read.
     """
     k = settings.kafka
@@ -260,13 +261,14 @@ def refuse_a_lost_changelog(admin: AdminClient, settings: Settings, partitions: 
         k.profile_topic, k.group_id, k.topic, sorted(committed), partitions
     )
     if problem is not None:
-        raise ConfigError(f"KAFKA_PROFILE_TOPIC: {problem}")
+        raise TopicError(f"KAFKA_PROFILE_TOPIC: {problem}")
 
 
 def _partition_count(admin: AdminClient, settings: Settings) -> int | None:
     """The input topic's partition count, which the changelog must share (co-partitioning).
 
     Raises:
+        TopicError: the input topic is missing, or the changelog not co-partitioned with it.
         BrokerError: the brokers did not answer within ``METADATA_TIMEOUT`` (named by their
             setting).
     """
@@ -279,11 +281,11 @@ def _partition_count(admin: AdminClient, settings: Settings) -> int | None:
         ) from exc
     topic = metadata.topics.get(settings.kafka.topic)
     if topic is None or topic.error is not None:
-        raise ConfigError(f"KAFKA_TOPIC: topic {settings.kafka.topic!r} does not exist")
+        raise TopicError(f"KAFKA_TOPIC: topic {settings.kafka.topic!r} does not exist")
     count = len(topic.partitions)
     changelog = metadata.topics.get(settings.kafka.profile_topic)
     if changelog is not None and changelog.error is None and len(changelog.partitions) != count:
-        raise ConfigError(
+        raise TopicError(
             f"KAFKA_PROFILE_TOPIC: {settings.kafka.profile_topic!r} has "
             f"{len(changelog.partitions)} partitions but {settings.kafka.topic!r} has {count}; "
             "the profile changelog must be co-partitioned with the input"
@@ -319,36 +321,60 @@ def _test_event(config: MappingConfig, button: ButtonPort, *, dry_run: bool) -> 
 
 def topic_plan(settings: Settings) -> TopicPlan:
     """The settings of the topics the service creates, from ``KAFKA_*``."""
-    k = settings.kafka
+    return kafka_topic_plan(settings.kafka, settings.mapping.max_profile_bytes)
+
+
+def kafka_topic_plan(kafka: KafkaSettings, max_profile_bytes: int) -> TopicPlan:
+    """``topic_plan`` from the Kafka settings and ``MAPPING_MAX_PROFILE_BYTES`` alone (``check``
+    has them when another section is invalid)."""
     return TopicPlan(
-        max_message_bytes=k.max_message_bytes,
-        dlq_retention_ms=k.dlq_retention_ms,
-        profile_max_compaction_lag_ms=k.profile_max_compaction_lag_ms,
-        profile_record_bytes=settings.mapping.max_profile_bytes + RECORD_MARGIN,
+        max_message_bytes=kafka.max_message_bytes,
+        dlq_retention_ms=kafka.dlq_retention_ms,
+        profile_max_compaction_lag_ms=kafka.profile_max_compaction_lag_ms,
+        profile_record_bytes=max_profile_bytes + RECORD_MARGIN,
     )
 
 
-def validate_topics(settings: Settings, admin: AdminClient | None = None) -> list[TopicProblem]:
-    """What is wrong with the input, changelog and dead-letter topics (for ``run`` and ``check``).
+def judge_topics(
+    kafka: KafkaSettings, plan: TopicPlan, admin: AdminClient | None = None, timeout: float = 30.0
+) -> list[TopicProblem]:
+    """The one judge of the input, changelog and dead-letter topics, for ``run`` and ``check``.
 
-    Blocking (admin requests). Fatal problems make ``run`` refuse to start. ``admin``: a client
-    to reuse (``None``: one made of ``KAFKA_*`` settings).
+    Blocking (admin requests): describes the three topics (their effective configuration,
+    topic overrides and broker defaults) and applies ``consumer.domain.topics.topic_problems``,
+    judging a DLQ or changelog that ``KAFKA_CREATE_TOPICS`` creates at start as created. Fatal
+    problems make ``run`` refuse to start and ``check`` fail; the others are ``run``'s
+    ``topic_unfit`` warnings and ``check``'s warnings. ``admin``: a client to reuse (``None``:
+    one made of ``KAFKA_*`` settings); ``timeout``: seconds per request.
 
     Raises:
         BrokerError: the topics could not be described.
     """
-    k = settings.kafka
-    states = describe_topics(admin or k.admin_config(), [k.topic, k.profile_topic, k.dlq_topic])
+    names = [kafka.topic, kafka.profile_topic, kafka.dlq_topic]
+    states = describe_topics(admin or kafka.admin_config(), names, timeout)
     return topic_problems(
-        states[k.topic], states[k.profile_topic], states[k.dlq_topic], topic_plan(settings)
+        states[kafka.topic],
+        states[kafka.profile_topic],
+        states[kafka.dlq_topic],
+        plan,
+        create=kafka.create_topics,
     )
+
+
+def validate_topics(settings: Settings, admin: AdminClient | None = None) -> list[TopicProblem]:
+    """What is wrong with the input, changelog and dead-letter topics (``judge_topics``).
+
+    Raises:
+        BrokerError: the topics could not be described.
+    """
+    return judge_topics(settings.kafka, topic_plan(settings), admin)
 
 
 def refuse_unfit_topics(settings: Settings, admin: AdminClient | None = None) -> None:
     """Log the topics' warnings; raise if the service cannot keep its guarantees with them.
 
     Raises:
-        ConfigError: every fatal problem, in one message.
+        TopicError: every fatal problem, in one message.
         BrokerError: the topics could not be described.
     """
     problems = validate_topics(settings, admin)
@@ -362,7 +388,7 @@ def refuse_unfit_topics(settings: Settings, admin: AdminClient | None = None) ->
             )
     fatal = [str(p) for p in problems if p.fatal]
     if fatal:
-        raise ConfigError("topics unfit for the service: " + "; ".join(fatal))
+        raise TopicError("topics unfit for the service: " + "; ".join(fatal))
 
 
 def _admin_server(s: Settings, telemetry: ServiceTelemetry, test_event: TestEventFn) -> AdminServer:

@@ -25,17 +25,15 @@ from confluent_kafka.admin._config import ConfigResource
 from consumer.adapters.button_client import ButtonClient
 from consumer.adapters.kafka import kafka_error_text
 from consumer.adapters.kafka_reader import committed_partitions
+from consumer.bootstrap import judge_topics, kafka_topic_plan
 from consumer.domain.outcomes import OutcomeKind
-from consumer.domain.topics import (
-    changelog_policy_problem,
-    dlq_policy_problem,
-    lost_changelog_problem,
-)
+from consumer.domain.topics import TopicProblem, lost_changelog_problem
 from consumer.errors import BrokerError
 from consumer.settings import (
     ButtonSettings,
     DeliverySettings,
     KafkaSettings,
+    MappingSettings,
     SchemaSettings,
     diagnose,
     kafka_property_problem,
@@ -56,8 +54,9 @@ def check(
 ) -> int:
     """``check``: every problem of the configuration at once, each naming its setting.
 
-    Settings (all invalid variables, not just the first), Kafka (reachable, authorized, topics,
-    their partitions, co-partitioning, cleanup policy and retention, the group), the schema
+    Settings (all invalid variables, not just the first), Kafka (reachable, authorized, topics
+    and their partitions, every problem of the topics as ``run`` judges them at start with
+    ``consumer.bootstrap.judge_topics``: a refusal fails, a warning warns; the group), the schema
     registry (credentials, the writer schema's compatibility with the reader) and Button (a
     harmless read of an unknown order: 404 means the key is accepted, 401 not). Connectivity is
     checked for every section whose settings are valid. librdkafka's own log lines are captured,
@@ -73,7 +72,10 @@ def check(
     kafka, schema = sections["kafka"], sections["schema"]
     button, delivery = sections["button"], sections["delivery"]
     if isinstance(kafka, KafkaSettings):
-        findings.extend(_check_kafka(kafka, timeout, environ))
+        mapping = sections["mapping"]
+        # MAPPING_ settings invalid (failed above): the largest profile record is unknown.
+        profile = mapping.max_profile_bytes if isinstance(mapping, MappingSettings) else 0
+        findings.extend(_check_kafka(kafka, profile, timeout, environ))
     else:
         findings.append(
             Finding("skip", "KAFKA_BOOTSTRAP_SERVERS", "Kafka not checked: fix the settings above")
@@ -128,8 +130,12 @@ def _quiet_admin(kafka: KafkaSettings) -> tuple[AdminClient, _LibrdkafkaLog]:
 
 
 def _check_kafka(
-    k: KafkaSettings, timeout: float, environ: Mapping[str, str] | None = None
+    k: KafkaSettings,
+    max_profile_bytes: int,
+    timeout: float,
+    environ: Mapping[str, str] | None = None,
 ) -> list[Finding]:
+    """Reachable, then each topic judged by ``run``'s judge (``_check_topic``), the group."""
     try:
         admin, log = _quiet_admin(k)
     except KafkaException as exc:
@@ -157,52 +163,84 @@ def _check_kafka(
             "ok", "KAFKA_BOOTSTRAP_SERVERS", f"Kafka reachable ({len(metadata.brokers)} brokers)"
         )
     ]
-    counts: dict[str, int] = {}
+    try:
+        problems = judge_topics(k, kafka_topic_plan(k, max_profile_bytes), admin, timeout)
+    except BrokerError as exc:
+        # run stops on it too (prepare_topics): the topics cannot be judged.
+        out.append(Finding("fail", "KAFKA_BOOTSTRAP_SERVERS", f"topics not judged: {exc}"))
+        problems = None
     variables = {
         k.topic: "KAFKA_TOPIC",
         k.dlq_topic: "KAFKA_DLQ_TOPIC",
         k.profile_topic: "KAFKA_PROFILE_TOPIC",
     }
     for name, variable in variables.items():
-        topic = metadata.topics.get(name)
-        error = None if topic is None else topic.error
-        if error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
-            out.append(
-                Finding("fail", variable, f"topic {name}: not authorized (ACLs for this principal)")
-            )
-        elif topic is None or error is not None:
-            will = k.create_topics and name != k.topic
-            changelog = will and name == k.profile_topic
-            lost = _lost_changelog(admin, k, metadata, timeout) if changelog else None
-            if lost is not None:
-                out.append(lost)
-                continue
-            status: Literal["ok", "fail"] = "ok" if will else "fail"
-            out.append(
-                Finding(
-                    status,
-                    variable,
-                    f"topic {name}: missing" + (" (created at start)" if will else ""),
-                )
-            )
-        else:
-            counts[name] = len(topic.partitions)
-            out.append(Finding("ok", variable, f"topic {name}: {counts[name]} partitions"))
-    if k.topic in counts and k.profile_topic in counts:
-        if counts[k.topic] == counts[k.profile_topic]:
-            out.append(Finding("ok", "KAFKA_PROFILE_TOPIC", "co-partitioned with the input topic"))
-        else:
-            out.append(
-                Finding(
-                    "fail",
-                    "KAFKA_PROFILE_TOPIC",
-                    f"{counts[k.profile_topic]} partitions, the input topic {counts[k.topic]}: "
-                    "profiles must be co-partitioned with the input",
-                )
-            )
-    out.extend(_check_topic_configs(admin, k, [n for n in variables if n in counts], timeout))
+        out.extend(_check_topic(admin, k, metadata, name, variable, problems, timeout))
+    source = metadata.topics.get(k.topic)
+    changelog = metadata.topics.get(k.profile_topic)
+    if (
+        problems is not None
+        and source is not None
+        and changelog is not None
+        and source.error is None
+        and changelog.error is None
+        and len(source.partitions) == len(changelog.partitions)
+    ):
+        out.append(Finding("ok", "KAFKA_PROFILE_TOPIC", "co-partitioned with the input topic"))
     out.append(_check_group(admin, k, timeout))
     return out
+
+
+def _check_topic(
+    admin: AdminClient,
+    k: KafkaSettings,
+    metadata: Any,
+    name: str,
+    variable: str,
+    problems: list[TopicProblem] | None,
+    timeout: float,
+) -> list[Finding]:
+    """One topic's lines: whether it exists (or is created at start), then every problem the
+    judge ``run`` applies found with it (``consumer.bootstrap.judge_topics``), a refusal as a
+    failure and a warning as a warning; its configuration when it has none."""
+    topic = metadata.topics.get(name)
+    error = None if topic is None else topic.error
+    mine = [p for p in problems or [] if p.setting == variable]
+    judged = [
+        Finding("fail" if p.fatal else "warn", variable, f"topic {name}: {p.message}") for p in mine
+    ]
+    if error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+        # The judge sees no such topic ("does not exist"): this line says why.
+        return [
+            Finding("fail", variable, f"topic {name}: not authorized (ACLs for this principal)")
+        ]
+    if topic is None or error is not None or not topic.partitions:
+        if not k.create_topics or name == k.topic:
+            return judged or [Finding("fail", variable, f"topic {name}: missing")]
+        if name == k.profile_topic:
+            lost = _lost_changelog(admin, k, metadata, timeout)
+            if lost is not None:
+                return [lost]
+        return [Finding("ok", variable, f"topic {name}: missing (created at start)"), *judged]
+    out = [Finding("ok", variable, f"topic {name}: {len(topic.partitions)} partitions")]
+    if problems is not None and not mine:
+        out.append(_topic_config_line(admin, name, variable, timeout))
+    return out + judged
+
+
+def _topic_config_line(admin: AdminClient, name: str, variable: str, timeout: float) -> Finding:
+    """A fit topic's cleanup policy and retention, for the operator to see."""
+    resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+    try:
+        entries = admin.describe_configs([resource], request_timeout=timeout)[resource].result(
+            timeout=timeout
+        )
+    except Exception as exc:  # noqa: BLE001 - reported, not raised; the judge read it already
+        return Finding("ok", variable, f"topic {name}: fit ({kafka_error_text(exc)})")
+    policy = str(entries["cleanup.policy"].value) if "cleanup.policy" in entries else "delete"
+    retention = int(entries["retention.ms"].value) if "retention.ms" in entries else -1
+    kept = "forever" if retention < 0 else f"{retention / 86_400_000:g} days"
+    return Finding("ok", variable, f"topic {name}: cleanup.policy={policy}, retention {kept}")
 
 
 def _lost_changelog(
@@ -223,77 +261,6 @@ def _lost_changelog(
         k.profile_topic, k.group_id, k.topic, sorted(committed), partitions
     )
     return None if problem is None else Finding("fail", "KAFKA_PROFILE_TOPIC", problem)
-
-
-_WEEK_MS = 7 * 24 * 3600 * 1000
-
-
-def _check_topic_configs(
-    admin: AdminClient, k: KafkaSettings, names: list[str], timeout: float
-) -> list[Finding]:
-    """Cleanup policy and retention: the changelog compacted only and the DLQ not compacted,
-    by the rules ``run`` refuses them with (``consumer.domain.topics``); the input deleted."""
-    if not names:
-        return []
-    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in names]
-    out: list[Finding] = []
-    for resource, future in admin.describe_configs(resources, request_timeout=timeout).items():
-        name = resource.name
-        variable = {k.topic: "KAFKA_TOPIC", k.dlq_topic: "KAFKA_DLQ_TOPIC"}.get(
-            name, "KAFKA_PROFILE_TOPIC"
-        )
-        try:
-            entries = future.result(timeout=timeout)
-        except Exception as exc:  # noqa: BLE001 - reported, not raised
-            out.append(
-                Finding(
-                    "warn",
-                    variable,
-                    f"topic {name}: configuration not readable ({kafka_error_text(exc)})",
-                )
-            )
-            continue
-        policy = str(entries["cleanup.policy"].value) if "cleanup.policy" in entries else "delete"
-        retention = int(entries["retention.ms"].value) if "retention.ms" in entries else -1
-        kept = "forever" if retention < 0 else f"{retention / 86_400_000:g} days"
-        if name == k.profile_topic:
-            unfit = changelog_policy_problem(policy)
-            out.append(
-                Finding(
-                    "ok" if unfit is None else "fail",
-                    variable,
-                    f"topic {name}: " + (f"cleanup.policy={policy}" if unfit is None else unfit),
-                )
-            )
-        elif name == k.dlq_topic:
-            unfit = dlq_policy_problem(policy)
-            if unfit is not None:
-                out.append(Finding("fail", variable, f"topic {name}: {unfit}"))
-            elif 0 <= retention < _WEEK_MS:
-                out.append(
-                    Finding(
-                        "warn",
-                        variable,
-                        f"topic {name}: dead letters kept {kept}: less than a week to replay them",
-                    )
-                )
-            else:
-                out.append(
-                    Finding(
-                        "ok", variable, f"topic {name}: cleanup.policy={policy}, retention {kept}"
-                    )
-                )
-        else:
-            status: Literal["ok", "warn"] = "warn" if "compact" in policy else "ok"
-            note = ": compaction keeps one event per user" if status == "warn" else ""
-            out.append(
-                Finding(
-                    status,
-                    variable,
-                    f"topic {name}: cleanup.policy={policy}, retention {kept}{note}",
-                )
-            )
-    return out
 
 
 def _check_group(admin: AdminClient, k: KafkaSettings, timeout: float) -> Finding:

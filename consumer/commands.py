@@ -29,7 +29,7 @@ from consumer.domain.events import (
     Platform,
     ProductAction,
 )
-from consumer.errors import ConfigError, ConsumerError
+from consumer.errors import ConfigError, ConsumerError, TopicError
 from consumer.mapcmd import run_map
 from consumer.samples import generate, past_start
 from consumer.settings import (
@@ -204,8 +204,8 @@ def produce_events(
     With SCHEMA_REGISTRY_URL the schema is registered first (wire format), else plain Avro.
 
     Raises:
-        ConfigError: ``create`` is false and the topic does not exist; or the registry refused
-            the schema.
+        TopicError: ``create`` is false and the topic does not exist.
+        ConfigError: the registry refused the schema.
         ConsumerError: not every event was acknowledged by the broker (``BrokerError``: the
             topics could not be read).
         SchemaRegistryUnavailableError: the registry could not be reached.
@@ -214,7 +214,7 @@ def produce_events(
     if create:
         ensure_topics(settings.kafka.admin_config(), {topic: {}}, partitions=partitions)
     elif not describe_topics(settings.kafka.admin_config(), [topic])[topic].exists:
-        raise ConfigError(f"KAFKA_TOPIC: topic {topic!r} does not exist")
+        raise TopicError(f"KAFKA_TOPIC: topic {topic!r} does not exist")
     encoder = build_encoder(
         Path(settings.schema.dir),
         settings.schema.registry_url,

@@ -5,6 +5,7 @@ exceptions (confluent-kafka, fastavro, httpx, aiohttp) into one of these with ``
 
     ConsumerError
     +-- ConfigError              settings invalid; names the variable (never the secret value)
+    +-- TopicError               a topic missing or unfit for the service; names its variable
     +-- DecodeError              bytes that cannot become a commerce event (dead-letter)
     |   +-- InvalidEventError    a record that decoded but breaks the event model's rules
     |   +-- UnknownSchemaError   writer schema id or fingerprint not resolvable
@@ -30,6 +31,15 @@ class ConsumerError(Exception):
 
 class ConfigError(ConsumerError):
     """A setting is missing or invalid. The message names the environment variable."""
+
+
+class TopicError(ConsumerError):
+    """A topic a command needs is missing, or unfit for the service (``run``'s topic checks).
+
+    Not a ``ConfigError``: the settings are valid, the cluster lacks what they name. Every
+    command reports it as a failure it could not get past (exit status 1, README "Commands"),
+    the message naming the variable (``KAFKA_TOPIC``, ``KAFKA_DLQ_TOPIC``, ...).
+    """
 
 
 class DecodeError(ConsumerError):

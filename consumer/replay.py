@@ -62,7 +62,7 @@ from consumer.domain.deadletter import (
     header_map,
     strip_own_headers,
 )
-from consumer.errors import BrokerError, ConfigError
+from consumer.errors import BrokerError, ConfigError, TopicError
 from consumer.ports import Headers, Record
 from consumer.settings import Settings
 
@@ -130,15 +130,56 @@ class ReplayReport:
     """The service's group whose lag ``lagging`` is."""
     lag_error: str | None = None
     """Why that lag could not be read, if it could not."""
+    orders: dict[str, int] = field(default_factory=dict)
+    """Dead letters read of each ``--order-id`` value (filtered out or not)."""
+    selected_values: set[tuple[str, str]] = field(default_factory=set)
+    """The ``("reason", R)`` and ``("order", O)`` filter values that a dead letter the filter
+    selected carries (``unmatched``)."""
+
+    def note(self, text: Mapping[str, str], selection: ReplayFilter, *, selected: bool) -> None:
+        """Count a dead letter read: its reason, its order when the filter names it, and the
+        filter values it matched when ``selected``."""
+        reason, order_id = text.get(H_REASON, ""), text.get(H_ORDER_ID, "")
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        if order_id in selection.order_ids:
+            self.orders[order_id] = self.orders.get(order_id, 0) + 1
+        if selected:
+            if reason in selection.reasons:
+                self.selected_values.add(("reason", reason))
+            if order_id in selection.order_ids:
+                self.selected_values.add(("order", order_id))
 
     def unmatched(self, selection: ReplayFilter) -> list[str]:
-        """A line for each ``--reason`` that no dead letter read has (a typo?), naming the
-        reasons there are."""
+        """A line for each ``--reason`` and ``--order-id`` value that selected no dead letter:
+        none read has it (a typo? the reasons there are are named), or the other filters left
+        out every one that has it."""
         present = ", ".join(f"{r} ({n})" for r, n in sorted(self.reasons.items())) or "none"
-        return [
-            f"--reason {reason}: no dead letter has it; the reasons read: {present}"
-            for reason in sorted(selection.reasons - self.reasons.keys())
-        ]
+        lines = []
+        for reason in sorted(selection.reasons):
+            if reason not in self.reasons:
+                lines.append(
+                    f"--reason {reason}: no dead letter has it; the reasons read: {present}"
+                )
+            elif ("reason", reason) not in self.selected_values:
+                lines.append(
+                    f"--reason {reason}: the other filters select none of its "
+                    f"{self.reasons[reason]} dead letter(s)"
+                )
+        for order_id in sorted(selection.order_ids):
+            if order_id not in self.orders:
+                lines.append(f"--order-id {order_id}: no dead letter has it")
+            elif ("order", order_id) not in self.selected_values:
+                lines.append(
+                    f"--order-id {order_id}: the other filters select none of its "
+                    f"{self.orders[order_id]} dead letter(s)"
+                )
+        return lines
+
+    def complete(self, selection: ReplayFilter) -> bool:
+        """Whether the selection was replayed whole (a dry run: would be): every record
+        acknowledged, no selected dead letter held back, every ``--reason`` and ``--order-id``
+        value selected one. ``replay-dlq`` exits 1 otherwise."""
+        return not (self.failures or self.held or self.unmatched(selection))
 
 
 class GroupOffsets(Protocol):
@@ -391,7 +432,7 @@ def replay(
     See ``replay_from`` for what is committed when some records are not acknowledged.
 
     Raises:
-        ConfigError: the DLQ (``KAFKA_DLQ_TOPIC``) does not exist.
+        TopicError: the DLQ (``KAFKA_DLQ_TOPIC``) does not exist.
         BrokerError: reading it failed.
     """
     # Measured before anything is written: what the service reads before the replayed records.
@@ -461,9 +502,9 @@ def replay_from(
         if record.partition in first_failed:
             continue  # an earlier record of this partition could not be queued: left for later
         text = header_map(record.headers)
-        reason = text.get(H_REASON, "")
-        report.reasons[reason] = report.reasons.get(reason, 0) + 1
-        choice = leaders.choose(record, text, selected=selection.matches(text))
+        selected = selection.matches(text)
+        report.note(text, selection, selected=selected)
+        choice = leaders.choose(record, text, selected=selected)
         if choice.held_behind is not None:
             report.held += 1
             report.held_behind[choice.held_behind] = (
@@ -542,7 +583,7 @@ def _ranges(reader: DeadLetterReader, *, from_group: bool) -> dict[int, tuple[in
     try:
         partitions = reader.partitions()
     except BrokerError:
-        raise ConfigError(
+        raise TopicError(
             f"KAFKA_DLQ_TOPIC: dead-letter topic {reader.topic!r} does not exist (a misspelt "
             "name, or nothing was ever dead-lettered)"
         ) from None
@@ -667,7 +708,10 @@ def _time_window(since: str | None, until: str | None) -> tuple[int | None, int 
 
 
 def replay_command(args: argparse.Namespace) -> int:
-    """``replay-dlq``: re-deliver the selected dead letters; 0 when all were, else 1.
+    """``replay-dlq``: re-deliver the selected dead letters; 0 when all were, else 1
+    (``ReplayReport.complete``: a record not acknowledged, a selected dead letter held back, a
+    ``--reason`` or ``--order-id`` value that selected none). ``--dry-run`` exits as the
+    replay would.
 
     Raises:
         ConfigError: a bad argument (``--since``/``--until`` not ISO-8601 or an empty or
@@ -699,7 +743,7 @@ def replay_command(args: argparse.Namespace) -> int:
     for line in summary_lines(report, selection, dry_run=args.dry_run):
         print(line, file=sys.stderr)
     if not report.failures:
-        return 0
+        return 0 if report.complete(selection) else 1
     for failure in report.failures:
         print(f"button-consumer: {settings.kafka.dlq_topic} {failure}", file=sys.stderr)
     stands = ", ".join(f"{p}:{o}" for p, o in sorted(report.committed.items())) or "nothing"

@@ -5,8 +5,9 @@ creates (``created_topic_configs``) and what is wrong with what exists (``topic_
 *fatal* problem means the service cannot keep its guarantees (a changelog that deletes profiles or
 is not co-partitioned, a compacted dead-letter topic, a topic that is missing): ``run`` refuses
 to start with every fatal problem in its message. Others are warnings: logged at start and
-reported by ``check``. The cleanup-policy rules (``changelog_policy_problem``,
-``dlq_policy_problem``) are the one rule ``run`` and ``check`` both apply.
+reported by ``check``. ``topic_problems`` is the one judge ``run`` and ``check`` both apply
+(through ``consumer.bootstrap.judge_topics``): every refusal of ``run`` is a failure of ``check``
+and every warning ``run`` logs (``topic_unfit``) a warning of ``check``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from dataclasses import dataclass, field
 
 NO_LIMIT_MS = 9_223_372_036_854_775_807
 """Kafka's "never" for ``max.compaction.lag.ms`` (its default)."""
+
+WEEK_MS = 7 * 24 * 3600 * 1000
+"""Below this ``retention.ms`` the DLQ leaves too little time to replay its dead letters."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,69 +160,58 @@ def lost_changelog_problem(
 
 
 def topic_problems(
-    source: TopicState, changelog: TopicState, dlq: TopicState, plan: TopicPlan
+    source: TopicState,
+    changelog: TopicState,
+    dlq: TopicState,
+    plan: TopicPlan,
+    *,
+    create: bool = False,
 ) -> list[TopicProblem]:
     """What is wrong with the input topic, the profile changelog and the dead-letter topic.
+
+    ``create`` (``KAFKA_CREATE_TOPICS``): a missing DLQ or changelog is created at start with
+    ``created_topic_configs`` (the input's partitions and replicas), so it is judged as that
+    topic; with the input missing too, only the input is refused (``run`` stops there). A
+    missing changelog of a group that has consumed is refused apart
+    (``lost_changelog_problem``).
 
     Fatal: a missing topic; a changelog whose ``cleanup.policy`` is not exactly ``compact``
     (``delete`` loses profiles, parked orders and applied refunds after the retention) or whose
     partition count differs from the input's (co-partitioning, DESIGN 7); a dead-letter topic
     whose ``cleanup.policy`` includes ``compact`` (it keeps one dead letter per user).
     Warnings: a record limit below the producers', fewer replicas than the input, a dead-letter
-    topic whose retention counts from the source timestamp, and a changelog that keeps
-    superseded values
-    without a bound.
+    topic whose retention counts from the source timestamp or keeps dead letters less than a
+    week, a changelog that keeps superseded values without a bound, and a compacted input.
     """
+    if create and source.exists:
+        dlq_config, changelog_config = created_topic_configs(plan, source.replication)
+        if not dlq.exists:
+            dlq = TopicState(dlq.name, source.partitions, source.replication, dlq_config)
+        if not changelog.exists:
+            changelog = TopicState(
+                changelog.name, source.partitions, source.replication, changelog_config
+            )
     problems: list[TopicProblem] = []
     for state, role, setting in (
         (source, "input", "KAFKA_TOPIC"),
         (changelog, "profile changelog", "KAFKA_PROFILE_TOPIC"),
         (dlq, "DLQ", "KAFKA_DLQ_TOPIC"),
     ):
-        if not state.exists:
+        if not state.exists and not (create and state is not source):
             problems.append(
                 TopicProblem(state.name, True, f"the {role} topic does not exist", setting)
             )
-    if changelog.exists:
-        unfit = changelog_policy_problem(changelog.config.get("cleanup.policy", "delete"))
-        if unfit is not None:
-            problems.append(TopicProblem(changelog.name, True, unfit, "KAFKA_PROFILE_TOPIC"))
-        if source.exists and changelog.partitions != source.partitions:
-            problems.append(
-                TopicProblem(
-                    changelog.name,
-                    True,
-                    f"has {changelog.partitions} partitions but {source.name} has "
-                    f"{source.partitions}; the profile changelog must be co-partitioned with "
-                    "the input",
-                    "KAFKA_PROFILE_TOPIC",
-                )
+    if source.exists and "compact" in _policies(source.config.get("cleanup.policy", "delete")):
+        problems.append(
+            TopicProblem(
+                source.name,
+                False,
+                f"cleanup.policy is {source.config['cleanup.policy']!r}: compaction keeps only "
+                "each user's latest event, so events the service has not read yet may be lost",
+                "KAFKA_TOPIC",
             )
-        limit = int(changelog.config.get("max.message.bytes", str(plan.max_message_bytes)))
-        if limit < plan.profile_record_bytes:
-            problems.append(
-                TopicProblem(
-                    changelog.name,
-                    True,
-                    f"max.message.bytes is {limit}, below the largest profile record "
-                    f"({plan.profile_record_bytes} bytes: MAPPING_MAX_PROFILE_BYTES and a margin "
-                    "for the key and headers): a profile that grows to its cap could not be "
-                    "written and the service would stop on it; raise the topic's "
-                    "max.message.bytes or lower MAPPING_MAX_PROFILE_BYTES",
-                    "KAFKA_PROFILE_TOPIC",
-                )
-            )
-        lag = int(changelog.config.get("max.compaction.lag.ms", NO_LIMIT_MS))
-        if lag >= NO_LIMIT_MS:
-            problems.append(
-                TopicProblem(
-                    changelog.name,
-                    False,
-                    "max.compaction.lag.ms is unbounded: superseded profile values (advertising "
-                    "IDs) may stay in the log indefinitely",
-                    "KAFKA_PROFILE_TOPIC",
-                )
-            )
+        )
+    problems.extend(_changelog_problems(source, changelog, plan))
     problems.extend(_dlq_problems(dlq))
     for state, setting in ((changelog, "KAFKA_PROFILE_TOPIC"), (dlq, "KAFKA_DLQ_TOPIC")):
         if not state.exists:
@@ -247,6 +240,56 @@ def topic_problems(
     return problems
 
 
+def _changelog_problems(
+    source: TopicState, changelog: TopicState, plan: TopicPlan
+) -> list[TopicProblem]:
+    """An existing changelog's policy, partitions, record limit and compaction bound
+    (``topic_problems``)."""
+    problems: list[TopicProblem] = []
+    if not changelog.exists:
+        return problems
+    unfit = changelog_policy_problem(changelog.config.get("cleanup.policy", "delete"))
+    if unfit is not None:
+        problems.append(TopicProblem(changelog.name, True, unfit, "KAFKA_PROFILE_TOPIC"))
+    if source.exists and changelog.partitions != source.partitions:
+        problems.append(
+            TopicProblem(
+                changelog.name,
+                True,
+                f"has {changelog.partitions} partitions but {source.name} has "
+                f"{source.partitions}; the profile changelog must be co-partitioned with "
+                "the input",
+                "KAFKA_PROFILE_TOPIC",
+            )
+        )
+    limit = int(changelog.config.get("max.message.bytes", str(plan.max_message_bytes)))
+    if limit < plan.profile_record_bytes:
+        problems.append(
+            TopicProblem(
+                changelog.name,
+                True,
+                f"max.message.bytes is {limit}, below the largest profile record "
+                f"({plan.profile_record_bytes} bytes: MAPPING_MAX_PROFILE_BYTES and a margin "
+                "for the key and headers): a profile that grows to its cap could not be "
+                "written and the service would stop on it; raise the topic's "
+                "max.message.bytes or lower MAPPING_MAX_PROFILE_BYTES",
+                "KAFKA_PROFILE_TOPIC",
+            )
+        )
+    lag = int(changelog.config.get("max.compaction.lag.ms", NO_LIMIT_MS))
+    if lag >= NO_LIMIT_MS:
+        problems.append(
+            TopicProblem(
+                changelog.name,
+                False,
+                "max.compaction.lag.ms is unbounded: superseded profile values (advertising "
+                "IDs) may stay in the log indefinitely",
+                "KAFKA_PROFILE_TOPIC",
+            )
+        )
+    return problems
+
+
 def _dlq_problems(dlq: TopicState) -> list[TopicProblem]:
     """An existing dead-letter topic's cleanup policy and timestamps (``topic_problems``)."""
     problems: list[TopicProblem] = []
@@ -264,6 +307,16 @@ def _dlq_problems(dlq: TopicState) -> list[TopicProblem]:
                 "message.timestamp.type is not LogAppendTime: dead letters keep the source "
                 "timestamp, so retention.ms counts from the event and an old record's dead "
                 "letter may be deleted at once",
+                "KAFKA_DLQ_TOPIC",
+            )
+        )
+    if 0 <= retention < WEEK_MS:
+        problems.append(
+            TopicProblem(
+                dlq.name,
+                False,
+                f"dead letters kept {retention / 86_400_000:g} days (retention.ms): less than a "
+                "week to replay them",
                 "KAFKA_DLQ_TOPIC",
             )
         )

@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from consumer import checks
 from consumer.bootstrap import prepare_topics, validate_topics
-from consumer.errors import ConfigError
+from consumer.errors import TopicError
 from consumer.sandbox.testing import SandboxHandle
 from consumer.settings import Settings
 from tests.e2e.harness import ServiceRunner, produce_raw
@@ -32,7 +32,7 @@ def test_a_changelog_with_the_delete_policy_is_refused_at_start(
     extra_topics(settings, changelog, partitions=2, config={"cleanup.policy": "delete"})
 
     runner = ServiceRunner(settings).start()
-    with pytest.raises(ConfigError, match=r"cleanup.policy is 'delete'"):
+    with pytest.raises(TopicError, match=r"cleanup.policy is 'delete'"):
         runner.stop(timeout=60)
 
 
@@ -52,7 +52,7 @@ def test_a_changelog_with_another_partition_count_is_refused_without_topic_creat
     assert len(fatal) == 1
     assert "co-partitioned" in fatal[0]
     runner = ServiceRunner(settings).start()
-    with pytest.raises(ConfigError, match="co-partitioned"):
+    with pytest.raises(TopicError, match="co-partitioned"):
         runner.stop(timeout=60)
 
 
@@ -66,7 +66,7 @@ def test_a_compacted_dlq_is_refused_at_start(make_topic, service_settings, extra
     )
 
     runner = ServiceRunner(settings).start()
-    with pytest.raises(ConfigError, match=r"KAFKA_DLQ_TOPIC.*cleanup.policy is 'compact'"):
+    with pytest.raises(TopicError, match=r"KAFKA_DLQ_TOPIC.*cleanup.policy is 'compact'"):
         runner.stop(timeout=60)
 
 
@@ -130,7 +130,7 @@ def test_a_lost_changelog_is_not_recreated_for_a_group_with_committed_offsets(
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     runner = ServiceRunner(settings).start()
     try:
-        with pytest.raises(ConfigError) as refused:
+        with pytest.raises(TopicError) as refused:
             runner.stop(timeout=60)
         message = str(refused.value)
         assert "KAFKA_PROFILE_TOPIC" in message

@@ -11,7 +11,9 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from consumer import checks
+from consumer.bootstrap import validate_topics
 from consumer.sandbox.testing import SandboxHandle, run_sandbox
+from consumer.settings import Settings
 
 pytestmark = pytest.mark.broker
 KEY = "sk-check"
@@ -165,3 +167,40 @@ def test_a_lost_changelog_fails_as_run_refuses_it(
     assert code == 1
     assert env["KAFKA_GROUP_ID"] in failed["KAFKA_PROFILE_TOPIC"]
     assert "does not exist" in failed["KAFKA_PROFILE_TOPIC"]
+
+
+def test_a_changelog_whose_record_limit_run_refuses_fails_check_too(
+    good_env: dict[str, str],
+    make_topic: Callable[..., str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A compacted, co-partitioned changelog whose ``max.message.bytes`` (100000) is below the
+    largest profile record: ``run`` refuses it, so ``check`` fails it by the same rule, naming
+    KAFKA_PROFILE_TOPIC and max.message.bytes, and shows the warnings ``run`` logs as
+    ``topic_unfit`` (no compaction bound, a record limit below KAFKA_MAX_MESSAGE_BYTES, a DLQ
+    not using LogAppendTime) as warning lines. Every problem of the judge ``run`` applies is a
+    line of ``check``: a refusal a failure, a warning a warning."""
+    changelog = make_topic(
+        3, {"cleanup.policy": "compact", "max.message.bytes": "100000"}, prefix="prof-small"
+    )
+    env = {**good_env, "KAFKA_PROFILE_TOPIC": changelog}
+
+    code, document = _run(env, capsys)
+
+    lines = {
+        status: [(c["setting"], c["message"]) for c in document["checks"] if c["status"] == status]
+        for status in ("fail", "warn")
+    }
+    assert code == 1
+    assert any(
+        s == "KAFKA_PROFILE_TOPIC" and "max.message.bytes is 100000" in m for s, m in lines["fail"]
+    )
+    problems = validate_topics(Settings.from_env(env))
+    assert {p.setting for p in problems if p.fatal} == {"KAFKA_PROFILE_TOPIC"}
+    for problem in problems:
+        found = lines["fail" if problem.fatal else "warn"]
+        assert any(s == problem.setting and problem.message in m for s, m in found), problem
+    assert {s for s, _ in lines["fail"]} == {"KAFKA_PROFILE_TOPIC"}
+    warned = lines["warn"]
+    assert any("max.compaction.lag.ms" in m for s, m in warned if s == "KAFKA_PROFILE_TOPIC")
+    assert any("LogAppendTime" in m for s, m in warned if s == "KAFKA_DLQ_TOPIC")

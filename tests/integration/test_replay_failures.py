@@ -1,8 +1,11 @@
-"""``button-consumer replay-dlq`` against a real broker when some deliveries fail.
+"""``button-consumer replay-dlq`` against a real broker when it does not replay everything.
 
 Dead letters that name a partition the input topic does not have (yet) cannot be written: the
 command exits non-zero naming them, the DLQ group is committed in each DLQ partition only up to
 the first of them, and once the partitions exist a rerun replays the rest and completes.
+
+A selection not replayed whole (a filter value that selects no dead letter, selected dead
+letters held back behind an unselected first one) exits 1 as well, dry run or not.
 """
 
 from __future__ import annotations
@@ -18,7 +21,14 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewPartitions
 
-from consumer.domain.deadletter import H_PARTITION, H_REPLAYED, H_TOPIC
+from consumer.domain.deadletter import (
+    H_ORDER_ID,
+    H_PARKED,
+    H_PARTITION,
+    H_REASON,
+    H_REPLAYED,
+    H_TOPIC,
+)
 from tests.conftest import _wait_for_leaders
 from tests.e2e.harness import committed_offsets, headers_of, read_all
 
@@ -47,13 +57,13 @@ def _write_dead_letters(bootstrap: str, dlq: str, source: str) -> None:
 
 
 def _replay_dlq(
-    bootstrap: str, topic: str, dlq: str, group: str
+    bootstrap: str, topic: str, dlq: str, group: str, *extra: str
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "BUTTON_"))}
     env |= {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_TOPIC": topic, "KAFKA_DLQ_TOPIC": dlq}
     executable = Path(sys.executable).parent / "button-consumer"
     return subprocess.run(
-        [str(executable), "replay-dlq", "--group-id", group, "--no-progress"],
+        [str(executable), "replay-dlq", "--group-id", group, "--no-progress", *extra],
         env=env,
         capture_output=True,
         text=True,
@@ -93,3 +103,42 @@ def test_replay_commits_only_up_to_the_first_failed_delivery_and_a_rerun_complet
         headers_of(m)[H_REPLAYED] for m in read_all(kafka_bootstrap, topic) if m.partition() == 3
     ]
     assert on_three == ["0:2"]
+
+
+def test_a_selection_not_replayed_whole_exits_1_and_a_dry_run_says_so_too(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """X's refused create, then its refund parked behind it: ``--reason nosuch`` and
+    ``--order-id NOPE`` select nothing, ``--reason parked`` leaves the refund held back: each
+    exits 1 and writes nothing, and its ``--dry-run`` exits 1 too; ``--order-id X`` replays
+    both and exits 0."""
+    topic = make_topic(partitions=1, prefix="replay-in")
+    dlq = make_topic(partitions=1, prefix="replay-dlq")
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True})
+    for reason, parked in (("http_400", "false"), ("parked", "true")):
+        headers: list[tuple[str, str | bytes | None]] = [
+            (H_TOPIC, topic.encode()),
+            (H_PARTITION, b"0"),
+            (H_REASON, reason.encode()),
+            (H_ORDER_ID, b"X"),
+            (H_PARKED, parked.encode()),
+        ]
+        producer.produce(dlq, key=b"user-x", value=reason.encode(), partition=0, headers=headers)
+    assert producer.flush(30.0) == 0, "the dead letters were not all written"
+
+    for selection, says in (
+        (["--reason", "nosuch"], "--reason nosuch: no dead letter has it"),
+        (["--order-id", "NOPE"], "--order-id NOPE: no dead letter has it"),
+        (["--reason", "parked"], "left 1 selected parked dead letter(s)"),
+    ):
+        for dry_run in ([], ["--dry-run"]):
+            done = _replay_dlq(
+                kafka_bootstrap, topic, dlq, unique_name("replay"), *selection, *dry_run
+            )
+            assert (done.returncode, says in done.stderr) == (1, True), done.stderr
+    assert read_all(kafka_bootstrap, topic) == []
+
+    replayed = _replay_dlq(kafka_bootstrap, topic, dlq, unique_name("replay"), "--order-id", "X")
+
+    assert replayed.returncode == 0, replayed.stderr
+    assert [headers_of(m)[H_REPLAYED] for m in read_all(kafka_bootstrap, topic)] == ["0:0", "0:1"]

@@ -9,7 +9,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from consumer.commands import run_test_event
-from consumer.errors import ConfigError
+from consumer.errors import TopicError
 from tests.e2e.harness import read_all
 
 pytestmark = pytest.mark.broker
@@ -42,7 +42,7 @@ def test_a_test_event_to_a_topic_that_does_not_exist_is_refused_and_creates_noth
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
     monkeypatch.setenv("KAFKA_TOPIC", missing)
 
-    with pytest.raises(ConfigError, match=f"KAFKA_TOPIC: topic '{missing}' does not exist"):
+    with pytest.raises(TopicError, match=f"KAFKA_TOPIC: topic '{missing}' does not exist"):
         run_test_event(_args("ORD-TEST-MISSING"))
 
     assert missing not in _topics(kafka_bootstrap)

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from typing import Any
 
 import pytest
 
 from consumer import cli
 from consumer.adapters.kafka_producer import ProduceError
 from consumer.domain.deadletter import header_map
-from consumer.errors import BrokerError, ConfigError
+from consumer.errors import BrokerError, ConfigError, TopicError
 from consumer.ports import Headers, Record
 from consumer.replay import (
     ReplayFailure,
@@ -548,7 +549,7 @@ def test_a_dead_letter_topic_that_does_not_exist_is_named_by_its_setting() -> No
         def partitions(self, timeout: float = 30.0) -> list[int]:
             raise BrokerError("topic events.dlq not found")
 
-    with pytest.raises(ConfigError, match=r"KAFKA_DLQ_TOPIC: dead-letter topic 'events\.dlq'"):
+    with pytest.raises(TopicError, match=r"KAFKA_DLQ_TOPIC: dead-letter topic 'events\.dlq'"):
         run_replay(NoTopic({}), FakeProducer())
 
 
@@ -889,6 +890,7 @@ def test_the_summary_says_how_many_followers_were_added_and_what_was_held() -> N
         held=2,
         held_behind={"http_404": 2},
         reasons={"http_400": 12, "parked": 14, "http_404": 4},
+        selected_values={("reason", "http_400")},
     )
 
     assert summary_lines(report, HTTP_400, dry_run=False) == [
@@ -973,3 +975,117 @@ def test_the_summary_warns_when_the_service_had_not_consumed_what_is_ahead_of_th
         "button-consumer: could not read the service group's lag (denied): replay when it is "
         "0, and run replay-dlq without filters again afterwards"
     ]
+
+
+# --- replay-dlq's exit status: the selection replayed whole, or not ----------------------------
+
+
+@pytest.fixture
+def dlq_of(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """``dlq_of(reader, producer=None)``: ``replay-dlq`` replays from ``reader`` with
+    ``producer`` (default: one that acknowledges all; ``--dry-run``: none), as ``replay``
+    would from the DLQ."""
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+
+    def use(reader: FakeDeadLetters, producer: FakeProducer | None = None) -> None:
+        def fake_replay(_settings: object, selection: ReplayFilter, **kwargs: Any) -> ReplayReport:
+            return replay_from(
+                reader,
+                None if kwargs["dry_run"] else producer or FakeProducer(),
+                selection,
+                default_topic="events",
+                pacing=_Rate(0.0),
+                out=kwargs["out"],
+                remember=kwargs["remember"],
+            )
+
+        monkeypatch.setattr("consumer.replay.replay", fake_replay)
+
+    return use
+
+
+def _held_dlq() -> ListedDeadLetters:
+    """X's refused create, then its refund parked behind it."""
+    return ListedDeadLetters([(0, b"u1", first("X")), (0, b"u1", parked("X"))])
+
+
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+@pytest.mark.parametrize(
+    ("selection", "status", "says"),
+    [
+        ([], 0, ""),
+        (["--order-id", "X"], 0, ""),
+        (["--reason", "http_400"], 0, ""),
+        (["--reason", "nosuch"], 1, "--reason nosuch: no dead letter has it"),
+        (["--order-id", "NOPE"], 1, "--order-id NOPE: no dead letter has it"),
+        (["--order-id", "X", "--order-id", "NOPE"], 1, "--order-id NOPE: no dead letter has it"),
+        (["--reason", "parked"], 1, "left 1 selected parked dead letter(s)"),
+        (
+            ["--reason", "http_400", "--order-id", "Y"],
+            1,
+            "--order-id Y: no dead letter has it",
+        ),
+    ],
+)
+def test_replay_dlq_exits_1_when_the_selection_was_not_replayed_whole(
+    dlq_of: Callable[..., None],
+    capsys: pytest.CaptureFixture[str],
+    dry_run: list[str],
+    selection: list[str],
+    status: int,
+    says: str,
+) -> None:
+    """``replay-dlq --order-id X && echo replayed`` is not misled: a ``--reason`` or
+    ``--order-id`` value that selects no dead letter, or a selected dead letter held back
+    behind an unselected first one, exits 1 (the lines saying why already printed); a
+    selection replayed whole exits 0. ``--dry-run`` exits as the replay would."""
+    dlq_of(_held_dlq())
+
+    assert cli.main(["replay-dlq", "--no-progress", *selection, *dry_run]) == status
+
+    err = capsys.readouterr().err
+    assert says in err
+
+
+def test_a_value_the_other_filters_exclude_exits_1_naming_it(
+    dlq_of: Callable[..., None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--reason http_400 --order-id X`` where X's only dead letter is parked: each value is
+    in the DLQ, but together they select nothing of X: exit 1, naming the value left out."""
+    dlq_of(
+        ListedDeadLetters(
+            [(0, b"u1", first("Y")), (0, b"u2", first("Z", reason="retries_exhausted"))]
+        )
+    )
+
+    status = cli.main(["replay-dlq", "--no-progress", "--reason", "http_400", "--order-id", "Z"])
+
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "--reason http_400: the other filters select none of its 1 dead letter(s)" in err
+    assert "--order-id Z: the other filters select none of its 1 dead letter(s)" in err
+
+
+def test_a_failed_delivery_still_exits_1(dlq_of: Callable[..., None]) -> None:
+    """Unchanged: a dead letter not acknowledged exits 1."""
+    dlq_of(FakeDeadLetters({0: 2}), FakeProducer(fail=[(0, 1)]))
+
+    assert cli.main(["replay-dlq", "--no-progress"]) == 1
+
+
+def test_a_missing_dead_letter_topic_exits_1_as_a_topic_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A DLQ that does not exist is a topic error (exit 1, README "Commands"), not a
+    configuration error (2): the settings are valid, the cluster lacks the topic."""
+
+    def no_dlq(*_args: object, **_kwargs: object) -> ReplayReport:
+        raise TopicError("KAFKA_DLQ_TOPIC: dead-letter topic 'events.dlq' does not exist")
+
+    monkeypatch.setattr("consumer.replay.replay", no_dlq)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+
+    assert cli.main(["replay-dlq", "--no-progress"]) == 1
+    assert capsys.readouterr().err == (
+        "button-consumer: KAFKA_DLQ_TOPIC: dead-letter topic 'events.dlq' does not exist\n"
+    )

@@ -135,3 +135,48 @@ def test_a_compacted_dlq_is_fatal() -> None:
         assert len(problems) == 1, policy
         assert "KAFKA_DLQ_TOPIC" in problems[0]
         assert f"cleanup.policy is {policy!r}" in problems[0]
+
+
+def test_missing_topics_created_at_start_are_judged_as_created() -> None:
+    """With KAFKA_CREATE_TOPICS a missing DLQ and changelog are judged as the topics ``run``
+    creates (fit: no problem); with the input missing too, only the input is refused, as
+    ``run`` stops on it before creating anything."""
+    missing = TopicState("events.profiles"), TopicState("events.dlq")
+    assert topic_problems(SOURCE, *missing, PLAN, create=True) == []
+
+    problems = topic_problems(TopicState("events"), *missing, PLAN, create=True)
+    assert [(p.setting, p.fatal) for p in problems] == [("KAFKA_TOPIC", True)]
+
+
+def test_a_created_changelog_too_small_for_a_profile_is_refused_before_it_is_created() -> None:
+    """The created changelog gets max.message.bytes=KAFKA_MAX_MESSAGE_BYTES: below the largest
+    profile record, ``run`` would refuse it right after creating it, so the judge refuses it
+    already when it is missing (``check`` fails it)."""
+    plan = TopicPlan(
+        max_message_bytes=100_000,
+        dlq_retention_ms=PLAN.dlq_retention_ms,
+        profile_max_compaction_lag_ms=PLAN.profile_max_compaction_lag_ms,
+        profile_record_bytes=PLAN.profile_record_bytes,
+    )
+    problems = topic_problems(
+        SOURCE, TopicState("events.profiles"), TopicState("events.dlq"), plan, create=True
+    )
+    assert [p.setting for p in problems if p.fatal] == ["KAFKA_PROFILE_TOPIC"]
+    assert "max.message.bytes is 100000" in fatal(problems)[0]
+
+
+def test_a_compacted_input_and_a_dlq_kept_less_than_a_week_warn() -> None:
+    """Warnings ``run`` logs and ``check`` shows: compaction of the input keeps one event per
+    user; a DLQ kept less than a week leaves little time to replay."""
+    changelog, dlq = fit()
+    source = TopicState("events", 6, 3, {"cleanup.policy": "compact,delete"})
+    short = TopicState(dlq.name, 6, 3, {**dlq.config, "retention.ms": str(2 * 86_400_000)})
+
+    problems = topic_problems(source, changelog, short, PLAN)
+
+    assert [(p.setting, p.fatal) for p in problems] == [
+        ("KAFKA_TOPIC", False),
+        ("KAFKA_DLQ_TOPIC", False),
+    ]
+    assert "compaction keeps only each user's latest event" in problems[0].message
+    assert "dead letters kept 2 days" in problems[1].message
