@@ -124,14 +124,11 @@ A, K = Action, OutcomeKind
 ROWS: tuple[Row, ...] = (
     Row("Button: 2xx", _button(A.CREATE, K.SUCCESS, 200)),
     Row(
-        "Button: 409 on create (carrying a follow-up: every create of an open order)",
+        "Button: 409 on create (carrying the update of its state: every create of an open order)",
         _button(A.CREATE, K.CONFLICT, 409, follow_up=True),
-        "Button may hold another state of the order. A create sent again carries the update with "
-        "its full state: sent the same way (limits, retries, gates; its own budget), its answer "
-        "decides the record; the live log and metrics count it as an update. An order's first "
-        "create carries the read of the order: read as a refund's read is, then the event is "
-        "mapped again with it: Button's state adopted when the purchase reaches it through "
-        "refunds (delivered, `order_adopted`), else the update with the purchase's state",
+        "Button may hold another state of the order: the update with the create's full state is "
+        "sent the same way (limits, retries, gates; its own budget) and its answer decides the "
+        "record; the live log and metrics count it as an update",
     ),
     Row(
         "Button: 409 on create (no follow-up: the create re-sent before its cancel)",

@@ -51,11 +51,9 @@ class DiscardedRefund:
 class Send:
     """The event becomes this request.
 
-    ``follow_up``: for a create, what follows only when it is answered 409 (Button already holds
-    the order, perhaps in another state; the failure policy decides, ``policy.classify``): the
-    update of the same order with the same full state (idempotent: it sends the whole state),
-    or, for an order's first create, the read of the order (``GET``), after which the event is
-    mapped again with Button's answer, as for a ``Read``.
+    ``follow_up``: for a create, the update of the same order with the same full state, sent
+    only when the create is answered 409: Button already holds the order, perhaps in another
+    state (the failure policy decides, ``policy.classify``). Idempotent: it sends the whole state.
     """
 
     request: ButtonRequest

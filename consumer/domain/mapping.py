@@ -31,11 +31,7 @@ Decisions worth knowing (the README's mapping table has the field-by-field rules
   state (update, or cancel); a replayed purchase re-sends the create with the stored state and
   token. Full-state updates and deletes are idempotent at Button, and a duplicate create is
   answered 409, which the pipeline follows with the update of the same state (``Send.follow_up``,
-  DESIGN 2): the order's final state is the same however many times an event is replayed. An
-  order's first create (the profile does not know it) carries the read of the order instead:
-  on a 409 Button held it before (the profile forgot it, another integration created it) and
-  the event is mapped again with Button's answer (``_met_at_button``): adopted when the
-  purchase reaches Button's state through refunds (Button is ahead), else updated.
+  DESIGN 2): the order's final state is the same however many times an event is replayed.
 * Remaining total after a partial refund: ``current total - refunded amount`` when the refund
   carries an amount (net of tax and shipping like a purchase), else the value of the remaining
   lines, scaled by ``current total / current lines value`` when order-level discounts make the
@@ -62,7 +58,7 @@ from typing import Any
 
 from consumer.domain.adoption import ButtonOrder, Lookup, button_order
 from consumer.domain.attribution import resolve_btn_ref, token_from_event
-from consumer.domain.button import Action, DiscardedRefund, MapResult, Read, Reject, Send, Skip
+from consumer.domain.button import DiscardedRefund, MapResult, Read, Reject, Send, Skip
 from consumer.domain.button_wire import (
     MAX_ID_LENGTH,
     body_digest,
@@ -418,14 +414,9 @@ def _order_event(
         order = _with_purchase(event, commerce, order_id, known, profile, config, now_ms)
     else:
         order = _with_refund(event, commerce, order_id, known, config, now_ms)
+    desired = _desired(order, strict=event.event_id)
     looked = lookup if lookup is not None and lookup.order_id == order_id else None
     result: MapResult
-    if event.event_type is EventType.PURCHASE and looked is not None:
-        result, order = _met_at_button(order, looked)
-        if order == known:
-            return result, profile
-        return result, profile.with_order(order)
-    desired = _desired(order, strict=event.event_id)
     if desired.status is OrderStatus.PENDING and looked is not None and looked.found:
         at_button = button_order(looked.order, order_id)
         if at_button.deleted:  # cancelled for good: nothing left to refund, never created
@@ -501,59 +492,6 @@ Button's, not a purchase event's. Button's state is the base from then on: a pur
 the order arriving later (the original one, late or duplicated, or one published again) changes
 nothing, since Button held the order before and may have applied refunds the purchase does not
 carry; it re-sends the order's current state, as a replayed purchase does."""
-
-
-def _met_at_button(order: StoredOrder, looked: Lookup) -> tuple[MapResult, StoredOrder]:
-    """A purchase whose first create Button answered 409, mapped again with the order read then.
-
-    Button held the order before this create: the profile forgot it (capped, expired, a
-    recreated changelog) and the purchase came again (a duplicate, a filtered replay of its old
-    dead letter), or another integration created it. When Button's state is one this purchase
-    reaches through refunds (``_reduced_from``: same currency, no more in total, every line one
-    of the purchase's at its unit price with no more units; the purchase's own state included),
-    Button is ahead of the purchase: its state is adopted, as a partial refund's read adopts
-    it, and nothing is sent (skip ``order_adopted``); sending the purchase's state would undo
-    refunds Button applied. Any other state is another version of the order: the update with
-    the purchase's state is sent, so that Button converges to the events. Held deleted:
-    remembered cancelled (skip ``order_already_cancelled``).
-
-    Raises:
-        MappingError: ``order_not_adoptable``: Button's object cannot be read as an order, or
-            Button answered the read 404 after answering the create 409.
-    """
-    if not looked.found:
-        raise MappingError(
-            "order_not_adoptable",
-            f"Button answered the create of {order.order_id!r} 409 (it holds the order) and its"
-            " read 404 (it does not know it)",
-        )
-    at_button = button_order(looked.order, order.order_id)
-    if at_button.deleted:
-        return Skip("order_already_cancelled"), replace(order, status=OrderStatus.CANCELLED)
-    if _reduced_from(at_button, order):
-        return Skip("order_adopted"), _adopted(order, at_button)
-    return Send(update_request(order.order_id, order_body(order))), order
-
-
-def _reduced_from(at_button: ButtonOrder, order: StoredOrder) -> bool:
-    """Whether refunds of ``order``'s content can have left Button's state ``at_button``."""
-    if at_button.currency != order.currency.upper() or at_button.total > order.total:
-        return False
-    exponent = _exponent(order)
-
-    def unit(line: StoredLine) -> tuple[str, int | None]:  # the line's amount, minor units
-        price = None if line.price is None else to_minor_units(Decimal(line.price), exponent)
-        return line.identifier, price
-
-    units: dict[tuple[str, int | None], int] = {}
-    for line in order.lines:
-        units[unit(line)] = units.get(unit(line), 0) + line.quantity
-    for line in at_button.lines:
-        left = units.get(unit(line), 0) - line.quantity
-        if left < 0:
-            return False
-        units[unit(line)] = left
-    return bool(at_button.lines) or not order.lines
 
 
 def _adopted(order: StoredOrder, at_button: ButtonOrder) -> StoredOrder:
@@ -786,7 +724,7 @@ def _reconcile(  # noqa: PLR0911 - one return per row of the reconciliation tabl
                 # A replayed purchase whose create was sent: re-send it, so that a redriven
                 # create reaches Button before the cancel that follows it in the replay.
                 # No follow-up: the order is meant to end cancelled, not in this state.
-                return _create(order, _customer(event, profile, config), converge=None), order
+                return _create(order, _customer(event, profile, config), converge=False), order
             return Skip("order_already_cancelled"), order
         # Cancel (again: a replay, or Button may hold an order this profile never saw).
         return _cancel(order.order_id), replace(order, status=OrderStatus.CANCELLED)
@@ -799,13 +737,7 @@ def _reconcile(  # noqa: PLR0911 - one return per row of the reconciliation tabl
     digest = body_digest(body)
     if sent is OrderStatus.PENDING:
         created = order.with_sent(OrderStatus.OPEN, digest)
-        # Its first create. With no refunds held for it, a 409 means Button held the order
-        # before (the profile forgot it, or never knew it): the order is read and the event
-        # mapped again with it (``_met_at_button``). Refunds held here are applied in the
-        # create, so its update carries them (adopting could apply them twice).
-        converge = Action.UPDATE if order.refunds else Action.READ
-        customer = _customer(event, profile, config)
-        return _create(state, customer, body=body, converge=converge), created
+        return _create(state, _customer(event, profile, config), body=body), created
     if digest == order.sent_digest:
         # Nothing new for Button (a replay, or a duplicate): re-send its state, idempotently.
         if is_purchase:
@@ -983,19 +915,16 @@ def _create(
     order: StoredOrder,
     customer: Mapping[str, str],
     *,
-    converge: Action | None = Action.UPDATE,
+    converge: bool = True,
     body: Mapping[str, Any] | None = None,
 ) -> Send:
-    """The create, carrying what the pipeline does when it is answered 409 (``Send.follow_up``):
-    ``UPDATE``, the update of the same state (Button may hold another state of an order the
-    profile knows); ``READ``, the read of the order, to adopt it; ``None``, nothing (done).
+    """The create; with ``converge``, carrying the update of the same state that the pipeline
+    sends when the create is answered 409 (Button may hold another state of the order).
     ``body``: ``order_body(order)`` when the caller built it already."""
     state = order_body(order) if body is None else body
     request = create_request(order.order_id, create_body(order, customer, state))
-    if converge is None:
+    if not converge:
         return Send(request)
-    if converge is Action.READ:
-        return Send(request, follow_up=read_request(order.order_id))
     return Send(request, follow_up=update_request(order.order_id, state))
 
 

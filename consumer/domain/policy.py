@@ -21,14 +21,11 @@ Verdicts:
   and should be logged; skipped on purpose; a dry run). Only Button's JSON error envelope can
   finish a record this way: a 403 or 404 page from a proxy, WAF or CDN in front of Button
   never does (its 404 is a dead letter, ``http_404``).
-- ``FOLLOW_UP``: a create answered 409 that carries a follow-up (``Send.follow_up``): Button
-  holds the order, perhaps in another state. For a create sent again (a replay), the follow-up
-  is the update of the same order with the same full state: sent through the same path (limits,
-  retries, gates), its answer decides the record (``order_exists_update``); idempotent, the
-  update carries the whole state. For an order's first create it is the read of the order
-  (Button held it before: the profile forgot it, or another integration created it): read as a
-  ``READ``'s read is (``judge_lookup``), then the event is mapped again with Button's answer and
-  ``decide_met`` decides (Button's state adopted, or the update of another version sent).
+- ``FOLLOW_UP``: a create answered 409 that carries a follow-up (``Send.follow_up``, the update
+  of the same order with the same full state): Button holds the order, perhaps in another state
+  (a profile lost or expired, a revised purchase created first). Send the follow-up through the
+  same path (limits, retries, gates); its answer decides the record (``order_exists_update``).
+  Idempotent: the update carries the whole state, so a repeated one changes nothing.
 - ``VERIFY``: an update answered 404 in Button's envelope: the order was deleted at Button (a
   cancel that reached Button before a crash, replayed in front of it) or Button never knew it.
   Read the order (``GET /v1/order/{id}``, after the same gates); ``judge_read`` decides:
@@ -456,20 +453,6 @@ def _delivery_letter(decision: Decision, outcome: ButtonOutcome) -> Decision:
         error_class=f"Button{outcome.kind.value.title().replace('_', '')}",
         detail=f"{decision.cause} after retries: {detail}" if decision.cause else detail,
     )
-
-
-def decide_met(result: MapResult) -> Decision:
-    """The decision on a purchase mapped again with the order Button holds, read after its
-    first create was answered 409 (a ``FOLLOW_UP`` carrying the read, ``mapping``).
-
-    As ``decide_mapped`` without parking or a dry run (the create was sent), but a skip (Button's
-    order adopted, ``order_adopted``, or held deleted) is delivered: the create reached Button,
-    which holds the order.
-    """
-    decision = decide_mapped(result, parked=None, dry_run=False)
-    if decision.verdict is Verdict.DONE:
-        return replace(decision, outcome=DELIVERED)
-    return decision
 
 
 def decide_mapped(  # noqa: PLR0911 (one table)

@@ -67,7 +67,6 @@ from consumer.domain.policy import (
     decide,
     decide_error,
     decide_mapped,
-    decide_met,
     judge_lookup,
     judge_read,
 )
@@ -386,7 +385,9 @@ class Pipeline:
                 # against Button's reduced state and refund it twice: the write comes first.
                 await self._acknowledged(context)
             if decision.verdict is Verdict.SEND and isinstance(result, Send):
-                return await self._send(record, decoded, context, result, ahead)
+                return await self._deliver(
+                    record, context, result.request, result.follow_up, ahead=ahead
+                )
             _release(ahead)
             outcome = await self._execute(record, decision, context)
             self._report_held(decision, processed)
@@ -435,59 +436,6 @@ class Pipeline:
             return
         self._d.telemetry.refund_held()
         log.info("refund_held", order_id=processed.order_id, event_id=processed.event_id)
-
-    async def _send(
-        self,
-        record: Record,
-        decoded: CommerceEvent,
-        context: _Context,
-        send: Send,
-        ahead: Permit | None,
-    ) -> str:
-        """Deliver a mapped ``Send``; a first create answered 409 goes on in ``_met_at_button``."""
-        sent = await self._deliver(record, context, send.request, send.follow_up, ahead=ahead)
-        if isinstance(sent, ButtonRequest):
-            return await self._met_at_button(record, decoded, context, sent)
-        return sent
-
-    async def _met_at_button(
-        self, record: Record, decoded: CommerceEvent, context: _Context, read: ButtonRequest
-    ) -> str:
-        """The order's first create was answered 409: Button held the order before (the profile
-        forgot it, or another integration created it). Read it (``read``, as a ``READ`` reads)
-        and map the event again with Button's answer (``decide_met``): Button's state adopted
-        (the profile written, nothing sent) or, for another version of the order, its update
-        sent. The first mapping's changelog write is acknowledged before the second's is queued.
-        """
-        d = self._d
-        await self._acknowledged(context)
-        answered = await self._look_up(record, context, read)
-        if isinstance(answered, Decision):
-            return await self._execute(record, answered, context)
-        processed = d.processor.process(
-            record.partition, record.key, decoded, d.wall_clock(), answered
-        )
-        result = processed.result
-        then = replace(
-            context,
-            processed=processed,
-            action=Action.READ.value if isinstance(result, Skip) else _action(result),
-        )
-        if record.key is not None:
-            then.pending = self._start_write(
-                d.processor.apply(record.partition, record.key, processed)
-            )
-        try:
-            decision = decide_met(result)
-            if decision.verdict is Verdict.SEND and isinstance(result, Send):
-                sent = await self._deliver(
-                    record, replace(then, attempts=_Attempts()), result.request
-                )
-                assert isinstance(sent, str)  # no follow-up: the record's outcome
-                return sent
-            return await self._execute(record, decision, then)
-        finally:
-            _abandon(then.pending)
 
     def _skip_inert(self, record: Record, event: InertEvent) -> str:
         self.finish_inert([(record, event)])
@@ -548,17 +496,15 @@ class Pipeline:
         follow_up: ButtonRequest | None = None,
         *,
         ahead: Permit | None = None,
-    ) -> str | ButtonRequest:
+    ) -> str:
         """Send ``request`` until the policy's decision is no longer retry, pause or break.
 
         ``ahead``: a concurrency permit taken before the record was prepared, for the first
         attempt (given back unused if a gate holds requests back first).
 
-        When the policy says ``FOLLOW_UP`` (a create answered 409 that carries a follow-up): an
-        update of the same state is delivered the same way, with its own retry budget, and its
-        decision finishes the record (the live log shows the update, with its attempts); a read
-        of the order is returned, for the caller to read it and map the event again
-        (``_met_at_button``). Otherwise the record's outcome.
+        When the policy says ``FOLLOW_UP`` (a create answered 409 that carries the update of the
+        same state), the follow-up is delivered the same way, with its own retry budget, and its
+        decision finishes the record (the live log shows the update, with its attempts).
         """
         d = self._d
         attempts = context.attempts
@@ -604,9 +550,6 @@ class Pipeline:
                         started = d.monotonic()
                         paused_for = 0.0
                 case Verdict.FOLLOW_UP if follow_up is not None:
-                    if follow_up.action is Action.READ:
-                        log.info("order_exists_read", status=outcome.status)
-                        return follow_up
                     log.info("order_exists_update", status=outcome.status)
                     then = replace(context, action=follow_up.action.value, attempts=_Attempts())
                     return await self._deliver(record, then, follow_up)

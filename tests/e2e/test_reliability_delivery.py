@@ -472,10 +472,9 @@ def test_order_deleted_at_button_before_its_replay_is_not_dead_lettered(
 ):
     """The situation a kill -9 leaves when a cancel reached Button but its changelog write did
     not: Button holds the order deleted, the profile knows nothing, and the purchase, a partial
-    refund and the cancel are read again. The create (the order's first, for the profile) is
-    answered 409 and followed by the read of the order: deleted, so the order is remembered
-    cancelled (``order_already_cancelled``), and the refund and the cancel send nothing more
-    (``order_already_cancelled``). Nothing is dead-lettered or parked."""
+    refund and the cancel are read again. The create is answered 409 and its update 404, the
+    refund's update 404: each reads the order, finds it deleted and is done (``order_deleted``);
+    the cancel is answered 404 (``order_gone``). Nothing is dead-lettered or parked."""
     topic = make_topic(partitions=1, prefix="deleted")
     settings = service_settings(topic)
     user, x = "deleted-user", "ORD-DELETED-X"
@@ -517,8 +516,12 @@ def test_order_deleted_at_button_before_its_replay_is_not_dead_lettered(
         ("POST", 200),
         ("DELETE", 200),
         ("POST", 409),  # the purchase's create
-        ("GET", 200),  # its follow-up: the order, read: deleted, remembered cancelled
-    ]  # the partial refund and the cancel: already cancelled, nothing sent
+        ("POST", 404),  # its follow-up update
+        ("GET", 200),  # the order, read: deleted
+        ("POST", 404),  # the partial refund's update
+        ("GET", 200),
+        ("DELETE", 404),  # the cancel
+    ]
 
 
 # --- 5. Volume: the outage with 20,000 events -----------------------------------------------

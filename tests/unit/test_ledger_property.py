@@ -20,10 +20,8 @@ Three properties:
   the user's, dated no later than a publication of the order.
 - Button already holds a stale state: the order book is seeded with every order in another
   state before the events arrive (a profile lost or expired, a create sent by an earlier
-  deployment). Each create is then answered 409; the read it carries (``Send.follow_up``, sent
-  as the failure policy says) finds a state no refund of the purchase gives, so the event mapped
-  again with it sends the update that brings Button to the event-time state (a create of an
-  order the profile knows carries that update itself).
+  deployment). Each create is then answered 409, and the update it carries
+  (``Send.follow_up``, sent as the failure policy says) brings Button to the event-time state.
   ``btn_ref`` is not compared: Button keeps the seeded create's.
 
 Refunds never take away every unit, and never more than the smallest publication holds: those
@@ -39,7 +37,6 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consumer.domain.adoption import Lookup
 from consumer.domain.button import Action, Reject, Send
 from consumer.domain.event_forms import event_from_json
 from consumer.domain.events import CommerceEvent
@@ -138,13 +135,11 @@ class Button:
             )
             assert status == 200
 
-    def apply(self, result: object) -> Lookup | None:
-        """Carry out ``result``; Button's answer to a read that follows a 409, when the event
-        must be mapped again with it (as the pipeline does)."""
+    def apply(self, result: object) -> None:
         if isinstance(result, Reject):
             raise AssertionError(f"unexpected reject: {result}")
         if not isinstance(result, Send):
-            return None
+            return
         request = result.request
         if request.action is Action.CREATE:
             status, _ = self.book.create(dict(request.body or {}))
@@ -153,18 +148,13 @@ class Button:
             verdict = classify(request.action, conflict, follow_up=result.follow_up is not None)
             if status == 409 and verdict.verdict is Verdict.FOLLOW_UP:
                 assert result.follow_up is not None
-                if result.follow_up.action is Action.READ:
-                    status, answer = self.book.get(request.order_id)
-                    assert status == 200, (status, answer)
-                    return Lookup(request.order_id, found=True, order=answer["object"])
-                return self.apply(Send(result.follow_up))  # as the pipeline does
+                self.apply(Send(result.follow_up))  # as the pipeline does: the policy says so
         elif request.action is Action.UPDATE:
             status, _ = self.book.update(request.order_id, dict(request.body or {}))
             assert status == 200, (status, request)
         else:
             status, _ = self.book.cancel(request.order_id)
             assert status in (200, 404), (status, request)
-        return None
 
     def live(self, with_token: set[str]) -> dict[str, Any]:
         now = NOW.timestamp()
@@ -186,12 +176,8 @@ def run(
     button.seed(seeded or set())
     for event in events:
         result, changed = process(event, profile, CONFIG, NOW)
+        button.apply(result)
         profile = changed if changed is not None else profile
-        lookup = button.apply(result)
-        if lookup is not None:  # the create met Button's order: mapped again with it
-            result, changed = process(event, profile, CONFIG, NOW, lookup=lookup)
-            profile = changed if changed is not None else profile
-            assert button.apply(result) is None
     assert profile is None or isinstance(profile, Profile)
     return button.live(single)
 

@@ -1207,13 +1207,10 @@ def test_customer_id_rule(customer_id: str, sent: bool) -> None:
 
 
 def test_a_create_carries_the_update_that_converges_after_a_409() -> None:
-    """Issue 9: a create answered 409 may find Button holding another state of the order: the
-    create of an order the profile knows (a replay: Button may have missed a later update)
-    carries the idempotent update of the same full state, sent only when the create is answered
-    409. (The first create of an order carries the read instead, and the update is sent after
-    it when Button holds another version of the order: ``test_adoption``.)"""
-    _, created = process(purchase(btn_ref=TOKEN), None, CONFIG, NOW)
-    result, _ = process(purchase(btn_ref=TOKEN), created, CONFIG, NOW)
+    """Issue 9: a create answered 409 may find Button holding another state of the order (a
+    profile lost or expired, a revised purchase created elsewhere first): the create carries the
+    idempotent update of the same full state, sent only when the create is answered 409."""
+    result, _ = process(purchase(btn_ref=TOKEN), None, CONFIG, NOW)
     assert isinstance(result, Send)
     create, follow_up = result.request, result.follow_up
     assert follow_up is not None
