@@ -126,6 +126,8 @@ class Worker:
         """Monotonic time of the last commit on drain (``_store_finished``)."""
         self._commit_owed = False
         """Offsets were stored since the last commit on drain (``_store_finished``)."""
+        self._broker_reachable = True
+        """The last lag read was answered (``_report_lag``: its failures are logged once)."""
         self.stats = RunStats()
 
     def stop(self) -> None:
@@ -492,12 +494,19 @@ class Worker:
         """Read and report the lag (a task beside the loop; the next one starts only after)."""
         try:
             lag = await self._source.lag(sorted(self._assigned))
-        except ConsumerError:
+        except ConsumerError as exc:
+            # Not ready until a read is answered again: the next one comes at the next interval.
+            if self._broker_reachable:
+                log.warning("broker_unreachable", error=str(exc))
+            self._broker_reachable = False
             self._telemetry.broker_reachable(False)
             return
         except Exception as exc:  # noqa: BLE001 - a task nobody awaits: say it, read again later
             log.warning("lag_read_failed", error=str(exc), exc_type=type(exc).__name__)
             return
+        if not self._broker_reachable:
+            log.info("broker_reachable")
+        self._broker_reachable = True
         self._telemetry.broker_reachable(True)
         # A rebalance may have revoked partitions while the read waited: not theirs to report.
         self._telemetry.lags({p: lag[p] for p in lag if p in self._assigned})
