@@ -562,7 +562,7 @@ class KafkaSource:
             )
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError._NO_OFFSET:
-                raise
+                raise BrokerError(f"offset commit failed: {kafka_error_text(exc)}") from exc
 
     async def commit(self, offsets: dict[int, int]) -> None:
         await self._call(self.commit_now, offsets)

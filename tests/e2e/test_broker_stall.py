@@ -1,16 +1,20 @@
 """The only broker stalls (SIGSTOP: its connections stay open and silent) and comes back.
 
 - readiness and the offset metrics (committed offset, lag) come back with the broker;
+- a SIGTERM while it is stopped ends the process within its budget (S + 3 s), with a log that
+  reports as committed only what was, and nothing lost (a restart delivers everything).
 
 The broker is this module's own: stopping the session's broker would stall every other test.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -21,9 +25,13 @@ from consumer.devtools.localkafka import LocalKafka
 from consumer.sandbox.testing import SandboxHandle
 from consumer.settings import Settings
 from tests.e2e.harness import (
+    ServiceProcess,
     ServiceRunner,
+    assert_sandbox_converged,
     committed_offsets,
+    expected_orders,
     past_events,
+    read_all,
     wait_for_committed,
     wait_until,
 )
@@ -149,3 +157,93 @@ def test_readiness_and_offset_metrics_come_back_after_a_stall_that_fenced_the_br
             f"{committed_offsets(bootstrap, group, topic, partitions)}"
         ) from None
     assert runner.metric(LAG_SUM) == 0
+
+
+SHUTDOWN = 10
+"""DELIVERY_SHUTDOWN_TIMEOUT_SECONDS of the SIGTERM test: the process must exit within S + 3 s
+(the chart's grace period adds its margin on top)."""
+
+
+def _events(path: Path, name: str) -> list[dict[str, object]]:
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    events = []
+    for line in lines:
+        if line.startswith("{"):
+            event = json.loads(line)
+            if event.get("event") == name:
+                events.append(event)
+    return events
+
+
+def test_sigterm_while_the_broker_is_stopped_exits_within_the_budget(
+    stalled_kafka: LocalKafka,
+    unique_name: Callable[[str], str],
+    sandbox: SandboxHandle,
+    start_service: Callable[[Settings], ServiceRunner],
+    tmp_path: Path,
+) -> None:
+    """Records finish at Button while the broker is stopped: their profile changes wait in the
+    producer for acknowledgements that cannot come, so the drain ends at its deadline, the
+    commits fail, and librdkafka's calls block (its producer close flushes without a bound,
+    its consumer close and a commit inside the revocation wait on an absent coordinator).
+    The process exited 111 s after SIGTERM with S = 50 (promised: 53), and its last
+    ``partitions_revoked`` line reported as committed offsets whose commit had just failed.
+    Now: the exit comes within S + 3 s, the log reports those offsets as uncommitted, and a
+    restart once the broker is back delivers every order (nothing lost, replays harmless)."""
+    kafka = stalled_kafka
+    bootstrap = kafka.bootstrap_servers
+    partitions = 2
+    topic = unique_name("sigterm")
+    env = {
+        **_env(bootstrap, topic, unique_name("group"), sandbox),
+        "LOG_LEVEL": "info",
+        "DELIVERY_SHUTDOWN_TIMEOUT_SECONDS": str(SHUTDOWN),
+        # Longer than any hold here: a held request is not retried into the DLQ meanwhile.
+        "BUTTON_READ_TIMEOUT": "900",
+        "BUTTON_TOTAL_TIMEOUT": "900",
+    }
+    settings = Settings.from_env(env)
+    group = settings.kafka.group_id
+    ensure_topics(settings.kafka.admin_config(), {topic: {}}, partitions=partitions)
+    events = past_events(40, seed=11)
+    expected = expected_orders(events, settings)
+    produce_events(settings, events, partitions=partitions)
+    log_path = tmp_path / "service.log"
+    service = ServiceProcess(env, log_path).start()
+    try:
+        with sandbox.holding(hold_all=True):
+            # Every lane's first request waits at Button; the records behind them, fetched
+            # already, wait in their lanes (their changes not written yet).
+            sandbox.wait_parked(timeout=120)
+            os.kill(kafka.pid, signal.SIGSTOP)
+            # Counted once answered: the parked ones count when the hold ends.
+            answered = int(sandbox.stats()["requests"]) + int(sandbox.hold_state()["parked"])
+        # Released with the broker stopped: the answered records' lanes go on, and each
+        # request that reaches Button now had its profile change queued first, in a producer
+        # that cannot deliver it (by construction, not by timing).
+        wait_until(
+            lambda: int(sandbox.stats()["requests"]) > answered,
+            60,
+            message="no record reached Button after the broker stopped",
+        )
+        assert service.alive(), service.log_tail()
+        signalled = time.monotonic()
+        code = service.terminate(timeout=SHUTDOWN + 60)
+        took = time.monotonic() - signalled
+    finally:
+        os.kill(kafka.pid, signal.SIGCONT)
+    tail = service.log_tail(40)
+    assert took <= SHUTDOWN + 3, f"exit {code} after {took:.1f} s, over S + 3 s:\n{tail}"
+    revoked = _events(log_path, "partitions_revoked")
+    failed = _events(log_path, "shutdown_commit_failed")
+    assert failed, f"the shutdown's commit failed (the broker is stopped):\n{tail}"
+    claimed = [e["committed"] for e in revoked if e["committed"]]
+    assert claimed == [], f"offsets reported committed with the broker stopped: {claimed}"
+
+    # Nothing lost: once the broker answers, a new instance delivers what was not committed.
+    runner = start_service(Settings.from_env({**env, "LOG_LEVEL": "warning"}))
+    wait_for_committed(bootstrap, group, topic, partitions, timeout=180)
+    wait_until(lambda: runner.metric("button_consumer_in_flight_records") == 0, 30)
+    runner.stop()
+    assert_sandbox_converged(sandbox, expected)
+    assert read_all(bootstrap, env["KAFKA_DLQ_TOPIC"]) == []
