@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import queue
 import re
 import threading
@@ -58,6 +59,24 @@ READ_TIMEOUT = 5.0
 """Seconds an offset read of ``lag`` or ``backlog`` may wait for a broker (``KafkaSource``)."""
 
 _LATEST: Final[OffsetSpec] = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+
+_STALE_LEADER: Final = frozenset(
+    {
+        KafkaError.FENCED_LEADER_EPOCH,
+        KafkaError.UNKNOWN_LEADER_EPOCH,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError.REPLICA_NOT_AVAILABLE,
+        KafkaError.OFFSET_NOT_AVAILABLE,
+        KafkaError.KAFKA_STORAGE_ERROR,
+    }
+)
+"""ListOffsets errors of a broker that answered from a leadership the admin client's cached
+metadata no longer matches (Kafka's own client refreshes its metadata on these, KAFKA-9535).
+librdkafka's admin client does not: it asks again with the same leader epoch, and every read
+fails for good (measured with librdkafka 2.16: FENCED_LEADER_EPOCH for as long as the process
+ran, after a single broker stalled 20 s past its KRaft session and was fenced and unfenced)."""
 
 
 def kafka_error_text(exc: BaseException) -> str:
@@ -543,7 +562,7 @@ class KafkaSource:
             )
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError._NO_OFFSET:
-                raise
+                raise BrokerError(f"offset commit failed: {kafka_error_text(exc)}") from exc
 
     async def commit(self, offsets: dict[int, int]) -> None:
         await self._call(self.commit_now, offsets)
@@ -641,8 +660,20 @@ class KafkaSource:
                 READ_TIMEOUT + 1.0,
             )
         except (KafkaException, TimeoutError) as exc:
+            if isinstance(exc, KafkaException) and _code(exc) in _STALE_LEADER:
+                # Its cached leader epochs are stale and it never refreshes them: a new admin
+                # client (fresh metadata) reads the next time.
+                await self._discard_admin()
             raise BrokerError(f"reading end offsets failed: {str(exc) or 'timed out'}") from exc
         return {tp.partition: result.offset for tp, result in zip(futures, results, strict=True)}
+
+    async def _discard_admin(self) -> None:
+        """Forget the admin client; it is destroyed on the reads thread, not the event loop's
+        (librdkafka's destroy joins its threads)."""
+        stale, self._admin = [self._admin], None
+        log.info("kafka_admin_client_renewed", reason="stale partition leadership")
+        with contextlib.suppress(BrokerError):  # the reads are closing: dropped with them
+            await self._read(stale.clear)
 
     def _end_offsets_from_consumer(self, partitions: list[int]) -> dict[int, int]:
         ends: dict[int, int] = {}
@@ -706,6 +737,12 @@ class KafkaSource:
         except KafkaException as exc:
             raise BrokerError(f"reading start offsets failed: {exc}") from exc
         return starts
+
+
+def _code(exc: KafkaException) -> int | None:
+    """The librdkafka error code a ``KafkaException`` carries (``None`` without one)."""
+    error = exc.args[0] if exc.args else None
+    return error.code() if isinstance(error, KafkaError) else None
 
 
 def _partitions(parts: list[TopicPartition]) -> list[int]:

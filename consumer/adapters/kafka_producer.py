@@ -35,6 +35,10 @@ class ProduceError(BrokerError):
     """A record could not be written (delivery report with an error, or a timeout)."""
 
 
+CLOSE_TIMEOUT = 2.0
+"""Seconds ``AckingProducer.close`` may take after its flush: the join of the service's
+shutdown (README, "Grace period")."""
+
 # The producer's own check (message.max.bytes) and the broker's (the topic's max.message.bytes)
 # report a record too large with these codes: certain for that record, not an outage.
 _TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
@@ -267,15 +271,35 @@ class AckingProducer:
         self._hand_over()
         return left
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Wait up to ``timeout`` seconds for outstanding deliveries, then stop."""
+    def close(self, timeout: float = 10.0, stop_timeout: float = CLOSE_TIMEOUT) -> None:
+        """Wait up to ``timeout`` seconds for outstanding deliveries, then stop, within
+        ``stop_timeout`` seconds more.
+
+        What is still outstanding then is purged, unacknowledged (its record is not finished,
+        so its offset was not committed: the record is processed again). librdkafka's close
+        flushes without a bound (``message.timeout.ms``): with the brokers away it held the
+        process for minutes; it runs on a daemon thread, and is abandoned at ``stop_timeout``.
+        """
         if self._client is None:
             return
-        self.flush(timeout)
+        left = self.flush(timeout)
+        deadline = time.monotonic() + stop_timeout
         self._stop.set()
-        self._thread.join(timeout=2.0)
+        self._thread.join(timeout=stop_timeout)
         client, self._client = self._client, None
-        client.close()
+        if left:
+            log.warning("producer_purged", outstanding=left)
+            client.purge(in_queue=True, in_flight=True)
+            client.poll(0)  # the purged records' reports: failed, never acknowledged
+
+        def close() -> None:
+            client.close()
+
+        closer = threading.Thread(target=close, name="kafka-producer-close", daemon=True)
+        closer.start()
+        closer.join(max(deadline - time.monotonic(), 0.0))
+        if closer.is_alive():
+            log.warning("producer_close_abandoned", seconds=stop_timeout)
 
 
 def _produce_error(

@@ -126,6 +126,10 @@ class Worker:
         """Monotonic time of the last commit on drain (``_store_finished``)."""
         self._commit_owed = False
         """Offsets were stored since the last commit on drain (``_store_finished``)."""
+        self._broker_reachable = True
+        """The last lag read was answered (``_report_lag``: its failures are logged once)."""
+        self._closing: dict[int, int] | None = None
+        """Set when the shutdown closes the source: the offsets its commit committed."""
         self.stats = RunStats()
 
     def stop(self) -> None:
@@ -158,22 +162,56 @@ class Worker:
             # not committed is processed again by the next owner.
             log.warning("revoke_without_loop", error=str(exc), partitions=partitions)
             offsets = {}
+        if self._closing is not None:
+            self._revoked_on_close(partitions, offsets, self._closing)
+            return
         # Abandoned jobs may have left changelog or dead-letter writes queued in the producer:
         # push them out now, not up to message.timeout.ms after the next owner started. Then
         # store the final offsets before committing them: librdkafka commits a removed
         # partition's stored offset after this callback, which must not be an older one.
         self._flush_producer(partitions)
+        committed = offsets
         try:
             self._source.store_now(offsets)
             self._source.commit_now(offsets)
         except Exception as exc:  # noqa: BLE001 - logged; the next owner replays (harmless)
-            # E.g. the revocation that close() triggers after the shutdown already committed
-            # (_DESTROY), or a coordinator that is away. Raising here would escape poll() or
-            # close() and crash the process for a commit whose only cost is replays.
+            # E.g. a coordinator that is away. Raising here would escape poll() and crash the
+            # process for a commit whose only cost is replays.
             log.warning("revoke_commit_failed", error=str(exc), offsets=offsets)
+            committed = {}
         self._drop(partitions)
         self._telemetry.rebalance("revoke")
-        log.info("partitions_revoked", partitions=partitions, committed=offsets)
+        log.info(
+            "partitions_revoked",
+            partitions=partitions,
+            committed=committed,
+            uncommitted={p: o for p, o in offsets.items() if p not in committed},
+        )
+
+    def _revoked_on_close(
+        self, partitions: list[int], offsets: dict[int, int], committed: dict[int, int]
+    ) -> None:
+        """The revocation ``close`` triggers, within the close's budget: the shutdown drained,
+        committed what finished (``committed``, empty when that commit failed) and will flush
+        the producer in its own phase. A synchronous commit here cannot be bounded (only this
+        thread can complete it, inside the callback), and it waited 35 s on a coordinator that
+        did not answer: offsets the shutdown did not commit are stored, for librdkafka's own
+        commit as it leaves the group, and logged as uncommitted (their records are
+        processed again)."""
+        uncommitted = {p: o for p, o in offsets.items() if committed.get(p) != o}
+        try:
+            if uncommitted:
+                self._source.store_now(uncommitted)
+        except Exception as exc:  # noqa: BLE001 - logged; the next owner replays (harmless)
+            log.warning("revoke_store_failed", error=str(exc), offsets=uncommitted)
+        self._drop(partitions)
+        self._telemetry.rebalance("revoke")
+        log.info(
+            "partitions_revoked",
+            partitions=partitions,
+            committed={p: o for p, o in offsets.items() if p not in uncommitted},
+            uncommitted=uncommitted,
+        )
 
     def on_lost(self, partitions: list[int]) -> None:
         try:
@@ -235,7 +273,8 @@ class Worker:
         deadline = loop.time() + self._opt.revoke_timeout
         # A partition still restoring has nothing to finish or commit: stop its restore.
         await self._restores.cancel(partitions, self._opt.revoke_timeout)
-        grace = max(deadline - loop.time(), 0.0) if commit else 0.0
+        # On close, the shutdown's drain had the records' time already.
+        grace = max(deadline - loop.time(), 0.0) if commit and self._closing is None else 0.0
         report = await self._dispatcher.revoke(partitions, grace)
         offsets = {p: o for p, o in report.committable.items() if commit and o is not None}
         if report.abandoned:
@@ -492,12 +531,19 @@ class Worker:
         """Read and report the lag (a task beside the loop; the next one starts only after)."""
         try:
             lag = await self._source.lag(sorted(self._assigned))
-        except ConsumerError:
+        except ConsumerError as exc:
+            # Not ready until a read is answered again: the next one comes at the next interval.
+            if self._broker_reachable:
+                log.warning("broker_unreachable", error=str(exc))
+            self._broker_reachable = False
             self._telemetry.broker_reachable(False)
             return
         except Exception as exc:  # noqa: BLE001 - a task nobody awaits: say it, read again later
             log.warning("lag_read_failed", error=str(exc), exc_type=type(exc).__name__)
             return
+        if not self._broker_reachable:
+            log.info("broker_reachable")
+        self._broker_reachable = True
         self._telemetry.broker_reachable(True)
         # A rebalance may have revoked partitions while the read waited: not theirs to report.
         self._telemetry.lags({p: lag[p] for p in lag if p in self._assigned})
@@ -520,11 +566,28 @@ class Worker:
         drained = await self._dispatcher.drain(self._opt.shutdown_timeout)
         if not drained:
             log.warning("shutdown_deadline", unfinished=self._watermarks.total_in_flight())
+        # Every position, not only those advanced since the last store: the commits on drain
+        # are asynchronous, and the revocation that close() triggers relies on this one (it
+        # does not commit what this committed: ``_revoked_on_close``).
         finished = self._watermarks.take_advanced()
-        if finished:
-            await self._source.store(finished)
-            await self._source.commit(finished)
+        positions = {
+            p: offset
+            for p in sorted(self._watermarks.partitions & self._assigned)
+            if (offset := self._watermarks.committable(p)) is not None
+        }
+        committed: dict[int, int] = {}
+        if finished or positions:
+            try:
+                if finished:
+                    await self._source.store(finished)
+                if positions:
+                    await self._source.commit(positions)
+                committed = positions
+            except ConsumerError as exc:
+                # Bounded (the commit's share of the budget); not committed: processed again.
+                log.warning("shutdown_commit_failed", error=str(exc), offsets=positions)
         self._update_in_flight()
+        self._closing = committed
         await self._source.close()
         self.stats.stopped_at = self._now()
         log.info("stopped", received=self.stats.received)

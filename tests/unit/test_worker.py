@@ -28,7 +28,7 @@ from consumer.engine.dispatcher import Dispatcher
 from consumer.engine.restore import RestoreCancel
 from consumer.engine.watermark import Watermarks
 from consumer.engine.worker import RunStats, Worker, WorkerOptions
-from consumer.errors import ConsumerError, DeadLetterError
+from consumer.errors import BrokerError, ConsumerError, DeadLetterError
 from consumer.ports import Record
 from tests.fakes import (
     DEADLINE,
@@ -1231,14 +1231,53 @@ def test_stop_pauses_drains_then_stores_commits_and_closes() -> None:
                 ("pause", [0]),
                 ("store", {0: 3}),
                 ("commit", {0: 3}),
-                ("flush", 10.0),  # close() leaves the group: its revocation flushes,
-                ("store_now", {0: 3}),  # stores and commits
-                ("commit_now", {0: 3}),
+                # close() leaves the group: its revocation neither flushes (the service's own
+                # phase does) nor commits again what the shutdown committed.
                 ("close", None),
             ]
             expected = (expected, 3)
             actual = (h.source.actions[mark:], stats.received)
             assert expected == actual
+
+    run(scenario)
+
+
+def test_a_failed_shutdown_commit_still_closes_and_is_never_logged_as_committed() -> None:
+    """The shutdown's commit fails (the coordinator does not answer within the commit's share
+    of the budget): the source is still closed, and the revocation close() triggers neither
+    waits on a commit of its own (unbounded inside the callback) nor reports as committed
+    offsets whose commit failed; it stores them for librdkafka's commit as it leaves."""
+
+    async def scenario() -> None:
+        h = Harness()
+        async with h.running() as task:
+            h.records(0, 0, 1)
+            await h.source.until(lambda: len(h.held.started) == 2)
+            h.held.finish(0, 0)
+            h.held.finish(0, 1)
+            await h.source.until(lambda: h.source.last_stored(0) == 2)
+
+            async def refused(offsets: dict[int, int]) -> None:
+                raise BrokerError("offset commit did not complete within 1s")
+
+            h.source.commit = refused  # type: ignore[method-assign]
+            mark = len(h.source.actions)
+            with capture_logs() as logs:
+                h.worker.stop()
+                await asyncio.wait_for(task, DEADLINE)
+        revoked = [e for e in logs if e["event"] == "partitions_revoked"]
+        failed = [e["offsets"] for e in logs if e["event"] == "shutdown_commit_failed"]
+        expected: object = (
+            [("pause", [0]), ("store_now", {0: 2}), ("close", None)],
+            [{0: 2}],
+            [({}, {0: 2})],
+        )
+        actual: object = (
+            h.source.actions[mark:],
+            failed,
+            [(e["committed"], e["uncommitted"]) for e in revoked],
+        )
+        assert expected == actual
 
     run(scenario)
 
