@@ -4,7 +4,8 @@ Each section reads the variables with its own prefix (``KAFKA_``, ``BUTTON_``, `
 ``MAPPING_``, ``ADMIN_``, ``LOG_``); the variable of a field is the prefix plus the field name in
 upper case (``DELIVERY_MAX_IN_FLIGHT`` -> ``DeliverySettings.max_in_flight``). Any librdkafka
 property passes through as ``KAFKA_CONFIG_<NAME>``: ``_`` becomes ``.`` and ``__`` becomes ``_``
-(``KAFKA_CONFIG_SASL_MECHANISM=PLAIN`` -> ``sasl.mechanism=PLAIN``). Invalid values raise
+(``KAFKA_CONFIG_SASL_MECHANISM=PLAIN`` -> ``sasl.mechanism=PLAIN``); a name librdkafka does not
+know (``consumer.librdkafka_properties``) is refused. Invalid values raise
 ``ConfigError`` naming the variable; secrets are ``SecretStr`` and never printed.
 
 This module is the one owner of client configuration: ``KafkaSettings`` assembles every
@@ -38,6 +39,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from consumer.errors import ConfigError
+from consumer.librdkafka_properties import DEDICATED_API, PROPERTIES
 
 KAFKA_LOGGER = "consumer.librdkafka"
 """The stdlib logger every Kafka client configuration names as confluent-kafka's ``logger``."""
@@ -695,8 +697,10 @@ def kafka_passthrough(env: Mapping[str, str]) -> dict[str, str]:
     """librdkafka properties from ``KAFKA_CONFIG_*`` variables.
 
     Raises:
-        ConfigError: naming every variable that sets a property the service owns, one set
-            with a typed setting, or a value that weakens at-least-once delivery.
+        ConfigError: naming every variable that sets a property librdkafka does not know (a
+            misspelling, a Java client's name) or takes through its API only (a callback), a
+            property the service owns, one set with a typed setting, or a value that weakens
+            at-least-once delivery.
     """
     config, problems = _passthrough(env)
     if problems:
@@ -715,7 +719,13 @@ def _passthrough(env: Mapping[str, str]) -> tuple[dict[str, str], list[SettingPr
             continue
         prop = _property_of(variable)
         accepted = _GUARANTEED_KAFKA.get(prop)
-        if prop in _RESERVED_KAFKA:
+        if prop not in PROPERTIES:
+            close = difflib.get_close_matches(prop, settable_kafka_properties(), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            message = f'No such configuration property: "{prop}"{hint}'
+        elif PROPERTIES[prop] == DEDICATED_API:
+            message = f"{prop} is set through librdkafka's API, not a value"
+        elif prop in _RESERVED_KAFKA:
             message = f"{prop} is managed by the service and cannot be set"
         elif prop in _TYPED_KAFKA:
             message = f"{prop} is set with {_TYPED_KAFKA[prop]}"
@@ -765,7 +775,7 @@ def kafka_property_problem(
 
 def _property_of(variable: str) -> str:
     """The librdkafka property a ``KAFKA_CONFIG_*`` variable sets: ``_`` is ``.``, ``__`` is
-    ``_`` (``KAFKA_CONFIG_SASL_OAUTHBEARER_CLIENT__ID`` is ``sasl.oauthbearer.client_id``)."""
+    ``_`` (``KAFKA_CONFIG_LOG__LEVEL`` is ``log_level``)."""
     name = variable[len(_PASSTHROUGH_PREFIX) :].lower()
     return ".".join(part.replace("\0", "_") for part in name.replace("__", "\0").split("_"))
 
@@ -797,6 +807,13 @@ def secret_variable_names() -> frozenset[str]:
     return frozenset(names)
 
 
+def settable_kafka_properties() -> list[str]:
+    """Every property librdkafka takes as a value (``consumer.librdkafka_properties``: the
+    librdkafka bundled with confluent-kafka, aliases included, callbacks and pointers left out),
+    in name order; ``KAFKA_CONFIG_*`` may set no other (the reserved and typed ones aside)."""
+    return sorted(name for name, kind in PROPERTIES.items() if kind != DEDICATED_API)
+
+
 def refused_kafka_properties() -> dict[str, str]:
     """Every librdkafka property ``KAFKA_CONFIG_*`` may not set, with the service's reason:
     those it owns (at-least-once delivery rests on them) and those with a typed variable.
@@ -817,8 +834,8 @@ def guaranteed_kafka_values() -> dict[str, frozenset[str]]:
 
 def passthrough_variable(prop: str) -> str:
     """The ``KAFKA_CONFIG_*`` variable that sets librdkafka property ``prop``: the inverse of
-    ``_property_of`` (``_`` is ``__``, ``.`` is ``_``; ``sasl.oauthbearer.client_id`` is
-    ``KAFKA_CONFIG_SASL_OAUTHBEARER_CLIENT__ID``)."""
+    ``_property_of`` (``_`` is ``__``, ``.`` is ``_``; ``log_level`` is
+    ``KAFKA_CONFIG_LOG__LEVEL``)."""
     return _PASSTHROUGH_PREFIX + prop.replace("_", "__").replace(".", "_").upper()
 
 

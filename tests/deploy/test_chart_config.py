@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from confluent_kafka import Consumer, KafkaException, Producer
 
 from consumer.devtools.chart_schema import CHART_OWNED, POD_REFUSED
 from consumer.errors import ConfigError
@@ -89,11 +90,22 @@ def _pod_runs_with(name: str, value: str) -> bool:
         if any(part in prop.replace("\0", "_") for part in CREDENTIALS):
             return False  # kafka.existingSecret, not a ConfigMap
         try:
-            kafka_passthrough({name: value})
+            config = kafka_passthrough({name: value})
         except ConfigError:
             return False
-        return True
+        return _librdkafka_takes(config)
     return name in variable_names()
+
+
+def _librdkafka_takes(config: dict[str, str]) -> bool:
+    """Whether librdkafka's clients are created with ``config`` (as the pod creates its own at
+    start, and exits 2 when one is refused): a producer and a consumer, without a broker."""
+    try:
+        Producer(dict(config))
+        Consumer({**config, "group.id": "chart-config"}).close()
+    except (KafkaException, TypeError, ValueError):
+        return False  # no such property, or a callback's (set through the API only)
+    return True
 
 
 def _names(key: str, message: str) -> bool:
@@ -117,6 +129,12 @@ def _render_config(tmp_path: Path, config: dict[str, str], *sets: str) -> list[d
         ("KAFKA_CONFIG_GROUP_INSTANCE_ID", "pod-0"),
         ("KAFKA_CONFIG_ACKS", "1"),
         ("KAFKA_CONFIG_GROUP_ID", "orders"),
+        # The service exits 2: librdkafka has no such property (a misspelling, the Java client's
+        # names for fetch.wait.max.ms and a producer's memory), or one set through its API only.
+        ("KAFKA_CONFIG_FETCH_MAX_BYTESS", "1048576"),
+        ("KAFKA_CONFIG_FETCH_MAX_WAIT_MS", "100"),
+        ("KAFKA_CONFIG_BUFFER_MEMORY", "33554432"),
+        ("KAFKA_CONFIG_ERROR__CB", "x"),
         # The service answers on loopback only: the kubelet's probes fail.
         ("ADMIN_HOST", "127.0.0.1"),
         # The service stops when idle: Kubernetes restarts it, again and again.
@@ -151,7 +169,8 @@ def test_every_setting_the_pod_runs_with_is_accepted_together(tmp_path: Path) ->
     }
     passthrough = {
         "KAFKA_CONFIG_SECURITY_PROTOCOL": "PLAINTEXT",
-        "KAFKA_CONFIG_SASL_OAUTHBEARER_CLIENT__ID": "client",
+        "KAFKA_CONFIG_SASL_OAUTHBEARER_CLIENT_ID": "client",
+        "KAFKA_CONFIG_LOG__LEVEL": "6",
         "KAFKA_CONFIG_LINGER_MS": "10",
         "KAFKA_CONFIG_SSL_KEY_LOCATION": "/etc/kafka/client.key",
         "KAFKA_CONFIG_ACKS": "all",
@@ -166,6 +185,7 @@ def test_every_setting_the_pod_runs_with_is_accepted_together(tmp_path: Path) ->
     settings = Settings.from_env({**data, "BUTTON_API_KEY": "from-the-secret"})
     assert settings.kafka.config["acks"] == "all"
     assert unknown_variables(data) == []
+    assert _librdkafka_takes(settings.kafka.config)
 
 
 def _candidates() -> list[tuple[str, str]]:
@@ -189,6 +209,14 @@ def _candidates() -> list[tuple[str, str]]:
         ("KAFKA_CONFIG_SASL_MECHANISM", "PLAIN"),
         ("KAFKA_CONFIG_SASL_PASSWORD", "p"),
         ("KAFKA_CONFIG_METADATA_MAX_AGE_MS", "60000"),
+        ("KAFKA_CONFIG_LOG__LEVEL", "6"),
+        ("KAFKA_CONFIG_MAX_POLL_RECORDS", "500"),
+        ("KAFKA_CONFIG_FETCH_MAX_BYTESS", "1048576"),
+        ("KAFKA_CONFIG_SECURITY_PROTOCAL", "SASL_SSL"),
+        ("KAFKA_CONFIG_KEY_DESERIALIZER", "x"),
+        ("KAFKA_CONFIG_LOGGER", "x"),
+        ("KAFKA_CONFIG_STATS__CB", "x"),
+        ("KAFKA_CONFIG_SSL__CA", "x"),
     ]
     return names
 

@@ -80,9 +80,39 @@ def test_a_refused_property_stops_a_command_with_a_configuration_error(
 
     assert (done.returncode, "Traceback" in done.stderr) == (2, False)
     assert (
-        "button-consumer: configuration error: KAFKA_CONFIG_SECURITY_PROTOCAL: librdkafka "
-        f"refuses it: {MISSPELT}"
+        "button-consumer: configuration error: KAFKA_CONFIG_SECURITY_PROTOCAL: "
+        f"{MISSPELT} (did you mean security.protocol?)"
     ) in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "message"),
+    [
+        (
+            "KAFKA_CONFIG_FETCH_MAX_BYTESS",
+            'No such configuration property: "fetch.max.bytess" (did you mean fetch.max.bytes?)',
+        ),
+        # The Java client's name of librdkafka's fetch.wait.max.ms.
+        (
+            "KAFKA_CONFIG_FETCH_MAX_WAIT_MS",
+            'No such configuration property: "fetch.max.wait.ms" (did you mean fetch.wait.max.ms?)',
+        ),
+        # Callbacks and pointers: librdkafka takes them through its API, never as a value.
+        ("KAFKA_CONFIG_ERROR__CB", "error_cb is set through librdkafka's API, not a value"),
+        ("KAFKA_CONFIG_LOG__CB", "log_cb is set through librdkafka's API, not a value"),
+    ],
+)
+def test_run_refuses_a_property_librdkafka_cannot_take_before_it_starts(
+    variable: str, message: str
+) -> None:
+    """``run`` with a ``KAFKA_CONFIG_*`` name librdkafka does not know, or cannot take as a
+    value, exits 2 with one line naming the variable and the property, before its
+    ``starting`` line (as for any invalid setting), not a traceback or a Kafka error."""
+    done = _command("run", **{variable: "1"})
+
+    assert (done.returncode, "Traceback" in done.stderr) == (2, False)
+    assert f"button-consumer: configuration error: {variable}: {message}" in done.stderr
+    assert '"starting"' not in done.stdout + done.stderr
 
 
 def test_run_refuses_a_live_start_asked_for_a_dry_run_by_a_near_miss() -> None:

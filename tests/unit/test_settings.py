@@ -339,13 +339,13 @@ def test_kafka_config_variables_pass_through_as_librdkafka_properties() -> None:
     settings = load(
         KAFKA_CONFIG_SASL_MECHANISM="PLAIN",
         KAFKA_CONFIG_SECURITY_PROTOCOL="SASL_SSL",
-        KAFKA_CONFIG_SSL_ENDPOINT__IDENTIFICATION__ALGORITHM="https",
+        KAFKA_CONFIG_LOG__LEVEL="6",
     )
 
     expected = {
         "sasl.mechanism": "PLAIN",
         "security.protocol": "SASL_SSL",
-        "ssl.endpoint_identification_algorithm": "https",
+        "log_level": "6",
     }
     assert expected == settings.kafka.config
 
