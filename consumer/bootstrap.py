@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from consumer.adapters.admin import AdminServer, DeliveryLog, Health, TestEventFn
 from consumer.adapters.avro_codec import LocalDecoder, RegistryDecoder, build_decoder
+from consumer.adapters.backstop import ShutdownBackstop
 from consumer.adapters.button_client import ButtonClient
 from consumer.adapters.kafka import KafkaSource, kafka_error_text
 from consumer.adapters.kafka_admin import admin_client, describe_topics, ensure_topics
@@ -669,8 +670,16 @@ def warn_risky_settings(settings: Settings) -> None:
         log.warning("setting_warning", variable=problem.variable, problem=problem.message)
 
 
+BACKSTOP_MARGIN = 3.0
+"""Seconds past DELIVERY_SHUTDOWN_TIMEOUT_SECONDS (S) after a stop signal at which the process
+ends whatever still runs (``ShutdownBackstop``): the split budget, then the producer thread's
+2 s join, then this guard."""
+
+
 def run_service() -> int:
-    """``button-consumer run``: the service until SIGTERM/SIGINT; 0 on a clean stop."""
+    """``button-consumer run``: the service until SIGTERM/SIGINT; 0 on a clean stop, 1 when
+    it stopped on an error, ``BACKSTOP_STATUS`` (124) when the shutdown outlived S + 3 s after
+    the signal (``consumer.adapters.backstop``)."""
     settings = Settings.from_env()
     # Before the service allocates anything large: a restore's freed tables go back to the
     # system instead of staying resident (``consumer.adapters.malloc``).
@@ -689,10 +698,18 @@ def run_service() -> int:
         mmap_threshold_fixed=mmap_threshold,
     )
 
+    # The promise of the README's grace period: exit within S + 3 s of SIGTERM, even when a
+    # step of the shutdown never ends (a restore blocked in librdkafka, the broker away).
+    backstop = ShutdownBackstop(settings.delivery.shutdown_timeout_seconds + BACKSTOP_MARGIN)
+
+    def on_stop_signal() -> None:
+        backstop.arm()
+        service.stop()
+
     async def main() -> RunStats:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, service.stop)
+            loop.add_signal_handler(sig, on_stop_signal)
         return await service.run()
 
     try:
