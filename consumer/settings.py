@@ -735,7 +735,8 @@ def _passthrough(env: Mapping[str, str]) -> tuple[dict[str, str], list[SettingPr
                 f"accepted: {', '.join(sorted(accepted))}"
             )
         else:
-            config[prop] = value
+            # A guarded value goes on as judged: librdkafka refuses " all" or "True " as given.
+            config[prop] = value if accepted is None else value.strip().lower()
             continue
         problems.append(SettingProblem(variable, message))
     return config, problems

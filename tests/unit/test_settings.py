@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
+from confluent_kafka import Consumer as KafkaConsumer
+from confluent_kafka import Producer
 
 from consumer.errors import ConfigError
 from consumer.settings import Settings, diagnose, kafka_passthrough, setting_warnings
@@ -458,6 +460,28 @@ def test_passthrough_of_a_typed_setting_is_refused_naming_the_typed_variable(
 def test_passthrough_values_that_keep_the_guarantees_are_accepted() -> None:
     settings = load(KAFKA_CONFIG_ACKS="all", KAFKA_CONFIG_ENABLE_IDEMPOTENCE="true")
     assert settings.kafka.producer_config()["acks"] == "all"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("KAFKA_CONFIG_ACKS", " all"),
+        ("KAFKA_CONFIG_ACKS", "ALL "),
+        ("KAFKA_CONFIG_REQUEST_REQUIRED_ACKS", " -1"),
+        ("KAFKA_CONFIG_ENABLE_IDEMPOTENCE", " True "),
+        ("KAFKA_CONFIG_ISOLATION_LEVEL", "read_committed\n"),
+        ("KAFKA_CONFIG_ISOLATION_LEVEL", "READ_COMMITTED"),
+    ],
+)
+def test_a_guarded_value_the_guard_accepts_is_one_librdkafka_accepts(
+    variable: str, value: str
+) -> None:
+    """The guard judges a value stripped and in lower case; librdkafka refuses " all" or
+    "READ_COMMITTED" as given, so a pod the guard let through would exit 2 at start. The
+    service passes the value it judged."""
+    config = load(**{variable: value}).kafka
+    Producer(dict(config.producer_config())).flush(0)
+    KafkaConsumer(dict(config.consumer_config())).close()
 
 
 @pytest.mark.parametrize(
