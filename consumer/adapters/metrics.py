@@ -37,6 +37,7 @@ DISCARD_REASONS = (
     "refund_exceeds_total",
     "refund_currency_mismatch",
     "refund_amount_unknown",
+    "refund_raises_total",
 )
 """Why a held refund is discarded (``held_refunds_discarded_total{reason}``), the common ones;
 their counters exist from the start (at 0), so the alert over them has a series before the

@@ -35,7 +35,9 @@ Decisions worth knowing (the README's mapping table has the field-by-field rules
 * Remaining total after a partial refund: ``current total - refunded amount`` when the refund
   carries an amount (net of tax and shipping like a purchase), else the value of the remaining
   lines, scaled by ``current total / current lines value`` when order-level discounts make the
-  two differ (rounded once, half-even).
+  two differ (rounded once, half-even). A refund whose refunded units are worth less than
+  nothing together (a discount line taken back) would raise what Button counts: it is rejected
+  (``refund_raises_total``), never applied.
 * Events from mParticle's DEVELOPMENT environment are skipped by default: Button has no test
   mode, and a test order would bill the merchant.
 
@@ -663,8 +665,9 @@ def _apply_refund(
         MappingError: ``refund_currency_mismatch``; ``unknown_currency`` (an order stored
             without its exponent, in a currency no longer in ISO 4217); ``invalid_amount`` or
             ``total_out_of_range`` for the refund's amount; ``refund_item_not_in_order``,
-            ``refund_exceeds_quantity``, ``refund_exceeds_total``, ``refund_amount_unknown``
-            or ``total_out_of_range`` for a refund naming products.
+            ``refund_exceeds_quantity``, ``refund_exceeds_total``, ``refund_amount_unknown``,
+            ``refund_raises_total`` (``_never_raising``) or ``total_out_of_range`` for a refund
+            naming products.
     """
     if refund.currency is not None and refund.currency != order.currency:
         raise MappingError(
@@ -687,6 +690,9 @@ def _apply_refund(
             # left, as for an amount-only refund of at least the total. (A free order, total 0,
             # keeps its total of 0 and the lines left: the refund took nothing from it.)
             return None
+        _never_raising(
+            total, left, lines, remaining, exponent, with_amount=refund_minor is not None
+        )
         return checked_total(left), remaining
     if refund_minor is not None:
         if refund_minor <= 0:
@@ -841,6 +847,68 @@ def _remaining_lines(
         for line, q in zip(lines, quantities, strict=True)
         if q > 0
     )
+
+
+def _never_raising(
+    total: int,
+    left: int,
+    lines: tuple[StoredLine, ...],
+    remaining: tuple[StoredLine, ...],
+    exponent: int,
+    *,
+    with_amount: bool,
+) -> None:
+    """Refuse a refund naming products that would raise what Button counts as commissionable.
+
+    A refund returns money to the customer. One whose refunded units are worth less than
+    nothing together (a discount line taken back alone, or with products worth less than it)
+    would raise the order's ``total`` from ``total`` to ``left`` (minor units; without an
+    amount the total follows the lines left), or, with an amount (``with_amount``: the total
+    falls by it), the value of the line items Button rates. ``lines`` and ``remaining`` are
+    the lines before and after the refund (``_remaining_lines``). Units of a line without a
+    price are of unknown value: a refund naming one is not judged here (its amount decides, or
+    it is ``refund_amount_unknown``).
+
+    Raises:
+        MappingError: ``refund_raises_total``, naming the refunded lines and the totals.
+    """
+    taken = _taken(lines, remaining)
+    if any(line.price is None for line, _ in taken):
+        return
+    before = sum(line_total(line, exponent) for line in lines)
+    after = sum(line_total(line, exponent) for line in remaining)
+    if after <= before and left <= total:
+        return
+    named = ", ".join(f"{line.identifier!r} x{units}" for line, units in taken)
+    raised = (
+        f"the order's line items from {before} to {after}"
+        if with_amount
+        else f"the order's total from {total} to {left}"
+    )
+    raise MappingError(
+        "refund_raises_total",
+        f"refunded lines {named} are worth {before - after} minor units together: the refund"
+        f" would raise {raised}",
+    )
+
+
+def _taken(
+    lines: tuple[StoredLine, ...], remaining: tuple[StoredLine, ...]
+) -> list[tuple[StoredLine, int]]:
+    """Each line a refund took units from, with the units taken: ``remaining`` is ``lines``
+    after it (``_remaining_lines``: in the same order, a line with units left kept as it was
+    but for its quantity, a line with none left dropped)."""
+    taken: list[tuple[StoredLine, int]] = []
+    rest = iter(remaining)
+    kept = next(rest, None)
+    for line in lines:
+        if kept is not None and replace(kept, quantity=line.quantity) == line:
+            if kept.quantity != line.quantity:
+                taken.append((line, line.quantity - kept.quantity))
+            kept = next(rest, None)
+        else:
+            taken.append((line, line.quantity))
+    return taken
 
 
 def _nothing_of_value_left(

@@ -791,6 +791,117 @@ def test_products_refunded_with_an_amount_above_the_remaining_total_are_rejected
     assert after is None
 
 
+# --- a refund returns money: it never raises what Button counts ---------------------------------
+
+WITH_X = _with(
+    [
+        {"id": "X", "price": "3.00", "quantity": 1},
+        {"id": "DISC", "price": "-5.00", "quantity": 1},
+        {"id": "Y", "price": "15.00", "quantity": 1},
+    ],
+    "13.00",
+)
+"""13.00: X at 3.00, a discount line DISC at -5.00, Y at 15.00."""
+
+
+@pytest.mark.parametrize(
+    ("commerce", "total", "refunded", "detail"),
+    [
+        # The break trial's order: only the discount line refunded, Button went to 15.00.
+        (
+            DISCOUNTED,
+            1000,
+            {"products": [{"id": "DISC"}]},
+            "refunded lines 'DISC' x1 are worth -500 minor units together: the refund would"
+            " raise the order's total from 1000 to 1500",
+        ),
+        # A product with a larger discount: -2.00 together, 13.00 would become 15.00.
+        (
+            WITH_X,
+            1300,
+            {"products": [{"id": "X"}, {"id": "DISC"}]},
+            "refunded lines 'X' x1, 'DISC' x1 are worth -200 minor units together: the refund"
+            " would raise the order's total from 1300 to 1500",
+        ),
+        # An order-level coupon besides (9.00 for lines of 13.00): the total scaled to the lines
+        # left would rise too.
+        (
+            _with(WITH_X["products"], "9.00"),
+            900,
+            {"products": [{"id": "DISC"}]},
+            "refunded lines 'DISC' x1 are worth -500 minor units together: the refund would"
+            " raise the order's total from 900 to 1246",
+        ),
+        # One unit of a discount line of two: the line's total would rise from -5.00 to -2.50.
+        (
+            _with(
+                [
+                    {"id": "A", "price": "10.00", "quantity": 1},
+                    {"id": "DISC", "price": "-2.50", "quantity": 2},
+                ],
+                "5.00",
+            ),
+            500,
+            {"products": [{"id": "DISC", "quantity": 1}]},
+            "refunded lines 'DISC' x1 are worth -250 minor units together: the refund would"
+            " raise the order's total from 500 to 750",
+        ),
+        # With an amount the total falls, but the line items sent would be worth more: the
+        # discount is taken back from the lines Button rates.
+        (
+            DISCOUNTED,
+            1000,
+            {"products": [{"id": "DISC"}], "total_amount": "1.00"},
+            "refunded lines 'DISC' x1 are worth -500 minor units together: the refund would"
+            " raise the order's line items from 1000 to 1500",
+        ),
+    ],
+    ids=[
+        "only-the-discount",
+        "a-product-and-a-larger-discount",
+        "the-discount-with-a-coupon",
+        "a-unit-of-a-discount-line",
+        "the-discount-with-an-amount",
+    ],
+)
+def test_a_refund_that_would_raise_the_order_is_rejected_naming_its_lines(
+    commerce: dict[str, Any], total: int, refunded: dict[str, Any], detail: str
+) -> None:
+    """A refund returns money to the customer: one whose lines are worth less than nothing
+    together (a discount taken back) would raise what Button counts as commissionable. The break
+    trial's refund of the discount line alone updated Button from 10.00 to 15.00; it is
+    rejected ``refund_raises_total`` (dead-lettered, nothing recorded), naming the lines."""
+    profile = _bought(commerce, total)
+    fields: dict[str, Any] = {"tax_amount": None, "shipping_amount": None, **refunded}
+    result, after = process(refund("evt-r1", **fields), profile, CONFIG, NOW)
+    assert result == Reject("refund_raises_total", detail)
+    assert after is None
+
+
+def test_a_product_refunded_with_its_smaller_discount_is_an_update() -> None:
+    """Y (15.00) refunded with the discount that came with it (-5.00): 10.00 returned, an
+    update from 13.00 to 3.00, as before."""
+    profile = _bought(WITH_X, 1300)
+    fields = {"tax_amount": None, "shipping_amount": None}
+    result, _ = process(
+        refund("evt-r1", [{"id": "Y"}, {"id": "DISC"}], **fields), profile, CONFIG, NOW
+    )
+    request = send(result)
+    items = [(i["identifier"], i["quantity"]) for i in request.body["line_items"]]
+    assert (request.action, request.body["total"], items) == (Action.UPDATE, 300, [("X", 1)])
+
+
+def test_a_held_refund_that_would_raise_the_order_is_discarded_by_its_purchase() -> None:
+    """The refund of the discount line alone held before its purchase: the order is created at
+    10.00 without it, and the purchase reports it discarded (``refund_raises_total``)."""
+    held, profile = process(refund("evt-r1", [{"id": "DISC"}]), None, CONFIG, NOW)
+    assert isinstance(held, Read)
+    result, _ = process(purchase(commerce=DISCOUNTED), profile, CONFIG, NOW)
+    assert send(result).body["total"] == 1000
+    assert isinstance(result, Send)
+    assert [(d.event_id, d.reason) for d in result.discarded] == [("evt-r1", "refund_raises_total")]
+
+
 def test_purchase_replay_resends_stored_create() -> None:
     """A replayed purchase re-sends its create; after a partial refund, the refunded state."""
     _, profile = process(purchase(btn_ref=TOKEN), None, CONFIG, NOW)
