@@ -373,9 +373,11 @@ def _customer(event: CommerceEvent, profile: Profile, config: MappingConfig) -> 
 # --- the order ledger ---------------------------------------------------------------------------
 
 MAX_REFUNDS_PER_ORDER = 64
-"""Refund events kept per live order: a 65th that leaves the order live (or held for its
+"""Refund events that apply per live order: a 65th that leaves the order live (or held for its
 purchase) is rejected (``too_many_refunds``). A refund that cancels the order is always taken:
-a cancelled order records no later refund, so an order keeps at most 65 (``_within_refund_cap``).
+a cancelled order records no later refund. Refunds the ledger keeps but that do not apply
+(discarded: held and unable to fit the purchase) take no slot (``_within_refund_cap``); held
+ones count until the purchase judges them, so at most 64 are held.
 """
 
 
@@ -435,7 +437,7 @@ def _order_event(
         if isinstance(result, Skip) and desired.status is OrderStatus.PENDING and looked is None:
             # Held until now; whether Button knows the order decides (``Read.held`` otherwise).
             result = Read(read_request(order_id), result)
-    _within_refund_cap(known, order)
+    _within_refund_cap(known, order, desired)
     if desired.ignored and order.status is not OrderStatus.CANCELLED:
         result = _reporting_discarded(result, desired.ignored, known)
     if order == known:
@@ -461,12 +463,15 @@ def _reporting_discarded(
     return replace(result, discarded=discarded) if discarded else result
 
 
-def _within_refund_cap(known: StoredOrder | None, order: StoredOrder) -> None:
+def _within_refund_cap(known: StoredOrder | None, order: StoredOrder, desired: _State) -> None:
     """Refuse a refund recorded beyond ``MAX_REFUNDS_PER_ORDER`` unless it ends in a cancel.
 
-    ``known`` is the order's ledger before the event, ``order`` after it was decided. The cap
-    bounds the size of the profile (every refund of a live order is kept, so the state can be
-    recomputed in event-time order); a refund after which the order is cancelled (a
+    ``known`` is the order's ledger before the event, ``order`` after it was decided, and
+    ``desired`` the state computed from it. Only refunds that apply count: those the state
+    ignores (``_State.ignored``: held for the purchase and discarded because they did not fit
+    it, or made to stop applying by a later event) reduce nothing at Button and take no slot.
+    The cap bounds the size of the profile (every refund of a live order is kept, so the
+    state can be recomputed in event-time order); a refund after which the order is cancelled (a
     whole-order refund, every remaining unit, an amount of at least the remaining total,
     whatever ``_apply_refund`` finds leaves nothing) is recorded:
     it is what makes a replay of it send the cancel again, and a cancelled order records no
@@ -478,13 +483,15 @@ def _within_refund_cap(known: StoredOrder | None, order: StoredOrder) -> None:
         MappingError: ``too_many_refunds``.
     """
     if (
-        known is not None
-        and len(known.refunds) >= MAX_REFUNDS_PER_ORDER
-        and len(order.refunds) > len(known.refunds)
-        and order.status is not OrderStatus.CANCELLED
+        known is None
+        or len(order.refunds) <= len(known.refunds)
+        or order.status is OrderStatus.CANCELLED
     ):
+        return
+    applying = len(order.refunds) - len(desired.ignored)
+    if applying > MAX_REFUNDS_PER_ORDER:
         raise MappingError(
-            "too_many_refunds", f"order {known.order_id!r} has {len(known.refunds)} refunds already"
+            "too_many_refunds", f"order {known.order_id!r} has {applying - 1} refunds already"
         )
 
 

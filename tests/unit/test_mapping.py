@@ -603,6 +603,49 @@ def test_a_partial_refund_beyond_the_cap_is_still_rejected(partial: dict[str, An
     assert after is None
 
 
+def _64_held_refunds_discarded() -> tuple[Profile, Send]:
+    """64 refunds in EUR held before the order's purchase in USD arrives: none fits it, each is
+    discarded (``refund_currency_mismatch``) and the order is created at its full 59.98."""
+    profile: Profile | None = None
+    for n in range(1, MAX_REFUNDS_PER_ORDER + 1):
+        eur = refund(f"evt-h{n:02d}", currency_code="EUR", total_amount="0.10")
+        held, profile = process(eur, profile, CONFIG, NOW)
+        assert isinstance(held, Read)
+    created, profile = process(purchase(), profile, CONFIG, NOW)
+    assert isinstance(created, Send)
+    assert send(created).body["total"] == 5998
+    assert len(created.discarded) == MAX_REFUNDS_PER_ORDER
+    assert profile is not None
+    return profile, created
+
+
+def test_discarded_held_refunds_do_not_count_toward_the_refund_cap() -> None:
+    """The break trial: refunds held for their purchase and discarded because they did not fit
+    it still took slots of the cap, so the order's first real refund was rejected
+    ``too_many_refunds``. Only refunds that apply count: it is applied."""
+    profile, _ = _64_held_refunds_discarded()
+    result, after = process(refund("evt-r1", total_amount="1.00"), profile, CONFIG, NOW)
+    request = send(result)
+    assert (request.action, request.body["total"]) == (Action.UPDATE, 5898)
+    assert after is not None
+
+
+def test_refunds_that_apply_are_still_capped_beside_discarded_ones() -> None:
+    """Beside the 64 discarded, 64 refunds apply; a 65th that applies and leaves the order live
+    is rejected ``too_many_refunds``, naming the refunds that apply."""
+    profile, _ = _64_held_refunds_discarded()
+    for n in range(1, MAX_REFUNDS_PER_ORDER + 1):
+        result, changed = process(
+            refund(f"evt-r{n:02d}", total_amount="0.01"), profile, CONFIG, NOW
+        )
+        assert send(result).action == Action.UPDATE
+        assert changed is not None
+        profile = changed
+    result, after = process(refund("evt-r65", total_amount="0.01"), profile, CONFIG, NOW)
+    assert result == Reject("too_many_refunds", "order 'ORD-100045' has 64 refunds already")
+    assert after is None
+
+
 # --- a refund that leaves nothing is a whole-order refund: a cancel -----------------------------
 
 DISCOUNTED = {
