@@ -60,7 +60,18 @@ from typing import Any
 
 from consumer.domain.adoption import ButtonOrder, Lookup, button_order
 from consumer.domain.attribution import resolve_btn_ref, token_from_event
-from consumer.domain.button import DiscardedRefund, MapResult, Read, Reject, Send, Skip
+from consumer.domain.button import (
+    ORDER_EVICTED,
+    ORDER_EXPIRED,
+    PROFILE_CAPPED,
+    REFUND_HELD,
+    DiscardedRefund,
+    MapResult,
+    Read,
+    Reject,
+    Send,
+    Skip,
+)
 from consumer.domain.button_wire import (
     MAX_ID_LENGTH,
     body_digest,
@@ -240,6 +251,7 @@ def process(
     now_ms = epoch_ms(now)
     before = profile if profile is not None else Profile()
     current = prune(before, now_ms, config.retention)
+    gone = held_refunds_gone(before, current, ORDER_EXPIRED)
     future = event.event_time - (now if received is None else received) > config.max_future_skew
     if not future:
         current = _learn(event, current, config)
@@ -252,13 +264,62 @@ def process(
                 f" {config.max_future_skew} after the processing time",
             )
         if event.event_type in (EventType.PURCHASE, EventType.REFUND):
+            kept = current
             result, current = _order_event(event, current, config, now_ms, lookup)
+            gone += held_refunds_gone(kept, current, ORDER_EVICTED)
         else:
             result = skip_for(event.event_type)
     except MappingError as exc:
         result = Reject(exc.reason, str(exc))
+    if gone:
+        result = _reporting_gone(result, gone)
     changed = current != before
     return result, (current if changed else None)
+
+
+_GONE = {
+    ORDER_EXPIRED: "held for order {order_id!r}, which expired from the profile (no event of it"
+    " within the order retention) before its purchase arrived",
+    ORDER_EVICTED: "held for order {order_id!r}, forgotten before its purchase arrived: the"
+    " profile keeps only the orders touched last (its order cap)",
+    PROFILE_CAPPED: "held for order {order_id!r}, forgotten before its purchase arrived: the"
+    " profile was over its cap in bytes",
+}
+
+
+def held_refunds_gone(before: Profile, after: Profile, reason: str) -> tuple[DiscardedRefund, ...]:
+    """The refunds held for their purchase (a pending order's) in ``before`` whose order is not
+    in ``after``: they leave with it, never applied, and are reported so that none vanishes
+    uncounted.
+
+    Args:
+        before: the profile before orders left it.
+        after: the profile after (an empty ``Profile()`` for one expired whole).
+        reason: why the orders left: ``ORDER_EXPIRED``, ``ORDER_EVICTED`` or
+            ``PROFILE_CAPPED`` (the ``DiscardedRefund.reason``; its ``detail`` names the order).
+
+    Raises:
+        KeyError: another ``reason``.
+    """
+    if not before.orders:
+        return ()
+    detail = _GONE[reason]
+    left = {order.order_id for order in after.orders}
+    return tuple(
+        DiscardedRefund(
+            refund.event_id, reason, detail.format(order_id=order.order_id), order.order_id
+        )
+        for order in before.orders
+        if order.status is OrderStatus.PENDING and order.order_id not in left
+        for refund in order.refunds
+    )
+
+
+def _reporting_gone(result: MapResult, gone: tuple[DiscardedRefund, ...]) -> MapResult:
+    """``result`` also reporting the held refunds ``gone`` with their order."""
+    if isinstance(result, Read):
+        return replace(result, held=replace(result.held, discarded=(*result.held.discarded, *gone)))
+    return replace(result, discarded=(*result.discarded, *gone))
 
 
 def skip_for(event_type: EventType) -> Skip:
@@ -727,7 +788,7 @@ def _reconcile(  # noqa: PLR0911 - one return per row of the reconciliation tabl
     is_purchase = event.event_type is EventType.PURCHASE
     sent = order.status
     if desired.status is OrderStatus.PENDING:
-        return Skip("refund_held"), order
+        return Skip(REFUND_HELD), order
     if desired.status is OrderStatus.CANCELLED:
         if sent is OrderStatus.PENDING and order.created_by:
             # The purchase arrived after refunds that cancel it: never create it.
@@ -1015,5 +1076,6 @@ def _commerce(event: CommerceEvent) -> CommerceData:
 
 __all__ = [
     "MappingConfig",
+    "held_refunds_gone",
     "process",
 ]

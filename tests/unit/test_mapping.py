@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from consumer.domain.attribution import TokenSource
-from consumer.domain.button import Action, Read, Reject, Send, Skip
+from consumer.domain.button import Action, MapResult, Read, Reject, Send, Skip
 from consumer.domain.button_wire import body_digest, order_path, purchase_date
 from consumer.domain.event_forms import event_from_json
 from consumer.domain.events import CommerceEvent
@@ -1433,3 +1433,89 @@ def test_the_body_digest_is_stable() -> None:
         "customer": {"id": "c-1"},
     }
     assert body_digest(body) == 7862342752312458214
+
+
+# --- held refunds leaving the profile with their order are reported ------------------------------
+
+HELD_ORDER = "ORD-HELD"
+
+
+def _held(profile: Profile | None = None, order: str = HELD_ORDER) -> Profile:
+    """A refund of 2.50 of ``order`` held for its purchase (the profile knows no purchase)."""
+    held, after = process(
+        refund("evt-held", transaction_id=order, total_amount="2.50"), profile, CONFIG, NOW
+    )
+    assert isinstance(held, Read)
+    assert after is not None
+    return after
+
+
+def _other(
+    order: str, at: datetime, config: MappingConfig = CONFIG, profile: Profile | None = None
+) -> tuple[MapResult, Profile | None]:
+    """The purchase of another ``order`` of the user, mapped at ``at``."""
+    return process(
+        purchase(event_id=f"evt-{order}", commerce={"transaction_id": order}),
+        profile,
+        config,
+        at,
+    )
+
+
+def test_a_held_refund_whose_order_expires_is_reported_by_the_event_that_drops_it() -> None:
+    """The break trial: the order holding a refund expired from the profile (the order
+    retention after its last event) and the refund vanished uncounted. The event whose mapping
+    drops the order (here the user's next purchase) reports it discarded, ``order_expired``."""
+    later = NOW + CONFIG.order_retention + timedelta(days=1)
+    result, after = _other("ORD-NEXT", later, profile=_held())
+    assert isinstance(result, Send)
+    assert [(d.event_id, d.reason) for d in result.discarded] == [("evt-held", "order_expired")]
+    assert HELD_ORDER in result.discarded[0].detail
+    assert after is not None
+    assert after.order(HELD_ORDER) is None
+
+
+def test_a_held_refund_whose_order_is_evicted_by_the_order_cap_is_reported() -> None:
+    """Beyond ``max_orders_per_profile`` the order touched longest ago is forgotten: its held
+    refund is reported discarded, ``order_evicted``, by the event that evicted it."""
+    config = MappingConfig(max_orders_per_profile=2)
+    _, profile = _other("ORD-B", NOW + timedelta(minutes=1), config, _held())
+    result, after = _other("ORD-C", NOW + timedelta(minutes=2), config, profile)
+    assert isinstance(result, Send)
+    assert [(d.event_id, d.reason) for d in result.discarded] == [("evt-held", "order_evicted")]
+    assert after is not None
+    assert after.order(HELD_ORDER) is None
+
+
+def test_a_rejected_event_that_drops_an_expired_held_refund_reports_it() -> None:
+    """The profile it pruned is written even when the event is rejected: the rejection says
+    which held refunds went with it."""
+    later = NOW + CONFIG.order_retention + timedelta(days=1)
+    bad = purchase(commerce={"transaction_id": "ORD-NEXT", "currency_code": "XYZ"})
+    result, after = process(bad, _held(), CONFIG, later)
+    assert isinstance(result, Reject)
+    assert result.reason == "unknown_currency"
+    assert [(d.event_id, d.reason) for d in result.discarded] == [("evt-held", "order_expired")]
+    assert after is not None
+    assert after.order(HELD_ORDER) is None
+
+
+def test_the_purchase_of_an_expired_held_order_reports_the_refund_it_no_longer_finds() -> None:
+    """The purchase arrives after its order (holding the refund) expired: it is created at its
+    full total, and reports the held refund gone, ``order_expired``."""
+    later = NOW + CONFIG.order_retention + timedelta(days=1)
+    result, _ = _other(HELD_ORDER, later, profile=_held())
+    assert send(result).body["total"] == 5998
+    assert isinstance(result, Send)
+    assert [(d.event_id, d.reason) for d in result.discarded] == [("evt-held", "order_expired")]
+
+
+def test_an_expiring_order_whose_refunds_were_applied_reports_nothing() -> None:
+    """Only refunds held for a purchase go unapplied: an order created and refunded at Button,
+    then expired, has nothing to report."""
+    _, profile = process(purchase(), None, CONFIG, NOW)
+    _, profile = process(refund("evt-r1", total_amount="1.00"), profile, CONFIG, NOW)
+    later = NOW + CONFIG.order_retention + timedelta(days=1)
+    result, after = _other("ORD-NEXT", later, profile=profile)
+    assert isinstance(result, Send)
+    assert (result.discarded, after is not None and after.order("ORD-100045")) == ((), None)
