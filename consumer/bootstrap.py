@@ -581,7 +581,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         )
     )
 
-    expiry = ProfileExpiry(store, changelog, clock=_wall_clock)
+    expiry = ProfileExpiry(store, changelog, clock=_wall_clock, telemetry=telemetry)
 
     async def expire_profiles() -> None:
         """Forget expired profiles and write their tombstones (compaction removes them)."""

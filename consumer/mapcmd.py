@@ -17,13 +17,15 @@ sentence to a reject); ``read`` is a partial refund of an order the profile does
 cannot read, so it says the service would read the order from Button first (``request``, the
 ``GET``), ``reason`` the decision without a read (``refund_held``) and ``detail`` what follows;
 a create also says where its ``btn_ref`` came from (``btn_ref_source``: ``explicit``,
-``integration_attribute``, ``url``, ``profile`` or null). A create, update or skip that made
-refunds held in the order's ledger stop applying (a purchase they do not fit) lists them in
-``discarded`` (``event_id``, ``reason``, ``detail``: what the service logs as
-``held_refund_discarded``); the key is absent otherwise. A malformed line is a reject
-(``invalid_json``, ``not_an_object`` or the event model's reason such as ``missing_field`` or
-``invalid_timestamp``), never a crash; a line whose mapping fails unexpectedly is a reject with
-reason ``unprocessable`` (and the exception's class in ``detail``), and the next line runs.
+``integration_attribute``, ``url``, ``profile`` or null). A line that made
+refunds held in the order's ledger stop applying (a purchase they do not fit), or whose mapping
+dropped an order holding refunds for its purchase (expired, or beyond the profile's order cap),
+lists them in ``discarded`` (``event_id``, ``reason``, ``detail``, and ``order_id`` for another
+order's: what the service logs as ``held_refund_discarded``); the key is absent otherwise. A
+malformed line is a reject (``invalid_json``, ``not_an_object`` or the event model's reason such
+as ``missing_field`` or ``invalid_timestamp``), never a crash; a line whose mapping fails
+unexpectedly is a reject with reason ``unprocessable`` (and the exception's class in
+``detail``), and the next line runs.
 """
 
 from __future__ import annotations
@@ -34,7 +36,15 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TextIO
 
-from consumer.domain.button import Action, ButtonRequest, MapResult, Read, Send, Skip
+from consumer.domain.button import (
+    Action,
+    ButtonRequest,
+    MapResult,
+    Read,
+    Send,
+    Skip,
+    discarded_by,
+)
 from consumer.domain.event_forms import event_from_json
 from consumer.domain.events import CommerceEvent
 from consumer.domain.mapping import MappingConfig, process
@@ -180,18 +190,25 @@ def _describe(result: MapResult) -> dict[str, Any]:
             " first and applies the refund to Button's order (an update, or a cancel when"
             f" nothing is left); {result.held.reason} when Button does not know it either, and"
             " in a dry run",
+            **_discarded(result),
         }
-    return _reject(result.reason, result.detail)
+    return {**_reject(result.reason, result.detail), **_discarded(result)}
 
 
-def _discarded(result: Send | Skip) -> dict[str, Any]:
-    """``discarded``: the held refunds the event made stop applying, when there are any."""
-    if not result.discarded:
+def _discarded(result: MapResult) -> dict[str, Any]:
+    """``discarded``: the held refunds the event made stop applying, or that left the profile
+    with their order (``order_id``: that order), when there are any."""
+    if not discarded_by(result):
         return {}
     return {
         "discarded": [
-            {"event_id": r.event_id, "reason": r.reason, "detail": r.detail}
-            for r in result.discarded
+            {
+                "event_id": r.event_id,
+                "reason": r.reason,
+                "detail": r.detail,
+                **({} if r.order_id is None else {"order_id": r.order_id}),
+            }
+            for r in discarded_by(result)
         ]
     }
 

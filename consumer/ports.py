@@ -377,8 +377,10 @@ class Telemetry(Protocol):
 
     def held_refund_discarded(self, reason: str) -> None:
         """A refund the order's ledger held cannot apply to the order as it now stands (its
-        purchase arrived, or Button's order was adopted): the order does not carry it.
-        ``reason``: what it would be rejected with (``refund_currency_mismatch``, ...)."""
+        purchase arrived, or Button's order was adopted), or left the profile with its order
+        before its purchase came: the order does not carry it. ``reason``: what it would be
+        rejected with (``refund_currency_mismatch``, ...), or ``order_expired``,
+        ``order_evicted``, ``profile_capped``."""
         ...
 
     def writer_schema_missing_field(self, field: str) -> None:

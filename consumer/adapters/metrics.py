@@ -37,8 +37,13 @@ DISCARD_REASONS = (
     "refund_exceeds_total",
     "refund_currency_mismatch",
     "refund_amount_unknown",
+    "refund_raises_total",
+    "order_expired",
+    "order_evicted",
+    "profile_capped",
 )
-"""Why a held refund is discarded (``held_refunds_discarded_total{reason}``), the common ones;
+"""Why a held refund is discarded (``held_refunds_discarded_total{reason}``), the common ones
+(what it would be rejected with, or how its order left the profile before its purchase came);
 their counters exist from the start (at 0), so the alert over them has a series before the
 first discard. Another reason the mapping gives (``invalid_amount``, ``total_out_of_range``)
 gets its series when it first happens."""

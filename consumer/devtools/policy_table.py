@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from consumer.domain.button import Action, ButtonRequest, Read, Reject, Send, Skip
+from consumer.domain.button import REFUND_HELD, Action, ButtonRequest, Read, Reject, Send, Skip
 from consumer.domain.button_wire import read_request
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import (
@@ -67,7 +67,7 @@ def _judge_lookup(read: ButtonOutcome, attempt: int = 1) -> Callable[[], Decisio
     return lambda: judge_lookup(read, attempt=attempt, elapsed=0.0, policy=_POLICY, rng=_MidDraw())
 
 
-_READ = Read(read_request("o-1"), Skip("refund_held"))
+_READ = Read(read_request("o-1"), Skip(REFUND_HELD))
 
 
 class _MidDraw:

@@ -35,16 +35,35 @@ class ButtonRequest:
     body: Mapping[str, Any] | None = None
 
 
+REFUND_HELD = "refund_held"
+"""The skip of a partial refund held in the profile for its purchase (``Read.held``)."""
+
+ORDER_EXPIRED = "order_expired"
+"""A ``DiscardedRefund``'s reason: the refund was held for its purchase and its order expired
+from the profile first (the order retention after its last event)."""
+ORDER_EVICTED = "order_evicted"
+"""A ``DiscardedRefund``'s reason: the refund was held for its purchase and its order was
+forgotten first, the profile keeping only the orders touched last (its order cap)."""
+PROFILE_CAPPED = "profile_capped"
+"""A ``DiscardedRefund``'s reason: the refund was held for its purchase and its order was
+forgotten first, the encoded profile being over its cap in bytes."""
+
+
 @dataclass(frozen=True, slots=True)
 class DiscardedRefund:
     """A refund the order's ledger holds that the event being mapped made it stop applying:
     held for its purchase (or recorded earlier) and unable to apply to the order's content as
     it now stands (a product the order does not have, another currency, more than the total).
-    ``reason`` and ``detail`` are what the refund would be rejected with, arriving now."""
+    ``reason`` and ``detail`` are what the refund would be rejected with, arriving now. Or a
+    refund held for its purchase that left the profile with its order before the purchase
+    arrived: ``reason`` ``ORDER_EXPIRED``, ``ORDER_EVICTED`` or ``PROFILE_CAPPED``."""
 
     event_id: str
     reason: str
     detail: str = ""
+    order_id: str | None = None
+    """The order the refund was held for, when it is not the mapped event's own (a held refund
+    of another order of the user, gone with it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +96,9 @@ class Reject:
 
     reason: str
     detail: str = ""
+    discarded: tuple[DiscardedRefund, ...] = ()
+    """Held refunds that left the profile with their order as the event was mapped (the
+    profile it pruned is written even though the event is rejected)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,3 +117,10 @@ class Read:
 
 
 MapResult = Send | Skip | Reject | Read
+
+
+def discarded_by(result: MapResult) -> tuple[DiscardedRefund, ...]:
+    """The refunds ``result`` reports discarded (a ``Read``'s: those of its ``held`` skip)."""
+    if isinstance(result, Read):
+        return result.held.discarded
+    return result.discarded

@@ -35,7 +35,9 @@ Decisions worth knowing (the README's mapping table has the field-by-field rules
 * Remaining total after a partial refund: ``current total - refunded amount`` when the refund
   carries an amount (net of tax and shipping like a purchase), else the value of the remaining
   lines, scaled by ``current total / current lines value`` when order-level discounts make the
-  two differ (rounded once, half-even).
+  two differ (rounded once, half-even). A refund whose refunded units are worth less than
+  nothing together (a discount line taken back) would raise what Button counts: it is rejected
+  (``refund_raises_total``), never applied.
 * Events from mParticle's DEVELOPMENT environment are skipped by default: Button has no test
   mode, and a test order would bill the merchant.
 
@@ -58,7 +60,18 @@ from typing import Any
 
 from consumer.domain.adoption import ButtonOrder, Lookup, button_order
 from consumer.domain.attribution import resolve_btn_ref, token_from_event
-from consumer.domain.button import DiscardedRefund, MapResult, Read, Reject, Send, Skip
+from consumer.domain.button import (
+    ORDER_EVICTED,
+    ORDER_EXPIRED,
+    PROFILE_CAPPED,
+    REFUND_HELD,
+    DiscardedRefund,
+    MapResult,
+    Read,
+    Reject,
+    Send,
+    Skip,
+)
 from consumer.domain.button_wire import (
     MAX_ID_LENGTH,
     body_digest,
@@ -238,6 +251,7 @@ def process(
     now_ms = epoch_ms(now)
     before = profile if profile is not None else Profile()
     current = prune(before, now_ms, config.retention)
+    gone = held_refunds_gone(before, current, ORDER_EXPIRED)
     future = event.event_time - (now if received is None else received) > config.max_future_skew
     if not future:
         current = _learn(event, current, config)
@@ -250,13 +264,62 @@ def process(
                 f" {config.max_future_skew} after the processing time",
             )
         if event.event_type in (EventType.PURCHASE, EventType.REFUND):
+            kept = current
             result, current = _order_event(event, current, config, now_ms, lookup)
+            gone += held_refunds_gone(kept, current, ORDER_EVICTED)
         else:
             result = skip_for(event.event_type)
     except MappingError as exc:
         result = Reject(exc.reason, str(exc))
+    if gone:
+        result = _reporting_gone(result, gone)
     changed = current != before
     return result, (current if changed else None)
+
+
+_GONE = {
+    ORDER_EXPIRED: "held for order {order_id!r}, which expired from the profile (no event of it"
+    " within the order retention) before its purchase arrived",
+    ORDER_EVICTED: "held for order {order_id!r}, forgotten before its purchase arrived: the"
+    " profile keeps only the orders touched last (its order cap)",
+    PROFILE_CAPPED: "held for order {order_id!r}, forgotten before its purchase arrived: the"
+    " profile was over its cap in bytes",
+}
+
+
+def held_refunds_gone(before: Profile, after: Profile, reason: str) -> tuple[DiscardedRefund, ...]:
+    """The refunds held for their purchase (a pending order's) in ``before`` whose order is not
+    in ``after``: they leave with it, never applied, and are reported so that none vanishes
+    uncounted.
+
+    Args:
+        before: the profile before orders left it.
+        after: the profile after (an empty ``Profile()`` for one expired whole).
+        reason: why the orders left: ``ORDER_EXPIRED``, ``ORDER_EVICTED`` or
+            ``PROFILE_CAPPED`` (the ``DiscardedRefund.reason``; its ``detail`` names the order).
+
+    Raises:
+        KeyError: another ``reason``.
+    """
+    if not before.orders:
+        return ()
+    detail = _GONE[reason]
+    left = {order.order_id for order in after.orders}
+    return tuple(
+        DiscardedRefund(
+            refund.event_id, reason, detail.format(order_id=order.order_id), order.order_id
+        )
+        for order in before.orders
+        if order.status is OrderStatus.PENDING and order.order_id not in left
+        for refund in order.refunds
+    )
+
+
+def _reporting_gone(result: MapResult, gone: tuple[DiscardedRefund, ...]) -> MapResult:
+    """``result`` also reporting the held refunds ``gone`` with their order."""
+    if isinstance(result, Read):
+        return replace(result, held=replace(result.held, discarded=(*result.held.discarded, *gone)))
+    return replace(result, discarded=(*result.discarded, *gone))
 
 
 def skip_for(event_type: EventType) -> Skip:
@@ -371,9 +434,11 @@ def _customer(event: CommerceEvent, profile: Profile, config: MappingConfig) -> 
 # --- the order ledger ---------------------------------------------------------------------------
 
 MAX_REFUNDS_PER_ORDER = 64
-"""Refund events kept per live order: a 65th that leaves the order live (or held for its
+"""Refund events that apply per live order: a 65th that leaves the order live (or held for its
 purchase) is rejected (``too_many_refunds``). A refund that cancels the order is always taken:
-a cancelled order records no later refund, so an order keeps at most 65 (``_within_refund_cap``).
+a cancelled order records no later refund. Refunds the ledger keeps but that do not apply
+(discarded: held and unable to fit the purchase) take no slot (``_within_refund_cap``); held
+ones count until the purchase judges them, so at most 64 are held.
 """
 
 
@@ -433,7 +498,7 @@ def _order_event(
         if isinstance(result, Skip) and desired.status is OrderStatus.PENDING and looked is None:
             # Held until now; whether Button knows the order decides (``Read.held`` otherwise).
             result = Read(read_request(order_id), result)
-    _within_refund_cap(known, order)
+    _within_refund_cap(known, order, desired)
     if desired.ignored and order.status is not OrderStatus.CANCELLED:
         result = _reporting_discarded(result, desired.ignored, known)
     if order == known:
@@ -459,12 +524,15 @@ def _reporting_discarded(
     return replace(result, discarded=discarded) if discarded else result
 
 
-def _within_refund_cap(known: StoredOrder | None, order: StoredOrder) -> None:
+def _within_refund_cap(known: StoredOrder | None, order: StoredOrder, desired: _State) -> None:
     """Refuse a refund recorded beyond ``MAX_REFUNDS_PER_ORDER`` unless it ends in a cancel.
 
-    ``known`` is the order's ledger before the event, ``order`` after it was decided. The cap
-    bounds the size of the profile (every refund of a live order is kept, so the state can be
-    recomputed in event-time order); a refund after which the order is cancelled (a
+    ``known`` is the order's ledger before the event, ``order`` after it was decided, and
+    ``desired`` the state computed from it. Only refunds that apply count: those the state
+    ignores (``_State.ignored``: held for the purchase and discarded because they did not fit
+    it, or made to stop applying by a later event) reduce nothing at Button and take no slot.
+    The cap bounds the size of the profile (every refund of a live order is kept, so the
+    state can be recomputed in event-time order); a refund after which the order is cancelled (a
     whole-order refund, every remaining unit, an amount of at least the remaining total,
     whatever ``_apply_refund`` finds leaves nothing) is recorded:
     it is what makes a replay of it send the cancel again, and a cancelled order records no
@@ -476,13 +544,15 @@ def _within_refund_cap(known: StoredOrder | None, order: StoredOrder) -> None:
         MappingError: ``too_many_refunds``.
     """
     if (
-        known is not None
-        and len(known.refunds) >= MAX_REFUNDS_PER_ORDER
-        and len(order.refunds) > len(known.refunds)
-        and order.status is not OrderStatus.CANCELLED
+        known is None
+        or len(order.refunds) <= len(known.refunds)
+        or order.status is OrderStatus.CANCELLED
     ):
+        return
+    applying = len(order.refunds) - len(desired.ignored)
+    if applying > MAX_REFUNDS_PER_ORDER:
         raise MappingError(
-            "too_many_refunds", f"order {known.order_id!r} has {len(known.refunds)} refunds already"
+            "too_many_refunds", f"order {known.order_id!r} has {applying - 1} refunds already"
         )
 
 
@@ -663,8 +733,9 @@ def _apply_refund(
         MappingError: ``refund_currency_mismatch``; ``unknown_currency`` (an order stored
             without its exponent, in a currency no longer in ISO 4217); ``invalid_amount`` or
             ``total_out_of_range`` for the refund's amount; ``refund_item_not_in_order``,
-            ``refund_exceeds_quantity``, ``refund_exceeds_total``, ``refund_amount_unknown``
-            or ``total_out_of_range`` for a refund naming products.
+            ``refund_exceeds_quantity``, ``refund_exceeds_total``, ``refund_amount_unknown``,
+            ``refund_raises_total`` (``_never_raising``) or ``total_out_of_range`` for a refund
+            naming products.
     """
     if refund.currency is not None and refund.currency != order.currency:
         raise MappingError(
@@ -687,6 +758,9 @@ def _apply_refund(
             # left, as for an amount-only refund of at least the total. (A free order, total 0,
             # keeps its total of 0 and the lines left: the refund took nothing from it.)
             return None
+        _never_raising(
+            total, left, lines, remaining, exponent, with_amount=refund_minor is not None
+        )
         return checked_total(left), remaining
     if refund_minor is not None:
         if refund_minor <= 0:
@@ -714,7 +788,7 @@ def _reconcile(  # noqa: PLR0911 - one return per row of the reconciliation tabl
     is_purchase = event.event_type is EventType.PURCHASE
     sent = order.status
     if desired.status is OrderStatus.PENDING:
-        return Skip("refund_held"), order
+        return Skip(REFUND_HELD), order
     if desired.status is OrderStatus.CANCELLED:
         if sent is OrderStatus.PENDING and order.created_by:
             # The purchase arrived after refunds that cancel it: never create it.
@@ -843,6 +917,68 @@ def _remaining_lines(
     )
 
 
+def _never_raising(
+    total: int,
+    left: int,
+    lines: tuple[StoredLine, ...],
+    remaining: tuple[StoredLine, ...],
+    exponent: int,
+    *,
+    with_amount: bool,
+) -> None:
+    """Refuse a refund naming products that would raise what Button counts as commissionable.
+
+    A refund returns money to the customer. One whose refunded units are worth less than
+    nothing together (a discount line taken back alone, or with products worth less than it)
+    would raise the order's ``total`` from ``total`` to ``left`` (minor units; without an
+    amount the total follows the lines left), or, with an amount (``with_amount``: the total
+    falls by it), the value of the line items Button rates. ``lines`` and ``remaining`` are
+    the lines before and after the refund (``_remaining_lines``). Units of a line without a
+    price are of unknown value: a refund naming one is not judged here (its amount decides, or
+    it is ``refund_amount_unknown``).
+
+    Raises:
+        MappingError: ``refund_raises_total``, naming the refunded lines and the totals.
+    """
+    taken = _taken(lines, remaining)
+    if any(line.price is None for line, _ in taken):
+        return
+    before = sum(line_total(line, exponent) for line in lines)
+    after = sum(line_total(line, exponent) for line in remaining)
+    if after <= before and left <= total:
+        return
+    named = ", ".join(f"{line.identifier!r} x{units}" for line, units in taken)
+    raised = (
+        f"the order's line items from {before} to {after}"
+        if with_amount
+        else f"the order's total from {total} to {left}"
+    )
+    raise MappingError(
+        "refund_raises_total",
+        f"refunded lines {named} are worth {before - after} minor units together: the refund"
+        f" would raise {raised}",
+    )
+
+
+def _taken(
+    lines: tuple[StoredLine, ...], remaining: tuple[StoredLine, ...]
+) -> list[tuple[StoredLine, int]]:
+    """Each line a refund took units from, with the units taken: ``remaining`` is ``lines``
+    after it (``_remaining_lines``: in the same order, a line with units left kept as it was
+    but for its quantity, a line with none left dropped)."""
+    taken: list[tuple[StoredLine, int]] = []
+    rest = iter(remaining)
+    kept = next(rest, None)
+    for line in lines:
+        if kept is not None and replace(kept, quantity=line.quantity) == line:
+            if kept.quantity != line.quantity:
+                taken.append((line, line.quantity - kept.quantity))
+            kept = next(rest, None)
+        else:
+            taken.append((line, line.quantity))
+    return taken
+
+
 def _nothing_of_value_left(
     lines: tuple[StoredLine, ...], remaining: tuple[StoredLine, ...], exponent: int
 ) -> bool:
@@ -940,5 +1076,6 @@ def _commerce(event: CommerceEvent) -> CommerceData:
 
 __all__ = [
     "MappingConfig",
+    "held_refunds_gone",
     "process",
 ]

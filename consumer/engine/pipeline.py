@@ -37,6 +37,7 @@ from consumer.domain.adoption import Lookup
 from consumer.domain.attribution import DroppedToken
 from consumer.domain.backoff import RandomSource
 from consumer.domain.button import (
+    REFUND_HELD,
     Action,
     ButtonRequest,
     DiscardedRefund,
@@ -75,7 +76,7 @@ from consumer.engine.authgate import AuthGate
 from consumer.engine.breaker import CircuitBreaker
 from consumer.engine.concurrency import AdaptiveLimiter, Permit, TokenBucket
 from consumer.engine.parking import KEY_PARKED, ParkingCheck
-from consumer.engine.profiles import ChangelogWrite
+from consumer.engine.profiles import ChangelogWrite, report_discarded
 from consumer.errors import (
     CodecReason,
     DeadLetterError,
@@ -100,8 +101,6 @@ from consumer.ports import (
 log = structlog.get_logger("consumer.pipeline")
 
 _SKIP = Action.SKIP.value
-REFUND_HELD = "refund_held"
-"""The mapping's skip of a refund held in the profile for its purchase (``Read.held``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +119,8 @@ class Processed:
     logged, so a merchant sees that the app sends it."""
     discarded_refunds: tuple[DiscardedRefund, ...] = ()
     """Refunds the order's ledger held that this event made stop applying (the mapping's
-    ``Send.discarded`` or ``Skip.discarded``): counted and logged when the change is applied."""
+    ``discarded_by``), or that left the profile with their order before their purchase arrived:
+    counted and logged when the change is applied."""
 
 
 class Processor(Protocol):
@@ -374,9 +374,9 @@ class Pipeline:
             # Queued now, before the request is sent (the key's writes keep their order), and
             # acknowledged before the record is finished, so before its offset may be stored;
             # the send does not wait for the acknowledgement.
-            context.pending = self._start_write(
-                d.processor.apply(record.partition, record.key, processed)
-            )
+            write = d.processor.apply(record.partition, record.key, processed)
+            report_discarded(d.telemetry, write)  # held refunds forgotten to the cap in bytes
+            context.pending = self._start_write(write)
         try:
             if lookup is not None and lookup.found:
                 # An order adopted from Button: Button's state is the refund's base, and holds
@@ -422,7 +422,7 @@ class Pipeline:
             self._d.telemetry.held_refund_discarded(refund.reason)
             log.warning(
                 "held_refund_discarded",
-                order_id=processed.order_id,
+                order_id=refund.order_id or processed.order_id,
                 refund_event_id=refund.event_id,
                 reason=refund.reason,
                 detail=refund.detail,

@@ -16,7 +16,7 @@ import structlog
 from consumer.domain import mapping
 from consumer.domain.adoption import Lookup
 from consumer.domain.attribution import dropped_tokens
-from consumer.domain.button import Send, Skip
+from consumer.domain.button import discarded_by
 from consumer.domain.events import CommerceEvent
 from consumer.domain.profile import Profile
 from consumer.domain.profile_codec import ProfileDecodeError
@@ -61,16 +61,18 @@ class ProfileProcessor:
                 event.integration_attributes,
                 (event.launch_referral_url, event.page_url),
             ),
-            discarded_refunds=result.discarded if isinstance(result, Send | Skip) else (),
+            discarded_refunds=discarded_by(result),
         )
 
     def apply(self, partition: int, key: bytes, processed: Processed) -> ChangelogWrite | None:
         """Store the profile change ``process`` computed; the changelog record to write
-        (a tombstone when the profile became empty), ``None`` when nothing changed."""
+        (a tombstone when the profile became empty), ``None`` when nothing changed. The record
+        names the held refunds it erases with orders forgotten to the profile's cap in bytes
+        (``ChangelogWrite.discarded``): the caller reports them."""
         updated = processed.updated
         if not processed.profile_changed or not isinstance(updated, Profile):
             return None
-        return ChangelogWrite(partition, key, self._store.put(partition, key, updated))
+        return self._store.write(partition, key, updated)
 
     def _profile(self, partition: int, key: bytes | None) -> Profile | None:
         if key is None:

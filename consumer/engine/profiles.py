@@ -28,26 +28,52 @@ from datetime import datetime
 
 import structlog
 
+from consumer.domain.button import ORDER_EXPIRED, PROFILE_CAPPED, DiscardedRefund
+from consumer.domain.mapping import held_refunds_gone
 from consumer.domain.profile import Profile, Retention, epoch_ms, expires_at_ms
 from consumer.domain.profile_codec import (
+    ProfileDecodeError,
     decode_profile,
     encode_profile,
     read_expires_at,
     restored_epoch,
 )
 from consumer.domain.profile_epoch import FENCE_KEY, epoch_of, read_fence, stamp
-from consumer.ports import Changelog
+from consumer.ports import Changelog, Telemetry
 
 log = structlog.get_logger("consumer.profiles")
 
 
 @dataclass(frozen=True, slots=True)
 class ChangelogWrite:
-    """A record the caller must write to the changelog topic (``value`` None = tombstone)."""
+    """A record the caller must write to the changelog topic (``value`` None = tombstone).
+
+    ``discarded``: refunds held for their purchase that the write erases with their order (a
+    profile expired whole, or orders forgotten to its cap in bytes), for the caller to report
+    (``report_discarded``) once the write is queued.
+    """
 
     partition: int
     key: bytes
     value: bytes | None
+    discarded: tuple[DiscardedRefund, ...] = ()
+
+
+def report_discarded(telemetry: Telemetry | None, write: ChangelogWrite | None) -> None:
+    """Count and log (warning ``held_refund_discarded``) each held refund ``write`` erases:
+    the order at Button never carries it, and no dead letter exists for it."""
+    if write is None:
+        return
+    for refund in write.discarded:
+        if telemetry is not None:
+            telemetry.held_refund_discarded(refund.reason)
+        log.warning(
+            "held_refund_discarded",
+            order_id=refund.order_id,
+            refund_event_id=refund.event_id,
+            reason=refund.reason,
+            detail=refund.detail,
+        )
 
 
 class ProfileStore:
@@ -104,27 +130,36 @@ class ProfileStore:
 
         An empty profile is deleted rather than stored.
         """
+        return self.write(partition, key, profile).value
+
+    def write(self, partition: int, key: bytes, profile: Profile) -> ChangelogWrite:
+        """Store ``profile``; return the changelog record to write (``value`` None: a
+        tombstone), with the held refunds it erases when orders were forgotten to
+        ``max_bytes`` (``ChangelogWrite.discarded``, ``PROFILE_CAPPED``)."""
         if profile.is_empty:
             if self._partitions.get(partition, {}).pop(key, None) is not None:
                 self._add_count(-1)
-            return None
-        value = stamp(self._encode_capped(profile), self._epochs.get(partition, 0))
+            return ChangelogWrite(partition, key, None)
+        encoded, kept = self._encode_capped(profile)
+        value = stamp(encoded, self._epochs.get(partition, 0))
         profiles = self._partitions.setdefault(partition, {})
         if key not in profiles:
             self._add_count(1)
         profiles[key] = value
-        return value
+        gone = () if kept is profile else held_refunds_gone(profile, kept, PROFILE_CAPPED)
+        return ChangelogWrite(partition, key, value, gone)
 
     def _add_count(self, delta: int) -> None:
         with self._lock:
             self._count += delta
 
-    def _encode_capped(self, profile: Profile) -> bytes:
+    def _encode_capped(self, profile: Profile) -> tuple[bytes, Profile]:
         """Encode; over ``max_bytes`` (the changelog's record limit), forget the orders touched
-        longest ago until it fits: a heavy user's profile must never become unwritable."""
+        longest ago until it fits: a heavy user's profile must never become unwritable.
+        Returns the bytes and the profile they hold (``profile`` itself when it fitted)."""
         value = encode_profile(profile, expires_at_ms(profile, self._retention))
         if len(value) <= self._max_bytes or not profile.orders:
-            return value
+            return value, profile
         oldest_first = sorted(profile.orders, key=lambda o: o.touched_ms)
         while len(value) > self._max_bytes and oldest_first:
             forgotten = oldest_first.pop(0)
@@ -134,7 +169,7 @@ class ProfileStore:
             value = encode_profile(profile, expires_at_ms(profile, self._retention))
         self.capped += 1
         log.warning("profile_capped", bytes=len(value), orders_kept=len(profile.orders))
-        return value
+        return value, profile
 
     def restore(self, partition: int, key: bytes, value: bytes | None) -> None:
         """Apply one changelog record to a held partition (None = tombstone).
@@ -189,7 +224,10 @@ class ProfileStore:
         """Remove profiles whose every part has expired; return the tombstones to write.
 
         Reads only each value's 9-byte header (about 0.8 s per million profiles on one core);
-        pass ``partitions`` to spread the scan over several calls.
+        pass ``partitions`` to spread the scan over several calls. An expired profile is
+        decoded only when its value is removed, for the refunds held for their purchase that
+        its tombstone erases (``ChangelogWrite.discarded``, ``ORDER_EXPIRED``); one that no
+        longer decodes erases none that can be named.
         """
         now_ms = epoch_ms(now)
         chosen = tuple(self._partitions) if partitions is None else tuple(partitions)
@@ -198,8 +236,8 @@ class ProfileStore:
             profiles = self._partitions.get(partition, {})
             expired = [k for k, v in profiles.items() if read_expires_at(v) < now_ms]
             for key in expired:
-                del profiles[key]
-                tombstones.append(ChangelogWrite(partition, key, None))
+                gone = _held_in(profiles.pop(key))
+                tombstones.append(ChangelogWrite(partition, key, None, gone))
             self._add_count(-len(expired))
         return tombstones
 
@@ -219,6 +257,15 @@ class ProfileStore:
 
     def count(self, partition: int) -> int:
         return len(self._partitions.get(partition, {}))
+
+
+def _held_in(value: bytes) -> tuple[DiscardedRefund, ...]:
+    """The refunds held for their purchase in an expired profile's ``value``."""
+    try:
+        profile = decode_profile(value)
+    except ProfileDecodeError:
+        return ()
+    return held_refunds_gone(profile, Profile(), ORDER_EXPIRED)
 
 
 class PartitionRestore:
@@ -280,11 +327,16 @@ class ProfileExpiry:
     them, and the changelog keeps writes of a partition in the order they were queued
     (``consumer.ports.Changelog``), so a later profile always follows the tombstone.
 
+    A refund held for its purchase that a tombstone erases (the purchase never came before
+    its order expired) is counted and logged ``held_refund_discarded`` (``order_expired``)
+    once its tombstone is queued, never for a profile the user came back to.
+
     Args:
         store: the profiles of the owned partitions.
         changelog: where tombstones go.
         clock: the wall clock (expiry is in event time).
         batch: tombstones written concurrently before yielding.
+        telemetry: where erased held refunds are counted (``None``: logged only).
     """
 
     def __init__(
@@ -294,9 +346,11 @@ class ProfileExpiry:
         *,
         clock: Callable[[], datetime],
         batch: int = 500,
+        telemetry: Telemetry | None = None,
     ) -> None:
         if batch < 1:
             raise ValueError("batch must be at least 1")
+        self._telemetry = telemetry
         self._store = store
         self._changelog = changelog
         self._clock = clock
@@ -319,5 +373,6 @@ class ProfileExpiry:
         # No await between the check and the write being queued (see the class docstring).
         if not self._store.absent(write.partition, write.key):
             return False
+        report_discarded(self._telemetry, write)  # (no suspension: the check still holds)
         await self._changelog.write(write.partition, write.key, None)
         return True

@@ -705,7 +705,9 @@ def test_an_order_the_service_created_at_a_sub_minor_unit_price_is_refunded_once
         ("USD", "0.005", 3, 1),  # amount 0, total 2: only 0.005 gives both
         ("KWD", "1.2345", 7, 3),  # amount 1234, total 8642: only 1.2345 gives both
         ("KWD", "0.0004", 5, 2),  # amount 0, total 2
-        ("USD", "-0.125", 3, 1),  # a discount line: amount -12, total -38
+        # A discount line (amount -12, total -38), refunded with SKU-C (1.00): alone it would
+        # raise the order (``refund_raises_total``, the same from either profile).
+        ("USD", "-0.125", 3, 1),
         ("USD", "2.50", 4, 1),  # the exact case: amount x quantity == total
     ],
 )
@@ -720,8 +722,10 @@ def test_a_refund_of_a_forgotten_order_sends_what_the_remembered_order_would(
         {"id": "SKU-A", "price": price, "quantity": quantity},
         {"id": "SKU-B", "price": "7", "quantity": 1},
     ]
+    discount = [{"id": "SKU-C"}] if price.startswith("-") else []
+    products += [{**line, "price": "1", "quantity": 1} for line in discount]
     remembers, forgot = _forgotten(products, currency, book)
-    partial = refund(products=[{"id": "SKU-A", "quantity": refunded}])
+    partial = refund(products=[{"id": "SKU-A", "quantity": refunded}, *discount])
     later = NOW + timedelta(minutes=2)
 
     expected, _ = process(partial, remembers, EVICTING, later)

@@ -6,9 +6,14 @@ import asyncio
 from datetime import UTC, datetime
 
 import pytest
+from structlog.testing import capture_logs
 
+from consumer.domain.button import Read
+from consumer.domain.event_forms import event_from_json
+from consumer.domain.mapping import MappingConfig, process
 from consumer.domain.profile import Profile, Retention, Stamped
 from consumer.engine.profiles import ProfileExpiry, ProfileStore
+from tests.fakes import RecordingTelemetry
 
 DAY = 86_400_000
 RETENTION = Retention(btn_ref_ms=7 * DAY, device_id_ms=30 * DAY, order_ms=60 * DAY)
@@ -115,3 +120,48 @@ def test_a_partition_revoked_during_expiry_gets_no_tombstone_from_this_member() 
         assert len(changelog.writes) == 1
 
     asyncio.run(scenario())
+
+
+def _holding_a_refund() -> Profile:
+    """A profile whose only part is an order holding a refund for its purchase."""
+    config = MappingConfig()
+    refund = event_from_json(
+        {
+            "event_id": "evt-held",
+            "event_type": "REFUND",
+            "event_time": "2024-05-01T14:00:00Z",
+            "user_key": "u",
+            "commerce": {"action": "REFUND", "transaction_id": "ORD-H", "total_amount": "2.50"},
+        }
+    )
+    held, profile = process(refund, None, config, datetime(2024, 5, 1, 15, tzinfo=UTC))
+    assert isinstance(held, Read)
+    assert profile is not None
+    return profile
+
+
+def test_a_refund_held_in_a_profile_that_expires_is_reported_with_its_tombstone() -> None:
+    """The break trial: the whole profile expired (its order holding a refund was its last
+    part) and its tombstone erased the refund uncounted. Expiry reports each held refund it
+    erases: ``held_refund_discarded`` (warning, its order and event ids) and
+    ``held_refund_discarded(order_expired)`` on the telemetry."""
+    store = ProfileStore(RETENTION)
+    store.put(0, b"held", _holding_a_refund())
+    store.put(0, b"old", OLD)
+    changelog = HeldChangelog()
+    changelog.release.set()
+    telemetry = RecordingTelemetry()
+
+    with capture_logs() as logs:
+        written = asyncio.run(
+            ProfileExpiry(store, changelog, clock=lambda: LATER, batch=4, telemetry=telemetry).run()
+        )
+
+    assert written == 2
+    assert sorted(key for _, key, value in changelog.writes if value is None) == [b"held", b"old"]
+    assert telemetry.named("held_refund_discarded") == [("order_expired",)]
+    assert [
+        (e["log_level"], e["order_id"], e["refund_event_id"], e["reason"])
+        for e in logs
+        if e["event"] == "held_refund_discarded"
+    ] == [("warning", "ORD-H", "evt-held", "order_expired")]

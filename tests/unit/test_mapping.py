@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from consumer.domain.attribution import TokenSource
-from consumer.domain.button import Action, Read, Reject, Send, Skip
+from consumer.domain.button import Action, MapResult, Read, Reject, Send, Skip
 from consumer.domain.button_wire import body_digest, order_path, purchase_date
 from consumer.domain.event_forms import event_from_json
 from consumer.domain.events import CommerceEvent
@@ -603,6 +603,49 @@ def test_a_partial_refund_beyond_the_cap_is_still_rejected(partial: dict[str, An
     assert after is None
 
 
+def _64_held_refunds_discarded() -> tuple[Profile, Send]:
+    """64 refunds in EUR held before the order's purchase in USD arrives: none fits it, each is
+    discarded (``refund_currency_mismatch``) and the order is created at its full 59.98."""
+    profile: Profile | None = None
+    for n in range(1, MAX_REFUNDS_PER_ORDER + 1):
+        eur = refund(f"evt-h{n:02d}", currency_code="EUR", total_amount="0.10")
+        held, profile = process(eur, profile, CONFIG, NOW)
+        assert isinstance(held, Read)
+    created, profile = process(purchase(), profile, CONFIG, NOW)
+    assert isinstance(created, Send)
+    assert send(created).body["total"] == 5998
+    assert len(created.discarded) == MAX_REFUNDS_PER_ORDER
+    assert profile is not None
+    return profile, created
+
+
+def test_discarded_held_refunds_do_not_count_toward_the_refund_cap() -> None:
+    """The break trial: refunds held for their purchase and discarded because they did not fit
+    it still took slots of the cap, so the order's first real refund was rejected
+    ``too_many_refunds``. Only refunds that apply count: it is applied."""
+    profile, _ = _64_held_refunds_discarded()
+    result, after = process(refund("evt-r1", total_amount="1.00"), profile, CONFIG, NOW)
+    request = send(result)
+    assert (request.action, request.body["total"]) == (Action.UPDATE, 5898)
+    assert after is not None
+
+
+def test_refunds_that_apply_are_still_capped_beside_discarded_ones() -> None:
+    """Beside the 64 discarded, 64 refunds apply; a 65th that applies and leaves the order live
+    is rejected ``too_many_refunds``, naming the refunds that apply."""
+    profile, _ = _64_held_refunds_discarded()
+    for n in range(1, MAX_REFUNDS_PER_ORDER + 1):
+        result, changed = process(
+            refund(f"evt-r{n:02d}", total_amount="0.01"), profile, CONFIG, NOW
+        )
+        assert send(result).action == Action.UPDATE
+        assert changed is not None
+        profile = changed
+    result, after = process(refund("evt-r65", total_amount="0.01"), profile, CONFIG, NOW)
+    assert result == Reject("too_many_refunds", "order 'ORD-100045' has 64 refunds already")
+    assert after is None
+
+
 # --- a refund that leaves nothing is a whole-order refund: a cancel -----------------------------
 
 DISCOUNTED = {
@@ -789,6 +832,117 @@ def test_products_refunded_with_an_amount_above_the_remaining_total_are_rejected
     assert isinstance(result, Reject)
     assert result.reason == "refund_exceeds_total"
     assert after is None
+
+
+# --- a refund returns money: it never raises what Button counts ---------------------------------
+
+WITH_X = _with(
+    [
+        {"id": "X", "price": "3.00", "quantity": 1},
+        {"id": "DISC", "price": "-5.00", "quantity": 1},
+        {"id": "Y", "price": "15.00", "quantity": 1},
+    ],
+    "13.00",
+)
+"""13.00: X at 3.00, a discount line DISC at -5.00, Y at 15.00."""
+
+
+@pytest.mark.parametrize(
+    ("commerce", "total", "refunded", "detail"),
+    [
+        # The break trial's order: only the discount line refunded, Button went to 15.00.
+        (
+            DISCOUNTED,
+            1000,
+            {"products": [{"id": "DISC"}]},
+            "refunded lines 'DISC' x1 are worth -500 minor units together: the refund would"
+            " raise the order's total from 1000 to 1500",
+        ),
+        # A product with a larger discount: -2.00 together, 13.00 would become 15.00.
+        (
+            WITH_X,
+            1300,
+            {"products": [{"id": "X"}, {"id": "DISC"}]},
+            "refunded lines 'X' x1, 'DISC' x1 are worth -200 minor units together: the refund"
+            " would raise the order's total from 1300 to 1500",
+        ),
+        # An order-level coupon besides (9.00 for lines of 13.00): the total scaled to the lines
+        # left would rise too.
+        (
+            _with(WITH_X["products"], "9.00"),
+            900,
+            {"products": [{"id": "DISC"}]},
+            "refunded lines 'DISC' x1 are worth -500 minor units together: the refund would"
+            " raise the order's total from 900 to 1246",
+        ),
+        # One unit of a discount line of two: the line's total would rise from -5.00 to -2.50.
+        (
+            _with(
+                [
+                    {"id": "A", "price": "10.00", "quantity": 1},
+                    {"id": "DISC", "price": "-2.50", "quantity": 2},
+                ],
+                "5.00",
+            ),
+            500,
+            {"products": [{"id": "DISC", "quantity": 1}]},
+            "refunded lines 'DISC' x1 are worth -250 minor units together: the refund would"
+            " raise the order's total from 500 to 750",
+        ),
+        # With an amount the total falls, but the line items sent would be worth more: the
+        # discount is taken back from the lines Button rates.
+        (
+            DISCOUNTED,
+            1000,
+            {"products": [{"id": "DISC"}], "total_amount": "1.00"},
+            "refunded lines 'DISC' x1 are worth -500 minor units together: the refund would"
+            " raise the order's line items from 1000 to 1500",
+        ),
+    ],
+    ids=[
+        "only-the-discount",
+        "a-product-and-a-larger-discount",
+        "the-discount-with-a-coupon",
+        "a-unit-of-a-discount-line",
+        "the-discount-with-an-amount",
+    ],
+)
+def test_a_refund_that_would_raise_the_order_is_rejected_naming_its_lines(
+    commerce: dict[str, Any], total: int, refunded: dict[str, Any], detail: str
+) -> None:
+    """A refund returns money to the customer: one whose lines are worth less than nothing
+    together (a discount taken back) would raise what Button counts as commissionable. The break
+    trial's refund of the discount line alone updated Button from 10.00 to 15.00; it is
+    rejected ``refund_raises_total`` (dead-lettered, nothing recorded), naming the lines."""
+    profile = _bought(commerce, total)
+    fields: dict[str, Any] = {"tax_amount": None, "shipping_amount": None, **refunded}
+    result, after = process(refund("evt-r1", **fields), profile, CONFIG, NOW)
+    assert result == Reject("refund_raises_total", detail)
+    assert after is None
+
+
+def test_a_product_refunded_with_its_smaller_discount_is_an_update() -> None:
+    """Y (15.00) refunded with the discount that came with it (-5.00): 10.00 returned, an
+    update from 13.00 to 3.00, as before."""
+    profile = _bought(WITH_X, 1300)
+    fields = {"tax_amount": None, "shipping_amount": None}
+    result, _ = process(
+        refund("evt-r1", [{"id": "Y"}, {"id": "DISC"}], **fields), profile, CONFIG, NOW
+    )
+    request = send(result)
+    items = [(i["identifier"], i["quantity"]) for i in request.body["line_items"]]
+    assert (request.action, request.body["total"], items) == (Action.UPDATE, 300, [("X", 1)])
+
+
+def test_a_held_refund_that_would_raise_the_order_is_discarded_by_its_purchase() -> None:
+    """The refund of the discount line alone held before its purchase: the order is created at
+    10.00 without it, and the purchase reports it discarded (``refund_raises_total``)."""
+    held, profile = process(refund("evt-r1", [{"id": "DISC"}]), None, CONFIG, NOW)
+    assert isinstance(held, Read)
+    result, _ = process(purchase(commerce=DISCOUNTED), profile, CONFIG, NOW)
+    assert send(result).body["total"] == 1000
+    assert isinstance(result, Send)
+    assert [(d.event_id, d.reason) for d in result.discarded] == [("evt-r1", "refund_raises_total")]
 
 
 def test_purchase_replay_resends_stored_create() -> None:
@@ -1279,3 +1433,89 @@ def test_the_body_digest_is_stable() -> None:
         "customer": {"id": "c-1"},
     }
     assert body_digest(body) == 7862342752312458214
+
+
+# --- held refunds leaving the profile with their order are reported ------------------------------
+
+HELD_ORDER = "ORD-HELD"
+
+
+def _held(profile: Profile | None = None, order: str = HELD_ORDER) -> Profile:
+    """A refund of 2.50 of ``order`` held for its purchase (the profile knows no purchase)."""
+    held, after = process(
+        refund("evt-held", transaction_id=order, total_amount="2.50"), profile, CONFIG, NOW
+    )
+    assert isinstance(held, Read)
+    assert after is not None
+    return after
+
+
+def _other(
+    order: str, at: datetime, config: MappingConfig = CONFIG, profile: Profile | None = None
+) -> tuple[MapResult, Profile | None]:
+    """The purchase of another ``order`` of the user, mapped at ``at``."""
+    return process(
+        purchase(event_id=f"evt-{order}", commerce={"transaction_id": order}),
+        profile,
+        config,
+        at,
+    )
+
+
+def test_a_held_refund_whose_order_expires_is_reported_by_the_event_that_drops_it() -> None:
+    """The break trial: the order holding a refund expired from the profile (the order
+    retention after its last event) and the refund vanished uncounted. The event whose mapping
+    drops the order (here the user's next purchase) reports it discarded, ``order_expired``."""
+    later = NOW + CONFIG.order_retention + timedelta(days=1)
+    result, after = _other("ORD-NEXT", later, profile=_held())
+    assert isinstance(result, Send)
+    assert [(d.event_id, d.reason) for d in result.discarded] == [("evt-held", "order_expired")]
+    assert HELD_ORDER in result.discarded[0].detail
+    assert after is not None
+    assert after.order(HELD_ORDER) is None
+
+
+def test_a_held_refund_whose_order_is_evicted_by_the_order_cap_is_reported() -> None:
+    """Beyond ``max_orders_per_profile`` the order touched longest ago is forgotten: its held
+    refund is reported discarded, ``order_evicted``, by the event that evicted it."""
+    config = MappingConfig(max_orders_per_profile=2)
+    _, profile = _other("ORD-B", NOW + timedelta(minutes=1), config, _held())
+    result, after = _other("ORD-C", NOW + timedelta(minutes=2), config, profile)
+    assert isinstance(result, Send)
+    assert [(d.event_id, d.reason) for d in result.discarded] == [("evt-held", "order_evicted")]
+    assert after is not None
+    assert after.order(HELD_ORDER) is None
+
+
+def test_a_rejected_event_that_drops_an_expired_held_refund_reports_it() -> None:
+    """The profile it pruned is written even when the event is rejected: the rejection says
+    which held refunds went with it."""
+    later = NOW + CONFIG.order_retention + timedelta(days=1)
+    bad = purchase(commerce={"transaction_id": "ORD-NEXT", "currency_code": "XYZ"})
+    result, after = process(bad, _held(), CONFIG, later)
+    assert isinstance(result, Reject)
+    assert result.reason == "unknown_currency"
+    assert [(d.event_id, d.reason) for d in result.discarded] == [("evt-held", "order_expired")]
+    assert after is not None
+    assert after.order(HELD_ORDER) is None
+
+
+def test_the_purchase_of_an_expired_held_order_reports_the_refund_it_no_longer_finds() -> None:
+    """The purchase arrives after its order (holding the refund) expired: it is created at its
+    full total, and reports the held refund gone, ``order_expired``."""
+    later = NOW + CONFIG.order_retention + timedelta(days=1)
+    result, _ = _other(HELD_ORDER, later, profile=_held())
+    assert send(result).body["total"] == 5998
+    assert isinstance(result, Send)
+    assert [(d.event_id, d.reason) for d in result.discarded] == [("evt-held", "order_expired")]
+
+
+def test_an_expiring_order_whose_refunds_were_applied_reports_nothing() -> None:
+    """Only refunds held for a purchase go unapplied: an order created and refunded at Button,
+    then expired, has nothing to report."""
+    _, profile = process(purchase(), None, CONFIG, NOW)
+    _, profile = process(refund("evt-r1", total_amount="1.00"), profile, CONFIG, NOW)
+    later = NOW + CONFIG.order_retention + timedelta(days=1)
+    result, after = _other("ORD-NEXT", later, profile=profile)
+    assert isinstance(result, Send)
+    assert (result.discarded, after is not None and after.order("ORD-100045")) == ((), None)

@@ -1384,6 +1384,45 @@ def test_a_held_refund_that_fits_its_purchase_is_neither_a_warning_nor_counted()
     assert later.sample("held_refunds_discarded_total", reason="refund_currency_mismatch") == 0.0
 
 
+def test_a_held_refund_whose_order_expires_is_a_warning_and_counted() -> None:
+    """The refund held for its purchase (Button answered 404) waits in the profile; the purchase
+    never comes and the order expires (the order retention after its last event). The user's
+    next event, another order, drops it: the warning ``held_refund_discarded`` and
+    ``held_refunds_discarded_total{reason="order_expired"}`` report the refund, which used to
+    vanish uncounted; the profile written no longer holds it."""
+    first = unknown_order_harness()
+    first.button.reads.append(NOT_FOUND)
+    assert first.handle(record(17)) == ["skipped"]
+    expired = MappingConfig().order_retention + timedelta(days=1)
+    assert EVENT.commerce is not None
+    other = replace(
+        EVENT,
+        event_id="evt-9",
+        event_time=T0 + expired,
+        commerce=replace(EVENT.commerce, transaction_id="ORD-2"),
+    )
+    later = unknown_order_harness(first, event=other).answer(OK)
+    later.clock.elapsed = expired.total_seconds()
+
+    with capture_logs() as logs:
+        outcomes = later.handle(record(18))
+
+    assert outcomes == ["delivered"]
+    warnings = [
+        (e["log_level"], e["order_id"], e["refund_event_id"], e["reason"])
+        for e in logs
+        if e["event"] == "held_refund_discarded"
+    ]
+    assert warnings == [("warning", ORDER, "evt-3", "order_expired")]
+    assert later.sample("held_refunds_discarded_total", reason="order_expired") == 1.0
+    written = later.changelog.written[-1]
+    restored = ProfileStore(MappingConfig().retention)
+    restored.restore(written.partition, written.key, written.value)
+    profile = restored.get(written.partition, written.key)
+    assert profile is not None
+    assert (profile.order(ORDER), profile.order("ORD-2") is not None) == (None, True)
+
+
 def test_a_parked_purchase_reports_no_discarded_refund() -> None:
     """A parked record moves no ledger: what its mapping would discard is not discarded (its
     replay maps it again and reports then)."""

@@ -11,12 +11,13 @@ from typing import Any
 from structlog.testing import capture_logs
 
 from consumer.domain.button import Send, Skip
-from consumer.domain.events import CommerceData, CommerceEvent, EventType, ProductAction
+from consumer.domain.events import CommerceData, CommerceEvent, EventType, Product, ProductAction
 from consumer.domain.mapping import MappingConfig
 from consumer.domain.profile_codec import decode_profile
 from consumer.engine.pipeline import Processed
 from consumer.engine.processor import ProfileProcessor
-from consumer.engine.profiles import ChangelogWrite, ProfileStore
+from consumer.engine.profiles import ChangelogWrite, ProfileStore, report_discarded
+from tests.fakes import RecordingTelemetry
 
 T_OPEN = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 T_BUY = T_OPEN + timedelta(hours=2)
@@ -246,3 +247,57 @@ def test_the_junk_an_event_carries_where_a_token_goes_is_handed_to_the_pipeline(
     expected = (DroppedToken(TokenSource.EXPLICIT, TokenProblem.PLACEHOLDER, "undefined"),)
     assert expected == junk.dropped_tokens
     assert step(proc, KEY, app_open(), NOW).dropped_tokens == ()
+
+
+def test_held_refunds_forgotten_to_the_profiles_cap_in_bytes_are_named_by_the_write() -> None:
+    """Over the profile's cap in bytes the orders touched longest ago are forgotten; an order
+    holding a refund for its purchase takes the refund with it. The changelog write names it
+    (``profile_capped``) and ``report_discarded`` (the pipeline's, after ``apply``) counts and
+    logs it: it used to vanish uncounted."""
+    config = MappingConfig()
+    proc = ProfileProcessor(ProfileStore(config.retention, max_bytes=400), config)
+    refund = CommerceEvent(
+        event_id="evt-held",
+        event_type=EventType.REFUND,
+        event_time=T_BUY,
+        user_key="user-1",
+        commerce=CommerceData(
+            action=ProductAction.REFUND, transaction_id="ORD-H", total_amount=Decimal("2.50")
+        ),
+    )
+    held = step(proc, KEY, refund, NOW)
+    assert held.write is not None
+    assert held.write.discarded == ()
+    big = CommerceEvent(
+        event_id="evt-big",
+        event_type=EventType.PURCHASE,
+        event_time=T_BUY,
+        user_key="user-1",
+        commerce=CommerceData(
+            action=ProductAction.PURCHASE,
+            transaction_id="ORD-BIG",
+            currency_code="USD",
+            total_amount=Decimal("10.00"),
+            products=tuple(
+                Product(id=f"SKU-{n}", name="x" * 40, price=Decimal("1.00")) for n in range(5)
+            ),
+        ),
+    )
+    capped = step(proc, KEY, big, NOW + timedelta(minutes=1))
+    assert proc.store.capped == 1  # five lines fit 400 bytes alone, not beside the held order
+    assert capped.write is not None
+    telemetry = RecordingTelemetry()
+
+    with capture_logs() as logs:
+        report_discarded(telemetry, capped.write)
+
+    assert [(d.order_id, d.event_id, d.reason) for d in capped.write.discarded] == [
+        ("ORD-H", "evt-held", "profile_capped")
+    ]
+    assert telemetry.named("held_refund_discarded") == [("profile_capped",)]
+    assert [
+        (e["log_level"], e["order_id"]) for e in logs if e["event"] == "held_refund_discarded"
+    ] == [("warning", "ORD-H")]
+    profile = proc.store.get(PARTITION, KEY)
+    assert profile is not None
+    assert (profile.order("ORD-H"), profile.order("ORD-BIG") is not None) == (None, True)

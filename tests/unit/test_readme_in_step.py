@@ -15,6 +15,7 @@ from typing import Any, get_args, get_origin
 
 import pytest
 
+from consumer.adapters.metrics import DISCARD_REASONS
 from consumer.domain.events import EventReason
 from consumer.errors import CodecReason
 from consumer.settings import _SECTIONS, variable_names
@@ -31,6 +32,24 @@ _PASSED_ON = frozenset({"exc.reason", "result.reason", "str(reason)"})
 _ENUMS: dict[str, Any] = {"EventReason": EventReason, "CodecReason": CodecReason}
 
 
+def _named_reasons() -> dict[str, str]:
+    """The domain's module-level string constants (``REFUND_HELD = "refund_held"``): a reason
+    given by its constant's name is read as the constant's value."""
+    names: dict[str, str] = {}
+    for path in _SOURCES:
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if (
+                isinstance(node, ast.Assign)
+                and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id.isupper()
+                and isinstance(node.value, ast.Constant)
+                and isinstance(node.value.value, str)
+            ):
+                names[node.targets[0].id] = node.value.value
+    return names
+
+
 def _call_name(node: ast.Call) -> str | None:
     if isinstance(node.func, ast.Name):
         return node.func.id
@@ -42,6 +61,7 @@ def _call_name(node: ast.Call) -> str | None:
 def emitted_reasons() -> dict[str, set[str]]:
     """Reason -> the files that emit it, read from the code."""
     found: dict[str, set[str]] = {}
+    named = _named_reasons()
     for path in _SOURCES:
         if path.name == "policy.py":  # the delivery reasons: the generated policy table's
             continue
@@ -53,6 +73,8 @@ def emitted_reasons() -> dict[str, set[str]]:
             arg = node.args[0]
             if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
                 reason = arg.value
+            elif isinstance(arg, ast.Name) and arg.id in named:
+                reason = named[arg.id]
             elif (
                 isinstance(arg, ast.Attribute)
                 and isinstance(arg.value, ast.Name)
@@ -102,8 +124,9 @@ _NAMED_AS_REASON = re.compile(
 
 
 def test_the_readme_names_no_reason_the_code_does_not_emit() -> None:
-    """Wherever the README calls something a reject, skip or reason, the code emits it."""
-    known = set(emitted_reasons()) | _policy_reasons()
+    """Wherever the README calls something a reject, skip or reason, the code emits it (as a
+    decision's reason, or a discarded held refund's: ``held_refunds_discarded_total{reason}``)."""
+    known = set(emitted_reasons()) | _policy_reasons() | set(DISCARD_REASONS)
     named: set[str] = set()
     for match in _NAMED_AS_REASON.finditer(README):
         named.update(re.findall(r"`([a-z0-9_]+)`", match.group(1)))
