@@ -62,9 +62,15 @@ from consumer.domain.deadletter import (
     header_map,
     strip_own_headers,
 )
+from consumer.domain.events import stripped_id
 from consumer.errors import BrokerError, ConfigError, TopicError
 from consumer.ports import Headers, Record
 from consumer.settings import Settings
+
+
+def order_of(headers: Mapping[str, str]) -> str:
+    """The order id a dead letter's headers name, without surrounding whitespace."""
+    return stripped_id(headers.get(H_ORDER_ID, ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +82,15 @@ class ReplayFilter:
     since_ms: int | None = None
     until_ms: int | None = None
 
+    def __post_init__(self) -> None:
+        # One order id rule with the service (``events.stripped_id``): ``--order-id " B5 "``
+        # is B5, and a dead letter an earlier release wrote with a padded id is B5's too.
+        object.__setattr__(self, "order_ids", frozenset(map(stripped_id, self.order_ids)))
+
     def matches(self, headers: dict[str, str]) -> bool:
         if self.reasons and headers.get(H_REASON, "") not in self.reasons:
             return False
-        if self.order_ids and headers.get(H_ORDER_ID, "") not in self.order_ids:
+        if self.order_ids and order_of(headers) not in self.order_ids:
             return False
         at = _int(headers.get(H_DEAD_LETTERED_AT))
         if self.since_ms is not None and (at is None or at < self.since_ms):
@@ -139,7 +150,7 @@ class ReplayReport:
     def note(self, text: Mapping[str, str], selection: ReplayFilter, *, selected: bool) -> None:
         """Count a dead letter read: its reason, its order when the filter names it, and the
         filter values it matched when ``selected``."""
-        reason, order_id = text.get(H_REASON, ""), text.get(H_ORDER_ID, "")
+        reason, order_id = text.get(H_REASON, ""), order_of(text)
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
         if order_id in selection.order_ids:
             self.orders[order_id] = self.orders.get(order_id, 0) + 1

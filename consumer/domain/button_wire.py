@@ -67,6 +67,9 @@ _NAIVE_EPOCH = datetime(1970, 1, 1)  # UTC, naive so that isoformat writes no of
 def checked_order_id(value: str | None) -> str:
     """``value`` if it can be Button's ``order_id`` (1-255 printable ASCII characters).
 
+    ``value`` is the event's ``transaction_id`` as the event model holds it: without
+    surrounding whitespace (``events.stripped_id``), or blank as given when nothing else is.
+
     Raises:
         MappingError: ``missing_order_id``, ``order_id_not_ascii`` or ``order_id_too_long``.
     """

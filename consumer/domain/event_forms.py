@@ -66,6 +66,7 @@ from consumer.domain.events import (
     Product,
     ProductAction,
     UserIdentities,
+    stripped_id,
 )
 from consumer.errors import DecodeError, InvalidEventError
 
@@ -394,7 +395,6 @@ def _commerce(value: object, d: _Dialect) -> CommerceData | None:
         return None
     where = "commerce."
     obj = _mapping(value, "commerce")
-    currency = _opt_str(obj, "currency_code", where)
     products = obj.get("products")
     if products is None:
         products = ()
@@ -405,7 +405,7 @@ def _commerce(value: object, d: _Dialect) -> CommerceData | None:
     return CommerceData(
         action=_enum(ProductAction, _required(obj, "action", where), where + "action", d),
         transaction_id=_opt_str(obj, "transaction_id", where),
-        currency_code=None if currency is None else currency.strip().upper(),
+        currency_code=_opt_str(obj, "currency_code", where),  # the model trims, upper-cases
         total_amount=_opt_amount(obj, "total_amount", where, d),
         tax_amount=_opt_amount(obj, "tax_amount", where, d),
         shipping_amount=_opt_amount(obj, "shipping_amount", where, d),
@@ -427,7 +427,8 @@ def _integration_attributes(value: object, d: _Dialect) -> dict[str, Mapping[str
 
 def _event(obj: Mapping[str, Any], d: _Dialect) -> CommerceEvent:
     """The validated model of ``obj``; an ``InvalidEventError`` names the event and order ids
-    ``obj`` has, so that its dead letter says which order's event was refused."""
+    ``obj`` has (the order id stripped, as the model stores it), so that its dead letter says
+    which order's event was refused."""
     try:
         return _validated(obj, d)
     except InvalidEventError as exc:
@@ -438,7 +439,7 @@ def _event(obj: Mapping[str, Any], d: _Dialect) -> CommerceEvent:
             exc.reason,
             str(exc),
             event_id=event_id if isinstance(event_id, str) else "",
-            order_id=order_id if isinstance(order_id, str) else "",
+            order_id=stripped_id(order_id) if isinstance(order_id, str) else "",
         ) from exc
 
 

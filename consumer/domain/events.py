@@ -12,12 +12,20 @@ Invariants enforced on every ``CommerceEvent`` (violations raise ``InvalidEventE
 ``DecodeError``, with a reason from ``EventReason`` and a message naming the field and its value
 where it has one):
 
-* ``event_id``, ``user_key`` and product ids are non-empty;
+* identifiers are taken without surrounding whitespace (``stripped_id``: the characters of
+  ``ID_WHITESPACE``), case and inner characters kept, so that ``" B5 "``, ``"B5\n"`` and
+  ``"B5"`` are one order everywhere after: the order id (``transaction_id``; one that is blank
+  is kept as given, and the mapping rejects it ``missing_order_id``), product ids and SKUs (a
+  refund names its lines by product id), the customer id and the currency code (also
+  upper-cased); a blank SKU, customer id or currency code is none. ``event_id`` and
+  ``user_key`` are kept as given: the user key is the Kafka key's, and the producer chose the
+  partition from its bytes;
+* ``event_id``, ``user_key`` and product ids are non-empty (a blank product id is empty);
 * ``event_time`` is timezone-aware; it is stored in UTC, truncated to milliseconds;
 * amounts have at most 6 decimal places and 14 integer digits (the schema's decimal(20, 6));
   order-level amounts are never negative (a product price may be: a discount line);
 * quantities are whole numbers >= 0 that fit an Avro int;
-* ``currency_code`` is three upper-case ASCII letters (parsers upper-case and trim it);
+* ``currency_code`` is three ASCII letters, stored upper-case;
 * a PURCHASE or REFUND event carries commerce data with the same action and a transaction id; a
   PURCHASE also carries a currency; a commerce action PURCHASE or REFUND appears only on an event
   of that type (or on an UNKNOWN event type from a newer producer, which the mapper skips).
@@ -44,6 +52,7 @@ __all__ = [
     "AMOUNT_SCALE",
     "BUTTON_MODULE_ID",
     "BUTTON_SOURCE_TOKEN_KEY",
+    "ID_WHITESPACE",
     "AttAuthorizationStatus",
     "CommerceData",
     "CommerceEvent",
@@ -55,6 +64,7 @@ __all__ = [
     "Product",
     "ProductAction",
     "UserIdentities",
+    "stripped_id",
 ]
 
 AMOUNT_PRECISION = 20
@@ -72,6 +82,19 @@ BUTTON_MODULE_ID = "1022"
 """mParticle's integration module id for Button, the key in ``integration_attributes``."""
 BUTTON_SOURCE_TOKEN_KEY = "com.usebutton.source_token"  # noqa: S105 -- a key name, not a secret
 """The attribute under module 1022 that holds the Button attribution token."""
+
+ID_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+"""The characters ``stripped_id`` removes around an identifier: Python's whitespace
+(``str.isspace``), the same set the service already trims around a ``btn_ref``, an email and an
+advertising id. ASCII's tab, line feed, vertical tab, form feed, carriage return, the file,
+group, record and unit separators (U+001C-U+001F) and space; U+0085 (next line), U+00A0
+(no-break space), U+1680, U+2000-U+200A (the typographic spaces), U+2028, U+2029 (line and
+paragraph separators), U+202F, U+205F and U+3000 (ideographic space). Zero-width characters
+(U+200B, U+FEFF) are not whitespace: an id that carries them is not printable ASCII, and the
+mapping refuses it."""
 
 _INT_MAX = 2**31 - 1
 _CURRENCY = re.compile(r"[A-Z]{3}")
@@ -187,13 +210,36 @@ def _check_non_empty(value: str, where: str) -> None:
         raise _invalid(EventReason.EMPTY_FIELD, f"{where} is empty")
 
 
+def stripped_id(value: str) -> str:
+    """``value`` without the whitespace around it (``ID_WHITESPACE``); its case and the
+    characters inside it are kept: ``stripped_id(" B 5\n") == "B 5"``."""
+    return value.strip()
+
+
+def _optional_id(value: str | None) -> str | None:
+    """``stripped_id(value)``, or ``None`` when nothing is left (blank means none)."""
+    if value is None:
+        return None
+    stripped = value.strip()
+    return stripped or None
+
+
 @dataclass(frozen=True, slots=True)
 class UserIdentities:
-    """Known identities of the user. ``email`` is clear text: never forward it unhashed."""
+    """Known identities of the user. ``email`` is clear text: never forward it unhashed.
+
+    ``customer_id`` is stored without surrounding whitespace (``stripped_id``), ``None`` when
+    blank; ``email`` is the identity module's to canonicalise.
+    """
 
     customer_id: str | None = None
     email: str | None = None
     other: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        customer_id = self.customer_id
+        if customer_id is not None and customer_id != (stripped := _optional_id(customer_id)):
+            object.__setattr__(self, "customer_id", stripped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +255,12 @@ class DeviceInfo:
 
 @dataclass(frozen=True, slots=True)
 class Product:
-    """One product line; ``price`` is the unit price in major units of the event's currency."""
+    """One product line; ``price`` is the unit price in major units of the event's currency.
+
+    ``id`` and ``sku`` are stored without surrounding whitespace (``stripped_id``): a refund
+    names the lines it refunds by ``id``. A blank ``id`` is refused as empty; a blank ``sku``
+    is none.
+    """
 
     id: str
     sku: str | None = None
@@ -222,7 +273,14 @@ class Product:
     attributes: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        given = self.id
+        if given and (given[0].isspace() or given[-1].isspace()):
+            object.__setattr__(self, "id", given.strip())
+            if not self.id:
+                raise _invalid(EventReason.EMPTY_FIELD, f"product id is blank: {given!r}")
         _check_non_empty(self.id, "product id")
+        if self.sku is not None and self.sku != (sku := _optional_id(self.sku)):
+            object.__setattr__(self, "sku", sku)
         _check_amount(self.price, f"price of product {self.id!r}", signed=True)
         if isinstance(self.quantity, bool) or not 0 <= self.quantity <= _INT_MAX:
             raise _invalid(
@@ -242,6 +300,9 @@ class CommerceData:
 
     ``total_amount`` includes ``tax_amount`` and ``shipping_amount`` (mParticle's revenue); for a
     REFUND it is the amount refunded and ``products`` lists the refunded lines (none: the order).
+    ``transaction_id`` is stored without surrounding whitespace (``stripped_id``; a blank one as
+    given: it names no order, and the mapping rejects it), ``currency_code`` stripped and
+    upper-cased (``None`` when blank).
     """
 
     action: ProductAction
@@ -255,6 +316,14 @@ class CommerceData:
     products: tuple[Product, ...] = ()
 
     def __post_init__(self) -> None:
+        transaction_id = self.transaction_id
+        if transaction_id and (transaction_id[0].isspace() or transaction_id[-1].isspace()):
+            stripped = transaction_id.strip()
+            if stripped:
+                object.__setattr__(self, "transaction_id", stripped)
+        currency = self.currency_code
+        if currency is not None and not _CURRENCY.fullmatch(currency):
+            object.__setattr__(self, "currency_code", _optional_id(currency.upper()))
         if self.currency_code is not None and not _CURRENCY.fullmatch(self.currency_code):
             raise _invalid(
                 EventReason.INVALID_CURRENCY,

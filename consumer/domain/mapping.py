@@ -407,7 +407,8 @@ def _device_id(event: CommerceEvent, profile: Profile, config: MappingConfig) ->
 
 
 def _usable_customer_id(value: str) -> bool:
-    """``customer.id`` is sent as given when it has 1-255 characters and is not blank.
+    """``customer.id`` is sent when it has 1-255 characters and is not blank (the event model
+    took it without surrounding whitespace, ``events.stripped_id``).
 
     Button documents no limit for it; 255 characters is the one it documents for the merchant's
     other strings (``order_id``, ``btn_ref``, ``customer_order_id``). A longer id is omitted and

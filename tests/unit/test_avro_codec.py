@@ -163,6 +163,7 @@ def test_wire_header_is_magic_byte_and_big_endian_id() -> None:
 
 _text = st.text(st.characters(codec="utf-8"), max_size=12)
 _name = st.text(st.characters(codec="utf-8"), min_size=1, max_size=12)
+_id = _name.filter(lambda text: not text.isspace())  # a product id of whitespace only is none
 _maps = st.dictionaries(_text, _text, max_size=3)
 _amounts = st.decimals(
     min_value=Decimal(0), max_value=Decimal("99999999999999.999999"), places=6
@@ -188,7 +189,7 @@ def _optional(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 
 _products = st.builds(
     Product,
-    id=_name,
+    id=_id,
     sku=_optional(_text),
     name=_optional(_text),
     brand=_optional(_text),

@@ -92,6 +92,19 @@ def test_order_ids_filter_keeps_only_those_orders() -> None:
     assert expected == actual
 
 
+def test_replay_order_filter_ignores_padding() -> None:
+    """``--order-id " B5 "`` selects the dead letters of ``B5``, and ``--order-id B5`` those an
+    earlier release wrote with the padded id."""
+    padded_arg = ReplayFilter(order_ids=frozenset({" B5 "}))
+    plain_arg = ReplayFilter(order_ids=frozenset({"B5"}))
+
+    assert [
+        padded_arg.matches({"button.order.id": "B5"}),
+        plain_arg.matches({"button.order.id": "B5\n"}),
+        plain_arg.matches({"button.order.id": "b5"}),
+    ] == [True, True, False]
+
+
 def test_since_is_inclusive_and_until_is_exclusive() -> None:
     """[since, until) by button.dead.lettered.ms: the start is in, the end is out."""
     selection = ReplayFilter(since_ms=AT, until_ms=AT + 1_000)
