@@ -5,6 +5,13 @@ backend, Maven resolves the runtime classpath once (cached under `.cache/kafka/`
 POM's hash; the jars stay in Maven's local repository), and each broker gets a freshly formatted
 KRaft log directory in a temp dir and free ports on 127.0.0.1.
 
+By default one JVM is both broker and controller (KRaft combined mode). In isolated mode
+(`LocalKafka(kraft_mode="isolated")`) the controller runs in a JVM of its own, the quorum's only
+voter, and the broker in another: a test can stop the broker (SIGSTOP) while the controller
+keeps running, so the controller fences it once its session (`broker.session.timeout.ms`)
+expires. `LocalKafka.fencing_changes` reads the controller's fencing decisions from its
+metadata log (`consumer.devtools.kraftlog`), in either mode.
+
 Python API: `LocalKafka` (a context manager). A broker it starts dies with its owner, even when
 the owner is SIGKILLed. CLI (`python -m consumer.devtools.localkafka`):
 
@@ -28,7 +35,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
@@ -51,6 +58,7 @@ from consumer.devtools._proc import (
     tail,
     wait_until,
 )
+from consumer.devtools.kraftlog import METADATA_PARTITION, FencingChange, fencing_changes
 
 KAFKA_POM = repo_root() / "infra" / "kafka" / "pom.xml"
 DEFAULT_STATE_DIR = repo_root() / ".run" / "kafka"
@@ -107,12 +115,46 @@ def _cluster_id(random_uuid: Callable[[], uuid.UUID] = uuid.uuid4) -> str:
             return text
 
 
+KraftMode = Literal["combined", "isolated"]
+"""``combined``: one JVM is broker and controller. ``isolated``: a controller JVM and a broker
+JVM (Kafka's names for the two KRaft deployments)."""
+
+CONTROLLER_ID = 1
+"""The controller's ``node.id`` (in combined mode, the one node's)."""
+BROKER_ID = 2
+"""The broker's ``node.id`` in isolated mode (a node id is unique across roles)."""
+_CONTROLLER_LOG = "controller.log"
+
+_CLUSTER_SETTINGS = {
+    "num.partitions": "1",
+    "default.replication.factor": "1",
+    "min.insync.replicas": "1",
+    "offsets.topic.replication.factor": "1",
+    "offsets.topic.num.partitions": "1",
+    "transaction.state.log.replication.factor": "1",
+    "transaction.state.log.min.isr": "1",
+    "transaction.state.log.num.partitions": "1",
+    "share.coordinator.state.topic.replication.factor": "1",
+    "share.coordinator.state.topic.min.isr": "1",
+    "share.coordinator.state.topic.num.partitions": "1",
+    "group.initial.rebalance.delay.ms": "0",
+    "num.network.threads": "2",
+    "num.io.threads": "4",
+}
+"""What every node of a one-broker cluster shares: replication factors of one, small defaults."""
+
+
+def _properties(settings: dict[str, str]) -> str:
+    return "".join(f"{key}={value}\n" for key, value in settings.items())
+
+
 def _server_properties(data_dir: Path, broker_port: int, controller_port: int) -> str:
+    """`server.properties` of the combined node: broker and controller in one process."""
     settings = {
         "process.roles": "broker,controller",
-        "node.id": "1",
+        "node.id": str(CONTROLLER_ID),
         # A static one-voter quorum: the storage is formatted without --standalone.
-        "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+        "controller.quorum.voters": f"{CONTROLLER_ID}@127.0.0.1:{controller_port}",
         "listeners": (
             f"PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}"
         ),
@@ -121,34 +163,58 @@ def _server_properties(data_dir: Path, broker_port: int, controller_port: int) -
         "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
         "log.dirs": str(data_dir / "kraft"),
-        "num.partitions": "1",
-        "default.replication.factor": "1",
-        "min.insync.replicas": "1",
-        "offsets.topic.replication.factor": "1",
-        "offsets.topic.num.partitions": "1",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
-        "transaction.state.log.num.partitions": "1",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
-        "share.coordinator.state.topic.num.partitions": "1",
-        "group.initial.rebalance.delay.ms": "0",
-        "num.network.threads": "2",
-        "num.io.threads": "4",
+        **_CLUSTER_SETTINGS,
     }
-    return "".join(f"{key}={value}\n" for key, value in settings.items())
+    return _properties(settings)
+
+
+def _isolated_properties(data_dir: Path, broker_port: int, controller_port: int) -> tuple[str, str]:
+    """`(controller.properties, broker.properties)` of isolated mode: two nodes, two processes.
+
+    The controller is the quorum's only voter (static: formatted without --standalone); the
+    broker knows it only through ``controller.quorum.voters`` and listens on PLAINTEXT alone.
+    """
+    quorum = {
+        "controller.quorum.voters": f"{CONTROLLER_ID}@127.0.0.1:{controller_port}",
+        "controller.listener.names": "CONTROLLER",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+    }
+    controller = {
+        "process.roles": "controller",
+        "node.id": str(CONTROLLER_ID),
+        **quorum,
+        "listeners": f"CONTROLLER://127.0.0.1:{controller_port}",
+        "log.dirs": str(data_dir / "controller"),
+        **_CLUSTER_SETTINGS,
+    }
+    broker = {
+        "process.roles": "broker",
+        "node.id": str(BROKER_ID),
+        **quorum,
+        "listeners": f"PLAINTEXT://127.0.0.1:{broker_port}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{broker_port}",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "log.dirs": str(data_dir / "broker"),
+        **_CLUSTER_SETTINGS,
+    }
+    return _properties(controller), _properties(broker)
 
 
 class LocalKafka(LocalJvmService):
-    """One combined broker+controller on 127.0.0.1, in a fresh temp directory.
+    """One Kafka broker and its KRaft controller on 127.0.0.1, in a fresh temp directory.
 
-    Use as `with LocalKafka() as kafka: kafka.bootstrap_servers`. An owned broker (the default)
-    is killed when its owner exits, is interrupted, or is SIGKILLed. A `detached` broker runs
-    in its own session and outlives this process (the `up` command); stop it by pid.
+    Use as `with LocalKafka() as kafka: kafka.bootstrap_servers`. In the default combined mode
+    one JVM is broker and controller. With ``kraft_mode="isolated"`` the controller runs in a
+    JVM of its own (`controller_pid`; `pid` is the broker's), so that stopping the broker
+    leaves the controller running. An owned broker (the default) is killed, with its controller,
+    when its owner exits, is interrupted, or is SIGKILLed. A `detached` broker (combined mode
+    only) runs in its own session and outlives this process (the `up` command); stop it by pid.
     """
 
     NAME = "Kafka broker"
     LOG_NAME = "broker.log"
+    CONTROLLER_HEAP_MB = 256
+    """The isolated controller's heap: it keeps only the cluster's metadata."""
 
     def __init__(
         self,
@@ -158,7 +224,24 @@ class LocalKafka(LocalJvmService):
         start_timeout: float = 120.0,
         stop_timeout: float = 15.0,
         detached: bool = False,
+        kraft_mode: KraftMode = "combined",
     ) -> None:
+        """Nothing starts here; `start` (or ``with``) does.
+
+        Args:
+            heap_mb: the broker JVM's maximum heap, in MiB.
+            jvm_options: extra JVM options for the broker (and, in isolated mode, the controller).
+            start_timeout: seconds `start` and `restart` wait for the broker to answer.
+            stop_timeout: seconds each JVM gets after SIGTERM before SIGKILL.
+            detached: run in a session of its own and outlive this process.
+            kraft_mode: ``"combined"`` (one JVM) or ``"isolated"`` (a controller JVM and a
+                broker JVM).
+
+        Raises:
+            ValueError: a detached broker in isolated mode (`down` stops one recorded pid).
+        """
+        if detached and kraft_mode != "combined":
+            raise ValueError("a detached local Kafka runs in combined mode only")
         super().__init__(
             heap_mb=heap_mb,
             start_timeout=start_timeout,
@@ -166,6 +249,8 @@ class LocalKafka(LocalJvmService):
             detached=detached,
         )
         self.jvm_options = tuple(jvm_options)
+        self.kraft_mode: KraftMode = kraft_mode
+        self._controller: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap_servers(self) -> str:
@@ -174,6 +259,37 @@ class LocalKafka(LocalJvmService):
     @property
     def address(self) -> str:
         return self.bootstrap_servers
+
+    @property
+    def controller_pid(self) -> int:
+        """The pid of the process that runs the controller: `pid` itself in combined mode."""
+        if self._controller is not None:
+            return self._controller.pid
+        return self.pid
+
+    @property
+    def controller_log_path(self) -> Path:
+        """The controller's log: the broker's own (`log_path`) in combined mode."""
+        return self.data_dir / (_CONTROLLER_LOG if self.kraft_mode == "isolated" else self.LOG_NAME)
+
+    @property
+    def metadata_log_dir(self) -> Path:
+        """The controller's metadata log, the ``__cluster_metadata-0`` partition directory."""
+        node = "controller" if self.kraft_mode == "isolated" else "kraft"
+        return self.data_dir / node / METADATA_PARTITION
+
+    def fencing_changes(self) -> list[FencingChange]:
+        """Every broker fencing and unfencing the controller has written so far, oldest first.
+
+        Read from the controller's metadata log on disk, so it answers while the broker (and, in
+        combined mode, the controller with it) is stopped. The list only grows: a change later
+        in it was decided later. See `consumer.devtools.kraftlog.fencing_changes`.
+
+        Raises:
+            RuntimeError: not started.
+            consumer.devtools.kraftlog.MetadataLogError: a record batch it cannot decode.
+        """
+        return fencing_changes(self.metadata_log_dir)
 
     def start(self) -> LocalKafka:
         """Resolve, format, start, and return once the broker answers a metadata request."""
@@ -204,9 +320,10 @@ class LocalKafka(LocalJvmService):
 
         The JVM gets SIGTERM (a controlled shutdown), SIGKILL after `stop_timeout`; the log
         directory, the cluster id and both ports are kept, so clients reconnect to the same
-        `bootstrap_servers` and find their topics, records and committed offsets again. Returns
-        once the broker answers a metadata request (within `start_timeout`). On failure the
-        broker is stopped and its directory removed, as `start` does.
+        `bootstrap_servers` and find their topics, records and committed offsets again. In
+        isolated mode only the broker restarts; the controller runs on. Returns once the broker
+        answers a metadata request (within `start_timeout`). On failure the broker is stopped
+        and its directory removed, as `start` does.
         """
         proc = self._proc
         if proc is None:
@@ -236,13 +353,49 @@ class LocalKafka(LocalJvmService):
             raise
         raise AssertionError("unreachable")
 
+    def _discard(self) -> None:
+        # The broker first: its controlled shutdown asks the controller, which must still answer.
+        broker, self._proc = self._proc, None
+        if broker is not None:
+            stop_process(broker, grace=self.stop_timeout)
+        controller, self._controller = self._controller, None
+        if controller is not None:
+            stop_process(controller, grace=self.stop_timeout)
+        super()._discard()
+
+    @property
+    def _broker_config(self) -> str:
+        return "server.properties" if self.kraft_mode == "combined" else "broker.properties"
+
     def _launch(self, java: str, classpath: str) -> None:
         data_dir = Path(tempfile.mkdtemp(prefix="localkafka-"))
         self._data_dir = data_dir
         self._port = free_port()
         controller_port = free_port()
-        config = data_dir / "server.properties"
-        config.write_text(_server_properties(data_dir, self._port, controller_port))
+        if self.kraft_mode == "combined":
+            configs = {
+                "server.properties": _server_properties(data_dir, self._port, controller_port)
+            }
+        else:
+            controller, broker = _isolated_properties(data_dir, self._port, controller_port)
+            configs = {"controller.properties": controller, "broker.properties": broker}
+        cluster_id = _cluster_id()
+        for name, text in configs.items():
+            config = data_dir / name
+            config.write_text(text)
+            self._format(java, classpath, cluster_id, config)
+        if self.kraft_mode == "isolated":
+            self._controller = self._spawn_node(
+                java,
+                classpath,
+                data_dir / "controller.properties",
+                log_path=data_dir / _CONTROLLER_LOG,
+                heap_mb=self.CONTROLLER_HEAP_MB,
+            )
+        self._spawn(java, classpath)
+
+    def _format(self, java: str, classpath: str, cluster_id: str, config: Path) -> None:
+        """Format the KRaft storage of the node ``config`` describes (`kafka-storage format`)."""
         formatted = subprocess.run(  # noqa: S603 - fixed executable, arguments built here
             [
                 java,
@@ -254,7 +407,7 @@ class LocalKafka(LocalJvmService):
                 "kafka.tools.StorageTool",
                 "format",
                 "-t",
-                _cluster_id(),
+                cluster_id,
                 "-c",
                 str(config),
             ],
@@ -266,18 +419,29 @@ class LocalKafka(LocalJvmService):
         )
         if formatted.returncode != 0:
             raise ToolError(
-                "formatting KRaft storage failed:\n" + (formatted.stdout + formatted.stderr)
+                f"formatting KRaft storage ({config.name}) failed:\n"
+                + (formatted.stdout + formatted.stderr)
             )
-        self._spawn(java, classpath)
 
     def _spawn(self, java: str, classpath: str) -> None:
-        """Start the JVM on the formatted data directory and its `server.properties`."""
+        """Start the broker's JVM (the combined node's) on its formatted data directory."""
+        self._proc = self._spawn_node(
+            java,
+            classpath,
+            self.data_dir / self._broker_config,
+            log_path=self.log_path,
+            heap_mb=self.heap_mb,
+        )
+
+    def _spawn_node(
+        self, java: str, classpath: str, config: Path, *, log_path: Path, heap_mb: int
+    ) -> subprocess.Popen[bytes]:
+        """Start one KRaft node (`kafka.Kafka <config>`), its output in ``log_path``."""
         data_dir = self.data_dir
-        config = data_dir / "server.properties"
         command = [
             java,
-            f"-Xmx{self.heap_mb}m",
-            f"-Xms{min(self.heap_mb, 256)}m",
+            f"-Xmx{heap_mb}m",
+            f"-Xms{min(heap_mb, 256)}m",
             # Tuned for start-up and a small footprint on shared CI machines, not throughput:
             # C1 only and the serial collector use about a third less CPU to become ready.
             "-XX:TieredStopAtLevel=1",
@@ -292,7 +456,7 @@ class LocalKafka(LocalJvmService):
             "kafka.Kafka",
             str(config),
         ]
-        self._proc = spawn(command, log_path=self.log_path, cwd=data_dir, detached=self.detached)
+        return spawn(command, log_path=log_path, cwd=data_dir, detached=self.detached)
 
     def _wait_for_leaders(self, deadline: float) -> None:
         """After a restart: wait until every partition of every topic has a leader again.
@@ -320,11 +484,15 @@ class LocalKafka(LocalJvmService):
         if proc is None:
             raise RuntimeError("_wait_ready before _launch")
         port = self.port
+        # In isolated mode the controller's JVM counts too: the broker waits for it forever.
+        nodes = {self.log_path: proc}
+        if self._controller is not None:
+            nodes[self.data_dir / _CONTROLLER_LOG] = self._controller
 
-        def exited() -> bool:
-            return proc.poll() is not None
+        def exited() -> list[Path]:
+            return [log for log, node in nodes.items() if node.poll() is not None]
 
-        wait_until(lambda: exited() or port_open(port), timeout=deadline - time.monotonic())
+        wait_until(lambda: bool(exited()) or port_open(port), timeout=deadline - time.monotonic())
         admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
         while not exited() and time.monotonic() < deadline:
             try:
@@ -334,17 +502,16 @@ class LocalKafka(LocalJvmService):
             if metadata.brokers:
                 return
             time.sleep(0.1)
-        log = tail(self.log_path)
-        if exited():
-            if _BIND_CLASH.search(log):
+        logs = "\n".join(f"log tail ({log}):\n{tail(log)}" for log in nodes)
+        dead = exited()
+        if dead:
+            if any(_BIND_CLASH.search(tail(log)) for log in dead):
                 raise _PortClashError
-            raise ToolError(
-                f"Kafka broker exited with code {proc.returncode} during start-up; "
-                f"log tail ({self.log_path}):\n{log}"
-            )
+            codes = ", ".join(f"{log.stem} {nodes[log].returncode}" for log in dead)
+            raise ToolError(f"Kafka exited during start-up (exit codes: {codes}); {logs}")
         raise ToolError(
             f"Kafka broker on {self.bootstrap_servers} did not answer a metadata request within "
-            f"{self.start_timeout:.0f}s; log tail ({self.log_path}):\n{log}"
+            f"{self.start_timeout:.0f}s; {logs}"
         )
 
 

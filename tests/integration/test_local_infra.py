@@ -23,6 +23,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
 from consumer.devtools._proc import ServiceState, pid_alive, port_open, repo_root, wait_until
+from consumer.devtools.localkafka import BROKER_ID, LocalKafka
 
 # Compact JSON on purpose: Apicurio keys schemas by their exact text, unlike Confluent's registry,
 # which compares parsed schemas. The serializer registers a compact rendering, so a pretty-printed
@@ -149,18 +150,49 @@ def test_cli_up_is_idempotent_and_down_leaves_nothing_behind(tmp_path: Path) -> 
 
 
 @pytest.mark.broker
+def test_isolated_mode_runs_controller_and_broker_apart_and_stops_both() -> None:
+    """In isolated mode the controller and the broker are two JVMs (nodes 1 and 2): the broker
+    answers for itself, the controller has registered and unfenced it in its metadata log, and
+    `stop` ends both JVMs and removes their directory."""
+    kafka = LocalKafka(kraft_mode="isolated").start()
+    try:
+        pids = (kafka.pid, kafka.controller_pid)
+        data_dir, port = kafka.data_dir, kafka.port
+        assert pids[0] != pids[1]
+        assert all(pid_alive(pid) for pid in pids)
+        metadata = AdminClient({"bootstrap.servers": kafka.bootstrap_servers}).list_topics(
+            timeout=10
+        )
+        assert set(metadata.brokers) == {BROKER_ID}
+        assert [(c.broker_id, c.fenced) for c in kafka.fencing_changes()][-1:] == [
+            (BROKER_ID, False)
+        ]
+    finally:
+        kafka.stop()
+    assert [pid_alive(pid) for pid in pids] == [False, False]
+    assert not data_dir.exists()
+    assert not port_open(port)
+
+
+@pytest.mark.broker
 @pytest.mark.parametrize(
-    "service",
-    ["consumer.devtools.localkafka:LocalKafka", "consumer.devtools.registry:LocalRegistry"],
+    ("service", "options"),
+    [
+        ("consumer.devtools.localkafka:LocalKafka", ""),
+        ("consumer.devtools.localkafka:LocalKafka", "kraft_mode='isolated'"),
+        ("consumer.devtools.registry:LocalRegistry", ""),
+    ],
 )
-def test_sigkilled_owner_takes_its_jvm_with_it(service: str) -> None:
+def test_sigkilled_owner_takes_its_jvm_with_it(service: str, options: str) -> None:
+    """Every JVM a service starts (in isolated mode: the controller's too) dies with its owner."""
     module, cls = service.split(":")
     owner_script = textwrap.dedent(
         f"""
         import sys
         from {module} import {cls}
-        service = {cls}().start()
-        print(service.pid, service.data_dir, flush=True)
+        service = {cls}({options}).start()
+        jvms = {{service.pid, getattr(service, "controller_pid", service.pid)}}
+        print(",".join(map(str, jvms)), service.data_dir, flush=True)
         sys.stdin.read()
         """
     )
@@ -177,14 +209,17 @@ def test_sigkilled_owner_takes_its_jvm_with_it(service: str) -> None:
         if not line:
             owner.kill()
             pytest.fail(f"owner process failed to start {cls}: {owner.communicate()[1]}")
-        jvm_pid_text, data_dir = line.split(maxsplit=1)
-        jvm_pid = int(jvm_pid_text)
+        jvm_pids_text, data_dir = line.split(maxsplit=1)
+        jvm_pids = [int(pid) for pid in jvm_pids_text.split(",")]
         try:
-            assert pid_alive(jvm_pid)
+            assert all(pid_alive(pid) for pid in jvm_pids)
             owner.send_signal(signal.SIGKILL)
             owner.wait(timeout=10)
-            assert wait_until(lambda: not pid_alive(jvm_pid), timeout=30), "JVM outlived owner"
+            assert wait_until(lambda: not any(pid_alive(pid) for pid in jvm_pids), timeout=30), (
+                "a JVM outlived its owner"
+            )
         finally:
-            if pid_alive(jvm_pid):
-                os.kill(jvm_pid, signal.SIGKILL)
+            for pid in jvm_pids:
+                if pid_alive(pid):
+                    os.kill(pid, signal.SIGKILL)
             shutil.rmtree(data_dir.strip(), ignore_errors=True)

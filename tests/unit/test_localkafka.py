@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
-from consumer.devtools.localkafka import _cluster_id
+import pytest
+
+from consumer.devtools.localkafka import LocalKafka, _cluster_id, _isolated_properties
 
 
 def test_a_cluster_id_never_starts_with_a_dash() -> None:
@@ -25,3 +28,30 @@ def test_a_cluster_id_is_a_base64url_uuid_without_padding() -> None:
 
 
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def _parse(properties: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in properties.splitlines())
+
+
+def test_isolated_mode_is_a_controller_node_and_a_broker_node_of_one_quorum() -> None:
+    """Two nodes with their own ids, roles and log directories; the broker reaches the
+    controller through the quorum's only voter, which is the controller's own listener."""
+    controller, broker = (_parse(p) for p in _isolated_properties(Path("/d"), 9092, 9093))
+
+    assert {key: (controller[key], broker[key]) for key in KEYS} == {
+        "process.roles": ("controller", "broker"),
+        "node.id": ("1", "2"),
+        "controller.quorum.voters": ("1@127.0.0.1:9093", "1@127.0.0.1:9093"),
+        "listeners": ("CONTROLLER://127.0.0.1:9093", "PLAINTEXT://127.0.0.1:9092"),
+        "log.dirs": ("/d/controller", "/d/broker"),
+    }
+
+
+def test_a_detached_broker_is_combined_only() -> None:
+    """`down` stops the one pid `up` recorded: an isolated controller would be left running."""
+    with pytest.raises(ValueError, match="combined mode only"):
+        LocalKafka(detached=True, kraft_mode="isolated")
+
+
+KEYS = ("process.roles", "node.id", "controller.quorum.voters", "listeners", "log.dirs")
