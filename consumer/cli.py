@@ -40,7 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     p_replay.add_argument("--until", help="only records dead-lettered before (ISO-8601)")
     p_replay.add_argument("--rate", type=float, default=200.0, help="records per second")
     p_replay.add_argument("--dry-run", action="store_true", help="list what would be replayed")
-    p_replay.add_argument("--group-id", help="consumer group that remembers replay progress")
+    p_replay.add_argument(
+        "--group-id",
+        help="consumer group that remembers replay progress (default: KAFKA_GROUP_ID-replay, "
+        "used only without filters); it is committed, per DLQ partition, up to the first dead "
+        "letter not replayed (filtered out, held back or not acknowledged), so a later run of "
+        "the group, with any filter or none, still reads it",
+    )
     p_replay.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_replay.add_argument(
         "--release-keys",

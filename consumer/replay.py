@@ -24,9 +24,14 @@ Progress is remembered by a consumer group on the DLQ when the whole DLQ is repl
 without ``--group-id`` reads the whole DLQ and remembers nothing, so records it filtered out stay
 available to a later replay. ``--dry-run`` lists what would be replayed and writes nothing.
 
-Only acknowledged records are remembered: the group is committed, per DLQ partition, up to the
-first dead letter whose write failed, and the command exits 1 naming each failed one, so a rerun
-(once the cause is fixed) starts at it.
+Only what was replayed is remembered: the group is committed, per DLQ partition, up to the
+first dead letter the run did not replay, whichever the cause: its write failed (the command
+exits 1 naming each such one, so a rerun, once the cause is fixed, starts at it), it was held
+back, or the filter left it out. A filtered run under ``--group-id`` therefore never hides a dead
+letter from a later run of that group, whatever that run's filter: the group is the DLQ's
+progress, not the filter's; what the filtered run replayed after the first one it left is read
+(and replayed) again by the later run, which is harmless (DESIGN, 2), and keeps the first dead
+letters there for the parked records behind them to follow (``_Leaders``).
 """
 
 from __future__ import annotations
@@ -481,8 +486,9 @@ def replay_from(
     """Replay from ``reader`` with ``producer`` (``None``: describe to ``out`` instead).
 
     The DLQ group is committed, per DLQ partition, up to the first dead letter that was not
-    acknowledged (it and everything after it are read again by the next run), and to the end of
-    the partition when all were: a failure never loses a dead letter from a later replay. After
+    replayed: not acknowledged, held back, or left out by ``selection`` (it and everything after
+    it are read again by the next run), and to the end of the partition when all were: neither a
+    failure nor a filter loses a dead letter from a later replay of the group. After
     a record of a DLQ partition cannot even be queued, the rest of that partition is not sent
     (the next run sends them, in order); records already queued after a failed one may have
     been written, and the next run sends them again (harmless, DESIGN, 2). The failures are in
@@ -492,6 +498,9 @@ def replay_from(
     ranges = _ranges(reader, from_group=remember)
     total = sum(end - start for start, end in ranges.values())
     first_failed: dict[int, int] = {}
+    first_left: dict[int, int] = {}
+    """Per DLQ partition, the first dead letter read and not replayed: held back or filtered
+    out. The group is never committed past it (``_settle``)."""
     failed: list[ReplayFailure] = []
     leaders = _Leaders()
     added_tags: set[tuple[int, int]] = set()
@@ -505,6 +514,8 @@ def replay_from(
         selected = selection.matches(text)
         report.note(text, selection, selected=selected)
         choice = leaders.choose(record, text, selected=selected)
+        if not choice.replay:
+            first_left.setdefault(record.partition, record.offset)
         if choice.held_behind is not None:
             report.held += 1
             report.held_behind[choice.held_behind] = (
@@ -547,7 +558,9 @@ def replay_from(
                 added_tags.add((record.partition, record.offset))
     if producer is None:
         return report
-    _settle(reader, producer, report, failed, ranges, added_tags, settle_timeout, remember)
+    _settle(
+        reader, producer, report, failed, ranges, first_left, added_tags, settle_timeout, remember
+    )
     return report
 
 
@@ -557,11 +570,14 @@ def _settle(
     report: ReplayReport,
     failed: list[ReplayFailure],
     ranges: Mapping[int, tuple[int, int]],
+    first_left: Mapping[int, int],
     added_tags: set[tuple[int, int]],
     settle_timeout: float,
     remember: bool,
 ) -> None:
-    """Wait for the delivery reports, count the failures, commit what was acknowledged."""
+    """Wait for the delivery reports, count the failures, commit what was replayed: per DLQ
+    partition, up to the first dead letter not acknowledged or ``first_left`` (held back or
+    filtered out), whichever comes first."""
     producer.settle(settle_timeout)
     for tag, error in producer.undelivered().items():
         partition, offset = cast("tuple[int, int]", tag)  # the tags queued above
@@ -569,7 +585,7 @@ def _settle(
         report.replayed -= 1
         report.followers -= tag in added_tags
     report.failures = sorted(failed, key=lambda f: (f.partition, f.offset))
-    stands = {p: end for p, (_, end) in ranges.items()}
+    stands = {p: min(end, first_left.get(p, end)) for p, (_, end) in ranges.items()}
     for failure in report.failures:
         stands[failure.partition] = min(stands[failure.partition], failure.offset)
     if remember:

@@ -852,6 +852,61 @@ def test_a_selected_parked_record_whose_first_dead_letter_is_not_read_is_replaye
     assert (report.replayed, report.followers, report.held, report.skipped) == (1, 0, 0, 1)
 
 
+def test_a_filtered_replay_under_a_group_commits_up_to_the_first_letter_it_did_not_replay() -> None:
+    """``--reason http_400 --group-id G``: per DLQ partition, G is committed up to the first dead
+    letter the run left (filtered out, or held back behind an unselected first dead letter),
+    not past it, however much it replayed after it; a partition replayed whole to its end."""
+    reader = ListedDeadLetters(
+        [
+            (0, b"u1", first("X")),
+            (0, b"u2", first("Y", reason="retries_exhausted")),
+            (0, b"u1", parked("X")),
+            (1, b"u3", first("Z")),
+            (1, b"u3", parked("Z")),
+            (2, b"u4", first("V", reason="retries_exhausted")),
+            (2, b"u4", parked("V")),
+            (2, b"u5", first("U")),
+        ]
+    )
+    producer = FakeProducer()
+
+    report = replay_from(
+        reader, producer, HTTP_400, default_topic="events", pacing=_Rate(0.0), out=io.StringIO()
+    )
+
+    assert producer.sent == [(0, 0), (1, 0), (1, 1), (0, 2), (2, 2)]
+    assert report.committed == {0: 1, 1: 2}
+    assert reader.commits == [{0: 1, 1: 2}]
+
+
+def test_a_held_back_letter_is_not_committed_past() -> None:
+    """``--reason parked --group-id G``: X's refund is held back behind X's unselected create,
+    Y's (its first dead letter replayed by an earlier run of G) is replayed: G stays where it
+    stood, on X's create, so a later run of G reads both of X's dead letters again."""
+    reader = ListedDeadLetters(
+        [
+            (0, b"u2", first("Y")),
+            (0, b"u1", first("X")),
+            (0, b"u1", parked("X")),
+            (0, b"u2", parked("Y")),
+        ],
+        committed={0: 1},
+    )
+    producer = FakeProducer()
+
+    report = replay_from(
+        reader,
+        producer,
+        ReplayFilter(reasons=frozenset({"parked"})),
+        default_topic="events",
+        pacing=_Rate(0.0),
+        out=io.StringIO(),
+    )
+
+    assert (producer.sent, report.held) == ([(0, 3)], 1)
+    assert (report.committed, reader.commits) == ({}, [{}])
+
+
 def test_a_dry_run_lists_the_followers_with_the_dead_letter_they_follow() -> None:
     """``--dry-run --reason http_400``: each added parked record is listed after its order's
     first dead letter, naming it (``follows``)."""
