@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
@@ -731,12 +732,12 @@ def replay_command(args: argparse.Namespace) -> int:
 
     Raises:
         ConfigError: a bad argument (``--since``/``--until`` not ISO-8601 or an empty or
-            inverted window, ``--rate`` not positive), checked before anything else; or a bad
-            setting.
+            inverted window, ``--rate`` not a finite number above 0), checked before anything
+            else; or a bad setting.
     """
     since_ms, until_ms = _time_window(args.since, args.until)
-    if args.rate <= 0:
-        raise ConfigError("--rate must be positive")
+    if not (math.isfinite(args.rate) and args.rate > 0):
+        raise ConfigError(f"--rate: must be a finite number above 0, not {args.rate}")
     settings = Settings.from_env(require_api_key=False)
     selection = ReplayFilter(
         reasons=frozenset(args.reason),
