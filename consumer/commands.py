@@ -32,6 +32,7 @@ from consumer.domain.events import (
     Platform,
     ProductAction,
 )
+from consumer.domain.wording import counted
 from consumer.errors import ConfigError, ConsumerError, InvalidEventError, TopicError
 from consumer.mapcmd import run_map
 from consumer.samples import generate, past_start
@@ -135,10 +136,11 @@ def produce_sample(
     progress.done(sent, invalid, time.monotonic() - started)
     if unacknowledged:
         raise ConsumerError(
-            f"{unacknowledged} of {sent} events were not acknowledged by the broker"
+            f"{unacknowledged} of {counted(sent, 'event')} not acknowledged by the broker"
         )
-    whose = f"{users} users" if duration is None else f"batches of {users} users"
-    print(f"produced {sent} events ({invalid} invalid) of {whose} to {topic}")
+    whose = counted(users, "user")
+    whose = whose if duration is None else f"batches of {whose}"
+    print(f"produced {counted(sent, 'event')} ({invalid} invalid) of {whose} to {topic}")
     return 0
 
 
@@ -180,7 +182,7 @@ class Progress:
     def line(self, sent: int, invalid: int, elapsed: float) -> str:
         """``12,000 events (600 invalid) in 60.0 s, 200/s[, target 200/s][, 60 s of 3600 s]``."""
         speed = sent / elapsed if elapsed > 0 else 0.0
-        text = f"{sent:,} events ({invalid:,} invalid) in {elapsed:.1f} s, {speed:,.0f}/s"
+        text = f"{counted(sent, 'event')} ({invalid:,} invalid) in {elapsed:.1f} s, {speed:,.0f}/s"
         if self._rate is not None:
             text += f", target {self._rate:,.0f}/s"
         if self._duration is not None:

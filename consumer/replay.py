@@ -68,6 +68,7 @@ from consumer.domain.deadletter import (
     header_map,
     strip_own_headers,
 )
+from consumer.domain.wording import counted
 from consumer.errors import BrokerError, ConfigError, TopicError
 from consumer.ports import Headers, Record
 from consumer.settings import Settings
@@ -169,7 +170,7 @@ class ReplayReport:
             elif ("reason", reason) not in self.selected_values:
                 lines.append(
                     f"--reason {reason}: the other filters select none of its "
-                    f"{self.reasons[reason]} dead letter(s)"
+                    f"{counted(self.reasons[reason], 'dead letter')}"
                 )
         for order_id in sorted(selection.order_ids):
             if order_id not in self.orders:
@@ -177,7 +178,7 @@ class ReplayReport:
             elif ("order", order_id) not in self.selected_values:
                 lines.append(
                     f"--order-id {order_id}: the other filters select none of its "
-                    f"{self.orders[order_id]} dead letter(s)"
+                    f"{counted(self.orders[order_id], 'dead letter')}"
                 )
         return lines
 
@@ -675,23 +676,25 @@ def summary_lines(report: ReplayReport, selection: ReplayFilter, *, dry_run: boo
         else ""
     )
     lines = [
-        f"read {report.read} dead letters, {verb} {report.replayed}{followers}, "
+        f"read {counted(report.read, 'dead letter')}, {verb} {report.replayed}{followers}, "
         f"left {report.skipped} (filtered out)"
     ]
     if report.held:
         behind = ", ".join(f"{r} ({n})" for r, n in sorted(report.held_behind.items()))
         lines.append(
-            f"button-consumer: left {report.held} selected parked dead letter(s): the first "
-            f"dead letter of their order (or key) is in the DLQ and not selected ({behind}), so "
-            "they would be parked again; select it too (it brings them along) or replay the "
-            "whole DLQ"
+            f"button-consumer: left {counted(report.held, 'selected parked dead letter')}: "
+            f"the first dead letter of {'its' if report.held == 1 else 'their'} order (or key) "
+            f"is in the DLQ and not selected ({behind}), so "
+            f"{'it' if report.held == 1 else 'they'} would be parked again; select it too "
+            f"(it brings {'it' if report.held == 1 else 'them'} along) or replay the whole DLQ"
         )
     lines.extend(f"button-consumer: {line}" for line in report.unmatched(selection))
     if report.lagging:
         behind = ", ".join(f"{p}: {n}" for p, n in sorted(report.lagging.items()))
         lines.append(
             f"button-consumer: warning: group {report.lag_group} had not consumed "
-            f"{sum(report.lagging.values())} record(s) of the partitions written to ({behind}); "
+            f"{counted(sum(report.lagging.values()), 'record')} of the partitions written to "
+            f"({behind}); "
             "it reads them before the replayed ones, so a later record of a replayed order "
             "among them is dead-lettered again, parked; once the group's lag is 0, run "
             "replay-dlq without filters again (it replays only what was dead-lettered since its "
@@ -765,7 +768,7 @@ def replay_command(args: argparse.Namespace) -> int:
         print(f"button-consumer: {settings.kafka.dlq_topic} {failure}", file=sys.stderr)
     stands = ", ".join(f"{p}:{o}" for p, o in sorted(report.committed.items())) or "nothing"
     print(
-        f"button-consumer: {len(report.failures)} dead letter(s) not replayed; committed "
+        f"button-consumer: {counted(len(report.failures), 'dead letter')} not replayed; committed "
         f"{stands}; run replay-dlq again once the cause is fixed",
         file=sys.stderr,
     )

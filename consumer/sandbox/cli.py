@@ -241,7 +241,8 @@ async def _serve(options: SandboxOptions, host: str, port: int) -> None:
             loop.add_signal_handler(sig, stop.set)
     print(
         f"Button sandbox listening on {server.base_url} "
-        f"({len(options.api_keys)} API key(s); admin API under /__sandbox/)",
+        f"({len(options.api_keys)} API key{'' if len(options.api_keys) == 1 else 's'}; "
+        "admin API under /__sandbox/)",
         flush=True,
     )
     try:

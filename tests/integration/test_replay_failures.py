@@ -135,7 +135,7 @@ def test_a_selection_not_replayed_whole_exits_1_and_a_dry_run_says_so_too(
     for selection, says in (
         (["--reason", "nosuch"], "--reason nosuch: no dead letter has it"),
         (["--order-id", "NOPE"], "--order-id NOPE: no dead letter has it"),
-        (["--reason", "parked"], "left 1 selected parked dead letter(s)"),
+        (["--reason", "parked"], "left 1 selected parked dead letter:"),
     ):
         for dry_run in ([], ["--dry-run"]):
             done = _replay_dlq(
@@ -231,7 +231,7 @@ def test_a_held_back_letter_is_not_committed_past_and_a_later_run_of_the_group_r
     held = _replay_dlq(kafka_bootstrap, topic, dlq, group, "--reason", "parked")
 
     assert held.returncode == 1, held.stderr
-    assert "left 1 selected parked dead letter(s)" in held.stderr, held.stderr
+    assert "left 1 selected parked dead letter:" in held.stderr, held.stderr
     assert _replayed(kafka_bootstrap, topic) == []
     assert committed_offsets(kafka_bootstrap, group, dlq, 1) == {0: -1001}
 

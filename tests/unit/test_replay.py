@@ -951,7 +951,7 @@ def test_the_summary_says_how_many_followers_were_added_and_what_was_held() -> N
     assert summary_lines(report, HTTP_400, dry_run=False) == [
         "read 30 dead letters, replayed 24 (12 of them parked behind the first dead letter of "
         "their order or key, replayed after it), left 4 (filtered out)",
-        "button-consumer: left 2 selected parked dead letter(s): the first dead letter of "
+        "button-consumer: left 2 selected parked dead letters: the first dead letter of "
         "their order (or key) is in the DLQ and not selected (http_404 (2)), so they would be "
         "parked again; select it too (it brings them along) or replay the whole DLQ",
     ]
@@ -1019,7 +1019,7 @@ def test_the_summary_warns_when_the_service_had_not_consumed_what_is_ahead_of_th
     )
 
     assert summary_lines(report, ReplayFilter(), dry_run=False)[1:] == [
-        "button-consumer: warning: group svc had not consumed 4 record(s) of the partitions "
+        "button-consumer: warning: group svc had not consumed 4 records of the partitions "
         "written to (0: 3, 4: 1); it reads them before the replayed ones, so a later record of "
         "a replayed order among them is dead-lettered again, parked; once the group's lag is "
         "0, run replay-dlq without filters again (it replays only what was dead-lettered since "
@@ -1074,7 +1074,7 @@ def _held_dlq() -> ListedDeadLetters:
         (["--reason", "nosuch"], 1, "--reason nosuch: no dead letter has it"),
         (["--order-id", "NOPE"], 1, "--order-id NOPE: no dead letter has it"),
         (["--order-id", "X", "--order-id", "NOPE"], 1, "--order-id NOPE: no dead letter has it"),
-        (["--reason", "parked"], 1, "left 1 selected parked dead letter(s)"),
+        (["--reason", "parked"], 1, "left 1 selected parked dead letter:"),
         (
             ["--reason", "http_400", "--order-id", "Y"],
             1,
@@ -1117,8 +1117,8 @@ def test_a_value_the_other_filters_exclude_exits_1_naming_it(
 
     err = capsys.readouterr().err
     assert status == 1
-    assert "--reason http_400: the other filters select none of its 1 dead letter(s)" in err
-    assert "--order-id Z: the other filters select none of its 1 dead letter(s)" in err
+    assert "--reason http_400: the other filters select none of its 1 dead letter" in err
+    assert "--order-id Z: the other filters select none of its 1 dead letter" in err
 
 
 def test_a_failed_delivery_still_exits_1(dlq_of: Callable[..., None]) -> None:
@@ -1144,3 +1144,20 @@ def test_a_missing_dead_letter_topic_exits_1_as_a_topic_error(
     assert capsys.readouterr().err == (
         "button-consumer: KAFKA_DLQ_TOPIC: dead-letter topic 'events.dlq' does not exist\n"
     )
+
+
+def test_the_summary_counts_one_of_a_kind_in_the_singular() -> None:
+    """One dead letter read, replayed, held, lagging or selecting nothing: each line says
+    "1 dead letter" or "1 record", never "1 dead letters" nor "dead letter(s)"."""
+    report = ReplayReport(read=1, replayed=1, followers=1, held=1, held_behind={"http_400": 1})
+    report.reasons = {"http_400": 1}
+    report.lagging, report.lag_group = {0: 1}, "svc"
+    selection = ReplayFilter(reasons=frozenset({"http_400"}))
+
+    text = "\n".join(summary_lines(report, selection, dry_run=False))
+
+    assert text.startswith("read 1 dead letter, replayed 1 (1 of them parked"), text
+    assert "left 1 selected parked dead letter: " in text, text
+    assert "had not consumed 1 record of the partitions" in text, text
+    assert "the other filters select none of its 1 dead letter\n" in text + "\n", text
+    assert "(s)" not in text, text
