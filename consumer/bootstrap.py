@@ -54,6 +54,7 @@ from consumer.domain.topics import (
     lost_changelog_problem,
     topic_problems,
 )
+from consumer.domain.wording import counted
 from consumer.engine.authgate import AuthGate
 from consumer.engine.breaker import CircuitBreaker
 from consumer.engine.concurrency import QUEUE_RATIO, AdaptiveLimiter, PauseGate, TokenBucket
@@ -288,7 +289,8 @@ def _partition_count(admin: AdminClient, settings: Settings) -> int | None:
     if changelog is not None and changelog.error is None and len(changelog.partitions) != count:
         raise TopicError(
             f"KAFKA_PROFILE_TOPIC: {settings.kafka.profile_topic!r} has "
-            f"{len(changelog.partitions)} partitions but {settings.kafka.topic!r} has {count}; "
+            f"{counted(len(changelog.partitions), 'partition')} but {settings.kafka.topic!r} "
+            f"has {count}; "
             "the profile changelog must be co-partitioned with the input"
         )
     return count

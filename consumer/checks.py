@@ -28,6 +28,7 @@ from consumer.adapters.kafka_reader import committed_partitions
 from consumer.bootstrap import judge_topics, kafka_topic_plan
 from consumer.domain.outcomes import OutcomeKind
 from consumer.domain.topics import TopicProblem, lost_changelog_problem
+from consumer.domain.wording import counted
 from consumer.errors import BrokerError
 from consumer.settings import (
     ButtonSettings,
@@ -160,7 +161,9 @@ def _check_kafka(
         ]
     out = [
         Finding(
-            "ok", "KAFKA_BOOTSTRAP_SERVERS", f"Kafka reachable ({len(metadata.brokers)} brokers)"
+            "ok",
+            "KAFKA_BOOTSTRAP_SERVERS",
+            f"Kafka reachable ({counted(len(metadata.brokers), 'broker')})",
         )
     ]
     try:
@@ -222,7 +225,7 @@ def _check_topic(
             if lost is not None:
                 return [lost]
         return [Finding("ok", variable, f"topic {name}: missing (created at start)"), *judged]
-    out = [Finding("ok", variable, f"topic {name}: {len(topic.partitions)} partitions")]
+    out = [Finding("ok", variable, f"topic {name}: {counted(len(topic.partitions), 'partition')}")]
     if problems is not None and not mine:
         out.append(_topic_config_line(admin, name, variable, timeout))
     return out + judged
@@ -298,7 +301,9 @@ def _group_finding(k: KafkaSettings, state: str, members: int) -> Finding:
         return Finding(
             "ok", "KAFKA_GROUP_ID", f"group {k.group_id}: new (starts at {k.auto_offset_reset})"
         )
-    return Finding("ok", "KAFKA_GROUP_ID", f"group {k.group_id}: {state}, {members} members")
+    return Finding(
+        "ok", "KAFKA_GROUP_ID", f"group {k.group_id}: {state}, {counted(members, 'member')}"
+    )
 
 
 def _check_registry(schema: SchemaSettings, topic: str, timeout: float) -> list[Finding]:
@@ -344,7 +349,11 @@ def _check_registry_with(client: Any, url: str, topic: str, schema_dir: Path) ->
             )
         ]
     out = [
-        Finding("ok", "SCHEMA_REGISTRY_URL", f"registry {url} reachable ({len(subjects)} subjects)")
+        Finding(
+            "ok",
+            "SCHEMA_REGISTRY_URL",
+            f"registry {url} reachable ({counted(len(subjects), 'subject')})",
+        )
     ]
     subject = f"{topic}-value"
     if subject not in subjects:

@@ -3,13 +3,54 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import stat
 import sys
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from consumer import __version__
 from consumer.errors import ConfigError, ConsumerError
+
+_N = TypeVar("_N", int, float)
+
+
+def _number(
+    kind: type[_N], low: float, *, above: bool = False, high: float | None = None
+) -> Callable[[str], _N]:
+    """An argparse ``type``: a finite ``kind`` of at least ``low`` (``above``: more than ``low``)
+    and at most ``high``; anything else, nan and inf included, is a usage error (exit 2) that
+    names the option (argparse) and the value as given. Python's digit separators (``1_000``)
+    are refused, as in every other value a user types."""
+    noun = "a whole number" if kind is int else "a finite number"
+    if high is not None:
+        rule = f"{noun} from {low:g} to {high:g}"
+    else:
+        rule = f"{noun} {'above' if above else 'of at least'} {low:g}"
+
+    def parse(text: str) -> _N:
+        value: _N | None
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if (
+            value is None
+            or "_" in text
+            or not math.isfinite(value)
+            or (value <= low if above else value < low)
+            or (high is not None and value > high)
+        ):
+            raise argparse.ArgumentTypeError(f"must be {rule}, not {text!r}")
+        return value
+
+    return parse
+
+
+_POSITIVE = _number(float, 0, above=True)
+"""Seconds, or records per second: nothing else means anything."""
+_SHARE = _number(float, 0, high=1)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,9 +79,17 @@ def _parser() -> argparse.ArgumentParser:
     p_replay.add_argument("--order-id", action="append", default=[], help="only this order")
     p_replay.add_argument("--since", help="only records dead-lettered at or after (ISO-8601)")
     p_replay.add_argument("--until", help="only records dead-lettered before (ISO-8601)")
-    p_replay.add_argument("--rate", type=float, default=200.0, help="records per second")
+    p_replay.add_argument(
+        "--rate", type=_POSITIVE, default=200.0, help="records per second (above 0)"
+    )
     p_replay.add_argument("--dry-run", action="store_true", help="list what would be replayed")
-    p_replay.add_argument("--group-id", help="consumer group that remembers replay progress")
+    p_replay.add_argument(
+        "--group-id",
+        help="consumer group that remembers replay progress (default: KAFKA_GROUP_ID-replay, "
+        "used only without filters); it is committed, per DLQ partition, up to the first dead "
+        "letter not replayed (filtered out, held back or not acknowledged), so a later run of "
+        "the group, with any filter or none, still reads it",
+    )
     p_replay.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_replay.add_argument(
         "--release-keys",
@@ -50,18 +99,22 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     p_sample = sub.add_parser("produce-sample", help="produce realistic sample events")
-    p_sample.add_argument("--users", type=int, default=200, help="number of users")
+    p_sample.add_argument("--users", type=_number(int, 1), default=200, help="number of users")
     p_sample.add_argument("--seed", type=int, default=7, help="random seed")
-    p_sample.add_argument("--partitions", type=int, default=3, help="if the topic is created")
     p_sample.add_argument(
-        "--rate", type=float, help="events per second (default: as fast as possible)"
+        "--partitions", type=_number(int, 1), default=3, help="if the topic is created"
     )
     p_sample.add_argument(
-        "--duration", type=float, help="seconds to keep producing, new users coming (default: once)"
+        "--rate", type=_POSITIVE, help="events per second (default: as fast as possible)"
+    )
+    p_sample.add_argument(
+        "--duration",
+        type=_POSITIVE,
+        help="seconds to keep producing, new users coming (default: once)",
     )
     p_sample.add_argument(
         "--invalid-ratio",
-        type=float,
+        type=_SHARE,
         default=0.0,
         help="share of records made undecodable, to exercise the DLQ (0-1, default 0)",
     )
@@ -88,7 +141,9 @@ def _parser() -> argparse.ArgumentParser:
         "check", help="every configuration problem at once: settings, Kafka, registry, Button"
     )
     p_check.add_argument("--json", action="store_true", help="one JSON document, for automation")
-    p_check.add_argument("--timeout", type=float, default=10.0, help="seconds per connection")
+    p_check.add_argument(
+        "--timeout", type=_POSITIVE, default=10.0, help="seconds per connection (above 0)"
+    )
 
     p_sandbox = sub.add_parser("sandbox", help="run the local Button Order API sandbox")
     from consumer.sandbox.cli import add_arguments

@@ -4,11 +4,13 @@ in ``consumer.checks``)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
@@ -25,11 +27,13 @@ from consumer.domain.event_forms import amount_from_text, event_to_json
 from consumer.domain.events import (
     CommerceData,
     CommerceEvent,
+    EventReason,
     EventType,
     Platform,
     ProductAction,
 )
-from consumer.errors import ConfigError, ConsumerError, TopicError
+from consumer.domain.wording import counted
+from consumer.errors import ConfigError, ConsumerError, InvalidEventError, TopicError
 from consumer.mapcmd import run_map
 from consumer.samples import generate, past_start
 from consumer.settings import (
@@ -85,10 +89,14 @@ def produce_sample(
     records are made undecodable (no magic byte, or the Avro body cut short), so the DLQ path
     shows too. Progress goes to stderr.
     """
-    if rate is not None and rate <= 0:
-        raise ConfigError(f"--rate: must be positive, not {rate}")
-    if duration is not None and duration <= 0:
-        raise ConfigError(f"--duration: must be positive, not {duration}")
+    if rate is not None and not (math.isfinite(rate) and rate > 0):
+        raise ConfigError(f"--rate: must be a finite number above 0, not {rate}")
+    if duration is not None and not (math.isfinite(duration) and duration > 0):
+        raise ConfigError(f"--duration: must be a finite number above 0, not {duration}")
+    if users < 1 or partitions < 1:
+        raise ConfigError(
+            f"--users and --partitions: must be at least 1, not {users}, {partitions}"
+        )
     if not 0.0 <= invalid_ratio <= 1.0:
         raise ConfigError(f"--invalid-ratio: must be between 0 and 1, not {invalid_ratio}")
     settings = Settings.from_env(require_api_key=False)
@@ -128,10 +136,11 @@ def produce_sample(
     progress.done(sent, invalid, time.monotonic() - started)
     if unacknowledged:
         raise ConsumerError(
-            f"{unacknowledged} of {sent} events were not acknowledged by the broker"
+            f"{unacknowledged} of {counted(sent, 'event')} not acknowledged by the broker"
         )
-    whose = f"{users} users" if duration is None else f"batches of {users} users"
-    print(f"produced {sent} events ({invalid} invalid) of {whose} to {topic}")
+    whose = counted(users, "user")
+    whose = whose if duration is None else f"batches of {whose}"
+    print(f"produced {counted(sent, 'event')} ({invalid} invalid) of {whose} to {topic}")
     return 0
 
 
@@ -173,7 +182,7 @@ class Progress:
     def line(self, sent: int, invalid: int, elapsed: float) -> str:
         """``12,000 events (600 invalid) in 60.0 s, 200/s[, target 200/s][, 60 s of 3600 s]``."""
         speed = sent / elapsed if elapsed > 0 else 0.0
-        text = f"{sent:,} events ({invalid:,} invalid) in {elapsed:.1f} s, {speed:,.0f}/s"
+        text = f"{counted(sent, 'event')} ({invalid:,} invalid) in {elapsed:.1f} s, {speed:,.0f}/s"
         if self._rate is not None:
             text += f", target {self._rate:,.0f}/s"
         if self._duration is not None:
@@ -247,9 +256,12 @@ def run_test_event(args: Any, environ: Mapping[str, str] | None = None) -> int:
         0 on success; 1 when the instance answers with an error status or cannot be reached.
 
     Raises:
-        ConfigError: ``--total`` is not an amount in plain decimal notation (``"12.34"``; see
-            ``amount_from_text``: no ``12_50``, ``1E+2`` or other scripts' digits), or
-            ``--admin`` without a token in ``ADMIN_TEST_EVENT_TOKEN``.
+        ConfigError: an argument makes no valid purchase, checked before anything else: a
+            ``--total`` not in plain decimal notation (``"12.34"``; see ``amount_from_text``: no
+            ``12_50``, ``1E+2`` or other scripts' digits), negative or finer than the event
+            model keeps, a ``--currency`` that is not three letters, an empty ``--order-id`` or
+            ``--user`` (the message names the option and its value); ``--admin`` not an
+            http(s) URL with a host, or without a token in ``ADMIN_TEST_EVENT_TOKEN``.
     """
     try:
         total = amount_from_text(args.total)
@@ -257,18 +269,48 @@ def run_test_event(args: Any, environ: Mapping[str, str] | None = None) -> int:
         raise ConfigError(
             f"--total: not a plain decimal amount like '12.34': {args.total!r}"
         ) from None
+    event = _valid_test_purchase(args, total)
     if getattr(args, "admin", None):
+        where = urllib.parse.urlsplit(args.admin)
+        if where.scheme not in ("http", "https") or not where.hostname:
+            raise ConfigError(f"--admin: not an http(s) URL with a host: {args.admin!r}")
         env = os.environ if environ is None else environ
         token = env.get("ADMIN_TEST_EVENT_TOKEN", "")
         if not token:
             raise ConfigError("ADMIN_TEST_EVENT_TOKEN: required with --admin (the bearer token)")
-        event = _test_purchase(args, total)
         return _post_test_event(args.admin, token, event_to_json(event), send=args.send)
     settings = Settings.from_env(require_api_key=False)
-    event = _test_purchase(args, total)
     produce_events(settings, [event], create=False)
     print(f"produced purchase {args.order_id} ({total} {args.currency}) for user {args.user}")
     return 0
+
+
+_OPTION_OF = {
+    EventReason.INVALID_AMOUNT: "total",
+    EventReason.NEGATIVE_AMOUNT: "total",
+    EventReason.INVALID_CURRENCY: "currency",
+    EventReason.MISSING_CURRENCY: "currency",
+    EventReason.MISSING_TRANSACTION_ID: "order_id",
+    EventReason.EMPTY_FIELD: "user",
+}
+"""The ``test-event`` option behind each way its purchase can be invalid (the event id, time
+and action are the command's own, always valid)."""
+
+
+def _valid_test_purchase(args: Any, total: Decimal) -> CommerceEvent:
+    """The purchase ``test-event`` sends.
+
+    Raises:
+        ConfigError: the event model refuses it: naming the option, its value and why.
+    """
+    try:
+        return _test_purchase(args, total)
+    except InvalidEventError as exc:
+        name = _OPTION_OF.get(EventReason(exc.reason))
+        if name is None:
+            raise ConfigError(f"the test purchase is not a valid event: {exc}") from None
+        option = "--" + name.replace("_", "-")
+        raise ConfigError(f"{option} {getattr(args, name)!r}: {exc}") from None
 
 
 def _test_purchase(args: Any, total: Decimal) -> CommerceEvent:

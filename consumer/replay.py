@@ -24,15 +24,21 @@ Progress is remembered by a consumer group on the DLQ when the whole DLQ is repl
 without ``--group-id`` reads the whole DLQ and remembers nothing, so records it filtered out stay
 available to a later replay. ``--dry-run`` lists what would be replayed and writes nothing.
 
-Only acknowledged records are remembered: the group is committed, per DLQ partition, up to the
-first dead letter whose write failed, and the command exits 1 naming each failed one, so a rerun
-(once the cause is fixed) starts at it.
+Only what was replayed is remembered: the group is committed, per DLQ partition, up to the
+first dead letter the run did not replay, whichever the cause: its write failed (the command
+exits 1 naming each such one, so a rerun, once the cause is fixed, starts at it), it was held
+back, or the filter left it out. A filtered run under ``--group-id`` therefore never hides a dead
+letter from a later run of that group, whatever that run's filter: the group is the DLQ's
+progress, not the filter's; what the filtered run replayed after the first one it left is read
+(and replayed) again by the later run, which is harmless (DESIGN, 2), and keeps the first dead
+letters there for the parked records behind them to follow (``_Leaders``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
@@ -63,6 +69,7 @@ from consumer.domain.deadletter import (
     strip_own_headers,
 )
 from consumer.domain.events import stripped_id
+from consumer.domain.wording import counted
 from consumer.errors import BrokerError, ConfigError, TopicError
 from consumer.ports import Headers, Record
 from consumer.settings import Settings
@@ -174,7 +181,7 @@ class ReplayReport:
             elif ("reason", reason) not in self.selected_values:
                 lines.append(
                     f"--reason {reason}: the other filters select none of its "
-                    f"{self.reasons[reason]} dead letter(s)"
+                    f"{counted(self.reasons[reason], 'dead letter')}"
                 )
         for order_id in sorted(selection.order_ids):
             if order_id not in self.orders:
@@ -182,7 +189,7 @@ class ReplayReport:
             elif ("order", order_id) not in self.selected_values:
                 lines.append(
                     f"--order-id {order_id}: the other filters select none of its "
-                    f"{self.orders[order_id]} dead letter(s)"
+                    f"{counted(self.orders[order_id], 'dead letter')}"
                 )
         return lines
 
@@ -492,8 +499,9 @@ def replay_from(
     """Replay from ``reader`` with ``producer`` (``None``: describe to ``out`` instead).
 
     The DLQ group is committed, per DLQ partition, up to the first dead letter that was not
-    acknowledged (it and everything after it are read again by the next run), and to the end of
-    the partition when all were: a failure never loses a dead letter from a later replay. After
+    replayed: not acknowledged, held back, or left out by ``selection`` (it and everything after
+    it are read again by the next run), and to the end of the partition when all were: neither a
+    failure nor a filter loses a dead letter from a later replay of the group. After
     a record of a DLQ partition cannot even be queued, the rest of that partition is not sent
     (the next run sends them, in order); records already queued after a failed one may have
     been written, and the next run sends them again (harmless, DESIGN, 2). The failures are in
@@ -503,6 +511,9 @@ def replay_from(
     ranges = _ranges(reader, from_group=remember)
     total = sum(end - start for start, end in ranges.values())
     first_failed: dict[int, int] = {}
+    first_left: dict[int, int] = {}
+    """Per DLQ partition, the first dead letter read and not replayed: held back or filtered
+    out. The group is never committed past it (``_settle``)."""
     failed: list[ReplayFailure] = []
     leaders = _Leaders()
     added_tags: set[tuple[int, int]] = set()
@@ -516,6 +527,8 @@ def replay_from(
         selected = selection.matches(text)
         report.note(text, selection, selected=selected)
         choice = leaders.choose(record, text, selected=selected)
+        if not choice.replay:
+            first_left.setdefault(record.partition, record.offset)
         if choice.held_behind is not None:
             report.held += 1
             report.held_behind[choice.held_behind] = (
@@ -558,7 +571,9 @@ def replay_from(
                 added_tags.add((record.partition, record.offset))
     if producer is None:
         return report
-    _settle(reader, producer, report, failed, ranges, added_tags, settle_timeout, remember)
+    _settle(
+        reader, producer, report, failed, ranges, first_left, added_tags, settle_timeout, remember
+    )
     return report
 
 
@@ -568,11 +583,14 @@ def _settle(
     report: ReplayReport,
     failed: list[ReplayFailure],
     ranges: Mapping[int, tuple[int, int]],
+    first_left: Mapping[int, int],
     added_tags: set[tuple[int, int]],
     settle_timeout: float,
     remember: bool,
 ) -> None:
-    """Wait for the delivery reports, count the failures, commit what was acknowledged."""
+    """Wait for the delivery reports, count the failures, commit what was replayed: per DLQ
+    partition, up to the first dead letter not acknowledged or ``first_left`` (held back or
+    filtered out), whichever comes first."""
     producer.settle(settle_timeout)
     for tag, error in producer.undelivered().items():
         partition, offset = cast("tuple[int, int]", tag)  # the tags queued above
@@ -580,7 +598,7 @@ def _settle(
         report.replayed -= 1
         report.followers -= tag in added_tags
     report.failures = sorted(failed, key=lambda f: (f.partition, f.offset))
-    stands = {p: end for p, (_, end) in ranges.items()}
+    stands = {p: min(end, first_left.get(p, end)) for p, (_, end) in ranges.items()}
     for failure in report.failures:
         stands[failure.partition] = min(stands[failure.partition], failure.offset)
     if remember:
@@ -669,23 +687,25 @@ def summary_lines(report: ReplayReport, selection: ReplayFilter, *, dry_run: boo
         else ""
     )
     lines = [
-        f"read {report.read} dead letters, {verb} {report.replayed}{followers}, "
+        f"read {counted(report.read, 'dead letter')}, {verb} {report.replayed}{followers}, "
         f"left {report.skipped} (filtered out)"
     ]
     if report.held:
         behind = ", ".join(f"{r} ({n})" for r, n in sorted(report.held_behind.items()))
         lines.append(
-            f"button-consumer: left {report.held} selected parked dead letter(s): the first "
-            f"dead letter of their order (or key) is in the DLQ and not selected ({behind}), so "
-            "they would be parked again; select it too (it brings them along) or replay the "
-            "whole DLQ"
+            f"button-consumer: left {counted(report.held, 'selected parked dead letter')}: "
+            f"the first dead letter of {'its' if report.held == 1 else 'their'} order (or key) "
+            f"is in the DLQ and not selected ({behind}), so "
+            f"{'it' if report.held == 1 else 'they'} would be parked again; select it too "
+            f"(it brings {'it' if report.held == 1 else 'them'} along) or replay the whole DLQ"
         )
     lines.extend(f"button-consumer: {line}" for line in report.unmatched(selection))
     if report.lagging:
         behind = ", ".join(f"{p}: {n}" for p, n in sorted(report.lagging.items()))
         lines.append(
             f"button-consumer: warning: group {report.lag_group} had not consumed "
-            f"{sum(report.lagging.values())} record(s) of the partitions written to ({behind}); "
+            f"{counted(sum(report.lagging.values()), 'record')} of the partitions written to "
+            f"({behind}); "
             "it reads them before the replayed ones, so a later record of a replayed order "
             "among them is dead-lettered again, parked; once the group's lag is 0, run "
             "replay-dlq without filters again (it replays only what was dead-lettered since its "
@@ -726,12 +746,12 @@ def replay_command(args: argparse.Namespace) -> int:
 
     Raises:
         ConfigError: a bad argument (``--since``/``--until`` not ISO-8601 or an empty or
-            inverted window, ``--rate`` not positive), checked before anything else; or a bad
-            setting.
+            inverted window, ``--rate`` not a finite number above 0), checked before anything
+            else; or a bad setting.
     """
     since_ms, until_ms = _time_window(args.since, args.until)
-    if args.rate <= 0:
-        raise ConfigError("--rate must be positive")
+    if not (math.isfinite(args.rate) and args.rate > 0):
+        raise ConfigError(f"--rate: must be a finite number above 0, not {args.rate}")
     settings = Settings.from_env(require_api_key=False)
     selection = ReplayFilter(
         reasons=frozenset(args.reason),
@@ -759,7 +779,7 @@ def replay_command(args: argparse.Namespace) -> int:
         print(f"button-consumer: {settings.kafka.dlq_topic} {failure}", file=sys.stderr)
     stands = ", ".join(f"{p}:{o}" for p, o in sorted(report.committed.items())) or "nothing"
     print(
-        f"button-consumer: {len(report.failures)} dead letter(s) not replayed; committed "
+        f"button-consumer: {counted(len(report.failures), 'dead letter')} not replayed; committed "
         f"{stands}; run replay-dlq again once the cause is fixed",
         file=sys.stderr,
     )

@@ -2,7 +2,8 @@
 
 Labels stay bounded: topic, partition, action, outcome, status class, event type, reason (each
 from a fixed set in the code). Never a key, order or event id. The README's metric table lists
-every metric here; ``tests/unit/test_metrics.py`` checks that it does.
+every metric here; ``tests/unit/test_telemetry.py`` (``test_the_readme_lists_every_metric``)
+checks that it does, exactly.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from consumer.adapters.logging import configure_logging
 from consumer.bootstrap import Service, build
 from consumer.commands import produce_events
 from consumer.domain.events import EventType
+from consumer.domain.wording import counted
 from consumer.engine.worker import RunStats
 from consumer.errors import ConsumerError
 from consumer.samples import generate_events, past_start
@@ -120,7 +121,9 @@ def _run(users: int, seed: int, partitions: int) -> int:
             if e.event_type is EventType.PURCHASE and e.commerce is not None
         }
         produced = produce_events(settings, events, partitions=partitions)
-        print(f"produced {produced} sample events of {users} users to {topic}")
+        print(
+            f"produced {counted(produced, 'sample event')} of {counted(users, 'user')} to {topic}"
+        )
 
         service = build(settings, CollectorRegistry())
         started = time.monotonic()

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from consumer.domain.wording import counted
+
 NO_LIMIT_MS = 9_223_372_036_854_775_807
 """Kafka's "never" for ``max.compaction.lag.ms`` (its default)."""
 
@@ -153,7 +155,8 @@ def lost_changelog_problem(
         "its profiles were in that changelog, and starting with an empty one would treat every "
         "later refund of an order it already sent as unknown. It is not created automatically "
         f"for a group that has consumed. To go on on purpose, either create {changelog!r} "
-        f"yourself (cleanup.policy=compact, {partitions} partitions, as README 'Topics' lists), "
+        f"yourself (cleanup.policy=compact, {counted(partitions, 'partition')}, as README "
+        "'Topics' lists), "
         "accepting that every profile starts empty, or use a new KAFKA_GROUP_ID (it starts at "
         "KAFKA_AUTO_OFFSET_RESET)"
     )
@@ -256,7 +259,7 @@ def _changelog_problems(
             TopicProblem(
                 changelog.name,
                 True,
-                f"has {changelog.partitions} partitions but {source.name} has "
+                f"has {counted(changelog.partitions, 'partition')} but {source.name} has "
                 f"{source.partitions}; the profile changelog must be co-partitioned with "
                 "the input",
                 "KAFKA_PROFILE_TOPIC",

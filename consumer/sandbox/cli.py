@@ -12,10 +12,12 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from consumer.sandbox.faults import FaultConfig, FaultConfigError
 from consumer.sandbox.server import Sandbox, SandboxOptions, SandboxServer
@@ -24,10 +26,72 @@ from consumer.sandbox.state import DEFAULT_FINALIZATION_WINDOW_S
 __all__ = ["add_arguments", "faults_from_args", "options_from_args", "run_from_args"]
 
 
+_N = TypeVar("_N", int, float)
+
+
+def _number(
+    kind: type[_N], low: float, *, above: bool = False, high: float | None = None
+) -> Callable[[str], _N]:
+    """An argparse ``type``: a finite ``kind`` of at least ``low`` (``above``: more than ``low``)
+    and at most ``high``; anything else, nan and inf included, is a usage error (exit 2) naming
+    the flag (argparse) and the value as given. The fault document's own rules
+    (``FaultConfig.from_json``) still apply to what the flags build."""
+    noun = "a whole number" if kind is int else "a finite number"
+    if high is not None:
+        rule = f"{noun} from {low:g} to {high:g}"
+    else:
+        rule = f"{noun} {'above' if above else 'of at least'} {low:g}"
+
+    def parse(text: str) -> _N:
+        value: _N | None
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if (
+            value is None
+            or "_" in text
+            or not math.isfinite(value)
+            or (value <= low if above else value < low)
+            or (high is not None and value > high)
+        ):
+            raise argparse.ArgumentTypeError(f"must be {rule}, not {text!r}")
+        return value
+
+    return parse
+
+
+_RATE = _number(float, 0, high=1)
+_SECONDS = _number(float, 0)
+_MS = _number(float, 0)
+_MEDIAN_MS = _number(float, 0, above=True)
+
+
+def _error_rate(text: str) -> str:
+    """``--error-rate STATUS=RATE``: a whole STATUS and a RATE between 0 and 1 (which
+    statuses are the fault document's rule); the text is kept as given."""
+    status, sep, rate = text.partition("=")
+    try:
+        int(status)
+        _RATE(rate)
+    except (ValueError, argparse.ArgumentTypeError):
+        sep = ""
+    if not sep:
+        raise argparse.ArgumentTypeError(
+            f"must be STATUS=RATE, a share from 0 to 1 (as 503=0.1), not {text!r}"
+        )
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the sandbox's arguments to ``parser``."""
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8089, help="port to bind (default 8089)")
+    parser.add_argument(
+        "--port",
+        type=_number(int, 0, high=65535),
+        default=8089,
+        help="port to bind (default 8089; 0: any free port)",
+    )
     parser.add_argument(
         "--api-key",
         dest="api_keys",
@@ -38,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--finalization-window",
-        type=float,
+        type=_SECONDS,
         default=DEFAULT_FINALIZATION_WINDOW_S,
         metavar="SECONDS",
         help="how long an order stays open after its create arrives (default 7 days)",
@@ -52,29 +116,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="JSON|@FILE",
         help="a whole faults document (the JSON of POST /__sandbox/faults); flags override it",
     )
-    faults.add_argument("--latency-ms", type=float, metavar="MS", help="fixed added latency")
-    faults.add_argument("--latency-p50-ms", type=float, metavar="MS", help="log-normal median")
-    faults.add_argument("--latency-p99-ms", type=float, metavar="MS", help="log-normal p99")
+    faults.add_argument("--latency-ms", type=_MS, metavar="MS", help="fixed added latency")
+    faults.add_argument("--latency-p50-ms", type=_MEDIAN_MS, metavar="MS", help="log-normal median")
+    faults.add_argument("--latency-p99-ms", type=_MEDIAN_MS, metavar="MS", help="log-normal p99")
     faults.add_argument(
         "--error-rate",
         action="append",
         default=[],
+        type=_error_rate,
         metavar="STATUS=RATE",
         help="answer this share of requests with STATUS (429, 500, 502, 503, 504); repeatable",
     )
-    faults.add_argument("--retry-after", type=int, metavar="SECONDS", help="Retry-After on 429/503")
+    faults.add_argument(
+        "--retry-after", type=_number(int, 0), metavar="SECONDS", help="Retry-After on 429/503"
+    )
     faults.add_argument("--retry-after-format", choices=("seconds", "http-date"), default="seconds")
-    faults.add_argument("--reset-rate", type=float, metavar="RATE", help="connection resets")
-    faults.add_argument("--hang-rate", type=float, metavar="RATE", help="requests never answered")
-    faults.add_argument("--hang-seconds", type=float, metavar="SECONDS", help="hang duration")
+    faults.add_argument("--reset-rate", type=_RATE, metavar="RATE", help="connection resets")
+    faults.add_argument("--hang-rate", type=_RATE, metavar="RATE", help="requests never answered")
+    faults.add_argument("--hang-seconds", type=_SECONDS, metavar="SECONDS", help="hang duration")
     faults.add_argument(
-        "--lost-response-rate", type=float, metavar="RATE", help="applied, then connection reset"
+        "--lost-response-rate", type=_RATE, metavar="RATE", help="applied, then connection reset"
     )
     faults.add_argument(
-        "--accepted-rate", type=float, metavar="RATE", help="creates answered 202 (no order ID)"
+        "--accepted-rate", type=_RATE, metavar="RATE", help="creates answered 202 (no order ID)"
     )
-    faults.add_argument("--outage-seconds", type=float, metavar="SECONDS", help="outage at start")
-    faults.add_argument("--outage-status", type=int, metavar="STATUS", help="outage status (503)")
+    faults.add_argument(
+        "--outage-seconds", type=_SECONDS, metavar="SECONDS", help="outage at start"
+    )
+    faults.add_argument(
+        "--outage-status",
+        type=_number(int, 400, high=599),
+        metavar="STATUS",
+        help="outage status (503)",
+    )
 
 
 def faults_from_args(args: argparse.Namespace) -> FaultConfig:
@@ -167,7 +241,8 @@ async def _serve(options: SandboxOptions, host: str, port: int) -> None:
             loop.add_signal_handler(sig, stop.set)
     print(
         f"Button sandbox listening on {server.base_url} "
-        f"({len(options.api_keys)} API key(s); admin API under /__sandbox/)",
+        f"({len(options.api_keys)} API key{'' if len(options.api_keys) == 1 else 's'}; "
+        "admin API under /__sandbox/)",
         flush=True,
     )
     try:

@@ -88,3 +88,9 @@ def test_bad_arguments_are_refused_before_connecting(kwargs: dict[str, Any], mes
     """A zero rate, a negative duration or a ratio above 1 is a configuration error."""
     with pytest.raises(ConfigError, match=message):
         commands.produce_sample(1, 1, 1, **kwargs)
+
+
+def test_progress_line_counts_one_event_in_the_singular() -> None:
+    """One event: "1 event", not "1 events"."""
+    progress = commands.Progress(io.StringIO(), rate=None, duration=None)
+    assert progress.line(1, 0, 1.0) == "1 event (0 invalid) in 1.0 s, 1/s"

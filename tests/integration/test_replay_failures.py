@@ -6,6 +6,10 @@ the first of them, and once the partitions exist a rerun replays the rest and co
 
 A selection not replayed whole (a filter value that selects no dead letter, selected dead
 letters held back behind an unselected first one) exits 1 as well, dry run or not.
+
+A filtered replay under ``--group-id`` commits, per DLQ partition, only up to the first dead
+letter it did not replay (filtered out or held back): a later run under the same group, whatever
+its filter, still reads every dead letter the first one left.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ from confluent_kafka.cimpl import NewPartitions
 from consumer.domain.deadletter import (
     H_ORDER_ID,
     H_PARKED,
+    H_PARKS_ORDER,
     H_PARTITION,
     H_REASON,
     H_REPLAYED,
+    H_STAGE,
     H_TOPIC,
 )
 from tests.conftest import _wait_for_leaders
@@ -129,7 +135,7 @@ def test_a_selection_not_replayed_whole_exits_1_and_a_dry_run_says_so_too(
     for selection, says in (
         (["--reason", "nosuch"], "--reason nosuch: no dead letter has it"),
         (["--order-id", "NOPE"], "--order-id NOPE: no dead letter has it"),
-        (["--reason", "parked"], "left 1 selected parked dead letter(s)"),
+        (["--reason", "parked"], "left 1 selected parked dead letter:"),
     ):
         for dry_run in ([], ["--dry-run"]):
             done = _replay_dlq(
@@ -142,3 +148,95 @@ def test_a_selection_not_replayed_whole_exits_1_and_a_dry_run_says_so_too(
 
     assert replayed.returncode == 0, replayed.stderr
     assert [headers_of(m)[H_REPLAYED] for m in read_all(kafka_bootstrap, topic)] == ["0:0", "0:1"]
+
+
+def _write_letters(
+    bootstrap: str, dlq: str, source: str, letters: list[tuple[str, str, str, bool]]
+) -> None:
+    """``(key, order, reason, parked)`` dead letters of ``source``'s partition 0, in DLQ
+    partition 0, in that order (a first dead letter of a refused delivery parks its order)."""
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for key, order, reason, parked in letters:
+        headers: list[tuple[str, str | bytes | None]] = [
+            (H_TOPIC, source.encode()),
+            (H_PARTITION, b"0"),
+            (H_REASON, reason.encode()),
+            (H_ORDER_ID, order.encode()),
+            (H_PARKED, b"true" if parked else b"false"),
+            (H_STAGE, b"TASK_PUT"),
+        ]
+        if parked:
+            headers.append((H_PARKS_ORDER, b"false"))
+        producer.produce(dlq, key=key.encode(), value=reason.encode(), partition=0, headers=headers)
+    assert producer.flush(30.0) == 0, "the dead letters were not all written"
+
+
+def _replayed(bootstrap: str, topic: str) -> list[str]:
+    """The DLQ positions of the records replayed to ``topic``, in the order written."""
+    return [headers_of(m)[H_REPLAYED] for m in read_all(bootstrap, topic)]
+
+
+def test_a_filtered_replay_under_a_group_commits_only_up_to_the_first_letter_it_left(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """``--reason http_400 --group-id G`` replays W's create (0:0), then leaves X's
+    (``retries_exhausted``, 0:1) and the refund parked behind it (0:2), and replays Y's create
+    (0:3) with its parked refund (0:4): G is committed at 0:1, not past X. A whole-DLQ replay
+    under G then replays X's records (and Y's again: harmless) and commits the end."""
+    topic = make_topic(partitions=1, prefix="replay-in")
+    dlq = make_topic(partitions=1, prefix="replay-dlq")
+    group = unique_name("replay")
+    _write_letters(
+        kafka_bootstrap,
+        dlq,
+        topic,
+        [
+            ("u0", "W", "http_400", False),
+            ("u1", "X", "retries_exhausted", False),
+            ("u1", "X", "parked", True),
+            ("u2", "Y", "http_400", False),
+            ("u2", "Y", "parked", True),
+        ],
+    )
+
+    first = _replay_dlq(kafka_bootstrap, topic, dlq, group, "--reason", "http_400")
+
+    assert first.returncode == 0, first.stderr
+    assert _replayed(kafka_bootstrap, topic) == ["0:0", "0:3", "0:4"]
+    assert committed_offsets(kafka_bootstrap, group, dlq, 1) == {0: 1}
+
+    second = _replay_dlq(kafka_bootstrap, topic, dlq, group)
+
+    assert second.returncode == 0, second.stderr
+    assert _replayed(kafka_bootstrap, topic)[3:] == ["0:1", "0:2", "0:3", "0:4"]
+    assert committed_offsets(kafka_bootstrap, group, dlq, 1) == {0: 5}
+
+
+def test_a_held_back_letter_is_not_committed_past_and_a_later_run_of_the_group_replays_it(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """``--reason parked --group-id G``: X's refund, parked behind X's refused create that the
+    filter does not select, is held back (exit 1, nothing written) and G commits nothing; a
+    later ``--reason http_400`` run under G replays the create and the refund after it."""
+    topic = make_topic(partitions=1, prefix="replay-in")
+    dlq = make_topic(partitions=1, prefix="replay-dlq")
+    group = unique_name("replay")
+    _write_letters(
+        kafka_bootstrap,
+        dlq,
+        topic,
+        [("u1", "X", "http_400", False), ("u1", "X", "parked", True)],
+    )
+
+    held = _replay_dlq(kafka_bootstrap, topic, dlq, group, "--reason", "parked")
+
+    assert held.returncode == 1, held.stderr
+    assert "left 1 selected parked dead letter:" in held.stderr, held.stderr
+    assert _replayed(kafka_bootstrap, topic) == []
+    assert committed_offsets(kafka_bootstrap, group, dlq, 1) == {0: -1001}
+
+    later = _replay_dlq(kafka_bootstrap, topic, dlq, group, "--reason", "http_400")
+
+    assert later.returncode == 0, later.stderr
+    assert _replayed(kafka_bootstrap, topic) == ["0:0", "0:1"]
+    assert committed_offsets(kafka_bootstrap, group, dlq, 1) == {0: 2}

@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 
-from consumer.checks import Finding, _group_finding
+from consumer.checks import Finding, _check_registry_with, _check_topic, _group_finding
 from consumer.settings import KafkaSettings
 
 
@@ -16,9 +20,42 @@ from consumer.settings import KafkaSettings
         ("dead", 0, "group shop-button: new (starts at earliest)"),
         ("empty", 0, "group shop-button: empty, 0 members"),
         ("stable", 3, "group shop-button: stable, 3 members"),
+        ("stable", 1, "group shop-button: stable, 1 member"),
     ],
 )
 def test_a_group_kafka_describes_as_dead_is_new(state: str, members: int, message: str) -> None:
     kafka = KafkaSettings.model_validate({"bootstrap_servers": "k:9092", "group_id": "shop-button"})
 
     assert _group_finding(kafka, state, members) == Finding("ok", "KAFKA_GROUP_ID", message)
+
+
+@pytest.mark.parametrize(("partitions", "says"), [(1, "1 partition"), (3, "3 partitions")])
+def test_a_topics_partitions_are_counted_in_words(partitions: int, says: str) -> None:
+    """``check``'s line for a topic that exists: its partition count, singular for one."""
+    kafka = KafkaSettings.model_validate({"bootstrap_servers": "k:9092", "topic": "events"})
+    topic = SimpleNamespace(error=None, partitions=dict.fromkeys(range(partitions)))
+    metadata = SimpleNamespace(topics={"events": topic})
+
+    lines = _check_topic(None, kafka, metadata, "events", "KAFKA_TOPIC", None, 1.0)  # type: ignore[arg-type]
+
+    assert lines == [Finding("ok", "KAFKA_TOPIC", f"topic events: {says}")]
+
+
+class _Registry:
+    """A schema registry client that lists ``subjects``."""
+
+    def __init__(self, subjects: list[str]) -> None:
+        self.subjects = subjects
+
+    def get_subjects(self) -> list[str]:
+        return self.subjects
+
+
+@pytest.mark.parametrize(("subjects", "says"), [(["a"], "1 subject"), (["a", "b"], "2 subjects")])
+def test_the_registrys_subjects_are_counted_in_words(subjects: list[str], says: str) -> None:
+    """``check``'s line for a reachable registry: its subject count, singular for one."""
+    client: Any = _Registry(subjects)
+
+    lines = _check_registry_with(client, "http://r", "events", Path("schemas"))
+
+    assert lines[0] == Finding("ok", "SCHEMA_REGISTRY_URL", f"registry http://r reachable ({says})")

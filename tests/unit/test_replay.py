@@ -865,6 +865,61 @@ def test_a_selected_parked_record_whose_first_dead_letter_is_not_read_is_replaye
     assert (report.replayed, report.followers, report.held, report.skipped) == (1, 0, 0, 1)
 
 
+def test_a_filtered_replay_under_a_group_commits_up_to_the_first_letter_it_did_not_replay() -> None:
+    """``--reason http_400 --group-id G``: per DLQ partition, G is committed up to the first dead
+    letter the run left (filtered out, or held back behind an unselected first dead letter),
+    not past it, however much it replayed after it; a partition replayed whole to its end."""
+    reader = ListedDeadLetters(
+        [
+            (0, b"u1", first("X")),
+            (0, b"u2", first("Y", reason="retries_exhausted")),
+            (0, b"u1", parked("X")),
+            (1, b"u3", first("Z")),
+            (1, b"u3", parked("Z")),
+            (2, b"u4", first("V", reason="retries_exhausted")),
+            (2, b"u4", parked("V")),
+            (2, b"u5", first("U")),
+        ]
+    )
+    producer = FakeProducer()
+
+    report = replay_from(
+        reader, producer, HTTP_400, default_topic="events", pacing=_Rate(0.0), out=io.StringIO()
+    )
+
+    assert producer.sent == [(0, 0), (1, 0), (1, 1), (0, 2), (2, 2)]
+    assert report.committed == {0: 1, 1: 2}
+    assert reader.commits == [{0: 1, 1: 2}]
+
+
+def test_a_held_back_letter_is_not_committed_past() -> None:
+    """``--reason parked --group-id G``: X's refund is held back behind X's unselected create,
+    Y's (its first dead letter replayed by an earlier run of G) is replayed: G stays where it
+    stood, on X's create, so a later run of G reads both of X's dead letters again."""
+    reader = ListedDeadLetters(
+        [
+            (0, b"u2", first("Y")),
+            (0, b"u1", first("X")),
+            (0, b"u1", parked("X")),
+            (0, b"u2", parked("Y")),
+        ],
+        committed={0: 1},
+    )
+    producer = FakeProducer()
+
+    report = replay_from(
+        reader,
+        producer,
+        ReplayFilter(reasons=frozenset({"parked"})),
+        default_topic="events",
+        pacing=_Rate(0.0),
+        out=io.StringIO(),
+    )
+
+    assert (producer.sent, report.held) == ([(0, 3)], 1)
+    assert (report.committed, reader.commits) == ({}, [{}])
+
+
 def test_a_dry_run_lists_the_followers_with_the_dead_letter_they_follow() -> None:
     """``--dry-run --reason http_400``: each added parked record is listed after its order's
     first dead letter, naming it (``follows``)."""
@@ -909,7 +964,7 @@ def test_the_summary_says_how_many_followers_were_added_and_what_was_held() -> N
     assert summary_lines(report, HTTP_400, dry_run=False) == [
         "read 30 dead letters, replayed 24 (12 of them parked behind the first dead letter of "
         "their order or key, replayed after it), left 4 (filtered out)",
-        "button-consumer: left 2 selected parked dead letter(s): the first dead letter of "
+        "button-consumer: left 2 selected parked dead letters: the first dead letter of "
         "their order (or key) is in the DLQ and not selected (http_404 (2)), so they would be "
         "parked again; select it too (it brings them along) or replay the whole DLQ",
     ]
@@ -977,7 +1032,7 @@ def test_the_summary_warns_when_the_service_had_not_consumed_what_is_ahead_of_th
     )
 
     assert summary_lines(report, ReplayFilter(), dry_run=False)[1:] == [
-        "button-consumer: warning: group svc had not consumed 4 record(s) of the partitions "
+        "button-consumer: warning: group svc had not consumed 4 records of the partitions "
         "written to (0: 3, 4: 1); it reads them before the replayed ones, so a later record of "
         "a replayed order among them is dead-lettered again, parked; once the group's lag is "
         "0, run replay-dlq without filters again (it replays only what was dead-lettered since "
@@ -1032,7 +1087,7 @@ def _held_dlq() -> ListedDeadLetters:
         (["--reason", "nosuch"], 1, "--reason nosuch: no dead letter has it"),
         (["--order-id", "NOPE"], 1, "--order-id NOPE: no dead letter has it"),
         (["--order-id", "X", "--order-id", "NOPE"], 1, "--order-id NOPE: no dead letter has it"),
-        (["--reason", "parked"], 1, "left 1 selected parked dead letter(s)"),
+        (["--reason", "parked"], 1, "left 1 selected parked dead letter:"),
         (
             ["--reason", "http_400", "--order-id", "Y"],
             1,
@@ -1075,8 +1130,8 @@ def test_a_value_the_other_filters_exclude_exits_1_naming_it(
 
     err = capsys.readouterr().err
     assert status == 1
-    assert "--reason http_400: the other filters select none of its 1 dead letter(s)" in err
-    assert "--order-id Z: the other filters select none of its 1 dead letter(s)" in err
+    assert "--reason http_400: the other filters select none of its 1 dead letter" in err
+    assert "--order-id Z: the other filters select none of its 1 dead letter" in err
 
 
 def test_a_failed_delivery_still_exits_1(dlq_of: Callable[..., None]) -> None:
@@ -1102,3 +1157,20 @@ def test_a_missing_dead_letter_topic_exits_1_as_a_topic_error(
     assert capsys.readouterr().err == (
         "button-consumer: KAFKA_DLQ_TOPIC: dead-letter topic 'events.dlq' does not exist\n"
     )
+
+
+def test_the_summary_counts_one_of_a_kind_in_the_singular() -> None:
+    """One dead letter read, replayed, held, lagging or selecting nothing: each line says
+    "1 dead letter" or "1 record", never "1 dead letters" nor "dead letter(s)"."""
+    report = ReplayReport(read=1, replayed=1, followers=1, held=1, held_behind={"http_400": 1})
+    report.reasons = {"http_400": 1}
+    report.lagging, report.lag_group = {0: 1}, "svc"
+    selection = ReplayFilter(reasons=frozenset({"http_400"}))
+
+    text = "\n".join(summary_lines(report, selection, dry_run=False))
+
+    assert text.startswith("read 1 dead letter, replayed 1 (1 of them parked"), text
+    assert "left 1 selected parked dead letter: " in text, text
+    assert "had not consumed 1 record of the partitions" in text, text
+    assert "the other filters select none of its 1 dead letter\n" in text + "\n", text
+    assert "(s)" not in text, text

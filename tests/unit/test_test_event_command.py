@@ -74,3 +74,48 @@ def test_a_total_not_in_plain_decimal_notation_is_a_usage_error_and_produces_not
         "button-consumer: configuration error: --total: not a plain decimal amount like "
         f"'12.34': {total!r}\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--total", "-5", "total_amount is negative: -5"),
+        ("--total", "12.345678901", "total_amount has more than"),
+        ("--total", "123456789012345678", "total_amount has more than"),
+        ("--currency", "US", "currency_code 'US' is not three upper-case letters"),
+        ("--currency", "", "currency_code '' is not three upper-case letters"),
+        ("--order-id", "", "a PURCHASE event has no transaction_id"),
+        ("--user", "", "user_key is empty"),
+    ],
+)
+def test_a_value_the_purchase_cannot_carry_is_a_usage_error_and_produces_nothing(
+    produced: list[CommerceEvent],
+    capsys: pytest.CaptureFixture[str],
+    option: str,
+    value: str,
+    says: str,
+) -> None:
+    """An argument that parses but makes no valid purchase (a negative or too precise total,
+    a currency that is no ISO 4217 code, an empty order id or user): exit status 2, one line
+    naming the option, its value and what is wrong, as for a total that does not parse."""
+    assert cli.main([*ARGS, option, value]) == 2
+
+    err = capsys.readouterr().err
+    assert produced == []
+    assert err.startswith(f"button-consumer: configuration error: {option} {value!r}: "), err
+    assert says in err, err
+
+
+@pytest.mark.parametrize("url", ["notaurl", "ftp://pod:9400", "http://", "file:///etc"])
+def test_an_admin_value_that_is_no_http_url_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    """``--admin`` takes an http(s) URL with a host; anything else is exit status 2 naming the
+    option and the value, before any request (not a traceback out of urllib)."""
+    monkeypatch.setenv("ADMIN_TEST_EVENT_TOKEN", "0123456789abcdef0123")
+
+    assert cli.main([*ARGS, "--admin", url]) == 2
+
+    assert capsys.readouterr().err == (
+        f"button-consumer: configuration error: --admin: not an http(s) URL with a host: {url!r}\n"
+    )
