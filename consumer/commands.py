@@ -23,6 +23,7 @@ from consumer.adapters.avro_codec import build_encoder
 from consumer.adapters.kafka_admin import describe_topics, ensure_topics
 from consumer.adapters.kafka_producer import AckingProducer
 from consumer.bootstrap import mapping_config
+from consumer.domain.button import Reject
 from consumer.domain.event_forms import amount_from_text, event_to_json
 from consumer.domain.events import (
     CommerceData,
@@ -32,6 +33,7 @@ from consumer.domain.events import (
     Platform,
     ProductAction,
 )
+from consumer.domain.mapping import MappingConfig, process
 from consumer.domain.wording import counted
 from consumer.errors import ConfigError, ConsumerError, InvalidEventError, TopicError
 from consumer.mapcmd import run_map
@@ -260,7 +262,9 @@ def run_test_event(args: Any, environ: Mapping[str, str] | None = None) -> int:
             ``--total`` not in plain decimal notation (``"12.34"``; see ``amount_from_text``: no
             ``12_50``, ``1E+2`` or other scripts' digits), negative or finer than the event
             model keeps, a ``--currency`` that is not three letters, an empty ``--order-id`` or
-            ``--user`` (the message names the option and its value); ``--admin`` not an
+            ``--user`` (the message names the option and its value), or a purchase Button's
+            contract refuses (the mapping's ``order_id_not_ascii``, ``order_id_too_long``,
+            ``unknown_currency``: it would only be dead-lettered); ``--admin`` not an
             http(s) URL with a host, or without a token in ``ADMIN_TEST_EVENT_TOKEN``.
     """
     try:
@@ -304,13 +308,31 @@ def _valid_test_purchase(args: Any, total: Decimal) -> CommerceEvent:
         ConfigError: the event model refuses it: naming the option, its value and why.
     """
     try:
-        return _test_purchase(args, total)
+        event = _test_purchase(args, total)
     except InvalidEventError as exc:
         name = _OPTION_OF.get(EventReason(exc.reason))
         if name is None:
             raise ConfigError(f"the test purchase is not a valid event: {exc}") from None
         option = "--" + name.replace("_", "-")
         raise ConfigError(f"{option} {getattr(args, name)!r}: {exc}") from None
+    # What Button's contract refuses (an order id not printable ASCII or over 255 characters,
+    # a currency not in ISO 4217) would only be dead-lettered: the mapping says it here.
+    result, _profile = process(event, None, MappingConfig(), event.event_time)
+    if isinstance(result, Reject):
+        name = _MAPPING_OPTION_OF.get(result.reason)
+        where = f"--{name.replace('_', '-')} {getattr(args, name)!r}" if name else "the purchase"
+        raise ConfigError(f"{where}: Button would refuse it ({result.reason}): {result.detail}")
+    return event
+
+
+_MAPPING_OPTION_OF = {
+    "missing_order_id": "order_id",
+    "order_id_not_ascii": "order_id",
+    "order_id_too_long": "order_id",
+    "unknown_currency": "currency",
+    "total_out_of_range": "total",
+}
+"""The ``test-event`` option behind a mapping rejection of its purchase."""
 
 
 def _test_purchase(args: Any, total: Decimal) -> CommerceEvent:

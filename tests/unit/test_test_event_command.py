@@ -83,9 +83,12 @@ def test_a_total_not_in_plain_decimal_notation_is_a_usage_error_and_produces_not
         ("--total", "12.345678901", "total_amount has more than"),
         ("--total", "123456789012345678", "total_amount has more than"),
         ("--currency", "US", "currency_code 'US' is not three upper-case letters"),
-        ("--currency", "", "currency_code '' is not three upper-case letters"),
+        ("--currency", "", "a PURCHASE event has no currency"),
         ("--order-id", "", "a PURCHASE event has no transaction_id"),
         ("--user", "", "user_key is empty"),
+        ("--order-id", "B\u00e95", "order_id_not_ascii"),
+        ("--order-id", "B" * 256, "order_id_too_long"),
+        ("--currency", "XYZ", "unknown_currency"),
     ],
 )
 def test_a_value_the_purchase_cannot_carry_is_a_usage_error_and_produces_nothing(
@@ -96,8 +99,10 @@ def test_a_value_the_purchase_cannot_carry_is_a_usage_error_and_produces_nothing
     says: str,
 ) -> None:
     """An argument that parses but makes no valid purchase (a negative or too precise total,
-    a currency that is no ISO 4217 code, an empty order id or user): exit status 2, one line
-    naming the option, its value and what is wrong, as for a total that does not parse."""
+    a currency that is no ISO 4217 code, an empty order id or user) or a purchase Button's
+    contract refuses (an order id not printable ASCII or over 255 characters, a currency that
+    is not in ISO 4217): exit status 2, one line naming the option, its value and what is
+    wrong, as for a total that does not parse; never a purchase that would be dead-lettered."""
     assert cli.main([*ARGS, option, value]) == 2
 
     err = capsys.readouterr().err
