@@ -444,7 +444,7 @@ def _customer(event: CommerceEvent, profile: Profile, config: MappingConfig) -> 
 MAX_REFUNDS_PER_ORDER = 64
 """Refund events that apply per live order: a 65th that leaves the order live (or held for its
 purchase) is rejected (``too_many_refunds``). A refund that cancels the order is always taken:
-a cancelled order's later refunds are recorded up to one more, and not beyond. Refunds the
+a cancelled order's later refunds are recorded up to 65 in all, and not beyond. Refunds the
 ledger keeps but that do not apply (held and unable to fit the purchase, or rejected on arrival
 and kept) take no slot (``_within_refund_cap``); held
 ones count until the purchase judges them, so at most 64 are held.
@@ -473,8 +473,9 @@ def _order_event(
 
     The state Button should hold is recomputed from the ledger as if its events had arrived in
     event-time order (``_desired``); what is sent is the difference from what Button was last
-    sent. Nothing is recorded when the event is rejected, so the profile never records a state
-    Button was not sent.
+    sent. Nothing is recorded when the event is rejected, but a refund that does not fit the
+    order's content (``_not_fitting``: kept as not applying, it changes no state), so the
+    profile never records a state Button was not sent.
 
     A refund that needs an order the ledger knows no purchase of (pending) is a ``Read`` of the
     order, whose profile holds the refund; with Button's answer (``lookup``) the order is
@@ -615,10 +616,11 @@ def _within_refund_cap(known: StoredOrder | None, order: StoredOrder, desired: _
     state can be recomputed in event-time order); a refund after which the order is cancelled (a
     whole-order refund, every remaining unit, an amount of at least the remaining total,
     whatever ``_apply_refund`` finds leaves nothing) is recorded:
-    it is what makes a replay of it send the cancel again, and a cancelled order records no
-    refund after it. A partial refund of an order whose purchase the ledger does not know yet
-    (held, ``refund_held``) cannot be told to cancel before Button is read: beyond the cap it
-    is refused before the read.
+    it is what makes a replay of it send the cancel again, and an order deleted at Button
+    records later refunds up to ``MAX_REFUNDS_PER_ORDER`` + 1 in all (``_after_delete``). A
+    partial refund of an order whose purchase the ledger does not know yet (held,
+    ``refund_held``) cannot be told to cancel before Button is read: beyond the cap it is
+    refused before the read.
 
     Raises:
         MappingError: ``too_many_refunds``.
