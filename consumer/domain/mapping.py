@@ -32,6 +32,11 @@ Decisions worth knowing (the README's mapping table has the field-by-field rules
   token. Full-state updates and deletes are idempotent at Button, and a duplicate create is
   answered 409, which the pipeline follows with the update of the same state (``Send.follow_up``,
   DESIGN 2): the order's final state is the same however many times an event is replayed.
+* The order ledger (``_order_event``): Button is sent the ledger's event-time state. A refund
+  that does not fit the order's content is rejected and kept as not applying (a corrected
+  purchase applies it; a duplicate is a duplicate); refunds that leave nothing before anything
+  was sent send nothing (a correction is judged again); an event that would make live again an
+  order Button holds deleted is rejected ``order_deleted_at_button`` (a DELETE is permanent).
 * Remaining total after a partial refund: ``current total - refunded amount`` when the refund
   carries an amount (net of tax and shipping like a purchase), else the value of the remaining
   lines, scaled by ``current total / current lines value`` when order-level discounts make the
@@ -310,7 +315,9 @@ def held_refunds_gone(before: Profile, after: Profile, reason: str) -> tuple[Dis
             refund.event_id, reason, detail.format(order_id=order.order_id), order.order_id
         )
         for order in before.orders
-        if order.status is OrderStatus.PENDING and order.order_id not in left
+        if order.status is OrderStatus.PENDING
+        and not order.created_by  # (its purchase came: the refunds met it, none is held)
+        and order.order_id not in left
         for refund in order.refunds
     )
 
@@ -437,8 +444,9 @@ def _customer(event: CommerceEvent, profile: Profile, config: MappingConfig) -> 
 MAX_REFUNDS_PER_ORDER = 64
 """Refund events that apply per live order: a 65th that leaves the order live (or held for its
 purchase) is rejected (``too_many_refunds``). A refund that cancels the order is always taken:
-a cancelled order records no later refund. Refunds the ledger keeps but that do not apply
-(discarded: held and unable to fit the purchase) take no slot (``_within_refund_cap``); held
+a cancelled order's later refunds are recorded up to 65 in all, and not beyond. Refunds the
+ledger keeps but that do not apply (held and unable to fit the purchase, or rejected on arrival
+and kept) take no slot (``_within_refund_cap``); held
 ones count until the purchase judges them, so at most 64 are held.
 """
 
@@ -465,8 +473,9 @@ def _order_event(
 
     The state Button should hold is recomputed from the ledger as if its events had arrived in
     event-time order (``_desired``); what is sent is the difference from what Button was last
-    sent. Nothing is recorded when the event is rejected, so the profile never records a state
-    Button was not sent.
+    sent. Nothing is recorded when the event is rejected, but a refund that does not fit the
+    order's content (``_not_fitting``: kept as not applying, it changes no state), so the
+    profile never records a state Button was not sent.
 
     A refund that needs an order the ledger knows no purchase of (pending) is a ``Read`` of the
     order, whose profile holds the refund; with Button's answer (``lookup``) the order is
@@ -480,7 +489,9 @@ def _order_event(
         order = _with_purchase(event, commerce, order_id, known, profile, config, now_ms)
     else:
         order = _with_refund(event, commerce, order_id, known, config, now_ms)
-    desired = _desired(order, strict=event.event_id)
+    desired = _desired(order)
+    if known is not None and known.status is OrderStatus.CANCELLED:
+        order, desired = _after_delete(known, order, desired)
     looked = lookup if lookup is not None and lookup.order_id == order_id else None
     result: MapResult
     if desired.status is OrderStatus.PENDING and looked is not None and looked.found:
@@ -492,7 +503,7 @@ def _order_event(
             )
         else:
             order = _adopted(order, at_button)
-            desired = _desired(order, strict=event.event_id)
+            desired = _desired(order)
             result, order = _reconcile(event, order, desired, profile, config)
     else:
         result, order = _reconcile(event, order, desired, profile, config)
@@ -500,11 +511,80 @@ def _order_event(
             # Held until now; whether Button knows the order decides (``Read.held`` otherwise).
             result = Read(read_request(order_id), result)
     _within_refund_cap(known, order, desired)
-    if desired.ignored and order.status is not OrderStatus.CANCELLED:
+    misfit = _not_fitting(event, known, desired)
+    if misfit is not None:
+        # Dead-lettered with its reason (a ``MappingError``'s, ``_desired``), and kept in the
+        # ledger as a refund that does not apply: a corrected purchase applies it when it
+        # fits, a duplicate is a duplicate.
+        result = Reject(misfit.reason, misfit.detail)
+    elif desired.ignored and order.status is not OrderStatus.CANCELLED:
         result = _reporting_discarded(result, desired.ignored, known)
     if order == known:
         return result, profile
     return result, _keep_orders(profile.with_order(order), config.max_orders_per_profile)
+
+
+def _not_fitting(
+    event: CommerceEvent, known: StoredOrder | None, desired: _State
+) -> DiscardedRefund | None:
+    """The refund ``event`` when it is new to the ledger (``known``, before the event) and
+    does not apply to the order's content as it stands (``desired.ignored``): a product the
+    order does not have, more units or more than the total, another currency. It is rejected
+    with that reason and detail, as in event-time order, and still recorded (``_desired``
+    ignores it until a corrected purchase lets it apply). ``None`` for any other event, and
+    for a replay of a refund the ledger holds (rejected once, not twice)."""
+    if event.event_type is not EventType.REFUND or (
+        known is not None and known.refund(event.event_id) is not None
+    ):
+        return None
+    return next((r for r in desired.ignored if r.event_id == event.event_id), None)
+
+
+def _after_delete(
+    known: StoredOrder, order: StoredOrder, desired: _State
+) -> tuple[StoredOrder, _State]:
+    """The ledger ``order`` and its state ``desired`` as kept for an order deleted at Button
+    (``known``, before the event; ``order``, with it): deleted for good, so the event may not
+    make it live (``_never_live_after_delete``), but the ledger still takes it, so that a later
+    event is judged against all of them, as far as the refund cap (beyond it a cancelled order
+    records nothing more: nothing is left to refund).
+
+    Raises:
+        MappingError: ``order_deleted_at_button``.
+    """
+    _never_live_after_delete(known, order, desired)
+    if len(order.refunds) > MAX_REFUNDS_PER_ORDER + 1:
+        return known, _desired(known)
+    if order.created_by != known.created_by:
+        # A purchase recorded after the DELETE: its create was never sent, so a replay of it
+        # has no create to send again.
+        return replace(order, sent_digest=0), desired
+    return order, desired
+
+
+def _never_live_after_delete(known: StoredOrder, order: StoredOrder, desired: _State) -> None:
+    """Refuse an event that would make live again an order Button holds deleted.
+
+    ``known`` is the order's ledger before the event, cancelled at Button (a ``DELETE`` was
+    sent, or Button's read found it deleted); ``order`` the ledger with the event (a later
+    purchase as its content, or a refund added) and ``desired`` the state computed from it.
+    Button's ``DELETE`` is permanent (status ``deleted``), so a live state cannot be sent: the
+    event is dead-lettered instead of skipped, naming the state Button should hold. An event
+    after which the order is still cancelled (a duplicate, an older publication) passes, and
+    is skipped (``order_already_cancelled``) or re-sends the cancel, as before.
+
+    Raises:
+        MappingError: ``order_deleted_at_button``.
+    """
+    if order == known or desired.status is not OrderStatus.OPEN:
+        return
+    lines = ", ".join(f"{line.identifier!r} x{line.quantity}" for line in desired.lines)
+    raise MappingError(
+        "order_deleted_at_button",
+        f"order {known.order_id!r} is deleted at Button (a DELETE is permanent); in event-time"
+        f" order it would be live: total {desired.total} minor units of {order.currency},"
+        f" line items {lines or 'none'}",
+    )
 
 
 def _reporting_discarded(
@@ -520,7 +600,7 @@ def _reporting_discarded(
     discarded it, once: a replay, or a later event of the order, finds it ignored already."""
     if not isinstance(result, Send | Skip):
         return result
-    before = set() if known is None else {r.event_id for r in _desired(known, strict="").ignored}
+    before = set() if known is None else {r.event_id for r in _desired(known).ignored}
     discarded = tuple(r for r in ignored if r.event_id not in before)
     return replace(result, discarded=discarded) if discarded else result
 
@@ -536,10 +616,11 @@ def _within_refund_cap(known: StoredOrder | None, order: StoredOrder, desired: _
     state can be recomputed in event-time order); a refund after which the order is cancelled (a
     whole-order refund, every remaining unit, an amount of at least the remaining total,
     whatever ``_apply_refund`` finds leaves nothing) is recorded:
-    it is what makes a replay of it send the cancel again, and a cancelled order records no
-    refund after it. A partial refund of an order whose purchase the ledger does not know yet
-    (held, ``refund_held``) cannot be told to cancel before Button is read: beyond the cap it
-    is refused before the read.
+    it is what makes a replay of it send the cancel again, and an order deleted at Button
+    records later refunds up to ``MAX_REFUNDS_PER_ORDER`` + 1 in all (``_after_delete``). A
+    partial refund of an order whose purchase the ledger does not know yet (held,
+    ``refund_held``) cannot be told to cancel before Button is read: beyond the cap it is
+    refused before the read.
 
     Raises:
         MappingError: ``too_many_refunds``.
@@ -605,11 +686,11 @@ def _with_purchase(
     recorded = None if known is None or not known.created_by else known
     if recorded is not None and (
         recorded.created_by in (event.event_id, ADOPTED)
-        or recorded.status is OrderStatus.CANCELLED
         or (recorded.purchase_ms, recorded.created_by) > (event_ms, event.event_id)
     ):
-        # A replay, an order adopted from Button (its state is the base), an order cancelled
-        # for good, or an older publication.
+        # A replay, an order adopted from Button (its state is the base), or an older
+        # publication. (An order deleted at Button takes the purchase here, for the caller to
+        # judge: ``_never_live_after_delete``.)
         return recorded
     window_ms = _ms(config.attribution_window)
     token = resolve_btn_ref(
@@ -656,14 +737,13 @@ def _with_refund(
 ) -> StoredOrder:
     """The ledger with this refund added in event-time order.
 
-    Unchanged for a replay, and for an order already cancelled at Button: nothing is left to
-    refund (the cancel is sent again). The refund cap (``MAX_REFUNDS_PER_ORDER``) is checked
+    Unchanged for a replay. (An order deleted at Button takes the refund here, for the caller
+    to judge, ``_never_live_after_delete``, and keeps its ledger: nothing is left to refund,
+    the cancel is sent again.) The refund cap (``MAX_REFUNDS_PER_ORDER``) is checked
     once the refund's effect is known (``_within_refund_cap``): a refund that cancels the order
     is never refused for it.
     """
-    if known is not None and (
-        known.refund(event.event_id) is not None or known.status is OrderStatus.CANCELLED
-    ):
+    if known is not None and known.refund(event.event_id) is not None:
         return known
     refund = StoredRefund(
         event_id=event.event_id,
@@ -689,12 +769,12 @@ def _with_refund(
     return replace(known, refunds=tuple(refunds), touched_ms=now_ms)
 
 
-def _desired(order: StoredOrder, strict: str) -> _State:
+def _desired(order: StoredOrder) -> _State:
     """The state Button should hold: the purchase's content with every refund applied in
-    event-time order. A refund that cannot apply is ignored, except the event ``strict`` being
-    processed, whose problem is raised (it is rejected and not recorded). The ignored ones
-    are listed (``_State.ignored``), for a live state only: a cancelled order has nothing left
-    for them to reduce."""
+    event-time order. A refund that cannot apply is ignored (the event being processed is then
+    rejected, ``_not_fitting``, and kept in the ledger). The ignored ones are listed
+    (``_State.ignored``), for a live state only: a cancelled order has nothing left for them to
+    reduce."""
     if any(r.full for r in order.refunds):
         return _State(OrderStatus.CANCELLED)
     if not order.created_by:
@@ -707,8 +787,6 @@ def _desired(order: StoredOrder, strict: str) -> _State:
         try:
             applied = _apply_refund(order, total, lines, refund)
         except MappingError as exc:
-            if refund.event_id == strict:
-                raise
             ignored.append(DiscardedRefund(refund.event_id, exc.reason, str(exc)))
             continue
         if applied is None:
@@ -792,8 +870,11 @@ def _reconcile(  # noqa: PLR0911 - one return per row of the reconciliation tabl
         return Skip(REFUND_HELD), order
     if desired.status is OrderStatus.CANCELLED:
         if sent is OrderStatus.PENDING and order.created_by:
-            # The purchase arrived after refunds that cancel it: never create it.
-            return Skip("order_already_cancelled"), replace(order, status=OrderStatus.CANCELLED)
+            # The purchase arrived after refunds that leave nothing: nothing is created, and
+            # nothing was ever sent, so the order stays pending (not deleted at Button): a
+            # corrected purchase, or a refund earlier in event time, is judged again and
+            # created when the order is live.
+            return Skip("order_already_cancelled"), order
         if sent is OrderStatus.CANCELLED and is_purchase:
             if order.created_by == event.event_id and order.sent_digest:
                 # A replayed purchase whose create was sent: re-send it, so that a redriven

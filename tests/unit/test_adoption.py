@@ -421,14 +421,23 @@ def test_refunds_held_before_are_applied_with_the_one_that_read_the_order() -> N
     assert request_of(result).body["total"] == 8000 - 1000 - 3000
 
 
-def test_a_refund_button_cannot_apply_to_its_order_is_rejected_and_records_nothing() -> None:
-    """A refunded product Button's order does not have: rejected as for a known order."""
-    result, profile = process(refund(products=[{"id": "SKU-Z"}]), None, CONFIG, NOW, lookup=found())
+def test_a_refund_button_cannot_apply_to_its_order_is_rejected_and_kept_not_applying() -> None:
+    """A refunded product Button's order does not have: rejected as for a known order, and kept
+    in the adopted order's ledger as a refund that does not apply (nothing sent): a duplicate
+    of it is a duplicate, not a second dead letter."""
+    event = refund(products=[{"id": "SKU-Z"}])
+    result, profile = process(event, None, CONFIG, NOW, lookup=found())
 
-    assert (result, profile) == (
-        Reject("refund_item_not_in_order", "refunded product 'SKU-Z' is not in the order"),
-        None,
+    assert result == Reject(
+        "refund_item_not_in_order", "refunded product 'SKU-Z' is not in the order"
     )
+    assert profile is not None
+    order = profile.order(ORDER)
+    assert order is not None
+    assert (order.total, order.refund("evt-r1") is not None) == (8000, True)
+    again, unchanged = process(event, profile, CONFIG, NOW)
+    assert unchanged is None
+    assert request_of(again).body["total"] == 8000  # the current state, re-sent
 
 
 def test_an_order_button_holds_without_line_items_takes_an_amount_refund() -> None:
@@ -484,16 +493,18 @@ def test_a_line_without_amount_whose_total_is_no_whole_unit_price_takes_one_that
 
 
 def test_a_refund_of_an_order_button_holds_deleted_is_skipped_and_remembered_cancelled() -> None:
-    """Nothing is left to change: skipped as an order already cancelled, and a purchase of it
-    arriving later is not created."""
+    """Nothing is left to change: skipped as an order already cancelled; a purchase of it
+    arriving later is not created, and is dead-lettered ``order_deleted_at_button``: with the
+    refund it leaves an order live that Button cannot hold again."""
     deleted = found({"order_id": ORDER, "status": "deleted"})
     result, profile = process(refund(total_amount="10.00"), None, CONFIG, NOW, lookup=deleted)
 
     assert result == Skip("order_already_cancelled")
     assert profile is not None
     assert profile.order(ORDER).status is OrderStatus.CANCELLED  # type: ignore[union-attr]
-    later, _ = process(purchase(), profile, CONFIG, NOW)
-    assert later == Skip("order_already_cancelled")
+    later, unchanged = process(purchase(), profile, CONFIG, NOW)
+    assert isinstance(later, Reject)
+    assert (later.reason, unchanged) == ("order_deleted_at_button", None)
 
 
 # --- Button's object is not what the service can take as its base -------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -774,13 +775,15 @@ def test_a_refund_that_leaves_nothing_cancels(
 
 def test_a_refund_that_leaves_nothing_arriving_first_never_creates_the_order() -> None:
     """The refund of Y held before its purchase (Button does not know the order): once the
-    purchase arrives the order is cancelled, never created, as for every unit refunded."""
+    purchase arrives the order is cancelled, never created, as for every unit refunded. Nothing
+    was sent, so the order stays pending (not deleted at Button): a corrected purchase is
+    judged again."""
     held, profile = process(refund("evt-r1", [{"id": "Y"}]), None, CONFIG, NOW)
     assert isinstance(held, Read)
     result, after = process(purchase(commerce=DISCOUNTED), profile, CONFIG, NOW)
     assert result == Skip("order_already_cancelled")
     assert after is not None
-    assert after.order("ORD-100045").status is OrderStatus.CANCELLED  # type: ignore[union-attr]
+    assert after.order("ORD-100045").status is OrderStatus.PENDING  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
@@ -831,7 +834,7 @@ def test_products_refunded_with_an_amount_above_the_remaining_total_are_rejected
     result, after = process(refund("evt-r1", [{"id": "SKU-RED-M"}], **fields), profile, CONFIG, NOW)
     assert isinstance(result, Reject)
     assert result.reason == "refund_exceeds_total"
-    assert after is None
+    _kept_not_applying(profile, after, "evt-r1")
 
 
 # --- a refund returns money: it never raises what Button counts ---------------------------------
@@ -913,12 +916,25 @@ def test_a_refund_that_would_raise_the_order_is_rejected_naming_its_lines(
     """A refund returns money to the customer: one whose lines are worth less than nothing
     together (a discount taken back) would raise what Button counts as commissionable. The break
     trial's refund of the discount line alone updated Button from 10.00 to 15.00; it is
-    rejected ``refund_raises_total`` (dead-lettered, nothing recorded), naming the lines."""
+    rejected ``refund_raises_total`` (dead-lettered, kept in the ledger as a refund that does
+    not apply), naming the lines."""
     profile = _bought(commerce, total)
     fields: dict[str, Any] = {"tax_amount": None, "shipping_amount": None, **refunded}
     result, after = process(refund("evt-r1", **fields), profile, CONFIG, NOW)
     assert result == Reject("refund_raises_total", detail)
-    assert after is None
+    _kept_not_applying(profile, after, "evt-r1")
+
+
+def _kept_not_applying(before: Profile | None, after: Profile | None, event_id: str) -> None:
+    """``after`` is ``before`` with the rejected refund ``event_id`` recorded in its order's
+    ledger, and nothing else of the order changed (nothing was sent)."""
+    assert before is not None
+    assert after is not None
+    old, new = before.order("ORD-100045"), after.order("ORD-100045")
+    assert old is not None
+    assert new is not None
+    assert new.refund(event_id) is not None
+    assert replace(new, refunds=old.refunds, touched_ms=old.touched_ms) == old
 
 
 def test_a_product_refunded_with_its_smaller_discount_is_an_update() -> None:

@@ -28,7 +28,7 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 _REASON_CALLS = frozenset({"Skip", "Reject", "MappingError", "DecodeError", "_invalid", "_reject"})
 _SOURCES = (*sorted((ROOT / "consumer" / "domain").glob("*.py")), ROOT / "consumer" / "mapcmd.py")
 # Calls that pass on a reason decided elsewhere (already collected where it was decided).
-_PASSED_ON = frozenset({"exc.reason", "result.reason", "str(reason)"})
+_PASSED_ON = frozenset({"exc.reason", "result.reason", "misfit.reason", "str(reason)"})
 _ENUMS: dict[str, Any] = {"EventReason": EventReason, "CodecReason": CodecReason}
 
 
