@@ -52,7 +52,8 @@ class DecodeError(ConsumerError):
 
 class CodecReason(StrEnum):
     """Machine reasons of the ``DecodeError`` raised by the decoders, and by the pipeline for a
-    record without value (dead-letter headers)."""
+    record without value or with a key too long to keep a profile under (dead-letter
+    headers)."""
 
     EMPTY = "empty"
     NULL_VALUE = "null_value"
@@ -63,6 +64,9 @@ class CodecReason(StrEnum):
     INCOMPATIBLE_SCHEMA = "incompatible_schema"
     INVALID_AVRO = "invalid_avro"
     TRAILING_BYTES = "trailing_bytes"
+    KEY_TOO_LARGE = "key_too_large"
+    """The record's key is over ``consumer.domain.profile.MAX_KEY_BYTES`` (checked before the
+    value is decoded)."""
 
 
 class InvalidEventError(DecodeError):

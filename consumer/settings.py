@@ -49,7 +49,9 @@ DRY_RUN_SUFFIX = "-dry-run"
 """Appended to the group, changelog and DLQ names when DELIVERY_DRY_RUN=true."""
 
 RECORD_MARGIN = 4_096
-"""Bytes a changelog record needs beside its profile value (key, record and batch overhead)."""
+"""Bytes a changelog record needs beside its profile value (key, record and batch overhead): the
+key is at most ``consumer.domain.profile.MAX_KEY_BYTES`` (2,048), a longer one is dead-lettered
+``key_too_large`` before any profile is kept under it."""
 # librdkafka properties the service owns: overriding them would break at-least-once delivery.
 # Their values are set below, in KafkaSettings, next to this refusal (DESIGN, 1).
 _RESERVED_KAFKA = frozenset(

@@ -254,6 +254,13 @@ ROWS: tuple[Row, ...] = (
         "no order",
     ),
     Row(
+        "a record whose key is over 2,048 bytes (`MAX_KEY_BYTES`)",
+        lambda: decide_error(DecodeError("key_too_large", "x")),
+        "checked before the value is decoded: a profile cannot be kept under such a key (the "
+        "changelog record holds it beside a profile), so every record of the key is "
+        "dead-lettered, views included",
+    ),
+    Row(
         "unknown writer schema",
         lambda: decide_error(UnknownSchemaError("unknown_schema", "x")),
         "as undecodable bytes",

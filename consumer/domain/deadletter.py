@@ -38,6 +38,7 @@ H_LAST_ATTEMPT = BUTTON + "last.attempt.ms"
 H_PARKED = BUTTON + "parked"
 H_DEAD_LETTERED_AT = BUTTON + "dead.lettered.ms"
 H_ORIGINAL_SIZE = BUTTON + "original.size"
+H_ORIGINAL_KEY_SIZE = BUTTON + "original.key.size"
 H_REPLAYED = BUTTON + "replayed"
 H_REPLAYED_PARKED = BUTTON + "replayed.parked"
 H_REPLAYED_RELEASE = BUTTON + "replayed.release"
@@ -81,6 +82,9 @@ class DeadLetter:
     last_attempt_ms: int | None = None
     parked: bool = False
     original_size: int | None = None
+    original_key_size: int | None = None
+    """Of a ``too_large`` reference written without the source key (the key alone is over the
+    DLQ's record limit): the key's size in bytes (``button.original.key.size``)."""
     key_released: bool = False
     """The record was given up (``replay-dlq --release-keys``) and released its key: any later
     replay of this dead letter asks the same (``button.key.released``)."""
@@ -139,6 +143,9 @@ def dead_letter_headers(
         H_FIRST_ATTEMPT: "" if letter.first_attempt_ms is None else str(letter.first_attempt_ms),
         H_LAST_ATTEMPT: "" if letter.last_attempt_ms is None else str(letter.last_attempt_ms),
         H_ORIGINAL_SIZE: "" if letter.original_size is None else str(letter.original_size),
+        H_ORIGINAL_KEY_SIZE: (
+            "" if letter.original_key_size is None else str(letter.original_key_size)
+        ),
         H_KEY_RELEASED: "true" if letter.key_released else "",
         H_PARKS_ORDER: "" if letter.parks_order is None else str(letter.parks_order).lower(),
     }

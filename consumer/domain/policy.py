@@ -212,7 +212,9 @@ REGISTRY_BACKOFF_CAP = 30.0
 """Seconds between attempts to reach the schema registry: 0.5, 1, 2... up to 30 (no budget)."""
 SCHEMA_NOT_FOUND_ATTEMPTS = 7
 """Decodes of a schema id the registry answered 404 for: 6 waits of 0.5, 1... 16 s (31.5 s)."""
-_NO_PARKING_REASONS = frozenset({CodecReason.NULL_VALUE, CodecReason.EMPTY})
+_NO_PARKING_REASONS = frozenset(
+    {CodecReason.NULL_VALUE, CodecReason.EMPTY, CodecReason.KEY_TOO_LARGE}
+)
 
 _REQUESTS = (Action.CREATE, Action.UPDATE, Action.CANCEL)
 
@@ -667,7 +669,8 @@ def _parks_of(error: DecodeError | MappingError, reason: str) -> Parks:
     records must not overtake them. A record that decoded but is not a valid event
     (``InvalidEventError``), or that the mapping refused, is refused by its own data, the same
     way each time, and changed nothing: it parks nothing. Nor does a record without a value (a
-    tombstone), which is no order.
+    tombstone), which is no order, nor one whose key is too long to keep a profile under
+    (``key_too_large``): no changelog record can hold its parking.
     """
     if isinstance(error, InvalidEventError | MappingError) or reason in _NO_PARKING_REASONS:
         return Parks.NOTHING

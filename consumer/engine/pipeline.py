@@ -71,6 +71,7 @@ from consumer.domain.policy import (
     judge_lookup,
     judge_read,
 )
+from consumer.domain.profile import MAX_KEY_BYTES
 from consumer.domain.triage import InertEvent
 from consumer.engine.authgate import AuthGate
 from consumer.engine.breaker import CircuitBreaker
@@ -249,7 +250,7 @@ class Pipeline:
         ``None`` for a value that needs a schema lookup, has no value or does not decode:
         ``handle`` decodes it again, with the waits, counts and dead letters of the full path.
         """
-        if record.value is None:
+        if record.value is None or _key_too_large(record.key):
             return None
         try:
             return self._d.decoder.decode_triaged_at_hand(record.value)
@@ -470,6 +471,12 @@ class Pipeline:
         while True:
             attempt += 1
             try:
+                if _key_too_large(record.key):
+                    raise DecodeError(
+                        CodecReason.KEY_TOO_LARGE,
+                        f"the record's key is {len(record.key or b'')} bytes, over the"
+                        f" {MAX_KEY_BYTES} a profile can be kept under",
+                    )
                 if record.value is None:
                     raise DecodeError(CodecReason.NULL_VALUE, "the record has no value (tombstone)")
                 return self._d.decoder.decode_triaged(record.value)
@@ -821,7 +828,15 @@ class Pipeline:
                 # Certain, not an outage: a reference (no value, no source headers) instead.
                 size = len(record.value or b"")  # the source value's size
                 letter = as_reference(letter, decide_error(exc).reason, size)
-                await d.dead_letters.write(replace(record, value=None, headers=[]), letter)
+                reference = replace(record, value=None, headers=[])
+                try:
+                    await d.dead_letters.write(reference, letter)
+                except RecordTooLargeError:
+                    if not record.key:
+                        raise
+                    # The key alone is over the DLQ's limit: the reference goes without it.
+                    letter = replace(letter, original_key_size=len(record.key))
+                    await d.dead_letters.write(replace(reference, key=None), letter)
         except Exception as exc:
             # The table's row for a DeadLetterError is STOP: never finish the record.
             d.telemetry.dead_letter_failed()
@@ -967,6 +982,11 @@ def _unparks_its_key(record: Record, decision: Decision) -> bool:
         and replays_parking_letter(record.headers)
         and releases_parked_key(record.headers)
     )
+
+
+def _key_too_large(key: bytes | None) -> bool:
+    """Whether ``key`` is too long to keep a profile under (``MAX_KEY_BYTES``)."""
+    return key is not None and len(key) > MAX_KEY_BYTES
 
 
 def _release(permit: Permit | None) -> None:

@@ -46,6 +46,7 @@ from consumer.domain.events import (
 from consumer.domain.mapping import MappingConfig
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import RetryPolicy
+from consumer.domain.profile import MAX_KEY_BYTES
 from consumer.domain.triage import InertEvent
 from consumer.engine.authgate import AuthGate
 from consumer.engine.breaker import CircuitBreaker
@@ -307,14 +308,16 @@ class FakeDeadLetters:
 
 
 class SizeLimitedDeadLetters(FakeDeadLetters):
-    """Refuses records over ``limit`` value bytes as the producer does (too large: certain)."""
+    """Refuses records over ``limit`` bytes of value (and of key, with ``keys``) as the
+    producer does (too large: certain)."""
 
-    def __init__(self, calls: list[tuple[Any, ...]], limit: int) -> None:
+    def __init__(self, calls: list[tuple[Any, ...]], limit: int, *, keys: bool = False) -> None:
         super().__init__(calls)
         self.limit = limit
+        self.keys = keys
 
     async def write(self, record: Record, letter: DeadLetter) -> None:
-        size = len(record.value or b"")
+        size = len(record.value or b"") + (len(record.key or b"") if self.keys else 0)
         if size > self.limit:
             raise RecordTooLargeError(size, "Broker: Message size too large")
         await super().write(record, letter)
@@ -2169,6 +2172,71 @@ def test_a_record_too_large_for_the_dlq_is_dead_lettered_as_a_reference() -> Non
     )
     assert expected == actual
     assert "http_400" in headers["__connect.errors.exception.message"]
+
+
+def test_a_record_whose_key_is_over_the_key_limit_is_dead_lettered_and_parks_nothing() -> None:
+    """A key over ``MAX_KEY_BYTES`` cannot be a profile's key (the changelog record holds the
+    key beside a profile of up to MAPPING_MAX_PROFILE_BYTES): the record is dead-lettered
+    ``key_too_large`` before it is decoded, whatever its value, and it parks nothing (no
+    changelog write under that key); the next record goes on."""
+    h = Harness().answer(OK)
+    big_key = b"k" * (MAX_KEY_BYTES + 1)
+
+    outcomes = h.handle(record(key=big_key), record(18))
+
+    expected: object = (
+        ["dead_lettered", "delivered"],
+        "key_too_large",
+        "VALUE_CONVERTER",
+        f"the record's key is {MAX_KEY_BYTES + 1} bytes",
+        {},
+        [],
+        1,
+    )
+    actual: object = (
+        outcomes,
+        h.letters[0].reason,
+        h.letters[0].stage.value,
+        h.letters[0].message[: len(expected[3])],  # type: ignore[index]
+        h.processor.parked,
+        [w for w in h.changelog.written if w.key == big_key],
+        h.decoder.calls,
+    )
+    assert expected == actual
+
+
+def test_a_key_at_the_key_limit_is_a_profile_key() -> None:
+    """``MAX_KEY_BYTES`` itself is allowed: the record is delivered."""
+    h = Harness().answer(OK)
+
+    assert h.handle(record(key=b"k" * MAX_KEY_BYTES)) == ["delivered"]
+
+
+def test_a_reference_whose_key_alone_is_too_large_is_written_without_its_key() -> None:
+    """A dead letter refused for its size, whose ``too_large`` reference is refused too (the
+    key alone is over the DLQ's limit): the reference is written without the key, which
+    ``button.original.key.size`` measures; nothing stops (a refused reference used to stop the
+    service on this record at every start)."""
+    h = Harness()
+    h.dead_letters = SizeLimitedDeadLetters(h.calls, limit=2_500, keys=True)
+    big_key = b"k" * 3_000
+
+    outcomes = h.handle(record(key=big_key, value=b"\x00" + b"x" * 100))
+
+    written, letter = h.dead_letters.written[0]
+    headers = header_map(dead_letter_headers(letter, written.headers))
+    expected: object = (["dead_lettered"], (None, None, []), ("too_large", "101", "3000"))
+    actual: object = (
+        outcomes,
+        (written.key, written.value, written.headers),
+        (
+            headers["button.reason"],
+            headers["button.original.size"],
+            headers.get("button.original.key.size"),
+        ),
+    )
+    assert expected == actual
+    assert "key_too_large" in headers["__connect.errors.exception.message"]
 
 
 # --- an unknown schema id: transient at first, and the key is parked behind it -------------------
