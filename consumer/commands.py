@@ -296,6 +296,7 @@ _OPTION_OF = {
     EventReason.MISSING_CURRENCY: "currency",
     EventReason.MISSING_TRANSACTION_ID: "order_id",
     EventReason.EMPTY_FIELD: "user",
+    EventReason.KEY_TOO_LARGE: "user",
 }
 """The ``test-event`` option behind each way its purchase can be invalid (the event id, time
 and action are the command's own, always valid)."""

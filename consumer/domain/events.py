@@ -21,6 +21,7 @@ where it has one):
   ``user_key`` are kept as given: the user key is the Kafka key's, and the producer chose the
   partition from its bytes;
 * ``event_id``, ``user_key`` and product ids are non-empty (a blank product id is empty);
+  ``user_key`` is at most ``MAX_KEY_BYTES`` bytes in UTF-8;
 * ``event_time`` is timezone-aware; it is stored in UTC, truncated to milliseconds;
 * amounts have at most 6 decimal places and 14 integer digits (the schema's decimal(20, 6));
   order-level amounts are never negative (a product price may be: a discount line);
@@ -102,6 +103,15 @@ _MAX_AMOUNT = Decimal(10) ** AMOUNT_INTEGER_DIGITS
 _QUANTUM = Decimal(1).scaleb(-AMOUNT_SCALE)
 
 
+MAX_KEY_BYTES = 2_048
+"""The longest user key, in bytes (UTF-8), a profile is kept under: the record's key (a user or
+customer id) is the changelog record's key beside a profile of up to
+``MAPPING_MAX_PROFILE_BYTES``, inside the record margin the settings check
+(``consumer.settings.RECORD_MARGIN``). A record with a longer key is dead-lettered
+``key_too_large`` before it is decoded, and parks nothing; an event whose ``user_key`` is longer
+is invalid with that reason (``map``, ``test-event``)."""
+
+
 class EventReason(StrEnum):
     """Machine reasons of the ``DecodeError`` raised for semantically invalid events."""
 
@@ -117,6 +127,7 @@ class EventReason(StrEnum):
     ACTION_MISMATCH = "action_mismatch"
     MISSING_TRANSACTION_ID = "missing_transaction_id"
     MISSING_CURRENCY = "missing_currency"
+    KEY_TOO_LARGE = "key_too_large"
 
 
 class EventType(StrEnum):
@@ -367,6 +378,12 @@ class CommerceEvent:
     def __post_init__(self) -> None:
         _check_non_empty(self.event_id, "event_id")
         _check_non_empty(self.user_key, "user_key")
+        if len(self.user_key) > MAX_KEY_BYTES // 4 and len(self.user_key.encode()) > MAX_KEY_BYTES:
+            raise _invalid(
+                EventReason.KEY_TOO_LARGE,
+                f"user_key is {len(self.user_key.encode())} bytes, over the {MAX_KEY_BYTES} a"
+                " profile can be kept under",
+            )
         if self.event_time.tzinfo is None or self.event_time.utcoffset() is None:
             raise _invalid(EventReason.INVALID_TIMESTAMP, "event_time has no time zone")
         try:

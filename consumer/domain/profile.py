@@ -175,12 +175,6 @@ each change of token are kept before repeated sightings in between; enough for t
 deep links of an attribution window in practice, and about 60 bytes each."""
 MAX_DEVICE_IDS = 3
 """Advertising ids kept per kind (IDFA, GAID) per user: the newest by event time."""
-MAX_KEY_BYTES = 2_048
-"""The longest record key, in bytes, a profile is kept under: the user's key (a user or
-customer id) is the changelog record's key beside a profile of up to
-``MAPPING_MAX_PROFILE_BYTES``, inside the record margin the settings check
-(``consumer.settings.RECORD_MARGIN``). A record with a longer key is dead-lettered
-``key_too_large`` before it is decoded, and parks nothing."""
 
 
 @dataclass(frozen=True, slots=True)

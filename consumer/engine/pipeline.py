@@ -56,7 +56,7 @@ from consumer.domain.deadletter import (
     replayed_reason,
     replays_parking_letter,
 )
-from consumer.domain.events import CommerceEvent
+from consumer.domain.events import MAX_KEY_BYTES, CommerceEvent
 from consumer.domain.outcomes import ButtonOutcome
 from consumer.domain.policy import (
     BUTTON_UNAVAILABLE,
@@ -71,7 +71,6 @@ from consumer.domain.policy import (
     judge_lookup,
     judge_read,
 )
-from consumer.domain.profile import MAX_KEY_BYTES
 from consumer.domain.triage import InertEvent
 from consumer.engine.authgate import AuthGate
 from consumer.engine.breaker import CircuitBreaker

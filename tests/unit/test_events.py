@@ -18,6 +18,7 @@ from consumer.domain.event_forms import (
 from consumer.domain.events import (
     BUTTON_MODULE_ID,
     BUTTON_SOURCE_TOKEN_KEY,
+    MAX_KEY_BYTES,
     AttAuthorizationStatus,
     CommerceData,
     CommerceEvent,
@@ -307,6 +308,8 @@ def test_invalid_commerce_content_is_refused_with_its_reason(
         ({"event_id": None}, EventReason.MISSING_FIELD),
         ({"user_key": ""}, EventReason.EMPTY_FIELD),
         ({"user_key": 42}, EventReason.INVALID_FIELD),
+        ({"user_key": "u" * (MAX_KEY_BYTES + 1)}, EventReason.KEY_TOO_LARGE),
+        ({"user_key": "\u00e9" * (MAX_KEY_BYTES // 2 + 1)}, EventReason.KEY_TOO_LARGE),
         ({"event_type": None}, EventReason.MISSING_FIELD),
         ({"event_type": 3}, EventReason.INVALID_FIELD),
         ({"commerce": None}, EventReason.MISSING_COMMERCE),
@@ -324,6 +327,13 @@ def test_invalid_event_content_is_refused_with_its_reason(
     with pytest.raises(DecodeError) as info:
         event_from_json(purchase_json(**overrides))
     assert reason == info.value.reason
+
+
+def test_a_user_key_of_max_key_bytes_is_valid() -> None:
+    """The bound is in UTF-8 bytes and inclusive: 2,048 ASCII characters, or 1,024 of two
+    bytes each, are a user key; one byte more is ``key_too_large`` (above)."""
+    for key in ("u" * MAX_KEY_BYTES, "\u00e9" * (MAX_KEY_BYTES // 2)):
+        assert event_from_json(purchase_json(user_key=key)).user_key == key
 
 
 def test_refund_needs_only_the_transaction_id() -> None:

@@ -37,6 +37,7 @@ from consumer.domain.deadletter import (
 )
 from consumer.domain.event_forms import event_from_record, event_to_record
 from consumer.domain.events import (
+    MAX_KEY_BYTES,
     CommerceData,
     CommerceEvent,
     EventType,
@@ -46,7 +47,6 @@ from consumer.domain.events import (
 from consumer.domain.mapping import MappingConfig
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import RetryPolicy
-from consumer.domain.profile import MAX_KEY_BYTES
 from consumer.domain.triage import InertEvent
 from consumer.engine.authgate import AuthGate
 from consumer.engine.breaker import CircuitBreaker

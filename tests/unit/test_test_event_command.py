@@ -86,6 +86,7 @@ def test_a_total_not_in_plain_decimal_notation_is_a_usage_error_and_produces_not
         ("--currency", "", "a PURCHASE event has no currency"),
         ("--order-id", "", "a PURCHASE event has no transaction_id"),
         ("--user", "", "user_key is empty"),
+        ("--user", "u" * 2_049, "user_key is 2049 bytes, over the 2048"),
         ("--order-id", "B\u00e95", "order_id_not_ascii"),
         ("--order-id", "B" * 256, "order_id_too_long"),
         ("--currency", "XYZ", "unknown_currency"),
