@@ -13,25 +13,27 @@ Decisions worth knowing (the README's mapping table has the field-by-field rules
   leaving no line with a positive amount or a remaining total of 0 or below); otherwise update
   (``POST /v1/order/{id}``) with the order's remaining line items and total, computed from the
   order stored in the profile. An amount that is nothing net of tax and shipping in the
-  currency's minor unit (the tax or shipping alone, a fraction of a cent) changes no total: an
-  update of the same state, never a cancel. A ``total_amount`` of 0 counts as none given (CDPs
-  send 0 on a refund that names only its transaction). A refund of an order the profile does
-  not know is a cancel when it names no products and no amount (remembered, so a later
-  purchase is not created). Else it needs the order: the mapping asks for it to be read from
-  Button (``Read``) and, given the answer (``lookup``, ``adoption``), adopts Button's order as
-  the base the refund applies to (an update, or a cancel when nothing is left), remembers an
-  order Button holds deleted as cancelled (skip ``order_already_cancelled``), or, when Button
-  does not know the order either, holds the refund in the profile (``refund_held``) until the
-  purchase arrives.
+  currency's minor unit (the tax or shipping alone, a fraction of a cent) changes no total: the
+  same state re-sent, as a replay re-sends it (below), never a cancel. A ``total_amount`` of 0
+  counts as none given (CDPs send 0 on a refund that names only its transaction). A refund of
+  an order the profile does not know is a cancel when it names no products and no amount
+  (remembered, so a later purchase is not created). Else it needs the order: the mapping asks
+  for it to be read from Button (``Read``) and, given the answer (``lookup``, ``adoption``),
+  adopts Button's order as the base the refund applies to (an update, or a cancel when nothing
+  is left), remembers an order Button holds deleted as cancelled (skip
+  ``order_already_cancelled``), or, when Button does not know the order either, holds the
+  refund in the profile (``refund_held``) until the purchase arrives.
 * Replays. The caller queues the new profile to the changelog before the Button call and
   finishes the record only once the write is acknowledged, so after a crash the event is
   processed again against a profile that may already contain its effect. Such an event is
-  therefore never skipped: a replayed refund (its event id is already
-  in the order's ``refunds``) changes nothing in the profile and re-sends the order's current
-  state (update, or cancel); a replayed purchase re-sends the create with the stored state and
-  token. Full-state updates and deletes are idempotent at Button, and a duplicate create is
-  answered 409, which the pipeline follows with the update of the same state (``Send.follow_up``,
-  DESIGN 2): the order's final state is the same however many times an event is replayed.
+  therefore never skipped: a replayed refund (its event id is already in the order's
+  ``refunds``) or purchase changes nothing in the profile and re-sends the order's current state:
+  the cancel, or the create with the stored state and token, whatever the event's type (the
+  create may have been carried by a refund, one that made a pending order live, and never have
+  reached Button: dead-lettered, or lost in a crash after the profile was written). Full-state
+  updates and deletes are idempotent at Button, and a duplicate create is answered 409, which
+  the pipeline follows with the update of the same state (``Send.follow_up``, DESIGN 2): the
+  order's final state is the same however many times an event is replayed.
 * The order ledger (``_order_event``): Button is sent the ledger's event-time state. A refund
   that does not fit the order's content is rejected and kept as not applying (a corrected
   purchase applies it; a duplicate is a duplicate); refunds that leave nothing before anything
@@ -895,10 +897,11 @@ def _reconcile(  # noqa: PLR0911 - one return per row of the reconciliation tabl
         created = order.with_sent(OrderStatus.OPEN, digest)
         return _create(state, _customer(event, profile, config), body=body), created
     if digest == order.sent_digest:
-        # Nothing new for Button (a replay, or a duplicate): re-send its state, idempotently.
-        if is_purchase:
-            return _create(state, _customer(event, profile, config), body=body), order
-        return Send(update_request(order.order_id, body)), order
+        # Nothing new for Button (a replay, or a duplicate): re-send its state as the create,
+        # whatever the event (a refund may have carried the create, and that create may never
+        # have reached Button: dead-lettered, or a crash after the profile was written); a 409
+        # is followed by the update of the same state, idempotently.
+        return _create(state, _customer(event, profile, config), body=body), order
     updated = order.with_sent(OrderStatus.UPDATED, digest)
     return Send(update_request(order.order_id, body)), updated
 

@@ -208,7 +208,10 @@ def expected_orders(
 ) -> dict[str, ExpectedOrder]:
     """The oracle: the requests the service must send, from the pure mapping, per user in order.
 
-    Only events the mapping turns into requests count (skips and rejects send nothing).
+    Only events the mapping turns into requests count (skips and rejects send nothing), and
+    a create of an order created already is none: an event that brings nothing new re-sends
+    the order's state as its create, which Button answers 409, and the update of the same
+    state that follows is no new action either (``delivered_actions``).
     """
     config = mapping_config(settings)
     moment = now or datetime.now(UTC)
@@ -221,6 +224,8 @@ def expected_orders(
         if isinstance(result, Send):
             request = result.request
             order = orders.setdefault(request.order_id, ExpectedOrder(request.order_id))
+            if request.action is Action.CREATE and Action.CREATE in order.actions:
+                continue  # re-sent: answered 409 (and converged by its follow-up update)
             order.actions.append(request.action)
             if request.body is not None and "total" in request.body:
                 order.total = int(request.body["total"])
@@ -230,8 +235,9 @@ def expected_orders(
 def delivered_actions(order: Mapping[str, Any]) -> list[Action]:
     """The requests a sandbox order's history shows Button *applied* (2xx, no injected fault).
 
-    The update that follows a create answered 409 (a replayed purchase: the service re-sends
-    the order's full state so Button converges) is not a new action: it is the update right
+    The update that follows a create answered 409 (a replayed purchase or refund, any event
+    that brings nothing new: the service re-sends the order's full state as its create, and
+    on the 409 as the update, so Button converges) is not a new action: it is the update right
     after the 409 that carries the same total as the refused create. A 409 without its update
     (a former owner that learnt it lost the partition in between) leaves the next update a new
     action. The order's state and total are checked separately.

@@ -7,7 +7,11 @@ runs through the mapping (``mapping.process``) the way the pipeline handles one 
 mapped again with the ``Lookup``; a create answered 409 sends its follow-up update; an update
 answered 404 reads the order (deleted: done, else a dead letter that parks the order); a cancel
 answered 404 is done; a mapping ``Reject`` is a dead letter that parks nothing; a record of a
-parked order is a parked dead letter. The profile is carried across records.
+parked order is a parked dead letter. The profile is carried across records. Two faults can be
+injected: Button refusing an order's creates (``refused_creates``: answered 503 until the
+retries run out, ``retries_exhausted``, which parks the order) and a crash after the profile
+was written and before the request reached Button (``record(..., crash_before_send=True)``);
+``replay`` is ``replay-dlq`` of one dead letter.
 
 Unlike ``test_ledger_property.py`` and ``test_arrival_order_map.py``, refunds may take every
 unit, amounts may reach the total, and purchases may be corrected up or down, so refunds may
@@ -118,13 +122,18 @@ class Service:
     )
     config: MappingConfig = field(default_factory=MappingConfig)
     profile: Profile | None = None
-    parked: set[str] = field(default_factory=set)
+    parked: dict[str, str] = field(default_factory=dict)
+    """Parked orders, each with the event id of the dead letter that parked it."""
+    refused_creates: set[str] = field(default_factory=set)
+    """Orders whose creates Button refuses (503 until the retries run out)."""
     log: list[str] = field(default_factory=list)
     dlq: list[tuple[str, str]] = field(default_factory=list)
     discarded: list[tuple[str, str]] = field(default_factory=list)
 
-    def record(self, ev: Ev) -> None:
-        """Process ``ev`` as one record of the input topic."""
+    def record(self, ev: Ev, *, crash_before_send: bool = False) -> None:
+        """Process ``ev`` as one record of the input topic; ``crash_before_send``: the process
+        dies once the record's profile was written, before its request reached Button (the
+        record is not finished: it is processed again after the restart)."""
         config = self.config
         event = event_from_json(ev.json())
         if ev.order_id in self.parked:
@@ -147,13 +156,32 @@ class Service:
             self.log.append(f"{ev.event_id}: reject {result.reason}")
         elif isinstance(result, Skip):
             self.log.append(f"{ev.event_id}: skip {result.reason}")
+        elif isinstance(result, Send) and crash_before_send:
+            self.log.append(f"{ev.event_id}: crashed before {result.request.action.value}")
         elif isinstance(result, Send):
             self._send(ev, result)
+
+    def replay(self, ev: Ev) -> None:
+        """``replay-dlq`` of ``ev``'s dead letter: the replay of the dead letter that parked its
+        order releases the order, and the record is processed again."""
+        if self.parked.get(ev.order_id) == ev.event_id:
+            del self.parked[ev.order_id]
+        self.log.append(f"{ev.event_id}: replayed")
+        self.record(ev)
+
+    def _dead_letter(self, ev: Ev, reason: str, order_id: str) -> None:
+        """A delivery failure: dead-lettered, and its order parked behind it."""
+        self.dlq.append((ev.event_id, reason))
+        self.parked.setdefault(order_id, ev.event_id)
 
     def _send(self, ev: Ev, result: Send) -> None:
         req = result.request
         body = dict(req.body or {})
         if req.action is Action.CREATE:
+            if req.order_id in self.refused_creates:
+                self.log.append(f"{ev.event_id}: create total={body.get('total')} -> 503")
+                self._dead_letter(ev, "retries_exhausted", req.order_id)
+                return
             status, _ = self.book.create(body)
             self.log.append(f"{ev.event_id}: create total={body.get('total')} -> {status}")
             if status == 409 and result.follow_up is not None:
@@ -166,17 +194,14 @@ class Service:
                 read, answer = self.book.get(req.order_id)
                 if read == 200 and answer["object"]["status"] == "deleted":
                     return  # deleted at Button: done
-                self.dlq.append((ev.event_id, "http_404"))
-                self.parked.add(req.order_id)
+                self._dead_letter(ev, "http_404", req.order_id)
             elif status not in (200, 403):
-                self.dlq.append((ev.event_id, f"http_{status}"))
-                self.parked.add(req.order_id)
+                self._dead_letter(ev, f"http_{status}", req.order_id)
             return
         status, _ = self.book.cancel(req.order_id)
         self.log.append(f"{ev.event_id}: cancel -> {status}")
         if status not in (200, 404):
-            self.dlq.append((ev.event_id, f"http_{status}"))
-            self.parked.add(req.order_id)
+            self._dead_letter(ev, f"http_{status}", req.order_id)
 
     def button(self) -> ButtonOrders:
         """The live orders Button holds: (total in minor units, lines, purchase date)."""
@@ -325,6 +350,63 @@ def test_purchase_after_delete_that_changes_nothing_is_skipped(late: Ev) -> None
     service = run([P1, R1_A, late])
     assert service.dlq == []
     assert service.button() == {}
+
+
+# A refund that carries the order's create: R2 (B x1 and 15.00) leaves nothing of P1 (A and B,
+# 15.00) before anything was sent, so P1 sends nothing; R1 (5.00), earlier in event time, leaves
+# R2 more than what is left (``refund_exceeds_total``): the order is live, and R1 sends its create.
+P1_AB = Ev("p1", "PURCHASE", 10, qty=(("A", 1), ("B", 1)))
+R2_EMPTYING = Ev("r2", "REFUND", 30, qty=(("B", 1),), amount=15)
+R1_LATE = Ev("r1", "REFUND", 20, amount=5)
+CARRIED = [R2_EMPTYING, P1_AB, R1_LATE]
+LIVE_AB_10 = {"O": (1000, (("A", 1, 1000), ("B", 1, 500)), "2026-01-05T10:10:00Z")}
+
+
+def test_a_create_carried_by_a_refund_is_re_sent_by_the_replay_of_its_dead_letter() -> None:
+    """The break trial: R1's create was dead-lettered (Button answered 503 until the retries
+    ran out); the replay of R1 found nothing new for Button and sent an update, answered 404,
+    so the order never reached Button. The replay re-sends the create (a 409 would be followed
+    by the update of the same state)."""
+    service = Service(refused_creates={"O"})
+    for ev in CARRIED:
+        service.record(ev)
+    assert service.dlq == [("r1", "retries_exhausted")]
+    assert service.discarded == [("r2", "refund_exceeds_total")]
+    assert service.button() == {}
+
+    service.refused_creates.clear()
+    service.replay(R1_LATE)
+    assert service.log[-1] == "r1: create total=1000 -> 200"
+    assert service.dlq == [("r1", "retries_exhausted")]
+    assert service.button() == ledger_state(CARRIED) == LIVE_AB_10
+
+
+def test_a_create_carried_by_a_refund_is_re_sent_after_a_crash_before_it_reached_button() -> None:
+    """The process dies after R1's profile (recording the create) was written and before the
+    create reached Button: R1 processed again after the restart sends the create."""
+    service = Service()
+    service.record(R2_EMPTYING)
+    service.record(P1_AB)
+    service.record(R1_LATE, crash_before_send=True)
+    assert service.button() == {}
+    service.record(R1_LATE)
+    assert service.log[-1] == "r1: create total=1000 -> 200"
+    assert service.dlq == []
+    assert service.button() == ledger_state(CARRIED) == LIVE_AB_10
+
+
+def test_a_duplicate_that_brings_nothing_new_re_sends_the_create_and_converges() -> None:
+    """Whatever the event type, an event that brings nothing new re-sends the order's state as
+    a create: answered 409 once Button holds the order, followed by the update of that state."""
+    service = run([*CARRIED, R1_LATE, P1_AB])
+    assert service.log[-4:] == [
+        "r1: create total=1000 -> 409",
+        "r1: update total=1000 -> 200",
+        "p1: create total=1000 -> 409",
+        "p1: update total=1000 -> 200",
+    ]
+    assert service.dlq == []
+    assert service.button() == LIVE_AB_10
 
 
 # --- properties ---------------------------------------------------------------------------------
