@@ -36,8 +36,9 @@ Decisions worth knowing (the README's mapping table has the field-by-field rules
   order's final state is the same however many times an event is replayed.
 * The order ledger (``_order_event``): Button is sent the ledger's event-time state. A refund
   that does not fit the order's content is rejected and kept as not applying (a corrected
-  purchase applies it; a duplicate is a duplicate); refunds that leave nothing before anything
-  was sent send nothing (a correction is judged again); an event that would make live again an
+  purchase applies it; processed again while it does not apply, a duplicate or a replay of its
+  dead letter, it is rejected again); refunds that leave nothing before anything was sent send
+  nothing (a correction is judged again); an event that would make live again an
   order Button holds deleted is rejected ``order_deleted_at_button`` (a DELETE is permanent).
 * Remaining total after a partial refund: ``current total - refunded amount`` when the refund
   carries an amount (net of tax and shipping like a purchase), else the value of the remaining
@@ -513,11 +514,11 @@ def _order_event(
             # Held until now; whether Button knows the order decides (``Read.held`` otherwise).
             result = Read(read_request(order_id), result)
     _within_refund_cap(known, order, desired)
-    misfit = _not_fitting(event, known, desired)
+    misfit = _not_fitting(event, desired)
     if misfit is not None:
         # Dead-lettered with its reason (a ``MappingError``'s, ``_desired``), and kept in the
         # ledger as a refund that does not apply: a corrected purchase applies it when it
-        # fits, a duplicate is a duplicate.
+        # fits; processed again while it does not, it is dead-lettered again.
         result = Reject(misfit.reason, misfit.detail)
     elif desired.ignored and order.status is not OrderStatus.CANCELLED:
         result = _reporting_discarded(result, desired.ignored, known)
@@ -526,18 +527,17 @@ def _order_event(
     return result, _keep_orders(profile.with_order(order), config.max_orders_per_profile)
 
 
-def _not_fitting(
-    event: CommerceEvent, known: StoredOrder | None, desired: _State
-) -> DiscardedRefund | None:
-    """The refund ``event`` when it is new to the ledger (``known``, before the event) and
-    does not apply to the order's content as it stands (``desired.ignored``): a product the
-    order does not have, more units or more than the total, another currency. It is rejected
-    with that reason and detail, as in event-time order, and still recorded (``_desired``
-    ignores it until a corrected purchase lets it apply). ``None`` for any other event, and
-    for a replay of a refund the ledger holds (rejected once, not twice)."""
-    if event.event_type is not EventType.REFUND or (
-        known is not None and known.refund(event.event_id) is not None
-    ):
+def _not_fitting(event: CommerceEvent, desired: _State) -> DiscardedRefund | None:
+    """The refund ``event`` when it does not apply to the order's content as it stands
+    (``desired.ignored``): a product the order does not have, more units or more than the
+    total, another currency. It is rejected with that reason and detail, as in event-time
+    order, and still recorded (``_desired`` ignores it until a corrected purchase lets it
+    apply). Every time it is processed while it does not apply: new to the ledger, or not (a
+    duplicate, the replay of its dead letter, its record processed again after a crash that
+    came before the dead letter was written, a held refund's event sent again after its
+    purchase discarded it), so that replaying the dead-letter topic never makes it look
+    handled. ``None`` for any other event."""
+    if event.event_type is not EventType.REFUND:
         return None
     return next((r for r in desired.ignored if r.event_id == event.event_id), None)
 

@@ -92,6 +92,9 @@ EVENTS = [
     _purchase("u3", f"T-KEPT-{RUN}", "kept-p1", 10, {"A": 1}),
     _refund("u3", f"T-KEPT-{RUN}", "kept-r", 30, {"B": 1}),
     _purchase("u3", f"T-KEPT-{RUN}", "kept-p2", 20, {"A": 1, "B": 1}),
+    # The same refund without a correction: dead-lettered and kept, it never applies.
+    _purchase("u5", f"T-NOFIT-{RUN}", "nofit-p1", 10, {"A": 1}),
+    _refund("u5", f"T-NOFIT-{RUN}", "nofit-r", 30, {"B": 1}),
     # Control: the first scenario's events in event-time order.
     _purchase("u4", f"T-CONTROL-{RUN}", "ctl-p1", 10, {"A": 1}),
     _purchase("u4", f"T-CONTROL-{RUN}", "ctl-p2", 20, {"A": 2}),
@@ -132,21 +135,27 @@ def test_button_holds_the_ledger_state_or_the_dead_letter_says_why(
     expected_letters = [
         ("del-p2", "order_deleted_at_button"),
         ("kept-r", "refund_item_not_in_order"),
+        ("nofit-r", "refund_item_not_in_order"),
     ]
     assert at_button(f"T-CONTROL-{RUN}") == live_a1
     assert at_button(f"T-HELD-{RUN}") == live_a1
     assert at_button(f"T-KEPT-{RUN}") == live_a1
+    assert at_button(f"T-NOFIT-{RUN}") == live_a1
     assert at_button(f"T-DELETED-{RUN}")[0] == "deleted"
     assert sorted(letters()) == expected_letters
 
-    # The README's replay advice: the kept refund's replay is a duplicate (not dead-lettered
-    # again, Button unchanged); the deleted order's correction is rejected again.
+    # The README's replay advice: the kept refund, applied since by the correction, replays as
+    # a duplicate (not dead-lettered again, Button unchanged); the refund that still does not
+    # apply is dead-lettered again with its reason, and the deleted order's correction is
+    # rejected again.
     report = replay_whole_dlq(settings, unique_name("replay"))
     assert report.replayed == len(expected_letters)
     stop_when_done(start_service(settings), kafka_bootstrap, settings.kafka.group_id, topic, 1)
     assert at_button(f"T-KEPT-{RUN}") == live_a1
+    assert at_button(f"T-NOFIT-{RUN}") == live_a1
     assert at_button(f"T-DELETED-{RUN}")[0] == "deleted"
-    assert sorted(letters()) == sorted([*expected_letters, ("del-p2", "order_deleted_at_button")])
+    again = [("del-p2", "order_deleted_at_button"), ("nofit-r", "refund_item_not_in_order")]
+    assert sorted(letters()) == sorted([*expected_letters, *again])
 
 
 def test_a_create_carried_by_a_refund_and_dead_lettered_is_created_by_its_replay(

@@ -519,11 +519,14 @@ def test_refund_replay_changes_nothing() -> None:
     ],
 )
 def test_invalid_partial_refunds_are_rejected(products: list[dict[str, Any]], reason: str) -> None:
-    """Refunds that do not fit the stored order are rejected, not guessed."""
+    """Refunds that do not fit the stored order are rejected, not guessed; kept in the ledger
+    as not applying, each replay of one is rejected again, with the same reason and detail."""
     _, profile = process(purchase(), None, CONFIG, NOW)
-    result, _ = process(refund("evt-r1", products), profile, CONFIG, NOW)
+    result, kept = process(refund("evt-r1", products), profile, CONFIG, NOW)
     assert isinstance(result, Reject)
     assert reason == result.reason
+    replayed, unchanged = process(refund("evt-r1", products), kept, CONFIG, NOW)
+    assert (replayed, unchanged) == (result, None)
 
 
 # --- the refund cap (MAX_REFUNDS_PER_ORDER) never blocks a refund that ends in a cancel ---------

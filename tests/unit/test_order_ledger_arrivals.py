@@ -10,8 +10,8 @@ answered 404 is done; a mapping ``Reject`` is a dead letter that parks nothing; 
 parked order is a parked dead letter. The profile is carried across records. Two faults can be
 injected: Button refusing an order's creates (``refused_creates``: answered 503 until the
 retries run out, ``retries_exhausted``, which parks the order) and a crash after the profile
-was written and before the request reached Button (``record(..., crash_before_send=True)``);
-``replay`` is ``replay-dlq`` of one dead letter.
+was written and before the record finished, its request unsent or its dead letter unwritten
+(``record(..., crash=True)``); ``replay`` is ``replay-dlq`` of one dead letter.
 
 Unlike ``test_ledger_property.py`` and ``test_arrival_order_map.py``, refunds may take every
 unit, amounts may reach the total, and purchases may be corrected up or down, so refunds may
@@ -130,10 +130,10 @@ class Service:
     dlq: list[tuple[str, str]] = field(default_factory=list)
     discarded: list[tuple[str, str]] = field(default_factory=list)
 
-    def record(self, ev: Ev, *, crash_before_send: bool = False) -> None:
-        """Process ``ev`` as one record of the input topic; ``crash_before_send``: the process
-        dies once the record's profile was written, before its request reached Button (the
-        record is not finished: it is processed again after the restart)."""
+    def record(self, ev: Ev, *, crash: bool = False) -> None:
+        """Process ``ev`` as one record of the input topic; ``crash``: the process dies once
+        the record's profile was written, before its request reached Button or its dead letter
+        was written (the record is not finished: it is processed again after the restart)."""
         config = self.config
         event = event_from_json(ev.json())
         if ev.order_id in self.parked:
@@ -151,13 +151,13 @@ class Service:
         self.discarded.extend((d.event_id, d.reason) for d in discarded_by(result))
         if new is not None:
             self.profile = new
-        if isinstance(result, Reject):
+        if crash:
+            self.log.append(f"{ev.event_id}: crashed")
+        elif isinstance(result, Reject):
             self.dlq.append((ev.event_id, result.reason))
             self.log.append(f"{ev.event_id}: reject {result.reason}")
         elif isinstance(result, Skip):
             self.log.append(f"{ev.event_id}: skip {result.reason}")
-        elif isinstance(result, Send) and crash_before_send:
-            self.log.append(f"{ev.event_id}: crashed before {result.request.action.value}")
         elif isinstance(result, Send):
             self._send(ev, result)
 
@@ -278,13 +278,51 @@ def test_refund_rejected_before_its_correction_applies_once_it_arrives() -> None
     assert service.button() == run(by_event_time([P1, R1_B, P2_AB])).button()
 
 
-def test_rejected_refund_replayed_is_a_duplicate() -> None:
-    """The refund's dead letter replayed (before or after the correction) changes nothing and
-    is not dead-lettered again."""
+def test_rejected_refund_replayed_while_it_does_not_apply_is_dead_lettered_again() -> None:
+    """The break trial: the kept refund's dead letter replayed before the correction was
+    skipped (and its record committed), so replaying the DLQ looked like a fix while the refund
+    still did not apply. Processed while it does not apply, it is dead-lettered again with its
+    reason; replayed once the correction applies it, it is a duplicate: no dead letter, Button
+    unchanged."""
     before = run([P1, R1_B, R1_B, P2_AB])
     after = run([P1, R1_B, P2_AB, R1_B])
-    assert before.dlq == after.dlq == [("r1", "refund_item_not_in_order")]
+    assert before.dlq == [("r1", "refund_item_not_in_order")] * 2
+    assert after.dlq == [("r1", "refund_item_not_in_order")]
     assert before.button() == after.button() == LIVE_A1
+
+
+def test_a_rejected_refund_processed_again_after_a_crash_is_dead_lettered() -> None:
+    """The process dies after the profile keeping the refund was written and before its dead
+    letter was: processed again after the restart, the refund (in the ledger already) is
+    dead-lettered, not skipped."""
+    service = run([P1])
+    service.record(R1_B, crash=True)
+    service.record(R1_B)
+    assert service.dlq == [("r1", "refund_item_not_in_order")]
+    assert service.button() == {"O": (1000, (("A", 1, 1000),), "2026-01-05T10:10:00Z")}
+
+
+def test_a_discarded_held_refund_processed_again_is_dead_lettered_with_its_reason() -> None:
+    """A refund held for its purchase that the purchase cannot take is discarded (reported,
+    its record finished when it was held); its record processed again (sent again, a
+    duplicate) is dead-lettered with the reason it does not apply."""
+    service = run([R1_B, P1, R1_B])
+    assert service.discarded == [("r1", "refund_item_not_in_order")]
+    assert service.dlq == [("r1", "refund_item_not_in_order")]
+    assert service.button() == {"O": (1000, (("A", 1, 1000),), "2026-01-05T10:10:00Z")}
+
+
+def test_a_refund_a_later_event_made_stop_applying_is_dead_lettered_when_duplicated() -> None:
+    """R30 (A x1) applied; R20 (A x2), earlier in event time, leaves R30 no unit of A to
+    refund, so R30 stops applying (reported by R20). A duplicate of R30 is dead-lettered with
+    that reason, instead of re-sending the state as if it applied."""
+    purchase = Ev("p1", "PURCHASE", 10, qty=(("A", 2), ("B", 1)))
+    r30 = Ev("r30", "REFUND", 30, qty=(("A", 1),))
+    r20 = Ev("r20", "REFUND", 20, qty=(("A", 2),))
+    service = run([purchase, r30, r20, r30])
+    assert service.discarded == [("r30", "refund_item_not_in_order")]
+    assert service.dlq == [("r30", "refund_item_not_in_order")]
+    assert service.button() == {"O": (500, (("B", 1, 500),), "2026-01-05T10:10:00Z")}
 
 
 def test_duplicate_of_rejected_refund_changes_no_outcome() -> None:
@@ -387,7 +425,7 @@ def test_a_create_carried_by_a_refund_is_re_sent_after_a_crash_before_it_reached
     service = Service()
     service.record(R2_EMPTYING)
     service.record(P1_AB)
-    service.record(R1_LATE, crash_before_send=True)
+    service.record(R1_LATE, crash=True)
     assert service.button() == {}
     service.record(R1_LATE)
     assert service.log[-1] == "r1: create total=1000 -> 200"
@@ -505,7 +543,11 @@ def test_duplicates_are_harmless(data: st.DataObject) -> None:
     expected, trial = run(base), run(arrival)
     note(_explain(expected, trial, arrival))
     assert trial.button() == expected.button()
-    assert sorted(set(trial.dlq)) == sorted(expected.dlq)
+    # A duplicate of a refund that does not apply is dead-lettered again (with its reason):
+    # duplicates add dead letters, of the duplicated events only, and never hide one.
+    assert set(expected.dlq) <= set(trial.dlq)
+    duplicated = {ev.event_id for ev in arrival if arrival.count(ev) > 1}
+    assert {event_id for event_id, _ in set(trial.dlq) - set(expected.dlq)} <= duplicated
 
 
 @pytest.mark.parametrize("after", ["first", "last"])
