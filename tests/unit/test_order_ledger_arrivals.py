@@ -325,6 +325,36 @@ def test_a_refund_a_later_event_made_stop_applying_is_dead_lettered_when_duplica
     assert service.button() == {"O": (500, (("B", 1, 500),), "2026-01-05T10:10:00Z")}
 
 
+# The README's advice for a refund kept as not applying (dead-lettered on arrival, or held and
+# discarded by its purchase): correct the purchase or the refund, never both.
+P2_AB2 = Ev("p2", "PURCHASE", 20, qty=(("A", 1), ("B", 2)))
+R1_B_CORRECTED = Ev("r1-fix", "REFUND", 31, qty=(("B", 1),))
+LIVE_A1_B1 = {"O": (1500, (("A", 1, 1000), ("B", 1, 500)), "2026-01-05T10:20:00Z")}
+KEPT = {"dead-lettered": [P1, R1_B], "held-and-discarded": [R1_B, P1]}
+
+
+@pytest.mark.parametrize("kept", KEPT.values(), ids=KEPT.keys())
+def test_the_corrected_purchase_alone_applies_the_kept_refund_once(kept: list[Ev]) -> None:
+    """The purchase was wrong (no B): the corrected one (A, B x2) is the whole fix. The kept
+    refund of B applies by itself, once (B x1 left, 15.00), replays of it and of the
+    correction included."""
+    service = run([*kept, P2_AB2, R1_B, P2_AB2])
+    assert service.button() == LIVE_A1_B1
+    # Only its arrival after P1 was dead-lettered: once the correction applies it, its replay
+    # is a duplicate.
+    assert service.dlq == ([("r1", "refund_item_not_in_order")] if kept[0] is P1 else [])
+
+
+@pytest.mark.parametrize("kept", KEPT.values(), ids=KEPT.keys())
+def test_a_corrected_refund_sent_besides_the_corrected_purchase_applies_too(kept: list[Ev]) -> None:
+    """What the README warns about: the corrected purchase and a corrected refund (a new event
+    id) sent for the same refund are two refunds, and both apply: B is refunded twice (10.00
+    left, not 15.00)."""
+    service = run([*kept, P2_AB2, R1_B_CORRECTED])
+    assert service.button() == {"O": (1000, (("A", 1, 1000),), "2026-01-05T10:20:00Z")}
+    assert service.button() != LIVE_A1_B1
+
+
 def test_duplicate_of_rejected_refund_changes_no_outcome() -> None:
     """A rejected refund that a later correction applies (it empties the order) ends the same
     with or without a duplicate of it after the correction."""
