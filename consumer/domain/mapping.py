@@ -446,8 +446,10 @@ def _customer(event: CommerceEvent, profile: Profile, config: MappingConfig) -> 
 
 MAX_REFUNDS_PER_ORDER = 64
 """Refund events that apply per live order: a 65th that leaves the order live (or held for its
-purchase) is rejected (``too_many_refunds``). A refund that cancels the order is always taken:
-a cancelled order's later refunds are recorded up to 65 in all, and not beyond. Refunds the
+purchase) is rejected (``too_many_refunds``). A refund that cancels the order is always taken,
+and so is any refund of an order whose ledger holds a whole-order refund (cancelled for good,
+pending or not): a cancelled order's later refunds are recorded up to 65 in all, and not
+beyond. Refunds the
 ledger keeps but that do not apply (held and unable to fit the purchase, or rejected on arrival
 and kept) take no slot (``_within_refund_cap``); held
 ones count until the purchase judges them, so at most 64 are held.
@@ -495,6 +497,14 @@ def _order_event(
     desired = _desired(order)
     if known is not None and known.status is OrderStatus.CANCELLED:
         order, desired = _after_delete(known, order, desired)
+    elif (
+        known is not None
+        and _whole_order_refunded(known)
+        and len(order.refunds) > MAX_REFUNDS_PER_ORDER + 1
+    ):
+        # Pending and cancelled for good (nothing was ever sent): as after a DELETE, beyond
+        # the cap nothing more is recorded, and nothing is rejected (``_within_refund_cap``).
+        order, desired = known, _desired(known)
     looked = lookup if lookup is not None and lookup.order_id == order_id else None
     result: MapResult
     if desired.status is OrderStatus.PENDING and looked is not None and looked.found:
@@ -619,10 +629,15 @@ def _within_refund_cap(known: StoredOrder | None, order: StoredOrder, desired: _
     whole-order refund, every remaining unit, an amount of at least the remaining total,
     whatever ``_apply_refund`` finds leaves nothing) is recorded:
     it is what makes a replay of it send the cancel again, and an order deleted at Button
-    records later refunds up to ``MAX_REFUNDS_PER_ORDER`` + 1 in all (``_after_delete``). A
-    partial refund of an order whose purchase the ledger does not know yet (held,
-    ``refund_held``) cannot be told to cancel before Button is read: beyond the cap it is
-    refused before the read.
+    records later refunds up to ``MAX_REFUNDS_PER_ORDER`` + 1 in all (``_after_delete``). So is
+    any refund of an order whose ledger, with the event, holds a whole-order refund
+    (``_whole_order_refunded``: the event's own or an earlier one), pending too: the order ends
+    cancelled whatever Button holds (sent as the ``DELETE``, or nothing when nothing was ever
+    sent: a purchase its held refunds left nothing of), and such a pending order records
+    refunds up to ``MAX_REFUNDS_PER_ORDER`` + 1 in all, as after a ``DELETE``
+    (``_order_event``). A partial refund of an order whose purchase the ledger does not know
+    yet (held, ``refund_held``) cannot be told to cancel before Button is read: beyond the cap
+    it is refused before the read.
 
     Raises:
         MappingError: ``too_many_refunds``.
@@ -631,6 +646,7 @@ def _within_refund_cap(known: StoredOrder | None, order: StoredOrder, desired: _
         known is None
         or len(order.refunds) <= len(known.refunds)
         or order.status is OrderStatus.CANCELLED
+        or _whole_order_refunded(order)
     ):
         return
     applying = len(order.refunds) - len(desired.ignored)
@@ -777,7 +793,7 @@ def _desired(order: StoredOrder) -> _State:
     rejected, ``_not_fitting``, and kept in the ledger). The ignored ones are listed
     (``_State.ignored``), for a live state only: a cancelled order has nothing left for them to
     reduce."""
-    if any(r.full for r in order.refunds):
+    if _whole_order_refunded(order):
         return _State(OrderStatus.CANCELLED)
     if not order.created_by:
         return _State(OrderStatus.PENDING)
@@ -795,6 +811,13 @@ def _desired(order: StoredOrder) -> _State:
             return _State(OrderStatus.CANCELLED)
         total, lines = applied
     return _State(OrderStatus.OPEN, total, lines, tuple(ignored))
+
+
+def _whole_order_refunded(order: StoredOrder) -> bool:
+    """Whether the ledger ``order`` holds a whole-order refund (no products and no amount,
+    ``StoredRefund.full``): the order is cancelled for good, whatever comes after it in arrival
+    or in event time and whatever Button holds."""
+    return any(r.full for r in order.refunds)
 
 
 def _apply_refund(

@@ -661,6 +661,76 @@ def test_refunds_that_apply_are_still_capped_beside_discarded_ones() -> None:
     assert after is None
 
 
+def _emptied_before_anything_was_sent(held: int) -> Profile:
+    """``held`` refunds of 0.10 held before their purchase (1.00, no lines): they leave nothing
+    of it, so nothing is sent (skip ``order_already_cancelled``) and the order stays pending,
+    its purchase known, with ``held`` refunds."""
+    profile: Profile | None = None
+    for n in range(1, held + 1):
+        tenth = refund(f"evt-h{n:02d}", currency_code="USD", total_amount="0.10")
+        result, profile = process(tenth, profile, CONFIG, NOW)
+        assert isinstance(result, Read)
+    bought = {"total_amount": "1.00", "tax_amount": None, "shipping_amount": None}
+    result, profile = process(purchase(commerce=bought), profile, CONFIG, NOW)
+    assert result == Skip("order_already_cancelled")
+    assert profile is not None
+    order = profile.order("ORD-100045")
+    assert order is not None
+    assert (order.status, len(order.refunds)) == (OrderStatus.PENDING, held)
+    return profile
+
+
+@pytest.mark.parametrize("whole", [{}, {"total_amount": "0"}], ids=["whole-order", "revenue-0"])
+def test_a_whole_order_refund_beyond_the_cap_of_a_pending_order_is_recorded(
+    whole: dict[str, Any],
+) -> None:
+    """The break trial: a 65th refund of a pending order (its purchase known, its 64 held
+    refunds leave nothing, nothing sent) was rejected ``too_many_refunds`` although it names
+    the whole order: the order ends cancelled whatever comes, so it is recorded (nothing is
+    sent: nothing ever was), and its replay is the same skip, never a dead letter."""
+    profile = _emptied_before_anything_was_sent(MAX_REFUNDS_PER_ORDER)
+    result, after = process(refund("evt-w", **whole), profile, CONFIG, NOW)
+    assert result == Skip("order_already_cancelled")
+    assert after is not None
+    order = after.order("ORD-100045")
+    assert order is not None
+    assert len(order.refunds) == MAX_REFUNDS_PER_ORDER + 1
+    assert order.refund("evt-w") is not None
+    assert process(refund("evt-w", **whole), after, CONFIG, NOW) == (result, None)
+
+
+def test_any_refund_of_a_pending_order_holding_a_whole_order_refund_is_never_capped() -> None:
+    """A pending order whose ledger holds a whole-order refund is cancelled for good: a 65th
+    refund of it (partial) is not rejected ``too_many_refunds`` but recorded; beyond 65 refunds
+    in all nothing more is recorded (nothing is left to refund), and nothing is rejected."""
+    profile = _emptied_before_anything_was_sent(MAX_REFUNDS_PER_ORDER - 1)
+    result, profile_w = process(refund("evt-w"), profile, CONFIG, NOW)
+    assert result == Skip("order_already_cancelled")
+    assert profile_w is not None
+    partial = refund("evt-r65", currency_code="USD", total_amount="0.10")
+    result, after = process(partial, profile_w, CONFIG, NOW)
+    assert result == Skip("order_already_cancelled")
+    assert after is not None
+    order = after.order("ORD-100045")
+    assert order is not None
+    assert len(order.refunds) == MAX_REFUNDS_PER_ORDER + 1
+    beyond = refund("evt-r66", currency_code="USD", total_amount="0.10")
+    assert process(beyond, after, CONFIG, NOW) == (Skip("order_already_cancelled"), None)
+
+
+def test_a_whole_order_refund_beyond_the_held_cap_cancels_and_its_replay_cancels_again() -> None:
+    """An order whose purchase is not known, 64 partial refunds held: a whole-order refund needs
+    no read (it cancels whatever Button holds), is never capped, and is sent as the ``DELETE``;
+    its replay sends it again."""
+    profile: Profile | None = None
+    for n in range(1, MAX_REFUNDS_PER_ORDER + 1):
+        tenth = refund(f"evt-h{n:02d}", currency_code="USD", total_amount="0.10")
+        _, profile = process(tenth, profile, CONFIG, NOW)
+    result, after = process(refund("evt-w"), profile, CONFIG, NOW)
+    assert send(result).action == Action.CANCEL
+    assert process(refund("evt-w"), after, CONFIG, NOW) == (result, None)
+
+
 # --- a refund that leaves nothing is a whole-order refund: a cancel -----------------------------
 
 DISCOUNTED = {
