@@ -445,14 +445,18 @@ def _customer(event: CommerceEvent, profile: Profile, config: MappingConfig) -> 
 # --- the order ledger ---------------------------------------------------------------------------
 
 MAX_REFUNDS_PER_ORDER = 64
-"""Refund events that apply per live order: a 65th that leaves the order live (or held for its
-purchase) is rejected (``too_many_refunds``). A refund that cancels the order is always taken,
-and so is any refund of an order whose ledger holds a whole-order refund (cancelled for good,
-pending or not): a cancelled order's later refunds are recorded up to 65 in all, and not
-beyond. Refunds the
-ledger keeps but that do not apply (held and unable to fit the purchase, or rejected on arrival
-and kept) take no slot (``_within_refund_cap``); held
-ones count until the purchase judges them, so at most 64 are held.
+"""Refund events per live order, counted apart among those that apply and those the ledger keeps
+but that do not apply (held and unable to fit the purchase, rejected on arrival and kept, or
+made to stop applying by a later event; ``_within_refund_cap``). A 65th that applies and
+leaves the order live (or is held for its purchase) is rejected (``too_many_refunds``), and so
+is a 65th that does not apply (the refund itself does not fit, or it makes a kept one stop
+applying): rejected and not kept, so refunds that never apply cannot grow a profile (in memory
+and in the changelog) without bound. A live order's ledger so keeps at most 128 refunds (a
+corrected purchase moves refunds between the two counts, and adds none). Held refunds count as
+applying until the purchase judges them, so at most 64 are held. A refund that cancels the
+order is always taken, and so is any refund of an order whose ledger holds a whole-order refund
+(cancelled for good, pending or not): a cancelled order's later refunds are recorded up to 65
+in all, and not beyond.
 """
 
 
@@ -479,7 +483,8 @@ def _order_event(
     The state Button should hold is recomputed from the ledger as if its events had arrived in
     event-time order (``_desired``); what is sent is the difference from what Button was last
     sent. Nothing is recorded when the event is rejected, but a refund that does not fit the
-    order's content (``_not_fitting``: kept as not applying, it changes no state), so the
+    order's content (``_not_fitting``: kept as not applying, it changes no state; up to
+    ``MAX_REFUNDS_PER_ORDER`` such refunds, beyond which ``too_many_refunds`` keeps none), so the
     profile never records a state Button was not sent.
 
     A refund that needs an order the ledger knows no purchase of (pending) is a ``Read`` of the
@@ -523,7 +528,7 @@ def _order_event(
         if isinstance(result, Skip) and desired.status is OrderStatus.PENDING and looked is None:
             # Held until now; whether Button knows the order decides (``Read.held`` otherwise).
             result = Read(read_request(order_id), result)
-    _within_refund_cap(known, order, desired)
+    _within_refund_cap(event, known, order, desired)
     misfit = _not_fitting(event, desired)
     if misfit is not None:
         # Dead-lettered with its reason (a ``MappingError``'s, ``_desired``), and kept in the
@@ -617,13 +622,22 @@ def _reporting_discarded(
     return replace(result, discarded=discarded) if discarded else result
 
 
-def _within_refund_cap(known: StoredOrder | None, order: StoredOrder, desired: _State) -> None:
-    """Refuse a refund recorded beyond ``MAX_REFUNDS_PER_ORDER`` unless it ends in a cancel.
+def _within_refund_cap(
+    event: CommerceEvent, known: StoredOrder | None, order: StoredOrder, desired: _State
+) -> None:
+    """Refuse a refund ``event`` recorded beyond ``MAX_REFUNDS_PER_ORDER`` unless it ends in a
+    cancel: beyond it among the refunds that apply, or among those that do not.
 
     ``known`` is the order's ledger before the event, ``order`` after it was decided, and
-    ``desired`` the state computed from it. Only refunds that apply count: those the state
-    ignores (``_State.ignored``: held for the purchase and discarded because they did not fit
-    it, or made to stop applying by a later event) reduce nothing at Button and take no slot.
+    ``desired`` the state computed from it. The refunds that apply and those the state ignores
+    (``_State.ignored``: held for the purchase and discarded because they did not fit it,
+    rejected on arrival and kept, or made to stop applying by a later event; they reduce
+    nothing at Button) are capped apart, each at ``MAX_REFUNDS_PER_ORDER``: a refund after
+    which more than that many apply, or more than that many do not (the refund itself does not
+    fit, or it makes a kept one stop applying), is refused and not kept, so a producer sending
+    refunds that never apply cannot grow the profile without bound. (A corrected purchase may
+    leave more than that many not applying: it is never refused, and no refund is kept then
+    until the order takes fewer.)
     The cap bounds the size of the profile (every refund of a live order is kept, so the
     state can be recomputed in event-time order); a refund after which the order is cancelled (a
     whole-order refund, every remaining unit, an amount of at least the remaining total,
@@ -649,7 +663,21 @@ def _within_refund_cap(known: StoredOrder | None, order: StoredOrder, desired: _
         or _whole_order_refunded(order)
     ):
         return
-    applying = len(order.refunds) - len(desired.ignored)
+    not_applying = len(desired.ignored)
+    applying = len(order.refunds) - not_applying
+    if not_applying > MAX_REFUNDS_PER_ORDER:
+        already = len(_desired(known).ignored)
+        itself = next((r for r in desired.ignored if r.event_id == event.event_id), None)
+        why = (
+            f"with this one {not_applying} would not apply"
+            if itself is None
+            else f"this one does not apply either ({itself.reason}: {itself.detail})"
+        )
+        raise MappingError(
+            "too_many_refunds",
+            f"order {known.order_id!r} keeps {already} refunds that do not apply already; {why}:"
+            " it is not kept",
+        )
     if applying > MAX_REFUNDS_PER_ORDER:
         raise MappingError(
             "too_many_refunds", f"order {known.order_id!r} has {applying - 1} refunds already"

@@ -661,6 +661,89 @@ def test_refunds_that_apply_are_still_capped_beside_discarded_ones() -> None:
     assert after is None
 
 
+TWO_LINES = {
+    "total_amount": "25.00",
+    "tax_amount": None,
+    "shipping_amount": None,
+    "products": [{"id": "A", "price": "10.00", "quantity": 2}, {"id": "B", "price": "5.00"}],
+}
+"""ORD-100045 as A x2 at 10.00 and B at 5.00."""
+
+
+def _64_refunds_that_do_not_apply() -> Profile:
+    """ORD-100045 (``TWO_LINES``) bought, then 64 refunds of a product it does not have: each
+    dead-lettered ``refund_item_not_in_order`` and kept in the ledger as not applying."""
+    _, profile = process(purchase(commerce=TWO_LINES), None, CONFIG, NOW)
+    for n in range(1, MAX_REFUNDS_PER_ORDER + 1):
+        result, profile = process(refund(f"evt-x{n:02d}", [{"id": "NOPE"}]), profile, CONFIG, NOW)
+        assert isinstance(result, Reject)
+        assert result.reason == "refund_item_not_in_order"
+    assert profile is not None
+    assert len(profile.order("ORD-100045").refunds) == MAX_REFUNDS_PER_ORDER  # type: ignore[union-attr]
+    return profile
+
+
+def test_a_refund_that_does_not_apply_beyond_64_kept_is_rejected_and_not_kept() -> None:
+    """The break trial: refunds kept as not applying took no slot, so a producer sending bad
+    refunds grew the profile without bound. The 65th is dead-lettered ``too_many_refunds``,
+    naming why, and not kept (a corrected purchase will not apply it); its replay is rejected
+    the same way. A refund that applies is still taken."""
+    profile = _64_refunds_that_do_not_apply()
+    nope = refund("evt-x65", [{"id": "NOPE"}])
+    result, after = process(nope, profile, CONFIG, NOW)
+    assert result == Reject(
+        "too_many_refunds",
+        "order 'ORD-100045' keeps 64 refunds that do not apply already; this one does not apply"
+        " either (refund_item_not_in_order: refunded product 'NOPE' is not in the order): it is"
+        " not kept",
+    )
+    assert after is None
+    assert process(nope, profile, CONFIG, NOW) == (result, None)
+
+    applies, changed = process(refund("evt-r1", [{"id": "B"}]), profile, CONFIG, NOW)
+    assert (send(applies).action, send(applies).body["total"]) == (Action.UPDATE, 2000)
+    assert changed is not None
+
+
+def test_a_refund_that_does_not_apply_beside_64_discarded_held_ones_is_not_kept() -> None:
+    """Held refunds the purchase discarded are kept as not applying too: beside 64 of them, a
+    refund in another currency is dead-lettered ``too_many_refunds`` and not kept."""
+    profile, _ = _64_held_refunds_discarded()
+    eur = refund("evt-x65", currency_code="EUR", total_amount="0.10")
+    result, after = process(eur, profile, CONFIG, NOW)
+    assert isinstance(result, Reject)
+    assert result.reason == "too_many_refunds"
+    assert "refund_currency_mismatch" in result.detail
+    assert after is None
+
+
+def test_a_refund_that_would_make_a_65th_stop_applying_is_rejected_and_not_kept() -> None:
+    """Beside 64 refunds that do not apply, R1 (A x1) applies; R0 (A x2), dated before it,
+    would leave R1 no unit of A: a 65th refund that does not apply. R0 is dead-lettered
+    ``too_many_refunds`` and not kept: Button keeps the state R1 left."""
+    profile = _64_refunds_that_do_not_apply()
+    one, profile_r1 = process(refund("evt-r1", [{"id": "A"}]), profile, CONFIG, NOW)
+    assert send(one).body["total"] == 1500
+    assert profile_r1 is not None
+    earlier = event(
+        event_id="evt-r0",
+        event_type="REFUND",
+        event_time="2024-05-01T14:00:00Z",
+        commerce={
+            "action": "REFUND",
+            "transaction_id": "ORD-100045",
+            "products": [{"id": "A", "quantity": 2}],
+        },
+    )
+    result, after = process(earlier, profile_r1, CONFIG, NOW)
+    assert result == Reject(
+        "too_many_refunds",
+        "order 'ORD-100045' keeps 64 refunds that do not apply already; with this one 65 would"
+        " not apply: it is not kept",
+    )
+    assert after is None
+
+
 def _emptied_before_anything_was_sent(held: int) -> Profile:
     """``held`` refunds of 0.10 held before their purchase (1.00, no lines): they leave nothing
     of it, so nothing is sent (skip ``order_already_cancelled``) and the order stays pending,
