@@ -237,19 +237,29 @@ def delivered_actions(order: Mapping[str, Any]) -> list[Action]:
 
     The update that follows a create answered 409 (a replayed purchase or refund, any event
     that brings nothing new: the service re-sends the order's full state as its create, and
-    on the 409 as the update, so Button converges) is not a new action: it is the update right
-    after the 409 that carries the same total as the refused create. A 409 without its update
-    (a former owner that learnt it lost the partition in between) leaves the next update a new
-    action. The order's state and total are checked separately.
+    on the 409 as the update, so Button converges) is not a new action when it re-sends the
+    state Button holds: the update right after the 409 that carries the same total as the
+    refused create and as the last create or update Button applied. When it brings a total
+    Button does not hold, it is the order's update that another request carried and that never
+    reached Button (abandoned when its member lost the partition, say): a new action. A 409
+    without its update (a former owner that learnt it lost the partition in between) leaves the
+    next update a new action. The order's state and total are checked separately.
     """
     actions = []
     conflict_total: int | None = None  # the total of a create just answered 409
+    held_total: int | None = None  # the total of the last create or update Button applied
     for entry in order["history"]:
         update = entry["method"] == "POST" and entry["path"] != "/v1/order"
-        follow_up = update and conflict_total is not None and entry["total"] == conflict_total
+        follow_up = (
+            update and conflict_total is not None and entry["total"] == conflict_total == held_total
+        )
         refused_create = entry["path"] == "/v1/order" and entry["status"] == 409
         conflict_total = entry["total"] if refused_create else None
-        if follow_up or entry["fault"] is not None or not 200 <= (entry["status"] or 0) < 300:
+        if entry["fault"] is not None or not 200 <= (entry["status"] or 0) < 300:
+            continue
+        if entry["method"] == "POST":
+            held_total = entry["total"]
+        if follow_up:
             continue
         if entry["method"] == "DELETE":
             actions.append(Action.CANCEL)
