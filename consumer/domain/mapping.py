@@ -13,29 +13,32 @@ Decisions worth knowing (the README's mapping table has the field-by-field rules
   leaving no line with a positive amount or a remaining total of 0 or below); otherwise update
   (``POST /v1/order/{id}``) with the order's remaining line items and total, computed from the
   order stored in the profile. An amount that is nothing net of tax and shipping in the
-  currency's minor unit (the tax or shipping alone, a fraction of a cent) changes no total: an
-  update of the same state, never a cancel. A ``total_amount`` of 0 counts as none given (CDPs
-  send 0 on a refund that names only its transaction). A refund of an order the profile does
-  not know is a cancel when it names no products and no amount (remembered, so a later
-  purchase is not created). Else it needs the order: the mapping asks for it to be read from
-  Button (``Read``) and, given the answer (``lookup``, ``adoption``), adopts Button's order as
-  the base the refund applies to (an update, or a cancel when nothing is left), remembers an
-  order Button holds deleted as cancelled (skip ``order_already_cancelled``), or, when Button
-  does not know the order either, holds the refund in the profile (``refund_held``) until the
-  purchase arrives.
+  currency's minor unit (the tax or shipping alone, a fraction of a cent) changes no total: the
+  same state re-sent, as a replay re-sends it (below), never a cancel. A ``total_amount`` of 0
+  counts as none given (CDPs send 0 on a refund that names only its transaction). A refund of
+  an order the profile does not know is a cancel when it names no products and no amount
+  (remembered, so a later purchase is not created). Else it needs the order: the mapping asks
+  for it to be read from Button (``Read``) and, given the answer (``lookup``, ``adoption``),
+  adopts Button's order as the base the refund applies to (an update, or a cancel when nothing
+  is left), remembers an order Button holds deleted as cancelled (skip
+  ``order_already_cancelled``), or, when Button does not know the order either, holds the
+  refund in the profile (``refund_held``) until the purchase arrives.
 * Replays. The caller queues the new profile to the changelog before the Button call and
   finishes the record only once the write is acknowledged, so after a crash the event is
   processed again against a profile that may already contain its effect. Such an event is
-  therefore never skipped: a replayed refund (its event id is already
-  in the order's ``refunds``) changes nothing in the profile and re-sends the order's current
-  state (update, or cancel); a replayed purchase re-sends the create with the stored state and
-  token. Full-state updates and deletes are idempotent at Button, and a duplicate create is
-  answered 409, which the pipeline follows with the update of the same state (``Send.follow_up``,
-  DESIGN 2): the order's final state is the same however many times an event is replayed.
+  therefore never skipped: a replayed refund (its event id is already in the order's
+  ``refunds``) or purchase changes nothing in the profile and re-sends the order's current state:
+  the cancel, or the create with the stored state and token, whatever the event's type (the
+  create may have been carried by a refund, one that made a pending order live, and never have
+  reached Button: dead-lettered, or lost in a crash after the profile was written). Full-state
+  updates and deletes are idempotent at Button, and a duplicate create is answered 409, which
+  the pipeline follows with the update of the same state (``Send.follow_up``, DESIGN 2): the
+  order's final state is the same however many times an event is replayed.
 * The order ledger (``_order_event``): Button is sent the ledger's event-time state. A refund
   that does not fit the order's content is rejected and kept as not applying (a corrected
-  purchase applies it; a duplicate is a duplicate); refunds that leave nothing before anything
-  was sent send nothing (a correction is judged again); an event that would make live again an
+  purchase applies it; processed again while it does not apply, a duplicate or a replay of its
+  dead letter, it is rejected again); refunds that leave nothing before anything was sent send
+  nothing (a correction is judged again); an event that would make live again an
   order Button holds deleted is rejected ``order_deleted_at_button`` (a DELETE is permanent).
 * Remaining total after a partial refund: ``current total - refunded amount`` when the refund
   carries an amount (net of tax and shipping like a purchase), else the value of the remaining
@@ -442,12 +445,18 @@ def _customer(event: CommerceEvent, profile: Profile, config: MappingConfig) -> 
 # --- the order ledger ---------------------------------------------------------------------------
 
 MAX_REFUNDS_PER_ORDER = 64
-"""Refund events that apply per live order: a 65th that leaves the order live (or held for its
-purchase) is rejected (``too_many_refunds``). A refund that cancels the order is always taken:
-a cancelled order's later refunds are recorded up to 65 in all, and not beyond. Refunds the
-ledger keeps but that do not apply (held and unable to fit the purchase, or rejected on arrival
-and kept) take no slot (``_within_refund_cap``); held
-ones count until the purchase judges them, so at most 64 are held.
+"""Refund events per live order, counted apart among those that apply and those the ledger keeps
+but that do not apply (held and unable to fit the purchase, rejected on arrival and kept, or
+made to stop applying by a later event; ``_within_refund_cap``). A 65th that applies and
+leaves the order live (or is held for its purchase) is rejected (``too_many_refunds``), and so
+is a 65th that does not apply (the refund itself does not fit, or it makes a kept one stop
+applying): rejected and not kept, so refunds that never apply cannot grow a profile (in memory
+and in the changelog) without bound. A live order's ledger so keeps at most 128 refunds (a
+corrected purchase moves refunds between the two counts, and adds none). Held refunds count as
+applying until the purchase judges them, so at most 64 are held. A refund that cancels the
+order is always taken, and so is any refund of an order whose ledger holds a whole-order refund
+(cancelled for good, pending or not): a cancelled order's later refunds are recorded up to 65
+in all, and not beyond.
 """
 
 
@@ -474,7 +483,8 @@ def _order_event(
     The state Button should hold is recomputed from the ledger as if its events had arrived in
     event-time order (``_desired``); what is sent is the difference from what Button was last
     sent. Nothing is recorded when the event is rejected, but a refund that does not fit the
-    order's content (``_not_fitting``: kept as not applying, it changes no state), so the
+    order's content (``_not_fitting``: kept as not applying, it changes no state; up to
+    ``MAX_REFUNDS_PER_ORDER`` such refunds, beyond which ``too_many_refunds`` keeps none), so the
     profile never records a state Button was not sent.
 
     A refund that needs an order the ledger knows no purchase of (pending) is a ``Read`` of the
@@ -492,6 +502,14 @@ def _order_event(
     desired = _desired(order)
     if known is not None and known.status is OrderStatus.CANCELLED:
         order, desired = _after_delete(known, order, desired)
+    elif (
+        known is not None
+        and _whole_order_refunded(known)
+        and len(order.refunds) > MAX_REFUNDS_PER_ORDER + 1
+    ):
+        # Pending and cancelled for good (nothing was ever sent): as after a DELETE, beyond
+        # the cap nothing more is recorded, and nothing is rejected (``_within_refund_cap``).
+        order, desired = known, _desired(known)
     looked = lookup if lookup is not None and lookup.order_id == order_id else None
     result: MapResult
     if desired.status is OrderStatus.PENDING and looked is not None and looked.found:
@@ -510,12 +528,12 @@ def _order_event(
         if isinstance(result, Skip) and desired.status is OrderStatus.PENDING and looked is None:
             # Held until now; whether Button knows the order decides (``Read.held`` otherwise).
             result = Read(read_request(order_id), result)
-    _within_refund_cap(known, order, desired)
-    misfit = _not_fitting(event, known, desired)
+    _within_refund_cap(event, known, order, desired)
+    misfit = _not_fitting(event, desired)
     if misfit is not None:
         # Dead-lettered with its reason (a ``MappingError``'s, ``_desired``), and kept in the
         # ledger as a refund that does not apply: a corrected purchase applies it when it
-        # fits, a duplicate is a duplicate.
+        # fits; processed again while it does not, it is dead-lettered again.
         result = Reject(misfit.reason, misfit.detail)
     elif desired.ignored and order.status is not OrderStatus.CANCELLED:
         result = _reporting_discarded(result, desired.ignored, known)
@@ -524,18 +542,17 @@ def _order_event(
     return result, _keep_orders(profile.with_order(order), config.max_orders_per_profile)
 
 
-def _not_fitting(
-    event: CommerceEvent, known: StoredOrder | None, desired: _State
-) -> DiscardedRefund | None:
-    """The refund ``event`` when it is new to the ledger (``known``, before the event) and
-    does not apply to the order's content as it stands (``desired.ignored``): a product the
-    order does not have, more units or more than the total, another currency. It is rejected
-    with that reason and detail, as in event-time order, and still recorded (``_desired``
-    ignores it until a corrected purchase lets it apply). ``None`` for any other event, and
-    for a replay of a refund the ledger holds (rejected once, not twice)."""
-    if event.event_type is not EventType.REFUND or (
-        known is not None and known.refund(event.event_id) is not None
-    ):
+def _not_fitting(event: CommerceEvent, desired: _State) -> DiscardedRefund | None:
+    """The refund ``event`` when it does not apply to the order's content as it stands
+    (``desired.ignored``): a product the order does not have, more units or more than the
+    total, another currency. It is rejected with that reason and detail, as in event-time
+    order, and still recorded (``_desired`` ignores it until a corrected purchase lets it
+    apply). Every time it is processed while it does not apply: new to the ledger, or not (a
+    duplicate, the replay of its dead letter, its record processed again after a crash that
+    came before the dead letter was written, a held refund's event sent again after its
+    purchase discarded it), so that replaying the dead-letter topic never makes it look
+    handled. ``None`` for any other event."""
+    if event.event_type is not EventType.REFUND:
         return None
     return next((r for r in desired.ignored if r.event_id == event.event_id), None)
 
@@ -605,22 +622,36 @@ def _reporting_discarded(
     return replace(result, discarded=discarded) if discarded else result
 
 
-def _within_refund_cap(known: StoredOrder | None, order: StoredOrder, desired: _State) -> None:
-    """Refuse a refund recorded beyond ``MAX_REFUNDS_PER_ORDER`` unless it ends in a cancel.
+def _within_refund_cap(
+    event: CommerceEvent, known: StoredOrder | None, order: StoredOrder, desired: _State
+) -> None:
+    """Refuse a refund ``event`` recorded beyond ``MAX_REFUNDS_PER_ORDER`` unless it ends in a
+    cancel: beyond it among the refunds that apply, or among those that do not.
 
     ``known`` is the order's ledger before the event, ``order`` after it was decided, and
-    ``desired`` the state computed from it. Only refunds that apply count: those the state
-    ignores (``_State.ignored``: held for the purchase and discarded because they did not fit
-    it, or made to stop applying by a later event) reduce nothing at Button and take no slot.
+    ``desired`` the state computed from it. The refunds that apply and those the state ignores
+    (``_State.ignored``: held for the purchase and discarded because they did not fit it,
+    rejected on arrival and kept, or made to stop applying by a later event; they reduce
+    nothing at Button) are capped apart, each at ``MAX_REFUNDS_PER_ORDER``: a refund after
+    which more than that many apply, or more than that many do not (the refund itself does not
+    fit, or it makes a kept one stop applying), is refused and not kept, so a producer sending
+    refunds that never apply cannot grow the profile without bound. (A corrected purchase may
+    leave more than that many not applying: it is never refused, and no refund is kept then
+    until the order takes fewer.)
     The cap bounds the size of the profile (every refund of a live order is kept, so the
     state can be recomputed in event-time order); a refund after which the order is cancelled (a
     whole-order refund, every remaining unit, an amount of at least the remaining total,
     whatever ``_apply_refund`` finds leaves nothing) is recorded:
     it is what makes a replay of it send the cancel again, and an order deleted at Button
-    records later refunds up to ``MAX_REFUNDS_PER_ORDER`` + 1 in all (``_after_delete``). A
-    partial refund of an order whose purchase the ledger does not know yet (held,
-    ``refund_held``) cannot be told to cancel before Button is read: beyond the cap it is
-    refused before the read.
+    records later refunds up to ``MAX_REFUNDS_PER_ORDER`` + 1 in all (``_after_delete``). So is
+    any refund of an order whose ledger, with the event, holds a whole-order refund
+    (``_whole_order_refunded``: the event's own or an earlier one), pending too: the order ends
+    cancelled whatever Button holds (sent as the ``DELETE``, or nothing when nothing was ever
+    sent: a purchase its held refunds left nothing of), and such a pending order records
+    refunds up to ``MAX_REFUNDS_PER_ORDER`` + 1 in all, as after a ``DELETE``
+    (``_order_event``). A partial refund of an order whose purchase the ledger does not know
+    yet (held, ``refund_held``) cannot be told to cancel before Button is read: beyond the cap
+    it is refused before the read.
 
     Raises:
         MappingError: ``too_many_refunds``.
@@ -629,9 +660,24 @@ def _within_refund_cap(known: StoredOrder | None, order: StoredOrder, desired: _
         known is None
         or len(order.refunds) <= len(known.refunds)
         or order.status is OrderStatus.CANCELLED
+        or _whole_order_refunded(order)
     ):
         return
-    applying = len(order.refunds) - len(desired.ignored)
+    not_applying = len(desired.ignored)
+    applying = len(order.refunds) - not_applying
+    if not_applying > MAX_REFUNDS_PER_ORDER:
+        already = len(_desired(known).ignored)
+        itself = next((r for r in desired.ignored if r.event_id == event.event_id), None)
+        why = (
+            f"with this one {not_applying} would not apply"
+            if itself is None
+            else f"this one does not apply either ({itself.reason}: {itself.detail})"
+        )
+        raise MappingError(
+            "too_many_refunds",
+            f"order {known.order_id!r} keeps {already} refunds that do not apply already; {why}:"
+            " it is not kept",
+        )
     if applying > MAX_REFUNDS_PER_ORDER:
         raise MappingError(
             "too_many_refunds", f"order {known.order_id!r} has {applying - 1} refunds already"
@@ -775,7 +821,7 @@ def _desired(order: StoredOrder) -> _State:
     rejected, ``_not_fitting``, and kept in the ledger). The ignored ones are listed
     (``_State.ignored``), for a live state only: a cancelled order has nothing left for them to
     reduce."""
-    if any(r.full for r in order.refunds):
+    if _whole_order_refunded(order):
         return _State(OrderStatus.CANCELLED)
     if not order.created_by:
         return _State(OrderStatus.PENDING)
@@ -793,6 +839,13 @@ def _desired(order: StoredOrder) -> _State:
             return _State(OrderStatus.CANCELLED)
         total, lines = applied
     return _State(OrderStatus.OPEN, total, lines, tuple(ignored))
+
+
+def _whole_order_refunded(order: StoredOrder) -> bool:
+    """Whether the ledger ``order`` holds a whole-order refund (no products and no amount,
+    ``StoredRefund.full``): the order is cancelled for good, whatever comes after it in arrival
+    or in event time and whatever Button holds."""
+    return any(r.full for r in order.refunds)
 
 
 def _apply_refund(
@@ -895,10 +948,11 @@ def _reconcile(  # noqa: PLR0911 - one return per row of the reconciliation tabl
         created = order.with_sent(OrderStatus.OPEN, digest)
         return _create(state, _customer(event, profile, config), body=body), created
     if digest == order.sent_digest:
-        # Nothing new for Button (a replay, or a duplicate): re-send its state, idempotently.
-        if is_purchase:
-            return _create(state, _customer(event, profile, config), body=body), order
-        return Send(update_request(order.order_id, body)), order
+        # Nothing new for Button (a replay, or a duplicate): re-send its state as the create,
+        # whatever the event (a refund may have carried the create, and that create may never
+        # have reached Button: dead-lettered, or a crash after the profile was written); a 409
+        # is followed by the update of the same state, idempotently.
+        return _create(state, _customer(event, profile, config), body=body), order
     updated = order.with_sent(OrderStatus.UPDATED, digest)
     return Send(update_request(order.order_id, body)), updated
 

@@ -208,7 +208,10 @@ def expected_orders(
 ) -> dict[str, ExpectedOrder]:
     """The oracle: the requests the service must send, from the pure mapping, per user in order.
 
-    Only events the mapping turns into requests count (skips and rejects send nothing).
+    Only events the mapping turns into requests count (skips and rejects send nothing), and
+    a create of an order created already is none: an event that brings nothing new re-sends
+    the order's state as its create, which Button answers 409, and the update of the same
+    state that follows is no new action either (``delivered_actions``).
     """
     config = mapping_config(settings)
     moment = now or datetime.now(UTC)
@@ -221,6 +224,8 @@ def expected_orders(
         if isinstance(result, Send):
             request = result.request
             order = orders.setdefault(request.order_id, ExpectedOrder(request.order_id))
+            if request.action is Action.CREATE and Action.CREATE in order.actions:
+                continue  # re-sent: answered 409 (and converged by its follow-up update)
             order.actions.append(request.action)
             if request.body is not None and "total" in request.body:
                 order.total = int(request.body["total"])
@@ -230,20 +235,31 @@ def expected_orders(
 def delivered_actions(order: Mapping[str, Any]) -> list[Action]:
     """The requests a sandbox order's history shows Button *applied* (2xx, no injected fault).
 
-    The update that follows a create answered 409 (a replayed purchase: the service re-sends
-    the order's full state so Button converges) is not a new action: it is the update right
-    after the 409 that carries the same total as the refused create. A 409 without its update
-    (a former owner that learnt it lost the partition in between) leaves the next update a new
-    action. The order's state and total are checked separately.
+    The update that follows a create answered 409 (a replayed purchase or refund, any event
+    that brings nothing new: the service re-sends the order's full state as its create, and
+    on the 409 as the update, so Button converges) is not a new action when it re-sends the
+    state Button holds: the update right after the 409 that carries the same total as the
+    refused create and as the last create or update Button applied. When it brings a total
+    Button does not hold, it is the order's update that another request carried and that never
+    reached Button (abandoned when its member lost the partition, say): a new action. A 409
+    without its update (a former owner that learnt it lost the partition in between) leaves the
+    next update a new action. The order's state and total are checked separately.
     """
     actions = []
     conflict_total: int | None = None  # the total of a create just answered 409
+    held_total: int | None = None  # the total of the last create or update Button applied
     for entry in order["history"]:
         update = entry["method"] == "POST" and entry["path"] != "/v1/order"
-        follow_up = update and conflict_total is not None and entry["total"] == conflict_total
+        follow_up = (
+            update and conflict_total is not None and entry["total"] == conflict_total == held_total
+        )
         refused_create = entry["path"] == "/v1/order" and entry["status"] == 409
         conflict_total = entry["total"] if refused_create else None
-        if follow_up or entry["fault"] is not None or not 200 <= (entry["status"] or 0) < 300:
+        if entry["fault"] is not None or not 200 <= (entry["status"] or 0) < 300:
+            continue
+        if entry["method"] == "POST":
+            held_total = entry["total"]
+        if follow_up:
             continue
         if entry["method"] == "DELETE":
             actions.append(Action.CANCEL)

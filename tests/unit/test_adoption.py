@@ -292,7 +292,8 @@ def test_a_held_refund_sent_again_reads_the_order_again_and_applies_once_button_
     """The operator's remedy for a refund held while its order was created at Button by another
     path (the purchase never comes through this consumer): the refund's event sent again (same
     event id) is not a new refund, yet it reads the order again, and once Button holds it the
-    held refund is applied to Button's state (once: its event id is recorded)."""
+    held refund is applied to Button's state (once: its event id is recorded): replayed, it
+    re-sends that state (the create, answered 409, then the same update)."""
     five = refund(total_amount="5.00")
     profile = held(five)
 
@@ -303,7 +304,9 @@ def test_a_held_refund_sent_again_reads_the_order_again_and_applies_once_button_
 
     assert request_of(result).body["total"] == 8000 - 500
     replayed, unchanged = process(five, adopted, CONFIG, NOW)
-    assert (replayed, unchanged) == (result, None)
+    assert (request_of(replayed).action, unchanged) == (Action.CREATE, None)
+    assert isinstance(replayed, Send)
+    assert replayed.follow_up == request_of(result)
 
 
 def replace_id(refund_event: CommerceEvent, event_id: str) -> CommerceEvent:
@@ -393,13 +396,16 @@ def test_a_refund_of_every_unit_of_buttons_order_but_its_discount_line_cancels_i
 
 def test_an_adopted_order_is_recorded_so_a_replay_reads_nothing_and_sends_the_same_state() -> None:
     """The profile records the adopted order: the refund replayed against it maps without a
-    read to the same update."""
+    read to the same state, re-sent as a replay re-sends it (the create, whose 409 is followed
+    by the same update)."""
     partial = refund(products=[{"id": "SKU-B"}])
     first, adopted = process(partial, None, CONFIG, NOW, lookup=found())
 
     again, unchanged = process(partial, adopted, CONFIG, NOW)
 
-    assert (again, unchanged) == (first, None)
+    assert (request_of(again).action, unchanged) == (Action.CREATE, None)
+    assert isinstance(again, Send)
+    assert again.follow_up == request_of(first)
 
 
 def test_a_later_refund_of_an_adopted_order_applies_to_the_adopted_state() -> None:
@@ -424,7 +430,7 @@ def test_refunds_held_before_are_applied_with_the_one_that_read_the_order() -> N
 def test_a_refund_button_cannot_apply_to_its_order_is_rejected_and_kept_not_applying() -> None:
     """A refunded product Button's order does not have: rejected as for a known order, and kept
     in the adopted order's ledger as a refund that does not apply (nothing sent): a duplicate
-    of it is a duplicate, not a second dead letter."""
+    of it, while it does not apply, is dead-lettered again with the same reason and detail."""
     event = refund(products=[{"id": "SKU-Z"}])
     result, profile = process(event, None, CONFIG, NOW, lookup=found())
 
@@ -437,7 +443,7 @@ def test_a_refund_button_cannot_apply_to_its_order_is_rejected_and_kept_not_appl
     assert (order.total, order.refund("evt-r1") is not None) == (8000, True)
     again, unchanged = process(event, profile, CONFIG, NOW)
     assert unchanged is None
-    assert request_of(again).body["total"] == 8000  # the current state, re-sent
+    assert again == result
 
 
 def test_an_order_button_holds_without_line_items_takes_an_amount_refund() -> None:

@@ -449,7 +449,9 @@ def test_a_refund_of_nothing_button_counts_changes_nothing(
     """A refund whose amount, net of tax and shipping, is nothing in the currency's minor unit
     (only the tax or the shipping refunded, or less than one cent) leaves Button's total as it
     is: Button's ``total`` excludes tax and shipping, and an order is cancelled only when every
-    line item is (Button's order API best practices). It used to cancel the whole order."""
+    line item is (Button's order API best practices). It used to cancel the whole order. Nothing
+    is new for Button: the state is re-sent as a replay re-sends it (the create, whose 409 is
+    followed by the update of the same state)."""
     bought = {
         "currency_code": currency,
         "total_amount": total,
@@ -465,7 +467,13 @@ def test_a_refund_of_nothing_button_counts_changes_nothing(
     fields |= refunded
     result, after = process(refund("evt-r1", **fields), profile, CONFIG, NOW)
     request = send(result)
-    assert (request.action, request.body["total"]) == (Action.UPDATE, 5998)
+    assert (request.action, request.body["total"]) == (Action.CREATE, 5998)
+    assert isinstance(result, Send)
+    assert result.follow_up is not None
+    assert (result.follow_up.action, dict(result.follow_up.body or {})["total"]) == (
+        Action.UPDATE,
+        5998,
+    )
     assert after is not None
     assert after.order("ORD-100045").status is not OrderStatus.CANCELLED  # type: ignore[union-attr]
 
@@ -492,11 +500,14 @@ def test_order_level_discount_is_kept_proportionally() -> None:
 
 
 def test_refund_replay_changes_nothing() -> None:
-    """The same refund event again: same request, profile unchanged."""
+    """The same refund event again: the same state re-sent (the create, in case that never
+    reached Button; answered 409, it is followed by the first request, the update), profile
+    unchanged."""
     _, profile = process(purchase(), None, CONFIG, NOW)
     first, after = process(refund("evt-r1", [{"id": "SKU-RED-M"}]), profile, CONFIG, NOW)
     again, unchanged = process(refund("evt-r1", [{"id": "SKU-RED-M"}]), after, CONFIG, NOW)
-    assert first == again
+    assert isinstance(again, Send)
+    assert (again.request.action, again.follow_up) == (Action.CREATE, send(first))
     assert unchanged is None
 
 
@@ -508,11 +519,14 @@ def test_refund_replay_changes_nothing() -> None:
     ],
 )
 def test_invalid_partial_refunds_are_rejected(products: list[dict[str, Any]], reason: str) -> None:
-    """Refunds that do not fit the stored order are rejected, not guessed."""
+    """Refunds that do not fit the stored order are rejected, not guessed; kept in the ledger
+    as not applying, each replay of one is rejected again, with the same reason and detail."""
     _, profile = process(purchase(), None, CONFIG, NOW)
-    result, _ = process(refund("evt-r1", products), profile, CONFIG, NOW)
+    result, kept = process(refund("evt-r1", products), profile, CONFIG, NOW)
     assert isinstance(result, Reject)
     assert reason == result.reason
+    replayed, unchanged = process(refund("evt-r1", products), kept, CONFIG, NOW)
+    assert (replayed, unchanged) == (result, None)
 
 
 # --- the refund cap (MAX_REFUNDS_PER_ORDER) never blocks a refund that ends in a cancel ---------
@@ -645,6 +659,159 @@ def test_refunds_that_apply_are_still_capped_beside_discarded_ones() -> None:
     result, after = process(refund("evt-r65", total_amount="0.01"), profile, CONFIG, NOW)
     assert result == Reject("too_many_refunds", "order 'ORD-100045' has 64 refunds already")
     assert after is None
+
+
+TWO_LINES = {
+    "total_amount": "25.00",
+    "tax_amount": None,
+    "shipping_amount": None,
+    "products": [{"id": "A", "price": "10.00", "quantity": 2}, {"id": "B", "price": "5.00"}],
+}
+"""ORD-100045 as A x2 at 10.00 and B at 5.00."""
+
+
+def _64_refunds_that_do_not_apply() -> Profile:
+    """ORD-100045 (``TWO_LINES``) bought, then 64 refunds of a product it does not have: each
+    dead-lettered ``refund_item_not_in_order`` and kept in the ledger as not applying."""
+    _, profile = process(purchase(commerce=TWO_LINES), None, CONFIG, NOW)
+    for n in range(1, MAX_REFUNDS_PER_ORDER + 1):
+        result, profile = process(refund(f"evt-x{n:02d}", [{"id": "NOPE"}]), profile, CONFIG, NOW)
+        assert isinstance(result, Reject)
+        assert result.reason == "refund_item_not_in_order"
+    assert profile is not None
+    assert len(profile.order("ORD-100045").refunds) == MAX_REFUNDS_PER_ORDER  # type: ignore[union-attr]
+    return profile
+
+
+def test_a_refund_that_does_not_apply_beyond_64_kept_is_rejected_and_not_kept() -> None:
+    """The break trial: refunds kept as not applying took no slot, so a producer sending bad
+    refunds grew the profile without bound. The 65th is dead-lettered ``too_many_refunds``,
+    naming why, and not kept (a corrected purchase will not apply it); its replay is rejected
+    the same way. A refund that applies is still taken."""
+    profile = _64_refunds_that_do_not_apply()
+    nope = refund("evt-x65", [{"id": "NOPE"}])
+    result, after = process(nope, profile, CONFIG, NOW)
+    assert result == Reject(
+        "too_many_refunds",
+        "order 'ORD-100045' keeps 64 refunds that do not apply already; this one does not apply"
+        " either (refund_item_not_in_order: refunded product 'NOPE' is not in the order): it is"
+        " not kept",
+    )
+    assert after is None
+    assert process(nope, profile, CONFIG, NOW) == (result, None)
+
+    applies, changed = process(refund("evt-r1", [{"id": "B"}]), profile, CONFIG, NOW)
+    assert (send(applies).action, send(applies).body["total"]) == (Action.UPDATE, 2000)
+    assert changed is not None
+
+
+def test_a_refund_that_does_not_apply_beside_64_discarded_held_ones_is_not_kept() -> None:
+    """Held refunds the purchase discarded are kept as not applying too: beside 64 of them, a
+    refund in another currency is dead-lettered ``too_many_refunds`` and not kept."""
+    profile, _ = _64_held_refunds_discarded()
+    eur = refund("evt-x65", currency_code="EUR", total_amount="0.10")
+    result, after = process(eur, profile, CONFIG, NOW)
+    assert isinstance(result, Reject)
+    assert result.reason == "too_many_refunds"
+    assert "refund_currency_mismatch" in result.detail
+    assert after is None
+
+
+def test_a_refund_that_would_make_a_65th_stop_applying_is_rejected_and_not_kept() -> None:
+    """Beside 64 refunds that do not apply, R1 (A x1) applies; R0 (A x2), dated before it,
+    would leave R1 no unit of A: a 65th refund that does not apply. R0 is dead-lettered
+    ``too_many_refunds`` and not kept: Button keeps the state R1 left."""
+    profile = _64_refunds_that_do_not_apply()
+    one, profile_r1 = process(refund("evt-r1", [{"id": "A"}]), profile, CONFIG, NOW)
+    assert send(one).body["total"] == 1500
+    assert profile_r1 is not None
+    earlier = event(
+        event_id="evt-r0",
+        event_type="REFUND",
+        event_time="2024-05-01T14:00:00Z",
+        commerce={
+            "action": "REFUND",
+            "transaction_id": "ORD-100045",
+            "products": [{"id": "A", "quantity": 2}],
+        },
+    )
+    result, after = process(earlier, profile_r1, CONFIG, NOW)
+    assert result == Reject(
+        "too_many_refunds",
+        "order 'ORD-100045' keeps 64 refunds that do not apply already; with this one 65 would"
+        " not apply: it is not kept",
+    )
+    assert after is None
+
+
+def _emptied_before_anything_was_sent(held: int) -> Profile:
+    """``held`` refunds of 0.10 held before their purchase (1.00, no lines): they leave nothing
+    of it, so nothing is sent (skip ``order_already_cancelled``) and the order stays pending,
+    its purchase known, with ``held`` refunds."""
+    profile: Profile | None = None
+    for n in range(1, held + 1):
+        tenth = refund(f"evt-h{n:02d}", currency_code="USD", total_amount="0.10")
+        result, profile = process(tenth, profile, CONFIG, NOW)
+        assert isinstance(result, Read)
+    bought = {"total_amount": "1.00", "tax_amount": None, "shipping_amount": None}
+    result, profile = process(purchase(commerce=bought), profile, CONFIG, NOW)
+    assert result == Skip("order_already_cancelled")
+    assert profile is not None
+    order = profile.order("ORD-100045")
+    assert order is not None
+    assert (order.status, len(order.refunds)) == (OrderStatus.PENDING, held)
+    return profile
+
+
+@pytest.mark.parametrize("whole", [{}, {"total_amount": "0"}], ids=["whole-order", "revenue-0"])
+def test_a_whole_order_refund_beyond_the_cap_of_a_pending_order_is_recorded(
+    whole: dict[str, Any],
+) -> None:
+    """The break trial: a 65th refund of a pending order (its purchase known, its 64 held
+    refunds leave nothing, nothing sent) was rejected ``too_many_refunds`` although it names
+    the whole order: the order ends cancelled whatever comes, so it is recorded (nothing is
+    sent: nothing ever was), and its replay is the same skip, never a dead letter."""
+    profile = _emptied_before_anything_was_sent(MAX_REFUNDS_PER_ORDER)
+    result, after = process(refund("evt-w", **whole), profile, CONFIG, NOW)
+    assert result == Skip("order_already_cancelled")
+    assert after is not None
+    order = after.order("ORD-100045")
+    assert order is not None
+    assert len(order.refunds) == MAX_REFUNDS_PER_ORDER + 1
+    assert order.refund("evt-w") is not None
+    assert process(refund("evt-w", **whole), after, CONFIG, NOW) == (result, None)
+
+
+def test_any_refund_of_a_pending_order_holding_a_whole_order_refund_is_never_capped() -> None:
+    """A pending order whose ledger holds a whole-order refund is cancelled for good: a 65th
+    refund of it (partial) is not rejected ``too_many_refunds`` but recorded; beyond 65 refunds
+    in all nothing more is recorded (nothing is left to refund), and nothing is rejected."""
+    profile = _emptied_before_anything_was_sent(MAX_REFUNDS_PER_ORDER - 1)
+    result, profile_w = process(refund("evt-w"), profile, CONFIG, NOW)
+    assert result == Skip("order_already_cancelled")
+    assert profile_w is not None
+    partial = refund("evt-r65", currency_code="USD", total_amount="0.10")
+    result, after = process(partial, profile_w, CONFIG, NOW)
+    assert result == Skip("order_already_cancelled")
+    assert after is not None
+    order = after.order("ORD-100045")
+    assert order is not None
+    assert len(order.refunds) == MAX_REFUNDS_PER_ORDER + 1
+    beyond = refund("evt-r66", currency_code="USD", total_amount="0.10")
+    assert process(beyond, after, CONFIG, NOW) == (Skip("order_already_cancelled"), None)
+
+
+def test_a_whole_order_refund_beyond_the_held_cap_cancels_and_its_replay_cancels_again() -> None:
+    """An order whose purchase is not known, 64 partial refunds held: a whole-order refund needs
+    no read (it cancels whatever Button holds), is never capped, and is sent as the ``DELETE``;
+    its replay sends it again."""
+    profile: Profile | None = None
+    for n in range(1, MAX_REFUNDS_PER_ORDER + 1):
+        tenth = refund(f"evt-h{n:02d}", currency_code="USD", total_amount="0.10")
+        _, profile = process(tenth, profile, CONFIG, NOW)
+    result, after = process(refund("evt-w"), profile, CONFIG, NOW)
+    assert send(result).action == Action.CANCEL
+    assert process(refund("evt-w"), after, CONFIG, NOW) == (result, None)
 
 
 # --- a refund that leaves nothing is a whole-order refund: a cancel -----------------------------

@@ -7,7 +7,11 @@ runs through the mapping (``mapping.process``) the way the pipeline handles one 
 mapped again with the ``Lookup``; a create answered 409 sends its follow-up update; an update
 answered 404 reads the order (deleted: done, else a dead letter that parks the order); a cancel
 answered 404 is done; a mapping ``Reject`` is a dead letter that parks nothing; a record of a
-parked order is a parked dead letter. The profile is carried across records.
+parked order is a parked dead letter. The profile is carried across records. Two faults can be
+injected: Button refusing an order's creates (``refused_creates``: answered 503 until the
+retries run out, ``retries_exhausted``, which parks the order) and a crash after the profile
+was written and before the record finished, its request unsent or its dead letter unwritten
+(``record(..., crash=True)``); ``replay`` is ``replay-dlq`` of one dead letter.
 
 Unlike ``test_ledger_property.py`` and ``test_arrival_order_map.py``, refunds may take every
 unit, amounts may reach the total, and purchases may be corrected up or down, so refunds may
@@ -118,13 +122,18 @@ class Service:
     )
     config: MappingConfig = field(default_factory=MappingConfig)
     profile: Profile | None = None
-    parked: set[str] = field(default_factory=set)
+    parked: dict[str, str] = field(default_factory=dict)
+    """Parked orders, each with the event id of the dead letter that parked it."""
+    refused_creates: set[str] = field(default_factory=set)
+    """Orders whose creates Button refuses (503 until the retries run out)."""
     log: list[str] = field(default_factory=list)
     dlq: list[tuple[str, str]] = field(default_factory=list)
     discarded: list[tuple[str, str]] = field(default_factory=list)
 
-    def record(self, ev: Ev) -> None:
-        """Process ``ev`` as one record of the input topic."""
+    def record(self, ev: Ev, *, crash: bool = False) -> None:
+        """Process ``ev`` as one record of the input topic; ``crash``: the process dies once
+        the record's profile was written, before its request reached Button or its dead letter
+        was written (the record is not finished: it is processed again after the restart)."""
         config = self.config
         event = event_from_json(ev.json())
         if ev.order_id in self.parked:
@@ -142,7 +151,9 @@ class Service:
         self.discarded.extend((d.event_id, d.reason) for d in discarded_by(result))
         if new is not None:
             self.profile = new
-        if isinstance(result, Reject):
+        if crash:
+            self.log.append(f"{ev.event_id}: crashed")
+        elif isinstance(result, Reject):
             self.dlq.append((ev.event_id, result.reason))
             self.log.append(f"{ev.event_id}: reject {result.reason}")
         elif isinstance(result, Skip):
@@ -150,10 +161,27 @@ class Service:
         elif isinstance(result, Send):
             self._send(ev, result)
 
+    def replay(self, ev: Ev) -> None:
+        """``replay-dlq`` of ``ev``'s dead letter: the replay of the dead letter that parked its
+        order releases the order, and the record is processed again."""
+        if self.parked.get(ev.order_id) == ev.event_id:
+            del self.parked[ev.order_id]
+        self.log.append(f"{ev.event_id}: replayed")
+        self.record(ev)
+
+    def _dead_letter(self, ev: Ev, reason: str, order_id: str) -> None:
+        """A delivery failure: dead-lettered, and its order parked behind it."""
+        self.dlq.append((ev.event_id, reason))
+        self.parked.setdefault(order_id, ev.event_id)
+
     def _send(self, ev: Ev, result: Send) -> None:
         req = result.request
         body = dict(req.body or {})
         if req.action is Action.CREATE:
+            if req.order_id in self.refused_creates:
+                self.log.append(f"{ev.event_id}: create total={body.get('total')} -> 503")
+                self._dead_letter(ev, "retries_exhausted", req.order_id)
+                return
             status, _ = self.book.create(body)
             self.log.append(f"{ev.event_id}: create total={body.get('total')} -> {status}")
             if status == 409 and result.follow_up is not None:
@@ -166,17 +194,14 @@ class Service:
                 read, answer = self.book.get(req.order_id)
                 if read == 200 and answer["object"]["status"] == "deleted":
                     return  # deleted at Button: done
-                self.dlq.append((ev.event_id, "http_404"))
-                self.parked.add(req.order_id)
+                self._dead_letter(ev, "http_404", req.order_id)
             elif status not in (200, 403):
-                self.dlq.append((ev.event_id, f"http_{status}"))
-                self.parked.add(req.order_id)
+                self._dead_letter(ev, f"http_{status}", req.order_id)
             return
         status, _ = self.book.cancel(req.order_id)
         self.log.append(f"{ev.event_id}: cancel -> {status}")
         if status not in (200, 404):
-            self.dlq.append((ev.event_id, f"http_{status}"))
-            self.parked.add(req.order_id)
+            self._dead_letter(ev, f"http_{status}", req.order_id)
 
     def button(self) -> ButtonOrders:
         """The live orders Button holds: (total in minor units, lines, purchase date)."""
@@ -253,13 +278,81 @@ def test_refund_rejected_before_its_correction_applies_once_it_arrives() -> None
     assert service.button() == run(by_event_time([P1, R1_B, P2_AB])).button()
 
 
-def test_rejected_refund_replayed_is_a_duplicate() -> None:
-    """The refund's dead letter replayed (before or after the correction) changes nothing and
-    is not dead-lettered again."""
+def test_rejected_refund_replayed_while_it_does_not_apply_is_dead_lettered_again() -> None:
+    """The break trial: the kept refund's dead letter replayed before the correction was
+    skipped (and its record committed), so replaying the DLQ looked like a fix while the refund
+    still did not apply. Processed while it does not apply, it is dead-lettered again with its
+    reason; replayed once the correction applies it, it is a duplicate: no dead letter, Button
+    unchanged."""
     before = run([P1, R1_B, R1_B, P2_AB])
     after = run([P1, R1_B, P2_AB, R1_B])
-    assert before.dlq == after.dlq == [("r1", "refund_item_not_in_order")]
+    assert before.dlq == [("r1", "refund_item_not_in_order")] * 2
+    assert after.dlq == [("r1", "refund_item_not_in_order")]
     assert before.button() == after.button() == LIVE_A1
+
+
+def test_a_rejected_refund_processed_again_after_a_crash_is_dead_lettered() -> None:
+    """The process dies after the profile keeping the refund was written and before its dead
+    letter was: processed again after the restart, the refund (in the ledger already) is
+    dead-lettered, not skipped."""
+    service = run([P1])
+    service.record(R1_B, crash=True)
+    service.record(R1_B)
+    assert service.dlq == [("r1", "refund_item_not_in_order")]
+    assert service.button() == {"O": (1000, (("A", 1, 1000),), "2026-01-05T10:10:00Z")}
+
+
+def test_a_discarded_held_refund_processed_again_is_dead_lettered_with_its_reason() -> None:
+    """A refund held for its purchase that the purchase cannot take is discarded (reported,
+    its record finished when it was held); its record processed again (sent again, a
+    duplicate) is dead-lettered with the reason it does not apply."""
+    service = run([R1_B, P1, R1_B])
+    assert service.discarded == [("r1", "refund_item_not_in_order")]
+    assert service.dlq == [("r1", "refund_item_not_in_order")]
+    assert service.button() == {"O": (1000, (("A", 1, 1000),), "2026-01-05T10:10:00Z")}
+
+
+def test_a_refund_a_later_event_made_stop_applying_is_dead_lettered_when_duplicated() -> None:
+    """R30 (A x1) applied; R20 (A x2), earlier in event time, leaves R30 no unit of A to
+    refund, so R30 stops applying (reported by R20). A duplicate of R30 is dead-lettered with
+    that reason, instead of re-sending the state as if it applied."""
+    purchase = Ev("p1", "PURCHASE", 10, qty=(("A", 2), ("B", 1)))
+    r30 = Ev("r30", "REFUND", 30, qty=(("A", 1),))
+    r20 = Ev("r20", "REFUND", 20, qty=(("A", 2),))
+    service = run([purchase, r30, r20, r30])
+    assert service.discarded == [("r30", "refund_item_not_in_order")]
+    assert service.dlq == [("r30", "refund_item_not_in_order")]
+    assert service.button() == {"O": (500, (("B", 1, 500),), "2026-01-05T10:10:00Z")}
+
+
+# The README's advice for a refund kept as not applying (dead-lettered on arrival, or held and
+# discarded by its purchase): correct the purchase or the refund, never both.
+P2_AB2 = Ev("p2", "PURCHASE", 20, qty=(("A", 1), ("B", 2)))
+R1_B_CORRECTED = Ev("r1-fix", "REFUND", 31, qty=(("B", 1),))
+LIVE_A1_B1 = {"O": (1500, (("A", 1, 1000), ("B", 1, 500)), "2026-01-05T10:20:00Z")}
+KEPT = {"dead-lettered": [P1, R1_B], "held-and-discarded": [R1_B, P1]}
+
+
+@pytest.mark.parametrize("kept", KEPT.values(), ids=KEPT.keys())
+def test_the_corrected_purchase_alone_applies_the_kept_refund_once(kept: list[Ev]) -> None:
+    """The purchase was wrong (no B): the corrected one (A, B x2) is the whole fix. The kept
+    refund of B applies by itself, once (B x1 left, 15.00), replays of it and of the
+    correction included."""
+    service = run([*kept, P2_AB2, R1_B, P2_AB2])
+    assert service.button() == LIVE_A1_B1
+    # Only its arrival after P1 was dead-lettered: once the correction applies it, its replay
+    # is a duplicate.
+    assert service.dlq == ([("r1", "refund_item_not_in_order")] if kept[0] is P1 else [])
+
+
+@pytest.mark.parametrize("kept", KEPT.values(), ids=KEPT.keys())
+def test_a_corrected_refund_sent_besides_the_corrected_purchase_applies_too(kept: list[Ev]) -> None:
+    """What the README warns about: the corrected purchase and a corrected refund (a new event
+    id) sent for the same refund are two refunds, and both apply: B is refunded twice (10.00
+    left, not 15.00)."""
+    service = run([*kept, P2_AB2, R1_B_CORRECTED])
+    assert service.button() == {"O": (1000, (("A", 1, 1000),), "2026-01-05T10:20:00Z")}
+    assert service.button() != LIVE_A1_B1
 
 
 def test_duplicate_of_rejected_refund_changes_no_outcome() -> None:
@@ -325,6 +418,63 @@ def test_purchase_after_delete_that_changes_nothing_is_skipped(late: Ev) -> None
     service = run([P1, R1_A, late])
     assert service.dlq == []
     assert service.button() == {}
+
+
+# A refund that carries the order's create: R2 (B x1 and 15.00) leaves nothing of P1 (A and B,
+# 15.00) before anything was sent, so P1 sends nothing; R1 (5.00), earlier in event time, leaves
+# R2 more than what is left (``refund_exceeds_total``): the order is live, and R1 sends its create.
+P1_AB = Ev("p1", "PURCHASE", 10, qty=(("A", 1), ("B", 1)))
+R2_EMPTYING = Ev("r2", "REFUND", 30, qty=(("B", 1),), amount=15)
+R1_LATE = Ev("r1", "REFUND", 20, amount=5)
+CARRIED = [R2_EMPTYING, P1_AB, R1_LATE]
+LIVE_AB_10 = {"O": (1000, (("A", 1, 1000), ("B", 1, 500)), "2026-01-05T10:10:00Z")}
+
+
+def test_a_create_carried_by_a_refund_is_re_sent_by_the_replay_of_its_dead_letter() -> None:
+    """The break trial: R1's create was dead-lettered (Button answered 503 until the retries
+    ran out); the replay of R1 found nothing new for Button and sent an update, answered 404,
+    so the order never reached Button. The replay re-sends the create (a 409 would be followed
+    by the update of the same state)."""
+    service = Service(refused_creates={"O"})
+    for ev in CARRIED:
+        service.record(ev)
+    assert service.dlq == [("r1", "retries_exhausted")]
+    assert service.discarded == [("r2", "refund_exceeds_total")]
+    assert service.button() == {}
+
+    service.refused_creates.clear()
+    service.replay(R1_LATE)
+    assert service.log[-1] == "r1: create total=1000 -> 200"
+    assert service.dlq == [("r1", "retries_exhausted")]
+    assert service.button() == ledger_state(CARRIED) == LIVE_AB_10
+
+
+def test_a_create_carried_by_a_refund_is_re_sent_after_a_crash_before_it_reached_button() -> None:
+    """The process dies after R1's profile (recording the create) was written and before the
+    create reached Button: R1 processed again after the restart sends the create."""
+    service = Service()
+    service.record(R2_EMPTYING)
+    service.record(P1_AB)
+    service.record(R1_LATE, crash=True)
+    assert service.button() == {}
+    service.record(R1_LATE)
+    assert service.log[-1] == "r1: create total=1000 -> 200"
+    assert service.dlq == []
+    assert service.button() == ledger_state(CARRIED) == LIVE_AB_10
+
+
+def test_a_duplicate_that_brings_nothing_new_re_sends_the_create_and_converges() -> None:
+    """Whatever the event type, an event that brings nothing new re-sends the order's state as
+    a create: answered 409 once Button holds the order, followed by the update of that state."""
+    service = run([*CARRIED, R1_LATE, P1_AB])
+    assert service.log[-4:] == [
+        "r1: create total=1000 -> 409",
+        "r1: update total=1000 -> 200",
+        "p1: create total=1000 -> 409",
+        "p1: update total=1000 -> 200",
+    ]
+    assert service.dlq == []
+    assert service.button() == LIVE_AB_10
 
 
 # --- properties ---------------------------------------------------------------------------------
@@ -423,7 +573,11 @@ def test_duplicates_are_harmless(data: st.DataObject) -> None:
     expected, trial = run(base), run(arrival)
     note(_explain(expected, trial, arrival))
     assert trial.button() == expected.button()
-    assert sorted(set(trial.dlq)) == sorted(expected.dlq)
+    # A duplicate of a refund that does not apply is dead-lettered again (with its reason):
+    # duplicates add dead letters, of the duplicated events only, and never hide one.
+    assert set(expected.dlq) <= set(trial.dlq)
+    duplicated = {ev.event_id for ev in arrival if arrival.count(ev) > 1}
+    assert {event_id for event_id, _ in set(trial.dlq) - set(expected.dlq)} <= duplicated
 
 
 @pytest.mark.parametrize("after", ["first", "last"])
