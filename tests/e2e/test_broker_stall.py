@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from consumer.adapters.kafka_admin import ensure_topics
 from consumer.commands import produce_events
@@ -99,6 +99,23 @@ def _leader_epoch(bootstrap: str, topic: str, partition: int, offset: int) -> in
         reader.close()
 
 
+def _probe_epoch(bootstrap: str, topic: str) -> int:
+    """The leader epoch under which the broker appends a record to ``topic`` [0] now: one probe
+    record is produced (acknowledged) and read back."""
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    written: list[int] = []
+
+    def delivered(error: object, message: Message) -> None:
+        offset = message.offset()
+        if error is None and offset is not None:
+            written.append(offset)
+
+    producer.produce(topic, value=b"probe", partition=0, on_delivery=delivered)
+    assert producer.flush(30) == 0
+    assert written, "the probe record was not acknowledged"
+    return _leader_epoch(bootstrap, topic, 0, written[0])
+
+
 def test_readiness_and_offset_metrics_come_back_after_a_stall_that_fenced_the_broker(
     stalled_kafka: LocalKafka,
     unique_name: Callable[[str], str],
@@ -133,6 +150,9 @@ def test_readiness_and_offset_metrics_come_back_after_a_stall_that_fenced_the_br
         message="not ready with its committed offsets reported before the stall",
     )
     epoch_before = _leader_epoch(bootstrap, topic, 0, before[0] - 1)
+    probe = unique_name("probe")
+    ensure_topics(settings.kafka.admin_config(), {probe: {}}, partitions=1)
+    probe_before = _probe_epoch(bootstrap, probe)
 
     os.kill(kafka.pid, signal.SIGSTOP)
     try:
@@ -155,6 +175,15 @@ def test_readiness_and_offset_metrics_come_back_after_a_stall_that_fenced_the_br
     finally:
         os.kill(kafka.pid, signal.SIGCONT)
     assert [c.broker_id for c in fence] == [BROKER_ID]
+    # Back from the stall, the broker appends under its old leader epochs until it has applied
+    # the controller's fence and unfence (a record produced at once was seen written at epoch
+    # 0): the later records are produced once it appends under a new one.
+    wait_until(
+        lambda: _probe_epoch(bootstrap, probe) > probe_before,
+        60,
+        interval=0.5,
+        message="the broker still appends under its leader epoch of before the fence",
+    )
 
     later = past_events(20, seed=8)
     produce_events(settings, later, partitions=partitions)
