@@ -46,7 +46,7 @@ from consumer.domain.button import ButtonRequest
 from consumer.domain.mapping import MappingConfig
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import RetryPolicy
-from consumer.domain.profile_epoch import FENCE_KEY, fence_value
+from consumer.domain.profile_epoch import FENCE_KEY, RestoredValue, fence_value
 from consumer.domain.topics import (
     TopicPlan,
     TopicProblem,
@@ -447,7 +447,7 @@ def _restorer(
         restores = {p: store.restoring(p) for p in partitions}
         progress = RestoreReport(partitions, telemetry)
 
-        def apply(partition: int, records: list[tuple[bytes, bytes | None]]) -> None:
+        def apply(partition: int, records: list[tuple[bytes, RestoredValue]]) -> None:
             restores[partition].apply(records)
 
         telemetry.restore_started(len(partitions))

@@ -285,9 +285,15 @@ class Changelog(Protocol):
     The writes of one partition are written in the order they were queued (an idempotent
     producer keeps that order), so a caller may send a record's request to Button before the
     acknowledgement arrives and await it afterwards (DESIGN, 7).
+
+    ``epoch`` is the writer's epoch of the partition (``ChangelogWrite.epoch``; 0: none): a
+    tombstone carries it in the ``button.epoch`` header (``consumer.domain.profile_epoch``), a
+    value in its own envelope already.
     """
 
-    def write(self, partition: int, key: bytes, value: bytes | None) -> Awaitable[object]: ...
+    def write(
+        self, partition: int, key: bytes, value: bytes | None, *, epoch: int
+    ) -> Awaitable[object]: ...
 
 
 class DeadLetterSink(Protocol):

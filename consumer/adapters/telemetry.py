@@ -349,9 +349,11 @@ class TimedChangelog:
         self._telemetry = telemetry
         self._monotonic = monotonic
 
-    def write(self, partition: int, key: bytes, value: bytes | None) -> asyncio.Future[Any]:
+    def write(
+        self, partition: int, key: bytes, value: bytes | None, *, epoch: int
+    ) -> asyncio.Future[Any]:
         started = self._monotonic()
-        ack = asyncio.ensure_future(self._inner.write(partition, key, value))
+        ack = asyncio.ensure_future(self._inner.write(partition, key, value, epoch=epoch))
 
         def written(done: asyncio.Future[Any]) -> None:
             if not done.cancelled() and done.exception() is None:

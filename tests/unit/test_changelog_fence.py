@@ -1,0 +1,140 @@
+"""The changelog fence (DESIGN, 7) for tombstones: every tombstone the service writes carries
+its writer's epoch (``ChangelogWrite.epoch``, the ``button.epoch`` header), and a restore judges
+a stamped tombstone like a value, while a tombstone without an epoch (an earlier release's) is
+applied as before."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from consumer.domain.attribution import ResolvedToken, TokenSource
+from consumer.domain.profile import Profile, Retention
+from consumer.domain.profile_epoch import (
+    FENCE_KEY,
+    RestoredValue,
+    Tombstone,
+    epoch_header,
+    fence_value,
+    read_epoch_header,
+)
+from consumer.engine.profiles import ProfileExpiry, ProfileStore
+
+DAY = 86_400_000
+RETENTION = Retention(btn_ref_ms=7 * DAY, device_id_ms=30 * DAY, order_ms=60 * DAY)
+NOW_MS = int(datetime.now(UTC).timestamp() * 1000)
+KEY = b"user-1"
+
+
+def _with_token(token: str, seen_ms: int = NOW_MS - 3_600_000) -> Profile:
+    return Profile(tokens=(ResolvedToken(token, TokenSource.EXPLICIT, seen_ms),))
+
+
+def _owner(changelog: list[tuple[bytes, RestoredValue]]) -> ProfileStore:
+    """A member that restored ``changelog`` and claimed partition 0 (its fence appended)."""
+    store = ProfileStore(RETENTION)
+    for key, value in changelog:
+        store.restore(0, key, value)
+    changelog.append((FENCE_KEY, fence_value(store.claim_epoch(0))))
+    return store
+
+
+def _restored(changelog: list[tuple[bytes, RestoredValue]]) -> ProfileStore:
+    """A restore of ``changelog`` off the store (``PartitionRestore``), installed."""
+    store = ProfileStore(RETENTION)
+    restore = store.restoring(0)
+    restore.apply(changelog)
+    store.install(restore)
+    return store
+
+
+def test_the_epoch_header_is_four_bytes_big_endian_and_a_bad_one_reads_as_none() -> None:
+    """``button.epoch``: 4 bytes, unsigned, big-endian; absent or of another length: epoch 0."""
+    assert epoch_header(0x01020304) == b"\x01\x02\x03\x04"
+    assert read_epoch_header(epoch_header(2**32 - 1)) == 2**32 - 1
+    assert [read_epoch_header(v) for v in (None, b"", b"\x00\x01", bytes(8))] == [0, 0, 0, 0]
+
+
+def test_a_tombstone_of_an_owner_carries_its_epoch_and_reads_back_stamped() -> None:
+    """An emptied profile's tombstone has the owner's epoch (none before it claimed one) and a
+    restore reads it back as a ``Tombstone`` of that epoch (``None`` without an epoch)."""
+    store = ProfileStore(RETENTION)
+    store.put(0, KEY, _with_token("srctok-1"))
+    unclaimed = store.write(0, KEY, Profile())
+    store.put(0, KEY, _with_token("srctok-1"))
+    store.claim_epoch(0)
+    claimed = store.write(0, KEY, Profile())
+
+    assert (unclaimed.value, unclaimed.epoch, unclaimed.read_back) == (None, 0, None)
+    assert (claimed.value, claimed.epoch, claimed.read_back) == (None, 1, Tombstone(1))
+
+
+def test_a_late_value_after_the_new_owners_stamped_tombstone_is_fenced() -> None:
+    """B (epoch 2) deletes the user's profile (a stamped tombstone); A's late value (epoch 1)
+    lands after it: the restore keeps the profile deleted and counts the late write fenced,
+    off the store and in place alike."""
+    changelog: list[tuple[bytes, RestoredValue]] = []
+    a = _owner(changelog)
+    changelog.append((KEY, a.put(0, KEY, _with_token("srctok-old"))))
+    late = a.put(0, KEY, _with_token("srctok-old"))
+    b = _owner(changelog)
+    deleted = b.write(0, KEY, Profile())
+    changelog += [(KEY, deleted.read_back), (KEY, late)]
+
+    restored = _restored(changelog)
+    in_place = ProfileStore(RETENTION)
+    for key, value in changelog:
+        in_place.restore(0, key, value)
+
+    assert (restored.get(0, KEY), restored.fenced) == (None, 1)
+    assert (in_place.get(0, KEY), in_place.fenced) == (None, 1)
+
+
+def test_a_stamped_tombstone_at_or_above_the_held_epoch_deletes_and_a_newer_value_follows() -> None:
+    """The owner's own tombstone (its epoch, or a later owner's) removes the profile; a value
+    of the same or a later epoch after it is the user coming back, and is kept."""
+    changelog: list[tuple[bytes, RestoredValue]] = []
+    a = _owner(changelog)
+    changelog.append((KEY, a.put(0, KEY, _with_token("srctok-1"))))
+    changelog.append((KEY, a.write(0, KEY, Profile()).read_back))
+    gone = _restored(changelog)
+    back = _with_token("srctok-2")
+    changelog.append((KEY, a.put(0, KEY, back)))
+
+    assert (gone.get(0, KEY), gone.fenced) == (None, 0)
+    assert (_restored(changelog).get(0, KEY), _restored(changelog).fenced) == (back, 0)
+
+
+def test_a_tombstone_without_an_epoch_is_applied_as_before() -> None:
+    """A tombstone an earlier release wrote (no ``button.epoch`` header: ``None``) removes the
+    profile whatever its epoch, as before tombstones carried one."""
+    changelog: list[tuple[bytes, RestoredValue]] = []
+    _owner(changelog)
+    b = _owner(changelog)
+    changelog += [(KEY, b.put(0, KEY, _with_token("srctok-new"))), (KEY, None)]
+
+    restored = _restored(changelog)
+
+    assert (restored.get(0, KEY), restored.fenced, restored.claim_epoch(0)) == (None, 0, 3)
+
+
+def test_expiry_tombstones_carry_the_owners_epoch() -> None:
+    """``ProfileExpiry`` writes each expired profile's tombstone with the owner's epoch of its
+    partition."""
+    store = ProfileStore(RETENTION)
+    store.restore(3, FENCE_KEY, fence_value(6))
+    store.claim_epoch(3)
+    store.put(3, KEY, _with_token("srctok-1", seen_ms=1_000))
+    store.put(4, b"other", _with_token("srctok-2", seen_ms=1_000))
+    writes: list[tuple[int, bytes, bytes | None, int]] = []
+
+    class Changelog:
+        async def write(
+            self, partition: int, key: bytes, value: bytes | None, *, epoch: int
+        ) -> None:
+            writes.append((partition, key, value, epoch))
+
+    later = datetime(2100, 1, 1, tzinfo=UTC)
+    asyncio.run(ProfileExpiry(store, Changelog(), clock=lambda: later).run())
+
+    assert sorted(writes) == [(3, KEY, None, 7), (4, b"other", None, 0)]
