@@ -40,6 +40,7 @@ from consumer.adapters.topics import (
     RESTORE_GROUP_ID,
     KafkaChangelog,
     KafkaDeadLetters,
+    changelog_headers,
     restore_partitions,
 )
 from consumer.domain.button import ButtonRequest
@@ -440,7 +441,8 @@ def _retry_policy(d: DeliverySettings) -> RetryPolicy:
 def _restorer(
     s: Settings, store: ProfileStore, producer: AckingProducer, telemetry: ServiceTelemetry
 ) -> RestoreFn:
-    """The worker's restore: read the changelog partitions into ``store``, then fence them."""
+    """The worker's restore: read the changelog partitions into ``store``, then fence them and
+    repair the keys the restore fenced."""
 
     def restore(partitions: list[int], cancel: RestoreCancel) -> int:
         """On a thread of its own, beside the poll loop (``consumer.engine.restore``)."""
@@ -469,14 +471,37 @@ def _restorer(
             store.install(restores.pop(partition))
         # Fence former owners (DESIGN, 7): claim an epoch above every one in the partition and
         # write it before any record is processed; a late write of a former owner now carries a
-        # lower epoch than this owner's values and is ignored by every later restore.
+        # lower epoch than this owner's records and is ignored by every later restore. Then
+        # write again each key whose record the restore ignored as such a late write, so that
+        # the rightful record is the latest of its key again: compaction keeps the last one.
+        repaired = 0
         for partition in partitions:
             epoch = store.claim_epoch(partition)
             producer.send_nowait(
                 s.kafka.profile_topic, FENCE_KEY, fence_value(epoch), partition=partition
             )
+            repairs = store.repairs(partition)
+            for write in repairs:
+                producer.send_nowait(
+                    s.kafka.profile_topic,
+                    write.key,
+                    write.value,
+                    changelog_headers(write.value, write.epoch),
+                    partition=partition,
+                )
+            if repairs:
+                repaired += len(repairs)
+                log.warning(
+                    "changelog_fenced_write_repaired",
+                    partition=partition,
+                    epoch=epoch,
+                    keys=len(repairs),
+                    when="restore",
+                )
         if partitions and producer.settle(s.delivery.shutdown_timeout_seconds):
             raise BrokerError(f"the changelog fence of partitions {partitions} was not written")
+        if repaired:
+            telemetry.changelog_repaired("restore", repaired)
         telemetry.profiles_held(len(store))
         return read
 

@@ -381,6 +381,12 @@ class Telemetry(Protocol):
         profile for its purchase (skip ``refund_held``)."""
         ...
 
+    def changelog_repaired(self, when: str, count: int) -> None:
+        """``count`` changelog keys were written again by their partition's owner, after a
+        former owner's late write of them (DESIGN, 7). ``when``: ``restore`` (found fenced by
+        the restore, written right after the fence)."""
+        ...
+
     def held_refund_discarded(self, reason: str) -> None:
         """A refund the order's ledger held cannot apply to the order as it now stands (its
         purchase arrived, or Button's order was adopted), or left the profile with its order

@@ -7,7 +7,10 @@ partition claims an *epoch* at assignment, one above every epoch in the partitio
 *fence* record, and stamps it into each record it writes: a profile value in an envelope, a
 tombstone in a header. On restore a record whose epoch is below the one held for its key (the
 held value's, or the stamped tombstone's that removed it) is a former owner's late write and is
-ignored.
+ignored. Ignoring is not enough once the broker compacts the changelog (it keeps the last
+record of a key, the late one): right after its fence, the owner writes again each key whose
+record its restore ignored (its held value stamped with its epoch, or a stamped tombstone), so
+that the rightful record is the latest of its key again (``ProfileStore.repairs``).
 
 The stamp is an envelope around the profile value, independent of the profile's own format
 version (``consumer.domain.profile_codec``)::

@@ -46,6 +46,7 @@ from consumer.domain.profile_epoch import (
     read_fence,
     stamp,
     tombstone_read_back,
+    unstamp,
 )
 from consumer.ports import Changelog, Telemetry
 
@@ -110,6 +111,7 @@ class ProfileStore:
         "_lock",
         "_max_bytes",
         "_partitions",
+        "_repairs",
         "_retention",
         "_tombstones",
         "capped",
@@ -125,6 +127,8 @@ class ProfileStore:
         self._epochs: dict[int, int] = {}
         self._tombstones: dict[int, dict[bytes, int]] = {}
         """Per partition restored in place (``restore``), the epochs of stamped tombstones."""
+        self._repairs: dict[int, set[bytes]] = {}
+        """Per restored partition, the keys whose records the restore fenced (``repairs``)."""
         self._count = 0
         self._lock = threading.Lock()
         self.fenced = 0
@@ -207,6 +211,7 @@ class ProfileStore:
         restore = PartitionRestore(partition)
         restore.profiles = self._partitions.setdefault(partition, {})
         restore.tombstones = self._tombstones.setdefault(partition, {})
+        restore.fenced_keys = self._repairs.setdefault(partition, set())
         restore.epoch = self._epochs.get(partition, 0)
         before = len(restore.profiles)
         restore.apply(((key, value),))
@@ -224,6 +229,7 @@ class ProfileStore:
             replaced = self._partitions.get(restore.partition, {})
             self._partitions[restore.partition] = restore.profiles
             self._tombstones.pop(restore.partition, None)
+            self._repairs[restore.partition] = restore.fenced_keys
             self._count += len(restore.profiles) - len(replaced)
             self._epochs[restore.partition] = max(
                 self._epochs.get(restore.partition, 0), restore.epoch
@@ -233,10 +239,41 @@ class ProfileStore:
     def claim_epoch(self, partition: int) -> int:
         """After the restore of ``partition``: this owner's epoch, one above every epoch seen
         there. Write ``FENCE_KEY`` with ``fence_value(epoch)`` to the partition before
-        processing its records; every value ``put`` returns from now on carries it."""
+        processing its records, then the ``repairs``; every record ``write`` returns from now
+        on carries it."""
         epoch = self._epochs.get(partition, 0) + 1
         self._epochs[partition] = epoch
         return epoch
+
+    def epoch(self, partition: int) -> int:
+        """This owner's epoch of ``partition`` (0: none claimed, or not held)."""
+        return self._epochs.get(partition, 0)
+
+    def repairs(self, partition: int) -> list[ChangelogWrite]:
+        """After ``claim_epoch``: the records to write right after the fence, once, for the
+        keys whose records the restore ignored as a former owner's late writes (``fenced``).
+
+        Each is the key's held value stamped with this owner's epoch (the held bytes become
+        those), or a stamped tombstone when no profile of the key is held, so the rightful
+        record is again the latest of its key and the one compaction keeps (DESIGN, 7).
+        """
+        keys = self._repairs.pop(partition, set())
+        return [w for key in sorted(keys) if (w := self.repair(partition, key)) is not None]
+
+    def repair(self, partition: int, key: bytes) -> ChangelogWrite | None:
+        """The record that makes this owner's state of ``key`` the latest of its key again:
+        its held value stamped with the partition's epoch (held from now on), or a stamped
+        tombstone when none is held; ``None`` when ``partition`` is not held (dropped)."""
+        profiles = self._partitions.get(partition)
+        if profiles is None:
+            return None
+        epoch = self._epochs.get(partition, 0)
+        held = profiles.get(key)
+        if held is None:
+            return ChangelogWrite(partition, key, None, epoch=epoch)
+        value = stamp(unstamp(held), epoch)
+        profiles[key] = value
+        return ChangelogWrite(partition, key, value, epoch=epoch)
 
     def drop_partition(self, partition: int) -> None:
         """Forget every profile of a revoked partition."""
@@ -244,6 +281,7 @@ class ProfileStore:
             self._count -= len(self._partitions.pop(partition, {}))
             self._epochs.pop(partition, None)
             self._tombstones.pop(partition, None)
+            self._repairs.pop(partition, None)
 
     def expire(
         self, now: datetime, partitions: Iterable[int] | None = None
@@ -308,15 +346,17 @@ class PartitionRestore:
     epoch (an earlier release's) is applied as it always was.
 
     ``tombstones`` (key -> epoch of the stamped tombstone that removed the key) lives only as
-    long as the restore: ``install`` keeps the profiles and the epoch.
+    long as the restore: ``install`` keeps the profiles, the epoch and ``fenced_keys`` (the keys
+    of the fenced records, for ``ProfileStore.repairs``).
     """
 
-    __slots__ = ("epoch", "fenced", "partition", "profiles", "tombstones")
+    __slots__ = ("epoch", "fenced", "fenced_keys", "partition", "profiles", "tombstones")
 
     def __init__(self, partition: int) -> None:
         self.partition = partition
         self.profiles: dict[bytes, bytes] = {}
         self.tombstones: dict[bytes, int] = {}
+        self.fenced_keys: set[bytes] = set()
         self.epoch = 0
         self.fenced = 0
 
@@ -345,6 +385,7 @@ class PartitionRestore:
                 written = value.epoch
                 if written < self._held_epoch(key):
                     self.fenced += 1  # a former owner's late tombstone: ignore it
+                    self.fenced_keys.add(key)
                     continue
                 epoch = max(epoch, written)
                 profiles.pop(key, None)
@@ -356,9 +397,11 @@ class PartitionRestore:
                 if written < epoch_of(held):
                     # A former owner's late write, after the new owner's value: ignore it.
                     self.fenced += 1
+                    self.fenced_keys.add(key)
                     continue
             elif tombstones and written < tombstones.get(key, 0):
                 self.fenced += 1  # a late value after the new owner's stamped tombstone
+                self.fenced_keys.add(key)
                 continue
             else:
                 tombstones.pop(key, None)

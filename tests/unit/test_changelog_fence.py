@@ -15,10 +15,11 @@ from consumer.domain.profile_epoch import (
     RestoredValue,
     Tombstone,
     epoch_header,
+    epoch_of,
     fence_value,
     read_epoch_header,
 )
-from consumer.engine.profiles import ProfileExpiry, ProfileStore
+from consumer.engine.profiles import ChangelogWrite, ProfileExpiry, ProfileStore
 
 DAY = 86_400_000
 RETENTION = Retention(btn_ref_ms=7 * DAY, device_id_ms=30 * DAY, order_ms=60 * DAY)
@@ -138,3 +139,89 @@ def test_expiry_tombstones_carry_the_owners_epoch() -> None:
     asyncio.run(ProfileExpiry(store, Changelog(), clock=lambda: later).run())
 
     assert sorted(writes) == [(3, KEY, None, 7), (4, b"other", None, 0)]
+
+
+def _compacted(changelog: list[tuple[bytes, RestoredValue]]) -> list[tuple[bytes, RestoredValue]]:
+    """What log compaction leaves: the last record of each key, in offset order (tombstones
+    kept: within ``delete.retention.ms``)."""
+    last = {key: offset for offset, (key, _value) in enumerate(changelog)}
+    return [record for offset, record in enumerate(changelog) if last[record[0]] == offset]
+
+
+def _claimed_with_repairs(
+    changelog: list[tuple[bytes, RestoredValue]],
+) -> tuple[ProfileStore, list[ChangelogWrite]]:
+    """A new owner: restores ``changelog`` off the store, installs it, claims the partition
+    and appends its fence, then the repairs of the keys the restore fenced."""
+    store = _restored(changelog)
+    epoch = store.claim_epoch(0)
+    changelog.append((FENCE_KEY, fence_value(epoch)))
+    repairs = store.repairs(0)
+    changelog.extend((w.key, w.read_back) for w in repairs)
+    return store, repairs
+
+
+def test_the_new_owner_repairs_a_fenced_key_so_its_rightful_value_survives_compaction() -> None:
+    """A (epoch 1) wrote the user's profile, B (epoch 2) a newer one, and A's late value landed
+    after B's. The next owner C restores (A's value is fenced), fences with epoch 3 and writes
+    the key again right after its fence: the profile it holds (B's), stamped with epoch 3, now
+    the key's latest record. Compaction keeps it, and a restore of the compacted changelog
+    holds B's profile; keys the restore did not fence are not written again."""
+    changelog: list[tuple[bytes, RestoredValue]] = []
+    a = _owner(changelog)
+    changelog.append((KEY, a.put(0, KEY, _with_token("srctok-old"))))
+    changelog.append((b"quiet", a.put(0, b"quiet", _with_token("srctok-q"))))
+    late = a.put(0, KEY, _with_token("srctok-old"))
+    b = _owner(changelog)
+    newer = _with_token("srctok-new", seen_ms=NOW_MS - 60_000)
+    changelog += [(KEY, b.put(0, KEY, newer)), (KEY, late)]
+
+    c, repairs = _claimed_with_repairs(changelog)
+
+    assert [(w.key, w.epoch, epoch_of(w.value or b"")) for w in repairs] == [(KEY, 3, 3)]
+    assert (c.get(0, KEY), c.fenced, c.repairs(0)) == (newer, 1, [])
+    assert c.get_encoded(0, KEY) == repairs[0].value  # held as written
+    compacted = _restored(_compacted(changelog))
+    assert (compacted.get(0, KEY), compacted.fenced) == (newer, 0)
+
+
+def test_the_new_owner_repairs_a_fenced_key_it_holds_no_profile_of_with_a_stamped_tombstone() -> (
+    None
+):
+    """B (epoch 2) deleted the profile; A's late value (epoch 1) landed after B's tombstone.
+    The next owner holds no profile of the key and repairs it with a tombstone stamped with
+    its epoch: compaction keeps that tombstone, and the key stays deleted."""
+    changelog: list[tuple[bytes, RestoredValue]] = []
+    a = _owner(changelog)
+    changelog.append((KEY, a.put(0, KEY, _with_token("srctok-old"))))
+    late = a.put(0, KEY, _with_token("srctok-old"))
+    b = _owner(changelog)
+    changelog += [(KEY, b.write(0, KEY, Profile()).read_back), (KEY, late)]
+
+    c, repairs = _claimed_with_repairs(changelog)
+
+    assert repairs == [ChangelogWrite(0, KEY, None, epoch=3)]
+    assert (c.get(0, KEY), len(c)) == (None, 0)
+    assert _restored(_compacted(changelog)).get(0, KEY) is None
+
+
+def test_a_restore_in_place_collects_its_fenced_keys_for_the_repair_too() -> None:
+    """``ProfileStore.restore`` (in place) follows the same rules: a fenced key is repaired
+    once the partition is claimed; a dropped partition forgets its due repairs."""
+    changelog: list[tuple[bytes, RestoredValue]] = []
+    a = _owner(changelog)
+    changelog.append((KEY, a.put(0, KEY, _with_token("srctok-old"))))
+    late = a.put(0, KEY, _with_token("srctok-old"))
+    b = _owner(changelog)
+    newer = _with_token("srctok-new")
+    changelog += [(KEY, b.put(0, KEY, newer)), (KEY, late)]
+
+    store = ProfileStore(RETENTION)
+    for key, value in changelog:
+        store.restore(0, key, value)
+        store.restore(1, key, value)
+    store.claim_epoch(0)
+    store.drop_partition(1)
+
+    assert [(w.key, w.epoch) for w in store.repairs(0)] == [(KEY, 3)]
+    assert store.repairs(1) == []
