@@ -28,6 +28,7 @@ from consumer.adapters.admin import AdminServer, DeliveryLog, Health, TestEventF
 from consumer.adapters.avro_codec import LocalDecoder, RegistryDecoder, build_decoder
 from consumer.adapters.backstop import ShutdownBackstop
 from consumer.adapters.button_client import ButtonClient
+from consumer.adapters.changelog_watch import ChangelogWatch
 from consumer.adapters.kafka import KafkaSource, kafka_error_text
 from consumer.adapters.kafka_admin import admin_client, describe_topics, ensure_topics
 from consumer.adapters.kafka_producer import AckingProducer
@@ -60,6 +61,7 @@ from consumer.engine.authgate import AuthGate
 from consumer.engine.breaker import CircuitBreaker
 from consumer.engine.concurrency import QUEUE_RATIO, AdaptiveLimiter, PauseGate, TokenBucket
 from consumer.engine.dispatcher import Dispatcher
+from consumer.engine.fence import LateWriteRepair
 from consumer.engine.parking import Parking, ParkingLot
 from consumer.engine.pipeline import Pipeline, PipelineDeps
 from consumer.engine.processor import ProfileProcessor
@@ -167,6 +169,10 @@ class Service:
     worker: Worker
     create_topics: bool = False
     """Create the DLQ and the changelog before consuming when missing (``KAFKA_CREATE_TOPICS``)."""
+    watch: ChangelogWatch | None = None
+    """Follows the owned changelog partitions for a former owner's late writes (DESIGN, 7)."""
+    repair: LateWriteRepair | None = None
+    """Repairs what ``watch`` finds, on the event loop."""
     stats: RunStats = field(default_factory=RunStats)
 
     @property
@@ -190,12 +196,16 @@ class Service:
         s = self.settings
         await asyncio.to_thread(prepare_topics, s, create=self.create_topics)
         self.producer.start()
+        if self.repair is not None:
+            self.repair.attach(asyncio.get_running_loop())
         if self.admin is not None:
             await self.admin.start()
         try:
             self.stats = await self.worker.run()
             return self.stats
         finally:
+            if self.watch is not None:
+                await asyncio.to_thread(self.watch.close)
             self.producer.close(timeout=s.delivery.shutdown_budget().flush)
             self.decoder.close()
             await self.button.aclose()
@@ -439,14 +449,20 @@ def _retry_policy(d: DeliverySettings) -> RetryPolicy:
 
 
 def _restorer(
-    s: Settings, store: ProfileStore, producer: AckingProducer, telemetry: ServiceTelemetry
+    s: Settings,
+    store: ProfileStore,
+    producer: AckingProducer,
+    telemetry: ServiceTelemetry,
+    watch: ChangelogWatch,
 ) -> RestoreFn:
-    """The worker's restore: read the changelog partitions into ``store``, then fence them and
-    repair the keys the restore fenced."""
+    """The worker's restore: read the changelog partitions into ``store``, then fence them,
+    repair the keys the restore fenced, and have ``watch`` follow them from where the restore
+    ended."""
 
     def restore(partitions: list[int], cancel: RestoreCancel) -> int:
         """On a thread of its own, beside the poll loop (``consumer.engine.restore``)."""
         restores = {p: store.restoring(p) for p in partitions}
+        ends: dict[int, int] = {}
         progress = RestoreReport(partitions, telemetry)
 
         def apply(partition: int, records: list[tuple[bytes, RestoredValue]]) -> None:
@@ -461,6 +477,7 @@ def _restorer(
                 apply,
                 cancelled=cancel.cancelled,
                 progress=progress.batch,
+                ends=ends,
             )
         finally:
             telemetry.restore_finished(partitions)
@@ -502,6 +519,11 @@ def _restorer(
             raise BrokerError(f"the changelog fence of partitions {partitions} was not written")
         if repaired:
             telemetry.changelog_repaired("restore", repaired)
+        # From where the restore ended on, a former owner's write landing now is repaired at
+        # once (``LateWriteRepair``); a partition revoked meanwhile is stopped by ``drop``.
+        for partition in partitions:
+            if not cancel.cancelled(partition):
+                watch.follow(partition, ends.get(partition, 0), store.epoch(partition))
         telemetry.profiles_held(len(store))
         return read
 
@@ -615,9 +637,14 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         await expiry.run()
         telemetry.profiles_held(len(store))
 
-    restore = _restorer(s, store, producer, telemetry)
+    repair = LateWriteRepair(store, changelog, telemetry)
+    watch = ChangelogWatch(
+        s.kafka.reader_config(RESTORE_GROUP_ID), s.kafka.profile_topic, repair.found
+    )
+    restore = _restorer(s, store, producer, telemetry, watch)
 
     def drop(partitions: list[int]) -> None:
+        watch.stop(partitions)
         for p in partitions:
             store.drop_partition(p)
         telemetry.profiles_held(len(store))
@@ -661,6 +688,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         button=button,
         worker=worker,
         create_topics=s.kafka.create_topics,
+        watch=watch,
+        repair=repair,
     )
 
 

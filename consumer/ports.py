@@ -384,7 +384,8 @@ class Telemetry(Protocol):
     def changelog_repaired(self, when: str, count: int) -> None:
         """``count`` changelog keys were written again by their partition's owner, after a
         former owner's late write of them (DESIGN, 7). ``when``: ``restore`` (found fenced by
-        the restore, written right after the fence)."""
+        the restore, written right after the fence) or ``watch`` (landed while this member
+        owned the partition)."""
         ...
 
     def held_refund_discarded(self, reason: str) -> None:

@@ -49,7 +49,7 @@ their counters exist from the start (at 0), so the alert over them has a series 
 first discard. Another reason the mapping gives (``invalid_amount``, ``total_out_of_range``)
 gets its series when it first happens."""
 
-REPAIR_TRIGGERS = ("restore",)
+REPAIR_TRIGGERS = ("restore", "watch")
 """What found a former owner's late changelog write that its owner wrote again
 (``changelog_repairs_total{when}``); the counters exist from the start (at 0)."""
 
@@ -182,7 +182,8 @@ class Metrics:
             changelog_repairs=counter(
                 "changelog_repairs",
                 "Profile changelog keys written again by their partition's owner after a former "
-                "owner's late write of them (found fenced by the restore).",
+                "owner's late write of them: found fenced by the restore, or landed while owned "
+                "(watch).",
                 ("when",),
             ),
             decode_failures=counter(

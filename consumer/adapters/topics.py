@@ -103,6 +103,7 @@ def restore_partitions(
     cancelled: Callable[[int], bool] = lambda _partition: False,
     progress: RestoreProgress | None = None,
     timeout: float = 120.0,
+    ends: dict[int, int] | None = None,
 ) -> int:
     """Read changelog partitions from the beginning to their end, a batch at a time.
 
@@ -120,6 +121,8 @@ def restore_partitions(
         progress: told after each batch how far a partition got (``RestoreProgress``).
         timeout: seconds for finding the partitions' ends, and seconds without progress
             before the read gives up (a long restore that progresses is never cut short).
+        ends: filled with each partition's end offset, the one the restore read up to (where
+            a ``ChangelogWatch`` of it starts).
 
     Returns:
         the number of records applied.
@@ -132,6 +135,8 @@ def restore_partitions(
         return 0
     with PartitionReader(config, topic) as reader:
         marks = reader.watermarks(partitions, time.monotonic() + timeout)
+        if ends is not None:
+            ends.update({p: end for p, (_start, end) in marks.items()})
         read = 0
         for partition, pairs, next_offset in reader.read_batches(marks, timeout, cancelled):
             keyed = [

@@ -29,8 +29,8 @@ from consumer.domain.profile_codec import decode_profile
 from consumer.domain.profile_epoch import FENCE_KEY, epoch_of, fence_value, unstamp
 from consumer.domain.topics import created_topic_configs
 from consumer.engine.profiles import ProfileStore
-from tests.e2e.harness import read_all, stop_when_done, wait_until
-from tests.e2e.test_reliability_process import _server_purchase
+from tests.e2e.harness import read_all, stop_when_done, wait_for_committed, wait_until
+from tests.e2e.test_reliability_process import _app_open, _server_purchase
 
 pytestmark = pytest.mark.broker
 
@@ -229,6 +229,102 @@ def test_the_new_owner_repairs_a_former_owners_late_profile_before_compaction_ca
         producer.produce(changelog, key=FENCE_KEY, value=fence_value(3), partition=0)
         assert producer.flush(30) == 0
         return key_values() == repaired
+
+    wait_until(compacted, timeout=180, interval=1.0, message="the changelog was not compacted")
+
+    order_id = f"{user}-order"
+    produce_events(
+        settings, [_server_purchase(user, order_id, now - timedelta(minutes=5))], partitions=1
+    )
+    runner = start_service(settings)
+    stop_when_done(runner, kafka_bootstrap, settings.kafka.group_id, topic, 1, 90)
+
+    held = sandbox.order(order_id)
+    assert held is not None, order_id
+    assert held["object"]["btn_ref"] == "srctok-new", held["object"]
+
+
+def test_the_owner_repairs_a_former_owners_write_that_lands_while_it_owns_the_partition(
+    kafka_bootstrap, make_topic, service_settings, start_service, sandbox
+):
+    """Owner A (epoch 1) wrote the user's profile (token ``srctok-old``) and stalled. The
+    service takes the partition over as owner B: it restores, fences (epoch 2), and learns
+    the user's newer token ``srctok-new`` from an app open, writing the profile with epoch 2.
+    Then A continues and its queued write of its older profile lands in the changelog, after
+    B's, while B runs. B watches its changelog partition: it writes the user's profile again
+    at once, stamped with epoch 2 (read back from the changelog: a record of the key after
+    A's late one, equal to B's own value). The broker then compacts the changelog (waited for,
+    bounded), the service restarts, and the user's purchase (no token of its own) reaches the
+    sandbox with ``btn_ref`` ``srctok-new``.
+
+    Without the watch: nothing followed A's late record, compaction kept it, and the restart
+    attributed the order to ``srctok-old``.
+    """
+    topic = make_topic(partitions=1, prefix="fencewatch")
+    settings = service_settings(topic)
+    changelog = settings.kafka.profile_topic
+    dlq_config, changelog_config = created_topic_configs(topic_plan(settings), 1)
+    ensure_topics(
+        settings.kafka.admin_config(),
+        {changelog: changelog_config, settings.kafka.dlq_topic: dlq_config},
+        partitions=1,
+        replication=1,
+    )
+    user = f"watch-{uuid.uuid4().hex[:8]}"
+    key = user.encode()
+    now = datetime.now(UTC)
+
+    def old(minutes_ago: int) -> Profile:
+        seen = epoch_ms(now - timedelta(minutes=minutes_ago))
+        return Profile(tokens=(ResolvedToken("srctok-old", TokenSource.EXPLICIT, seen),))
+
+    a = ProfileStore(mapping_config(settings).retention)
+    a_epoch = a.claim_epoch(0)
+    a_value = a.put(0, key, old(60))
+    late = a.put(0, key, old(50))  # A saw the old token again, then stalled: queued
+    assert late is not None
+    assert late != a_value
+
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "acks": "all"})
+    producer.produce(changelog, key=FENCE_KEY, value=fence_value(a_epoch), partition=0)
+    producer.produce(changelog, key=key, value=a_value, partition=0)
+    assert producer.flush(30) == 0
+
+    def key_values() -> list[bytes | None]:
+        return [m.value() for m in read_all(kafka_bootstrap, changelog) if m.key() == key]
+
+    runner = start_service(settings)
+    produce_events(
+        settings,
+        [_app_open(user, "srctok-new", str(uuid.uuid4()).upper(), now - timedelta(minutes=30))],
+        partitions=1,
+    )
+    wait_for_committed(kafka_bootstrap, settings.kafka.group_id, topic, 1, 60)
+    owners = wait_until(
+        lambda: [v for v in key_values() if epoch_of(v or b"") == 2],
+        timeout=30,
+        message="owner B did not write the user's profile",
+    )
+    b_value = owners[-1]
+
+    producer.produce(changelog, key=key, value=late, partition=0)  # A's queued write lands
+    assert producer.flush(30) == 0
+
+    def repaired() -> list[bytes | None]:
+        values = key_values()
+        after = values[values.index(late) + 1 :] if late in values else []
+        return [v for v in after if epoch_of(v or b"") == 2]
+
+    repairs = wait_until(repaired, timeout=30, interval=0.5, message="the late write was kept")
+    runner.stop()
+    assert repairs == [b_value]
+
+    _compact_now(settings.kafka.admin_config(), changelog)
+
+    def compacted() -> bool:
+        producer.produce(changelog, key=FENCE_KEY, value=fence_value(2), partition=0)
+        assert producer.flush(30) == 0
+        return key_values() == [b_value]
 
     wait_until(compacted, timeout=180, interval=1.0, message="the changelog was not compacted")
 

@@ -222,3 +222,68 @@ def test_a_changelog_tombstone_carries_its_writers_epoch_back_to_the_restore(
         (b"b", None, []),
         (b"c", b"\x04value", []),
     ]
+
+
+def test_the_changelog_watch_reports_records_stamped_below_the_owner_epoch(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """``ChangelogWatch`` follows a partition from the offset given (what came before is not
+    read) and reports, per record, a value stamped below the owner's epoch, a tombstone whose
+    ``button.epoch`` header is below it and a tombstone without one (epoch 0); the owner's own
+    records, a newer owner's and fences are not reported. ``stop`` and ``close`` end it."""
+    import asyncio
+    import threading
+
+    from consumer.adapters.changelog_watch import ChangelogWatch
+    from consumer.domain.profile_epoch import FENCE_KEY, fence_value, stamp
+
+    settings = settings_for(kafka_bootstrap)
+    topic = make_topic(partitions=1)
+    value = b"\x04" + bytes(8)
+    reported: list[tuple[int, bytes, int]] = []
+    done = threading.Event()
+
+    def on_late(partition: int, key: bytes, epoch: int) -> None:
+        reported.append((partition, key, epoch))
+        if key == b"last":
+            done.set()
+
+    async def write(records: list[tuple[bytes, bytes | None, int]]) -> None:
+        producer = AckingProducer(settings.kafka.producer_config())
+        producer.start()
+        try:
+            changelog = KafkaChangelog(producer, topic)
+            for key, data, epoch in records:
+                await changelog.write(0, key, data, epoch=epoch)
+        finally:
+            producer.close()
+
+    asyncio.run(write([(b"before", stamp(value, 1), 1)]))
+    watch = ChangelogWatch(settings.kafka.reader_config(unique_name("watch")), topic, on_late)
+    try:
+        watch.follow(0, 1, 5)
+        asyncio.run(
+            write(
+                [
+                    (FENCE_KEY, fence_value(5), 5),
+                    (b"own", stamp(value, 5), 5),
+                    (b"late", stamp(value, 3), 3),
+                    (b"newer", stamp(value, 6), 6),
+                    (b"late-tombstone", None, 2),
+                    (b"own-tombstone", None, 5),
+                    (b"bare-tombstone", None, 0),
+                    (b"last", value, 0),
+                ]
+            )
+        )
+        assert done.wait(30), reported
+        assert reported == [
+            (0, b"late", 3),
+            (0, b"late-tombstone", 2),
+            (0, b"bare-tombstone", 0),
+            (0, b"last", 0),
+        ]
+        watch.stop([0])
+        assert watch.following == frozenset()
+    finally:
+        watch.close()

@@ -6,6 +6,8 @@ applied as before."""
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from consumer.domain.attribution import ResolvedToken, TokenSource
@@ -19,7 +21,9 @@ from consumer.domain.profile_epoch import (
     fence_value,
     read_epoch_header,
 )
+from consumer.engine.fence import LateWriteRepair
 from consumer.engine.profiles import ChangelogWrite, ProfileExpiry, ProfileStore
+from tests.fakes import RecordingTelemetry
 
 DAY = 86_400_000
 RETENTION = Retention(btn_ref_ms=7 * DAY, device_id_ms=30 * DAY, order_ms=60 * DAY)
@@ -225,3 +229,119 @@ def test_a_restore_in_place_collects_its_fenced_keys_for_the_repair_too() -> Non
 
     assert [(w.key, w.epoch) for w in store.repairs(0)] == [(KEY, 3)]
     assert store.repairs(1) == []
+
+
+class _QueuedChangelog:
+    """Keeps each write in the order it was queued (as the producer writes one partition)."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[int, bytes, bytes | None, int]] = []
+        self.written = asyncio.Event()
+
+    def write(
+        self, partition: int, key: bytes, value: bytes | None, *, epoch: int
+    ) -> asyncio.Future[None]:
+        self.writes.append((partition, key, value, epoch))
+        self.written.set()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+def _owner_b() -> ProfileStore:
+    """Owner B of partition 0: restored A's fence (epoch 1), claimed epoch 2."""
+    store = ProfileStore(RETENTION)
+    store.restore(0, FENCE_KEY, fence_value(1))
+    assert store.claim_epoch(0) == 2
+    return store
+
+
+def _nothing(_changelog: _QueuedChangelog) -> None:
+    return None
+
+
+def _found_from_another_thread(
+    store: ProfileStore,
+    late: list[tuple[int, bytes, int]],
+    before: Callable[[_QueuedChangelog], None] = _nothing,
+) -> tuple[_QueuedChangelog, RecordingTelemetry]:
+    """On the loop, ``before`` runs; then the watch's thread reports ``late`` (partition, key,
+    epoch of the late record) and the loop repairs. Returns once the loop ran every
+    hand-over."""
+    changelog = _QueuedChangelog()
+    telemetry = RecordingTelemetry()
+    repair = LateWriteRepair(store, changelog, telemetry)
+
+    async def scenario() -> None:
+        repair.attach(asyncio.get_running_loop())
+        before(changelog)
+
+        def report() -> None:
+            for partition, key, epoch in late:
+                repair.found(partition, key, epoch)
+
+        watch = threading.Thread(target=report)
+        watch.start()
+        await asyncio.to_thread(watch.join, 5)
+        for _ in range(10):  # the hand-overs were queued before the join returned
+            await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    return changelog, telemetry
+
+
+def test_a_late_write_the_watch_finds_is_repaired_on_the_loop_with_the_held_value() -> None:
+    """A former owner's record (epoch 1) lands while B (epoch 2) owns the partition: the watch
+    reports it from its thread, and the loop writes B's held profile of the key again, stamped
+    with epoch 2 (its bytes), counted (``watch``)."""
+    store = _owner_b()
+    store.put(0, KEY, _with_token("srctok-new"))
+    held = store.get_encoded(0, KEY)
+
+    changelog, telemetry = _found_from_another_thread(store, [(0, KEY, 1)])
+
+    assert changelog.writes == [(0, KEY, held, 2)]
+    assert telemetry.named("changelog_repaired") == [("watch", 1)]
+
+
+def test_a_late_write_of_a_key_the_owner_holds_no_profile_of_is_repaired_with_a_tombstone() -> None:
+    """B holds no profile of the key (deleted, or never seen): the repair is a tombstone
+    stamped with B's epoch."""
+    changelog, _telemetry = _found_from_another_thread(_owner_b(), [(0, KEY, 0)])
+
+    assert changelog.writes == [(0, KEY, None, 2)]
+
+
+def test_no_repair_for_an_own_or_newer_epoch_nor_for_a_partition_given_up() -> None:
+    """A record of B's own epoch (or of a newer owner's: B is the former owner then) is no late
+    write; a partition dropped (revoked, lost) before the hand-over reached the loop is not
+    this member's to write any more."""
+    store = _owner_b()
+    store.put(0, KEY, _with_token("srctok-new"))
+    store.restore(5, FENCE_KEY, fence_value(1))
+    store.claim_epoch(5)
+
+    changelog, telemetry = _found_from_another_thread(
+        store, [(0, KEY, 2), (0, KEY, 3), (5, KEY, 1)], before=lambda _c: store.drop_partition(5)
+    )
+
+    assert (changelog.writes, telemetry.named("changelog_repaired")) == ([], [])
+
+
+def test_the_repair_follows_a_lane_write_of_the_key_queued_before_it() -> None:
+    """The repair is queued on the loop, after whatever a lane queued for the key before it,
+    and writes the profile held now (the lane's): the key's latest record is this owner's
+    current state, never an older one."""
+    store = _owner_b()
+    store.put(0, KEY, _with_token("srctok-new"))
+    current = _with_token("srctok-newest")
+
+    def lane(changelog: _QueuedChangelog) -> None:
+        write = store.write(0, KEY, current)
+        changelog.write(0, KEY, write.value, epoch=write.epoch)
+
+    changelog, _telemetry = _found_from_another_thread(store, [(0, KEY, 1)], before=lane)
+
+    written = store.get_encoded(0, KEY)
+    assert changelog.writes == [(0, KEY, written, 2), (0, KEY, written, 2)]
+    assert store.get(0, KEY) == current
