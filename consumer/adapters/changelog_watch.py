@@ -96,15 +96,16 @@ class ChangelogWatch:
                     self._changes.append((False, partition, 0))
 
     def close(self) -> None:
-        """Stop the thread and close its consumer (waits up to about ``poll`` seconds plus the
-        consumer's close, which commits nothing)."""
+        """Stop the thread, which closes its consumer (it commits nothing); waits for it up to
+        ``poll`` seconds, then leaves it to end on its own (a daemon thread: a close blocked on
+        an absent broker never holds the process)."""
         self._stopping.set()
         self._wake.set()
         with self._lock:
             self._owned.clear()
             thread = self._thread
         if thread is not None:
-            thread.join(self._poll + 5.0)
+            thread.join(self._poll)
             if thread.is_alive():
                 log.warning("changelog_watch_close_abandoned")
 
