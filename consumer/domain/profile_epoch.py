@@ -10,7 +10,12 @@ held value's, or the stamped tombstone's that removed it) is a former owner's la
 ignored. Ignoring is not enough once the broker compacts the changelog (it keeps the last
 record of a key, the late one): right after its fence, the owner writes again each key whose
 record its restore ignored (its held value stamped with its epoch, or a stamped tombstone), so
-that the rightful record is the latest of its key again (``ProfileStore.repairs``).
+that the rightful record is the latest of its key again (``ProfileStore.repairs``); while it owns
+the partition it reads it on and writes a key again as soon as a record with an older epoch lands
+for it (``consumer.engine.fence``). Not closed here (only by fencing at the broker, a
+transactional producer): a late write that lands while no owner runs and is compacted before any
+restore reads it, and a former owner stalled between its restore and its fence, which claims the
+same epoch as the next owner (DESIGN, 7).
 
 The stamp is an envelope around the profile value, independent of the profile's own format
 version (``consumer.domain.profile_codec``)::

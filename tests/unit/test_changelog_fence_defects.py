@@ -11,7 +11,11 @@ its key. The tests below give a restore the changelog a former owner's late writ
   erased the new owner's newer value (fixed: a tombstone carries its writer's epoch in the
   ``button.epoch`` header, and the restore judges it like a value);
 - compaction keeps the last value of a key only, so once it ran, a former owner's late value
-  is all that is left of the key, and the restore takes it.
+  is all that is left of the key, and the restore takes it. The owner now writes such a key
+  again after a restore that fenced its late record, and at once when it lands while it owns
+  the partition (``tests/unit/test_changelog_fence.py``), so compaction keeps the rightful
+  record; what is left is the residual this test models: a late write that lands while no
+  owner runs and is compacted before any restore reads it (DESIGN, 7).
 
 A test still marked ``xfail(strict=True)`` fails on the current code, and a fix turns it into a
 pass that strict mode reports, so the mark comes off with the fix.
@@ -97,7 +101,11 @@ def test_a_former_owners_late_tombstone_does_not_erase_the_new_owners_profile() 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="defect: after compaction a former owner's late value replaces the newer one",
+    reason=(
+        "residual: a late write that lands while no owner runs and is compacted before any "
+        "restore reads it is closed only by broker-side fencing (a transactional changelog "
+        "producer, KIP-98/KIP-447); see docs/design.md, 7"
+    ),
 )
 def test_a_former_owners_late_value_stays_fenced_after_compaction() -> None:
     """Owner A (epoch 1) writes the user's profile; B takes the partition over, fences with
