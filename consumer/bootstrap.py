@@ -28,6 +28,7 @@ from consumer.adapters.admin import AdminServer, DeliveryLog, Health, TestEventF
 from consumer.adapters.avro_codec import LocalDecoder, RegistryDecoder, build_decoder
 from consumer.adapters.backstop import ShutdownBackstop
 from consumer.adapters.button_client import ButtonClient
+from consumer.adapters.changelog_watch import ChangelogWatch
 from consumer.adapters.kafka import KafkaSource, kafka_error_text
 from consumer.adapters.kafka_admin import admin_client, describe_topics, ensure_topics
 from consumer.adapters.kafka_producer import AckingProducer
@@ -40,13 +41,14 @@ from consumer.adapters.topics import (
     RESTORE_GROUP_ID,
     KafkaChangelog,
     KafkaDeadLetters,
+    changelog_headers,
     restore_partitions,
 )
 from consumer.domain.button import ButtonRequest
 from consumer.domain.mapping import MappingConfig
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import RetryPolicy
-from consumer.domain.profile_epoch import FENCE_KEY, fence_value
+from consumer.domain.profile_epoch import FENCE_KEY, RestoredValue, fence_value
 from consumer.domain.topics import (
     TopicPlan,
     TopicProblem,
@@ -59,6 +61,7 @@ from consumer.engine.authgate import AuthGate
 from consumer.engine.breaker import CircuitBreaker
 from consumer.engine.concurrency import QUEUE_RATIO, AdaptiveLimiter, PauseGate, TokenBucket
 from consumer.engine.dispatcher import Dispatcher
+from consumer.engine.fence import LateWriteRepair
 from consumer.engine.parking import Parking, ParkingLot
 from consumer.engine.pipeline import Pipeline, PipelineDeps
 from consumer.engine.processor import ProfileProcessor
@@ -166,6 +169,10 @@ class Service:
     worker: Worker
     create_topics: bool = False
     """Create the DLQ and the changelog before consuming when missing (``KAFKA_CREATE_TOPICS``)."""
+    watch: ChangelogWatch | None = None
+    """Follows the owned changelog partitions for a former owner's late writes (DESIGN, 7)."""
+    repair: LateWriteRepair | None = None
+    """Repairs what ``watch`` finds, on the event loop."""
     stats: RunStats = field(default_factory=RunStats)
 
     @property
@@ -189,12 +196,16 @@ class Service:
         s = self.settings
         await asyncio.to_thread(prepare_topics, s, create=self.create_topics)
         self.producer.start()
+        if self.repair is not None:
+            self.repair.attach(asyncio.get_running_loop())
         if self.admin is not None:
             await self.admin.start()
         try:
             self.stats = await self.worker.run()
             return self.stats
         finally:
+            if self.watch is not None:
+                await asyncio.to_thread(self.watch.close)
             self.producer.close(timeout=s.delivery.shutdown_budget().flush)
             self.decoder.close()
             await self.button.aclose()
@@ -438,16 +449,23 @@ def _retry_policy(d: DeliverySettings) -> RetryPolicy:
 
 
 def _restorer(
-    s: Settings, store: ProfileStore, producer: AckingProducer, telemetry: ServiceTelemetry
+    s: Settings,
+    store: ProfileStore,
+    producer: AckingProducer,
+    telemetry: ServiceTelemetry,
+    watch: ChangelogWatch,
 ) -> RestoreFn:
-    """The worker's restore: read the changelog partitions into ``store``, then fence them."""
+    """The worker's restore: read the changelog partitions into ``store``, then fence them,
+    repair the keys the restore fenced, and have ``watch`` follow them from where the restore
+    ended."""
 
     def restore(partitions: list[int], cancel: RestoreCancel) -> int:
         """On a thread of its own, beside the poll loop (``consumer.engine.restore``)."""
         restores = {p: store.restoring(p) for p in partitions}
+        ends: dict[int, int] = {}
         progress = RestoreReport(partitions, telemetry)
 
-        def apply(partition: int, records: list[tuple[bytes, bytes | None]]) -> None:
+        def apply(partition: int, records: list[tuple[bytes, RestoredValue]]) -> None:
             restores[partition].apply(records)
 
         telemetry.restore_started(len(partitions))
@@ -459,6 +477,7 @@ def _restorer(
                 apply,
                 cancelled=cancel.cancelled,
                 progress=progress.batch,
+                ends=ends,
             )
         finally:
             telemetry.restore_finished(partitions)
@@ -469,14 +488,42 @@ def _restorer(
             store.install(restores.pop(partition))
         # Fence former owners (DESIGN, 7): claim an epoch above every one in the partition and
         # write it before any record is processed; a late write of a former owner now carries a
-        # lower epoch than this owner's values and is ignored by every later restore.
+        # lower epoch than this owner's records and is ignored by every later restore. Then
+        # write again each key whose record the restore ignored as such a late write, so that
+        # the rightful record is the latest of its key again: compaction keeps the last one.
+        repaired = 0
         for partition in partitions:
             epoch = store.claim_epoch(partition)
             producer.send_nowait(
                 s.kafka.profile_topic, FENCE_KEY, fence_value(epoch), partition=partition
             )
+            repairs = store.repairs(partition)
+            for write in repairs:
+                producer.send_nowait(
+                    s.kafka.profile_topic,
+                    write.key,
+                    write.value,
+                    changelog_headers(write.value, write.epoch),
+                    partition=partition,
+                )
+            if repairs:
+                repaired += len(repairs)
+                log.warning(
+                    "changelog_fenced_write_repaired",
+                    partition=partition,
+                    epoch=epoch,
+                    keys=len(repairs),
+                    when="restore",
+                )
         if partitions and producer.settle(s.delivery.shutdown_timeout_seconds):
             raise BrokerError(f"the changelog fence of partitions {partitions} was not written")
+        if repaired:
+            telemetry.changelog_repaired("restore", repaired)
+        # From where the restore ended on, a former owner's write landing now is repaired at
+        # once (``LateWriteRepair``); a partition revoked meanwhile is stopped by ``drop``.
+        for partition in partitions:
+            if not cancel.cancelled(partition):
+                watch.follow(partition, ends.get(partition, 0), store.epoch(partition))
         telemetry.profiles_held(len(store))
         return read
 
@@ -590,9 +637,14 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         await expiry.run()
         telemetry.profiles_held(len(store))
 
-    restore = _restorer(s, store, producer, telemetry)
+    repair = LateWriteRepair(store, changelog, telemetry)
+    watch = ChangelogWatch(
+        s.kafka.reader_config(RESTORE_GROUP_ID), s.kafka.profile_topic, repair.found
+    )
+    restore = _restorer(s, store, producer, telemetry, watch)
 
     def drop(partitions: list[int]) -> None:
+        watch.stop(partitions)
         for p in partitions:
             store.drop_partition(p)
         telemetry.profiles_held(len(store))
@@ -636,6 +688,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         button=button,
         worker=worker,
         create_topics=s.kafka.create_topics,
+        watch=watch,
+        repair=repair,
     )
 
 

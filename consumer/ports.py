@@ -285,9 +285,15 @@ class Changelog(Protocol):
     The writes of one partition are written in the order they were queued (an idempotent
     producer keeps that order), so a caller may send a record's request to Button before the
     acknowledgement arrives and await it afterwards (DESIGN, 7).
+
+    ``epoch`` is the writer's epoch of the partition (``ChangelogWrite.epoch``; 0: none): a
+    tombstone carries it in the ``button.epoch`` header (``consumer.domain.profile_epoch``), a
+    value in its own envelope already.
     """
 
-    def write(self, partition: int, key: bytes, value: bytes | None) -> Awaitable[object]: ...
+    def write(
+        self, partition: int, key: bytes, value: bytes | None, *, epoch: int
+    ) -> Awaitable[object]: ...
 
 
 class DeadLetterSink(Protocol):
@@ -373,6 +379,13 @@ class Telemetry(Protocol):
     def refund_held(self) -> None:
         """A partial refund of an order neither the profile nor Button knows was held in the
         profile for its purchase (skip ``refund_held``)."""
+        ...
+
+    def changelog_repaired(self, when: str, count: int) -> None:
+        """``count`` changelog keys were written again by their partition's owner, after a
+        former owner's late write of them (DESIGN, 7). ``when``: ``restore`` (found fenced by
+        the restore, written right after the fence) or ``watch`` (landed while this member
+        owned the partition)."""
         ...
 
     def held_refund_discarded(self, reason: str) -> None:

@@ -408,6 +408,9 @@ class RecordingTelemetry:
     def held_refund_discarded(self, reason: str) -> None:
         self._record("held_refund_discarded", reason)
 
+    def changelog_repaired(self, when: str, count: int) -> None:
+        self._record("changelog_repaired", when, count)
+
     def button_attempt(
         self,
         action: str,

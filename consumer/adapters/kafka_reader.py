@@ -17,9 +17,13 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from consumer.adapters.kafka import consume_ready, to_record
+from consumer.adapters.kafka import consume_ready, message_headers, to_record
 from consumer.errors import BrokerError
-from consumer.ports import Record
+from consumer.ports import Headers, Record
+
+KeyedValue = tuple[bytes | None, bytes | None, Headers | None]
+"""A record as ``read_batches`` hands it out: key, value (None: a tombstone) and, for a
+tombstone only, its headers (a value's are not read: the restore's fast path)."""
 
 log = structlog.get_logger("consumer.kafka")
 
@@ -169,11 +173,11 @@ class PartitionReader:
         stall: float,
         skip: Callable[[int], bool] = lambda _partition: False,
         batch: int = 10_000,
-    ) -> Iterator[tuple[int, list[tuple[bytes | None, bytes | None]], int]]:
-        """The (key, value) pairs of each partition ``p`` from ``ranges[p][0]`` up to (excluding)
-        ``ranges[p][1]``, a consumed batch at a time: ``(partition, pairs, next offset)``, in
-        offset order per partition. The fast path of the profile restore: no ``Record`` per
-        message.
+    ) -> Iterator[tuple[int, list[KeyedValue], int]]:
+        """The records (``KeyedValue``: key, value, a tombstone's headers) of each partition
+        ``p`` from ``ranges[p][0]`` up to (excluding) ``ranges[p][1]``, a consumed batch at a
+        time: ``(partition, records, next offset)``, in offset order per partition. The fast
+        path of the profile restore: no ``Record`` per message, no headers but a tombstone's.
 
         Args:
             stall: seconds without a record or a partition end before giving up (a long read
@@ -224,10 +228,10 @@ class PartitionReader:
 
     def _group(
         self, messages: list[Message], ends: Mapping[int, int], pending: set[int]
-    ) -> Iterator[tuple[int, list[tuple[bytes | None, bytes | None]], int]]:
+    ) -> Iterator[tuple[int, list[KeyedValue], int]]:
         """A consumed batch per partition (see ``read_batches``); ends reached leave
         ``pending``."""
-        by_partition: dict[int, list[tuple[bytes | None, bytes | None]]] = {}
+        by_partition: dict[int, list[KeyedValue]] = {}
         last: dict[int, int] = {}
         for message in messages:
             if self._is_event(message, pending):
@@ -240,7 +244,9 @@ class PartitionReader:
                 pairs = by_partition.get(partition)
                 if pairs is None:
                     pairs = by_partition[partition] = []
-                pairs.append((message.key(), message.value()))
+                value = message.value()
+                headers = None if value is not None else message_headers(message)
+                pairs.append((message.key(), value, headers))
                 last[partition] = offset
             if offset + 1 >= ends[partition]:
                 pending.discard(partition)

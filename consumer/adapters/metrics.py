@@ -49,6 +49,10 @@ their counters exist from the start (at 0), so the alert over them has a series 
 first discard. Another reason the mapping gives (``invalid_amount``, ``total_out_of_range``)
 gets its series when it first happens."""
 
+REPAIR_TRIGGERS = ("restore", "watch")
+"""What found a former owner's late changelog write that its owner wrote again
+(``changelog_repairs_total{when}``); the counters exist from the start (at 0)."""
+
 OFFSET_RESET_TARGETS = ("earliest", "latest", "offset", "other")
 """Where ``auto.offset.reset`` moved a partition; the counters exist from the start (at 0), so
 ``increase()`` sees the first reset."""
@@ -69,6 +73,7 @@ class Metrics:
     btn_ref_dropped: Counter
     refunds_held: Counter
     held_refunds_discarded: Counter
+    changelog_repairs: Counter
     button_requests: Counter
     button_latency: Histogram
     button_last_success: Gauge
@@ -173,6 +178,13 @@ class Metrics:
                 "(or Button's order) arrived: the order does not carry them. By the reason the "
                 "refund would be rejected with.",
                 ("reason",),
+            ),
+            changelog_repairs=counter(
+                "changelog_repairs",
+                "Profile changelog keys written again by their partition's owner after a former "
+                "owner's late write of them: found fenced by the restore, or landed while owned "
+                "(watch).",
+                ("when",),
             ),
             decode_failures=counter(
                 "decode_failures", "Records that could not be decoded, by reason.", ("reason",)
@@ -304,6 +316,8 @@ class Metrics:
             metrics.offset_resets.labels(reset_to)
         for reason in DISCARD_REASONS:
             metrics.held_refunds_discarded.labels(reason)
+        for when in REPAIR_TRIGGERS:
+            metrics.changelog_repairs.labels(when)
         return metrics
 
 

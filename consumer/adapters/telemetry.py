@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from consumer.adapters.admin import DeliveryLog, Health
-from consumer.adapters.metrics import OFFSET_RESET_TARGETS, Metrics
+from consumer.adapters.metrics import OFFSET_RESET_TARGETS, REPAIR_TRIGGERS, Metrics
 from consumer.domain.policy import BREAKER_REASONS
 from consumer.ports import (
     CURRENT_RECORD,
@@ -189,6 +189,10 @@ class ServiceTelemetry:
     def held_refund_discarded(self, reason: str) -> None:
         self.metrics.held_refunds_discarded.labels(_label(reason)).inc()
 
+    def changelog_repaired(self, when: str, count: int) -> None:
+        when = when if when in REPAIR_TRIGGERS else "other"
+        self.metrics.changelog_repairs.labels(when).inc(count)
+
     def button_attempt(
         self,
         action: str,
@@ -349,9 +353,11 @@ class TimedChangelog:
         self._telemetry = telemetry
         self._monotonic = monotonic
 
-    def write(self, partition: int, key: bytes, value: bytes | None) -> asyncio.Future[Any]:
+    def write(
+        self, partition: int, key: bytes, value: bytes | None, *, epoch: int
+    ) -> asyncio.Future[Any]:
         started = self._monotonic()
-        ack = asyncio.ensure_future(self._inner.write(partition, key, value))
+        ack = asyncio.ensure_future(self._inner.write(partition, key, value, epoch=epoch))
 
         def written(done: asyncio.Future[Any]) -> None:
             if not done.cancelled() and done.exception() is None:

@@ -16,7 +16,14 @@ from typing import Any
 from consumer.adapters.kafka_producer import AckingProducer
 from consumer.adapters.kafka_reader import PartitionReader
 from consumer.domain.deadletter import DeadLetter, dead_letter_headers
-from consumer.ports import Record
+from consumer.domain.profile_epoch import (
+    EPOCH_HEADER,
+    RestoredValue,
+    epoch_header,
+    read_epoch_header,
+    tombstone_read_back,
+)
+from consumer.ports import Headers, Record
 
 __all__ = [
     "RESTORE_GROUP_ID",
@@ -50,9 +57,33 @@ class KafkaChangelog:
         self._producer = producer
         self.topic = topic
 
-    def write(self, partition: int, key: bytes, value: bytes | None) -> asyncio.Future[Any]:
-        """Queue the write now; the future is its acknowledgement (``ports.Changelog``)."""
-        return self._producer.queue(self.topic, key, value, partition=partition)
+    def write(
+        self, partition: int, key: bytes, value: bytes | None, *, epoch: int
+    ) -> asyncio.Future[Any]:
+        """Queue the write now; the future is its acknowledgement (``ports.Changelog``). A
+        tombstone of an owner with an epoch (above 0) carries it in the ``button.epoch``
+        header."""
+        headers = changelog_headers(value, epoch)
+        return self._producer.queue(self.topic, key, value, headers, partition=partition)
+
+
+def changelog_headers(value: bytes | None, epoch: int) -> Headers | None:
+    """The headers of a changelog record: a tombstone's epoch (``EPOCH_HEADER``), else none."""
+    if value is None and epoch > 0:
+        return [(EPOCH_HEADER, epoch_header(epoch))]
+    return None
+
+
+def restored_value(value: bytes | None, headers: Headers | None) -> RestoredValue:
+    """A changelog record's value as the restore applies it: a tombstone with an
+    ``EPOCH_HEADER`` is a stamped ``Tombstone`` (the last such header counts)."""
+    if value is not None:
+        return value
+    epoch = 0
+    for name, data in headers or ():
+        if name == EPOCH_HEADER:
+            epoch = read_epoch_header(data)
+    return tombstone_read_back(epoch)
 
 
 # The group id of the changelog reader: librdkafka requires one; the reader never commits.
@@ -67,11 +98,12 @@ def restore_partitions(
     config: Mapping[str, Any],
     topic: str,
     partitions: list[int],
-    apply: Callable[[int, list[tuple[bytes, bytes | None]]], None],
+    apply: Callable[[int, list[tuple[bytes, RestoredValue]]], None],
     *,
     cancelled: Callable[[int], bool] = lambda _partition: False,
     progress: RestoreProgress | None = None,
     timeout: float = 120.0,
+    ends: dict[int, int] | None = None,
 ) -> int:
     """Read changelog partitions from the beginning to their end, a batch at a time.
 
@@ -82,12 +114,15 @@ def restore_partitions(
         config: reader properties, ``KafkaSettings.reader_config(RESTORE_GROUP_ID)``.
         topic: the changelog topic.
         partitions: the partitions to restore.
-        apply: called with (partition, [(key, value or None for a tombstone), ...]) per batch
-            of keyed records, in offset order.
+        apply: called with (partition, [(key, value), ...]) per batch of keyed records, in
+            offset order; the value as ``restored_value`` reads it (a tombstone with its
+            writer's epoch is a ``Tombstone``, one without is None).
         cancelled: asked between batches; a partition it names is read no further.
         progress: told after each batch how far a partition got (``RestoreProgress``).
         timeout: seconds for finding the partitions' ends, and seconds without progress
             before the read gives up (a long restore that progresses is never cut short).
+        ends: filled with each partition's end offset, the one the restore read up to (where
+            a ``ChangelogWatch`` of it starts).
 
     Returns:
         the number of records applied.
@@ -100,9 +135,15 @@ def restore_partitions(
         return 0
     with PartitionReader(config, topic) as reader:
         marks = reader.watermarks(partitions, time.monotonic() + timeout)
+        if ends is not None:
+            ends.update({p: end for p, (_start, end) in marks.items()})
         read = 0
         for partition, pairs, next_offset in reader.read_batches(marks, timeout, cancelled):
-            keyed = [(k, v) for k, v in pairs if k is not None]
+            keyed = [
+                (k, v if v is not None else restored_value(v, h))
+                for k, v, h in pairs
+                if k is not None
+            ]
             apply(partition, keyed)
             read += len(keyed)
             if progress is not None:

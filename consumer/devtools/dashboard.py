@@ -229,6 +229,11 @@ PANELS: tuple[PanelSpec, ...] = (
                 f"sum(rate(button_consumer_restored_records_total{{{SEL}}}[{RATE}]))",
                 "records restored / s",
             ),
+            _q(
+                f"sum by (when) (increase(button_consumer_changelog_repairs_total{{{SEL}}}"
+                f"[{RATE}]))",
+                "changelog keys repaired ({{when}})",
+            ),
         ),
         runbook="buttonconsumernoprogress",
     ),

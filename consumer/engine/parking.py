@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import structlog
@@ -204,7 +204,7 @@ class Parking:
         after = before.with_parked(order_id, reason, now_ms, limit=self._limit)
         if before.parked_order(order_id) is None and len(after.parked) <= len(before.parked):
             log.warning("parked_order_forgotten", limit=self._limit)
-        return ChangelogWrite(partition, key, self._store.put(partition, key, after))
+        return self._write(partition, key, after)
 
     def release_key(
         self, partition: int, key: bytes, *, reason: str | None = None
@@ -243,7 +243,14 @@ class Parking:
                 after = after.without_parked(parked_id)
         if after is before:
             return None
-        return ChangelogWrite(partition, key, self._store.put(partition, key, after))
+        return self._write(partition, key, after)
+
+    def _write(self, partition: int, key: bytes, profile: Profile) -> ChangelogWrite:
+        """Store ``profile``; the changelog record to write, with the owner's epoch (a
+        tombstone carries it in a header). Held refunds a cap in bytes erases are not reported
+        here, as before (``ChangelogWrite.discarded`` left empty)."""
+        write = self._store.write(partition, key, profile)
+        return replace(write, discarded=()) if write.discarded else write
 
     def _parked_behind_key_only(
         self, partition: int, key: bytes | None, order_id: str, now: datetime

@@ -884,7 +884,9 @@ class Pipeline:
 
     async def _write(self, write: ChangelogWrite | None) -> None:
         if write is not None:
-            await self._d.changelog.write(write.partition, write.key, write.value)
+            await self._d.changelog.write(
+                write.partition, write.key, write.value, epoch=write.epoch
+            )
 
     def _start_write(self, write: ChangelogWrite | None) -> asyncio.Future[Any] | None:
         """Queue ``write`` now and return its acknowledgement to await later (``None``: none).
@@ -895,7 +897,7 @@ class Pipeline:
         if write is None:
             return None
         return asyncio.ensure_future(
-            self._d.changelog.write(write.partition, write.key, write.value)
+            self._d.changelog.write(write.partition, write.key, write.value, epoch=write.epoch)
         )
 
     @staticmethod

@@ -38,7 +38,16 @@ from consumer.domain.profile_codec import (
     read_expires_at,
     restored_epoch,
 )
-from consumer.domain.profile_epoch import FENCE_KEY, epoch_of, read_fence, stamp
+from consumer.domain.profile_epoch import (
+    FENCE_KEY,
+    RestoredValue,
+    Tombstone,
+    epoch_of,
+    read_fence,
+    stamp,
+    tombstone_read_back,
+    unstamp,
+)
 from consumer.ports import Changelog, Telemetry
 
 log = structlog.get_logger("consumer.profiles")
@@ -51,12 +60,22 @@ class ChangelogWrite:
     ``discarded``: refunds held for their purchase that the write erases with their order (a
     profile expired whole, or orders forgotten to its cap in bytes), for the caller to report
     (``report_discarded``) once the write is queued.
+
+    ``epoch``: the writer's epoch of the partition (0: none claimed). A value carries it in its
+    envelope already; a tombstone carries it only if the caller passes it on
+    (``Changelog.write(..., epoch=)``, the ``button.epoch`` header).
     """
 
     partition: int
     key: bytes
     value: bytes | None
     discarded: tuple[DiscardedRefund, ...] = ()
+    epoch: int = 0
+
+    @property
+    def read_back(self) -> RestoredValue:
+        """What a restore reads back of this record once written (``PartitionRestore.apply``)."""
+        return self.value if self.value is not None else tombstone_read_back(self.epoch)
 
 
 def report_discarded(telemetry: Telemetry | None, write: ChangelogWrite | None) -> None:
@@ -92,7 +111,9 @@ class ProfileStore:
         "_lock",
         "_max_bytes",
         "_partitions",
+        "_repairs",
         "_retention",
+        "_tombstones",
         "capped",
         "fenced",
     )
@@ -104,10 +125,14 @@ class ProfileStore:
         self.capped = 0
         """Profiles that lost orders to ``max_bytes``."""
         self._epochs: dict[int, int] = {}
+        self._tombstones: dict[int, dict[bytes, int]] = {}
+        """Per partition restored in place (``restore``), the epochs of stamped tombstones."""
+        self._repairs: dict[int, set[bytes]] = {}
+        """Per restored partition, the keys whose records the restore fenced (``repairs``)."""
         self._count = 0
         self._lock = threading.Lock()
         self.fenced = 0
-        """Changelog values ignored on restore: late writes of a former owner."""
+        """Changelog records ignored on restore: late writes of a former owner."""
 
     @property
     def retention(self) -> Retention:
@@ -135,19 +160,21 @@ class ProfileStore:
     def write(self, partition: int, key: bytes, profile: Profile) -> ChangelogWrite:
         """Store ``profile``; return the changelog record to write (``value`` None: a
         tombstone), with the held refunds it erases when orders were forgotten to
-        ``max_bytes`` (``ChangelogWrite.discarded``, ``PROFILE_CAPPED``)."""
+        ``max_bytes`` (``ChangelogWrite.discarded``, ``PROFILE_CAPPED``) and this owner's
+        epoch of the partition (``ChangelogWrite.epoch``)."""
+        epoch = self._epochs.get(partition, 0)
         if profile.is_empty:
             if self._partitions.get(partition, {}).pop(key, None) is not None:
                 self._add_count(-1)
-            return ChangelogWrite(partition, key, None)
+            return ChangelogWrite(partition, key, None, epoch=epoch)
         encoded, kept = self._encode_capped(profile)
-        value = stamp(encoded, self._epochs.get(partition, 0))
+        value = stamp(encoded, epoch)
         profiles = self._partitions.setdefault(partition, {})
         if key not in profiles:
             self._add_count(1)
         profiles[key] = value
         gone = () if kept is profile else held_refunds_gone(profile, kept, PROFILE_CAPPED)
-        return ChangelogWrite(partition, key, value, gone)
+        return ChangelogWrite(partition, key, value, gone, epoch)
 
     def _add_count(self, delta: int) -> None:
         with self._lock:
@@ -171,8 +198,9 @@ class ProfileStore:
         log.warning("profile_capped", bytes=len(value), orders_kept=len(profile.orders))
         return value, profile
 
-    def restore(self, partition: int, key: bytes, value: bytes | None) -> None:
-        """Apply one changelog record to a held partition (None = tombstone).
+    def restore(self, partition: int, key: bytes, value: RestoredValue) -> None:
+        """Apply one changelog record to a held partition (``value``: a profile value, a
+        stamped ``Tombstone``, or None for a tombstone without an epoch).
 
         The same rules as ``PartitionRestore.apply``, applied in place; a whole partition is
         restored with ``restoring`` and ``install``.
@@ -182,6 +210,8 @@ class ProfileStore:
         """
         restore = PartitionRestore(partition)
         restore.profiles = self._partitions.setdefault(partition, {})
+        restore.tombstones = self._tombstones.setdefault(partition, {})
+        restore.fenced_keys = self._repairs.setdefault(partition, set())
         restore.epoch = self._epochs.get(partition, 0)
         before = len(restore.profiles)
         restore.apply(((key, value),))
@@ -198,6 +228,8 @@ class ProfileStore:
         with self._lock:
             replaced = self._partitions.get(restore.partition, {})
             self._partitions[restore.partition] = restore.profiles
+            self._tombstones.pop(restore.partition, None)
+            self._repairs[restore.partition] = restore.fenced_keys
             self._count += len(restore.profiles) - len(replaced)
             self._epochs[restore.partition] = max(
                 self._epochs.get(restore.partition, 0), restore.epoch
@@ -207,21 +239,55 @@ class ProfileStore:
     def claim_epoch(self, partition: int) -> int:
         """After the restore of ``partition``: this owner's epoch, one above every epoch seen
         there. Write ``FENCE_KEY`` with ``fence_value(epoch)`` to the partition before
-        processing its records; every value ``put`` returns from now on carries it."""
+        processing its records, then the ``repairs``; every record ``write`` returns from now
+        on carries it."""
         epoch = self._epochs.get(partition, 0) + 1
         self._epochs[partition] = epoch
         return epoch
+
+    def epoch(self, partition: int) -> int:
+        """This owner's epoch of ``partition`` (0: none claimed, or not held)."""
+        return self._epochs.get(partition, 0)
+
+    def repairs(self, partition: int) -> list[ChangelogWrite]:
+        """After ``claim_epoch``: the records to write right after the fence, once, for the
+        keys whose records the restore ignored as a former owner's late writes (``fenced``).
+
+        Each is the key's held value stamped with this owner's epoch (the held bytes become
+        those), or a stamped tombstone when no profile of the key is held, so the rightful
+        record is again the latest of its key and the one compaction keeps (DESIGN, 7).
+        """
+        keys = self._repairs.pop(partition, set())
+        return [w for key in sorted(keys) if (w := self.repair(partition, key)) is not None]
+
+    def repair(self, partition: int, key: bytes) -> ChangelogWrite | None:
+        """The record that makes this owner's state of ``key`` the latest of its key again:
+        its held value stamped with the partition's epoch (held from now on), or a stamped
+        tombstone when none is held; ``None`` when ``partition`` is not held (dropped)."""
+        profiles = self._partitions.get(partition)
+        if profiles is None:
+            return None
+        epoch = self._epochs.get(partition, 0)
+        held = profiles.get(key)
+        if held is None:
+            return ChangelogWrite(partition, key, None, epoch=epoch)
+        value = stamp(unstamp(held), epoch)
+        profiles[key] = value
+        return ChangelogWrite(partition, key, value, epoch=epoch)
 
     def drop_partition(self, partition: int) -> None:
         """Forget every profile of a revoked partition."""
         with self._lock:
             self._count -= len(self._partitions.pop(partition, {}))
             self._epochs.pop(partition, None)
+            self._tombstones.pop(partition, None)
+            self._repairs.pop(partition, None)
 
     def expire(
         self, now: datetime, partitions: Iterable[int] | None = None
     ) -> list[ChangelogWrite]:
-        """Remove profiles whose every part has expired; return the tombstones to write.
+        """Remove profiles whose every part has expired; return the tombstones to write (each
+        with this owner's epoch of its partition, ``ChangelogWrite.epoch``).
 
         Reads only each value's 9-byte header (about 0.8 s per million profiles on one core);
         pass ``partitions`` to spread the scan over several calls. An expired profile is
@@ -234,10 +300,11 @@ class ProfileStore:
         tombstones: list[ChangelogWrite] = []
         for partition in chosen:
             profiles = self._partitions.get(partition, {})
+            epoch = self._epochs.get(partition, 0)
             expired = [k for k, v in profiles.items() if read_expires_at(v) < now_ms]
             for key in expired:
                 gone = _held_in(profiles.pop(key))
-                tombstones.append(ChangelogWrite(partition, key, None, gone))
+                tombstones.append(ChangelogWrite(partition, key, None, gone, epoch))
             self._add_count(-len(expired))
         return tombstones
 
@@ -273,20 +340,29 @@ class PartitionRestore:
 
     Filled by one thread (the restore's) with ``apply``; ``ProfileStore.install`` then makes it
     the partition's state. Fencing (``consumer.domain.profile_epoch``): the fence record raises
-    the partition's epoch; a value whose epoch is below the one held for its key (a former
-    owner's late write) is ignored and counted in ``fenced``.
+    the partition's epoch; a value or a stamped tombstone whose epoch is below the one held for
+    its key (the held value's, or the epoch of the stamped tombstone that removed it) is a
+    former owner's late write: it is ignored and counted in ``fenced``. A tombstone without an
+    epoch (an earlier release's) is applied as it always was.
+
+    ``tombstones`` (key -> epoch of the stamped tombstone that removed the key) lives only as
+    long as the restore: ``install`` keeps the profiles, the epoch and ``fenced_keys`` (the keys
+    of the fenced records, for ``ProfileStore.repairs``).
     """
 
-    __slots__ = ("epoch", "fenced", "partition", "profiles")
+    __slots__ = ("epoch", "fenced", "fenced_keys", "partition", "profiles", "tombstones")
 
     def __init__(self, partition: int) -> None:
         self.partition = partition
         self.profiles: dict[bytes, bytes] = {}
+        self.tombstones: dict[bytes, int] = {}
+        self.fenced_keys: set[bytes] = set()
         self.epoch = 0
         self.fenced = 0
 
-    def apply(self, records: Iterable[tuple[bytes, bytes | None]]) -> None:
-        """Apply changelog records in offset order: (key, value; None = tombstone).
+    def apply(self, records: Iterable[tuple[bytes, RestoredValue]]) -> None:
+        """Apply changelog records in offset order: (key, value), the value a profile value
+        (stamped or not), a stamped ``Tombstone`` or None (a tombstone without an epoch).
 
         Only each value's header is checked (a restore of a million profiles must be fast); a
         value of an unknown format version fails the restore loudly.
@@ -295,23 +371,49 @@ class PartitionRestore:
             ProfileDecodeError: unknown format version or truncated header.
         """
         profiles = self.profiles
+        tombstones = self.tombstones
         epoch = self.epoch
         for key, value in records:
             if key == FENCE_KEY:
-                epoch = max(epoch, read_fence(value))
+                epoch = max(epoch, read_fence(value if isinstance(value, bytes) else None))
                 continue
             if value is None:
                 profiles.pop(key, None)
+                tombstones.pop(key, None)
+                continue
+            if isinstance(value, Tombstone):
+                written = value.epoch
+                if written < self._held_epoch(key):
+                    self.fenced += 1  # a former owner's late tombstone: ignore it
+                    self.fenced_keys.add(key)
+                    continue
+                epoch = max(epoch, written)
+                profiles.pop(key, None)
+                tombstones[key] = written
                 continue
             written = restored_epoch(value)
             held = profiles.get(key)
-            if held is not None and written < epoch_of(held):
-                # A former owner's late write, after the new owner's value: ignore it.
-                self.fenced += 1
+            if held is not None:
+                if written < epoch_of(held):
+                    # A former owner's late write, after the new owner's value: ignore it.
+                    self.fenced += 1
+                    self.fenced_keys.add(key)
+                    continue
+            elif tombstones and written < tombstones.get(key, 0):
+                self.fenced += 1  # a late value after the new owner's stamped tombstone
+                self.fenced_keys.add(key)
                 continue
+            else:
+                tombstones.pop(key, None)
             epoch = max(epoch, written)
             profiles[key] = value
         self.epoch = epoch
+
+    def _held_epoch(self, key: bytes) -> int:
+        """The epoch of what the restore holds for ``key``: its value's, or that of the stamped
+        tombstone that removed it (0: nothing)."""
+        held = self.profiles.get(key)
+        return epoch_of(held) if held is not None else self.tombstones.get(key, 0)
 
 
 class ProfileExpiry:
@@ -374,5 +476,5 @@ class ProfileExpiry:
         if not self._store.absent(write.partition, write.key):
             return False
         report_discarded(self._telemetry, write)  # (no suspension: the check still holds)
-        await self._changelog.write(write.partition, write.key, None)
+        await self._changelog.write(write.partition, write.key, None, epoch=write.epoch)
         return True

@@ -10,7 +10,8 @@ import pytest
 
 from consumer.adapters.kafka_producer import AckingProducer
 from consumer.adapters.kafka_reader import PartitionReader
-from consumer.adapters.topics import restore_partitions
+from consumer.adapters.topics import KafkaChangelog, restore_partitions
+from consumer.domain.profile_epoch import EPOCH_HEADER, RestoredValue, Tombstone
 from consumer.errors import BrokerError
 from consumer.settings import Settings
 
@@ -121,10 +122,10 @@ def test_the_restore_reads_batches_to_the_end_reports_progress_and_skips_cancell
     topic = make_topic(partitions=3)
     written = [(i % 3, f"v{i}".encode()) for i in range(3_000)]
     assert produce(settings, topic, written) == 0
-    applied: dict[int, list[bytes | None]] = {}
+    applied: dict[int, list[RestoredValue]] = {}
     left: dict[int, list[int]] = {}
 
-    def apply(partition: int, pairs: list[tuple[bytes, bytes | None]]) -> None:
+    def apply(partition: int, pairs: list[tuple[bytes, RestoredValue]]) -> None:
         applied.setdefault(partition, []).extend(v for _k, v in pairs)
 
     def progress(partition: int, _records: int, remaining: int) -> None:
@@ -177,3 +178,112 @@ def test_queue_hands_records_over_before_returning_and_in_order_when_the_local_q
     assert left == 0
     assert values == [f"v{i}".encode() for i in range(40)]
     assert [offset for _partition, offset in acknowledged] == list(range(40))
+
+
+def test_a_changelog_tombstone_carries_its_writers_epoch_back_to_the_restore(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """``KafkaChangelog`` writes a tombstone of an owner with an epoch with the
+    ``button.epoch`` header (4 bytes, big-endian) and one without an epoch bare, a value without
+    headers; the restore reads the first back as a ``Tombstone`` of that epoch, the second as
+    ``None`` (as an earlier release's tombstone), the value as it is. A reader that ignores
+    headers (an earlier release's restore) still sees a tombstone: the value is None."""
+    import asyncio
+
+    settings = settings_for(kafka_bootstrap)
+    topic = make_topic(partitions=1)
+
+    async def write() -> None:
+        producer = AckingProducer(settings.kafka.producer_config())
+        producer.start()
+        try:
+            changelog = KafkaChangelog(producer, topic)
+            await changelog.write(0, b"a", None, epoch=70_000)
+            await changelog.write(0, b"b", None, epoch=0)
+            await changelog.write(0, b"c", b"\x04value", epoch=3)
+        finally:
+            producer.close()
+
+    asyncio.run(write())
+    applied: list[tuple[bytes, RestoredValue]] = []
+    restore_partitions(
+        settings.kafka.reader_config(unique_name("restore")),
+        topic,
+        [0],
+        lambda _partition, records: applied.extend(records),
+    )
+    with PartitionReader(settings.kafka.reader_config(unique_name("reader")), topic) as reader:
+        marks = reader.watermarks([0], time.monotonic() + 30)
+        records = list(reader.read(marks, time.monotonic() + 30))
+
+    assert applied == [(b"a", Tombstone(70_000)), (b"b", None), (b"c", b"\x04value")]
+    assert [(r.key, r.value, r.headers) for r in records] == [
+        (b"a", None, [(EPOCH_HEADER, (70_000).to_bytes(4, "big"))]),
+        (b"b", None, []),
+        (b"c", b"\x04value", []),
+    ]
+
+
+def test_the_changelog_watch_reports_records_stamped_below_the_owner_epoch(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """``ChangelogWatch`` follows a partition from the offset given (what came before is not
+    read) and reports, per record, a value stamped below the owner's epoch, a tombstone whose
+    ``button.epoch`` header is below it and a tombstone without one (epoch 0); the owner's own
+    records, a newer owner's and fences are not reported. ``stop`` and ``close`` end it."""
+    import asyncio
+    import threading
+
+    from consumer.adapters.changelog_watch import ChangelogWatch
+    from consumer.domain.profile_epoch import FENCE_KEY, fence_value, stamp
+
+    settings = settings_for(kafka_bootstrap)
+    topic = make_topic(partitions=1)
+    value = b"\x04" + bytes(8)
+    reported: list[tuple[int, bytes, int]] = []
+    done = threading.Event()
+
+    def on_late(partition: int, key: bytes, epoch: int) -> None:
+        reported.append((partition, key, epoch))
+        if key == b"last":
+            done.set()
+
+    async def write(records: list[tuple[bytes, bytes | None, int]]) -> None:
+        producer = AckingProducer(settings.kafka.producer_config())
+        producer.start()
+        try:
+            changelog = KafkaChangelog(producer, topic)
+            for key, data, epoch in records:
+                await changelog.write(0, key, data, epoch=epoch)
+        finally:
+            producer.close()
+
+    asyncio.run(write([(b"before", stamp(value, 1), 1)]))
+    watch = ChangelogWatch(settings.kafka.reader_config(unique_name("watch")), topic, on_late)
+    try:
+        watch.follow(0, 1, 5)
+        asyncio.run(
+            write(
+                [
+                    (FENCE_KEY, fence_value(5), 5),
+                    (b"own", stamp(value, 5), 5),
+                    (b"late", stamp(value, 3), 3),
+                    (b"newer", stamp(value, 6), 6),
+                    (b"late-tombstone", None, 2),
+                    (b"own-tombstone", None, 5),
+                    (b"bare-tombstone", None, 0),
+                    (b"last", value, 0),
+                ]
+            )
+        )
+        assert done.wait(30), reported
+        assert reported == [
+            (0, b"late", 3),
+            (0, b"late-tombstone", 2),
+            (0, b"bare-tombstone", 0),
+            (0, b"last", 0),
+        ]
+        watch.stop([0])
+        assert watch.following == frozenset()
+    finally:
+        watch.close()

@@ -7,12 +7,17 @@ its key. The tests below give a restore the changelog a former owner's late writ
 (a member stopped past its session timeout whose producer retries its queued writes for up to
 ``message.timeout.ms`` after it continues) and show the promise broken:
 
-- a former owner's late tombstone (an expired profile, or one emptied) carries no epoch, so it
-  erases the new owner's newer value;
+- a former owner's late tombstone (an expired profile, or one emptied) carried no epoch, so it
+  erased the new owner's newer value (fixed: a tombstone carries its writer's epoch in the
+  ``button.epoch`` header, and the restore judges it like a value);
 - compaction keeps the last value of a key only, so once it ran, a former owner's late value
-  is all that is left of the key, and the restore takes it.
+  is all that is left of the key, and the restore takes it. The owner now writes such a key
+  again after a restore that fenced its late record, and at once when it lands while it owns
+  the partition (``tests/unit/test_changelog_fence.py``), so compaction keeps the rightful
+  record; what is left is the residual this test models: a late write that lands while no
+  owner runs and is compacted before any restore reads it (DESIGN, 7).
 
-Each is marked ``xfail(strict=True)``: it fails on the current code, and a fix turns it into a
+A test still marked ``xfail(strict=True)`` fails on the current code, and a fix turns it into a
 pass that strict mode reports, so the mark comes off with the fix.
 """
 
@@ -24,7 +29,7 @@ import pytest
 
 from consumer.domain.attribution import ResolvedToken, TokenSource
 from consumer.domain.profile import ParkedOrder, Profile, Retention
-from consumer.domain.profile_epoch import FENCE_KEY, epoch_of, fence_value
+from consumer.domain.profile_epoch import FENCE_KEY, RestoredValue, epoch_of, fence_value
 from consumer.engine.profiles import ProfileStore
 
 DAY = 86_400_000
@@ -42,7 +47,7 @@ def _with_token(token: str, *, parked: str | None = None) -> Profile:
     )
 
 
-def _owner(changelog: list[tuple[bytes, bytes | None]], partition: int = 0) -> ProfileStore:
+def _owner(changelog: list[tuple[bytes, RestoredValue]], partition: int = 0) -> ProfileStore:
     """A member that restored ``changelog`` and claimed the partition (its fence appended)."""
     store = ProfileStore(RETENTION)
     for key, value in changelog:
@@ -51,7 +56,7 @@ def _owner(changelog: list[tuple[bytes, bytes | None]], partition: int = 0) -> P
     return store
 
 
-def _restored(changelog: list[tuple[bytes, bytes | None]]) -> Profile | None:
+def _restored(changelog: list[tuple[bytes, RestoredValue]]) -> Profile | None:
     """The profile of ``KEY`` a restore of ``changelog`` holds."""
     store = ProfileStore(RETENTION)
     for key, value in changelog:
@@ -59,17 +64,13 @@ def _restored(changelog: list[tuple[bytes, bytes | None]]) -> Profile | None:
     return store.get(0, KEY)
 
 
-def _compacted(changelog: list[tuple[bytes, bytes | None]]) -> list[tuple[bytes, bytes | None]]:
+def _compacted(changelog: list[tuple[bytes, RestoredValue]]) -> list[tuple[bytes, RestoredValue]]:
     """What log compaction leaves of ``changelog``: the last record of each key, in offset
     order (tombstones kept: within ``delete.retention.ms``)."""
     last = {key: offset for offset, (key, _value) in enumerate(changelog)}
     return [record for offset, record in enumerate(changelog) if last[record[0]] == offset]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: a former owner's late tombstone erases the new owner's newer profile",
-)
 def test_a_former_owners_late_tombstone_does_not_erase_the_new_owners_profile() -> None:
     """Owner A holds the user's profile (a token, an order parked behind a dead letter) and
     expires or empties it: its tombstone is queued. A stalls past its session timeout; B takes
@@ -78,27 +79,33 @@ def test_a_former_owners_late_tombstone_does_not_erase_the_new_owners_profile() 
     producer delivers the queued tombstone, after B's value.
 
     Expected: a restore holds B's profile (A's tombstone is a late write of a former owner).
-    Actual: the profile is gone: the tombstone carries no epoch and is applied, so the user's
-    token is forgotten (their next purchase goes to Button without ``btn_ref``) and the parked
-    order is released (its later records reach Button ahead of the create they depend on).
+    Before the fix: the profile was gone: the tombstone carried no epoch and was applied, so
+    the user's token was forgotten (their next purchase went to Button without ``btn_ref``) and
+    the parked order released (its later records reached Button ahead of the create they
+    depend on). Now the tombstone carries A's epoch (``ChangelogWrite.epoch``, written as the
+    ``button.epoch`` header), which is below B's value's.
     """
-    changelog: list[tuple[bytes, bytes | None]] = []
+    changelog: list[tuple[bytes, RestoredValue]] = []
     a = _owner(changelog)
     changelog.append((KEY, a.put(0, KEY, _with_token("srctok-old", parked="ORD-1"))))
-    late_tombstone = a.put(0, KEY, Profile())  # emptied (or expired): a tombstone, queued
-    assert late_tombstone is None
+    late_tombstone = a.write(0, KEY, Profile())  # emptied (or expired): a tombstone, queued
+    assert (late_tombstone.value, late_tombstone.epoch) == (None, 1)
 
     b = _owner(changelog)  # restored before the tombstone landed
     newer = _with_token("srctok-new", parked="ORD-1")
     changelog.append((KEY, b.put(0, KEY, newer)))
-    changelog.append((KEY, late_tombstone))  # A's queued write lands last
+    changelog.append((KEY, late_tombstone.read_back))  # A's queued write lands last
 
     assert _restored(changelog) == newer
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="defect: after compaction a former owner's late value replaces the newer one",
+    reason=(
+        "residual: a late write that lands while no owner runs and is compacted before any "
+        "restore reads it is closed only by broker-side fencing (a transactional changelog "
+        "producer, KIP-98/KIP-447); see docs/design.md, 7"
+    ),
 )
 def test_a_former_owners_late_value_stays_fenced_after_compaction() -> None:
     """Owner A (epoch 1) writes the user's profile; B takes the partition over, fences with
@@ -114,7 +121,7 @@ def test_a_former_owners_late_value_stays_fenced_after_compaction() -> None:
     compare it with, and the restore takes it: B's newer token is lost and the order B had
     parked is held by A's older state.
     """
-    changelog: list[tuple[bytes, bytes | None]] = []
+    changelog: list[tuple[bytes, RestoredValue]] = []
     a = _owner(changelog)
     changelog.append((KEY, a.put(0, KEY, _with_token("srctok-old"))))
     late = a.put(0, KEY, _with_token("srctok-old"))  # queued by A, delivered late
@@ -126,6 +133,6 @@ def test_a_former_owners_late_value_stays_fenced_after_compaction() -> None:
 
     assert _restored(changelog) == newer  # the fence holds before compaction
     compacted = _compacted(changelog)
-    assert [epoch_of(v) for k, v in compacted if k == KEY and v is not None] == [1]
+    assert [epoch_of(v) for k, v in compacted if k == KEY and isinstance(v, bytes)] == [1]
 
     assert _restored(compacted) == newer

@@ -28,11 +28,13 @@ class HeldChangelog:
 
     def __init__(self) -> None:
         self.writes: list[tuple[int, bytes, bytes | None]] = []
+        self.epochs: list[int] = []
         self.first_held = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def write(self, partition: int, key: bytes, value: bytes | None) -> None:
+    async def write(self, partition: int, key: bytes, value: bytes | None, *, epoch: int) -> None:
         self.writes.append((partition, key, value))
+        self.epochs.append(epoch)
         if len(self.writes) == 1:
             self.first_held.set()
             await self.release.wait()
@@ -58,7 +60,7 @@ def test_a_profile_written_during_expiry_is_never_followed_by_its_stale_tombston
         await asyncio.wait_for(changelog.first_held.wait(), 5)
         # The user of b comes back: the lane stores and writes the new profile.
         value = store.put(0, b"b", NEW)
-        await changelog.write(0, b"b", value)
+        await changelog.write(0, b"b", value, epoch=0)
         changelog.release.set()
         await asyncio.wait_for(task, 5)
         expected: object = (None, value, NEW, None)
@@ -84,7 +86,9 @@ def test_expiry_writes_in_batches_and_yields_to_the_loop_between_them() -> None:
         ticks: list[int] = []
 
         class Changelog:
-            async def write(self, partition: int, key: bytes, value: bytes | None) -> None:
+            async def write(
+                self, partition: int, key: bytes, value: bytes | None, *, epoch: int
+            ) -> None:
                 writes.append(key)
 
         async def ticker() -> None:

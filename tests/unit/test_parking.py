@@ -20,6 +20,7 @@ from consumer.domain.deadletter import (
 from consumer.domain.events import CommerceData, CommerceEvent, EventType, ProductAction
 from consumer.domain.mapping import MappingConfig
 from consumer.domain.profile_codec import decode_profile
+from consumer.domain.profile_epoch import epoch_of
 from consumer.engine.parking import KEY_PARKED, Parking, ParkingLot
 from consumer.engine.processor import ProfileProcessor
 from consumer.engine.profiles import ChangelogWrite, ProfileStore
@@ -181,7 +182,7 @@ class Rig:
         """A new rig whose store is restored from the changelog records written so far."""
         fresh = Rig()
         for write in writes:
-            fresh.store.restore(write.partition, write.key, write.value)
+            fresh.store.restore(write.partition, write.key, write.read_back)
         return fresh
 
 
@@ -354,6 +355,23 @@ def test_releasing_the_only_content_of_a_profile_writes_a_tombstone() -> None:
 
     assert rig.release("ORD-NEW") == ChangelogWrite(PARTITION, KEY, None)
     assert len(rig.store) == 0
+
+
+def test_an_owners_parking_writes_carry_its_epoch_the_tombstone_too() -> None:
+    """Once the partition's owner claimed an epoch, the parking's writes carry it: the value
+    in its envelope, the tombstone of a release that empties the profile in
+    ``ChangelogWrite.epoch`` (the ``button.epoch`` header), so a former owner's late profile
+    after it stays fenced."""
+    rig = Rig()
+    rig.store.claim_epoch(PARTITION)
+
+    parked = rig.parking.park(PARTITION, KEY, "ORD-NEW", "negative_total", NOW)
+    released = rig.release("ORD-NEW")
+
+    assert parked is not None
+    assert parked.value is not None
+    assert (parked.epoch, epoch_of(parked.value)) == (1, 1)
+    assert released == ChangelogWrite(PARTITION, KEY, None, epoch=1)
 
 
 def test_a_parked_order_expires_with_the_order_retention() -> None:

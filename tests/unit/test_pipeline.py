@@ -229,10 +229,12 @@ class FakeChangelog:
         self.hold: asyncio.Event | None = None
         self.acknowledged: list[ChangelogWrite] = []
 
-    def write(self, partition: int, key: bytes, value: bytes | None) -> asyncio.Future[None]:
+    def write(
+        self, partition: int, key: bytes, value: bytes | None, *, epoch: int
+    ) -> asyncio.Future[None]:
         if self.on_write is not None:
             self.on_write()
-        write = ChangelogWrite(partition, key, value)
+        write = ChangelogWrite(partition, key, value, epoch=epoch)
         ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if not self.fail:
             self.calls.append(("changelog", partition, key, value))
@@ -1850,6 +1852,24 @@ def test_emptied_profile_writes_a_tombstone() -> None:
     h.handle(record())
 
     assert h.calls == [("changelog", 2, b"user-1", None)]
+
+
+def test_a_tombstone_is_written_with_its_writers_epoch() -> None:
+    """The changelog write carries the epoch of the processor's write (``ChangelogWrite.epoch``):
+    a tombstone has no envelope, so the changelog stamps it in a header (DESIGN, 7)."""
+
+    class Stamped(FakeProcessor):
+        def apply(self, partition: int, key: bytes, processed: Processed) -> ChangelogWrite | None:
+            write = super().apply(partition, key, processed)
+            return None if write is None else replace(write, epoch=3)
+
+    h = Harness(
+        processor=Stamped(processed(Skip("profile_only"), profile_changed=True, profile_value=None))
+    )
+
+    h.handle(record())
+
+    assert h.changelog.written == [ChangelogWrite(2, b"user-1", None, epoch=3)]
 
 
 def test_unchanged_profile_writes_nothing_to_the_changelog() -> None:

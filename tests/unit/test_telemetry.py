@@ -254,13 +254,17 @@ def test_restore_progress_and_changelog_latency_are_reported() -> None:
     t.restore_finished([3, 4])
 
     class Inner:
-        async def write(self, partition: int, key: bytes, value: bytes | None) -> None:
+        async def write(
+            self, partition: int, key: bytes, value: bytes | None, *, epoch: int
+        ) -> None:
             return None
 
     clock = iter([10.0, 10.25])
 
     async def write_one() -> None:
-        await TimedChangelog(Inner(), t, monotonic=lambda: next(clock)).write(0, b"k", b"v")
+        await TimedChangelog(Inner(), t, monotonic=lambda: next(clock)).write(
+            0, b"k", b"v", epoch=0
+        )
 
     asyncio.run(write_one())
 
