@@ -678,6 +678,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         housekeeping=expire_profiles,
         breaker=breaker,
         flush=producer.flush,
+        side_failure=lambda: watch.failure,
     )
     return Service(
         settings=s,

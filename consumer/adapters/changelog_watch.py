@@ -73,6 +73,10 @@ class ChangelogWatch:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self.failure: BaseException | None = None
+        """The error that ended the watch's thread (``None`` while it runs or after ``close``):
+        the worker stops with it (``Worker(side_failure=...)``), so the pod restarts with a
+        watch instead of running on unwatched."""
 
     def follow(self, partition: int, offset: int, epoch: int) -> None:
         """Read ``partition`` from ``offset`` (where its restore ended) on, reporting records
@@ -133,8 +137,9 @@ class ChangelogWatch:
                     self._stopping.wait(self._poll)
                     continue
                 self._check(messages, owned)
-        except Exception as exc:  # noqa: BLE001 - a watch that dies must say so, not hang
+        except Exception as exc:  # noqa: BLE001 - kept for the worker, which stops with it
             log.error("changelog_watch_stopped", error=str(exc), exc_type=type(exc).__name__)
+            self.failure = exc
         finally:
             consumer.close()
 

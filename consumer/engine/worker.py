@@ -81,6 +81,8 @@ class Worker:
     """Consumes the input topic until ``stop()``; see the module docstring.
 
     It is the source's ``RebalanceListener``: ``run`` starts the source with itself.
+    ``side_failure`` reports the error of a component beside the loop (the changelog watch:
+    ``None`` while it runs); the loop stops with it, as with a failed restore.
     """
 
     def __init__(
@@ -98,8 +100,10 @@ class Worker:
         flush: FlushFn | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         breaker: PauseGate | None = None,
+        side_failure: Callable[[], BaseException | None] = lambda: None,
     ) -> None:
         self._housekeeping = housekeeping
+        self._side_failure = side_failure
         self._breaker = breaker
         self._housekeeping_task: asyncio.Task[None] | None = None
         self._lag_task: asyncio.Task[None] | None = None
@@ -301,6 +305,7 @@ class Worker:
                 not self._stop.is_set()
                 and self._dispatcher.failure is None
                 and self._restores.failure is None
+                and self._side_failure() is None
             ):
                 records = await self._source.poll(
                     self._opt.max_poll_records, self._opt.poll_timeout
@@ -337,7 +342,7 @@ class Worker:
                     break
         finally:
             await self._shutdown()
-        failure = self._dispatcher.failure or self._restores.failure
+        failure = self._dispatcher.failure or self._restores.failure or self._side_failure()
         if failure is not None:
             raise failure
         return self.stats

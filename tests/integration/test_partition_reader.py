@@ -287,3 +287,42 @@ def test_the_changelog_watch_reports_records_stamped_below_the_owner_epoch(
         assert watch.following == frozenset()
     finally:
         watch.close()
+
+
+def test_a_changelog_watch_that_dies_keeps_its_error(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """An error the watch does not expect ends its thread; the error is kept in ``failure``
+    (the worker stops with it) instead of only being logged while the owner runs on unwatched."""
+    import asyncio
+
+    from consumer.adapters.changelog_watch import ChangelogWatch
+    from consumer.domain.profile_epoch import stamp
+
+    settings = settings_for(kafka_bootstrap)
+    topic = make_topic(partitions=1)
+
+    def on_late(partition: int, key: bytes, epoch: int) -> None:
+        raise RuntimeError(f"cannot repair {key!r}")
+
+    async def write() -> None:
+        producer = AckingProducer(settings.kafka.producer_config())
+        producer.start()
+        try:
+            changelog = KafkaChangelog(producer, topic)
+            await changelog.write(0, b"late", stamp(b"\x04" + bytes(8), 1), epoch=1)
+        finally:
+            producer.close()
+
+    watch = ChangelogWatch(settings.kafka.reader_config(unique_name("watch")), topic, on_late)
+    try:
+        assert watch.failure is None
+        watch.follow(0, 0, 5)
+        asyncio.run(write())
+        deadline = time.monotonic() + 30
+        while watch.failure is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert isinstance(watch.failure, RuntimeError)
+        assert "cannot repair b'late'" in str(watch.failure)
+    finally:
+        watch.close()

@@ -69,6 +69,8 @@ class Harness:
     flow_clock: FakeClock | None = None
     """The dispatcher's clock for its flow measurements (``None``: static low marks)."""
     housekeeping: Callable[[], Coroutine[Any, Any, None]] | None = None
+    side_failure: BaseException | None = None
+    """What the component beside the loop (the changelog watch) reports as its failure."""
 
     def __post_init__(self) -> None:
         self.source = FakeSource(assign=self.assign)
@@ -108,6 +110,7 @@ class Harness:
             housekeeping=self.housekeeping,
             monotonic=time.monotonic if self.clock is None else self.clock.monotonic,
             breaker=self.breaker,
+            side_failure=lambda: self.side_failure,
         )
 
     @property
@@ -1159,6 +1162,34 @@ def test_a_failing_job_stops_the_loop_and_its_offset_is_never_committed() -> Non
             expected = (0, [(0, 0), (0, 1)], True)
             actual = (h.source.highest_position(0), h.held.started, h.source.closed)
             assert expected == actual
+
+    run(scenario)
+
+
+def test_a_failure_beside_the_loop_stops_it_with_that_error_after_its_drain() -> None:
+    """The changelog watch died (``side_failure``): the loop stops taking records as for a
+    failed restore, drains what is in flight within its shutdown budget, commits it, and run()
+    raises the error (the process exits; its pod restarts with a watch instead of running on
+    without one). A record polled after the failure is not started."""
+
+    async def scenario() -> None:
+        h = Harness()
+        async with h.running() as task:
+            h.records(0, 0, 1)
+            await h.source.until(lambda: len(h.held.started) == 2)
+            h.held.finish(0, 0)
+            await h.source.until(lambda: h.source.last_stored(0) == 1)
+            h.side_failure = RuntimeError("changelog watch: consumer closed")
+            await h.source.until(lambda: bool(h.source.actions_named("pause")))  # the shutdown
+            h.records(0, 2)
+            h.held.finish(0, 1)
+            with pytest.raises(RuntimeError, match="changelog watch"):
+                await asyncio.wait_for(task, DEADLINE)
+            assert (h.source.highest_position(0), h.source.closed, h.held.started) == (
+                2,
+                True,
+                [(0, 0), (0, 1)],
+            )
 
     run(scenario)
 
