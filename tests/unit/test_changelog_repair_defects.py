@@ -1,0 +1,103 @@
+"""Defects of the changelog fence's repair and watch (DESIGN, 7), proven at the ports.
+
+Each test is marked ``xfail(strict=True)``: it fails on the current code, and a fix turns it
+into a pass that strict mode reports, so the mark comes off with the fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+
+from consumer.domain.attribution import ResolvedToken, TokenSource
+from consumer.domain.profile import Profile, Retention
+from consumer.domain.profile_epoch import FENCE_KEY, RestoredValue, fence_value
+from consumer.engine.profiles import ChangelogWrite, ProfileExpiry, ProfileStore
+
+DAY = 86_400_000
+RETENTION = Retention(btn_ref_ms=7 * DAY, device_id_ms=30 * DAY, order_ms=60 * DAY)
+NOW = datetime.now(UTC)
+NOW_MS = int(NOW.timestamp() * 1000)
+KEY = b"user-1"
+
+
+def _with_token(token: str, seen_ms: int) -> Profile:
+    return Profile(tokens=(ResolvedToken(token, TokenSource.EXPLICIT, seen_ms),))
+
+
+class _Changelog:
+    """Keeps each write in the order it was queued, as the changelog partition holds them."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[int, bytes, bytes | None, int]] = []
+
+    def write(
+        self, partition: int, key: bytes, value: bytes | None, *, epoch: int
+    ) -> asyncio.Future[None]:
+        self.writes.append((partition, key, value, epoch))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+def _restored(changelog: list[tuple[bytes, RestoredValue]]) -> ProfileStore:
+    """What a restore of ``changelog`` holds (``PartitionRestore``, installed)."""
+    store = ProfileStore(RETENTION)
+    restore = store.restoring(0)
+    restore.apply(changelog)
+    store.install(restore)
+    return store
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "defect: an expiry between install and claim_epoch stamps its tombstones with the "
+        "former owner's epoch, so a restore cannot fence that owner's late value after them"
+    ),
+)
+def test_an_expiry_between_install_and_claim_stamps_the_new_owners_tombstone() -> None:
+    """Scenario: owner A (epoch 5) held the user's profile, last seen more than the
+    attribution window ago. B is assigned the partition; its restore thread installs what it
+    read (``ProfileStore.install``: the partition is in ``store.partitions()`` from now on,
+    with A's epoch 5 as the held one) and only then claims epoch 6 (``claim_epoch``, a separate
+    step of the restore thread, in ``bootstrap._restorer``). Housekeeping
+    (``ProfileExpiry.run``) runs on the event loop, unsynchronised with that thread, and gets
+    in between: the user's profile has expired, and its tombstone is written. A's write of the
+    key queued before it lost the partition (A's watch repair, say, which no input record
+    follows) lands after B's fence.
+
+    Expected: B's tombstone carries B's epoch (6), as every record the owner writes
+    (DESIGN, 7), and a restore ignores A's late value (epoch 5) below it: no profile.
+    Actual: the tombstone carries A's epoch 5 (and is written before B's fence); A's late
+    value of epoch 5 is not below it, and a restore takes it: the expired profile of the
+    former owner is back. (With an empty changelog, epoch 0: the tombstone has no
+    ``button.epoch`` header at all.)
+    """
+    a = ProfileStore(RETENTION)
+    a.restore(0, FENCE_KEY, fence_value(4))
+    a_epoch = a.claim_epoch(0)
+    stale = a.write(0, KEY, _with_token("srctok-old", NOW_MS - 30 * DAY))
+    late = a.repair(0, KEY)  # A's watch repair of the key, queued, lands late
+    assert late is not None
+    changelog: list[tuple[bytes, RestoredValue]] = [
+        (FENCE_KEY, fence_value(a_epoch)),
+        (KEY, stale.read_back),
+    ]
+
+    b = ProfileStore(RETENTION)
+    restore = b.restoring(0)
+    restore.apply(changelog)
+    b.install(restore)  # the restore thread, step 1
+    tombstones = _Changelog()  # the event loop's housekeeping, meanwhile
+    asyncio.run(ProfileExpiry(b, tombstones, clock=lambda: NOW).run())
+    b_epoch = b.claim_epoch(0)  # the restore thread, step 2
+    changelog += [
+        (k, ChangelogWrite(p, k, v, epoch=e).read_back) for p, k, v, e in tombstones.writes
+    ]
+    changelog += [(FENCE_KEY, fence_value(b_epoch)), (KEY, late.read_back)]
+
+    stamped = [(k, e) for _p, k, _v, e in tombstones.writes]
+    assert (stamped, _restored(changelog).get(0, KEY)) == ([(KEY, b_epoch)], None)
