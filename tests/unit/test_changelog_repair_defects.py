@@ -7,10 +7,12 @@ into a pass that strict mode reports, so the mark comes off with the fix.
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import UTC, datetime
 
 import pytest
 
+from consumer.adapters.changelog_watch import ChangelogWatch
 from consumer.domain.attribution import ResolvedToken, TokenSource
 from consumer.domain.profile import Profile, Retention
 from consumer.domain.profile_epoch import FENCE_KEY, RestoredValue, fence_value
@@ -101,3 +103,51 @@ def test_an_expiry_between_install_and_claim_stamps_the_new_owners_tombstone() -
 
     stamped = [(k, e) for _p, k, _v, e in tombstones.writes]
     assert (stamped, _restored(changelog).get(0, KEY)) == ([(KEY, b_epoch)], None)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "defect: a watch whose consumer cannot be created dies without keeping the error "
+        "(failure stays None) and the owner runs on unwatched"
+    ),
+)
+def test_a_watch_whose_consumer_cannot_be_created_keeps_the_error() -> None:
+    """Scenario: the watch's thread starts with the first ``follow`` and creates its own
+    consumer, outside the ``try`` that keeps an unexpected error in ``failure``
+    (``ChangelogWatch._run``). Here librdkafka refuses the configuration (any error of
+    ``Consumer(...)`` does: a property this client does not know, resources exhausted).
+
+    Expected: the thread is gone and ``failure`` holds the error, so the worker stops with it
+    (``Worker(side_failure=...)``), as the design promises: "a member never runs on
+    unwatched".
+    Actual: the thread died with the error (only ``threading.excepthook`` printed it),
+    ``failure`` is ``None``, and ``following`` still names the partition: the worker runs on
+    with no watch, and each later ``follow``/``stop`` grows a change list nobody reads.
+    """
+    watch = ChangelogWatch(
+        {"bootstrap.servers": "127.0.0.1:9", "group.id": "watch", "no.such.property": "1"},
+        "changelog",
+        lambda _partition, _key, _epoch: None,
+    )
+    died = threading.Event()
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        died.set()
+
+    threading.excepthook = hook
+    try:
+        watch.follow(0, 0, 2)
+        thread = watch._thread  # the thread the watch started
+        assert thread is not None
+        thread.join(10)
+        assert not thread.is_alive()
+        following = watch.following
+    finally:
+        threading.excepthook = previous
+        watch.close()
+
+    assert died.is_set()  # the thread did die (on the consumer's creation)
+    assert following == frozenset({0})  # as if watched
+    assert watch.failure is not None
