@@ -73,7 +73,7 @@ def test_an_expiry_between_install_and_claim_stamps_the_new_owners_tombstone() -
 
     Expected: B's tombstone carries B's epoch (6), as every record the owner writes
     (DESIGN, 7), and a restore ignores A's late value (epoch 5) below it: no profile.
-    Actual: the tombstone carries A's epoch 5 (and is written before B's fence); A's late
+    Actual: the tombstone carries A's epoch 5 (and may land before B's fence); A's late
     value of epoch 5 is not below it, and a restore takes it: the expired profile of the
     former owner is back. (With an empty changelog, epoch 0: the tombstone has no
     ``button.epoch`` header at all.)
