@@ -151,3 +151,99 @@ def test_a_watch_whose_consumer_cannot_be_created_keeps_the_error() -> None:
     assert died.is_set()  # the thread did die (on the consumer's creation)
     assert following == frozenset({0})  # as if watched
     assert watch.failure is not None
+
+
+class _Message:
+    """A changelog record as the watch's consumer hands it out."""
+
+    def __init__(self, partition: int, key: bytes, value: bytes) -> None:
+        self._partition, self._key, self._value = partition, key, value
+
+    def error(self) -> None:
+        return None
+
+    def partition(self) -> int:
+        return self._partition
+
+    def key(self) -> bytes:
+        return self._key
+
+    def value(self) -> bytes:
+        return self._value
+
+    def headers(self) -> None:
+        return None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "defect: a stop and a follow of one partition that land between the watch's "
+        "assignment step and its epoch snapshot judge the old assignment's records against "
+        "the new epoch: the owner's own earlier records are reported as late writes"
+    ),
+)
+def test_a_quick_revoke_and_reassign_does_not_report_the_owners_earlier_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Scenario: the member owns partition 0 with epoch 2 and the watch follows it from offset
+    10. Right after the watch's thread took its pending changes (``_apply_changes``), the
+    partition is revoked and assigned to this member again (``stop``, then the new restore's
+    ``follow(0, 20, 3)``): both land before the thread's snapshot of the owned epochs. The
+    consumer still holds the old assignment's next record: the member's own write of
+    epoch 2 at offset 10, which the new restore (up to offset 20) already read and judged.
+
+    Expected: a record of the assignment being replaced is judged against the epoch it was
+    followed with (2), or dropped; nothing is reported.
+    Actual: the snapshot already holds epoch 3, the record (epoch 2) is below it and the
+    partition is "still" owned with 3, so the owner's own record is reported as a former
+    owner's late write: a spurious repair, a ``changelog_fenced_write_repaired`` warning and
+    a count in ``changelog_repairs_total{when="watch"}``, which are the operator's signal of
+    real late writes.
+    """
+    from consumer.adapters import changelog_watch
+    from consumer.domain.profile_epoch import stamp
+
+    watch: ChangelogWatch | None = None
+    consumed = threading.Event()
+    calls = 0
+
+    class Consumer:
+        def __init__(self, _config: object) -> None:
+            self.rebalanced = False
+
+        def incremental_assign(self, _partitions: object) -> None:
+            if not self.rebalanced and watch is not None:
+                self.rebalanced = True  # the revoke and the new assignment land now
+                watch.stop([0])
+                watch.follow(0, 20, 3)
+
+        def incremental_unassign(self, _partitions: object) -> None:
+            return None
+
+        def close(self) -> None:
+            return None
+
+    own = _Message(0, b"own", stamp(b"\x04" + bytes(8), 2))
+
+    def consume_ready(_consumer: object, _batch: int, timeout: float) -> list[_Message]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return [own]  # fetched for the old assignment (from offset 10)
+        consumed.set()
+        if watch is not None:
+            watch._stopping.wait(timeout)  # a consume that finds nothing waits its timeout
+        return []
+
+    monkeypatch.setattr(changelog_watch, "Consumer", Consumer)
+    monkeypatch.setattr(changelog_watch, "consume_ready", consume_ready)
+    reported: list[tuple[int, bytes, int]] = []
+    watch = ChangelogWatch({}, "changelog", lambda p, k, e: reported.append((p, k, e)))
+    try:
+        watch.follow(0, 10, 2)
+        assert consumed.wait(10)
+    finally:
+        watch.close()
+
+    assert reported == []
