@@ -481,31 +481,35 @@ def _restorer(
             )
         finally:
             telemetry.restore_finished(partitions)
-        # Install what was read whole; a partition revoked meanwhile is left out (its job
-        # drops whatever it holds of it).
-        partitions = [p for p in partitions if not cancel.cancelled(p)]
-        for partition in partitions:
-            store.install(restores.pop(partition))
-        # Fence former owners (DESIGN, 7): claim an epoch above every one in the partition and
-        # write it before any record is processed; a late write of a former owner now carries a
-        # lower epoch than this owner's records and is ignored by every later restore. Then
-        # write again each key whose record the restore ignored as such a late write, so that
-        # the rightful record is the latest of its key again: compaction keeps the last one.
+        # Install what was read whole, claim this owner's epoch and fence former owners
+        # (DESIGN, 7): the epoch is above every one in the partition and written before any
+        # record is processed, so a late write of a former owner now carries a lower epoch than
+        # this owner's records and is ignored by every later restore. Then write again each key
+        # whose record the restore ignored as such a late write, so that the rightful record is
+        # the latest of its key again: compaction keeps the last one. All of it while the
+        # partition cannot be cancelled: one revoked or lost meanwhile (its job drops whatever
+        # it holds of it) is neither installed nor fenced, and no later owner's records are
+        # overwritten by this member's.
         repaired = 0
+        live: list[int] = []
         for partition in partitions:
-            epoch = store.claim_epoch(partition)
-            producer.send_nowait(
-                s.kafka.profile_topic, FENCE_KEY, fence_value(epoch), partition=partition
-            )
-            repairs = store.repairs(partition)
-            for write in repairs:
+            with cancel.holding(partition) as owned:
+                if not owned:
+                    continue
+                live.append(partition)
+                epoch = store.install(restores.pop(partition), claim=True)
                 producer.send_nowait(
-                    s.kafka.profile_topic,
-                    write.key,
-                    write.value,
-                    changelog_headers(write.value, write.epoch),
-                    partition=partition,
+                    s.kafka.profile_topic, FENCE_KEY, fence_value(epoch), partition=partition
                 )
+                repairs = store.repairs(partition)
+                for write in repairs:
+                    producer.send_nowait(
+                        s.kafka.profile_topic,
+                        write.key,
+                        write.value,
+                        changelog_headers(write.value, write.epoch),
+                        partition=partition,
+                    )
             if repairs:
                 repaired += len(repairs)
                 log.warning(
@@ -515,6 +519,7 @@ def _restorer(
                     keys=len(repairs),
                     when="restore",
                 )
+        partitions = live
         if partitions and producer.settle(s.delivery.shutdown_timeout_seconds):
             raise BrokerError(f"the changelog fence of partitions {partitions} was not written")
         if repaired:
@@ -522,8 +527,9 @@ def _restorer(
         # From where the restore ended on, a former owner's write landing now is repaired at
         # once (``LateWriteRepair``); a partition revoked meanwhile is stopped by ``drop``.
         for partition in partitions:
-            if not cancel.cancelled(partition):
-                watch.follow(partition, ends.get(partition, 0), store.epoch(partition))
+            with cancel.holding(partition) as owned:
+                if owned:
+                    watch.follow(partition, ends.get(partition, 0), store.epoch(partition))
         telemetry.profiles_held(len(store))
         return read
 

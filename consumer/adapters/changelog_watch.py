@@ -120,12 +120,11 @@ class ChangelogWatch:
             return frozenset(self._owned)
 
     def _run(self) -> None:
-        consumer = Consumer(self._config)
+        consumer: Consumer | None = None
         try:
+            consumer = Consumer(self._config)  # in the try: a refused one is a failure too
             while not self._stopping.is_set():
-                self._apply_changes(consumer)
-                with self._lock:
-                    owned = dict(self._owned)
+                owned = self._apply_changes(consumer)
                 if not owned:
                     self._wake.wait(self._poll)
                     self._wake.clear()
@@ -141,11 +140,17 @@ class ChangelogWatch:
             log.error("changelog_watch_stopped", error=str(exc), exc_type=type(exc).__name__)
             self.failure = exc
         finally:
-            consumer.close()
+            if consumer is not None:
+                consumer.close()
 
-    def _apply_changes(self, consumer: Consumer) -> None:
+    def _apply_changes(self, consumer: Consumer) -> dict[int, int]:
+        """Apply the queued follows and stops to the consumer's assignment; return the owner
+        epochs as of the same instant (taken in one step with the changes: a stop and a
+        follow landing after it are applied, with their epoch, at the next pass, never judged
+        against records of the assignment before them)."""
         with self._lock:
             changes, self._changes = self._changes, []
+            owned = dict(self._owned)
         for follow, partition, offset in changes:
             tp = TopicPartition(self.topic, partition, offset)
             try:
@@ -159,6 +164,7 @@ class ChangelogWatch:
                 if follow:
                     consumer.incremental_unassign([TopicPartition(self.topic, partition)])
                     consumer.incremental_assign([tp])
+        return owned
 
     def _check(self, messages: list[Message], owned: Mapping[int, int]) -> None:
         """Report each record of ``messages`` stamped below its partition's owner epoch, each

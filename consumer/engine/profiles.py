@@ -223,18 +223,24 @@ class ProfileStore:
         """An empty restore of ``partition``, filled off the store; ``install`` it when read."""
         return PartitionRestore(partition)
 
-    def install(self, restore: PartitionRestore) -> None:
-        """Make a restored partition's profiles and epoch the held ones (replacing any)."""
+    def install(self, restore: PartitionRestore, *, claim: bool = False) -> int:
+        """Make a restored partition's profiles and epoch the held ones (replacing any); return
+        the partition's epoch.
+
+        ``claim``: claim this owner's epoch in the same step (``claim_epoch``), so that no
+        write of the partition (an expiry's tombstone on the event loop, say) is ever stamped
+        with a former owner's epoch after the partition is held.
+        """
         with self._lock:
             replaced = self._partitions.get(restore.partition, {})
             self._partitions[restore.partition] = restore.profiles
             self._tombstones.pop(restore.partition, None)
             self._repairs[restore.partition] = restore.fenced_keys
             self._count += len(restore.profiles) - len(replaced)
-            self._epochs[restore.partition] = max(
-                self._epochs.get(restore.partition, 0), restore.epoch
-            )
+            epoch = max(self._epochs.get(restore.partition, 0), restore.epoch) + int(claim)
+            self._epochs[restore.partition] = epoch
             self.fenced += restore.fenced
+            return epoch
 
     def claim_epoch(self, partition: int) -> int:
         """After the restore of ``partition``: this owner's epoch, one above every epoch seen

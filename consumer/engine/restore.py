@@ -20,9 +20,10 @@ a large changelog takes. ``Restores`` is the loop's bookkeeping of those jobs:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import structlog
 
@@ -46,6 +47,16 @@ class RestoreCancel:
 
     def cancelled(self, partition: int) -> bool:
         return partition in self._cancelled
+
+    @contextlib.contextmanager
+    def holding(self, partition: int) -> Iterator[bool]:
+        """Hold off the cancellation of ``partition`` while the block runs; yield whether it
+        is still live (not cancelled). A ``cancel`` made meanwhile waits for the block, so the
+        restore's last steps for a partition (install, claim, fence, repairs, watch) happen
+        whole while it is owned, or not at all: a partition is never both cancelled and
+        fenced. Keep the block short: the revoke waits for it."""
+        with self._lock:
+            yield partition not in self._cancelled
 
     def snapshot(self) -> frozenset[int]:
         """Every cancelled partition so far (a consistent copy)."""

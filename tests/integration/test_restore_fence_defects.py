@@ -1,12 +1,9 @@
-"""Defects of the restore's fence and repair at claim (DESIGN, 7), against a real broker: what
-the changelog topic holds, and what a restore of it yields.
-
-Each test is marked ``xfail(strict=True)``: it fails on the current code, and a fix turns it
-into a pass that strict mode reports, so the mark comes off with the fix.
-"""
+"""The restore's fence and repair at claim against a revoke (DESIGN, 7), with a real broker:
+what the changelog topic holds, and what a restore of it yields."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -22,7 +19,7 @@ from consumer.adapters.topics import RESTORE_GROUP_ID, changelog_headers, restor
 from consumer.bootstrap import _restorer
 from consumer.domain.attribution import ResolvedToken, TokenSource
 from consumer.domain.profile import Profile, Retention
-from consumer.domain.profile_epoch import FENCE_KEY, RestoredValue, fence_value, read_fence
+from consumer.domain.profile_epoch import FENCE_KEY, RestoredValue, fence_value
 from consumer.engine.profiles import PartitionRestore, ProfileStore
 from consumer.engine.restore import RestoreCancel
 from consumer.settings import Settings
@@ -85,34 +82,24 @@ def _restored(records: list[tuple[bytes, RestoredValue]]) -> ProfileStore:
     return store
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "defect: a restore cancelled after its read (the partition revoked or lost) still "
-        "claims, fences and repairs the partition; its repair, of the next owner's epoch, "
-        "overwrites that owner's newer profile unseen"
-    ),
-)
-def test_a_restore_cancelled_after_its_read_writes_no_fence_nor_repair(
+def test_a_revoke_at_install_never_lets_the_restore_fence_over_the_next_owner(
     kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
 ) -> None:
-    """Scenario: the changelog holds A's fence (epoch 1) and A's profile of the user, B's
-    fence (2) and B's newer profile, then A's late write (epoch 1; a restore fences it, and
-    the owner repairs the key at claim). Member X is assigned the partition and restores it
-    (``bootstrap._restorer``, on its restore thread). X's read is complete and installed
-    when the partition is lost (or revoked with a restore that outlasts ``revoke_timeout``):
-    ``Restores.cancel`` marks it cancelled now. Meanwhile Y, its next owner, restored the
-    same changelog (X's fence is not in it yet), claimed epoch 3, repaired the key and
-    wrote the user's newer profile (a purchase it processed).
+    """The changelog holds A's fence (epoch 1) and A's profile of the user, B's fence (2) and
+    B's newer profile, then A's late write (epoch 1; a restore fences it, and the owner repairs
+    the key at claim). Member X restores the partition (``bootstrap._restorer``, on its restore
+    thread); just as it installs its read, the partition is revoked (or lost): the revoke
+    cancels X's restore, and Y, the next owner, restores the changelog, claims, repairs the
+    key and writes the user's newer profile (a purchase it processed).
 
-    Expected (``consumer/engine/restore.py``: a cancelled partition "is then neither fenced
-    nor made ready"): X writes nothing more to the partition, and a restore of the changelog
-    holds Y's newer profile.
-    Actual: ``_restorer`` checks the cancellation only before it reads and before ``follow``:
-    X still claims epoch 3 (the same as Y's: both saw epoch 2 last), writes its fence and
-    repairs the key with the profile its restore holds (B's), stamped 3, after Y's newer
-    profile. A restore takes X's record (epoch 3 is not below Y's 3) and Y's watch does not
-    report it (not below Y's epoch): Y's newer profile is overwritten, unseen, for good.
+    Expected: a restore of the changelog holds Y's newer profile. X's install, claim, fence
+    and repairs happen whole before the cancel returns (``RestoreCancel.holding``), so Y reads
+    X's fence and claims above it, or not at all.
+    Before: the restore checked the cancellation only before it read and before the watch's
+    ``follow``: X claimed epoch 3 (the same as Y's: both saw 2 last), wrote its fence and
+    repaired the key with B's profile, stamped 3, after Y's newer profile; a restore took X's
+    record (3 is not below Y's 3), and Y's watch did not report it: Y's profile was overwritten,
+    unseen, for good.
     """
     topic = make_topic(partitions=1)
     settings = Settings.from_env(
@@ -154,13 +141,28 @@ def test_a_restore_cancelled_after_its_read_writes_no_fence_nor_repair(
             + [(KEY, current.value, current.epoch)],
         )
 
-    class LostAtInstall(ProfileStore):
-        """X's store: the partition is lost right after X's read was installed."""
+    taken_over = threading.Event()
 
-        def install(self, restore: PartitionRestore) -> None:
-            super().install(restore)
-            cancel.cancel([restore.partition])
-            y_takes_over()
+    def lose_and_take_over() -> None:
+        """The revoke (or loss) of the partition, then Y's takeover: Y is assigned only once
+        X's revoke returned, as the group protocol orders them."""
+        cancel.cancel([0])
+        y_takes_over()
+        taken_over.set()
+
+    revoke = threading.Thread(target=lose_and_take_over)
+
+    class LostAtInstall(ProfileStore):
+        """X's store: the partition is revoked just as X installs its read."""
+
+        def install(self, restore: PartitionRestore, *, claim: bool = False) -> int:
+            revoke.start()
+            # Let the revoke and Y's takeover run to their end first, unless X holds off
+            # the cancellation here (``RestoreCancel.holding``: then the revoke waits for X's
+            # install, claim and fence, and Y's restore reads X's fence).
+            if not cancel._lock.locked():
+                assert taken_over.wait(60), "Y's takeover did not end"
+            return super().install(restore, claim=claim)
 
     x = LostAtInstall(RETENTION)
     telemetry = ServiceTelemetry(Metrics.create(CollectorRegistry()), Health(), DeliveryLog(10))
@@ -169,20 +171,15 @@ def test_a_restore_cancelled_after_its_read_writes_no_fence_nor_repair(
     watch = ChangelogWatch(
         settings.kafka.reader_config(RESTORE_GROUP_ID), topic, lambda _p, _k, _e: None
     )
-    before = len(_read(settings, unique_name("before")))
     try:
         _restorer(settings, x, producer, telemetry, watch)([0], cancel)
-        followed = watch.following
     finally:
+        revoke.join(60)
         watch.close()
         producer.close()
+    assert taken_over.is_set(), "Y's takeover did not end"
 
-    records = _read(settings, unique_name("after"))
-    after_y = before + 3  # Y's fence, repair and newer profile
-    x_wrote = [
-        (key, read_fence(value) if key == FENCE_KEY and isinstance(value, bytes) else None)
-        for key, value in records[after_y:]
-    ]
-    assert followed == frozenset()
-    held = _restored(records).get(0, KEY)
-    assert (x_wrote, held) == ([], y_profile)
+    # X fenced the partition while it owned it, before the revoke returned, or not at all;
+    # either way Y's newer profile is the one a restore holds.
+    held = _restored(_read(settings, unique_name("after"))).get(0, KEY)
+    assert held == y_profile
