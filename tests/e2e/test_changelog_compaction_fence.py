@@ -46,6 +46,79 @@ FAST_COMPACTION = {
 }
 
 
+def _topics(settings: Any, changelog_extra: Mapping[str, str] | None = None) -> str:
+    """Create the DLQ and the changelog (with ``changelog_extra`` settings) of ``settings``,
+    one partition each; return the changelog's name."""
+    changelog = settings.kafka.profile_topic
+    dlq_config, changelog_config = created_topic_configs(topic_plan(settings), 1)
+    ensure_topics(
+        settings.kafka.admin_config(),
+        {
+            changelog: {**changelog_config, **(changelog_extra or {})},
+            settings.kafka.dlq_topic: dlq_config,
+        },
+        partitions=1,
+        replication=1,
+    )
+    return str(changelog)
+
+
+def _profile(token: str, seen: datetime) -> Profile:
+    return Profile(tokens=(ResolvedToken(token, TokenSource.EXPLICIT, epoch_ms(seen)),))
+
+
+def _a_then_b(
+    settings: Any, key: bytes, now: datetime
+) -> tuple[list[tuple[bytes, bytes]], bytes, Profile]:
+    """The changelog records of owner A (epoch 1: token ``srctok-old``), then owner B (having
+    read A's, epoch 2: the newer token ``srctok-new``), then A's queued write of its older
+    profile, delivered after B's: (the records in order, A's late value, B's profile)."""
+    retention = mapping_config(settings).retention
+    a = ProfileStore(retention)
+    a_epoch = a.claim_epoch(0)
+    a_value = a.put(0, key, _profile("srctok-old", now - timedelta(minutes=60)))
+    late = a.put(0, key, _profile("srctok-old", now - timedelta(minutes=60)))
+    b = ProfileStore(retention)
+    b.restore(0, FENCE_KEY, fence_value(a_epoch))
+    b.restore(0, key, a_value)
+    b_epoch = b.claim_epoch(0)
+    b_profile = _profile("srctok-new", now - timedelta(minutes=30))
+    b_value = b.put(0, key, b_profile)
+    assert (a_epoch, b_epoch) == (1, 2)
+    assert a_value is not None
+    assert b_value is not None
+    assert late is not None
+    records = [
+        (FENCE_KEY, fence_value(a_epoch)),
+        (key, a_value),
+        (FENCE_KEY, fence_value(b_epoch)),
+        (key, b_value),
+        (key, late),  # A's queued write, delivered after B's
+    ]
+    return records, late, b_profile
+
+
+def _produce(producer: Producer, changelog: str, records: list[tuple[bytes, bytes]]) -> None:
+    for key, value in records:
+        producer.produce(changelog, key=key, value=value, partition=0)
+    assert producer.flush(30) == 0
+
+
+def _attributed(settings: Any, start_service: Any, sandbox: Any, user: str, now: datetime) -> str:
+    """The ``btn_ref`` at the sandbox of the user's purchase (no token of its own: the
+    profile's token in force at its time), the service started on the partition."""
+    order_id = f"{user}-order"
+    produce_events(
+        settings, [_server_purchase(user, order_id, now - timedelta(minutes=5))], partitions=1
+    )
+    runner = start_service(settings)
+    topic = settings.kafka.topic
+    stop_when_done(runner, settings.kafka.bootstrap_servers, settings.kafka.group_id, topic, 1, 90)
+    held = sandbox.order(order_id)
+    assert held is not None, order_id
+    return str(held["object"].get("btn_ref"))
+
+
 @pytest.mark.xfail(
     strict=True,
     reason=(
@@ -75,67 +148,24 @@ def test_a_former_owners_late_profile_is_still_fenced_once_the_changelog_is_comp
     """
     topic = make_topic(partitions=1, prefix="fencecompact")
     settings = service_settings(topic)
-    changelog = settings.kafka.profile_topic
-    dlq_config, changelog_config = created_topic_configs(topic_plan(settings), 1)
-    ensure_topics(
-        settings.kafka.admin_config(),
-        {changelog: {**changelog_config, **FAST_COMPACTION}, settings.kafka.dlq_topic: dlq_config},
-        partitions=1,
-        replication=1,
-    )
+    changelog = _topics(settings, FAST_COMPACTION)
     user = f"fence-{uuid.uuid4().hex[:8]}"
     key = user.encode()
     now = datetime.now(UTC)
-
-    def profile(token: str, minutes_ago: int) -> Profile:
-        seen = epoch_ms(now - timedelta(minutes=minutes_ago))
-        return Profile(tokens=(ResolvedToken(token, TokenSource.EXPLICIT, seen),))
-
-    # The bytes each owner's store writes: A claims epoch 1, B (having read A's) epoch 2.
-    a = ProfileStore(mapping_config(settings).retention)
-    a_epoch = a.claim_epoch(0)
-    a_value = a.put(0, key, profile("srctok-old", 60))
-    late = a.put(0, key, profile("srctok-old", 60))
-    b = ProfileStore(mapping_config(settings).retention)
-    b.restore(0, FENCE_KEY, fence_value(a_epoch))
-    b.restore(0, key, a_value)
-    b_epoch = b.claim_epoch(0)
-    b_value = b.put(0, key, profile("srctok-new", 30))
-    assert (a_epoch, b_epoch) == (1, 2)
-    assert b_value is not None
-    assert late is not None
-
+    records, late, _b_profile = _a_then_b(settings, key, now)
     producer = Producer({"bootstrap.servers": kafka_bootstrap, "acks": "all"})
-    for record_key, value in (
-        (FENCE_KEY, fence_value(a_epoch)),
-        (key, a_value),
-        (FENCE_KEY, fence_value(b_epoch)),
-        (key, b_value),
-        (key, late),  # A's queued write, delivered after B's
-    ):
-        producer.produce(changelog, key=record_key, value=value, partition=0)
-    assert producer.flush(30) == 0
+    _produce(producer, changelog, records)
 
     def compacted() -> bool:
         # B's fence again rolls the segment and dirties the log; it changes no epoch.
-        producer.produce(changelog, key=FENCE_KEY, value=fence_value(b_epoch), partition=0)
-        assert producer.flush(30) == 0
+        _produce(producer, changelog, [(FENCE_KEY, fence_value(2))])
         values = [m.value() for m in read_all(kafka_bootstrap, changelog) if m.key() == key]
         return values == [late]
 
     wait_until(compacted, timeout=180, interval=1.0, message="the changelog was not compacted")
     assert epoch_of(late) == 1  # A's epoch, below B's
 
-    order_id = f"{user}-order"
-    produce_events(
-        settings, [_server_purchase(user, order_id, now - timedelta(minutes=5))], partitions=1
-    )
-    runner = start_service(settings)
-    stop_when_done(runner, kafka_bootstrap, settings.kafka.group_id, topic, 1, 90)
-
-    held = sandbox.order(order_id)
-    assert held is not None, order_id
-    assert held["object"]["btn_ref"] == "srctok-new", held["object"]
+    assert _attributed(settings, start_service, sandbox, user, now) == "srctok-new"
 
 
 def _compact_now(admin_config: Mapping[str, Any], changelog: str) -> None:
@@ -173,54 +203,21 @@ def test_the_new_owner_repairs_a_former_owners_late_profile_before_compaction_ca
     """
     topic = make_topic(partitions=1, prefix="fencerepair")
     settings = service_settings(topic)
-    changelog = settings.kafka.profile_topic
-    dlq_config, changelog_config = created_topic_configs(topic_plan(settings), 1)
-    ensure_topics(
-        settings.kafka.admin_config(),
-        {changelog: changelog_config, settings.kafka.dlq_topic: dlq_config},
-        partitions=1,
-        replication=1,
-    )
+    changelog = _topics(settings)
     user = f"repair-{uuid.uuid4().hex[:8]}"
     key = user.encode()
     now = datetime.now(UTC)
-    retention = mapping_config(settings).retention
-
-    def profile(token: str, minutes_ago: int) -> Profile:
-        seen = epoch_ms(now - timedelta(minutes=minutes_ago))
-        return Profile(tokens=(ResolvedToken(token, TokenSource.EXPLICIT, seen),))
-
-    a = ProfileStore(retention)
-    a_epoch = a.claim_epoch(0)
-    a_value = a.put(0, key, profile("srctok-old", 60))
-    late = a.put(0, key, profile("srctok-old", 60))
-    b = ProfileStore(retention)
-    b.restore(0, FENCE_KEY, fence_value(a_epoch))
-    b.restore(0, key, a_value)
-    b_epoch = b.claim_epoch(0)
-    b_profile = profile("srctok-new", 30)
-    b_value = b.put(0, key, b_profile)
-    assert (a_epoch, b_epoch) == (1, 2)
-    assert late is not None
-    assert b_value is not None
-
+    records, _late, b_profile = _a_then_b(settings, key, now)
     producer = Producer({"bootstrap.servers": kafka_bootstrap, "acks": "all"})
-    for record_key, value in (
-        (FENCE_KEY, fence_value(a_epoch)),
-        (key, a_value),
-        (FENCE_KEY, fence_value(b_epoch)),
-        (key, b_value),
-        (key, late),  # A's queued write, delivered after B's
-    ):
-        producer.produce(changelog, key=record_key, value=value, partition=0)
-    assert producer.flush(30) == 0
+    _produce(producer, changelog, records)
+    written = [value for record_key, value in records if record_key == key]
 
     def key_values() -> list[bytes | None]:
         return [m.value() for m in read_all(kafka_bootstrap, changelog) if m.key() == key]
 
     def written_again() -> list[bytes | None]:
         values = key_values()
-        return values[3:] if values[:3] == [a_value, b_value, late] else []
+        return values[3:] if values[:3] == written else []
 
     runner = start_service(settings)
     repaired = wait_until(
@@ -235,22 +232,12 @@ def test_the_new_owner_repairs_a_former_owners_late_profile_before_compaction_ca
 
     def compacted() -> bool:
         # A fence again rolls the segment and dirties the log; it raises no epoch.
-        producer.produce(changelog, key=FENCE_KEY, value=fence_value(3), partition=0)
-        assert producer.flush(30) == 0
+        _produce(producer, changelog, [(FENCE_KEY, fence_value(3))])
         return key_values() == repaired
 
     wait_until(compacted, timeout=180, interval=1.0, message="the changelog was not compacted")
 
-    order_id = f"{user}-order"
-    produce_events(
-        settings, [_server_purchase(user, order_id, now - timedelta(minutes=5))], partitions=1
-    )
-    runner = start_service(settings)
-    stop_when_done(runner, kafka_bootstrap, settings.kafka.group_id, topic, 1, 90)
-
-    held = sandbox.order(order_id)
-    assert held is not None, order_id
-    assert held["object"]["btn_ref"] == "srctok-new", held["object"]
+    assert _attributed(settings, start_service, sandbox, user, now) == "srctok-new"
 
 
 def test_the_owner_repairs_a_former_owners_write_that_lands_while_it_owns_the_partition(
@@ -271,21 +258,13 @@ def test_the_owner_repairs_a_former_owners_write_that_lands_while_it_owns_the_pa
     """
     topic = make_topic(partitions=1, prefix="fencewatch")
     settings = service_settings(topic)
-    changelog = settings.kafka.profile_topic
-    dlq_config, changelog_config = created_topic_configs(topic_plan(settings), 1)
-    ensure_topics(
-        settings.kafka.admin_config(),
-        {changelog: changelog_config, settings.kafka.dlq_topic: dlq_config},
-        partitions=1,
-        replication=1,
-    )
+    changelog = _topics(settings)
     user = f"watch-{uuid.uuid4().hex[:8]}"
     key = user.encode()
     now = datetime.now(UTC)
 
     def old(minutes_ago: int) -> Profile:
-        seen = epoch_ms(now - timedelta(minutes=minutes_ago))
-        return Profile(tokens=(ResolvedToken("srctok-old", TokenSource.EXPLICIT, seen),))
+        return _profile("srctok-old", now - timedelta(minutes=minutes_ago))
 
     a = ProfileStore(mapping_config(settings).retention)
     a_epoch = a.claim_epoch(0)
@@ -337,13 +316,4 @@ def test_the_owner_repairs_a_former_owners_write_that_lands_while_it_owns_the_pa
 
     wait_until(compacted, timeout=180, interval=1.0, message="the changelog was not compacted")
 
-    order_id = f"{user}-order"
-    produce_events(
-        settings, [_server_purchase(user, order_id, now - timedelta(minutes=5))], partitions=1
-    )
-    runner = start_service(settings)
-    stop_when_done(runner, kafka_bootstrap, settings.kafka.group_id, topic, 1, 90)
-
-    held = sandbox.order(order_id)
-    assert held is not None, order_id
-    assert held["object"]["btn_ref"] == "srctok-new", held["object"]
+    assert _attributed(settings, start_service, sandbox, user, now) == "srctok-new"
