@@ -20,7 +20,10 @@ from typing import Any
 
 from consumer.domain.events import CommerceEvent, EventType
 from consumer.domain.mapping import skip_for
+from consumer.domain.profile import Retention
+from consumer.domain.profile_epoch import RestoredValue
 from consumer.domain.triage import InertEvent
+from consumer.engine.profiles import ProfileStore
 from consumer.ports import (
     Delivery,
     FinishedRecord,
@@ -506,3 +509,20 @@ class HeldPipeline:
             if self._released:
                 future.set_result("delivered")
         return future
+
+
+DAY_MS = 86_400_000
+RETENTION = Retention(btn_ref_ms=7 * DAY_MS, device_id_ms=30 * DAY_MS, order_ms=60 * DAY_MS)
+"""Retention windows for profile-store tests: 7 days of tokens, 30 of device ids, 60 of orders."""
+
+
+def restored(
+    records: Iterable[tuple[bytes, RestoredValue]], retention: Retention = RETENTION
+) -> ProfileStore:
+    """What a restore of changelog partition 0 holding ``records`` (in offset order) yields: a
+    ``PartitionRestore`` applied off the store, then installed (no epoch claimed)."""
+    store = ProfileStore(retention)
+    restore = store.restoring(0)
+    restore.apply(records)
+    store.install(restore)
+    return store

@@ -18,16 +18,15 @@ from consumer.adapters.telemetry import ServiceTelemetry
 from consumer.adapters.topics import RESTORE_GROUP_ID, changelog_headers, restore_partitions
 from consumer.bootstrap import _restorer
 from consumer.domain.attribution import ResolvedToken, TokenSource
-from consumer.domain.profile import Profile, Retention
+from consumer.domain.profile import Profile
 from consumer.domain.profile_epoch import FENCE_KEY, RestoredValue, fence_value
 from consumer.engine.profiles import PartitionRestore, ProfileStore
 from consumer.engine.restore import RestoreCancel
 from consumer.settings import Settings
+from tests.fakes import RETENTION, restored
 
 pytestmark = pytest.mark.broker
 
-DAY = 86_400_000
-RETENTION = Retention(btn_ref_ms=7 * DAY, device_id_ms=30 * DAY, order_ms=60 * DAY)
 NOW_MS = int(datetime.now(UTC).timestamp() * 1000)
 KEY = b"user-1"
 
@@ -72,14 +71,6 @@ def _read(settings: Settings, group: str) -> list[tuple[bytes, RestoredValue]]:
         lambda _partition, batch: records.extend(batch),
     )
     return records
-
-
-def _restored(records: list[tuple[bytes, RestoredValue]]) -> ProfileStore:
-    store = ProfileStore(RETENTION)
-    restore = store.restoring(0)
-    restore.apply(records)
-    store.install(restore)
-    return store
 
 
 def test_a_revoke_at_install_never_lets_the_restore_fence_over_the_next_owner(
@@ -181,5 +172,5 @@ def test_a_revoke_at_install_never_lets_the_restore_fence_over_the_next_owner(
 
     # X fenced the partition while it owned it, before the revoke returned, or not at all;
     # either way Y's newer profile is the one a restore holds.
-    held = _restored(_read(settings, unique_name("after"))).get(0, KEY)
+    held = restored(_read(settings, unique_name("after"))).get(0, KEY)
     assert held == y_profile

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from consumer.domain.attribution import ResolvedToken, TokenSource
-from consumer.domain.profile import Profile, Retention
+from consumer.domain.profile import Profile
 from consumer.domain.profile_epoch import (
     FENCE_KEY,
     RestoredValue,
@@ -23,10 +23,8 @@ from consumer.domain.profile_epoch import (
 )
 from consumer.engine.fence import LateWriteRepair
 from consumer.engine.profiles import ChangelogWrite, ProfileExpiry, ProfileStore
-from tests.fakes import RecordingTelemetry
+from tests.fakes import RETENTION, RecordingTelemetry, restored
 
-DAY = 86_400_000
-RETENTION = Retention(btn_ref_ms=7 * DAY, device_id_ms=30 * DAY, order_ms=60 * DAY)
 NOW_MS = int(datetime.now(UTC).timestamp() * 1000)
 KEY = b"user-1"
 
@@ -41,15 +39,6 @@ def _owner(changelog: list[tuple[bytes, RestoredValue]]) -> ProfileStore:
     for key, value in changelog:
         store.restore(0, key, value)
     changelog.append((FENCE_KEY, fence_value(store.claim_epoch(0))))
-    return store
-
-
-def _restored(changelog: list[tuple[bytes, RestoredValue]]) -> ProfileStore:
-    """A restore of ``changelog`` off the store (``PartitionRestore``), installed."""
-    store = ProfileStore(RETENTION)
-    restore = store.restoring(0)
-    restore.apply(changelog)
-    store.install(restore)
     return store
 
 
@@ -86,12 +75,12 @@ def test_a_late_value_after_the_new_owners_stamped_tombstone_is_fenced() -> None
     deleted = b.write(0, KEY, Profile())
     changelog += [(KEY, deleted.read_back), (KEY, late)]
 
-    restored = _restored(changelog)
+    store = restored(changelog)
     in_place = ProfileStore(RETENTION)
     for key, value in changelog:
         in_place.restore(0, key, value)
 
-    assert (restored.get(0, KEY), restored.fenced) == (None, 1)
+    assert (store.get(0, KEY), store.fenced) == (None, 1)
     assert (in_place.get(0, KEY), in_place.fenced) == (None, 1)
 
 
@@ -102,12 +91,12 @@ def test_a_stamped_tombstone_at_or_above_the_held_epoch_deletes_and_a_newer_valu
     a = _owner(changelog)
     changelog.append((KEY, a.put(0, KEY, _with_token("srctok-1"))))
     changelog.append((KEY, a.write(0, KEY, Profile()).read_back))
-    gone = _restored(changelog)
+    gone = restored(changelog)
     back = _with_token("srctok-2")
     changelog.append((KEY, a.put(0, KEY, back)))
 
     assert (gone.get(0, KEY), gone.fenced) == (None, 0)
-    assert (_restored(changelog).get(0, KEY), _restored(changelog).fenced) == (back, 0)
+    assert (restored(changelog).get(0, KEY), restored(changelog).fenced) == (back, 0)
 
 
 def test_a_tombstone_without_an_epoch_is_applied_as_before() -> None:
@@ -118,9 +107,9 @@ def test_a_tombstone_without_an_epoch_is_applied_as_before() -> None:
     b = _owner(changelog)
     changelog += [(KEY, b.put(0, KEY, _with_token("srctok-new"))), (KEY, None)]
 
-    restored = _restored(changelog)
+    store = restored(changelog)
 
-    assert (restored.get(0, KEY), restored.fenced, restored.claim_epoch(0)) == (None, 0, 3)
+    assert (store.get(0, KEY), store.fenced, store.claim_epoch(0)) == (None, 0, 3)
 
 
 def test_expiry_tombstones_carry_the_owners_epoch() -> None:
@@ -157,7 +146,7 @@ def _claimed_with_repairs(
 ) -> tuple[ProfileStore, list[ChangelogWrite]]:
     """A new owner: restores ``changelog`` off the store, installs it, claims the partition
     and appends its fence, then the repairs of the keys the restore fenced."""
-    store = _restored(changelog)
+    store = restored(changelog)
     epoch = store.claim_epoch(0)
     changelog.append((FENCE_KEY, fence_value(epoch)))
     repairs = store.repairs(0)
@@ -185,7 +174,7 @@ def test_the_new_owner_repairs_a_fenced_key_so_its_rightful_value_survives_compa
     assert [(w.key, w.epoch, epoch_of(w.value or b"")) for w in repairs] == [(KEY, 3, 3)]
     assert (c.get(0, KEY), c.fenced, c.repairs(0)) == (newer, 1, [])
     assert c.get_encoded(0, KEY) == repairs[0].value  # held as written
-    compacted = _restored(_compacted(changelog))
+    compacted = restored(_compacted(changelog))
     assert (compacted.get(0, KEY), compacted.fenced) == (newer, 0)
 
 
@@ -206,7 +195,7 @@ def test_the_new_owner_repairs_a_fenced_key_it_holds_no_profile_of_with_a_stampe
 
     assert repairs == [ChangelogWrite(0, KEY, None, epoch=3)]
     assert (c.get(0, KEY), len(c)) == (None, 0)
-    assert _restored(_compacted(changelog)).get(0, KEY) is None
+    assert restored(_compacted(changelog)).get(0, KEY) is None
 
 
 def test_a_restore_in_place_collects_its_fenced_keys_for_the_repair_too() -> None:

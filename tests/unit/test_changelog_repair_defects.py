@@ -12,12 +12,12 @@ import pytest
 
 from consumer.adapters.changelog_watch import ChangelogWatch
 from consumer.domain.attribution import ResolvedToken, TokenSource
-from consumer.domain.profile import Profile, Retention
+from consumer.domain.profile import Profile
 from consumer.domain.profile_epoch import FENCE_KEY, RestoredValue, fence_value
 from consumer.engine.profiles import ChangelogWrite, ProfileExpiry, ProfileStore
+from tests.fakes import RETENTION, restored
 
 DAY = 86_400_000
-RETENTION = Retention(btn_ref_ms=7 * DAY, device_id_ms=30 * DAY, order_ms=60 * DAY)
 NOW = datetime.now(UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
 KEY = b"user-1"
@@ -40,15 +40,6 @@ class _Changelog:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
-
-
-def _restored(changelog: list[tuple[bytes, RestoredValue]]) -> ProfileStore:
-    """What a restore of ``changelog`` holds (``PartitionRestore``, installed)."""
-    store = ProfileStore(RETENTION)
-    restore = store.restoring(0)
-    restore.apply(changelog)
-    store.install(restore)
-    return store
 
 
 def test_an_expiry_between_install_and_claim_stamps_the_new_owners_tombstone() -> None:
@@ -92,7 +83,7 @@ def test_an_expiry_between_install_and_claim_stamps_the_new_owners_tombstone() -
     changelog += [(FENCE_KEY, fence_value(b_epoch)), (KEY, late.read_back)]
 
     stamped = [(k, e) for _p, k, _v, e in tombstones.writes]
-    assert (stamped, _restored(changelog).get(0, KEY)) == ([(KEY, b_epoch)], None)
+    assert (stamped, restored(changelog).get(0, KEY)) == ([(KEY, b_epoch)], None)
 
 
 def test_a_watch_whose_consumer_cannot_be_created_keeps_the_error() -> None:
