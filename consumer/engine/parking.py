@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
@@ -247,10 +247,9 @@ class Parking:
 
     def _write(self, partition: int, key: bytes, profile: Profile) -> ChangelogWrite:
         """Store ``profile``; the changelog record to write, with the owner's epoch (a
-        tombstone carries it in a header). Held refunds a cap in bytes erases are not reported
-        here, as before (``ChangelogWrite.discarded`` left empty)."""
-        write = self._store.write(partition, key, profile)
-        return replace(write, discarded=()) if write.discarded else write
+        tombstone carries it in a header) and the held refunds the profile's cap in bytes
+        erased with their orders (``ChangelogWrite.discarded``: the caller reports them)."""
+        return self._store.write(partition, key, profile)
 
     def _parked_behind_key_only(
         self, partition: int, key: bytes | None, order_id: str, now: datetime

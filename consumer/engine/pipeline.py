@@ -883,7 +883,12 @@ class Pipeline:
         return decision.outcome
 
     async def _write(self, write: ChangelogWrite | None) -> None:
+        """Write a parking's changelog record (a park or a release) and wait for its
+        acknowledgement. The held refunds it erased with their orders to the profile's cap in
+        bytes (gone from the store already) are counted and logged first (``report_discarded``),
+        as for the profile's own write."""
         if write is not None:
+            report_discarded(self._d.telemetry, write)
             await self._d.changelog.write(
                 write.partition, write.key, write.value, epoch=write.epoch
             )

@@ -47,6 +47,8 @@ from consumer.domain.events import (
 from consumer.domain.mapping import MappingConfig
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import RetryPolicy
+from consumer.domain.profile import expires_at_ms
+from consumer.domain.profile_codec import encode_profile
 from consumer.domain.triage import InertEvent
 from consumer.engine.authgate import AuthGate
 from consumer.engine.breaker import CircuitBreaker
@@ -2820,3 +2822,57 @@ def test_a_record_waiting_at_a_closed_gate_holds_no_concurrency_permit() -> None
 
     assert (held, outcome) == ((0, 1, 0), "delivered")
     assert deps.limiter.in_flight == 0
+
+
+# --- a park that erases held refunds to the profile's cap in bytes -----------------------------
+
+HELD = CommerceEvent(
+    event_id="evt-held",
+    event_type=EventType.REFUND,
+    event_time=T0 - timedelta(minutes=10),
+    user_key="user-1",
+    commerce=CommerceData(
+        action=ProductAction.REFUND, transaction_id="ORD-H", total_amount=Decimal("2.50")
+    ),
+)
+"""A partial refund of an order the profile does not know: held for its purchase."""
+
+
+def held_refund_processor(max_bytes: int) -> ProfileProcessor:
+    """A real processor whose store holds ``HELD``'s refund (processed before ``EVENT``)."""
+    config = MappingConfig()
+    proc = ProfileProcessor(ProfileStore(config.retention, max_bytes=max_bytes), config)
+    before = T0 - timedelta(minutes=1)
+    proc.apply(2, b"user-1", proc.process(2, b"user-1", HELD, before))
+    return proc
+
+
+def test_held_refunds_a_park_erases_to_the_cap_in_bytes_are_counted_and_logged() -> None:
+    """The profile fits its cap in bytes with the held refund and ``EVENT``'s order; the park
+    of that order after its create's 400 pushes it over, and the order touched longest ago,
+    the held refund's, is forgotten with the refund. That refund never reaches Button and has
+    no dead letter: the park's write counts and logs it (``held_refund_discarded``,
+    ``profile_capped``) as a profile's own write does. It used to vanish uncounted."""
+    config = MappingConfig()
+    sizing = held_refund_processor(max_bytes=1_000_000)
+    sizing.apply(2, b"user-1", sizing.process(2, b"user-1", EVENT, T0))
+    fitting = sizing.store.get(2, b"user-1")
+    assert fitting is not None
+    cap = len(encode_profile(fitting, expires_at_ms(fitting, config.retention)))
+    proc = held_refund_processor(max_bytes=cap)
+    h = Harness(decoder=FakeDecoder(EVENT), real_processor=proc).answer(INVALID)
+
+    with capture_logs() as logs:
+        outcomes = h.handle(record())
+
+    after = proc.store.get(2, b"user-1")
+    assert after is not None
+    assert (outcomes, proc.store.capped) == (["dead_lettered"], 1)
+    assert [o.order_id for o in after.orders] == [ORDER], "the held refund's order is gone"
+    assert after.parked_order(ORDER) is not None
+    assert [
+        (e["log_level"], e["order_id"], e["refund_event_id"], e["reason"])
+        for e in logs
+        if e["event"] == "held_refund_discarded"
+    ] == [("warning", "ORD-H", "evt-held", "profile_capped")]
+    assert h.sample("held_refunds_discarded_total", reason="profile_capped") == 1.0
