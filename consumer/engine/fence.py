@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import functools
 from typing import Any
 
 import structlog
@@ -33,10 +33,10 @@ class LateWriteRepair:
     loop ``attach`` named, in one step: the check that the partition is still held with an
     epoch above the late record's, and the queuing of the write (the held value stamped with
     the owner's epoch, or a stamped tombstone when no profile of the key is held:
-    ``ProfileStore.repair``). Each repair is counted (``changelog_repaired("watch", 1)``) and
-    logged (warning ``changelog_fenced_write_repaired``); a write the broker refuses is logged
-    (``changelog_repair_failed``): the next restore of the partition fences the late record
-    and repairs the key again.
+    ``ProfileStore.repair``). Each repair the changelog acknowledged is counted
+    (``changelog_repaired("watch", 1)``) and logged (warning ``changelog_fenced_write_repaired``);
+    a write the broker refuses is logged only (``changelog_repair_failed``): the next restore of
+    the partition fences the late record and repairs the key again.
 
     Args:
         store: the profiles of the owned partitions.
@@ -75,22 +75,34 @@ class LateWriteRepair:
         ack = asyncio.ensure_future(
             self._changelog.write(partition, key, write.value, epoch=write.epoch)
         )
-        ack.add_done_callback(_report_failure(partition))
+        ack.add_done_callback(
+            functools.partial(
+                self._acknowledged,
+                partition=partition,
+                owner=owner,
+                late=epoch,
+                tombstone=write.value is None,
+            )
+        )
+
+    def _acknowledged(
+        self, ack: asyncio.Future[Any], *, partition: int, owner: int, late: int, tombstone: bool
+    ) -> None:
+        """The repair's write is settled: counted and logged once the changelog acknowledged
+        it; a refused one is logged ``changelog_repair_failed`` only."""
+        if ack.cancelled():
+            return
+        error = ack.exception()
+        if error is not None:
+            log.warning("changelog_repair_failed", partition=partition, error=str(error))
+            return
         self._telemetry.changelog_repaired("watch", 1)
         log.warning(
             "changelog_fenced_write_repaired",
             partition=partition,
             epoch=owner,
-            late_epoch=epoch,
+            late_epoch=late,
             keys=1,
             when="watch",
-            tombstone=write.value is None,
+            tombstone=tombstone,
         )
-
-
-def _report_failure(partition: int) -> Callable[[asyncio.Future[Any]], None]:
-    def done(ack: asyncio.Future[Any]) -> None:
-        if not ack.cancelled() and ack.exception() is not None:
-            log.warning("changelog_repair_failed", partition=partition, error=str(ack.exception()))
-
-    return done

@@ -10,6 +10,8 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from structlog.testing import capture_logs
+
 from consumer.domain.attribution import ResolvedToken, TokenSource
 from consumer.domain.profile import Profile
 from consumer.domain.profile_epoch import (
@@ -334,3 +336,41 @@ def test_the_repair_follows_a_lane_write_of_the_key_queued_before_it() -> None:
     written = store.get_encoded(0, KEY)
     assert changelog.writes == [(0, KEY, written, 2), (0, KEY, written, 2)]
     assert store.get(0, KEY) == current
+
+
+class _RefusingChangelog(_QueuedChangelog):
+    """A changelog whose broker refuses every write (the acknowledgement fails)."""
+
+    def write(
+        self, partition: int, key: bytes, value: bytes | None, *, epoch: int
+    ) -> asyncio.Future[None]:
+        self.writes.append((partition, key, value, epoch))
+        refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        refused.set_exception(RuntimeError("broker refused the write"))
+        return refused
+
+
+def test_a_repair_the_broker_refuses_is_logged_and_not_counted() -> None:
+    """``changelog_repairs_total`` counts repairs the changelog acknowledged: a refused one is
+    logged ``changelog_repair_failed`` (the next restore fences the late record and repairs the
+    key again) and not counted as a repair, nor logged as one."""
+    store = _owner_b()
+    store.put(0, KEY, _with_token("srctok-new"))
+    changelog = _RefusingChangelog()
+    telemetry = RecordingTelemetry()
+    repair = LateWriteRepair(store, changelog, telemetry)
+
+    async def scenario() -> None:
+        repair.attach(asyncio.get_running_loop())
+        repair.found(0, KEY, 1)
+        for _ in range(10):  # the hand-over, the write and its acknowledgement's callback
+            await asyncio.sleep(0)
+
+    with capture_logs() as logs:
+        asyncio.run(scenario())
+
+    assert len(changelog.writes) == 1
+    assert telemetry.named("changelog_repaired") == []
+    assert [e["event"] for e in logs if e["event"].startswith("changelog_")] == [
+        "changelog_repair_failed"
+    ]
