@@ -178,6 +178,13 @@ class Source(Protocol):
         records, which are never handed out under read_committed); taken once."""
         ...
 
+    def offsets_reset(self) -> set[int]:
+        """The partitions whose fetch position the Kafka client reset by ``auto.offset.reset``
+        (its position was out of range: the input topic deleted and created again, its log
+        truncated or fallen out of retention) in the polls since the last call; taken once. The
+        records it hands out from there on may lie at offsets it handed out before."""
+        ...
+
     async def store(self, offsets: dict[int, int], *, commit: bool = False) -> None:
         """Store ``offsets`` for the periodic commit; with ``commit``, also commit every stored
         offset now (those stored earlier too: ``offsets`` may be empty), without waiting for the

@@ -111,6 +111,7 @@ class FakeSource:
         markers): a poll that empties the partition's queue reports it (``ends_reached``)."""
         self._ends: dict[int, int] = {}
         self._ends_met: dict[int, set[int]] = {}
+        self._resets: set[int] = set()
         self._listener: RebalanceListener | None = None
         self._rebalances: deque[tuple[str, list[int], asyncio.Future[None]]] = deque()
         self._wake = asyncio.Event()
@@ -135,6 +136,12 @@ class FakeSource:
 
     def lose(self, partitions: list[int]) -> asyncio.Future[None]:
         return self._rebalance("lost", partitions)
+
+    def reset_offsets(self, partition: int) -> None:
+        """The Kafka client reset ``partition``'s fetch position (``offsets_reset``): reported
+        with the next poll; the test queues the records from the new position (``add``)."""
+        self._resets.add(partition)
+        self._wake.set()
 
     def pending(self, partition: int) -> int:
         """Records of ``partition`` not handed out yet."""
@@ -200,6 +207,10 @@ class FakeSource:
     def ends_reached(self) -> dict[int, int]:
         ends, self._ends = self._ends, {}
         return ends
+
+    def offsets_reset(self) -> set[int]:
+        resets, self._resets = self._resets, set()
+        return resets
 
     async def store(self, offsets: dict[int, int], *, commit: bool = False) -> None:
         for partition, offset in offsets.items():

@@ -249,8 +249,13 @@ class _OffsetResetWatch:
     logger, and turns librdkafka's offset-reset line for ``topic`` into a ``kafka_offset_reset``
     warning and a call of ``on_reset`` (on the Kafka thread, inside ``consume``).
 
-    librdkafka reports an offset reset by ``auto.offset.reset`` (the committed offset fell out of
-    retention, or lies past the end) only as a log line: the records skipped are never read.
+    librdkafka reports an offset reset by ``auto.offset.reset`` (the committed offset or the
+    fetch position is out of range: it fell out of retention, or lies past the end, e.g. once
+    the topic was deleted and created again) only as a log line, at warning level (a partition
+    without a committed offset is looked up at debug level, never seen here): the records
+    skipped are never read, and after a reset to a lower position the records handed out are
+    new at offsets handed out before. Measured with librdkafka 2.16: the lines are served
+    inside ``consume``, on the thread that polls, in the order of its queue.
     """
 
     def __init__(self, inner: Any, topic: str, on_reset: OffsetResetCallback) -> None:
@@ -293,7 +298,9 @@ class KafkaSource:
     ``store`` because it turns librdkafka's automatic offset store off. Only its ``logger`` is
     wrapped: an offset reset by ``auto.offset.reset`` (records skipped, e.g. because the committed
     offset fell out of retention) is logged as ``kafka_offset_reset`` (topic, partition, the
-    offset it was at, ``reset_to``) and reported to ``on_offset_reset(partition, reset_to)``.
+    offset it was at, ``reset_to``), reported to ``on_offset_reset(partition, reset_to)`` and
+    kept for ``offsets_reset``; a store after it, or below the offset stored before, is also
+    committed with its offset (``store_now``).
 
     ``lag`` and ``backlog`` read offsets on a thread of their own (``kafka-reads``), through
     clients of their own: a coordinator or leader that does not answer makes a read wait out
@@ -328,14 +335,27 @@ class KafkaSource:
             if self._config.get("isolation.level") == "read_uncommitted"
             else IsolationLevel.READ_COMMITTED
         )
-        self._config["logger"] = _OffsetResetWatch(
-            self._config.get("logger"), topic, on_offset_reset or (lambda _p, _to: None)
-        )
+        reported = on_offset_reset or (lambda _p, _to: None)
+
+        def reset(partition: int, reset_to: str) -> None:  # Kafka thread, inside consume
+            self._resets.add(partition)
+            self._reset_since_store.add(partition)
+            reported(partition, reset_to)
+
+        self._config["logger"] = _OffsetResetWatch(self._config.get("logger"), topic, reset)
         self.topic = topic
         self._executor = _KafkaThread("kafka")
         self._consumer: Consumer | None = None
         # Partition ends met by polls and not yet taken (``ends_reached``; event loop only).
         self._ends: dict[int, int] = {}
+        # Partitions whose fetch position auto.offset.reset moved: met by the polls (Kafka
+        # thread), then kept until taken (``offsets_reset``; event loop only).
+        self._resets: set[int] = set()
+        self._resets_met: set[int] = set()
+        # Kafka thread only (``store_now``): the offset last stored per assigned partition, and
+        # the partitions reset since their last store. Either makes a store commit explicitly.
+        self._stored: dict[int, int] = {}
+        self._reset_since_store: set[int] = set()
         # Partitions revoked or lost by rebalance callbacks, not yet seen by a poll (Kafka
         # thread only: ``consume_ready`` drops records fetched before their revocation).
         self._revoked: set[int] = set()
@@ -399,10 +419,20 @@ class KafkaSource:
             listener.on_revoke(_partitions(parts))
         finally:
             self._in_rebalance_callback = False
+            self._forget_stored(parts)
 
     def _lost_callback(self, listener: RebalanceListener, parts: list[TopicPartition]) -> None:
         self._revoked.update(tp.partition for tp in parts)
-        listener.on_lost(_partitions(parts))
+        try:
+            listener.on_lost(_partitions(parts))
+        finally:
+            self._forget_stored(parts)
+
+    def _forget_stored(self, parts: list[TopicPartition]) -> None:
+        """A revoked partition's next assignment starts from what the group committed (its
+        stores in this one must not make a store of the next one look rewound)."""
+        for tp in parts:
+            self._stored.pop(tp.partition, None)
 
     def _revoked_since(self) -> set[int]:
         """Partitions revoked or lost since the last call (Kafka thread: ``consume_ready``)."""
@@ -467,9 +497,11 @@ class KafkaSource:
         for ``ends_reached``."""
         records: list[Record]
         ends: dict[int, int]
-        records, ends = await self._call(self._poll, max_records, wait)
+        resets: set[int]
+        records, ends, resets = await self._call(self._poll, max_records, wait)
         if ends:
             self._ends.update(ends)
+        self._resets_met |= resets
         return records
 
     def ends_reached(self) -> dict[int, int]:
@@ -479,7 +511,15 @@ class KafkaSource:
         ends, self._ends = self._ends, {}
         return ends
 
-    def _poll(self, max_records: int, timeout: float) -> tuple[list[Record], dict[int, int]]:
+    def offsets_reset(self) -> set[int]:
+        """See ``consumer.ports.Source.offsets_reset``: the partitions of librdkafka's
+        offset-reset lines (``kafka_offset_reset``) met by the polls since the last call."""
+        resets, self._resets_met = self._resets_met, set()
+        return resets
+
+    def _poll(
+        self, max_records: int, timeout: float
+    ) -> tuple[list[Record], dict[int, int], set[int]]:
         records: list[Record] = []
         ends: dict[int, int] = {}
         for message in consume_ready(self._c, max_records, timeout, self._revoked_since):
@@ -499,7 +539,9 @@ class KafkaSource:
             else:
                 # Retried by librdkafka; logged so that it is seen.
                 log.warning("kafka_consumer_error", code=err.name(), error=err.str())
-        return records, ends
+        # The log lines are served by the same consume calls, in their queue's order.
+        resets, self._resets = self._resets, set()
+        return records, ends, resets
 
     async def store(self, offsets: dict[int, int], *, commit: bool = False) -> None:
         """Store the next offsets to commit; the auto-committer and ``commit_now`` send them.
@@ -525,7 +567,17 @@ class KafkaSource:
                 log.warning("offset_commit_failed", error=str(exc))
 
     def store_now(self, offsets: dict[int, int]) -> None:
-        """Store offsets (Kafka thread or rebalance callbacks only)."""
+        """Store offsets (Kafka thread or rebalance callbacks only).
+
+        An offset below the one stored before for its partition (the worker restarted the
+        partition's positions after an offset reset: ``Dispatcher.restart``), or the first one
+        stored after an offset reset, is also committed at once, asynchronously, with its
+        offset given: librdkafka (2.16) commits a stored offset, periodically or by
+        ``commit()``, only when it lies above the offset it last committed or read as the
+        group's (measured: "stored offset 3, committed offset 5: not including in commit"), so
+        after a reset to a lower position the group's offset would stay where the old one was
+        until the new position passed it.
+        """
         if not offsets:
             return
         parts = [TopicPartition(self.topic, p, o) for p, o in offsets.items()]
@@ -535,6 +587,25 @@ class KafkaSource:
             # Storing for a partition that was just revoked fails harmlessly.
             if exc.args[0].code() != KafkaError._STATE:
                 raise
+            return
+        rewound = [
+            tp
+            for tp in parts
+            if tp.partition in self._reset_since_store
+            or tp.offset < self._stored.get(tp.partition, -1)
+        ]
+        for tp in parts:
+            self._stored[tp.partition] = tp.offset
+            self._reset_since_store.discard(tp.partition)
+        if rewound:
+            try:
+                self._c.commit(offsets=rewound, asynchronous=True)
+            except KafkaException as exc:
+                log.warning(
+                    "offset_commit_failed",
+                    error=str(exc),
+                    offsets={tp.partition: tp.offset for tp in rewound},
+                )
 
     def pause_now(self, partitions: Sequence[int]) -> None:
         """Pause partitions (Kafka thread or rebalance callbacks only)."""

@@ -101,6 +101,7 @@ class _Item:
     offset: int
     epoch: int
     job: Job
+    generation: int = 0  # the sequence of the partition's offsets it belongs to (``restart``)
     retired: bool = False
 
 
@@ -196,7 +197,8 @@ class Dispatcher:
         """
         if not self._admit(partition, offset):
             return False
-        item = _Item(partition, offset, self._epochs.get(partition, 0), job)
+        generation = 0 if self.watermarks is None else self.watermarks.generation(partition)
+        item = _Item(partition, offset, self._epochs.get(partition, 0), job, generation)
         lane_id: tuple[int, Hashable] = (partition, object() if key is None else key)
         lane = self._lanes.get(lane_id)
         if lane is None:
@@ -234,6 +236,15 @@ class Dispatcher:
         if self.watermarks is not None:
             self.watermarks.reach(partition, end)
         return True
+
+    def restart(self, partition: int) -> None:
+        """The Kafka client moved ``partition``'s fetch position back (an offset reset): the
+        offsets submitted from now on start a new sequence, which may repeat earlier ones
+        (``Watermarks.restart``). Records of the earlier sequence keep their lanes, so a key's
+        records still reach their job in the order they were submitted; while any of them is
+        unfinished, the partition has no committable offset."""
+        if self.watermarks is not None:
+            self.watermarks.restart(partition)
 
     def _accepting(self, partition: int) -> bool:
         return not self._closed and self._failure is None and partition not in self._revoking
@@ -509,15 +520,17 @@ class Dispatcher:
         self._retire(item)
         if item.epoch != self._epochs.get(item.partition, 0):
             return  # a record of an earlier assignment of this partition
-        self._count_finished(item.partition, item.offset)
+        self._count_finished(item.partition, item.offset, generation=item.generation)
 
-    def _count_finished(self, partition: int, offset: int, *, in_flight: bool = True) -> None:
+    def _count_finished(
+        self, partition: int, offset: int, *, in_flight: bool = True, generation: int | None = None
+    ) -> None:
         self._finished_count += 1
         if in_flight and self._clock is not None:
             self._done[partition] = self._done.get(partition, 0) + 1
             self._done_total += 1
         if self.watermarks is not None:
-            self.watermarks.finish(partition, offset)
+            self.watermarks.finish(partition, offset, generation)
         if self._on_finished is not None:
             self._on_finished(partition, offset)
 

@@ -16,6 +16,13 @@ shows lag 0. Cost: O(1) amortised per ``track`` and
 ``finish``; memory is O(records in flight) plus finished records still waiting behind an
 unfinished lower one.
 
+A partition's offsets increase for as long as the Kafka client's fetch position only moves
+forward. An offset reset can move it back (``auto.offset.reset`` after the input topic was
+deleted and created again, or its log truncated): the records from there on are new, at offsets
+already tracked. ``restart`` begins a new sequence for the partition; the records of the earlier
+one still in flight finish against it (by their ``generation``), and the partition's commit
+position is held (``None``) until they are all finished, so that it never passes one of them.
+
 Every method is synchronous and does no I/O; one event-loop thread owns an instance.
 """
 
@@ -116,14 +123,35 @@ class Watermarks:
     Partitions appear on their first ``track``. ``forget`` drops a partition on revocation and
     returns its final committable offset; late ``finish`` calls for a forgotten partition are
     ignored (they return ``False``), so a record abandoned at revocation can never move the
-    position of a later assignment of the same partition.
+    position of a later assignment of the same partition. ``restart`` begins a new sequence of
+    a partition's offsets after an offset reset (see the module docstring).
     """
 
-    __slots__ = ("_parts", "_reported")
+    __slots__ = ("_earlier", "_generations", "_parts", "_reported")
 
     def __init__(self) -> None:
         self._parts: dict[int, PartitionWatermark] = {}
         self._reported: dict[int, int] = {}
+        # Per partition, the sequences before its last restart that still have records in
+        # flight, by generation; and each partition's current generation (0 until a restart).
+        self._earlier: dict[int, dict[int, PartitionWatermark]] = {}
+        self._generations: dict[int, int] = {}
+
+    def generation(self, partition: int) -> int:
+        """The number of ``partition``'s current sequence of offsets (0 until a ``restart``):
+        pass it to ``finish`` with a record tracked now."""
+        return self._generations.get(partition, 0)
+
+    def restart(self, partition: int) -> None:
+        """Begin a new sequence of ``partition``'s offsets: the Kafka client's fetch position
+        moved back (an offset reset), and the offsets tracked from now on may repeat earlier
+        ones. Records of the earlier sequence still in flight are finished with their
+        generation; until they all are, ``committable`` is ``None``."""
+        part = self._parts.pop(partition, None)
+        generation = self.generation(partition)
+        if part is not None and part.in_flight:
+            self._earlier.setdefault(partition, {})[generation] = part
+        self._generations[partition] = generation + 1
 
     def track(self, partition: int, offset: int) -> None:
         """Record that ``offset`` of ``partition`` was handed out (see ``PartitionWatermark``)."""
@@ -132,8 +160,25 @@ class Watermarks:
             part = self._parts[partition] = PartitionWatermark()
         part.track(offset)
 
-    def finish(self, partition: int, offset: int) -> bool:
-        """Record a finished record. Returns ``False`` if the partition is not owned (revoked)."""
+    def finish(self, partition: int, offset: int, generation: int | None = None) -> bool:
+        """Record a finished record, of the sequence ``generation`` (``None``: the current
+        one). Returns ``False`` if the partition is not owned (revoked) or that sequence is
+        gone.
+
+        Raises:
+            ValueError: ``offset`` is not in flight in that sequence.
+        """
+        if generation is not None and generation != self.generation(partition):
+            earlier = self._earlier.get(partition, {})
+            part = earlier.get(generation)
+            if part is None:
+                return False
+            part.finish(offset)
+            if not part.in_flight:
+                del earlier[generation]
+                if not earlier:
+                    del self._earlier[partition]
+            return True
         part = self._parts.get(partition)
         if part is None:
             return False
@@ -149,20 +194,24 @@ class Watermarks:
         part.reach(end)
 
     def committable(self, partition: int) -> int | None:
-        """The offset to commit for ``partition``, or ``None`` if nothing was tracked there."""
+        """The offset to commit for ``partition``, or ``None`` if nothing was tracked there
+        (since its last ``restart``), or records of an earlier sequence are still in flight."""
         part = self._parts.get(partition)
-        return None if part is None else part.committable()
+        if part is None or partition in self._earlier:
+            return None
+        return part.committable()
 
     def last_tracked(self, partition: int) -> int | None:
-        """The highest offset of ``partition`` handed out since it was assigned (``None``:
-        none, or the partition is not owned)."""
+        """The highest offset of ``partition`` handed out since it was assigned or last
+        restarted (``None``: none, or the partition is not owned)."""
         part = self._parts.get(partition)
         return None if part is None else part.last_tracked
 
     def in_flight(self, partition: int) -> int:
-        """Unfinished records of ``partition``."""
+        """Unfinished records of ``partition`` (of every sequence)."""
         part = self._parts.get(partition)
-        return 0 if part is None else part.in_flight
+        earlier = sum(p.in_flight for p in self._earlier.get(partition, {}).values())
+        return earlier + (0 if part is None else part.in_flight)
 
     def span(self, partition: int) -> int:
         """See ``PartitionWatermark.span``; 0 for a partition without a tracker."""
@@ -171,7 +220,8 @@ class Watermarks:
 
     def total_in_flight(self) -> int:
         """Unfinished records across every partition. O(partitions)."""
-        return sum(part.in_flight for part in self._parts.values())
+        earlier = sum(p.in_flight for parts in self._earlier.values() for p in parts.values())
+        return earlier + sum(part.in_flight for part in self._parts.values())
 
     @property
     def partitions(self) -> frozenset[int]:
@@ -181,18 +231,22 @@ class Watermarks:
     def take_advanced(self) -> dict[int, int]:
         """Committable offsets that moved since the previous call: what the loop should store.
 
-        Cheap to call after every poll: O(partitions). Offsets only ever move forward.
+        Cheap to call after every poll: O(partitions). Offsets only ever move forward, but
+        after a ``restart``, where the new sequence's first one may lie below the last one.
         """
         advanced: dict[int, int] = {}
-        for partition, part in self._parts.items():
-            offset = part.committable()
+        for partition in self._parts:
+            offset = self.committable(partition)
             if offset is not None and self._reported.get(partition) != offset:
                 advanced[partition] = offset
                 self._reported[partition] = offset
         return advanced
 
     def forget(self, partition: int) -> int | None:
-        """Drop ``partition`` (revoked) and return its final committable offset, if any."""
-        part = self._parts.pop(partition, None)
+        """Drop ``partition`` (revoked) and return its final committable offset, if any (none
+        while records of a sequence before its last ``restart`` were unfinished)."""
+        offset = self.committable(partition)
+        self._parts.pop(partition, None)
+        self._earlier.pop(partition, None)
         self._reported.pop(partition, None)
-        return None if part is None else part.committable()
+        return offset

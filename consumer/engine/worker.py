@@ -123,6 +123,12 @@ class Worker:
         self._assigned: set[int] = set()
         """Partitions owned and restored (a restoring one is in ``_restores``)."""
         self._paused: set[int] = set()
+        self._reset: set[int] = set()
+        self._restarted: set[int] = set()
+        """Partitions restarted by the records of this loop pass (``_reach_ends``)."""
+        """Partitions the Kafka client reset (``Source.offsets_reset``) after records were
+        tracked there: their next record at or below the highest one received is new
+        (``_drop_redelivered``)."""
         self._restores = Restores(restore, drop, self._restored, monotonic)
         self._last_record = 0.0
         """Monotonic time of the last polled record or assignment (for ``stop_when_idle``)."""
@@ -285,6 +291,7 @@ class Worker:
             log.warning("revoke_abandoned", partitions=partitions, abandoned=report.abandoned)
         self._assigned.difference_update(partitions)
         self._paused.difference_update(partitions)
+        self._reset.difference_update(partitions)
         self._report_partitions()
         self._update_in_flight()
         return offsets
@@ -312,6 +319,7 @@ class Worker:
                 )
                 now = self._now()
                 self._telemetry.polled(now)
+                self._note_resets()
                 if records:
                     self._last_record = now
                     self._submit(records)
@@ -368,7 +376,10 @@ class Worker:
         self._telemetry.records_received(self._source.topic, len(records))
         pipeline, dispatcher = self._pipeline, self._dispatcher
         inert: list[tuple[Record, InertEvent]] = []
-        for record in self._drop_redelivered(records):
+        kept, restarts = self._drop_redelivered(records)
+        for record in kept:
+            if restarts and restarts.get(record.partition) is record:
+                self._restart(record, restarts)
             decoded = pipeline.triage(record)
             if isinstance(decoded, InertEvent):
                 if dispatcher.finish_now(record.partition, record.offset):
@@ -387,25 +398,55 @@ class Worker:
         last record and its end are transaction markers or aborted records, never handed out,
         and the end is committed once the records before it are finished
         (``Dispatcher.reach_end``)."""
+        restarted, self._restarted = self._restarted, set()
         for partition, end in self._source.ends_reached().items():
-            if partition in self._assigned:
+            # An end of a partition that restarted in this pass may be one the fetcher reached
+            # before its offset reset, past the new offsets: the next one will do.
+            if partition in self._assigned and partition not in restarted:
                 self._dispatcher.reach_end(partition, end)
 
-    def _drop_redelivered(self, records: list[Record]) -> list[Record]:
-        """``records`` without those at or below the highest offset already received from their
-        partition since it was assigned.
+    def _note_resets(self) -> None:
+        """Partitions the Kafka client reset by ``auto.offset.reset`` in the last poll
+        (``Source.offsets_reset``): those with records tracked may go back to offsets received
+        already (``_drop_redelivered``). A reset before any record (the committed offset out of
+        range at assignment) starts where nothing was received: nothing to note."""
+        for partition in self._source.offsets_reset():
+            if self._watermarks.last_tracked(partition) is not None:
+                self._reset.add(partition)
 
-        librdkafka (2.16) can hand such records out again: for a partition without a committed
+    def _drop_redelivered(self, records: list[Record]) -> tuple[list[Record], dict[int, Record]]:
+        """``records`` without those at or below the highest offset already received from their
+        partition since it was assigned, unless the Kafka client reset that partition's fetch
+        position since: then such a record is new, and the partition restarts there. Returns the
+        records kept and, per partition that restarts, the kept record it restarts at (the
+        records before it in the batch still belong to the earlier offsets).
+
+        librdkafka (2.16) can hand records out again: for a partition without a committed
         offset it looks up ``auto.offset.reset``'s offset; a resume during that lookup starts a
         second one, and the first one's late, outdated answer re-arms a timer that later resets
         the fetch to the partition's start. Handling them again would break the per-partition
         offset order the commit position rests on (``Watermarks``), so they are dropped,
         counted and logged once per partition and batch. (Giving such partitions an explicit
         start at assignment avoids the lookup, but needs a call to the group coordinator inside
-        the rebalance callback, which made a leaving member overrun its close budget.)
+        the rebalance callback, which made a leaving member overrun its close budget.) That
+        reset is a lookup librdkafka logs at debug level only: it never reaches
+        ``Source.offsets_reset``.
+
+        An offset reset because the position was out of range does (``kafka_offset_reset``):
+        the input topic deleted and created again under the service (its offsets start at 0
+        again), or its log truncated below the position. (librdkafka's KIP-320 truncation
+        detection seeks back without a warning line: records after such a seek are still
+        dropped here.) The records from the new position on
+        are new even at offsets received before: the first record of such a partition at or
+        below the highest offset received restarts the partition's offsets
+        (``Dispatcher.restart``; logged as ``partition_restarted``): it and the records after
+        it are processed, the records of the earlier offsets still in flight finish in their
+        lanes (a key's records keep their order), and the partition's commit position is held
+        until they have, then follows the new offsets (below the old ones).
         """
         highest: dict[int, int | None] = {}
         dropped: dict[int, list[int]] = {}
+        restarts: dict[int, Record] = {}
         kept: list[Record] = []
         for record in records:
             partition = record.partition
@@ -413,8 +454,11 @@ class Worker:
                 highest[partition] = self._watermarks.last_tracked(partition)
             last = highest[partition]
             if last is not None and record.offset <= last:
-                dropped.setdefault(partition, []).append(record.offset)
-                continue
+                if partition not in self._reset:
+                    dropped.setdefault(partition, []).append(record.offset)
+                    continue
+                self._reset.discard(partition)
+                restarts[partition] = record
             highest[partition] = record.offset
             kept.append(record)
         for partition, offsets in dropped.items():
@@ -428,7 +472,23 @@ class Worker:
                 count=len(offsets),
                 received_up_to=self._watermarks.last_tracked(partition),
             )
-        return kept
+        return kept, restarts
+
+    def _restart(self, record: Record, restarts: dict[int, Record]) -> None:
+        """Restart ``record``'s partition at it (``_drop_redelivered``), once the records of the
+        batch before it are tracked."""
+        partition = record.partition
+        received = self._watermarks.last_tracked(partition)
+        del restarts[partition]
+        self._restarted.add(partition)
+        self._dispatcher.restart(partition)
+        log.warning(
+            "partition_restarted",
+            partition=partition,
+            offset=record.offset,
+            received_up_to=received,
+            earlier_in_flight=self._watermarks.in_flight(partition),
+        )
 
     def _job(self, record: Record, event: CommerceEvent | None = None) -> Job:
         async def job() -> None:

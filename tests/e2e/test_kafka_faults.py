@@ -5,7 +5,9 @@
   records received, not by the paused gauge);
 - records too large for the dead-letter topic are dead-lettered as references, and every record
   before and after them is delivered;
-- a committed offset that fell out of retention is reset visibly (log line, counter).
+- a committed offset that fell out of retention is reset visibly (log line, counter);
+- the input topic deleted and created again under the running service: its offsets restart
+  below those already received, and every record of the new topic is delivered and committed.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 from structlog.testing import capture_logs
 
 from consumer.adapters.avro_codec import build_encoder
@@ -323,6 +327,96 @@ def test_a_committed_offset_below_the_log_start_is_reset_visibly(
     assert runner.metric(OFFSET_RESETS, {"reset_to": "earliest"}) == 1
     assert committed_offsets(kafka_bootstrap, group, topic, 2) == ends
     assert_sandbox_matches(sandbox, expected)
+
+
+def _order_ids(events: list[Any]) -> set[str]:
+    return {e.order_id for e in events if e.order_id}
+
+
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+def test_the_input_topic_recreated_under_the_running_service_is_delivered_from_its_start(
+    protocol, kafka_bootstrap, make_topic, service_settings, start_service, sandbox
+):
+    """The input topic is deleted and created again (same partitions) while the service runs.
+    The new topic's offsets lie at or below those the service received from the old one: its
+    records are new all the same, and every one reaches Button; the group commits the new topic
+    to its end, not past it (the broker deleted the old topic's committed offsets with it).
+
+    What librdkafka (2.16) does: its fetches fail (unknown topic, unknown topic id) until the
+    new topic id appears, the fetch at the old position is then out of range, and
+    auto.offset.reset moves it to the new log start (``kafka_offset_reset``). Under the classic
+    protocol the partitions stay assigned throughout (a topic missing from the metadata is
+    given ``topic.metadata.propagation.max.ms`` before it is dropped: an hour here, so the gap
+    cannot reach it). Under KIP-848 the coordinator also revokes the old topic's partitions and
+    assigns the new one's, before or after that reset; the revocation commits the position
+    reached, and a position of the old topic lies past the new topic's end."""
+    topic = make_topic(partitions=2, prefix="recreate")
+    settings = service_settings(
+        topic,
+        KAFKA_GROUP_PROTOCOL=protocol,
+        KAFKA_CONFIG_TOPIC_METADATA_PROPAGATION_MAX_MS=str(HOUR * 1000),
+    )
+    group = settings.kafka.group_id
+    before, after = past_events(8, seed=61), past_events(3, seed=62)
+    assert _order_ids(after)
+    assert not _order_ids(after) & _order_ids(before)
+    produce_events(settings, before, partitions=2)
+    old_ends = end_offsets(kafka_bootstrap, topic, 2)
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+    def listed() -> dict[str, Any]:
+        return dict(admin.list_topics(timeout=10).topics)
+
+    with capture_logs() as logs:
+        runner = start_service(settings)
+        wait_for_committed(kafka_bootstrap, group, topic, 2, 90)
+        assert_sandbox_matches(sandbox, expected_orders(before, settings))
+
+        admin.delete_topics([topic], operation_timeout=30)[topic].result(60)
+        wait_until(lambda: topic not in listed(), 60, message="the topic is still listed")
+        created = NewTopic(topic, num_partitions=2, replication_factor=-1)
+        admin.create_topics([created], operation_timeout=30)[topic].result(60)
+        wait_until(
+            lambda: (
+                (m := listed().get(topic)) is not None
+                and m.error is None
+                and all(p.leader >= 0 for p in m.partitions.values())
+            ),
+            60,
+            message="the new topic has no leaders",
+        )
+        produce_events(settings, after, partitions=2, create=False)
+        new_ends = end_offsets(kafka_bootstrap, topic, 2)
+        # Every record of the new topic lies at an offset the service received already.
+        assert all(0 < new_ends[p] <= old_ends[p] for p in (0, 1)), (old_ends, new_ends)
+
+        try:
+            sandbox.wait_for(
+                lambda: _order_ids(after) <= {o["order_id"] for o in sandbox.orders()}, 60
+            )
+        except TimeoutError:
+            dropped = [e for e in logs if e["event"] == "records_redelivered"]
+            held = {o["order_id"] for o in sandbox.orders()}
+            raise AssertionError(
+                f"orders of the new topic never reached Button: "
+                f"{sorted(_order_ids(after) - held)}; dropped as handed out again: {dropped}"
+            ) from None
+        rebalanced = [e for e in logs if e["event"] in ("partitions_revoked", "partitions_lost")]
+        ends = stop_when_done(runner, kafka_bootstrap, group, topic, 2, 90)
+
+    resets = {
+        (e["partition"], e["offset"], e["reset_to"])
+        for e in logs
+        if e["event"] == "kafka_offset_reset"
+    }
+    moved = {(0, old_ends[0], "earliest"), (1, old_ends[1], "earliest")}
+    if protocol == "classic":
+        assert (resets, rebalanced) == (moved, []), "the partitions were assigned afresh"
+    else:  # a revocation while the topic was gone lets the next assignment start afresh
+        assert resets <= moved
+    assert ends == new_ends
+    assert committed_offsets(kafka_bootstrap, group, topic, 2) == new_ends
+    assert_sandbox_matches(sandbox, expected_orders(before + after, settings))
 
 
 def test_a_member_stopped_past_its_session_timeout_writes_nothing_stale_when_continued(

@@ -57,8 +57,8 @@ def test_an_authorization_error_stops_the_service(code: int) -> None:
 def test_other_consumer_errors_are_logged_not_swallowed() -> None:
     """A transient error is retried by librdkafka, and logged with its code."""
     with capture_logs() as logs:
-        records, ends = source_with(ErrorMessage(KafkaError._TRANSPORT))._poll(10, 0.01)
-    assert (records, ends) == ([], {})
+        polled = source_with(ErrorMessage(KafkaError._TRANSPORT))._poll(10, 0.01)
+    assert polled == ([], {}, set())
     assert [e["code"] for e in logs if e["event"] == "kafka_consumer_error"] == ["_TRANSPORT"]
 
 
@@ -121,6 +121,62 @@ def test_an_offset_reset_is_logged_and_reported(
         ("kafka_offset_reset", "events", partition, offset, reset_to)
     ]
     assert len(inner.lines) == 3  # every line still reaches the configured logger
+
+
+RESET_LINE = (
+    "[thrd:main]: events [{}]: offset reset (at offset 31 (leader epoch 0), broker 1) to offset "
+    "BEGINNING (leader epoch -1): fetch failed due to requested offset not available on the "
+    "broker: Broker: Offset out of range"
+)
+
+
+class LoggingConsumer(FakeConsumer):
+    """Serves librdkafka's offset-reset line for ``resets`` inside ``consume``, as librdkafka
+    serves its log queue; records stores and commits."""
+
+    def __init__(self, source: KafkaSource, resets: list[int]) -> None:
+        super().__init__()
+        self._watch = source._config["logger"]
+        self._resets = resets
+        self.calls: list[tuple[str, dict[int, int]]] = []
+
+    def consume(self, num_messages: int, timeout: float) -> list[Any]:
+        for partition in self._resets:
+            self._watch.log(4, "%s [%s] %s", "OFFSET", "c", RESET_LINE.format(partition))
+        self._resets = []
+        return []
+
+    def store_offsets(self, offsets: list[TopicPartition]) -> None:
+        self.calls.append(("store", {tp.partition: tp.offset for tp in offsets}))
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        assert asynchronous
+        self.calls.append(("commit", {tp.partition: tp.offset for tp in offsets}))
+
+
+def test_a_reset_is_reported_by_the_poll_and_a_rewound_store_is_committed_explicitly() -> None:
+    """A reset partition is reported once (``offsets_reset``). librdkafka commits a stored
+    offset only above the one it last committed, so the first store after a reset, and a store
+    below the previous one (the positions restarted lower), are committed with their offsets;
+    the stores after them are left to the periodic commit."""
+    source = KafkaSource({}, "events", on_offset_reset=lambda *a: None)
+    consumer = LoggingConsumer(source, [1])
+    source._consumer = consumer  # type: ignore[assignment]
+    source.store_now({0: 31, 1: 18})
+    with capture_logs():
+        asyncio.run(source.poll(10, 0.01))
+    assert (source.offsets_reset(), source.offsets_reset()) == ({1}, set())
+    source.store_now({1: 18})  # a store of the earlier offsets, after the reset
+    source.store_now({0: 3, 1: 3})  # the positions restarted
+    source.store_now({0: 4, 1: 5})
+    assert consumer.calls == [
+        ("store", {0: 31, 1: 18}),
+        ("store", {1: 18}),
+        ("commit", {1: 18}),
+        ("store", {0: 3, 1: 3}),
+        ("commit", {0: 3, 1: 3}),
+        ("store", {0: 4, 1: 5}),
+    ]
 
 
 class ResumingConsumer:
@@ -251,7 +307,7 @@ def test_records_of_a_partition_revoked_later_in_the_same_poll_are_not_handed_ou
         (rebalance, [DataMessage(1, 10)]),
     )
 
-    records, _ends = source._poll(500, 0.01)
+    records, _ends, _resets = source._poll(500, 0.01)
 
     assert [(r.partition, r.offset) for r in records] == [(1, 9), (1, 10)]
     assert listener.events == [(how, [0])]

@@ -104,6 +104,58 @@ def test_last_tracked_is_the_highest_offset_received_since_the_assignment() -> N
     assert marks.last_tracked(0) is None
 
 
+def test_a_restart_holds_the_position_until_the_earlier_offsets_finish_then_follows_the_new() -> (
+    None
+):
+    """After an offset reset the offsets start again below those tracked (the topic recreated):
+    the new sequence may repeat an offset still in flight in the earlier one, each finishes in
+    its own sequence, and the position moves back to the new sequence's only once the earlier
+    one has no record in flight."""
+    marks = Watermarks()
+    for offset in (5, 6, 7):
+        marks.track(0, offset)
+    marks.finish(0, 5)
+    assert marks.take_advanced() == {0: 6}
+    earlier = marks.generation(0)
+    marks.restart(0)
+    assert (marks.last_tracked(0), marks.committable(0)) == (None, None)
+    for offset in (6, 7):  # the same offsets as two records of the earlier sequence in flight
+        marks.track(0, offset)
+    marks.finish(0, 6, marks.generation(0))
+    marks.finish(0, 7, marks.generation(0))
+    assert (marks.in_flight(0), marks.total_in_flight(), marks.committable(0)) == (2, 2, None)
+    assert marks.take_advanced() == {}
+    marks.finish(0, 6, earlier)
+    assert marks.committable(0) is None
+    marks.finish(0, 7, earlier)
+    assert (marks.committable(0), marks.take_advanced(), marks.in_flight(0)) == (8, {0: 8}, 0)
+    with pytest.raises(ValueError, match="not in flight"):
+        marks.finish(0, 7, marks.generation(0))
+    assert marks.finish(0, 7, earlier) is False  # that sequence is gone
+
+
+def test_a_restart_with_nothing_in_flight_moves_the_position_back_at_once() -> None:
+    marks = Watermarks()
+    marks.track(0, 30)
+    marks.finish(0, 30)
+    assert marks.take_advanced() == {0: 31}
+    marks.restart(0)
+    marks.track(0, 0)
+    assert marks.take_advanced() == {0: 0}
+    marks.finish(0, 0, marks.generation(0))
+    assert (marks.take_advanced(), marks.forget(0)) == ({0: 1}, 1)
+
+
+def test_forget_while_earlier_offsets_are_in_flight_commits_nothing() -> None:
+    """A revocation before the earlier sequence finished: no offset is safe to commit."""
+    marks = Watermarks()
+    marks.track(0, 9)
+    marks.restart(0)
+    marks.track(0, 0)
+    marks.finish(0, 0, marks.generation(0))
+    assert (marks.forget(0), marks.total_in_flight()) == (None, 0)
+
+
 def test_watermarks_count_in_flight_per_partition_and_total() -> None:
     """Backpressure reads in-flight counts per partition and across partitions."""
     marks = Watermarks()

@@ -595,6 +595,98 @@ def test_records_handed_out_again_below_the_received_position_are_dropped() -> N
     run(scenario)
 
 
+def test_records_below_the_received_position_after_an_offset_reset_are_new() -> None:
+    """After the Kafka client reset a partition's fetch position (``offsets_reset``: the input
+    topic deleted and created again, its offsets start at 0 again), the records at or below
+    the offset already received are new: handled, not dropped. The commit position waits for
+    the earlier records still in flight, then follows the new offsets (below the old ones); a
+    record handed out again after that is dropped as before."""
+
+    async def scenario() -> None:
+        h = Harness()
+        async with h.running():
+            h.records(0, 10, 11, 12)
+            await h.source.until(lambda: len(h.held.started) == 3)
+            h.held.finish(0, 10)
+            await h.source.until(lambda: h.source.last_stored(0) == 11)
+            h.source.reset_offsets(0)
+            h.records(0, 0, 1)
+            await h.source.until(lambda: len(h.held.started) == 5)
+            h.held.finish(0, 0)
+            h.held.finish(0, 1)
+            await h.source.until(lambda: h.held.finished[-1] == (0, 1))
+            await h.source.passes()
+            expected: object = ([10, 11], [])  # held: 11 and 12 of the earlier offsets in flight
+            actual: object = (h.source.stored[0], h.telemetry.named("records_redelivered"))
+            assert expected == actual
+            h.held.finish(0, 11)
+            h.held.finish(0, 12)
+            await h.source.until(lambda: h.source.last_stored(0) == 2)
+            h.records(0, 1, 2)  # 1 handed out again, 2 new
+            await h.source.until(lambda: len(h.held.started) == 6)
+            await h.source.passes()
+            expected = ([(0, 10), (0, 11), (0, 12), (0, 0), (0, 1), (0, 2)], [(0, 1)], [10, 11, 2])
+            actual = (
+                h.held.started,
+                h.telemetry.named("records_redelivered"),
+                h.source.stored[0],
+            )
+            assert expected == actual
+
+    run(scenario)
+
+
+def test_an_offset_reset_in_the_middle_of_a_batch_restarts_the_partition_there() -> None:
+    """Records fetched before the reset (above the offsets received) and after it (from the new
+    start) can come in one poll: the earlier offsets are handled as such, and the partition
+    restarts at the first record below them."""
+
+    async def scenario() -> None:
+        h = Harness()
+        async with h.running() as task:
+            h.records(0, 10, 11)
+            await h.source.until(lambda: len(h.held.started) == 2)
+            h.source.reset_offsets(0)
+            h.records(0, 12, 0, 1)
+            await h.source.until(lambda: len(h.held.started) == 5 or task.done())
+            assert not task.done(), "the loop stopped on the batch"
+            for offset in (10, 11, 12, 0, 1):
+                h.held.finish(0, offset)
+            await h.source.until(lambda: h.source.last_stored(0) == 2)
+            expected: object = ([(0, 10), (0, 11), (0, 12), (0, 0), (0, 1)], [])
+            actual: object = (h.held.started, h.telemetry.named("records_redelivered"))
+            assert expected == actual
+
+    run(scenario)
+
+
+def test_an_end_met_in_the_pass_that_restarts_a_partition_is_not_committed() -> None:
+    """The fetcher may report the end it reached before the reset (31 here) in the poll that
+    hands out the records from the new start: applied to the new offsets, it would commit 31
+    once they finished, past the new records still to come."""
+
+    async def scenario() -> None:
+        h = Harness()
+        async with h.running():
+            h.records(0, 30)
+            await h.source.until(lambda: len(h.held.started) == 1)
+            h.held.finish(0, 30)
+            await h.source.until(lambda: h.source.last_stored(0) == 31)
+            h.source.reset_offsets(0)
+            h.source.log_ends[0] = 31
+            h.records(0, 0, 1)
+            await h.source.until(lambda: len(h.held.started) == 3)
+            h.held.finish(0, 0)
+            h.held.finish(0, 1)
+            await h.source.until(lambda: h.source.last_stored(0) == 2)
+            await h.source.passes(2)
+            expected = [30, 31, 0, 2]
+            actual = h.source.stored[0]
+            assert expected == actual
+
+    run(scenario)
+
+
 # --- rebalances --------------------------------------------------------------------------------
 
 
