@@ -124,11 +124,11 @@ class Worker:
         """Partitions owned and restored (a restoring one is in ``_restores``)."""
         self._paused: set[int] = set()
         self._reset: set[int] = set()
-        self._restarted: set[int] = set()
-        """Partitions restarted by the records of this loop pass (``_reach_ends``)."""
         """Partitions the Kafka client reset (``Source.offsets_reset``) after records were
         tracked there: their next record at or below the highest one received is new
         (``_drop_redelivered``)."""
+        self._restarted: set[int] = set()
+        """Partitions restarted by the records of this loop pass (``_reach_ends``)."""
         self._restores = Restores(restore, drop, self._restored, monotonic)
         self._last_record = 0.0
         """Monotonic time of the last polled record or assignment (for ``stop_when_idle``)."""
