@@ -123,13 +123,6 @@ def test_a_token_seen_before_the_purchase_but_arriving_after_it_reaches_the_orde
     ],
     ids=["att_denied", "limit_ad_tracking"],
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "defect: a tracking refusal is not kept by event time: an older event arriving after "
-        "it teaches the advertising id again, and a purchase after the refusal sends it"
-    ),
-)
 def test_an_older_event_arriving_late_does_not_undo_a_tracking_refusal(
     platform: str, refusal: dict[str, Any], earlier: dict[str, Any]
 ) -> None:
@@ -140,8 +133,8 @@ def test_an_older_event_arriving_late_does_not_undo_a_tracking_refusal(
 
     Expected: the Jan 6 order carries no advertising id (the refusal of Jan 5 is the user's
     latest word, in event time as in arrival).
-    Actual: the late Jan 2 event puts the id back into the profile and the order sends it as
-    ``customer.device_id``.
+    Before the fix, the late Jan 2 event put the id back into the profile and the order sent it
+    as ``customer.device_id``: the profile forgot its ids on the refusal but not when it was.
     """
 
     def app_event(event_id: str, time: str, device: dict[str, Any]) -> dict[str, Any]:
