@@ -157,8 +157,10 @@ def btn_ref_from_url(url: str | None, rejected: list[str] | None = None) -> str 
        or the whole fragment when it is itself ``k=v&k=v``;
     3. a bare ``k=v&k=v`` string (an Android install referrer), with or without a leading ``?``;
     4. the same, once more, inside a wrapping parameter's value: ``referrer=`` (the Play Store
-       link's install referrer) and ``link=`` (deep-link services); and inside the carrier
-       percent-decoded, when it was encoded as a whole (``utm_source%3Dx%26btn_ref%3D...``).
+       link's install referrer) and ``link=`` (deep-link services), and any parameter whose
+       value is itself a URL or percent-decodes to one (AppsFlyer's ``af_dp=``, Facebook's
+       ``l.php?u=``, Google's ``url?q=``...); and inside the carrier percent-decoded, when it
+       was encoded as a whole (``utm_source%3Dx%26btn_ref%3D...``).
 
     HTML-escaped ampersands (``&amp;``, ``&#38;``, ``&#x26;``, any case) count as ``&``; the
     parameter name matches in any letter case (Button's iOS library does); the value keeps its
@@ -179,6 +181,14 @@ def btn_ref_from_url(url: str | None, rejected: list[str] | None = None) -> str 
 _MAX_NESTING = 3
 _WRAPPERS = frozenset({"referrer", "link"})
 _HTML_AMP = re.compile(r"&(?:amp|#38|#x26);", re.IGNORECASE)
+_URL_START = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*(?::|%3A)", re.ASCII | re.IGNORECASE)
+"""A URL's scheme (``https:``, ``brandapp:``), its colon perhaps still percent-encoded."""
+
+
+def _is_link(value: str) -> bool:
+    """True if a parameter's value is a URL, or percent-decodes to one, with something after
+    its scheme that may hold a ``btn_ref`` (a ``=``, or a ``%`` that may decode to one)."""
+    return _URL_START.match(value) is not None and ("=" in value or "%" in value)
 
 
 def _token_in(carrier: str, depth: int, rejected: list[str] | None = None) -> str | None:
@@ -193,7 +203,7 @@ def _token_in(carrier: str, depth: int, rejected: list[str] | None = None) -> st
                     return token
                 if rejected is not None:
                     rejected.append(value)
-            elif key in _WRAPPERS:
+            elif key in _WRAPPERS or _is_link(value):
                 nested.append(value)
     if depth <= 0:
         return None

@@ -159,13 +159,6 @@ def test_an_older_event_arriving_late_does_not_undo_a_tracking_refusal(
     assert "device_id" not in body.get("customer", {}), body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "defect: a btn_ref inside a percent-encoded URL in another parameter is found only "
-        "when it is not that URL's first parameter"
-    ),
-)
 def test_a_nested_deep_link_yields_its_token_whatever_its_position() -> None:
     """README, "Token parsing rules": the carrier is also read "percent-decoded when it was
     encoded as a whole". An AppsFlyer OneLink carries the brand's deep link encoded in
@@ -174,7 +167,9 @@ def test_a_nested_deep_link_yields_its_token_whatever_its_position() -> None:
 
     Expected: both links give the same answer (the token, or, if nested links outside
     ``referrer=``/``link=`` are not a carrier, none for both).
-    Actual: ``...%3Fa%3D1%26btn_ref%3D...`` gives the token, ``...%3Fbtn_ref%3D...`` none.
+    Before the fix ``...%3Fa%3D1%26btn_ref%3D...`` gave the token (found only in the whole link
+    percent-decoded, where the deep link's ``&`` splits it), ``...%3Fbtn_ref%3D...`` none: a
+    parameter's value that is a link was not searched. Now both give the token.
     """
     second = f"https://brand.onelink.me/abc?af_dp=brandapp%3A%2F%2Fp%3Fa%3D1%26btn_ref%3D{TOKEN}"
     first = f"https://brand.onelink.me/abc?af_dp=brandapp%3A%2F%2Fp%3Fbtn_ref%3D{TOKEN}"
