@@ -16,7 +16,8 @@ Resolution order, first valid value wins:
 
 A value is forwarded only if it is non-empty, at most 255 characters, made of URL-safe (RFC 3986
 unreserved) ASCII characters, not a placeholder an SDK or template prints for a missing value
-(``undefined``, ``null``, ``NaN``, ``btn_ref`` itself... ``TOKEN_PLACEHOLDERS``) and not an
+(``undefined``, ``null``, ``NaN``, ``btn_ref`` itself, a bare ``srctok-``...
+``TOKEN_PLACEHOLDERS``) and not an
 ``org-`` organisation id (``btn_ref_problem`` says which rule a value breaks). A value that is
 dropped is as if absent: the next source is looked at, and the profile never remembers it, so a
 placeholder never hides the real token remembered before it. ``dropped_tokens`` lists an event's
@@ -50,6 +51,8 @@ TOKEN_PLACEHOLDERS = frozenset(
         *("nan", "false", "true", "0", "[object object]"),
         # ...and the parameter's own name, which a template or tag writes for a missing value
         BTN_REF_PARAM,
+        # ...and a Button token's prefix with nothing after it ("srctok-" + a missing id)
+        *("srctok-", "fakesrctok-"),
     }
 )
 """Values (compared lower-cased) that stand for "no token": never forwarded nor remembered."""

@@ -281,6 +281,10 @@ PLACEHOLDERS = [
     # the parameter's own name: a template or tag that writes the key for its missing value
     "btn_ref",
     "BTN_REF",
+    # a token's prefix with nothing after it: a template that writes "srctok-" + a missing id
+    "srctok-",
+    "SRCTOK-",
+    "fakesrctok-",
 ]
 
 
@@ -353,4 +357,7 @@ def test_the_junk_an_event_carries_is_listed_by_source_and_problem() -> None:
     )
     assert expected == dropped_tokens("s" * 300, attrs, urls)
     assert dropped_tokens(TOKEN, None, [f"https://b.example/?btn_ref={TOKEN}"]) == ()
+    assert dropped_tokens(None, None, ["https://b.example/?btn_ref=srctok-"]) == (
+        DroppedToken(TokenSource.URL, TokenProblem.PLACEHOLDER, "srctok-"),
+    )
     assert dropped_tokens(None, None, [None, "https://b.example/p?x=1"]) == ()

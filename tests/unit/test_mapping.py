@@ -309,8 +309,10 @@ def test_a_late_purchase_takes_the_token_of_its_time_when_it_was_seen_again_sinc
         {"page_url": "https://brand.example/checkout?btn_ref=undefined"},
         {"btn_ref": "   "},
         {"btn_ref": "NaN"},
+        {"btn_ref": "srctok-"},
+        {"page_url": "https://brand.example/checkout?btn_ref=srctok-"},
     ],
-    ids=["explicit", "attribute-1022", "url", "blank", "nan"],
+    ids=["explicit", "attribute-1022", "url", "blank", "nan", "prefix-only", "prefix-only-url"],
 )
 def test_a_placeholder_token_never_reaches_button_nor_replaces_the_remembered_one(
     junk: dict[str, Any],
