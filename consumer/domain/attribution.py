@@ -16,7 +16,8 @@ Resolution order, first valid value wins:
 
 A value is forwarded only if it is non-empty, at most 255 characters, made of URL-safe (RFC 3986
 unreserved) ASCII characters, not a placeholder an SDK or template prints for a missing value
-(``undefined``, ``null``, ``NaN``, ``btn_ref`` itself... ``TOKEN_PLACEHOLDERS``) and not an
+(``undefined``, ``null``, ``NaN``, ``btn_ref`` itself, a bare ``srctok-``...
+``TOKEN_PLACEHOLDERS``) and not an
 ``org-`` organisation id (``btn_ref_problem`` says which rule a value breaks). A value that is
 dropped is as if absent: the next source is looked at, and the profile never remembers it, so a
 placeholder never hides the real token remembered before it. ``dropped_tokens`` lists an event's
@@ -50,6 +51,8 @@ TOKEN_PLACEHOLDERS = frozenset(
         *("nan", "false", "true", "0", "[object object]"),
         # ...and the parameter's own name, which a template or tag writes for a missing value
         BTN_REF_PARAM,
+        # ...and a Button token's prefix with nothing after it ("srctok-" + a missing id)
+        *("srctok-", "fakesrctok-"),
     }
 )
 """Values (compared lower-cased) that stand for "no token": never forwarded nor remembered."""
@@ -157,8 +160,10 @@ def btn_ref_from_url(url: str | None, rejected: list[str] | None = None) -> str 
        or the whole fragment when it is itself ``k=v&k=v``;
     3. a bare ``k=v&k=v`` string (an Android install referrer), with or without a leading ``?``;
     4. the same, once more, inside a wrapping parameter's value: ``referrer=`` (the Play Store
-       link's install referrer) and ``link=`` (deep-link services); and inside the carrier
-       percent-decoded, when it was encoded as a whole (``utm_source%3Dx%26btn_ref%3D...``).
+       link's install referrer) and ``link=`` (deep-link services), and any parameter whose
+       value is itself a URL or percent-decodes to one (AppsFlyer's ``af_dp=``, Facebook's
+       ``l.php?u=``, Google's ``url?q=``...); and inside the carrier percent-decoded, when it
+       was encoded as a whole (``utm_source%3Dx%26btn_ref%3D...``).
 
     HTML-escaped ampersands (``&amp;``, ``&#38;``, ``&#x26;``, any case) count as ``&``; the
     parameter name matches in any letter case (Button's iOS library does); the value keeps its
@@ -179,6 +184,14 @@ def btn_ref_from_url(url: str | None, rejected: list[str] | None = None) -> str 
 _MAX_NESTING = 3
 _WRAPPERS = frozenset({"referrer", "link"})
 _HTML_AMP = re.compile(r"&(?:amp|#38|#x26);", re.IGNORECASE)
+_URL_START = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*(?::|%3A)", re.ASCII | re.IGNORECASE)
+"""A URL's scheme (``https:``, ``brandapp:``), its colon perhaps still percent-encoded."""
+
+
+def _is_link(value: str) -> bool:
+    """True if a parameter's value is a URL, or percent-decodes to one, with something after
+    its scheme that may hold a ``btn_ref`` (a ``=``, or a ``%`` that may decode to one)."""
+    return _URL_START.match(value) is not None and ("=" in value or "%" in value)
 
 
 def _token_in(carrier: str, depth: int, rejected: list[str] | None = None) -> str | None:
@@ -193,7 +206,7 @@ def _token_in(carrier: str, depth: int, rejected: list[str] | None = None) -> st
                     return token
                 if rejected is not None:
                     rejected.append(value)
-            elif key in _WRAPPERS:
+            elif key in _WRAPPERS or _is_link(value):
                 nested.append(value)
     if depth <= 0:
         return None

@@ -119,8 +119,10 @@ from consumer.domain.profile import (
     StoredRefund,
     device_id_at,
     epoch_ms,
+    id_allowed,
     prune,
     with_device_id,
+    with_refusal,
     with_stamped,
 )
 from consumer.errors import MappingError
@@ -345,7 +347,12 @@ def skip_for(event_type: EventType) -> Skip:
 
 
 def _learn(event: CommerceEvent, profile: Profile, config: MappingConfig) -> Profile:
-    """Add the event's token and advertising ids to the profile's histories, by event time."""
+    """Add the event's token and advertising ids to the profile's histories, by event time.
+
+    A tracking refusal (both kinds) or an id reported all-zero (its kind) is remembered with
+    its event time and forgets the ids reported at or before it; an id reported at or before
+    the latest refusal of its kind (an older event arriving late) is not learned.
+    """
     event_ms = epoch_ms(event.event_time)
     token = token_from_event(
         event.btn_ref,
@@ -357,20 +364,39 @@ def _learn(event: CommerceEvent, profile: Profile, config: MappingConfig) -> Pro
     if token is not None:
         tokens = with_stamped(tokens, token, MAX_TOKENS)
     idfas, gaids = profile.idfas, profile.gaids
+    idfa_refused, gaid_refused = profile.idfa_refused_ms, profile.gaid_refused_ms
     ids = _event_device_ids(event, config)
     if ids is not None:
-        if ids.refused:
-            idfas = gaids = ()
+        if ids.refused or ids.idfa_withheld:
+            idfas, idfa_refused = with_refusal(idfas, idfa_refused, event_ms)
         else:
-            idfas = () if ids.idfa_withheld else _seen(idfas, ids.idfa, event_ms)
-            gaids = () if ids.gaid_withheld else _seen(gaids, ids.gaid, event_ms)
-    if tokens is profile.tokens and idfas is profile.idfas and gaids is profile.gaids:
+            idfas = _seen(idfas, ids.idfa, event_ms, idfa_refused)
+        if ids.refused or ids.gaid_withheld:
+            gaids, gaid_refused = with_refusal(gaids, gaid_refused, event_ms)
+        else:
+            gaids = _seen(gaids, ids.gaid, event_ms, gaid_refused)
+    if (
+        tokens is profile.tokens
+        and idfas is profile.idfas
+        and gaids is profile.gaids
+        and idfa_refused == profile.idfa_refused_ms
+        and gaid_refused == profile.gaid_refused_ms
+    ):
         return profile
-    return replace(profile, tokens=tokens, idfas=idfas, gaids=gaids)
+    return replace(
+        profile,
+        tokens=tokens,
+        idfas=idfas,
+        gaids=gaids,
+        idfa_refused_ms=idfa_refused,
+        gaid_refused_ms=gaid_refused,
+    )
 
 
-def _seen(history: tuple[Stamped, ...], value: str | None, event_ms: int) -> tuple[Stamped, ...]:
-    if value is None:
+def _seen(
+    history: tuple[Stamped, ...], value: str | None, event_ms: int, refused_ms: int | None
+) -> tuple[Stamped, ...]:
+    if value is None or not id_allowed(event_ms, refused_ms):
         return history
     return with_device_id(history, Stamped(value, event_ms), MAX_DEVICE_IDS)
 
@@ -395,7 +421,9 @@ def _device_id(event: CommerceEvent, profile: Profile, config: MappingConfig) ->
     it, else the first seen after it).
 
     The id of the event's platform comes first (GAID on Android, IDFA elsewhere). A kind the
-    event reports all-zero (withheld) is not taken from the profile either.
+    event reports all-zero (withheld) is not taken from the profile either, and the event's own
+    id of a kind the profile knows a refusal of at or after the event's time (the event is
+    older than the user's latest word) is not sent.
     """
     own = _event_device_ids(event, config)
     if own is not None and own.refused:
@@ -405,9 +433,11 @@ def _device_id(event: CommerceEvent, profile: Profile, config: MappingConfig) ->
     event_ms = epoch_ms(event.event_time)
     idfa = None if withheld_idfa else device_id_at(profile.idfas, event_ms)
     gaid = None if withheld_gaid else device_id_at(profile.gaids, event_ms)
+    own_idfa = own.idfa if own and id_allowed(event_ms, profile.idfa_refused_ms) else None
+    own_gaid = own.gaid if own and id_allowed(event_ms, profile.gaid_refused_ms) else None
     candidates = (
-        own.idfa if own else None,
-        own.gaid if own else None,
+        own_idfa,
+        own_gaid,
         idfa.value if idfa else None,
         gaid.value if gaid else None,
     )

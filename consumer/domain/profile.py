@@ -3,8 +3,9 @@
 A purchase often arrives without its Button token (the token came with an install or a deep-link
 open days earlier), without its advertising id, and a partial refund arrives without the order it
 reduces. The profile remembers, per Kafka record key (the user): a short history of ``btn_ref``
-tokens with their event times and sources, of advertising ids with their times, and the recent
-orders (line items, total,
+tokens with their event times and sources, of advertising ids with their times, the event time
+of the user's latest tracking refusal of each kind of id (so an older event arriving late cannot
+teach a refused id again), and the recent orders (line items, total,
 status, refund events already applied) for as long as Button may still change them.
 
 The profile also holds the user's *parked* orders (DESIGN, 5): an order one of whose events was
@@ -185,6 +186,12 @@ class Profile:
     bounded by ``MAX_TOKENS`` and ``MAX_DEVICE_IDS``: an order takes the value in force at its
     own event time, however late it arrives (``token_at``, ``device_id_at``). ``tokens`` holds
     sightings (``with_stamped``): one token seen several times has an entry per sighting kept.
+
+    ``idfa_refused_ms`` and ``gaid_refused_ms`` are the event times (epoch ms) of the latest
+    refusal of each kind, ``None`` when none is remembered: tracking refused (limit-ad-tracking,
+    ATT denied or restricted) refuses both kinds, an id reported all-zero withholds its own
+    kind. An id reported at or before that time is neither kept nor sent (``with_refusal``,
+    ``id_allowed``); one reported after it (tracking allowed again) is, as before the refusal.
     """
 
     tokens: tuple[ResolvedToken, ...] = ()
@@ -192,6 +199,8 @@ class Profile:
     gaids: tuple[Stamped, ...] = ()
     orders: tuple[StoredOrder, ...] = ()
     parked: tuple[ParkedOrder, ...] = ()
+    idfa_refused_ms: int | None = None
+    gaid_refused_ms: int | None = None
 
     @property
     def btn_ref(self) -> ResolvedToken | None:
@@ -216,6 +225,8 @@ class Profile:
             and not self.gaids
             and not self.orders
             and not self.parked
+            and self.idfa_refused_ms is None
+            and self.gaid_refused_ms is None
         )
 
     def token_at(self, moment_ms: int, window_ms: int) -> ResolvedToken | None:
@@ -239,7 +250,15 @@ class Profile:
         """This profile with ``order`` added, or replacing the order of the same id."""
         others = tuple(o for o in self.orders if o.order_id != order.order_id)
         # Constructed rather than ``replace``d: this runs for every order event.
-        return Profile(self.tokens, self.idfas, self.gaids, (*others, order), self.parked)
+        return Profile(
+            self.tokens,
+            self.idfas,
+            self.gaids,
+            (*others, order),
+            self.parked,
+            self.idfa_refused_ms,
+            self.gaid_refused_ms,
+        )
 
     def parked_order(self, order_id: str) -> ParkedOrder | None:
         """The parking entry of ``order_id``, ``None`` if the order is not parked."""
@@ -288,6 +307,11 @@ def expires_at_ms(profile: Profile, retention: Retention) -> int:
     """When every part of ``profile`` has expired (epoch ms); ``-2**63`` for an empty profile."""
     candidates = [o.touched_ms + retention.order_ms for o in profile.orders]
     candidates.extend(p.touched_ms + retention.order_ms for p in profile.parked)
+    candidates.extend(
+        refused + retention.device_id_ms
+        for refused in (profile.idfa_refused_ms, profile.gaid_refused_ms)
+        if refused is not None
+    )
     if profile.tokens:
         candidates.append(profile.tokens[-1].seen_at_ms + retention.btn_ref_ms)
     for history in (profile.idfas, profile.gaids):
@@ -307,15 +331,22 @@ def prune(profile: Profile, now_ms: int, retention: Retention) -> Profile:
     )
     orders = tuple(o for o in profile.orders if o.touched_ms + retention.order_ms >= now_ms)
     parked = tuple(p for p in profile.parked if p.touched_ms + retention.order_ms >= now_ms)
+    # A refusal matters while an id reported before it could still be in use: as long as ids.
+    idfa_refused, gaid_refused = (
+        None if refused is None or refused + retention.device_id_ms < now_ms else refused
+        for refused in (profile.idfa_refused_ms, profile.gaid_refused_ms)
+    )
     if (
         len(tokens) == len(profile.tokens)
         and len(idfas) == len(profile.idfas)
         and len(gaids) == len(profile.gaids)
         and len(orders) == len(profile.orders)
         and len(parked) == len(profile.parked)
+        and idfa_refused == profile.idfa_refused_ms
+        and gaid_refused == profile.gaid_refused_ms
     ):
         return profile
-    return Profile(tokens, idfas, gaids, orders, parked)
+    return Profile(tokens, idfas, gaids, orders, parked, idfa_refused, gaid_refused)
 
 
 def with_stamped(
@@ -383,6 +414,26 @@ def with_device_id(history: tuple[Stamped, ...], item: Stamped, limit: int) -> t
         key=lambda d: (d.seen_at_ms, d.value),
     )
     return tuple(merged[-limit:])
+
+
+def id_allowed(seen_at_ms: int, refused_ms: int | None) -> bool:
+    """True if an id reported at ``seen_at_ms`` may be kept and sent given the latest refusal
+    of its kind at ``refused_ms`` (``None``: none remembered): only one reported after it."""
+    return refused_ms is None or seen_at_ms > refused_ms
+
+
+def with_refusal(
+    history: tuple[Stamped, ...], refused_ms: int | None, moment_ms: int
+) -> tuple[tuple[Stamped, ...], int]:
+    """A refusal of one kind of id at ``moment_ms`` (event time) applied to its ``history`` and
+    to the latest refusal remembered, ``refused_ms``.
+
+    Returns the history without the ids reported at or before the refusal (those after it, a
+    later grant, stay, whatever order the events arrived in) and the latest refusal's time.
+    """
+    latest = moment_ms if refused_ms is None else max(refused_ms, moment_ms)
+    kept = tuple(d for d in history if d.seen_at_ms > latest)
+    return (history if len(kept) == len(history) else kept), latest
 
 
 def device_id_at(history: tuple[Stamped, ...], moment_ms: int) -> Stamped | None:

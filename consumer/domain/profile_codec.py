@@ -6,10 +6,11 @@ at bytes it does not understand.
 
 Changelog value format, all integers big-endian::
 
-    byte 0      format version (1, 2, 3 or 4)
+    byte 0      format version (1, 2, 3, 4 or 5)
     bytes 1-8   expires_at, epoch milliseconds, signed: when nothing in the profile is useful
     bytes 9-    versions 1-3: UTF-8 JSON array (positional, no field names), see ``_to_json`` /
-                ``_from_json``; version 4: the same version-3 tree in a compact binary form
+                ``_from_json``; version 4: the same version-3 tree in a compact binary form;
+                version 5: version 4 with a sixth element, the tracking refusals
 
 Version 4 (written by this release, always) is version 3's tree of lists, strings, integers and
 nulls, each item a tag byte (``_pack``/``_unpack``): 0x00-0x7F the integer itself; 0x80-0x9F a
@@ -18,6 +19,14 @@ then a longer string; 0xC2 a varint length then a longer list; 0xC3 a zigzag var
 0xC4 / 0xC5 a lower- / upper-case canonical UUID string as its 16 bytes. About 40 % smaller
 than version 3 (133 bytes against 222 for a user after one purchase): the profiles of a pod are
 held in memory in this form.
+
+Version 5 is version 4's tree with a sixth element, ``[idfa_refused_ms, gaid_refused_ms]``: the
+event times of the user's latest tracking refusal of each kind of advertising id (either may be
+null, not both). It is written only for a profile that remembers a refusal; any other profile is
+still written as version 4, which the previous release reads (as the release that added parked
+orders in version 2 still wrote version 1 for a profile without any). The previous release
+refuses a version 5 value by its version byte, rather than reading the sixth element as a
+corrupt version 4 profile.
 
 Version 1 is a 4-element array (token, IDFA, GAID, orders); version 2 appends a fifth, the parked
 orders. Version 3 (written by this release, always) holds histories: ``[tokens, idfas, gaids,
@@ -64,13 +73,15 @@ from consumer.domain.profile import (
 from consumer.domain.profile_epoch import STAMP_MARKER, epoch_of, unstamp
 from consumer.errors import ConsumerError
 
-FORMAT_VERSION = 4
-"""The format version written; versions 1, 2 and 3 are still read."""
+FORMAT_VERSION = 5
+"""The newest format version, written for a profile remembering a tracking refusal; any other
+profile is written as version 4. Versions 1 to 3 are still read."""
 _VERSION_1 = 1
 _VERSION_2 = 2
 _VERSION_3 = 3
 """The tree of version 3 (histories, order ledgers) is version 4's, as JSON."""
-_READABLE_VERSIONS = frozenset({_VERSION_1, _VERSION_2, _VERSION_3, FORMAT_VERSION})
+_VERSION_4 = 4
+_READABLE_VERSIONS = frozenset({_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4, FORMAT_VERSION})
 _HEADER = struct.Struct(">Bq")
 _STAMPED_HEADER = 5 + _HEADER.size  # the epoch envelope's marker and epoch, then the header
 _SENT_UNKNOWN = 1  # an order of an older format was sent to Button; its body digest is unknown
@@ -142,13 +153,22 @@ def _order_to_json(order: StoredOrder) -> list[Any]:
 
 
 def _to_json(profile: Profile) -> list[Any]:
-    return [
+    """The version-3 tree of ``profile``; with a sixth element (version 5) when it remembers a
+    tracking refusal."""
+    tree: list[Any] = [
         [[t.value, _SOURCE_CODES[t.source], t.seen_at_ms] for t in profile.tokens],
         [[d.value, d.seen_at_ms] for d in profile.idfas],
         [[d.value, d.seen_at_ms] for d in profile.gaids],
         [_order_to_json(order) for order in profile.orders],
         [[p.order_id, p.reason, p.touched_ms] for p in profile.parked],
     ]
+    if _remembers_refusal(profile):
+        tree.append([profile.idfa_refused_ms, profile.gaid_refused_ms])
+    return tree
+
+
+def _remembers_refusal(profile: Profile) -> bool:
+    return profile.idfa_refused_ms is not None or profile.gaid_refused_ms is not None
 
 
 def _str(value: Any) -> str:
@@ -253,8 +273,17 @@ def _token(value: Any) -> ResolvedToken:
     return ResolvedToken(_str(tok[0]), _source(tok[1]), _int(tok[2]))
 
 
+def _refusals(value: Any) -> tuple[int | None, int | None]:
+    """Version 5's sixth element: the latest refusal of each kind, at least one of them."""
+    raw = _list(value, 2)
+    idfa, gaid = (None if r is None else _int(r) for r in raw)
+    if idfa is None and gaid is None:
+        raise ProfileDecodeError("a version 5 profile without a tracking refusal")
+    return idfa, gaid
+
+
 def _from_json(value: Any, version: int) -> Profile:
-    raw = _list(value, 4 if version == _VERSION_1 else 5)
+    raw = _list(value, {_VERSION_1: 4, FORMAT_VERSION: 6}.get(version, 5))
     orders = tuple(_order_from_json(o, version) for o in _list(raw[3]))
     parked = () if version == _VERSION_1 else tuple(_parked_from_json(p) for p in _list(raw[4]))
     if version < _VERSION_3:  # one token, IDFA and GAID: one-entry histories
@@ -267,12 +296,15 @@ def _from_json(value: Any, version: int) -> Profile:
             parked=parked,
         )
     histories = [tuple(_stamped(d) for d in _list(raw[i])) for i in (1, 2)]
+    idfa_refused, gaid_refused = _refusals(raw[5]) if version == FORMAT_VERSION else (None, None)
     return Profile(
         tokens=tuple(_token(t) for t in _list(raw[0])),
         idfas=tuple(d for d in histories[0] if d is not None),
         gaids=tuple(d for d in histories[1] if d is not None),
         orders=orders,
         parked=parked,
+        idfa_refused_ms=idfa_refused,
+        gaid_refused_ms=gaid_refused,
     )
 
 
@@ -436,9 +468,10 @@ def _items(data: bytes, pos: int, count: int) -> tuple[list[Any], int]:
 
 
 def encode_profile(profile: Profile, expires_at: int) -> bytes:
-    """The changelog value of ``profile`` (format version 4); ``expires_at`` (epoch ms) goes in
-    the header."""
-    out = bytearray(_HEADER.pack(FORMAT_VERSION, expires_at))
+    """The changelog value of ``profile`` (format version 5 when it remembers a tracking
+    refusal, else 4); ``expires_at`` (epoch ms) goes in the header."""
+    version = FORMAT_VERSION if _remembers_refusal(profile) else _VERSION_4
+    out = bytearray(_HEADER.pack(version, expires_at))
     _pack(out, _to_json(profile))
     return bytes(out)
 
@@ -484,15 +517,15 @@ def decode_profile(value: bytes) -> Profile:
     """The ``Profile`` encoded in a changelog value.
 
     Raises:
-        ProfileDecodeError: the bytes are not a version 1, 2, 3 or 4 profile.
+        ProfileDecodeError: the bytes are not a version 1, 2, 3, 4 or 5 profile.
     """
     value = unstamp(value)  # the owner-epoch envelope, if any (consumer.domain.profile_epoch)
     version, _ = _read_header(value)
-    if version == FORMAT_VERSION:
+    if version >= _VERSION_4:
         tree, end = _unpack(value, _HEADER.size)
         if end != len(value):
             raise ProfileDecodeError("trailing bytes after the profile")
-        return _from_json(tree, _VERSION_3)
+        return _from_json(tree, FORMAT_VERSION if version == FORMAT_VERSION else _VERSION_3)
     try:
         parsed = json.loads(value[_HEADER.size :].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

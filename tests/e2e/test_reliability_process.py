@@ -19,6 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -555,3 +556,52 @@ def test_profile_survives_a_consumer_restart(
     expected = expected_orders([*opens, *buys], settings)
     assert set(expected) == set(orders)
     assert assert_sandbox_converged(sandbox, expected) == 0
+
+
+def test_a_tracking_refusal_survives_a_consumer_restart(
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    unique_name: Callable[[str], str],
+    sandbox: SandboxHandle,
+    start_service: Callable[[Settings], ServiceRunner],
+) -> None:
+    """Users refuse tracking (ATT denied), the service stops cleanly; a new instance of the
+    group restores their profiles (a version 5 changelog value: the refusal's time), then
+    reads an older app open with the IDFA (an SDK batch uploaded late) and a purchase: the
+    orders Button holds carry no device id."""
+    partitions = 3
+    topic = make_topic(partitions=partitions, prefix="refusal")
+    env = _env(kafka_bootstrap, topic, unique_name("group"), sandbox)
+    settings = Settings.from_env(env)
+    group = env["KAFKA_GROUP_ID"]
+    users = _TokenUsers(6)
+    now = datetime.now(UTC)
+    refusals = [
+        replace(
+            _app_open(u, users.tokens[u], users.idfas[u], now - timedelta(minutes=30)),
+            device_info=DeviceInfo(att_authorization_status=AttAuthorizationStatus.DENIED),
+        )
+        for u in users.users
+    ]
+    late_opens = [
+        _app_open(u, users.tokens[u], users.idfas[u], now - timedelta(hours=2)) for u in users.users
+    ]
+    buys, orders = users.purchases("after-refusal")
+
+    produce_events(settings, refusals, partitions=partitions)
+    first = start_service(settings)
+    wait_for_committed(kafka_bootstrap, group, topic, partitions, timeout=60)
+    first.stop()
+
+    produce_events(settings, [*late_opens, *buys], partitions=partitions)
+    second = start_service(settings)
+    wait_for_committed(kafka_bootstrap, group, topic, partitions, timeout=60)
+    wait_until(lambda: second.metric(IN_FLIGHT) == 0, 30, message="records still in flight")
+    second.stop()
+
+    for order_id, user in orders.items():
+        held = sandbox.order(order_id)
+        assert held is not None, order_id
+        obj = held["object"]
+        assert obj["btn_ref"] == users.tokens[user], (order_id, obj)
+        assert "device_id" not in (obj.get("customer") or {}), (order_id, obj)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -160,6 +162,27 @@ CARRIERS = [
         "https://brand.page.link/?link=https%3A%2F%2Fbrand.example%2Fp%3Fbtn_ref%3Dsrctok-mmm333",
         "srctok-mmm333",
     ),
+    # a deep link encoded in any parameter (AppsFlyer's af_dp), btn_ref its first parameter
+    (
+        "https://brand.onelink.me/abc?af_dp=brandapp%3A%2F%2Fp%3Fbtn_ref%3Dsrctok-nnn444",
+        "srctok-nnn444",
+    ),
+    # Facebook's and Google's outbound-link wrappers
+    (
+        "https://l.facebook.com/l.php?u=https%3A%2F%2Fshop.example%2Fp%3Fbtn_ref%3Dsrctok-ooo555"
+        "&h=AT0abc",
+        "srctok-ooo555",
+    ),
+    (
+        "https://www.google.com/url?sa=t&q=https%3A%2F%2Fshop.example%2F%3Fbtn_ref%3Dsrctok-ppp666"
+        "&usg=AOv",
+        "srctok-ppp666",
+    ),
+    # the wrapped link's own value twice encoded
+    (
+        "https://l.example/?u=https%253A%252F%252Fs.example%252F%253Fbtn_ref%253Dsrctok-qqq777",
+        "srctok-qqq777",
+    ),
 ]
 
 
@@ -190,6 +213,52 @@ def test_carriers_without_a_forwardable_token(carrier: str) -> None:
     assert btn_ref_from_url(carrier) is None
 
 
+_NAMES = st.sampled_from(["a", "utm_source", "af_dp", "u", "q", "deep_link_value", "x-y"])
+_VALUES = st.sampled_from(["1", "partner", "a%20b", "", "https%3A%2F%2Fo.example%2F"])
+
+
+@st.composite
+def _query(draw: st.DrawFn, carried: str) -> str:
+    """``k=v&...`` with ``carried`` (a ``k=v`` pair) at a drawn position among other pairs."""
+    others = draw(st.lists(st.tuples(_NAMES, _VALUES), max_size=3))
+    pairs = [f"{name}={value}" for name, value in others]
+    pairs.insert(draw(st.integers(0, len(pairs))), carried)
+    return "&".join(pairs)
+
+
+@st.composite
+def _nested_links(draw: st.DrawFn) -> str:
+    """A link carrying ``btn_ref`` (query or hash route), nested 1 to ``_MAX_NESTING`` deep as
+    the percent-encoded value of another link's parameter of any name, at any position."""
+    link = draw(
+        st.sampled_from(["brandapp://p", "https://shop.example/p", "https://s.example/#/p"])
+    )
+    link += "?" + draw(_query(f"btn_ref={TOKEN}"))
+    for _ in range(draw(st.integers(1, _MAX_NESTING))):
+        outer = draw(st.sampled_from(["https://brand.onelink.me/abc", "https://l.example/l.php"]))
+        name = draw(_NAMES)
+        link = outer + "?" + draw(_query(f"{name}={quote(link, safe='')}"))
+    return link
+
+
+@given(_nested_links())
+def test_a_link_nested_in_any_parameter_yields_its_token_wherever_it_sits(link: str) -> None:
+    """A parameter value that is itself a link (a deep link, an outbound-link wrapper's
+    target) is searched as one, up to ``_MAX_NESTING`` levels: the token is found whatever the
+    parameter's name and whatever the positions of the pairs, its own included."""
+    assert btn_ref_from_url(link) == TOKEN
+
+
+def test_nesting_beyond_the_bound_is_not_followed() -> None:
+    """Links nested deeper than ``_MAX_NESTING`` are not searched (the work per URL stays
+    bounded), and a link nested in itself ends."""
+    link = f"https://s.example/?btn_ref={TOKEN}"
+    for _ in range(_MAX_NESTING + 2):
+        link = "https://l.example/?u=" + quote(link, safe="")
+    assert btn_ref_from_url(link) is None
+    assert btn_ref_from_url("https://l.example/?u=https%3A%2F%2Fl.example%2F%3Fu%3D") is None
+
+
 # --- placeholders and junk: dropped from every source, counted (the user trial's fault 1) -----
 
 PLACEHOLDERS = [
@@ -212,6 +281,10 @@ PLACEHOLDERS = [
     # the parameter's own name: a template or tag that writes the key for its missing value
     "btn_ref",
     "BTN_REF",
+    # a token's prefix with nothing after it: a template that writes "srctok-" + a missing id
+    "srctok-",
+    "SRCTOK-",
+    "fakesrctok-",
 ]
 
 
@@ -284,4 +357,7 @@ def test_the_junk_an_event_carries_is_listed_by_source_and_problem() -> None:
     )
     assert expected == dropped_tokens("s" * 300, attrs, urls)
     assert dropped_tokens(TOKEN, None, [f"https://b.example/?btn_ref={TOKEN}"]) == ()
+    assert dropped_tokens(None, None, ["https://b.example/?btn_ref=srctok-"]) == (
+        DroppedToken(TokenSource.URL, TokenProblem.PLACEHOLDER, "srctok-"),
+    )
     assert dropped_tokens(None, None, [None, "https://b.example/p?x=1"]) == ()

@@ -309,8 +309,10 @@ def test_a_late_purchase_takes_the_token_of_its_time_when_it_was_seen_again_sinc
         {"page_url": "https://brand.example/checkout?btn_ref=undefined"},
         {"btn_ref": "   "},
         {"btn_ref": "NaN"},
+        {"btn_ref": "srctok-"},
+        {"page_url": "https://brand.example/checkout?btn_ref=srctok-"},
     ],
-    ids=["explicit", "attribute-1022", "url", "blank", "nan"],
+    ids=["explicit", "attribute-1022", "url", "blank", "nan", "prefix-only", "prefix-only-url"],
 )
 def test_a_placeholder_token_never_reaches_button_nor_replaces_the_remembered_one(
     junk: dict[str, Any],
@@ -361,6 +363,128 @@ def test_refusal_forgets_remembered_ids() -> None:
     assert "customer" not in send(result).body
     assert after is not None
     assert after.idfa is None
+
+
+IDFA = "6D92078A-8246-4BA4-AE5B-76104861E7DC"
+GAID = "38400000-8cf0-11bd-b23e-10b96e40000d"
+ATT_DENIED = {"att_authorization_status": "DENIED"}
+LIMITED = {"limit_ad_tracking": True}
+
+
+def app_open(event_id: str, time: str, **device: Any) -> CommerceEvent:
+    return event(event_id=event_id, event_type="APP_OPEN", event_time=time, device_info=device)
+
+
+def mapped(events: list[CommerceEvent]) -> tuple[list[MapResult], Profile | None]:
+    """The results of ``events`` processed in this arrival order, and the profile after."""
+    profile: Profile | None = None
+    results: list[MapResult] = []
+    for evt in events:
+        result, after = process(evt, profile, CONFIG, NOW)
+        results.append(result)
+        profile = after if after is not None else profile
+    return results, profile
+
+
+@pytest.mark.parametrize(
+    ("platform", "refusal", "own"),
+    [
+        ("IOS", ATT_DENIED, {"ios_advertising_id": IDFA}),
+        ("ANDROID", LIMITED, {"android_advertising_id": GAID, "limit_ad_tracking": False}),
+        (
+            "IOS",
+            {"ios_advertising_id": "00000000-0000-0000-0000-000000000000"},
+            {"ios_advertising_id": IDFA},
+        ),
+    ],
+    ids=["att_denied", "limit_ad_tracking", "idfa_withheld"],
+)
+def test_an_order_dated_before_a_known_refusal_does_not_send_its_own_id(
+    platform: str, refusal: dict[str, Any], own: dict[str, Any]
+) -> None:
+    """The user refused tracking on May 1 at noon; a purchase of that morning, carrying the id
+    the device reported then, arrives after the refusal: the refusal is the user's latest word,
+    so the order goes without the id."""
+    results, _ = mapped(
+        [
+            app_open("evt-0", "2024-05-01T12:00:00Z", platform=platform, **refusal),
+            purchase(event_time="2024-05-01T09:00:00Z", platform=platform, device_info=own),
+        ]
+    )
+    assert "device_id" not in send(results[-1]).body.get("customer", {})
+
+
+def test_a_grant_after_a_refusal_lifts_it() -> None:
+    """An id reported with tracking allowed after the refusal (in event time) is sent again,
+    whatever the arrival order, and an id from before the refusal stays forgotten."""
+    refusal = app_open("evt-0", "2024-05-01T08:00:00Z", **ATT_DENIED)
+    before = app_open("evt-1", "2024-04-30T08:00:00Z", ios_advertising_id="ABCD-OLD")
+    grant = app_open("evt-2", "2024-05-01T09:00:00Z", ios_advertising_id=IDFA)
+    order = purchase(event_time="2024-05-01T10:00:00Z")
+    for arrival in ([refusal, before, grant], [grant, before, refusal], [before, grant, refusal]):
+        results, profile = mapped([*arrival, order])
+        assert send(results[-1]).body["customer"]["device_id"] == IDFA, arrival
+        assert profile is not None
+        assert [d.value for d in profile.idfas] == [IDFA]
+
+
+_DEVICE_EVENTS = st.sampled_from(
+    [
+        ("grant", {"ios_advertising_id": IDFA}),
+        ("grant", {"ios_advertising_id": "ABCD-1"}),
+        ("grant", {"android_advertising_id": GAID}),
+        ("grant", {"android_advertising_id": "gaid-2", "limit_ad_tracking": False}),
+        ("refuse_both", ATT_DENIED),
+        ("refuse_both", {"ios_advertising_id": "ABCD-1", **LIMITED}),
+        ("withhold_idfa", {"ios_advertising_id": "00000000-0000-0000-0000-000000000000"}),
+        ("withhold_gaid", {"android_advertising_id": "00000000000000000000000000000000"}),
+    ]
+)
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(st.tuples(_DEVICE_EVENTS, st.integers(0, 240)), min_size=1, max_size=6).flatmap(
+        lambda evts: st.tuples(st.just(evts), st.permutations(range(len(evts))))
+    ),
+    st.sampled_from(["IOS", "ANDROID"]),
+    st.integers(0, 300),
+)
+def test_no_id_seen_before_a_later_refusal_is_ever_sent(
+    drawn: tuple[list[tuple[tuple[str, dict[str, Any]], int]], list[int]],
+    platform: str,
+    order_minutes: int,
+) -> None:
+    """Whatever the arrival order of a user's app events, a purchase (after them all) sends an
+    advertising id only if one of its kind was reported after the latest refusal of that kind
+    (ATT denied or limit-ad-tracking refuse both kinds, an all-zero id withholds its own kind),
+    and then one of those; with none such, no id. The purchase's own time does not matter."""
+    device_events, arrival = drawn
+    base = datetime(2024, 5, 1, tzinfo=UTC)
+    events = []
+    for i, ((_, device), minutes) in enumerate(device_events):
+        time = (base + timedelta(minutes=minutes, seconds=i)).isoformat()
+        events.append(app_open(f"evt-{i}", time.replace("+00:00", "Z"), **device))
+    last_refusal = {"idfa": -1, "gaid": -1}
+    for i, ((kind, _), minutes) in enumerate(device_events):
+        at = minutes * 60 + i
+        for k in ("idfa", "gaid"):
+            if kind in ("refuse_both", f"withhold_{k}"):
+                last_refusal[k] = max(last_refusal[k], at)
+    allowed = set()
+    for i, ((kind, device), minutes) in enumerate(device_events):
+        if kind != "grant":
+            continue
+        for k, field_name in (("idfa", "ios_advertising_id"), ("gaid", "android_advertising_id")):
+            if field_name in device and minutes * 60 + i > last_refusal[k]:
+                allowed.add(device[field_name])
+    order_time = (base + timedelta(minutes=order_minutes, seconds=30)).isoformat()
+    order = purchase(event_time=order_time.replace("+00:00", "Z"), platform=platform)
+
+    results, _ = mapped([*(events[i] for i in arrival), order])
+
+    sent = send(results[-1]).body.get("customer", {}).get("device_id")
+    assert sent in allowed if allowed else sent is None, (sent, allowed)
 
 
 def test_full_refund_without_products_cancels() -> None:

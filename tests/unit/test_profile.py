@@ -94,6 +94,8 @@ profiles = st.builds(
     gaids=stamped,
     orders=st.lists(orders, max_size=3).map(tuple),
     parked=st.lists(st.builds(ParkedOrder, texts, texts, ints), max_size=3).map(tuple),
+    idfa_refused_ms=st.none() | ints,
+    gaid_refused_ms=st.none() | ints,
 )
 
 
@@ -128,8 +130,8 @@ def test_encode_decode_round_trip(profile: Profile, expires: int) -> None:
 
 def test_format_is_versioned() -> None:
     """Byte 0 is the format version; unknown versions are refused, not guessed."""
-    value = encode_profile(parked_profile(), 0)
-    assert value[0] == FORMAT_VERSION == 4
+    value = encode_profile(refusing_profile(), 0)
+    assert value[0] == FORMAT_VERSION == 5
     for unknown in (0, FORMAT_VERSION + 1):
         with pytest.raises(ProfileDecodeError):
             decode_profile(bytes([unknown]) + value[1:])
@@ -154,6 +156,16 @@ VERSION_2_VALUE = (
 
 def parked_profile() -> Profile:
     return replace(typical_profile(), parked=(ParkedOrder("ORD-9", "http_400", 1_714_600_000_000),))
+
+
+def refusing_profile() -> Profile:
+    """A profile remembering tracking refusals (ATT denied on iOS, then an all-zero GAID)."""
+    return replace(
+        parked_profile(),
+        idfas=(),
+        idfa_refused_ms=1_714_600_000_000,
+        gaid_refused_ms=1_714_700_000_000,
+    )
 
 
 def upgraded(profile: Profile) -> Profile:
@@ -212,6 +224,29 @@ def test_profiles_are_written_as_version_4_and_round_trip() -> None:
     assert value[0] == 4
     assert decode_profile(value) == parked_profile()
     assert len(value) - 9 < 0.7 * len(as_json)
+
+
+def test_a_profile_remembering_a_refusal_is_written_as_version_5() -> None:
+    """Version 5 is version 4's packed tree with a sixth element, the times of the latest
+    tracking refusals ``[idfa_refused_ms, gaid_refused_ms]``; a profile without one is still
+    written as version 4, which the previous release reads (as version 1 was written for a
+    profile without parked orders once version 2 existed)."""
+    value = encode_profile(refusing_profile(), 7)
+    assert value[0] == 5
+    assert decode_profile(value) == refusing_profile()
+    assert read_expires_at(value) == 7
+    assert decode_profile(stamp(value, 3)) == refusing_profile()
+    only_gaid = replace(refusing_profile(), idfa_refused_ms=None)
+    assert decode_profile(encode_profile(only_gaid, 0)) == only_gaid
+    plain = encode_profile(parked_profile(), 0)
+    assert plain[0] == 4
+    assert plain == struct.pack(">Bq", 4, 0) + _packed(_to_json(parked_profile()))
+
+
+def _packed(tree: Any) -> bytes:
+    out = bytearray()
+    _pack(out, tree)
+    return bytes(out)
 
 
 def test_a_version_3_profile_still_decodes() -> None:
@@ -273,6 +308,11 @@ def test_trailing_bytes_after_a_version_4_profile_are_refused() -> None:
         struct.pack(">Bq", 3, 0)
         + b'[[],[],[],[["o","USD",1,1,0,"e",[["r"]],null,1,[],null,2,0]],[]]',
         struct.pack(">Bq", 3, 0) + b'[[["t",9,1]],[],[],[],[]]',
+        struct.pack(">Bq", 4, 0) + _packed([[], [], [], [], [], [1, None]]),  # v4 with a sixth
+        struct.pack(">Bq", 5, 0) + _packed([[], [], [], [], []]),  # v5 without one
+        struct.pack(">Bq", 5, 0) + _packed([[], [], [], [], [], [1]]),
+        struct.pack(">Bq", 5, 0) + _packed([[], [], [], [], [], [1, "2"]]),
+        struct.pack(">Bq", 5, 0) + _packed([[], [], [], [], [], [None, None]]),  # no refusal
     ],
 )
 def test_malformed_values_of_each_version_are_refused(value: bytes) -> None:
@@ -336,6 +376,20 @@ def test_prune_drops_only_expired_parts() -> None:
     assert p.idfa == pruned.idfa
     assert p.orders == pruned.orders
     assert p is prune(p, p.orders[0].touched_ms, RETENTION)
+
+
+def test_a_refusal_is_remembered_as_long_as_the_ids_it_overrides() -> None:
+    """A refusal's time keeps an id reported before it from being learned again; it is kept
+    ``device_id_ms`` after its event time (an id older than that has expired anyway), keeps a
+    profile holding nothing else alive, and then goes."""
+    refused = Profile(gaid_refused_ms=1_000)
+    assert not refused.is_empty
+    assert expires_at_ms(refused, RETENTION) == 1_000 + RETENTION.device_id_ms
+    assert prune(refused, 1_000 + RETENTION.device_id_ms, RETENTION) is refused
+    assert prune(refused, 1_001 + RETENTION.device_id_ms, RETENTION).is_empty
+    both = replace(typical_profile(), idfa_refused_ms=5_000, gaid_refused_ms=1_000)
+    pruned = prune(both, 1_001 + RETENTION.device_id_ms, RETENTION)
+    assert (pruned.idfa_refused_ms, pruned.gaid_refused_ms) == (5_000, None)
 
 
 def test_epoch_ms_requires_aware_datetimes() -> None:
@@ -616,7 +670,15 @@ def test_the_hand_written_copies_keep_every_field() -> None:
         "exponent",
         "sent_digest",
     ]
-    assert [f.name for f in fields(Profile)] == ["tokens", "idfas", "gaids", "orders", "parked"]
+    assert [f.name for f in fields(Profile)] == [
+        "tokens",
+        "idfas",
+        "gaids",
+        "orders",
+        "parked",
+        "idfa_refused_ms",
+        "gaid_refused_ms",
+    ]
 
 
 @given(orders, st.sampled_from(OrderStatus), st.integers(0, 2**63 - 1))

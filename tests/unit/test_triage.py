@@ -123,6 +123,9 @@ def test_a_view_carrying_only_a_junk_token_takes_the_full_path_to_be_counted() -
         "placeholder in page_url": replace(
             VIEW, page_url="https://shop.example.com/p?btn_ref=null"
         ),
+        "a token's prefix alone in page_url": replace(
+            VIEW, page_url="https://shop.example.com/p?btn_ref=srctok-"
+        ),
         "not URL-safe in launch_referral_url": replace(
             VIEW, launch_referral_url="myapp://p?btn_ref=srctok%20x"
         ),
