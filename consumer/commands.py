@@ -38,9 +38,7 @@ from consumer.domain.wording import counted
 from consumer.errors import ConfigError, ConsumerError, InvalidEventError, TopicError
 from consumer.mapcmd import run_map
 from consumer.samples import generate, past_start
-from consumer.settings import (
-    Settings,
-)
+from consumer.settings import Settings, refuse_unwanted_variables
 
 
 def map_command(path: str, now: str | None) -> int:
@@ -265,7 +263,9 @@ def run_test_event(args: Any, environ: Mapping[str, str] | None = None) -> int:
             ``--user`` (the message names the option and its value), or a purchase Button's
             contract refuses (the mapping's ``order_id_not_ascii``, ``order_id_too_long``,
             ``unknown_currency``: it would only be dead-lettered); ``--admin`` not an
-            http(s) URL with a host, or without a token in ``ADMIN_TEST_EVENT_TOKEN``.
+            http(s) URL with a host, or without a token in ``ADMIN_TEST_EVENT_TOKEN``; a
+            variable every command refuses (``settings.refuse_unwanted_variables``: a setting's
+            name in another letter case, a near-miss asking for a dry run).
     """
     try:
         total = amount_from_text(args.total)
@@ -279,6 +279,9 @@ def run_test_event(args: Any, environ: Mapping[str, str] | None = None) -> int:
         if where.scheme not in ("http", "https") or not where.hostname:
             raise ConfigError(f"--admin: not an http(s) URL with a host: {args.admin!r}")
         env = os.environ if environ is None else environ
+        # It reads one setting, yet refuses what every command refuses (a setting's name in
+        # another letter case, ``admin_test_event_token``), as ``check`` fails it.
+        refuse_unwanted_variables(env)
         token = env.get("ADMIN_TEST_EVENT_TOKEN", "")
         if not token:
             raise ConfigError("ADMIN_TEST_EVENT_TOKEN: required with --admin (the bearer token)")

@@ -125,3 +125,20 @@ def test_an_admin_value_that_is_no_http_url_is_a_usage_error(
     assert capsys.readouterr().err == (
         f"button-consumer: configuration error: --admin: not an http(s) URL with a host: {url!r}\n"
     )
+
+
+def test_admin_refuses_a_setting_in_another_letter_case_as_every_command_does(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--admin`` reads only its token, yet refuses a setting's name in another letter case
+    (``admin_test_event_token``) as ``run`` and the other commands do: exit status 2 naming the
+    variable and the right name, before any request."""
+    monkeypatch.setenv("ADMIN_TEST_EVENT_TOKEN", "0123456789abcdef0123")
+    monkeypatch.setenv("admin_test_event_token", "fedcba98765432100123")
+
+    assert cli.main([*ARGS, "--admin", "http://127.0.0.1:1"]) == 2
+
+    assert capsys.readouterr().err.startswith(
+        "button-consumer: configuration error: admin_test_event_token: is not a setting of this "
+        "service (did you mean ADMIN_TEST_EVENT_TOKEN?)"
+    )
