@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from consumer.adapters.avro_codec import build_encoder
-from consumer.adapters.kafka_admin import describe_topics, ensure_topics
+from consumer.adapters.kafka_admin import ensure_topics, topic_exists
 from consumer.adapters.kafka_producer import AckingProducer
 from consumer.bootstrap import mapping_config
 from consumer.domain.button import Reject
@@ -201,6 +201,10 @@ class Progress:
             print(self.line(sent, invalid, elapsed), file=self._out, flush=True)
 
 
+METADATA_TIMEOUT = 30.0
+"""Seconds ``produce_events`` waits for the cluster's metadata to see that its topic exists."""
+
+
 def produce_events(
     settings: Settings, events: Any, partitions: int = 3, *, create: bool = True
 ) -> int:
@@ -215,14 +219,16 @@ def produce_events(
     Raises:
         TopicError: ``create`` is false and the topic does not exist.
         ConfigError: the registry refused the schema.
-        ConsumerError: not every event was acknowledged by the broker (``BrokerError``: the
-            topics could not be read).
+        ConsumerError: not every event was acknowledged by the broker (``BrokerError``: a
+            topic could not be created).
+        KafkaException: the cluster's metadata could not be read (the command line names
+            ``KAFKA_BOOTSTRAP_SERVERS``, as for ``produce-sample``).
         SchemaRegistryUnavailableError: the registry could not be reached.
     """
     topic = settings.kafka.topic
     if create:
         ensure_topics(settings.kafka.admin_config(), {topic: {}}, partitions=partitions)
-    elif not describe_topics(settings.kafka.admin_config(), [topic])[topic].exists:
+    elif not topic_exists(settings.kafka.admin_config(), topic, METADATA_TIMEOUT):
         raise TopicError(f"KAFKA_TOPIC: topic {topic!r} does not exist")
     encoder = build_encoder(
         Path(settings.schema.dir),

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from consumer import cli
+from consumer import cli, commands
 from consumer.domain.events import CommerceEvent
 
 ARGS = ("test-event", "--order-id", "E14-a")
@@ -142,3 +142,21 @@ def test_admin_refuses_a_setting_in_another_letter_case_as_every_command_does(
         "button-consumer: configuration error: admin_test_event_token: is not a setting of this "
         "service (did you mean ADMIN_TEST_EVENT_TOKEN?)"
     )
+
+
+def test_an_unreachable_broker_is_named_by_its_setting_as_produce_sample_names_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``test-event`` against brokers that do not answer: exit status 1 and one line naming
+    the address and KAFKA_BOOTSTRAP_SERVERS in librdkafka's words, as ``produce-sample`` and
+    ``replay-dlq`` report it, not a ``KafkaError{code=_TRANSPORT,...}`` repr naming no setting.
+    A closed port and a 1 s metadata timeout bound the test."""
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    monkeypatch.delenv("SCHEMA_REGISTRY_URL", raising=False)
+    monkeypatch.setattr(commands, "METADATA_TIMEOUT", 1.0)
+
+    assert cli.main(["test-event", "--order-id", "T26"]) == 1
+
+    err = capsys.readouterr().err
+    assert "button-consumer: Kafka error at 127.0.0.1:1 (KAFKA_BOOTSTRAP_SERVERS): " in err, err
+    assert "KafkaError{" not in err, err
