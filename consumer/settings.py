@@ -633,6 +633,28 @@ def _drain_bound_problem(
     )
 
 
+def _connections_bound_problem(
+    delivery: DeliverySettings, button: ButtonSettings
+) -> SettingProblem | None:
+    """A connection pool not above the adaptive concurrency's bound (a warning), or ``None``.
+
+    Up to DELIVERY_CONCURRENCY_MAX requests are in flight to Button, and priority requests (the
+    gates' probes, an operator's test event) go out beside them: with no connection to spare,
+    a request waits for one, and with curl a wait longer than the connect timeout ends as a
+    connect timeout. A warning, as the other bounds: the adaptive limit may stay lower.
+    """
+    if button.max_connections > delivery.concurrency_max:
+        return None
+    return SettingProblem(
+        "BUTTON_MAX_CONNECTIONS",
+        f"should be above DELIVERY_CONCURRENCY_MAX ({delivery.concurrency_max}): priority "
+        "requests (the gates' probes, an operator's test event) go out beside the requests in "
+        "flight, and a request that waits for a free connection longer than "
+        "BUTTON_CONNECT_TIMEOUT ends as a connect timeout (with curl)",
+        fatal=False,
+    )
+
+
 def _bound_problems(
     kafka: object, mapping: object, delivery: object, button: object
 ) -> list[SettingProblem]:
@@ -643,6 +665,7 @@ def _bound_problems(
     if isinstance(delivery, DeliverySettings) and isinstance(button, ButtonSettings):
         found.append(_revoke_bound_problem(delivery, button))
         found.append(_drain_bound_problem(delivery, button))
+        found.append(_connections_bound_problem(delivery, button))
     return [p for p in found if p is not None]
 
 
@@ -651,6 +674,7 @@ def setting_warnings(settings: Settings) -> list[SettingProblem]:
     problems = (
         _revoke_bound_problem(settings.delivery, settings.button),
         _drain_bound_problem(settings.delivery, settings.button),
+        _connections_bound_problem(settings.delivery, settings.button),
     )
     return [p for p in problems if p is not None]
 
