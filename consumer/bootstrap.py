@@ -728,7 +728,8 @@ def warn_unknown_variables(environ: Mapping[str, str] | None = None) -> None:
 
 def warn_risky_settings(settings: Settings) -> None:
     """Log each setting that works but risks something (``setting_warning``, as ``check``
-    warns about it): a revoke deadline shorter than a request."""
+    warns about it): a revoke deadline or a shutdown drain shorter than a request, a
+    connection pool not above DELIVERY_CONCURRENCY_MAX."""
     for problem in setting_warnings(settings):
         log.warning("setting_warning", variable=problem.variable, problem=problem.message)
 

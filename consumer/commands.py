@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from consumer.adapters.avro_codec import build_encoder
-from consumer.adapters.kafka_admin import describe_topics, ensure_topics
+from consumer.adapters.kafka_admin import ensure_topics, topic_exists
 from consumer.adapters.kafka_producer import AckingProducer
 from consumer.bootstrap import mapping_config
 from consumer.domain.button import Reject
@@ -38,9 +38,7 @@ from consumer.domain.wording import counted
 from consumer.errors import ConfigError, ConsumerError, InvalidEventError, TopicError
 from consumer.mapcmd import run_map
 from consumer.samples import generate, past_start
-from consumer.settings import (
-    Settings,
-)
+from consumer.settings import Settings, refuse_unwanted_variables
 
 
 def map_command(path: str, now: str | None) -> int:
@@ -203,6 +201,10 @@ class Progress:
             print(self.line(sent, invalid, elapsed), file=self._out, flush=True)
 
 
+METADATA_TIMEOUT = 30.0
+"""Seconds ``produce_events`` waits for the cluster's metadata to see that its topic exists."""
+
+
 def produce_events(
     settings: Settings, events: Any, partitions: int = 3, *, create: bool = True
 ) -> int:
@@ -217,14 +219,16 @@ def produce_events(
     Raises:
         TopicError: ``create`` is false and the topic does not exist.
         ConfigError: the registry refused the schema.
-        ConsumerError: not every event was acknowledged by the broker (``BrokerError``: the
-            topics could not be read).
+        ConsumerError: not every event was acknowledged by the broker (``BrokerError``: a
+            topic could not be created).
+        KafkaException: the cluster's metadata could not be read (the command line names
+            ``KAFKA_BOOTSTRAP_SERVERS``, as for ``produce-sample``).
         SchemaRegistryUnavailableError: the registry could not be reached.
     """
     topic = settings.kafka.topic
     if create:
         ensure_topics(settings.kafka.admin_config(), {topic: {}}, partitions=partitions)
-    elif not describe_topics(settings.kafka.admin_config(), [topic])[topic].exists:
+    elif not topic_exists(settings.kafka.admin_config(), topic, METADATA_TIMEOUT):
         raise TopicError(f"KAFKA_TOPIC: topic {topic!r} does not exist")
     encoder = build_encoder(
         Path(settings.schema.dir),
@@ -265,7 +269,9 @@ def run_test_event(args: Any, environ: Mapping[str, str] | None = None) -> int:
             ``--user`` (the message names the option and its value), or a purchase Button's
             contract refuses (the mapping's ``order_id_not_ascii``, ``order_id_too_long``,
             ``unknown_currency``: it would only be dead-lettered); ``--admin`` not an
-            http(s) URL with a host, or without a token in ``ADMIN_TEST_EVENT_TOKEN``.
+            http(s) URL with a host, or without a token in ``ADMIN_TEST_EVENT_TOKEN``; a
+            variable every command refuses (``settings.refuse_unwanted_variables``: a setting's
+            name in another letter case, a near-miss asking for a dry run).
     """
     try:
         total = amount_from_text(args.total)
@@ -279,6 +285,9 @@ def run_test_event(args: Any, environ: Mapping[str, str] | None = None) -> int:
         if where.scheme not in ("http", "https") or not where.hostname:
             raise ConfigError(f"--admin: not an http(s) URL with a host: {args.admin!r}")
         env = os.environ if environ is None else environ
+        # It reads one setting, yet refuses what every command refuses (a setting's name in
+        # another letter case, ``admin_test_event_token``), as ``check`` fails it.
+        refuse_unwanted_variables(env)
         token = env.get("ADMIN_TEST_EVENT_TOKEN", "")
         if not token:
             raise ConfigError("ADMIN_TEST_EVENT_TOKEN: required with --admin (the bearer token)")

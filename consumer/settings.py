@@ -5,8 +5,10 @@ Each section reads the variables with its own prefix (``KAFKA_``, ``BUTTON_``, `
 upper case (``DELIVERY_MAX_IN_FLIGHT`` -> ``DeliverySettings.max_in_flight``). Any librdkafka
 property passes through as ``KAFKA_CONFIG_<NAME>``: ``_`` becomes ``.`` and ``__`` becomes ``_``
 (``KAFKA_CONFIG_SASL_MECHANISM=PLAIN`` -> ``sasl.mechanism=PLAIN``); a name librdkafka does not
-know (``consumer.librdkafka_properties``) is refused. Invalid values raise
-``ConfigError`` naming the variable; secrets are ``SecretStr`` and never printed.
+know (``consumer.librdkafka_properties``) is refused. Names are read in upper case only: one
+with a section's prefix in another letter case (``delivery_dry_run``) is refused, never ignored
+(``unknown_variables``). Invalid values raise ``ConfigError`` naming the variable; secrets are
+``SecretStr`` and never printed.
 
 This module is the one owner of client configuration: ``KafkaSettings`` assembles every
 librdkafka configuration the process uses (``consumer_config``, ``reader_config``,
@@ -533,10 +535,9 @@ class Settings:
         except ConfigError as first:
             # Every invalid variable at once, as ``check`` names them, not one per restart.
             raise ConfigError(_every_problem(env, require_api_key) or str(first)) from None
-        # A near-miss of DELIVERY_DRY_RUN asking for the dry run this run would not be.
-        unwanted = [p for p in unknown_variables(env) if p.fatal]
-        if unwanted:
-            raise ConfigError("; ".join(f"{p.variable}: {p.message}" for p in unwanted))
+        # A near-miss of DELIVERY_DRY_RUN asking for the dry run this run would not be, or a
+        # setting's name in another letter case.
+        refuse_unwanted_variables(env)
         kafka: KafkaSettings = values["kafka"]
         values["kafka"] = _as_run(
             kafka.model_copy(update={"config": kafka_passthrough(env)}), values["delivery"]
@@ -632,6 +633,28 @@ def _drain_bound_problem(
     )
 
 
+def _connections_bound_problem(
+    delivery: DeliverySettings, button: ButtonSettings
+) -> SettingProblem | None:
+    """A connection pool not above the adaptive concurrency's bound (a warning), or ``None``.
+
+    Up to DELIVERY_CONCURRENCY_MAX requests are in flight to Button, and priority requests (the
+    gates' probes, an operator's test event) go out beside them: with no connection to spare,
+    a request waits for one, and with curl a wait longer than the connect timeout ends as a
+    connect timeout. A warning, as the other bounds: the adaptive limit may stay lower.
+    """
+    if button.max_connections > delivery.concurrency_max:
+        return None
+    return SettingProblem(
+        "BUTTON_MAX_CONNECTIONS",
+        f"should be above DELIVERY_CONCURRENCY_MAX ({delivery.concurrency_max}): priority "
+        "requests (the gates' probes, an operator's test event) go out beside the requests in "
+        "flight, and a request that waits for a free connection longer than "
+        "BUTTON_CONNECT_TIMEOUT ends as a connect timeout (with curl)",
+        fatal=False,
+    )
+
+
 def _bound_problems(
     kafka: object, mapping: object, delivery: object, button: object
 ) -> list[SettingProblem]:
@@ -642,6 +665,7 @@ def _bound_problems(
     if isinstance(delivery, DeliverySettings) and isinstance(button, ButtonSettings):
         found.append(_revoke_bound_problem(delivery, button))
         found.append(_drain_bound_problem(delivery, button))
+        found.append(_connections_bound_problem(delivery, button))
     return [p for p in found if p is not None]
 
 
@@ -650,6 +674,7 @@ def setting_warnings(settings: Settings) -> list[SettingProblem]:
     problems = (
         _revoke_bound_problem(settings.delivery, settings.button),
         _drain_bound_problem(settings.delivery, settings.button),
+        _connections_bound_problem(settings.delivery, settings.button),
     )
     return [p for p in problems if p is not None]
 
@@ -936,21 +961,26 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[SettingP
     the closest setting as a hint; in name order. ``KAFKA_CONFIG_*`` are librdkafka's.
 
     The service runs beside variables it does not own (Kubernetes' service variables, such as
-    ``KAFKA_PORT``), so an unknown name is no error, with one exception: a near-miss of
-    DELIVERY_DRY_RUN that asks for a dry run while the run would be live (``DELIVERY_DRYRUN=true``)
-    is fatal, since the run the operator did not want sends real orders
-    (``Settings.from_env`` refuses it, ``check`` fails it).
+    ``KAFKA_PORT``), so an unknown name is no error, with two exceptions, both fatal
+    (``Settings.from_env`` refuses them, ``check`` fails them):
+
+    - a near-miss of DELIVERY_DRY_RUN that asks for a dry run while the run would be live
+      (``DELIVERY_DRYRUN=true``), since the run the operator did not want sends real orders;
+    - a name in another letter case whose upper-case form has a setting's prefix
+      (``delivery_dry_run``, ``kafka_config_sasl_mechanism``, ``Log_Level``): settings are read
+      by their upper-case names only, and reading both cases would give one setting two
+      names. Other names in lower case (``http_proxy``, ``home``) are none of the service's.
     """
     env = os.environ if environ is None else environ
     known = variable_names()
-    prefixes = tuple(str(s.model_config.get("env_prefix", "")) for s in _SECTIONS.values())
+    prefixes = _section_prefixes()
     problems: list[SettingProblem] = []
     for variable in sorted(env):
-        if (
-            variable.startswith(prefixes)
-            and variable not in known
-            and not variable.startswith(_PASSTHROUGH_PREFIX)
-        ):
+        if not variable.upper().startswith(prefixes):
+            continue
+        if variable != variable.upper():
+            problems.append(_miscased_problem(variable, known))
+        elif variable not in known and not variable.startswith(_PASSTHROUGH_PREFIX):
             close = difflib.get_close_matches(variable, known, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             message = "is not a setting of this service" + hint
@@ -963,3 +993,43 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[SettingP
                 continue
             problems.append(SettingProblem(variable, message, fatal=False))
     return problems
+
+
+def refuse_unwanted_variables(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse the variables ``unknown_variables`` finds fatal: a near-miss of DELIVERY_DRY_RUN
+    asking for a dry run the run would not be, a setting's name in another letter case.
+
+    Every command that reads settings calls it (``Settings.from_env`` does), so each refuses
+    what ``check`` fails.
+
+    Raises:
+        ConfigError: naming every such variable, with the name it resembles.
+    """
+    unwanted = [p for p in unknown_variables(environ) if p.fatal]
+    if unwanted:
+        raise ConfigError("; ".join(f"{p.variable}: {p.message}" for p in unwanted))
+
+
+def _section_prefixes() -> tuple[str, ...]:
+    """Every section's prefix (``KAFKA_``, ``BUTTON_``...; ``KAFKA_CONFIG_`` is under
+    ``KAFKA_``)."""
+    return tuple(str(s.model_config.get("env_prefix", "")) for s in _SECTIONS.values())
+
+
+def _miscased_problem(variable: str, known: frozenset[str]) -> SettingProblem:
+    """The refusal of ``variable``, a name in another letter case than upper, with the name
+    to use: its upper-case form when that is a setting, the ``KAFKA_CONFIG_*`` variable of its
+    property, else the closest setting."""
+    upper = variable.upper()
+    right: str | None = upper
+    if upper.startswith(_PASSTHROUGH_PREFIX) and len(upper) > len(_PASSTHROUGH_PREFIX):
+        right = passthrough_variable(_property_of(upper))
+    elif upper not in known:
+        close = difflib.get_close_matches(upper, known, n=1)
+        right = close[0] if close else None
+    hint = f" (did you mean {right}?)" if right else ""
+    return SettingProblem(
+        variable,
+        f"is not a setting of this service{hint}: setting names are upper case: one in another "
+        "letter case is refused, not read",
+    )

@@ -70,6 +70,24 @@ def describe_topics(
     return states
 
 
+def topic_exists(config: AdminSource, name: str, timeout: float = 30.0) -> bool:
+    """Whether topic ``name`` exists with partitions, from the cluster's metadata.
+
+    A metadata failure is librdkafka's own, as from ``ensure_topics``: the command line names
+    it by ``KAFKA_BOOTSTRAP_SERVERS`` (``consumer.cli``), for ``test-event`` as for
+    ``produce-sample``.
+
+    Args:
+        config: admin client properties, ``KafkaSettings.admin_config()``, or a client.
+        timeout: seconds to wait for the metadata.
+
+    Raises:
+        KafkaException: the cluster's metadata could not be read within ``timeout``.
+    """
+    topic = admin_client(config).list_topics(timeout=timeout).topics.get(name)
+    return topic is not None and topic.error is None and bool(topic.partitions)
+
+
 def ensure_topics(
     config: AdminSource,
     topics: dict[str, dict[str, str]],

@@ -146,6 +146,33 @@ def test_a_property_librdkafka_refuses_is_a_failure_naming_its_variable(
     assert any(c["setting"] == "BUTTON_API_KEY" and c["status"] == "ok" for c in document["checks"])
 
 
+def test_a_dry_run_asked_for_in_another_letter_case_fails_instead_of_checking_the_live_group(
+    good_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``delivery_dry_run=true`` beside a live configuration: ``run`` refuses to start with it,
+    so ``check`` fails it by that variable (naming DELIVERY_DRY_RUN), rather than passing
+    against the live group a start would never use."""
+    code, document = _run({**good_env, "delivery_dry_run": "true"}, capsys)
+
+    failed = _failed(document)
+    assert (code, list(failed)) == (1, ["delivery_dry_run"])
+    assert "did you mean DELIVERY_DRY_RUN?" in failed["delivery_dry_run"]
+
+
+def test_a_concurrency_the_connection_pool_cannot_carry_is_a_warning(
+    good_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DELIVERY_CONCURRENCY_MAX above BUTTON_MAX_CONNECTIONS: ``check`` warns by
+    BUTTON_MAX_CONNECTIONS naming DELIVERY_CONCURRENCY_MAX too, and still passes (exit 0), as
+    ``run`` starts with it."""
+    env = {**good_env, "DELIVERY_CONCURRENCY_MAX": "128", "BUTTON_MAX_CONNECTIONS": "32"}
+    code, document = _run(env, capsys)
+
+    warned = {c["setting"]: c["message"] for c in document["checks"] if c["status"] == "warn"}
+    assert (code, _failed(document)) == (0, {})
+    assert "DELIVERY_CONCURRENCY_MAX (128)" in warned["BUTTON_MAX_CONNECTIONS"]
+
+
 def test_a_lost_changelog_fails_as_run_refuses_it(
     good_env: dict[str, str], kafka_bootstrap: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

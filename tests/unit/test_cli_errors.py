@@ -127,6 +127,22 @@ def test_run_refuses_a_live_start_asked_for_a_dry_run_by_a_near_miss() -> None:
     ) in done.stderr
 
 
+@pytest.mark.parametrize("variable", ["delivery_dry_run", "Delivery_Dry_Run"])
+def test_run_refuses_a_live_start_asked_for_a_dry_run_in_another_letter_case(
+    variable: str,
+) -> None:
+    """``run`` with delivery_dry_run=true (DELIVERY_DRY_RUN in lower case) and an API key: exit 2
+    naming the variable and DELIVERY_DRY_RUN before its ``starting`` line, not a live run."""
+    done = _command("run", DELIVERY_DRY_RUN="", BUTTON_API_KEY="sk-1", **{variable: "true"})
+
+    assert (done.returncode, "Traceback" in done.stderr) == (2, False)
+    assert (
+        f"button-consumer: configuration error: {variable}: is not a setting of this service "
+        "(did you mean DELIVERY_DRY_RUN?): setting names are upper case"
+    ) in done.stderr
+    assert '"starting"' not in done.stdout + done.stderr
+
+
 def test_a_failure_a_command_cannot_get_past_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

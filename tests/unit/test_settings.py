@@ -523,6 +523,37 @@ def test_a_shutdown_drain_shorter_than_a_request_is_warned_about(
     assert ("DELIVERY_SHUTDOWN_TIMEOUT_SECONDS", False) in [(w.variable, w.fatal) for w in warnings]
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"DELIVERY_CONCURRENCY_MAX": "100"},  # as many requests as connections: none spare
+        {"DELIVERY_CONCURRENCY_MAX": "500"},
+        {"BUTTON_MAX_CONNECTIONS": "32"},  # below the default DELIVERY_CONCURRENCY_MAX (64)
+    ],
+)
+def test_a_connection_pool_not_above_the_concurrency_is_warned_about(
+    overrides: dict[str, str],
+) -> None:
+    """The README: keep BUTTON_MAX_CONNECTIONS above DELIVERY_CONCURRENCY_MAX. Priority
+    requests (the gates' probes, an operator's test event) go out beside the requests in
+    flight, and with curl a request waiting for a free connection longer than the connect
+    timeout ends as a connect timeout. ``check`` warns naming both settings, ``run`` logs it,
+    and both go on, as for the other settings that work but risk something."""
+    warnings = setting_warnings(load(**overrides))
+
+    pool = [w for w in warnings if w.variable == "BUTTON_MAX_CONNECTIONS"]
+    assert [w.fatal for w in pool] == [False]
+    assert "DELIVERY_CONCURRENCY_MAX" in pool[0].message
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "BUTTON_API_KEY": "k", **overrides}
+    assert pool[0] in diagnose(env)[1]
+
+
+def test_a_connection_pool_above_the_concurrency_is_no_warning() -> None:
+    settings = load(BUTTON_MAX_CONNECTIONS="65", DELIVERY_CONCURRENCY_MAX="64")
+
+    assert setting_warnings(settings) == []
+
+
 def test_the_default_revoke_deadline_covers_a_whole_request() -> None:
     settings = load()
     assert settings.delivery.revoke_timeout_seconds > settings.button.total_timeout

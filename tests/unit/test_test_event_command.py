@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from consumer import cli
+from consumer import cli, commands
 from consumer.domain.events import CommerceEvent
 
 ARGS = ("test-event", "--order-id", "E14-a")
@@ -125,3 +125,38 @@ def test_an_admin_value_that_is_no_http_url_is_a_usage_error(
     assert capsys.readouterr().err == (
         f"button-consumer: configuration error: --admin: not an http(s) URL with a host: {url!r}\n"
     )
+
+
+def test_admin_refuses_a_setting_in_another_letter_case_as_every_command_does(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--admin`` reads only its token, yet refuses a setting's name in another letter case
+    (``admin_test_event_token``) as ``run`` and the other commands do: exit status 2 naming the
+    variable and the right name, before any request."""
+    monkeypatch.setenv("ADMIN_TEST_EVENT_TOKEN", "0123456789abcdef0123")
+    monkeypatch.setenv("admin_test_event_token", "fedcba98765432100123")
+
+    assert cli.main([*ARGS, "--admin", "http://127.0.0.1:1"]) == 2
+
+    assert capsys.readouterr().err.startswith(
+        "button-consumer: configuration error: admin_test_event_token: is not a setting of this "
+        "service (did you mean ADMIN_TEST_EVENT_TOKEN?)"
+    )
+
+
+def test_an_unreachable_broker_is_named_by_its_setting_as_produce_sample_names_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``test-event`` against brokers that do not answer: exit status 1 and one line naming
+    the address and KAFKA_BOOTSTRAP_SERVERS in librdkafka's words, as ``produce-sample`` and
+    ``replay-dlq`` report it, not a ``KafkaError{code=_TRANSPORT,...}`` repr naming no setting.
+    A closed port and a 1 s metadata timeout bound the test."""
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    monkeypatch.delenv("SCHEMA_REGISTRY_URL", raising=False)
+    monkeypatch.setattr(commands, "METADATA_TIMEOUT", 1.0)
+
+    assert cli.main(["test-event", "--order-id", "T26"]) == 1
+
+    err = capsys.readouterr().err
+    assert "button-consumer: Kafka error at 127.0.0.1:1 (KAFKA_BOOTSTRAP_SERVERS): " in err, err
+    assert "KafkaError{" not in err, err
