@@ -102,6 +102,7 @@ class Metrics:
     restore_remaining: Gauge
     changelog_write_seconds: Histogram
     ready: Gauge
+    broker_reachable: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -303,7 +304,16 @@ class Metrics:
                 "From a profile changelog write to its acknowledgement.",
                 buckets=_WRITE_BUCKETS,
             ),
-            ready=gauge("ready", "1 when the consumer is ready."),
+            ready=gauge(
+                "ready",
+                "1 when the consumer is ready, as /readyz answers: running, not stopping, "
+                "assigned by its group, Button accepts the key, the broker answers.",
+            ),
+            broker_reachable=gauge(
+                "broker_reachable",
+                "1 while the broker answered the last lag read (every few seconds), 0 from a "
+                "read that failed until one is answered again.",
+            ),
         )
         metrics.build_info.labels(
             consumer.__version__, platform.python_version(), _librdkafka()

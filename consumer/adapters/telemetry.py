@@ -98,6 +98,7 @@ class ServiceTelemetry:
         self._wall_clock = wall_clock
         self._lag_partitions: set[str] = set()
         self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
+        self._health_changed()
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, looked up once: several run per record, and each
@@ -108,13 +109,20 @@ class ServiceTelemetry:
             child = self._children[key] = metric.labels(*labels)
         return child
 
+    def _health_changed(self) -> None:
+        """The gauges of what /readyz answers, after each change of the state it reads: the
+        ``ready`` gauge is ``Health.ready()`` (running, not stopping, assigned, Button accepts
+        the key, the broker answers), ``broker_reachable`` the last lag read's outcome."""
+        self.metrics.ready.set(1 if self.health.ready() else 0)
+        self.metrics.broker_reachable.set(1 if self.health.broker_reachable else 0)
+
     def started(self) -> None:
         self.health.started = True
-        self.metrics.ready.set(1)
+        self._health_changed()
 
     def stopping(self) -> None:
         self.health.stopping = True
-        self.metrics.ready.set(0)
+        self._health_changed()
 
     def polled(self, at: float) -> None:
         self.health.last_poll = at
@@ -131,11 +139,13 @@ class ServiceTelemetry:
 
     def partitions(self, assigned: int, paused: int) -> None:
         self.health.assigned = True
+        self._health_changed()
         self.metrics.partitions_assigned.set(assigned)
         self.metrics.partitions_paused.set(paused)
 
     def auth_paused(self, paused: bool) -> None:
         self.health.auth_paused = paused
+        self._health_changed()
         self.metrics.auth_paused.set(1 if paused else 0)
         self._child(self.metrics.paused, "auth").set(1 if paused else 0)
 
@@ -144,6 +154,7 @@ class ServiceTelemetry:
 
     def broker_reachable(self, reachable: bool) -> None:
         self.health.broker_reachable = reachable
+        self._health_changed()
 
     def breaker(self, open_: bool, reason: str) -> None:
         self.paused("breaker", open_)
