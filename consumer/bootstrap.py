@@ -57,7 +57,7 @@ from consumer.domain.topics import (
     topic_problems,
 )
 from consumer.domain.wording import counted
-from consumer.engine.authgate import AuthGate
+from consumer.engine.authgate import AuthGate, reporting_probe
 from consumer.engine.breaker import CircuitBreaker
 from consumer.engine.concurrency import QUEUE_RATIO, AdaptiveLimiter, PauseGate, TokenBucket
 from consumer.engine.dispatcher import Dispatcher
@@ -589,9 +589,11 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
     changelog = TimedChangelog(KafkaChangelog(producer, s.kafka.profile_topic), telemetry)
     retry = _retry_policy(d)
 
-    async def probe() -> ButtonOutcome:
+    async def read_unknown_order() -> ButtonOutcome:
         """The record-independent request both gates probe with: read an unknown order."""
         return await button.get(PROBE_ORDER_ID)
+
+    probe = reporting_probe(read_unknown_order, telemetry)
 
     gate = AuthGate(d.auth_probe_interval_seconds, probe)
     breaker = CircuitBreaker(

@@ -415,6 +415,14 @@ class Telemetry(Protocol):
         own JSON envelope (not a page of something in front of it)."""
         ...
 
+    def button_probe(
+        self, outcome: str, seconds: float, status: int | None = None, *, from_button: bool = False
+    ) -> None:
+        """One probe of a closed gate (the auth gate, the circuit breaker) ended in ``outcome``
+        with HTTP ``status`` after ``seconds``: a request to Button like the others, sent by no
+        record."""
+        ...
+
     def retry_scheduled(self, outcome: str) -> None: ...
 
     def dead_lettered(self, reason: str) -> None: ...

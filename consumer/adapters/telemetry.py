@@ -220,6 +220,17 @@ class ServiceTelemetry:
         if outcome == "success" or (outcome in _ANSWERED and from_button):
             self.metrics.button_last_success.set(self._wall_clock())
 
+    def button_probe(
+        self, outcome: str, seconds: float, status: int | None = None, *, from_button: bool = False
+    ) -> None:
+        """Counted in ``button_requests_total`` as ``action="probe"`` (and timed), so the error
+        ratio over Button's requests sees an outage behind an open breaker, when only probes
+        go out; the concurrency limit is no probe's business."""
+        self._child(self.metrics.button_requests, "probe", outcome, status_class(status)).inc()
+        self._child(self.metrics.button_latency, "probe").observe(seconds)
+        if outcome == "success" or (outcome in _ANSWERED and from_button):
+            self.metrics.button_last_success.set(self._wall_clock())
+
     def retry_scheduled(self, outcome: str) -> None:
         self.metrics.retries.labels(outcome).inc()
 
