@@ -582,3 +582,29 @@ def test_the_everything_on_example_authenticates_keda() -> None:
         "ScaledObject"
     ]["spec"]["triggers"][0]
     assert trigger["authenticationRef"] == {"name": values["keda"]["authenticationRef"]}
+
+
+LONG_NAME = "merchant-production-orders-button-consumer-eu-west-1a"  # 53 characters
+
+
+def test_a_statefulset_name_over_52_characters_fails_the_render_naming_the_limit() -> None:
+    """A StatefulSet's pods carry controller-revision-hash=<name>-<hash of up to 10 characters>,
+    a label value of at most 63: over 52 characters Kubernetes creates no pod
+    (kubernetes/kubernetes#64023). The chart rendered it, and the validators passed it."""
+    assert len(LONG_NAME) == 53
+    with pytest.raises(HelmFailedError) as failed:
+        render(*REQUIRED, f"fullnameOverride={LONG_NAME}")
+    message = str(failed.value)
+    assert all(part in message for part in ("52 a StatefulSet", LONG_NAME, "fullnameOverride"))
+
+
+def test_a_statefulset_name_of_52_characters_and_a_longer_deployment_name_render() -> None:
+    """52 is the limit, and only a StatefulSet's: a Deployment's pods carry no such label."""
+    (sts,) = [
+        d
+        for d in render(*REQUIRED, f"fullnameOverride={LONG_NAME[:52]}")
+        if d["kind"] == "StatefulSet"
+    ]
+    assert sts["metadata"]["name"] == LONG_NAME[:52]
+    docs = render(*REQUIRED, f"fullnameOverride={LONG_NAME}", "staticMembership.enabled=false")
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"] == [LONG_NAME]

@@ -109,4 +109,11 @@ true
 {{- if gt (int .Values.replicaCount) (int .Values.kafka.partitions) -}}
 {{- fail (printf "replicaCount (%d) exceeds kafka.partitions (%d): extra consumers would sit idle" (int .Values.replicaCount) (int .Values.kafka.partitions)) -}}
 {{- end -}}
+{{- /* A StatefulSet labels its pods controller-revision-hash=<name>-<hash of up to 10
+characters>, a label value of at most 63 characters: with a longer name the controller creates
+no pod (kubernetes/kubernetes#64023). */ -}}
+{{- $fullname := include "button-consumer.fullname" . -}}
+{{- if and (eq (include "button-consumer.workloadKind" .) "StatefulSet") (gt (len $fullname) 52) -}}
+{{- fail (printf "the StatefulSet's name %q has %d characters, over the 52 a StatefulSet's name may have (its pods' controller-revision-hash label is the name, a dash and a hash of up to 10 characters, at most 63): shorten fullnameOverride (or the release name, or nameOverride) to 52 characters or fewer" $fullname (len $fullname)) -}}
+{{- end -}}
 {{- end -}}
