@@ -514,6 +514,50 @@ def test_the_network_policy_allows_only_kafka_registry_dns_and_button(chart) -> 
     assert egress_ports("schemaRegistry.url=http://r:8081") == {53, 9092, 8081, 443}
 
 
+def _kafka_and_registry_ports(chart, *sets: str) -> tuple[set[int], set[int]]:
+    """The ports of the NetworkPolicy's kafka and registry egress rules (empty: no rule)."""
+    policy = by_kind(chart(*sets))["NetworkPolicy"]
+    validate_manifest(policy)
+    rules = policy["spec"]["egress"]
+    kafka = {p["port"] for p in rules[1]["ports"]}
+    registry = {p["port"] for p in rules[2]["ports"]} if len(rules) == 4 else set()
+    return kafka, registry
+
+
+@pytest.mark.parametrize(
+    ("sets", "kafka", "registry"),
+    [
+        (["kafka.bootstrapServers=k:9093"], {9093}, set()),
+        (["kafka.bootstrapServers=b-1:9094\\,b-2:9094\\, b-3:9096"], {9094, 9096}, set()),
+        (["kafka.bootstrapServers=kafka"], {9092}, set()),  # librdkafka's default port
+        (["kafka.bootstrapServers=[fd00::1]:9095"], {9095}, set()),
+        (["schemaRegistry.url=http://registry:8085"], {9092}, {8085}),
+        (["schemaRegistry.url=https://psrc-1.eu-west-1.aws.confluent.cloud"], {9092}, {443}),
+        (["schemaRegistry.url=http://registry"], {9092}, {80}),
+        (["schemaRegistry.url=https://r:8443/path"], {9092}, {8443}),
+        # Ports the user sets are the ports, whatever the addresses say.
+        (
+            [
+                "kafka.bootstrapServers=k:9093",
+                "networkPolicy.kafka.ports={9092,9093}",
+                "schemaRegistry.url=https://r",
+                "networkPolicy.registry.ports={8081}",
+            ],
+            {9092, 9093},
+            {8081},
+        ),
+    ],
+)
+def test_the_network_policy_derives_kafka_and_registry_ports_from_their_addresses(
+    chart, sets: list[str], kafka: set[int], registry: set[int]
+) -> None:
+    """Egress to Kafka opens every distinct port of kafka.bootstrapServers (9092 for a server
+    without one), and to the registry the port of schemaRegistry.url or its scheme's default;
+    the ports were fixed at 9092 and 8081, so a k:9093 bootstrap rendered a policy that blocked
+    the brokers."""
+    assert _kafka_and_registry_ports(chart, *sets) == (kafka, registry)
+
+
 def test_dns_egress_reaches_kube_dns_and_nodelocal_dns_and_can_be_widened(chart) -> None:
     """DNS egress by default: kube-dns' pods and NodeLocal DNSCache's link-local address
     (169.254.20.10), port 53; networkPolicy.dns.to/ports open another resolver, such as
