@@ -25,7 +25,12 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
 from consumer.adapters.admin import AdminServer, DeliveryLog, Health, TestEventFn
-from consumer.adapters.avro_codec import LocalDecoder, RegistryDecoder, build_decoder
+from consumer.adapters.avro_codec import (
+    LocalDecoder,
+    RegistryDecoder,
+    build_decoder,
+    reader_field_names,
+)
 from consumer.adapters.backstop import ShutdownBackstop
 from consumer.adapters.button_client import ButtonClient
 from consumer.adapters.changelog_watch import ChangelogWatch
@@ -430,6 +435,7 @@ def _decoder(s: Settings, telemetry: ServiceTelemetry) -> RegistryDecoder | Loca
         for name in fields:
             telemetry.writer_schema_missing_field(name)
 
+    telemetry.reader_fields(reader_field_names(Path(s.schema.dir)))
     return build_decoder(
         Path(s.schema.dir),
         s.schema.registry_url,

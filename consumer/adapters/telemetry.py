@@ -188,6 +188,13 @@ class ServiceTelemetry:
     def decode_failed(self, reason: str) -> None:
         self._child(self.metrics.decode_failures, _label(reason)).inc()
 
+    def reader_fields(self, names: Sequence[str]) -> None:
+        """Create ``writer_schema_missing_fields_total`` at 0 for each reader field ``names``
+        (bounded: the reader schema's top-level fields), so that its alert sees the first
+        count as an increase and has a series before any."""
+        for name in names:
+            self.metrics.writer_schema_missing_fields.labels(_label(name))
+
     def writer_schema_missing_field(self, field: str) -> None:
         self.metrics.writer_schema_missing_fields.labels(_label(field)).inc()
 
