@@ -432,7 +432,8 @@ class Telemetry(Protocol):
         ...
 
     def order_parked(self) -> None:
-        """An order was parked behind its first dead letter."""
+        """An order was parked behind its first dead letter, or a key (all its orders) behind an
+        undecodable record; not again for a parking refreshed by a later dead letter."""
         ...
 
     def finished(self, outcome: str, event_age: float | None) -> None:

@@ -221,7 +221,8 @@ class Metrics:
             ),
             orders_parked=counter(
                 "orders_parked",
-                "Orders parked behind a dead letter (their later records follow it to the DLQ).",
+                "Orders parked behind their first dead letter, and keys parked behind an "
+                "undecodable record (their orders' later records follow it to the DLQ).",
             ),
             event_age=histogram(
                 "event_age_seconds",
