@@ -25,7 +25,12 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
 from consumer.adapters.admin import AdminServer, DeliveryLog, Health, TestEventFn
-from consumer.adapters.avro_codec import LocalDecoder, RegistryDecoder, build_decoder
+from consumer.adapters.avro_codec import (
+    LocalDecoder,
+    RegistryDecoder,
+    build_decoder,
+    reader_field_names,
+)
 from consumer.adapters.backstop import ShutdownBackstop
 from consumer.adapters.button_client import ButtonClient
 from consumer.adapters.changelog_watch import ChangelogWatch
@@ -57,7 +62,7 @@ from consumer.domain.topics import (
     topic_problems,
 )
 from consumer.domain.wording import counted
-from consumer.engine.authgate import AuthGate
+from consumer.engine.authgate import AuthGate, reporting_probe
 from consumer.engine.breaker import CircuitBreaker
 from consumer.engine.concurrency import QUEUE_RATIO, AdaptiveLimiter, PauseGate, TokenBucket
 from consumer.engine.dispatcher import Dispatcher
@@ -430,6 +435,7 @@ def _decoder(s: Settings, telemetry: ServiceTelemetry) -> RegistryDecoder | Loca
         for name in fields:
             telemetry.writer_schema_missing_field(name)
 
+    telemetry.reader_fields(reader_field_names(Path(s.schema.dir)))
     return build_decoder(
         Path(s.schema.dir),
         s.schema.registry_url,
@@ -589,9 +595,11 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
     changelog = TimedChangelog(KafkaChangelog(producer, s.kafka.profile_topic), telemetry)
     retry = _retry_policy(d)
 
-    async def probe() -> ButtonOutcome:
+    async def read_unknown_order() -> ButtonOutcome:
         """The record-independent request both gates probe with: read an unknown order."""
         return await button.get(PROBE_ORDER_ID)
+
+    probe = reporting_probe(read_unknown_order, telemetry)
 
     gate = AuthGate(d.auth_probe_interval_seconds, probe)
     breaker = CircuitBreaker(

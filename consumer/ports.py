@@ -422,6 +422,14 @@ class Telemetry(Protocol):
         own JSON envelope (not a page of something in front of it)."""
         ...
 
+    def button_probe(
+        self, outcome: str, seconds: float, status: int | None = None, *, from_button: bool = False
+    ) -> None:
+        """One probe of a closed gate (the auth gate, the circuit breaker) ended in ``outcome``
+        with HTTP ``status`` after ``seconds``: a request to Button like the others, sent by no
+        record."""
+        ...
+
     def retry_scheduled(self, outcome: str) -> None: ...
 
     def dead_lettered(self, reason: str) -> None: ...
@@ -431,7 +439,8 @@ class Telemetry(Protocol):
         ...
 
     def order_parked(self) -> None:
-        """An order was parked behind its first dead letter."""
+        """An order was parked behind its first dead letter, or a key (all its orders) behind an
+        undecodable record; not again for a parking refreshed by a later dead letter."""
         ...
 
     def finished(self, outcome: str, event_age: float | None) -> None:

@@ -437,6 +437,11 @@ class RecordingTelemetry:
     ) -> None:
         self._record("button_attempt", action, outcome, seconds, limit, status)
 
+    def button_probe(
+        self, outcome: str, seconds: float, status: int | None = None, *, from_button: bool = False
+    ) -> None:
+        self._record("button_probe", outcome, seconds, status, from_button)
+
     def retry_scheduled(self, outcome: str) -> None:
         self._record("retry_scheduled", outcome)
 

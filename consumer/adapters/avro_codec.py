@@ -192,6 +192,17 @@ def missing_reader_fields(writer: ParsedSchema, reader: ParsedSchema) -> tuple[s
     return tuple(missing)
 
 
+def reader_field_names(schema_dir: Path) -> tuple[str, ...]:
+    """The top-level field names of the reader schema in ``schema_dir`` (what
+    ``missing_reader_fields`` can report), in schema order.
+
+    Raises:
+        ConfigError: the schema file is missing or invalid.
+    """
+    reader = load_schema(schema_dir / CURRENT_SCHEMA_FILE)
+    return tuple(str(f.get("name", "")).rsplit(".", 1)[-1] for f in _fields(reader))
+
+
 def _fields(schema: ParsedSchema) -> list[dict[str, Any]]:
     fields = schema.get("fields", []) if isinstance(schema, dict) else []
     return [f for f in fields if isinstance(f, dict)]

@@ -241,7 +241,8 @@ _OFFSET_RESET = re.compile(
 _RESET_TO = {"BEGINNING": "earliest", "END": "latest"}
 
 OffsetResetCallback = Callable[[int, str], None]
-"""``(partition, reset_to)``: ``reset_to`` is ``earliest``, ``latest`` or ``offset``."""
+"""``(partition, reset_to)``: ``reset_to`` is ``earliest``, ``latest``, ``offset`` (a numeric
+offset) or ``other``."""
 
 
 class _OffsetResetWatch:

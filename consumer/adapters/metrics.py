@@ -102,6 +102,7 @@ class Metrics:
     restore_remaining: Gauge
     changelog_write_seconds: Histogram
     ready: Gauge
+    broker_reachable: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -220,7 +221,8 @@ class Metrics:
             ),
             orders_parked=counter(
                 "orders_parked",
-                "Orders parked behind a dead letter (their later records follow it to the DLQ).",
+                "Orders parked behind their first dead letter, and keys parked behind an "
+                "undecodable record (their orders' later records follow it to the DLQ).",
             ),
             event_age=histogram(
                 "event_age_seconds",
@@ -303,7 +305,16 @@ class Metrics:
                 "From a profile changelog write to its acknowledgement.",
                 buckets=_WRITE_BUCKETS,
             ),
-            ready=gauge("ready", "1 when the consumer is ready."),
+            ready=gauge(
+                "ready",
+                "1 when the consumer is ready, as /readyz answers: running, not stopping, "
+                "assigned by its group, Button accepts the key, the broker answers.",
+            ),
+            broker_reachable=gauge(
+                "broker_reachable",
+                "1 while the broker answered the last lag read (every few seconds), 0 from a "
+                "read that failed until one is answered again.",
+            ),
         )
         metrics.build_info.labels(
             consumer.__version__, platform.python_version(), _librdkafka()

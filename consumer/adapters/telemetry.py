@@ -98,6 +98,7 @@ class ServiceTelemetry:
         self._wall_clock = wall_clock
         self._lag_partitions: set[str] = set()
         self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
+        self._health_changed()
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, looked up once: several run per record, and each
@@ -108,13 +109,20 @@ class ServiceTelemetry:
             child = self._children[key] = metric.labels(*labels)
         return child
 
+    def _health_changed(self) -> None:
+        """The gauges of what /readyz answers, after each change of the state it reads: the
+        ``ready`` gauge is ``Health.ready()`` (running, not stopping, assigned, Button accepts
+        the key, the broker answers), ``broker_reachable`` the last lag read's outcome."""
+        self.metrics.ready.set(1 if self.health.ready() else 0)
+        self.metrics.broker_reachable.set(1 if self.health.broker_reachable else 0)
+
     def started(self) -> None:
         self.health.started = True
-        self.metrics.ready.set(1)
+        self._health_changed()
 
     def stopping(self) -> None:
         self.health.stopping = True
-        self.metrics.ready.set(0)
+        self._health_changed()
 
     def polled(self, at: float) -> None:
         self.health.last_poll = at
@@ -131,11 +139,13 @@ class ServiceTelemetry:
 
     def partitions(self, assigned: int, paused: int) -> None:
         self.health.assigned = True
+        self._health_changed()
         self.metrics.partitions_assigned.set(assigned)
         self.metrics.partitions_paused.set(paused)
 
     def auth_paused(self, paused: bool) -> None:
         self.health.auth_paused = paused
+        self._health_changed()
         self.metrics.auth_paused.set(1 if paused else 0)
         self._child(self.metrics.paused, "auth").set(1 if paused else 0)
 
@@ -144,6 +154,7 @@ class ServiceTelemetry:
 
     def broker_reachable(self, reachable: bool) -> None:
         self.health.broker_reachable = reachable
+        self._health_changed()
 
     def breaker(self, open_: bool, reason: str) -> None:
         self.paused("breaker", open_)
@@ -177,6 +188,13 @@ class ServiceTelemetry:
     def decode_failed(self, reason: str) -> None:
         self._child(self.metrics.decode_failures, _label(reason)).inc()
 
+    def reader_fields(self, names: Sequence[str]) -> None:
+        """Create ``writer_schema_missing_fields_total`` at 0 for each reader field ``names``
+        (bounded: the reader schema's top-level fields), so that its alert sees the first
+        count as an increase and has a series before any."""
+        for name in names:
+            self.metrics.writer_schema_missing_fields.labels(_label(name))
+
     def writer_schema_missing_field(self, field: str) -> None:
         self.metrics.writer_schema_missing_fields.labels(_label(field)).inc()
 
@@ -206,6 +224,17 @@ class ServiceTelemetry:
         self._child(self.metrics.button_requests, action, outcome, status_class(status)).inc()
         self._child(self.metrics.button_latency, action).observe(seconds)
         self.metrics.concurrency_limit.set(limit)
+        if outcome == "success" or (outcome in _ANSWERED and from_button):
+            self.metrics.button_last_success.set(self._wall_clock())
+
+    def button_probe(
+        self, outcome: str, seconds: float, status: int | None = None, *, from_button: bool = False
+    ) -> None:
+        """Counted in ``button_requests_total`` as ``action="probe"`` (and timed), so the error
+        ratio over Button's requests sees an outage behind an open breaker, when only probes
+        go out; the concurrency limit is no probe's business."""
+        self._child(self.metrics.button_requests, "probe", outcome, status_class(status)).inc()
+        self._child(self.metrics.button_latency, "probe").observe(seconds)
         if outcome == "success" or (outcome in _ANSWERED and from_button):
             self.metrics.button_last_success.set(self._wall_clock())
 

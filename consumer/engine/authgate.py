@@ -24,11 +24,27 @@ import structlog
 from consumer.domain.outcomes import ButtonOutcome
 from consumer.domain.policy import Probe, judge_probe
 from consumer.engine.concurrency import PauseGate
+from consumer.ports import Telemetry
 
 log = structlog.get_logger("consumer.authgate")
 
 ProbeFn = Callable[[], Awaitable[ButtonOutcome]]
 """Sends the record-independent probe request to Button and returns how it ended."""
+
+
+def reporting_probe(probe: ProbeFn, telemetry: Telemetry) -> ProbeFn:
+    """``probe``, each answer reported as a request to Button (``Telemetry.button_probe``):
+    while a gate is closed the probes are the only requests that go out, and what they meet is
+    what an operator's error ratio must see."""
+
+    async def reported() -> ButtonOutcome:
+        outcome = await probe()
+        telemetry.button_probe(
+            outcome.kind.value, outcome.elapsed, outcome.status, from_button=outcome.from_button
+        )
+        return outcome
+
+    return reported
 
 
 async def no_probe() -> ButtonOutcome:

@@ -206,6 +206,12 @@ class Parking:
             log.warning("parked_order_forgotten", limit=self._limit)
         return self._write(partition, key, after)
 
+    def key_parked(self, partition: int, key: bytes, now: datetime) -> bool:
+        """Whether ``key`` is parked behind an undecodable record (``KEY_PARKED``) as of
+        ``now``."""
+        pruned = self._pruned(partition, key, now)
+        return pruned is not None and pruned.parked_order(KEY_PARKED) is not None
+
     def release_key(
         self, partition: int, key: bytes, *, reason: str | None = None
     ) -> ChangelogWrite | None:

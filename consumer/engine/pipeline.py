@@ -166,6 +166,10 @@ class ParkingPort(Protocol):
         when given); the changelog record, if the key was released."""
         ...
 
+    def key_parked(self, partition: int, key: bytes, now: datetime) -> bool:
+        """Is ``key`` parked behind an undecodable record?"""
+        ...
+
 
 class StopGate(Protocol):
     """Whether a partition's records are being given up (revoked, or the service drains):
@@ -864,12 +868,15 @@ class Pipeline:
                 log.warning("key_released", reason=letter.reason)
         elif record.key is not None and key_parks:
             # Its order is unknown (not decoded): park the key, so no later order record
-            # of the key overtakes it (released when this record is replayed).
+            # of the key overtakes it (released when this record is replayed). A parking of
+            # its orders, counted as an order's is, unless the key was parked already.
+            now = d.wall_clock()
+            newly = not d.parking.key_parked(record.partition, record.key, now)
             await self._write(
-                d.parking.park(
-                    record.partition, record.key, KEY_PARKED, letter.reason, d.wall_clock()
-                )
+                d.parking.park(record.partition, record.key, KEY_PARKED, letter.reason, now)
             )
+            if newly:
+                d.telemetry.order_parked()
         d.telemetry.dead_lettered(letter.reason)
         d.telemetry.finished(decision.outcome, None)
         self._record(record, decision, context, letter.reason)

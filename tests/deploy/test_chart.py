@@ -514,6 +514,50 @@ def test_the_network_policy_allows_only_kafka_registry_dns_and_button(chart) -> 
     assert egress_ports("schemaRegistry.url=http://r:8081") == {53, 9092, 8081, 443}
 
 
+def _kafka_and_registry_ports(chart, *sets: str) -> tuple[set[int], set[int]]:
+    """The ports of the NetworkPolicy's kafka and registry egress rules (empty: no rule)."""
+    policy = by_kind(chart(*sets))["NetworkPolicy"]
+    validate_manifest(policy)
+    rules = policy["spec"]["egress"]
+    kafka = {p["port"] for p in rules[1]["ports"]}
+    registry = {p["port"] for p in rules[2]["ports"]} if len(rules) == 4 else set()
+    return kafka, registry
+
+
+@pytest.mark.parametrize(
+    ("sets", "kafka", "registry"),
+    [
+        (["kafka.bootstrapServers=k:9093"], {9093}, set()),
+        (["kafka.bootstrapServers=b-1:9094\\,b-2:9094\\, b-3:9096"], {9094, 9096}, set()),
+        (["kafka.bootstrapServers=kafka"], {9092}, set()),  # librdkafka's default port
+        (["kafka.bootstrapServers=[fd00::1]:9095"], {9095}, set()),
+        (["schemaRegistry.url=http://registry:8085"], {9092}, {8085}),
+        (["schemaRegistry.url=https://psrc-1.eu-west-1.aws.confluent.cloud"], {9092}, {443}),
+        (["schemaRegistry.url=http://registry"], {9092}, {80}),
+        (["schemaRegistry.url=https://r:8443/path"], {9092}, {8443}),
+        # Ports the user sets are the ports, whatever the addresses say.
+        (
+            [
+                "kafka.bootstrapServers=k:9093",
+                "networkPolicy.kafka.ports={9092,9093}",
+                "schemaRegistry.url=https://r",
+                "networkPolicy.registry.ports={8081}",
+            ],
+            {9092, 9093},
+            {8081},
+        ),
+    ],
+)
+def test_the_network_policy_derives_kafka_and_registry_ports_from_their_addresses(
+    chart, sets: list[str], kafka: set[int], registry: set[int]
+) -> None:
+    """Egress to Kafka opens every distinct port of kafka.bootstrapServers (9092 for a server
+    without one), and to the registry the port of schemaRegistry.url or its scheme's default;
+    the ports were fixed at 9092 and 8081, so a k:9093 bootstrap rendered a policy that blocked
+    the brokers."""
+    assert _kafka_and_registry_ports(chart, *sets) == (kafka, registry)
+
+
 def test_dns_egress_reaches_kube_dns_and_nodelocal_dns_and_can_be_widened(chart) -> None:
     """DNS egress by default: kube-dns' pods and NodeLocal DNSCache's link-local address
     (169.254.20.10), port 53; networkPolicy.dns.to/ports open another resolver, such as
@@ -582,3 +626,29 @@ def test_the_everything_on_example_authenticates_keda() -> None:
         "ScaledObject"
     ]["spec"]["triggers"][0]
     assert trigger["authenticationRef"] == {"name": values["keda"]["authenticationRef"]}
+
+
+LONG_NAME = "merchant-production-orders-button-consumer-eu-west-1a"  # 53 characters
+
+
+def test_a_statefulset_name_over_52_characters_fails_the_render_naming_the_limit() -> None:
+    """A StatefulSet's pods carry controller-revision-hash=<name>-<hash of up to 10 characters>,
+    a label value of at most 63: over 52 characters Kubernetes creates no pod
+    (kubernetes/kubernetes#64023). The chart rendered it, and the validators passed it."""
+    assert len(LONG_NAME) == 53
+    with pytest.raises(HelmFailedError) as failed:
+        render(*REQUIRED, f"fullnameOverride={LONG_NAME}")
+    message = str(failed.value)
+    assert all(part in message for part in ("52 a StatefulSet", LONG_NAME, "fullnameOverride"))
+
+
+def test_a_statefulset_name_of_52_characters_and_a_longer_deployment_name_render() -> None:
+    """52 is the limit, and only a StatefulSet's: a Deployment's pods carry no such label."""
+    (sts,) = [
+        d
+        for d in render(*REQUIRED, f"fullnameOverride={LONG_NAME[:52]}")
+        if d["kind"] == "StatefulSet"
+    ]
+    assert sts["metadata"]["name"] == LONG_NAME[:52]
+    docs = render(*REQUIRED, f"fullnameOverride={LONG_NAME}", "staticMembership.enabled=false")
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"] == [LONG_NAME]

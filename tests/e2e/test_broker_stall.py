@@ -46,6 +46,8 @@ pytestmark = pytest.mark.broker
 
 COMMITTED = "button_consumer_committed_offset"
 LAG_SUM = "button_consumer_consumer_lag_sum_records"
+READY = "button_consumer_ready"
+BROKER_REACHABLE = "button_consumer_broker_reachable"
 FENCE_TIMEOUT = 120.0
 """Bounds the wait for the controller to fence the stopped broker: its KRaft session
 (``broker.session.timeout.ms``, Kafka's default: 9 s) and the controller's next check of it,
@@ -144,6 +146,7 @@ def test_readiness_and_offset_metrics_come_back_after_a_stall_that_fenced_the_br
     wait_until(
         lambda: (
             health.ready()
+            and (runner.metric(READY), runner.metric(BROKER_REACHABLE)) == (1.0, 1.0)
             and all(runner.metric(COMMITTED, {"partition": str(p)}) == o for p, o in before.items())
         ),
         60,
@@ -163,6 +166,9 @@ def test_readiness_and_offset_metrics_come_back_after_a_stall_that_fenced_the_br
             60,
             message="the service did not see the broker go silent",
         )
+        # /metrics says what /readyz says (ready stayed 1 on a caught-up consumer): the
+        # KafkaUnreachable alert reads broker_reachable.
+        assert (runner.metric(READY), runner.metric(BROKER_REACHABLE)) == (0.0, 0.0)
         fence = wait_until(
             lambda: [c for c in kafka.fencing_changes()[decided:] if c.fenced],
             FENCE_TIMEOUT,

@@ -338,3 +338,53 @@ def test_sigterm_while_records_wait_out_a_60_s_retry_after_exits_in_time_and_los
     _done(runner, settings)
     assert read_all(kafka_bootstrap, kafka.dlq_topic) == []
     assert_sandbox_matches(sandbox, expected)
+
+
+def _requests_counted(runner, **labels: str) -> float:
+    """``button_requests_total`` summed over the series whose labels include ``labels``."""
+    return sum(
+        float(s.value)
+        for family in runner.service.metrics.registry.collect()
+        if family.name == "button_consumer_button_requests"
+        for s in family.samples
+        if s.name.endswith("_total") and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def test_a_hard_outage_counts_the_breakers_probes_as_failed_requests(
+    make_topic, service_settings, start_service, sandbox
+):
+    """Button answers 500 to everything: the breaker opens and probes. Every request the sandbox
+    answered 500 is counted in ``button_requests_total``, the probes as ``action="probe"``;
+    they were not counted, so the error ratio of ButtonConsumerButtonErrors stopped at the
+    failures before the breaker opened and a full outage never fired it."""
+    topic = make_topic(partitions=PARTITIONS, prefix="hardoutage")
+    settings = service_settings(
+        topic,
+        DELIVERY_BREAKER_FAILURE_THRESHOLD="5",
+        DELIVERY_BREAKER_PROBE_INTERVAL_SECONDS="0.2",
+    )
+    runner = start_service(settings)
+    wait_until(lambda: runner.metric(ASSIGNED) == PARTITIONS, 30, message="no assignment")
+    sandbox.set_faults({"error_rates": {"500": 1.0}})
+    produce_events(settings, past_events(12, seed=35), partitions=PARTITIONS)
+    wait_until(
+        lambda: runner.metric(BREAKER_OPEN, {"reason": "button_unavailable"}) == 1,
+        timeout=30,
+        message="the breaker did not open during the outage",
+    )
+    opened = _fault_count(sandbox, "500")
+    # Several probes answered 500 since the breaker opened, each counted (a probe in flight
+    # may be answered but not counted yet: wait for the two to agree).
+    wait_until(
+        lambda: (
+            _fault_count(sandbox, "500") >= opened + 3
+            and _requests_counted(runner, status_class="5xx") == _fault_count(sandbox, "500")
+        ),
+        timeout=30,
+        message="the probes answered 500 were not counted as requests",
+    )
+    probes = _requests_counted(runner, action="probe", outcome="server_error", status_class="5xx")
+    assert probes >= 3
+    assert runner.metric(BREAKER_OPEN, {"reason": "button_unavailable"}) == 1
+    sandbox.clear_faults()

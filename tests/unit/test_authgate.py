@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
-from consumer.engine.authgate import AuthGate
+from consumer.engine.authgate import AuthGate, reporting_probe
+from tests.fakes import RecordingTelemetry
 
 INTERVAL = 3_600.0
 ACCEPTED = ButtonOutcome(OutcomeKind.NOT_FOUND, 404, "Order not found", from_button=True)
@@ -198,3 +199,31 @@ def test_a_cancelled_probe_hands_probing_to_the_next_caller() -> None:
         return successor.done()
 
     assert (asyncio.run(scenario()), sleep.delays, probe.calls) == (True, [INTERVAL, INTERVAL], 1)
+
+
+def test_a_reported_probe_counts_as_a_button_request_of_action_probe() -> None:
+    """Each probe the gates send is reported as a Button request (action ``probe``, its outcome
+    and status): a full outage behind an open breaker is only probes, and they were not counted,
+    so the error ratio (ButtonConsumerButtonErrors) stopped at the failures before it opened."""
+
+    telemetry = RecordingTelemetry()
+    answers = [
+        ButtonOutcome(OutcomeKind.SERVER_ERROR, status=500, elapsed=0.25),
+        ButtonOutcome(OutcomeKind.NOT_FOUND, status=404, elapsed=0.5, from_button=True),
+    ]
+
+    async def probe() -> ButtonOutcome:
+        return answers.pop(0)
+
+    reported = reporting_probe(probe, telemetry)
+
+    async def twice() -> list[ButtonOutcome]:
+        return [await reported(), await reported()]
+
+    outcomes = asyncio.run(twice())
+
+    assert [o.status for o in outcomes] == [500, 404]
+    assert telemetry.named("button_probe") == [
+        ("server_error", 0.25, 500, False),
+        ("not_found", 0.5, 404, True),
+    ]

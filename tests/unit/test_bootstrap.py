@@ -182,3 +182,17 @@ def test_a_revoke_deadline_shorter_than_a_request_is_logged_when_the_service_sta
     assert [(e["event"], e["variable"]) for e in logs] == [
         ("setting_warning", "DELIVERY_REVOKE_TIMEOUT_SECONDS")
     ]
+
+
+def test_every_reader_field_has_its_missing_field_counter_from_the_start() -> None:
+    """writer_schema_missing_fields_total exists at 0 for each top-level field of the reader
+    schema once the service is built, so its alert (ButtonConsumerWriterSchemaMissingFields)
+    sees the first count as an increase and has a series before any."""
+    settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "b:9092", "DELIVERY_DRY_RUN": "true"})
+    registry = CollectorRegistry()
+
+    build(settings, registry)
+
+    name = "button_consumer_writer_schema_missing_fields_total"
+    assert registry.get_sample_value(name, {"field": "btn_ref"}) == 0.0
+    assert registry.get_sample_value(name, {"field": "commerce"}) == 0.0

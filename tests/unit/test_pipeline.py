@@ -204,6 +204,9 @@ class FakeProcessor:
         self.parked.setdefault(order_id, reason)
         return self._write(partition, key)
 
+    def key_parked(self, partition: int, key: bytes, now: datetime) -> bool:
+        return KEY_PARKED in self.parked
+
     def release_key(
         self, partition: int, key: bytes, *, reason: str | None = None
     ) -> ChangelogWrite | None:
@@ -2876,3 +2879,25 @@ def test_held_refunds_a_park_erases_to_the_cap_in_bytes_are_counted_and_logged()
         if e["event"] == "held_refund_discarded"
     ] == [("warning", "ORD-H", "evt-held", "profile_capped")]
     assert h.sample("held_refunds_discarded_total", reason="profile_capped") == 1.0
+
+
+def test_a_key_parked_behind_an_undecodable_record_counts_as_one_parking() -> None:
+    """orders_parked_total counts a key parked behind its undecodable record, once (its orders
+    are parked with it: their records follow it to the DLQ as ``parked``); it stayed 0 while
+    dead_letters_total{reason="parked"} grew. A second undecodable record of the parked key
+    refreshes that parking and is no new one."""
+    h = Harness(
+        decoder=FakeDecoder(
+            UnknownSchemaError("unknown_schema", "schema id 99"),
+            UnknownSchemaError("unknown_schema", "schema id 99"),
+            REFUND,
+        ),
+        real_processor=restored_processor(),
+    )
+
+    outcomes = h.handle(record(17), record(18), record(19))
+
+    assert outcomes == ["dead_lettered", "dead_lettered", "parked"]
+    assert h.button.sent == []
+    assert [letter.reason for letter in h.letters] == ["unknown_schema", "unknown_schema", "parked"]
+    assert h.metrics.registry.get_sample_value("button_consumer_orders_parked_total") == 1.0

@@ -327,3 +327,41 @@ def test_a_long_restore_lands_in_a_bucket_of_its_own() -> None:
         )
 
     assert (at_most("300.0"), at_most("1800.0"), at_most("+Inf")) == (1.0, 2.0, 2.0)
+
+
+def test_the_ready_gauge_agrees_with_readyz_through_every_change() -> None:
+    """``button_consumer_ready`` is what /readyz answers, and ``broker_reachable`` what its body
+    says: a caught-up consumer that loses the broker showed ready 1 on /metrics while /readyz
+    said false (the gauge followed only the start and the stop)."""
+    t = telemetry()
+
+    def state() -> tuple[float | None, float | None]:
+        assert sample(t, "ready") == float(t.health.ready())
+        return sample(t, "ready"), sample(t, "broker_reachable")
+
+    seen = [state()]
+    t.started()
+    seen.append(state())
+    t.partitions(assigned=2, paused=0)
+    seen.append(state())
+    t.broker_reachable(False)
+    seen.append(state())
+    t.broker_reachable(True)
+    seen.append(state())
+    t.auth_paused(True)
+    seen.append(state())
+    t.auth_paused(False)
+    seen.append(state())
+    t.stopping()
+    seen.append(state())
+
+    assert seen == [
+        (0.0, 1.0),
+        (0.0, 1.0),
+        (1.0, 1.0),
+        (0.0, 0.0),
+        (1.0, 1.0),
+        (0.0, 1.0),
+        (1.0, 1.0),
+        (0.0, 1.0),
+    ]

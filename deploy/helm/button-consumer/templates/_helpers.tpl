@@ -109,4 +109,52 @@ true
 {{- if gt (int .Values.replicaCount) (int .Values.kafka.partitions) -}}
 {{- fail (printf "replicaCount (%d) exceeds kafka.partitions (%d): extra consumers would sit idle" (int .Values.replicaCount) (int .Values.kafka.partitions)) -}}
 {{- end -}}
+{{- /* A StatefulSet labels its pods controller-revision-hash=<name>-<hash of up to 10
+characters>, a label value of at most 63 characters: with a longer name the controller creates
+no pod (kubernetes/kubernetes#64023). */ -}}
+{{- $fullname := include "button-consumer.fullname" . -}}
+{{- if and (eq (include "button-consumer.workloadKind" .) "StatefulSet") (gt (len $fullname) 52) -}}
+{{- fail (printf "the StatefulSet's name %q has %d characters, over the 52 a StatefulSet's name may have (its pods' controller-revision-hash label is the name, a dash and a hash of up to 10 characters, at most 63): shorten fullnameOverride (or the release name, or nameOverride) to 52 characters or fewer" $fullname (len $fullname)) -}}
+{{- end -}}
+{{- end -}}
+
+
+{{/* The NetworkPolicy's egress ports to Kafka, as a JSON list: networkPolicy.kafka.ports when
+set, else every distinct port of kafka.bootstrapServers (a server without one: librdkafka's
+default, 9092). */}}
+{{- define "button-consumer.kafkaPorts" -}}
+{{- $ports := list -}}
+{{- if .Values.networkPolicy.kafka.ports -}}
+{{- $ports = .Values.networkPolicy.kafka.ports -}}
+{{- else -}}
+{{- range $server := splitList "," .Values.kafka.bootstrapServers -}}
+{{- if trim $server -}}
+{{- $port := regexFind ":[0-9]+$" (trim $server) | trimPrefix ":" | default "9092" -}}
+{{- $ports = append $ports (int $port) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $ports | uniq | toJson -}}
+{{- end -}}
+
+{{/* The NetworkPolicy's egress ports to the registry, as a JSON list:
+networkPolicy.registry.ports when set, else the port of each URL of schemaRegistry.url
+(comma-separated), or its scheme's default (443 for https, 80 for http). */}}
+{{- define "button-consumer.registryPorts" -}}
+{{- $ports := list -}}
+{{- if .Values.networkPolicy.registry.ports -}}
+{{- $ports = .Values.networkPolicy.registry.ports -}}
+{{- else -}}
+{{- range $raw := splitList "," .Values.schemaRegistry.url -}}
+{{- if trim $raw -}}
+{{- $url := urlParse (trim $raw) -}}
+{{- $port := regexFind ":[0-9]+$" $url.host | trimPrefix ":" -}}
+{{- if not $port -}}
+{{- $port = ternary "443" "80" (eq (lower $url.scheme) "https") -}}
+{{- end -}}
+{{- $ports = append $ports (int $port) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $ports | uniq | toJson -}}
 {{- end -}}
