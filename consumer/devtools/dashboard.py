@@ -220,6 +220,21 @@ PANELS: tuple[PanelSpec, ...] = (
         preview=True,
     ),
     PanelSpec(
+        "Ready and Kafka reachable",
+        "state",
+        "short",
+        (
+            _q(f"min by (pod) (button_consumer_ready{{{SEL}}})", "{{pod}} ready"),
+            _q(
+                f"min by (pod) (button_consumer_broker_reachable{{{SEL}}})",
+                "{{pod}} Kafka reachable",
+            ),
+        ),
+        runbook="buttonconsumerkafkaunreachable",
+        description="1 while the pod is ready, exactly as /readyz answers; and while its last "
+        "read of the group's offsets from the brokers was answered.",
+    ),
+    PanelSpec(
         "Profile restore",
         "timeseries",
         "short",
