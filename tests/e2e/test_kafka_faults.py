@@ -153,6 +153,14 @@ def test_partitions_taken_over_while_button_refuses_are_not_fetched(
             timeout=60,
             message="a member did not pause after the rebalance",
         )
+        # A member whose in-flight records all went with its revoked partitions resumes to
+        # fetch one batch to probe with, and pauses again once it holds it: wait (bounded) for
+        # every partition to be paused again, rather than assume the loop got there already.
+        wait_until(
+            lambda: all(r.metric(PAUSED) == r.metric(ASSIGNED) for r in members),
+            timeout=60,
+            message="a member did not pause every partition after the rebalance",
+        )
         # Let them run paused: at least three more requests (probes) that Button refuses.
         requests = sandbox.stats()["requests"]
         sandbox.wait_for(
