@@ -221,11 +221,8 @@ class ServiceTelemetry:
         *,
         from_button: bool = False,
     ) -> None:
-        self._child(self.metrics.button_requests, action, outcome, status_class(status)).inc()
-        self._child(self.metrics.button_latency, action).observe(seconds)
+        self._count_request(action, outcome, seconds, status, from_button)
         self.metrics.concurrency_limit.set(limit)
-        if outcome == "success" or (outcome in _ANSWERED and from_button):
-            self.metrics.button_last_success.set(self._wall_clock())
 
     def button_probe(
         self, outcome: str, seconds: float, status: int | None = None, *, from_button: bool = False
@@ -233,8 +230,15 @@ class ServiceTelemetry:
         """Counted in ``button_requests_total`` as ``action="probe"`` (and timed), so the error
         ratio over Button's requests sees an outage behind an open breaker, when only probes
         go out; the concurrency limit is no probe's business."""
-        self._child(self.metrics.button_requests, "probe", outcome, status_class(status)).inc()
-        self._child(self.metrics.button_latency, "probe").observe(seconds)
+        self._count_request("probe", outcome, seconds, status, from_button)
+
+    def _count_request(
+        self, action: str, outcome: str, seconds: float, status: int | None, from_button: bool
+    ) -> None:
+        """One request to Button: counted by action, outcome and status class, timed, and the
+        time of Button's last answer moved when it answered."""
+        self._child(self.metrics.button_requests, action, outcome, status_class(status)).inc()
+        self._child(self.metrics.button_latency, action).observe(seconds)
         if outcome == "success" or (outcome in _ANSWERED and from_button):
             self.metrics.button_last_success.set(self._wall_clock())
 
