@@ -85,15 +85,22 @@ class PartitionLag:
         committed: the group's committed offset, the next record to process (0 when none).
         end: the partition's end offset at the broker (the last stable offset under
             read_committed).
+        start: where the lag counts from while the group has committed nothing on the
+            partition: where it starts reading (the first offset this member was handed
+            since the assignment, else the partition's log start offset under
+            ``auto.offset.reset=earliest``, its end under ``latest``); ``None`` once an
+            offset is committed (the lag counts from ``committed``).
     """
 
     committed: int
     end: int
+    start: int | None = None
 
     @property
     def records(self) -> int:
-        """Records not committed yet (never below 0)."""
-        return max(self.end - self.committed, 0)
+        """Records not committed yet (never below 0): from ``start`` while nothing is
+        committed, else from ``committed``, to ``end``."""
+        return max(self.end - (self.committed if self.start is None else self.start), 0)
 
 
 @dataclass(frozen=True, slots=True)

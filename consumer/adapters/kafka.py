@@ -356,6 +356,10 @@ class KafkaSource:
         # Kafka thread only (``store_now``): the offset last stored per assigned partition, and
         # the partitions reset since their last store. Either makes a store commit explicitly.
         self._stored: dict[int, int] = {}
+        # The first offset handed out per partition since its assignment (set by ``poll`` on
+        # the event loop, dropped by the revocation callbacks): where a group that has
+        # committed nothing there started reading (``lag``).
+        self._first_handed_out: dict[int, int] = {}
         self._reset_since_store: set[int] = set()
         # Partitions revoked or lost by rebalance callbacks, not yet seen by a poll (Kafka
         # thread only: ``consume_ready`` drops records fetched before their revocation).
@@ -434,6 +438,7 @@ class KafkaSource:
         stores in this one must not make a store of the next one look rewound)."""
         for tp in parts:
             self._stored.pop(tp.partition, None)
+            self._first_handed_out.pop(tp.partition, None)
 
     def _revoked_since(self) -> set[int]:
         """Partitions revoked or lost since the last call (Kafka thread: ``consume_ready``)."""
@@ -503,6 +508,8 @@ class KafkaSource:
         if ends:
             self._ends.update(ends)
         self._resets_met |= resets
+        for record in records:
+            self._first_handed_out.setdefault(record.partition, record.offset)
         return records
 
     def ends_reached(self) -> dict[int, int]:
@@ -669,6 +676,9 @@ class KafkaSource:
     async def lag(self, partitions: Sequence[int]) -> dict[int, PartitionLag]:
         """Per partition, the group's committed offset (0 when none) and the partition's end
         offset now (the last stable offset under read_committed): their difference is the lag.
+        Before the group's first commit on a partition, the lag counts from where it starts
+        reading (``PartitionLag.start``): the first offset handed out since the assignment,
+        else the log start offset (``auto.offset.reset=earliest``) or the end (``latest``).
 
         The end offset is asked of the brokers (ListOffsets), not taken from librdkafka's cached
         high watermark: that one comes with fetch responses, and a paused partition is not
@@ -683,15 +693,24 @@ class KafkaSource:
         parts = list(partitions)
         if not parts:
             return {}
-        committed = await self._committed_offsets(parts)
+        committed: dict[int, int | None] = await self._read(self._committed, parts)
         ends = await self._end_offsets(parts)
-        return {p: PartitionLag(committed.get(p, 0), end) for p, end in ends.items()}
-
-    async def _committed_offsets(self, partitions: list[int]) -> dict[int, int]:
-        """The group's committed offsets (0 where none), asked of the group coordinator
-        (OffsetFetch) by the reads' consumer."""
-        committed = await self._read(self._committed, partitions)
-        return {p: 0 if offset is None else offset for p, offset in committed.items()}
+        # Before the group's first commit on a partition (a new group; under latest, a quiet
+        # partition never gets one), the lag counts from where the group starts reading, not
+        # from 0: a new group under latest, or one whose log start retention moved, showed the
+        # whole partition as a backlog to the lag alerts and to KEDA.
+        starts: dict[int, int] = {}
+        for p in (p for p in parts if committed.get(p) is None):
+            if p in self._first_handed_out:
+                starts[p] = self._first_handed_out[p]
+            elif self._config.get("auto.offset.reset") == "latest":
+                starts[p] = ends.get(p, 0)
+        log_starts = [p for p in parts if committed.get(p) is None and p not in starts]
+        if log_starts:
+            starts.update(await self._read(self._log_starts, log_starts))
+        return {
+            p: PartitionLag(committed.get(p) or 0, end, starts.get(p)) for p, end in ends.items()
+        }
 
     def _admin_client(self) -> AdminClient:
         if self._admin is None:
@@ -794,20 +813,27 @@ class KafkaSource:
             raise BrokerError(f"reading positions failed: {exc}") from exc
         return {tp.partition: tp.offset if tp.offset >= 0 else None for tp in tps}
 
+    def _log_starts(self, partitions: list[int]) -> dict[int, int]:
+        """Each partition's log start offset (its low watermark, asked of the broker; reads
+        thread)."""
+        starts: dict[int, int] = {}
+        try:
+            for p in partitions:
+                low, _high = self._offsets_reader().get_watermark_offsets(
+                    TopicPartition(self.topic, p), timeout=READ_TIMEOUT, cached=False
+                )
+                starts[p] = max(low, 0)
+        except KafkaException as exc:
+            raise BrokerError(f"reading start offsets failed: {exc}") from exc
+        return starts
+
     def _starts(self, partitions: list[int]) -> dict[int, int | None]:
         """Where the group starts in partitions it has consumed nothing of: the committed
         offset, else the start of the partition; ``None`` for a group that starts at the end
         (``auto.offset.reset=latest``, nothing committed): nothing waits there."""
         starts = self._committed(partitions)
-        try:
-            for p, offset in starts.items():
-                if offset is None and self._config.get("auto.offset.reset") != "latest":
-                    low, _high = self._offsets_reader().get_watermark_offsets(
-                        TopicPartition(self.topic, p), timeout=READ_TIMEOUT, cached=False
-                    )
-                    starts[p] = max(low, 0)
-        except KafkaException as exc:
-            raise BrokerError(f"reading start offsets failed: {exc}") from exc
+        if self._config.get("auto.offset.reset") != "latest":
+            starts.update(self._log_starts([p for p, o in starts.items() if o is None]))
         return starts
 
 

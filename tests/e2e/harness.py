@@ -58,6 +58,10 @@ class ServiceRunner:
         self._thread.start()
         return self
 
+    def exited(self) -> bool:
+        """Whether the service's run has ended (on its own, or by ``stop``)."""
+        return self._thread.ident is not None and not self._thread.is_alive()
+
     def stop(self, timeout: float = 60.0) -> None:
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self.service.stop)

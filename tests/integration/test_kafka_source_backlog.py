@@ -168,7 +168,7 @@ def test_lag_counts_the_records_that_arrive_while_the_partition_is_paused(
             await source.close()
 
     assert asyncio.run(scenario()) == (
-        {0: PartitionLag(0, 5)},
+        {0: PartitionLag(0, 5, start=0)},  # nothing committed: from the first record read
         {0: PartitionLag(5, 5)},
         {0: PartitionLag(5, 12)},
         {0: PartitionLag(12, 12)},
@@ -426,3 +426,67 @@ def test_backlog_counts_records_behind_a_transaction_still_open(
         assert asyncio.run(scenario()) == {0: 5}
     finally:
         open_txn.abort_transaction(30)
+
+
+def test_lag_before_the_first_commit_counts_from_where_a_latest_group_starts(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """A new group under ``auto.offset.reset=latest`` starts at the partition's end: the
+    records produced before it joined are never its backlog. Until its first commit (none on
+    a quiet partition: an offset is committed only once a record is finished) its lag counts
+    from where it started reading, not from offset 0: the lag alerts and KEDA saw the whole
+    partition as a backlog."""
+    topic = make_topic(partitions=1)
+    settings = _settings(kafka_bootstrap, topic, unique_name("group"), "latest")
+    _produce(settings, topic, 5)
+
+    async def scenario() -> tuple[dict[int, PartitionLag], dict[int, PartitionLag]]:
+        source = KafkaSource(
+            settings.kafka.consumer_config(), topic, admin_config=settings.kafka.admin_config()
+        )
+        listener = Listener()
+        await source.start(listener)
+        try:
+            await _take(source, listener, 0)
+            joined = await source.lag([0])
+            await asyncio.to_thread(_produce, settings, topic, 3)
+            await _take(source, listener, 3)  # handed out, not finished: nothing committed
+            return joined, await source.lag([0])
+        finally:
+            await source.close()
+
+    joined, consuming = asyncio.run(scenario())
+    assert {p: lag.records for p, lag in joined.items()} == {0: 0}
+    assert {p: lag.records for p, lag in consuming.items()} == {0: 3}
+    assert consuming[0].committed == 0  # the group has committed nothing
+
+
+def test_lag_before_the_first_commit_counts_from_the_start_of_the_partition(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """Under ``auto.offset.reset=earliest`` a group without a commit starts at the partition's
+    log start offset, which retention (or DeleteRecords) moves past 0: the records below it
+    are gone and are no backlog."""
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    topic = make_topic(partitions=1)
+    settings = _settings(kafka_bootstrap, topic, unique_name("group"), "earliest")
+    _produce(settings, topic, 5)
+    admin = AdminClient(settings.kafka.admin_config())
+    for future in admin.delete_records([TopicPartition(topic, 0, 3)]).values():
+        assert future.result(timeout=DEADLINE).low_watermark == 3  # the log start offset is now 3
+
+    async def scenario() -> dict[int, PartitionLag]:
+        source = KafkaSource(
+            settings.kafka.consumer_config(), topic, admin_config=settings.kafka.admin_config()
+        )
+        listener = Listener()
+        await source.start(listener)
+        try:
+            return await source.lag([0])  # nothing polled: nothing handed out yet
+        finally:
+            await source.close()
+
+    lag = asyncio.run(scenario())
+    assert {p: lag.records for p, lag in lag.items()} == {0: 2}

@@ -604,3 +604,53 @@ def test_records_finished_at_once_do_not_raise_the_low_marks() -> None:
         assert (dispatcher.low_marks(0), dispatcher.finished_count) == ((5, 50), 1_000)
 
     run(scenario)
+
+
+def test_many_revocations_under_a_button_outage_leave_nothing_behind() -> None:
+    """A Button outage: records hang in their requests or wait at the closed gate (an open
+    breaker), and the partition is revoked and assigned again, over and over. Each revocation
+    abandons them (``_abandon``); nothing of them may stay: no lane, no task, no in-flight
+    count, no per-partition entry beyond the partition's own, however many revocations."""
+    revocations = 300
+
+    async def scenario() -> None:
+        dispatcher, _marks = owning()
+        hanging: list[asyncio.Future[None]] = []
+
+        def never_answered() -> Job:
+            async def run() -> None:
+                answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                hanging.append(answer)
+                await answer
+
+            return run
+
+        offset = 0
+        for round_ in range(revocations):
+            if round_ % 2:
+                dispatcher.pause("button_unavailable")  # the breaker opens: the gate closes
+            for key in ("a", "b", "c"):
+                dispatcher.submit(0, offset, key, never_answered())
+                offset += 1
+            dispatcher.submit(0, offset, "a", never_answered())  # queued behind a's first
+            offset += 1
+            await settle()
+            report = await dispatcher.revoke([0], 0.0)
+            assert report.abandoned == 4
+            dispatcher.resume()
+        await settle()
+        assert dispatcher.total_in_flight() == 0
+        assert dispatcher._lanes == {}
+        assert {task for task in asyncio.all_tasks() if task is not asyncio.current_task()} == set()
+        per_partition = (
+            dispatcher._counts,
+            dispatcher._stopped,
+            dispatcher._rates,
+            dispatcher._done,
+            dispatcher._resumed_at,
+        )
+        assert all(len(entries) <= 1 for entries in per_partition), per_partition
+        assert dispatcher._epochs == {0: revocations}
+        assert all(answer.cancelled() for answer in hanging)
+
+    run(scenario)
