@@ -13,7 +13,8 @@ Requests (DESIGN, 8)::
     GET    /v1/order/{order_id}   read: the order as Button holds it (``adoption``)
 
 Totals and line amounts are in minor units of the ISO 4217 currency and must fit a signed 32-bit
-integer; ``order_id`` and line identifiers are at most 255 characters; ``purchase_date`` is
+integer; ``order_id`` is at most 255 characters (Button documents no limit for a line's
+``identifier``); ``purchase_date`` is
 ISO-8601 UTC with ``Z``.
 """
 
@@ -56,7 +57,9 @@ __all__ = [
 ]
 
 MAX_ID_LENGTH = 255
-"""Longest ``order_id``, line item ``identifier`` and customer ``id`` Button accepts."""
+"""Longest ``order_id`` Button accepts (it documents the same for ``btn_ref`` and
+``customer_order_id``, none for a line item's ``identifier``); the service also sends a
+customer ``id`` only up to this length."""
 ORDER_PATH = "/v1/order"
 """The collection path: creates are posted here; an order's own path is ``order_path``."""
 

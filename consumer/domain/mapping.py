@@ -1025,11 +1025,11 @@ def _keep_orders(profile: Profile, limit: int) -> Profile:
 
 
 def _stored_line(product: Product) -> StoredLine:
-    if len(product.id) > MAX_ID_LENGTH:
-        raise MappingError(
-            "line_item_identifier_too_long",
-            f"product id is {len(product.id)} characters; Button allows {MAX_ID_LENGTH}",
-        )
+    """The ledger's line of ``product``. Its id becomes the line's ``identifier`` however long:
+    Button documents 255 characters for ``order_id``, ``btn_ref`` and ``customer_order_id``,
+    not for a line's ``identifier``, and refusing the line would lose the whole order's
+    attribution for one odd line (leaving the line out would tell Button the order held less
+    than it did, and a refund naming it could not apply)."""
     return StoredLine(
         identifier=product.id,
         quantity=product.quantity,
