@@ -319,7 +319,9 @@ def _test_event(config: MappingConfig, button: ButtonPort, *, dry_run: bool) -> 
     returned. Nothing of it is logged: the caller sees the request, including what it carries."""
 
     async def run(text: str, send: bool) -> tuple[int, dict[str, Any]]:
-        result, request = map_one(text, config)
+        # Judged against the time it arrives, as the consumer judges a record (its event-time
+        # checks), not against its own event time.
+        result, request = map_one(text, config, datetime.now(UTC))
         answer: dict[str, Any] = {"result": result, "sent": False, "dry_run": dry_run}
         if request is None:
             return (422 if result.get("action") == "reject" else 200), answer

@@ -143,6 +143,22 @@ def test_test_event_reports_a_reject_with_its_reason() -> None:
     ) == (422, "reject", "invalid_json", False)
 
 
+def test_test_event_applies_the_consumers_event_time_checks() -> None:
+    """A purchase dated far ahead of the wall clock (a device clock years off) is rejected
+    ``event_time_in_future`` and not sent, as the consumer rejects it: the test event is judged
+    against the time it is received, not against its own event time."""
+    button = FakeButton()
+    future = {**PURCHASE, "event_time": "2099-01-01T00:00:00Z"}
+    status, body = post(json.dumps(future), query="?send=true", button=button)
+
+    assert (status, body["result"]["action"], body["result"]["reason"], button.sent) == (
+        422,
+        "reject",
+        "event_time_in_future",
+        [],
+    )
+
+
 def test_enabling_test_events_requires_a_token() -> None:
     """ADMIN_TEST_EVENT_ENABLED without ADMIN_TEST_EVENT_TOKEN stops the start, naming both."""
     env = {"KAFKA_BOOTSTRAP_SERVERS": "b:9092", "DELIVERY_DRY_RUN": "true"}
