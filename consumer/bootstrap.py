@@ -116,6 +116,7 @@ def mapping_config(settings: Settings) -> MappingConfig:
             max_orders_per_profile=m.max_orders_per_profile,
             lag_allowance=timedelta(hours=m.lag_allowance_hours),
             max_future_skew=timedelta(hours=m.max_future_skew_hours),
+            max_event_age=timedelta(days=m.max_event_age_days),
             application_ids=app_ids,
         )
     except ValueError as exc:

@@ -165,6 +165,12 @@ class MappingConfig:
             (a device clock years off) teaches the profile nothing, and an order or refund so
             dated is rejected (``event_time_in_future``): a future purchase date would make
             Button finalize the order late, and a future token would win over every real one.
+        max_event_age: how far before the processing time an event may be dated: the past-date
+            mirror of ``max_future_skew``. An older event (a reset device clock: ``event_time``
+            0, 1970) teaches the profile nothing, and an order or refund so dated is rejected
+            (``event_time_too_old``): Button would hold a purchase dated decades back, finalized
+            at once. Generous (a year by default), so that a dead-letter topic replayed at the
+            end of its retention, of events that lagged first, is still sent.
         application_ids: Button application ids (``app-...``) by platform (``ios``, ``android``,
             ``web``). The public Order API has no field for them; they are validated and exposed
             for the integration's configuration and checks only.
@@ -179,6 +185,7 @@ class MappingConfig:
     max_orders_per_profile: int = 100
     lag_allowance: timedelta = timedelta(days=2)
     max_future_skew: timedelta = timedelta(days=1)
+    max_event_age: timedelta = timedelta(days=365)
     application_ids: Mapping[str, str] = field(default_factory=dict)
     _retention: Retention = field(init=False, repr=False, compare=False)
     """``retention``, computed once: every event's mapping reads it."""
@@ -191,6 +198,8 @@ class MappingConfig:
             raise ValueError("lag_allowance must not be negative")
         if self.max_future_skew < timedelta(0):
             raise ValueError("max_future_skew must not be negative")
+        if self.max_event_age <= timedelta(0):
+            raise ValueError("max_event_age must be positive")
         if self.max_orders_per_profile < 1:
             raise ValueError("max_orders_per_profile must be at least 1")
         for platform, app_id in self.application_ids.items():
@@ -245,9 +254,9 @@ def process(
         config: the mapping settings.
         now: the processing time (timezone-aware); expires old profile parts. Attribution and
             ``purchase_date`` use the event's own time, so replays give the same requests.
-        received: the wall-clock time the event is judged against for ``max_future_skew``;
-            ``now`` when not given (the ``map`` command expires by event time but judges skew
-            by the time it runs).
+        received: the wall-clock time the event is judged against for ``max_future_skew``
+            and ``max_event_age``; ``now`` when not given (the ``map`` command expires by event
+            time but judges the event's date by the time it runs).
         lookup: Button's answer to the read a first pass asked for (``Read``), for the same
             event and profile; ``None``: nothing was read.
 
@@ -262,17 +271,13 @@ def process(
     before = profile if profile is not None else Profile()
     current = prune(before, now_ms, config.retention)
     gone = held_refunds_gone(before, current, ORDER_EXPIRED)
-    future = event.event_time - (now if received is None else received) > config.max_future_skew
-    if not future:
+    misdated = _misdated(event, now if received is None else received, config)
+    if misdated is None:
         current = _learn(event, current, config)
     result: MapResult
     try:
-        if future and event.event_type in (EventType.PURCHASE, EventType.REFUND):
-            raise MappingError(
-                "event_time_in_future",
-                f"event_time {event.event_time.isoformat()} is more than"
-                f" {config.max_future_skew} after the processing time",
-            )
+        if misdated is not None and event.event_type in (EventType.PURCHASE, EventType.REFUND):
+            raise misdated
         if event.event_type in (EventType.PURCHASE, EventType.REFUND):
             kept = current
             result, current = _order_event(event, current, config, now_ms, lookup)
@@ -285,6 +290,28 @@ def process(
         result = _reporting_gone(result, gone)
     changed = current != before
     return result, (current if changed else None)
+
+
+def _misdated(
+    event: CommerceEvent, received: datetime, config: MappingConfig
+) -> MappingError | None:
+    """Why ``event`` is dated too far from ``received`` (the wall-clock time it is judged
+    against) to be believed, a device clock being off: more than ``max_future_skew`` after it
+    (``event_time_in_future``) or more than ``max_event_age`` before it
+    (``event_time_too_old``); ``None`` when it is not."""
+    if event.event_time - received > config.max_future_skew:
+        return MappingError(
+            "event_time_in_future",
+            f"event_time {event.event_time.isoformat()} is more than"
+            f" {config.max_future_skew} after the processing time",
+        )
+    if received - event.event_time > config.max_event_age:
+        return MappingError(
+            "event_time_too_old",
+            f"event_time {event.event_time.isoformat()} is more than {config.max_event_age}"
+            " before the processing time: a device clock reset?",
+        )
+    return None
 
 
 _GONE = {
