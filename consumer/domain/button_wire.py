@@ -117,7 +117,8 @@ def purchase_date(moment_ms: int) -> str:
 
 
 def line_total(line: StoredLine, exponent: int) -> int:
-    """The line's ``total`` in minor units (unit price times quantity); 0 without a price."""
+    """The line's ``total`` in minor units (unit price times quantity); 0 without a price (the
+    mapping never sends such a line of a quantity above 0: ``mapping._lines_known``)."""
     if line.price is None:
         return 0
     return to_minor_units(Decimal(line.price) * line.quantity, exponent)
@@ -148,8 +149,9 @@ def _int32(value: int, line: StoredLine) -> int:
     return value
 
 
-def order_body(order: StoredOrder) -> dict[str, Any]:
-    """The order's state as Button takes it: id, total, currency, purchase date, line items.
+def order_body(order: StoredOrder, *, line_items: bool = True) -> dict[str, Any]:
+    """The order's state as Button takes it: id, total, currency, purchase date, line items
+    (none when ``line_items`` is false: the order is sent on its total alone).
 
     Amounts use the order's stored minor-unit exponent (fixed at the purchase), so an order whose
     currency later left the ISO 4217 table can still be updated; the table is read only for
@@ -166,7 +168,7 @@ def order_body(order: StoredOrder) -> dict[str, Any]:
         "currency": order.currency,
         "purchase_date": purchase_date(order.purchase_ms),
     }
-    if order.lines:
+    if order.lines and line_items:
         body["line_items"] = [_line_item(line, exponent) for line in order.lines]
     return body
 

@@ -74,6 +74,7 @@ from consumer.domain.button import (
     PROFILE_CAPPED,
     REFUND_HELD,
     DiscardedRefund,
+    DroppedInput,
     MapResult,
     Read,
     Reject,
@@ -359,6 +360,21 @@ def _reporting_gone(result: MapResult, gone: tuple[DiscardedRefund, ...]) -> Map
     if isinstance(result, Read):
         return replace(result, held=replace(result.held, discarded=(*result.held.discarded, *gone)))
     return replace(result, discarded=(*result.discarded, *gone))
+
+
+def dropped_inputs(event: CommerceEvent) -> tuple[DroppedInput, ...]:
+    """What ``event`` carried that Button is not sent and the profile does not learn, for the
+    service to count and log (the ``btn_ref`` junk is ``attribution.dropped_tokens``'): each
+    product of a purchase without a price (``line_items``, ``product_without_price``, its id:
+    the order goes without line items, ``_lines_known``)."""
+    dropped: list[DroppedInput] = []
+    if event.event_type is EventType.PURCHASE and event.commerce is not None:
+        dropped.extend(
+            DroppedInput("line_items", "product_without_price", product.id)
+            for product in event.commerce.products
+            if product.price is None and product.quantity != 0
+        )
+    return tuple(dropped)
 
 
 def skip_for(event_type: EventType) -> Skip:
@@ -763,7 +779,8 @@ def _adopted(order: StoredOrder, at_button: ButtonOrder) -> StoredOrder:
         btn_ref_source=None,
         exponent=at_button.exponent,
     )
-    return adopted.with_sent(OrderStatus.OPEN, body_digest(order_body(adopted)))
+    body = order_body(adopted, line_items=_lines_known(adopted))
+    return adopted.with_sent(OrderStatus.OPEN, body_digest(body))
 
 
 def _with_purchase(
@@ -999,7 +1016,9 @@ def _reconcile(  # noqa: PLR0911 - one return per row of the reconciliation tabl
     state = order
     if desired.total != order.total or desired.lines != order.lines:  # refunds changed them
         state = replace(order, total=desired.total, lines=desired.lines)
-    body = order_body(state)  # built once: the digest, the create and the update share it
+    # Built once: the digest, the create and the update share it. Line items or not is decided
+    # on the purchase's lines (``order``), so every request of the order agrees.
+    body = order_body(state, line_items=_lines_known(order))
     digest = body_digest(body)
     if sent is OrderStatus.PENDING:
         created = order.with_sent(OrderStatus.OPEN, digest)
@@ -1240,6 +1259,19 @@ def _remaining_total(
 # --- requests ----------------------------------------------------------------------------------
 
 
+def _lines_known(order: StoredOrder) -> bool:
+    """Whether Button is sent the line items of ``order`` (the ledger's: its purchase's lines,
+    or Button's when adopted): only when the value of every line is known. A product without a
+    price (of a quantity above 0) would be a line of ``total`` 0, telling Button it cost nothing
+    (line totals drive segmented rates and product commissions); leaving only that line out
+    would list an order of less than it was. So such an order is sent on its ``total`` (the
+    event's total amount) alone, with no line items, in its create and in every update, whatever
+    lines refunds leave: its commission does not switch to segmented rates midway. The ledger
+    keeps the lines, so refunds naming them apply as before. A price of 0 (a free gift) is a
+    real 0 and is sent."""
+    return all(line.price is not None or line.quantity == 0 for line in order.lines)
+
+
 def _create(
     order: StoredOrder,
     customer: Mapping[str, str],
@@ -1250,7 +1282,7 @@ def _create(
     """The create; with ``converge``, carrying the update of the same state that the pipeline
     sends when the create is answered 409 (Button may hold another state of the order).
     ``body``: ``order_body(order)`` when the caller built it already."""
-    state = order_body(order) if body is None else body
+    state = order_body(order, line_items=_lines_known(order)) if body is None else body
     request = create_request(order.order_id, create_body(order, customer, state))
     if not converge:
         return Send(request)
@@ -1269,6 +1301,7 @@ def _commerce(event: CommerceEvent) -> CommerceData:
 
 __all__ = [
     "MappingConfig",
+    "dropped_inputs",
     "held_refunds_gone",
     "process",
 ]

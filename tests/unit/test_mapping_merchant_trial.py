@@ -89,3 +89,41 @@ def test_a_product_id_over_255_characters_is_sent_as_is_and_the_order_keeps_its_
     update = _body(results[1])
     assert update["total"] == 4000
     assert [line["identifier"] for line in update["line_items"]] == ["B"]
+
+
+# --- 1. products without a price ---------------------------------------------------------------
+
+
+def test_a_product_without_a_price_leaves_its_order_without_line_items() -> None:
+    """A 0 line would tell Button the product cost nothing, and leaving only that line out
+    would list an order of less than it was: the order is sent on its total alone, with no
+    line items, and so is every update of it, whichever lines its refunds leave."""
+    results = _map(
+        [
+            _purchase(
+                "p1",
+                "O1",
+                [{"id": "A", "price": "10", "quantity": 2}, {"id": "B", "quantity": 1}],
+            ),
+            _refund("r1", "O1", products=[{"id": "A", "quantity": 1}], total_amount="10"),
+            _refund("r2", "O1", products=[{"id": "B", "quantity": 1}], total_amount="80"),
+        ]
+    )
+
+    assert [r["action"] for r in results] == ["create", "update", "update"]
+    bodies = [_body(r) for r in results]
+    assert [b["total"] for b in bodies] == [10000, 9000, 1000]
+    assert [b.get("line_items") for b in bodies] == [None, None, None]
+
+
+def test_a_free_gift_is_a_line_of_0() -> None:
+    """A product with an explicit price of 0 is a real 0: it is sent as a line of 0."""
+    results = _map(
+        [_purchase("p1", "O1", [{"id": "A", "price": "100"}, {"id": "GIFT", "price": "0"}])]
+    )
+
+    lines = _body(results[0])["line_items"]
+    assert [(li["identifier"], li["amount"], li["total"]) for li in lines] == [
+        ("A", 10000, 10000),
+        ("GIFT", 0, 0),
+    ]
