@@ -107,7 +107,7 @@ from consumer.domain.events import (
     Platform,
     Product,
 )
-from consumer.domain.identity import DeviceIds, device_ids, email_sha256
+from consumer.domain.identity import DeviceIds, device_ids, email_sha256, is_junk_device_id
 from consumer.domain.profile import (
     MAX_DEVICE_IDS,
     MAX_TOKENS,
@@ -366,13 +366,25 @@ def dropped_inputs(event: CommerceEvent) -> tuple[DroppedInput, ...]:
     """What ``event`` carried that Button is not sent and the profile does not learn, for the
     service to count and log (the ``btn_ref`` junk is ``attribution.dropped_tokens``'): each
     product of a purchase without a price (``line_items``, ``product_without_price``, its id:
-    the order goes without line items, ``_lines_known``)."""
+    the order goes without line items, ``_lines_known``); an advertising id that is not a UUID
+    (``ios_advertising_id`` or ``android_advertising_id``, ``not_uuid``, without the value: it
+    may be anything)."""
     dropped: list[DroppedInput] = []
     if event.event_type is EventType.PURCHASE and event.commerce is not None:
         dropped.extend(
             DroppedInput("line_items", "product_without_price", product.id)
             for product in event.commerce.products
             if product.price is None and product.quantity != 0
+        )
+    info = event.device_info
+    if info is not None:
+        dropped.extend(
+            DroppedInput(name, "not_uuid")
+            for name, value in (
+                ("ios_advertising_id", info.ios_advertising_id),
+                ("android_advertising_id", info.android_advertising_id),
+            )
+            if is_junk_device_id(value)
         )
     return tuple(dropped)
 

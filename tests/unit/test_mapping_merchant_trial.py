@@ -127,3 +127,22 @@ def test_a_free_gift_is_a_line_of_0() -> None:
         ("A", 10000, 10000),
         ("GIFT", 0, 0),
     ]
+
+
+# --- 3. junk advertising ids -------------------------------------------------------------------
+
+
+def test_an_advertising_id_that_is_not_a_uuid_is_neither_sent_nor_learned() -> None:
+    """IDFA and GAID are UUIDs: ``opt-out``, a truncated UUID or free text is not sent as the
+    order's ``device_id``, and is not learned either (a later purchase without an id of its
+    own carries none from the profile)."""
+    junk = ["opt-out", "6D92078A-8246-4BA4-AE5B", "my phone"]
+    events: list[dict[str, Any]] = []
+    for n, value in enumerate(junk):
+        device = {"ios_advertising_id": value, "android_advertising_id": value}
+        events.append(_purchase(f"p{n}", f"O{n}", [], device_info=device))
+    events.append(_purchase("p-last", "O-last", []))
+
+    results = _map(events)
+
+    assert [_body(r).get("customer", {}).get("device_id") for r in results] == [None] * 4
