@@ -116,6 +116,7 @@ def mapping_config(settings: Settings) -> MappingConfig:
             max_orders_per_profile=m.max_orders_per_profile,
             lag_allowance=timedelta(hours=m.lag_allowance_hours),
             max_future_skew=timedelta(hours=m.max_future_skew_hours),
+            max_event_age=timedelta(days=m.max_event_age_days),
             application_ids=app_ids,
         )
     except ValueError as exc:
@@ -319,7 +320,9 @@ def _test_event(config: MappingConfig, button: ButtonPort, *, dry_run: bool) -> 
     returned. Nothing of it is logged: the caller sees the request, including what it carries."""
 
     async def run(text: str, send: bool) -> tuple[int, dict[str, Any]]:
-        result, request = map_one(text, config)
+        # Judged against the time it arrives, as the consumer judges a record (its event-time
+        # checks), not against its own event time.
+        result, request = map_one(text, config, datetime.now(UTC))
         answer: dict[str, Any] = {"result": result, "sent": False, "dry_run": dry_run}
         if request is None:
             return (422 if result.get("action") == "reject" else 200), answer

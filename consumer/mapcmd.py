@@ -119,18 +119,20 @@ def _map_one(
 
 
 def map_one(
-    text: str, config: MappingConfig, now: datetime | None = None
+    text: str, config: MappingConfig, received: datetime
 ) -> tuple[dict[str, Any], ButtonRequest | None]:
     """One event (a JSON object in the input form above) without any profile: its result as
     ``run_map`` writes it (without ``line``), and the Button request it becomes, if any.
 
     ``POST /test-event`` of the admin server runs this: decode, enrichment and mapping, exactly
-    as ``map`` does for a first line.
+    as ``map`` does for a first line. ``received`` (timezone-aware) is the wall-clock time the
+    event arrived: its ``event_time`` is judged against it as the consumer judges a record's
+    (``MAPPING_MAX_FUTURE_SKEW_HOURS``), so a test event the consumer would reject is rejected.
     """
     event, problem = _parse(text)
     if event is None:
         return problem, None
-    result, profile = process(event, None, config, event.event_time if now is None else now)
+    result, profile = process(event, None, config, event.event_time, received=received)
     described = {"event_id": event.event_id, **_describe(result)}
     if isinstance(result, Send):
         if result.request.action is Action.CREATE:

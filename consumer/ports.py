@@ -390,6 +390,11 @@ class Telemetry(Protocol):
         ``too_long``, ``not_url_safe``): dropped, never sent nor remembered."""
         ...
 
+    def input_dropped(self, field: str, problem: str) -> None:
+        """An event carried something the mapping does not send nor remember (``field``:
+        ``line_items``; ``problem``: ``product_without_price``; ``DroppedInput``)."""
+        ...
+
     def refund_held(self) -> None:
         """A partial refund of an order neither the profile nor Button knows was held in the
         profile for its purchase (skip ``refund_held``)."""

@@ -444,6 +444,7 @@ class MappingSettings(_Section):
     max_orders_per_profile: int = Field(default=100, ge=1)
     lag_allowance_hours: float = Field(default=48.0, ge=0)
     max_future_skew_hours: float = Field(default=24.0, ge=0)
+    max_event_age_days: float = Field(default=365.0, gt=0)
     expire_interval_seconds: float = Field(default=300.0, gt=0)
     max_profile_bytes: int = Field(default=262_144, ge=4_096)
 

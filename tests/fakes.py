@@ -416,6 +416,9 @@ class RecordingTelemetry:
     def btn_ref_dropped(self, source: str, problem: str) -> None:
         self._record("btn_ref_dropped", source, problem)
 
+    def input_dropped(self, field: str, problem: str) -> None:
+        self._record("input_dropped", field, problem)
+
     def refund_held(self) -> None:
         self._record("refund_held")
 

@@ -71,6 +71,7 @@ class Metrics:
     decode_failures: Counter
     writer_schema_missing_fields: Counter
     btn_ref_dropped: Counter
+    inputs_dropped: Counter
     refunds_held: Counter
     held_refunds_discarded: Counter
     changelog_repairs: Counter
@@ -167,6 +168,12 @@ class Metrics:
                 "a placeholder such as undefined or null, over 255 characters, not URL-safe): "
                 "dropped, never sent nor remembered. By source and problem.",
                 ("source", "problem"),
+            ),
+            inputs_dropped=counter(
+                "inputs_dropped",
+                "What events carried that is not sent to Button nor remembered (an order's line "
+                "items left out for a product without a price). By field and problem.",
+                ("field", "problem"),
             ),
             refunds_held=counter(
                 "refunds_held",

@@ -201,6 +201,9 @@ class ServiceTelemetry:
     def btn_ref_dropped(self, source: str, problem: str) -> None:
         self.metrics.btn_ref_dropped.labels(_label(source), _label(problem)).inc()
 
+    def input_dropped(self, field: str, problem: str) -> None:
+        self.metrics.inputs_dropped.labels(_label(field), _label(problem)).inc()
+
     def refund_held(self) -> None:
         self.metrics.refunds_held.inc()
 

@@ -35,7 +35,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any, NoReturn
 
-from consumer.domain.button_wire import MAX_ID_LENGTH, line_total
+from consumer.domain.button_wire import line_total
 from consumer.domain.currency import INT32_MAX, INT32_MIN, minor_unit_exponent, to_minor_units
 from consumer.domain.profile import StoredLine, epoch_ms
 from consumer.errors import MappingError
@@ -134,8 +134,9 @@ def _line(item: Any, field: str, exponent: int) -> StoredLine:
                 "a line item field the service cannot carry (an update would drop it)",
             )
     identifier = item.get("identifier")
-    if not isinstance(identifier, str) or not identifier or len(identifier) > MAX_ID_LENGTH:
-        _fail(f"{field}.identifier", f"must be a string of 1-{MAX_ID_LENGTH} characters")
+    if not isinstance(identifier, str) or not identifier:
+        # Any length: Button documents no limit for it, and the service sends product ids as is.
+        _fail(f"{field}.identifier", "must be a non-empty string")
     quantity = _int(item.get("quantity", 1), f"{field}.quantity", minimum=0)
     price = _price(item, field, quantity, exponent)
     category = item.get("category", [])

@@ -67,6 +67,19 @@ class DiscardedRefund:
 
 
 @dataclass(frozen=True, slots=True)
+class DroppedInput:
+    """Something an event carried that the mapping does not send to Button nor remember, for
+    the service to count and log (``input_dropped``), so that a merchant sees what the app or
+    feed sends. ``field`` names what was left out (``line_items``: an order sent without its
+    line items), ``problem`` why (``product_without_price``); ``value`` is what may be logged
+    of it (a product id), or ``None``."""
+
+    field: str
+    problem: str
+    value: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Send:
     """The event becomes this request.
 

@@ -13,7 +13,8 @@ Requests (DESIGN, 8)::
     GET    /v1/order/{order_id}   read: the order as Button holds it (``adoption``)
 
 Totals and line amounts are in minor units of the ISO 4217 currency and must fit a signed 32-bit
-integer; ``order_id`` and line identifiers are at most 255 characters; ``purchase_date`` is
+integer; ``order_id`` is at most 255 characters (Button documents no limit for a line's
+``identifier``); ``purchase_date`` is
 ISO-8601 UTC with ``Z``.
 """
 
@@ -56,7 +57,9 @@ __all__ = [
 ]
 
 MAX_ID_LENGTH = 255
-"""Longest ``order_id``, line item ``identifier`` and customer ``id`` Button accepts."""
+"""Longest ``order_id`` Button accepts (it documents the same for ``btn_ref`` and
+``customer_order_id``, none for a line item's ``identifier``); the service also sends a
+customer ``id`` only up to this length."""
 ORDER_PATH = "/v1/order"
 """The collection path: creates are posted here; an order's own path is ``order_path``."""
 
@@ -114,7 +117,8 @@ def purchase_date(moment_ms: int) -> str:
 
 
 def line_total(line: StoredLine, exponent: int) -> int:
-    """The line's ``total`` in minor units (unit price times quantity); 0 without a price."""
+    """The line's ``total`` in minor units (unit price times quantity); 0 without a price (the
+    mapping never sends such a line of a quantity above 0: ``mapping._lines_known``)."""
     if line.price is None:
         return 0
     return to_minor_units(Decimal(line.price) * line.quantity, exponent)
@@ -145,8 +149,9 @@ def _int32(value: int, line: StoredLine) -> int:
     return value
 
 
-def order_body(order: StoredOrder) -> dict[str, Any]:
-    """The order's state as Button takes it: id, total, currency, purchase date, line items.
+def order_body(order: StoredOrder, *, line_items: bool = True) -> dict[str, Any]:
+    """The order's state as Button takes it: id, total, currency, purchase date, line items
+    (none when ``line_items`` is false: the order is sent on its total alone).
 
     Amounts use the order's stored minor-unit exponent (fixed at the purchase), so an order whose
     currency later left the ISO 4217 table can still be updated; the table is read only for
@@ -163,7 +168,7 @@ def order_body(order: StoredOrder) -> dict[str, Any]:
         "currency": order.currency,
         "purchase_date": purchase_date(order.purchase_ms),
     }
-    if order.lines:
+    if order.lines and line_items:
         body["line_items"] = [_line_item(line, exponent) for line in order.lines]
     return body
 

@@ -14,9 +14,10 @@ passed on as the lower-case hex digest, never hashed again.
 
 Advertising ids that carry no identity (the all-zero IDFA/GAID a device reports when tracking is
 off, in any of its spellings, and SDK placeholders such as ``null``) are dropped; UUID-shaped ids
-are sent in their platform's form (IDFA upper case, GAID lower case, hyphenated). By default ids
-of users who asked not to be tracked (limit-ad-tracking on, or App Tracking Transparency denied or
-restricted) are dropped too: sending them would ignore the user's choice.
+are sent in their platform's form (IDFA upper case, GAID lower case, hyphenated); any other
+value (``opt-out``, a truncated UUID, free text) is no IDFA or GAID and is dropped too. By default
+ids of users who asked not to be tracked (limit-ad-tracking on, or App Tracking Transparency denied
+or restricted) are dropped too: sending them would ignore the user's choice.
 """
 
 from __future__ import annotations
@@ -171,7 +172,9 @@ def clean_device_id(value: str | None, *, kind: DeviceIdKind = "idfa") -> str | 
     an IDFA (iOS's ``uuidString``) and lower case for a GAID (as Android reports it). Empty,
     overlong and all-zero ids (``00000000-0000-0000-0000-000000000000`` in any of these forms),
     SDK placeholders (``null``, ``(null)``, ``undefined``, ``unknown``, ``n/a``...) and values
-    with whitespace inside are dropped. Any other value is kept as reported.
+    with whitespace inside are dropped, and so is any other value that is not a UUID (IDFA and
+    GAID are UUIDs: ``opt-out``, a truncated UUID, free text): never sent nor learned
+    (``is_junk_device_id`` tells the caller which to report).
     """
     if value is None:
         return None
@@ -194,7 +197,20 @@ def clean_device_id(value: str | None, *, kind: DeviceIdKind = "idfa") -> str | 
             )
         )
         return uuid.upper() if kind == "idfa" else uuid.lower()
-    return text
+    return None
+
+
+def is_junk_device_id(value: str | None) -> bool:
+    """True for a reported advertising id that carries no identity and is no known way of
+    saying so: not a UUID, not all-zero (withheld), not empty nor an SDK placeholder. Such a
+    value (``opt-out``, a truncated UUID, free text) is dropped and reported (``input_dropped``,
+    ``not_uuid``)."""
+    if value is None:
+        return False
+    text = _device_id_text(value)
+    if not text or _ZERO_ID.fullmatch(text) or text.lower() in _DEVICE_ID_PLACEHOLDERS:
+        return False
+    return clean_device_id(value) is None
 
 
 def is_zeroed_device_id(value: str | None) -> bool:

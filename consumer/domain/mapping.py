@@ -74,6 +74,7 @@ from consumer.domain.button import (
     PROFILE_CAPPED,
     REFUND_HELD,
     DiscardedRefund,
+    DroppedInput,
     MapResult,
     Read,
     Reject,
@@ -106,7 +107,7 @@ from consumer.domain.events import (
     Platform,
     Product,
 )
-from consumer.domain.identity import DeviceIds, device_ids, email_sha256
+from consumer.domain.identity import DeviceIds, device_ids, email_sha256, is_junk_device_id
 from consumer.domain.profile import (
     MAX_DEVICE_IDS,
     MAX_TOKENS,
@@ -165,6 +166,12 @@ class MappingConfig:
             (a device clock years off) teaches the profile nothing, and an order or refund so
             dated is rejected (``event_time_in_future``): a future purchase date would make
             Button finalize the order late, and a future token would win over every real one.
+        max_event_age: how far before the processing time an event may be dated: the past-date
+            mirror of ``max_future_skew``. An older event (a reset device clock: ``event_time``
+            0, 1970) teaches the profile nothing, and an order or refund so dated is rejected
+            (``event_time_too_old``): Button would hold a purchase dated decades back, finalized
+            at once. Generous (a year by default), so that a dead-letter topic replayed at the
+            end of its retention, of events that lagged first, is still sent.
         application_ids: Button application ids (``app-...``) by platform (``ios``, ``android``,
             ``web``). The public Order API has no field for them; they are validated and exposed
             for the integration's configuration and checks only.
@@ -179,6 +186,7 @@ class MappingConfig:
     max_orders_per_profile: int = 100
     lag_allowance: timedelta = timedelta(days=2)
     max_future_skew: timedelta = timedelta(days=1)
+    max_event_age: timedelta = timedelta(days=365)
     application_ids: Mapping[str, str] = field(default_factory=dict)
     _retention: Retention = field(init=False, repr=False, compare=False)
     """``retention``, computed once: every event's mapping reads it."""
@@ -191,6 +199,8 @@ class MappingConfig:
             raise ValueError("lag_allowance must not be negative")
         if self.max_future_skew < timedelta(0):
             raise ValueError("max_future_skew must not be negative")
+        if self.max_event_age <= timedelta(0):
+            raise ValueError("max_event_age must be positive")
         if self.max_orders_per_profile < 1:
             raise ValueError("max_orders_per_profile must be at least 1")
         for platform, app_id in self.application_ids.items():
@@ -245,9 +255,9 @@ def process(
         config: the mapping settings.
         now: the processing time (timezone-aware); expires old profile parts. Attribution and
             ``purchase_date`` use the event's own time, so replays give the same requests.
-        received: the wall-clock time the event is judged against for ``max_future_skew``;
-            ``now`` when not given (the ``map`` command expires by event time but judges skew
-            by the time it runs).
+        received: the wall-clock time the event is judged against for ``max_future_skew``
+            and ``max_event_age``; ``now`` when not given (the ``map`` command expires by event
+            time but judges the event's date by the time it runs).
         lookup: Button's answer to the read a first pass asked for (``Read``), for the same
             event and profile; ``None``: nothing was read.
 
@@ -262,17 +272,13 @@ def process(
     before = profile if profile is not None else Profile()
     current = prune(before, now_ms, config.retention)
     gone = held_refunds_gone(before, current, ORDER_EXPIRED)
-    future = event.event_time - (now if received is None else received) > config.max_future_skew
-    if not future:
+    misdated = _misdated(event, now if received is None else received, config)
+    if misdated is None:
         current = _learn(event, current, config)
     result: MapResult
     try:
-        if future and event.event_type in (EventType.PURCHASE, EventType.REFUND):
-            raise MappingError(
-                "event_time_in_future",
-                f"event_time {event.event_time.isoformat()} is more than"
-                f" {config.max_future_skew} after the processing time",
-            )
+        if misdated is not None and event.event_type in (EventType.PURCHASE, EventType.REFUND):
+            raise misdated
         if event.event_type in (EventType.PURCHASE, EventType.REFUND):
             kept = current
             result, current = _order_event(event, current, config, now_ms, lookup)
@@ -285,6 +291,28 @@ def process(
         result = _reporting_gone(result, gone)
     changed = current != before
     return result, (current if changed else None)
+
+
+def _misdated(
+    event: CommerceEvent, received: datetime, config: MappingConfig
+) -> MappingError | None:
+    """Why ``event`` is dated too far from ``received`` (the wall-clock time it is judged
+    against) to be believed, a device clock being off: more than ``max_future_skew`` after it
+    (``event_time_in_future``) or more than ``max_event_age`` before it
+    (``event_time_too_old``); ``None`` when it is not."""
+    if event.event_time - received > config.max_future_skew:
+        return MappingError(
+            "event_time_in_future",
+            f"event_time {event.event_time.isoformat()} is more than"
+            f" {config.max_future_skew} after the processing time",
+        )
+    if received - event.event_time > config.max_event_age:
+        return MappingError(
+            "event_time_too_old",
+            f"event_time {event.event_time.isoformat()} is more than {config.max_event_age}"
+            " before the processing time: a device clock reset?",
+        )
+    return None
 
 
 _GONE = {
@@ -332,6 +360,33 @@ def _reporting_gone(result: MapResult, gone: tuple[DiscardedRefund, ...]) -> Map
     if isinstance(result, Read):
         return replace(result, held=replace(result.held, discarded=(*result.held.discarded, *gone)))
     return replace(result, discarded=(*result.discarded, *gone))
+
+
+def dropped_inputs(event: CommerceEvent) -> tuple[DroppedInput, ...]:
+    """What ``event`` carried that Button is not sent and the profile does not learn, for the
+    service to count and log (the ``btn_ref`` junk is ``attribution.dropped_tokens``'): each
+    product of a purchase without a price (``line_items``, ``product_without_price``, its id:
+    the order goes without line items, ``_lines_known``); an advertising id that is not a UUID
+    (``ios_advertising_id`` or ``android_advertising_id``, ``not_uuid``, without the value: it
+    may be anything)."""
+    dropped: list[DroppedInput] = []
+    if event.event_type is EventType.PURCHASE and event.commerce is not None:
+        dropped.extend(
+            DroppedInput("line_items", "product_without_price", product.id)
+            for product in event.commerce.products
+            if product.price is None and product.quantity != 0
+        )
+    info = event.device_info
+    if info is not None:
+        dropped.extend(
+            DroppedInput(name, "not_uuid")
+            for name, value in (
+                ("ios_advertising_id", info.ios_advertising_id),
+                ("android_advertising_id", info.android_advertising_id),
+            )
+            if is_junk_device_id(value)
+        )
+    return tuple(dropped)
 
 
 def skip_for(event_type: EventType) -> Skip:
@@ -736,7 +791,8 @@ def _adopted(order: StoredOrder, at_button: ButtonOrder) -> StoredOrder:
         btn_ref_source=None,
         exponent=at_button.exponent,
     )
-    return adopted.with_sent(OrderStatus.OPEN, body_digest(order_body(adopted)))
+    body = order_body(adopted, line_items=_lines_known(adopted))
+    return adopted.with_sent(OrderStatus.OPEN, body_digest(body))
 
 
 def _with_purchase(
@@ -972,7 +1028,9 @@ def _reconcile(  # noqa: PLR0911 - one return per row of the reconciliation tabl
     state = order
     if desired.total != order.total or desired.lines != order.lines:  # refunds changed them
         state = replace(order, total=desired.total, lines=desired.lines)
-    body = order_body(state)  # built once: the digest, the create and the update share it
+    # Built once: the digest, the create and the update share it. Line items or not is decided
+    # on the purchase's lines (``order``), so every request of the order agrees.
+    body = order_body(state, line_items=_lines_known(order))
     digest = body_digest(body)
     if sent is OrderStatus.PENDING:
         created = order.with_sent(OrderStatus.OPEN, digest)
@@ -1025,11 +1083,11 @@ def _keep_orders(profile: Profile, limit: int) -> Profile:
 
 
 def _stored_line(product: Product) -> StoredLine:
-    if len(product.id) > MAX_ID_LENGTH:
-        raise MappingError(
-            "line_item_identifier_too_long",
-            f"product id is {len(product.id)} characters; Button allows {MAX_ID_LENGTH}",
-        )
+    """The ledger's line of ``product``. Its id becomes the line's ``identifier`` however long:
+    Button documents 255 characters for ``order_id``, ``btn_ref`` and ``customer_order_id``,
+    not for a line's ``identifier``, and refusing the line would lose the whole order's
+    attribution for one odd line (leaving the line out would tell Button the order held less
+    than it did, and a refund naming it could not apply)."""
     return StoredLine(
         identifier=product.id,
         quantity=product.quantity,
@@ -1213,6 +1271,19 @@ def _remaining_total(
 # --- requests ----------------------------------------------------------------------------------
 
 
+def _lines_known(order: StoredOrder) -> bool:
+    """Whether Button is sent the line items of ``order`` (the ledger's: its purchase's lines,
+    or Button's when adopted): only when the value of every line is known. A product without a
+    price (of a quantity above 0) would be a line of ``total`` 0, telling Button it cost nothing
+    (line totals drive segmented rates and product commissions); leaving only that line out
+    would list an order of less than it was. So such an order is sent on its ``total`` (the
+    event's total amount) alone, with no line items, in its create and in every update, whatever
+    lines refunds leave: its commission does not switch to segmented rates midway. The ledger
+    keeps the lines, so refunds naming them apply as before. A price of 0 (a free gift) is a
+    real 0 and is sent."""
+    return all(line.price is not None or line.quantity == 0 for line in order.lines)
+
+
 def _create(
     order: StoredOrder,
     customer: Mapping[str, str],
@@ -1223,7 +1294,7 @@ def _create(
     """The create; with ``converge``, carrying the update of the same state that the pipeline
     sends when the create is answered 409 (Button may hold another state of the order).
     ``body``: ``order_body(order)`` when the caller built it already."""
-    state = order_body(order) if body is None else body
+    state = order_body(order, line_items=_lines_known(order)) if body is None else body
     request = create_request(order.order_id, create_body(order, customer, state))
     if not converge:
         return Send(request)
@@ -1242,6 +1313,7 @@ def _commerce(event: CommerceEvent) -> CommerceData:
 
 __all__ = [
     "MappingConfig",
+    "dropped_inputs",
     "held_refunds_gone",
     "process",
 ]

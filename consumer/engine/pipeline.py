@@ -41,6 +41,7 @@ from consumer.domain.button import (
     Action,
     ButtonRequest,
     DiscardedRefund,
+    DroppedInput,
     MapResult,
     Read,
     Send,
@@ -117,6 +118,9 @@ class Processed:
     dropped_tokens: tuple[DroppedToken, ...] = ()
     """Junk the event carried where a token goes (``attribution.dropped_tokens``): counted and
     logged, so a merchant sees that the app sends it."""
+    dropped_inputs: tuple[DroppedInput, ...] = ()
+    """What else the event carried that is not sent nor remembered (``mapping.dropped_inputs``):
+    counted and logged, as ``dropped_tokens``."""
     discarded_refunds: tuple[DiscardedRefund, ...] = ()
     """Refunds the order's ledger held that this event made stop applying (the mapping's
     ``discarded_by``), or that left the profile with their order before their purchase arrived:
@@ -404,7 +408,8 @@ class Pipeline:
     def _report_mapping(self, processed: Processed, *, parked: bool) -> None:
         """Count and log what the mapping that counts (the last pass) found beside its decision.
 
-        Junk where a token goes (``Processed.dropped_tokens``), at info. Each refund the
+        Junk where a token goes (``Processed.dropped_tokens``), and what else the event carried
+        that is not sent (``dropped_inputs``), at info. Each refund the
         order's ledger held that this record made stop applying (``discarded_refunds``), at
         warning: the order Button gets does not carry it, and there is no record of it to
         dead-letter (the refund's own was finished when it was held), so this line and the
@@ -419,6 +424,14 @@ class Pipeline:
                 source=dropped.source.value,
                 problem=dropped.problem.value,
                 value=dropped.value,
+            )
+        for left_out in processed.dropped_inputs:
+            d.telemetry.input_dropped(left_out.field, left_out.problem)
+            log.info(
+                "input_dropped",
+                field=left_out.field,
+                problem=left_out.problem,
+                value=left_out.value,
             )
         if parked:
             return

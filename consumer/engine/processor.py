@@ -62,6 +62,7 @@ class ProfileProcessor:
                 (event.launch_referral_url, event.page_url),
             ),
             discarded_refunds=discarded_by(result),
+            dropped_inputs=mapping.dropped_inputs(event),
         )
 
     def apply(self, partition: int, key: bytes, processed: Processed) -> ChangelogWrite | None:

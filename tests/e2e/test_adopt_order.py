@@ -30,6 +30,9 @@ from tests.e2e.harness import read_all, stop_when_done, wait_for_committed
 pytestmark = pytest.mark.broker
 
 USER = "migrated-user"
+PURCHASED = (datetime.now(UTC) - timedelta(days=3)).replace(microsecond=400_000)
+"""When the previous integration took the late-arriving order (days back, in whole seconds
+and 400 ms: the purchase event carries the milliseconds Button's purchase_date drops)."""
 
 
 def _refund(order_id: str, event_id: str, *products: Product, amount: str | None = None) -> Any:
@@ -154,7 +157,9 @@ def test_the_original_purchase_arriving_after_an_adoption_leaves_buttons_state(
     shirt = {"identifier": "SKU-A", "quantity": 2, "amount": 3000, "total": 6000}
     hat = {"identifier": "SKU-B", "quantity": 1, "amount": 4000, "total": 4000}
     with httpx.Client(base_url=sandbox.base_url, headers=sandbox.auth_header) as button:
-        common = {"currency": "USD", "purchase_date": "2026-01-02T10:00:00Z"}
+        # Dated days back, not on a fixed day: the consumer rejects an order dated beyond
+        # MAPPING_MAX_EVENT_AGE_DAYS before the time it processes it.
+        common = {"currency": "USD", "purchase_date": PURCHASED.strftime("%Y-%m-%dT%H:%M:%SZ")}
         created = button.post(
             "/v1/order",
             json={"order_id": order_id, "total": 10000, "line_items": [shirt, hat], **common},
@@ -172,7 +177,7 @@ def test_the_original_purchase_arriving_after_an_adoption_leaves_buttons_state(
     original = CommerceEvent(
         event_id="evt-original-purchase",
         event_type=EventType.PURCHASE,
-        event_time=datetime(2026, 1, 2, 10, 0, 0, 400_000, tzinfo=UTC),
+        event_time=PURCHASED,
         user_key=USER,
         platform=Platform.SERVER,
         commerce=CommerceData(

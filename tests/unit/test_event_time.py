@@ -104,6 +104,39 @@ def test_row_2_kind_an_order_dated_in_the_future_is_rejected() -> None:
     assert [r["reason"] for r in results] == ["event_time_in_future"] * 2
 
 
+def test_an_order_dated_by_a_reset_device_clock_is_rejected() -> None:
+    """A purchase or refund dated 1970 (``event_time`` 0: a reset device clock) is rejected
+    ``event_time_too_old``, never sent to Button with a 1970 purchase date."""
+    results = run(
+        purchase("p", "1970-01-01T00:00:00Z", [{"id": "A", "price": "1", "quantity": 1}], "1"),
+        order_event("r", "REFUND", "1970-01-01T00:00:00Z"),
+    )
+    assert [(r["action"], r["reason"]) for r in results] == [("reject", "event_time_too_old")] * 2
+
+
+def test_an_event_dated_by_a_reset_device_clock_teaches_nothing() -> None:
+    """An app open dated 1970 carrying a token and an IDFA changes no profile (nothing for the
+    changelog), as one dated beyond the future skew teaches nothing."""
+    event = event_from_json(
+        {
+            **app_open("o1", "1970-01-01T00:00:00Z", "srctok-reset"),
+            "device_info": {"ios_advertising_id": "6D92078A-8246-4BA4-AE5B-76104861E7DC"},
+        }
+    )
+
+    result, profile = process(event, None, CONFIG, RECEIVED)
+
+    assert (result.reason, profile) == ("profile_only", None)  # type: ignore[union-attr]
+
+
+def test_a_dead_letter_replayed_weeks_later_is_still_sent() -> None:
+    """The default age limit leaves room for a dead-letter topic replayed at the end of its
+    retention (30 days by default) after the event lagged: a purchase 60 days old is sent."""
+    old = (RECEIVED - timedelta(days=60)).isoformat().replace("+00:00", "Z")
+    results = run(purchase("p", old, [{"id": "A", "price": "1", "quantity": 1}], "1"))
+    assert summary(results) == [("create", 100)]
+
+
 def test_row_3_a_revised_purchase_updates_and_the_refund_applies_to_it() -> None:
     """25.00, then a revised 30.00, then a refund of one B: Button holds 30.00, then 25.00."""
     results = run(

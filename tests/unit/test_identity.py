@@ -100,13 +100,17 @@ def test_refused_tracking_drops_ids_by_default() -> None:
 def test_refused_tracking_can_be_ignored_by_configuration() -> None:
     """With the rule off, ids are kept (zeroed ids are still dropped)."""
     ids = device_ids(
-        "ABC-1",
+        "ABC00001-0000-4000-8000-000000000001",
         "00000000-0000-0000-0000-000000000000",
         True,
         "denied",
         drop_when_tracking_refused=False,
     )
-    assert (ids.idfa, ids.gaid, ids.refused) == ("ABC-1", None, False)
+    assert (ids.idfa, ids.gaid, ids.refused) == (
+        "ABC00001-0000-4000-8000-000000000001",
+        None,
+        False,
+    )
 
 
 # --- canonical email: the forms users paste (issue 9, item 4) -----------------------------------

@@ -28,7 +28,15 @@ from consumer.adapters.logging import configure_logging
 from consumer.adapters.metrics import Metrics
 from consumer.adapters.telemetry import ServiceTelemetry
 from consumer.domain.attribution import DroppedToken, TokenProblem, TokenSource
-from consumer.domain.button import Action, ButtonRequest, DiscardedRefund, Reject, Send, Skip
+from consumer.domain.button import (
+    Action,
+    ButtonRequest,
+    DiscardedRefund,
+    DroppedInput,
+    Reject,
+    Send,
+    Skip,
+)
 from consumer.domain.deadletter import (
     DeadLetter,
     dead_letter_headers,
@@ -2901,3 +2909,20 @@ def test_a_key_parked_behind_an_undecodable_record_counts_as_one_parking() -> No
     assert h.button.sent == []
     assert [letter.reason for letter in h.letters] == ["unknown_schema", "unknown_schema", "parked"]
     assert h.metrics.registry.get_sample_value("button_consumer_orders_parked_total") == 1.0
+
+
+def test_what_else_the_mapping_leaves_out_is_counted_and_logged() -> None:
+    """Each input the mapping does not send (``Processed.dropped_inputs``: an order's line
+    items left out for a product without a price) is counted by field and problem and logged
+    with its value; the record itself goes on as mapped."""
+    dropped = (DroppedInput("line_items", "product_without_price", "SKU-B"),)
+    h = Harness(processor=FakeProcessor(replace(processed(), dropped_inputs=dropped))).answer(OK)
+
+    with capture_logs() as logs:
+        outcomes = h.handle(record())
+
+    assert outcomes == ["delivered"]
+    lines = [(e["field"], e["problem"], e["value"]) for e in logs if e["event"] == "input_dropped"]
+    assert lines == [("line_items", "product_without_price", "SKU-B")]
+    counted = h.sample("inputs_dropped_total", field="line_items", problem="product_without_price")
+    assert counted == 1.0

@@ -301,3 +301,24 @@ def test_held_refunds_forgotten_to_the_profiles_cap_in_bytes_are_named_by_the_wr
     profile = proc.store.get(PARTITION, KEY)
     assert profile is not None
     assert (profile.order("ORD-H"), profile.order("ORD-BIG") is not None) == (None, True)
+
+
+def test_the_products_without_a_price_an_order_goes_without_are_handed_to_the_pipeline() -> None:
+    """A purchase with a product without a price is sent without line items: each such product
+    is named (``line_items``, ``product_without_price``, its id) for the pipeline to count and
+    log; a product priced 0 (a free gift) or of quantity 0 names nothing."""
+    from consumer.domain.button import DroppedInput
+
+    commerce = purchase().commerce
+    assert commerce is not None
+    products = (
+        Product(id="A", price=Decimal("10")),
+        Product(id="B"),
+        Product(id="GIFT", price=Decimal("0")),
+        Product(id="NONE", quantity=0),
+    )
+    event = replace(purchase(), commerce=replace(commerce, products=products))
+
+    dropped = step(processor(), KEY, event, NOW).dropped_inputs
+
+    assert dropped == (DroppedInput("line_items", "product_without_price", "B"),)

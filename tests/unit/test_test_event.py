@@ -143,6 +143,26 @@ def test_test_event_reports_a_reject_with_its_reason() -> None:
     ) == (422, "reject", "invalid_json", False)
 
 
+def test_test_event_applies_the_consumers_event_time_checks() -> None:
+    """A purchase dated far ahead of the wall clock (a device clock years off) is rejected
+    ``event_time_in_future``, and one dated 1970 (a reset clock) ``event_time_too_old``, and
+    neither is sent, as the consumer rejects them: the test event is judged against the time it
+    is received, not against its own event time."""
+    answers = []
+    button = FakeButton()
+    for when in ("2099-01-01T00:00:00Z", "1970-01-01T00:00:00Z"):
+        status, body = post(
+            json.dumps({**PURCHASE, "event_time": when}), query="?send=true", button=button
+        )
+        answers.append((status, body["result"]["action"], body["result"]["reason"]))
+
+    assert answers == [
+        (422, "reject", "event_time_in_future"),
+        (422, "reject", "event_time_too_old"),
+    ]
+    assert button.sent == []
+
+
 def test_enabling_test_events_requires_a_token() -> None:
     """ADMIN_TEST_EVENT_ENABLED without ADMIN_TEST_EVENT_TOKEN stops the start, naming both."""
     env = {"KAFKA_BOOTSTRAP_SERVERS": "b:9092", "DELIVERY_DRY_RUN": "true"}
