@@ -107,7 +107,13 @@ from consumer.domain.events import (
     Platform,
     Product,
 )
-from consumer.domain.identity import DeviceIds, device_ids, email_sha256, is_junk_device_id
+from consumer.domain.identity import (
+    DeviceIds,
+    clean_device_id,
+    device_ids,
+    email_sha256,
+    is_junk_device_id,
+)
 from consumer.domain.profile import (
     MAX_DEVICE_IDS,
     MAX_TOKENS,
@@ -475,7 +481,9 @@ def _device_id(event: CommerceEvent, profile: Profile, config: MappingConfig) ->
     The profile's is the id in force at the order's event time (the newest seen at or before
     it, else the first seen after it).
 
-    The id of the event's platform comes first (GAID on Android, IDFA elsewhere). A kind the
+    The id of the event's platform comes first (GAID on Android, IDFA elsewhere). A profile's
+    id that is no IDFA or GAID (``identity.clean_device_id``: learned by a release before the
+    UUID rule) is not sent. A kind the
     event reports all-zero (withheld) is not taken from the profile either, and the event's own
     id of a kind the profile knows a refusal of at or after the event's time (the event is
     older than the user's latest word) is not sent.
@@ -493,8 +501,10 @@ def _device_id(event: CommerceEvent, profile: Profile, config: MappingConfig) ->
     candidates = (
         own_idfa,
         own_gaid,
-        idfa.value if idfa else None,
-        gaid.value if gaid else None,
+        # A profile written before the UUID rule may hold any reported value ("opt-out"):
+        # cleaned again on the way out, so such an id is never sent.
+        clean_device_id(idfa.value, kind="idfa") if idfa else None,
+        clean_device_id(gaid.value, kind="gaid") if gaid else None,
     )
     if event.platform is Platform.ANDROID:
         candidates = (candidates[1], candidates[0], candidates[3], candidates[2])

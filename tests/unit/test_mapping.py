@@ -18,7 +18,7 @@ from consumer.domain.button_wire import body_digest, order_path, purchase_date
 from consumer.domain.event_forms import event_from_json
 from consumer.domain.events import CommerceEvent
 from consumer.domain.mapping import MAX_REFUNDS_PER_ORDER, MappingConfig, process
-from consumer.domain.profile import OrderStatus, Profile
+from consumer.domain.profile import OrderStatus, Profile, Stamped
 from consumer.domain.profile_codec import encode_profile
 from consumer.errors import DecodeError
 from consumer.sandbox.validation import validate_create, validate_order_id, validate_update
@@ -367,6 +367,22 @@ def test_refusal_forgets_remembered_ids() -> None:
     assert "customer" not in send(result).body
     assert after is not None
     assert after.idfa is None
+
+
+def test_a_junk_advertising_id_an_earlier_release_learned_is_not_sent_from_the_profile() -> None:
+    """Releases before the UUID rule learned any reported id (``opt-out``, a truncated UUID)
+    into the profile. Read back from such a profile, it is not sent: the order takes the next
+    usable id (here the GAID the profile also holds), else none."""
+    seen = int(datetime(2024, 4, 30, tzinfo=UTC).timestamp() * 1000)
+    junk = (Stamped("opt-out", seen), Stamped("6D92078A-8246-4BA4-AE5B", seen + 1))
+    gaid = Stamped("38400000-8cf0-11bd-b23e-10b96e40000d", seen + 2)
+    for idfas, gaids, expected in (
+        (junk, (), None),
+        (junk, (gaid,), gaid.value),
+    ):
+        profile = Profile(idfas=idfas, gaids=gaids)
+        result, _ = process(purchase(platform="IOS"), profile, CONFIG, NOW)
+        assert expected == send(result).body.get("customer", {}).get("device_id")
 
 
 IDFA = "6D92078A-8246-4BA4-AE5B-76104861E7DC"
