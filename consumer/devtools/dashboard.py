@@ -211,6 +211,25 @@ PANELS: tuple[PanelSpec, ...] = (
         ),
     ),
     PanelSpec(
+        "Inputs dropped (products without a price, advertising ids that are not UUIDs)",
+        "timeseries",
+        "ops",
+        (
+            _q(
+                "sum by (field, problem) (rate(button_consumer_inputs_dropped_total"
+                f"{{{SEL}}}[{RATE}]))",
+                "{{field}} {{problem}}",
+            ),
+        ),
+        runbook="from-events-to-button-requests",
+        description=(
+            "What events carried that Button is not sent and the profile does not learn: a"
+            " purchase's product without a price (its order goes without line items), an"
+            " advertising id that is not a UUID (opt-out, truncated). Rising: the feed sends"
+            " products without prices or junk ids."
+        ),
+    ),
+    PanelSpec(
         "Paused (auth, backpressure, breaker)",
         "state",
         "short",
