@@ -23,6 +23,7 @@ from consumer.adapters.avro_codec import build_encoder
 from consumer.adapters.kafka_admin import ensure_topics, topic_exists
 from consumer.adapters.kafka_producer import AckingProducer
 from consumer.bootstrap import mapping_config
+from consumer.domain.attribution import MAX_BTN_REF_LENGTH, TokenProblem, btn_ref_problem
 from consumer.domain.button import Reject
 from consumer.domain.event_forms import amount_from_text, event_to_json
 from consumer.domain.events import (
@@ -258,6 +259,9 @@ def run_test_event(args: Any, environ: Mapping[str, str] | None = None) -> int:
     consumer, Button). With ``--admin URL`` it is posted to that instance's ``POST /test-event``
     (decode, enrichment and mapping there; with ``--send`` also Button), and the answer printed.
 
+    A ``--btn-ref`` the service would drop (``attribution.btn_ref_problem``: a placeholder, an
+    organisation id...) is sent as given, with a warning on stderr saying why it will be dropped.
+
     Returns:
         0 on success; 1 when the instance answers with an error status or cannot be reached.
 
@@ -280,6 +284,7 @@ def run_test_event(args: Any, environ: Mapping[str, str] | None = None) -> int:
             f"--total: not a plain decimal amount like '12.34': {args.total!r}"
         ) from None
     event = _valid_test_purchase(args, total)
+    _warn_of_a_dropped_token(args.btn_ref)
     if getattr(args, "admin", None):
         where = urllib.parse.urlsplit(args.admin)
         if where.scheme not in ("http", "https") or not where.hostname:
@@ -333,6 +338,32 @@ def _valid_test_purchase(args: Any, total: Decimal) -> CommerceEvent:
         where = f"--{name.replace('_', '-')} {getattr(args, name)!r}" if name else "the purchase"
         raise ConfigError(f"{where}: Button would refuse it ({result.reason}): {result.detail}")
     return event
+
+
+_TOKEN_PROBLEM_TEXT = {
+    TokenProblem.EMPTY: "empty",
+    TokenProblem.PLACEHOLDER: "a placeholder for a missing value, not a token",
+    TokenProblem.TOO_LONG: f"over {MAX_BTN_REF_LENGTH} characters",
+    TokenProblem.NOT_URL_SAFE: "not URL-safe (only A-Z a-z 0-9 . _ ~ -)",
+    TokenProblem.ORGANISATION_ID: "a publisher's organisation id (org-...), not a token",
+}
+"""Each reason the mapping drops a ``btn_ref`` (``attribution.btn_ref_problem``), in words."""
+
+
+def _warn_of_a_dropped_token(btn_ref: str | None) -> None:
+    """One line on stderr when ``--btn-ref`` is a value the service drops, by the mapping's own
+    rule (``attribution.btn_ref_problem`` on the stripped value): the purchase is still valid
+    and reaches Button, without that token. ``--btn-ref ''`` asks for no token: no warning."""
+    if not btn_ref:
+        return
+    problem = btn_ref_problem(btn_ref.strip())
+    if problem is None:
+        return
+    print(
+        f"button-consumer: warning: --btn-ref {btn_ref!r} is {_TOKEN_PROBLEM_TEXT[problem]}: the "
+        "service drops it, so the purchase carries no attribution token of its own",
+        file=sys.stderr,
+    )
 
 
 _MAPPING_OPTION_OF = {
