@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from consumer.adapters.avro_codec import build_encoder
-from consumer.adapters.kafka_admin import ensure_topics, topic_exists
+from consumer.adapters.kafka_admin import await_brokers, ensure_topics, topic_exists
 from consumer.adapters.kafka_producer import AckingProducer
 from consumer.bootstrap import mapping_config
 from consumer.domain.attribution import MAX_BTN_REF_LENGTH, TokenProblem, btn_ref_problem
@@ -102,7 +102,8 @@ def produce_sample(
         raise ConfigError(f"--invalid-ratio: must be between 0 and 1, not {invalid_ratio}")
     settings = Settings.from_env(require_api_key=False)
     topic = settings.kafka.topic
-    ensure_topics(settings.kafka.admin_config(), {topic: {}}, partitions=partitions)
+    admin = await_brokers(settings.kafka.admin_config(), settings.kafka.bootstrap_servers)
+    ensure_topics(admin, {topic: {}}, partitions=partitions)
     encoder = build_encoder(
         Path(settings.schema.dir),
         settings.schema.registry_url,
@@ -220,16 +221,18 @@ def produce_events(
     Raises:
         TopicError: ``create`` is false and the topic does not exist.
         ConfigError: the registry refused the schema.
-        ConsumerError: not every event was acknowledged by the broker (``BrokerError``: a
-            topic could not be created).
+        ConsumerError: not every event was acknowledged by the broker (``BrokerError``: no
+            broker answered within ``BROKER_ANSWER_TIMEOUT`` or every one is down, naming
+            ``KAFKA_BOOTSTRAP_SERVERS``; a topic could not be created).
         KafkaException: the cluster's metadata could not be read (the command line names
             ``KAFKA_BOOTSTRAP_SERVERS``, as for ``produce-sample``).
         SchemaRegistryUnavailableError: the registry could not be reached.
     """
     topic = settings.kafka.topic
+    admin = await_brokers(settings.kafka.admin_config(), settings.kafka.bootstrap_servers)
     if create:
-        ensure_topics(settings.kafka.admin_config(), {topic: {}}, partitions=partitions)
-    elif not topic_exists(settings.kafka.admin_config(), topic, METADATA_TIMEOUT):
+        ensure_topics(admin, {topic: {}}, partitions=partitions)
+    elif not topic_exists(admin, topic, METADATA_TIMEOUT):
         raise TopicError(f"KAFKA_TOPIC: topic {topic!r} does not exist")
     encoder = build_encoder(
         Path(settings.schema.dir),
