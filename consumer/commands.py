@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from consumer.adapters.avro_codec import build_encoder
-from consumer.adapters.kafka_admin import await_brokers, ensure_topics, topic_exists
+from consumer.adapters.kafka_admin import (
+    await_brokers,
+    describe_topics,
+    ensure_topics,
+    topic_exists,
+)
 from consumer.adapters.kafka_producer import AckingProducer
 from consumer.bootstrap import mapping_config
 from consumer.domain.attribution import MAX_BTN_REF_LENGTH, TokenProblem, btn_ref_problem
@@ -73,10 +78,14 @@ def _offline_env() -> dict[str, str]:
     return env
 
 
+SAMPLE_PARTITIONS = 3
+"""The partition count of the topic ``produce-sample`` creates without ``--partitions``."""
+
+
 def produce_sample(
     users: int,
     seed: int,
-    partitions: int,
+    partitions: int | None = None,
     *,
     rate: float | None = None,
     duration: float | None = None,
@@ -89,12 +98,16 @@ def produce_sample(
     keep coming (the next seed's) until that many seconds have passed. ``invalid_ratio`` of the
     records are made undecodable (no magic byte, or the Avro body cut short), so the DLQ path
     shows too. Progress goes to stderr.
+
+    ``partitions``: of the topic when it is created (default ``SAMPLE_PARTITIONS``). A topic
+    that exists is used as it is; when its partition count is not ``partitions``, a warning on
+    stderr says so and gives its count (the command never changes a topic).
     """
     if rate is not None and not (math.isfinite(rate) and rate > 0):
         raise ConfigError(f"--rate: must be a finite number above 0, not {rate}")
     if duration is not None and not (math.isfinite(duration) and duration > 0):
         raise ConfigError(f"--duration: must be a finite number above 0, not {duration}")
-    if users < 1 or partitions < 1:
+    if users < 1 or (partitions is not None and partitions < 1):
         raise ConfigError(
             f"--users and --partitions: must be at least 1, not {users}, {partitions}"
         )
@@ -103,7 +116,15 @@ def produce_sample(
     settings = Settings.from_env(require_api_key=False)
     topic = settings.kafka.topic
     admin = await_brokers(settings.kafka.admin_config(), settings.kafka.bootstrap_servers)
-    ensure_topics(admin, {topic: {}}, partitions=partitions)
+    existing = describe_topics(admin, [topic])[topic].partitions
+    if existing and partitions is not None and existing != partitions:
+        print(
+            f"button-consumer: warning: --partitions {partitions} not applied: topic {topic} "
+            f"exists already, with {counted(existing, 'partition')} (produce-sample creates a "
+            "topic, never changes one)",
+            file=sys.stderr,
+        )
+    ensure_topics(admin, {topic: {}}, partitions=partitions or SAMPLE_PARTITIONS)
     encoder = build_encoder(
         Path(settings.schema.dir),
         settings.schema.registry_url,
