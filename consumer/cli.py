@@ -102,7 +102,10 @@ def _parser() -> argparse.ArgumentParser:
     p_sample.add_argument("--users", type=_number(int, 1), default=200, help="number of users")
     p_sample.add_argument("--seed", type=int, default=7, help="random seed")
     p_sample.add_argument(
-        "--partitions", type=_number(int, 1), default=3, help="if the topic is created"
+        "--partitions",
+        type=_number(int, 1),
+        help="of the topic, if it is created (default 3); a topic that exists keeps its own, "
+        "with a warning when it differs",
     )
     p_sample.add_argument(
         "--rate", type=_POSITIVE, help="events per second (default: as fast as possible)"

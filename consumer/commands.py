@@ -20,9 +20,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from consumer.adapters.avro_codec import build_encoder
-from consumer.adapters.kafka_admin import ensure_topics, topic_exists
+from consumer.adapters.kafka_admin import (
+    await_brokers,
+    describe_topics,
+    ensure_topics,
+    topic_exists,
+)
 from consumer.adapters.kafka_producer import AckingProducer
 from consumer.bootstrap import mapping_config
+from consumer.domain.attribution import MAX_BTN_REF_LENGTH, TokenProblem, btn_ref_problem
 from consumer.domain.button import Reject
 from consumer.domain.event_forms import amount_from_text, event_to_json
 from consumer.domain.events import (
@@ -72,10 +78,14 @@ def _offline_env() -> dict[str, str]:
     return env
 
 
+SAMPLE_PARTITIONS = 3
+"""The partition count of the topic ``produce-sample`` creates without ``--partitions``."""
+
+
 def produce_sample(
     users: int,
     seed: int,
-    partitions: int,
+    partitions: int | None = None,
     *,
     rate: float | None = None,
     duration: float | None = None,
@@ -88,12 +98,16 @@ def produce_sample(
     keep coming (the next seed's) until that many seconds have passed. ``invalid_ratio`` of the
     records are made undecodable (no magic byte, or the Avro body cut short), so the DLQ path
     shows too. Progress goes to stderr.
+
+    ``partitions``: of the topic when it is created (default ``SAMPLE_PARTITIONS``). A topic
+    that exists is used as it is; when its partition count is not ``partitions``, a warning on
+    stderr says so and gives its count (the command never changes a topic).
     """
     if rate is not None and not (math.isfinite(rate) and rate > 0):
         raise ConfigError(f"--rate: must be a finite number above 0, not {rate}")
     if duration is not None and not (math.isfinite(duration) and duration > 0):
         raise ConfigError(f"--duration: must be a finite number above 0, not {duration}")
-    if users < 1 or partitions < 1:
+    if users < 1 or (partitions is not None and partitions < 1):
         raise ConfigError(
             f"--users and --partitions: must be at least 1, not {users}, {partitions}"
         )
@@ -101,7 +115,16 @@ def produce_sample(
         raise ConfigError(f"--invalid-ratio: must be between 0 and 1, not {invalid_ratio}")
     settings = Settings.from_env(require_api_key=False)
     topic = settings.kafka.topic
-    ensure_topics(settings.kafka.admin_config(), {topic: {}}, partitions=partitions)
+    admin = await_brokers(settings.kafka.admin_config(), settings.kafka.bootstrap_servers)
+    existing = describe_topics(admin, [topic])[topic].partitions
+    if existing and partitions is not None and existing != partitions:
+        print(
+            f"button-consumer: warning: --partitions {partitions} not applied: topic {topic} "
+            f"exists already, with {counted(existing, 'partition')} (produce-sample creates a "
+            "topic, never changes one)",
+            file=sys.stderr,
+        )
+    ensure_topics(admin, {topic: {}}, partitions=partitions or SAMPLE_PARTITIONS)
     encoder = build_encoder(
         Path(settings.schema.dir),
         settings.schema.registry_url,
@@ -219,16 +242,18 @@ def produce_events(
     Raises:
         TopicError: ``create`` is false and the topic does not exist.
         ConfigError: the registry refused the schema.
-        ConsumerError: not every event was acknowledged by the broker (``BrokerError``: a
-            topic could not be created).
+        ConsumerError: not every event was acknowledged by the broker (``BrokerError``: no
+            broker answered within ``BROKER_ANSWER_TIMEOUT`` or every one is down, naming
+            ``KAFKA_BOOTSTRAP_SERVERS``; a topic could not be created).
         KafkaException: the cluster's metadata could not be read (the command line names
             ``KAFKA_BOOTSTRAP_SERVERS``, as for ``produce-sample``).
         SchemaRegistryUnavailableError: the registry could not be reached.
     """
     topic = settings.kafka.topic
+    admin = await_brokers(settings.kafka.admin_config(), settings.kafka.bootstrap_servers)
     if create:
-        ensure_topics(settings.kafka.admin_config(), {topic: {}}, partitions=partitions)
-    elif not topic_exists(settings.kafka.admin_config(), topic, METADATA_TIMEOUT):
+        ensure_topics(admin, {topic: {}}, partitions=partitions)
+    elif not topic_exists(admin, topic, METADATA_TIMEOUT):
         raise TopicError(f"KAFKA_TOPIC: topic {topic!r} does not exist")
     encoder = build_encoder(
         Path(settings.schema.dir),
@@ -258,6 +283,9 @@ def run_test_event(args: Any, environ: Mapping[str, str] | None = None) -> int:
     consumer, Button). With ``--admin URL`` it is posted to that instance's ``POST /test-event``
     (decode, enrichment and mapping there; with ``--send`` also Button), and the answer printed.
 
+    A ``--btn-ref`` the service would drop (``attribution.btn_ref_problem``: a placeholder, an
+    organisation id...) is sent as given, with a warning on stderr saying why it will be dropped.
+
     Returns:
         0 on success; 1 when the instance answers with an error status or cannot be reached.
 
@@ -280,6 +308,7 @@ def run_test_event(args: Any, environ: Mapping[str, str] | None = None) -> int:
             f"--total: not a plain decimal amount like '12.34': {args.total!r}"
         ) from None
     event = _valid_test_purchase(args, total)
+    _warn_of_a_dropped_token(args.btn_ref)
     if getattr(args, "admin", None):
         where = urllib.parse.urlsplit(args.admin)
         if where.scheme not in ("http", "https") or not where.hostname:
@@ -333,6 +362,32 @@ def _valid_test_purchase(args: Any, total: Decimal) -> CommerceEvent:
         where = f"--{name.replace('_', '-')} {getattr(args, name)!r}" if name else "the purchase"
         raise ConfigError(f"{where}: Button would refuse it ({result.reason}): {result.detail}")
     return event
+
+
+_TOKEN_PROBLEM_TEXT = {
+    TokenProblem.EMPTY: "empty",
+    TokenProblem.PLACEHOLDER: "a placeholder for a missing value, not a token",
+    TokenProblem.TOO_LONG: f"over {MAX_BTN_REF_LENGTH} characters",
+    TokenProblem.NOT_URL_SAFE: "not URL-safe (only A-Z a-z 0-9 . _ ~ -)",
+    TokenProblem.ORGANISATION_ID: "a publisher's organisation id (org-...), not a token",
+}
+"""Each reason the mapping drops a ``btn_ref`` (``attribution.btn_ref_problem``), in words."""
+
+
+def _warn_of_a_dropped_token(btn_ref: str | None) -> None:
+    """One line on stderr when ``--btn-ref`` is a value the service drops, by the mapping's own
+    rule (``attribution.btn_ref_problem`` on the stripped value): the purchase is still valid
+    and reaches Button, without that token. ``--btn-ref ''`` asks for no token: no warning."""
+    if not btn_ref:
+        return
+    problem = btn_ref_problem(btn_ref.strip())
+    if problem is None:
+        return
+    print(
+        f"button-consumer: warning: --btn-ref {btn_ref!r} is {_TOKEN_PROBLEM_TEXT[problem]}: the "
+        "service drops it, so the purchase carries no attribution token of its own",
+        file=sys.stderr,
+    )
 
 
 _MAPPING_OPTION_OF = {

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, TextIO, cast
 
+from consumer.adapters.kafka_admin import await_brokers
 from consumer.adapters.kafka_producer import AckingProducer
 from consumer.adapters.kafka_reader import PartitionReader
 from consumer.domain.deadletter import (
@@ -451,8 +452,12 @@ def replay(
 
     Raises:
         TopicError: the DLQ (``KAFKA_DLQ_TOPIC``) does not exist.
-        BrokerError: reading it failed.
+        BrokerError: no broker answered (``await_brokers``: at once when every one refuses,
+            naming ``KAFKA_BOOTSTRAP_SERVERS``), or reading the DLQ failed.
     """
+    # Kafka unreachable is said at once, not after the clients below each wait out their own
+    # metadata timeouts (the lag's, then the reader's: a minute).
+    await_brokers(settings.kafka.admin_config(), settings.kafka.bootstrap_servers)
     # Measured before anything is written: what the service reads before the replayed records.
     lag, lag_error = _service_lag(settings)
     producer = None if dry_run else AckingProducer(settings.kafka.producer_config())

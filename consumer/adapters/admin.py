@@ -11,6 +11,7 @@ event" button. What it runs is injected (``TestEventFn``), so this adapter knows
 from __future__ import annotations
 
 import hmac
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from consumer.ports import Delivery
+
+MAX_DELIVERIES_LIMIT = 1000
+"""The most deliveries ``/deliveries?limit=`` lists at once."""
+
+_DIGITS = re.compile(r"[0-9]{1,9}", re.ASCII)
+"""A limit as written: ASCII digits only (``int()`` would also read ``+5``, ``1_0`` and other
+scripts' digits), few enough to need no bound before ``int()``."""
 
 TestEventFn = Callable[[str, bool], Awaitable[tuple[int, dict[str, Any]]]]
 """``(event JSON text, send?) -> (HTTP status, answer)`` for ``POST /test-event``."""
@@ -139,10 +147,20 @@ class AdminServer:
         return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _recent(self, request: web.Request) -> web.Response:
-        try:
-            limit = max(1, min(int(request.query.get("limit", "50")), 1000))
-        except ValueError:
-            return web.json_response({"error": "limit must be an integer"}, status=400)
+        """``?limit=N``: the N most recent deliveries, N a whole number from 0 to
+        ``MAX_DELIVERIES_LIMIT`` in ASCII digits (default 50; 0 lists none); anything else
+        (negative, too large, not digits, given twice) answers 400 naming the parameter."""
+        given = request.query.getall("limit", ["50"])
+        text = given[0] if len(given) == 1 else ""
+        limit = int(text) if _DIGITS.fullmatch(text) else -1
+        if not 0 <= limit <= MAX_DELIVERIES_LIMIT:
+            return web.json_response(
+                {
+                    "error": f"limit must be a whole number from 0 to {MAX_DELIVERIES_LIMIT} "
+                    "(default 50), given once"
+                },
+                status=400,
+            )
         return web.json_response({"deliveries": self._deliveries.recent(limit)})
 
     async def _test_event_handler(self, request: web.Request) -> web.Response:

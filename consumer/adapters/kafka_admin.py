@@ -26,6 +26,63 @@ AdminSource = Mapping[str, Any] | AdminClient
 """Admin client properties (``KafkaSettings.admin_config()``), or a client made of them."""
 
 
+BROKER_ANSWER_TIMEOUT = 10.0
+"""Seconds an operator command waits for a first broker to answer (``await_brokers``)."""
+
+_PROBE_WAIT = 0.25
+"""Seconds of one metadata request of ``await_brokers``, between looks at the client's errors."""
+
+
+def await_brokers(config: Mapping[str, Any], servers: str) -> AdminClient:
+    """An admin client of ``config`` once a broker has answered a metadata request; for an
+    operator command, which should say at once that Kafka is unreachable instead of waiting
+    out librdkafka's 30 s metadata timeout.
+
+    Every bootstrap broker refused the connection or could not be resolved (librdkafka's
+    ``_ALL_BROKERS_DOWN``, reported after the first attempt at each): given up on at once;
+    brokers that take connections but do not answer: at ``BROKER_ANSWER_TIMEOUT`` seconds.
+
+    Args:
+        config: admin client properties, ``KafkaSettings.admin_config()``.
+        servers: the bootstrap servers, to name in the message.
+
+    Returns:
+        the client, which answered (its later calls need no new connection).
+
+    Raises:
+        BrokerError: no broker answered; ``Kafka error at SERVERS (KAFKA_BOOTSTRAP_SERVERS):``
+            and librdkafka's last complaint, or the deadline.
+        KafkaException: librdkafka refused a property (the command line names its variable).
+    """
+    complaints: list[KafkaError] = []
+    properties: dict[str, Any] = dict(config)
+    properties["error_cb"] = complaints.append
+    admin = AdminClient(properties)
+    timeout = BROKER_ANSWER_TIMEOUT
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin.list_topics(timeout=max(min(_PROBE_WAIT, deadline - time.monotonic()), 0.01))
+        except KafkaException:
+            pass
+        else:
+            return admin
+        admin.poll(0)  # serves error_cb
+        codes = {error.code() for error in complaints}
+        detail = next(
+            (e.str() for e in reversed(complaints) if e.code() != KafkaError._ALL_BROKERS_DOWN),
+            "every broker is down",
+        )
+        del complaints[:-1]  # a refused broker is retried every few milliseconds
+        if KafkaError._ALL_BROKERS_DOWN in codes:
+            raise BrokerError(f"Kafka error at {servers} (KAFKA_BOOTSTRAP_SERVERS): {detail}")
+        if time.monotonic() >= deadline:
+            raise BrokerError(
+                f"Kafka error at {servers} (KAFKA_BOOTSTRAP_SERVERS): no broker answered a "
+                f"metadata request within {timeout:g} s"
+            )
+
+
 def admin_client(config: AdminSource) -> AdminClient:
     """A client for ``config``, or ``config`` itself when it is one already.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -19,6 +20,7 @@ import uuid
 from collections.abc import Iterator, Set
 from datetime import UTC, datetime
 from types import FrameType
+from typing import TextIO
 
 from prometheus_client import CollectorRegistry
 
@@ -31,7 +33,17 @@ from consumer.engine.worker import RunStats
 from consumer.errors import ConsumerError
 from consumer.samples import generate_events, past_start
 from consumer.sandbox.testing import run_sandbox
-from consumer.settings import Settings
+from consumer.settings import KAFKA_LOGGER, Settings
+
+
+def configure_demo_logging(stream: TextIO) -> None:
+    """The service's warnings and errors on ``stream`` (console on a terminal, else JSON), and
+    librdkafka's errors only: its warnings against a broker the demo has just started are of
+    what it retries (``GETPID ... Coordinator load in progress: retrying``), and would land in
+    the middle of the demo's output; an error (a broker that refuses connections) still shows,
+    and the summary's verdict says whether anything was lost."""
+    configure_logging("warning", "console" if stream.isatty() else "json", stream=stream)
+    logging.getLogger(KAFKA_LOGGER).setLevel(logging.ERROR)
 
 
 def _stop_on_sigterm() -> None:
@@ -81,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=3)
     args = parser.parse_args(argv)
     _stop_on_sigterm()
-    configure_logging("warning", "console" if sys.stdout.isatty() else "json")
+    configure_demo_logging(sys.stdout)
     try:
         return _run(args.users, args.seed, args.partitions)
     except KeyboardInterrupt:

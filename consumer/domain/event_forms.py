@@ -30,7 +30,13 @@ Four conversions live here, all pure:
     {...}}``) or mParticle's outbound array form (``[{"identity_type": "customer_id",
     "identity": "c-1"}, ...]``);
   - map values (custom and product attributes, integration attributes, other identities) are
-    strings; numbers and booleans are accepted and turned into strings (``true``/``false``).
+    strings; numbers and booleans are accepted and turned into strings (``true``/``false``);
+  - ``null`` means absent wherever a value is optional: an optional field, a map entry's value
+    (the entry is left out), an identity of the array form (``{"identity_type": "email",
+    "identity": null}`` is skipped); ``null`` where a value is required (``event_id``,
+    ``event_type``, ``event_time``, ``user_key``, ``commerce.action``, a product's ``id``, an
+    identity's ``identity_type``) is refused ``missing_field``, naming the field and saying it
+    is null.
 
 * ``event_to_record`` (for fastavro writers) and ``event_to_json`` (the JSON form above, with
   decimal strings and ISO-8601 UTC times, ``null`` and empty fields omitted).
@@ -108,9 +114,8 @@ class _Dialect:
 
 
 def _type_error(where: str, expected: str, value: object) -> InvalidEventError:
-    return _invalid(
-        EventReason.INVALID_FIELD, f"{where} must be {expected}, not {type(value).__name__}"
-    )
+    given = "null" if value is None else type(value).__name__
+    return _invalid(EventReason.INVALID_FIELD, f"{where} must be {expected}, not {given}")
 
 
 def _is_mapping(value: object) -> TypeGuard[Mapping[Any, Any]]:
@@ -127,7 +132,8 @@ def _mapping(value: object, where: str) -> Mapping[str, Any]:
 def _required(obj: Mapping[str, Any], key: str, where: str) -> object:
     value = obj.get(key)
     if value is None:
-        raise _invalid(EventReason.MISSING_FIELD, f"{where}{key} is missing")
+        said = "is null, but it is required" if key in obj else "is missing"
+        raise _invalid(EventReason.MISSING_FIELD, f"{where}{key} {said}")
     return value
 
 
@@ -167,7 +173,8 @@ def _str_map(value: object, where: str, d: _Dialect, key: str = "") -> dict[str,
     """The map ``value`` (``None``: empty) with string values; ``where + key`` names it.
 
     Both dialects take a string value as it is; any other value is the dialect's to convert or
-    refuse, and only then is the entry's location built.
+    refuse, and only then is the entry's location built. In the JSON form an entry whose value
+    is ``null`` is absent (left out); a decoded record's map has no null values to meet.
     """
     if value is None:
         return {}
@@ -176,6 +183,7 @@ def _str_map(value: object, where: str, d: _Dialect, key: str = "") -> dict[str,
     return {
         str(k): v if isinstance(v, str) else d.string_value(v, f"{where}{key}[{k!r}]")
         for k, v in value.items()
+        if v is not None or not d.json
     }
 
 
@@ -339,7 +347,9 @@ def _identities_from_array(items: Sequence[object], d: _Dialect) -> UserIdentiti
     other: dict[str, str] = {}
     for index, item in enumerate(items):
         where = f"user_identities[{index}]."
-        entry = _mapping(item, where)
+        entry = _mapping(item, where[:-1])
+        if "identity" in entry and entry["identity"] is None:
+            continue  # ``"identity": null``: this identity is absent
         kind = _req_str(entry, "identity_type", where).strip().lower()
         identity = d.string_value(_required(entry, "identity", where), where + "identity")
         if kind == "customer_id":
@@ -375,7 +385,7 @@ def _device(value: object, d: _Dialect) -> DeviceInfo | None:
 
 def _product(value: object, index: int, d: _Dialect) -> Product:
     where = f"commerce.products[{index}]."
-    obj = _mapping(value, where)
+    obj = _mapping(value, where[:-1])
     quantity = obj.get("quantity")
     return Product(
         id=_req_str(obj, "id", where),

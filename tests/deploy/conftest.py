@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
@@ -71,6 +73,32 @@ def render(
     if done.returncode != 0:
         raise HelmFailedError(done.stderr.strip())
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def render_notes(*sets: str) -> str:
+    """The chart's ``NOTES.txt`` as ``helm install`` would print it with ``--set`` pairs.
+
+    ``helm template`` leaves NOTES out and ``helm install --dry-run`` needs a cluster, so the
+    chart is copied and a template of the copy renders the notes with ``tpl``: the same text,
+    values and named templates.
+    """
+    with tempfile.TemporaryDirectory() as scratch:
+        chart = Path(scratch) / CHART.name
+        shutil.copytree(CHART, chart, symlinks=False)
+        (chart / "notes-under-test.txt").write_text(
+            (CHART / "templates" / "NOTES.txt").read_text(encoding="utf-8"), encoding="utf-8"
+        )
+        (chart / "templates" / "notes-under-test.yaml").write_text(
+            'notes: {{ tpl (.Files.Get "notes-under-test.txt") . | toJson }}\n', encoding="utf-8"
+        )
+        args = [helm_binary(), "template", "release", str(chart), "--kube-version", KUBE_VERSION]
+        for pair in sets:
+            args += ["--set", pair]
+        args += ["--show-only", "templates/notes-under-test.yaml"]
+        done = subprocess.run(args, capture_output=True, text=True, check=False, timeout=60)
+    if done.returncode != 0:
+        raise HelmFailedError(done.stderr.strip())
+    return str(yaml.safe_load(done.stdout)["notes"])
 
 
 @cache

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from consumer import commands
 from consumer.adapters.avro_codec import build_decoder
@@ -94,3 +95,33 @@ def test_progress_line_counts_one_event_in_the_singular() -> None:
     """One event: "1 event", not "1 events"."""
     progress = commands.Progress(io.StringIO(), rate=None, duration=None)
     assert progress.line(1, 0, 1.0) == "1 event (0 invalid) in 1.0 s, 1/s"
+
+
+@pytest.mark.parametrize(("asked", "warned"), [(3, True), (1, False), (None, False)])
+def test_partitions_of_a_topic_that_exists_already_are_its_own_said_on_stderr(
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    asked: int | None,
+    warned: bool,
+) -> None:
+    """``--partitions 3`` against a topic that exists with 1 partition: the events are
+    produced to the topic as it is (it keeps its 1 partition), and stderr says the option was
+    not applied and the topic's own count. The same count, or no ``--partitions``, says
+    nothing."""
+    topic = make_topic(partitions=1)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.setenv("KAFKA_TOPIC", topic)
+    monkeypatch.setenv("SCHEMA_DIR", str(SCHEMAS))
+    monkeypatch.delenv("SCHEMA_REGISTRY_URL", raising=False)
+
+    assert commands.produce_sample(1, 11, asked) == 0
+
+    warning = (
+        f"button-consumer: warning: --partitions {asked} not applied: topic {topic} exists "
+        "already, with 1 partition (produce-sample creates a topic, never changes one)"
+    )
+    assert (warning in capsys.readouterr().err) is warned
+    metadata = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(topic, timeout=30)
+    assert len(metadata.topics[topic].partitions) == 1

@@ -225,18 +225,44 @@ def test_deliveries_limit_defaults_to_fifty() -> None:
     assert list(range(59, 9, -1)) == offsets
 
 
-def test_deliveries_limit_below_one_returns_one() -> None:
-    """?limit=0 is clamped to 1."""
+def test_deliveries_limit_zero_returns_none() -> None:
+    """?limit=0 asks for no deliveries and gets none (it used to be clamped to 1)."""
     response = fetch("/deliveries?limit=0", deliveries=log_of(1, 2))
 
-    assert [d["offset"] for d in response.json()["deliveries"]] == [2]
+    assert (response.status, response.json()) == (200, {"deliveries": []})
 
 
-def test_deliveries_bad_limit_is_a_bad_request() -> None:
-    """A limit that is not an integer answers 400 with an error message."""
-    response = fetch("/deliveries?limit=ten", deliveries=log_of(1))
+def test_deliveries_limit_at_the_maximum_returns_every_kept_delivery() -> None:
+    """?limit=1000 (the largest) is taken as it is: every delivery the log keeps."""
+    response = fetch("/deliveries?limit=1000", deliveries=log_of(1, 2))
 
-    assert (response.status, response.json()) == (400, {"error": "limit must be an integer"})
+    assert [d["offset"] for d in response.json()["deliveries"]] == [2, 1]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=ten",
+        "limit=-1",
+        "limit=1001",
+        "limit=99999999999999999999",
+        "limit=",
+        "limit=1.5",
+        "limit=1_0",
+        "limit=%2B5",
+        "limit=%D9%A1",  # an Arabic-Indic one, which int() reads as 1
+        "limit=1&limit=2",
+    ],
+)
+def test_deliveries_bad_limit_is_a_bad_request_naming_the_parameter(query: str) -> None:
+    """A limit that is not a whole number from 0 to 1000 in ASCII digits, or given twice,
+    answers 400 with a message naming the parameter and its range, never a clamped list."""
+    response = fetch(f"/deliveries?{query}", deliveries=log_of(1))
+
+    assert (response.status, response.json()) == (
+        400,
+        {"error": "limit must be a whole number from 0 to 1000 (default 50), given once"},
+    )
 
 
 def test_unknown_path_is_not_found() -> None:

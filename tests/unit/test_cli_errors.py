@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from consumer import cli
+from consumer.adapters import kafka_admin
 from consumer.errors import BrokerError
 from consumer.settings import SettingProblem, kafka_property_problem
 
@@ -209,3 +211,74 @@ def test_a_reader_that_went_away_ends_a_command_quietly(args: tuple[str, ...]) -
         proc.kill()
 
     assert (proc.returncode, stderr) == (141, "")
+
+
+_BOUND = 20.0
+"""Seconds a command may take to give up on brokers that refuse connections: its own start
+(imports) and librdkafka's first refused connection. Before the bound they waited 30 s
+(``produce-sample``, ``test-event``) or 60 s (``replay-dlq``) for metadata."""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("produce-sample",),
+        ("test-event", "--order-id", "T-fast"),
+        ("replay-dlq",),
+        ("replay-dlq", "--dry-run"),
+    ],
+    ids=["produce-sample", "test-event", "replay-dlq", "replay-dlq-dry-run"],
+)
+def test_a_kafka_command_gives_up_on_refusing_brokers_at_once_naming_the_setting(
+    args: tuple[str, ...],
+) -> None:
+    """Every command with a Kafka client of its own, pointed at a port nothing listens on:
+    exit status 1 with one line naming the brokers and KAFKA_BOOTSTRAP_SERVERS, as soon as
+    librdkafka finds every bootstrap broker down, well within ``_BOUND`` seconds."""
+    base = {
+        k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "DELIVERY_", "SCHEMA_"))
+    }
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "consumer", *args],
+            env={**base, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "DELIVERY_DRY_RUN": "true"},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=_BOUND,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{' '.join(args)} still waited for the brokers after {_BOUND:g} s")
+
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 1, done.stderr
+    assert last.startswith(
+        "button-consumer: Kafka error at 127.0.0.1:1 (KAFKA_BOOTSTRAP_SERVERS): "
+    ), done.stderr
+    assert "Connection refused" in last, done.stderr
+
+
+def test_a_broker_that_accepts_but_never_answers_is_given_up_on_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A listener that takes connections and answers nothing (a hung broker, a proxy with
+    nothing behind it): librdkafka reports no broker down, so the deadline
+    (``BROKER_ANSWER_TIMEOUT``, here 1 s) ends the wait, with exit status 1 naming the
+    setting and the deadline."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    servers = f"127.0.0.1:{listener.getsockname()[1]}"
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", servers)
+    monkeypatch.delenv("SCHEMA_REGISTRY_URL", raising=False)
+    monkeypatch.setattr(kafka_admin, "BROKER_ANSWER_TIMEOUT", 1.0)
+    try:
+        assert cli.main(["produce-sample"]) == 1
+    finally:
+        listener.close()
+
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"button-consumer: Kafka error at {servers} (KAFKA_BOOTSTRAP_SERVERS): no broker "
+        "answered a metadata request within 1 s"
+    )

@@ -545,7 +545,7 @@ def test_an_invalid_record_without_ids_names_none() -> None:
         (
             {"products": ["x"]},
             EventReason.INVALID_FIELD,
-            f"{_PRODUCT_0} must be an object, not str",
+            "commerce.products[0] must be an object, not str",
         ),
         (
             {"total_amount": float("nan")},
@@ -586,8 +586,8 @@ def test_a_bad_commerce_value_is_named_by_its_location(
             "custom_attributes['n'] must be a string, number or boolean, not list",
         ),
         (
-            {"integration_attributes": {"1022": {"a": None}}},
-            "integration_attributes['1022']['a'] must be a string, number or boolean, not NoneType",
+            {"integration_attributes": {"1022": {"a": []}}},
+            "integration_attributes['1022']['a'] must be a string, number or boolean, not list",
         ),
         (
             {"user_identities": {"other": {"x": [1]}}},
@@ -635,7 +635,7 @@ def test_a_bad_json_map_entry_is_named_by_its_location(
         (
             ("integration_attributes",),
             {"1022": {"k": None}},
-            "integration_attributes['1022']['k'] must be a string, not NoneType",
+            "integration_attributes['1022']['k'] must be a string, not null",
         ),
         (
             ("user_identities", "other"),
@@ -656,3 +656,133 @@ def test_a_bad_record_value_is_named_by_its_location(
     with pytest.raises(DecodeError) as info:
         event_from_record(record)
     assert (EventReason.INVALID_FIELD, message) == (info.value.reason, str(info.value))
+
+
+# --- null in the JSON form ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("with_null", "without"),
+    [
+        (
+            {"custom_attributes": {"campaign": "spring", "coupon": None}},
+            {"custom_attributes": {"campaign": "spring"}},
+        ),
+        (
+            {"user_identities": {"customer_id": "c-1", "email": None, "other": {"x": None}}},
+            {"user_identities": {"customer_id": "c-1"}},
+        ),
+        (
+            {
+                "user_identities": [
+                    {"identity_type": "customer_id", "identity": "c-1"},
+                    {"identity_type": "email", "identity": None},
+                    {"identity_type": "other", "identity": None},
+                ]
+            },
+            {"user_identities": [{"identity_type": "customer_id", "identity": "c-1"}]},
+        ),
+        (
+            {"integration_attributes": {"1022": {"a": "b", "c": None}}},
+            {"integration_attributes": {"1022": {"a": "b"}}},
+        ),
+        (
+            {
+                "device_info": {
+                    "ios_advertising_id": None,
+                    "android_advertising_id": None,
+                    "ios_idfv": None,
+                    "limit_ad_tracking": None,
+                    "att_authorization_status": None,
+                }
+            },
+            {"device_info": {}},
+        ),
+        (
+            {
+                "platform": None,
+                "environment": None,
+                "event_name": None,
+                "btn_ref": None,
+                "launch_referral_url": None,
+                "page_url": None,
+                "device_info": None,
+                "integration_attributes": None,
+                "custom_attributes": None,
+            },
+            {},
+        ),
+    ],
+    ids=[
+        "custom-attribute",
+        "identity-record",
+        "identity-array",
+        "integration-attribute",
+        "device-info",
+        "top-level",
+    ],
+)
+def test_a_null_optional_json_value_is_absent(
+    with_null: dict[str, Any], without: dict[str, Any]
+) -> None:
+    """JSON producers write ``null`` for "absent": wherever a value is optional (an optional
+    field, a map entry's value, an identity of the array form), ``null`` reads as if it were
+    left out, never as an error."""
+    base = purchase_json()
+    for key in with_null:
+        base.pop(key, None)
+
+    assert event_from_json({**base, **with_null}) == event_from_json({**base, **without})
+
+
+def test_a_null_optional_commerce_or_product_value_is_absent() -> None:
+    """The commerce object's and a product's optional fields and attribute values too."""
+    nulls = {
+        "transaction_id": "ORD-1",
+        "currency_code": "USD",
+        "total_amount": "59.98",
+        "tax_amount": None,
+        "shipping_amount": None,
+        "coupon_code": None,
+        "affiliation": None,
+    }
+    product: dict[str, Any] = {"id": "SKU-1", "attributes": {"size": "M", "colour": None}}
+    product |= dict.fromkeys(("sku", "name", "brand", "category", "variant", "price", "quantity"))
+
+    with_null = event_from_json(commerce_json(**nulls, products=[product]))
+    without = event_from_json(
+        commerce_json(products=[{"id": "SKU-1", "attributes": {"size": "M"}}])
+    )
+
+    assert with_null == without
+
+
+@pytest.mark.parametrize(
+    ("obj", "message"),
+    [
+        (purchase_json(event_id=None), "event_id is null, but it is required"),
+        (purchase_json(event_type=None), "event_type is null, but it is required"),
+        (purchase_json(event_time=None), "event_time is null, but it is required"),
+        (purchase_json(user_key=None), "user_key is null, but it is required"),
+        (commerce_json(action=None), "commerce.action is null, but it is required"),
+        (
+            commerce_json(products=[{"id": None}]),
+            "commerce.products[0].id is null, but it is required",
+        ),
+        (
+            purchase_json(user_identities=[{"identity_type": None, "identity": "c-1"}]),
+            "user_identities[0].identity_type is null, but it is required",
+        ),
+        (
+            commerce_json(products=[None]),
+            "commerce.products[0] must be an object, not null",
+        ),
+    ],
+)
+def test_a_null_required_json_value_is_refused_naming_it(obj: dict[str, Any], message: str) -> None:
+    """``null`` where a value is required is still refused, the message naming the field and
+    saying it is null (not that it is missing, which the producer can see it is not)."""
+    with pytest.raises(DecodeError) as info:
+        event_from_json(obj)
+
+    assert str(info.value) == message

@@ -118,6 +118,19 @@ def test_test_event_maps_without_sending_by_default() -> None:
     ) == ("create", "/v1/order", 1234)
 
 
+def test_test_event_takes_null_for_an_absent_custom_attribute_or_identity() -> None:
+    """A purchase a JSON producer wrote with ``null`` for absent values (a custom attribute, an
+    identity) maps as if they were left out (200, create), not a 422 reject."""
+    purchase = {
+        **PURCHASE,
+        "custom_attributes": {"campaign": None},
+        "user_identities": [{"identity_type": "email", "identity": None}],
+    }
+    status, body = post(json.dumps(purchase))
+
+    assert (status, body["result"]["action"]) == (200, "create"), body
+
+
 def test_test_event_sends_when_asked_and_returns_buttons_answer() -> None:
     """?send=true sends the request and returns Button's outcome, status and object."""
     button = FakeButton()

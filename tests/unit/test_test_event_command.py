@@ -112,6 +112,45 @@ def test_a_value_the_purchase_cannot_carry_is_a_usage_error_and_produces_nothing
     assert says in err, err
 
 
+@pytest.mark.parametrize(
+    ("btn_ref", "why"),
+    [
+        ("undefined", "a placeholder for a missing value, not a token"),
+        ("NULL", "a placeholder for a missing value, not a token"),
+        ("srctok-", "a placeholder for a missing value, not a token"),
+        (" ", "empty"),
+        ("srctok-" + "a" * 250, "over 255 characters"),
+        ("srctok-a b", "not URL-safe (only A-Z a-z 0-9 . _ ~ -)"),
+        ("org-0123456789abcdef", "a publisher's organisation id (org-...), not a token"),
+    ],
+)
+def test_a_btn_ref_the_service_drops_is_produced_with_a_warning_saying_why(
+    produced: list[CommerceEvent], capsys: pytest.CaptureFixture[str], btn_ref: str, why: str
+) -> None:
+    """``--btn-ref undefined`` (or any value the mapping's ``btn_ref_problem`` refuses) is
+    produced as asked, the purchase being valid, but a line on stderr says the service will
+    drop the token and why, so "produced" is not read as "attributed"."""
+    assert cli.main([*ARGS, "--btn-ref", btn_ref]) == 0
+
+    assert [e.btn_ref for e in produced] == [btn_ref]
+    assert capsys.readouterr().err == (
+        f"button-consumer: warning: --btn-ref {btn_ref!r} is {why}: the service drops it, so "
+        "the purchase carries no attribution token of its own\n"
+    )
+
+
+@pytest.mark.parametrize("btn_ref", ["fakesrctok-0123456789abcdef", "srctok-abc", ""])
+def test_a_forwardable_or_empty_btn_ref_is_produced_without_a_warning(
+    produced: list[CommerceEvent], capsys: pytest.CaptureFixture[str], btn_ref: str
+) -> None:
+    """A token the service forwards, or ``--btn-ref ''`` (asking for no token), warns of
+    nothing."""
+    assert cli.main([*ARGS, "--btn-ref", btn_ref]) == 0
+
+    assert [e.btn_ref for e in produced] == [btn_ref or None]
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("url", ["notaurl", "ftp://pod:9400", "http://", "file:///etc"])
 def test_an_admin_value_that_is_no_http_url_is_a_usage_error(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], url: str
