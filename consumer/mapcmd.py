@@ -21,7 +21,13 @@ a create also says where its ``btn_ref`` came from (``btn_ref_source``: ``explic
 refunds held in the order's ledger stop applying (a purchase they do not fit), or whose mapping
 dropped an order holding refunds for its purchase (expired, or beyond the profile's order cap),
 lists them in ``discarded`` (``event_id``, ``reason``, ``detail``, and ``order_id`` for another
-order's: what the service logs as ``held_refund_discarded``); the key is absent otherwise. A
+order's: what the service logs as ``held_refund_discarded``); the key is absent otherwise.
+What the event carried that is neither sent nor remembered is listed in ``dropped`` (absent when
+nothing was), as the service counts and logs it: junk where a token goes (``field``
+``btn_ref``, ``source``, ``problem``, ``value`` for a placeholder: ``btn_ref_dropped``), a
+product without a price (``line_items``, ``product_without_price``, its id) or an advertising
+id that is not a UUID (``ios_advertising_id`` or ``android_advertising_id``, ``not_uuid``):
+``input_dropped``. A
 malformed line is a reject (``invalid_json``, ``not_an_object`` or the event model's reason such
 as ``missing_field`` or ``invalid_timestamp``), never a crash; a line whose mapping fails
 unexpectedly is a reject with reason ``unprocessable`` (and the exception's class in
@@ -47,7 +53,12 @@ from consumer.domain.button import (
 )
 from consumer.domain.event_forms import event_from_json
 from consumer.domain.events import CommerceEvent
-from consumer.domain.mapping import MappingConfig, process
+from consumer.domain.mapping import (
+    MappingConfig,
+    dropped_inputs,
+    event_dropped_tokens,
+    process,
+)
 from consumer.domain.profile import Profile
 from consumer.engine.profiles import ProfileStore
 from consumer.errors import DecodeError
@@ -115,6 +126,12 @@ def _map_one(
     described = _describe(result)
     if isinstance(result, Send) and result.request.action is Action.CREATE:
         described["btn_ref_source"] = _btn_ref_source(profile or before, result.request.order_id)
+    dropped = [
+        {"field": "btn_ref", "source": d.source.value, "problem": d.problem.value, "value": d.value}
+        for d in event_dropped_tokens(event)
+    ] + [{"field": d.field, "problem": d.problem, "value": d.value} for d in dropped_inputs(event)]
+    if dropped:
+        described["dropped"] = dropped
     return described
 
 

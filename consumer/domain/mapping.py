@@ -67,7 +67,12 @@ from decimal import Decimal
 from typing import Any
 
 from consumer.domain.adoption import ButtonOrder, Lookup, button_order
-from consumer.domain.attribution import resolve_btn_ref, token_from_event
+from consumer.domain.attribution import (
+    DroppedToken,
+    dropped_tokens,
+    resolve_btn_ref,
+    token_from_event,
+)
 from consumer.domain.button import (
     ORDER_EVICTED,
     ORDER_EXPIRED,
@@ -366,6 +371,17 @@ def _reporting_gone(result: MapResult, gone: tuple[DiscardedRefund, ...]) -> Map
     if isinstance(result, Read):
         return replace(result, held=replace(result.held, discarded=(*result.held.discarded, *gone)))
     return replace(result, discarded=(*result.discarded, *gone))
+
+
+def event_dropped_tokens(event: CommerceEvent) -> tuple[DroppedToken, ...]:
+    """The junk ``event`` carried where a Button token goes (``attribution.dropped_tokens`` over
+    its explicit ``btn_ref``, integration attribute 1022, launch referral and page URLs), for
+    the service to count and log (``btn_ref_dropped``). Empty for most events."""
+    return dropped_tokens(
+        event.btn_ref,
+        event.integration_attributes,
+        (event.launch_referral_url, event.page_url),
+    )
 
 
 def dropped_inputs(event: CommerceEvent) -> tuple[DroppedInput, ...]:

@@ -15,7 +15,6 @@ import structlog
 
 from consumer.domain import mapping
 from consumer.domain.adoption import Lookup
-from consumer.domain.attribution import dropped_tokens
 from consumer.domain.button import discarded_by
 from consumer.domain.events import CommerceEvent
 from consumer.domain.profile import Profile
@@ -56,11 +55,7 @@ class ProfileProcessor:
             order_id=event.order_id,
             profile_changed=updated is not None and key is not None,
             updated=updated,
-            dropped_tokens=dropped_tokens(
-                event.btn_ref,
-                event.integration_attributes,
-                (event.launch_referral_url, event.page_url),
-            ),
+            dropped_tokens=mapping.event_dropped_tokens(event),
             discarded_refunds=discarded_by(result),
             dropped_inputs=mapping.dropped_inputs(event),
         )

@@ -267,3 +267,26 @@ def test_a_text_amount_is_read_only_in_plain_decimal_notation(
         reason,
     )
     assert (None if body is None else body["total"]) == button_total
+
+
+def test_what_an_event_carried_that_is_dropped_is_listed() -> None:
+    """``dropped`` lists what the service counts and logs as ``btn_ref_dropped`` and
+    ``input_dropped`` for the line: a placeholder token (with its value), a product without a
+    price (its id), an advertising id that is not a UUID (no value); absent when nothing was."""
+    purchase = {
+        **PURCHASE,
+        "btn_ref": "undefined",
+        "device_info": {"ios_advertising_id": "opt-out"},
+        "commerce": {
+            **PURCHASE["commerce"],
+            "products": [{"id": "A", "price": "600", "quantity": 1}, {"id": "B", "quantity": 1}],
+        },
+    }
+    status, results = run(INSTALL, purchase)
+    assert status == 0
+    assert "dropped" not in results[0]
+    assert results[1]["dropped"] == [
+        {"field": "btn_ref", "source": "explicit", "problem": "placeholder", "value": "undefined"},
+        {"field": "line_items", "problem": "product_without_price", "value": "B"},
+        {"field": "ios_advertising_id", "problem": "not_uuid", "value": None},
+    ]
