@@ -585,3 +585,89 @@ def first_request_offsets(
         if sends.get(message.value() or b"", False) and offset < first[partition]:
             first[partition] = offset
     return first
+
+
+def log_events(log: Path, event: str) -> list[dict[str, Any]]:
+    """The JSON lines of a service's log file whose ``event`` is ``event``, in order (lines
+    that are not JSON objects are skipped)."""
+    found = []
+    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and doc.get("event") == event:
+            found.append(doc)
+    return found
+
+
+@dataclass(frozen=True)
+class Terminated:
+    """How a launched service process ended after its SIGTERM (``sigterm_at``): its exit
+    status (``None``: still running at the deadline, then killed), the seconds from the signal
+    to its exit, and its log's last 15 lines for assertion messages."""
+
+    code: int | None
+    took: float
+    tail: str
+
+
+def sigterm_at(
+    launcher: Path,
+    *,
+    kafka_bootstrap: str,
+    topic: str,
+    changelog: str,
+    group: str,
+    sandbox: Any,
+    shutdown_s: float,
+    log: Path,
+    ready_event: str,
+) -> Terminated:
+    """Run ``launcher`` (a Python script that starts the service as ``run`` does, with a state
+    held by construction) against ``topic`` and its ``changelog``, wait (at most 120 s) for its
+    log to show ``ready_event``, send it SIGTERM and wait for its exit (at most
+    ``DELIVERY_SHUTDOWN_TIMEOUT_SECONDS`` + 18 s, then it is killed)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "DELIVERY_"))}
+    env = {
+        **base,
+        "PYTHONUNBUFFERED": "1",
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_TOPIC": topic,
+        "KAFKA_GROUP_ID": group,
+        "KAFKA_DLQ_TOPIC": f"{topic}-dlq",
+        "KAFKA_PROFILE_TOPIC": changelog,
+        "KAFKA_CREATE_TOPICS": "true",
+        "BUTTON_BASE_URL": sandbox.base_url,
+        "BUTTON_API_KEY": sandbox.api_key,
+        "ADMIN_HOST": "127.0.0.1",
+        "ADMIN_PORT": "0",
+        "DELIVERY_SHUTDOWN_TIMEOUT_SECONDS": str(shutdown_s),
+    }
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(launcher)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+    try:
+        wait_until(lambda: bool(log_events(log, ready_event)) or proc.poll() is not None, 120)
+        assert proc.poll() is None, log.read_text(encoding="utf-8")
+
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code: int | None
+        try:
+            code = proc.wait(shutdown_s + 3 + 15)
+        except subprocess.TimeoutExpired:
+            code = None
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:])
+    return Terminated(code, took, tail)

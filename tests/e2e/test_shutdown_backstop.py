@@ -14,20 +14,14 @@ speed. Real broker, real ``button-consumer run`` code, real SIGTERM.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from confluent_kafka import Producer
 
 from consumer.sandbox.testing import SandboxHandle
-from tests.e2e.harness import wait_until
+from tests.e2e.harness import log_events, sigterm_at
 
 pytestmark = pytest.mark.broker
 
@@ -56,18 +50,6 @@ raise SystemExit(main(["run"]))
 """
 
 
-def _events(log: Path, event: str) -> list[dict[str, Any]]:
-    found = []
-    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            doc = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(doc, dict) and doc.get("event") == event:
-            found.append(doc)
-    return found
-
-
 def test_a_shutdown_that_cannot_end_is_cut_at_s_plus_3_seconds(
     kafka_bootstrap: str,
     make_topic: Callable[..., str],
@@ -87,54 +69,24 @@ def test_a_shutdown_that_cannot_end_is_cut_at_s_plus_3_seconds(
 
     launcher = tmp_path / "held_restore.py"
     launcher.write_text(LAUNCHER, encoding="utf-8")
-    log = tmp_path / "service.log"
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "DELIVERY_"))}
-    env = {
-        **base,
-        "PYTHONUNBUFFERED": "1",
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "KAFKA_TOPIC": topic,
-        "KAFKA_GROUP_ID": f"{topic}-group",
-        "KAFKA_DLQ_TOPIC": f"{topic}-dlq",
-        "KAFKA_PROFILE_TOPIC": changelog,
-        "KAFKA_CREATE_TOPICS": "true",
-        "BUTTON_BASE_URL": sandbox.base_url,
-        "BUTTON_API_KEY": sandbox.api_key,
-        "ADMIN_HOST": "127.0.0.1",
-        "ADMIN_PORT": "0",
-        "DELIVERY_SHUTDOWN_TIMEOUT_SECONDS": str(SHUTDOWN),
-    }
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(launcher)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=Path(__file__).resolve().parents[2],
-        )
-    try:
-        wait_until(lambda: bool(_events(log, "restore_held")) or proc.poll() is not None, 120)
-        assert proc.poll() is None, log.read_text(encoding="utf-8")
-
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(SHUTDOWN + 3 + 15)
-        except subprocess.TimeoutExpired:
-            code = None
-        took = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
-    tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:])
+    ended = sigterm_at(
+        launcher,
+        kafka_bootstrap=kafka_bootstrap,
+        topic=topic,
+        changelog=changelog,
+        group=f"{topic}-group",
+        sandbox=sandbox,
+        shutdown_s=SHUTDOWN,
+        log=tmp_path / "service.log",
+        ready_event="restore_held",
+    )
+    code, took, tail = ended.code, ended.took, ended.tail
 
     assert code is not None, f"still running {took:.1f} s after SIGTERM (S = {SHUTDOWN}):\n{tail}"
     assert (code, SHUTDOWN + 3 <= took <= SHUTDOWN + 3 + 1.5) == (BACKSTOP_STATUS, True), (
         f"exit {code} after {took:.1f} s:\n{tail}"
     )
-    [backstop] = _events(log, "shutdown_backstop")
+    [backstop] = log_events(tmp_path / "service.log", "shutdown_backstop")
     assert backstop["seconds"] == SHUTDOWN + 3
     running = json.dumps(backstop["running"])
     assert "restore_partitions" in running, backstop

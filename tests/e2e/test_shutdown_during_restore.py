@@ -10,21 +10,14 @@ real ``button-consumer run`` code, real SIGTERM.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from confluent_kafka import Producer
 
 from consumer.sandbox.testing import SandboxHandle
-from tests.e2e.harness import committed_offsets, wait_until
+from tests.e2e.harness import committed_offsets, log_events, sigterm_at
 
 pytestmark = pytest.mark.broker
 
@@ -72,18 +65,6 @@ raise SystemExit(main(["run"]))
 """
 
 
-def _events(log: Path, event: str) -> list[dict[str, Any]]:
-    found = []
-    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            doc = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(doc, dict) and doc.get("event") == event:
-            found.append(doc)
-    return found
-
-
 def test_sigterm_during_a_long_restore_stops_at_the_next_batch_and_commits_nothing(
     kafka_bootstrap: str,
     make_topic: Callable[..., str],
@@ -109,55 +90,26 @@ def test_sigterm_during_a_long_restore_stops_at_the_next_batch_and_commits_nothi
     launcher = tmp_path / "long_restore.py"
     launcher.write_text(LAUNCHER, encoding="utf-8")
     log = tmp_path / "service.log"
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "DELIVERY_"))}
     group = f"{topic}-group"
-    env = {
-        **base,
-        "PYTHONUNBUFFERED": "1",
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "KAFKA_TOPIC": topic,
-        "KAFKA_GROUP_ID": group,
-        "KAFKA_DLQ_TOPIC": f"{topic}-dlq",
-        "KAFKA_PROFILE_TOPIC": changelog,
-        "KAFKA_CREATE_TOPICS": "true",
-        "BUTTON_BASE_URL": sandbox.base_url,
-        "BUTTON_API_KEY": sandbox.api_key,
-        "ADMIN_HOST": "127.0.0.1",
-        "ADMIN_PORT": "0",
-        "DELIVERY_SHUTDOWN_TIMEOUT_SECONDS": str(SHUTDOWN),
-    }
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(launcher)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=Path(__file__).resolve().parents[2],
-        )
-    try:
-        wait_until(lambda: bool(_events(log, "restore_batch")) or proc.poll() is not None, 120)
-        assert proc.poll() is None, log.read_text(encoding="utf-8")
-
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(SHUTDOWN + 3 + 15)
-        except subprocess.TimeoutExpired:
-            code = None
-        took = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
-    tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:])
+    ended = sigterm_at(
+        launcher,
+        kafka_bootstrap=kafka_bootstrap,
+        topic=topic,
+        changelog=changelog,
+        group=group,
+        sandbox=sandbox,
+        shutdown_s=SHUTDOWN,
+        log=log,
+        ready_event="restore_batch",
+    )
+    code, took, tail = ended.code, ended.took, ended.tail
 
     assert code == 0, f"exit {code} after {took:.1f} s:\n{tail}"
-    batches = _events(log, "restore_batch")
+    batches = log_events(log, "restore_batch")
     after = [b for b in batches[1:] if b["cancelled"]]
     assert len(after) <= 1, f"{len(after)} batches read after the cancellation:\n{tail}"
     assert len(batches) < BATCHES, f"the whole changelog was read: {batches}"
     assert took < SHUTDOWN / 2, f"stopped {took:.1f} s after SIGTERM:\n{tail}"
-    assert _events(log, "partitions_restored") == []
+    assert log_events(log, "partitions_restored") == []
     assert sandbox.orders() == []
     assert committed_offsets(kafka_bootstrap, group, topic, 1) == {0: -1001}  # none
