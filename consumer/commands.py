@@ -3,6 +3,7 @@ in ``consumer.checks``)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -168,15 +169,27 @@ def produce_sample(
 
 
 def _sample_events(users: int, seed: int, *, endless: bool) -> Iterator[CommerceEvent]:
-    """The events of ``users`` users; when ``endless``, then those of the next seeds, forever."""
+    """The events of ``users`` users of ``seed``; when ``endless``, then those of new users,
+    batch after batch, forever. Batch ``n`` > 0 is generated from a seed derived from
+    ``(seed, n)`` (``_batch_seed``), not ``seed + n``: a neighbouring ``--seed`` would repeat
+    a batch's users and orders, re-sending them."""
     batch = 0
     while True:
         # Recent events, all in the past: retention counts from now, future ones teach nothing.
         start = past_start(datetime.now(UTC))
-        yield from (e for _, e in generate(users, seed + batch, start=start))
+        yield from (e for _, e in generate(users, _batch_seed(seed, batch), start=start))
         if not endless:
             return
         batch += 1
+
+
+def _batch_seed(seed: int, batch: int) -> int:
+    """``seed`` itself for the first batch; for a later one, 64 bits of SHA-256 of
+    ``"seed/batch"``, so that no small ``--seed`` a user picks yields the same users."""
+    if batch == 0:
+        return seed
+    digest = hashlib.sha256(f"{seed}/{batch}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
 
 
 def corrupt(value: bytes, rng: random.Random) -> bytes:

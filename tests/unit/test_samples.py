@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections import defaultdict
+from collections.abc import Iterable
 from decimal import Decimal
 from pathlib import Path
 
@@ -163,3 +164,23 @@ def test_sample_events_to_produce_all_lie_in_the_past() -> None:
     latest = max(e.event_time for e in _sample_events(200, 3, endless=False))
 
     assert latest < before
+
+
+def test_the_batches_of_an_endless_run_are_not_another_seeds_users() -> None:
+    """``produce-sample --duration`` keeps producing new users batch after batch. A batch must
+    not be the users of a neighbouring ``--seed`` (``--seed 2`` repeating batch 1 of a
+    ``--seed 1 --duration`` run would re-send the same orders, answered 409): the batches' users
+    and orders are their own; the first batch is the seed's own, as without ``--duration``."""
+    from itertools import islice
+
+    from consumer.commands import _sample_events
+
+    def users_of(events: Iterable[CommerceEvent]) -> set[str]:
+        return {e.user_key for e in events}
+
+    once = list(_sample_events(20, 1, endless=False))
+    endless = list(islice(_sample_events(20, 1, endless=True), 3 * len(once) + 100))
+    assert [e.event_id for e in endless[: len(once)]] == [e.event_id for e in once]
+    later = users_of(endless[len(once) :])
+    for neighbour in (0, 2, 3, 4):
+        assert later.isdisjoint(users_of(_sample_events(20, neighbour, endless=False)))
