@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TextIO
 
@@ -84,13 +85,19 @@ def run_map(
             makes the output independent of when the command runs.
         received: the time events are judged against for ``MAPPING_MAX_FUTURE_SKEW_HOURS``
             (an event dated later than it plus the skew teaches nothing; such an order is
-            rejected); ``now`` if given, else the time the command starts.
+            rejected); ``now`` if given, else the time the command starts. Events are judged
+            too old (``MAPPING_MAX_EVENT_AGE_DAYS``, ``event_time_too_old``) only against an
+            explicit ``now``: without it the output would depend on when the command runs.
 
     Returns:
         The exit status: 0 if no line was rejected, 1 if at least one was.
     """
     store = ProfileStore(config.retention)
     received = received or now or datetime.now(UTC)
+    if now is None:
+        # Each event as of its own time: the output must not depend on when the command runs,
+        # so a file of past events is not judged too old (``event_time_too_old``) against it.
+        config = replace(config, max_event_age=timedelta.max)
     rejected = False
     for number, raw in enumerate(lines, start=1):
         text = raw.strip()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -290,3 +291,20 @@ def test_what_an_event_carried_that_is_dropped_is_listed() -> None:
         {"field": "line_items", "problem": "product_without_price", "value": "B"},
         {"field": "ios_advertising_id", "problem": "not_uuid", "value": None},
     ]
+
+
+def test_without_now_the_output_does_not_depend_on_when_map_runs() -> None:
+    """Without ``--now`` each event is processed as of its own time (README: the output does not
+    depend on when it runs), so a file of past events maps the same years later: the
+    ``event_time_too_old`` check applies only against an explicit ``--now``."""
+    path = Path(__file__).resolve().parents[2] / "docs" / "examples" / "events.jsonl"
+    lines_ = path.read_text(encoding="utf-8").splitlines()
+    later = datetime(2031, 1, 1, tzinfo=UTC)
+
+    def actions(now: datetime | None, received: datetime | None) -> list[tuple[str, str | None]]:
+        out = io.StringIO()
+        run_map(lines_, out, MappingConfig(), now=now, received=received)
+        return [(r["action"], r["reason"]) for r in map(json.loads, out.getvalue().splitlines())]
+
+    assert actions(None, later) == actions(None, None)
+    assert actions(later, None)[1] == ("reject", "event_time_too_old")
