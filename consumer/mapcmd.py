@@ -87,17 +87,18 @@ def run_map(
             (an event dated later than it plus the skew teaches nothing; such an order is
             rejected); ``now`` if given, else the time the command starts. Events are judged
             too old (``MAPPING_MAX_EVENT_AGE_DAYS``, ``event_time_too_old``) only against an
-            explicit ``now``: without it the output would depend on when the command runs.
+            explicit ``received`` or ``now`` (``--now``): against the time the command starts,
+            the output would depend on when it runs.
 
     Returns:
         The exit status: 0 if no line was rejected, 1 if at least one was.
     """
     store = ProfileStore(config.retention)
-    received = received or now or datetime.now(UTC)
-    if now is None:
+    if received is None and now is None:
         # Each event as of its own time: the output must not depend on when the command runs,
         # so a file of past events is not judged too old (``event_time_too_old``) against it.
         config = replace(config, max_event_age=timedelta.max)
+    received = received or now or datetime.now(UTC)
     rejected = False
     for number, raw in enumerate(lines, start=1):
         text = raw.strip()
