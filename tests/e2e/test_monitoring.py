@@ -36,7 +36,7 @@ import pytest
 from consumer.commands import produce_events
 from consumer.devtools.dashboard import PANELS, PanelSpec
 from consumer.domain.event_forms import event_from_json
-from consumer.samples import generate_events
+from consumer.samples import generate_events, past_start
 from consumer.sandbox.testing import SandboxHandle, run_sandbox
 from consumer.settings import Settings
 from tests.e2e.harness import ServiceProcess, produce_raw, read_all, wait_until
@@ -285,7 +285,7 @@ def test_dashboard_and_alerts_work_against_the_live_service(
         )
 
         # Sample traffic, records carrying secrets, and a poison record.
-        sample = list(generate_events(60, seed=5))
+        sample = list(generate_events(60, seed=5, start=past_start(datetime.now(UTC))))
         produce_events(settings, sample + pii_events("m"), partitions=3)
         produce_raw(kafka_bootstrap, topic, [(b"poison", b"\x07not avro at all", 0)])
         wait_alert(prom, "ButtonConsumerDeadLetters", firing=True)

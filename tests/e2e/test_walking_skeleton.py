@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from consumer.commands import produce_events
 from consumer.domain.events import EventType
-from consumer.samples import generate_events
+from consumer.samples import generate_events, past_start
 from tests.e2e.harness import committed_offsets, read_all, stop_when_done
 
 pytestmark = pytest.mark.broker
@@ -18,7 +20,7 @@ def test_every_purchase_reaches_button_and_offsets_reach_the_end(
     """Every sample purchase becomes an order in the sandbox; the group commits to the end."""
     topic = make_topic(partitions=3, prefix="skeleton")
     settings = service_settings(topic)
-    events = list(generate_events(40, seed=11))
+    events = list(generate_events(40, seed=11, start=past_start(datetime.now(UTC))))
     purchases = {
         e.commerce.transaction_id
         for e in events

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -23,7 +24,9 @@ TOKEN = "t0k3n-for-the-test-event"
 PURCHASE: dict[str, Any] = {
     "event_id": "e-1",
     "event_type": "PURCHASE",
-    "event_time": "2026-01-05T10:00:00Z",
+    # An hour ago: /test-event judges the event's time against when it arrives, as the consumer
+    # does (neither in the future nor older than MAPPING_MAX_EVENT_AGE_DAYS).
+    "event_time": (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
     "user_key": "u1",
     "btn_ref": "srctok-0123456789abcdef",
     "commerce": {
