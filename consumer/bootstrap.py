@@ -701,7 +701,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         ),
         housekeeping=expire_profiles,
         breaker=breaker,
-        flush=producer.flush,
+        settle_writes=producer.settle_partitions,
         side_failure=lambda: watch.failure,
     )
     return Service(
