@@ -466,7 +466,11 @@ def _restorer(
 ) -> RestoreFn:
     """The worker's restore: read the changelog partitions into ``store``, then fence them,
     repair the keys the restore fenced, and have ``watch`` follow them from where the restore
-    ended."""
+    ended.
+
+    The restore waits up to DELIVERY_SHUTDOWN_TIMEOUT_SECONDS for the acknowledgement of its own
+    fence and repairs only (``AckingProducer.writes``), never for the shared producer's other
+    writes; one of its own failed or unanswered raises ``BrokerError``."""
 
     def restore(partitions: list[int], cancel: RestoreCancel) -> int:
         """On a thread of its own, beside the poll loop (``consumer.engine.restore``)."""
@@ -501,18 +505,21 @@ def _restorer(
         # overwritten by this member's.
         repaired = 0
         live: list[int] = []
+        # Its own writes, waited for alone: the shared producer's other writes (dead letters,
+        # other partitions' profiles) are none of this restore's business.
+        writes = producer.writes()
         for partition in partitions:
             with cancel.holding(partition) as owned:
                 if not owned:
                     continue
                 live.append(partition)
                 epoch = store.install(restores.pop(partition), claim=True)
-                producer.send_nowait(
+                writes.send_nowait(
                     s.kafka.profile_topic, FENCE_KEY, fence_value(epoch), partition=partition
                 )
                 repairs = store.repairs(partition)
                 for write in repairs:
-                    producer.send_nowait(
+                    writes.send_nowait(
                         s.kafka.profile_topic,
                         write.key,
                         write.value,
@@ -529,7 +536,7 @@ def _restorer(
                     when="restore",
                 )
         partitions = live
-        if partitions and producer.settle(s.delivery.shutdown_timeout_seconds):
+        if partitions and writes.settle(s.delivery.shutdown_timeout_seconds):
             raise BrokerError(f"the changelog fence of partitions {partitions} was not written")
         if repaired:
             telemetry.changelog_repaired("restore", repaired)
@@ -694,7 +701,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         ),
         housekeeping=expire_profiles,
         breaker=breaker,
-        flush=producer.flush,
+        settle_writes=producer.settle_partitions,
         side_failure=lambda: watch.failure,
     )
     return Service(

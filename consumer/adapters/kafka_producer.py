@@ -2,6 +2,11 @@
 future that its delivery report settles; a DLQ or changelog write is *acknowledged* only when
 that future completes, and only then may the source offset be stored (DESIGN, 1).
 
+Every wait is for given records only, never a flush of the whole producer (librdkafka's flush
+returns only once no record at all is outstanding, which under steady traffic need never
+happen): a restore waits for its own fence and repairs (``Writes``), a revoke for the writes of
+its partitions' records (``settle_partitions``).
+
 The configuration is ``consumer.settings.KafkaSettings.producer_config()`` (idempotent,
 ``acks=all``), used as given.
 """
@@ -13,7 +18,7 @@ import collections
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Collection, Hashable, Mapping
 from typing import Any
 
 import structlog
@@ -66,13 +71,12 @@ class AckingProducer:
     def __init__(self, config: Mapping[str, Any]) -> None:
         self._config = dict(config)
         self._client: Producer | None = None
-        # Records of send_nowait: not yet reported, and reported as not written; by tag, those
-        # queued with one (not yet reported, and failed with their error).
+        # Records of ``queue`` queued for an input partition (``source``) and not reported yet,
+        # by that partition: what a revoke waits for (``settle_partitions``).
         self._acks = threading.Condition()
-        self._outstanding = 0
-        self._failed = 0
-        self._unreported: set[Hashable] = set()
-        self._errors: dict[Hashable, str] = {}
+        self._pending: collections.Counter[int] = collections.Counter()
+        # Records of ``send_nowait``, since the producer started (the commands' single run).
+        self._writes = Writes(self)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="kafka-producer", daemon=True)
         # Delivery reports of ``send``, handed to their event loops a batch at a time: one
@@ -120,9 +124,13 @@ class AckingProducer:
         headers: Headers | None = None,
         partition: int | None = None,
         timestamp_ms: int | None = None,
+        source: int | None = None,
     ) -> asyncio.Future[tuple[int, int]]:
         """Queue one record before returning (on the running event loop's thread); the future
         is its (partition, offset) once the broker acknowledged it.
+
+        ``source`` is the input partition whose record this write belongs to (a changelog
+        write, a dead letter): ``settle_partitions`` waits for it until its delivery report.
 
         Records queued one after another are written in that order (the idempotent producer
         keeps it per partition). While librdkafka's local queue is full, records wait here, in
@@ -138,12 +146,18 @@ class AckingProducer:
 
         def report(err: KafkaError | None, msg: Message) -> None:
             self._reports.append((loop, future, err, msg))
+            self._reported(source)
 
         kwargs = _produce_kwargs(report, key, value, headers, partition, timestamp_ms)
-        if self._waiting or not self._produce(topic, kwargs, key, value, headers):
-            self._waiting.append((topic, kwargs, future, key, value, headers))
-            if self._waiting_task is None:
-                self._waiting_task = loop.create_task(self._hand_over_waiting())
+        self._track(source)
+        try:
+            if self._waiting or not self._produce(topic, kwargs, key, value, headers):
+                self._waiting.append((topic, kwargs, future, key, value, headers, source))
+                if self._waiting_task is None:
+                    self._waiting_task = loop.create_task(self._hand_over_waiting())
+        except BrokerError:
+            self._reported(source)  # refused outright: there will be no delivery report
+            raise
         return future
 
     async def send(
@@ -154,9 +168,43 @@ class AckingProducer:
         headers: Headers | None = None,
         partition: int | None = None,
         timestamp_ms: int | None = None,
+        source: int | None = None,
     ) -> tuple[int, int]:
         """Write one record; return its (partition, offset) once acknowledged (``queue``)."""
-        return await self.queue(topic, key, value, headers, partition, timestamp_ms)
+        return await self.queue(topic, key, value, headers, partition, timestamp_ms, source)
+
+    def _track(self, source: int | None) -> None:
+        if source is not None:
+            with self._acks:
+                self._pending[source] += 1
+
+    def _reported(self, source: int | None) -> None:
+        if source is not None:
+            with self._acks:
+                self._pending[source] -= 1
+                if self._pending[source] <= 0:
+                    del self._pending[source]
+                self._acks.notify_all()
+
+    def settle_partitions(self, partitions: Collection[int], timeout: float) -> int:
+        """Wait up to ``timeout`` seconds until every record ``queue`` wrote for the records of
+        the input ``partitions`` (its ``source``) has its delivery report; the producer's other
+        writes are not waited for.
+
+        Called from any thread but the serving one, whose polls deliver the reports.
+
+        Returns:
+            how many of them have no delivery report yet (0: none left unanswered; a failed one
+            fails its future, and so its record).
+        """
+        deadline = time.monotonic() + timeout
+        wanted = set(partitions)
+        with self._acks:
+            while (left := sum(self._pending[p] for p in wanted if p in self._pending)) and (
+                wait := deadline - time.monotonic()
+            ) > 0:
+                self._acks.wait(wait)
+            return left
 
     def _produce(
         self,
@@ -180,11 +228,12 @@ class AckingProducer:
         serving thread's polls drain it."""
         try:
             while self._waiting:
-                topic, kwargs, future, key, value, headers = self._waiting[0]
+                topic, kwargs, future, key, value, headers, source = self._waiting[0]
                 try:
                     produced = self._produce(topic, kwargs, key, value, headers)
                 except BrokerError as exc:
                     self._waiting.popleft()
+                    self._reported(source)
                     if not future.done():
                         future.set_exception(exc)
                     continue
@@ -195,6 +244,11 @@ class AckingProducer:
         finally:
             self._waiting_task = None
 
+    def writes(self) -> Writes:
+        """A new group of records to write from synchronous code and wait for together (a
+        restore's fence and repairs): its ``settle`` waits for these records only."""
+        return Writes(self)
+
     def send_nowait(
         self,
         topic: str,
@@ -204,69 +258,22 @@ class AckingProducer:
         partition: int | None = None,
         tag: Hashable | None = None,
     ) -> None:
-        """Queue one record from synchronous code (``replay-dlq``, the sample producer).
-
-        Records queued one after another are written in that order; this blocks while the local
-        queue is full. ``settle`` says whether every queued record was acknowledged, and
-        ``undelivered`` which of the records queued with a ``tag`` (unique) were not.
-
-        Raises:
-            RecordTooLargeError: the record is over the producer's size limit.
-            ProduceError: the record cannot be queued (unknown partition...).
-        """
-
-        def report(err: KafkaError | None, _msg: Message) -> None:
-            self._acknowledged(tag, err)
-
-        kwargs = _produce_kwargs(report, key, value, headers, partition, None)
-        while True:
-            try:
-                with self._acks:
-                    self._producer.produce(topic, **kwargs)
-                    self._outstanding += 1
-                    if tag is not None:
-                        self._unreported.add(tag)
-                return
-            except BufferError:
-                # The local queue is full: the serving thread's polls drain it.
-                time.sleep(0.05)
-            except KafkaException as exc:
-                raise _produce_error(topic, exc, key, value, headers) from exc
-
-    def _acknowledged(self, tag: Hashable | None, err: KafkaError | None) -> None:
-        with self._acks:
-            self._outstanding -= 1
-            if tag is not None:
-                self._unreported.discard(tag)
-            if err is not None:
-                self._failed += 1
-                if tag is not None:
-                    self._errors[tag] = err.str()
-            self._acks.notify_all()
+        """Queue one record from synchronous code (``replay-dlq``, the sample producer): one
+        group (``Writes.send_nowait``) for the producer's lifetime."""
+        self._writes.send_nowait(topic, key, value, headers, partition, tag)
 
     def settle(self, timeout: float) -> int:
-        """Wait until every record queued by ``send_nowait`` has its delivery report.
-
-        Returns:
-            how many of them were not acknowledged: failed, or still unreported at ``timeout``
-            seconds; 0 when all of them are safely written.
-        """
-        deadline = time.monotonic() + timeout
-        self.flush(timeout)
-        with self._acks:
-            while self._outstanding > 0 and (left := deadline - time.monotonic()) > 0:
-                self._acks.wait(left)
-            return self._outstanding + self._failed
+        """Wait for the records of ``send_nowait`` (``Writes.settle``): those of the producer's
+        lifetime, not its other writes."""
+        return self._writes.settle(timeout)
 
     def undelivered(self) -> dict[Hashable, str]:
-        """The tagged records not acknowledged (so far): tag -> the broker's error, or
-        ``"no delivery report"`` for one still unreported. Call it after ``settle``."""
-        with self._acks:
-            missing = dict.fromkeys(self._unreported, "no delivery report")
-            return {**missing, **self._errors}
+        """The tagged records of ``send_nowait`` not acknowledged (``Writes.undelivered``)."""
+        return self._writes.undelivered()
 
     def flush(self, timeout: float) -> int:
-        """Wait for outstanding deliveries; return how many are still outstanding."""
+        """Wait for every outstanding delivery of the producer (the shutdown's last phase,
+        ``close``); return how many are still outstanding."""
         left = int(self._producer.flush(timeout))
         self._hand_over()
         return left
@@ -300,6 +307,97 @@ class AckingProducer:
         closer.join(max(deadline - time.monotonic(), 0.0))
         if closer.is_alive():
             log.warning("producer_close_abandoned", seconds=stop_timeout)
+
+
+class Writes:
+    """Records written together from synchronous code (``AckingProducer.writes``), and their
+    delivery reports: ``settle`` waits for these records only, never for the producer's other
+    writes, and reports only their failures.
+
+    Args:
+        producer: the started producer that writes them (its thread serves the reports).
+    """
+
+    def __init__(self, producer: AckingProducer) -> None:
+        self._producer = producer
+        # Not yet reported, and reported as not written; by tag, those queued with one (not yet
+        # reported, and failed with their error).
+        self._acks = threading.Condition()
+        self._outstanding = 0
+        self._failed = 0
+        self._unreported: set[Hashable] = set()
+        self._errors: dict[Hashable, str] = {}
+
+    def send_nowait(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        tag: Hashable | None = None,
+    ) -> None:
+        """Queue one record of this group.
+
+        Records queued one after another are written in that order; this blocks while the local
+        queue is full. ``settle`` says whether every record of the group was acknowledged, and
+        ``undelivered`` which of those queued with a ``tag`` (unique) were not.
+
+        Raises:
+            RecordTooLargeError: the record is over the producer's size limit.
+            ProduceError: the record cannot be queued (unknown partition...).
+        """
+
+        def report(err: KafkaError | None, _msg: Message) -> None:
+            self._acknowledged(tag, err)
+
+        kwargs = _produce_kwargs(report, key, value, headers, partition, None)
+        client = self._producer._producer
+        while True:
+            try:
+                with self._acks:
+                    client.produce(topic, **kwargs)
+                    self._outstanding += 1
+                    if tag is not None:
+                        self._unreported.add(tag)
+                return
+            except BufferError:
+                # The local queue is full: the serving thread's polls drain it.
+                time.sleep(0.05)
+            except KafkaException as exc:
+                raise _produce_error(topic, exc, key, value, headers) from exc
+
+    def _acknowledged(self, tag: Hashable | None, err: KafkaError | None) -> None:
+        with self._acks:
+            self._outstanding -= 1
+            if tag is not None:
+                self._unreported.discard(tag)
+            if err is not None:
+                self._failed += 1
+                if tag is not None:
+                    self._errors[tag] = err.str()
+            self._acks.notify_all()
+
+    def settle(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds until every record of the group has its delivery
+        report (served by the producer's thread: nothing is flushed).
+
+        Returns:
+            how many of them were not acknowledged: failed, or still unreported at ``timeout``
+            seconds; 0 when all of them are safely written.
+        """
+        deadline = time.monotonic() + timeout
+        with self._acks:
+            while self._outstanding > 0 and (left := deadline - time.monotonic()) > 0:
+                self._acks.wait(left)
+            return self._outstanding + self._failed
+
+    def undelivered(self) -> dict[Hashable, str]:
+        """The tagged records not acknowledged (so far): tag -> the broker's error, or
+        ``"no delivery report"`` for one still unreported. Call it after ``settle``."""
+        with self._acks:
+            missing = dict.fromkeys(self._unreported, "no delivery report")
+            return {**missing, **self._errors}
 
 
 def _produce_error(
@@ -347,9 +445,10 @@ _Waiting = tuple[
     bytes | None,
     bytes | None,
     Headers | None,
+    int | None,
 ]
 """A record of ``AckingProducer.queue`` waiting for room: topic, produce arguments, its future,
-and the key, value and headers (to name a refused record)."""
+the key, value and headers (to name a refused record), and its input partition (``source``)."""
 
 
 def _settle_all(batch: list[_Report]) -> None:

@@ -47,6 +47,7 @@ class KafkaDeadLetters:
             record.value,
             headers=dead_letter_headers(letter, record.headers),
             timestamp_ms=record.timestamp_ms,
+            source=record.partition,
         )
 
 
@@ -62,9 +63,12 @@ class KafkaChangelog:
     ) -> asyncio.Future[Any]:
         """Queue the write now; the future is its acknowledgement (``ports.Changelog``). A
         tombstone of an owner with an epoch (above 0) carries it in the ``button.epoch``
-        header."""
+        header. The write belongs to the input partition of the same number (a revoke waits for
+        it: ``AckingProducer.settle_partitions``)."""
         headers = changelog_headers(value, epoch)
-        return self._producer.queue(self.topic, key, value, headers, partition=partition)
+        return self._producer.queue(
+            self.topic, key, value, headers, partition=partition, source=partition
+        )
 
 
 def changelog_headers(value: bytes | None, epoch: int) -> Headers | None:

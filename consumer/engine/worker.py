@@ -44,8 +44,10 @@ log = structlog.get_logger("consumer.worker")
 T = TypeVar("T")
 
 DropFn = Callable[[list[int]], None]
-FlushFn = Callable[[float], int]
-"""Waits up to the given seconds for the producer's queued writes; returns how many remain."""
+SettleFn = Callable[[list[int], float], int]
+"""Waits up to the given seconds for the producer's writes (changelog, dead letters) of the
+records of the given input partitions, not for its other writes; returns how many of them are
+still unacknowledged."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +62,8 @@ class WorkerOptions:
     """Seconds between two commits on drain at least (``_store_finished``); Kafka Streams
     commits every 0.1 s under exactly-once."""
     housekeeping_interval: float = 300.0
-    flush_timeout: float = 10.0
+    settle_timeout: float = 10.0
+    """Seconds a revoke or loss waits for its partitions' writes (``SettleFn``)."""
 
 
 @dataclass(slots=True)
@@ -83,6 +86,7 @@ class Worker:
     It is the source's ``RebalanceListener``: ``run`` starts the source with itself.
     ``side_failure`` reports the error of a component beside the loop (the changelog watch:
     ``None`` while it runs); the loop stops with it, as with a failed restore.
+    ``settle_writes`` waits, on a revoke or loss, for the revoked partitions' writes only.
     """
 
     def __init__(
@@ -97,7 +101,7 @@ class Worker:
         telemetry: Telemetry,
         options: WorkerOptions,
         housekeeping: Callable[[], Coroutine[Any, Any, None]] | None = None,
-        flush: FlushFn | None = None,
+        settle_writes: SettleFn | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         breaker: PauseGate | None = None,
         side_failure: Callable[[], BaseException | None] = lambda: None,
@@ -107,7 +111,7 @@ class Worker:
         self._breaker = breaker
         self._housekeeping_task: asyncio.Task[None] | None = None
         self._lag_task: asyncio.Task[None] | None = None
-        self._flush = flush
+        self._settle_writes = settle_writes
         self._source = source
         self._pipeline = pipeline
         self._dispatcher = dispatcher
@@ -175,11 +179,12 @@ class Worker:
         if self._closing is not None:
             self._revoked_on_close(partitions, offsets, self._closing)
             return
-        # Abandoned jobs may have left changelog or dead-letter writes queued in the producer:
-        # push them out now, not up to message.timeout.ms after the next owner started. Then
-        # store the final offsets before committing them: librdkafka commits a removed
-        # partition's stored offset after this callback, which must not be an older one.
-        self._flush_producer(partitions)
+        # Abandoned jobs may have left changelog or dead-letter writes in the producer: wait
+        # for these partitions' writes (only theirs: the kept partitions' lanes go on writing)
+        # before the commit and before the next owner starts. Then store the final offsets
+        # before committing them: librdkafka commits a removed partition's stored offset after
+        # this callback, which must not be an older one.
+        self._settle_partitions(partitions)
         committed = offsets
         try:
             self._source.store_now(offsets)
@@ -228,15 +233,17 @@ class Worker:
             self._call_in_loop(self._revoke_in_loop, partitions, False)
         except ConsumerError as exc:
             log.warning("lost_without_loop", error=str(exc), partitions=partitions)
-        self._flush_producer(partitions)
+        self._settle_partitions(partitions)
         self._drop(partitions)
         self._telemetry.rebalance("lost")
         log.warning("partitions_lost", partitions=partitions)
 
-    def _flush_producer(self, partitions: list[int]) -> None:
-        if self._flush is None:
+    def _settle_partitions(self, partitions: list[int]) -> None:
+        """Wait for the writes of ``partitions``' records, bounded; log those left unanswered
+        (their records are unfinished: nothing of them is committed)."""
+        if self._settle_writes is None:
             return
-        left = self._flush(self._opt.flush_timeout)
+        left = self._settle_writes(partitions, self._opt.settle_timeout)
         if left:
             log.warning("revoke_flush_incomplete", partitions=partitions, outstanding=left)
 

@@ -106,7 +106,7 @@ class Harness:
             drop=self.dropped.append,
             telemetry=self.telemetry,
             options=self.opts,
-            flush=self._flush,
+            settle_writes=self._settle_writes,
             housekeeping=self.housekeeping,
             monotonic=time.monotonic if self.clock is None else self.clock.monotonic,
             breaker=self.breaker,
@@ -118,8 +118,8 @@ class Harness:
         assert isinstance(self.pipeline, HeldPipeline)
         return self.pipeline
 
-    def _flush(self, timeout: float) -> int:
-        self.source.actions.append(("flush", timeout))
+    def _settle_writes(self, partitions: list[int], timeout: float) -> int:
+        self.source.actions.append(("settle_writes", (partitions, timeout)))
         return 0
 
     def _restore(self, partitions: list[int], cancel: RestoreCancel) -> int:
@@ -821,8 +821,9 @@ def test_revoke_waits_for_in_flight_work_then_commits_and_drops() -> None:
     run(scenario)
 
 
-def test_revoke_flushes_the_producer_then_stores_then_commits_the_final_offsets() -> None:
-    """Abandoned jobs' queued writes are flushed, and the final offsets stored before the commit
+def test_revoke_settles_its_writes_then_stores_then_commits_the_final_offsets() -> None:
+    """The revoked partition's writes (abandoned jobs') are waited for, and the final offsets
+    stored before the commit
     (librdkafka commits a removed partition's stored offset afterwards: it must not be older)."""
 
     async def scenario() -> None:
@@ -834,15 +835,19 @@ def test_revoke_flushes_the_producer_then_stores_then_commits_the_final_offsets(
             await h.source.until(lambda: h.source.last_stored(0) == 1)
             h.held.finish(0, 1)  # finished, but the loop may not have stored 2 yet
             await asyncio.wait_for(h.source.revoke([0]), DEADLINE)
-            tail = h.source.actions_named("flush", "store_now", "commit_now")
-            expected: object = [("flush", 10.0), ("store_now", {0: 2}), ("commit_now", {0: 2})]
+            tail = h.source.actions_named("settle_writes", "store_now", "commit_now")
+            expected: object = [
+                ("settle_writes", ([0], 10.0)),
+                ("store_now", {0: 2}),
+                ("commit_now", {0: 2}),
+            ]
             assert expected == tail[-3:]
 
     run(scenario)
 
 
-def test_lost_partitions_flush_the_producer() -> None:
-    """A lost partition's cancelled writes are flushed at once, not left queued for minutes."""
+def test_lost_partitions_settle_their_writes() -> None:
+    """A lost partition's cancelled writes are waited for (its own only), not left queued."""
 
     async def scenario() -> None:
         h = Harness()
@@ -850,9 +855,9 @@ def test_lost_partitions_flush_the_producer() -> None:
             h.records(0, 0)
             await h.source.until(lambda: h.held.started == [(0, 0)])
             await asyncio.wait_for(h.source.lose([0]), DEADLINE)
-            expected: object = ([("flush", 10.0)], [])
+            expected: object = ([("settle_writes", ([0], 10.0))], [])
             actual: object = (
-                h.source.actions_named("flush"),
+                h.source.actions_named("settle_writes"),
                 h.source.actions_named("store_now", "commit_now"),
             )
             assert expected == actual
