@@ -57,11 +57,11 @@ from consumer.domain.profile_epoch import FENCE_KEY, RestoredValue, fence_value
 from consumer.domain.topics import (
     TopicPlan,
     TopicProblem,
+    copartition_problem,
     created_topic_configs,
     lost_changelog_problem,
     topic_problems,
 )
-from consumer.domain.wording import counted
 from consumer.engine.authgate import AuthGate, reporting_probe
 from consumer.engine.breaker import CircuitBreaker
 from consumer.engine.concurrency import QUEUE_RATIO, AdaptiveLimiter, PauseGate, TokenBucket
@@ -303,13 +303,12 @@ def _partition_count(admin: AdminClient, settings: Settings) -> int | None:
         raise TopicError(f"KAFKA_TOPIC: topic {settings.kafka.topic!r} does not exist")
     count = len(topic.partitions)
     changelog = metadata.topics.get(settings.kafka.profile_topic)
-    if changelog is not None and changelog.error is None and len(changelog.partitions) != count:
-        raise TopicError(
-            f"KAFKA_PROFILE_TOPIC: {settings.kafka.profile_topic!r} has "
-            f"{counted(len(changelog.partitions), 'partition')} but {settings.kafka.topic!r} "
-            f"has {count}; "
-            "the profile changelog must be co-partitioned with the input"
+    if changelog is not None and changelog.error is None:
+        mismatch = copartition_problem(
+            settings.kafka.profile_topic, len(changelog.partitions), settings.kafka.topic, count
         )
+        if mismatch is not None:
+            raise TopicError(f"topics unfit for the service: {mismatch}")
     return count
 
 
@@ -491,6 +490,7 @@ def _restorer(
                 cancelled=cancel.cancelled,
                 progress=progress.batch,
                 ends=ends,
+                source=s.kafka.topic,
             )
         finally:
             telemetry.restore_finished(partitions)

@@ -18,6 +18,7 @@ from confluent_kafka import (
 )
 
 from consumer.adapters.kafka import consume_ready, message_headers, to_record
+from consumer.domain.wording import counted
 from consumer.errors import BrokerError
 from consumer.ports import Headers, Record
 
@@ -44,6 +45,12 @@ def watermark_offsets(
 ) -> tuple[int, int]:
     """(low, high) of a partition, waiting out a just-created topic's missing leader.
 
+    A partition unknown to the reader's cached metadata (a partition added to the topic since
+    the reader learnt it: librdkafka refreshes a known topic's metadata only every
+    ``topic.metadata.refresh.interval.ms``, 5 minutes by default) makes the reader ask the
+    brokers for the topic's metadata again before the next attempt, so a partition that exists
+    is found at once instead of failing at ``deadline``.
+
     Raises:
         KafkaException: another error, or still no leader at ``deadline`` (monotonic time).
     """
@@ -56,7 +63,23 @@ def watermark_offsets(
             code = error.code() if isinstance(error, KafkaError) else None
             if code not in _NO_LEADER_YET or time.monotonic() > deadline:
                 raise
+            if code in _UNKNOWN_HERE:
+                _refresh_metadata(reader, partition.topic, deadline)
         time.sleep(0.1)
+
+
+# What the reader's cached metadata answers for a partition or topic it does not know: a
+# metadata request of its own refreshes that cache.
+_UNKNOWN_HERE = frozenset({KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC})
+
+
+def _refresh_metadata(reader: Consumer, topic: str, deadline: float) -> None:
+    """Ask the brokers for ``topic``'s metadata (librdkafka updates its cache with the answer);
+    a failure is left to the next attempt of the caller."""
+    try:
+        reader.list_topics(topic, timeout=max(0.1, min(10.0, deadline - time.monotonic())))
+    except KafkaException as exc:
+        log.debug("metadata_refresh_failed", topic=topic, error=str(exc))
 
 
 # Answers of a group coordinator that is moving or still loading (a fresh or restarting
@@ -94,27 +117,57 @@ class PartitionReader:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def partitions(self, timeout: float = 30.0) -> list[int]:
-        """The topic's partition numbers, ascending.
+    def partitions(self, timeout: float = 30.0, topic: str | None = None) -> list[int]:
+        """The partition numbers of the topic (or of ``topic``), ascending, as the brokers
+        answer now (the reader's cached metadata is refreshed with the answer).
 
         Raises:
-            BrokerError: the topic does not exist (or its metadata has an error).
+            BrokerError: the topic does not exist (or its metadata has an error), or the
+                brokers did not answer within ``timeout`` seconds.
         """
-        info = self._consumer.list_topics(self.topic, timeout=timeout).topics.get(self.topic)
+        name = self.topic if topic is None else topic
+        try:
+            info = self._consumer.list_topics(name, timeout=timeout).topics.get(name)
+        except KafkaException as exc:
+            raise BrokerError(f"cannot read the metadata of topic {name}: {exc}") from exc
         if info is None or info.error is not None:
-            raise BrokerError(f"topic {self.topic} not found")
+            raise BrokerError(f"topic {name} not found")
         return sorted(info.partitions)
 
     def watermarks(self, partitions: Iterable[int], deadline: float) -> dict[int, tuple[int, int]]:
-        """Per partition, (first offset, offset after the last record) now.
+        """Per partition, (first offset, offset after the last record) now; a partition added
+        since the reader last read the topic's metadata is found (``watermark_offsets``).
 
         Raises:
-            KafkaException: not readable, or still without a leader at ``deadline`` (monotonic).
+            BrokerError: a partition not readable, or still unknown or without a leader at
+                ``deadline`` (monotonic); the message names the topic and the partition, and
+                for a partition the topic does not have, the topic's partition count.
         """
-        return {
-            p: watermark_offsets(self._consumer, TopicPartition(self.topic, p), deadline)
-            for p in partitions
-        }
+        marks = {}
+        for p in partitions:
+            try:
+                marks[p] = watermark_offsets(
+                    self._consumer, TopicPartition(self.topic, p), deadline
+                )
+            except KafkaException as exc:
+                raise BrokerError(self._watermark_failure(p, exc)) from exc
+        return marks
+
+    def _watermark_failure(self, partition: int, exc: KafkaException) -> str:
+        """What ``watermarks`` says of a partition whose ends could not be read."""
+        error = exc.args[0] if exc.args else None
+        text = error.str() if isinstance(error, KafkaError) else str(exc)
+        where = f"{self.topic} partition {partition}"
+        if isinstance(error, KafkaError) and error.code() in _UNKNOWN_HERE:
+            try:
+                count = len(self.partitions(timeout=5.0))
+            except (BrokerError, KafkaException):
+                return f"cannot read the ends of {where}: {text}"
+            return (
+                f"cannot read the ends of {where}: {self.topic} has "
+                f"{counted(count, 'partition')} ({text})"
+            )
+        return f"cannot read the ends of {where}: {text}"
 
     def committed(self, partitions: Iterable[int], timeout: float = 30.0) -> dict[int, int | None]:
         """Per partition, the offset committed by the reader's group (None: nothing committed).

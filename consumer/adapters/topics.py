@@ -23,6 +23,8 @@ from consumer.domain.profile_epoch import (
     read_epoch_header,
     tombstone_read_back,
 )
+from consumer.domain.topics import copartition_problem
+from consumer.errors import TopicError
 from consumer.ports import Headers, Record
 
 __all__ = [
@@ -108,6 +110,7 @@ def restore_partitions(
     progress: RestoreProgress | None = None,
     timeout: float = 120.0,
     ends: dict[int, int] | None = None,
+    source: str | None = None,
 ) -> int:
     """Read changelog partitions from the beginning to their end, a batch at a time.
 
@@ -127,17 +130,25 @@ def restore_partitions(
             before the read gives up (a long restore that progresses is never cut short).
         ends: filled with each partition's end offset, the one the restore read up to (where
             a ``ChangelogWatch`` of it starts).
+        source: the input topic the changelog is co-partitioned with; when given, both
+            topics' partition counts are asked of the brokers first, and a mismatch (the input
+            was given partitions while the service ran, so a member is assigned an input
+            partition whose changelog partition does not exist) stops the restore at once.
 
     Returns:
         the number of records applied.
 
     Raises:
-        BrokerError: reading failed or stalled.
-        KafkaException: a partition's end could not be read.
+        TopicError: ``source`` and the changelog have different partition counts
+            (``copartition_problem``: the message ``run`` and ``check`` give at start).
+        BrokerError: reading failed or stalled, or a partition's end could not be read (the
+            message names the topic and the partition).
     """
     if not partitions:
         return 0
     with PartitionReader(config, topic) as reader:
+        if source is not None:
+            _refuse_a_partition_mismatch(reader, source, timeout)
         marks = reader.watermarks(partitions, time.monotonic() + timeout)
         if ends is not None:
             ends.update({p: end for p, (_start, end) in marks.items()})
@@ -153,3 +164,18 @@ def restore_partitions(
             if progress is not None:
                 progress(partition, len(pairs), max(marks[partition][1] - next_offset, 0))
         return read
+
+
+def _refuse_a_partition_mismatch(reader: PartitionReader, source: str, timeout: float) -> None:
+    """Raise ``TopicError`` when the changelog ``reader`` reads and the input ``source`` do not
+    have the same partition count now (asked of the brokers, not of a cache).
+
+    Raises:
+        TopicError: the counts differ (``copartition_problem``).
+        BrokerError: the topics' metadata could not be read.
+    """
+    changelog = len(reader.partitions(timeout))
+    inputs = len(reader.partitions(timeout, topic=source))
+    problem = copartition_problem(reader.topic, changelog, source, inputs)
+    if problem is not None:
+        raise TopicError(f"topics unfit for the service: {problem}")

@@ -243,6 +243,39 @@ def topic_problems(
     return problems
 
 
+def copartition_problem(
+    changelog: str, changelog_partitions: int, source: str, source_partitions: int
+) -> TopicProblem | None:
+    """The fatal problem of a profile changelog whose partition count is not the input's
+    (DESIGN, 7: a user's profile lives in the changelog partition of the input partition its
+    records are in), with what to do; ``None`` when the counts match.
+
+    One wording wherever the mismatch is found: at start (``run``, ``check``) and when a
+    running member is assigned an input partition the changelog does not have (the input was
+    given partitions under it).
+    """
+    if changelog_partitions == source_partitions:
+        return None
+    if changelog_partitions < source_partitions:
+        fix = (
+            f"stop the service, give {changelog} {source_partitions} partitions too, then start it"
+        )
+    else:
+        fix = (
+            f"a topic's partitions cannot be removed: stop the service, give {source} "
+            f"{changelog_partitions} partitions too, or use a new, empty KAFKA_PROFILE_TOPIC, "
+            "then start it"
+        )
+    return TopicProblem(
+        changelog,
+        True,
+        f"has {counted(changelog_partitions, 'partition')} but {source} has "
+        f"{source_partitions}; the profile changelog must be co-partitioned with the input: "
+        f"{fix} (README: Changing the input's partition count)",
+        "KAFKA_PROFILE_TOPIC",
+    )
+
+
 def _changelog_problems(
     source: TopicState, changelog: TopicState, plan: TopicPlan
 ) -> list[TopicProblem]:
@@ -254,17 +287,12 @@ def _changelog_problems(
     unfit = changelog_policy_problem(changelog.config.get("cleanup.policy", "delete"))
     if unfit is not None:
         problems.append(TopicProblem(changelog.name, True, unfit, "KAFKA_PROFILE_TOPIC"))
-    if source.exists and changelog.partitions != source.partitions:
-        problems.append(
-            TopicProblem(
-                changelog.name,
-                True,
-                f"has {counted(changelog.partitions, 'partition')} but {source.name} has "
-                f"{source.partitions}; the profile changelog must be co-partitioned with "
-                "the input",
-                "KAFKA_PROFILE_TOPIC",
-            )
+    if source.exists:
+        mismatch = copartition_problem(
+            changelog.name, changelog.partitions, source.name, source.partitions
         )
+        if mismatch is not None:
+            problems.append(mismatch)
     limit = int(changelog.config.get("max.message.bytes", str(plan.max_message_bytes)))
     if limit < plan.profile_record_bytes:
         problems.append(

@@ -600,9 +600,11 @@ class Worker:
                 )
 
     async def _report_lag(self) -> None:
-        """Read and report the lag (a task beside the loop; the next one starts only after)."""
+        """Read and report the lag (a task beside the loop; the next one starts only after) of
+        every partition owned: restored ones and those being restored, whose records wait all
+        the restore long (a backlog the lag alerts must see)."""
         try:
-            lag = await self._source.lag(sorted(self._assigned))
+            lag = await self._source.lag(sorted(self._owned()))
         except ConsumerError as exc:
             # Not ready until a read is answered again: the next one comes at the next interval.
             if self._broker_reachable:
@@ -618,7 +620,12 @@ class Worker:
         self._broker_reachable = True
         self._telemetry.broker_reachable(True)
         # A rebalance may have revoked partitions while the read waited: not theirs to report.
-        self._telemetry.lags({p: lag[p] for p in lag if p in self._assigned})
+        owned = self._owned()
+        self._telemetry.lags({p: lag[p] for p in lag if p in owned})
+
+    def _owned(self) -> set[int]:
+        """Partitions assigned to this member: restored, or being restored."""
+        return self._assigned | self._restores.restoring
 
     async def _shutdown(self) -> None:
         self._telemetry.stopping()

@@ -75,7 +75,9 @@ def test_a_changelog_not_co_partitioned_with_the_input_is_fatal() -> None:
     bad = TopicState(changelog.name, 3, 3, changelog.config)
     expected = [
         "events.profiles (KAFKA_PROFILE_TOPIC): has 3 partitions but events has 6; the profile "
-        "changelog must be co-partitioned with the input"
+        "changelog must be co-partitioned with the input: stop the service, give "
+        "events.profiles 6 partitions too, then start it (README: Changing the input's "
+        "partition count)"
     ]
     assert expected == fatal(topic_problems(SOURCE, bad, dlq, PLAN))
 

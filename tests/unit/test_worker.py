@@ -1106,6 +1106,30 @@ def test_a_lag_read_that_ends_after_a_revoke_reports_only_what_is_still_assigned
     run(scenario)
 
 
+def test_a_partition_being_restored_is_in_the_lag_read_and_its_gauges() -> None:
+    """A partition whose restore runs is owned, and its records wait: its lag is read and
+    reported with the restored partitions', so the lag alerts see a long restore's backlog.
+    Before, only restored partitions were read: a partition stuck restoring (a trial: 120 s,
+    75 records waiting) was in no lag gauge and the summed lag said 0."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        h = Harness(assign=(0,), opts=options(lag_interval=5.0), clock=clock)
+        async with h.running():
+            h.held_restores.add(1)
+            h.records(1, 0, 1, 2)
+            await asyncio.wait_for(h.source.assign([1]), DEADLINE)
+            await h.source.until(lambda: [1] in h.restored)
+            reads = h.source.lag_reads
+            await h.source.until(lambda: len(h.telemetry.named("lags")) == reads)
+            clock.advance(5.0)
+            await h.source.until(lambda: len(h.telemetry.named("lags")) == reads + 1)
+            assert h.worker.restoring == frozenset({1}), "the restore is held"
+            assert h.telemetry.named("lags")[-1][0] == {0: 0, 1: 3}
+
+    run(scenario)
+
+
 # --- stop when idle ----------------------------------------------------------------------------
 
 
