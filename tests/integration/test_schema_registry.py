@@ -125,15 +125,6 @@ def test_build_encoder_registers_and_frames_with_the_id(
         assert [decoder.decode_event(encoder.encode_event(e)) for e in events] == events
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "defect: the service's registry client (SchemaSettings.registry_config) sets no timeout, "
-        "so confluent-kafka's SchemaRegistryClient waits forever on a registry that accepts the "
-        "connection and never answers; the decode runs on the event loop, so the poll loop and "
-        "/healthz, /readyz, /metrics hang with it and schema_registry_unavailable is never logged"
-    ),
-)
 def test_registry_that_never_answers_is_unavailable_within_a_bound() -> None:
     """A registry that accepts connections but never answers (hung, a black-holing balancer)
     must end as the retryable error within a bounded time, as an unreachable one does."""
