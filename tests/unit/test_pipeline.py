@@ -155,6 +155,9 @@ class FakeDecoder:
     def decode_triaged_at_hand(self, value: bytes) -> CommerceEvent | InertEvent | None:
         return self.decode_triaged(value)
 
+    async def decode_triaged_async(self, value: bytes) -> CommerceEvent | InertEvent:
+        return self.decode_triaged(value)
+
     def decode_triaged(self, value: bytes) -> CommerceEvent | InertEvent:
         self.calls += 1
         step = self.script.pop(0) if self.script else EVENT
