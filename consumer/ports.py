@@ -406,6 +406,11 @@ class Telemetry(Protocol):
         profile for its purchase (skip ``refund_held``)."""
         ...
 
+    def schema_registry_unavailable(self) -> None:
+        """A record's writer-schema lookup could not ask the registry; the record waits and
+        decodes again (``schema_registry_unavailable``)."""
+        ...
+
     def changelog_repaired(self, when: str, count: int) -> None:
         """``count`` changelog keys were written again by their partition's owner, after a
         former owner's late write of them (DESIGN, 7). ``when``: ``restore`` (found fenced by

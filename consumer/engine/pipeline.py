@@ -508,6 +508,7 @@ class Pipeline:
                         current.event_id = exc.event_id
             except SchemaRegistryUnavailableError as exc:
                 decision = decide_error(exc, attempt=attempt)
+                self._d.telemetry.schema_registry_unavailable()
                 log.warning("schema_registry_unavailable", error=str(exc), retry_in=decision.delay)
             if decision.verdict is not Verdict.RETRY:
                 return decision, context

@@ -1675,6 +1675,10 @@ def test_schema_registry_outage_is_retried_not_dead_lettered() -> None:
     outcomes = h.handle(record())
 
     assert (outcomes, h.clock.sleeps, h.letters) == (["delivered"], [0.5, 1.0], [])
+    assert (
+        h.metrics.registry.get_sample_value("button_consumer_schema_registry_unavailable_total")
+        == 2
+    )
 
 
 def test_reject_is_dead_lettered_at_the_transformation_stage() -> None:
