@@ -279,6 +279,12 @@ class Decoder(Protocol):
         writer schema is not already known. Never blocks on I/O (the poll loop calls it)."""
         ...
 
+    async def decode_triaged_async(self, value: bytes) -> CommerceEvent | InertEvent:
+        """``decode_triaged`` for the event loop: a writer schema that must be asked of the
+        registry is looked up off the loop's thread while the caller awaits it (a known one
+        costs no thread hop); the loop, the admin server and a shutdown never wait for it."""
+        ...
+
 
 class ButtonPort(Protocol):
     """Button's Order API. Never raises for an HTTP or network failure: it returns an outcome."""
@@ -398,6 +404,11 @@ class Telemetry(Protocol):
     def refund_held(self) -> None:
         """A partial refund of an order neither the profile nor Button knows was held in the
         profile for its purchase (skip ``refund_held``)."""
+        ...
+
+    def schema_registry_unavailable(self) -> None:
+        """A record's writer-schema lookup could not ask the registry; the record waits and
+        decodes again (``schema_registry_unavailable``)."""
         ...
 
     def changelog_repaired(self, when: str, count: int) -> None:

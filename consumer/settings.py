@@ -306,19 +306,22 @@ class SchemaSettings(_Section):
 
     registry_url: str | None = None
     registry_basic_auth_user_info: SecretStr | None = None
+    registry_timeout_seconds: float = Field(default=5.0, gt=0)
     dir: str = "schemas"
 
     def registry_config(self) -> ClientConfig | None:
         """confluent-kafka ``SchemaRegistryClient`` configuration, for every registry client.
 
         Returns:
-            None without SCHEMA_REGISTRY_URL (registry-free decoding), else ``url`` and, when
+            None without SCHEMA_REGISTRY_URL (registry-free decoding), else ``url``, ``timeout``
+            (SCHEMA_REGISTRY_TIMEOUT_SECONDS, seconds per HTTP request: without it the client
+            waits forever on a registry that accepts connections and never answers) and, when
             SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO is set, ``basic.auth.user.info`` (its repr
             hides it).
         """
         if self.registry_url is None:
             return None
-        config = ClientConfig({"url": self.registry_url})
+        config = ClientConfig({"url": self.registry_url, "timeout": self.registry_timeout_seconds})
         if self.registry_basic_auth_user_info is not None:
             config["basic.auth.user.info"] = self.registry_basic_auth_user_info.get_secret_value()
         return config

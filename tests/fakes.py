@@ -422,6 +422,9 @@ class RecordingTelemetry:
     def refund_held(self) -> None:
         self._record("refund_held")
 
+    def schema_registry_unavailable(self) -> None:
+        self._record("schema_registry_unavailable")
+
     def held_refund_discarded(self, reason: str) -> None:
         self._record("held_refund_discarded", reason)
 

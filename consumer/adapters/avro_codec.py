@@ -29,9 +29,12 @@ be dead-lettered, so it raises ``SchemaRegistryUnavailableError`` (retryable), w
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
 import struct
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -45,7 +48,13 @@ from consumer.adapters.schema_registry import ConfluentSchemaSource, subject_for
 from consumer.domain.event_forms import event_from_record, event_to_record
 from consumer.domain.events import CommerceEvent
 from consumer.domain.triage import InertEvent, inert_record
-from consumer.errors import CodecReason, ConfigError, DecodeError, UnknownSchemaError
+from consumer.errors import (
+    CodecReason,
+    ConfigError,
+    DecodeError,
+    SchemaRegistryUnavailableError,
+    UnknownSchemaError,
+)
 
 __all__ = [
     "CURRENT_SCHEMA_FILE",
@@ -109,6 +118,10 @@ class Decoder(Protocol):
 
     def decode_triaged_at_hand(self, value: bytes) -> CommerceEvent | InertEvent | None:
         """``decode_triaged`` without a schema lookup: ``None`` when one would be needed."""
+        ...
+
+    async def decode_triaged_async(self, value: bytes) -> CommerceEvent | InertEvent:
+        """``decode_triaged``, its schema lookup (if any) run off the event loop."""
         ...
 
     def close(self) -> None:
@@ -271,6 +284,10 @@ class _EventDecoding:
             return None
         return inert_record(record) or event_from_record(record)
 
+    async def decode_triaged_async(self, value: bytes) -> CommerceEvent | InertEvent:
+        """``decode_triaged`` for the event loop (no I/O by default: decoded at once)."""
+        return self.decode_triaged(value)
+
     def close(self) -> None:
         """Nothing to release by default."""
 
@@ -284,7 +301,12 @@ class _EventDecoding:
 class RegistryDecoder(_EventDecoding):
     """Confluent wire format with writer schemas from a schema registry.
 
-    One instance per consuming thread: the schema cache is not locked.
+    One instance per consuming thread: the schema cache is not locked. On an event loop,
+    ``decode_triaged_async`` looks an unknown writer schema up on a daemon thread of its own
+    (one lookup per schema id at a time, shared by every record waiting for it) and caches it
+    on the loop's thread; a cached id decodes at once, with no thread hop. A registry that
+    never answers then holds only the records that need it, never the loop (and a lookup still
+    running at exit does not keep the process alive).
 
     Args:
         registry: where writer schemas come from (``ConfluentSchemaSource`` in production; its
@@ -308,6 +330,10 @@ class RegistryDecoder(_EventDecoding):
         self._cache_size = cache_size
         self._on_missing = on_missing_fields
         self._reported: set[int] = set()
+        self._lookups: dict[int, asyncio.Future[ParsedSchema]] = {}
+        self._threads = threading.Lock()  # guards the two below (lookup threads, close)
+        self._running = 0
+        self._closed = False
 
     def decode(self, value: bytes) -> dict[str, Any]:
         """Decode one wire-format value.
@@ -329,8 +355,91 @@ class RegistryDecoder(_EventDecoding):
             return None
         return _as_record(_read_body(body, *cached))
 
+    async def decode_triaged_async(self, value: bytes) -> CommerceEvent | InertEvent:
+        """``decode_triaged`` without blocking the event loop: a writer schema not cached yet
+        is looked up on a thread (``RegistryDecoder``) while the caller awaits it.
+
+        Raises:
+            DecodeError: as ``decode`` (``UnknownSchemaError`` included).
+            SchemaRegistryUnavailableError: the registry could not be asked (bounded by the
+                client's request timeout and retries); nothing is cached, the next call asks
+                again.
+        """
+        schema_id, body = split_wire(value)
+        pair = self._cache.get(schema_id)
+        if pair is None:
+            pair = self._remember(schema_id, await self._looked_up(schema_id))
+        record = _as_record(_read_body(body, *pair))
+        return inert_record(record) or event_from_record(record)
+
+    async def _looked_up(self, schema_id: int) -> ParsedSchema:
+        """The writer schema of ``schema_id``, fetched on a daemon thread; one lookup per id at
+        a time (concurrent callers share it; a cancelled caller leaves it to the others)."""
+        lookup = self._lookups.get(schema_id)
+        if lookup is None:
+            loop = asyncio.get_running_loop()
+            lookup = loop.create_future()
+            self._lookups[schema_id] = lookup
+            lookup.add_done_callback(lambda done: self._lookup_done(schema_id, done))
+            self._start_lookup(schema_id, lookup, loop)
+        return await asyncio.shield(lookup)
+
+    def _lookup_done(self, schema_id: int, lookup: asyncio.Future[ParsedSchema]) -> None:
+        if self._lookups.get(schema_id) is lookup:
+            del self._lookups[schema_id]
+        if not lookup.cancelled():
+            lookup.exception()  # retrieved: every caller may have been cancelled meanwhile
+
+    def _start_lookup(
+        self,
+        schema_id: int,
+        lookup: asyncio.Future[ParsedSchema],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        with self._threads:
+            if self._closed:
+                lookup.set_exception(
+                    SchemaRegistryUnavailableError(
+                        f"schema id {schema_id}: the registry client is closed"
+                    )
+                )
+                return
+            self._running += 1
+
+        def run() -> None:
+            try:
+                writer = self._fetch(schema_id)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting records
+                settle = _settler(lookup, error=exc)
+            else:
+                settle = _settler(lookup, writer=writer)
+            finally:
+                self._lookup_ended()
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(settle)
+
+        threading.Thread(target=run, name=f"schema-lookup-{schema_id}", daemon=True).start()
+
+    def _lookup_ended(self) -> None:
+        """A lookup thread is done with the client: close it now if ``close`` was deferred."""
+        with self._threads:
+            self._running -= 1
+            last = self._closed and self._running == 0
+        if last:
+            self._close_registry()
+
     def close(self) -> None:
-        """Close the registry source when it holds a connection."""
+        """Close the registry source when it holds a connection; while a lookup thread still
+        uses it, the thread closes it when its lookup ends. Idempotent."""
+        with self._threads:
+            if self._closed:
+                return
+            self._closed = True
+            busy = self._running > 0
+        if not busy:
+            self._close_registry()
+
+    def _close_registry(self) -> None:
         close = getattr(self._registry, "close", None)
         if callable(close):
             close()
@@ -343,7 +452,15 @@ class RegistryDecoder(_EventDecoding):
         cached = self._cache.get(schema_id)
         if cached is not None:
             return cached
-        writer = self._fetch(schema_id)
+        return self._remember(schema_id, self._fetch(schema_id))
+
+    def _remember(
+        self, schema_id: int, writer: ParsedSchema
+    ) -> tuple[ParsedSchema, ParsedSchema | None]:
+        """Cache ``writer`` (reporting the reader fields it lacks, once per id); the pair."""
+        cached = self._cache.get(schema_id)
+        if cached is not None:
+            return cached
         if self._on_missing is not None and schema_id not in self._reported:
             self._reported.add(schema_id)
             missing = missing_reader_fields(writer, self._reader)
@@ -356,6 +473,7 @@ class RegistryDecoder(_EventDecoding):
         return pair
 
     def _fetch(self, schema_id: int) -> ParsedSchema:
+        """Ask the registry for ``schema_id`` and parse it (blocking I/O; any thread)."""
         if schema_id < 0:
             raise UnknownSchemaError(
                 CodecReason.UNKNOWN_SCHEMA, f"schema id {schema_id} is negative"
@@ -365,6 +483,25 @@ class RegistryDecoder(_EventDecoding):
             return parse_schema_text(text, f"schema id {schema_id}")
         except ValueError as exc:
             raise UnknownSchemaError(CodecReason.UNSUPPORTED_SCHEMA, str(exc)) from exc
+
+
+def _settler(
+    lookup: asyncio.Future[ParsedSchema],
+    *,
+    writer: ParsedSchema | None = None,
+    error: BaseException | None = None,
+) -> Callable[[], None]:
+    """What the loop runs to settle ``lookup`` with a lookup thread's outcome."""
+
+    def settle() -> None:
+        if lookup.done():
+            return
+        if error is not None:
+            lookup.set_exception(error)
+        else:
+            lookup.set_result(writer if writer is not None else {})
+
+    return settle
 
 
 class LocalDecoder(_EventDecoding):

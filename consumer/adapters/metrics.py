@@ -73,6 +73,7 @@ class Metrics:
     btn_ref_dropped: Counter
     inputs_dropped: Counter
     refunds_held: Counter
+    schema_registry_unavailable: Counter
     held_refunds_discarded: Counter
     changelog_repairs: Counter
     button_requests: Counter
@@ -174,6 +175,12 @@ class Metrics:
                 "What events carried that is not sent to Button nor remembered (an order's line "
                 "items left out for a product without a price). By field and problem.",
                 ("field", "problem"),
+            ),
+            schema_registry_unavailable=counter(
+                "schema_registry_unavailable",
+                "Writer-schema lookups that could not ask the schema registry (unreachable, "
+                "timed out, 5xx, refused credentials): the records waiting for them are retried, "
+                "never dead-lettered (log schema_registry_unavailable).",
             ),
             refunds_held=counter(
                 "refunds_held",

@@ -207,6 +207,9 @@ class ServiceTelemetry:
     def refund_held(self) -> None:
         self.metrics.refunds_held.inc()
 
+    def schema_registry_unavailable(self) -> None:
+        self.metrics.schema_registry_unavailable.inc()
+
     def held_refund_discarded(self, reason: str) -> None:
         self.metrics.held_refunds_discarded.labels(_label(reason)).inc()
 

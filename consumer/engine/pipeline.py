@@ -495,7 +495,9 @@ class Pipeline:
                     )
                 if record.value is None:
                     raise DecodeError(CodecReason.NULL_VALUE, "the record has no value (tombstone)")
-                return self._d.decoder.decode_triaged(record.value)
+                # Off the loop's thread when the registry must be asked: a registry that
+                # hangs holds this record (and its key's), never the poll loop.
+                return await self._d.decoder.decode_triaged_async(record.value)
             except DecodeError as exc:
                 self._d.telemetry.decode_failed(exc.reason)
                 decision = decide_error(exc, attempt=attempt)
@@ -506,6 +508,7 @@ class Pipeline:
                         current.event_id = exc.event_id
             except SchemaRegistryUnavailableError as exc:
                 decision = decide_error(exc, attempt=attempt)
+                self._d.telemetry.schema_registry_unavailable()
                 log.warning("schema_registry_unavailable", error=str(exc), retry_in=decision.delay)
             if decision.verdict is not Verdict.RETRY:
                 return decision, context

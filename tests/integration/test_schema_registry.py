@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from consumer.domain.event_forms import event_to_record
 from consumer.domain.events import EventType
 from consumer.errors import ConfigError, SchemaRegistryUnavailableError, UnknownSchemaError
 from consumer.samples import generate_events
+from consumer.settings import SchemaSettings
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 CURRENT_TEXT = (SCHEMA_DIR / "commerce_event.avsc").read_text(encoding="utf-8")
@@ -121,3 +123,29 @@ def test_build_encoder_registers_and_frames_with_the_id(
     events = list(generate_events(2, seed=4))
     with build_decoder(SCHEMA_DIR, schema_registry_url) as decoder:
         assert [decoder.decode_event(encoder.encode_event(e)) for e in events] == events
+
+
+def test_registry_that_never_answers_is_unavailable_within_a_bound() -> None:
+    """A registry that accepts connections but never answers (hung, a black-holing balancer)
+    must end as the retryable error within a bounded time, as an unreachable one does."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel completes the handshake; nobody ever reads or answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        config = SchemaSettings(registry_url=url).registry_config()
+        outcome: list[BaseException | None] = []
+
+        def decode() -> None:
+            with build_decoder(SCHEMA_DIR, url, config) as decoder:
+                try:
+                    decoder.decode(b"\x00\x00\x00\x00\x01" + b"\x04e1")
+                except BaseException as exc:  # handed to the test thread
+                    outcome.append(exc)
+                else:
+                    outcome.append(None)
+
+        worker = threading.Thread(target=decode, daemon=True)
+        worker.start()
+        worker.join(timeout=90.0)
+        assert not worker.is_alive(), "the registry lookup still waits after 90 s"
+        assert isinstance(outcome[0], SchemaRegistryUnavailableError)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -618,3 +621,97 @@ def test_missing_reader_fields_follow_aliases() -> None:
     assert missing_reader_fields(parse_schema_text(json.dumps(writer), "writer"), SCHEMA) == (
         "btn_ref",
     )
+
+
+class HeldRegistry(FakeRegistry):
+    """A ``FakeRegistry`` whose lookups wait until ``answer`` is set, noting their threads."""
+
+    def __init__(self, schemas: dict[int, str]) -> None:
+        super().__init__(schemas)
+        self.answer = threading.Event()
+        self.started = threading.Event()
+        self.threads: list[str] = []
+        self.closed = False
+
+    def get_schema_text(self, schema_id: int) -> str:
+        self.threads.append(threading.current_thread().name)
+        self.started.set()
+        assert self.answer.wait(30.0), "never answered"
+        return super().get_schema_text(schema_id)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_an_unknown_writer_schema_is_looked_up_off_the_loop_once_for_every_waiting_record() -> None:
+    """Two records of an unknown id wait for one lookup, on another thread, while the loop
+    keeps running; once it answers both decode, and a cached id decodes without suspending."""
+    registry = HeldRegistry({3: SCHEMA_TEXT})
+    decoder = RegistryDecoder(registry, SCHEMA)
+    framed = encode_wire(event_to_record(APP_OPEN), SCHEMA, 3)
+
+    async def scenario() -> tuple[list[Any], int]:
+        waiting = [asyncio.create_task(decoder.decode_triaged_async(framed)) for _ in range(2)]
+        ticks = 0
+        while not registry.threads:  # the loop runs while the lookup waits
+            ticks += 1
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)
+        assert not any(task.done() for task in waiting)
+        registry.answer.set()
+        return list(await asyncio.gather(*waiting)), ticks
+
+    decoded, ticks = asyncio.run(scenario())
+    cached = decoder.decode_triaged_async(framed)
+    with pytest.raises(StopIteration) as at_once:  # completes at its first step: no await
+        cached.send(None)
+
+    assert (decoded, at_once.value.value) == ([decoder.decode_triaged(framed)] * 2, decoded[0])
+    assert (registry.lookups, ticks > 0) == (1, True)
+    assert registry.threads[0] != threading.main_thread().name
+
+
+def test_a_failed_lookup_reaches_every_waiting_record_and_is_not_cached() -> None:
+    """The registry's failure is raised to each record that waited for the lookup; the next
+    decode asks again."""
+    registry = FakeRegistry({1: SCHEMA_TEXT}, error=SchemaRegistryUnavailableError("down"))
+    decoder = RegistryDecoder(registry, SCHEMA)
+    framed = encode_wire(event_to_record(APP_OPEN), SCHEMA, 1)
+
+    async def twice() -> list[BaseException | Any]:
+        tasks = [decoder.decode_triaged_async(framed) for _ in range(2)]
+        return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+    failed = asyncio.run(twice())
+    registry.error = None
+    again = asyncio.run(decoder.decode_triaged_async(framed))
+
+    assert [type(e) for e in failed] == [SchemaRegistryUnavailableError] * 2
+    assert (again, registry.lookups) == (decoder.decode_triaged(framed), 2)
+
+
+def test_closing_during_a_lookup_closes_the_registry_client_once_the_lookup_ends() -> None:
+    """``close`` does not pull the client from under a running lookup: the lookup's thread
+    closes it when it ends; later lookups fail as unavailable."""
+    registry = HeldRegistry({3: SCHEMA_TEXT})
+    decoder = RegistryDecoder(registry, SCHEMA)
+    framed = encode_wire(event_to_record(APP_OPEN), SCHEMA, 3)
+
+    async def close_while_looking_up() -> bool:
+        task = asyncio.create_task(decoder.decode_triaged_async(framed))
+        assert await asyncio.to_thread(registry.started.wait, 30.0)
+        decoder.close()
+        closed_at_once = registry.closed
+        registry.answer.set()
+        await task
+        return closed_at_once
+
+    closed_at_once = asyncio.run(close_while_looking_up())
+    deadline = time.monotonic() + 30
+    while not registry.closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    other = encode_wire(event_to_record(APP_OPEN), SCHEMA, 4)
+
+    assert (closed_at_once, registry.closed) == (False, True)
+    with pytest.raises(SchemaRegistryUnavailableError):
+        asyncio.run(decoder.decode_triaged_async(other))

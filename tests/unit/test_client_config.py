@@ -237,7 +237,11 @@ def test_registry_config_carries_the_url_and_the_basic_auth_user_info() -> None:
         SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO=REGISTRY_AUTH,
     )
 
-    expected = {"url": "https://registry:8081", "basic.auth.user.info": REGISTRY_AUTH}
+    expected = {
+        "url": "https://registry:8081",
+        "timeout": 5.0,
+        "basic.auth.user.info": REGISTRY_AUTH,
+    }
     assert expected == settings.schema.registry_config()
 
 
@@ -245,8 +249,20 @@ def test_registry_config_without_credentials_has_only_the_url() -> None:
     """An unauthenticated registry gets no basic.auth.user.info (not even an empty one)."""
     config = load(SCHEMA_REGISTRY_URL="http://registry:8081").schema.registry_config()
 
-    expected = {"url": "http://registry:8081"}
+    expected = {"url": "http://registry:8081", "timeout": 5.0}
     assert expected == config
+
+
+def test_registry_config_bounds_every_request_by_the_timeout_setting() -> None:
+    """SCHEMA_REGISTRY_TIMEOUT_SECONDS reaches the client as ``timeout`` (seconds per request);
+    unset, a few seconds: the client's own default is no timeout at all."""
+    default = load(SCHEMA_REGISTRY_URL="http://registry:8081").schema.registry_config()
+    config = load(
+        SCHEMA_REGISTRY_URL="http://registry:8081", SCHEMA_REGISTRY_TIMEOUT_SECONDS="2.5"
+    ).schema.registry_config()
+
+    timeouts = [c["timeout"] if c is not None else None for c in (default, config)]
+    assert timeouts == [5.0, 2.5]
 
 
 def test_registry_credentials_are_in_no_repr() -> None:

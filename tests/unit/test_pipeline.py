@@ -155,6 +155,9 @@ class FakeDecoder:
     def decode_triaged_at_hand(self, value: bytes) -> CommerceEvent | InertEvent | None:
         return self.decode_triaged(value)
 
+    async def decode_triaged_async(self, value: bytes) -> CommerceEvent | InertEvent:
+        return self.decode_triaged(value)
+
     def decode_triaged(self, value: bytes) -> CommerceEvent | InertEvent:
         self.calls += 1
         step = self.script.pop(0) if self.script else EVENT
@@ -1672,6 +1675,10 @@ def test_schema_registry_outage_is_retried_not_dead_lettered() -> None:
     outcomes = h.handle(record())
 
     assert (outcomes, h.clock.sleeps, h.letters) == (["delivered"], [0.5, 1.0], [])
+    assert (
+        h.metrics.registry.get_sample_value("button_consumer_schema_registry_unavailable_total")
+        == 2
+    )
 
 
 def test_reject_is_dead_lettered_at_the_transformation_stage() -> None:
