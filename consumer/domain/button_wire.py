@@ -8,7 +8,8 @@ of the domain: no clock, I/O or logging.
 Requests (DESIGN, 8)::
 
     POST   /v1/order              create: the order, its btn_ref and customer
-    POST   /v1/order/{order_id}   update: the order's full new state (no btn_ref, no customer)
+    POST   /v1/order/{order_id}   update: the order's full new state with the create's customer
+                                  (no btn_ref: Button links it to the order id)
     DELETE /v1/order/{order_id}   cancel: the whole order was cancelled or refunded
     GET    /v1/order/{order_id}   read: the order as Button holds it (``adoption``)
 
@@ -53,6 +54,7 @@ __all__ = [
     "order_path",
     "purchase_date",
     "read_request",
+    "update_body",
     "update_request",
 ]
 
@@ -189,6 +191,19 @@ def create_body(
     return body
 
 
+def update_body(state: Mapping[str, Any], customer: Mapping[str, str]) -> dict[str, Any]:
+    """The update body: ``state`` (``order_body``) plus the ``customer`` the create carried.
+
+    Button may read an update as the order's whole new state (the sandbox does, DESIGN 8), so
+    the customer is sent again: with it, the order keeps its customer under that reading, and
+    nothing changes under one that merges (the same values). No ``btn_ref``: Button links it
+    to the order id. ``state`` is not changed; a new dict is returned.
+    """
+    if not customer:
+        return dict(state)
+    return {**state, "customer": dict(customer)}
+
+
 _DIGEST_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 """The canonical JSON of a body for its digest; one encoder, not one per ``json.dumps`` call."""
 
@@ -209,7 +224,7 @@ def create_request(order_id: str, body: Mapping[str, Any]) -> ButtonRequest:
 
 
 def update_request(order_id: str, body: Mapping[str, Any]) -> ButtonRequest:
-    """``POST /v1/order/{order_id}``: the new full state of the order."""
+    """``POST /v1/order/{order_id}``: the new full state of the order (``update_body``)."""
     return ButtonRequest(Action.UPDATE, "POST", order_path(order_id), order_id, body)
 
 

@@ -96,6 +96,7 @@ from consumer.domain.button_wire import (
     line_total,
     order_body,
     read_request,
+    update_body,
     update_request,
 )
 from consumer.domain.currency import (
@@ -113,6 +114,7 @@ from consumer.domain.events import (
     Product,
 )
 from consumer.domain.identity import (
+    DeviceIdKind,
     DeviceIds,
     clean_device_id,
     device_ids,
@@ -126,6 +128,7 @@ from consumer.domain.profile import (
     Profile,
     Retention,
     Stamped,
+    StoredCustomer,
     StoredLine,
     StoredOrder,
     StoredRefund,
@@ -491,8 +494,11 @@ def _event_device_ids(event: CommerceEvent, config: MappingConfig) -> DeviceIds 
     )
 
 
-def _device_id(event: CommerceEvent, profile: Profile, config: MappingConfig) -> str | None:
-    """The order's advertising id: the event's own, else the profile's; never a refused one.
+def _device_id(
+    event: CommerceEvent, profile: Profile, config: MappingConfig
+) -> tuple[str, DeviceIdKind] | None:
+    """The order's advertising id and its kind: the event's own, else the profile's; never a
+    refused one.
 
     The profile's is the id in force at the order's event time (the newest seen at or before
     it, else the first seen after it).
@@ -514,17 +520,25 @@ def _device_id(event: CommerceEvent, profile: Profile, config: MappingConfig) ->
     gaid = None if withheld_gaid else device_id_at(profile.gaids, event_ms)
     own_idfa = own.idfa if own and id_allowed(event_ms, profile.idfa_refused_ms) else None
     own_gaid = own.gaid if own and id_allowed(event_ms, profile.gaid_refused_ms) else None
-    candidates = (
-        own_idfa,
-        own_gaid,
+    candidates: tuple[tuple[str | None, DeviceIdKind], ...] = (
+        (own_idfa, "idfa"),
+        (own_gaid, "gaid"),
         # A profile written before the UUID rule may hold any reported value ("opt-out"):
         # cleaned again on the way out, so such an id is never sent.
-        clean_device_id(idfa.value, kind="idfa") if idfa else None,
-        clean_device_id(gaid.value, kind="gaid") if gaid else None,
+        (clean_device_id(idfa.value, kind="idfa") if idfa else None, "idfa"),
+        (clean_device_id(gaid.value, kind="gaid") if gaid else None, "gaid"),
     )
     if event.platform is Platform.ANDROID:
         candidates = (candidates[1], candidates[0], candidates[3], candidates[2])
-    return next((c for c in candidates if c is not None), None)
+    return next(((c, kind) for c, kind in candidates if c is not None), None)
+
+
+def _profile_device_id(profile: Profile, kind: DeviceIdKind, moment_ms: int) -> str | None:
+    """The profile's advertising id of ``kind`` in force at ``moment_ms`` (epoch ms), cleaned
+    (``identity.clean_device_id``); ``None`` when it remembers none of that kind: never seen,
+    forgotten by a tracking refusal or by its retention."""
+    stamped = device_id_at(profile.idfas if kind == "idfa" else profile.gaids, moment_ms)
+    return None if stamped is None else clean_device_id(stamped.value, kind=kind)
 
 
 def _usable_customer_id(value: str) -> bool:
@@ -538,7 +552,11 @@ def _usable_customer_id(value: str) -> bool:
     return not value.isspace() and 0 < len(value) <= MAX_ID_LENGTH
 
 
-def _customer(event: CommerceEvent, profile: Profile, config: MappingConfig) -> dict[str, str]:
+def _customer(
+    event: CommerceEvent, profile: Profile, config: MappingConfig
+) -> tuple[dict[str, str], StoredCustomer]:
+    """The ``customer`` of a create carried by ``event`` (its identities and the advertising id
+    in force at its event time), and what the order's ledger keeps of it for the updates."""
     customer: dict[str, str] = {}
     ids = event.user_identities
     if ids is not None:
@@ -547,7 +565,46 @@ def _customer(event: CommerceEvent, profile: Profile, config: MappingConfig) -> 
         hashed = email_sha256(ids.email)
         if hashed is not None:
             customer["email_sha256"] = hashed
-    device_id = _device_id(event, profile, config)
+    device = _device_id(event, profile, config)
+    if device is not None:
+        customer["device_id"] = device[0]
+    kept = StoredCustomer(
+        customer.get("id"), customer.get("email_sha256"), None if device is None else device[1]
+    )
+    return customer, kept
+
+
+def _order_customer(
+    order: StoredOrder, event: CommerceEvent, profile: Profile, config: MappingConfig
+) -> dict[str, str]:
+    """The ``customer`` of a request about an order created already (an update, a create sent
+    again): the create's (``StoredOrder.customer``), its advertising id the profile's of the
+    create's kind in force at the order's purchase time. For an order whose create's customer
+    is not known (adopted from Button, stored by a release before profile format 6): ``event``'s
+    identities, with the profile's advertising id in force at the purchase time (the event's
+    platform's kind first)."""
+    kept = order.customer
+    if kept is None:
+        customer, _ = _customer(event, profile, config)
+        customer.pop("device_id", None)
+        kinds: tuple[DeviceIdKind, ...] = (
+            ("gaid", "idfa") if event.platform is Platform.ANDROID else ("idfa", "gaid")
+        )
+        device_id = next(
+            (d for d in (_profile_device_id(profile, k, order.purchase_ms) for k in kinds) if d),
+            None,
+        )
+    else:
+        customer = {}
+        if kept.id is not None:
+            customer["id"] = kept.id
+        if kept.email_sha256 is not None:
+            customer["email_sha256"] = kept.email_sha256
+        device_id = (
+            None
+            if kept.device_kind is None
+            else _profile_device_id(profile, kept.device_kind, order.purchase_ms)
+        )
     if device_id is not None:
         customer["device_id"] = device_id
     return customer
@@ -882,6 +939,7 @@ def _with_purchase(
         btn_ref_source=source,
         exponent=exponent,
         sent_digest=0 if known is None else known.sent_digest,
+        customer=None if known is None else known.customer,
     )
 
 
@@ -1045,7 +1103,8 @@ def _reconcile(  # noqa: PLR0911 - one return per row of the reconciliation tabl
                 # A replayed purchase whose create was sent: re-send it, so that a redriven
                 # create reaches Button before the cancel that follows it in the replay.
                 # No follow-up: the order is meant to end cancelled, not in this state.
-                return _create(order, _customer(event, profile, config), converge=False), order
+                customer = _order_customer(order, event, profile, config)
+                return _create(order, customer, converge=False), order
             return Skip("order_already_cancelled"), order
         # Cancel (again: a replay, or Button may hold an order this profile never saw).
         return _cancel(order.order_id), replace(order, status=OrderStatus.CANCELLED)
@@ -1059,16 +1118,19 @@ def _reconcile(  # noqa: PLR0911 - one return per row of the reconciliation tabl
     body = order_body(state, line_items=_lines_known(order))
     digest = body_digest(body)
     if sent is OrderStatus.PENDING:
-        created = order.with_sent(OrderStatus.OPEN, digest)
-        return _create(state, _customer(event, profile, config), body=body), created
+        customer, kept = _customer(event, profile, config)
+        created = order.with_sent(OrderStatus.OPEN, digest, kept)
+        return _create(state, customer, body=body), created
     if digest == order.sent_digest:
         # Nothing new for Button (a replay, or a duplicate): re-send its state as the create,
         # whatever the event (a refund may have carried the create, and that create may never
         # have reached Button: dead-lettered, or a crash after the profile was written); a 409
-        # is followed by the update of the same state, idempotently.
-        return _create(state, _customer(event, profile, config), body=body), order
+        # is followed by the update of the same state, idempotently. Both carry the create's
+        # customer, whatever identities this event has.
+        return _create(state, _order_customer(order, event, profile, config), body=body), order
     updated = order.with_sent(OrderStatus.UPDATED, digest)
-    return Send(update_request(order.order_id, body)), updated
+    customer = _order_customer(order, event, profile, config)
+    return Send(update_request(order.order_id, update_body(body, customer))), updated
 
 
 def _purchase_total(
@@ -1318,13 +1380,14 @@ def _create(
     body: Mapping[str, Any] | None = None,
 ) -> Send:
     """The create; with ``converge``, carrying the update of the same state that the pipeline
-    sends when the create is answered 409 (Button may hold another state of the order).
+    sends when the create is answered 409 (Button may hold another state of the order), with
+    the same ``customer``: an update may be read as the whole order.
     ``body``: ``order_body(order)`` when the caller built it already."""
     state = order_body(order, line_items=_lines_known(order)) if body is None else body
     request = create_request(order.order_id, create_body(order, customer, state))
     if not converge:
         return Send(request)
-    return Send(request, follow_up=update_request(order.order_id, state))
+    return Send(request, follow_up=update_request(order.order_id, update_body(state, customer)))
 
 
 def _cancel(order_id: str) -> Send:

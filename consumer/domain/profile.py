@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 from consumer.domain.attribution import ResolvedToken, TokenSource, is_forwardable_btn_ref
+from consumer.domain.identity import DeviceIdKind
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -99,6 +100,23 @@ class StoredRefund:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredCustomer:
+    """The ``customer`` an order's create carried, as its ledger keeps it for the updates.
+
+    Button may read an update as the order's whole new state, so every update carries the
+    create's customer again. ``id`` and ``email_sha256`` (64 lower-case hex digits) are kept as
+    sent; the advertising id is not: ``device_kind`` says which kind the create sent (``"idfa"``
+    or ``"gaid"``, ``None`` for none), and an update sends the profile's id of that kind in force
+    at the order's purchase time, which is the create's while the profile remembers it (an id
+    forgotten since, by a tracking refusal or its retention, is not sent again).
+    """
+
+    id: str | None = None
+    email_sha256: str | None = None
+    device_kind: DeviceIdKind | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StoredOrder:
     """An order's ledger: its purchase, its refunds, and what Button was last sent.
 
@@ -112,7 +130,9 @@ class StoredOrder:
     at the purchase (a currency that later leaves the ISO 4217 table keeps working);
     ``btn_ref`` is the token the create carried (so a replayed purchase sends the same one) and
     ``btn_ref_source`` where it was found; ``touched_ms`` the processing time of the last
-    change (retention counts from it).
+    change (retention counts from it). ``customer`` is the customer the create carried (sent
+    again with every update); ``None`` when it is not known: nothing created yet, an order
+    adopted from Button, or one stored by a release before profile format 6.
     """
 
     order_id: str
@@ -128,12 +148,16 @@ class StoredOrder:
     btn_ref_source: TokenSource | None = None
     exponent: int | None = None
     sent_digest: int = 0
+    customer: StoredCustomer | None = None
 
     def refund(self, event_id: str) -> StoredRefund | None:
         return next((r for r in self.refunds if r.event_id == event_id), None)
 
-    def with_sent(self, status: OrderStatus, digest: int) -> StoredOrder:
-        """This order once Button was sent it: ``status``, and the ``digest`` of the body sent.
+    def with_sent(
+        self, status: OrderStatus, digest: int, customer: StoredCustomer | None = None
+    ) -> StoredOrder:
+        """This order once Button was sent it: ``status``, and the ``digest`` of the body sent;
+        with ``customer``, the customer a create carried (else the order's own is kept).
 
         ``replace(self, status=status, sent_digest=digest)`` with each field spelled out: it
         runs for every order sent, and ``dataclasses.replace`` costs twice the construction.
@@ -152,6 +176,7 @@ class StoredOrder:
             btn_ref_source=self.btn_ref_source,
             exponent=self.exponent,
             sent_digest=digest,
+            customer=self.customer if customer is None else customer,
         )
 
 

@@ -6,11 +6,13 @@ at bytes it does not understand.
 
 Changelog value format, all integers big-endian::
 
-    byte 0      format version (1, 2, 3, 4 or 5)
+    byte 0      format version (1 to 6)
     bytes 1-8   expires_at, epoch milliseconds, signed: when nothing in the profile is useful
     bytes 9-    versions 1-3: UTF-8 JSON array (positional, no field names), see ``_to_json`` /
                 ``_from_json``; version 4: the same version-3 tree in a compact binary form;
-                version 5: version 4 with a sixth element, the tracking refusals
+                version 5: version 4 with a sixth element, the tracking refusals;
+                version 6: version 5 (the sixth element optional) whose orders hold the
+                create's customer
 
 Version 4 (written by this release, always) is version 3's tree of lists, strings, integers and
 nulls, each item a tag byte (``_pack``/``_unpack``): 0x00-0x7F the integer itself; 0x80-0x9F a
@@ -27,6 +29,17 @@ still written as version 4, which the previous release reads (as the release tha
 orders in version 2 still wrote version 1 for a profile without any). The previous release
 refuses a version 5 value by its version byte, rather than reading the sixth element as a
 corrupt version 4 profile.
+
+Version 6 is version 5's tree (the sixth element present only when a refusal is remembered)
+whose orders have a fourteenth element, the customer the order's create carried (sent again
+with every update, ``StoredCustomer``): ``[id, email_sha256, device_kind]`` (each may be null;
+``device_kind`` 0 for an IDFA, 1 for a GAID), or null when it is not known (nothing created
+yet, an order adopted from Button, one read from an older version). ``email_sha256`` is packed
+as its 32 bytes (tag 0xC6, a SHA-256 digest written as 64 lower-case hex digits; a value that is
+not one stays a string). About 16 bytes per order for a customer id of 12 characters, 33 more
+with an email. It is written for a profile holding an order whose customer is known; any
+other profile is still written as version 4 or 5. The previous release refuses a version 6
+value by its version byte.
 
 Version 1 is a 4-element array (token, IDFA, GAID, orders); version 2 appends a fifth, the parked
 orders. Version 3 (written by this release, always) holds histories: ``[tokens, idfas, gaids,
@@ -61,11 +74,13 @@ import struct
 from typing import Any
 
 from consumer.domain.attribution import ResolvedToken, TokenSource
+from consumer.domain.identity import DeviceIdKind, is_sha256_hex
 from consumer.domain.profile import (
     OrderStatus,
     ParkedOrder,
     Profile,
     Stamped,
+    StoredCustomer,
     StoredLine,
     StoredOrder,
     StoredRefund,
@@ -73,15 +88,20 @@ from consumer.domain.profile import (
 from consumer.domain.profile_epoch import STAMP_MARKER, epoch_of, unstamp
 from consumer.errors import ConsumerError
 
-FORMAT_VERSION = 5
-"""The newest format version, written for a profile remembering a tracking refusal; any other
-profile is written as version 4. Versions 1 to 3 are still read."""
+FORMAT_VERSION = 6
+"""The newest format version, written for a profile holding an order whose create's customer is
+known; any other profile is written as version 5 (remembering a tracking refusal) or 4.
+Versions 1 to 3 are still read."""
 _VERSION_1 = 1
 _VERSION_2 = 2
 _VERSION_3 = 3
 """The tree of version 3 (histories, order ledgers) is version 4's, as JSON."""
 _VERSION_4 = 4
-_READABLE_VERSIONS = frozenset({_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4, FORMAT_VERSION})
+_VERSION_5 = 5
+"""Version 4's tree with a sixth element, the tracking refusals."""
+_READABLE_VERSIONS = frozenset(
+    {_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4, _VERSION_5, FORMAT_VERSION}
+)
 _HEADER = struct.Struct(">Bq")
 _STAMPED_HEADER = 5 + _HEADER.size  # the epoch envelope's marker and epoch, then the header
 _SENT_UNKNOWN = 1  # an order of an older format was sent to Button; its body digest is unknown
@@ -109,6 +129,8 @@ _SOURCE_CODES = {
     TokenSource.PROFILE: 3,
 }
 _SOURCES = {code: source for source, code in _SOURCE_CODES.items()}
+_DEVICE_KIND_CODES: dict[DeviceIdKind, int] = {"idfa": 0, "gaid": 1}
+_DEVICE_KINDS = {code: kind for kind, code in _DEVICE_KIND_CODES.items()}
 
 
 def _line_to_json(line: StoredLine) -> list[Any]:
@@ -134,8 +156,17 @@ def _refund_to_json(refund: StoredRefund) -> list[Any]:
     ]
 
 
-def _order_to_json(order: StoredOrder) -> list[Any]:
-    return [
+def _customer_to_json(customer: StoredCustomer | None) -> list[Any] | None:
+    if customer is None:
+        return None
+    email = customer.email_sha256
+    packed = bytes.fromhex(email) if email is not None and is_sha256_hex(email) else email
+    kind = None if customer.device_kind is None else _DEVICE_KIND_CODES[customer.device_kind]
+    return [customer.id, packed, kind]
+
+
+def _order_to_json(order: StoredOrder, *, with_customer: bool = False) -> list[Any]:
+    tree = [
         order.order_id,
         order.currency,
         order.purchase_ms,
@@ -150,16 +181,24 @@ def _order_to_json(order: StoredOrder) -> list[Any]:
         order.exponent,
         order.sent_digest,
     ]
+    if with_customer:
+        tree.append(_customer_to_json(order.customer))
+    return tree
+
+
+def _knows_a_customer(profile: Profile) -> bool:
+    return any(order.customer is not None for order in profile.orders)
 
 
 def _to_json(profile: Profile) -> list[Any]:
     """The version-3 tree of ``profile``; with a sixth element (version 5) when it remembers a
-    tracking refusal."""
+    tracking refusal; with each order's customer (version 6) when one is known."""
+    with_customer = _knows_a_customer(profile)
     tree: list[Any] = [
         [[t.value, _SOURCE_CODES[t.source], t.seen_at_ms] for t in profile.tokens],
         [[d.value, d.seen_at_ms] for d in profile.idfas],
         [[d.value, d.seen_at_ms] for d in profile.gaids],
-        [_order_to_json(order) for order in profile.orders],
+        [_order_to_json(order, with_customer=with_customer) for order in profile.orders],
         [[p.order_id, p.reason, p.touched_ms] for p in profile.parked],
     ]
     if _remembers_refusal(profile):
@@ -225,8 +264,23 @@ def _refund_from_json(value: Any) -> StoredRefund:
     )
 
 
+def _customer_from_json(value: Any) -> StoredCustomer | None:
+    if value is None:
+        return None
+    raw = _list(value, 3)
+    email = raw[1]
+    if isinstance(email, bytes):
+        email = email.hex()
+    kind = None
+    if raw[2] is not None:
+        kind = _DEVICE_KINDS.get(_int(raw[2]))
+        if kind is None:
+            raise ProfileDecodeError(f"unknown device id kind code {raw[2]}")
+    return StoredCustomer(_opt_str(raw[0]), _opt_str(email), kind)
+
+
 def _order_from_json(value: Any, version: int) -> StoredOrder:
-    raw = _list(value, 11 if version < _VERSION_3 else 13)
+    raw = _list(value, 11 if version < _VERSION_3 else 14 if version == FORMAT_VERSION else 13)
     status = _STATUSES.get(_int(raw[4]))
     if status is None:
         raise ProfileDecodeError(f"unknown order status code {raw[4]}")
@@ -253,6 +307,7 @@ def _order_from_json(value: Any, version: int) -> StoredOrder:
         btn_ref_source=None if raw[10] is None else _source(raw[10]),
         exponent=exponent,
         sent_digest=digest,
+        customer=_customer_from_json(raw[13]) if version == FORMAT_VERSION else None,
     )
 
 
@@ -278,12 +333,17 @@ def _refusals(value: Any) -> tuple[int | None, int | None]:
     raw = _list(value, 2)
     idfa, gaid = (None if r is None else _int(r) for r in raw)
     if idfa is None and gaid is None:
-        raise ProfileDecodeError("a version 5 profile without a tracking refusal")
+        raise ProfileDecodeError("a version 5 or 6 profile without a tracking refusal")
     return idfa, gaid
 
 
 def _from_json(value: Any, version: int) -> Profile:
-    raw = _list(value, {_VERSION_1: 4, FORMAT_VERSION: 6}.get(version, 5))
+    if version == FORMAT_VERSION:  # the sixth element only with a refusal
+        raw = _list(value)
+        if len(raw) not in (5, 6):
+            raise ProfileDecodeError("malformed profile structure")
+    else:
+        raw = _list(value, {_VERSION_1: 4, _VERSION_5: 6}.get(version, 5))
     orders = tuple(_order_from_json(o, version) for o in _list(raw[3]))
     parked = () if version == _VERSION_1 else tuple(_parked_from_json(p) for p in _list(raw[4]))
     if version < _VERSION_3:  # one token, IDFA and GAID: one-entry histories
@@ -296,7 +356,7 @@ def _from_json(value: Any, version: int) -> Profile:
             parked=parked,
         )
     histories = [tuple(_stamped(d) for d in _list(raw[i])) for i in (1, 2)]
-    idfa_refused, gaid_refused = _refusals(raw[5]) if version == FORMAT_VERSION else (None, None)
+    idfa_refused, gaid_refused = _refusals(raw[5]) if len(raw) == 6 else (None, None)
     return Profile(
         tokens=tuple(_token(t) for t in _list(raw[0])),
         idfas=tuple(d for d in histories[0] if d is not None),
@@ -316,6 +376,7 @@ _LONG_LIST = 0xC2
 _INT = 0xC3
 _UUID_LOWER = 0xC4
 _UUID_UPPER = 0xC5
+_DIGEST = 0xC6  # 32 bytes: a SHA-256 digest (version 6's email_sha256)
 _SHORT_STR = 0x80  # + length 0-31
 _SHORT_LIST = 0xA0  # + length 0-15
 _CANONICAL_UUID = re.compile(
@@ -376,6 +437,9 @@ def _pack(out: bytearray, item: Any) -> None:
             _pack(out, child)
     elif item is None:
         out.append(_NULL)
+    elif kind is bytes and len(item) == 32:
+        out.append(_DIGEST)
+        out += item
     else:
         _pack_other(out, item)
 
@@ -439,6 +503,10 @@ def _unpack_tagged(tag: int, data: bytes, pos: int) -> tuple[Any, int]:
     if tag == _LONG_LIST:
         length, pos = _read_varint(data, pos)
         return _items(data, pos, length)
+    if tag == _DIGEST:
+        if pos + 32 > len(data):
+            raise ProfileDecodeError("truncated profile")
+        return data[pos : pos + 32], pos + 32
     if tag in (_UUID_LOWER, _UUID_UPPER):
         if pos + 16 > len(data):
             raise ProfileDecodeError("truncated profile")
@@ -468,9 +536,13 @@ def _items(data: bytes, pos: int, count: int) -> tuple[list[Any], int]:
 
 
 def encode_profile(profile: Profile, expires_at: int) -> bytes:
-    """The changelog value of ``profile`` (format version 5 when it remembers a tracking
-    refusal, else 4); ``expires_at`` (epoch ms) goes in the header."""
-    version = FORMAT_VERSION if _remembers_refusal(profile) else _VERSION_4
+    """The changelog value of ``profile`` (format version 6 when it holds an order whose
+    create's customer is known, else 5 when it remembers a tracking refusal, else 4);
+    ``expires_at`` (epoch ms) goes in the header."""
+    if _knows_a_customer(profile):
+        version = FORMAT_VERSION
+    else:
+        version = _VERSION_5 if _remembers_refusal(profile) else _VERSION_4
     out = bytearray(_HEADER.pack(version, expires_at))
     _pack(out, _to_json(profile))
     return bytes(out)
@@ -517,7 +589,7 @@ def decode_profile(value: bytes) -> Profile:
     """The ``Profile`` encoded in a changelog value.
 
     Raises:
-        ProfileDecodeError: the bytes are not a version 1, 2, 3, 4 or 5 profile.
+        ProfileDecodeError: the bytes are not a version 1 to 6 profile.
     """
     value = unstamp(value)  # the owner-epoch envelope, if any (consumer.domain.profile_epoch)
     version, _ = _read_header(value)
@@ -525,7 +597,7 @@ def decode_profile(value: bytes) -> Profile:
         tree, end = _unpack(value, _HEADER.size)
         if end != len(value):
             raise ProfileDecodeError("trailing bytes after the profile")
-        return _from_json(tree, FORMAT_VERSION if version == FORMAT_VERSION else _VERSION_3)
+        return _from_json(tree, version if version in (_VERSION_5, FORMAT_VERSION) else _VERSION_3)
     try:
         parsed = json.loads(value[_HEADER.size :].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -19,7 +19,7 @@ from consumer.domain.event_forms import event_from_json
 from consumer.domain.events import CommerceEvent
 from consumer.domain.mapping import MAX_REFUNDS_PER_ORDER, MappingConfig, process
 from consumer.domain.profile import OrderStatus, Profile, Stamped
-from consumer.domain.profile_codec import encode_profile
+from consumer.domain.profile_codec import decode_profile, encode_profile
 from consumer.errors import DecodeError
 from consumer.sandbox.validation import validate_create, validate_order_id, validate_update
 
@@ -1701,13 +1701,14 @@ def test_customer_id_rule(customer_id: str, sent: str | None) -> None:
 def test_a_create_carries_the_update_that_converges_after_a_409() -> None:
     """Issue 9: a create answered 409 may find Button holding another state of the order (a
     profile lost or expired, a revised purchase created elsewhere first): the create carries the
-    idempotent update of the same full state, sent only when the create is answered 409."""
+    idempotent update of the same full state, its customer included (no ``btn_ref``), sent only
+    when the create is answered 409."""
     result, _ = process(purchase(btn_ref=TOKEN), None, CONFIG, NOW)
     assert isinstance(result, Send)
     create, follow_up = result.request, result.follow_up
     assert follow_up is not None
     assert create.body is not None
-    expected_body = {k: v for k, v in create.body.items() if k not in ("btn_ref", "customer")}
+    expected_body = {k: v for k, v in create.body.items() if k != "btn_ref"}
     assert (follow_up.action, follow_up.method, follow_up.path, follow_up.order_id) == (
         Action.UPDATE,
         "POST",
@@ -1857,3 +1858,133 @@ def test_an_expiring_order_whose_refunds_were_applied_reports_nothing() -> None:
     result, after = _other("ORD-NEXT", later, profile=profile)
     assert isinstance(result, Send)
     assert (result.discarded, after is not None and after.order("ORD-100045")) == ((), None)
+
+
+# --- updates carry the create's customer --------------------------------------------------------
+
+IDFA = "6D92078A-8246-4BA4-AE5B-76104861E7DC"
+JANE = {"customer_id": "cust-789", "email": " Jane@Example.com "}
+JANE_CUSTOMER = {
+    "id": "cust-789",
+    "email_sha256": hashlib.sha256(b"jane@example.com").hexdigest(),
+    "device_id": IDFA,
+}
+
+
+def _created_for_jane() -> tuple[Any, Profile]:
+    """An iOS purchase with a customer id, an email and its IDFA, as created."""
+    result, profile = process(
+        purchase(user_identities=JANE, device_info={"ios_advertising_id": IDFA}, platform="IOS"),
+        None,
+        CONFIG,
+        NOW,
+    )
+    assert send(result).body["customer"] == JANE_CUSTOMER
+    assert profile is not None
+    return result, profile
+
+
+def test_a_partial_refunds_update_carries_the_creates_customer() -> None:
+    """A back-office refund carrying only the user key: its update (the order's full new state,
+    DESIGN 8) carries the customer the create sent, so Button, taking an update as the whole
+    order, keeps it. Before, the update carried no customer and Button's customer became null."""
+    _, profile = _created_for_jane()
+    back_office = refund("evt-r1", [{"id": "SKU-RED-M"}], event_time="2024-05-01T18:00:00Z")
+    result, _ = process(back_office, profile, CONFIG, NOW)
+    request = send(result)
+    assert (request.action, request.body["total"]) == (Action.UPDATE, 2999)
+    assert request.body.get("customer") == JANE_CUSTOMER
+    assert "btn_ref" not in request.body
+    assert validate_update(request.body) == []
+
+
+def test_an_update_carries_the_creates_customer_not_the_refunds_identities() -> None:
+    """A refund naming another email and customer id, from another device: the update still
+    carries the create's customer (Button keeps the create's; the same values under a reading
+    that merges)."""
+    _, profile = _created_for_jane()
+    other = event(
+        event_id="evt-r1",
+        event_type="REFUND",
+        event_time="2024-05-01T18:00:00Z",
+        platform="ANDROID",
+        user_identities={"customer_id": "agent-7", "email": "desk@shop.example"},
+        device_info={"android_advertising_id": "0f8fad5b-d9cb-469f-a165-70867728950e"},
+        commerce={
+            "action": "REFUND",
+            "transaction_id": "ORD-100045",
+            "products": [{"id": "SKU-RED-M"}],
+        },
+    )
+    result, _ = process(other, profile, CONFIG, NOW)
+    assert send(result).body.get("customer") == JANE_CUSTOMER
+
+
+def test_an_update_sends_the_advertising_id_in_force_at_the_purchase() -> None:
+    """The device id of an update is the profile's id in force at the order's purchase time
+    (the create's), not one the user's device reported later."""
+    _, profile = _created_for_jane()
+    later = event(
+        event_id="evt-open",
+        event_type="APP_OPEN",
+        event_time="2024-05-01T16:00:00Z",
+        platform="IOS",
+        device_info={"ios_advertising_id": "ABCD0001-0000-4000-8000-000000000001"},
+    )
+    _, opened = process(later, profile, CONFIG, NOW)
+    assert opened is not None
+    result, _ = process(refund("evt-r1", [{"id": "SKU-RED-M"}]), opened, CONFIG, NOW)
+    assert send(result).body.get("customer") == JANE_CUSTOMER
+
+
+def test_an_update_after_a_tracking_refusal_carries_no_device_id() -> None:
+    """Ids reported at or before the user's latest refusal are not sent (privacy rules): an
+    update after one keeps the create's customer id and email, without the IDFA."""
+    _, profile = _created_for_jane()
+    refused = event(
+        event_id="evt-att",
+        event_type="APP_OPEN",
+        event_time="2024-05-01T16:00:00Z",
+        platform="IOS",
+        device_info={"att_authorization_status": "DENIED"},
+    )
+    _, after = process(refused, profile, CONFIG, NOW)
+    assert after is not None
+    result, _ = process(refund("evt-r1", [{"id": "SKU-RED-M"}]), after, CONFIG, NOW)
+    expected = {k: v for k, v in JANE_CUSTOMER.items() if k != "device_id"}
+    assert send(result).body.get("customer") == expected
+
+
+def test_a_409_follow_up_carries_the_creates_customer() -> None:
+    """The update sent when the create is answered 409 carries the create's customer: under a
+    full-state reading, without it Button would drop the customer the order was created with."""
+    result, _ = _created_for_jane()
+    assert isinstance(result, Send)
+    assert result.follow_up is not None
+    assert result.follow_up.body is not None
+    assert result.follow_up.body.get("customer") == JANE_CUSTOMER
+
+
+def test_a_create_re_sent_by_a_replayed_refund_carries_the_creates_customer() -> None:
+    """A refund replayed after its update was sent re-sends the order's state as the create
+    (with its 409 follow-up): both carry the create's customer, not one made of the refund's
+    identities."""
+    _, profile = _created_for_jane()
+    back_office = refund("evt-r1", [{"id": "SKU-RED-M"}])
+    _, after = process(back_office, profile, CONFIG, NOW)
+    replayed, _ = process(back_office, after, CONFIG, NOW)
+    assert isinstance(replayed, Send)
+    assert replayed.request.action is Action.CREATE
+    assert send(replayed).body.get("customer") == JANE_CUSTOMER
+    assert replayed.follow_up is not None
+    assert replayed.follow_up.body is not None
+    assert replayed.follow_up.body.get("customer") == JANE_CUSTOMER
+
+
+def test_the_creates_customer_survives_the_changelog() -> None:
+    """The create's customer id and email hash are kept in the order's ledger: an update
+    decided on the profile as restored from the changelog still carries them."""
+    _, profile = _created_for_jane()
+    restored = decode_profile(encode_profile(profile, 0))
+    result, _ = process(refund("evt-r1", [{"id": "SKU-RED-M"}]), restored, CONFIG, NOW)
+    assert send(result).body.get("customer") == JANE_CUSTOMER

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from dataclasses import fields, replace
@@ -20,6 +21,7 @@ from consumer.domain.profile import (
     Profile,
     Retention,
     Stamped,
+    StoredCustomer,
     StoredLine,
     StoredOrder,
     StoredRefund,
@@ -83,6 +85,14 @@ orders = st.builds(
     btn_ref_source=st.none() | st.sampled_from(TokenSource),
     exponent=st.none() | st.integers(0, 4),
     sent_digest=st.integers(0, 2**63 - 1),
+    customer=st.none()
+    | st.builds(
+        StoredCustomer,
+        id=st.none() | texts,
+        # a digest as the mapping keeps it (packed as 32 bytes), or any other text
+        email_sha256=st.none() | st.binary(min_size=32, max_size=32).map(bytes.hex) | texts,
+        device_kind=st.none() | st.sampled_from(["idfa", "gaid"]),
+    ),
 )
 stamped = st.lists(st.builds(Stamped, texts, ints), max_size=3).map(tuple)
 profiles = st.builds(
@@ -130,8 +140,8 @@ def test_encode_decode_round_trip(profile: Profile, expires: int) -> None:
 
 def test_format_is_versioned() -> None:
     """Byte 0 is the format version; unknown versions are refused, not guessed."""
-    value = encode_profile(refusing_profile(), 0)
-    assert value[0] == FORMAT_VERSION == 5
+    value = encode_profile(customer_profile(), 0)
+    assert value[0] == FORMAT_VERSION == 6
     for unknown in (0, FORMAT_VERSION + 1):
         with pytest.raises(ProfileDecodeError):
             decode_profile(bytes([unknown]) + value[1:])
@@ -166,6 +176,15 @@ def refusing_profile() -> Profile:
         idfa_refused_ms=1_714_600_000_000,
         gaid_refused_ms=1_714_700_000_000,
     )
+
+
+JANE = StoredCustomer("cust-789", hashlib.sha256(b"jane@example.com").hexdigest(), "idfa")
+
+
+def customer_profile() -> Profile:
+    """A profile whose order keeps its create's customer (an id, an email hash, an IDFA)."""
+    profile = typical_profile()
+    return replace(profile, orders=(replace(profile.orders[0], customer=JANE),))
 
 
 def upgraded(profile: Profile) -> Profile:
@@ -243,6 +262,26 @@ def test_a_profile_remembering_a_refusal_is_written_as_version_5() -> None:
     assert plain == struct.pack(">Bq", 4, 0) + _packed(_to_json(parked_profile()))
 
 
+def test_a_profile_keeping_a_creates_customer_is_written_as_version_6() -> None:
+    """Version 6 is version 5's tree (the refusals only when remembered) whose orders have a
+    fourteenth element, the create's customer ``[id, email_sha256, device_kind]``, the email
+    hash packed as its 32 bytes; a profile none of whose orders keeps one is still written as
+    version 4 or 5, which the previous release reads."""
+    value = encode_profile(customer_profile(), 7)
+    assert value[0] == 6
+    assert decode_profile(value) == customer_profile()
+    assert decode_profile(stamp(value, 3)) == customer_profile()
+    plain = encode_profile(typical_profile(), 7)
+    order_tree = _to_json(customer_profile())[3][0]
+    assert order_tree[13] == ["cust-789", bytes.fromhex(JANE.email_sha256 or ""), 0]
+    assert len(value) - len(plain) == 1 + 9 + 33 + 1  # list, id, digest, kind
+    refusing = replace(refusing_profile(), orders=customer_profile().orders)
+    assert decode_profile(encode_profile(refusing, 0)) == refusing
+    unknown = replace(customer_profile().orders[0], order_id="ORD-OLD", customer=None)
+    mixed = replace(customer_profile(), orders=(*customer_profile().orders, unknown))
+    assert decode_profile(encode_profile(mixed, 0)) == mixed
+
+
 def _packed(tree: Any) -> bytes:
     out = bytearray()
     _pack(out, tree)
@@ -313,6 +352,40 @@ def test_trailing_bytes_after_a_version_4_profile_are_refused() -> None:
         struct.pack(">Bq", 5, 0) + _packed([[], [], [], [], [], [1]]),
         struct.pack(">Bq", 5, 0) + _packed([[], [], [], [], [], [1, "2"]]),
         struct.pack(">Bq", 5, 0) + _packed([[], [], [], [], [], [None, None]]),  # no refusal
+        struct.pack(">Bq", 6, 0) + _packed([[], [], [], [], [], [None, None]]),
+        struct.pack(">Bq", 6, 0) + _packed([[], [], [], []]),
+        struct.pack(">Bq", 6, 0)  # an order of 13 elements
+        + _packed([[], [], [], [["o", "USD", 1, 1, 0, "e", [], None, 1, [], None, 2, 0]], []]),
+        struct.pack(">Bq", 6, 0)  # a customer of 2 elements
+        + _packed(
+            [
+                [],
+                [],
+                [],
+                [["o", "USD", 1, 1, 0, "e", [], None, 1, [], None, 2, 0, [None, None]]],
+                [],
+            ]
+        ),
+        struct.pack(">Bq", 6, 0)  # an unknown device kind
+        + _packed(
+            [
+                [],
+                [],
+                [],
+                [["o", "USD", 1, 1, 0, "e", [], None, 1, [], None, 2, 0, [None, None, 7]]],
+                [],
+            ]
+        ),
+        struct.pack(">Bq", 6, 0)  # a digest where a string goes
+        + _packed(
+            [
+                [],
+                [],
+                [],
+                [["o", "USD", 1, 1, 0, "e", [], None, 1, [], None, 2, 0, [bytes(32), None, None]]],
+                [],
+            ]
+        ),
     ],
 )
 def test_malformed_values_of_each_version_are_refused(value: bytes) -> None:
@@ -669,6 +742,7 @@ def test_the_hand_written_copies_keep_every_field() -> None:
         "btn_ref_source",
         "exponent",
         "sent_digest",
+        "customer",
     ]
     assert [f.name for f in fields(Profile)] == [
         "tokens",
