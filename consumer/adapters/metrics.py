@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 import consumer
+from consumer.domain.button import DROPPED_INPUT_KINDS
 
 NAMESPACE = "button_consumer"
 
@@ -173,7 +174,8 @@ class Metrics:
             inputs_dropped=counter(
                 "inputs_dropped",
                 "What events carried that is not sent to Button nor remembered (an order's line "
-                "items left out for a product without a price). By field and problem.",
+                "items left out for a product without a price, an advertising id that is not a "
+                "UUID). By field and problem.",
                 ("field", "problem"),
             ),
             schema_registry_unavailable=counter(
@@ -343,6 +345,8 @@ class Metrics:
             metrics.held_refunds_discarded.labels(reason)
         for when in REPAIR_TRIGGERS:
             metrics.changelog_repairs.labels(when)
+        for field, problem in DROPPED_INPUT_KINDS:
+            metrics.inputs_dropped.labels(field, problem)
         return metrics
 
 

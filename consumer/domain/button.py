@@ -79,6 +79,16 @@ class DroppedInput:
     value: str | None = None
 
 
+DROPPED_INPUT_KINDS = (
+    ("line_items", "product_without_price"),
+    ("ios_advertising_id", "not_uuid"),
+    ("android_advertising_id", "not_uuid"),
+)
+"""Every ``(field, problem)`` a ``DroppedInput`` of the mapping has (``mapping.dropped_inputs``):
+a purchase's product without a price (its order goes without line items), an advertising id
+that is not a UUID. Their counters exist from the start (at 0)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Send:
     """The event becomes this request.

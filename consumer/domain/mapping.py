@@ -74,6 +74,7 @@ from consumer.domain.attribution import (
     token_from_event,
 )
 from consumer.domain.button import (
+    DROPPED_INPUT_KINDS,
     ORDER_EVICTED,
     ORDER_EXPIRED,
     PROFILE_CAPPED,
@@ -397,17 +398,17 @@ def dropped_inputs(event: CommerceEvent) -> tuple[DroppedInput, ...]:
     dropped: list[DroppedInput] = []
     if event.event_type is EventType.PURCHASE and event.commerce is not None:
         dropped.extend(
-            DroppedInput("line_items", "product_without_price", product.id)
+            DroppedInput(*DROPPED_INPUT_KINDS[0], product.id)
             for product in event.commerce.products
             if product.price is None and product.quantity != 0
         )
     info = event.device_info
     if info is not None:
         dropped.extend(
-            DroppedInput(name, "not_uuid")
-            for name, value in (
-                ("ios_advertising_id", info.ios_advertising_id),
-                ("android_advertising_id", info.android_advertising_id),
+            DroppedInput(*kind)
+            for kind, value in (
+                (DROPPED_INPUT_KINDS[1], info.ios_advertising_id),
+                (DROPPED_INPUT_KINDS[2], info.android_advertising_id),
             )
             if is_junk_device_id(value)
         )

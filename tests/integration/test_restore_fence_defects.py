@@ -94,7 +94,11 @@ def test_a_revoke_at_install_never_lets_the_restore_fence_over_the_next_owner(
     """
     topic = make_topic(partitions=1)
     settings = Settings.from_env(
-        {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_PROFILE_TOPIC": topic},
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "KAFKA_PROFILE_TOPIC": topic,
+            "KAFKA_TOPIC": make_topic(partitions=1),  # co-partitioned, as the restore checks
+        },
         require_api_key=False,
     )
     a, b = _owner(1), _owner(2)

@@ -56,6 +56,8 @@ def test_a_restore_does_not_wait_for_the_producers_other_writes(
         {
             "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
             "KAFKA_PROFILE_TOPIC": changelog,
+            # The restore checks the changelog's co-partitioning with the input first.
+            "KAFKA_TOPIC": make_topic(partitions=1),
             # settle's timeout: longer than the bound, so only a wait for the fence alone
             # returns within it.
             "DELIVERY_SHUTDOWN_TIMEOUT_SECONDS": "600",
@@ -122,7 +124,11 @@ def test_a_failed_earlier_write_does_not_fail_a_later_restore(
     """
     changelog = make_topic(partitions=1)
     settings = Settings.from_env(
-        {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_PROFILE_TOPIC": changelog},
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "KAFKA_PROFILE_TOPIC": changelog,
+            "KAFKA_TOPIC": make_topic(partitions=1),  # co-partitioned, as the restore checks
+        },
         require_api_key=False,
     )
     telemetry = ServiceTelemetry(Metrics.create(CollectorRegistry()), Health(), DeliveryLog(10))

@@ -84,6 +84,21 @@ def test_finished_outcomes_and_pause_reasons_exist_from_the_start() -> None:
     assert sample(t, "paused", reason="breaker") == 0.0
 
 
+def test_every_kind_of_dropped_input_exists_from_the_start() -> None:
+    """The dashboard's *Inputs dropped* panel has a series before the first product without a
+    price or junk advertising id: every kind the mapping reports exists at 0."""
+    t = telemetry()
+
+    assert [
+        sample(t, "inputs_dropped_total", field=field, problem=problem)
+        for field, problem in (
+            ("line_items", "product_without_price"),
+            ("ios_advertising_id", "not_uuid"),
+            ("android_advertising_id", "not_uuid"),
+        )
+    ] == [0.0, 0.0, 0.0]
+
+
 def test_only_buttons_own_404_shows_button_working() -> None:
     """A 404 page of a proxy or an ingress in front of Button leaves the last-success time
     alone; Button's own 404 (its JSON envelope) stamps it."""
