@@ -401,6 +401,11 @@ class Telemetry(Protocol):
         ``line_items``; ``problem``: ``product_without_price``; ``DroppedInput``)."""
         ...
 
+    def record_key_problem(self, problem: str) -> None:
+        """A decoded record's key breaks the producer contract (``problem``: ``no_key``,
+        ``key_not_user_key``; ``consumer.domain.events.key_problem``)."""
+        ...
+
     def refund_held(self) -> None:
         """A partial refund of an order neither the profile nor Button knows was held in the
         profile for its purchase (skip ``refund_held``)."""

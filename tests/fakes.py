@@ -419,6 +419,9 @@ class RecordingTelemetry:
     def input_dropped(self, field: str, problem: str) -> None:
         self._record("input_dropped", field, problem)
 
+    def record_key_problem(self, problem: str) -> None:
+        self._record("record_key_problem", problem)
+
     def refund_held(self) -> None:
         self._record("refund_held")
 

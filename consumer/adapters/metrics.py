@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 
 import consumer
 from consumer.domain.button import DROPPED_INPUT_KINDS
+from consumer.domain.events import KEY_PROBLEMS
 
 NAMESPACE = "button_consumer"
 
@@ -73,6 +74,7 @@ class Metrics:
     writer_schema_missing_fields: Counter
     btn_ref_dropped: Counter
     inputs_dropped: Counter
+    record_key_problems: Counter
     refunds_held: Counter
     schema_registry_unavailable: Counter
     held_refunds_discarded: Counter
@@ -177,6 +179,13 @@ class Metrics:
                 "items left out for a product without a price, an advertising id that is not a "
                 "UUID). By field and problem.",
                 ("field", "problem"),
+            ),
+            record_key_problems=counter(
+                "record_key_problems",
+                "Decoded records whose Kafka key breaks the producer contract (every event keyed "
+                "by its user_key): no_key (null or empty), key_not_user_key (another key, say "
+                "the order id: the event lands in another profile than its user's). By problem.",
+                ("problem",),
             ),
             schema_registry_unavailable=counter(
                 "schema_registry_unavailable",
@@ -347,6 +356,8 @@ class Metrics:
             metrics.changelog_repairs.labels(when)
         for field, problem in DROPPED_INPUT_KINDS:
             metrics.inputs_dropped.labels(field, problem)
+        for problem in KEY_PROBLEMS:
+            metrics.record_key_problems.labels(problem)
         return metrics
 
 

@@ -204,6 +204,9 @@ class ServiceTelemetry:
     def input_dropped(self, field: str, problem: str) -> None:
         self.metrics.inputs_dropped.labels(_label(field), _label(problem)).inc()
 
+    def record_key_problem(self, problem: str) -> None:
+        self.metrics.record_key_problems.labels(_label(problem)).inc()
+
     def refund_held(self) -> None:
         self.metrics.refunds_held.inc()
 

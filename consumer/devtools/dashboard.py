@@ -230,6 +230,24 @@ PANELS: tuple[PanelSpec, ...] = (
         ),
     ),
     PanelSpec(
+        "Records keyed against the contract (no key, key not the user_key)",
+        "timeseries",
+        "ops",
+        (
+            _q(
+                "sum by (problem) (rate(button_consumer_record_key_problems_total"
+                f"{{{SEL}}}[{RATE}]))",
+                "{{problem}}",
+            ),
+        ),
+        runbook="buttonconsumerrecordkeynotuserkey",
+        description=(
+            "Decoded records whose Kafka key is not their event's user_key (a producer keying"
+            " by the order id) or that have no key: their events are kept in another profile"
+            " than their user's. Above 0: fix the producer's key."
+        ),
+    ),
+    PanelSpec(
         "Paused (auth, backpressure, breaker)",
         "state",
         "short",

@@ -111,6 +111,28 @@ customer id) is the changelog record's key beside a profile of up to
 ``key_too_large`` before it is decoded, and parks nothing; an event whose ``user_key`` is longer
 is invalid with that reason (``map``, ``test-event``)."""
 
+NO_KEY = "no_key"
+"""A record without a key (null or empty): its event's profile is the keyless one."""
+KEY_NOT_USER_KEY = "key_not_user_key"
+"""A record whose key is not its event's ``user_key`` in UTF-8 (a producer keying by the order
+id, say): the event is held in the profile of that key, which never sees the user's other
+events."""
+KEY_PROBLEMS = (NO_KEY, KEY_NOT_USER_KEY)
+"""How a record can break the producer contract (README: every event keyed by its
+``user_key``): the ``problem`` label of ``button_consumer_record_key_problems_total``."""
+
+
+def key_problem(key: bytes | None, user_key: str) -> str | None:
+    """How the record's ``key`` breaks the contract for an event of ``user_key``, or ``None``.
+
+    One UTF-8 encoding and one bytes comparison: cheap enough for every record.
+    """
+    if not key:
+        return NO_KEY
+    if key != user_key.encode():
+        return KEY_NOT_USER_KEY
+    return None
+
 
 class EventReason(StrEnum):
     """Machine reasons of the ``DecodeError`` raised for semantically invalid events."""

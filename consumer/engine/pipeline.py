@@ -57,7 +57,7 @@ from consumer.domain.deadletter import (
     replayed_reason,
     replays_parking_letter,
 )
-from consumer.domain.events import MAX_KEY_BYTES, CommerceEvent
+from consumer.domain.events import MAX_KEY_BYTES, CommerceEvent, key_problem
 from consumer.domain.outcomes import ButtonOutcome
 from consumer.domain.policy import (
     BUTTON_UNAVAILABLE,
@@ -102,6 +102,10 @@ from consumer.ports import (
 log = structlog.get_logger("consumer.pipeline")
 
 _SKIP = Action.SKIP.value
+
+KEY_PROBLEM_LOG_INTERVAL = 60.0
+"""Seconds between two ``record_key_not_user_key`` lines of one problem: a producer that keys
+every record wrongly logs one line a minute (with the count it left out), not one a record."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +243,8 @@ class Pipeline:
 
     def __init__(self, deps: PipelineDeps) -> None:
         self._d = deps
+        # Per key problem: when its line was last logged (monotonic s), records left out since.
+        self._key_lines: dict[str, tuple[float, int]] = {}
 
     async def handle(self, record: Record, event: CommerceEvent | None = None) -> str:
         """Process ``record`` until it is finished; return its outcome name.
@@ -310,6 +316,9 @@ class Pipeline:
         if isinstance(decoded, InertEvent):
             # Can change nothing (no order, token or device id): no profile, no changelog.
             return self._skip_inert(record, decoded)
+        problem = key_problem(record.key, decoded.user_key)
+        if problem is not None:
+            self._report_key_problem(problem, decoded.event_id)
         # The concurrency permit for its first request is taken before the record is mapped:
         # so the loop prepares about as many records as Button can take at once, not a whole
         # poll batch in one go while the answers of those in flight wait behind it. (With a
@@ -444,6 +453,27 @@ class Pipeline:
                 reason=refund.reason,
                 detail=refund.detail,
             )
+
+    def _report_key_problem(self, problem: str, event_id: str) -> None:
+        """Count a record whose key breaks the producer contract (``events.key_problem``), and
+        log it at warning: the first of each problem, then one per
+        ``KEY_PROBLEM_LOG_INTERVAL`` seconds with ``suppressed``, the records of that problem
+        left out since the last line. The line carries partition, offset, event id and the
+        key's hash (``add_record_scope``), never the key nor the user key themselves."""
+        d = self._d
+        d.telemetry.record_key_problem(problem)
+        now = d.monotonic()
+        last = self._key_lines.get(problem)
+        if last is not None and now - last[0] < KEY_PROBLEM_LOG_INTERVAL:
+            self._key_lines[problem] = (last[0], last[1] + 1)
+            return
+        self._key_lines[problem] = (now, 0)
+        log.warning(
+            "record_key_not_user_key",
+            problem=problem,
+            event_id=event_id,
+            suppressed=0 if last is None else last[1],
+        )
 
     def _report_held(self, decision: Decision, processed: Processed) -> None:
         """A record finished as skipped ``refund_held`` (its profile write acknowledged): the

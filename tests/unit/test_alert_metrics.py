@@ -17,6 +17,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from consumer.adapters.metrics import FINISHED_OUTCOMES, OFFSET_RESET_TARGETS, Metrics
+from consumer.domain.events import KEY_PROBLEMS
 
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "button-consumer.rules.yaml"
 
@@ -76,3 +77,6 @@ def test_the_event_alerts_counters_exist_at_zero_from_the_start() -> None:
         key = ("button_consumer_offset_resets_total", (("reset_to", target),))
         assert samples.get(key) == 0.0, key
     assert samples.get(("button_consumer_dead_letter_write_failures_total", ())) == 0.0
+    for problem in KEY_PROBLEMS:
+        key = ("button_consumer_record_key_problems_total", (("problem", problem),))
+        assert samples.get(key) == 0.0, key

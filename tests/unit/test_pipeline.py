@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -62,7 +63,14 @@ from consumer.engine.authgate import AuthGate
 from consumer.engine.breaker import CircuitBreaker
 from consumer.engine.concurrency import AdaptiveLimiter, TokenBucket
 from consumer.engine.parking import KEY_PARKED, Parking, ParkingCheck, ParkingLot
-from consumer.engine.pipeline import ParkingPort, Pipeline, PipelineDeps, Processed, Processor
+from consumer.engine.pipeline import (
+    KEY_PROBLEM_LOG_INTERVAL,
+    ParkingPort,
+    Pipeline,
+    PipelineDeps,
+    Processed,
+    Processor,
+)
 from consumer.engine.processor import ProfileProcessor
 from consumer.engine.profiles import ChangelogWrite, ProfileStore
 from consumer.errors import (
@@ -2933,3 +2941,87 @@ def test_what_else_the_mapping_leaves_out_is_counted_and_logged() -> None:
     assert lines == [("line_items", "product_without_price", "SKU-B")]
     counted = h.sample("inputs_dropped_total", field="line_items", problem="product_without_price")
     assert counted == 1.0
+
+
+# --- the producer's key contract ---------------------------------------------------------------
+
+
+def json_lines(run: Callable[[], object]) -> list[dict[str, Any]]:
+    """The lines ``run`` logs, rendered as the service renders them (JSON, with the record's
+    scope: partition, offset, key hash)."""
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)
+    try:
+        run()
+    finally:
+        structlog.reset_defaults()
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_a_record_keyed_by_something_else_than_its_user_key_is_counted_and_logged() -> None:
+    """README asks producers to key every event by its ``user_key``: a purchase keyed by its
+    order id is held in another profile than its user's (attribution lost, a refund keyed so
+    never meets its purchase). Such a record was processed in silence; it is counted
+    (``key_not_user_key``) and logged at warning with partition, offset and event id, and the
+    key only as its hash (never the user id itself). The record goes on as before."""
+    h = Harness().answer(OK)
+
+    outcomes: list[str] = []
+    logs = json_lines(lambda: outcomes.extend(h.handle(record(key=b"OKEY-1"))))
+
+    assert outcomes == ["delivered"]
+    assert h.sample("record_key_problems_total", problem="key_not_user_key") == 1.0
+    assert h.sample("record_key_problems_total", problem="no_key") == 0.0
+    lines = [e for e in logs if e["event"] == "record_key_not_user_key"]
+    assert [(e["level"], e["partition"], e["offset"], e["event_id"]) for e in lines] == [
+        ("warning", 2, 17, "evt-1")
+    ]
+    assert lines[0]["key"] == hashlib.sha256(b"OKEY-1").hexdigest()[:12]
+    assert "OKEY-1" not in json.dumps(lines[0])
+    assert "user-1" not in json.dumps(lines[0])
+
+
+def test_a_record_without_a_key_is_counted_and_logged() -> None:
+    """A record without a key (null, or empty) has no profile: counted ``no_key`` and logged."""
+    h = Harness().answer(OK, OK)
+
+    outcomes: list[str] = []
+    logs = json_lines(lambda: outcomes.extend(h.handle(record(17, key=None), record(18, key=b""))))
+
+    assert outcomes == ["delivered", "delivered"]
+    assert h.sample("record_key_problems_total", problem="no_key") == 2.0
+    assert [e["offset"] for e in logs if e["event"] == "record_key_not_user_key"] == [17]
+
+
+def test_a_record_keyed_by_its_user_key_reports_nothing() -> None:
+    h = Harness().answer(OK)
+
+    logs = json_lines(lambda: h.handle(record(key=b"user-1")))
+
+    assert h.sample("record_key_problems_total", problem="key_not_user_key") == 0.0
+    assert [e for e in logs if e["event"] == "record_key_not_user_key"] == []
+
+
+def test_the_key_problem_line_is_rate_limited_and_says_how_many_it_left_out() -> None:
+    """A misconfigured producer keys every record wrongly: one line per problem and interval
+    (``KEY_PROBLEM_LOG_INTERVAL`` seconds), the next one counting the records it left out; the
+    counter counts every record."""
+    h = Harness().answer(OK, OK, OK, OK, OK)
+    pipeline = Pipeline(h.deps())
+
+    async def scenario() -> None:
+        for offset in (17, 18, 19):
+            await pipeline.handle(record(offset, key=b"OKEY-1"))
+        await pipeline.handle(record(20, key=None))
+        h.clock.elapsed += KEY_PROBLEM_LOG_INTERVAL
+        await pipeline.handle(record(21, key=b"OKEY-1"))
+
+    logs = json_lines(lambda: asyncio.run(scenario()))
+
+    assert h.sample("record_key_problems_total", problem="key_not_user_key") == 4.0
+    lines = [e for e in logs if e["event"] == "record_key_not_user_key"]
+    assert [(e["offset"], e["problem"], e["suppressed"]) for e in lines] == [
+        (17, "key_not_user_key", 0),
+        (20, "no_key", 0),
+        (21, "key_not_user_key", 2),
+    ]
