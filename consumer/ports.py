@@ -90,17 +90,32 @@ class PartitionLag:
             since the assignment, else the partition's log start offset under
             ``auto.offset.reset=earliest``, its end under ``latest``); ``None`` once an
             offset is committed (the lag counts from ``committed``).
+        high_watermark: the partition's high watermark at the broker (the offset after its
+            last record, read_uncommitted), read after ``end``; ``None`` when not read. Under
+            read_committed it is past ``end`` while another producer's transaction is open
+            on the partition: the records from its first one on cannot be read yet.
     """
 
     committed: int
     end: int
     start: int | None = None
+    high_watermark: int | None = None
 
     @property
     def records(self) -> int:
         """Records not committed yet (never below 0): from ``start`` while nothing is
         committed, else from ``committed``, to ``end``."""
         return max(self.end - (self.committed if self.start is None else self.start), 0)
+
+    @property
+    def behind_open_transaction(self) -> int:
+        """Records written after the last stable offset (``high_watermark - end``, never
+        below 0; 0 when the high watermark was not read): held behind an open transaction,
+        they cannot be read until it is committed or aborted, and ``records`` does not count
+        them."""
+        if self.high_watermark is None:
+            return 0
+        return max(self.high_watermark - self.end, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,8 +237,8 @@ class Source(Protocol):
     async def resume(self, partitions: Sequence[int]) -> None: ...
 
     async def lag(self, partitions: Sequence[int]) -> dict[int, PartitionLag]:
-        """Each partition's committed offset and end offset, both asked of the brokers (a
-        paused partition's end too). Raises ``BrokerError`` when unknown."""
+        """Each partition's committed offset, end offset and high watermark, asked of the
+        brokers (a paused partition's too). Raises ``BrokerError`` when unknown."""
         ...
 
     async def backlog(self, partitions: Sequence[int]) -> dict[int, int]:

@@ -686,6 +686,14 @@ class KafkaSource:
         the log end was 110). An auth pause or an open circuit breaker pauses every partition,
         and back-pressure one that a retrying key holds up: their lag must grow meanwhile.
 
+        Under read_committed the end is the last stable offset: records behind another
+        producer's open transaction are no lag (the group cannot read them), and a transaction
+        left open (up to its ``transaction.timeout.ms``; for good, a hanging one) stalled the
+        partition at lag 0. So the read asks for the high watermark too
+        (``PartitionLag.high_watermark``, one more ListOffsets, read_uncommitted, after the
+        end's); under read_uncommitted it is the end. Without an admin configuration it is not
+        read (``None``): the reads' consumer asks under the consumer's isolation only.
+
         Raises:
             BrokerError: the committed offsets or the end offsets could not be read (a
                 coordinator or broker away, a timeout).
@@ -695,6 +703,12 @@ class KafkaSource:
             return {}
         committed: dict[int, int | None] = await self._read(self._committed, parts)
         ends = await self._end_offsets(parts)
+        highs: dict[int, int] = {}
+        if self._isolation == IsolationLevel.READ_UNCOMMITTED:
+            highs = ends
+        elif self._admin_config is not None:
+            # After the end: a high watermark read later is never below it.
+            highs = await self._end_offsets(parts, IsolationLevel.READ_UNCOMMITTED)
         # Before the group's first commit on a partition (a new group; under latest, a quiet
         # partition never gets one), the lag counts from where the group starts reading, not
         # from 0: a new group under latest, or one whose log start retention moved, showed the
@@ -709,7 +723,8 @@ class KafkaSource:
         if log_starts:
             starts.update(await self._read(self._log_starts, log_starts))
         return {
-            p: PartitionLag(committed.get(p) or 0, end, starts.get(p)) for p, end in ends.items()
+            p: PartitionLag(committed.get(p) or 0, end, starts.get(p), highs.get(p))
+            for p, end in ends.items()
         }
 
     def _admin_client(self) -> AdminClient:

@@ -98,6 +98,7 @@ class Metrics:
     consumer_lag: Gauge
     consumer_lag_sum: Gauge
     committed_offset: Gauge
+    records_behind_open_transaction: Gauge
     rebalances: Counter
     offset_resets: Counter
     profiles: Gauge
@@ -286,8 +287,8 @@ class Metrics:
             ),
             consumer_lag=gauge(
                 "consumer_lag_records",
-                "End offset (asked of the brokers) minus the group's committed offset, per "
-                "assigned partition.",
+                "End offset (asked of the brokers; the last stable offset under "
+                "read_committed) minus the group's committed offset, per assigned partition.",
                 ("partition",),
             ),
             consumer_lag_sum=gauge(
@@ -298,6 +299,13 @@ class Metrics:
                 "committed_offset",
                 "The group's committed offset, per assigned partition (read with the lag): "
                 "unchanged while the lag is above 0, the partition makes no progress.",
+                ("partition",),
+            ),
+            records_behind_open_transaction=gauge(
+                "records_behind_open_transaction",
+                "High watermark minus last stable offset, per assigned partition (read with the "
+                "lag): records written after another producer's open transaction, which the "
+                "consumer (read_committed) cannot read until it ends; not in the lag.",
                 ("partition",),
             ),
             rebalances=counter("rebalances", "Partition assignments and revocations.", ("kind",)),

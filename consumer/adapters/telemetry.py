@@ -179,9 +179,13 @@ class ServiceTelemetry:
         for gone in self._lag_partitions - current.keys():
             self.metrics.consumer_lag.remove(gone)
             self.metrics.committed_offset.remove(gone)
+            self.metrics.records_behind_open_transaction.remove(gone)
         for partition, lag in current.items():
             self.metrics.consumer_lag.labels(partition).set(lag.records)
             self.metrics.committed_offset.labels(partition).set(lag.committed)
+            self.metrics.records_behind_open_transaction.labels(partition).set(
+                lag.behind_open_transaction
+            )
         self._lag_partitions = set(current)
         self.metrics.consumer_lag_sum.set(sum(lag.records for lag in current.values()))
 

@@ -113,6 +113,22 @@ PANELS: tuple[PanelSpec, ...] = (
         preview=True,
     ),
     PanelSpec(
+        "Records behind an open transaction",
+        "timeseries",
+        "short",
+        (
+            _q(
+                "sum by (pod, partition) "
+                f"(button_consumer_records_behind_open_transaction{{{SEL}}})",
+                "{{pod}} p{{partition}}",
+            ),
+        ),
+        runbook="buttonconsumerlaststableoffsetstuck",
+        description="High watermark minus last stable offset: records written after another "
+        "producer's open transaction, which the consumer (read_committed) cannot read until "
+        "it ends. Not in the lag; above 0 for minutes while the lag is 0, the partition waits.",
+    ),
+    PanelSpec(
         "Freshness: event age at delivery",
         "timeseries",
         "s",

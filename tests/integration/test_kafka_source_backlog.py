@@ -23,7 +23,7 @@ from consumer.adapters.kafka_admin import ensure_topics
 from consumer.adapters.kafka_producer import AckingProducer
 from consumer.devtools.localkafka import LocalKafka
 from consumer.errors import BrokerError
-from consumer.ports import PartitionLag
+from consumer.ports import PartitionLag, Record
 from consumer.settings import Settings
 
 pytestmark = pytest.mark.broker
@@ -167,11 +167,13 @@ def test_lag_counts_the_records_that_arrive_while_the_partition_is_paused(
         finally:
             await source.close()
 
+    # The admin client also reads the high watermark (no transaction here: the end).
+    high: Callable[[int], int | None] = (lambda end: end) if admin else (lambda _end: None)
     assert asyncio.run(scenario()) == (
-        {0: PartitionLag(0, 5, start=0)},  # nothing committed: from the first record read
-        {0: PartitionLag(5, 5)},
-        {0: PartitionLag(5, 12)},
-        {0: PartitionLag(12, 12)},
+        {0: PartitionLag(0, 5, start=0, high_watermark=high(5))},  # nothing committed yet
+        {0: PartitionLag(5, 5, high_watermark=high(5))},
+        {0: PartitionLag(5, 12, high_watermark=high(12))},
+        {0: PartitionLag(12, 12, high_watermark=high(12))},
     )
 
 
@@ -490,3 +492,49 @@ def test_lag_before_the_first_commit_counts_from_the_start_of_the_partition(
 
     lag = asyncio.run(scenario())
     assert {p: lag.records for p, lag in lag.items()} == {0: 2}
+
+
+def test_lag_reports_the_records_held_behind_a_transaction_still_open(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """Another producer's transaction is open and a plain producer writes after it: under
+    read_committed the group cannot read past the transaction's first record (the last stable
+    offset stops there) until the transaction commits or is aborted (at the latest after its
+    ``transaction.timeout.ms``; never, for a hanging transaction). The lag counts what the
+    group can read and has not committed, 0 here, so it showed nothing of the stall: the lag
+    read also reports the high watermark, and the records held between the two."""
+    from confluent_kafka import Producer
+
+    topic = make_topic(partitions=1)
+    settings = _settings(kafka_bootstrap, topic, unique_name("group"), "earliest")
+    _produce(settings, topic, 3)
+    open_txn = Producer(
+        {"bootstrap.servers": kafka_bootstrap, "transactional.id": unique_name("txn")}
+    )
+    open_txn.init_transactions(30)
+    open_txn.begin_transaction()
+    open_txn.produce(topic, key=b"k", value=b"in-flight", partition=0)  # offset 3
+    assert open_txn.flush(30) == 0
+    _produce(settings, topic, 4)  # offsets 4..7, behind the open transaction
+
+    async def scenario() -> tuple[PartitionLag, list[Record]]:
+        source = KafkaSource(
+            settings.kafka.consumer_config(), topic, admin_config=settings.kafka.admin_config()
+        )
+        listener = Listener()
+        await source.start(listener)
+        try:
+            await _take(source, listener, 3)
+            await source.commit({0: 3})
+            beyond = await source.poll(10, 0.5)  # nothing past the last stable offset
+            return (await source.lag([0]))[0], beyond
+        finally:
+            await source.close()
+
+    try:
+        lag, beyond = asyncio.run(scenario())
+    finally:
+        open_txn.abort_transaction(30)
+    assert beyond == []
+    assert (lag.committed, lag.end, lag.records) == (3, 3, 0)  # the lag keeps its meaning
+    assert (lag.high_watermark, lag.behind_open_transaction) == (8, 5)

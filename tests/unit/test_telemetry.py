@@ -129,20 +129,34 @@ def test_button_attempt_counts_by_action_outcome_and_status_class() -> None:
 
 
 def test_lags_set_every_partition_and_the_sum_and_forget_revoked_partitions() -> None:
-    """A partition no longer reported has no lag or committed-offset series; the sum covers
-    the reported ones."""
+    """A partition no longer reported has no lag, committed-offset or open-transaction series;
+    the sum covers the reported ones."""
     t = telemetry()
-    t.lags({0: PartitionLag(10, 15), 1: PartitionLag(20, 27)})
+    t.lags({0: PartitionLag(10, 15, high_watermark=16), 1: PartitionLag(20, 27)})
 
-    t.lags({1: PartitionLag(24, 27)})
+    t.lags({1: PartitionLag(24, 27, high_watermark=27)})
 
     assert (
         sample(t, "consumer_lag_records", partition="0"),
         sample(t, "committed_offset", partition="0"),
+        sample(t, "records_behind_open_transaction", partition="0"),
         sample(t, "consumer_lag_records", partition="1"),
         sample(t, "committed_offset", partition="1"),
+        sample(t, "records_behind_open_transaction", partition="1"),
         sample(t, "consumer_lag_sum_records"),
-    ) == (None, None, 3.0, 24.0, 3.0)
+    ) == (None, None, None, 3.0, 24.0, 0.0, 3.0)
+
+
+def test_records_behind_an_open_transaction_are_a_gauge_of_their_own_not_lag() -> None:
+    """Caught up to the last stable offset (76) with the high watermark at 81: lag 0, 5
+    records held behind an open transaction."""
+    t = telemetry()
+    t.lags({1: PartitionLag(76, 76, high_watermark=81)})
+
+    assert (
+        sample(t, "consumer_lag_records", partition="1"),
+        sample(t, "records_behind_open_transaction", partition="1"),
+    ) == (0.0, 5.0)
 
 
 def test_auth_pause_sets_the_generic_pause_gauge_and_readiness() -> None:
