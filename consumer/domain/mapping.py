@@ -608,8 +608,9 @@ def _order_customer(
 ) -> dict[str, str]:
     """The ``customer`` of a request about an order created already (an update, a create sent
     again): the create's (``StoredOrder.customer``), its advertising id the profile's of the
-    create's kind in force at the order's purchase time. For an order whose create's customer
-    is not known (adopted from Button, stored by a release before profile format 6): ``event``'s
+    create's kind in force at the order's purchase time; for an order adopted from Button, the
+    ``customer`` Button held, as it held it. For an order whose customer is not known (adopted
+    from Button holding none, stored by a release before profile format 6): ``event``'s
     identities, with the profile's advertising id in force at the purchase time (the event's
     platform's kind first)."""
     kept = order.customer
@@ -630,8 +631,8 @@ def _order_customer(
         if kept.email_sha256 is not None:
             customer["email_sha256"] = kept.email_sha256
         device_id = (
-            None
-            if kept.device_kind is None
+            kept.device_id  # Button's, of an adopted order: sent back as it holds it
+            if kept.device_id is not None or kept.device_kind is None
             else _profile_device_id(profile, kept.device_kind, order.purchase_ms)
         )
     if device_id is not None:
@@ -902,6 +903,7 @@ def _adopted(order: StoredOrder, at_button: ButtonOrder) -> StoredOrder:
         btn_ref=at_button.btn_ref,
         btn_ref_source=None,
         exponent=at_button.exponent,
+        customer=at_button.customer,
     )
     body = order_body(adopted, line_items=_lines_known(adopted))
     return adopted.with_sent(OrderStatus.OPEN, body_digest(body))
