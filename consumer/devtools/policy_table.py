@@ -179,7 +179,8 @@ ROWS: tuple[Row, ...] = (
             ButtonOutcome(OutcomeKind.NOT_FOUND, 404, "Order not found", from_button=True)
         ),
         "the event is mapped again: held in the profile (skip `refund_held`), applied when the "
-        "purchase arrives",
+        "purchase arrives; a record without a key, which has no profile, is dead-lettered "
+        "`keyless_refund_before_purchase`",
     ),
     Row(
         "... the read fails or is refused (timeout, 5xx, 429, 401...)",
@@ -191,7 +192,8 @@ ROWS: tuple[Row, ...] = (
     Row(
         "... in a dry run",
         lambda: decide_mapped(_READ, parked=None, dry_run=True),
-        "nothing is read: held as without a read (logged `order_not_read`)",
+        "nothing is read: held as without a read (logged `order_not_read`); a record without a "
+        "key is dead-lettered `keyless_refund_before_purchase`",
     ),
     Row(
         "Button: 403 (or a 400) on update or cancel, in Button's JSON envelope saying finalized",

@@ -37,7 +37,8 @@ from typing import Any, NoReturn
 
 from consumer.domain.button_wire import line_total
 from consumer.domain.currency import INT32_MAX, INT32_MIN, minor_unit_exponent, to_minor_units
-from consumer.domain.profile import StoredLine, epoch_ms
+from consumer.domain.identity import is_sha256_hex
+from consumer.domain.profile import StoredCustomer, StoredLine, epoch_ms
 from consumer.errors import MappingError
 
 __all__ = ["DELETED", "LINE_ITEM_FIELDS", "ButtonOrder", "Lookup", "button_order"]
@@ -76,6 +77,9 @@ class ButtonOrder:
     purchase_ms: int = 0
     lines: tuple[StoredLine, ...] = ()
     btn_ref: str | None = None
+    customer: StoredCustomer | None = None
+    """Button's ``customer`` (``None`` when it holds none), kept with the adopted order so that
+    its updates send it back."""
 
     @property
     def deleted(self) -> bool:
@@ -86,11 +90,14 @@ def button_order(obj: Mapping[str, Any] | None, order_id: str) -> ButtonOrder:
     """Button's object of ``order_id`` (``GET /v1/order/{id}``), checked and converted.
 
     Any status but ``deleted`` is taken as is (``open``; a ``finalized`` order's update is
-    answered as Button answers it). Fields beyond the service's order body (``button_order_id``,
-    ``finalization_date``, ``customer``, ``customer_order_id``...) are not read, and the update
-    does not send them back, as no update the service sends does; whether Button keeps them on
-    an update is not documented (the project's sandbox keeps only ``btn_ref``, ``purchase_date``
-    and ``finalization_date``).
+    answered as Button answers it). Its ``customer`` (``id``, ``email_sha256``, ``device_id``,
+    each optional) is kept as Button returned it (``ButtonOrder.customer``), and every update of
+    the adopted order sends it back, as it sends a created order's create customer: Button may
+    read an update as the order's whole new state. Other fields beyond the service's order body
+    (``button_order_id``, ``finalization_date``, ``customer_order_id``...) are not read, and the
+    update does not send them back (the service sends no ``customer_order_id``); whether Button
+    keeps them on an update is not documented (the project's sandbox keeps only ``btn_ref``,
+    ``purchase_date`` and ``finalization_date``).
 
     Raises:
         MappingError: ``order_not_adoptable``, the message starting with the field.
@@ -121,7 +128,43 @@ def button_order(obj: Mapping[str, Any] | None, order_id: str) -> ButtonOrder:
         purchase_ms=_purchase_ms(obj.get("purchase_date")),
         lines=lines,
         btn_ref=btn_ref,
+        customer=_customer(obj.get("customer")),
     )
+
+
+_CUSTOMER_FIELDS = frozenset({"id", "email_sha256", "device_id"})
+"""The ``customer`` fields the service sends, and so can send back."""
+
+
+def _customer(value: Any) -> StoredCustomer | None:
+    """Button's ``customer`` as the adopted order keeps it; ``None`` when absent or null.
+    Refused (``order_not_adoptable``) when the service could not send it back as Button holds
+    it: not an object, a field it does not carry (``is_new``: an update would drop it), an
+    empty or non-string value, an ``email_sha256`` that is not 64 lower-case hex digits."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        _fail("customer", f"must be an object, got {_kind(value)}")
+    for name in value:
+        if name not in _CUSTOMER_FIELDS:
+            _fail(
+                f"customer.{name}",
+                "a customer field the service cannot carry (an update would drop it)",
+            )
+    found: dict[str, str] = {}
+    for name in sorted(_CUSTOMER_FIELDS):
+        field = value.get(name)
+        if field is None:
+            continue
+        if not isinstance(field, str) or not field:
+            _fail(f"customer.{name}", f"must be a non-empty string, got {_kind(field)}")
+        found[name] = field
+    email = found.get("email_sha256")
+    if email is not None and not is_sha256_hex(email):
+        _fail("customer.email_sha256", "must be 64 lower-case hex digits (a SHA-256 digest)")
+    if not found:
+        return None
+    return StoredCustomer(id=found.get("id"), email_sha256=email, device_id=found.get("device_id"))
 
 
 def _line(item: Any, field: str, exponent: int) -> StoredLine:

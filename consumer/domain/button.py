@@ -38,6 +38,11 @@ class ButtonRequest:
 REFUND_HELD = "refund_held"
 """The skip of a partial refund held in the profile for its purchase (``Read.held``)."""
 
+KEYLESS_REFUND_BEFORE_PURCHASE = "keyless_refund_before_purchase"
+"""The reject of a partial refund that would be held for its purchase (``REFUND_HELD``) but
+whose record has no key: such a record has no profile, so there is nowhere to hold it. Its dead
+letter is replayable once the purchase has reached Button (the replay's read finds the order)."""
+
 ORDER_EXPIRED = "order_expired"
 """A ``DiscardedRefund``'s reason: the refund was held for its purchase and its order expired
 from the profile first (the order retention after its last event)."""
@@ -132,11 +137,13 @@ class Read:
 
     A partial refund of an order the profile does not know (a previous integration created it,
     or the profile forgot it). ``held`` is the decision when the order is not read (a dry run,
-    the ``map`` command): the profile returned with a ``Read`` is that decision's.
+    the ``map`` command): the profile returned with a ``Read`` is that decision's. A skip
+    (``REFUND_HELD``), or, for a record without a key (no profile to hold the refund in), the
+    reject ``KEYLESS_REFUND_BEFORE_PURCHASE``.
     """
 
     request: ButtonRequest
-    held: Skip
+    held: Skip | Reject
 
 
 MapResult = Send | Skip | Reject | Read

@@ -75,6 +75,7 @@ from consumer.domain.attribution import (
 )
 from consumer.domain.button import (
     DROPPED_INPUT_KINDS,
+    KEYLESS_REFUND_BEFORE_PURCHASE,
     ORDER_EVICTED,
     ORDER_EXPIRED,
     PROFILE_CAPPED,
@@ -261,6 +262,7 @@ def process(
     *,
     received: datetime | None = None,
     lookup: Lookup | None = None,
+    keyless: bool = False,
 ) -> tuple[MapResult, Profile | None]:
     """Decide what Button receives for ``event`` and how the user's profile changes.
 
@@ -275,6 +277,10 @@ def process(
             time but judges the event's date by the time it runs).
         lookup: Button's answer to the read a first pass asked for (``Read``), for the same
             event and profile; ``None``: nothing was read.
+        keyless: the event's record has no key, so no profile is kept for it (``profile`` is
+            ``None`` and the returned one is never stored): a partial refund that would be held
+            for its purchase (``refund_held``) has nowhere to be held and is rejected
+            ``keyless_refund_before_purchase`` instead (also as ``Read.held``).
 
     Returns:
         The decision (``Send``, ``Skip``, ``Reject``, or ``Read`` without a ``lookup``) and the
@@ -304,6 +310,8 @@ def process(
         result = Reject(exc.reason, str(exc))
     if gone:
         result = _reporting_gone(result, gone)
+    if keyless:
+        result = _unheld(result, event)
     changed = current != before
     return result, (current if changed else None)
 
@@ -368,6 +376,26 @@ def held_refunds_gone(before: Profile, after: Profile, reason: str) -> tuple[Dis
         and order.order_id not in left
         for refund in order.refunds
     )
+
+
+def _unheld(result: MapResult, event: CommerceEvent) -> MapResult:
+    """``result`` for a record without a key: a refund held for its purchase (``REFUND_HELD``,
+    or a ``Read``'s ``held``) rejected instead, since no profile is kept to hold it in (the
+    profile that would hold it is never stored, and the purchase arriving later would be created
+    whole). Its dead letter is replayable once the purchase has reached Button: the replay's
+    read finds the order and applies the refund to it."""
+    held = result.held if isinstance(result, Read) else result
+    if not isinstance(held, Skip) or held.reason != REFUND_HELD:
+        return result
+    rejected = Reject(
+        KEYLESS_REFUND_BEFORE_PURCHASE,
+        f"a partial refund of order {event.order_id!r}, which Button does not know (or was not"
+        " read): its purchase has not reached Button yet, and the record has no key, so there"
+        " is no profile to hold the refund in until the purchase arrives; replay it once the"
+        " purchase has reached Button",
+        held.discarded,
+    )
+    return replace(result, held=rejected) if isinstance(result, Read) else rejected
 
 
 def _reporting_gone(result: MapResult, gone: tuple[DiscardedRefund, ...]) -> MapResult:
@@ -580,8 +608,9 @@ def _order_customer(
 ) -> dict[str, str]:
     """The ``customer`` of a request about an order created already (an update, a create sent
     again): the create's (``StoredOrder.customer``), its advertising id the profile's of the
-    create's kind in force at the order's purchase time. For an order whose create's customer
-    is not known (adopted from Button, stored by a release before profile format 6): ``event``'s
+    create's kind in force at the order's purchase time; for an order adopted from Button, the
+    ``customer`` Button held, as it held it. For an order whose customer is not known (adopted
+    from Button holding none, stored by a release before profile format 6): ``event``'s
     identities, with the profile's advertising id in force at the purchase time (the event's
     platform's kind first)."""
     kept = order.customer
@@ -602,8 +631,8 @@ def _order_customer(
         if kept.email_sha256 is not None:
             customer["email_sha256"] = kept.email_sha256
         device_id = (
-            None
-            if kept.device_kind is None
+            kept.device_id  # Button's, of an adopted order: sent back as it holds it
+            if kept.device_id is not None or kept.device_kind is None
             else _profile_device_id(profile, kept.device_kind, order.purchase_ms)
         )
     if device_id is not None:
@@ -874,6 +903,7 @@ def _adopted(order: StoredOrder, at_button: ButtonOrder) -> StoredOrder:
         btn_ref=at_button.btn_ref,
         btn_ref_source=None,
         exponent=at_button.exponent,
+        customer=at_button.customer,
     )
     body = order_body(adopted, line_items=_lines_known(adopted))
     return adopted.with_sent(OrderStatus.OPEN, body_digest(body))

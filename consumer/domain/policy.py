@@ -489,7 +489,8 @@ def decide_mapped(  # noqa: PLR0911 (one table)
     Returns:
         ``DONE`` (skipped, dry run), ``DEAD_LETTER`` (rejected at the map stage, parking
         nothing, or parked), ``READ`` (the order is read from Button first; a dry run reads
-        nothing and keeps the mapping's ``Read.held``, the refund held as without a read) or
+        nothing and keeps the mapping's ``Read.held``, the refund held as without a read, or
+        dead-lettered when its record has no key to hold it under) or
         ``SEND``.
     """
     match result:
@@ -518,6 +519,8 @@ def decide_mapped(  # noqa: PLR0911 (one table)
             )
         case Send() if dry_run:
             return Decision(Verdict.DONE, DRY_RUN, outcome=DRY_RUN)
+        case Read(held=Reject() as held) if dry_run:
+            return decide_mapped(held, parked=None, dry_run=dry_run)
         case Read(held=held) if dry_run:
             return Decision(Verdict.DONE, held.reason, outcome=SKIPPED)
         case Read():

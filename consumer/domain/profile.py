@@ -109,11 +109,15 @@ class StoredCustomer:
     or ``"gaid"``, ``None`` for none), and an update sends the profile's id of that kind in force
     at the order's purchase time, which is the create's while the profile remembers it (an id
     forgotten since, by a tracking refusal or its retention, is not sent again).
+    ``device_id``: for an order adopted from Button (``consumer.domain.adoption``), the
+    advertising id Button's ``customer`` held, sent back as is (its kind is not known);
+    ``None`` for a create's customer, whose id is the profile's (``device_kind``).
     """
 
     id: str | None = None
     email_sha256: str | None = None
     device_kind: DeviceIdKind | None = None
+    device_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,13 +6,14 @@ at bytes it does not understand.
 
 Changelog value format, all integers big-endian::
 
-    byte 0      format version (1 to 6)
+    byte 0      format version (1 to 7)
     bytes 1-8   expires_at, epoch milliseconds, signed: when nothing in the profile is useful
     bytes 9-    versions 1-3: UTF-8 JSON array (positional, no field names), see ``_to_json`` /
                 ``_from_json``; version 4: the same version-3 tree in a compact binary form;
                 version 5: version 4 with a sixth element, the tracking refusals;
                 version 6: version 5 (the sixth element optional) whose orders hold the
-                create's customer
+                create's customer; version 7: version 6 whose customers may hold an
+                advertising id
 
 Version 4 (written by this release, always) is version 3's tree of lists, strings, integers and
 nulls, each item a tag byte (``_pack``/``_unpack``): 0x00-0x7F the integer itself; 0x80-0x9F a
@@ -40,6 +41,12 @@ not one stays a string). About 16 bytes per order for a customer id of 12 charac
 with an email. It is written for a profile holding an order whose customer is known; any
 other profile is still written as version 4 or 5. The previous release refuses a version 6
 value by its version byte.
+
+Version 7 is version 6 whose customer may have a fourth element, the advertising id itself:
+``[id, email_sha256, device_kind, device_id]``, for an order adopted from Button, whose
+``customer`` is kept as Button returned it (``StoredCustomer.device_id``). It is written only for
+a profile holding such a customer; any other is still written as version 6, 5 or 4. The
+previous release refuses a version 7 value by its version byte.
 
 Version 1 is a 4-element array (token, IDFA, GAID, orders); version 2 appends a fifth, the parked
 orders. Version 3 (written by this release, always) holds histories: ``[tokens, idfas, gaids,
@@ -88,7 +95,7 @@ from consumer.domain.profile import (
 from consumer.domain.profile_epoch import STAMP_MARKER, epoch_of, unstamp
 from consumer.errors import ConsumerError
 
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7
 """The newest format version, written for a profile holding an order whose create's customer is
 known; any other profile is written as version 5 (remembering a tracking refusal) or 4.
 Versions 1 to 3 are still read."""
@@ -98,9 +105,10 @@ _VERSION_3 = 3
 """The tree of version 3 (histories, order ledgers) is version 4's, as JSON."""
 _VERSION_4 = 4
 _VERSION_5 = 5
+_VERSION_6 = 6
 """Version 4's tree with a sixth element, the tracking refusals."""
 _READABLE_VERSIONS = frozenset(
-    {_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4, _VERSION_5, FORMAT_VERSION}
+    {_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4, _VERSION_5, _VERSION_6, FORMAT_VERSION}
 )
 _HEADER = struct.Struct(">Bq")
 _STAMPED_HEADER = 5 + _HEADER.size  # the epoch envelope's marker and epoch, then the header
@@ -162,6 +170,8 @@ def _customer_to_json(customer: StoredCustomer | None) -> list[Any] | None:
     email = customer.email_sha256
     packed = bytes.fromhex(email) if email is not None and is_sha256_hex(email) else email
     kind = None if customer.device_kind is None else _DEVICE_KIND_CODES[customer.device_kind]
+    if customer.device_id is not None:  # version 7: Button's, of an adopted order
+        return [customer.id, packed, kind, customer.device_id]
     return [customer.id, packed, kind]
 
 
@@ -188,6 +198,13 @@ def _order_to_json(order: StoredOrder, *, with_customer: bool = False) -> list[A
 
 def _knows_a_customer(profile: Profile) -> bool:
     return any(order.customer is not None for order in profile.orders)
+
+
+def _keeps_a_device_id(profile: Profile) -> bool:
+    return any(
+        order.customer is not None and order.customer.device_id is not None
+        for order in profile.orders
+    )
 
 
 def _to_json(profile: Profile) -> list[Any]:
@@ -264,10 +281,12 @@ def _refund_from_json(value: Any) -> StoredRefund:
     )
 
 
-def _customer_from_json(value: Any) -> StoredCustomer | None:
+def _customer_from_json(value: Any, version: int) -> StoredCustomer | None:
     if value is None:
         return None
-    raw = _list(value, 3)
+    raw = _list(value)
+    if len(raw) not in ((3, 4) if version == FORMAT_VERSION else (3,)):
+        raise ProfileDecodeError("malformed profile structure")
     email = raw[1]
     if isinstance(email, bytes):
         email = email.hex()
@@ -276,11 +295,12 @@ def _customer_from_json(value: Any) -> StoredCustomer | None:
         kind = _DEVICE_KINDS.get(_int(raw[2]))
         if kind is None:
             raise ProfileDecodeError(f"unknown device id kind code {raw[2]}")
-    return StoredCustomer(_opt_str(raw[0]), _opt_str(email), kind)
+    device_id = _str(raw[3]) if len(raw) == 4 else None
+    return StoredCustomer(_opt_str(raw[0]), _opt_str(email), kind, device_id)
 
 
 def _order_from_json(value: Any, version: int) -> StoredOrder:
-    raw = _list(value, 11 if version < _VERSION_3 else 14 if version == FORMAT_VERSION else 13)
+    raw = _list(value, 11 if version < _VERSION_3 else 14 if version >= _VERSION_6 else 13)
     status = _STATUSES.get(_int(raw[4]))
     if status is None:
         raise ProfileDecodeError(f"unknown order status code {raw[4]}")
@@ -307,7 +327,7 @@ def _order_from_json(value: Any, version: int) -> StoredOrder:
         btn_ref_source=None if raw[10] is None else _source(raw[10]),
         exponent=exponent,
         sent_digest=digest,
-        customer=_customer_from_json(raw[13]) if version == FORMAT_VERSION else None,
+        customer=_customer_from_json(raw[13], version) if version >= _VERSION_6 else None,
     )
 
 
@@ -338,7 +358,7 @@ def _refusals(value: Any) -> tuple[int | None, int | None]:
 
 
 def _from_json(value: Any, version: int) -> Profile:
-    if version == FORMAT_VERSION:  # the sixth element only with a refusal
+    if version >= _VERSION_6:  # the sixth element only with a refusal
         raw = _list(value)
         if len(raw) not in (5, 6):
             raise ProfileDecodeError("malformed profile structure")
@@ -536,11 +556,14 @@ def _items(data: bytes, pos: int, count: int) -> tuple[list[Any], int]:
 
 
 def encode_profile(profile: Profile, expires_at: int) -> bytes:
-    """The changelog value of ``profile`` (format version 6 when it holds an order whose
-    create's customer is known, else 5 when it remembers a tracking refusal, else 4);
-    ``expires_at`` (epoch ms) goes in the header."""
-    if _knows_a_customer(profile):
+    """The changelog value of ``profile`` (format version 7 when it holds an order adopted with
+    Button's customer's advertising id, else 6 when it holds an order whose customer is known,
+    else 5 when it remembers a tracking refusal, else 4); ``expires_at`` (epoch ms) goes in the
+    header."""
+    if _keeps_a_device_id(profile):
         version = FORMAT_VERSION
+    elif _knows_a_customer(profile):
+        version = _VERSION_6
     else:
         version = _VERSION_5 if _remembers_refusal(profile) else _VERSION_4
     out = bytearray(_HEADER.pack(version, expires_at))
@@ -589,7 +612,7 @@ def decode_profile(value: bytes) -> Profile:
     """The ``Profile`` encoded in a changelog value.
 
     Raises:
-        ProfileDecodeError: the bytes are not a version 1 to 6 profile.
+        ProfileDecodeError: the bytes are not a version 1 to 7 profile.
     """
     value = unstamp(value)  # the owner-epoch envelope, if any (consumer.domain.profile_epoch)
     version, _ = _read_header(value)
@@ -597,7 +620,7 @@ def decode_profile(value: bytes) -> Profile:
         tree, end = _unpack(value, _HEADER.size)
         if end != len(value):
             raise ProfileDecodeError("trailing bytes after the profile")
-        return _from_json(tree, version if version in (_VERSION_5, FORMAT_VERSION) else _VERSION_3)
+        return _from_json(tree, _VERSION_3 if version == _VERSION_4 else version)
     try:
         parsed = json.loads(value[_HEADER.size :].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -47,7 +47,9 @@ class ProfileProcessor:
         """Map ``event`` against the user's stored profile; store nothing (see ``apply``).
         ``lookup``: Button's answer to the read a first pass asked for (``Read``)."""
         profile = self._profile(partition, key)
-        result, updated = mapping.process(event, profile, self._config, now, lookup=lookup)
+        result, updated = mapping.process(
+            event, profile, self._config, now, lookup=lookup, keyless=key is None
+        )
         return Processed(
             result=result,
             event_id=event.event_id,

@@ -948,3 +948,107 @@ def _order_of(adopted: ButtonOrder) -> StoredOrder:
         touched_ms=0,
         exponent=adopted.exponent,
     )
+
+
+# --- Button's customer: kept with the adopted order, sent back with its updates ------------------
+
+EMAIL_SHA256 = "a" * 64
+IDFA = "6D92078A-8246-4BA4-AE5B-76104861E7DC"
+AT_BUTTON_CUSTOMER = {"id": "cust-42", "email_sha256": EMAIL_SHA256, "device_id": IDFA}
+
+
+def test_an_adopted_orders_update_sends_buttons_customer_back() -> None:
+    """Button's order carries the ``customer`` a previous integration (or this service before
+    its changelog was lost) created it with: the refund's update sends it back as Button
+    returned it (id, email_sha256, device_id), so Button's order does not lose it."""
+    result, adopted = process(
+        refund(products=[{"id": "SKU-B"}]),
+        None,
+        CONFIG,
+        NOW,
+        lookup=found(at_button(customer=AT_BUTTON_CUSTOMER)),
+    )
+
+    body = request_of(result).body
+    assert body["customer"] == AT_BUTTON_CUSTOMER
+    assert validate_update(body, ORDER) == []
+    assert adopted is not None
+    kept = adopted.order(ORDER)
+    assert kept is not None
+    assert kept.customer is not None
+    assert (kept.customer.id, kept.customer.email_sha256, kept.customer.device_id) == (
+        "cust-42",
+        EMAIL_SHA256,
+        IDFA,
+    )
+
+
+def test_buttons_customer_wins_over_the_refunds_identities_and_survives_the_changelog() -> None:
+    """Kept as a create's customer is: a later refund carrying other identities, mapped against
+    the profile read back from the changelog, still sends Button's customer."""
+    _, adopted = process(
+        refund(products=[{"id": "SKU-B"}]),
+        None,
+        CONFIG,
+        NOW,
+        lookup=found(at_button(customer=AT_BUTTON_CUSTOMER)),
+    )
+    assert adopted is not None
+    restored = decode_profile(encode_profile(adopted, 0))
+    later = event(
+        event_id="evt-r2",
+        event_type="REFUND",
+        user_identities={"customer_id": "someone-else"},
+        commerce={"action": "REFUND", "transaction_id": ORDER, "total_amount": "5.00"},
+    )
+
+    result, _ = process(later, restored, CONFIG, NOW)
+
+    assert restored == adopted
+    assert request_of(result).body["customer"] == AT_BUTTON_CUSTOMER
+
+
+def test_an_adopted_order_without_a_customer_still_sends_the_refunds_identities() -> None:
+    """Button holds no ``customer``: as before, the update carries the refund's identities."""
+    partial = event(
+        event_id="evt-r1",
+        event_type="REFUND",
+        user_identities={"customer_id": "cust-7"},
+        commerce={"action": "REFUND", "transaction_id": ORDER, "total_amount": "5.00"},
+    )
+
+    result, _ = process(partial, None, CONFIG, NOW, lookup=found())
+
+    assert request_of(result).body["customer"] == {"id": "cust-7"}
+
+
+@pytest.mark.parametrize(
+    ("customer", "field"),
+    [
+        ("cust-42", "customer"),
+        ({"id": ""}, "customer.id"),
+        ({"id": 42}, "customer.id"),
+        ({"email_sha256": "A" * 64}, "customer.email_sha256"),
+        ({"email_sha256": "abc"}, "customer.email_sha256"),
+        ({"device_id": ""}, "customer.device_id"),
+        ({"id": "cust-42", "is_new": True}, "customer.is_new"),
+    ],
+)
+def test_a_customer_that_cannot_be_sent_back_is_not_adoptable(customer: Any, field: str) -> None:
+    """A ``customer`` the service could not send back as Button holds it (another type, an
+    empty value, an email digest Button would refuse, a field it does not carry) is rejected
+    ``order_not_adoptable`` naming the field, as a line item is."""
+    result, profile = process(
+        refund(total_amount="10.00"),
+        None,
+        CONFIG,
+        NOW,
+        lookup=found(at_button(customer=customer)),
+    )
+
+    assert isinstance(result, Reject)
+    assert (result.reason, result.detail.split(":")[0], profile) == (
+        "order_not_adoptable",
+        field,
+        None,
+    )

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from consumer.devtools import policy_table
-from consumer.domain.button import Action, ButtonRequest, Reject, Send, Skip
+from consumer.domain.button import Action, ButtonRequest, Read, Reject, Send, Skip
 from consumer.domain.deadletter import Stage
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
 from consumer.domain.policy import (
@@ -321,6 +321,21 @@ def test_dry_run_finishes_what_would_be_sent() -> None:
         decide_mapped(Skip("not_an_order"), parked=None, dry_run=True),
     )
     assert expected == actual
+
+
+def test_a_dry_run_dead_letters_a_keyless_refund_it_cannot_hold() -> None:
+    """A dry run reads nothing and keeps the ``Read``'s ``held`` decision: for a record
+    without a key that is the reject (no profile to hold the refund in), not a skip."""
+    read = ButtonRequest(Action.READ, "GET", "/v1/order/ORD-1", "ORD-1")
+    held = Reject("keyless_refund_before_purchase", "no key")
+
+    decision = decide_mapped(Read(read, held), parked=None, dry_run=True)
+
+    assert (decision.verdict, decision.reason, decision.detail) == (
+        DEAD,
+        "keyless_refund_before_purchase",
+        "no key",
+    )
 
 
 @pytest.mark.parametrize(

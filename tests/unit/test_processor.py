@@ -10,7 +10,8 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
-from consumer.domain.button import Send, Skip
+from consumer.domain.adoption import Lookup
+from consumer.domain.button import Read, Reject, Send, Skip
 from consumer.domain.events import CommerceData, CommerceEvent, EventType, Product, ProductAction
 from consumer.domain.mapping import MappingConfig
 from consumer.domain.profile_codec import decode_profile
@@ -173,6 +174,48 @@ def test_record_without_key_uses_no_stored_profile() -> None:
     bought = step(proc, None, purchase(), NOW)
 
     assert "btn_ref" not in body_of(bought)
+
+
+def partial_refund(order_id: str = "ORD-1") -> CommerceEvent:
+    return CommerceEvent(
+        event_id="evt-refund",
+        event_type=EventType.REFUND,
+        event_time=T_BUY,
+        user_key="user-1",
+        commerce=CommerceData(
+            action=ProductAction.REFUND,
+            transaction_id=order_id,
+            products=(Product(id="SKU-1", quantity=1),),
+        ),
+    )
+
+
+def test_a_keyless_refund_button_does_not_know_is_dead_lettered_not_held() -> None:
+    """Without a key there is no profile to hold a refund in until its purchase: Button's 404
+    to the read rejects it (``keyless_refund_before_purchase``, replayable once the purchase
+    reached Button), never ``refund_held`` (the refund would be lost: the purchase after it is
+    created whole)."""
+    proc = processor()
+    not_found = Lookup("ORD-1", found=False)
+
+    first = proc.process(PARTITION, None, partial_refund(), NOW)
+    second = proc.process(PARTITION, None, partial_refund(), NOW, not_found)
+
+    assert isinstance(first.result, Read)
+    assert first.result.held.reason == "keyless_refund_before_purchase"
+    assert isinstance(second.result, Reject), second.result
+    assert second.result.reason == "keyless_refund_before_purchase"
+    assert "no key" in second.result.detail
+    assert (second.profile_changed, len(proc.store)) == (False, 0)
+
+
+def test_a_keyed_refund_button_does_not_know_is_still_held() -> None:
+    """With a key the profile holds it, as before."""
+    processed = processor().process(
+        PARTITION, KEY, partial_refund(), NOW, Lookup("ORD-1", found=False)
+    )
+
+    assert (processed.result, processed.profile_changed) == (Skip("refund_held"), True)
 
 
 def test_profiles_are_per_partition() -> None:

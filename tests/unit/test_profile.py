@@ -92,6 +92,7 @@ orders = st.builds(
         # a digest as the mapping keeps it (packed as 32 bytes), or any other text
         email_sha256=st.none() | st.binary(min_size=32, max_size=32).map(bytes.hex) | texts,
         device_kind=st.none() | st.sampled_from(["idfa", "gaid"]),
+        device_id=st.none() | texts,
     ),
 )
 stamped = st.lists(st.builds(Stamped, texts, ints), max_size=3).map(tuple)
@@ -138,10 +139,29 @@ def test_encode_decode_round_trip(profile: Profile, expires: int) -> None:
     assert expires == read_expires_at(value)
 
 
+def adopted_customer_profile() -> Profile:
+    """A profile whose order was adopted from Button with Button's customer, its advertising
+    id as Button returned it."""
+    profile = typical_profile()
+    kept = StoredCustomer("cust-42", None, None, "6D92078A-8246-4BA4-AE5B-76104861E7DC")
+    return replace(profile, orders=(replace(profile.orders[0], customer=kept),))
+
+
+def test_a_kept_advertising_id_is_written_as_version_7_and_read_back() -> None:
+    """Version 7 only for a customer keeping Button's advertising id; a create's customer is
+    still written as version 6, which the release before this one reads."""
+    adopted = encode_profile(adopted_customer_profile(), 0)
+    created = encode_profile(customer_profile(), 0)
+
+    assert (adopted[0], created[0]) == (7, 6)
+    assert decode_profile(adopted) == adopted_customer_profile()
+    assert decode_profile(created) == customer_profile()
+
+
 def test_format_is_versioned() -> None:
     """Byte 0 is the format version; unknown versions are refused, not guessed."""
-    value = encode_profile(customer_profile(), 0)
-    assert value[0] == FORMAT_VERSION == 6
+    value = encode_profile(adopted_customer_profile(), 0)
+    assert value[0] == FORMAT_VERSION == 7
     for unknown in (0, FORMAT_VERSION + 1):
         with pytest.raises(ProfileDecodeError):
             decode_profile(bytes([unknown]) + value[1:])
