@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from confluent_kafka.admin._config import ConfigResource
 
 from consumer.adapters.button_client import ButtonClient
 from consumer.adapters.kafka import kafka_error_text
-from consumer.adapters.kafka_reader import committed_partitions
+from consumer.adapters.kafka_reader import PartitionReader, committed_partitions
 from consumer.bootstrap import judge_topics, kafka_topic_plan
 from consumer.domain.outcomes import OutcomeKind
 from consumer.domain.topics import TopicProblem, lost_changelog_problem
@@ -190,7 +191,7 @@ def _check_kafka(
         and len(source.partitions) == len(changelog.partitions)
     ):
         out.append(Finding("ok", "KAFKA_PROFILE_TOPIC", "co-partitioned with the input topic"))
-    out.append(_check_group(admin, k, timeout))
+    out.append(_check_group(admin, k, metadata, timeout))
     return out
 
 
@@ -266,8 +267,9 @@ def _lost_changelog(
     return None if problem is None else Finding("fail", "KAFKA_PROFILE_TOPIC", problem)
 
 
-def _check_group(admin: AdminClient, k: KafkaSettings, timeout: float) -> Finding:
-    """The consumer group can be described (authorized); its state."""
+def _check_group(admin: AdminClient, k: KafkaSettings, metadata: Any, timeout: float) -> Finding:
+    """The consumer group can be described (authorized); its state; a new group over a
+    changelog that holds profiles warns (``_changelog_holds_records``)."""
     try:
         description = admin.describe_consumer_groups([k.group_id], request_timeout=timeout)[
             k.group_id
@@ -281,22 +283,52 @@ def _check_group(admin: AdminClient, k: KafkaSettings, timeout: float) -> Findin
                 f"group {k.group_id}: not authorized (ACLs for this principal)",
             )
         if error is not None and error.code() == KafkaError.GROUP_ID_NOT_FOUND:
-            return _group_finding(k, "dead", 0)
+            return _group_finding(k, "dead", 0, _changelog_holds_records(k, metadata, timeout))
         return Finding(
             "warn",
             "KAFKA_GROUP_ID",
             f"group {k.group_id}: not described ({kafka_error_text(exc)})",
         )
     state = str(getattr(description.state, "name", description.state)).lower()
-    return _group_finding(k, state, len(description.members))
+    members = len(description.members)
+    filled = state == "dead" and members == 0 and _changelog_holds_records(k, metadata, timeout)
+    return _group_finding(k, state, members, filled)
 
 
-def _group_finding(k: KafkaSettings, state: str, members: int) -> Finding:
+def _changelog_holds_records(k: KafkaSettings, metadata: Any, timeout: float) -> bool:
+    """Whether the profile changelog exists and holds a record in any partition (its ends
+    asked of the brokers); ``False`` when it cannot be read (its own line says why)."""
+    changelog = metadata.topics.get(k.profile_topic)
+    if changelog is None or changelog.error is not None or not changelog.partitions:
+        return False
+    try:
+        with PartitionReader(k.reader_config(k.group_id), k.profile_topic) as reader:
+            marks = reader.watermarks(sorted(changelog.partitions), time.monotonic() + timeout)
+    except BrokerError:
+        return False
+    return any(high > low for low, high in marks.values())
+
+
+def _group_finding(k: KafkaSettings, state: str, members: int, filled: bool = False) -> Finding:
     """The group's line: ``state`` as Kafka names it (lower case), ``members`` in it.
 
     Kafka describes a group that does not exist (or no longer does: no members, no committed
-    offsets) as ``dead``; for the service that is a new group.
+    offsets) as ``dead``; for the service that is a new group. A new group over a changelog that
+    holds profiles (``filled``: another group, or this one before it expired, wrote them) is a
+    warning: ``run`` would read the input again from ``auto.offset.reset`` and re-send every
+    order it finds there (answered 409, then updated), so a misspelt ``KAFKA_GROUP_ID`` shows.
     """
+    if state == "dead" and members == 0 and filled:
+        return Finding(
+            "warn",
+            "KAFKA_GROUP_ID",
+            f"group {k.group_id}: new (starts at {k.auto_offset_reset}), but the changelog "
+            f"{k.profile_topic} holds profiles: another group (or this one, before its offsets "
+            "expired) wrote them. Run would read the input again from "
+            f"{k.auto_offset_reset} and re-send each order it finds (Button answers 409, then "
+            "the update). Check KAFKA_GROUP_ID for a typo; a new group on purpose may ignore "
+            "this",
+        )
     if state == "dead" and members == 0:
         return Finding(
             "ok", "KAFKA_GROUP_ID", f"group {k.group_id}: new (starts at {k.auto_offset_reset})"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from consumer import checks
 from consumer.bootstrap import validate_topics
@@ -231,3 +231,27 @@ def test_a_changelog_whose_record_limit_run_refuses_fails_check_too(
     warned = lines["warn"]
     assert any("max.compaction.lag.ms" in m for s, m in warned if s == "KAFKA_PROFILE_TOPIC")
     assert any("LogAppendTime" in m for s, m in warned if s == "KAFKA_DLQ_TOPIC")
+
+
+def test_a_new_group_over_a_changelog_that_holds_profiles_warns(
+    good_env: dict[str, str], kafka_bootstrap: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ``KAFKA_GROUP_ID`` with nothing committed (a typo, ``button-consumr``) over a changelog
+    another group filled: ``run`` would read the input again from ``auto.offset.reset`` and
+    re-send every order it finds (409s, then updates). ``check`` warns, naming the group and the
+    changelog; over an empty changelog, a new group is simply new."""
+    code, document = _run(good_env, capsys)
+    group = [c for c in document["checks"] if c["setting"] == "KAFKA_GROUP_ID"]
+    assert [c["status"] for c in group] in (["ok"], ["warn"])  # warn: a coordinator loading
+    assert "holds profiles" not in group[0]["message"]
+
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(good_env["KAFKA_PROFILE_TOPIC"], key=b"user-1", value=b"profile", partition=2)
+    assert producer.flush(30) == 0
+    code, document = _run({**good_env, "KAFKA_GROUP_ID": "button-consumr"}, capsys)
+
+    [line] = [c for c in document["checks"] if c["setting"] == "KAFKA_GROUP_ID"]
+    assert line["status"] == "warn", line
+    assert "button-consumr" in line["message"]
+    assert good_env["KAFKA_PROFILE_TOPIC"] in line["message"]
+    assert "holds profiles" in line["message"]
