@@ -413,7 +413,8 @@ def run_state(bench: Bench, profiles: int) -> dict[str, Any]:
     group = f"bench-{tag}"
     partitions = bench.args.partitions
     started = time.monotonic()
-    workload.load_profiles(bench.bootstrap, f"{group}.profiles", partitions, profiles)
+    kind = bench.args.state_profile
+    workload.load_profiles(bench.bootstrap, f"{group}.profiles", partitions, profiles, kind)
     bench.say(f"  state: {profiles:,} profiles written in {time.monotonic() - started:.1f}s")
     loaded = workload.load(
         bench.bootstrap,
@@ -440,7 +441,12 @@ def run_state(bench: Bench, profiles: int) -> dict[str, Any]:
         finally:
             _stop(proc)
     _check_orders(bench, loaded.order_ids, "state")
-    return {"profiles": profiles, "restart_to_first_delivery_s": seconds, "peak_rss_mb": rss}
+    return {
+        "profiles": profiles,
+        "profile_kind": kind,
+        "restart_to_first_delivery_s": seconds,
+        "peak_rss_mb": rss,
+    }
 
 
 # --- the whole bench ------------------------------------------------------------------------
@@ -607,6 +613,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--forward", type=int, default=30_000, help="purchases (forward path)")
     parser.add_argument("--filter", type=int, default=100_000, help="events (filter path)")
     parser.add_argument("--profiles", type=int, default=1_000_000, help="profiles (state test)")
+    parser.add_argument(
+        "--state-profile",
+        choices=workload.STATE_PROFILES,
+        default="minimal",
+        help="the state test's profiles: minimal (a customer id) or attributed (btn_ref, IDFA, "
+        "email, customer id, UUID user keys)",
+    )
     parser.add_argument("--naive-limit", type=int, default=500, help="records the naive loop sends")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--partitions", type=int, default=3)

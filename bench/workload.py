@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -24,6 +24,7 @@ from consumer.domain.button import Send
 from consumer.domain.events import (
     CommerceData,
     CommerceEvent,
+    DeviceInfo,
     EventType,
     Platform,
     Product,
@@ -155,25 +156,63 @@ def load(
     return Loaded(topic, partitions, count, tuple(orders))
 
 
-def load_profiles(bootstrap: str, topic: str, partitions: int, count: int) -> int:
-    """Fill a changelog ``topic`` with ``count`` profiles (each user's after one purchase)."""
+STATE_PROFILES = ("minimal", "attributed")
+"""The state test's kinds of profile: ``minimal``, a user key of about 14 characters and one
+order whose purchase carried a customer id only (150 bytes encoded); ``attributed``, a UUID user
+key and one order whose purchase carried a ``btn_ref``, an IDFA, a customer id and an email
+(its hash kept), as an attributed app purchase does (about 265 bytes)."""
+
+
+def state_profile(kind: str, now: datetime) -> bytes:
+    """The changelog value of one ``kind`` (``STATE_PROFILES``) of profile, after one purchase.
+
+    Raises:
+        ValueError: an unknown ``kind``.
+    """
+    event = purchase("state", 0, now - timedelta(hours=1))
+    if kind == "attributed":
+        event = replace(
+            event,
+            platform=Platform.IOS,
+            btn_ref="srctok-0123456789abcdef",
+            user_identities=UserIdentities(customer_id="cust-8342219", email="jane@example.com"),
+            device_info=DeviceInfo(ios_advertising_id="20A506A3-04E5-4E1B-9E24-163B4C9AE7A3"),
+        )
+    elif kind != "minimal":
+        raise ValueError(f"unknown state profile {kind!r}: one of {', '.join(STATE_PROFILES)}")
+    config = MappingConfig()
+    _result, profile = process(event, None, config, now)
+    assert profile is not None
+    return encode_profile(profile, expires_at_ms(profile, config.retention))
+
+
+def state_key(kind: str, i: int) -> bytes:
+    """The user key of the ``i``-th profile of the state test: ``u-state-<i>`` for ``minimal``,
+    a UUID (36 characters) for ``attributed``."""
+    if kind == "attributed":
+        return str(uuid.UUID(int=i)).encode()
+    return f"u-state-{i}".encode()
+
+
+def load_profiles(
+    bootstrap: str, topic: str, partitions: int, count: int, kind: str = "minimal"
+) -> int:
+    """Fill a changelog ``topic`` with ``count`` profiles of ``kind`` (``STATE_PROFILES``), each
+    a user's after one purchase (the same value under every key: the memory a restore holds
+    depends on the sizes only)."""
     ensure_topics(
         {"bootstrap.servers": bootstrap},
         {topic: {"cleanup.policy": "compact"}},
         partitions=partitions,
     )
-    now = datetime.now(UTC)
-    config = MappingConfig()
-    _result, profile = process(purchase("state", 0, now - timedelta(hours=1)), None, config, now)
-    assert profile is not None
-    value = encode_profile(profile, expires_at_ms(profile, config.retention))
+    value = state_profile(kind, datetime.now(UTC))
     producer = AckingProducer(
         {"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.num.messages": 10000}
     )
     producer.start()
     try:
         for i in range(count):
-            producer.send_nowait(topic, f"u-state-{i}".encode(), value, partition=i % partitions)
+            producer.send_nowait(topic, state_key(kind, i), value, partition=i % partitions)
         if producer.settle(300.0):
             raise RuntimeError(f"not every profile of {topic} was acknowledged")
     finally:
