@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from consumer.adapters.kafka import KafkaSource
 from consumer.adapters.kafka_admin import ensure_topics
@@ -538,3 +539,36 @@ def test_lag_reports_the_records_held_behind_a_transaction_still_open(
     assert beyond == []
     assert (lag.committed, lag.end, lag.records) == (3, 3, 0)  # the lag keeps its meaning
     assert (lag.high_watermark, lag.behind_open_transaction) == (8, 5)
+
+
+def test_storing_offsets_of_partitions_this_member_does_not_own_does_not_raise(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """A store that races a revoke names a partition the member no longer owns, alone or beside
+    one it still owns. librdkafka (2.16) refuses a store with ``_STATE`` only when none of its
+    offsets could be stored, and marks an unknown partition ``_UNKNOWN_PARTITION`` per partition,
+    which confluent-kafka does not raise: ``store`` must not raise, and the owned partition's
+    offset must reach the group's commit."""
+    topic = make_topic(partitions=1)
+    settings = _settings(kafka_bootstrap, topic, unique_name("group"), "earliest")
+    _produce(settings, topic, 3)
+    not_owned = 7  # a partition the topic does not have, as one revoked is not owned
+
+    async def scenario() -> None:
+        source = KafkaSource(settings.kafka.consumer_config(), topic)
+        listener = Listener()
+        await source.start(listener)
+        try:
+            await _take(source, listener, 3)
+            await source.store({not_owned: 1})
+            await source.store({0: 2, not_owned: 1}, commit=True)
+        finally:
+            await source.close()
+
+    asyncio.run(scenario())
+    reader = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": settings.kafka.group_id})
+    try:
+        committed = reader.committed([TopicPartition(topic, 0)], timeout=DEADLINE)
+    finally:
+        reader.close()
+    assert committed[0].offset == 2
