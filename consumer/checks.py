@@ -25,12 +25,13 @@ from confluent_kafka.admin._config import ConfigResource
 
 from consumer.adapters.button_client import ButtonClient
 from consumer.adapters.kafka import kafka_error_text
+from consumer.adapters.kafka_admin import await_brokers
 from consumer.adapters.kafka_reader import PartitionReader, committed_partitions
 from consumer.bootstrap import judge_topics, kafka_topic_plan
 from consumer.domain.outcomes import OutcomeKind
 from consumer.domain.topics import TopicProblem, lost_changelog_problem
 from consumer.domain.wording import counted
-from consumer.errors import BrokerError
+from consumer.errors import BrokerError, BrokersUnreachableError
 from consumer.settings import (
     ButtonSettings,
     DeliverySettings,
@@ -119,7 +120,14 @@ class _LibrdkafkaLog(logging.Handler):
         return re.sub(r"^\[thrd:[^\]]*\]: ", "", self.lines[-1]) if self.lines else ""
 
 
-def _quiet_admin(kafka: KafkaSettings) -> tuple[AdminClient, _LibrdkafkaLog]:
+def _quiet_admin(kafka: KafkaSettings, timeout: float) -> tuple[AdminClient, _LibrdkafkaLog]:
+    """An admin client whose librdkafka lines are kept, not printed, once a broker answered
+    (``await_brokers``: brokers that all refuse end the wait at once, not at ``timeout``).
+
+    Raises:
+        BrokersUnreachableError: no broker answered.
+        KafkaException: librdkafka refused a property.
+    """
     log = _LibrdkafkaLog()
     logger = logging.getLogger(f"button_consumer.check.librdkafka.{id(log)}")
     logger.propagate = False
@@ -127,8 +135,7 @@ def _quiet_admin(kafka: KafkaSettings) -> tuple[AdminClient, _LibrdkafkaLog]:
     logger.setLevel(logging.DEBUG)
     config = dict(kafka.admin_config())
     config["logger"] = logger
-    config.setdefault("error_cb", lambda err: log.lines.append(str(err.str())))
-    return AdminClient(config), log
+    return await_brokers(config, kafka.bootstrap_servers, timeout), log
 
 
 def _check_kafka(
@@ -139,7 +146,16 @@ def _check_kafka(
 ) -> list[Finding]:
     """Reachable, then each topic judged by ``run``'s judge (``_check_topic``), the group."""
     try:
-        admin, log = _quiet_admin(k)
+        admin, log = _quiet_admin(k, timeout)
+    except BrokersUnreachableError as exc:
+        return [
+            Finding(
+                "fail",
+                "KAFKA_BOOTSTRAP_SERVERS",
+                f"cannot reach Kafka at {k.bootstrap_servers} ({exc.detail}); "
+                "check the address, and KAFKA_CONFIG_SECURITY_PROTOCOL / SASL settings",
+            )
+        ]
     except KafkaException as exc:
         # librdkafka checks the properties only now: a misspelt or refused KAFKA_CONFIG_*.
         text = kafka_error_text(exc)

@@ -113,6 +113,19 @@ class BrokerError(ConsumerError):
     """Kafka reported a fatal error."""
 
 
+class BrokersUnreachableError(BrokerError):
+    """No bootstrap broker answered a metadata request (``kafka_admin.await_brokers``).
+
+    ``servers``: the bootstrap servers asked; ``detail``: why, in librdkafka's words (a refused
+    connection, an unresolved name) or the deadline that passed.
+    """
+
+    def __init__(self, servers: str, detail: str) -> None:
+        super().__init__(f"Kafka error at {servers} (KAFKA_BOOTSTRAP_SERVERS): {detail}")
+        self.servers = servers
+        self.detail = detail
+
+
 class SchemaRegistryUnavailableError(ConsumerError):
     """The schema registry could not be asked (connection, timeout, 5xx, 429, auth).
 

@@ -17,7 +17,7 @@ from confluent_kafka.admin._config import ConfigResource
 from confluent_kafka.cimpl import NewTopic
 
 from consumer.domain.topics import TopicState
-from consumer.errors import BrokerError
+from consumer.errors import BrokerError, BrokersUnreachableError
 
 log = structlog.get_logger("consumer.kafka")
 
@@ -33,32 +33,36 @@ _PROBE_WAIT = 0.25
 """Seconds of one metadata request of ``await_brokers``, between looks at the client's errors."""
 
 
-def await_brokers(config: Mapping[str, Any], servers: str) -> AdminClient:
+def await_brokers(
+    config: Mapping[str, Any], servers: str, timeout: float | None = None
+) -> AdminClient:
     """An admin client of ``config`` once a broker has answered a metadata request; for an
     operator command, which should say at once that Kafka is unreachable instead of waiting
     out librdkafka's 30 s metadata timeout.
 
     Every bootstrap broker refused the connection or could not be resolved (librdkafka's
     ``_ALL_BROKERS_DOWN``, reported after the first attempt at each): given up on at once;
-    brokers that take connections but do not answer: at ``BROKER_ANSWER_TIMEOUT`` seconds.
+    brokers that take connections but do not answer: at ``timeout`` seconds.
 
     Args:
-        config: admin client properties, ``KafkaSettings.admin_config()``.
+        config: admin client properties, ``KafkaSettings.admin_config()`` (an ``error_cb`` of
+            its own is replaced).
         servers: the bootstrap servers, to name in the message.
+        timeout: seconds to wait for an answer; ``None``: ``BROKER_ANSWER_TIMEOUT``.
 
     Returns:
         the client, which answered (its later calls need no new connection).
 
     Raises:
-        BrokerError: no broker answered; ``Kafka error at SERVERS (KAFKA_BOOTSTRAP_SERVERS):``
-            and librdkafka's last complaint, or the deadline.
+        BrokersUnreachableError: no broker answered; ``Kafka error at SERVERS
+            (KAFKA_BOOTSTRAP_SERVERS):`` and librdkafka's last complaint, or the deadline.
         KafkaException: librdkafka refused a property (the command line names its variable).
     """
     complaints: list[KafkaError] = []
     properties: dict[str, Any] = dict(config)
     properties["error_cb"] = complaints.append
     admin = AdminClient(properties)
-    timeout = BROKER_ANSWER_TIMEOUT
+    timeout = BROKER_ANSWER_TIMEOUT if timeout is None else timeout
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -75,11 +79,10 @@ def await_brokers(config: Mapping[str, Any], servers: str) -> AdminClient:
         )
         del complaints[:-1]  # a refused broker is retried every few milliseconds
         if KafkaError._ALL_BROKERS_DOWN in codes:
-            raise BrokerError(f"Kafka error at {servers} (KAFKA_BOOTSTRAP_SERVERS): {detail}")
+            raise BrokersUnreachableError(servers, detail)
         if time.monotonic() >= deadline:
-            raise BrokerError(
-                f"Kafka error at {servers} (KAFKA_BOOTSTRAP_SERVERS): no broker answered a "
-                f"metadata request within {timeout:g} s"
+            raise BrokersUnreachableError(
+                servers, f"no broker answered a metadata request within {timeout:g} s"
             )
 
 

@@ -282,3 +282,38 @@ def test_a_broker_that_accepts_but_never_answers_is_given_up_on_at_the_deadline(
         f"button-consumer: Kafka error at {servers} (KAFKA_BOOTSTRAP_SERVERS): no broker "
         "answered a metadata request within 1 s"
     )
+
+
+def test_check_gives_up_on_refusing_brokers_at_once_not_at_its_timeout() -> None:
+    """``check --timeout 60`` pointed at a port nothing listens on: every bootstrap broker
+    refuses, so its Kafka line fails as soon as librdkafka finds them all down, naming the
+    refusal, well within ``_BOUND`` seconds (it waited out its whole ``--timeout`` before)."""
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("KAFKA_", "DELIVERY_", "SCHEMA_", "BUTTON_"))
+    }
+    env = {
+        **base,
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+        "BUTTON_API_KEY": "test-key",
+        "BUTTON_BASE_URL": "http://127.0.0.1:1",
+    }
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "consumer", "check", "--timeout", "60"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=_BOUND,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"check still waited for the brokers after {_BOUND:g} s")
+
+    kafka = [line for line in done.stdout.splitlines() if "KAFKA_BOOTSTRAP_SERVERS" in line]
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert len(kafka) == 1, done.stdout
+    assert kafka[0].startswith("FAIL  KAFKA_BOOTSTRAP_SERVERS: cannot reach Kafka at 127.0.0.1:1")
+    assert "Connection refused" in kafka[0], done.stdout
