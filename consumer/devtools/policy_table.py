@@ -136,7 +136,10 @@ ROWS: tuple[Row, ...] = (
         "already in the wanted state",
     ),
     Row(
-        "Button: 404 on cancel", _button(A.CANCEL, K.NOT_FOUND, 404), "already in the wanted state"
+        "Button: 404 on cancel",
+        _button(A.CANCEL, K.NOT_FOUND, 404),
+        "already in the wanted state: the profile remembers the order cancelled (a record without "
+        "a key, which nothing remembers it for, reads the order before a cancel, below)",
     ),
     Row(
         "Button: 404 on update, in Button's JSON envelope",
@@ -161,7 +164,8 @@ ROWS: tuple[Row, ...] = (
         "the next attempt sends the update again and reads again",
     ),
     Row(
-        "a partial refund (products or an amount) of an order the profile does not know",
+        "a partial refund (products or an amount) of an order the profile does not know; any "
+        "refund of a record without a key",
         lambda: decide_mapped(_READ, parked=None, dry_run=False),
         "the order is read (`GET /v1/order/{id}`) before anything is written or sent, through "
         "the gates and the rate limit, with the record's budget",
@@ -170,8 +174,9 @@ ROWS: tuple[Row, ...] = (
         "... Button answers with the order",
         _judge_lookup(_read("open")),
         "the event is mapped again with it: adopted (open: the refund's update, or the cancel "
-        "when nothing is left; deleted: skip `order_already_cancelled`, remembered) or, when it "
-        "has a shape the service cannot send back, the dead letter `order_not_adoptable`",
+        "when nothing is left or it is a whole-order refund; deleted: skip "
+        "`order_already_cancelled`, remembered) or, when it has a shape the service cannot "
+        "send back, the dead letter `order_not_adoptable`",
     ),
     Row(
         "... Button answers 404 in its JSON envelope (it does not know the order)",
@@ -179,8 +184,9 @@ ROWS: tuple[Row, ...] = (
             ButtonOutcome(OutcomeKind.NOT_FOUND, 404, "Order not found", from_button=True)
         ),
         "the event is mapped again: held in the profile (skip `refund_held`), applied when the "
-        "purchase arrives; a record without a key, which has no profile, is dead-lettered "
-        "`keyless_refund_before_purchase`",
+        "purchase arrives; a record without a key, which has no profile to hold the refund or "
+        "remember a cancellation in, is dead-lettered `keyless_refund_before_purchase`, a "
+        "whole-order refund too (never sent as a cancel: its 404 would be `order_gone`)",
     ),
     Row(
         "... the read fails or is refused (timeout, 5xx, 429, 401...)",

@@ -39,9 +39,12 @@ REFUND_HELD = "refund_held"
 """The skip of a partial refund held in the profile for its purchase (``Read.held``)."""
 
 KEYLESS_REFUND_BEFORE_PURCHASE = "keyless_refund_before_purchase"
-"""The reject of a partial refund that would be held for its purchase (``REFUND_HELD``) but
-whose record has no key: such a record has no profile, so there is nowhere to hold it. Its dead
-letter is replayable once the purchase has reached Button (the replay's read finds the order)."""
+"""The reject of a refund of an order Button does not know (or that was not read) whose record
+has no key: such a record has no profile, so a partial refund that would be held for its
+purchase (``REFUND_HELD``) has nowhere to be held, and a whole-order refund nothing to remember
+the order cancelled in (its cancel, answered 404, would be taken as done and the purchase
+arriving later created live). Its dead letter is replayable once the purchase has reached
+Button (the replay's read finds the order: the refund is applied, or the order cancelled)."""
 
 ORDER_EXPIRED = "order_expired"
 """A ``DiscardedRefund``'s reason: the refund was held for its purchase and its order expired
@@ -136,10 +139,11 @@ class Read:
     (``consumer.domain.adoption.Lookup``).
 
     A partial refund of an order the profile does not know (a previous integration created it,
-    or the profile forgot it). ``held`` is the decision when the order is not read (a dry run,
-    the ``map`` command): the profile returned with a ``Read`` is that decision's. A skip
-    (``REFUND_HELD``), or, for a record without a key (no profile to hold the refund in), the
-    reject ``KEYLESS_REFUND_BEFORE_PURCHASE``.
+    or the profile forgot it), or a whole-order refund of a record without a key (no profile
+    would remember the order cancelled). ``held`` is the decision when the order is not read (a
+    dry run, the ``map`` command): the profile returned with a ``Read`` is that decision's. A
+    skip (``REFUND_HELD``), or, for a record without a key (no profile to hold the refund in or
+    remember the cancellation in), the reject ``KEYLESS_REFUND_BEFORE_PURCHASE``.
     """
 
     request: ButtonRequest

@@ -17,10 +17,12 @@ Decisions worth knowing (the README's mapping table has the field-by-field rules
   same state re-sent, as a replay re-sends it (below), never a cancel. A ``total_amount`` of 0
   counts as none given (CDPs send 0 on a refund that names only its transaction). A refund of
   an order the profile does not know is a cancel when it names no products and no amount
-  (remembered, so a later purchase is not created). Else it needs the order: the mapping asks
-  for it to be read from Button (``Read``) and, given the answer (``lookup``, ``adoption``),
-  adopts Button's order as the base the refund applies to (an update, or a cancel when nothing
-  is left), remembers an order Button holds deleted as cancelled (skip
+  (remembered, so a later purchase is not created; a record without a key, whose profile is
+  never stored, reads the order first instead, and is rejected
+  ``keyless_refund_before_purchase`` when Button does not know it). Else it needs the order:
+  the mapping asks for it to be read from Button (``Read``) and, given the answer (``lookup``,
+  ``adoption``), adopts Button's order as the base the refund applies to (an update, or a
+  cancel when nothing is left), remembers an order Button holds deleted as cancelled (skip
   ``order_already_cancelled``), or, when Button does not know the order either, holds the
   refund in the profile (``refund_held``) until the purchase arrives.
 * Replays. The caller queues the new profile to the changelog before the Button call and
@@ -280,7 +282,9 @@ def process(
         keyless: the event's record has no key, so no profile is kept for it (``profile`` is
             ``None`` and the returned one is never stored): a partial refund that would be held
             for its purchase (``refund_held``) has nowhere to be held and is rejected
-            ``keyless_refund_before_purchase`` instead (also as ``Read.held``).
+            ``keyless_refund_before_purchase`` instead (also as ``Read.held``); a whole-order
+            refund, whose cancel nothing would remember, reads the order first too, and is
+            rejected so when Button does not know it (``_order_event``).
 
     Returns:
         The decision (``Send``, ``Skip``, ``Reject``, or ``Read`` without a ``lookup``) and the
@@ -302,7 +306,7 @@ def process(
             raise misdated
         if event.event_type in (EventType.PURCHASE, EventType.REFUND):
             kept = current
-            result, current = _order_event(event, current, config, now_ms, lookup)
+            result, current = _order_event(event, current, config, now_ms, lookup, keyless)
             gone += held_refunds_gone(kept, current, ORDER_EVICTED)
         else:
             result = skip_for(event.event_type)
@@ -675,6 +679,7 @@ def _order_event(
     config: MappingConfig,
     now_ms: int,
     lookup: Lookup | None,
+    keyless: bool = False,
 ) -> tuple[MapResult, Profile]:
     """Record a purchase or refund in the order's ledger and send what brings Button in step.
 
@@ -688,7 +693,10 @@ def _order_event(
     A refund that needs an order the ledger knows no purchase of (pending) is a ``Read`` of the
     order, whose profile holds the refund; with Button's answer (``lookup``) the order is
     adopted from Button, remembered cancelled (Button holds it deleted) or held (Button does
-    not know it: ``refund_held``).
+    not know it: ``refund_held``). For a record without a key (``keyless``), whose profile is
+    never stored, so is a whole-order refund of such an order: its cancel would be remembered
+    nowhere, and Button's 404 to it taken as done while the purchase, arriving later, is
+    created live; Button not knowing the order rejects it (``_keyless_cancel_unread``).
     """
     commerce = _commerce(event)
     order_id = checked_order_id(commerce.transaction_id)
@@ -709,18 +717,18 @@ def _order_event(
         # the cap nothing more is recorded, and nothing is rejected (``_within_refund_cap``).
         order, desired = known, _desired(known)
     looked = lookup if lookup is not None and lookup.order_id == order_id else None
+    unremembered = keyless and _cancels_unknown_order(order, desired)
     result: MapResult
-    if desired.status is OrderStatus.PENDING and looked is not None and looked.found:
-        at_button = button_order(looked.order, order_id)
-        if at_button.deleted:  # cancelled for good: nothing left to refund, never created
-            result, order = (
-                Skip("order_already_cancelled"),
-                replace(order, status=OrderStatus.CANCELLED),
-            )
-        else:
-            order = _adopted(order, at_button)
-            desired = _desired(order)
-            result, order = _reconcile(event, order, desired, profile, config)
+    if (
+        (desired.status is OrderStatus.PENDING or unremembered)
+        and looked is not None
+        and looked.found
+    ):
+        result, order = _with_button_order(event, order, looked, profile, config)
+        desired = _desired(order)
+    elif unremembered:
+        held = _keyless_cancel_unread(order_id)
+        result = held if looked is not None else Read(read_request(order_id), held)
     else:
         result, order = _reconcile(event, order, desired, profile, config)
         if isinstance(result, Skip) and desired.status is OrderStatus.PENDING and looked is None:
@@ -738,6 +746,51 @@ def _order_event(
     if order == known:
         return result, profile
     return result, _keep_orders(profile.with_order(order), config.max_orders_per_profile)
+
+
+def _with_button_order(
+    event: CommerceEvent, order: StoredOrder, found: Lookup, profile: Profile, config: MappingConfig
+) -> tuple[MapResult, StoredOrder]:
+    """The decision for ``event`` and its ledger ``order``, of which no purchase is known,
+    given Button's order (``found``: the read found it). Held deleted at Button: cancelled for
+    good, nothing left to refund and never created (skip ``order_already_cancelled``,
+    remembered cancelled). Otherwise adopted as the base the ledger's refunds apply to.
+
+    Raises:
+        MappingError: ``order_not_adoptable`` (``adoption.button_order``).
+    """
+    at_button = button_order(found.order, order.order_id)
+    if at_button.deleted:
+        return Skip("order_already_cancelled"), replace(order, status=OrderStatus.CANCELLED)
+    adopted = _adopted(order, at_button)
+    return _reconcile(event, adopted, _desired(adopted), profile, config)
+
+
+def _cancels_unknown_order(order: StoredOrder, desired: _State) -> bool:
+    """Whether ``desired`` cancels ``order`` while the ledger knows no purchase of it and
+    nothing was sent for it: a whole-order refund arriving before its purchase (or for an order
+    this consumer never saw), whose cancel only a stored profile remembers."""
+    return (
+        desired.status is OrderStatus.CANCELLED
+        and not order.created_by
+        and order.status is OrderStatus.PENDING
+    )
+
+
+def _keyless_cancel_unread(order_id: str) -> Reject:
+    """The reject of a whole-order refund of ``order_id`` whose record has no key, when Button
+    does not know the order (or it was not read): sent, its cancel would be answered 404 and
+    taken as done, and with no profile to remember the order cancelled the purchase arriving
+    later would be created live. Its dead letter is replayable once the purchase has reached
+    Button: the replay's read finds the order and cancels it."""
+    return Reject(
+        KEYLESS_REFUND_BEFORE_PURCHASE,
+        f"a whole-order refund (a cancellation) of order {order_id!r}, which Button does not"
+        " know (or was not read): its purchase has not reached Button yet, and the record has"
+        " no key, so there is no profile to remember the order cancelled, and the purchase"
+        " arriving later would be created live; replay it once the purchase has reached"
+        " Button (its read then finds the order and cancels it)",
+    )
 
 
 def _not_fitting(event: CommerceEvent, desired: _State) -> DiscardedRefund | None:

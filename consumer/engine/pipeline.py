@@ -375,7 +375,7 @@ class Pipeline:
             if not isinstance(result, Read):
                 break
             if decision.verdict is not Verdict.READ or lookup is not None:
-                if d.dry_run:  # a dry run reads nothing: the refund is held, as without a read
+                if d.dry_run:  # a dry run reads nothing: ``Read.held``, as without a read
                     log.info("order_not_read", reason="dry_run")
                 break  # (or parked: it follows its first dead letter, unread)
             # The order as Button holds it decides; nothing of this record is written or sent

@@ -513,6 +513,107 @@ def test_a_refund_of_an_order_button_holds_deleted_is_skipped_and_remembered_can
     assert (later.reason, unchanged) == ("order_deleted_at_button", None)
 
 
+# --- a record without a key: no profile remembers what Button does not hold yet ----------------
+
+KEYLESS_BEFORE_PURCHASE = "keyless_refund_before_purchase"
+WHOLE_ORDER = pytest.mark.parametrize(
+    "whole",
+    [refund(), refund(total_amount="0")],
+    ids=["nothing-named", "total-amount-0"],
+)
+
+
+@WHOLE_ORDER
+def test_a_keyless_whole_order_refund_of_an_unknown_order_reads_it_before_cancelling(
+    whole: CommerceEvent,
+) -> None:
+    """Without a key no profile remembers the order cancelled, so a cancel sent blind, answered
+    404 before the purchase (``order_gone``), would let the purchase after it be created live.
+    The order is read first; not read (a dry run), it is the dead letter."""
+    result, _ = process(whole, None, CONFIG, NOW, keyless=True)
+
+    assert isinstance(result, Read), result
+    assert (result.request.action, result.request.method, result.request.path) == (
+        Action.READ,
+        "GET",
+        order_path(ORDER),
+    )
+    assert isinstance(result.held, Reject)
+    assert result.held.reason == KEYLESS_BEFORE_PURCHASE
+
+
+@WHOLE_ORDER
+def test_a_keyless_whole_order_refund_button_does_not_know_is_rejected_not_cancelled(
+    whole: CommerceEvent,
+) -> None:
+    """Button answers the read 404: its purchase has not reached Button. The refund is
+    rejected (dead-lettered, to be replayed once the purchase is there), its message saying
+    why, never a cancel whose 404 would finish it as ``order_gone``."""
+    result, _ = process(whole, None, CONFIG, NOW, lookup=NOT_AT_BUTTON, keyless=True)
+
+    assert isinstance(result, Reject), result
+    assert result.reason == KEYLESS_BEFORE_PURCHASE
+    assert "whole-order refund" in result.detail
+    assert "no key" in result.detail
+    assert "replay it once the purchase has reached Button" in result.detail
+
+
+def test_a_keyless_whole_order_refund_of_an_order_button_holds_cancels_it() -> None:
+    """The replay after the purchase reached Button: the read finds the order, the cancel is
+    sent."""
+    result, _ = process(refund(), None, CONFIG, NOW, lookup=found(), keyless=True)
+
+    assert request_of(result).action is Action.CANCEL
+    assert request_of(result).path == order_path(ORDER)
+
+
+def test_a_keyless_whole_order_refund_of_an_order_button_holds_deleted_is_skipped() -> None:
+    """Cancelled already (a replay after its cancel reached Button): nothing is sent."""
+    deleted = found({"order_id": ORDER, "status": "deleted"})
+
+    result, _ = process(refund(), None, CONFIG, NOW, lookup=deleted, keyless=True)
+
+    assert result == Skip("order_already_cancelled")
+
+
+@pytest.mark.parametrize(
+    "partial",
+    [
+        refund(products=[{"id": "SKU-A"}]),
+        refund(total_amount="10.00"),
+        refund(total_amount="80.00"),
+        refund(products=[{"id": "SKU-A", "quantity": 2}, {"id": "SKU-B"}]),
+    ],
+    ids=["products", "amount", "amount-of-everything", "every-unit"],
+)
+def test_a_keyless_refund_naming_products_or_an_amount_button_does_not_know_is_rejected(
+    partial: CommerceEvent,
+) -> None:
+    """A refund naming products or an amount, even all of the order (only the order tells),
+    reads the order as before, and Button's 404 rejects it: none is held where nothing keeps
+    it; found, the order takes it (a cancel when it leaves nothing)."""
+    read, _ = process(partial, None, CONFIG, NOW, keyless=True)
+    rejected, _ = process(partial, None, CONFIG, NOW, lookup=NOT_AT_BUTTON, keyless=True)
+    applied, _ = process(partial, None, CONFIG, NOW, lookup=found(), keyless=True)
+
+    assert isinstance(read, Read)
+    assert isinstance(read.held, Reject)
+    assert read.held.reason == KEYLESS_BEFORE_PURCHASE
+    assert isinstance(rejected, Reject)
+    assert rejected.reason == KEYLESS_BEFORE_PURCHASE
+    assert request_of(applied).action in (Action.UPDATE, Action.CANCEL)
+
+
+def test_a_keyed_whole_order_refund_still_cancels_unread_and_its_profile_remembers_it() -> None:
+    """With a key nothing changes: the cancel is sent without a read, and the profile keeps
+    the order cancelled, so its purchase arriving afterwards is not created."""
+    result, profile = process(refund(), None, CONFIG, NOW)
+    later, _ = process(purchase(), profile, CONFIG, NOW)
+
+    assert request_of(result).action is Action.CANCEL
+    assert later == Skip("order_already_cancelled")
+
+
 # --- Button's object is not what the service can take as its base -------------------------------
 
 

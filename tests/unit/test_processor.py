@@ -218,6 +218,41 @@ def test_a_keyed_refund_button_does_not_know_is_still_held() -> None:
     assert (processed.result, processed.profile_changed) == (Skip("refund_held"), True)
 
 
+def whole_order_refund(order_id: str = "ORD-1") -> CommerceEvent:
+    return CommerceEvent(
+        event_id="evt-cancel",
+        event_type=EventType.REFUND,
+        event_time=T_BUY,
+        user_key="user-1",
+        commerce=CommerceData(action=ProductAction.REFUND, transaction_id=order_id),
+    )
+
+
+def test_a_keyless_whole_order_refund_button_does_not_know_is_dead_lettered_not_cancelled() -> None:
+    """Without a key no profile remembers the order cancelled: the order is read first, and
+    Button's 404 rejects the refund (``keyless_refund_before_purchase``, replayable once the
+    purchase reached Button), never a cancel whose 404 is taken as done (``order_gone``: the
+    purchase after it would be created live)."""
+    proc = processor()
+
+    first = proc.process(PARTITION, None, whole_order_refund(), NOW)
+    second = proc.process(PARTITION, None, whole_order_refund(), NOW, Lookup("ORD-1", found=False))
+
+    assert isinstance(first.result, Read), first.result
+    assert first.result.held.reason == "keyless_refund_before_purchase"
+    assert isinstance(second.result, Reject), second.result
+    assert second.result.reason == "keyless_refund_before_purchase"
+    assert len(proc.store) == 0
+
+
+def test_a_keyed_whole_order_refund_is_still_cancelled_without_a_read() -> None:
+    """With a key the profile remembers the order cancelled, as before."""
+    processed = processor().process(PARTITION, KEY, whole_order_refund(), NOW)
+
+    assert isinstance(processed.result, Send), processed.result
+    assert (processed.result.request.method, processed.profile_changed) == ("DELETE", True)
+
+
 def test_profiles_are_per_partition() -> None:
     """The same key in another partition is another profile (co-partitioned changelog)."""
     proc = processor()
