@@ -62,6 +62,8 @@ class Health:
     """The group gave this member an assignment (its first rebalance completed)."""
     broker_reachable: bool = True
     """The last question to the broker (the lag, every few seconds) was answered."""
+    restoring: int = 0
+    """Partitions whose profiles are being restored from the changelog (their records wait)."""
     last_poll: float = 0.0
     poll_stall_seconds: float = 120.0
 
@@ -75,6 +77,7 @@ class Health:
             and not self.auth_paused
             and self.assigned
             and self.broker_reachable
+            and self.restoring == 0
         )
 
 
@@ -139,6 +142,7 @@ class AdminServer:
             "auth_paused": h.auth_paused,
             "assigned": h.assigned,
             "broker_reachable": h.broker_reachable,
+            "restoring": h.restoring,
         }
         return web.json_response(body, status=200 if ok else 503)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
@@ -98,6 +99,7 @@ class ServiceTelemetry:
         self._wall_clock = wall_clock
         self._lag_partitions: set[str] = set()
         self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
+        self._restoring_lock = threading.Lock()
         self._health_changed()
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -328,7 +330,11 @@ class ServiceTelemetry:
     # -- reported by the composition root, not the engine ----------------------------------
 
     def restore_started(self, partitions: int) -> None:
+        """A restore of ``partitions`` partitions began (any thread): not ready until it ends."""
         self.metrics.restoring_partitions.inc(partitions)
+        with self._restoring_lock:  # restores of two assignments may overlap, on two threads
+            self.health.restoring += partitions
+            self._health_changed()
 
     def restore_progress(
         self, records: int = 1, partition: int | None = None, remaining: int | None = None
@@ -345,8 +351,11 @@ class ServiceTelemetry:
         self.metrics.offset_resets.labels(known).inc()
 
     def restore_finished(self, partitions: list[int]) -> None:
-        """The restore of ``partitions`` ended (completed, cancelled or failed)."""
+        """The restore of ``partitions`` ended (completed, cancelled or failed; any thread)."""
         self.metrics.restoring_partitions.dec(len(partitions))
+        with self._restoring_lock:
+            self.health.restoring = max(self.health.restoring - len(partitions), 0)
+            self._health_changed()
         for partition in partitions:
             with contextlib.suppress(KeyError):  # nothing was read (an empty partition)
                 self.metrics.restore_remaining.remove(str(partition))

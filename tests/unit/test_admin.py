@@ -133,7 +133,13 @@ def test_readyz_is_not_ready_until_started() -> None:
 
     assert (response.status, response.json()) == (
         503,
-        {"ready": False, "auth_paused": False, "assigned": False, "broker_reachable": True},
+        {
+            "ready": False,
+            "auth_paused": False,
+            "assigned": False,
+            "broker_reachable": True,
+            "restoring": 0,
+        },
     )
 
 
@@ -143,7 +149,13 @@ def test_readyz_is_ready_once_started() -> None:
 
     assert (response.status, response.json()) == (
         200,
-        {"ready": True, "auth_paused": False, "assigned": True, "broker_reachable": True},
+        {
+            "ready": True,
+            "auth_paused": False,
+            "assigned": True,
+            "broker_reachable": True,
+            "restoring": 0,
+        },
     )
 
 
@@ -153,7 +165,13 @@ def test_readyz_is_not_ready_while_button_rejects_the_key() -> None:
 
     assert (response.status, response.json()) == (
         503,
-        {"ready": False, "auth_paused": True, "assigned": True, "broker_reachable": True},
+        {
+            "ready": False,
+            "auth_paused": True,
+            "assigned": True,
+            "broker_reachable": True,
+            "restoring": 0,
+        },
     )
 
 
@@ -169,6 +187,19 @@ def test_readyz_is_not_ready_before_the_group_assigns_partitions() -> None:
     response = fetch("/readyz", health=running(assigned=False))
 
     assert (response.status, response.json()["ready"]) == (503, False)
+
+
+def test_readyz_is_not_ready_while_partitions_are_being_restored() -> None:
+    """Partitions whose profiles are still read from the changelog: their records wait, so the
+    pod is not ready yet (a rolling update waits for it before replacing the next pod), and the
+    body says how many."""
+    response = fetch("/readyz", health=running(restoring=2))
+
+    assert (response.status, response.json()["ready"], response.json()["restoring"]) == (
+        503,
+        False,
+        2,
+    )
 
 
 def test_readyz_is_not_ready_while_the_broker_does_not_answer() -> None:

@@ -381,6 +381,13 @@ def test_the_ready_gauge_agrees_with_readyz_through_every_change() -> None:
     seen.append(state())
     t.auth_paused(False)
     seen.append(state())
+    t.restore_started(2)
+    seen.append(state())
+    t.restore_started(1)  # a second assignment's restore, beside the first
+    t.restore_finished([0, 1])
+    seen.append(state())
+    t.restore_finished([2])
+    seen.append(state())
     t.stopping()
     seen.append(state())
 
@@ -390,6 +397,9 @@ def test_the_ready_gauge_agrees_with_readyz_through_every_change() -> None:
         (1.0, 1.0),
         (0.0, 0.0),
         (1.0, 1.0),
+        (0.0, 1.0),
+        (1.0, 1.0),
+        (0.0, 1.0),
         (0.0, 1.0),
         (1.0, 1.0),
         (0.0, 1.0),
