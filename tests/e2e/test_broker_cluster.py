@@ -1,0 +1,180 @@
+"""The service on a three-broker cluster (replication factor 3, ``min.insync.replicas=2``) while
+brokers fail: what its users and operators meet, observed at the cluster, at Button (the
+sandbox) and on ``/readyz``, never only in the service's own beliefs.
+
+The cluster is `tests.e2e.cluster.LocalCluster`: a KRaft controller and three brokers from the
+project's Maven jars. ``python -m tests.e2e.broker_drill`` runs the longer drill (a rolling
+restart, a SIGKILL, two brokers down) under a steady stream and prints its timeline.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka.cimpl import NewTopic
+
+from consumer.commands import produce_events
+from consumer.devtools._proc import free_port
+from consumer.sandbox.testing import SandboxHandle, run_sandbox
+from consumer.settings import Settings
+from tests.e2e.cluster import LocalCluster
+from tests.e2e.harness import (
+    ServiceProcess,
+    end_offsets,
+    log_events,
+    past_events,
+    wait_for_committed,
+    wait_until,
+)
+
+pytestmark = pytest.mark.broker
+
+API_KEY = "sk-e2e-cluster"
+PARTITIONS = 3
+
+
+@pytest.fixture
+def cluster() -> Iterator[LocalCluster]:
+    with LocalCluster(3) as started:
+        yield started
+
+
+@pytest.fixture
+def cluster_sandbox() -> Iterator[SandboxHandle]:
+    with run_sandbox(api_keys=(API_KEY,), mode="process") as handle:
+        yield handle
+
+
+@pytest.fixture
+def service_processes() -> Iterator[list[ServiceProcess]]:
+    processes: list[ServiceProcess] = []
+    yield processes
+    for process in processes:
+        process.kill()
+
+
+def _get(url: str) -> tuple[int, str]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError as exc:
+        return -1, str(exc)
+
+
+def _metric(port: int, name: str) -> float | None:
+    status, text = _get(f"http://127.0.0.1:{port}/metrics")
+    if status != 200:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=pytest.fail.Exception,
+    reason=(
+        "a member whose partitions were lost while two of three brokers were down (the group "
+        "coordinator cannot write __consumer_offsets below min.insync.replicas, so the member "
+        "is fenced and cannot rejoin) answers /readyz 200 with broker_reachable 1 and a lag "
+        "of 0 while it owns no partition and records wait: Health.assigned is never reset on "
+        "a loss or revocation, and the lag read of no partition succeeds without asking a "
+        "broker, so KafkaUnreachable, NotReady, NoProgress and PartitionStuck cannot fire"
+    ),
+)
+def test_a_member_fenced_by_a_cluster_below_min_isr_is_not_ready_while_records_wait(
+    cluster: LocalCluster,
+    cluster_sandbox: SandboxHandle,
+    service_processes: list[ServiceProcess],
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    """Two of the three brokers die (SIGKILL) under a busy service. The survivor leads
+    every partition, but below ``min.insync.replicas=2`` the group coordinator cannot write
+    ``__consumer_offsets``: the member's heartbeats time out and, after its session, its
+    partitions are lost. A batch whose Button requests were held until the brokers died
+    finished, but its offsets could not be committed: its records wait in the input, and no
+    member consumes them until the brokers return. An operator must see that: ``/readyz``
+    false, or a lag above 0, within a minute of the loss.
+    """
+    sandbox = cluster_sandbox
+    bootstrap = cluster.bootstrap_servers
+    topic, group = unique_name("cluster"), unique_name("group")
+    cluster.admin().create_topics([NewTopic(topic, PARTITIONS, 3)])[topic].result(60)
+    wait_until(lambda: cluster.fully_replicated([topic]), 60, message="input not replicated")
+    admin_port = free_port()
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "KAFKA_TOPIC": topic,
+        "KAFKA_GROUP_ID": group,
+        "KAFKA_DLQ_TOPIC": f"{topic}.dlq",
+        "KAFKA_PROFILE_TOPIC": f"{topic}.profiles",
+        "KAFKA_CREATE_TOPICS": "true",
+        "BUTTON_API_KEY": API_KEY,
+        "BUTTON_BASE_URL": sandbox.base_url,
+        "ADMIN_HOST": "127.0.0.1",
+        "ADMIN_PORT": str(admin_port),
+        "LOG_LEVEL": "info",
+        "LOG_FORMAT": "json",
+    }
+    settings = Settings.from_env(env)
+    produce_events(settings, past_events(40, seed=3), partitions=PARTITIONS, create=False)
+    log = tmp_path / "service.log"
+    service = ServiceProcess(env, log).start()
+    service_processes.append(service)
+    first = wait_for_committed(bootstrap, group, topic, PARTITIONS, timeout=120)
+    assert _get(f"http://127.0.0.1:{admin_port}/readyz")[0] == 200
+
+    # Work outstanding when the brokers die, as under a steady stream: the sandbox holds every
+    # request of a second batch until the two brokers are gone, then its records finish, and
+    # their profile writes and offset commits meet a cluster below min.insync.replicas.
+    with sandbox.holding(hold_all=True):
+        produce_events(settings, past_events(40, seed=5), partitions=PARTITIONS, create=False)
+        sandbox.wait_parked(timeout=60)
+        ends = end_offsets(bootstrap, topic, PARTITIONS)
+        for broker in (1, 2):
+            cluster.stop_broker(broker, kill=True)
+        wait_until(lambda: cluster.live_brokers() == [3], 60, message="brokers 1, 2 not fenced")
+    # The member's session expires at the coordinator (45 s) after its heartbeats stop
+    # being answered; the service logs the loss.
+    wait_until(
+        lambda: log_events(log, "partitions_lost") or not service.alive(),
+        240,
+        interval=1.0,
+        message="the member never lost its partitions",
+    )
+    assert service.alive(), service.log_tail()
+
+    # The second batch waits, uncommitted, in the input: its records finished at Button only
+    # after the two brokers died, and below min.insync.replicas no offset commit is written
+    # (nor does any high watermark advance: no record arrives meanwhile).
+    waiting = sum(ends.values()) - sum(first.values())
+    assert waiting > 0
+
+    # Within a minute an operator's signals must say it: not ready, or records waiting.
+    seen: list[tuple[int, float | None]] = []
+
+    def operator_warned() -> bool:
+        status = _get(f"http://127.0.0.1:{admin_port}/readyz")[0]
+        lag = _metric(admin_port, "button_consumer_consumer_lag_sum_records")
+        seen.append((status, lag))
+        return status != 200 or (lag is not None and lag > 0)
+
+    started = time.monotonic()
+    try:
+        wait_until(operator_warned, 60, interval=1.0)
+    except TimeoutError:
+        pytest.fail(
+            f"for {time.monotonic() - started:.0f} s /readyz and the lag said all is well "
+            f"(last (status, lag) {seen[-3:]}) while {waiting} records waited uncommitted "
+            f"(committed {first}, end {ends}) and the member owned no partition "
+            f"(partitions_lost at {log_events(log, 'partitions_lost')[-1]['timestamp']})"
+        )
