@@ -1,16 +1,20 @@
 """Topics as the admin API sees them: their partition counts, replication and settings
-(``describe_topics``) and their creation with explicit settings (``ensure_topics``)."""
+(``describe_topics``), their creation with explicit settings (``ensure_topics``), and what the
+brokers' authorizer lets this principal do on a topic or a group (``topic_operations``,
+``group_operations``, ``may_create_topic``)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from confluent_kafka import (
     KafkaError,
     KafkaException,
+    TopicCollection,
 )
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource
@@ -237,3 +241,108 @@ def _wait_listed(admin: AdminClient, names: Sequence[str], timeout: float) -> No
             )
         time.sleep(delay)  # the brokers' metadata catching up: a bounded, backed-off poll
         delay = min(delay * 2, 0.5)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicAccess:
+    """What the brokers say about a topic for this principal.
+
+    Attributes:
+        exists: the topic exists (False also when the principal may not know: see
+            ``allowed``).
+        allowed: the operations the principal may perform on it, by Kafka's names (``Read``,
+            ``DescribeConfigs``...); empty when the brokers refuse even to describe it
+            (TOPIC_AUTHORIZATION_FAILED, which Kafka answers for a topic that exists or not);
+            None when they did not say (no authorized operations in the answer, or no topic).
+    """
+
+    exists: bool
+    allowed: frozenset[str] | None
+
+
+def operation_name(operation: Any) -> str:  # confluent_kafka AclOperation
+    """Kafka's name of an ``AclOperation`` (``DESCRIBE_CONFIGS`` -> ``DescribeConfigs``)."""
+    return "".join(word.capitalize() for word in str(operation.name).split("_"))
+
+
+def _operations(operations: Any) -> frozenset[str] | None:
+    if operations is None:
+        return None
+    return frozenset(operation_name(op) for op in operations)
+
+
+def topic_operations(admin: AdminClient, name: str, timeout: float = 30.0) -> TopicAccess:
+    """Whether topic ``name`` exists and what this principal may do on it (a Metadata request
+    with the topic's authorized operations, KIP-430).
+
+    Raises:
+        BrokerError: the brokers did not answer, or answered another error.
+    """
+    futures = admin.describe_topics(
+        TopicCollection([name]), include_authorized_operations=True, request_timeout=timeout
+    )
+    try:
+        description = futures[name].result(timeout=timeout)
+    except TimeoutError as exc:
+        raise BrokerError(f"cannot describe topic {name} within {timeout:g} s") from exc
+    except KafkaException as exc:
+        code = _code(exc)
+        if code == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            return TopicAccess(exists=False, allowed=frozenset())
+        if code == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            return TopicAccess(exists=False, allowed=None)
+        raise BrokerError(f"cannot describe topic {name}: {exc}") from exc
+    return TopicAccess(exists=True, allowed=_operations(description.authorized_operations))
+
+
+def group_operations(
+    admin: AdminClient, group: str, timeout: float = 30.0
+) -> frozenset[str] | None:
+    """What this principal may do on consumer group ``group`` (a DescribeGroups request with
+    the group's authorized operations, KIP-430; Kafka answers them for a group with no member
+    or offsets too): empty when the brokers refuse to describe it
+    (GROUP_AUTHORIZATION_FAILED), None when they did not say.
+
+    Raises:
+        BrokerError: the brokers did not answer, or answered another error.
+    """
+    futures = admin.describe_consumer_groups(
+        [group], include_authorized_operations=True, request_timeout=timeout
+    )
+    try:
+        description = futures[group].result(timeout=timeout)
+    except TimeoutError as exc:
+        raise BrokerError(f"cannot describe group {group} within {timeout:g} s") from exc
+    except KafkaException as exc:
+        if _code(exc) == KafkaError.GROUP_AUTHORIZATION_FAILED:
+            return frozenset()
+        raise BrokerError(f"cannot describe group {group}: {exc}") from exc
+    return _operations(description.authorized_operations)
+
+
+def may_create_topic(admin: AdminClient, name: str, timeout: float = 30.0) -> bool:
+    """Whether the brokers would let this principal create topic ``name``: a CreateTopics
+    request that only validates (nothing is created). Only an authorization refusal is a no;
+    any other answer (the topic exists, a policy of the cluster) is left to the creation.
+
+    Raises:
+        BrokerError: the brokers did not answer.
+    """
+    topic = NewTopic(name, num_partitions=1, replication_factor=-1)
+    futures = admin.create_topics([topic], request_timeout=timeout, validate_only=True)
+    try:
+        futures[name].result(timeout=timeout)
+    except TimeoutError as exc:
+        raise BrokerError(f"cannot ask whether topic {name} may be created: {exc}") from exc
+    except KafkaException as exc:
+        code = _code(exc)
+        if code == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            return False
+        if code in (KafkaError._TIMED_OUT, KafkaError._TRANSPORT):
+            raise BrokerError(f"cannot ask whether topic {name} may be created: {exc}") from exc
+    return True
+
+
+def _code(exc: KafkaException) -> int | None:
+    error = exc.args[0] if exc.args else None
+    return error.code() if isinstance(error, KafkaError) else None

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
@@ -217,7 +218,6 @@ class Deployment:
             "ADMIN_PORT": "0",
             "DELIVERY_RETRY_BASE_DELAY_SECONDS": "0.05",
             "DELIVERY_RETRY_MAX_DELAY_SECONDS": "1",
-            "DELIVERY_SHUTDOWN_TIMEOUT_SECONDS": "10",
             "LOG_LEVEL": "info",
             **overrides,
         }
@@ -458,3 +458,78 @@ def test_a_restore_without_read_on_the_changelog_fails_naming_it_instead_of_hang
     assert isinstance(error, BrokerError), error
     named = (d.changelog in str(error), "TOPIC_AUTHORIZATION_FAILED" in str(error))
     assert named == (True, True), str(error)
+
+
+def _ids(label: str) -> list[Any]:
+    return [
+        pytest.param(acl, id=f"{acl.operation}-{acl.resource}-{acl.name.strip('$')}")
+        for acl in service_acls(label)
+    ]
+
+
+def _refused(acl: Acl, names: Mapping[str, str]) -> tuple[str, str]:
+    """What the refusal must name: ``<Operation> on <resource> '<name>'``, and Kafka's code."""
+    code = "TOPIC" if acl.resource == "topic" else "GROUP"
+    return f"{acl.operation} on {acl.resource} '{names[acl.name]}'", f"{code}_AUTHORIZATION_FAILED"
+
+
+@pytest.mark.parametrize("missing", _ids(RUN))
+def test_run_without_an_acl_refuses_to_start_naming_it_and_loses_nothing(deployment, missing):
+    """Each ACL of ``run`` taken away: ``run`` exits 1 at start naming the operation, the
+    resource and Kafka's error code, commits nothing and sends nothing; granted it, the
+    waiting purchase is delivered."""
+    d = deployment
+    d.create_topics()
+    d.grant([acl for acl in service_acls(RUN) if acl != missing])
+    d.produce_purchase("WAITING")
+
+    refused = d.service("refused")
+    status = exit_status(refused)
+    error = stopped_on_error(refused)
+
+    named, code = _refused(missing, d.names)
+    assert (status, named in error, code in error) == (1, True, True), refused.log_tail()
+    assert (d.committed(), d.sandbox.order("WAITING")) == (-1001, None)
+    d.grant([missing])
+    granted = d.service("granted")
+    try:
+        wait_until(lambda: d.committed() == 1, 60, message="the purchase was not committed")
+        assert d.sandbox.order("WAITING") is not None
+    finally:
+        assert granted.terminate() == 0, granted.log_tail()
+
+
+@pytest.mark.parametrize("missing", _ids(CREATE))
+def test_run_without_a_create_acl_refuses_to_start_naming_it(deployment, missing):
+    """With KAFKA_CREATE_TOPICS=true and a topic to create, each ``Create`` taken away:
+    ``run`` exits 1 at start naming ``Create`` and the topic, and commits nothing."""
+    d = deployment
+    d.create_topics(service_topics=False)
+    d.grant([acl for acl in service_acls(RUN, CREATE) if acl != missing])
+    d.produce_purchase("WAITING")
+
+    refused = d.service("refused", KAFKA_CREATE_TOPICS="true")
+    status = exit_status(refused)
+    error = stopped_on_error(refused)
+
+    named, code = _refused(missing, d.names)
+    assert (status, named in error, code in error) == (1, True, True), refused.log_tail()
+    assert (d.committed(), d.sandbox.order("WAITING")) == (-1001, None)
+
+
+@pytest.mark.parametrize("missing", _ids(RUN) + _ids(CREATE))
+def test_check_fails_each_missing_acl_by_its_variable(deployment, missing):
+    """``check`` fails a line for each ACL ``run`` needs and the principal lacks, naming the
+    variable, the operation and Kafka's error code: ``run`` would refuse to start on it."""
+    d = deployment
+    creating = missing in service_acls(CREATE)
+    d.create_topics(service_topics=not creating)
+    d.grant([acl for acl in service_acls(RUN, CREATE) if acl != missing])
+
+    check = d.command("check", KAFKA_CREATE_TOPICS="true" if creating else "false")
+
+    variable = missing.name.strip("$")
+    fails = [line for line in check.stdout.splitlines() if line.startswith("FAIL")]
+    wanted = f"{missing.operation} not allowed for this principal"
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert [line for line in fails if f"{variable}:" in line and wanted in line], fails
