@@ -39,9 +39,7 @@ from consumer.adapters.kafka_admin import (
     admin_client,
     describe_topics,
     ensure_topics,
-    group_operations,
-    may_create_topic,
-    topic_operations,
+    judge_acl_needs,
 )
 from consumer.adapters.kafka_producer import AckingProducer
 from consumer.adapters.kafka_reader import committed_partitions
@@ -56,7 +54,7 @@ from consumer.adapters.topics import (
     changelog_headers,
     restore_partitions,
 )
-from consumer.domain.acls import MissingAcl, create_missing, missing_acls, service_acl_needs
+from consumer.domain.acls import AclReport, service_acl_needs
 from consumer.domain.button import ButtonRequest
 from consumer.domain.mapping import MappingConfig
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
@@ -282,15 +280,6 @@ def prepare_topics(settings: Settings, *, create: bool) -> None:
     refuse_unfit_topics(s, admin)
 
 
-@dataclass(frozen=True, slots=True)
-class AclReport:
-    """What ``judge_acls`` found: each ACL missing, and the topics this principal may not even
-    describe (whether they exist cannot be known: their lines say so, not "missing")."""
-
-    missing: list[MissingAcl]
-    hidden: frozenset[str]
-
-
 def judge_acls(kafka: KafkaSettings, admin: AdminClient, timeout: float = 30.0) -> AclReport:
     """The one judge of the principal's ACLs, for ``run`` and ``check`` (README "Kafka ACLs").
 
@@ -304,24 +293,9 @@ def judge_acls(kafka: KafkaSettings, admin: AdminClient, timeout: float = 30.0) 
     Raises:
         BrokerError: the brokers did not answer.
     """
-    missing: list[MissingAcl] = []
-    hidden: set[str] = set()
-    creatable = {kafka.profile_topic, kafka.dlq_topic} if kafka.create_topics else set()
-    for need in service_acl_needs(
-        kafka.topic, kafka.profile_topic, kafka.dlq_topic, kafka.group_id
-    ):
-        if need.resource == "group":
-            missing += missing_acls(need, group_operations(admin, need.name, timeout))
-            continue
-        access = topic_operations(admin, need.name, timeout)
-        if access.allowed == frozenset():
-            hidden.add(need.name)
-        if access.exists or access.allowed == frozenset():
-            missing += missing_acls(need, access.allowed)
-        absent = not access.exists and need.name in creatable
-        if absent and not may_create_topic(admin, need.name, timeout):
-            missing.append(create_missing(need.name, need.setting))
-    return AclReport(missing, frozenset(hidden))
+    needs = service_acl_needs(kafka.topic, kafka.profile_topic, kafka.dlq_topic, kafka.group_id)
+    creatable = (kafka.profile_topic, kafka.dlq_topic) if kafka.create_topics else ()
+    return judge_acl_needs(admin, needs, creatable, timeout)
 
 
 def refuse_missing_acls(kafka: KafkaSettings, admin: AdminClient, timeout: float = 30.0) -> None:
@@ -331,12 +305,9 @@ def refuse_missing_acls(kafka: KafkaSettings, admin: AdminClient, timeout: float
         AuthorizationError: every missing ACL in one message.
         BrokerError: the brokers did not answer.
     """
-    missing = judge_acls(kafka, admin, timeout).missing
-    if missing:
-        raise AuthorizationError(
-            'Kafka ACLs missing for this principal (README "Kafka ACLs"): '
-            + "; ".join(str(m) for m in missing)
-        )
+    report = judge_acls(kafka, admin, timeout)
+    if report.missing:
+        raise AuthorizationError(report.message())
 
 
 def refuse_a_lost_changelog(admin: AdminClient, settings: Settings, partitions: int) -> None:

@@ -26,7 +26,8 @@ from confluent_kafka.admin._config import ConfigResource
 from consumer.adapters.button_client import ButtonClient
 from consumer.adapters.kafka import kafka_error_text
 from consumer.adapters.kafka_reader import PartitionReader, committed_partitions
-from consumer.bootstrap import AclReport, judge_acls, judge_topics, kafka_topic_plan
+from consumer.bootstrap import judge_acls, judge_topics, kafka_topic_plan
+from consumer.domain.acls import AclReport
 from consumer.domain.outcomes import OutcomeKind
 from consumer.domain.topics import TopicProblem, lost_changelog_problem
 from consumer.domain.wording import counted

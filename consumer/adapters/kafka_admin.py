@@ -6,7 +6,7 @@ brokers' authorizer lets this principal do on a topic or a group (``topic_operat
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource
 from confluent_kafka.cimpl import NewTopic
 
+from consumer.domain.acls import AclNeed, AclReport, MissingAcl, create_missing, missing_acls
 from consumer.domain.topics import TopicState
 from consumer.errors import BrokerError
 
@@ -303,21 +304,43 @@ def group_operations(
     or offsets too): empty when the brokers refuse to describe it
     (GROUP_AUTHORIZATION_FAILED), None when they did not say.
 
+    A coordinator that moves or is still loading the group's offsets partition (a broker just
+    started) is asked again, with a backoff, until ``timeout``.
+
     Raises:
         BrokerError: the brokers did not answer, or answered another error.
     """
-    futures = admin.describe_consumer_groups(
-        [group], include_authorized_operations=True, request_timeout=timeout
-    )
-    try:
-        description = futures[group].result(timeout=timeout)
-    except TimeoutError as exc:
-        raise BrokerError(f"cannot describe group {group} within {timeout:g} s") from exc
-    except KafkaException as exc:
-        if _code(exc) == KafkaError.GROUP_AUTHORIZATION_FAILED:
-            return frozenset()
-        raise BrokerError(f"cannot describe group {group}: {exc}") from exc
-    return _operations(description.authorized_operations)
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        left = max(deadline - time.monotonic(), 0.1)
+        futures = admin.describe_consumer_groups(
+            [group], include_authorized_operations=True, request_timeout=left
+        )
+        try:
+            description = futures[group].result(timeout=left)
+        except TimeoutError as exc:
+            raise BrokerError(f"cannot describe group {group} within {timeout:g} s") from exc
+        except KafkaException as exc:
+            code = _code(exc)
+            if code == KafkaError.GROUP_AUTHORIZATION_FAILED:
+                return frozenset()
+            if code not in _COORDINATOR_MOVING or time.monotonic() + delay >= deadline:
+                raise BrokerError(f"cannot describe group {group}: {exc}") from exc
+            time.sleep(delay)  # the coordinator loading: a bounded, backed-off retry
+            delay = min(delay * 2, 1.0)
+            continue
+        return _operations(description.authorized_operations)
+
+
+_COORDINATOR_MOVING = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+    }
+)
+"""A group's coordinator moving or loading: librdkafka's admin client gives these up at once."""
 
 
 def may_create_topic(admin: AdminClient, name: str, timeout: float = 30.0) -> bool:
@@ -346,3 +369,35 @@ def may_create_topic(admin: AdminClient, name: str, timeout: float = 30.0) -> bo
 def _code(exc: KafkaException) -> int | None:
     error = exc.args[0] if exc.args else None
     return error.code() if isinstance(error, KafkaError) else None
+
+
+def judge_acl_needs(
+    admin: AdminClient,
+    needs: Sequence[AclNeed],
+    creatable: Collection[str] = (),
+    timeout: float = 30.0,
+) -> AclReport:
+    """Which ACLs of ``needs`` the brokers say this principal lacks
+    (``consumer.domain.acls.missing_acls`` over ``topic_operations`` and ``group_operations``).
+
+    A topic that does not exist is judged only when it is in ``creatable`` (``Create``: a
+    validate-only CreateTopics); otherwise its absence is for the topic checks to report.
+
+    Raises:
+        BrokerError: the brokers did not answer.
+    """
+    missing: list[MissingAcl] = []
+    hidden: set[str] = set()
+    for need in needs:
+        if need.resource == "group":
+            missing += missing_acls(need, group_operations(admin, need.name, timeout))
+            continue
+        access = topic_operations(admin, need.name, timeout)
+        if access.allowed == frozenset():
+            hidden.add(need.name)
+        if access.exists or access.allowed == frozenset():
+            missing += missing_acls(need, access.allowed)
+        absent = not access.exists and need.name in creatable
+        if absent and not may_create_topic(admin, need.name, timeout):
+            missing.append(create_missing(need.name, need.setting))
+    return AclReport(missing, frozenset(hidden))

@@ -12,7 +12,7 @@ ones ``kafka-acls.sh --operation`` takes.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 Resource = Literal["topic", "group"]
@@ -78,6 +78,37 @@ def service_acl_needs(
         AclNeed("topic", dlq_topic, "KAFKA_DLQ_TOPIC", ("Write", "DescribeConfigs")),
         AclNeed("group", group_id, "KAFKA_GROUP_ID", ("Read",)),
     ]
+
+
+def replay_acl_needs(
+    dlq_topic: str, topic: str, replay_group: str, group_setting: str, *, write: bool
+) -> list[AclNeed]:
+    """What ``replay-dlq`` needs besides ``run``'s (README "Kafka ACLs"): ``Read`` on the DLQ,
+    ``Read`` on its own group (``group_setting`` names it: ``--group-id``, or
+    ``KAFKA_GROUP_ID`` with ``-replay``) and, unless nothing is written (``write``: not a dry
+    run), ``Write`` on the input topic."""
+    needs = [
+        AclNeed("topic", dlq_topic, "KAFKA_DLQ_TOPIC", ("Read",)),
+        AclNeed("group", replay_group, group_setting, ("Read",)),
+    ]
+    if write:
+        needs.append(AclNeed("topic", topic, "KAFKA_TOPIC", ("Write",)))
+    return needs
+
+
+@dataclass(frozen=True, slots=True)
+class AclReport:
+    """What a judge of the ACLs found: each one missing, and the topics the principal may not
+    even describe (whether they exist cannot be known: they are not "missing" topics)."""
+
+    missing: list[MissingAcl] = field(default_factory=list)
+    hidden: frozenset[str] = frozenset()
+
+    def message(self) -> str:
+        """Every missing ACL in one line, for a command that refuses to go on."""
+        return 'Kafka ACLs missing for this principal (README "Kafka ACLs"): ' + "; ".join(
+            str(m) for m in self.missing
+        )
 
 
 def missing_acls(need: AclNeed, allowed: Iterable[str] | None) -> list[MissingAcl]:

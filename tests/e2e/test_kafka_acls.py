@@ -25,9 +25,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicCollection,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.admin._acl import AclBinding, AclOperation, AclPermissionType
+from confluent_kafka.admin._acl import (
+    AclBinding,
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+)
 from confluent_kafka.admin._listoffsets import OffsetSpec
 from confluent_kafka.admin._resource import ResourcePatternType, ResourceType
 from confluent_kafka.cimpl import NewTopic
@@ -52,6 +65,13 @@ KEDA = "keda"
 USERS = {SUPER_USER: "admin-secret", KEDA: "keda-secret", **{p: f"{p}-secret" for p in PRINCIPALS}}
 BROKER_START_TIMEOUT = 180.0
 """Seconds the module's broker may take to answer (a cold Maven resolution included)."""
+_COORDINATOR_MOVING = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+    }
+)
 EXIT_TIMEOUT = 90.0
 """Seconds a command refused by the brokers may take to say so and exit (never a hang)."""
 
@@ -182,6 +202,37 @@ class Deployment:
         for future in self.admin().create_acls(bindings, request_timeout=30).values():
             future.result(timeout=30)
 
+    def revoke(self, acls: list[Acl]) -> None:
+        """Delete ``acls`` (as the super user); returns once the brokers' authorizer has them
+        no more (the principal's describe of each topic no longer lists the operation)."""
+        principals = {"PRINCIPAL": self.principal, "KEDA_PRINCIPAL": KEDA}
+        filters = [
+            AclBindingFilter(
+                b.restype, b.name, b.resource_pattern_type, b.principal, b.host, b.operation,
+                b.permission_type,
+            )
+            for b in (acl.binding(principals, self.names) for acl in acls)
+        ]  # fmt: skip
+        for future in self.admin().delete_acls(filters, request_timeout=30).values():
+            future.result(timeout=30)
+        own = AdminClient(self.kafka.client_config(self.principal))
+
+        def gone() -> bool:
+            for acl in acls:
+                name = self.names[acl.name]
+                futures = own.describe_topics(
+                    TopicCollection([name]), include_authorized_operations=True
+                )
+                try:
+                    allowed = futures[name].result(timeout=30).authorized_operations or []
+                except KafkaException:
+                    continue  # not even described any more
+                if acl.operation.upper() in {op.name.replace("_", "") for op in allowed}:
+                    return False
+            return True
+
+        wait_until(gone, 30, message="the revoked ACLs are still in force")
+
     def create_topics(self, *, service_topics: bool = True) -> None:
         """The input topic and (``service_topics``) the DLQ and changelog, as an admin would."""
         topics = [NewTopic(self.topic, num_partitions=1, replication_factor=1)]
@@ -272,9 +323,18 @@ class Deployment:
     def committed(self, group: str | None = None, topic: str | None = None) -> int:
         """The group's committed offset on partition 0 of the input (-1001: none)."""
         reader = Consumer({**self.kafka.client_config(), "group.id": group or self.group})
+        deadline = time.monotonic() + 30
         try:
-            [tp] = reader.committed([TopicPartition(topic or self.topic, 0)], timeout=30)
-            return int(tp.offset)
+            while True:
+                try:
+                    [tp] = reader.committed([TopicPartition(topic or self.topic, 0)], timeout=30)
+                    return int(tp.offset)
+                except KafkaException as exc:
+                    # The group's coordinator is found or loaded on first use: asked again.
+                    moving = exc.args[0].code() in _COORDINATOR_MOVING
+                    if not moving or time.monotonic() >= deadline:
+                        raise
+                time.sleep(0.2)
         finally:
             reader.close()
 
@@ -533,3 +593,34 @@ def test_check_fails_each_missing_acl_by_its_variable(deployment, missing):
     wanted = f"{missing.operation} not allowed for this principal"
     assert check.returncode == 1, check.stdout + check.stderr
     assert [line for line in fails if f"{variable}:" in line and wanted in line], fails
+
+
+@pytest.mark.parametrize("missing", _ids(REPLAY))
+def test_replay_without_an_acl_fails_naming_it_and_replays_nothing(deployment, missing):
+    """Each ACL of ``replay-dlq`` taken away: it exits 1 (within its bound) naming the
+    operation, the topic or group and Kafka's error code, writes nothing to the input and
+    commits nothing."""
+    d = deployment
+    d.create_topics()
+    d.grant(service_acls(RUN))
+    d.sandbox.set_faults(
+        {"rules": [{"order_id": "REFUSED", "operation": "create", "fail_first": 1,
+                    "action": "status", "status": 400}]}
+    )  # fmt: skip
+    d.produce_purchase("REFUSED")
+    service = d.service("run")
+    try:
+        wait_until(lambda: d.committed() == 1, 60, message="run did not dead-letter the purchase")
+    finally:
+        assert service.terminate() == 0, service.log_tail()
+    assert d.end(d.dlq) == 1
+    d.grant([acl for acl in service_acls(REPLAY) if acl != missing])
+
+    replay = d.command("replay-dlq", "--no-progress")
+
+    output = replay.stdout + replay.stderr
+    named, code = _refused(missing, d.names)
+    assert (replay.returncode, named in output, code in output) == (1, True, True), output
+    assert d.end(d.topic) == 1
+    assert d.committed(d.names["$KAFKA_GROUP_ID-replay"], d.dlq) == -1001
+
