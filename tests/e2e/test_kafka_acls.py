@@ -624,3 +624,35 @@ def test_replay_without_an_acl_fails_naming_it_and_replays_nothing(deployment, m
     assert d.end(d.topic) == 1
     assert d.committed(d.names["$KAFKA_GROUP_ID-replay"], d.dlq) == -1001
 
+
+def test_dlq_write_taken_away_while_running_stops_run_without_committing_past_the_letter(
+    deployment,
+):
+    """``Write`` on the DLQ revoked while ``run`` runs: the next dead letter cannot be
+    written, so ``run`` stops (exit 1) naming the DLQ and the refusal, with the group committed
+    up to that record, not past it; granted again, the record is dead-lettered and committed."""
+    d = deployment
+    d.create_topics()
+    acls = service_acls(RUN)
+    d.grant(acls)
+    d.produce_purchase("BEFORE")
+    service = d.service("running")
+    wait_until(lambda: d.committed() == 1, 60, message="run did not commit the first purchase")
+    [dlq_write] = [a for a in acls if (a.name, a.operation) == ("$KAFKA_DLQ_TOPIC", "Write")]
+    d.revoke([dlq_write])
+
+    d.produce(b"user-undecodable", b"not avro")  # dead-lettered at once (it cannot decode)
+
+    status = exit_status(service)
+    error = stopped_on_error(service)
+    assert (status, d.dlq in error, "Topic authorization failed" in error) == (1, True, True), (
+        service.log_tail()
+    )
+    assert (d.committed(), d.end(d.dlq)) == (1, 0)
+    d.grant([dlq_write])
+    again = d.service("granted")
+    try:
+        wait_until(lambda: d.committed() == 2, 60, message="the dead letter was not committed")
+        assert d.end(d.dlq) == 1
+    finally:
+        assert again.terminate() == 0, again.log_tail()
