@@ -35,7 +35,12 @@ from consumer.adapters.backstop import ShutdownBackstop
 from consumer.adapters.button_client import ButtonClient
 from consumer.adapters.changelog_watch import ChangelogWatch
 from consumer.adapters.kafka import KafkaSource, kafka_error_text
-from consumer.adapters.kafka_admin import admin_client, describe_topics, ensure_topics
+from consumer.adapters.kafka_admin import (
+    admin_client,
+    describe_topics,
+    ensure_topics,
+    judge_acl_needs,
+)
 from consumer.adapters.kafka_producer import AckingProducer
 from consumer.adapters.kafka_reader import committed_partitions
 from consumer.adapters.logging import configure_logging
@@ -49,6 +54,7 @@ from consumer.adapters.topics import (
     changelog_headers,
     restore_partitions,
 )
+from consumer.domain.acls import AclReport, service_acl_needs
 from consumer.domain.button import ButtonRequest
 from consumer.domain.mapping import MappingConfig
 from consumer.domain.outcomes import ButtonOutcome, OutcomeKind
@@ -74,7 +80,13 @@ from consumer.engine.profiles import ProfileExpiry, ProfileStore
 from consumer.engine.restore import RestoreCancel, RestoreFn
 from consumer.engine.watermark import Watermarks
 from consumer.engine.worker import RunStats, Worker, WorkerOptions
-from consumer.errors import BrokerError, ConfigError, ConsumerError, TopicError
+from consumer.errors import (
+    AuthorizationError,
+    BrokerError,
+    ConfigError,
+    ConsumerError,
+    TopicError,
+)
 from consumer.mapcmd import map_one
 from consumer.ports import ButtonPort
 from consumer.settings import (
@@ -240,7 +252,12 @@ def prepare_topics(settings: Settings, *, create: bool) -> None:
     A missing changelog is created only for a group that has committed no offset on the input
     (``refuse_a_lost_changelog``). Each creation is logged at info (``topic_created``).
 
+    First of all, the ACLs: every one the service needs that the brokers say is missing stops
+    it here (``refuse_missing_acls``), before a restore that could not read the changelog or a
+    first dead letter that could not be written.
+
     Raises:
+        AuthorizationError: Kafka ACLs missing for this principal (``refuse_missing_acls``).
         TopicError: the input topic is missing, the changelog is not co-partitioned with it,
             it is missing while the group has committed offsets on the input, or the topics are
             unfit (``refuse_unfit_topics``).
@@ -248,6 +265,8 @@ def prepare_topics(settings: Settings, *, create: bool) -> None:
     """
     s = settings
     admin = admin_client(s.kafka.admin_config())
+    _await_metadata(admin, s)
+    refuse_missing_acls(s.kafka, admin)
     if create:
         count = _partition_count(admin, s)
         k = s.kafka
@@ -259,6 +278,36 @@ def prepare_topics(settings: Settings, *, create: bool) -> None:
         topics = {s.kafka.dlq_topic: dlq, s.kafka.profile_topic: changelog}
         ensure_topics(admin, topics, partitions=count, replication=source.replication)
     refuse_unfit_topics(s, admin)
+
+
+def judge_acls(kafka: KafkaSettings, admin: AdminClient, timeout: float = 30.0) -> AclReport:
+    """The one judge of the principal's ACLs, for ``run`` and ``check`` (README "Kafka ACLs").
+
+    Blocking (admin requests): asks the brokers what this principal may do on the input,
+    changelog and DLQ topics and the group (KIP-430's authorized operations) and applies
+    ``consumer.domain.acls.missing_acls`` to ``service_acl_needs``. A DLQ or changelog that
+    does not exist is judged by whether ``KAFKA_CREATE_TOPICS`` could create it (``Create``);
+    without ``KAFKA_CREATE_TOPICS`` its absence is the topic judge's (``judge_topics``).
+    Brokers that do not report authorized operations are not judged.
+
+    Raises:
+        BrokerError: the brokers did not answer.
+    """
+    needs = service_acl_needs(kafka.topic, kafka.profile_topic, kafka.dlq_topic, kafka.group_id)
+    creatable = (kafka.profile_topic, kafka.dlq_topic) if kafka.create_topics else ()
+    return judge_acl_needs(admin, needs, creatable, timeout)
+
+
+def refuse_missing_acls(kafka: KafkaSettings, admin: AdminClient, timeout: float = 30.0) -> None:
+    """Refuse to start when the brokers say an ACL the service needs is missing (``judge_acls``).
+
+    Raises:
+        AuthorizationError: every missing ACL in one message.
+        BrokerError: the brokers did not answer.
+    """
+    report = judge_acls(kafka, admin, timeout)
+    if report.missing:
+        raise AuthorizationError(report.message())
 
 
 def refuse_a_lost_changelog(admin: AdminClient, settings: Settings, partitions: int) -> None:
@@ -283,6 +332,22 @@ def refuse_a_lost_changelog(admin: AdminClient, settings: Settings, partitions: 
         raise TopicError(f"KAFKA_PROFILE_TOPIC: {problem}")
 
 
+def _await_metadata(admin: AdminClient, settings: Settings) -> Any:  # ClusterMetadata
+    """The cluster's metadata, once a broker answered.
+
+    Raises:
+        BrokerError: the brokers did not answer within ``METADATA_TIMEOUT`` (named by their
+            setting).
+    """
+    try:
+        return admin.list_topics(timeout=METADATA_TIMEOUT)
+    except KafkaException as exc:
+        raise BrokerError(
+            f"cannot reach Kafka at {settings.kafka.bootstrap_servers} (KAFKA_BOOTSTRAP_SERVERS) "
+            f"within {METADATA_TIMEOUT:g} s: {kafka_error_text(exc)}"
+        ) from exc
+
+
 def _partition_count(admin: AdminClient, settings: Settings) -> int | None:
     """The input topic's partition count, which the changelog must share (co-partitioning).
 
@@ -291,13 +356,7 @@ def _partition_count(admin: AdminClient, settings: Settings) -> int | None:
         BrokerError: the brokers did not answer within ``METADATA_TIMEOUT`` (named by their
             setting).
     """
-    try:
-        metadata = admin.list_topics(timeout=METADATA_TIMEOUT)
-    except KafkaException as exc:
-        raise BrokerError(
-            f"cannot reach Kafka at {settings.kafka.bootstrap_servers} (KAFKA_BOOTSTRAP_SERVERS) "
-            f"within {METADATA_TIMEOUT:g} s: {kafka_error_text(exc)}"
-        ) from exc
+    metadata = _await_metadata(admin, settings)
     topic = metadata.topics.get(settings.kafka.topic)
     if topic is None or topic.error is not None:
         raise TopicError(f"KAFKA_TOPIC: topic {settings.kafka.topic!r} does not exist")

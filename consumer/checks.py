@@ -27,7 +27,8 @@ from consumer.adapters.button_client import ButtonClient
 from consumer.adapters.kafka import kafka_error_text
 from consumer.adapters.kafka_admin import await_brokers
 from consumer.adapters.kafka_reader import PartitionReader, committed_partitions
-from consumer.bootstrap import judge_topics, kafka_topic_plan
+from consumer.bootstrap import judge_acls, judge_topics, kafka_topic_plan
+from consumer.domain.acls import AclReport
 from consumer.domain.outcomes import OutcomeKind
 from consumer.domain.topics import TopicProblem, lost_changelog_problem
 from consumer.domain.wording import counted
@@ -184,10 +185,17 @@ def _check_kafka(
         )
     ]
     try:
+        acls = judge_acls(k, admin, timeout)
+    except BrokerError as exc:
+        out.append(Finding("fail", "KAFKA_BOOTSTRAP_SERVERS", f"ACLs not judged: {exc}"))
+        acls = AclReport([], frozenset())
+    try:
         problems = judge_topics(k, kafka_topic_plan(k, max_profile_bytes), admin, timeout)
     except BrokerError as exc:
-        # run stops on it too (prepare_topics): the topics cannot be judged.
-        out.append(Finding("fail", "KAFKA_BOOTSTRAP_SERVERS", f"topics not judged: {exc}"))
+        # run stops on it too (prepare_topics): the topics cannot be judged. A missing ACL
+        # (DescribeConfigs) is the reason its own line gives.
+        if not acls.missing:
+            out.append(Finding("fail", "KAFKA_BOOTSTRAP_SERVERS", f"topics not judged: {exc}"))
         problems = None
     variables = {
         k.topic: "KAFKA_TOPIC",
@@ -195,7 +203,13 @@ def _check_kafka(
         k.profile_topic: "KAFKA_PROFILE_TOPIC",
     }
     for name, variable in variables.items():
+        refused = _acl_lines(acls, "topic", name)
+        if name in acls.hidden:
+            # Whether it exists cannot be known: the ACL lines say why, not "missing".
+            out.extend(refused)
+            continue
         out.extend(_check_topic(admin, k, metadata, name, variable, problems, timeout))
+        out.extend(refused)
     source = metadata.topics.get(k.topic)
     changelog = metadata.topics.get(k.profile_topic)
     if (
@@ -207,8 +221,22 @@ def _check_kafka(
         and len(source.partitions) == len(changelog.partitions)
     ):
         out.append(Finding("ok", "KAFKA_PROFILE_TOPIC", "co-partitioned with the input topic"))
-    out.append(_check_group(admin, k, metadata, timeout))
+    out.extend(_acl_lines(acls, "group", k.group_id) or [_check_group(admin, k, metadata, timeout)])
     return out
+
+
+def _acl_lines(acls: AclReport, resource: str, name: str) -> list[Finding]:
+    """A failure per ACL missing on one topic or group (``run`` refuses to start on each)."""
+    return [
+        Finding(
+            "fail",
+            m.setting,
+            f"{m.resource} {m.name}: {m.operation} not allowed for this principal ({m.code}); "
+            'a Kafka ACL is missing (README "Kafka ACLs")',
+        )
+        for m in acls.missing
+        if (m.resource, m.name) == (resource, name)
+    ]
 
 
 def _check_topic(

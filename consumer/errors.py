@@ -15,6 +15,7 @@ exceptions (confluent-kafka, fastavro, httpx, aiohttp) into one of these with ``
     +-- DeadLetterError          the dead-letter topic cannot be written (stop consuming)
     +-- BrokerError              Kafka is unusable beyond librdkafka's own retries
         +-- RecordTooLargeError  a record over the producer's or the topic's size limit (certain)
+        +-- AuthorizationError   a Kafka ACL the service needs is missing; names each one
 
 ``CodecReason`` lists the reasons a ``DecodeError`` carries when bytes cannot become a record,
 whether the Avro decoders or the schema registry client found out.
@@ -147,3 +148,9 @@ class RecordTooLargeError(BrokerError):
     def __init__(self, size: int, message: str) -> None:
         super().__init__(message)
         self.size = size
+
+
+class AuthorizationError(BrokerError):
+    """The brokers' authorizer refuses this principal operations the service needs (Kafka ACLs
+    missing). The message names each one: the operation, the topic or group, its variable and
+    Kafka's error code (README "Kafka ACLs")."""

@@ -46,9 +46,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, TextIO, cast
 
-from consumer.adapters.kafka_admin import await_brokers
+from consumer.adapters.kafka_admin import await_brokers, judge_acl_needs
 from consumer.adapters.kafka_producer import AckingProducer
 from consumer.adapters.kafka_reader import PartitionReader
+from consumer.domain.acls import replay_acl_needs
 from consumer.domain.deadletter import (
     H_DEAD_LETTERED_AT,
     H_KEY_RELEASED,
@@ -71,7 +72,7 @@ from consumer.domain.deadletter import (
 )
 from consumer.domain.events import stripped_id
 from consumer.domain.wording import counted
-from consumer.errors import BrokerError, ConfigError, TopicError
+from consumer.errors import AuthorizationError, BrokerError, ConfigError, TopicError
 from consumer.ports import Headers, Record
 from consumer.settings import Settings
 
@@ -452,12 +453,25 @@ def replay(
 
     Raises:
         TopicError: the DLQ (``KAFKA_DLQ_TOPIC``) does not exist.
+        AuthorizationError: the brokers say this principal lacks an ACL the replay needs
+            (``consumer.domain.acls.replay_acl_needs``): each one named, nothing read.
         BrokerError: no broker answered (``await_brokers``: at once when every one refuses,
             naming ``KAFKA_BOOTSTRAP_SERVERS``), or reading the DLQ failed.
     """
     # Kafka unreachable is said at once, not after the clients below each wait out their own
     # metadata timeouts (the lag's, then the reader's: a minute).
-    await_brokers(settings.kafka.admin_config(), settings.kafka.bootstrap_servers)
+    admin = await_brokers(settings.kafka.admin_config(), settings.kafka.bootstrap_servers)
+    # Every missing ACL at once, before anything is read or written: without Read on its group
+    # the reader's first committed-offsets request only timed out, blamed on the brokers.
+    group_setting = (
+        "KAFKA_GROUP_ID-replay" if group_id == f"{settings.kafka.group_id}-replay" else "--group-id"
+    )
+    needs = replay_acl_needs(
+        settings.kafka.dlq_topic, settings.kafka.topic, group_id, group_setting, write=not dry_run
+    )
+    acls = judge_acl_needs(admin, needs)
+    if acls.missing:
+        raise AuthorizationError(acls.message())
     # Measured before anything is written: what the service reads before the replayed records.
     lag, lag_error = _service_lag(settings)
     producer = None if dry_run else AckingProducer(settings.kafka.producer_config())

@@ -1,21 +1,26 @@
 """Topics as the admin API sees them: their partition counts, replication and settings
-(``describe_topics``) and their creation with explicit settings (``ensure_topics``)."""
+(``describe_topics``), their creation with explicit settings (``ensure_topics``), and what the
+brokers' authorizer lets this principal do on a topic or a group (``topic_operations``,
+``group_operations``, ``may_create_topic``)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from confluent_kafka import (
     KafkaError,
     KafkaException,
+    TopicCollection,
 )
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource
 from confluent_kafka.cimpl import NewTopic
 
+from consumer.domain.acls import AclNeed, AclReport, MissingAcl, create_missing, missing_acls
 from consumer.domain.topics import TopicState
 from consumer.errors import BrokerError, BrokersUnreachableError
 
@@ -240,3 +245,162 @@ def _wait_listed(admin: AdminClient, names: Sequence[str], timeout: float) -> No
             )
         time.sleep(delay)  # the brokers' metadata catching up: a bounded, backed-off poll
         delay = min(delay * 2, 0.5)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicAccess:
+    """What the brokers say about a topic for this principal.
+
+    Attributes:
+        exists: the topic exists (False also when the principal may not know: see
+            ``allowed``).
+        allowed: the operations the principal may perform on it, by Kafka's names (``Read``,
+            ``DescribeConfigs``...); empty when the brokers refuse even to describe it
+            (TOPIC_AUTHORIZATION_FAILED, which Kafka answers for a topic that exists or not);
+            None when they did not say (no authorized operations in the answer, or no topic).
+    """
+
+    exists: bool
+    allowed: frozenset[str] | None
+
+
+def operation_name(operation: Any) -> str:  # confluent_kafka AclOperation
+    """Kafka's name of an ``AclOperation`` (``DESCRIBE_CONFIGS`` -> ``DescribeConfigs``)."""
+    return "".join(word.capitalize() for word in str(operation.name).split("_"))
+
+
+def _operations(operations: Any) -> frozenset[str] | None:
+    if operations is None:
+        return None
+    return frozenset(operation_name(op) for op in operations)
+
+
+def topic_operations(admin: AdminClient, name: str, timeout: float = 30.0) -> TopicAccess:
+    """Whether topic ``name`` exists and what this principal may do on it (a Metadata request
+    with the topic's authorized operations, KIP-430).
+
+    Raises:
+        BrokerError: the brokers did not answer, or answered another error.
+    """
+    futures = admin.describe_topics(
+        TopicCollection([name]), include_authorized_operations=True, request_timeout=timeout
+    )
+    try:
+        description = futures[name].result(timeout=timeout)
+    except TimeoutError as exc:
+        raise BrokerError(f"cannot describe topic {name} within {timeout:g} s") from exc
+    except KafkaException as exc:
+        code = _code(exc)
+        if code == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            return TopicAccess(exists=False, allowed=frozenset())
+        if code == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            return TopicAccess(exists=False, allowed=None)
+        raise BrokerError(f"cannot describe topic {name}: {exc}") from exc
+    return TopicAccess(exists=True, allowed=_operations(description.authorized_operations))
+
+
+def group_operations(
+    admin: AdminClient, group: str, timeout: float = 30.0
+) -> frozenset[str] | None:
+    """What this principal may do on consumer group ``group`` (a DescribeGroups request with
+    the group's authorized operations, KIP-430; Kafka answers them for a group with no member
+    or offsets too): empty when the brokers refuse to describe it
+    (GROUP_AUTHORIZATION_FAILED), None when they did not say.
+
+    A coordinator that moves or is still loading the group's offsets partition (a broker just
+    started) is asked again, with a backoff, until ``timeout``.
+
+    Raises:
+        BrokerError: the brokers did not answer, or answered another error.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        left = max(deadline - time.monotonic(), 0.1)
+        futures = admin.describe_consumer_groups(
+            [group], include_authorized_operations=True, request_timeout=left
+        )
+        try:
+            description = futures[group].result(timeout=left)
+        except TimeoutError as exc:
+            raise BrokerError(f"cannot describe group {group} within {timeout:g} s") from exc
+        except KafkaException as exc:
+            code = _code(exc)
+            if code == KafkaError.GROUP_AUTHORIZATION_FAILED:
+                return frozenset()
+            if code not in _COORDINATOR_MOVING or time.monotonic() + delay >= deadline:
+                raise BrokerError(f"cannot describe group {group}: {exc}") from exc
+            time.sleep(delay)  # the coordinator loading: a bounded, backed-off retry
+            delay = min(delay * 2, 1.0)
+            continue
+        return _operations(description.authorized_operations)
+
+
+_COORDINATOR_MOVING = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+    }
+)
+"""A group's coordinator moving or loading: librdkafka's admin client gives these up at once."""
+
+
+def may_create_topic(admin: AdminClient, name: str, timeout: float = 30.0) -> bool:
+    """Whether the brokers would let this principal create topic ``name``: a CreateTopics
+    request that only validates (nothing is created). Only an authorization refusal is a no;
+    any other answer (the topic exists, a policy of the cluster) is left to the creation.
+
+    Raises:
+        BrokerError: the brokers did not answer.
+    """
+    topic = NewTopic(name, num_partitions=1, replication_factor=-1)
+    futures = admin.create_topics([topic], request_timeout=timeout, validate_only=True)
+    try:
+        futures[name].result(timeout=timeout)
+    except TimeoutError as exc:
+        raise BrokerError(f"cannot ask whether topic {name} may be created: {exc}") from exc
+    except KafkaException as exc:
+        code = _code(exc)
+        if code == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            return False
+        if code in (KafkaError._TIMED_OUT, KafkaError._TRANSPORT):
+            raise BrokerError(f"cannot ask whether topic {name} may be created: {exc}") from exc
+    return True
+
+
+def _code(exc: KafkaException) -> int | None:
+    error = exc.args[0] if exc.args else None
+    return error.code() if isinstance(error, KafkaError) else None
+
+
+def judge_acl_needs(
+    admin: AdminClient,
+    needs: Sequence[AclNeed],
+    creatable: Collection[str] = (),
+    timeout: float = 30.0,
+) -> AclReport:
+    """Which ACLs of ``needs`` the brokers say this principal lacks
+    (``consumer.domain.acls.missing_acls`` over ``topic_operations`` and ``group_operations``).
+
+    A topic that does not exist is judged only when it is in ``creatable`` (``Create``: a
+    validate-only CreateTopics); otherwise its absence is for the topic checks to report.
+
+    Raises:
+        BrokerError: the brokers did not answer.
+    """
+    missing: list[MissingAcl] = []
+    hidden: set[str] = set()
+    for need in needs:
+        if need.resource == "group":
+            missing += missing_acls(need, group_operations(admin, need.name, timeout))
+            continue
+        access = topic_operations(admin, need.name, timeout)
+        if access.allowed == frozenset():
+            hidden.add(need.name)
+        if access.exists or access.allowed == frozenset():
+            missing += missing_acls(need, access.allowed)
+        absent = not access.exists and need.name in creatable
+        if absent and not may_create_topic(admin, need.name, timeout):
+            missing.append(create_missing(need.name, need.setting))
+    return AclReport(missing, frozenset(hidden))

@@ -269,7 +269,15 @@ class PartitionReader:
 
     def _is_event(self, message: Message, pending: set[int]) -> bool:
         """Whether ``message`` is an event, not a record: a partition's end (it leaves
-        ``pending``) or a non-fatal error are passed over; a fatal error raises ``BrokerError``."""
+        ``pending``) or a non-fatal error are passed over; a fatal error, or a fetch the brokers'
+        authorizer refused, raises ``BrokerError``.
+
+        A refused fetch (no ``Read`` ACL on the topic: TOPIC_AUTHORIZATION_FAILED) is not fatal
+        to librdkafka, which reports it again at every fetch: passed over, it counted as
+        progress, and the read ended only at its stall timeout (the restore's: 2 minutes),
+        saying nothing of the ACL. A refused group (GROUP_AUTHORIZATION_FAILED: librdkafka looks
+        for the coordinator of the reader's group id) is passed over: the reader joins no group,
+        and only a commit needs one (``commit`` raises it)."""
         err = message.error()
         if err is None:
             return False
@@ -277,6 +285,11 @@ class PartitionReader:
             pending.discard(message.partition() or 0)
         elif err.fatal():
             raise BrokerError(f"reading {self.topic}: {err.str()}")
+        elif err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            raise BrokerError(
+                f"reading {self.topic}: TOPIC_AUTHORIZATION_FAILED: this principal may not Read "
+                f'topic {self.topic} (an ACL is missing, README "Kafka ACLs"): {err.str()}'
+            )
         return True
 
     def _group(

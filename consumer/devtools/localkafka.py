@@ -12,6 +12,12 @@ keeps running, so the controller fences it once its session (`broker.session.tim
 expires. `LocalKafka.fencing_changes` reads the controller's fencing decisions from its
 metadata log (`consumer.devtools.kraftlog`), in either mode.
 
+A secured broker (`LocalKafka(security=SaslSecurity(...))`, combined mode) listens on
+SASL_PLAINTEXT with SASL/PLAIN users of its own and enforces ACLs with KRaft's
+`StandardAuthorizer` (`allow.everyone.if.no.acl.found=false`): one super user, which is also the
+broker's own principal, and every other user allowed nothing until granted. `client_config()`
+gives a client's properties for any of its users.
+
 Python API: `LocalKafka` (a context manager). A broker it starts dies with its owner, even when
 the owner is SIGKILLed. CLI (`python -m consumer.devtools.localkafka`):
 
@@ -33,7 +39,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -148,8 +155,96 @@ def _properties(settings: dict[str, str]) -> str:
     return "".join(f"{key}={value}\n" for key, value in settings.items())
 
 
-def _server_properties(data_dir: Path, broker_port: int, controller_port: int) -> str:
-    """`server.properties` of the combined node: broker and controller in one process."""
+@dataclass(frozen=True)
+class SaslSecurity:
+    """A secured combined node: SASL/PLAIN on every listener, and ACLs enforced.
+
+    ``users`` maps each SASL/PLAIN user name to its password (letters, digits, ``-`` and ``_``
+    only: they are written into a JAAS line). ``super_user`` is one of them: Kafka's
+    ``super.users``, allowed everything; the broker authenticates as it to its own controller
+    and listener. Every other user is allowed nothing until an ACL grants it
+    (``allow.everyone.if.no.acl.found=false``).
+    """
+
+    users: Mapping[str, str]
+    super_user: str
+
+    def __post_init__(self) -> None:
+        if self.super_user not in self.users:
+            raise ValueError(f"the super user {self.super_user!r} is not one of the users")
+        for name, password in self.users.items():
+            if not _JAAS_SAFE.fullmatch(name) or not _JAAS_SAFE.fullmatch(password):
+                raise ValueError(f"user {name!r}: names and passwords must match {_JAAS_SAFE}")
+
+    def jaas(self) -> str:
+        """The listeners' ``PlainLoginModule`` line: the broker's own login (the super user)
+        and every user's password (``user_<name>``)."""
+        own = self.users[self.super_user]
+        accounts = " ".join(f'user_{name}="{pw}"' for name, pw in self.users.items())
+        return (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'username="{self.super_user}" password="{own}" {accounts};'
+        )
+
+    def server_settings(self) -> dict[str, str]:
+        """The node's SASL and authorizer properties (its listeners are the caller's)."""
+        jaas = self.jaas()
+        return {
+            "sasl.enabled.mechanisms": "PLAIN",
+            "sasl.mechanism.inter.broker.protocol": "PLAIN",
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config": jaas,
+            "listener.name.controller.plain.sasl.jaas.config": jaas,
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": f"User:{self.super_user}",
+            "allow.everyone.if.no.acl.found": "false",
+        }
+
+    def client_config(self, user: str) -> dict[str, str]:
+        """librdkafka's security properties to authenticate as ``user``."""
+        return {
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanism": "PLAIN",
+            "sasl.username": user,
+            "sasl.password": self.users[user],
+        }
+
+
+_JAAS_SAFE = re.compile(r"[A-Za-z0-9_-]+")
+
+ClientConfig = dict[str, str | int | float | bool]
+"""librdkafka properties, as confluent-kafka's clients take them."""
+
+
+def _server_properties(
+    data_dir: Path,
+    broker_port: int,
+    controller_port: int,
+    security: SaslSecurity | None = None,
+) -> str:
+    """`server.properties` of the combined node: broker and controller in one process; with
+    ``security``, its listeners are SASL_PLAINTEXT and an authorizer enforces ACLs."""
+    if security is not None:
+        return _properties(
+            {
+                "process.roles": "broker,controller",
+                "node.id": str(CONTROLLER_ID),
+                "controller.quorum.voters": f"{CONTROLLER_ID}@127.0.0.1:{controller_port}",
+                "listeners": (
+                    f"SASL_PLAINTEXT://127.0.0.1:{broker_port},"
+                    f"CONTROLLER://127.0.0.1:{controller_port}"
+                ),
+                "advertised.listeners": f"SASL_PLAINTEXT://127.0.0.1:{broker_port}",
+                "controller.listener.names": "CONTROLLER",
+                "inter.broker.listener.name": "SASL_PLAINTEXT",
+                "listener.security.protocol.map": (
+                    "CONTROLLER:SASL_PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT"
+                ),
+                **security.server_settings(),
+                "log.dirs": str(data_dir / "kraft"),
+                **_CLUSTER_SETTINGS,
+            }
+        )
     settings = {
         "process.roles": "broker,controller",
         "node.id": str(CONTROLLER_ID),
@@ -225,6 +320,7 @@ class LocalKafka(LocalJvmService):
         stop_timeout: float = 15.0,
         detached: bool = False,
         kraft_mode: KraftMode = "combined",
+        security: SaslSecurity | None = None,
     ) -> None:
         """Nothing starts here; `start` (or ``with``) does.
 
@@ -236,12 +332,17 @@ class LocalKafka(LocalJvmService):
             detached: run in a session of its own and outlive this process.
             kraft_mode: ``"combined"`` (one JVM) or ``"isolated"`` (a controller JVM and a
                 broker JVM).
+            security: SASL/PLAIN users and enforced ACLs (combined mode); None: PLAINTEXT,
+                no authorizer.
 
         Raises:
-            ValueError: a detached broker in isolated mode (`down` stops one recorded pid).
+            ValueError: a detached broker in isolated mode (`down` stops one recorded pid), or
+                a secured one in isolated mode.
         """
         if detached and kraft_mode != "combined":
             raise ValueError("a detached local Kafka runs in combined mode only")
+        if security is not None and kraft_mode != "combined":
+            raise ValueError("a secured local Kafka runs in combined mode only")
         super().__init__(
             heap_mb=heap_mb,
             start_timeout=start_timeout,
@@ -250,11 +351,29 @@ class LocalKafka(LocalJvmService):
         )
         self.jvm_options = tuple(jvm_options)
         self.kraft_mode: KraftMode = kraft_mode
+        self.security = security
         self._controller: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def client_config(self, user: str | None = None) -> ClientConfig:
+        """A librdkafka client's properties for this broker: ``bootstrap.servers`` and, on a
+        secured broker, SASL as ``user`` (default: the super user).
+
+        Raises:
+            RuntimeError: not started.
+            KeyError: ``user`` is not one of a secured broker's users.
+            ValueError: ``user`` given for a broker without security.
+        """
+        config: ClientConfig = {"bootstrap.servers": self.bootstrap_servers}
+        if self.security is None:
+            if user is not None:
+                raise ValueError("this broker has no users: it was started without security")
+            return config
+        config.update(self.security.client_config(user or self.security.super_user))
+        return config
 
     @property
     def address(self) -> str:
@@ -374,7 +493,9 @@ class LocalKafka(LocalJvmService):
         controller_port = free_port()
         if self.kraft_mode == "combined":
             configs = {
-                "server.properties": _server_properties(data_dir, self._port, controller_port)
+                "server.properties": _server_properties(
+                    data_dir, self._port, controller_port, self.security
+                )
             }
         else:
             controller, broker = _isolated_properties(data_dir, self._port, controller_port)
@@ -464,7 +585,7 @@ class LocalKafka(LocalJvmService):
         The broker answers metadata requests before it has loaded its logs; until then clients
         get NOT_LEADER_FOR_PARTITION. A restarted broker is ready when its old data is.
         """
-        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
+        admin = AdminClient(self.client_config())
         missing: list[str] = []
         while time.monotonic() < deadline:
             try:
@@ -493,7 +614,7 @@ class LocalKafka(LocalJvmService):
             return [log for log, node in nodes.items() if node.poll() is not None]
 
         wait_until(lambda: bool(exited()) or port_open(port), timeout=deadline - time.monotonic())
-        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
+        admin = AdminClient(self.client_config())
         while not exited() and time.monotonic() < deadline:
             try:
                 metadata = admin.list_topics(timeout=2.0)

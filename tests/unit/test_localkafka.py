@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from consumer.devtools.localkafka import LocalKafka, _cluster_id, _isolated_properties
+from consumer.devtools.localkafka import (
+    LocalKafka,
+    SaslSecurity,
+    _cluster_id,
+    _isolated_properties,
+    _server_properties,
+)
 
 
 def test_a_cluster_id_never_starts_with_a_dash() -> None:
@@ -55,3 +61,52 @@ def test_a_detached_broker_is_combined_only() -> None:
 
 
 KEYS = ("process.roles", "node.id", "controller.quorum.voters", "listeners", "log.dirs")
+
+
+def test_a_secured_node_authenticates_every_listener_and_enforces_acls() -> None:
+    """SASL/PLAIN on the client and the controller listener, the broker logging in as the super
+    user, and the StandardAuthorizer denying what no ACL allows."""
+    security = SaslSecurity({"admin": "admin-pw", "svc": "svc-pw"}, super_user="admin")
+
+    settings = _parse(_server_properties(Path("/d"), 9092, 9093, security))
+
+    assert {key: settings[key] for key in SECURED_KEYS} == {
+        "listeners": "SASL_PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093",
+        "listener.security.protocol.map": "CONTROLLER:SASL_PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+        "inter.broker.listener.name": "SASL_PLAINTEXT",
+        "sasl.mechanism.controller.protocol": "PLAIN",
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "super.users": "User:admin",
+        "allow.everyone.if.no.acl.found": "false",
+        "listener.name.controller.plain.sasl.jaas.config": (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            'username="admin" password="admin-pw" user_admin="admin-pw" user_svc="svc-pw";'
+        ),
+    }
+
+
+def test_a_secured_node_refuses_a_super_user_it_does_not_know() -> None:
+    with pytest.raises(ValueError, match="not one of the users"):
+        SaslSecurity({"svc": "pw"}, super_user="admin")
+
+
+def test_a_secured_node_refuses_a_password_that_would_break_the_jaas_line() -> None:
+    with pytest.raises(ValueError, match="must match"):
+        SaslSecurity({"admin": 'pw"; x'}, super_user="admin")
+
+
+def test_a_secured_broker_is_combined_only() -> None:
+    with pytest.raises(ValueError, match="combined mode only"):
+        LocalKafka(kraft_mode="isolated", security=SaslSecurity({"a": "b"}, super_user="a"))
+
+
+SECURED_KEYS = (
+    "listeners",
+    "listener.security.protocol.map",
+    "inter.broker.listener.name",
+    "sasl.mechanism.controller.protocol",
+    "authorizer.class.name",
+    "super.users",
+    "allow.everyone.if.no.acl.found",
+    "listener.name.controller.plain.sasl.jaas.config",
+)
