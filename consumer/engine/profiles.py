@@ -378,8 +378,9 @@ class PartitionRestore:
     long as the restore: ``install`` keeps the profiles, the epoch and ``fenced_keys`` (the keys
     of the fenced records, for ``ProfileStore.repairs``).
 
-    ``profiles`` holds each value in its held form (``memory``, the store's, compressing on the
-    restore's thread as it applies).
+    ``profiles`` holds each value in its held form (``memory``, the store's): ``apply`` holds a
+    batch raw while it applies the rules, then compresses it in one call on the restore's
+    thread (``ProfileMemory.hold_all``).
     """
 
     __slots__ = (
