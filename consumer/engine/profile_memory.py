@@ -78,6 +78,9 @@ _STAMPED_BIT = 0x08
 _MAX_VERSION = 7
 _BYTE = tuple(bytes((b,)) for b in range(256))
 _MIN_BODY = 16  # shorter bodies are held raw: the frame's own header would outweigh any gain
+_BATCH_CALL = 100
+"""Values from which ``hold_all`` compresses in one call: a call costs about 28 us more than
+single compressions, as much as a hundred values' GIL hand-overs save."""
 _FORMAT = zstandard.FORMAT_ZSTD1_MAGICLESS
 
 
@@ -218,9 +221,13 @@ class ProfileMemory:
                 chosen.append(i)
         if not bodies:
             return held
-        frames = compressor.multi_compress_to_buffer(bodies, threads=1)
+        if len(bodies) < _BATCH_CALL:
+            frames = [compressor.compress(body) for body in bodies]
+        else:
+            collection = compressor.multi_compress_to_buffer(bodies, threads=1)
+            frames = [collection[j].tobytes() for j in range(len(collection))]
         for j, i in enumerate(chosen):
-            held[i] = _joined(heads[j], frames[j].tobytes(), values[i])
+            held[i] = _joined(heads[j], frames[j], values[i])
         return held
 
     def raw(self, held: bytes) -> bytes:

@@ -106,6 +106,34 @@ def test_a_held_value_reads_back_byte_for_byte_raw_or_compressed() -> None:
     assert decode_profile(memory.raw(held[0])) == user_profile(SAMPLES)
 
 
+@pytest.mark.parametrize("size", [10, 500])
+def test_a_batch_held_at_once_is_held_as_each_value_alone(size: int) -> None:
+    """``hold_all`` (a restore's batch: single calls below ``_BATCH_CALL``, one call above)
+    gives what ``hold`` gives each value, raw ones included, in order."""
+    memory = trained()
+    short = value(0)[:9] + b"\xa0"
+    values = [value(i, epoch=i % 2) for i in range(SAMPLES, SAMPLES + size)] + [short]
+
+    held = memory.hold_all(values)
+
+    assert held == [memory.hold(v) for v in values]
+    assert [memory.raw(h) for h in held] == values
+    assert held[-1] is short
+
+
+def test_a_batch_before_the_dictionary_trains_it_midway() -> None:
+    """Before the dictionary exists, a batch's values are sampled one by one: those before the
+    ``train_after``-th stay raw, the later ones are compressed."""
+    memory = ProfileMemory(train_after=SAMPLES)
+    values = [value(i) for i in range(SAMPLES + 100)]
+
+    held = memory.hold_all(values)
+
+    assert all(h is v for h, v in zip(held[: SAMPLES - 1], values, strict=False))
+    assert all(is_compressed(h) for h in held[SAMPLES - 1 :])
+    assert [memory.raw(h) for h in held] == values
+
+
 def test_the_marker_starts_no_changelog_value() -> None:
     """A compressed value's first byte (``HELD_ZSTD`` high nibble) is neither a profile format
     version nor the epoch envelope's marker, so a changelog value is never taken for a
