@@ -85,9 +85,10 @@ def _proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
 
 
-def _proc_peak_rss_mb(pid: int) -> float:
+def _proc_peak_rss_mb(pid: int, field: str = "VmHWM") -> float:
+    """A process's peak resident set (``VmHWM``) or, with ``field="VmRSS"``, its current one."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -438,6 +439,7 @@ def run_state(bench: Bench, profiles: int) -> dict[str, Any]:
             )
             seconds = time.monotonic() - spawned
             rss = _proc_peak_rss_mb(proc.pid)
+            now_rss = _proc_peak_rss_mb(proc.pid, "VmRSS")
         finally:
             _stop(proc)
     _check_orders(bench, loaded.order_ids, "state")
@@ -446,6 +448,7 @@ def run_state(bench: Bench, profiles: int) -> dict[str, Any]:
         "profile_kind": kind,
         "restart_to_first_delivery_s": seconds,
         "peak_rss_mb": rss,
+        "rss_at_first_delivery_mb": now_rss,
     }
 
 
@@ -507,7 +510,8 @@ def _state_pair(bench: Bench) -> tuple[dict[str, Any], dict[str, Any]]:
     bench.say(
         f"  restart to first delivery {state['restart_to_first_delivery_s']:.1f}s"
         f" (empty changelog {empty['restart_to_first_delivery_s']:.1f}s),"
-        f" peak RSS {state['peak_rss_mb']:.0f} MB (empty {empty['peak_rss_mb']:.0f} MB)"
+        f" peak RSS {state['peak_rss_mb']:.0f} MB (empty {empty['peak_rss_mb']:.0f} MB),"
+        f" RSS at first delivery {state['rss_at_first_delivery_mb']:.0f} MB"
     )
     return state, empty
 

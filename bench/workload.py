@@ -9,6 +9,7 @@ sends (its own mapping), which the HTTP ceiling posts.
 from __future__ import annotations
 
 import json
+import random
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -158,25 +159,42 @@ def load(
 
 STATE_PROFILES = ("minimal", "attributed")
 """The state test's kinds of profile: ``minimal``, a user key of about 14 characters and one
-order whose purchase carried a customer id only (150 bytes encoded); ``attributed``, a UUID user
-key and one order whose purchase carried a ``btn_ref``, an IDFA, a customer id and an email
-(its hash kept), as an attributed app purchase does (about 265 bytes)."""
+order whose purchase carried a customer id only (about 155 bytes encoded); ``attributed``, a
+UUID user key and one order whose purchase carried a ``btn_ref``, an IDFA, a customer id and an
+email (its hash kept), as an attributed app purchase does (about 265 bytes)."""
+
+STATE_POOL = 50_000
+"""Distinct profiles the state test writes, cycled over its keys. Each user's identifiers (order
+id, customer id, event id and time; ``btn_ref``, IDFA and email for ``attributed``) are their
+own, as in a real changelog: memory held compressed (a dictionary trained on the process's own
+values) depends on the content, and identical values would compress to a few bytes. A pool
+rather than a million: building a profile takes about 0.1-0.3 ms."""
 
 
-def state_profile(kind: str, now: datetime) -> bytes:
-    """The changelog value of one ``kind`` (``STATE_PROFILES``) of profile, after one purchase.
+def state_profile(kind: str, now: datetime, i: int = 0) -> bytes:
+    """The changelog value of the ``i``-th user's ``kind`` (``STATE_PROFILES``) of profile,
+    after one purchase an hour to three days before ``now``; its identifiers are drawn from a
+    generator seeded with ``i`` (the same ``i``, the same value).
 
     Raises:
         ValueError: an unknown ``kind``.
     """
-    event = purchase("state", 0, now - timedelta(hours=1))
+    draw = random.Random(i)
+    at = now - timedelta(seconds=draw.randrange(3600, 3 * 86400))
+    event = replace(
+        purchase("state", i, at), event_id=str(uuid.UUID(int=draw.getrandbits(128), version=4))
+    )
     if kind == "attributed":
         event = replace(
             event,
             platform=Platform.IOS,
-            btn_ref="srctok-0123456789abcdef",
-            user_identities=UserIdentities(customer_id="cust-8342219", email="jane@example.com"),
-            device_info=DeviceInfo(ios_advertising_id="20A506A3-04E5-4E1B-9E24-163B4C9AE7A3"),
+            btn_ref=f"srctok-{draw.getrandbits(64):016x}",
+            user_identities=UserIdentities(
+                customer_id=f"cust-{draw.randrange(10**7):07d}", email=f"user{i}@example.com"
+            ),
+            device_info=DeviceInfo(
+                ios_advertising_id=str(uuid.UUID(int=draw.getrandbits(128), version=4)).upper()
+            ),
         )
     elif kind != "minimal":
         raise ValueError(f"unknown state profile {kind!r}: one of {', '.join(STATE_PROFILES)}")
@@ -198,20 +216,21 @@ def load_profiles(
     bootstrap: str, topic: str, partitions: int, count: int, kind: str = "minimal"
 ) -> int:
     """Fill a changelog ``topic`` with ``count`` profiles of ``kind`` (``STATE_PROFILES``), each
-    a user's after one purchase (the same value under every key: the memory a restore holds
-    depends on the sizes only)."""
+    a user's after one purchase: ``STATE_POOL`` distinct values, cycled over the keys."""
     ensure_topics(
         {"bootstrap.servers": bootstrap},
         {topic: {"cleanup.policy": "compact"}},
         partitions=partitions,
     )
-    value = state_profile(kind, datetime.now(UTC))
+    now = datetime.now(UTC)
+    pool = [state_profile(kind, now, i) for i in range(min(count, STATE_POOL))]
     producer = AckingProducer(
         {"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.num.messages": 10000}
     )
     producer.start()
     try:
         for i in range(count):
+            value = pool[i % len(pool)]
             producer.send_nowait(topic, state_key(kind, i), value, partition=i % partitions)
         if producer.settle(300.0):
             raise RuntimeError(f"not every profile of {topic} was acknowledged")

@@ -23,6 +23,7 @@ from consumer.commands import produce_events
 from consumer.domain import mapping
 from consumer.domain.profile import expires_at_ms
 from consumer.domain.profile_codec import encode_profile
+from consumer.engine.profile_memory import TRAIN_AFTER
 from consumer.sandbox.testing import SandboxHandle
 from consumer.settings import Settings
 from tests.e2e.harness import ServiceRunner, wait_for_committed, wait_until
@@ -31,6 +32,10 @@ from tests.e2e.test_reliability_process import _app_open, _server_purchase
 PARTITIONS = 3
 FILLER_PROFILES = 60_000
 """Profiles of other users in the changelog: many batches of the restore's reader."""
+DISTINCT_FILLER = TRAIN_AFTER + 1000
+"""Filler profiles with identifiers of their own (the rest repeat one value): the store trains
+its dictionary on the first ``TRAIN_AFTER`` values restored, so the test's users' profiles,
+written after every filler, are held compressed and their purchases read them back."""
 
 
 def _healthz(port: int) -> int:
@@ -56,13 +61,20 @@ def _fill_changelog(settings: Settings, users: dict[str, tuple[str, str]]) -> in
         return encode_profile(profile, expires_at_ms(profile, config.retention))
 
     filler = value("filler", "srctok-filler", str(uuid.uuid4()).upper())
+    distinct = [
+        value(f"filler-{i}", f"srctok-{uuid.uuid4().hex[:16]}", str(uuid.uuid4()).upper())
+        for i in range(DISTINCT_FILLER)
+    ]
     producer = AckingProducer(settings.kafka.producer_config())
     producer.start()
     try:
         for i in range(FILLER_PROFILES):
             key = f"filler-{i}".encode()
             producer.send_nowait(
-                settings.kafka.profile_topic, key, filler, partition=i % PARTITIONS
+                settings.kafka.profile_topic,
+                key,
+                distinct[i] if i < DISTINCT_FILLER else filler,
+                partition=i % PARTITIONS,
             )
         for user, (token, idfa) in users.items():
             for partition in range(PARTITIONS):
@@ -107,7 +119,8 @@ def test_a_large_changelog_is_restored_while_the_loop_polls_and_healthz_stays_li
     """While the restore of a large changelog is held mid-way: the poll loop keeps polling,
     ``/healthz`` answers 200, every partition counts as restoring, and no purchase reaches
     Button although they wait in the input topic. Once it is released, every purchase is
-    delivered with the token and device id from its restored profile."""
+    delivered with the token and device id from its restored profile (held compressed: see
+    ``DISTINCT_FILLER``)."""
     topic = make_topic(partitions=PARTITIONS, prefix="restore")
     changelog = make_topic(
         partitions=PARTITIONS, config={"cleanup.policy": "compact"}, prefix="restore-profiles"
