@@ -219,6 +219,22 @@ _BOUND = 20.0
 (``produce-sample``, ``test-event``) or 60 s (``replay-dlq``) for metadata."""
 
 
+def _run_bounded(args: tuple[str, ...], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``button-consumer ARGS`` in a process of its own, failing the test after ``_BOUND`` s."""
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "consumer", *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=_BOUND,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{' '.join(args)} still waited for the brokers after {_BOUND:g} s")
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -238,18 +254,9 @@ def test_a_kafka_command_gives_up_on_refusing_brokers_at_once_naming_the_setting
     base = {
         k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "DELIVERY_", "SCHEMA_"))
     }
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "consumer", *args],
-            env={**base, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "DELIVERY_DRY_RUN": "true"},
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=_BOUND,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{' '.join(args)} still waited for the brokers after {_BOUND:g} s")
+    done = _run_bounded(
+        args, {**base, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "DELIVERY_DRY_RUN": "true"}
+    )
 
     last = done.stderr.strip().splitlines()[-1]
     assert done.returncode == 1, done.stderr
@@ -299,18 +306,7 @@ def test_check_gives_up_on_refusing_brokers_at_once_not_at_its_timeout() -> None
         "BUTTON_API_KEY": "test-key",
         "BUTTON_BASE_URL": "http://127.0.0.1:1",
     }
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "consumer", "check", "--timeout", "60"],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=_BOUND,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"check still waited for the brokers after {_BOUND:g} s")
+    done = _run_bounded(("check", "--timeout", "60"), env)
 
     kafka = [line for line in done.stdout.splitlines() if "KAFKA_BOOTSTRAP_SERVERS" in line]
     assert done.returncode == 1, done.stdout + done.stderr
