@@ -1457,3 +1457,75 @@ def test_stop_past_shutdown_timeout_commits_only_below_the_unfinished() -> None:
             assert expected == actual
 
     run(scenario)
+
+
+# --- group membership and the brokers' answers ------------------------------------------------
+
+
+def test_a_loss_puts_the_member_out_of_its_group_until_the_group_assigns_it_again() -> None:
+    """A loss (the member fenced: its session expired at the coordinator) leaves the member
+    owning nothing and unable to consume until the group takes it back: it is out of its
+    group (not ready) until the next assignment. Before, nothing said so: a trial's member,
+    fenced by a cluster below min.insync.replicas, answered /readyz 200 for as long as the
+    brokers stayed down."""
+
+    async def scenario() -> None:
+        h = Harness(assign=(0, 1))
+        async with h.running():
+            assert h.telemetry.named("in_group")[-1] == (True,)
+            await asyncio.wait_for(h.source.lose([0, 1]), DEADLINE)
+            assert h.telemetry.named("in_group")[-1] == (False,)
+            await asyncio.wait_for(h.source.assign([1]), DEADLINE)
+            await h.source.until(lambda: h.telemetry.named("in_group")[-1] == (True,))
+
+    run(scenario)
+
+
+def test_a_revoke_keeps_the_member_in_its_group() -> None:
+    """A revoke is a rebalance the member takes part in (an eager one revokes everything
+    before each assignment): it stays in its group, ready, whatever it keeps."""
+
+    async def scenario() -> None:
+        h = Harness(assign=(0, 1))
+        async with h.running():
+            await asyncio.wait_for(h.source.revoke([0, 1]), DEADLINE)
+            await h.source.passes()
+        assert False not in {args[0] for args in h.telemetry.named("in_group")}
+
+    run(scenario)
+
+
+def test_an_empty_assignment_puts_the_member_in_its_group() -> None:
+    """With more members than partitions (KEDA past the partition count) a member's
+    assignment is empty; the classic protocol still calls the assign callback. Before, only
+    a restored partition made the member ready: such a member was never ready."""
+
+    async def scenario() -> None:
+        h = Harness(assign=())
+        async with h.running():
+            await asyncio.wait_for(h.source.assign([]), DEADLINE)
+            await h.source.until(lambda: h.telemetry.named("in_group") == [(True,)])
+
+    run(scenario)
+
+
+def test_a_member_owning_no_partition_still_asks_the_brokers() -> None:
+    """A member that owns nothing (an empty assignment, or none since a loss) asks the
+    brokers at each lag interval all the same (``Source.reach``), so their silence makes it
+    unreachable. Before, the read of no partition returned at once without asking anyone:
+    broker_reachable stayed 1 whatever the brokers did."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        h = Harness(assign=(), opts=options(lag_interval=5.0), clock=clock)
+        async with h.running():
+            await h.source.until(lambda: h.source.reach_reads == 1)
+            h.source.broker_failures = 1
+            clock.advance(5.0)
+            await h.source.until(lambda: h.telemetry.named("broker_reachable")[-1] == (False,))
+            clock.advance(5.0)
+            await h.source.until(lambda: h.telemetry.named("broker_reachable")[-1] == (True,))
+        assert h.source.lag_reads == 0
+
+    run(scenario)
+
