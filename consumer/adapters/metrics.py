@@ -348,7 +348,7 @@ class Metrics:
                 "broker_reachable",
                 "1 while the broker answered the last lag read (every few seconds; owning no "
                 "partition, the topic's metadata and the group's offsets), 0 from a read that "
-                "failed until one is answered again.",
+                "failed twice in a row until one is answered again.",
             ),
         )
         metrics.build_info.labels(

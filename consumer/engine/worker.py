@@ -64,6 +64,10 @@ class WorkerOptions:
     housekeeping_interval: float = 300.0
     settle_timeout: float = 10.0
     """Seconds a revoke or loss waits for its partitions' writes (``SettleFn``)."""
+    read_retry_delay: float = 1.0
+    """Seconds before a failed lag read is asked again (``_read_brokers``): a client told
+    NOT_COORDINATOR finds the group's new coordinator meanwhile (asked again at once, the
+    read failed the same way 8 ms later)."""
 
 
 @dataclass(slots=True)
@@ -635,12 +639,24 @@ class Worker:
         self._telemetry.lags({p: answer[p] for p in answer if p in now_owned})
 
     async def _read_brokers(self, owned: list[int]) -> dict[int, PartitionLag]:
-        """``Source.lag`` of ``owned``; ``Source.reach`` (and no lag) when it is empty. Raises
-        ``ConsumerError`` when the brokers do not answer."""
-        if owned:
-            return await self._source.lag(owned)
-        await self._source.reach()
-        return {}
+        """``Source.lag`` of ``owned``; ``Source.reach`` (and no lag) when it is empty; a read that
+        fails while the brokers answered is asked again once, ``read_retry_delay`` later: a
+        broker of a rolling restart answers one with a stale leadership (FENCED_LEADER_EPOCH,
+        cleared for the next read), and the group's coordinator moves (NOT_COORDINATOR) or one
+        killed lets it time out while its partitions move on. Raises the second failure's
+        ``ConsumerError``."""
+        for attempt in (1, 2):
+            try:
+                if owned:
+                    return await self._source.lag(owned)
+                await self._source.reach()
+                return {}
+            except ConsumerError as exc:
+                if attempt == 2 or not self._broker_reachable:
+                    raise
+                log.info("broker_read_retried", error=str(exc))
+                await asyncio.sleep(self._opt.read_retry_delay)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     def _owned(self) -> set[int]:
         """Partitions assigned to this member: restored, or being restored."""

@@ -49,6 +49,7 @@ UNKNOWN_SCHEMA = b"\x00\x00\x00\x00\x07avro"
 def options(**overrides: Any) -> WorkerOptions:
     base: dict[str, Any] = {
         "poll_timeout": 0.01,
+        "read_retry_delay": 0.0,
         "revoke_timeout": NEVER,
         "shutdown_timeout": NEVER,
     }
@@ -1520,7 +1521,7 @@ def test_a_member_owning_no_partition_still_asks_the_brokers() -> None:
         h = Harness(assign=(), opts=options(lag_interval=5.0), clock=clock)
         async with h.running():
             await h.source.until(lambda: h.source.reach_reads == 1)
-            h.source.broker_failures = 1
+            h.source.broker_failures = 2
             clock.advance(5.0)
             await h.source.until(lambda: h.telemetry.named("broker_reachable")[-1] == (False,))
             clock.advance(5.0)
@@ -1529,3 +1530,23 @@ def test_a_member_owning_no_partition_still_asks_the_brokers() -> None:
 
     run(scenario)
 
+
+def test_a_read_failing_once_is_asked_again_before_the_brokers_are_unreachable() -> None:
+    """A broker of a rolling restart answers a read with a stale leadership (it clears on
+    the next read): one failure is read again at once, so /readyz does not flap for each
+    broker restarted; two in a row make the brokers unreachable."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        h = Harness(assign=(0,), opts=options(lag_interval=5.0), clock=clock)
+        async with h.running():
+            await h.source.until(lambda: len(h.telemetry.named("lags")) == 1)
+            h.source.broker_failures = 1
+            clock.advance(5.0)
+            await h.source.until(lambda: len(h.telemetry.named("lags")) == 2)
+            assert (False,) not in h.telemetry.named("broker_reachable")
+            h.source.broker_failures = 2
+            clock.advance(5.0)
+            await h.source.until(lambda: (False,) in h.telemetry.named("broker_reachable"))
+
+    run(scenario)
