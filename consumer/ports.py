@@ -247,6 +247,13 @@ class Source(Protocol):
         when unknown."""
         ...
 
+    async def reach(self) -> None:
+        """Ask the brokers what a member owning no partition still depends on: the input
+        topic's metadata and the group's committed offsets (its coordinator), so that the
+        brokers' silence is seen without a partition to read. Raises ``BrokerError`` when
+        unanswered."""
+        ...
+
     async def close(self) -> None:
         """Leave the group (its revocation commits what is finished) and release the client."""
         ...
@@ -368,6 +375,11 @@ class Telemetry(Protocol):
         ...
 
     def partitions(self, assigned: int, paused: int) -> None: ...
+
+    def in_group(self, member: bool) -> None:
+        """Whether this member is in its group: true from an assignment (an empty one too),
+        false from a loss of its partitions until the group hands it one again."""
+        ...
 
     def auth_paused(self, paused: bool) -> None:
         """Whether consumption is paused because Button refuses the API key."""

@@ -24,6 +24,7 @@ from consumer.domain.profile import Retention
 from consumer.domain.profile_epoch import RestoredValue
 from consumer.domain.triage import InertEvent
 from consumer.engine.profiles import ProfileStore
+from consumer.errors import BrokerError
 from consumer.ports import (
     Delivery,
     FinishedRecord,
@@ -104,6 +105,10 @@ class FakeSource:
         """Records a test says are in Kafka beyond those queued (not fetchable yet)."""
         self.lag_reads = 0
         """Calls of ``lag`` so far (counted as they start)."""
+        self.reach_reads = 0
+        """Calls of ``reach`` so far."""
+        self.broker_failures = 0
+        """The next reads of the brokers (``lag``, ``reach``) that raise ``BrokerError``."""
         self.lag_hold: asyncio.Event | None = None
         """When set to an event, ``lag`` waits for it (a coordinator that does not answer)."""
         self.log_ends: dict[int, int] = {}
@@ -256,11 +261,20 @@ class FakeSource:
         self._note_activity()
         if self.lag_hold is not None:
             await self.lag_hold.wait()
+        if self.broker_failures:
+            self.broker_failures -= 1
+            raise BrokerError("the brokers do not answer")
         committed = {p: (self.last_stored(p) or 0) for p in partitions}
         return {p: PartitionLag(committed[p], committed[p] + self.pending(p)) for p in partitions}
 
     async def backlog(self, partitions: Sequence[int]) -> dict[int, int]:
         return {p: self.pending(p) + self.unfetched.get(p, 0) for p in partitions}
+
+    async def reach(self) -> None:
+        self.reach_reads += 1
+        if self.broker_failures:
+            self.broker_failures -= 1
+            raise BrokerError("the brokers do not answer")
 
     async def close(self) -> None:
         if self._listener is not None and self.assigned:
@@ -373,6 +387,9 @@ class RecordingTelemetry:
 
     def partitions(self, assigned: int, paused: int) -> None:
         self._record("partitions", assigned, paused)
+
+    def in_group(self, member: bool) -> None:
+        self._record("in_group", member)
 
     def auth_paused(self, paused: bool) -> None:
         self._record("auth_paused", paused)

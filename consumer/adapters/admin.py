@@ -59,9 +59,12 @@ class Health:
     stopping: bool = False
     auth_paused: bool = False
     assigned: bool = False
-    """The group gave this member an assignment (its first rebalance completed)."""
+    """The member is in its group: the group gave it an assignment (an empty one too: more
+    members than partitions), and has not taken it away by a loss since (the member fenced,
+    its session expired: it owns nothing and consumes nothing until the group takes it back)."""
     broker_reachable: bool = True
-    """The last question to the broker (the lag, every few seconds) was answered."""
+    """The last question to the brokers (every few seconds: the lag, or, owning no partition,
+    the group's members) was answered."""
     restoring: int = 0
     """Partitions whose profiles are being restored from the changelog (their records wait)."""
     last_poll: float = 0.0

@@ -727,6 +727,28 @@ class KafkaSource:
             for p, end in ends.items()
         }
 
+    async def reach(self) -> None:
+        """Ask the brokers what a member owning no partition still depends on (reads
+        thread): the input topic's metadata, and the group's committed offsets of its
+        partitions (an OffsetFetch to the group's coordinator).
+
+        Raises:
+            BrokerError: neither answered within ``READ_TIMEOUT`` (each), or the topic is
+                unknown to them.
+        """
+        await self._read(self._reach)
+
+    def _reach(self) -> None:
+        try:
+            metadata = self._offsets_reader().list_topics(self.topic, timeout=READ_TIMEOUT)
+        except KafkaException as exc:
+            raise BrokerError(f"reading the topic's metadata failed: {exc}") from exc
+        topic = metadata.topics.get(self.topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            error = "unknown" if topic is None else str(topic.error or "no partitions")
+            raise BrokerError(f"reading the topic's metadata failed: {error}")
+        self._committed(sorted(topic.partitions))
+
     def _admin_client(self) -> AdminClient:
         if self._admin is None:
             assert self._admin_config is not None

@@ -341,12 +341,14 @@ class Metrics:
             ready=gauge(
                 "ready",
                 "1 when the consumer is ready, as /readyz answers: running, not stopping, "
-                "assigned by its group, Button accepts the key, the broker answers.",
+                "in its group (not since a loss of its partitions), Button accepts the key, "
+                "the broker answers.",
             ),
             broker_reachable=gauge(
                 "broker_reachable",
-                "1 while the broker answered the last lag read (every few seconds), 0 from a "
-                "read that failed until one is answered again.",
+                "1 while the broker answered the last lag read (every few seconds; owning no "
+                "partition, the topic's metadata and the group's offsets), 0 from a read that "
+                "failed twice in a row until one is answered again.",
             ),
         )
         metrics.build_info.labels(

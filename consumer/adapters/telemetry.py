@@ -113,7 +113,7 @@ class ServiceTelemetry:
 
     def _health_changed(self) -> None:
         """The gauges of what /readyz answers, after each change of the state it reads: the
-        ``ready`` gauge is ``Health.ready()`` (running, not stopping, assigned, Button accepts
+        ``ready`` gauge is ``Health.ready()`` (running, not stopping, in its group, Button accepts
         the key, the broker answers), ``broker_reachable`` the last lag read's outcome."""
         self.metrics.ready.set(1 if self.health.ready() else 0)
         self.metrics.broker_reachable.set(1 if self.health.broker_reachable else 0)
@@ -140,10 +140,15 @@ class ServiceTelemetry:
         self.metrics.in_flight.set(count)
 
     def partitions(self, assigned: int, paused: int) -> None:
-        self.health.assigned = True
-        self._health_changed()
         self.metrics.partitions_assigned.set(assigned)
         self.metrics.partitions_paused.set(paused)
+
+    def in_group(self, member: bool) -> None:
+        """Readiness follows the group's membership (``Health.assigned``), not the partition
+        counts: a member with an empty assignment is in its group, one whose partitions were
+        lost is not until the group hands it an assignment again."""
+        self.health.assigned = member
+        self._health_changed()
 
     def auth_paused(self, paused: bool) -> None:
         self.health.auth_paused = paused

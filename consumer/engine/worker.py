@@ -38,7 +38,7 @@ from consumer.engine.dispatcher import Dispatcher, Job
 from consumer.engine.restore import RestoreFn, Restores
 from consumer.engine.watermark import Watermarks
 from consumer.errors import ConsumerError
-from consumer.ports import Record, RecordHandler, Source, Telemetry
+from consumer.ports import PartitionLag, Record, RecordHandler, Source, Telemetry
 
 log = structlog.get_logger("consumer.worker")
 T = TypeVar("T")
@@ -64,6 +64,10 @@ class WorkerOptions:
     housekeeping_interval: float = 300.0
     settle_timeout: float = 10.0
     """Seconds a revoke or loss waits for its partitions' writes (``SettleFn``)."""
+    read_retry_delay: float = 1.0
+    """Seconds before a failed lag read is asked again (``_read_brokers``): a client told
+    NOT_COORDINATOR finds the group's new coordinator meanwhile (asked again at once, the
+    read failed the same way 8 ms later)."""
 
 
 @dataclass(slots=True)
@@ -229,6 +233,10 @@ class Worker:
         )
 
     def on_lost(self, partitions: list[int]) -> None:
+        # Out of its group at once: it owns nothing and consumes nothing until the group takes
+        # it back (an assignment), which a coordinator that cannot write (a cluster below
+        # min.insync.replicas) refuses for as long as that lasts.
+        self._telemetry.in_group(False)
         try:
             self._call_in_loop(self._revoke_in_loop, partitions, False)
         except ConsumerError as exc:
@@ -265,6 +273,10 @@ class Worker:
         # Not reported yet: the first report makes the service ready (``/readyz``), which it
         # is once a partition's profiles are back, as before the restore left this callback.
         self._restores.start(partitions)
+        if not partitions:
+            # An empty assignment (more members than partitions; the classic protocol calls
+            # back with it): in the group, with nothing to restore.
+            self._telemetry.in_group(True)
 
     def _restored(self, partitions: list[int], records: int, seconds: float) -> None:
         """On the loop: the restore of ``partitions`` is complete (their fence written)."""
@@ -274,6 +286,7 @@ class Worker:
         # not saturated (and keeps every one paused while the auth gate is closed).
         self._paused.update(partitions)
         self._report_partitions()
+        self._telemetry.in_group(True)
         self._telemetry.profiles_restored(seconds)
         log.info(
             "partitions_restored", partitions=partitions, records=records, seconds=round(seconds, 3)
@@ -602,9 +615,11 @@ class Worker:
     async def _report_lag(self) -> None:
         """Read and report the lag (a task beside the loop; the next one starts only after) of
         every partition owned: restored ones and those being restored, whose records wait all
-        the restore long (a backlog the lag alerts must see)."""
+        the restore long (a backlog the lag alerts must see). Owning none, the brokers are asked
+        all the same (``Source.reach``), so ``broker_reachable`` says whether they answer."""
+        owned = sorted(self._owned())
         try:
-            lag = await self._source.lag(sorted(self._owned()))
+            answer = await self._read_brokers(owned)
         except ConsumerError as exc:
             # Not ready until a read is answered again: the next one comes at the next interval.
             if self._broker_reachable:
@@ -620,8 +635,28 @@ class Worker:
         self._broker_reachable = True
         self._telemetry.broker_reachable(True)
         # A rebalance may have revoked partitions while the read waited: not theirs to report.
-        owned = self._owned()
-        self._telemetry.lags({p: lag[p] for p in lag if p in owned})
+        now_owned = self._owned()
+        self._telemetry.lags({p: answer[p] for p in answer if p in now_owned})
+
+    async def _read_brokers(self, owned: list[int]) -> dict[int, PartitionLag]:
+        """``Source.lag`` of ``owned``; ``Source.reach`` (and no lag) when it is empty; a read that
+        fails while the brokers answered is asked again once, ``read_retry_delay`` later: a
+        broker of a rolling restart answers one with a stale leadership (FENCED_LEADER_EPOCH,
+        cleared for the next read), and the group's coordinator moves (NOT_COORDINATOR) or one
+        killed lets it time out while its partitions move on. Raises the second failure's
+        ``ConsumerError``."""
+        for attempt in (1, 2):
+            try:
+                if owned:
+                    return await self._source.lag(owned)
+                await self._source.reach()
+                return {}
+            except ConsumerError as exc:
+                if attempt == 2 or not self._broker_reachable:
+                    raise
+                log.info("broker_read_retried", error=str(exc))
+                await asyncio.sleep(self._opt.read_retry_delay)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     def _owned(self) -> set[int]:
         """Partitions assigned to this member: restored, or being restored."""

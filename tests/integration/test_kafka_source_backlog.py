@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -572,3 +573,32 @@ def test_storing_offsets_of_partitions_this_member_does_not_own_does_not_raise(
     finally:
         reader.close()
     assert committed[0].offset == 2
+
+
+def test_reach_asks_the_brokers_and_fails_when_none_answers(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """``reach`` (what a member owning no partition asks instead of a lag) is answered by a
+    running broker, and raises ``BrokerError`` within its timeouts when no broker answers."""
+    topic = make_topic(partitions=2)
+    group = unique_name("group")
+    settings = _settings(kafka_bootstrap, topic, group, "earliest")
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        nowhere = _settings(f"127.0.0.1:{closed.getsockname()[1]}", topic, group, "earliest")
+
+    async def scenario() -> str:
+        answered = KafkaSource(settings.kafka.consumer_config(), topic)
+        silent = KafkaSource(nowhere.kafka.consumer_config(), topic)
+        try:
+            await answered.reach()
+            started = time.monotonic()
+            with pytest.raises(BrokerError) as raised:
+                await silent.reach()
+            assert time.monotonic() - started < 3 * 5.0
+            return str(raised.value)
+        finally:
+            await answered.close()
+            await silent.close()
+
+    assert "metadata" in asyncio.run(scenario())

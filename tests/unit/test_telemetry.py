@@ -371,7 +371,7 @@ def test_the_ready_gauge_agrees_with_readyz_through_every_change() -> None:
     seen = [state()]
     t.started()
     seen.append(state())
-    t.partitions(assigned=2, paused=0)
+    t.in_group(True)
     seen.append(state())
     t.broker_reachable(False)
     seen.append(state())
@@ -404,3 +404,18 @@ def test_the_ready_gauge_agrees_with_readyz_through_every_change() -> None:
         (1.0, 1.0),
         (0.0, 1.0),
     ]
+
+
+def test_a_member_out_of_its_group_is_not_ready_whatever_its_partitions() -> None:
+    """Readiness follows the group's membership (``in_group``): ready from an assignment (an
+    empty one too), not ready from a loss until the next one; partition counts change
+    nothing. Before, the first partition report made the member assigned for good."""
+    t = telemetry()
+    t.started()
+    t.in_group(True)
+    assert (t.health.ready(), sample(t, "ready")) == (True, 1.0)
+    t.in_group(False)
+    t.partitions(assigned=0, paused=0)
+    assert (t.health.ready(), t.health.assigned, sample(t, "ready")) == (False, False, 0.0)
+    t.in_group(True)
+    assert (t.health.ready(), sample(t, "ready")) == (True, 1.0)

@@ -49,6 +49,7 @@ UNKNOWN_SCHEMA = b"\x00\x00\x00\x00\x07avro"
 def options(**overrides: Any) -> WorkerOptions:
     base: dict[str, Any] = {
         "poll_timeout": 0.01,
+        "read_retry_delay": 0.0,
         "revoke_timeout": NEVER,
         "shutdown_timeout": NEVER,
     }
@@ -1455,5 +1456,97 @@ def test_stop_past_shutdown_timeout_commits_only_below_the_unfinished() -> None:
                 h.source.closed,
             )
             assert expected == actual
+
+    run(scenario)
+
+
+# --- group membership and the brokers' answers ------------------------------------------------
+
+
+def test_a_loss_puts_the_member_out_of_its_group_until_the_group_assigns_it_again() -> None:
+    """A loss (the member fenced: its session expired at the coordinator) leaves the member
+    owning nothing and unable to consume until the group takes it back: it is out of its
+    group (not ready) until the next assignment. Before, nothing said so: a trial's member,
+    fenced by a cluster below min.insync.replicas, answered /readyz 200 for as long as the
+    brokers stayed down."""
+
+    async def scenario() -> None:
+        h = Harness(assign=(0, 1))
+        async with h.running():
+            assert h.telemetry.named("in_group")[-1] == (True,)
+            await asyncio.wait_for(h.source.lose([0, 1]), DEADLINE)
+            assert h.telemetry.named("in_group")[-1] == (False,)
+            await asyncio.wait_for(h.source.assign([1]), DEADLINE)
+            await h.source.until(lambda: h.telemetry.named("in_group")[-1] == (True,))
+
+    run(scenario)
+
+
+def test_a_revoke_keeps_the_member_in_its_group() -> None:
+    """A revoke is a rebalance the member takes part in (an eager one revokes everything
+    before each assignment): it stays in its group, ready, whatever it keeps."""
+
+    async def scenario() -> None:
+        h = Harness(assign=(0, 1))
+        async with h.running():
+            await asyncio.wait_for(h.source.revoke([0, 1]), DEADLINE)
+            await h.source.passes()
+        assert False not in {args[0] for args in h.telemetry.named("in_group")}
+
+    run(scenario)
+
+
+def test_an_empty_assignment_puts_the_member_in_its_group() -> None:
+    """With more members than partitions (KEDA past the partition count) a member's
+    assignment is empty; the classic protocol still calls the assign callback. Before, only
+    a restored partition made the member ready: such a member was never ready."""
+
+    async def scenario() -> None:
+        h = Harness(assign=())
+        async with h.running():
+            await asyncio.wait_for(h.source.assign([]), DEADLINE)
+            await h.source.until(lambda: h.telemetry.named("in_group") == [(True,)])
+
+    run(scenario)
+
+
+def test_a_member_owning_no_partition_still_asks_the_brokers() -> None:
+    """A member that owns nothing (an empty assignment, or none since a loss) asks the
+    brokers at each lag interval all the same (``Source.reach``), so their silence makes it
+    unreachable. Before, the read of no partition returned at once without asking anyone:
+    broker_reachable stayed 1 whatever the brokers did."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        h = Harness(assign=(), opts=options(lag_interval=5.0), clock=clock)
+        async with h.running():
+            await h.source.until(lambda: h.source.reach_reads == 1)
+            h.source.broker_failures = 2
+            clock.advance(5.0)
+            await h.source.until(lambda: h.telemetry.named("broker_reachable")[-1] == (False,))
+            clock.advance(5.0)
+            await h.source.until(lambda: h.telemetry.named("broker_reachable")[-1] == (True,))
+        assert h.source.lag_reads == 0
+
+    run(scenario)
+
+
+def test_a_read_failing_once_is_asked_again_before_the_brokers_are_unreachable() -> None:
+    """A broker of a rolling restart answers a read with a stale leadership (it clears on
+    the next read): one failure is read again at once, so /readyz does not flap for each
+    broker restarted; two in a row make the brokers unreachable."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        h = Harness(assign=(0,), opts=options(lag_interval=5.0), clock=clock)
+        async with h.running():
+            await h.source.until(lambda: len(h.telemetry.named("lags")) == 1)
+            h.source.broker_failures = 1
+            clock.advance(5.0)
+            await h.source.until(lambda: len(h.telemetry.named("lags")) == 2)
+            assert (False,) not in h.telemetry.named("broker_reachable")
+            h.source.broker_failures = 2
+            clock.advance(5.0)
+            await h.source.until(lambda: (False,) in h.telemetry.named("broker_reachable"))
 
     run(scenario)
