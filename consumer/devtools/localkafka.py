@@ -13,10 +13,11 @@ expires. `LocalKafka.fencing_changes` reads the controller's fencing decisions f
 metadata log (`consumer.devtools.kraftlog`), in either mode.
 
 A secured broker (`LocalKafka(security=SaslSecurity(...))`, combined mode) listens on
-SASL_PLAINTEXT with SASL/PLAIN users of its own and enforces ACLs with KRaft's
-`StandardAuthorizer` (`allow.everyone.if.no.acl.found=false`): one super user, which is also the
-broker's own principal, and every other user allowed nothing until granted. `client_config()`
-gives a client's properties for any of its users.
+SASL_PLAINTEXT (or, given `BrokerTls`, SASL_SSL: SASL/PLAIN over TLS) with SASL/PLAIN users of
+its own and enforces ACLs with KRaft's `StandardAuthorizer`
+(`allow.everyone.if.no.acl.found=false`): one super user, which is also the broker's own
+principal, and every other user allowed nothing until granted. `client_config()` gives a
+client's properties for any of its users.
 
 Python API: `LocalKafka` (a context manager). A broker it starts dies with its owner, even when
 the owner is SIGKILLed. CLI (`python -m consumer.devtools.localkafka`):
@@ -156,6 +157,19 @@ def _properties(settings: dict[str, str]) -> str:
 
 
 @dataclass(frozen=True)
+class BrokerTls:
+    """TLS on a secured node's client listener (SASL_SSL): the node's PKCS12 keystore
+    (``keystore_path``, ``keystore_password``: its certificate for 127.0.0.1 and key) and the
+    CA that signed it (``ca_path``, PEM), which the node trusts for its own inter-broker
+    connections and clients are told to trust (``ssl.ca.location``). See
+    ``consumer.devtools.testpki``."""
+
+    keystore_path: Path
+    keystore_password: str
+    ca_path: Path
+
+
+@dataclass(frozen=True)
 class SaslSecurity:
     """A secured combined node: SASL/PLAIN on every listener, and ACLs enforced.
 
@@ -163,11 +177,20 @@ class SaslSecurity:
     only: they are written into a JAAS line). ``super_user`` is one of them: Kafka's
     ``super.users``, allowed everything; the broker authenticates as it to its own controller
     and listener. Every other user is allowed nothing until an ACL grants it
-    (``allow.everyone.if.no.acl.found=false``).
+    (``allow.everyone.if.no.acl.found=false``). With ``tls`` the client listener (also the
+    inter-broker one) is SASL_SSL, SASL/PLAIN over TLS with the node's certificate; the
+    controller's listener stays SASL_PLAINTEXT.
     """
 
     users: Mapping[str, str]
     super_user: str
+    tls: BrokerTls | None = None
+
+    @property
+    def protocol(self) -> str:
+        """The client listener's security protocol: ``SASL_SSL`` with ``tls``, else
+        ``SASL_PLAINTEXT``."""
+        return "SASL_SSL" if self.tls is not None else "SASL_PLAINTEXT"
 
     def __post_init__(self) -> None:
         if self.super_user not in self.users:
@@ -189,25 +212,38 @@ class SaslSecurity:
     def server_settings(self) -> dict[str, str]:
         """The node's SASL and authorizer properties (its listeners are the caller's)."""
         jaas = self.jaas()
-        return {
+        settings = {
             "sasl.enabled.mechanisms": "PLAIN",
             "sasl.mechanism.inter.broker.protocol": "PLAIN",
             "sasl.mechanism.controller.protocol": "PLAIN",
-            "listener.name.sasl_plaintext.plain.sasl.jaas.config": jaas,
+            f"listener.name.{self.protocol.lower()}.plain.sasl.jaas.config": jaas,
             "listener.name.controller.plain.sasl.jaas.config": jaas,
             "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
             "super.users": f"User:{self.super_user}",
             "allow.everyone.if.no.acl.found": "false",
         }
+        if self.tls is not None:
+            settings |= {
+                "ssl.keystore.type": "PKCS12",
+                "ssl.keystore.location": str(self.tls.keystore_path),
+                "ssl.keystore.password": self.tls.keystore_password,
+                "ssl.truststore.type": "PEM",
+                "ssl.truststore.location": str(self.tls.ca_path),
+                "ssl.client.auth": "none",
+            }
+        return settings
 
     def client_config(self, user: str) -> dict[str, str]:
         """librdkafka's security properties to authenticate as ``user``."""
-        return {
-            "security.protocol": "SASL_PLAINTEXT",
+        config = {
+            "security.protocol": self.protocol,
             "sasl.mechanism": "PLAIN",
             "sasl.username": user,
             "sasl.password": self.users[user],
         }
+        if self.tls is not None:
+            config["ssl.ca.location"] = str(self.tls.ca_path)
+        return config
 
 
 _JAAS_SAFE = re.compile(r"[A-Za-z0-9_-]+")
@@ -223,22 +259,23 @@ def _server_properties(
     security: SaslSecurity | None = None,
 ) -> str:
     """`server.properties` of the combined node: broker and controller in one process; with
-    ``security``, its listeners are SASL_PLAINTEXT and an authorizer enforces ACLs."""
+    ``security``, its listeners are SASL_PLAINTEXT (the client one SASL_SSL with TLS) and an
+    authorizer enforces ACLs."""
     if security is not None:
+        listener = security.protocol
         return _properties(
             {
                 "process.roles": "broker,controller",
                 "node.id": str(CONTROLLER_ID),
                 "controller.quorum.voters": f"{CONTROLLER_ID}@127.0.0.1:{controller_port}",
                 "listeners": (
-                    f"SASL_PLAINTEXT://127.0.0.1:{broker_port},"
-                    f"CONTROLLER://127.0.0.1:{controller_port}"
+                    f"{listener}://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}"
                 ),
-                "advertised.listeners": f"SASL_PLAINTEXT://127.0.0.1:{broker_port}",
+                "advertised.listeners": f"{listener}://127.0.0.1:{broker_port}",
                 "controller.listener.names": "CONTROLLER",
-                "inter.broker.listener.name": "SASL_PLAINTEXT",
+                "inter.broker.listener.name": listener,
                 "listener.security.protocol.map": (
-                    "CONTROLLER:SASL_PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT"
+                    f"CONTROLLER:SASL_PLAINTEXT,{listener}:{listener}"
                 ),
                 **security.server_settings(),
                 "log.dirs": str(data_dir / "kraft"),
