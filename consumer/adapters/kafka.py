@@ -60,23 +60,49 @@ READ_TIMEOUT = 5.0
 
 _LATEST: Final[OffsetSpec] = OffsetSpec.latest()  # type: ignore[no-untyped-call]
 
-_STALE_LEADER: Final = frozenset(
+_NO_LEADER_CACHED: Final = frozenset(
     {
-        KafkaError.FENCED_LEADER_EPOCH,
-        KafkaError.UNKNOWN_LEADER_EPOCH,
-        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError._NOENT,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError._UNKNOWN_TOPIC,
         KafkaError.LEADER_NOT_AVAILABLE,
-        KafkaError.UNKNOWN_TOPIC_OR_PART,
-        KafkaError.REPLICA_NOT_AVAILABLE,
-        KafkaError.OFFSET_NOT_AVAILABLE,
-        KafkaError.KAFKA_STORAGE_ERROR,
     }
 )
-"""ListOffsets errors of a broker that answered from a leadership the admin client's cached
-metadata no longer matches (Kafka's own client refreshes its metadata on these, KAFKA-9535).
-librdkafka's admin client does not: it asks again with the same leader epoch, and every read
-fails for good (measured with librdkafka 2.16: FENCED_LEADER_EPOCH for as long as the process
-ran, after a single broker stalled 20 s past its KRaft session and was fenced and unfenced)."""
+"""What a client answers, without asking any broker, for a partition its cached metadata names
+no leader for: the leader was away when it last asked (every replica's broker down), or the
+partition was added since. Per partition ``LEADER_NOT_AVAILABLE`` (an admin request some of
+whose partitions have a leader) or ``_UNKNOWN_PARTITION``; ``_NOENT`` ("No leaders found") for a
+whole admin request none of whose partitions has one. librdkafka takes a leader missing from its
+cache for a lasting state and asks again only at its own refresh
+(``topic.metadata.refresh.interval.ms``, 5 minutes by default). Measured with librdkafka 2.16:
+an admin client that learnt the partition while its broker was down answered ``_NOENT`` for
+271 s after the cluster had the leader back, a reads' consumer ``_UNKNOWN_PARTITION`` until its
+``list_topics``; a partition added to the topic, ``_UNKNOWN_PARTITION`` from both."""
+
+_STALE_LEADER: Final = (
+    frozenset(
+        {
+            KafkaError.FENCED_LEADER_EPOCH,
+            KafkaError.UNKNOWN_LEADER_EPOCH,
+            KafkaError.NOT_LEADER_FOR_PARTITION,
+            KafkaError.UNKNOWN_TOPIC_OR_PART,
+            KafkaError.REPLICA_NOT_AVAILABLE,
+            KafkaError.OFFSET_NOT_AVAILABLE,
+            KafkaError.KAFKA_STORAGE_ERROR,
+        }
+    )
+    | _NO_LEADER_CACHED
+)
+"""ListOffsets errors that mean the admin client's cached metadata no longer matches the
+partitions' leadership: a broker answered from a leadership it no longer matches (Kafka's own
+client refreshes its metadata on these, KAFKA-9535), or the cache names no leader at all
+(``_NO_LEADER_CACHED``, answered without a request). librdkafka's admin client does not refresh
+it: it asks again with the same leader epochs, or answers from the same cache, and every read
+fails until its periodic refresh, or for good (measured with librdkafka 2.16:
+FENCED_LEADER_EPOCH for as long as the process ran, after a single broker stalled 20 s past
+its KRaft session and was fenced and unfenced; ``_NOENT`` for 65 s after a three-broker
+cluster's rolling restart, and for 271 s in a measurement, once the leader was back). The lag read
+replaces the client on any of them (``kafka_admin_client_renewed``)."""
 
 
 def kafka_error_text(exc: BaseException) -> str:
@@ -777,6 +803,7 @@ class KafkaSource:
         configuration, the reads' consumer asks, under the consumer's isolation."""
         if self._admin_config is None:
             return dict(await self._read(self._end_offsets_from_consumer, partitions))
+        futures: dict[TopicPartition, concurrent.futures.Future[Any]] = {}
         try:
             futures = self._admin_client().list_offsets(
                 {TopicPartition(self.topic, p): _LATEST for p in partitions},
@@ -788,18 +815,26 @@ class KafkaSource:
                 READ_TIMEOUT + 1.0,
             )
         except (KafkaException, TimeoutError) as exc:
-            if isinstance(exc, KafkaException) and _code(exc) in _STALE_LEADER:
-                # Its cached leader epochs are stale and it never refreshes them: a new admin
-                # client (fresh metadata) reads the next time.
-                await self._discard_admin()
+            # Every partition's error, not only the one raised first: a request-level error
+            # (``_NOENT``) fails every future alike, a partition's own only its future.
+            stale = _failure_codes(exc, futures.values()) & _STALE_LEADER
+            if stale:
+                # Its cached leadership is stale or missing and it never refreshes it: a new
+                # admin client (fresh metadata) reads the next time.
+                await self._discard_admin(stale)
             raise BrokerError(f"reading end offsets failed: {str(exc) or 'timed out'}") from exc
         return {tp.partition: result.offset for tp, result in zip(futures, results, strict=True)}
 
-    async def _discard_admin(self) -> None:
-        """Forget the admin client; it is destroyed on the reads thread, not the event loop's
-        (librdkafka's destroy joins its threads)."""
+    async def _discard_admin(self, codes: Iterable[int]) -> None:
+        """Forget the admin client (``codes``: the librdkafka errors that condemned it); it is
+        destroyed on the reads thread, not the event loop's (librdkafka's destroy joins its
+        threads)."""
         stale, self._admin = [self._admin], None
-        log.info("kafka_admin_client_renewed", reason="stale partition leadership")
+        log.info(
+            "kafka_admin_client_renewed",
+            reason="stale partition leadership",
+            errors=sorted(KafkaError(code).name() for code in codes),
+        )
         with contextlib.suppress(BrokerError):  # the reads are closing: dropped with them
             await self._read(stale.clear)
 
@@ -807,9 +842,7 @@ class KafkaSource:
         ends: dict[int, int] = {}
         try:
             for p in partitions:
-                _low, high = self._offsets_reader().get_watermark_offsets(
-                    TopicPartition(self.topic, p), timeout=READ_TIMEOUT, cached=False
-                )
+                _low, high = self._watermarks(p)
                 ends[p] = high
         except KafkaException as exc:
             raise BrokerError(f"reading end offsets failed: {exc}") from exc
@@ -856,13 +889,38 @@ class KafkaSource:
         starts: dict[int, int] = {}
         try:
             for p in partitions:
-                low, _high = self._offsets_reader().get_watermark_offsets(
-                    TopicPartition(self.topic, p), timeout=READ_TIMEOUT, cached=False
-                )
+                low, _high = self._watermarks(p)
                 starts[p] = max(low, 0)
         except KafkaException as exc:
             raise BrokerError(f"reading start offsets failed: {exc}") from exc
         return starts
+
+    def _watermarks(self, partition: int) -> tuple[int, int]:
+        """(low, high) of a partition, asked of its leader by the reads' consumer (reads
+        thread). A partition its cached metadata names no leader for (``_NO_LEADER_CACHED``)
+        makes it ask the brokers for the topic's metadata, then the leader once more: librdkafka
+        answers such a read from its cache, without a request, until its own refresh (as
+        ``kafka_reader.watermark_offsets`` does for the restore).
+
+        Raises:
+            KafkaException: the read failed (again), or the metadata could not be read.
+        """
+        reader = self._offsets_reader()
+        tp = TopicPartition(self.topic, partition)
+        try:
+            low, high = reader.get_watermark_offsets(tp, timeout=READ_TIMEOUT, cached=False)
+        except KafkaException as exc:
+            if _code(exc) not in _NO_LEADER_CACHED:
+                raise
+            log.info(
+                "kafka_metadata_refreshed",
+                topic=self.topic,
+                partition=partition,
+                error=exc.args[0].name(),
+            )
+            reader.list_topics(self.topic, timeout=READ_TIMEOUT)
+            low, high = reader.get_watermark_offsets(tp, timeout=READ_TIMEOUT, cached=False)
+        return int(low), int(high)
 
     def _starts(self, partitions: list[int]) -> dict[int, int | None]:
         """Where the group starts in partitions it has consumed nothing of: the committed
@@ -878,6 +936,20 @@ def _code(exc: KafkaException) -> int | None:
     """The librdkafka error code a ``KafkaException`` carries (``None`` without one)."""
     error = exc.args[0] if exc.args else None
     return error.code() if isinstance(error, KafkaError) else None
+
+
+def _failure_codes(
+    exc: BaseException, futures: Iterable[concurrent.futures.Future[Any]]
+) -> set[int]:
+    """The librdkafka error codes of ``exc`` and of every future that failed (one not done yet,
+    after a timeout, has none)."""
+    failures: list[BaseException | None] = [exc]
+    failures += [f.exception() for f in futures if f.done() and not f.cancelled()]
+    return {
+        code
+        for failure in failures
+        if isinstance(failure, KafkaException) and (code := _code(failure)) is not None
+    }
 
 
 def _partitions(parts: list[TopicPartition]) -> list[int]:

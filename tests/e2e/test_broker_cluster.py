@@ -16,10 +16,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._listoffsets import OffsetSpec
 from confluent_kafka.cimpl import NewTopic
 
+from consumer.bootstrap import topic_plan
 from consumer.commands import produce_events
 from consumer.devtools._proc import free_port
+from consumer.domain.topics import created_topic_configs
 from consumer.sandbox.testing import SandboxHandle, run_sandbox
 from consumer.settings import Settings
 from tests.e2e.cluster import LocalCluster
@@ -180,3 +185,150 @@ def test_a_member_fenced_by_a_cluster_below_min_isr_is_not_ready_while_records_w
     assert all(a["timestamp"] < lost_at for a in log_events(log, "partitions_assigned")), (
         "the group took the member back"
     )
+
+
+LAG_INTERVAL = 5.0
+"""The service's lag read comes every 5 s (``WorkerOptions.lag_interval``)."""
+
+
+def _fresh_end_offset(bootstrap: str, topic: str) -> int | None:
+    """``topic`` [0]'s end offset by a new admin client (no cached metadata), ``None`` when it
+    cannot be read."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 2})
+    latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+    futures = admin.list_offsets({TopicPartition(topic, 0): latest}, request_timeout=5)
+    try:
+        offset = int(futures[TopicPartition(topic, 0)].result(timeout=10).offset)
+    except KafkaException:
+        return None
+    return offset if offset >= 0 else None
+
+
+def test_readiness_comes_back_with_the_leader_of_a_partition_that_had_none(
+    cluster: LocalCluster,
+    cluster_sandbox: SandboxHandle,
+    service_processes: list[ServiceProcess],
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    """A pod starts while its input's only partition has no leader (its one replica's broker
+    is down), and the broker comes back. The lag read's admin client, born then, cached
+    metadata without a leader for the partition, and librdkafka's admin client does not ask
+    again: every ListOffsets failed at once, ``_NOENT`` "No leaders found", so
+    ``broker_reachable`` and ``/readyz`` stayed false long after the cluster had the leader
+    back (until librdkafka's own metadata refresh, ``topic.metadata.refresh.interval.ms``, five
+    minutes by default; 65 s in a three-broker trial of rolling restarts). Readiness must come
+    back within a few lag reads of the leader.
+
+    The states are held by construction: the input's one replica is on broker 1, so stopping
+    it leaves the partition leaderless; the group's coordinator is another broker, so the
+    committed-offsets read answers meanwhile and the failing read is the end offsets'; the
+    changelog and DLQ have three replicas, so the restore ends without broker 1; the service
+    starts after the stop, so its admin client's first metadata has no leader.
+    """
+    bootstrap = cluster.bootstrap_servers
+    topic = unique_name("leaderless")
+    group = unique_name("group")
+    # A group whose coordinator is not broker 1: its committed offsets stay readable.
+    while cluster.coordinator(group) in (1, -1):
+        group = unique_name("group")
+    admin_port = free_port()
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "KAFKA_TOPIC": topic,
+        "KAFKA_GROUP_ID": group,
+        "KAFKA_DLQ_TOPIC": f"{topic}.dlq",
+        "KAFKA_PROFILE_TOPIC": f"{topic}.profiles",
+        "BUTTON_API_KEY": API_KEY,
+        "BUTTON_BASE_URL": cluster_sandbox.base_url,
+        "ADMIN_HOST": "127.0.0.1",
+        "ADMIN_PORT": str(admin_port),
+        "LOG_LEVEL": "info",
+        "LOG_FORMAT": "json",
+    }
+    settings = Settings.from_env(env)
+    dlq_config, changelog_config = created_topic_configs(topic_plan(settings), 3)
+    created = cluster.admin().create_topics(
+        [
+            NewTopic(topic, 1, replica_assignment=[[1]]),
+            NewTopic(settings.kafka.dlq_topic, 1, 3, config=dlq_config),
+            NewTopic(settings.kafka.profile_topic, 1, 3, config=changelog_config),
+        ]
+    )
+    for future in created.values():
+        future.result(60)
+    replicated = [settings.kafka.dlq_topic, settings.kafka.profile_topic]
+    wait_until(
+        lambda: (
+            cluster.partitions(topic).get(0, (-1,))[0] == 1 and cluster.fully_replicated(replicated)
+        ),
+        60,
+        message="topics not ready",
+    )
+    # A group with history: its lag counts from its committed offset.
+    committer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        committer.commit(offsets=[TopicPartition(topic, 0, 0)], asynchronous=False)
+    finally:
+        committer.close()
+
+    cluster.stop_broker(1)
+    wait_until(
+        lambda: cluster.partitions(topic).get(0, (0,))[0] == -1,
+        60,
+        message="the input partition kept a leader",
+    )
+    assert cluster.coordinator(group) not in (1, -1)
+    log = tmp_path / "service.log"
+    service = ServiceProcess(env, log).start()
+    service_processes.append(service)
+    said: dict[str, object] = {}
+
+    def only_the_brokers_unanswered() -> bool:
+        status, text = _get(f"http://127.0.0.1:{admin_port}/readyz")
+        said.update(json.loads(text) if status in (200, 503) else {"status": status})
+        return (
+            said.get("assigned") is True
+            and said.get("restoring") == 0
+            and said.get("broker_reachable") is False
+        ) or not service.alive()
+
+    wait_until(
+        only_the_brokers_unanswered,
+        120,
+        interval=0.5,
+        message=f"the service's lag read never failed on the leaderless partition: {said}",
+    )
+    assert service.alive(), service.log_tail()
+
+    cluster.start_broker(1)
+    # The cluster has the leader back: a client of the test's own, new, reads the partition.
+    wait_until(
+        lambda: (
+            cluster.partitions(topic).get(0, (-1,))[0] == 1
+            and _fresh_end_offset(bootstrap, topic) == 0
+        ),
+        60,
+        interval=0.5,
+        message="the input partition has no leader again",
+    )
+    back = time.monotonic()
+    # The next lag read (within one interval), its retry a second later, and the read's own
+    # timeouts (5 s each, while broker 1 accepts connections before it serves).
+    bound = 3 * LAG_INTERVAL + 10.0
+    try:
+        wait_until(
+            lambda: _get(f"http://127.0.0.1:{admin_port}/readyz")[0] == 200,
+            bound,
+            interval=0.5,
+        )
+    except TimeoutError:
+        unreachable = [e["error"] for e in log_events(log, "broker_unreachable")]
+        pytest.fail(
+            f"{time.monotonic() - back:.0f} s after the cluster had the leader back (a new "
+            f"client read the partition), /readyz still said "
+            f"{_get(f'http://127.0.0.1:{admin_port}/readyz')}; the service's lag read failed "
+            f"with {unreachable}"
+        )
+    assert _metric(admin_port, "button_consumer_broker_reachable") == 1.0
+    assert _metric(admin_port, "button_consumer_consumer_lag_sum_records") == 0.0

@@ -1,5 +1,6 @@
-"""A changelog that gains a partition while a reader of it runs, and a partition it lacks:
-``PartitionReader.watermarks`` (the restore's first step) against a real broker.
+"""A topic that gains a partition while a reader of it runs, and a partition it lacks:
+``PartitionReader.watermarks`` (the restore's first step) and ``KafkaSource.lag`` (the lag
+read's admin client and consumer) against a real broker.
 
 The reader's metadata is made stale by construction: it is read (``partitions``) before the
 partition is added, and librdkafka refreshes a known topic's metadata only every
@@ -9,6 +10,7 @@ the reader asks again.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -16,8 +18,10 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewPartitions
 
+from consumer.adapters.kafka import KafkaSource
 from consumer.adapters.kafka_reader import PartitionReader
 from consumer.errors import BrokerError
+from consumer.ports import PartitionLag
 from consumer.settings import Settings
 
 pytestmark = pytest.mark.broker
@@ -72,3 +76,45 @@ def test_a_partition_the_topic_lacks_is_a_broker_error_naming_it_and_the_topic(
     message = str(raised.value)
     assert f"{topic} partition 2" in message, message
     assert "has 2 partitions" in message, message
+
+
+def test_a_partition_added_after_the_lag_read_learnt_the_topic_is_read_by_the_next_read(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """The input was given partition 2 after the lag read's clients learnt it had 2 (a read of
+    partitions 0 and 1: the end offsets by the admin client, the log start offsets of a group
+    that has committed nothing by the reads' consumer). Before, both answered from their
+    cached metadata for five minutes: the admin client ``_UNKNOWN_PARTITION`` (``_NOENT``, "No
+    leaders found", for a request of the new partition alone), the consumer
+    ``_UNKNOWN_PARTITION``; so the member that was assigned the new partition reported the
+    brokers unreachable (``/readyz`` false) meanwhile. Now the read after a failed one (the
+    worker asks again a second later) reads all three."""
+    topic = make_topic(partitions=2)
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_TOPIC": topic,
+        "KAFKA_GROUP_ID": unique_name("group"),
+    }
+    settings = Settings.from_env(env, require_api_key=False)
+    source = KafkaSource(
+        settings.kafka.consumer_config(), topic, admin_config=settings.kafka.admin_config()
+    )
+
+    async def scenario() -> tuple[dict[int, PartitionLag], list[dict[int, PartitionLag] | str]]:
+        try:
+            before = await source.lag([0, 1])
+            await asyncio.to_thread(add_partitions, kafka_bootstrap, topic, 3)
+            reads: list[dict[int, PartitionLag] | str] = []
+            for _ in range(2):
+                try:
+                    reads.append(await source.lag([0, 1, 2]))
+                except BrokerError as exc:
+                    reads.append(str(exc))
+            return before, reads
+        finally:
+            await source.close()
+
+    before, reads = asyncio.run(scenario())
+    empty = PartitionLag(committed=0, end=0, start=0, high_watermark=0)
+    assert before == {0: empty, 1: empty}
+    assert reads[-1] == {0: empty, 1: empty, 2: empty}, reads
