@@ -605,7 +605,6 @@ def _restorer(
             with cancel.holding(partition) as owned:
                 if owned:
                     watch.follow(partition, ends.get(partition, 0), store.epoch(partition))
-        telemetry.profiles_held(len(store))
         return read
 
     return restore
@@ -647,6 +646,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
     )
     config = mapping_config(s)
     store = ProfileStore(config.retention, max_bytes=s.mapping.max_profile_bytes)
+    telemetry.count_profiles(store.__len__)
     processor = ProfileProcessor(store, config)
     parking = Parking(
         store,
@@ -718,7 +718,6 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
     async def expire_profiles() -> None:
         """Forget expired profiles and write their tombstones (compaction removes them)."""
         await expiry.run()
-        telemetry.profiles_held(len(store))
 
     repair = LateWriteRepair(store, changelog, telemetry)
     watch = ChangelogWatch(
@@ -730,7 +729,6 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         watch.stop(partitions)
         for p in partitions:
             store.drop_partition(p)
-        telemetry.profiles_held(len(store))
 
     # One shutdown budget, split explicitly (DELIVERY_SHUTDOWN_TIMEOUT_SECONDS): drain, final
     # commit, leaving the group, producer flush; together below the pod's grace period.

@@ -178,8 +178,15 @@ class ServiceTelemetry:
     def profiles_restored(self, seconds: float) -> None:
         self.metrics.profile_restore_seconds.observe(seconds)
 
-    def profiles_held(self, count: int) -> None:
-        self.metrics.profiles.set(count)
+    def count_profiles(self, count: Callable[[], int]) -> None:
+        """Read ``button_consumer_profiles`` from ``count`` (profiles held now) at each scrape.
+
+        ``count`` must be cheap and safe to call from the scraping thread (the admin server's):
+        ``len(ProfileStore)``, a running count kept under the store's lock, is both. Read at
+        the scrape, never set at a moment: profiles are learnt by every record, emptied by
+        refunds and cancels, installed by restores and dropped with partitions.
+        """
+        self.metrics.profiles.set_function(count)
 
     def lags(self, lags: Mapping[int, PartitionLag]) -> None:
         current = {str(p): lag for p, lag in lags.items()}

@@ -21,8 +21,11 @@ from consumer.adapters.telemetry import (
     TimedChangelog,
     status_class,
 )
+from consumer.domain.profile import Profile, Retention, Stamped
+from consumer.engine.profiles import ProfileStore
 from consumer.ports import CURRENT_RECORD, Delivery, FinishedRecord, PartitionLag, RecordScope
 
+DAY = 86_400_000
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
@@ -268,6 +271,24 @@ def test_sampler_keeps_its_share_deterministically(rate, kept) -> None:
     sampler = Sampler(rate)
 
     assert kept == sum(sampler.keep() for _ in range(100))
+
+
+def test_the_profiles_gauge_reads_the_store_at_each_scrape() -> None:
+    """``button_consumer_profiles`` follows every write, delete and drop of the store it
+    counts, with no report in between (it was set only at restores, sweeps and drops)."""
+    t = telemetry()
+    store = ProfileStore(Retention(btn_ref_ms=DAY, device_id_ms=DAY, order_ms=DAY))
+    t.count_profiles(store.__len__)
+    seen = [sample(t, "profiles")]
+    store.put(0, b"a", Profile(idfas=(Stamped("IDFA-A", 1_000),)))
+    store.put(1, b"b", Profile(idfas=(Stamped("IDFA-B", 1_000),)))
+    seen.append(sample(t, "profiles"))
+    store.put(0, b"a", Profile())  # emptied: deleted
+    seen.append(sample(t, "profiles"))
+    store.drop_partition(1)
+    seen.append(sample(t, "profiles"))
+
+    assert seen == [0.0, 2.0, 1.0, 0.0]
 
 
 def test_restore_progress_and_changelog_latency_are_reported() -> None:
