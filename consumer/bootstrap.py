@@ -222,6 +222,7 @@ class Service:
             self.stats = await self.worker.run()
             return self.stats
         finally:
+            self._report_stopped()
             if self.watch is not None:
                 await asyncio.to_thread(self.watch.close)
             self.producer.close(timeout=s.delivery.shutdown_budget().flush)
@@ -229,6 +230,21 @@ class Service:
             await self.button.aclose()
             if self.admin is not None:
                 await self.admin.stop()
+
+    def _report_stopped(self) -> None:
+        """The ``stopped`` line, once the worker has stopped (on its own, asked, or failed):
+        the records the Kafka client handed out (``received``; ``redelivered`` among them,
+        dropped), what the records finished came to by outcome, and the requests of those
+        delivered by action (``sent``; in a dry run ``would_send``, what would have been sent).
+        """
+        stats = self.worker.stats
+        log.info(
+            "stopped",
+            received=stats.received,
+            redelivered=stats.redelivered,
+            dry_run=self.settings.delivery.dry_run,
+            **self.telemetry.tally.as_fields(dry_run=self.settings.delivery.dry_run),
+        )
 
 
 class Closeable(Protocol):

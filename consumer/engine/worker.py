@@ -704,4 +704,3 @@ class Worker:
         self._closing = committed
         await self._source.close()
         self.stats.stopped_at = self._now()
-        log.info("stopped", received=self.stats.received)

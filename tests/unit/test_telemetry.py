@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import replace
 from hashlib import sha256
 from pathlib import Path
 
@@ -263,6 +264,29 @@ def test_records_finished_together_report_as_one_by_one() -> None:
         (10, sha256(b"user-a").hexdigest()[:12], "view-10"),
         (12, None, "view-12"),
     ]
+
+
+def test_the_run_tally_counts_records_by_outcome_and_what_they_sent_by_action() -> None:
+    """Every finished record, one by one or together, is in the run's tally (the ``stopped``
+    line's): by outcome, and, when it was delivered or would have been in a dry run, by the
+    action of its request; a skip, a dead letter or a parked record sent nothing."""
+    t = telemetry(rate=0.0)
+    for outcome, action in [
+        ("delivered", "create"),
+        ("dry_run", "create"),
+        ("dry_run", "cancel"),
+        ("dead_lettered", "update"),
+        ("parked", "update"),
+        ("skipped", "skip"),
+    ]:
+        t.delivery(replace(delivery(outcome), action=action))
+    t.finished_together([FinishedRecord(_inert(10), b"user-a", 0.5)])
+
+    assert t.tally.as_fields(dry_run=True) == {
+        "outcomes": {"delivered": 1, "skipped": 2, "dry_run": 2, "dead_lettered": 1, "parked": 1},
+        "would_send": {"create": 2, "update": 0, "cancel": 1},
+    }
+    assert set(t.tally.as_fields(dry_run=False)) == {"outcomes", "sent"}
 
 
 @pytest.mark.parametrize(("rate", "kept"), [(0.0, 0), (0.01, 1), (0.5, 50), (1.0, 100)])
