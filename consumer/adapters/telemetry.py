@@ -96,7 +96,8 @@ class RunTally:
     ``outcomes``: records finished, by outcome (each of ``FINISHED_OUTCOMES`` from 0).
     ``sent``: of those delivered (in a dry run: finished ``dry_run``, the requests that would
     have been sent), how many by the action of the record's request (``create``, ``update``,
-    ``cancel``; a create answered 409 and followed by its update counts as its create). Records
+    ``cancel``; a create answered 409 and followed by its update counts as that update, the
+    request that finished the record). Records
     finish on the event loop: no lock.
     """
 
