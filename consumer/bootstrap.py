@@ -222,6 +222,7 @@ class Service:
             self.stats = await self.worker.run()
             return self.stats
         finally:
+            self._report_stopped()
             if self.watch is not None:
                 await asyncio.to_thread(self.watch.close)
             self.producer.close(timeout=s.delivery.shutdown_budget().flush)
@@ -229,6 +230,21 @@ class Service:
             await self.button.aclose()
             if self.admin is not None:
                 await self.admin.stop()
+
+    def _report_stopped(self) -> None:
+        """The ``stopped`` line, once the worker has stopped (on its own, asked, or failed):
+        the records the Kafka client handed out (``received``; ``redelivered`` among them,
+        dropped), what the records finished came to by outcome, and the requests of those
+        delivered by action (``sent``; in a dry run ``would_send``, what would have been sent).
+        """
+        stats = self.worker.stats
+        log.info(
+            "stopped",
+            received=stats.received,
+            redelivered=stats.redelivered,
+            dry_run=self.settings.delivery.dry_run,
+            **self.telemetry.tally.as_fields(dry_run=self.settings.delivery.dry_run),
+        )
 
 
 class Closeable(Protocol):
@@ -605,7 +621,6 @@ def _restorer(
             with cancel.holding(partition) as owned:
                 if owned:
                     watch.follow(partition, ends.get(partition, 0), store.epoch(partition))
-        telemetry.profiles_held(len(store))
         return read
 
     return restore
@@ -647,6 +662,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
     )
     config = mapping_config(s)
     store = ProfileStore(config.retention, max_bytes=s.mapping.max_profile_bytes)
+    telemetry.count_profiles(store.__len__)
     processor = ProfileProcessor(store, config)
     parking = Parking(
         store,
@@ -718,7 +734,6 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
     async def expire_profiles() -> None:
         """Forget expired profiles and write their tombstones (compaction removes them)."""
         await expiry.run()
-        telemetry.profiles_held(len(store))
 
     repair = LateWriteRepair(store, changelog, telemetry)
     watch = ChangelogWatch(
@@ -730,7 +745,6 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         watch.stop(partitions)
         for p in partitions:
             store.drop_partition(p)
-        telemetry.profiles_held(len(store))
 
     # One shutdown budget, split explicitly (DELIVERY_SHUTDOWN_TIMEOUT_SECONDS): drain, final
     # commit, leaving the group, producer flush; together below the pod's grace period.

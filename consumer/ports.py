@@ -408,8 +408,6 @@ class Telemetry(Protocol):
 
     def profiles_restored(self, seconds: float) -> None: ...
 
-    def profiles_held(self, count: int) -> None: ...
-
     def lags(self, lags: Mapping[int, PartitionLag]) -> None:
         """The lag and committed offset of every assigned partition (partitions not named have
         none any more)."""

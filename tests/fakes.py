@@ -406,9 +406,6 @@ class RecordingTelemetry:
     def profiles_restored(self, seconds: float) -> None:
         self._record("profiles_restored", seconds)
 
-    def profiles_held(self, count: int) -> None:
-        self._record("profiles_held", count)
-
     def lags(self, lags: Mapping[int, PartitionLag]) -> None:
         self._record("lags", {p: lag.records for p, lag in lags.items()})
 

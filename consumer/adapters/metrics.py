@@ -144,7 +144,10 @@ class Metrics:
                 ("version", "python", "librdkafka"),
             ),
             records_received=counter(
-                "records_received", "Records read from the input topic.", ("topic",)
+                "records_received",
+                "Records the Kafka client handed out from the input topic, those it handed out "
+                "again included (records_redelivered: dropped, not processed twice).",
+                ("topic",),
             ),
             records_redelivered=counter(
                 "records_redelivered",

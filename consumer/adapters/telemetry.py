@@ -22,7 +22,12 @@ from typing import Any
 import structlog
 
 from consumer.adapters.admin import DeliveryLog, Health
-from consumer.adapters.metrics import OFFSET_RESET_TARGETS, REPAIR_TRIGGERS, Metrics
+from consumer.adapters.metrics import (
+    FINISHED_OUTCOMES,
+    OFFSET_RESET_TARGETS,
+    REPAIR_TRIGGERS,
+    Metrics,
+)
 from consumer.domain.policy import BREAKER_REASONS
 from consumer.ports import (
     CURRENT_RECORD,
@@ -81,8 +86,53 @@ class Sampler:
         return False
 
 
+SENT_ACTIONS = ("create", "update", "cancel")
+"""The Button actions a record is delivered with (``RunTally.sent``: each from the start at 0)."""
+
+
+class RunTally:
+    """What the records finished since the start came to, for the ``stopped`` line.
+
+    ``outcomes``: records finished, by outcome (each of ``FINISHED_OUTCOMES`` from 0).
+    ``sent``: of those delivered (in a dry run: finished ``dry_run``, the requests that would
+    have been sent), how many by the action of the record's request (``create``, ``update``,
+    ``cancel``; a create answered 409 and followed by its update counts as that update, the
+    request that finished the record). Records
+    finish on the event loop: no lock.
+    """
+
+    __slots__ = ("outcomes", "sent")
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, int] = dict.fromkeys(FINISHED_OUTCOMES, 0)
+        self.sent: dict[str, int] = dict.fromkeys(SENT_ACTIONS, 0)
+
+    def add(self, outcome: str, action: str) -> None:
+        """Count one record finished with ``outcome`` after the mapping's ``action``."""
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        if outcome in AGED:
+            self.sent[action] = self.sent.get(action, 0) + 1
+
+    def merge(self, outcomes: Mapping[str, int], sent: Mapping[str, int]) -> None:
+        """Count records finished together: how many by outcome, and of those ``sent`` (an
+        outcome of ``AGED``) how many by action."""
+        for outcome, count in outcomes.items():
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + count
+        for action, count in sent.items():
+            self.sent[action] = self.sent.get(action, 0) + count
+
+    def as_fields(self, *, dry_run: bool) -> dict[str, dict[str, int]]:
+        """The ``stopped`` line's fields: ``outcomes``, and ``sent`` (``would_send`` in a dry
+        run: nothing was sent)."""
+        return {
+            "outcomes": dict(self.outcomes),
+            "would_send" if dry_run else "sent": dict(self.sent),
+        }
+
+
 class ServiceTelemetry:
-    """Implements ``consumer.ports.Telemetry``."""
+    """Implements ``consumer.ports.Telemetry``; ``tally`` keeps what the run's records came to
+    (``RunTally``)."""
 
     def __init__(
         self,
@@ -100,6 +150,7 @@ class ServiceTelemetry:
         self._lag_partitions: set[str] = set()
         self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
         self._restoring_lock = threading.Lock()
+        self.tally = RunTally()
         self._health_changed()
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -178,8 +229,15 @@ class ServiceTelemetry:
     def profiles_restored(self, seconds: float) -> None:
         self.metrics.profile_restore_seconds.observe(seconds)
 
-    def profiles_held(self, count: int) -> None:
-        self.metrics.profiles.set(count)
+    def count_profiles(self, count: Callable[[], int]) -> None:
+        """Read ``button_consumer_profiles`` from ``count`` (profiles held now) at each scrape.
+
+        ``count`` must be cheap and safe to call from the scraping thread (the admin server's):
+        ``len(ProfileStore)``, a running count kept under the store's lock, is both. Read at
+        the scrape, never set at a moment: profiles are learnt by every record, emptied by
+        refunds and cancels, installed by restores and dropped with partitions.
+        """
+        self.metrics.profiles.set_function(count)
 
     def lags(self, lags: Mapping[int, PartitionLag]) -> None:
         current = {str(p): lag for p, lag in lags.items()}
@@ -280,8 +338,10 @@ class ServiceTelemetry:
             self.metrics.event_age.observe(max(event_age, 0.0))
 
     def delivery(self, delivery: Delivery) -> None:
-        """The live log, the outcome counter and the record's one summary line."""
+        """The live log, the outcome counter, the run's tally and the record's one summary
+        line."""
         self.deliveries.add(delivery)
+        self.tally.add(delivery.outcome, delivery.action)
         self._child(
             self.metrics.outcomes,
             _label(delivery.outcome),
@@ -296,13 +356,16 @@ class ServiceTelemetry:
         and label set; the summary lines sampled as one by one, each under its record's scope."""
         finished: dict[str, int] = {}
         outcomes: dict[tuple[str, str, str], int] = {}
+        sent: dict[str, int] = {}
         observe = self.metrics.event_age.observe
         for delivery, key, age in records:
             finished[delivery.outcome] = finished.get(delivery.outcome, 0) + 1
             labels = (delivery.outcome, delivery.event_type, delivery.reason)
             outcomes[labels] = outcomes.get(labels, 0) + 1
-            if age is not None and delivery.outcome in AGED:
-                observe(max(age, 0.0))
+            if delivery.outcome in AGED:
+                sent[delivery.action] = sent.get(delivery.action, 0) + 1
+                if age is not None:
+                    observe(max(age, 0.0))
             self.deliveries.add(delivery)
             if delivery.outcome not in SUCCESSES or self._successes.keep():
                 scope = CURRENT_RECORD.set(
@@ -314,6 +377,7 @@ class ServiceTelemetry:
                     CURRENT_RECORD.reset(scope)
         for outcome, count in finished.items():
             self._child(self.metrics.records_finished, outcome).inc(count)
+        self.tally.merge(finished, sent)
         for (outcome, event_type, reason), count in outcomes.items():
             self._child(
                 self.metrics.outcomes,

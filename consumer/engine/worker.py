@@ -137,6 +137,11 @@ class Worker:
         (``_drop_redelivered``)."""
         self._restarted: set[int] = set()
         """Partitions restarted by the records of this loop pass (``_reach_ends``)."""
+        self._first_received: dict[int, int] = {}
+        """Per partition, the first offset received since its assignment (or its restart)."""
+        self._started_over: set[int] = set()
+        """Partitions handed out again from their first offset on (``_drop_redelivered``),
+        until a record beyond the highest one received comes."""
         self._restores = Restores(restore, drop, self._restored, monotonic)
         self._last_record = 0.0
         """Monotonic time of the last polled record or assignment (for ``stop_when_idle``)."""
@@ -442,13 +447,18 @@ class Worker:
         records before it in the batch still belong to the earlier offsets).
 
         librdkafka (2.16) can hand records out again: for a partition without a committed
-        offset it looks up ``auto.offset.reset``'s offset; a resume during that lookup starts a
-        second one, and the first one's late, outdated answer re-arms a timer that later resets
-        the fetch to the partition's start. Handling them again would break the per-partition
-        offset order the commit position rests on (``Watermarks``), so they are dropped,
-        counted and logged once per partition and batch. (Giving such partitions an explicit
-        start at assignment avoids the lookup, but needs a call to the group coordinator inside
-        the rebalance callback, which made a leaving member overrun its close budget.) That
+        offset (a new group's first run) it looks up ``auto.offset.reset``'s offset; a resume
+        during that lookup (the restore's, as the partition's profiles are back) starts a
+        second one, and the first one's answer, outdated by the resume, re-arms librdkafka's
+        offset-query timer (0.5 s), which then resets the fetch to the partition's start again:
+        what was fetched meanwhile is handed out a second time. Handling them again would break
+        the per-partition offset order the commit position rests on (``Watermarks``), so they
+        are dropped, counted and logged once per partition and batch: at info when the records
+        handed out again start at the first offset received since the assignment (this start
+        over, a part of starting: ``from_start``), as a warning otherwise. (Giving such
+        partitions an explicit start at assignment avoids the lookup, but needs a call to the
+        group coordinator inside the rebalance callback, which made a leaving member overrun
+        its close budget; a seek before the resume starts a lookup of its own, as racy.) That
         reset is a lookup librdkafka logs at debug level only: it never reaches
         ``Source.offsets_reset``.
 
@@ -466,8 +476,10 @@ class Worker:
         """
         highest: dict[int, int | None] = {}
         dropped: dict[int, list[int]] = {}
+        from_start: dict[int, bool] = {}
         restarts: dict[int, Record] = {}
         kept: list[Record] = []
+        started_over = self._started_over
         for record in records:
             partition = record.partition
             if partition not in highest:
@@ -475,22 +487,35 @@ class Worker:
             last = highest[partition]
             if last is not None and record.offset <= last:
                 if partition not in self._reset:
+                    if partition not in dropped:
+                        from_start[partition] = partition in started_over or (
+                            record.offset == self._first_received.get(partition)
+                        )
+                        if from_start[partition]:
+                            started_over.add(partition)
                     dropped.setdefault(partition, []).append(record.offset)
                     continue
                 self._reset.discard(partition)
                 restarts[partition] = record
+                self._first_received[partition] = record.offset
+            elif last is None:
+                self._first_received[partition] = record.offset
+            if started_over:
+                started_over.discard(partition)  # caught up: a record beyond those received
             highest[partition] = record.offset
             kept.append(record)
         for partition, offsets in dropped.items():
             self.stats.redelivered += len(offsets)
             self._telemetry.records_redelivered(partition, len(offsets))
-            log.warning(
+            start = from_start[partition]
+            (log.info if start else log.warning)(
                 "records_redelivered",
                 partition=partition,
                 first=offsets[0],
                 last=offsets[-1],
                 count=len(offsets),
                 received_up_to=self._watermarks.last_tracked(partition),
+                from_start=start,
             )
         return kept, restarts
 
@@ -704,4 +729,3 @@ class Worker:
         self._closing = committed
         await self._source.close()
         self.stats.stopped_at = self._now()
-        log.info("stopped", received=self.stats.received)

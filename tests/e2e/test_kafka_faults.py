@@ -542,6 +542,28 @@ def _expired_profile(idfa: str) -> bytes:
     return encode_profile(profile, epoch_ms(datetime.now(UTC) - timedelta(days=1)))
 
 
+class _Tail:
+    """The latest value of each key of a topic, read on from its start as it grows."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+        self._reader = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": "tail", "enable.auto.commit": False}
+        )
+        self._reader.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        self._last: dict[bytes, bytes | None] = {}
+
+    def read(self) -> dict[bytes, bytes | None]:
+        """Each key's latest value read so far (None: a tombstone), after reading what came."""
+        while batch := self._reader.consume(10_000, timeout=0.2):
+            for message in batch:
+                if message.error() is None:
+                    self._last[message.key() or b""] = message.value()
+        return self._last
+
+    def close(self) -> None:
+        self._reader.close()
+
+
 def test_an_expiry_storm_keeps_the_member_live_and_erases_no_new_profile(
     kafka_bootstrap, make_topic, service_settings, sandbox
 ):
@@ -593,17 +615,32 @@ def test_an_expiry_storm_keeps_the_member_live_and_erases_no_new_profile(
             storm_over.wait(0.05)
 
     prober = threading.Thread(target=probe_health, daemon=True)
+    tail = _Tail(kafka_bootstrap, changelog, partitions)
     try:
         wait_until(lambda: runner.metric(ASSIGNED) == partitions, 120, message="no assignment")
         prober.start()
         produce_events(settings, users.app_opens(), partitions=partitions)
-        # The storm is over when only the returning users' profiles are held, and their app
-        # opens are committed.
+        # The storm is over when only the returning users' profiles are held, every expired
+        # one's tombstone is in the changelog (the gauge counts the store at once: it reaches
+        # the returning users as soon as the scan removed the rest, before their tombstones
+        # are written), and the returning users' app opens are committed.
         wait_until(
             lambda: runner.metric(PROFILES) == len(users.users),
             timeout=120,
             interval=0.2,
             message="the expired profiles were not all removed",
+        )
+        expired = [u.encode() for u in others]
+
+        def tombstoned() -> bool:
+            last = tail.read()
+            return all(last.get(key, b"") is None for key in expired)
+
+        wait_until(
+            tombstoned,
+            timeout=120,
+            interval=0.2,
+            message="the expired profiles' tombstones were not all written",
         )
         wait_for_committed(kafka_bootstrap, settings.kafka.group_id, topic, partitions, 60)
         storm_over.set()
@@ -619,6 +656,7 @@ def test_an_expiry_storm_keeps_the_member_live_and_erases_no_new_profile(
     finally:
         storm_over.set()
         runner.stop()
+        tail.close()
 
     last: dict[bytes, bytes | None] = {}
     for message in read_all(kafka_bootstrap, changelog, timeout=120):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import replace
 from hashlib import sha256
 from pathlib import Path
 
@@ -21,8 +22,11 @@ from consumer.adapters.telemetry import (
     TimedChangelog,
     status_class,
 )
+from consumer.domain.profile import Profile, Retention, Stamped
+from consumer.engine.profiles import ProfileStore
 from consumer.ports import CURRENT_RECORD, Delivery, FinishedRecord, PartitionLag, RecordScope
 
+DAY = 86_400_000
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
@@ -262,12 +266,53 @@ def test_records_finished_together_report_as_one_by_one() -> None:
     ]
 
 
+def test_the_run_tally_counts_records_by_outcome_and_what_they_sent_by_action() -> None:
+    """Every finished record, one by one or together, is in the run's tally (the ``stopped``
+    line's): by outcome, and, when it was delivered or would have been in a dry run, by the
+    action of its request; a skip, a dead letter or a parked record sent nothing."""
+    t = telemetry(rate=0.0)
+    for outcome, action in [
+        ("delivered", "create"),
+        ("dry_run", "create"),
+        ("dry_run", "cancel"),
+        ("dead_lettered", "update"),
+        ("parked", "update"),
+        ("skipped", "skip"),
+    ]:
+        t.delivery(replace(delivery(outcome), action=action))
+    t.finished_together([FinishedRecord(_inert(10), b"user-a", 0.5)])
+
+    assert t.tally.as_fields(dry_run=True) == {
+        "outcomes": {"delivered": 1, "skipped": 2, "dry_run": 2, "dead_lettered": 1, "parked": 1},
+        "would_send": {"create": 2, "update": 0, "cancel": 1},
+    }
+    assert set(t.tally.as_fields(dry_run=False)) == {"outcomes", "sent"}
+
+
 @pytest.mark.parametrize(("rate", "kept"), [(0.0, 0), (0.01, 1), (0.5, 50), (1.0, 100)])
 def test_sampler_keeps_its_share_deterministically(rate, kept) -> None:
     """Out of 100 calls the sampler keeps rate x 100 of them."""
     sampler = Sampler(rate)
 
     assert kept == sum(sampler.keep() for _ in range(100))
+
+
+def test_the_profiles_gauge_reads_the_store_at_each_scrape() -> None:
+    """``button_consumer_profiles`` follows every write, delete and drop of the store it
+    counts, with no report in between (it was set only at restores, sweeps and drops)."""
+    t = telemetry()
+    store = ProfileStore(Retention(btn_ref_ms=DAY, device_id_ms=DAY, order_ms=DAY))
+    t.count_profiles(store.__len__)
+    seen = [sample(t, "profiles")]
+    store.put(0, b"a", Profile(idfas=(Stamped("IDFA-A", 1_000),)))
+    store.put(1, b"b", Profile(idfas=(Stamped("IDFA-B", 1_000),)))
+    seen.append(sample(t, "profiles"))
+    store.put(0, b"a", Profile())  # emptied: deleted
+    seen.append(sample(t, "profiles"))
+    store.drop_partition(1)
+    seen.append(sample(t, "profiles"))
+
+    assert seen == [0.0, 2.0, 1.0, 0.0]
 
 
 def test_restore_progress_and_changelog_latency_are_reported() -> None:

@@ -596,6 +596,57 @@ def test_records_handed_out_again_below_the_received_position_are_dropped() -> N
     run(scenario)
 
 
+def test_a_partition_started_over_is_logged_as_part_of_starting_not_as_a_warning() -> None:
+    """librdkafka (2.16) starts a partition without a committed offset over at its first offset
+    once more when a resume overtook its lookup of ``auto.offset.reset``'s offset (a new
+    group's first run): the records handed out again from the assignment's first offset on,
+    in as many batches as the refetch takes, are dropped and counted like any, and logged at
+    info (``from_start``), never as a warning."""
+
+    async def scenario() -> None:
+        h = Harness()
+        with capture_logs() as logs:
+            async with h.running():
+                h.records(0, 5, 6, 7, 8)
+                await h.source.until(lambda: len(h.held.started) == 4)
+                h.records(0, 5, 6)  # started over at the first offset received
+                await h.source.until(lambda: h.worker.stats.redelivered == 2)
+                h.records(0, 7, 8, 9)  # the same refetch, then the new 9
+                await h.source.until(lambda: len(h.held.started) == 5)
+        lines = [
+            (e["log_level"], e["first"], e["last"], e["from_start"])
+            for e in logs
+            if e["event"] == "records_redelivered"
+        ]
+        assert lines == [("info", 5, 6, True), ("info", 7, 8, True)]
+        assert (h.worker.stats.received, h.worker.stats.redelivered) == (9, 4)
+
+    run(scenario)
+
+
+def test_a_partition_rewound_elsewhere_than_its_start_is_a_warning() -> None:
+    """Records handed out again from an offset after the assignment's first one are no part of
+    starting (librdkafka's truncation detection moves a position back without a line of its
+    own): dropped, counted and logged as a warning."""
+
+    async def scenario() -> None:
+        h = Harness()
+        with capture_logs() as logs:
+            async with h.running():
+                h.records(0, 5, 6, 7, 8)
+                await h.source.until(lambda: len(h.held.started) == 4)
+                h.records(0, 7, 8)
+                await h.source.until(lambda: h.worker.stats.redelivered == 2)
+        lines = [
+            (e["log_level"], e["first"], e["last"], e["from_start"])
+            for e in logs
+            if e["event"] == "records_redelivered"
+        ]
+        assert lines == [("warning", 7, 8, False)]
+
+    run(scenario)
+
+
 def test_records_below_the_received_position_after_an_offset_reset_are_new() -> None:
     """After the Kafka client reset a partition's fetch position (``offsets_reset``: the input
     topic deleted and created again, its offsets start at 0 again), the records at or below
