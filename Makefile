@@ -64,6 +64,9 @@ lint: venv ## ruff, mypy --strict, the layer contracts (import-linter), then lin
 	$(BIN)/lint-imports
 	@$(MAKE) --no-print-directory lint-deploy
 
+typecheck: venv ## mypy --strict alone (consumer, tests, bench: pyproject.toml), as make lint runs it
+	$(BIN)/mypy
+
 lint-deploy: venv $(HELM) ## helm lint --strict on each CI values file; docker-compose.yml against the Compose schema
 	@echo "helm lint has no cluster: the chart's guards for the KEDA and Prometheus Operator APIs show as [INFO] Fail (tests/deploy renders them with those APIs)"
 	@for values in deploy/helm/button-consumer/ci/*.yaml; do \

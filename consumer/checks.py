@@ -287,8 +287,22 @@ def _topic_config_line(admin: AdminClient, name: str, variable: str, timeout: fl
         return Finding("ok", variable, f"topic {name}: fit ({kafka_error_text(exc)})")
     policy = str(entries["cleanup.policy"].value) if "cleanup.policy" in entries else "delete"
     retention = int(entries["retention.ms"].value) if "retention.ms" in entries else -1
-    kept = "forever" if retention < 0 else f"{retention / 86_400_000:g} days"
-    return Finding("ok", variable, f"topic {name}: cleanup.policy={policy}, retention {kept}")
+    return Finding("ok", variable, f"topic {name}: {retention_text(policy, retention)}")
+
+
+def retention_text(policy: str, retention_ms: int) -> str:
+    """What a topic keeps, for ``check``'s line: its ``cleanup.policy`` and, where ``delete``
+    applies, its ``retention.ms`` in days (``forever`` when negative). Under ``compact`` alone
+    retention.ms deletes nothing (compaction keeps each key's latest record), so none is given.
+    """
+    policies = {p.strip() for p in policy.split(",")}
+    if "delete" not in policies:
+        return (
+            f"cleanup.policy={policy}, no retention by time (compaction keeps each key's latest "
+            "record)"
+        )
+    kept = "forever" if retention_ms < 0 else f"{retention_ms / 86_400_000:g} days"
+    return f"cleanup.policy={policy}, retention {kept}"
 
 
 def _lost_changelog(

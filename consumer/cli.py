@@ -54,10 +54,13 @@ _SHARE = _number(float, 0, high=1)
 
 
 def _parser() -> argparse.ArgumentParser:
+    from consumer.sandbox.cli import HelpWithDefaults, add_arguments
+
     parser = argparse.ArgumentParser(
         prog="button-consumer",
         description="Consume commerce events from Kafka and report orders to Button.",
         epilog="Settings come from environment variables; see the README's configuration table.",
+        formatter_class=HelpWithDefaults,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -100,7 +103,14 @@ def _parser() -> argparse.ArgumentParser:
 
     p_sample = sub.add_parser("produce-sample", help="produce realistic sample events")
     p_sample.add_argument("--users", type=_number(int, 1), default=200, help="number of users")
-    p_sample.add_argument("--seed", type=int, default=7, help="random seed")
+    p_sample.add_argument(
+        "--seed",
+        type=int,
+        default=7,
+        help="random seed: the same --seed and --users give the same users, event ids and order "
+        "ids, so a second run repeats the same events (Button answers their creates 409, "
+        "already exists); pass another --seed for new ones",
+    )
     p_sample.add_argument(
         "--partitions",
         type=_number(int, 1),
@@ -125,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     p_test = sub.add_parser("test-event", help="produce one purchase to check a deployment")
     p_test.add_argument("--order-id", required=True)
     p_test.add_argument("--total", default="12.34", help="revenue in major units")
-    p_test.add_argument("--currency", default="USD")
+    p_test.add_argument("--currency", default="USD", help="ISO 4217 code")
     p_test.add_argument(
         "--btn-ref", default="fakesrctok-0123456789abcdef", help="Button's test tokens work"
     )
@@ -149,9 +159,9 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     p_sandbox = sub.add_parser("sandbox", help="run the local Button Order API sandbox")
-    from consumer.sandbox.cli import add_arguments
-
     add_arguments(p_sandbox)
+    for command in sub.choices.values():
+        command.formatter_class = HelpWithDefaults  # each option's default in its --help
     return parser
 
 

@@ -126,7 +126,9 @@ class Delivery:
         at: when it finished, seconds since the epoch.
         partition, offset: where it was read.
         event_id: the event's own id (empty when it could not be decoded).
-        action: ``create``, ``update``, ``cancel``, ``skip``, ``reject`` or ``none``.
+        action: ``create``, ``update``, ``cancel``, ``skip``, ``reject``, ``read`` (a refund
+            whose order was to be read from Button and was not: a dry run, parked, the read
+            failed) or ``none`` (nothing mapped).
         order_id: the order it concerns (empty for non-order events).
         outcome: ``delivered``, ``skipped``, ``dry_run``, ``dead_lettered`` or ``parked``.
         status: Button's HTTP status of the last attempt, if a request was sent.

@@ -14,8 +14,9 @@ user's orders for good.
 
 A filter (``--reason``, ``--order-id``, ``--since``/``--until``) never releases an order
 without the records parked behind it: a parked dead letter that follows a first dead letter the
-run replays is replayed after it, selected or not (``ReplayReport.followers`` counts those the
-filter did not select); one the filter selects whose first dead letter the run read but does not
+run replays is replayed after it, selected or not (``ReplayReport.followers`` counts every
+dead letter replayed after the first one it follows, as a whole-DLQ replay counts them); one
+the filter selects whose first dead letter the run read but does not
 replay is *held* (left in the DLQ, counted in ``ReplayReport.held``), since replayed alone it
 would only be parked again (``_Leaders``).
 
@@ -96,6 +97,12 @@ class ReplayFilter:
         # is B5, and a dead letter an earlier release wrote with a padded id is B5's too.
         object.__setattr__(self, "order_ids", frozenset(map(stripped_id, self.order_ids)))
 
+    def filters(self) -> bool:
+        """Whether any criterion is set (without one, every dead letter matches)."""
+        return bool(
+            self.reasons or self.order_ids or self.since_ms is not None or self.until_ms is not None
+        )
+
     def matches(self, headers: dict[str, str]) -> bool:
         if self.reasons and headers.get(H_REASON, "") not in self.reasons:
             return False
@@ -133,8 +140,9 @@ class ReplayReport:
     reasons: dict[str, int] = field(default_factory=dict)
     """Every dead letter read, by its ``button.reason`` (filtered out or not)."""
     followers: int = 0
-    """Of ``replayed``: parked dead letters the filter did not select, replayed because they
-    follow a first dead letter it did (``_Leaders``)."""
+    """Of ``replayed``: parked dead letters replayed after the first dead letter of their order
+    (or key) that this run replayed (``_Leaders``), whether the filter selected them or not
+    (without a filter, every such one; with one, also those it brought along)."""
     held: int = 0
     """Parked dead letters the filter selected but that were not replayed: the first dead
     letter of their order (or key) was read and not selected, so they would be parked again."""
@@ -535,7 +543,7 @@ def replay_from(
     out. The group is never committed past it (``_settle``)."""
     failed: list[ReplayFailure] = []
     leaders = _Leaders()
-    added_tags: set[tuple[int, int]] = set()
+    follower_tags: set[tuple[int, int]] = set()
     for record in reader.read(ranges):
         report.read += 1
         if progress:
@@ -557,14 +565,14 @@ def replay_from(
         if not choice.replay:
             report.skipped += 1
             continue
-        added = choice.follows is not None and not choice.selected
+        follows = choice.follows is not None
         target_topic = text.get(H_TOPIC) or default_topic
         target_partition = _int(text.get(H_PARTITION))
         report.targets.add((target_topic, target_partition))
         if producer is None:
             _describe(out, record, text, target_topic, target_partition, choice.follows)
             report.replayed += 1
-            report.followers += added
+            report.followers += follows
             continue
         pacing.wait()
         try:
@@ -585,13 +593,21 @@ def replay_from(
             first_failed[record.partition] = record.offset
         else:
             report.replayed += 1
-            if added:
+            if follows:
                 report.followers += 1
-                added_tags.add((record.partition, record.offset))
+                follower_tags.add((record.partition, record.offset))
     if producer is None:
         return report
     _settle(
-        reader, producer, report, failed, ranges, first_left, added_tags, settle_timeout, remember
+        reader,
+        producer,
+        report,
+        failed,
+        ranges,
+        first_left,
+        follower_tags,
+        settle_timeout,
+        remember,
     )
     return report
 
@@ -603,7 +619,7 @@ def _settle(
     failed: list[ReplayFailure],
     ranges: Mapping[int, tuple[int, int]],
     first_left: Mapping[int, int],
-    added_tags: set[tuple[int, int]],
+    follower_tags: set[tuple[int, int]],
     settle_timeout: float,
     remember: bool,
 ) -> None:
@@ -615,7 +631,7 @@ def _settle(
         partition, offset = cast("tuple[int, int]", tag)  # the tags queued above
         failed.append(ReplayFailure(partition, offset, error))
         report.replayed -= 1
-        report.followers -= tag in added_tags
+        report.followers -= tag in follower_tags
     report.failures = sorted(failed, key=lambda f: (f.partition, f.offset))
     stands = {p: min(end, first_left.get(p, end)) for p, (_, end) in ranges.items()}
     for failure in report.failures:
@@ -705,9 +721,10 @@ def summary_lines(report: ReplayReport, selection: ReplayFilter, *, dry_run: boo
         if report.followers
         else ""
     )
+    # Without a filter nothing is filtered out: no "left 0 (filtered out)".
+    left = f", left {report.skipped} (filtered out)" if selection.filters() else ""
     lines = [
-        f"read {counted(report.read, 'dead letter')}, {verb} {report.replayed}{followers}, "
-        f"left {report.skipped} (filtered out)"
+        f"read {counted(report.read, 'dead letter')}, {verb} {report.replayed}{followers}{left}"
     ]
     if report.held:
         behind = ", ".join(f"{r} ({n})" for r, n in sorted(report.held_behind.items()))

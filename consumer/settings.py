@@ -839,6 +839,29 @@ def secret_variable_names() -> frozenset[str]:
     return frozenset(names)
 
 
+def boolean_variable_names() -> frozenset[str]:
+    """The variables of the boolean settings (``DELIVERY_DRY_RUN``...): each read as pydantic
+    reads a ``bool`` (``BOOLEAN_WORDS``, any case; empty is unset), anything else refused."""
+    names: set[str] = set()
+    for section in _SECTIONS.values():
+        prefix = str(section.model_config.get("env_prefix", ""))
+        names.update(
+            prefix + field.upper()
+            for field, info in section.model_fields.items()
+            if info.annotation is bool
+        )
+    return frozenset(names)
+
+
+BOOLEAN_WORDS: dict[bool, frozenset[str]] = {
+    True: frozenset({"true", "1", "yes", "on", "y", "t"}),
+    False: frozenset({"false", "0", "no", "off", "n", "f"}),
+}
+"""The values a boolean setting takes, in lower case (compared in any case, not stripped):
+pydantic's reading of a ``bool``. ``tests/unit/test_chart_schema.py`` checks it against
+pydantic."""
+
+
 def settable_kafka_properties() -> list[str]:
     """Every property librdkafka takes as a value (``consumer.librdkafka_properties``: the
     librdkafka bundled with confluent-kafka, aliases included, callbacks and pointers left out),

@@ -23,7 +23,34 @@ from consumer.sandbox.faults import FaultConfig, FaultConfigError
 from consumer.sandbox.server import Sandbox, SandboxOptions, SandboxServer
 from consumer.sandbox.state import DEFAULT_FINALIZATION_WINDOW_S
 
-__all__ = ["add_arguments", "faults_from_args", "options_from_args", "run_from_args"]
+__all__ = [
+    "HelpWithDefaults",
+    "add_arguments",
+    "faults_from_args",
+    "options_from_args",
+    "run_from_args",
+]
+
+
+class HelpWithDefaults(argparse.HelpFormatter):
+    """argparse's help, with each option's default appended, ``(default: X)``, as
+    ``argparse.ArgumentDefaultsHelpFormatter`` does, but not where the help already says its
+    default in its own words (``(default 7 days)``), nor for an option without one (``None``,
+    an off flag, an empty repeatable option): ``(default: None)`` says nothing. Used by the
+    service's CLI too (``consumer.cli``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or "default" in text
+            or default is None
+            or default is False
+            or default in ([], argparse.SUPPRESS)
+        ):
+            return action.help
+        return f"{text} (default: %(default)s)".lstrip()
 
 
 _N = TypeVar("_N", int, float)
@@ -107,7 +134,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="how long an order stays open after its create arrives (default 7 days)",
     )
-    parser.add_argument("--seed", type=int, default=None, help="random seed (faults, order IDs)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="random seed (faults, order IDs; default: none, a fresh random source each start)",
+    )
     faults = parser.add_argument_group(
         "faults", "start-up faults; change them at run time with POST /__sandbox/faults"
     )
@@ -130,7 +162,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     faults.add_argument(
         "--retry-after", type=_number(int, 0), metavar="SECONDS", help="Retry-After on 429/503"
     )
-    faults.add_argument("--retry-after-format", choices=("seconds", "http-date"), default="seconds")
+    faults.add_argument(
+        "--retry-after-format",
+        choices=("seconds", "http-date"),
+        default="seconds",
+        help="how Retry-After is written",
+    )
     faults.add_argument("--reset-rate", type=_RATE, metavar="RATE", help="connection resets")
     faults.add_argument("--hang-rate", type=_RATE, metavar="RATE", help="requests never answered")
     faults.add_argument("--hang-seconds", type=_SECONDS, metavar="SECONDS", help="hang duration")

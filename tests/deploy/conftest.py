@@ -57,10 +57,12 @@ def render(
     values_files: Sequence[Path] = (),
     api_versions: Sequence[str] = API_VERSIONS,
     set_strings: Sequence[str] = (),
+    flags: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """`helm template` the chart with `--set` (and `--set-string`) pairs and values files; the
-    parsed documents."""
+    """`helm template` the chart with `--set` (and `--set-string`) pairs, values files and
+    other `flags` (`--skip-schema-validation`); the parsed documents."""
     args = [helm_binary(), "template", "release", str(CHART), "--kube-version", KUBE_VERSION]
+    args += flags
     for api in api_versions:
         args += ["--api-versions", api]
     for path in values_files:

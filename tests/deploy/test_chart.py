@@ -335,14 +335,22 @@ def _service_dry_run(value: str) -> bool | None:
 def test_the_chart_reads_delivery_dry_run_as_the_service_does(value: str) -> None:
     """Every spelling the service takes as on (pydantic's bool: true/1/yes/on/y/t in any case)
     is a dry run for the chart too (no API key needed, KEDA on the -dry-run group); every one it
-    takes as off needs the key; one the service refuses, the chart refuses."""
+    takes as off needs the key; one the service refuses, the chart refuses: its schema first,
+    and the template's own reading without the schema."""
     dry = [f"config.DELIVERY_DRY_RUN={value}"]
     base = ("kafka.bootstrapServers=k:9092", "keda.enabled=true")
     expected = _service_dry_run(value)
 
     if expected is None:
-        with pytest.raises(HelmFailedError, match=r"config\.DELIVERY_DRY_RUN .* is not a boolean"):
+        with pytest.raises(HelmFailedError, match=r"/config/DELIVERY_DRY_RUN'"):
             render(*base, "button.existingSecret=s", set_strings=dry)
+        with pytest.raises(HelmFailedError, match=r"config\.DELIVERY_DRY_RUN .* is not a boolean"):
+            render(
+                *base,
+                "button.existingSecret=s",
+                set_strings=dry,
+                flags=["--skip-schema-validation"],
+            )
         return
     if expected:
         kinds = by_kind(render(*base, set_strings=dry))  # no API key needed

@@ -20,6 +20,8 @@ from consumer.errors import ConfigError
 from consumer.settings import (
     _SECTIONS,
     Settings,
+    boolean_variable_names,
+    diagnose,
     guaranteed_kafka_values,
     kafka_passthrough,
     passthrough_variable,
@@ -94,7 +96,15 @@ def _pod_runs_with(name: str, value: str) -> bool:
         except ConfigError:
             return False
         return _librdkafka_takes(config)
-    return name in variable_names()
+    return name in variable_names() and _service_takes(name, value)
+
+
+def _service_takes(name: str, value: str) -> bool:
+    """Whether the service takes ``value`` for the typed setting ``name`` (``diagnose`` finds
+    no fatal problem naming it; one of another setting it needs, such as the token that
+    ``ADMIN_TEST_EVENT_ENABLED`` asks for, comes from a Secret)."""
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "BUTTON_API_KEY": "k", name: value}
+    return not any(p.fatal and p.variable == name for p in diagnose(env)[1])
 
 
 def _librdkafka_takes(config: dict[str, str]) -> bool:
@@ -116,7 +126,9 @@ def _names(key: str, message: str) -> bool:
 
 def _render_config(tmp_path: Path, config: dict[str, str], *sets: str) -> list[dict[str, Any]]:
     values = tmp_path / "config-values.yaml"
-    values.write_text(yaml.safe_dump({"config": config}), encoding="utf-8")
+    # Every value double-quoted: helm's YAML reads a bare `y` or `n` as a boolean (PyYAML's
+    # does not, so it leaves them bare), where config: takes strings.
+    values.write_text(yaml.safe_dump({"config": config}, default_style='"'), encoding="utf-8")
     return render(*REQUIRED, *sets, values_files=[values])
 
 
@@ -188,16 +200,26 @@ def test_every_setting_the_pod_runs_with_is_accepted_together(tmp_path: Path) ->
     assert _librdkafka_takes(settings.kafka.config)
 
 
+_EXAMPLES = {f"BUTTON_APPLICATION_ID_{p}": "app-0123abcd" for p in ("IOS", "ANDROID", "WEB")}
+"""A value the service takes for a setting without a default, where ``1`` is not one."""
+
+
 def _candidates() -> list[tuple[str, str]]:
-    """Every setting, the ``KAFKA_CONFIG_*`` variable of every property the service refuses
-    or guards, and names the service does not read (misspellings, Kubernetes' service
+    """Every setting, every boolean one at values the service takes and refuses, the
+    ``KAFKA_CONFIG_*`` variable of every property the service refuses or guards, and names the
+    service does not read (misspellings, Kubernetes' service
     variables), each with a value."""
-    names = [(name, value or "1") for name, value in sorted(_defaults().items())]
+    names = [(name, value or _EXAMPLES.get(name, "1")) for name, value in _defaults().items()]
+    names.sort()
     names += [(passthrough_variable(prop), "x") for prop in refused_kafka_properties()]
     for prop, accepted in guaranteed_kafka_values().items():
         names += [(passthrough_variable(prop), value) for value in sorted(accepted)]
         names += [(passthrough_variable(prop), value.upper()) for value in sorted(accepted)]
         names += [(passthrough_variable(prop), value) for value in ("1", "0", "false", "none")]
+    for name in sorted(boolean_variable_names()):
+        # The service reads a boolean as pydantic does: these it takes, these it refuses.
+        names += [(name, value) for value in ("TRUE", "Off", "y", "0", "")]
+        names += [(name, value) for value in ("maybe", "2", "enabled", " true", "on\n", "01")]
     names += [
         ("DELIVERY_DRYRUN", "true"),
         ("DELIVERY_DRY_RUNS", "true"),

@@ -1,10 +1,12 @@
 """A `config.DELIVERY_DRY_RUN` the service refuses fails the render, with or without KEDA.
 
 The README's deployment table: "a value the service would refuse fails the render". The chart
-reads the value only where it needs the answer: the API-key guard (skipped once
-`button.existingSecret` is set: the template's `and` stops at its first empty argument) and
+read the value only where it needed the answer: the API-key guard (skipped once
+`button.existingSecret` is set: the template's `and` stopped at its first empty argument) and
 KEDA's consumer group. With the Quickstart's values (an existing Secret, no KEDA) `maybe`
-renders into the ConfigMap, and every pod then stops at start with a configuration error.
+rendered into the ConfigMap, and every pod then stopped at start with a configuration error.
+Now the schema refuses it (the pattern of every boolean setting, generated from the settings),
+and the template judges it on every render too, whatever the other values.
 """
 
 from __future__ import annotations
@@ -22,22 +24,36 @@ QUICKSTART = (
     "image.repository=registry.example.com/button-consumer",
     "image.tag=0.1.0",
 )
+REFUSED = ["maybe", "2", "enabled"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the chart judges config.DELIVERY_DRY_RUN only without button.existingSecret or with "
-        "KEDA: with the Quickstart's values a refused value renders and the pods crash-loop"
-    ),
-)
-@pytest.mark.parametrize("value", ["maybe", "2", "enabled"])
-def test_a_dry_run_value_the_service_refuses_fails_the_quickstart_render(value: str) -> None:
-    """The service refuses the value (exit 2 at start); the render must refuse it too, rather
-    than ship a ConfigMap holding it (observed: it renders `DELIVERY_DRY_RUN: "maybe"`)."""
+def _refused_by_the_service(value: str) -> None:
     env = {"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "BUTTON_API_KEY": "k", "DELIVERY_DRY_RUN": value}
     with pytest.raises(ConfigError):
         Settings.from_env(env)
 
-    with pytest.raises(HelmFailedError, match=r"config\.DELIVERY_DRY_RUN .* is not a boolean"):
+
+@pytest.mark.parametrize("value", REFUSED)
+def test_a_dry_run_value_the_service_refuses_fails_the_quickstart_render(value: str) -> None:
+    """The service refuses the value (exit 2 at start); the render must refuse it too, naming
+    the key, rather than ship a ConfigMap holding it (observed: it rendered
+    `DELIVERY_DRY_RUN: "maybe"`)."""
+    _refused_by_the_service(value)
+
+    with pytest.raises(HelmFailedError, match=r"/config/DELIVERY_DRY_RUN'"):
         render(*QUICKSTART, set_strings=[f"config.DELIVERY_DRY_RUN={value}"])
+
+
+@pytest.mark.parametrize("value", REFUSED)
+def test_the_template_judges_the_dry_run_whatever_the_other_values(value: str) -> None:
+    """Without the schema (`--skip-schema-validation`) the template's own judgement still runs
+    with the Quickstart's values: it does not hang on `button.existingSecret` being empty or
+    KEDA being on (observed: the render passed)."""
+    _refused_by_the_service(value)
+
+    with pytest.raises(HelmFailedError, match=r"config\.DELIVERY_DRY_RUN .* is not a boolean"):
+        render(
+            *QUICKSTART,
+            set_strings=[f"config.DELIVERY_DRY_RUN={value}"],
+            flags=["--skip-schema-validation"],
+        )

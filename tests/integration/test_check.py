@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,8 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from consumer import checks
-from consumer.bootstrap import validate_topics
+from consumer.bootstrap import topic_plan, validate_topics
+from consumer.domain.topics import created_topic_configs
 from consumer.sandbox.testing import SandboxHandle, run_sandbox
 from consumer.settings import Settings
 
@@ -71,6 +73,40 @@ def test_check_passes_against_the_local_broker_registry_and_sandbox(
     } <= settings
     # No KAFKA_GROUP_ID here: on a fresh broker the group coordinator may still be loading, and
     # the group check then warns (never fails).
+
+
+def test_a_topics_line_gives_retention_only_where_delete_applies(
+    good_env: dict[str, str],
+    make_topic: Callable[..., str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Topics configured as the service creates them (no warning, so `check` shows their
+    configuration): the changelog is compacted only, where retention.ms (the broker's 7 days by
+    default) deletes nothing, so its line gives no retention (observed: `cleanup.policy=compact,
+    retention 7 days`); the DLQ's and the input's delete policy give theirs."""
+    settings = Settings.from_env(good_env)
+    dlq_config, changelog_config = created_topic_configs(topic_plan(settings), 1)
+    profiles = make_topic(3, changelog_config, prefix="profiles")
+    dlq = make_topic(1, dlq_config, prefix="dlq")
+    env = {**good_env, "KAFKA_PROFILE_TOPIC": profiles, "KAFKA_DLQ_TOPIC": dlq}
+
+    code, document = _run(env, capsys)
+
+    assert code == 0, _failed(document)
+    lines = {
+        c["setting"]: c["message"] for c in document["checks"] if "cleanup.policy" in c["message"]
+    }
+    assert lines["KAFKA_PROFILE_TOPIC"] == (
+        f"topic {profiles}: cleanup.policy=compact, no retention by time "
+        "(compaction keeps each key's latest record)"
+    )
+    days = f"{settings.kafka.dlq_retention_ms / 86_400_000:g} days"
+    assert lines["KAFKA_DLQ_TOPIC"] == f"topic {dlq}: cleanup.policy=delete, retention {days}"
+    assert re.fullmatch(
+        rf"topic {re.escape(good_env['KAFKA_TOPIC'])}: cleanup\.policy=delete, retention "
+        r"(\S+ days|forever)",
+        lines["KAFKA_TOPIC"],
+    ), lines["KAFKA_TOPIC"]
 
 
 def test_check_names_every_problem_in_one_run(

@@ -9,6 +9,8 @@ import pytest
 from consumer.devtools import chart_schema
 from consumer.errors import ConfigError
 from consumer.settings import (
+    boolean_variable_names,
+    diagnose,
     guaranteed_kafka_values,
     kafka_passthrough,
     passthrough_variable,
@@ -81,3 +83,35 @@ def test_a_guaranteed_propertys_pattern_accepts_what_the_service_accepts(
     else:
         accepted = True
     assert (re.search(pattern, value) is not None) == accepted
+
+
+BOOLEAN_SPELLINGS = (
+    *("true", "True", "TRUE", "tRuE", "1", "yes", "YES", "on", "On", "y", "Y", "t", "T"),
+    *("false", "False", "0", "no", "off", "OFF", "n", "f", "F", ""),
+    *(" true", "true ", "\ttrue", " ", "2", "01", "1.0", "-1", "truee", "enabled", "maybe"),
+    *("nope", "ye", "of", "tru", "ﬁ", "İ"),
+)
+"""(A value ending in a newline is left to tests/deploy: Python's ``$`` matches before it,
+the schema's, helm's, does not.)"""
+
+
+@pytest.mark.parametrize("variable", sorted(boolean_variable_names()))
+@pytest.mark.parametrize("value", BOOLEAN_SPELLINGS, ids=repr)
+def test_a_boolean_settings_pattern_accepts_what_the_service_accepts(
+    variable: str, value: str
+) -> None:
+    """DELIVERY_DRY_RUN and every other boolean setting ``config:`` takes: the schema's pattern
+    matches a value exactly when the service reads it (as true or false, or empty: unset)
+    rather than refusing it at start (the chart let `maybe` through to a crash-looping pod)."""
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "BUTTON_API_KEY": "k", variable: value}
+    refused = any(p.fatal and p.variable == variable for p in diagnose(env)[1])
+    pattern = chart_schema.config_schema()["properties"][variable]["pattern"]
+    assert (re.search(pattern, value) is not None) == (not refused)
+
+
+def test_every_boolean_setting_config_takes_has_the_pattern() -> None:
+    """No boolean setting ``config:`` takes is left as any string."""
+    properties = chart_schema.config_schema()["properties"]
+    booleans = boolean_variable_names() & set(chart_schema.accepted_settings())
+    assert "DELIVERY_DRY_RUN" in booleans
+    assert all("pattern" in properties[name] for name in booleans)

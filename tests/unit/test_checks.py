@@ -9,7 +9,13 @@ from typing import Any
 
 import pytest
 
-from consumer.checks import Finding, _check_registry_with, _check_topic, _group_finding
+from consumer.checks import (
+    Finding,
+    _check_registry_with,
+    _check_topic,
+    _group_finding,
+    retention_text,
+)
 from consumer.settings import KafkaSettings
 
 
@@ -59,3 +65,22 @@ def test_the_registrys_subjects_are_counted_in_words(subjects: list[str], says: 
     lines = _check_registry_with(client, "http://r", "events", Path("schemas"))
 
     assert lines[0] == Finding("ok", "SCHEMA_REGISTRY_URL", f"registry http://r reachable ({says})")
+
+
+@pytest.mark.parametrize(
+    ("policy", "retention_ms", "says"),
+    [
+        ("compact", 604_800_000, "cleanup.policy=compact, no retention by time"),
+        ("compact", -1, "cleanup.policy=compact, no retention by time"),
+        ("delete", 1_209_600_000, "cleanup.policy=delete, retention 14 days"),
+        ("delete", -1, "cleanup.policy=delete, retention forever"),
+        ("compact,delete", 259_200_000, "cleanup.policy=compact,delete, retention 3 days"),
+        ("delete, compact", 43_200_000, "cleanup.policy=delete, compact, retention 0.5 days"),
+    ],
+)
+def test_a_topics_retention_is_given_only_where_delete_applies(
+    policy: str, retention_ms: int, says: str
+) -> None:
+    """On a compacted-only topic retention.ms deletes nothing: no retention is given (observed:
+    the changelog's line said `retention 7 days`); where delete applies, its retention."""
+    assert retention_text(policy, retention_ms).startswith(says)

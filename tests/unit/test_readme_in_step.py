@@ -8,6 +8,7 @@ the README names it; and the README may name no reason the code never emits.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 from pathlib import Path
 from types import NoneType, UnionType
@@ -18,6 +19,7 @@ import pytest
 from consumer.adapters.metrics import DISCARD_REASONS
 from consumer.domain.events import EventReason
 from consumer.errors import CodecReason
+from consumer.ports import Delivery
 from consumer.settings import _SECTIONS, variable_names
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -193,3 +195,13 @@ def test_the_configuration_table_shows_each_default() -> None:
             if not ok:
                 wrong.append((variable, cell, field.default))
     assert wrong == []
+
+
+def test_the_deliveries_row_names_exactly_the_fields_of_an_entry() -> None:
+    """The README's `/deliveries` row lists each field of an entry (``Delivery``, whose
+    ``asdict`` the endpoint serves) by its JSON name, and no other: `at` (Unix seconds) was
+    missing."""
+    row = next(line for line in README.splitlines() if line.startswith("| `/deliveries"))
+    fields_part = row.split("with the fields", 1)[1].split("(no PII)", 1)[0]
+    listed = set(re.findall(r"`([a-z_]+)`", fields_part))
+    assert listed == {f.name for f in dataclasses.fields(Delivery)}

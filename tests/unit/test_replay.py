@@ -829,9 +829,10 @@ def test_the_latest_first_dead_letter_of_an_order_is_the_one_its_parked_records_
     assert (report.followers, report.held, report.skipped) == (1, 0, 2)
 
 
-def test_an_order_id_filter_replays_the_order_in_order_and_counts_no_follower() -> None:
+def test_an_order_id_filter_replays_the_order_in_order_and_counts_its_follower() -> None:
     """``--order-id X`` selects X's first dead letter and its parked records itself: all are
-    replayed, in DLQ order, none counted as added."""
+    replayed, in DLQ order; the parked one is counted as parked behind X's first dead letter,
+    as in any replay."""
     reader = ListedDeadLetters(
         [(0, b"u1", first("X")), (0, b"u2", first("Y")), (0, b"u1", parked("X"))]
     )
@@ -839,7 +840,7 @@ def test_an_order_id_filter_replays_the_order_in_order_and_counts_no_follower() 
     report, sent, _ = filtered(reader, ReplayFilter(order_ids=frozenset({"X"})))
 
     assert sent == [(0, 0), (0, 2)]
-    assert (report.replayed, report.followers, report.skipped) == (2, 0, 1)
+    assert (report.replayed, report.followers, report.skipped) == (2, 1, 1)
 
 
 def test_a_selected_parked_record_whose_first_dead_letter_is_not_read_is_replayed() -> None:
@@ -935,8 +936,10 @@ def test_a_dry_run_lists_the_followers_with_the_dead_letter_they_follow() -> Non
     assert (report.replayed, report.followers) == (2, 1)
 
 
-def test_a_whole_dlq_replay_is_unchanged() -> None:
-    """No filter: every dead letter is replayed in DLQ order, none counted as added or held."""
+def test_a_whole_dlq_replay_counts_the_records_parked_behind_a_replayed_first_dead_letter() -> None:
+    """No filter: every dead letter is replayed in DLQ order, none held or filtered out; X's
+    parked record follows X's first dead letter and is counted so, as a filtered replay counts
+    it (observed: 0). Y's, whose first dead letter this run does not read, follows none."""
     reader = ListedDeadLetters(
         [(0, b"u1", first("X")), (0, b"u2", parked("Y")), (0, b"u1", parked("X"))]
     )
@@ -944,7 +947,7 @@ def test_a_whole_dlq_replay_is_unchanged() -> None:
     report, sent, _ = filtered(reader, ReplayFilter())
 
     assert sent == [(0, 0), (0, 1), (0, 2)]
-    assert (report.replayed, report.followers, report.held, report.skipped) == (3, 0, 0, 0)
+    assert (report.replayed, report.followers, report.held, report.skipped) == (3, 1, 0, 0)
 
 
 def test_the_summary_says_how_many_followers_were_added_and_what_was_held() -> None:
@@ -968,9 +971,29 @@ def test_the_summary_says_how_many_followers_were_added_and_what_was_held() -> N
         "their order (or key) is in the DLQ and not selected (http_404 (2)), so they would be "
         "parked again; select it too (it brings them along) or replay the whole DLQ",
     ]
+    nothing_left = ReplayReport(read=3, replayed=3, followers=1)
+    assert summary_lines(nothing_left, ReplayFilter(since_ms=AT), dry_run=True) == [
+        "read 3 dead letters, would replay 3 (1 of them parked behind the first dead letter of "
+        "their order or key, replayed after it), left 0 (filtered out)"
+    ]
+
+
+def test_the_whole_dlq_summary_counts_the_parked_and_filters_nothing_out() -> None:
+    """No filter: the same count of records parked behind their first dead letter as a
+    filtered run's, from a real replay, and no `left 0 (filtered out)`: nothing was filtered
+    (observed: `read 3 dead letters, replayed 3, left 0 (filtered out)`)."""
+    reader = ListedDeadLetters(
+        [(0, b"u1", first("X")), (0, b"u1", parked("X")), (0, b"u1", parked("X"))]
+    )
+    report, _, _ = filtered(reader, ReplayFilter())
+
+    assert summary_lines(report, ReplayFilter(), dry_run=False) == [
+        "read 3 dead letters, replayed 3 (2 of them parked behind the first dead letter of "
+        "their order or key, replayed after it)"
+    ]
     plain = ReplayReport(read=3, replayed=3)
     assert summary_lines(plain, ReplayFilter(), dry_run=True) == [
-        "read 3 dead letters, would replay 3, left 0 (filtered out)"
+        "read 3 dead letters, would replay 3"
     ]
 
 

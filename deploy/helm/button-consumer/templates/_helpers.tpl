@@ -103,7 +103,11 @@ true
 {{- if not .Values.kafka.bootstrapServers -}}
 {{- fail "kafka.bootstrapServers is required" -}}
 {{- end -}}
-{{- if and (not .Values.button.existingSecret) (not (include "button-consumer.dryRun" .)) -}}
+{{- /* The dry run is judged on every render: the ConfigMap carries it whatever the other
+values. Inside the guard below it was read only without button.existingSecret (the template's
+`and` stops at its first empty argument). values.schema.json refuses the same values first. */ -}}
+{{- $dryRun := include "button-consumer.dryRun" . -}}
+{{- if and (not .Values.button.existingSecret) (not $dryRun) -}}
 {{- fail "button.existingSecret is required (the name of a Secret holding the API key), unless config.DELIVERY_DRY_RUN is on (\"true\")" -}}
 {{- end -}}
 {{- if gt (int .Values.replicaCount) (int .Values.kafka.partitions) -}}
