@@ -656,3 +656,65 @@ def test_dlq_write_taken_away_while_running_stops_run_without_committing_past_th
         assert d.end(d.dlq) == 1
     finally:
         assert again.terminate() == 0, again.log_tail()
+
+
+# --- ACLs granted otherwise than the README's literal ones, and credentials refused -----------
+
+
+def _grant_bindings(d: Deployment, bindings: list[AclBinding]) -> None:
+    for future in d.admin().create_acls(bindings, request_timeout=30).values():
+        future.result(timeout=30)
+
+
+@pytest.mark.parametrize("form", ["prefixed-all", "wildcard"])
+def test_check_passes_a_principal_granted_by_prefixed_all_or_wildcard_acls(deployment, form):
+    """KIP-430's authorized operations are the authorizer's own answer for each resource: a
+    principal granted ``All`` on prefixed topics and groups, or the needed operations on
+    every topic and group (``*``), lacks nothing, and ``check`` says so."""
+    d = deployment
+    d.create_topics()
+    user = f"User:{d.principal}"
+    topic, group = ResourceType.TOPIC, ResourceType.GROUP
+    allow = AclPermissionType.ALLOW
+    if form == "prefixed-all":
+        prefix, pattern = d.topic, ResourcePatternType.PREFIXED
+        grants = [(topic, prefix, AclOperation.ALL), (group, d.group[:10], AclOperation.ALL)]
+    else:
+        prefix, pattern = "*", ResourcePatternType.LITERAL
+        grants = [
+            (topic, prefix, AclOperation.READ),
+            (topic, prefix, AclOperation.WRITE),
+            (topic, prefix, AclOperation.DESCRIBE_CONFIGS),
+            (group, prefix, AclOperation.READ),
+        ]
+    _grant_bindings(
+        d, [AclBinding(rt, name, pattern, user, "*", op, allow) for rt, name, op in grants]
+    )
+
+    check = d.command("check")
+
+    fails = [line for line in check.stdout.splitlines() if line.startswith("FAIL")]
+    assert (check.returncode, fails) == (0, []), check.stdout + check.stderr
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="run's start (prepare_topics' metadata wait) gives up after 30 s on credentials the "
+    "brokers refuse, blaming KAFKA_BOOTSTRAP_SERVERS with 'Broker transport failure' and never "
+    "naming the SASL authentication failure (check names it at once)",
+)
+def test_run_with_a_refused_password_names_the_authentication_failure(deployment):
+    """The principal's password is wrong: ``run`` stops with the brokers' reason (SASL
+    authentication failed), as ``check`` does, not with an unreachable address."""
+    d = deployment
+    d.create_topics()
+    d.grant(service_acls(RUN))
+
+    check = d.command("check", KAFKA_CONFIG_SASL_PASSWORD="not-the-password")
+    service = d.service("run", KAFKA_CONFIG_SASL_PASSWORD="not-the-password")
+    status = exit_status(service)
+    error = stopped_on_error(service)
+
+    assert "Authentication failed" in check.stdout, check.stdout + check.stderr
+    assert status == 1, service.log_tail()
+    assert "Authentication failed" in error, error
