@@ -243,7 +243,7 @@ class Worker:
         # min.insync.replicas) refuses for as long as that lasts.
         self._telemetry.in_group(False)
         try:
-            self._call_in_loop(self._revoke_in_loop, partitions, False)
+            self._call_in_loop(self._lost_in_loop, partitions)
         except ConsumerError as exc:
             log.warning("lost_without_loop", error=str(exc), partitions=partitions)
         self._settle_partitions(partitions)
@@ -296,6 +296,15 @@ class Worker:
         log.info(
             "partitions_restored", partitions=partitions, records=records, seconds=round(seconds, 3)
         )
+
+    async def _lost_in_loop(self, partitions: list[int]) -> None:
+        """A loss, on the loop: the partitions dropped as a revoke without a commit, then the
+        member reported out of its group again. ``on_lost`` said so on the Kafka thread at once,
+        but a restore whose read ended just before the loss may have been completed on the loop
+        since (its cancel had not reached the loop yet), reporting the member in its group for
+        partitions it no longer owns; the loop's last word on a loss is that it is out."""
+        await self._revoke_in_loop(partitions, False)
+        self._telemetry.in_group(False)
 
     async def _revoke_in_loop(self, partitions: list[int], commit: bool) -> dict[int, int]:
         # A revoked partition's running records get revoke_timeout to finish; a lost one's are

@@ -3,9 +3,10 @@ which the Kafka thread and the event loop run.
 
 ``Worker.on_lost`` (the Kafka thread) reports the member out of its group at once, then asks
 the loop to cancel the lost partitions' restores. A restore whose read had just ended is
-completed on the loop before that cancel reaches it: its ``_restored`` reports the member in
-its group again, for partitions it no longer owns, and nothing clears it until the group hands
-it an assignment (which a coordinator that cannot write refuses for as long as that lasts).
+completed on the loop before that cancel reaches it, and its ``_restored`` reports the member in
+its group again, for partitions it no longer owns. Nothing cleared that until the group handed
+it an assignment (which a coordinator that cannot write refuses for as long as that lasts), so
+the loss's work on the loop now ends by reporting the member out again.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import concurrent.futures
 import threading
 from collections.abc import Callable
 from typing import Any
-
-import pytest
 
 from tests.fakes import DEADLINE
 from tests.unit.test_worker import Harness, run
@@ -38,12 +37,6 @@ class _RecordingExecutor(concurrent.futures.ThreadPoolExecutor):
         return future
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="on_lost reports in_group(False) on the Kafka thread before its revoke reaches the "
-    "loop; a restore completed in between reports in_group(True) for the lost partitions, and "
-    "the member stays ready out of its group until it is assigned again",
-)
 def test_a_restore_ending_as_its_partition_is_lost_leaves_the_member_out_of_its_group() -> None:
     """The restore of partition 1 has read its changelog (its result is on its way to the
     loop) when the member loses the partition: the member owns nothing, and must not be
